@@ -1,0 +1,854 @@
+//! The record batch: the unit that producers send, the log stores and consumers receive.
+//!
+//! A batch is encoded once, by the producer, and never re-encoded: the server verifies it with
+//! [`check`], stamps the base offset into its first eight bytes, and writes it to the segment
+//! as it came. A consumer receives those same bytes. The CRC therefore covers everything except
+//! the fields stamped at append time (`base_offset`) and the fields needed to find and verify
+//! it (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch.
+//!
+//! # Batch layout (format version 1, all integers little-endian)
+//!
+//! | offset | size | field             | notes                                                   |
+//! |-------:|-----:|-------------------|---------------------------------------------------------|
+//! |      0 |    8 | `base_offset`     | u64, offset of the first record; stamped at append      |
+//! |      8 |    4 | `length`          | u32, bytes that follow this field (whole batch - 12)   |
+//! |     12 |    1 | `magic`           | `0xB5`                                                  |
+//! |     13 |    1 | `version`         | `1`                                                     |
+//! |     14 |    4 | `crc`             | CRC-32 (IEEE, crc32fast) of bytes `18..end`             |
+//! |     18 |    2 | `attributes`      | bits 0-2: compression codec (0 = none; others refused)  |
+//! |     20 |    4 | `record_count`    | u32, at least 1                                         |
+//! |     24 |    8 | `first_timestamp` | i64 ms since the Unix epoch, of the first record        |
+//! |     32 |    8 | `max_timestamp`   | i64 ms, the largest record timestamp in the batch       |
+//! |     40 |    8 | `producer_id`     | i64, -1 when the producer is not idempotent             |
+//! |     48 |    2 | `producer_epoch`  | i16, -1 when not idempotent                             |
+//! |     50 |    4 | `base_sequence`   | i32, sequence of the first record, -1 when not idempotent |
+//! |     54 |    … | records           | `record_count` records, back to back                    |
+//!
+//! # Record layout
+//!
+//! Varints are LEB128; "signed" varints are zigzag-encoded first.
+//!
+//! | field             | encoding                                                         |
+//! |-------------------|------------------------------------------------------------------|
+//! | `length`          | varint: bytes of the record after this field                     |
+//! | `attributes`      | u8, must be 0                                                    |
+//! | `timestamp_delta` | signed varint: record timestamp - `first_timestamp` (0 for the first record; may be negative) |
+//! | `offset_delta`    | varint: record offset - `base_offset`; equals the record's index |
+//! | `key_length`      | signed varint, -1 for no key                                     |
+//! | `key`             | bytes                                                            |
+//! | `value_length`    | signed varint, -1 for no value (a tombstone)                     |
+//! | `value`           | bytes                                                            |
+//! | `header_count`    | varint                                                           |
+//! | headers           | per header: varint key length, UTF-8 key, signed varint value length (-1: none), value |
+//!
+//! # Validation
+//!
+//! [`check`] verifies the header and CRC without looking at records: it is what recovery and
+//! readers use. [`check_for_append`] also walks every record, so nothing malformed is ever
+//! stored; that walk allocates nothing. The record iterator never panics on any input: a
+//! malformed record is an `Err` item, after which iteration stops.
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+
+use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX};
+use crate::{Offset, TimestampMs};
+
+/// First byte after the length: identifies a Spool batch.
+pub const BATCH_MAGIC: u8 = 0xB5;
+/// The only format version this build writes and reads.
+pub const BATCH_VERSION: u8 = 1;
+/// Bytes before the first record.
+pub const BATCH_HEADER_BYTES: usize = 54;
+/// Bytes of `base_offset` + `length`: the prefix needed to find the end of a batch.
+pub const BATCH_PREFIX_BYTES: usize = 12;
+/// Where the CRC-covered region starts.
+const CRC_START: usize = 18;
+/// Mask of the compression codec within `attributes`.
+const ATTRIBUTES_CODEC_MASK: u16 = 0b111;
+
+/// Producer identity carried by a batch, for idempotent producing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerStamp {
+    /// The stamp of a batch from a producer that is not idempotent.
+    pub const NONE: ProducerStamp = ProducerStamp {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// The fixed-size header of a batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    /// The whole batch's size in bytes, header included.
+    pub batch_bytes: u32,
+    pub crc: u32,
+    pub attributes: u16,
+    pub record_count: u32,
+    pub first_timestamp: TimestampMs,
+    pub max_timestamp: TimestampMs,
+    pub producer: ProducerStamp,
+}
+
+impl BatchHeader {
+    /// The offset of the last record in the batch.
+    pub fn last_offset(&self) -> Offset {
+        Offset(self.base_offset.0 + u64::from(self.record_count) - 1)
+    }
+
+    /// The offset right after the batch.
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.base_offset.0 + u64::from(self.record_count))
+    }
+}
+
+/// Why some bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    #[error("batch is truncated: {bytes} bytes, at least {needed} needed")]
+    Truncated { bytes: usize, needed: usize },
+    #[error("batch length field says {length} bytes, outside 42..={max}", max = BATCH_BYTES_MAX)]
+    BadLength { length: u32 },
+    #[error("batch has magic byte {found:#04x}, expected {BATCH_MAGIC:#04x}: not a Spool batch")]
+    BadMagic { found: u8 },
+    #[error(
+        "batch format version {found} is not supported (this build reads version {BATCH_VERSION})"
+    )]
+    UnsupportedVersion { found: u8 },
+    #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch has {bytes} bytes but its length field accounts for {expected}")]
+    TrailingBytes { bytes: usize, expected: usize },
+    #[error("batch uses compression codec {codec}, which this build does not support")]
+    UnsupportedCodec { codec: u16 },
+    #[error("batch declares {count} records, outside 1..={max}", max = BATCH_RECORDS_MAX)]
+    BadRecordCount { count: u32 },
+    #[error(
+        "batch's max timestamp {max} is before its first timestamp {first}, or is not its records' largest"
+    )]
+    BadTimestamps { first: i64, max: i64 },
+    #[error("record {index} is malformed: {reason}")]
+    BadRecord { index: u32, reason: &'static str },
+    #[error("batch declares {declared} records but holds {found}")]
+    RecordCountMismatch { declared: u32, found: u32 },
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads `base_offset` and the whole batch size from the first [`BATCH_PREFIX_BYTES`] bytes,
+/// without verifying anything else. Used to walk a segment quickly.
+pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
+    if bytes.len() < BATCH_PREFIX_BYTES {
+        return Err(BatchError::Truncated {
+            bytes: bytes.len(),
+            needed: BATCH_PREFIX_BYTES,
+        });
+    }
+    let length = u32_at(bytes, 8);
+    let minimum = (BATCH_HEADER_BYTES - BATCH_PREFIX_BYTES) as u32;
+    if length < minimum || length > BATCH_BYTES_MAX - BATCH_PREFIX_BYTES as u32 {
+        return Err(BatchError::BadLength { length });
+    }
+    Ok((Offset(u64_at(bytes, 0)), length + BATCH_PREFIX_BYTES as u32))
+}
+
+/// Verifies the header and CRC of the batch that starts at `bytes[0]`, and returns its header.
+///
+/// `bytes` may extend past the batch (a read buffer holding several); the batch's extent is
+/// `header.batch_bytes`. Records are not examined: see [`check_for_append`].
+pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let (base_offset, batch_bytes) = peek_prefix(bytes)?;
+    if bytes.len() < batch_bytes as usize {
+        return Err(BatchError::Truncated {
+            bytes: bytes.len(),
+            needed: batch_bytes as usize,
+        });
+    }
+    let bytes = &bytes[..batch_bytes as usize];
+    if bytes[12] != BATCH_MAGIC {
+        return Err(BatchError::BadMagic { found: bytes[12] });
+    }
+    if bytes[13] != BATCH_VERSION {
+        return Err(BatchError::UnsupportedVersion { found: bytes[13] });
+    }
+    let stored = u32_at(bytes, 14);
+    let computed = crc32fast::hash(&bytes[CRC_START..]);
+    if stored != computed {
+        return Err(BatchError::CrcMismatch { stored, computed });
+    }
+    let attributes = u16_at(bytes, 18);
+    let codec = attributes & ATTRIBUTES_CODEC_MASK;
+    if codec != 0 {
+        return Err(BatchError::UnsupportedCodec { codec });
+    }
+    let record_count = u32_at(bytes, 20);
+    if record_count == 0 || record_count > BATCH_RECORDS_MAX {
+        return Err(BatchError::BadRecordCount {
+            count: record_count,
+        });
+    }
+    let first = u64_at(bytes, 24) as i64;
+    let max = u64_at(bytes, 32) as i64;
+    if max < first {
+        return Err(BatchError::BadTimestamps { first, max });
+    }
+    Ok(BatchHeader {
+        base_offset,
+        batch_bytes,
+        crc: stored,
+        attributes,
+        record_count,
+        first_timestamp: TimestampMs(first),
+        max_timestamp: TimestampMs(max),
+        producer: ProducerStamp {
+            producer_id: u64_at(bytes, 40) as i64,
+            producer_epoch: u16_at(bytes, 48) as i16,
+            base_sequence: u32_at(bytes, 50) as i32,
+        },
+    })
+}
+
+/// [`check`], then a walk over every record: the batch must be exactly one batch, with
+/// well-formed records whose count, offset deltas and timestamps agree with the header.
+pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = check(bytes)?;
+    if bytes.len() != header.batch_bytes as usize {
+        return Err(BatchError::TrailingBytes {
+            bytes: bytes.len(),
+            expected: header.batch_bytes as usize,
+        });
+    }
+    let view = BatchView { header, bytes };
+    let mut found = 0u32;
+    let mut max_timestamp = i64::MIN;
+    for record in view.records() {
+        let record = record?;
+        let index = found;
+        if record.offset_delta != index {
+            return Err(BatchError::BadRecord {
+                index,
+                reason: "offset delta out of sequence",
+            });
+        }
+        if index == 0 && record.timestamp != header.first_timestamp {
+            return Err(BatchError::BadRecord {
+                index,
+                reason: "the first record's timestamp differs from the batch's first timestamp",
+            });
+        }
+        max_timestamp = max_timestamp.max(record.timestamp.0);
+        for h in record.headers() {
+            let h = h?;
+            if std::str::from_utf8(h.key).is_err() {
+                return Err(BatchError::BadRecord {
+                    index,
+                    reason: "header key is not UTF-8",
+                });
+            }
+        }
+        found += 1;
+    }
+    if found != header.record_count {
+        return Err(BatchError::RecordCountMismatch {
+            declared: header.record_count,
+            found,
+        });
+    }
+    if max_timestamp != header.max_timestamp.0 {
+        return Err(BatchError::BadTimestamps {
+            first: header.first_timestamp.0,
+            max: header.max_timestamp.0,
+        });
+    }
+    Ok(header)
+}
+
+/// Writes `base_offset` into a batch's first eight bytes. The CRC does not cover them.
+pub fn stamp_base_offset(bytes: &mut [u8], base_offset: Offset) {
+    bytes[..8].copy_from_slice(&base_offset.0.to_le_bytes());
+}
+
+/// A checked batch: its header and its bytes. Building one requires [`check`] to have passed.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    header: BatchHeader,
+    bytes: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// Checks the batch at the start of `bytes` and returns a view of exactly that batch.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        let header = check(bytes)?;
+        Ok(BatchView {
+            header,
+            bytes: &bytes[..header.batch_bytes as usize],
+        })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch's bytes, exactly as stored.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The records, decoded lazily and without allocation.
+    pub fn records(&self) -> RecordIter<'a> {
+        RecordIter {
+            rest: &self.bytes[BATCH_HEADER_BYTES..],
+            base_offset: self.header.base_offset,
+            first_timestamp: self.header.first_timestamp,
+            remaining: self.header.record_count,
+            index: 0,
+            failed: false,
+        }
+    }
+}
+
+/// Iterates over the batches in a buffer that holds whole batches back to back (a read
+/// result), checking each. Stops after the first error.
+#[derive(Debug, Clone)]
+pub struct BatchIter<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> BatchIter<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        BatchIter {
+            rest: bytes,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<BatchView<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match BatchView::new(self.rest) {
+            Ok(view) => {
+                self.rest = &self.rest[view.bytes.len()..];
+                Some(Ok(view))
+            }
+            Err(error) => {
+                self.failed = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+/// One decoded record; every slice borrows from the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset: Offset,
+    pub offset_delta: u32,
+    pub timestamp: TimestampMs,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    header_count: u32,
+    headers: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    pub fn headers(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            rest: self.headers,
+            remaining: self.header_count,
+            failed: false,
+        }
+    }
+}
+
+/// One record header; the key is UTF-8 in any stored batch ([`check_for_append`] verifies it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// Decodes records without allocating. Yields an `Err` and stops at the first malformed record.
+#[derive(Debug, Clone)]
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+    base_offset: Offset,
+    first_timestamp: TimestampMs,
+    remaining: u32,
+    index: u32,
+    failed: bool,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.remaining == 0 {
+            if self.rest.is_empty() {
+                return None;
+            }
+            self.failed = true;
+            return Some(Err(BatchError::BadRecord {
+                index: self.index,
+                reason: "bytes left after the last record",
+            }));
+        }
+        match self.decode_one() {
+            Ok(record) => {
+                self.remaining -= 1;
+                self.index += 1;
+                Some(Ok(record))
+            }
+            Err(reason) => {
+                self.failed = true;
+                Some(Err(BatchError::BadRecord {
+                    index: self.index,
+                    reason,
+                }))
+            }
+        }
+    }
+}
+
+impl<'a> RecordIter<'a> {
+    fn decode_one(&mut self) -> Result<Record<'a>, &'static str> {
+        let mut reader = Reader(self.rest);
+        let length = reader.varint().ok_or("bad record length")?;
+        let length = usize::try_from(length).map_err(|_| "record length too large")?;
+        if length > reader.0.len() {
+            return Err("record length runs past the batch");
+        }
+        let (body, after) = reader.0.split_at(length);
+        let mut r = Reader(body);
+        let attributes = r.byte().ok_or("missing record attributes")?;
+        if attributes != 0 {
+            return Err("unknown record attributes");
+        }
+        let timestamp_delta = r.signed_varint().ok_or("bad timestamp delta")?;
+        let offset_delta = r.varint().ok_or("bad offset delta")?;
+        let offset_delta = u32::try_from(offset_delta).map_err(|_| "offset delta too large")?;
+        let key = r.nullable_bytes().ok_or("bad key")?;
+        let value = r.nullable_bytes().ok_or("bad value")?;
+        let header_count = r.varint().ok_or("bad header count")?;
+        let header_count = u32::try_from(header_count).map_err(|_| "too many headers")?;
+        if header_count > RECORD_HEADERS_MAX {
+            return Err("too many headers");
+        }
+        let headers = r.0;
+        // Walk the headers once so that a record that decodes is wholly well-formed.
+        let mut walk = HeaderIter {
+            rest: headers,
+            remaining: header_count,
+            failed: false,
+        };
+        for h in walk.by_ref() {
+            h.map_err(|_| "bad header")?;
+        }
+        if !walk.rest.is_empty() {
+            return Err("bytes left after the record's headers");
+        }
+        let timestamp = self
+            .first_timestamp
+            .0
+            .checked_add(timestamp_delta)
+            .ok_or("timestamp delta overflows")?;
+        self.rest = after;
+        Ok(Record {
+            offset: Offset(self.base_offset.0.wrapping_add(u64::from(offset_delta))),
+            offset_delta,
+            timestamp: TimestampMs(timestamp),
+            key,
+            value,
+            header_count,
+            headers,
+        })
+    }
+}
+
+/// Iterates over a record's headers without allocating.
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+    failed: bool,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = Result<Header<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 || self.failed {
+            return None;
+        }
+        let mut r = Reader(self.rest);
+        let parsed = (|| {
+            let key_length = usize::try_from(r.varint()?).ok()?;
+            let key = r.take(key_length)?;
+            let value = r.nullable_bytes()?;
+            Some(Header { key, value })
+        })();
+        match parsed {
+            Some(header) => {
+                self.rest = r.0;
+                self.remaining -= 1;
+                Some(Ok(header))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(BatchError::BadRecord {
+                    index: 0,
+                    reason: "bad header",
+                }))
+            }
+        }
+    }
+}
+
+/// A cursor over bytes whose every read is checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            // The tenth byte may only carry the top bit of a u64.
+            if shift == 63 && byte > 1 {
+                return None;
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn signed_varint(&mut self) -> Option<i64> {
+        let raw = self.varint()?;
+        Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
+        match self.signed_varint()? {
+            -1 => Some(None),
+            n if n >= 0 => Some(Some(self.take(usize::try_from(n).ok()?)?)),
+            _ => None,
+        }
+    }
+}
+
+fn put_varint(buf: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        buf.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.put_u8(value as u8);
+}
+
+fn put_signed_varint(buf: &mut BytesMut, value: i64) {
+    put_varint(buf, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+fn varint_len(mut value: u64) -> usize {
+    let mut n = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn signed_varint_len(value: i64) -> usize {
+    varint_len(((value << 1) ^ (value >> 63)) as u64)
+}
+
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => signed_varint_len(-1),
+        Some(b) => signed_varint_len(b.len() as i64) + b.len(),
+    }
+}
+
+fn put_nullable(buf: &mut BytesMut, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_signed_varint(buf, -1),
+        Some(b) => {
+            put_signed_varint(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+    }
+}
+
+/// Encodes one batch into a caller-owned buffer, so a producer can reuse its allocation.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use spool_storage::batch::{BatchBuilder, BatchView, ProducerStamp};
+/// use spool_storage::TimestampMs;
+///
+/// let mut builder = BatchBuilder::new(BytesMut::new());
+/// builder.push(TimestampMs(1_000), Some(b"key"), Some(b"value"), &[(b"trace", Some(b"abc"))]);
+/// let batch = builder.finish(ProducerStamp::NONE);
+/// let view = BatchView::new(&batch).unwrap();
+/// assert_eq!(view.header().record_count, 1);
+/// ```
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: BytesMut,
+    record_count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+/// A header as a key and optional value, for [`BatchBuilder::push`].
+pub type HeaderPair<'a> = (&'a [u8], Option<&'a [u8]>);
+
+impl BatchBuilder {
+    /// Starts a batch in `buf`, which is cleared first.
+    pub fn new(mut buf: BytesMut) -> Self {
+        buf.clear();
+        buf.resize(BATCH_HEADER_BYTES, 0);
+        BatchBuilder {
+            buf,
+            record_count: 0,
+            first_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// The encoded size so far, header included.
+    pub fn encoded_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one record. The caller keeps the batch within [`BATCH_RECORDS_MAX`] and
+    /// [`BATCH_BYTES_MAX`]; a log refuses a batch past either.
+    pub fn push(
+        &mut self,
+        timestamp: TimestampMs,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[HeaderPair<'_>],
+    ) {
+        if self.record_count == 0 {
+            self.first_timestamp = timestamp.0;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp.0);
+        let timestamp_delta = timestamp.0.wrapping_sub(self.first_timestamp);
+        let offset_delta = u64::from(self.record_count);
+        let headers_len: usize = headers
+            .iter()
+            .map(|(k, v)| varint_len(k.len() as u64) + k.len() + nullable_len(*v))
+            .sum();
+        let body_len = 1
+            + signed_varint_len(timestamp_delta)
+            + varint_len(offset_delta)
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint_len(headers.len() as u64)
+            + headers_len;
+        let buf = &mut self.buf;
+        put_varint(buf, body_len as u64);
+        buf.put_u8(0);
+        put_signed_varint(buf, timestamp_delta);
+        put_varint(buf, offset_delta);
+        put_nullable(buf, key);
+        put_nullable(buf, value);
+        put_varint(buf, headers.len() as u64);
+        for (k, v) in headers {
+            put_varint(buf, k.len() as u64);
+            buf.put_slice(k);
+            put_nullable(buf, *v);
+        }
+        self.record_count += 1;
+    }
+
+    /// Writes the header and CRC and returns the encoded batch (base offset 0, to be stamped by
+    /// the log). Panics if no record was pushed: an empty batch is a caller bug.
+    pub fn finish(self, producer: ProducerStamp) -> BytesMut {
+        assert!(self.record_count > 0, "a batch needs at least one record");
+        let mut buf = self.buf;
+        let length = (buf.len() - BATCH_PREFIX_BYTES) as u32;
+        let header = &mut buf[..BATCH_HEADER_BYTES];
+        header[0..8].copy_from_slice(&0u64.to_le_bytes());
+        header[8..12].copy_from_slice(&length.to_le_bytes());
+        header[12] = BATCH_MAGIC;
+        header[13] = BATCH_VERSION;
+        header[18..20].copy_from_slice(&0u16.to_le_bytes());
+        header[20..24].copy_from_slice(&self.record_count.to_le_bytes());
+        header[24..32].copy_from_slice(&self.first_timestamp.to_le_bytes());
+        header[32..40].copy_from_slice(&self.max_timestamp.to_le_bytes());
+        header[40..48].copy_from_slice(&producer.producer_id.to_le_bytes());
+        header[48..50].copy_from_slice(&producer.producer_epoch.to_le_bytes());
+        header[50..54].copy_from_slice(&producer.base_sequence.to_le_bytes());
+        let crc = crc32fast::hash(&buf[CRC_START..]);
+        buf[14..18].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BytesMut {
+        let mut b = BatchBuilder::new(BytesMut::new());
+        b.push(
+            TimestampMs(100),
+            Some(b"k1"),
+            Some(b"v1"),
+            &[(b"h", Some(b"x"))],
+        );
+        b.push(TimestampMs(90), None, None, &[]);
+        b.push(
+            TimestampMs(150),
+            Some(b""),
+            Some(&[7u8; 300]),
+            &[(b"a", None), (b"b", Some(b""))],
+        );
+        b.finish(ProducerStamp {
+            producer_id: 7,
+            producer_epoch: 2,
+            base_sequence: 40,
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let header = check_for_append(&bytes).unwrap();
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.first_timestamp, TimestampMs(100));
+        assert_eq!(header.max_timestamp, TimestampMs(150));
+        assert_eq!(header.producer.base_sequence, 40);
+        let view = BatchView::new(&bytes).unwrap();
+        let records: Vec<_> = view.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].key, Some(&b"k1"[..]));
+        assert_eq!(records[1].timestamp, TimestampMs(90));
+        assert_eq!(records[1].value, None);
+        assert_eq!(records[2].value.unwrap().len(), 300);
+        let headers: Vec<_> = records[2].headers().map(Result::unwrap).collect();
+        assert_eq!(
+            headers,
+            vec![
+                Header {
+                    key: b"a",
+                    value: None
+                },
+                Header {
+                    key: b"b",
+                    value: Some(b"")
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn base_offset_is_outside_the_crc() {
+        let mut bytes = sample();
+        stamp_base_offset(&mut bytes, Offset(12345));
+        let header = check_for_append(&bytes).unwrap();
+        assert_eq!(header.base_offset, Offset(12345));
+        assert_eq!(header.last_offset(), Offset(12347));
+    }
+
+    #[test]
+    fn every_flipped_bit_after_the_base_offset_is_caught() {
+        let bytes = sample();
+        for at in 8..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= 1 << bit;
+                assert!(
+                    check_for_append(&damaged).is_err(),
+                    "flip at byte {at} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_caught() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(check(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A deterministic pseudo-random walk over inputs with a valid CRC but random records.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 200) as usize;
+            let mut body = vec![0u8; BATCH_HEADER_BYTES + len];
+            for (i, b) in body.iter_mut().enumerate() {
+                *b = (state.rotate_left(i as u32 % 64) >> 3) as u8;
+            }
+            let length = (body.len() - 12) as u32;
+            body[8..12].copy_from_slice(&length.to_le_bytes());
+            body[12] = BATCH_MAGIC;
+            body[13] = BATCH_VERSION;
+            body[18..20].copy_from_slice(&0u16.to_le_bytes());
+            body[20..24].copy_from_slice(&((state % 5) as u32 + 1).to_le_bytes());
+            body[24..32].copy_from_slice(&0i64.to_le_bytes());
+            body[32..40].copy_from_slice(&i64::MAX.to_le_bytes());
+            let crc = crc32fast::hash(&body[CRC_START..]);
+            body[14..18].copy_from_slice(&crc.to_le_bytes());
+            let _ = check_for_append(&body);
+            if let Ok(view) = BatchView::new(&body) {
+                for record in view.records().flatten() {
+                    for _ in record.headers() {}
+                }
+            }
+        }
+    }
+}

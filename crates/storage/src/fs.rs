@@ -1,0 +1,200 @@
+//! The file-system seam. All storage I/O goes through [`FileSystem`] and [`File`], so every
+//! test can run against [`crate::sim::SimFileSystem`], which simulates crashes and faults.
+//!
+//! The trait is deliberately small: positional reads and writes, length changes,
+//! preallocation, the two syncs, and a writable map for index files.
+
+use std::fmt::Debug;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, for reading and writing.
+    Existing,
+    /// A new file; fails if it exists.
+    CreateNew,
+}
+
+pub trait FileSystem: Send + Sync + Debug + 'static {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The names (not paths) of the entries directly inside `path`.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>>;
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+#[allow(clippy::len_without_is_empty)] // a file's length is an I/O call, not a collection's
+pub trait File: Send + Sync + Debug {
+    /// Fills `buf` from `position`; an error if the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `position`.
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves blocks for the first `len` bytes (`posix_fallocate`), so later writes to them,
+    /// including writes through a map, cannot fail for lack of space.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Maps the first `len` bytes (which must exist) for reading and writing.
+    fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>>;
+}
+
+/// A writable map of the start of a file.
+pub trait MappedFile: Send + Sync + Debug {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Makes the mapped bytes durable (`msync`).
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFileSystem;
+
+impl StdFileSystem {
+    /// The real file system, as the shared handle a log takes.
+    pub fn shared() -> Arc<dyn FileSystem> {
+        Arc::new(StdFileSystem)
+    }
+}
+
+impl FileSystem for StdFileSystem {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            options.create_new(true);
+        }
+        Ok(Arc::new(StdFile {
+            file: options.open(path)?,
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
+}
+
+#[derive(Debug)]
+struct StdFile {
+    file: std::fs::File,
+}
+
+impl File for StdFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, position)
+    }
+
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, position)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        // SAFETY: the descriptor is open for writing for the lifetime of `self.file`.
+        let code = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len) };
+        match code {
+            0 => Ok(()),
+            // Some file systems (tmpfs on old kernels) lack fallocate; writing zeros reserves
+            // the blocks just as well.
+            libc::EOPNOTSUPP => self.zero_fill(len as u64),
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>> {
+        // SAFETY: index files are owned by one log, whose writer is the only code that changes
+        // them, and are never truncated while mapped (the map is dropped first).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&self.file)? };
+        Ok(Box::new(StdMap { map }))
+    }
+}
+
+impl StdFile {
+    fn zero_fill(&self, len: u64) -> io::Result<()> {
+        let current = self.len()?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut position = current;
+        while position < len {
+            let n = (len - position).min(zeros.len() as u64) as usize;
+            self.write_all_at(&zeros[..n], position)?;
+            position += n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct StdMap {
+    map: memmap2::MmapMut,
+}
+
+impl MappedFile for StdMap {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+}

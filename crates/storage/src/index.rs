@@ -1,0 +1,284 @@
+//! Sparse, memory-mapped indexes beside each segment.
+//!
+//! # Offset index (`{base_offset:020}.index`), 8-byte entries
+//!
+//! | offset | size | field             |
+//! |-------:|-----:|-------------------|
+//! |      0 |    4 | `relative_offset` (u32 LE): batch base offset - segment base offset |
+//! |      4 |    4 | `position` (u32 LE): byte position of that batch in the segment |
+//!
+//! # Time index (`{base_offset:020}.timeindex`), 12-byte entries
+//!
+//! | offset | size | field             |
+//! |-------:|-----:|-------------------|
+//! |      0 |    8 | `timestamp` (i64 LE, ms): the segment's largest timestamp up to and including the batch |
+//! |      8 |    4 | `relative_offset` (u32 LE): that batch's base offset - segment base offset |
+//!
+//! Invariants, checked whenever an index is loaded (a failed check means the index is rebuilt
+//! from the log): offset entries strictly increase in both fields and point inside the log;
+//! time entries strictly increase in timestamp and do not decrease in offset. The batch at
+//! position 0 is never indexed: it is implied.
+//!
+//! An active segment's index files are preallocated to their full capacity (so writing
+//! through the map can never hit a full disk, which would be SIGBUS) and trimmed to their
+//! entries when the segment is sealed or the log is closed. After a crash, the active
+//! segment's indexes are rebuilt from the log, so index writes need no fsync of their own.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::fs::{File, FileSystem, MappedFile, OpenMode};
+
+/// One index file: a mapped array of fixed-size entries.
+#[derive(Debug)]
+pub(crate) struct IndexFile {
+    path: PathBuf,
+    file: Arc<dyn File>,
+    map: Option<Box<dyn MappedFile>>,
+    entry_bytes: usize,
+    entries: usize,
+    capacity: usize,
+}
+
+impl IndexFile {
+    /// Creates an empty index with room for `capacity` entries, preallocated and mapped.
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        path: &Path,
+        entry_bytes: usize,
+        capacity: usize,
+    ) -> io::Result<IndexFile> {
+        if fs.exists(path)? {
+            fs.remove_file(path)?;
+        }
+        let file = fs.open(path, OpenMode::CreateNew)?;
+        let mut index = IndexFile {
+            path: path.to_path_buf(),
+            file,
+            map: None,
+            entry_bytes,
+            entries: 0,
+            capacity: 0,
+        };
+        index.grow(capacity)?;
+        Ok(index)
+    }
+
+    /// Opens a trimmed index: its entry count is its length divided by the entry size.
+    /// Returns `None` when the file is missing or its length is not a whole number of entries.
+    pub(crate) fn open_trimmed(
+        fs: &dyn FileSystem,
+        path: &Path,
+        entry_bytes: usize,
+    ) -> io::Result<Option<IndexFile>> {
+        if !fs.exists(path)? {
+            return Ok(None);
+        }
+        let file = fs.open(path, OpenMode::Existing)?;
+        let len = file.len()?;
+        if len % entry_bytes as u64 != 0 {
+            return Ok(None);
+        }
+        let entries = (len / entry_bytes as u64) as usize;
+        let map = if entries > 0 {
+            Some(file.map_mut(len as usize)?)
+        } else {
+            None
+        };
+        Ok(Some(IndexFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entry_bytes,
+            entries,
+            capacity: entries,
+        }))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub(crate) fn entry(&self, i: usize) -> &[u8] {
+        assert!(i < self.entries, "index entry {i} of {}", self.entries);
+        let map = self.map.as_ref().expect("a non-empty index is mapped");
+        &map.bytes()[i * self.entry_bytes..(i + 1) * self.entry_bytes]
+    }
+
+    /// Appends an entry. A full index skips it: the index is sparse, so a missing entry only
+    /// lengthens a scan.
+    pub(crate) fn push(&mut self, entry: &[u8]) {
+        assert_eq!(entry.len(), self.entry_bytes);
+        if self.entries == self.capacity {
+            return;
+        }
+        let at = self.entries * self.entry_bytes;
+        let map = self.map.as_mut().expect("an index with capacity is mapped");
+        map.bytes_mut()[at..at + entry.len()].copy_from_slice(entry);
+        self.entries += 1;
+    }
+
+    /// Preallocates and maps room for `capacity` entries (used when a trimmed index becomes
+    /// active again).
+    pub(crate) fn grow(&mut self, capacity: usize) -> io::Result<()> {
+        if capacity <= self.capacity && self.map.is_some() {
+            return Ok(());
+        }
+        let capacity = capacity.max(self.entries).max(1);
+        let bytes = capacity * self.entry_bytes;
+        self.map = None;
+        self.file.allocate(bytes as u64)?;
+        self.map = Some(self.file.map_mut(bytes)?);
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Trims the file to its entries and makes it durable.
+    ///
+    /// Order: msync the map, unmap, set the length, fsync, map the trimmed file again.
+    pub(crate) fn trim_and_sync(&mut self) -> io::Result<()> {
+        if let Some(map) = &self.map {
+            map.flush()?;
+        }
+        self.map = None;
+        let bytes = self.entries * self.entry_bytes;
+        self.file.set_len(bytes as u64)?;
+        self.file.sync_data()?;
+        self.capacity = self.entries;
+        if self.entries > 0 {
+            self.map = Some(self.file.map_mut(bytes)?);
+        }
+        Ok(())
+    }
+}
+
+/// Offset index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub(crate) relative_offset: u32,
+    pub(crate) position: u32,
+}
+
+pub(crate) const OFFSET_ENTRY_BYTES: usize = 8;
+pub(crate) const TIME_ENTRY_BYTES: usize = 12;
+
+/// Time index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub(crate) timestamp_ms: i64,
+    pub(crate) relative_offset: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct OffsetIndex(pub(crate) IndexFile);
+
+impl OffsetIndex {
+    pub(crate) fn get(&self, i: usize) -> OffsetEntry {
+        let e = self.0.entry(i);
+        OffsetEntry {
+            relative_offset: u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
+            position: u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+        }
+    }
+
+    pub(crate) fn last(&self) -> Option<OffsetEntry> {
+        self.0.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    pub(crate) fn push(&mut self, entry: OffsetEntry) {
+        let mut bytes = [0u8; OFFSET_ENTRY_BYTES];
+        bytes[0..4].copy_from_slice(&entry.relative_offset.to_le_bytes());
+        bytes[4..8].copy_from_slice(&entry.position.to_le_bytes());
+        self.0.push(&bytes);
+    }
+
+    /// The last entry whose relative offset is at most `relative_offset`.
+    pub(crate) fn floor(&self, relative_offset: u32) -> Option<OffsetEntry> {
+        let n = self.0.len();
+        let count = partition_point(n, |i| self.get(i).relative_offset <= relative_offset);
+        count.checked_sub(1).map(|i| self.get(i))
+    }
+
+    /// Whether the entries obey the invariants for a log of `log_bytes` bytes.
+    pub(crate) fn is_consistent(&self, log_bytes: u64) -> bool {
+        let mut previous: Option<OffsetEntry> = None;
+        for i in 0..self.0.len() {
+            let e = self.get(i);
+            if u64::from(e.position) >= log_bytes || e.position == 0 {
+                return false;
+            }
+            if let Some(p) = previous
+                && (e.relative_offset <= p.relative_offset || e.position <= p.position)
+            {
+                return false;
+            }
+            previous = Some(e);
+        }
+        true
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TimeIndex(pub(crate) IndexFile);
+
+impl TimeIndex {
+    pub(crate) fn get(&self, i: usize) -> TimeEntry {
+        let e = self.0.entry(i);
+        TimeEntry {
+            timestamp_ms: i64::from_le_bytes(e[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
+        }
+    }
+
+    pub(crate) fn last(&self) -> Option<TimeEntry> {
+        self.0.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    pub(crate) fn push(&mut self, entry: TimeEntry) {
+        let mut bytes = [0u8; TIME_ENTRY_BYTES];
+        bytes[0..8].copy_from_slice(&entry.timestamp_ms.to_le_bytes());
+        bytes[8..12].copy_from_slice(&entry.relative_offset.to_le_bytes());
+        self.0.push(&bytes);
+    }
+
+    /// The last entry whose timestamp is before `timestamp_ms`: every batch up to and
+    /// including the one it names has a smaller timestamp, so a search may start there.
+    pub(crate) fn last_before(&self, timestamp_ms: i64) -> Option<TimeEntry> {
+        let n = self.0.len();
+        let count = partition_point(n, |i| self.get(i).timestamp_ms < timestamp_ms);
+        count.checked_sub(1).map(|i| self.get(i))
+    }
+
+    pub(crate) fn is_consistent(&self, next_relative_offset: u64) -> bool {
+        let mut previous: Option<TimeEntry> = None;
+        for i in 0..self.0.len() {
+            let e = self.get(i);
+            if u64::from(e.relative_offset) >= next_relative_offset {
+                return false;
+            }
+            if let Some(p) = previous
+                && (e.timestamp_ms <= p.timestamp_ms || e.relative_offset < p.relative_offset)
+            {
+                return false;
+            }
+            previous = Some(e);
+        }
+        true
+    }
+}
+
+/// The number of leading indexes `i < n` for which `pred(i)` holds, assuming `pred` is true
+/// then false (a binary search over the mapped entries).
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}

@@ -1,0 +1,102 @@
+//! # spool-storage
+//!
+//! The log of one partition: record batches stored in segment files, sparse memory-mapped
+//! offset and time indexes, group commit, crash recovery and retention.
+//!
+//! This crate is synchronous and knows nothing of topics, consumer groups, async runtimes,
+//! protobuf or the network. All file access goes through the [`fs::FileSystem`] trait, so
+//! every test can run against [`sim::SimFileSystem`], which simulates crashes and faults.
+//!
+//! ## Files of a log directory
+//!
+//! | file                          | content                                                 |
+//! |-------------------------------|---------------------------------------------------------|
+//! | `{base_offset:020}.log`       | whole batches back to back ([`batch`] has the format)    |
+//! | `{base_offset:020}.index`     | sparse offset index ([`index`] has the format)           |
+//! | `{base_offset:020}.timeindex` | sparse time index                                        |
+//! | `clean-shutdown`              | present only while closed cleanly: the next offset       |
+//!
+//! ## Order of writes and syncs
+//!
+//! **Append** ([`Log::append`]): (1) check the batch (length, CRC, every record); (2) roll
+//! if the segment is full or old (below); (3) stamp the base offset; (4) write the batch at
+//! the end of the active log file with one positional write; (5) add index entries through
+//! the map. Nothing is synced: the batch is durable after the next sync.
+//!
+//! **Sync** ([`Log::begin_sync`], [`SyncTicket::run`], [`Log::finish_sync`]): note the
+//! written end; `fdatasync` the active log file without holding the log; on success the
+//! durable end moves to the noted end. On failure the log is fenced: no retry, and the
+//! durable end stays where it was. Index files are not synced: they are rebuilt after a
+//! crash. Under [`FsyncPolicy::Always`], readers see only what is durable.
+//!
+//! **Roll**: (1) add the closing time-index entry; (2) `fdatasync` the active log file;
+//! (3) msync, trim and `fdatasync` both indexes; (4) create the new log file and its
+//! preallocated index files; (5) fsync the directory. A sealed segment is durable and
+//! immutable, so recovery need only scan the last segment.
+//!
+//! **Truncate** (only in recovery, for a torn tail): (1) rebuild the indexes of the valid
+//! part; (2) cut the log file at the first invalid byte; (3) `fdatasync` it.
+//!
+//! **Delete** (retention, [`Log::apply_retention`]): per segment, oldest first: (1) forget it,
+//! moving the log start offset; (2) remove the log file, then both indexes; (3) fsync the
+//! directory before the next one. A crash in between leaves either the whole segment (whose
+//! missing index is rebuilt) or none of it, never a hole.
+//!
+//! **Close** ([`Log::close`]): `fdatasync` the active log; trim and sync its indexes; write
+//! the next offset to `clean-shutdown.tmp`, `fdatasync`, rename to `clean-shutdown`, fsync
+//! the directory.
+//!
+//! ## Assumptions about the disk
+//!
+//! - `fdatasync` returning success means the file's data written before it survives power
+//!   loss; fsync of a directory does the same for its entries (creations, renames, removals).
+//! - Writes that were not synced may be lost, torn at any byte, or reach the disk in any
+//!   order; a crash may leave a file longer than what was written, filled with zeros.
+//! - A failed fsync may have dropped the data it covered, and a later fsync can report
+//!   success anyway (fsyncgate): so a failure is final for the log.
+//! - Data that was synced is read back as written, or with damage that the CRC detects. Spool
+//!   does not re-verify every CRC of sealed segments at start-up; it checks each segment's
+//!   tail, rebuilds inconsistent indexes from a full check, and `spool dump` checks everything.
+//! - Writing through a map of a sparse file on a full disk raises SIGBUS, so index files are
+//!   preallocated with `posix_fallocate` before they are mapped.
+
+pub mod batch;
+pub mod error;
+pub mod fs;
+mod index;
+pub mod limits;
+mod log;
+mod recovery;
+mod segment;
+pub mod sim;
+
+pub use error::{
+    AppendError, CloseError, ConfigError, DeleteError, Fence, OpenError, ReadError, RetentionError,
+    SyncError,
+};
+pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SyncTicket};
+pub use recovery::RecoveryReport;
+
+/// A record's position in a partition: the first record ever appended is offset 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub u64);
+
+/// Milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct TimestampMs(pub i64);
+
+impl TimestampMs {
+    /// The system clock, for callers at the edge; storage itself is handed times.
+    pub fn now() -> TimestampMs {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        TimestampMs(since_epoch.as_millis() as i64)
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}

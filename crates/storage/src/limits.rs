@@ -1,0 +1,51 @@
+//! Every size and count the storage layer enforces, in one place.
+//!
+//! Limits are checked at the edge (as typed errors, see `AppendError`) and asserted again
+//! inside as bugs. The `const` assertions at the bottom pin how the limits relate, so a change
+//! that breaks one relation fails to compile instead of failing at run time.
+
+use crate::batch::BATCH_HEADER_BYTES;
+
+/// The largest encoded batch, header included, that a log accepts.
+pub const BATCH_BYTES_MAX: u32 = 8 * 1024 * 1024;
+/// The most records one batch may carry.
+pub const BATCH_RECORDS_MAX: u32 = 100_000;
+/// The most headers one record may carry.
+pub const RECORD_HEADERS_MAX: u32 = 64;
+
+/// The smallest and largest segment size a log may be configured with.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// The default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
+/// A sparse index gets one entry per this many bytes of log (at most; a batch is never split).
+pub const INDEX_INTERVAL_BYTES: u32 = 4 * 1024;
+
+/// Segment file positions are stored as `u32` in the offset index, so a segment must stay
+/// addressable by one.
+pub const SEGMENT_POSITION_MAX: u64 = u32::MAX as u64;
+
+/// Index entries preallocated for one segment: enough for a full segment of the largest size
+/// at one entry per interval, plus one for the batch that crosses the size limit.
+pub const fn index_entries_max(segment_bytes_max: u64) -> u64 {
+    segment_bytes_max / INDEX_INTERVAL_BYTES as u64 + 2
+}
+
+/// The longest interval an `interval` fsync policy may name, in milliseconds.
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;
+
+/// How many bytes one `read` call may ask for.
+pub const READ_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+const _: () = assert!(BATCH_HEADER_BYTES as u32 + 1 < BATCH_BYTES_MAX);
+// A largest batch fits in a fresh segment of the smallest size, twice over, so a roll always
+// makes room for the batch that caused it.
+const _: () = assert!((BATCH_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= SEGMENT_POSITION_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!((INDEX_INTERVAL_BYTES as u64) < SEGMENT_BYTES_MIN);
+// Relative offsets in the index are u32: a segment can never hold more records than that.
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);

@@ -1,0 +1,663 @@
+//! The partition log: an ordered list of segments, the last one active.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchView};
+use crate::error::{
+    AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
+    is_no_space,
+};
+use crate::fs::{File, FileSystem, OpenMode};
+use crate::limits::{
+    BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, READ_BYTES_MAX, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, index_entries_max,
+};
+use crate::recovery::RecoveryReport;
+use crate::segment::{Segment, SegmentWriteError};
+use crate::{Offset, TimestampMs};
+
+/// The name of the file whose presence says the log was closed cleanly; it holds the log's
+/// next offset in decimal.
+pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+
+/// When appended batches are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// A batch is durable before it is visible to readers (or acknowledged by a server).
+    Always,
+    /// Appended batches are synced at most `interval_ms` apart (the caller drives
+    /// [`Log::sync_due`]); visible once written.
+    Interval { interval_ms: u64 },
+    /// The operating system decides when data reaches the disk; visible once written.
+    Never,
+}
+
+/// A log's settings. Validated by [`LogConfig::validate`]; nothing is adjusted silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The active segment rolls before a batch would take it past this size.
+    pub segment_bytes: u64,
+    /// The active segment rolls when its first batch is this old.
+    pub segment_ms: Option<u64>,
+    pub fsync: FsyncPolicy,
+    /// Sealed segments whose newest record is older than this are deleted.
+    pub retention_ms: Option<u64>,
+    /// Sealed segments are deleted, oldest first, while the log stays at least this large
+    /// without them.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_ms: None,
+            fsync: FsyncPolicy::Always,
+            retention_ms: None,
+            retention_bytes: None,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(ConfigError::SegmentBytes {
+                bytes: self.segment_bytes,
+                min: SEGMENT_BYTES_MIN,
+                max: SEGMENT_BYTES_MAX,
+            });
+        }
+        if self.segment_ms == Some(0) {
+            return Err(ConfigError::SegmentMsZero);
+        }
+        if let FsyncPolicy::Interval { interval_ms } = self.fsync
+            && !(1..=FSYNC_INTERVAL_MS_MAX).contains(&interval_ms)
+        {
+            return Err(ConfigError::FsyncInterval {
+                interval_ms,
+                max_ms: FSYNC_INTERVAL_MS_MAX,
+            });
+        }
+        if self.retention_ms == Some(0) {
+            return Err(ConfigError::RetentionMsZero);
+        }
+        if self.retention_bytes == Some(0) {
+            return Err(ConfigError::RetentionBytesZero);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn index_capacity(&self) -> usize {
+        index_entries_max(self.segment_bytes) as usize
+    }
+}
+
+/// A point in the log: an offset and where it falls in the segment files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watermark {
+    pub(crate) offset: Offset,
+    /// Base offset of the segment that `position` is in.
+    pub(crate) segment_base: Offset,
+    pub(crate) position: u64,
+}
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The append was the first in a new segment.
+    pub rolled: bool,
+}
+
+/// Whole batches read from the log, as stored.
+#[derive(Debug, Clone)]
+pub struct ReadBatches {
+    /// Whole batches back to back. The first may start before the requested offset (it is
+    /// the batch that holds it); readers skip records below the offset they asked for.
+    pub bytes: Bytes,
+    /// The offset after the last batch in `bytes` (the requested offset when empty).
+    pub next_offset: Offset,
+    pub log_start_offset: Offset,
+    /// The log's visible end when the read was made.
+    pub log_end_offset: Offset,
+}
+
+/// A sync prepared under the log's lock and run without it: see [`Log::begin_sync`].
+#[derive(Debug)]
+#[must_use = "a prepared sync does nothing until run and finished"]
+pub struct SyncTicket {
+    file: Option<(Arc<dyn File>, PathBuf)>,
+    target: Watermark,
+}
+
+impl SyncTicket {
+    /// The fsync itself: call it without holding the log's lock, so appends continue.
+    pub fn run(&self) -> io::Result<()> {
+        match &self.file {
+            Some((file, _)) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// The offset this sync makes durable.
+    pub fn offset(&self) -> Offset {
+        self.target.offset
+    }
+}
+
+/// One partition's log. Appends take `&mut self` (one writer); reads take `&self`.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    /// Oldest first; never empty; the last is active.
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) durable: Watermark,
+    pub(crate) last_sync: TimestampMs,
+    pub(crate) fence: Option<Fence>,
+    pub(crate) recovery: RecoveryReport,
+}
+
+impl Log {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What recovery found when the log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.segments[0].base_offset
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> Offset {
+        self.active().next_offset
+    }
+
+    /// The end of what is durable.
+    pub fn durable_offset(&self) -> Offset {
+        self.durable.offset
+    }
+
+    /// The end of what readers may see: the durable end under [`FsyncPolicy::Always`],
+    /// everything written otherwise.
+    pub fn visible_end_offset(&self) -> Offset {
+        self.visible().offset
+    }
+
+    /// Bytes of all segment log files.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log has at least one segment")
+    }
+
+    fn written(&self) -> Watermark {
+        let active = self.active();
+        Watermark {
+            offset: active.next_offset,
+            segment_base: active.base_offset,
+            position: active.size_bytes,
+        }
+    }
+
+    fn visible(&self) -> Watermark {
+        match self.config.fsync {
+            FsyncPolicy::Always => self.durable,
+            FsyncPolicy::Interval { .. } | FsyncPolicy::Never => self.written(),
+        }
+    }
+
+    /// Appends one batch, encoded by [`batch::BatchBuilder`] or a client in the same format.
+    /// The batch is checked (CRC and every record), its base offset stamped, and written as
+    /// it is. It is durable only after a later sync covers it.
+    pub fn append(&mut self, batch: &mut [u8], now: TimestampMs) -> Result<Appended, AppendError> {
+        if let Some(fence) = &self.fence {
+            return Err(AppendError::Fenced(fence.clone()));
+        }
+        if batch.len() > BATCH_BYTES_MAX as usize {
+            return Err(AppendError::BatchTooLarge {
+                bytes: batch.len(),
+                bytes_max: BATCH_BYTES_MAX,
+            });
+        }
+        let mut header = batch::check_for_append(batch)?;
+        let rolled = self.roll_if_due(batch.len() as u64, now)?;
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log has at least one segment");
+        header.base_offset = active.next_offset;
+        batch::stamp_base_offset(batch, header.base_offset);
+        match active.append(batch, &header, now) {
+            Ok(()) => {}
+            Err(SegmentWriteError::Clean(source)) if is_no_space(&source) => {
+                return Err(AppendError::NoSpace {
+                    path: active.path.clone(),
+                    source,
+                });
+            }
+            Err(SegmentWriteError::Clean(source)) => {
+                return Err(AppendError::Io {
+                    path: active.path.clone(),
+                    source,
+                });
+            }
+            Err(SegmentWriteError::Dirty(error)) => {
+                let fence = Fence::WriteFailed {
+                    path: active.path.clone(),
+                    error: Arc::new(error),
+                };
+                self.fence = Some(fence.clone());
+                return Err(AppendError::Fenced(fence));
+            }
+        }
+        Ok(Appended {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            rolled,
+        })
+    }
+
+    fn roll_if_due(&mut self, incoming_bytes: u64, now: TimestampMs) -> Result<bool, AppendError> {
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(false);
+        }
+        let full = active.size_bytes + incoming_bytes > self.config.segment_bytes;
+        let old = match (self.config.segment_ms, active.first_append) {
+            (Some(limit), Some(first)) => now.0.saturating_sub(first.0) >= limit as i64,
+            _ => false,
+        };
+        if !(full || old) {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
+    }
+
+    /// Seals the active segment and starts a new one (appends do this by themselves when the
+    /// segment is full or old; an empty active segment is left as it is).
+    ///
+    /// Order: (1) seal the active segment: closing time entry, fsync its log, trim and fsync
+    /// its indexes; (2) create the new log file and its preallocated indexes; (3) fsync the
+    /// directory. A failed fsync fences the log. A failure to create the new files removes
+    /// them and leaves the sealed segment active, so the next append tries again.
+    pub fn roll(&mut self) -> Result<(), AppendError> {
+        if let Some(fence) = &self.fence {
+            return Err(AppendError::Fenced(fence.clone()));
+        }
+        if self.active().is_empty() {
+            return Ok(());
+        }
+        let fs = self.fs.clone();
+        let capacity = self.config.index_capacity();
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log has at least one segment");
+        if let Err(error) = active.seal() {
+            let fence = Fence::SyncFailed {
+                path: active.path.clone(),
+                error: Arc::new(error),
+            };
+            self.fence = Some(fence.clone());
+            return Err(AppendError::Fenced(fence));
+        }
+        let sealed = Watermark {
+            offset: active.next_offset,
+            segment_base: active.base_offset,
+            position: active.size_bytes,
+        };
+        let base = active.next_offset;
+        let segment = match Segment::create(fs.as_ref(), &self.dir, base, capacity) {
+            Ok(segment) => segment,
+            Err(source) => {
+                for path in crate::recovery::segment_paths(&self.dir, base) {
+                    let _ = fs.remove_file(&path);
+                }
+                let path = crate::segment::log_path(&self.dir, base);
+                return Err(if is_no_space(&source) {
+                    AppendError::NoSpace { path, source }
+                } else {
+                    AppendError::Io { path, source }
+                });
+            }
+        };
+        if let Err(error) = fs.sync_dir(&self.dir) {
+            let fence = Fence::SyncFailed {
+                path: self.dir.clone(),
+                error: Arc::new(error),
+            };
+            self.fence = Some(fence.clone());
+            return Err(AppendError::Fenced(fence));
+        }
+        self.segments.push(segment);
+        if sealed.offset > self.durable.offset {
+            self.durable = sealed;
+        }
+        Ok(())
+    }
+
+    /// Prepares a sync of everything appended so far. Run the ticket without holding the
+    /// log's lock, then pass its result to [`Log::finish_sync`]: appends made meanwhile are
+    /// left for the next sync. This is group commit: one fsync covers every batch before it.
+    pub fn begin_sync(&self) -> SyncTicket {
+        let target = self.written();
+        let active = self.active();
+        let file = (target.offset > self.durable.offset)
+            .then(|| (active.file.clone(), active.path.clone()));
+        SyncTicket { file, target }
+    }
+
+    /// Records a sync's outcome and returns the new durable offset. A failed fsync fences
+    /// the log: the failure is not retried and nothing it covered becomes durable.
+    pub fn finish_sync(
+        &mut self,
+        ticket: SyncTicket,
+        result: io::Result<()>,
+        now: TimestampMs,
+    ) -> Result<Offset, SyncError> {
+        if let Some(fence) = &self.fence {
+            return Err(SyncError::Fenced(fence.clone()));
+        }
+        if let Err(error) = result {
+            let path = ticket
+                .file
+                .map_or_else(|| self.dir.clone(), |(_, path)| path);
+            let fence = Fence::SyncFailed {
+                path,
+                error: Arc::new(error),
+            };
+            self.fence = Some(fence.clone());
+            return Err(SyncError::Fenced(fence));
+        }
+        self.last_sync = now;
+        if ticket.target.offset > self.durable.offset {
+            self.durable = ticket.target;
+        }
+        Ok(self.durable.offset)
+    }
+
+    /// Syncs everything appended so far, holding `&mut self` throughout.
+    pub fn sync(&mut self, now: TimestampMs) -> Result<Offset, SyncError> {
+        let ticket = self.begin_sync();
+        let result = ticket.run();
+        self.finish_sync(ticket, result, now)
+    }
+
+    /// Whether an [`FsyncPolicy::Interval`] log has unsynced batches and its interval passed.
+    pub fn sync_due(&self, now: TimestampMs) -> bool {
+        let FsyncPolicy::Interval { interval_ms } = self.config.fsync else {
+            return false;
+        };
+        self.next_offset() > self.durable.offset
+            && now.0.saturating_sub(self.last_sync.0) >= interval_ms as i64
+    }
+
+    /// How far readers may read in `segment`, in bytes.
+    fn readable_bytes(&self, segment: &Segment) -> u64 {
+        let visible = self.visible();
+        if segment.base_offset < visible.segment_base {
+            segment.size_bytes
+        } else if segment.base_offset == visible.segment_base {
+            visible.position
+        } else {
+            0
+        }
+    }
+
+    fn segment_for(&self, offset: Offset) -> &Segment {
+        let i = self.segments.partition_point(|s| s.base_offset <= offset);
+        &self.segments[i.saturating_sub(1)]
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`: as many as fit in
+    /// `bytes_max` (at least one, so a reader always progresses), from one segment, never past
+    /// the visible end. Reading at the visible end returns no bytes.
+    pub fn read(&self, offset: Offset, bytes_max: u32) -> Result<ReadBatches, ReadError> {
+        let log_start = self.log_start_offset();
+        let log_end = self.visible_end_offset();
+        if offset < log_start || offset > log_end {
+            return Err(ReadError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        let empty = ReadBatches {
+            bytes: Bytes::new(),
+            next_offset: offset,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        };
+        if offset == log_end {
+            return Ok(empty);
+        }
+        let segment = self.segment_for(offset);
+        let end = self.readable_bytes(segment);
+        let io = |source| ReadError::Io {
+            path: segment.path.clone(),
+            source,
+        };
+        let Some(position) = segment.find(offset, end).map_err(io)? else {
+            return Ok(empty);
+        };
+        let bytes = segment
+            .read(position, end, bytes_max.min(READ_BYTES_MAX))
+            .map_err(io)?;
+        let next_offset = last_next_offset(&bytes).unwrap_or(offset);
+        Ok(ReadBatches {
+            bytes,
+            next_offset,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        })
+    }
+
+    /// The first visible offset whose record timestamp is at or after `timestamp`, or `None`
+    /// when every visible record is older.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: TimestampMs,
+    ) -> Result<Option<Offset>, ReadError> {
+        for segment in &self.segments {
+            if segment.max_timestamp.is_none_or(|max| max < timestamp) {
+                continue;
+            }
+            let end = self.readable_bytes(segment);
+            let io = |source| ReadError::Io {
+                path: segment.path.clone(),
+                source,
+            };
+            let start = segment
+                .time_index
+                .last_before(timestamp.0)
+                .and_then(|e| segment.offset_index.floor(e.relative_offset))
+                .map_or(0, |e| u64::from(e.position));
+            let mut found = None;
+            segment
+                .walk(start, end, |batch| {
+                    if batch.max_timestamp >= timestamp {
+                        found = Some((batch.position, batch.batch_bytes));
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map_err(io)?;
+            let Some((position, batch_bytes)) = found else {
+                continue;
+            };
+            let bytes = segment.read(position, end, batch_bytes).map_err(io)?;
+            let view = BatchView::new(&bytes)
+                .map_err(|e| io(crate::segment::corrupt(&segment.path, position, e)))?;
+            for record in view.records() {
+                let record =
+                    record.map_err(|e| io(crate::segment::corrupt(&segment.path, position, e)))?;
+                if record.timestamp >= timestamp {
+                    return Ok(Some(record.offset));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments past the retention limits, oldest first, and returns how
+    /// many. The active segment is never deleted.
+    ///
+    /// Order, per segment: (1) drop it from the in-memory list, so the log start offset moves
+    /// past it and readers of it get out-of-range; (2) delete its log file, then its indexes;
+    /// (3) fsync the directory, before the next segment, so a crash cannot leave a hole.
+    pub fn apply_retention(&mut self, now: TimestampMs) -> Result<usize, RetentionError> {
+        let mut total = self.size_bytes();
+        let mut deleted = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let expired = match (self.config.retention_ms, oldest.max_timestamp) {
+                (Some(limit), Some(max)) => max.0 < now.0.saturating_sub(limit as i64),
+                _ => false,
+            };
+            let oversize = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size_bytes >= limit);
+            if !(expired || oversize) {
+                break;
+            }
+            let segment = self.segments.remove(0);
+            total -= segment.size_bytes;
+            let base = segment.base_offset;
+            drop(segment);
+            for path in crate::recovery::segment_paths(&self.dir, base) {
+                match self.fs.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(RetentionError::Io { path, source }),
+                }
+            }
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|source| RetentionError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Closes the log cleanly so the next open needs no scan.
+    ///
+    /// Order: (1) fsync the active log file; (2) add the closing time entry, trim and fsync
+    /// both indexes; (3) write the next offset to `clean-shutdown.tmp`, fsync it, rename it to
+    /// `clean-shutdown`, fsync the directory. A fenced log writes nothing and reports its fence,
+    /// so the next open checks everything again.
+    pub fn close(mut self) -> Result<(), CloseError> {
+        if let Some(fence) = self.fence.take() {
+            return Err(CloseError::Fenced(fence));
+        }
+        let dir = self.dir.clone();
+        let fs = self.fs.clone();
+        let next_offset = self.next_offset();
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log has at least one segment");
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CloseError::Io { path, source }
+        };
+        active.file.sync_data().map_err(at(&active.path))?;
+        let last = active.last_batch().map_err(at(&active.path))?;
+        active.index_final_timestamp(last);
+        active
+            .offset_index
+            .0
+            .trim_and_sync()
+            .map_err(at(active.offset_index.0.path()))?;
+        active
+            .time_index
+            .0
+            .trim_and_sync()
+            .map_err(at(active.time_index.0.path()))?;
+        let temporary = dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp"));
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        if fs.exists(&temporary).map_err(at(&temporary))? {
+            fs.remove_file(&temporary).map_err(at(&temporary))?;
+        }
+        let file = fs
+            .open(&temporary, OpenMode::CreateNew)
+            .map_err(at(&temporary))?;
+        file.write_all_at(next_offset.0.to_string().as_bytes(), 0)
+            .map_err(at(&temporary))?;
+        file.sync_data().map_err(at(&temporary))?;
+        fs.rename(&temporary, &marker).map_err(at(&marker))?;
+        fs.sync_dir(&dir).map_err(at(&dir))?;
+        Ok(())
+    }
+
+    /// Deletes every file of the log and its directory.
+    ///
+    /// Order: delete each segment's log file and indexes and any other file in the directory,
+    /// remove the directory, fsync its parent.
+    pub fn delete(self) -> Result<(), DeleteError> {
+        let Log {
+            fs, dir, segments, ..
+        } = self;
+        drop(segments);
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DeleteError { path, source }
+        };
+        for name in fs.list_dir(&dir).map_err(at(&dir))? {
+            let path = dir.join(name);
+            fs.remove_file(&path).map_err(at(&path))?;
+        }
+        fs.remove_dir(&dir).map_err(at(&dir))?;
+        if let Some(parent) = dir.parent() {
+            fs.sync_dir(parent).map_err(at(parent))?;
+        }
+        Ok(())
+    }
+}
+
+/// The offset after the last whole batch in `bytes`.
+fn last_next_offset(bytes: &[u8]) -> Option<Offset> {
+    let mut at = 0usize;
+    let mut next = None;
+    while at < bytes.len() {
+        let (base, batch_bytes) = batch::peek_prefix(&bytes[at..]).ok()?;
+        let count = u32::from_le_bytes(bytes.get(at + 20..at + 24)?.try_into().ok()?);
+        next = Some(Offset(base.0 + u64::from(count)));
+        at += batch_bytes as usize;
+    }
+    next
+}

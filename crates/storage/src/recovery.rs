@@ -1,0 +1,459 @@
+//! Opening a log: find the segments, trust what a clean shutdown vouches for, check and repair
+//! the rest.
+//!
+//! Steps, in order:
+//!
+//! 1. Remove leftovers: `*.tmp` files and index files whose log file is gone. Fsync the
+//!    directory if anything was removed.
+//! 2. Decide whether the last shutdown was clean: the `clean-shutdown` file exists and holds
+//!    the next offset that the segments end at.
+//! 3. Load each segment, oldest first. A sealed segment, or any segment after a clean
+//!    shutdown, keeps its trimmed indexes if they are consistent, and only the batches after
+//!    its last index entry are checked (length and CRC) up to the end of the file. Otherwise
+//!    (the active segment after a crash, or indexes missing, torn or inconsistent) the whole
+//!    segment is scanned: every batch's length, CRC and offset, and its indexes are rebuilt.
+//! 4. Invalid bytes with no valid batch after them, in the last segment, are a torn tail: the
+//!    file is cut there and fsynced. Anything else (a bad batch followed by valid ones, damage
+//!    in a sealed segment, a gap between segments) fences the log: it stays readable up to
+//!    the damage, refuses writes, and the files are left as they are for inspection.
+//! 5. Fsync the active segment (a process that crashed may have left written but unsynced
+//!    batches in the page cache: they become durable now, before anyone can read them), then
+//!    remove `clean-shutdown` and fsync the directory.
+//!
+//! Opening is idempotent: opening again without writes in between rewrites nothing that
+//! differs.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Fence, OpenError};
+use crate::fs::{FileSystem, OpenMode};
+use crate::index::{IndexFile, OFFSET_ENTRY_BYTES, OffsetIndex, TIME_ENTRY_BYTES, TimeIndex};
+use crate::log::{CLEAN_SHUTDOWN_FILE, Log, LogConfig, Watermark};
+use crate::segment::{self, Segment};
+use crate::{Offset, TimestampMs};
+
+/// What recovery found and did, for the operator's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub clean_shutdown: bool,
+    pub segments: usize,
+    /// Segments whose every batch was checked.
+    pub scanned: Vec<PathBuf>,
+    /// Index files written anew.
+    pub rebuilt_indexes: Vec<PathBuf>,
+    /// A torn tail cut off: the file and the bytes removed.
+    pub truncated: Option<(PathBuf, u64)>,
+    /// Leftover temporary and orphaned files removed.
+    pub removed: Vec<PathBuf>,
+    /// Files in the directory that are not Spool's, left alone.
+    pub ignored: Vec<PathBuf>,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.clean_shutdown {
+            "clean shutdown"
+        } else {
+            "recovered after a crash"
+        };
+        write!(f, "{kind}: {} segments", self.segments)?;
+        if !self.scanned.is_empty() {
+            write!(f, ", {} scanned", self.scanned.len())?;
+        }
+        if !self.rebuilt_indexes.is_empty() {
+            write!(f, ", {} index files rebuilt", self.rebuilt_indexes.len())?;
+        }
+        if let Some((path, bytes)) = &self.truncated {
+            write!(
+                f,
+                ", torn tail of {bytes} bytes cut from {}",
+                path.display()
+            )?;
+        }
+        if !self.removed.is_empty() {
+            write!(f, ", {} leftover files removed", self.removed.len())?;
+        }
+        if !self.ignored.is_empty() {
+            write!(f, ", {} unknown files ignored", self.ignored.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// The log and index paths of the segment at `base`.
+pub(crate) fn segment_paths(dir: &Path, base: Offset) -> [PathBuf; 3] {
+    [
+        segment::log_path(dir, base),
+        segment::offset_index_path(dir, base),
+        segment::time_index_path(dir, base),
+    ]
+}
+
+fn parse_base(name: &str, extension: &str) -> Option<Offset> {
+    let stem = name.strip_suffix(extension)?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok().map(Offset))
+        .flatten()
+}
+
+struct Opener<'a> {
+    fs: &'a dyn FileSystem,
+    dir: &'a Path,
+    config: &'a LogConfig,
+    report: RecoveryReport,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if it does not exist, and recovers it.
+    ///
+    /// A log that finds damage it must not repair opens *fenced*: see [`Log::fence`].
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        config: LogConfig,
+        now: TimestampMs,
+    ) -> Result<Log, OpenError> {
+        config.validate()?;
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        fs.create_dir_all(dir).map_err(at(dir))?;
+        let mut opener = Opener {
+            fs: fs.as_ref(),
+            dir,
+            config: &config,
+            report: RecoveryReport::default(),
+        };
+        let bases = opener.tidy().map_err(at(dir))?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean_next_offset = opener.read_marker(&marker).map_err(at(&marker))?;
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut fence = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            if let Some(previous) = segments.last()
+                && previous.next_offset != base
+            {
+                fence = Some(Fence::Damaged {
+                    path: previous.path.clone(),
+                    position: previous.size_bytes,
+                    reason: format!(
+                        "the segment ends at offset {} but the next one starts at {}",
+                        previous.next_offset.0, base.0
+                    ),
+                    readable_end: previous.next_offset,
+                });
+                break;
+            }
+            let trust = clean_next_offset.is_some() || !last;
+            let (segment, damage) = opener.load(base, last, trust, now)?;
+            segments.push(segment);
+            if damage.is_some() {
+                fence = damage;
+                break;
+            }
+        }
+        if segments.is_empty() {
+            let segment = Segment::create(fs.as_ref(), dir, Offset(0), config.index_capacity())
+                .map_err(at(dir))?;
+            fs.sync_dir(dir).map_err(at(dir))?;
+            segments.push(segment);
+        }
+        let active = segments.last_mut().expect("at least one segment");
+        let clean = clean_next_offset == Some(active.next_offset) && fence.is_none();
+        if fence.is_none() {
+            active
+                .offset_index
+                .0
+                .grow(config.index_capacity())
+                .map_err(at(&active.path))?;
+            active
+                .time_index
+                .0
+                .grow(config.index_capacity())
+                .map_err(at(&active.path))?;
+            if let Err(error) = active.file.sync_data() {
+                fence = Some(Fence::SyncFailed {
+                    path: active.path.clone(),
+                    error: Arc::new(error),
+                });
+            }
+        }
+        if clean_next_offset.is_some() {
+            fs.remove_file(&marker).map_err(at(&marker))?;
+            fs.sync_dir(dir).map_err(at(dir))?;
+        }
+        let durable = Watermark {
+            offset: active.next_offset,
+            segment_base: active.base_offset,
+            position: active.size_bytes,
+        };
+        let mut report = opener.report;
+        report.clean_shutdown = clean;
+        report.segments = segments.len();
+        if let Some(fence) = &fence {
+            tracing::error!(dir = %dir.display(), %fence, "log opened fenced");
+        }
+        Ok(Log {
+            fs,
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            durable,
+            last_sync: now,
+            fence,
+            recovery: report,
+        })
+    }
+}
+
+impl Opener<'_> {
+    /// Step 1: removes leftovers and returns the segments' base offsets, oldest first.
+    fn tidy(&mut self) -> std::io::Result<Vec<Offset>> {
+        let names = self.fs.list_dir(self.dir)?;
+        let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_base(n, ".log")).collect();
+        bases.sort();
+        let mut removed_any = false;
+        for name in &names {
+            let path = self.dir.join(name);
+            let index_base = parse_base(name, ".index").or_else(|| parse_base(name, ".timeindex"));
+            let orphan = index_base.is_some_and(|b| bases.binary_search(&b).is_err());
+            if orphan || name.ends_with(".tmp") {
+                self.fs.remove_file(&path)?;
+                self.report.removed.push(path);
+                removed_any = true;
+            } else if index_base.is_none()
+                && parse_base(name, ".log").is_none()
+                && name != CLEAN_SHUTDOWN_FILE
+            {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not Spool's");
+                self.report.ignored.push(path);
+            }
+        }
+        if removed_any {
+            self.fs.sync_dir(self.dir)?;
+        }
+        Ok(bases)
+    }
+
+    /// Step 2: the next offset recorded by a clean shutdown, if there was one.
+    fn read_marker(&self, marker: &Path) -> std::io::Result<Option<Offset>> {
+        if !self.fs.exists(marker)? {
+            return Ok(None);
+        }
+        let file = self.fs.open(marker, OpenMode::Existing)?;
+        let mut bytes = vec![0u8; file.len()?.min(32) as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Offset))
+    }
+
+    /// Step 3 and 4 for one segment: returns it and, if it is damaged, the fence.
+    fn load(
+        &mut self,
+        base: Offset,
+        last: bool,
+        trust_indexes: bool,
+        now: TimestampMs,
+    ) -> Result<(Segment, Option<Fence>), OpenError> {
+        let [path, offset_path, time_path] = segment_paths(self.dir, base);
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        let file = self.fs.open(&path, OpenMode::Existing).map_err(at(&path))?;
+        let file_bytes = file.len().map_err(at(&path))?;
+        let indexes = if trust_indexes {
+            let offset_index = IndexFile::open_trimmed(self.fs, &offset_path, OFFSET_ENTRY_BYTES)
+                .map_err(at(&offset_path))?;
+            let time_index = IndexFile::open_trimmed(self.fs, &time_path, TIME_ENTRY_BYTES)
+                .map_err(at(&time_path))?;
+            offset_index
+                .zip(time_index)
+                .map(|(o, t)| (OffsetIndex(o), TimeIndex(t)))
+        } else {
+            None
+        };
+        if let Some((offset_index, time_index)) = indexes
+            && offset_index.is_consistent(file_bytes)
+        {
+            let mut segment = Segment {
+                base_offset: base,
+                path: path.clone(),
+                file: file.clone(),
+                offset_index,
+                time_index,
+                size_bytes: file_bytes,
+                next_offset: base,
+                max_timestamp: None,
+                first_append: None,
+                last_indexed_position: 0,
+            };
+            if let Some(()) = self.check_tail(&mut segment, now).map_err(at(&path))? {
+                return Ok((segment, None));
+            }
+        }
+        self.scan_and_rebuild(base, file, last, now)
+    }
+
+    /// Checks the batches after the last index entry of a segment with trusted indexes, and
+    /// fills in what the indexes do not record. `None` when anything is off: scan instead.
+    fn check_tail(&self, segment: &mut Segment, now: TimestampMs) -> std::io::Result<Option<()>> {
+        let start = segment.offset_index.last();
+        let mut position = start.map_or(0, |e| u64::from(e.position));
+        let mut next =
+            Offset(segment.base_offset.0 + start.map_or(0, |e| u64::from(e.relative_offset)));
+        let mut max = segment
+            .time_index
+            .last()
+            .map(|e| TimestampMs(e.timestamp_ms));
+        // The tail is at most an index interval plus one batch: read it at once.
+        let mut tail = vec![0u8; (segment.size_bytes - position) as usize];
+        segment.file.read_exact_at(&mut tail, position)?;
+        let mut at = 0usize;
+        while at < tail.len() {
+            let Ok(header) = crate::batch::check(&tail[at..]) else {
+                return Ok(None);
+            };
+            if header.base_offset != next {
+                return Ok(None);
+            }
+            max = Some(max.map_or(header.max_timestamp, |m| m.max(header.max_timestamp)));
+            next = header.next_offset();
+            at += header.batch_bytes as usize;
+        }
+        position += at as u64;
+        debug_assert_eq!(position, segment.size_bytes);
+        if !segment
+            .time_index
+            .is_consistent(next.0 - segment.base_offset.0)
+        {
+            return Ok(None);
+        }
+        segment.next_offset = next;
+        segment.max_timestamp = max;
+        segment.last_indexed_position = start.map_or(0, |e| u64::from(e.position));
+        segment.first_append = self.first_batch_time(segment, now)?;
+        Ok(Some(()))
+    }
+
+    /// The age a reopened segment counts from: its first batch's newest timestamp, but never
+    /// later than now.
+    fn first_batch_time(
+        &self,
+        segment: &Segment,
+        now: TimestampMs,
+    ) -> std::io::Result<Option<TimestampMs>> {
+        let mut first = None;
+        segment.walk(0, segment.size_bytes, |batch| {
+            first = Some(batch.max_timestamp.min(now));
+            false
+        })?;
+        Ok(first)
+    }
+
+    fn scan_and_rebuild(
+        &mut self,
+        base: Offset,
+        file: Arc<dyn crate::fs::File>,
+        last: bool,
+        now: TimestampMs,
+    ) -> Result<(Segment, Option<Fence>), OpenError> {
+        let [path, offset_path, time_path] = segment_paths(self.dir, base);
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        let capacity = if last {
+            self.config.index_capacity()
+        } else {
+            0
+        };
+        let mut segment = Segment {
+            base_offset: base,
+            path: path.clone(),
+            file: file.clone(),
+            offset_index: OffsetIndex(
+                IndexFile::create(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
+                    .map_err(at(&offset_path))?,
+            ),
+            time_index: TimeIndex(
+                IndexFile::create(self.fs, &time_path, TIME_ENTRY_BYTES, capacity)
+                    .map_err(at(&time_path))?,
+            ),
+            size_bytes: 0,
+            next_offset: base,
+            max_timestamp: None,
+            first_append: None,
+            last_indexed_position: 0,
+        };
+        let outcome = segment.scan().map_err(at(&path))?;
+        self.report.scanned.push(path.clone());
+        self.report
+            .rebuilt_indexes
+            .extend([offset_path.clone(), time_path.clone()]);
+        let entries = outcome.offset_entries.len().max(outcome.time_entries.len()) + 1;
+        segment
+            .offset_index
+            .0
+            .grow(entries.max(capacity))
+            .map_err(at(&offset_path))?;
+        segment
+            .time_index
+            .0
+            .grow(entries.max(capacity))
+            .map_err(at(&time_path))?;
+        for entry in &outcome.offset_entries {
+            segment.offset_index.push(*entry);
+        }
+        for entry in &outcome.time_entries {
+            segment.time_index.push(*entry);
+        }
+        segment.size_bytes = outcome.valid_bytes;
+        segment.next_offset = outcome.next_offset;
+        segment.max_timestamp = outcome.max_timestamp;
+        segment.last_indexed_position = outcome
+            .offset_entries
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        segment.first_append = outcome.first_batch_max_timestamp.map(|t| t.min(now));
+        let mut fence = None;
+        if let Some(stop) = outcome.stopped {
+            if last && !stop.valid_data_follows {
+                let file_bytes = file.len().map_err(at(&path))?;
+                tracing::warn!(path = %path.display(), position = outcome.valid_bytes, reason = %stop.reason, "cutting a torn tail");
+                file.set_len(outcome.valid_bytes).map_err(at(&path))?;
+                file.sync_data().map_err(at(&path))?;
+                self.report.truncated = Some((path.clone(), file_bytes - outcome.valid_bytes));
+            } else {
+                fence = Some(Fence::Damaged {
+                    path: path.clone(),
+                    position: outcome.valid_bytes,
+                    reason: stop.reason,
+                    readable_end: outcome.next_offset,
+                });
+            }
+        }
+        if !last || fence.is_some() {
+            let last_batch = segment.last_batch().map_err(at(&path))?;
+            segment.index_final_timestamp(last_batch);
+            segment
+                .offset_index
+                .0
+                .trim_and_sync()
+                .map_err(at(&offset_path))?;
+            segment
+                .time_index
+                .0
+                .trim_and_sync()
+                .map_err(at(&time_path))?;
+        }
+        Ok((segment, fence))
+    }
+}

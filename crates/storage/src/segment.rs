@@ -1,0 +1,485 @@
+//! One segment: a log file of whole batches and its two indexes.
+//!
+//! A segment is *active* (the last of a log, appended to, its indexes preallocated) or
+//! *sealed* (immutable: its log and trimmed indexes were fsynced when it was sealed).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader};
+use crate::fs::{File, FileSystem, OpenMode};
+use crate::index::{
+    IndexFile, OFFSET_ENTRY_BYTES, OffsetEntry, OffsetIndex, TIME_ENTRY_BYTES, TimeEntry, TimeIndex,
+};
+use crate::limits::INDEX_INTERVAL_BYTES;
+use crate::{Offset, TimestampMs};
+
+/// Bytes read at a time when walking batch headers.
+const WALK_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes of a batch's header that a walk reads: up to and including `max_timestamp`.
+const WALK_HEADER_BYTES: usize = 40;
+
+/// The unverified start of a batch header, as a walk sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchPrefix {
+    pub(crate) position: u64,
+    pub(crate) base_offset: Offset,
+    pub(crate) batch_bytes: u32,
+    pub(crate) record_count: u32,
+    pub(crate) max_timestamp: TimestampMs,
+}
+
+pub(crate) fn log_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{:020}.log", base_offset.0))
+}
+pub(crate) fn offset_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{:020}.index", base_offset.0))
+}
+pub(crate) fn time_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
+    dir.join(format!("{:020}.timeindex", base_offset.0))
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: Offset,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<dyn File>,
+    pub(crate) offset_index: OffsetIndex,
+    pub(crate) time_index: TimeIndex,
+    /// Bytes of whole batches in the log file.
+    pub(crate) size_bytes: u64,
+    pub(crate) next_offset: Offset,
+    /// The largest timestamp of any batch, `None` while empty.
+    pub(crate) max_timestamp: Option<TimestampMs>,
+    /// When the segment's first batch was appended (server time), for rolling by age.
+    pub(crate) first_append: Option<TimestampMs>,
+    /// Position of the last indexed batch (0, implied, when none).
+    pub(crate) last_indexed_position: u64,
+}
+
+/// What a full scan of a segment's log file found.
+#[derive(Debug)]
+pub(crate) struct ScanOutcome {
+    /// Bytes of valid, contiguous batches from the start.
+    pub(crate) valid_bytes: u64,
+    pub(crate) next_offset: Offset,
+    pub(crate) max_timestamp: Option<TimestampMs>,
+    pub(crate) first_batch_max_timestamp: Option<TimestampMs>,
+    /// Index entries for the valid part, in the order appends would have written them.
+    pub(crate) offset_entries: Vec<OffsetEntry>,
+    pub(crate) time_entries: Vec<TimeEntry>,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub(crate) stopped: Option<ScanStop>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ScanStop {
+    pub(crate) reason: String,
+    /// Whether a valid batch lies somewhere after the invalid bytes: damage, not a torn tail.
+    pub(crate) valid_data_follows: bool,
+}
+
+/// Tracks what appends add to the indexes, shared by appends and scans so both write the
+/// same entries.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCursor {
+    pub(crate) last_indexed_position: u64,
+    pub(crate) max_timestamp: Option<TimestampMs>,
+    pub(crate) last_time_entry: Option<i64>,
+}
+
+impl IndexCursor {
+    /// The entries due for a batch at `position` with `header`, in a segment at `base`.
+    pub(crate) fn on_batch(
+        &mut self,
+        base: Offset,
+        position: u64,
+        header: &BatchHeader,
+    ) -> (Option<OffsetEntry>, Option<TimeEntry>) {
+        let relative_offset = (header.base_offset.0 - base.0) as u32;
+        self.max_timestamp = Some(
+            self.max_timestamp
+                .map_or(header.max_timestamp, |m| m.max(header.max_timestamp)),
+        );
+        if position < self.last_indexed_position + u64::from(INDEX_INTERVAL_BYTES) {
+            return (None, None);
+        }
+        self.last_indexed_position = position;
+        let offset_entry = OffsetEntry {
+            relative_offset,
+            position: position as u32,
+        };
+        let max = self.max_timestamp.expect("set above").0;
+        let time_entry = if self.last_time_entry.is_none_or(|t| max > t) {
+            self.last_time_entry = Some(max);
+            Some(TimeEntry {
+                timestamp_ms: max,
+                relative_offset,
+            })
+        } else {
+            None
+        };
+        (Some(offset_entry), time_entry)
+    }
+}
+
+impl Segment {
+    /// Creates an empty active segment. The caller syncs the directory.
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        base_offset: Offset,
+        index_capacity: usize,
+    ) -> io::Result<Segment> {
+        let path = log_path(dir, base_offset);
+        let file = fs.open(&path, OpenMode::CreateNew)?;
+        let offset_index = OffsetIndex(IndexFile::create(
+            fs,
+            &offset_index_path(dir, base_offset),
+            OFFSET_ENTRY_BYTES,
+            index_capacity,
+        )?);
+        let time_index = TimeIndex(IndexFile::create(
+            fs,
+            &time_index_path(dir, base_offset),
+            TIME_ENTRY_BYTES,
+            index_capacity,
+        )?);
+        Ok(Segment {
+            base_offset,
+            path,
+            file,
+            offset_index,
+            time_index,
+            size_bytes: 0,
+            next_offset: base_offset,
+            max_timestamp: None,
+            first_append: None,
+            last_indexed_position: 0,
+        })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    /// The index cursor as appends left it, for continuing to append.
+    fn cursor(&self) -> IndexCursor {
+        IndexCursor {
+            last_indexed_position: self.last_indexed_position,
+            max_timestamp: self.max_timestamp,
+            last_time_entry: self.time_index.last().map(|e| e.timestamp_ms),
+        }
+    }
+
+    /// Writes a checked, stamped batch at the end of the log and indexes it. On a write error
+    /// the log file is cut back to its previous length, so no partial batch remains; if that
+    /// fails too, the second error is returned and the caller must fence the log.
+    pub(crate) fn append(
+        &mut self,
+        bytes: &[u8],
+        header: &BatchHeader,
+        now: TimestampMs,
+    ) -> Result<(), SegmentWriteError> {
+        assert_eq!(
+            header.base_offset, self.next_offset,
+            "offsets are assigned in order"
+        );
+        let position = self.size_bytes;
+        if let Err(error) = self.file.write_all_at(bytes, position) {
+            return match self.file.set_len(position) {
+                Ok(()) => Err(SegmentWriteError::Clean(error)),
+                Err(cleanup) => Err(SegmentWriteError::Dirty(cleanup)),
+            };
+        }
+        let mut cursor = self.cursor();
+        let (offset_entry, time_entry) = cursor.on_batch(self.base_offset, position, header);
+        if let Some(e) = offset_entry {
+            self.offset_index.push(e);
+        }
+        if let Some(e) = time_entry {
+            self.time_index.push(e);
+        }
+        self.last_indexed_position = cursor.last_indexed_position;
+        self.max_timestamp = cursor.max_timestamp;
+        self.first_append.get_or_insert(now);
+        self.size_bytes += bytes.len() as u64;
+        self.next_offset = header.next_offset();
+        Ok(())
+    }
+
+    /// Adds a closing time-index entry for the last batch if the segment's largest timestamp
+    /// is not indexed yet, so a sealed segment's largest timestamp is its last time entry.
+    pub(crate) fn index_final_timestamp(&mut self, last_batch: Option<(Offset, u64)>) {
+        let (Some(max), Some((last_base, _))) = (self.max_timestamp, last_batch) else {
+            return;
+        };
+        if self
+            .time_index
+            .last()
+            .is_none_or(|e| max.0 > e.timestamp_ms)
+        {
+            self.time_index.push(TimeEntry {
+                timestamp_ms: max.0,
+                relative_offset: (last_base.0 - self.base_offset.0) as u32,
+            });
+        }
+    }
+
+    /// Seals the segment: closing time entry, fsync the log, trim and fsync both indexes.
+    pub(crate) fn seal(&mut self) -> io::Result<()> {
+        let last = self.last_batch()?;
+        self.index_final_timestamp(last);
+        self.file.sync_data()?;
+        self.offset_index.0.trim_and_sync()?;
+        self.time_index.0.trim_and_sync()?;
+        Ok(())
+    }
+
+    /// The base offset and position of the last batch, found by walking from the last index
+    /// entry.
+    pub(crate) fn last_batch(&self) -> io::Result<Option<(Offset, u64)>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let start = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let mut last = None;
+        self.walk(start, self.size_bytes, |batch| {
+            last = Some((batch.base_offset, batch.position));
+            true
+        })?;
+        Ok(last)
+    }
+
+    /// Walks batch headers from `position` up to `end`, calling `visit` with each until it
+    /// returns false. Only the first [`WALK_HEADER_BYTES`] of each batch are looked at, and
+    /// nothing is verified but the length.
+    pub(crate) fn walk(
+        &self,
+        mut position: u64,
+        end: u64,
+        mut visit: impl FnMut(&BatchPrefix) -> bool,
+    ) -> io::Result<()> {
+        let mut chunk = vec![0u8; WALK_CHUNK_BYTES];
+        while position < end {
+            let n = (end - position).min(WALK_CHUNK_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut chunk[..n], position)?;
+            let mut at = 0usize;
+            while at + WALK_HEADER_BYTES <= n {
+                let bytes = &chunk[at..n];
+                let (base_offset, batch_bytes) = batch::peek_prefix(bytes)
+                    .map_err(|e| corrupt(&self.path, position + at as u64, e))?;
+                let prefix = BatchPrefix {
+                    position: position + at as u64,
+                    base_offset,
+                    batch_bytes,
+                    record_count: u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")),
+                    max_timestamp: TimestampMs(i64::from_le_bytes(
+                        bytes[32..40].try_into().expect("8 bytes"),
+                    )),
+                };
+                if !visit(&prefix) {
+                    return Ok(());
+                }
+                at += batch_bytes as usize;
+            }
+            if at == 0 {
+                let error = BatchError::Truncated {
+                    bytes: n,
+                    needed: WALK_HEADER_BYTES,
+                };
+                return Err(corrupt(&self.path, position, error));
+            }
+            position += at as u64;
+        }
+        Ok(())
+    }
+
+    /// The position of the batch that holds `offset`, if it lies before `end`.
+    pub(crate) fn find(&self, offset: Offset, end: u64) -> io::Result<Option<u64>> {
+        let relative = (offset.0 - self.base_offset.0) as u32;
+        let start = self
+            .offset_index
+            .floor(relative)
+            .map_or(0, |e| u64::from(e.position));
+        let mut found = None;
+        self.walk(start, end, |batch| {
+            if batch.base_offset.0 + u64::from(batch.record_count) > offset.0 {
+                found = Some(batch.position);
+                false
+            } else {
+                true
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// Reads whole batches from `position`: as many as fit in `bytes_max`, but at least one,
+    /// never past `end`.
+    pub(crate) fn read(&self, position: u64, end: u64, bytes_max: u32) -> io::Result<Bytes> {
+        let available = end.saturating_sub(position);
+        if available == 0 {
+            return Ok(Bytes::new());
+        }
+        let want = available.min(u64::from(bytes_max).max(BATCH_PREFIX_BYTES as u64)) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        self.file.read_exact_at(&mut buf, position)?;
+        // Cut at the last whole batch.
+        let mut at = 0usize;
+        while at < want {
+            if at > 0 && want - at < BATCH_PREFIX_BYTES {
+                break;
+            }
+            let (_, batch_bytes) = batch::peek_prefix(&buf[at..])
+                .map_err(|e| corrupt(&self.path, position + at as u64, e))?;
+            if at + batch_bytes as usize <= want {
+                at += batch_bytes as usize;
+            } else if at == 0 {
+                // The first batch is larger than `bytes_max`: return it whole.
+                let whole = u64::from(batch_bytes).min(available) as usize;
+                let mut first = BytesMut::zeroed(whole);
+                self.file.read_exact_at(&mut first, position)?;
+                return Ok(first.freeze());
+            } else {
+                break;
+            }
+        }
+        buf.truncate(at);
+        Ok(buf.freeze())
+    }
+
+    /// Checks every batch in the log file (length, CRC, offsets continuing from the base)
+    /// and computes the index entries for the valid part.
+    pub(crate) fn scan(&self) -> io::Result<ScanOutcome> {
+        let file_bytes = self.file.len()?;
+        let mut outcome = ScanOutcome {
+            valid_bytes: 0,
+            next_offset: self.base_offset,
+            max_timestamp: None,
+            first_batch_max_timestamp: None,
+            offset_entries: Vec::new(),
+            time_entries: Vec::new(),
+            stopped: None,
+        };
+        let mut cursor = IndexCursor::default();
+        let mut position = 0u64;
+        let mut buf = Vec::new();
+        while position < file_bytes {
+            let header = match self.read_checked(position, file_bytes, &mut buf) {
+                Ok(header) if header.base_offset == outcome.next_offset => header,
+                Ok(header) => {
+                    let reason = format!(
+                        "batch at position {position} has base offset {}, expected {}",
+                        header.base_offset.0, outcome.next_offset.0
+                    );
+                    outcome.stopped = Some(self.stop(reason, position, file_bytes)?);
+                    break;
+                }
+                Err(ReadChecked::Io(e)) => return Err(e),
+                Err(ReadChecked::Invalid(e)) => {
+                    let reason = format!("invalid batch at position {position}: {e}");
+                    outcome.stopped = Some(self.stop(reason, position, file_bytes)?);
+                    break;
+                }
+            };
+            let (offset_entry, time_entry) = cursor.on_batch(self.base_offset, position, &header);
+            outcome.offset_entries.extend(offset_entry);
+            outcome.time_entries.extend(time_entry);
+            outcome
+                .first_batch_max_timestamp
+                .get_or_insert(header.max_timestamp);
+            position += u64::from(header.batch_bytes);
+            outcome.valid_bytes = position;
+            outcome.next_offset = header.next_offset();
+        }
+        outcome.max_timestamp = cursor.max_timestamp;
+        Ok(outcome)
+    }
+
+    fn read_checked(
+        &self,
+        position: u64,
+        file_bytes: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<BatchHeader, ReadChecked> {
+        let prefix_bytes = (file_bytes - position).min(BATCH_HEADER_BYTES as u64) as usize;
+        buf.resize(prefix_bytes, 0);
+        self.file
+            .read_exact_at(buf, position)
+            .map_err(ReadChecked::Io)?;
+        let (_, batch_bytes) = batch::peek_prefix(buf).map_err(ReadChecked::Invalid)?;
+        if position + u64::from(batch_bytes) > file_bytes {
+            return Err(ReadChecked::Invalid(BatchError::Truncated {
+                bytes: (file_bytes - position) as usize,
+                needed: batch_bytes as usize,
+            }));
+        }
+        buf.resize(batch_bytes as usize, 0);
+        self.file
+            .read_exact_at(buf, position)
+            .map_err(ReadChecked::Io)?;
+        batch::check(buf).map_err(ReadChecked::Invalid)
+    }
+
+    /// Decides whether invalid bytes at `position` are a torn tail or damage: damage when any
+    /// valid batch starts after them. Reads the rest of the file a chunk at a time and checks
+    /// only positions that carry the magic byte and version.
+    fn stop(&self, reason: String, position: u64, file_bytes: u64) -> io::Result<ScanStop> {
+        const CHUNK: u64 = 1024 * 1024;
+        let mut chunk = Vec::new();
+        let mut batch = Vec::new();
+        let mut start = position + 1;
+        while start + (BATCH_HEADER_BYTES as u64) <= file_bytes {
+            let n = (file_bytes - start).min(CHUNK) as usize;
+            chunk.resize(n, 0);
+            self.file.read_exact_at(&mut chunk, start)?;
+            for at in 0..n.saturating_sub(13) {
+                if chunk[at + 12] != batch::BATCH_MAGIC || chunk[at + 13] != batch::BATCH_VERSION {
+                    continue;
+                }
+                match self.read_checked(start + at as u64, file_bytes, &mut batch) {
+                    Ok(_) => {
+                        return Ok(ScanStop {
+                            reason,
+                            valid_data_follows: true,
+                        });
+                    }
+                    Err(ReadChecked::Io(e)) => return Err(e),
+                    Err(ReadChecked::Invalid(_)) => {}
+                }
+            }
+            start += n.saturating_sub(13).max(1) as u64;
+        }
+        Ok(ScanStop {
+            reason,
+            valid_data_follows: false,
+        })
+    }
+}
+
+enum ReadChecked {
+    Io(io::Error),
+    Invalid(BatchError),
+}
+
+/// A segment write that failed.
+#[derive(Debug)]
+pub(crate) enum SegmentWriteError {
+    /// The write failed and the file was cut back: the log is unchanged.
+    Clean(io::Error),
+    /// The write failed and so did cutting the file back: the log's tail is unknown.
+    Dirty(io::Error),
+}
+
+pub(crate) fn corrupt(path: &Path, position: u64, error: BatchError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} at position {position}: {error}", path.display()),
+    )
+}

@@ -1,0 +1,348 @@
+//! Behaviour of the partition log through its public API.
+
+mod common;
+
+use common::*;
+use spool_storage::sim::{Faults, SimFileSystem};
+use spool_storage::{AppendError, FsyncPolicy, Offset, ReadError, SyncError, TimestampMs};
+
+const NOW: TimestampMs = TimestampMs(1_000_000);
+
+#[test]
+fn append_assigns_offsets_and_reads_return_the_stored_bytes() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    let mut first = batch(&[(10, b"a"), (11, b"b")]);
+    let appended = log.append(&mut first, NOW).unwrap();
+    assert_eq!(
+        (appended.base_offset, appended.last_offset),
+        (Offset(0), Offset(1))
+    );
+    let mut second = batch(&[(12, b"c")]);
+    assert_eq!(log.append(&mut second, NOW).unwrap().base_offset, Offset(2));
+
+    let read = log.read(Offset(0), 1 << 20).unwrap();
+    let mut expected = first.to_vec();
+    expected.extend_from_slice(&second);
+    assert_eq!(
+        &read.bytes[..],
+        &expected[..],
+        "consumers get the stored bytes"
+    );
+    assert_eq!(read.next_offset, Offset(3));
+
+    // Reading from the middle of a batch returns the batch that holds the offset.
+    let read = log.read(Offset(1), 1 << 20).unwrap();
+    assert_eq!(decode(&read.bytes)[0].offset, 0);
+    assert_eq!(log.read(Offset(3), 100).unwrap().bytes.len(), 0);
+}
+
+#[test]
+fn a_read_returns_at_least_one_whole_batch_and_never_a_partial_one() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    for _ in 0..3 {
+        log.append(&mut batch_of(4, 100, 5), NOW).unwrap();
+    }
+    let one = log.read(Offset(0), 1).unwrap();
+    assert_eq!(decode(&one.bytes).len(), 4);
+    assert_eq!(one.next_offset, Offset(4));
+    let size = one.bytes.len() as u32;
+    let two = log.read(Offset(0), size * 2 + size / 2).unwrap();
+    assert_eq!(two.bytes.len() as u32, size * 2);
+}
+
+#[test]
+fn reads_outside_the_log_say_which_offsets_exist() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    log.append(&mut batch_of(2, 10, 5), NOW).unwrap();
+    match log.read(Offset(3), 100) {
+        Err(ReadError::OffsetOutOfRange {
+            requested,
+            log_start,
+            log_end,
+        }) => {
+            assert_eq!(
+                (requested, log_start, log_end),
+                (Offset(3), Offset(0), Offset(2))
+            );
+        }
+        other => panic!("expected out of range, got {other:?}"),
+    }
+}
+
+#[test]
+fn under_fsync_always_readers_see_only_what_was_synced() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    log.append(&mut batch_of(3, 10, 5), NOW).unwrap();
+    assert_eq!(log.visible_end_offset(), Offset(0));
+    assert_eq!(log.read(Offset(0), 1000).unwrap().bytes.len(), 0);
+    let ticket = log.begin_sync();
+    // Appends made while the fsync runs are left for the next one: group commit.
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    let result = ticket.run();
+    assert_eq!(log.finish_sync(ticket, result, NOW).unwrap(), Offset(3));
+    assert_eq!(read_all(&log, Offset(0), 1000).len(), 3);
+    assert_eq!(log.sync(NOW).unwrap(), Offset(4));
+    assert_eq!(read_all(&log, Offset(0), 1000).len(), 4);
+}
+
+#[test]
+fn a_failed_fsync_fences_the_log_and_is_never_retried() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    fs.set_faults(Faults {
+        fail_syncs: true,
+        ..Faults::default()
+    });
+    assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
+    fs.set_faults(Faults::default());
+    // The disk works again, but the log stays fenced: a retried fsync could lie.
+    assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
+    assert!(matches!(
+        log.append(&mut batch_of(1, 10, 5), NOW),
+        Err(AppendError::Fenced(_))
+    ));
+    assert_eq!(
+        log.durable_offset(),
+        Offset(1),
+        "nothing the failed fsync covered is durable"
+    );
+    assert_eq!(
+        read_all(&log, Offset(0), 1000).len(),
+        1,
+        "reads keep working"
+    );
+    let message = log.fence().unwrap().to_string();
+    assert!(
+        message.contains("fsync of /data/t-0/00000000000000000000.log failed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_full_disk_refuses_the_append_and_leaves_the_log_usable() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    fs.set_faults(Faults {
+        space_bytes_max: Some(0),
+        ..Faults::default()
+    });
+    let error = log.append(&mut batch_of(1, 10, 5), NOW).unwrap_err();
+    assert!(matches!(error, AppendError::NoSpace { .. }), "{error}");
+    fs.set_faults(Faults::default());
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    assert_eq!(
+        read_all(&log, Offset(0), 1000)
+            .iter()
+            .map(|r| r.offset)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+}
+
+#[test]
+fn invalid_and_oversized_batches_are_refused() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    let mut damaged = batch_of(1, 10, 5);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert!(matches!(
+        log.append(&mut damaged, NOW),
+        Err(AppendError::InvalidBatch(_))
+    ));
+    let mut huge = vec![0u8; spool_storage::limits::BATCH_BYTES_MAX as usize + 1];
+    assert!(matches!(
+        log.append(&mut huge, NOW),
+        Err(AppendError::BatchTooLarge { .. })
+    ));
+    assert_eq!(log.next_offset(), Offset(0));
+}
+
+#[test]
+fn segments_roll_by_size_and_by_age() {
+    let fs = SimFileSystem::new();
+    let mut cfg = config(FsyncPolicy::Never);
+    cfg.segment_ms = Some(1000);
+    let mut log = sim_open(&fs, cfg);
+    for _ in 0..20 {
+        log.append(&mut batch_of(10, 1000, 5), NOW).unwrap();
+    }
+    assert!(
+        log.segment_count() >= 3,
+        "64 KiB segments hold about six 10 KB batches"
+    );
+    let before = log.segment_count();
+    assert!(
+        !log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 999))
+            .unwrap()
+            .rolled
+    );
+    assert!(
+        log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 5000))
+            .unwrap()
+            .rolled
+    );
+    assert_eq!(log.segment_count(), before + 1);
+    assert_eq!(read_all(&log, Offset(0), 7000).len(), 202);
+}
+
+#[test]
+fn timestamp_lookup_finds_the_first_record_at_or_after() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    for i in 0..200i64 {
+        // Batches of three records at i*10, i*10+5 and, out of order, i*10+2.
+        log.append(
+            &mut batch(&[(i * 10, &[1; 500]), (i * 10 + 5, b"b"), (i * 10 + 2, b"c")]),
+            NOW,
+        )
+        .unwrap();
+    }
+    assert!(log.segment_count() > 1);
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(-5)).unwrap(),
+        Some(Offset(0))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(1000)).unwrap(),
+        Some(Offset(300))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(1001)).unwrap(),
+        Some(Offset(301))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(1003)).unwrap(),
+        Some(Offset(301))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(1006)).unwrap(),
+        Some(Offset(303))
+    );
+    assert_eq!(log.offset_for_timestamp(TimestampMs(1996)).unwrap(), None);
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_the_log_start() {
+    let fs = SimFileSystem::new();
+    let mut cfg = config(FsyncPolicy::Never);
+    cfg.retention_bytes = Some(100 * 1024);
+    cfg.retention_ms = Some(10_000);
+    let mut log = sim_open(&fs, cfg);
+    for i in 0..40 {
+        log.append(&mut batch_of(1, 10_000, i * 1000), NOW).unwrap();
+    }
+    let segments = log.segment_count();
+    let deleted = log.apply_retention(TimestampMs(0)).unwrap();
+    assert!(deleted > 0 && log.segment_count() == segments - deleted);
+    assert!(log.size_bytes() >= 100 * 1024);
+    let start = log.log_start_offset();
+    assert!(start > Offset(0));
+    assert!(matches!(
+        log.read(Offset(0), 100),
+        Err(ReadError::OffsetOutOfRange { log_start, .. }) if log_start == start
+    ));
+    assert_eq!(read_all(&log, start, 1 << 20).len() as u64, 40 - start.0);
+    // By time: everything older than 10 s before "now" goes, except the active segment.
+    log.apply_retention(TimestampMs(100_000)).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    let files = fs_files(&fs);
+    assert_eq!(
+        files.len(),
+        3,
+        "one segment's three files remain: {files:?}"
+    );
+}
+
+fn fs_files(fs: &SimFileSystem) -> Vec<String> {
+    use spool_storage::fs::FileSystem;
+    fs.list_dir(&dir()).unwrap()
+}
+
+#[test]
+fn a_clean_close_reopens_without_scanning_and_keeps_everything() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    for i in 0..50 {
+        log.append(&mut batch_of(3, 700, i), NOW).unwrap();
+    }
+    log.sync(NOW).unwrap();
+    let before = read_all(&log, Offset(0), 4096);
+    log.close().unwrap();
+    let log = sim_open(&fs, config(FsyncPolicy::Always));
+    let report = log.recovery_report();
+    assert!(report.clean_shutdown, "{report}");
+    assert!(report.scanned.is_empty(), "{report}");
+    assert_eq!(read_all(&log, Offset(0), 4096), before);
+    assert_eq!(
+        log.offset_for_timestamp(TimestampMs(49)).unwrap(),
+        Some(Offset(147))
+    );
+}
+
+#[test]
+fn a_crash_keeps_what_was_synced_and_loses_only_what_was_not() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    for i in 0..30 {
+        log.append(&mut batch_of(2, 900, i), NOW).unwrap();
+    }
+    log.sync(NOW).unwrap();
+    let durable = read_all(&log, Offset(0), 4096);
+    log.append(&mut batch_of(2, 900, 99), NOW).unwrap();
+    drop(log);
+    fs.crash();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    assert!(!log.recovery_report().clean_shutdown);
+    assert_eq!(read_all(&log, Offset(0), 4096), durable);
+    assert_eq!(log.next_offset(), Offset(60));
+    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    assert_eq!(read_all(&log, Offset(0), 4096).len(), 61);
+}
+
+#[test]
+fn an_interval_log_says_when_a_sync_is_due() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Interval { interval_ms: 100 }));
+    assert!(!log.sync_due(TimestampMs(1000)), "nothing to sync");
+    log.append(&mut batch_of(1, 10, 5), TimestampMs(10))
+        .unwrap();
+    assert_eq!(log.visible_end_offset(), Offset(1), "visible once written");
+    assert!(!log.sync_due(TimestampMs(50)));
+    assert!(log.sync_due(TimestampMs(100)));
+    log.sync(TimestampMs(100)).unwrap();
+    assert!(!log.sync_due(TimestampMs(1000)));
+}
+
+#[test]
+fn the_real_file_system_round_trips_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("topic-0");
+    let mut log = std_open(&dir, config(FsyncPolicy::Always));
+    for i in 0..100 {
+        log.append(&mut batch_of(5, 300, i), NOW).unwrap();
+    }
+    log.sync(NOW).unwrap();
+    let before = read_all(&log, Offset(0), 10_000);
+    assert!(log.segment_count() > 1);
+    log.close().unwrap();
+    let log = std_open(&dir, config(FsyncPolicy::Always));
+    assert!(log.recovery_report().clean_shutdown);
+    assert_eq!(read_all(&log, Offset(0), 10_000), before);
+    drop(log); // no clean close: the next open scans the active segment
+    let log = std_open(&dir, config(FsyncPolicy::Always));
+    assert_eq!(log.recovery_report().scanned.len(), 1);
+    assert_eq!(read_all(&log, Offset(0), 10_000), before);
+    log.delete().unwrap();
+    assert!(!dir.exists());
+}
