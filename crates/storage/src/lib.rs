@@ -74,7 +74,7 @@ pub use error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, OpenError, ReadError, RetentionError,
     SyncError,
 };
-pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SyncTicket};
+pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SegmentInfo, SyncTicket};
 pub use recovery::RecoveryReport;
 
 /// A record's position in a partition: the first record ever appended is offset 0.

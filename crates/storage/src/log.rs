@@ -106,6 +106,16 @@ pub(crate) struct Watermark {
     pub(crate) position: u64,
 }
 
+/// A segment as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub size_bytes: u64,
+    /// The largest record timestamp, `None` while empty.
+    pub max_timestamp: Option<TimestampMs>,
+}
+
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -211,6 +221,16 @@ impl Log {
 
     pub fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+
+    /// The segments, oldest first; the last is active.
+    pub fn segments(&self) -> impl Iterator<Item = SegmentInfo> + '_ {
+        self.segments.iter().map(|s| SegmentInfo {
+            base_offset: s.base_offset,
+            next_offset: s.next_offset,
+            size_bytes: s.size_bytes,
+            max_timestamp: s.max_timestamp,
+        })
     }
 
     fn active(&self) -> &Segment {

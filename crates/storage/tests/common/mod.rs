@@ -106,3 +106,29 @@ pub fn std_open(dir: &Path, config: LogConfig) -> Log {
     let fs: Arc<dyn FileSystem> = Arc::new(spool_storage::fs::StdFileSystem);
     Log::open(fs, dir, config, TimestampMs(0)).expect("open")
 }
+
+/// Every file in the test log directory and its bytes.
+pub fn snapshot(fs: &SimFileSystem) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs.list_dir(&dir())
+        .unwrap()
+        .into_iter()
+        .map(|name| {
+            let bytes = fs.read(&dir().join(&name)).unwrap_or_default();
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// A fresh simulated disk holding exactly `files` in the test log directory, all durable.
+pub fn restore(files: &std::collections::BTreeMap<String, Vec<u8>>) -> SimFileSystem {
+    let fs = SimFileSystem::new();
+    fs.create_dir_all(&dir()).unwrap();
+    for (name, bytes) in files {
+        fs.write(&dir().join(name), bytes);
+    }
+    fs
+}
+
+pub fn segment_name(base: u64, extension: &str) -> String {
+    format!("{base:020}.{extension}")
+}
