@@ -77,11 +77,8 @@ pub struct ProducerStamp {
 
 impl ProducerStamp {
     /// The stamp of a batch from a producer that is not idempotent.
-    pub const NONE: ProducerStamp = ProducerStamp {
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-    };
+    pub const NONE: ProducerStamp =
+        ProducerStamp { producer_id: -1, producer_epoch: -1, base_sequence: -1 };
 }
 
 /// The fixed-size header of a batch, decoded.
@@ -155,10 +152,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// without verifying anything else. Used to walk a segment quickly.
 pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
     if bytes.len() < BATCH_PREFIX_BYTES {
-        return Err(BatchError::Truncated {
-            bytes: bytes.len(),
-            needed: BATCH_PREFIX_BYTES,
-        });
+        return Err(BatchError::Truncated { bytes: bytes.len(), needed: BATCH_PREFIX_BYTES });
     }
     let length = u32_at(bytes, 8);
     let minimum = (BATCH_HEADER_BYTES - BATCH_PREFIX_BYTES) as u32;
@@ -175,10 +169,7 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
 pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let (base_offset, batch_bytes) = peek_prefix(bytes)?;
     if bytes.len() < batch_bytes as usize {
-        return Err(BatchError::Truncated {
-            bytes: bytes.len(),
-            needed: batch_bytes as usize,
-        });
+        return Err(BatchError::Truncated { bytes: bytes.len(), needed: batch_bytes as usize });
     }
     let bytes = &bytes[..batch_bytes as usize];
     if bytes[12] != BATCH_MAGIC {
@@ -199,9 +190,7 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     let record_count = u32_at(bytes, 20);
     if record_count == 0 || record_count > BATCH_RECORDS_MAX {
-        return Err(BatchError::BadRecordCount {
-            count: record_count,
-        });
+        return Err(BatchError::BadRecordCount { count: record_count });
     }
     let first = u64_at(bytes, 24) as i64;
     let max = u64_at(bytes, 32) as i64;
@@ -241,10 +230,7 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         let record = record?;
         let index = found;
         if record.offset_delta != index {
-            return Err(BatchError::BadRecord {
-                index,
-                reason: "offset delta out of sequence",
-            });
+            return Err(BatchError::BadRecord { index, reason: "offset delta out of sequence" });
         }
         if index == 0 && record.timestamp != header.first_timestamp {
             return Err(BatchError::BadRecord {
@@ -256,19 +242,13 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         for h in record.headers() {
             let h = h?;
             if std::str::from_utf8(h.key).is_err() {
-                return Err(BatchError::BadRecord {
-                    index,
-                    reason: "header key is not UTF-8",
-                });
+                return Err(BatchError::BadRecord { index, reason: "header key is not UTF-8" });
             }
         }
         found += 1;
     }
     if found != header.record_count {
-        return Err(BatchError::RecordCountMismatch {
-            declared: header.record_count,
-            found,
-        });
+        return Err(BatchError::RecordCountMismatch { declared: header.record_count, found });
     }
     if max_timestamp != header.max_timestamp.0 {
         return Err(BatchError::BadTimestamps {
@@ -295,10 +275,7 @@ impl<'a> BatchView<'a> {
     /// Checks the batch at the start of `bytes` and returns a view of exactly that batch.
     pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let header = check(bytes)?;
-        Ok(BatchView {
-            header,
-            bytes: &bytes[..header.batch_bytes as usize],
-        })
+        Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
     }
 
     pub fn header(&self) -> &BatchHeader {
@@ -333,10 +310,7 @@ pub struct BatchIter<'a> {
 
 impl<'a> BatchIter<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        BatchIter {
-            rest: bytes,
-            failed: false,
-        }
+        BatchIter { rest: bytes, failed: false }
     }
 }
 
@@ -374,11 +348,7 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter {
-            rest: self.headers,
-            remaining: self.header_count,
-            failed: false,
-        }
+        HeaderIter { rest: self.headers, remaining: self.header_count, failed: false }
     }
 }
 
@@ -425,10 +395,7 @@ impl<'a> Iterator for RecordIter<'a> {
             }
             Err(reason) => {
                 self.failed = true;
-                Some(Err(BatchError::BadRecord {
-                    index: self.index,
-                    reason,
-                }))
+                Some(Err(BatchError::BadRecord { index: self.index, reason }))
             }
         }
     }
@@ -460,11 +427,7 @@ impl<'a> RecordIter<'a> {
         }
         let headers = r.0;
         // Walk the headers once so that a record that decodes is wholly well-formed.
-        let mut walk = HeaderIter {
-            rest: headers,
-            remaining: header_count,
-            failed: false,
-        };
+        let mut walk = HeaderIter { rest: headers, remaining: header_count, failed: false };
         for h in walk.by_ref() {
             h.map_err(|_| "bad header")?;
         }
@@ -519,10 +482,7 @@ impl<'a> Iterator for HeaderIter<'a> {
             }
             None => {
                 self.failed = true;
-                Some(Err(BatchError::BadRecord {
-                    index: 0,
-                    reason: "bad header",
-                }))
+                Some(Err(BatchError::BadRecord { index: 0, reason: "bad header" }))
             }
         }
     }
@@ -648,12 +608,7 @@ impl BatchBuilder {
     pub fn new(mut buf: BytesMut) -> Self {
         buf.clear();
         buf.resize(BATCH_HEADER_BYTES, 0);
-        BatchBuilder {
-            buf,
-            record_count: 0,
-            first_timestamp: 0,
-            max_timestamp: i64::MIN,
-        }
+        BatchBuilder { buf, record_count: 0, first_timestamp: 0, max_timestamp: i64::MIN }
     }
 
     pub fn record_count(&self) -> u32 {
@@ -737,24 +692,10 @@ mod tests {
 
     fn sample() -> BytesMut {
         let mut b = BatchBuilder::new(BytesMut::new());
-        b.push(
-            TimestampMs(100),
-            Some(b"k1"),
-            Some(b"v1"),
-            &[(b"h", Some(b"x"))],
-        );
+        b.push(TimestampMs(100), Some(b"k1"), Some(b"v1"), &[(b"h", Some(b"x"))]);
         b.push(TimestampMs(90), None, None, &[]);
-        b.push(
-            TimestampMs(150),
-            Some(b""),
-            Some(&[7u8; 300]),
-            &[(b"a", None), (b"b", Some(b""))],
-        );
-        b.finish(ProducerStamp {
-            producer_id: 7,
-            producer_epoch: 2,
-            base_sequence: 40,
-        })
+        b.push(TimestampMs(150), Some(b""), Some(&[7u8; 300]), &[(b"a", None), (b"b", Some(b""))]);
+        b.finish(ProducerStamp { producer_id: 7, producer_epoch: 2, base_sequence: 40 })
     }
 
     #[test]
@@ -775,16 +716,7 @@ mod tests {
         let headers: Vec<_> = records[2].headers().map(Result::unwrap).collect();
         assert_eq!(
             headers,
-            vec![
-                Header {
-                    key: b"a",
-                    value: None
-                },
-                Header {
-                    key: b"b",
-                    value: Some(b"")
-                }
-            ]
+            vec![Header { key: b"a", value: None }, Header { key: b"b", value: Some(b"") }]
         );
     }
 
@@ -804,10 +736,7 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= 1 << bit;
-                assert!(
-                    check_for_append(&damaged).is_err(),
-                    "flip at byte {at} bit {bit}"
-                );
+                assert!(check_for_append(&damaged).is_err(), "flip at byte {at} bit {bit}");
             }
         }
     }

@@ -18,28 +18,17 @@ pub enum Fence {
     #[error(
         "fsync of {path} failed: {error}; the log refuses writes, and nothing that fsync covered was acknowledged"
     )]
-    SyncFailed {
-        path: PathBuf,
-        error: Arc<io::Error>,
-    },
+    SyncFailed { path: PathBuf, error: Arc<io::Error> },
     /// A write failed and the partial write could not be cut off the end of the file.
     #[error(
         "a write to {path} failed and its partial bytes could not be removed: {error}; the log refuses writes"
     )]
-    WriteFailed {
-        path: PathBuf,
-        error: Arc<io::Error>,
-    },
+    WriteFailed { path: PathBuf, error: Arc<io::Error> },
     /// Recovery found damage that is not a torn tail.
     #[error(
         "{path} is damaged at byte {position}: {reason}; the log is readable up to offset {readable_end} and refuses writes (inspect it with `spool dump`)"
     )]
-    Damaged {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-        readable_end: Offset,
-    },
+    Damaged { path: PathBuf, position: u64, reason: String, readable_end: Offset },
 }
 
 /// A log configuration that cannot be used.
@@ -65,7 +54,9 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
 }
 
-#[derive(Debug, Error)]
+/// Why a batch was not appended. Cloneable, because one failed write fails every batch of
+/// its group.
+#[derive(Debug, Clone, Error)]
 pub enum AppendError {
     #[error("the log refuses writes: {0}")]
     Fenced(Fence),
@@ -74,9 +65,9 @@ pub enum AppendError {
     #[error("batch of {bytes} bytes is larger than the limit of {bytes_max} bytes")]
     BatchTooLarge { bytes: usize, bytes_max: u32 },
     #[error("no space left on the device holding {path}; nothing was written")]
-    NoSpace { path: PathBuf, source: io::Error },
+    NoSpace { path: PathBuf, source: Arc<io::Error> },
     #[error("writing {path} failed: {source}; nothing was written")]
-    Io { path: PathBuf, source: io::Error },
+    Io { path: PathBuf, source: Arc<io::Error> },
 }
 
 #[derive(Debug, Error)]
@@ -90,11 +81,7 @@ pub enum ReadError {
     #[error(
         "offset {requested} is out of range: the log holds offsets {log_start}..{log_end} (start inclusive, end exclusive)"
     )]
-    OffsetOutOfRange {
-        requested: Offset,
-        log_start: Offset,
-        log_end: Offset,
-    },
+    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
     #[error("reading {path} failed: {source}")]
     Io { path: PathBuf, source: io::Error },
 }

@@ -38,6 +38,8 @@ pub trait File: Send + Sync + Debug {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
     /// Writes all of `buf` at `position`.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Writes all of `bufs`, back to back, from `position` (`pwritev`).
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves blocks for the first `len` bytes (`posix_fallocate`), so later writes to them,
@@ -56,6 +58,9 @@ pub trait MappedFile: Send + Sync + Debug {
     /// Makes the mapped bytes durable (`msync`).
     fn flush(&self) -> io::Result<()>;
 }
+
+/// The most buffers one `pwritev` call takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -91,9 +96,7 @@ impl FileSystem for StdFileSystem {
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }
-        Ok(Arc::new(StdFile {
-            file: options.open(path)?,
-        }))
+        Ok(Arc::new(StdFile { file: options.open(path)? }))
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
@@ -129,6 +132,38 @@ impl File for StdFile {
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(&self.file, buf, position)
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut remaining = &mut slices[..];
+        IoSlice::advance_slices(&mut remaining, 0);
+        while !remaining.is_empty() {
+            let count = remaining.len().min(IOV_MAX) as libc::c_int;
+            let offset = libc::off_t::try_from(position)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "position too large"))?;
+            // SAFETY: IoSlice is ABI-compatible with iovec on Unix, and the slices outlive the
+            // call.
+            let written = unsafe {
+                libc::pwritev(self.file.as_raw_fd(), remaining.as_ptr().cast(), count, offset)
+            };
+            match written {
+                n if n > 0 => {
+                    position += n as u64;
+                    IoSlice::advance_slices(&mut remaining, n as usize);
+                }
+                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                _ => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -81,11 +81,7 @@ impl IndexFile {
             return Ok(None);
         }
         let entries = (len / entry_bytes as u64) as usize;
-        let map = if entries > 0 {
-            Some(file.map_mut(len as usize)?)
-        } else {
-            None
-        };
+        let map = if entries > 0 { Some(file.map_mut(len as usize)?) } else { None };
         Ok(Some(IndexFile {
             path: path.to_path_buf(),
             file,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchView};
+use crate::batch::{self, BatchHeader, BatchView};
 use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
@@ -78,10 +78,7 @@ impl LogConfig {
         if let FsyncPolicy::Interval { interval_ms } = self.fsync
             && !(1..=FSYNC_INTERVAL_MS_MAX).contains(&interval_ms)
         {
-            return Err(ConfigError::FsyncInterval {
-                interval_ms,
-                max_ms: FSYNC_INTERVAL_MS_MAX,
-            });
+            return Err(ConfigError::FsyncInterval { interval_ms, max_ms: FSYNC_INTERVAL_MS_MAX });
         }
         if self.retention_ms == Some(0) {
             return Err(ConfigError::RetentionMsZero);
@@ -104,6 +101,13 @@ pub(crate) struct Watermark {
     /// Base offset of the segment that `position` is in.
     pub(crate) segment_base: Offset,
     pub(crate) position: u64,
+}
+
+/// Batches stamped for the active segment and not yet written: (index in the group,
+/// header, whether the segment rolled before it).
+struct Run {
+    batches: Vec<(usize, BatchHeader, bool)>,
+    bytes: u64,
 }
 
 /// A segment as seen from outside.
@@ -234,9 +238,7 @@ impl Log {
     }
 
     fn active(&self) -> &Segment {
-        self.segments
-            .last()
-            .expect("a log has at least one segment")
+        self.segments.last().expect("a log has at least one segment")
     }
 
     fn written(&self) -> Watermark {
@@ -259,6 +261,61 @@ impl Log {
     /// The batch is checked (CRC and every record), its base offset stamped, and written as
     /// it is. It is durable only after a later sync covers it.
     pub fn append(&mut self, batch: &mut [u8], now: TimestampMs) -> Result<Appended, AppendError> {
+        let mut results = self.append_many(&mut [batch], now);
+        results.pop().expect("one result per batch")
+    }
+
+    /// Appends a group of batches with as few writes as possible: one vectored write per run
+    /// of batches that fits in the active segment. Each batch gets its own result, in order;
+    /// a batch that fails its checks does not stop the others. When a write fails, nothing of
+    /// its run is in the log, and every batch from that run on reports the error.
+    pub fn append_many(
+        &mut self,
+        batches: &mut [&mut [u8]],
+        now: TimestampMs,
+    ) -> Vec<Result<Appended, AppendError>> {
+        let mut results: Vec<Option<Result<Appended, AppendError>>> =
+            batches.iter().map(|_| None).collect();
+        let mut run = Run { batches: Vec::new(), bytes: 0 };
+        let mut next = self.next_offset();
+        let mut failure: Option<AppendError> = None;
+        for i in 0..batches.len() {
+            if let Some(error) = &failure {
+                results[i] = Some(Err(error.clone()));
+                continue;
+            }
+            let mut header = match self.check_batch(batches[i]) {
+                Ok(header) => header,
+                Err(error) => {
+                    results[i] = Some(Err(error));
+                    continue;
+                }
+            };
+            let bytes = batches[i].len() as u64;
+            let rolled = self.roll_due(run.bytes, bytes, now);
+            if rolled {
+                let flushed = self.write_run(&mut run, batches, &mut results, now);
+                if let Err(error) = flushed.and_then(|()| self.roll()) {
+                    failure = Some(error.clone());
+                    results[i] = Some(Err(error));
+                    continue;
+                }
+                next = self.next_offset();
+            }
+            header.base_offset = next;
+            batch::stamp_base_offset(batches[i], next);
+            next = header.next_offset();
+            run.batches.push((i, header, rolled));
+            run.bytes += bytes;
+        }
+        if failure.is_none() {
+            // A failure here is already recorded in the results of the run's batches.
+            let _ = self.write_run(&mut run, batches, &mut results, now);
+        }
+        results.into_iter().map(|r| r.expect("every batch has a result")).collect()
+    }
+
+    fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, AppendError> {
         if let Some(fence) = &self.fence {
             return Err(AppendError::Fenced(fence.clone()));
         }
@@ -268,59 +325,67 @@ impl Log {
                 bytes_max: BATCH_BYTES_MAX,
             });
         }
-        let mut header = batch::check_for_append(batch)?;
-        let rolled = self.roll_if_due(batch.len() as u64, now)?;
-        let active = self
-            .segments
-            .last_mut()
-            .expect("a log has at least one segment");
-        header.base_offset = active.next_offset;
-        batch::stamp_base_offset(batch, header.base_offset);
-        match active.append(batch, &header, now) {
-            Ok(()) => {}
-            Err(SegmentWriteError::Clean(source)) if is_no_space(&source) => {
-                return Err(AppendError::NoSpace {
-                    path: active.path.clone(),
-                    source,
-                });
-            }
-            Err(SegmentWriteError::Clean(source)) => {
-                return Err(AppendError::Io {
-                    path: active.path.clone(),
-                    source,
-                });
-            }
-            Err(SegmentWriteError::Dirty(error)) => {
-                let fence = Fence::WriteFailed {
-                    path: active.path.clone(),
-                    error: Arc::new(error),
-                };
-                self.fence = Some(fence.clone());
-                return Err(AppendError::Fenced(fence));
-            }
-        }
-        Ok(Appended {
-            base_offset: header.base_offset,
-            last_offset: header.last_offset(),
-            rolled,
-        })
+        Ok(batch::check_for_append(batch)?)
     }
 
-    fn roll_if_due(&mut self, incoming_bytes: u64, now: TimestampMs) -> Result<bool, AppendError> {
+    /// Whether the active segment must roll before `incoming_bytes` more, given `run_bytes`
+    /// already queued for it: it is not empty, and it would grow past its size or is too old.
+    fn roll_due(&self, run_bytes: u64, incoming_bytes: u64, now: TimestampMs) -> bool {
         let active = self.active();
-        if active.is_empty() {
-            return Ok(false);
+        let size = active.size_bytes + run_bytes;
+        if size == 0 {
+            return false;
         }
-        let full = active.size_bytes + incoming_bytes > self.config.segment_bytes;
+        let full = size + incoming_bytes > self.config.segment_bytes;
         let old = match (self.config.segment_ms, active.first_append) {
             (Some(limit), Some(first)) => now.0.saturating_sub(first.0) >= limit as i64,
             _ => false,
         };
-        if !(full || old) {
-            return Ok(false);
+        full || old
+    }
+
+    /// Writes a run of stamped batches to the active segment with one vectored write and
+    /// records each one's result.
+    fn write_run(
+        &mut self,
+        run: &mut Run,
+        batches: &[&mut [u8]],
+        results: &mut [Option<Result<Appended, AppendError>>],
+        now: TimestampMs,
+    ) -> Result<(), AppendError> {
+        if run.batches.is_empty() {
+            return Ok(());
         }
-        self.roll()?;
-        Ok(true)
+        let bufs: Vec<&[u8]> = run.batches.iter().map(|(i, ..)| &*batches[*i]).collect();
+        let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, _)| *h).collect();
+        let active = self.segments.last_mut().expect("a log has at least one segment");
+        let outcome = match active.append_run(&bufs, &headers, now) {
+            Ok(()) => Ok(()),
+            Err(SegmentWriteError::Clean(source)) if is_no_space(&source) => {
+                Err(AppendError::NoSpace { path: active.path.clone(), source: Arc::new(source) })
+            }
+            Err(SegmentWriteError::Clean(source)) => {
+                Err(AppendError::Io { path: active.path.clone(), source: Arc::new(source) })
+            }
+            Err(SegmentWriteError::Dirty(error)) => {
+                let fence =
+                    Fence::WriteFailed { path: active.path.clone(), error: Arc::new(error) };
+                self.fence = Some(fence.clone());
+                Err(AppendError::Fenced(fence))
+            }
+        };
+        for (i, header, rolled) in run.batches.drain(..) {
+            results[i] = Some(match &outcome {
+                Ok(()) => Ok(Appended {
+                    base_offset: header.base_offset,
+                    last_offset: header.last_offset(),
+                    rolled,
+                }),
+                Err(error) => Err(error.clone()),
+            });
+        }
+        run.bytes = 0;
+        outcome
     }
 
     /// Seals the active segment and starts a new one (appends do this by themselves when the
@@ -339,15 +404,9 @@ impl Log {
         }
         let fs = self.fs.clone();
         let capacity = self.config.index_capacity();
-        let active = self
-            .segments
-            .last_mut()
-            .expect("a log has at least one segment");
+        let active = self.segments.last_mut().expect("a log has at least one segment");
         if let Err(error) = active.seal() {
-            let fence = Fence::SyncFailed {
-                path: active.path.clone(),
-                error: Arc::new(error),
-            };
+            let fence = Fence::SyncFailed { path: active.path.clone(), error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(AppendError::Fenced(fence));
         }
@@ -364,6 +423,7 @@ impl Log {
                     let _ = fs.remove_file(&path);
                 }
                 let path = crate::segment::log_path(&self.dir, base);
+                let source = Arc::new(source);
                 return Err(if is_no_space(&source) {
                     AppendError::NoSpace { path, source }
                 } else {
@@ -372,10 +432,7 @@ impl Log {
             }
         };
         if let Err(error) = fs.sync_dir(&self.dir) {
-            let fence = Fence::SyncFailed {
-                path: self.dir.clone(),
-                error: Arc::new(error),
-            };
+            let fence = Fence::SyncFailed { path: self.dir.clone(), error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(AppendError::Fenced(fence));
         }
@@ -409,13 +466,8 @@ impl Log {
             return Err(SyncError::Fenced(fence.clone()));
         }
         if let Err(error) = result {
-            let path = ticket
-                .file
-                .map_or_else(|| self.dir.clone(), |(_, path)| path);
-            let fence = Fence::SyncFailed {
-                path,
-                error: Arc::new(error),
-            };
+            let path = ticket.file.map_or_else(|| self.dir.clone(), |(_, path)| path);
+            let fence = Fence::SyncFailed { path, error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(SyncError::Fenced(fence));
         }
@@ -466,11 +518,7 @@ impl Log {
         let log_start = self.log_start_offset();
         let log_end = self.visible_end_offset();
         if offset < log_start || offset > log_end {
-            return Err(ReadError::OffsetOutOfRange {
-                requested: offset,
-                log_start,
-                log_end,
-            });
+            return Err(ReadError::OffsetOutOfRange { requested: offset, log_start, log_end });
         }
         let empty = ReadBatches {
             bytes: Bytes::new(),
@@ -483,23 +531,13 @@ impl Log {
         }
         let segment = self.segment_for(offset);
         let end = self.readable_bytes(segment);
-        let io = |source| ReadError::Io {
-            path: segment.path.clone(),
-            source,
-        };
+        let io = |source| ReadError::Io { path: segment.path.clone(), source };
         let Some(position) = segment.find(offset, end).map_err(io)? else {
             return Ok(empty);
         };
-        let bytes = segment
-            .read(position, end, bytes_max.min(READ_BYTES_MAX))
-            .map_err(io)?;
+        let bytes = segment.read(position, end, bytes_max.min(READ_BYTES_MAX)).map_err(io)?;
         let next_offset = last_next_offset(&bytes).unwrap_or(offset);
-        Ok(ReadBatches {
-            bytes,
-            next_offset,
-            log_start_offset: log_start,
-            log_end_offset: log_end,
-        })
+        Ok(ReadBatches { bytes, next_offset, log_start_offset: log_start, log_end_offset: log_end })
     }
 
     /// The first visible offset whose record timestamp is at or after `timestamp`, or `None`
@@ -513,10 +551,7 @@ impl Log {
                 continue;
             }
             let end = self.readable_bytes(segment);
-            let io = |source| ReadError::Io {
-                path: segment.path.clone(),
-                source,
-            };
+            let io = |source| ReadError::Io { path: segment.path.clone(), source };
             let start = segment
                 .time_index
                 .last_before(timestamp.0)
@@ -565,10 +600,8 @@ impl Log {
                 (Some(limit), Some(max)) => max.0 < now.0.saturating_sub(limit as i64),
                 _ => false,
             };
-            let oversize = self
-                .config
-                .retention_bytes
-                .is_some_and(|limit| total - oldest.size_bytes >= limit);
+            let oversize =
+                self.config.retention_bytes.is_some_and(|limit| total - oldest.size_bytes >= limit);
             if !(expired || oversize) {
                 break;
             }
@@ -585,10 +618,7 @@ impl Log {
             }
             self.fs
                 .sync_dir(&self.dir)
-                .map_err(|source| RetentionError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })?;
+                .map_err(|source| RetentionError::Io { path: self.dir.clone(), source })?;
             deleted += 1;
         }
         Ok(deleted)
@@ -607,10 +637,7 @@ impl Log {
         let dir = self.dir.clone();
         let fs = self.fs.clone();
         let next_offset = self.next_offset();
-        let active = self
-            .segments
-            .last_mut()
-            .expect("a log has at least one segment");
+        let active = self.segments.last_mut().expect("a log has at least one segment");
         let at = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CloseError::Io { path, source }
@@ -618,26 +645,15 @@ impl Log {
         active.file.sync_data().map_err(at(&active.path))?;
         let last = active.last_batch().map_err(at(&active.path))?;
         active.index_final_timestamp(last);
-        active
-            .offset_index
-            .0
-            .trim_and_sync()
-            .map_err(at(active.offset_index.0.path()))?;
-        active
-            .time_index
-            .0
-            .trim_and_sync()
-            .map_err(at(active.time_index.0.path()))?;
+        active.offset_index.0.trim_and_sync().map_err(at(active.offset_index.0.path()))?;
+        active.time_index.0.trim_and_sync().map_err(at(active.time_index.0.path()))?;
         let temporary = dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp"));
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         if fs.exists(&temporary).map_err(at(&temporary))? {
             fs.remove_file(&temporary).map_err(at(&temporary))?;
         }
-        let file = fs
-            .open(&temporary, OpenMode::CreateNew)
-            .map_err(at(&temporary))?;
-        file.write_all_at(next_offset.0.to_string().as_bytes(), 0)
-            .map_err(at(&temporary))?;
+        let file = fs.open(&temporary, OpenMode::CreateNew).map_err(at(&temporary))?;
+        file.write_all_at(next_offset.0.to_string().as_bytes(), 0).map_err(at(&temporary))?;
         file.sync_data().map_err(at(&temporary))?;
         fs.rename(&temporary, &marker).map_err(at(&marker))?;
         fs.sync_dir(&dir).map_err(at(&dir))?;
@@ -649,9 +665,7 @@ impl Log {
     /// Order: delete each segment's log file and indexes and any other file in the directory,
     /// remove the directory, fsync its parent.
     pub fn delete(self) -> Result<(), DeleteError> {
-        let Log {
-            fs, dir, segments, ..
-        } = self;
+        let Log { fs, dir, segments, .. } = self;
         drop(segments);
         let at = |path: &Path| {
             let path = path.to_path_buf();

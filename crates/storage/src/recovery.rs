@@ -53,11 +53,7 @@ pub struct RecoveryReport {
 
 impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.clean_shutdown {
-            "clean shutdown"
-        } else {
-            "recovered after a crash"
-        };
+        let kind = if self.clean_shutdown { "clean shutdown" } else { "recovered after a crash" };
         write!(f, "{kind}: {} segments", self.segments)?;
         if !self.scanned.is_empty() {
             write!(f, ", {} scanned", self.scanned.len())?;
@@ -66,11 +62,7 @@ impl fmt::Display for RecoveryReport {
             write!(f, ", {} index files rebuilt", self.rebuilt_indexes.len())?;
         }
         if let Some((path, bytes)) = &self.truncated {
-            write!(
-                f,
-                ", torn tail of {bytes} bytes cut from {}",
-                path.display()
-            )?;
+            write!(f, ", torn tail of {bytes} bytes cut from {}", path.display())?;
         }
         if !self.removed.is_empty() {
             write!(f, ", {} leftover files removed", self.removed.len())?;
@@ -121,12 +113,8 @@ impl Log {
             move |source| OpenError::Io { path, source }
         };
         fs.create_dir_all(dir).map_err(at(dir))?;
-        let mut opener = Opener {
-            fs: fs.as_ref(),
-            dir,
-            config: &config,
-            report: RecoveryReport::default(),
-        };
+        let mut opener =
+            Opener { fs: fs.as_ref(), dir, config: &config, report: RecoveryReport::default() };
         let bases = opener.tidy().map_err(at(dir))?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean_next_offset = opener.read_marker(&marker).map_err(at(&marker))?;
@@ -166,21 +154,11 @@ impl Log {
         let active = segments.last_mut().expect("at least one segment");
         let clean = clean_next_offset == Some(active.next_offset) && fence.is_none();
         if fence.is_none() {
-            active
-                .offset_index
-                .0
-                .grow(config.index_capacity())
-                .map_err(at(&active.path))?;
-            active
-                .time_index
-                .0
-                .grow(config.index_capacity())
-                .map_err(at(&active.path))?;
+            active.offset_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
+            active.time_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
             if let Err(error) = active.file.sync_data() {
-                fence = Some(Fence::SyncFailed {
-                    path: active.path.clone(),
-                    error: Arc::new(error),
-                });
+                fence =
+                    Some(Fence::SyncFailed { path: active.path.clone(), error: Arc::new(error) });
             }
         }
         if clean_next_offset.is_some() {
@@ -248,10 +226,7 @@ impl Opener<'_> {
         let file = self.fs.open(marker, OpenMode::Existing)?;
         let mut bytes = vec![0u8; file.len()?.min(32) as usize];
         file.read_exact_at(&mut bytes, 0)?;
-        Ok(std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Offset))
+        Ok(std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse().ok()).map(Offset))
     }
 
     /// Step 3 and 4 for one segment: returns it and, if it is damaged, the fence.
@@ -274,9 +249,7 @@ impl Opener<'_> {
                 .map_err(at(&offset_path))?;
             let time_index = IndexFile::open_trimmed(self.fs, &time_path, TIME_ENTRY_BYTES)
                 .map_err(at(&time_path))?;
-            offset_index
-                .zip(time_index)
-                .map(|(o, t)| (OffsetIndex(o), TimeIndex(t)))
+            offset_index.zip(time_index).map(|(o, t)| (OffsetIndex(o), TimeIndex(t)))
         } else {
             None
         };
@@ -309,10 +282,7 @@ impl Opener<'_> {
         let mut position = start.map_or(0, |e| u64::from(e.position));
         let mut next =
             Offset(segment.base_offset.0 + start.map_or(0, |e| u64::from(e.relative_offset)));
-        let mut max = segment
-            .time_index
-            .last()
-            .map(|e| TimestampMs(e.timestamp_ms));
+        let mut max = segment.time_index.last().map(|e| TimestampMs(e.timestamp_ms));
         // The tail is at most an index interval plus one batch: read it at once.
         let mut tail = vec![0u8; (segment.size_bytes - position) as usize];
         segment.file.read_exact_at(&mut tail, position)?;
@@ -330,10 +300,7 @@ impl Opener<'_> {
         }
         position += at as u64;
         debug_assert_eq!(position, segment.size_bytes);
-        if !segment
-            .time_index
-            .is_consistent(next.0 - segment.base_offset.0)
-        {
+        if !segment.time_index.is_consistent(next.0 - segment.base_offset.0) {
             return Ok(None);
         }
         segment.next_offset = next;
@@ -370,11 +337,7 @@ impl Opener<'_> {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
         };
-        let capacity = if last {
-            self.config.index_capacity()
-        } else {
-            0
-        };
+        let capacity = if last { self.config.index_capacity() } else { 0 };
         let mut segment = Segment {
             base_offset: base,
             path: path.clone(),
@@ -395,20 +358,10 @@ impl Opener<'_> {
         };
         let outcome = segment.scan().map_err(at(&path))?;
         self.report.scanned.push(path.clone());
-        self.report
-            .rebuilt_indexes
-            .extend([offset_path.clone(), time_path.clone()]);
+        self.report.rebuilt_indexes.extend([offset_path.clone(), time_path.clone()]);
         let entries = outcome.offset_entries.len().max(outcome.time_entries.len()) + 1;
-        segment
-            .offset_index
-            .0
-            .grow(entries.max(capacity))
-            .map_err(at(&offset_path))?;
-        segment
-            .time_index
-            .0
-            .grow(entries.max(capacity))
-            .map_err(at(&time_path))?;
+        segment.offset_index.0.grow(entries.max(capacity)).map_err(at(&offset_path))?;
+        segment.time_index.0.grow(entries.max(capacity)).map_err(at(&time_path))?;
         for entry in &outcome.offset_entries {
             segment.offset_index.push(*entry);
         }
@@ -418,10 +371,8 @@ impl Opener<'_> {
         segment.size_bytes = outcome.valid_bytes;
         segment.next_offset = outcome.next_offset;
         segment.max_timestamp = outcome.max_timestamp;
-        segment.last_indexed_position = outcome
-            .offset_entries
-            .last()
-            .map_or(0, |e| u64::from(e.position));
+        segment.last_indexed_position =
+            outcome.offset_entries.last().map_or(0, |e| u64::from(e.position));
         segment.first_append = outcome.first_batch_max_timestamp.map(|t| t.min(now));
         let mut fence = None;
         if let Some(stop) = outcome.stopped {
@@ -443,16 +394,8 @@ impl Opener<'_> {
         if !last || fence.is_some() {
             let last_batch = segment.last_batch().map_err(at(&path))?;
             segment.index_final_timestamp(last_batch);
-            segment
-                .offset_index
-                .0
-                .trim_and_sync()
-                .map_err(at(&offset_path))?;
-            segment
-                .time_index
-                .0
-                .trim_and_sync()
-                .map_err(at(&time_path))?;
+            segment.offset_index.0.trim_and_sync().map_err(at(&offset_path))?;
+            segment.time_index.0.trim_and_sync().map_err(at(&time_path))?;
         }
         Ok((segment, fence))
     }

@@ -100,25 +100,17 @@ impl IndexCursor {
         header: &BatchHeader,
     ) -> (Option<OffsetEntry>, Option<TimeEntry>) {
         let relative_offset = (header.base_offset.0 - base.0) as u32;
-        self.max_timestamp = Some(
-            self.max_timestamp
-                .map_or(header.max_timestamp, |m| m.max(header.max_timestamp)),
-        );
+        self.max_timestamp =
+            Some(self.max_timestamp.map_or(header.max_timestamp, |m| m.max(header.max_timestamp)));
         if position < self.last_indexed_position + u64::from(INDEX_INTERVAL_BYTES) {
             return (None, None);
         }
         self.last_indexed_position = position;
-        let offset_entry = OffsetEntry {
-            relative_offset,
-            position: position as u32,
-        };
+        let offset_entry = OffsetEntry { relative_offset, position: position as u32 };
         let max = self.max_timestamp.expect("set above").0;
         let time_entry = if self.last_time_entry.is_none_or(|t| max > t) {
             self.last_time_entry = Some(max);
-            Some(TimeEntry {
-                timestamp_ms: max,
-                relative_offset,
-            })
+            Some(TimeEntry { timestamp_ms: max, relative_offset })
         } else {
             None
         };
@@ -175,39 +167,41 @@ impl Segment {
         }
     }
 
-    /// Writes a checked, stamped batch at the end of the log and indexes it. On a write error
-    /// the log file is cut back to its previous length, so no partial batch remains; if that
-    /// fails too, the second error is returned and the caller must fence the log.
-    pub(crate) fn append(
+    /// Writes checked, stamped batches at the end of the log with one vectored write and
+    /// indexes them. On a write error the log file is cut back to its previous length, so no
+    /// partial batch remains; if that fails too, the second error is returned and the caller
+    /// must fence the log.
+    pub(crate) fn append_run(
         &mut self,
-        bytes: &[u8],
-        header: &BatchHeader,
+        batches: &[&[u8]],
+        headers: &[BatchHeader],
         now: TimestampMs,
     ) -> Result<(), SegmentWriteError> {
-        assert_eq!(
-            header.base_offset, self.next_offset,
-            "offsets are assigned in order"
-        );
-        let position = self.size_bytes;
-        if let Err(error) = self.file.write_all_at(bytes, position) {
-            return match self.file.set_len(position) {
+        assert_eq!(batches.len(), headers.len());
+        let start = self.size_bytes;
+        if let Err(error) = self.file.write_all_vectored_at(batches, start) {
+            return match self.file.set_len(start) {
                 Ok(()) => Err(SegmentWriteError::Clean(error)),
                 Err(cleanup) => Err(SegmentWriteError::Dirty(cleanup)),
             };
         }
         let mut cursor = self.cursor();
-        let (offset_entry, time_entry) = cursor.on_batch(self.base_offset, position, header);
-        if let Some(e) = offset_entry {
-            self.offset_index.push(e);
-        }
-        if let Some(e) = time_entry {
-            self.time_index.push(e);
+        for (bytes, header) in batches.iter().zip(headers) {
+            assert_eq!(header.base_offset, self.next_offset, "offsets are assigned in order");
+            let (offset_entry, time_entry) =
+                cursor.on_batch(self.base_offset, self.size_bytes, header);
+            if let Some(e) = offset_entry {
+                self.offset_index.push(e);
+            }
+            if let Some(e) = time_entry {
+                self.time_index.push(e);
+            }
+            self.size_bytes += bytes.len() as u64;
+            self.next_offset = header.next_offset();
         }
         self.last_indexed_position = cursor.last_indexed_position;
         self.max_timestamp = cursor.max_timestamp;
         self.first_append.get_or_insert(now);
-        self.size_bytes += bytes.len() as u64;
-        self.next_offset = header.next_offset();
         Ok(())
     }
 
@@ -217,11 +211,7 @@ impl Segment {
         let (Some(max), Some((last_base, _))) = (self.max_timestamp, last_batch) else {
             return;
         };
-        if self
-            .time_index
-            .last()
-            .is_none_or(|e| max.0 > e.timestamp_ms)
-        {
+        if self.time_index.last().is_none_or(|e| max.0 > e.timestamp_ms) {
             self.time_index.push(TimeEntry {
                 timestamp_ms: max.0,
                 relative_offset: (last_base.0 - self.base_offset.0) as u32,
@@ -245,10 +235,7 @@ impl Segment {
         if self.is_empty() {
             return Ok(None);
         }
-        let start = self
-            .offset_index
-            .last()
-            .map_or(0, |e| u64::from(e.position));
+        let start = self.offset_index.last().map_or(0, |e| u64::from(e.position));
         let mut last = None;
         self.walk(start, self.size_bytes, |batch| {
             last = Some((batch.base_offset, batch.position));
@@ -290,10 +277,7 @@ impl Segment {
                 at += batch_bytes as usize;
             }
             if at == 0 {
-                let error = BatchError::Truncated {
-                    bytes: n,
-                    needed: WALK_HEADER_BYTES,
-                };
+                let error = BatchError::Truncated { bytes: n, needed: WALK_HEADER_BYTES };
                 return Err(corrupt(&self.path, position, error));
             }
             position += at as u64;
@@ -304,10 +288,7 @@ impl Segment {
     /// The position of the batch that holds `offset`, if it lies before `end`.
     pub(crate) fn find(&self, offset: Offset, end: u64) -> io::Result<Option<u64>> {
         let relative = (offset.0 - self.base_offset.0) as u32;
-        let start = self
-            .offset_index
-            .floor(relative)
-            .map_or(0, |e| u64::from(e.position));
+        let start = self.offset_index.floor(relative).map_or(0, |e| u64::from(e.position));
         let mut found = None;
         self.walk(start, end, |batch| {
             if batch.base_offset.0 + u64::from(batch.record_count) > offset.0 {
@@ -391,9 +372,7 @@ impl Segment {
             let (offset_entry, time_entry) = cursor.on_batch(self.base_offset, position, &header);
             outcome.offset_entries.extend(offset_entry);
             outcome.time_entries.extend(time_entry);
-            outcome
-                .first_batch_max_timestamp
-                .get_or_insert(header.max_timestamp);
+            outcome.first_batch_max_timestamp.get_or_insert(header.max_timestamp);
             position += u64::from(header.batch_bytes);
             outcome.valid_bytes = position;
             outcome.next_offset = header.next_offset();
@@ -410,9 +389,7 @@ impl Segment {
     ) -> Result<BatchHeader, ReadChecked> {
         let prefix_bytes = (file_bytes - position).min(BATCH_HEADER_BYTES as u64) as usize;
         buf.resize(prefix_bytes, 0);
-        self.file
-            .read_exact_at(buf, position)
-            .map_err(ReadChecked::Io)?;
+        self.file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
         let (_, batch_bytes) = batch::peek_prefix(buf).map_err(ReadChecked::Invalid)?;
         if position + u64::from(batch_bytes) > file_bytes {
             return Err(ReadChecked::Invalid(BatchError::Truncated {
@@ -421,9 +398,7 @@ impl Segment {
             }));
         }
         buf.resize(batch_bytes as usize, 0);
-        self.file
-            .read_exact_at(buf, position)
-            .map_err(ReadChecked::Io)?;
+        self.file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
         batch::check(buf).map_err(ReadChecked::Invalid)
     }
 
@@ -445,10 +420,7 @@ impl Segment {
                 }
                 match self.read_checked(start + at as u64, file_bytes, &mut batch) {
                     Ok(_) => {
-                        return Ok(ScanStop {
-                            reason,
-                            valid_data_follows: true,
-                        });
+                        return Ok(ScanStop { reason, valid_data_follows: true });
                     }
                     Err(ReadChecked::Io(e)) => return Err(e),
                     Err(ReadChecked::Invalid(_)) => {}
@@ -456,10 +428,7 @@ impl Segment {
             }
             start += n.saturating_sub(13).max(1) as u64;
         }
-        Ok(ScanStop {
-            reason,
-            valid_data_follows: false,
-        })
+        Ok(ScanStop { reason, valid_data_follows: false })
     }
 }
 

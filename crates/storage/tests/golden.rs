@@ -20,7 +20,8 @@ fn golden_dir() -> PathBuf {
 /// Writes the golden log: three segments, keys and headers, a tombstone, an idempotent
 /// producer's batch, out-of-order timestamps, and enough bytes for index entries.
 fn write_golden_log(dir: &Path) -> Vec<Rec> {
-    let config = LogConfig { segment_bytes: 64 * 1024, fsync: FsyncPolicy::Always, ..LogConfig::default() };
+    let config =
+        LogConfig { segment_bytes: 64 * 1024, fsync: FsyncPolicy::Always, ..LogConfig::default() };
     let mut log = std_open(dir, config);
     let now = TimestampMs(1_767_225_600_000); // 2026-01-01T00:00:00Z
     for segment in 0..3u8 {
@@ -33,10 +34,12 @@ fn write_golden_log(dir: &Path) -> Vec<Rec> {
                 if r == 2 && i == 5 {
                     builder.push(TimestampMs(ts), Some(key.as_bytes()), None, &[]);
                 } else {
-                    builder.push(TimestampMs(ts), Some(key.as_bytes()), Some(&value), &[
-                        (b"content-type", Some(b"text/plain")),
-                        (b"empty", None),
-                    ]);
+                    builder.push(
+                        TimestampMs(ts),
+                        Some(key.as_bytes()),
+                        Some(&value),
+                        &[(b"content-type", Some(b"text/plain")), (b"empty", None)],
+                    );
                 }
             }
             let producer = if i == 3 {

@@ -14,21 +14,14 @@ fn append_assigns_offsets_and_reads_return_the_stored_bytes() {
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     let mut first = batch(&[(10, b"a"), (11, b"b")]);
     let appended = log.append(&mut first, NOW).unwrap();
-    assert_eq!(
-        (appended.base_offset, appended.last_offset),
-        (Offset(0), Offset(1))
-    );
+    assert_eq!((appended.base_offset, appended.last_offset), (Offset(0), Offset(1)));
     let mut second = batch(&[(12, b"c")]);
     assert_eq!(log.append(&mut second, NOW).unwrap().base_offset, Offset(2));
 
     let read = log.read(Offset(0), 1 << 20).unwrap();
     let mut expected = first.to_vec();
     expected.extend_from_slice(&second);
-    assert_eq!(
-        &read.bytes[..],
-        &expected[..],
-        "consumers get the stored bytes"
-    );
+    assert_eq!(&read.bytes[..], &expected[..], "consumers get the stored bytes");
     assert_eq!(read.next_offset, Offset(3));
 
     // Reading from the middle of a batch returns the batch that holds the offset.
@@ -58,15 +51,8 @@ fn reads_outside_the_log_say_which_offsets_exist() {
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     log.append(&mut batch_of(2, 10, 5), NOW).unwrap();
     match log.read(Offset(3), 100) {
-        Err(ReadError::OffsetOutOfRange {
-            requested,
-            log_start,
-            log_end,
-        }) => {
-            assert_eq!(
-                (requested, log_start, log_end),
-                (Offset(3), Offset(0), Offset(2))
-            );
+        Err(ReadError::OffsetOutOfRange { requested, log_start, log_end }) => {
+            assert_eq!((requested, log_start, log_end), (Offset(3), Offset(0), Offset(2)));
         }
         other => panic!("expected out of range, got {other:?}"),
     }
@@ -96,33 +82,16 @@ fn a_failed_fsync_fences_the_log_and_is_never_retried() {
     log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
     log.sync(NOW).unwrap();
     log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
-    fs.set_faults(Faults {
-        fail_syncs: true,
-        ..Faults::default()
-    });
+    fs.set_faults(Faults { fail_syncs: true, ..Faults::default() });
     assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
     fs.set_faults(Faults::default());
     // The disk works again, but the log stays fenced: a retried fsync could lie.
     assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
-    assert!(matches!(
-        log.append(&mut batch_of(1, 10, 5), NOW),
-        Err(AppendError::Fenced(_))
-    ));
-    assert_eq!(
-        log.durable_offset(),
-        Offset(1),
-        "nothing the failed fsync covered is durable"
-    );
-    assert_eq!(
-        read_all(&log, Offset(0), 1000).len(),
-        1,
-        "reads keep working"
-    );
+    assert!(matches!(log.append(&mut batch_of(1, 10, 5), NOW), Err(AppendError::Fenced(_))));
+    assert_eq!(log.durable_offset(), Offset(1), "nothing the failed fsync covered is durable");
+    assert_eq!(read_all(&log, Offset(0), 1000).len(), 1, "reads keep working");
     let message = log.fence().unwrap().to_string();
-    assert!(
-        message.contains("fsync of /data/t-0/00000000000000000000.log failed"),
-        "{message}"
-    );
+    assert!(message.contains("fsync of /data/t-0/00000000000000000000.log failed"), "{message}");
 }
 
 #[test]
@@ -130,20 +99,14 @@ fn a_full_disk_refuses_the_append_and_leaves_the_log_usable() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
-    fs.set_faults(Faults {
-        space_bytes_max: Some(0),
-        ..Faults::default()
-    });
+    fs.set_faults(Faults { space_bytes_max: Some(0), ..Faults::default() });
     let error = log.append(&mut batch_of(1, 10, 5), NOW).unwrap_err();
     assert!(matches!(error, AppendError::NoSpace { .. }), "{error}");
     fs.set_faults(Faults::default());
     log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
     log.sync(NOW).unwrap();
     assert_eq!(
-        read_all(&log, Offset(0), 1000)
-            .iter()
-            .map(|r| r.offset)
-            .collect::<Vec<_>>(),
+        read_all(&log, Offset(0), 1000).iter().map(|r| r.offset).collect::<Vec<_>>(),
         [0, 1]
     );
 }
@@ -155,15 +118,9 @@ fn invalid_and_oversized_batches_are_refused() {
     let mut damaged = batch_of(1, 10, 5);
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
-    assert!(matches!(
-        log.append(&mut damaged, NOW),
-        Err(AppendError::InvalidBatch(_))
-    ));
+    assert!(matches!(log.append(&mut damaged, NOW), Err(AppendError::InvalidBatch(_))));
     let mut huge = vec![0u8; spool_storage::limits::BATCH_BYTES_MAX as usize + 1];
-    assert!(matches!(
-        log.append(&mut huge, NOW),
-        Err(AppendError::BatchTooLarge { .. })
-    ));
+    assert!(matches!(log.append(&mut huge, NOW), Err(AppendError::BatchTooLarge { .. })));
     assert_eq!(log.next_offset(), Offset(0));
 }
 
@@ -176,21 +133,10 @@ fn segments_roll_by_size_and_by_age() {
     for _ in 0..20 {
         log.append(&mut batch_of(10, 1000, 5), NOW).unwrap();
     }
-    assert!(
-        log.segment_count() >= 3,
-        "64 KiB segments hold about six 10 KB batches"
-    );
+    assert!(log.segment_count() >= 3, "64 KiB segments hold about six 10 KB batches");
     let before = log.segment_count();
-    assert!(
-        !log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 999))
-            .unwrap()
-            .rolled
-    );
-    assert!(
-        log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 5000))
-            .unwrap()
-            .rolled
-    );
+    assert!(!log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 999)).unwrap().rolled);
+    assert!(log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 5000)).unwrap().rolled);
     assert_eq!(log.segment_count(), before + 1);
     assert_eq!(read_all(&log, Offset(0), 7000).len(), 202);
 }
@@ -201,33 +147,15 @@ fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     for i in 0..200i64 {
         // Batches of three records at i*10, i*10+5 and, out of order, i*10+2.
-        log.append(
-            &mut batch(&[(i * 10, &[1; 500]), (i * 10 + 5, b"b"), (i * 10 + 2, b"c")]),
-            NOW,
-        )
-        .unwrap();
+        log.append(&mut batch(&[(i * 10, &[1; 500]), (i * 10 + 5, b"b"), (i * 10 + 2, b"c")]), NOW)
+            .unwrap();
     }
     assert!(log.segment_count() > 1);
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(-5)).unwrap(),
-        Some(Offset(0))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(1000)).unwrap(),
-        Some(Offset(300))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(1001)).unwrap(),
-        Some(Offset(301))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(1003)).unwrap(),
-        Some(Offset(301))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(1006)).unwrap(),
-        Some(Offset(303))
-    );
+    assert_eq!(log.offset_for_timestamp(TimestampMs(-5)).unwrap(), Some(Offset(0)));
+    assert_eq!(log.offset_for_timestamp(TimestampMs(1000)).unwrap(), Some(Offset(300)));
+    assert_eq!(log.offset_for_timestamp(TimestampMs(1001)).unwrap(), Some(Offset(301)));
+    assert_eq!(log.offset_for_timestamp(TimestampMs(1003)).unwrap(), Some(Offset(301)));
+    assert_eq!(log.offset_for_timestamp(TimestampMs(1006)).unwrap(), Some(Offset(303)));
     assert_eq!(log.offset_for_timestamp(TimestampMs(1996)).unwrap(), None);
 }
 
@@ -256,11 +184,7 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
     log.apply_retention(TimestampMs(100_000)).unwrap();
     assert_eq!(log.segment_count(), 1);
     let files = fs_files(&fs);
-    assert_eq!(
-        files.len(),
-        3,
-        "one segment's three files remain: {files:?}"
-    );
+    assert_eq!(files.len(), 3, "one segment's three files remain: {files:?}");
 }
 
 fn fs_files(fs: &SimFileSystem) -> Vec<String> {
@@ -283,10 +207,7 @@ fn a_clean_close_reopens_without_scanning_and_keeps_everything() {
     assert!(report.clean_shutdown, "{report}");
     assert!(report.scanned.is_empty(), "{report}");
     assert_eq!(read_all(&log, Offset(0), 4096), before);
-    assert_eq!(
-        log.offset_for_timestamp(TimestampMs(49)).unwrap(),
-        Some(Offset(147))
-    );
+    assert_eq!(log.offset_for_timestamp(TimestampMs(49)).unwrap(), Some(Offset(147)));
 }
 
 #[test]
@@ -315,8 +236,7 @@ fn an_interval_log_says_when_a_sync_is_due() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Interval { interval_ms: 100 }));
     assert!(!log.sync_due(TimestampMs(1000)), "nothing to sync");
-    log.append(&mut batch_of(1, 10, 5), TimestampMs(10))
-        .unwrap();
+    log.append(&mut batch_of(1, 10, 5), TimestampMs(10)).unwrap();
     assert_eq!(log.visible_end_offset(), Offset(1), "visible once written");
     assert!(!log.sync_due(TimestampMs(50)));
     assert!(log.sync_due(TimestampMs(100)));
@@ -345,4 +265,35 @@ fn the_real_file_system_round_trips_and_recovers() {
     assert_eq!(read_all(&log, Offset(0), 10_000), before);
     log.delete().unwrap();
     assert!(!dir.exists());
+}
+
+#[test]
+fn a_group_append_gives_each_batch_its_own_result_and_writes_runs_at_once() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    let mut damaged = batch_of(1, 10, 5);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    // Twelve 10 KB batches cross the 64 KiB segment size: the group rolls in the middle.
+    let mut batches: Vec<_> = (0..12).map(|_| batch_of(2, 5000, 5)).collect();
+    batches.insert(3, damaged);
+    let mut group: Vec<&mut [u8]> = batches.iter_mut().map(|b| &mut b[..]).collect();
+    let results = log.append_many(&mut group, NOW);
+    assert!(matches!(results[3], Err(AppendError::InvalidBatch(_))));
+    let offsets: Vec<u64> =
+        results.iter().filter_map(|r| r.as_ref().ok()).map(|a| a.base_offset.0).collect();
+    assert_eq!(offsets, (0..12).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(results.iter().filter(|r| r.as_ref().is_ok_and(|a| a.rolled)).count(), 1);
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 24);
+
+    // A failed write fails its whole run and what follows; nothing of it is in the log.
+    fs.set_faults(Faults { fail_writes: true, ..Faults::default() });
+    let mut batches: Vec<_> = (0..3).map(|_| batch_of(1, 10, 5)).collect();
+    let mut group: Vec<&mut [u8]> = batches.iter_mut().map(|b| &mut b[..]).collect();
+    let results = log.append_many(&mut group, NOW);
+    assert!(results.iter().all(|r| matches!(r, Err(AppendError::Io { .. }))), "{results:?}");
+    fs.set_faults(Faults::default());
+    assert_eq!(log.next_offset(), Offset(24));
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 24);
 }

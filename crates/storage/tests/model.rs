@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use spool_storage::batch::BatchBuilder;
 use spool_storage::batch::ProducerStamp;
 use spool_storage::sim::SimFileSystem;
-use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, ReadError, TimestampMs};
+use spool_storage::{AppendError, FsyncPolicy, Log, LogConfig, Offset, ReadError, TimestampMs};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -17,6 +17,11 @@ enum Op {
     Append {
         records: Vec<(i64, usize)>,
         advance_ms: i64,
+    },
+    /// Several batches appended as one group; the one at `damaged` (if any) has a bad CRC.
+    AppendGroup {
+        batches: Vec<Vec<(i64, usize)>>,
+        damaged: Option<usize>,
     },
     Read {
         pick: u64,
@@ -39,6 +44,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (prop::collection::vec((-50i64..50, 0usize..3000), 1..8), 0i64..400)
             .prop_map(|(records, advance_ms)| Op::Append { records, advance_ms }),
+        2 => (prop::collection::vec(prop::collection::vec((-50i64..50, 0usize..3000), 1..4), 1..6),
+              prop::option::weighted(0.3, 0usize..6))
+            .prop_map(|(batches, damaged)| Op::AppendGroup { batches, damaged }),
         3 => (any::<u64>(), 1u32..20_000).prop_map(|(pick, bytes_max)| Op::Read { pick, bytes_max }),
         2 => (-2000i64..100).prop_map(|relative_ms| Op::ReadByTime { relative_ms }),
         2 => Just(Op::Sync),
@@ -97,47 +105,54 @@ fn check_against_model(log: &Log, model: &Model, policy: FsyncPolicy) {
         _ => log.next_offset(),
     };
     assert_eq!(log.visible_end_offset(), visible);
-    assert_eq!(
-        read_all(log, Offset(start), 16 * 1024),
-        model.records_from(start, visible.0)
-    );
+    assert_eq!(read_all(log, Offset(start), 16 * 1024), model.records_from(start, visible.0));
+}
+
+/// Encodes a batch and the records the model expects from it.
+fn encode(
+    records: &[(i64, usize)],
+    clock: i64,
+    first_offset: u64,
+) -> (bytes::BytesMut, ModelBatch) {
+    let mut builder = BatchBuilder::new(Default::default());
+    let mut recs = Vec::new();
+    let mut value = Vec::new();
+    for (i, (relative, size)) in records.iter().enumerate() {
+        value.clear();
+        value.extend((0..*size).map(|j| (j + i) as u8));
+        builder.push(TimestampMs(clock + relative), Some(b"key"), Some(&value), &[]);
+        recs.push(Rec {
+            offset: first_offset + i as u64,
+            timestamp: clock + relative,
+            key: Some(b"key".to_vec()),
+            value: value.clone(),
+        });
+    }
+    let max_timestamp = recs.iter().map(|r| r.timestamp).max().unwrap();
+    (
+        builder.finish(ProducerStamp::NONE),
+        ModelBatch { base: first_offset, max_timestamp, records: recs },
+    )
 }
 
 fn run(config: LogConfig, ops: Vec<Op>) {
     let fs = SimFileSystem::new();
     let mut clock = 1_000_000i64;
     let open = |clock: i64| {
-        Log::open(
-            std::sync::Arc::new(fs.clone()),
-            &dir(),
-            config,
-            TimestampMs(clock),
-        )
-        .unwrap()
+        Log::open(std::sync::Arc::new(fs.clone()), &dir(), config, TimestampMs(clock)).unwrap()
     };
     let mut log = open(clock);
-    let mut model = Model {
-        batches: Vec::new(),
-        next: 0,
-    };
+    let mut model = Model { batches: Vec::new(), next: 0 };
     let mut value = Vec::new();
     for op in ops {
         match op {
-            Op::Append {
-                records,
-                advance_ms,
-            } => {
+            Op::Append { records, advance_ms } => {
                 let mut builder = BatchBuilder::new(Default::default());
                 let mut recs = Vec::new();
                 for (i, (relative, size)) in records.iter().enumerate() {
                     value.clear();
                     value.extend((0..*size).map(|j| (j + i) as u8));
-                    builder.push(
-                        TimestampMs(clock + relative),
-                        Some(b"key"),
-                        Some(&value),
-                        &[],
-                    );
+                    builder.push(TimestampMs(clock + relative), Some(b"key"), Some(&value), &[]);
                     recs.push(Rec {
                         offset: model.next + i as u64,
                         timestamp: clock + relative,
@@ -149,15 +164,41 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                 let appended = log.append(&mut batch, TimestampMs(clock)).unwrap();
                 assert_eq!(appended.base_offset.0, model.next);
                 let max_timestamp = recs.iter().map(|r| r.timestamp).max().unwrap();
-                model.batches.push(ModelBatch {
-                    base: model.next,
-                    max_timestamp,
-                    records: recs,
-                });
+                model.batches.push(ModelBatch { base: model.next, max_timestamp, records: recs });
                 model.next += records.len() as u64;
                 clock += advance_ms;
                 if log.sync_due(TimestampMs(clock)) {
                     log.sync(TimestampMs(clock)).unwrap();
+                }
+            }
+            Op::AppendGroup { batches, damaged } => {
+                let mut encoded = Vec::new();
+                let mut expected = Vec::new();
+                let mut next = model.next;
+                for (i, records) in batches.iter().enumerate() {
+                    let (mut bytes, batch) = encode(records, clock, next);
+                    if damaged == Some(i) {
+                        let last = bytes.len() - 1;
+                        bytes[last] ^= 1;
+                        expected.push(None);
+                    } else {
+                        next += records.len() as u64;
+                        expected.push(Some(batch));
+                    }
+                    encoded.push(bytes);
+                }
+                let mut group: Vec<&mut [u8]> = encoded.iter_mut().map(|b| &mut b[..]).collect();
+                let results = log.append_many(&mut group, TimestampMs(clock));
+                for (result, expected) in results.into_iter().zip(expected) {
+                    match (result, expected) {
+                        (Ok(appended), Some(batch)) => {
+                            assert_eq!(appended.base_offset.0, batch.base);
+                            model.next = batch.base + batch.records.len() as u64;
+                            model.batches.push(batch);
+                        }
+                        (Err(AppendError::InvalidBatch(_)), None) => {}
+                        (result, expected) => panic!("{result:?} for {expected:?}"),
+                    }
                 }
             }
             Op::Read { pick, bytes_max } => {
@@ -190,10 +231,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                     .filter(|b| b.base < end && b.max_timestamp >= target)
                     .find_map(|b| b.records.iter().find(|r| r.timestamp >= target))
                     .map(|r| Offset(r.offset));
-                assert_eq!(
-                    log.offset_for_timestamp(TimestampMs(target)).unwrap(),
-                    expected
-                );
+                assert_eq!(log.offset_for_timestamp(TimestampMs(target)).unwrap(), expected);
             }
             Op::Sync => {
                 assert_eq!(log.sync(TimestampMs(clock)).unwrap().0, model.next);
@@ -212,17 +250,12 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                 if segments.len() > 1 {
                     let oldest = segments[0];
                     let expired = config.retention_ms.is_some_and(|limit| {
-                        oldest
-                            .max_timestamp
-                            .is_some_and(|max| max.0 < clock - limit as i64)
+                        oldest.max_timestamp.is_some_and(|max| max.0 < clock - limit as i64)
                     });
                     let oversize = config
                         .retention_bytes
                         .is_some_and(|limit| log.size_bytes() - oldest.size_bytes >= limit);
-                    assert!(
-                        !expired && !oversize,
-                        "retention stopped early: {segments:?}"
-                    );
+                    assert!(!expired && !oversize, "retention stopped early: {segments:?}");
                 }
             }
             Op::Reopen { clean } => {

@@ -18,16 +18,12 @@ fn crashed_log() -> (BTreeMap<String, Vec<u8>>, Vec<Rec>) {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     for i in 0..120 {
-        log.append(
-            &mut batch_of(1 + (i % 4) as usize, 200 + (i as usize * 37) % 900, i),
-            NOW,
-        )
-        .unwrap();
+        log.append(&mut batch_of(1 + (i % 4) as usize, 200 + (i as usize * 37) % 900, i), NOW)
+            .unwrap();
     }
     log.roll().unwrap();
     for i in 0..6 {
-        log.append(&mut batch_of(2, 100 + i * 10, 200 + i as i64), NOW)
-            .unwrap();
+        log.append(&mut batch_of(2, 100 + i * 10, 200 + i as i64), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     assert!(log.segment_count() >= 3);
@@ -38,12 +34,7 @@ fn crashed_log() -> (BTreeMap<String, Vec<u8>>, Vec<Rec>) {
 }
 
 fn active_name(files: &BTreeMap<String, Vec<u8>>) -> String {
-    files
-        .keys()
-        .filter(|n| n.ends_with(".log"))
-        .max()
-        .unwrap()
-        .clone()
+    files.keys().filter(|n| n.ends_with(".log")).max().unwrap().clone()
 }
 
 /// Positions of the batches in a log file.
@@ -69,11 +60,8 @@ fn a_cut_anywhere_in_the_last_batch_is_truncated_to_the_batch_before() {
     let last_start = *batch_positions(log_bytes).last().unwrap();
     let last_count = log_bytes.len() - last_start;
     let survivors: Vec<Rec> = {
-        let lost = records
-            .iter()
-            .rev()
-            .take_while(|r| r.offset >= last_batch_base(log_bytes))
-            .count();
+        let lost =
+            records.iter().rev().take_while(|r| r.offset >= last_batch_base(log_bytes)).count();
         records[..records.len() - lost].to_vec()
     };
     for cut in last_start..log_bytes.len() {
@@ -82,19 +70,11 @@ fn a_cut_anywhere_in_the_last_batch_is_truncated_to_the_batch_before() {
         let fs = restore(&damaged);
         let log = open(&fs);
         assert!(log.fence().is_none(), "cut at {cut}: {:?}", log.fence());
-        assert_eq!(
-            read_all(&log, Offset(0), 1 << 20),
-            survivors,
-            "cut at {cut}"
-        );
+        assert_eq!(read_all(&log, Offset(0), 1 << 20), survivors, "cut at {cut}");
         let report = log.recovery_report();
         let expected_cut = (cut - last_start) as u64;
         if expected_cut > 0 {
-            assert_eq!(
-                report.truncated.as_ref().map(|t| t.1),
-                Some(expected_cut),
-                "cut at {cut}"
-            );
+            assert_eq!(report.truncated.as_ref().map(|t| t.1), Some(expected_cut), "cut at {cut}");
         }
         drop(log);
         let once = snapshot(&fs);
@@ -105,13 +85,7 @@ fn a_cut_anywhere_in_the_last_batch_is_truncated_to_the_batch_before() {
 }
 
 fn last_batch_base(log_bytes: &[u8]) -> u64 {
-    BatchIter::new(log_bytes)
-        .last()
-        .unwrap()
-        .unwrap()
-        .header()
-        .base_offset
-        .0
+    BatchIter::new(log_bytes).last().unwrap().unwrap().header().base_offset.0
 }
 
 #[test]
@@ -121,22 +95,14 @@ fn a_flipped_bit_in_the_last_batch_is_a_torn_tail() {
     let log_bytes = &files[&active];
     let last_start = *batch_positions(log_bytes).last().unwrap();
     let base = last_batch_base(log_bytes);
-    let survivors: Vec<Rec> = records
-        .iter()
-        .filter(|r| r.offset < base)
-        .cloned()
-        .collect();
+    let survivors: Vec<Rec> = records.iter().filter(|r| r.offset < base).cloned().collect();
     for at in (last_start..log_bytes.len()).step_by(7) {
         let mut damaged = files.clone();
         damaged.get_mut(&active).unwrap()[at] ^= 0x10;
         let fs = restore(&damaged);
         let log = open(&fs);
         assert!(log.fence().is_none(), "flip at {at}: {:?}", log.fence());
-        assert_eq!(
-            read_all(&log, Offset(0), 1 << 20),
-            survivors,
-            "flip at {at}"
-        );
+        assert_eq!(read_all(&log, Offset(0), 1 << 20), survivors, "flip at {at}");
     }
 }
 
@@ -151,33 +117,17 @@ fn damage_followed_by_valid_batches_fences_the_log_instead_of_dropping_them() {
     damaged.get_mut(&active).unwrap()[victim + 30] ^= 0xFF;
     let fs = restore(&damaged);
     let mut log = open(&fs);
-    let Some(Fence::Damaged {
-        path,
-        position,
-        readable_end,
-        ..
-    }) = log.fence().cloned()
-    else {
+    let Some(Fence::Damaged { path, position, readable_end, .. }) = log.fence().cloned() else {
         panic!("expected a damage fence, got {:?}", log.fence());
     };
     assert_eq!(path, dir().join(&active));
     assert_eq!(position, victim as u64);
     assert_eq!(log.visible_end_offset(), readable_end);
-    let readable: Vec<Rec> = records
-        .iter()
-        .filter(|r| Offset(r.offset) < readable_end)
-        .cloned()
-        .collect();
+    let readable: Vec<Rec> =
+        records.iter().filter(|r| Offset(r.offset) < readable_end).cloned().collect();
     assert_eq!(read_all(&log, Offset(0), 1 << 20), readable);
-    assert!(matches!(
-        log.append(&mut batch_of(1, 1, 1), NOW),
-        Err(AppendError::Fenced(_))
-    ));
-    assert_eq!(
-        fs.read(&dir().join(&active)).unwrap(),
-        damaged[&active],
-        "evidence is kept"
-    );
+    assert!(matches!(log.append(&mut batch_of(1, 1, 1), NOW), Err(AppendError::Fenced(_))));
+    assert_eq!(fs.read(&dir().join(&active)).unwrap(), damaged[&active], "evidence is kept");
     drop(log);
     let once = snapshot(&fs);
     let log = open(&fs);
@@ -197,20 +147,12 @@ fn damage_in_a_sealed_segments_tail_fences_the_log() {
     let len = damaged[&sealed].len();
     damaged.get_mut(&sealed).unwrap().truncate(len - 10);
     let log = open(&restore(&damaged));
-    assert!(
-        matches!(log.fence(), Some(Fence::Damaged { .. })),
-        "{:?}",
-        log.fence()
-    );
+    assert!(matches!(log.fence(), Some(Fence::Damaged { .. })), "{:?}", log.fence());
     // So is a flipped bit in its last batch.
     let mut damaged = files.clone();
     damaged.get_mut(&sealed).unwrap()[len - 5] ^= 1;
     let log = open(&restore(&damaged));
-    assert!(
-        matches!(log.fence(), Some(Fence::Damaged { .. })),
-        "{:?}",
-        log.fence()
-    );
+    assert!(matches!(log.fence(), Some(Fence::Damaged { .. })), "{:?}", log.fence());
 }
 
 #[test]
@@ -224,11 +166,7 @@ fn missing_or_garbage_indexes_are_rebuilt_the_same() {
     let records = read_all(&log, Offset(0), 1 << 20);
     log.close().unwrap();
     let files = snapshot(&fs);
-    let indexes: Vec<String> = files
-        .keys()
-        .filter(|n| n.ends_with("index"))
-        .cloned()
-        .collect();
+    let indexes: Vec<String> = files.keys().filter(|n| n.ends_with("index")).cloned().collect();
     assert!(indexes.len() >= 6);
     for name in &indexes {
         for damage in ["delete", "garbage", "odd length", "zeros"] {
@@ -239,41 +177,24 @@ fn missing_or_garbage_indexes_are_rebuilt_the_same() {
                 }
                 "garbage" => {
                     let bytes = damaged.get_mut(name).unwrap();
-                    bytes
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(i, b)| *b = (i * 131 % 251) as u8);
+                    bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (i * 131 % 251) as u8);
                     if bytes.is_empty() {
                         bytes.extend_from_slice(&[0xAB; 24]);
                     }
                 }
                 "odd length" => damaged.get_mut(name).unwrap().push(1),
-                _ => damaged
-                    .get_mut(name)
-                    .unwrap()
-                    .iter_mut()
-                    .for_each(|b| *b = 0),
+                _ => damaged.get_mut(name).unwrap().iter_mut().for_each(|b| *b = 0),
             }
             let fs = restore(&damaged);
             let log = open(&fs);
             assert!(log.fence().is_none(), "{damage} {name}: {:?}", log.fence());
-            assert_eq!(
-                read_all(&log, Offset(0), 1 << 20),
-                records,
-                "{damage} {name}"
-            );
-            assert_eq!(
-                log.offset_for_timestamp(TimestampMs(100)).unwrap(),
-                Some(Offset(300))
-            );
+            assert_eq!(read_all(&log, Offset(0), 1 << 20), records, "{damage} {name}");
+            assert_eq!(log.offset_for_timestamp(TimestampMs(100)).unwrap(), Some(Offset(300)));
             log.close().unwrap();
             let rebuilt = snapshot(&fs);
             // An index whose damage keeps it consistent (zeros in an empty index) is kept;
             // every other one is rebuilt byte for byte.
-            assert_eq!(
-                rebuilt, files,
-                "{damage} {name}: rebuilt indexes equal the originals"
-            );
+            assert_eq!(rebuilt, files, "{damage} {name}: rebuilt indexes equal the originals");
         }
     }
 }

@@ -22,12 +22,7 @@ pub struct Rec {
 pub fn batch(records: &[(i64, &[u8])]) -> BytesMut {
     let mut b = BatchBuilder::new(BytesMut::new());
     for (ts, value) in records {
-        b.push(
-            TimestampMs(*ts),
-            Some(b"key"),
-            Some(value),
-            &[(b"h", Some(b"v"))],
-        );
+        b.push(TimestampMs(*ts), Some(b"key"), Some(value), &[(b"h", Some(b"v"))]);
     }
     b.finish(ProducerStamp::NONE)
 }
@@ -63,39 +58,21 @@ pub fn read_all(log: &Log, from: Offset, bytes_max: u32) -> Vec<Rec> {
     loop {
         let read = log.read(offset, bytes_max).expect("read");
         if read.bytes.is_empty() {
-            assert_eq!(
-                offset,
-                log.visible_end_offset(),
-                "an empty read means the end"
-            );
+            assert_eq!(offset, log.visible_end_offset(), "an empty read means the end");
             return out;
         }
-        out.extend(
-            decode(&read.bytes)
-                .into_iter()
-                .filter(|r| r.offset >= offset.0),
-        );
+        out.extend(decode(&read.bytes).into_iter().filter(|r| r.offset >= offset.0));
         assert!(read.next_offset > offset, "reads progress");
         offset = read.next_offset;
     }
 }
 
 pub fn config(fsync: FsyncPolicy) -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        fsync,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 64 * 1024, fsync, ..LogConfig::default() }
 }
 
 pub fn sim_open(fs: &SimFileSystem, config: LogConfig) -> Log {
-    Log::open(
-        Arc::new(fs.clone()),
-        Path::new("/data/t-0"),
-        config,
-        TimestampMs(0),
-    )
-    .expect("open")
+    Log::open(Arc::new(fs.clone()), Path::new("/data/t-0"), config, TimestampMs(0)).expect("open")
 }
 
 pub fn dir() -> PathBuf {
