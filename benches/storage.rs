@@ -1,1 +1,408 @@
-fn main() {}
+//! Storage benchmarks, reported as figures and as fractions of what this machine's disk does
+//! in the same run.
+//!
+//! ```sh
+//! cargo bench --bench storage              # full run, a few minutes
+//! cargo bench --bench storage -- --quick   # smaller sizes, for a smoke test
+//! ```
+//!
+//! `SPOOL_BENCH_DIR` picks the directory to measure in (default `./data/bench-storage`, on the
+//! same file system as the server's default data directory). Everything written there is
+//! removed at the end.
+//!
+//! What is measured:
+//! - the disk: buffered sequential write MB/s, and `fdatasync` calls per second after 4 KiB,
+//!   64 KiB and group-sized appends;
+//! - appends with fsync `never`, per batch size, as a fraction of buffered write bandwidth;
+//! - appends with fsync `always` from concurrent producers with group commit (one writer
+//!   appends, one syncer thread fsyncs whatever has accumulated, producers wait for their
+//!   batch to be durable), as a fraction of the `fdatasync` rate for groups of that size;
+//! - sequential reads, offset lookups and timestamp lookups on a warm page cache;
+//! - batch encoding and checking.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use spool_storage::batch::{BatchBuilder, ProducerStamp, check_for_append};
+use spool_storage::fs::StdFileSystem;
+use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, TimestampMs};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Settings {
+    dir: PathBuf,
+    write_bytes: u64,
+    duration: Duration,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dir = std::env::var_os("SPOOL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("data/bench-storage"));
+    let settings = Settings {
+        dir: dir.clone(),
+        write_bytes: if quick { 32 << 20 } else { 512 << 20 },
+        duration: Duration::from_millis(if quick { 300 } else { 3000 }),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the benchmark directory");
+    println!(
+        "spool-storage benchmarks in {} ({} run)",
+        dir.display(),
+        if quick { "quick" } else { "full" }
+    );
+
+    println!("\n## The disk");
+    let buffered_mb_s = median3(|| buffered_write_mb_s(&settings));
+    let sync_4k = median3(|| fdatasync_per_s(&settings, 4096));
+    let sync_64k = median3(|| fdatasync_per_s(&settings, 65536));
+    println!("buffered sequential write   {buffered_mb_s:>10.0} MB/s");
+    println!("fdatasync after 4 KiB       {sync_4k:>10.0} /s");
+    println!("fdatasync after 64 KiB      {sync_64k:>10.0} /s");
+
+    println!("\n## Append, fsync never (fraction of buffered sequential write)");
+    println!("(group: batches per append_many call, as the server's writer appends a drained queue)");
+    for (records, value_bytes) in [(1, 1024), (16, 1024), (256, 1024)] {
+        let batch_kib = records * value_bytes / 1024;
+        let group_max = (1024 / batch_kib).clamp(1, 256);
+        for group in [1, group_max] {
+            let mb_s = median3(|| append_never_mb_s(&settings, records, value_bytes, group));
+            println!(
+                "{batch_kib:>4} KiB batches, group {group:>4}  {mb_s:>8.0} MB/s   {:>5.0}% of buffered write",
+                100.0 * mb_s / buffered_mb_s
+            );
+            if group_max == 1 {
+                break;
+            }
+        }
+    }
+
+    println!("\n## Append, fsync always, concurrent producers with group commit");
+    println!(
+        "(fraction: fsyncs per second achieved / fdatasync calls per second for groups of that size)"
+    );
+    for producers in [1, 8, 64] {
+        let r = group_commit(&settings, producers, 4096);
+        let raw = fdatasync_per_s(&settings, r.group_bytes.max(1.0) as usize);
+        println!(
+            "{producers:>3} producers x 4 KiB       {:>10.1} MB/s  {:>8.0} batches/s  {:>7.0} fsyncs/s  group {:>6.1} batches  p50 {:>7.0} us  p99 {:>7.0} us  {:>5.0}% of {raw:.0} fdatasync/s",
+            r.mb_s,
+            r.batches_per_s,
+            r.syncs_per_s,
+            r.group_batches,
+            r.p50_us,
+            r.p99_us,
+            100.0 * r.syncs_per_s / raw
+        );
+    }
+
+    println!("\n## Reads (warm page cache)");
+    let log = filled_log(&settings, 16, 1024);
+    let read_mb_s = sequential_read_mb_s(&log);
+    println!("sequential read, 1 MiB reads {read_mb_s:>9.0} MB/s");
+    let lookup_ns = offset_lookup_ns(&log);
+    println!("offset lookup + read 1 batch {lookup_ns:>9.0} ns");
+    let time_ns = timestamp_lookup_ns(&log);
+    println!("timestamp lookup             {time_ns:>9.0} ns");
+    drop(log);
+
+    println!("\n## Batches");
+    let (encode_ns, check_mb_s) = encode_and_check();
+    println!("encode, 100-byte records     {encode_ns:>9.1} ns/record");
+    println!("check (CRC + records)        {check_mb_s:>9.0} MB/s");
+
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn median3(mut f: impl FnMut() -> f64) -> f64 {
+    let mut runs = [f(), f(), f()];
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
+fn fresh(settings: &Settings, name: &str) -> PathBuf {
+    let path = settings.dir.join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn buffered_write_mb_s(settings: &Settings) -> f64 {
+    use std::io::Write;
+    let path = fresh(settings, "raw-write");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    let mut written = 0;
+    while written < settings.write_bytes {
+        file.write_all(&chunk).unwrap();
+        written += chunk.len() as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    written as f64 / MIB / seconds
+}
+
+fn fdatasync_per_s(settings: &Settings, append_bytes: usize) -> f64 {
+    use std::io::Write;
+    let path = fresh(settings, "raw-sync");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; append_bytes];
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while start.elapsed() < settings.duration {
+        file.write_all(&chunk).unwrap();
+        file.sync_data().unwrap();
+        calls += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    calls as f64 / seconds
+}
+
+fn batch(records: usize, value_bytes: usize, timestamp: i64) -> BytesMut {
+    let value = vec![b'v'; value_bytes];
+    let mut builder = BatchBuilder::new(BytesMut::with_capacity(records * (value_bytes + 32) + 64));
+    for _ in 0..records {
+        builder.push(TimestampMs(timestamp), Some(b"key"), Some(&value), &[]);
+    }
+    builder.finish(ProducerStamp::NONE)
+}
+
+fn config(fsync: FsyncPolicy) -> LogConfig {
+    LogConfig { fsync, ..LogConfig::default() }
+}
+
+fn open(path: &Path, fsync: FsyncPolicy) -> Log {
+    Log::open(StdFileSystem::shared(), path, config(fsync), TimestampMs::now()).unwrap()
+}
+
+fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, group: usize) -> f64 {
+    let path = fresh(settings, "append-never");
+    let mut log = open(&path, FsyncPolicy::Never);
+    // The same buffers appended over and over: the log stamps each one's base offset in
+    // place, which the CRC does not cover.
+    let mut buffers: Vec<BytesMut> = (0..group).map(|_| batch(records, value_bytes, 1)).collect();
+    let now = TimestampMs::now();
+    let start = Instant::now();
+    let mut written = 0u64;
+    while written < settings.write_bytes {
+        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+        for result in log.append_many(&mut batches, now) {
+            result.unwrap();
+        }
+        written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    log.delete().unwrap();
+    written as f64 / MIB / seconds
+}
+
+struct GroupCommit {
+    mb_s: f64,
+    batches_per_s: f64,
+    syncs_per_s: f64,
+    group_batches: f64,
+    group_bytes: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+struct Shared {
+    log: Mutex<Log>,
+    durable: Mutex<(Offset, bool)>,
+    synced: Condvar,
+    appended: Condvar,
+}
+
+/// Producers append under the log's lock and wait for durability; one syncer thread runs
+/// the fsync outside the lock, covering every batch appended since the previous one.
+fn group_commit(settings: &Settings, producers: usize, batch_bytes: usize) -> GroupCommit {
+    let path = fresh(settings, "append-always");
+    let shared = Arc::new(Shared {
+        log: Mutex::new(open(&path, FsyncPolicy::Always)),
+        durable: Mutex::new((Offset(0), false)),
+        synced: Condvar::new(),
+        appended: Condvar::new(),
+    });
+    let syncs = Arc::new(Mutex::new(0u64));
+    let syncer = {
+        let shared = shared.clone();
+        let syncs = syncs.clone();
+        std::thread::spawn(move || {
+            loop {
+                {
+                    let mut durable = shared.durable.lock().unwrap();
+                    while !durable.1 && shared.log.lock().unwrap().next_offset() == durable.0 {
+                        durable = shared.appended.wait(durable).unwrap();
+                    }
+                    if durable.1 {
+                        return;
+                    }
+                }
+                let ticket = shared.log.lock().unwrap().begin_sync();
+                let result = ticket.run();
+                let offset = shared
+                    .log
+                    .lock()
+                    .unwrap()
+                    .finish_sync(ticket, result, TimestampMs::now())
+                    .unwrap();
+                *syncs.lock().unwrap() += 1;
+                shared.durable.lock().unwrap().0 = offset;
+                shared.synced.notify_all();
+            }
+        })
+    };
+    let deadline = Instant::now() + settings.duration;
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let template = batch(1, batch_bytes - 80, 1);
+                let mut scratch = template.clone();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    scratch.copy_from_slice(&template);
+                    let start = Instant::now();
+                    let appended = shared
+                        .log
+                        .lock()
+                        .unwrap()
+                        .append(&mut scratch, TimestampMs::now())
+                        .unwrap();
+                    shared.appended.notify_one();
+                    let mut durable = shared.durable.lock().unwrap();
+                    while durable.0 <= appended.last_offset {
+                        durable = shared.synced.wait(durable).unwrap();
+                    }
+                    latencies.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+                (latencies, scratch.len())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    let mut batch_len = 0;
+    for t in threads {
+        let (l, len) = t.join().unwrap();
+        latencies.extend(l);
+        batch_len = len;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    shared.durable.lock().unwrap().1 = true;
+    shared.appended.notify_all();
+    syncer.join().unwrap();
+    let syncs = *syncs.lock().unwrap() as f64;
+    latencies.sort_by(f64::total_cmp);
+    let batches = latencies.len() as f64;
+    let percentile = |p: f64| latencies[((batches - 1.0) * p) as usize];
+    let log = Arc::try_unwrap(shared).ok().expect("threads joined").log.into_inner().unwrap();
+    log.delete().unwrap();
+    GroupCommit {
+        mb_s: batches * batch_len as f64 / MIB / seconds,
+        batches_per_s: batches / seconds,
+        syncs_per_s: syncs / seconds,
+        group_batches: batches / syncs,
+        group_bytes: batches / syncs * batch_len as f64,
+        p50_us: percentile(0.5),
+        p99_us: percentile(0.99),
+    }
+}
+
+fn filled_log(settings: &Settings, records: usize, value_bytes: usize) -> Log {
+    let path = fresh(settings, "reads");
+    let mut log = open(&path, FsyncPolicy::Never);
+    let mut written = 0u64;
+    let mut timestamp = 0i64;
+    while written < settings.write_bytes / 2 {
+        let mut b = batch(records, value_bytes, timestamp);
+        log.append(&mut b, TimestampMs(timestamp)).unwrap();
+        written += b.len() as u64;
+        timestamp += 1;
+    }
+    log
+}
+
+fn sequential_read_mb_s(log: &Log) -> f64 {
+    let run = || {
+        let start = Instant::now();
+        let mut offset = log.log_start_offset();
+        let mut bytes = 0u64;
+        loop {
+            let read = log.read(offset, 1 << 20).unwrap();
+            if read.bytes.is_empty() {
+                break;
+            }
+            bytes += read.bytes.len() as u64;
+            offset = read.next_offset;
+        }
+        bytes as f64 / MIB / start.elapsed().as_secs_f64()
+    };
+    median3(run)
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn offset_lookup_ns(log: &Log) -> f64 {
+    let end = log.next_offset().0;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    median3(|| {
+        let n = 20_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            let offset = Offset(xorshift(&mut state) % end);
+            std::hint::black_box(log.read(offset, 1).unwrap());
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    })
+}
+
+fn timestamp_lookup_ns(log: &Log) -> f64 {
+    let batches = (log.next_offset().0 / 16) as i64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    median3(|| {
+        let n = 20_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            let timestamp = TimestampMs((xorshift(&mut state) % batches as u64) as i64);
+            std::hint::black_box(log.offset_for_timestamp(timestamp).unwrap());
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    })
+}
+
+fn encode_and_check() -> (f64, f64) {
+    let value = [b'v'; 100];
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let rounds = 2000;
+    let records = 100;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let mut builder = BatchBuilder::new(std::mem::take(&mut buf));
+        for _ in 0..records {
+            builder.push(TimestampMs(1), Some(b"key"), Some(&value), &[]);
+        }
+        buf = builder.finish(ProducerStamp::NONE);
+    }
+    let encode_ns = start.elapsed().as_nanos() as f64 / (rounds * records) as f64;
+    let big = batch(1000, 1000, 1);
+    let start = Instant::now();
+    let rounds = 200;
+    for _ in 0..rounds {
+        std::hint::black_box(check_for_append(&big).unwrap());
+    }
+    let check_mb_s = (rounds * big.len()) as f64 / MIB / start.elapsed().as_secs_f64();
+    (encode_ns, check_mb_s)
+}
