@@ -13,7 +13,8 @@
 //! What is measured:
 //! - the disk: buffered sequential write MB/s, and `fdatasync` calls per second after 4 KiB,
 //!   64 KiB and group-sized appends;
-//! - appends with fsync `never`, per batch size, as a fraction of buffered write bandwidth;
+//! - appends with fsync `never` and `interval`, per batch size, single and grouped, as a
+//!   fraction of buffered write bandwidth;
 //! - appends with fsync `always` from concurrent producers with group commit (one writer
 //!   appends, one syncer thread fsyncs whatever has accumulated, producers wait for their
 //!   batch to be durable), as a fraction of the `fdatasync` rate for groups of that size;
@@ -64,7 +65,9 @@ fn main() {
     println!("fdatasync after 64 KiB      {sync_64k:>10.0} /s");
 
     println!("\n## Append, fsync never (fraction of buffered sequential write)");
-    println!("(group: batches per append_many call, as the server's writer appends a drained queue)");
+    println!(
+        "(group: batches per append_many call, as the server's writer appends a drained queue)"
+    );
     for (records, value_bytes) in [(1, 1024), (16, 1024), (256, 1024)] {
         let batch_kib = records * value_bytes / 1024;
         let group_max = (1024 / batch_kib).clamp(1, 256);
@@ -78,6 +81,15 @@ fn main() {
                 break;
             }
         }
+    }
+
+    println!("\n## Append, fsync interval (fraction of buffered sequential write)");
+    for interval_ms in [5, 100] {
+        let (mb_s, syncs_per_s) = median3_pair(|| append_interval(&settings, interval_ms));
+        println!(
+            "  16 KiB batches, group   64, sync every {interval_ms:>3} ms  {mb_s:>8.0} MB/s  {syncs_per_s:>6.0} fsyncs/s  {:>5.0}% of buffered write",
+            100.0 * mb_s / buffered_mb_s
+        );
     }
 
     println!("\n## Append, fsync always, concurrent producers with group commit");
@@ -201,6 +213,37 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     let seconds = start.elapsed().as_secs_f64();
     log.delete().unwrap();
     written as f64 / MIB / seconds
+}
+
+/// Appends 16 KiB batches in groups of 64 and syncs inline whenever the interval has passed.
+fn append_interval(settings: &Settings, interval_ms: u64) -> (f64, f64) {
+    let path = fresh(settings, "append-interval");
+    let mut log = open(&path, FsyncPolicy::Interval { interval_ms });
+    let mut buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
+    let start = Instant::now();
+    let (mut written, mut syncs) = (0u64, 0u64);
+    while written < settings.write_bytes {
+        let now = TimestampMs::now();
+        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+        for result in log.append_many(&mut batches, now) {
+            result.unwrap();
+        }
+        written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+        if log.sync_due(now) {
+            log.sync(now).unwrap();
+            syncs += 1;
+        }
+    }
+    log.sync(TimestampMs::now()).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    log.delete().unwrap();
+    (written as f64 / MIB / seconds, (syncs + 1) as f64 / seconds)
+}
+
+fn median3_pair(mut f: impl FnMut() -> (f64, f64)) -> (f64, f64) {
+    let mut runs = [f(), f(), f()];
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs[1]
 }
 
 struct GroupCommit {

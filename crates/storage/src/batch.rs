@@ -1,10 +1,16 @@
 //! The record batch: the unit that producers send, the log stores and consumers receive.
 //!
 //! A batch is encoded once, by the producer, and never re-encoded: the server verifies it with
-//! [`check`], stamps the base offset into its first eight bytes, and writes it to the segment
+//! [`check`], stamps `base_offset` and `durable_offset` into it, and writes it to the segment
 //! as it came. A consumer receives those same bytes. The CRC therefore covers everything except
-//! the fields stamped at append time (`base_offset`) and the fields needed to find and verify
-//! it (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch.
+//! the fields stamped at append time and the fields needed to find and verify the batch
+//! (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch. A producer writes zeros in
+//! the stamped fields.
+//!
+//! `durable_offset` is the log's durable end when the batch was appended: everything before it
+//! had been fsynced. Recovery uses it to tell a hole left by a power loss in data that was never
+//! synced (writes may reach the disk out of order: a torn tail, cut off) from damage to data
+//! that was (which fences the log).
 //!
 //! # Batch layout (format version 1, all integers little-endian)
 //!
@@ -14,15 +20,17 @@
 //! |      8 |    4 | `length`          | u32, bytes that follow this field (whole batch - 12)   |
 //! |     12 |    1 | `magic`           | `0xB5`                                                  |
 //! |     13 |    1 | `version`         | `1`                                                     |
-//! |     14 |    4 | `crc`             | CRC-32 (IEEE, crc32fast) of bytes `18..end`             |
-//! |     18 |    2 | `attributes`      | bits 0-2: compression codec (0 = none; others refused)  |
-//! |     20 |    4 | `record_count`    | u32, at least 1                                         |
-//! |     24 |    8 | `first_timestamp` | i64 ms since the Unix epoch, of the first record        |
-//! |     32 |    8 | `max_timestamp`   | i64 ms, the largest record timestamp in the batch       |
-//! |     40 |    8 | `producer_id`     | i64, -1 when the producer is not idempotent             |
-//! |     48 |    2 | `producer_epoch`  | i16, -1 when not idempotent                             |
-//! |     50 |    4 | `base_sequence`   | i32, sequence of the first record, -1 when not idempotent |
-//! |     54 |    … | records           | `record_count` records, back to back                    |
+//! |     14 |    8 | `durable_offset`  | u64, the log's durable end at append; stamped at append |
+//! |     22 |    4 | `stamp_crc`       | CRC-32 of bytes `0..8` then `14..22`; stamped at append |
+//! |     26 |    4 | `crc`             | CRC-32 (IEEE, crc32fast) of bytes `30..end`             |
+//! |     30 |    2 | `attributes`      | bits 0-2: compression codec (0 = none; others refused)  |
+//! |     32 |    4 | `record_count`    | u32, at least 1                                         |
+//! |     36 |    8 | `first_timestamp` | i64 ms since the Unix epoch, of the first record        |
+//! |     44 |    8 | `max_timestamp`   | i64 ms, the largest record timestamp in the batch       |
+//! |     52 |    8 | `producer_id`     | i64, -1 when the producer is not idempotent             |
+//! |     60 |    2 | `producer_epoch`  | i16, -1 when not idempotent                             |
+//! |     62 |    4 | `base_sequence`   | i32, sequence of the first record, -1 when not idempotent |
+//! |     66 |    … | records           | `record_count` records, back to back                    |
 //!
 //! # Record layout
 //!
@@ -43,9 +51,10 @@
 //!
 //! # Validation
 //!
-//! [`check`] verifies the header and CRC without looking at records: it is what recovery and
-//! readers use. [`check_for_append`] also walks every record, so nothing malformed is ever
-//! stored; that walk allocates nothing. The record iterator never panics on any input: a
+//! [`check`] verifies a stored batch's header, stamp CRC and CRC without looking at records:
+//! it is what recovery and readers use. [`check_for_append`] verifies a batch as a producer
+//! sent it (stamped fields not yet written) and walks every record, so nothing malformed is
+//! ever stored; that walk allocates nothing. The record iterator never panics on any input: a
 //! malformed record is an `Err` item, after which iteration stops.
 
 use bytes::{BufMut, BytesMut};
@@ -59,11 +68,30 @@ pub const BATCH_MAGIC: u8 = 0xB5;
 /// The only format version this build writes and reads.
 pub const BATCH_VERSION: u8 = 1;
 /// Bytes before the first record.
-pub const BATCH_HEADER_BYTES: usize = 54;
+pub const BATCH_HEADER_BYTES: usize = field::RECORDS;
 /// Bytes of `base_offset` + `length`: the prefix needed to find the end of a batch.
-pub const BATCH_PREFIX_BYTES: usize = 12;
+pub const BATCH_PREFIX_BYTES: usize = field::MAGIC;
 /// Where the CRC-covered region starts.
-const CRC_START: usize = 18;
+const CRC_START: usize = field::ATTRIBUTES;
+
+/// Where each header field starts (see the layout table above).
+pub mod field {
+    pub const BASE_OFFSET: usize = 0;
+    pub const LENGTH: usize = 8;
+    pub const MAGIC: usize = 12;
+    pub const VERSION: usize = 13;
+    pub const DURABLE_OFFSET: usize = 14;
+    pub const STAMP_CRC: usize = 22;
+    pub const CRC: usize = 26;
+    pub const ATTRIBUTES: usize = 30;
+    pub const RECORD_COUNT: usize = 32;
+    pub const FIRST_TIMESTAMP: usize = 36;
+    pub const MAX_TIMESTAMP: usize = 44;
+    pub const PRODUCER_ID: usize = 52;
+    pub const PRODUCER_EPOCH: usize = 60;
+    pub const BASE_SEQUENCE: usize = 62;
+    pub const RECORDS: usize = 66;
+}
 /// Mask of the compression codec within `attributes`.
 const ATTRIBUTES_CODEC_MASK: u16 = 0b111;
 
@@ -85,6 +113,8 @@ impl ProducerStamp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     pub base_offset: Offset,
+    /// The log's durable end when the batch was appended (0 before it is stored).
+    pub durable_offset: Offset,
     /// The whole batch's size in bytes, header included.
     pub batch_bytes: u32,
     pub crc: u32,
@@ -120,6 +150,10 @@ pub enum BatchError {
         "batch format version {found} is not supported (this build reads version {BATCH_VERSION})"
     )]
     UnsupportedVersion { found: u8 },
+    #[error(
+        "batch stamp CRC mismatch (base or durable offset damaged): stored {stored:#010x}, computed {computed:#010x}"
+    )]
+    StampCrcMismatch { stored: u32, computed: u32 },
     #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
     #[error("batch has {bytes} bytes but its length field accounts for {expected}")]
@@ -154,12 +188,12 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
     if bytes.len() < BATCH_PREFIX_BYTES {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: BATCH_PREFIX_BYTES });
     }
-    let length = u32_at(bytes, 8);
+    let length = u32_at(bytes, field::LENGTH);
     let minimum = (BATCH_HEADER_BYTES - BATCH_PREFIX_BYTES) as u32;
     if length < minimum || length > BATCH_BYTES_MAX - BATCH_PREFIX_BYTES as u32 {
         return Err(BatchError::BadLength { length });
     }
-    Ok((Offset(u64_at(bytes, 0)), length + BATCH_PREFIX_BYTES as u32))
+    Ok((Offset(u64_at(bytes, field::BASE_OFFSET)), length + BATCH_PREFIX_BYTES as u32))
 }
 
 /// Verifies the header and CRC of the batch that starts at `bytes[0]`, and returns its header.
@@ -167,38 +201,66 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
 /// `bytes` may extend past the batch (a read buffer holding several); the batch's extent is
 /// `header.batch_bytes`. Records are not examined: see [`check_for_append`].
 pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    check_with(bytes, Stamp::Verify)
+}
+
+/// Whether the fields stamped at append are checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// A stored batch: the stamp CRC must match.
+    Verify,
+    /// A batch from a producer: the stamped fields are about to be written.
+    Ignore,
+}
+
+fn stamp_crc(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[field::BASE_OFFSET..field::BASE_OFFSET + 8]);
+    hasher.update(&bytes[field::DURABLE_OFFSET..field::DURABLE_OFFSET + 8]);
+    hasher.finalize()
+}
+
+fn check_with(bytes: &[u8], stamp: Stamp) -> Result<BatchHeader, BatchError> {
     let (base_offset, batch_bytes) = peek_prefix(bytes)?;
     if bytes.len() < batch_bytes as usize {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: batch_bytes as usize });
     }
     let bytes = &bytes[..batch_bytes as usize];
-    if bytes[12] != BATCH_MAGIC {
-        return Err(BatchError::BadMagic { found: bytes[12] });
+    if bytes[field::MAGIC] != BATCH_MAGIC {
+        return Err(BatchError::BadMagic { found: bytes[field::MAGIC] });
     }
-    if bytes[13] != BATCH_VERSION {
-        return Err(BatchError::UnsupportedVersion { found: bytes[13] });
+    if bytes[field::VERSION] != BATCH_VERSION {
+        return Err(BatchError::UnsupportedVersion { found: bytes[field::VERSION] });
     }
-    let stored = u32_at(bytes, 14);
+    if stamp == Stamp::Verify {
+        let stored = u32_at(bytes, field::STAMP_CRC);
+        let computed = stamp_crc(bytes);
+        if stored != computed {
+            return Err(BatchError::StampCrcMismatch { stored, computed });
+        }
+    }
+    let stored = u32_at(bytes, field::CRC);
     let computed = crc32fast::hash(&bytes[CRC_START..]);
     if stored != computed {
         return Err(BatchError::CrcMismatch { stored, computed });
     }
-    let attributes = u16_at(bytes, 18);
+    let attributes = u16_at(bytes, field::ATTRIBUTES);
     let codec = attributes & ATTRIBUTES_CODEC_MASK;
     if codec != 0 {
         return Err(BatchError::UnsupportedCodec { codec });
     }
-    let record_count = u32_at(bytes, 20);
+    let record_count = u32_at(bytes, field::RECORD_COUNT);
     if record_count == 0 || record_count > BATCH_RECORDS_MAX {
         return Err(BatchError::BadRecordCount { count: record_count });
     }
-    let first = u64_at(bytes, 24) as i64;
-    let max = u64_at(bytes, 32) as i64;
+    let first = u64_at(bytes, field::FIRST_TIMESTAMP) as i64;
+    let max = u64_at(bytes, field::MAX_TIMESTAMP) as i64;
     if max < first {
         return Err(BatchError::BadTimestamps { first, max });
     }
     Ok(BatchHeader {
         base_offset,
+        durable_offset: Offset(u64_at(bytes, field::DURABLE_OFFSET)),
         batch_bytes,
         crc: stored,
         attributes,
@@ -206,9 +268,9 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         first_timestamp: TimestampMs(first),
         max_timestamp: TimestampMs(max),
         producer: ProducerStamp {
-            producer_id: u64_at(bytes, 40) as i64,
-            producer_epoch: u16_at(bytes, 48) as i16,
-            base_sequence: u32_at(bytes, 50) as i32,
+            producer_id: u64_at(bytes, field::PRODUCER_ID) as i64,
+            producer_epoch: u16_at(bytes, field::PRODUCER_EPOCH) as i16,
+            base_sequence: u32_at(bytes, field::BASE_SEQUENCE) as i32,
         },
     })
 }
@@ -216,7 +278,7 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// [`check`], then a walk over every record: the batch must be exactly one batch, with
 /// well-formed records whose count, offset deltas and timestamps agree with the header.
 pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-    let header = check(bytes)?;
+    let header = check_with(bytes, Stamp::Ignore)?;
     if bytes.len() != header.batch_bytes as usize {
         return Err(BatchError::TrailingBytes {
             bytes: bytes.len(),
@@ -259,9 +321,13 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Writes `base_offset` into a batch's first eight bytes. The CRC does not cover them.
-pub fn stamp_base_offset(bytes: &mut [u8], base_offset: Offset) {
-    bytes[..8].copy_from_slice(&base_offset.0.to_le_bytes());
+/// Writes the fields stamped at append into a batch. The CRC does not cover them.
+pub fn stamp(bytes: &mut [u8], base_offset: Offset, durable_offset: Offset) {
+    bytes[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
+    bytes[field::DURABLE_OFFSET..field::DURABLE_OFFSET + 8]
+        .copy_from_slice(&durable_offset.0.to_le_bytes());
+    let crc = stamp_crc(bytes);
+    bytes[field::STAMP_CRC..field::STAMP_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A checked batch: its header and its bytes. Building one requires [`check`] to have passed.
@@ -662,26 +728,29 @@ impl BatchBuilder {
         self.record_count += 1;
     }
 
-    /// Writes the header and CRC and returns the encoded batch (base offset 0, to be stamped by
-    /// the log). Panics if no record was pushed: an empty batch is a caller bug.
+    /// Writes the header and CRCs and returns the encoded batch (base and durable offset 0,
+    /// to be stamped by the log). Panics if no record was pushed: an empty batch is a caller bug.
     pub fn finish(self, producer: ProducerStamp) -> BytesMut {
         assert!(self.record_count > 0, "a batch needs at least one record");
         let mut buf = self.buf;
         let length = (buf.len() - BATCH_PREFIX_BYTES) as u32;
         let header = &mut buf[..BATCH_HEADER_BYTES];
-        header[0..8].copy_from_slice(&0u64.to_le_bytes());
-        header[8..12].copy_from_slice(&length.to_le_bytes());
-        header[12] = BATCH_MAGIC;
-        header[13] = BATCH_VERSION;
-        header[18..20].copy_from_slice(&0u16.to_le_bytes());
-        header[20..24].copy_from_slice(&self.record_count.to_le_bytes());
-        header[24..32].copy_from_slice(&self.first_timestamp.to_le_bytes());
-        header[32..40].copy_from_slice(&self.max_timestamp.to_le_bytes());
-        header[40..48].copy_from_slice(&producer.producer_id.to_le_bytes());
-        header[48..50].copy_from_slice(&producer.producer_epoch.to_le_bytes());
-        header[50..54].copy_from_slice(&producer.base_sequence.to_le_bytes());
+        let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+        put(field::BASE_OFFSET, &0u64.to_le_bytes());
+        put(field::LENGTH, &length.to_le_bytes());
+        put(field::MAGIC, &[BATCH_MAGIC, BATCH_VERSION]);
+        put(field::DURABLE_OFFSET, &0u64.to_le_bytes());
+        put(field::ATTRIBUTES, &0u16.to_le_bytes());
+        put(field::RECORD_COUNT, &self.record_count.to_le_bytes());
+        put(field::FIRST_TIMESTAMP, &self.first_timestamp.to_le_bytes());
+        put(field::MAX_TIMESTAMP, &self.max_timestamp.to_le_bytes());
+        put(field::PRODUCER_ID, &producer.producer_id.to_le_bytes());
+        put(field::PRODUCER_EPOCH, &producer.producer_epoch.to_le_bytes());
+        put(field::BASE_SEQUENCE, &producer.base_sequence.to_le_bytes());
         let crc = crc32fast::hash(&buf[CRC_START..]);
-        buf[14..18].copy_from_slice(&crc.to_le_bytes());
+        buf[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        // Stamped as base offset 0, durable offset 0, so the batch checks as it is.
+        stamp(&mut buf, Offset(0), Offset(0));
         buf
     }
 }
@@ -700,7 +769,8 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = sample();
+        let mut bytes = sample();
+        stamp(&mut bytes, Offset(0), Offset(0));
         let header = check_for_append(&bytes).unwrap();
         assert_eq!(header.record_count, 3);
         assert_eq!(header.first_timestamp, TimestampMs(100));
@@ -721,22 +791,24 @@ mod tests {
     }
 
     #[test]
-    fn base_offset_is_outside_the_crc() {
+    fn stamped_fields_are_outside_the_crc() {
         let mut bytes = sample();
-        stamp_base_offset(&mut bytes, Offset(12345));
+        stamp(&mut bytes, Offset(12345), Offset(12000));
         let header = check_for_append(&bytes).unwrap();
         assert_eq!(header.base_offset, Offset(12345));
         assert_eq!(header.last_offset(), Offset(12347));
+        assert_eq!(header.durable_offset, Offset(12000));
     }
 
     #[test]
-    fn every_flipped_bit_after_the_base_offset_is_caught() {
-        let bytes = sample();
-        for at in 8..bytes.len() {
+    fn every_flipped_bit_of_a_stored_batch_is_caught() {
+        let mut bytes = sample();
+        stamp(&mut bytes, Offset(77), Offset(70));
+        for at in 0..bytes.len() {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= 1 << bit;
-                assert!(check_for_append(&damaged).is_err(), "flip at byte {at} bit {bit}");
+                assert!(check(&damaged).is_err(), "flip at byte {at} bit {bit}");
             }
         }
     }
@@ -763,15 +835,19 @@ mod tests {
                 *b = (state.rotate_left(i as u32 % 64) >> 3) as u8;
             }
             let length = (body.len() - 12) as u32;
-            body[8..12].copy_from_slice(&length.to_le_bytes());
-            body[12] = BATCH_MAGIC;
-            body[13] = BATCH_VERSION;
-            body[18..20].copy_from_slice(&0u16.to_le_bytes());
-            body[20..24].copy_from_slice(&((state % 5) as u32 + 1).to_le_bytes());
-            body[24..32].copy_from_slice(&0i64.to_le_bytes());
-            body[32..40].copy_from_slice(&i64::MAX.to_le_bytes());
+            body[field::LENGTH..field::LENGTH + 4].copy_from_slice(&length.to_le_bytes());
+            body[field::MAGIC] = BATCH_MAGIC;
+            body[field::VERSION] = BATCH_VERSION;
+            body[field::ATTRIBUTES..field::ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
+            body[field::RECORD_COUNT..field::RECORD_COUNT + 4]
+                .copy_from_slice(&((state % 5) as u32 + 1).to_le_bytes());
+            body[field::FIRST_TIMESTAMP..field::FIRST_TIMESTAMP + 8]
+                .copy_from_slice(&0i64.to_le_bytes());
+            body[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8]
+                .copy_from_slice(&i64::MAX.to_le_bytes());
             let crc = crc32fast::hash(&body[CRC_START..]);
-            body[14..18].copy_from_slice(&crc.to_le_bytes());
+            body[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            stamp(&mut body, Offset(0), Offset(0));
             let _ = check_for_append(&body);
             if let Ok(view) = BatchView::new(&body) {
                 for record in view.records().flatten() {

@@ -303,7 +303,8 @@ impl Log {
                 next = self.next_offset();
             }
             header.base_offset = next;
-            batch::stamp_base_offset(batches[i], next);
+            header.durable_offset = self.durable.offset;
+            batch::stamp(batches[i], next, header.durable_offset);
             next = header.next_offset();
             run.batches.push((i, header, rolled));
             run.bytes += bytes;
@@ -689,7 +690,8 @@ fn last_next_offset(bytes: &[u8]) -> Option<Offset> {
     let mut next = None;
     while at < bytes.len() {
         let (base, batch_bytes) = batch::peek_prefix(&bytes[at..]).ok()?;
-        let count = u32::from_le_bytes(bytes.get(at + 20..at + 24)?.try_into().ok()?);
+        let count_at = at + batch::field::RECORD_COUNT;
+        let count = u32::from_le_bytes(bytes.get(count_at..count_at + 4)?.try_into().ok()?);
         next = Some(Offset(base.0 + u64::from(count)));
         at += batch_bytes as usize;
     }

@@ -12,10 +12,14 @@
 //!    its last index entry are checked (length and CRC) up to the end of the file. Otherwise
 //!    (the active segment after a crash, or indexes missing, torn or inconsistent) the whole
 //!    segment is scanned: every batch's length, CRC and offset, and its indexes are rebuilt.
-//! 4. Invalid bytes with no valid batch after them, in the last segment, are a torn tail: the
-//!    file is cut there and fsynced. Anything else (a bad batch followed by valid ones, damage
-//!    in a sealed segment, a gap between segments) fences the log: it stays readable up to
-//!    the damage, refuses writes, and the files are left as they are for inspection.
+//! 4. Invalid bytes in the last segment are a torn tail, cut off (and the file fsynced), unless
+//!    a valid batch after them says they had been fsynced: each batch carries the log's
+//!    durable end when it was appended, so a later batch stamped with a durable end past the
+//!    invalid bytes proves they were once on disk whole. Writes that were never synced may
+//!    reach the disk torn or out of order, leaving holes followed by valid batches; those
+//!    holes are still a torn tail. Anything else (damage to synced data, any damage in a
+//!    sealed segment, a gap between segments) fences the log: it stays readable up to the
+//!    damage, refuses writes, and the files are left as they are for inspection.
 //! 5. Fsync the active segment (a process that crashed may have left written but unsynced
 //!    batches in the page cache: they become durable now, before anyone can read them), then
 //!    remove `clean-shutdown` and fsync the directory.
@@ -376,7 +380,10 @@ impl Opener<'_> {
         segment.first_append = outcome.first_batch_max_timestamp.map(|t| t.min(now));
         let mut fence = None;
         if let Some(stop) = outcome.stopped {
-            if last && !stop.valid_data_follows {
+            // Past the durable end that later batches vouch for, invalid bytes are writes that
+            // never reached the disk whole, maybe out of order: a torn tail.
+            let synced_once = stop.durable_after.is_some_and(|d| d > outcome.next_offset);
+            if last && !synced_once {
                 let file_bytes = file.len().map_err(at(&path))?;
                 tracing::warn!(path = %path.display(), position = outcome.valid_bytes, reason = %stop.reason, "cutting a torn tail");
                 file.set_len(outcome.valid_bytes).map_err(at(&path))?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader};
+use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader, field};
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::index::{
     IndexFile, OFFSET_ENTRY_BYTES, OffsetEntry, OffsetIndex, TIME_ENTRY_BYTES, TimeEntry, TimeIndex,
@@ -20,7 +20,7 @@ use crate::{Offset, TimestampMs};
 /// Bytes read at a time when walking batch headers.
 const WALK_CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes of a batch's header that a walk reads: up to and including `max_timestamp`.
-const WALK_HEADER_BYTES: usize = 40;
+const WALK_HEADER_BYTES: usize = field::MAX_TIMESTAMP + 8;
 
 /// The unverified start of a batch header, as a walk sees it.
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +78,10 @@ pub(crate) struct ScanOutcome {
 #[derive(Debug)]
 pub(crate) struct ScanStop {
     pub(crate) reason: String,
-    /// Whether a valid batch lies somewhere after the invalid bytes: damage, not a torn tail.
-    pub(crate) valid_data_follows: bool,
+    /// The largest durable offset stamped in a valid batch after the invalid bytes, if any
+    /// valid batch follows them. When it is past where the valid part ends, the invalid bytes
+    /// were fsynced once: damage, not a torn tail.
+    pub(crate) durable_after: Option<Offset>,
 }
 
 /// Tracks what appends add to the indexes, shared by appends and scans so both write the
@@ -266,9 +268,15 @@ impl Segment {
                     position: position + at as u64,
                     base_offset,
                     batch_bytes,
-                    record_count: u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")),
+                    record_count: u32::from_le_bytes(
+                        bytes[field::RECORD_COUNT..field::RECORD_COUNT + 4]
+                            .try_into()
+                            .expect("4 bytes"),
+                    ),
                     max_timestamp: TimestampMs(i64::from_le_bytes(
-                        bytes[32..40].try_into().expect("8 bytes"),
+                        bytes[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8]
+                            .try_into()
+                            .expect("8 bytes"),
                     )),
                 };
                 if !visit(&prefix) {
@@ -402,33 +410,37 @@ impl Segment {
         batch::check(buf).map_err(ReadChecked::Invalid)
     }
 
-    /// Decides whether invalid bytes at `position` are a torn tail or damage: damage when any
-    /// valid batch starts after them. Reads the rest of the file a chunk at a time and checks
+    /// Looks past invalid bytes at `position` for valid batches, and notes the largest durable
+    /// offset stamped in any of them. Reads the rest of the file a chunk at a time and checks
     /// only positions that carry the magic byte and version.
     fn stop(&self, reason: String, position: u64, file_bytes: u64) -> io::Result<ScanStop> {
         const CHUNK: u64 = 1024 * 1024;
         let mut chunk = Vec::new();
         let mut batch = Vec::new();
+        let mut durable_after: Option<Offset> = None;
         let mut start = position + 1;
         while start + (BATCH_HEADER_BYTES as u64) <= file_bytes {
             let n = (file_bytes - start).min(CHUNK) as usize;
             chunk.resize(n, 0);
             self.file.read_exact_at(&mut chunk, start)?;
-            for at in 0..n.saturating_sub(13) {
-                if chunk[at + 12] != batch::BATCH_MAGIC || chunk[at + 13] != batch::BATCH_VERSION {
+            let candidates = n.saturating_sub(field::VERSION);
+            for at in 0..candidates {
+                if chunk[at + field::MAGIC] != batch::BATCH_MAGIC
+                    || chunk[at + field::VERSION] != batch::BATCH_VERSION
+                {
                     continue;
                 }
                 match self.read_checked(start + at as u64, file_bytes, &mut batch) {
-                    Ok(_) => {
-                        return Ok(ScanStop { reason, valid_data_follows: true });
+                    Ok(header) => {
+                        durable_after = durable_after.max(Some(header.durable_offset));
                     }
                     Err(ReadChecked::Io(e)) => return Err(e),
                     Err(ReadChecked::Invalid(_)) => {}
                 }
             }
-            start += n.saturating_sub(13).max(1) as u64;
+            start += candidates.max(1) as u64;
         }
-        Ok(ScanStop { reason, valid_data_follows: false })
+        Ok(ScanStop { reason, durable_after })
     }
 }
 
