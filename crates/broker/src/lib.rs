@@ -1,0 +1,19 @@
+//! # spool-broker
+//!
+//! Topics on top of spool-storage's partition logs: topic names, configuration, the registry
+//! on disk, partitioning, and every limit the layers above storage enforce.
+//!
+//! This crate is synchronous and knows nothing of async runtimes, gRPC, protobuf or the
+//! network; time enters as a [`spool_storage::TimestampMs`] argument. It does not run the
+//! logs: it creates, opens and deletes them, and the server owns each one through a single
+//! writer.
+
+mod config;
+pub mod limits;
+mod name;
+pub mod partitioner;
+mod registry;
+
+pub use config::{TopicConfig, TopicConfigError, TopicConfigRequest};
+pub use name::{TopicName, TopicNameError};
+pub use registry::{CreateTopicError, DeleteTopicError, OpenRegistryError, OpenedTopic, Registry};

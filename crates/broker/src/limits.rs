@@ -1,0 +1,75 @@
+//! Every number Spool bounds above the storage layer, in one place: names, topics, requests,
+//! queues and streams. The server checks requests against these at the edge (as typed errors)
+//! and sizes its queues and channels from them, so nothing grows with client input without a
+//! bound. The `const` assertions pin how the limits relate to each other and to storage's.
+
+pub use spool_storage::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, FSYNC_INTERVAL_MS_MAX, RECORD_HEADERS_MAX,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+};
+
+/// The longest topic name, in bytes (Kafka's limit; names are ASCII).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// The most partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 256;
+/// The most topics a server holds.
+pub const TOPICS_MAX: usize = 1024;
+/// The most partitions, over all topics, a server holds. Each partition keeps its active
+/// segment's index files mapped and preallocated, so this bounds maps and disk reserved.
+pub const PARTITIONS_TOTAL_MAX: u32 = 4096;
+
+/// The largest record timestamp accepted: the last millisecond of the year 9999.
+pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
+
+/// The largest gRPC message the server decodes. A produce request carries at most one batch's
+/// worth of records, plus the protobuf framing around them.
+pub const REQUEST_BYTES_MAX: usize = BATCH_BYTES_MAX as usize + 1024 * 1024;
+/// The largest gRPC message a Spool client must be ready to decode: a fetch or subscribe
+/// answer holds at most one read of [`FETCH_BYTES_MAX`], or one whole batch, plus framing.
+pub const RESPONSE_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize + 1024 * 1024;
+
+/// Bytes a fetch returns when the request names no limit.
+pub const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// The most bytes a fetch may ask for.
+pub const FETCH_BYTES_MAX: u32 = BATCH_BYTES_MAX;
+/// The longest a fetch may wait for data, in milliseconds.
+pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
+
+/// Appends waiting for one partition's writer. Producers beyond this wait (backpressure).
+pub const WRITER_QUEUE_DEPTH: usize = 1024;
+/// The most batches a writer appends before one group commit.
+pub const WRITER_GROUP_BATCHES_MAX: usize = 256;
+
+/// Unanswered requests one ProduceStream may have in flight; the server stops reading the
+/// stream while this many wait.
+pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 64;
+/// Answers queued toward one ProduceStream client.
+pub const PRODUCE_STREAM_ANSWERS_QUEUED_MAX: usize = 64;
+
+/// Bytes of log one subscription reads per message (a single larger batch is sent whole).
+pub const SUBSCRIBE_READ_BYTES: u32 = 1024 * 1024;
+/// Messages queued toward one subscriber: when they are not taken, the subscription stops
+/// reading the log. With the message being built, a subscriber holds at most
+/// [`SUBSCRIBER_BUFFERED_BYTES_MAX`] of log on the server.
+pub const SUBSCRIBE_QUEUE_DEPTH: usize = 2;
+/// The most log bytes one subscriber holds on the server, queued or being built.
+pub const SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
+    (SUBSCRIBE_QUEUE_DEPTH as u64 + 1) * BATCH_BYTES_MAX as u64;
+
+/// Concurrent gRPC streams (calls) per connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// How often each partition applies its retention limits, in milliseconds.
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 30_000;
+
+const _: () = assert!(PARTITIONS_PER_TOPIC_MAX <= PARTITIONS_TOTAL_MAX);
+const _: () = assert!(TOPIC_NAME_BYTES_MAX < 255, "a name must fit in one path component");
+// A produce request that holds a largest batch fits in a request.
+const _: () = assert!(REQUEST_BYTES_MAX > BATCH_BYTES_MAX as usize);
+// A fetch answer (one read, which may be one whole largest batch) fits in a response.
+const _: () = assert!(RESPONSE_BYTES_MAX > (FETCH_BYTES_MAX + BATCH_BYTES_MAX) as usize);
+const _: () = assert!(FETCH_BYTES_DEFAULT <= FETCH_BYTES_MAX);
+const _: () = assert!(SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
+const _: () = assert!(WRITER_GROUP_BATCHES_MAX <= WRITER_QUEUE_DEPTH);
+const _: () = assert!(SUBSCRIBE_QUEUE_DEPTH >= 1);
+const _: () = assert!(PRODUCE_STREAM_IN_FLIGHT_MAX <= STREAMS_PER_CONNECTION_MAX as usize);

@@ -1,0 +1,379 @@
+//! The topic registry on disk.
+//!
+//! ```text
+//! {data_dir}/topics/{name}/meta.json      the topic's configuration (see `config::TopicMeta`)
+//! {data_dir}/topics/{name}/{partition}/   one partition log directory (spool-storage's files)
+//! ```
+//!
+//! `meta.json` is the commit point of a topic: a topic exists exactly when its directory holds
+//! it. Every path is built from a [`TopicName`] (one ordinary path component, by its rule) and
+//! a partition number, so nothing a client sends can name a path outside the data directory.
+//!
+//! **Create**: (1) create `topics/{name}/` and fsync `topics/`; (2) open (create) every
+//! partition log; (3) fsync `topics/{name}/`; (4) write `meta.json.tmp`, fsync it, rename it to
+//! `meta.json`, fsync `topics/{name}/`. A crash before (4) leaves a directory without
+//! `meta.json`, which the next start removes.
+//!
+//! **Delete**: (1) remove `meta.json` and fsync `topics/{name}/`: from here the topic is gone;
+//! (2) delete every partition log; (3) remove what is left of `topics/{name}/` and fsync
+//! `topics/`. A crash after (1) leaves a directory without `meta.json`: removed at next start.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spool_storage::fs::{FileSystem, OpenMode};
+use spool_storage::{DeleteError, Log, OpenError, TimestampMs};
+use thiserror::Error;
+
+use crate::config::{META_FORMAT_VERSION, TopicConfig, TopicConfigError, TopicMeta};
+use crate::limits::{PARTITIONS_TOTAL_MAX, TOPICS_MAX};
+use crate::name::TopicName;
+
+const TOPICS_DIR: &str = "topics";
+const META_FILE: &str = "meta.json";
+const META_TEMPORARY_FILE: &str = "meta.json.tmp";
+
+/// A topic found at start-up, with its partition logs opened (and recovered).
+#[derive(Debug)]
+pub struct OpenedTopic {
+    pub name: TopicName,
+    pub config: TopicConfig,
+    /// One log per partition, in partition order.
+    pub logs: Vec<Log>,
+}
+
+/// The topics of one data directory and their configuration. The logs themselves belong to
+/// whoever runs them (the server's partition writers); the registry creates and deletes them.
+#[derive(Debug)]
+pub struct Registry {
+    fs: Arc<dyn FileSystem>,
+    topics_dir: PathBuf,
+    topics: BTreeMap<TopicName, TopicConfig>,
+}
+
+#[derive(Debug, Error)]
+pub enum OpenRegistryError {
+    #[error("reading the data directory failed at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a valid topic metadata file: {reason}")]
+    BadMeta { path: PathBuf, reason: String },
+    #[error("{path} holds an invalid configuration: {source}")]
+    BadConfig { path: PathBuf, source: TopicConfigError },
+    #[error("opening partition {partition} of topic {topic} failed: {source}")]
+    Log { topic: TopicName, partition: u32, source: OpenError },
+}
+
+#[derive(Debug, Error)]
+pub enum CreateTopicError {
+    #[error("topic {name} already exists")]
+    AlreadyExists { name: TopicName },
+    #[error("the server already holds {topics} topics, the limit")]
+    TooManyTopics { topics: usize },
+    #[error(
+        "{requested} more partitions would make {total}, over the server's limit of {max} partitions"
+    )]
+    TooManyPartitions { requested: u32, total: u32, max: u32 },
+    #[error("creating topic {name} failed at {path}: {source}")]
+    Io { name: TopicName, path: PathBuf, source: io::Error },
+    #[error("creating partition {partition} of topic {name} failed: {source}")]
+    Log { name: TopicName, partition: u32, source: OpenError },
+}
+
+#[derive(Debug, Error)]
+pub enum DeleteTopicError {
+    #[error("topic {name} does not exist")]
+    NotFound { name: TopicName },
+    #[error("deleting topic {name} failed at {path}: {source}")]
+    Io { name: TopicName, path: PathBuf, source: io::Error },
+    #[error("deleting a partition of topic {name} failed: {source}")]
+    Log { name: TopicName, source: DeleteError },
+}
+
+impl Registry {
+    /// Opens the registry under `data_dir` (creating it if needed), removes what interrupted
+    /// creates and deletes left, and opens every topic's partition logs.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        data_dir: &Path,
+        now: TimestampMs,
+    ) -> Result<(Registry, Vec<OpenedTopic>), OpenRegistryError> {
+        let topics_dir = data_dir.join(TOPICS_DIR);
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenRegistryError::Io { path, source }
+        };
+        fs.create_dir_all(&topics_dir).map_err(io_at(&topics_dir))?;
+        let mut names = fs.list_dir(&topics_dir).map_err(io_at(&topics_dir))?;
+        names.sort();
+        let mut registry = Registry { fs: fs.clone(), topics_dir, topics: BTreeMap::new() };
+        let mut opened = Vec::new();
+        for entry in names {
+            let Ok(name) = TopicName::parse(&entry) else {
+                tracing::warn!(entry, "ignoring an entry that is not a topic directory");
+                continue;
+            };
+            let dir = registry.topic_dir(&name);
+            let meta_path = dir.join(META_FILE);
+            if !fs.exists(&meta_path).map_err(io_at(&meta_path))? {
+                tracing::info!(topic = %name, "removing what an interrupted create or delete left");
+                remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
+                fs.sync_dir(&registry.topics_dir).map_err(io_at(&registry.topics_dir))?;
+                continue;
+            }
+            let config = read_meta(fs.as_ref(), &meta_path, &name)?;
+            let mut logs = Vec::with_capacity(config.partitions() as usize);
+            for partition in 0..config.partitions() {
+                let log = Log::open(
+                    fs.clone(),
+                    &registry.partition_dir(&name, partition),
+                    config.log_config(),
+                    now,
+                )
+                .map_err(|source| OpenRegistryError::Log {
+                    topic: name.clone(),
+                    partition,
+                    source,
+                })?;
+                tracing::info!(topic = %name, partition, "opened: {}", log.recovery_report());
+                logs.push(log);
+            }
+            registry.topics.insert(name.clone(), config);
+            opened.push(OpenedTopic { name, config, logs });
+        }
+        Ok((registry, opened))
+    }
+
+    pub fn get(&self, name: &TopicName) -> Option<&TopicConfig> {
+        self.topics.get(name)
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list(&self) -> impl Iterator<Item = (&TopicName, &TopicConfig)> {
+        self.topics.iter()
+    }
+
+    fn topic_dir(&self, name: &TopicName) -> PathBuf {
+        self.topics_dir.join(name.as_str())
+    }
+
+    fn partition_dir(&self, name: &TopicName, partition: u32) -> PathBuf {
+        self.topic_dir(name).join(partition.to_string())
+    }
+
+    /// Creates a topic and returns its new, empty partition logs.
+    pub fn create(
+        &mut self,
+        name: TopicName,
+        config: TopicConfig,
+        now: TimestampMs,
+    ) -> Result<Vec<Log>, CreateTopicError> {
+        if self.topics.contains_key(&name) {
+            return Err(CreateTopicError::AlreadyExists { name });
+        }
+        if self.topics.len() >= TOPICS_MAX {
+            return Err(CreateTopicError::TooManyTopics { topics: self.topics.len() });
+        }
+        let existing: u32 = self.topics.values().map(TopicConfig::partitions).sum();
+        let total = existing + config.partitions();
+        if total > PARTITIONS_TOTAL_MAX {
+            return Err(CreateTopicError::TooManyPartitions {
+                requested: config.partitions(),
+                total,
+                max: PARTITIONS_TOTAL_MAX,
+            });
+        }
+        let fs = self.fs.clone();
+        let dir = self.topic_dir(&name);
+        let io_at = |path: &Path| {
+            let (name, path) = (name.clone(), path.to_path_buf());
+            move |source| CreateTopicError::Io { name, path, source }
+        };
+        // A directory without meta.json is only a leftover (see the module docs).
+        remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
+        fs.create_dir_all(&dir).map_err(io_at(&dir))?;
+        fs.sync_dir(&self.topics_dir).map_err(io_at(&self.topics_dir))?;
+        let mut logs = Vec::with_capacity(config.partitions() as usize);
+        for partition in 0..config.partitions() {
+            let log = Log::open(
+                fs.clone(),
+                &self.partition_dir(&name, partition),
+                config.log_config(),
+                now,
+            )
+            .map_err(|source| CreateTopicError::Log {
+                name: name.clone(),
+                partition,
+                source,
+            })?;
+            logs.push(log);
+        }
+        fs.sync_dir(&dir).map_err(io_at(&dir))?;
+        let meta = TopicMeta::new(name.as_str(), &config);
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
+        write_atomically(fs.as_ref(), &dir, &json).map_err(io_at(&dir.join(META_FILE)))?;
+        self.topics.insert(name, config);
+        Ok(logs)
+    }
+
+    /// Deletes a topic: its metadata, then `logs` (all of its partition logs, which the caller
+    /// has stopped using). The registry forgets the topic even if a later step fails.
+    pub fn delete(&mut self, name: &TopicName, logs: Vec<Log>) -> Result<(), DeleteTopicError> {
+        let Some(config) = self.topics.remove(name) else {
+            return Err(DeleteTopicError::NotFound { name: name.clone() });
+        };
+        assert_eq!(logs.len(), config.partitions() as usize, "every partition");
+        let fs = self.fs.clone();
+        let dir = self.topic_dir(name);
+        let io_at = |path: &Path| {
+            let (name, path) = (name.clone(), path.to_path_buf());
+            move |source| DeleteTopicError::Io { name, path, source }
+        };
+        let meta_path = dir.join(META_FILE);
+        fs.remove_file(&meta_path).map_err(io_at(&meta_path))?;
+        fs.sync_dir(&dir).map_err(io_at(&dir))?;
+        for log in logs {
+            log.delete().map_err(|source| DeleteTopicError::Log { name: name.clone(), source })?;
+        }
+        remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
+        fs.sync_dir(&self.topics_dir).map_err(io_at(&self.topics_dir))?;
+        Ok(())
+    }
+}
+
+fn read_meta(
+    fs: &dyn FileSystem,
+    path: &Path,
+    name: &TopicName,
+) -> Result<TopicConfig, OpenRegistryError> {
+    let io = |source| OpenRegistryError::Io { path: path.to_path_buf(), source };
+    let bad = |reason: String| OpenRegistryError::BadMeta { path: path.to_path_buf(), reason };
+    let file = fs.open(path, OpenMode::Existing).map_err(io)?;
+    let len = file.len().map_err(io)?;
+    // A real meta.json is a few hundred bytes; refuse to read something else whole.
+    if len > 64 * 1024 {
+        return Err(bad(format!("{len} bytes is too large")));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io)?;
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if meta.format_version != META_FORMAT_VERSION {
+        return Err(bad(format!(
+            "format version {} is not supported (this build reads {META_FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    if meta.name != name.as_str() {
+        return Err(bad(format!(
+            "it names topic {:?} but lies in the directory of {name}",
+            meta.name
+        )));
+    }
+    meta.config()
+        .map_err(|source| OpenRegistryError::BadConfig { path: path.to_path_buf(), source })
+}
+
+/// Writes `meta.json` in `dir`: temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(fs: &dyn FileSystem, dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = dir.join(META_TEMPORARY_FILE);
+    if fs.exists(&temporary)? {
+        fs.remove_file(&temporary)?;
+    }
+    let file = fs.open(&temporary, OpenMode::CreateNew)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    drop(file);
+    fs.rename(&temporary, &dir.join(META_FILE))?;
+    fs.sync_dir(dir)
+}
+
+/// Removes `path` and everything under it; nothing when it does not exist.
+fn remove_tree(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    match fs.list_dir(path) {
+        Ok(names) => {
+            for name in names {
+                remove_tree(fs, &path.join(name))?;
+            }
+            fs.remove_dir(path)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => fs.remove_file(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spool_storage::fs::StdFileSystem;
+
+    use super::*;
+    use crate::config::TopicConfigRequest;
+
+    fn config(partitions: u32) -> TopicConfig {
+        TopicConfig::new(TopicConfigRequest {
+            partitions: Some(partitions),
+            segment_bytes: Some(64 * 1024),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn name(s: &str) -> TopicName {
+        TopicName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn create_reopen_delete() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, opened) =
+            Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        assert!(opened.is_empty());
+        let logs = registry.create(name("a"), config(3), TimestampMs(0)).unwrap();
+        assert_eq!(logs.len(), 3);
+        assert!(matches!(
+            registry.create(name("a"), config(1), TimestampMs(0)),
+            Err(CreateTopicError::AlreadyExists { .. })
+        ));
+        for log in logs {
+            log.close().unwrap();
+        }
+        assert!(data.path().join("topics/a/meta.json").exists());
+        assert!(data.path().join("topics/a/2").is_dir());
+
+        let (mut registry, opened) =
+            Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].config, config(3));
+        let OpenedTopic { name: n, logs, .. } = opened.into_iter().next().unwrap();
+        assert!(logs.iter().all(|l| l.recovery_report().clean_shutdown));
+        registry.delete(&n, logs).unwrap();
+        assert!(!data.path().join("topics/a").exists());
+        assert!(matches!(registry.delete(&n, Vec::new()), Err(DeleteTopicError::NotFound { .. })));
+    }
+
+    #[test]
+    fn leftovers_are_removed_and_strangers_ignored() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        std::fs::create_dir_all(data.path().join("topics/half-made/0")).unwrap();
+        std::fs::write(data.path().join("topics/half-made/0/junk"), b"x").unwrap();
+        std::fs::create_dir_all(data.path().join("topics/not a topic")).unwrap();
+        let (registry, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
+        assert!(opened.is_empty());
+        assert_eq!(registry.list().count(), 0);
+        assert!(!data.path().join("topics/half-made").exists());
+        assert!(data.path().join("topics/not a topic").exists());
+    }
+
+    #[test]
+    fn damaged_meta_is_reported_with_its_path() {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(data.path().join("topics/t")).unwrap();
+        std::fs::write(data.path().join("topics/t/meta.json"), b"{nope").unwrap();
+        let error = Registry::open(StdFileSystem::shared(), data.path(), TimestampMs(0))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("topics/t/meta.json"), "{error}");
+    }
+}
