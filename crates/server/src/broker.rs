@@ -1,0 +1,216 @@
+//! The server's view of its topics: the registry on disk, and the running partitions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use spool_broker::partitioner::RoundRobin;
+use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
+use spool_storage::fs::StdFileSystem;
+use spool_storage::{Log, TimestampMs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::partition::{Partition, blocking};
+
+/// A topic at run time.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) name: TopicName,
+    pub(crate) config: TopicConfig,
+    /// In partition order.
+    pub(crate) partitions: Vec<Arc<Partition>>,
+    pub(crate) round_robin: RoundRobin,
+    stop: CancellationToken,
+    writers: Mutex<Vec<JoinHandle<Log>>>,
+}
+
+impl Topic {
+    fn start(
+        name: TopicName,
+        config: TopicConfig,
+        logs: Vec<Log>,
+        stop: CancellationToken,
+    ) -> Topic {
+        let (partitions, writers) = logs
+            .into_iter()
+            .enumerate()
+            .map(|(id, log)| Partition::start(name.clone(), id as u32, log, stop.clone()))
+            .unzip();
+        Topic {
+            name,
+            config,
+            partitions,
+            round_robin: RoundRobin::default(),
+            stop,
+            writers: Mutex::new(writers),
+        }
+    }
+
+    pub(crate) fn partition(&self, partition: u32) -> Result<&Arc<Partition>, ServiceError> {
+        self.partitions.get(partition as usize).ok_or_else(|| ServiceError::UnknownPartition {
+            topic: self.name.clone(),
+            partition,
+            partitions: self.config.partitions(),
+        })
+    }
+
+    /// Stops the writers (each finishes what is queued and syncs) and returns the logs.
+    async fn stop(&self) -> Result<Vec<Log>, ServiceError> {
+        self.stop.cancel();
+        let writers =
+            std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut logs = Vec::with_capacity(writers.len());
+        for writer in writers {
+            logs.push(writer.await.map_err(|e| {
+                ServiceError::Internal(format!("a partition writer of {} failed: {e}", self.name))
+            })?);
+        }
+        Ok(logs)
+    }
+}
+
+/// Topics and their partitions, shared by every service.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    registry: Arc<Mutex<Registry>>,
+    topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    /// Serializes creates and deletes, which do blocking I/O outside the maps' locks.
+    admin: tokio::sync::Mutex<()>,
+    /// Cancelled after the gRPC server has stopped: writers finish and hand back their logs.
+    writers_stop: CancellationToken,
+    /// Cancelled when shutdown begins: subscriptions and produce streams end.
+    pub(crate) streams_stop: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Broker {
+    /// Opens the data directory and starts a writer for every partition found.
+    pub(crate) async fn open(data_dir: &Path) -> Result<Broker, OpenRegistryError> {
+        let data_dir = data_dir.to_path_buf();
+        let (registry, opened) = tokio::task::spawn_blocking(move || {
+            Registry::open(StdFileSystem::shared(), &data_dir, TimestampMs::now())
+        })
+        .await
+        .expect("opening the registry panicked")?;
+        let writers_stop = CancellationToken::new();
+        let topics = opened
+            .into_iter()
+            .map(|topic| {
+                let stop = writers_stop.child_token();
+                let name = topic.name.clone();
+                (name, Arc::new(Topic::start(topic.name, topic.config, topic.logs, stop)))
+            })
+            .collect();
+        Ok(Broker {
+            registry: Arc::new(Mutex::new(registry)),
+            topics: RwLock::new(topics),
+            admin: tokio::sync::Mutex::new(()),
+            writers_stop,
+            streams_stop: CancellationToken::new(),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, ServiceError> {
+        let name = TopicName::parse(name)?;
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics.get(&name).cloned().ok_or(ServiceError::UnknownTopic { name })
+    }
+
+    pub(crate) fn partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<Partition>, ServiceError> {
+        self.topic(topic)?.partition(partition).cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        topics.values().cloned().collect()
+    }
+
+    pub(crate) async fn create_topic(
+        &self,
+        name: &str,
+        request: TopicConfigRequest,
+    ) -> Result<Arc<Topic>, ServiceError> {
+        let name = TopicName::parse(name)?;
+        let config = TopicConfig::new(request)?;
+        let _admin = self.admin.lock().await;
+        if self.writers_stop.is_cancelled() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let registry = self.registry.clone();
+        let created = name.clone();
+        let logs = blocking(move || {
+            let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(registry.create(created, config, TimestampMs::now())?)
+        })
+        .await?;
+        let topic =
+            Arc::new(Topic::start(name.clone(), config, logs, self.writers_stop.child_token()));
+        self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name, topic.clone());
+        Ok(topic)
+    }
+
+    pub(crate) async fn delete_topic(&self, name: &str) -> Result<(), ServiceError> {
+        let name = TopicName::parse(name)?;
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name)
+            .ok_or_else(|| ServiceError::UnknownTopic { name: name.clone() })?;
+        for partition in &topic.partitions {
+            partition.mark_deleted();
+        }
+        let logs = topic.stop().await?;
+        let registry = self.registry.clone();
+        blocking(move || {
+            let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(registry.delete(&name, logs)?)
+        })
+        .await
+    }
+
+    /// Stops every writer (each finishes its queue and syncs) and closes every log cleanly,
+    /// so the next start needs no scan. Called once the gRPC server has stopped.
+    pub(crate) async fn close(&self) {
+        let _admin = self.admin.lock().await;
+        self.writers_stop.cancel();
+        let topics =
+            std::mem::take(&mut *self.topics.write().unwrap_or_else(PoisonError::into_inner));
+        for topic in topics.into_values() {
+            let logs = match topic.stop().await {
+                Ok(logs) => logs,
+                Err(error) => {
+                    tracing::error!(%error, "stopping a topic failed");
+                    continue;
+                }
+            };
+            let name = topic.name.clone();
+            let closed = tokio::task::spawn_blocking(move || {
+                logs.into_iter()
+                    .enumerate()
+                    .map(|(partition, log)| (partition, log.close()))
+                    .filter_map(|(partition, result)| result.err().map(|e| (partition, e)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            match closed {
+                Ok(failures) => {
+                    for (partition, error) in failures {
+                        tracing::error!(topic = %name, partition, %error, "closing a partition log failed; the next start checks it");
+                    }
+                }
+                Err(error) => tracing::error!(topic = %name, %error, "closing logs panicked"),
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The consume service: fetch (one read, long-polling when there is nothing yet) and
+//! subscribe (replay, then follow).
+//!
+//! Both read the log by offset and wait on the partition's data-free notification, so what a
+//! consumer sees is exactly what storage makes visible, and a slow subscriber falls behind
+//! without skipping. A subscription reads the next chunk only when its bounded queue toward
+//! the client has room: a client that stops reading stops the reads (flow control).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_broker::limits::{
+    FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, SUBSCRIBE_QUEUE_DEPTH,
+    SUBSCRIBE_READ_BYTES,
+};
+use spool_proto::v1::consume_service_server::ConsumeService;
+use spool_proto::v1::start_position::Position;
+use spool_proto::v1::{
+    ConsumedRecord, Encoding, FetchRequest, FetchResponse, Header, SubscribeRequest,
+    SubscribeResponse,
+};
+use spool_storage::batch::BatchIter;
+use spool_storage::{Offset, ReadBatches, TimestampMs};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::broker::Broker;
+use crate::error::{RequestError, ServiceError};
+use crate::metrics::Buffered;
+use crate::partition::Partition;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumeApi {
+    pub(crate) broker: Arc<Broker>,
+}
+
+/// Whether answers carry decoded records or the stored batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Records,
+    RawBatches,
+}
+
+fn wire(encoding: i32) -> Result<Wire, RequestError> {
+    match Encoding::try_from(encoding) {
+        Ok(Encoding::Unspecified | Encoding::Records) => Ok(Wire::Records),
+        Ok(Encoding::RawBatch) => Ok(Wire::RawBatches),
+        Err(_) => Err(RequestError::UnknownEnumValue { field: "encoding", value: encoding }),
+    }
+}
+
+/// Decodes the records at or after `from` in whole stored batches. Storage checked every
+/// batch before storing it; a batch that no longer checks is reported, not skipped.
+fn decode(
+    partition: &Partition,
+    bytes: &Bytes,
+    from: Offset,
+) -> Result<Vec<ConsumedRecord>, ServiceError> {
+    let damaged = |error| {
+        ServiceError::Internal(format!(
+            "partition {} of topic {} holds a batch that fails its check: {error} (inspect it with `spool dump`)",
+            partition.id(),
+            partition.topic()
+        ))
+    };
+    let mut records = Vec::new();
+    for batch in BatchIter::new(bytes) {
+        let batch = batch.map_err(damaged)?;
+        for record in batch.records() {
+            let record = record.map_err(damaged)?;
+            if record.offset < from {
+                continue;
+            }
+            let mut headers = Vec::new();
+            for header in record.headers() {
+                let header = header.map_err(damaged)?;
+                headers.push(Header {
+                    key: String::from_utf8_lossy(header.key).into_owned(),
+                    value: header.value.map(|v| bytes.slice_ref(v)),
+                });
+            }
+            records.push(ConsumedRecord {
+                offset: record.offset.0,
+                timestamp_ms: record.timestamp.0,
+                key: record.key.map(|k| bytes.slice_ref(k)),
+                value: record.value.map(|v| bytes.slice_ref(v)),
+                headers,
+            });
+        }
+    }
+    Ok(records)
+}
+
+/// Builds one answer from a read; `None` when it holds nothing at or after `from`.
+fn answer(
+    partition: &Partition,
+    read: ReadBatches,
+    from: Offset,
+    wire: Wire,
+) -> Result<SubscribeResponse, ServiceError> {
+    let (records, raw_batches) = match wire {
+        Wire::Records => (decode(partition, &read.bytes, from)?, Bytes::new()),
+        Wire::RawBatches => (Vec::new(), read.bytes),
+    };
+    Ok(SubscribeResponse {
+        records,
+        raw_batches,
+        next_offset: read.next_offset.0,
+        log_end_offset: read.log_end_offset.0,
+    })
+}
+
+type SubscribeItems = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+/// One message toward a subscriber and the bytes it holds on the server.
+type Queued = (Result<SubscribeResponse, Status>, Option<Buffered>);
+
+impl ConsumeApi {
+    async fn fetch_inner(&self, request: FetchRequest) -> Result<FetchResponse, ServiceError> {
+        let partition = self.broker.partition(&request.topic, request.partition)?;
+        let wire = wire(request.encoding)?;
+        let max_bytes = match request.max_bytes {
+            0 => FETCH_BYTES_DEFAULT,
+            n if n <= FETCH_BYTES_MAX => n,
+            max_bytes => {
+                return Err(
+                    RequestError::FetchBytes { max_bytes, bytes_max: FETCH_BYTES_MAX }.into()
+                );
+            }
+        };
+        if request.max_wait_ms > FETCH_WAIT_MS_MAX {
+            return Err(RequestError::FetchWait {
+                max_wait_ms: request.max_wait_ms,
+                max_wait_ms_max: FETCH_WAIT_MS_MAX,
+            }
+            .into());
+        }
+        let offset = Offset(request.offset);
+        let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+        let mut changes = partition.watch();
+        let read = loop {
+            changes.borrow_and_update();
+            let read = partition.read(offset, max_bytes).await?;
+            if !read.bytes.is_empty() || Instant::now() >= deadline {
+                break read;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break read },
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.broker.streams_stop.cancelled() => break read,
+            }
+        };
+        let log_start_offset = read.log_start_offset.0;
+        let answer = answer(&partition, read, offset, wire)?;
+        Ok(FetchResponse {
+            records: answer.records,
+            raw_batches: answer.raw_batches,
+            next_offset: answer.next_offset,
+            log_start_offset,
+            log_end_offset: answer.log_end_offset,
+        })
+    }
+
+    /// Resolves where a subscription starts.
+    async fn start_offset(
+        partition: &Arc<Partition>,
+        position: Option<Position>,
+    ) -> Result<Offset, ServiceError> {
+        let state = partition.state()?;
+        match position {
+            None | Some(Position::Earliest(_)) => Ok(state.log_start_offset),
+            Some(Position::Latest(_)) => Ok(state.visible_end_offset),
+            Some(Position::Offset(offset)) => {
+                // Reading at it checks it against the log's range (OUT_OF_RANGE otherwise).
+                partition.read(Offset(offset), 1).await?;
+                Ok(Offset(offset))
+            }
+            Some(Position::TimestampMs(timestamp)) => {
+                partition.offset_for_timestamp(TimestampMs(timestamp)).await
+            }
+        }
+    }
+}
+
+/// Feeds one subscriber: read a chunk, queue it, repeat; wait for the partition's
+/// notification at the end. Stops when the client goes away, at `end` if set, at shutdown
+/// (with UNAVAILABLE), or at the first error (sent to the client).
+async fn feed(
+    broker: Arc<Broker>,
+    partition: Arc<Partition>,
+    mut offset: Offset,
+    end: Option<Offset>,
+    wire: Wire,
+    queue: mpsc::Sender<Queued>,
+) {
+    let stop = broker.streams_stop.clone();
+    let mut changes = partition.watch();
+    loop {
+        if end.is_some_and(|end| offset >= end) {
+            return;
+        }
+        changes.borrow_and_update();
+        let read = match partition.read(offset, SUBSCRIBE_READ_BYTES).await {
+            Ok(read) => read,
+            Err(error) => {
+                let _ = queue.send((Err(error.into()), None)).await;
+                return;
+            }
+        };
+        if read.bytes.is_empty() {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = queue.closed() => return,
+                _ = stop.cancelled() => {
+                    let _ = queue.try_send((Err(ServiceError::ShuttingDown.into()), None));
+                    return;
+                }
+            }
+            continue;
+        }
+        let buffered = broker.metrics.buffered(read.bytes.len() as u64);
+        let from = offset;
+        offset = read.next_offset;
+        let message = match answer(&partition, read, from, wire) {
+            Ok(message) => Ok(message),
+            Err(error) => Err(Status::from(error)),
+        };
+        let failed = message.is_err();
+        let permit = match queue.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let _waiting = broker.metrics.waiting_on_client();
+                tokio::select! {
+                    permit = queue.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        permit.send((message, Some(buffered)));
+        if failed {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConsumeService for ConsumeApi {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        Ok(Response::new(self.fetch_inner(request.into_inner()).await?))
+    }
+
+    type SubscribeStream = SubscribeItems;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let partition = self.broker.partition(&request.topic, request.partition)?;
+        let wire = wire(request.encoding).map_err(ServiceError::from)?;
+        let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
+        let end =
+            if request.stop_at_end { Some(partition.state()?.visible_end_offset) } else { None };
+        let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
+        tokio::spawn(feed(self.broker.clone(), partition, start, end, wire, queue));
+        // The byte count is released when a message is handed to the network.
+        let stream = ReceiverStream::new(messages).map(|(message, _buffered)| message);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,263 @@
+//! Errors the services meet, and the one function that turns them into gRPC statuses.
+//!
+//! Each layer keeps its own error enums (storage's per operation, the broker's per operation,
+//! [`RequestError`] for what the edge refuses); [`ServiceError`] only gathers them, and
+//! [`to_status`] is the single place that decides a status code. Messages are the errors'
+//! own `Display`, which carry the values a person needs to act.
+
+use std::io;
+
+use spool_broker::{
+    CreateTopicError, DeleteTopicError, TopicConfigError, TopicName, TopicNameError,
+};
+use spool_storage::{AppendError, Fence, OpenError, ReadError, SyncError};
+use thiserror::Error;
+use tonic::{Code, Status};
+
+/// A request the edge refuses before it reaches a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    #[error("the request carries no records: set `records` or `raw_batch`")]
+    MissingPayload,
+    #[error("the request carries an empty record list")]
+    NoRecords,
+    #[error("the request carries {records} records; the limit is {records_max}")]
+    TooManyRecords { records: usize, records_max: u32 },
+    #[error("record {index} has {headers} headers; the limit is {headers_max}")]
+    TooManyHeaders { index: usize, headers: usize, headers_max: u32 },
+    #[error("record {index} has timestamp {timestamp_ms} ms, outside 0..={timestamp_ms_max}")]
+    BadTimestamp { index: usize, timestamp_ms: i64, timestamp_ms_max: i64 },
+    #[error(
+        "the records for partition {partition} encode to {bytes} bytes, over the batch limit of {bytes_max} bytes: send fewer per request"
+    )]
+    BatchTooLarge { partition: u32, bytes: usize, bytes_max: u32 },
+    #[error("{field} is {value}, which is not one of its values")]
+    UnknownEnumValue { field: &'static str, value: i32 },
+    #[error("max_bytes {max_bytes} is outside 1..={bytes_max} (0 means the default)")]
+    FetchBytes { max_bytes: u32, bytes_max: u32 },
+    #[error("max_wait_ms {max_wait_ms} is over the limit of {max_wait_ms_max}")]
+    FetchWait { max_wait_ms: u32, max_wait_ms_max: u32 },
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("bad topic name: {0}")]
+    TopicName(#[from] TopicNameError),
+    #[error("bad topic configuration: {0}")]
+    TopicConfig(#[from] TopicConfigError),
+    #[error("topic {name} does not exist")]
+    UnknownTopic { name: TopicName },
+    #[error("topic {topic} has partitions 0..{partitions}; partition {partition} does not exist")]
+    UnknownPartition { topic: TopicName, partition: u32, partitions: u32 },
+    #[error(
+        "acks=all asks for records synced to disk, but topic {topic} has fsync policy `never`, so no produce is ever synced; use acks=leader, or a topic with fsync `always` or `interval`"
+    )]
+    AcksAllWithoutFsync { topic: TopicName },
+    #[error("topic {topic} was deleted")]
+    TopicDeleted { topic: TopicName },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    CreateTopic(#[from] CreateTopicError),
+    #[error(transparent)]
+    DeleteTopic(#[from] DeleteTopicError),
+    #[error("partition {partition} of topic {topic}: {source}")]
+    Append { topic: TopicName, partition: u32, source: AppendError },
+    #[error("partition {partition} of topic {topic} refuses writes: {fence}")]
+    Fenced { topic: TopicName, partition: u32, fence: Fence },
+    #[error("partition {partition} of topic {topic}: {source}")]
+    Read { topic: TopicName, partition: u32, source: ReadError },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub(crate) fn sync(topic: &TopicName, partition: u32, error: SyncError) -> ServiceError {
+        let SyncError::Fenced(fence) = error;
+        ServiceError::Fenced { topic: topic.clone(), partition, fence }
+    }
+
+    pub(crate) fn append(topic: &TopicName, partition: u32, error: AppendError) -> ServiceError {
+        match error {
+            AppendError::Fenced(fence) => {
+                ServiceError::Fenced { topic: topic.clone(), partition, fence }
+            }
+            source => ServiceError::Append { topic: topic.clone(), partition, source },
+        }
+    }
+
+    pub(crate) fn read(topic: &TopicName, partition: u32, source: ReadError) -> ServiceError {
+        ServiceError::Read { topic: topic.clone(), partition, source }
+    }
+}
+
+fn io_code(error: &io::Error) -> Code {
+    if error.kind() == io::ErrorKind::StorageFull {
+        Code::ResourceExhausted
+    } else {
+        Code::Internal
+    }
+}
+
+fn fence_code(fence: &Fence) -> Code {
+    match fence {
+        // Records may be gone: a failed fsync may have dropped them, damage has.
+        Fence::SyncFailed { .. } | Fence::Damaged { .. } => Code::DataLoss,
+        // Nothing was lost, but the partition must be reopened before it takes writes.
+        Fence::WriteFailed { .. } => Code::FailedPrecondition,
+    }
+}
+
+/// The gRPC status for an error: the one place codes are chosen.
+pub fn to_status(error: &ServiceError) -> Status {
+    let code = match error {
+        ServiceError::Request(_) | ServiceError::TopicName(_) | ServiceError::TopicConfig(_) => {
+            Code::InvalidArgument
+        }
+        ServiceError::UnknownTopic { .. }
+        | ServiceError::UnknownPartition { .. }
+        | ServiceError::TopicDeleted { .. } => Code::NotFound,
+        ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
+        ServiceError::ShuttingDown => Code::Unavailable,
+        ServiceError::CreateTopic(error) => match error {
+            CreateTopicError::AlreadyExists { .. } => Code::AlreadyExists,
+            CreateTopicError::TooManyTopics { .. } | CreateTopicError::TooManyPartitions { .. } => {
+                Code::ResourceExhausted
+            }
+            CreateTopicError::Io { source, .. } => io_code(source),
+            CreateTopicError::Log { source, .. } => match source {
+                OpenError::Config(_) => Code::InvalidArgument,
+                OpenError::Io { source, .. } => io_code(source),
+            },
+        },
+        ServiceError::DeleteTopic(error) => match error {
+            DeleteTopicError::NotFound { .. } => Code::NotFound,
+            DeleteTopicError::Io { source, .. } => io_code(source),
+            DeleteTopicError::Log { source, .. } => io_code(&source.source),
+        },
+        ServiceError::Append { source, .. } => match source {
+            AppendError::InvalidBatch(_) | AppendError::BatchTooLarge { .. } => {
+                Code::InvalidArgument
+            }
+            AppendError::NoSpace { .. } => Code::ResourceExhausted,
+            AppendError::Io { source, .. } => io_code(source),
+            AppendError::Fenced(fence) => fence_code(fence),
+        },
+        ServiceError::Fenced { fence, .. } => fence_code(fence),
+        ServiceError::Read { source, .. } => match source {
+            ReadError::OffsetOutOfRange { .. } => Code::OutOfRange,
+            ReadError::Io { source, .. } => io_code(source),
+        },
+        ServiceError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        to_status(&error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use spool_storage::Offset;
+
+    use super::*;
+
+    fn topic() -> TopicName {
+        TopicName::parse("t").unwrap()
+    }
+
+    fn check(error: ServiceError, code: Code, message_has: &str) {
+        let status = to_status(&error);
+        assert_eq!(status.code(), code, "{error}");
+        assert!(
+            status.message().contains(message_has),
+            "{:?} lacks {message_has:?}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn codes() {
+        check(
+            ServiceError::UnknownTopic { name: topic() },
+            Code::NotFound,
+            "topic t does not exist",
+        );
+        check(ServiceError::TopicName(TopicNameError::Empty), Code::InvalidArgument, "empty");
+        check(
+            ServiceError::read(
+                &topic(),
+                0,
+                ReadError::OffsetOutOfRange {
+                    requested: Offset(9),
+                    log_start: Offset(2),
+                    log_end: Offset(5),
+                },
+            ),
+            Code::OutOfRange,
+            "offsets 2..5",
+        );
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        check(
+            ServiceError::append(
+                &topic(),
+                1,
+                AppendError::NoSpace { path: PathBuf::from("/d/0.log"), source: Arc::new(full) },
+            ),
+            Code::ResourceExhausted,
+            "no space left",
+        );
+        check(
+            ServiceError::CreateTopic(CreateTopicError::Io {
+                name: topic(),
+                path: PathBuf::from("/d"),
+                source: io::Error::from(io::ErrorKind::StorageFull),
+            }),
+            Code::ResourceExhausted,
+            "/d",
+        );
+        check(
+            ServiceError::CreateTopic(CreateTopicError::AlreadyExists { name: topic() }),
+            Code::AlreadyExists,
+            "already exists",
+        );
+        check(
+            ServiceError::sync(
+                &topic(),
+                0,
+                SyncError::Fenced(Fence::SyncFailed {
+                    path: PathBuf::from("/d/0.log"),
+                    error: Arc::new(io::Error::other("EIO")),
+                }),
+            ),
+            Code::DataLoss,
+            "fsync of /d/0.log failed",
+        );
+        check(
+            ServiceError::append(
+                &topic(),
+                0,
+                AppendError::Fenced(Fence::WriteFailed {
+                    path: PathBuf::from("/d/0.log"),
+                    error: Arc::new(io::Error::other("EIO")),
+                }),
+            ),
+            Code::FailedPrecondition,
+            "refuses writes",
+        );
+        check(
+            ServiceError::AcksAllWithoutFsync { topic: topic() },
+            Code::FailedPrecondition,
+            "fsync policy `never`",
+        );
+        check(ServiceError::ShuttingDown, Code::Unavailable, "shutting down");
+    }
+}

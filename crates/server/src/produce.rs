@@ -1,0 +1,293 @@
+//! The produce service: checks a request at the edge, routes its records to partitions,
+//! encodes them into stored batches, queues them for the partitions' writers and waits for
+//! the acknowledgement level asked for.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use spool_broker::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_ANSWERS_QUEUED_MAX,
+    PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
+};
+use spool_broker::partitioner::partition_for_key;
+use spool_proto::v1::produce_request::Payload;
+use spool_proto::v1::produce_service_server::ProduceService;
+use spool_proto::v1::produce_stream_response::Result as StreamResult;
+use spool_proto::v1::{
+    Acks, PartitionAppend, ProduceError, ProduceRequest, ProduceResponse, ProduceStreamResponse,
+    Record,
+};
+use spool_storage::batch::{BatchBuilder, HeaderPair, ProducerStamp};
+use spool_storage::{Appended, FsyncPolicy, TimestampMs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::broker::{Broker, Topic};
+use crate::error::{RequestError, ServiceError, to_status};
+use crate::partition::AckLevel;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProduceApi {
+    pub(crate) broker: Arc<Broker>,
+}
+
+/// Batches queued for their partitions, whose answers are still to come.
+struct Pending {
+    acks: AckLevel,
+    answers: Vec<(u32, oneshot::Receiver<Result<Appended, ServiceError>>)>,
+}
+
+impl Pending {
+    /// Waits for every partition's answer. With `acks=none` nothing is awaited.
+    async fn wait(self) -> Result<ProduceResponse, ServiceError> {
+        let mut appends = Vec::with_capacity(self.answers.len());
+        if self.acks == AckLevel::None {
+            return Ok(ProduceResponse { appends });
+        }
+        for (partition, answer) in self.answers {
+            let appended = answer.await.map_err(|_| ServiceError::ShuttingDown)??;
+            appends.push(PartitionAppend {
+                partition,
+                base_offset: appended.base_offset.0,
+                last_offset: appended.last_offset.0,
+            });
+        }
+        Ok(ProduceResponse { appends })
+    }
+
+    /// Waits for every answer only to find a failure (for `acks=none` on a stream).
+    async fn first_failure(self) -> Option<ServiceError> {
+        for (_, answer) in self.answers {
+            match answer.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Some(error),
+                Err(_) => return Some(ServiceError::ShuttingDown),
+            }
+        }
+        None
+    }
+}
+
+fn ack_level(acks: i32, topic: &Topic) -> Result<AckLevel, ServiceError> {
+    let acks = Acks::try_from(acks)
+        .map_err(|_| RequestError::UnknownEnumValue { field: "acks", value: acks })?;
+    let never = topic.config.fsync() == FsyncPolicy::Never;
+    match (acks, never) {
+        (Acks::None, _) => Ok(AckLevel::None),
+        (Acks::Leader, _) | (Acks::Unspecified, true) => Ok(AckLevel::Leader),
+        (Acks::All | Acks::Unspecified, false) => Ok(AckLevel::All),
+        (Acks::All, true) => Err(ServiceError::AcksAllWithoutFsync { topic: topic.name.clone() }),
+    }
+}
+
+/// Checks every record against the limits, so what reaches storage is well-formed.
+fn check_records(records: &[Record]) -> Result<(), RequestError> {
+    if records.is_empty() {
+        return Err(RequestError::NoRecords);
+    }
+    if records.len() > BATCH_RECORDS_MAX as usize {
+        return Err(RequestError::TooManyRecords {
+            records: records.len(),
+            records_max: BATCH_RECORDS_MAX,
+        });
+    }
+    for (index, record) in records.iter().enumerate() {
+        if record.headers.len() > RECORD_HEADERS_MAX as usize {
+            return Err(RequestError::TooManyHeaders {
+                index,
+                headers: record.headers.len(),
+                headers_max: RECORD_HEADERS_MAX,
+            });
+        }
+        if let Some(timestamp_ms) = record.timestamp_ms
+            && !(0..=TIMESTAMP_MS_MAX).contains(&timestamp_ms)
+        {
+            return Err(RequestError::BadTimestamp {
+                index,
+                timestamp_ms,
+                timestamp_ms_max: TIMESTAMP_MS_MAX,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Encodes the records routed to `partition` into one batch. Allocates the batch buffer and
+/// one reused header list, nothing per record.
+fn encode(
+    records: &[Record],
+    routes: Option<&[u32]>,
+    partition: u32,
+    now: TimestampMs,
+) -> Result<BytesMut, RequestError> {
+    let mut builder = BatchBuilder::new(BytesMut::new());
+    let mut headers: Vec<HeaderPair<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
+    for (index, record) in records.iter().enumerate() {
+        if routes.is_some_and(|routes| routes[index] != partition) {
+            continue;
+        }
+        headers.clear();
+        headers.extend(record.headers.iter().map(|h| (h.key.as_bytes(), h.value.as_deref())));
+        let timestamp = record.timestamp_ms.map_or(now, TimestampMs);
+        builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+        if builder.encoded_bytes() > BATCH_BYTES_MAX as usize {
+            return Err(RequestError::BatchTooLarge {
+                partition,
+                bytes: builder.encoded_bytes(),
+                bytes_max: BATCH_BYTES_MAX,
+            });
+        }
+    }
+    Ok(builder.finish(ProducerStamp::NONE))
+}
+
+impl ProduceApi {
+    /// Checks, routes, encodes and queues a request; waits only for room in the queues.
+    async fn submit(&self, request: ProduceRequest) -> Result<Pending, ServiceError> {
+        let topic = self.broker.topic(&request.topic)?;
+        let acks = ack_level(request.acks, &topic)?;
+        let explicit = match request.partition {
+            Some(partition) => Some(topic.partition(partition)?.id()),
+            None => None,
+        };
+        let partitions = topic.config.partitions();
+        let batches: Vec<(u32, BytesMut)> = match request.payload {
+            None => return Err(RequestError::MissingPayload.into()),
+            Some(Payload::RawBatch(raw)) => {
+                if raw.len() > BATCH_BYTES_MAX as usize {
+                    return Err(RequestError::BatchTooLarge {
+                        partition: explicit.unwrap_or(0),
+                        bytes: raw.len(),
+                        bytes_max: BATCH_BYTES_MAX,
+                    }
+                    .into());
+                }
+                // Storage checks the batch (length, CRC, every record) before it stores it.
+                let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
+                vec![(partition, BytesMut::from(&raw[..]))]
+            }
+            Some(Payload::Records(list)) => {
+                let records = &list.records;
+                check_records(records)?;
+                let now = TimestampMs::now();
+                match explicit {
+                    Some(partition) => vec![(partition, encode(records, None, partition, now)?)],
+                    None => {
+                        // Keyless records of one request go together to one partition.
+                        let keyless = topic.round_robin.next(partitions);
+                        let routes: Vec<u32> = records
+                            .iter()
+                            .map(|r| match &r.key {
+                                Some(key) => partition_for_key(key, partitions),
+                                None => keyless,
+                            })
+                            .collect();
+                        let mut targets = routes.clone();
+                        targets.sort_unstable();
+                        targets.dedup();
+                        targets
+                            .into_iter()
+                            .map(|p| Ok((p, encode(records, Some(&routes), p, now)?)))
+                            .collect::<Result<_, RequestError>>()?
+                    }
+                }
+            }
+        };
+        let mut answers = Vec::with_capacity(batches.len());
+        for (partition, batch) in batches {
+            let answer = topic.partitions[partition as usize].submit(batch, acks).await?;
+            answers.push((partition, answer));
+        }
+        Ok(Pending { acks, answers })
+    }
+}
+
+type ProduceStreamItems = Pin<Box<dyn Stream<Item = Result<ProduceStreamResponse, Status>> + Send>>;
+
+fn stream_error(correlation_id: u64, error: &ServiceError) -> ProduceStreamResponse {
+    let status = to_status(error);
+    ProduceStreamResponse {
+        correlation_id,
+        result: Some(StreamResult::Error(ProduceError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl ProduceService for ProduceApi {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let pending = self.submit(request.into_inner()).await?;
+        Ok(Response::new(pending.wait().await?))
+    }
+
+    type ProduceStreamStream = ProduceStreamItems;
+
+    /// Two tasks: one reads requests and queues their batches (it stops reading while
+    /// `PRODUCE_STREAM_IN_FLIGHT_MAX` answers are outstanding), the other waits for the
+    /// answers in order and sends them back.
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let (in_flight, mut in_flight_rx) =
+            mpsc::channel::<(u64, Result<Pending, ServiceError>)>(PRODUCE_STREAM_IN_FLIGHT_MAX);
+        let (answers, answers_rx) = mpsc::channel(PRODUCE_STREAM_ANSWERS_QUEUED_MAX);
+        let api = self.clone();
+        let stop = self.broker.streams_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = requests.message() => next,
+                };
+                match next {
+                    Ok(Some(request)) => {
+                        let correlation_id = request.correlation_id;
+                        let pending = api.submit(request).await;
+                        if in_flight.send((correlation_id, pending)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "a produce stream ended with an error");
+                        break;
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((correlation_id, pending)) = in_flight_rx.recv().await {
+                let answer = match pending {
+                    Err(error) => Some(stream_error(correlation_id, &error)),
+                    Ok(pending) if pending.acks == AckLevel::None => pending
+                        .first_failure()
+                        .await
+                        .map(|error| stream_error(correlation_id, &error)),
+                    Ok(pending) => Some(match pending.wait().await {
+                        Ok(ok) => ProduceStreamResponse {
+                            correlation_id,
+                            result: Some(StreamResult::Ok(ok)),
+                        },
+                        Err(error) => stream_error(correlation_id, &error),
+                    }),
+                };
+                if let Some(answer) = answer
+                    && answers.send(Ok(answer)).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(answers_rx))))
+    }
+}
