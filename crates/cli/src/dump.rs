@@ -1,0 +1,213 @@
+//! `spool dump FILE`: reads a segment's log or index file offline, prints what it holds and
+//! every error found, and fails if it found any.
+//!
+//! The index layouts are those documented in spool-storage's `index` module (8-byte offset
+//! entries, 12-byte time entries, little-endian); storage does not export a decoder for them.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use spool_storage::batch::{self, BATCH_PREFIX_BYTES, BatchView};
+
+const OFFSET_ENTRY_BYTES: usize = 8;
+const TIME_ENTRY_BYTES: usize = 12;
+
+pub(crate) fn run(path: &Path, records: bool) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let base = name
+        .split('.')
+        .next()
+        .filter(|stem| stem.len() == 20)
+        .and_then(|stem| stem.parse::<u64>().ok());
+    let errors = if name.ends_with(".log") {
+        dump_log(path, records)?
+    } else if name.ends_with(".timeindex") {
+        dump_time_index(path, base)?
+    } else if name.ends_with(".index") {
+        dump_offset_index(path, base)?
+    } else {
+        bail!(
+            "{} is not a segment file: expected a name ending in .log, .index or .timeindex",
+            path.display()
+        );
+    };
+    if errors > 0 {
+        bail!("{}: {errors} error(s) found", path.display());
+    }
+    Ok(())
+}
+
+fn printable(bytes: Option<&[u8]>) -> String {
+    match bytes {
+        None => "null".to_owned(),
+        Some(bytes) => format!("{:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// Reads whole batches one at a time; returns the number of errors found.
+fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file_bytes = file.metadata()?.len();
+    let mut reader = BufReader::new(file);
+    let mut position = 0u64;
+    let mut expected_offset: Option<u64> = None;
+    let (mut batches, mut record_count, mut errors) = (0u64, 0u64, 0u64);
+    let mut buffer = Vec::new();
+    while position < file_bytes {
+        let mut prefix = [0u8; BATCH_PREFIX_BYTES];
+        let available = (file_bytes - position).min(BATCH_PREFIX_BYTES as u64) as usize;
+        reader.read_exact(&mut prefix[..available])?;
+        let batch_bytes = match batch::peek_prefix(&prefix[..available]) {
+            Ok((_, batch_bytes)) => batch_bytes as u64,
+            Err(error) => {
+                println!("position {position}: error: {error}; the rest of the file is not read");
+                errors += 1;
+                break;
+            }
+        };
+        if position + batch_bytes > file_bytes {
+            println!(
+                "position {position}: error: batch of {batch_bytes} bytes runs past the end of the file ({} bytes left): a torn write",
+                file_bytes - position
+            );
+            errors += 1;
+            break;
+        }
+        buffer.clear();
+        buffer.extend_from_slice(&prefix);
+        buffer.resize(batch_bytes as usize, 0);
+        reader.read_exact(&mut buffer[BATCH_PREFIX_BYTES..])?;
+        match batch::check_for_append(&buffer) {
+            Ok(header) => {
+                let base = header.base_offset.0;
+                println!(
+                    "position {position}: offsets {base}..={} ({} records), {batch_bytes} bytes, timestamps {}..={}, crc {:#010x} ok",
+                    header.last_offset().0,
+                    header.record_count,
+                    header.first_timestamp.0,
+                    header.max_timestamp.0,
+                    header.crc,
+                );
+                if let Some(expected) = expected_offset
+                    && expected != base
+                {
+                    println!(
+                        "position {position}: error: batch starts at offset {base}, but the previous one ended before {expected}"
+                    );
+                    errors += 1;
+                }
+                expected_offset = Some(header.next_offset().0);
+                if records {
+                    let view = BatchView::new(&buffer).expect("checked above");
+                    for record in view.records().flatten() {
+                        let headers: Vec<String> = record
+                            .headers()
+                            .flatten()
+                            .map(|h| {
+                                format!("{}={}", String::from_utf8_lossy(h.key), printable(h.value))
+                            })
+                            .collect();
+                        println!(
+                            "  offset {} timestamp {} key {} value {} headers [{}]",
+                            record.offset.0,
+                            record.timestamp.0,
+                            printable(record.key),
+                            printable(record.value),
+                            headers.join(", ")
+                        );
+                    }
+                }
+                batches += 1;
+                record_count += u64::from(header.record_count);
+            }
+            Err(error) => {
+                println!("position {position}: error: {error}");
+                errors += 1;
+            }
+        }
+        position += batch_bytes;
+    }
+    println!(
+        "{batches} batches, {record_count} records, {position} of {file_bytes} bytes read, {errors} error(s)"
+    );
+    Ok(errors)
+}
+
+/// Reads an index file's fixed-size entries. Trailing all-zero entries are the unused part of
+/// an active segment's preallocated index.
+fn read_entries(path: &Path, entry_bytes: usize) -> anyhow::Result<(Vec<Vec<u8>>, usize, u64)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut errors = 0;
+    if bytes.len() % entry_bytes != 0 {
+        println!(
+            "error: {} bytes is not a whole number of {entry_bytes}-byte entries",
+            bytes.len()
+        );
+        errors += 1;
+    }
+    let mut entries: Vec<Vec<u8>> = bytes.chunks_exact(entry_bytes).map(<[u8]>::to_vec).collect();
+    let used = entries.iter().rposition(|e| e.iter().any(|&b| b != 0)).map_or(0, |i| i + 1);
+    let unused = entries.len() - used;
+    entries.truncate(used);
+    Ok((entries, unused, errors))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn dump_offset_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
+    let (entries, unused, mut errors) = read_entries(path, OFFSET_ENTRY_BYTES)?;
+    let mut previous: Option<(u32, u32)> = None;
+    for (i, entry) in entries.iter().enumerate() {
+        let (relative, position) = (u32_at(entry, 0), u32_at(entry, 4));
+        let absolute =
+            base.map_or_else(String::new, |b| format!(" (offset {})", b + u64::from(relative)));
+        println!("entry {i}: relative offset {relative}{absolute} at position {position}");
+        if position == 0 {
+            println!("entry {i}: error: position 0 is never indexed (the first batch is implied)");
+            errors += 1;
+        }
+        if let Some((r, p)) = previous
+            && (relative <= r || position <= p)
+        {
+            println!("entry {i}: error: entries must strictly increase in offset and position");
+            errors += 1;
+        }
+        previous = Some((relative, position));
+    }
+    println!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
+    Ok(errors)
+}
+
+fn dump_time_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
+    let (entries, unused, mut errors) = read_entries(path, TIME_ENTRY_BYTES)?;
+    let mut previous: Option<(i64, u32)> = None;
+    for (i, entry) in entries.iter().enumerate() {
+        let timestamp = i64::from_le_bytes(entry[0..8].try_into().expect("8 bytes"));
+        let relative = u32_at(entry, 8);
+        let time = chrono::DateTime::from_timestamp_millis(timestamp)
+            .map_or_else(String::new, |t| {
+                format!(" ({})", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            });
+        let absolute =
+            base.map_or_else(String::new, |b| format!(" (offset {})", b + u64::from(relative)));
+        println!("entry {i}: timestamp {timestamp}{time} at relative offset {relative}{absolute}");
+        if let Some((t, r)) = previous
+            && (timestamp <= t || relative < r)
+        {
+            println!(
+                "entry {i}: error: timestamps must strictly increase and offsets not decrease"
+            );
+            errors += 1;
+        }
+        previous = Some((timestamp, relative));
+    }
+    println!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
+    Ok(errors)
+}

@@ -1,0 +1,172 @@
+//! Drives the real `spool` binary as a user would: `serve` on port 0, then `topic`,
+//! `produce`, `consume` and `dump` against it, then SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+
+const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    /// Starts `spool serve` on a free port and waits for the line that names it.
+    fn start(data: &Path) -> Served {
+        let mut child = Command::new(SPOOL)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (address_tx, address_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading after the address, so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("spool: listening on ") {
+                    let address = rest.split(',').next().unwrap().to_owned();
+                    let _ = address_tx.send(address);
+                }
+            }
+        });
+        let address = address_rx.recv().expect("the server prints its address");
+        Served { child, url: format!("http://{address}") }
+    }
+
+    fn spool(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(SPOOL)
+            .args(args)
+            .env("SPOOL_SERVER", &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// SIGTERM, as a service manager would stop it; returns whether it exited 0.
+    fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn produce_and_consume_through_the_spool_binary() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path());
+
+    let created = stdout(&served.spool(&["topic", "create", "orders", "--partitions", "2"], ""));
+    assert!(created.starts_with("orders\tpartitions=2\tfsync=always"), "{created}");
+
+    let produced = served.spool(
+        &[
+            "produce",
+            "orders",
+            "--partition",
+            "1",
+            "--key",
+            "customer-9",
+            "--header",
+            "source=test",
+        ],
+        "first order\nsecond order\nthird order\n",
+    );
+    stdout(&produced);
+    let values = stdout(&served.spool(&["consume", "orders", "--partition", "1"], ""));
+    assert_eq!(values, "first order\nsecond order\nthird order\n");
+
+    let json = stdout(&served.spool(
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            "1",
+            "--from",
+            "1",
+            "--count",
+            "1",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let event: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(event["topic"], "orders");
+    assert_eq!(event["partition"], 1);
+    assert_eq!(event["offset"], 1);
+    assert_eq!(event["key"], "customer-9");
+    assert_eq!(event["value"], "second order");
+    assert_eq!(event["headers"][0]["key"], "source");
+    assert_eq!(event["headers"][0]["value"], "test");
+
+    // Every partition, from a time before all of them.
+    let everything =
+        stdout(&served.spool(&["consume", "orders", "--from", "2000-01-01T00:00:00Z"], ""));
+    assert_eq!(everything.lines().count(), 3);
+
+    let described = stdout(&served.spool(&["topic", "describe", "orders"], ""));
+    assert!(described.contains("partition 1\tlog_start_offset=0\tlog_end_offset=3"), "{described}");
+
+    // Errors are one line and a non-zero exit.
+    let missing = served.spool(&["produce", "nowhere"], "lost\n");
+    assert!(!missing.status.success());
+    let message = String::from_utf8(missing.stderr).unwrap();
+    assert!(message.contains("topic nowhere does not exist (NOT_FOUND)"), "{message}");
+    let out_of_range = served.spool(&["consume", "orders", "--partition", "0", "--from", "7"], "");
+    assert!(!out_of_range.status.success());
+    let message = String::from_utf8(out_of_range.stderr).unwrap();
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("OUT_OF_RANGE"), "{message}");
+
+    assert!(served.terminate(), "spool serve exits 0 on SIGTERM");
+    assert!(data.path().join("topics/orders/1/clean-shutdown").exists());
+
+    // The stored segment reads back offline, and damage is reported.
+    let segment = data.path().join("topics/orders/1/00000000000000000000.log");
+    let dumped = Command::new(SPOOL).arg("dump").arg(&segment).output().unwrap();
+    let text = stdout(&dumped);
+    assert!(text.contains("offsets 0..=2 (3 records)"), "{text}");
+    assert!(text.contains("crc") && text.contains("ok"), "{text}");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let damaged = Command::new(SPOOL).arg("dump").arg(&segment).output().unwrap();
+    assert!(!damaged.status.success());
+    assert!(String::from_utf8_lossy(&damaged.stdout).contains("CRC mismatch"));
+    let index = data.path().join("topics/orders/1/00000000000000000000.index");
+    stdout(&Command::new(SPOOL).arg("dump").arg(&index).output().unwrap());
+}
+
+#[test]
+fn a_server_that_cannot_start_says_why_in_one_line() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(SPOOL)
+        .args(["serve", "--listen", "not-an-address", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8(output.stderr).unwrap();
+    assert!(message.starts_with("spool: cannot listen on not-an-address"), "{message}");
+}

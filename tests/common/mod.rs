@@ -1,0 +1,211 @@
+//! An in-process server on 127.0.0.1:0 over a temporary data directory, and clients for it.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spool_broker::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
+use spool_proto::v1::consume_service_client::ConsumeServiceClient;
+use spool_proto::v1::fsync_policy::Policy;
+use spool_proto::v1::produce_request::Payload;
+use spool_proto::v1::produce_service_client::ProduceServiceClient;
+use spool_proto::v1::start_position::Position;
+use spool_proto::v1::topic_service_client::TopicServiceClient;
+use spool_proto::v1::{
+    Acks, ConsumedRecord, CreateTopicRequest, FetchRequest, FetchResponse, FsyncPolicy, Header,
+    ProduceRequest, ProduceResponse, Record, RecordList, StartPosition, SubscribeRequest,
+    TopicConfig,
+};
+use spool_server::{Metrics, Server};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub struct TestServer {
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), spool_server::RunError>>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let server = Server::open(data_dir).await.unwrap();
+        let metrics = server.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            address,
+            data_dir: data_dir.to_path_buf(),
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts the server down as a signal would, and checks it stopped cleanly.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.address.clone()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn topics(&self) -> TopicServiceClient<Channel> {
+        TopicServiceClient::new(self.channel().await)
+    }
+
+    pub async fn producer(&self) -> ProduceServiceClient<Channel> {
+        ProduceServiceClient::new(self.channel().await).max_encoding_message_size(REQUEST_BYTES_MAX)
+    }
+
+    pub async fn consumer(&self) -> ConsumeServiceClient<Channel> {
+        ConsumeServiceClient::new(self.channel().await)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32, fsync: Policy) {
+        self.topics()
+            .await
+            .create_topic(CreateTopicRequest {
+                name: name.to_owned(),
+                config: Some(TopicConfig {
+                    partitions,
+                    fsync: Some(FsyncPolicy { policy: Some(fsync) }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        records: Vec<Record>,
+    ) -> Result<ProduceResponse, Status> {
+        self.producer()
+            .await
+            .produce(ProduceRequest {
+                correlation_id: 0,
+                topic: topic.to_owned(),
+                partition,
+                acks: Acks::Unspecified as i32,
+                payload: Some(Payload::Records(RecordList { records })),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<FetchResponse, Status> {
+        self.consumer()
+            .await
+            .fetch(FetchRequest {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                max_bytes: 0,
+                max_wait_ms: 0,
+                encoding: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every record of a partition from `offset` to its visible end, by repeated fetches.
+    pub async fn fetch_all(
+        &self,
+        topic: &str,
+        partition: u32,
+        mut offset: u64,
+    ) -> Vec<ConsumedRecord> {
+        let mut records = Vec::new();
+        loop {
+            let fetched = self.fetch(topic, partition, offset).await.unwrap();
+            records.extend(fetched.records);
+            if fetched.next_offset >= fetched.log_end_offset {
+                return records;
+            }
+            offset = fetched.next_offset;
+        }
+    }
+
+    /// Replays a partition from `position` to the end as it is now, through Subscribe.
+    pub async fn replay(
+        &self,
+        topic: &str,
+        partition: u32,
+        position: Position,
+    ) -> Result<Vec<ConsumedRecord>, Status> {
+        let mut stream = self
+            .consumer()
+            .await
+            .subscribe(SubscribeRequest {
+                topic: topic.to_owned(),
+                partition,
+                start: Some(StartPosition { position: Some(position) }),
+                encoding: 0,
+                stop_at_end: true,
+            })
+            .await?
+            .into_inner();
+        let mut records = Vec::new();
+        while let Some(message) = stream.message().await? {
+            records.extend(message.records);
+        }
+        Ok(records)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn record(value: &str) -> Record {
+    Record {
+        key: None,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: Vec::new(),
+        timestamp_ms: None,
+    }
+}
+
+pub fn keyed(key: &str, value: &str) -> Record {
+    Record { key: Some(Bytes::copy_from_slice(key.as_bytes())), ..record(value) }
+}
+
+pub fn header(key: &str, value: &str) -> Header {
+    Header { key: key.to_owned(), value: Some(Bytes::copy_from_slice(value.as_bytes())) }
+}
+
+pub fn value(record: &ConsumedRecord) -> &str {
+    std::str::from_utf8(record.value.as_deref().unwrap()).unwrap()
+}
+
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, message_has: &str) {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(message_has), "{:?} lacks {message_has:?}", status.message());
+}

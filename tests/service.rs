@@ -1,0 +1,781 @@
+//! End-to-end tests of the gRPC service against an in-process server on 127.0.0.1:0.
+//! No test sleeps waiting for something: each waits on the event it expects.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{TestServer, assert_code, header, keyed, record, value};
+use spool_broker::limits::SUBSCRIBE_READ_BYTES;
+use spool_broker::partitioner::partition_for_key;
+use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_proto::v1::produce_request::Payload;
+use spool_proto::v1::produce_stream_response::Result as StreamResult;
+use spool_proto::v1::start_position::{Earliest, Latest, Position};
+use spool_proto::v1::{
+    Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, Encoding, FetchRequest,
+    ListTopicsRequest, ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
+    TopicConfig,
+};
+use spool_storage::TimestampMs;
+use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, ProducerStamp};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn always() -> Policy {
+    Policy::Always(Always {})
+}
+
+#[tokio::test]
+async fn topics_are_created_listed_described_and_deleted() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    let mut topics = server.topics().await;
+    server.create_topic("orders", 3, always()).await;
+    server.create_topic("audit.log-v1", 1, Policy::Never(Never {})).await;
+
+    let listed = topics.list_topics(ListTopicsRequest {}).await.unwrap().into_inner();
+    let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["audit.log-v1", "orders"]);
+
+    server.produce("orders", Some(1), vec![record("a"), record("b")]).await.unwrap();
+    let described = topics
+        .describe_topic(DescribeTopicRequest { name: "orders".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(described.config.unwrap().partitions, 3);
+    let ends: Vec<_> = described
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.log_start_offset, p.log_end_offset))
+        .collect();
+    assert_eq!(ends, [(0, 0, 0), (1, 0, 2), (2, 0, 0)]);
+    assert!(described.partitions[1].size_bytes > 0);
+    assert!(described.partitions.iter().all(|p| p.fenced_reason.is_none()));
+
+    topics.delete_topic(DeleteTopicRequest { name: "orders".into() }).await.unwrap();
+    assert!(!data.path().join("topics/orders").exists());
+    assert_code(
+        topics.describe_topic(DescribeTopicRequest { name: "orders".into() }).await,
+        Code::NotFound,
+        "topic orders does not exist",
+    );
+    // The name is free again, and the new topic starts empty.
+    server.create_topic("orders", 1, always()).await;
+    assert!(server.fetch_all("orders", 0, 0).await.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn records_go_by_key_hash_explicit_partition_or_round_robin() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("events", 4, always()).await;
+
+    let mut with_headers = keyed("user-7", "signed up");
+    with_headers.headers = vec![header("trace", "abc"), header("trace", "def")];
+    with_headers.headers.push(spool_proto::v1::Header { key: "flag".into(), value: None });
+    let keys = ["user-1", "user-2", "user-3", "user-4", "user-5"];
+    let mut records: Vec<Record> =
+        keys.iter().map(|k| keyed(k, &format!("value of {k}"))).collect();
+    records.push(with_headers);
+    let produced = server.produce("events", None, records).await.unwrap();
+    // One append per partition the keys hash to, in partition order.
+    let mut expected: Vec<u32> =
+        keys.iter().chain(["user-7"].iter()).map(|k| partition_for_key(k.as_bytes(), 4)).collect();
+    expected.sort_unstable();
+    expected.dedup();
+    let partitions: Vec<u32> = produced.appends.iter().map(|a| a.partition).collect();
+    assert_eq!(partitions, expected);
+
+    for key in keys {
+        let partition = partition_for_key(key.as_bytes(), 4);
+        let found = server.fetch_all("events", partition, 0).await;
+        let found = found.iter().find(|r| r.key.as_deref() == Some(key.as_bytes())).unwrap();
+        assert_eq!(value(found), format!("value of {key}"));
+    }
+    let partition = partition_for_key(b"user-7", 4);
+    let found = server.fetch_all("events", partition, 0).await;
+    let signed_up = found.iter().find(|r| r.key.as_deref() == Some(&b"user-7"[..])).unwrap();
+    assert_eq!(signed_up.headers.len(), 3);
+    assert_eq!(signed_up.headers[0], header("trace", "abc"));
+    assert_eq!(signed_up.headers[1], header("trace", "def"));
+    assert_eq!(signed_up.headers[2].value, None);
+
+    // An explicit partition wins over the key.
+    let produced =
+        server.produce("events", Some(3), vec![keyed("user-1", "x"), record("y")]).await.unwrap();
+    assert_eq!(produced.appends.len(), 1);
+    let append = &produced.appends[0];
+    assert_eq!((append.partition, append.last_offset - append.base_offset), (3, 1));
+    let tail = server.fetch_all("events", 3, append.base_offset).await;
+    assert_eq!(tail.iter().map(value).collect::<Vec<_>>(), ["x", "y"]);
+    assert_eq!(tail[0].offset, append.base_offset);
+
+    // Records without key or partition go round-robin, one partition per request.
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let produced = server.produce("events", None, vec![record(&i.to_string())]).await.unwrap();
+        seen.push(produced.appends[0].partition);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_from_an_offset_a_timestamp_earliest_and_latest() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 1, always()).await;
+    for i in 0..10 {
+        let mut r = record(&format!("r{i}"));
+        r.timestamp_ms = Some(1_000 * (i + 1));
+        server.produce("t", Some(0), vec![r]).await.unwrap();
+    }
+    let values = |records: Vec<spool_proto::v1::ConsumedRecord>| {
+        records.iter().map(|r| value(r).to_owned()).collect::<Vec<_>>()
+    };
+    let all = server.replay("t", 0, Position::Earliest(Earliest {})).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(all[3].timestamp_ms, 4_000);
+
+    let from_offset = server.replay("t", 0, Position::Offset(7)).await.unwrap();
+    assert_eq!(values(from_offset), ["r7", "r8", "r9"]);
+    // Between two records' timestamps: the first at or after it.
+    let from_time = server.replay("t", 0, Position::TimestampMs(7_500)).await.unwrap();
+    assert_eq!(values(from_time), ["r7", "r8", "r9"]);
+    let exact_time = server.replay("t", 0, Position::TimestampMs(2_000)).await.unwrap();
+    assert_eq!(exact_time.len(), 9);
+    assert!(server.replay("t", 0, Position::TimestampMs(99_000)).await.unwrap().is_empty());
+    assert!(server.replay("t", 0, Position::Latest(Latest {})).await.unwrap().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_follows_the_live_end_while_another_task_produces() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("live", 1, always()).await;
+    server.produce("live", Some(0), vec![record("before")]).await.unwrap();
+    let mut stream = server
+        .consumer()
+        .await
+        .subscribe(SubscribeRequest {
+            topic: "live".into(),
+            partition: 0,
+            start: Some(StartPosition { position: Some(Position::Earliest(Earliest {})) }),
+            encoding: 0,
+            stop_at_end: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(value(&first.records[0]), "before");
+
+    let producer = server.producer().await;
+    let produce = tokio::spawn(async move {
+        let mut producer = producer;
+        for i in 0..200 {
+            producer
+                .produce(ProduceRequest {
+                    correlation_id: 0,
+                    topic: "live".into(),
+                    partition: Some(0),
+                    acks: Acks::All as i32,
+                    payload: Some(Payload::Records(RecordList {
+                        records: vec![record(&i.to_string())],
+                    })),
+                })
+                .await
+                .unwrap();
+        }
+    });
+    let mut next = 1;
+    while next <= 200 {
+        let message = stream.message().await.unwrap().unwrap();
+        for r in &message.records {
+            assert_eq!(r.offset, next, "no gap, no repeat");
+            assert_eq!(value(r), (next - 1).to_string());
+            next += 1;
+        }
+    }
+    produce.await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn fetch_long_polls_until_a_record_arrives() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("poll", 1, always()).await;
+    let mut consumer = server.consumer().await;
+    let waiting = tokio::spawn(async move {
+        consumer
+            .fetch(FetchRequest {
+                topic: "poll".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 0,
+                max_wait_ms: 60_000,
+                encoding: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    server.produce("poll", Some(0), vec![record("hello")]).await.unwrap();
+    let fetched = tokio::time::timeout(Duration::from_secs(30), waiting).await.unwrap().unwrap();
+    assert_eq!(fetched.records.len(), 1);
+    assert_eq!(value(&fetched.records[0]), "hello");
+    assert_eq!((fetched.next_offset, fetched.log_end_offset), (1, 1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("raw", 1, always()).await;
+    server.produce("raw", Some(0), vec![record("first")]).await.unwrap();
+    let mut builder = BatchBuilder::new(BytesMut::new());
+    builder.push(TimestampMs(5), Some(b"k"), Some(b"v1"), &[(b"h", Some(b"x"))]);
+    builder.push(TimestampMs(6), None, Some(b"v2"), &[]);
+    let batch = builder.finish(ProducerStamp::NONE).freeze();
+    let produced = server
+        .producer()
+        .await
+        .produce(ProduceRequest {
+            correlation_id: 0,
+            topic: "raw".into(),
+            partition: Some(0),
+            acks: Acks::Leader as i32,
+            payload: Some(Payload::RawBatch(batch.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((produced.appends[0].base_offset, produced.appends[0].last_offset), (1, 2));
+
+    // Served raw: the same bytes, with only the fields stamped at append changed.
+    let fetched = server
+        .consumer()
+        .await
+        .fetch(FetchRequest {
+            topic: "raw".into(),
+            partition: 0,
+            offset: 1,
+            max_bytes: 0,
+            max_wait_ms: 0,
+            encoding: Encoding::RawBatch as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fetched.records.is_empty());
+    let stored = BatchIter::new(&fetched.raw_batches).next().unwrap().unwrap();
+    assert_eq!(stored.header().base_offset.0, 1);
+    assert_eq!(stored.as_bytes().len(), batch.len());
+    assert_eq!(stored.header().crc, batch::check(&batch).unwrap().crc);
+    assert_eq!(&stored.as_bytes()[BATCH_HEADER_BYTES..], &batch[BATCH_HEADER_BYTES..]);
+
+    // And decoded for a plain protobuf consumer.
+    let decoded = server.fetch_all("raw", 0, 1).await;
+    assert_eq!(decoded.iter().map(value).collect::<Vec<_>>(), ["v1", "v2"]);
+    assert_eq!(decoded[0].headers, [header("h", "x")]);
+    assert_eq!(decoded[1].timestamp_ms, 6);
+
+    // A batch whose CRC does not match is refused, and nothing is stored.
+    let mut damaged = batch.to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let refused = server
+        .producer()
+        .await
+        .produce(ProduceRequest {
+            correlation_id: 0,
+            topic: "raw".into(),
+            partition: Some(0),
+            acks: Acks::All as i32,
+            payload: Some(Payload::RawBatch(Bytes::from(damaged))),
+        })
+        .await;
+    assert_code(refused, Code::InvalidArgument, "CRC mismatch");
+    assert_eq!(server.fetch_all("raw", 0, 0).await.len(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_produce_stream_answers_by_correlation_id_and_survives_bad_requests() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("s", 2, always()).await;
+    let request = |id: u64, topic: &str, acks: Acks| ProduceRequest {
+        correlation_id: id,
+        topic: topic.into(),
+        partition: Some(1),
+        acks: acks as i32,
+        payload: Some(Payload::Records(RecordList { records: vec![record(&id.to_string())] })),
+    };
+    let requests = vec![
+        request(10, "s", Acks::All),
+        request(11, "missing", Acks::All),
+        request(12, "s", Acks::None),
+        request(13, "s", Acks::Leader),
+        request(14, "missing", Acks::None),
+    ];
+    let answers: Vec<_> = server
+        .producer()
+        .await
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|a| match a.result.as_ref().unwrap() {
+            StreamResult::Ok(ok) => (a.correlation_id, Ok(ok.appends[0].base_offset)),
+            StreamResult::Error(e) => (a.correlation_id, Err(e.code)),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (10, Ok(0)),
+            (11, Err(Code::NotFound as i32)),
+            (13, Ok(2)),
+            (14, Err(Code::NotFound as i32)),
+        ]
+    );
+    let stored = server.fetch_all("s", 1, 0).await;
+    assert_eq!(stored.iter().map(value).collect::<Vec<_>>(), ["10", "12", "13"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_data_directory_replays_everything_unchanged() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("keep", 2, always()).await;
+    server.create_topic("later", 1, Policy::IntervalMs(5)).await;
+    for i in 0..50 {
+        let mut r = keyed(&format!("k{i}"), &format!("v{i}"));
+        r.headers = vec![header("i", &i.to_string())];
+        server.produce("keep", None, vec![r]).await.unwrap();
+        server.produce("later", Some(0), vec![record(&i.to_string())]).await.unwrap();
+    }
+    let before = [
+        server.fetch_all("keep", 0, 0).await,
+        server.fetch_all("keep", 1, 0).await,
+        server.fetch_all("later", 0, 0).await,
+    ];
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 100);
+    server.shutdown().await;
+    // Closed cleanly: the next start trusts the files instead of scanning them.
+    assert!(data.path().join("topics/keep/0/clean-shutdown").exists());
+    assert!(data.path().join("topics/later/0/clean-shutdown").exists());
+
+    let server = TestServer::start(data.path()).await;
+    let after = [
+        server.fetch_all("keep", 0, 0).await,
+        server.fetch_all("keep", 1, 0).await,
+        server.fetch_all("later", 0, 0).await,
+    ];
+    assert_eq!(before, after);
+    // New records continue the offsets.
+    let produced = server.produce("later", Some(0), vec![record("50")]).await.unwrap();
+    assert_eq!(produced.appends[0].base_offset, 50);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_error_has_its_status_code() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 2, always()).await;
+    server.create_topic("unsynced", 1, Policy::Never(Never {})).await;
+    server.produce("t", Some(0), vec![record("a"), record("b")]).await.unwrap();
+    let mut topics = server.topics().await;
+    let create = |name: &str, partitions: u32| CreateTopicRequest {
+        name: name.into(),
+        config: Some(TopicConfig { partitions, ..Default::default() }),
+    };
+
+    // NOT_FOUND
+    assert_code(
+        server.produce("nope", None, vec![record("x")]).await,
+        Code::NotFound,
+        "topic nope does not exist",
+    );
+    assert_code(server.fetch("nope", 0, 0).await, Code::NotFound, "does not exist");
+    assert_code(server.fetch("t", 2, 0).await, Code::NotFound, "partition 2 does not exist");
+    assert_code(
+        server.replay("nope", 0, Position::Earliest(Earliest {})).await,
+        Code::NotFound,
+        "nope",
+    );
+    assert_code(
+        topics.delete_topic(DeleteTopicRequest { name: "nope".into() }).await,
+        Code::NotFound,
+        "nope",
+    );
+
+    // ALREADY_EXISTS
+    assert_code(
+        topics.create_topic(create("t", 1)).await,
+        Code::AlreadyExists,
+        "topic t already exists",
+    );
+
+    // INVALID_ARGUMENT: names, configuration, records, batches, fetch sizes, enum values.
+    for bad in ["", ".", "..", "a/b", "../../etc", "spaces here", &"x".repeat(250)] {
+        assert_code(topics.create_topic(create(bad, 1)).await, Code::InvalidArgument, "topic name");
+    }
+    assert_code(
+        topics.create_topic(create("many", 100_000)).await,
+        Code::InvalidArgument,
+        "partition count 100000",
+    );
+    assert_code(
+        server.produce("t", Some(0), vec![]).await,
+        Code::InvalidArgument,
+        "empty record list",
+    );
+    let mut late = record("x");
+    late.timestamp_ms = Some(-1);
+    assert_code(
+        server.produce("t", Some(0), vec![late]).await,
+        Code::InvalidArgument,
+        "timestamp -1",
+    );
+    let mut crowded = record("x");
+    crowded.headers = (0..65).map(|i| header(&i.to_string(), "v")).collect();
+    assert_code(
+        server.produce("t", Some(0), vec![crowded]).await,
+        Code::InvalidArgument,
+        "65 headers",
+    );
+    let big = Record { value: Some(Bytes::from(vec![7u8; 4 * 1024 * 1024])), ..record("") };
+    assert_code(
+        server.produce("t", Some(0), vec![big.clone(), big.clone()]).await,
+        Code::InvalidArgument,
+        "over the batch limit",
+    );
+    // A message over the server's decoding limit is refused by tonic before it is decoded
+    // (tonic answers OUT_OF_RANGE for that), and the server goes on.
+    let oversized = ProduceRequest {
+        correlation_id: 0,
+        topic: "t".into(),
+        partition: Some(0),
+        acks: 0,
+        payload: Some(Payload::Records(RecordList {
+            records: vec![big.clone(), big.clone(), big],
+        })),
+    };
+    let mut unlimited =
+        spool_proto::v1::produce_service_client::ProduceServiceClient::new(server.channel().await)
+            .max_encoding_message_size(usize::MAX);
+    assert_code(unlimited.produce(oversized).await, Code::OutOfRange, "message length too large");
+    let mut producer = server.producer().await;
+    let raw = |bytes: &[u8]| ProduceRequest {
+        correlation_id: 0,
+        topic: "t".into(),
+        partition: Some(0),
+        acks: 0,
+        payload: Some(Payload::RawBatch(Bytes::copy_from_slice(bytes))),
+    };
+    assert_code(
+        producer.produce(raw(b"not a batch")).await,
+        Code::InvalidArgument,
+        "invalid batch",
+    );
+    let no_payload = ProduceRequest { payload: None, ..raw(b"") };
+    assert_code(producer.produce(no_payload).await, Code::InvalidArgument, "no records");
+    let bad_acks = ProduceRequest {
+        acks: 42,
+        payload: Some(Payload::Records(RecordList { records: vec![record("x")] })),
+        ..raw(b"")
+    };
+    assert_code(producer.produce(bad_acks).await, Code::InvalidArgument, "acks is 42");
+    let mut consumer = server.consumer().await;
+    let fetch = |max_bytes, max_wait_ms| FetchRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes,
+        max_wait_ms,
+        encoding: 0,
+    };
+    assert_code(consumer.fetch(fetch(u32::MAX, 0)).await, Code::InvalidArgument, "max_bytes");
+    assert_code(consumer.fetch(fetch(0, 3_600_000)).await, Code::InvalidArgument, "max_wait_ms");
+
+    // OUT_OF_RANGE, with the valid range in the message.
+    assert_code(server.fetch("t", 0, 3).await, Code::OutOfRange, "the log holds offsets 0..2");
+    assert_code(server.replay("t", 0, Position::Offset(9)).await, Code::OutOfRange, "offsets 0..2");
+
+    // FAILED_PRECONDITION: acks=all on a topic that never syncs.
+    let all_on_never = ProduceRequest {
+        topic: "unsynced".into(),
+        acks: Acks::All as i32,
+        payload: Some(Payload::Records(RecordList { records: vec![record("x")] })),
+        ..raw(b"")
+    };
+    assert_code(
+        producer.produce(all_on_never).await,
+        Code::FailedPrecondition,
+        "fsync policy `never`",
+    );
+    // ...while the default on such a topic is acknowledged once appended.
+    server.produce("unsynced", Some(0), vec![record("x")]).await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_damaged_partition_answers_data_loss_and_stays_readable_up_to_the_damage() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 1, always()).await;
+    for i in 0..3 {
+        server.produce("t", Some(0), vec![record(&format!("record {i}"))]).await.unwrap();
+    }
+    server.shutdown().await;
+    // Flip a byte inside the second batch: a bad batch followed by a good one is damage, not a
+    // torn tail, so the partition opens fenced.
+    let segment = data.path().join("topics/t/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let first_batch_bytes = 12 + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[first_batch_bytes + BATCH_HEADER_BYTES + 2] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let server = TestServer::start(data.path()).await;
+    assert_code(
+        server.produce("t", Some(0), vec![record("more")]).await,
+        Code::DataLoss,
+        "damaged",
+    );
+    let described = server
+        .topics()
+        .await
+        .describe_topic(DescribeTopicRequest { name: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let reason = described.topic.unwrap().partitions[0].fenced_reason.clone().unwrap();
+    assert!(reason.contains("spool dump"), "{reason}");
+    let readable = server.fetch_all("t", 0, 0).await;
+    assert_eq!(readable.iter().map(value).collect::<Vec<_>>(), ["record 0"]);
+    server.shutdown().await;
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_resource_exhausted() {
+    // Mounting needs root; where it is refused, the status mapping is still covered by the
+    // server's unit tests (error::tests::codes).
+    let Some(disk) = SmallDisk::mount(2 * 1024 * 1024) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let server = TestServer::start(disk.0.path()).await;
+    server.create_topic("t", 1, always()).await;
+    let chunk = Record { value: Some(Bytes::from(vec![1u8; 100 * 1024])), ..record("") };
+    let mut stored = 0;
+    let full = loop {
+        match server.produce("t", Some(0), vec![chunk.clone()]).await {
+            Ok(_) => stored += 1,
+            Err(status) => break status,
+        }
+        assert!(stored < 100, "a 2 MiB disk cannot hold 10 MiB");
+    };
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("no space left"), "{}", full.message());
+    // What was acknowledged is still there.
+    assert_eq!(server.fetch_all("t", 0, 0).await.len(), stored);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_holds_bounded_server_memory() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("firehose", 1, Policy::Never(Never {})).await;
+    // A subscriber that takes nothing after opening its stream.
+    let mut idle = server
+        .consumer()
+        .await
+        .subscribe(SubscribeRequest {
+            topic: "firehose".into(),
+            partition: 0,
+            start: Some(StartPosition { position: Some(Position::Earliest(Earliest {})) }),
+            encoding: 0,
+            stop_at_end: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // 32 MiB in 64 KiB records, far more than the subscriber may hold.
+    let value = Bytes::from(vec![b'x'; 64 * 1024]);
+    let batches = 512;
+    let mut producer = server.producer().await;
+    for _ in 0..batches {
+        producer
+            .produce(ProduceRequest {
+                correlation_id: 0,
+                topic: "firehose".into(),
+                partition: Some(0),
+                acks: Acks::Leader as i32,
+                payload: Some(Payload::Records(RecordList {
+                    records: vec![Record { value: Some(value.clone()), ..record("") }],
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    let produced_bytes = (batches * value.len()) as u64;
+    // The subscription fills its bounded queue and then waits for its client.
+    let metrics = server.metrics.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        metrics.wait_for(|m| m.subscribers_waiting_on_client() == 1),
+    )
+    .await
+    .expect("the subscription blocks on its client");
+    // Queue depth 2 plus the message waiting to enter it, each one read of at most
+    // SUBSCRIBE_READ_BYTES (the batches here are smaller than a read).
+    let bound = 3 * u64::from(SUBSCRIBE_READ_BYTES);
+    let held = metrics.subscriber_buffered_bytes();
+    assert!(held <= bound, "a subscriber holds {held} bytes, over {bound}");
+    assert!(produced_bytes > 10 * bound);
+
+    // It fell behind but lost nothing: reading now yields every record in order.
+    let mut next = 0;
+    while next < batches as u64 {
+        let message = idle.message().await.unwrap().unwrap();
+        for r in &message.records {
+            assert_eq!(r.offset, next);
+            next += 1;
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_what_was_acknowledged_and_closes_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 1, always()).await;
+    let requests: Vec<_> = (0..300)
+        .map(|i| ProduceRequest {
+            correlation_id: i,
+            topic: "t".into(),
+            partition: Some(0),
+            acks: Acks::All as i32,
+            payload: Some(Payload::Records(RecordList { records: vec![record(&i.to_string())] })),
+        })
+        .collect();
+    let answers: Vec<_> = server
+        .producer()
+        .await
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 300);
+    // A follower is connected while the server stops: it is told, not left hanging.
+    let mut follower = server
+        .consumer()
+        .await
+        .subscribe(SubscribeRequest {
+            topic: "t".into(),
+            partition: 0,
+            start: Some(StartPosition { position: Some(Position::Latest(Latest {})) }),
+            encoding: 0,
+            stop_at_end: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server.shutdown().await;
+    let ended = follower.message().await;
+    assert!(
+        matches!(&ended, Err(s) if s.code() == Code::Unavailable) || matches!(ended, Ok(None)),
+        "{ended:?}"
+    );
+
+    let server = TestServer::start(data.path()).await;
+    let stored = server.fetch_all("t", 0, 0).await;
+    assert_eq!(stored.len(), 300);
+    assert!(stored.iter().enumerate().all(|(i, r)| value(r) == i.to_string()));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_never_panics_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 1, always()).await;
+    let mut producer = server.producer().await;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..300 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 300) as usize;
+        let mut bytes: Vec<u8> =
+            (0..len).map(|i| (state.rotate_left(i as u32 % 64) >> 5) as u8).collect();
+        // Half the rounds get a plausible header, so the checks past the length run too.
+        if round % 2 == 0 && bytes.len() >= 54 {
+            let length = (bytes.len() - 12) as u32;
+            bytes[8..12].copy_from_slice(&length.to_le_bytes());
+            bytes[12] = 0xB5;
+            bytes[13] = 1;
+        }
+        let result = producer
+            .produce(ProduceRequest {
+                correlation_id: 0,
+                topic: "t".into(),
+                partition: Some(0),
+                acks: 0,
+                payload: Some(Payload::RawBatch(Bytes::from(bytes))),
+            })
+            .await;
+        assert_code(result, Code::InvalidArgument, "batch");
+    }
+    // Still serving.
+    server.produce("t", Some(0), vec![record("fine")]).await.unwrap();
+    server.shutdown().await;
+}
