@@ -7,8 +7,9 @@
 //! throws away everything that was not durable: unsynced writes, and files created, renamed or
 //! removed without a directory sync. Directories themselves are durable once created.
 //!
-//! Crashes here lose whole unsynced writes; torn and reordered writes are a later refinement
-//! of the same model.
+//! [`SimFileSystem::crash`] loses every unsynced change; [`SimFileSystem::crash_seeded`] keeps,
+//! tears or drops each one independently, driven by a seed, so unsynced writes also land torn
+//! and out of order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -52,6 +53,75 @@ struct Inode {
 struct InodeData {
     current: Vec<u8>,
     durable: Vec<u8>,
+    /// Changes since the last sync, in order: what a seeded crash may keep, tear or drop.
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write { position: usize, bytes: Vec<u8> },
+    SetLen(usize),
+}
+
+impl InodeData {
+    fn make_durable(&mut self) {
+        self.durable = self.current.clone();
+        self.pending.clear();
+    }
+
+    /// What the disk holds after a power loss: the durable bytes, then each pending change
+    /// kept whole, torn (a prefix of it kept) or dropped, independently, so later writes may
+    /// land while earlier ones are lost, leaving zeros between.
+    fn after_power_loss(&self, rng: &mut Rng) -> Vec<u8> {
+        let mut data = self.durable.clone();
+        for change in &self.pending {
+            match change {
+                Pending::Write { position, bytes } => {
+                    let kept = match rng.below(4) {
+                        0 => continue,
+                        1 => rng.below(bytes.len() as u64 + 1) as usize,
+                        _ => bytes.len(),
+                    };
+                    if kept == 0 {
+                        continue;
+                    }
+                    let end = position + kept;
+                    if data.len() < end {
+                        data.resize(end, 0);
+                    }
+                    data[*position..end].copy_from_slice(&bytes[..kept]);
+                }
+                Pending::SetLen(len) => {
+                    if rng.below(2) == 0 {
+                        data.resize(*len, 0);
+                    }
+                }
+            }
+        }
+        data
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a crash replays from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +154,39 @@ impl SimFileSystem {
         for inode in state.files.values() {
             let mut data = lock(&inode.data);
             data.current = data.durable.clone();
+            data.pending.clear();
         }
+    }
+
+    /// Simulates power loss the hard way, driven by `seed`: each unsynced write to a file may
+    /// survive whole, torn at any byte, or not at all, independently of the others (so they
+    /// may land out of order); each unsynced length change may or may not survive; each file
+    /// created or removed without a directory sync may or may not be there.
+    pub fn crash_seeded(&self, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let mut files = state.durable_files.clone();
+        for (path, inode) in &state.files {
+            if !files.contains_key(path) && rng.below(2) == 0 {
+                files.insert(path.clone(), inode.clone());
+            }
+        }
+        for (path, inode) in &state.durable_files {
+            if !state.files.contains_key(path) && rng.below(2) == 0 {
+                files.remove(path);
+                let _ = inode;
+            }
+        }
+        for inode in files.values() {
+            let mut data = lock(&inode.data);
+            let survived = data.after_power_loss(&mut rng);
+            data.current = survived.clone();
+            data.durable = survived;
+            data.pending.clear();
+        }
+        state.files = files.clone();
+        state.durable_files = files;
     }
 
     /// The current bytes of a file, for tests that inspect or damage files.
@@ -101,6 +203,7 @@ impl SimFileSystem {
         let mut data = lock(&inode.data);
         data.current = bytes.to_vec();
         data.durable = bytes.to_vec();
+        data.pending.clear();
     }
 
     fn used_bytes(state: &State) -> u64 {
@@ -236,6 +339,7 @@ impl File for SimFile {
             data.current.resize(end, 0);
         }
         data.current[start..end].copy_from_slice(buf);
+        data.pending.push(Pending::Write { position: start, bytes: buf.to_vec() });
         Ok(())
     }
 
@@ -252,7 +356,9 @@ impl File for SimFile {
         if len > self.len()? {
             self.fs.check_write(&self.inode, len)?;
         }
-        lock(&self.inode.data).current.resize(len as usize, 0);
+        let mut data = lock(&self.inode.data);
+        data.current.resize(len as usize, 0);
+        data.pending.push(Pending::SetLen(len as usize));
         Ok(())
     }
 
@@ -261,6 +367,7 @@ impl File for SimFile {
         let mut data = lock(&self.inode.data);
         if (data.current.len() as u64) < len {
             data.current.resize(len as usize, 0);
+            data.pending.push(Pending::SetLen(len as usize));
         }
         Ok(())
     }
@@ -268,7 +375,7 @@ impl File for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         self.fs.check_sync()?;
         let mut data = lock(&self.inode.data);
-        data.durable = data.current.clone();
+        data.make_durable();
         Ok(())
     }
 
@@ -296,7 +403,9 @@ impl SimMap {
         let n = self.bytes.len().min(data.current.len());
         data.current[..n].copy_from_slice(&self.bytes[..n]);
         if durable {
-            data.durable = data.current.clone();
+            data.make_durable();
+        } else {
+            data.pending.push(Pending::Write { position: 0, bytes: self.bytes[..n].to_vec() });
         }
     }
 }
