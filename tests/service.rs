@@ -57,8 +57,23 @@ async fn topics_are_created_listed_described_and_deleted() {
     assert!(described.partitions[1].size_bytes > 0);
     assert!(described.partitions.iter().all(|p| p.fenced_reason.is_none()));
 
+    // A follower of a topic being deleted is told so, rather than left waiting.
+    let mut follower = server
+        .consumer()
+        .await
+        .subscribe(SubscribeRequest {
+            topic: "orders".into(),
+            partition: 1,
+            start: Some(StartPosition { position: Some(Position::Latest(Latest {})) }),
+            encoding: 0,
+            stop_at_end: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     topics.delete_topic(DeleteTopicRequest { name: "orders".into() }).await.unwrap();
     assert!(!data.path().join("topics/orders").exists());
+    assert_code(follower.message().await, Code::NotFound, "topic orders was deleted");
     assert_code(
         topics.describe_topic(DescribeTopicRequest { name: "orders".into() }).await,
         Code::NotFound,
