@@ -15,6 +15,7 @@
 //! | `{base_offset:020}.index`     | sparse offset index ([`index`] has the format)           |
 //! | `{base_offset:020}.timeindex` | sparse time index                                        |
 //! | `clean-shutdown`              | present only while closed cleanly: the next offset       |
+//! | `recovery-point`              | a base offset: every segment below it was fsynced whole   |
 //!
 //! ## Order of writes and syncs
 //!
@@ -24,15 +25,22 @@
 //! the map. Nothing is synced: the batch is durable after the next sync.
 //!
 //! **Sync** ([`Log::begin_sync`], [`SyncTicket::run`], [`Log::finish_sync`]): note the
-//! written end; `fdatasync` the active log file without holding the log; on success the
-//! durable end moves to the noted end. On failure the log is fenced: no retry, and the
-//! durable end stays where it was. Index files are not synced: they are rebuilt after a
-//! crash. Under [`FsyncPolicy::Always`], readers see only what is durable.
+//! written end and the sealed segments not yet synced; without holding the log, `fdatasync`
+//! each of those segments' log files, then the active one; if sealed segments were among
+//! them, record the active segment's base as the recovery point (write `recovery-point.tmp`,
+//! `fdatasync`, rename, fsync the directory). On success the durable end moves to the noted
+//! end. On failure the log is fenced: no retry, and the durable end stays where it was. Index
+//! files of the active segment are not synced: they are rebuilt after a crash. Under
+//! [`FsyncPolicy::Always`], readers see only what is durable.
 //!
-//! **Roll**: (1) add the closing time-index entry; (2) `fdatasync` the active log file;
-//! (3) msync, trim and `fdatasync` both indexes; (4) create the new log file and its
-//! preallocated index files; (5) fsync the directory. A sealed segment is durable and
-//! immutable, so recovery need only scan the last segment.
+//! **Roll**: (1) under [`FsyncPolicy::Always`] only,
+//! `fdatasync` the active log file (`interval` and `never` logs leave it to the next sync,
+//! which [`Log::sync_due`] asks for, so an append never waits for a whole segment to reach
+//! the disk); (2) msync, trim and `fdatasync` both indexes; (3) create the new log file and
+//! its preallocated index files; (4) if every sealed segment is now durable, write the new
+//! segment's base to `recovery-point.tmp`, `fdatasync` it and rename it to `recovery-point`;
+//! (5) fsync the directory. A sealed segment is immutable; below the recovery point it is
+//! durable too, so after a crash recovery scans only from the recovery point.
 //!
 //! **Truncate** (only in recovery, for a torn tail): (1) rebuild the indexes of the valid
 //! part; (2) cut the log file at the first invalid byte; (3) `fdatasync` it.
@@ -42,9 +50,9 @@
 //! directory before the next one. A crash in between leaves either the whole segment (whose
 //! missing index is rebuilt) or none of it, never a hole.
 //!
-//! **Close** ([`Log::close`]): `fdatasync` the active log; trim and sync its indexes; write
-//! the next offset to `clean-shutdown.tmp`, `fdatasync`, rename to `clean-shutdown`, fsync
-//! the directory.
+//! **Close** ([`Log::close`]): a sync (above); trim and sync the active indexes; write the
+//! next offset to `clean-shutdown.tmp`, `fdatasync`, rename to `clean-shutdown`, fsync the
+//! directory.
 //!
 //! ## Assumptions about the disk
 //!

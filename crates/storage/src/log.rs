@@ -17,7 +17,7 @@ use crate::limits::{
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, index_entries_max,
 };
 use crate::recovery::RecoveryReport;
-use crate::segment::{Segment, SegmentWriteError};
+use crate::segment::{SealData, Segment, SegmentWriteError};
 use crate::{Offset, TimestampMs};
 
 /// The name of the file whose presence says the log was closed cleanly; it holds the log's
@@ -146,17 +146,40 @@ pub struct ReadBatches {
 #[derive(Debug)]
 #[must_use = "a prepared sync does nothing until run and finished"]
 pub struct SyncTicket {
-    file: Option<(Arc<dyn File>, PathBuf)>,
+    /// Sealed segments not yet synced, oldest first, then the active segment if it has
+    /// unsynced batches.
+    files: Vec<(Arc<dyn File>, PathBuf)>,
+    /// Base offsets of the sealed segments among `files`.
+    sealed: Vec<Offset>,
+    /// The recovery point to record once `files` are synced, when sealed segments are among
+    /// them.
+    recovery_point: Option<Offset>,
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
     target: Watermark,
+    /// The file whose sync failed, for the fence's message.
+    failed: std::sync::OnceLock<PathBuf>,
 }
 
 impl SyncTicket {
-    /// The fsync itself: call it without holding the log's lock, so appends continue.
+    /// The fsyncs themselves: call it without holding the log's lock, so appends continue.
+    /// Syncs every sealed segment not yet synced and the active segment, then, if sealed
+    /// segments were among them, records the new recovery point.
     pub fn run(&self) -> io::Result<()> {
-        match &self.file {
-            Some((file, _)) => file.sync_data(),
-            None => Ok(()),
+        for (file, path) in &self.files {
+            if let Err(error) = file.sync_data() {
+                let _ = self.failed.set(path.clone());
+                return Err(error);
+            }
         }
+        if let Some(point) = self.recovery_point {
+            let written = crate::recovery::write_recovery_point(self.fs.as_ref(), &self.dir, point);
+            if let Err(error) = written {
+                let _ = self.failed.set(self.dir.clone());
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// The offset this sync makes durable.
@@ -177,6 +200,8 @@ pub struct Log {
     pub(crate) last_sync: TimestampMs,
     pub(crate) fence: Option<Fence>,
     pub(crate) recovery: RecoveryReport,
+    /// Every segment below this offset is fsynced whole; recorded in `recovery-point`.
+    pub(crate) recovery_point: Offset,
 }
 
 impl Log {
@@ -392,10 +417,12 @@ impl Log {
     /// Seals the active segment and starts a new one (appends do this by themselves when the
     /// segment is full or old; an empty active segment is left as it is).
     ///
-    /// Order: (1) seal the active segment: closing time entry, fsync its log, trim and fsync
-    /// its indexes; (2) create the new log file and its preallocated indexes; (3) fsync the
-    /// directory. A failed fsync fences the log. A failure to create the new files removes
-    /// them and leaves the sealed segment active, so the next append tries again.
+    /// Order: (1) seal the active segment: fsync its log (`always` logs only; others leave it
+    /// to the next sync), trim and fsync its indexes; (2) create the new log file and its
+    /// preallocated indexes; (3) if every sealed segment is durable, stage the new recovery
+    /// point; (4) fsync the directory. A failed fsync fences the log. A failure to create the
+    /// new files removes them and leaves the sealed segment active, so the next append tries
+    /// again.
     pub fn roll(&mut self) -> Result<(), AppendError> {
         if let Some(fence) = &self.fence {
             return Err(AppendError::Fenced(fence.clone()));
@@ -405,8 +432,12 @@ impl Log {
         }
         let fs = self.fs.clone();
         let capacity = self.config.index_capacity();
+        let data = match self.config.fsync {
+            FsyncPolicy::Always => SealData::Sync,
+            FsyncPolicy::Interval { .. } | FsyncPolicy::Never => SealData::Defer,
+        };
         let active = self.segments.last_mut().expect("a log has at least one segment");
-        if let Err(error) = active.seal() {
+        if let Err(error) = active.seal(data) {
             let fence = Fence::SyncFailed { path: active.path.clone(), error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(AppendError::Fenced(fence));
@@ -432,13 +463,27 @@ impl Log {
                 });
             }
         };
-        if let Err(error) = fs.sync_dir(&self.dir) {
-            let fence = Fence::SyncFailed { path: self.dir.clone(), error: Arc::new(error) };
-            self.fence = Some(fence.clone());
-            return Err(AppendError::Fenced(fence));
-        }
+        // With every sealed segment durable, the new segment is the recovery point; the
+        // directory sync below makes the rename durable along with the new files.
+        let all_sealed_durable = self.segments.iter().all(|s| s.data_durable);
+        let staged = if all_sealed_durable {
+            crate::recovery::stage_recovery_point(fs.as_ref(), &self.dir, base).map(|()| true)
+        } else {
+            Ok(false)
+        };
+        let staged = match staged.and_then(|staged| fs.sync_dir(&self.dir).map(|()| staged)) {
+            Ok(staged) => staged,
+            Err(error) => {
+                let fence = Fence::SyncFailed { path: self.dir.clone(), error: Arc::new(error) };
+                self.fence = Some(fence.clone());
+                return Err(AppendError::Fenced(fence));
+            }
+        };
         self.segments.push(segment);
-        if sealed.offset > self.durable.offset {
+        if staged {
+            self.recovery_point = base;
+        }
+        if data == SealData::Sync && sealed.offset > self.durable.offset {
             self.durable = sealed;
         }
         Ok(())
@@ -449,10 +494,22 @@ impl Log {
     /// left for the next sync. This is group commit: one fsync covers every batch before it.
     pub fn begin_sync(&self) -> SyncTicket {
         let target = self.written();
-        let active = self.active();
-        let file = (target.offset > self.durable.offset)
-            .then(|| (active.file.clone(), active.path.clone()));
-        SyncTicket { file, target }
+        let (active, sealed) = self.segments.split_last().expect("a log has at least one segment");
+        let sealed: Vec<&Segment> = sealed.iter().filter(|s| !s.data_durable).collect();
+        let mut files: Vec<(Arc<dyn File>, PathBuf)> =
+            sealed.iter().map(|s| (s.file.clone(), s.path.clone())).collect();
+        if target.offset > self.durable.offset {
+            files.push((active.file.clone(), active.path.clone()));
+        }
+        SyncTicket {
+            files,
+            recovery_point: (!sealed.is_empty()).then_some(active.base_offset),
+            sealed: sealed.iter().map(|s| s.base_offset).collect(),
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            target,
+            failed: std::sync::OnceLock::new(),
+        }
     }
 
     /// Records a sync's outcome and returns the new durable offset. A failed fsync fences
@@ -467,12 +524,20 @@ impl Log {
             return Err(SyncError::Fenced(fence.clone()));
         }
         if let Err(error) = result {
-            let path = ticket.file.map_or_else(|| self.dir.clone(), |(_, path)| path);
+            let path = ticket.failed.get().cloned().unwrap_or_else(|| self.dir.clone());
             let fence = Fence::SyncFailed { path, error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(SyncError::Fenced(fence));
         }
         self.last_sync = now;
+        for segment in &mut self.segments {
+            if ticket.sealed.contains(&segment.base_offset) {
+                segment.data_durable = true;
+            }
+        }
+        if let Some(point) = ticket.recovery_point {
+            self.recovery_point = self.recovery_point.max(point);
+        }
         if ticket.target.offset > self.durable.offset {
             self.durable = ticket.target;
         }
@@ -486,13 +551,21 @@ impl Log {
         self.finish_sync(ticket, result, now)
     }
 
-    /// Whether an [`FsyncPolicy::Interval`] log has unsynced batches and its interval passed.
+    /// Whether a sync is due that the caller should run (in the background: see
+    /// [`Log::begin_sync`]): on an [`FsyncPolicy::Interval`] log, when something is unsynced
+    /// and the interval has passed; on an [`FsyncPolicy::Never`] log, when a sealed segment
+    /// awaits its fsync (rolls leave it for later, so appends never wait for the disk). An
+    /// [`FsyncPolicy::Always`] log syncs after every group and is never "due".
     pub fn sync_due(&self, now: TimestampMs) -> bool {
-        let FsyncPolicy::Interval { interval_ms } = self.config.fsync else {
-            return false;
-        };
-        self.next_offset() > self.durable.offset
-            && now.0.saturating_sub(self.last_sync.0) >= interval_ms as i64
+        let sealed_unsynced = self.segments.iter().rev().skip(1).any(|s| !s.data_durable);
+        match self.config.fsync {
+            FsyncPolicy::Always => false,
+            FsyncPolicy::Interval { interval_ms } => {
+                (sealed_unsynced || self.next_offset() > self.durable.offset)
+                    && now.0.saturating_sub(self.last_sync.0) >= interval_ms as i64
+            }
+            FsyncPolicy::Never => sealed_unsynced,
+        }
     }
 
     /// How far readers may read in `segment`, in bytes.
@@ -627,8 +700,8 @@ impl Log {
 
     /// Closes the log cleanly so the next open needs no scan.
     ///
-    /// Order: (1) fsync the active log file; (2) add the closing time entry, trim and fsync
-    /// both indexes; (3) write the next offset to `clean-shutdown.tmp`, fsync it, rename it to
+    /// Order: (1) sync (every sealed segment not yet synced, then the active one); (2) trim
+    /// and fsync both active indexes; (3) write the next offset to `clean-shutdown.tmp`, fsync it, rename it to
     /// `clean-shutdown`, fsync the directory. A fenced log writes nothing and reports its fence,
     /// so the next open checks everything again.
     pub fn close(mut self) -> Result<(), CloseError> {
@@ -638,14 +711,15 @@ impl Log {
         let dir = self.dir.clone();
         let fs = self.fs.clone();
         let next_offset = self.next_offset();
+        let now = self.last_sync;
+        if let Err(SyncError::Fenced(fence)) = self.sync(now) {
+            return Err(CloseError::Fenced(fence));
+        }
         let active = self.segments.last_mut().expect("a log has at least one segment");
         let at = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CloseError::Io { path, source }
         };
-        active.file.sync_data().map_err(at(&active.path))?;
-        let last = active.last_batch().map_err(at(&active.path))?;
-        active.index_final_timestamp(last);
         active.offset_index.0.trim_and_sync().map_err(at(active.offset_index.0.path()))?;
         active.time_index.0.trim_and_sync().map_err(at(active.time_index.0.path()))?;
         let temporary = dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp"));

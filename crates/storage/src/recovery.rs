@@ -6,23 +6,25 @@
 //! 1. Remove leftovers: `*.tmp` files and index files whose log file is gone. Fsync the
 //!    directory if anything was removed.
 //! 2. Decide whether the last shutdown was clean: the `clean-shutdown` file exists and holds
-//!    the next offset that the segments end at.
-//! 3. Load each segment, oldest first. A sealed segment, or any segment after a clean
-//!    shutdown, keeps its trimmed indexes if they are consistent, and only the batches after
-//!    its last index entry are checked (length and CRC) up to the end of the file. Otherwise
-//!    (the active segment after a crash, or indexes missing, torn or inconsistent) the whole
-//!    segment is scanned: every batch's length, CRC and offset, and its indexes are rebuilt.
-//! 4. Invalid bytes in the last segment are a torn tail, cut off (and the file fsynced), unless
-//!    a valid batch after them says they had been fsynced: each batch carries the log's
-//!    durable end when it was appended, so a later batch stamped with a durable end past the
-//!    invalid bytes proves they were once on disk whole. Writes that were never synced may
-//!    reach the disk torn or out of order, leaving holes followed by valid batches; those
-//!    holes are still a torn tail. Anything else (damage to synced data, any damage in a
-//!    sealed segment, a gap between segments) fences the log: it stays readable up to the
-//!    damage, refuses writes, and the files are left as they are for inspection.
-//! 5. Fsync the active segment (a process that crashed may have left written but unsynced
-//!    batches in the page cache: they become durable now, before anyone can read them), then
-//!    remove `clean-shutdown` and fsync the directory.
+//!    the next offset that the segments end at. If it was not, read the recovery point
+//!    (`recovery-point`): every segment below it was fsynced whole.
+//! 3. Load each segment, oldest first. A sealed segment that is known durable (below the
+//!    recovery point, or any segment after a clean shutdown) keeps its trimmed indexes if they
+//!    are consistent, and only the batches after its last index entry are checked (length and
+//!    CRC) up to the end of the file. Every other segment (from the recovery point on after a
+//!    crash) and any segment whose indexes are missing, torn or inconsistent is scanned whole:
+//!    every batch's length, CRC and offset, and its indexes are rebuilt.
+//! 4. Where the scan finds invalid bytes, or a segment does not start where the previous one
+//!    ended, decide: the bytes were fsynced once if they lie in a segment known durable, or if
+//!    a valid batch after them (in that file or a later one) was stamped with a durable end
+//!    past them. Then it is damage: the log is fenced, readable up to the damage, refusing
+//!    writes, the files left as they are for inspection. Otherwise they are writes that never
+//!    reached the disk whole (after a power loss unsynced writes land torn or out of order): a
+//!    torn tail, cut off there, with every later segment deleted.
+//! 5. Fsync every segment that was not known durable (a process that crashed may have left
+//!    unsynced batches in the page cache: they become durable now, before anyone reads them),
+//!    record the active segment's base as the recovery point, then remove `clean-shutdown` and
+//!    fsync the directory.
 //!
 //! Opening is idempotent: opening again without writes in between rewrites nothing that
 //! differs.
@@ -35,7 +37,7 @@ use crate::error::{Fence, OpenError};
 use crate::fs::{FileSystem, OpenMode};
 use crate::index::{IndexFile, OFFSET_ENTRY_BYTES, OffsetIndex, TIME_ENTRY_BYTES, TimeIndex};
 use crate::log::{CLEAN_SHUTDOWN_FILE, Log, LogConfig, Watermark};
-use crate::segment::{self, Segment};
+use crate::segment::{self, ScanStop as Stop, Segment};
 use crate::{Offset, TimestampMs};
 
 /// What recovery found and did, for the operator's log.
@@ -123,6 +125,13 @@ impl Log {
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean_next_offset = opener.read_marker(&marker).map_err(at(&marker))?;
 
+        // Segments from this offset on may hold data that was never fsynced.
+        let recovery_point = match clean_next_offset {
+            Some(_) => None,
+            None => Some(opener.read_recovery_point().map_err(at(dir))?),
+        };
+        let known_durable = |base: Offset| recovery_point.is_none_or(|point| base < point);
+
         let mut segments: Vec<Segment> = Vec::new();
         let mut fence = None;
         for (i, &base) in bases.iter().enumerate() {
@@ -130,22 +139,31 @@ impl Log {
             if let Some(previous) = segments.last()
                 && previous.next_offset != base
             {
-                fence = Some(Fence::Damaged {
-                    path: previous.path.clone(),
-                    position: previous.size_bytes,
+                let stop = Stop {
                     reason: format!(
                         "the segment ends at offset {} but the next one starts at {}",
                         previous.next_offset.0, base.0
                     ),
-                    readable_end: previous.next_offset,
-                });
+                    durable_after: None,
+                };
+                let previous = segments.last_mut().expect("checked above");
+                let outcome = opener.settle(
+                    previous,
+                    stop,
+                    known_durable(previous.base_offset),
+                    &bases[i..],
+                )?;
+                fence = outcome;
                 break;
             }
-            let trust = clean_next_offset.is_some() || !last;
-            let (segment, damage) = opener.load(base, last, trust, now)?;
+            // Indexes are trusted only where the data they point into is known durable.
+            let trust = clean_next_offset.is_some() || (!last && known_durable(base));
+            let (segment, stop) = opener.load(base, last, trust, now)?;
             segments.push(segment);
-            if damage.is_some() {
-                fence = damage;
+            if let Some(stop) = stop {
+                let segment = segments.last_mut().expect("pushed above");
+                fence =
+                    opener.settle(segment, stop, !last && known_durable(base), &bases[i + 1..])?;
                 break;
             }
         }
@@ -155,14 +173,29 @@ impl Log {
             fs.sync_dir(dir).map_err(at(dir))?;
             segments.push(segment);
         }
+        if fence.is_none() {
+            // Step 5: everything kept is durable from now on.
+            for segment in segments.iter_mut().filter(|s| !known_durable(s.base_offset)) {
+                if let Err(error) = segment.file.sync_data() {
+                    fence = Some(Fence::SyncFailed {
+                        path: segment.path.clone(),
+                        error: Arc::new(error),
+                    });
+                    break;
+                }
+            }
+            segments.iter_mut().for_each(|s| s.data_durable = true);
+        }
         let active = segments.last_mut().expect("at least one segment");
         let clean = clean_next_offset == Some(active.next_offset) && fence.is_none();
+        let mut recovery_point = recovery_point.unwrap_or(active.base_offset);
         if fence.is_none() {
+            active.data_durable = false;
             active.offset_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
             active.time_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
-            if let Err(error) = active.file.sync_data() {
-                fence =
-                    Some(Fence::SyncFailed { path: active.path.clone(), error: Arc::new(error) });
+            if recovery_point != active.base_offset {
+                recovery_point = active.base_offset;
+                write_recovery_point(fs.as_ref(), dir, recovery_point).map_err(at(dir))?;
             }
         }
         if clean_next_offset.is_some() {
@@ -189,6 +222,7 @@ impl Log {
             last_sync: now,
             fence,
             recovery: report,
+            recovery_point,
         })
     }
 }
@@ -211,6 +245,7 @@ impl Opener<'_> {
             } else if index_base.is_none()
                 && parse_base(name, ".log").is_none()
                 && name != CLEAN_SHUTDOWN_FILE
+                && name != RECOVERY_POINT_FILE
             {
                 tracing::warn!(path = %path.display(), "ignoring a file that is not Spool's");
                 self.report.ignored.push(path);
@@ -233,14 +268,15 @@ impl Opener<'_> {
         Ok(std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse().ok()).map(Offset))
     }
 
-    /// Step 3 and 4 for one segment: returns it and, if it is damaged, the fence.
+    /// Step 3 for one segment: returns it and, if its scan stopped before the end of the
+    /// file, why (for [`Opener::settle`]).
     fn load(
         &mut self,
         base: Offset,
         last: bool,
         trust_indexes: bool,
         now: TimestampMs,
-    ) -> Result<(Segment, Option<Fence>), OpenError> {
+    ) -> Result<(Segment, Option<Stop>), OpenError> {
         let [path, offset_path, time_path] = segment_paths(self.dir, base);
         let at = |path: &Path| {
             let path = path.to_path_buf();
@@ -271,6 +307,7 @@ impl Opener<'_> {
                 max_timestamp: None,
                 first_append: None,
                 last_indexed_position: 0,
+                data_durable: true,
             };
             if let Some(()) = self.check_tail(&mut segment, now).map_err(at(&path))? {
                 return Ok((segment, None));
@@ -335,7 +372,7 @@ impl Opener<'_> {
         file: Arc<dyn crate::fs::File>,
         last: bool,
         now: TimestampMs,
-    ) -> Result<(Segment, Option<Fence>), OpenError> {
+    ) -> Result<(Segment, Option<Stop>), OpenError> {
         let [path, offset_path, time_path] = segment_paths(self.dir, base);
         let at = |path: &Path| {
             let path = path.to_path_buf();
@@ -359,6 +396,7 @@ impl Opener<'_> {
             max_timestamp: None,
             first_append: None,
             last_indexed_position: 0,
+            data_durable: false,
         };
         let outcome = segment.scan().map_err(at(&path))?;
         self.report.scanned.push(path.clone());
@@ -378,32 +416,111 @@ impl Opener<'_> {
         segment.last_indexed_position =
             outcome.offset_entries.last().map_or(0, |e| u64::from(e.position));
         segment.first_append = outcome.first_batch_max_timestamp.map(|t| t.min(now));
-        let mut fence = None;
-        if let Some(stop) = outcome.stopped {
-            // Past the durable end that later batches vouch for, invalid bytes are writes that
-            // never reached the disk whole, maybe out of order: a torn tail.
-            let synced_once = stop.durable_after.is_some_and(|d| d > outcome.next_offset);
-            if last && !synced_once {
-                let file_bytes = file.len().map_err(at(&path))?;
-                tracing::warn!(path = %path.display(), position = outcome.valid_bytes, reason = %stop.reason, "cutting a torn tail");
-                file.set_len(outcome.valid_bytes).map_err(at(&path))?;
-                file.sync_data().map_err(at(&path))?;
-                self.report.truncated = Some((path.clone(), file_bytes - outcome.valid_bytes));
-            } else {
-                fence = Some(Fence::Damaged {
-                    path: path.clone(),
-                    position: outcome.valid_bytes,
-                    reason: stop.reason,
-                    readable_end: outcome.next_offset,
-                });
-            }
-        }
-        if !last || fence.is_some() {
-            let last_batch = segment.last_batch().map_err(at(&path))?;
-            segment.index_final_timestamp(last_batch);
+        if !last {
             segment.offset_index.0.trim_and_sync().map_err(at(&offset_path))?;
             segment.time_index.0.trim_and_sync().map_err(at(&time_path))?;
         }
-        Ok((segment, fence))
+        Ok((segment, outcome.stopped))
     }
+
+    /// Step 4: the scan of `segment` stopped (invalid bytes, or the next segment does not
+    /// start where it ends). Fences the log if what follows was ever fsynced; otherwise cuts
+    /// the torn tail and deletes the segments in `later`, and `segment` becomes the last.
+    fn settle(
+        &mut self,
+        segment: &mut Segment,
+        stop: Stop,
+        known_durable: bool,
+        later: &[Offset],
+    ) -> Result<Option<Fence>, OpenError> {
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        let end = segment.next_offset;
+        let mut durable_after = stop.durable_after;
+        if !known_durable {
+            for &base in later {
+                let path = segment::log_path(self.dir, base);
+                let file = self.fs.open(&path, OpenMode::Existing).map_err(at(&path))?;
+                let stamp = segment::max_durable_stamp(file.as_ref(), 0).map_err(at(&path))?;
+                durable_after = durable_after.max(stamp);
+            }
+        }
+        if known_durable || durable_after.is_some_and(|d| d > end) {
+            return Ok(Some(Fence::Damaged {
+                path: segment.path.clone(),
+                position: segment.size_bytes,
+                reason: stop.reason,
+                readable_end: end,
+            }));
+        }
+        let file_bytes = segment.file.len().map_err(at(&segment.path))?;
+        if file_bytes > segment.size_bytes {
+            tracing::warn!(path = %segment.path.display(), position = segment.size_bytes, reason = %stop.reason, "cutting a torn tail");
+            segment.file.set_len(segment.size_bytes).map_err(at(&segment.path))?;
+            segment.file.sync_data().map_err(at(&segment.path))?;
+            self.report.truncated = Some((segment.path.clone(), file_bytes - segment.size_bytes));
+        }
+        for &base in later {
+            tracing::warn!(base = base.0, "deleting a segment that follows a torn tail");
+            for path in segment_paths(self.dir, base) {
+                if self.fs.exists(&path).map_err(at(&path))? {
+                    self.fs.remove_file(&path).map_err(at(&path))?;
+                    self.report.removed.push(path);
+                }
+            }
+        }
+        if !later.is_empty() {
+            self.fs.sync_dir(self.dir).map_err(at(self.dir))?;
+        }
+        Ok(None)
+    }
+
+    /// The recovery point: every segment below it was fsynced whole. 0 when the file is
+    /// missing or unreadable, so that everything is checked.
+    fn read_recovery_point(&self) -> std::io::Result<Offset> {
+        let path = self.dir.join(RECOVERY_POINT_FILE);
+        if !self.fs.exists(&path)? {
+            return Ok(Offset(0));
+        }
+        let file = self.fs.open(&path, OpenMode::Existing)?;
+        let mut bytes = vec![0u8; file.len()?.min(32) as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map_or(Offset(0), Offset))
+    }
+}
+
+/// The file that holds the recovery point, in decimal.
+pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";
+
+/// Records durably that every segment below `offset` was fsynced whole: write a temporary
+/// file, fsync it, rename it over the old one, fsync the directory.
+pub(crate) fn write_recovery_point(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    offset: Offset,
+) -> std::io::Result<()> {
+    stage_recovery_point(fs, dir, offset)?;
+    fs.sync_dir(dir)
+}
+
+/// [`write_recovery_point`] but the directory sync, for a caller that syncs the directory
+/// anyway.
+pub(crate) fn stage_recovery_point(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    offset: Offset,
+) -> std::io::Result<()> {
+    let temporary = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
+    if fs.exists(&temporary)? {
+        fs.remove_file(&temporary)?;
+    }
+    let file = fs.open(&temporary, OpenMode::CreateNew)?;
+    file.write_all_at(offset.0.to_string().as_bytes(), 0)?;
+    file.sync_data()?;
+    fs.rename(&temporary, &dir.join(RECOVERY_POINT_FILE))
 }

@@ -58,6 +58,9 @@ pub(crate) struct Segment {
     pub(crate) first_append: Option<TimestampMs>,
     /// Position of the last indexed batch (0, implied, when none).
     pub(crate) last_indexed_position: u64,
+    /// Whether the whole log file is known to be fsynced (a sealed segment of an `interval` or
+    /// `never` log is sealed first and synced later).
+    pub(crate) data_durable: bool,
 }
 
 /// What a full scan of a segment's log file found.
@@ -153,6 +156,7 @@ impl Segment {
             max_timestamp: None,
             first_append: None,
             last_indexed_position: 0,
+            data_durable: false,
         })
     }
 
@@ -207,43 +211,15 @@ impl Segment {
         Ok(())
     }
 
-    /// Adds a closing time-index entry for the last batch if the segment's largest timestamp
-    /// is not indexed yet, so a sealed segment's largest timestamp is its last time entry.
-    pub(crate) fn index_final_timestamp(&mut self, last_batch: Option<(Offset, u64)>) {
-        let (Some(max), Some((last_base, _))) = (self.max_timestamp, last_batch) else {
-            return;
-        };
-        if self.time_index.last().is_none_or(|e| max.0 > e.timestamp_ms) {
-            self.time_index.push(TimeEntry {
-                timestamp_ms: max.0,
-                relative_offset: (last_base.0 - self.base_offset.0) as u32,
-            });
+    /// Seals the segment: fsync the log if `data` says so, trim and fsync both indexes.
+    pub(crate) fn seal(&mut self, data: SealData) -> io::Result<()> {
+        if data == SealData::Sync {
+            self.file.sync_data()?;
+            self.data_durable = true;
         }
-    }
-
-    /// Seals the segment: closing time entry, fsync the log, trim and fsync both indexes.
-    pub(crate) fn seal(&mut self) -> io::Result<()> {
-        let last = self.last_batch()?;
-        self.index_final_timestamp(last);
-        self.file.sync_data()?;
         self.offset_index.0.trim_and_sync()?;
         self.time_index.0.trim_and_sync()?;
         Ok(())
-    }
-
-    /// The base offset and position of the last batch, found by walking from the last index
-    /// entry.
-    pub(crate) fn last_batch(&self) -> io::Result<Option<(Offset, u64)>> {
-        if self.is_empty() {
-            return Ok(None);
-        }
-        let start = self.offset_index.last().map_or(0, |e| u64::from(e.position));
-        let mut last = None;
-        self.walk(start, self.size_bytes, |batch| {
-            last = Some((batch.base_offset, batch.position));
-            true
-        })?;
-        Ok(last)
     }
 
     /// Walks batch headers from `position` up to `end`, calling `visit` with each until it
@@ -360,20 +336,20 @@ impl Segment {
         let mut position = 0u64;
         let mut buf = Vec::new();
         while position < file_bytes {
-            let header = match self.read_checked(position, file_bytes, &mut buf) {
+            let header = match read_checked(self.file.as_ref(), position, file_bytes, &mut buf) {
                 Ok(header) if header.base_offset == outcome.next_offset => header,
                 Ok(header) => {
                     let reason = format!(
                         "batch at position {position} has base offset {}, expected {}",
                         header.base_offset.0, outcome.next_offset.0
                     );
-                    outcome.stopped = Some(self.stop(reason, position, file_bytes)?);
+                    outcome.stopped = Some(self.stop(reason, position)?);
                     break;
                 }
                 Err(ReadChecked::Io(e)) => return Err(e),
                 Err(ReadChecked::Invalid(e)) => {
                     let reason = format!("invalid batch at position {position}: {e}");
-                    outcome.stopped = Some(self.stop(reason, position, file_bytes)?);
+                    outcome.stopped = Some(self.stop(reason, position)?);
                     break;
                 }
             };
@@ -389,59 +365,72 @@ impl Segment {
         Ok(outcome)
     }
 
-    fn read_checked(
-        &self,
-        position: u64,
-        file_bytes: u64,
-        buf: &mut Vec<u8>,
-    ) -> Result<BatchHeader, ReadChecked> {
-        let prefix_bytes = (file_bytes - position).min(BATCH_HEADER_BYTES as u64) as usize;
-        buf.resize(prefix_bytes, 0);
-        self.file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
-        let (_, batch_bytes) = batch::peek_prefix(buf).map_err(ReadChecked::Invalid)?;
-        if position + u64::from(batch_bytes) > file_bytes {
-            return Err(ReadChecked::Invalid(BatchError::Truncated {
-                bytes: (file_bytes - position) as usize,
-                needed: batch_bytes as usize,
-            }));
-        }
-        buf.resize(batch_bytes as usize, 0);
-        self.file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
-        batch::check(buf).map_err(ReadChecked::Invalid)
-    }
-
     /// Looks past invalid bytes at `position` for valid batches, and notes the largest durable
-    /// offset stamped in any of them. Reads the rest of the file a chunk at a time and checks
-    /// only positions that carry the magic byte and version.
-    fn stop(&self, reason: String, position: u64, file_bytes: u64) -> io::Result<ScanStop> {
-        const CHUNK: u64 = 1024 * 1024;
-        let mut chunk = Vec::new();
-        let mut batch = Vec::new();
-        let mut durable_after: Option<Offset> = None;
-        let mut start = position + 1;
-        while start + (BATCH_HEADER_BYTES as u64) <= file_bytes {
-            let n = (file_bytes - start).min(CHUNK) as usize;
-            chunk.resize(n, 0);
-            self.file.read_exact_at(&mut chunk, start)?;
-            let candidates = n.saturating_sub(field::VERSION);
-            for at in 0..candidates {
-                if chunk[at + field::MAGIC] != batch::BATCH_MAGIC
-                    || chunk[at + field::VERSION] != batch::BATCH_VERSION
-                {
-                    continue;
-                }
-                match self.read_checked(start + at as u64, file_bytes, &mut batch) {
-                    Ok(header) => {
-                        durable_after = durable_after.max(Some(header.durable_offset));
-                    }
-                    Err(ReadChecked::Io(e)) => return Err(e),
-                    Err(ReadChecked::Invalid(_)) => {}
-                }
-            }
-            start += candidates.max(1) as u64;
-        }
-        Ok(ScanStop { reason, durable_after })
+    /// offset stamped in any of them.
+    fn stop(&self, reason: String, position: u64) -> io::Result<ScanStop> {
+        Ok(ScanStop { reason, durable_after: max_durable_stamp(self.file.as_ref(), position + 1)? })
     }
+}
+
+/// Whether a sealed segment's log file is fsynced as it is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SealData {
+    Sync,
+    /// Left for a later sync (`interval` and `never` logs, so a roll does not wait for the disk).
+    Defer,
+}
+
+/// The largest durable offset stamped in any valid batch that starts at or after `from` in
+/// `file`, found by checking every position that carries the magic byte and version. Reads the
+/// file a chunk at a time.
+pub(crate) fn max_durable_stamp(file: &dyn File, from: u64) -> io::Result<Option<Offset>> {
+    const CHUNK: u64 = 1024 * 1024;
+    let file_bytes = file.len()?;
+    let mut chunk = Vec::new();
+    let mut batch = Vec::new();
+    let mut durable = None;
+    let mut start = from;
+    while start + (BATCH_HEADER_BYTES as u64) <= file_bytes {
+        let n = (file_bytes - start).min(CHUNK) as usize;
+        chunk.resize(n, 0);
+        file.read_exact_at(&mut chunk, start)?;
+        let candidates = n.saturating_sub(field::VERSION);
+        for at in 0..candidates {
+            if chunk[at + field::MAGIC] != batch::BATCH_MAGIC
+                || chunk[at + field::VERSION] != batch::BATCH_VERSION
+            {
+                continue;
+            }
+            match read_checked(file, start + at as u64, file_bytes, &mut batch) {
+                Ok(header) => durable = durable.max(Some(header.durable_offset)),
+                Err(ReadChecked::Io(e)) => return Err(e),
+                Err(ReadChecked::Invalid(_)) => {}
+            }
+        }
+        start += candidates.max(1) as u64;
+    }
+    Ok(durable)
+}
+
+fn read_checked(
+    file: &dyn File,
+    position: u64,
+    file_bytes: u64,
+    buf: &mut Vec<u8>,
+) -> Result<BatchHeader, ReadChecked> {
+    let prefix_bytes = (file_bytes - position).min(BATCH_HEADER_BYTES as u64) as usize;
+    buf.resize(prefix_bytes, 0);
+    file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
+    let (_, batch_bytes) = batch::peek_prefix(buf).map_err(ReadChecked::Invalid)?;
+    if position + u64::from(batch_bytes) > file_bytes {
+        return Err(ReadChecked::Invalid(BatchError::Truncated {
+            bytes: (file_bytes - position) as usize,
+            needed: batch_bytes as usize,
+        }));
+    }
+    buf.resize(batch_bytes as usize, 0);
+    file.read_exact_at(buf, position).map_err(ReadChecked::Io)?;
+    batch::check(buf).map_err(ReadChecked::Invalid)
 }
 
 enum ReadChecked {

@@ -297,3 +297,32 @@ fn a_group_append_gives_each_batch_its_own_result_and_writes_runs_at_once() {
     assert_eq!(log.next_offset(), Offset(24));
     assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 24);
 }
+
+#[test]
+fn a_never_log_rolls_without_waiting_for_the_disk_and_syncs_sealed_segments_when_asked() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    while log.segment_count() < 3 {
+        log.append(&mut batch_of(4, 2000, 5), NOW).unwrap();
+    }
+    assert!(log.sync_due(NOW), "sealed segments await their fsync");
+    assert_eq!(log.durable_offset(), Offset(0), "the rolls did not fsync");
+    let appended = log.next_offset();
+    drop(log);
+    fs.crash(); // lose every unsynced write: nothing was synced
+    let mut log = sim_open(&fs, config(FsyncPolicy::Never));
+    assert!(log.fence().is_none(), "{:?}", log.fence());
+    assert_eq!(log.next_offset(), Offset(0), "a power loss may take what was never synced");
+
+    while log.segment_count() < 3 {
+        log.append(&mut batch_of(4, 2000, 5), NOW).unwrap();
+    }
+    let sealed_end = log.segments().nth(1).unwrap().next_offset;
+    log.sync(NOW).unwrap();
+    assert!(!log.sync_due(NOW));
+    drop(log);
+    fs.crash();
+    let log = sim_open(&fs, config(FsyncPolicy::Never));
+    assert!(log.next_offset() >= sealed_end);
+    assert!(appended > Offset(0));
+}
