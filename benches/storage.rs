@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use spool_storage::batch::{BatchBuilder, ProducerStamp, check_for_append};
 use spool_storage::fs::StdFileSystem;
-use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, TimestampMs};
+use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, SyncTicket, TimestampMs};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -203,14 +203,31 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     let now = TimestampMs::now();
     let start = Instant::now();
     let mut written = 0u64;
+    // Sealed segments are fsynced on another thread while appends go on, as the server does.
+    let mut in_flight: Option<std::thread::JoinHandle<(SyncTicket, std::io::Result<()>)>> = None;
     while written < settings.write_bytes {
         let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
         for result in log.append_many(&mut batches, now) {
             result.unwrap();
         }
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+        if in_flight.as_ref().is_some_and(|sync| sync.is_finished()) {
+            let (ticket, result) = in_flight.take().unwrap().join().unwrap();
+            log.finish_sync(ticket, result, now).unwrap();
+        }
+        if in_flight.is_none() && log.sync_due(now) {
+            let ticket = log.begin_sync();
+            in_flight = Some(std::thread::spawn(move || {
+                let result = ticket.run();
+                (ticket, result)
+            }));
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(sync) = in_flight {
+        let (ticket, result) = sync.join().unwrap();
+        log.finish_sync(ticket, result, now).unwrap();
+    }
     log.delete().unwrap();
     written as f64 / MIB / seconds
 }
