@@ -9,9 +9,11 @@
 //! writer.
 
 mod config;
+pub mod group;
 pub mod limits;
 mod name;
 pub mod partitioner;
+pub mod producer;
 mod registry;
 
 pub use config::{TopicConfig, TopicConfigError, TopicConfigRequest};

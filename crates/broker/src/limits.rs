@@ -62,6 +62,41 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// How often each partition applies its retention limits, in milliseconds.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 30_000;
 
+// Consumer groups and idempotent producers.
+
+/// Live consumer groups (with at least one member) a server coordinates at once.
+pub const GROUPS_LIVE_MAX: usize = 1024;
+/// Groups a server remembers committed offsets for; a join that would create one more is
+/// refused.
+pub const GROUPS_KNOWN_MAX: usize = 10_000;
+/// Members one group may have at once.
+pub const GROUP_MEMBERS_MAX: usize = 1024;
+/// Topics one group may consume.
+pub const GROUP_TOPICS_MAX: usize = 64;
+/// The shortest and longest session timeout a member may ask for, and the default: a member
+/// that sends nothing for this long is removed from its group.
+pub const GROUP_SESSION_TIMEOUT_MS_MIN: u64 = 50;
+pub const GROUP_SESSION_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
+pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Messages queued toward one group member (records, assignments, commit results). When the
+/// member does not take them, its partitions stop reading the log.
+pub const GROUP_MEMBER_QUEUE_DEPTH: usize = 4;
+/// Bytes of log one group member's partition reads per message.
+pub const GROUP_READ_BYTES: u32 = 1024 * 1024;
+/// Partition offsets one commit may carry.
+pub const COMMIT_OFFSETS_MAX: usize = PARTITIONS_TOTAL_MAX as usize;
+
+/// Batches per producer a partition remembers the offsets of, to answer retries: a producer
+/// with more unanswered batches than this in flight to one partition cannot be deduplicated.
+pub const PRODUCER_BATCHES_RETAINED: usize = 5;
+/// Producers a partition tracks; beyond it, the one that appended least recently is forgotten.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 1000;
+/// Bytes at the end of each partition log read at start-up to rebuild producer state.
+pub const PRODUCER_STATE_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+/// Producer ids are reserved durably in blocks of this many, so most allocations need no
+/// fsync.
+pub const PRODUCER_ID_BLOCK: u64 = 1000;
+
 const _: () = assert!(PARTITIONS_PER_TOPIC_MAX <= PARTITIONS_TOTAL_MAX);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX < 255, "a name must fit in one path component");
 // A produce request that holds a largest batch fits in a request.
@@ -73,3 +108,10 @@ const _: () = assert!(SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
 const _: () = assert!(WRITER_GROUP_BATCHES_MAX <= WRITER_QUEUE_DEPTH);
 const _: () = assert!(SUBSCRIBE_QUEUE_DEPTH >= 1);
 const _: () = assert!(PRODUCE_STREAM_IN_FLIGHT_MAX <= STREAMS_PER_CONNECTION_MAX as usize);
+const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_MIN <= GROUP_SESSION_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_DEFAULT <= GROUP_SESSION_TIMEOUT_MS_MAX);
+const _: () = assert!(GROUPS_LIVE_MAX <= GROUPS_KNOWN_MAX);
+const _: () = assert!(GROUP_MEMBER_QUEUE_DEPTH >= 1);
+const _: () = assert!(GROUP_READ_BYTES <= BATCH_BYTES_MAX);
+const _: () = assert!(PRODUCER_BATCHES_RETAINED >= 1);
+const _: () = assert!(PRODUCER_STATE_SCAN_BYTES >= BATCH_BYTES_MAX as u64);

@@ -1,0 +1,693 @@
+//! Consumer groups: membership, cooperative rebalancing, generations and committed offsets,
+//! as a synchronous, deterministic state machine. Time enters as milliseconds passed to
+//! every call (`now_ms`, from any monotonic clock); nothing here sleeps, spawns or does I/O.
+//! The server drives it: it calls [`Coordinator::tick`] at [`Coordinator::next_deadline_ms`],
+//! persists the [`CommitRecord`]s it returns, and tells members what [`Coordinator::view`]
+//! shows them.
+//!
+//! ## The protocol, from the group's side
+//!
+//! - A member joins a group with a [`Subscription`] (topics, and where to start when nothing
+//!   is committed). All members of a group have the same subscription.
+//! - Every change of membership (a join, a leave, a removal) starts a new *generation* and
+//!   computes a target assignment ([`assign`](self::assign)): balanced, and moving as few
+//!   partitions as possible.
+//! - A partition whose target owner differs from its current owner is first *revoked*: its
+//!   owner is told, may commit it, and acknowledges with [`Coordinator::revoked`]. Only then is
+//!   the partition given to its new owner. Partitions that do not move stay owned throughout:
+//!   the rebalance is cooperative.
+//! - A member is removed when it leaves, when nothing is heard from it for its session
+//!   timeout, or when it does not acknowledge a revocation within its session timeout. Its
+//!   partitions are then free at once (it is presumed dead).
+//! - A commit names the generation the member knows. It is accepted only from a member of the
+//!   group, at the current generation, for partitions it owns (including ones being revoked
+//!   from it, which it may commit before acknowledging). So a member presumed dead can never
+//!   overwrite its successor's progress.
+//!
+//! ## Invariants (checked by the model test in `tests.rs`)
+//!
+//! - Every partition of a live group's subscription has at most one owner, and that owner is
+//!   a member of the group.
+//! - A partition moves from one member to another only after the first acknowledged its
+//!   revocation or was removed.
+//! - When no revocation is pending, every partition has an owner and shares differ by at most
+//!   one.
+
+mod assign;
+mod offsets;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use spool_storage::Offset;
+use thiserror::Error;
+
+pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets};
+
+use crate::limits::{
+    COMMIT_OFFSETS_MAX, GROUP_MEMBERS_MAX, GROUP_SESSION_TIMEOUT_MS_MAX,
+    GROUP_SESSION_TIMEOUT_MS_MIN, GROUP_TOPICS_MAX, GROUPS_KNOWN_MAX, GROUPS_LIVE_MAX,
+};
+use crate::{TopicName, TopicNameError};
+
+/// A valid group name: the same rule as topic names (1 to 249 characters from
+/// `[a-zA-Z0-9._-]`, not `.` or `..`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("bad group name: {}", .0.to_string().replace("topic name", "name"))]
+pub struct GroupNameError(TopicNameError);
+
+impl GroupName {
+    pub fn parse(name: &str) -> Result<GroupName, GroupNameError> {
+        TopicName::parse(name).map(|_| GroupName(name.to_owned())).map_err(GroupNameError)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A member's id, unique within one server run: `{instance:x}-{n}`, where the instance
+/// differs between runs, so an id from before a restart never names a new member.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId(String);
+
+impl MemberId {
+    pub fn new(instance: u64, n: u64) -> MemberId {
+        MemberId(format!("{instance:x}-{n}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: TopicName,
+    pub partition: u32,
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where a member starts a partition that has no committed offset (or whose committed offset
+/// is no longer in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// What a group consumes: topics with their partition counts, and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub topics: BTreeMap<TopicName, u32>,
+    pub reset: OffsetReset,
+}
+
+impl Subscription {
+    fn partitions(&self) -> BTreeSet<TopicPartition> {
+        self.topics
+            .iter()
+            .flat_map(|(topic, &count)| {
+                (0..count).map(|partition| TopicPartition { topic: topic.clone(), partition })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let topics: Vec<String> =
+            self.topics.iter().map(|(t, n)| format!("{t} ({n} partitions)")).collect();
+        let reset = match self.reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        };
+        write!(f, "[{}] starting at {reset}", topics.join(", "))
+    }
+}
+
+/// Why a member left its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// It said so, or its stream ended.
+    Left,
+    /// Nothing was heard from it for this many milliseconds.
+    SessionTimeout { session_timeout_ms: u64 },
+    /// It did not acknowledge a revocation within this many milliseconds.
+    RevocationTimeout { session_timeout_ms: u64 },
+}
+
+impl fmt::Display for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Removal::Left => write!(f, "it left"),
+            Removal::SessionTimeout { session_timeout_ms } => {
+                write!(
+                    f,
+                    "nothing was heard from it for its session timeout of {session_timeout_ms} ms"
+                )
+            }
+            Removal::RevocationTimeout { session_timeout_ms } => write!(
+                f,
+                "it did not acknowledge a revocation within its session timeout of {session_timeout_ms} ms"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JoinError {
+    #[error(
+        "session timeout {session_timeout_ms} ms is outside {GROUP_SESSION_TIMEOUT_MS_MIN}..={GROUP_SESSION_TIMEOUT_MS_MAX}"
+    )]
+    SessionTimeout { session_timeout_ms: u64 },
+    #[error("a member must consume 1..={GROUP_TOPICS_MAX} topics; this one named {topics}")]
+    Topics { topics: usize },
+    #[error(
+        "group {group} consumes {current}; a member asking for {requested} cannot join it until every current member has left"
+    )]
+    SubscriptionMismatch { group: GroupName, current: String, requested: String },
+    #[error("group {group} already has {GROUP_MEMBERS_MAX} members, the limit")]
+    TooManyMembers { group: GroupName },
+    #[error("the server already coordinates {GROUPS_LIVE_MAX} live groups, the limit")]
+    TooManyLiveGroups,
+    #[error("the server already keeps offsets for {GROUPS_KNOWN_MAX} groups, the limit")]
+    TooManyGroups,
+}
+
+/// Why a commit is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommitError {
+    #[error("member {member} is not in group {group}")]
+    NotAMember { group: GroupName, member: MemberId },
+    #[error(
+        "the commit names generation {generation}, but group {group} is at generation {current}: wait for the latest assignment and commit again what it still gives you"
+    )]
+    StaleGeneration { group: GroupName, generation: u64, current: u64 },
+    #[error("member {member} does not own partition {partition} at generation {generation}")]
+    NotOwner { member: MemberId, partition: TopicPartition, generation: u64 },
+    #[error("a commit may carry at most {COMMIT_OFFSETS_MAX} offsets; this one has {offsets}")]
+    TooManyOffsets { offsets: usize },
+}
+
+/// Why a reset is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResetError {
+    #[error(
+        "group {group} has {members} live members: a reset is allowed only while it has none (stop its consumers first)"
+    )]
+    LiveMembers { group: GroupName, members: usize },
+}
+
+/// What one member may see: its generation, the partitions it owns, and the ones being
+/// revoked from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub generation: u64,
+    pub subscription: Subscription,
+    pub owned: BTreeSet<TopicPartition>,
+    pub revoking: BTreeSet<TopicPartition>,
+}
+
+/// Members whose view changed, and members that were removed (and why).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub wake: Vec<MemberId>,
+    pub removed: Vec<(MemberId, Removal)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// No members; only committed offsets.
+    Empty,
+    /// Revocations are pending: some partitions are moving.
+    Rebalancing,
+    /// Every partition is owned and nothing is moving.
+    Stable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub id: MemberId,
+    pub session_timeout_ms: u64,
+    pub owned: Vec<TopicPartition>,
+    pub revoking: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    pub partition: TopicPartition,
+    pub owner: Option<MemberId>,
+    pub revoking: bool,
+    pub committed: Option<Offset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub name: GroupName,
+    pub state: GroupState,
+    /// 0 for an empty group.
+    pub generation: u64,
+    pub subscription: Option<Subscription>,
+    pub members: Vec<MemberDescription>,
+    /// The subscription's partitions for a live group, the committed ones for an empty one.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+#[derive(Debug)]
+struct Member {
+    session_timeout_ms: u64,
+    last_heard_ms: u64,
+}
+
+/// A partition's owner; `revoke_deadline_ms` is set while it is being revoked from it.
+#[derive(Debug, Default)]
+struct Slot {
+    owner: Option<MemberId>,
+    revoke_deadline_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Group {
+    subscription: Subscription,
+    generation: u64,
+    members: BTreeMap<MemberId, Member>,
+    slots: BTreeMap<TopicPartition, Slot>,
+    target: BTreeMap<TopicPartition, MemberId>,
+}
+
+/// Every group of one server.
+#[derive(Debug)]
+pub struct Coordinator {
+    instance: u64,
+    next_member: u64,
+    groups: BTreeMap<GroupName, Group>,
+    committed: CommittedOffsets,
+}
+
+impl Group {
+    fn new(subscription: Subscription) -> Group {
+        let slots = subscription.partitions().into_iter().map(|p| (p, Slot::default())).collect();
+        Group {
+            subscription,
+            generation: 0,
+            members: BTreeMap::new(),
+            slots,
+            target: BTreeMap::new(),
+        }
+    }
+
+    fn member_ids(&self) -> Vec<MemberId> {
+        self.members.keys().cloned().collect()
+    }
+
+    /// Starts a new generation: computes the target, revokes what must move, and gives free
+    /// partitions to their target owners.
+    fn rebalance(&mut self, now_ms: u64) {
+        self.generation += 1;
+        let members: BTreeSet<MemberId> = self.members.keys().cloned().collect();
+        let partitions: BTreeSet<TopicPartition> = self.slots.keys().cloned().collect();
+        let held: BTreeMap<TopicPartition, MemberId> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.revoke_deadline_ms.is_none())
+            .filter_map(|(p, slot)| slot.owner.clone().map(|owner| (p.clone(), owner)))
+            .collect();
+        self.target = assign::assign(&members, &partitions, &held);
+        for (partition, slot) in &mut self.slots {
+            let target = self.target.get(partition);
+            match &slot.owner {
+                Some(owner) if slot.revoke_deadline_ms.is_none() && target != Some(owner) => {
+                    let timeout = self.members[owner].session_timeout_ms;
+                    slot.revoke_deadline_ms = Some(now_ms + timeout);
+                }
+                Some(_) => {}
+                None => slot.owner = target.cloned(),
+            }
+        }
+    }
+
+    fn remove(&mut self, member: &MemberId) {
+        self.members.remove(member);
+        for slot in self.slots.values_mut() {
+            if slot.owner.as_ref() == Some(member) {
+                *slot = Slot::default();
+            }
+        }
+    }
+
+    fn state(&self) -> GroupState {
+        if self.slots.values().any(|s| s.revoke_deadline_ms.is_some()) {
+            GroupState::Rebalancing
+        } else {
+            GroupState::Stable
+        }
+    }
+}
+
+impl Coordinator {
+    /// A coordinator for one server run. `instance` must differ between runs (the server
+    /// uses its start time); `committed` is what the offsets log folded to.
+    pub fn new(instance: u64, committed: CommittedOffsets) -> Coordinator {
+        Coordinator { instance, next_member: 1, groups: BTreeMap::new(), committed }
+    }
+
+    /// Adds a member and rebalances its group.
+    pub fn join(
+        &mut self,
+        group: &GroupName,
+        subscription: Subscription,
+        session_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Result<(MemberId, Changes), JoinError> {
+        if !(GROUP_SESSION_TIMEOUT_MS_MIN..=GROUP_SESSION_TIMEOUT_MS_MAX)
+            .contains(&session_timeout_ms)
+        {
+            return Err(JoinError::SessionTimeout { session_timeout_ms });
+        }
+        if subscription.topics.is_empty() || subscription.topics.len() > GROUP_TOPICS_MAX {
+            return Err(JoinError::Topics { topics: subscription.topics.len() });
+        }
+        match self.groups.get(group) {
+            Some(live) if live.subscription != subscription => {
+                return Err(JoinError::SubscriptionMismatch {
+                    group: group.clone(),
+                    current: live.subscription.to_string(),
+                    requested: subscription.to_string(),
+                });
+            }
+            Some(live) if live.members.len() >= GROUP_MEMBERS_MAX => {
+                return Err(JoinError::TooManyMembers { group: group.clone() });
+            }
+            Some(_) => {}
+            None if self.groups.len() >= GROUPS_LIVE_MAX => {
+                return Err(JoinError::TooManyLiveGroups);
+            }
+            None if !self.committed.has_group(group)
+                && self.committed.group_count() + self.groups.len() >= GROUPS_KNOWN_MAX =>
+            {
+                return Err(JoinError::TooManyGroups);
+            }
+            None => {
+                self.groups.insert(group.clone(), Group::new(subscription));
+            }
+        }
+        let member = MemberId::new(self.instance, self.next_member);
+        self.next_member += 1;
+        let live = self.groups.get_mut(group).expect("just checked or inserted");
+        live.members.insert(member.clone(), Member { session_timeout_ms, last_heard_ms: now_ms });
+        live.rebalance(now_ms);
+        Ok((member, Changes { wake: live.member_ids(), removed: Vec::new() }))
+    }
+
+    /// Notes that `member` was heard from. `false` when it is no longer a member.
+    pub fn heard_from(&mut self, group: &GroupName, member: &MemberId, now_ms: u64) -> bool {
+        match self.groups.get_mut(group).and_then(|g| g.members.get_mut(member)) {
+            Some(state) => {
+                state.last_heard_ms = state.last_heard_ms.max(now_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a member that left (or whose stream ended) and rebalances its group.
+    pub fn leave(&mut self, group: &GroupName, member: &MemberId, now_ms: u64) -> Changes {
+        self.remove(group, &[(member.clone(), Removal::Left)], now_ms)
+    }
+
+    fn remove(
+        &mut self,
+        group: &GroupName,
+        removed: &[(MemberId, Removal)],
+        now_ms: u64,
+    ) -> Changes {
+        let Some(live) = self.groups.get_mut(group) else {
+            return Changes::default();
+        };
+        let removed: Vec<(MemberId, Removal)> =
+            removed.iter().filter(|(m, _)| live.members.contains_key(m)).cloned().collect();
+        if removed.is_empty() {
+            return Changes::default();
+        }
+        for (member, _) in &removed {
+            live.remove(member);
+        }
+        let wake = live.member_ids();
+        if live.members.is_empty() {
+            self.groups.remove(group);
+        } else {
+            live.rebalance(now_ms);
+        }
+        let mut wake = wake;
+        wake.extend(removed.iter().map(|(m, _)| m.clone()));
+        Changes { wake, removed }
+    }
+
+    /// `member` acknowledges that it stopped consuming `partitions` (those being revoked from
+    /// it; others are ignored). Each goes to its target owner.
+    pub fn revoked(
+        &mut self,
+        group: &GroupName,
+        member: &MemberId,
+        partitions: &[TopicPartition],
+        now_ms: u64,
+    ) -> Changes {
+        if !self.heard_from(group, member, now_ms) {
+            return Changes::default();
+        }
+        let live = self.groups.get_mut(group).expect("the member's group is live");
+        let mut wake = BTreeSet::new();
+        for partition in partitions {
+            let Some(slot) = live.slots.get_mut(partition) else { continue };
+            if slot.owner.as_ref() != Some(member) || slot.revoke_deadline_ms.is_none() {
+                continue;
+            }
+            slot.revoke_deadline_ms = None;
+            slot.owner = live.target.get(partition).cloned();
+            wake.insert(member.clone());
+            wake.extend(slot.owner.clone());
+        }
+        Changes { wake: wake.into_iter().collect(), removed: Vec::new() }
+    }
+
+    /// Checks a commit and, when it is accepted, applies it to the committed offsets and
+    /// returns the record to persist (the caller acknowledges the commit once it is durable).
+    pub fn commit(
+        &mut self,
+        group: &GroupName,
+        member: &MemberId,
+        generation: u64,
+        offsets: Vec<(TopicPartition, Offset)>,
+        now_ms: u64,
+    ) -> Result<CommitRecord, CommitError> {
+        if offsets.len() > COMMIT_OFFSETS_MAX {
+            return Err(CommitError::TooManyOffsets { offsets: offsets.len() });
+        }
+        if !self.heard_from(group, member, now_ms) {
+            return Err(CommitError::NotAMember { group: group.clone(), member: member.clone() });
+        }
+        let live = &self.groups[group];
+        if generation != live.generation {
+            return Err(CommitError::StaleGeneration {
+                group: group.clone(),
+                generation,
+                current: live.generation,
+            });
+        }
+        for (partition, _) in &offsets {
+            let owner = live.slots.get(partition).and_then(|slot| slot.owner.as_ref());
+            if owner != Some(member) {
+                return Err(CommitError::NotOwner {
+                    member: member.clone(),
+                    partition: partition.clone(),
+                    generation,
+                });
+            }
+        }
+        let record = CommitRecord { group: group.clone(), offsets };
+        self.committed.apply(&record);
+        Ok(record)
+    }
+
+    /// Sets a group's committed offsets, refused while it has live members. Returns the
+    /// record to persist.
+    pub fn reset(
+        &mut self,
+        group: &GroupName,
+        offsets: Vec<(TopicPartition, Offset)>,
+    ) -> Result<CommitRecord, ResetError> {
+        if let Some(live) = self.groups.get(group) {
+            return Err(ResetError::LiveMembers {
+                group: group.clone(),
+                members: live.members.len(),
+            });
+        }
+        let record = CommitRecord { group: group.clone(), offsets };
+        self.committed.apply(&record);
+        Ok(record)
+    }
+
+    /// Removes members whose session or revocation deadline passed, and rebalances.
+    pub fn tick(&mut self, now_ms: u64) -> Changes {
+        let mut changes = Changes::default();
+        let names: Vec<GroupName> = self.groups.keys().cloned().collect();
+        for name in names {
+            let live = &self.groups[&name];
+            let mut expired: BTreeMap<MemberId, Removal> = live
+                .members
+                .iter()
+                .filter(|(_, m)| m.last_heard_ms + m.session_timeout_ms <= now_ms)
+                .map(|(id, m)| {
+                    (
+                        id.clone(),
+                        Removal::SessionTimeout { session_timeout_ms: m.session_timeout_ms },
+                    )
+                })
+                .collect();
+            for slot in live.slots.values() {
+                if let (Some(owner), Some(deadline)) = (&slot.owner, slot.revoke_deadline_ms)
+                    && deadline <= now_ms
+                {
+                    let session_timeout_ms = live.members[owner].session_timeout_ms;
+                    expired
+                        .entry(owner.clone())
+                        .or_insert(Removal::RevocationTimeout { session_timeout_ms });
+                }
+            }
+            if expired.is_empty() {
+                continue;
+            }
+            let expired: Vec<(MemberId, Removal)> = expired.into_iter().collect();
+            let group_changes = self.remove(&name, &expired, now_ms);
+            changes.wake.extend(group_changes.wake);
+            changes.removed.extend(group_changes.removed);
+        }
+        changes
+    }
+
+    /// The earliest time [`Coordinator::tick`] has something to do.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                let sessions = g.members.values().map(|m| m.last_heard_ms + m.session_timeout_ms);
+                let revocations = g.slots.values().filter_map(|s| s.revoke_deadline_ms);
+                sessions.chain(revocations)
+            })
+            .min()
+    }
+
+    /// What `member` may see, or `None` once it is not a member.
+    pub fn view(&self, group: &GroupName, member: &MemberId) -> Option<MemberView> {
+        let live = self.groups.get(group).filter(|g| g.members.contains_key(member))?;
+        let mut view = MemberView {
+            generation: live.generation,
+            subscription: live.subscription.clone(),
+            owned: BTreeSet::new(),
+            revoking: BTreeSet::new(),
+        };
+        for (partition, slot) in &live.slots {
+            if slot.owner.as_ref() == Some(member) {
+                match slot.revoke_deadline_ms {
+                    Some(_) => view.revoking.insert(partition.clone()),
+                    None => view.owned.insert(partition.clone()),
+                };
+            }
+        }
+        Some(view)
+    }
+
+    pub fn committed(&self, group: &GroupName, partition: &TopicPartition) -> Option<Offset> {
+        self.committed.get(group, partition)
+    }
+
+    /// One group, live or with committed offsets; `None` if neither.
+    pub fn describe(&self, group: &GroupName) -> Option<GroupDescription> {
+        let Some(live) = self.groups.get(group) else {
+            if !self.committed.has_group(group) {
+                return None;
+            }
+            let partitions = self
+                .committed
+                .of_group(group)
+                .map(|(p, offset)| PartitionDescription {
+                    partition: p.clone(),
+                    owner: None,
+                    revoking: false,
+                    committed: Some(offset),
+                })
+                .collect();
+            return Some(GroupDescription {
+                name: group.clone(),
+                state: GroupState::Empty,
+                generation: 0,
+                subscription: None,
+                members: Vec::new(),
+                partitions,
+            });
+        };
+        let members = live
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let view = self.view(group, id).expect("a member has a view");
+                MemberDescription {
+                    id: id.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    owned: view.owned.into_iter().collect(),
+                    revoking: view.revoking.into_iter().collect(),
+                }
+            })
+            .collect();
+        let partitions = live
+            .slots
+            .iter()
+            .map(|(p, slot)| PartitionDescription {
+                partition: p.clone(),
+                owner: slot.owner.clone(),
+                revoking: slot.revoke_deadline_ms.is_some(),
+                committed: self.committed.get(group, p),
+            })
+            .collect();
+        Some(GroupDescription {
+            name: group.clone(),
+            state: live.state(),
+            generation: live.generation,
+            subscription: Some(live.subscription.clone()),
+            members,
+            partitions,
+        })
+    }
+
+    /// Every group, live or with committed offsets, sorted by name.
+    pub fn list(&self) -> Vec<GroupDescription> {
+        let names: BTreeSet<&GroupName> =
+            self.groups.keys().chain(self.committed.groups()).collect();
+        names.into_iter().filter_map(|name| self.describe(name)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
