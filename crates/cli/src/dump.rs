@@ -1,8 +1,7 @@
 //! `spool dump FILE`: reads a segment's log or index file offline, prints what it holds and
 //! every error found, and fails if it found any.
 //!
-//! The index layouts are those documented in spool-storage's `index` module (8-byte offset
-//! entries, 12-byte time entries, little-endian); storage does not export a decoder for them.
+//! Index entries are decoded with spool-storage's `index` module, which documents their layout.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -10,9 +9,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use spool_storage::batch::{self, BATCH_PREFIX_BYTES, BatchView};
+use spool_storage::index::{OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry};
 
-const OFFSET_ENTRY_BYTES: usize = 8;
-const TIME_ENTRY_BYTES: usize = 12;
 
 pub(crate) fn run(path: &Path, records: bool) -> anyhow::Result<()> {
     let name = path
@@ -157,15 +155,12 @@ fn read_entries(path: &Path, entry_bytes: usize) -> anyhow::Result<(Vec<Vec<u8>>
     Ok((entries, unused, errors))
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
 fn dump_offset_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
     let (entries, unused, mut errors) = read_entries(path, OFFSET_ENTRY_BYTES)?;
     let mut previous: Option<(u32, u32)> = None;
     for (i, entry) in entries.iter().enumerate() {
-        let (relative, position) = (u32_at(entry, 0), u32_at(entry, 4));
+        let OffsetEntry { relative_offset: relative, position } =
+            OffsetEntry::decode(entry[..].try_into().expect("whole entries"));
         let absolute =
             base.map_or_else(String::new, |b| format!(" (offset {})", b + u64::from(relative)));
         println!("entry {i}: relative offset {relative}{absolute} at position {position}");
@@ -189,8 +184,8 @@ fn dump_time_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
     let (entries, unused, mut errors) = read_entries(path, TIME_ENTRY_BYTES)?;
     let mut previous: Option<(i64, u32)> = None;
     for (i, entry) in entries.iter().enumerate() {
-        let timestamp = i64::from_le_bytes(entry[0..8].try_into().expect("8 bytes"));
-        let relative = u32_at(entry, 8);
+        let TimeEntry { timestamp_ms: timestamp, relative_offset: relative } =
+            TimeEntry::decode(entry[..].try_into().expect("whole entries"));
         let time = chrono::DateTime::from_timestamp_millis(timestamp)
             .map_or_else(String::new, |t| {
                 format!(" ({})", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

@@ -153,21 +153,44 @@ impl IndexFile {
     }
 }
 
-/// Offset index entry.
+/// An offset index entry (the layout is in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct OffsetEntry {
-    pub(crate) relative_offset: u32,
-    pub(crate) position: u32,
+pub struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
 }
 
-pub(crate) const OFFSET_ENTRY_BYTES: usize = 8;
-pub(crate) const TIME_ENTRY_BYTES: usize = 12;
+/// Bytes of one offset index entry.
+pub const OFFSET_ENTRY_BYTES: usize = 8;
+/// Bytes of one time index entry.
+pub const TIME_ENTRY_BYTES: usize = 12;
 
-/// Time index entry.
+/// A time index entry (the layout is in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimeEntry {
-    pub(crate) timestamp_ms: i64,
-    pub(crate) relative_offset: u32,
+pub struct TimeEntry {
+    pub timestamp_ms: i64,
+    pub relative_offset: u32,
+}
+
+impl OffsetEntry {
+    /// Decodes one entry from exactly [`OFFSET_ENTRY_BYTES`] bytes (for offline tools; the
+    /// log reads its mapped indexes itself).
+    pub fn decode(bytes: &[u8; OFFSET_ENTRY_BYTES]) -> OffsetEntry {
+        OffsetEntry {
+            relative_offset: u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")),
+            position: u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+impl TimeEntry {
+    /// Decodes one entry from exactly [`TIME_ENTRY_BYTES`] bytes.
+    pub fn decode(bytes: &[u8; TIME_ENTRY_BYTES]) -> TimeEntry {
+        TimeEntry {
+            timestamp_ms: i64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -175,11 +198,7 @@ pub(crate) struct OffsetIndex(pub(crate) IndexFile);
 
 impl OffsetIndex {
     pub(crate) fn get(&self, i: usize) -> OffsetEntry {
-        let e = self.0.entry(i);
-        OffsetEntry {
-            relative_offset: u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
-            position: u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
-        }
+        OffsetEntry::decode(self.0.entry(i).try_into().expect("an offset entry"))
     }
 
     pub(crate) fn last(&self) -> Option<OffsetEntry> {
@@ -224,11 +243,7 @@ pub(crate) struct TimeIndex(pub(crate) IndexFile);
 
 impl TimeIndex {
     pub(crate) fn get(&self, i: usize) -> TimeEntry {
-        let e = self.0.entry(i);
-        TimeEntry {
-            timestamp_ms: i64::from_le_bytes(e[0..8].try_into().expect("8 bytes")),
-            relative_offset: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
-        }
+        TimeEntry::decode(self.0.entry(i).try_into().expect("a time entry"))
     }
 
     pub(crate) fn last(&self) -> Option<TimeEntry> {

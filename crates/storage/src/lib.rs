@@ -71,7 +71,7 @@
 pub mod batch;
 pub mod error;
 pub mod fs;
-mod index;
+pub mod index;
 pub mod limits;
 mod log;
 mod recovery;
