@@ -20,9 +20,12 @@
 //!   timeout, or when it does not acknowledge a revocation within its session timeout. Its
 //!   partitions are then free at once (it is presumed dead).
 //! - A commit names the generation the member knows. It is accepted only from a member of the
-//!   group, at the current generation, for partitions it owns (including ones being revoked
-//!   from it, which it may commit before acknowledging). So a member presumed dead can never
-//!   overwrite its successor's progress.
+//!   group, for partitions it owns (including ones being revoked from it, which it may commit
+//!   before acknowledging), and only if the generation is not older than the one at which
+//!   the member got each partition (its *tenure*) nor newer than the group's. A commit from an
+//!   earlier tenure, or from a member presumed dead, is refused: it can never overwrite a
+//!   successor's progress. (A member's commits of partitions it keeps stay valid across
+//!   rebalances that do not move them.)
 //!
 //! ## Invariants (checked by the model test in `tests.rs`)
 //!
@@ -202,9 +205,18 @@ pub enum CommitError {
     #[error("member {member} is not in group {group}")]
     NotAMember { group: GroupName, member: MemberId },
     #[error(
-        "the commit names generation {generation}, but group {group} is at generation {current}: wait for the latest assignment and commit again what it still gives you"
+        "the commit names generation {generation}, but member {member} owns {partition} only since generation {owned_since}: the commit is from before it was given the partition"
     )]
-    StaleGeneration { group: GroupName, generation: u64, current: u64 },
+    StaleGeneration {
+        member: MemberId,
+        partition: TopicPartition,
+        generation: u64,
+        owned_since: u64,
+    },
+    #[error(
+        "the commit names generation {generation}, but group {group} is at generation {current}"
+    )]
+    FutureGeneration { group: GroupName, generation: u64, current: u64 },
     #[error("member {member} does not own partition {partition} at generation {generation}")]
     NotOwner { member: MemberId, partition: TopicPartition, generation: u64 },
     #[error("a commit may carry at most {COMMIT_OFFSETS_MAX} offsets; this one has {offsets}")]
@@ -228,6 +240,8 @@ pub struct MemberView {
     pub subscription: Subscription,
     pub owned: BTreeSet<TopicPartition>,
     pub revoking: BTreeSet<TopicPartition>,
+    /// For each partition owned or revoking: the generation at which the member got it.
+    pub owned_since: BTreeMap<TopicPartition, u64>,
 }
 
 /// Members whose view changed, and members that were removed (and why).
@@ -281,11 +295,13 @@ struct Member {
     last_heard_ms: u64,
 }
 
-/// A partition's owner; `revoke_deadline_ms` is set while it is being revoked from it.
+/// A partition's owner; `revoke_deadline_ms` is set while it is being revoked from it, and
+/// `owned_since` is the generation at which the owner got it.
 #[derive(Debug, Default)]
 struct Slot {
     owner: Option<MemberId>,
     revoke_deadline_ms: Option<u64>,
+    owned_since: u64,
 }
 
 #[derive(Debug)]
@@ -343,7 +359,10 @@ impl Group {
                     slot.revoke_deadline_ms = Some(now_ms + timeout);
                 }
                 Some(_) => {}
-                None => slot.owner = target.cloned(),
+                None => {
+                    slot.owner = target.cloned();
+                    slot.owned_since = self.generation;
+                }
             }
         }
     }
@@ -486,6 +505,7 @@ impl Coordinator {
             }
             slot.revoke_deadline_ms = None;
             slot.owner = live.target.get(partition).cloned();
+            slot.owned_since = live.generation;
             wake.insert(member.clone());
             wake.extend(slot.owner.clone());
         }
@@ -509,20 +529,28 @@ impl Coordinator {
             return Err(CommitError::NotAMember { group: group.clone(), member: member.clone() });
         }
         let live = &self.groups[group];
-        if generation != live.generation {
-            return Err(CommitError::StaleGeneration {
+        if generation > live.generation {
+            return Err(CommitError::FutureGeneration {
                 group: group.clone(),
                 generation,
                 current: live.generation,
             });
         }
         for (partition, _) in &offsets {
-            let owner = live.slots.get(partition).and_then(|slot| slot.owner.as_ref());
-            if owner != Some(member) {
+            let slot = live.slots.get(partition).filter(|slot| slot.owner.as_ref() == Some(member));
+            let Some(slot) = slot else {
                 return Err(CommitError::NotOwner {
                     member: member.clone(),
                     partition: partition.clone(),
                     generation,
+                });
+            };
+            if generation < slot.owned_since {
+                return Err(CommitError::StaleGeneration {
+                    member: member.clone(),
+                    partition: partition.clone(),
+                    generation,
+                    owned_since: slot.owned_since,
                 });
             }
         }
@@ -607,9 +635,11 @@ impl Coordinator {
             subscription: live.subscription.clone(),
             owned: BTreeSet::new(),
             revoking: BTreeSet::new(),
+            owned_since: BTreeMap::new(),
         };
         for (partition, slot) in &live.slots {
             if slot.owner.as_ref() == Some(member) {
+                view.owned_since.insert(partition.clone(), slot.owned_since);
                 match slot.revoke_deadline_ms {
                     Some(_) => view.revoking.insert(partition.clone()),
                     None => view.owned.insert(partition.clone()),

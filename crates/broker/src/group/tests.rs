@@ -54,17 +54,19 @@ fn three_members_get_fair_shares_and_a_late_joiner_moves_only_its_share() {
 }
 
 #[test]
-fn commits_need_membership_the_current_generation_and_ownership() {
+fn commits_need_membership_ownership_and_a_generation_of_the_current_tenure() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
     let a = join(&mut c, 0);
     assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(5))], 0).is_ok());
     assert_eq!(c.committed(&g, &tp(0)), Some(Offset(5)));
     let b = join(&mut c, 0);
-    assert_eq!(
-        c.commit(&g, &a, 1, vec![(tp(0), Offset(6))], 0),
-        Err(CommitError::StaleGeneration { group: g.clone(), generation: 1, current: 2 })
-    );
+    // a keeps partition 0 across the rebalance: its commits naming generation 1 still count.
+    assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(6))], 0).is_ok());
+    assert!(matches!(
+        c.commit(&g, &a, 3, vec![(tp(0), Offset(7))], 0),
+        Err(CommitError::FutureGeneration { generation: 3, current: 2, .. })
+    ));
     // A partition being revoked may still be committed by its owner, before it acknowledges.
     let moving = revoking(&c, &a);
     assert!(c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(1))], 0).is_ok());
@@ -77,6 +79,16 @@ fn commits_need_membership_the_current_generation_and_ownership() {
         c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(2))], 0),
         Err(CommitError::NotOwner { .. })
     ));
+    // b got it at generation 2: a commit naming generation 1 is from before its tenure.
+    assert_eq!(
+        c.commit(&g, &b, 1, vec![(moving[0].clone(), Offset(2))], 0),
+        Err(CommitError::StaleGeneration {
+            member: b.clone(),
+            partition: moving[0].clone(),
+            generation: 1,
+            owned_since: 2
+        })
+    );
     assert!(c.commit(&g, &b, 2, vec![(moving[0].clone(), Offset(2))], 0).is_ok());
     c.leave(&g, &a, 1);
     assert!(matches!(c.commit(&g, &a, 3, vec![], 1), Err(CommitError::NotAMember { .. })));
@@ -191,6 +203,8 @@ fn model_random_membership_changes() {
         let mut now = 0u64;
         let mut members: Vec<MemberId> = Vec::new();
         let mut silent: BTreeSet<MemberId> = BTreeSet::new();
+        // The model's own record of each partition's tenure: (owner, revoking, since).
+        let mut tenure: BTreeMap<TopicPartition, (MemberId, bool, u64)> = BTreeMap::new();
         for step in 0..200 {
             let before = owners(&c, &members);
             let mut acknowledged: Vec<(MemberId, TopicPartition)> = Vec::new();
@@ -222,11 +236,13 @@ fn model_random_membership_changes() {
                     let m = members[rng.below(members.len() as u64) as usize].clone();
                     let view = c.view(&g, &m);
                     let current = view.as_ref().map_or(0, |v| v.generation);
-                    let generation = current.saturating_sub(rng.below(2));
+                    let generation = (current + 1).saturating_sub(rng.below(4));
                     let p = tp(rng.below(u64::from(partitions)) as u32);
                     let may = view.is_some_and(|v| {
-                        v.generation == generation
-                            && (v.owned.contains(&p) || v.revoking.contains(&p))
+                        generation <= v.generation
+                            && tenure.get(&p).is_some_and(|(owner, _, since)| {
+                                *owner == m && generation >= *since
+                            })
                     });
                     let result = c.commit(&g, &m, generation, vec![(p.clone(), Offset(step))], now);
                     assert_eq!(result.is_ok(), may, "seed {seed} step {step}: commit {result:?}");
@@ -254,6 +270,23 @@ fn model_random_membership_changes() {
                 }
             }
             let after = owners(&c, &members);
+            let generation = members.iter().find_map(|m| c.view(&g, m)).map_or(0, |v| v.generation);
+            let mut next_tenure = BTreeMap::new();
+            for (p, owner) in &after {
+                let view = c.view(&g, owner).unwrap();
+                let revoking = view.revoking.contains(p);
+                let since = match tenure.get(p) {
+                    Some((previous, was_revoking, since))
+                        if previous == owner && (revoking || !*was_revoking) =>
+                    {
+                        *since
+                    }
+                    _ => generation,
+                };
+                assert_eq!(view.owned_since[p], since, "seed {seed} step {step}: tenure of {p}");
+                next_tenure.insert(p.clone(), (owner.clone(), revoking, since));
+            }
+            tenure = next_tenure;
             for (p, new_owner) in &after {
                 if let Some(old_owner) = before.get(p)
                     && old_owner != new_owner
