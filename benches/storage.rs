@@ -19,6 +19,7 @@
 //!   appends, one syncer thread fsyncs whatever has accumulated, producers wait for their
 //!   batch to be durable), as a fraction of the `fdatasync` rate for groups of that size;
 //! - sequential reads, offset lookups and timestamp lookups on a warm page cache;
+//! - recovery: opening a 1 GiB log after a clean shutdown and after a crash;
 //! - batch encoding and checking.
 
 use std::path::{Path, PathBuf};
@@ -35,35 +36,75 @@ const MIB: f64 = 1024.0 * 1024.0;
 struct Settings {
     dir: PathBuf,
     write_bytes: u64,
+    recovery_bytes: u64,
     duration: Duration,
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // Sections named on the command line run alone: disk, never, interval, always, reads,
+    // recovery, batches (cargo passes its own `--bench`; flags are skipped).
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wants = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
     let dir = std::env::var_os("SPOOL_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("data/bench-storage"));
     let settings = Settings {
         dir: dir.clone(),
         write_bytes: if quick { 32 << 20 } else { 512 << 20 },
+        recovery_bytes: if quick { 64 << 20 } else { 1 << 30 },
         duration: Duration::from_millis(if quick { 300 } else { 3000 }),
     };
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the benchmark directory");
+    let settings = &settings;
     println!(
         "spool-storage benchmarks in {} ({} run)",
         dir.display(),
         if quick { "quick" } else { "full" }
     );
 
-    println!("\n## The disk");
-    let buffered_mb_s = median3(|| buffered_write_mb_s(&settings));
-    let sync_4k = median3(|| fdatasync_per_s(&settings, 4096));
-    let sync_64k = median3(|| fdatasync_per_s(&settings, 65536));
-    println!("buffered sequential write   {buffered_mb_s:>10.0} MB/s");
-    println!("fdatasync after 4 KiB       {sync_4k:>10.0} /s");
-    println!("fdatasync after 64 KiB      {sync_64k:>10.0} /s");
+    let mut buffered_mb_s = f64::NAN;
+    if wants("disk") || wants("never") || wants("interval") {
+        println!("\n## The disk");
+        buffered_mb_s = median3(|| buffered_write_mb_s(settings));
+        let sync_4k = median3(|| fdatasync_per_s(settings, 4096));
+        let sync_64k = median3(|| fdatasync_per_s(settings, 65536));
+        println!("buffered sequential write   {buffered_mb_s:>10.0} MB/s");
+        println!("fdatasync after 4 KiB       {sync_4k:>10.0} /s");
+        println!("fdatasync after 64 KiB      {sync_64k:>10.0} /s");
+    }
 
+    if wants("never") {
+        never_section(settings, buffered_mb_s);
+    }
+    if wants("interval") {
+        interval_section(settings, buffered_mb_s);
+    }
+    if wants("always") {
+        always_section(settings);
+    }
+    if wants("reads") {
+        reads_section(settings);
+    }
+    if wants("recovery") {
+        println!("\n## Recovery (opening a log of {} MiB)", settings.recovery_bytes >> 20);
+        let (clean_ms, crash_ms, scanned) = recovery_ms(settings);
+        println!("after a clean shutdown        {clean_ms:>8.1} ms");
+        println!(
+            "after a crash                 {crash_ms:>8.1} ms   ({scanned} segment(s) scanned, from the recovery point)"
+        );
+    }
+    if wants("batches") {
+        println!("\n## Batches");
+        let (encode_ns, check_mb_s) = encode_and_check();
+        println!("encode, 100-byte records     {encode_ns:>9.1} ns/record");
+        println!("check (CRC + records)        {check_mb_s:>9.0} MB/s");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn never_section(settings: &Settings, buffered_mb_s: f64) {
     println!("\n## Append, fsync never (fraction of buffered sequential write)");
     println!(
         "(group: batches per append_many call, as the server's writer appends a drained queue)"
@@ -72,7 +113,7 @@ fn main() {
         let batch_kib = records * value_bytes / 1024;
         let group_max = (1024 / batch_kib).clamp(1, 256);
         for group in [1, group_max] {
-            let mb_s = median3(|| append_never_mb_s(&settings, records, value_bytes, group));
+            let mb_s = median3(|| append_never_mb_s(settings, records, value_bytes, group));
             println!(
                 "{batch_kib:>4} KiB batches, group {group:>4}  {mb_s:>8.0} MB/s   {:>5.0}% of buffered write",
                 100.0 * mb_s / buffered_mb_s
@@ -82,23 +123,27 @@ fn main() {
             }
         }
     }
+}
 
+fn interval_section(settings: &Settings, buffered_mb_s: f64) {
     println!("\n## Append, fsync interval (fraction of buffered sequential write)");
     for interval_ms in [5, 100] {
-        let (mb_s, syncs_per_s) = median3_pair(|| append_interval(&settings, interval_ms));
+        let (mb_s, syncs_per_s) = median3_pair(|| append_interval(settings, interval_ms));
         println!(
             "  16 KiB batches, group   64, sync every {interval_ms:>3} ms  {mb_s:>8.0} MB/s  {syncs_per_s:>6.0} fsyncs/s  {:>5.0}% of buffered write",
             100.0 * mb_s / buffered_mb_s
         );
     }
+}
 
+fn always_section(settings: &Settings) {
     println!("\n## Append, fsync always, concurrent producers with group commit");
     println!(
         "(fraction: fsyncs per second achieved / fdatasync calls per second for groups of that size)"
     );
     for producers in [1, 8, 64] {
-        let r = group_commit(&settings, producers, 4096);
-        let raw = fdatasync_per_s(&settings, r.group_bytes.max(1.0) as usize);
+        let r = group_commit(settings, producers, 4096);
+        let raw = fdatasync_per_s(settings, r.group_bytes.max(1.0) as usize);
         println!(
             "{producers:>3} producers x 4 KiB       {:>10.1} MB/s  {:>8.0} batches/s  {:>7.0} fsyncs/s  group {:>6.1} batches  p50 {:>7.0} us  p99 {:>7.0} us  {:>5.0}% of {raw:.0} fdatasync/s",
             r.mb_s,
@@ -110,23 +155,17 @@ fn main() {
             100.0 * r.syncs_per_s / raw
         );
     }
+}
 
+fn reads_section(settings: &Settings) {
     println!("\n## Reads (warm page cache)");
-    let log = filled_log(&settings, 16, 1024);
+    let log = filled_log(settings, 16, 1024);
     let read_mb_s = sequential_read_mb_s(&log);
     println!("sequential read, 1 MiB reads {read_mb_s:>9.0} MB/s");
     let lookup_ns = offset_lookup_ns(&log);
     println!("offset lookup + read 1 batch {lookup_ns:>9.0} ns");
     let time_ns = timestamp_lookup_ns(&log);
     println!("timestamp lookup             {time_ns:>9.0} ns");
-    drop(log);
-
-    println!("\n## Batches");
-    let (encode_ns, check_mb_s) = encode_and_check();
-    println!("encode, 100-byte records     {encode_ns:>9.1} ns/record");
-    println!("check (CRC + records)        {check_mb_s:>9.0} MB/s");
-
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn median3(mut f: impl FnMut() -> f64) -> f64 {
@@ -441,6 +480,39 @@ fn timestamp_lookup_ns(log: &Log) -> f64 {
         }
         start.elapsed().as_nanos() as f64 / n as f64
     })
+}
+
+/// Writes a log of `recovery_bytes` (16 KiB batches, synced), then times opening it after a
+/// clean close and after the process stopped without closing it (the log is dropped; the
+/// page cache keeps everything, as after kill -9). The crash case scans from the recovery
+/// point: the active segment.
+fn recovery_ms(settings: &Settings) -> (f64, f64, usize) {
+    let path = fresh(settings, "recovery");
+    let mut log = open(&path, FsyncPolicy::Always);
+    let mut buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
+    let mut written = 0u64;
+    while written < settings.recovery_bytes {
+        let now = TimestampMs::now();
+        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
+        for result in log.append_many(&mut batches, now) {
+            result.unwrap();
+        }
+        log.sync(now).unwrap();
+        written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+    }
+    log.close().unwrap();
+    let start = Instant::now();
+    let log = open(&path, FsyncPolicy::Always);
+    let clean_ms = start.elapsed().as_secs_f64() * 1e3;
+    assert!(log.recovery_report().clean_shutdown);
+    drop(log);
+    let start = Instant::now();
+    let log = open(&path, FsyncPolicy::Always);
+    let crash_ms = start.elapsed().as_secs_f64() * 1e3;
+    let scanned = log.recovery_report().scanned.len();
+    assert!(!log.recovery_report().clean_shutdown);
+    log.delete().unwrap();
+    (clean_ms, crash_ms, scanned)
 }
 
 fn encode_and_check() -> (f64, f64) {
