@@ -35,12 +35,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(data_dir: &Path) -> TestServer {
+        TestServer::start_with(data_dir, spool_server::ServeOptions::default()).await
+    }
+
+    /// A server with TLS, tokens or a metrics endpoint; `address` is `https://` with TLS.
+    pub async fn start_with(data_dir: &Path, options: spool_server::ServeOptions) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let address = format!("{scheme}://{}", listener.local_addr().unwrap());
         let server = Server::open(data_dir).await.unwrap();
         let metrics = server.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async {
+        let opened = async { Ok(server) };
+        let task = tokio::spawn(spool_server::serve(listener, options, opened, async {
             let _ = stopped.await;
         }));
         TestServer {

@@ -18,4 +18,6 @@ mod registry;
 
 pub use config::{TopicConfig, TopicConfigError, TopicConfigRequest};
 pub use name::{TopicName, TopicNameError};
-pub use registry::{CreateTopicError, DeleteTopicError, OpenRegistryError, OpenedTopic, Registry};
+pub use registry::{
+    AlterTopicError, CreateTopicError, DeleteTopicError, OpenRegistryError, OpenedTopic, Registry,
+};

@@ -82,6 +82,16 @@ pub enum CreateTopicError {
 }
 
 #[derive(Debug, Error)]
+pub enum AlterTopicError {
+    #[error("topic {name} does not exist")]
+    NotFound { name: TopicName },
+    #[error("topic {name} has {partitions} partitions; the partition count cannot change")]
+    PartitionsChanged { name: TopicName, partitions: u32 },
+    #[error("altering topic {name} failed at {path}: {source}")]
+    Io { name: TopicName, path: PathBuf, source: io::Error },
+}
+
+#[derive(Debug, Error)]
 pub enum DeleteTopicError {
     #[error("topic {name} does not exist")]
     NotFound { name: TopicName },
@@ -217,6 +227,31 @@ impl Registry {
         Ok(logs)
     }
 
+    /// Changes a topic's settings (every one but its partition count) by rewriting its
+    /// `meta.json` atomically: temporary file, fsync, rename, fsync of the directory. The logs
+    /// are not touched: whoever runs them applies the new settings.
+    pub fn alter(&mut self, name: &TopicName, config: TopicConfig) -> Result<(), AlterTopicError> {
+        let Some(current) = self.topics.get(name) else {
+            return Err(AlterTopicError::NotFound { name: name.clone() });
+        };
+        if current.partitions() != config.partitions() {
+            return Err(AlterTopicError::PartitionsChanged {
+                name: name.clone(),
+                partitions: current.partitions(),
+            });
+        }
+        let dir = self.topic_dir(name);
+        let json = serde_json::to_vec_pretty(&TopicMeta::new(name.as_str(), &config))
+            .expect("topic metadata serializes");
+        write_atomically(self.fs.as_ref(), &dir, &json).map_err(|source| AlterTopicError::Io {
+            name: name.clone(),
+            path: dir.join(META_FILE),
+            source,
+        })?;
+        self.topics.insert(name.clone(), config);
+        Ok(())
+    }
+
     /// Deletes a topic: its metadata, then `logs` (all of its partition logs, which the caller
     /// has stopped using). The registry forgets the topic even if a later step fails.
     pub fn delete(&mut self, name: &TopicName, logs: Vec<Log>) -> Result<(), DeleteTopicError> {
@@ -350,6 +385,35 @@ mod tests {
         registry.delete(&n, logs).unwrap();
         assert!(!data.path().join("topics/a").exists());
         assert!(matches!(registry.delete(&n, Vec::new()), Err(DeleteTopicError::NotFound { .. })));
+    }
+
+    #[test]
+    fn alter_rewrites_meta_and_keeps_partitions() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        for log in registry.create(name("a"), config(2), TimestampMs(0)).unwrap() {
+            log.close().unwrap();
+        }
+        let altered = TopicConfig::new(TopicConfigRequest {
+            partitions: Some(2),
+            retention_ms: Some(60_000),
+            segment_bytes: Some(1 << 20),
+            ..Default::default()
+        })
+        .unwrap();
+        registry.alter(&name("a"), altered).unwrap();
+        assert_eq!(registry.get(&name("a")), Some(&altered));
+        assert!(matches!(
+            registry.alter(&name("a"), config(3)),
+            Err(AlterTopicError::PartitionsChanged { partitions: 2, .. })
+        ));
+        assert!(matches!(
+            registry.alter(&name("b"), config(1)),
+            Err(AlterTopicError::NotFound { .. })
+        ));
+        let (_, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
+        assert_eq!(opened[0].config, altered);
     }
 
     #[test]

@@ -15,17 +15,20 @@ use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
-    Acks, ConsumedRecord, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
-    FsyncPolicy, Header, ListTopicsRequest, ProduceRequest, Record, RecordList, StartPosition,
-    SubscribeRequest, TopicConfig, TopicDescription,
+    Acks, AlterTopicRequest, ConsumedRecord, CreateTopicRequest, DeleteTopicRequest,
+    DescribeTopicRequest, FsyncPolicy, Header, ListTopicsRequest, ProduceRequest, Record,
+    RecordList, StartPosition, SubscribeRequest, TopicConfig, TopicDescription,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::{AcksArg, Format, TopicCommand};
+use crate::{AcksArg, Format, ServerArg, TopicCommand};
 
 /// Lines per produce request, at most.
 const PRODUCE_CHUNK_LINES: usize = 1000;
@@ -62,10 +65,58 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("{server:?} is not a server URL (like http://127.0.0.1:7070)"))?;
-    endpoint.connect().await.with_context(|| format!("cannot connect to the server at {server}"))
+/// Adds `authorization: Bearer TOKEN` to every call when a token is given.
+#[derive(Debug, Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Connection = InterceptedService<Channel, BearerToken>;
+
+fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
+}
+
+async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
+    let url = &server.server;
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("{url:?} is not a server URL (like http://127.0.0.1:7070)"))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &server.ca_cert {
+            tls = tls.ca_certificate(Certificate::from_pem(read_pem("--ca-cert", ca)?));
+        }
+        match (&server.client_cert, &server.client_key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) =
+                    (read_pem("--client-cert", cert)?, read_pem("--client-key", key)?);
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            (None, None) => {}
+            _ => bail!("--client-cert and --client-key go together"),
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let token = match &server.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow!("the token must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the server at {url}"))?;
+    Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
 fn parse_fsync(fsync: &str) -> anyhow::Result<Policy> {
@@ -112,7 +163,7 @@ fn print_topic(topic: &TopicDescription) {
     }
 }
 
-pub(crate) async fn topic(server: &str, command: TopicCommand) -> anyhow::Result<()> {
+pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::Result<()> {
     let mut client = TopicServiceClient::new(connect(server).await?);
     match command {
         TopicCommand::Create {
@@ -163,6 +214,18 @@ pub(crate) async fn topic(server: &str, command: TopicCommand) -> anyhow::Result
                 .map_err(status_error)?;
             println!("deleted {name}");
         }
+        TopicCommand::Alter { name, fsync, retention_ms, retention_bytes, segment_bytes } => {
+            let fsync = match fsync {
+                Some(fsync) => Some(FsyncPolicy { policy: Some(parse_fsync(&fsync)?) }),
+                None => None,
+            };
+            let request =
+                AlterTopicRequest { name, fsync, retention_ms, retention_bytes, segment_bytes };
+            let altered = client.alter_topic(request).await.map_err(status_error)?.into_inner();
+            if let Some(topic) = altered.topic {
+                print_topic(&topic);
+            }
+        }
     }
     Ok(())
 }
@@ -209,7 +272,7 @@ fn read_lines(lines: mpsc::Sender<std::io::Result<Vec<u8>>>) {
     }
 }
 
-pub(crate) async fn produce(server: &str, options: ProduceOptions) -> anyhow::Result<()> {
+pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyhow::Result<()> {
     let headers = options
         .headers
         .iter()
@@ -394,7 +457,7 @@ fn write_record(
     }
 }
 
-pub(crate) async fn consume(server: &str, options: ConsumeOptions) -> anyhow::Result<()> {
+pub(crate) async fn consume(server: &ServerArg, options: ConsumeOptions) -> anyhow::Result<()> {
     let position = parse_from(&options.from)?;
     let channel = connect(server).await?;
     let partitions = match options.partition {

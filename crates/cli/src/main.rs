@@ -4,8 +4,10 @@
 //! Errors print one line, `spool: ...`, and exit with status 1.
 
 mod client;
+mod config;
 mod dump;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,14 +24,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server.
-    Serve {
-        /// Where topics are stored.
-        #[arg(long, env = "SPOOL_DATA", default_value = "./data")]
-        data: PathBuf,
-        /// The address to listen on (port 0 picks a free port).
-        #[arg(long, env = "SPOOL_LISTEN", default_value = "127.0.0.1:7070")]
-        listen: String,
+    /// Run the server. Every setting is a flag, an environment variable or a key of the
+    /// --config file (precedence: flag > environment > file > default).
+    Serve(config::ServeArgs),
+    /// Make bearer tokens for the server's token file.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Create, list, describe or delete topics.
     Topic {
@@ -93,6 +94,18 @@ struct ServerArg {
     /// The server's URL.
     #[arg(long, env = "SPOOL_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
     server: String,
+    /// The bearer token to send (better from the environment than on the command line).
+    #[arg(long, env = "SPOOL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Trust this CA (PEM) for an https:// server instead of the system's roots.
+    #[arg(long, env = "SPOOL_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// The client certificate (PEM) for a server that requires mutual TLS.
+    #[arg(long, env = "SPOOL_CLIENT_CERT", value_name = "FILE", global = true)]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SPOOL_CLIENT_KEY", value_name = "FILE", global = true)]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +131,21 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its events.
     Delete { name: String },
+    /// Change a live topic's settings; each takes effect without a restart.
+    Alter {
+        name: String,
+        /// always, interval:MS or never.
+        #[arg(long)]
+        fsync: Option<String>,
+        /// Delete segments older than this; 0 removes the limit.
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Delete old segments while the partition stays this large; 0 removes the limit.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -134,22 +162,33 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
         Command::Dump { file, records } => dump::run(&file, records),
-        Command::Serve { data, listen } => {
-            block_on(async move { serve::run(&data, &listen).await })
+        Command::Serve(args) => {
+            let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");
+            let print_config = args.print_config;
+            config::ServeConfig::resolve(args, serve_matches).and_then(|config| {
+                if print_config {
+                    print!("{}", config.to_toml());
+                    return Ok(());
+                }
+                block_on(async move { serve::run(config).await })
+            })
         }
+        Command::Token { command } => token::run(command),
         Command::Topic { server, command } => {
-            block_on(async move { client::topic(&server.server, command).await })
+            block_on(async move { client::topic(&server, command).await })
         }
         Command::Produce { server, topic, partition, key, headers, acks } => {
             let options = client::ProduceOptions { topic, partition, key, headers, acks };
-            block_on(async move { client::produce(&server.server, options).await })
+            block_on(async move { client::produce(&server, options).await })
         }
         Command::Consume { server, topic, partition, from, count, follow, format } => {
             let options = client::ConsumeOptions { topic, partition, from, count, follow, format };
-            block_on(async move { client::consume(&server.server, options).await })
+            block_on(async move { client::consume(&server, options).await })
         }
     };
     match outcome {

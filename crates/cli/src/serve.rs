@@ -1,28 +1,114 @@
-//! `spool serve`: the server, until SIGINT or SIGTERM.
+//! `spool serve`: the server, until SIGINT or SIGTERM. SIGHUP reloads the token file.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use spool_server::auth::Authenticator;
+use spool_server::{ServeOptions, TlsConfig};
 use tokio::net::TcpListener;
 
-pub(crate) async fn run(data: &Path, listen: &str) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+use crate::config::{LogFormat, ServeConfig};
+
+fn init_logs(config: &ServeConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::builder().parse(&config.log.value)?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format.value {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    Ok(())
+}
+
+fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
+}
+
+fn tls(config: &ServeConfig) -> anyhow::Result<Option<TlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert.value, &config.tls_key.value) else {
+        return Ok(None);
+    };
+    let client_ca_pem = match &config.tls_client_ca.value {
+        Some(ca) => Some(read("tls_client_ca", ca)?),
+        None => None,
+    };
+    Ok(Some(TlsConfig {
+        cert_pem: read("tls_cert", cert)?,
+        key_pem: read("tls_key", key)?,
+        client_ca_pem,
+    }))
+}
+
+pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    init_logs(&config)?;
+    let tls = tls(&config)?;
+    let tokens = match &config.tokens.value {
+        Some(path) => {
+            let tokens = Authenticator::load(path).context("tokens")?;
+            Some(Arc::new(tokens))
+        }
+        None => None,
+    };
+    let listen = config.listen.value;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
-    // Tests and scripts read this line to find the port when listening on port 0.
-    eprintln!("spool: listening on {address}, data in {}", data.display());
-    spool_server::run(listener, data, shutdown_signal()).await?;
-    eprintln!("spool: stopped cleanly");
+    let metrics = match config.metrics.value {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("metrics: cannot listen on {at}"))?;
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
+            if !address.ip().is_loopback() {
+                tracing::warn!(%address, "the metrics endpoint has no TLS and no tokens, and shows topic names: keep it behind a firewall");
+            }
+            Some(listener)
+        }
+        None => None,
+    };
+    let data = &config.data.value;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, data = %data.display(), tls = tls.is_some(), mutual_tls = config.tls_client_ca.value.is_some(), tokens = tokens.is_some(), "listening on {scheme}://{address}");
+    if tls.is_none() && tokens.is_none() {
+        tracing::info!("no TLS and no tokens are configured: listening on loopback only");
+    }
+    if !address.ip().is_loopback() && !config.secure() {
+        tracing::warn!(%address, "listening on a non-loopback address without both TLS and tokens (allow_insecure_remote): anyone who can reach it can read, write and delete every topic");
+    }
+    if config.log_format.value == LogFormat::Human {
+        // Tests and scripts read this line to find the port when listening on port 0.
+        eprintln!("spool: listening on {address}, data in {}", data.display());
+    }
+    if let Some(tokens) = &tokens {
+        tokio::spawn(reload_on_hangup(tokens.clone()));
+    }
+    let options = ServeOptions { tls, tokens, metrics };
+    spool_server::run(listener, data, options, shutdown_signal()).await?;
+    if config.log_format.value == LogFormat::Human {
+        eprintln!("spool: stopped cleanly");
+    }
+    tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Reloads the token file on every SIGHUP.
+async fn reload_on_hangup(tokens: Arc<Authenticator>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::error!("cannot watch SIGHUP; the token file is still reloaded when it changes");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloading = tokens.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(count)) => tracing::info!(tokens = count, "SIGHUP: token file reloaded"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "SIGHUP: token file not reloaded; the tokens in force stay")
+            }
+            Err(error) => tracing::error!(%error, "SIGHUP: reloading the token file panicked"),
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

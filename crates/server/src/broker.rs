@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 use spool_broker::partitioner::RoundRobin;
 use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
@@ -11,20 +12,22 @@ use spool_storage::{Log, TimestampMs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::alter::TopicChange;
 use crate::error::ServiceError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RecoverySummary};
 use crate::partition::{Partition, blocking};
 
 /// A topic at run time.
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: TopicName,
-    pub(crate) config: TopicConfig,
+    /// Changed only by an alter (under the broker's admin lock).
+    config: RwLock<TopicConfig>,
     /// In partition order.
     pub(crate) partitions: Vec<Arc<Partition>>,
     pub(crate) round_robin: RoundRobin,
     stop: CancellationToken,
-    writers: Mutex<Vec<JoinHandle<Log>>>,
+    writers: Mutex<Vec<JoinHandle<Option<Log>>>>,
 }
 
 impl Topic {
@@ -41,7 +44,7 @@ impl Topic {
             .unzip();
         Topic {
             name,
-            config,
+            config: RwLock::new(config),
             partitions,
             round_robin: RoundRobin::default(),
             stop,
@@ -53,8 +56,18 @@ impl Topic {
         self.partitions.get(partition as usize).ok_or_else(|| ServiceError::UnknownPartition {
             topic: self.name.clone(),
             partition,
-            partitions: self.config.partitions(),
+            partitions: self.config().partitions(),
         })
+    }
+
+    /// The topic's settings in force.
+    pub(crate) fn config(&self) -> TopicConfig {
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_config(&self, config: TopicConfig) {
+        assert_eq!(config.partitions(), self.config().partitions(), "partitions never change");
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     /// Stops the writers (each finishes what is queued and syncs) and returns the logs.
@@ -63,9 +76,15 @@ impl Topic {
         let writers =
             std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
         let mut logs = Vec::with_capacity(writers.len());
-        for writer in writers {
-            logs.push(writer.await.map_err(|e| {
+        for (partition, writer) in writers.into_iter().enumerate() {
+            let log = writer.await.map_err(|e| {
                 ServiceError::Internal(format!("a partition writer of {} failed: {e}", self.name))
+            })?;
+            logs.push(log.ok_or_else(|| {
+                ServiceError::Internal(format!(
+                    "partition {partition} of topic {} lost its log when it was reconfigured; restart the server",
+                    self.name
+                ))
             })?);
         }
         Ok(logs)
@@ -84,17 +103,26 @@ pub(crate) struct Broker {
     /// Cancelled when shutdown begins: subscriptions and produce streams end.
     pub(crate) streams_stop: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
+    /// What opening the data directory did.
+    pub(crate) recovery: RecoverySummary,
 }
 
 impl Broker {
     /// Opens the data directory and starts a writer for every partition found.
     pub(crate) async fn open(data_dir: &Path) -> Result<Broker, OpenRegistryError> {
         let data_dir = data_dir.to_path_buf();
+        let started = Instant::now();
         let (registry, opened) = tokio::task::spawn_blocking(move || {
             Registry::open(StdFileSystem::shared(), &data_dir, TimestampMs::now())
         })
         .await
         .expect("opening the registry panicked")?;
+        let mut recovery = RecoverySummary { took: started.elapsed(), ..Default::default() };
+        recovery.topics = opened.len();
+        for log in opened.iter().flat_map(|topic| &topic.logs) {
+            recovery.add(log.recovery_report(), log.fence().is_some());
+        }
+        recovery.export();
         let writers_stop = CancellationToken::new();
         let topics = opened
             .into_iter()
@@ -111,6 +139,7 @@ impl Broker {
             writers_stop,
             streams_stop: CancellationToken::new(),
             metrics: Arc::new(Metrics::default()),
+            recovery,
         })
     }
 
@@ -177,6 +206,34 @@ impl Broker {
             Ok(registry.delete(&name, logs)?)
         })
         .await
+    }
+
+    /// Changes a live topic's settings: `meta.json` first (what the next start uses), then
+    /// each partition's writer reopens its log with them between two group commits.
+    pub(crate) async fn alter_topic(
+        &self,
+        name: &str,
+        change: TopicChange,
+    ) -> Result<Arc<Topic>, ServiceError> {
+        let name = TopicName::parse(name)?;
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name.as_str())?;
+        let config = change.apply(&topic.config())?;
+        if config == topic.config() {
+            return Ok(topic);
+        }
+        let registry = self.registry.clone();
+        let altered = name.clone();
+        blocking(move || {
+            let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(registry.alter(&altered, config)?)
+        })
+        .await?;
+        topic.set_config(config);
+        for partition in &topic.partitions {
+            partition.reconfigure(config.log_config()).await?;
+        }
+        Ok(topic)
     }
 
     /// Stops every writer (each finishes its queue and syncs) and closes every log cleanly,

@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Action, Caller, Resource};
 use crate::broker::Broker;
 use crate::error::{RequestError, ServiceError};
 use crate::metrics::Buffered;
@@ -41,12 +42,12 @@ pub(crate) struct ConsumeApi {
 
 /// Whether answers carry decoded records or the stored batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(crate) enum Wire {
     Records,
     RawBatches,
 }
 
-fn wire(encoding: i32) -> Result<Wire, RequestError> {
+pub(crate) fn wire(encoding: i32) -> Result<Wire, RequestError> {
     match Encoding::try_from(encoding) {
         Ok(Encoding::Unspecified | Encoding::Records) => Ok(Wire::Records),
         Ok(Encoding::RawBatch) => Ok(Wire::RawBatches),
@@ -97,12 +98,13 @@ fn decode(
 }
 
 /// Builds one answer from a read; `None` when it holds nothing at or after `from`.
-fn answer(
+pub(crate) fn answer(
     partition: &Partition,
     read: ReadBatches,
     from: Offset,
     wire: Wire,
 ) -> Result<SubscribeResponse, ServiceError> {
+    partition.metrics.consumed(read.next_offset.0.saturating_sub(from.0), read.bytes.len());
     let (records, raw_batches) = match wire {
         Wire::Records => (decode(partition, &read.bytes, from)?, Bytes::new()),
         Wire::RawBatches => (Vec::new(), read.bytes),
@@ -121,7 +123,12 @@ type SubscribeItems = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status
 type Queued = (Result<SubscribeResponse, Status>, Option<Buffered>);
 
 impl ConsumeApi {
-    async fn fetch_inner(&self, request: FetchRequest) -> Result<FetchResponse, ServiceError> {
+    async fn fetch_inner(
+        &self,
+        caller: &Caller,
+        request: FetchRequest,
+    ) -> Result<FetchResponse, ServiceError> {
+        caller.allow(Action::Consume, Resource::Topic(&request.topic))?;
         let partition = self.broker.partition(&request.topic, request.partition)?;
         let wire = wire(request.encoding)?;
         let max_bytes = match request.max_bytes {
@@ -189,9 +196,11 @@ impl ConsumeApi {
 
 /// Feeds one subscriber: read a chunk, queue it, repeat; wait for the partition's
 /// notification at the end. Stops when the client goes away, at `end` if set, at shutdown
-/// (with UNAVAILABLE), or at the first error (sent to the client).
+/// (with UNAVAILABLE), or at the first error (sent to the client). The caller's token and
+/// grant are checked again before every message.
 async fn feed(
     broker: Arc<Broker>,
+    caller: Caller,
     partition: Arc<Partition>,
     mut offset: Offset,
     end: Option<Offset>,
@@ -200,6 +209,7 @@ async fn feed(
 ) {
     let stop = broker.streams_stop.clone();
     let mut changes = partition.watch();
+    let _subscriber = partition.metrics.subscriber();
     loop {
         if end.is_some_and(|end| offset >= end) {
             return;
@@ -222,6 +232,12 @@ async fn feed(
                 }
             }
             continue;
+        }
+        if let Err(error) =
+            caller.allow(Action::Consume, Resource::Topic(partition.topic().as_str()))
+        {
+            let _ = queue.send((Err(ServiceError::from(error).into()), None)).await;
+            return;
         }
         let buffered = broker.metrics.buffered(read.bytes.len() as u64);
         let from = offset;
@@ -258,7 +274,8 @@ impl ConsumeService for ConsumeApi {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        Ok(Response::new(self.fetch_inner(request.into_inner()).await?))
+        let caller = Caller::of(&request);
+        Ok(Response::new(self.fetch_inner(&caller, request.into_inner()).await?))
     }
 
     type SubscribeStream = SubscribeItems;
@@ -267,14 +284,18 @@ impl ConsumeService for ConsumeApi {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller
+            .allow(Action::Consume, Resource::Topic(&request.topic))
+            .map_err(ServiceError::from)?;
         let partition = self.broker.partition(&request.topic, request.partition)?;
         let wire = wire(request.encoding).map_err(ServiceError::from)?;
         let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
         let end =
             if request.stop_at_end { Some(partition.state()?.visible_end_offset) } else { None };
         let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
-        tokio::spawn(feed(self.broker.clone(), partition, start, end, wire, queue));
+        tokio::spawn(feed(self.broker.clone(), caller, partition, start, end, wire, queue));
         // The byte count is released when a message is handed to the network.
         let stream = ReceiverStream::new(messages).map(|(message, _buffered)| message);
         Ok(Response::new(Box::pin(stream)))

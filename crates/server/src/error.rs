@@ -8,11 +8,14 @@
 use std::io;
 
 use spool_broker::{
-    CreateTopicError, DeleteTopicError, TopicConfigError, TopicName, TopicNameError,
+    AlterTopicError, CreateTopicError, DeleteTopicError, TopicConfigError, TopicName,
+    TopicNameError,
 };
 use spool_storage::{AppendError, Fence, OpenError, ReadError, SyncError};
 use thiserror::Error;
 use tonic::{Code, Status};
+
+use crate::auth::AuthError;
 
 /// A request the edge refuses before it reaches a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,6 +72,14 @@ pub enum ServiceError {
     Fenced { topic: TopicName, partition: u32, fence: Fence },
     #[error("partition {partition} of topic {topic}: {source}")]
     Read { topic: TopicName, partition: u32, source: ReadError },
+    #[error(transparent)]
+    AlterTopic(#[from] AlterTopicError),
+    #[error(
+        "partition {partition} of topic {topic} could not reopen its log with the new settings (it keeps the old ones): {source}"
+    )]
+    Reopen { topic: TopicName, partition: u32, source: OpenError },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -149,6 +160,21 @@ pub fn to_status(error: &ServiceError) -> Status {
         ServiceError::Read { source, .. } => match source {
             ReadError::OffsetOutOfRange { .. } => Code::OutOfRange,
             ReadError::Io { source, .. } => io_code(source),
+        },
+        ServiceError::AlterTopic(error) => match error {
+            AlterTopicError::NotFound { .. } => Code::NotFound,
+            AlterTopicError::PartitionsChanged { .. } => Code::InvalidArgument,
+            AlterTopicError::Io { source, .. } => io_code(source),
+        },
+        ServiceError::Reopen { source, .. } => match source {
+            OpenError::Config(_) => Code::InvalidArgument,
+            OpenError::Io { source, .. } => io_code(source),
+        },
+        ServiceError::Auth(error) => match error {
+            AuthError::NoToken | AuthError::UnknownToken | AuthError::Malformed => {
+                Code::Unauthenticated
+            }
+            AuthError::Denied { .. } => Code::PermissionDenied,
         },
         ServiceError::Internal(_) => Code::Internal,
     };

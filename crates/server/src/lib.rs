@@ -14,16 +14,25 @@
 //! (the broker's).
 //!
 //! [`run`] has the shape of mini-redis's: a bound listener, a data directory, and a future
-//! that resolves when the server should shut down. Shutdown stops accepting calls, ends
+//! that resolves when the server should shut down. It serves at once: while the data
+//! directory is recovered, `grpc.health.v1` says NOT_SERVING and Spool's services answer
+//! UNAVAILABLE; then health turns SERVING. Reflection (v1 and v1alpha) describes `spool.v1`
+//! and the health service. Shutdown turns health NOT_SERVING, stops accepting calls, ends
 //! subscriptions and produce streams, lets unary calls in flight finish, drains every
 //! writer's queue and syncs it, and closes every log cleanly so the next start does not scan.
+//!
+//! [`ServeOptions`] adds TLS (optionally mutual), bearer tokens with per-topic and per-group
+//! grants ([`auth`]), and a Prometheus endpoint ([`metrics`]).
 
+mod alter;
+pub mod auth;
 mod broker;
 mod consume;
 pub mod error;
-mod metrics;
+pub mod metrics;
 mod partition;
 mod produce;
+mod serving;
 mod topics;
 
 use std::future::Future;
@@ -38,14 +47,25 @@ use spool_proto::v1::produce_service_server::ProduceServiceServer;
 use spool_proto::v1::topic_service_server::TopicServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, RecoverySummary};
+pub use serving::{TlsConfig, is_loopback};
 
+use crate::auth::{AuthLayer, Authenticator};
 use crate::broker::Broker;
 use crate::consume::ConsumeApi;
 use crate::produce::ProduceApi;
+use crate::serving::Gate;
 use crate::topics::TopicApi;
+
+/// How often the token file is checked for changes (a changed file is reloaded, so a
+/// revoked token stops working within this time; SIGHUP or [`Authenticator::reload`] is
+/// immediate).
+pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for calls in flight (for example a subscriber whose client does
 /// not read) before it closes their connections. Work already queued is finished regardless.
@@ -57,6 +77,25 @@ pub enum RunError {
     Open(#[from] OpenRegistryError),
     #[error("serving gRPC failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("the TLS configuration is not usable: {0}")]
+    Tls(tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::InstallMetricsError),
+    #[error("serving metrics failed: {0}")]
+    MetricsEndpoint(std::io::Error),
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// How the listener is secured and observed. The default: plaintext, no tokens, no metrics
+/// endpoint (what tests and a loopback-only server use).
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens and their grants; `None` lets every caller do everything.
+    pub tokens: Option<Arc<Authenticator>>,
+    /// Where to serve `GET /metrics` for Prometheus.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A server over one data directory, opened and ready to serve.
@@ -68,7 +107,10 @@ pub struct Server {
 impl Server {
     /// Opens (or creates) the data directory and recovers every partition log in it.
     pub async fn open(data_dir: &Path) -> Result<Server, RunError> {
-        Ok(Server { broker: Arc::new(Broker::open(data_dir).await?) })
+        tracing::info!(data = %data_dir.display(), "opening the data directory");
+        let broker = Broker::open(data_dir).await?;
+        tracing::info!(data = %data_dir.display(), took_ms = broker.recovery.took.as_millis() as u64, "data directory opened: {}", broker.recovery);
+        Ok(Server { broker: Arc::new(broker) })
     }
 
     /// The server's gauges.
@@ -76,14 +118,43 @@ impl Server {
         self.broker.metrics.clone()
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then shuts down as described in the
-    /// crate docs and returns.
+    /// What opening the data directory did.
+    pub fn recovery(&self) -> &RecoverySummary {
+        &self.broker.recovery
+    }
+
+    /// Serves on `listener`, plaintext and without tokens, until `shutdown` resolves, then
+    /// shuts down as described in the crate docs and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), RunError> {
-        let broker = self.broker;
+        serve(listener, ServeOptions::default(), async { Ok(self) }, shutdown).await
+    }
+}
+
+/// Opens `data_dir` while serving health on `listener`, then serves everything until
+/// `shutdown` resolves, and shuts down cleanly.
+pub async fn run(
+    listener: TcpListener,
+    data_dir: &Path,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    serve(listener, options, Server::open(data_dir), shutdown).await
+}
+
+/// The services registered before the data directory is open, opened once it is.
+struct Services {
+    topics: Gate<TopicServiceServer<TopicApi>>,
+    produce: Gate<ProduceServiceServer<ProduceApi>>,
+    consume: Gate<ConsumeServiceServer<ConsumeApi>>,
+}
+
+impl Services {
+    fn open(&self, server: &Server, auth: &AuthLayer) {
+        let broker = &server.broker;
         let topics = TopicServiceServer::new(TopicApi { broker: broker.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
@@ -93,40 +164,143 @@ impl Server {
         let consume = ConsumeServiceServer::new(ConsumeApi { broker: broker.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        let streams_stop = broker.streams_stop.clone();
-        let signalled = async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing calls in flight");
-            streams_stop.cancel();
-        };
-        let serving = tonic::transport::Server::builder()
-            .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-            .add_service(topics)
-            .add_service(produce)
-            .add_service(consume)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
-        let grace_over = async {
-            broker.streams_stop.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        let served = tokio::select! {
-            served = serving => served,
-            _ = grace_over => {
-                tracing::warn!("calls still in flight after the grace period; closing their connections");
-                Ok(())
-            }
-        };
-        broker.close().await;
-        tracing::info!("all partition logs closed");
-        Ok(served?)
+        self.topics.open(topics, auth.clone());
+        self.produce.open(produce, auth.clone());
+        self.consume.open(consume, auth.clone());
     }
 }
 
-/// Opens `data_dir`, serves on `listener` until `shutdown` resolves, and shuts down cleanly.
-pub async fn run(
+/// The names health reports on: the whole server ("") and each `spool.v1` service.
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    <TopicServiceServer<TopicApi> as NamedService>::NAME,
+    <ProduceServiceServer<ProduceApi> as NamedService>::NAME,
+    <ConsumeServiceServer<ConsumeApi> as NamedService>::NAME,
+];
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves health, reflection and (gated) Spool's services on `listener` while `opening`
+/// runs; once it yields the opened server, turns health SERVING and serves until
+/// `shutdown`.
+pub async fn serve(
     listener: TcpListener,
-    data_dir: &Path,
+    options: ServeOptions,
+    opening: impl Future<Output = Result<Server, RunError>> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    Server::open(data_dir).await?.serve(listener, shutdown).await
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(spool_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    let services = Services { topics: Gate::new(), produce: Gate::new(), consume: Gate::new() };
+    let mut builder =
+        tonic::transport::Server::builder().max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.server_config()).map_err(RunError::Tls)?;
+    }
+    let stop_serving = CancellationToken::new();
+    let serving = builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.topics.clone())
+        .add_service(services.produce.clone())
+        .add_service(services.consume.clone())
+        .serve_with_incoming_shutdown(
+            serving::counted_connections(listener),
+            stop_serving.clone().cancelled_owned(),
+        );
+    tokio::pin!(serving, shutdown);
+    let opened_broker = Arc::new(std::sync::OnceLock::new());
+    let metrics_endpoint = match options.metrics {
+        Some(listener) => {
+            let prometheus = metrics::install_prometheus()?;
+            let endpoint = serving::serve_metrics(
+                listener,
+                prometheus,
+                opened_broker.clone(),
+                stop_serving.clone(),
+            );
+            Some(tokio::spawn(endpoint))
+        }
+        None => None,
+    };
+    let server = tokio::select! {
+        opened = opening => opened?,
+        () = &mut shutdown => {
+            tracing::info!("shutting down before the data directory finished opening");
+            stop_serving.cancel();
+            return Ok(serving.await?);
+        }
+        served = &mut serving => return Ok(served?),
+    };
+    let broker = server.broker.clone();
+    let _ = opened_broker.set(broker.clone());
+    let auth = AuthLayer::new(options.tokens.clone());
+    services.open(&server, &auth);
+    let reloading = options.tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
+    set_health(&reporter, ServingStatus::Serving).await;
+    tracing::info!("serving");
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = &mut shutdown => {
+            tracing::info!("shutting down: finishing calls in flight");
+            set_health(&reporter, ServingStatus::NotServing).await;
+            broker.streams_stop.cancel();
+            stop_serving.cancel();
+            tokio::select! {
+                served = &mut serving => served,
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::warn!("calls still in flight after the grace period; closing their connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop_serving.cancel();
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
+    broker.close().await;
+    tracing::info!("all partition logs closed");
+    if let Some(endpoint) = metrics_endpoint {
+        match endpoint.await {
+            Ok(result) => result.map_err(RunError::MetricsEndpoint)?,
+            Err(error) => tracing::error!(%error, "the metrics endpoint panicked"),
+        }
+    }
+    Ok(served?)
+}
+
+/// Reloads the token file whenever it changes; a file that does not load leaves the tokens
+/// in force as they were, and says why.
+async fn reload_tokens(tokens: Arc<Authenticator>) {
+    let mut interval = tokio::time::interval(TOKENS_RELOAD_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let checked = tokens.clone();
+        let reloaded = tokio::task::spawn_blocking(move || checked.reload_if_changed()).await;
+        match reloaded {
+            Ok(Ok(Some(count))) => {
+                tracing::info!(path = %tokens.path().display(), tokens = count, "token file reloaded")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "token file not reloaded; the tokens in force stay")
+            }
+            Err(error) => tracing::error!(%error, "reloading the token file panicked"),
+        }
+    }
 }

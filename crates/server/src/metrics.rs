@@ -1,8 +1,14 @@
-//! Gauges the server keeps about itself, readable in-process (tests assert on them).
+//! What the server tells about itself: gauges readable in-process (tests assert on them), and
+//! the Prometheus series (see the second half of this file and the README's metrics table).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use metrics::{Counter, Gauge, Histogram};
+use spool_broker::TopicName;
+use spool_storage::RecoveryReport;
+use thiserror::Error;
 use tokio::sync::Notify;
 
 /// Server-wide gauges. Every change wakes [`Metrics::changed`] waiters, so a test can wait
@@ -73,5 +79,346 @@ impl Drop for Buffered {
     fn drop(&mut self) {
         self.metrics.subscriber_buffered_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
         self.metrics.changed.notify_waiters();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus.
+//
+// Everything below records through the `metrics` facade. Until [`install_prometheus`] has
+// installed the process-wide recorder every macro is a no-op, so a server without
+// `--metrics` pays nothing. Series a partition updates on its hot path are registered once,
+// when its writer starts ([`PartitionMetrics`]), so an append or a read only bumps atomics;
+// gauges that describe state (end offsets, segments, sizes) are set when Prometheus scrapes
+// ([`export_partition_gauges`]), so they cost nothing between scrapes.
+// ---------------------------------------------------------------------------------------------
+
+/// Every series name Spool exports, in one place (the README's metrics table lists them).
+pub mod names {
+    /// Records appended, per topic and partition (counter).
+    pub const PRODUCED_RECORDS: &str = "spool_produced_records_total";
+    /// Bytes of stored batches appended, per topic and partition (counter).
+    pub const PRODUCED_BYTES: &str = "spool_produced_bytes_total";
+    /// Records read for consumers (fetch and subscribe), per topic and partition (counter).
+    pub const CONSUMED_RECORDS: &str = "spool_consumed_records_total";
+    /// Bytes of stored batches read for consumers, per topic and partition (counter).
+    pub const CONSUMED_BYTES: &str = "spool_consumed_bytes_total";
+    /// Time of one group's `append_many`, per topic and partition (histogram).
+    pub const APPEND_SECONDS: &str = "spool_append_seconds";
+    /// Time of one fsync of a partition's log, per topic and partition (histogram).
+    pub const FSYNC_SECONDS: &str = "spool_fsync_seconds";
+    /// Batches appended per group commit, per topic and partition (histogram).
+    pub const GROUP_COMMIT_BATCHES: &str = "spool_group_commit_batches";
+    /// The offset the next visible record gets, per topic and partition (gauge, at scrape).
+    pub const LOG_END_OFFSET: &str = "spool_log_end_offset";
+    /// The oldest offset still stored, per topic and partition (gauge, at scrape).
+    pub const LOG_START_OFFSET: &str = "spool_log_start_offset";
+    /// Segment files of the partition, the active one included (gauge, at scrape).
+    pub const SEGMENTS: &str = "spool_segments";
+    /// Bytes of the partition's segment files (gauge, at scrape).
+    pub const LOG_BYTES: &str = "spool_log_bytes";
+    /// 1 when the partition refuses writes (failed fsync or damage), else 0 (gauge, at scrape).
+    pub const FENCED: &str = "spool_partition_fenced";
+    /// Open Subscribe streams, per topic and partition (gauge).
+    pub const SUBSCRIBERS: &str = "spool_subscribers";
+    /// Open client connections (gauge).
+    pub const CONNECTIONS: &str = "spool_connections";
+    /// Client connections accepted since start (counter).
+    pub const CONNECTIONS_ACCEPTED: &str = "spool_connections_accepted_total";
+    /// How long opening the data directory (recovery of every partition) took (gauge).
+    pub const RECOVERY_SECONDS: &str = "spool_recovery_seconds";
+    /// Partitions opened at start, by `outcome`: clean, recovered (after a crash), fenced.
+    pub const RECOVERY_PARTITIONS: &str = "spool_recovery_partitions";
+    /// Segments whose every batch recovery checked (gauge).
+    pub const RECOVERY_SEGMENTS_SCANNED: &str = "spool_recovery_segments_scanned";
+    /// Index files recovery wrote anew (gauge).
+    pub const RECOVERY_INDEXES_REBUILT: &str = "spool_recovery_index_files_rebuilt";
+    /// Bytes of torn tails recovery cut off (gauge).
+    pub const RECOVERY_TRUNCATED_BYTES: &str = "spool_recovery_truncated_bytes";
+    /// Consumer-group lag in records, per group, topic and partition (gauge): set through
+    /// [`super::record_group_lag`] by the consumer-group code.
+    pub const GROUP_LAG_RECORDS: &str = "spool_group_lag_records";
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds: 50 µs to 2.5 s.
+const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+/// Upper bounds of the group-commit size histogram's buckets, in batches.
+const GROUP_BATCHES_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+const _: () = assert!(spool_broker::limits::WRITER_GROUP_BATCHES_MAX <= 256, "the last bucket");
+/// How often histogram samples are folded into their buckets, so they never pile up
+/// between scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+#[derive(Debug, Error)]
+pub enum InstallMetricsError {
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Install(#[from] metrics_exporter_prometheus::BuildError),
+}
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+/// Call it before opening a server: series registered earlier are no-ops forever.
+pub fn install_prometheus()
+-> Result<metrics_exporter_prometheus::PrometheusHandle, InstallMetricsError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    if let Some(handle) = PROMETHEUS.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)?
+        .set_buckets_for_metric(
+            Matcher::Full(names::GROUP_COMMIT_BATCHES.into()),
+            &GROUP_BATCHES_BUCKETS,
+        )?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("spool-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        })
+        .expect("spawning a thread at start-up");
+    describe::all();
+    Ok(PROMETHEUS.get_or_init(|| handle).clone())
+}
+
+/// Sets the gauge of one consumer group's lag on one partition. The hook for the
+/// consumer-group code: call it whenever a group commits an offset or the partition's end
+/// moves (lag = end offset − committed offset).
+pub fn record_group_lag(group: &str, topic: &str, partition: u32, lag_records: u64) {
+    metrics::gauge!(
+        names::GROUP_LAG_RECORDS,
+        "group" => group.to_owned(),
+        "topic" => topic.to_owned(),
+        "partition" => partition.to_string()
+    )
+    .set(lag_records as f64);
+}
+
+mod describe {
+    use super::names::*;
+
+    /// Help texts for `# HELP` lines.
+    pub(super) fn all() {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(PRODUCED_RECORDS, "Records appended.");
+        describe_counter!(PRODUCED_BYTES, Unit::Bytes, "Bytes of stored batches appended.");
+        describe_counter!(CONSUMED_RECORDS, "Records read for consumers.");
+        describe_counter!(
+            CONSUMED_BYTES,
+            Unit::Bytes,
+            "Bytes of stored batches read for consumers."
+        );
+        describe_histogram!(APPEND_SECONDS, Unit::Seconds, "Time of one group's append.");
+        describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time of one fsync of a log file.");
+        describe_histogram!(GROUP_COMMIT_BATCHES, "Batches appended per group commit.");
+        describe_gauge!(LOG_END_OFFSET, "The offset the next visible record gets.");
+        describe_gauge!(LOG_START_OFFSET, "The oldest offset still stored.");
+        describe_gauge!(SEGMENTS, "Segment files of the partition.");
+        describe_gauge!(LOG_BYTES, Unit::Bytes, "Bytes of the partition's segment files.");
+        describe_gauge!(FENCED, "1 when the partition refuses writes.");
+        describe_gauge!(SUBSCRIBERS, "Open Subscribe streams.");
+        describe_gauge!(CONNECTIONS, "Open client connections.");
+        describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
+        describe_gauge!(RECOVERY_SECONDS, Unit::Seconds, "Time taken to open the data directory.");
+        describe_gauge!(RECOVERY_PARTITIONS, "Partitions opened at start, by outcome.");
+        describe_gauge!(RECOVERY_SEGMENTS_SCANNED, "Segments fully checked at start.");
+        describe_gauge!(RECOVERY_INDEXES_REBUILT, "Index files rebuilt at start.");
+        describe_gauge!(RECOVERY_TRUNCATED_BYTES, Unit::Bytes, "Torn-tail bytes cut at start.");
+        describe_gauge!(
+            GROUP_LAG_RECORDS,
+            "Records between a group's committed offset and the end."
+        );
+    }
+}
+
+/// The series one partition updates on its hot paths, registered when its writer starts.
+#[derive(Clone)]
+pub(crate) struct PartitionMetrics {
+    produced_records: Counter,
+    produced_bytes: Counter,
+    consumed_records: Counter,
+    consumed_bytes: Counter,
+    append_seconds: Histogram,
+    fsync_seconds: Histogram,
+    group_batches: Histogram,
+    subscribers: Gauge,
+}
+
+impl std::fmt::Debug for PartitionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartitionMetrics")
+    }
+}
+
+impl PartitionMetrics {
+    pub(crate) fn new(topic: &TopicName, partition: u32) -> PartitionMetrics {
+        let labels = [("topic", topic.to_string()), ("partition", partition.to_string())];
+        PartitionMetrics {
+            produced_records: metrics::counter!(names::PRODUCED_RECORDS, &labels),
+            produced_bytes: metrics::counter!(names::PRODUCED_BYTES, &labels),
+            consumed_records: metrics::counter!(names::CONSUMED_RECORDS, &labels),
+            consumed_bytes: metrics::counter!(names::CONSUMED_BYTES, &labels),
+            append_seconds: metrics::histogram!(names::APPEND_SECONDS, &labels),
+            fsync_seconds: metrics::histogram!(names::FSYNC_SECONDS, &labels),
+            group_batches: metrics::histogram!(names::GROUP_COMMIT_BATCHES, &labels),
+            subscribers: metrics::gauge!(names::SUBSCRIBERS, &labels),
+        }
+    }
+
+    /// Runs one group's append and records how long it took.
+    pub(crate) fn time_append<T>(&self, append: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let appended = append();
+        self.append_seconds.record(started.elapsed());
+        appended
+    }
+
+    /// Runs one fsync and records how long it took.
+    pub(crate) fn time_fsync<T>(&self, fsync: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let synced = fsync();
+        self.fsync_seconds.record(started.elapsed());
+        synced
+    }
+
+    /// Counts one group commit: its size, and the records and bytes it appended.
+    pub(crate) fn committed<'a>(
+        &self,
+        batches: usize,
+        appended: impl Iterator<Item = (&'a [u8], &'a spool_storage::Appended)>,
+    ) {
+        self.group_batches.record(batches as f64);
+        for (batch, appended) in appended {
+            self.produced_records.increment(appended.last_offset.0 - appended.base_offset.0 + 1);
+            self.produced_bytes.increment(batch.len() as u64);
+        }
+    }
+
+    /// Counts a read for a consumer: `records` at or after the requested offset.
+    pub(crate) fn consumed(&self, records: u64, bytes: usize) {
+        self.consumed_records.increment(records);
+        self.consumed_bytes.increment(bytes as u64);
+    }
+
+    /// Counts one open Subscribe stream while the guard lives.
+    pub(crate) fn subscriber(&self) -> Subscriber {
+        self.subscribers.increment(1.0);
+        Subscriber(self.subscribers.clone())
+    }
+}
+
+/// One open Subscribe stream, counted while it lives.
+pub(crate) struct Subscriber(Gauge);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The state gauges of one partition, set when Prometheus scrapes.
+pub(crate) struct PartitionGauges {
+    pub(crate) log_start_offset: u64,
+    pub(crate) log_end_offset: u64,
+    pub(crate) segments: usize,
+    pub(crate) size_bytes: u64,
+    pub(crate) fenced: bool,
+}
+
+pub(crate) fn export_partition_gauges(topic: &TopicName, partition: u32, gauges: PartitionGauges) {
+    let labels = [("topic", topic.to_string()), ("partition", partition.to_string())];
+    metrics::gauge!(names::LOG_START_OFFSET, &labels).set(gauges.log_start_offset as f64);
+    metrics::gauge!(names::LOG_END_OFFSET, &labels).set(gauges.log_end_offset as f64);
+    metrics::gauge!(names::SEGMENTS, &labels).set(gauges.segments as f64);
+    metrics::gauge!(names::LOG_BYTES, &labels).set(gauges.size_bytes as f64);
+    metrics::gauge!(names::FENCED, &labels).set(if gauges.fenced { 1.0 } else { 0.0 });
+}
+
+/// Counts one client connection while it lives.
+#[derive(Debug)]
+pub(crate) struct Connection(());
+
+impl Connection {
+    pub(crate) fn opened() -> Connection {
+        metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
+        metrics::gauge!(names::CONNECTIONS).increment(1.0);
+        Connection(())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// What recovery did over every partition at start, for the start-up log and the gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverySummary {
+    pub took: Duration,
+    pub topics: usize,
+    pub partitions: usize,
+    /// Partitions whose last shutdown was clean (nothing was scanned).
+    pub clean: usize,
+    /// Partitions recovered after a crash.
+    pub recovered: usize,
+    /// Partitions that found damage they must not repair: readable, refusing writes.
+    pub fenced: usize,
+    pub segments_scanned: usize,
+    pub index_files_rebuilt: usize,
+    pub truncated_bytes: u64,
+}
+
+impl RecoverySummary {
+    pub(crate) fn add(&mut self, report: &RecoveryReport, fenced: bool) {
+        self.partitions += 1;
+        match (fenced, report.clean_shutdown) {
+            (true, _) => self.fenced += 1,
+            (false, true) => self.clean += 1,
+            (false, false) => self.recovered += 1,
+        }
+        self.segments_scanned += report.scanned.len();
+        self.index_files_rebuilt += report.rebuilt_indexes.len();
+        self.truncated_bytes += report.truncated.as_ref().map_or(0, |(_, bytes)| *bytes);
+    }
+
+    pub(crate) fn export(&self) {
+        metrics::gauge!(names::RECOVERY_SECONDS).set(self.took.as_secs_f64());
+        for (outcome, partitions) in
+            [("clean", self.clean), ("recovered", self.recovered), ("fenced", self.fenced)]
+        {
+            metrics::gauge!(names::RECOVERY_PARTITIONS, "outcome" => outcome)
+                .set(partitions as f64);
+        }
+        metrics::gauge!(names::RECOVERY_SEGMENTS_SCANNED).set(self.segments_scanned as f64);
+        metrics::gauge!(names::RECOVERY_INDEXES_REBUILT).set(self.index_files_rebuilt as f64);
+        metrics::gauge!(names::RECOVERY_TRUNCATED_BYTES).set(self.truncated_bytes as f64);
+    }
+}
+
+impl std::fmt::Display for RecoverySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} topics, {} partitions in {:.3} s: {} clean, {} recovered after a crash, {} fenced; \
+             {} segments scanned, {} index files rebuilt, {} torn-tail bytes cut",
+            self.topics,
+            self.partitions,
+            self.took.as_secs_f64(),
+            self.clean,
+            self.recovered,
+            self.fenced,
+            self.segments_scanned,
+            self.index_files_rebuilt,
+            self.truncated_bytes
+        )
     }
 }

@@ -24,13 +24,16 @@ use spool_broker::TopicName;
 use spool_broker::limits::{
     RETENTION_CHECK_INTERVAL_MS, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
-use spool_storage::{Appended, FsyncPolicy, Log, Offset, ReadBatches, SyncError, TimestampMs};
+use spool_storage::{
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, TimestampMs,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
+use crate::metrics::PartitionMetrics;
 
 /// How long a producer waits, once its batch is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +60,12 @@ struct AppendRequest {
 pub(crate) struct Partition {
     topic: TopicName,
     id: u32,
-    fsync: FsyncPolicy,
     /// `None` once the writer has stopped (topic deleted or server shutting down).
     log: RwLock<Option<Log>>,
     queue: mpsc::Sender<AppendRequest>,
+    /// New log settings for the writer to apply (see [`Partition::reconfigure`]).
+    reconfigure: mpsc::Sender<Reconfigure>,
+    pub(crate) metrics: PartitionMetrics,
     /// Bumped after every change readers may care about; it carries no data.
     changed: watch::Sender<()>,
     deleted: AtomicBool,
@@ -72,7 +77,15 @@ pub(crate) struct PartitionState {
     pub(crate) log_start_offset: Offset,
     pub(crate) visible_end_offset: Offset,
     pub(crate) size_bytes: u64,
+    pub(crate) segments: usize,
     pub(crate) fence: Option<String>,
+}
+
+/// A request to the writer to reopen its log with new settings.
+#[derive(Debug)]
+struct Reconfigure {
+    config: LogConfig,
+    reply: oneshot::Sender<Result<(), ServiceError>>,
 }
 
 impl Partition {
@@ -83,19 +96,25 @@ impl Partition {
         id: u32,
         log: Log,
         stop: CancellationToken,
-    ) -> (Arc<Partition>, JoinHandle<Log>) {
+    ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
         let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
         let partition = Arc::new(Partition {
+            metrics: PartitionMetrics::new(&topic, id),
             topic,
             id,
-            fsync: log.config().fsync,
             log: RwLock::new(Some(log)),
             queue,
+            reconfigure,
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
         });
-        let writer =
-            Writer { partition: partition.clone(), queue: receiver, waiting_for_sync: Vec::new() };
+        let writer = Writer {
+            partition: partition.clone(),
+            queue: receiver,
+            reconfigure: reconfigure_receiver,
+            waiting_for_sync: Vec::new(),
+        };
         (partition.clone(), tokio::spawn(writer.run(stop)))
     }
 
@@ -136,6 +155,7 @@ impl Partition {
                 log_start_offset: log.log_start_offset(),
                 visible_end_offset: log.visible_end_offset(),
                 size_bytes: log.size_bytes(),
+                segments: log.segment_count(),
                 fence: log.fence().map(ToString::to_string),
             })
         })
@@ -159,6 +179,17 @@ impl Partition {
             .await
             .map_err(|_| self.closed_error())?;
         Ok(answer)
+    }
+
+    /// Has the writer reopen the log with `config` (see `crate::alter`), between two group
+    /// commits; returns once the new settings are in force.
+    pub(crate) async fn reconfigure(&self, config: LogConfig) -> Result<(), ServiceError> {
+        let (reply, answer) = oneshot::channel();
+        self.reconfigure
+            .send(Reconfigure { config, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
     }
 
     /// Reads whole batches from `offset` (see `Log::read`) on a blocking thread.
@@ -214,6 +245,7 @@ struct WaitingForSync {
 struct Writer {
     partition: Arc<Partition>,
     queue: mpsc::Receiver<AppendRequest>,
+    reconfigure: mpsc::Receiver<Reconfigure>,
     waiting_for_sync: Vec<WaitingForSync>,
 }
 
@@ -240,12 +272,17 @@ async fn tick(timer: &mut Option<Interval>) {
     }
 }
 
+fn sync_timer_for(fsync: FsyncPolicy) -> Option<Interval> {
+    match fsync {
+        FsyncPolicy::Interval { interval_ms } => Some(timer(interval_ms)),
+        FsyncPolicy::Always | FsyncPolicy::Never => None,
+    }
+}
+
 impl Writer {
-    async fn run(mut self, stop: CancellationToken) -> Log {
-        let mut sync_timer = match self.partition.fsync {
-            FsyncPolicy::Interval { interval_ms } => Some(timer(interval_ms)),
-            FsyncPolicy::Always | FsyncPolicy::Never => None,
-        };
+    /// Returns the log, or `None` when a reconfiguration lost it (see `crate::alter`).
+    async fn run(mut self, stop: CancellationToken) -> Option<Log> {
+        let mut sync_timer = sync_timer_for(self.partition.fsync());
         let mut retention_timer = timer(RETENTION_CHECK_INTERVAL_MS);
         loop {
             tokio::select! {
@@ -257,24 +294,48 @@ impl Writer {
                 },
                 _ = tick(&mut sync_timer) => self.sync().await,
                 _ = retention_timer.tick() => self.apply_retention().await,
+                Some(request) = self.reconfigure.recv() => {
+                    if !self.reconfigure(request).await {
+                        break;
+                    }
+                    sync_timer = sync_timer_for(self.partition.fsync());
+                }
             }
         }
         // Stop taking appends, but finish every one already queued: its producer may be
-        // waiting for the answer.
+        // waiting for the answer. (Without a log, dropping them tells their producers.)
         self.queue.close();
-        while let Some(request) = self.queue.recv().await {
-            self.commit(request).await;
+        if self.log_is_open() {
+            while let Some(request) = self.queue.recv().await {
+                self.commit(request).await;
+            }
+            self.sync().await;
         }
-        self.sync().await;
-        let log = self
-            .partition
-            .log
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .expect("only the writer takes the log");
+        let log = self.partition.log.write().unwrap_or_else(PoisonError::into_inner).take();
         self.partition.changed.send_replace(());
         log
+    }
+
+    fn log_is_open(&self) -> bool {
+        self.partition.log.read().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    /// Syncs, then reopens the log with the new settings; false if the log was lost.
+    async fn reconfigure(&mut self, request: Reconfigure) -> bool {
+        self.sync().await;
+        let partition = self.partition.clone();
+        let reopened = tokio::task::spawn_blocking(move || {
+            crate::alter::reopen(&partition.topic, partition.id, &partition.log, request.config)
+        })
+        .await
+        .expect("reopening a log panicked");
+        let reopened_ok = reopened.is_ok();
+        let _ = request.reply.send(reopened);
+        if reopened_ok {
+            self.apply_retention().await;
+        }
+        self.partition.changed.send_replace(());
+        self.log_is_open()
     }
 
     async fn commit(&mut self, first: AppendRequest) {
@@ -290,6 +351,12 @@ impl Writer {
         let committed = tokio::task::spawn_blocking(move || partition.append_group(group))
             .await
             .expect("a group commit panicked");
+        self.partition.metrics.committed(
+            committed.group.len(),
+            committed.group.iter().zip(&committed.results).filter_map(|(request, result)| {
+                result.as_ref().ok().map(|appended| (&request.batch[..], appended))
+            }),
+        );
         self.partition.changed.send_replace(());
         self.answer(committed);
     }
@@ -383,15 +450,15 @@ impl Partition {
         // One vectored write for the whole group where it fits the active segment.
         let mut batches: Vec<&mut [u8]> =
             group.iter_mut().map(|request| &mut request.batch[..]).collect();
-        let results = log.append_many(&mut batches, now);
+        let results = self.metrics.time_append(|| log.append_many(&mut batches, now));
         drop(batches);
         let appended_any = results.iter().any(Result::is_ok);
-        let synced = match self.fsync {
+        let synced = match log.config().fsync {
             FsyncPolicy::Always if appended_any => {
                 let ticket = log.begin_sync();
                 drop(guard);
                 // The fsync runs without the lock: readers go on, producers go on queueing.
-                let result = ticket.run();
+                let result = self.metrics.time_fsync(|| ticket.run());
                 let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
                 let log = guard.as_mut().expect("the writer's log is open");
                 Some(log.finish_sync(ticket, result, TimestampMs::now()))
@@ -401,13 +468,19 @@ impl Partition {
         Committed { group, results, synced }
     }
 
+    /// The fsync policy in force (the log's; an alter may change it).
+    fn fsync(&self) -> FsyncPolicy {
+        let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map_or(FsyncPolicy::Never, |log| log.config().fsync)
+    }
+
     /// Syncs everything appended, without holding the lock during the fsync.
     fn sync_now(&self) -> Result<Offset, SyncError> {
         let ticket = {
             let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
             guard.as_ref().expect("the writer's log is open").begin_sync()
         };
-        let result = ticket.run();
+        let result = self.metrics.time_fsync(|| ticket.run());
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
         log.finish_sync(ticket, result, TimestampMs::now())

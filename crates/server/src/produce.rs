@@ -25,6 +25,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Action, AuthError, Caller, Resource};
 use crate::broker::{Broker, Topic};
 use crate::error::{RequestError, ServiceError, to_status};
 use crate::partition::AckLevel;
@@ -74,7 +75,7 @@ impl Pending {
 fn ack_level(acks: i32, topic: &Topic) -> Result<AckLevel, ServiceError> {
     let acks = Acks::try_from(acks)
         .map_err(|_| RequestError::UnknownEnumValue { field: "acks", value: acks })?;
-    let never = topic.config.fsync() == FsyncPolicy::Never;
+    let never = topic.config().fsync() == FsyncPolicy::Never;
     match (acks, never) {
         (Acks::None, _) => Ok(AckLevel::None),
         (Acks::Leader, _) | (Acks::Unspecified, true) => Ok(AckLevel::Leader),
@@ -146,14 +147,19 @@ fn encode(
 
 impl ProduceApi {
     /// Checks, routes, encodes and queues a request; waits only for room in the queues.
-    async fn submit(&self, request: ProduceRequest) -> Result<Pending, ServiceError> {
+    async fn submit(
+        &self,
+        caller: &Caller,
+        request: ProduceRequest,
+    ) -> Result<Pending, ServiceError> {
+        caller.allow(Action::Produce, Resource::Topic(&request.topic))?;
         let topic = self.broker.topic(&request.topic)?;
         let acks = ack_level(request.acks, &topic)?;
         let explicit = match request.partition {
             Some(partition) => Some(topic.partition(partition)?.id()),
             None => None,
         };
-        let partitions = topic.config.partitions();
+        let partitions = topic.config().partitions();
         let batches: Vec<(u32, BytesMut)> = match request.payload {
             None => return Err(RequestError::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
@@ -224,7 +230,8 @@ impl ProduceService for ProduceApi {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let pending = self.submit(request.into_inner()).await?;
+        let caller = Caller::of(&request);
+        let pending = self.submit(&caller, request.into_inner()).await?;
         Ok(Response::new(pending.wait().await?))
     }
 
@@ -237,6 +244,7 @@ impl ProduceService for ProduceApi {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let mut requests = request.into_inner();
         let (in_flight, mut in_flight_rx) =
             mpsc::channel::<(u64, Result<Pending, ServiceError>)>(PRODUCE_STREAM_IN_FLIGHT_MAX);
@@ -252,8 +260,12 @@ impl ProduceService for ProduceApi {
                 match next {
                     Ok(Some(request)) => {
                         let correlation_id = request.correlation_id;
-                        let pending = api.submit(request).await;
-                        if in_flight.send((correlation_id, pending)).await.is_err() {
+                        // The token is checked again for every message: a revoked one ends
+                        // the stream.
+                        let pending = api.submit(&caller, request).await;
+                        let revoked =
+                            matches!(pending, Err(ServiceError::Auth(AuthError::UnknownToken)));
+                        if in_flight.send((correlation_id, pending)).await.is_err() || revoked {
                             break;
                         }
                     }
@@ -268,6 +280,10 @@ impl ProduceService for ProduceApi {
         tokio::spawn(async move {
             while let Some((correlation_id, pending)) = in_flight_rx.recv().await {
                 let answer = match pending {
+                    Err(error @ ServiceError::Auth(AuthError::UnknownToken)) => {
+                        let _ = answers.send(Err(Status::from(error))).await;
+                        break;
+                    }
                     Err(error) => Some(stream_error(correlation_id, &error)),
                     Ok(pending) if pending.acks == AckLevel::None => pending
                         .first_failure()

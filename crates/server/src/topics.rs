@@ -6,13 +6,16 @@ use spool_broker::{TopicConfig, TopicConfigRequest};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_server::TopicService;
 use spool_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeTopicRequest, DescribeTopicResponse, FsyncPolicy as WireFsync, ListTopicsRequest,
-    ListTopicsResponse, PartitionDescription, TopicConfig as WireConfig, TopicDescription,
+    AlterTopicRequest, AlterTopicResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    FsyncPolicy as WireFsync, ListTopicsRequest, ListTopicsResponse, PartitionDescription,
+    TopicConfig as WireConfig, TopicDescription,
 };
 use spool_storage::FsyncPolicy;
 use tonic::{Request, Response, Status};
 
+use crate::alter::TopicChange;
+use crate::auth::{Action, Caller, Resource};
 use crate::broker::{Broker, Topic};
 use crate::error::ServiceError;
 
@@ -21,20 +24,35 @@ pub(crate) struct TopicApi {
     pub(crate) broker: Arc<Broker>,
 }
 
+fn fsync_policy(fsync: Option<WireFsync>) -> Option<FsyncPolicy> {
+    fsync.and_then(|f| f.policy).map(|policy| match policy {
+        Policy::Always(Always {}) => FsyncPolicy::Always,
+        Policy::IntervalMs(interval_ms) => FsyncPolicy::Interval { interval_ms },
+        Policy::Never(Never {}) => FsyncPolicy::Never,
+    })
+}
+
 fn config_request(config: Option<WireConfig>) -> TopicConfigRequest {
     let Some(config) = config else {
         return TopicConfigRequest::default();
     };
     TopicConfigRequest {
         partitions: (config.partitions != 0).then_some(config.partitions),
-        fsync: config.fsync.and_then(|f| f.policy).map(|policy| match policy {
-            Policy::Always(Always {}) => FsyncPolicy::Always,
-            Policy::IntervalMs(interval_ms) => FsyncPolicy::Interval { interval_ms },
-            Policy::Never(Never {}) => FsyncPolicy::Never,
-        }),
+        fsync: fsync_policy(config.fsync),
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
         segment_bytes: config.segment_bytes,
+    }
+}
+
+fn topic_change(request: &AlterTopicRequest) -> TopicChange {
+    // 0 removes a retention limit.
+    let limit = |value: Option<u64>| value.map(|v| (v != 0).then_some(v));
+    TopicChange {
+        fsync: fsync_policy(request.fsync),
+        retention_ms: limit(request.retention_ms),
+        retention_bytes: limit(request.retention_bytes),
+        segment_bytes: request.segment_bytes,
     }
 }
 
@@ -69,7 +87,7 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
     }
     Ok(TopicDescription {
         name: topic.name.to_string(),
-        config: Some(wire_config(&topic.config)),
+        config: Some(wire_config(&topic.config())),
         partitions,
     })
 }
@@ -80,8 +98,13 @@ impl TopicService for TopicApi {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller
+            .allow(Action::Administer, Resource::Topic(&request.name))
+            .map_err(ServiceError::from)?;
         let topic = self.broker.create_topic(&request.name, config_request(request.config)).await?;
+        tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");
         Ok(Response::new(CreateTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
 
@@ -89,18 +112,26 @@ impl TopicService for TopicApi {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        self.broker.delete_topic(&request.into_inner().name).await?;
+        let caller = Caller::of(&request);
+        let name = request.into_inner().name;
+        caller.allow(Action::Administer, Resource::Topic(&name)).map_err(ServiceError::from)?;
+        self.broker.delete_topic(&name).await?;
+        tracing::info!(identity = caller.identity(), topic = name, "topic deleted");
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
     async fn list_topics(
         &self,
-        _request: Request<ListTopicsRequest>,
+        request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
+        let caller = Caller::of(&request);
+        // A revoked token gets UNAUTHENTICATED, not an empty list.
+        caller.check_token().map_err(ServiceError::from)?;
         let topics = self
             .broker
             .topics()
             .iter()
+            .filter(|topic| caller.may_see_topic(topic.name.as_str()))
             .map(|topic| describe(topic, false))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(ListTopicsResponse { topics }))
@@ -110,7 +141,24 @@ impl TopicService for TopicApi {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        let topic = self.broker.topic(&request.into_inner().name)?;
+        let caller = Caller::of(&request);
+        let name = request.into_inner().name;
+        caller.allow(Action::Describe, Resource::Topic(&name)).map_err(ServiceError::from)?;
+        let topic = self.broker.topic(&name)?;
         Ok(Response::new(DescribeTopicResponse { topic: Some(describe(&topic, true)?) }))
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<AlterTopicRequest>,
+    ) -> Result<Response<AlterTopicResponse>, Status> {
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        caller
+            .allow(Action::Administer, Resource::Topic(&request.name))
+            .map_err(ServiceError::from)?;
+        let topic = self.broker.alter_topic(&request.name, topic_change(&request)).await?;
+        tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic altered");
+        Ok(Response::new(AlterTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
 }

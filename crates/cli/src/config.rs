@@ -1,0 +1,300 @@
+//! `spool serve`'s settings: every one has a flag, an environment variable and a key in an
+//! optional TOML file (`--config FILE`).
+//!
+//! Precedence, highest first: **flag > environment variable > config file > default**. An
+//! unknown key, a value that does not parse, or settings that contradict each other stop the
+//! start with a message naming the setting; nothing is adjusted silently. Relative paths
+//! are relative to the working directory, wherever they are written.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The flags of `spool serve`; each also reads its environment variable.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with any of the settings below, by their long names with `_` for `-`.
+    #[arg(long, env = "SPOOL_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+    /// Where topics are stored [default: ./data].
+    #[arg(long, env = "SPOOL_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The address to listen on; port 0 picks a free port [default: 127.0.0.1:7070].
+    #[arg(long, env = "SPOOL_LISTEN", value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
+    #[arg(long, env = "SPOOL_METRICS", value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
+    /// The log filter, as in RUST_LOG (`info`, `spool_server=debug,warn`, ...)
+    /// [default: RUST_LOG if set, else info].
+    #[arg(long, env = "SPOOL_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// How log lines are written [default: human].
+    #[arg(long, env = "SPOOL_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// The server's TLS certificate chain (PEM); with --tls-key, the listener speaks TLS.
+    #[arg(long, env = "SPOOL_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long, env = "SPOOL_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "SPOOL_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// The token file (TOML): bearer tokens, stored as SHA-256 digests, and their grants.
+    /// Reloaded when it changes and on SIGHUP.
+    #[arg(long, env = "SPOOL_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without both TLS and tokens (a warning is
+    /// printed) [default: false].
+    #[arg(long, env = "SPOOL_ALLOW_INSECURE_REMOTE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    allow_insecure_remote: Option<bool>,
+}
+
+/// The config file's keys: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tokens: Option<PathBuf>,
+    allow_insecure_remote: Option<bool>,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Flag,
+    Environment,
+    File,
+    Default,
+    NotSet,
+}
+
+/// One setting's effective value and its source.
+#[derive(Debug, Clone)]
+pub(crate) struct Setting<T> {
+    pub(crate) value: T,
+    pub(crate) source: Source,
+}
+
+/// The effective settings of `spool serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeConfig {
+    pub(crate) data: Setting<PathBuf>,
+    pub(crate) listen: Setting<SocketAddr>,
+    pub(crate) metrics: Setting<Option<SocketAddr>>,
+    pub(crate) log: Setting<String>,
+    pub(crate) log_format: Setting<LogFormat>,
+    pub(crate) tls_cert: Setting<Option<PathBuf>>,
+    pub(crate) tls_key: Setting<Option<PathBuf>>,
+    pub(crate) tls_client_ca: Setting<Option<PathBuf>>,
+    pub(crate) tokens: Setting<Option<PathBuf>>,
+    pub(crate) allow_insecure_remote: Setting<bool>,
+    pub(crate) file: Option<PathBuf>,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Picks flag or environment (clap already chose between them), then the file, then the
+/// default.
+fn pick<T>(
+    matches: &ArgMatches,
+    id: &str,
+    given: Option<T>,
+    file: Option<T>,
+    default: Option<T>,
+) -> Setting<Option<T>> {
+    if let Some(value) = given {
+        let source = match matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => Source::Environment,
+            _ => Source::Flag,
+        };
+        return Setting { value: Some(value), source };
+    }
+    if let Some(value) = file {
+        return Setting { value: Some(value), source: Source::File };
+    }
+    match default {
+        Some(value) => Setting { value: Some(value), source: Source::Default },
+        None => Setting { value: None, source: Source::NotSet },
+    }
+}
+
+fn required<T>(setting: Setting<Option<T>>) -> Setting<T> {
+    Setting { value: setting.value.expect("a setting with a default"), source: setting.source }
+}
+
+impl ServeConfig {
+    /// Resolves the settings; `matches` are `spool serve`'s, to tell flags from environment.
+    pub(crate) fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeConfig> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let log_default = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+        let config = ServeConfig {
+            data: required(pick(
+                matches,
+                "data",
+                args.data,
+                file.data,
+                Some(PathBuf::from("./data")),
+            )),
+            listen: required(pick(
+                matches,
+                "listen",
+                args.listen,
+                file.listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            )),
+            metrics: pick(matches, "metrics", args.metrics, file.metrics, None),
+            log: required(pick(
+                matches,
+                "log",
+                args.log,
+                file.log,
+                Some(log_default.unwrap_or_else(|| "info".to_owned())),
+            )),
+            log_format: required(pick(
+                matches,
+                "log_format",
+                args.log_format,
+                file.log_format,
+                Some(LogFormat::Human),
+            )),
+            tls_cert: pick(matches, "tls_cert", args.tls_cert, file.tls_cert, None),
+            tls_key: pick(matches, "tls_key", args.tls_key, file.tls_key, None),
+            tls_client_ca: pick(
+                matches,
+                "tls_client_ca",
+                args.tls_client_ca,
+                file.tls_client_ca,
+                None,
+            ),
+            tokens: pick(matches, "tokens", args.tokens, file.tokens, None),
+            allow_insecure_remote: required(pick(
+                matches,
+                "allow_insecure_remote",
+                args.allow_insecure_remote,
+                file.allow_insecure_remote,
+                Some(false),
+            )),
+            file: args.config,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that contradict each other.
+    fn check(&self) -> anyhow::Result<()> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&self.log.value)
+            .with_context(|| format!("log: {:?} is not a log filter", self.log.value))?;
+        match (&self.tls_cert.value, &self.tls_key.value) {
+            (Some(_), None) => bail!("tls_cert is set but tls_key is not: set both, or neither"),
+            (None, Some(_)) => bail!("tls_key is set but tls_cert is not: set both, or neither"),
+            _ => {}
+        }
+        if self.tls_client_ca.value.is_some() && self.tls_cert.value.is_none() {
+            bail!("tls_client_ca (mutual TLS) needs tls_cert and tls_key");
+        }
+        if !self.secure()
+            && !self.listen.value.ip().is_loopback()
+            && !self.allow_insecure_remote.value
+        {
+            bail!(
+                "listen: {} is not a loopback address, and the server is not secured (it needs both TLS, \
+                 with tls_cert and tls_key, and tokens): secure it, listen on 127.0.0.1, or set \
+                 allow_insecure_remote to accept the risk",
+                self.listen.value
+            );
+        }
+        Ok(())
+    }
+
+    /// TLS and tokens are both configured.
+    pub(crate) fn secure(&self) -> bool {
+        self.tls_cert.value.is_some() && self.tokens.value.is_some()
+    }
+
+    /// The effective configuration as a TOML file that `--config` accepts, each line saying
+    /// where its value came from.
+    pub(crate) fn to_toml(&self) -> String {
+        fn source(source: Source) -> &'static str {
+            match source {
+                Source::Flag => "flag",
+                Source::Environment => "environment",
+                Source::File => "config file",
+                Source::Default => "default",
+                Source::NotSet => "not set",
+            }
+        }
+        fn quoted(value: &str) -> String {
+            toml::Value::String(value.to_owned()).to_string()
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# spool serve: effective configuration (precedence: flag > environment > config file > default)"
+        );
+        if let Some(file) = &self.file {
+            let _ = writeln!(out, "# config file: {}", file.display());
+        }
+        let mut line = |key: &str, value: Option<String>, from: Source| match value {
+            Some(value) => {
+                let _ = writeln!(out, "{key} = {value}  # {}", source(from));
+            }
+            None => {
+                let _ = writeln!(out, "# {key} =  # {}", source(from));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| quoted(&p.display().to_string()));
+        line("data", Some(quoted(&self.data.value.display().to_string())), self.data.source);
+        line("listen", Some(quoted(&self.listen.value.to_string())), self.listen.source);
+        line("metrics", self.metrics.value.map(|a| quoted(&a.to_string())), self.metrics.source);
+        line("log", Some(quoted(&self.log.value)), self.log.source);
+        let format = match self.log_format.value {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        };
+        line("log_format", Some(quoted(format)), self.log_format.source);
+        line("tls_cert", path(&self.tls_cert.value), self.tls_cert.source);
+        line("tls_key", path(&self.tls_key.value), self.tls_key.source);
+        line("tls_client_ca", path(&self.tls_client_ca.value), self.tls_client_ca.source);
+        line("tokens", path(&self.tokens.value), self.tokens.source);
+        line(
+            "allow_insecure_remote",
+            Some(self.allow_insecure_remote.value.to_string()),
+            self.allow_insecure_remote.source,
+        );
+        out
+    }
+}

@@ -1,0 +1,440 @@
+//! TLS, mutual TLS, bearer tokens and per-token grants, against in-process servers on
+//! 127.0.0.1:0 with certificates the test makes (rcgen).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestServer, assert_code, record, value};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use spool_proto::v1::consume_service_client::ConsumeServiceClient;
+use spool_proto::v1::produce_request::Payload;
+use spool_proto::v1::produce_service_client::ProduceServiceClient;
+use spool_proto::v1::produce_stream_response::Result as StreamResult;
+use spool_proto::v1::topic_service_client::TopicServiceClient;
+use spool_proto::v1::{
+    Acks, AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
+    FetchRequest, ListTopicsRequest, ProduceRequest, RecordList, SubscribeRequest,
+};
+use spool_server::auth::{Authenticator, token_digest_hex};
+use spool_server::{ServeOptions, TlsConfig};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request, Status};
+
+/// A CA, and certificates it signed for the server (localhost, 127.0.0.1) and a client.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "Spool test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf(vec!["localhost".into(), "127.0.0.1".into()]),
+        client: leaf(vec!["client.example".into()]),
+    }
+}
+
+fn tls(pki: &Pki, mutual: bool) -> TlsConfig {
+    TlsConfig {
+        cert_pem: pki.server.0.clone().into_bytes(),
+        key_pem: pki.server.1.clone().into_bytes(),
+        client_ca_pem: mutual.then(|| pki.ca_pem.clone().into_bytes()),
+    }
+}
+
+async fn connect_tls(
+    server: &TestServer,
+    pki: &Pki,
+    client_identity: bool,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if client_identity {
+        config = config.identity(Identity::from_pem(&pki.client.0, &pki.client.1));
+    }
+    Channel::from_shared(server.address.clone()).unwrap().tls_config(config)?.connect().await
+}
+
+async fn list(channel: Channel) -> Result<usize, Status> {
+    let listed = TopicServiceClient::new(channel).list_topics(ListTopicsRequest {}).await?;
+    Ok(listed.into_inner().topics.len())
+}
+
+#[tokio::test]
+async fn tls_handshakes_and_plaintext_is_refused() {
+    let pki = pki();
+    let data = tempfile::tempdir().unwrap();
+    let options = ServeOptions { tls: Some(tls(&pki, false)), ..Default::default() };
+    let server = TestServer::start_with(data.path(), options).await;
+    assert!(server.address.starts_with("https://"));
+    let channel = connect_tls(&server, &pki, false).await.unwrap();
+    assert_eq!(list(channel).await.unwrap(), 0);
+    // A client that does not trust the CA cannot complete the handshake.
+    let untrusting = Channel::from_shared(server.address.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().domain_name("localhost"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(untrusting.is_err());
+    // Plaintext HTTP/2 to a TLS listener gets no answer.
+    let plain = server.address.replacen("https://", "http://", 1);
+    let plain = Channel::from_shared(plain).unwrap().connect().await;
+    if let Ok(channel) = plain {
+        assert!(list(channel).await.is_err());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let pki = self::pki();
+    let data = tempfile::tempdir().unwrap();
+    let options = ServeOptions { tls: Some(tls(&pki, true)), ..Default::default() };
+    let server = TestServer::start_with(data.path(), options).await;
+    let channel = connect_tls(&server, &pki, true).await.unwrap();
+    assert_eq!(list(channel).await.unwrap(), 0);
+    // Without a client certificate the handshake, or the first call, fails.
+    match connect_tls(&server, &pki, false).await {
+        Err(_) => {}
+        Ok(channel) => assert!(list(channel).await.is_err()),
+    }
+    // A certificate from another CA is refused the same way.
+    let stranger = self::pki();
+    let foreign =
+        Pki { ca_pem: pki.ca_pem.clone(), server: stranger.server, client: stranger.client };
+    match connect_tls(&server, &foreign, true).await {
+        Err(_) => {}
+        Ok(channel) => assert!(list(channel).await.is_err()),
+    }
+    server.shutdown().await;
+}
+
+/// A token file with three identities:
+/// - `writer`: produce to `orders`; consume from `logs.*`;
+/// - `admin`: administer every topic;
+/// - `reader`: consume from `orders`.
+fn token_file() -> String {
+    format!(
+        r#"
+[[token]]
+name = "writer"
+sha256 = "{}"
+topics = {{ "orders" = ["produce"], "logs.*" = ["consume"] }}
+
+[[token]]
+name = "admin"
+sha256 = "{}"
+topics = {{ "*" = ["administer"] }}
+
+[[token]]
+name = "reader"
+sha256 = "{}"
+topics = {{ "orders" = ["consume"] }}
+"#,
+        token_digest_hex("writer-token"),
+        token_digest_hex("admin-token"),
+        token_digest_hex("reader-token"),
+    )
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+#[derive(Clone)]
+struct Bearer(Option<&'static str>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+struct Secured {
+    server: TestServer,
+    tokens: Arc<Authenticator>,
+    token_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    async fn start(data: &std::path::Path) -> Secured {
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("tokens.toml");
+        std::fs::write(&token_path, token_file()).unwrap();
+        let tokens = Arc::new(Authenticator::load(&token_path).unwrap());
+        let options = ServeOptions { tokens: Some(tokens.clone()), ..Default::default() };
+        let server = TestServer::start_with(data, options).await;
+        Secured { server, tokens, token_path, _dir: dir }
+    }
+
+    async fn as_(&self, token: Option<&'static str>) -> Authed {
+        InterceptedService::new(self.server.channel().await, Bearer(token))
+    }
+
+    async fn topics(&self, token: Option<&'static str>) -> TopicServiceClient<Authed> {
+        TopicServiceClient::new(self.as_(token).await)
+    }
+
+    async fn create(&self, token: Option<&'static str>, name: &str) -> Result<(), Status> {
+        let request = CreateTopicRequest { name: name.into(), config: None };
+        self.topics(token).await.create_topic(request).await.map(drop)
+    }
+
+    async fn produce(&self, token: Option<&'static str>, topic: &str) -> Result<(), Status> {
+        let mut producer = ProduceServiceClient::new(self.as_(token).await);
+        producer.produce(produce_request(topic, 0, "v")).await.map(drop)
+    }
+
+    async fn fetch(&self, token: Option<&'static str>, topic: &str) -> Result<usize, Status> {
+        let request = FetchRequest {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+            encoding: 0,
+        };
+        let fetched = ConsumeServiceClient::new(self.as_(token).await).fetch(request).await?;
+        Ok(fetched.into_inner().records.len())
+    }
+
+    async fn subscribe(
+        &self,
+        token: Option<&'static str>,
+        topic: &str,
+    ) -> Result<tonic::Streaming<spool_proto::v1::SubscribeResponse>, Status> {
+        let request = SubscribeRequest {
+            topic: topic.into(),
+            partition: 0,
+            start: None,
+            encoding: 0,
+            stop_at_end: false,
+        };
+        let mut consumer = ConsumeServiceClient::new(self.as_(token).await);
+        Ok(consumer.subscribe(request).await?.into_inner())
+    }
+
+    /// Rewrites the token file without `name`'s entry and reloads it, as SIGHUP would.
+    fn revoke(&self, name: &str) {
+        let file = token_file();
+        let kept: Vec<&str> =
+            file.split("[[token]]").filter(|e| !e.contains(&format!("\"{name}\""))).collect();
+        std::fs::write(&self.token_path, kept.join("[[token]]")).unwrap();
+        assert_eq!(self.tokens.reload().unwrap(), 2);
+    }
+}
+
+fn produce_request(topic: &str, correlation_id: u64, value: &str) -> ProduceRequest {
+    ProduceRequest {
+        correlation_id,
+        topic: topic.into(),
+        acks: Acks::Unspecified as i32,
+        payload: Some(Payload::Records(RecordList { records: vec![record(value)] })),
+        ..Default::default()
+    }
+}
+
+const WRITER: Option<&str> = Some("writer-token");
+const ADMIN: Option<&str> = Some("admin-token");
+const READER: Option<&str> = Some("reader-token");
+
+#[tokio::test]
+async fn each_grant_allows_exactly_what_it_names_on_unary_calls() {
+    let data = tempfile::tempdir().unwrap();
+    let secured = Secured::start(data.path()).await;
+
+    // No token, a malformed or unknown one: UNAUTHENTICATED, on every service.
+    assert_code(secured.create(None, "orders").await, Code::Unauthenticated, "needs a token");
+    assert_code(secured.produce(None, "orders").await, Code::Unauthenticated, "needs a token");
+    assert_code(secured.fetch(None, "orders").await, Code::Unauthenticated, "needs a token");
+    assert_code(secured.fetch(Some("guess"), "orders").await, Code::Unauthenticated, "not valid");
+
+    // Administer: only the admin creates, alters and deletes.
+    assert_code(
+        secured.create(WRITER, "orders").await,
+        Code::PermissionDenied,
+        "writer may not administer topic orders",
+    );
+    secured.create(ADMIN, "orders").await.unwrap();
+    secured.create(ADMIN, "logs.app").await.unwrap();
+    secured.create(ADMIN, "secret").await.unwrap();
+    let alter = AlterTopicRequest {
+        name: "orders".into(),
+        retention_ms: Some(60_000),
+        ..Default::default()
+    };
+    assert_code(
+        secured.topics(READER).await.alter_topic(alter.clone()).await,
+        Code::PermissionDenied,
+        "administer",
+    );
+    secured.topics(ADMIN).await.alter_topic(alter).await.unwrap();
+
+    // Produce: the writer to orders only; the reader and the admin may not.
+    secured.produce(WRITER, "orders").await.unwrap();
+    assert_code(
+        secured.produce(WRITER, "logs.app").await,
+        Code::PermissionDenied,
+        "writer may not produce to topic logs.app",
+    );
+    assert_code(
+        secured.produce(READER, "orders").await,
+        Code::PermissionDenied,
+        "reader may not produce",
+    );
+    assert_code(
+        secured.produce(ADMIN, "orders").await,
+        Code::PermissionDenied,
+        "admin may not produce",
+    );
+
+    // Consume: the reader from orders, the writer from logs.* only.
+    assert_eq!(secured.fetch(READER, "orders").await.unwrap(), 1);
+    assert_eq!(secured.fetch(WRITER, "logs.app").await.unwrap(), 0);
+    assert_code(
+        secured.fetch(WRITER, "orders").await,
+        Code::PermissionDenied,
+        "writer may not consume from topic orders",
+    );
+
+    // Nothing about topics one may not see: the same answer whether or not they exist, and
+    // ListTopics shows only the topics one holds a grant on.
+    let describe = |name: &str| DescribeTopicRequest { name: name.into() };
+    let mut reader = secured.topics(READER).await;
+    assert_code(
+        reader.describe_topic(describe("secret")).await,
+        Code::PermissionDenied,
+        "reader may not describe topic secret",
+    );
+    assert_code(
+        reader.describe_topic(describe("absent")).await,
+        Code::PermissionDenied,
+        "reader may not describe topic absent",
+    );
+    assert_code(
+        secured.fetch(READER, "secret").await,
+        Code::PermissionDenied,
+        "reader may not consume",
+    );
+    assert_code(
+        secured.fetch(READER, "absent").await,
+        Code::PermissionDenied,
+        "reader may not consume",
+    );
+    let shared = &secured;
+    let names = |token| async move {
+        let listed = shared.topics(token).await.list_topics(ListTopicsRequest {}).await.unwrap();
+        listed.into_inner().topics.into_iter().map(|t| t.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(READER).await, ["orders"]);
+    assert_eq!(names(WRITER).await, ["logs.app", "orders"]);
+    assert_eq!(names(ADMIN).await, ["logs.app", "orders", "secret"]);
+
+    // A revoked token stops working at once.
+    assert_code(
+        secured
+            .topics(WRITER)
+            .await
+            .delete_topic(DeleteTopicRequest { name: "secret".into() })
+            .await,
+        Code::PermissionDenied,
+        "administer",
+    );
+    secured.revoke("admin");
+    assert_code(secured.create(ADMIN, "more").await, Code::Unauthenticated, "not valid");
+    assert_code(
+        secured.topics(ADMIN).await.list_topics(ListTopicsRequest {}).await,
+        Code::Unauthenticated,
+        "not valid",
+    );
+    secured.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn streams_check_the_token_and_grant_on_every_message() {
+    let data = tempfile::tempdir().unwrap();
+    let secured = Secured::start(data.path()).await;
+    secured.create(ADMIN, "orders").await.unwrap();
+    secured.create(ADMIN, "logs.app").await.unwrap();
+
+    // A produce stream: allowed messages succeed, a message to a topic without the grant
+    // gets PERMISSION_DENIED for itself, and the stream goes on.
+    let (requests, requests_rx) = mpsc::channel(4);
+    let mut answers = ProduceServiceClient::new(secured.as_(WRITER).await)
+        .produce_stream(ReceiverStream::new(requests_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = |request| {
+        let requests = requests.clone();
+        async move { requests.send(request).await.unwrap() }
+    };
+    next(produce_request("orders", 1, "one")).await;
+    let first = answers.message().await.unwrap().unwrap();
+    assert!(matches!(first.result, Some(StreamResult::Ok(_))), "{first:?}");
+    next(produce_request("logs.app", 2, "denied")).await;
+    let second = answers.message().await.unwrap().unwrap();
+    match second.result {
+        Some(StreamResult::Error(error)) => {
+            assert_eq!(error.code, Code::PermissionDenied as i32);
+            assert_eq!(second.correlation_id, 2);
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    // A subscriber with the reader's token follows orders.
+    let mut follower = secured.subscribe(READER, "orders").await.unwrap();
+    assert_eq!(value(&follower.message().await.unwrap().unwrap().records[0]), "one");
+    // A subscription without the grant is refused at once.
+    assert_code(
+        secured.subscribe(READER, "logs.app").await,
+        Code::PermissionDenied,
+        "reader may not consume",
+    );
+
+    // Revoking the writer ends its stream at the next message, with UNAUTHENTICATED.
+    secured.revoke("writer");
+    next(produce_request("orders", 3, "after revocation")).await;
+    let status = answers.message().await.expect_err("the stream ends");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // Revoking the reader stops its subscription at the next message it would receive.
+    let reader_file: String = token_file()
+        .split("[[token]]")
+        .filter(|e| e.contains("\"admin\""))
+        .map(|e| format!("[[token]]{e}"))
+        .collect();
+    std::fs::write(&secured.token_path, reader_file).unwrap();
+    secured.tokens.reload().unwrap();
+    // Something new to deliver, produced with a fresh token that may.
+    let admin_writes = format!(
+        "{}\n[[token]]\nname = \"w2\"\nsha256 = \"{}\"\ntopics = {{ \"orders\" = [\"produce\"] }}\n",
+        std::fs::read_to_string(&secured.token_path).unwrap(),
+        token_digest_hex("w2-token")
+    );
+    std::fs::write(&secured.token_path, admin_writes).unwrap();
+    secured.tokens.reload().unwrap();
+    secured.produce(Some("w2-token"), "orders").await.unwrap();
+    let status = follower.message().await.expect_err("the subscription ends");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    secured.server.shutdown().await;
+}
