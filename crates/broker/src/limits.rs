@@ -41,8 +41,10 @@ pub const WRITER_QUEUE_DEPTH: usize = 1024;
 pub const WRITER_GROUP_BATCHES_MAX: usize = 256;
 
 /// Unanswered requests one ProduceStream may have in flight; the server stops reading the
-/// stream while this many wait.
-pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 64;
+/// stream while this many wait. 256 (raised from 64 for the client, issue 5): one producer
+/// sending single-record requests needs this many in flight to fill each group commit; the
+/// memory it allows is still bounded by the writer queue, which these requests wait in.
+pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 256;
 /// Answers queued toward one ProduceStream client.
 pub const PRODUCE_STREAM_ANSWERS_QUEUED_MAX: usize = 64;
 

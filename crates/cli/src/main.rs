@@ -87,6 +87,11 @@ enum Command {
         #[arg(long)]
         records: bool,
     },
+    /// Benchmark Spool (a running server, or one in-process), the disk under it, or a peer.
+    Bench {
+        #[command(subcommand)]
+        command: spool_bench::BenchCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
         Command::Dump { file, records } => dump::run(&file, records),
+        Command::Bench { command } => block_on(async move { Ok(spool_bench::run(command).await?) }),
         Command::Serve(args) => {
             let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");
             let print_config = args.print_config;

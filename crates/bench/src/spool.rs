@@ -1,0 +1,401 @@
+//! The workloads against Spool, through `spool-client`: a running server, or one started
+//! in-process on a temporary directory.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use spool_broker::limits::BATCH_BYTES_MAX;
+use spool_client::{
+    Acks, Client, Delivery, Follow, Producer, ProducerConfig, Record, StartAt, TopicSettings,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::stats::{Meter, new_histogram};
+use crate::workload::{
+    Budget, Measured, Pacer, STAMP_BYTES, Timed, age_nanos, parse_fsync, payload, stamp,
+};
+use crate::{AcksArg, BenchError, Settings, Workload};
+
+/// How long e2e consumers may lag behind the last acknowledged message before the harness
+/// gives up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Spool server started by the harness, stopped when the workload is done.
+struct InProcess {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), spool_server::RunError>>,
+    _data: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(data_root: &Path) -> Result<InProcess, BenchError> {
+        let data =
+            tempfile::Builder::new().prefix("spool-bench-").tempdir_in(data_root).map_err(|e| {
+                BenchError::io(format!("creating a directory in {}", data_root.display()), e)
+            })?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| BenchError::io("binding 127.0.0.1:0".into(), e))?;
+        let address =
+            listener.local_addr().map_err(|e| BenchError::io("reading the address".into(), e))?;
+        let server = spool_server::Server::open(data.path())
+            .await
+            .map_err(|e| BenchError::Server(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(InProcess { url: format!("http://{address}"), stop, task, _data: data })
+    }
+
+    async fn stop(self) -> Result<(), BenchError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(BenchError::Server(error.to_string())),
+            Err(error) => Err(BenchError::Server(error.to_string())),
+        }
+    }
+}
+
+fn durability(settings: &Settings) -> String {
+    let acks = match settings.acks {
+        AcksArg::None => "none",
+        AcksArg::Leader => "leader",
+        AcksArg::All => "all",
+    };
+    format!("fsync {}, acks {acks}", settings.fsync)
+}
+
+/// Runs the workload against `server`, or an in-process server under `data_root`.
+pub async fn measure(
+    settings: &Settings,
+    server: Option<&str>,
+    data_root: &Path,
+) -> Result<Measured, BenchError> {
+    let in_process = match server {
+        Some(_) => None,
+        None => Some(InProcess::start(data_root).await?),
+    };
+    let url = server.map_or_else(
+        || in_process.as_ref().map(|s| s.url.clone()).unwrap_or_default(),
+        str::to_owned,
+    );
+    let client = Client::connect(&url).await?;
+    let topic = format!(
+        "spool-bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let topic_settings = TopicSettings {
+        partitions: settings.partitions,
+        fsync: parse_fsync(&settings.fsync)?,
+        ..TopicSettings::default()
+    };
+    client.create_topic(&topic, topic_settings).await?;
+    let measured = match settings.workload {
+        Workload::Produce => produce(&client, &topic, settings).await,
+        Workload::Consume => consume(&client, &topic, settings).await,
+        Workload::E2e => e2e(&client, &topic, settings).await,
+    };
+    let deleted = client.delete_topic(&topic).await;
+    drop(client);
+    if let Some(in_process) = in_process {
+        in_process.stop().await?;
+    }
+    let measured = measured?;
+    deleted?;
+    Ok(measured)
+}
+
+fn producer_config(settings: &Settings) -> ProducerConfig {
+    let acks = match settings.acks {
+        AcksArg::None => Acks::None,
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::All => Acks::All,
+    };
+    let record_bytes = settings.message_size + 64;
+    let batch_bytes = (settings.batch as usize * record_bytes + 1024).min(BATCH_BYTES_MAX as usize);
+    ProducerConfig {
+        acks,
+        batch_records_max: settings.batch,
+        batch_bytes_max: batch_bytes,
+        linger: Duration::from_millis(settings.linger_ms),
+        in_flight_max: settings.in_flight,
+        buffer_bytes_max: batch_bytes * (settings.in_flight + 2),
+        ..ProducerConfig::default()
+    }
+}
+
+/// What one producer task did.
+struct Produced {
+    histogram: Histogram<u64>,
+}
+
+/// One producer task: sends its share, keeps `in_flight` batches outstanding, records each
+/// batch's latency (first send to acknowledgement) and counts acknowledged messages.
+async fn produce_task(
+    producer: Producer,
+    settings: Settings,
+    budget: Budget,
+    meter: Arc<Meter>,
+    epoch: Instant,
+) -> Result<Produced, BenchError> {
+    let mut value = payload(settings.message_size);
+    let mut histogram = new_histogram();
+    let mut window: VecDeque<(Instant, u64, Delivery)> =
+        VecDeque::with_capacity(settings.in_flight + 1);
+    let mut pacer =
+        settings.rate.map(|rate| Pacer::new(rate as f64 / f64::from(settings.producers)));
+    let stamped = settings.workload == Workload::E2e;
+    let size = settings.message_size as u64;
+    let (mut sent, mut in_batch, mut batch_started) = (0u64, 0u64, Instant::now());
+    while !budget.done(sent) {
+        if let Some(pacer) = &mut pacer {
+            pacer.wait().await;
+        }
+        if in_batch == 0 {
+            batch_started = Instant::now();
+        }
+        if stamped {
+            stamp(&mut value[..STAMP_BYTES], epoch);
+        }
+        let delivery = producer.send(Record::value(&value)).await?;
+        sent += 1;
+        in_batch += 1;
+        // A batch ends when full, or with the last message of the run.
+        if in_batch == u64::from(settings.batch) || budget.done(sent) {
+            window.push_back((batch_started, in_batch, delivery));
+            in_batch = 0;
+            while window.len() >= settings.in_flight {
+                let front = window.pop_front().expect("not empty");
+                settle(front, &mut histogram, &meter, size).await?;
+            }
+        }
+    }
+    producer.flush().await?;
+    for entry in window {
+        settle(entry, &mut histogram, &meter, size).await?;
+    }
+    Ok(Produced { histogram })
+}
+
+/// Waits for one batch's acknowledgement and records it.
+async fn settle(
+    (started, records, delivery): (Instant, u64, Delivery),
+    histogram: &mut Histogram<u64>,
+    meter: &Meter,
+    size: u64,
+) -> Result<(), BenchError> {
+    delivery.wait().await?;
+    histogram.saturating_record(started.elapsed().as_nanos() as u64);
+    meter.add(records, records * size);
+    Ok(())
+}
+
+/// Starts `settings.producers` producer tasks on their own produce streams.
+async fn start_producers(
+    client: &Client,
+    topic: &str,
+    settings: &Settings,
+    meter: &Arc<Meter>,
+    epoch: Instant,
+) -> Result<Vec<JoinHandle<Result<Produced, BenchError>>>, BenchError> {
+    let config = producer_config(settings);
+    let mut producers = Vec::new();
+    for _ in 0..settings.producers {
+        producers.push(client.producer(topic, config.clone()).await?);
+    }
+    let started = Instant::now();
+    Ok(producers
+        .into_iter()
+        .enumerate()
+        .map(|(index, producer)| {
+            let budget = Budget::share(settings, index as u32, settings.producers, started);
+            tokio::spawn(produce_task(producer, settings.clone(), budget, meter.clone(), epoch))
+        })
+        .collect())
+}
+
+async fn join_producers(
+    tasks: Vec<JoinHandle<Result<Produced, BenchError>>>,
+) -> Result<Histogram<u64>, BenchError> {
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let produced = task
+            .await
+            .map_err(|e| BenchError::Server(format!("a producer task failed: {e}")))??;
+        histogram.add(&produced.histogram).expect("histograms of one kind add");
+    }
+    Ok(histogram)
+}
+
+async fn produce(
+    client: &Client,
+    topic: &str,
+    settings: &Settings,
+) -> Result<Measured, BenchError> {
+    let timed = Timed::start("produce spool", settings.messages);
+    let tasks = start_producers(client, topic, settings, &timed.meter, timed.started).await?;
+    let histogram = join_producers(tasks).await?;
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok(Measured {
+        target: "spool".into(),
+        durability: durability(settings),
+        messages,
+        seconds,
+        histogram,
+        timeline,
+    })
+}
+
+/// The partitions consumer `index` of `consumers` reads.
+pub fn assigned(index: u32, consumers: u32, partitions: u32) -> Vec<u32> {
+    if consumers >= partitions {
+        vec![index % partitions]
+    } else {
+        (0..partitions).filter(|p| p % consumers == index).collect()
+    }
+}
+
+async fn consume(
+    client: &Client,
+    topic: &str,
+    settings: &Settings,
+) -> Result<Measured, BenchError> {
+    // Fill the topic first; this is not timed.
+    let fill_meter = Arc::new(Meter::default());
+    let tasks = start_producers(client, topic, settings, &fill_meter, Instant::now()).await?;
+    join_producers(tasks).await?;
+    let produced = fill_meter.read().0;
+
+    let timed = Timed::start("consume spool", Some(produced));
+    let size = settings.message_size as u64;
+    let mut tasks = Vec::new();
+    for index in 0..settings.consumers {
+        let partitions = assigned(index, settings.consumers, settings.partitions);
+        let (client, topic, meter) = (client.clone(), topic.to_owned(), timed.meter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            for partition in partitions {
+                let mut consumer = client
+                    .subscribe(&topic, partition, StartAt::Earliest, Follow::UntilEnd)
+                    .await?;
+                let mut asked = Instant::now();
+                while let Some(polled) = consumer.poll().await? {
+                    histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                    let records = polled.record_count();
+                    meter.add(records, records * size);
+                    asked = Instant::now();
+                }
+            }
+            Ok::<_, BenchError>(histogram)
+        }));
+    }
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let h = task
+            .await
+            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok(Measured {
+        target: "spool".into(),
+        durability: durability(settings),
+        messages,
+        seconds,
+        histogram,
+        timeline,
+    })
+}
+
+async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measured, BenchError> {
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let arrived = Arc::new(Notify::new());
+    let (stop, stopped) = watch::channel(false);
+    let timed = Timed::start("e2e spool", settings.messages);
+    let mut consumers = Vec::new();
+    for partition in 0..settings.partitions {
+        // Subscribed before anything is produced, so `latest` is the empty end.
+        let mut consumer =
+            client.subscribe(topic, partition, StartAt::Latest, Follow::Live).await?;
+        let (received, arrived, meter, mut stopped) =
+            (received.clone(), arrived.clone(), timed.meter.clone(), stopped.clone());
+        let size = settings.message_size as u64;
+        consumers.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            loop {
+                let polled = tokio::select! {
+                    polled = consumer.poll() => polled?,
+                    _ = stopped.wait_for(|s| *s) => break,
+                };
+                let Some(polled) = polled else { break };
+                let mut count = 0u64;
+                for record in polled.records() {
+                    let record = record?;
+                    if let Some(age) = record.value.and_then(|v| age_nanos(v, epoch)) {
+                        histogram.saturating_record(age);
+                    }
+                    count += 1;
+                }
+                // Counted as received, not as produced: the meter shows what consumers see.
+                meter.add(count, count * size);
+                received.fetch_add(count, Ordering::Relaxed);
+                arrived.notify_waiters();
+            }
+            Ok::<_, BenchError>(histogram)
+        }));
+    }
+    // The producers count acknowledged messages on their own meter.
+    let produced_meter = Arc::new(Meter::default());
+    let tasks = start_producers(client, topic, settings, &produced_meter, epoch).await?;
+    join_producers(tasks).await?;
+    let produced = produced_meter.read().0;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        loop {
+            let notified = arrived.notified();
+            if received.load(Ordering::Relaxed) >= produced {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    let _ = stop.send(true);
+    let mut histogram = new_histogram();
+    for task in consumers {
+        let h = task
+            .await
+            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    if drained.is_err() {
+        return Err(BenchError::Timeout(format!(
+            "consumers received {} of {produced} messages",
+            received.load(Ordering::Relaxed)
+        )));
+    }
+    let messages = timed.meter.read().0;
+    let (seconds, timeline) = timed.finish().await;
+    Ok(Measured {
+        target: "spool".into(),
+        durability: durability(settings),
+        messages,
+        seconds,
+        histogram,
+        timeline,
+    })
+}

@@ -1,0 +1,170 @@
+//! What the targets' workloads share: how long to run, pacing, the send-time stamp carried by
+//! e2e messages, and the measurement a workload hands back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use spool_client::Fsync;
+use tokio::sync::watch;
+
+use crate::stats::{LatencySummary, Meter, Sample, percentile_spectrum, progress_bar, sample};
+use crate::{BenchError, BenchResult, DiskLimits, Machine, Settings, VsDisk, Workload};
+
+/// Bytes at the start of an e2e message holding its send time.
+pub const STAMP_BYTES: usize = 8;
+
+pub fn parse_fsync(fsync: &str) -> Result<Fsync, BenchError> {
+    match fsync {
+        "always" => Ok(Fsync::Always),
+        "never" => Ok(Fsync::Never),
+        other => match other.strip_prefix("interval:").map(str::parse) {
+            Some(Ok(ms)) => Ok(Fsync::IntervalMs(ms)),
+            _ => Err(BenchError::BadOption(format!(
+                "--fsync {other:?}: use always, interval:MS or never"
+            ))),
+        },
+    }
+}
+
+/// When one task stops: after a number of messages, or at a deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub messages: Option<u64>,
+    pub deadline: Option<Instant>,
+}
+
+impl Budget {
+    /// Task `index`'s share of the settings' budget among `tasks`.
+    pub fn share(settings: &Settings, index: u32, tasks: u32, started: Instant) -> Budget {
+        let messages = settings.messages.map(|total| {
+            let tasks = u64::from(tasks);
+            total / tasks + u64::from(u64::from(index) < total % tasks)
+        });
+        Budget { messages, deadline: settings.duration().map(|d| started + d) }
+    }
+
+    pub fn done(&self, sent: u64) -> bool {
+        self.messages.is_some_and(|m| sent >= m)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Keeps one task at `rate` messages per second.
+#[derive(Debug)]
+pub struct Pacer {
+    started: Instant,
+    per_message: Duration,
+    sent: u32,
+}
+
+impl Pacer {
+    pub fn new(rate_per_sec: f64) -> Pacer {
+        Pacer {
+            started: Instant::now(),
+            per_message: Duration::from_secs_f64(1.0 / rate_per_sec),
+            sent: 0,
+        }
+    }
+
+    /// Waits until the next message is due.
+    pub async fn wait(&mut self) {
+        let due = self.started + self.per_message * self.sent;
+        self.sent += 1;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Writes the time since `epoch` into the start of a message.
+pub fn stamp(payload: &mut [u8], epoch: Instant) {
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    payload[..STAMP_BYTES].copy_from_slice(&nanos.to_le_bytes());
+}
+
+/// How long ago a stamped message was sent.
+pub fn age_nanos(payload: &[u8], epoch: Instant) -> Option<u64> {
+    let stamped = u64::from_le_bytes(payload.get(..STAMP_BYTES)?.try_into().ok()?);
+    Some((epoch.elapsed().as_nanos() as u64).saturating_sub(stamped))
+}
+
+/// A message's value: a repeating pattern (never all zeros, so no layer can skip it).
+pub fn payload(message_size: usize) -> Vec<u8> {
+    (0..message_size).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+/// What one target measured for one workload.
+#[derive(Debug)]
+pub struct Measured {
+    pub target: String,
+    pub durability: String,
+    pub messages: u64,
+    pub seconds: f64,
+    pub histogram: Histogram<u64>,
+    pub timeline: Vec<Sample>,
+}
+
+impl Measured {
+    pub fn into_result(
+        self,
+        settings: &Settings,
+        machine: &Machine,
+        disk: Option<&DiskLimits>,
+    ) -> BenchResult {
+        let bytes = self.messages * settings.message_size as u64;
+        let seconds = self.seconds.max(1e-9);
+        let msgs_per_sec = self.messages as f64 / seconds;
+        let mb_per_sec = bytes as f64 / 1e6 / seconds;
+        let latency_us = LatencySummary::of(&self.histogram);
+        BenchResult {
+            workload: settings.workload,
+            target: self.target,
+            durability: self.durability,
+            messages: self.messages,
+            bytes,
+            seconds: self.seconds,
+            msgs_per_sec,
+            mb_per_sec,
+            latency_us,
+            latency_of: match settings.workload {
+                Workload::Produce => "one batch, from its first send to its acknowledgement",
+                Workload::Consume => "the wait for each delivery of the replay",
+                Workload::E2e => "one message, from send to receipt by a consumer",
+            },
+            settings: settings.clone(),
+            machine: machine.clone(),
+            disk: disk.cloned(),
+            vs_disk: disk.map(|d| VsDisk::of(d, msgs_per_sec, mb_per_sec, latency_us.p50)),
+            timeline: self.timeline,
+            latency_percentiles: percentile_spectrum(&self.histogram),
+        }
+    }
+}
+
+/// The progress bar and sampler around one timed phase.
+pub struct Timed {
+    pub meter: Arc<Meter>,
+    pub started: Instant,
+    done: watch::Sender<bool>,
+    sampler: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Timed {
+    pub fn start(label: &str, messages: Option<u64>) -> Timed {
+        let meter = Arc::new(Meter::default());
+        let started = Instant::now();
+        let (done, done_rx) = watch::channel(false);
+        let bar = progress_bar(label, messages);
+        let sampler = tokio::spawn(sample(meter.clone(), bar, started, done_rx));
+        Timed { meter, started, done, sampler }
+    }
+
+    /// Stops the clock: (seconds, timeline).
+    pub async fn finish(self) -> (f64, Vec<Sample>) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let _ = self.done.send(true);
+        let timeline = self.sampler.await.unwrap_or_default();
+        (seconds, timeline)
+    }
+}

@@ -1,0 +1,143 @@
+//! `spool bench` as a user runs it: tiny workloads against an in-process server, checking the
+//! shape of what it prints (never the figures: a slow machine is not a failure).
+
+use std::process::Command;
+
+const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+
+/// Runs `spool bench ARGS` with its scratch files under `dir`; returns standard output.
+fn bench(dir: &std::path::Path, args: &[&str]) -> String {
+    let output =
+        Command::new(SPOOL).arg("bench").args(args).arg("--data").arg(dir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "spool bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn produce_json_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "produce",
+        "--messages",
+        "50",
+        "--batch",
+        "10",
+        "--message-size",
+        "100",
+        "--json",
+        "--disk-mib",
+        "1",
+        "--disk-seconds",
+        "0.05",
+    ];
+    let stdout = bench(dir.path(), &args);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object per workload and target: {stdout}");
+    let result: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(result["workload"], "produce");
+    assert_eq!(result["target"], "spool");
+    assert_eq!(result["messages"], 50);
+    assert_eq!(result["bytes"], 5000);
+    for field in ["seconds", "msgs_per_sec", "mb_per_sec"] {
+        assert!(result[field].as_f64().unwrap() > 0.0, "{field} in {result}");
+    }
+    let latency = &result["latency_us"];
+    for field in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(latency[field].as_f64().unwrap() > 0.0, "latency_us.{field} in {result}");
+    }
+    assert!(latency["p50"].as_f64() <= latency["max"].as_f64());
+    let settings = &result["settings"];
+    assert_eq!(
+        (settings["batch"].as_u64(), settings["message_size"].as_u64()),
+        (Some(10), Some(100))
+    );
+    assert_eq!(settings["acks"], "all");
+    assert_eq!(settings["fsync"], "always");
+    assert!(result["durability"].as_str().unwrap().contains("fsync always"));
+    // The disk measured in the same run, and the ratio to it.
+    assert!(result["disk"]["sync_4k"]["fdatasync_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(result["vs_disk"]["of_write_fdatasync"].as_f64().unwrap() > 0.0);
+    assert!(result["machine"]["cores"].as_u64().unwrap() >= 1);
+    // The harness removed its topic and its in-process server's directory.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn html_report_is_self_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.html");
+    let report_arg = report.to_str().unwrap().to_owned();
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "e2e",
+        "--messages",
+        "40",
+        "--message-size",
+        "64",
+        "--rate",
+        "2000",
+        "--no-disk",
+        "--report",
+        &report_arg,
+    ];
+    let stdout = bench(data.path(), &args);
+    assert!(stdout.contains("E2e against spool"), "{stdout}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<svg") && html.contains("<polyline"), "plots are inline SVG");
+    assert!(html.contains("Throughput over time") && html.contains("Latency by percentile"));
+    let lower = html.to_lowercase();
+    assert!(!lower.contains("http://") && !lower.contains("https://"), "no references out");
+    assert!(!lower.contains("<script"), "no scripts");
+    assert!(!lower.contains(" src=") && !lower.contains("<link"), "nothing loaded");
+}
+
+#[test]
+fn consume_replays_what_it_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["consume", "--messages", "300", "--batch", "50", "--partitions", "2", "--json"];
+    let stdout = bench(dir.path(), &args);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["workload"], "consume");
+    assert_eq!(result["messages"], 300, "every produced message is replayed once");
+}
+
+#[test]
+fn disk_json_reports_the_four_measurements() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout =
+        bench(dir.path(), &["disk", "--disk-mib", "2", "--disk-seconds", "0.05", "--json"]);
+    let disk: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for field in ["buffered_write_mb_per_sec", "write_fdatasync_mb_per_sec"] {
+        assert!(disk[field].as_f64().unwrap() > 0.0, "{field} in {disk}");
+    }
+    assert_eq!(disk["sync_4k"]["append_bytes"], 4096);
+    assert_eq!(disk["sync_64k"]["append_bytes"], 65536);
+    assert!(disk["sync_64k"]["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_options_are_refused_with_a_reason() {
+    let output = Command::new(SPOOL)
+        .args([
+            "bench",
+            "produce",
+            "--fsync",
+            "never",
+            "--acks",
+            "all",
+            "--messages",
+            "1",
+            "--no-disk",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--acks all needs a synced topic"), "{stderr}");
+}

@@ -1,0 +1,258 @@
+//! The consumer: one partition replayed from a starting point and then followed, as the
+//! stored batches themselves.
+//!
+//! A [`Consumer`] asks the server for raw batches (`ENCODING_RAW_BATCH`): each answer is
+//! whole batches back to back, exactly as the log stores them. [`Consumer::poll`] checks every
+//! batch's CRC on arrival and hands the answer out as a [`Polled`], whose records borrow from
+//! the received bytes: no value is copied or allocated.
+//!
+//! The server reads the log by offset and sends only as fast as the consumer polls, so a slow
+//! consumer falls behind but never loses records; when retention deletes records it has not
+//! read yet, the subscription ends with [`crate::ErrorCode::OutOfRange`].
+//!
+//! A group consumer is built from these pieces: one [`Consumer`] per partition assigned to
+//! it, started at the group's committed offset ([`StartAt::Offset`]), committing
+//! [`Consumer::position`] as it goes.
+
+use bytes::Bytes;
+use spool_proto::v1::start_position::{Earliest, Latest, Position};
+use spool_proto::v1::{StartPosition, SubscribeResponse};
+use spool_storage::batch::{BatchIter, BatchView, HeaderIter};
+use tonic::Streaming;
+
+use crate::error::ConsumeError;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest record still stored.
+    #[default]
+    Earliest,
+    /// The visible end: only records produced from now on.
+    Latest,
+    /// This offset, which must be within the stored range (else
+    /// [`crate::ErrorCode::OutOfRange`]).
+    Offset(u64),
+    /// The first record whose timestamp is at or after this many milliseconds since the Unix
+    /// epoch (the visible end when every record is older).
+    TimestampMs(i64),
+}
+
+impl StartAt {
+    pub(crate) fn wire(self) -> StartPosition {
+        let position = match self {
+            StartAt::Earliest => Position::Earliest(Earliest {}),
+            StartAt::Latest => Position::Latest(Latest {}),
+            StartAt::Offset(offset) => Position::Offset(offset),
+            StartAt::TimestampMs(timestamp_ms) => Position::TimestampMs(timestamp_ms),
+        };
+        StartPosition { position: Some(position) }
+    }
+}
+
+/// Whether a subscription ends when it has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Follow {
+    /// Keep following the live end until dropped. The default.
+    #[default]
+    Live,
+    /// End once everything visible when the subscription started is delivered: a replay.
+    UntilEnd,
+}
+
+/// One partition's records, in offset order.
+#[derive(Debug)]
+pub struct Consumer {
+    stream: Streaming<SubscribeResponse>,
+    /// The first answer may start before the requested start; records before it are skipped.
+    skip: Skip,
+    position: Option<u64>,
+}
+
+/// What the first answers may hold before the requested start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    Nothing,
+    /// Records below this offset (the start is inside a stored batch).
+    BelowOffset(u64),
+    /// Records before the first one at or after this timestamp (the server's time index is
+    /// sparse, so it may start at an earlier batch).
+    UntilTimestampMs(i64),
+}
+
+impl Consumer {
+    pub(crate) fn new(stream: Streaming<SubscribeResponse>, start: StartAt) -> Consumer {
+        let (skip, position) = match start {
+            StartAt::Offset(offset) => (Skip::BelowOffset(offset), Some(offset)),
+            StartAt::TimestampMs(timestamp_ms) => (Skip::UntilTimestampMs(timestamp_ms), None),
+            StartAt::Earliest | StartAt::Latest => (Skip::Nothing, None),
+        };
+        Consumer { stream, skip, position }
+    }
+
+    /// The offset of the first record of `bytes` to deliver, and what to skip afterwards.
+    fn first_wanted(&self, bytes: &[u8], next_offset: u64) -> (u64, Skip) {
+        match self.skip {
+            Skip::Nothing => (0, Skip::Nothing),
+            Skip::BelowOffset(offset) => (offset, Skip::Nothing),
+            Skip::UntilTimestampMs(timestamp_ms) => {
+                let found = BatchIter::new(bytes)
+                    .map_while(Result::ok)
+                    .flat_map(|batch| batch.records().map_while(Result::ok))
+                    .find(|record| record.timestamp.0 >= timestamp_ms);
+                match found {
+                    Some(record) => (record.offset.0, Skip::Nothing),
+                    None => (next_offset, self.skip),
+                }
+            }
+        }
+    }
+
+    /// The next batches; `None` once a [`Follow::UntilEnd`] subscription has delivered
+    /// everything. Every batch's CRC is checked before it is handed out.
+    pub async fn poll(&mut self) -> Result<Option<Polled>, ConsumeError> {
+        let Some(answer) = self.stream.message().await? else {
+            return Ok(None);
+        };
+        let (from, skip) = self.first_wanted(&answer.raw_batches, answer.next_offset);
+        self.skip = skip;
+        let mut records = 0u64;
+        let mut batches = 0u32;
+        for batch in BatchIter::new(&answer.raw_batches) {
+            let batch = batch.map_err(|source| ConsumeError::Corrupt {
+                offset: self.position.unwrap_or(from),
+                source,
+            })?;
+            let header = batch.header();
+            let below =
+                from.saturating_sub(header.base_offset.0).min(u64::from(header.record_count));
+            records += u64::from(header.record_count) - below;
+            batches += 1;
+        }
+        self.position = Some(answer.next_offset);
+        Ok(Some(Polled {
+            bytes: answer.raw_batches,
+            from,
+            records,
+            batches,
+            next_offset: answer.next_offset,
+            log_end_offset: answer.log_end_offset,
+        }))
+    }
+
+    /// The offset of the next record this consumer will deliver (what a group commits);
+    /// `None` until the first poll when the start was not an offset.
+    pub fn position(&self) -> Option<u64> {
+        self.position
+    }
+}
+
+/// One answer of a subscription: whole stored batches, checked, and the records in them.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    bytes: Bytes,
+    from: u64,
+    records: u64,
+    batches: u32,
+    next_offset: u64,
+    log_end_offset: u64,
+}
+
+impl Polled {
+    /// The records, decoded lazily from the received bytes.
+    pub fn records(&self) -> Records<'_> {
+        Records { batches: BatchIter::new(&self.bytes), current: None, from: self.from }
+    }
+
+    /// The stored batches as received (the first may start before the subscription's start).
+    pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
+        // `poll` checked every batch, so none fails here.
+        BatchIter::new(&self.bytes).map_while(Result::ok)
+    }
+
+    /// The received bytes: whole batches back to back, as the log stores them.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// How many records [`Polled::records`] yields.
+    pub fn record_count(&self) -> u64 {
+        self.records
+    }
+
+    pub fn batch_count(&self) -> u32 {
+        self.batches
+    }
+
+    /// The offset after the last record here.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The partition's visible end when this was read: `next_offset` equal to it means the
+    /// consumer has caught up.
+    pub fn log_end_offset(&self) -> u64 {
+        self.log_end_offset
+    }
+}
+
+/// A record as consumed; every slice borrows from the [`Polled`] it came in.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord<'a> {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    headers: HeaderIter<'a>,
+}
+
+impl<'a> ConsumedRecord<'a> {
+    /// The headers, in order, as (name, value); a name that is not UTF-8 (which the server
+    /// never stores) is shown lossily.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + use<'a> {
+        self.headers.clone().map_while(Result::ok).map(|h| (h.key, h.value))
+    }
+}
+
+/// The records of a [`Polled`], at or after the subscription's start.
+#[derive(Debug)]
+pub struct Records<'a> {
+    batches: BatchIter<'a>,
+    current: Option<spool_storage::batch::RecordIter<'a>>,
+    from: u64,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<ConsumedRecord<'a>, ConsumeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(records) = &mut self.current {
+                match records.next() {
+                    Some(Ok(record)) if record.offset.0 < self.from => continue,
+                    Some(Ok(record)) => {
+                        return Some(Ok(ConsumedRecord {
+                            offset: record.offset.0,
+                            timestamp_ms: record.timestamp.0,
+                            key: record.key,
+                            value: record.value,
+                            headers: record.headers(),
+                        }));
+                    }
+                    Some(Err(source)) => {
+                        self.current = None;
+                        self.batches = BatchIter::new(&[]);
+                        return Some(Err(ConsumeError::Corrupt { offset: self.from, source }));
+                    }
+                    None => self.current = None,
+                }
+            }
+            match self.batches.next()? {
+                Ok(batch) => self.current = Some(batch.records()),
+                Err(source) => {
+                    return Some(Err(ConsumeError::Corrupt { offset: self.from, source }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The client's errors, one enum per operation, each a caller can match on.
+//!
+//! What the server refuses arrives as a [`ServerError`]: the gRPC code it chose (as an
+//! [`ErrorCode`], the codes Spool's API documents), and its message for a person. The enums
+//! wrap it where the server's answer is the reason, and add the reasons that are the client's
+//! own (a full buffer, a record too large to ever send, a closed producer).
+
+use spool_storage::batch::BatchError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+/// The status codes Spool's API answers with (see the `.proto` files for when).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A bad request: a bad name, a value out of bounds, a malformed batch.
+    InvalidArgument,
+    /// No such topic (or the topic was deleted).
+    NotFound,
+    /// A topic of that name exists.
+    AlreadyExists,
+    /// The request cannot be served in this state: `acks=all` on an fsync `never` topic, or a
+    /// partition fenced after a failed write.
+    FailedPrecondition,
+    /// An offset outside the partition's stored range.
+    OutOfRange,
+    /// The disk is full, or a limit on the server was reached.
+    ResourceExhausted,
+    /// Data may be lost: a failed fsync or damage fenced the partition.
+    DataLoss,
+    /// The server is shutting down or cannot be reached.
+    Unavailable,
+    /// A bug or an unexpected failure on the server.
+    Internal,
+    /// Any other gRPC code, as its number.
+    Other(i32),
+}
+
+impl ErrorCode {
+    fn from_code(code: Code) -> ErrorCode {
+        match code {
+            Code::InvalidArgument => ErrorCode::InvalidArgument,
+            Code::NotFound => ErrorCode::NotFound,
+            Code::AlreadyExists => ErrorCode::AlreadyExists,
+            Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+            Code::OutOfRange => ErrorCode::OutOfRange,
+            Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+            Code::DataLoss => ErrorCode::DataLoss,
+            Code::Unavailable => ErrorCode::Unavailable,
+            Code::Internal => ErrorCode::Internal,
+            other => ErrorCode::Other(other as i32),
+        }
+    }
+
+    /// The code of a `ProduceError.code` field on the produce stream.
+    pub(crate) fn from_i32(code: i32) -> ErrorCode {
+        ErrorCode::from_code(Code::from_i32(code))
+    }
+}
+
+/// What the server answered when it refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message} ({code:?})")]
+pub struct ServerError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<Status> for ServerError {
+    fn from(status: Status) -> ServerError {
+        ServerError { code: ErrorCode::from_code(status.code()), message: status.message().into() }
+    }
+}
+
+/// Why [`crate::Client::connect`] failed.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("{url:?} is not a server URL (like http://127.0.0.1:7070): {source}")]
+    BadUrl { url: String, source: tonic::transport::Error },
+    #[error("cannot connect to the server at {url}: {source}")]
+    Unreachable { url: String, source: tonic::transport::Error },
+}
+
+/// Why a topic call (create, describe, delete) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AdminError {
+    #[error("the server refused: {0}")]
+    Rejected(#[from] ServerError),
+}
+
+impl From<Status> for AdminError {
+    fn from(status: Status) -> AdminError {
+        AdminError::Rejected(status.into())
+    }
+}
+
+/// Why a record was not produced, or its outcome is unknown.
+///
+/// It is `Clone` because one batch's outcome is every one of its records' outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProduceError {
+    /// The producer's buffer is full and the producer was built with
+    /// [`crate::Backpressure::FailFast`]: nothing was buffered; try again later.
+    #[error("the producer's buffer is full ({bytes_max} bytes); the record was not buffered")]
+    BufferFull { bytes_max: usize },
+    /// The record alone is larger than a batch or the buffer may hold: it can never be sent.
+    #[error(
+        "the record needs up to {bytes} bytes; a batch or the buffer holds at most {bytes_max}"
+    )]
+    RecordTooLarge { bytes: usize, bytes_max: usize },
+    /// The record breaks a limit the server would refuse it for.
+    #[error("the record is refused before sending: {reason}")]
+    InvalidRecord { reason: String },
+    /// The record names a partition the topic does not have.
+    #[error("topic {topic} has partitions 0..{partitions}; partition {partition} does not exist")]
+    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    /// The producer was closed, or failed earlier (see [`ProduceError::Disconnected`]).
+    #[error("the producer is closed")]
+    Closed,
+    /// The server refused the batch holding the record; nothing of that batch was stored.
+    #[error("the server refused the batch: {0}")]
+    Rejected(ServerError),
+    /// The produce stream broke before the batch was answered: it may or may not have been
+    /// stored. The producer is closed after this.
+    #[error("the produce stream broke before an answer: {0}")]
+    Disconnected(ServerError),
+}
+
+/// Why [`crate::Client::producer`] could not start a producer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProducerError {
+    #[error("the producer's configuration is invalid: {reason}")]
+    BadConfig { reason: String },
+    #[error("the server refused: {0}")]
+    Rejected(#[from] ServerError),
+}
+
+impl From<Status> for ProducerError {
+    fn from(status: Status) -> ProducerError {
+        ProducerError::Rejected(status.into())
+    }
+}
+
+/// Why a subscription could not start, or stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConsumeError {
+    /// The server refused or ended the subscription (OUT_OF_RANGE when retention deleted
+    /// records not yet read, NOT_FOUND when the topic was deleted, UNAVAILABLE at shutdown).
+    #[error("the server ended the subscription: {0}")]
+    Rejected(#[from] ServerError),
+    /// A batch failed its check on arrival: the bytes are not what the server stored.
+    #[error("a batch received at offset {offset} fails its check: {source}")]
+    Corrupt { offset: u64, source: BatchError },
+}
+
+impl From<Status> for ConsumeError {
+    fn from(status: Status) -> ConsumeError {
+        ConsumeError::Rejected(status.into())
+    }
+}

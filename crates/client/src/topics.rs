@@ -1,0 +1,144 @@
+//! Creating, describing and deleting topics.
+
+use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_proto::v1::topic_service_client::TopicServiceClient;
+use spool_proto::v1::{
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy, TopicConfig,
+    TopicDescription,
+};
+
+use crate::Client;
+use crate::error::AdminError;
+
+/// When a topic's appended records are synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Every group of appends is synced before it is visible or acknowledged. The default.
+    #[default]
+    Always,
+    /// Synced at most this many milliseconds apart.
+    IntervalMs(u64),
+    /// The operating system decides; `acks=all` is refused.
+    Never,
+}
+
+impl Fsync {
+    fn wire(self) -> FsyncPolicy {
+        let policy = match self {
+            Fsync::Always => Policy::Always(Always {}),
+            Fsync::IntervalMs(ms) => Policy::IntervalMs(ms),
+            Fsync::Never => Policy::Never(Never {}),
+        };
+        FsyncPolicy { policy: Some(policy) }
+    }
+
+    fn from_wire(policy: Option<&FsyncPolicy>) -> Fsync {
+        match policy.and_then(|p| p.policy.as_ref()) {
+            None | Some(Policy::Always(_)) => Fsync::Always,
+            Some(Policy::IntervalMs(ms)) => Fsync::IntervalMs(*ms),
+            Some(Policy::Never(_)) => Fsync::Never,
+        }
+    }
+}
+
+/// A new topic's settings; the server refuses values outside its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub partitions: u32,
+    pub fsync: Fsync,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: Option<u64>,
+}
+
+impl Default for TopicSettings {
+    fn default() -> TopicSettings {
+        TopicSettings {
+            partitions: 1,
+            fsync: Fsync::Always,
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: None,
+        }
+    }
+}
+
+/// A topic as the server describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: u32,
+    pub fsync: Fsync,
+    /// Per partition, when described (empty from a create).
+    pub partition_states: Vec<PartitionInfo>,
+}
+
+/// One partition's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub size_bytes: u64,
+    pub fenced_reason: Option<String>,
+}
+
+impl TopicInfo {
+    fn from_wire(description: TopicDescription) -> TopicInfo {
+        let config = description.config.unwrap_or_default();
+        TopicInfo {
+            name: description.name,
+            partitions: config.partitions,
+            fsync: Fsync::from_wire(config.fsync.as_ref()),
+            partition_states: description
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo {
+                    partition: p.partition,
+                    log_start_offset: p.log_start_offset,
+                    log_end_offset: p.log_end_offset,
+                    size_bytes: p.size_bytes,
+                    fenced_reason: p.fenced_reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Client {
+    fn topics(&self) -> TopicServiceClient<tonic::transport::Channel> {
+        TopicServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a topic ([`crate::ErrorCode::AlreadyExists`] if one of that name exists).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        settings: TopicSettings,
+    ) -> Result<TopicInfo, AdminError> {
+        let config = TopicConfig {
+            partitions: settings.partitions,
+            fsync: Some(settings.fsync.wire()),
+            retention_ms: settings.retention_ms,
+            retention_bytes: settings.retention_bytes,
+            segment_bytes: settings.segment_bytes,
+        };
+        let request = CreateTopicRequest { name: name.to_owned(), config: Some(config) };
+        let created = self.topics().create_topic(request).await?.into_inner();
+        Ok(TopicInfo::from_wire(created.topic.unwrap_or_default()))
+    }
+
+    /// Describes a topic and its partitions ([`crate::ErrorCode::NotFound`] if none).
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, AdminError> {
+        let request = DescribeTopicRequest { name: name.to_owned() };
+        let described = self.topics().describe_topic(request).await?.into_inner();
+        Ok(TopicInfo::from_wire(described.topic.unwrap_or_default()))
+    }
+
+    /// Deletes a topic and all its records.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), AdminError> {
+        let request = DeleteTopicRequest { name: name.to_owned() };
+        self.topics().delete_topic(request).await?;
+        Ok(())
+    }
+}
