@@ -35,6 +35,12 @@ pub const fn index_entries_max(segment_bytes_max: u64) -> u64 {
 /// The longest interval an `interval` fsync policy may name, in milliseconds.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;
 
+/// How often, at most, a `never` log fsyncs the segments it sealed (so that the recovery point
+/// advances and a crash rescans at most this long's worth of writes). Any fsync on ext4 with
+/// `data=ordered` also forces out the other files' dirty data, so syncing at every roll would
+/// tie a `never` log's appends to the disk's write-back speed.
+pub const NEVER_SEALED_SYNC_INTERVAL_MS: u64 = 30_000;
+
 /// How many bytes one `read` call may ask for.
 pub const READ_BYTES_MAX: u32 = 64 * 1024 * 1024;
 

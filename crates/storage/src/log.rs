@@ -13,8 +13,8 @@ use crate::error::{
 };
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::limits::{
-    BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, READ_BYTES_MAX, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, index_entries_max,
+    BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, NEVER_SEALED_SYNC_INTERVAL_MS, READ_BYTES_MAX,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, index_entries_max,
 };
 use crate::recovery::RecoveryReport;
 use crate::segment::{SealData, Segment, SegmentWriteError};
@@ -554,7 +554,8 @@ impl Log {
     /// Whether a sync is due that the caller should run (in the background: see
     /// [`Log::begin_sync`]): on an [`FsyncPolicy::Interval`] log, when something is unsynced
     /// and the interval has passed; on an [`FsyncPolicy::Never`] log, when a sealed segment
-    /// awaits its fsync (rolls leave it for later, so appends never wait for the disk). An
+    /// awaits its fsync (rolls leave it for later, so appends never wait for the disk) and
+    /// [`NEVER_SEALED_SYNC_INTERVAL_MS`] has passed since the last sync. An
     /// [`FsyncPolicy::Always`] log syncs after every group and is never "due".
     pub fn sync_due(&self, now: TimestampMs) -> bool {
         let sealed_unsynced = self.segments.iter().rev().skip(1).any(|s| !s.data_durable);
@@ -564,7 +565,11 @@ impl Log {
                 (sealed_unsynced || self.next_offset() > self.durable.offset)
                     && now.0.saturating_sub(self.last_sync.0) >= interval_ms as i64
             }
-            FsyncPolicy::Never => sealed_unsynced,
+            FsyncPolicy::Never => {
+                sealed_unsynced
+                    && now.0.saturating_sub(self.last_sync.0)
+                        >= NEVER_SEALED_SYNC_INTERVAL_MS as i64
+            }
         }
     }
 
