@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTO_FILES: [&str; 4] = [
+const PROTO_FILES: [&str; 5] = [
     "proto/spool/v1/records.proto",
     "proto/spool/v1/topics.proto",
     "proto/spool/v1/produce.proto",
     "proto/spool/v1/consume.proto",
+    "proto/spool/v1/groups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -207,6 +207,7 @@ async fn a_subscriber_follows_the_live_end_while_another_task_produces() {
                     payload: Some(Payload::Records(RecordList {
                         records: vec![record(&i.to_string())],
                     })),
+                    producer: None,
                 })
                 .await
                 .unwrap();
@@ -272,6 +273,7 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
             partition: Some(0),
             acks: Acks::Leader as i32,
             payload: Some(Payload::RawBatch(batch.clone())),
+            producer: None,
         })
         .await
         .unwrap()
@@ -319,6 +321,7 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
             partition: Some(0),
             acks: Acks::All as i32,
             payload: Some(Payload::RawBatch(Bytes::from(damaged))),
+            producer: None,
         })
         .await;
     assert_code(refused, Code::InvalidArgument, "CRC mismatch");
@@ -337,6 +340,7 @@ async fn a_produce_stream_answers_by_correlation_id_and_survives_bad_requests() 
         partition: Some(1),
         acks: acks as i32,
         payload: Some(Payload::Records(RecordList { records: vec![record(&id.to_string())] })),
+        producer: None,
     };
     let requests = vec![
         request(10, "s", Acks::All),
@@ -495,6 +499,7 @@ async fn every_error_has_its_status_code() {
         payload: Some(Payload::Records(RecordList {
             records: vec![big.clone(), big.clone(), big],
         })),
+        producer: None,
     };
     let mut unlimited =
         spool_proto::v1::produce_service_client::ProduceServiceClient::new(server.channel().await)
@@ -507,6 +512,7 @@ async fn every_error_has_its_status_code() {
         partition: Some(0),
         acks: 0,
         payload: Some(Payload::RawBatch(Bytes::copy_from_slice(bytes))),
+        producer: None,
     };
     assert_code(
         producer.produce(raw(b"not a batch")).await,
@@ -673,6 +679,7 @@ async fn a_subscriber_that_stops_reading_holds_bounded_server_memory() {
                 payload: Some(Payload::Records(RecordList {
                     records: vec![Record { value: Some(value.clone()), ..record("") }],
                 })),
+                producer: None,
             })
             .await
             .unwrap();
@@ -717,6 +724,7 @@ async fn shutdown_finishes_what_was_acknowledged_and_closes_cleanly() {
             partition: Some(0),
             acks: Acks::All as i32,
             payload: Some(Payload::Records(RecordList { records: vec![record(&i.to_string())] })),
+            producer: None,
         })
         .collect();
     let answers: Vec<_> = server
@@ -786,6 +794,7 @@ async fn garbage_never_panics_the_server() {
                 partition: Some(0),
                 acks: 0,
                 payload: Some(Payload::RawBatch(Bytes::from(bytes))),
+                producer: None,
             })
             .await;
         assert_code(result, Code::InvalidArgument, "batch");

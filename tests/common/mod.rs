@@ -111,6 +111,7 @@ impl TestServer {
                 partition,
                 acks: Acks::Unspecified as i32,
                 payload: Some(Payload::Records(RecordList { records })),
+                producer: None,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -39,11 +39,11 @@ const LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 const _: () = assert!(PRODUCE_CHUNK_BYTES + LINE_BYTES_MAX < REQUEST_BYTES_MAX);
 
 /// A gRPC error as one line a person can act on.
-fn status_error(status: Status) -> anyhow::Error {
+pub(crate) fn status_error(status: Status) -> anyhow::Error {
     anyhow!("{} ({})", status.message(), code_name(status.code()))
 }
 
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -67,7 +67,7 @@ fn code_name(code: Code) -> &'static str {
 
 /// Adds `authorization: Bearer TOKEN` to every call when a token is given.
 #[derive(Debug, Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
+pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
@@ -84,7 +84,7 @@ fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
 }
 
-async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
+pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
     let url = &server.server;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("{url:?} is not a server URL (like http://127.0.0.1:7070)"))?;
@@ -337,6 +337,7 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
                 partition,
                 acks: acks as i32,
                 payload: Some(Payload::Records(RecordList { records })),
+                producer: None,
             };
             correlation_id += 1;
             if requests_tx.send(request).await.is_err() {
@@ -393,7 +394,7 @@ pub(crate) struct ConsumeOptions {
     pub(crate) format: Format,
 }
 
-fn parse_from(from: &str) -> anyhow::Result<Position> {
+pub(crate) fn parse_from(from: &str) -> anyhow::Result<Position> {
     Ok(match from {
         "earliest" => Position::Earliest(Earliest {}),
         "latest" => Position::Latest(Latest {}),
@@ -421,7 +422,7 @@ fn json_bytes(bytes: Option<&[u8]>) -> serde_json::Value {
     }
 }
 
-fn write_record(
+pub(crate) fn write_record(
     out: &mut impl Write,
     format: Format,
     topic: &str,

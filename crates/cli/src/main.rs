@@ -6,6 +6,7 @@
 mod client;
 mod config;
 mod dump;
+mod group;
 mod serve;
 mod token;
 
@@ -78,6 +79,24 @@ enum Command {
         /// timestamp, key, headers and value (bytes that are not UTF-8 as {"base64": ...}).
         #[arg(long, value_enum, default_value = "value")]
         format: Format,
+        /// Consume as a member of this group: the server assigns its partitions and keeps
+        /// its committed offsets (--from then says where to start without one: earliest or
+        /// latest).
+        #[arg(long, conflicts_with = "partition")]
+        group: Option<String>,
+        /// With --group: when to commit what was printed.
+        #[arg(long, value_enum, default_value = "auto", requires = "group")]
+        commit: group::CommitMode,
+        /// With --group: the member's session timeout, in milliseconds.
+        #[arg(long, default_value_t = 10_000, requires = "group")]
+        session_timeout_ms: u32,
+    },
+    /// List, describe or reset consumer groups.
+    Group {
+        #[command(flatten)]
+        server: ServerArg,
+        #[command(subcommand)]
+        command: group::GroupCommand,
     },
     /// Read a segment (.log) or index (.index, .timeindex) file offline and print its
     /// batches or entries, with any CRC or format error found.
@@ -192,9 +211,37 @@ fn main() -> ExitCode {
             let options = client::ProduceOptions { topic, partition, key, headers, acks };
             block_on(async move { client::produce(&server, options).await })
         }
-        Command::Consume { server, topic, partition, from, count, follow, format } => {
+        Command::Consume {
+            server,
+            topic,
+            partition,
+            from,
+            count,
+            follow,
+            format,
+            group: Some(group),
+            commit,
+            session_timeout_ms,
+        } => {
+            let _ = partition;
+            let options = group::GroupConsumeOptions {
+                topic,
+                group,
+                from,
+                count,
+                follow,
+                format,
+                commit,
+                session_timeout_ms,
+            };
+            block_on(async move { group::consume(&server, options).await })
+        }
+        Command::Consume { server, topic, partition, from, count, follow, format, .. } => {
             let options = client::ConsumeOptions { topic, partition, from, count, follow, format };
             block_on(async move { client::consume(&server, options).await })
+        }
+        Command::Group { server, command } => {
+            block_on(async move { group::group(&server, command).await })
         }
     };
     match outcome {

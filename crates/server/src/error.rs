@@ -16,6 +16,9 @@ use thiserror::Error;
 use tonic::{Code, Status};
 
 use crate::auth::AuthError;
+use crate::idempotence::{ProducerIdError, Refused};
+use spool_broker::group::{CommitError, GroupName, GroupNameError, JoinError, ResetError};
+use spool_broker::producer::SequenceError;
 
 /// A request the edge refuses before it reaches a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -40,6 +43,24 @@ pub enum RequestError {
     FetchBytes { max_bytes: u32, bytes_max: u32 },
     #[error("max_wait_ms {max_wait_ms} is over the limit of {max_wait_ms_max}")]
     FetchWait { max_wait_ms: u32, max_wait_ms_max: u32 },
+    #[error("group protocol: {reason}")]
+    GroupProtocol { reason: &'static str },
+    #[error(
+        "cannot commit offset {offset} of partition {partition} of topic {topic}: its visible end is {end}"
+    )]
+    CommitPastEnd { topic: String, partition: u32, offset: u64, end: u64 },
+    #[error(
+        "an idempotent request ({reason}) must name its partition: sequences are per partition"
+    )]
+    IdempotentWithoutPartition { reason: &'static str },
+    #[error(
+        "a raw batch carries its producer stamp in its header: leave the request's `producer` unset"
+    )]
+    ProducerWithRawBatch,
+    #[error("producer_epoch {epoch} is outside 0..=32767")]
+    ProducerEpoch { epoch: i32 },
+    #[error("base_sequence {base_sequence} is negative")]
+    BaseSequence { base_sequence: i32 },
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +101,20 @@ pub enum ServiceError {
     Reopen { topic: TopicName, partition: u32, source: OpenError },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    GroupName(#[from] GroupNameError),
+    #[error("joining a group: {0}")]
+    Join(#[from] JoinError),
+    #[error("commit refused: {0}")]
+    Commit(#[from] CommitError),
+    #[error("reset refused: {0}")]
+    Reset(#[from] ResetError),
+    #[error("group {group} has no members and no committed offsets")]
+    UnknownGroup { group: GroupName },
+    #[error(transparent)]
+    ProducerId(#[from] ProducerIdError),
+    #[error("partition {partition} of topic {topic}: {source}")]
+    Sequence { topic: TopicName, partition: u32, source: SequenceError },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -96,6 +131,16 @@ impl ServiceError {
                 ServiceError::Fenced { topic: topic.clone(), partition, fence }
             }
             source => ServiceError::Append { topic: topic.clone(), partition, source },
+        }
+    }
+
+    /// A batch a partition's writer did not append (see `crate::idempotence`).
+    pub(crate) fn refused(topic: &TopicName, partition: u32, refused: Refused) -> ServiceError {
+        match refused {
+            Refused::Append(error) => ServiceError::append(topic, partition, error),
+            Refused::Sequence(source) => {
+                ServiceError::Sequence { topic: topic.clone(), partition, source }
+            }
         }
     }
 
@@ -175,6 +220,32 @@ pub fn to_status(error: &ServiceError) -> Status {
                 Code::Unauthenticated
             }
             AuthError::Denied { .. } => Code::PermissionDenied,
+        },
+        ServiceError::GroupName(_) => Code::InvalidArgument,
+        ServiceError::Join(error) => match error {
+            JoinError::SessionTimeout { .. } | JoinError::Topics { .. } => Code::InvalidArgument,
+            JoinError::SubscriptionMismatch { .. } => Code::FailedPrecondition,
+            JoinError::TooManyMembers { .. }
+            | JoinError::TooManyLiveGroups
+            | JoinError::TooManyGroups => Code::ResourceExhausted,
+        },
+        ServiceError::Commit(error) => match error {
+            CommitError::TooManyOffsets { .. } => Code::InvalidArgument,
+            CommitError::NotAMember { .. }
+            | CommitError::StaleGeneration { .. }
+            | CommitError::FutureGeneration { .. }
+            | CommitError::NotOwner { .. } => Code::FailedPrecondition,
+        },
+        ServiceError::Reset(ResetError::LiveMembers { .. }) => Code::FailedPrecondition,
+        ServiceError::UnknownGroup { .. } => Code::NotFound,
+        ServiceError::ProducerId(ProducerIdError::Unknown { .. }) => Code::FailedPrecondition,
+        ServiceError::Sequence { source, .. } => match source {
+            SequenceError::OutOfOrder { .. } => Code::FailedPrecondition,
+            SequenceError::StaleEpoch { .. } => Code::Aborted,
+            SequenceError::OldDuplicate { .. } => Code::AlreadyExists,
+            SequenceError::SequenceOverflow { .. } | SequenceError::BadStamp { .. } => {
+                Code::InvalidArgument
+            }
         },
         ServiceError::Internal(_) => Code::Internal,
     };

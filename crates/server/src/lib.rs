@@ -29,6 +29,9 @@ pub mod auth;
 mod broker;
 mod consume;
 pub mod error;
+mod groups;
+mod idempotence;
+mod internal_log;
 pub mod metrics;
 mod partition;
 mod produce;
@@ -43,6 +46,7 @@ use std::time::Duration;
 use spool_broker::OpenRegistryError;
 use spool_broker::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, STREAMS_PER_CONNECTION_MAX};
 use spool_proto::v1::consume_service_server::ConsumeServiceServer;
+use spool_proto::v1::group_service_server::GroupServiceServer;
 use spool_proto::v1::produce_service_server::ProduceServiceServer;
 use spool_proto::v1::topic_service_server::TopicServiceServer;
 use thiserror::Error;
@@ -58,6 +62,8 @@ pub use serving::{TlsConfig, is_loopback};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::broker::Broker;
 use crate::consume::ConsumeApi;
+use crate::groups::{GroupApi, Groups};
+use crate::idempotence::ProducerIds;
 use crate::produce::ProduceApi;
 use crate::serving::Gate;
 use crate::topics::TopicApi;
@@ -77,6 +83,8 @@ pub enum RunError {
     Open(#[from] OpenRegistryError),
     #[error("serving gRPC failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("opening the server's internal logs failed: {0}")]
+    Internal(#[from] internal_log::OpenInternalError),
     #[error("the TLS configuration is not usable: {0}")]
     Tls(tonic::transport::Error),
     #[error(transparent)]
@@ -102,6 +110,8 @@ pub struct ServeOptions {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
+    groups: Arc<Groups>,
+    producer_ids: Arc<ProducerIds>,
 }
 
 impl Server {
@@ -110,7 +120,10 @@ impl Server {
         tracing::info!(data = %data_dir.display(), "opening the data directory");
         let broker = Broker::open(data_dir).await?;
         tracing::info!(data = %data_dir.display(), took_ms = broker.recovery.took.as_millis() as u64, "data directory opened: {}", broker.recovery);
-        Ok(Server { broker: Arc::new(broker) })
+        let broker = Arc::new(broker);
+        let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
+        let groups = Groups::open(data_dir, broker.clone()).await?;
+        Ok(Server { broker, groups, producer_ids })
     }
 
     /// The server's gauges.
@@ -150,6 +163,7 @@ struct Services {
     topics: Gate<TopicServiceServer<TopicApi>>,
     produce: Gate<ProduceServiceServer<ProduceApi>>,
     consume: Gate<ConsumeServiceServer<ConsumeApi>>,
+    groups: Gate<GroupServiceServer<GroupApi>>,
 }
 
 impl Services {
@@ -158,24 +172,32 @@ impl Services {
         let topics = TopicServiceServer::new(TopicApi { broker: broker.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        let produce = ProduceServiceServer::new(ProduceApi { broker: broker.clone() })
-            .max_decoding_message_size(REQUEST_BYTES_MAX)
-            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+        let produce = ProduceServiceServer::new(ProduceApi {
+            broker: broker.clone(),
+            producer_ids: server.producer_ids.clone(),
+        })
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let consume = ConsumeServiceServer::new(ConsumeApi { broker: broker.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         self.topics.open(topics, auth.clone());
         self.produce.open(produce, auth.clone());
         self.consume.open(consume, auth.clone());
+        let groups = GroupServiceServer::new(GroupApi { groups: server.groups.clone() })
+            .max_decoding_message_size(REQUEST_BYTES_MAX)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+        self.groups.open(groups, auth.clone());
     }
 }
 
 /// The names health reports on: the whole server ("") and each `spool.v1` service.
-const HEALTH_NAMES: [&str; 4] = [
+const HEALTH_NAMES: [&str; 5] = [
     "",
     <TopicServiceServer<TopicApi> as NamedService>::NAME,
     <ProduceServiceServer<ProduceApi> as NamedService>::NAME,
     <ConsumeServiceServer<ConsumeApi> as NamedService>::NAME,
+    <GroupServiceServer<GroupApi> as NamedService>::NAME,
 ];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -203,7 +225,12 @@ pub async fn serve(
     let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
     let reflection_v1alpha =
         reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
-    let services = Services { topics: Gate::new(), produce: Gate::new(), consume: Gate::new() };
+    let services = Services {
+        topics: Gate::new(),
+        produce: Gate::new(),
+        consume: Gate::new(),
+        groups: Gate::new(),
+    };
     let mut builder =
         tonic::transport::Server::builder().max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
     if let Some(tls) = &options.tls {
@@ -217,6 +244,7 @@ pub async fn serve(
         .add_service(services.topics.clone())
         .add_service(services.produce.clone())
         .add_service(services.consume.clone())
+        .add_service(services.groups.clone())
         .serve_with_incoming_shutdown(
             serving::counted_connections(listener),
             stop_serving.clone().cancelled_owned(),
@@ -273,6 +301,8 @@ pub async fn serve(
         reloading.abort();
     }
     broker.close().await;
+    server.groups.close().await;
+    server.producer_ids.close().await;
     tracing::info!("all partition logs closed");
     if let Some(endpoint) = metrics_endpoint {
         match endpoint.await {

@@ -16,7 +16,7 @@
 //! A failed fsync fences the log (storage never retries it) and fails every waiting producer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,6 +24,7 @@ use spool_broker::TopicName;
 use spool_broker::limits::{
     RETENTION_CHECK_INTERVAL_MS, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
+use spool_broker::producer::ProducerTable;
 use spool_storage::{
     Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, TimestampMs,
 };
@@ -33,6 +34,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
+use crate::idempotence::{self, Refused};
 use crate::metrics::PartitionMetrics;
 
 /// How long a producer waits, once its batch is queued.
@@ -69,6 +71,8 @@ pub(crate) struct Partition {
     /// Bumped after every change readers may care about; it carries no data.
     changed: watch::Sender<()>,
     deleted: AtomicBool,
+    /// Idempotent producers' sequences (see `crate::idempotence`); only the writer uses it.
+    producers: Mutex<ProducerTable>,
 }
 
 /// What a reader sees of a partition without reading records.
@@ -108,6 +112,7 @@ impl Partition {
             reconfigure,
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
+            producers: Mutex::new(ProducerTable::new()),
         });
         let writer = Writer {
             partition: partition.clone(),
@@ -252,7 +257,7 @@ struct Writer {
 /// What one group commit did, handed back from the blocking thread.
 struct Committed {
     group: Vec<AppendRequest>,
-    results: Vec<Result<Appended, spool_storage::AppendError>>,
+    results: Vec<Result<Appended, Refused>>,
     synced: Option<Result<Offset, SyncError>>,
 }
 
@@ -284,6 +289,7 @@ impl Writer {
     async fn run(mut self, stop: CancellationToken) -> Option<Log> {
         let mut sync_timer = sync_timer_for(self.partition.fsync());
         let mut retention_timer = timer(RETENTION_CHECK_INTERVAL_MS);
+        self.partition.rebuild_producers().await;
         loop {
             tokio::select! {
                 biased;
@@ -368,7 +374,7 @@ impl Writer {
             let appended = match result {
                 Ok(appended) => appended,
                 Err(error) => {
-                    let _ = request.reply.send(Err(ServiceError::append(topic, id, error)));
+                    let _ = request.reply.send(Err(ServiceError::refused(topic, id, error)));
                     continue;
                 }
             };
@@ -442,6 +448,26 @@ impl Writer {
 }
 
 impl Partition {
+    /// Rebuilds the idempotent producers' state from the tail of the log, before the first
+    /// append. A read failure leaves it empty and incomplete (see `spool_broker::producer`).
+    async fn rebuild_producers(self: &Arc<Self>) {
+        let partition = self.clone();
+        let rebuilt = blocking(move || {
+            partition.with_log(|log| {
+                idempotence::rebuild(log)
+                    .map_err(|e| ServiceError::read(&partition.topic, partition.id, e))
+            })
+        })
+        .await;
+        let table = rebuilt.unwrap_or_else(|error| {
+            tracing::error!(topic = %self.topic, partition = self.id, %error, "rebuilding producer state failed; unknown producers are accepted at any sequence");
+            let mut table = ProducerTable::new();
+            table.mark_incomplete();
+            table
+        });
+        *self.producers.lock().unwrap_or_else(PoisonError::into_inner) = table;
+    }
+
     /// Steps 1 and 2 of a group commit, on a blocking thread.
     fn append_group(&self, mut group: Vec<AppendRequest>) -> Committed {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
@@ -450,7 +476,11 @@ impl Partition {
         // One vectored write for the whole group where it fits the active segment.
         let mut batches: Vec<&mut [u8]> =
             group.iter_mut().map(|request| &mut request.batch[..]).collect();
-        let results = self.metrics.time_append(|| log.append_many(&mut batches, now));
+        let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
+        let results = self
+            .metrics
+            .time_append(|| idempotence::append_group(log, &mut producers, &mut batches, now));
+        drop(producers);
         drop(batches);
         let appended_any = results.iter().any(Result::is_ok);
         let synced = match log.config().fsync {

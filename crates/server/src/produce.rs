@@ -15,10 +15,10 @@ use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_server::ProduceService;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::{
-    Acks, PartitionAppend, ProduceError, ProduceRequest, ProduceResponse, ProduceStreamResponse,
-    Record,
+    Acks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError, ProduceRequest,
+    ProduceResponse, ProduceStreamResponse, Record,
 };
-use spool_storage::batch::{BatchBuilder, HeaderPair, ProducerStamp};
+use spool_storage::batch::{self, BatchBuilder, HeaderPair, ProducerStamp};
 use spool_storage::{Appended, FsyncPolicy, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -28,11 +28,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Action, AuthError, Caller, Resource};
 use crate::broker::{Broker, Topic};
 use crate::error::{RequestError, ServiceError, to_status};
+use crate::idempotence::{ProducerIds, sequenced};
 use crate::partition::AckLevel;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProduceApi {
     pub(crate) broker: Arc<Broker>,
+    pub(crate) producer_ids: Arc<ProducerIds>,
 }
 
 /// Batches queued for their partitions, whose answers are still to come.
@@ -123,6 +125,7 @@ fn encode(
     routes: Option<&[u32]>,
     partition: u32,
     now: TimestampMs,
+    producer: ProducerStamp,
 ) -> Result<BytesMut, RequestError> {
     let mut builder = BatchBuilder::new(BytesMut::new());
     let mut headers: Vec<HeaderPair<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
@@ -142,7 +145,35 @@ fn encode(
             });
         }
     }
-    Ok(builder.finish(ProducerStamp::NONE))
+    Ok(builder.finish(producer))
+}
+
+/// The stamp of an idempotent request in the records encoding, checked at the edge.
+fn producer_stamp(
+    request: &ProduceRequest,
+    producer_ids: &ProducerIds,
+) -> Result<ProducerStamp, ServiceError> {
+    let Some(stamp) = request.producer else {
+        return Ok(ProducerStamp::NONE);
+    };
+    if request.partition.is_none() {
+        return Err(
+            RequestError::IdempotentWithoutPartition { reason: "it sets `producer`" }.into()
+        );
+    }
+    let producer_epoch = i16::try_from(stamp.producer_epoch)
+        .ok()
+        .filter(|epoch| *epoch >= 0)
+        .ok_or(RequestError::ProducerEpoch { epoch: stamp.producer_epoch })?;
+    if stamp.base_sequence < 0 {
+        return Err(RequestError::BaseSequence { base_sequence: stamp.base_sequence }.into());
+    }
+    producer_ids.check(stamp.producer_id)?;
+    Ok(ProducerStamp {
+        producer_id: stamp.producer_id,
+        producer_epoch,
+        base_sequence: stamp.base_sequence,
+    })
 }
 
 impl ProduceApi {
@@ -160,6 +191,7 @@ impl ProduceApi {
             None => None,
         };
         let partitions = topic.config().partitions();
+        let producer = producer_stamp(&request, &self.producer_ids)?;
         let batches: Vec<(u32, BytesMut)> = match request.payload {
             None => return Err(RequestError::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
@@ -171,6 +203,22 @@ impl ProduceApi {
                     }
                     .into());
                 }
+                if request.producer.is_some() {
+                    return Err(RequestError::ProducerWithRawBatch.into());
+                }
+                if let Some(idempotent) = sequenced(&raw) {
+                    // Trust the stamp only in a batch that checks (garbage is INVALID_ARGUMENT,
+                    // not an unknown producer).
+                    if let Err(error) = batch::check_for_append(&raw) {
+                        let partition = explicit.unwrap_or(0);
+                        return Err(ServiceError::append(&topic.name, partition, error.into()));
+                    }
+                    if explicit.is_none() {
+                        let reason = "a raw batch with a producer stamp";
+                        return Err(RequestError::IdempotentWithoutPartition { reason }.into());
+                    }
+                    self.producer_ids.check(idempotent.stamp.producer_id)?;
+                }
                 // Storage checks the batch (length, CRC, every record) before it stores it.
                 let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
                 vec![(partition, BytesMut::from(&raw[..]))]
@@ -180,7 +228,9 @@ impl ProduceApi {
                 check_records(records)?;
                 let now = TimestampMs::now();
                 match explicit {
-                    Some(partition) => vec![(partition, encode(records, None, partition, now)?)],
+                    Some(partition) => {
+                        vec![(partition, encode(records, None, partition, now, producer)?)]
+                    }
                     None => {
                         // Keyless records of one request go together to one partition.
                         let keyless = topic.round_robin.next(partitions);
@@ -196,7 +246,7 @@ impl ProduceApi {
                         targets.dedup();
                         targets
                             .into_iter()
-                            .map(|p| Ok((p, encode(records, Some(&routes), p, now)?)))
+                            .map(|p| Ok((p, encode(records, Some(&routes), p, now, producer)?)))
                             .collect::<Result<_, RequestError>>()?
                     }
                 }
@@ -226,6 +276,15 @@ fn stream_error(correlation_id: u64, error: &ServiceError) -> ProduceStreamRespo
 
 #[tonic::async_trait]
 impl ProduceService for ProduceApi {
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        Caller::of(&request).check_token().map_err(ServiceError::from)?;
+        let producer_id = self.producer_ids.allocate().await?;
+        Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: 0 }))
+    }
+
     async fn produce(
         &self,
         request: Request<ProduceRequest>,

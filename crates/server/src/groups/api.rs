@@ -1,0 +1,375 @@
+//! The group service: the member stream (`Join`), and the unary calls that list, describe and
+//! reset groups.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use spool_broker::group::{
+    GroupDescription, GroupName, GroupState, OffsetReset, Subscription, TopicPartition,
+};
+use spool_broker::limits::{GROUP_MEMBER_QUEUE_DEPTH, GROUP_SESSION_TIMEOUT_MS_DEFAULT};
+use spool_proto::v1::group_service_server::GroupService;
+use spool_proto::v1::member_event::Kind;
+use spool_proto::v1::member_request::Kind as RequestKind;
+use spool_proto::v1::start_position::Position;
+use spool_proto::v1::{
+    DescribeGroupRequest, DescribeGroupResponse, GroupDescription as WireGroup, GroupPartition,
+    GroupState as WireState, JoinGroup, Joined, ListGroupsRequest, ListGroupsResponse,
+    MemberDescription, MemberEvent, MemberRequest, OffsetReset as WireReset, PartitionOffset,
+    ResetGroupRequest, ResetGroupResponse,
+};
+use spool_storage::{Offset, TimestampMs};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::feed::{FeedItem, RecordsOut};
+use super::member::{Ending, Member, wire_partition};
+use super::{Groups, MemberLink};
+use crate::auth::{Action, Caller, Resource};
+use crate::consume::{Wire, wire};
+use crate::error::{RequestError, ServiceError};
+
+/// How long a new stream may take to send its `join`.
+const JOIN_WAIT: Duration = Duration::from_millis(GROUP_SESSION_TIMEOUT_MS_DEFAULT);
+
+#[derive(Debug, Clone)]
+pub(crate) struct GroupApi {
+    pub(crate) groups: Arc<Groups>,
+}
+
+type MemberEvents = Pin<Box<dyn Stream<Item = Result<MemberEvent, Status>> + Send>>;
+
+/// What a member receives: its control messages (join answer, assignments, commit results)
+/// before any queued records, records of stopped feeds dropped (see `feed`), and at the end
+/// the status its task left in `ending` (none: the stream ends OK).
+struct MemberStream {
+    control: mpsc::Receiver<Result<MemberEvent, Status>>,
+    records: mpsc::Receiver<FeedItem>,
+    control_closed: bool,
+    records_closed: bool,
+    ending: Ending,
+    ended: bool,
+}
+
+impl Stream for MemberStream {
+    type Item = Result<MemberEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if !self.control_closed {
+                match self.control.poll_recv(cx) {
+                    Poll::Ready(Some(message)) => return Poll::Ready(Some(message)),
+                    Poll::Ready(None) => self.control_closed = true,
+                    Poll::Pending => {}
+                }
+            }
+            if !self.records_closed {
+                match self.records.poll_recv(cx) {
+                    Poll::Ready(Some(item)) if item.alive.load(Ordering::SeqCst) => {
+                        return Poll::Ready(Some(Ok(item.event)));
+                    }
+                    Poll::Ready(Some(_stopped)) => continue,
+                    Poll::Ready(None) => self.records_closed = true,
+                    Poll::Pending => {}
+                }
+            }
+            if !(self.control_closed && self.records_closed) {
+                return Poll::Pending;
+            }
+            self.ended = true;
+            let status = self.ending.lock().unwrap_or_else(PoisonError::into_inner).take();
+            return Poll::Ready(status.map(Err));
+        }
+    }
+}
+
+fn reset_choice(reset: i32) -> Result<OffsetReset, RequestError> {
+    match WireReset::try_from(reset) {
+        Ok(WireReset::Unspecified | WireReset::Earliest) => Ok(OffsetReset::Earliest),
+        Ok(WireReset::Latest) => Ok(OffsetReset::Latest),
+        Err(_) => Err(RequestError::UnknownEnumValue { field: "reset", value: reset }),
+    }
+}
+
+fn wire_reset(reset: OffsetReset) -> WireReset {
+    match reset {
+        OffsetReset::Earliest => WireReset::Earliest,
+        OffsetReset::Latest => WireReset::Latest,
+    }
+}
+
+impl GroupApi {
+    /// Checks a join and resolves its topics' partition counts.
+    fn subscription(
+        &self,
+        caller: &Caller,
+        join: &JoinGroup,
+    ) -> Result<(GroupName, Subscription, u64, Wire), ServiceError> {
+        let group = GroupName::parse(&join.group)?;
+        caller.allow(Action::Consume, Resource::Group(group.as_str()))?;
+        let mut topics = BTreeMap::new();
+        for name in join.topics.iter().take(spool_broker::limits::GROUP_TOPICS_MAX + 1) {
+            caller.allow(Action::Consume, Resource::Topic(name))?;
+            let topic = self.groups.broker.topic(name)?;
+            topics.insert(topic.name.clone(), topic.partitions.len() as u32);
+        }
+        let reset = reset_choice(join.reset)?;
+        let session_timeout_ms = match join.session_timeout_ms {
+            0 => GROUP_SESSION_TIMEOUT_MS_DEFAULT,
+            ms => u64::from(ms),
+        };
+        Ok((group, Subscription { topics, reset }, session_timeout_ms, wire(join.encoding)?))
+    }
+
+    /// Waits for the first message, which must be a join, and joins.
+    async fn join(
+        &self,
+        caller: Caller,
+        requests: &mut Streaming<MemberRequest>,
+        out: &mpsc::Sender<Result<MemberEvent, Status>>,
+        records: RecordsOut,
+        ending: Ending,
+    ) -> Result<Member, ServiceError> {
+        let first = tokio::time::timeout(JOIN_WAIT, requests.message()).await;
+        let protocol = |reason| ServiceError::from(RequestError::GroupProtocol { reason });
+        let join = match first {
+            Err(_) => return Err(protocol("no `join` arrived in time")),
+            Ok(Err(status)) => {
+                return Err(ServiceError::Internal(format!("the stream broke: {status}")));
+            }
+            Ok(Ok(None)) => return Err(protocol("the stream ended before its `join`")),
+            Ok(Ok(Some(MemberRequest { kind: Some(RequestKind::Join(join)) }))) => join,
+            Ok(Ok(Some(_))) => {
+                return Err(protocol("the first message of a stream must be `join`"));
+            }
+        };
+        let (group, subscription, session_timeout_ms, wire) = self.subscription(&caller, &join)?;
+        let reset = subscription.reset;
+        let link = Arc::new(MemberLink::default());
+        let id = {
+            let mut state = self.groups.lock();
+            let now_ms = self.groups.now_ms();
+            let (id, changes) =
+                state.coordinator.join(&group, subscription, session_timeout_ms, now_ms)?;
+            state.links.insert(id.clone(), link.clone());
+            self.groups.notify(&state, changes);
+            id
+        };
+        tracing::debug!(member = %id, %group, "a group member joined");
+        let joined = Joined {
+            member_id: id.to_string(),
+            session_timeout_ms: session_timeout_ms as u32,
+            heartbeat_interval_ms: (session_timeout_ms / 3) as u32,
+        };
+        // The queue is empty: the first message always fits.
+        let _ = out.try_send(Ok(MemberEvent { kind: Some(Kind::Joined(joined)) }));
+        Ok(Member::new(
+            self.groups.clone(),
+            caller,
+            group,
+            id,
+            link,
+            reset,
+            wire,
+            out.clone(),
+            records,
+            ending,
+        ))
+    }
+
+    fn describe_one(&self, description: &GroupDescription, detailed: bool) -> WireGroup {
+        let state = match description.state {
+            GroupState::Empty => WireState::Empty,
+            GroupState::Rebalancing => WireState::Rebalancing,
+            GroupState::Stable => WireState::Stable,
+        };
+        let (topics, reset) = match &description.subscription {
+            Some(s) => (s.topics.keys().map(ToString::to_string).collect(), wire_reset(s.reset)),
+            None => (Vec::new(), WireReset::Unspecified),
+        };
+        let mut group = WireGroup {
+            name: description.name.to_string(),
+            state: state as i32,
+            generation: description.generation,
+            topics,
+            reset: reset as i32,
+            members: Vec::new(),
+            partitions: Vec::new(),
+        };
+        if !detailed {
+            return group;
+        }
+        group.members = description
+            .members
+            .iter()
+            .map(|m| MemberDescription {
+                member_id: m.id.to_string(),
+                session_timeout_ms: m.session_timeout_ms as u32,
+                owned: m.owned.iter().map(wire_partition).collect(),
+                revoking: m.revoking.iter().map(wire_partition).collect(),
+            })
+            .collect();
+        group.partitions = description
+            .partitions
+            .iter()
+            .map(|p| {
+                let state = self
+                    .groups
+                    .broker
+                    .partition(p.partition.topic.as_str(), p.partition.partition)
+                    .and_then(|partition| partition.state())
+                    .ok();
+                let end = state.as_ref().map(|s| s.visible_end_offset.0);
+                let from =
+                    p.committed.map(|c| c.0).or(state.as_ref().map(|s| s.log_start_offset.0));
+                GroupPartition {
+                    topic: p.partition.topic.to_string(),
+                    partition: p.partition.partition,
+                    owner: p.owner.as_ref().map(ToString::to_string),
+                    revoking: p.revoking,
+                    committed_offset: p.committed.map(|c| c.0),
+                    log_end_offset: end,
+                    lag: end.zip(from).map(|(end, from)| end.saturating_sub(from)),
+                }
+            })
+            .collect();
+        group
+    }
+
+    /// The offsets a reset sets, per partition of `topic`.
+    async fn reset_offsets(
+        &self,
+        topic: &str,
+        to: Option<Position>,
+    ) -> Result<Vec<(TopicPartition, Offset)>, ServiceError> {
+        let topic = self.groups.broker.topic(topic)?;
+        let mut offsets = Vec::with_capacity(topic.partitions.len());
+        for partition in &topic.partitions {
+            let state = partition.state()?;
+            let offset = match to {
+                None | Some(Position::Earliest(_)) => state.log_start_offset,
+                Some(Position::Latest(_)) => state.visible_end_offset,
+                Some(Position::Offset(offset)) => {
+                    // Reading at it checks it against the log's range (OUT_OF_RANGE).
+                    partition.read(Offset(offset), 1).await?;
+                    Offset(offset)
+                }
+                Some(Position::TimestampMs(ms)) => {
+                    partition.offset_for_timestamp(TimestampMs(ms)).await?
+                }
+            };
+            offsets.push((
+                TopicPartition { topic: topic.name.clone(), partition: partition.id() },
+                offset,
+            ));
+        }
+        Ok(offsets)
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for GroupApi {
+    type JoinStream = MemberEvents;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<MemberRequest>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let caller = Caller::of(&request);
+        let mut requests = request.into_inner();
+        let (out, control) = mpsc::channel(GROUP_MEMBER_QUEUE_DEPTH);
+        let (records_out, records) = mpsc::channel(GROUP_MEMBER_QUEUE_DEPTH);
+        let ending = Ending::default();
+        let api = self.clone();
+        let member_ending = ending.clone();
+        tokio::spawn(async move {
+            let joined = api.join(caller, &mut requests, &out, records_out, member_ending.clone());
+            match joined.await {
+                Ok(member) => member.run(requests).await,
+                Err(error) => {
+                    *member_ending.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(error.into())
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(MemberStream {
+            control,
+            records,
+            control_closed: false,
+            records_closed: false,
+            ending,
+            ended: false,
+        })))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.check_token().map_err(ServiceError::from)?;
+        let described = self.groups.lock().coordinator.list();
+        let groups = described
+            .iter()
+            .filter(|g| caller.allow(Action::Describe, Resource::Group(g.name.as_str())).is_ok())
+            .map(|g| self.describe_one(g, false))
+            .collect();
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let caller = Caller::of(&request);
+        let group = GroupName::parse(&request.into_inner().group).map_err(ServiceError::from)?;
+        caller
+            .allow(Action::Describe, Resource::Group(group.as_str()))
+            .map_err(ServiceError::from)?;
+        let described = self.groups.lock().coordinator.describe(&group);
+        let described = described.ok_or(ServiceError::UnknownGroup { group })?;
+        Ok(Response::new(DescribeGroupResponse {
+            group: Some(self.describe_one(&described, true)),
+        }))
+    }
+
+    async fn reset_group(
+        &self,
+        request: Request<ResetGroupRequest>,
+    ) -> Result<Response<ResetGroupResponse>, Status> {
+        let caller = Caller::of(&request);
+        let request = request.into_inner();
+        let group = GroupName::parse(&request.group).map_err(ServiceError::from)?;
+        caller
+            .allow(Action::Administer, Resource::Group(group.as_str()))
+            .map_err(ServiceError::from)?;
+        caller
+            .allow(Action::Describe, Resource::Topic(&request.topic))
+            .map_err(ServiceError::from)?;
+        let offsets =
+            self.reset_offsets(&request.topic, request.to.and_then(|to| to.position)).await?;
+        let (durable, offsets) = {
+            let mut state = self.groups.lock();
+            let record = state.coordinator.reset(&group, offsets).map_err(ServiceError::from)?;
+            (self.groups.persist(&record), record.offsets)
+        };
+        durable.await?;
+        let offsets = offsets
+            .into_iter()
+            .map(|(p, offset)| PartitionOffset {
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                offset: offset.0,
+            })
+            .collect();
+        Ok(Response::new(ResetGroupResponse { offsets }))
+    }
+}

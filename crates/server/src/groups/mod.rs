@@ -1,0 +1,165 @@
+//! Consumer groups at run time: the broker's [`Coordinator`] state machine, driven by tokio.
+//!
+//! - One [`Coordinator`] for the whole server, behind one mutex ([`Groups::state`]). Every
+//!   decision (a join, a commit's check, a revocation, a removal) is made under it, and a
+//!   commit's record is queued to the offsets log under it too, so the log stores commits
+//!   in the order they were decided: a member that was presumed dead can never overwrite
+//!   its successor's progress, also not after a restart.
+//! - One task per member ([`member`]) owns its stream: it reads the member's messages, and
+//!   tells it what the coordinator's view of it says whenever that changes (it is woken
+//!   through its [`MemberLink`], which carries no data: it re-reads the view).
+//! - One feed task per owned partition ([`feed`]) reads the log and sends records into the
+//!   member's bounded queue. A feed is stopped (and awaited) before the member is told that
+//!   its partition is revoked, so no record of a revoked partition follows the revocation.
+//! - One driver task sleeps until the coordinator's next deadline (a session or revocation
+//!   timeout) and ticks it.
+//! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/0`, one record
+//!   per commit, folded at start-up.
+//!
+//! Time is milliseconds since the server started, from tokio's clock.
+
+mod api;
+mod feed;
+mod member;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use spool_broker::group::{
+    Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, Removal,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub(crate) use api::GroupApi;
+
+use crate::broker::Broker;
+use crate::error::ServiceError;
+use crate::internal_log::{InternalLog, OpenInternalError};
+
+/// How a member's task learns that its view changed, and why it was removed.
+#[derive(Debug, Default)]
+pub(crate) struct MemberLink {
+    wake: Notify,
+    removal: Mutex<Option<Removal>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) coordinator: Coordinator,
+    links: HashMap<MemberId, Arc<MemberLink>>,
+}
+
+/// Every consumer group of the server.
+#[derive(Debug)]
+pub(crate) struct Groups {
+    state: Mutex<State>,
+    offsets: InternalLog,
+    pub(crate) broker: Arc<Broker>,
+    started: Instant,
+    /// Woken when a deadline may have moved earlier (a join, a revocation).
+    deadlines: Notify,
+}
+
+impl Groups {
+    /// Folds the committed offsets and starts the driver.
+    pub(crate) async fn open(
+        data_dir: &Path,
+        broker: Arc<Broker>,
+    ) -> Result<Arc<Groups>, OpenInternalError> {
+        let committed = Arc::new(Mutex::new(CommittedOffsets::default()));
+        let folding = committed.clone();
+        let offsets = InternalLog::open(data_dir, "group-offsets", move |value| {
+            let record = CommitRecord::decode(value).map_err(|e| e.to_string())?;
+            folding.lock().unwrap_or_else(PoisonError::into_inner).apply(&record);
+            Ok(())
+        })
+        .await?;
+        let committed =
+            std::mem::take(&mut *committed.lock().unwrap_or_else(PoisonError::into_inner));
+        // Member ids carry the start time, so an id from an earlier run never names a new
+        // member.
+        let instance = spool_storage::TimestampMs::now().0.unsigned_abs();
+        let groups = Arc::new(Groups {
+            state: Mutex::new(State {
+                coordinator: Coordinator::new(instance, committed),
+                links: HashMap::new(),
+            }),
+            offsets,
+            broker,
+            started: Instant::now(),
+            deadlines: Notify::new(),
+        });
+        tokio::spawn(drive(groups.clone()));
+        Ok(groups)
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the members a change concerns. Called with the state locked, right after the
+    /// change.
+    fn notify(&self, state: &State, changes: Changes) {
+        for (member, removal) in &changes.removed {
+            if let Some(link) = state.links.get(member) {
+                *link.removal.lock().unwrap_or_else(PoisonError::into_inner) = Some(*removal);
+            }
+        }
+        for member in &changes.wake {
+            if let Some(link) = state.links.get(member) {
+                link.wake.notify_one();
+            }
+        }
+        self.deadlines.notify_one();
+    }
+
+    /// Queues a commit record to the offsets log; the future resolves once it is durable.
+    /// Call it with the state locked, right after the coordinator accepted the record.
+    fn persist(
+        &self,
+        record: &CommitRecord,
+    ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
+        self.offsets.append(record.group.as_str().as_bytes().to_vec(), record.encode())
+    }
+
+    /// Stops taking commits, writes what is queued, and closes the offsets log.
+    pub(crate) async fn close(&self) {
+        self.offsets.close().await;
+    }
+}
+
+/// Ticks the coordinator at each deadline, until shutdown.
+async fn drive(groups: Arc<Groups>) {
+    let stop = groups.broker.streams_stop.clone();
+    loop {
+        let next = groups.lock().coordinator.next_deadline_ms();
+        let sleep = async {
+            match next {
+                Some(deadline_ms) => {
+                    let at = groups.started + std::time::Duration::from_millis(deadline_ms);
+                    tokio::time::sleep_until(at).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                let mut state = groups.lock();
+                let changes = state.coordinator.tick(groups.now_ms());
+                for (member, removal) in &changes.removed {
+                    tracing::info!(%member, %removal, "a group member was removed");
+                }
+                groups.notify(&state, changes);
+                drop(state);
+            }
+            () = groups.deadlines.notified() => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Idempotent producers at run time: producer ids, and the sequence checks each partition's
+//! writer makes before it appends (the rules are `spool_broker::producer`'s).
+//!
+//! - [`ProducerIds`] hands out ids that are never reused: a block of
+//!   [`PRODUCER_ID_BLOCK`] ids is reserved durably in the internal log
+//!   `internal/producer-ids/0` before any of it is handed out, so after a restart allocation
+//!   continues past every block reserved before (unused ids of a block are skipped).
+//! - [`append_group`] is what the partition writer calls instead of `Log::append_many`: it
+//!   decides each batch's [`Verdict`], appends only the batches to append, answers
+//!   duplicates with the original offsets, and records what was appended.
+//! - [`rebuild`] reads the stamps of the batches at the tail of a log at start-up.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use spool_broker::limits::{PRODUCER_ID_BLOCK, PRODUCER_STATE_SCAN_BYTES};
+use spool_broker::producer::{ProducerTable, SequenceError, SequencedBatch, Verdict};
+use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchIter, ProducerStamp, field};
+use spool_storage::{AppendError, Appended, Log, ReadError, TimestampMs};
+use thiserror::Error;
+
+use crate::error::ServiceError;
+use crate::internal_log::{InternalLog, OpenInternalError};
+
+/// Bytes one read takes while rebuilding a producer table.
+const REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Why a batch of a group was not appended.
+#[derive(Debug, Error)]
+pub(crate) enum Refused {
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+}
+
+/// The stamp and record count of a batch, read from its header without checking anything;
+/// `None` when it carries no stamp or is too short to have a header (the append refuses it).
+pub(crate) fn sequenced(batch: &[u8]) -> Option<SequencedBatch> {
+    if batch.len() < BATCH_HEADER_BYTES {
+        return None;
+    }
+    let at = |start: usize, len: usize| &batch[start..start + len];
+    let producer_id = i64::from_le_bytes(at(field::PRODUCER_ID, 8).try_into().expect("8 bytes"));
+    if producer_id < 0 {
+        return None;
+    }
+    Some(SequencedBatch {
+        stamp: ProducerStamp {
+            producer_id,
+            producer_epoch: i16::from_le_bytes(
+                at(field::PRODUCER_EPOCH, 2).try_into().expect("2 bytes"),
+            ),
+            base_sequence: i32::from_le_bytes(
+                at(field::BASE_SEQUENCE, 4).try_into().expect("4 bytes"),
+            ),
+        },
+        record_count: u32::from_le_bytes(at(field::RECORD_COUNT, 4).try_into().expect("4 bytes")),
+    })
+}
+
+/// Appends a group of batches, checking idempotent producers' sequences first. One result
+/// per batch, in order; a duplicate's result is the original's offsets.
+///
+/// An idempotent batch is fully checked (`batch::check_for_append`) before its sequence is:
+/// a malformed one is then left to the append to refuse, and never counts as accepted for
+/// the batches after it. The other failures of `append_many` (a failed write, a full disk, a
+/// fence) fail every batch from the failing one on, so a batch never lands after a refused
+/// predecessor of its producer.
+pub(crate) fn append_group(
+    log: &mut Log,
+    table: &mut ProducerTable,
+    batches: &mut [&mut [u8]],
+    now: TimestampMs,
+) -> Vec<Result<Appended, Refused>> {
+    let stamps: Vec<Option<SequencedBatch>> = batches
+        .iter()
+        .map(|b| sequenced(b).filter(|_| batch::check_for_append(b).is_ok()))
+        .collect();
+    if stamps.iter().all(Option::is_none) {
+        // The common case: no idempotent producer in the group.
+        return log
+            .append_many(batches, now)
+            .into_iter()
+            .map(|r| r.map_err(Refused::from))
+            .collect();
+    }
+    let verdicts = table.check_group(&stamps);
+    let mut to_append: Vec<&mut [u8]> = batches
+        .iter_mut()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| **verdict == Verdict::Append)
+        .map(|(batch, _)| &mut **batch)
+        .collect();
+    let mut appended = log.append_many(&mut to_append, now).into_iter();
+    let mut results: Vec<Result<Appended, Refused>> = Vec::with_capacity(verdicts.len());
+    for (index, verdict) in verdicts.into_iter().enumerate() {
+        let result = match verdict {
+            Verdict::Append => {
+                let result = appended.next().expect("one result per appended batch");
+                if let (Ok(done), Some(stamp)) = (&result, stamps[index]) {
+                    table.record(stamp, done.base_offset, done.last_offset);
+                }
+                result.map_err(Refused::from)
+            }
+            Verdict::Duplicate { base_offset, last_offset } => {
+                Ok(Appended { base_offset, last_offset, rolled: false })
+            }
+            Verdict::DuplicateInGroup { index: original } => match &results[original] {
+                Ok(done) => Ok(Appended { rolled: false, ..*done }),
+                Err(Refused::Append(error)) => Err(Refused::Append(error.clone())),
+                Err(Refused::Sequence(error)) => Err(Refused::Sequence(*error)),
+            },
+            Verdict::Refuse(error) => Err(Refused::Sequence(error)),
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// The producer table of `log`, from the stamps of the batches in its last
+/// [`PRODUCER_STATE_SCAN_BYTES`] (whole segments; incomplete when that is not the whole log).
+pub(crate) fn rebuild(log: &Log) -> Result<ProducerTable, ReadError> {
+    let segments: Vec<_> = log.segments().collect();
+    let mut start = segments.len();
+    let mut bytes = 0u64;
+    while start > 0 && bytes < PRODUCER_STATE_SCAN_BYTES {
+        start -= 1;
+        bytes += segments[start].size_bytes;
+    }
+    let mut table = ProducerTable::new();
+    if start > 0 {
+        table.mark_incomplete();
+    }
+    let mut offset = segments.get(start).map_or(log.log_start_offset(), |s| s.base_offset);
+    let end = log.visible_end_offset();
+    while offset < end {
+        let read = log.read(offset, REBUILD_READ_BYTES)?;
+        for batch in BatchIter::new(&read.bytes) {
+            // Storage checked every batch when it was appended; one that no longer checks
+            // is damage that readers report. The state is built from what does check.
+            let Ok(batch) = batch else { break };
+            let header = batch.header();
+            if header.producer.producer_id >= 0 && header.base_offset >= offset {
+                let stamp =
+                    SequencedBatch { stamp: header.producer, record_count: header.record_count };
+                table.record(stamp, header.base_offset, header.last_offset());
+            }
+        }
+        if read.next_offset <= offset {
+            break;
+        }
+        offset = read.next_offset;
+    }
+    Ok(table)
+}
+
+/// Allocates producer ids; see the module docs.
+#[derive(Debug)]
+pub(crate) struct ProducerIds {
+    /// Ids below this were handed out (or skipped); the next one handed out is this one.
+    next: AtomicI64,
+    /// Ids below this are reserved durably. Taken while reserving a new block.
+    reserved_end: tokio::sync::Mutex<i64>,
+    log: InternalLog,
+}
+
+#[derive(Debug, Error)]
+pub enum ProducerIdError {
+    #[error("producer id {producer_id} was never allocated by this server: call InitProducer")]
+    Unknown { producer_id: i64 },
+}
+
+impl ProducerIds {
+    pub(crate) async fn open(data_dir: &std::path::Path) -> Result<ProducerIds, OpenInternalError> {
+        let reserved = std::sync::Arc::new(AtomicI64::new(0));
+        let folding = reserved.clone();
+        let log = InternalLog::open(data_dir, "producer-ids", move |value| {
+            let end: [u8; 8] = value
+                .try_into()
+                .map_err(|_| format!("a reservation holds {} bytes, not 8", value.len()))?;
+            folding.fetch_max(i64::from_le_bytes(end), Ordering::SeqCst);
+            Ok(())
+        })
+        .await?;
+        let reserved_end = reserved.load(Ordering::SeqCst);
+        Ok(ProducerIds {
+            next: AtomicI64::new(reserved_end),
+            reserved_end: tokio::sync::Mutex::new(reserved_end),
+            log,
+        })
+    }
+
+    /// A new id, never handed out before.
+    pub(crate) async fn allocate(&self) -> Result<i64, ServiceError> {
+        let mut reserved_end = self.reserved_end.lock().await;
+        let id = self.next.load(Ordering::SeqCst);
+        if id >= *reserved_end {
+            let end = id + PRODUCER_ID_BLOCK as i64;
+            self.log.append(Vec::new(), end.to_le_bytes().to_vec()).await?;
+            *reserved_end = end;
+        }
+        self.next.store(id + 1, Ordering::SeqCst);
+        Ok(id)
+    }
+
+    /// Checks that `producer_id` was handed out (by this run or an earlier one).
+    pub(crate) fn check(&self, producer_id: i64) -> Result<(), ProducerIdError> {
+        if (0..self.next.load(Ordering::SeqCst)).contains(&producer_id) {
+            Ok(())
+        } else {
+            Err(ProducerIdError::Unknown { producer_id })
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        self.log.close().await;
+    }
+}
