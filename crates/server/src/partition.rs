@@ -119,6 +119,7 @@ impl Partition {
             queue: receiver,
             reconfigure: reconfigure_receiver,
             waiting_for_sync: Vec::new(),
+            background_sync: None,
         };
         (partition.clone(), tokio::spawn(writer.run(stop)))
     }
@@ -252,6 +253,8 @@ struct Writer {
     queue: mpsc::Receiver<AppendRequest>,
     reconfigure: mpsc::Receiver<Reconfigure>,
     waiting_for_sync: Vec<WaitingForSync>,
+    /// The fsync of sealed segments of a `never` log, running beside the appends.
+    background_sync: Option<JoinHandle<()>>,
 }
 
 /// What one group commit did, handed back from the blocking thread.
@@ -311,6 +314,9 @@ impl Writer {
         // Stop taking appends, but finish every one already queued: its producer may be
         // waiting for the answer. (Without a log, dropping them tells their producers.)
         self.queue.close();
+        if let Some(task) = self.background_sync.take() {
+            let _ = task.await;
+        }
         if self.log_is_open() {
             while let Some(request) = self.queue.recv().await {
                 self.commit(request).await;
@@ -328,6 +334,9 @@ impl Writer {
 
     /// Syncs, then reopens the log with the new settings; false if the log was lost.
     async fn reconfigure(&mut self, request: Reconfigure) -> bool {
+        if let Some(task) = self.background_sync.take() {
+            let _ = task.await;
+        }
         self.sync().await;
         let partition = self.partition.clone();
         let reopened = tokio::task::spawn_blocking(move || {
@@ -365,6 +374,29 @@ impl Writer {
         );
         self.partition.changed.send_replace(());
         self.answer(committed);
+        self.sync_sealed_in_background();
+    }
+
+    /// A `never` log rolls without fsyncing the sealed segment (so appends never wait for a
+    /// whole segment to reach the disk) and asks for that fsync through `sync_due`, at most
+    /// every `NEVER_SEALED_SYNC_INTERVAL_MS`: run it on a blocking thread while the writer
+    /// goes on appending, one at a time, so the recovery point advances.
+    fn sync_sealed_in_background(&mut self) {
+        if self.partition.fsync() != FsyncPolicy::Never
+            || self.background_sync.as_ref().is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        let due = self.partition.with_log(|log| Ok(log.sync_due(TimestampMs::now())));
+        if !matches!(due, Ok(true)) {
+            return;
+        }
+        let partition = self.partition.clone();
+        self.background_sync = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = partition.sync_now() {
+                tracing::error!(topic = %partition.topic, partition = partition.id, %error, "syncing sealed segments failed");
+            }
+        }));
     }
 
     fn answer(&mut self, committed: Committed) {
