@@ -135,7 +135,13 @@ pub async fn measure(
         }
     };
     let client = async_nats::connect(&url).await.map_err(|e| nats_error("connecting")(&e))?;
-    let context = jetstream::new(client.clone());
+    // Every producer keeps `batch * in_flight` acknowledgements pending; async-nats holds a
+    // permit per pending acknowledgement (5000 by default) and waits for one before each
+    // publish, so the permits must cover all producers' windows.
+    let pending_max = settings.batch as usize * settings.in_flight * settings.producers as usize;
+    let context = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(pending_max + 1)
+        .build(client.clone());
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

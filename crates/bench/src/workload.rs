@@ -117,6 +117,14 @@ impl Measured {
         let msgs_per_sec = self.messages as f64 / seconds;
         let mb_per_sec = bytes as f64 / 1e6 / seconds;
         let latency_us = LatencySummary::of(&self.histogram);
+        let latency_of = match settings.workload {
+            Workload::Produce if self.target == "nats" => {
+                "one message, from its publish to its acknowledgement"
+            }
+            Workload::Produce => "one batch, from its first send to its acknowledgement",
+            Workload::Consume => "the wait for each delivery of the replay",
+            Workload::E2e => "one message, from send to receipt by a consumer",
+        };
         BenchResult {
             workload: settings.workload,
             target: self.target,
@@ -127,11 +135,7 @@ impl Measured {
             msgs_per_sec,
             mb_per_sec,
             latency_us,
-            latency_of: match settings.workload {
-                Workload::Produce => "one batch, from its first send to its acknowledgement",
-                Workload::Consume => "the wait for each delivery of the replay",
-                Workload::E2e => "one message, from send to receipt by a consumer",
-            },
+            latency_of,
             settings: settings.clone(),
             machine: machine.clone(),
             disk: disk.cloned(),

@@ -166,8 +166,9 @@ const BUFFER_BYTES_MAX: usize = 1 << 40;
 const RECORD_BYTES_FIXED: usize = 5 + 1 + 10 + 5 + 5 + 5 + 2;
 /// An upper bound of one header's encoding beyond its key and value: two lengths.
 const HEADER_BYTES_FIXED: usize = 5 + 5;
-/// A new batch buffer starts at this capacity (or the batch limit, if smaller) and grows.
-const BATCH_BUFFER_BYTES_INITIAL: usize = 64 * 1024;
+/// A new batch buffer is sized for this many records like its first (or the batch limits,
+/// if smaller), and grows past that.
+const BATCH_BUFFER_RECORDS_INITIAL: usize = 1024;
 
 /// One header of a record: a UTF-8 name and an optional value.
 pub type Header<'a> = (&'a str, Option<&'a [u8]>);
@@ -605,10 +606,10 @@ impl Shared {
         let open = buffer.open.get_or_insert_with(|| {
             wake = true;
             let outcome = Outcome::new(partition);
-            let capacity = config
-                .batch_bytes_max
-                .min(BATCH_BUFFER_BYTES_INITIAL)
-                .max(BATCH_HEADER_BYTES + bytes);
+            // Sized once for a batch of records like this one: growing a large batch by
+            // doubling would copy it about once more.
+            let records = (config.batch_records_max as usize).min(BATCH_BUFFER_RECORDS_INITIAL);
+            let capacity = (BATCH_HEADER_BYTES + bytes * records).min(config.batch_bytes_max);
             OpenBatch {
                 builder: BatchBuilder::new(BytesMut::with_capacity(capacity)),
                 outcome,
