@@ -75,7 +75,10 @@ async fn health_turns_serving_once_recovery_has_finished() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.topics.len(), 1);
+    // Shutting down says NOT_SERVING to watchers, then ends their streams.
     stop.send(()).unwrap();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+    assert!(watch.message().await.unwrap().is_none());
     serving.await.unwrap().unwrap();
 }
 

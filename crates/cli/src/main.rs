@@ -121,7 +121,7 @@ struct ServerArg {
     /// The bearer token to send (better from the environment than on the command line).
     #[arg(long, env = "SPOOL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
-    /// Trust this CA (PEM) for an https:// server instead of the system's roots.
+    /// The CA (PEM) that signed an https:// server's certificate.
     #[arg(long, env = "SPOOL_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<PathBuf>,
     /// The client certificate (PEM) for a server that requires mutual TLS.

@@ -76,14 +76,20 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if !address.ip().is_loopback() && !config.secure() {
         tracing::warn!(%address, "listening on a non-loopback address without both TLS and tokens (allow_insecure_remote): anyone who can reach it can read, write and delete every topic");
     }
-    if config.log_format.value == LogFormat::Human {
-        // Tests and scripts read this line to find the port when listening on port 0.
-        eprintln!("spool: listening on {address}, data in {}", data.display());
-    }
+    let (serving, ready) = tokio::sync::oneshot::channel();
+    let human = config.log_format.value == LogFormat::Human;
+    let announced = data.display().to_string();
+    tokio::spawn(async move {
+        // Tests and scripts read this line to find the port when listening on port 0, and
+        // to know the server is ready: it comes once recovery is done and health is SERVING.
+        if ready.await.is_ok() && human {
+            eprintln!("spool: listening on {address}, data in {announced}");
+        }
+    });
     if let Some(tokens) = &tokens {
         tokio::spawn(reload_on_hangup(tokens.clone()));
     }
-    let options = ServeOptions { tls, tokens, metrics };
+    let options = ServeOptions { tls, tokens, metrics, serving: Some(serving) };
     spool_server::run(listener, data, options, shutdown_signal()).await?;
     if config.log_format.value == LogFormat::Human {
         eprintln!("spool: stopped cleanly");

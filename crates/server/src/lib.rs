@@ -57,7 +57,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use metrics::{Metrics, RecoverySummary};
-pub use serving::{TlsConfig, is_loopback};
+pub use serving::TlsConfig;
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::broker::Broker;
@@ -104,6 +104,8 @@ pub struct ServeOptions {
     pub tokens: Option<Arc<Authenticator>>,
     /// Where to serve `GET /metrics` for Prometheus.
     pub metrics: Option<TcpListener>,
+    /// Told once the data directory is open and health says SERVING.
+    pub serving: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A server over one data directory, opened and ready to serve.
@@ -215,7 +217,7 @@ pub async fn serve(
     opening: impl Future<Output = Result<Server, RunError>> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -280,11 +282,19 @@ pub async fn serve(
     let reloading = options.tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
     set_health(&reporter, ServingStatus::Serving).await;
     tracing::info!("serving");
+    if let Some(serving) = options.serving {
+        let _ = serving.send(());
+    }
     let served = tokio::select! {
         served = &mut serving => served,
         () = &mut shutdown => {
             tracing::info!("shutting down: finishing calls in flight");
             set_health(&reporter, ServingStatus::NotServing).await;
+            // Health watchers see NOT_SERVING, then their streams end, so they do not hold
+            // the shutdown for its grace period.
+            for name in HEALTH_NAMES {
+                reporter.clear_service_status(name).await;
+            }
             broker.streams_stop.cancel();
             stop_serving.cancel();
             tokio::select! {

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -217,9 +216,4 @@ fn export_gauges(broker: &Broker) {
             );
         }
     }
-}
-
-/// Whether `address` is a loopback address (what an unsecured server may listen on).
-pub fn is_loopback(address: &SocketAddr) -> bool {
-    address.ip().is_loopback()
 }
