@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use spool_storage::batch::{self, BATCH_PREFIX_BYTES, BatchView};
 use spool_storage::index::{OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry};
 
-
 pub(crate) fn run(path: &Path, records: bool) -> anyhow::Result<()> {
     let name = path
         .file_name()
