@@ -1,8 +1,9 @@
 //! How long group consumption pauses during a rebalance, with 100 partitions.
 //!
 //! An in-process server on 127.0.0.1:0 over a temporary directory; a producer keeps every
-//! partition of a 100-partition topic busy; two members share them (auto-committing after
-//! every message, committing revoked partitions before acknowledging). Then a third member
+//! partition of a 100-partition topic busy; two members share them (committing their
+//! positions every 50 ms, as a client's auto-commit does, and revoked partitions before
+//! acknowledging them). Then a third member
 //! joins (34 partitions move), and later one leaves cleanly (its partitions move). For each
 //! partition that moves, the pause is the time from the last records message its old owner
 //! received to the first one its new owner received; partitions that stay are watched for
@@ -91,6 +92,8 @@ async fn member(
         }
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut auto_commit = tokio::time::interval(Duration::from_millis(50));
+    let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
     let (mut generation, mut commit_id) = (0, 0);
     let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
     let mut revoking: BTreeMap<u64, Vec<spool_proto::v1::TopicPartition>> = BTreeMap::new();
@@ -98,6 +101,17 @@ async fn member(
         let event = tokio::select! {
             event = events.message() => event,
             _ = heartbeat.tick() => { send(RequestKind::Heartbeat(Heartbeat {})).await; continue }
+            _ = auto_commit.tick() => {
+                if !uncommitted.is_empty() {
+                    let offsets = std::mem::take(&mut uncommitted)
+                        .into_iter()
+                        .map(|(partition, offset)| PartitionOffset { topic: "t".into(), partition, offset })
+                        .collect();
+                    commit_id += 1;
+                    send(RequestKind::Commit(CommitOffsets { commit_id, generation, offsets })).await;
+                }
+                continue;
+            }
             _ = leave.recv() => { send(RequestKind::Leave(Leave {})).await; continue }
         };
         let Ok(Some(event)) = event else { return };
@@ -109,6 +123,7 @@ async fn member(
                     .revoked
                     .iter()
                     .filter_map(|p| {
+                        uncommitted.remove(&p.partition);
                         positions.remove(&p.partition).map(|offset| PartitionOffset {
                             topic: p.topic.clone(),
                             partition: p.partition,
@@ -141,13 +156,7 @@ async fn member(
                     .or_default()
                     .push((Instant::now(), index));
                 positions.insert(records.partition, records.next_offset);
-                commit_id += 1;
-                let offsets = vec![PartitionOffset {
-                    topic: records.topic,
-                    partition: records.partition,
-                    offset: records.next_offset,
-                }];
-                send(RequestKind::Commit(CommitOffsets { commit_id, generation, offsets })).await;
+                uncommitted.insert(records.partition, records.next_offset);
             }
             Kind::CommitResult(result) => {
                 if let Some(partitions) = revoking.remove(&result.commit_id) {

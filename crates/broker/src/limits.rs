@@ -80,8 +80,9 @@ pub const GROUP_TOPICS_MAX: usize = 64;
 pub const GROUP_SESSION_TIMEOUT_MS_MIN: u64 = 50;
 pub const GROUP_SESSION_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
 pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// Messages queued toward one group member (records, assignments, commit results). When the
-/// member does not take them, its partitions stop reading the log.
+/// Messages queued toward one group member, in each of its two queues: records, and control
+/// messages (assignments, commit results), which go first. When the member does not take
+/// records, its partitions stop reading the log.
 pub const GROUP_MEMBER_QUEUE_DEPTH: usize = 4;
 /// Bytes of log one group member's partition reads per message.
 pub const GROUP_READ_BYTES: u32 = 1024 * 1024;

@@ -14,7 +14,9 @@
 //! fences the log, as for any partition: every later append fails.
 //!
 //! The queue has no fixed bound, but its depth is bounded by its callers: each group member
-//! has at most one commit waiting, and producer ids are reserved one block at a time.
+//! has at most 1024 commits unanswered (`groups::member`), members and groups are bounded
+//! (`spool_broker::limits`), resets are one per call, and producer ids are reserved one block
+//! at a time.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};

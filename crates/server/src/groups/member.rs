@@ -45,7 +45,10 @@ use crate::consume::Wire;
 use crate::error::{RequestError, ServiceError, to_status};
 
 /// Commits in flight or answered but not yet sent, before the task stops reading messages.
-const COMMITS_UNANSWERED_MAX: usize = 64;
+/// Commits are decided as they are read, so reading far ahead of their fsyncs lets a
+/// `RevocationDone` behind many commits move its partitions without waiting for them; each
+/// holds a few hundred bytes.
+const COMMITS_UNANSWERED_MAX: usize = 1024;
 
 /// A commit's fsync, resolving once its record is durable.
 type Durable = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
