@@ -700,6 +700,12 @@ impl Log {
                 .map_err(|source| RetentionError::Io { path: self.dir.clone(), source })?;
             deleted += 1;
         }
+        // A sealed segment of an interval or never log may go before it was ever synced: what
+        // it held is gone by retention, so the durable end is at least the new log start.
+        let start = self.log_start_offset();
+        if self.durable.offset < start {
+            self.durable = Watermark { offset: start, segment_base: start, position: 0 };
+        }
         Ok(deleted)
     }
 
