@@ -61,6 +61,28 @@ pub const SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
 /// Concurrent gRPC streams (calls) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
+// The browser listener (`--http`): Server-Sent Events, WebSocket and plain HTTP.
+
+/// The largest HTTP request body or WebSocket message the listener reads: one record as JSON,
+/// whose value may be base64 (4 bytes for every 3), plus room for its key and headers.
+pub const HTTP_REQUEST_BYTES_MAX: usize = BATCH_BYTES_MAX as usize / 3 * 4 + 1024 * 1024;
+/// Bytes of log one browser subscription reads per chunk. Smaller than gRPC's read: a chunk
+/// becomes JSON text, which may be several times the size of the bytes it was read from.
+pub const HTTP_SUBSCRIBE_READ_BYTES: u32 = 256 * 1024;
+/// Chunks queued toward one browser subscription; when they are not taken, it stops reading
+/// the log. With the chunk being built, a browser holds at most
+/// [`HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX`] of log on the server (plus the socket's buffer).
+pub const HTTP_SUBSCRIBE_QUEUE_DEPTH: usize = 2;
+/// The most log bytes one browser subscription holds on the server, queued or being built
+/// (a single batch larger than a read is read whole).
+pub const HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
+    (HTTP_SUBSCRIBE_QUEUE_DEPTH as u64 + 1) * BATCH_BYTES_MAX as u64;
+/// Subscriptions (SSE streams and WebSockets) the listener serves at once; one more is
+/// answered 503.
+pub const HTTP_STREAMS_MAX: usize = 1024;
+/// The most records one history request (`GET .../records`) answers.
+pub const HTTP_HISTORY_RECORDS_MAX: u32 = 1000;
+
 /// How often each partition applies its retention limits, in milliseconds.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 30_000;
 
@@ -110,6 +132,11 @@ const _: () = assert!(FETCH_BYTES_DEFAULT <= FETCH_BYTES_MAX);
 const _: () = assert!(SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
 const _: () = assert!(WRITER_GROUP_BATCHES_MAX <= WRITER_QUEUE_DEPTH);
 const _: () = assert!(SUBSCRIBE_QUEUE_DEPTH >= 1);
+// A browser can send one record of a largest batch's size, base64-encoded.
+const _: () = assert!(HTTP_REQUEST_BYTES_MAX > BATCH_BYTES_MAX as usize / 3 * 4);
+const _: () = assert!(HTTP_SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
+const _: () = assert!(HTTP_SUBSCRIBE_QUEUE_DEPTH >= 1);
+const _: () = assert!(HTTP_HISTORY_RECORDS_MAX <= BATCH_RECORDS_MAX);
 const _: () = assert!(PRODUCE_STREAM_IN_FLIGHT_MAX <= STREAMS_PER_CONNECTION_MAX as usize);
 const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_MIN <= GROUP_SESSION_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_DEFAULT <= GROUP_SESSION_TIMEOUT_MS_MAX);

@@ -42,6 +42,11 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
     #[arg(long, env = "SPOOL_METRICS", value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
+    /// Serve browsers at http://IP:PORT/: Server-Sent Events, WebSocket, HTTP POST and a
+    /// page to watch and publish events. Plain HTTP: loopback only unless
+    /// allow_insecure_remote [default: off].
+    #[arg(long, env = "SPOOL_HTTP", value_name = "IP:PORT")]
+    http: Option<SocketAddr>,
     /// The log filter, as in RUST_LOG (`info`, `spool_server=debug,warn`, ...)
     /// [default: RUST_LOG if set, else info].
     #[arg(long, env = "SPOOL_LOG", value_name = "FILTER")]
@@ -75,6 +80,7 @@ struct FileSettings {
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     tls_cert: Option<PathBuf>,
@@ -107,6 +113,7 @@ pub(crate) struct ServeConfig {
     pub(crate) data: Setting<PathBuf>,
     pub(crate) listen: Setting<SocketAddr>,
     pub(crate) metrics: Setting<Option<SocketAddr>>,
+    pub(crate) http: Setting<Option<SocketAddr>>,
     pub(crate) log: Setting<String>,
     pub(crate) log_format: Setting<LogFormat>,
     pub(crate) tls_cert: Setting<Option<PathBuf>>,
@@ -176,6 +183,7 @@ impl ServeConfig {
                 Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
             )),
             metrics: pick(matches, "metrics", args.metrics, file.metrics, None),
+            http: pick(matches, "http", args.http, file.http, None),
             log: required(pick(
                 matches,
                 "log",
@@ -237,6 +245,16 @@ impl ServeConfig {
                 self.listen.value
             );
         }
+        // The browser listener has no TLS of its own, so even a secured server keeps it on
+        // loopback (behind a TLS-terminating proxy) unless the risk is accepted.
+        if let Some(http) = self.http.value
+            && !http.ip().is_loopback()
+            && !self.allow_insecure_remote.value
+        {
+            bail!(
+                "http: {http} is not a loopback address, and the browser listener speaks plain HTTP                  (tokens would cross the network in clear): listen on 127.0.0.1 behind a                  TLS-terminating proxy, or set allow_insecure_remote to accept the risk"
+            );
+        }
         Ok(())
     }
 
@@ -280,6 +298,7 @@ impl ServeConfig {
         line("data", Some(quoted(&self.data.value.display().to_string())), self.data.source);
         line("listen", Some(quoted(&self.listen.value.to_string())), self.listen.source);
         line("metrics", self.metrics.value.map(|a| quoted(&a.to_string())), self.metrics.source);
+        line("http", self.http.value.map(|a| quoted(&a.to_string())), self.http.source);
         line("log", Some(quoted(&self.log.value)), self.log.source);
         let format = match self.log_format.value {
             LogFormat::Human => "human",

@@ -67,6 +67,20 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let http = match config.http.value {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("http: cannot listen on {at}"))?;
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "browsers: the page at http://{address}/, events under http://{address}/v1/");
+            if !address.ip().is_loopback() {
+                tracing::warn!(%address, "the browser listener speaks plain HTTP on a non-loopback address (allow_insecure_remote): tokens cross the network in clear");
+            }
+            Some(listener)
+        }
+        None => None,
+    };
     let data = &config.data.value;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, data = %data.display(), tls = tls.is_some(), mutual_tls = config.tls_client_ca.value.is_some(), tokens = tokens.is_some(), "listening on {scheme}://{address}");
@@ -89,7 +103,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(tokens) = &tokens {
         tokio::spawn(reload_on_hangup(tokens.clone()));
     }
-    let options = ServeOptions { tls, tokens, metrics, serving: Some(serving) };
+    let options = ServeOptions { tls, tokens, metrics, http, serving: Some(serving) };
     spool_server::run(listener, data, options, shutdown_signal()).await?;
     if config.log_format.value == LogFormat::Human {
         eprintln!("spool: stopped cleanly");

@@ -22,7 +22,8 @@
 //! writer's queue and syncs it, and closes every log cleanly so the next start does not scan.
 //!
 //! [`ServeOptions`] adds TLS (optionally mutual), bearer tokens with per-topic and per-group
-//! grants ([`auth`]), and a Prometheus endpoint ([`metrics`]).
+//! grants ([`auth`]), a Prometheus endpoint ([`metrics`]), and a listener for browsers
+//! (Server-Sent Events, WebSocket, HTTP POST and a built-in page; the `http` module).
 
 mod alter;
 pub mod auth;
@@ -30,6 +31,7 @@ mod broker;
 mod consume;
 pub mod error;
 mod groups;
+mod http;
 mod idempotence;
 mod internal_log;
 pub mod metrics;
@@ -91,6 +93,8 @@ pub enum RunError {
     Metrics(#[from] metrics::InstallMetricsError),
     #[error("serving metrics failed: {0}")]
     MetricsEndpoint(std::io::Error),
+    #[error("serving the browser listener (--http) failed: {0}")]
+    HttpEndpoint(std::io::Error),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -104,6 +108,9 @@ pub struct ServeOptions {
     pub tokens: Option<Arc<Authenticator>>,
     /// Where to serve `GET /metrics` for Prometheus.
     pub metrics: Option<TcpListener>,
+    /// Where to serve browsers: Server-Sent Events, WebSocket, HTTP POST and the page at `/`
+    /// (see the `http` module). It starts once the data directory is open.
+    pub http: Option<TcpListener>,
     /// Told once the data directory is open and health says SERVING.
     pub serving: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -279,6 +286,9 @@ pub async fn serve(
     let _ = opened_broker.set(broker.clone());
     let auth = AuthLayer::new(options.tokens.clone());
     services.open(&server, &auth);
+    let http_endpoint = options.http.map(|listener| {
+        tokio::spawn(http::serve(listener, broker.clone(), auth.clone(), stop_serving.clone()))
+    });
     let reloading = options.tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
     set_health(&reporter, ServingStatus::Serving).await;
     tracing::info!("serving");
@@ -310,6 +320,25 @@ pub async fn serve(
     if let Some(reloading) = reloading {
         reloading.abort();
     }
+    // Posts in flight finish before the logs close; a browser that reads nothing is not
+    // waited for past the grace period.
+    let http_served = match http_endpoint {
+        Some(mut endpoint) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut endpoint).await {
+            Ok(Ok(result)) => result.map_err(RunError::HttpEndpoint),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the browser listener panicked");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "browser connections still open after the grace period; closing them"
+                );
+                endpoint.abort();
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     broker.close().await;
     server.groups.close().await;
     server.producer_ids.close().await;
@@ -320,6 +349,7 @@ pub async fn serve(
             Err(error) => tracing::error!(%error, "the metrics endpoint panicked"),
         }
     }
+    http_served?;
     Ok(served?)
 }
 

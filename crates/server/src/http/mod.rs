@@ -1,0 +1,392 @@
+//! The browser listener (`spool serve --http HOST:PORT`): a partition followed over
+//! Server-Sent Events or WebSocket, records produced over WebSocket or a plain POST, and a
+//! small page at `/` that uses them. It reads and writes through the same broker and
+//! partition writers as the gRPC services, never through gRPC itself.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /` | the page ([`page.html`](./page.html), built in, no build step) |
+//! | `GET /v1/topics` | the topics the caller may see, with their partition counts |
+//! | `GET /v1/topics/{topic}/partitions/{p}/records?offset=O&limit=N` | up to N records from O, and the partition's range |
+//! | `GET /v1/topics/{topic}/partitions/{p}/events?from=F` | Server-Sent Events ([`sse`]) |
+//! | `GET /v1/ws` | WebSocket: subscribe and produce ([`ws`]) |
+//! | `POST /v1/topics/{topic}/records` | produce one record (JSON, or a raw body) |
+//!
+//! Authentication is gRPC's ([`crate::auth`]): the same token file, grants and checks, and a
+//! subscription re-checks its grant before every chunk. A token comes from the
+//! `Authorization: Bearer` header, else the `token` query parameter (an `EventSource` cannot
+//! set headers), else the cookie `spool_token` — the cookie only on GET requests and on a
+//! WebSocket whose `Origin` is this listener, so another site cannot use a browser's cookie
+//! to write (CSRF). The listener speaks plain HTTP: outside loopback, put it behind a
+//! TLS-terminating proxy.
+//!
+//! Every stream has a bound: at most `HTTP_STREAMS_MAX` subscriptions and sockets at once,
+//! a bounded queue per subscription ([`follow`]), one produce in flight per socket, bodies
+//! and messages of at most `HTTP_REQUEST_BYTES_MAX`.
+
+mod error;
+mod follow;
+mod records;
+mod sse;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use spool_broker::limits::{
+    HTTP_HISTORY_RECORDS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
+};
+use spool_storage::Offset;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Interceptor;
+
+use self::error::{BadRequest, HttpError};
+use self::follow::{Item, feed};
+use self::records::{EventJson, RecordIn, RecordJson, Start, produce};
+use crate::auth::{Action, AuthLayer, Caller, Resource};
+use crate::broker::Broker;
+use crate::consume::{Wire, answer};
+
+/// The page at `/`.
+const PAGE: &str = include_str!("page.html");
+
+/// The cookie a browser may carry its token in.
+const TOKEN_COOKIE: &str = "spool_token";
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    broker: Arc<Broker>,
+    auth: AuthLayer,
+    streams: Arc<Semaphore>,
+}
+
+/// Where a request's token may come from besides the `Authorization` header and `?token=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenSources {
+    /// A GET request: also the cookie.
+    Get,
+    /// A POST: never the cookie, which another site's form could make the browser send.
+    Post,
+    /// A WebSocket upgrade: the cookie only from this listener's own page.
+    WebSocket,
+}
+
+impl TokenSources {
+    const GET: TokenSources = TokenSources::Get;
+    const POST: TokenSources = TokenSources::Post;
+    const WEBSOCKET: TokenSources = TokenSources::WebSocket;
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// Whether the request's `Origin` is this listener (what a page it served sends).
+fn same_origin(headers: &HeaderMap) -> Result<(), BadRequest> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (None, _) => Ok(()),
+        (Some(origin), Some(host))
+            if origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"))
+                == Some(host) =>
+        {
+            Ok(())
+        }
+        (Some(origin), _) => Err(BadRequest::CrossOrigin { origin: origin.to_owned() }),
+    }
+}
+
+/// One open subscription: its queue, and what it follows.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    items: mpsc::Receiver<Item>,
+    topic: String,
+    partition: u32,
+    offset: u64,
+}
+
+impl AppState {
+    /// The caller, found by the gRPC interceptor from the token this request carries.
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        sources: TokenSources,
+    ) -> Result<Caller, HttpError> {
+        let mut request = tonic::Request::new(());
+        let authorization = match (headers.get(header::AUTHORIZATION), query_token) {
+            (Some(value), _) => Some(value.clone()),
+            (None, Some(token)) => format!("Bearer {token}").parse().ok(),
+            (None, None) => {
+                let cookie = match sources {
+                    TokenSources::Get => cookie(headers, TOKEN_COOKIE),
+                    TokenSources::WebSocket => match cookie(headers, TOKEN_COOKIE) {
+                        Some(token) => {
+                            same_origin(headers)?;
+                            Some(token)
+                        }
+                        None => None,
+                    },
+                    TokenSources::Post => None,
+                };
+                cookie.and_then(|token| format!("Bearer {token}").parse().ok())
+            }
+        };
+        if let Some(value) = authorization {
+            let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+                .map_err(|_| HttpError::from(crate::auth::AuthError::Malformed))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut auth = self.auth.clone();
+        match auth.call(request) {
+            Ok(request) => Ok(request
+                .extensions()
+                .get::<Caller>()
+                .cloned()
+                .expect("the interceptor leaves a caller in every request it lets through")),
+            // The interceptor refuses only a missing, malformed or unknown token.
+            Err(_) => Err(HttpError::from(missing_or_unknown(headers, query_token))),
+        }
+    }
+
+    /// A slot for one more stream, or 503 when all are taken.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BadRequest::TooManyStreams { streams_max: HTTP_STREAMS_MAX }.into())
+    }
+
+    /// Opens a subscription: checks the grant, resolves the start, starts its feed.
+    async fn subscribe(
+        &self,
+        caller: Caller,
+        topic: &str,
+        partition: u32,
+        start: Start,
+    ) -> Result<Subscription, HttpError> {
+        caller.allow(Action::Consume, Resource::Topic(topic))?;
+        let partition = self.broker.partition(topic, partition)?;
+        let offset = start.resolve(&partition).await?;
+        let (queue, items) = mpsc::channel(HTTP_SUBSCRIBE_QUEUE_DEPTH);
+        let subscription = Subscription {
+            items,
+            topic: partition.topic().to_string(),
+            partition: partition.id(),
+            offset: offset.0,
+        };
+        tokio::spawn(feed(self.broker.clone(), caller, partition, offset, queue));
+        Ok(subscription)
+    }
+}
+
+/// Why the interceptor refused: the same distinction it makes, from the same inputs.
+fn missing_or_unknown(headers: &HeaderMap, query_token: Option<&str>) -> crate::auth::AuthError {
+    use crate::auth::AuthError;
+    match (headers.get(header::AUTHORIZATION), query_token, cookie(headers, TOKEN_COOKIE)) {
+        (None, None, None) => AuthError::NoToken,
+        (Some(value), _, _)
+            if !value.to_str().is_ok_and(|v| v.starts_with("Bearer ") && v.len() > 7) =>
+        {
+            AuthError::Malformed
+        }
+        _ => AuthError::UnknownToken,
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TopicJson {
+    name: String,
+    partitions: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct TopicsJson {
+    topics: Vec<TopicJson>,
+}
+
+/// The topics the caller holds some grant on; others are not mentioned.
+async fn topics(
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Json<TopicsJson>, HttpError> {
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::GET)?;
+    caller.check_token()?;
+    let topics = state
+        .broker
+        .topics()
+        .into_iter()
+        .filter(|topic| caller.may_see_topic(topic.name.as_str()))
+        .map(|topic| TopicJson {
+            name: topic.name.to_string(),
+            partitions: topic.config().partitions(),
+        })
+        .collect();
+    Ok(Json(TopicsJson { topics }))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    token: Option<String>,
+    offset: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// Records from `offset`, a page at a time: what the page's "older" button loads.
+async fn history(
+    State(state): State<AppState>,
+    Path((topic, partition)): Path<(String, u32)>,
+    Query(query): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::GET)?;
+    caller.allow(Action::Consume, Resource::Topic(&topic))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=HTTP_HISTORY_RECORDS_MAX).contains(&limit) {
+        return Err(BadRequest::Query {
+            name: "limit",
+            value: limit.to_string(),
+            reason: "it must be 1..=1000",
+        }
+        .into());
+    }
+    let partition = state.broker.partition(&topic, partition)?;
+    let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
+    let read = partition
+        .read(offset, spool_broker::limits::HTTP_SUBSCRIBE_READ_BYTES)
+        .await
+        .map_err(HttpError::from)?;
+    let (log_start_offset, log_end_offset) = (read.log_start_offset.0, read.log_end_offset.0);
+    let mut records = answer(&partition, read, offset, Wire::Records)?.records;
+    records.truncate(limit as usize);
+    let events: Vec<EventJson<'_>> = records.iter().map(EventJson::of).collect();
+    let body = serde_json::json!({
+        "topic": partition.topic().as_str(),
+        "partition": partition.id(),
+        "log_start_offset": log_start_offset,
+        "log_end_offset": log_end_offset,
+        "records": events,
+    });
+    Ok(Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ProduceQuery {
+    token: Option<String>,
+    partition: Option<u32>,
+    key: Option<String>,
+}
+
+/// The prefix of request headers that become record headers on a raw POST.
+const HEADER_PREFIX: &str = "spool-header-";
+
+/// A record from a raw POST body: the body is the value, `?key=` and `?partition=` set those,
+/// and each `Spool-Header-NAME: VALUE` request header becomes a record header NAME.
+fn raw_record(query: &ProduceQuery, headers: &HeaderMap, body: Bytes) -> RecordIn {
+    let record_headers = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix(HEADER_PREFIX)?;
+            Some((name.to_owned(), Some(Bytes::copy_from_slice(value.as_bytes()))))
+        })
+        .collect();
+    RecordIn {
+        partition: query.partition,
+        timestamp_ms: None,
+        key: query.key.clone().map(Bytes::from),
+        value: Some(body),
+        headers: record_headers,
+    }
+}
+
+/// `POST /v1/topics/{topic}/records`: a JSON record (`Content-Type: application/json`) or a
+/// raw body; answers `{"topic", "partition", "offset"}` once the record is acknowledged.
+async fn produce_post(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(query): Query<ProduceQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::POST)?;
+    // Permission before the body's faults: a caller without a grant learns nothing more.
+    caller.allow(Action::Produce, Resource::Topic(&topic))?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => BadRequest::BodyTooLarge {
+            bytes: HTTP_REQUEST_BYTES_MAX + 1,
+            bytes_max: HTTP_REQUEST_BYTES_MAX,
+        },
+        _ => BadRequest::Body { reason: rejection.body_text() },
+    })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let record = if json {
+        let record: RecordJson = serde_json::from_slice(&body)
+            .map_err(|e| BadRequest::Record { reason: e.to_string() })?;
+        let mut record = record.decode()?;
+        record.partition = record.partition.or(query.partition);
+        record
+    } else {
+        raw_record(&query, &headers, body)
+    };
+    let produced = produce(&state.broker, &caller, &topic, record).await?;
+    Ok((StatusCode::OK, Json(produced)).into_response())
+}
+
+async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError::NoEndpoint { path: uri.path().to_owned() }
+}
+
+fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(page))
+        .route("/v1/topics", get(topics))
+        .route("/v1/topics/{topic}/records", post(produce_post))
+        .route("/v1/topics/{topic}/partitions/{partition}/records", get(history))
+        .route("/v1/topics/{topic}/partitions/{partition}/events", get(sse::events))
+        .route("/v1/ws", get(ws::socket))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Serves the browser listener until `stop` is cancelled. Subscriptions end earlier, when
+/// the broker's `streams_stop` is.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    auth: AuthLayer,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let state = AppState { broker, auth, streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)) };
+    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+}
