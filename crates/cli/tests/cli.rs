@@ -1,74 +1,11 @@
 //! Drives the real `spool` binary as a user would: `serve` on port 0, then `topic`,
 //! `produce`, `consume` and `dump` against it, then SIGTERM.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod common;
 
-const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+use std::process::Command;
 
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Served {
-    /// Starts `spool serve` on a free port and waits for the line that names it.
-    fn start(data: &Path) -> Served {
-        let mut child = Command::new(SPOOL)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (address_tx, address_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading after the address, so the server never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("spool: listening on ") {
-                    let address = rest.split(',').next().unwrap().to_owned();
-                    let _ = address_tx.send(address);
-                }
-            }
-        });
-        let address = address_rx.recv().expect("the server prints its address");
-        Served { child, url: format!("http://{address}") }
-    }
-
-    fn spool(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(SPOOL)
-            .args(args)
-            .env("SPOOL_SERVER", &self.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    /// SIGTERM, as a service manager would stop it; returns whether it exited 0.
-    fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use common::{SPOOL, Served, stdout};
 
 #[test]
 fn produce_and_consume_through_the_spool_binary() {

@@ -1,77 +1,9 @@
 //! `spool consume --group` and `spool group list|describe|reset`, through the real binary
 //! against `spool serve` on port 0.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod common;
 
-const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Served {
-    fn start(data: &Path) -> Served {
-        let mut child = Command::new(SPOOL)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            // The server logs "serving" at info once its data directory is open.
-            .env("RUST_LOG", "warn,spool_server=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (address_tx, address_rx) = mpsc::channel();
-        let (serving_tx, serving_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading after the address, so the server never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("spool: listening on ") {
-                    let _ = address_tx.send(rest.split(',').next().unwrap().to_owned());
-                }
-                if line.ends_with(" serving") {
-                    let _ = serving_tx.send(());
-                }
-            }
-        });
-        let address = address_rx.recv().expect("the server prints its address");
-        serving_rx.recv().expect("the server logs that it serves");
-        Served { child, url: format!("http://{address}") }
-    }
-
-    fn spool(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(SPOOL)
-            .args(args)
-            .env("SPOOL_SERVER", &self.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str], stdin: &str) -> String {
-        let output = self.spool(args, stdin);
-        assert!(
-            output.status.success(),
-            "spool {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Served;
 
 #[test]
 fn a_group_consumer_resumes_where_it_committed_and_groups_are_described_and_reset() {

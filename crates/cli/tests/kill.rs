@@ -1,0 +1,249 @@
+//! kill -9 of the real server: acknowledged records survive a process crash.
+//!
+//! Four producers write numbered records (`p{producer} s{sequence}`) to two topics, one with
+//! fsync `always` and one with fsync every 20 ms; on each topic one producer waits for
+//! `acks=all` and one for `acks=leader`, sharing the topic's one partition. At a random moment
+//! (after a random number of acknowledgements, plus a random few milliseconds) the test sends
+//! the server SIGKILL, restarts it on the same data directory, and the producers go on from
+//! their next unsent sequence number. After the last round a consumer reads both partitions
+//! and checks, per producer:
+//!
+//! - every acknowledged record is there exactly once: a process crash loses nothing that was
+//!   appended, because the kernel still holds it, so `acks=leader` is as safe as `acks=all`
+//!   here (a power loss is another matter: see crates/storage/tests/crash.rs);
+//! - no record is there twice, acknowledged or not. The client never resends a record (a
+//!   broken stream fails the records in flight as `Disconnected`, whose outcome is unknown,
+//!   and the next round starts after the last sequence sent), so a duplicate can only come
+//!   from the server;
+//! - records are in sequence order.
+//!
+//! Records sent but not acknowledged before the kill may be there or not.
+//!
+//! `SPOOL_KILL_ROUNDS` sets the number of kills (default 40), `SPOOL_KILL_SEED` replays one
+//! run; the seed is printed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::Served;
+use spool_client::{
+    Acks, Client, Follow, Fsync, ProduceError, ProducerConfig, Record, StartAt, TopicSettings,
+};
+use tokio::sync::Notify;
+
+const ROUNDS_DEFAULT: u64 = 40;
+/// Only a guard against a hang: every wait below ends on an event long before this.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// The producers: (topic, acks).
+const PRODUCERS: [(&str, Acks); 4] = [
+    ("always", Acks::All),
+    ("always", Acks::Leader),
+    ("interval", Acks::All),
+    ("interval", Acks::Leader),
+];
+
+/// xorshift64*: small, seedable, and the same on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}")))
+}
+
+/// What one producer sent and had acknowledged in one round.
+struct RoundResult {
+    next_sequence: u64,
+    acknowledged: Vec<u64>,
+}
+
+/// Sends records `first..` until the producer fails (the server was killed); returns what was
+/// acknowledged. `acks` counts acknowledgements across producers and wakes the killer.
+async fn produce(
+    url: String,
+    producer: usize,
+    first: u64,
+    acks: Arc<AtomicU64>,
+    acked: Arc<Notify>,
+) -> RoundResult {
+    let (topic, level) = PRODUCERS[producer];
+    let mut result = RoundResult { next_sequence: first, acknowledged: Vec::new() };
+    // The server may be killed before this producer even connects.
+    let Ok(client) = Client::connect(&url).await else { return result };
+    let config = ProducerConfig {
+        acks: level,
+        batch_records_max: 32,
+        in_flight_max: 4,
+        ..Default::default()
+    };
+    let Ok(sender) = client.producer(topic, config).await else { return result };
+    let mut pending = std::collections::VecDeque::new();
+    let mut failed = false;
+    while !failed {
+        let sequence = result.next_sequence;
+        let value = format!("p{producer} s{sequence}");
+        match sender.send(Record::value(value.as_bytes())).await {
+            Ok(delivery) => {
+                result.next_sequence += 1;
+                pending.push_back((sequence, delivery));
+            }
+            Err(_) => failed = true,
+        }
+        // Settle what is answered, in order; wait for the oldest once 256 are pending.
+        while let Some((sequence, delivery)) = pending.front() {
+            let outcome = match delivery.try_result() {
+                Some(outcome) => outcome,
+                None if pending.len() >= 256 || failed => delivery.clone().wait().await,
+                None => break,
+            };
+            match outcome {
+                Ok(_) => {
+                    result.acknowledged.push(*sequence);
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    acked.notify_waiters();
+                }
+                Err(ProduceError::Disconnected(_) | ProduceError::Closed) => failed = true,
+                Err(error) => panic!("producer {producer}, sequence {sequence}: {error}"),
+            }
+            pending.pop_front();
+        }
+    }
+    result
+}
+
+/// Reads a partition to its end; per producer, the sequences in offset order.
+async fn stored(url: &str, topic: &str) -> HashMap<usize, Vec<u64>> {
+    let client = Client::connect(url).await.unwrap();
+    let mut consumer =
+        client.subscribe(topic, 0, StartAt::Earliest, Follow::UntilEnd).await.unwrap();
+    let mut sequences: HashMap<usize, Vec<u64>> = HashMap::new();
+    while let Some(polled) = consumer.poll().await.unwrap() {
+        for record in polled.records() {
+            let record = record.unwrap();
+            let value = std::str::from_utf8(record.value.unwrap()).unwrap();
+            let (producer, sequence) = value.split_once(' ').unwrap();
+            let producer = producer.strip_prefix('p').unwrap().parse().unwrap();
+            let sequence = sequence.strip_prefix('s').unwrap().parse().unwrap();
+            sequences.entry(producer).or_default().push(sequence);
+        }
+    }
+    sequences
+}
+
+#[test]
+fn acknowledged_records_survive_kill_9_of_the_server() {
+    let seed = env_u64("SPOOL_KILL_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1
+    });
+    let rounds = env_u64("SPOOL_KILL_ROUNDS").unwrap_or(ROUNDS_DEFAULT);
+    eprintln!("kill -9 test: SPOOL_KILL_SEED={seed} SPOOL_KILL_ROUNDS={rounds}");
+    let mut rng = Rng(seed);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+
+    let served = Served::start(data.path());
+    runtime.block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        for (topic, fsync) in [("always", Fsync::Always), ("interval", Fsync::IntervalMs(20))] {
+            let settings = TopicSettings { partitions: 1, fsync, ..Default::default() };
+            client.create_topic(topic, settings).await.unwrap();
+        }
+    });
+
+    let mut served = Some(served);
+    let mut next_sequence = [0u64; PRODUCERS.len()];
+    let mut acknowledged: Vec<Vec<u64>> = vec![Vec::new(); PRODUCERS.len()];
+    for round in 0..rounds {
+        let server = served.take().unwrap_or_else(|| Served::start(data.path()));
+        // Some rounds kill the server before anything is acknowledged.
+        let acks_before_kill = if rng.below(4) == 0 { 0 } else { 1 + rng.below(3000) };
+        let delay_after = Duration::from_micros(rng.below(20_000));
+        let acks = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(Notify::new());
+        let results = runtime.block_on(async {
+            let tasks: Vec<_> = (0..PRODUCERS.len())
+                .map(|p| {
+                    let url = server.url.clone();
+                    tokio::spawn(produce(url, p, next_sequence[p], acks.clone(), acked.clone()))
+                })
+                .collect();
+            let enough = async {
+                loop {
+                    let notified = acked.notified();
+                    if acks.load(Ordering::Relaxed) >= acks_before_kill {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::time::timeout(GUARD, enough).await.expect("the producers make progress");
+            tokio::time::sleep(delay_after).await;
+            server.kill();
+            let mut results = Vec::new();
+            for task in tasks {
+                let result = tokio::time::timeout(GUARD, task).await;
+                results.push(result.expect("a producer ends once the server is gone").unwrap());
+            }
+            results
+        });
+        let acked_this_round: usize = results.iter().map(|r| r.acknowledged.len()).sum();
+        eprintln!(
+            "round {round}: killed after {acked_this_round} acknowledgements (aimed at {acks_before_kill}, then {delay_after:?})"
+        );
+        for (p, result) in results.into_iter().enumerate() {
+            next_sequence[p] = result.next_sequence;
+            acknowledged[p].extend(result.acknowledged);
+        }
+    }
+
+    let served = Served::start(data.path());
+    let mut found: HashMap<usize, Vec<u64>> = HashMap::new();
+    runtime.block_on(async {
+        for topic in ["always", "interval"] {
+            found.extend(stored(&served.url, topic).await);
+        }
+    });
+    for (p, acked) in acknowledged.iter().enumerate() {
+        let sequences = found.remove(&p).unwrap_or_default();
+        let context = format!("producer {p} {:?}, seed {seed}", PRODUCERS[p]);
+        assert!(
+            sequences.windows(2).all(|w| w[0] < w[1]),
+            "{context}: records out of order or duplicated: {sequences:?}"
+        );
+        let missing: Vec<_> =
+            acked.iter().filter(|s| sequences.binary_search(s).is_err()).collect();
+        assert!(missing.is_empty(), "{context}: acknowledged records lost: {missing:?}");
+        assert!(
+            sequences.iter().all(|&s| s < next_sequence[p]),
+            "{context}: a record that was never sent"
+        );
+        eprintln!(
+            "{context}: {} acknowledged, {} stored, {} sent",
+            acked.len(),
+            sequences.len(),
+            next_sequence[p]
+        );
+    }
+    assert!(found.is_empty(), "records of unknown producers: {:?}", found.keys());
+    let total: usize = acknowledged.iter().map(Vec::len).sum();
+    assert!(total > 0, "seed {seed}: nothing was acknowledged in {rounds} rounds");
+    assert!(served.terminate(), "the server stops cleanly after the last restart");
+}
