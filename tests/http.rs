@@ -1,0 +1,722 @@
+//! The browser listener (`--http`) end to end: an in-process server with its HTTP listener on
+//! port 0, driven by reqwest (SSE and POST) and tokio-tungstenite (WebSocket), checked against
+//! the gRPC API; and the built-in page in headless Chromium (`tests/browser/e2e.mjs`).
+//!
+//! The browser test needs Debian's `chromium` (`/usr/bin/chromium`, or `SPOOL_CHROMIUM`), and
+//! `playwright-core` from npm under `target/ci/node_modules` (or `SPOOL_BROWSER_NODE_MODULES`);
+//! `.ci/run` installs both. Without them it prints why it skips; with
+//! `SPOOL_REQUIRE_BROWSER=1` (CI sets it) a missing tool fails it instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, header, keyed, record, value};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use spool_broker::limits::{
+    BATCH_BYTES_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX,
+};
+use spool_proto::v1::fsync_policy::Policy;
+use spool_proto::v1::fsync_policy::{Always, Never};
+use spool_proto::v1::start_position::Position;
+use spool_server::ServeOptions;
+use spool_server::auth::{Authenticator, token_digest_hex};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A guard against a test that would otherwise hang; never a wait for something to happen.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A server with the browser listener; `base` is `http://127.0.0.1:PORT`.
+struct Browserside {
+    server: TestServer,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Browserside {
+    async fn start(data: &Path, mut options: ServeOptions) -> Browserside {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        options.http = Some(listener);
+        let server = TestServer::start_with(data, options).await;
+        Browserside { server, base, client: reqwest::Client::new() }
+    }
+
+    async fn open(data: &Path) -> Browserside {
+        Browserside::start(data, ServeOptions::default()).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn sse(&self, path: &str, last_event_id: Option<u64>) -> Sse {
+        let mut request = self.client.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}: {:?}", response.text().await);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Sse { response, buffer: Vec::new() }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn socket(&self, query: &str) -> Socket {
+        let url = format!("{}/v1/ws{query}", self.base.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Socket(socket)
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug)]
+struct Event {
+    id: Option<u64>,
+    kind: Option<String>,
+    data: Value,
+}
+
+/// An SSE response, parsed as it arrives.
+struct Sse {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Sse {
+    /// The next event (comments and `retry:` lines skipped).
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buffer.drain(..end + 2).collect()).unwrap();
+                let mut event = Event { id: None, kind: None, data: Value::Null };
+                for line in block.lines() {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        event.id = Some(id.parse().unwrap());
+                    } else if let Some(kind) = line.strip_prefix("event: ") {
+                        event.kind = Some(kind.to_owned());
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        event.data = serde_json::from_str(data).unwrap();
+                    }
+                }
+                if event.data != Value::Null {
+                    return event;
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+                .await
+                .expect("no event in time")
+                .unwrap()
+                .expect("the stream ended");
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next `n` events, which must be records.
+    async fn records(&mut self, n: usize) -> Vec<Event> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            let event = self.next().await;
+            assert_eq!(event.kind, None, "{event:?}");
+            events.push(event);
+        }
+        events
+    }
+}
+
+struct Socket(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+impl Socket {
+    async fn send(&mut self, message: Value) {
+        self.0.send(Message::Text(message.to_string().into())).await.unwrap();
+    }
+
+    /// The next JSON message (pings skipped).
+    async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.0.next())
+                .await
+                .expect("no message in time")
+                .expect("the socket closed")
+                .unwrap();
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn offsets(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.id.unwrap()).collect()
+}
+
+#[tokio::test]
+async fn sse_events_carry_their_offsets_and_last_event_id_resumes_without_loss_or_repeat() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("orders", 2, Policy::Never(Never {})).await;
+    let first: Vec<_> = (0..5).map(|i| keyed("k", &format!("v{i}"))).collect();
+    http.server.produce("orders", Some(1), first).await.unwrap();
+    let binary = spool_proto::v1::Record {
+        value: Some(bytes::Bytes::from_static(&[0xff, 0x00])),
+        headers: vec![header("trace", "t-1")],
+        ..record("")
+    };
+    http.server.produce("orders", Some(1), vec![binary]).await.unwrap();
+
+    let mut sse = http.sse("/v1/topics/orders/partitions/1/events?from=earliest", None).await;
+    let events = sse.records(6).await;
+    assert_eq!(offsets(&events), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(events[2].data["offset"], 2);
+    assert_eq!(events[2].data["key"], "k");
+    assert_eq!(events[2].data["value"], "v2");
+    assert_eq!(events[2].data["encoding"], "utf8");
+    assert!(events[2].data["timestamp_ms"].as_i64().unwrap() > 0);
+    assert_eq!(events[5].data["encoding"], "base64");
+    assert_eq!(events[5].data["value"], "/wA=");
+    assert_eq!(events[5].data["headers"], json!([{"key": "trace", "value": "dC0x"}]));
+
+    // Live: produced while the stream is open.
+    let more: Vec<_> = (5..9).map(|i| record(&format!("v{i}"))).collect();
+    http.server.produce("orders", Some(1), more).await.unwrap();
+    let live = sse.records(2).await;
+    assert_eq!(offsets(&live), [6, 7]);
+    drop(sse);
+
+    // The browser reconnects with the last id it saw; nothing lost, nothing repeated, even
+    // when resuming inside a stored batch. `from` is ignored when Last-Event-ID is present.
+    let mut resumed = http.sse("/v1/topics/orders/partitions/1/events?from=latest", Some(7)).await;
+    http.server.produce("orders", Some(1), vec![record("v9")]).await.unwrap();
+    let rest = resumed.records(3).await;
+    assert_eq!(offsets(&rest), [8, 9, 10]);
+    assert_eq!(rest[2].data["value"], "v9");
+
+    // `latest` starts at the end; `time:MS` at the first record at or after it.
+    let mut latest = http.sse("/v1/topics/orders/partitions/1/events", None).await;
+    http.server.produce("orders", Some(1), vec![record("v10")]).await.unwrap();
+    assert_eq!(offsets(&latest.records(1).await), [11]);
+    let stamp = events[3].data["timestamp_ms"].as_i64().unwrap();
+    let mut timed =
+        http.sse(&format!("/v1/topics/orders/partitions/1/events?from=time:{stamp}"), None).await;
+    assert!(timed.records(1).await[0].id.unwrap() <= 3);
+
+    // Shutdown ends open streams with a last event that says why.
+    let server = http.server;
+    let stopping = tokio::spawn(server.shutdown());
+    // (It still delivers offset 11, produced above, first.)
+    assert_eq!(resumed.next().await.id, Some(11));
+    let last = resumed.next().await;
+    assert_eq!(last.kind.as_deref(), Some("spool-error"));
+    assert_eq!(last.data["status"], 503);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn sse_refuses_bad_starts_with_statuses_a_person_can_act_on() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("t", 1, Policy::Never(Never {})).await;
+    http.server.produce("t", None, vec![record("a")]).await.unwrap();
+    let check = |path: &'static str,
+                 last_event_id: Option<&'static str>,
+                 status: StatusCode,
+                 has: &'static str| {
+        let http = &http;
+        async move {
+            let mut request = http.client.get(http.url(path));
+            if let Some(id) = last_event_id {
+                request = request.header("last-event-id", id);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["status"], status.as_u16());
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains(has), "{path}: {error:?} lacks {has:?}");
+        }
+    };
+    check("/v1/topics/t/partitions/0/events?from=soon", None, StatusCode::BAD_REQUEST, "`from`")
+        .await;
+    check("/v1/topics/t/partitions/0/events?from=7", None, StatusCode::RANGE_NOT_SATISFIABLE, "7")
+        .await;
+    check("/v1/topics/t/partitions/0/events", Some("x"), StatusCode::BAD_REQUEST, "Last-Event-ID")
+        .await;
+    check("/v1/topics/nope/partitions/0/events", None, StatusCode::NOT_FOUND, "does not exist")
+        .await;
+    check("/v1/topics/t/partitions/3/events", None, StatusCode::NOT_FOUND, "partition 3").await;
+    check("/v1/topics/BAD!/partitions/0/events", None, StatusCode::BAD_REQUEST, "topic name").await;
+    check("/v1/elsewhere", None, StatusCode::NOT_FOUND, "/v1/elsewhere").await;
+}
+
+#[tokio::test]
+async fn a_websocket_subscribes_produces_and_reports_errors_by_id() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("chat", 1, Policy::Always(Always {})).await;
+    http.server.produce("chat", None, vec![record("before")]).await.unwrap();
+
+    // Subscribed by the query, from the start.
+    let mut socket = http.socket("?topic=chat&partition=0&from=earliest").await;
+    let subscribed = socket.next().await;
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "topic": "chat", "partition": 0, "offset": 0})
+    );
+    let event = socket.next().await;
+    assert_eq!((event["type"].as_str(), event["offset"].as_u64()), (Some("event"), Some(0)));
+    assert_eq!(event["value"], "before");
+
+    let produce = json!({"type": "produce", "id": "p1", "topic": "chat",
+        "record": {"key": "alice", "value": "hello", "headers": [{"key": "lang", "value": "en"}]}});
+    socket.send(produce).await;
+    // The answer and the event may come in either order.
+    let mut seen = vec![socket.next().await, socket.next().await];
+    seen.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
+    assert_eq!(seen[0]["type"], "event");
+    assert_eq!(seen[0]["offset"], 1);
+    assert_eq!(seen[0]["key"], "alice");
+    assert_eq!(seen[0]["headers"], json!([{"key": "lang", "value": "en"}]));
+    assert_eq!(
+        seen[1],
+        json!({"type": "produced", "id": "p1", "topic": "chat", "partition": 0, "offset": 1})
+    );
+    let stored = http.server.fetch_all("chat", 0, 1).await;
+    assert_eq!(value(&stored[0]), "hello");
+
+    // Errors answer the produce they belong to; the socket stays open.
+    socket
+        .send(json!({"type": "produce", "id": 7, "topic": "nope", "record": {"value": "x"}}))
+        .await;
+    let error = socket.next().await;
+    assert_eq!((error["type"].as_str(), error["id"].as_i64()), (Some("error"), Some(7)));
+    assert_eq!(error["status"], 404);
+    socket.send(json!({"type": "dance"})).await;
+    let error = socket.next().await;
+    assert_eq!(error["status"], 400);
+    assert!(error["error"].as_str().unwrap().contains("dance"), "{error}");
+
+    // A new subscription replaces the old one: from the live end now.
+    socket
+        .send(json!({"type": "subscribe", "topic": "chat", "partition": 0, "from": "latest"}))
+        .await;
+    assert_eq!(socket.next().await["offset"], 2);
+    http.server.produce("chat", None, vec![record("after")]).await.unwrap();
+    let event = socket.next().await;
+    assert_eq!((event["offset"].as_u64(), event["value"].as_str()), (Some(2), Some("after")));
+
+    // A subscription to an unknown partition is refused in the socket.
+    socket.send(json!({"type": "subscribe", "topic": "chat", "partition": 9})).await;
+    assert_eq!(socket.next().await["status"], 404);
+}
+
+#[tokio::test]
+async fn post_produces_json_and_raw_records_and_refuses_bad_input() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("in", 2, Policy::Always(Always {})).await;
+
+    let (status, body) = http
+        .post("/v1/topics/in/records", json!({"partition": 1, "key": "k", "value": "one"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"topic": "in", "partition": 1, "offset": 0}));
+    let (status, body) = http
+        .post(
+            "/v1/topics/in/records",
+            json!({"partition": 1, "encoding": "base64", "value": "AAEC", "timestamp_ms": 1000}),
+        )
+        .await;
+    assert_eq!((status, &body["offset"]), (StatusCode::OK, &json!(1)), "{body}");
+
+    // A raw body: the value as sent, the key and partition from the query, headers from
+    // Spool-Header-* request headers.
+    let response = http
+        .client
+        .post(http.url("/v1/topics/in/records?partition=1&key=raw"))
+        .header("content-type", "application/octet-stream")
+        .header("spool-header-origin", "curl")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let stored = http.server.fetch_all("in", 1, 0).await;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(value(&stored[0]), "one");
+    assert_eq!(stored[1].value.as_deref(), Some(&[0, 1, 2][..]));
+    assert_eq!(stored[1].timestamp_ms, 1000);
+    assert_eq!(stored[2].key.as_deref(), Some(&b"raw"[..]));
+    assert_eq!(stored[2].value.as_deref(), Some(&[1, 2, 3][..]));
+    assert_eq!(stored[2].headers, [header("origin", "curl")]);
+
+    // Bad input, each with its status and a message naming the problem.
+    let refused = [
+        ("/v1/topics/nope/records", json!({"value": "x"}), StatusCode::NOT_FOUND, "does not exist"),
+        ("/v1/topics/in/records", json!({"partition": 5}), StatusCode::NOT_FOUND, "partition 5"),
+        ("/v1/topics/in/records", json!({"valeu": "x"}), StatusCode::BAD_REQUEST, "valeu"),
+        ("/v1/topics/in/records", json!({"encoding": "hex"}), StatusCode::BAD_REQUEST, "hex"),
+        (
+            "/v1/topics/in/records",
+            json!({"encoding": "base64", "value": "***"}),
+            StatusCode::BAD_REQUEST,
+            "base64",
+        ),
+        (
+            "/v1/topics/in/records",
+            json!({"timestamp_ms": -1}),
+            StatusCode::BAD_REQUEST,
+            "timestamp",
+        ),
+    ];
+    for (path, body, status, has) in refused {
+        let (got, answer) = http.post(path, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(has), "{body}: {answer}");
+    }
+
+    // A record over the batch limit, and a body over the request limit: 413 both.
+    for bytes in [BATCH_BYTES_MAX as usize + 1, HTTP_REQUEST_BYTES_MAX + 1] {
+        let response = http
+            .client
+            .post(http.url("/v1/topics/in/records?partition=0"))
+            .body(vec![b'x'; bytes])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{bytes} bytes");
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["error"].as_str().unwrap().contains("limit"), "{answer}");
+    }
+    assert!(http.server.fetch_all("in", 0, 0).await.is_empty());
+
+    // History: a page of records from an offset, with the partition's range.
+    let (status, page) = http.get("/v1/topics/in/partitions/1/records?offset=1&limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        (page["log_start_offset"].as_u64(), page["log_end_offset"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    assert_eq!(page["records"][0]["offset"], 1);
+    let (status, _) = http.get("/v1/topics/in/partitions/1/records?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, topics) = http.get("/v1/topics").await;
+    assert_eq!(
+        (status, topics),
+        (StatusCode::OK, json!({"topics": [{"name": "in", "partitions": 2}]}))
+    );
+
+    // The page itself.
+    let page = http.client.get(http.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("EventSource"));
+}
+
+const WRITER: &str = "writer-token";
+const READER: &str = "reader-token";
+
+/// `writer` may produce to and consume from `public.*`; `reader` may only consume `public.*`.
+fn token_file() -> String {
+    format!(
+        "[[token]]\nname = \"writer\"\nsha256 = \"{}\"\ntopics = {{ \"public.*\" = [\"produce\", \"consume\"] }}\n\
+         [[token]]\nname = \"reader\"\nsha256 = \"{}\"\ntopics = {{ \"public.*\" = [\"consume\"] }}\n",
+        token_digest_hex(WRITER),
+        token_digest_hex(READER)
+    )
+}
+
+#[tokio::test]
+async fn tokens_and_grants_are_grpcs_from_a_header_a_query_or_a_cookie() {
+    let data = tempfile::tempdir().unwrap();
+    let open = TestServer::start(data.path()).await;
+    open.create_topic("public.news", 1, Policy::Never(Never {})).await;
+    open.create_topic("secret.plans", 1, Policy::Never(Never {})).await;
+    open.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(&path, token_file()).unwrap();
+    let tokens = Arc::new(Authenticator::load(&path).unwrap());
+    let http = Browserside::start(
+        data.path(),
+        ServeOptions { tokens: Some(tokens), ..Default::default() },
+    )
+    .await;
+    let post = |token: Option<&'static str>, topic: &'static str| {
+        let http = &http;
+        async move {
+            let mut request = http
+                .client
+                .post(http.url(&format!("/v1/topics/{topic}/records")))
+                .json(&json!({"value": "v"}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let (status, body) = post(None, "public.news").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["hint"].as_str().unwrap().contains("?token="), "{body}");
+    assert_eq!(post(Some("forged"), "public.news").await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = post(Some(READER), "public.news").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["error"].as_str().unwrap().contains("reader may not produce to"), "{body}");
+    // Without a grant, a topic that exists and one that does not look the same.
+    let (secret, missing) =
+        (post(Some(WRITER), "secret.plans").await, post(Some(WRITER), "secret.none").await);
+    assert_eq!((secret.0, missing.0), (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN));
+    assert_eq!(
+        secret.1["error"].as_str().unwrap().replace("plans", "none"),
+        missing.1["error"].as_str().unwrap()
+    );
+    assert_eq!(post(Some(WRITER), "public.news").await.0, StatusCode::OK);
+
+    // The topic list shows only what the token may see.
+    let listed = http.client.get(http.url("/v1/topics")).bearer_auth(READER).send().await.unwrap();
+    assert_eq!(
+        listed.json::<Value>().await.unwrap(),
+        json!({"topics": [{"name": "public.news", "partitions": 1}]})
+    );
+
+    // An EventSource passes its token in the query; a cookie works for GET.
+    let mut sse = http
+        .sse(
+            &format!("/v1/topics/public.news/partitions/0/events?from=earliest&token={READER}"),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next().await.data["value"], "v");
+    let events = http
+        .client
+        .get(http.url("/v1/topics/public.news/partitions/0/events?from=earliest"))
+        .header("cookie", format!("theme=dark; spool_token={READER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    drop(events);
+    let denied = http
+        .client
+        .get(http.url("/v1/topics/secret.plans/partitions/0/events?token=reader-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    // A cookie does not authorize a POST: another site's form could send it.
+    let forged = http
+        .client
+        .post(http.url("/v1/topics/public.news/records"))
+        .header("cookie", format!("spool_token={WRITER}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    // Nor a WebSocket opened by another site's page.
+    let url = format!("{}/v1/ws", http.base.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request.headers_mut().insert("cookie", format!("spool_token={WRITER}").parse().unwrap());
+    request.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN.as_u16())
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // A WebSocket with the query token produces within its grant only.
+    let mut socket = http.socket(&format!("?token={WRITER}")).await;
+    socket.send(json!({"type": "produce", "id": 1, "topic": "secret.plans", "record": {}})).await;
+    assert_eq!(socket.next().await["status"], 403);
+}
+
+#[tokio::test]
+async fn a_browser_that_stops_reading_holds_a_bounded_buffer_and_delays_no_one() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("firehose", 1, Policy::Never(Never {})).await;
+    // Far more than the socket buffers, the server's queue and the reader's read-ahead hold.
+    let big = "x".repeat(64 * 1024);
+    let (batches, per_batch) = (40, 10);
+    for _ in 0..batches {
+        let records = (0..per_batch).map(|_| record(&big)).collect();
+        http.server.produce("firehose", Some(0), records).await.unwrap();
+    }
+    let total = (batches * per_batch) as u64;
+
+    // A browser that opens the stream and never reads it.
+    let stalled = http.sse("/v1/topics/firehose/partitions/0/events?from=earliest", None).await;
+    let metrics = http.server.metrics.clone();
+    tokio::time::timeout(PATIENCE, metrics.wait_for(|m| m.subscribers_waiting_on_client() == 1))
+        .await
+        .expect("the stalled subscription should stop reading the log");
+    let held = metrics.subscriber_buffered_bytes();
+    assert!(held <= HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX, "{held} bytes held for one browser");
+
+    // Another browser reads everything meanwhile.
+    let mut reader = http.sse("/v1/topics/firehose/partitions/0/events?from=earliest", None).await;
+    let mut next = 0;
+    while next < total {
+        let event = reader.next().await;
+        assert_eq!(event.id, Some(next));
+        next += 1;
+    }
+    assert_eq!(metrics.subscribers_waiting_on_client(), 1, "the stalled one is still stalled");
+    assert!(metrics.subscriber_buffered_bytes() <= HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX);
+    drop(stalled);
+    tokio::time::timeout(PATIENCE, metrics.wait_for(|m| m.subscriber_buffered_bytes() == 0))
+        .await
+        .expect("a closed stream releases what it held");
+}
+
+/// A child process killed if the test fails before it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// --- the page in headless Chromium ------------------------------------------------------------
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reports a missing tool: a skip, or a failure when CI requires the browser test.
+fn missing(what: &str) {
+    let message = format!("SKIPPED: {what}; `.ci/run` installs it");
+    assert!(std::env::var_os("SPOOL_REQUIRE_BROWSER").is_none(), "{message}");
+    eprintln!("{message}");
+}
+
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let chromium = std::env::var_os("SPOOL_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let modules = std::env::var_os("SPOOL_BROWSER_NODE_MODULES")
+        .map_or_else(|| root().join("target/ci/node_modules"), PathBuf::from);
+    if !chromium.exists() {
+        missing(&format!("no Chromium at {}", chromium.display()));
+        return None;
+    }
+    if !modules.join("playwright-core").exists() {
+        missing(&format!("no playwright-core under {}", modules.display()));
+        return None;
+    }
+    if std::process::Command::new("node").arg("--version").output().is_err() {
+        missing("no `node` on PATH");
+        return None;
+    }
+    Some((chromium, modules))
+}
+
+/// The page opens, shows events the test produces, survives its event stream being cut
+/// mid-way without losing or repeating one, and publishes an event a gRPC consumer reads.
+/// The script drives the page and prints one JSON line of what it saw; this checks it.
+#[tokio::test]
+async fn the_page_in_headless_chromium_follows_resumes_and_publishes() {
+    let Some((chromium, modules)) = browser_tools() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("demo", 2, Policy::Always(Always {})).await;
+    let history: Vec<_> =
+        (0..30).map(|i| keyed("sensor-1", &format!("{{\"reading\":{i}}}"))).collect();
+    http.server.produce("demo", Some(0), history).await.unwrap();
+
+    let script = root().join("tests/browser/e2e.mjs");
+    let shots = root().join("docs/screenshots");
+    let mut child = KillOnDrop(
+        std::process::Command::new("node")
+            .arg(&script)
+            .arg(&http.base)
+            .env("NODE_PATH", &modules)
+            .env("SPOOL_CHROMIUM", &chromium)
+            .env("SPOOL_SCREENSHOTS", &shots)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cannot start node"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
+    // The script says what it needs by lines on stdout (read on a thread of their own); the
+    // test answers on stdin.
+    let (lines_sender, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            if lines_sender.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = |text: &str| {
+        use std::io::Write;
+        stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut report = None;
+    let mut produced = 30;
+    while report.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.recv())
+            .await
+            .expect("the browser script said nothing in time")
+            .expect("the browser script ended early");
+        let Some((what, rest)) = line.split_once(' ') else { continue };
+        match what {
+            // Produce N more records to partition 0 while the page watches.
+            "produce" => {
+                let n: usize = rest.parse().unwrap();
+                let records = (produced..produced + n)
+                    .map(|i| keyed("sensor-1", &format!("{{\"reading\":{i}}}")))
+                    .collect();
+                http.server.produce("demo", Some(0), records).await.unwrap();
+                produced += n;
+                answer("ok");
+            }
+            "report" => report = Some(serde_json::from_str::<Value>(rest).unwrap()),
+            _ => eprintln!("browser: {line}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.0.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the browser script failed");
+    let report = report.unwrap();
+    let seen: Vec<u64> =
+        report["offsets"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    assert_eq!(seen, (0..produced as u64).collect::<Vec<_>>(), "every record once, in order");
+    assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
+    // The event published from the page, read back through gRPC.
+    let published = report["published"].as_str().unwrap();
+    let stored =
+        http.server.replay("demo", 1, Position::Earliest(Default::default())).await.unwrap();
+    assert!(stored.iter().any(|r| value(r) == published), "{published} not in partition 1");
+}
