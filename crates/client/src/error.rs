@@ -121,9 +121,19 @@ pub enum ProduceError {
     #[error("the server refused the batch: {0}")]
     Rejected(ServerError),
     /// The produce stream broke before the batch was answered: it may or may not have been
-    /// stored. The producer is closed after this.
+    /// stored. The producer is closed after this. A plain producer does not retry, so
+    /// sending such a record again may store it twice; an idempotent one retries first (see
+    /// [`ProduceError::RetriesExhausted`]).
     #[error("the produce stream broke before an answer: {0}")]
     Disconnected(ServerError),
+    /// An idempotent producer could not get the batch answered: it reconnected `attempts`
+    /// times in a row without an answer, or the oldest unanswered batch waited
+    /// `waited_ms`, past the delivery timeout. The batch may or may not have been stored
+    /// (once at most). The producer is closed after this.
+    #[error(
+        "gave up after {attempts} reconnect attempts, the oldest unanswered batch waiting {waited_ms} ms: {last}"
+    )]
+    RetriesExhausted { attempts: u32, waited_ms: u64, last: ServerError },
 }
 
 /// Why [`crate::Client::producer`] could not start a producer.

@@ -23,8 +23,33 @@
 //!
 //! Records sent to one partition from one producer are stored in the order `send` returned:
 //! a partition's batches are sealed and sent in order on one stream, whose answers come in
-//! order, and nothing is retried. A failed batch fails all its records; later batches of the
-//! same partition may still be stored (the server answers each request on its own).
+//! order. A failed batch fails all its records; later batches of the same partition may
+//! still be stored (the server answers each request on its own).
+//!
+//! # Retries and idempotence
+//!
+//! A plain producer never retries: when the stream breaks, every batch not yet answered fails
+//! with [`ProduceError::Disconnected`] and the producer is closed. Such a batch may or may not
+//! have been stored, so a caller that sends its records again may store them twice.
+//!
+//! An idempotent producer ([`ProducerConfig::idempotent`]) asks the server for a producer id
+//! (`InitProducer`) and stamps each batch with it, an epoch and the sequence number of its
+//! first record in its partition (stamped when the batch is first sent, in send order). On a
+//! transient failure (the stream breaks or ends, an answer does not come within
+//! [`ProducerConfig::request_timeout`], or the server answers `UNAVAILABLE` or
+//! `RESOURCE_EXHAUSTED`) it opens a new stream and sends every unanswered batch again, the same
+//! bytes with the same stamp, in the order they were first sent, before anything new. The
+//! server appends a stamp it has already appended only once and answers the retry with the
+//! original offsets, so a network error never stores a record twice or out of order. Batches
+//! of one partition in flight are capped at `PRODUCER_BATCHES_RETAINED` (5), the number of
+//! batches per producer the server remembers the offsets of.
+//!
+//! Reconnects back off from [`ProducerConfig::retry_backoff`], doubling up to 1 s. The
+//! producer gives up, failing every unanswered batch with [`ProduceError::RetriesExhausted`]
+//! and closing, after [`ProducerConfig::retries_max`] attempts in a row without an answer, or
+//! once the oldest unanswered batch is older than [`ProducerConfig::delivery_timeout`]. Other errors (a refused batch, a sequence gap) fail
+//! only their batch; the partition then starts a new epoch from sequence 0 once its batches in
+//! flight are answered, so later batches are not refused for the gap.
 //!
 //! # Allocation
 //!
@@ -36,23 +61,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use spool_broker::limits::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX,
-    TIMESTAMP_MS_MAX,
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX, PRODUCER_BATCHES_RETAINED,
+    RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
 };
 use spool_broker::partitioner::partition_for_key;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
-use spool_proto::v1::{ProduceRequest, ProduceStreamResponse};
+use spool_proto::v1::{InitProducerRequest, ProduceRequest, ProduceStreamResponse};
 use spool_storage::TimestampMs;
 use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, HeaderPair, ProducerStamp};
-use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 use tonic::transport::Channel;
+use tonic::{Code, Streaming};
 
 use crate::error::{ErrorCode, ProduceError, ProducerError, ServerError};
 
@@ -110,7 +135,34 @@ pub struct ProducerConfig {
     pub buffer_bytes_max: usize,
     /// Wait or fail when the buffer is full.
     pub backpressure: Backpressure,
+    /// Stamp batches with a producer id, epoch and sequence numbers, and resend unanswered
+    /// batches after a transient failure (see the module docs). Needs `acks` `Leader` or
+    /// `All`.
+    ///
+    /// Off by default, unlike Kafka's producer (which turned it on in 3.0), for three reasons
+    /// that are ours: it caps each partition at 5 batches in flight, which a pipelined
+    /// single-partition producer (256 one-record requests in flight, the benchmark's best
+    /// case) would feel; it is refused with [`Acks::None`], so turning it on by default would
+    /// make `acks: None, ..default()` a configuration error; and it costs an `InitProducer`
+    /// call (and, once per 1000 producers, an fsync on the server) at start. Turn it on
+    /// wherever a duplicate after a network error matters.
+    pub idempotent: bool,
+    /// How long an answer may take while requests are in flight before the stream counts as
+    /// broken (an idempotent producer then reconnects and resends; a plain one fails).
+    pub request_timeout: Duration,
+    /// Idempotent producers: reconnect attempts in a row, without an answer in between, before
+    /// the producer gives up ([`ProduceError::RetriesExhausted`]). At least 1.
+    pub retries_max: u32,
+    /// Idempotent producers: the wait before the first reconnect; it doubles per attempt up
+    /// to 1 s.
+    pub retry_backoff: Duration,
+    /// Idempotent producers: the longest a batch may stay unanswered, from the moment its
+    /// first record was buffered, across every retry; past it the producer gives up.
+    pub delivery_timeout: Duration,
 }
+
+/// The longest wait between two reconnect attempts.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl Default for ProducerConfig {
     fn default() -> ProducerConfig {
@@ -122,6 +174,12 @@ impl Default for ProducerConfig {
             in_flight_max: PRODUCE_STREAM_IN_FLIGHT_MAX,
             buffer_bytes_max: 64 * 1024 * 1024,
             backpressure: Backpressure::Wait,
+            idempotent: false,
+            request_timeout: Duration::from_secs(30),
+            retries_max: 20,
+            retry_backoff: Duration::from_millis(50),
+            // Kafka's delivery.timeout.ms default.
+            delivery_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -154,6 +212,17 @@ impl ProducerConfig {
                 "buffer_bytes_max {} is outside batch_bytes_max ({})..={BUFFER_BYTES_MAX}",
                 self.buffer_bytes_max, self.batch_bytes_max
             ));
+        }
+        if self.idempotent && self.acks == Acks::None {
+            return bad("an idempotent producer needs acks Leader or All: with acks None nothing \
+                 is answered, so nothing could be retried"
+                .into());
+        }
+        if self.retries_max == 0 {
+            return bad("retries_max must be at least 1".into());
+        }
+        if self.request_timeout.is_zero() || self.delivery_timeout.is_zero() {
+            return bad("request_timeout and delivery_timeout must be longer than zero".into());
         }
         Ok(())
     }
@@ -247,6 +316,10 @@ pub struct ProducerStats {
     /// Batches that failed after their records were already reported delivered
     /// ([`Acks::None`]).
     pub unacknowledged_failures: u64,
+    /// Produce streams opened again after a transient failure (idempotent producers).
+    pub reconnects: u64,
+    /// Batches sent again on a new stream (idempotent producers).
+    pub batches_resent: u64,
 }
 
 /// The shared outcome of one batch: its base offset, or why it failed.
@@ -329,12 +402,23 @@ struct OpenBatch {
     bytes_reserved: usize,
 }
 
-/// A batch ready to send.
+/// A batch ready to send. Its header is written when it is sent, with the stamp it gets then.
 #[derive(Debug)]
 struct Sealed {
-    batch: BytesMut,
+    builder: BatchBuilder,
     outcome: Arc<Outcome>,
+    opened_at: Instant,
     bytes_reserved: usize,
+}
+
+/// Where an idempotent producer's next batch to one partition stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sequence {
+    epoch: i16,
+    next: i32,
+    /// A batch failed for good (or the sequence would overflow): the partition starts epoch
+    /// `epoch + 1` from sequence 0 once nothing of it is in flight.
+    restart: bool,
 }
 
 #[derive(Debug, Default)]
@@ -343,6 +427,9 @@ struct PartitionBuffer {
     sealed: VecDeque<Sealed>,
     /// The outcome of the newest batch, open or not: [`Producer::flush`] waits for it.
     newest: Option<Arc<Outcome>>,
+    /// Batches sent and not yet answered.
+    in_flight: usize,
+    sequence: Sequence,
 }
 
 impl PartitionBuffer {
@@ -350,14 +437,48 @@ impl PartitionBuffer {
         match self.open.take() {
             Some(open) => {
                 self.sealed.push_back(Sealed {
-                    batch: open.builder.finish(ProducerStamp::NONE),
+                    builder: open.builder,
                     outcome: open.outcome,
+                    opened_at: open.opened_at,
                     bytes_reserved: open.bytes_reserved,
                 });
                 true
             }
             None => false,
         }
+    }
+
+    /// The stamp of the next batch of `records` records, advancing the sequence; `None` while
+    /// the partition must wait for its batches in flight first. `Err` when the epochs are
+    /// used up.
+    fn stamp(
+        &mut self,
+        producer_id: i64,
+        records: u32,
+    ) -> Result<Option<ProducerStamp>, ProduceError> {
+        let overflows = i64::from(self.sequence.next) + i64::from(records) > i64::from(i32::MAX);
+        if overflows {
+            self.sequence.restart = true;
+        }
+        if self.sequence.restart {
+            if self.in_flight > 0 {
+                return Ok(None);
+            }
+            let epoch =
+                self.sequence.epoch.checked_add(1).ok_or_else(|| ProduceError::InvalidRecord {
+                    reason: format!(
+                        "producer {producer_id} used up its epochs; start a new producer"
+                    ),
+                })?;
+            self.sequence = Sequence { epoch, next: 0, restart: false };
+        }
+        let stamp = ProducerStamp {
+            producer_id,
+            producer_epoch: self.sequence.epoch,
+            base_sequence: self.sequence.next,
+        };
+        self.sequence.next += records as i32;
+        Ok(Some(stamp))
     }
 }
 
@@ -378,14 +499,27 @@ struct State {
 #[derive(Debug)]
 struct InFlight {
     correlation_id: u64,
+    partition: u32,
+    /// The bytes sent, kept to send them again unchanged (idempotent producers).
+    batch: Bytes,
     outcome: Arc<Outcome>,
+    opened_at: Instant,
     bytes_reserved: usize,
+}
+
+/// The producer id and epoch of an idempotent producer.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    producer_id: i64,
+    epoch: i16,
 }
 
 #[derive(Debug)]
 struct Shared {
     topic: String,
     config: ProducerConfig,
+    /// Set when the producer is idempotent.
+    identity: Option<Identity>,
     state: Mutex<State>,
     /// Bytes of the buffer; a record takes an upper bound of its size until its batch is
     /// answered.
@@ -396,8 +530,12 @@ struct Shared {
     /// Tells the sender that a batch became ready, a linger timer starts, or the producer is
     /// closing.
     sender_wake: Notify,
+    /// The next request's correlation id, across streams.
+    correlation_id: AtomicU64,
     batches_sent: AtomicU64,
     unacknowledged_failures: AtomicU64,
+    reconnects: AtomicU64,
+    batches_resent: AtomicU64,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -433,15 +571,30 @@ impl Producer {
         config: ProducerConfig,
     ) -> Result<Producer, ProducerError> {
         config.check()?;
-        let (requests, requests_rx) = mpsc::channel(config.in_flight_max);
         let mut client = ProduceServiceClient::new(channel)
             .max_encoding_message_size(spool_broker::limits::REQUEST_BYTES_MAX)
             .max_decoding_message_size(spool_broker::limits::RESPONSE_BYTES_MAX);
-        let answers = client.produce_stream(ReceiverStream::new(requests_rx)).await?.into_inner();
+        let identity = if config.idempotent {
+            let answer = client.init_producer(InitProducerRequest {}).await?.into_inner();
+            let epoch = i16::try_from(answer.producer_epoch).map_err(|_| {
+                ProducerError::Rejected(ServerError {
+                    code: ErrorCode::Internal,
+                    message: format!("InitProducer answered epoch {}", answer.producer_epoch),
+                })
+            })?;
+            Some(Identity { producer_id: answer.producer_id, epoch })
+        } else {
+            None
+        };
+        let (requests, answers) = open_stream(&mut client, config.in_flight_max).await?;
+        let sequence = Sequence { epoch: identity.map_or(0, |i| i.epoch), next: 0, restart: false };
         let shared = Arc::new(Shared {
             topic,
+            identity,
             state: Mutex::new(State {
-                partitions: (0..partitions).map(|_| PartitionBuffer::default()).collect(),
+                partitions: (0..partitions)
+                    .map(|_| PartitionBuffer { sequence, ..PartitionBuffer::default() })
+                    .collect(),
                 sticky: 0,
                 next_pick: 0,
                 closing: false,
@@ -451,13 +604,20 @@ impl Producer {
             in_flight_permits: Semaphore::new(config.in_flight_max),
             in_flight: Mutex::new(VecDeque::with_capacity(config.in_flight_max)),
             sender_wake: Notify::new(),
+            correlation_id: AtomicU64::new(1),
             batches_sent: AtomicU64::new(0),
             unacknowledged_failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            batches_resent: AtomicU64::new(0),
             config,
         });
-        tokio::spawn(run_sender(shared.clone(), requests));
-        tokio::spawn(run_receiver(shared.clone(), answers));
+        tokio::spawn(run(shared.clone(), client, requests, answers));
         Ok(Producer { handle: Arc::new(Handle { shared, partitions }) })
+    }
+
+    /// The producer id the server gave this producer, when it is idempotent.
+    pub fn producer_id(&self) -> Option<i64> {
+        self.handle.shared.identity.map(|identity| identity.producer_id)
     }
 
     /// The topic's partition count.
@@ -475,6 +635,8 @@ impl Producer {
         ProducerStats {
             batches_sent: shared.batches_sent.load(Ordering::Relaxed),
             unacknowledged_failures: shared.unacknowledged_failures.load(Ordering::Relaxed),
+            reconnects: shared.reconnects.load(Ordering::Relaxed),
+            batches_resent: shared.batches_resent.load(Ordering::Relaxed),
         }
     }
 
@@ -640,20 +802,28 @@ impl Shared {
         Ok(delivery)
     }
 
-    /// The next batch to send, sealing an open one whose linger is over; or, when there is
-    /// none, when to look again (`None`: when woken).
+    /// The next batch to send, sealing an open one whose linger is over, and its stamp; or,
+    /// when there is none, when to look again (`None`: when woken). An idempotent producer
+    /// skips partitions with [`PRODUCER_BATCHES_RETAINED`] batches in flight.
     fn next_ready(&self, now: Instant) -> Next {
         let mut state = locked(&self.state);
         if state.failed.is_some() {
             return Next::Stop;
         }
+        let in_flight_max =
+            if self.identity.is_some() { PRODUCER_BATCHES_RETAINED } else { usize::MAX };
         let closing = state.closing;
         let count = state.partitions.len();
         let start = state.next_pick;
         let mut deadline: Option<Instant> = None;
+        let mut waiting = false;
         for step in 0..count {
             let index = (start + step) % count;
             let buffer = &mut state.partitions[index];
+            if buffer.in_flight >= in_flight_max {
+                waiting |= !buffer.sealed.is_empty() || buffer.open.is_some();
+                continue;
+            }
             if buffer.sealed.is_empty()
                 && let Some(open) = &buffer.open
             {
@@ -664,12 +834,30 @@ impl Shared {
                     deadline = Some(deadline.map_or(due, |d| d.min(due)));
                 }
             }
-            if let Some(sealed) = buffer.sealed.pop_front() {
-                state.next_pick = (index + 1) % count;
-                return Next::Send(index as u32, sealed);
-            }
+            let Some(front) = buffer.sealed.front() else { continue };
+            let records = front.builder.record_count();
+            let stamp = match self.identity {
+                None => ProducerStamp::NONE,
+                Some(identity) => match buffer.stamp(identity.producer_id, records) {
+                    Ok(Some(stamp)) => stamp,
+                    Ok(None) => {
+                        waiting = true;
+                        continue;
+                    }
+                    Err(error) => {
+                        drop(state);
+                        self.fail(error);
+                        return Next::Stop;
+                    }
+                },
+            };
+            let sealed = buffer.sealed.pop_front().expect("a front batch");
+            buffer.in_flight += 1;
+            state.next_pick = (index + 1) % count;
+            return Next::Send(index as u32, stamp, sealed);
         }
-        if closing { Next::Stop } else { Next::Wait(deadline) }
+        // Closing waits for batches held back by their partition's batches in flight.
+        if closing && !waiting { Next::Stop } else { Next::Wait(deadline) }
     }
 
     fn begin_close(&self) {
@@ -687,6 +875,7 @@ impl Shared {
             }
             for buffer in &mut state.partitions {
                 buffer.seal();
+                buffer.in_flight = 0;
                 orphans.extend(buffer.sealed.drain(..).map(|s| (s.outcome, s.bytes_reserved)));
             }
         }
@@ -697,6 +886,32 @@ impl Shared {
         }
         self.in_flight_permits.close();
         self.sender_wake.notify_one();
+    }
+
+    /// Resolves the oldest request in flight with its answer.
+    fn resolve_front(&self, entry: InFlight, result: Result<Option<u64>, ProduceError>) {
+        {
+            let mut state = locked(&self.state);
+            let buffer = &mut state.partitions[entry.partition as usize];
+            buffer.in_flight = buffer.in_flight.saturating_sub(1);
+            if self.identity.is_some() && result.is_err() {
+                // The partition's sequence is in doubt after a refused batch: the batches in
+                // flight behind it will be refused for the gap, so it starts over.
+                buffer.sequence.restart = true;
+            }
+        }
+        entry.outcome.resolve(result);
+        self.buffer.add_permits(entry.bytes_reserved);
+        self.in_flight_permits.add_permits(1);
+        self.sender_wake.notify_one();
+    }
+
+    /// Whether the producer was closed and everything it held was answered.
+    fn drained(&self) -> bool {
+        let state = locked(&self.state);
+        state.closing
+            && state.partitions.iter().all(|b| b.open.is_none() && b.sealed.is_empty())
+            && locked(&self.in_flight).is_empty()
     }
 }
 
@@ -715,24 +930,168 @@ fn push(builder: &mut BatchBuilder, timestamp: TimestampMs, record: &Record<'_>)
 }
 
 enum Next {
-    Send(u32, Sealed),
+    Send(u32, ProducerStamp, Sealed),
     Wait(Option<Instant>),
     Stop,
 }
 
-/// Takes ready batches and sends them, while fewer than `in_flight_max` wait for answers.
-/// Ends the stream (by dropping `requests`) once the producer is closed and drained.
-async fn run_sender(shared: Arc<Shared>, requests: mpsc::Sender<ProduceRequest>) {
-    let acks = shared.config.acks;
-    let mut correlation_id = 0u64;
+type Requests = mpsc::Sender<ProduceRequest>;
+
+/// Opens a produce stream whose request queue holds `in_flight_max` requests.
+async fn open_stream(
+    client: &mut ProduceServiceClient<Channel>,
+    in_flight_max: usize,
+) -> Result<(Requests, Streaming<ProduceStreamResponse>), tonic::Status> {
+    let (requests, requests_rx) = mpsc::channel(in_flight_max);
+    let answers = client.produce_stream(ReceiverStream::new(requests_rx)).await?.into_inner();
+    Ok((requests, answers))
+}
+
+/// Why a produce stream stopped.
+enum StreamEnd {
+    /// The producer was closed and every batch answered.
+    Drained,
+    /// The stream broke, timed out, or the server answered a retriable error. `answered`:
+    /// whether any request was answered on it.
+    Broken { error: ServerError, answered: bool },
+    /// The server refused the stream itself (a revoked token), or answered out of order (a
+    /// bug on one side): retrying would not help.
+    Fatal(ServerError),
+}
+
+/// Whether an error the server answered one request with may go away by itself (shutting
+/// down, a full disk, a full queue), so an idempotent producer sends the same batch again.
+fn retriable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::ResourceExhausted)
+        || code == ErrorCode::Other(Code::DeadlineExceeded as i32)
+}
+
+/// Whether a stream that ended (or failed to open) with `code` may work if opened again: not
+/// when the server refused the caller or the request itself.
+fn transient(code: ErrorCode) -> bool {
+    let refused = [Code::PermissionDenied, Code::Unauthenticated, Code::Unimplemented]
+        .map(|code| ErrorCode::Other(code as i32));
+    !matches!(
+        code,
+        ErrorCode::InvalidArgument
+            | ErrorCode::NotFound
+            | ErrorCode::AlreadyExists
+            | ErrorCode::FailedPrecondition
+            | ErrorCode::OutOfRange
+            | ErrorCode::DataLoss
+    ) && !refused.contains(&code)
+}
+
+/// The producer's one background task: runs a sender and a receiver over a stream, and when
+/// the stream breaks, either gives up (a plain producer, or an idempotent one out of retries)
+/// or opens a new stream and sends every unanswered batch again, in order.
+async fn run(
+    shared: Arc<Shared>,
+    mut client: ProduceServiceClient<Channel>,
+    mut requests: Requests,
+    mut answers: Streaming<ProduceStreamResponse>,
+) {
+    let config = shared.config.clone();
+    let mut attempts = 0u32;
     loop {
-        match shared.in_flight_permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return,
+        let end = {
+            let sending = run_sender(&shared, requests);
+            let receiving = run_receiver(&shared, answers);
+            tokio::pin!(sending, receiving);
+            let mut sent_all = false;
+            loop {
+                tokio::select! {
+                    () = &mut sending, if !sent_all => sent_all = true,
+                    end = &mut receiving => break end,
+                }
+            }
+        };
+        let (mut error, answered) = match end {
+            StreamEnd::Drained => return shared.fail(ProduceError::Closed),
+            StreamEnd::Fatal(error) => return shared.fail(ProduceError::Disconnected(error)),
+            StreamEnd::Broken { error, answered } => (error, answered),
+        };
+        if shared.identity.is_none() {
+            if shared.drained() {
+                return shared.fail(ProduceError::Closed);
+            }
+            return shared.fail(ProduceError::Disconnected(error));
         }
-        let (partition, sealed) = loop {
+        if answered {
+            attempts = 0;
+        }
+        // Reconnect, backing off, until a stream opens or the retries are used up.
+        let started = Instant::now();
+        let (next_requests, next_answers) = loop {
+            attempts += 1;
+            let oldest = locked(&shared.in_flight).front().map(|f| f.opened_at);
+            let overdue = oldest.is_some_and(|at| at.elapsed() > config.delivery_timeout);
+            if attempts > config.retries_max || overdue {
+                let waited_ms = oldest.unwrap_or(started).elapsed().as_millis() as u64;
+                return shared.fail(ProduceError::RetriesExhausted {
+                    attempts: attempts - 1,
+                    waited_ms,
+                    last: error,
+                });
+            }
+            let backoff = config.retry_backoff.saturating_mul(1 << (attempts - 1).min(16));
+            tokio::time::sleep(backoff.min(RETRY_BACKOFF_MAX)).await;
+            tracing::debug!(topic = %shared.topic, attempt = attempts, %error, "reconnecting the produce stream");
+            match open_stream(&mut client, config.in_flight_max).await {
+                Ok(opened) => break opened,
+                Err(status) => error = ServerError::from(status),
+            }
+            if !transient(error.code) {
+                return shared.fail(ProduceError::Disconnected(error));
+            }
+        };
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        requests = next_requests;
+        answers = next_answers;
+        resend(&shared, &requests);
+    }
+}
+
+/// Sends every request in flight again on a new stream, the same bytes in the same order,
+/// each under a new correlation id. The queue has room: it holds `in_flight_max` requests and
+/// at most that many are in flight.
+fn resend(shared: &Shared, requests: &Requests) {
+    let mut in_flight = locked(&shared.in_flight);
+    for entry in in_flight.iter_mut() {
+        entry.correlation_id = shared.correlation_id.fetch_add(1, Ordering::Relaxed);
+        let request = shared.request(entry.correlation_id, entry.partition, entry.batch.clone());
+        if requests.try_send(request).is_err() {
+            // The new stream is already gone: the receiver sees it and the loop goes again.
+            break;
+        }
+        shared.batches_resent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn request(&self, correlation_id: u64, partition: u32, batch: Bytes) -> ProduceRequest {
+        ProduceRequest {
+            correlation_id,
+            topic: self.topic.clone(),
+            partition: Some(partition),
+            acks: self.config.acks.wire() as i32,
+            payload: Some(Payload::RawBatch(batch)),
+            producer: None,
+        }
+    }
+}
+
+/// Takes ready batches and sends them, while fewer than `in_flight_max` wait for answers.
+/// Returns once the producer is closed and drained (dropping `requests` ends the stream), or
+/// the stream is gone. Cancel-safe: a batch leaves its partition's queue and joins the
+/// requests in flight with no `.await` in between, so a cancelled sender loses nothing.
+async fn run_sender(shared: &Shared, requests: Requests) {
+    let acks = shared.config.acks;
+    loop {
+        let Ok(permit) = shared.in_flight_permits.acquire().await else { return };
+        let (partition, stamp, sealed) = loop {
             match shared.next_ready(Instant::now()) {
-                Next::Send(partition, sealed) => break (partition, sealed),
+                Next::Send(partition, stamp, sealed) => break (partition, stamp, sealed),
                 Next::Stop => return,
                 Next::Wait(Some(deadline)) => tokio::select! {
                     _ = shared.sender_wake.notified() => {}
@@ -741,60 +1100,80 @@ async fn run_sender(shared: Arc<Shared>, requests: mpsc::Sender<ProduceRequest>)
                 Next::Wait(None) => shared.sender_wake.notified().await,
             }
         };
-        correlation_id += 1;
-        let request = ProduceRequest {
-            correlation_id,
-            topic: shared.topic.clone(),
-            partition: Some(partition),
-            acks: acks.wire() as i32,
-            payload: Some(Payload::RawBatch(sealed.batch.freeze())),
-            producer: None,
-        };
+        let batch = sealed.builder.finish(stamp).freeze();
+        let correlation_id = shared.correlation_id.fetch_add(1, Ordering::Relaxed);
+        let request = shared.request(correlation_id, partition, batch.clone());
+        SemaphorePermit::forget(permit);
         if acks == Acks::None {
             // Nothing will be answered unless it fails: delivered on hand-off.
+            locked(&shared.state).partitions[partition as usize].in_flight -= 1;
             sealed.outcome.resolve(Ok(None));
             shared.buffer.add_permits(sealed.bytes_reserved);
             shared.in_flight_permits.add_permits(1);
         } else {
             locked(&shared.in_flight).push_back(InFlight {
                 correlation_id,
+                partition,
+                batch,
                 outcome: sealed.outcome,
+                opened_at: sealed.opened_at,
                 bytes_reserved: sealed.bytes_reserved,
             });
         }
         shared.batches_sent.fetch_add(1, Ordering::Relaxed);
         if requests.send(request).await.is_err() {
-            shared.fail(ProduceError::Disconnected(ServerError {
-                code: ErrorCode::Unavailable,
-                message: "the produce stream closed".into(),
-            }));
+            // The stream is gone; the receiver sees why.
             return;
         }
     }
 }
 
-/// Resolves each batch from its answer; answers come in request order.
-async fn run_receiver(shared: Arc<Shared>, mut answers: Streaming<ProduceStreamResponse>) {
-    let error = loop {
-        let answer = match answers.message().await {
-            Ok(Some(answer)) => answer,
-            Ok(None) => {
-                break ServerError {
+/// Resolves each batch from its answer; answers come in request order. Returns when the
+/// stream ends, breaks, times out, or (idempotent producers) answers a retriable error.
+async fn run_receiver(shared: &Shared, mut answers: Streaming<ProduceStreamResponse>) -> StreamEnd {
+    let idempotent = shared.identity.is_some();
+    let mut answered = false;
+    loop {
+        let broken = |error: ServerError| StreamEnd::Broken { error, answered };
+        let next = tokio::time::timeout(shared.config.request_timeout, answers.message()).await;
+        let answer = match next {
+            Ok(Ok(Some(answer))) => answer,
+            Ok(Ok(None)) if shared.drained() => return StreamEnd::Drained,
+            Ok(Ok(None)) => {
+                return broken(ServerError {
                     code: ErrorCode::Unavailable,
                     message: "the server ended the produce stream".into(),
-                };
+                });
             }
-            Err(status) => break ServerError::from(status),
+            Ok(Err(status)) => {
+                let error = ServerError::from(status);
+                return if transient(error.code) { broken(error) } else { StreamEnd::Fatal(error) };
+            }
+            Err(_elapsed) if locked(&shared.in_flight).is_empty() => continue,
+            Err(_elapsed) => {
+                return broken(ServerError {
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "no answer within the request timeout ({} ms)",
+                        shared.config.request_timeout.as_millis()
+                    ),
+                });
+            }
         };
         let result = match answer.result {
             Some(StreamResult::Ok(ok)) => match ok.appends.first() {
                 Some(append) => Ok(Some(append.base_offset)),
                 None => Ok(None),
             },
-            Some(StreamResult::Error(error)) => Err(ProduceError::Rejected(ServerError {
-                code: ErrorCode::from_i32(error.code),
-                message: error.message,
-            })),
+            Some(StreamResult::Error(error)) => {
+                let error =
+                    ServerError { code: ErrorCode::from_i32(error.code), message: error.message };
+                if idempotent && retriable(error.code) {
+                    // Sent again on a new stream, with every request behind it.
+                    return broken(error);
+                }
+                Err(ProduceError::Rejected(error))
+            }
             None => Err(ProduceError::Rejected(ServerError {
                 code: ErrorCode::Internal,
                 message: "an answer with no result".into(),
@@ -811,9 +1190,8 @@ async fn run_receiver(shared: Arc<Shared>, mut answers: Streaming<ProduceStreamR
         };
         match front {
             Some(entry) => {
-                entry.outcome.resolve(result);
-                shared.buffer.add_permits(entry.bytes_reserved);
-                shared.in_flight_permits.add_permits(1);
+                answered = true;
+                shared.resolve_front(entry, result);
             }
             None if shared.config.acks == Acks::None => {
                 if let Err(error) = result {
@@ -822,23 +1200,14 @@ async fn run_receiver(shared: Arc<Shared>, mut answers: Streaming<ProduceStreamR
                 }
             }
             None => {
-                break ServerError {
+                return StreamEnd::Fatal(ServerError {
                     code: ErrorCode::Internal,
                     message: format!(
                         "the server answered request {} out of order",
                         answer.correlation_id
                     ),
-                };
+                });
             }
         }
-    };
-    let closed_cleanly = {
-        let state = locked(&shared.state);
-        state.closing && state.partitions.iter().all(|b| b.open.is_none() && b.sealed.is_empty())
-    } && locked(&shared.in_flight).is_empty();
-    if closed_cleanly {
-        shared.fail(ProduceError::Closed);
-    } else {
-        shared.fail(ProduceError::Disconnected(error));
     }
 }
