@@ -168,3 +168,37 @@ impl From<Status> for ConsumeError {
         ConsumeError::Rejected(status.into())
     }
 }
+
+/// Why a group member could not join, or stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GroupError {
+    #[error("the group configuration is invalid: {reason}")]
+    BadConfig { reason: String },
+    /// The server refused the join or ended the member's stream: INVALID_ARGUMENT (a bad
+    /// name), NOT_FOUND (a topic does not exist), FAILED_PRECONDITION (the group consumes
+    /// other topics), OUT_OF_RANGE (retention deleted records not yet read: rejoin),
+    /// UNAVAILABLE (the server shuts down).
+    #[error("the server refused or ended the group member: {0}")]
+    Rejected(ServerError),
+    /// The server removed the member: it missed its session timeout or did not acknowledge a
+    /// revocation in time. Its partitions went to other members; rejoin to get new ones.
+    #[error("the member was removed from its group (rejoin to continue): {0}")]
+    Removed(ServerError),
+    /// A commit named a generation older than the member's tenure of a partition, or a
+    /// partition it no longer owns: another member owns the partition now. Nothing of that
+    /// commit was stored.
+    #[error("a commit was refused as stale at generation {generation}: {error}")]
+    CommitFenced { generation: u64, error: ServerError },
+    /// A commit failed for another reason (an offset past the end, a storage failure).
+    #[error("a commit failed: {0}")]
+    CommitFailed(ServerError),
+    /// A position was set for a partition the member does not own.
+    #[error("the member does not own {topic}/{partition}")]
+    NotOwned { topic: String, partition: u32 },
+    /// The server sent what the protocol does not allow.
+    #[error("the server broke the group protocol: {reason}")]
+    Protocol { reason: String },
+    /// The stream ended without an error (after a leave, or the member was closed).
+    #[error("the group stream ended")]
+    Ended,
+}

@@ -43,6 +43,7 @@
 
 mod consumer;
 mod error;
+mod group;
 mod producer;
 mod topics;
 
@@ -53,7 +54,12 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{ConsumedRecord, Consumer, Follow, Polled, Records, StartAt};
 pub use error::{
-    AdminError, ConnectError, ConsumeError, ErrorCode, ProduceError, ProducerError, ServerError,
+    AdminError, ConnectError, ConsumeError, ErrorCode, GroupError, ProduceError, ProducerError,
+    ServerError,
+};
+pub use group::{
+    Assignment, CommitMode, GroupConfig, GroupConsumer, GroupEvent, GroupRecord, GroupRecords,
+    OffsetReset, TopicPartition,
 };
 pub use producer::{
     Acks, Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record,
