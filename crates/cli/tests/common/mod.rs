@@ -17,6 +17,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `spool serve`, killed on drop.
 pub struct Served {
     child: Child,
+    /// The server's pid when `child` is a wrapper (strace) that runs it.
+    wrapped: Option<u32>,
     pub url: String,
     /// Every line the server wrote to stderr so far.
     log: Arc<Mutex<Vec<String>>>,
@@ -50,7 +52,19 @@ impl Served {
             let _ = child.kill();
             panic!("the server printed no address; its log:\n{}", log.lock().unwrap().join("\n"));
         };
-        Served { child, url: format!("http://{address}"), log }
+        Served { child, wrapped: None, url: format!("http://{address}"), log }
+    }
+
+    /// [`Served::spawn`] for a `command` that runs the server as its only child process (a
+    /// wrapper such as strace); signals then go to the server itself.
+    pub fn spawn_wrapped(command: Command) -> Served {
+        let mut served = Served::spawn(command);
+        let pid = served.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("the wrapper's children are listed in /proc");
+        let server = children.split_whitespace().next().expect("the wrapper runs the server");
+        served.wrapped = Some(server.parse().unwrap());
+        served
     }
 
     /// `spool ARGS` against this server, with `stdin` as its input.
@@ -83,19 +97,23 @@ impl Served {
         self.log.lock().unwrap().join("\n")
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// SIGKILL to a wrapped server: killing its wrapper alone could leave it running.
+    fn kill_wrapped(&mut self) {
+        if let Some(pid) = self.wrapped.take() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
 
     /// SIGTERM, as a service manager would stop it; returns whether it exited 0.
     pub fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
+        let pid = self.wrapped.take().unwrap_or(self.child.id()).to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         self.child.wait().unwrap().success()
     }
 
     /// SIGKILL: the process ends at once, with no chance to flush or sync anything.
     pub fn kill(mut self) {
+        self.kill_wrapped();
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -103,6 +121,7 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
+        self.kill_wrapped();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

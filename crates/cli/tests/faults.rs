@@ -1,0 +1,230 @@
+//! Disk faults under the real server: a failed fdatasync injected by strace into one
+//! partition's segment file, and a full disk (a small tmpfs).
+//!
+//! These need strace and the right to mount a tmpfs. Without them each test prints why it
+//! skips; with `SPOOL_REQUIRE_FAULT_TOOLS=1` (set by `.ci/run`) a missing tool fails it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{SPOOL, Served, serve_args};
+use spool_client::{
+    Acks, Client, ErrorCode, Follow, ProduceError, ProducerConfig, Record, StartAt, TopicSettings,
+};
+
+/// Only a guard against a hang.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// Whether a missing tool fails the test instead of skipping it.
+fn tools_required() -> bool {
+    std::env::var("SPOOL_REQUIRE_FAULT_TOOLS").is_ok_and(|v| v == "1")
+}
+
+fn skip(reason: &str) {
+    assert!(!tools_required(), "SPOOL_REQUIRE_FAULT_TOOLS=1, but {reason}");
+    eprintln!("skipped: {reason}");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Produces one record with acks=all and waits for its answer.
+async fn produce_one(client: &Client, topic: &str, value: &str) -> Result<u64, ProduceError> {
+    let config = ProducerConfig { acks: Acks::All, ..Default::default() };
+    let producer = client.producer(topic, config).await.unwrap();
+    let delivery = producer.send(Record::value(value.as_bytes())).await?;
+    let stored = tokio::time::timeout(GUARD, delivery.wait()).await.expect("an answer")?;
+    Ok(stored.offset.expect("acks=all answers with an offset"))
+}
+
+/// Every value in partition 0 of `topic`, in order.
+async fn values(client: &Client, topic: &str) -> Vec<String> {
+    let mut consumer =
+        client.subscribe(topic, 0, StartAt::Earliest, Follow::UntilEnd).await.unwrap();
+    let mut values = Vec::new();
+    while let Some(polled) = consumer.poll().await.unwrap() {
+        for record in polled.records() {
+            values.push(String::from_utf8(record.unwrap().value.unwrap().to_vec()).unwrap());
+        }
+    }
+    values
+}
+
+fn rejected_code(error: &ProduceError) -> (ErrorCode, &str) {
+    match error {
+        ProduceError::Rejected(refused) => (refused.code, refused.message.as_str()),
+        other => panic!("expected the server to refuse, got {other}"),
+    }
+}
+
+#[test]
+fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
+    if !Command::new("strace").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return skip("strace is not installed (Debian: apt-get install strace)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Three records acknowledged by a server without faults.
+    let served = Served::start(&data);
+    let acknowledged: Vec<String> = (0..3).map(|i| format!("record {i}")).collect();
+    runtime().block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        for topic in ["doomed", "healthy"] {
+            client.create_topic(topic, TopicSettings::default()).await.unwrap();
+        }
+        for value in &acknowledged {
+            produce_one(&client, "doomed", value).await.unwrap();
+        }
+    });
+    assert!(served.terminate());
+
+    // The same data under strace, which fails every fdatasync of doomed's segment file with
+    // EIO. (strace counts `when=N` per thread, so "fail from the Nth sync on" would not be
+    // deterministic in a multi-threaded server; failing every sync after a restart is.)
+    let segment = data.join("topics/doomed/0/00000000000000000000.log");
+    let mut strace = Command::new("strace");
+    strace
+        .arg("-f")
+        .arg("-o")
+        .arg(dir.path().join("strace.log"))
+        .args(["-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO"])
+        // Only system calls on this path are traced, so only its fdatasync fails.
+        .arg("-P")
+        .arg(&segment)
+        .arg(SPOOL)
+        .args(serve_args(&data))
+        .env("RUST_LOG", "warn");
+    let served = Served::spawn_wrapped(strace);
+
+    runtime().block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        let refusal = produce_one(&client, "doomed", "covered by the failed sync").await;
+        let refusal = refusal.expect_err("the fsync fails, so the record is not acknowledged");
+        // The record the failed fsync covered is refused, as DATA_LOSS: it may be gone.
+        let (code, message) = rejected_code(&refusal);
+        assert_eq!(code, ErrorCode::DataLoss, "{message}");
+        assert!(
+            message.contains("fsync of") && message.contains("Input/output error"),
+            "{message}"
+        );
+        assert!(message.contains("refuses writes"), "{message}");
+        // Every later write to that partition is refused the same way, without trying.
+        let later = produce_one(&client, "doomed", "after the fault").await.unwrap_err();
+        let (code, message) = rejected_code(&later);
+        assert_eq!(code, ErrorCode::DataLoss, "{message}");
+        assert!(message.contains("partition 0 of topic doomed refuses writes"), "{message}");
+        // Nothing the failed fsync covered became visible: a reader sees exactly what was
+        // acknowledged.
+        assert_eq!(values(&client, "doomed").await, acknowledged);
+        // The describe call names the reason.
+        let described = client.describe_topic("doomed").await.unwrap();
+        let fenced = format!("{:?}", described.partition_states[0]);
+        assert!(fenced.contains("Input/output error"), "{fenced}");
+
+        // The rest of the server serves: another topic takes and returns writes, and a topic
+        // created after the fault does too.
+        for (topic, fresh) in [("healthy", false), ("created-after", true)] {
+            if fresh {
+                client.create_topic(topic, TopicSettings::default()).await.unwrap();
+            }
+            for i in 0..3 {
+                produce_one(&client, topic, &format!("{topic} {i}")).await.unwrap();
+            }
+            let expected: Vec<_> = (0..3).map(|i| format!("{topic} {i}")).collect();
+            assert_eq!(values(&client, topic).await, expected);
+        }
+    });
+    assert!(served.terminate(), "the server stops cleanly with one partition fenced");
+
+    // A restart without the fault reopens the partition: what was acknowledged is there, in
+    // order (the refused record may be too: its bytes reached the file), and it takes writes.
+    let served = Served::start(&data);
+    runtime().block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        let stored = values(&client, "doomed").await;
+        assert_eq!(stored[..3], acknowledged);
+        assert!(stored.len() <= 4, "only the refused record may be added: {stored:?}");
+        produce_one(&client, "doomed", "after the restart").await.unwrap();
+    });
+    assert!(served.terminate());
+}
+
+/// A tmpfs of `bytes` mounted on a new temporary directory, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
+    let disk = match SmallDisk::mount(4 * 1024 * 1024) {
+        Ok(disk) => disk,
+        Err(reason) => return skip(&reason),
+    };
+    // Another tenant of the disk, deleted later to free space.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024]).unwrap();
+    let data = disk.path().join("data");
+    let served = Served::start(&data);
+    runtime().block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        let settings = TopicSettings { segment_bytes: Some(1024 * 1024), ..Default::default() };
+        client.create_topic("t", settings).await.unwrap();
+        let chunk = "x".repeat(100 * 1024);
+        let mut stored = 0;
+        let full = loop {
+            match produce_one(&client, "t", &chunk).await {
+                Ok(_) => stored += 1,
+                Err(error) => break error,
+            }
+            assert!(stored < 100, "a 4 MiB disk cannot hold 10 MiB");
+        };
+        let (code, message) = rejected_code(&full);
+        assert_eq!(code, ErrorCode::ResourceExhausted, "{message}");
+        assert!(
+            message.contains("No space left") || message.contains("no space left"),
+            "{message}"
+        );
+        // It stays refused while the disk is full, and reads go on.
+        let again = produce_one(&client, "t", &chunk).await.unwrap_err();
+        assert_eq!(rejected_code(&again).0, ErrorCode::ResourceExhausted);
+        assert_eq!(values(&client, "t").await.len(), stored);
+
+        // Space comes back: the same partition takes writes again, without a restart.
+        std::fs::remove_file(&filler).unwrap();
+        produce_one(&client, "t", "after space was freed").await.unwrap();
+        let after = values(&client, "t").await;
+        assert_eq!(after.len(), stored + 1);
+        assert_eq!(after.last().unwrap(), "after space was freed");
+    });
+    assert!(served.terminate(), "the server never crashed and stops cleanly");
+}
