@@ -121,6 +121,11 @@ pub const PRODUCER_STATE_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 /// Producer ids are reserved durably in blocks of this many, so most allocations need no
 /// fsync.
 pub const PRODUCER_ID_BLOCK: u64 = 1000;
+/// An internal log (the committed offsets) is compacted to a snapshot of its folded state
+/// once it holds more than this many bytes, or twice what the last compaction left, whichever
+/// is more. Small enough that folding it at start-up takes well under a second; large enough
+/// that compactions are rare (a commit record is about 60 bytes per partition).
+pub const INTERNAL_LOG_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 
 const _: () = assert!(PARTITIONS_PER_TOPIC_MAX <= PARTITIONS_TOTAL_MAX);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX < 255, "a name must fit in one path component");
@@ -145,3 +150,7 @@ const _: () = assert!(GROUP_MEMBER_QUEUE_DEPTH >= 1);
 const _: () = assert!(GROUP_READ_BYTES <= BATCH_BYTES_MAX);
 const _: () = assert!(PRODUCER_BATCHES_RETAINED >= 1);
 const _: () = assert!(PRODUCER_STATE_SCAN_BYTES >= BATCH_BYTES_MAX as u64);
+// A snapshot of the largest state (every known group with a commit of the most offsets, about
+// 60 bytes each) may be larger than the threshold: then the next compaction waits until the
+// log doubles. The threshold must still hold a few batches.
+const _: () = assert!(INTERNAL_LOG_COMPACT_BYTES >= 4 * BATCH_BYTES_MAX as u64);

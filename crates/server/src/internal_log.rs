@@ -1,9 +1,10 @@
 //! Internal logs: the server's own state, stored as Spool partition logs under
-//! `{data_dir}/internal/{name}/0` (not topics: no client can produce to or delete them).
+//! `{data_dir}/internal/{name}/{generation}` (not topics: no client can produce to or delete
+//! them). The generation starts at 0 and grows by one with each compaction.
 //!
-//! - `internal/group-offsets/0`: one record per commit or reset of a consumer group
+//! - `internal/group-offsets/{generation}`: one record per commit or reset of a consumer group
 //!   (`spool_broker::group::CommitRecord` has the format).
-//! - `internal/producer-ids/0`: one record per block of reserved producer ids
+//! - `internal/producer-ids/{generation}`: one record per block of reserved producer ids
 //!   ([`crate::idempotence::ProducerIds`]).
 //!
 //! At start-up every record is read back, oldest first, and folded into the state it
@@ -17,13 +18,39 @@
 //! has at most 1024 commits unanswered (`groups::member`), members and groups are bounded
 //! (`spool_broker::limits`), resets are one per call, and producer ids are reserved one block
 //! at a time.
+//!
+//! # Compaction
+//!
+//! A log given a [`Snapshot`] (the offsets log is; producer ids, one small record per 1000
+//! ids, are not) is compacted once it holds more than [`INTERNAL_LOG_COMPACT_BYTES`], or twice
+//! what the last compaction left, whichever is more (so a large state is not rewritten after
+//! every append). The writer does it between two groups of appends, so nothing is appended
+//! meanwhile. In this order:
+//!
+//! 1. Take the snapshot: records whose folding gives the state folded so far. It includes
+//!    every record already appended (callers change the state before they queue its record);
+//!    records still queued are appended after it, and folding them again after the snapshot
+//!    gives the same state, as folding is in order and the latest value wins.
+//! 2. Remove a leftover `{generation + 1}.tmp` directory; create a log there, append the
+//!    snapshot, and close it cleanly (which syncs its segments and indexes, writes its
+//!    clean-shutdown marker and fsyncs its directory).
+//! 3. Rename `{generation + 1}.tmp` to `{generation + 1}` and fsync `internal/{name}`. From
+//!    here a start uses the new log.
+//! 4. Reopen `{generation + 1}` (clean: nothing is scanned) and append there from now on.
+//! 5. Delete the old log `{generation}`: its files, its directory, then fsync the parent.
+//!
+//! At start-up, before folding: every `*.tmp` directory is removed (a crash during step 2
+//! leaves one; the old log is whole), the highest generation is the log, and lower ones are
+//! removed (a crash between steps 3 and 5 leaves one). A failed compaction is logged and the
+//! old log stays in use.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::BytesMut;
+use spool_broker::limits::INTERNAL_LOG_COMPACT_BYTES;
 use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
-use spool_storage::fs::StdFileSystem;
+use spool_storage::fs::{FileSystem, StdFileSystem};
 use spool_storage::{FsyncPolicy, Log, LogConfig, OpenError, ReadError, TimestampMs};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -40,10 +67,16 @@ const GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Segment size of internal logs: small, as they hold small records.
 const INTERNAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Records `(key, value)` whose folding gives a log's state so far (see the module docs);
+/// `None` when the state is no longer there to take (the server is closing).
+pub(crate) type Snapshot = Box<dyn Fn() -> Option<Vec<(Vec<u8>, Vec<u8>)>> + Send + Sync>;
+
 #[derive(Debug, Error)]
 pub enum OpenInternalError {
     #[error("opening the internal log {path}: {source}")]
     Open { path: PathBuf, source: OpenError },
+    #[error("preparing the internal log directory {path}: {source}")]
+    Directory { path: PathBuf, source: std::io::Error },
     #[error("reading the internal log {path}: {source}")]
     Read { path: PathBuf, source: ReadError },
     #[error(
@@ -60,11 +93,29 @@ struct Append {
     reply: Reply,
 }
 
-#[derive(Debug)]
 pub(crate) struct InternalLog {
     path: PathBuf,
     queue: Mutex<Option<mpsc::UnboundedSender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    snapshot: Arc<OnceLock<Snapshot>>,
+}
+
+impl std::fmt::Debug for InternalLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalLog").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The log the writer appends to, and what compaction needs to replace it.
+#[derive(Debug)]
+struct Current {
+    log: Log,
+    /// `internal/{name}`.
+    base: PathBuf,
+    generation: u64,
+    /// Compact once the log is larger than this.
+    compact_bytes: u64,
+    compact_bytes_min: u64,
 }
 
 impl std::fmt::Debug for Append {
@@ -74,21 +125,47 @@ impl std::fmt::Debug for Append {
 }
 
 impl InternalLog {
-    /// Opens (or creates) `{data_dir}/internal/{name}/0`, hands every record's value to
+    /// Opens (or creates) the log `{data_dir}/internal/{name}`, hands every record's value to
     /// `fold` oldest first (an `Err` from it stops the start), and starts the writer.
     pub(crate) async fn open(
         data_dir: &Path,
         name: &str,
         fold: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
     ) -> Result<InternalLog, OpenInternalError> {
-        let path = data_dir.join("internal").join(name).join("0");
-        let opening = path.clone();
-        let log = tokio::task::spawn_blocking(move || open_and_fold(&opening, fold))
+        InternalLog::open_compacting_at(data_dir, name, INTERNAL_LOG_COMPACT_BYTES, fold).await
+    }
+
+    /// [`InternalLog::open`], compacting past `compact_bytes_min` (tests use small ones).
+    pub(crate) async fn open_compacting_at(
+        data_dir: &Path,
+        name: &str,
+        compact_bytes_min: u64,
+        fold: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
+    ) -> Result<InternalLog, OpenInternalError> {
+        let base = data_dir.join("internal").join(name);
+        let opening = base.clone();
+        let (log, generation) = tokio::task::spawn_blocking(move || open_and_fold(&opening, fold))
             .await
             .expect("opening an internal log panicked")?;
+        let path = log.dir().to_path_buf();
+        let compact_bytes = compact_bytes_min.max(2 * log.size_bytes());
+        let current = Current { log, base, generation, compact_bytes, compact_bytes_min };
+        let snapshot: Arc<OnceLock<Snapshot>> = Arc::default();
         let (queue, requests) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write(log, requests, path.clone()));
-        Ok(InternalLog { path, queue: Mutex::new(Some(queue)), writer: Mutex::new(Some(writer)) })
+        let writer = tokio::spawn(write(current, requests, snapshot.clone()));
+        Ok(InternalLog {
+            path,
+            queue: Mutex::new(Some(queue)),
+            writer: Mutex::new(Some(writer)),
+            snapshot,
+        })
+    }
+
+    /// Turns compaction on, with `snapshot` as the source of the folded state.
+    pub(crate) fn compact_with(&self, snapshot: Snapshot) {
+        if self.snapshot.set(snapshot).is_err() {
+            tracing::warn!(path = %self.path.display(), "an internal log's snapshot was set twice; the first stays");
+        }
     }
 
     /// Queues one record now; the returned future resolves once it is durable.
@@ -122,16 +199,50 @@ impl InternalLog {
     }
 }
 
-fn open_and_fold(
-    path: &Path,
-    mut fold: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<Log, OpenInternalError> {
-    let config = LogConfig {
+fn internal_config() -> LogConfig {
+    LogConfig {
         segment_bytes: INTERNAL_SEGMENT_BYTES,
         fsync: FsyncPolicy::Always,
         ..LogConfig::default()
-    };
-    let log = Log::open(StdFileSystem::shared(), path, config, TimestampMs::now())
+    }
+}
+
+/// Removes a log directory: its files, itself, then fsyncs its parent. Log directories hold
+/// files only.
+fn remove_log_dir(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<()> {
+    for name in fs.list_dir(dir)? {
+        fs.remove_file(&dir.join(name))?;
+    }
+    fs.remove_dir(dir)?;
+    fs.sync_dir(dir.parent().expect("a log directory has a parent"))
+}
+
+/// Clears what an interrupted compaction left in `base` and returns the generation in use.
+fn settle_generations(fs: &dyn FileSystem, base: &Path) -> std::io::Result<u64> {
+    fs.create_dir_all(base)?;
+    let names = fs.list_dir(base)?;
+    let generations: Vec<u64> = names.iter().filter_map(|name| name.parse().ok()).collect();
+    let current = generations.iter().copied().max().unwrap_or(0);
+    for name in &names {
+        let unfinished = name.ends_with(".tmp");
+        let superseded = name.parse::<u64>().is_ok_and(|generation| generation < current);
+        if unfinished || superseded {
+            tracing::info!(path = %base.join(name).display(), "removing what an interrupted compaction left");
+            remove_log_dir(fs, &base.join(name))?;
+        }
+    }
+    Ok(current)
+}
+
+fn open_and_fold(
+    base: &Path,
+    mut fold: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(Log, u64), OpenInternalError> {
+    let fs = StdFileSystem::shared();
+    let generation = settle_generations(&*fs, base)
+        .map_err(|source| OpenInternalError::Directory { path: base.to_path_buf(), source })?;
+    let path = &base.join(generation.to_string());
+    let log = Log::open(fs, path, internal_config(), TimestampMs::now())
         .map_err(|source| OpenInternalError::Open { path: path.to_path_buf(), source })?;
     if let Some(fence) = log.fence() {
         tracing::error!(path = %path.display(), %fence, "an internal log refuses writes; what it holds is still read");
@@ -161,12 +272,17 @@ fn open_and_fold(
         }
         offset = read.next_offset;
     }
-    Ok(log)
+    Ok((log, generation))
 }
 
-/// The writer: appends everything queued as one batch, syncs, answers.
-async fn write(log: Log, mut requests: mpsc::UnboundedReceiver<Append>, path: PathBuf) {
-    let log = Arc::new(Mutex::new(log));
+/// The writer: appends everything queued as one batch, syncs, answers; then compacts when
+/// the log has grown past its threshold.
+async fn write(
+    current: Current,
+    mut requests: mpsc::UnboundedReceiver<Append>,
+    snapshot: Arc<OnceLock<Snapshot>>,
+) {
+    let current = Arc::new(Mutex::new(current));
     while let Some(first) = requests.recv().await {
         let mut bytes = first.key.len() + first.value.len();
         let mut group = vec![first];
@@ -175,10 +291,17 @@ async fn write(log: Log, mut requests: mpsc::UnboundedReceiver<Append>, path: Pa
             bytes += next.key.len() + next.value.len();
             group.push(next);
         }
-        let appending = log.clone();
+        let appending = current.clone();
+        let snapshot = snapshot.clone();
         let (group, outcome) = tokio::task::spawn_blocking(move || {
-            let mut log = appending.lock().unwrap_or_else(PoisonError::into_inner);
-            let outcome = append_and_sync(&mut log, &group);
+            let mut current = appending.lock().unwrap_or_else(PoisonError::into_inner);
+            let outcome = append_and_sync(&mut current.log, &group);
+            if outcome.is_ok()
+                && let Some(snapshot) = snapshot.get()
+                && current.log.size_bytes() > current.compact_bytes
+            {
+                current.compact(snapshot);
+            }
             (group, outcome)
         })
         .await
@@ -191,14 +314,94 @@ async fn write(log: Log, mut requests: mpsc::UnboundedReceiver<Append>, path: Pa
             let _ = append.reply.send(answer);
         }
     }
-    let log = Arc::try_unwrap(log).expect("the writer holds the only reference");
-    let log = log.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let current = Arc::try_unwrap(current).expect("the writer holds the only reference");
+    let log = current.into_inner().unwrap_or_else(PoisonError::into_inner).log;
+    let path = log.dir().to_path_buf();
     if let Err(error) = tokio::task::spawn_blocking(move || log.close())
         .await
         .expect("closing an internal log panicked")
     {
         tracing::error!(path = %path.display(), %error, "closing an internal log failed; the next start checks it");
     }
+}
+
+impl Current {
+    /// Replaces the log by one holding only `snapshot`'s records, in the order the module
+    /// docs give. On failure the old log stays in use, and the next attempt waits until the
+    /// log has doubled.
+    fn compact(&mut self, snapshot: &Snapshot) {
+        let before_bytes = self.log.size_bytes();
+        match self.replace(snapshot) {
+            Ok(()) => {
+                let after_bytes = self.log.size_bytes();
+                self.compact_bytes = self.compact_bytes_min.max(2 * after_bytes);
+                tracing::info!(path = %self.log.dir().display(), before_bytes, after_bytes, "compacted an internal log");
+            }
+            Err(error) => {
+                self.compact_bytes = self.compact_bytes_min.max(2 * before_bytes);
+                tracing::error!(path = %self.log.dir().display(), %error, "compacting an internal log failed; it stays as it is");
+            }
+        }
+    }
+
+    fn replace(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let fs = StdFileSystem::shared();
+        let records = snapshot().ok_or("the state to snapshot is gone")?;
+        let next = self.generation + 1;
+        let temporary = self.base.join(format!("{next}.tmp"));
+        let path = self.base.join(next.to_string());
+        let at = |path: &Path| {
+            let path = path.display().to_string();
+            move |error: &dyn std::fmt::Display| format!("{path}: {error}")
+        };
+        if fs.exists(&temporary).map_err(|e| at(&temporary)(&e))? {
+            remove_log_dir(&*fs, &temporary).map_err(|e| at(&temporary)(&e))?;
+        }
+        let now = TimestampMs::now();
+        let mut fresh = Log::open(fs.clone(), &temporary, internal_config(), now)
+            .map_err(|e| at(&temporary)(&e))?;
+        for chunk in chunks(&records) {
+            let appends: Vec<Append> = chunk
+                .iter()
+                .map(|(key, value)| Append {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reply: oneshot::channel().0,
+                })
+                .collect();
+            append_and_sync(&mut fresh, &appends)?;
+        }
+        fresh.close().map_err(|e| at(&temporary)(&e))?;
+        fs.rename(&temporary, &path).map_err(|e| at(&path)(&e))?;
+        fs.sync_dir(&self.base).map_err(|e| at(&self.base)(&e))?;
+        let reopened = Log::open(fs, &path, internal_config(), now).map_err(|e| at(&path)(&e))?;
+        let old = std::mem::replace(&mut self.log, reopened);
+        self.generation = next;
+        let old_dir = old.dir().to_path_buf();
+        // From here the new log is in use: a failure to delete the old one leaves it for
+        // the next start to remove.
+        if let Err(error) = old.delete() {
+            tracing::error!(path = %old_dir.display(), %error, "deleting a compacted internal log failed; the next start removes it");
+        }
+        Ok(())
+    }
+}
+
+/// Splits records into groups the writer would append as one batch each.
+fn chunks(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[(Vec<u8>, Vec<u8>)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, (key, value)) in records.iter().enumerate() {
+        if index > start && (bytes >= GROUP_BYTES_MAX || index - start >= GROUP_RECORDS_MAX) {
+            chunks.push(&records[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += key.len() + value.len();
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
 }
 
 fn append_and_sync(log: &mut Log, group: &[Append]) -> Result<(), String> {
@@ -213,4 +416,133 @@ fn append_and_sync(log: &mut Log, group: &[Append]) -> Result<(), String> {
         .map_err(|e| format!("writing to the internal log {at} failed: {e}"))?;
     log.sync(now).map_err(|e| format!("syncing the internal log {at} failed: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    type State = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+    /// A log whose records are `key=value` and whose state is the latest value per key; with
+    /// `compact_bytes_min`, compacted with that state as its snapshot.
+    async fn open(data: &Path, compact_bytes_min: u64) -> (InternalLog, State) {
+        let state: State = Arc::default();
+        let folding = state.clone();
+        let log = InternalLog::open_compacting_at(data, "test", compact_bytes_min, move |value| {
+            let text = std::str::from_utf8(value).map_err(|e| e.to_string())?;
+            let (key, value) = text.split_once('=').ok_or("no =")?;
+            let mut state = folding.lock().unwrap();
+            state.insert(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let source = state.clone();
+        log.compact_with(Box::new(move || {
+            let state = source.lock().unwrap();
+            let records = state.iter().map(|(k, v)| (k.clone(), [&k[..], b"=", v].concat()));
+            Some(records.collect())
+        }));
+        (log, state)
+    }
+
+    /// Applies `key=value` to the state, then appends it, as the offsets log's callers do.
+    async fn put(log: &InternalLog, state: &State, key: &str, value: &str) {
+        state.lock().unwrap().insert(key.into(), value.into());
+        log.append(key.into(), format!("{key}={value}").into_bytes()).await.unwrap();
+    }
+
+    /// The generations in `internal/test`, and the bytes of their segment files.
+    fn on_disk(data: &Path) -> (Vec<String>, u64) {
+        let base = data.join("internal").join("test");
+        let mut names: Vec<String> = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut bytes = 0;
+        for name in &names {
+            for file in std::fs::read_dir(base.join(name)).unwrap() {
+                let file = file.unwrap();
+                if file.file_name().to_string_lossy().ends_with(".log") {
+                    bytes += file.metadata().unwrap().len();
+                }
+            }
+        }
+        (names, bytes)
+    }
+
+    fn expected(rounds: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        (0..10).map(|k| (format!("k{k}").into(), format!("v{}", rounds - 1).into())).collect()
+    }
+
+    async fn fill(log: &InternalLog, state: &State, rounds: usize) {
+        for round in 0..rounds {
+            for k in 0..10 {
+                put(log, state, &format!("k{k}"), &format!("v{round}")).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn many_appends_stay_bounded_and_a_restart_folds_the_compacted_state() {
+        let data = tempfile::tempdir().unwrap();
+        let (log, state) = open(data.path(), 16 * 1024).await;
+        // About 40 bytes of batch per record (one record per batch here): 2000 records are
+        // about 80 KiB uncompacted.
+        fill(&log, &state, 200).await;
+        log.close().await;
+        let (generations, bytes) = on_disk(data.path());
+        assert_eq!(generations.len(), 1, "one log left: {generations:?}");
+        assert_ne!(generations, ["0"], "it was compacted");
+        assert!(bytes <= 16 * 1024 + 4096, "{bytes} bytes stay near the threshold");
+        let (reopened, folded) = open(data.path(), 16 * 1024).await;
+        assert_eq!(*folded.lock().unwrap(), expected(200));
+        // And it goes on from there.
+        put(&reopened, &folded, "k0", "after").await;
+        reopened.close().await;
+        let (_again, refolded) = open(data.path(), 16 * 1024).await;
+        let mut after = expected(200);
+        after.insert(b"k0".to_vec(), b"after".to_vec());
+        assert_eq!(*refolded.lock().unwrap(), after);
+    }
+
+    /// A crash during step 2 leaves `{generation + 1}.tmp`; one between steps 3 and 5 leaves
+    /// the old generation beside the new one. Either way the start uses the right log and
+    /// removes the rest.
+    #[tokio::test]
+    async fn a_start_after_an_interrupted_compaction_uses_the_right_log() {
+        let data = tempfile::tempdir().unwrap();
+        let (log, state) = open(data.path(), 16 * 1024).await;
+        fill(&log, &state, 100).await;
+        log.close().await;
+        let (generations, _) = on_disk(data.path());
+        let current: u64 = generations[0].parse().unwrap();
+        let base = data.path().join("internal").join("test");
+        // Step 2 interrupted: a half-written next generation.
+        let unfinished = base.join(format!("{}.tmp", current + 1));
+        std::fs::create_dir(&unfinished).unwrap();
+        std::fs::write(unfinished.join("00000000000000000000.log"), b"torn").unwrap();
+        // Steps 3 to 5 interrupted: an older generation still there, holding what the current
+        // one does not (a stale value, to tell which one was folded).
+        let older = base.join((current - 1).to_string());
+        std::fs::create_dir(&older).unwrap();
+        let mut stale =
+            Log::open(StdFileSystem::shared(), &older, internal_config(), TimestampMs::now())
+                .unwrap();
+        let appends = [Append {
+            key: b"k0".to_vec(),
+            value: b"k0=stale".to_vec(),
+            reply: oneshot::channel().0,
+        }];
+        append_and_sync(&mut stale, &appends).unwrap();
+        stale.close().unwrap();
+        let (reopened, folded) = open(data.path(), 16 * 1024).await;
+        assert_eq!(*folded.lock().unwrap(), expected(100));
+        reopened.close().await;
+        assert_eq!(on_disk(data.path()).0, [current.to_string()], "the leftovers are removed");
+    }
 }

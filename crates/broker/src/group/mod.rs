@@ -653,6 +653,11 @@ impl Coordinator {
         self.committed.get(group, partition)
     }
 
+    /// Every committed offset: what the offsets log folds to.
+    pub fn committed_offsets(&self) -> &CommittedOffsets {
+        &self.committed
+    }
+
     /// One group, live or with committed offsets; `None` if neither.
     pub fn describe(&self, group: &GroupName) -> Option<GroupDescription> {
         let Some(live) = self.groups.get(group) else {

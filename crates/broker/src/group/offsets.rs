@@ -132,6 +132,18 @@ impl CommittedOffsets {
         self.groups.get(group).into_iter().flat_map(|g| g.iter().map(|(p, o)| (p, *o)))
     }
 
+    /// One record per group holding all its committed offsets: folded in any order, they give
+    /// back this state (what a compaction of the offsets log writes).
+    pub fn snapshot(&self) -> impl Iterator<Item = CommitRecord> + '_ {
+        self.groups.iter().map(|(group, offsets)| CommitRecord {
+            group: group.clone(),
+            offsets: offsets
+                .iter()
+                .map(|(partition, offset)| (partition.clone(), *offset))
+                .collect(),
+        })
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &GroupName> {
         self.groups.keys()
     }
@@ -171,6 +183,30 @@ mod tests {
         assert_eq!(folded.get(&g, &tp("a", 0)), Some(Offset(9)));
         assert_eq!(folded.get(&g, &tp("a", 1)), Some(Offset(7)));
         assert_eq!(folded.get(&g, &tp("b", 0)), None);
+    }
+
+    #[test]
+    fn a_snapshot_folds_back_to_the_same_offsets() {
+        let records = [
+            CommitRecord {
+                group: GroupName::parse("a").unwrap(),
+                offsets: vec![(tp("x", 0), Offset(1))],
+            },
+            CommitRecord {
+                group: GroupName::parse("b").unwrap(),
+                offsets: vec![(tp("x", 1), Offset(4))],
+            },
+            CommitRecord {
+                group: GroupName::parse("a").unwrap(),
+                offsets: vec![(tp("x", 0), Offset(3)), (tp("y", 2), Offset(9))],
+            },
+        ];
+        let encoded: Vec<Vec<u8>> = records.iter().map(CommitRecord::encode).collect();
+        let folded = CommittedOffsets::fold(encoded.iter().map(Vec::as_slice)).unwrap();
+        let snapshot: Vec<Vec<u8>> = folded.snapshot().map(|r| r.encode()).collect();
+        assert_eq!(snapshot.len(), 2, "one record per group");
+        let refolded = CommittedOffsets::fold(snapshot.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(refolded, folded);
     }
 
     #[test]

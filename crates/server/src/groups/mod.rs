@@ -13,8 +13,9 @@
 //!   its partition is revoked, so no record of a revoked partition follows the revocation.
 //! - One driver task sleeps until the coordinator's next deadline (a session or revocation
 //!   timeout) and ticks it.
-//! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/0`, one record
-//!   per commit, folded at start-up.
+//! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
+//!   one record per commit, folded at start-up, and compacted to one record per group when it
+//!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
 //!
 //! Time is milliseconds since the server started, from tokio's clock.
 
@@ -91,6 +92,13 @@ impl Groups {
             started: Instant::now(),
             deadlines: Notify::new(),
         });
+        let source = Arc::downgrade(&groups);
+        groups.offsets.compact_with(Box::new(move || {
+            let groups = source.upgrade()?;
+            let state = groups.lock();
+            let records = state.coordinator.committed_offsets().snapshot();
+            Some(records.map(|r| (r.group.as_str().as_bytes().to_vec(), r.encode())).collect())
+        }));
         tokio::spawn(drive(groups.clone()));
         Ok(groups)
     }
