@@ -85,6 +85,20 @@ fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
+    let token = match &server.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow!("the token must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    Ok(InterceptedService::new(connect_channel(server).await?, BearerToken(token)))
+}
+
+/// The channel to the server (TLS as asked), without the token: `connect` adds it, and the
+/// commands built on `spool-client` give it to the client.
+pub(crate) async fn connect_channel(server: &ServerArg) -> anyhow::Result<Channel> {
     let url = &server.server;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("{url:?} is not a server URL (like http://127.0.0.1:7070)"))?;
@@ -105,19 +119,7 @@ pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
         }
         endpoint = endpoint.tls_config(tls).context("TLS settings")?;
     }
-    let token = match &server.token {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| anyhow!("the token must be printable ASCII"))?,
-        ),
-        None => None,
-    };
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the server at {url}"))?;
-    Ok(InterceptedService::new(channel, BearerToken(token)))
+    endpoint.connect().await.with_context(|| format!("cannot connect to the server at {url}"))
 }
 
 fn parse_fsync(fsync: &str) -> anyhow::Result<Policy> {

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod dump;
 mod group;
+mod request;
 mod serve;
 mod token;
 

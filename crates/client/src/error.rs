@@ -79,6 +79,8 @@ pub enum ConnectError {
     BadUrl { url: String, source: tonic::transport::Error },
     #[error("cannot connect to the server at {url}: {source}")]
     Unreachable { url: String, source: tonic::transport::Error },
+    #[error("a bearer token must be printable ASCII")]
+    BadToken,
 }
 
 /// Why a topic call (create, describe, delete) failed.

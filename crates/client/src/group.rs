@@ -54,7 +54,6 @@ use spool_proto::v1::member_request::Kind as RequestKind;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 use crate::Client;
@@ -261,7 +260,7 @@ impl Drop for Member {
 /// One member of a consumer group; see the module docs.
 #[derive(Debug)]
 pub struct GroupConsumer {
-    channel: Channel,
+    client: Client,
     config: GroupConfig,
     member: Member,
 }
@@ -270,8 +269,8 @@ impl Client {
     /// Joins a consumer group. Returns once the server has accepted the member; the first
     /// [`GroupEvent`] is its assignment.
     pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, GroupError> {
-        let member = Member::join(self.channel.clone(), &config).await?;
-        Ok(GroupConsumer { channel: self.channel.clone(), config, member })
+        let member = Member::join(self, &config).await?;
+        Ok(GroupConsumer { client: self.clone(), config, member })
     }
 }
 
@@ -284,7 +283,7 @@ fn stream_error(status: tonic::Status) -> GroupError {
 }
 
 impl Member {
-    async fn join(channel: Channel, config: &GroupConfig) -> Result<Member, GroupError> {
+    async fn join(client: &Client, config: &GroupConfig) -> Result<Member, GroupError> {
         let session_timeout_ms = config.check()?;
         let reset = match config.reset {
             OffsetReset::Earliest => wire::OffsetReset::Earliest,
@@ -300,10 +299,10 @@ impl Member {
         let (requests, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let first = wire::MemberRequest { kind: Some(RequestKind::Join(join)) };
         requests.send(first).await.expect("the receiver is held here");
-        let mut client =
-            GroupServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
-        let mut events =
-            client.join(ReceiverStream::new(requests_rx)).await.map_err(stream_error)?.into_inner();
+        let mut service = GroupServiceClient::new(client.channel.clone())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let requests_stream = client.request(ReceiverStream::new(requests_rx));
+        let mut events = service.join(requests_stream).await.map_err(stream_error)?.into_inner();
         let joined = match events.message().await.map_err(stream_error)? {
             Some(wire::MemberEvent { kind: Some(Kind::Joined(joined)) }) => joined,
             Some(other) => {
@@ -388,17 +387,22 @@ impl Member {
         offsets: Vec<wire::PartitionOffset>,
         in_flight: CommitInFlight,
     ) -> Result<u64, GroupError> {
-        for offset in &offsets {
-            let key = TopicPartition { topic: offset.topic.clone(), partition: offset.partition };
-            if let Some(state) = self.partitions.get_mut(&key) {
-                state.committed = Some(offset.offset);
-            }
-        }
-        self.next_commit_id += 1;
-        let commit_id = self.next_commit_id;
-        self.commits.insert(commit_id, in_flight);
+        let commit_id = self.next_commit_id + 1;
+        let committed: Vec<(TopicPartition, u64)> = offsets
+            .iter()
+            .map(|o| (TopicPartition { topic: o.topic.clone(), partition: o.partition }, o.offset))
+            .collect();
         let commit = wire::CommitOffsets { commit_id, generation: self.generation, offsets };
         self.send(RequestKind::Commit(commit)).await?;
+        // Recorded only once sent, so a `poll` cancelled while sending leaves no commit
+        // waiting for an answer that will never come.
+        self.next_commit_id = commit_id;
+        self.commits.insert(commit_id, in_flight);
+        for (key, offset) in committed {
+            if let Some(state) = self.partitions.get_mut(&key) {
+                state.committed = Some(offset);
+            }
+        }
         Ok(commit_id)
     }
 
@@ -599,7 +603,7 @@ impl GroupConsumer {
     /// of the stream. Positions not committed are forgotten: the group resumes from its
     /// committed offsets.
     pub async fn rejoin(&mut self) -> Result<(), GroupError> {
-        self.member = Member::join(self.channel.clone(), &self.config).await?;
+        self.member = Member::join(&self.client, &self.config).await?;
         Ok(())
     }
 

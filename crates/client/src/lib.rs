@@ -50,6 +50,7 @@ mod topics;
 use spool_broker::limits::RESPONSE_BYTES_MAX;
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{ConsumedRecord, Consumer, Follow, Polled, Records, StartAt};
@@ -72,6 +73,9 @@ pub use topics::{Fsync, PartitionInfo, TopicInfo, TopicSettings};
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
+    /// Sent as `authorization: Bearer TOKEN` by the group consumer and subscriptions (see
+    /// [`Client::with_bearer_token`]).
+    token: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
@@ -84,12 +88,29 @@ impl Client {
             .connect()
             .await
             .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source })?;
-        Ok(Client { channel })
+        Ok(Client { channel, token: None })
     }
 
     /// A client over a channel built by the caller (TLS, timeouts, ...).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel }
+        Client { channel, token: None }
+    }
+
+    /// Sends `authorization: Bearer TOKEN` with group members ([`Client::group_consumer`])
+    /// and subscriptions ([`Client::subscribe`]). Producers and topic calls do not send it
+    /// yet.
+    pub fn with_bearer_token(self, token: &str) -> Result<Client, ConnectError> {
+        let value = format!("Bearer {token}").parse().map_err(|_| ConnectError::BadToken)?;
+        Ok(Client { token: Some(value), ..self })
+    }
+
+    /// A request carrying the bearer token, if there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        request
     }
 
     /// Starts a producer for `topic`, which must exist: its partition count is read first.
@@ -121,7 +142,7 @@ impl Client {
             encoding: Encoding::RawBatch as i32,
             stop_at_end: follow == Follow::UntilEnd,
         };
-        let stream = client.subscribe(request).await?.into_inner();
+        let stream = client.subscribe(self.request(request)).await?.into_inner();
         Ok(Consumer::new(stream, start))
     }
 }
