@@ -1,19 +1,29 @@
 //! Running Spool in production: health turns SERVING after recovery, reflection describes the
-//! API, topic settings change on a live topic, and Prometheus metrics move with traffic.
-//! Servers run in-process on 127.0.0.1:0; nothing sleeps waiting for something to happen.
+//! API, topic settings change on a live topic, and Prometheus metrics move with traffic, show
+//! consumer-group lag, and leave with a deleted topic.
+//! Servers run in-process on 127.0.0.1:0; nothing sleeps waiting for something to happen
+//! (a deleted topic's series leave after an idle time: that test scrapes until they have).
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{TestServer, assert_code, keyed, record, value};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_proto::v1::group_service_client::GroupServiceClient;
+use spool_proto::v1::member_event::Kind;
+use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
-use spool_proto::v1::{AlterTopicRequest, FsyncPolicy, ListTopicsRequest};
+use spool_proto::v1::{
+    AlterTopicRequest, CommitOffsets, DeleteTopicRequest, FsyncPolicy, JoinGroup,
+    ListTopicsRequest, MemberEvent, MemberRequest, OffsetReset, PartitionOffset,
+};
 use spool_server::{ServeOptions, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -293,9 +303,27 @@ fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The idle time after which a retired series leaves `/metrics`: short, so the test that
+/// waits for it is short. Every test of this binary installs the recorder with it (the first
+/// one decides, for the whole process).
+const SERIES_IDLE: Duration = Duration::from_secs(2);
+
+fn install_prometheus() {
+    spool_server::metrics::install_prometheus_with_series_idle(SERIES_IDLE).unwrap();
+}
+
+/// A server with a metrics endpoint, and the endpoint's address.
+async fn metered_server(data: &std::path::Path) -> (TestServer, std::net::SocketAddr) {
+    install_prometheus();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = metrics_listener.local_addr().unwrap();
+    let options = ServeOptions { metrics: Some(metrics_listener), ..Default::default() };
+    (TestServer::start_with(data, options).await, metrics_address)
+}
+
 #[tokio::test]
 async fn metrics_appear_and_move_when_traffic_flows() {
-    spool_server::metrics::install_prometheus().unwrap();
+    install_prometheus();
     let data = tempfile::tempdir().unwrap();
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_address = metrics_listener.local_addr().unwrap();
@@ -350,4 +378,144 @@ async fn metrics_appear_and_move_when_traffic_flows() {
     assert_eq!(sample(&after, group_bucket), Some(1.0), "{after}");
     drop(follower);
     Arc::into_inner(server).unwrap().shutdown().await;
+}
+
+/// A group member on one topic: joins, and commits offsets of its partitions.
+struct Member {
+    requests: mpsc::Sender<MemberRequest>,
+    events: tonic::Streaming<MemberEvent>,
+    generation: u64,
+    commits: u64,
+}
+
+impl Member {
+    async fn join(server: &TestServer, group: &str, topic: &str) -> Member {
+        let (requests, receiver) = mpsc::channel(8);
+        let join = JoinGroup {
+            group: group.into(),
+            topics: vec![topic.into()],
+            reset: OffsetReset::Earliest as i32,
+            ..Default::default()
+        };
+        requests.send(MemberRequest { kind: Some(RequestKind::Join(join)) }).await.unwrap();
+        let mut groups = GroupServiceClient::new(server.channel().await);
+        let events = groups.join(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        let mut member = Member { requests, events, generation: 0, commits: 0 };
+        member.generation = member
+            .next(|kind| match kind {
+                Kind::Assignment(assignment) if !assignment.owned.is_empty() => {
+                    Some(assignment.generation)
+                }
+                _ => None,
+            })
+            .await;
+        member
+    }
+
+    /// Reads events until `wanted` picks one.
+    async fn next<T>(&mut self, wanted: impl Fn(Kind) -> Option<T>) -> T {
+        let reading = async {
+            loop {
+                let event =
+                    self.events.message().await.unwrap().expect("the member stream goes on");
+                if let Some(found) = event.kind.and_then(&wanted) {
+                    return found;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the event comes")
+    }
+
+    /// Commits `offset` for partition 0 of `topic` and waits for the result.
+    async fn commit(&mut self, topic: &str, offset: u64) {
+        self.commits += 1;
+        let commit_id = self.commits;
+        let offsets = vec![PartitionOffset { topic: topic.into(), partition: 0, offset }];
+        let commit = CommitOffsets { commit_id, generation: self.generation, offsets };
+        self.requests
+            .send(MemberRequest { kind: Some(RequestKind::Commit(commit)) })
+            .await
+            .unwrap();
+        let result = self
+            .next(|kind| match kind {
+                Kind::CommitResult(result) if result.commit_id == commit_id => Some(result),
+                _ => None,
+            })
+            .await;
+        assert_eq!(result.code, 0, "{result:?}");
+    }
+}
+
+#[tokio::test]
+async fn group_lag_appears_and_drops_after_a_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let (server, metrics_address) = metered_server(data.path()).await;
+    server.create_topic("lagging", 1, Policy::Always(Always {})).await;
+    let ten: Vec<_> = (0..10).map(|n| record(&format!("r{n}"))).collect();
+    server.produce("lagging", Some(0), ten).await.unwrap();
+    let lag = r#"spool_group_lag_records{group="watchers",topic="lagging",partition="0"}"#;
+    assert_eq!(sample(&scrape(metrics_address).await, lag), None, "nothing committed yet");
+
+    let mut member = Member::join(&server, "watchers", "lagging").await;
+    member.commit("lagging", 4).await;
+    assert_eq!(sample(&scrape(metrics_address).await, lag), Some(6.0));
+    member.commit("lagging", 10).await;
+    assert_eq!(sample(&scrape(metrics_address).await, lag), Some(0.0));
+    // The lag follows the end without a commit.
+    server.produce("lagging", Some(0), vec![record("a"), record("b"), record("c")]).await.unwrap();
+    assert_eq!(sample(&scrape(metrics_address).await, lag), Some(3.0));
+    drop(member);
+    // A restart folds the committed offset back: the lag is there before any member joins.
+    server.shutdown().await;
+    let (server, metrics_address) = metered_server(data.path()).await;
+    assert_eq!(sample(&scrape(metrics_address).await, lag), Some(3.0));
+    server.shutdown().await;
+}
+
+/// A deleted topic's series (counters, gauges, the lag of groups on it) leave `/metrics`
+/// within the idle time; a live topic's series stay, however quiet it is meanwhile.
+#[tokio::test]
+async fn a_deleted_topics_series_leave_metrics_and_a_quiet_topics_stay() {
+    let data = tempfile::tempdir().unwrap();
+    let (server, metrics_address) = metered_server(data.path()).await;
+    for topic in ["doomed", "quiet"] {
+        server.create_topic(topic, 1, Policy::Always(Always {})).await;
+        server.produce(topic, Some(0), vec![record("a"), record("b")]).await.unwrap();
+    }
+    let mut member = Member::join(&server, "mourners", "doomed").await;
+    member.commit("doomed", 1).await;
+    drop(member);
+    let doomed = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter(|line| line.contains(r#"topic="doomed""#) && !line.contains("_seconds"))
+            .filter(|line| !line.contains("spool_group_commit_batches"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = scrape(metrics_address).await;
+    let lag = r#"spool_group_lag_records{group="mourners",topic="doomed",partition="0"}"#;
+    assert_eq!(sample(&before, lag), Some(1.0), "{before}");
+    let produced = r#"spool_produced_records_total{topic="doomed",partition="0"}"#;
+    assert_eq!(sample(&before, produced), Some(2.0));
+
+    let mut topics = server.topics().await;
+    topics.delete_topic(DeleteTopicRequest { name: "doomed".into() }).await.unwrap();
+    let gone = async {
+        loop {
+            let body = scrape(metrics_address).await;
+            if doomed(&body).is_empty() {
+                return body;
+            }
+            tokio::time::sleep(SERIES_IDLE / 8).await;
+        }
+    };
+    let after = tokio::time::timeout(Duration::from_secs(30), gone)
+        .await
+        .unwrap_or_else(|_| panic!("the deleted topic's series stay: {:?}", doomed(&before)));
+    // The quiet topic saw no traffic for longer than the idle time: its series are all there.
+    let quiet = |name: &str| sample(&after, &format!(r#"{name}{{topic="quiet",partition="0"}}"#));
+    assert_eq!(quiet("spool_produced_records_total"), Some(2.0), "{after}");
+    assert_eq!(quiet("spool_log_end_offset"), Some(2.0), "{after}");
+    assert_eq!(quiet("spool_subscribers"), Some(0.0), "{after}");
+    server.shutdown().await;
 }

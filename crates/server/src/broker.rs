@@ -201,11 +201,14 @@ impl Broker {
         }
         let logs = topic.stop().await?;
         let registry = self.registry.clone();
+        let deleted = name.clone();
         blocking(move || {
             let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(registry.delete(&name, logs)?)
+            Ok(registry.delete(&deleted, logs)?)
         })
-        .await
+        .await?;
+        crate::metrics::retire_topic(&name);
+        Ok(())
     }
 
     /// Changes a live topic's settings: `meta.json` first (what the next start uses), then

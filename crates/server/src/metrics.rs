@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge, Histogram, Recorder};
 use spool_broker::TopicName;
 use spool_storage::RecoveryReport;
 use thiserror::Error;
@@ -88,9 +88,21 @@ impl Drop for Buffered {
 // Everything below records through the `metrics` facade. Until [`install_prometheus`] has
 // installed the process-wide recorder every macro is a no-op, so a server without
 // `--metrics` pays nothing. Series a partition updates on its hot path are registered once,
-// when its writer starts ([`PartitionMetrics`]), so an append or a read only bumps atomics;
-// gauges that describe state (end offsets, segments, sizes) are set when Prometheus scrapes
+// when its writer starts ([`PartitionMetrics`]); gauges that describe state (end offsets,
+// segments, sizes, consumer-group lag) are set when Prometheus scrapes
 // ([`export_partition_gauges`]), so they cost nothing between scrapes.
+//
+// Series go away with what they describe: deleting a topic retires every series labelled
+// with it ([`retire_topic`]), and it leaves `/metrics` within the series idle time. The
+// Prometheus exporter has no call to remove a series (metrics-rs/metrics#243); what it has
+// is an idle timeout, which drops a series not updated for that long. Alone, that would also
+// drop the series of a live but quiet partition, and detach the handles that still point at
+// them, so [`Retiring`] wraps the exporter's recorder: it keeps each counter's and gauge's
+// value itself, writes it through to the exporter on every change, and rewrites every live
+// one (the retired ones not) several times per idle time, so only retired series go idle. A
+// series the exporter dropped anyway (the rewriting stalled) comes back, with its value,
+// at the next change or rewrite. Histograms are not dropped (their samples cannot be
+// rewritten): a deleted topic's latency histograms stay until the server restarts.
 // ---------------------------------------------------------------------------------------------
 
 /// Every series name Spool exports, in one place (the README's metrics table lists them).
@@ -135,8 +147,8 @@ pub mod names {
     pub const RECOVERY_INDEXES_REBUILT: &str = "spool_recovery_index_files_rebuilt";
     /// Bytes of torn tails recovery cut off (gauge).
     pub const RECOVERY_TRUNCATED_BYTES: &str = "spool_recovery_truncated_bytes";
-    /// Consumer-group lag in records, per group, topic and partition (gauge): set through
-    /// [`super::record_group_lag`] by the consumer-group code.
+    /// Consumer-group lag in records, per group, topic and partition: the partition's end
+    /// offset minus the group's committed offset (gauge, at scrape).
     pub const GROUP_LAG_RECORDS: &str = "spool_group_lag_records";
 }
 
@@ -150,38 +162,71 @@ const _: () = assert!(spool_broker::limits::WRITER_GROUP_BATCHES_MAX <= 256, "th
 /// How often histogram samples are folded into their buckets, so they never pile up
 /// between scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a retired series (of a deleted topic) stays on `/metrics`, at most, before the
+/// exporter drops it. Live series are rewritten every quarter of it.
+pub const SERIES_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+/// Rewrites of live series per idle time: a rewrite may come this many times late, less one,
+/// before a live series would go idle.
+const REWRITES_PER_IDLE: u32 = 4;
 
 static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
+static RETIRING: std::sync::OnceLock<Arc<Retiring>> = std::sync::OnceLock::new();
 
 #[derive(Debug, Error)]
 pub enum InstallMetricsError {
     #[error("cannot install the Prometheus recorder: {0}")]
     Install(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot install the Prometheus recorder: another metrics recorder is installed")]
+    AnotherRecorder,
 }
 
-/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
-/// Call it before opening a server: series registered earlier are no-ops forever.
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle),
+/// with retired series dropped after [`SERIES_IDLE_DEFAULT`]. Call it before opening a
+/// server: series registered earlier are no-ops forever.
 pub fn install_prometheus()
 -> Result<metrics_exporter_prometheus::PrometheusHandle, InstallMetricsError> {
+    install_prometheus_with_series_idle(SERIES_IDLE_DEFAULT)
+}
+
+/// [`install_prometheus`] with another idle time for retired series (tests use a short one).
+/// The first call in a process decides it.
+pub fn install_prometheus_with_series_idle(
+    series_idle: Duration,
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, InstallMetricsError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(handle) = PROMETHEUS.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)?
         .set_buckets_for_metric(
             Matcher::Full(names::GROUP_COMMIT_BATCHES.into()),
             &GROUP_BATCHES_BUCKETS,
         )?
-        .install_recorder()?;
+        .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::GAUGE, Some(series_idle))
+        .build_recorder();
+    let handle = recorder.handle();
+    let retiring = Arc::new(Retiring::new(recorder));
+    metrics::set_global_recorder(Recording(retiring.clone()))
+        .map_err(|_| InstallMetricsError::AnotherRecorder)?;
+    let _ = RETIRING.set(retiring.clone());
     let upkeep = handle.clone();
+    let rewrite_interval = series_idle / REWRITES_PER_IDLE;
     std::thread::Builder::new()
         .name("spool-metrics-upkeep".into())
         .spawn(move || {
+            let mut last_upkeep = Instant::now();
             loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                upkeep.run_upkeep();
+                std::thread::sleep(rewrite_interval.min(UPKEEP_INTERVAL));
+                retiring.rewrite_live();
+                if last_upkeep.elapsed() >= UPKEEP_INTERVAL {
+                    upkeep.run_upkeep();
+                    last_upkeep = Instant::now();
+                }
             }
         })
         .expect("spawning a thread at start-up");
@@ -189,9 +234,18 @@ pub fn install_prometheus()
     Ok(PROMETHEUS.get_or_init(|| handle).clone())
 }
 
-/// Sets the gauge of one consumer group's lag on one partition. The hook for the
-/// consumer-group code: call it whenever a group commits an offset or the partition's end
-/// moves (lag = end offset − committed offset).
+/// Retires every series labelled `topic="{topic}"` (the topic was deleted): they leave
+/// `/metrics` within the series idle time, and the lag of every group on the topic is
+/// forgotten. A topic created again under the name starts new series.
+pub(crate) fn retire_topic(topic: &TopicName) {
+    locked(&GROUP_COMMITTED).retain(|(name, _), _| name != topic.as_str());
+    if let Some(retiring) = RETIRING.get() {
+        retiring
+            .retire(|key| key.labels().any(|l| l.key() == "topic" && l.value() == topic.as_str()));
+    }
+}
+
+/// Sets the gauge of one consumer group's lag on one partition.
 pub fn record_group_lag(group: &str, topic: &str, partition: u32, lag_records: u64) {
     metrics::gauge!(
         names::GROUP_LAG_RECORDS,
@@ -200,6 +254,211 @@ pub fn record_group_lag(group: &str, topic: &str, partition: u32, lag_records: u
         "partition" => partition.to_string()
     )
     .set(lag_records as f64);
+}
+
+/// The committed offset of each group, per (topic, partition), for the lag gauges. Process-wide
+/// like the recorder; bounded by the groups and partitions the server keeps.
+type CommittedByPartition =
+    std::collections::HashMap<(String, u32), std::collections::BTreeMap<String, u64>>;
+static GROUP_COMMITTED: std::sync::LazyLock<std::sync::Mutex<CommittedByPartition>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tells the lag gauges a group's committed offset on a partition (at start-up, on every
+/// commit and reset). The lag, end offset − committed offset, is computed when Prometheus
+/// scrapes, so it also follows the end as records arrive.
+pub(crate) fn record_group_commit(group: &str, topic: &str, partition: u32, offset: u64) {
+    if RETIRING.get().is_none() {
+        return;
+    }
+    locked(&GROUP_COMMITTED)
+        .entry((topic.to_owned(), partition))
+        .or_default()
+        .insert(group.to_owned(), offset);
+}
+
+/// The recorder installed process-wide: [`Retiring`] behind an `Arc` the upkeep thread shares.
+struct Recording(Arc<Retiring>);
+
+/// Wraps the exporter's recorder so that series can be retired; see the section's comment.
+struct Retiring {
+    prometheus: metrics_exporter_prometheus::PrometheusRecorder,
+    counters: std::sync::Mutex<std::collections::HashMap<metrics::Key, Arc<KeptCounter>>>,
+    gauges: std::sync::Mutex<std::collections::HashMap<metrics::Key, Arc<KeptGauge>>>,
+}
+
+/// What the exporter is told a series' metadata is (it ignores it).
+const METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new("spool_server", metrics::Level::INFO, None);
+
+/// A counter whose value Spool keeps.
+struct KeptCounter {
+    key: metrics::Key,
+    value: AtomicU64,
+    retired: std::sync::atomic::AtomicBool,
+    retiring: std::sync::Weak<Retiring>,
+}
+
+/// A gauge whose value Spool keeps; under a mutex, so the value written through is the last.
+struct KeptGauge {
+    key: metrics::Key,
+    value: std::sync::Mutex<f64>,
+    retired: std::sync::atomic::AtomicBool,
+    retiring: std::sync::Weak<Retiring>,
+}
+
+impl KeptCounter {
+    fn write_through(&self) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(retiring) = self.retiring.upgrade() {
+            let exported = retiring.prometheus.register_counter(&self.key, &METADATA);
+            exported.absolute(self.value.load(Ordering::Acquire));
+        }
+    }
+}
+
+impl metrics::CounterFn for KeptCounter {
+    fn increment(&self, value: u64) {
+        self.value.fetch_add(value, Ordering::AcqRel);
+        self.write_through();
+    }
+
+    fn absolute(&self, value: u64) {
+        self.value.fetch_max(value, Ordering::AcqRel);
+        self.write_through();
+    }
+}
+
+impl KeptGauge {
+    fn change(&self, change: impl FnOnce(f64) -> f64) {
+        let mut value = locked(&self.value);
+        *value = change(*value);
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(retiring) = self.retiring.upgrade() {
+            retiring.prometheus.register_gauge(&self.key, &METADATA).set(*value);
+        }
+    }
+}
+
+impl metrics::GaugeFn for KeptGauge {
+    fn increment(&self, value: f64) {
+        self.change(|v| v + value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.change(|v| v - value);
+    }
+
+    fn set(&self, value: f64) {
+        self.change(|_| value);
+    }
+}
+
+impl Retiring {
+    fn new(prometheus: metrics_exporter_prometheus::PrometheusRecorder) -> Retiring {
+        Retiring { prometheus, counters: Default::default(), gauges: Default::default() }
+    }
+
+    /// Writes every live series' value to the exporter again, so none goes idle.
+    fn rewrite_live(&self) {
+        let counters: Vec<Arc<KeptCounter>> = locked(&self.counters).values().cloned().collect();
+        for counter in counters {
+            counter.write_through();
+        }
+        let gauges: Vec<Arc<KeptGauge>> = locked(&self.gauges).values().cloned().collect();
+        for gauge in gauges {
+            gauge.change(|v| v);
+        }
+    }
+
+    fn retire(&self, retired: impl Fn(&metrics::Key) -> bool) {
+        locked(&self.counters).retain(|key, counter| {
+            let retire = retired(key);
+            counter.retired.fetch_or(retire, Ordering::AcqRel);
+            !retire
+        });
+        locked(&self.gauges).retain(|key, gauge| {
+            let retire = retired(key);
+            gauge.retired.fetch_or(retire, Ordering::AcqRel);
+            !retire
+        });
+    }
+}
+
+impl metrics::Recorder for Recording {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.prometheus.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.prometheus.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.prometheus.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+        let kept = locked(&self.0.counters)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(KeptCounter {
+                    key: key.clone(),
+                    value: AtomicU64::new(0),
+                    retired: Default::default(),
+                    retiring: Arc::downgrade(&self.0),
+                })
+            })
+            .clone();
+        kept.write_through();
+        Counter::from_arc(kept)
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+        let kept = locked(&self.0.gauges)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(KeptGauge {
+                    key: key.clone(),
+                    value: std::sync::Mutex::new(0.0),
+                    retired: Default::default(),
+                    retiring: Arc::downgrade(&self.0),
+                })
+            })
+            .clone();
+        kept.change(|v| v);
+        Gauge::from_arc(kept)
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        metadata: &metrics::Metadata<'_>,
+    ) -> Histogram {
+        self.0.prometheus.register_histogram(key, metadata)
+    }
 }
 
 mod describe {
@@ -333,6 +592,8 @@ pub(crate) struct PartitionGauges {
     pub(crate) fenced: bool,
 }
 
+/// Sets one partition's state gauges, and the lag of every group with an offset committed
+/// on it.
 pub(crate) fn export_partition_gauges(topic: &TopicName, partition: u32, gauges: PartitionGauges) {
     let labels = [("topic", topic.to_string()), ("partition", partition.to_string())];
     metrics::gauge!(names::LOG_START_OFFSET, &labels).set(gauges.log_start_offset as f64);
@@ -340,6 +601,14 @@ pub(crate) fn export_partition_gauges(topic: &TopicName, partition: u32, gauges:
     metrics::gauge!(names::SEGMENTS, &labels).set(gauges.segments as f64);
     metrics::gauge!(names::LOG_BYTES, &labels).set(gauges.size_bytes as f64);
     metrics::gauge!(names::FENCED, &labels).set(if gauges.fenced { 1.0 } else { 0.0 });
+    let committed: Vec<(String, u64)> = locked(&GROUP_COMMITTED)
+        .get(&(topic.to_string(), partition))
+        .map(|groups| groups.iter().map(|(group, offset)| (group.clone(), *offset)).collect())
+        .unwrap_or_default();
+    for (group, offset) in committed {
+        let lag = gauges.log_end_offset.saturating_sub(offset);
+        record_group_lag(&group, topic.as_str(), partition, lag);
+    }
 }
 
 /// Counts one client connection while it lives.

@@ -79,6 +79,7 @@ impl Groups {
         .await?;
         let committed =
             std::mem::take(&mut *committed.lock().unwrap_or_else(PoisonError::into_inner));
+        committed.snapshot().for_each(|record| record_lag_sources(&record));
         // Member ids carry the start time, so an id from an earlier run never names a new
         // member.
         let instance = spool_storage::TimestampMs::now().0.unsigned_abs();
@@ -133,12 +134,26 @@ impl Groups {
         &self,
         record: &CommitRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
+        record_lag_sources(record);
         self.offsets.append(record.group.as_str().as_bytes().to_vec(), record.encode())
     }
 
     /// Stops taking commits, writes what is queued, and closes the offsets log.
     pub(crate) async fn close(&self) {
         self.offsets.close().await;
+    }
+}
+
+/// Tells the lag gauges the offsets a commit or reset sets (see `metrics::record_group_commit`).
+fn record_lag_sources(record: &CommitRecord) {
+    for (partition, offset) in &record.offsets {
+        let topic = partition.topic.as_str();
+        crate::metrics::record_group_commit(
+            record.group.as_str(),
+            topic,
+            partition.partition,
+            offset.0,
+        );
     }
 }
 
