@@ -116,7 +116,24 @@ pub const COMMIT_OFFSETS_MAX: usize = PARTITIONS_TOTAL_MAX as usize;
 pub const PRODUCER_BATCHES_RETAINED: usize = 5;
 /// Producers a partition tracks; beyond it, the one that appended least recently is forgotten.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 1000;
-/// Bytes at the end of each partition log read at start-up to rebuild producer state.
+/// Bytes at the end of each partition log read at start-up to rebuild producer state (whole
+/// segments, so up to one segment more).
+///
+/// What the window costs: after a restart, a retry is deduplicated only if the batch it
+/// retries lies within the window, so a producer whose batch was stored but not answered,
+/// and which retries it only after more than this was appended to the partition *and* the
+/// server restarted in between, stores it twice. A batch in flight at a crash was appended
+/// moments before it, so that takes a partition taking 64 MiB within one request's wait, or
+/// a producer cut off from the server (while others go on writing) for that long; the Rust
+/// client gives up after its delivery timeout (2 minutes by default). A producer whose state
+/// fell out of the window is not refused: the table is then incomplete and accepts an unknown
+/// producer at any sequence.
+///
+/// Why a window rather than a snapshot of the state beside each log (as Kafka does): the
+/// rebuild needs nothing but the log, whose batch headers carry every stamp, and it can never
+/// disagree with what recovery kept of the log; a snapshot would be a second file per
+/// partition to order against the log's own recovery (one ahead of a tail that recovery cut
+/// must be thrown away). The cost is start-up reading: up to this much per partition.
 pub const PRODUCER_STATE_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 /// Producer ids are reserved durably in blocks of this many, so most allocations need no
 /// fsync.
