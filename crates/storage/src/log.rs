@@ -777,7 +777,7 @@ fn last_next_offset(bytes: &[u8]) -> Option<Offset> {
         let (base, batch_bytes) = batch::peek_prefix(&bytes[at..]).ok()?;
         let count_at = at + batch::field::RECORD_COUNT;
         let count = u32::from_le_bytes(bytes.get(count_at..count_at + 4)?.try_into().ok()?);
-        next = Some(Offset(base.0 + u64::from(count)));
+        next = Some(Offset(base.0.saturating_add(u64::from(count))));
         at += batch_bytes as usize;
     }
     next

@@ -275,7 +275,7 @@ impl Segment {
         let start = self.offset_index.floor(relative).map_or(0, |e| u64::from(e.position));
         let mut found = None;
         self.walk(start, end, |batch| {
-            if batch.base_offset.0 + u64::from(batch.record_count) > offset.0 {
+            if batch.base_offset.0.saturating_add(u64::from(batch.record_count)) > offset.0 {
                 found = Some(batch.position);
                 false
             } else {
