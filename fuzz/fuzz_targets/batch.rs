@@ -1,0 +1,58 @@
+//! Any bytes through the batch checks and decoders: nothing panics, and the checks agree.
+//!
+//! - `check_for_append` accepting a batch means `check` accepts it too (its stamp is
+//!   written by `BatchBuilder`-like producers as zeros; here it is stamped first), and its
+//!   records decode without error, exactly `record_count` of them, offsets in sequence.
+//! - Whatever `check` accepts, decoding its records and headers ends (Ok or one Err) without
+//!   reading outside the batch.
+//! - `BatchIter` over a buffer stops at the first bad batch and never loops.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use spool_storage::Offset;
+use spool_storage::batch::{self, BatchIter, BatchView};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = batch::peek_prefix(data);
+
+    if let Ok(header) = batch::check_for_append(data) {
+        assert_eq!(header.batch_bytes as usize, data.len());
+        let mut stamped = data.to_vec();
+        batch::stamp(&mut stamped, Offset(7), Offset(0));
+        let view = BatchView::new(&stamped).expect("a batch fit to append checks once stamped");
+        let mut count = 0u32;
+        for (i, record) in view.records().enumerate() {
+            let record = record.expect("check_for_append walked every record");
+            assert_eq!(record.offset, Offset(7 + i as u64));
+            for h in record.headers() {
+                let h = h.expect("check_for_append walked every header");
+                assert!(std::str::from_utf8(h.key).is_ok());
+            }
+            count += 1;
+        }
+        assert_eq!(count, header.record_count);
+    }
+
+    if let Ok(view) = BatchView::new(data) {
+        assert!(view.as_bytes().len() <= data.len());
+        for record in view.records() {
+            let Ok(record) = record else { break };
+            for h in record.headers() {
+                if h.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    let mut batches = 0usize;
+    for batch in BatchIter::new(data) {
+        batches += 1;
+        if batch.is_err() {
+            break;
+        }
+    }
+    // Each batch is at least a header long, so a buffer holds only so many.
+    assert!(batches <= data.len() / batch::BATCH_HEADER_BYTES + 1);
+});
