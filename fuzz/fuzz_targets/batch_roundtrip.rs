@@ -27,11 +27,8 @@ struct InputRecord {
 }
 
 fuzz_target!(|input: Input| {
-    let records: Vec<&InputRecord> = input
-        .records
-        .iter()
-        .filter(|r| r.headers.len() <= RECORD_HEADERS_MAX as usize)
-        .collect();
+    let records: Vec<&InputRecord> =
+        input.records.iter().filter(|r| r.headers.len() <= RECORD_HEADERS_MAX as usize).collect();
     if records.is_empty() {
         return;
     }

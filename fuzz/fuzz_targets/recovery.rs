@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
-use spool_storage::{Log, LogConfig};
 use spool_storage::sim::SimFileSystem;
+use spool_storage::{Log, LogConfig};
 use spool_storage::{Offset, TimestampMs};
 
 /// Splits off a u16-length-prefixed piece.
