@@ -854,6 +854,7 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     rows.extend(group_rows(&clients));
     let count = rows.len();
     let failures = run(rows).await;
+    eprintln!("bad input: {count} malformed requests, {} answered otherwise", failures.len());
     assert!(
         failures.is_empty(),
         "{} of {count} rows failed:\n{}",
