@@ -5,8 +5,9 @@
 //! `acks=all` and one for `acks=leader`, sharing the topic's one partition. At a random moment
 //! (after a random number of acknowledgements, plus a random few milliseconds) the test sends
 //! the server SIGKILL, restarts it on the same data directory, and the producers go on from
-//! their next unsent sequence number. After the last round a consumer reads both partitions
-//! and checks, per producer:
+//! their next unsent sequence number. In some rounds a server is also killed while it starts
+//! (during recovery, or before it answers). After the last round a consumer reads both
+//! partitions and checks, per producer:
 //!
 //! - every acknowledged record is there exactly once: a process crash loses nothing that was
 //!   appended, because the kernel still holds it, so `acks=leader` is as safe as `acks=all`
@@ -172,6 +173,19 @@ fn acknowledged_records_survive_kill_9_of_the_server() {
     let mut next_sequence = [0u64; PRODUCERS.len()];
     let mut acknowledged: Vec<Vec<u64>> = vec![Vec::new(); PRODUCERS.len()];
     for round in 0..rounds {
+        if served.is_none() && rng.below(4) == 0 {
+            // A kill while the server starts: opening the data directory, recovering what the
+            // last kill left, or just ready. The next start recovers from whatever that left.
+            let delay = Duration::from_micros(rng.below(50_000));
+            let mut starting = common::serve_command(data.path())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(delay);
+            starting.kill().unwrap();
+            starting.wait().unwrap();
+            eprintln!("round {round}: killed a starting server after {delay:?}");
+        }
         let server = served.take().unwrap_or_else(|| Served::start(data.path()));
         // Some rounds kill the server before anything is acknowledged.
         let acks_before_kill = if rng.below(4) == 0 { 0 } else { 1 + rng.below(3000) };
