@@ -34,6 +34,38 @@
 //! cargo run -p spool-client --example consume
 //! ```
 //!
+//! # Messaging patterns
+//!
+//! - **Publish-subscribe:** producers write a topic; every [`Consumer`] or consumer group
+//!   reads all of it, each at its own pace.
+//! - **Consumer groups:** [`Client::group_consumer`] joins a group whose members share a
+//!   topic's partitions, with offsets committed on the server ([`GroupConsumer`]).
+//! - **Fire-and-forget:** a producer with [`Acks::None`] (see below).
+//! - **Request-reply:** [`Requester`] and [`Responder`], with the headers
+//!   [`REPLY_TO_HEADER`], [`REPLY_PARTITION_HEADER`], [`CORRELATION_ID_HEADER`] and
+//!   [`ERROR_HEADER`].
+//! - **Event-driven handlers:** [`run_handler`] runs an async function per event of a group,
+//!   retries with a bounded backoff, and moves what keeps failing to a dead-letter topic.
+//!
+//! ## Fire-and-forget: what it may lose
+//!
+//! With [`Acks::None`] a record's [`Delivery`] resolves, without an offset, as soon as its
+//! batch is handed to the produce stream; the server answers only failures. It is still
+//! batched, and still bounded: the buffer holds at most [`ProducerConfig::buffer_bytes_max`]
+//! bytes, and when it is full [`Producer::send`] waits ([`Backpressure::Wait`]) or fails with
+//! [`ProduceError::BufferFull`] ([`Backpressure::FailFast`]); it never grows. What it may lose,
+//! without telling the sender:
+//!
+//! - every record buffered or in flight when the process exits or the connection breaks
+//!   (the producer then fails with [`ProduceError::Disconnected`], but records already
+//!   reported delivered are not reported again);
+//! - a batch the server refuses (a bad partition, a fenced partition, a full disk): it is
+//!   only counted in [`ProducerStats::unacknowledged_failures`] and logged;
+//! - records appended but not yet synced, when the server's machine crashes (as with
+//!   [`Acks::Leader`]).
+//!
+//! Use it for data that can be lost (metrics, telemetry); use [`Acks::All`] for anything else.
+//!
 //! Errors are one enum per operation ([`ProduceError`], [`ConsumeError`], [`AdminError`],
 //! [`ProducerError`], [`ConnectError`]); what the server refused carries an [`ErrorCode`] to
 //! match on.
@@ -44,7 +76,9 @@
 mod consumer;
 mod error;
 mod group;
+mod handler;
 mod producer;
+mod request;
 mod topics;
 
 use spool_broker::limits::RESPONSE_BYTES_MAX;
@@ -62,9 +96,18 @@ pub use group::{
     Assignment, CommitMode, GroupConfig, GroupConsumer, GroupEvent, GroupRecord, GroupRecords,
     OffsetReset, TopicPartition,
 };
+pub use handler::{
+    DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_GROUP_HEADER, DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, Event, HandlerConfig, HandlerError, HandlerStats,
+    run_handler,
+};
 pub use producer::{
     Acks, Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record,
     RecordMetadata,
+};
+pub use request::{
+    CORRELATION_ID_HEADER, ERROR_HEADER, PendingReply, REPLY_PARTITION_HEADER, REPLY_TO_HEADER,
+    Reply, Request, RequestError, Requester, RequesterConfig, Responder,
 };
 pub use topics::{Fsync, PartitionInfo, TopicInfo, TopicSettings};
 
