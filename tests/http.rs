@@ -51,6 +51,17 @@ impl Browserside {
         Browserside::start(data, ServeOptions::default()).await
     }
 
+    /// Shuts the server down and starts it again on the same data and HTTP address.
+    async fn restart(self) -> Browserside {
+        let Browserside { server, base, client } = self;
+        let data = server.data_dir.clone();
+        server.shutdown().await;
+        let listener = TcpListener::bind(base.trim_start_matches("http://")).await.unwrap();
+        let options = ServeOptions { http: Some(listener), ..Default::default() };
+        let server = TestServer::start_with(&data, options).await;
+        Browserside { server, base, client }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -291,7 +302,7 @@ async fn a_websocket_subscribes_produces_and_reports_errors_by_id() {
         "record": {"key": "alice", "value": "hello", "headers": [{"key": "lang", "value": "en"}]}});
     socket.send(produce).await;
     // The answer and the event may come in either order.
-    let mut seen = vec![socket.next().await, socket.next().await];
+    let mut seen = [socket.next().await, socket.next().await];
     seen.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
     assert_eq!(seen[0]["type"], "event");
     assert_eq!(seen[0]["offset"], 1);
@@ -645,14 +656,17 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
 async fn the_page_in_headless_chromium_follows_resumes_and_publishes() {
     let Some((chromium, modules)) = browser_tools() else { return };
     let data = tempfile::tempdir().unwrap();
-    let http = Browserside::open(data.path()).await;
+    let mut http = Browserside::open(data.path()).await;
     http.server.create_topic("demo", 2, Policy::Always(Always {})).await;
     let history: Vec<_> =
         (0..30).map(|i| keyed("sensor-1", &format!("{{\"reading\":{i}}}"))).collect();
     http.server.produce("demo", Some(0), history).await.unwrap();
 
     let script = root().join("tests/browser/e2e.mjs");
-    let shots = root().join("docs/screenshots");
+    // `SPOOL_SCREENSHOTS=docs/screenshots` refreshes the README's pictures.
+    let shots = std::env::var_os("SPOOL_SCREENSHOTS")
+        .map_or_else(|| root().join("target/browser-screenshots"), PathBuf::from);
+    std::fs::create_dir_all(&shots).unwrap();
     let mut child = KillOnDrop(
         std::process::Command::new("node")
             .arg(&script)
@@ -679,7 +693,7 @@ async fn the_page_in_headless_chromium_follows_resumes_and_publishes() {
             }
         }
     });
-    let mut answer = |text: &str| {
+    let mut answer = move |text: &str| {
         use std::io::Write;
         stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
@@ -703,11 +717,28 @@ async fn the_page_in_headless_chromium_follows_resumes_and_publishes() {
                 produced += n;
                 answer("ok");
             }
+            // Restart the server under the page, producing N records before it answers.
+            "restart" => {
+                let n: usize = rest.parse().unwrap();
+                http = http.restart().await;
+                let records = (produced..produced + n)
+                    .map(|i| keyed("sensor-1", &format!("{{\"reading\":{i}}}")))
+                    .collect();
+                http.server.produce("demo", Some(0), records).await.unwrap();
+                produced += n;
+                answer("ok");
+            }
             "report" => report = Some(serde_json::from_str::<Value>(rest).unwrap()),
             _ => eprintln!("browser: {line}"),
         }
     }
-    let status = tokio::task::spawn_blocking(move || child.0.wait()).await.unwrap().unwrap();
+    drop(answer);
+    let exited = tokio::task::spawn_blocking(move || child.0.wait());
+    let status = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .expect("the browser script did not exit")
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "the browser script failed");
     let report = report.unwrap();
     let seen: Vec<u64> =
