@@ -61,15 +61,14 @@ fn rejected_code(error: &ProduceError) -> (ErrorCode, &str) {
     }
 }
 
-#[test]
-fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
-    if !Command::new("strace").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
-        return skip("strace is not installed (Debian: apt-get install strace)");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // Three records acknowledged by a server without faults.
-    let served = Served::start(&data);
+fn strace_missing() -> bool {
+    !Command::new("strace").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Three records acknowledged in topic `doomed` (and a topic `healthy`) by a server without
+/// faults, in `dir`/data.
+fn acknowledged_before_the_fault(data: &Path) -> Vec<String> {
+    let served = Served::start(data);
     let acknowledged: Vec<String> = (0..3).map(|i| format!("record {i}")).collect();
     runtime().block_on(async {
         let client = Client::connect(&served.url).await.unwrap();
@@ -81,24 +80,71 @@ fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
         }
     });
     assert!(served.terminate());
+    acknowledged
+}
 
-    // The same data under strace, which fails every fdatasync of doomed's segment file with
-    // EIO. (strace counts `when=N` per thread, so "fail from the Nth sync on" would not be
-    // deterministic in a multi-threaded server; failing every sync after a restart is.)
+/// The server on `data` under strace, which injects `inject` (like
+/// `fdatasync:error=EIO`) into the system calls on `doomed`'s segment file only. (strace
+/// counts `when=N` per thread, so "fail from the Nth call on" would not be deterministic in a
+/// multi-threaded server; failing every call after a restart is.)
+fn served_with_fault(dir: &Path, data: &Path, inject: &str) -> Served {
     let segment = data.join("topics/doomed/0/00000000000000000000.log");
+    let syscalls = inject.split(':').next().unwrap();
     let mut strace = Command::new("strace");
     strace
         .arg("-f")
         .arg("-o")
-        .arg(dir.path().join("strace.log"))
-        .args(["-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO"])
-        // Only system calls on this path are traced, so only its fdatasync fails.
+        .arg(dir.join("strace.log"))
+        .arg("-e")
+        .arg(format!("trace={syscalls}"))
+        .arg("-e")
+        .arg(format!("inject={inject}"))
+        // Only system calls on this path are traced, so only its calls fail.
         .arg("-P")
         .arg(&segment)
         .arg(SPOOL)
-        .args(serve_args(&data))
+        .args(serve_args(data))
         .env("RUST_LOG", "warn");
-    let served = Served::spawn_wrapped(strace);
+    Served::spawn_wrapped(strace)
+}
+
+/// After the fault: other topics, and one created after it, take and serve writes.
+async fn the_rest_serves(client: &Client) {
+    for (topic, fresh) in [("healthy", false), ("created-after", true)] {
+        if fresh {
+            client.create_topic(topic, TopicSettings::default()).await.unwrap();
+        }
+        for i in 0..3 {
+            produce_one(client, topic, &format!("{topic} {i}")).await.unwrap();
+        }
+        let expected: Vec<_> = (0..3).map(|i| format!("{topic} {i}")).collect();
+        assert_eq!(values(client, topic).await, expected);
+    }
+}
+
+/// A restart without the fault reopens the partition: what was acknowledged is there, in
+/// order (a refused record may be too, if its bytes reached the file), and it takes writes.
+fn a_restart_recovers(data: &Path, acknowledged: &[String]) {
+    let served = Served::start(data);
+    runtime().block_on(async {
+        let client = Client::connect(&served.url).await.unwrap();
+        let stored = values(&client, "doomed").await;
+        assert_eq!(stored[..acknowledged.len()], *acknowledged);
+        assert!(stored.len() <= acknowledged.len() + 1, "only a refused record: {stored:?}");
+        produce_one(&client, "doomed", "after the restart").await.unwrap();
+    });
+    assert!(served.terminate());
+}
+
+#[test]
+fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
+    if strace_missing() {
+        return skip("strace is not installed (Debian: apt-get install strace)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let acknowledged = acknowledged_before_the_fault(&data);
+    let served = served_with_fault(dir.path(), &data, "fdatasync:error=EIO");
 
     runtime().block_on(async {
         let client = Client::connect(&served.url).await.unwrap();
@@ -122,35 +168,47 @@ fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
         assert_eq!(values(&client, "doomed").await, acknowledged);
         // The describe call names the reason.
         let described = client.describe_topic("doomed").await.unwrap();
-        let fenced = format!("{:?}", described.partition_states[0]);
+        let fenced = described.partition_states[0].fenced_reason.clone().expect("fenced");
         assert!(fenced.contains("Input/output error"), "{fenced}");
 
-        // The rest of the server serves: another topic takes and returns writes, and a topic
-        // created after the fault does too.
-        for (topic, fresh) in [("healthy", false), ("created-after", true)] {
-            if fresh {
-                client.create_topic(topic, TopicSettings::default()).await.unwrap();
-            }
-            for i in 0..3 {
-                produce_one(&client, topic, &format!("{topic} {i}")).await.unwrap();
-            }
-            let expected: Vec<_> = (0..3).map(|i| format!("{topic} {i}")).collect();
-            assert_eq!(values(&client, topic).await, expected);
-        }
+        the_rest_serves(&client).await;
     });
     assert!(served.terminate(), "the server stops cleanly with one partition fenced");
 
-    // A restart without the fault reopens the partition: what was acknowledged is there, in
-    // order (the refused record may be too: its bytes reached the file), and it takes writes.
-    let served = Served::start(&data);
+    a_restart_recovers(&data, &acknowledged);
+}
+
+/// A write that fails with nothing written leaves the file as it was, so the partition is
+/// not fenced: each write is tried and refused (INTERNAL, naming the file and saying nothing
+/// was written) while the fault lasts, nothing is acknowledged, and the rest serves.
+#[test]
+fn a_failed_write_is_refused_unacknowledged_and_the_rest_serves() {
+    if strace_missing() {
+        return skip("strace is not installed (Debian: apt-get install strace)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let acknowledged = acknowledged_before_the_fault(&data);
+    // The segment file is written with pwrite64 (one buffer) or pwritev (several).
+    let served = served_with_fault(dir.path(), &data, "pwrite64,pwritev:error=EIO");
+
     runtime().block_on(async {
         let client = Client::connect(&served.url).await.unwrap();
-        let stored = values(&client, "doomed").await;
-        assert_eq!(stored[..3], acknowledged);
-        assert!(stored.len() <= 4, "only the refused record may be added: {stored:?}");
-        produce_one(&client, "doomed", "after the restart").await.unwrap();
+        for attempt in ["never written", "nor this"] {
+            let refusal = produce_one(&client, "doomed", attempt).await.unwrap_err();
+            let (code, message) = rejected_code(&refusal);
+            assert_eq!(code, ErrorCode::Internal, "{message}");
+            assert!(message.contains("partition 0 of topic doomed: writing"), "{message}");
+            assert!(message.contains("Input/output error"), "{message}");
+            assert!(message.contains("nothing was written"), "{message}");
+        }
+        assert_eq!(values(&client, "doomed").await, acknowledged);
+        let described = client.describe_topic("doomed").await.unwrap();
+        assert_eq!(described.partition_states[0].fenced_reason, None, "not fenced");
+        the_rest_serves(&client).await;
     });
-    assert!(served.terminate());
+    assert!(served.terminate(), "the server stops cleanly with one partition fenced");
+    a_restart_recovers(&data, &acknowledged);
 }
 
 /// A tmpfs of `bytes` mounted on a new temporary directory, unmounted on drop.
