@@ -691,6 +691,21 @@ fn consume_rows(c: &Clients) -> Vec<Row> {
         let call = first_message(c.consume.clone(), request);
         rows.push(row(format!("Subscribe {what}"), code, message_has, call));
     }
+    // A live subscription to a topic that is deleted under it is ended, not left hanging.
+    let (mut consume, mut topics) = (c.consume.clone(), c.topics.clone());
+    let call = async move {
+        let request = SubscribeRequest {
+            topic: "deleting".into(),
+            stop_at_end: false,
+            ..subscribe(Position::Earliest(Earliest {}))
+        };
+        let mut stream = consume.subscribe(request).await?.into_inner();
+        stream.message().await?.expect("the topic's one record");
+        topics.delete_topic(DeleteTopicRequest { name: "deleting".into() }).await?;
+        while stream.message().await?.is_some() {}
+        Ok("the stream ended with OK")
+    };
+    rows.push(row("Subscribe to a topic deleted under it", Code::NotFound, "deleted", call));
     rows
 }
 
@@ -824,6 +839,8 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     server.create_topic("unsynced", 1, Policy::Never(Never {})).await;
     server.create_topic("gone", 1, Policy::Always(Always {})).await;
     server.produce("t", Some(0), vec![record("a"), record("b"), record("c")]).await.unwrap();
+    server.create_topic("deleting", 1, Policy::Always(Always {})).await;
+    server.produce("deleting", Some(0), vec![record("last words")]).await.unwrap();
     let mut topics = server.topics().await;
     topics.delete_topic(DeleteTopicRequest { name: "gone".into() }).await.unwrap();
     // A group with committed offsets and no members, for ResetGroup.
