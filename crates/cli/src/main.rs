@@ -99,6 +99,41 @@ enum Command {
         #[command(subcommand)]
         command: group::GroupCommand,
     },
+    /// Send a request to TOPIC and print the reply's value (request-reply over the log; see
+    /// `spool respond`).
+    Request {
+        #[command(flatten)]
+        server: ServerArg,
+        topic: String,
+        /// The request's value; without it, all of standard input.
+        value: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// How long to wait for the reply: 500ms, 5s, 2m.
+        #[arg(long, default_value = "30s", value_parser = request::parse_duration)]
+        timeout: std::time::Duration,
+        /// The topic the reply goes to (it must exist); default TOPIC.replies.
+        #[arg(long)]
+        reply_topic: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        reply_partition: u32,
+    },
+    /// Answer requests to TOPIC as a member of GROUP: each request's value goes to COMMAND's
+    /// standard input and its standard output is the reply; a non-zero exit is a reply with
+    /// an error. Runs until Ctrl-C.
+    Respond {
+        #[command(flatten)]
+        server: ServerArg,
+        topic: String,
+        #[arg(long)]
+        group: String,
+        /// The member's session timeout, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u32,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Read a segment (.log) or index (.index, .timeindex) file offline and print its
     /// batches or entries, with any CRC or format error found.
     Dump {
@@ -243,6 +278,21 @@ fn main() -> ExitCode {
         }
         Command::Group { server, command } => {
             block_on(async move { group::group(&server, command).await })
+        }
+        Command::Request { server, topic, value, key, timeout, reply_topic, reply_partition } => {
+            let options = request::RequestOptions {
+                topic,
+                value,
+                key,
+                timeout,
+                reply_topic,
+                reply_partition,
+            };
+            block_on(async move { request::request(&server, options).await })
+        }
+        Command::Respond { server, topic, group, session_timeout_ms, command } => {
+            let options = request::RespondOptions { topic, group, command, session_timeout_ms };
+            block_on(async move { request::respond(&server, options).await })
         }
     };
     match outcome {
