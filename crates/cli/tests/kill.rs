@@ -228,7 +228,15 @@ fn acknowledged_records_survive_kill_9_of_the_server() {
         }
     }
 
-    let served = Served::start(data.path());
+    // The last restart, with the server's info log, which reports what recovery found.
+    let mut command = common::serve_command(data.path());
+    command.env("RUST_LOG", "warn,spool_server=info");
+    let served = Served::spawn(command);
+    let log = served.log();
+    assert!(
+        log.contains("0 clean, 2 recovered after a crash, 0 fenced"),
+        "the restart reports both partitions recovered: {log}"
+    );
     let mut found: HashMap<usize, Vec<u64>> = HashMap::new();
     runtime.block_on(async {
         for topic in ["always", "interval"] {
