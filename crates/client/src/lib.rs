@@ -32,6 +32,8 @@
 //! ```sh
 //! cargo run -p spool-client --example produce
 //! cargo run -p spool-client --example consume
+//! cargo run -p spool-client --example request_reply
+//! cargo run -p spool-client --example event_handler
 //! ```
 //!
 //! # Messaging patterns
