@@ -278,6 +278,10 @@ async fn sse_refuses_bad_starts_with_statuses_a_person_can_act_on() {
     check("/v1/topics/t/partitions/3/events", None, StatusCode::NOT_FOUND, "partition 3").await;
     check("/v1/topics/BAD!/partitions/0/events", None, StatusCode::BAD_REQUEST, "topic name").await;
     check("/v1/elsewhere", None, StatusCode::NOT_FOUND, "/v1/elsewhere").await;
+    check("/v1/topics/t/partitions/x/events", None, StatusCode::BAD_REQUEST, "`x`").await;
+    check("/v1/topics/t/partitions/0/records?offset=-1", None, StatusCode::BAD_REQUEST, "offset")
+        .await;
+    check("/v1/ws", None, StatusCode::BAD_REQUEST, "upgrade").await;
 }
 
 #[tokio::test]

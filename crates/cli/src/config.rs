@@ -317,3 +317,37 @@ impl ServeConfig {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<ServeConfig> {
+        let matches = Serve::command().try_get_matches_from(args)?;
+        let serve = Serve::from_arg_matches(&matches)?;
+        ServeConfig::resolve(serve.args, &matches)
+    }
+
+    #[test]
+    fn the_browser_listener_is_off_by_default_and_loopback_only_unless_accepted() {
+        let config = resolve(&["serve"]).unwrap();
+        assert_eq!(config.http.value, None);
+        assert!(config.to_toml().contains("# http =  # not set"));
+        let config = resolve(&["serve", "--http", "127.0.0.1:8080"]).unwrap();
+        assert_eq!(config.http.value, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert!(config.to_toml().contains("http = \"127.0.0.1:8080\"  # flag"));
+        let refused = resolve(&["serve", "--http", "0.0.0.0:8080"]).unwrap_err().to_string();
+        assert!(refused.contains("plain HTTP"), "{refused}");
+        let accepted =
+            resolve(&["serve", "--http", "0.0.0.0:8080", "--allow-insecure-remote"]).unwrap();
+        assert_eq!(accepted.http.value, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+    }
+}

@@ -38,6 +38,8 @@ pub(crate) enum BadRequest {
     BodyTooLarge { bytes: usize, bytes_max: usize },
     #[error("the body could not be read: {reason}")]
     Body { reason: String },
+    #[error("the request is not one this endpoint takes: {reason}")]
+    Rejected { reason: String },
     #[error("the message is not one this socket understands: {reason}")]
     Message { reason: String },
     #[error(

@@ -35,10 +35,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spool_broker::limits::{
     HTTP_HISTORY_RECORDS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
@@ -80,12 +82,6 @@ enum TokenSources {
     WebSocket,
 }
 
-impl TokenSources {
-    const GET: TokenSources = TokenSources::Get;
-    const POST: TokenSources = TokenSources::Post;
-    const WEBSOCKET: TokenSources = TokenSources::WebSocket;
-}
-
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -110,6 +106,34 @@ fn same_origin(headers: &HeaderMap) -> Result<(), BadRequest> {
             Ok(())
         }
         (Some(origin), _) => Err(BadRequest::CrossOrigin { origin: origin.to_owned() }),
+    }
+}
+
+/// axum's `Query`, refusing with the listener's JSON error.
+pub(crate) struct QueryOf<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(QueryOf(query)),
+            Err(rejection) => Err(BadRequest::Rejected { reason: rejection.body_text() }.into()),
+        }
+    }
+}
+
+/// axum's `Path`, refusing with the listener's JSON error.
+pub(crate) struct PathOf<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathOf<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(path)) => Ok(PathOf(path)),
+            Err(rejection) => Err(BadRequest::Rejected { reason: rejection.body_text() }.into()),
+        }
     }
 }
 
@@ -234,10 +258,10 @@ struct TopicsJson {
 /// The topics the caller holds some grant on; others are not mentioned.
 async fn topics(
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
+    QueryOf(query): QueryOf<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Json<TopicsJson>, HttpError> {
-    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::GET)?;
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Get)?;
     caller.check_token()?;
     let topics = state
         .broker
@@ -262,11 +286,11 @@ struct HistoryQuery {
 /// Records from `offset`, a page at a time: what the page's "older" button loads.
 async fn history(
     State(state): State<AppState>,
-    Path((topic, partition)): Path<(String, u32)>,
-    Query(query): Query<HistoryQuery>,
+    PathOf((topic, partition)): PathOf<(String, u32)>,
+    QueryOf(query): QueryOf<HistoryQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::GET)?;
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Get)?;
     caller.allow(Action::Consume, Resource::Topic(&topic))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=HTTP_HISTORY_RECORDS_MAX).contains(&limit) {
@@ -330,12 +354,12 @@ fn raw_record(query: &ProduceQuery, headers: &HeaderMap, body: Bytes) -> RecordI
 /// raw body; answers `{"topic", "partition", "offset"}` once the record is acknowledged.
 async fn produce_post(
     State(state): State<AppState>,
-    Path(topic): Path<String>,
-    Query(query): Query<ProduceQuery>,
+    PathOf(topic): PathOf<String>,
+    QueryOf(query): QueryOf<ProduceQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::POST)?;
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Post)?;
     // Permission before the body's faults: a caller without a grant learns nothing more.
     caller.allow(Action::Produce, Resource::Topic(&topic))?;
     let body = body.map_err(|rejection| match rejection.status() {

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::error::HttpError;
 use super::follow::Item;
 use super::records::{EventJson, Start};
-use super::{AppState, TokenSources};
+use super::{AppState, PathOf, QueryOf, TokenSources};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventsQuery {
@@ -56,11 +56,11 @@ fn render(item: Item) -> Bytes {
 
 pub(crate) async fn events(
     State(state): State<AppState>,
-    Path((topic, partition)): Path<(String, u32)>,
-    Query(query): Query<EventsQuery>,
+    PathOf((topic, partition)): PathOf<(String, u32)>,
+    QueryOf(query): QueryOf<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::GET)?;
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Get)?;
     let start = match headers.get("last-event-id").map(|id| id.to_str()) {
         Some(Ok(id)) => Start::after_event(id)?,
         Some(Err(_)) => Err(super::error::BadRequest::LastEventId { id: "(not text)".to_owned() })?,

@@ -27,8 +27,9 @@
 //! the server without bound. Records toward the client come through the subscription's
 //! bounded queue (see [`super::follow`]); a client that stops reading stops the log reads.
 
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,7 @@ use spool_broker::limits::HTTP_REQUEST_BYTES_MAX;
 use super::error::{BadRequest, ErrorBody, HttpError};
 use super::follow::Item;
 use super::records::{EventJson, RecordJson, Start, produce};
-use super::{AppState, Subscription, TokenSources};
+use super::{AppState, QueryOf, Subscription, TokenSources};
 use crate::auth::Caller;
 
 #[derive(Debug, Deserialize)]
@@ -102,11 +103,13 @@ fn text(message: &ServerMessage<'_>) -> Message {
 
 pub(crate) async fn socket(
     State(state): State<AppState>,
-    Query(query): Query<SocketQuery>,
+    QueryOf(query): QueryOf<SocketQuery>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HttpError> {
-    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::WEBSOCKET)?;
+    let upgrade =
+        upgrade.map_err(|rejection| BadRequest::Rejected { reason: rejection.body_text() })?;
+    let caller = state.caller(&headers, query.token.as_deref(), TokenSources::WebSocket)?;
     let slot = state.slot()?;
     // A subscription asked for in the query is opened before the upgrade, so its errors are
     // plain HTTP statuses.
