@@ -80,6 +80,10 @@ pub const HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
 /// Subscriptions (SSE streams and WebSockets) the listener serves at once; one more is
 /// answered 503.
 pub const HTTP_STREAMS_MAX: usize = 1024;
+/// Bytes of records being produced through the listener at once (POST bodies and WebSocket
+/// produce messages, from the moment they are read until they are acknowledged); a request
+/// beyond it waits, reading nothing more, until there is room.
+pub const HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX: usize = 64 * 1024 * 1024;
 /// The most records one history request (`GET .../records`) answers.
 pub const HTTP_HISTORY_RECORDS_MAX: u32 = 1000;
 
@@ -157,6 +161,9 @@ const _: () = assert!(SUBSCRIBE_QUEUE_DEPTH >= 1);
 // A browser can send one record of a largest batch's size, base64-encoded.
 const _: () = assert!(HTTP_REQUEST_BYTES_MAX > BATCH_BYTES_MAX as usize / 3 * 4);
 const _: () = assert!(HTTP_SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
+// One largest request fits in the budget, which a semaphore counts in u32 permits.
+const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX >= HTTP_REQUEST_BYTES_MAX);
+const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX <= u32::MAX as usize);
 const _: () = assert!(HTTP_SUBSCRIBE_QUEUE_DEPTH >= 1);
 const _: () = assert!(HTTP_HISTORY_RECORDS_MAX <= BATCH_RECORDS_MAX);
 const _: () = assert!(PRODUCE_STREAM_IN_FLIGHT_MAX <= STREAMS_PER_CONNECTION_MAX as usize);

@@ -22,7 +22,9 @@
 //!
 //! Every stream has a bound: at most `HTTP_STREAMS_MAX` subscriptions and sockets at once,
 //! a bounded queue per subscription ([`follow`]), one produce in flight per socket, bodies
-//! and messages of at most `HTTP_REQUEST_BYTES_MAX`.
+//! and messages of at most `HTTP_REQUEST_BYTES_MAX`, and at most
+//! `HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX` of records being produced at once over all of them
+//! (a socket holds at most one more message, read but waiting for that budget).
 
 mod error;
 mod follow;
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -43,7 +45,8 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spool_broker::limits::{
-    HTTP_HISTORY_RECORDS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
+    HTTP_HISTORY_RECORDS_MAX, HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX, HTTP_REQUEST_BYTES_MAX,
+    HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
 };
 use spool_storage::Offset;
 use tokio::net::TcpListener;
@@ -57,6 +60,7 @@ use self::records::{EventJson, RecordIn, RecordJson, Start, produce};
 use crate::auth::{Action, AuthLayer, Caller, Resource};
 use crate::broker::Broker;
 use crate::consume::{Wire, answer};
+use crate::error::ServiceError;
 
 /// The page at `/`.
 const PAGE: &str = include_str!("page.html");
@@ -69,6 +73,8 @@ pub(crate) struct AppState {
     broker: Arc<Broker>,
     auth: AuthLayer,
     streams: Arc<Semaphore>,
+    /// `HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX` permits, one per byte being produced.
+    produce_bytes: Arc<Semaphore>,
 }
 
 /// Where a request's token may come from besides the `Authorization` header and `?token=`.
@@ -196,6 +202,16 @@ impl AppState {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BadRequest::TooManyStreams { streams_max: HTTP_STREAMS_MAX }.into())
+    }
+
+    /// Waits until `bytes` more may be in flight toward the writers.
+    async fn produce_budget(&self, bytes: usize) -> Result<OwnedSemaphorePermit, HttpError> {
+        let bytes = bytes.min(HTTP_REQUEST_BYTES_MAX) as u32;
+        self.produce_bytes
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| ServiceError::ShuttingDown.into())
     }
 
     /// Opens a subscription: checks the grant, resolves the start, starts its feed.
@@ -352,17 +368,26 @@ fn raw_record(query: &ProduceQuery, headers: &HeaderMap, body: Bytes) -> RecordI
 
 /// `POST /v1/topics/{topic}/records`: a JSON record (`Content-Type: application/json`) or a
 /// raw body; answers `{"topic", "partition", "offset"}` once the record is acknowledged.
+///
+/// The caller and its grant are checked before the body is read, and the body is read only
+/// once the produce budget has room for it (its `Content-Length`, else the largest body).
 async fn produce_post(
     State(state): State<AppState>,
     PathOf(topic): PathOf<String>,
     QueryOf(query): QueryOf<ProduceQuery>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, HttpError> {
+    let headers = request.headers().clone();
     let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Post)?;
     // Permission before the body's faults: a caller without a grant learns nothing more.
     caller.allow(Action::Produce, Resource::Topic(&topic))?;
-    let body = body.map_err(|rejection| match rejection.status() {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let _budget = state.produce_budget(length.unwrap_or(HTTP_REQUEST_BYTES_MAX)).await?;
+    let body = Bytes::from_request(request, &state).await;
+    let body = body.map_err(|rejection: BytesRejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => BadRequest::BodyTooLarge {
             bytes: HTTP_REQUEST_BYTES_MAX + 1,
             bytes_max: HTTP_REQUEST_BYTES_MAX,
@@ -411,6 +436,11 @@ pub(crate) async fn serve(
     auth: AuthLayer,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = AppState { broker, auth, streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)) };
+    let state = AppState {
+        broker,
+        auth,
+        streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)),
+        produce_bytes: Arc::new(Semaphore::new(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX)),
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
 }

@@ -256,9 +256,10 @@ async fn handle(
             None
         }
         ClientMessage::Produce { id, topic, record } => {
-            let produced = match record.decode() {
-                Ok(record) => produce(&state.broker, caller, &topic, record).await,
-                Err(error) => Err(error.into()),
+            let produced = match (record.decode(), state.produce_budget(json.len()).await) {
+                (Ok(record), Ok(_budget)) => produce(&state.broker, caller, &topic, record).await,
+                (Err(error), _) => Err(error.into()),
+                (_, Err(error)) => Err(error),
             };
             Some(match produced {
                 Ok(produced) => text(&ServerMessage::Produced {
