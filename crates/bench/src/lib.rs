@@ -9,6 +9,8 @@
 //! - Targets: Spool, a running server (`--server URL`) or one started in-process on a
 //!   temporary directory; and NATS JetStream ([`nats`]) as a peer, with a file-storage stream
 //!   at the server's default sync interval and with `sync_interval: always`.
+//! - `spool bench group` ([`group`]): members of one consumer group share a pre-produced
+//!   topic; their throughput, and how long partitions pause when the group rebalances.
 //! - `spool bench disk` ([`disk`]) measures the disk under the data directory; produce and
 //!   e2e results carry their ratio to it ([`VsDisk`]).
 //! - Output: a table, `--json` (one object per workload and target, one line each), and
@@ -17,6 +19,7 @@
 //! Benchmarks measure; they never judge. Nothing here fails because a machine is slow.
 
 pub mod disk;
+pub mod group;
 pub mod machine;
 mod nats;
 pub mod report;
@@ -46,6 +49,9 @@ pub enum BenchCommand {
     E2e(WorkloadArgs),
     /// Measure the disk under the data directory: the limits produce results are compared to.
     Disk(DiskArgs),
+    /// Consumers in one consumer group share a pre-produced topic: msgs/s, and how long
+    /// partitions pause when a member joins or leaves.
+    Group(group::GroupArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -363,6 +369,7 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Produce(args) => run_workload(Workload::Produce, args).await,
         BenchCommand::Consume(args) => run_workload(Workload::Consume, args).await,
         BenchCommand::E2e(args) => run_workload(Workload::E2e, args).await,
+        BenchCommand::Group(args) => group::run(args).await,
     }
 }
 
