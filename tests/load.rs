@@ -169,12 +169,14 @@ async fn fifty_producers_and_five_hundred_subscribers_lose_nothing_and_stay_boun
     // Samples the peak of resident memory and of subscriber buffers while the load runs.
     let peak_rss = Arc::new(AtomicU64::new(rss_before));
     let peak_buffered = Arc::new(AtomicU64::new(0));
+    let peak_files = Arc::new(AtomicU64::new(files_before as u64));
     let sampler = {
-        let (peak_rss, peak_buffered, metrics) =
-            (peak_rss.clone(), peak_buffered.clone(), metrics.clone());
+        let (peak_rss, peak_buffered, peak_files, metrics) =
+            (peak_rss.clone(), peak_buffered.clone(), peak_files.clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
                 peak_rss.fetch_max(vm_rss_bytes(), Ordering::Relaxed);
+                peak_files.fetch_max(open_files() as u64, Ordering::Relaxed);
                 peak_buffered.fetch_max(metrics.subscriber_buffered_bytes(), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -229,9 +231,17 @@ async fn fifty_producers_and_five_hundred_subscribers_lose_nothing_and_stay_boun
     let growth = peak_rss.saturating_sub(rss_before);
     eprintln!(
         "load: {PRODUCERS} producers x {records} records, {SUBSCRIBERS} subscribers; read {read}; \
-         peak subscriber buffers {peak_buffered} bytes; RSS {rss_before} -> peak {peak_rss} bytes"
+         peak subscriber buffers {peak_buffered} bytes; RSS {rss_before} -> peak {peak_rss} bytes; \
+         open files {files_before} -> peak {}",
+        peak_files.load(Ordering::Relaxed),
     );
     assert!(growth <= RSS_GROWTH_BYTES_MAX, "resident memory grew by {growth} bytes");
+    // Both ends of every connection are in this process; beyond those, a few dozen files (the
+    // partitions' segments and indexes, the listener, the runtime): nothing per subscriber.
+    let connections = PRODUCERS + SUBSCRIBER_CONNECTIONS + 1;
+    let files_max = files_before + 2 * connections + 50;
+    let peak_files = peak_files.load(Ordering::Relaxed) as usize;
+    assert!(peak_files <= files_max, "{peak_files} files open at the peak, over {files_max}");
 
     // Every connection and file the run opened is closed once the server stops.
     Arc::into_inner(server).expect("no task holds the server").shutdown().await;
