@@ -163,11 +163,11 @@ const _: () = assert!(spool_broker::limits::WRITER_GROUP_BATCHES_MAX <= 256, "th
 /// between scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a retired series (of a deleted topic) stays on `/metrics`, at most, before the
-/// exporter drops it. Live series are rewritten every quarter of it.
+/// exporter drops it. Live series are rewritten every eighth of it (at most every 5 s).
 pub const SERIES_IDLE_DEFAULT: Duration = Duration::from_secs(60);
 /// Rewrites of live series per idle time: a rewrite may come this many times late, less one,
 /// before a live series would go idle.
-const REWRITES_PER_IDLE: u32 = 4;
+const REWRITES_PER_IDLE: u32 = 8;
 
 static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
