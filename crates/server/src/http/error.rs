@@ -32,8 +32,8 @@ pub(crate) enum BadRequest {
     Encoding { encoding: String },
     #[error("{field} is not valid base64: {reason}")]
     Base64 { field: &'static str, reason: String },
-    #[error("the query parameter {name} is {value:?}: {reason}")]
-    Query { name: &'static str, value: String, reason: &'static str },
+    #[error("limit is {limit}; it must be 1..={limit_max}")]
+    HistoryLimit { limit: u32, limit_max: u32 },
     #[error("the body is {bytes} bytes or more; the limit is {bytes_max} bytes")]
     BodyTooLarge { bytes: usize, bytes_max: usize },
     #[error("the body could not be read: {reason}")]

@@ -57,7 +57,7 @@ use tonic::service::Interceptor;
 use self::error::{BadRequest, HttpError};
 use self::follow::{Item, feed};
 use self::records::{EventJson, RecordIn, RecordJson, Start, produce};
-use crate::auth::{Action, AuthLayer, Caller, Resource};
+use crate::auth::{Action, AuthError, AuthLayer, Caller, Resource};
 use crate::broker::Broker;
 use crate::consume::{Wire, answer};
 use crate::error::ServiceError;
@@ -179,9 +179,17 @@ impl AppState {
                 cookie.and_then(|token| format!("Bearer {token}").parse().ok())
             }
         };
+        // What the interceptor refuses, told apart the way it tells them apart.
+        let refused = match &authorization {
+            None => AuthError::NoToken,
+            Some(value) if !value.to_str().is_ok_and(|v| v.starts_with("Bearer ")) => {
+                AuthError::Malformed
+            }
+            Some(_) => AuthError::UnknownToken,
+        };
         if let Some(value) = authorization {
             let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
-                .map_err(|_| HttpError::from(crate::auth::AuthError::Malformed))?;
+                .map_err(|_| HttpError::from(AuthError::Malformed))?;
             request.metadata_mut().insert("authorization", value);
         }
         let mut auth = self.auth.clone();
@@ -192,7 +200,7 @@ impl AppState {
                 .cloned()
                 .expect("the interceptor leaves a caller in every request it lets through")),
             // The interceptor refuses only a missing, malformed or unknown token.
-            Err(_) => Err(HttpError::from(missing_or_unknown(headers, query_token))),
+            Err(_) => Err(refused.into()),
         }
     }
 
@@ -234,20 +242,6 @@ impl AppState {
         };
         tokio::spawn(feed(self.broker.clone(), caller, partition, offset, queue));
         Ok(subscription)
-    }
-}
-
-/// Why the interceptor refused: the same distinction it makes, from the same inputs.
-fn missing_or_unknown(headers: &HeaderMap, query_token: Option<&str>) -> crate::auth::AuthError {
-    use crate::auth::AuthError;
-    match (headers.get(header::AUTHORIZATION), query_token, cookie(headers, TOKEN_COOKIE)) {
-        (None, None, None) => AuthError::NoToken,
-        (Some(value), _, _)
-            if !value.to_str().is_ok_and(|v| v.starts_with("Bearer ") && v.len() > 7) =>
-        {
-            AuthError::Malformed
-        }
-        _ => AuthError::UnknownToken,
     }
 }
 
@@ -310,12 +304,7 @@ async fn history(
     caller.allow(Action::Consume, Resource::Topic(&topic))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=HTTP_HISTORY_RECORDS_MAX).contains(&limit) {
-        return Err(BadRequest::Query {
-            name: "limit",
-            value: limit.to_string(),
-            reason: "it must be 1..=1000",
-        }
-        .into());
+        return Err(BadRequest::HistoryLimit { limit, limit_max: HTTP_HISTORY_RECORDS_MAX }.into());
     }
     let partition = state.broker.partition(&topic, partition)?;
     let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
