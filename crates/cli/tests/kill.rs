@@ -20,8 +20,12 @@
 //!
 //! Records sent but not acknowledged before the kill may be there or not.
 //!
-//! `SPOOL_KILL_ROUNDS` sets the number of kills (default 40), `SPOOL_KILL_SEED` replays one
-//! run; the seed is printed.
+//! A second test does the same with idempotent producers, which do resend: they keep running
+//! through every kill, reconnect to the server restarted on the same port and send unanswered
+//! batches again with their original stamps. There no record may be stored twice at all.
+//!
+//! `SPOOL_KILL_ROUNDS` sets the number of kills (default 40; the idempotent test does half),
+//! `SPOOL_KILL_SEED` replays one run; the seed is printed.
 
 mod common;
 
@@ -268,4 +272,189 @@ fn acknowledged_records_survive_kill_9_of_the_server() {
     let total: usize = acknowledged.iter().map(Vec::len).sum();
     assert!(total > 0, "seed {seed}: nothing was acknowledged in {rounds} rounds");
     assert!(served.terminate(), "the server stops cleanly after the last restart");
+}
+
+/// Idempotent producers: (topic, acks). Each has a topic of its own.
+const IDEMPOTENT: [(&str, Acks); 2] = [("idem-always", Acks::All), ("idem-interval", Acks::Leader)];
+
+/// A free loopback address for a server that must come back on the same port.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn serve_at(data: &std::path::Path, address: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(common::SPOOL);
+    command.env("RUST_LOG", "warn").args(["serve", "--listen", address, "--data"]).arg(data);
+    command
+}
+
+/// Sends numbered records on one idempotent producer, which reconnects and resends across
+/// the kills, until `stop` is set; returns the sequences acknowledged. When the producer gives
+/// up (its retries exhausted) a new one takes over from the next sequence.
+async fn produce_idempotent(
+    url: String,
+    producer: usize,
+    acks: Arc<AtomicU64>,
+    acked: Arc<Notify>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<u64> {
+    let (topic, level) = IDEMPOTENT[producer];
+    let config = ProducerConfig {
+        acks: level,
+        idempotent: true,
+        batch_records_max: 32,
+        retry_backoff: Duration::from_millis(10),
+        retries_max: 100,
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut acknowledged = Vec::new();
+    let mut sequence = 0u64;
+    let mut pending = std::collections::VecDeque::new();
+    'producers: while !stop.load(Ordering::Relaxed) {
+        // The server may be down: connecting and starting wait for it to come back.
+        let Ok(client) = Client::connect(&url).await else { continue };
+        let Ok(sender) = client.producer(topic, config.clone()).await else { continue };
+        loop {
+            let done = stop.load(Ordering::Relaxed);
+            if !done {
+                let value = format!("p{producer} s{sequence}");
+                match sender.send(Record::value(value.as_bytes()).with_partition(0)).await {
+                    Ok(delivery) => {
+                        pending.push_back((sequence, delivery));
+                        sequence += 1;
+                    }
+                    // The producer gave up and closed: settle what it had, then start over.
+                    Err(_) => {
+                        while let Some((sequence, delivery)) = pending.pop_front() {
+                            if delivery.wait().await.is_ok() {
+                                acknowledged.push(sequence);
+                            }
+                        }
+                        continue 'producers;
+                    }
+                }
+            }
+            while let Some((sequence, delivery)) = pending.front() {
+                let outcome = match delivery.try_result() {
+                    Some(outcome) => outcome,
+                    None if pending.len() >= 256 || done => delivery.clone().wait().await,
+                    None => break,
+                };
+                let failed = outcome.is_err();
+                if outcome.is_ok() {
+                    acknowledged.push(*sequence);
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    acked.notify_waiters();
+                }
+                pending.pop_front();
+                if failed && matches!(outcome, Err(ProduceError::RetriesExhausted { .. })) {
+                    // Whatever else is pending fails the same way: settle it, then start over.
+                    while let Some((_, delivery)) = pending.pop_front() {
+                        assert!(delivery.wait().await.is_err(), "an answer after giving up");
+                    }
+                    continue 'producers;
+                }
+            }
+            if done {
+                sender.close().await.ok();
+                break 'producers;
+            }
+        }
+    }
+    acknowledged
+}
+
+/// Idempotent producers keep sending through every kill: the client reconnects to the server
+/// restarted on the same port and resends unanswered batches with their original stamps, and
+/// the server, which recovers each producer's recent sequence numbers from the log, stores
+/// each batch once. So here no record is stored twice, acknowledged or not, and every
+/// acknowledged one is there, in order.
+#[test]
+fn idempotent_producers_resend_through_kill_9_without_duplicates() {
+    let seed = env_u64("SPOOL_KILL_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1
+    });
+    let rounds = env_u64("SPOOL_KILL_ROUNDS").unwrap_or(ROUNDS_DEFAULT) / 2;
+    eprintln!("idempotent kill -9 test: SPOOL_KILL_SEED={seed} SPOOL_KILL_ROUNDS={}", rounds * 2);
+    let mut rng = Rng(seed);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let url = format!("http://{address}");
+
+    let mut served = Served::spawn(serve_at(data.path(), &address));
+    runtime.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        for (topic, fsync) in
+            [("idem-always", Fsync::Always), ("idem-interval", Fsync::IntervalMs(20))]
+        {
+            let settings = TopicSettings { partitions: 1, fsync, ..Default::default() };
+            client.create_topic(topic, settings).await.unwrap();
+        }
+    });
+    let acks = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(Notify::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..IDEMPOTENT.len())
+        .map(|p| {
+            let (url, acks, acked, stop) = (url.clone(), acks.clone(), acked.clone(), stop.clone());
+            runtime.spawn(produce_idempotent(url, p, acks, acked, stop))
+        })
+        .collect();
+    let wait_for_acks = |more: u64| {
+        let target = acks.load(Ordering::Relaxed) + more;
+        let enough = async {
+            loop {
+                let notified = acked.notified();
+                if acks.load(Ordering::Relaxed) >= target {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        runtime.block_on(async {
+            tokio::time::timeout(GUARD, enough).await.expect("the producers make progress")
+        });
+    };
+    for round in 0..rounds {
+        wait_for_acks(1 + rng.below(2000));
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+        served.kill();
+        eprintln!("round {round}: killed after {} acknowledgements", acks.load(Ordering::Relaxed));
+        served = Served::spawn(serve_at(data.path(), &address));
+    }
+    // The producers get through to the last server, then stop and settle what is pending.
+    wait_for_acks(100);
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: Vec<Vec<u64>> = runtime.block_on(async {
+        let mut acknowledged = Vec::new();
+        for task in tasks {
+            acknowledged.push(tokio::time::timeout(GUARD, task).await.expect("settled").unwrap());
+        }
+        acknowledged
+    });
+
+    let mut found: HashMap<usize, Vec<u64>> = HashMap::new();
+    runtime.block_on(async {
+        for (topic, _) in IDEMPOTENT {
+            found.extend(stored(&served.url, topic).await);
+        }
+    });
+    for (p, acked) in acknowledged.iter().enumerate() {
+        let sequences = found.remove(&p).unwrap_or_default();
+        let context = format!("idempotent producer {p} {:?}, seed {seed}", IDEMPOTENT[p]);
+        let mut sorted = sequences.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), sequences.len(), "{context}: a record stored twice");
+        assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{context}: records out of order");
+        let missing: Vec<_> =
+            acked.iter().filter(|s| sequences.binary_search(s).is_err()).collect();
+        assert!(missing.is_empty(), "{context}: acknowledged records lost: {missing:?}");
+        eprintln!("{context}: {} acknowledged, {} stored", acked.len(), sequences.len());
+    }
+    assert!(served.terminate());
 }
