@@ -313,9 +313,16 @@ async fn produce_idempotent(
     let mut sequence = 0u64;
     let mut pending = std::collections::VecDeque::new();
     'producers: while !stop.load(Ordering::Relaxed) {
-        // The server may be down: connecting and starting wait for it to come back.
-        let Ok(client) = Client::connect(&url).await else { continue };
-        let Ok(sender) = client.producer(topic, config.clone()).await else { continue };
+        // The server may be down: try again shortly, as a client's reconnect would.
+        let retry = || tokio::time::sleep(Duration::from_millis(10));
+        let Ok(client) = Client::connect(&url).await else {
+            retry().await;
+            continue;
+        };
+        let Ok(sender) = client.producer(topic, config.clone()).await else {
+            retry().await;
+            continue;
+        };
         loop {
             let done = stop.load(Ordering::Relaxed);
             if !done {
