@@ -83,6 +83,8 @@ mod producer;
 mod request;
 mod topics;
 
+use std::time::Duration;
+
 use spool_broker::limits::RESPONSE_BYTES_MAX;
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
@@ -126,9 +128,16 @@ pub struct Client {
 impl Client {
     /// Connects to a server at a URL like `http://127.0.0.1:7070`.
     pub async fn connect(url: &str) -> Result<Client, ConnectError> {
+        // HTTP/2 pings find a connection that stays open but carries nothing back (a dead
+        // peer behind a NAT, a frozen proxy): without them every stream opened again after a
+        // request timeout, such as an idempotent producer's retry, would go to the same dead
+        // connection. With them it is closed and the channel connects anew.
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|source| ConnectError::BadUrl { url: url.to_owned(), source })?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         let channel = endpoint
             .connect()
             .await

@@ -1037,9 +1037,21 @@ async fn run(
             let backoff = config.retry_backoff.saturating_mul(1 << (attempts - 1).min(16));
             tokio::time::sleep(backoff.min(RETRY_BACKOFF_MAX)).await;
             tracing::debug!(topic = %shared.topic, attempt = attempts, %error, "reconnecting the produce stream");
-            match open_stream(&mut client, config.in_flight_max).await {
-                Ok(opened) => break opened,
-                Err(status) => error = ServerError::from(status),
+            // A server that accepts the connection but never answers must not hold the
+            // producer: opening counts as a request.
+            let opening = open_stream(&mut client, config.in_flight_max);
+            match tokio::time::timeout(config.request_timeout, opening).await {
+                Ok(Ok(opened)) => break opened,
+                Ok(Err(status)) => error = ServerError::from(status),
+                Err(_elapsed) => {
+                    error = ServerError {
+                        code: ErrorCode::Unavailable,
+                        message: format!(
+                            "opening a produce stream took longer than the request timeout ({} ms)",
+                            config.request_timeout.as_millis()
+                        ),
+                    };
+                }
             }
             if !transient(error.code) {
                 return shared.fail(ProduceError::Disconnected(error));

@@ -63,7 +63,10 @@ impl Server {
 struct Proxy {
     address: SocketAddr,
     upstream: Arc<Mutex<SocketAddr>>,
-    answers_flow: watch::Sender<bool>,
+    /// Whether answers flow on the connections it was given to; `freeze` replaces it.
+    answers_flow: Arc<Mutex<watch::Sender<bool>>>,
+    /// The flags of frozen connections, kept so that those stay open.
+    frozen: Mutex<Vec<watch::Sender<bool>>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accepting: JoinHandle<()>,
 }
@@ -73,37 +76,49 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let upstream = Arc::new(Mutex::new(upstream));
-        let (answers_flow, flowing) = watch::channel(true);
+        let answers_flow = Arc::new(Mutex::new(watch::channel(true).0));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accepting = tokio::spawn({
-            let (upstream, links) = (upstream.clone(), links.clone());
+            let (upstream, links, answers_flow) =
+                (upstream.clone(), links.clone(), answers_flow.clone());
             async move {
                 loop {
                     let Ok((inbound, _)) = listener.accept().await else { return };
                     let to = *upstream.lock().unwrap();
                     let Ok(outbound) = TcpStream::connect(to).await else { continue };
+                    let flowing = answers_flow.lock().unwrap().subscribe();
                     let (inbound_read, inbound_write) = inbound.into_split();
                     let (outbound_read, outbound_write) = outbound.into_split();
                     let requests = tokio::spawn(forward(inbound_read, outbound_write, None));
                     let answers =
-                        tokio::spawn(forward(outbound_read, inbound_write, Some(flowing.clone())));
+                        tokio::spawn(forward(outbound_read, inbound_write, Some(flowing)));
                     links.lock().unwrap().extend([requests, answers]);
                 }
             }
         });
-        Proxy { address, upstream, answers_flow, links, accepting }
+        Proxy { address, upstream, answers_flow, frozen: Mutex::default(), links, accepting }
     }
 
     fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 
+    /// Holds back what the server sends, on open connections and new ones.
     fn hold_answers(&self) {
-        self.answers_flow.send_replace(false);
+        self.answers_flow.lock().unwrap().send_replace(false);
     }
 
     fn release_answers(&self) {
-        self.answers_flow.send_replace(true);
+        self.answers_flow.lock().unwrap().send_replace(true);
+    }
+
+    /// Holds back, for good, what the server sends on the connections open now, without
+    /// closing them; new connections work.
+    fn freeze_open_connections(&self) {
+        let frozen =
+            std::mem::replace(&mut *self.answers_flow.lock().unwrap(), watch::channel(true).0);
+        frozen.send_replace(false);
+        self.frozen.lock().unwrap().push(frozen);
     }
 
     /// Closes every connection through the proxy, as a network failure would.
@@ -294,6 +309,38 @@ async fn a_server_restart_behind_the_producer_stores_every_record_once_and_in_or
     producer.flush().await.unwrap();
     let direct = server.client().await;
     assert_exactly_once(&direct, deliveries, 600).await;
+    producer.close().await.unwrap();
+    server.shutdown().await;
+}
+
+/// The connection stays open but its answers stop: the request timeout counts it as broken,
+/// and the producer resends on a new one.
+#[tokio::test]
+async fn a_request_timeout_resends_on_a_new_connection() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path()).await;
+    let direct = server.client().await;
+    create_topic(&direct).await;
+    let proxy = Proxy::start(server.address).await;
+    // Pings find the frozen connection (what `Client::connect` does, 100 times faster).
+    let channel = tonic::transport::Endpoint::from_shared(proxy.url())
+        .unwrap()
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .unwrap();
+    let client = Client::from_channel(channel);
+    let config = ProducerConfig { request_timeout: Duration::from_millis(300), ..idempotent() };
+    let producer = client.producer("t", config).await.unwrap();
+    let mut deliveries = send_range(&producer, 0..300).await;
+    producer.flush().await.unwrap();
+    proxy.freeze_open_connections();
+    deliveries.extend(send_range(&producer, 300..600).await);
+    tokio::time::timeout(GUARD, producer.flush()).await.unwrap().unwrap();
+    assert_exactly_once(&direct, deliveries, 600).await;
+    assert!(producer.stats().reconnects >= 1, "{:?}", producer.stats());
     producer.close().await.unwrap();
     server.shutdown().await;
 }
