@@ -593,6 +593,13 @@ async fn a_browser_that_stops_reading_holds_a_bounded_buffer_and_delays_no_one()
         .expect("the stalled subscription should stop reading the log");
     let held = metrics.subscriber_buffered_bytes();
     assert!(held <= HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX, "{held} bytes held for one browser");
+    // And a WebSocket that subscribes and never reads.
+    let stalled_socket = http.socket("?topic=firehose&partition=0&from=earliest").await;
+    tokio::time::timeout(PATIENCE, metrics.wait_for(|m| m.subscribers_waiting_on_client() == 2))
+        .await
+        .expect("the stalled socket's subscription should stop reading the log");
+    let held = metrics.subscriber_buffered_bytes();
+    assert!(held <= 2 * HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX, "{held} bytes held for two browsers");
 
     // Another browser reads everything meanwhile.
     let mut reader = http.sse("/v1/topics/firehose/partitions/0/events?from=earliest", None).await;
@@ -602,9 +609,9 @@ async fn a_browser_that_stops_reading_holds_a_bounded_buffer_and_delays_no_one()
         assert_eq!(event.id, Some(next));
         next += 1;
     }
-    assert_eq!(metrics.subscribers_waiting_on_client(), 1, "the stalled one is still stalled");
-    assert!(metrics.subscriber_buffered_bytes() <= HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX);
-    drop(stalled);
+    assert_eq!(metrics.subscribers_waiting_on_client(), 2, "the stalled ones are still stalled");
+    assert!(metrics.subscriber_buffered_bytes() <= 2 * HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX);
+    drop((stalled, stalled_socket));
     tokio::time::timeout(PATIENCE, metrics.wait_for(|m| m.subscriber_buffered_bytes() == 0))
         .await
         .expect("a closed stream releases what it held");
