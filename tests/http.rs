@@ -448,6 +448,72 @@ async fn post_produces_json_and_raw_records_and_refuses_bad_input() {
     assert!(page.text().await.unwrap().contains("EventSource"));
 }
 
+/// A tmpfs of `bytes` on a new temporary directory, unmounted on drop (needs root).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(format!("cannot mount a tmpfs (needs root): {}", stderr.trim()));
+        }
+        Ok(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_and_a_post_succeeds_once_space_is_freed() {
+    let disk = match SmallDisk::mount(4 * 1024 * 1024) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            // The same tool the disk-fault tests need; .ci/run requires it there.
+            let message = format!("SKIPPED: {reason}");
+            assert!(std::env::var_os("SPOOL_REQUIRE_FAULT_TOOLS").is_none(), "{message}");
+            eprintln!("{message}");
+            return;
+        }
+    };
+    let filler = disk.0.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024]).unwrap();
+    let data = disk.0.path().join("data");
+    let http = Browserside::open(&data).await;
+    let config = spool_proto::v1::TopicConfig {
+        partitions: 1,
+        segment_bytes: Some(1024 * 1024),
+        ..Default::default()
+    };
+    let create = spool_proto::v1::CreateTopicRequest { name: "full".into(), config: Some(config) };
+    http.server.topics().await.create_topic(create).await.unwrap();
+    let chunk = "x".repeat(100 * 1024);
+    let mut stored = 0;
+    let (status, body) = loop {
+        let (status, body) = http.post("/v1/topics/full/records", json!({"value": chunk})).await;
+        if status != StatusCode::OK {
+            break (status, body);
+        }
+        stored += 1;
+        assert!(stored < 100, "a 4 MiB disk cannot hold 10 MiB");
+    };
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(body["error"].as_str().unwrap().to_lowercase().contains("no space left"), "{body}");
+    std::fs::remove_file(&filler).unwrap();
+    let (status, body) = http.post("/v1/topics/full/records", json!({"value": "room"})).await;
+    assert_eq!((status, &body["offset"]), (StatusCode::OK, &json!(stored)), "{body}");
+    http.server.shutdown().await;
+}
+
 const WRITER: &str = "writer-token";
 const READER: &str = "reader-token";
 
