@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::HttpError;
+use super::error::{BadRequest, HttpError};
 use super::follow::Item;
 use super::records::{EventJson, Start};
 use super::{AppState, PathOf, QueryOf, TokenSources};
@@ -63,7 +63,9 @@ pub(crate) async fn events(
     let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Get)?;
     let start = match headers.get("last-event-id").map(|id| id.to_str()) {
         Some(Ok(id)) => Start::after_event(id)?,
-        Some(Err(_)) => Err(super::error::BadRequest::LastEventId { id: "(not text)".to_owned() })?,
+        Some(Err(_)) => {
+            return Err(BadRequest::LastEventId { id: "(not text)".to_owned() }.into());
+        }
         None => Start::parse(query.from.as_deref())?,
     };
     let slot = state.slot()?;
