@@ -540,7 +540,7 @@ async fn tokens_and_grants_are_grpcs_from_a_header_a_query_or_a_cookie() {
     let tokens = Arc::new(Authenticator::load(&path).unwrap());
     let http = Browserside::start(
         data.path(),
-        ServeOptions { tokens: Some(tokens), ..Default::default() },
+        ServeOptions { tokens: Some(tokens.clone()), ..Default::default() },
     )
     .await;
     let post = |token: Option<&'static str>, topic: &'static str| {
@@ -635,6 +635,15 @@ async fn tokens_and_grants_are_grpcs_from_a_header_a_query_or_a_cookie() {
     let mut socket = http.socket(&format!("?token={WRITER}")).await;
     socket.send(json!({"type": "produce", "id": 1, "topic": "secret.plans", "record": {}})).await;
     assert_eq!(socket.next().await["status"], 403);
+
+    // A token removed from the file ends its open stream at the next record.
+    let writer_only = token_file().split("[[token]]").nth(1).unwrap().to_owned();
+    std::fs::write(&path, format!("[[token]]{writer_only}")).unwrap();
+    assert_eq!(tokens.reload().unwrap(), 1);
+    assert_eq!(post(Some(WRITER), "public.news").await.0, StatusCode::OK);
+    let ended = sse.next().await;
+    assert_eq!(ended.kind.as_deref(), Some("spool-error"), "{ended:?}");
+    assert_eq!(ended.data["status"], 401);
 }
 
 #[tokio::test]
