@@ -5,11 +5,12 @@
 //! 2. `--consumers` members of a new group ([`spool_client::GroupConsumer`], automatic
 //!    commits) join at once and consume until every partition is read to its end. The clock
 //!    runs from before the first join to the last record.
-//! 3. Once `--rebalance-at` of the messages are consumed, a member joins (`join`) or the first
+//! 3. Once `--rebalance-at` of the messages are consumed (members join one by one at the
+//!    start, so the group has rebalanced before; that is not measured), a member joins (`join`) or the first
 //!    member leaves (`leave`), and the partitions that move pause. A partition's pause is the
-//!    time from its last delivery to its old owner to its first delivery to its new one
-//!    (which includes the revocation, the commit, the new owner's start and one read). A
-//!    partition that moves after it was read to its end has no pause to measure.
+//!    time from its revocation reaching its old owner (or the old owner being told to leave)
+//!    to the first message of it reaching the new owner: the old owner's commit and
+//!    acknowledgement, the new assignment, the new owner's start and one read.
 //!
 //! Records delivered twice (a commit that did not cover them before the move) are counted,
 //! not hidden.
@@ -94,7 +95,7 @@ pub struct GroupResult {
     pub mb_per_sec: f64,
     /// Records delivered more than once.
     pub redelivered: u64,
-    /// Partitions that changed owner while they still had records to deliver.
+    /// Partitions that changed owner.
     pub moved_partitions: usize,
     /// Per moved partition, the pause in milliseconds, sorted.
     pub pauses_ms: Vec<f64>,
@@ -104,38 +105,58 @@ pub struct GroupResult {
 /// What every member reports into.
 #[derive(Debug, Default)]
 struct Progress {
-    /// Per partition: the next offset not yet delivered, its last owner and when.
+    /// Per partition: the next offset not yet delivered, and its last owner.
     partitions: BTreeMap<u32, Track>,
+    /// Partitions on their way to a new owner: since when, and from which member.
+    moving: BTreeMap<u32, (Instant, u32)>,
     delivered: u64,
     redelivered: u64,
     pauses: Vec<Duration>,
+    /// Handovers are measured only between the rebalance the harness causes and the end
+    /// (not those of members joining one by one at the start, or stopping at the end).
+    measuring: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Track {
     next_offset: u64,
     owner: u32,
-    at: Instant,
 }
 
 impl Progress {
-    /// Notes one delivery; returns the unique messages delivered so far.
+    /// Notes one message (records, or only "caught up"); returns the unique messages
+    /// delivered so far.
     fn delivered(&mut self, member: u32, records: &GroupRecords, at: Instant) -> u64 {
-        let Some(first) = records.records.first() else { return self.unique() };
-        let count = records.records.len() as u64;
-        self.delivered += count;
-        let track = self.partitions.entry(records.partition).or_insert(Track {
-            next_offset: 0,
-            owner: member,
-            at,
-        });
-        if track.owner != member {
-            self.pauses.push(at - track.at);
+        if let Some(&(since, from)) = self.moving.get(&records.partition)
+            && from != member
+        {
+            self.pauses.push(at - since);
+            self.moving.remove(&records.partition);
         }
-        self.redelivered += track.next_offset.saturating_sub(first.offset).min(count);
-        *track =
-            Track { next_offset: track.next_offset.max(records.next_offset), owner: member, at };
+        let count = records.records.len() as u64;
+        let first = records.records.first().map_or(records.next_offset, |r| r.offset);
+        self.delivered += count;
+        let track = self
+            .partitions
+            .entry(records.partition)
+            .or_insert(Track { next_offset: 0, owner: member });
+        self.redelivered += track.next_offset.saturating_sub(first).min(count);
+        *track = Track { next_offset: track.next_offset.max(records.next_offset), owner: member };
         self.unique()
+    }
+
+    /// Notes that `partitions` are leaving `member`.
+    fn moving(&mut self, member: u32, partitions: impl IntoIterator<Item = u32>, at: Instant) {
+        if !self.measuring {
+            return;
+        }
+        for partition in partitions {
+            self.moving.insert(partition, (at, member));
+        }
+    }
+
+    fn owned_by(&self, member: u32) -> Vec<u32> {
+        self.partitions.iter().filter(|(_, t)| t.owner == member).map(|(p, _)| *p).collect()
     }
 
     fn unique(&self) -> u64 {
@@ -262,6 +283,7 @@ async fn consume(
         }
         if !rebalanced && reached >= rebalance_at {
             rebalanced = true;
+            locked(&progress).measuring = true;
             match args.rebalance {
                 Rebalance::Join => members.push(Member::spawn(
                     client,
@@ -271,7 +293,11 @@ async fn consume(
                     &progress,
                     &unique_tx,
                 )),
-                Rebalance::Leave => members.remove(0).stop().await?,
+                Rebalance::Leave => {
+                    let leaving = locked(&progress).owned_by(0);
+                    locked(&progress).moving(0, leaving, Instant::now());
+                    members.remove(0).stop().await?;
+                }
                 Rebalance::None => {}
             }
             continue;
@@ -288,6 +314,7 @@ async fn consume(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    locked(&progress).measuring = false;
     for member in members {
         member.stop().await?;
     }
@@ -339,9 +366,15 @@ async fn consume_until(
             event = consumer.poll() => event.map_err(group_error)?,
             _ = &mut stopped => break,
         };
-        if let GroupEvent::Records(records) = event {
-            let reached = locked(progress).delivered(index, &records, Instant::now());
-            unique.send_replace(reached);
+        match event {
+            GroupEvent::Records(records) => {
+                let reached = locked(progress).delivered(index, &records, Instant::now());
+                unique.send_replace(reached);
+            }
+            GroupEvent::Assigned(assignment) => {
+                let revoked = assignment.revoked.iter().map(|p| p.partition);
+                locked(progress).moving(index, revoked, Instant::now());
+            }
         }
     }
     consumer.close().await.map_err(group_error)
@@ -466,18 +499,21 @@ mod tests {
 
     #[test]
     fn progress_counts_unique_messages_redeliveries_and_pauses_of_moved_partitions() {
-        let mut progress = Progress::default();
+        let mut progress = Progress { measuring: true, ..Progress::default() };
         let t0 = Instant::now();
         assert_eq!(progress.delivered(0, &records(0, 0..10), t0), 10);
         assert_eq!(progress.delivered(0, &records(1, 0..5), t0), 15);
-        assert_eq!(progress.delivered(0, &records(0, 10..20), t0 + Duration::from_millis(1)), 25);
-        // Partition 0 moves to member 1, which starts 2 records back.
+        assert_eq!(progress.delivered(0, &records(0, 10..20), t0), 25);
+        assert_eq!(progress.owned_by(0), [0, 1]);
+        // Partitions 0 and 1 leave member 0; a late message of its own does not count.
+        progress.moving(0, [0, 1], t0 + Duration::from_millis(1));
+        assert_eq!(progress.delivered(0, &records(1, 5..6), t0 + Duration::from_millis(2)), 26);
+        // Member 1 gets partition 0 starting 2 records back, and partition 1 caught up.
         let later = t0 + Duration::from_millis(41);
-        assert_eq!(progress.delivered(1, &records(0, 18..30), later), 35);
+        assert_eq!(progress.delivered(1, &records(0, 18..30), later), 36);
+        assert_eq!(progress.delivered(1, &records(1, 6..6), later), 36);
         assert_eq!(progress.redelivered, 2);
-        assert_eq!(progress.pauses, [Duration::from_millis(40)]);
-        // A message that only says "caught up" changes nothing.
-        assert_eq!(progress.delivered(1, &records(0, 30..30), later), 35);
-        assert_eq!(progress.delivered, 37);
+        assert_eq!(progress.pauses, [Duration::from_millis(40); 2]);
+        assert_eq!(progress.delivered, 38);
     }
 }
