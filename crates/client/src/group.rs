@@ -496,6 +496,10 @@ impl GroupConsumer {
     /// Errors: [`GroupError::Removed`] when the server removed the member (call
     /// [`GroupConsumer::rejoin`]); [`GroupError::CommitFenced`] when a commit named a stale
     /// generation; [`GroupError::Rejected`] when the server ended the stream otherwise.
+    ///
+    /// It may be raced against a stop signal (`tokio::select!`) if the member is then closed
+    /// or dropped: a commit is recorded only once sent, and records read are handed out only
+    /// when `poll` returns them.
     pub async fn poll(&mut self) -> Result<GroupEvent, GroupError> {
         if self.config.commit == CommitMode::Auto
             && !self.member.commits.values().any(|c| c.automatic)

@@ -69,8 +69,8 @@
 //! Use it for data that can be lost (metrics, telemetry); use [`Acks::All`] for anything else.
 //!
 //! Errors are one enum per operation ([`ProduceError`], [`ConsumeError`], [`AdminError`],
-//! [`ProducerError`], [`ConnectError`]); what the server refused carries an [`ErrorCode`] to
-//! match on.
+//! [`ProducerError`], [`ConnectError`], [`GroupError`], [`RequestError`], [`HandlerError`]);
+//! what the server refused carries an [`ErrorCode`] to match on.
 //!
 //! This crate knows the wire (`spool-proto`) and the stored batch format (`spool-storage`'s
 //! `batch` module, used to encode and decode); it knows nothing of the server's internals.
