@@ -438,3 +438,45 @@ async fn streams_check_the_token_and_grant_on_every_message() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     secured.server.shutdown().await;
 }
+
+/// The Rust client sends its token with every call: topic calls, producers and subscriptions.
+#[tokio::test]
+async fn the_rust_client_sends_its_token_on_every_call() {
+    use spool_client::{
+        AdminError, Client, ErrorCode, Follow, ProducerConfig, Record, StartAt, TopicSettings,
+    };
+
+    let data = tempfile::tempdir().unwrap();
+    let secured = Secured::start(data.path()).await;
+    let channel = secured.server.channel().await;
+    let as_ = |token: &str| Client::from_channel(channel.clone()).with_bearer_token(token).unwrap();
+
+    let anonymous = Client::from_channel(channel.clone());
+    match anonymous.create_topic("orders", TopicSettings::default()).await {
+        Err(AdminError::Rejected(error)) => assert_eq!(error.code, ErrorCode::Unauthenticated),
+        other => panic!("an anonymous create answered {other:?}"),
+    }
+    as_("admin-token").create_topic("orders", TopicSettings::default()).await.unwrap();
+
+    let producer = as_("writer-token").producer("orders", ProducerConfig::default()).await.unwrap();
+    let delivery = producer.send(Record::value(b"paid")).await.unwrap();
+    assert_eq!(delivery.wait().await.unwrap().offset, Some(0));
+    producer.close().await.unwrap();
+
+    let mut consumer = as_("reader-token")
+        .subscribe("orders", 0, StartAt::Earliest, Follow::UntilEnd)
+        .await
+        .unwrap();
+    let polled = consumer.poll().await.unwrap().expect("the record is there");
+    let values: Vec<Vec<u8>> =
+        polled.records().map(|r| r.unwrap().value.unwrap().to_vec()).collect();
+    assert_eq!(values, [b"paid".to_vec()]);
+
+    // The reader may not produce: the first record is refused with PERMISSION_DENIED.
+    let producer = as_("reader-token").producer("orders", ProducerConfig::default()).await.unwrap();
+    let delivery = producer.send(Record::value(b"forged")).await.unwrap();
+    match delivery.wait().await {
+        Err(error) => assert!(format!("{error:?}").contains("PermissionDenied"), "{error:?}"),
+        Ok(metadata) => panic!("a reader produced at {metadata:?}"),
+    }
+}

@@ -32,6 +32,11 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server.
     Internal,
+    /// The server requires a token and none (or an unknown one) was sent
+    /// ([`crate::Client::with_bearer_token`]).
+    Unauthenticated,
+    /// The token does not grant this call on this topic or group.
+    PermissionDenied,
     /// Any other gRPC code, as its number.
     Other(i32),
 }
@@ -48,6 +53,8 @@ impl ErrorCode {
             Code::DataLoss => ErrorCode::DataLoss,
             Code::Unavailable => ErrorCode::Unavailable,
             Code::Internal => ErrorCode::Internal,
+            Code::Unauthenticated => ErrorCode::Unauthenticated,
+            Code::PermissionDenied => ErrorCode::PermissionDenied,
             other => ErrorCode::Other(other as i32),
         }
     }

@@ -299,9 +299,9 @@ impl Member {
         let (requests, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let first = wire::MemberRequest { kind: Some(RequestKind::Join(join)) };
         requests.send(first).await.expect("the receiver is held here");
-        let mut service = GroupServiceClient::new(client.channel.clone())
+        let mut service = GroupServiceClient::new(client.transport())
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
-        let requests_stream = client.request(ReceiverStream::new(requests_rx));
+        let requests_stream = ReceiverStream::new(requests_rx);
         let mut events = service.join(requests_stream).await.map_err(stream_error)?.into_inner();
         let joined = match events.message().await.map_err(stream_error)? {
             Some(wire::MemberEvent { kind: Some(Kind::Joined(joined)) }) => joined,

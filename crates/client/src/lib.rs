@@ -89,6 +89,7 @@ use spool_broker::limits::RESPONSE_BYTES_MAX;
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
 use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{ConsumedRecord, Consumer, Follow, Polled, Records, StartAt};
@@ -120,9 +121,30 @@ pub use topics::{Fsync, PartitionInfo, TopicInfo, TopicSettings};
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
-    /// Sent as `authorization: Bearer TOKEN` by the group consumer and subscriptions (see
+    /// Sent as `authorization: Bearer TOKEN` with every call (see
     /// [`Client::with_bearer_token`]).
-    token: Option<MetadataValue<Ascii>>,
+    token: BearerToken,
+}
+
+/// What every service client of this crate is built on: the connection, with the bearer
+/// token (if any) added to each call's metadata. The server checks the token on every call
+/// and on every message of a stream; a stream's messages travel under its opening metadata.
+pub(crate) type Transport = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer TOKEN` to each outgoing call when a token is set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Client {
@@ -142,29 +164,24 @@ impl Client {
             .connect()
             .await
             .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source })?;
-        Ok(Client { channel, token: None })
+        Ok(Client { channel, token: BearerToken::default() })
     }
 
     /// A client over a channel built by the caller (TLS, timeouts, ...).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel, token: None }
+        Client { channel, token: BearerToken::default() }
     }
 
-    /// Sends `authorization: Bearer TOKEN` with group members ([`Client::group_consumer`])
-    /// and subscriptions ([`Client::subscribe`]). Producers and topic calls do not send it
-    /// yet.
+    /// Sends `authorization: Bearer TOKEN` with every call made through this client: topic
+    /// calls, producers, subscriptions and group members.
     pub fn with_bearer_token(self, token: &str) -> Result<Client, ConnectError> {
         let value = format!("Bearer {token}").parse().map_err(|_| ConnectError::BadToken)?;
-        Ok(Client { token: Some(value), ..self })
+        Ok(Client { token: BearerToken(Some(value)), ..self })
     }
 
-    /// A request carrying the bearer token, if there is one.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(token) = &self.token {
-            request.metadata_mut().insert("authorization", token.clone());
-        }
-        request
+    /// The connection with this client's token added to every call.
+    pub(crate) fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.token.clone())
     }
 
     /// Starts a producer for `topic`, which must exist: its partition count is read first.
@@ -176,7 +193,7 @@ impl Client {
         let described = self.describe_topic(topic).await.map_err(|e| match e {
             AdminError::Rejected(error) => ProducerError::Rejected(error),
         })?;
-        Producer::start(self.channel.clone(), topic.to_owned(), described.partitions, config).await
+        Producer::start(self.transport(), topic.to_owned(), described.partitions, config).await
     }
 
     /// Subscribes to one partition from `start`.
@@ -187,7 +204,7 @@ impl Client {
         start: StartAt,
         follow: Follow,
     ) -> Result<Consumer, ConsumeError> {
-        let mut client = ConsumeServiceClient::new(self.channel.clone())
+        let mut client = ConsumeServiceClient::new(self.transport())
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         let request = SubscribeRequest {
             topic: topic.to_owned(),
@@ -196,7 +213,7 @@ impl Client {
             encoding: Encoding::RawBatch as i32,
             stop_at_end: follow == Follow::UntilEnd,
         };
-        let stream = client.subscribe(self.request(request)).await?.into_inner();
+        let stream = client.subscribe(request).await?.into_inner();
         Ok(Consumer::new(stream, start))
     }
 }

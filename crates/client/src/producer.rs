@@ -76,7 +76,6 @@ use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, HeaderPair, Produce
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 use crate::error::{ErrorCode, ProduceError, ProducerError, ServerError};
@@ -565,7 +564,7 @@ impl Drop for Handle {
 
 impl Producer {
     pub(crate) async fn start(
-        channel: Channel,
+        channel: crate::Transport,
         topic: String,
         partitions: u32,
         config: ProducerConfig,
@@ -939,7 +938,7 @@ type Requests = mpsc::Sender<ProduceRequest>;
 
 /// Opens a produce stream whose request queue holds `in_flight_max` requests.
 async fn open_stream(
-    client: &mut ProduceServiceClient<Channel>,
+    client: &mut ProduceServiceClient<crate::Transport>,
     in_flight_max: usize,
 ) -> Result<(Requests, Streaming<ProduceStreamResponse>), tonic::Status> {
     let (requests, requests_rx) = mpsc::channel(in_flight_max);
@@ -987,7 +986,7 @@ fn transient(code: ErrorCode) -> bool {
 /// or opens a new stream and sends every unanswered batch again, in order.
 async fn run(
     shared: Arc<Shared>,
-    mut client: ProduceServiceClient<Channel>,
+    mut client: ProduceServiceClient<crate::Transport>,
     mut requests: Requests,
     mut answers: Streaming<ProduceStreamResponse>,
 ) {

@@ -106,8 +106,8 @@ impl TopicInfo {
 }
 
 impl Client {
-    fn topics(&self) -> TopicServiceClient<tonic::transport::Channel> {
-        TopicServiceClient::new(self.channel.clone())
+    fn topics(&self) -> TopicServiceClient<crate::Transport> {
+        TopicServiceClient::new(self.transport())
     }
 
     /// Creates a topic ([`crate::ErrorCode::AlreadyExists`] if one of that name exists).
