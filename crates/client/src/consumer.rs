@@ -10,9 +10,8 @@
 //! consumer falls behind but never loses records; when retention deletes records it has not
 //! read yet, the subscription ends with [`crate::ErrorCode::OutOfRange`].
 //!
-//! A group consumer is built from these pieces: one [`Consumer`] per partition assigned to
-//! it, started at the group's committed offset ([`StartAt::Offset`]), committing
-//! [`Consumer::position`] as it goes.
+//! A group member is not built from these: [`crate::GroupConsumer`] receives its records on
+//! the group's own stream, which the server feeds from the partitions it assigned.
 
 use bytes::Bytes;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
