@@ -16,7 +16,7 @@
 //! not hidden.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,12 @@ use spool_client::{
     Client, GroupConfig, GroupConsumer, GroupEvent, GroupRecords, ProducerConfig, Record,
     TopicSettings,
 };
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::BenchError;
 use crate::machine::Machine;
+use crate::spool::InProcess;
 use crate::workload::payload;
 
 /// How long the group may take to consume what is left once the last member stopped making
@@ -409,45 +409,6 @@ pub fn table(result: &GroupResult) -> String {
         result.seconds,
         result.redelivered,
     )
-}
-
-/// A Spool server started by the harness for one run.
-struct InProcess {
-    url: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), spool_server::RunError>>,
-    _data: tempfile::TempDir,
-}
-
-impl InProcess {
-    async fn start(data_root: &Path) -> Result<InProcess, BenchError> {
-        let data =
-            tempfile::Builder::new().prefix("spool-bench-group-").tempdir_in(data_root).map_err(
-                |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
-            )?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| BenchError::io("binding 127.0.0.1:0".into(), e))?;
-        let address =
-            listener.local_addr().map_err(|e| BenchError::io("reading the address".into(), e))?;
-        let server = spool_server::Server::open(data.path())
-            .await
-            .map_err(|e| BenchError::Server(e.to_string()))?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Ok(InProcess { url: format!("http://{address}"), stop, task, _data: data })
-    }
-
-    async fn stop(self) -> Result<(), BenchError> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(BenchError::Server(error.to_string())),
-            Err(error) => Err(BenchError::Server(error.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -27,15 +27,15 @@ use crate::{AcksArg, BenchError, Settings, Workload};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Spool server started by the harness, stopped when the workload is done.
-struct InProcess {
-    url: String,
+pub(crate) struct InProcess {
+    pub(crate) url: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), spool_server::RunError>>,
     _data: tempfile::TempDir,
 }
 
 impl InProcess {
-    async fn start(data_root: &Path) -> Result<InProcess, BenchError> {
+    pub(crate) async fn start(data_root: &Path) -> Result<InProcess, BenchError> {
         let data =
             tempfile::Builder::new().prefix("spool-bench-").tempdir_in(data_root).map_err(|e| {
                 BenchError::io(format!("creating a directory in {}", data_root.display()), e)
@@ -55,7 +55,7 @@ impl InProcess {
         Ok(InProcess { url: format!("http://{address}"), stop, task, _data: data })
     }
 
-    async fn stop(self) -> Result<(), BenchError> {
+    pub(crate) async fn stop(self) -> Result<(), BenchError> {
         let _ = self.stop.send(());
         match self.task.await {
             Ok(Ok(())) => Ok(()),
