@@ -5,15 +5,22 @@
 //! (producers beyond [`WRITER_QUEUE_DEPTH`] wait), and for each drained group:
 //!
 //! 1. appends every batch under the log's write lock (nothing is synced yet);
-//! 2. on an fsync `always` topic, prepares one sync, releases the lock, runs the fsync on a
-//!    blocking thread (appends to the queue and reads continue meanwhile), and records its
-//!    outcome under the lock again: one fsync covers the whole group (group commit);
+//! 2. answers `leader` (and `none`) producers; `all` producers wait for a sync that covers
+//!    their batch (on an `interval` topic, the next timer-driven sync);
 //! 3. wakes readers through a `watch` that carries no data: they read the log by offset, so
-//!    the storage layer alone decides what is visible (on an `always` topic, only synced data);
-//! 4. answers each producer: `leader` once appended, `all` once a sync covers the batch (on an
-//!    `interval` topic that is the next timer-driven sync).
+//!    the storage layer alone decides what is visible (on an `always` topic, only synced data).
 //!
-//! A failed fsync fences the log (storage never retries it) and fails every waiting producer.
+//! On an fsync `always` topic one sync is in flight whenever something appended is not yet
+//! synced (pipelined group commit): the group that finds no sync running prepares one under
+//! the same lock, and the blocking thread that appended it runs the fsync without the lock
+//! while the writer goes on appending the next groups; when that sync ends, one more covers
+//! everything appended meanwhile. So an fsync covers every batch that arrived during the
+//! previous one, and appending (the copy into the page cache) overlaps the disk's flush
+//! instead of adding to it. A lone producer's batch still takes one thread hop: the thread
+//! that appends it syncs it.
+//!
+//! A failed fsync fences the log (storage never retries it) and fails every waiting producer,
+//! including those whose batches were appended while it ran.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -119,6 +126,8 @@ impl Partition {
             queue: receiver,
             reconfigure: reconfigure_receiver,
             waiting_for_sync: Vec::new(),
+            syncing: None,
+            unsynced: false,
             background_sync: None,
         };
         (partition.clone(), tokio::spawn(writer.run(stop)))
@@ -241,7 +250,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
 }
 
-/// A batch appended and acknowledged with `all`, waiting for a sync to cover it.
+/// A batch appended with `acks=all`, waiting for a sync to cover it.
 #[derive(Debug)]
 struct WaitingForSync {
     appended: Appended,
@@ -253,15 +262,20 @@ struct Writer {
     queue: mpsc::Receiver<AppendRequest>,
     reconfigure: mpsc::Receiver<Reconfigure>,
     waiting_for_sync: Vec<WaitingForSync>,
+    /// An `always` log's sync in flight; `None` inside when it had nothing to sync.
+    syncing: Option<JoinHandle<Option<Result<Offset, SyncError>>>>,
+    /// Something was appended that no sync started so far covers.
+    unsynced: bool,
     /// The fsync of sealed segments of a `never` log, running beside the appends.
     background_sync: Option<JoinHandle<()>>,
 }
 
-/// What one group commit did, handed back from the blocking thread.
+/// What one group's append did, handed back from the blocking thread.
 struct Committed {
     group: Vec<AppendRequest>,
     results: Vec<Result<Appended, Refused>>,
-    synced: Option<Result<Offset, SyncError>>,
+    /// Whether a sync covering the group was started.
+    sync_started: bool,
 }
 
 fn timer(period_ms: u64) -> Interval {
@@ -269,6 +283,16 @@ fn timer(period_ms: u64) -> Interval {
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
+}
+
+/// The end of the sync in flight; never, when there is none.
+async fn sync_end(
+    syncing: &mut Option<JoinHandle<Option<Result<Offset, SyncError>>>>,
+) -> Option<Result<Offset, SyncError>> {
+    match syncing {
+        Some(task) => task.await.expect("a sync panicked"),
+        None => std::future::pending().await,
+    }
 }
 
 async fn tick(timer: &mut Option<Interval>) {
@@ -297,6 +321,11 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                synced = sync_end(&mut self.syncing) => {
+                    self.syncing = None;
+                    self.synced(synced);
+                    self.sync_unsynced();
+                }
                 request = self.queue.recv() => match request {
                     Some(request) => self.commit(request).await,
                     None => break,
@@ -322,6 +351,8 @@ impl Writer {
                 self.commit(request).await;
             }
             self.sync().await;
+        } else {
+            self.wait_for_sync().await;
         }
         let log = self.partition.log.write().unwrap_or_else(PoisonError::into_inner).take();
         self.partition.changed.send_replace(());
@@ -334,6 +365,7 @@ impl Writer {
 
     /// Syncs, then reopens the log with the new settings; false if the log was lost.
     async fn reconfigure(&mut self, request: Reconfigure) -> bool {
+        self.wait_for_sync().await;
         if let Some(task) = self.background_sync.take() {
             let _ = task.await;
         }
@@ -362,10 +394,17 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        let may_sync = self.syncing.is_none();
         let partition = self.partition.clone();
-        let committed = tokio::task::spawn_blocking(move || partition.append_group(group))
-            .await
-            .expect("a group commit panicked");
+        let (appended, appended_answer) = oneshot::channel();
+        let task =
+            tokio::task::spawn_blocking(move || partition.append_group(group, may_sync, appended));
+        let committed = appended_answer.await.expect("a group commit panicked");
+        if committed.sync_started {
+            self.syncing = Some(task);
+        } else if committed.results.iter().any(Result::is_ok) {
+            self.unsynced = true;
+        }
         self.partition.metrics.committed(
             committed.group.len(),
             committed.group.iter().zip(&committed.results).filter_map(|(request, result)| {
@@ -400,46 +439,52 @@ impl Writer {
     }
 
     fn answer(&mut self, committed: Committed) {
-        let Committed { group, results, synced } = committed;
+        let Committed { group, results, .. } = committed;
         let (topic, id) = (&self.partition.topic, self.partition.id);
         for (request, result) in group.into_iter().zip(results) {
-            let appended = match result {
-                Ok(appended) => appended,
-                Err(error) => {
+            match (result, request.acks) {
+                (Err(error), _) => {
                     let _ = request.reply.send(Err(ServiceError::refused(topic, id, error)));
-                    continue;
                 }
-            };
-            match (request.acks, &synced) {
-                (AckLevel::None | AckLevel::Leader, _) => {
+                (Ok(appended), AckLevel::None | AckLevel::Leader) => {
                     let _ = request.reply.send(Ok(appended));
                 }
-                (AckLevel::All, Some(Ok(durable))) => {
-                    assert!(appended.last_offset < *durable, "the sync covers the group");
-                    let _ = request.reply.send(Ok(appended));
-                }
-                (AckLevel::All, Some(Err(SyncError::Fenced(fence)))) => {
-                    let error = SyncError::Fenced(fence.clone());
-                    let _ = request.reply.send(Err(ServiceError::sync(topic, id, error)));
-                }
-                (AckLevel::All, None) => {
-                    // An `interval` topic: the next timer-driven sync answers it. (The edge
-                    // refuses `all` on a `never` topic, whose close is its only sync.)
+                // The sync this group started, a later one on an `always` topic, or the next
+                // timer-driven one on an `interval` topic answers it. (The edge refuses `all`
+                // on a `never` topic, whose close is its only sync.)
+                (Ok(appended), AckLevel::All) => {
                     self.waiting_for_sync.push(WaitingForSync { appended, reply: request.reply });
                 }
             }
         }
     }
 
-    /// Syncs what was appended and answers the producers waiting for it.
-    async fn sync(&mut self) {
+    /// On an `always` log with no sync in flight, starts one for what was appended since the
+    /// last one started.
+    fn sync_unsynced(&mut self) {
+        if !self.unsynced || self.syncing.is_some() {
+            return;
+        }
+        self.unsynced = false;
         let partition = self.partition.clone();
-        let synced = tokio::task::spawn_blocking(move || partition.sync_now())
-            .await
-            .expect("a sync panicked");
+        self.syncing = Some(tokio::task::spawn_blocking(move || Some(partition.sync_now())));
+    }
+
+    /// Waits for the sync in flight, if any, and answers the producers it covers.
+    async fn wait_for_sync(&mut self) {
+        if let Some(task) = self.syncing.take() {
+            let synced = task.await.expect("a sync panicked");
+            self.synced(synced);
+        }
+    }
+
+    /// Answers the producers a finished sync covers (all of them, with the error, when it
+    /// failed) and wakes readers.
+    fn synced(&mut self, synced: Option<Result<Offset, SyncError>>) {
         let (topic, id) = (&self.partition.topic, self.partition.id);
         match synced {
-            Ok(durable) => {
+            None => return,
+            Some(Ok(durable)) => {
                 let (covered, rest): (Vec<_>, Vec<_>) =
                     self.waiting_for_sync.drain(..).partition(|w| w.appended.last_offset < durable);
                 self.waiting_for_sync = rest;
@@ -447,7 +492,8 @@ impl Writer {
                     let _ = waiting.reply.send(Ok(waiting.appended));
                 }
             }
-            Err(SyncError::Fenced(fence)) => {
+            Some(Err(SyncError::Fenced(fence))) => {
+                self.unsynced = false;
                 for waiting in self.waiting_for_sync.drain(..) {
                     let error = SyncError::Fenced(fence.clone());
                     let _ = waiting.reply.send(Err(ServiceError::sync(topic, id, error)));
@@ -455,6 +501,17 @@ impl Writer {
             }
         }
         self.partition.changed.send_replace(());
+    }
+
+    /// Syncs what was appended and answers the producers waiting for it.
+    async fn sync(&mut self) {
+        self.wait_for_sync().await;
+        self.unsynced = false;
+        let partition = self.partition.clone();
+        let synced = tokio::task::spawn_blocking(move || partition.sync_now())
+            .await
+            .expect("a sync panicked");
+        self.synced(Some(synced));
     }
 
     async fn apply_retention(&mut self) {
@@ -500,8 +557,16 @@ impl Partition {
         *self.producers.lock().unwrap_or_else(PoisonError::into_inner) = table;
     }
 
-    /// Steps 1 and 2 of a group commit, on a blocking thread.
-    fn append_group(&self, mut group: Vec<AppendRequest>) -> Committed {
+    /// Step 1 of a group commit, on a blocking thread: appends the group and hands the
+    /// results to `appended`. On an `always` log, when `may_sync` (no sync is in flight), it
+    /// then prepares a sync under the same lock and runs it without the lock, returning its
+    /// outcome; the writer goes on appending meanwhile.
+    fn append_group(
+        &self,
+        mut group: Vec<AppendRequest>,
+        may_sync: bool,
+        appended: oneshot::Sender<Committed>,
+    ) -> Option<Result<Offset, SyncError>> {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
         let now = TimestampMs::now();
@@ -515,19 +580,18 @@ impl Partition {
         drop(producers);
         drop(batches);
         let appended_any = results.iter().any(Result::is_ok);
-        let synced = match log.config().fsync {
-            FsyncPolicy::Always if appended_any => {
-                let ticket = log.begin_sync();
-                drop(guard);
-                // The fsync runs without the lock: readers go on, producers go on queueing.
-                let result = self.metrics.time_fsync(|| ticket.run());
-                let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-                let log = guard.as_mut().expect("the writer's log is open");
-                Some(log.finish_sync(ticket, result, TimestampMs::now()))
-            }
-            FsyncPolicy::Always | FsyncPolicy::Interval { .. } | FsyncPolicy::Never => None,
-        };
-        Committed { group, results, synced }
+        let ticket = (may_sync && appended_any && log.config().fsync == FsyncPolicy::Always)
+            .then(|| log.begin_sync());
+        drop(guard);
+        let sync_started = ticket.is_some();
+        // The writer drops the answer only when it is stopping; the sync still runs.
+        let _ = appended.send(Committed { group, results, sync_started });
+        let ticket = ticket?;
+        // The fsync runs without the lock: readers go on, the writer appends the next group.
+        let result = self.metrics.time_fsync(|| ticket.run());
+        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+        let log = guard.as_mut().expect("the writer's log is open");
+        Some(log.finish_sync(ticket, result, TimestampMs::now()))
     }
 
     /// The fsync policy in force (the log's; an alter may change it).
@@ -546,5 +610,193 @@ impl Partition {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
         log.finish_sync(ticket, result, TimestampMs::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipelined group commit, against a simulated disk whose segment fsyncs the test
+    //! holds and fails at will.
+
+    use std::io;
+    use std::path::Path;
+    use std::sync::Condvar;
+
+    use spool_storage::batch::{BatchBuilder, ProducerStamp};
+    use spool_storage::fs::{File, FileSystem, MappedFile, OpenMode};
+    use spool_storage::sim::SimFileSystem;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Gate {
+        state: Mutex<GateState>,
+        changed: Condvar,
+    }
+
+    #[derive(Debug, Default)]
+    struct GateState {
+        held: bool,
+        /// Segment fsyncs started so far.
+        started: usize,
+        /// The fsync (counted as `started`) from which on every one fails.
+        fail_from: Option<usize>,
+    }
+
+    impl Gate {
+        fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        fn set(&self, change: impl FnOnce(&mut GateState)) {
+            change(&mut self.lock());
+            self.changed.notify_all();
+        }
+
+        /// Called by a segment fsync: counts it, waits while held, says whether it fails.
+        fn pass(&self) -> bool {
+            let mut state = self.lock();
+            state.started += 1;
+            let number = state.started;
+            self.changed.notify_all();
+            while state.held {
+                state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            state.fail_from.is_some_and(|from| number >= from)
+        }
+
+        async fn started(self: &Arc<Self>, count: usize) {
+            let gate = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut state = gate.lock();
+                while state.started < count {
+                    state = gate.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+            })
+            .await
+            .unwrap();
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFs {
+        disk: SimFileSystem,
+        gate: Arc<Gate>,
+    }
+
+    impl FileSystem for GatedFs {
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            self.disk.create_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+            self.disk.list_dir(path)
+        }
+        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
+            let file = self.disk.open(path, mode)?;
+            if path.extension().is_some_and(|e| e == "log") {
+                return Ok(Arc::new(GatedFile { file, gate: self.gate.clone() }));
+            }
+            Ok(file)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            self.disk.exists(path)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.disk.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.remove_dir(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.disk.rename(from, to)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.sync_dir(path)
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFile {
+        file: Arc<dyn File>,
+        gate: Arc<Gate>,
+    }
+
+    impl File for GatedFile {
+        fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+            self.file.read_exact_at(buf, position)
+        }
+        fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+            self.file.write_all_at(buf, position)
+        }
+        fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+            self.file.write_all_vectored_at(bufs, position)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.file.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn allocate(&self, len: u64) -> io::Result<()> {
+            self.file.allocate(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            if self.gate.pass() {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.file.sync_data()
+        }
+        fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>> {
+            self.file.map_mut(len)
+        }
+    }
+
+    fn batch() -> BytesMut {
+        let mut builder = BatchBuilder::new(BytesMut::new());
+        builder.push(TimestampMs::now(), None, Some(b"value"), &[]);
+        builder.finish(ProducerStamp::NONE)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_go_on_during_a_sync_and_only_what_a_sync_covers_is_acknowledged() {
+        let gate = Arc::new(Gate::default());
+        let fs = GatedFs { disk: SimFileSystem::new(), gate: gate.clone() };
+        let dir = Path::new("/data/topic/0");
+        let log = Log::open(Arc::new(fs), dir, LogConfig::default(), TimestampMs::now()).unwrap();
+        assert_eq!(log.config().fsync, FsyncPolicy::Always);
+        let stop = CancellationToken::new();
+        let topic = TopicName::parse("topic").unwrap();
+        let (partition, writer) = Partition::start(topic, 0, log, stop.clone());
+        let before = gate.lock().started;
+        gate.set(|g| g.held = true);
+
+        // A's group starts a sync, which the disk holds.
+        let a = partition.submit(batch(), AckLevel::All).await.unwrap();
+        gate.started(before + 1).await;
+        // B and C are appended while it runs: C (`leader`) is answered at once, B waits.
+        let mut b = partition.submit(batch(), AckLevel::All).await.unwrap();
+        let c = partition.submit(batch(), AckLevel::Leader).await.unwrap();
+        assert_eq!(c.await.unwrap().unwrap().base_offset, Offset(2));
+        assert!(b.try_recv().is_err(), "B is not acknowledged before a sync covers it");
+        assert_eq!(partition.state().unwrap().visible_end_offset, Offset(0), "nothing synced");
+
+        // A's sync succeeds; the next one, covering B and C, fails.
+        gate.set(|g| {
+            g.fail_from = Some(before + 2);
+            g.held = false;
+        });
+        assert_eq!(a.await.unwrap().unwrap().base_offset, Offset(0));
+        let b = b.await.unwrap();
+        assert!(matches!(b, Err(ServiceError::Fenced { .. })), "B is never acknowledged: {b:?}");
+        let state = partition.state().unwrap();
+        assert_eq!(state.visible_end_offset, Offset(1), "only A is durable, so only A is visible");
+        assert!(state.fence.is_some());
+        assert_eq!(gate.lock().started, before + 2, "a failed fsync is not retried");
+
+        let d = partition.submit(batch(), AckLevel::All).await.unwrap();
+        assert!(matches!(d.await.unwrap(), Err(ServiceError::Fenced { .. })));
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(gate.lock().started, before + 2, "nor retried at close");
     }
 }

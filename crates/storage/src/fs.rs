@@ -47,6 +47,12 @@ pub trait File: Send + Sync + Debug {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
+    /// A hint, not a sync: starts writing `len` bytes from `position` to the disk without
+    /// waiting (`sync_file_range` with `SYNC_FILE_RANGE_WRITE` only), so the `fdatasync` that
+    /// follows finds less to do. It makes nothing durable and reports no error: a failed
+    /// writeback is reported by the next [`File::sync_data`] (the kernel keeps the error for
+    /// it; only a waiting `sync_file_range` would consume it, and this one never waits).
+    fn start_writeback(&self, _position: u64, _len: u64) {}
     /// Maps the first `len` bytes (which must exist) for reading and writing.
     fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>>;
 }
@@ -191,6 +197,27 @@ impl File for StdFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self, position: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(position), Ok(len)) =
+            (libc::off64_t::try_from(position), libc::off64_t::try_from(len))
+        else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the lifetime of `self.file`; the call only
+        // queues writeback of the page-cache range. Its result is ignored on purpose (see the
+        // trait): the next fdatasync reports any writeback error.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                position,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 
     fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>> {

@@ -385,8 +385,15 @@ impl Log {
         let bufs: Vec<&[u8]> = run.batches.iter().map(|(i, ..)| &*batches[*i]).collect();
         let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, _)| *h).collect();
         let active = self.segments.last_mut().expect("a log has at least one segment");
+        let start = active.size_bytes;
         let outcome = match active.append_run(&bufs, &headers, now) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.config.fsync == FsyncPolicy::Always {
+                    // Its fsync follows at once: start the disk on it now.
+                    active.file.start_writeback(start, active.size_bytes - start);
+                }
+                Ok(())
+            }
             Err(SegmentWriteError::Clean(source)) if is_no_space(&source) => {
                 Err(AppendError::NoSpace { path: active.path.clone(), source: Arc::new(source) })
             }
@@ -492,13 +499,18 @@ impl Log {
     /// Prepares a sync of everything appended so far. Run the ticket without holding the
     /// log's lock, then pass its result to [`Log::finish_sync`]: appends made meanwhile are
     /// left for the next sync. This is group commit: one fsync covers every batch before it.
+    /// A fenced log's ticket syncs nothing (a failed fsync is never retried), and
+    /// [`Log::finish_sync`] returns the fence.
     pub fn begin_sync(&self) -> SyncTicket {
         let target = self.written();
         let (active, sealed) = self.segments.split_last().expect("a log has at least one segment");
-        let sealed: Vec<&Segment> = sealed.iter().filter(|s| !s.data_durable).collect();
+        let sealed: Vec<&Segment> = match self.fence {
+            Some(_) => Vec::new(),
+            None => sealed.iter().filter(|s| !s.data_durable).collect(),
+        };
         let mut files: Vec<(Arc<dyn File>, PathBuf)> =
             sealed.iter().map(|s| (s.file.clone(), s.path.clone())).collect();
-        if target.offset > self.durable.offset {
+        if target.offset > self.durable.offset && self.fence.is_none() {
             files.push((active.file.clone(), active.path.clone()));
         }
         SyncTicket {
