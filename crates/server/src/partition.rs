@@ -13,11 +13,13 @@
 //! On an fsync `always` topic one sync is in flight whenever something appended is not yet
 //! synced (pipelined group commit): the group that finds no sync running prepares one under
 //! the same lock, and the blocking thread that appended it runs the fsync without the lock
-//! while the writer goes on appending the next groups; when that sync ends, one more covers
-//! everything appended meanwhile. So an fsync covers every batch that arrived during the
-//! previous one, and appending (the copy into the page cache) overlaps the disk's flush
-//! instead of adding to it. A lone producer's batch still takes one thread hop: the thread
-//! that appends it syncs it.
+//! while the writer goes on appending the next groups. When that fsync ends, the same thread
+//! reports it to the writer and, if more was appended meanwhile, starts the next one at once
+//! (up to [`SYNC_ROUNDS_MAX`] in a row, so a busy partition does not keep a blocking thread
+//! for ever). So an fsync covers every batch that arrived during the previous one, and
+//! appending (the copy into the page cache) overlaps the disk's flush instead of adding to
+//! it. A lone producer's batch still takes one thread hop: the thread that appends it syncs
+//! it.
 //!
 //! A failed fsync fences the log (storage never retries it) and fails every waiting producer,
 //! including those whose batches were appended while it ran.
@@ -33,7 +35,7 @@ use spool_broker::limits::{
 };
 use spool_broker::producer::ProducerTable;
 use spool_storage::{
-    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, TimestampMs,
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, SyncTicket, TimestampMs,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -43,6 +45,11 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ServiceError;
 use crate::idempotence::{self, Refused};
 use crate::metrics::PartitionMetrics;
+
+/// Fsyncs one blocking thread runs back to back for a busy `always` partition before it
+/// hands the partition back to the writer (which starts another at once if needed): a
+/// bound on how long a partition keeps one of the runtime's blocking threads.
+const SYNC_ROUNDS_MAX: u32 = 16;
 
 /// How long a producer waits, once its batch is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +128,10 @@ impl Partition {
             deleted: AtomicBool::new(false),
             producers: Mutex::new(ProducerTable::new()),
         });
+        let (synced, synced_answers) = mpsc::unbounded_channel();
         let writer = Writer {
+            synced,
+            synced_answers,
             partition: partition.clone(),
             queue: receiver,
             reconfigure: reconfigure_receiver,
@@ -262,8 +272,13 @@ struct Writer {
     queue: mpsc::Receiver<AppendRequest>,
     reconfigure: mpsc::Receiver<Reconfigure>,
     waiting_for_sync: Vec<WaitingForSync>,
-    /// An `always` log's sync in flight; `None` inside when it had nothing to sync.
-    syncing: Option<JoinHandle<Option<Result<Offset, SyncError>>>>,
+    /// The blocking thread running an `always` log's syncs, one after another.
+    syncing: Option<JoinHandle<()>>,
+    /// Each of its syncs' outcomes, in order. (Unbounded, but it holds at most
+    /// `SYNC_ROUNDS_MAX` entries: one thread sends, and the writer drains it before it starts
+    /// another.)
+    synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
+    synced_answers: mpsc::UnboundedReceiver<Result<Offset, SyncError>>,
     /// Something was appended that no sync started so far covers.
     unsynced: bool,
     /// The fsync of sealed segments of a `never` log, running beside the appends.
@@ -285,10 +300,8 @@ fn timer(period_ms: u64) -> Interval {
     interval
 }
 
-/// The end of the sync in flight; never, when there is none.
-async fn sync_end(
-    syncing: &mut Option<JoinHandle<Option<Result<Offset, SyncError>>>>,
-) -> Option<Result<Offset, SyncError>> {
+/// The end of the syncing thread; never, when there is none.
+async fn syncing_end(syncing: &mut Option<JoinHandle<()>>) {
     match syncing {
         Some(task) => task.await.expect("a sync panicked"),
         None => std::future::pending().await,
@@ -321,9 +334,10 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                synced = sync_end(&mut self.syncing) => {
+                Some(synced) = self.synced_answers.recv() => self.synced(synced),
+                _ = syncing_end(&mut self.syncing) => {
                     self.syncing = None;
-                    self.synced(synced);
+                    self.drain_synced();
                     self.sync_unsynced();
                 }
                 request = self.queue.recv() => match request {
@@ -396,9 +410,11 @@ impl Writer {
         }
         let may_sync = self.syncing.is_none();
         let partition = self.partition.clone();
+        let synced = self.synced.clone();
         let (appended, appended_answer) = oneshot::channel();
-        let task =
-            tokio::task::spawn_blocking(move || partition.append_group(group, may_sync, appended));
+        let task = tokio::task::spawn_blocking(move || {
+            partition.append_group(group, may_sync, appended, synced);
+        });
         let committed = appended_answer.await.expect("a group commit panicked");
         if committed.sync_started {
             self.syncing = Some(task);
@@ -441,12 +457,20 @@ impl Writer {
     fn answer(&mut self, committed: Committed) {
         let Committed { group, results, .. } = committed;
         let (topic, id) = (&self.partition.topic, self.partition.id);
+        // An idempotent producer's retry of a batch that is durable already writes nothing, so
+        // no sync may come to answer it: answer it now.
+        let durable = self.partition.with_log(|log| Ok(log.durable_offset())).ok();
         for (request, result) in group.into_iter().zip(results) {
             match (result, request.acks) {
                 (Err(error), _) => {
                     let _ = request.reply.send(Err(ServiceError::refused(topic, id, error)));
                 }
                 (Ok(appended), AckLevel::None | AckLevel::Leader) => {
+                    let _ = request.reply.send(Ok(appended));
+                }
+                (Ok(appended), AckLevel::All)
+                    if durable.is_some_and(|durable| appended.last_offset < durable) =>
+                {
                     let _ = request.reply.send(Ok(appended));
                 }
                 // The sync this group started, a later one on an `always` topic, or the next
@@ -467,24 +491,33 @@ impl Writer {
         }
         self.unsynced = false;
         let partition = self.partition.clone();
-        self.syncing = Some(tokio::task::spawn_blocking(move || Some(partition.sync_now())));
+        let synced = self.synced.clone();
+        self.syncing = Some(tokio::task::spawn_blocking(move || {
+            let ticket = partition.begin_sync_if_behind();
+            partition.sync_rounds(ticket, &synced);
+        }));
     }
 
-    /// Waits for the sync in flight, if any, and answers the producers it covers.
+    /// Waits for the syncing thread, if any, and answers the producers its syncs cover.
     async fn wait_for_sync(&mut self) {
         if let Some(task) = self.syncing.take() {
-            let synced = task.await.expect("a sync panicked");
+            task.await.expect("a sync panicked");
+        }
+        self.drain_synced();
+    }
+
+    fn drain_synced(&mut self) {
+        while let Ok(synced) = self.synced_answers.try_recv() {
             self.synced(synced);
         }
     }
 
     /// Answers the producers a finished sync covers (all of them, with the error, when it
     /// failed) and wakes readers.
-    fn synced(&mut self, synced: Option<Result<Offset, SyncError>>) {
+    fn synced(&mut self, synced: Result<Offset, SyncError>) {
         let (topic, id) = (&self.partition.topic, self.partition.id);
         match synced {
-            None => return,
-            Some(Ok(durable)) => {
+            Ok(durable) => {
                 let (covered, rest): (Vec<_>, Vec<_>) =
                     self.waiting_for_sync.drain(..).partition(|w| w.appended.last_offset < durable);
                 self.waiting_for_sync = rest;
@@ -492,7 +525,7 @@ impl Writer {
                     let _ = waiting.reply.send(Ok(waiting.appended));
                 }
             }
-            Some(Err(SyncError::Fenced(fence))) => {
+            Err(SyncError::Fenced(fence)) => {
                 self.unsynced = false;
                 for waiting in self.waiting_for_sync.drain(..) {
                     let error = SyncError::Fenced(fence.clone());
@@ -511,7 +544,7 @@ impl Writer {
         let synced = tokio::task::spawn_blocking(move || partition.sync_now())
             .await
             .expect("a sync panicked");
-        self.synced(Some(synced));
+        self.synced(synced);
     }
 
     async fn apply_retention(&mut self) {
@@ -559,14 +592,15 @@ impl Partition {
 
     /// Step 1 of a group commit, on a blocking thread: appends the group and hands the
     /// results to `appended`. On an `always` log, when `may_sync` (no sync is in flight), it
-    /// then prepares a sync under the same lock and runs it without the lock, returning its
-    /// outcome; the writer goes on appending meanwhile.
+    /// then prepares a sync under the same lock and runs it, and the ones after it, without
+    /// the lock (see [`Partition::sync_rounds`]); the writer goes on appending meanwhile.
     fn append_group(
         &self,
         mut group: Vec<AppendRequest>,
         may_sync: bool,
         appended: oneshot::Sender<Committed>,
-    ) -> Option<Result<Offset, SyncError>> {
+        synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
+    ) {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
         let now = TimestampMs::now();
@@ -586,12 +620,40 @@ impl Partition {
         let sync_started = ticket.is_some();
         // The writer drops the answer only when it is stopping; the sync still runs.
         let _ = appended.send(Committed { group, results, sync_started });
-        let ticket = ticket?;
-        // The fsync runs without the lock: readers go on, the writer appends the next group.
-        let result = self.metrics.time_fsync(|| ticket.run());
-        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-        let log = guard.as_mut().expect("the writer's log is open");
-        Some(log.finish_sync(ticket, result, TimestampMs::now()))
+        self.sync_rounds(ticket, &synced);
+    }
+
+    /// A sync of everything appended, unless it is all synced already.
+    fn begin_sync_if_behind(&self) -> Option<SyncTicket> {
+        let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
+        let log = guard.as_ref().expect("the writer's log is open");
+        (log.next_offset() > log.durable_offset()).then(|| log.begin_sync())
+    }
+
+    /// Runs `ticket`'s fsync without the lock (readers go on, the writer appends the next
+    /// group), records it, and sends the outcome to the writer; then, while something was
+    /// appended meanwhile and no fsync failed, the next one, up to [`SYNC_ROUNDS_MAX`] in all.
+    fn sync_rounds(
+        &self,
+        mut ticket: Option<SyncTicket>,
+        synced: &mpsc::UnboundedSender<Result<Offset, SyncError>>,
+    ) {
+        for round in 1..=SYNC_ROUNDS_MAX {
+            let Some(current) = ticket.take() else { return };
+            let result = self.metrics.time_fsync(|| current.run());
+            let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+            let log = guard.as_mut().expect("the writer's log is open");
+            let outcome = log.finish_sync(current, result, TimestampMs::now());
+            if outcome.is_ok()
+                && round < SYNC_ROUNDS_MAX
+                && log.next_offset() > log.durable_offset()
+            {
+                ticket = Some(log.begin_sync());
+            }
+            drop(guard);
+            // The writer drops its receiver only once it has stopped and waited for this thread.
+            let _ = synced.send(outcome);
+        }
     }
 
     /// The fsync policy in force (the log's; an alter may change it).
