@@ -161,6 +161,20 @@ async fn produce_task(
     let (mut sent, mut in_batch, mut batch_started) = (0u64, 0u64, Instant::now());
     while !budget.done(sent) {
         if let Some(pacer) = &mut pacer {
+            // Until the next message is due, take acknowledgements as they come, so a paced
+            // run times each batch when it is acknowledged, not when the window is full.
+            let due = pacer.due();
+            while let Some((.., front)) = window.front() {
+                let front = front.clone();
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(due.into()) => break,
+                    _ = front.wait() => {
+                        let entry = window.pop_front().expect("not empty");
+                        settle(entry, &mut histogram, &meter, size).await?;
+                    }
+                }
+            }
             pacer.wait().await;
         }
         if in_batch == 0 {

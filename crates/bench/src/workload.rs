@@ -75,9 +75,14 @@ impl Pacer {
         }
     }
 
+    /// When the next message is due.
+    pub fn due(&self) -> Instant {
+        self.started + self.per_message * self.sent
+    }
+
     /// Waits until the next message is due.
     pub async fn wait(&mut self) {
-        let due = self.started + self.per_message * self.sent;
+        let due = self.due();
         self.sent += 1;
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
