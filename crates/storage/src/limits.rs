@@ -41,6 +41,16 @@ pub const FSYNC_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;
 /// tie a `never` log's appends to the disk's write-back speed.
 pub const NEVER_SEALED_SYNC_INTERVAL_MS: u64 = 30_000;
 
+/// An append to an fsync `always` log this large or larger starts the disk writing its whole
+/// pages at once (see `File::start_writeback`), ahead of the fsync that follows. Smaller ones
+/// do not: writing back a page that the next small append dirties again made the fsync wait
+/// for that write and write the page twice (e2e at 10,000 1 KiB messages/s: p99 4-6 ms without
+/// the hint, 10 ms with it on every append).
+pub const WRITEBACK_HINT_BYTES_MIN: u64 = 256 * 1024;
+
+/// The page size the writeback hint rounds to.
+pub const PAGE_BYTES: u64 = 4096;
+
 /// How many bytes one `read` call may ask for.
 pub const READ_BYTES_MAX: u32 = 64 * 1024 * 1024;
 

@@ -13,8 +13,9 @@ use crate::error::{
 };
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::limits::{
-    BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, NEVER_SEALED_SYNC_INTERVAL_MS, READ_BYTES_MAX,
-    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, index_entries_max,
+    BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, NEVER_SEALED_SYNC_INTERVAL_MS, PAGE_BYTES,
+    READ_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    WRITEBACK_HINT_BYTES_MIN, index_entries_max,
 };
 use crate::recovery::RecoveryReport;
 use crate::segment::{SealData, Segment, SegmentWriteError};
@@ -388,9 +389,14 @@ impl Log {
         let start = active.size_bytes;
         let outcome = match active.append_run(&bufs, &headers, now) {
             Ok(()) => {
-                if self.config.fsync == FsyncPolicy::Always {
-                    // Its fsync follows at once: start the disk on it now.
-                    active.file.start_writeback(start, active.size_bytes - start);
+                let end = active.size_bytes;
+                if self.config.fsync == FsyncPolicy::Always
+                    && end - start >= WRITEBACK_HINT_BYTES_MIN
+                {
+                    // Its fsync follows at once: start the disk on its whole pages now (the
+                    // last, partial page is written again by the next append).
+                    let from = start / PAGE_BYTES * PAGE_BYTES;
+                    active.file.start_writeback(from, end / PAGE_BYTES * PAGE_BYTES - from);
                 }
                 Ok(())
             }
