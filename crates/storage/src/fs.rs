@@ -2,7 +2,8 @@
 //! test can run against [`crate::sim::SimFileSystem`], which simulates crashes and faults.
 //!
 //! The trait is deliberately small: positional reads and writes, length changes,
-//! preallocation, the two syncs, and a writable map for index files.
+//! preallocation, the two syncs, a writeback hint (which makes nothing durable), and a
+//! writable map for index files.
 
 use std::fmt::Debug;
 use std::io;
