@@ -25,7 +25,7 @@
 //! including those whose batches were appended while it ran.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -137,7 +137,6 @@ impl Partition {
             reconfigure: reconfigure_receiver,
             waiting_for_sync: Vec::new(),
             syncing: None,
-            unsynced: false,
             background_sync: None,
         };
         (partition.clone(), tokio::spawn(writer.run(stop)))
@@ -279,8 +278,6 @@ struct Writer {
     /// another.)
     synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
     synced_answers: mpsc::UnboundedReceiver<Result<Offset, SyncError>>,
-    /// Something was appended that no sync started so far covers.
-    unsynced: bool,
     /// The fsync of sealed segments of a `never` log, running beside the appends.
     background_sync: Option<JoinHandle<()>>,
 }
@@ -298,6 +295,14 @@ fn timer(period_ms: u64) -> Interval {
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
+}
+
+/// Whether `log` is an `always` log with appended data no sync covers, which it can still
+/// sync (a fenced log never syncs again).
+fn behind(log: &Log) -> bool {
+    log.config().fsync == FsyncPolicy::Always
+        && log.fence().is_none()
+        && log.next_offset() > log.durable_offset()
 }
 
 /// The end of the syncing thread; never, when there is none.
@@ -338,7 +343,7 @@ impl Writer {
                 _ = syncing_end(&mut self.syncing) => {
                     self.syncing = None;
                     self.drain_synced();
-                    self.sync_unsynced();
+                    self.sync_if_behind();
                 }
                 request = self.queue.recv() => match request {
                     Some(request) => self.commit(request).await,
@@ -418,8 +423,6 @@ impl Writer {
         let committed = appended_answer.await.expect("a group commit panicked");
         if committed.sync_started {
             self.syncing = Some(task);
-        } else if committed.results.iter().any(Result::is_ok) {
-            self.unsynced = true;
         }
         self.partition.metrics.committed(
             committed.group.len(),
@@ -483,19 +486,18 @@ impl Writer {
         }
     }
 
-    /// On an `always` log with no sync in flight, starts one for what was appended since the
-    /// last one started.
-    fn sync_unsynced(&mut self) {
-        if !self.unsynced || self.syncing.is_some() {
+    /// With no sync in flight, starts one if an `always` log has appended what no sync covers
+    /// (groups appended after the last syncing thread's final round).
+    fn sync_if_behind(&mut self) {
+        if self.syncing.is_some() {
             return;
         }
-        self.unsynced = false;
+        let ticket = self.partition.with_log(|log| Ok(behind(log).then(|| log.begin_sync())));
+        let Ok(Some(ticket)) = ticket else { return };
         let partition = self.partition.clone();
         let synced = self.synced.clone();
-        self.syncing = Some(tokio::task::spawn_blocking(move || {
-            let ticket = partition.begin_sync_if_behind();
-            partition.sync_rounds(ticket, &synced);
-        }));
+        self.syncing =
+            Some(tokio::task::spawn_blocking(move || partition.sync_rounds(ticket, &synced)));
     }
 
     /// Waits for the syncing thread, if any, and answers the producers its syncs cover.
@@ -526,7 +528,6 @@ impl Writer {
                 }
             }
             Err(SyncError::Fenced(fence)) => {
-                self.unsynced = false;
                 for waiting in self.waiting_for_sync.drain(..) {
                     let error = SyncError::Fenced(fence.clone());
                     let _ = waiting.reply.send(Err(ServiceError::sync(topic, id, error)));
@@ -539,7 +540,6 @@ impl Writer {
     /// Syncs what was appended and answers the producers waiting for it.
     async fn sync(&mut self) {
         self.wait_for_sync().await;
-        self.unsynced = false;
         let partition = self.partition.clone();
         let synced = tokio::task::spawn_blocking(move || partition.sync_now())
             .await
@@ -620,14 +620,9 @@ impl Partition {
         let sync_started = ticket.is_some();
         // The writer drops the answer only when it is stopping; the sync still runs.
         let _ = appended.send(Committed { group, results, sync_started });
-        self.sync_rounds(ticket, &synced);
-    }
-
-    /// A sync of everything appended, unless it is all synced already.
-    fn begin_sync_if_behind(&self) -> Option<SyncTicket> {
-        let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
-        let log = guard.as_ref().expect("the writer's log is open");
-        (log.next_offset() > log.durable_offset()).then(|| log.begin_sync())
+        if let Some(ticket) = ticket {
+            self.sync_rounds(ticket, &synced);
+        }
     }
 
     /// Runs `ticket`'s fsync without the lock (readers go on, the writer appends the next
@@ -635,25 +630,34 @@ impl Partition {
     /// appended meanwhile and no fsync failed, the next one, up to [`SYNC_ROUNDS_MAX`] in all.
     fn sync_rounds(
         &self,
-        mut ticket: Option<SyncTicket>,
+        mut ticket: SyncTicket,
         synced: &mpsc::UnboundedSender<Result<Offset, SyncError>>,
     ) {
         for round in 1..=SYNC_ROUNDS_MAX {
-            let Some(current) = ticket.take() else { return };
-            let result = self.metrics.time_fsync(|| current.run());
-            let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-            let log = guard.as_mut().expect("the writer's log is open");
-            let outcome = log.finish_sync(current, result, TimestampMs::now());
-            if outcome.is_ok()
-                && round < SYNC_ROUNDS_MAX
-                && log.next_offset() > log.durable_offset()
-            {
-                ticket = Some(log.begin_sync());
-            }
+            let (outcome, guard) = self.run_sync(ticket);
+            let log = guard.as_ref().expect("the writer's log is open");
+            let next = (round < SYNC_ROUNDS_MAX && behind(log)).then(|| log.begin_sync());
             drop(guard);
             // The writer drops its receiver only once it has stopped and waited for this thread.
             let _ = synced.send(outcome);
+            match next {
+                Some(next) => ticket = next,
+                None => return,
+            }
         }
+    }
+
+    /// Runs `ticket`'s fsync without the lock, then records its outcome under the write lock,
+    /// which it hands back.
+    fn run_sync(
+        &self,
+        ticket: SyncTicket,
+    ) -> (Result<Offset, SyncError>, RwLockWriteGuard<'_, Option<Log>>) {
+        let result = self.metrics.time_fsync(|| ticket.run());
+        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+        let log = guard.as_mut().expect("the writer's log is open");
+        let outcome = log.finish_sync(ticket, result, TimestampMs::now());
+        (outcome, guard)
     }
 
     /// The fsync policy in force (the log's; an alter may change it).
@@ -668,10 +672,7 @@ impl Partition {
             let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
             guard.as_ref().expect("the writer's log is open").begin_sync()
         };
-        let result = self.metrics.time_fsync(|| ticket.run());
-        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-        let log = guard.as_mut().expect("the writer's log is open");
-        log.finish_sync(ticket, result, TimestampMs::now())
+        self.run_sync(ticket).0
     }
 }
 

@@ -510,13 +510,11 @@ impl Log {
     pub fn begin_sync(&self) -> SyncTicket {
         let target = self.written();
         let (active, sealed) = self.segments.split_last().expect("a log has at least one segment");
-        let sealed: Vec<&Segment> = match self.fence {
-            Some(_) => Vec::new(),
-            None => sealed.iter().filter(|s| !s.data_durable).collect(),
-        };
+        let fenced = self.fence.is_some();
+        let sealed: Vec<&Segment> = sealed.iter().filter(|s| !fenced && !s.data_durable).collect();
         let mut files: Vec<(Arc<dyn File>, PathBuf)> =
             sealed.iter().map(|s| (s.file.clone(), s.path.clone())).collect();
-        if target.offset > self.durable.offset && self.fence.is_none() {
+        if !fenced && target.offset > self.durable.offset {
             files.push((active.file.clone(), active.path.clone()));
         }
         SyncTicket {
