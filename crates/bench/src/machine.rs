@@ -77,6 +77,22 @@ pub fn file_system(dir: &Path) -> String {
     best.map_or_else(|| "unknown".into(), |(_, description)| description)
 }
 
+/// The CPU time this process has used, user and system, in seconds (from `/proc/self/stat`,
+/// in the kernel's fixed 100 ticks per second).
+pub fn cpu_seconds() -> f64 {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The command name in parentheses may hold spaces; the fields follow its `)`.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) as f64 / TICKS_PER_SECOND)
+        })
+        .unwrap_or(0.0)
+}
+
 /// The resident memory of this process, in bytes (from `/proc/self/statm`).
 pub fn resident_bytes() -> u64 {
     let page_bytes = 4096;

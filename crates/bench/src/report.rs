@@ -59,6 +59,15 @@ pub fn table(result: &BenchResult) -> String {
             "memory      resident {first:.0} MiB at start, {last:.0} at end, {rss:.0} at most (this process)"
         );
     }
+    if !result.timeline.is_empty() {
+        let busy: f64 =
+            result.timeline.iter().map(|s| s.cpu_cores).sum::<f64>() / result.timeline.len() as f64;
+        let per_gb = busy * result.seconds / (result.mb_per_sec * result.seconds / 1e3).max(1e-9);
+        let _ = writeln!(
+            out,
+            "cpu         {busy:.2} cores busy, {per_gb:.2} core-seconds per GB (this process)"
+        );
+    }
     if let (Some(disk), Some(vs)) = (&result.disk, &result.vs_disk) {
         let _ = writeln!(
             out,

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::machine::resident_bytes;
+use crate::machine::{cpu_seconds, resident_bytes};
 
 /// The longest latency a histogram tells apart; longer ones count as this long.
 const LATENCY_NANOS_MAX: u64 = 60_000_000_000;
@@ -95,6 +95,8 @@ pub struct Sample {
     pub mb_per_sec: f64,
     /// This process's resident memory (with an in-process server: server and client).
     pub rss_mib: f64,
+    /// The cores this process kept busy over the interval, on average.
+    pub cpu_cores: f64,
 }
 
 /// Runs until `done` turns true: moves the progress bar and keeps one sample per second.
@@ -109,6 +111,7 @@ pub async fn sample(
     let mut samples = Vec::new();
     let mut ticks = 0u32;
     let (mut last_messages, mut last_bytes, mut last_at) = (0u64, 0u64, started);
+    let mut last_cpu = cpu_seconds();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
@@ -129,15 +132,17 @@ pub async fn sample(
         ));
         if ticks.is_multiple_of(SAMPLE_EVERY) || finished {
             let interval_seconds = now.duration_since(last_at).as_secs_f64();
+            let cpu = cpu_seconds();
             if interval_seconds > 0.05 {
                 samples.push(Sample {
+                    cpu_cores: (cpu - last_cpu) / interval_seconds,
                     seconds: now.duration_since(started).as_secs_f64(),
                     msgs_per_sec: (messages - last_messages) as f64 / interval_seconds,
                     mb_per_sec: (bytes - last_bytes) as f64 / 1e6 / interval_seconds,
                     rss_mib: resident_bytes() as f64 / (1024.0 * 1024.0),
                 });
             }
-            (last_messages, last_bytes, last_at) = (messages, bytes, now);
+            (last_messages, last_bytes, last_at, last_cpu) = (messages, bytes, now, cpu);
         }
         if finished {
             bar.finish_and_clear();
