@@ -25,15 +25,15 @@ use spool_storage::batch::BatchIter;
 use spool_storage::{Offset, ReadBatches, TimestampMs};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Action, Caller, Resource};
 use crate::broker::Broker;
 use crate::error::{RequestError, ServiceError};
-use crate::metrics::Buffered;
 use crate::partition::Partition;
+use crate::replies::{Queued, Replies};
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeApi {
@@ -118,9 +118,6 @@ pub(crate) fn answer(
 }
 
 type SubscribeItems = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
-
-/// One message toward a subscriber and the bytes it holds on the server.
-type Queued = (Result<SubscribeResponse, Status>, Option<Buffered>);
 
 impl ConsumeApi {
     async fn fetch_inner(
@@ -296,8 +293,9 @@ impl ConsumeService for ConsumeApi {
             if request.stop_at_end { Some(partition.state()?.visible_end_offset) } else { None };
         let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
         tokio::spawn(feed(self.broker.clone(), caller, partition, start, end, wire, queue));
-        // The byte count is released when a message is handed to the network.
-        let stream = ReceiverStream::new(messages).map(|(message, _buffered)| message);
-        Ok(Response::new(Box::pin(stream)))
+        // tonic gets no messages: `RawReplies` sends these without copying their batches.
+        let mut response = Response::new(Box::pin(tokio_stream::empty()) as SubscribeItems);
+        response.extensions_mut().insert(Replies::new(ReceiverStream::new(messages)));
+        Ok(response)
     }
 }

@@ -37,6 +37,7 @@ mod internal_log;
 pub mod metrics;
 mod partition;
 mod produce;
+mod replies;
 mod serving;
 mod topics;
 
@@ -67,6 +68,7 @@ use crate::consume::ConsumeApi;
 use crate::groups::{GroupApi, Groups};
 use crate::idempotence::ProducerIds;
 use crate::produce::ProduceApi;
+use crate::replies::RawReplies;
 use crate::serving::Gate;
 use crate::topics::TopicApi;
 
@@ -171,7 +173,7 @@ pub async fn run(
 struct Services {
     topics: Gate<TopicServiceServer<TopicApi>>,
     produce: Gate<ProduceServiceServer<ProduceApi>>,
-    consume: Gate<ConsumeServiceServer<ConsumeApi>>,
+    consume: Gate<RawReplies<ConsumeServiceServer<ConsumeApi>>>,
     groups: Gate<GroupServiceServer<GroupApi>>,
 }
 
@@ -192,7 +194,7 @@ impl Services {
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         self.topics.open(topics, auth.clone());
         self.produce.open(produce, auth.clone());
-        self.consume.open(consume, auth.clone());
+        self.consume.open(RawReplies(consume), auth.clone());
         let groups = GroupServiceServer::new(GroupApi { groups: server.groups.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
