@@ -2,13 +2,17 @@
 //! test can run against [`crate::sim::SimFileSystem`], which simulates crashes and faults.
 //!
 //! The trait is deliberately small: positional reads and writes, length changes,
-//! preallocation, the two syncs, a writeback hint (which makes nothing durable), and a
-//! writable map for index files.
+//! preallocation, the two syncs, a writeback hint (which makes nothing durable), a writable
+//! map for index files, and reads that may share the page cache instead of copying it.
 
 use std::fmt::Debug;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::limits::MAP_READ_BYTES_MIN;
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,13 @@ pub trait FileSystem: Send + Sync + Debug + 'static {
 pub trait File: Send + Sync + Debug {
     /// Fills `buf` from `position`; an error if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// The `len` bytes at `position`; an error if the file ends first. The caller promises
+    /// that nothing rewrites or cuts off these bytes while the answer lives (in a log: they lie
+    /// below the visible end, which only grows), so an implementation may map them rather
+    /// than copy them.
+    fn read_shared_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        read_copied(self, position, len)
+    }
     /// Writes all of `buf` at `position`.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
     /// Writes all of `bufs`, back to back, from `position` (`pwritev`).
@@ -137,6 +148,15 @@ impl File for StdFile {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, position)
     }
 
+    fn read_shared_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        if len >= MAP_READ_BYTES_MIN {
+            if let Some(bytes) = self.map_range(position, len) {
+                return Ok(bytes);
+            }
+        }
+        read_copied(self, position, len)
+    }
+
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(&self.file, buf, position)
     }
@@ -230,6 +250,26 @@ impl File for StdFile {
 }
 
 impl StdFile {
+    /// Maps `len` bytes at `position` read-only and faults them all in here, on the caller's
+    /// (blocking) thread, so that whoever reads the answer later (a socket write on the async
+    /// runtime) neither waits for the disk nor meets an I/O error as SIGBUS. `None` when the
+    /// range cannot be mapped or faulted in (a read error, or a kernel before 5.14 without
+    /// `MADV_POPULATE_READ`): the caller copies instead, and a plain read reports any error.
+    fn map_range(&self, position: u64, len: usize) -> Option<Bytes> {
+        // A map would read the end of the file's last page as zeros; a read reports the end.
+        if position.checked_add(len as u64)? > self.len().ok()? {
+            return None;
+        }
+        // SAFETY: read-only, and the caller promises (see `File::read_shared_at`) that the
+        // range is never rewritten or truncated while mapped: segments are append-only, and
+        // only bytes past a log's visible end are ever cut back. A file removed while mapped
+        // stays readable until the map is dropped.
+        let map = unsafe { memmap2::MmapOptions::new().offset(position).len(len).map(&self.file) }
+            .ok()?;
+        map.advise(memmap2::Advice::PopulateRead).ok()?;
+        Some(Bytes::from_owner(map))
+    }
+
     fn zero_fill(&self, len: u64) -> io::Result<()> {
         let current = self.len()?;
         let zeros = vec![0u8; 64 * 1024];
@@ -241,6 +281,12 @@ impl StdFile {
         }
         Ok(())
     }
+}
+
+fn read_copied<F: File + ?Sized>(file: &F, position: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, position)?;
+    Ok(buf.freeze())
 }
 
 #[derive(Debug)]
@@ -259,5 +305,39 @@ impl MappedFile for StdMap {
 
     fn flush(&self) -> io::Result<()> {
         self.map.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_reads_map_or_copy_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let fs = StdFileSystem;
+        let file = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let bytes: Vec<u8> = (0..MAP_READ_BYTES_MIN * 3).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&bytes, 0).unwrap();
+        // Mapped (large, at a position that is not page-aligned) and copied (small).
+        for (position, len) in [(4097, MAP_READ_BYTES_MIN + 5), (0, bytes.len()), (10, 100)] {
+            let read = file.read_shared_at(position as u64, len).unwrap();
+            assert_eq!(&read[..], &bytes[position..position + len], "at {position}, {len} bytes");
+        }
+        // Past the end is an error, mapped or not: not zeros from the last page.
+        let end = bytes.len() as u64;
+        for (position, len) in [(end - 10, MAP_READ_BYTES_MIN), (end - 10, 20)] {
+            let error = file.read_shared_at(position, len).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "at {position}, {len} bytes");
+        }
+        // A large read maps the file (on Linux with MADV_POPULATE_READ, 5.14 and later), and
+        // outlives the file's removal.
+        let read = file.read_shared_at(0, MAP_READ_BYTES_MIN).unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps.contains(path.to_str().unwrap()), "{path:?} is mapped");
+        drop(file);
+        fs.remove_file(&path).unwrap();
+        assert_eq!(&read[..], &bytes[..MAP_READ_BYTES_MIN]);
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader, field};
 use crate::fs::{File, FileSystem, OpenMode};
@@ -293,8 +293,7 @@ impl Segment {
             return Ok(Bytes::new());
         }
         let want = available.min(u64::from(bytes_max).max(BATCH_PREFIX_BYTES as u64)) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        self.file.read_exact_at(&mut buf, position)?;
+        let buf = self.file.read_shared_at(position, want)?;
         // Cut at the last whole batch.
         let mut at = 0usize;
         while at < want {
@@ -308,15 +307,12 @@ impl Segment {
             } else if at == 0 {
                 // The first batch is larger than `bytes_max`: return it whole.
                 let whole = u64::from(batch_bytes).min(available) as usize;
-                let mut first = BytesMut::zeroed(whole);
-                self.file.read_exact_at(&mut first, position)?;
-                return Ok(first.freeze());
+                return self.file.read_shared_at(position, whole);
             } else {
                 break;
             }
         }
-        buf.truncate(at);
-        Ok(buf.freeze())
+        Ok(buf.slice(..at))
     }
 
     /// Checks every batch in the log file (length, CRC, offsets continuing from the base)
