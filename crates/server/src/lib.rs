@@ -47,7 +47,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spool_broker::OpenRegistryError;
-use spool_broker::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, STREAMS_PER_CONNECTION_MAX};
+use spool_broker::limits::{
+    HTTP2_FRAME_BYTES_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, STREAMS_PER_CONNECTION_MAX,
+};
 use spool_proto::v1::consume_service_server::ConsumeServiceServer;
 use spool_proto::v1::group_service_server::GroupServiceServer;
 use spool_proto::v1::produce_service_server::ProduceServiceServer;
@@ -242,8 +244,9 @@ pub async fn serve(
         consume: Gate::new(),
         groups: Gate::new(),
     };
-    let mut builder =
-        tonic::transport::Server::builder().max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX);
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.server_config()).map_err(RunError::Tls)?;
     }
