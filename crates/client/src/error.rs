@@ -204,6 +204,9 @@ pub enum GroupError {
     /// A position was set for a partition the member does not own.
     #[error("the member does not own {topic}/{partition}")]
     NotOwned { topic: String, partition: u32 },
+    /// A batch failed its check on arrival: the bytes are not what the server stored.
+    #[error("a batch of {topic}/{partition} received at offset {offset} fails its check: {source}")]
+    Corrupt { topic: String, partition: u32, offset: u64, source: BatchError },
     /// The server sent what the protocol does not allow.
     #[error("the server broke the group protocol: {reason}")]
     Protocol { reason: String },

@@ -35,9 +35,10 @@
 //! in transit plus what arrives during one commit's fsync); they are handed out first by the
 //! next `poll`.
 //!
-//! Records travel in the `ENCODING_RECORDS` encoding: the server trims a partition's first
-//! message to the group's starting offset, which a member cannot do for raw batches (it is
-//! not told where the server started).
+//! Records travel as the stored batches (`ENCODING_RAW_BATCH`): every batch's CRC is checked
+//! on arrival, records below the message's `start_offset` (the part of a partition's first
+//! batch before where the member starts) are skipped, and keys, values and header values are
+//! slices of the received bytes, not copies.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -51,6 +52,7 @@ use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
+use spool_storage::batch::{BatchError, BatchIter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -178,6 +180,35 @@ impl GroupRecord {
         }
     }
 
+    /// The records at or after `start` in whole stored batches, each checked.
+    fn from_batches(bytes: &Bytes, start: u64) -> Result<Vec<GroupRecord>, BatchError> {
+        let mut records = Vec::new();
+        for batch in BatchIter::new(bytes) {
+            for record in batch?.records() {
+                let record = record?;
+                if record.offset.0 < start {
+                    continue;
+                }
+                let mut headers = Vec::new();
+                for header in record.headers() {
+                    let header = header?;
+                    headers.push((
+                        String::from_utf8_lossy(header.key).into_owned(),
+                        header.value.map(|v| bytes.slice_ref(v)),
+                    ));
+                }
+                records.push(GroupRecord {
+                    offset: record.offset.0,
+                    timestamp_ms: record.timestamp.0,
+                    key: record.key.map(|k| bytes.slice_ref(k)),
+                    value: record.value.map(|v| bytes.slice_ref(v)),
+                    headers,
+                });
+            }
+        }
+        Ok(records)
+    }
+
     /// The value of the first header named `name`.
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers.iter().find(|(key, _)| key == name).and_then(|(_, value)| value.as_ref())
@@ -294,7 +325,7 @@ impl Member {
             topics: config.topics.clone(),
             session_timeout_ms,
             reset: reset as i32,
-            encoding: wire::Encoding::Records as i32,
+            encoding: wire::Encoding::RawBatch as i32,
         };
         let (requests, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let first = wire::MemberRequest { kind: Some(RequestKind::Join(join)) };
@@ -446,22 +477,38 @@ impl Member {
 
     /// Hands out one records message, moving its partition's position; `None` when it
     /// belongs to a partition the member no longer owns (or an earlier tenure of it).
-    fn hand_out(&mut self, records: wire::PartitionRecords) -> Option<GroupRecords> {
+    fn hand_out(
+        &mut self,
+        records: wire::PartitionRecords,
+    ) -> Result<Option<GroupRecords>, GroupError> {
         let key = TopicPartition { topic: records.topic, partition: records.partition };
-        let state = self.partitions.get_mut(&key)?;
+        let Some(state) = self.partitions.get_mut(&key) else { return Ok(None) };
         if records.generation < state.acquired {
-            return None;
+            return Ok(None);
         }
+        let handed = if records.raw_batches.is_empty() {
+            // A server may answer in the records encoding; it trimmed them itself.
+            records.records.into_iter().map(GroupRecord::from_wire).collect()
+        } else {
+            GroupRecord::from_batches(&records.raw_batches, records.start_offset).map_err(
+                |source| GroupError::Corrupt {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    offset: records.start_offset,
+                    source,
+                },
+            )?
+        };
         state.position = Some(records.next_offset);
         state.log_end_offset = Some(records.log_end_offset);
-        Some(GroupRecords {
+        Ok(Some(GroupRecords {
             topic: key.topic,
             partition: key.partition,
             generation: records.generation,
-            records: records.records.into_iter().map(GroupRecord::from_wire).collect(),
+            records: handed,
             next_offset: records.next_offset,
             log_end_offset: records.log_end_offset,
-        })
+        }))
     }
 }
 
@@ -514,7 +561,7 @@ impl GroupConsumer {
             if let Some(held) = member.held.pop_front() {
                 match held {
                     Held::Assigned(assignment) => return Ok(GroupEvent::Assigned(assignment)),
-                    Held::Records(records) => match member.hand_out(records) {
+                    Held::Records(records) => match member.hand_out(records)? {
                         Some(records) => return Ok(GroupEvent::Records(records)),
                         None => continue,
                     },
@@ -525,7 +572,7 @@ impl GroupConsumer {
                     return Ok(GroupEvent::Assigned(member.assign(assignment).await?));
                 }
                 Kind::Records(records) => {
-                    if let Some(records) = member.hand_out(records) {
+                    if let Some(records) = member.hand_out(records)? {
                         return Ok(GroupEvent::Records(records));
                     }
                 }

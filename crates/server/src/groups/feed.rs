@@ -116,6 +116,7 @@ impl Feed {
                     raw_batches: read_answer.raw_batches,
                     next_offset: read_answer.next_offset,
                     log_end_offset: read_answer.log_end_offset,
+                    start_offset: from.0,
                 })),
             };
             permit.send(FeedItem { alive: self.alive.clone(), event });
