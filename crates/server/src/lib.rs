@@ -79,8 +79,9 @@ use crate::topics::TopicApi;
 /// immediate).
 pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long shutdown waits for calls in flight (for example a subscriber whose client does
-/// not read) before it closes their connections. Work already queued is finished regardless.
+/// How long shutdown waits for calls in flight, gRPC and browser alike (for example a
+/// subscriber whose client does not read), before it closes their connections. One deadline
+/// covers both listeners. Work already queued is finished regardless.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
@@ -300,9 +301,13 @@ pub async fn serve(
     if let Some(serving) = options.serving {
         let _ = serving.send(());
     }
+    // Set when shutdown starts; the browser listener gets what is left of the same grace.
+    let mut deadline = None;
     let served = tokio::select! {
         served = &mut serving => served,
         () = &mut shutdown => {
+            let grace_end = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            deadline = Some(grace_end);
             tracing::info!("shutting down: finishing calls in flight");
             set_health(&reporter, ServingStatus::NotServing).await;
             // Health watchers see NOT_SERVING, then their streams end, so they do not hold
@@ -314,7 +319,7 @@ pub async fn serve(
             stop_serving.cancel();
             tokio::select! {
                 served = &mut serving => served,
-                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                _ = tokio::time::sleep_until(grace_end) => {
                     tracing::warn!("calls still in flight after the grace period; closing their connections");
                     Ok(())
                 }
@@ -328,7 +333,12 @@ pub async fn serve(
     // Posts in flight finish before the logs close; a browser that reads nothing is not
     // waited for past the grace period.
     let http_served = match http_endpoint {
-        Some(mut endpoint) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut endpoint).await {
+        Some(mut endpoint) => match tokio::time::timeout_at(
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE),
+            &mut endpoint,
+        )
+        .await
+        {
             Ok(Ok(result)) => result.map_err(RunError::HttpEndpoint),
             Ok(Err(error)) => {
                 tracing::error!(%error, "the browser listener panicked");
