@@ -3,16 +3,20 @@
 //!
 //! - [`ProducerIds`] hands out ids that are never reused: a block of
 //!   [`PRODUCER_ID_BLOCK`] ids is reserved durably in the internal log
-//!   `internal/producer-ids/0` before any of it is handed out, so after a restart allocation
-//!   continues past every block reserved before (unused ids of a block are skipped).
+//!   `internal/producer-ids` before any of it is handed out, so after a restart allocation
+//!   continues past every block reserved before (unused ids of a block are skipped). Past
+//!   the compaction threshold the log is rewritten as its one highest reservation.
 //! - [`append_group`] is what the partition writer calls instead of `Log::append_many`: it
 //!   decides each batch's [`Verdict`], appends only the batches to append, answers
 //!   duplicates with the original offsets, and records what was appended.
 //! - [`rebuild`] reads the stamps of the batches at the tail of a log at start-up.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use spool_broker::limits::{PRODUCER_ID_BLOCK, PRODUCER_STATE_SCAN_BYTES};
+use spool_broker::limits::{
+    INTERNAL_LOG_COMPACT_BYTES, PRODUCER_ID_BLOCK, PRODUCER_STATE_SCAN_BYTES,
+};
 use spool_broker::producer::{ProducerTable, SequenceError, SequencedBatch, Verdict};
 use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchIter, ProducerStamp, field};
 use spool_storage::{AppendError, Appended, Log, ReadError, TimestampMs};
@@ -161,6 +165,9 @@ pub(crate) struct ProducerIds {
     next: AtomicI64,
     /// Ids below this are reserved durably. Taken while reserving a new block.
     reserved_end: tokio::sync::Mutex<i64>,
+    /// The highest reservation queued to the log, raised before its record is queued: what a
+    /// compaction keeps (one record), so it never drops a reservation already in the log.
+    queued_end: Arc<AtomicI64>,
     log: InternalLog,
 }
 
@@ -172,20 +179,41 @@ pub enum ProducerIdError {
 
 impl ProducerIds {
     pub(crate) async fn open(data_dir: &std::path::Path) -> Result<ProducerIds, OpenInternalError> {
-        let reserved = std::sync::Arc::new(AtomicI64::new(0));
+        ProducerIds::open_compacting_at(data_dir, INTERNAL_LOG_COMPACT_BYTES).await
+    }
+
+    /// [`ProducerIds::open`], compacting its log past `compact_bytes_min` (tests use small
+    /// ones).
+    async fn open_compacting_at(
+        data_dir: &std::path::Path,
+        compact_bytes_min: u64,
+    ) -> Result<ProducerIds, OpenInternalError> {
+        let reserved = Arc::new(AtomicI64::new(0));
         let folding = reserved.clone();
-        let log = InternalLog::open(data_dir, "producer-ids", move |value| {
-            let end: [u8; 8] = value
-                .try_into()
-                .map_err(|_| format!("a reservation holds {} bytes, not 8", value.len()))?;
-            folding.fetch_max(i64::from_le_bytes(end), Ordering::SeqCst);
-            Ok(())
-        })
+        let log = InternalLog::open_compacting_at(
+            data_dir,
+            "producer-ids",
+            compact_bytes_min,
+            move |value| {
+                let end: [u8; 8] = value
+                    .try_into()
+                    .map_err(|_| format!("a reservation holds {} bytes, not 8", value.len()))?;
+                folding.fetch_max(i64::from_le_bytes(end), Ordering::SeqCst);
+                Ok(())
+            },
+        )
         .await?;
         let reserved_end = reserved.load(Ordering::SeqCst);
+        let queued_end = Arc::new(AtomicI64::new(reserved_end));
+        let snapshot = queued_end.clone();
+        log.compact_with(Box::new(move || {
+            let end = snapshot.load(Ordering::SeqCst);
+            Some(vec![(Vec::new(), end.to_le_bytes().to_vec())])
+        }));
         Ok(ProducerIds {
             next: AtomicI64::new(reserved_end),
             reserved_end: tokio::sync::Mutex::new(reserved_end),
+            queued_end,
             log,
         })
     }
@@ -196,6 +224,7 @@ impl ProducerIds {
         let id = self.next.load(Ordering::SeqCst);
         if id >= *reserved_end {
             let end = id + PRODUCER_ID_BLOCK as i64;
+            self.queued_end.fetch_max(end, Ordering::SeqCst);
             self.log.append(Vec::new(), end.to_le_bytes().to_vec()).await?;
             *reserved_end = end;
         }
@@ -214,5 +243,48 @@ impl ProducerIds {
 
     pub(crate) async fn close(&self) {
         self.log.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generations(data: &std::path::Path) -> Vec<String> {
+        let base = data.join("internal").join("producer-ids");
+        let mut names: Vec<String> = std::fs::read_dir(base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn reservations_compact_and_allocation_goes_on_past_them() {
+        // One record of 81 bytes per block, compacted past 1 KiB: after the 13th block, then
+        // every 12th. Stopping after each count from 13 to 40 blocks stops right after a
+        // compaction too (when the log holds nothing but its snapshot), not only between.
+        for blocks in 13..=40 {
+            let data = tempfile::tempdir().unwrap();
+            let ids = ProducerIds::open_compacting_at(data.path(), 1024).await.unwrap();
+            let mut last = -1;
+            for _ in 0..blocks * PRODUCER_ID_BLOCK {
+                let id = ids.allocate().await.unwrap();
+                assert_eq!(id, last + 1, "ids are handed out in order");
+                last = id;
+            }
+            ids.close().await;
+            let generations = generations(data.path());
+            assert_eq!(generations.len(), 1, "one log left: {generations:?}");
+            assert_ne!(generations, ["0"], "it was compacted after {blocks} blocks");
+
+            // The log keeps the highest reservation: nothing handed out is handed out again,
+            // and every id handed out is still known.
+            let reopened = ProducerIds::open_compacting_at(data.path(), 1024).await.unwrap();
+            reopened.check(last).unwrap();
+            assert_eq!(reopened.allocate().await.unwrap(), last + 1, "after {blocks} blocks");
+            reopened.close().await;
+        }
     }
 }
