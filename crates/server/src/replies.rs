@@ -9,8 +9,11 @@
 //! The subscribe handler returns an empty stream to tonic and puts the real one in the
 //! response's extensions ([`Replies`]); [`RawReplies`], wrapped around the consume service,
 //! swaps it in as the response body. Everything else (routing, the token check, headers,
-//! request decoding and limits) stays tonic's. What goes on the wire is plain gRPC: message
-//! frames (uncompressed) then trailers with `grpc-status`.
+//! request decoding) stays tonic's. What goes on the wire is plain gRPC: message frames
+//! (uncompressed: the consume service enables no compression) then trailers with
+//! `grpc-status`. tonic's per-message size check is not applied to these answers; they are
+//! bounded before they are built (a subscribe read is `SUBSCRIBE_READ_BYTES`, or one batch of
+//! at most `BATCH_BYTES_MAX`), below the `RESPONSE_BYTES_MAX` clients accept.
 
 use std::convert::Infallible;
 use std::pin::Pin;
