@@ -177,7 +177,7 @@ struct Services {
     topics: Gate<TopicServiceServer<TopicApi>>,
     produce: Gate<ProduceServiceServer<ProduceApi>>,
     consume: Gate<RawReplies<ConsumeServiceServer<ConsumeApi>>>,
-    groups: Gate<GroupServiceServer<GroupApi>>,
+    groups: Gate<RawReplies<GroupServiceServer<GroupApi>>>,
 }
 
 impl Services {
@@ -201,7 +201,7 @@ impl Services {
         let groups = GroupServiceServer::new(GroupApi { groups: server.groups.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        self.groups.open(groups, auth.clone());
+        self.groups.open(RawReplies(groups), auth.clone());
     }
 }
 

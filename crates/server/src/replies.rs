@@ -1,19 +1,20 @@
-//! Subscribe answers sent without copying their stored batches.
+//! Answers sent without copying their stored batches: subscribe answers and group members'
+//! records.
 //!
 //! tonic encodes every message into its own buffer, so a replayed megabyte of stored
 //! batches was copied once more on its way to the socket (with a fresh allocation each time):
-//! ~15% of the CPU of a replay. Here the answer's other fields and the batches' field key and
+//! ~15% of the CPU of a replay. Here the message's other fields and the batches' field key and
 //! length are encoded into a few bytes, and the batches follow as their own `Bytes`, which
 //! hyper and h2 hand to the socket as they are.
 //!
-//! The subscribe handler returns an empty stream to tonic and puts the real one in the
-//! response's extensions ([`Replies`]); [`RawReplies`], wrapped around the consume service,
-//! swaps it in as the response body. Everything else (routing, the token check, headers,
-//! request decoding) stays tonic's. What goes on the wire is plain gRPC: message frames
-//! (uncompressed: the consume service enables no compression) then trailers with
+//! The subscribe and join handlers return an empty stream to tonic and put the real one in
+//! the response's extensions ([`Replies`]); [`RawReplies`], wrapped around the consume and
+//! group services, swaps it in as the response body. Everything else (routing, the token
+//! check, headers, request decoding) stays tonic's. What goes on the wire is plain gRPC:
+//! message frames (uncompressed: neither service enables compression) then trailers with
 //! `grpc-status`. tonic's per-message size check is not applied to these answers; they are
-//! bounded before they are built (a subscribe read is `SUBSCRIBE_READ_BYTES`, or one batch of
-//! at most `BATCH_BYTES_MAX`), below the `RESPONSE_BYTES_MAX` clients accept.
+//! bounded before they are built (a read is `SUBSCRIBE_READ_BYTES` or `GROUP_READ_BYTES`, or
+//! one batch of at most `BATCH_BYTES_MAX`), below the `RESPONSE_BYTES_MAX` clients accept.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,8 +25,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use spool_proto::v1::SubscribeResponse;
-use tokio_stream::Stream;
+use spool_proto::v1::member_event::Kind;
+use spool_proto::v1::{MemberEvent, SubscribeResponse};
+use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
@@ -33,9 +35,12 @@ use tonic::server::NamedService;
 
 use crate::metrics::Buffered;
 
-/// `SubscribeResponse.raw_batches`'s field number (consume.proto); the round-trip test
-/// below fails if it changes.
+/// `SubscribeResponse.raw_batches`'s field number (consume.proto); the round-trip tests
+/// below fail if it changes, as for the two below.
 const RAW_BATCHES_FIELD: u32 = 2;
+/// `MemberEvent.records`'s field number, and `PartitionRecords.raw_batches`'s (groups.proto).
+const MEMBER_RECORDS_FIELD: u32 = 3;
+const RECORDS_RAW_BATCHES_FIELD: u32 = 5;
 
 /// Stored batches up to this size are copied in behind the answer's head: one frame instead
 /// of two costs less than the copy.
@@ -47,16 +52,85 @@ const PREFIX_BYTES: usize = 5;
 /// One answer toward a subscriber and the bytes it holds on the server until it is handed on.
 pub(crate) type Queued = (Result<SubscribeResponse, Status>, Option<Buffered>);
 
-type Answers = Pin<Box<dyn Stream<Item = Queued> + Send>>;
+/// One message, encoded: its head, and the stored batches that follow it on the wire.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    head: Bytes,
+    batches: Option<Bytes>,
+}
 
-/// The answers of one subscription, handed from the handler to [`RawReplies`] in the
-/// response's extensions (which need `Clone + Sync`, hence the shared slot).
+impl From<SubscribeResponse> for Encoded {
+    fn from(mut answer: SubscribeResponse) -> Encoded {
+        let batches = std::mem::take(&mut answer.raw_batches);
+        split(answer.encoded_len(), RAW_BATCHES_FIELD, batches, |head| answer.encode_raw(head))
+    }
+}
+
+impl From<MemberEvent> for Encoded {
+    fn from(mut event: MemberEvent) -> Encoded {
+        let Some(Kind::Records(records)) = &mut event.kind else {
+            return split(event.encoded_len(), 0, Bytes::new(), |head| event.encode_raw(head));
+        };
+        let batches = std::mem::take(&mut records.raw_batches);
+        // The records message nests in the event: its key and length come first.
+        let inner = records.encoded_len() + field_bytes(RECORDS_RAW_BATCHES_FIELD, batches.len());
+        let fields = key_len(MEMBER_RECORDS_FIELD)
+            + encoded_len_varint(inner as u64)
+            + records.encoded_len();
+        split(fields, RECORDS_RAW_BATCHES_FIELD, batches, |head| {
+            encode_key(MEMBER_RECORDS_FIELD, WireType::LengthDelimited, head);
+            encode_varint(inner as u64, head);
+            records.encode_raw(head);
+        })
+    }
+}
+
+/// The bytes of a `bytes` field of `len` bytes (none when empty: proto3 leaves it out).
+fn field_bytes(field: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { key_len(field) + encoded_len_varint(len as u64) + len }
+}
+
+/// Frames one message: the prefix, what `write` encodes (`fields` bytes: everything but the
+/// stored batches, which come last), then the batches' key and length and, unless they are
+/// small enough to copy in, the batches on their own.
+fn split(fields: usize, field: u32, batches: Bytes, write: impl FnOnce(&mut BytesMut)) -> Encoded {
+    let message_bytes = fields + field_bytes(field, batches.len());
+    let inline = batches.len() <= INLINE_BYTES_MAX;
+    let head_bytes = PREFIX_BYTES + message_bytes - if inline { 0 } else { batches.len() };
+    let mut head = BytesMut::with_capacity(head_bytes);
+    head.put_u8(0);
+    // Answers are bounded by the read sizes in limits.rs, far below 4 GiB.
+    head.put_u32(message_bytes as u32);
+    write(&mut head);
+    let batches = if batches.is_empty() {
+        None
+    } else {
+        encode_key(field, WireType::LengthDelimited, &mut head);
+        encode_varint(batches.len() as u64, &mut head);
+        if inline {
+            head.put_slice(&batches);
+            None
+        } else {
+            Some(batches)
+        }
+    };
+    Encoded { head: head.freeze(), batches }
+}
+
+type Answers = Pin<Box<dyn Stream<Item = (Result<Encoded, Status>, Option<Buffered>)> + Send>>;
+
+/// The answers of one call, handed from the handler to [`RawReplies`] in the response's
+/// extensions (which need `Clone + Sync`, hence the shared slot).
 #[derive(Clone)]
 pub(crate) struct Replies(Arc<Mutex<Option<Answers>>>);
 
 impl Replies {
-    pub(crate) fn new(answers: impl Stream<Item = Queued> + Send + 'static) -> Replies {
-        Replies(Arc::new(Mutex::new(Some(Box::pin(answers)))))
+    /// Answers, each with the bytes it holds on the server until it is handed on.
+    pub(crate) fn new<T: Into<Encoded>>(
+        answers: impl Stream<Item = (Result<T, Status>, Option<Buffered>)> + Send + 'static,
+    ) -> Replies {
+        let encoded = answers.map(|(answer, buffered)| (answer.map(Into::into), buffered));
+        Replies(Arc::new(Mutex::new(Some(Box::pin(encoded)))))
     }
 
     fn take(&self) -> Option<Answers> {
@@ -124,8 +198,7 @@ impl http_body::Body for ReplyBody {
             return Poll::Ready(None);
         }
         let status = match ready!(self.answers.as_mut().poll_next(cx)) {
-            Some((Ok(answer), buffered)) => {
-                let (head, batches) = encode(answer);
+            Some((Ok(Encoded { head, batches }), buffered)) => {
                 self.batches = batches.map(|batches| (batches, buffered));
                 return Poll::Ready(Some(Ok(Frame::data(head))));
             }
@@ -146,42 +219,13 @@ impl http_body::Body for ReplyBody {
     }
 }
 
-/// One gRPC message: the prefix, every field but the stored batches, and the batches' key and
-/// length; then the batches themselves, unless they were small enough to copy in.
-fn encode(mut answer: SubscribeResponse) -> (Bytes, Option<Bytes>) {
-    let batches = std::mem::take(&mut answer.raw_batches);
-    let batches_field = if batches.is_empty() {
-        0
-    } else {
-        key_len(RAW_BATCHES_FIELD) + encoded_len_varint(batches.len() as u64) + batches.len()
-    };
-    let message_bytes = answer.encoded_len() + batches_field;
-    let inline = batches.len() <= INLINE_BYTES_MAX;
-    let head_bytes = PREFIX_BYTES + message_bytes - if inline { 0 } else { batches.len() };
-    let mut head = BytesMut::with_capacity(head_bytes);
-    head.put_u8(0);
-    // Answers are bounded by the read sizes in limits.rs, far below 4 GiB.
-    head.put_u32(message_bytes as u32);
-    answer.encode_raw(&mut head);
-    if batches.is_empty() {
-        return (head.freeze(), None);
-    }
-    encode_key(RAW_BATCHES_FIELD, WireType::LengthDelimited, &mut head);
-    encode_varint(batches.len() as u64, &mut head);
-    if inline {
-        head.put_slice(&batches);
-        return (head.freeze(), None);
-    }
-    (head.freeze(), Some(batches))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spool_proto::v1::ConsumedRecord;
+    use spool_proto::v1::{Assignment, ConsumedRecord, PartitionRecords};
 
-    fn round_trip(answer: SubscribeResponse) {
-        let (head, batches) = encode(answer.clone());
+    fn round_trip<T: Message + Default + PartialEq + Clone + Into<Encoded>>(answer: T) {
+        let Encoded { head, batches } = answer.clone().into();
         let mut wire = head.to_vec();
         if let Some(batches) = batches {
             wire.extend_from_slice(&batches);
@@ -189,17 +233,19 @@ mod tests {
         assert_eq!(wire[0], 0, "uncompressed");
         let length = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
         assert_eq!(length, wire.len() - PREFIX_BYTES, "the prefix gives the message length");
-        let decoded = SubscribeResponse::decode(&wire[PREFIX_BYTES..]).unwrap();
-        assert_eq!(decoded, answer);
+        let decoded = T::decode(&wire[PREFIX_BYTES..]).unwrap();
+        assert!(decoded == answer, "decodes to what was encoded");
         assert_eq!(decoded.encoded_len(), length, "the same length prost would encode");
+    }
+
+    fn batch_sizes() -> [Bytes; 4] {
+        let big = Bytes::from((0..INLINE_BYTES_MAX * 3).map(|i| i as u8).collect::<Vec<_>>());
+        [Bytes::new(), Bytes::from_static(b"b"), big.slice(..INLINE_BYTES_MAX), big]
     }
 
     #[test]
     fn answers_decode_as_prost_encodes_them() {
-        let big = Bytes::from((0..INLINE_BYTES_MAX * 3).map(|i| i as u8).collect::<Vec<_>>());
-        for raw_batches in
-            [Bytes::new(), Bytes::from_static(b"b"), big.slice(..INLINE_BYTES_MAX), big.clone()]
-        {
+        for raw_batches in batch_sizes() {
             round_trip(SubscribeResponse {
                 records: Vec::new(),
                 raw_batches,
@@ -221,9 +267,32 @@ mod tests {
         });
     }
 
+    #[test]
+    fn member_events_decode_as_prost_encodes_them() {
+        for raw_batches in batch_sizes() {
+            round_trip(MemberEvent {
+                kind: Some(Kind::Records(PartitionRecords {
+                    topic: "orders".into(),
+                    partition: 7,
+                    generation: 3,
+                    records: Vec::new(),
+                    raw_batches,
+                    next_offset: 1 << 33,
+                    log_end_offset: (1 << 33) + 1,
+                    start_offset: 12,
+                })),
+            });
+        }
+        round_trip(MemberEvent {
+            kind: Some(Kind::Assignment(Assignment { generation: 2, ..Default::default() })),
+        });
+        round_trip(MemberEvent::default());
+    }
+
     fn body_frames(answers: Vec<Result<SubscribeResponse, Status>>) -> Vec<Frame<Bytes>> {
         let answers = tokio_stream::iter(answers.into_iter().map(|answer| (answer, None)));
-        let mut body = ReplyBody { answers: Box::pin(answers), batches: None, ended: false };
+        let answers = Replies::new(answers).take().unwrap();
+        let mut body = ReplyBody { answers, batches: None, ended: false };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut frames = Vec::new();
         loop {
@@ -271,8 +340,8 @@ mod tests {
     #[test]
     fn large_batches_go_out_as_they_are() {
         let batches = Bytes::from(vec![7u8; INLINE_BYTES_MAX + 1]);
-        let (head, rest) =
-            encode(SubscribeResponse { raw_batches: batches.clone(), ..Default::default() });
+        let Encoded { head, batches: rest } =
+            SubscribeResponse { raw_batches: batches.clone(), ..Default::default() }.into();
         let rest = rest.expect("sent on their own");
         assert_eq!(rest.as_ptr(), batches.as_ptr(), "the stored bytes themselves, not a copy");
         assert!(head.len() < 16);

@@ -24,7 +24,7 @@ use spool_proto::v1::{
 };
 use spool_storage::{Offset, TimestampMs};
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::feed::{FeedItem, RecordsOut};
@@ -33,6 +33,7 @@ use super::{Groups, MemberLink};
 use crate::auth::{Action, Caller, Resource};
 use crate::consume::{Wire, wire};
 use crate::error::{RequestError, ServiceError};
+use crate::replies::Replies;
 
 /// How long a new stream may take to send its `join`.
 const JOIN_WAIT: Duration = Duration::from_millis(GROUP_SESSION_TIMEOUT_MS_DEFAULT);
@@ -300,14 +301,18 @@ impl GroupService for GroupApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(MemberStream {
+        let events = MemberStream {
             control,
             records,
             control_closed: false,
             records_closed: false,
             ending,
             ended: false,
-        })))
+        };
+        // tonic gets no messages: `RawReplies` sends these without copying their batches.
+        let mut response = Response::new(Box::pin(tokio_stream::empty()) as Self::JoinStream);
+        response.extensions_mut().insert(Replies::new(events.map(|event| (event, None))));
+        Ok(response)
     }
 
     async fn list_groups(
