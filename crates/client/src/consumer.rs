@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{StartPosition, SubscribeResponse};
-use spool_storage::batch::{BatchIter, BatchView, HeaderIter};
+use spool_storage::batch::{BatchError, BatchIter, BatchView, HeaderIter};
 use tonic::Streaming;
 
 use crate::error::ConsumeError;
@@ -160,7 +160,7 @@ pub struct Polled {
 impl Polled {
     /// The records, decoded lazily from the received bytes.
     pub fn records(&self) -> Records<'_> {
-        Records { batches: BatchIter::new(&self.bytes), current: None, from: self.from }
+        Records::new(&self.bytes, self.from)
     }
 
     /// The stored batches as received (the first may start before the subscription's start).
@@ -202,7 +202,7 @@ pub struct ConsumedRecord<'a> {
     pub timestamp_ms: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    headers: HeaderIter<'a>,
+    pub(crate) headers: HeaderIter<'a>,
 }
 
 impl<'a> ConsumedRecord<'a> {
@@ -221,10 +221,14 @@ pub struct Records<'a> {
     from: u64,
 }
 
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<ConsumedRecord<'a>, ConsumeError>;
+impl<'a> Records<'a> {
+    /// The records in `bytes` (whole stored batches) at or after `from`.
+    pub(crate) fn new(bytes: &'a [u8], from: u64) -> Records<'a> {
+        Records { batches: BatchIter::new(bytes), current: None, from }
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next record, or the check that failed (then decoding stops).
+    pub(crate) fn next_checked(&mut self) -> Option<Result<ConsumedRecord<'a>, BatchError>> {
         loop {
             if let Some(records) = &mut self.current {
                 match records.next() {
@@ -241,17 +245,25 @@ impl<'a> Iterator for Records<'a> {
                     Some(Err(source)) => {
                         self.current = None;
                         self.batches = BatchIter::new(&[]);
-                        return Some(Err(ConsumeError::Corrupt { offset: self.from, source }));
+                        return Some(Err(source));
                     }
                     None => self.current = None,
                 }
             }
             match self.batches.next()? {
                 Ok(batch) => self.current = Some(batch.records()),
-                Err(source) => {
-                    return Some(Err(ConsumeError::Corrupt { offset: self.from, source }));
-                }
+                Err(source) => return Some(Err(source)),
             }
         }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<ConsumedRecord<'a>, ConsumeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let offset = self.from;
+        self.next_checked()
+            .map(|record| record.map_err(|source| ConsumeError::Corrupt { offset, source }))
     }
 }

@@ -52,13 +52,14 @@ use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
-use spool_storage::batch::{BatchError, BatchIter};
+use spool_storage::batch::BatchError;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::Client;
+use crate::consumer::Records;
 use crate::error::{ErrorCode, GroupError, ServerError};
 
 /// Member requests queued toward the server, at most (the heartbeat task waits beyond).
@@ -180,33 +181,31 @@ impl GroupRecord {
         }
     }
 
-    /// The records at or after `start` in whole stored batches, each checked.
+    /// The records at or after `start` in whole stored batches, each checked; keys and values
+    /// are slices of `bytes`.
     fn from_batches(bytes: &Bytes, start: u64) -> Result<Vec<GroupRecord>, BatchError> {
-        let mut records = Vec::new();
-        for batch in BatchIter::new(bytes) {
-            for record in batch?.records() {
+        let mut records = Records::new(bytes, start);
+        std::iter::from_fn(|| records.next_checked())
+            .map(|record| {
                 let record = record?;
-                if record.offset.0 < start {
-                    continue;
-                }
-                let mut headers = Vec::new();
-                for header in record.headers() {
-                    let header = header?;
-                    headers.push((
-                        String::from_utf8_lossy(header.key).into_owned(),
-                        header.value.map(|v| bytes.slice_ref(v)),
-                    ));
-                }
-                records.push(GroupRecord {
-                    offset: record.offset.0,
-                    timestamp_ms: record.timestamp.0,
+                let headers = record
+                    .headers
+                    .clone()
+                    .map(|header| {
+                        let header = header?;
+                        let key = String::from_utf8_lossy(header.key).into_owned();
+                        Ok((key, header.value.map(|v| bytes.slice_ref(v))))
+                    })
+                    .collect::<Result<_, BatchError>>()?;
+                Ok(GroupRecord {
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
                     key: record.key.map(|k| bytes.slice_ref(k)),
                     value: record.value.map(|v| bytes.slice_ref(v)),
                     headers,
-                });
-            }
-        }
-        Ok(records)
+                })
+            })
+            .collect()
     }
 
     /// The value of the first header named `name`.

@@ -203,8 +203,9 @@ impl ProducerIds {
             },
         )
         .await?;
+        // What the log folded to is also the highest reservation queued so far.
         let reserved_end = reserved.load(Ordering::SeqCst);
-        let queued_end = Arc::new(AtomicI64::new(reserved_end));
+        let queued_end = reserved;
         let snapshot = queued_end.clone();
         log.compact_with(Box::new(move || {
             let end = snapshot.load(Ordering::SeqCst);

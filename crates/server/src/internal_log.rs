@@ -24,8 +24,8 @@
 //! A log given a [`Snapshot`] (both are: the offsets log keeps one record per group, producer
 //! ids the highest reservation) is compacted once it holds more than
 //! [`INTERNAL_LOG_COMPACT_BYTES`], or twice what the last compaction left, whichever is more
-//! (so a large state is not rewritten after every append). The writer does it between two groups of appends, so nothing is appended
-//! meanwhile. In this order:
+//! (so a large state is not rewritten after every append). The writer does it between two
+//! groups of appends, so nothing is appended meanwhile. In this order:
 //!
 //! 1. Take the snapshot: records whose folding gives the state folded so far. It includes
 //!    every record already appended (callers change the state before they queue its record);

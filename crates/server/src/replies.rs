@@ -73,10 +73,10 @@ impl From<MemberEvent> for Encoded {
         };
         let batches = std::mem::take(&mut records.raw_batches);
         // The records message nests in the event: its key and length come first.
-        let inner = records.encoded_len() + field_bytes(RECORDS_RAW_BATCHES_FIELD, batches.len());
-        let fields = key_len(MEMBER_RECORDS_FIELD)
-            + encoded_len_varint(inner as u64)
-            + records.encoded_len();
+        let records_fields = records.encoded_len();
+        let inner = records_fields + field_bytes(RECORDS_RAW_BATCHES_FIELD, batches.len());
+        let fields =
+            key_len(MEMBER_RECORDS_FIELD) + encoded_len_varint(inner as u64) + records_fields;
         split(fields, RECORDS_RAW_BATCHES_FIELD, batches, |head| {
             encode_key(MEMBER_RECORDS_FIELD, WireType::LengthDelimited, head);
             encode_varint(inner as u64, head);
