@@ -238,15 +238,15 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     let mut log = open(&path, FsyncPolicy::Never);
     // The same buffers appended over and over: the log stamps each one's base offset in
     // place, which the CRC does not cover.
-    let mut buffers: Vec<BytesMut> = (0..group).map(|_| batch(records, value_bytes, 1)).collect();
+    let buffers: Vec<BytesMut> = (0..group).map(|_| batch(records, value_bytes, 1)).collect();
     let now = TimestampMs::now();
     let start = Instant::now();
     let mut written = 0u64;
     // Sealed segments are fsynced on another thread while appends go on, as the server does.
     let mut in_flight: Option<std::thread::JoinHandle<(SyncTicket, std::io::Result<()>)>> = None;
     while written < settings.write_bytes {
-        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
-        for result in log.append_many(&mut batches, now) {
+        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        for result in log.append_many(&batches, now) {
             result.unwrap();
         }
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
@@ -275,13 +275,13 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
 fn append_interval(settings: &Settings, interval_ms: u64) -> (f64, f64) {
     let path = fresh(settings, "append-interval");
     let mut log = open(&path, FsyncPolicy::Interval { interval_ms });
-    let mut buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
+    let buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
     let start = Instant::now();
     let (mut written, mut syncs) = (0u64, 0u64);
     while written < settings.write_bytes {
         let now = TimestampMs::now();
-        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
-        for result in log.append_many(&mut batches, now) {
+        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        for result in log.append_many(&batches, now) {
             result.unwrap();
         }
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
@@ -369,12 +369,8 @@ fn group_commit(settings: &Settings, producers: usize, batch_bytes: usize) -> Gr
                 while Instant::now() < deadline {
                     scratch.copy_from_slice(&template);
                     let start = Instant::now();
-                    let appended = shared
-                        .log
-                        .lock()
-                        .unwrap()
-                        .append(&mut scratch, TimestampMs::now())
-                        .unwrap();
+                    let appended =
+                        shared.log.lock().unwrap().append(&scratch, TimestampMs::now()).unwrap();
                     shared.appended.notify_one();
                     let mut durable = shared.durable.lock().unwrap();
                     while durable.0 <= appended.last_offset {
@@ -421,8 +417,8 @@ fn filled_log(settings: &Settings, records: usize, value_bytes: usize) -> Log {
     let mut written = 0u64;
     let mut timestamp = 0i64;
     while written < settings.write_bytes / 2 {
-        let mut b = batch(records, value_bytes, timestamp);
-        log.append(&mut b, TimestampMs(timestamp)).unwrap();
+        let b = batch(records, value_bytes, timestamp);
+        log.append(&b, TimestampMs(timestamp)).unwrap();
         written += b.len() as u64;
         timestamp += 1;
     }
@@ -489,12 +485,12 @@ fn timestamp_lookup_ns(log: &Log) -> f64 {
 fn recovery_ms(settings: &Settings) -> (f64, f64, usize) {
     let path = fresh(settings, "recovery");
     let mut log = open(&path, FsyncPolicy::Always);
-    let mut buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
+    let buffers: Vec<BytesMut> = (0..64).map(|_| batch(16, 1024, 1)).collect();
     let mut written = 0u64;
     while written < settings.recovery_bytes {
         let now = TimestampMs::now();
-        let mut batches: Vec<&mut [u8]> = buffers.iter_mut().map(|b| &mut b[..]).collect();
-        for result in log.append_many(&mut batches, now) {
+        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        for result in log.append_many(&batches, now) {
             result.unwrap();
         }
         log.sync(now).unwrap();

@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(now, None, Some(b"after recovery"), &[]);
         let mut batch = builder.finish(ProducerStamp::NONE);
-        let appended = log.append(&mut batch, now).expect("an unfenced log takes an append");
+        let appended = log.append(&batch, now).expect("an unfenced log takes an append");
         assert_eq!(appended.base_offset, end.max(log.log_start_offset()));
         log.sync(now).expect("the simulated disk syncs");
         let read = log.read(appended.base_offset, 1024 * 1024).unwrap();

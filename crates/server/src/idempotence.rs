@@ -73,7 +73,7 @@ pub(crate) fn sequenced(batch: &[u8]) -> Option<SequencedBatch> {
 pub(crate) fn append_group(
     log: &mut Log,
     table: &mut ProducerTable,
-    batches: &mut [&mut [u8]],
+    batches: &[&[u8]],
     now: TimestampMs,
 ) -> Vec<Result<Appended, Refused>> {
     let stamps: Vec<Option<SequencedBatch>> = batches
@@ -89,13 +89,13 @@ pub(crate) fn append_group(
             .collect();
     }
     let verdicts = table.check_group(&stamps);
-    let mut to_append: Vec<&mut [u8]> = batches
-        .iter_mut()
+    let to_append: Vec<&[u8]> = batches
+        .iter()
         .zip(&verdicts)
         .filter(|(_, verdict)| **verdict == Verdict::Append)
-        .map(|(batch, _)| &mut **batch)
+        .map(|(batch, _)| *batch)
         .collect();
-    let mut appended = log.append_many(&mut to_append, now).into_iter();
+    let mut appended = log.append_many(&to_append, now).into_iter();
     let mut results: Vec<Result<Appended, Refused>> = Vec::with_capacity(verdicts.len());
     for (index, verdict) in verdicts.into_iter().enumerate() {
         let result = match verdict {

@@ -410,10 +410,9 @@ fn append_and_sync(log: &mut Log, group: &[Append]) -> Result<(), String> {
     for append in group {
         builder.push(now, Some(&append.key), Some(&append.value), &[]);
     }
-    let mut batch = builder.finish(ProducerStamp::NONE);
+    let batch = builder.finish(ProducerStamp::NONE);
     let at = log.dir().display().to_string();
-    log.append(&mut batch, now)
-        .map_err(|e| format!("writing to the internal log {at} failed: {e}"))?;
+    log.append(&batch, now).map_err(|e| format!("writing to the internal log {at} failed: {e}"))?;
     log.sync(now).map_err(|e| format!("syncing the internal log {at} failed: {e}"))?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use spool_broker::TopicName;
 use spool_broker::limits::{
     RETENTION_CHECK_INTERVAL_MS, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
@@ -66,7 +66,8 @@ pub(crate) type AppendReply = oneshot::Sender<Result<Appended, ServiceError>>;
 
 #[derive(Debug)]
 struct AppendRequest {
-    batch: BytesMut,
+    /// As the producer sent it: the log writes its stamped fields in a copy of its head.
+    batch: Bytes,
     acks: AckLevel,
     reply: AppendReply,
 }
@@ -194,7 +195,7 @@ impl Partition {
     /// Queues one batch for the writer, waiting while the queue is full (backpressure).
     pub(crate) async fn submit(
         &self,
-        batch: BytesMut,
+        batch: Bytes,
         acks: AckLevel,
     ) -> Result<oneshot::Receiver<Result<Appended, ServiceError>>, ServiceError> {
         let (reply, answer) = oneshot::channel();
@@ -596,7 +597,7 @@ impl Partition {
     /// the lock (see [`Partition::sync_rounds`]); the writer goes on appending meanwhile.
     fn append_group(
         &self,
-        mut group: Vec<AppendRequest>,
+        group: Vec<AppendRequest>,
         may_sync: bool,
         appended: oneshot::Sender<Committed>,
         synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
@@ -605,12 +606,11 @@ impl Partition {
         let log = guard.as_mut().expect("the writer's log is open");
         let now = TimestampMs::now();
         // One vectored write for the whole group where it fits the active segment.
-        let mut batches: Vec<&mut [u8]> =
-            group.iter_mut().map(|request| &mut request.batch[..]).collect();
+        let batches: Vec<&[u8]> = group.iter().map(|request| &request.batch[..]).collect();
         let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
         let results = self
             .metrics
-            .time_append(|| idempotence::append_group(log, &mut producers, &mut batches, now));
+            .time_append(|| idempotence::append_group(log, &mut producers, &batches, now));
         drop(producers);
         drop(batches);
         let appended_any = results.iter().any(Result::is_ok);
@@ -685,6 +685,7 @@ mod tests {
     use std::path::Path;
     use std::sync::Condvar;
 
+    use bytes::BytesMut;
     use spool_storage::batch::{BatchBuilder, ProducerStamp};
     use spool_storage::fs::{File, FileSystem, MappedFile, OpenMode};
     use spool_storage::sim::SimFileSystem;
@@ -814,10 +815,10 @@ mod tests {
         }
     }
 
-    fn batch() -> BytesMut {
+    fn batch() -> Bytes {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(TimestampMs::now(), None, Some(b"value"), &[]);
-        builder.finish(ProducerStamp::NONE)
+        builder.finish(ProducerStamp::NONE).freeze()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

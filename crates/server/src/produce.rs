@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use spool_broker::limits::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_ANSWERS_QUEUED_MAX,
     PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
@@ -126,7 +126,7 @@ fn encode(
     partition: u32,
     now: TimestampMs,
     producer: ProducerStamp,
-) -> Result<BytesMut, RequestError> {
+) -> Result<Bytes, RequestError> {
     let mut builder = BatchBuilder::new(BytesMut::new());
     let mut headers: Vec<HeaderPair<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
     for (index, record) in records.iter().enumerate() {
@@ -145,7 +145,7 @@ fn encode(
             });
         }
     }
-    Ok(builder.finish(producer))
+    Ok(builder.finish(producer).freeze())
 }
 
 /// The stamp of an idempotent request in the records encoding, checked at the edge.
@@ -192,7 +192,7 @@ impl ProduceApi {
         };
         let partitions = topic.config().partitions();
         let producer = producer_stamp(&request, &self.producer_ids)?;
-        let batches: Vec<(u32, BytesMut)> = match request.payload {
+        let batches: Vec<(u32, Bytes)> = match request.payload {
             None => return Err(RequestError::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
                 if raw.len() > BATCH_BYTES_MAX as usize {
@@ -219,9 +219,10 @@ impl ProduceApi {
                     }
                     self.producer_ids.check(idempotent.stamp.producer_id)?;
                 }
-                // Storage checks the batch (length, CRC, every record) before it stores it.
+                // Storage checks the batch (length, CRC, every record) before it stores it,
+                // and stores it as it came, without copying it first.
                 let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
-                vec![(partition, BytesMut::from(&raw[..]))]
+                vec![(partition, raw)]
             }
             Some(Payload::Records(list)) => {
                 let records = &list.records;

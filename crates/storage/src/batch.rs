@@ -1,8 +1,10 @@
 //! The record batch: the unit that producers send, the log stores and consumers receive.
 //!
 //! A batch is encoded once, by the producer, and never re-encoded: the server verifies it with
-//! [`check`], stamps `base_offset` and `durable_offset` into it, and writes it to the segment
-//! as it came. A consumer receives those same bytes. The CRC therefore covers everything except
+//! [`check_for_append`], stamps `base_offset` and `durable_offset` into a copy of its first
+//! [`STAMPED_HEAD_BYTES`] ([`stamped_head`]), and writes that head and then the rest of the
+//! batch as it came (the server never copies or changes the bytes it received). A consumer
+//! receives those same bytes. The CRC therefore covers everything except
 //! the fields stamped at append time and the fields needed to find and verify the batch
 //! (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch. A producer writes zeros in
 //! the stamped fields.
@@ -321,13 +323,32 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Writes the fields stamped at append into a batch. The CRC does not cover them.
-pub fn stamp(bytes: &mut [u8], base_offset: Offset, durable_offset: Offset) {
-    bytes[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
-    bytes[field::DURABLE_OFFSET..field::DURABLE_OFFSET + 8]
+/// The bytes from the start of a batch up to its `crc`: every field stamped at append lies in
+/// them. The rest of a batch is stored as the producer sent it.
+pub const STAMPED_HEAD_BYTES: usize = field::CRC;
+
+/// The first [`STAMPED_HEAD_BYTES`] of `bytes` (at least that long) with the fields stamped
+/// at append written into them. The CRC does not cover those fields. The log writes this head
+/// and then the rest of the batch, so the batch itself is never written to.
+pub fn stamped_head(
+    bytes: &[u8],
+    base_offset: Offset,
+    durable_offset: Offset,
+) -> [u8; STAMPED_HEAD_BYTES] {
+    let mut head = [0u8; STAMPED_HEAD_BYTES];
+    head.copy_from_slice(&bytes[..STAMPED_HEAD_BYTES]);
+    head[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
+    head[field::DURABLE_OFFSET..field::DURABLE_OFFSET + 8]
         .copy_from_slice(&durable_offset.0.to_le_bytes());
-    let crc = stamp_crc(bytes);
-    bytes[field::STAMP_CRC..field::STAMP_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let crc = stamp_crc(&head);
+    head[field::STAMP_CRC..field::STAMP_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    head
+}
+
+/// Writes the fields stamped at append into a batch, in place (see [`stamped_head`]).
+pub fn stamp(bytes: &mut [u8], base_offset: Offset, durable_offset: Offset) {
+    let head = stamped_head(bytes, base_offset, durable_offset);
+    bytes[..STAMPED_HEAD_BYTES].copy_from_slice(&head);
 }
 
 /// A checked batch: its header and its bytes. Building one requires [`check`] to have passed.

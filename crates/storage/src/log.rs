@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, BatchView};
+use crate::batch::{self, BatchHeader, BatchView, STAMPED_HEAD_BYTES};
 use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
@@ -105,9 +105,9 @@ pub(crate) struct Watermark {
 }
 
 /// Batches stamped for the active segment and not yet written: (index in the group,
-/// header, whether the segment rolled before it).
+/// header, whether the segment rolled before it, the batch's stamped head).
 struct Run {
-    batches: Vec<(usize, BatchHeader, bool)>,
+    batches: Vec<(usize, BatchHeader, bool, [u8; STAMPED_HEAD_BYTES])>,
     bytes: u64,
 }
 
@@ -284,10 +284,11 @@ impl Log {
     }
 
     /// Appends one batch, encoded by [`batch::BatchBuilder`] or a client in the same format.
-    /// The batch is checked (CRC and every record), its base offset stamped, and written as
-    /// it is. It is durable only after a later sync covers it.
-    pub fn append(&mut self, batch: &mut [u8], now: TimestampMs) -> Result<Appended, AppendError> {
-        let mut results = self.append_many(&mut [batch], now);
+    /// The batch is checked (CRC and every record) and written as it is, but for the fields
+    /// stamped at append (its base offset among them), which are written in a copy of its
+    /// head: `batch` itself is not changed. It is durable only after a later sync covers it.
+    pub fn append(&mut self, batch: &[u8], now: TimestampMs) -> Result<Appended, AppendError> {
+        let mut results = self.append_many(&[batch], now);
         results.pop().expect("one result per batch")
     }
 
@@ -297,7 +298,7 @@ impl Log {
     /// its run is in the log, and every batch from that run on reports the error.
     pub fn append_many(
         &mut self,
-        batches: &mut [&mut [u8]],
+        batches: &[&[u8]],
         now: TimestampMs,
     ) -> Vec<Result<Appended, AppendError>> {
         let mut results: Vec<Option<Result<Appended, AppendError>>> =
@@ -330,9 +331,9 @@ impl Log {
             }
             header.base_offset = next;
             header.durable_offset = self.durable.offset;
-            batch::stamp(batches[i], next, header.durable_offset);
+            let head = batch::stamped_head(batches[i], next, header.durable_offset);
             next = header.next_offset();
-            run.batches.push((i, header, rolled));
+            run.batches.push((i, header, rolled, head));
             run.bytes += bytes;
         }
         if failure.is_none() {
@@ -376,15 +377,20 @@ impl Log {
     fn write_run(
         &mut self,
         run: &mut Run,
-        batches: &[&mut [u8]],
+        batches: &[&[u8]],
         results: &mut [Option<Result<Appended, AppendError>>],
         now: TimestampMs,
     ) -> Result<(), AppendError> {
         if run.batches.is_empty() {
             return Ok(());
         }
-        let bufs: Vec<&[u8]> = run.batches.iter().map(|(i, ..)| &*batches[*i]).collect();
-        let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, _)| *h).collect();
+        // Each batch goes out as its stamped head, then its own bytes after the head.
+        let bufs: Vec<&[u8]> = run
+            .batches
+            .iter()
+            .flat_map(|(i, _, _, head)| [&head[..], &batches[*i][STAMPED_HEAD_BYTES..]])
+            .collect();
+        let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, ..)| *h).collect();
         let active = self.segments.last_mut().expect("a log has at least one segment");
         let start = active.size_bytes;
         let outcome = match active.append_run(&bufs, &headers, now) {
@@ -413,7 +419,7 @@ impl Log {
                 Err(AppendError::Fenced(fence))
             }
         };
-        for (i, header, rolled) in run.batches.drain(..) {
+        for (i, header, rolled, _) in run.batches.drain(..) {
             results[i] = Some(match &outcome {
                 Ok(()) => Ok(Appended {
                     base_offset: header.base_offset,

@@ -174,25 +174,29 @@ impl Segment {
     }
 
     /// Writes checked, stamped batches at the end of the log with one vectored write and
-    /// indexes them. On a write error the log file is cut back to its previous length, so no
+    /// indexes them: `bufs` are their bytes in order, in as many pieces as the caller likes;
+    /// `headers` say where each batch ends. On a write error the log file is cut back to its previous length, so no
     /// partial batch remains; if that fails too, the second error is returned and the caller
     /// must fence the log.
     pub(crate) fn append_run(
         &mut self,
-        batches: &[&[u8]],
+        bufs: &[&[u8]],
         headers: &[BatchHeader],
         now: TimestampMs,
     ) -> Result<(), SegmentWriteError> {
-        assert_eq!(batches.len(), headers.len());
+        debug_assert_eq!(
+            bufs.iter().map(|b| b.len() as u64).sum::<u64>(),
+            headers.iter().map(|h| u64::from(h.batch_bytes)).sum::<u64>()
+        );
         let start = self.size_bytes;
-        if let Err(error) = self.file.write_all_vectored_at(batches, start) {
+        if let Err(error) = self.file.write_all_vectored_at(bufs, start) {
             return match self.file.set_len(start) {
                 Ok(()) => Err(SegmentWriteError::Clean(error)),
                 Err(cleanup) => Err(SegmentWriteError::Dirty(cleanup)),
             };
         }
         let mut cursor = self.cursor();
-        for (bytes, header) in batches.iter().zip(headers) {
+        for header in headers {
             assert_eq!(header.base_offset, self.next_offset, "offsets are assigned in order");
             let (offset_entry, time_entry) =
                 cursor.on_batch(self.base_offset, self.size_bytes, header);
@@ -202,7 +206,7 @@ impl Segment {
             if let Some(e) = time_entry {
                 self.time_index.push(e);
             }
-            self.size_bytes += bytes.len() as u64;
+            self.size_bytes += u64::from(header.batch_bytes);
             self.next_offset = header.next_offset();
         }
         self.last_indexed_position = cursor.last_indexed_position;

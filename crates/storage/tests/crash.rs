@@ -55,9 +55,9 @@ impl World {
             batches.push(builder.finish(ProducerStamp::NONE));
             expected.push(records);
         }
-        let mut group: Vec<&mut [u8]> = batches.iter_mut().map(|b| &mut b[..]).collect();
+        let group: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
         let now = TimestampMs(self.clock);
-        let results = self.log().append_many(&mut group, now);
+        let results = self.log().append_many(&group, now);
         for (result, records) in results.into_iter().zip(expected) {
             let Ok(appended) = result else { continue };
             for (i, (timestamp, value)) in records.into_iter().enumerate() {

@@ -47,7 +47,7 @@ fn write_golden_log(dir: &Path) -> Vec<Rec> {
             } else {
                 ProducerStamp::NONE
             };
-            log.append(&mut builder.finish(producer), now).unwrap();
+            log.append(&builder.finish(producer), now).unwrap();
         }
         log.roll().unwrap();
     }

@@ -12,16 +12,22 @@ const NOW: TimestampMs = TimestampMs(1_000_000);
 fn append_assigns_offsets_and_reads_return_the_stored_bytes() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
-    let mut first = batch(&[(10, b"a"), (11, b"b")]);
-    let appended = log.append(&mut first, NOW).unwrap();
+    let first = batch(&[(10, b"a"), (11, b"b")]);
+    let appended = log.append(&first, NOW).unwrap();
     assert_eq!((appended.base_offset, appended.last_offset), (Offset(0), Offset(1)));
-    let mut second = batch(&[(12, b"c")]);
-    assert_eq!(log.append(&mut second, NOW).unwrap().base_offset, Offset(2));
+    let second = batch(&[(12, b"c")]);
+    assert_eq!(log.append(&second, NOW).unwrap().base_offset, Offset(2));
 
+    // Stored as sent, but for the fields stamped at append, which the log writes in a copy
+    // of each batch's head: the batches passed in are not changed.
     let read = log.read(Offset(0), 1 << 20).unwrap();
     let mut expected = first.to_vec();
-    expected.extend_from_slice(&second);
+    spool_storage::batch::stamp(&mut expected, Offset(0), Offset(0));
+    let mut stored_second = second.to_vec();
+    spool_storage::batch::stamp(&mut stored_second, Offset(2), Offset(0));
+    expected.extend_from_slice(&stored_second);
     assert_eq!(&read.bytes[..], &expected[..], "consumers get the stored bytes");
+    assert_eq!(first, batch(&[(10, b"a"), (11, b"b")]), "append leaves its input alone");
     assert_eq!(read.next_offset, Offset(3));
 
     // Reading from the middle of a batch returns the batch that holds the offset.
@@ -35,7 +41,7 @@ fn a_read_returns_at_least_one_whole_batch_and_never_a_partial_one() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     for _ in 0..3 {
-        log.append(&mut batch_of(4, 100, 5), NOW).unwrap();
+        log.append(&batch_of(4, 100, 5), NOW).unwrap();
     }
     let one = log.read(Offset(0), 1).unwrap();
     assert_eq!(decode(&one.bytes).len(), 4);
@@ -49,7 +55,7 @@ fn a_read_returns_at_least_one_whole_batch_and_never_a_partial_one() {
 fn reads_outside_the_log_say_which_offsets_exist() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
-    log.append(&mut batch_of(2, 10, 5), NOW).unwrap();
+    log.append(&batch_of(2, 10, 5), NOW).unwrap();
     match log.read(Offset(3), 100) {
         Err(ReadError::OffsetOutOfRange { requested, log_start, log_end }) => {
             assert_eq!((requested, log_start, log_end), (Offset(3), Offset(0), Offset(2)));
@@ -62,12 +68,12 @@ fn reads_outside_the_log_say_which_offsets_exist() {
 fn under_fsync_always_readers_see_only_what_was_synced() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
-    log.append(&mut batch_of(3, 10, 5), NOW).unwrap();
+    log.append(&batch_of(3, 10, 5), NOW).unwrap();
     assert_eq!(log.visible_end_offset(), Offset(0));
     assert_eq!(log.read(Offset(0), 1000).unwrap().bytes.len(), 0);
     let ticket = log.begin_sync();
     // Appends made while the fsync runs are left for the next one: group commit.
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     let result = ticket.run();
     assert_eq!(log.finish_sync(ticket, result, NOW).unwrap(), Offset(3));
     assert_eq!(read_all(&log, Offset(0), 1000).len(), 3);
@@ -79,15 +85,15 @@ fn under_fsync_always_readers_see_only_what_was_synced() {
 fn a_failed_fsync_fences_the_log_and_is_never_retried() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     log.sync(NOW).unwrap();
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     fs.set_faults(Faults { fail_syncs: true, ..Faults::default() });
     assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
     fs.set_faults(Faults::default());
     // The disk works again, but the log stays fenced: a retried fsync could lie.
     assert!(matches!(log.sync(NOW), Err(SyncError::Fenced(_))));
-    assert!(matches!(log.append(&mut batch_of(1, 10, 5), NOW), Err(AppendError::Fenced(_))));
+    assert!(matches!(log.append(&batch_of(1, 10, 5), NOW), Err(AppendError::Fenced(_))));
     assert_eq!(log.durable_offset(), Offset(1), "nothing the failed fsync covered is durable");
     assert_eq!(read_all(&log, Offset(0), 1000).len(), 1, "reads keep working");
     let message = log.fence().unwrap().to_string();
@@ -98,12 +104,12 @@ fn a_failed_fsync_fences_the_log_and_is_never_retried() {
 fn a_full_disk_refuses_the_append_and_leaves_the_log_usable() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     fs.set_faults(Faults { space_bytes_max: Some(0), ..Faults::default() });
-    let error = log.append(&mut batch_of(1, 10, 5), NOW).unwrap_err();
+    let error = log.append(&batch_of(1, 10, 5), NOW).unwrap_err();
     assert!(matches!(error, AppendError::NoSpace { .. }), "{error}");
     fs.set_faults(Faults::default());
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     log.sync(NOW).unwrap();
     assert_eq!(
         read_all(&log, Offset(0), 1000).iter().map(|r| r.offset).collect::<Vec<_>>(),
@@ -118,9 +124,9 @@ fn invalid_and_oversized_batches_are_refused() {
     let mut damaged = batch_of(1, 10, 5);
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
-    assert!(matches!(log.append(&mut damaged, NOW), Err(AppendError::InvalidBatch(_))));
-    let mut huge = vec![0u8; spool_storage::limits::BATCH_BYTES_MAX as usize + 1];
-    assert!(matches!(log.append(&mut huge, NOW), Err(AppendError::BatchTooLarge { .. })));
+    assert!(matches!(log.append(&damaged, NOW), Err(AppendError::InvalidBatch(_))));
+    let huge = vec![0u8; spool_storage::limits::BATCH_BYTES_MAX as usize + 1];
+    assert!(matches!(log.append(&huge, NOW), Err(AppendError::BatchTooLarge { .. })));
     assert_eq!(log.next_offset(), Offset(0));
 }
 
@@ -131,12 +137,12 @@ fn segments_roll_by_size_and_by_age() {
     cfg.segment_ms = Some(1000);
     let mut log = sim_open(&fs, cfg);
     for _ in 0..20 {
-        log.append(&mut batch_of(10, 1000, 5), NOW).unwrap();
+        log.append(&batch_of(10, 1000, 5), NOW).unwrap();
     }
     assert!(log.segment_count() >= 3, "64 KiB segments hold about six 10 KB batches");
     let before = log.segment_count();
-    assert!(!log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 999)).unwrap().rolled);
-    assert!(log.append(&mut batch_of(1, 10, 5), TimestampMs(NOW.0 + 5000)).unwrap().rolled);
+    assert!(!log.append(&batch_of(1, 10, 5), TimestampMs(NOW.0 + 999)).unwrap().rolled);
+    assert!(log.append(&batch_of(1, 10, 5), TimestampMs(NOW.0 + 5000)).unwrap().rolled);
     assert_eq!(log.segment_count(), before + 1);
     assert_eq!(read_all(&log, Offset(0), 7000).len(), 202);
 }
@@ -147,7 +153,7 @@ fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     for i in 0..200i64 {
         // Batches of three records at i*10, i*10+5 and, out of order, i*10+2.
-        log.append(&mut batch(&[(i * 10, &[1; 500]), (i * 10 + 5, b"b"), (i * 10 + 2, b"c")]), NOW)
+        log.append(&batch(&[(i * 10, &[1; 500]), (i * 10 + 5, b"b"), (i * 10 + 2, b"c")]), NOW)
             .unwrap();
     }
     assert!(log.segment_count() > 1);
@@ -167,7 +173,7 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
     cfg.retention_ms = Some(10_000);
     let mut log = sim_open(&fs, cfg);
     for i in 0..40 {
-        log.append(&mut batch_of(1, 10_000, i * 1000), NOW).unwrap();
+        log.append(&batch_of(1, 10_000, i * 1000), NOW).unwrap();
     }
     let segments = log.segment_count();
     let deleted = log.apply_retention(TimestampMs(0)).unwrap();
@@ -197,7 +203,7 @@ fn a_clean_close_reopens_without_scanning_and_keeps_everything() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     for i in 0..50 {
-        log.append(&mut batch_of(3, 700, i), NOW).unwrap();
+        log.append(&batch_of(3, 700, i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     let before = read_all(&log, Offset(0), 4096);
@@ -215,18 +221,18 @@ fn a_crash_keeps_what_was_synced_and_loses_only_what_was_not() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     for i in 0..30 {
-        log.append(&mut batch_of(2, 900, i), NOW).unwrap();
+        log.append(&batch_of(2, 900, i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     let durable = read_all(&log, Offset(0), 4096);
-    log.append(&mut batch_of(2, 900, 99), NOW).unwrap();
+    log.append(&batch_of(2, 900, 99), NOW).unwrap();
     drop(log);
     fs.crash();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     assert!(!log.recovery_report().clean_shutdown);
     assert_eq!(read_all(&log, Offset(0), 4096), durable);
     assert_eq!(log.next_offset(), Offset(60));
-    log.append(&mut batch_of(1, 10, 5), NOW).unwrap();
+    log.append(&batch_of(1, 10, 5), NOW).unwrap();
     log.sync(NOW).unwrap();
     assert_eq!(read_all(&log, Offset(0), 4096).len(), 61);
 }
@@ -236,7 +242,7 @@ fn an_interval_log_says_when_a_sync_is_due() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Interval { interval_ms: 100 }));
     assert!(!log.sync_due(TimestampMs(1000)), "nothing to sync");
-    log.append(&mut batch_of(1, 10, 5), TimestampMs(10)).unwrap();
+    log.append(&batch_of(1, 10, 5), TimestampMs(10)).unwrap();
     assert_eq!(log.visible_end_offset(), Offset(1), "visible once written");
     assert!(!log.sync_due(TimestampMs(50)));
     assert!(log.sync_due(TimestampMs(100)));
@@ -250,7 +256,7 @@ fn the_real_file_system_round_trips_and_recovers() {
     let dir = tmp.path().join("topic-0");
     let mut log = std_open(&dir, config(FsyncPolicy::Always));
     for i in 0..100 {
-        log.append(&mut batch_of(5, 300, i), NOW).unwrap();
+        log.append(&batch_of(5, 300, i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     let before = read_all(&log, Offset(0), 10_000);
@@ -277,8 +283,8 @@ fn a_group_append_gives_each_batch_its_own_result_and_writes_runs_at_once() {
     // Twelve 10 KB batches cross the 64 KiB segment size: the group rolls in the middle.
     let mut batches: Vec<_> = (0..12).map(|_| batch_of(2, 5000, 5)).collect();
     batches.insert(3, damaged);
-    let mut group: Vec<&mut [u8]> = batches.iter_mut().map(|b| &mut b[..]).collect();
-    let results = log.append_many(&mut group, NOW);
+    let group: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+    let results = log.append_many(&group, NOW);
     assert!(matches!(results[3], Err(AppendError::InvalidBatch(_))));
     let offsets: Vec<u64> =
         results.iter().filter_map(|r| r.as_ref().ok()).map(|a| a.base_offset.0).collect();
@@ -289,9 +295,9 @@ fn a_group_append_gives_each_batch_its_own_result_and_writes_runs_at_once() {
 
     // A failed write fails its whole run and what follows; nothing of it is in the log.
     fs.set_faults(Faults { fail_writes: true, ..Faults::default() });
-    let mut batches: Vec<_> = (0..3).map(|_| batch_of(1, 10, 5)).collect();
-    let mut group: Vec<&mut [u8]> = batches.iter_mut().map(|b| &mut b[..]).collect();
-    let results = log.append_many(&mut group, NOW);
+    let batches: Vec<_> = (0..3).map(|_| batch_of(1, 10, 5)).collect();
+    let group: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+    let results = log.append_many(&group, NOW);
     assert!(results.iter().all(|r| matches!(r, Err(AppendError::Io { .. }))), "{results:?}");
     fs.set_faults(Faults::default());
     assert_eq!(log.next_offset(), Offset(24));
@@ -303,7 +309,7 @@ fn a_never_log_rolls_without_waiting_for_the_disk_and_syncs_sealed_segments_when
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Never));
     while log.segment_count() < 3 {
-        log.append(&mut batch_of(4, 2000, 5), NOW).unwrap();
+        log.append(&batch_of(4, 2000, 5), NOW).unwrap();
     }
     // The log was opened at time 0: its sealed segments wait for the next sealed-sync slot.
     let interval = spool_storage::limits::NEVER_SEALED_SYNC_INTERVAL_MS as i64;
@@ -318,7 +324,7 @@ fn a_never_log_rolls_without_waiting_for_the_disk_and_syncs_sealed_segments_when
     assert_eq!(log.next_offset(), Offset(0), "a power loss may take what was never synced");
 
     while log.segment_count() < 3 {
-        log.append(&mut batch_of(4, 2000, 5), NOW).unwrap();
+        log.append(&batch_of(4, 2000, 5), NOW).unwrap();
     }
     let sealed_end = log.segments().nth(1).unwrap().next_offset;
     log.sync(NOW).unwrap();

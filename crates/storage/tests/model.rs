@@ -160,8 +160,8 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                         value: value.clone(),
                     });
                 }
-                let mut batch = builder.finish(ProducerStamp::NONE);
-                let appended = log.append(&mut batch, TimestampMs(clock)).unwrap();
+                let batch = builder.finish(ProducerStamp::NONE);
+                let appended = log.append(&batch, TimestampMs(clock)).unwrap();
                 assert_eq!(appended.base_offset.0, model.next);
                 let max_timestamp = recs.iter().map(|r| r.timestamp).max().unwrap();
                 model.batches.push(ModelBatch { base: model.next, max_timestamp, records: recs });
@@ -187,8 +187,8 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                     }
                     encoded.push(bytes);
                 }
-                let mut group: Vec<&mut [u8]> = encoded.iter_mut().map(|b| &mut b[..]).collect();
-                let results = log.append_many(&mut group, TimestampMs(clock));
+                let group: Vec<&[u8]> = encoded.iter().map(|b| &b[..]).collect();
+                let results = log.append_many(&group, TimestampMs(clock));
                 for (result, expected) in results.into_iter().zip(expected) {
                     match (result, expected) {
                         (Ok(appended), Some(batch)) => {

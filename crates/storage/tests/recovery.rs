@@ -18,17 +18,16 @@ fn crashed_log() -> (BTreeMap<String, Vec<u8>>, Vec<Rec>) {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     for i in 0..120 {
-        log.append(&mut batch_of(1 + (i % 4) as usize, 200 + (i as usize * 37) % 900, i), NOW)
-            .unwrap();
+        log.append(&batch_of(1 + (i % 4) as usize, 200 + (i as usize * 37) % 900, i), NOW).unwrap();
     }
     log.roll().unwrap();
     for i in 0..6 {
-        log.append(&mut batch_of(2, 100 + i * 10, 200 + i as i64), NOW).unwrap();
+        log.append(&batch_of(2, 100 + i * 10, 200 + i as i64), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     // Batches appended after a sync carry its durable end: they vouch for what came before.
     for i in 0..2 {
-        log.append(&mut batch_of(1, 50, 300 + i), NOW).unwrap();
+        log.append(&batch_of(1, 50, 300 + i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     assert!(log.segment_count() >= 3);
@@ -137,7 +136,7 @@ fn damage_followed_by_valid_batches_fences_the_log_instead_of_dropping_them() {
     let readable: Vec<Rec> =
         records.iter().filter(|r| Offset(r.offset) < readable_end).cloned().collect();
     assert_eq!(read_all(&log, Offset(0), 1 << 20), readable);
-    assert!(matches!(log.append(&mut batch_of(1, 1, 1), NOW), Err(AppendError::Fenced(_))));
+    assert!(matches!(log.append(&batch_of(1, 1, 1), NOW), Err(AppendError::Fenced(_))));
     assert_eq!(fs.read(&dir().join(&active)).unwrap(), damaged[&active], "evidence is kept");
     drop(log);
     let once = snapshot(&fs);
@@ -171,7 +170,7 @@ fn missing_or_garbage_indexes_are_rebuilt_the_same() {
     let fs = SimFileSystem::new();
     let mut log = open(&fs);
     for i in 0..150 {
-        log.append(&mut batch_of(3, 333, i), NOW).unwrap();
+        log.append(&batch_of(3, 333, i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     let records = read_all(&log, Offset(0), 1 << 20);
@@ -214,7 +213,7 @@ fn missing_or_garbage_indexes_are_rebuilt_the_same() {
 fn leftovers_are_removed_and_unknown_files_left_alone() {
     let fs = SimFileSystem::new();
     let mut log = open(&fs);
-    log.append(&mut batch_of(1, 10, 1), NOW).unwrap();
+    log.append(&batch_of(1, 10, 1), NOW).unwrap();
     log.sync(NOW).unwrap();
     log.close().unwrap();
     fs.write(&dir().join("clean-shutdown.tmp"), b"12");
@@ -233,7 +232,7 @@ fn open_and_close_twice_leaves_every_file_byte_identical() {
     let fs = SimFileSystem::new();
     let mut log = open(&fs);
     for i in 0..80 {
-        log.append(&mut batch_of(2, 500, i), NOW).unwrap();
+        log.append(&batch_of(2, 500, i), NOW).unwrap();
     }
     drop(log); // crash without sync
     fs.crash();
@@ -250,12 +249,12 @@ fn a_hole_in_never_synced_data_is_a_torn_tail_even_with_valid_batches_after_it()
     let fs = SimFileSystem::new();
     let mut log = open(&fs);
     for i in 0..5 {
-        log.append(&mut batch_of(2, 300, i), NOW).unwrap();
+        log.append(&batch_of(2, 300, i), NOW).unwrap();
     }
     log.sync(NOW).unwrap();
     let durable = read_all(&log, Offset(0), 1 << 20);
     for i in 0..4 {
-        log.append(&mut batch_of(2, 300, 10 + i), NOW).unwrap();
+        log.append(&batch_of(2, 300, 10 + i), NOW).unwrap();
     }
     drop(log);
     let mut files = snapshot(&fs);

@@ -154,7 +154,7 @@ pub(crate) struct Produced {
 }
 
 /// Checks one record against the limits and encodes it into a batch of one.
-fn encode(record: &RecordIn, partition: u32) -> Result<BytesMut, RequestError> {
+fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, RequestError> {
     if record.headers.len() > RECORD_HEADERS_MAX as usize {
         return Err(RequestError::TooManyHeaders {
             index: 0,
@@ -186,7 +186,7 @@ fn encode(record: &RecordIn, partition: u32) -> Result<BytesMut, RequestError> {
             bytes_max: BATCH_BYTES_MAX,
         });
     }
-    Ok(builder.finish(ProducerStamp::NONE))
+    Ok(builder.finish(ProducerStamp::NONE).freeze())
 }
 
 /// Produces one record through the partition's writer, as the produce service does, and
