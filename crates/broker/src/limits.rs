@@ -61,10 +61,13 @@ pub const SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
 /// Concurrent gRPC streams (calls) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
-/// The largest HTTP/2 frame the gRPC listener accepts (the protocol's default is 16 KiB). A
-/// client sends each frame with its own write, so a 1 MiB produce request went out in 64
-/// writes; in one, 1 KiB x 1000 produce without fsync went from 378-495 to 476-523 MB/s on
-/// the 2-core VM (paired runs). h2 holds one frame per connection while reading it.
+/// The largest HTTP/2 frame the gRPC listener accepts, and the Rust client too (the
+/// protocol's default is 16 KiB). A sender writes each frame with its own call, so a 1 MiB
+/// produce request or subscribe answer went out in 64 writes. In one, on the 2-core VM
+/// (paired runs): 1 KiB x 1000 produce without fsync 378-495 -> 476-523 MB/s (the listener);
+/// replay of 1 KiB messages 1,132-1,264 -> 1,515-2,637 MB/s, at half the CPU per GB, and
+/// `bench group` 1,112-1,236 -> 1,898-2,105 MB/s (the client). h2 holds one frame per
+/// connection while reading it.
 pub const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
 // The browser listener (`--http`): Server-Sent Events, WebSocket and plain HTTP.

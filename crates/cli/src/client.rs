@@ -25,7 +25,7 @@ use tokio_stream::{StreamExt, StreamMap};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
 use crate::{AcksArg, Format, ServerArg, TopicCommand};
@@ -100,8 +100,7 @@ pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
 /// commands built on `spool-client` give it to the client.
 pub(crate) async fn connect_channel(server: &ServerArg) -> anyhow::Result<Channel> {
     let url = &server.server;
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("{url:?} is not a server URL (like http://127.0.0.1:7070)"))?;
+    let mut endpoint = spool_client::endpoint(url)?;
     if url.starts_with("https://") {
         // No system roots are compiled in: name the server's CA with --ca-cert.
         let mut tls = ClientTlsConfig::new();

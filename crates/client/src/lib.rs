@@ -85,7 +85,7 @@ mod topics;
 
 use std::time::Duration;
 
-use spool_broker::limits::RESPONSE_BYTES_MAX;
+use spool_broker::limits::{HTTP2_FRAME_BYTES_MAX, RESPONSE_BYTES_MAX};
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -147,20 +147,30 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// The endpoint [`Client::connect`] connects to, for a caller that adds its own settings
+/// (TLS, timeouts) and then builds the client with [`Client::from_channel`].
+///
+/// - HTTP/2 pings find a connection that stays open but carries nothing back (a dead peer
+///   behind a NAT, a frozen proxy): without them every stream opened again after a request
+///   timeout, such as an idempotent producer's retry, would go to the same dead connection.
+///   With them it is closed and the channel connects anew.
+/// - The server may send frames of up to [`HTTP2_FRAME_BYTES_MAX`] (HTTP/2's default is
+///   16 KiB): it writes each frame to the socket with its own call, so a 1 MiB subscribe
+///   answer went out in 64 writes, now in one.
+pub fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|source| ConnectError::BadUrl { url: url.to_owned(), source })?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX))
+}
+
 impl Client {
-    /// Connects to a server at a URL like `http://127.0.0.1:7070`.
+    /// Connects to a server at a URL like `http://127.0.0.1:7070`, through [`endpoint`].
     pub async fn connect(url: &str) -> Result<Client, ConnectError> {
-        // HTTP/2 pings find a connection that stays open but carries nothing back (a dead
-        // peer behind a NAT, a frozen proxy): without them every stream opened again after a
-        // request timeout, such as an idempotent producer's retry, would go to the same dead
-        // connection. With them it is closed and the channel connects anew.
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|source| ConnectError::BadUrl { url: url.to_owned(), source })?
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint
+        let channel = endpoint(url)?
             .connect()
             .await
             .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source })?;
