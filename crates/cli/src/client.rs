@@ -22,9 +22,6 @@ use spool_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
@@ -65,35 +62,20 @@ pub(crate) fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call when a token is given.
-#[derive(Debug, Clone)]
-pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Connection = InterceptedService<Channel, BearerToken>;
+type Connection = spool_client::Transport;
 
 fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
 }
 
+/// The channel to the server with the token (if any) added to every call.
 pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
-    let token = match &server.token {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| anyhow!("the token must be printable ASCII"))?,
-        ),
-        None => None,
+    let client = spool_client::Client::from_channel(connect_channel(server).await?);
+    let client = match &server.token {
+        Some(token) => client.with_bearer_token(token)?,
+        None => client,
     };
-    Ok(InterceptedService::new(connect_channel(server).await?, BearerToken(token)))
+    Ok(client.transport())
 }
 
 /// The channel to the server (TLS as asked), without the token: `connect` adds it, and the

@@ -129,11 +129,14 @@ pub struct Client {
 /// What every service client of this crate is built on: the connection, with the bearer
 /// token (if any) added to each call's metadata. The server checks the token on every call
 /// and on every message of a stream; a stream's messages travel under its opening metadata.
-pub(crate) type Transport = InterceptedService<Channel, BearerToken>;
+/// [`Client::transport`] gives it out for calling the generated `spool_proto` clients
+/// directly.
+pub type Transport = InterceptedService<Channel, BearerToken>;
 
-/// Adds `authorization: Bearer TOKEN` to each outgoing call when a token is set.
+/// Adds `authorization: Bearer TOKEN` to each outgoing call when a token is set (see
+/// [`Client::with_bearer_token`]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(
@@ -189,8 +192,9 @@ impl Client {
         Ok(Client { token: BearerToken(Some(value)), ..self })
     }
 
-    /// The connection with this client's token added to every call.
-    pub(crate) fn transport(&self) -> Transport {
+    /// The connection with this client's token added to every call, for the generated
+    /// `spool_proto` service clients (`TopicServiceClient::new(client.transport())`).
+    pub fn transport(&self) -> Transport {
         InterceptedService::new(self.channel.clone(), self.token.clone())
     }
 
