@@ -28,7 +28,7 @@ pub mod stats;
 mod workload;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -117,7 +117,8 @@ pub struct WorkloadArgs {
     /// --duration (consume: 500000).
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Seconds to run when no --messages is given.
+    /// Seconds to run when no --messages is given. consume replays what it produced from the
+    /// start, again and again, for this long (at least once).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Messages per second in all (producers pace themselves); default: as fast as possible,
@@ -198,6 +199,9 @@ pub struct Settings {
     pub fsync: String,
     pub messages: Option<u64>,
     pub duration_seconds: Option<f64>,
+    /// consume: how long to keep replaying the messages it produced (each replay reads them
+    /// all from the start), so that the figure covers more than a fraction of a second.
+    pub replay_seconds: Option<f64>,
     pub rate: Option<u64>,
 }
 
@@ -236,6 +240,7 @@ impl Settings {
             acks: args.acks,
             fsync: args.fsync.clone(),
             duration_seconds: if messages.is_some() { None } else { Some(args.duration) },
+            replay_seconds: (workload == Workload::Consume).then_some(args.duration),
             messages,
             rate: args.rate.or(if e2e { Some(10_000) } else { None }),
         };
@@ -260,7 +265,8 @@ impl Settings {
                 workload::STAMP_BYTES
             ));
         }
-        if self.messages == Some(0) || self.duration_seconds.is_some_and(|s| s <= 0.0) {
+        let seconds = [self.duration_seconds, self.replay_seconds];
+        if self.messages == Some(0) || seconds.iter().flatten().any(|s| *s <= 0.0) {
             return bad("--messages and --duration must be positive".into());
         }
         if self.rate == Some(0) {
@@ -278,6 +284,11 @@ impl Settings {
 
     pub(crate) fn duration(&self) -> Option<Duration> {
         self.duration_seconds.map(Duration::from_secs_f64)
+    }
+
+    /// When a consume workload starting now stops starting new replays.
+    pub(crate) fn replay_deadline(&self) -> Option<Instant> {
+        self.replay_seconds.map(|s| Instant::now() + Duration::from_secs_f64(s))
     }
 }
 

@@ -320,7 +320,8 @@ async fn consume(
         let info = stream.info().await.map_err(|e| nats_error("describing a stream")(&e))?;
         stored.push(info.state.messages);
     }
-    let timed = Timed::start(label, Some(stored.iter().sum()));
+    let deadline = settings.replay_deadline();
+    let timed = Timed::start(label, deadline.is_none().then(|| stored.iter().sum()));
     let size = settings.message_size as u64;
     let mut tasks = Vec::new();
     for index in 0..settings.consumers {
@@ -332,21 +333,27 @@ async fn consume(
         let (context, meter) = (context.clone(), timed.meter.clone());
         tasks.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
-            for (stream, count) in work {
-                let mut messages = ordered(&context, &stream, consumer::DeliverPolicy::All).await?;
-                let mut seen = 0u64;
-                let mut asked = Instant::now();
-                while seen < count {
-                    match messages.next().await {
-                        Some(Ok(_message)) => {
-                            histogram.saturating_record(asked.elapsed().as_nanos() as u64);
-                            meter.add(1, size);
-                            seen += 1;
-                            asked = Instant::now();
+            loop {
+                for (stream, count) in &work {
+                    let mut messages =
+                        ordered(&context, stream, consumer::DeliverPolicy::All).await?;
+                    let mut seen = 0u64;
+                    let mut asked = Instant::now();
+                    while seen < *count {
+                        match messages.next().await {
+                            Some(Ok(_message)) => {
+                                histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                                meter.add(1, size);
+                                seen += 1;
+                                asked = Instant::now();
+                            }
+                            Some(Err(error)) => return Err(nats_error("consuming")(&error)),
+                            None => break,
                         }
-                        Some(Err(error)) => return Err(nats_error("consuming")(&error)),
-                        None => break,
                     }
+                }
+                if deadline.is_none_or(|deadline| Instant::now() >= deadline) {
+                    break;
                 }
             }
             Ok::<_, BenchError>(histogram)

@@ -32,6 +32,12 @@ pub fn table(result: &BenchResult) -> String {
         s.in_flight,
         s.rate.map_or_else(|| "unlimited".into(), |r| format!("{r} msg/s"))
     );
+    if let (Some(messages), Some(seconds)) = (s.messages, s.replay_seconds) {
+        let _ = writeln!(
+            out,
+            "replay      {messages} messages produced, then read from the start again and again for {seconds} s"
+        );
+    }
     let _ = writeln!(
         out,
         "machine     {} cores, {:.1} GiB, {}, kernel {}, {}; spool {} ({} build)",

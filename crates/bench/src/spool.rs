@@ -293,7 +293,8 @@ async fn consume(
     join_producers(tasks).await?;
     let produced = fill_meter.read().0;
 
-    let timed = Timed::start("consume spool", Some(produced));
+    let deadline = settings.replay_deadline();
+    let timed = Timed::start("consume spool", deadline.is_none().then_some(produced));
     let size = settings.message_size as u64;
     let mut tasks = Vec::new();
     for index in 0..settings.consumers {
@@ -301,16 +302,21 @@ async fn consume(
         let (client, topic, meter) = (client.clone(), topic.to_owned(), timed.meter.clone());
         tasks.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
-            for partition in partitions {
-                let mut consumer = client
-                    .subscribe(&topic, partition, StartAt::Earliest, Follow::UntilEnd)
-                    .await?;
-                let mut asked = Instant::now();
-                while let Some(polled) = consumer.poll().await? {
-                    histogram.saturating_record(asked.elapsed().as_nanos() as u64);
-                    let records = polled.record_count();
-                    meter.add(records, records * size);
-                    asked = Instant::now();
+            loop {
+                for &partition in &partitions {
+                    let mut consumer = client
+                        .subscribe(&topic, partition, StartAt::Earliest, Follow::UntilEnd)
+                        .await?;
+                    let mut asked = Instant::now();
+                    while let Some(polled) = consumer.poll().await? {
+                        histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                        let records = polled.record_count();
+                        meter.add(records, records * size);
+                        asked = Instant::now();
+                    }
+                }
+                if deadline.is_none_or(|deadline| Instant::now() >= deadline) {
+                    break;
                 }
             }
             Ok::<_, BenchError>(histogram)
