@@ -175,9 +175,9 @@ impl Segment {
 
     /// Writes checked, stamped batches at the end of the log with one vectored write and
     /// indexes them: `bufs` are their bytes in order, in as many pieces as the caller likes;
-    /// `headers` say where each batch ends. On a write error the log file is cut back to its previous length, so no
-    /// partial batch remains; if that fails too, the second error is returned and the caller
-    /// must fence the log.
+    /// `headers` say where each batch ends. On a write error the log file is cut back to its
+    /// previous length, so no partial batch remains; if that fails too, the second error is
+    /// returned and the caller must fence the log.
     pub(crate) fn append_run(
         &mut self,
         bufs: &[&[u8]],
