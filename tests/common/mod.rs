@@ -47,16 +47,40 @@ impl TestServer {
         let metrics = server.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let opened = async { Ok(server) };
+        let tls = options.tls.is_some();
         let task = tokio::spawn(spool_server::serve(listener, options, opened, async {
             let _ = stopped.await;
         }));
-        TestServer {
+        let server = TestServer {
             address,
             data_dir: data_dir.to_path_buf(),
             metrics,
             stop: Some(stop),
             task: Some(task),
+        };
+        // The listener answers UNAVAILABLE until the opened server is installed behind it, a
+        // moment after `serve` starts: wait for health to say so. (A TLS test's client brings
+        // its own certificates and is slowed by the handshake; it does not wait here.)
+        if !tls {
+            server.wait_until_serving().await;
         }
+        server
+    }
+
+    /// Returns once the server's health says SERVING (watched, not polled).
+    pub async fn wait_until_serving(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let request = HealthCheckRequest { service: String::new() };
+        let mut watch =
+            HealthClient::new(self.channel().await).watch(request).await.unwrap().into_inner();
+        while let Some(status) = watch.message().await.unwrap() {
+            if status.status() == ServingStatus::Serving {
+                return;
+            }
+        }
+        panic!("the health stream ended before the server was serving");
     }
 
     /// Shuts the server down as a signal would, and checks it stopped cleanly.
