@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spool_storage::batch::{BatchBuilder, ProducerStamp, check_for_append};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, ProducerStamp, check_for_append};
 use spool_storage::fs::StdFileSystem;
 use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, SyncTicket, TimestampMs};
 
@@ -245,7 +245,9 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     // Sealed segments are fsynced on another thread while appends go on, as the server does.
     let mut in_flight: Option<std::thread::JoinHandle<(SyncTicket, std::io::Result<()>)>> = None;
     while written < settings.write_bytes {
-        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        // Checked as the server checks each batch before its writer appends it.
+        let batches: Vec<CheckedBatch<&[u8]>> =
+            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
         for result in log.append_many(&batches, now) {
             result.unwrap();
         }
@@ -280,7 +282,9 @@ fn append_interval(settings: &Settings, interval_ms: u64) -> (f64, f64) {
     let (mut written, mut syncs) = (0u64, 0u64);
     while written < settings.write_bytes {
         let now = TimestampMs::now();
-        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        // Checked as the server checks each batch before its writer appends it.
+        let batches: Vec<CheckedBatch<&[u8]>> =
+            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
         for result in log.append_many(&batches, now) {
             result.unwrap();
         }
@@ -489,7 +493,9 @@ fn recovery_ms(settings: &Settings) -> (f64, f64, usize) {
     let mut written = 0u64;
     while written < settings.recovery_bytes {
         let now = TimestampMs::now();
-        let batches: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+        // Checked as the server checks each batch before its writer appends it.
+        let batches: Vec<CheckedBatch<&[u8]>> =
+            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
         for result in log.append_many(&batches, now) {
             result.unwrap();
         }

@@ -582,6 +582,17 @@ fn produce_rows(c: &Clients, producer_id: i64) -> Vec<Row> {
             raw(bytes.freeze()),
         );
     }
+    // Fire-and-forget waits for no append, so a damaged batch must be refused before it is
+    // queued: answering OK and dropping it later would lose it without a word.
+    add(
+        "a raw batch with a wrong CRC, acks=none",
+        Code::InvalidArgument,
+        "CRC mismatch",
+        ProduceRequest {
+            acks: Acks::None as i32,
+            ..raw(with(good.clone(), field::CRC, &[0, 0, 0, 0]).freeze())
+        },
+    );
     add(
         "a raw batch and a producer stamp",
         Code::InvalidArgument,

@@ -18,7 +18,7 @@ use spool_broker::limits::{
     INTERNAL_LOG_COMPACT_BYTES, PRODUCER_ID_BLOCK, PRODUCER_STATE_SCAN_BYTES,
 };
 use spool_broker::producer::{ProducerTable, SequenceError, SequencedBatch, Verdict};
-use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchIter, ProducerStamp, field};
+use spool_storage::batch::{BATCH_HEADER_BYTES, BatchIter, CheckedBatch, ProducerStamp, field};
 use spool_storage::{AppendError, Appended, Log, ReadError, TimestampMs};
 use thiserror::Error;
 
@@ -62,24 +62,19 @@ pub(crate) fn sequenced(batch: &[u8]) -> Option<SequencedBatch> {
     })
 }
 
-/// Appends a group of batches, checking idempotent producers' sequences first. One result
-/// per batch, in order; a duplicate's result is the original's offsets.
+/// Appends a group of checked batches, checking idempotent producers' sequences first. One
+/// result per batch, in order; a duplicate's result is the original's offsets.
 ///
-/// An idempotent batch is fully checked (`batch::check_for_append`) before its sequence is:
-/// a malformed one is then left to the append to refuse, and never counts as accepted for
-/// the batches after it. The other failures of `append_many` (a failed write, a full disk, a
-/// fence) fail every batch from the failing one on, so a batch never lands after a refused
-/// predecessor of its producer.
+/// The failures of `append_many` (a failed write, a full disk, a fence) fail every batch from
+/// the failing one on, so a batch never lands after a refused predecessor of its producer.
 pub(crate) fn append_group(
     log: &mut Log,
     table: &mut ProducerTable,
-    batches: &[&[u8]],
+    batches: &[CheckedBatch<&[u8]>],
     now: TimestampMs,
 ) -> Vec<Result<Appended, Refused>> {
-    let stamps: Vec<Option<SequencedBatch>> = batches
-        .iter()
-        .map(|b| sequenced(b).filter(|_| batch::check_for_append(b).is_ok()))
-        .collect();
+    let stamps: Vec<Option<SequencedBatch>> =
+        batches.iter().map(|b| sequenced(b.bytes())).collect();
     if stamps.iter().all(Option::is_none) {
         // The common case: no idempotent producer in the group.
         return log
@@ -89,11 +84,11 @@ pub(crate) fn append_group(
             .collect();
     }
     let verdicts = table.check_group(&stamps);
-    let to_append: Vec<&[u8]> = batches
+    let to_append: Vec<CheckedBatch<&[u8]>> = batches
         .iter()
         .zip(&verdicts)
         .filter(|(_, verdict)| **verdict == Verdict::Append)
-        .map(|(batch, _)| *batch)
+        .map(|(batch, _)| batch.clone())
         .collect();
     let mut appended = log.append_many(&to_append, now).into_iter();
     let mut results: Vec<Result<Appended, Refused>> = Vec::with_capacity(verdicts.len());

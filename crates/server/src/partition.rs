@@ -34,6 +34,7 @@ use spool_broker::limits::{
     RETENTION_CHECK_INTERVAL_MS, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use spool_broker::producer::ProducerTable;
+use spool_storage::batch::CheckedBatch;
 use spool_storage::{
     Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, SyncTicket, TimestampMs,
 };
@@ -66,8 +67,9 @@ pub(crate) type AppendReply = oneshot::Sender<Result<Appended, ServiceError>>;
 
 #[derive(Debug)]
 struct AppendRequest {
-    /// As the producer sent it: the log writes its stamped fields in a copy of its head.
-    batch: Bytes,
+    /// As the producer sent it, checked where it arrived: the log writes its stamped fields
+    /// in a copy of its head.
+    batch: CheckedBatch<Bytes>,
     acks: AckLevel,
     reply: AppendReply,
 }
@@ -195,7 +197,7 @@ impl Partition {
     /// Queues one batch for the writer, waiting while the queue is full (backpressure).
     pub(crate) async fn submit(
         &self,
-        batch: Bytes,
+        batch: CheckedBatch<Bytes>,
         acks: AckLevel,
     ) -> Result<oneshot::Receiver<Result<Appended, ServiceError>>, ServiceError> {
         let (reply, answer) = oneshot::channel();
@@ -428,7 +430,7 @@ impl Writer {
         self.partition.metrics.committed(
             committed.group.len(),
             committed.group.iter().zip(&committed.results).filter_map(|(request, result)| {
-                result.as_ref().ok().map(|appended| (&request.batch[..], appended))
+                result.as_ref().ok().map(|appended| (request.batch.bytes(), appended))
             }),
         );
         self.partition.changed.send_replace(());
@@ -606,7 +608,8 @@ impl Partition {
         let log = guard.as_mut().expect("the writer's log is open");
         let now = TimestampMs::now();
         // One vectored write for the whole group where it fits the active segment.
-        let batches: Vec<&[u8]> = group.iter().map(|request| &request.batch[..]).collect();
+        let batches: Vec<CheckedBatch<&[u8]>> =
+            group.iter().map(|request| request.batch.borrowed()).collect();
         let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
         let results = self
             .metrics
@@ -815,10 +818,10 @@ mod tests {
         }
     }
 
-    fn batch() -> Bytes {
+    fn batch() -> CheckedBatch<Bytes> {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(TimestampMs::now(), None, Some(b"value"), &[]);
-        builder.finish(ProducerStamp::NONE).freeze()
+        CheckedBatch::check(builder.finish(ProducerStamp::NONE).freeze()).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use spool_proto::v1::{
     Acks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError, ProduceRequest,
     ProduceResponse, ProduceStreamResponse, Record,
 };
-use spool_storage::batch::{self, BatchBuilder, HeaderPair, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
 use spool_storage::{Appended, FsyncPolicy, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -192,7 +192,13 @@ impl ProduceApi {
         };
         let partitions = topic.config().partitions();
         let producer = producer_stamp(&request, &self.producer_ids)?;
-        let batches: Vec<(u32, Bytes)> = match request.payload {
+        // Every batch is checked here (CRC and every record), on the request's own task, before
+        // any is queued: the partitions' writers append them without checking them again.
+        let check = |partition: u32, bytes: Bytes| {
+            CheckedBatch::check(bytes)
+                .map_err(|error| ServiceError::append(&topic.name, partition, error.into()))
+        };
+        let batches: Vec<(u32, CheckedBatch<Bytes>)> = match request.payload {
             None => return Err(RequestError::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
                 if raw.len() > BATCH_BYTES_MAX as usize {
@@ -206,32 +212,29 @@ impl ProduceApi {
                 if request.producer.is_some() {
                     return Err(RequestError::ProducerWithRawBatch.into());
                 }
-                if let Some(idempotent) = sequenced(&raw) {
-                    // Trust the stamp only in a batch that checks (garbage is INVALID_ARGUMENT,
-                    // not an unknown producer).
-                    if let Err(error) = batch::check_for_append(&raw) {
-                        let partition = explicit.unwrap_or(0);
-                        return Err(ServiceError::append(&topic.name, partition, error.into()));
-                    }
+                let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
+                // The stamp is trusted only in a batch that checks (garbage is
+                // INVALID_ARGUMENT, not an unknown producer), and stored as it came.
+                let raw = check(partition, raw)?;
+                if let Some(idempotent) = sequenced(raw.bytes()) {
                     if explicit.is_none() {
                         let reason = "a raw batch with a producer stamp";
                         return Err(RequestError::IdempotentWithoutPartition { reason }.into());
                     }
                     self.producer_ids.check(idempotent.stamp.producer_id)?;
                 }
-                // Storage checks the batch (length, CRC, every record) before it stores it,
-                // and stores it as it came, without copying it first.
-                let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
                 vec![(partition, raw)]
             }
             Some(Payload::Records(list)) => {
                 let records = &list.records;
                 check_records(records)?;
                 let now = TimestampMs::now();
+                let encoded = |partition: u32, routes: Option<&[u32]>| {
+                    let bytes = encode(records, routes, partition, now, producer)?;
+                    Ok::<_, ServiceError>((partition, check(partition, bytes)?))
+                };
                 match explicit {
-                    Some(partition) => {
-                        vec![(partition, encode(records, None, partition, now, producer)?)]
-                    }
+                    Some(partition) => vec![encoded(partition, None)?],
                     None => {
                         // Keyless records of one request go together to one partition.
                         let keyless = topic.round_robin.next(partitions);
@@ -245,10 +248,11 @@ impl ProduceApi {
                         let mut targets = routes.clone();
                         targets.sort_unstable();
                         targets.dedup();
-                        targets
-                            .into_iter()
-                            .map(|p| Ok((p, encode(records, Some(&routes), p, now, producer)?)))
-                            .collect::<Result<_, RequestError>>()?
+                        targets.into_iter().map(|p| encoded(p, Some(&routes))).collect::<Result<
+                            _,
+                            ServiceError,
+                        >>(
+                        )?
                     }
                 }
             }

@@ -1,10 +1,11 @@
 //! The record batch: the unit that producers send, the log stores and consumers receive.
 //!
 //! A batch is encoded once, by the producer, and never re-encoded: the server verifies it with
-//! [`check_for_append`], stamps `base_offset` and `durable_offset` into a copy of its first
-//! [`STAMPED_HEAD_BYTES`] ([`stamped_head`]), and writes that head and then the rest of the
-//! batch as it came (the server never copies or changes the bytes it received). A consumer
-//! receives those same bytes. The CRC therefore covers everything except
+//! [`check_for_append`] where the request arrives (a [`CheckedBatch`]); the log stamps
+//! `base_offset` and `durable_offset` into a copy of its first [`STAMPED_HEAD_BYTES`]
+//! ([`stamped_head`]) and writes that head and then the rest of the batch as it came (the
+//! server never copies or changes the bytes it received). A consumer receives those same
+//! bytes. The CRC therefore covers everything except
 //! the fields stamped at append time and the fields needed to find and verify the batch
 //! (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch. A producer writes zeros in
 //! the stamped fields.
@@ -321,6 +322,39 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     Ok(header)
+}
+
+/// A batch that passed [`check_for_append`], with its decoded header: what
+/// [`Log::append_many`](crate::Log::append_many) takes. A server checks a batch once, where it
+/// arrives (on the request's task, in parallel with other requests), and the log, which
+/// appends one group at a time, trusts the check. `B` holds the bytes: the request's own
+/// buffer (`Bytes`), or a borrowed `&[u8]` ([`CheckedBatch::borrowed`]).
+#[derive(Debug, Clone)]
+pub struct CheckedBatch<B> {
+    bytes: B,
+    header: BatchHeader,
+}
+
+impl<B: AsRef<[u8]>> CheckedBatch<B> {
+    /// Checks `bytes` as [`check_for_append`] does.
+    pub fn check(bytes: B) -> Result<Self, BatchError> {
+        let header = check_for_append(bytes.as_ref())?;
+        Ok(CheckedBatch { bytes, header })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+
+    /// The header as the producer sent it (base and durable offset not stamped yet).
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The same checked batch, borrowing the bytes.
+    pub fn borrowed(&self) -> CheckedBatch<&[u8]> {
+        CheckedBatch { bytes: self.bytes.as_ref(), header: self.header }
+    }
 }
 
 /// The bytes from the start of a batch up to its `crc`: every field stamped at append lies in

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, BatchView, STAMPED_HEAD_BYTES};
+use crate::batch::{self, BatchHeader, BatchView, CheckedBatch, STAMPED_HEAD_BYTES};
 use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
@@ -288,17 +288,20 @@ impl Log {
     /// stamped at append (its base offset among them), which are written in a copy of its
     /// head: `batch` itself is not changed. It is durable only after a later sync covers it.
     pub fn append(&mut self, batch: &[u8], now: TimestampMs) -> Result<Appended, AppendError> {
+        self.check_open(batch.len())?;
+        let batch = CheckedBatch::check(batch)?;
         let mut results = self.append_many(&[batch], now);
         results.pop().expect("one result per batch")
     }
 
-    /// Appends a group of batches with as few writes as possible: one vectored write per run
-    /// of batches that fits in the active segment. Each batch gets its own result, in order;
-    /// a batch that fails its checks does not stop the others. When a write fails, nothing of
-    /// its run is in the log, and every batch from that run on reports the error.
+    /// Appends a group of checked batches with as few writes as possible: one vectored write
+    /// per run of batches that fits in the active segment. Each batch gets its own result, in
+    /// order; a batch past [`BATCH_BYTES_MAX`] is refused without stopping the others. When a
+    /// write fails, nothing of its run is in the log, and every batch from that run on reports
+    /// the error.
     pub fn append_many(
         &mut self,
-        batches: &[&[u8]],
+        batches: &[CheckedBatch<&[u8]>],
         now: TimestampMs,
     ) -> Vec<Result<Appended, AppendError>> {
         let mut results: Vec<Option<Result<Appended, AppendError>>> =
@@ -306,20 +309,17 @@ impl Log {
         let mut run = Run { batches: Vec::new(), bytes: 0 };
         let mut next = self.next_offset();
         let mut failure: Option<AppendError> = None;
-        for i in 0..batches.len() {
+        for (i, batch) in batches.iter().enumerate() {
             if let Some(error) = &failure {
                 results[i] = Some(Err(error.clone()));
                 continue;
             }
-            let mut header = match self.check_batch(batches[i]) {
-                Ok(header) => header,
-                Err(error) => {
-                    results[i] = Some(Err(error));
-                    continue;
-                }
-            };
-            let bytes = batches[i].len() as u64;
-            let rolled = self.roll_due(run.bytes, bytes, now);
+            let bytes = batch.bytes();
+            if let Err(error) = self.check_open(bytes.len()) {
+                results[i] = Some(Err(error));
+                continue;
+            }
+            let rolled = self.roll_due(run.bytes, bytes.len() as u64, now);
             if rolled {
                 let flushed = self.write_run(&mut run, batches, &mut results, now);
                 if let Err(error) = flushed.and_then(|()| self.roll()) {
@@ -329,12 +329,13 @@ impl Log {
                 }
                 next = self.next_offset();
             }
+            let mut header = *batch.header();
             header.base_offset = next;
             header.durable_offset = self.durable.offset;
-            let head = batch::stamped_head(batches[i], next, header.durable_offset);
+            let head = batch::stamped_head(bytes, next, header.durable_offset);
             next = header.next_offset();
             run.batches.push((i, header, rolled, head));
-            run.bytes += bytes;
+            run.bytes += bytes.len() as u64;
         }
         if failure.is_none() {
             // A failure here is already recorded in the results of the run's batches.
@@ -343,17 +344,18 @@ impl Log {
         results.into_iter().map(|r| r.expect("every batch has a result")).collect()
     }
 
-    fn check_batch(&self, batch: &[u8]) -> Result<BatchHeader, AppendError> {
+    /// Refuses an append to a fenced log, or of a batch past [`BATCH_BYTES_MAX`].
+    fn check_open(&self, batch_bytes: usize) -> Result<(), AppendError> {
         if let Some(fence) = &self.fence {
             return Err(AppendError::Fenced(fence.clone()));
         }
-        if batch.len() > BATCH_BYTES_MAX as usize {
+        if batch_bytes > BATCH_BYTES_MAX as usize {
             return Err(AppendError::BatchTooLarge {
-                bytes: batch.len(),
+                bytes: batch_bytes,
                 bytes_max: BATCH_BYTES_MAX,
             });
         }
-        Ok(batch::check_for_append(batch)?)
+        Ok(())
     }
 
     /// Whether the active segment must roll before `incoming_bytes` more, given `run_bytes`
@@ -377,7 +379,7 @@ impl Log {
     fn write_run(
         &mut self,
         run: &mut Run,
-        batches: &[&[u8]],
+        batches: &[CheckedBatch<&[u8]>],
         results: &mut [Option<Result<Appended, AppendError>>],
         now: TimestampMs,
     ) -> Result<(), AppendError> {
@@ -388,7 +390,7 @@ impl Log {
         let bufs: Vec<&[u8]> = run
             .batches
             .iter()
-            .flat_map(|(i, _, _, head)| [&head[..], &batches[*i][STAMPED_HEAD_BYTES..]])
+            .flat_map(|(i, _, _, head)| [&head[..], &batches[*i].bytes()[STAMPED_HEAD_BYTES..]])
             .collect();
         let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, ..)| *h).collect();
         let active = self.segments.last_mut().expect("a log has at least one segment");

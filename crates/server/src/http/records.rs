@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use spool_broker::limits::{BATCH_BYTES_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
 use spool_broker::partitioner::partition_for_key;
 use spool_proto::v1::ConsumedRecord;
-use spool_storage::batch::{BatchBuilder, HeaderPair, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
 use spool_storage::{FsyncPolicy, Offset, TimestampMs};
 
 use super::error::{BadRequest, HttpError};
@@ -210,6 +210,8 @@ pub(crate) async fn produce(
         FsyncPolicy::Never => AckLevel::Leader,
         FsyncPolicy::Always | FsyncPolicy::Interval { .. } => AckLevel::All,
     };
+    let batch = CheckedBatch::check(batch)
+        .map_err(|error| ServiceError::append(&topic.name, partition, error.into()))?;
     let answer = topic.partitions[partition as usize].submit(batch, acks).await?;
     let appended = answer.await.map_err(|_| ServiceError::ShuttingDown)??;
     Ok(Produced { topic: topic.name.to_string(), partition, offset: appended.base_offset.0 })
