@@ -731,6 +731,19 @@ fn group_rows(c: &Clients) -> Vec<Row> {
     add_join("with no topics", Code::InvalidArgument, "", join("g", &[]));
     add_join("an unknown topic", Code::NotFound, "nope", join("g", &["nope"]));
     add_join("topic ../t", Code::InvalidArgument, "topic name", join("g", &["../t"]));
+    // What the request gets wrong comes before what does not exist, in any order.
+    add_join(
+        "an unknown topic, then topic a/b",
+        Code::InvalidArgument,
+        "topic name",
+        join("g", &["nope", "a/b"]),
+    );
+    add_join(
+        "an unknown topic with reset 99",
+        Code::InvalidArgument,
+        "reset",
+        JoinGroup { reset: 99, ..join("g", &["nope"]) },
+    );
     add_join(
         "with a session timeout of 1 ms",
         Code::InvalidArgument,

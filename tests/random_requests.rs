@@ -1,16 +1,17 @@
 //! Random sequences of well-formed requests with arbitrary field values (names, partitions,
-//! configurations, records, raw batches damaged at random, offsets, positions) against an
-//! in-process server, checked against a model of what it must store. `bad_input.rs` holds
-//! the cases we thought of; this finds the ones we did not.
+//! configurations, records, raw batches damaged at random, offsets, positions, group joins,
+//! commits and resets) against an in-process server, checked against a model of what it must
+//! store. `bad_input.rs` holds the cases we thought of; this finds the ones we did not.
 //!
 //! Every answer must come in time with a status a person can act on: never INTERNAL, UNKNOWN,
 //! UNAVAILABLE or DATA_LOSS (the disk is healthy, so one of those means a bug or a panic),
-//! never an empty message. A name the API refuses gets INVALID_ARGUMENT; a valid name the
-//! model says is absent gets NOT_FOUND or, created, ALREADY_EXISTS when present. At the end,
-//! every partition holds exactly the records whose produce was acknowledged (nothing a refused
-//! request sent), before and after a restart, and nothing was written outside the data
-//! directory. proptest shrinks a failure to a short sequence and prints it; the seed is kept
-//! in `tests/random_requests.proptest-regressions`.
+//! never an empty message. A name the API refuses gets INVALID_ARGUMENT, whatever else is
+//! wrong; "topic ... does not exist" comes only when the model says so, and ALREADY_EXISTS
+//! only when it says the topic is there. At the end, every partition holds exactly the
+//! records whose produce was acknowledged (nothing a refused request sent), before and after
+//! a restart, and nothing was written outside the data directory. proptest shrinks a failure
+//! to a short sequence and prints it; the seed is kept in
+//! `tests/random_requests.proptest-regressions`.
 
 mod common;
 
@@ -22,15 +23,22 @@ use common::TestServer;
 use proptest::prelude::*;
 use spool_broker::limits::TIMESTAMP_MS_MAX;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_proto::v1::group_service_client::GroupServiceClient;
+use spool_proto::v1::member_event::Kind as EventKind;
+use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{
-    Acks, AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
-    FetchRequest, FsyncPolicy, Header, ProduceRequest, ProducerStamp as WireStamp, Record,
-    RecordList, StartPosition, SubscribeRequest, TopicConfig,
+    Acks, AlterTopicRequest, CommitOffsets, CommitResult, CreateTopicRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeTopicRequest, FetchRequest, FsyncPolicy, Header, JoinGroup,
+    Leave, MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp, Record,
+    RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_storage::TimestampMs;
 use spool_storage::batch::{BatchBuilder, ProducerStamp, field};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Only a guard against a hang; every call answers long before.
@@ -157,6 +165,9 @@ fn damage() -> impl Strategy<Value = Damage> {
 /// A producer stamp as (producer id, epoch, base sequence).
 type Stamp = (i64, i32, i32);
 
+/// A committed offset as (topic name's index in [`NAMES`], partition, offset).
+type Committed = (usize, u32, u64);
+
 #[derive(Debug, Clone)]
 enum Op {
     Create {
@@ -199,6 +210,25 @@ enum Op {
         position: Option<Position>,
         encoding: i32,
     },
+    /// Joins group `group` (a name from [`NAMES`]) for `topics`, waits for its assignment,
+    /// commits if `commit` is given (its generation plus the first field: mostly 0, else a
+    /// stale or future one; offsets as (topic, partition, offset)), and leaves.
+    Join {
+        group: usize,
+        topics: Vec<usize>,
+        session_timeout_ms: u32,
+        reset: i32,
+        encoding: i32,
+        commit: Option<(u64, Vec<Committed>)>,
+    },
+    DescribeGroup {
+        group: usize,
+    },
+    ResetGroup {
+        group: usize,
+        name: usize,
+        to: Option<Position>,
+    },
 }
 
 fn partition() -> impl Strategy<Value = u32> {
@@ -211,6 +241,23 @@ fn op() -> impl Strategy<Value = Op> {
         (prop_oneof![Just(-1i64), Just(0), 0..3i64, any::<i64>()], any::<i32>(), any::<i32>()),
     );
     let encoding = prop_oneof![4 => 0i32..3, 1 => any::<i32>()];
+    let position = prop::option::of(prop_oneof![
+        Just(Position::Earliest(Earliest {})),
+        Just(Position::Latest(Latest {})),
+        edgy_u64().prop_map(Position::Offset),
+        prop_oneof![Just(i64::MIN), Just(-1i64), Just(0), Just(i64::MAX), any::<i64>()]
+            .prop_map(Position::TimestampMs),
+    ]);
+    let commit = prop::option::weighted(
+        0.5,
+        (
+            prop_oneof![4 => Just(0u64), 1 => any::<u64>()],
+            prop::collection::vec(
+                (0usize..2, 0u32..3, prop_oneof![3 => 0u64..10, 1 => edgy_u64()]),
+                0..4,
+            ),
+        ),
+    );
     prop_oneof![
         3 => (name(), prop_oneof![3 => 0u32..4, 1 => edgy_u32()], fsync(), sizes())
             .prop_map(|(name, partitions, fsync, sizes)| Op::Create { name, partitions, fsync, sizes }),
@@ -232,19 +279,22 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(name, partition, offset, max_bytes, max_wait_ms, encoding)| Op::Fetch {
                 name, partition, offset, max_bytes, max_wait_ms, encoding,
             }),
+        2 => (name(), partition(), position.clone(), encoding.clone())
+            .prop_map(|(name, partition, position, encoding)| Op::Replay { name, partition, position, encoding }),
         2 => (
             name(),
-            partition(),
-            prop::option::of(prop_oneof![
-                Just(Position::Earliest(Earliest {})),
-                Just(Position::Latest(Latest {})),
-                edgy_u64().prop_map(Position::Offset),
-                prop_oneof![Just(i64::MIN), Just(-1i64), Just(0), Just(i64::MAX), any::<i64>()]
-                    .prop_map(Position::TimestampMs),
-            ]),
-            encoding,
+            prop_oneof![9 => prop::collection::vec(0usize..2, 1..3), 1 => prop::collection::vec(name(), 0..3)],
+            prop_oneof![9 => Just(10_000u32), 1 => edgy_u32()],
+            prop_oneof![9 => 0i32..3, 1 => any::<i32>()],
+            prop_oneof![9 => 0i32..3, 1 => any::<i32>()],
+            commit,
         )
-            .prop_map(|(name, partition, position, encoding)| Op::Replay { name, partition, position, encoding }),
+            .prop_map(|(group, topics, session_timeout_ms, reset, encoding, commit)| Op::Join {
+                group, topics, session_timeout_ms, reset, encoding, commit,
+            }),
+        1 => name().prop_map(|group| Op::DescribeGroup { group }),
+        1 => (name(), name(), position)
+            .prop_map(|(group, name, to)| Op::ResetGroup { group, name, to }),
     ]
 }
 
@@ -365,6 +415,7 @@ async fn run(
     let mut topics = server.topics().await;
     let mut produce = server.producer().await;
     let consume = server.consumer().await;
+    let mut groups = GroupServiceClient::new(server.channel().await);
     for (serial, op) in ops.iter().enumerate() {
         let serial = serial as u64;
         match op {
@@ -554,9 +605,118 @@ async fn run(
                 let outcome = outcome.map(drop);
                 check_name(op, *name, model, &outcome)?;
             }
+            Op::Join { group, topics, .. } => {
+                let result = call(join(&groups, op)).await;
+                match &result {
+                    Err(status) => {
+                        actionable(op, status)?;
+                        let invalid = !NAMES[*group].1 || topics.iter().any(|t| !NAMES[*t].1);
+                        if invalid {
+                            prop_assert_eq!(status.code(), Code::InvalidArgument, "{:?}", op);
+                        }
+                    }
+                    Ok(Some(answer)) => {
+                        let code = Code::from_i32(answer.code);
+                        let status = Status::new(code, answer.message.clone());
+                        if code != Code::Ok {
+                            actionable(op, &status)?;
+                        }
+                    }
+                    Ok(None) => {}
+                }
+            }
+            Op::DescribeGroup { group } => {
+                let request = DescribeGroupRequest { group: NAMES[*group].0.into() };
+                match call(groups.describe_group(request)).await {
+                    Ok(_) => prop_assert!(NAMES[*group].1, "{op:?} accepted"),
+                    Err(status) => {
+                        actionable(op, &status)?;
+                        if !NAMES[*group].1 {
+                            prop_assert_eq!(status.code(), Code::InvalidArgument);
+                        }
+                    }
+                }
+            }
+            Op::ResetGroup { group, name, to } => {
+                let request = ResetGroupRequest {
+                    group: NAMES[*group].0.into(),
+                    topic: NAMES[*name].0.into(),
+                    to: to.map(|position| StartPosition { position: Some(position) }),
+                };
+                match call(groups.reset_group(request)).await {
+                    Ok(_) => {
+                        prop_assert!(NAMES[*group].1 && model.contains_key(name), "{op:?} accepted")
+                    }
+                    Err(status) => {
+                        actionable(op, &status)?;
+                        if !NAMES[*group].1 || !NAMES[*name].1 {
+                            prop_assert_eq!(status.code(), Code::InvalidArgument);
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// One member's visit to a group (an [`Op::Join`]): joins, waits for its first assignment,
+/// commits if asked and leaves. The commit's answer, if one was asked for.
+async fn join(
+    groups: &GroupServiceClient<Channel>,
+    op: &Op,
+) -> Result<Option<CommitResult>, Status> {
+    let Op::Join { group, topics, session_timeout_ms, reset, encoding, commit } = op else {
+        unreachable!("join runs Join ops")
+    };
+    let (requests, queued) = mpsc::channel(4);
+    let send = |kind| {
+        let requests = requests.clone();
+        async move {
+            // The server may already have ended the stream; its status says why.
+            let _ = requests.send(MemberRequest { kind: Some(kind) }).await;
+        }
+    };
+    send(RequestKind::Join(JoinGroup {
+        group: NAMES[*group].0.into(),
+        topics: topics.iter().map(|t| NAMES[*t].0.to_owned()).collect(),
+        session_timeout_ms: *session_timeout_ms,
+        reset: *reset,
+        encoding: *encoding,
+    }))
+    .await;
+    let mut events = groups.clone().join(ReceiverStream::new(queued)).await?.into_inner();
+    let generation = loop {
+        match events.message().await?.and_then(|event| event.kind) {
+            Some(EventKind::Assignment(assignment)) => break assignment.generation,
+            Some(_) => continue,
+            None => return Err(Status::unknown("the join stream ended without an assignment")),
+        }
+    };
+    let mut answer = None;
+    if let Some((skew, offsets)) = commit {
+        let offsets = offsets
+            .iter()
+            .map(|(topic, partition, offset)| PartitionOffset {
+                topic: NAMES[*topic].0.into(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect();
+        let generation = generation.wrapping_add(*skew);
+        send(RequestKind::Commit(CommitOffsets { commit_id: 7, generation, offsets })).await;
+        answer = loop {
+            match events.message().await?.and_then(|event| event.kind) {
+                Some(EventKind::CommitResult(result)) => break Some(result),
+                Some(_) => continue,
+                None => {
+                    return Err(Status::unknown("the join stream ended without a commit result"));
+                }
+            }
+        };
+    }
+    send(RequestKind::Leave(Leave {})).await;
+    Ok(answer)
 }
 
 /// Every partition of every topic the model knows in full holds exactly the acknowledged

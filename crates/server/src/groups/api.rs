@@ -8,6 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use spool_broker::TopicName;
 use spool_broker::group::{
     GroupDescription, GroupName, GroupState, OffsetReset, Subscription, TopicPartition,
 };
@@ -114,20 +115,26 @@ impl GroupApi {
         caller: &Caller,
         join: &JoinGroup,
     ) -> Result<(GroupName, Subscription, u64, Wire), ServiceError> {
+        // What the request itself gets wrong comes first, whatever exists: a name no topic
+        // may have is INVALID_ARGUMENT even beside a topic that does not exist.
         let group = GroupName::parse(&join.group)?;
+        let names = join.topics.iter().take(spool_broker::limits::GROUP_TOPICS_MAX + 1);
+        let names: Vec<TopicName> =
+            names.map(|name| TopicName::parse(name)).collect::<Result<_, _>>()?;
+        let reset = reset_choice(join.reset)?;
+        let wire = wire(join.encoding)?;
         caller.allow(Action::Consume, Resource::Group(group.as_str()))?;
         let mut topics = BTreeMap::new();
-        for name in join.topics.iter().take(spool_broker::limits::GROUP_TOPICS_MAX + 1) {
-            caller.allow(Action::Consume, Resource::Topic(name))?;
-            let topic = self.groups.broker.topic(name)?;
+        for name in &names {
+            caller.allow(Action::Consume, Resource::Topic(name.as_str()))?;
+            let topic = self.groups.broker.topic(name.as_str())?;
             topics.insert(topic.name.clone(), topic.partitions.len() as u32);
         }
-        let reset = reset_choice(join.reset)?;
         let session_timeout_ms = match join.session_timeout_ms {
             0 => GROUP_SESSION_TIMEOUT_MS_DEFAULT,
             ms => u64::from(ms),
         };
-        Ok((group, Subscription { topics, reset }, session_timeout_ms, wire(join.encoding)?))
+        Ok((group, Subscription { topics, reset }, session_timeout_ms, wire))
     }
 
     /// Waits for the first message, which must be a join, and joins.
