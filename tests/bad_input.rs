@@ -441,6 +441,19 @@ fn produce_rows(c: &Clients, producer_id: i64) -> Vec<Row> {
             ProduceRequest { acks, ..produce("t", Some(0), vec![record("x")]) },
         );
     }
+    // A request malformed in itself is refused as such, whether its topic exists.
+    add(
+        "with acks 42, to a topic that does not exist",
+        Code::InvalidArgument,
+        "acks",
+        ProduceRequest { acks: 42, ..produce("nope", Some(0), vec![record("x")]) },
+    );
+    add(
+        "of no records, to a topic that does not exist",
+        Code::InvalidArgument,
+        "empty record list",
+        produce("nope", Some(0), vec![]),
+    );
     add(
         "with acks=all to an fsync never topic",
         Code::FailedPrecondition,
@@ -670,6 +683,12 @@ fn consume_rows(c: &Clients) -> Vec<Row> {
         Code::InvalidArgument,
         "encoding",
         FetchRequest { encoding: -1, ..fetch(0) },
+    );
+    add(
+        "in encoding 7, from a topic that does not exist",
+        Code::InvalidArgument,
+        "encoding",
+        FetchRequest { topic: "nope".into(), encoding: 7, ..fetch(0) },
     );
     let subscriptions = [
         ("from offset 4", Code::OutOfRange, "offsets 0..3", subscribe(Position::Offset(4))),

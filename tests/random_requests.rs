@@ -5,8 +5,10 @@
 //!
 //! Every answer must come in time with a status a person can act on: never INTERNAL, UNKNOWN,
 //! UNAVAILABLE or DATA_LOSS (the disk is healthy, so one of those means a bug or a panic),
-//! never an empty message. A name the API refuses gets INVALID_ARGUMENT, whatever else is
-//! wrong; "topic ... does not exist" comes only when the model says so, and ALREADY_EXISTS
+//! never an empty message. A name the API refuses gets INVALID_ARGUMENT, as does a request
+//! malformed in itself (an unknown enum value, no records, a fetch wait past the limit),
+//! whether or not its topic exists; "topic ... does not exist" comes only when the model
+//! says so, and ALREADY_EXISTS
 //! only when it says the topic is there. At the end, every partition holds exactly the
 //! records whose produce was acknowledged (nothing a refused request sent), before and after
 //! a restart, and nothing was written outside the data directory. proptest shrinks a failure
@@ -21,7 +23,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::TestServer;
 use proptest::prelude::*;
-use spool_broker::limits::TIMESTAMP_MS_MAX;
+use spool_broker::limits::{FETCH_WAIT_MS_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind as EventKind;
@@ -30,9 +32,9 @@ use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{
     Acks, AlterTopicRequest, CommitOffsets, CommitResult, CreateTopicRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeTopicRequest, FetchRequest, FsyncPolicy, Header, JoinGroup,
-    Leave, MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp, Record,
-    RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
+    DescribeGroupRequest, DescribeTopicRequest, Encoding, FetchRequest, FsyncPolicy, Header,
+    JoinGroup, Leave, MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp,
+    Record, RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_storage::TimestampMs;
 use spool_storage::batch::{BatchBuilder, ProducerStamp, field};
@@ -537,6 +539,13 @@ async fn run(
                 let outcome = call(produce.produce(request)).await;
                 let answered = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
                 check_name(op, *name, model, &answered)?;
+                // A request malformed in itself is refused as such, whether its topic exists.
+                let malformed =
+                    Acks::try_from(*acks).is_err() || (raw.is_none() && records.is_empty());
+                if malformed {
+                    let code = answered.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
+                }
                 let Ok(answer) = outcome else { continue };
                 prop_assert!(!records.is_empty(), "{op:?}: an empty produce was accepted");
                 let topic = model.get_mut(name).unwrap();
@@ -576,6 +585,10 @@ async fn run(
                     encoding: *encoding,
                 };
                 let outcome = call(consume.clone().fetch(request)).await;
+                if *max_wait_ms > FETCH_WAIT_MS_MAX || Encoding::try_from(*encoding).is_err() {
+                    let code = outcome.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
+                }
                 if let Ok(fetched) = &outcome {
                     let fetched = fetched.get_ref();
                     prop_assert!(fetched.next_offset <= fetched.log_end_offset, "{fetched:?}");
@@ -601,6 +614,10 @@ async fn run(
                 .await;
                 if let Ok(offsets) = &outcome {
                     prop_assert!(offsets.is_sorted_by(|a, b| a < b), "{op:?}: {offsets:?}");
+                }
+                if Encoding::try_from(*encoding).is_err() {
+                    let code = outcome.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
                 }
                 let outcome = outcome.map(drop);
                 check_name(op, *name, model, &outcome)?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use spool_broker::TopicName;
 use spool_broker::limits::{
     FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, SUBSCRIBE_QUEUE_DEPTH,
     SUBSCRIBE_READ_BYTES,
@@ -126,7 +127,8 @@ impl ConsumeApi {
         request: FetchRequest,
     ) -> Result<FetchResponse, ServiceError> {
         caller.allow(Action::Consume, Resource::Topic(&request.topic))?;
-        let partition = self.broker.partition(&request.topic, request.partition)?;
+        // What the request itself gets wrong comes first, whatever exists.
+        TopicName::parse(&request.topic)?;
         let wire = wire(request.encoding)?;
         let max_bytes = match request.max_bytes {
             0 => FETCH_BYTES_DEFAULT,
@@ -144,6 +146,7 @@ impl ConsumeApi {
             }
             .into());
         }
+        let partition = self.broker.partition(&request.topic, request.partition)?;
         let offset = Offset(request.offset);
         let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
         let mut changes = partition.watch();
@@ -286,8 +289,9 @@ impl ConsumeService for ConsumeApi {
         caller
             .allow(Action::Consume, Resource::Topic(&request.topic))
             .map_err(ServiceError::from)?;
-        let partition = self.broker.partition(&request.topic, request.partition)?;
+        TopicName::parse(&request.topic).map_err(ServiceError::from)?;
         let wire = wire(request.encoding).map_err(ServiceError::from)?;
+        let partition = self.broker.partition(&request.topic, request.partition)?;
         let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
         let end =
             if request.stop_at_end { Some(partition.state()?.visible_end_offset) } else { None };

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use spool_broker::TopicName;
 use spool_broker::limits::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_ANSWERS_QUEUED_MAX,
     PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
@@ -74,9 +75,7 @@ impl Pending {
     }
 }
 
-fn ack_level(acks: i32, topic: &Topic) -> Result<AckLevel, ServiceError> {
-    let acks = Acks::try_from(acks)
-        .map_err(|_| RequestError::UnknownEnumValue { field: "acks", value: acks })?;
+fn ack_level(acks: Acks, topic: &Topic) -> Result<AckLevel, ServiceError> {
     let never = topic.config().fsync() == FsyncPolicy::Never;
     match (acks, never) {
         (Acks::None, _) => Ok(AckLevel::None),
@@ -148,11 +147,9 @@ fn encode(
     Ok(builder.finish(producer).freeze())
 }
 
-/// The stamp of an idempotent request in the records encoding, checked at the edge.
-fn producer_stamp(
-    request: &ProduceRequest,
-    producer_ids: &ProducerIds,
-) -> Result<ProducerStamp, ServiceError> {
+/// The stamp of an idempotent request in the records encoding, its fields checked (whether
+/// the producer id was ever given out is checked after the topic is found).
+fn producer_stamp(request: &ProduceRequest) -> Result<ProducerStamp, ServiceError> {
     let Some(stamp) = request.producer else {
         return Ok(ProducerStamp::NONE);
     };
@@ -168,7 +165,6 @@ fn producer_stamp(
     if stamp.base_sequence < 0 {
         return Err(RequestError::BaseSequence { base_sequence: stamp.base_sequence }.into());
     }
-    producer_ids.check(stamp.producer_id)?;
     Ok(ProducerStamp {
         producer_id: stamp.producer_id,
         producer_epoch,
@@ -184,14 +180,39 @@ impl ProduceApi {
         request: ProduceRequest,
     ) -> Result<Pending, ServiceError> {
         caller.allow(Action::Produce, Resource::Topic(&request.topic))?;
+        // What the request itself gets wrong comes first, whatever exists: a malformed request
+        // to a missing topic is INVALID_ARGUMENT, not NOT_FOUND.
+        TopicName::parse(&request.topic)?;
+        let acks = Acks::try_from(request.acks)
+            .map_err(|_| RequestError::UnknownEnumValue { field: "acks", value: request.acks })?;
+        match &request.payload {
+            None => return Err(RequestError::MissingPayload.into()),
+            Some(Payload::Records(list)) => check_records(&list.records)?,
+            Some(Payload::RawBatch(raw)) => {
+                if raw.len() > BATCH_BYTES_MAX as usize {
+                    return Err(RequestError::BatchTooLarge {
+                        partition: request.partition.unwrap_or(0),
+                        bytes: raw.len(),
+                        bytes_max: BATCH_BYTES_MAX,
+                    }
+                    .into());
+                }
+                if request.producer.is_some() {
+                    return Err(RequestError::ProducerWithRawBatch.into());
+                }
+            }
+        }
+        let producer = producer_stamp(&request)?;
         let topic = self.broker.topic(&request.topic)?;
-        let acks = ack_level(request.acks, &topic)?;
+        let acks = ack_level(acks, &topic)?;
         let explicit = match request.partition {
             Some(partition) => Some(topic.partition(partition)?.id()),
             None => None,
         };
         let partitions = topic.config().partitions();
-        let producer = producer_stamp(&request, &self.producer_ids)?;
+        if request.producer.is_some() {
+            self.producer_ids.check(producer.producer_id)?;
+        }
         // Every batch is checked here (CRC and every record), on the request's own task, before
         // any is queued: the partitions' writers append them without checking them again.
         let check = |partition: u32, bytes: Bytes| {
@@ -201,17 +222,6 @@ impl ProduceApi {
         let batches: Vec<(u32, CheckedBatch<Bytes>)> = match request.payload {
             None => return Err(RequestError::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
-                if raw.len() > BATCH_BYTES_MAX as usize {
-                    return Err(RequestError::BatchTooLarge {
-                        partition: explicit.unwrap_or(0),
-                        bytes: raw.len(),
-                        bytes_max: BATCH_BYTES_MAX,
-                    }
-                    .into());
-                }
-                if request.producer.is_some() {
-                    return Err(RequestError::ProducerWithRawBatch.into());
-                }
                 let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
                 // The stamp is trusted only in a batch that checks (garbage is
                 // INVALID_ARGUMENT, not an unknown producer), and stored as it came.
@@ -227,7 +237,6 @@ impl ProduceApi {
             }
             Some(Payload::Records(list)) => {
                 let records = &list.records;
-                check_records(records)?;
                 let now = TimestampMs::now();
                 let encoded = |partition: u32, routes: Option<&[u32]>| {
                     let bytes = encode(records, routes, partition, now, producer)?;
@@ -248,11 +257,9 @@ impl ProduceApi {
                         let mut targets = routes.clone();
                         targets.sort_unstable();
                         targets.dedup();
-                        targets.into_iter().map(|p| encoded(p, Some(&routes))).collect::<Result<
-                            _,
-                            ServiceError,
-                        >>(
-                        )?
+                        let batches: Result<Vec<_>, ServiceError> =
+                            targets.into_iter().map(|p| encoded(p, Some(&routes))).collect();
+                        batches?
                     }
                 }
             }
