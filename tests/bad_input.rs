@@ -335,6 +335,28 @@ fn topic_rows(c: &Clients, channel: &Channel) -> Vec<Row> {
         AlterTopicRequest { name: "t".into(), segment_bytes: Some(1), ..Default::default() };
     let call = async move { topics.alter_topic(request).await };
     rows.push(row("AlterTopic segment_bytes 1", Code::InvalidArgument, "segment size 1", call));
+    // The alter's own mistake comes before whether its topic exists.
+    let mut topics = c.topics.clone();
+    let request =
+        AlterTopicRequest { name: "nope".into(), segment_bytes: Some(1), ..Default::default() };
+    let call = async move { topics.alter_topic(request).await };
+    rows.push(row(
+        "AlterTopic segment_bytes 1 of an unknown topic",
+        Code::InvalidArgument,
+        "segment size 1",
+        call,
+    ));
+    let mut topics = c.topics.clone();
+    let call = async move {
+        let config = TopicConfig { segment_bytes: Some(1), ..partitions(1) };
+        topics.create_topic(create("t", config)).await
+    };
+    rows.push(row(
+        "CreateTopic segment_bytes 1 of an existing name",
+        Code::InvalidArgument,
+        "segment size 1",
+        call,
+    ));
     rows
 }
 

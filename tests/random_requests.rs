@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::TestServer;
 use proptest::prelude::*;
-use spool_broker::limits::{FETCH_WAIT_MS_MAX, TIMESTAMP_MS_MAX};
+use spool_broker::limits::{FETCH_WAIT_MS_MAX, PARTITIONS_PER_TOPIC_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind as EventKind;
@@ -38,6 +38,7 @@ use spool_proto::v1::{
 };
 use spool_storage::TimestampMs;
 use spool_storage::batch::{BatchBuilder, ProducerStamp, field};
+use spool_storage::limits::{FSYNC_INTERVAL_MS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -88,12 +89,35 @@ fn fsync() -> impl Strategy<Value = Option<FsyncPolicy>> {
 
 /// Retention and segment size: mostly absent (retention would delete what the model
 /// expects to find; a topic given any is left out of the final comparison).
-fn sizes() -> impl Strategy<Value = (Option<u64>, Option<u64>, Option<u64>)> {
+/// Retention time, retention size and segment size, each set or not.
+type Sizes = (Option<u64>, Option<u64>, Option<u64>);
+
+fn sizes() -> impl Strategy<Value = Sizes> {
     (
         prop::option::weighted(0.1, edgy_u64()),
         prop::option::weighted(0.1, edgy_u64()),
         prop::option::weighted(0.15, prop_oneof![edgy_u64(), Just(64 * 1024), Just(1 << 20)]),
     )
+}
+
+/// Whether the API documents these settings as acceptable: a partition count (0 for the
+/// default) of at most 256, an fsync interval of 1 ms to an hour, a segment size of 64 KiB
+/// to 1 GiB and, at creation, retention limits of at least 1 (an alter's 0 removes one).
+fn settings_valid(
+    partitions: Option<u32>,
+    fsync: Option<FsyncPolicy>,
+    sizes: &Sizes,
+    alter: bool,
+) -> bool {
+    let interval_ok = match fsync.and_then(|f| f.policy) {
+        Some(Policy::IntervalMs(ms)) => (1..=FSYNC_INTERVAL_MS_MAX).contains(&ms),
+        _ => true,
+    };
+    let (retention_ms, retention_bytes, segment_bytes) = *sizes;
+    partitions.is_none_or(|p| p <= PARTITIONS_PER_TOPIC_MAX)
+        && interval_ok
+        && (alter || (retention_ms != Some(0) && retention_bytes != Some(0)))
+        && segment_bytes.is_none_or(|b| (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&b))
 }
 
 /// One record's fields; `value` is a length (filled with a pattern) or a tombstone.
@@ -176,7 +200,7 @@ enum Op {
         name: usize,
         partitions: u32,
         fsync: Option<FsyncPolicy>,
-        sizes: (Option<u64>, Option<u64>, Option<u64>),
+        sizes: Sizes,
     },
     Delete {
         name: usize,
@@ -187,7 +211,7 @@ enum Op {
     Alter {
         name: usize,
         fsync: Option<FsyncPolicy>,
-        sizes: (Option<u64>, Option<u64>, Option<u64>),
+        sizes: Sizes,
     },
     Produce {
         name: usize,
@@ -432,7 +456,12 @@ async fn run(
                         segment_bytes: sizes.2,
                     }),
                 };
-                match call(topics.create_topic(request)).await {
+                let outcome = call(topics.create_topic(request)).await;
+                if !settings_valid(Some(*partitions), *fsync, sizes, false) {
+                    let code = outcome.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
+                }
+                match outcome {
                     Ok(created) => {
                         let (text, valid) = NAMES[*name];
                         prop_assert!(valid, "{op:?}: created {text:?}");
@@ -487,6 +516,10 @@ async fn run(
                 };
                 let outcome = call(topics.alter_topic(request)).await.map(drop);
                 check_name(op, *name, model, &outcome)?;
+                if !settings_valid(None, *fsync, sizes, true) {
+                    let code = outcome.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
+                }
                 if outcome.is_ok() && (sizes.0.is_some() || sizes.1.is_some()) {
                     model.get_mut(name).unwrap().unknown = true;
                 }

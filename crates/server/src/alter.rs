@@ -37,6 +37,20 @@ pub(crate) struct TopicChange {
 }
 
 impl TopicChange {
+    /// Checks the values the change sets, whatever topic it is for (each setting is checked
+    /// on its own, so a change refused for one topic is refused for every topic): an alter's
+    /// own mistakes come before whether its topic exists.
+    pub(crate) fn check(&self) -> Result<(), TopicConfigError> {
+        TopicConfig::new(TopicConfigRequest {
+            partitions: None,
+            fsync: self.fsync,
+            retention_ms: self.retention_ms.flatten(),
+            retention_bytes: self.retention_bytes.flatten(),
+            segment_bytes: self.segment_bytes,
+        })
+        .map(drop)
+    }
+
     /// The settings after the change, checked like a new topic's.
     pub(crate) fn apply(&self, current: &TopicConfig) -> Result<TopicConfig, TopicConfigError> {
         TopicConfig::new(TopicConfigRequest {

@@ -219,6 +219,7 @@ impl Broker {
         change: TopicChange,
     ) -> Result<Arc<Topic>, ServiceError> {
         let name = TopicName::parse(name)?;
+        change.check()?;
         let _admin = self.admin.lock().await;
         let topic = self.topic(name.as_str())?;
         let config = change.apply(&topic.config())?;
