@@ -6,9 +6,9 @@
 //! cargo bench --bench storage -- --quick   # smaller sizes, for a smoke test
 //! ```
 //!
-//! `SPOOL_BENCH_DIR` picks the directory to measure in (default `./data/bench-storage`, on the
-//! same file system as the server's default data directory). Everything written there is
-//! removed at the end.
+//! `SPOOL_BENCH_DIR` picks the directory to measure in (default the workspace's
+//! `data/bench-storage`, on the same file system as the server's default data directory).
+//! Everything written there is removed at the end.
 //!
 //! What is measured:
 //! - the disk: buffered sequential write MB/s, and `fdatasync` calls per second after 4 KiB,
@@ -48,7 +48,11 @@ fn main() {
     let wants = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
     let dir = std::env::var_os("SPOOL_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("data/bench-storage"));
+        // The workspace's data/ (cargo runs a bench from its own crate's directory).
+        .unwrap_or_else(|| {
+            let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates/");
+            crates.parent().expect("the workspace").join("data/bench-storage")
+        });
     let settings = Settings {
         dir: dir.clone(),
         write_bytes: if quick { 32 << 20 } else { 512 << 20 },
