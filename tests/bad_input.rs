@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{TestServer, header, record};
+use common::{LoneDataDir, TestServer, header, record};
 use spool_broker::limits::{
     FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, PARTITIONS_PER_TOPIC_MAX, REQUEST_BYTES_MAX,
     TIMESTAMP_MS_MAX,
@@ -894,11 +894,8 @@ fn tree(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
-    // The data directory sits alone in a parent directory, so anything written beside it
-    // (a topic named ../escape) would show.
-    let parent = tempfile::tempdir().unwrap();
-    let data = parent.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let dir = LoneDataDir::new();
+    let data = dir.data.clone();
     let server = TestServer::start(&data).await;
     server.create_topic("t", 1, Policy::Always(Always {})).await;
     server.create_topic("unsynced", 1, Policy::Never(Never {})).await;
@@ -964,7 +961,7 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     server.shutdown().await;
 
     let outside: Vec<_> =
-        tree(parent.path()).into_iter().filter(|p| !p.starts_with("data")).collect();
+        tree(dir.parent()).into_iter().filter(|p| !p.starts_with("data")).collect();
     assert!(outside.is_empty(), "files outside the data directory: {outside:?}");
     let topics: Vec<_> = std::fs::read_dir(data.join("topics"))
         .unwrap()

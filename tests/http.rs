@@ -1093,10 +1093,8 @@ mod random_requests {
     }
 
     async fn scenario(ops: Vec<HttpOp>) -> Result<(), TestCaseError> {
-        let parent = tempfile::tempdir().unwrap();
-        let data = parent.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let http = Browserside::open(&data).await;
+        let dir = common::LoneDataDir::new();
+        let http = Browserside::open(&dir.data).await;
         http.server.create_topic("in", 2, Policy::Never(Never {})).await;
         let mut stored = 0;
         for op in &ops {
@@ -1108,9 +1106,7 @@ mod random_requests {
             + http.server.fetch_all("in", 1, 0).await.len();
         prop_assert_eq!(found, stored, "topic `in` holds the records answered 200");
         http.server.shutdown().await;
-        let beside: Vec<_> =
-            std::fs::read_dir(parent.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        prop_assert_eq!(beside, vec![std::ffi::OsString::from("data")]);
+        prop_assert_eq!(dir.beside(), Vec::<std::ffi::OsString>::new());
         Ok(())
     }
 
@@ -1121,12 +1117,7 @@ mod random_requests {
         fn random_http_requests_get_json_errors_below_500_and_lose_nothing(
             ops in prop::collection::vec(op(), 1..30)
         ) {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(scenario(ops))?;
+            common::block_on(scenario(ops))?;
         }
     }
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::TestServer;
+use common::{LoneDataDir, TestServer};
 use proptest::prelude::*;
 use spool_broker::limits::{FETCH_WAIT_MS_MAX, PARTITIONS_PER_TOPIC_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
@@ -812,22 +812,17 @@ async fn check_stored(
 }
 
 async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    // The data directory sits alone in a parent directory, so anything written beside it
-    // would show.
-    let parent = tempfile::tempdir().unwrap();
-    let data = parent.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let dir = LoneDataDir::new();
+    let data = &dir.data;
     let mut model = BTreeMap::new();
-    let server = TestServer::start(&data).await;
+    let server = TestServer::start(data).await;
     run(&server, &ops, &mut model).await?;
     check_stored(&server, &model, true).await?;
     server.shutdown().await;
-    let server = TestServer::start(&data).await;
+    let server = TestServer::start(data).await;
     check_stored(&server, &model, false).await?;
     server.shutdown().await;
-    let beside: Vec<_> =
-        std::fs::read_dir(parent.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-    prop_assert_eq!(beside, vec![std::ffi::OsString::from("data")]);
+    prop_assert_eq!(dir.beside(), Vec::<std::ffi::OsString>::new());
     Ok(())
 }
 
@@ -838,11 +833,6 @@ proptest! {
     fn random_requests_get_actionable_answers_and_lose_nothing(
         ops in prop::collection::vec(op(), 1..40)
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(scenario(ops))?;
+        common::block_on(scenario(ops))?;
     }
 }

@@ -206,6 +206,39 @@ impl TestServer {
     }
 }
 
+/// A data directory alone in a temporary parent, so anything a server writes beside it (a
+/// topic named `../escape`, say) shows in [`LoneDataDir::beside`].
+pub struct LoneDataDir {
+    parent: tempfile::TempDir,
+    pub data: PathBuf,
+}
+
+impl LoneDataDir {
+    pub fn new() -> LoneDataDir {
+        let parent = tempfile::tempdir().unwrap();
+        let data = parent.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        LoneDataDir { parent, data }
+    }
+
+    pub fn parent(&self) -> &Path {
+        self.parent.path()
+    }
+
+    /// Every entry of the parent but `data`.
+    pub fn beside(&self) -> Vec<std::ffi::OsString> {
+        let entries = std::fs::read_dir(self.parent.path()).unwrap();
+        entries.map(|entry| entry.unwrap().file_name()).filter(|name| name != "data").collect()
+    }
+}
+
+/// Runs `future` on a fresh two-worker runtime: for property tests, whose bodies are not async.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(future)
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

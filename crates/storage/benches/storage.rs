@@ -249,12 +249,7 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     // Sealed segments are fsynced on another thread while appends go on, as the server does.
     let mut in_flight: Option<std::thread::JoinHandle<(SyncTicket, std::io::Result<()>)>> = None;
     while written < settings.write_bytes {
-        // Checked as the server checks each batch before its writer appends it.
-        let batches: Vec<CheckedBatch<&[u8]>> =
-            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
-        for result in log.append_many(&batches, now) {
-            result.unwrap();
-        }
+        append_all(&mut log, &buffers, now);
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
         if in_flight.as_ref().is_some_and(|sync| sync.is_finished()) {
             let (ticket, result) = in_flight.take().unwrap().join().unwrap();
@@ -277,6 +272,16 @@ fn append_never_mb_s(settings: &Settings, records: usize, value_bytes: usize, gr
     written as f64 / MIB / seconds
 }
 
+/// Checks `buffers` as the server checks each batch before its writer appends it, then
+/// appends them as one group.
+fn append_all(log: &mut Log, buffers: &[BytesMut], now: TimestampMs) {
+    let batches: Vec<CheckedBatch<&[u8]>> =
+        buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
+    for result in log.append_many(&batches, now) {
+        result.unwrap();
+    }
+}
+
 /// Appends 16 KiB batches in groups of 64 and syncs inline whenever the interval has passed.
 fn append_interval(settings: &Settings, interval_ms: u64) -> (f64, f64) {
     let path = fresh(settings, "append-interval");
@@ -286,12 +291,7 @@ fn append_interval(settings: &Settings, interval_ms: u64) -> (f64, f64) {
     let (mut written, mut syncs) = (0u64, 0u64);
     while written < settings.write_bytes {
         let now = TimestampMs::now();
-        // Checked as the server checks each batch before its writer appends it.
-        let batches: Vec<CheckedBatch<&[u8]>> =
-            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
-        for result in log.append_many(&batches, now) {
-            result.unwrap();
-        }
+        append_all(&mut log, &buffers, now);
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
         if log.sync_due(now) {
             log.sync(now).unwrap();
@@ -497,12 +497,7 @@ fn recovery_ms(settings: &Settings) -> (f64, f64, usize) {
     let mut written = 0u64;
     while written < settings.recovery_bytes {
         let now = TimestampMs::now();
-        // Checked as the server checks each batch before its writer appends it.
-        let batches: Vec<CheckedBatch<&[u8]>> =
-            buffers.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
-        for result in log.append_many(&batches, now) {
-            result.unwrap();
-        }
+        append_all(&mut log, &buffers, now);
         log.sync(now).unwrap();
         written += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use common::*;
-use spool_storage::batch::{BatchBuilder, CheckedBatch, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, ProducerStamp};
 use spool_storage::sim::{Faults, Rng, SimFileSystem};
 use spool_storage::{FsyncPolicy, Log, LogConfig, TimestampMs};
 
@@ -55,10 +55,8 @@ impl World {
             batches.push(builder.finish(ProducerStamp::NONE));
             expected.push(records);
         }
-        let group: Vec<CheckedBatch<&[u8]>> =
-            batches.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
         let now = TimestampMs(self.clock);
-        let results = self.log().append_many(&group, now);
+        let results = self.log().append_many(&checked(&batches), now);
         for (result, records) in results.into_iter().zip(expected) {
             let Ok(appended) = result else { continue };
             for (i, (timestamp, value)) in records.into_iter().enumerate() {

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use spool_storage::batch::CheckedBatch;
 use spool_storage::sim::{Faults, SimFileSystem};
 use spool_storage::{AppendError, FsyncPolicy, Offset, ReadError, SyncError, TimestampMs};
 
@@ -272,10 +271,6 @@ fn the_real_file_system_round_trips_and_recovers() {
     assert_eq!(read_all(&log, Offset(0), 10_000), before);
     log.delete().unwrap();
     assert!(!dir.exists());
-}
-
-fn checked(batches: &[bytes::BytesMut]) -> Vec<CheckedBatch<&[u8]>> {
-    batches.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect()
 }
 
 #[test]

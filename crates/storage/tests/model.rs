@@ -189,9 +189,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                         encoded.push(bytes);
                     }
                 }
-                let group: Vec<CheckedBatch<&[u8]>> =
-                    encoded.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect();
-                let results = log.append_many(&group, TimestampMs(clock));
+                let results = log.append_many(&checked(&encoded), TimestampMs(clock));
                 assert_eq!(results.len(), expected.len());
                 for (result, batch) in results.into_iter().zip(expected) {
                     let appended = result.unwrap();

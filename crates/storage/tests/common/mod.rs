@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, BatchIter, CheckedBatch, ProducerStamp};
 use spool_storage::fs::FileSystem;
 use spool_storage::sim::SimFileSystem;
 use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, TimestampMs};
@@ -108,4 +108,9 @@ pub fn restore(files: &std::collections::BTreeMap<String, Vec<u8>>) -> SimFileSy
 
 pub fn segment_name(base: u64, extension: &str) -> String {
     format!("{base:020}.{extension}")
+}
+
+/// Each batch checked, as `Log::append_many` takes them (panics on a damaged one).
+pub fn checked(batches: &[BytesMut]) -> Vec<CheckedBatch<&[u8]>> {
+    batches.iter().map(|b| CheckedBatch::check(&b[..]).unwrap()).collect()
 }
