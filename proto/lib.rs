@@ -5,7 +5,16 @@
 //! message and field is described there, and everything in `spool.v1` is a compatibility
 //! promise.
 //!
-//! This crate knows nothing of storage, topics on disk or the server: it is the wire only.
+//! Beside the generated code it holds the rest of the wire contract, which client and server
+//! must agree on: [`limits`] (what a request and a response may hold) and [`partitioner`]
+//! (which partition a key lands in, as Kafka's default partitioner chooses it).
+//!
+//! This crate knows nothing of topics on disk or the server: it is the wire only. It depends
+//! on spool-storage for one thing, the batch format's limits, because raw batches in that
+//! format travel on the wire.
+
+pub mod limits;
+pub mod partitioner;
 
 /// The `spool.v1` package.
 pub mod v1 {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::{LoneDataDir, TestServer, header, record};
-use spool_broker::limits::{
-    FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, PARTITIONS_PER_TOPIC_MAX, REQUEST_BYTES_MAX,
-    TIMESTAMP_MS_MAX,
+use spool_broker::limits::PARTITIONS_PER_TOPIC_MAX;
+use spool_proto::limits::{
+    FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, REQUEST_BYTES_MAX, TIMESTAMP_MS_MAX,
 };
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};

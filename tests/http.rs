@@ -17,14 +17,13 @@ use common::{TestServer, header, keyed, record, value};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use spool_broker::limits::{
-    BATCH_BYTES_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX,
-};
+use spool_proto::limits::BATCH_BYTES_MAX;
 use spool_proto::v1::fsync_policy::Policy;
 use spool_proto::v1::fsync_policy::{Always, Never};
 use spool_proto::v1::start_position::Position;
 use spool_server::ServeOptions;
 use spool_server::auth::{Authenticator, token_digest_hex};
+use spool_server::limits::{HTTP_REQUEST_BYTES_MAX, HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -78,7 +78,7 @@ fn parse(value: &[u8]) -> (usize, u64) {
 async fn subscribe(channel: tonic::transport::Channel, subscriber: usize, expected: u64) -> u64 {
     let partition = subscriber as u32 % PARTITIONS;
     let mut consumer = spool_proto::v1::consume_service_client::ConsumeServiceClient::new(channel)
-        .max_decoding_message_size(spool_broker::limits::RESPONSE_BYTES_MAX);
+        .max_decoding_message_size(spool_proto::limits::RESPONSE_BYTES_MAX);
     let mut stream = consumer
         .subscribe(SubscribeRequest {
             topic: "load".into(),
@@ -225,7 +225,7 @@ async fn fifty_producers_and_five_hundred_subscribers_lose_nothing_and_stay_boun
     .await
     .expect("subscriber buffers are released");
     let peak_buffered = peak_buffered.load(Ordering::Relaxed);
-    let buffered_max = SUBSCRIBERS as u64 * spool_broker::limits::SUBSCRIBER_BUFFERED_BYTES_MAX;
+    let buffered_max = SUBSCRIBERS as u64 * spool_server::limits::SUBSCRIBER_BUFFERED_BYTES_MAX;
     assert!(peak_buffered <= buffered_max, "{peak_buffered} buffered, over {buffered_max}");
     let peak_rss = peak_rss.load(Ordering::Relaxed);
     let growth = peak_rss.saturating_sub(rss_before);

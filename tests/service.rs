@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::{TestServer, assert_code, header, keyed, record, value};
-use spool_broker::limits::SUBSCRIBE_READ_BYTES;
-use spool_broker::partitioner::partition_for_key;
+use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
@@ -18,6 +17,7 @@ use spool_proto::v1::{
     ListTopicsRequest, ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
     TopicConfig,
 };
+use spool_server::limits::SUBSCRIBE_READ_BYTES;
 use spool_storage::TimestampMs;
 use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, ProducerStamp};
 use tokio_stream::StreamExt;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use spool_broker::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
+use spool_proto::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::fsync_policy::Policy;
 use spool_proto::v1::produce_request::Payload;

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use spool_broker::limits::BATCH_BYTES_MAX;
 use spool_client::{
     Acks, Client, Delivery, Follow, Producer, ProducerConfig, Record, StartAt, TopicSettings,
 };
+use spool_proto::limits::BATCH_BYTES_MAX;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;

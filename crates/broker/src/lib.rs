@@ -12,7 +12,6 @@ mod config;
 pub mod group;
 pub mod limits;
 mod name;
-pub mod partitioner;
 pub mod producer;
 mod registry;
 

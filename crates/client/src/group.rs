@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use spool_broker::limits::{
+use spool_proto::limits::{
     GROUP_SESSION_TIMEOUT_MS_DEFAULT, GROUP_SESSION_TIMEOUT_MS_MAX, GROUP_SESSION_TIMEOUT_MS_MIN,
     RESPONSE_BYTES_MAX,
 };

@@ -244,7 +244,7 @@ async fn dead_letter(
     let record = &event.record;
     let (partition, offset, attempts) =
         (event.partition.to_string(), record.offset.to_string(), attempts.to_string());
-    let kept = spool_broker::limits::RECORD_HEADERS_MAX as usize - DLQ_HEADERS;
+    let kept = spool_proto::limits::RECORD_HEADERS_MAX as usize - DLQ_HEADERS;
     let mut headers: Vec<Header<'_>> = record
         .headers
         .iter()

@@ -85,7 +85,7 @@ mod topics;
 
 use std::time::Duration;
 
-use spool_broker::limits::{HTTP2_FRAME_BYTES_MAX, RESPONSE_BYTES_MAX};
+use spool_proto::limits::{HTTP2_FRAME_BYTES_MAX, RESPONSE_BYTES_MAX};
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
 use tonic::metadata::{Ascii, MetadataValue};

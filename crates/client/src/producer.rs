@@ -41,7 +41,7 @@
 //! bytes with the same stamp, in the order they were first sent, before anything new. The
 //! server appends a stamp it has already appended only once and answers the retry with the
 //! original offsets, so a network error never stores a record twice or out of order. Batches
-//! of one partition in flight are capped at `PRODUCER_BATCHES_RETAINED` (5), the number of
+//! of one partition in flight are capped at `IDEMPOTENT_BATCHES_IN_FLIGHT_MAX` (5), the number of
 //! batches per producer the server remembers the offsets of.
 //!
 //! Reconnects back off from [`ProducerConfig::retry_backoff`], doubling up to 1 s. The
@@ -62,11 +62,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spool_broker::limits::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX, PRODUCER_BATCHES_RETAINED,
-    RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
+use spool_proto::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, IDEMPOTENT_BATCHES_IN_FLIGHT_MAX,
+    PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
 };
-use spool_broker::partitioner::partition_for_key;
+use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
@@ -571,8 +571,8 @@ impl Producer {
     ) -> Result<Producer, ProducerError> {
         config.check()?;
         let mut client = ProduceServiceClient::new(channel)
-            .max_encoding_message_size(spool_broker::limits::REQUEST_BYTES_MAX)
-            .max_decoding_message_size(spool_broker::limits::RESPONSE_BYTES_MAX);
+            .max_encoding_message_size(spool_proto::limits::REQUEST_BYTES_MAX)
+            .max_decoding_message_size(spool_proto::limits::RESPONSE_BYTES_MAX);
         let identity = if config.idempotent {
             let answer = client.init_producer(InitProducerRequest {}).await?.into_inner();
             let epoch = i16::try_from(answer.producer_epoch).map_err(|_| {
@@ -803,14 +803,14 @@ impl Shared {
 
     /// The next batch to send, sealing an open one whose linger is over, and its stamp; or,
     /// when there is none, when to look again (`None`: when woken). An idempotent producer
-    /// skips partitions with [`PRODUCER_BATCHES_RETAINED`] batches in flight.
+    /// skips partitions with [`IDEMPOTENT_BATCHES_IN_FLIGHT_MAX`] batches in flight.
     fn next_ready(&self, now: Instant) -> Next {
         let mut state = locked(&self.state);
         if state.failed.is_some() {
             return Next::Stop;
         }
         let in_flight_max =
-            if self.identity.is_some() { PRODUCER_BATCHES_RETAINED } else { usize::MAX };
+            if self.identity.is_some() { IDEMPOTENT_BATCHES_IN_FLIGHT_MAX } else { usize::MAX };
         let closing = state.closing;
         let count = state.partitions.len();
         let start = state.next_pick;

@@ -175,7 +175,7 @@ impl Requester {
             reply_partition: partition,
             reply_from_offset: state.log_end_offset,
         };
-        let headers_max = spool_broker::limits::RECORD_HEADERS_MAX as usize - REQUEST_HEADERS;
+        let headers_max = spool_proto::limits::RECORD_HEADERS_MAX as usize - REQUEST_HEADERS;
         if request.headers.len() > headers_max {
             return Err(RequestError::TooManyHeaders { headers_max });
         }

@@ -9,11 +9,11 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use common::TestServer;
-use spool_broker::partitioner::partition_for_key;
 use spool_client::{
     Acks, Backpressure, Client, ErrorCode, Follow, Fsync, ProduceError, ProducerConfig,
     ProducerError, Record, StartAt,
 };
+use spool_proto::partitioner::partition_for_key;
 
 /// Long enough that no batch is sent because of its age during a test.
 const LINGER_NEVER: Duration = Duration::from_secs(3600);

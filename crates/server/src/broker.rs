@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use spool_broker::partitioner::RoundRobin;
 use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
+use spool_proto::partitioner::RoundRobin;
 use spool_storage::fs::StdFileSystem;
 use spool_storage::{Log, TimestampMs};
 use tokio::task::JoinHandle;

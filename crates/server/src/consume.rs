@@ -10,12 +10,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::limits::{SUBSCRIBE_QUEUE_DEPTH, SUBSCRIBE_READ_BYTES};
 use bytes::Bytes;
 use spool_broker::TopicName;
-use spool_broker::limits::{
-    FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, SUBSCRIBE_QUEUE_DEPTH,
-    SUBSCRIBE_READ_BYTES,
-};
+use spool_proto::limits::{FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use spool_proto::v1::consume_service_server::ConsumeService;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::{

@@ -43,6 +43,8 @@ pub enum RequestError {
     FetchBytes { max_bytes: u32, bytes_max: u32 },
     #[error("max_wait_ms {max_wait_ms} is over the limit of {max_wait_ms_max}")]
     FetchWait { max_wait_ms: u32, max_wait_ms_max: u32 },
+    #[error("session timeout {session_timeout_ms} ms is outside {min_ms}..={max_ms}")]
+    SessionTimeout { session_timeout_ms: u64, min_ms: u64, max_ms: u64 },
     #[error("group protocol: {reason}")]
     GroupProtocol { reason: &'static str },
     #[error(
@@ -223,7 +225,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         },
         ServiceError::GroupName(_) => Code::InvalidArgument,
         ServiceError::Join(error) => match error {
-            JoinError::SessionTimeout { .. } | JoinError::Topics { .. } => Code::InvalidArgument,
+            JoinError::Topics { .. } => Code::InvalidArgument,
             JoinError::SubscriptionMismatch { .. } => Code::FailedPrecondition,
             JoinError::TooManyMembers { .. }
             | JoinError::TooManyLiveGroups

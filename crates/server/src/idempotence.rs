@@ -25,9 +25,6 @@ use thiserror::Error;
 use crate::error::ServiceError;
 use crate::internal_log::{InternalLog, OpenInternalError};
 
-/// Bytes one read takes while rebuilding a producer table.
-const REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
-
 /// Why a batch of a group was not appended.
 #[derive(Debug, Error)]
 pub(crate) enum Refused {
@@ -133,7 +130,7 @@ pub(crate) fn rebuild(log: &Log) -> Result<ProducerTable, ReadError> {
     let mut offset = segments.get(start).map_or(log.log_start_offset(), |s| s.base_offset);
     let end = log.visible_end_offset();
     while offset < end {
-        let read = log.read(offset, REBUILD_READ_BYTES)?;
+        let read = log.read(offset, crate::limits::PRODUCER_REBUILD_READ_BYTES)?;
         for batch in BatchIter::new(&read.bytes) {
             // Storage checked every batch when it was appended; one that no longer checks
             // is damage that readers report. The state is built from what does check.

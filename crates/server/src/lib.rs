@@ -34,6 +34,7 @@ mod groups;
 mod http;
 mod idempotence;
 mod internal_log;
+pub mod limits;
 pub mod metrics;
 mod partition;
 mod produce;
@@ -44,12 +45,10 @@ mod topics;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::limits::STREAMS_PER_CONNECTION_MAX;
 use spool_broker::OpenRegistryError;
-use spool_broker::limits::{
-    HTTP2_FRAME_BYTES_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, STREAMS_PER_CONNECTION_MAX,
-};
+use spool_proto::limits::{HTTP2_FRAME_BYTES_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use spool_proto::v1::consume_service_server::ConsumeServiceServer;
 use spool_proto::v1::group_service_server::GroupServiceServer;
 use spool_proto::v1::produce_service_server::ProduceServiceServer;
@@ -69,20 +68,11 @@ use crate::broker::Broker;
 use crate::consume::ConsumeApi;
 use crate::groups::{GroupApi, Groups};
 use crate::idempotence::ProducerIds;
+use crate::limits::{SHUTDOWN_GRACE, TOKENS_RELOAD_INTERVAL};
 use crate::produce::ProduceApi;
 use crate::replies::RawReplies;
 use crate::serving::Gate;
 use crate::topics::TopicApi;
-
-/// How often the token file is checked for changes (a changed file is reloaded, so a
-/// revoked token stops working within this time; SIGHUP or [`Authenticator::reload`] is
-/// immediate).
-pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long shutdown waits for calls in flight, gRPC and browser alike (for example a
-/// subscriber whose client does not read), before it closes their connections. One deadline
-/// covers both listeners. Work already queued is finished regardless.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum RunError {

@@ -158,10 +158,7 @@ const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
 ];
 /// Upper bounds of the group-commit size histogram's buckets, in batches.
 const GROUP_BATCHES_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-const _: () = assert!(spool_broker::limits::WRITER_GROUP_BATCHES_MAX <= 256, "the last bucket");
-/// How often histogram samples are folded into their buckets, so they never pile up
-/// between scrapes.
-const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const _: () = assert!(crate::limits::WRITER_GROUP_BATCHES_MAX <= 256, "the last bucket");
 /// How long a retired series (of a deleted topic) stays on `/metrics`, at most, before the
 /// exporter drops it. Live series are rewritten every eighth of it (at most every 5 s).
 pub const SERIES_IDLE_DEFAULT: Duration = Duration::from_secs(60);
@@ -221,9 +218,9 @@ pub fn install_prometheus_with_series_idle(
         .spawn(move || {
             let mut last_upkeep = Instant::now();
             loop {
-                std::thread::sleep(rewrite_interval.min(UPKEEP_INTERVAL));
+                std::thread::sleep(rewrite_interval.min(crate::limits::METRICS_UPKEEP_INTERVAL));
                 retiring.rewrite_live();
-                if last_upkeep.elapsed() >= UPKEEP_INTERVAL {
+                if last_upkeep.elapsed() >= crate::limits::METRICS_UPKEEP_INTERVAL {
                     upkeep.run_upkeep();
                     last_upkeep = Instant::now();
                 }

@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
+use crate::limits::{
+    RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
+};
 use bytes::Bytes;
 use spool_broker::TopicName;
-use spool_broker::limits::{
-    RETENTION_CHECK_INTERVAL_MS, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
-};
 use spool_broker::producer::ProducerTable;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
@@ -46,11 +46,6 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ServiceError;
 use crate::idempotence::{self, Refused};
 use crate::metrics::PartitionMetrics;
-
-/// Fsyncs one blocking thread runs back to back for a busy `always` partition before it
-/// hands the partition back to the writer (which starts another at once if needed): a
-/// bound on how long a partition keeps one of the runtime's blocking threads.
-const SYNC_ROUNDS_MAX: u32 = 16;
 
 /// How long a producer waits, once its batch is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +331,7 @@ impl Writer {
     /// Returns the log, or `None` when a reconfiguration lost it (see `crate::alter`).
     async fn run(mut self, stop: CancellationToken) -> Option<Log> {
         let mut sync_timer = sync_timer_for(self.partition.fsync());
-        let mut retention_timer = timer(RETENTION_CHECK_INTERVAL_MS);
+        let mut retention_timer = timer(RETENTION_CHECK_INTERVAL.as_millis() as u64);
         self.partition.rebuild_producers().await;
         loop {
             tokio::select! {

@@ -5,13 +5,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::limits::PRODUCE_STREAM_ANSWERS_QUEUED_MAX;
 use bytes::{Bytes, BytesMut};
 use spool_broker::TopicName;
-use spool_broker::limits::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCE_STREAM_ANSWERS_QUEUED_MAX,
-    PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
+use spool_proto::limits::PRODUCE_STREAM_IN_FLIGHT_MAX;
+use spool_proto::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
 };
-use spool_broker::partitioner::partition_for_key;
+use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_server::ProduceService;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;

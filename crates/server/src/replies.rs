@@ -33,6 +33,7 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
+use crate::limits::REPLY_INLINE_BYTES_MAX;
 use crate::metrics::Buffered;
 
 /// `SubscribeResponse.raw_batches`'s field number (consume.proto); the round-trip tests
@@ -41,10 +42,6 @@ const RAW_BATCHES_FIELD: u32 = 2;
 /// `MemberEvent.records`'s field number, and `PartitionRecords.raw_batches`'s (groups.proto).
 const MEMBER_RECORDS_FIELD: u32 = 3;
 const RECORDS_RAW_BATCHES_FIELD: u32 = 5;
-
-/// Stored batches up to this size are copied in behind the answer's head: one frame instead
-/// of two costs less than the copy.
-const INLINE_BYTES_MAX: usize = 16 * 1024;
 
 /// gRPC's message prefix: a compression flag and a big-endian length.
 const PREFIX_BYTES: usize = 5;
@@ -95,7 +92,7 @@ fn field_bytes(field: u32, len: usize) -> usize {
 /// small enough to copy in, the batches on their own.
 fn split(fields: usize, field: u32, batches: Bytes, write: impl FnOnce(&mut BytesMut)) -> Encoded {
     let message_bytes = fields + field_bytes(field, batches.len());
-    let inline = batches.len() <= INLINE_BYTES_MAX;
+    let inline = batches.len() <= REPLY_INLINE_BYTES_MAX;
     let head_bytes = PREFIX_BYTES + message_bytes - if inline { 0 } else { batches.len() };
     let mut head = BytesMut::with_capacity(head_bytes);
     head.put_u8(0);
@@ -239,8 +236,8 @@ mod tests {
     }
 
     fn batch_sizes() -> [Bytes; 4] {
-        let big = Bytes::from((0..INLINE_BYTES_MAX * 3).map(|i| i as u8).collect::<Vec<_>>());
-        [Bytes::new(), Bytes::from_static(b"b"), big.slice(..INLINE_BYTES_MAX), big]
+        let big = Bytes::from((0..REPLY_INLINE_BYTES_MAX * 3).map(|i| i as u8).collect::<Vec<_>>());
+        [Bytes::new(), Bytes::from_static(b"b"), big.slice(..REPLY_INLINE_BYTES_MAX), big]
     }
 
     #[test]
@@ -315,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_body_sends_heads_batches_then_the_status() {
-        let batches = Bytes::from(vec![1u8; INLINE_BYTES_MAX * 2]);
+        let batches = Bytes::from(vec![1u8; REPLY_INLINE_BYTES_MAX * 2]);
         let answer = SubscribeResponse {
             raw_batches: batches.clone(),
             next_offset: 5,
@@ -339,7 +336,7 @@ mod tests {
 
     #[test]
     fn large_batches_go_out_as_they_are() {
-        let batches = Bytes::from(vec![7u8; INLINE_BYTES_MAX + 1]);
+        let batches = Bytes::from(vec![7u8; REPLY_INLINE_BYTES_MAX + 1]);
         let Encoded { head, batches: rest } =
             SubscribeResponse { raw_batches: batches.clone(), ..Default::default() }.into();
         let rest = rest.expect("sent on their own");

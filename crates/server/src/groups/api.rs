@@ -6,13 +6,16 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use spool_broker::TopicName;
 use spool_broker::group::{
     GroupDescription, GroupName, GroupState, OffsetReset, Subscription, TopicPartition,
 };
-use spool_broker::limits::{GROUP_MEMBER_QUEUE_DEPTH, GROUP_SESSION_TIMEOUT_MS_DEFAULT};
+use spool_proto::limits::{
+    GROUP_SESSION_TIMEOUT_MS_DEFAULT, GROUP_SESSION_TIMEOUT_MS_MAX, GROUP_SESSION_TIMEOUT_MS_MIN,
+};
+
+use crate::limits::{GROUP_MEMBER_QUEUE_DEPTH, JOIN_WAIT};
 use spool_proto::v1::group_service_server::GroupService;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
@@ -35,9 +38,6 @@ use crate::auth::{Action, Caller, Resource};
 use crate::consume::{Wire, wire};
 use crate::error::{RequestError, ServiceError};
 use crate::replies::Replies;
-
-/// How long a new stream may take to send its `join`.
-const JOIN_WAIT: Duration = Duration::from_millis(GROUP_SESSION_TIMEOUT_MS_DEFAULT);
 
 #[derive(Debug, Clone)]
 pub(crate) struct GroupApi {
@@ -123,6 +123,20 @@ impl GroupApi {
             names.map(|name| TopicName::parse(name)).collect::<Result<_, _>>()?;
         let reset = reset_choice(join.reset)?;
         let wire = wire(join.encoding)?;
+        let session_timeout_ms = match join.session_timeout_ms {
+            0 => GROUP_SESSION_TIMEOUT_MS_DEFAULT,
+            ms => u64::from(ms),
+        };
+        if !(GROUP_SESSION_TIMEOUT_MS_MIN..=GROUP_SESSION_TIMEOUT_MS_MAX)
+            .contains(&session_timeout_ms)
+        {
+            return Err(RequestError::SessionTimeout {
+                session_timeout_ms,
+                min_ms: GROUP_SESSION_TIMEOUT_MS_MIN,
+                max_ms: GROUP_SESSION_TIMEOUT_MS_MAX,
+            }
+            .into());
+        }
         caller.allow(Action::Consume, Resource::Group(group.as_str()))?;
         let mut topics = BTreeMap::new();
         for name in &names {
@@ -130,10 +144,6 @@ impl GroupApi {
             let topic = self.groups.broker.topic(name.as_str())?;
             topics.insert(topic.name.clone(), topic.partitions.len() as u32);
         }
-        let session_timeout_ms = match join.session_timeout_ms {
-            0 => GROUP_SESSION_TIMEOUT_MS_DEFAULT,
-            ms => u64::from(ms),
-        };
         Ok((group, Subscription { topics, reset }, session_timeout_ms, wire))
     }
 

@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::limits::GROUP_READ_BYTES;
 use spool_broker::group::{GroupName, OffsetReset, TopicPartition};
-use spool_broker::limits::GROUP_READ_BYTES;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::{MemberEvent, PartitionRecords};
 use spool_storage::Offset;

@@ -44,12 +44,6 @@ use crate::auth::Caller;
 use crate::consume::Wire;
 use crate::error::{RequestError, ServiceError, to_status};
 
-/// Commits in flight or answered but not yet sent, before the task stops reading messages.
-/// Commits are decided as they are read, so reading far ahead of their fsyncs lets a
-/// `RevocationDone` behind many commits move its partitions without waiting for them; each
-/// holds a few hundred bytes.
-const COMMITS_UNANSWERED_MAX: usize = 1024;
-
 /// A commit's fsync, resolving once its record is durable.
 type Durable = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
 /// How a member's stream ends: the status the response stream yields after the last queued
@@ -151,7 +145,8 @@ impl Member {
         let stop = self.groups.broker.streams_stop.clone();
         loop {
             let sending = self.assignment_due || !self.pending.is_empty();
-            let reading = self.pending.len() + self.in_flight.len() < COMMITS_UNANSWERED_MAX;
+            let reading = self.pending.len() + self.in_flight.len()
+                < crate::limits::MEMBER_COMMITS_UNANSWERED_MAX;
             let out = self.out.clone();
             tokio::select! {
                 biased;

@@ -1,15 +1,14 @@
 //! Following a partition for one browser subscription (SSE or WebSocket), as the gRPC
 //! subscription does: read a chunk of log by offset, queue it, repeat, and at the end wait on
 //! the partition's data-free notification. The queue holds
-//! [`HTTP_SUBSCRIBE_QUEUE_DEPTH`](spool_broker::limits::HTTP_SUBSCRIBE_QUEUE_DEPTH) chunks;
+//! [`HTTP_SUBSCRIBE_QUEUE_DEPTH`](crate::limits::HTTP_SUBSCRIBE_QUEUE_DEPTH) chunks;
 //! when the browser does not take them, the reads stop, so a slow or stalled browser costs
 //! at most [`HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX`] of log on the server and never makes
 //! another subscriber wait. Records are turned into JSON only as the transport sends them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use spool_broker::limits::{HTTP_SUBSCRIBE_READ_BYTES, HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX};
+use crate::limits::{HTTP_SUBSCRIBE_READ_BYTES, HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX};
 use spool_proto::v1::SubscribeResponse;
 use spool_storage::Offset;
 use tokio::sync::mpsc;
@@ -22,17 +21,13 @@ use crate::error::ServiceError;
 use crate::metrics::Buffered;
 use crate::partition::Partition;
 
-/// How long an idle subscription waits before it sends a keep-alive (an SSE comment, a
-/// WebSocket ping), so proxies and browsers see the connection is alive.
-pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
 /// What a subscription's queue carries toward its transport.
 #[derive(Debug)]
 pub(crate) enum Item {
     /// Records at or after the offset asked for, and the log bytes they hold on the server
     /// (released when the transport has written them).
     Records(SubscribeResponse, Buffered),
-    /// Nothing new for [`KEEP_ALIVE`].
+    /// Nothing new for [`HTTP_KEEP_ALIVE`](crate::limits::HTTP_KEEP_ALIVE).
     KeepAlive,
     /// The last item: why the subscription ended (shutdown, a revoked grant, a deleted topic).
     End(HttpError),
@@ -63,7 +58,7 @@ pub(crate) async fn feed(
         if read.bytes.is_empty() {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(KEEP_ALIVE) => {
+                () = tokio::time::sleep(crate::limits::HTTP_KEEP_ALIVE) => {
                     // Only when there is room: a keep-alive never waits behind records.
                     let _ = queue.try_send(Item::KeepAlive);
                 }

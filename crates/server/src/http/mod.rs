@@ -34,6 +34,10 @@ mod ws;
 
 use std::sync::Arc;
 
+use crate::limits::{
+    HTTP_HISTORY_RECORDS_MAX, HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX, HTTP_REQUEST_BYTES_MAX,
+    HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -44,10 +48,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use spool_broker::limits::{
-    HTTP_HISTORY_RECORDS_MAX, HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX, HTTP_REQUEST_BYTES_MAX,
-    HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
-};
 use spool_storage::Offset;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -309,7 +309,7 @@ async fn history(
     let partition = state.broker.partition(&topic, partition)?;
     let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
     let read = partition
-        .read(offset, spool_broker::limits::HTTP_SUBSCRIBE_READ_BYTES)
+        .read(offset, crate::limits::HTTP_SUBSCRIBE_READ_BYTES)
         .await
         .map_err(HttpError::from)?;
     let (log_start_offset, log_end_offset) = (read.log_start_offset.0, read.log_end_offset.0);

@@ -5,7 +5,7 @@
 //! last id it saw as `Last-Event-ID`; the stream then resumes at the next offset, so nothing
 //! is lost or repeated. `Last-Event-ID` wins over `from`. The stream starts with
 //! `retry: 1000` (reconnect after a second), sends a comment line when idle for
-//! [`KEEP_ALIVE`](super::follow::KEEP_ALIVE), and when it must end (shutdown, a revoked
+//! [`HTTP_KEEP_ALIVE`](crate::limits::HTTP_KEEP_ALIVE), and when it must end (shutdown, a revoked
 //! grant, a deleted topic) sends one `spool-error` event with the error JSON and closes.
 //!
 //! The body is written by hand (one `id:`/`data:` pair per record, one body chunk per log

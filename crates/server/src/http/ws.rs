@@ -27,13 +27,13 @@
 //! the server without bound. Records toward the client come through the subscription's
 //! bounded queue (see [`super::follow`]); a client that stops reading stops the log reads.
 
+use crate::limits::HTTP_REQUEST_BYTES_MAX;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use spool_broker::limits::HTTP_REQUEST_BYTES_MAX;
 
 use super::error::{BadRequest, ErrorBody, HttpError};
 use super::follow::Item;

@@ -1,0 +1,128 @@
+//! Every bound the server alone sets, in one place: per-partition writer queues, stream and
+//! connection limits, subscriber buffers, the browser listener, groups' queues, and the
+//! server's own timings. The wire contract's limits (request and response sizes, the HTTP/2
+//! frame, fetch and session bounds) are in [`spool_proto::limits`]; the limits on topics,
+//! groups and producers in [`spool_broker::limits`]; storage's in [`spool_storage::limits`].
+//! The `const` assertions pin how these relate to each other and to the others.
+
+use std::time::Duration;
+
+use spool_proto::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, GROUP_SESSION_TIMEOUT_MS_DEFAULT,
+    PRODUCE_STREAM_IN_FLIGHT_MAX,
+};
+
+// Partition writers.
+
+/// Appends waiting for one partition's writer. Producers beyond this wait (backpressure).
+pub const WRITER_QUEUE_DEPTH: usize = 1024;
+/// The most batches a writer appends before one group commit.
+pub const WRITER_GROUP_BATCHES_MAX: usize = 256;
+/// Fsyncs one blocking thread runs back to back for a busy `always` partition before it
+/// hands the partition back to the writer (which starts another at once if needed): a
+/// bound on how long a partition keeps one of the runtime's blocking threads.
+pub const SYNC_ROUNDS_MAX: u32 = 16;
+/// How often each partition applies its retention limits.
+pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Bytes one read takes while rebuilding a partition's producer table at start-up.
+pub const PRODUCER_REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
+
+// gRPC streams and connections.
+
+/// Concurrent gRPC streams (calls) per connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Answers queued toward one ProduceStream client.
+pub const PRODUCE_STREAM_ANSWERS_QUEUED_MAX: usize = 64;
+/// Bytes of log one subscription reads per message (a single larger batch is sent whole).
+pub const SUBSCRIBE_READ_BYTES: u32 = 1024 * 1024;
+/// Messages queued toward one subscriber: when they are not taken, the subscription stops
+/// reading the log. With the message being built, a subscriber holds at most
+/// [`SUBSCRIBER_BUFFERED_BYTES_MAX`] of log on the server.
+pub const SUBSCRIBE_QUEUE_DEPTH: usize = 2;
+/// The most log bytes one subscriber holds on the server, queued or being built.
+pub const SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
+    (SUBSCRIBE_QUEUE_DEPTH as u64 + 1) * BATCH_BYTES_MAX as u64;
+/// Stored batches up to this size are copied in behind a subscribe answer's head: one frame
+/// instead of two costs less than the copy.
+pub const REPLY_INLINE_BYTES_MAX: usize = 16 * 1024;
+
+// Consumer groups.
+
+/// Messages queued toward one group member, in each of its two queues: records, and control
+/// messages (assignments, commit results), which go first. When the member does not take
+/// records, its partitions stop reading the log.
+pub const GROUP_MEMBER_QUEUE_DEPTH: usize = 4;
+/// Bytes of log one group member's partition reads per message.
+pub const GROUP_READ_BYTES: u32 = 1024 * 1024;
+/// Commits in flight or answered but not yet sent, before a member's task stops reading
+/// messages. Commits are decided as they are read, so reading far ahead of their fsyncs lets
+/// a `RevocationDone` behind many commits move its partitions without waiting for them; each
+/// holds a few hundred bytes.
+pub const MEMBER_COMMITS_UNANSWERED_MAX: usize = 1024;
+/// How long a new member stream may take to send its `join`.
+pub const JOIN_WAIT: Duration = Duration::from_millis(GROUP_SESSION_TIMEOUT_MS_DEFAULT);
+
+// The browser listener (`--http`): Server-Sent Events, WebSocket and plain HTTP.
+
+/// The largest HTTP request body or WebSocket message the listener reads: one record as JSON,
+/// whose value may be base64 (4 bytes for every 3), plus room for its key and headers.
+pub const HTTP_REQUEST_BYTES_MAX: usize = BATCH_BYTES_MAX as usize / 3 * 4 + 1024 * 1024;
+/// Bytes of log one browser subscription reads per chunk. Smaller than gRPC's read: a chunk
+/// becomes JSON text, which may be several times the size of the bytes it was read from.
+pub const HTTP_SUBSCRIBE_READ_BYTES: u32 = 256 * 1024;
+/// Chunks queued toward one browser subscription; when they are not taken, it stops reading
+/// the log. With the chunk being built, a browser holds at most
+/// [`HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX`] of log on the server (plus the socket's buffer).
+pub const HTTP_SUBSCRIBE_QUEUE_DEPTH: usize = 2;
+/// The most log bytes one browser subscription holds on the server, queued or being built
+/// (a single batch larger than a read is read whole).
+pub const HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX: u64 =
+    (HTTP_SUBSCRIBE_QUEUE_DEPTH as u64 + 1) * BATCH_BYTES_MAX as u64;
+/// Subscriptions (SSE streams and WebSockets) the listener serves at once; one more is
+/// answered 503.
+pub const HTTP_STREAMS_MAX: usize = 1024;
+/// Bytes of records being produced through the listener at once (POST bodies and WebSocket
+/// produce messages, from the moment they are read until they are acknowledged); a request
+/// beyond it waits, reading nothing more, until there is room.
+pub const HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX: usize = 64 * 1024 * 1024;
+/// The most records one history request (`GET .../records`) answers.
+pub const HTTP_HISTORY_RECORDS_MAX: u32 = 1000;
+/// How long an idle subscription waits before it sends a keep-alive (an SSE comment, a
+/// WebSocket ping), so proxies and browsers see the connection is alive.
+pub const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+// The server as a whole.
+
+/// How often the token file is checked for changes (a changed file is reloaded, so a
+/// revoked token stops working within this time; SIGHUP or `Authenticator::reload` is
+/// immediate).
+pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How long shutdown waits for calls in flight, gRPC and browser alike (for example a
+/// subscriber whose client does not read), before it closes their connections. One deadline
+/// covers both listeners. Work already queued is finished regardless.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often metrics' histogram samples are folded into their buckets, so they never pile up
+/// between scrapes.
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+// Every batch an idempotent producer may have in flight is remembered for its retry.
+const _: () = assert!(
+    spool_broker::limits::PRODUCER_BATCHES_RETAINED
+        >= spool_proto::limits::IDEMPOTENT_BATCHES_IN_FLIGHT_MAX
+);
+const _: () = assert!(WRITER_GROUP_BATCHES_MAX <= WRITER_QUEUE_DEPTH);
+const _: () = assert!(SYNC_ROUNDS_MAX >= 1);
+const _: () = assert!(PRODUCER_REBUILD_READ_BYTES >= BATCH_BYTES_MAX);
+const _: () = assert!(SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
+const _: () = assert!(SUBSCRIBE_QUEUE_DEPTH >= 1);
+const _: () = assert!(PRODUCE_STREAM_IN_FLIGHT_MAX <= STREAMS_PER_CONNECTION_MAX as usize);
+const _: () = assert!(GROUP_MEMBER_QUEUE_DEPTH >= 1);
+const _: () = assert!(GROUP_READ_BYTES <= BATCH_BYTES_MAX);
+// A browser can send one record of a largest batch's size, base64-encoded.
+const _: () = assert!(HTTP_REQUEST_BYTES_MAX > BATCH_BYTES_MAX as usize / 3 * 4);
+const _: () = assert!(HTTP_SUBSCRIBE_READ_BYTES <= BATCH_BYTES_MAX);
+// One largest request fits in the budget, which a semaphore counts in u32 permits.
+const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX >= HTTP_REQUEST_BYTES_MAX);
+const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX <= u32::MAX as usize);
+const _: () = assert!(HTTP_SUBSCRIBE_QUEUE_DEPTH >= 1);
+const _: () = assert!(HTTP_HISTORY_RECORDS_MAX <= BATCH_RECORDS_MAX);
