@@ -748,7 +748,7 @@ async fn the_page_in_headless_chromium_follows_resumes_and_publishes() {
     http.server.produce("demo", Some(0), history).await.unwrap();
 
     let script = root().join("tests/browser/e2e.mjs");
-    // `SPOOL_SCREENSHOTS=docs/screenshots` refreshes the README's pictures.
+    // `SPOOL_SCREENSHOTS=docs/screenshots` refreshes the pictures in docs/http-api.md.
     let shots = std::env::var_os("SPOOL_SCREENSHOTS")
         .map_or_else(|| root().join("target/browser-screenshots"), PathBuf::from);
     std::fs::create_dir_all(&shots).unwrap();

@@ -1,5 +1,5 @@
 //! What the server tells about itself: gauges readable in-process (tests assert on them), and
-//! the Prometheus series (see the second half of this file and the README's metrics table).
+//! the Prometheus series (see the second half of this file and docs/operations.md lists them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,7 +105,7 @@ impl Drop for Buffered {
 // rewritten): a deleted topic's latency histograms stay until the server restarts.
 // ---------------------------------------------------------------------------------------------
 
-/// Every series name Spool exports, in one place (the README's metrics table lists them).
+/// Every series name Spool exports, in one place (docs/operations.md lists them).
 pub mod names {
     /// Records appended, per topic and partition (counter).
     pub const PRODUCED_RECORDS: &str = "spool_produced_records_total";
