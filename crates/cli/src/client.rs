@@ -1,115 +1,54 @@
-//! The client commands: `topic`, `produce` and `consume`, over the `spool.v1` gRPC API.
+//! The client commands `topic`, `produce` and `consume`, and what every client command
+//! shares: connecting, reading `--from`, printing records. Every call goes through
+//! spool-client, so what the commands need, Rust users get too.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
+use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use bytes::Bytes;
-use spool_proto::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
-use spool_proto::v1::consume_service_client::ConsumeServiceClient;
-use spool_proto::v1::fsync_policy::{Always, Never, Policy};
-use spool_proto::v1::produce_request::Payload;
-use spool_proto::v1::produce_service_client::ProduceServiceClient;
-use spool_proto::v1::produce_stream_response::Result as StreamResult;
-use spool_proto::v1::start_position::{Earliest, Latest, Position};
-use spool_proto::v1::topic_service_client::TopicServiceClient;
-use spool_proto::v1::{
-    Acks, AlterTopicRequest, ConsumedRecord, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, FsyncPolicy, Header, ListTopicsRequest, ProduceRequest, Record,
-    RecordList, StartPosition, SubscribeRequest, TopicConfig, TopicDescription,
+use spool_client::{
+    Acks, Client, ConnectOptions, Delivery, Follow, Fsync, ProduceError, ProducerConfig, Record,
+    StartAt, TopicChange, TopicInfo, TopicSettings,
 };
+use spool_proto::limits::BATCH_BYTES_MAX;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{StreamExt, StreamMap};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Status};
 
-use crate::{AcksArg, Format, ServerArg, TopicCommand};
+use crate::{Format, ServerArg, TopicCommand, out};
 
-/// Lines per produce request, at most.
-const PRODUCE_CHUNK_LINES: usize = 1000;
-/// Bytes of lines per produce request, about (a request stays far below the server's limit).
-const PRODUCE_CHUNK_BYTES: usize = 1024 * 1024;
 /// The longest line `spool produce` accepts.
 const LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
-const _: () = assert!(PRODUCE_CHUNK_BYTES + LINE_BYTES_MAX < REQUEST_BYTES_MAX);
+/// Records sent and not yet answered that `spool produce` keeps track of, at most: it stops
+/// reading standard input beyond this.
+const PRODUCE_UNANSWERED_MAX: usize = 64 * 1024;
+const _: () = assert!(LINE_BYTES_MAX < BATCH_BYTES_MAX as usize);
 
-/// A gRPC error as one line a person can act on.
-pub(crate) fn status_error(status: Status) -> anyhow::Error {
-    anyhow!("{} ({})", status.message(), code_name(status.code()))
+fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-type Connection = spool_client::Transport;
-
-fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
-}
-
-/// The channel to the server with the token (if any) added to every call.
-pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Connection> {
-    let client = spool_client::Client::from_channel(connect_channel(server).await?);
-    let client = match &server.token {
-        Some(token) => client.with_bearer_token(token)?,
-        None => client,
+/// A client of the server the connection flags name, with their TLS settings and token.
+pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Client> {
+    let client_identity_pem = match (&server.client_cert, &server.client_key) {
+        (Some(cert), Some(key)) => {
+            Some((read_pem("--client-cert", cert)?, read_pem("--client-key", key)?))
+        }
+        (None, None) => None,
+        _ => bail!("--client-cert and --client-key go together"),
     };
-    Ok(client.transport())
+    let ca_cert_pem = server.ca_cert.as_deref().map(|ca| read_pem("--ca-cert", ca)).transpose()?;
+    let options = ConnectOptions { token: server.token.clone(), ca_cert_pem, client_identity_pem };
+    Ok(Client::connect_with(&server.server, &options).await?)
 }
 
-/// The channel to the server (TLS as asked), without the token: `connect` adds it, and the
-/// commands built on `spool-client` give it to the client.
-pub(crate) async fn connect_channel(server: &ServerArg) -> anyhow::Result<Channel> {
-    let url = &server.server;
-    let mut endpoint = spool_client::endpoint(url)?;
-    if url.starts_with("https://") {
-        // No system roots are compiled in: name the server's CA with --ca-cert.
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &server.ca_cert {
-            tls = tls.ca_certificate(Certificate::from_pem(read_pem("--ca-cert", ca)?));
-        }
-        match (&server.client_cert, &server.client_key) {
-            (Some(cert), Some(key)) => {
-                let (cert, key) =
-                    (read_pem("--client-cert", cert)?, read_pem("--client-key", key)?);
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            (None, None) => {}
-            _ => bail!("--client-cert and --client-key go together"),
-        }
-        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
-    }
-    endpoint.connect().await.with_context(|| format!("cannot connect to the server at {url}"))
-}
-
-fn parse_fsync(fsync: &str) -> anyhow::Result<Policy> {
+fn parse_fsync(fsync: &str) -> anyhow::Result<Fsync> {
     Ok(match fsync {
-        "always" => Policy::Always(Always {}),
-        "never" => Policy::Never(Never {}),
+        "always" => Fsync::Always,
+        "never" => Fsync::Never,
         other => {
             match other.strip_prefix("interval:") {
-                Some(ms) => Policy::IntervalMs(ms.parse().with_context(|| {
+                Some(ms) => Fsync::IntervalMs(ms.parse().with_context(|| {
                     format!("--fsync interval:{ms}: not a number of milliseconds")
                 })?),
                 None => bail!("--fsync {other:?}: use always, interval:MS or never"),
@@ -118,37 +57,37 @@ fn parse_fsync(fsync: &str) -> anyhow::Result<Policy> {
     })
 }
 
-fn print_topic(topic: &TopicDescription) {
-    let config = topic.config.unwrap_or_default();
-    let fsync = match config.fsync.and_then(|f| f.policy) {
-        Some(Policy::Always(_)) | None => "always".to_owned(),
-        Some(Policy::IntervalMs(ms)) => format!("interval:{ms}"),
-        Some(Policy::Never(_)) => "never".to_owned(),
+fn print_topic(topic: &TopicInfo) {
+    let fsync = match topic.fsync {
+        Fsync::Always => "always".to_owned(),
+        Fsync::IntervalMs(ms) => format!("interval:{ms}"),
+        Fsync::Never => "never".to_owned(),
     };
     let optional = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
-    println!(
+    out!(
         "{}\tpartitions={}\tfsync={}\tretention_ms={}\tretention_bytes={}\tsegment_bytes={}",
         topic.name,
-        config.partitions,
+        topic.partitions,
         fsync,
-        optional(config.retention_ms),
-        optional(config.retention_bytes),
-        optional(config.segment_bytes),
+        optional(topic.retention_ms),
+        optional(topic.retention_bytes),
+        optional(topic.segment_bytes),
     );
-    for p in &topic.partitions {
-        print!(
-            "  partition {}\tlog_start_offset={}\tlog_end_offset={}\tsize_bytes={}",
-            p.partition, p.log_start_offset, p.log_end_offset, p.size_bytes
+    for p in &topic.partition_states {
+        let fenced = p.fenced_reason.as_ref().map(|reason| format!("\tFENCED: {reason}"));
+        out!(
+            "  partition {}\tlog_start_offset={}\tlog_end_offset={}\tsize_bytes={}{}",
+            p.partition,
+            p.log_start_offset,
+            p.log_end_offset,
+            p.size_bytes,
+            fenced.unwrap_or_default()
         );
-        match &p.fenced_reason {
-            Some(reason) => println!("\tFENCED: {reason}"),
-            None => println!(),
-        }
     }
 }
 
 pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::Result<()> {
-    let mut client = TopicServiceClient::new(connect(server).await?);
+    let client = connect(server).await?;
     match command {
         TopicCommand::Create {
             name,
@@ -158,57 +97,29 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
             retention_bytes,
             segment_bytes,
         } => {
-            let config = TopicConfig {
+            let settings = TopicSettings {
                 partitions,
-                fsync: Some(FsyncPolicy { policy: Some(parse_fsync(&fsync)?) }),
+                fsync: parse_fsync(&fsync)?,
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
             };
-            let created = client
-                .create_topic(CreateTopicRequest { name, config: Some(config) })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if let Some(topic) = created.topic {
-                print_topic(&topic);
-            }
+            print_topic(&client.create_topic(&name, settings).await?);
         }
         TopicCommand::List => {
-            let list =
-                client.list_topics(ListTopicsRequest {}).await.map_err(status_error)?.into_inner();
-            for topic in &list.topics {
+            for topic in &client.list_topics().await? {
                 print_topic(topic);
             }
         }
-        TopicCommand::Describe { name } => {
-            let described = client
-                .describe_topic(DescribeTopicRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if let Some(topic) = described.topic {
-                print_topic(&topic);
-            }
-        }
+        TopicCommand::Describe { name } => print_topic(&client.describe_topic(&name).await?),
         TopicCommand::Delete { name } => {
-            client
-                .delete_topic(DeleteTopicRequest { name: name.clone() })
-                .await
-                .map_err(status_error)?;
-            println!("deleted {name}");
+            client.delete_topic(&name).await?;
+            out!("deleted {name}");
         }
         TopicCommand::Alter { name, fsync, retention_ms, retention_bytes, segment_bytes } => {
-            let fsync = match fsync {
-                Some(fsync) => Some(FsyncPolicy { policy: Some(parse_fsync(&fsync)?) }),
-                None => None,
-            };
-            let request =
-                AlterTopicRequest { name, fsync, retention_ms, retention_bytes, segment_bytes };
-            let altered = client.alter_topic(request).await.map_err(status_error)?.into_inner();
-            if let Some(topic) = altered.topic {
-                print_topic(&topic);
-            }
+            let fsync = fsync.as_deref().map(parse_fsync).transpose()?;
+            let change = TopicChange { fsync, retention_ms, retention_bytes, segment_bytes };
+            print_topic(&client.alter_topic(&name, change).await?);
         }
     }
     Ok(())
@@ -219,7 +130,8 @@ pub(crate) struct ProduceOptions {
     pub(crate) partition: Option<u32>,
     pub(crate) key: Option<String>,
     pub(crate) headers: Vec<String>,
-    pub(crate) acks: Option<AcksArg>,
+    pub(crate) acks: Option<Acks>,
+    pub(crate) quiet: bool,
 }
 
 /// Reads standard input on its own thread, one line (without its line ending) at a time.
@@ -232,8 +144,7 @@ fn read_lines(lines: mpsc::Sender<std::io::Result<Vec<u8>>>) {
         let outcome = match read {
             Ok(0) => return,
             Ok(_) => {
-                let complete = line.last() == Some(&b'\n');
-                if complete {
+                if line.last() == Some(&b'\n') {
                     line.pop();
                     if line.last() == Some(&b'\r') {
                         line.pop();
@@ -256,116 +167,162 @@ fn read_lines(lines: mpsc::Sender<std::io::Result<Vec<u8>>>) {
     }
 }
 
+/// What became of the lines `spool produce` sent, gathered in line order.
+#[derive(Default)]
+struct ProduceReport {
+    lines: u64,
+    /// Per partition, the first and last offset stored.
+    stored: BTreeMap<u32, (u64, u64)>,
+    /// Lines sent without waiting for an answer (`--acks none`).
+    unacknowledged: u64,
+    /// Runs of consecutive lines that failed for one reason: (first, last, reason).
+    failed: Vec<(u64, u64, String)>,
+    /// Lines whose answer never came (the stream broke): they may or may not be stored.
+    unknown: Vec<(u64, u64, String)>,
+}
+
+impl ProduceReport {
+    fn add(&mut self, line: u64, outcome: Result<spool_client::RecordMetadata, ProduceError>) {
+        self.lines += 1;
+        match outcome {
+            Ok(stored) => match stored.offset {
+                Some(offset) => {
+                    let range = self.stored.entry(stored.partition).or_insert((offset, offset));
+                    range.0 = range.0.min(offset);
+                    range.1 = range.1.max(offset);
+                }
+                None => self.unacknowledged += 1,
+            },
+            Err(error) => {
+                let runs = match error {
+                    ProduceError::Disconnected(_) | ProduceError::RetriesExhausted { .. } => {
+                        &mut self.unknown
+                    }
+                    _ => &mut self.failed,
+                };
+                let reason = error.to_string();
+                match runs.last_mut() {
+                    Some((_, last, previous)) if *last + 1 == line && *previous == reason => {
+                        *last = line
+                    }
+                    _ => runs.push((line, line, reason)),
+                }
+            }
+        }
+    }
+
+    fn failed_lines(&self) -> u64 {
+        let count = |runs: &[(u64, u64, String)]| -> u64 {
+            runs.iter().map(|(first, last, _)| last - first + 1).sum()
+        };
+        count(&self.failed) + count(&self.unknown)
+    }
+
+    /// Lines on standard error: what was stored where, and which lines failed and why.
+    fn print(&self, topic: &str, quiet: bool) {
+        let stored = self.lines - self.failed_lines() - self.unacknowledged;
+        if !quiet {
+            let mut line = format!("spool: {stored} of {} records stored in {topic}", self.lines);
+            for (partition, (first, last)) in &self.stored {
+                line.push_str(&format!("; partition {partition} offsets {first} to {last}"));
+            }
+            eprintln!("{line}");
+            if self.unacknowledged > 0 {
+                eprintln!("spool: {} records sent without an acknowledgement", self.unacknowledged);
+            }
+        }
+        for (first, last, reason) in &self.failed {
+            match first == last {
+                true => eprintln!("spool: line {first} was not stored: {reason}"),
+                false => eprintln!("spool: lines {first} to {last} were not stored: {reason}"),
+            }
+        }
+        for (first, last, reason) in &self.unknown {
+            match first == last {
+                true => eprintln!("spool: line {first} may or may not be stored: {reason}"),
+                false => {
+                    eprintln!("spool: lines {first} to {last} may or may not be stored: {reason}")
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyhow::Result<()> {
     let headers = options
         .headers
         .iter()
         .map(|h| match h.split_once('=') {
-            Some((key, value)) => Ok(Header {
-                key: key.to_owned(),
-                value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            }),
+            Some((name, value)) => Ok((name.to_owned(), value.as_bytes().to_vec())),
             None => Err(anyhow!("--header {h:?}: write it as NAME=VALUE")),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers: Vec<(&str, Option<&[u8]>)> =
+        headers.iter().map(|(name, value)| (name.as_str(), Some(value.as_slice()))).collect();
+    let client = connect(server).await?;
+    // Without --acks, what the server would choose: `all`, or `leader` on a topic that never
+    // syncs (where `all` is refused).
     let acks = match options.acks {
-        None => Acks::Unspecified,
-        Some(AcksArg::None) => Acks::None,
-        Some(AcksArg::Leader) => Acks::Leader,
-        Some(AcksArg::All) => Acks::All,
+        Some(acks) => acks,
+        None => match client.describe_topic(&options.topic).await?.fsync {
+            Fsync::Never => Acks::Leader,
+            Fsync::Always | Fsync::IntervalMs(_) => Acks::All,
+        },
     };
-    let key = options.key.map(|k| Bytes::from(k.into_bytes()));
-    let mut client = ProduceServiceClient::new(connect(server).await?)
-        .max_decoding_message_size(RESPONSE_BYTES_MAX)
-        .max_encoding_message_size(REQUEST_BYTES_MAX);
+    let config =
+        ProducerConfig { acks, batch_bytes_max: BATCH_BYTES_MAX as usize, ..Default::default() };
+    let producer = client.producer(&options.topic, config).await?;
 
-    let (lines_tx, mut lines) = mpsc::channel(PRODUCE_CHUNK_LINES);
-    std::thread::spawn(move || read_lines(lines_tx));
-    let (requests_tx, requests) = mpsc::channel(64);
-    let mut answers = client
-        .produce_stream(ReceiverStream::new(requests))
-        .await
-        .map_err(status_error)?
-        .into_inner();
-
-    // Sends chunks of lines as they come; a chunk ends at the size limits or when standard
-    // input has nothing more ready, so typed lines go out at once.
-    let topic = options.topic.clone();
-    let partition = options.partition;
-    let sender = tokio::spawn(async move {
-        let mut chunks: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
-        let mut first_line = 1u64;
-        let mut correlation_id = 0u64;
-        while let Some(line) = lines.recv().await {
-            let mut records = Vec::new();
-            let mut bytes = 0;
-            let mut next = Some(line);
-            while let Some(line) = next.take() {
-                let line = line.context("reading standard input failed")?;
-                bytes += line.len();
-                records.push(Record {
-                    key: key.clone(),
-                    value: Some(Bytes::from(line)),
-                    headers: headers.clone(),
-                    timestamp_ms: None,
-                });
-                if records.len() < PRODUCE_CHUNK_LINES && bytes < PRODUCE_CHUNK_BYTES {
-                    next = lines.try_recv().ok();
-                }
-            }
-            chunks.insert(correlation_id, (first_line, records.len()));
-            first_line += records.len() as u64;
-            let request = ProduceRequest {
-                correlation_id,
-                topic: topic.clone(),
-                partition,
-                acks: acks as i32,
-                payload: Some(Payload::Records(RecordList { records })),
-                producer: None,
+    // Deliveries are awaited in line order on their own task, so a slow answer does not stop
+    // the reading; the queue between bounds what is tracked.
+    let (deliveries_tx, mut deliveries) =
+        mpsc::channel::<(u64, Result<Delivery, ProduceError>)>(PRODUCE_UNANSWERED_MAX);
+    let collector = tokio::spawn(async move {
+        let mut report = ProduceReport::default();
+        while let Some((line, delivery)) = deliveries.recv().await {
+            let outcome = match delivery {
+                Ok(delivery) => delivery.wait().await,
+                Err(error) => Err(error),
             };
-            correlation_id += 1;
-            if requests_tx.send(request).await.is_err() {
-                break;
-            }
+            report.add(line, outcome);
         }
-        anyhow::Ok((chunks, first_line - 1))
+        report
     });
 
-    let mut failures: Vec<(u64, String)> = Vec::new();
-    let mut acknowledged = Vec::new();
-    while let Some(answer) = answers.message().await.map_err(status_error)? {
-        match answer.result {
-            Some(StreamResult::Ok(_)) => acknowledged.push(answer.correlation_id),
-            Some(StreamResult::Error(error)) => failures.push((
-                answer.correlation_id,
-                format!("{} ({})", error.message, code_name(Code::from_i32(error.code))),
-            )),
-            None => failures.push((answer.correlation_id, "empty answer".to_owned())),
+    let (lines_tx, mut lines) = mpsc::channel(1024);
+    std::thread::spawn(move || read_lines(lines_tx));
+    let mut number = 0u64;
+    let mut read_error = None;
+    while let Some(line) = lines.recv().await {
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                read_error = Some(error);
+                break;
+            }
+        };
+        number += 1;
+        let mut record = Record { value: Some(&line), headers: &headers, ..Record::default() };
+        record.key = options.key.as_deref().map(str::as_bytes);
+        record.partition = options.partition;
+        let delivery = producer.send(record).await;
+        if deliveries_tx.send((number, delivery)).await.is_err() {
+            break;
         }
     }
-    let (chunks, total) = sender.await.context("the producer task failed")??;
-    let mut failed_events = 0;
-    for (correlation_id, message) in &failures {
-        let (first, count) = chunks.get(correlation_id).copied().unwrap_or((0, 0));
-        failed_events += count as u64;
-        eprintln!("spool: lines {first}..={} failed: {message}", first + count as u64 - 1);
+    drop(deliveries_tx);
+    // Whatever the outcome, every delivery resolves once the producer is closed.
+    let closed = producer.close().await;
+    let report = collector.await.context("the task collecting answers failed")?;
+    report.print(&options.topic, options.quiet);
+    if let Some(error) = read_error {
+        return Err(error).context(format!("reading standard input failed after line {number}"));
     }
-    if acks != Acks::None {
-        let acknowledged_events: u64 = acknowledged
-            .iter()
-            .filter_map(|id| chunks.get(id))
-            .map(|(_, count)| *count as u64)
-            .sum();
-        if acknowledged_events + failed_events != total {
-            bail!(
-                "{} of {total} events got no answer (the server went away?)",
-                total - acknowledged_events - failed_events
-            );
-        }
+    let failed = report.failed_lines();
+    if failed > 0 {
+        bail!("{failed} of {} records were not acknowledged", report.lines);
     }
-    if failed_events > 0 {
-        bail!("{failed_events} of {total} events were not produced");
-    }
+    closed.context("closing the producer failed")?;
     Ok(())
 }
 
@@ -378,20 +335,34 @@ pub(crate) struct ConsumeOptions {
     pub(crate) format: Format,
 }
 
-pub(crate) fn parse_from(from: &str) -> anyhow::Result<Position> {
+/// `--from` (or `--to`): earliest, latest, an offset, or an RFC 3339 time.
+pub(crate) fn parse_from(flag: &str, from: &str) -> anyhow::Result<StartAt> {
     Ok(match from {
-        "earliest" => Position::Earliest(Earliest {}),
-        "latest" => Position::Latest(Latest {}),
-        _ if from.bytes().all(|b| b.is_ascii_digit()) => Position::Offset(
-            from.parse().with_context(|| format!("--from {from}: offset too large"))?,
+        "earliest" => StartAt::Earliest,
+        "latest" => StartAt::Latest,
+        _ if from.bytes().all(|b| b.is_ascii_digit()) => StartAt::Offset(
+            from.parse().with_context(|| format!("{flag} {from}: offset too large"))?,
         ),
         _ => {
             let time = chrono::DateTime::parse_from_rfc3339(from).with_context(|| {
-                format!("--from {from:?}: use earliest, latest, an offset or an RFC 3339 time like 2024-05-01T12:00:00Z")
+                format!(
+                    "{flag} {from:?}: use earliest, latest, an offset or an RFC 3339 time like 2024-05-01T12:00:00Z"
+                )
             })?;
-            Position::TimestampMs(time.timestamp_millis())
+            StartAt::TimestampMs(time.timestamp_millis())
         }
     })
+}
+
+/// One record as the commands print it, whichever consumer read it.
+pub(crate) struct Printed<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: u32,
+    pub(crate) offset: u64,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
 }
 
 fn json_bytes(bytes: Option<&[u8]>) -> serde_json::Value {
@@ -409,13 +380,11 @@ fn json_bytes(bytes: Option<&[u8]>) -> serde_json::Value {
 pub(crate) fn write_record(
     out: &mut impl Write,
     format: Format,
-    topic: &str,
-    partition: u32,
-    record: &ConsumedRecord,
+    record: &Printed<'_>,
 ) -> std::io::Result<()> {
     match format {
         Format::Value => {
-            out.write_all(record.value.as_deref().unwrap_or_default())?;
+            out.write_all(record.value.unwrap_or_default())?;
             out.write_all(b"\n")
         }
         Format::Json => {
@@ -424,17 +393,22 @@ pub(crate) fn write_record(
             let headers: Vec<_> = record
                 .headers
                 .iter()
-                .map(|h| serde_json::json!({"key": h.key, "value": json_bytes(h.value.as_deref())}))
+                .map(|(key, value)| {
+                    serde_json::json!({
+                        "key": String::from_utf8_lossy(key),
+                        "value": json_bytes(*value),
+                    })
+                })
                 .collect();
             let line = serde_json::json!({
-                "topic": topic,
-                "partition": partition,
+                "topic": record.topic,
+                "partition": record.partition,
                 "offset": record.offset,
                 "timestamp": timestamp,
                 "timestamp_ms": record.timestamp_ms,
-                "key": json_bytes(record.key.as_deref()),
+                "key": json_bytes(record.key),
                 "headers": headers,
-                "value": json_bytes(record.value.as_deref()),
+                "value": json_bytes(record.value),
             });
             serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")
@@ -442,61 +416,77 @@ pub(crate) fn write_record(
     }
 }
 
+/// What a write to standard output means for the command: a reader that went away (`| head`)
+/// ends it quietly.
+pub(crate) enum Written {
+    Yes,
+    ReaderGone,
+}
+
+pub(crate) fn written(outcome: std::io::Result<()>) -> anyhow::Result<Written> {
+    match outcome {
+        Ok(()) => Ok(Written::Yes),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(Written::ReaderGone),
+        Err(error) => Err(error).context("writing to standard output failed"),
+    }
+}
+
 pub(crate) async fn consume(server: &ServerArg, options: ConsumeOptions) -> anyhow::Result<()> {
-    let position = parse_from(&options.from)?;
-    let channel = connect(server).await?;
+    let start = parse_from("--from", &options.from)?;
+    let client = connect(server).await?;
     let partitions = match options.partition {
         Some(partition) => vec![partition],
-        None => {
-            let described = TopicServiceClient::new(channel.clone())
-                .describe_topic(DescribeTopicRequest { name: options.topic.clone() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let count = described.topic.and_then(|t| t.config).map_or(0, |c| c.partitions);
-            (0..count).collect()
-        }
+        None => (0..client.describe_topic(&options.topic).await?.partitions).collect(),
     };
-    let client = ConsumeServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
-    let mut streams = StreamMap::new();
+    let follow = if options.follow { Follow::Live } else { Follow::UntilEnd };
+    // One task per partition polls its subscription; the answers meet in one queue, each
+    // partition's in order.
+    let (polled_tx, mut polled) = mpsc::channel(partitions.len().max(1) * 2);
     for partition in partitions {
-        let stream = client
-            .clone()
-            .subscribe(SubscribeRequest {
-                topic: options.topic.clone(),
-                partition,
-                start: Some(StartPosition { position: Some(position) }),
-                encoding: 0,
-                stop_at_end: !options.follow,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        streams.insert(partition, stream);
+        let mut consumer = client.subscribe(&options.topic, partition, start, follow).await?;
+        let polled_tx = polled_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = consumer.poll().await;
+                let last = !matches!(next, Ok(Some(_)));
+                if polled_tx.send((partition, next)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
     }
+    drop(polled_tx);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
     while options.count.is_none_or(|count| printed < count) {
-        let Some((partition, message)) = streams.next().await else {
+        let Some((partition, next)) = polled.recv().await else {
             break;
         };
-        let message = message.map_err(status_error)?;
-        for record in &message.records {
+        let Some(answer) = next? else {
+            continue;
+        };
+        for record in answer.records() {
             if options.count.is_some_and(|count| printed >= count) {
                 break;
             }
-            let written = write_record(&mut out, options.format, &options.topic, partition, record);
-            match written {
-                Ok(()) => printed += 1,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(error) => return Err(error).context("writing to standard output failed"),
+            let record = record?;
+            let shown = Printed {
+                topic: &options.topic,
+                partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key,
+                value: record.value,
+                headers: record.headers().collect(),
+            };
+            match written(write_record(&mut out, options.format, &shown))? {
+                Written::Yes => printed += 1,
+                Written::ReaderGone => return Ok(()),
             }
         }
-        match out.flush() {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(error) => return Err(error).context("writing to standard output failed"),
+        if let Written::ReaderGone = written(out.flush())? {
+            return Ok(());
         }
     }
     Ok(())

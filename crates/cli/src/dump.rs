@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::out;
+
 use anyhow::{Context, bail};
 use spool_storage::batch::{self, BATCH_PREFIX_BYTES, BatchView};
 use spool_storage::index::{OFFSET_ENTRY_BYTES, OffsetEntry, TIME_ENTRY_BYTES, TimeEntry};
@@ -62,13 +64,13 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
         let batch_bytes = match batch::peek_prefix(&prefix[..available]) {
             Ok((_, batch_bytes)) => batch_bytes as u64,
             Err(error) => {
-                println!("position {position}: error: {error}; the rest of the file is not read");
+                out!("position {position}: error: {error}; the rest of the file is not read");
                 errors += 1;
                 break;
             }
         };
         if position + batch_bytes > file_bytes {
-            println!(
+            out!(
                 "position {position}: error: batch of {batch_bytes} bytes runs past the end of the file ({} bytes left): a torn write",
                 file_bytes - position
             );
@@ -82,7 +84,7 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
         match batch::check_for_append(&buffer) {
             Ok(header) => {
                 let base = header.base_offset.0;
-                println!(
+                out!(
                     "position {position}: offsets {base}..={} ({} records), {batch_bytes} bytes, timestamps {}..={}, crc {:#010x} ok",
                     header.last_offset().0,
                     header.record_count,
@@ -93,7 +95,7 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
                 if let Some(expected) = expected_offset
                     && expected != base
                 {
-                    println!(
+                    out!(
                         "position {position}: error: batch starts at offset {base}, but the previous one ended before {expected}"
                     );
                     errors += 1;
@@ -109,7 +111,7 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
                                 format!("{}={}", String::from_utf8_lossy(h.key), printable(h.value))
                             })
                             .collect();
-                        println!(
+                        out!(
                             "  offset {} timestamp {} key {} value {} headers [{}]",
                             record.offset.0,
                             record.timestamp.0,
@@ -123,13 +125,13 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
                 record_count += u64::from(header.record_count);
             }
             Err(error) => {
-                println!("position {position}: error: {error}");
+                out!("position {position}: error: {error}");
                 errors += 1;
             }
         }
         position += batch_bytes;
     }
-    println!(
+    out!(
         "{batches} batches, {record_count} records, {position} of {file_bytes} bytes read, {errors} error(s)"
     );
     Ok(errors)
@@ -141,10 +143,7 @@ fn read_entries(path: &Path, entry_bytes: usize) -> anyhow::Result<(Vec<Vec<u8>>
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut errors = 0;
     if bytes.len() % entry_bytes != 0 {
-        println!(
-            "error: {} bytes is not a whole number of {entry_bytes}-byte entries",
-            bytes.len()
-        );
+        out!("error: {} bytes is not a whole number of {entry_bytes}-byte entries", bytes.len());
         errors += 1;
     }
     let mut entries: Vec<Vec<u8>> = bytes.chunks_exact(entry_bytes).map(<[u8]>::to_vec).collect();
@@ -162,20 +161,20 @@ fn dump_offset_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
             OffsetEntry::decode(entry[..].try_into().expect("whole entries"));
         let absolute =
             base.map_or_else(String::new, |b| format!(" (offset {})", b + u64::from(relative)));
-        println!("entry {i}: relative offset {relative}{absolute} at position {position}");
+        out!("entry {i}: relative offset {relative}{absolute} at position {position}");
         if position == 0 {
-            println!("entry {i}: error: position 0 is never indexed (the first batch is implied)");
+            out!("entry {i}: error: position 0 is never indexed (the first batch is implied)");
             errors += 1;
         }
         if let Some((r, p)) = previous
             && (relative <= r || position <= p)
         {
-            println!("entry {i}: error: entries must strictly increase in offset and position");
+            out!("entry {i}: error: entries must strictly increase in offset and position");
             errors += 1;
         }
         previous = Some((relative, position));
     }
-    println!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
+    out!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
     Ok(errors)
 }
 
@@ -191,17 +190,15 @@ fn dump_time_index(path: &Path, base: Option<u64>) -> anyhow::Result<u64> {
             });
         let absolute =
             base.map_or_else(String::new, |b| format!(" (offset {})", b + u64::from(relative)));
-        println!("entry {i}: timestamp {timestamp}{time} at relative offset {relative}{absolute}");
+        out!("entry {i}: timestamp {timestamp}{time} at relative offset {relative}{absolute}");
         if let Some((t, r)) = previous
             && (timestamp <= t || relative < r)
         {
-            println!(
-                "entry {i}: error: timestamps must strictly increase and offsets not decrease"
-            );
+            out!("entry {i}: error: timestamps must strictly increase and offsets not decrease");
             errors += 1;
         }
         previous = Some((timestamp, relative));
     }
-    println!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
+    out!("{} entries, {unused} unused preallocated entries, {errors} error(s)", entries.len());
     Ok(errors)
 }

@@ -4,18 +4,14 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
-use spool_client::{GroupConfig, GroupEvent, GroupRecord, OffsetReset, TopicPartition};
-use spool_proto::v1::group_service_client::GroupServiceClient;
-use spool_proto::v1::start_position::Position;
-use spool_proto::v1::{
-    ConsumedRecord, DescribeGroupRequest, GroupDescription, GroupState, Header, ListGroupsRequest,
-    OffsetReset as WireReset, ResetGroupRequest, StartPosition,
+use spool_client::{
+    GroupConfig, GroupEvent, GroupInfo, GroupRecord, OffsetReset, StartAt, TopicPartition,
 };
 
-use crate::client::{connect, parse_from, status_error, write_record};
-use crate::{Format, ServerArg};
+use crate::client::{Printed, Written, connect, parse_from, write_record, written};
+use crate::{Format, ServerArg, out};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GroupCommand {
@@ -60,34 +56,32 @@ fn partition_name(p: &TopicPartition) -> String {
     format!("{}/{}", p.topic, p.partition)
 }
 
-fn wire_partition_name(p: &spool_proto::v1::TopicPartition) -> String {
-    format!("{}/{}", p.topic, p.partition)
-}
-
-/// A consumed record as the printing code takes it (its bytes are shared, not copied).
-fn wire_record(record: &GroupRecord) -> ConsumedRecord {
-    ConsumedRecord {
+/// A group member's record as the printing code takes it.
+fn shown<'a>(topic: &'a str, partition: u32, record: &'a GroupRecord) -> Printed<'a> {
+    Printed {
+        topic,
+        partition,
         offset: record.offset,
         timestamp_ms: record.timestamp_ms,
-        key: record.key.clone(),
-        value: record.value.clone(),
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
         headers: record
             .headers
             .iter()
-            .map(|(key, value)| Header { key: key.clone(), value: value.clone() })
+            .map(|(key, value)| (key.as_bytes(), value.as_deref()))
             .collect(),
     }
 }
 
-/// Prints what the group gives this member until --count, the end (without --follow) or
-/// Ctrl-C; then commits what was printed and leaves.
+/// Prints what the group gives this member until --count, the end (without --follow),
+/// Ctrl-C or SIGTERM; then commits what was printed and leaves.
 pub(crate) async fn consume(
     server: &ServerArg,
     options: GroupConsumeOptions,
 ) -> anyhow::Result<()> {
-    let reset = match parse_from(&options.from)? {
-        Position::Earliest(_) => OffsetReset::Earliest,
-        Position::Latest(_) => OffsetReset::Latest,
+    let reset = match parse_from("--from", &options.from)? {
+        StartAt::Earliest => OffsetReset::Earliest,
+        StartAt::Latest => OffsetReset::Latest,
         _ => bail!(
             "--from with --group is where to start without a committed offset: earliest or latest"
         ),
@@ -101,13 +95,15 @@ pub(crate) async fn consume(
         },
         ..GroupConfig::new(&options.group, &[&options.topic])
     };
-    let client = crate::request::client(server).await?;
+    let client = connect(server).await?;
     let mut consumer = client.group_consumer(config).await?;
     eprintln!("spool: joined group {} as member {}", options.group, consumer.member_id());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
-    let interrupted = tokio::signal::ctrl_c();
+    // SIGTERM (kill, systemd, container runtimes) stops the member as Ctrl-C does: it
+    // commits what was printed and leaves the group.
+    let interrupted = crate::stop_requested();
     tokio::pin!(interrupted);
     loop {
         if options.count.is_some_and(|count| printed >= count)
@@ -137,41 +133,29 @@ pub(crate) async fn consume(
                 consumer.set_position(&records.topic, records.partition, record.offset)?;
                 break;
             }
-            let wire = wire_record(record);
-            match write_record(&mut out, options.format, &records.topic, records.partition, &wire) {
-                Ok(()) => printed += 1,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(error) => return Err(error).context("writing to standard output failed"),
+            let shown = shown(&records.topic, records.partition, record);
+            match written(write_record(&mut out, options.format, &shown))? {
+                Written::Yes => printed += 1,
+                Written::ReaderGone => return Ok(()),
             }
         }
-        match out.flush() {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(error) => return Err(error).context("writing to standard output failed"),
+        if let Written::ReaderGone = written(out.flush())? {
+            return Ok(());
         }
     }
     Ok(consumer.close().await?)
 }
 
-fn state_name(state: i32) -> &'static str {
-    match GroupState::try_from(state) {
-        Ok(GroupState::Empty) => "EMPTY",
-        Ok(GroupState::Rebalancing) => "REBALANCING",
-        Ok(GroupState::Stable) => "STABLE",
-        Ok(GroupState::Unspecified) | Err(_) => "UNKNOWN",
-    }
-}
-
-fn print_group(group: &GroupDescription) {
-    let reset = match WireReset::try_from(group.reset) {
-        Ok(WireReset::Latest) => "latest",
-        Ok(WireReset::Earliest) => "earliest",
-        _ => "-",
+fn print_group(group: &GroupInfo) {
+    let reset = match group.reset {
+        Some(OffsetReset::Latest) => "latest",
+        Some(OffsetReset::Earliest) => "earliest",
+        None => "-",
     };
-    println!(
+    out!(
         "{}\tstate={}\tgeneration={}\tmembers={}\ttopics={}\treset={}",
         group.name,
-        state_name(group.state),
+        group.state,
         group.generation,
         group.members.len(),
         if group.topics.is_empty() { "-".to_owned() } else { group.topics.join(",") },
@@ -180,44 +164,33 @@ fn print_group(group: &GroupDescription) {
 }
 
 pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::Result<()> {
-    let mut client = GroupServiceClient::new(connect(server).await?);
+    let client = connect(server).await?;
     match command {
         GroupCommand::List => {
-            let listed =
-                client.list_groups(ListGroupsRequest {}).await.map_err(status_error)?.into_inner();
-            for group in &listed.groups {
+            for group in &client.list_groups().await? {
                 print_group(group);
             }
         }
         GroupCommand::Describe { group } => {
-            let described = client
-                .describe_group(DescribeGroupRequest { group })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let Some(group) = described.group else {
-                bail!("the server sent an empty description")
-            };
+            let group = client.describe_group(&group).await?;
             print_group(&group);
             for member in &group.members {
-                let owned: Vec<String> = member.owned.iter().map(wire_partition_name).collect();
-                let revoking: Vec<String> =
-                    member.revoking.iter().map(wire_partition_name).collect();
-                print!(
-                    "  member {}\tsession_timeout_ms={}\towned=[{}]",
+                let owned: Vec<String> = member.owned.iter().map(partition_name).collect();
+                let revoking: Vec<String> = member.revoking.iter().map(partition_name).collect();
+                let revoking = match revoking.is_empty() {
+                    true => String::new(),
+                    false => format!("\trevoking=[{}]", revoking.join(",")),
+                };
+                out!(
+                    "  member {}\tsession_timeout_ms={}\towned=[{}]{revoking}",
                     member.member_id,
                     member.session_timeout_ms,
                     owned.join(",")
                 );
-                if revoking.is_empty() {
-                    println!()
-                } else {
-                    println!("\trevoking=[{}]", revoking.join(","))
-                }
             }
             let optional = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
             for p in &group.partitions {
-                println!(
+                out!(
                     "  partition {}/{}\towner={}{}\tcommitted={}\tlog_end={}\tlag={}",
                     p.topic,
                     p.partition,
@@ -230,22 +203,9 @@ pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::
             }
         }
         GroupCommand::Reset { group, topic, to } => {
-            let position = parse_from(&to)
-                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--from", "--to")))?;
-            let reset = client
-                .reset_group(ResetGroupRequest {
-                    group: group.clone(),
-                    topic,
-                    to: Some(StartPosition { position: Some(position) }),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            for offset in &reset.offsets {
-                println!(
-                    "{group}\t{}/{}\tcommitted={}",
-                    offset.topic, offset.partition, offset.offset
-                );
+            let to = parse_from("--to", &to)?;
+            for (partition, offset) in client.reset_group(&group, &topic, to).await? {
+                out!("{group}\t{}/{}\tcommitted={offset}", partition.topic, partition.partition);
             }
         }
     }

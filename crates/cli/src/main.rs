@@ -1,7 +1,8 @@
 //! `spool`: the one binary. `spool serve` runs the server; the other commands are its
 //! clients (`topic`, `produce`, `consume`), except `dump`, which reads files offline.
 //!
-//! Errors print one line, `spool: ...`, and exit with status 1.
+//! Errors print one line, `spool: ...`, and exit with status 1. Every client command goes
+//! through spool-client.
 
 mod client;
 mod config;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use spool_client::Acks;
 
 /// Spool: a durable, log-structured event store.
 #[derive(Debug, Parser)]
@@ -55,9 +57,14 @@ enum Command {
         /// A header for every event, as NAME=VALUE; repeat for more.
         #[arg(long = "header", value_name = "NAME=VALUE")]
         headers: Vec<String>,
-        /// What to wait for: nothing, the append, or the sync to disk.
-        #[arg(long, value_enum)]
-        acks: Option<AcksArg>,
+        /// What to wait for: none (nothing), leader (the append) or all (the sync to disk)
+        /// [default: all, or leader on an fsync `never` topic, which refuses all].
+        #[arg(long, value_name = "LEVEL")]
+        acks: Option<Acks>,
+        /// Print nothing on standard error but errors (by default: how many records were
+        /// stored, in which partitions and at which offsets).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Print events, one line each.
     Consume {
@@ -149,9 +156,12 @@ enum Command {
     },
 }
 
+/// How a client command reaches the server. These flags may also come before the command
+/// (`spool --server URL topic list`).
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Connection")]
 struct ServerArg {
-    /// The server's URL.
+    /// The server's URL; `HOST:PORT` means `http://HOST:PORT`.
     #[arg(long, env = "SPOOL_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
     server: String,
     /// The bearer token to send (better from the environment than on the command line).
@@ -173,15 +183,19 @@ enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
+        /// How many partitions (1 to 256); a key always lands in the same one.
+        #[arg(long, default_value_t = 1, value_parser = parse_partitions)]
         partitions: u32,
         /// always, interval:MS or never.
         #[arg(long, default_value = "always")]
         fsync: String,
+        /// Delete segments older than this many milliseconds [default: keep forever].
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// Delete old segments while the partition is larger than this [default: no limit].
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// Roll to a new segment at this size [default: the server's, 1 GiB].
         #[arg(long)]
         segment_bytes: Option<u64>,
     },
@@ -203,16 +217,10 @@ enum TopicCommand {
         /// Delete old segments while the partition stays this large; 0 removes the limit.
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// Roll to a new segment at this size.
         #[arg(long)]
         segment_bytes: Option<u64>,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AcksArg {
-    None,
-    Leader,
-    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,8 +229,102 @@ enum Format {
     Json,
 }
 
+/// A partition count: the server checks the upper bound; 0 is never a count.
+fn parse_partitions(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("a topic has at least one partition".to_owned()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("not a partition count: {error}")),
+    }
+}
+
+/// The connection flags a client command also takes before its name.
+const CONNECTION_FLAGS: [&str; 5] =
+    ["--server", "--token", "--ca-cert", "--client-cert", "--client-key"];
+/// The commands that take them.
+const CLIENT_COMMANDS: [&str; 6] = ["topic", "produce", "consume", "group", "request", "respond"];
+
+/// Moves connection flags written before a client command's name to just after it, where
+/// clap reads them: `spool --server URL topic list` is `spool topic --server URL list`.
+fn connection_flags_after_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut leading = Vec::new();
+    let mut index = 1;
+    while let Some(arg) = args.get(index).and_then(|a| a.to_str()) {
+        let flag = arg.split_once('=').map_or(arg, |(flag, _)| flag);
+        if !CONNECTION_FLAGS.contains(&flag) {
+            break;
+        }
+        let takes_next = !arg.contains('=');
+        let end = (index + 1 + usize::from(takes_next)).min(args.len());
+        leading.extend_from_slice(&args[index..end]);
+        index = end;
+    }
+    let command = args.get(index).and_then(|a| a.to_str());
+    if leading.is_empty() || !command.is_some_and(|c| CLIENT_COMMANDS.contains(&c)) {
+        return args;
+    }
+    let mut moved = vec![args[0].clone(), args[index].clone()];
+    moved.extend(leading);
+    moved.extend_from_slice(&args[index + 1..]);
+    moved
+}
+
+/// An error and its causes on one line, each message once (a cause's text is often part of
+/// the message that wraps it already).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (kill, systemd, container runtimes).
+pub(crate) async fn stop_requested() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops this command");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Writes a line to standard output; when the reader went away (`spool topic list | head -1`)
+/// the command has nothing left to do and ends quietly.
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("spool: writing to standard output failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that ends the command quietly when standard output's reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::print_line(format_args!($($arg)*)) };
+}
+pub(crate) use out;
+
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let args = connection_flags_after_command(std::env::args_os().collect());
+    let matches = <Cli as clap::CommandFactory>::command().get_matches_from(args);
     let cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
@@ -243,8 +345,8 @@ fn main() -> ExitCode {
         Command::Topic { server, command } => {
             block_on(async move { client::topic(&server, command).await })
         }
-        Command::Produce { server, topic, partition, key, headers, acks } => {
-            let options = client::ProduceOptions { topic, partition, key, headers, acks };
+        Command::Produce { server, topic, partition, key, headers, acks, quiet } => {
+            let options = client::ProduceOptions { topic, partition, key, headers, acks, quiet };
             block_on(async move { client::produce(&server, options).await })
         }
         Command::Consume {
@@ -298,7 +400,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("spool: {error:#}");
+            eprintln!("spool: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -10,16 +10,7 @@ use anyhow::{Context, bail};
 use spool_client::{GroupConfig, Record, Request, RequestError, RequesterConfig, Responder};
 
 use crate::ServerArg;
-use crate::client::connect_channel;
-
-/// A `spool-client` client for the server named on the command line (TLS and token as given).
-pub(crate) async fn client(server: &ServerArg) -> anyhow::Result<spool_client::Client> {
-    let client = spool_client::Client::from_channel(connect_channel(server).await?);
-    Ok(match &server.token {
-        Some(token) => client.with_bearer_token(token)?,
-        None => client,
-    })
-}
+use crate::client::connect;
 
 /// The most bytes of a command's output `spool respond` sends as a reply (a reply must fit
 /// in one batch with room for its headers).
@@ -75,7 +66,7 @@ pub(crate) async fn request(server: &ServerArg, options: RequestOptions) -> anyh
         reply_partition: options.reply_partition,
         timeout: options.timeout,
     };
-    let client = client(server).await?;
+    let client = connect(server).await?;
     let requester = client.requester(&options.topic, config).await?;
     let mut record = Record::value(&value);
     if let Some(key) = &options.key {
@@ -113,7 +104,7 @@ pub(crate) async fn respond(server: &ServerArg, options: RespondOptions) -> anyh
         session_timeout: Duration::from_millis(u64::from(options.session_timeout_ms)),
         ..GroupConfig::new(&options.group, &[&options.topic])
     };
-    let client = client(server).await?;
+    let client = connect(server).await?;
     eprintln!("spool: answering {} as group {} with {program}", options.topic, options.group);
     let command = Arc::new(options.command);
     let handler = move |request: Request| {
@@ -125,13 +116,7 @@ pub(crate) async fn respond(server: &ServerArg, options: RespondOptions) -> anyh
                 .map_err(|error| format!("the command's task failed: {error}"))?
         }
     };
-    let interrupted = async {
-        // Without a signal handler Ctrl-C ends the process at once, which is still correct:
-        // what was not committed is answered again.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let interrupted = crate::stop_requested();
     Responder::with_config(&client, config).run(handler, interrupted).await?;
     Ok(())
 }

@@ -104,7 +104,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(reload_on_hangup(tokens.clone()));
     }
     let options = ServeOptions { tls, tokens, metrics, http, serving: Some(serving) };
-    spool_server::run(listener, data, options, shutdown_signal()).await?;
+    spool_server::run(listener, data, options, crate::stop_requested()).await?;
     if config.log_format.value == LogFormat::Human {
         eprintln!("spool: stopped cleanly");
     }
@@ -128,22 +128,5 @@ async fn reload_on_hangup(tokens: Arc<Authenticator>) {
             }
             Err(error) => tracing::error!(%error, "SIGHUP: reloading the token file panicked"),
         }
-    }
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

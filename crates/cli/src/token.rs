@@ -5,6 +5,8 @@
 
 use std::io::Read;
 
+use crate::out;
+
 use anyhow::{Context, bail};
 use spool_server::auth::token_digest_hex;
 
@@ -31,16 +33,16 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
                 .context("cannot read /dev/urandom")?;
             let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
             let token = format!("spool_{token}");
-            println!("{token}");
-            println!();
-            println!("# Add to the token file, and name what the token may do:");
-            println!("[[token]]");
-            println!("name = {}", toml::Value::String(name));
-            println!("sha256 = \"{}\"", token_digest_hex(&token));
-            println!(
+            out!("{token}");
+            out!("");
+            out!("# Add to the token file, and name what the token may do:");
+            out!("[[token]]");
+            out!("name = {}", toml::Value::String(name));
+            out!("sha256 = \"{}\"", token_digest_hex(&token));
+            out!(
                 "topics = {{ }}  # e.g. {{ \"orders\" = [\"produce\", \"consume\"], \"logs.*\" = [\"administer\"] }}"
             );
-            println!("groups = {{ }}  # e.g. {{ \"billing-*\" = [\"consume\"] }}");
+            out!("groups = {{ }}  # e.g. {{ \"billing-*\" = [\"consume\"] }}");
             Ok(())
         }
         TokenCommand::Hash => {
@@ -50,7 +52,7 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
             if token.is_empty() {
                 bail!("no token on standard input");
             }
-            println!("{}", token_digest_hex(token));
+            out!("{}", token_digest_hex(token));
             Ok(())
         }
     }

@@ -59,15 +59,46 @@ impl ErrorCode {
         }
     }
 
+    /// The code's name as gRPC and the `.proto` files spell it (`NOT_FOUND`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorCode::OutOfRange => "OUT_OF_RANGE",
+            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorCode::DataLoss => "DATA_LOSS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::Other(code) => match Code::from_i32(code) {
+                Code::Ok => "OK",
+                Code::Cancelled => "CANCELLED",
+                Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+                Code::Aborted => "ABORTED",
+                Code::Unimplemented => "UNIMPLEMENTED",
+                _ => "UNKNOWN",
+            },
+        }
+    }
+
     /// The code of a `ProduceError.code` field on the produce stream.
     pub(crate) fn from_i32(code: i32) -> ErrorCode {
         ErrorCode::from_code(Code::from_i32(code))
     }
 }
 
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What the server answered when it refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{message} ({code:?})")]
+#[error("{message} ({code})")]
 pub struct ServerError {
     pub code: ErrorCode,
     pub message: String,
@@ -82,10 +113,14 @@ impl From<Status> for ServerError {
 /// Why [`crate::Client::connect`] failed.
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    #[error("{url:?} is not a server URL (like http://127.0.0.1:7070): {source}")]
-    BadUrl { url: String, source: tonic::transport::Error },
-    #[error("cannot connect to the server at {url}: {source}")]
-    Unreachable { url: String, source: tonic::transport::Error },
+    #[error("{url:?} is not a server URL (like http://127.0.0.1:7070): {reason}")]
+    BadUrl { url: String, reason: String },
+    /// Nothing answered at the address, or the connection failed; `reason` is the cause,
+    /// with a hint where one helps (a refused connection: is `spool serve` running there?).
+    #[error("cannot connect to the server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the TLS settings are not usable: {reason}")]
+    Tls { reason: String },
     #[error("a bearer token must be printable ASCII")]
     BadToken,
 }
@@ -121,7 +156,10 @@ pub enum ProduceError {
     #[error("the record is refused before sending: {reason}")]
     InvalidRecord { reason: String },
     /// The record names a partition the topic does not have.
-    #[error("topic {topic} has partitions 0..{partitions}; partition {partition} does not exist")]
+    #[error(
+        "topic {topic} has partitions 0 to {}; partition {partition} does not exist",
+        .partitions.saturating_sub(1)
+    )]
     UnknownPartition { topic: String, partition: u32, partitions: u32 },
     /// The producer was closed, or failed earlier (see [`ProduceError::Disconnected`]).
     #[error("the producer is closed")]

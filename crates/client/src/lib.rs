@@ -78,6 +78,7 @@
 mod consumer;
 mod error;
 mod group;
+mod group_admin;
 mod handler;
 mod producer;
 mod request;
@@ -90,7 +91,7 @@ use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::{Encoding, SubscribeRequest};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use consumer::{ConsumedRecord, Consumer, Follow, Polled, Records, StartAt};
 pub use error::{
@@ -101,6 +102,7 @@ pub use group::{
     Assignment, CommitMode, GroupConfig, GroupConsumer, GroupEvent, GroupRecord, GroupRecords,
     OffsetReset, TopicPartition,
 };
+pub use group_admin::{GroupInfo, GroupPartitionInfo, GroupState, MemberInfo};
 pub use handler::{
     DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_GROUP_HEADER, DLQ_OFFSET_HEADER,
     DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, Event, HandlerConfig, HandlerError, HandlerStats,
@@ -114,7 +116,7 @@ pub use request::{
     CORRELATION_ID_HEADER, ERROR_HEADER, PendingReply, REPLY_PARTITION_HEADER, REPLY_TO_HEADER,
     Reply, Request, RequestError, Requester, RequesterConfig, Responder,
 };
-pub use topics::{Fsync, PartitionInfo, TopicInfo, TopicSettings};
+pub use topics::{Fsync, PartitionInfo, TopicChange, TopicInfo, TopicSettings};
 
 /// A connection to a Spool server. Cheap to clone; producers and consumers made from it
 /// share its HTTP/2 connection unless built on their own ([`Client::connect`] again).
@@ -138,6 +140,55 @@ pub type Transport = InterceptedService<Channel, BearerToken>;
 #[derive(Debug, Clone, Default)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
+/// How [`Client::connect_with`] connects, beside the URL.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer TOKEN` with every call.
+    pub token: Option<String>,
+    /// The CA (PEM) that signed an `https://` server's certificate.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// A client certificate and its private key (PEM), for a server that requires mutual
+    /// TLS.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// An error and its sources as one line, each message once: transport errors wrap the same
+/// text at several levels ("tcp connect error: tcp connect error: ...").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ")
+}
+
+/// Why a connection failed, with what to do about the common causes.
+fn unreachable_reason(error: &tonic::transport::Error) -> String {
+    let mut reason = error_chain(error);
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    reason.push_str(" (is `spool serve` running at that address?)")
+                }
+                std::io::ErrorKind::InvalidData => reason.push_str(
+                    " (the server did not answer TLS: is it serving plaintext? try http://)",
+                ),
+                _ => {}
+            }
+            break;
+        }
+        next = error.source();
+    }
+    reason
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(
         &mut self,
@@ -160,9 +211,13 @@ impl tonic::service::Interceptor for BearerToken {
 /// - The server may send frames of up to [`HTTP2_FRAME_BYTES_MAX`] (HTTP/2's default is
 ///   16 KiB): it writes each frame to the socket with its own call, so a 1 MiB subscribe
 ///   answer went out in 64 writes, now in one.
+///
+/// An address without a scheme (`127.0.0.1:7070`, as `spool serve` prints it) means
+/// `http://`.
 pub fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|source| ConnectError::BadUrl { url: url.to_owned(), source })?
+    let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+    Ok(Endpoint::from_shared(url.clone())
+        .map_err(|error| ConnectError::BadUrl { url, reason: error_chain(&error) })?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
@@ -173,11 +228,40 @@ pub fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
 impl Client {
     /// Connects to a server at a URL like `http://127.0.0.1:7070`, through [`endpoint`].
     pub async fn connect(url: &str) -> Result<Client, ConnectError> {
-        let channel = endpoint(url)?
-            .connect()
-            .await
-            .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source })?;
-        Ok(Client { channel, token: BearerToken::default() })
+        Client::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects with TLS settings and a token: what `spool`'s `--server`, `--ca-cert`,
+    /// `--client-cert`/`--client-key` and `--token` flags set. TLS applies to `https://`
+    /// URLs; no system roots are compiled in, so name the server's CA.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ConnectError> {
+        let mut endpoint = endpoint(url)?;
+        let url = endpoint.uri().to_string();
+        if endpoint.uri().scheme_str() == Some("https") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &options.ca_cert_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &options.client_identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|error| ConnectError::Tls { reason: error_chain(&error) })?;
+        } else if options.ca_cert_pem.is_some() || options.client_identity_pem.is_some() {
+            return Err(ConnectError::Tls {
+                reason: format!("{url} is not an https:// URL, so its certificates are not used"),
+            });
+        }
+        let channel = endpoint.connect().await.map_err(|error| ConnectError::Unreachable {
+            reason: unreachable_reason(&error),
+            url,
+        })?;
+        let client = Client { channel, token: BearerToken::default() };
+        match &options.token {
+            Some(token) => client.with_bearer_token(token),
+            None => Ok(client),
+        }
     }
 
     /// A client over a channel built by the caller (TLS, timeouts, ...).

@@ -94,6 +94,30 @@ pub enum Acks {
     All,
 }
 
+impl std::str::FromStr for Acks {
+    type Err = String;
+
+    /// `none`, `leader` or `all`, as the `spool` command and the docs spell them.
+    fn from_str(text: &str) -> Result<Acks, String> {
+        match text {
+            "none" => Ok(Acks::None),
+            "leader" => Ok(Acks::Leader),
+            "all" => Ok(Acks::All),
+            other => Err(format!("{other:?} is not an acks level: use none, leader or all")),
+        }
+    }
+}
+
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Acks::None => "none",
+            Acks::Leader => "leader",
+            Acks::All => "all",
+        })
+    }
+}
+
 impl Acks {
     fn wire(self) -> spool_proto::v1::Acks {
         match self {

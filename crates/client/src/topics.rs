@@ -1,10 +1,10 @@
-//! Creating, describing and deleting topics.
+//! Creating, listing, describing, altering and deleting topics.
 
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy, TopicConfig,
-    TopicDescription,
+    AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy,
+    ListTopicsRequest, TopicConfig, TopicDescription,
 };
 
 use crate::Client;
@@ -63,12 +63,28 @@ impl Default for TopicSettings {
     }
 }
 
+/// Changes to a live topic's settings; `None` leaves a setting as it is, and a retention
+/// limit of 0 removes it. Each takes effect without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    pub fsync: Option<Fsync>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: Option<u64>,
+}
+
 /// A topic as the server describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
     pub partitions: u32,
     pub fsync: Fsync,
+    /// Segments older than this are deleted; `None`: no limit.
+    pub retention_ms: Option<u64>,
+    /// Old segments are deleted while the partition is larger; `None`: no limit.
+    pub retention_bytes: Option<u64>,
+    /// The size at which a segment is rolled; `None`: the server's default.
+    pub segment_bytes: Option<u64>,
     /// Per partition, when described (empty from a create).
     pub partition_states: Vec<PartitionInfo>,
 }
@@ -90,6 +106,9 @@ impl TopicInfo {
             name: description.name,
             partitions: config.partitions,
             fsync: Fsync::from_wire(config.fsync.as_ref()),
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            segment_bytes: config.segment_bytes,
             partition_states: description
                 .partitions
                 .into_iter()
@@ -133,6 +152,29 @@ impl Client {
         let request = DescribeTopicRequest { name: name.to_owned() };
         let described = self.topics().describe_topic(request).await?.into_inner();
         Ok(TopicInfo::from_wire(described.topic.unwrap_or_default()))
+    }
+
+    /// Every topic, described as [`Client::describe_topic`] does.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, AdminError> {
+        let listed = self.topics().list_topics(ListTopicsRequest {}).await?.into_inner();
+        Ok(listed.topics.into_iter().map(TopicInfo::from_wire).collect())
+    }
+
+    /// Changes a live topic's settings and returns it as it is now.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        change: TopicChange,
+    ) -> Result<TopicInfo, AdminError> {
+        let request = AlterTopicRequest {
+            name: name.to_owned(),
+            fsync: change.fsync.map(Fsync::wire),
+            retention_ms: change.retention_ms,
+            retention_bytes: change.retention_bytes,
+            segment_bytes: change.segment_bytes,
+        };
+        let altered = self.topics().alter_topic(request).await?.into_inner();
+        Ok(TopicInfo::from_wire(altered.topic.unwrap_or_default()))
     }
 
     /// Deletes a topic and all its records.
