@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use bytes::BytesMut;
 use spool_broker::limits::INTERNAL_LOG_COMPACT_BYTES;
 use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
-use spool_storage::fs::{FileSystem, StdFileSystem};
+use spool_storage::fs::{FileSystem, StdFileSystem, remove_dir_all_durably};
 use spool_storage::{FsyncPolicy, Log, LogConfig, OpenError, ReadError, TimestampMs};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -207,16 +207,6 @@ fn internal_config() -> LogConfig {
     }
 }
 
-/// Removes a log directory: its files, itself, then fsyncs its parent. Log directories hold
-/// files only.
-fn remove_log_dir(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<()> {
-    for name in fs.list_dir(dir)? {
-        fs.remove_file(&dir.join(name))?;
-    }
-    fs.remove_dir(dir)?;
-    fs.sync_dir(dir.parent().expect("a log directory has a parent"))
-}
-
 /// Clears what an interrupted compaction left in `base` and returns the generation in use.
 fn settle_generations(fs: &dyn FileSystem, base: &Path) -> std::io::Result<u64> {
     fs.create_dir_all(base)?;
@@ -228,7 +218,7 @@ fn settle_generations(fs: &dyn FileSystem, base: &Path) -> std::io::Result<u64> 
         let superseded = name.parse::<u64>().is_ok_and(|generation| generation < current);
         if unfinished || superseded {
             tracing::info!(path = %base.join(name).display(), "removing what an interrupted compaction left");
-            remove_log_dir(fs, &base.join(name))?;
+            remove_dir_all_durably(fs, &base.join(name))?;
         }
     }
     Ok(current)
@@ -355,7 +345,7 @@ impl Current {
             move |error: &dyn std::fmt::Display| format!("{path}: {error}")
         };
         if fs.exists(&temporary).map_err(|e| at(&temporary)(&e))? {
-            remove_log_dir(&*fs, &temporary).map_err(|e| at(&temporary)(&e))?;
+            remove_dir_all_durably(&*fs, &temporary).map_err(|e| at(&temporary)(&e))?;
         }
         let now = TimestampMs::now();
         let mut fresh = Log::open(fs.clone(), &temporary, internal_config(), now)

@@ -690,7 +690,7 @@ mod tests {
 
     use bytes::BytesMut;
     use spool_storage::batch::{BatchBuilder, ProducerStamp};
-    use spool_storage::fs::{File, FileSystem, MappedFile, OpenMode};
+    use spool_storage::fs::{EntryKind, File, FileSystem, MappedFile, OpenMode};
     use spool_storage::sim::SimFileSystem;
 
     use super::*;
@@ -767,6 +767,9 @@ mod tests {
         }
         fn exists(&self, path: &Path) -> io::Result<bool> {
             self.disk.exists(path)
+        }
+        fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+            self.disk.entry_kind(path)
         }
         fn remove_file(&self, path: &Path) -> io::Result<()> {
             self.disk.remove_file(path)

@@ -497,30 +497,22 @@ impl Opener<'_> {
 /// The file that holds the recovery point, in decimal.
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";
 
-/// Records durably that every segment below `offset` was fsynced whole: write a temporary
-/// file, fsync it, rename it over the old one, fsync the directory.
+/// Records durably that every segment below `offset` was fsynced whole, with
+/// [`crate::fs::write_atomically`].
 pub(crate) fn write_recovery_point(
     fs: &dyn FileSystem,
     dir: &Path,
     offset: Offset,
 ) -> std::io::Result<()> {
-    stage_recovery_point(fs, dir, offset)?;
-    fs.sync_dir(dir)
+    crate::fs::write_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }
 
-/// [`write_recovery_point`] but the directory sync, for a caller that syncs the directory
-/// anyway.
+/// [`write_recovery_point`] but the directory sync ([`crate::fs::stage_atomically`]), for a
+/// caller that syncs the directory anyway.
 pub(crate) fn stage_recovery_point(
     fs: &dyn FileSystem,
     dir: &Path,
     offset: Offset,
 ) -> std::io::Result<()> {
-    let temporary = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
-    if fs.exists(&temporary)? {
-        fs.remove_file(&temporary)?;
-    }
-    let file = fs.open(&temporary, OpenMode::CreateNew)?;
-    file.write_all_at(offset.0.to_string().as_bytes(), 0)?;
-    file.sync_data()?;
-    fs.rename(&temporary, &dir.join(RECOVERY_POINT_FILE))
+    crate::fs::stage_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::fs::{File, FileSystem, MappedFile, OpenMode};
+use crate::fs::{EntryKind, File, FileSystem, MappedFile, OpenMode};
 
 /// Faults to inject; all off by default.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +275,17 @@ impl FileSystem for SimFileSystem {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         let state = lock(&self.state);
         Ok(state.files.contains_key(path) || state.dirs.contains(path))
+    }
+
+    fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+        let state = lock(&self.state);
+        Ok(if state.files.contains_key(path) {
+            Some(EntryKind::File)
+        } else if state.dirs.contains(path) {
+            Some(EntryKind::Directory)
+        } else {
+            None
+        })
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
