@@ -24,7 +24,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use spool_storage::fs::{FileSystem, OpenMode, remove_dir_all_durably, write_atomically};
+use spool_storage::fs::{
+    FileSystem, OpenMode, create_dir_all_durably, remove_dir_all_durably, write_atomically,
+};
 use spool_storage::{DeleteError, Log, OpenError, TimestampMs};
 use thiserror::Error;
 
@@ -114,7 +116,7 @@ impl Registry {
             let path = path.to_path_buf();
             move |source| OpenRegistryError::Io { path, source }
         };
-        fs.create_dir_all(&topics_dir).map_err(io_at(&topics_dir))?;
+        create_dir_all_durably(fs.as_ref(), &topics_dir).map_err(io_at(&topics_dir))?;
         let mut names = fs.list_dir(&topics_dir).map_err(io_at(&topics_dir))?;
         names.sort();
         let mut registry = Registry { fs: fs.clone(), topics_dir, topics: BTreeMap::new() };
@@ -201,8 +203,7 @@ impl Registry {
         };
         // A directory without meta.json is only a leftover (see the module docs).
         remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
-        fs.create_dir_all(&dir).map_err(io_at(&dir))?;
-        fs.sync_dir(&self.topics_dir).map_err(io_at(&self.topics_dir))?;
+        create_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
         let mut logs = Vec::with_capacity(config.partitions() as usize);
         for partition in 0..config.partitions() {
             let log = Log::open(

@@ -50,7 +50,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use bytes::BytesMut;
 use spool_broker::limits::INTERNAL_LOG_COMPACT_BYTES;
 use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
-use spool_storage::fs::{FileSystem, StdFileSystem, remove_dir_all_durably};
+use spool_storage::fs::{
+    FileSystem, StdFileSystem, create_dir_all_durably, remove_dir_all_durably,
+};
 use spool_storage::{FsyncPolicy, Log, LogConfig, OpenError, ReadError, TimestampMs};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -209,7 +211,7 @@ fn internal_config() -> LogConfig {
 
 /// Clears what an interrupted compaction left in `base` and returns the generation in use.
 fn settle_generations(fs: &dyn FileSystem, base: &Path) -> std::io::Result<u64> {
-    fs.create_dir_all(base)?;
+    create_dir_all_durably(fs, base)?;
     let names = fs.list_dir(base)?;
     let generations: Vec<u64> = names.iter().filter_map(|name| name.parse().ok()).collect();
     let current = generations.iter().copied().max().unwrap_or(0);

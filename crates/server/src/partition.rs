@@ -752,8 +752,8 @@ mod tests {
     }
 
     impl FileSystem for GatedFs {
-        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            self.disk.create_dir_all(path)
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.create_dir(path)
         }
         fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
             self.disk.list_dir(path)

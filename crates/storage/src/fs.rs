@@ -7,9 +7,9 @@
 //!
 //! The protocols that make changes to the namespace durable are written once, here, on top of
 //! the trait, so that every caller follows the same order of writes and fsyncs and every
-//! caller's use of them can be crash-tested on the simulator: [`write_atomically`] (and
-//! [`stage_atomically`]) replaces a small file, and [`remove_dir_all_durably`] removes a
-//! directory tree.
+//! caller's use of them can be crash-tested on the simulator: [`create_dir_all_durably`] makes
+//! a directory and those above it, [`write_atomically`] (and [`stage_atomically`]) replaces a
+//! small file, and [`remove_dir_all_durably`] removes a directory tree.
 
 use std::fmt::Debug;
 use std::io;
@@ -40,7 +40,9 @@ pub enum EntryKind {
 }
 
 pub trait FileSystem: Send + Sync + Debug + 'static {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates one directory, whose parent exists; an error if something is at `path`. The new
+    /// entry is durable only once the parent is synced: use [`create_dir_all_durably`].
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// The names (not paths) of the entries directly inside `path`.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>>;
@@ -112,8 +114,8 @@ impl StdFileSystem {
 }
 
 impl FileSystem for StdFileSystem {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -171,6 +173,40 @@ impl FileSystem for StdFileSystem {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
     }
+}
+
+/// Creates the directory `dir` and every missing directory above it, durably: once this
+/// returns, all of them survive a crash.
+///
+/// Order of writes and fsyncs, for each missing directory from the top down:
+///
+/// 1. Create the directory.
+/// 2. Fsync its parent, so that the new entry is durable before anything is made inside it.
+///
+/// A crash part way leaves the upper directories and not the lower ones, so whatever a crash
+/// leaves has every directory above it. Directories that exist already, symbolic links to
+/// directories among them (a data directory on another disk, say), are used as they are.
+pub fn create_dir_all_durably(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(path) = next {
+        if fs.exists(path)? {
+            break;
+        }
+        missing.push(path);
+        next = parent_dir(path);
+    }
+    for path in missing.into_iter().rev() {
+        match fs.create_dir(path) {
+            Ok(()) => {}
+            // Made meanwhile by another thread, which may not have synced the parent yet: the
+            // sync below covers it too.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        fs.sync_dir(parent_dir(path).expect("a missing directory is not a root"))?;
+    }
+    Ok(())
 }
 
 /// Replaces the file `name` in `dir` by one holding `bytes`, atomically and durably: whatever

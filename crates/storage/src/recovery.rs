@@ -3,8 +3,9 @@
 //!
 //! Steps, in order:
 //!
-//! 1. Remove leftovers: `*.tmp` files and index files whose log file is gone. Fsync the
-//!    directory if anything was removed.
+//! 1. Create the log directory and any missing above it, each made durable by an fsync of
+//!    its parent (`fs::create_dir_all_durably`). Remove leftovers: `*.tmp` files and index
+//!    files whose log file is gone. Fsync the directory if anything was removed.
 //! 2. Decide whether the last shutdown was clean: the `clean-shutdown` file exists and holds
 //!    the next offset that the segments end at. If it was not, read the recovery point
 //!    (`recovery-point`): every segment below it was fsynced whole.
@@ -118,7 +119,7 @@ impl Log {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
         };
-        fs.create_dir_all(dir).map_err(at(dir))?;
+        crate::fs::create_dir_all_durably(fs.as_ref(), dir).map_err(at(dir))?;
         let mut opener =
             Opener { fs: fs.as_ref(), dir, config: &config, report: RecoveryReport::default() };
         let bases = opener.tidy().map_err(at(dir))?;
