@@ -21,7 +21,8 @@
 //! [`SimFileSystem::halt_after_steps`] stops the simulated machine after a number of changing
 //! steps (a write, a sync, a creation, a rename, a removal): every later call fails, as if the
 //! power went out there. A crash test counts the steps of an operation with
-//! [`SimFileSystem::steps`], then halts it at each one in turn and crashes.
+//! [`SimFileSystem::steps`], then halts it at each one in turn and crashes, or resumes
+//! ([`SimFileSystem::resume`]) as after a disk that failed for a while.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -379,6 +380,13 @@ impl SimFileSystem {
     pub fn halt_after_steps(&self, steps: u64) {
         let mut state = lock(&self.state);
         state.halt_at_step = Some(state.steps + steps);
+    }
+
+    /// Starts a halted machine again without a crash, as after a disk that failed every call
+    /// for a while: the calls that failed changed nothing, and everything before them stays
+    /// as it was, durable or not.
+    pub fn resume(&self) {
+        lock(&self.state).halt_at_step = None;
     }
 
     /// Simulates power loss: everything not durable is gone. Handles opened before the crash
