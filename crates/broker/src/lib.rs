@@ -1,7 +1,8 @@
 //! # spool-broker
 //!
 //! Topics on top of spool-storage's partition logs: topic names, configuration, the registry
-//! on disk, partitioning, and every limit the layers above storage enforce.
+//! on disk, the internal logs' files and their compaction, partitioning, and every limit the
+//! layers above storage enforce.
 //!
 //! This crate is synchronous and knows nothing of async runtimes, gRPC, protobuf or the
 //! network; time enters as a [`spool_storage::TimestampMs`] argument. It does not run the
@@ -10,6 +11,7 @@
 
 mod config;
 pub mod group;
+pub mod internal_log;
 pub mod limits;
 mod name;
 pub mod producer;

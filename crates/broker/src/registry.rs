@@ -11,19 +11,22 @@
 //!
 //! **Create**: (1) create `topics/{name}/` and fsync `topics/`; (2) open (create) every
 //! partition log; (3) fsync `topics/{name}/`; (4) write `meta.json.tmp`, fsync it, rename it to
-//! `meta.json`, fsync `topics/{name}/`. A crash before (4) leaves a directory without
-//! `meta.json`, which the next start removes.
+//! `meta.json`, fsync `topics/{name}/` (`spool_storage::fs::write_atomically`). A crash
+//! before (4) leaves a directory without `meta.json`, which the next start removes.
 //!
 //! **Delete**: (1) remove `meta.json` and fsync `topics/{name}/`: from here the topic is gone;
 //! (2) delete every partition log; (3) remove what is left of `topics/{name}/` and fsync
-//! `topics/`. A crash after (1) leaves a directory without `meta.json`: removed at next start.
+//! `topics/` (`spool_storage::fs::remove_dir_all_durably`, which refuses symbolic links). A
+//! crash after (1) leaves a directory without `meta.json`: removed at next start.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use spool_storage::fs::{FileSystem, OpenMode};
+use spool_storage::fs::{
+    FileSystem, OpenMode, create_dir_all_durably, remove_dir_all_durably, write_atomically,
+};
 use spool_storage::{DeleteError, Log, OpenError, TimestampMs};
 use thiserror::Error;
 
@@ -33,7 +36,6 @@ use crate::name::TopicName;
 
 const TOPICS_DIR: &str = "topics";
 const META_FILE: &str = "meta.json";
-const META_TEMPORARY_FILE: &str = "meta.json.tmp";
 
 /// A topic found at start-up, with its partition logs opened (and recovered).
 #[derive(Debug)]
@@ -114,7 +116,7 @@ impl Registry {
             let path = path.to_path_buf();
             move |source| OpenRegistryError::Io { path, source }
         };
-        fs.create_dir_all(&topics_dir).map_err(io_at(&topics_dir))?;
+        create_dir_all_durably(fs.as_ref(), &topics_dir).map_err(io_at(&topics_dir))?;
         let mut names = fs.list_dir(&topics_dir).map_err(io_at(&topics_dir))?;
         names.sort();
         let mut registry = Registry { fs: fs.clone(), topics_dir, topics: BTreeMap::new() };
@@ -128,8 +130,7 @@ impl Registry {
             let meta_path = dir.join(META_FILE);
             if !fs.exists(&meta_path).map_err(io_at(&meta_path))? {
                 tracing::info!(topic = %name, "removing what an interrupted create or delete left");
-                remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
-                fs.sync_dir(&registry.topics_dir).map_err(io_at(&registry.topics_dir))?;
+                remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
                 continue;
             }
             let config = read_meta(fs.as_ref(), &meta_path, &name)?;
@@ -201,9 +202,8 @@ impl Registry {
             move |source| CreateTopicError::Io { name, path, source }
         };
         // A directory without meta.json is only a leftover (see the module docs).
-        remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
-        fs.create_dir_all(&dir).map_err(io_at(&dir))?;
-        fs.sync_dir(&self.topics_dir).map_err(io_at(&self.topics_dir))?;
+        remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
+        create_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
         let mut logs = Vec::with_capacity(config.partitions() as usize);
         for partition in 0..config.partitions() {
             let log = Log::open(
@@ -222,13 +222,15 @@ impl Registry {
         fs.sync_dir(&dir).map_err(io_at(&dir))?;
         let meta = TopicMeta::new(name.as_str(), &config);
         let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
-        write_atomically(fs.as_ref(), &dir, &json).map_err(io_at(&dir.join(META_FILE)))?;
+        write_atomically(fs.as_ref(), &dir, META_FILE, &json)
+            .map_err(io_at(&dir.join(META_FILE)))?;
         self.topics.insert(name, config);
         Ok(logs)
     }
 
     /// Changes a topic's settings (every one but its partition count) by rewriting its
-    /// `meta.json` atomically: temporary file, fsync, rename, fsync of the directory. The logs
+    /// `meta.json` with [`write_atomically`]: temporary file, fsync, rename, fsync of the
+    /// directory. The logs
     /// are not touched: whoever runs them applies the new settings.
     pub fn alter(&mut self, name: &TopicName, config: TopicConfig) -> Result<(), AlterTopicError> {
         let Some(current) = self.topics.get(name) else {
@@ -243,10 +245,8 @@ impl Registry {
         let dir = self.topic_dir(name);
         let json = serde_json::to_vec_pretty(&TopicMeta::new(name.as_str(), &config))
             .expect("topic metadata serializes");
-        write_atomically(self.fs.as_ref(), &dir, &json).map_err(|source| AlterTopicError::Io {
-            name: name.clone(),
-            path: dir.join(META_FILE),
-            source,
+        write_atomically(self.fs.as_ref(), &dir, META_FILE, &json).map_err(|source| {
+            AlterTopicError::Io { name: name.clone(), path: dir.join(META_FILE), source }
         })?;
         self.topics.insert(name.clone(), config);
         Ok(())
@@ -271,8 +271,7 @@ impl Registry {
         for log in logs {
             log.delete().map_err(|source| DeleteTopicError::Log { name: name.clone(), source })?;
         }
-        remove_tree(fs.as_ref(), &dir).map_err(io_at(&dir))?;
-        fs.sync_dir(&self.topics_dir).map_err(io_at(&self.topics_dir))?;
+        remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
         Ok(())
     }
 }
@@ -307,34 +306,6 @@ fn read_meta(
     }
     meta.config()
         .map_err(|source| OpenRegistryError::BadConfig { path: path.to_path_buf(), source })
-}
-
-/// Writes `meta.json` in `dir`: temporary file, fsync, rename, fsync of the directory.
-fn write_atomically(fs: &dyn FileSystem, dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = dir.join(META_TEMPORARY_FILE);
-    if fs.exists(&temporary)? {
-        fs.remove_file(&temporary)?;
-    }
-    let file = fs.open(&temporary, OpenMode::CreateNew)?;
-    file.write_all_at(bytes, 0)?;
-    file.sync_data()?;
-    drop(file);
-    fs.rename(&temporary, &dir.join(META_FILE))?;
-    fs.sync_dir(dir)
-}
-
-/// Removes `path` and everything under it; nothing when it does not exist.
-fn remove_tree(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
-    match fs.list_dir(path) {
-        Ok(names) => {
-            for name in names {
-                remove_tree(fs, &path.join(name))?;
-            }
-            fs.remove_dir(path)
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => fs.remove_file(path),
-    }
 }
 
 #[cfg(test)]

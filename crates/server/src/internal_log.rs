@@ -25,65 +25,34 @@
 //! ids the highest reservation) is compacted once it holds more than
 //! [`INTERNAL_LOG_COMPACT_BYTES`], or twice what the last compaction left, whichever is more
 //! (so a large state is not rewritten after every append). The writer does it between two
-//! groups of appends, so nothing is appended meanwhile. In this order:
-//!
-//! 1. Take the snapshot: records whose folding gives the state folded so far. It includes
-//!    every record already appended (callers change the state before they queue its record);
-//!    records still queued are appended after it, and folding them again after the snapshot
-//!    gives the same state, as folding is in order and the latest value wins.
-//! 2. Remove a leftover `{generation + 1}.tmp` directory; create a log there, append the
-//!    snapshot, and close it cleanly (which syncs its segments and indexes, writes its
-//!    clean-shutdown marker and fsyncs its directory).
-//! 3. Rename `{generation + 1}.tmp` to `{generation + 1}` and fsync `internal/{name}`. From
-//!    here a start uses the new log.
-//! 4. Reopen `{generation + 1}` (clean: nothing is scanned) and append there from now on.
-//! 5. Delete the old log `{generation}`: its files, its directory, then fsync the parent.
-//!
-//! At start-up, before folding: every `*.tmp` directory is removed (a crash during step 2
-//! leaves one; the old log is whole), the highest generation is the log, and lower ones are
-//! removed (a crash between steps 3 and 5 leaves one). A failed compaction is logged and the
-//! old log stays in use.
+//! groups of appends, so nothing is appended meanwhile. It takes the snapshot, records whose
+//! folding gives the state folded so far: it includes every record already appended (callers
+//! change the state before they queue its record); records still queued are appended after
+//! it, and folding them again after the snapshot gives the same state, as folding is in order
+//! and the latest value wins. [`InternalLogStore::compact`] then writes the new generation and
+//! puts it in place; `spool_broker::internal_log` gives the order of its writes and fsyncs and
+//! what a start does after an interrupted one. A compaction that fails before its new
+//! generation is renamed into place is logged and the old log stays in use; one that fails
+//! after it leaves the log refusing appends until the next start, which uses the new
+//! generation.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use bytes::BytesMut;
+use spool_broker::internal_log::{GROUP_BYTES_MAX, GROUP_RECORDS_MAX, InternalLogStore};
 use spool_broker::limits::INTERNAL_LOG_COMPACT_BYTES;
-use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
-use spool_storage::fs::{FileSystem, StdFileSystem};
-use spool_storage::{FsyncPolicy, Log, LogConfig, OpenError, ReadError, TimestampMs};
-use thiserror::Error;
+use spool_storage::TimestampMs;
+use spool_storage::fs::StdFileSystem;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::ServiceError;
 
-/// Bytes one read takes while folding a log at start-up.
-const FOLD_READ_BYTES: u32 = 8 * 1024 * 1024;
-/// Records, and bytes of keys and values, appended as one batch at most: far below the
-/// batch limits, whatever the records' sizes (a commit record is at most a few hundred KiB).
-const GROUP_RECORDS_MAX: usize = 10_000;
-const GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Segment size of internal logs: small, as they hold small records.
-const INTERNAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-
 /// Records `(key, value)` whose folding gives a log's state so far (see the module docs);
 /// `None` when the state is no longer there to take (the server is closing).
 pub(crate) type Snapshot = Box<dyn Fn() -> Option<Vec<(Vec<u8>, Vec<u8>)>> + Send + Sync>;
 
-#[derive(Debug, Error)]
-pub enum OpenInternalError {
-    #[error("opening the internal log {path}: {source}")]
-    Open { path: PathBuf, source: OpenError },
-    #[error("preparing the internal log directory {path}: {source}")]
-    Directory { path: PathBuf, source: std::io::Error },
-    #[error("reading the internal log {path}: {source}")]
-    Read { path: PathBuf, source: ReadError },
-    #[error(
-        "the internal log {path} holds a record at offset {offset} that cannot be used: {reason}"
-    )]
-    Record { path: PathBuf, offset: u64, reason: String },
-}
+pub(crate) use spool_broker::internal_log::OpenInternalError;
 
 type Reply = oneshot::Sender<Result<(), ServiceError>>;
 
@@ -106,13 +75,10 @@ impl std::fmt::Debug for InternalLog {
     }
 }
 
-/// The log the writer appends to, and what compaction needs to replace it.
+/// The log the writer appends to, and when to compact it.
 #[derive(Debug)]
 struct Current {
-    log: Log,
-    /// `internal/{name}`.
-    base: PathBuf,
-    generation: u64,
+    store: InternalLogStore,
     /// Compact once the log is larger than this.
     compact_bytes: u64,
     compact_bytes_min: u64,
@@ -143,13 +109,14 @@ impl InternalLog {
         fold: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
     ) -> Result<InternalLog, OpenInternalError> {
         let base = data_dir.join("internal").join(name);
-        let opening = base.clone();
-        let (log, generation) = tokio::task::spawn_blocking(move || open_and_fold(&opening, fold))
-            .await
-            .expect("opening an internal log panicked")?;
-        let path = log.dir().to_path_buf();
-        let compact_bytes = compact_bytes_min.max(2 * log.size_bytes());
-        let current = Current { log, base, generation, compact_bytes, compact_bytes_min };
+        let store = tokio::task::spawn_blocking(move || {
+            InternalLogStore::open(StdFileSystem::shared(), &base, TimestampMs::now(), fold)
+        })
+        .await
+        .expect("opening an internal log panicked")?;
+        let path = store.dir().to_path_buf();
+        let compact_bytes = compact_bytes_min.max(2 * store.size_bytes());
+        let current = Current { store, compact_bytes, compact_bytes_min };
         let snapshot: Arc<OnceLock<Snapshot>> = Arc::default();
         let (queue, requests) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write(current, requests, snapshot.clone()));
@@ -199,82 +166,6 @@ impl InternalLog {
     }
 }
 
-fn internal_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: INTERNAL_SEGMENT_BYTES,
-        fsync: FsyncPolicy::Always,
-        ..LogConfig::default()
-    }
-}
-
-/// Removes a log directory: its files, itself, then fsyncs its parent. Log directories hold
-/// files only.
-fn remove_log_dir(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<()> {
-    for name in fs.list_dir(dir)? {
-        fs.remove_file(&dir.join(name))?;
-    }
-    fs.remove_dir(dir)?;
-    fs.sync_dir(dir.parent().expect("a log directory has a parent"))
-}
-
-/// Clears what an interrupted compaction left in `base` and returns the generation in use.
-fn settle_generations(fs: &dyn FileSystem, base: &Path) -> std::io::Result<u64> {
-    fs.create_dir_all(base)?;
-    let names = fs.list_dir(base)?;
-    let generations: Vec<u64> = names.iter().filter_map(|name| name.parse().ok()).collect();
-    let current = generations.iter().copied().max().unwrap_or(0);
-    for name in &names {
-        let unfinished = name.ends_with(".tmp");
-        let superseded = name.parse::<u64>().is_ok_and(|generation| generation < current);
-        if unfinished || superseded {
-            tracing::info!(path = %base.join(name).display(), "removing what an interrupted compaction left");
-            remove_log_dir(fs, &base.join(name))?;
-        }
-    }
-    Ok(current)
-}
-
-fn open_and_fold(
-    base: &Path,
-    mut fold: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(Log, u64), OpenInternalError> {
-    let fs = StdFileSystem::shared();
-    let generation = settle_generations(&*fs, base)
-        .map_err(|source| OpenInternalError::Directory { path: base.to_path_buf(), source })?;
-    let path = &base.join(generation.to_string());
-    let log = Log::open(fs, path, internal_config(), TimestampMs::now())
-        .map_err(|source| OpenInternalError::Open { path: path.to_path_buf(), source })?;
-    if let Some(fence) = log.fence() {
-        tracing::error!(path = %path.display(), %fence, "an internal log refuses writes; what it holds is still read");
-    }
-    let mut offset = log.log_start_offset();
-    while offset < log.visible_end_offset() {
-        let read = log
-            .read(offset, FOLD_READ_BYTES)
-            .map_err(|source| OpenInternalError::Read { path: path.to_path_buf(), source })?;
-        let bad = |offset: u64, reason: String| OpenInternalError::Record {
-            path: path.to_path_buf(),
-            offset,
-            reason,
-        };
-        for batch in BatchIter::new(&read.bytes) {
-            let batch = batch.map_err(|e| bad(offset.0, e.to_string()))?;
-            for record in batch.records() {
-                let record = record.map_err(|e| bad(offset.0, e.to_string()))?;
-                if record.offset < offset {
-                    continue;
-                }
-                fold(record.value.unwrap_or_default()).map_err(|e| bad(record.offset.0, e))?;
-            }
-        }
-        if read.next_offset <= offset {
-            break;
-        }
-        offset = read.next_offset;
-    }
-    Ok((log, generation))
-}
-
 /// The writer: appends everything queued as one batch, syncs, answers; then compacts when
 /// the log has grown past its threshold.
 async fn write(
@@ -295,10 +186,12 @@ async fn write(
         let snapshot = snapshot.clone();
         let (group, outcome) = tokio::task::spawn_blocking(move || {
             let mut current = appending.lock().unwrap_or_else(PoisonError::into_inner);
-            let outcome = append_and_sync(&mut current.log, &group);
+            let records: Vec<(&[u8], &[u8])> =
+                group.iter().map(|append| (&append.key[..], &append.value[..])).collect();
+            let outcome = current.store.append(&records, TimestampMs::now());
             if outcome.is_ok()
                 && let Some(snapshot) = snapshot.get()
-                && current.log.size_bytes() > current.compact_bytes
+                && current.store.size_bytes() > current.compact_bytes
             {
                 current.compact(snapshot);
             }
@@ -309,15 +202,15 @@ async fn write(
         for append in group {
             let answer = match &outcome {
                 Ok(()) => Ok(()),
-                Err(message) => Err(ServiceError::Internal(message.clone())),
+                Err(error) => Err(ServiceError::Internal(error.to_string())),
             };
             let _ = append.reply.send(answer);
         }
     }
     let current = Arc::try_unwrap(current).expect("the writer holds the only reference");
-    let log = current.into_inner().unwrap_or_else(PoisonError::into_inner).log;
-    let path = log.dir().to_path_buf();
-    if let Err(error) = tokio::task::spawn_blocking(move || log.close())
+    let store = current.into_inner().unwrap_or_else(PoisonError::into_inner).store;
+    let path = store.dir().to_path_buf();
+    if let Err(error) = tokio::task::spawn_blocking(move || store.close())
         .await
         .expect("closing an internal log panicked")
     {
@@ -326,100 +219,38 @@ async fn write(
 }
 
 impl Current {
-    /// Replaces the log by one holding only `snapshot`'s records, in the order the module
-    /// docs give. On failure the old log stays in use, and the next attempt waits until the
-    /// log has doubled.
+    /// Replaces the log by one holding only `snapshot`'s records (see the module docs). On
+    /// failure the old log stays in use, and the next attempt waits until the log has doubled.
     fn compact(&mut self, snapshot: &Snapshot) {
-        let before_bytes = self.log.size_bytes();
-        match self.replace(snapshot) {
+        let before_bytes = self.store.size_bytes();
+        let compacted = match snapshot() {
+            Some(records) => {
+                self.store.compact(&records, TimestampMs::now()).map_err(|e| e.to_string())
+            }
+            None => Err("the state to snapshot is gone".to_string()),
+        };
+        match compacted {
             Ok(()) => {
-                let after_bytes = self.log.size_bytes();
+                let after_bytes = self.store.size_bytes();
                 self.compact_bytes = self.compact_bytes_min.max(2 * after_bytes);
-                tracing::info!(path = %self.log.dir().display(), before_bytes, after_bytes, "compacted an internal log");
+                tracing::info!(path = %self.store.dir().display(), before_bytes, after_bytes, "compacted an internal log");
             }
             Err(error) => {
                 self.compact_bytes = self.compact_bytes_min.max(2 * before_bytes);
-                tracing::error!(path = %self.log.dir().display(), %error, "compacting an internal log failed; it stays as it is");
+                tracing::error!(path = %self.store.dir().display(), %error, "compacting an internal log failed; it stays as it is");
             }
         }
     }
-
-    fn replace(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        let fs = StdFileSystem::shared();
-        let records = snapshot().ok_or("the state to snapshot is gone")?;
-        let next = self.generation + 1;
-        let temporary = self.base.join(format!("{next}.tmp"));
-        let path = self.base.join(next.to_string());
-        let at = |path: &Path| {
-            let path = path.display().to_string();
-            move |error: &dyn std::fmt::Display| format!("{path}: {error}")
-        };
-        if fs.exists(&temporary).map_err(|e| at(&temporary)(&e))? {
-            remove_log_dir(&*fs, &temporary).map_err(|e| at(&temporary)(&e))?;
-        }
-        let now = TimestampMs::now();
-        let mut fresh = Log::open(fs.clone(), &temporary, internal_config(), now)
-            .map_err(|e| at(&temporary)(&e))?;
-        for chunk in chunks(&records) {
-            let appends: Vec<Append> = chunk
-                .iter()
-                .map(|(key, value)| Append {
-                    key: key.clone(),
-                    value: value.clone(),
-                    reply: oneshot::channel().0,
-                })
-                .collect();
-            append_and_sync(&mut fresh, &appends)?;
-        }
-        fresh.close().map_err(|e| at(&temporary)(&e))?;
-        fs.rename(&temporary, &path).map_err(|e| at(&path)(&e))?;
-        fs.sync_dir(&self.base).map_err(|e| at(&self.base)(&e))?;
-        let reopened = Log::open(fs, &path, internal_config(), now).map_err(|e| at(&path)(&e))?;
-        let old = std::mem::replace(&mut self.log, reopened);
-        self.generation = next;
-        let old_dir = old.dir().to_path_buf();
-        // From here the new log is in use: a failure to delete the old one leaves it for
-        // the next start to remove.
-        if let Err(error) = old.delete() {
-            tracing::error!(path = %old_dir.display(), %error, "deleting a compacted internal log failed; the next start removes it");
-        }
-        Ok(())
-    }
-}
-
-/// Splits records into groups the writer would append as one batch each.
-fn chunks(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[(Vec<u8>, Vec<u8>)]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (index, (key, value)) in records.iter().enumerate() {
-        if index > start && (bytes >= GROUP_BYTES_MAX || index - start >= GROUP_RECORDS_MAX) {
-            chunks.push(&records[start..index]);
-            (start, bytes) = (index, 0);
-        }
-        bytes += key.len() + value.len();
-    }
-    if start < records.len() {
-        chunks.push(&records[start..]);
-    }
-    chunks
-}
-
-fn append_and_sync(log: &mut Log, group: &[Append]) -> Result<(), String> {
-    let now = TimestampMs::now();
-    let mut builder = BatchBuilder::new(BytesMut::new());
-    for append in group {
-        builder.push(now, Some(&append.key), Some(&append.value), &[]);
-    }
-    let batch = builder.finish(ProducerStamp::NONE);
-    let at = log.dir().display().to_string();
-    log.append(&batch, now).map_err(|e| format!("writing to the internal log {at} failed: {e}"))?;
-    log.sync(now).map_err(|e| format!("syncing the internal log {at} failed: {e}"))?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use bytes::BytesMut;
+    use spool_broker::internal_log::internal_log_config;
+    use spool_storage::Log;
+    use spool_storage::batch::{BatchBuilder, ProducerStamp};
 
     use super::*;
 
@@ -530,14 +361,12 @@ mod tests {
         let older = base.join((current - 1).to_string());
         std::fs::create_dir(&older).unwrap();
         let mut stale =
-            Log::open(StdFileSystem::shared(), &older, internal_config(), TimestampMs::now())
+            Log::open(StdFileSystem::shared(), &older, internal_log_config(), TimestampMs::now())
                 .unwrap();
-        let appends = [Append {
-            key: b"k0".to_vec(),
-            value: b"k0=stale".to_vec(),
-            reply: oneshot::channel().0,
-        }];
-        append_and_sync(&mut stale, &appends).unwrap();
+        let mut batch = BatchBuilder::new(BytesMut::new());
+        batch.push(TimestampMs::now(), Some(b"k0"), Some(b"k0=stale"), &[]);
+        stale.append(&batch.finish(ProducerStamp::NONE), TimestampMs::now()).unwrap();
+        stale.sync(TimestampMs::now()).unwrap();
         stale.close().unwrap();
         let (reopened, folded) = open(data.path(), 16 * 1024).await;
         assert_eq!(*folded.lock().unwrap(), expected(100));

@@ -685,7 +685,7 @@ mod tests {
 
     use bytes::BytesMut;
     use spool_storage::batch::{BatchBuilder, ProducerStamp};
-    use spool_storage::fs::{File, FileSystem, MappedFile, OpenMode};
+    use spool_storage::fs::{EntryKind, File, FileSystem, MappedFile, OpenMode};
     use spool_storage::sim::SimFileSystem;
 
     use super::*;
@@ -747,8 +747,8 @@ mod tests {
     }
 
     impl FileSystem for GatedFs {
-        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            self.disk.create_dir_all(path)
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.create_dir(path)
         }
         fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
             self.disk.list_dir(path)
@@ -762,6 +762,9 @@ mod tests {
         }
         fn exists(&self, path: &Path) -> io::Result<bool> {
             self.disk.exists(path)
+        }
+        fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+            self.disk.entry_kind(path)
         }
         fn remove_file(&self, path: &Path) -> io::Result<()> {
             self.disk.remove_file(path)

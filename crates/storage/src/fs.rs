@@ -4,13 +4,20 @@
 //! The trait is deliberately small: positional reads and writes, length changes,
 //! preallocation, the two syncs, a writeback hint (which makes nothing durable), a writable
 //! map for index files, and reads that may share the page cache instead of copying it.
+//!
+//! The protocols that make changes to the namespace durable are written once, here, on top of
+//! the trait, so that every caller follows the same order of writes and fsyncs and every
+//! caller's use of them can be crash-tested on the simulator: [`create_dir_all_durably`] makes
+//! a directory and those above it, [`write_atomically`] (and [`stage_atomically`]) replaces a
+//! small file, and [`remove_dir_all_durably`] removes a directory tree.
 
 use std::fmt::Debug;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use thiserror::Error;
 
 use crate::limits::MAP_READ_BYTES_MIN;
 
@@ -23,12 +30,27 @@ pub enum OpenMode {
     CreateNew,
 }
 
+/// What a directory entry is, seen without following a symbolic link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file (or anything else that is neither a directory nor a link).
+    File,
+    Directory,
+    Symlink,
+}
+
 pub trait FileSystem: Send + Sync + Debug + 'static {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates one directory, whose parent exists; an error if something is at `path`. The new
+    /// entry is durable only once the parent is synced: use [`create_dir_all_durably`].
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// The names (not paths) of the entries directly inside `path`.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>>;
+    /// Whether something is at `path`, following symbolic links.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// What is at `path` itself, not following a symbolic link there (`lstat`); `None` when
+    /// nothing is.
+    fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes an empty directory.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
@@ -92,8 +114,8 @@ impl StdFileSystem {
 }
 
 impl FileSystem for StdFileSystem {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -121,6 +143,21 @@ impl FileSystem for StdFileSystem {
         path.try_exists()
     }
 
+    fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+        let file_type = match std::fs::symlink_metadata(path) {
+            Ok(metadata) => metadata.file_type(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        Ok(Some(if file_type.is_symlink() {
+            EntryKind::Symlink
+        } else if file_type.is_dir() {
+            EntryKind::Directory
+        } else {
+            EntryKind::File
+        }))
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
@@ -135,6 +172,173 @@ impl FileSystem for StdFileSystem {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
+    }
+}
+
+/// Creates the directory `dir` and every missing directory above it, durably: once this
+/// returns, all of them survive a crash.
+///
+/// Order of writes and fsyncs, for each missing directory from the top down:
+///
+/// 1. Create the directory.
+/// 2. Fsync its parent, so that the new entry is durable before anything is made inside it.
+///
+/// A crash part way leaves the upper directories and not the lower ones, so whatever a crash
+/// leaves has every directory above it. Directories that exist already, symbolic links to
+/// directories among them (a data directory on another disk, say), are used as they are.
+pub fn create_dir_all_durably(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(path) = next {
+        if fs.exists(path)? {
+            break;
+        }
+        missing.push(path);
+        next = parent_dir(path);
+    }
+    for path in missing.into_iter().rev() {
+        match fs.create_dir(path) {
+            Ok(()) => {}
+            // Made meanwhile by another thread, which may not have synced the parent yet: the
+            // sync below covers it too.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        fs.sync_dir(parent_dir(path).expect("a missing directory is not a root"))?;
+    }
+    Ok(())
+}
+
+/// Replaces the file `name` in `dir` by one holding `bytes`, atomically and durably: whatever
+/// happens, the file holds its old bytes or all of the new ones, and once this returns, the new
+/// ones survive a crash.
+///
+/// Order of writes and fsyncs:
+///
+/// 1. Remove `{name}.tmp` if an interrupted replace left one.
+/// 2. Create `{name}.tmp` and write `bytes` to it.
+/// 3. Fsync `{name}.tmp` (`fdatasync`), so its bytes are on the disk before any name points at
+///    them.
+/// 4. Rename `{name}.tmp` over `{name}`.
+/// 5. Fsync `dir`, so the rename is durable.
+///
+/// A crash before step 5 leaves the old file (or none, if there was none) and perhaps
+/// `{name}.tmp`, which the next replace removes.
+pub fn write_atomically(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
+    stage_atomically(fs, dir, name, bytes)?;
+    fs.sync_dir(dir)
+}
+
+/// Steps 1 to 4 of [`write_atomically`], without the fsync of `dir`: for a caller that fsyncs
+/// `dir` itself right after, together with other changes to it. Until it does, a crash may
+/// leave the old file.
+pub fn stage_atomically(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    if fs.exists(&temporary)? {
+        fs.remove_file(&temporary)?;
+    }
+    let file = fs.open(&temporary, OpenMode::CreateNew)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    drop(file);
+    fs.rename(&temporary, &dir.join(name))
+}
+
+/// A symbolic link found where [`remove_dir_all_durably`] expected a directory or a file of
+/// its tree. It travels inside an [`io::Error`] of kind [`io::ErrorKind::NotADirectory`];
+/// find it with `error.get_ref().and_then(|e| e.downcast_ref::<UnexpectedSymlink>())`.
+#[derive(Debug, Error)]
+#[error("{path} is a symbolic link where a directory or file was expected; nothing was removed")]
+pub struct UnexpectedSymlink {
+    pub path: PathBuf,
+}
+
+/// Removes the directory `dir` and everything in it, durably. When `dir` does not exist there
+/// is nothing to remove, but its parent is fsynced all the same (if it exists), so that a
+/// removal interrupted before its last step is durable once this returns.
+///
+/// Order of writes and fsyncs:
+///
+/// 1. Walk the tree without following symbolic links and list its files and directories. A
+///    symbolic link anywhere in it, `dir` itself included, is an error naming the link
+///    ([`UnexpectedSymlink`]) and nothing is removed. Spool makes no links, so one is an
+///    operator's (a partition moved to another disk, say); listing or removing through it
+///    could delete files outside the data directory, and even unlinking it silently would
+///    hide what the operator did.
+/// 2. Remove every file, then every directory once it is empty, deepest first.
+/// 3. Fsync the parent of `dir`, so the removal of `dir` is durable.
+///
+/// A crash before step 3 may leave any part of the tree. Callers make such a leftover
+/// meaningless before they start (a topic's `meta.json` goes first, durably), so that the next
+/// start removes it again.
+pub fn remove_dir_all_durably(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    match fs.entry_kind(dir)? {
+        Some(EntryKind::Directory) => list_tree(fs, dir, &mut files, &mut dirs)?,
+        Some(EntryKind::Symlink) => return Err(unexpected_symlink(dir)),
+        Some(EntryKind::File) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is a file where a directory was expected", dir.display()),
+            ));
+        }
+        None => {}
+    }
+    for file in &files {
+        fs.remove_file(file)?;
+    }
+    // `list_tree` lists each directory after everything inside it.
+    for dir in &dirs {
+        fs.remove_dir(dir)?;
+    }
+    match parent_dir(dir) {
+        Some(parent) if fs.exists(parent)? => fs.sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+/// Step 1 of [`remove_dir_all_durably`]: adds the files in the tree at `dir` to `files`, and
+/// its directories, each after everything inside it, to `dirs`.
+fn list_tree(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    dirs: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    for name in fs.list_dir(dir)? {
+        let path = dir.join(name);
+        match fs.entry_kind(&path)? {
+            Some(EntryKind::Directory) => list_tree(fs, &path, files, dirs)?,
+            Some(EntryKind::File) => files.push(path),
+            Some(EntryKind::Symlink) => return Err(unexpected_symlink(&path)),
+            // Removed meanwhile: nothing left to do for it.
+            None => {}
+        }
+    }
+    dirs.push(dir.to_path_buf());
+    Ok(())
+}
+
+fn unexpected_symlink(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotADirectory, UnexpectedSymlink { path: path.to_path_buf() })
+}
+
+/// The directory holding `path`: `.` for a relative path of one component, `None` for a root.
+fn parent_dir(path: &Path) -> Option<&Path> {
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Some(Path::new(".")),
+        parent => parent,
     }
 }
 
@@ -339,5 +543,52 @@ mod tests {
         drop(file);
         fs.remove_file(&path).unwrap();
         assert_eq!(&read[..], &bytes[..MAP_READ_BYTES_MIN]);
+    }
+
+    #[test]
+    fn atomic_writes_replace_and_tree_removal_removes_everything() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem;
+        let dir = root.path().join("a");
+        std::fs::create_dir_all(dir.join("b/c")).unwrap();
+        std::fs::write(dir.join("b/c/f"), b"x").unwrap();
+        std::fs::write(dir.join("name.tmp"), b"left over").unwrap();
+        write_atomically(&fs, &dir, "name", b"one").unwrap();
+        write_atomically(&fs, &dir, "name", b"two").unwrap();
+        assert_eq!(std::fs::read(dir.join("name")).unwrap(), b"two");
+        assert!(!dir.join("name.tmp").exists());
+        remove_dir_all_durably(&fs, &dir).unwrap();
+        assert!(!dir.exists());
+        // Nothing to remove is not an error.
+        remove_dir_all_durably(&fs, &dir).unwrap();
+    }
+
+    /// A link where a directory is expected, at the top or inside the tree, is refused by
+    /// name, and nothing is removed: neither through the link nor beside it.
+    #[test]
+    fn tree_removal_refuses_symbolic_links_and_removes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem;
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("precious"), b"keep").unwrap();
+
+        let linked = root.path().join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        let inside = root.path().join("tree");
+        std::fs::create_dir_all(inside.join("0")).unwrap();
+        std::fs::write(inside.join("0/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, inside.join("1")).unwrap();
+
+        for (dir, link) in [(&linked, &linked), (&inside, &inside.join("1"))] {
+            let error = remove_dir_all_durably(&fs, dir).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
+            let found = error.get_ref().and_then(|e| e.downcast_ref::<UnexpectedSymlink>());
+            assert_eq!(found.map(|e| &e.path), Some(link), "{error}");
+            assert!(error.to_string().contains(link.to_str().unwrap()), "{error}");
+        }
+        assert_eq!(std::fs::read(elsewhere.join("precious")).unwrap(), b"keep");
+        assert!(linked.exists());
+        assert_eq!(std::fs::read(inside.join("0/file")).unwrap(), b"x");
     }
 }

@@ -62,9 +62,13 @@ pub const MAP_READ_BYTES_MIN: usize = 256 * 1024;
 pub const READ_BYTES_MAX: u32 = 64 * 1024 * 1024;
 
 const _: () = assert!(BATCH_HEADER_BYTES as u32 + 1 < BATCH_BYTES_MAX);
-// A largest batch fits in a fresh segment of the smallest size, twice over, so a roll always
-// makes room for the batch that caused it.
-const _: () = assert!((BATCH_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
+// A largest batch (8 MiB) does not fit in a segment of the smallest size (64 KiB), and need
+// not: `Log::roll_due` never rolls an empty segment, so an empty segment takes any batch, and a
+// roll always makes room for the batch that caused it. A segment that is not empty takes a
+// batch only if it stays within its configured size, so a segment passes its size only by its
+// first batch, and by less than one batch. What this relies on is that such a segment stays
+// addressable: the largest segment size plus one largest batch fits the `u32` positions of the
+// offset index.
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= SEGMENT_POSITION_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);

@@ -11,7 +11,7 @@ use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
 };
-use crate::fs::{File, FileSystem, OpenMode};
+use crate::fs::{File, FileSystem};
 use crate::limits::{
     BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, NEVER_SEALED_SYNC_INTERVAL_MS, PAGE_BYTES,
     READ_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
@@ -736,8 +736,9 @@ impl Log {
     /// Closes the log cleanly so the next open needs no scan.
     ///
     /// Order: (1) sync (every sealed segment not yet synced, then the active one); (2) trim
-    /// and fsync both active indexes; (3) write the next offset to `clean-shutdown.tmp`, fsync it, rename it to
-    /// `clean-shutdown`, fsync the directory. A fenced log writes nothing and reports its fence,
+    /// and fsync both active indexes; (3) write the next offset to `clean-shutdown` with
+    /// [`crate::fs::write_atomically`] (`clean-shutdown.tmp`, fsync, rename, fsync of the
+    /// directory). A fenced log writes nothing and reports its fence,
     /// so the next open checks everything again.
     pub fn close(mut self) -> Result<(), CloseError> {
         if let Some(fence) = self.fence.take() {
@@ -757,39 +758,19 @@ impl Log {
         };
         active.offset_index.0.trim_and_sync().map_err(at(active.offset_index.0.path()))?;
         active.time_index.0.trim_and_sync().map_err(at(active.time_index.0.path()))?;
-        let temporary = dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp"));
-        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        if fs.exists(&temporary).map_err(at(&temporary))? {
-            fs.remove_file(&temporary).map_err(at(&temporary))?;
-        }
-        let file = fs.open(&temporary, OpenMode::CreateNew).map_err(at(&temporary))?;
-        file.write_all_at(next_offset.0.to_string().as_bytes(), 0).map_err(at(&temporary))?;
-        file.sync_data().map_err(at(&temporary))?;
-        fs.rename(&temporary, &marker).map_err(at(&marker))?;
-        fs.sync_dir(&dir).map_err(at(&dir))?;
-        Ok(())
+        let marker = next_offset.0.to_string();
+        crate::fs::write_atomically(fs.as_ref(), &dir, CLEAN_SHUTDOWN_FILE, marker.as_bytes())
+            .map_err(at(&dir.join(CLEAN_SHUTDOWN_FILE)))
     }
 
-    /// Deletes every file of the log and its directory.
-    ///
-    /// Order: delete each segment's log file and indexes and any other file in the directory,
-    /// remove the directory, fsync its parent.
+    /// Deletes every file of the log and its directory, with
+    /// [`crate::fs::remove_dir_all_durably`]: remove each segment's log file and indexes and
+    /// any other file in the directory, remove the directory, fsync its parent.
     pub fn delete(self) -> Result<(), DeleteError> {
         let Log { fs, dir, segments, .. } = self;
         drop(segments);
-        let at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DeleteError { path, source }
-        };
-        for name in fs.list_dir(&dir).map_err(at(&dir))? {
-            let path = dir.join(name);
-            fs.remove_file(&path).map_err(at(&path))?;
-        }
-        fs.remove_dir(&dir).map_err(at(&dir))?;
-        if let Some(parent) = dir.parent() {
-            fs.sync_dir(parent).map_err(at(parent))?;
-        }
-        Ok(())
+        crate::fs::remove_dir_all_durably(fs.as_ref(), &dir)
+            .map_err(|source| DeleteError { path: dir, source })
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Steps, in order:
 //!
-//! 1. Remove leftovers: `*.tmp` files and index files whose log file is gone. Fsync the
-//!    directory if anything was removed.
+//! 1. Create the log directory and any missing above it, each made durable by an fsync of
+//!    its parent (`fs::create_dir_all_durably`). Remove leftovers: `*.tmp` files and index
+//!    files whose log file is gone. Fsync the directory if anything was removed.
 //! 2. Decide whether the last shutdown was clean: the `clean-shutdown` file exists and holds
 //!    the next offset that the segments end at. If it was not, read the recovery point
 //!    (`recovery-point`): every segment below it was fsynced whole.
@@ -96,6 +97,88 @@ fn parse_base(name: &str, extension: &str) -> Option<Offset> {
         .flatten()
 }
 
+/// The segment a [`Opener::load`] is for: a sealed one, or the last, which becomes active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Not the last segment: its indexes are trimmed to their entries and synced.
+    Sealed,
+    /// The last segment: its indexes keep room for appends.
+    Active,
+}
+
+/// Whether [`Opener::load`] may keep a segment's index files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexes {
+    /// The data they point into is known durable: keep them if they are consistent with it.
+    KeepIfConsistent,
+    /// Rebuild them from a scan of every batch.
+    Rebuild,
+}
+
+/// What [`Opener::settle`] may assume of the bytes where a segment's scan stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The segment was fsynced whole before the last shutdown: invalid bytes in it are damage.
+    KnownDurable,
+    /// The segment may hold writes that never reached the disk whole: invalid bytes are a
+    /// torn tail, unless a later batch vouches that they were durable once.
+    PerhapsUnsynced,
+}
+
+/// What the scan phase found: the segments on disk and how far the last shutdown vouches for
+/// them.
+struct Scan {
+    /// The segments' base offsets, oldest first.
+    bases: Vec<Offset>,
+    /// The next offset that a clean shutdown recorded; `None` after a crash.
+    clean_next_offset: Option<Offset>,
+    /// After a crash, segments from this base on may hold data that was never fsynced; `None`
+    /// after a clean shutdown, which fsynced everything.
+    recovery_point: Option<Offset>,
+}
+
+impl Scan {
+    /// Whether the segment at `base` was fsynced whole before the last shutdown.
+    fn fsynced(&self, base: Offset) -> bool {
+        self.recovery_point.is_none_or(|point| base < point)
+    }
+
+    /// Indexes are kept only where the data they point into is known durable.
+    fn indexes(&self, base: Offset, role: Role) -> Indexes {
+        let sealed_and_fsynced = role == Role::Sealed && self.fsynced(base);
+        if self.clean_next_offset.is_some() || sealed_and_fsynced {
+            Indexes::KeepIfConsistent
+        } else {
+            Indexes::Rebuild
+        }
+    }
+
+    /// Invalid bytes are damage only in a sealed segment fsynced whole; the active segment's
+    /// tail is always treated as possibly torn.
+    fn durability(&self, base: Offset, role: Role) -> Durability {
+        if role == Role::Sealed && self.fsynced(base) {
+            Durability::KnownDurable
+        } else {
+            Durability::PerhapsUnsynced
+        }
+    }
+}
+
+/// What the recover phase kept: the segments, oldest first (none for an empty directory), and
+/// the fence, if it found damage.
+struct Recovered {
+    segments: Vec<Segment>,
+    fence: Option<Fence>,
+}
+
+/// What the finish phase hands to the new [`Log`].
+struct Finished {
+    segments: Vec<Segment>,
+    fence: Option<Fence>,
+    recovery_point: Offset,
+    clean_shutdown: bool,
+}
+
 struct Opener<'a> {
     fs: &'a dyn FileSystem,
     dir: &'a Path,
@@ -103,8 +186,16 @@ struct Opener<'a> {
     report: RecoveryReport,
 }
 
+/// Attaches `path` to an I/O error of opening.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + use<> {
+    let path = path.to_path_buf();
+    move |source| OpenError::Io { path, source }
+}
+
 impl Log {
-    /// Opens the log in `dir`, creating it if it does not exist, and recovers it.
+    /// Opens the log in `dir`, creating it if it does not exist, and recovers it, in three
+    /// phases (the module docs give the steps): scan the directory, recover the segments,
+    /// finish by making what was kept durable.
     ///
     /// A log that finds damage it must not repair opens *fenced*: see [`Log::fence`].
     pub fn open(
@@ -114,29 +205,74 @@ impl Log {
         now: TimestampMs,
     ) -> Result<Log, OpenError> {
         config.validate()?;
-        let at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
-        };
-        fs.create_dir_all(dir).map_err(at(dir))?;
         let mut opener =
             Opener { fs: fs.as_ref(), dir, config: &config, report: RecoveryReport::default() };
-        let bases = opener.tidy().map_err(at(dir))?;
-        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        let clean_next_offset = opener.read_marker(&marker).map_err(at(&marker))?;
+        let scan = opener.scan()?;
+        let recovered = opener.recover(&scan, now)?;
+        let finished = opener.finish(&scan, recovered)?;
+        let active = finished.segments.last().expect("at least one segment");
+        let durable = Watermark {
+            offset: active.next_offset,
+            segment_base: active.base_offset,
+            position: active.size_bytes,
+        };
+        let mut report = opener.report;
+        report.clean_shutdown = finished.clean_shutdown;
+        report.segments = finished.segments.len();
+        if let Some(fence) = &finished.fence {
+            tracing::error!(dir = %dir.display(), %fence, "log opened fenced");
+        }
+        Ok(Log {
+            fs,
+            dir: dir.to_path_buf(),
+            config,
+            segments: finished.segments,
+            durable,
+            last_sync: now,
+            fence: finished.fence,
+            recovery: report,
+            recovery_point: finished.recovery_point,
+        })
+    }
+}
 
-        // Segments from this offset on may hold data that was never fsynced.
+/// Step 5's first part: fsyncs every segment that the last shutdown did not vouch for (a
+/// process that crashed may have left unsynced batches in the page cache: they become durable
+/// now, before anyone reads them). A failed fsync fences the log.
+fn sync_not_known_durable(segments: &mut [Segment], scan: &Scan) -> Option<Fence> {
+    let mut fence = None;
+    for segment in segments.iter_mut().filter(|s| !scan.fsynced(s.base_offset)) {
+        if let Err(error) = segment.file.sync_data() {
+            fence = Some(Fence::SyncFailed { path: segment.path.clone(), error: Arc::new(error) });
+            break;
+        }
+    }
+    segments.iter_mut().for_each(|s| s.data_durable = true);
+    fence
+}
+
+impl Opener<'_> {
+    /// Phase 1, scan (steps 1 and 2): makes the directory, removes leftovers, lists the
+    /// segments and reads what the last shutdown left.
+    fn scan(&mut self) -> Result<Scan, OpenError> {
+        crate::fs::create_dir_all_durably(self.fs, self.dir).map_err(io_at(self.dir))?;
+        let bases = self.tidy().map_err(io_at(self.dir))?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean_next_offset = self.read_marker(&marker).map_err(io_at(&marker))?;
         let recovery_point = match clean_next_offset {
             Some(_) => None,
-            None => Some(opener.read_recovery_point().map_err(at(dir))?),
+            None => Some(self.read_recovery_point().map_err(io_at(self.dir))?),
         };
-        let known_durable = |base: Offset| recovery_point.is_none_or(|point| base < point);
+        Ok(Scan { bases, clean_next_offset, recovery_point })
+    }
 
+    /// Phase 2, recover (steps 3 and 4): loads each segment, oldest first, until one's scan
+    /// stops early or the next segment does not start where it ends; [`Opener::settle`] then
+    /// cuts the torn tail or fences the log.
+    fn recover(&mut self, scan: &Scan, now: TimestampMs) -> Result<Recovered, OpenError> {
         let mut segments: Vec<Segment> = Vec::new();
-        let mut fence = None;
-        for (i, &base) in bases.iter().enumerate() {
-            let last = i + 1 == bases.len();
-            if let Some(previous) = segments.last()
+        for (i, &base) in scan.bases.iter().enumerate() {
+            if let Some(previous) = segments.last_mut()
                 && previous.next_offset != base
             {
                 let stop = Stop {
@@ -146,88 +282,59 @@ impl Log {
                     ),
                     durable_after: None,
                 };
-                let previous = segments.last_mut().expect("checked above");
-                let outcome = opener.settle(
-                    previous,
-                    stop,
-                    known_durable(previous.base_offset),
-                    &bases[i..],
-                )?;
-                fence = outcome;
-                break;
+                let durability = scan.durability(previous.base_offset, Role::Sealed);
+                let fence = self.settle(previous, stop, durability, &scan.bases[i..])?;
+                return Ok(Recovered { segments, fence });
             }
-            // Indexes are trusted only where the data they point into is known durable.
-            let trust = clean_next_offset.is_some() || (!last && known_durable(base));
-            let (segment, stop) = opener.load(base, last, trust, now)?;
+            let later = &scan.bases[i + 1..];
+            let role = if later.is_empty() { Role::Active } else { Role::Sealed };
+            let (segment, stop) = self.load(base, role, scan.indexes(base, role), now)?;
             segments.push(segment);
             if let Some(stop) = stop {
                 let segment = segments.last_mut().expect("pushed above");
-                fence =
-                    opener.settle(segment, stop, !last && known_durable(base), &bases[i + 1..])?;
-                break;
+                let fence = self.settle(segment, stop, scan.durability(base, role), later)?;
+                return Ok(Recovered { segments, fence });
             }
         }
+        Ok(Recovered { segments, fence: None })
+    }
+
+    /// Phase 3, finish (step 5): gives an empty directory its first segment, fsyncs every
+    /// segment kept that was not known durable, prepares the active segment for appends,
+    /// records the recovery point and removes the clean-shutdown marker.
+    fn finish(&mut self, scan: &Scan, recovered: Recovered) -> Result<Finished, OpenError> {
+        let Recovered { mut segments, mut fence } = recovered;
         if segments.is_empty() {
-            let segment = Segment::create(fs.as_ref(), dir, Offset(0), config.index_capacity())
-                .map_err(at(dir))?;
-            fs.sync_dir(dir).map_err(at(dir))?;
+            let capacity = self.config.index_capacity();
+            let segment =
+                Segment::create(self.fs, self.dir, Offset(0), capacity).map_err(io_at(self.dir))?;
+            self.fs.sync_dir(self.dir).map_err(io_at(self.dir))?;
             segments.push(segment);
         }
         if fence.is_none() {
-            // Step 5: everything kept is durable from now on.
-            for segment in segments.iter_mut().filter(|s| !known_durable(s.base_offset)) {
-                if let Err(error) = segment.file.sync_data() {
-                    fence = Some(Fence::SyncFailed {
-                        path: segment.path.clone(),
-                        error: Arc::new(error),
-                    });
-                    break;
-                }
-            }
-            segments.iter_mut().for_each(|s| s.data_durable = true);
+            fence = sync_not_known_durable(&mut segments, scan);
         }
         let active = segments.last_mut().expect("at least one segment");
-        let clean = clean_next_offset == Some(active.next_offset) && fence.is_none();
-        let mut recovery_point = recovery_point.unwrap_or(active.base_offset);
+        let clean_shutdown = scan.clean_next_offset == Some(active.next_offset) && fence.is_none();
+        let mut recovery_point = scan.recovery_point.unwrap_or(active.base_offset);
         if fence.is_none() {
             active.data_durable = false;
-            active.offset_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
-            active.time_index.0.grow(config.index_capacity()).map_err(at(&active.path))?;
+            let capacity = self.config.index_capacity();
+            active.offset_index.0.grow(capacity).map_err(io_at(&active.path))?;
+            active.time_index.0.grow(capacity).map_err(io_at(&active.path))?;
             if recovery_point != active.base_offset {
                 recovery_point = active.base_offset;
-                write_recovery_point(fs.as_ref(), dir, recovery_point).map_err(at(dir))?;
+                write_recovery_point(self.fs, self.dir, recovery_point).map_err(io_at(self.dir))?;
             }
         }
-        if clean_next_offset.is_some() {
-            fs.remove_file(&marker).map_err(at(&marker))?;
-            fs.sync_dir(dir).map_err(at(dir))?;
+        if scan.clean_next_offset.is_some() {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            self.fs.remove_file(&marker).map_err(io_at(&marker))?;
+            self.fs.sync_dir(self.dir).map_err(io_at(self.dir))?;
         }
-        let durable = Watermark {
-            offset: active.next_offset,
-            segment_base: active.base_offset,
-            position: active.size_bytes,
-        };
-        let mut report = opener.report;
-        report.clean_shutdown = clean;
-        report.segments = segments.len();
-        if let Some(fence) = &fence {
-            tracing::error!(dir = %dir.display(), %fence, "log opened fenced");
-        }
-        Ok(Log {
-            fs,
-            dir: dir.to_path_buf(),
-            config,
-            segments,
-            durable,
-            last_sync: now,
-            fence,
-            recovery: report,
-            recovery_point,
-        })
+        Ok(Finished { segments, fence, recovery_point, clean_shutdown })
     }
-}
 
-impl Opener<'_> {
     /// Step 1: removes leftovers and returns the segments' base offsets, oldest first.
     fn tidy(&mut self) -> std::io::Result<Vec<Offset>> {
         let names = self.fs.list_dir(self.dir)?;
@@ -273,22 +380,18 @@ impl Opener<'_> {
     fn load(
         &mut self,
         base: Offset,
-        last: bool,
-        trust_indexes: bool,
+        role: Role,
+        indexes: Indexes,
         now: TimestampMs,
     ) -> Result<(Segment, Option<Stop>), OpenError> {
         let [path, offset_path, time_path] = segment_paths(self.dir, base);
-        let at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
-        };
-        let file = self.fs.open(&path, OpenMode::Existing).map_err(at(&path))?;
-        let file_bytes = file.len().map_err(at(&path))?;
-        let indexes = if trust_indexes {
+        let file = self.fs.open(&path, OpenMode::Existing).map_err(io_at(&path))?;
+        let file_bytes = file.len().map_err(io_at(&path))?;
+        let indexes = if indexes == Indexes::KeepIfConsistent {
             let offset_index = IndexFile::open_trimmed(self.fs, &offset_path, OFFSET_ENTRY_BYTES)
-                .map_err(at(&offset_path))?;
+                .map_err(io_at(&offset_path))?;
             let time_index = IndexFile::open_trimmed(self.fs, &time_path, TIME_ENTRY_BYTES)
-                .map_err(at(&time_path))?;
+                .map_err(io_at(&time_path))?;
             offset_index.zip(time_index).map(|(o, t)| (OffsetIndex(o), TimeIndex(t)))
         } else {
             None
@@ -309,11 +412,11 @@ impl Opener<'_> {
                 last_indexed_position: 0,
                 data_durable: true,
             };
-            if let Some(()) = self.check_tail(&mut segment, now).map_err(at(&path))? {
+            if let Some(()) = self.check_tail(&mut segment, now).map_err(io_at(&path))? {
                 return Ok((segment, None));
             }
         }
-        self.scan_and_rebuild(base, file, last, now)
+        self.scan_and_rebuild(base, file, role, now)
     }
 
     /// Checks the batches after the last index entry of a segment with trusted indexes, and
@@ -370,26 +473,25 @@ impl Opener<'_> {
         &mut self,
         base: Offset,
         file: Arc<dyn crate::fs::File>,
-        last: bool,
+        role: Role,
         now: TimestampMs,
     ) -> Result<(Segment, Option<Stop>), OpenError> {
         let [path, offset_path, time_path] = segment_paths(self.dir, base);
-        let at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
+        let capacity = match role {
+            Role::Active => self.config.index_capacity(),
+            Role::Sealed => 0,
         };
-        let capacity = if last { self.config.index_capacity() } else { 0 };
         let mut segment = Segment {
             base_offset: base,
             path: path.clone(),
             file: file.clone(),
             offset_index: OffsetIndex(
                 IndexFile::create(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
-                    .map_err(at(&offset_path))?,
+                    .map_err(io_at(&offset_path))?,
             ),
             time_index: TimeIndex(
                 IndexFile::create(self.fs, &time_path, TIME_ENTRY_BYTES, capacity)
-                    .map_err(at(&time_path))?,
+                    .map_err(io_at(&time_path))?,
             ),
             size_bytes: 0,
             next_offset: base,
@@ -398,12 +500,12 @@ impl Opener<'_> {
             last_indexed_position: 0,
             data_durable: false,
         };
-        let outcome = segment.scan().map_err(at(&path))?;
+        let outcome = segment.scan().map_err(io_at(&path))?;
         self.report.scanned.push(path.clone());
         self.report.rebuilt_indexes.extend([offset_path.clone(), time_path.clone()]);
         let entries = outcome.offset_entries.len().max(outcome.time_entries.len()) + 1;
-        segment.offset_index.0.grow(entries.max(capacity)).map_err(at(&offset_path))?;
-        segment.time_index.0.grow(entries.max(capacity)).map_err(at(&time_path))?;
+        segment.offset_index.0.grow(entries.max(capacity)).map_err(io_at(&offset_path))?;
+        segment.time_index.0.grow(entries.max(capacity)).map_err(io_at(&time_path))?;
         for entry in &outcome.offset_entries {
             segment.offset_index.push(*entry);
         }
@@ -416,9 +518,9 @@ impl Opener<'_> {
         segment.last_indexed_position =
             outcome.offset_entries.last().map_or(0, |e| u64::from(e.position));
         segment.first_append = outcome.first_batch_max_timestamp.map(|t| t.min(now));
-        if !last {
-            segment.offset_index.0.trim_and_sync().map_err(at(&offset_path))?;
-            segment.time_index.0.trim_and_sync().map_err(at(&time_path))?;
+        if role == Role::Sealed {
+            segment.offset_index.0.trim_and_sync().map_err(io_at(&offset_path))?;
+            segment.time_index.0.trim_and_sync().map_err(io_at(&time_path))?;
         }
         Ok((segment, outcome.stopped))
     }
@@ -430,24 +532,20 @@ impl Opener<'_> {
         &mut self,
         segment: &mut Segment,
         stop: Stop,
-        known_durable: bool,
+        durability: Durability,
         later: &[Offset],
     ) -> Result<Option<Fence>, OpenError> {
-        let at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
-        };
         let end = segment.next_offset;
         let mut durable_after = stop.durable_after;
-        if !known_durable {
+        if durability == Durability::PerhapsUnsynced {
             for &base in later {
                 let path = segment::log_path(self.dir, base);
-                let file = self.fs.open(&path, OpenMode::Existing).map_err(at(&path))?;
-                let stamp = segment::max_durable_stamp(file.as_ref(), 0).map_err(at(&path))?;
+                let file = self.fs.open(&path, OpenMode::Existing).map_err(io_at(&path))?;
+                let stamp = segment::max_durable_stamp(file.as_ref(), 0).map_err(io_at(&path))?;
                 durable_after = durable_after.max(stamp);
             }
         }
-        if known_durable || durable_after.is_some_and(|d| d > end) {
+        if durability == Durability::KnownDurable || durable_after.is_some_and(|d| d > end) {
             return Ok(Some(Fence::Damaged {
                 path: segment.path.clone(),
                 position: segment.size_bytes,
@@ -455,24 +553,24 @@ impl Opener<'_> {
                 readable_end: end,
             }));
         }
-        let file_bytes = segment.file.len().map_err(at(&segment.path))?;
+        let file_bytes = segment.file.len().map_err(io_at(&segment.path))?;
         if file_bytes > segment.size_bytes {
             tracing::warn!(path = %segment.path.display(), position = segment.size_bytes, reason = %stop.reason, "cutting a torn tail");
-            segment.file.set_len(segment.size_bytes).map_err(at(&segment.path))?;
-            segment.file.sync_data().map_err(at(&segment.path))?;
+            segment.file.set_len(segment.size_bytes).map_err(io_at(&segment.path))?;
+            segment.file.sync_data().map_err(io_at(&segment.path))?;
             self.report.truncated = Some((segment.path.clone(), file_bytes - segment.size_bytes));
         }
         for &base in later {
             tracing::warn!(base = base.0, "deleting a segment that follows a torn tail");
             for path in segment_paths(self.dir, base) {
-                if self.fs.exists(&path).map_err(at(&path))? {
-                    self.fs.remove_file(&path).map_err(at(&path))?;
+                if self.fs.exists(&path).map_err(io_at(&path))? {
+                    self.fs.remove_file(&path).map_err(io_at(&path))?;
                     self.report.removed.push(path);
                 }
             }
         }
         if !later.is_empty() {
-            self.fs.sync_dir(self.dir).map_err(at(self.dir))?;
+            self.fs.sync_dir(self.dir).map_err(io_at(self.dir))?;
         }
         Ok(None)
     }
@@ -497,30 +595,22 @@ impl Opener<'_> {
 /// The file that holds the recovery point, in decimal.
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";
 
-/// Records durably that every segment below `offset` was fsynced whole: write a temporary
-/// file, fsync it, rename it over the old one, fsync the directory.
+/// Records durably that every segment below `offset` was fsynced whole, with
+/// [`crate::fs::write_atomically`].
 pub(crate) fn write_recovery_point(
     fs: &dyn FileSystem,
     dir: &Path,
     offset: Offset,
 ) -> std::io::Result<()> {
-    stage_recovery_point(fs, dir, offset)?;
-    fs.sync_dir(dir)
+    crate::fs::write_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }
 
-/// [`write_recovery_point`] but the directory sync, for a caller that syncs the directory
-/// anyway.
+/// [`write_recovery_point`] but the directory sync ([`crate::fs::stage_atomically`]), for a
+/// caller that syncs the directory anyway.
 pub(crate) fn stage_recovery_point(
     fs: &dyn FileSystem,
     dir: &Path,
     offset: Offset,
 ) -> std::io::Result<()> {
-    let temporary = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
-    if fs.exists(&temporary)? {
-        fs.remove_file(&temporary)?;
-    }
-    let file = fs.open(&temporary, OpenMode::CreateNew)?;
-    file.write_all_at(offset.0.to_string().as_bytes(), 0)?;
-    file.sync_data()?;
-    fs.rename(&temporary, &dir.join(RECOVERY_POINT_FILE))
+    crate::fs::stage_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }

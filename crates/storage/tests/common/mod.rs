@@ -99,7 +99,7 @@ pub fn snapshot(fs: &SimFileSystem) -> std::collections::BTreeMap<String, Vec<u8
 /// A fresh simulated disk holding exactly `files` in the test log directory, all durable.
 pub fn restore(files: &std::collections::BTreeMap<String, Vec<u8>>) -> SimFileSystem {
     let fs = SimFileSystem::new();
-    fs.create_dir_all(&dir()).unwrap();
+    spool_storage::fs::create_dir_all_durably(&fs, &dir()).unwrap();
     for (name, bytes) in files {
         fs.write(&dir().join(name), bytes);
     }
