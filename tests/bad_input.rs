@@ -656,8 +656,8 @@ fn consume_rows(c: &Clients) -> Vec<Row> {
         let call = async move { consume.fetch(request).await };
         rows.push(row(format!("Fetch {what}"), code, message_has, call));
     };
-    add("past the end", Code::OutOfRange, "the log holds offsets 0..3", fetch(4));
-    add("at u64::MAX", Code::OutOfRange, "offsets 0..3", fetch(u64::MAX));
+    add("past the end", Code::OutOfRange, "the log holds offsets 0 to 2", fetch(4));
+    add("at u64::MAX", Code::OutOfRange, "offsets 0 to 2", fetch(u64::MAX));
     add(
         "of an unknown topic",
         Code::NotFound,
@@ -713,11 +713,11 @@ fn consume_rows(c: &Clients) -> Vec<Row> {
         FetchRequest { topic: "nope".into(), encoding: 7, ..fetch(0) },
     );
     let subscriptions = [
-        ("from offset 4", Code::OutOfRange, "offsets 0..3", subscribe(Position::Offset(4))),
+        ("from offset 4", Code::OutOfRange, "offsets 0 to 2", subscribe(Position::Offset(4))),
         (
             "from offset u64::MAX",
             Code::OutOfRange,
-            "offsets 0..3",
+            "offsets 0 to 2",
             subscribe(Position::Offset(u64::MAX)),
         ),
         (

@@ -540,8 +540,12 @@ async fn every_error_has_its_status_code() {
     assert_code(consumer.fetch(fetch(0, 3_600_000)).await, Code::InvalidArgument, "max_wait_ms");
 
     // OUT_OF_RANGE, with the valid range in the message.
-    assert_code(server.fetch("t", 0, 3).await, Code::OutOfRange, "the log holds offsets 0..2");
-    assert_code(server.replay("t", 0, Position::Offset(9)).await, Code::OutOfRange, "offsets 0..2");
+    assert_code(server.fetch("t", 0, 3).await, Code::OutOfRange, "the log holds offsets 0 to 1");
+    assert_code(
+        server.replay("t", 0, Position::Offset(9)).await,
+        Code::OutOfRange,
+        "offsets 0 to 1",
+    );
 
     // FAILED_PRECONDITION: acks=all on a topic that never syncs.
     let all_on_never = ProduceRequest {

@@ -43,14 +43,10 @@ use spool_storage::{
 };
 use thiserror::Error;
 
-/// Bytes one read takes while folding a log at start-up.
-const FOLD_READ_BYTES: u32 = 8 * 1024 * 1024;
-/// Records, and bytes of keys and values, appended as one batch at most: far below the batch
-/// limits, whatever the records' sizes (a commit record is at most a few hundred KiB).
-pub const GROUP_RECORDS_MAX: usize = 10_000;
-pub const GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Segment size of internal logs: small, as they hold small records.
-const INTERNAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+use crate::limits::{
+    INTERNAL_FOLD_READ_BYTES, INTERNAL_GROUP_BYTES_MAX, INTERNAL_GROUP_RECORDS_MAX,
+    INTERNAL_SEGMENT_BYTES,
+};
 
 /// The configuration of every internal log: every append is durable before it is answered.
 pub fn internal_log_config() -> LogConfig {
@@ -152,8 +148,8 @@ impl InternalLogStore {
     }
 
     /// Appends `records` (`(key, value)`) as one batch and syncs it: once this returns `Ok`,
-    /// they are durable. Callers keep a batch within [`GROUP_RECORDS_MAX`] and
-    /// [`GROUP_BYTES_MAX`].
+    /// they are durable. Callers keep a batch within [`INTERNAL_GROUP_RECORDS_MAX`] and
+    /// [`INTERNAL_GROUP_BYTES_MAX`].
     pub fn append(
         &mut self,
         records: &[(&[u8], &[u8])],
@@ -239,7 +235,7 @@ fn fold_log(
     let mut offset = log.log_start_offset();
     while offset < log.visible_end_offset() {
         let read = log
-            .read(offset, FOLD_READ_BYTES)
+            .read(offset, INTERNAL_FOLD_READ_BYTES)
             .map_err(|source| OpenInternalError::Read { path: path.to_path_buf(), source })?;
         for batch in BatchIter::new(&read.bytes) {
             let batch = batch.map_err(|e| bad(offset.0, e.to_string()))?;
@@ -285,7 +281,9 @@ fn chunks(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[(Vec<u8>, Vec<u8>)]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (index, (key, value)) in records.iter().enumerate() {
-        if index > start && (bytes >= GROUP_BYTES_MAX || index - start >= GROUP_RECORDS_MAX) {
+        if index > start
+            && (bytes >= INTERNAL_GROUP_BYTES_MAX || index - start >= INTERNAL_GROUP_RECORDS_MAX)
+        {
             chunks.push(&records[start..index]);
             (start, bytes) = (index, 0);
         }

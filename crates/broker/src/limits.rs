@@ -4,7 +4,7 @@
 //! in `spool_proto::limits`, the server's own (queues, streams, the browser listener) in the
 //! server's `limits` module. The `const` assertions pin how these relate to storage's.
 
-use spool_storage::limits::BATCH_BYTES_MAX;
+use spool_storage::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX};
 pub use spool_storage::limits::{
     FSYNC_INTERVAL_MS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
@@ -66,7 +66,22 @@ pub const PRODUCER_ID_BLOCK: u64 = 1000;
 /// that compactions are rare (a commit record is about 60 bytes per partition).
 pub const INTERNAL_LOG_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Bytes one read takes while folding an internal log at start-up.
+pub const INTERNAL_FOLD_READ_BYTES: u32 = 8 * 1024 * 1024;
+/// Records, and bytes of keys and values, appended to an internal log as one batch at most:
+/// far below the batch limits, whatever the records' sizes (a commit record is at most a few
+/// hundred KiB).
+pub const INTERNAL_GROUP_RECORDS_MAX: usize = 10_000;
+pub const INTERNAL_GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Segment size of internal logs: small, as they hold small records.
+pub const INTERNAL_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
 const _: () = assert!(PARTITIONS_PER_TOPIC_MAX <= PARTITIONS_TOTAL_MAX);
+const _: () = assert!(INTERNAL_FOLD_READ_BYTES >= BATCH_BYTES_MAX);
+// A group of records, with its framing, fits in one batch.
+const _: () = assert!(INTERNAL_GROUP_BYTES_MAX * 2 <= BATCH_BYTES_MAX as usize);
+const _: () = assert!(INTERNAL_GROUP_RECORDS_MAX <= BATCH_RECORDS_MAX as usize);
+const _: () = assert!(INTERNAL_SEGMENT_BYTES >= SEGMENT_BYTES_MIN);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX < 255, "a name must fit in one path component");
 const _: () = assert!(GROUPS_LIVE_MAX <= GROUPS_KNOWN_MAX);
 const _: () = assert!(PRODUCER_BATCHES_RETAINED >= 1);

@@ -85,7 +85,7 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
             Ok(header) => {
                 let base = header.base_offset.0;
                 out!(
-                    "position {position}: offsets {base}..={} ({} records), {batch_bytes} bytes, timestamps {}..={}, crc {:#010x} ok",
+                    "position {position}: offsets {base} to {} ({} records), {batch_bytes} bytes, timestamps {} to {}, crc {:#010x} ok",
                     header.last_offset().0,
                     header.record_count,
                     header.first_timestamp.0,

@@ -75,7 +75,10 @@ pub enum ServiceError {
     TopicConfig(#[from] TopicConfigError),
     #[error("topic {name} does not exist")]
     UnknownTopic { name: TopicName },
-    #[error("topic {topic} has partitions 0..{partitions}; partition {partition} does not exist")]
+    #[error(
+        "topic {topic} has partitions 0 to {}; partition {partition} does not exist",
+        .partitions.saturating_sub(1)
+    )]
     UnknownPartition { topic: TopicName, partition: u32, partitions: u32 },
     #[error(
         "acks=all asks for records synced to disk, but topic {topic} has fsync policy `never`, so no produce is ever synced; use acks=leader, or a topic with fsync `always` or `interval`"

@@ -39,8 +39,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use spool_broker::internal_log::{GROUP_BYTES_MAX, GROUP_RECORDS_MAX, InternalLogStore};
-use spool_broker::limits::INTERNAL_LOG_COMPACT_BYTES;
+use spool_broker::internal_log::InternalLogStore;
+use spool_broker::limits::{
+    INTERNAL_GROUP_BYTES_MAX, INTERNAL_GROUP_RECORDS_MAX, INTERNAL_LOG_COMPACT_BYTES,
+};
 use spool_storage::TimestampMs;
 use spool_storage::fs::StdFileSystem;
 use tokio::sync::{mpsc, oneshot};
@@ -177,7 +179,7 @@ async fn write(
     while let Some(first) = requests.recv().await {
         let mut bytes = first.key.len() + first.value.len();
         let mut group = vec![first];
-        while bytes < GROUP_BYTES_MAX && group.len() < GROUP_RECORDS_MAX {
+        while bytes < INTERNAL_GROUP_BYTES_MAX && group.len() < INTERNAL_GROUP_RECORDS_MAX {
             let Ok(next) = requests.try_recv() else { break };
             bytes += next.key.len() + next.value.len();
             group.push(next);

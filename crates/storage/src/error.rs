@@ -76,11 +76,17 @@ pub enum SyncError {
     Fenced(Fence),
 }
 
+/// What a log holds, as a person reads a range: "offsets 3 to 9".
+fn held(log_start: Offset, log_end: Offset) -> String {
+    match log_end.0.checked_sub(1).filter(|last| *last >= log_start.0) {
+        Some(last) => format!("the log holds offsets {log_start} to {last}"),
+        None => format!("the log holds no records; the next is offset {log_end}"),
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ReadError {
-    #[error(
-        "offset {requested} is out of range: the log holds offsets {log_start}..{log_end} (start inclusive, end exclusive)"
-    )]
+    #[error("offset {requested} is out of range: {}", held(*log_start, *log_end))]
     OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
     #[error("reading {path} failed: {source}")]
     Io { path: PathBuf, source: io::Error },
