@@ -22,6 +22,9 @@ const LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records sent and not yet answered that `spool produce` keeps track of, at most: it stops
 /// reading standard input beyond this.
 const PRODUCE_UNANSWERED_MAX: usize = 64 * 1024;
+/// The longest a line waits for more before its batch goes, while standard input keeps
+/// lines coming; a batch also goes when it is full, or at once when input pauses.
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = assert!(LINE_BYTES_MAX < BATCH_BYTES_MAX as usize);
 
 fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -269,8 +272,14 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
             Fsync::Always | Fsync::IntervalMs(_) => Acks::All,
         },
     };
-    let config =
-        ProducerConfig { acks, batch_bytes_max: BATCH_BYTES_MAX as usize, ..Default::default() };
+    // A batch goes when standard input has nothing more ready (see below), or when it is full:
+    // piped lines travel in large batches, typed ones at once.
+    let config = ProducerConfig {
+        acks,
+        batch_bytes_max: BATCH_BYTES_MAX as usize,
+        linger: LINGER_MAX,
+        ..Default::default()
+    };
     let producer = client.producer(&options.topic, config).await?;
 
     // Deliveries are awaited in line order on their own task, so a slow answer does not stop
@@ -293,7 +302,18 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
     std::thread::spawn(move || read_lines(lines_tx));
     let mut number = 0u64;
     let mut read_error = None;
-    while let Some(line) = lines.recv().await {
+    loop {
+        let line = match lines.try_recv() {
+            Ok(line) => line,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                producer.send_buffered();
+                match lines.recv().await {
+                    Some(line) => line,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
         let line = match line {
             Ok(line) => line,
             Err(error) => {

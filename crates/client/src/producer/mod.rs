@@ -583,19 +583,25 @@ impl Producer {
         shared.append(record, bytes, self.handle.partitions)
     }
 
+    /// Sends every buffered record now, without waiting for linger, and returns at once: for
+    /// a caller that knows no more records are coming for a while (an interactive input with
+    /// nothing more typed), so a long linger costs it nothing.
+    pub fn send_buffered(&self) {
+        let shared = &self.handle.shared;
+        for buffer in &mut locked(&shared.state).partitions {
+            buffer.seal();
+        }
+        shared.sender_wake.notify_one();
+    }
+
     /// Sends every buffered record now (without waiting for linger) and waits until every
     /// record sent before the call is answered. Errors of single records are reported by
     /// their [`Delivery`]; this fails only when the producer itself has failed.
     pub async fn flush(&self) -> Result<(), ProduceError> {
         let shared = &self.handle.shared;
-        let newest: Vec<Arc<Outcome>> = {
-            let mut state = locked(&shared.state);
-            for buffer in &mut state.partitions {
-                buffer.seal();
-            }
-            state.partitions.iter().filter_map(|b| b.newest.clone()).collect()
-        };
-        shared.sender_wake.notify_one();
+        self.send_buffered();
+        let newest: Vec<Arc<Outcome>> =
+            locked(&shared.state).partitions.iter().filter_map(|b| b.newest.clone()).collect();
         for outcome in newest {
             outcome.wait().await;
         }
