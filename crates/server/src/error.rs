@@ -305,7 +305,7 @@ mod tests {
                 },
             ),
             Code::OutOfRange,
-            "offsets 2..5",
+            "offsets 2 to 4",
         );
         let full = io::Error::from(io::ErrorKind::StorageFull);
         check(
