@@ -140,6 +140,14 @@ impl Server {
         &self.broker.recovery
     }
 
+    /// Drains every writer's queue, syncs it and closes every log cleanly.
+    async fn close(&self) {
+        self.broker.close().await;
+        self.groups.close().await;
+        self.producer_ids.close().await;
+        tracing::info!("all partition logs closed");
+    }
+
     /// Serves on `listener`, plaintext and without tokens, until `shutdown` resolves, then
     /// shuts down as described in the crate docs and returns.
     pub async fn serve(
@@ -171,6 +179,16 @@ struct Services {
 }
 
 impl Services {
+    /// Every service behind a closed gate.
+    fn gated() -> Services {
+        Services {
+            topics: Gate::new(),
+            produce: Gate::new(),
+            consume: Gate::new(),
+            groups: Gate::new(),
+        }
+    }
+
     fn open(&self, server: &Server, auth: &AuthLayer) {
         let broker = &server.broker;
         let topics = TopicServiceServer::new(TopicApi { broker: broker.clone() })
@@ -212,51 +230,23 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 
 /// Serves health, reflection and (gated) Spool's services on `listener` while `opening`
 /// runs; once it yields the opened server, turns health SERVING and serves until
-/// `shutdown`.
+/// `shutdown`. The phases, each a function below: listen, open, go live, serve until
+/// shutdown (then drain within the grace), close.
 pub async fn serve(
     listener: TcpListener,
     options: ServeOptions,
     opening: impl Future<Output = Result<Server, RunError>> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let ServeOptions { tls, tokens, metrics, http, serving: told } = options;
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
-    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
-        builder
-            .register_encoded_file_descriptor_set(spool_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-    let reflection_v1alpha =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
-    let services = Services {
-        topics: Gate::new(),
-        produce: Gate::new(),
-        consume: Gate::new(),
-        groups: Gate::new(),
-    };
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .max_frame_size(HTTP2_FRAME_BYTES_MAX);
-    if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls.server_config()).map_err(RunError::Tls)?;
-    }
+    let services = Services::gated();
     let stop_serving = CancellationToken::new();
-    let serving = builder
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(services.topics.clone())
-        .add_service(services.produce.clone())
-        .add_service(services.consume.clone())
-        .add_service(services.groups.clone())
-        .serve_with_incoming_shutdown(
-            serving::counted_connections(listener),
-            stop_serving.clone().cancelled_owned(),
-        );
+    let serving = listen(listener, tls.as_ref(), health, &services, &stop_serving)?;
     tokio::pin!(serving, shutdown);
     let opened_broker = Arc::new(std::sync::OnceLock::new());
-    let metrics_endpoint = match options.metrics {
+    let metrics_endpoint = match metrics {
         Some(listener) => {
             let prometheus = metrics::install_prometheus()?;
             let endpoint = serving::serve_metrics(
@@ -269,6 +259,8 @@ pub async fn serve(
         }
         None => None,
     };
+
+    // Open the data directory while health says NOT_SERVING.
     let server = tokio::select! {
         opened = opening => opened?,
         () = &mut shutdown => {
@@ -278,76 +270,21 @@ pub async fn serve(
         }
         served = &mut serving => return Ok(served?),
     };
-    let broker = server.broker.clone();
-    let _ = opened_broker.set(broker.clone());
-    let auth = AuthLayer::new(options.tokens.clone());
-    services.open(&server, &auth);
-    let http_endpoint = options.http.map(|listener| {
-        tokio::spawn(http::serve(listener, broker.clone(), auth.clone(), stop_serving.clone()))
-    });
-    let reloading = options.tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
-    set_health(&reporter, ServingStatus::Serving).await;
-    tracing::info!("serving");
-    if let Some(serving) = options.serving {
-        let _ = serving.send(());
+    let _ = opened_broker.set(server.broker.clone());
+    let live = go_live(&server, &services, tokens, http, &stop_serving, &reporter).await;
+    if let Some(told) = told {
+        let _ = told.send(());
     }
-    // Set when shutdown starts; the browser listener gets what is left of the same grace.
-    let mut deadline = None;
-    let served = tokio::select! {
-        served = &mut serving => served,
-        () = &mut shutdown => {
-            let grace_end = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-            deadline = Some(grace_end);
-            tracing::info!("shutting down: finishing calls in flight");
-            set_health(&reporter, ServingStatus::NotServing).await;
-            // Health watchers see NOT_SERVING, then their streams end, so they do not hold
-            // the shutdown for its grace period.
-            for name in HEALTH_NAMES {
-                reporter.clear_service_status(name).await;
-            }
-            broker.streams_stop.cancel();
-            stop_serving.cancel();
-            tokio::select! {
-                served = &mut serving => served,
-                _ = tokio::time::sleep_until(grace_end) => {
-                    tracing::warn!("calls still in flight after the grace period; closing their connections");
-                    Ok(())
-                }
-            }
-        }
-    };
+    let (served, grace_end) =
+        serve_until_shutdown(serving, shutdown, &mut reporter, &server, &stop_serving).await;
     stop_serving.cancel();
-    if let Some(reloading) = reloading {
+    if let Some(reloading) = live.reloading {
         reloading.abort();
     }
     // Posts in flight finish before the logs close; a browser that reads nothing is not
     // waited for past the grace period.
-    let http_served = match http_endpoint {
-        Some(mut endpoint) => match tokio::time::timeout_at(
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE),
-            &mut endpoint,
-        )
-        .await
-        {
-            Ok(Ok(result)) => result.map_err(RunError::HttpEndpoint),
-            Ok(Err(error)) => {
-                tracing::error!(%error, "the browser listener panicked");
-                Ok(())
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "browser connections still open after the grace period; closing them"
-                );
-                endpoint.abort();
-                Ok(())
-            }
-        },
-        None => Ok(()),
-    };
-    broker.close().await;
-    server.groups.close().await;
-    server.producer_ids.close().await;
-    tracing::info!("all partition logs closed");
+    let http_served = finish_http(live.http_endpoint, grace_end).await;
+    server.close().await;
     if let Some(endpoint) = metrics_endpoint {
         match endpoint.await {
             Ok(result) => result.map_err(RunError::MetricsEndpoint)?,
@@ -356,6 +293,131 @@ pub async fn serve(
     }
     http_served?;
     Ok(served?)
+}
+
+/// The gRPC listener's stack: health, reflection and Spool's services behind their gates
+/// (UNAVAILABLE until opened), serving until `stop_serving` is cancelled.
+fn listen(
+    listener: TcpListener,
+    tls: Option<&TlsConfig>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    services: &Services,
+    stop_serving: &CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send, RunError> {
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(spool_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server_config()).map_err(RunError::Tls)?;
+    }
+    Ok(builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.topics.clone())
+        .add_service(services.produce.clone())
+        .add_service(services.consume.clone())
+        .add_service(services.groups.clone())
+        .serve_with_incoming_shutdown(
+            serving::counted_connections(listener),
+            stop_serving.clone().cancelled_owned(),
+        ))
+}
+
+/// What runs beside the gRPC listener once the server is live.
+struct Live {
+    http_endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    reloading: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens the services' gates, starts the browser listener and the token file's reloading,
+/// and turns health SERVING.
+async fn go_live(
+    server: &Server,
+    services: &Services,
+    tokens: Option<Arc<Authenticator>>,
+    http: Option<TcpListener>,
+    stop_serving: &CancellationToken,
+    reporter: &HealthReporter,
+) -> Live {
+    let auth = AuthLayer::new(tokens.clone());
+    services.open(server, &auth);
+    let http_endpoint = http.map(|listener| {
+        tokio::spawn(http::serve(listener, server.broker.clone(), auth, stop_serving.clone()))
+    });
+    let reloading = tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
+    set_health(reporter, ServingStatus::Serving).await;
+    tracing::info!("serving");
+    Live { http_endpoint, reloading }
+}
+
+/// Serves until `shutdown`; then turns health NOT_SERVING, ends streams, stops accepting
+/// calls and lets those in flight finish within [`SHUTDOWN_GRACE`]. Returns how serving
+/// ended and, when shutdown started it, the grace's end.
+async fn serve_until_shutdown(
+    mut serving: std::pin::Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    reporter: &mut HealthReporter,
+    server: &Server,
+    stop_serving: &CancellationToken,
+) -> (Result<(), tonic::transport::Error>, Option<tokio::time::Instant>) {
+    tokio::select! {
+        served = &mut serving => (served, None),
+        () = shutdown => {
+            let grace_end = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            tracing::info!("shutting down: finishing calls in flight");
+            set_health(reporter, ServingStatus::NotServing).await;
+            // Health watchers see NOT_SERVING, then their streams end, so they do not hold
+            // the shutdown for its grace period.
+            for name in HEALTH_NAMES {
+                reporter.clear_service_status(name).await;
+            }
+            server.broker.streams_stop.cancel();
+            stop_serving.cancel();
+            let served = tokio::select! {
+                served = &mut serving => served,
+                _ = tokio::time::sleep_until(grace_end) => {
+                    tracing::warn!("calls still in flight after the grace period; closing their connections");
+                    Ok(())
+                }
+            };
+            (served, Some(grace_end))
+        }
+    }
+}
+
+/// Waits for the browser listener to finish its requests in flight, until the shutdown's
+/// grace ends (or a grace from now, when serving ended by itself).
+async fn finish_http(
+    endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    grace_end: Option<tokio::time::Instant>,
+) -> Result<(), RunError> {
+    let Some(mut endpoint) = endpoint else {
+        return Ok(());
+    };
+    let deadline = grace_end.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+    match tokio::time::timeout_at(deadline, &mut endpoint).await {
+        Ok(Ok(result)) => result.map_err(RunError::HttpEndpoint),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the browser listener panicked");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("browser connections still open after the grace period; closing them");
+            endpoint.abort();
+            Ok(())
+        }
+    }
 }
 
 /// Reloads the token file whenever it changes; a file that does not load leaves the tokens

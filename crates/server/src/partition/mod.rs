@@ -1,0 +1,432 @@
+//! One partition at run time: its log, the handle producers submit appends to, and the
+//! notification that wakes its readers. The writer task that appends to the log, and the
+//! pipelined group commit, are in [`writer`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::time::Duration;
+
+use crate::limits::{
+    RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
+};
+use bytes::Bytes;
+use spool_broker::TopicName;
+use spool_broker::producer::ProducerTable;
+use spool_storage::batch::CheckedBatch;
+use spool_storage::{
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, SyncTicket, TimestampMs,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServiceError;
+use crate::idempotence::{self, Refused};
+use crate::metrics::PartitionMetrics;
+
+mod writer;
+
+use writer::*;
+
+/// How long a producer waits, once its batch is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckLevel {
+    /// Nobody waits; only a failure is reported.
+    None,
+    /// Answered once appended.
+    Leader,
+    /// Answered once synced.
+    All,
+}
+
+pub(crate) type AppendReply = oneshot::Sender<Result<Appended, ServiceError>>;
+
+#[derive(Debug)]
+struct AppendRequest {
+    /// As the producer sent it, checked where it arrived: the log writes its stamped fields
+    /// in a copy of its head.
+    batch: CheckedBatch<Bytes>,
+    acks: AckLevel,
+    reply: AppendReply,
+}
+
+/// A partition's state shared by its writer, its readers and the services.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    topic: TopicName,
+    id: u32,
+    /// `None` once the writer has stopped (topic deleted or server shutting down).
+    log: RwLock<Option<Log>>,
+    queue: mpsc::Sender<AppendRequest>,
+    /// New log settings for the writer to apply (see [`Partition::reconfigure`]).
+    reconfigure: mpsc::Sender<Reconfigure>,
+    pub(crate) metrics: PartitionMetrics,
+    /// Bumped after every change readers may care about; it carries no data.
+    changed: watch::Sender<()>,
+    deleted: AtomicBool,
+    /// Idempotent producers' sequences (see `crate::idempotence`); only the writer uses it.
+    producers: Mutex<ProducerTable>,
+}
+
+/// What a reader sees of a partition without reading records.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionState {
+    pub(crate) log_start_offset: Offset,
+    pub(crate) visible_end_offset: Offset,
+    pub(crate) size_bytes: u64,
+    pub(crate) segments: usize,
+    pub(crate) fence: Option<String>,
+}
+
+/// A request to the writer to reopen its log with new settings.
+#[derive(Debug)]
+struct Reconfigure {
+    config: LogConfig,
+    reply: oneshot::Sender<Result<(), ServiceError>>,
+}
+
+impl Partition {
+    /// Starts the writer of `log`; it stops, drains its queue, syncs and hands the log back
+    /// when `stop` is cancelled.
+    pub(crate) fn start(
+        topic: TopicName,
+        id: u32,
+        log: Log,
+        stop: CancellationToken,
+    ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
+        let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
+        let partition = Arc::new(Partition {
+            metrics: PartitionMetrics::new(&topic, id),
+            topic,
+            id,
+            log: RwLock::new(Some(log)),
+            queue,
+            reconfigure,
+            changed: watch::Sender::new(()),
+            deleted: AtomicBool::new(false),
+            producers: Mutex::new(ProducerTable::new()),
+        });
+        let (synced, synced_answers) = mpsc::unbounded_channel();
+        let writer = Writer {
+            synced,
+            synced_answers,
+            partition: partition.clone(),
+            queue: receiver,
+            reconfigure: reconfigure_receiver,
+            waiting_for_sync: Vec::new(),
+            syncing: None,
+            background_sync: None,
+        };
+        (partition.clone(), tokio::spawn(writer.run(stop)))
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub(crate) fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    fn closed_error(&self) -> ServiceError {
+        if self.deleted.load(Ordering::SeqCst) {
+            ServiceError::TopicDeleted { topic: self.topic.clone() }
+        } else {
+            ServiceError::ShuttingDown
+        }
+    }
+
+    fn with_log<T>(
+        &self,
+        f: impl FnOnce(&Log) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(log) => f(log),
+            None => Err(self.closed_error()),
+        }
+    }
+
+    pub(crate) fn state(&self) -> Result<PartitionState, ServiceError> {
+        self.with_log(|log| {
+            Ok(PartitionState {
+                log_start_offset: log.log_start_offset(),
+                visible_end_offset: log.visible_end_offset(),
+                size_bytes: log.size_bytes(),
+                segments: log.segment_count(),
+                fence: log.fence().map(ToString::to_string),
+            })
+        })
+    }
+
+    /// A receiver that is marked changed whenever the partition may have new visible data, is
+    /// trimmed by retention, or closes.
+    pub(crate) fn watch(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Queues one batch for the writer, waiting while the queue is full (backpressure).
+    pub(crate) async fn submit(
+        &self,
+        batch: CheckedBatch<Bytes>,
+        acks: AckLevel,
+    ) -> Result<oneshot::Receiver<Result<Appended, ServiceError>>, ServiceError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(AppendRequest { batch, acks, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        Ok(answer)
+    }
+
+    /// Has the writer reopen the log with `config` (see `crate::alter`), between two group
+    /// commits; returns once the new settings are in force.
+    pub(crate) async fn reconfigure(&self, config: LogConfig) -> Result<(), ServiceError> {
+        let (reply, answer) = oneshot::channel();
+        self.reconfigure
+            .send(Reconfigure { config, reply })
+            .await
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Reads whole batches from `offset` (see `Log::read`) on a blocking thread.
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        offset: Offset,
+        bytes_max: u32,
+    ) -> Result<ReadBatches, ServiceError> {
+        let partition = self.clone();
+        blocking(move || {
+            partition.with_log(|log| {
+                log.read(offset, bytes_max)
+                    .map_err(|e| ServiceError::read(&partition.topic, partition.id, e))
+            })
+        })
+        .await
+    }
+
+    /// The first visible offset at or after `timestamp`, or the visible end.
+    pub(crate) async fn offset_for_timestamp(
+        self: &Arc<Self>,
+        timestamp: TimestampMs,
+    ) -> Result<Offset, ServiceError> {
+        let partition = self.clone();
+        blocking(move || {
+            partition.with_log(|log| {
+                let found = log
+                    .offset_for_timestamp(timestamp)
+                    .map_err(|e| ServiceError::read(&partition.topic, partition.id, e))?;
+                Ok(found.unwrap_or_else(|| log.visible_end_offset()))
+            })
+        })
+        .await
+    }
+}
+
+/// Runs `f` on a blocking thread; a panic there is a bug, reported as an internal error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("a blocking task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipelined group commit, against a simulated disk whose segment fsyncs the test
+    //! holds and fails at will.
+
+    use std::io;
+    use std::path::Path;
+    use std::sync::Condvar;
+
+    use bytes::BytesMut;
+    use spool_storage::batch::{BatchBuilder, ProducerStamp};
+    use spool_storage::fs::{EntryKind, File, FileSystem, MappedFile, OpenMode};
+    use spool_storage::sim::SimFileSystem;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Gate {
+        state: Mutex<GateState>,
+        changed: Condvar,
+    }
+
+    #[derive(Debug, Default)]
+    struct GateState {
+        held: bool,
+        /// Segment fsyncs started so far.
+        started: usize,
+        /// The fsync (counted as `started`) from which on every one fails.
+        fail_from: Option<usize>,
+    }
+
+    impl Gate {
+        fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        fn set(&self, change: impl FnOnce(&mut GateState)) {
+            change(&mut self.lock());
+            self.changed.notify_all();
+        }
+
+        /// Called by a segment fsync: counts it, waits while held, says whether it fails.
+        fn pass(&self) -> bool {
+            let mut state = self.lock();
+            state.started += 1;
+            let number = state.started;
+            self.changed.notify_all();
+            while state.held {
+                state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            state.fail_from.is_some_and(|from| number >= from)
+        }
+
+        async fn started(self: &Arc<Self>, count: usize) {
+            let gate = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut state = gate.lock();
+                while state.started < count {
+                    state = gate.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+            })
+            .await
+            .unwrap();
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFs {
+        disk: SimFileSystem,
+        gate: Arc<Gate>,
+    }
+
+    impl FileSystem for GatedFs {
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.create_dir(path)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+            self.disk.list_dir(path)
+        }
+        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
+            let file = self.disk.open(path, mode)?;
+            if path.extension().is_some_and(|e| e == "log") {
+                return Ok(Arc::new(GatedFile { file, gate: self.gate.clone() }));
+            }
+            Ok(file)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            self.disk.exists(path)
+        }
+        fn entry_kind(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+            self.disk.entry_kind(path)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.disk.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.remove_dir(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.disk.rename(from, to)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            self.disk.sync_dir(path)
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFile {
+        file: Arc<dyn File>,
+        gate: Arc<Gate>,
+    }
+
+    impl File for GatedFile {
+        fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+            self.file.read_exact_at(buf, position)
+        }
+        fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+            self.file.write_all_at(buf, position)
+        }
+        fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+            self.file.write_all_vectored_at(bufs, position)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.file.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn allocate(&self, len: u64) -> io::Result<()> {
+            self.file.allocate(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            if self.gate.pass() {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.file.sync_data()
+        }
+        fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>> {
+            self.file.map_mut(len)
+        }
+    }
+
+    fn batch() -> CheckedBatch<Bytes> {
+        let mut builder = BatchBuilder::new(BytesMut::new());
+        builder.push(TimestampMs::now(), None, Some(b"value"), &[]);
+        CheckedBatch::check(builder.finish(ProducerStamp::NONE).freeze()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_go_on_during_a_sync_and_only_what_a_sync_covers_is_acknowledged() {
+        let gate = Arc::new(Gate::default());
+        let fs = GatedFs { disk: SimFileSystem::new(), gate: gate.clone() };
+        let dir = Path::new("/data/topic/0");
+        let log = Log::open(Arc::new(fs), dir, LogConfig::default(), TimestampMs::now()).unwrap();
+        assert_eq!(log.config().fsync, FsyncPolicy::Always);
+        let stop = CancellationToken::new();
+        let topic = TopicName::parse("topic").unwrap();
+        let (partition, writer) = Partition::start(topic, 0, log, stop.clone());
+        let before = gate.lock().started;
+        gate.set(|g| g.held = true);
+
+        // A's group starts a sync, which the disk holds.
+        let a = partition.submit(batch(), AckLevel::All).await.unwrap();
+        gate.started(before + 1).await;
+        // B and C are appended while it runs: C (`leader`) is answered at once, B waits.
+        let mut b = partition.submit(batch(), AckLevel::All).await.unwrap();
+        let c = partition.submit(batch(), AckLevel::Leader).await.unwrap();
+        assert_eq!(c.await.unwrap().unwrap().base_offset, Offset(2));
+        assert!(b.try_recv().is_err(), "B is not acknowledged before a sync covers it");
+        assert_eq!(partition.state().unwrap().visible_end_offset, Offset(0), "nothing synced");
+
+        // A's sync succeeds; the next one, covering B and C, fails.
+        gate.set(|g| {
+            g.fail_from = Some(before + 2);
+            g.held = false;
+        });
+        assert_eq!(a.await.unwrap().unwrap().base_offset, Offset(0));
+        let b = b.await.unwrap();
+        assert!(matches!(b, Err(ServiceError::Fenced { .. })), "B is never acknowledged: {b:?}");
+        let state = partition.state().unwrap();
+        assert_eq!(state.visible_end_offset, Offset(1), "only A is durable, so only A is visible");
+        assert!(state.fence.is_some());
+        assert_eq!(gate.lock().started, before + 2, "a failed fsync is not retried");
+
+        let d = partition.submit(batch(), AckLevel::All).await.unwrap();
+        assert!(matches!(d.await.unwrap(), Err(ServiceError::Fenced { .. })));
+        stop.cancel();
+        writer.await.unwrap();
+        assert_eq!(gate.lock().started, before + 2, "nor retried at close");
+    }
+}
