@@ -100,6 +100,12 @@ impl TimestampMs {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         TimestampMs(since_epoch.as_millis() as i64)
     }
+
+    /// This time plus `ms` milliseconds (saturating: a deadline past the year 292 million is
+    /// as good as never).
+    pub fn plus_ms(self, ms: u64) -> TimestampMs {
+        TimestampMs(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
 }
 
 impl std::fmt::Display for Offset {

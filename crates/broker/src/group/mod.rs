@@ -1,7 +1,7 @@
 //! Consumer groups: membership, cooperative rebalancing, generations and committed offsets,
-//! as a synchronous, deterministic state machine. Time enters as milliseconds passed to
-//! every call (`now_ms`, from any monotonic clock); nothing here sleeps, spawns or does I/O.
-//! The server drives it: it calls [`Coordinator::tick`] at [`Coordinator::next_deadline_ms`],
+//! as a synchronous, deterministic state machine. Time enters as a [`TimestampMs`] passed to
+//! every call (`now`, which must never go backwards); nothing here sleeps, spawns or does
+//! I/O. The server drives it: it calls [`Coordinator::tick`] at [`Coordinator::next_deadline`],
 //! persists the [`CommitRecord`]s it returns, and tells members what [`Coordinator::view`]
 //! shows them.
 //!
@@ -42,7 +42,7 @@ mod offsets;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use spool_storage::Offset;
+use spool_storage::{Offset, TimestampMs};
 use thiserror::Error;
 
 pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets};
@@ -287,15 +287,15 @@ pub struct GroupDescription {
 #[derive(Debug)]
 struct Member {
     session_timeout_ms: u64,
-    last_heard_ms: u64,
+    last_heard: TimestampMs,
 }
 
-/// A partition's owner; `revoke_deadline_ms` is set while it is being revoked from it, and
+/// A partition's owner; `revoke_deadline` is set while it is being revoked from it, and
 /// `owned_since` is the generation at which the owner got it.
 #[derive(Debug, Default)]
 struct Slot {
     owner: Option<MemberId>,
-    revoke_deadline_ms: Option<u64>,
+    revoke_deadline: Option<TimestampMs>,
     owned_since: u64,
 }
 
@@ -335,23 +335,23 @@ impl Group {
 
     /// Starts a new generation: computes the target, revokes what must move, and gives free
     /// partitions to their target owners.
-    fn rebalance(&mut self, now_ms: u64) {
+    fn rebalance(&mut self, now: TimestampMs) {
         self.generation += 1;
         let members: BTreeSet<MemberId> = self.members.keys().cloned().collect();
         let partitions: BTreeSet<TopicPartition> = self.slots.keys().cloned().collect();
         let held: BTreeMap<TopicPartition, MemberId> = self
             .slots
             .iter()
-            .filter(|(_, slot)| slot.revoke_deadline_ms.is_none())
+            .filter(|(_, slot)| slot.revoke_deadline.is_none())
             .filter_map(|(p, slot)| slot.owner.clone().map(|owner| (p.clone(), owner)))
             .collect();
         self.target = assign::assign(&members, &partitions, &held);
         for (partition, slot) in &mut self.slots {
             let target = self.target.get(partition);
             match &slot.owner {
-                Some(owner) if slot.revoke_deadline_ms.is_none() && target != Some(owner) => {
+                Some(owner) if slot.revoke_deadline.is_none() && target != Some(owner) => {
                     let timeout = self.members[owner].session_timeout_ms;
-                    slot.revoke_deadline_ms = Some(now_ms + timeout);
+                    slot.revoke_deadline = Some(now.plus_ms(timeout));
                 }
                 Some(_) => {}
                 None => {
@@ -372,7 +372,7 @@ impl Group {
     }
 
     fn state(&self) -> GroupState {
-        if self.slots.values().any(|s| s.revoke_deadline_ms.is_some()) {
+        if self.slots.values().any(|s| s.revoke_deadline.is_some()) {
             GroupState::Rebalancing
         } else {
             GroupState::Stable
@@ -393,7 +393,7 @@ impl Coordinator {
         group: &GroupName,
         subscription: Subscription,
         session_timeout_ms: u64,
-        now_ms: u64,
+        now: TimestampMs,
     ) -> Result<(MemberId, Changes), JoinError> {
         assert!(session_timeout_ms > 0, "the server checks session timeouts at the edge");
         if subscription.topics.is_empty() || subscription.topics.len() > GROUP_TOPICS_MAX {
@@ -426,16 +426,16 @@ impl Coordinator {
         let member = MemberId::new(self.instance, self.next_member);
         self.next_member += 1;
         let live = self.groups.get_mut(group).expect("just checked or inserted");
-        live.members.insert(member.clone(), Member { session_timeout_ms, last_heard_ms: now_ms });
-        live.rebalance(now_ms);
+        live.members.insert(member.clone(), Member { session_timeout_ms, last_heard: now });
+        live.rebalance(now);
         Ok((member, Changes { wake: live.member_ids(), removed: Vec::new() }))
     }
 
     /// Notes that `member` was heard from. `false` when it is no longer a member.
-    pub fn heard_from(&mut self, group: &GroupName, member: &MemberId, now_ms: u64) -> bool {
+    pub fn heard_from(&mut self, group: &GroupName, member: &MemberId, now: TimestampMs) -> bool {
         match self.groups.get_mut(group).and_then(|g| g.members.get_mut(member)) {
             Some(state) => {
-                state.last_heard_ms = state.last_heard_ms.max(now_ms);
+                state.last_heard = state.last_heard.max(now);
                 true
             }
             None => false,
@@ -443,15 +443,15 @@ impl Coordinator {
     }
 
     /// Removes a member that left (or whose stream ended) and rebalances its group.
-    pub fn leave(&mut self, group: &GroupName, member: &MemberId, now_ms: u64) -> Changes {
-        self.remove(group, &[(member.clone(), Removal::Left)], now_ms)
+    pub fn leave(&mut self, group: &GroupName, member: &MemberId, now: TimestampMs) -> Changes {
+        self.remove(group, &[(member.clone(), Removal::Left)], now)
     }
 
     fn remove(
         &mut self,
         group: &GroupName,
         removed: &[(MemberId, Removal)],
-        now_ms: u64,
+        now: TimestampMs,
     ) -> Changes {
         let Some(live) = self.groups.get_mut(group) else {
             return Changes::default();
@@ -468,7 +468,7 @@ impl Coordinator {
         if live.members.is_empty() {
             self.groups.remove(group);
         } else {
-            live.rebalance(now_ms);
+            live.rebalance(now);
         }
         let mut wake = wake;
         wake.extend(removed.iter().map(|(m, _)| m.clone()));
@@ -482,19 +482,19 @@ impl Coordinator {
         group: &GroupName,
         member: &MemberId,
         partitions: &[TopicPartition],
-        now_ms: u64,
+        now: TimestampMs,
     ) -> Changes {
-        if !self.heard_from(group, member, now_ms) {
+        if !self.heard_from(group, member, now) {
             return Changes::default();
         }
         let live = self.groups.get_mut(group).expect("the member's group is live");
         let mut wake = BTreeSet::new();
         for partition in partitions {
             let Some(slot) = live.slots.get_mut(partition) else { continue };
-            if slot.owner.as_ref() != Some(member) || slot.revoke_deadline_ms.is_none() {
+            if slot.owner.as_ref() != Some(member) || slot.revoke_deadline.is_none() {
                 continue;
             }
-            slot.revoke_deadline_ms = None;
+            slot.revoke_deadline = None;
             slot.owner = live.target.get(partition).cloned();
             slot.owned_since = live.generation;
             wake.insert(member.clone());
@@ -511,12 +511,12 @@ impl Coordinator {
         member: &MemberId,
         generation: u64,
         offsets: Vec<(TopicPartition, Offset)>,
-        now_ms: u64,
+        now: TimestampMs,
     ) -> Result<CommitRecord, CommitError> {
         if offsets.len() > COMMIT_OFFSETS_MAX {
             return Err(CommitError::TooManyOffsets { offsets: offsets.len() });
         }
-        if !self.heard_from(group, member, now_ms) {
+        if !self.heard_from(group, member, now) {
             return Err(CommitError::NotAMember { group: group.clone(), member: member.clone() });
         }
         let live = &self.groups[group];
@@ -569,7 +569,7 @@ impl Coordinator {
     }
 
     /// Removes members whose session or revocation deadline passed, and rebalances.
-    pub fn tick(&mut self, now_ms: u64) -> Changes {
+    pub fn tick(&mut self, now: TimestampMs) -> Changes {
         let mut changes = Changes::default();
         let names: Vec<GroupName> = self.groups.keys().cloned().collect();
         for name in names {
@@ -577,7 +577,7 @@ impl Coordinator {
             let mut expired: BTreeMap<MemberId, Removal> = live
                 .members
                 .iter()
-                .filter(|(_, m)| m.last_heard_ms + m.session_timeout_ms <= now_ms)
+                .filter(|(_, m)| m.last_heard.plus_ms(m.session_timeout_ms) <= now)
                 .map(|(id, m)| {
                     (
                         id.clone(),
@@ -586,8 +586,8 @@ impl Coordinator {
                 })
                 .collect();
             for slot in live.slots.values() {
-                if let (Some(owner), Some(deadline)) = (&slot.owner, slot.revoke_deadline_ms)
-                    && deadline <= now_ms
+                if let (Some(owner), Some(deadline)) = (&slot.owner, slot.revoke_deadline)
+                    && deadline <= now
                 {
                     let session_timeout_ms = live.members[owner].session_timeout_ms;
                     expired
@@ -599,7 +599,7 @@ impl Coordinator {
                 continue;
             }
             let expired: Vec<(MemberId, Removal)> = expired.into_iter().collect();
-            let group_changes = self.remove(&name, &expired, now_ms);
+            let group_changes = self.remove(&name, &expired, now);
             changes.wake.extend(group_changes.wake);
             changes.removed.extend(group_changes.removed);
         }
@@ -607,12 +607,13 @@ impl Coordinator {
     }
 
     /// The earliest time [`Coordinator::tick`] has something to do.
-    pub fn next_deadline_ms(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<TimestampMs> {
         self.groups
             .values()
             .flat_map(|g| {
-                let sessions = g.members.values().map(|m| m.last_heard_ms + m.session_timeout_ms);
-                let revocations = g.slots.values().filter_map(|s| s.revoke_deadline_ms);
+                let sessions =
+                    g.members.values().map(|m| m.last_heard.plus_ms(m.session_timeout_ms));
+                let revocations = g.slots.values().filter_map(|s| s.revoke_deadline);
                 sessions.chain(revocations)
             })
             .min()
@@ -631,7 +632,7 @@ impl Coordinator {
         for (partition, slot) in &live.slots {
             if slot.owner.as_ref() == Some(member) {
                 view.owned_since.insert(partition.clone(), slot.owned_since);
-                match slot.revoke_deadline_ms {
+                match slot.revoke_deadline {
                     Some(_) => view.revoking.insert(partition.clone()),
                     None => view.owned.insert(partition.clone()),
                 };
@@ -693,7 +694,7 @@ impl Coordinator {
             .map(|(p, slot)| PartitionDescription {
                 partition: p.clone(),
                 owner: slot.owner.clone(),
-                revoking: slot.revoke_deadline_ms.is_some(),
+                revoking: slot.revoke_deadline.is_some(),
                 committed: self.committed.get(group, p),
             })
             .collect();

@@ -1,4 +1,10 @@
 use super::*;
+use spool_storage::TimestampMs;
+
+/// A time on the coordinator's clock, in milliseconds.
+fn t(ms: i64) -> TimestampMs {
+    TimestampMs(ms)
+}
 
 fn name(group: &str) -> GroupName {
     GroupName::parse(group).unwrap()
@@ -23,8 +29,8 @@ fn revoking(c: &Coordinator, member: &MemberId) -> Vec<TopicPartition> {
     c.view(&name("g"), member).unwrap().revoking.into_iter().collect()
 }
 
-fn join(c: &mut Coordinator, now_ms: u64) -> MemberId {
-    c.join(&name("g"), subscription(6), 1000, now_ms).unwrap().0
+fn join(c: &mut Coordinator, now_ms: i64) -> MemberId {
+    c.join(&name("g"), subscription(6), 1000, t(now_ms)).unwrap().0
 }
 
 #[test]
@@ -39,15 +45,15 @@ fn three_members_get_fair_shares_and_a_late_joiner_moves_only_its_share() {
     assert_eq!(owned(&c, &b), Vec::<u32>::new());
     let moving = revoking(&c, &a);
     assert_eq!(moving.len(), 3);
-    c.revoked(&g, &a, &moving, 1);
+    c.revoked(&g, &a, &moving, t(1));
     assert_eq!(owned(&c, &b), [3, 4, 5]);
     let d = join(&mut c, 2);
     let from_a = revoking(&c, &a);
     let from_b = revoking(&c, &b);
     assert_eq!((from_a.len(), from_b.len()), (1, 1), "each gives one to the newcomer");
     assert_eq!((owned(&c, &a).len(), owned(&c, &b).len()), (2, 2));
-    c.revoked(&g, &a, &from_a, 3);
-    c.revoked(&g, &b, &from_b, 3);
+    c.revoked(&g, &a, &from_a, t(3));
+    c.revoked(&g, &b, &from_b, t(3));
     assert_eq!(owned(&c, &d).len(), 2);
     assert_eq!(c.describe(&g).unwrap().state, GroupState::Stable);
     assert_eq!(c.describe(&g).unwrap().generation, 3);
@@ -58,30 +64,30 @@ fn commits_need_membership_ownership_and_a_generation_of_the_current_tenure() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
     let a = join(&mut c, 0);
-    assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(5))], 0).is_ok());
+    assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(5))], t(0)).is_ok());
     assert_eq!(c.committed(&g, &tp(0)), Some(Offset(5)));
     let b = join(&mut c, 0);
     // a keeps partition 0 across the rebalance: its commits naming generation 1 still count.
-    assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(6))], 0).is_ok());
+    assert!(c.commit(&g, &a, 1, vec![(tp(0), Offset(6))], t(0)).is_ok());
     assert!(matches!(
-        c.commit(&g, &a, 3, vec![(tp(0), Offset(7))], 0),
+        c.commit(&g, &a, 3, vec![(tp(0), Offset(7))], t(0)),
         Err(CommitError::FutureGeneration { generation: 3, current: 2, .. })
     ));
     // A partition being revoked may still be committed by its owner, before it acknowledges.
     let moving = revoking(&c, &a);
-    assert!(c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(1))], 0).is_ok());
+    assert!(c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(1))], t(0)).is_ok());
     assert!(matches!(
-        c.commit(&g, &b, 2, vec![(moving[0].clone(), Offset(2))], 0),
+        c.commit(&g, &b, 2, vec![(moving[0].clone(), Offset(2))], t(0)),
         Err(CommitError::NotOwner { .. })
     ));
-    c.revoked(&g, &a, &moving, 0);
+    c.revoked(&g, &a, &moving, t(0));
     assert!(matches!(
-        c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(2))], 0),
+        c.commit(&g, &a, 2, vec![(moving[0].clone(), Offset(2))], t(0)),
         Err(CommitError::NotOwner { .. })
     ));
     // b got it at generation 2: a commit naming generation 1 is from before its tenure.
     assert_eq!(
-        c.commit(&g, &b, 1, vec![(moving[0].clone(), Offset(2))], 0),
+        c.commit(&g, &b, 1, vec![(moving[0].clone(), Offset(2))], t(0)),
         Err(CommitError::StaleGeneration {
             member: b.clone(),
             partition: moving[0].clone(),
@@ -89,9 +95,9 @@ fn commits_need_membership_ownership_and_a_generation_of_the_current_tenure() {
             owned_since: 2
         })
     );
-    assert!(c.commit(&g, &b, 2, vec![(moving[0].clone(), Offset(2))], 0).is_ok());
-    c.leave(&g, &a, 1);
-    assert!(matches!(c.commit(&g, &a, 3, vec![], 1), Err(CommitError::NotAMember { .. })));
+    assert!(c.commit(&g, &b, 2, vec![(moving[0].clone(), Offset(2))], t(0)).is_ok());
+    c.leave(&g, &a, t(1));
+    assert!(matches!(c.commit(&g, &a, 3, vec![], t(1)), Err(CommitError::NotAMember { .. })));
 }
 
 #[test]
@@ -101,19 +107,19 @@ fn a_silent_member_is_removed_at_its_session_timeout_and_its_partitions_move_at_
     let a = join(&mut c, 0);
     let b = join(&mut c, 0);
     let moving = revoking(&c, &a);
-    c.revoked(&g, &a, &moving, 0);
-    assert_eq!(c.next_deadline_ms(), Some(1000));
-    assert!(c.heard_from(&g, &a, 600));
-    assert_eq!(c.tick(999), Changes::default());
-    let changes = c.tick(1000);
+    c.revoked(&g, &a, &moving, t(0));
+    assert_eq!(c.next_deadline(), Some(t(1000)));
+    assert!(c.heard_from(&g, &a, t(600)));
+    assert_eq!(c.tick(t(999)), Changes::default());
+    let changes = c.tick(t(1000));
     assert_eq!(
         changes.removed,
         [(b.clone(), Removal::SessionTimeout { session_timeout_ms: 1000 })]
     );
     assert_eq!(owned(&c, &a), [0, 1, 2, 3, 4, 5], "nothing to revoke from a removed member");
     assert!(c.view(&g, &b).is_none());
-    assert!(!c.heard_from(&g, &b, 1001));
-    assert_eq!(c.next_deadline_ms(), Some(1600));
+    assert!(!c.heard_from(&g, &b, t(1001)));
+    assert_eq!(c.next_deadline(), Some(t(1600)));
 }
 
 #[test]
@@ -123,9 +129,9 @@ fn a_member_that_does_not_acknowledge_a_revocation_is_removed() {
     let a = join(&mut c, 0);
     let b = join(&mut c, 500);
     // a keeps heartbeating but never acknowledges.
-    assert!(c.heard_from(&g, &a, 1400));
-    assert!(c.heard_from(&g, &b, 1400));
-    let changes = c.tick(1500);
+    assert!(c.heard_from(&g, &a, t(1400)));
+    assert!(c.heard_from(&g, &b, t(1400)));
+    let changes = c.tick(t(1500));
     assert_eq!(
         changes.removed,
         [(a.clone(), Removal::RevocationTimeout { session_timeout_ms: 1000 })]
@@ -138,22 +144,22 @@ fn joins_are_checked_and_resets_wait_for_an_empty_group() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
     let none = Subscription { topics: BTreeMap::new(), reset: OffsetReset::Latest };
-    assert!(matches!(c.join(&g, none, 1000, 0), Err(JoinError::Topics { topics: 0 })));
-    let a = c.join(&g, subscription(2), 1000, 0).unwrap().0;
-    let error = c.join(&g, subscription(3), 1000, 0).unwrap_err();
+    assert!(matches!(c.join(&g, none, 1000, t(0)), Err(JoinError::Topics { topics: 0 })));
+    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
+    let error = c.join(&g, subscription(3), 1000, t(0)).unwrap_err();
     assert!(error.to_string().contains("t (2 partitions)"), "{error}");
     assert!(matches!(
         c.reset(&g, vec![(tp(0), Offset(0))]),
         Err(ResetError::LiveMembers { members: 1, .. })
     ));
-    c.leave(&g, &a, 0);
+    c.leave(&g, &a, t(0));
     assert_eq!(c.reset(&g, vec![(tp(0), Offset(3))]).unwrap().offsets, [(tp(0), Offset(3))]);
     let described = c.describe(&g).unwrap();
     assert_eq!(described.state, GroupState::Empty);
     assert_eq!(described.partitions[0].committed, Some(Offset(3)));
     assert_eq!(c.list().len(), 1);
     // A different subscription is fine once the group is empty.
-    assert!(c.join(&g, subscription(3), 1000, 0).is_ok());
+    assert!(c.join(&g, subscription(3), 1000, t(0)).is_ok());
     assert!(
         GroupName::parse("a/b")
             .unwrap_err()
@@ -199,7 +205,7 @@ fn model_random_membership_changes() {
         let g = name("g");
         let partitions = 1 + rng.below(12) as u32;
         let mut c = Coordinator::new(seed, CommittedOffsets::default());
-        let mut now = 0u64;
+        let mut now = t(0);
         let mut members: Vec<MemberId> = Vec::new();
         let mut silent: BTreeSet<MemberId> = BTreeSet::new();
         // The model's own record of each partition's tenure: (owner, revoking, since).
@@ -250,7 +256,7 @@ fn model_random_membership_changes() {
                     }
                 }
                 _ => {
-                    now += 1 + rng.below(150);
+                    now = now.plus_ms(1 + rng.below(150));
                     for m in members.iter().filter(|m| !silent.contains(*m)) {
                         c.heard_from(&g, m, now);
                     }

@@ -174,9 +174,9 @@ impl GroupApi {
         let link = Arc::new(MemberLink::default());
         let id = {
             let mut state = self.groups.lock();
-            let now_ms = self.groups.now_ms();
+            let now = self.groups.now();
             let (id, changes) =
-                state.coordinator.join(&group, subscription, session_timeout_ms, now_ms)?;
+                state.coordinator.join(&group, subscription, session_timeout_ms, now)?;
             state.links.insert(id.clone(), link.clone());
             self.groups.notify(&state, changes);
             id

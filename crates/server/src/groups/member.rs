@@ -131,7 +131,7 @@ impl Member {
         self.stop_feeds(|_| true).await;
         {
             let mut state = self.groups.lock();
-            let changes = state.coordinator.leave(&self.group, &self.id, self.groups.now_ms());
+            let changes = state.coordinator.leave(&self.group, &self.id, self.groups.now());
             self.groups.notify(&state, changes);
             state.links.remove(&self.id);
         }
@@ -289,10 +289,10 @@ impl Member {
     }
 
     async fn handle(&mut self, message: MemberRequest) -> Result<(), End> {
-        let now_ms = self.groups.now_ms();
+        let now = self.groups.now();
         match message.kind {
             Some(RequestKind::Heartbeat(_)) => {
-                if !self.groups.lock().coordinator.heard_from(&self.group, &self.id, now_ms) {
+                if !self.groups.lock().coordinator.heard_from(&self.group, &self.id, now) {
                     return Err(self.view().err().unwrap_or(End::Left));
                 }
             }
@@ -319,7 +319,7 @@ impl Member {
                     self.sent_revoked.remove(partition);
                 }
                 let mut state = self.groups.lock();
-                let changes = state.coordinator.revoked(&self.group, &self.id, &partitions, now_ms);
+                let changes = state.coordinator.revoked(&self.group, &self.id, &partitions, now);
                 self.groups.notify(&state, changes);
             }
             Some(RequestKind::Leave(_)) => return Err(End::Left),
@@ -362,9 +362,9 @@ impl Member {
                 .push((TopicPartition { topic, partition: entry.partition }, Offset(entry.offset)));
         }
         let mut state = self.groups.lock();
-        let now_ms = self.groups.now_ms();
+        let now = self.groups.now();
         let record =
-            state.coordinator.commit(&self.group, &self.id, commit.generation, offsets, now_ms)?;
+            state.coordinator.commit(&self.group, &self.id, commit.generation, offsets, now)?;
         let durable = (!record.offsets.is_empty()).then(|| self.groups.persist(&record));
         drop(state);
         Ok(async move {

@@ -17,7 +17,8 @@
 //!   one record per commit, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
 //!
-//! Time is milliseconds since the server started, from tokio's clock.
+//! Time is the wall clock's reading when the groups opened, advanced by tokio's monotonic
+//! clock since: it never goes backwards, and tests that pause tokio's clock control it.
 
 mod api;
 mod feed;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use spool_broker::group::{
     Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, Removal,
 };
+use spool_storage::TimestampMs;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -59,6 +61,8 @@ pub(crate) struct Groups {
     offsets: InternalLog,
     pub(crate) broker: Arc<Broker>,
     started: Instant,
+    /// The wall clock when `started` was taken.
+    started_at: TimestampMs,
     /// Woken when a deadline may have moved earlier (a join, a revocation).
     deadlines: Notify,
 }
@@ -82,7 +86,7 @@ impl Groups {
         committed.snapshot().for_each(|record| record_lag_sources(&record));
         // Member ids carry the start time, so an id from an earlier run never names a new
         // member.
-        let instance = spool_storage::TimestampMs::now().0.unsigned_abs();
+        let instance = TimestampMs::now().0.unsigned_abs();
         let groups = Arc::new(Groups {
             state: Mutex::new(State {
                 coordinator: Coordinator::new(instance, committed),
@@ -91,6 +95,7 @@ impl Groups {
             offsets,
             broker,
             started: Instant::now(),
+            started_at: TimestampMs::now(),
             deadlines: Notify::new(),
         });
         let source = Arc::downgrade(&groups);
@@ -104,8 +109,15 @@ impl Groups {
         Ok(groups)
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The coordinator's clock (see the module docs).
+    pub(crate) fn now(&self) -> TimestampMs {
+        self.started_at.plus_ms(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// When the coordinator's clock reads `time`, on tokio's clock.
+    fn instant_at(&self, time: TimestampMs) -> Instant {
+        let since_start = u64::try_from(time.0.saturating_sub(self.started_at.0)).unwrap_or(0);
+        self.started + std::time::Duration::from_millis(since_start)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -161,20 +173,17 @@ fn record_lag_sources(record: &CommitRecord) {
 async fn drive(groups: Arc<Groups>) {
     let stop = groups.broker.streams_stop.clone();
     loop {
-        let next = groups.lock().coordinator.next_deadline_ms();
+        let next = groups.lock().coordinator.next_deadline();
         let sleep = async {
             match next {
-                Some(deadline_ms) => {
-                    let at = groups.started + std::time::Duration::from_millis(deadline_ms);
-                    tokio::time::sleep_until(at).await;
-                }
+                Some(deadline) => tokio::time::sleep_until(groups.instant_at(deadline)).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = sleep => {
                 let mut state = groups.lock();
-                let changes = state.coordinator.tick(groups.now_ms());
+                let changes = state.coordinator.tick(groups.now());
                 for (member, removal) in &changes.removed {
                     tracing::info!(%member, %removal, "a group member was removed");
                 }
