@@ -686,7 +686,7 @@ async fn a_subscriber_that_stops_reading_holds_bounded_server_memory() {
     }
     let produced_bytes = (batches * value.len()) as u64;
     // The subscription fills its bounded queue and then waits for its client.
-    let metrics = server.metrics.clone();
+    let metrics = server.metrics().clone();
     tokio::time::timeout(
         Duration::from_secs(60),
         metrics.wait_for(|m| m.subscribers_waiting_on_client() == 1),
