@@ -252,16 +252,34 @@ async fn produce(
     let timed = Timed::start("produce spool", settings.messages);
     let tasks = start_producers(client, topic, settings, &timed.meter, timed.started).await?;
     let histogram = join_producers(tasks).await?;
+    Ok(measured(timed, settings, histogram).await)
+}
+
+async fn join_consumers(
+    tasks: Vec<JoinHandle<Result<Histogram<u64>, BenchError>>>,
+) -> Result<Histogram<u64>, BenchError> {
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let h = task
+            .await
+            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    Ok(histogram)
+}
+
+/// What a timed workload against Spool measured, once its last message is counted.
+async fn measured(timed: Timed, settings: &Settings, histogram: Histogram<u64>) -> Measured {
     let messages = timed.meter.read().0;
     let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
+    Measured {
         target: "spool".into(),
         durability: durability(settings),
         messages,
         seconds,
         histogram,
         timeline,
-    })
+    }
 }
 
 /// The partitions consumer `index` of `consumers` reads.
@@ -313,23 +331,8 @@ async fn consume(
             Ok::<_, BenchError>(histogram)
         }));
     }
-    let mut histogram = new_histogram();
-    for task in tasks {
-        let h = task
-            .await
-            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
-        histogram.add(&h).expect("histograms of one kind add");
-    }
-    let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
-        target: "spool".into(),
-        durability: durability(settings),
-        messages,
-        seconds,
-        histogram,
-        timeline,
-    })
+    let histogram = join_consumers(tasks).await?;
+    Ok(measured(timed, settings, histogram).await)
 }
 
 async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measured, BenchError> {
@@ -386,27 +389,12 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
     })
     .await;
     let _ = stop.send(true);
-    let mut histogram = new_histogram();
-    for task in consumers {
-        let h = task
-            .await
-            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
-        histogram.add(&h).expect("histograms of one kind add");
-    }
+    let histogram = join_consumers(consumers).await?;
     if drained.is_err() {
         return Err(BenchError::Timeout(format!(
             "consumers received {} of {produced} messages",
             received.load(Ordering::Relaxed)
         )));
     }
-    let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
-        target: "spool".into(),
-        durability: durability(settings),
-        messages,
-        seconds,
-        histogram,
-        timeline,
-    })
+    Ok(measured(timed, settings, histogram).await)
 }
