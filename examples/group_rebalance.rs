@@ -31,8 +31,7 @@ use spool_proto::v1::{
     MemberRequest, PartitionOffset, ProduceRequest, Record, RecordList, RevocationDone,
     TopicConfig,
 };
-use spool_server::Server;
-use tokio::net::TcpListener;
+use spool_server::testing::TestServer;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -266,15 +265,9 @@ fn report(what: &str, deliveries: &Deliveries, from: Instant, until: Instant) {
 #[tokio::main]
 async fn main() {
     let data = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = Server::open(data.path()).await.unwrap();
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let server = TestServer::start(data.path()).await.unwrap();
     let channel = || {
-        let url = url.clone();
+        let url = server.url().to_owned();
         async move { Channel::from_shared(url).unwrap().connect().await.unwrap() }
     };
     let config = TopicConfig {
@@ -330,8 +323,7 @@ async fn main() {
     for producer in producers {
         let _ = producer.await;
     }
-    let _ = stop_server.send(());
-    let _ = serving.await;
+    let _ = server.shutdown().await;
 }
 
 async fn produce_channel(channel: impl Future<Output = Channel>, stop: Arc<Notify>) {

@@ -89,7 +89,7 @@ async fn a_python_client_generated_from_the_protos_reads_back_what_it_wrote() {
 
     let data = tempfile::tempdir().unwrap();
     let server = server(data.path(), generated.path()).await;
-    let address = server.address.trim_start_matches("http://").to_owned();
+    let address = server.address().to_string();
     let script = root().join("tests/python/spool_client.py");
     let generated_dir = generated.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
@@ -133,7 +133,7 @@ async fn buf_curl_calls_spool_through_reflection_alone() {
     let data = tempfile::tempdir().unwrap();
     let tokens = tempfile::tempdir().unwrap();
     let server = server(data.path(), tokens.path()).await;
-    let url = server.address.clone();
+    let url = server.url().to_owned();
     let calls = tokio::task::spawn_blocking(move || {
         let listed = run(Command::new(&buf)
             .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods"])

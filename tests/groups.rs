@@ -472,7 +472,7 @@ async fn members_join_leave_are_cut_off_and_join_late() {
     server.create_topic("t", partitions, always()).await;
     produce_round(&server, partitions, 0, 5).await;
     let shared = Arc::new(Shared::default());
-    let proxy = Proxy::start(&server.address).await;
+    let proxy = Proxy::start(server.url()).await;
     let a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
     let b = TestMember::join(&shared, server.channel().await, "b", "g", 10_000).await;
     // c's traffic goes through the proxy; its session timeout is short.

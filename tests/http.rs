@@ -53,7 +53,7 @@ impl Browserside {
     /// Shuts the server down and starts it again on the same data and HTTP address.
     async fn restart(self) -> Browserside {
         let Browserside { server, base, client } = self;
-        let data = server.data_dir.clone();
+        let data = server.data_dir().to_path_buf();
         server.shutdown().await;
         let listener = TcpListener::bind(base.trim_start_matches("http://")).await.unwrap();
         let options = ServeOptions { http: Some(listener), ..Default::default() };
@@ -661,7 +661,7 @@ async fn a_browser_that_stops_reading_holds_a_bounded_buffer_and_delays_no_one()
 
     // A browser that opens the stream and never reads it.
     let stalled = http.sse("/v1/topics/firehose/partitions/0/events?from=earliest", None).await;
-    let metrics = http.server.metrics.clone();
+    let metrics = http.server.metrics().clone();
     tokio::time::timeout(PATIENCE, metrics.wait_for(|m| m.subscribers_waiting_on_client() == 1))
         .await
         .expect("the stalled subscription should stop reading the log");

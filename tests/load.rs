@@ -164,7 +164,7 @@ async fn fifty_producers_and_five_hundred_subscribers_lose_nothing_and_stay_boun
     let rss_before = vm_rss_bytes();
     let server = Arc::new(TestServer::start(data.path()).await);
     server.create_topic("load", PARTITIONS, Policy::Always(Always {})).await;
-    let metrics = server.metrics.clone();
+    let metrics = server.metrics().clone();
 
     // Samples the peak of resident memory and of subscriber buffers while the load runs.
     let peak_rss = Arc::new(AtomicU64::new(rss_before));

@@ -67,7 +67,7 @@ async fn connect_tls(
     if client_identity {
         config = config.identity(Identity::from_pem(&pki.client.0, &pki.client.1));
     }
-    Channel::from_shared(server.address.clone()).unwrap().tls_config(config)?.connect().await
+    Channel::from_shared(server.url().to_owned()).unwrap().tls_config(config)?.connect().await
 }
 
 async fn list(channel: Channel) -> Result<usize, Status> {
@@ -81,11 +81,11 @@ async fn tls_handshakes_and_plaintext_is_refused() {
     let data = tempfile::tempdir().unwrap();
     let options = ServeOptions { tls: Some(tls(&pki, false)), ..Default::default() };
     let server = TestServer::start_with(data.path(), options).await;
-    assert!(server.address.starts_with("https://"));
+    assert!(server.url().starts_with("https://"));
     let channel = connect_tls(&server, &pki, false).await.unwrap();
     assert_eq!(list(channel).await.unwrap(), 0);
     // A client that does not trust the CA cannot complete the handshake.
-    let untrusting = Channel::from_shared(server.address.clone())
+    let untrusting = Channel::from_shared(server.url().to_owned())
         .unwrap()
         .tls_config(ClientTlsConfig::new().domain_name("localhost"))
         .unwrap()
@@ -93,7 +93,7 @@ async fn tls_handshakes_and_plaintext_is_refused() {
         .await;
     assert!(untrusting.is_err());
     // Plaintext HTTP/2 to a TLS listener gets no answer.
-    let plain = server.address.replacen("https://", "http://", 1);
+    let plain = server.url().replacen("https://", "http://", 1);
     let plain = Channel::from_shared(plain).unwrap().connect().await;
     if let Ok(channel) = plain {
         assert!(list(channel).await.is_err());

@@ -20,6 +20,7 @@ use spool_proto::v1::{
 use spool_server::limits::SUBSCRIBE_READ_BYTES;
 use spool_storage::TimestampMs;
 use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, ProducerStamp};
+use spool_storage::sim::Rng;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -690,7 +691,7 @@ async fn a_subscriber_that_stops_reading_holds_bounded_server_memory() {
     }
     let produced_bytes = (batches * value.len()) as u64;
     // The subscription fills its bounded queue and then waits for its client.
-    let metrics = server.metrics.clone();
+    let metrics = server.metrics().clone();
     tokio::time::timeout(
         Duration::from_secs(60),
         metrics.wait_for(|m| m.subscribers_waiting_on_client() == 1),
@@ -776,11 +777,9 @@ async fn garbage_never_panics_the_server() {
     let server = TestServer::start(data.path()).await;
     server.create_topic("t", 1, always()).await;
     let mut producer = server.producer().await;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = Rng::new(1);
     for round in 0..300 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+        let state = rng.next_u64();
         let len = (state % 300) as usize;
         let mut bytes: Vec<u8> =
             (0..len).map(|i| (state.rotate_left(i as u32 % 64) >> 5) as u8).collect();

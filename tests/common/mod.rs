@@ -1,9 +1,9 @@
-//! An in-process server on 127.0.0.1:0 over a temporary data directory, and clients for it.
+//! The in-process server on 127.0.0.1:0 (`spool_server::testing`) over a temporary data
+//! directory, and clients for it.
 
 #![allow(dead_code)] // each test file uses a different part
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use spool_proto::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
@@ -18,19 +18,18 @@ use spool_proto::v1::{
     ProduceRequest, ProduceResponse, Record, RecordList, StartPosition, SubscribeRequest,
     TopicConfig,
 };
-use spool_server::{Metrics, Server};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub struct TestServer {
-    pub address: String,
-    pub data_dir: PathBuf,
-    pub metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), spool_server::RunError>>>,
+/// The shared in-process server (`spool_server::testing`), with the calls these tests make.
+pub struct TestServer(spool_server::testing::TestServer);
+
+impl std::ops::Deref for TestServer {
+    type Target = spool_server::testing::TestServer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl TestServer {
@@ -38,59 +37,20 @@ impl TestServer {
         TestServer::start_with(data_dir, spool_server::ServeOptions::default()).await
     }
 
-    /// A server with TLS, tokens or a metrics endpoint; `address` is `https://` with TLS.
+    /// A server with TLS, tokens or a metrics endpoint; its URL is `https://` with TLS. (A TLS
+    /// test's client brings its own certificates and is slowed by the handshake; it does not
+    /// wait here for health to say SERVING.)
     pub async fn start_with(data_dir: &Path, options: spool_server::ServeOptions) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
-        let address = format!("{scheme}://{}", listener.local_addr().unwrap());
-        let server = Server::open(data_dir).await.unwrap();
-        let metrics = server.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let opened = async { Ok(server) };
-        let tls = options.tls.is_some();
-        let task = tokio::spawn(spool_server::serve(listener, options, opened, async {
-            let _ = stopped.await;
-        }));
-        let server = TestServer {
-            address,
-            data_dir: data_dir.to_path_buf(),
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        // The listener answers UNAVAILABLE until the opened server is installed behind it, a
-        // moment after `serve` starts: wait for health to say so. (A TLS test's client brings
-        // its own certificates and is slowed by the handshake; it does not wait here.)
-        if !tls {
-            server.wait_until_serving().await;
-        }
-        server
-    }
-
-    /// Returns once the server's health says SERVING (watched, not polled).
-    pub async fn wait_until_serving(&self) {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::health_client::HealthClient;
-        let request = HealthCheckRequest { service: String::new() };
-        let mut watch =
-            HealthClient::new(self.channel().await).watch(request).await.unwrap().into_inner();
-        while let Some(status) = watch.message().await.unwrap() {
-            if status.status() == ServingStatus::Serving {
-                return;
-            }
-        }
-        panic!("the health stream ended before the server was serving");
+        TestServer(spool_server::testing::TestServer::start_with(data_dir, options).await.unwrap())
     }
 
     /// Shuts the server down as a signal would, and checks it stopped cleanly.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
+    pub async fn shutdown(self) {
+        self.0.shutdown().await.unwrap();
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.address.clone()).unwrap().connect().await.unwrap()
+        self.0.channel().await.unwrap()
     }
 
     pub async fn topics(&self) -> TopicServiceClient<Channel> {
@@ -237,14 +197,6 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(future)
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 pub fn record(value: &str) -> Record {

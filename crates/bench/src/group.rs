@@ -203,7 +203,7 @@ pub async fn measure(args: &GroupArgs) -> Result<GroupResult, BenchError> {
     };
     let url = match (&args.server, &in_process) {
         (Some(url), _) => url.clone(),
-        (None, Some(server)) => server.url.clone(),
+        (None, Some(server)) => server.url().to_owned(),
         (None, None) => unreachable!("a server is started when none is named"),
     };
     let client = Client::connect(&url).await?;

@@ -12,8 +12,8 @@ use spool_client::{
     Acks, Client, Delivery, Follow, Producer, ProducerConfig, Record, StartAt, TopicSettings,
 };
 use spool_proto::limits::BATCH_BYTES_MAX;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot, watch};
+use spool_server::testing::{StartError, TestServer};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::stats::{Meter, new_histogram};
@@ -26,11 +26,11 @@ use crate::{AcksArg, BenchError, Settings, Workload};
 /// gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A Spool server started by the harness, stopped when the workload is done.
+/// A Spool server started by the harness (the shared in-process server of
+/// `spool_server::testing`) in a directory of its own under the data root, stopped when the
+/// workload is done.
 pub(crate) struct InProcess {
-    pub(crate) url: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), spool_server::RunError>>,
+    server: TestServer,
     _data: tempfile::TempDir,
 }
 
@@ -40,28 +40,19 @@ impl InProcess {
             tempfile::Builder::new().prefix("spool-bench-").tempdir_in(data_root).map_err(|e| {
                 BenchError::io(format!("creating a directory in {}", data_root.display()), e)
             })?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| BenchError::io("binding 127.0.0.1:0".into(), e))?;
-        let address =
-            listener.local_addr().map_err(|e| BenchError::io("reading the address".into(), e))?;
-        let server = spool_server::Server::open(data.path())
-            .await
-            .map_err(|e| BenchError::Server(e.to_string()))?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Ok(InProcess { url: format!("http://{address}"), stop, task, _data: data })
+        let server = TestServer::start(data.path()).await.map_err(|error| match error {
+            StartError::Bind(e) => BenchError::io("binding 127.0.0.1:0".into(), e),
+            other => BenchError::Server(other.to_string()),
+        })?;
+        Ok(InProcess { server, _data: data })
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        self.server.url()
     }
 
     pub(crate) async fn stop(self) -> Result<(), BenchError> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(BenchError::Server(error.to_string())),
-            Err(error) => Err(BenchError::Server(error.to_string())),
-        }
+        self.server.shutdown().await.map_err(|error| BenchError::Server(error.to_string()))
     }
 }
 
@@ -85,7 +76,7 @@ pub async fn measure(
         None => Some(InProcess::start(data_root).await?),
     };
     let url = server.map_or_else(
-        || in_process.as_ref().map(|s| s.url.clone()).unwrap_or_default(),
+        || in_process.as_ref().map(|s| s.url().to_owned()).unwrap_or_default(),
         str::to_owned,
     );
     let client = Client::connect(&url).await?;
@@ -261,16 +252,34 @@ async fn produce(
     let timed = Timed::start("produce spool", settings.messages);
     let tasks = start_producers(client, topic, settings, &timed.meter, timed.started).await?;
     let histogram = join_producers(tasks).await?;
+    Ok(measured(timed, settings, histogram).await)
+}
+
+async fn join_consumers(
+    tasks: Vec<JoinHandle<Result<Histogram<u64>, BenchError>>>,
+) -> Result<Histogram<u64>, BenchError> {
+    let mut histogram = new_histogram();
+    for task in tasks {
+        let h = task
+            .await
+            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
+        histogram.add(&h).expect("histograms of one kind add");
+    }
+    Ok(histogram)
+}
+
+/// What a timed workload against Spool measured, once its last message is counted.
+async fn measured(timed: Timed, settings: &Settings, histogram: Histogram<u64>) -> Measured {
     let messages = timed.meter.read().0;
     let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
+    Measured {
         target: "spool".into(),
         durability: durability(settings),
         messages,
         seconds,
         histogram,
         timeline,
-    })
+    }
 }
 
 /// The partitions consumer `index` of `consumers` reads.
@@ -322,23 +331,8 @@ async fn consume(
             Ok::<_, BenchError>(histogram)
         }));
     }
-    let mut histogram = new_histogram();
-    for task in tasks {
-        let h = task
-            .await
-            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
-        histogram.add(&h).expect("histograms of one kind add");
-    }
-    let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
-        target: "spool".into(),
-        durability: durability(settings),
-        messages,
-        seconds,
-        histogram,
-        timeline,
-    })
+    let histogram = join_consumers(tasks).await?;
+    Ok(measured(timed, settings, histogram).await)
 }
 
 async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measured, BenchError> {
@@ -395,27 +389,12 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
     })
     .await;
     let _ = stop.send(true);
-    let mut histogram = new_histogram();
-    for task in consumers {
-        let h = task
-            .await
-            .map_err(|e| BenchError::Server(format!("a consumer task failed: {e}")))??;
-        histogram.add(&h).expect("histograms of one kind add");
-    }
+    let histogram = join_consumers(consumers).await?;
     if drained.is_err() {
         return Err(BenchError::Timeout(format!(
             "consumers received {} of {produced} messages",
             received.load(Ordering::Relaxed)
         )));
     }
-    let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
-    Ok(Measured {
-        target: "spool".into(),
-        durability: durability(settings),
-        messages,
-        seconds,
-        histogram,
-        timeline,
-    })
+    Ok(measured(timed, settings, histogram).await)
 }

@@ -38,6 +38,7 @@ use common::Served;
 use spool_client::{
     Acks, Client, Follow, Fsync, ProduceError, ProducerConfig, Record, StartAt, TopicSettings,
 };
+use spool_storage::sim::Rng;
 use tokio::sync::Notify;
 
 const ROUNDS_DEFAULT: u64 = 40;
@@ -51,22 +52,6 @@ const PRODUCERS: [(&str, Acks); 4] = [
     ("interval", Acks::All),
     ("interval", Acks::Leader),
 ];
-
-/// xorshift64*: small, seedable, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}")))
@@ -160,7 +145,7 @@ fn acknowledged_records_survive_kill_9_of_the_server() {
     });
     let rounds = env_u64("SPOOL_KILL_ROUNDS").unwrap_or(ROUNDS_DEFAULT);
     eprintln!("kill -9 test: SPOOL_KILL_SEED={seed} SPOOL_KILL_ROUNDS={rounds}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = tempfile::tempdir().unwrap();
 
@@ -387,7 +372,7 @@ fn idempotent_producers_resend_through_kill_9_without_duplicates() {
     });
     let rounds = env_u64("SPOOL_KILL_ROUNDS").unwrap_or(ROUNDS_DEFAULT) / 2;
     eprintln!("idempotent kill -9 test: SPOOL_KILL_SEED={seed} SPOOL_KILL_ROUNDS={}", rounds * 2);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = tempfile::tempdir().unwrap();
     let address = free_address();

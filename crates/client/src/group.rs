@@ -41,6 +41,8 @@
 //! slices of the received bytes, not copies.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -655,6 +657,31 @@ impl GroupConsumer {
     pub async fn rejoin(&mut self) -> Result<(), GroupError> {
         self.member = Member::join(&self.client, &self.config).await?;
         Ok(())
+    }
+
+    /// The next records for a long-running member (the event handler, the responder): polls
+    /// until records come, skipping assignments and joining again when removed from the
+    /// group (`member` names it in the warning). `None` once `stop` has completed.
+    pub(crate) async fn next_records_until<F: Future<Output = ()>>(
+        &mut self,
+        mut stop: Pin<&mut F>,
+        member: &str,
+    ) -> Result<Option<GroupRecords>, GroupError> {
+        loop {
+            let event = tokio::select! {
+                event = self.poll() => event,
+                () = stop.as_mut() => return Ok(None),
+            };
+            match event {
+                Ok(GroupEvent::Records(records)) => return Ok(Some(records)),
+                Ok(GroupEvent::Assigned(_)) => {}
+                Err(GroupError::Removed(error)) => {
+                    tracing::warn!(%error, "the {member} was removed from its group; rejoining");
+                    self.rejoin().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The member id the server gave this member.

@@ -40,7 +40,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::error::{GroupError, ProduceError, ProducerError};
-use crate::group::{GroupConfig, GroupEvent, GroupRecord};
+use crate::group::{GroupConfig, GroupRecord};
 use crate::producer::{Header, Producer, ProducerConfig, Record};
 use crate::{Client, CommitMode};
 
@@ -161,21 +161,7 @@ where
     let mut consumer = client.group_consumer(group).await?;
     let mut stats = HandlerStats::default();
     tokio::pin!(stop);
-    loop {
-        let event = tokio::select! {
-            event = consumer.poll() => event,
-            () = &mut stop => break,
-        };
-        let records = match event {
-            Ok(GroupEvent::Records(records)) => records,
-            Ok(GroupEvent::Assigned(_)) => continue,
-            Err(GroupError::Removed(error)) => {
-                tracing::warn!(%error, "the handler was removed from its group; rejoining");
-                consumer.rejoin().await?;
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        };
+    while let Some(records) = consumer.next_records_until(stop.as_mut(), "handler").await? {
         for record in records.records {
             let event = Event {
                 topic: records.topic.clone(),

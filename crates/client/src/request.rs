@@ -37,7 +37,7 @@ use thiserror::Error;
 use crate::error::{
     AdminError, ConsumeError, ErrorCode, GroupError, ProduceError, ProducerError, ServerError,
 };
-use crate::group::{GroupConfig, GroupEvent, GroupRecord};
+use crate::group::{GroupConfig, GroupRecord};
 use crate::producer::{Header, Producer, ProducerConfig, Record};
 use crate::{Client, Follow, StartAt};
 
@@ -337,21 +337,7 @@ impl Responder {
     {
         let mut consumer = self.client.group_consumer(self.config.clone()).await?;
         tokio::pin!(stop);
-        loop {
-            let event = tokio::select! {
-                event = consumer.poll() => event,
-                () = &mut stop => break,
-            };
-            let records = match event {
-                Ok(GroupEvent::Records(records)) => records,
-                Ok(GroupEvent::Assigned(_)) => continue,
-                Err(GroupError::Removed(error)) => {
-                    tracing::warn!(%error, "the responder was removed from its group; rejoining");
-                    consumer.rejoin().await?;
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
-            };
+        while let Some(records) = consumer.next_records_until(stop.as_mut(), "responder").await? {
             let mut deliveries = Vec::with_capacity(records.records.len());
             for record in records.records {
                 let Some(address) = reply_address(&record) else {

@@ -17,7 +17,7 @@ use spool_proto::v1::InitProducerRequest;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A failure guard only: every wait below ends on the event it waits for.
@@ -27,33 +27,25 @@ const LINGER_NEVER: Duration = Duration::from_secs(3600);
 const PARTITIONS: u32 = 3;
 const BATCH_RECORDS: u32 = 10;
 
-/// An in-process server on 127.0.0.1:0 over a data directory the test owns, so a new one can
-/// start on the same directory.
-struct Server {
-    address: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), spool_server::RunError>>,
-}
+/// The shared in-process server on 127.0.0.1:0 (`spool_server::testing`), over a data
+/// directory the test owns, so a new one can start on the same directory.
+struct Server(spool_server::testing::TestServer);
 
 impl Server {
     async fn start(data: &Path) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = spool_server::Server::open(data).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Server { address, stop, task }
+        Server(spool_server::testing::TestServer::start(data).await.unwrap())
+    }
+
+    fn address(&self) -> SocketAddr {
+        self.0.address()
     }
 
     async fn client(&self) -> Client {
-        Client::connect(&format!("http://{}", self.address)).await.unwrap()
+        Client::connect(self.0.url()).await.unwrap()
     }
 
     async fn shutdown(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
+        self.0.shutdown().await.unwrap();
     }
 }
 
@@ -274,7 +266,7 @@ async fn a_cut_connection_stores_every_record_once_and_in_order() {
     let server = Server::start(data.path()).await;
     let direct = server.client().await;
     create_topic(&direct).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     let client = Client::connect(&proxy.url()).await.unwrap();
     let producer = client.producer("t", idempotent()).await.unwrap();
     assert!(producer.producer_id().is_some());
@@ -296,7 +288,7 @@ async fn a_server_restart_behind_the_producer_stores_every_record_once_and_in_or
     let server = Server::start(data.path()).await;
     let direct = server.client().await;
     create_topic(&direct).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     let client = Client::connect(&proxy.url()).await.unwrap();
     let producer = client.producer("t", idempotent()).await.unwrap();
     let deliveries = produce_until_answers_are_held(&direct, &proxy, &producer).await;
@@ -304,7 +296,7 @@ async fn a_server_restart_behind_the_producer_stores_every_record_once_and_in_or
     server.shutdown().await;
     // The producer state is rebuilt from the log: the resent batches are duplicates.
     let server = Server::start(data.path()).await;
-    proxy.send_to(server.address);
+    proxy.send_to(server.address());
     proxy.release_answers();
     producer.flush().await.unwrap();
     let direct = server.client().await;
@@ -321,7 +313,7 @@ async fn a_request_timeout_resends_on_a_new_connection() {
     let server = Server::start(data.path()).await;
     let direct = server.client().await;
     create_topic(&direct).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     // Pings find the frozen connection (what `Client::connect` does, 100 times faster).
     let channel = tonic::transport::Endpoint::from_shared(proxy.url())
         .unwrap()
@@ -350,7 +342,7 @@ async fn a_sequence_gap_is_reported_and_the_partition_starts_a_new_epoch() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path()).await;
     create_topic(&server.client().await).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     let client = Client::connect(&proxy.url()).await.unwrap();
     let config = ProducerConfig { batch_records_max: 1, ..idempotent() };
     let producer = client.producer("t", config).await.unwrap();
@@ -363,13 +355,13 @@ async fn a_sequence_gap_is_reported_and_the_partition_starts_a_new_epoch() {
     let lost = tempfile::tempdir().unwrap();
     let replacement = Server::start(lost.path()).await;
     create_topic(&replacement.client().await).await;
-    let address = format!("http://{}", replacement.address);
+    let address = format!("http://{}", replacement.address());
     let mut ids = ProduceServiceClient::connect(address).await.unwrap();
     assert_eq!(
         ids.init_producer(InitProducerRequest {}).await.unwrap().into_inner().producer_id,
         0
     );
-    proxy.send_to(replacement.address);
+    proxy.send_to(replacement.address());
     proxy.cut();
     let gap = producer.send(Record::value(b"b").with_partition(0)).await.unwrap();
     producer.flush().await.unwrap();
@@ -403,7 +395,7 @@ async fn a_plain_producer_fails_unanswered_batches_without_retrying() {
     let server = Server::start(data.path()).await;
     let direct = server.client().await;
     create_topic(&direct).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     let client = Client::connect(&proxy.url()).await.unwrap();
     let config = ProducerConfig { idempotent: false, ..idempotent() };
     let producer = client.producer("t", config).await.unwrap();
@@ -432,7 +424,7 @@ async fn retries_are_bounded_and_end_in_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path()).await;
     create_topic(&server.client().await).await;
-    let proxy = Proxy::start(server.address).await;
+    let proxy = Proxy::start(server.address()).await;
     let client = Client::connect(&proxy.url()).await.unwrap();
     let config = ProducerConfig { retries_max: 3, ..idempotent() };
     let producer = client.producer("t", config).await.unwrap();

@@ -26,11 +26,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Action, Caller, Resource};
 use crate::broker::Broker;
 use crate::error::{RequestError, ServiceError};
+use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::replies::{Queued, Replies};
 
@@ -245,23 +247,32 @@ async fn feed(
             Err(error) => Err(Status::from(error)),
         };
         let failed = message.is_err();
-        let permit = match queue.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Closed(())) => return,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                let _waiting = broker.metrics.waiting_on_client();
-                tokio::select! {
-                    permit = queue.reserve() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    _ = stop.cancelled() => return,
-                }
-            }
-        };
+        let Some(permit) = reserve_queued(&queue, &broker.metrics, &stop).await else { return };
         permit.send((message, Some(buffered)));
         if failed {
             return;
+        }
+    }
+}
+
+/// A place in a subscriber's queue: at once when there is room, else once its client has
+/// taken something, counted meanwhile as a subscriber waiting on its client. `None` when the
+/// receiver is gone or shutdown has begun: the subscription ends. Shared by the gRPC and the
+/// browser subscriptions.
+pub(crate) async fn reserve_queued<'a, T>(
+    queue: &'a mpsc::Sender<T>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Option<mpsc::Permit<'a, T>> {
+    match queue.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(mpsc::error::TrySendError::Closed(())) => None,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            let _waiting = metrics.waiting_on_client();
+            tokio::select! {
+                permit = queue.reserve() => permit.ok(),
+                () = stop.cancelled() => None,
+            }
         }
     }
 }

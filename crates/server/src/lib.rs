@@ -40,6 +40,7 @@ mod partition;
 mod produce;
 mod replies;
 mod serving;
+pub mod testing;
 mod topics;
 
 use std::future::Future;

@@ -137,15 +137,23 @@ fn encode(
         headers.extend(record.headers.iter().map(|h| (h.key.as_bytes(), h.value.as_deref())));
         let timestamp = record.timestamp_ms.map_or(now, TimestampMs);
         builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
-        if builder.encoded_bytes() > BATCH_BYTES_MAX as usize {
-            return Err(RequestError::BatchTooLarge {
-                partition,
-                bytes: builder.encoded_bytes(),
-                bytes_max: BATCH_BYTES_MAX,
-            });
-        }
+        check_batch_bytes(&builder, partition)?;
     }
     Ok(builder.finish(producer).freeze())
+}
+
+/// Checks that the batch being built for `partition` is within the batch format's limit:
+/// after every record pushed, so an oversized request is refused before it is all encoded.
+/// Shared by the produce service and the browser listener's POST.
+pub(crate) fn check_batch_bytes(
+    builder: &BatchBuilder,
+    partition: u32,
+) -> Result<(), RequestError> {
+    let bytes = builder.encoded_bytes();
+    if bytes > BATCH_BYTES_MAX as usize {
+        return Err(RequestError::BatchTooLarge { partition, bytes, bytes_max: BATCH_BYTES_MAX });
+    }
+    Ok(())
 }
 
 /// The stamp of an idempotent request in the records encoding, its fields checked (whether

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use spool_storage::batch::{BatchBuilder, CheckedBatch, ProducerStamp, check_for_append};
 use spool_storage::fs::StdFileSystem;
+use spool_storage::sim::Rng;
 use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, SyncTicket, TimestampMs};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -451,21 +452,14 @@ fn sequential_read_mb_s(log: &Log) -> f64 {
     median3(run)
 }
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 fn offset_lookup_ns(log: &Log) -> f64 {
     let end = log.next_offset().0;
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut rng = Rng::new(1);
     median3(|| {
         let n = 20_000;
         let start = Instant::now();
         for _ in 0..n {
-            let offset = Offset(xorshift(&mut state) % end);
+            let offset = Offset(rng.below(end));
             std::hint::black_box(log.read(offset, 1).unwrap());
         }
         start.elapsed().as_nanos() as f64 / n as f64
@@ -474,12 +468,12 @@ fn offset_lookup_ns(log: &Log) -> f64 {
 
 fn timestamp_lookup_ns(log: &Log) -> f64 {
     let batches = (log.next_offset().0 / 16) as i64;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = Rng::new(2);
     median3(|| {
         let n = 20_000;
         let start = Instant::now();
         for _ in 0..n {
-            let timestamp = TimestampMs((xorshift(&mut state) % batches as u64) as i64);
+            let timestamp = TimestampMs(rng.below(batches as u64) as i64);
             std::hint::black_box(log.offset_for_timestamp(timestamp).unwrap());
         }
         start.elapsed().as_nanos() as f64 / n as f64

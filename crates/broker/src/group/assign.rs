@@ -126,13 +126,8 @@ mod tests {
     /// a member keeps min(held, share) of what it holds.
     #[test]
     fn balanced_and_minimal_over_random_holdings() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = spool_storage::sim::Rng::new(1);
+        let mut next = |n: u64| rng.below(n);
         for case in 0..500 {
             let all = partitions(1 + next(40) as u32);
             let members: BTreeSet<_> = (0..1 + next(8)).map(member).collect();

@@ -1,5 +1,6 @@
 use super::*;
 use spool_storage::TimestampMs;
+use spool_storage::sim::Rng;
 
 /// A time on the coordinator's clock, in milliseconds.
 fn t(ms: i64) -> TimestampMs {
@@ -168,18 +169,6 @@ fn joins_are_checked_and_resets_wait_for_an_empty_group() {
     );
 }
 
-/// A small deterministic generator, so a failing case is replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Every owner of every partition, owned or being revoked.
 fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, MemberId> {
     let mut owners = BTreeMap::new();
@@ -201,7 +190,7 @@ fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, Mem
 #[test]
 fn model_random_membership_changes() {
     for seed in 1..=300u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let g = name("g");
         let partitions = 1 + rng.below(12) as u32;
         let mut c = Coordinator::new(seed, CommittedOffsets::default());

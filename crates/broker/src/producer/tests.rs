@@ -1,4 +1,5 @@
 use super::*;
+use spool_storage::sim::Rng;
 
 fn batch(
     producer_id: i64,
@@ -150,18 +151,6 @@ fn the_least_recent_producer_is_forgotten_and_the_table_turns_incomplete() {
 /// A batch a model producer sent: its sequence, record count, and offsets once appended.
 type Sent = (i32, u32, Option<(u64, u64)>);
 
-/// A small deterministic generator, so a failing case is replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Producers that retry at random (some retries in the same group as the original, some
 /// later) and occasionally skip a batch: the log, modelled as a `Vec`, ends up holding each
 /// producer's sequences exactly once and in order, every retry is answered with the
@@ -169,7 +158,7 @@ impl Rng {
 #[test]
 fn model_retries_and_gaps() {
     for seed in 1..=200u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let mut table = ProducerTable::new();
         // The log: (producer, sequence) per record.
         let mut log: Vec<(i64, i32)> = Vec::new();

@@ -2,13 +2,11 @@
 //! directory (so `cargo run --example ...` works with nothing else running).
 
 use spool_client::Client;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use spool_server::testing::TestServer;
 
 pub struct Server {
     url: String,
-    in_process: Option<(oneshot::Sender<()>, JoinHandle<()>, tempfile::TempDir)>,
+    in_process: Option<(TestServer, tempfile::TempDir)>,
 }
 
 impl Server {
@@ -17,20 +15,10 @@ impl Server {
             return Ok(Server { url, in_process: None });
         }
         let data = tempfile::tempdir()?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let server = spool_server::Server::open(data.path()).await?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = server.serve(listener, shutdown).await {
-                eprintln!("the in-process server failed: {error}");
-            }
-        });
+        let server = TestServer::start(data.path()).await?;
+        let url = server.url().to_owned();
         eprintln!("(started an in-process server at {url}; set SPOOL_SERVER to use another)");
-        Ok(Server { url, in_process: Some((stop, task, data)) })
+        Ok(Server { url, in_process: Some((server, data)) })
     }
 
     pub async fn client(&self) -> Result<Client, spool_client::ConnectError> {
@@ -38,9 +26,10 @@ impl Server {
     }
 
     pub async fn stop(self) {
-        if let Some((stop, task, _data)) = self.in_process {
-            let _ = stop.send(());
-            let _ = task.await;
+        if let Some((server, _data)) = self.in_process
+            && let Err(error) = server.shutdown().await
+        {
+            eprintln!("the in-process server failed: {error}");
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::error::HttpError;
 use crate::auth::{Action, Caller, Resource};
 use crate::broker::Broker;
-use crate::consume::{Wire, answer};
+use crate::consume::{Wire, answer, reserve_queued};
 use crate::error::ServiceError;
 use crate::metrics::Buffered;
 use crate::partition::Partition;
@@ -89,20 +89,7 @@ pub(crate) async fn feed(
             Err(error) => Item::End(error.into()),
         };
         let last = matches!(item, Item::End(_));
-        let permit = match queue.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Closed(())) => return,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                let _waiting = broker.metrics.waiting_on_client();
-                tokio::select! {
-                    permit = queue.reserve() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    () = stop.cancelled() => return,
-                }
-            }
-        };
+        let Some(permit) = reserve_queued(&queue, &broker.metrics, &stop).await else { return };
         permit.send(item);
         if last {
             return;

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use spool_proto::limits::{BATCH_BYTES_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
+use spool_proto::limits::{RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::ConsumedRecord;
 use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
@@ -32,6 +32,7 @@ use crate::auth::{Action, Caller, Resource};
 use crate::broker::Broker;
 use crate::error::{RequestError, ServiceError};
 use crate::partition::{AckLevel, Partition};
+use crate::produce::check_batch_bytes;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -179,13 +180,7 @@ fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, RequestError> {
         record.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
     let mut builder = BatchBuilder::new(BytesMut::new());
     builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
-    if builder.encoded_bytes() > BATCH_BYTES_MAX as usize {
-        return Err(RequestError::BatchTooLarge {
-            partition,
-            bytes: builder.encoded_bytes(),
-            bytes_max: BATCH_BYTES_MAX,
-        });
-    }
+    check_batch_bytes(&builder, partition)?;
     Ok(builder.finish(ProducerStamp::NONE).freeze())
 }
 
