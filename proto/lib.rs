@@ -6,15 +6,19 @@
 //! promise.
 //!
 //! Beside the generated code it holds the rest of the wire contract, which client and server
-//! must agree on: [`limits`] (what a request and a response may hold) and [`partitioner`]
-//! (which partition a key lands in, as Kafka's default partitioner chooses it).
+//! must agree on: [`limits`] (what a request and a response may hold), [`partitioner`]
+//! (which partition a key lands in, as Kafka's default partitioner chooses it) and [`Acks`]
+//! (what a producer waits for, without the wire enum's unspecified value).
 //!
 //! This crate knows nothing of topics on disk or the server: it is the wire only. It depends
 //! on spool-storage for one thing, the batch format's limits, because raw batches in that
 //! format travel on the wire.
 
+mod acks;
 pub mod limits;
 pub mod partitioner;
+
+pub use acks::Acks;
 
 /// The `spool.v1` package.
 pub mod v1 {

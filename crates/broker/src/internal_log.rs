@@ -233,7 +233,7 @@ fn fold_log(
         reason,
     };
     let mut offset = log.log_start_offset();
-    while offset < log.visible_end_offset() {
+    while offset < log.log_end_offset() {
         let read = log
             .read(offset, INTERNAL_FOLD_READ_BYTES)
             .map_err(|source| OpenInternalError::Read { path: path.to_path_buf(), source })?;

@@ -109,13 +109,13 @@ pub use handler::{
     run_handler,
 };
 pub use producer::{
-    Acks, Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record,
-    RecordMetadata,
+    Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record, RecordMetadata,
 };
 pub use request::{
     CORRELATION_ID_HEADER, ERROR_HEADER, PendingReply, REPLY_PARTITION_HEADER, REPLY_TO_HEADER,
     Reply, Request, RequestError, Requester, RequesterConfig, Responder,
 };
+pub use spool_proto::Acks;
 pub use topics::{Fsync, PartitionInfo, TopicChange, TopicInfo, TopicSettings};
 
 /// A connection to a Spool server. Cheap to clone; producers and consumers made from it

@@ -30,15 +30,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Action, Caller, Resource};
-use crate::broker::Broker;
-use crate::error::{RequestError, ServiceError};
+use crate::error::{InvalidRequest, ServiceError};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::replies::{Queued, Replies};
+use crate::topic_table::TopicTable;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeApi {
-    pub(crate) broker: Arc<Broker>,
+    pub(crate) topics: Arc<TopicTable>,
 }
 
 /// Whether answers carry decoded records or the stored batches.
@@ -48,11 +48,11 @@ pub(crate) enum Wire {
     RawBatches,
 }
 
-pub(crate) fn wire(encoding: i32) -> Result<Wire, RequestError> {
+pub(crate) fn wire(encoding: i32) -> Result<Wire, InvalidRequest> {
     match Encoding::try_from(encoding) {
         Ok(Encoding::Unspecified | Encoding::Records) => Ok(Wire::Records),
         Ok(Encoding::RawBatch) => Ok(Wire::RawBatches),
-        Err(_) => Err(RequestError::UnknownEnumValue { field: "encoding", value: encoding }),
+        Err(_) => Err(InvalidRequest::UnknownEnumValue { field: "encoding", value: encoding }),
     }
 }
 
@@ -135,18 +135,18 @@ impl ConsumeApi {
             n if n <= FETCH_BYTES_MAX => n,
             max_bytes => {
                 return Err(
-                    RequestError::FetchBytes { max_bytes, bytes_max: FETCH_BYTES_MAX }.into()
+                    InvalidRequest::FetchBytes { max_bytes, bytes_max: FETCH_BYTES_MAX }.into()
                 );
             }
         };
         if request.max_wait_ms > FETCH_WAIT_MS_MAX {
-            return Err(RequestError::FetchWait {
+            return Err(InvalidRequest::FetchWait {
                 max_wait_ms: request.max_wait_ms,
                 max_wait_ms_max: FETCH_WAIT_MS_MAX,
             }
             .into());
         }
-        let partition = self.broker.partition(&request.topic, request.partition)?;
+        let partition = self.topics.partition(&request.topic, request.partition)?;
         let offset = Offset(request.offset);
         let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
         let mut changes = partition.watch();
@@ -159,7 +159,7 @@ impl ConsumeApi {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break read },
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.broker.streams_stop.cancelled() => break read,
+                _ = self.topics.streams_stop.cancelled() => break read,
             }
         };
         let log_start_offset = read.log_start_offset.0;
@@ -181,7 +181,7 @@ impl ConsumeApi {
         let state = partition.state()?;
         match position {
             None | Some(Position::Earliest(_)) => Ok(state.log_start_offset),
-            Some(Position::Latest(_)) => Ok(state.visible_end_offset),
+            Some(Position::Latest(_)) => Ok(state.log_end_offset),
             Some(Position::Offset(offset)) => {
                 // Reading at it checks it against the log's range (OUT_OF_RANGE otherwise).
                 partition.read(Offset(offset), 1).await?;
@@ -199,7 +199,7 @@ impl ConsumeApi {
 /// (with UNAVAILABLE), or at the first error (sent to the client). The caller's token and
 /// grant are checked again before every message.
 async fn feed(
-    broker: Arc<Broker>,
+    topics: Arc<TopicTable>,
     caller: Caller,
     partition: Arc<Partition>,
     mut offset: Offset,
@@ -207,7 +207,7 @@ async fn feed(
     wire: Wire,
     queue: mpsc::Sender<Queued>,
 ) {
-    let stop = broker.streams_stop.clone();
+    let stop = topics.streams_stop.clone();
     let mut changes = partition.watch();
     let _subscriber = partition.metrics.subscriber();
     loop {
@@ -239,7 +239,7 @@ async fn feed(
             let _ = queue.send((Err(ServiceError::from(error).into()), None)).await;
             return;
         }
-        let buffered = broker.metrics.buffered(read.bytes.len() as u64);
+        let buffered = topics.metrics.buffered(read.bytes.len() as u64);
         let from = offset;
         offset = read.next_offset;
         let message = match answer(&partition, read, from, wire) {
@@ -247,7 +247,7 @@ async fn feed(
             Err(error) => Err(Status::from(error)),
         };
         let failed = message.is_err();
-        let Some(permit) = reserve_queued(&queue, &broker.metrics, &stop).await else { return };
+        let Some(permit) = reserve_queued(&queue, &topics.metrics, &stop).await else { return };
         permit.send((message, Some(buffered)));
         if failed {
             return;
@@ -300,12 +300,11 @@ impl ConsumeService for ConsumeApi {
             .map_err(ServiceError::from)?;
         TopicName::parse(&request.topic).map_err(ServiceError::from)?;
         let wire = wire(request.encoding).map_err(ServiceError::from)?;
-        let partition = self.broker.partition(&request.topic, request.partition)?;
+        let partition = self.topics.partition(&request.topic, request.partition)?;
         let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
-        let end =
-            if request.stop_at_end { Some(partition.state()?.visible_end_offset) } else { None };
+        let end = if request.stop_at_end { Some(partition.state()?.log_end_offset) } else { None };
         let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
-        tokio::spawn(feed(self.broker.clone(), caller, partition, start, end, wire, queue));
+        tokio::spawn(feed(self.topics.clone(), caller, partition, start, end, wire, queue));
         // tonic gets no messages: `RawReplies` sends these without copying their batches.
         let mut response = Response::new(Box::pin(tokio_stream::empty()) as SubscribeItems);
         response.extensions_mut().insert(Replies::new(ReceiverStream::new(messages)));

@@ -1,7 +1,7 @@
 //! Errors the services meet, and the one function that turns them into gRPC statuses.
 //!
 //! Each layer keeps its own error enums (storage's per operation, the broker's per operation,
-//! [`RequestError`] for what the edge refuses); [`ServiceError`] only gathers them, and
+//! [`InvalidRequest`] for what the edge refuses); [`ServiceError`] only gathers them, and
 //! [`to_status`] is the single place that decides a status code. Messages are the errors'
 //! own `Display`, which carry the values a person needs to act.
 
@@ -22,7 +22,7 @@ use spool_broker::producer::SequenceError;
 
 /// A request the edge refuses before it reaches a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum RequestError {
+pub enum InvalidRequest {
     #[error("the request carries no records: set `records` or `raw_batch`")]
     MissingPayload,
     #[error("the request carries an empty record list")]
@@ -68,7 +68,7 @@ pub enum RequestError {
 #[derive(Debug, Error)]
 pub enum ServiceError {
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Request(#[from] InvalidRequest),
     #[error("bad topic name: {0}")]
     TopicName(#[from] TopicNameError),
     #[error("bad topic configuration: {0}")]

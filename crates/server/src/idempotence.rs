@@ -128,7 +128,7 @@ pub(crate) fn rebuild(log: &Log) -> Result<ProducerTable, ReadError> {
         table.mark_incomplete();
     }
     let mut offset = segments.get(start).map_or(log.log_start_offset(), |s| s.base_offset);
-    let end = log.visible_end_offset();
+    let end = log.log_end_offset();
     while offset < end {
         let read = log.read(offset, crate::limits::PRODUCER_REBUILD_READ_BYTES)?;
         for batch in BatchIter::new(&read.bytes) {

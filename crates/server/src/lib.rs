@@ -27,7 +27,6 @@
 
 mod alter;
 pub mod auth;
-mod broker;
 mod consume;
 pub mod error;
 mod groups;
@@ -41,6 +40,7 @@ mod produce;
 mod replies;
 mod serving;
 pub mod testing;
+mod topic_table;
 mod topics;
 
 use std::future::Future;
@@ -65,7 +65,6 @@ pub use metrics::{Metrics, RecoverySummary};
 pub use serving::TlsConfig;
 
 use crate::auth::{AuthLayer, Authenticator};
-use crate::broker::Broker;
 use crate::consume::ConsumeApi;
 use crate::groups::{GroupApi, Groups};
 use crate::idempotence::ProducerIds;
@@ -73,6 +72,7 @@ use crate::limits::{SHUTDOWN_GRACE, TOKENS_RELOAD_INTERVAL};
 use crate::produce::ProduceApi;
 use crate::replies::RawReplies;
 use crate::serving::Gate;
+use crate::topic_table::TopicTable;
 use crate::topics::TopicApi;
 
 #[derive(Debug, Error)]
@@ -114,7 +114,7 @@ pub struct ServeOptions {
 /// A server over one data directory, opened and ready to serve.
 #[derive(Debug)]
 pub struct Server {
-    broker: Arc<Broker>,
+    topics: Arc<TopicTable>,
     groups: Arc<Groups>,
     producer_ids: Arc<ProducerIds>,
 }
@@ -123,27 +123,27 @@ impl Server {
     /// Opens (or creates) the data directory and recovers every partition log in it.
     pub async fn open(data_dir: &Path) -> Result<Server, RunError> {
         tracing::info!(data = %data_dir.display(), "opening the data directory");
-        let broker = Broker::open(data_dir).await?;
-        tracing::info!(data = %data_dir.display(), took_ms = broker.recovery.took.as_millis() as u64, "data directory opened: {}", broker.recovery);
-        let broker = Arc::new(broker);
+        let topics = TopicTable::open(data_dir).await?;
+        tracing::info!(data = %data_dir.display(), took_ms = topics.recovery.took.as_millis() as u64, "data directory opened: {}", topics.recovery);
+        let topics = Arc::new(topics);
         let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
-        let groups = Groups::open(data_dir, broker.clone()).await?;
-        Ok(Server { broker, groups, producer_ids })
+        let groups = Groups::open(data_dir, topics.clone()).await?;
+        Ok(Server { topics, groups, producer_ids })
     }
 
     /// The server's gauges.
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.broker.metrics.clone()
+        self.topics.metrics.clone()
     }
 
     /// What opening the data directory did.
     pub fn recovery(&self) -> &RecoverySummary {
-        &self.broker.recovery
+        &self.topics.recovery
     }
 
     /// Drains every writer's queue, syncs it and closes every log cleanly.
     async fn close(&self) {
-        self.broker.close().await;
+        self.topics.close().await;
         self.groups.close().await;
         self.producer_ids.close().await;
         tracing::info!("all partition logs closed");
@@ -191,17 +191,17 @@ impl Services {
     }
 
     fn open(&self, server: &Server, auth: &AuthLayer) {
-        let broker = &server.broker;
-        let topics = TopicServiceServer::new(TopicApi { broker: broker.clone() })
+        let table = &server.topics;
+        let topics = TopicServiceServer::new(TopicApi { topics: table.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let produce = ProduceServiceServer::new(ProduceApi {
-            broker: broker.clone(),
+            topics: table.clone(),
             producer_ids: server.producer_ids.clone(),
         })
         .max_decoding_message_size(REQUEST_BYTES_MAX)
         .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        let consume = ConsumeServiceServer::new(ConsumeApi { broker: broker.clone() })
+        let consume = ConsumeServiceServer::new(ConsumeApi { topics: table.clone() })
             .max_decoding_message_size(REQUEST_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         self.topics.open(topics, auth.clone());
@@ -246,14 +246,14 @@ pub async fn serve(
     let stop_serving = CancellationToken::new();
     let serving = listen(listener, tls.as_ref(), health, &services, &stop_serving)?;
     tokio::pin!(serving, shutdown);
-    let opened_broker = Arc::new(std::sync::OnceLock::new());
+    let opened_topics = Arc::new(std::sync::OnceLock::new());
     let metrics_endpoint = match metrics {
         Some(listener) => {
             let prometheus = metrics::install_prometheus()?;
             let endpoint = serving::serve_metrics(
                 listener,
                 prometheus,
-                opened_broker.clone(),
+                opened_topics.clone(),
                 stop_serving.clone(),
             );
             Some(tokio::spawn(endpoint))
@@ -271,7 +271,7 @@ pub async fn serve(
         }
         served = &mut serving => return Ok(served?),
     };
-    let _ = opened_broker.set(server.broker.clone());
+    let _ = opened_topics.set(server.topics.clone());
     let live = go_live(&server, &services, tokens, http, &stop_serving, &reporter).await;
     if let Some(told) = told {
         let _ = told.send(());
@@ -354,7 +354,7 @@ async fn go_live(
     let auth = AuthLayer::new(tokens.clone());
     services.open(server, &auth);
     let http_endpoint = http.map(|listener| {
-        tokio::spawn(http::serve(listener, server.broker.clone(), auth, stop_serving.clone()))
+        tokio::spawn(http::serve(listener, server.topics.clone(), auth, stop_serving.clone()))
     });
     let reloading = tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
     set_health(reporter, ServingStatus::Serving).await;
@@ -383,7 +383,7 @@ async fn serve_until_shutdown(
             for name in HEALTH_NAMES {
                 reporter.clear_service_status(name).await;
             }
-            server.broker.streams_stop.cancel();
+            server.topics.streams_stop.cancel();
             stop_serving.cancel();
             let served = tokio::select! {
                 served = &mut serving => served,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::limits::PRODUCE_STREAM_ANSWERS_QUEUED_MAX;
 use bytes::{Bytes, BytesMut};
 use spool_broker::TopicName;
+use spool_proto::Acks;
 use spool_proto::limits::PRODUCE_STREAM_IN_FLIGHT_MAX;
 use spool_proto::limits::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
@@ -17,8 +18,8 @@ use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_server::ProduceService;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::{
-    Acks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError, ProduceRequest,
-    ProduceResponse, ProduceStreamResponse, Record,
+    Acks as WireAcks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError,
+    ProduceRequest, ProduceResponse, ProduceStreamResponse, Record,
 };
 use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
 use spool_storage::{Appended, FsyncPolicy, TimestampMs};
@@ -28,20 +29,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Action, AuthError, Caller, Resource};
-use crate::broker::{Broker, Topic};
-use crate::error::{RequestError, ServiceError, to_status};
+use crate::error::{InvalidRequest, ServiceError, to_status};
 use crate::idempotence::{ProducerIds, sequenced};
-use crate::partition::AckLevel;
+use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProduceApi {
-    pub(crate) broker: Arc<Broker>,
+    pub(crate) topics: Arc<TopicTable>,
     pub(crate) producer_ids: Arc<ProducerIds>,
 }
 
 /// Batches queued for their partitions, whose answers are still to come.
 struct Pending {
-    acks: AckLevel,
+    acks: Acks,
     answers: Vec<(u32, oneshot::Receiver<Result<Appended, ServiceError>>)>,
 }
 
@@ -49,7 +49,7 @@ impl Pending {
     /// Waits for every partition's answer. With `acks=none` nothing is awaited.
     async fn wait(self) -> Result<ProduceResponse, ServiceError> {
         let mut appends = Vec::with_capacity(self.answers.len());
-        if self.acks == AckLevel::None {
+        if self.acks == Acks::None {
             return Ok(ProduceResponse { appends });
         }
         for (partition, answer) in self.answers {
@@ -76,30 +76,33 @@ impl Pending {
     }
 }
 
-fn ack_level(acks: Acks, topic: &Topic) -> Result<AckLevel, ServiceError> {
+/// The level a request's `acks` asks for, with `ACKS_UNSPECIFIED` resolved for its topic.
+fn ack_level(acks: WireAcks, topic: &Topic) -> Result<Acks, ServiceError> {
     let never = topic.config().fsync() == FsyncPolicy::Never;
     match (acks, never) {
-        (Acks::None, _) => Ok(AckLevel::None),
-        (Acks::Leader, _) | (Acks::Unspecified, true) => Ok(AckLevel::Leader),
-        (Acks::All | Acks::Unspecified, false) => Ok(AckLevel::All),
-        (Acks::All, true) => Err(ServiceError::AcksAllWithoutFsync { topic: topic.name.clone() }),
+        (WireAcks::None, _) => Ok(Acks::None),
+        (WireAcks::Leader, _) | (WireAcks::Unspecified, true) => Ok(Acks::Leader),
+        (WireAcks::All | WireAcks::Unspecified, false) => Ok(Acks::All),
+        (WireAcks::All, true) => {
+            Err(ServiceError::AcksAllWithoutFsync { topic: topic.name.clone() })
+        }
     }
 }
 
 /// Checks every record against the limits, so what reaches storage is well-formed.
-fn check_records(records: &[Record]) -> Result<(), RequestError> {
+fn check_records(records: &[Record]) -> Result<(), InvalidRequest> {
     if records.is_empty() {
-        return Err(RequestError::NoRecords);
+        return Err(InvalidRequest::NoRecords);
     }
     if records.len() > BATCH_RECORDS_MAX as usize {
-        return Err(RequestError::TooManyRecords {
+        return Err(InvalidRequest::TooManyRecords {
             records: records.len(),
             records_max: BATCH_RECORDS_MAX,
         });
     }
     for (index, record) in records.iter().enumerate() {
         if record.headers.len() > RECORD_HEADERS_MAX as usize {
-            return Err(RequestError::TooManyHeaders {
+            return Err(InvalidRequest::TooManyHeaders {
                 index,
                 headers: record.headers.len(),
                 headers_max: RECORD_HEADERS_MAX,
@@ -108,7 +111,7 @@ fn check_records(records: &[Record]) -> Result<(), RequestError> {
         if let Some(timestamp_ms) = record.timestamp_ms
             && !(0..=TIMESTAMP_MS_MAX).contains(&timestamp_ms)
         {
-            return Err(RequestError::BadTimestamp {
+            return Err(InvalidRequest::BadTimestamp {
                 index,
                 timestamp_ms,
                 timestamp_ms_max: TIMESTAMP_MS_MAX,
@@ -126,7 +129,7 @@ fn encode(
     partition: u32,
     now: TimestampMs,
     producer: ProducerStamp,
-) -> Result<Bytes, RequestError> {
+) -> Result<Bytes, InvalidRequest> {
     let mut builder = BatchBuilder::new(BytesMut::new());
     let mut headers: Vec<HeaderPair<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
     for (index, record) in records.iter().enumerate() {
@@ -148,10 +151,10 @@ fn encode(
 pub(crate) fn check_batch_bytes(
     builder: &BatchBuilder,
     partition: u32,
-) -> Result<(), RequestError> {
+) -> Result<(), InvalidRequest> {
     let bytes = builder.encoded_bytes();
     if bytes > BATCH_BYTES_MAX as usize {
-        return Err(RequestError::BatchTooLarge { partition, bytes, bytes_max: BATCH_BYTES_MAX });
+        return Err(InvalidRequest::BatchTooLarge { partition, bytes, bytes_max: BATCH_BYTES_MAX });
     }
     Ok(())
 }
@@ -164,15 +167,15 @@ fn producer_stamp(request: &ProduceRequest) -> Result<ProducerStamp, ServiceErro
     };
     if request.partition.is_none() {
         return Err(
-            RequestError::IdempotentWithoutPartition { reason: "it sets `producer`" }.into()
+            InvalidRequest::IdempotentWithoutPartition { reason: "it sets `producer`" }.into()
         );
     }
     let producer_epoch = i16::try_from(stamp.producer_epoch)
         .ok()
         .filter(|epoch| *epoch >= 0)
-        .ok_or(RequestError::ProducerEpoch { epoch: stamp.producer_epoch })?;
+        .ok_or(InvalidRequest::ProducerEpoch { epoch: stamp.producer_epoch })?;
     if stamp.base_sequence < 0 {
-        return Err(RequestError::BaseSequence { base_sequence: stamp.base_sequence }.into());
+        return Err(InvalidRequest::BaseSequence { base_sequence: stamp.base_sequence }.into());
     }
     Ok(ProducerStamp {
         producer_id: stamp.producer_id,
@@ -192,14 +195,14 @@ impl ProduceApi {
         // What the request itself gets wrong comes first, whatever exists: a malformed request
         // to a missing topic is INVALID_ARGUMENT, not NOT_FOUND.
         TopicName::parse(&request.topic)?;
-        let acks = Acks::try_from(request.acks)
-            .map_err(|_| RequestError::UnknownEnumValue { field: "acks", value: request.acks })?;
+        let acks = WireAcks::try_from(request.acks)
+            .map_err(|_| InvalidRequest::UnknownEnumValue { field: "acks", value: request.acks })?;
         match &request.payload {
-            None => return Err(RequestError::MissingPayload.into()),
+            None => return Err(InvalidRequest::MissingPayload.into()),
             Some(Payload::Records(list)) => check_records(&list.records)?,
             Some(Payload::RawBatch(raw)) => {
                 if raw.len() > BATCH_BYTES_MAX as usize {
-                    return Err(RequestError::BatchTooLarge {
+                    return Err(InvalidRequest::BatchTooLarge {
                         partition: request.partition.unwrap_or(0),
                         bytes: raw.len(),
                         bytes_max: BATCH_BYTES_MAX,
@@ -207,12 +210,12 @@ impl ProduceApi {
                     .into());
                 }
                 if request.producer.is_some() {
-                    return Err(RequestError::ProducerWithRawBatch.into());
+                    return Err(InvalidRequest::ProducerWithRawBatch.into());
                 }
             }
         }
         let producer = producer_stamp(&request)?;
-        let topic = self.broker.topic(&request.topic)?;
+        let topic = self.topics.topic(&request.topic)?;
         let acks = ack_level(acks, &topic)?;
         let explicit = match request.partition {
             Some(partition) => Some(topic.partition(partition)?.id()),
@@ -229,7 +232,7 @@ impl ProduceApi {
                 .map_err(|error| ServiceError::append(&topic.name, partition, error.into()))
         };
         let batches: Vec<(u32, CheckedBatch<Bytes>)> = match request.payload {
-            None => return Err(RequestError::MissingPayload.into()),
+            None => return Err(InvalidRequest::MissingPayload.into()),
             Some(Payload::RawBatch(raw)) => {
                 let partition = explicit.unwrap_or_else(|| topic.round_robin.next(partitions));
                 // The stamp is trusted only in a batch that checks (garbage is
@@ -238,7 +241,7 @@ impl ProduceApi {
                 if let Some(idempotent) = sequenced(raw.bytes()) {
                     if explicit.is_none() {
                         let reason = "a raw batch with a producer stamp";
-                        return Err(RequestError::IdempotentWithoutPartition { reason }.into());
+                        return Err(InvalidRequest::IdempotentWithoutPartition { reason }.into());
                     }
                     self.producer_ids.check(idempotent.stamp.producer_id)?;
                 }
@@ -330,7 +333,7 @@ impl ProduceService for ProduceApi {
             mpsc::channel::<(u64, Result<Pending, ServiceError>)>(PRODUCE_STREAM_IN_FLIGHT_MAX);
         let (answers, answers_rx) = mpsc::channel(PRODUCE_STREAM_ANSWERS_QUEUED_MAX);
         let api = self.clone();
-        let stop = self.broker.streams_stop.clone();
+        let stop = self.topics.streams_stop.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -365,7 +368,7 @@ impl ProduceService for ProduceApi {
                         break;
                     }
                     Err(error) => Some(stream_error(correlation_id, &error)),
-                    Ok(pending) if pending.acks == AckLevel::None => pending
+                    Ok(pending) if pending.acks == Acks::None => pending
                         .first_failure()
                         .await
                         .map(|error| stream_error(correlation_id, &error)),

@@ -21,8 +21,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::AuthLayer;
-use crate::broker::Broker;
 use crate::metrics::{Connection, PartitionGauges, export_partition_gauges};
+use crate::topic_table::TopicTable;
 
 /// The listener's TLS: a certificate chain and key (PEM), and for mutual TLS the CA that
 /// client certificates must chain to.
@@ -179,18 +179,18 @@ pub(crate) fn counted_connections(
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled. Before rendering, the
-/// partitions' state gauges are set from `broker` (once the data directory is open).
+/// partitions' state gauges are set from `topics` (once the data directory is open).
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
     prometheus: PrometheusHandle,
-    broker: Arc<OnceLock<Arc<Broker>>>,
+    topics: Arc<OnceLock<Arc<TopicTable>>>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let render = move || {
-        let (prometheus, broker) = (prometheus.clone(), broker.clone());
+        let (prometheus, topics) = (prometheus.clone(), topics.clone());
         async move {
-            if let Some(broker) = broker.get() {
-                export_gauges(broker);
+            if let Some(topics) = topics.get() {
+                export_gauges(topics);
             }
             prometheus.render()
         }
@@ -199,8 +199,8 @@ pub(crate) async fn serve_metrics(
     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
 }
 
-fn export_gauges(broker: &Broker) {
-    for topic in broker.topics() {
+fn export_gauges(topics: &TopicTable) {
+    for topic in topics.topics() {
         for partition in &topic.partitions {
             let Ok(state) = partition.state() else { continue };
             export_partition_gauges(
@@ -208,7 +208,7 @@ fn export_gauges(broker: &Broker) {
                 partition.id(),
                 PartitionGauges {
                     log_start_offset: state.log_start_offset.0,
-                    log_end_offset: state.visible_end_offset.0,
+                    log_end_offset: state.log_end_offset.0,
                     segments: state.segments,
                     size_bytes: state.size_bytes,
                     fenced: state.fence.is_some(),

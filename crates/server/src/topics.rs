@@ -16,12 +16,12 @@ use tonic::{Request, Response, Status};
 
 use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
-use crate::broker::{Broker, Topic};
 use crate::error::ServiceError;
+use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
 pub(crate) struct TopicApi {
-    pub(crate) broker: Arc<Broker>,
+    pub(crate) topics: Arc<TopicTable>,
 }
 
 fn fsync_policy(fsync: Option<WireFsync>) -> Option<FsyncPolicy> {
@@ -79,7 +79,7 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
             partitions.push(PartitionDescription {
                 partition: partition.id(),
                 log_start_offset: state.log_start_offset.0,
-                log_end_offset: state.visible_end_offset.0,
+                log_end_offset: state.log_end_offset.0,
                 size_bytes: state.size_bytes,
                 fenced_reason: state.fence,
             });
@@ -103,7 +103,7 @@ impl TopicService for TopicApi {
         caller
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
-        let topic = self.broker.create_topic(&request.name, config_request(request.config)).await?;
+        let topic = self.topics.create_topic(&request.name, config_request(request.config)).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");
         Ok(Response::new(CreateTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
@@ -115,7 +115,7 @@ impl TopicService for TopicApi {
         let caller = Caller::of(&request);
         let name = request.into_inner().name;
         caller.allow(Action::Administer, Resource::Topic(&name)).map_err(ServiceError::from)?;
-        self.broker.delete_topic(&name).await?;
+        self.topics.delete_topic(&name).await?;
         tracing::info!(identity = caller.identity(), topic = name, "topic deleted");
         Ok(Response::new(DeleteTopicResponse {}))
     }
@@ -128,7 +128,7 @@ impl TopicService for TopicApi {
         // A revoked token gets UNAUTHENTICATED, not an empty list.
         caller.check_token().map_err(ServiceError::from)?;
         let topics = self
-            .broker
+            .topics
             .topics()
             .iter()
             .filter(|topic| caller.may_see_topic(topic.name.as_str()))
@@ -144,7 +144,7 @@ impl TopicService for TopicApi {
         let caller = Caller::of(&request);
         let name = request.into_inner().name;
         caller.allow(Action::Describe, Resource::Topic(&name)).map_err(ServiceError::from)?;
-        let topic = self.broker.topic(&name)?;
+        let topic = self.topics.topic(&name)?;
         Ok(Response::new(DescribeTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
 
@@ -157,7 +157,7 @@ impl TopicService for TopicApi {
         caller
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
-        let topic = self.broker.alter_topic(&request.name, topic_change(&request)).await?;
+        let topic = self.topics.alter_topic(&request.name, topic_change(&request)).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic altered");
         Ok(Response::new(AlterTopicResponse { topic: Some(describe(&topic, true)?) }))
     }

@@ -238,9 +238,10 @@ impl Log {
         self.durable.offset
     }
 
-    /// The end of what readers may see: the durable end under [`FsyncPolicy::Always`],
-    /// everything written otherwise.
-    pub fn visible_end_offset(&self) -> Offset {
+    /// The log end offset (as the wire calls it): the end of what readers may see, one past
+    /// the last visible record; the durable end under [`FsyncPolicy::Always`], everything
+    /// written otherwise.
+    pub fn log_end_offset(&self) -> Offset {
         self.visible().offset
     }
 
@@ -619,7 +620,7 @@ impl Log {
     /// the visible end. Reading at the visible end returns no bytes.
     pub fn read(&self, offset: Offset, bytes_max: u32) -> Result<ReadBatches, ReadError> {
         let log_start = self.log_start_offset();
-        let log_end = self.visible_end_offset();
+        let log_end = self.log_end_offset();
         if offset < log_start || offset > log_end {
             return Err(ReadError::OffsetOutOfRange { requested: offset, log_start, log_end });
         }

@@ -69,7 +69,7 @@ fn under_fsync_always_readers_see_only_what_was_synced() {
     let fs = SimFileSystem::new();
     let mut log = sim_open(&fs, config(FsyncPolicy::Always));
     log.append(&batch_of(3, 10, 5), NOW).unwrap();
-    assert_eq!(log.visible_end_offset(), Offset(0));
+    assert_eq!(log.log_end_offset(), Offset(0));
     assert_eq!(log.read(Offset(0), 1000).unwrap().bytes.len(), 0);
     let ticket = log.begin_sync();
     // Appends made while the fsync runs are left for the next one: group commit.
@@ -243,7 +243,7 @@ fn an_interval_log_says_when_a_sync_is_due() {
     let mut log = sim_open(&fs, config(FsyncPolicy::Interval { interval_ms: 100 }));
     assert!(!log.sync_due(TimestampMs(1000)), "nothing to sync");
     log.append(&batch_of(1, 10, 5), TimestampMs(10)).unwrap();
-    assert_eq!(log.visible_end_offset(), Offset(1), "visible once written");
+    assert_eq!(log.log_end_offset(), Offset(1), "visible once written");
     assert!(!log.sync_due(TimestampMs(50)));
     assert!(log.sync_due(TimestampMs(100)));
     log.sync(TimestampMs(100)).unwrap();

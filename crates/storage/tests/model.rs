@@ -104,7 +104,7 @@ fn check_against_model(log: &Log, model: &Model, policy: FsyncPolicy) {
         FsyncPolicy::Always => log.durable_offset(),
         _ => log.next_offset(),
     };
-    assert_eq!(log.visible_end_offset(), visible);
+    assert_eq!(log.log_end_offset(), visible);
     assert_eq!(read_all(log, Offset(start), 16 * 1024), model.records_from(start, visible.0));
 }
 
@@ -200,7 +200,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
             }
             Op::Read { pick, bytes_max } => {
                 let start = log.log_start_offset().0;
-                let end = log.visible_end_offset().0;
+                let end = log.log_end_offset().0;
                 let offset = start + pick % (end - start + 1);
                 let read = log.read(Offset(offset), bytes_max).unwrap();
                 let got = decode(&read.bytes);
@@ -221,7 +221,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
             }
             Op::ReadByTime { relative_ms } => {
                 let target = clock + relative_ms;
-                let end = log.visible_end_offset().0;
+                let end = log.log_end_offset().0;
                 let expected = model
                     .batches
                     .iter()

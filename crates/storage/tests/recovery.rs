@@ -132,7 +132,7 @@ fn damage_followed_by_valid_batches_fences_the_log_instead_of_dropping_them() {
     };
     assert_eq!(path, dir().join(&active));
     assert_eq!(position, victim as u64);
-    assert_eq!(log.visible_end_offset(), readable_end);
+    assert_eq!(log.log_end_offset(), readable_end);
     let readable: Vec<Rec> =
         records.iter().filter(|r| Offset(r.offset) < readable_end).cloned().collect();
     assert_eq!(read_all(&log, Offset(0), 1 << 20), readable);

@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use spool_proto::Acks;
 use spool_proto::limits::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, IDEMPOTENT_BATCHES_IN_FLIGHT_MAX,
     PRODUCE_STREAM_IN_FLIGHT_MAX, RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX,
@@ -85,54 +86,6 @@ mod sender;
 
 use accumulator::*;
 use sender::*;
-
-/// How much durability the producer waits for before a record counts as delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Acks {
-    /// Nothing is waited for: a record's [`Delivery`] resolves once its batch is handed to
-    /// the stream, without an offset. Failures the server reports later are counted in
-    /// [`ProducerStats::unacknowledged_failures`].
-    None,
-    /// Delivered once appended to the partition log (survives the server process crashing).
-    Leader,
-    /// Delivered once synced to disk under the topic's fsync policy. The default.
-    #[default]
-    All,
-}
-
-impl std::str::FromStr for Acks {
-    type Err = String;
-
-    /// `none`, `leader` or `all`, as the `spool` command and the docs spell them.
-    fn from_str(text: &str) -> Result<Acks, String> {
-        match text {
-            "none" => Ok(Acks::None),
-            "leader" => Ok(Acks::Leader),
-            "all" => Ok(Acks::All),
-            other => Err(format!("{other:?} is not an acks level: use none, leader or all")),
-        }
-    }
-}
-
-impl std::fmt::Display for Acks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Acks::None => "none",
-            Acks::Leader => "leader",
-            Acks::All => "all",
-        })
-    }
-}
-
-impl Acks {
-    fn wire(self) -> spool_proto::v1::Acks {
-        match self {
-            Acks::None => spool_proto::v1::Acks::None,
-            Acks::Leader => spool_proto::v1::Acks::Leader,
-            Acks::All => spool_proto::v1::Acks::All,
-        }
-    }
-}
 
 /// What [`Producer::send`] does when the buffer has no room for the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -36,7 +36,7 @@ use super::member::{Ending, Member, wire_partition};
 use super::{Groups, MemberLink};
 use crate::auth::{Action, Caller, Resource};
 use crate::consume::{Wire, wire};
-use crate::error::{RequestError, ServiceError};
+use crate::error::{InvalidRequest, ServiceError};
 use crate::replies::Replies;
 
 #[derive(Debug, Clone)]
@@ -93,11 +93,11 @@ impl Stream for MemberStream {
     }
 }
 
-fn reset_choice(reset: i32) -> Result<OffsetReset, RequestError> {
+fn reset_choice(reset: i32) -> Result<OffsetReset, InvalidRequest> {
     match WireReset::try_from(reset) {
         Ok(WireReset::Unspecified | WireReset::Earliest) => Ok(OffsetReset::Earliest),
         Ok(WireReset::Latest) => Ok(OffsetReset::Latest),
-        Err(_) => Err(RequestError::UnknownEnumValue { field: "reset", value: reset }),
+        Err(_) => Err(InvalidRequest::UnknownEnumValue { field: "reset", value: reset }),
     }
 }
 
@@ -130,7 +130,7 @@ impl GroupApi {
         if !(GROUP_SESSION_TIMEOUT_MS_MIN..=GROUP_SESSION_TIMEOUT_MS_MAX)
             .contains(&session_timeout_ms)
         {
-            return Err(RequestError::SessionTimeout {
+            return Err(InvalidRequest::SessionTimeout {
                 session_timeout_ms,
                 min_ms: GROUP_SESSION_TIMEOUT_MS_MIN,
                 max_ms: GROUP_SESSION_TIMEOUT_MS_MAX,
@@ -141,7 +141,7 @@ impl GroupApi {
         let mut topics = BTreeMap::new();
         for name in &names {
             caller.allow(Action::Consume, Resource::Topic(name.as_str()))?;
-            let topic = self.groups.broker.topic(name.as_str())?;
+            let topic = self.groups.topics.topic(name.as_str())?;
             topics.insert(topic.name.clone(), topic.partitions.len() as u32);
         }
         Ok((group, Subscription { topics, reset }, session_timeout_ms, wire))
@@ -157,7 +157,7 @@ impl GroupApi {
         ending: Ending,
     ) -> Result<Member, ServiceError> {
         let first = tokio::time::timeout(JOIN_WAIT, requests.message()).await;
-        let protocol = |reason| ServiceError::from(RequestError::GroupProtocol { reason });
+        let protocol = |reason| ServiceError::from(InvalidRequest::GroupProtocol { reason });
         let join = match first {
             Err(_) => return Err(protocol("no `join` arrived in time")),
             Ok(Err(status)) => {
@@ -241,11 +241,11 @@ impl GroupApi {
             .map(|p| {
                 let state = self
                     .groups
-                    .broker
+                    .topics
                     .partition(p.partition.topic.as_str(), p.partition.partition)
                     .and_then(|partition| partition.state())
                     .ok();
-                let end = state.as_ref().map(|s| s.visible_end_offset.0);
+                let end = state.as_ref().map(|s| s.log_end_offset.0);
                 let from =
                     p.committed.map(|c| c.0).or(state.as_ref().map(|s| s.log_start_offset.0));
                 GroupPartition {
@@ -268,13 +268,13 @@ impl GroupApi {
         topic: &str,
         to: Option<Position>,
     ) -> Result<Vec<(TopicPartition, Offset)>, ServiceError> {
-        let topic = self.groups.broker.topic(topic)?;
+        let topic = self.groups.topics.topic(topic)?;
         let mut offsets = Vec::with_capacity(topic.partitions.len());
         for partition in &topic.partitions {
             let state = partition.state()?;
             let offset = match to {
                 None | Some(Position::Earliest(_)) => state.log_start_offset,
-                Some(Position::Latest(_)) => state.visible_end_offset,
+                Some(Position::Latest(_)) => state.log_end_offset,
                 Some(Position::Offset(offset)) => {
                     // Reading at it checks it against the log's range (OUT_OF_RANGE).
                     partition.read(Offset(offset), 1).await?;

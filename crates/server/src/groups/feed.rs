@@ -72,18 +72,18 @@ impl Feed {
         let state = log.state()?;
         Ok(match (committed, self.reset) {
             (Some(offset), _)
-                if (state.log_start_offset..=state.visible_end_offset).contains(&offset) =>
+                if (state.log_start_offset..=state.log_end_offset).contains(&offset) =>
             {
                 offset
             }
             (_, OffsetReset::Earliest) => state.log_start_offset,
-            (_, OffsetReset::Latest) => state.visible_end_offset,
+            (_, OffsetReset::Latest) => state.log_end_offset,
         })
     }
 
     async fn feed(&self) -> Result<(), ServiceError> {
         let topic = self.partition.topic.as_str();
-        let log = self.groups.broker.partition(topic, self.partition.partition)?;
+        let log = self.groups.topics.partition(topic, self.partition.partition)?;
         let mut offset = self.start(&log)?;
         let mut changes = log.watch();
         let mut caught_up_sent = false;

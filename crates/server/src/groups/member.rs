@@ -42,7 +42,7 @@ use super::feed::{Feed, Outbound, RecordsOut};
 use super::{Groups, MemberLink};
 use crate::auth::Caller;
 use crate::consume::Wire;
-use crate::error::{RequestError, ServiceError, to_status};
+use crate::error::{InvalidRequest, ServiceError, to_status};
 
 /// A commit's fsync, resolving once its record is durable.
 type Durable = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
@@ -142,7 +142,7 @@ impl Member {
     }
 
     async fn serve(&mut self, requests: &mut Streaming<MemberRequest>) -> End {
-        let stop = self.groups.broker.streams_stop.clone();
+        let stop = self.groups.topics.streams_stop.clone();
         loop {
             let sending = self.assignment_due || !self.pending.is_empty();
             let reading = self.pending.len() + self.in_flight.len()
@@ -324,13 +324,13 @@ impl Member {
             }
             Some(RequestKind::Leave(_)) => return Err(End::Left),
             Some(RequestKind::Join(_)) => {
-                let error = RequestError::GroupProtocol {
+                let error = InvalidRequest::GroupProtocol {
                     reason: "`join` may only be the first message of a stream",
                 };
                 return Err(End::Status(ServiceError::from(error).into()));
             }
             None => {
-                let error = RequestError::GroupProtocol {
+                let error = InvalidRequest::GroupProtocol {
                     reason: "a member message must set one of its fields",
                 };
                 return Err(End::Status(ServiceError::from(error).into()));
@@ -347,10 +347,10 @@ impl Member {
     ) -> Result<impl Future<Output = Result<(), ServiceError>> + use<>, ServiceError> {
         let mut offsets = Vec::with_capacity(commit.offsets.len().min(COMMIT_OFFSETS_MAX));
         for entry in commit.offsets.iter().take(COMMIT_OFFSETS_MAX + 1) {
-            let partition = self.groups.broker.partition(&entry.topic, entry.partition)?;
-            let end = partition.state()?.visible_end_offset;
+            let partition = self.groups.topics.partition(&entry.topic, entry.partition)?;
+            let end = partition.state()?.log_end_offset;
             if entry.offset > end.0 {
-                return Err(ServiceError::from(RequestError::CommitPastEnd {
+                return Err(ServiceError::from(InvalidRequest::CommitPastEnd {
                     topic: entry.topic.clone(),
                     partition: entry.partition,
                     offset: entry.offset,

@@ -37,9 +37,9 @@ use tokio::time::Instant;
 
 pub(crate) use api::GroupApi;
 
-use crate::broker::Broker;
 use crate::error::ServiceError;
 use crate::internal_log::{InternalLog, OpenInternalError};
+use crate::topic_table::TopicTable;
 
 /// How a member's task learns that its view changed, and why it was removed.
 #[derive(Debug, Default)]
@@ -59,7 +59,7 @@ pub(crate) struct State {
 pub(crate) struct Groups {
     state: Mutex<State>,
     offsets: InternalLog,
-    pub(crate) broker: Arc<Broker>,
+    pub(crate) topics: Arc<TopicTable>,
     started: Instant,
     /// The wall clock when `started` was taken.
     started_at: TimestampMs,
@@ -71,7 +71,7 @@ impl Groups {
     /// Folds the committed offsets and starts the driver.
     pub(crate) async fn open(
         data_dir: &Path,
-        broker: Arc<Broker>,
+        topics: Arc<TopicTable>,
     ) -> Result<Arc<Groups>, OpenInternalError> {
         let committed = Arc::new(Mutex::new(CommittedOffsets::default()));
         let folding = committed.clone();
@@ -93,7 +93,7 @@ impl Groups {
                 links: HashMap::new(),
             }),
             offsets,
-            broker,
+            topics,
             started: Instant::now(),
             started_at: TimestampMs::now(),
             deadlines: Notify::new(),
@@ -171,7 +171,7 @@ fn record_lag_sources(record: &CommitRecord) {
 
 /// Ticks the coordinator at each deadline, until shutdown.
 async fn drive(groups: Arc<Groups>) {
-    let stop = groups.broker.streams_stop.clone();
+    let stop = groups.topics.streams_stop.clone();
     loop {
         let next = groups.lock().coordinator.next_deadline();
         let sleep = async {

@@ -15,9 +15,9 @@ use thiserror::Error;
 use tonic::Code;
 
 use crate::auth::AuthError;
-use crate::error::{RequestError, ServiceError, to_status};
+use crate::error::{InvalidRequest, ServiceError, to_status};
 
-/// A request the browser listener refuses before it reaches the broker.
+/// A request the browser listener refuses before it reaches the topic table.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum BadRequest {
     #[error(
@@ -67,8 +67,8 @@ impl From<AuthError> for HttpError {
     }
 }
 
-impl From<RequestError> for HttpError {
-    fn from(error: RequestError) -> HttpError {
+impl From<InvalidRequest> for HttpError {
+    fn from(error: InvalidRequest) -> HttpError {
         HttpError::Service(ServiceError::Request(error))
     }
 }
@@ -103,7 +103,7 @@ impl HttpError {
             HttpError::Request(_) => StatusCode::BAD_REQUEST,
             HttpError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
             HttpError::Service(error) => match error {
-                ServiceError::Request(RequestError::BatchTooLarge { .. })
+                ServiceError::Request(InvalidRequest::BatchTooLarge { .. })
                 | ServiceError::Append { source: AppendError::BatchTooLarge { .. }, .. } => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
@@ -180,7 +180,7 @@ mod tests {
             StatusCode::FORBIDDEN,
         );
         check(
-            RequestError::BatchTooLarge { partition: 0, bytes: 9, bytes_max: 8 },
+            InvalidRequest::BatchTooLarge { partition: 0, bytes: 9, bytes_max: 8 },
             StatusCode::PAYLOAD_TOO_LARGE,
         );
         check(BadRequest::BodyTooLarge { bytes: 9, bytes_max: 8 }, StatusCode::PAYLOAD_TOO_LARGE);

@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 
 use super::error::HttpError;
 use crate::auth::{Action, Caller, Resource};
-use crate::broker::Broker;
 use crate::consume::{Wire, answer, reserve_queued};
 use crate::error::ServiceError;
 use crate::metrics::Buffered;
 use crate::partition::Partition;
+use crate::topic_table::TopicTable;
 
 /// What a subscription's queue carries toward its transport.
 #[derive(Debug)]
@@ -37,13 +37,13 @@ pub(crate) enum Item {
 /// begins, or an error ends it. The caller's token and grant are checked again before every
 /// chunk, against the token file as it is now.
 pub(crate) async fn feed(
-    broker: Arc<Broker>,
+    topics: Arc<TopicTable>,
     caller: Caller,
     partition: Arc<Partition>,
     mut offset: Offset,
     queue: mpsc::Sender<Item>,
 ) {
-    let stop = broker.streams_stop.clone();
+    let stop = topics.streams_stop.clone();
     let mut changes = partition.watch();
     let _subscriber = partition.metrics.subscriber();
     loop {
@@ -81,7 +81,7 @@ pub(crate) async fn feed(
             bytes <= HTTP_SUBSCRIBER_BUFFERED_BYTES_MAX,
             "a read of {bytes} bytes is over the per-subscriber bound"
         );
-        let buffered = broker.metrics.buffered(bytes);
+        let buffered = topics.metrics.buffered(bytes);
         let from = offset;
         offset = read.next_offset;
         let item = match answer(&partition, read, from, Wire::Records) {
@@ -89,7 +89,7 @@ pub(crate) async fn feed(
             Err(error) => Item::End(error.into()),
         };
         let last = matches!(item, Item::End(_));
-        let Some(permit) = reserve_queued(&queue, &broker.metrics, &stop).await else { return };
+        let Some(permit) = reserve_queued(&queue, &topics.metrics, &stop).await else { return };
         permit.send(item);
         if last {
             return;

@@ -1,6 +1,6 @@
 //! The browser listener (`spool serve --http HOST:PORT`): a partition followed over
 //! Server-Sent Events or WebSocket, records produced over WebSocket or a plain POST, and a
-//! small page at `/` that uses them. It reads and writes through the same broker and
+//! small page at `/` that uses them. It reads and writes through the same topic table and
 //! partition writers as the gRPC services, never through gRPC itself.
 //!
 //! | method and path | what |
@@ -58,9 +58,9 @@ use self::error::{BadRequest, HttpError};
 use self::follow::{Item, feed};
 use self::records::{EventJson, RecordIn, RecordJson, Start, produce};
 use crate::auth::{Action, AuthError, AuthLayer, Caller, Resource};
-use crate::broker::Broker;
 use crate::consume::{Wire, answer};
 use crate::error::ServiceError;
+use crate::topic_table::TopicTable;
 
 /// The page at `/`.
 const PAGE: &str = include_str!("page.html");
@@ -70,7 +70,7 @@ const TOKEN_COOKIE: &str = "spool_token";
 
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    broker: Arc<Broker>,
+    topics: Arc<TopicTable>,
     auth: AuthLayer,
     streams: Arc<Semaphore>,
     /// `HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX` permits, one per byte being produced.
@@ -231,7 +231,7 @@ impl AppState {
         start: Start,
     ) -> Result<Subscription, HttpError> {
         caller.allow(Action::Consume, Resource::Topic(topic))?;
-        let partition = self.broker.partition(topic, partition)?;
+        let partition = self.topics.partition(topic, partition)?;
         let offset = start.resolve(&partition).await?;
         let (queue, items) = mpsc::channel(HTTP_SUBSCRIBE_QUEUE_DEPTH);
         let subscription = Subscription {
@@ -240,7 +240,7 @@ impl AppState {
             partition: partition.id(),
             offset: offset.0,
         };
-        tokio::spawn(feed(self.broker.clone(), caller, partition, offset, queue));
+        tokio::spawn(feed(self.topics.clone(), caller, partition, offset, queue));
         Ok(subscription)
     }
 }
@@ -274,7 +274,7 @@ async fn topics(
     let caller = state.caller(&headers, query.token.as_deref(), TokenSources::Get)?;
     caller.check_token()?;
     let topics = state
-        .broker
+        .topics
         .topics()
         .into_iter()
         .filter(|topic| caller.may_see_topic(topic.name.as_str()))
@@ -306,7 +306,7 @@ async fn history(
     if !(1..=HTTP_HISTORY_RECORDS_MAX).contains(&limit) {
         return Err(BadRequest::HistoryLimit { limit, limit_max: HTTP_HISTORY_RECORDS_MAX }.into());
     }
-    let partition = state.broker.partition(&topic, partition)?;
+    let partition = state.topics.partition(&topic, partition)?;
     let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
     let read = partition
         .read(offset, crate::limits::HTTP_SUBSCRIBE_READ_BYTES)
@@ -396,7 +396,7 @@ async fn produce_post(
     } else {
         raw_record(&query, &headers, body)
     };
-    let produced = produce(&state.broker, &caller, &topic, record).await?;
+    let produced = produce(&state.topics, &caller, &topic, record).await?;
     Ok((StatusCode::OK, Json(produced)).into_response())
 }
 
@@ -418,15 +418,15 @@ fn router(state: AppState) -> axum::Router {
 }
 
 /// Serves the browser listener until `stop` is cancelled. Subscriptions end earlier, when
-/// the broker's `streams_stop` is.
+/// the topic table's `streams_stop` is.
 pub(crate) async fn serve(
     listener: TcpListener,
-    broker: Arc<Broker>,
+    topics: Arc<TopicTable>,
     auth: AuthLayer,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
-        broker,
+        topics,
         auth,
         streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)),
         produce_bytes: Arc::new(Semaphore::new(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX)),

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use spool_proto::Acks;
 use spool_proto::limits::{RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::ConsumedRecord;
@@ -29,10 +30,10 @@ use spool_storage::{FsyncPolicy, Offset, TimestampMs};
 
 use super::error::{BadRequest, HttpError};
 use crate::auth::{Action, Caller, Resource};
-use crate::broker::Broker;
-use crate::error::{RequestError, ServiceError};
-use crate::partition::{AckLevel, Partition};
+use crate::error::{InvalidRequest, ServiceError};
+use crate::partition::Partition;
 use crate::produce::check_batch_bytes;
+use crate::topic_table::TopicTable;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -155,9 +156,9 @@ pub(crate) struct Produced {
 }
 
 /// Checks one record against the limits and encodes it into a batch of one.
-fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, RequestError> {
+fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, InvalidRequest> {
     if record.headers.len() > RECORD_HEADERS_MAX as usize {
-        return Err(RequestError::TooManyHeaders {
+        return Err(InvalidRequest::TooManyHeaders {
             index: 0,
             headers: record.headers.len(),
             headers_max: RECORD_HEADERS_MAX,
@@ -169,7 +170,7 @@ fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, RequestError> {
             TimestampMs(timestamp_ms)
         }
         Some(timestamp_ms) => {
-            return Err(RequestError::BadTimestamp {
+            return Err(InvalidRequest::BadTimestamp {
                 index: 0,
                 timestamp_ms,
                 timestamp_ms_max: TIMESTAMP_MS_MAX,
@@ -187,13 +188,13 @@ fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, RequestError> {
 /// Produces one record through the partition's writer, as the produce service does, and
 /// waits until it is acknowledged: synced, or appended on a topic whose fsync is `never`.
 pub(crate) async fn produce(
-    broker: &Broker,
+    topics: &TopicTable,
     caller: &Caller,
     topic: &str,
     record: RecordIn,
 ) -> Result<Produced, HttpError> {
     caller.allow(Action::Produce, Resource::Topic(topic))?;
-    let topic = broker.topic(topic)?;
+    let topic = topics.topic(topic)?;
     let partitions = topic.config().partitions();
     let partition = match (record.partition, &record.key) {
         (Some(partition), _) => topic.partition(partition)?.id(),
@@ -202,8 +203,8 @@ pub(crate) async fn produce(
     };
     let batch = encode(&record, partition)?;
     let acks = match topic.config().fsync() {
-        FsyncPolicy::Never => AckLevel::Leader,
-        FsyncPolicy::Always | FsyncPolicy::Interval { .. } => AckLevel::All,
+        FsyncPolicy::Never => Acks::Leader,
+        FsyncPolicy::Always | FsyncPolicy::Interval { .. } => Acks::All,
     };
     let batch = CheckedBatch::check(batch)
         .map_err(|error| ServiceError::append(&topic.name, partition, error.into()))?;
@@ -254,7 +255,7 @@ impl Start {
         let state = partition.state()?;
         match self {
             Start::Earliest => Ok(state.log_start_offset),
-            Start::Latest => Ok(state.visible_end_offset),
+            Start::Latest => Ok(state.log_end_offset),
             Start::Offset(offset) => {
                 partition.read(Offset(offset), 1).await?;
                 Ok(Offset(offset))

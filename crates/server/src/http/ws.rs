@@ -146,7 +146,7 @@ async fn session(
     mut socket: WebSocket,
     mut subscription: Option<Subscription>,
 ) {
-    let stop = state.broker.streams_stop.clone();
+    let stop = state.topics.streams_stop.clone();
     if let Some(first) = &subscription
         && socket.send(text(&first.subscribed())).await.is_err()
     {
@@ -257,7 +257,7 @@ async fn handle(
         }
         ClientMessage::Produce { id, topic, record } => {
             let produced = match (record.decode(), state.produce_budget(json.len()).await) {
-                (Ok(record), Ok(_budget)) => produce(&state.broker, caller, &topic, record).await,
+                (Ok(record), Ok(_budget)) => produce(&state.topics, caller, &topic, record).await,
                 (Err(error), _) => Err(error.into()),
                 (_, Err(error)) => Err(error),
             };

@@ -12,6 +12,7 @@ use crate::limits::{
 use bytes::Bytes;
 use spool_broker::TopicName;
 use spool_broker::producer::ProducerTable;
+use spool_proto::Acks;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
     Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, SyncTicket, TimestampMs,
@@ -29,17 +30,6 @@ mod writer;
 
 use writer::*;
 
-/// How long a producer waits, once its batch is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AckLevel {
-    /// Nobody waits; only a failure is reported.
-    None,
-    /// Answered once appended.
-    Leader,
-    /// Answered once synced.
-    All,
-}
-
 pub(crate) type AppendReply = oneshot::Sender<Result<Appended, ServiceError>>;
 
 #[derive(Debug)]
@@ -47,7 +37,7 @@ struct AppendRequest {
     /// As the producer sent it, checked where it arrived: the log writes its stamped fields
     /// in a copy of its head.
     batch: CheckedBatch<Bytes>,
-    acks: AckLevel,
+    acks: Acks,
     reply: AppendReply,
 }
 
@@ -73,7 +63,7 @@ pub(crate) struct Partition {
 #[derive(Debug, Clone)]
 pub(crate) struct PartitionState {
     pub(crate) log_start_offset: Offset,
-    pub(crate) visible_end_offset: Offset,
+    pub(crate) log_end_offset: Offset,
     pub(crate) size_bytes: u64,
     pub(crate) segments: usize,
     pub(crate) fence: Option<String>,
@@ -157,7 +147,7 @@ impl Partition {
         self.with_log(|log| {
             Ok(PartitionState {
                 log_start_offset: log.log_start_offset(),
-                visible_end_offset: log.visible_end_offset(),
+                log_end_offset: log.log_end_offset(),
                 size_bytes: log.size_bytes(),
                 segments: log.segment_count(),
                 fence: log.fence().map(ToString::to_string),
@@ -175,7 +165,7 @@ impl Partition {
     pub(crate) async fn submit(
         &self,
         batch: CheckedBatch<Bytes>,
-        acks: AckLevel,
+        acks: Acks,
     ) -> Result<oneshot::Receiver<Result<Appended, ServiceError>>, ServiceError> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -223,7 +213,7 @@ impl Partition {
                 let found = log
                     .offset_for_timestamp(timestamp)
                     .map_err(|e| ServiceError::read(&partition.topic, partition.id, e))?;
-                Ok(found.unwrap_or_else(|| log.visible_end_offset()))
+                Ok(found.unwrap_or_else(|| log.log_end_offset()))
             })
         })
         .await
@@ -401,14 +391,14 @@ mod tests {
         gate.set(|g| g.held = true);
 
         // A's group starts a sync, which the disk holds.
-        let a = partition.submit(batch(), AckLevel::All).await.unwrap();
+        let a = partition.submit(batch(), Acks::All).await.unwrap();
         gate.started(before + 1).await;
         // B and C are appended while it runs: C (`leader`) is answered at once, B waits.
-        let mut b = partition.submit(batch(), AckLevel::All).await.unwrap();
-        let c = partition.submit(batch(), AckLevel::Leader).await.unwrap();
+        let mut b = partition.submit(batch(), Acks::All).await.unwrap();
+        let c = partition.submit(batch(), Acks::Leader).await.unwrap();
         assert_eq!(c.await.unwrap().unwrap().base_offset, Offset(2));
         assert!(b.try_recv().is_err(), "B is not acknowledged before a sync covers it");
-        assert_eq!(partition.state().unwrap().visible_end_offset, Offset(0), "nothing synced");
+        assert_eq!(partition.state().unwrap().log_end_offset, Offset(0), "nothing synced");
 
         // A's sync succeeds; the next one, covering B and C, fails.
         gate.set(|g| {
@@ -419,11 +409,11 @@ mod tests {
         let b = b.await.unwrap();
         assert!(matches!(b, Err(ServiceError::Fenced { .. })), "B is never acknowledged: {b:?}");
         let state = partition.state().unwrap();
-        assert_eq!(state.visible_end_offset, Offset(1), "only A is durable, so only A is visible");
+        assert_eq!(state.log_end_offset, Offset(1), "only A is durable, so only A is visible");
         assert!(state.fence.is_some());
         assert_eq!(gate.lock().started, before + 2, "a failed fsync is not retried");
 
-        let d = partition.submit(batch(), AckLevel::All).await.unwrap();
+        let d = partition.submit(batch(), Acks::All).await.unwrap();
         assert!(matches!(d.await.unwrap(), Err(ServiceError::Fenced { .. })));
         stop.cancel();
         writer.await.unwrap();

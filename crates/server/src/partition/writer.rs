@@ -244,10 +244,10 @@ impl Writer {
                 (Err(error), _) => {
                     let _ = request.reply.send(Err(ServiceError::refused(topic, id, error)));
                 }
-                (Ok(appended), AckLevel::None | AckLevel::Leader) => {
+                (Ok(appended), Acks::None | Acks::Leader) => {
                     let _ = request.reply.send(Ok(appended));
                 }
-                (Ok(appended), AckLevel::All)
+                (Ok(appended), Acks::All)
                     if durable.is_some_and(|durable| appended.last_offset < durable) =>
                 {
                     let _ = request.reply.send(Ok(appended));
@@ -255,7 +255,7 @@ impl Writer {
                 // The sync this group started, a later one on an `always` topic, or the next
                 // timer-driven one on an `interval` topic answers it. (The edge refuses `all`
                 // on a `never` topic, whose close is its only sync.)
-                (Ok(appended), AckLevel::All) => {
+                (Ok(appended), Acks::All) => {
                     self.waiting_for_sync.push(WaitingForSync { appended, reply: request.reply });
                 }
             }

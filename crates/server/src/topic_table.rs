@@ -21,7 +21,7 @@ use crate::partition::{Partition, blocking};
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: TopicName,
-    /// Changed only by an alter (under the broker's admin lock).
+    /// Changed only by an alter (under the topic table's admin lock).
     config: RwLock<TopicConfig>,
     /// In partition order.
     pub(crate) partitions: Vec<Arc<Partition>>,
@@ -93,7 +93,7 @@ impl Topic {
 
 /// Topics and their partitions, shared by every service.
 #[derive(Debug)]
-pub(crate) struct Broker {
+pub(crate) struct TopicTable {
     registry: Arc<Mutex<Registry>>,
     topics: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
     /// Serializes creates and deletes, which do blocking I/O outside the maps' locks.
@@ -107,9 +107,9 @@ pub(crate) struct Broker {
     pub(crate) recovery: RecoverySummary,
 }
 
-impl Broker {
+impl TopicTable {
     /// Opens the data directory and starts a writer for every partition found.
-    pub(crate) async fn open(data_dir: &Path) -> Result<Broker, OpenRegistryError> {
+    pub(crate) async fn open(data_dir: &Path) -> Result<TopicTable, OpenRegistryError> {
         let data_dir = data_dir.to_path_buf();
         let started = Instant::now();
         let (registry, opened) = tokio::task::spawn_blocking(move || {
@@ -132,7 +132,7 @@ impl Broker {
                 (name, Arc::new(Topic::start(topic.name, topic.config, topic.logs, stop)))
             })
             .collect();
-        Ok(Broker {
+        Ok(TopicTable {
             registry: Arc::new(Mutex::new(registry)),
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
