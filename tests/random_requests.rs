@@ -38,7 +38,7 @@ use spool_proto::v1::{
     Record, RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_storage::TimestampMs;
-use spool_storage::batch::{BatchBuilder, ProducerStamp, field};
+use spool_storage::batch::{self, BatchBuilder, ProducerStamp, field};
 use spool_storage::limits::{FSYNC_INTERVAL_MS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -356,8 +356,8 @@ fn raw_batch(records: &[RecordSpec], serial: u64, damage: &Damage, stamp: Produc
     let mut builder = BatchBuilder::new(BytesMut::new());
     for (index, spec) in records.iter().enumerate() {
         let value = value_bytes(spec, serial, index);
-        let headers: Vec<(&[u8], Option<&[u8]>)> =
-            spec.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
+        let headers: Vec<batch::Header<'_>> =
+            spec.headers.iter().map(|(k, v)| batch::Header::new(k, v.as_deref())).collect();
         let timestamp = TimestampMs(spec.timestamp_ms.unwrap_or(1_700_000_000_000));
         builder.push(timestamp, spec.key.as_deref(), value.as_deref(), &headers);
     }

@@ -19,7 +19,9 @@ use spool_proto::v1::{
 };
 use spool_server::limits::SUBSCRIBE_READ_BYTES;
 use spool_storage::TimestampMs;
-use spool_storage::batch::{self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, ProducerStamp};
+use spool_storage::batch::{
+    self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, Header, ProducerStamp,
+};
 use spool_storage::sim::Rng;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -262,7 +264,7 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
     server.create_topic("raw", 1, always()).await;
     server.produce("raw", Some(0), vec![record("first")]).await.unwrap();
     let mut builder = BatchBuilder::new(BytesMut::new());
-    builder.push(TimestampMs(5), Some(b"k"), Some(b"v1"), &[(b"h", Some(b"x"))]);
+    builder.push(TimestampMs(5), Some(b"k"), Some(b"v1"), &[Header::new("h", Some(b"x"))]);
     builder.push(TimestampMs(6), None, Some(b"v2"), &[]);
     let batch = builder.finish(ProducerStamp::NONE).freeze();
     let produced = server

@@ -34,8 +34,8 @@ fuzz_target!(|input: Input| {
     }
     let mut builder = BatchBuilder::new(BytesMut::new());
     for r in &records {
-        let headers: Vec<(&[u8], Option<&[u8]>)> =
-            r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
+        let headers: Vec<batch::Header<'_>> =
+            r.headers.iter().map(|(k, v)| batch::Header::new(k, v.as_deref())).collect();
         builder.push(TimestampMs(r.timestamp_ms), r.key.as_deref(), r.value.as_deref(), &headers);
     }
     let stamp = ProducerStamp {

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     // readers, which check every batch. With neither file, every byte was scanned: then
     // everything visible must read back as checked batches, in order, up to the visible end.
     let scanned_whole = flags & (4 | 8) == 0;
-    let end = log.visible_end_offset();
+    let end = log.log_end_offset();
     let mut offset = log.log_start_offset();
     assert!(offset <= end);
     while offset < end {
@@ -101,6 +101,6 @@ fuzz_target!(|data: &[u8]| {
         let read = log.read(appended.base_offset, 1024 * 1024).unwrap();
         let last = BatchIter::new(&read.bytes).last().unwrap().unwrap();
         assert_eq!(last.header().base_offset, appended.base_offset);
-        assert_eq!(log.visible_end_offset(), Offset(appended.last_offset.0 + 1));
+        assert_eq!(log.log_end_offset(), Offset(appended.last_offset.0 + 1));
     }
 });

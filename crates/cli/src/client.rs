@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use spool_client::{
-    Acks, Client, ConnectOptions, Delivery, Follow, Fsync, ProduceError, ProducerConfig, Record,
-    StartAt, TopicChange, TopicInfo, TopicSettings,
+    Acks, Client, ConnectOptions, Delivery, Follow, Fsync, Header, ProduceError, ProducerConfig,
+    Record, StartAt, TopicChange, TopicInfo, TopicSettings,
 };
 use spool_proto::limits::BATCH_BYTES_MAX;
 use tokio::sync::mpsc;
@@ -260,8 +260,8 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
             None => Err(anyhow!("--header {h:?}: write it as NAME=VALUE")),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let headers: Vec<(&str, Option<&[u8]>)> =
-        headers.iter().map(|(name, value)| (name.as_str(), Some(value.as_slice()))).collect();
+    let headers: Vec<Header<'_>> =
+        headers.iter().map(|(name, value)| Header::new(name, Some(value.as_slice()))).collect();
     let client = connect(server).await?;
     // Without --acks, what the server would choose: `all`, or `leader` on a topic that never
     // syncs (where `all` is refused).
@@ -382,7 +382,7 @@ pub(crate) struct Printed<'a> {
     pub(crate) timestamp_ms: i64,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+    pub(crate) headers: Vec<Header<'a>>,
 }
 
 fn json_bytes(bytes: Option<&[u8]>) -> serde_json::Value {
@@ -413,10 +413,10 @@ pub(crate) fn write_record(
             let headers: Vec<_> = record
                 .headers
                 .iter()
-                .map(|(key, value)| {
+                .map(|header| {
                     serde_json::json!({
-                        "key": String::from_utf8_lossy(key),
-                        "value": json_bytes(*value),
+                        "key": String::from_utf8_lossy(header.key),
+                        "value": json_bytes(header.value),
                     })
                 })
                 .collect();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use spool_client::{
-    GroupConfig, GroupEvent, GroupInfo, GroupRecord, OffsetReset, StartAt, TopicPartition,
+    GroupConfig, GroupEvent, GroupInfo, GroupRecord, Header, OffsetReset, StartAt, TopicPartition,
 };
 
 use crate::client::{Printed, Written, connect, parse_from, write_record, written};
@@ -68,7 +68,7 @@ fn shown<'a>(topic: &'a str, partition: u32, record: &'a GroupRecord) -> Printed
         headers: record
             .headers
             .iter()
-            .map(|(key, value)| (key.as_bytes(), value.as_deref()))
+            .map(|(key, value)| Header::new(key, value.as_deref()))
             .collect(),
     }
 }

@@ -93,9 +93,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for record in polled.records() {
             let record = record?;
             println!("dead letter: {}", String::from_utf8_lossy(record.value.unwrap_or_default()));
-            for (name, value) in record.headers() {
-                let value = String::from_utf8_lossy(value.unwrap_or_default());
-                println!("  {}: {value}", String::from_utf8_lossy(name));
+            for header in record.headers() {
+                let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+                println!("  {}: {value}", String::from_utf8_lossy(header.key));
             }
         }
     }

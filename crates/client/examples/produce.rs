@@ -7,7 +7,7 @@
 
 mod common;
 
-use spool_client::{Acks, ErrorCode, ProducerConfig, Record, TopicSettings};
+use spool_client::{Acks, ErrorCode, Header, ProducerConfig, Record, TopicSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,11 +29,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = ProducerConfig { acks: Acks::All, ..ProducerConfig::default() };
     let producer = client.producer("example-orders", config).await?;
     let mut deliveries = Vec::new();
+    let headers = [Header::new("source", Some(b"example"))];
     for (user, item) in [("alice", "book"), ("bob", "lamp"), ("alice", "pen")] {
         let value = format!("{user} ordered a {item}");
-        let record = Record::value(value.as_bytes())
-            .with_key(user.as_bytes())
-            .with_headers(&[("source", Some(b"example"))]);
+        let record =
+            Record::value(value.as_bytes()).with_key(user.as_bytes()).with_headers(&headers);
         deliveries.push((value.clone(), producer.send(record).await?));
     }
     for (value, delivery) in deliveries {

@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{StartPosition, SubscribeResponse};
-use spool_storage::batch::{BatchError, BatchIter, BatchView, HeaderIter};
+use spool_storage::batch::{BatchError, BatchIter, BatchView, Header, HeaderIter};
 use tonic::Streaming;
 
 use crate::error::ConsumeError;
@@ -208,8 +208,8 @@ pub struct ConsumedRecord<'a> {
 impl<'a> ConsumedRecord<'a> {
     /// The headers, in order, as (name, value); a name that is not UTF-8 (which the server
     /// never stores) is shown lossily.
-    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + use<'a> {
-        self.headers.clone().map_while(Result::ok).map(|h| (h.key, h.value))
+    pub fn headers(&self) -> impl Iterator<Item = Header<'a>> + use<'a> {
+        self.headers.clone().map_while(Result::ok)
     }
 }
 

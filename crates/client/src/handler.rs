@@ -235,15 +235,15 @@ async fn dead_letter(
         .headers
         .iter()
         .take(kept)
-        .map(|(name, value)| (name.as_str(), value.as_deref()))
+        .map(|(name, value)| Header::new(name, value.as_deref()))
         .collect();
     headers.extend([
-        (DLQ_TOPIC_HEADER, Some(event.topic.as_bytes())),
-        (DLQ_PARTITION_HEADER, Some(partition.as_bytes())),
-        (DLQ_OFFSET_HEADER, Some(offset.as_bytes())),
-        (DLQ_GROUP_HEADER, Some(config.group.group.as_bytes())),
-        (DLQ_ATTEMPTS_HEADER, Some(attempts.as_bytes())),
-        (DLQ_ERROR_HEADER, Some(error.as_bytes())),
+        Header::new(DLQ_TOPIC_HEADER, Some(event.topic.as_bytes())),
+        Header::new(DLQ_PARTITION_HEADER, Some(partition.as_bytes())),
+        Header::new(DLQ_OFFSET_HEADER, Some(offset.as_bytes())),
+        Header::new(DLQ_GROUP_HEADER, Some(config.group.group.as_bytes())),
+        Header::new(DLQ_ATTEMPTS_HEADER, Some(attempts.as_bytes())),
+        Header::new(DLQ_ERROR_HEADER, Some(error.as_bytes())),
     ]);
     let dead = Record {
         key: record.key.as_deref(),

@@ -182,9 +182,9 @@ impl Requester {
         let partition_text = partition.to_string();
         let mut headers: Vec<Header<'_>> = request.headers.to_vec();
         headers.extend([
-            (REPLY_TO_HEADER, Some(topic.as_bytes())),
-            (REPLY_PARTITION_HEADER, Some(partition_text.as_bytes())),
-            (CORRELATION_ID_HEADER, Some(pending.correlation_id.as_bytes())),
+            Header::new(REPLY_TO_HEADER, Some(topic.as_bytes())),
+            Header::new(REPLY_PARTITION_HEADER, Some(partition_text.as_bytes())),
+            Header::new(CORRELATION_ID_HEADER, Some(pending.correlation_id.as_bytes())),
         ]);
         let delivery = self.producer.send(request.with_headers(&headers)).await?;
         delivery.wait().await?;
@@ -230,8 +230,8 @@ async fn find_reply(client: &Client, pending: &PendingReply) -> Result<Reply, Re
         };
         for record in polled.records() {
             let record = record?;
-            let matches = record.headers().any(|(name, value)| {
-                name == CORRELATION_ID_HEADER.as_bytes() && value == Some(wanted)
+            let matches = record.headers().any(|header| {
+                header.key == CORRELATION_ID_HEADER.as_bytes() && header.value == Some(wanted)
             });
             if !matches {
                 continue;
@@ -242,10 +242,10 @@ async fn find_reply(client: &Client, pending: &PendingReply) -> Result<Reply, Re
                 value: record.value.map(|v| bytes.slice_ref(v)),
                 headers: record
                     .headers()
-                    .map(|(name, value)| {
+                    .map(|header| {
                         (
-                            String::from_utf8_lossy(name).into_owned(),
-                            value.map(|v| bytes.slice_ref(v)),
+                            String::from_utf8_lossy(header.key).into_owned(),
+                            header.value.map(|v| bytes.slice_ref(v)),
                         )
                     })
                     .collect(),
@@ -395,9 +395,9 @@ impl Responder {
             Err(message) => (&[][..], Some(message.as_bytes())),
         };
         let mut headers: Vec<Header<'_>> =
-            vec![(CORRELATION_ID_HEADER, Some(address.correlation_id.as_bytes()))];
+            vec![Header::new(CORRELATION_ID_HEADER, Some(address.correlation_id.as_bytes()))];
         if let Some(error) = error {
-            headers.push((ERROR_HEADER, Some(error)));
+            headers.push(Header::new(ERROR_HEADER, Some(error)));
         }
         let record = Record::value(value).with_partition(address.partition).with_headers(&headers);
         match producer.send(record).await {

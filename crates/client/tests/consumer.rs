@@ -5,7 +5,7 @@ mod common;
 
 use common::TestServer;
 use spool_client::{
-    Client, ConsumeError, ErrorCode, Follow, Fsync, ProducerConfig, Record, StartAt,
+    Client, ConsumeError, ErrorCode, Follow, Fsync, Header, ProducerConfig, Record, StartAt,
 };
 
 /// Produces `count` records with values "0", "1", ... in batches of `batch` records, and
@@ -79,7 +79,7 @@ async fn headers_and_keys_come_back_as_sent() {
     let server = TestServer::start().await;
     let client = server.with_topic("decorated", 1, Fsync::Always).await;
     let producer = client.producer("decorated", ProducerConfig::default()).await.unwrap();
-    let headers = [("trace", Some(&b"abc"[..])), ("empty", None)];
+    let headers = [Header::new("trace", Some(b"abc")), Header::new("empty", None)];
     let record = Record::value(b"v").with_key(b"k").with_headers(&headers).with_timestamp_ms(42);
     producer.send(record).await.unwrap();
     producer.send(Record { value: None, ..Record::default() }).await.unwrap();
@@ -93,7 +93,7 @@ async fn headers_and_keys_come_back_as_sent() {
         (records[0].key, records[0].value, records[0].timestamp_ms),
         (Some(&b"k"[..]), Some(&b"v"[..]), 42)
     );
-    let got: Vec<_> = records[0].headers().collect();
+    let got: Vec<_> = records[0].headers().map(|h| (h.key, h.value)).collect();
     assert_eq!(got, vec![(&b"trace"[..], Some(&b"abc"[..])), (&b"empty"[..], None)]);
     assert_eq!((records[1].key, records[1].value), (None, None), "a tombstone");
     server.shutdown().await;

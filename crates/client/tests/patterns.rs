@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use spool_client::{
-    Acks, Backpressure, Client, Follow, Fsync, GroupConfig, GroupEvent, HandlerConfig,
+    Acks, Backpressure, Client, Follow, Fsync, GroupConfig, GroupEvent, HandlerConfig, Header,
     ProduceError, ProducerConfig, Record, Request, RequestError, RequesterConfig, Responder,
     StartAt, run_handler,
 };
@@ -245,7 +245,7 @@ async fn a_handler_dead_letters_what_keeps_failing_and_retries_what_fails_once()
     let client = server.with_topic("orders", 1, Fsync::Always).await;
     client.create_topic("orders.dlq", spool_client::TopicSettings::default()).await.unwrap();
     let producer = client.producer("orders", ProducerConfig::default()).await.unwrap();
-    let trace = [("trace", Some(&b"t-42"[..]))];
+    let trace = [Header::new("trace", Some(b"t-42"))];
     for value in ["a", "b", "poison", "flaky", "c"] {
         let record = Record::value(value.as_bytes()).with_key(b"customer-1").with_headers(&trace);
         producer.send(record).await.unwrap();
@@ -305,10 +305,10 @@ async fn a_handler_dead_letters_what_keeps_failing_and_retries_what_fails_once()
             let record = record.unwrap();
             let headers: Vec<(String, String)> = record
                 .headers()
-                .map(|(k, v)| {
+                .map(|h| {
                     (
-                        String::from_utf8(k.to_vec()).unwrap(),
-                        String::from_utf8(v.unwrap().to_vec()).unwrap(),
+                        String::from_utf8(h.key.to_vec()).unwrap(),
+                        String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
                     )
                 })
                 .collect();

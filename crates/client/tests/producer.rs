@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use spool_client::{
-    Acks, Backpressure, Client, ErrorCode, Follow, Fsync, ProduceError, ProducerConfig,
+    Acks, Backpressure, Client, ErrorCode, Follow, Fsync, Header, ProduceError, ProducerConfig,
     ProducerError, Record, StartAt,
 };
 use spool_proto::partitioner::partition_for_key;
@@ -253,7 +253,7 @@ async fn errors_a_caller_can_match_on() {
         producer.send(Record::value(b"x").with_partition(2)).await.unwrap_err(),
         ProduceError::UnknownPartition { topic: "strict".into(), partition: 2, partitions: 2 }
     );
-    let headers = [("h", None); 65];
+    let headers = [Header::new("h", None); 65];
     assert!(matches!(
         producer.send(Record::value(b"x").with_headers(&headers)).await,
         Err(ProduceError::InvalidRecord { .. })

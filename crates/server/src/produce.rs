@@ -21,7 +21,7 @@ use spool_proto::v1::{
     Acks as WireAcks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError,
     ProduceRequest, ProduceResponse, ProduceStreamResponse, Record,
 };
-use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, Header, ProducerStamp};
 use spool_storage::{Appended, FsyncPolicy, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -131,13 +131,13 @@ fn encode(
     producer: ProducerStamp,
 ) -> Result<Bytes, InvalidRequest> {
     let mut builder = BatchBuilder::new(BytesMut::new());
-    let mut headers: Vec<HeaderPair<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
+    let mut headers: Vec<Header<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
     for (index, record) in records.iter().enumerate() {
         if routes.is_some_and(|routes| routes[index] != partition) {
             continue;
         }
         headers.clear();
-        headers.extend(record.headers.iter().map(|h| (h.key.as_bytes(), h.value.as_deref())));
+        headers.extend(record.headers.iter().map(|h| Header::new(&h.key, h.value.as_deref())));
         let timestamp = record.timestamp_ms.map_or(now, TimestampMs);
         builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         check_batch_bytes(&builder, partition)?;

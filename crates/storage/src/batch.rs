@@ -473,11 +473,19 @@ impl<'a> Record<'a> {
     }
 }
 
-/// One record header; the key is UTF-8 in any stored batch ([`check_for_append`] verifies it).
+/// One record header, as read from a batch and as given to [`BatchBuilder::push`]; the key
+/// is UTF-8 in any stored batch ([`check_for_append`] verifies it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
+}
+
+impl<'a> Header<'a> {
+    /// A header named `key` (a name is UTF-8), with an optional value.
+    pub fn new(key: &'a str, value: Option<&'a [u8]>) -> Header<'a> {
+        Header { key: key.as_bytes(), value }
+    }
 }
 
 /// Decodes records without allocating. Yields an `Err` and stops at the first malformed record.
@@ -704,11 +712,11 @@ fn put_nullable(buf: &mut BytesMut, bytes: Option<&[u8]>) {
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use spool_storage::batch::{BatchBuilder, BatchView, ProducerStamp};
+/// use spool_storage::batch::{BatchBuilder, BatchView, Header, ProducerStamp};
 /// use spool_storage::TimestampMs;
 ///
 /// let mut builder = BatchBuilder::new(BytesMut::new());
-/// builder.push(TimestampMs(1_000), Some(b"key"), Some(b"value"), &[(b"trace", Some(b"abc"))]);
+/// builder.push(TimestampMs(1_000), Some(b"key"), Some(b"value"), &[Header::new("trace", Some(b"abc"))]);
 /// let batch = builder.finish(ProducerStamp::NONE);
 /// let view = BatchView::new(&batch).unwrap();
 /// assert_eq!(view.header().record_count, 1);
@@ -720,9 +728,6 @@ pub struct BatchBuilder {
     first_timestamp: i64,
     max_timestamp: i64,
 }
-
-/// A header as a key and optional value, for [`BatchBuilder::push`].
-pub type HeaderPair<'a> = (&'a [u8], Option<&'a [u8]>);
 
 impl BatchBuilder {
     /// Starts a batch in `buf`, which is cleared first.
@@ -748,7 +753,7 @@ impl BatchBuilder {
         timestamp: TimestampMs,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: &[HeaderPair<'_>],
+        headers: &[Header<'_>],
     ) {
         if self.record_count == 0 {
             self.first_timestamp = timestamp.0;
@@ -758,7 +763,7 @@ impl BatchBuilder {
         let offset_delta = u64::from(self.record_count);
         let headers_len: usize = headers
             .iter()
-            .map(|(k, v)| varint_len(k.len() as u64) + k.len() + nullable_len(*v))
+            .map(|h| varint_len(h.key.len() as u64) + h.key.len() + nullable_len(h.value))
             .sum();
         let body_len = 1
             + signed_varint_len(timestamp_delta)
@@ -775,10 +780,10 @@ impl BatchBuilder {
         put_nullable(buf, key);
         put_nullable(buf, value);
         put_varint(buf, headers.len() as u64);
-        for (k, v) in headers {
-            put_varint(buf, k.len() as u64);
-            buf.put_slice(k);
-            put_nullable(buf, *v);
+        for header in headers {
+            put_varint(buf, header.key.len() as u64);
+            buf.put_slice(header.key);
+            put_nullable(buf, header.value);
         }
         self.record_count += 1;
     }
@@ -816,9 +821,14 @@ mod tests {
 
     fn sample() -> BytesMut {
         let mut b = BatchBuilder::new(BytesMut::new());
-        b.push(TimestampMs(100), Some(b"k1"), Some(b"v1"), &[(b"h", Some(b"x"))]);
+        b.push(TimestampMs(100), Some(b"k1"), Some(b"v1"), &[Header::new("h", Some(b"x"))]);
         b.push(TimestampMs(90), None, None, &[]);
-        b.push(TimestampMs(150), Some(b""), Some(&[7u8; 300]), &[(b"a", None), (b"b", Some(b""))]);
+        b.push(
+            TimestampMs(150),
+            Some(b""),
+            Some(&[7u8; 300]),
+            &[Header::new("a", None), Header::new("b", Some(b""))],
+        );
         b.finish(ProducerStamp { producer_id: 7, producer_epoch: 2, base_sequence: 40 })
     }
 

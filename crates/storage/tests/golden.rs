@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 use common::*;
-use spool_storage::batch::{BatchBuilder, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, Header, ProducerStamp};
 use spool_storage::{FsyncPolicy, LogConfig, Offset, TimestampMs};
 
 fn golden_dir() -> PathBuf {
@@ -38,7 +38,10 @@ fn write_golden_log(dir: &Path) -> Vec<Rec> {
                         TimestampMs(ts),
                         Some(key.as_bytes()),
                         Some(&value),
-                        &[(b"content-type", Some(b"text/plain")), (b"empty", None)],
+                        &[
+                            Header::new("content-type", Some(b"text/plain")),
+                            Header::new("empty", None),
+                        ],
                     );
                 }
             }

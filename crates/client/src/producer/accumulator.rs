@@ -241,18 +241,9 @@ impl Shared {
     }
 }
 
-/// Encodes one record into a batch; headers go through a stack array, not an allocation.
+/// Encodes one record into a batch.
 pub(super) fn push(builder: &mut BatchBuilder, timestamp: TimestampMs, record: &Record<'_>) {
-    if record.headers.is_empty() {
-        builder.push(timestamp, record.key, record.value, &[]);
-        return;
-    }
-    let mut pairs: [HeaderPair<'_>; RECORD_HEADERS_MAX as usize] =
-        [(&[], None); RECORD_HEADERS_MAX as usize];
-    for (pair, (key, value)) in pairs.iter_mut().zip(record.headers) {
-        *pair = (key.as_bytes(), *value);
-    }
-    builder.push(timestamp, record.key, record.value, &pairs[..record.headers.len()]);
+    builder.push(timestamp, record.key, record.value, record.headers);
 }
 
 pub(super) enum Next {

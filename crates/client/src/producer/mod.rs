@@ -73,7 +73,8 @@ use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::{InitProducerRequest, ProduceRequest, ProduceStreamResponse};
 use spool_storage::TimestampMs;
-use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, HeaderPair, ProducerStamp};
+pub use spool_storage::batch::Header;
+use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, ProducerStamp};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -221,14 +222,12 @@ const HEADER_BYTES_FIXED: usize = 5 + 5;
 /// if smaller), and grows past that.
 const BATCH_BUFFER_RECORDS_INITIAL: usize = 1024;
 
-/// One header of a record: a UTF-8 name and an optional value.
-pub type Header<'a> = (&'a str, Option<&'a [u8]>);
-
 /// A record to send. It borrows its bytes: they are copied once, into the batch.
 ///
 /// ```
-/// use spool_client::Record;
-/// let record = Record::value(b"hello").with_key(b"user-7").with_headers(&[("trace", Some(b"x"))]);
+/// use spool_client::{Header, Record};
+/// let headers = [Header::new("trace", Some(b"x"))];
+/// let record = Record::value(b"hello").with_key(b"user-7").with_headers(&headers);
 /// assert_eq!(record.key, Some(&b"user-7"[..]));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -273,7 +272,7 @@ impl<'a> Record<'a> {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| HEADER_BYTES_FIXED + k.len() + v.map_or(0, <[u8]>::len))
+            .map(|h| HEADER_BYTES_FIXED + h.key.len() + h.value.map_or(0, <[u8]>::len))
             .sum();
         RECORD_BYTES_FIXED
             + self.key.map_or(0, <[u8]>::len)
@@ -581,11 +580,15 @@ impl Producer {
                 record.headers.len()
             ));
         }
+        if let Some(index) = record.headers.iter().position(|h| std::str::from_utf8(h.key).is_err())
+        {
+            return invalid(format!("header {index}'s name is not UTF-8"));
+        }
         if let Some(timestamp_ms) = record.timestamp_ms
             && !(0..=TIMESTAMP_MS_MAX).contains(&timestamp_ms)
         {
             return invalid(format!(
-                "timestamp {timestamp_ms} ms is outside 0..={TIMESTAMP_MS_MAX}"
+                "timestamp {timestamp_ms} ms is outside 0 to {TIMESTAMP_MS_MAX}"
             ));
         }
         if let Some(partition) = record.partition

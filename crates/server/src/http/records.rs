@@ -25,7 +25,7 @@ use spool_proto::Acks;
 use spool_proto::limits::{RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::ConsumedRecord;
-use spool_storage::batch::{BatchBuilder, CheckedBatch, HeaderPair, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, Header, ProducerStamp};
 use spool_storage::{FsyncPolicy, Offset, TimestampMs};
 
 use super::error::{BadRequest, HttpError};
@@ -177,8 +177,8 @@ fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, InvalidRequest> {
             });
         }
     };
-    let headers: Vec<HeaderPair<'_>> =
-        record.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
+    let headers: Vec<Header<'_>> =
+        record.headers.iter().map(|(k, v)| Header::new(k, v.as_deref())).collect();
     let mut builder = BatchBuilder::new(BytesMut::new());
     builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
     check_batch_bytes(&builder, partition)?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use spool_storage::batch::{BatchBuilder, BatchIter, CheckedBatch, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, BatchIter, CheckedBatch, Header, ProducerStamp};
 use spool_storage::fs::FileSystem;
 use spool_storage::sim::SimFileSystem;
 use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, TimestampMs};
@@ -22,7 +22,7 @@ pub struct Rec {
 pub fn batch(records: &[(i64, &[u8])]) -> BytesMut {
     let mut b = BatchBuilder::new(BytesMut::new());
     for (ts, value) in records {
-        b.push(TimestampMs(*ts), Some(b"key"), Some(value), &[(b"h", Some(b"v"))]);
+        b.push(TimestampMs(*ts), Some(b"key"), Some(value), &[Header::new("h", Some(b"v"))]);
     }
     b.finish(ProducerStamp::NONE)
 }
