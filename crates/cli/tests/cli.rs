@@ -109,3 +109,30 @@ fn a_server_that_cannot_start_says_why_in_one_line() {
     let last = message.lines().last().unwrap();
     assert!(last.starts_with("spool: cannot listen on 192.0.2.1:7070"), "{message}");
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_is_unharmed() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path());
+    served.ok(&["topic", "create", "t"], "");
+    served.ok(&["produce", "t"], "before\n");
+
+    let output = Command::new(SPOOL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a second server on one data directory must not start");
+    let message = String::from_utf8(output.stderr).unwrap();
+    let last = message.lines().last().unwrap();
+    assert!(last.contains("is in use by another Spool server (process"), "{message}");
+    assert!(last.contains(&data.path().display().to_string()), "{message}");
+
+    served.ok(&["produce", "t"], "after\n");
+    assert_eq!(served.ok(&["consume", "t"], ""), "before\nafter\n");
+    assert!(served.terminate(), "the first server stops cleanly");
+    // The lock went with the process: the directory serves again.
+    let again = Served::start(data.path());
+    assert_eq!(again.ok(&["consume", "t"], ""), "before\nafter\n");
+    assert!(again.terminate());
+}

@@ -79,6 +79,8 @@ use crate::topics::TopicApi;
 pub enum RunError {
     #[error("opening the data directory failed: {0}")]
     Open(#[from] OpenRegistryError),
+    #[error(transparent)]
+    Locked(#[from] spool_storage::fs::LockError),
     #[error("serving gRPC failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("opening the server's internal logs failed: {0}")]
@@ -114,6 +116,8 @@ pub struct ServeOptions {
 /// A server over one data directory, opened and ready to serve.
 #[derive(Debug)]
 pub struct Server {
+    /// Held for the server's life: no other process serves this data directory meanwhile.
+    _lock: spool_storage::fs::DirectoryLock,
     topics: Arc<TopicTable>,
     groups: Arc<Groups>,
     producer_ids: Arc<ProducerIds>,
@@ -122,13 +126,14 @@ pub struct Server {
 impl Server {
     /// Opens (or creates) the data directory and recovers every partition log in it.
     pub async fn open(data_dir: &Path) -> Result<Server, RunError> {
+        let lock = spool_storage::fs::DirectoryLock::acquire(data_dir)?;
         tracing::info!(data = %data_dir.display(), "opening the data directory");
         let topics = TopicTable::open(data_dir).await?;
         tracing::info!(data = %data_dir.display(), took_ms = topics.recovery.took.as_millis() as u64, "data directory opened: {}", topics.recovery);
         let topics = Arc::new(topics);
         let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
         let groups = Groups::open(data_dir, topics.clone()).await?;
-        Ok(Server { topics, groups, producer_ids })
+        Ok(Server { _lock: lock, topics, groups, producer_ids })
     }
 
     /// The server's gauges.

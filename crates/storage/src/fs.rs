@@ -592,3 +592,69 @@ mod tests {
         assert_eq!(std::fs::read(inside.join("0/file")).unwrap(), b"x");
     }
 }
+
+/// The name of the lock file in a data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// An exclusive advisory lock (`flock`) on a directory, held for as long as this value lives.
+/// One process at a time may serve a data directory: two writers appending to the same
+/// segment files would overwrite each other's acknowledged records. The kernel releases the
+/// lock when the process exits, however it exits, so a `kill -9` leaves no stale lock; the
+/// file keeps the holder's process id, only to name it in the error of the next one.
+#[derive(Debug)]
+pub struct DirectoryLock {
+    _file: std::fs::File,
+}
+
+/// Why a directory could not be locked.
+#[derive(Debug, Error)]
+pub enum LockError {
+    #[error(
+        "the data directory {} is in use by another Spool server{}: stop it, or give this one another data directory",
+        .dir.display(),
+        .holder.map(|pid| format!(" (process {pid})")).unwrap_or_default()
+    )]
+    Held { dir: PathBuf, holder: Option<u32> },
+    #[error("cannot lock the data directory {}: {source}", .dir.display())]
+    Io { dir: PathBuf, source: io::Error },
+}
+
+impl DirectoryLock {
+    /// Creates `dir` (durably) if it does not exist, and locks it; fails at once, without
+    /// waiting, if another process holds the lock.
+    pub fn acquire(dir: &Path) -> Result<DirectoryLock, LockError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let failed = |source| LockError::Io { dir: dir.to_path_buf(), source };
+        create_dir_all_durably(&StdFileSystem, dir).map_err(failed)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir.join(LOCK_FILE))
+            .map_err(failed)?;
+        // SAFETY: flock on a descriptor this function owns; it touches no memory.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::WouldBlock {
+                return Err(failed(error));
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(LockError::Held {
+                dir: dir.to_path_buf(),
+                holder: holder.trim().parse().ok(),
+            });
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(failed)?;
+        Ok(DirectoryLock { _file: file })
+    }
+}
