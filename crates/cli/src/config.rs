@@ -47,6 +47,16 @@ pub(crate) struct ServeArgs {
     /// allow_insecure_remote [default: off].
     #[arg(long, env = "SPOOL_HTTP", value_name = "IP:PORT")]
     http: Option<SocketAddr>,
+    /// Origins besides the browser listener's own (`https://events.example.com`, for a page
+    /// behind a TLS-terminating proxy) whose pages may post and open WebSockets there, and
+    /// whose host names it answers; comma-separated [default: none].
+    #[arg(
+        long = "http-allowed-origin",
+        env = "SPOOL_HTTP_ALLOWED_ORIGINS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    http_allowed_origins: Option<Vec<String>>,
     /// The log filter, as in RUST_LOG (`info`, `spool_server=debug,warn`, ...)
     /// [default: RUST_LOG if set, else info].
     #[arg(long, env = "SPOOL_LOG", value_name = "FILTER")]
@@ -81,6 +91,7 @@ struct FileSettings {
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    http_allowed_origins: Option<Vec<String>>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     tls_cert: Option<PathBuf>,
@@ -114,6 +125,7 @@ pub(crate) struct ServeConfig {
     pub(crate) listen: Setting<SocketAddr>,
     pub(crate) metrics: Setting<Option<SocketAddr>>,
     pub(crate) http: Setting<Option<SocketAddr>>,
+    pub(crate) http_allowed_origins: Setting<Vec<String>>,
     pub(crate) log: Setting<String>,
     pub(crate) log_format: Setting<LogFormat>,
     pub(crate) tls_cert: Setting<Option<PathBuf>>,
@@ -184,6 +196,13 @@ impl ServeConfig {
             )),
             metrics: pick(matches, "metrics", args.metrics, file.metrics, None),
             http: pick(matches, "http", args.http, file.http, None),
+            http_allowed_origins: required(pick(
+                matches,
+                "http_allowed_origins",
+                args.http_allowed_origins,
+                file.http_allowed_origins,
+                Some(Vec::new()),
+            )),
             log: required(pick(
                 matches,
                 "log",
@@ -252,8 +271,14 @@ impl ServeConfig {
             && !self.allow_insecure_remote.value
         {
             bail!(
-                "http: {http} is not a loopback address, and the browser listener speaks plain HTTP                  (tokens would cross the network in clear): listen on 127.0.0.1 behind a                  TLS-terminating proxy, or set allow_insecure_remote to accept the risk"
+                "http: {http} is not a loopback address, and the browser listener speaks plain HTTP \
+                 (tokens would cross the network in clear): listen on 127.0.0.1 behind a \
+                 TLS-terminating proxy, or set allow_insecure_remote to accept the risk"
             );
+        }
+        for origin in &self.http_allowed_origins.value {
+            spool_server::check_allowed_origin(origin)
+                .map_err(|reason| anyhow::anyhow!("http_allowed_origins: {reason}"))?;
         }
         Ok(())
     }
@@ -299,6 +324,13 @@ impl ServeConfig {
         line("listen", Some(quoted(&self.listen.value.to_string())), self.listen.source);
         line("metrics", self.metrics.value.map(|a| quoted(&a.to_string())), self.metrics.source);
         line("http", self.http.value.map(|a| quoted(&a.to_string())), self.http.source);
+        let origins: Vec<String> =
+            self.http_allowed_origins.value.iter().map(|o| quoted(o)).collect();
+        line(
+            "http_allowed_origins",
+            Some(format!("[{}]", origins.join(", "))),
+            self.http_allowed_origins.source,
+        );
         line("log", Some(quoted(&self.log.value)), self.log.source);
         let format = match self.log_format.value {
             LogFormat::Human => "human",

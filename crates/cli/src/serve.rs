@@ -103,7 +103,14 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(tokens) = &tokens {
         tokio::spawn(reload_on_hangup(tokens.clone()));
     }
-    let options = ServeOptions { tls, tokens, metrics, http, serving: Some(serving) };
+    let options = ServeOptions {
+        tls,
+        tokens,
+        metrics,
+        http,
+        http_allowed_origins: config.http_allowed_origins.value.clone(),
+        serving: Some(serving),
+    };
     spool_server::run(listener, data, options, crate::stop_requested()).await?;
     if config.log_format.value == LogFormat::Human {
         eprintln!("spool: stopped cleanly");

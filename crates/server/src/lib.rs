@@ -61,6 +61,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use http::check_allowed_origin;
 pub use metrics::{Metrics, RecoverySummary};
 pub use serving::TlsConfig;
 
@@ -109,6 +110,10 @@ pub struct ServeOptions {
     /// Where to serve browsers: Server-Sent Events, WebSocket, HTTP POST and the page at `/`
     /// (see the `http` module). It starts once the data directory is open.
     pub http: Option<TcpListener>,
+    /// Origins (`https://events.example.com`) besides the browser listener's own whose pages
+    /// may write and open WebSockets there, and whose hosts it answers (see the `http`
+    /// module's `origin`). Check each with [`check_allowed_origin`].
+    pub http_allowed_origins: Vec<String>,
     /// Told once the data directory is open and health says SERVING.
     pub serving: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -244,7 +249,7 @@ pub async fn serve(
     opening: impl Future<Output = Result<Server, RunError>> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let ServeOptions { tls, tokens, metrics, http, serving: told } = options;
+    let ServeOptions { tls, tokens, metrics, http, http_allowed_origins, serving: told } = options;
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let services = Services::gated();
@@ -277,6 +282,7 @@ pub async fn serve(
         served = &mut serving => return Ok(served?),
     };
     let _ = opened_topics.set(server.topics.clone());
+    let http = http.map(|listener| (listener, http_allowed_origins));
     let live = go_live(&server, &services, tokens, http, &stop_serving, &reporter).await;
     if let Some(told) = told {
         let _ = told.send(());
@@ -352,14 +358,17 @@ async fn go_live(
     server: &Server,
     services: &Services,
     tokens: Option<Arc<Authenticator>>,
-    http: Option<TcpListener>,
+    http: Option<(TcpListener, Vec<String>)>,
     stop_serving: &CancellationToken,
     reporter: &HealthReporter,
 ) -> Live {
     let auth = AuthLayer::new(tokens.clone());
     services.open(server, &auth);
-    let http_endpoint = http.map(|listener| {
-        tokio::spawn(http::serve(listener, server.topics.clone(), auth, stop_serving.clone()))
+    let http_endpoint = http.map(|(listener, allowed_origins)| {
+        let (topics, stop) = (server.topics.clone(), stop_serving.clone());
+        tokio::spawn(
+            async move { http::serve(listener, topics, auth, &allowed_origins, stop).await },
+        )
     });
     let reloading = tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
     set_health(reporter, ServingStatus::Serving).await;

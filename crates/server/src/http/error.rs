@@ -43,9 +43,17 @@ pub(crate) enum BadRequest {
     #[error("the message is not one this socket understands: {reason}")]
     Message { reason: String },
     #[error(
-        "a WebSocket whose token comes from a cookie must come from this server's own page (Origin {origin:?})"
+        "Origin {origin:?} is not this listener or an allowed origin: another site's page may not write or open a WebSocket here (an operator can allow an origin with --http-allowed-origin)"
     )]
     CrossOrigin { origin: String },
+    #[error(
+        "Host {host:?} is not a name of this listener (a page reaching it through another name is refused; an operator can allow a name with --http-allowed-origin)"
+    )]
+    ForeignHost { host: String },
+    #[error(
+        "a POST body with Content-Type {content_type:?} could come from another site's form: send JSON (application/json) or a raw body as application/octet-stream"
+    )]
+    FormContentType { content_type: String },
     #[error("the listener serves {streams_max} subscriptions at once; try again later")]
     TooManyStreams { streams_max: usize },
 }
@@ -96,7 +104,12 @@ impl HttpError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             HttpError::Request(BadRequest::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            HttpError::Request(BadRequest::CrossOrigin { .. }) => StatusCode::FORBIDDEN,
+            HttpError::Request(BadRequest::CrossOrigin { .. } | BadRequest::ForeignHost { .. }) => {
+                StatusCode::FORBIDDEN
+            }
+            HttpError::Request(BadRequest::FormContentType { .. }) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             HttpError::Request(BadRequest::TooManyStreams { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

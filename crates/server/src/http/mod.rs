@@ -28,6 +28,9 @@
 
 mod error;
 mod follow;
+mod origin;
+
+pub use origin::check_allowed_origin;
 mod records;
 mod sse;
 mod ws;
@@ -75,6 +78,7 @@ pub(crate) struct AppState {
     streams: Arc<Semaphore>,
     /// `HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX` permits, one per byte being produced.
     produce_bytes: Arc<Semaphore>,
+    origins: Arc<origin::OriginPolicy>,
 }
 
 /// Where a request's token may come from besides the `Authorization` header and `?token=`.
@@ -97,22 +101,6 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
-}
-
-/// Whether the request's `Origin` is this listener (what a page it served sends).
-fn same_origin(headers: &HeaderMap) -> Result<(), BadRequest> {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match (origin, host) {
-        (None, _) => Ok(()),
-        (Some(origin), Some(host))
-            if origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"))
-                == Some(host) =>
-        {
-            Ok(())
-        }
-        (Some(origin), _) => Err(BadRequest::CrossOrigin { origin: origin.to_owned() }),
-    }
 }
 
 /// axum's `Query`, refusing with the listener's JSON error.
@@ -168,10 +156,7 @@ impl AppState {
                 let cookie = match sources {
                     TokenSources::Get => cookie(headers, TOKEN_COOKIE),
                     TokenSources::WebSocket => match cookie(headers, TOKEN_COOKIE) {
-                        Some(token) => {
-                            same_origin(headers)?;
-                            Some(token)
-                        }
+                        Some(token) => Some(token),
                         None => None,
                     },
                     TokenSources::Post => None,
@@ -245,8 +230,31 @@ impl AppState {
     }
 }
 
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
+/// What the page may load and connect to: this listener only. Its script and style are
+/// inline, in the one file.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(PAGE),
+    )
+}
+
+/// Refuses, before any handler runs, what another site's page may have sent (see [`origin`]).
+async fn guard(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match state.origins.check(request.method(), request.uri().path(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => HttpError::from(refused).into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +421,7 @@ fn router(state: AppState) -> axum::Router {
         .route("/v1/topics/{topic}/partitions/{partition}/events", get(sse::events))
         .route("/v1/ws", get(ws::socket))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state)
 }
@@ -423,13 +432,16 @@ pub(crate) async fn serve(
     listener: TcpListener,
     topics: Arc<TopicTable>,
     auth: AuthLayer,
+    allowed_origins: &[String],
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let origins = origin::OriginPolicy::new(listener.local_addr()?, allowed_origins);
     let state = AppState {
         topics,
         auth,
         streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)),
         produce_bytes: Arc::new(Semaphore::new(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX)),
+        origins: Arc::new(origins),
     };
     axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
 }
