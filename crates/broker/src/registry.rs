@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use spool_storage::fs::{
-    FileSystem, OpenMode, create_dir_all_durably, remove_dir_all_durably, write_atomically,
+    EntryKind, FileSystem, OpenMode, create_dir_all_durably, remove_dir_all_durably,
+    write_atomically,
 };
 use spool_storage::{DeleteError, Log, OpenError, TimestampMs};
 use thiserror::Error;
@@ -65,6 +66,21 @@ pub enum OpenRegistryError {
     BadConfig { path: PathBuf, source: TopicConfigError },
     #[error("opening partition {partition} of topic {topic} failed: {source}")]
     Log { topic: TopicName, partition: u32, source: OpenError },
+    #[error(
+        "{path} is a symbolic link: Spool never follows links inside its data directory (what it writes or deletes there could be elsewhere); put the directory itself there, or remove the link"
+    )]
+    Symlink { path: PathBuf },
+}
+
+/// Refuses a symbolic link where the data directory's layout has a directory.
+fn refuse_symlink(fs: &dyn FileSystem, path: &Path) -> Result<(), OpenRegistryError> {
+    match fs.entry_kind(path) {
+        Ok(Some(EntryKind::Symlink)) => {
+            Err(OpenRegistryError::Symlink { path: path.to_path_buf() })
+        }
+        Ok(_) => Ok(()),
+        Err(source) => Err(OpenRegistryError::Io { path: path.to_path_buf(), source }),
+    }
 }
 
 #[derive(Debug, Error)]
@@ -116,6 +132,8 @@ impl Registry {
             let path = path.to_path_buf();
             move |source| OpenRegistryError::Io { path, source }
         };
+        refuse_symlink(fs.as_ref(), data_dir)?;
+        refuse_symlink(fs.as_ref(), &topics_dir)?;
         create_dir_all_durably(fs.as_ref(), &topics_dir).map_err(io_at(&topics_dir))?;
         let mut names = fs.list_dir(&topics_dir).map_err(io_at(&topics_dir))?;
         names.sort();
@@ -127,6 +145,7 @@ impl Registry {
                 continue;
             };
             let dir = registry.topic_dir(&name);
+            refuse_symlink(fs.as_ref(), &dir)?;
             let meta_path = dir.join(META_FILE);
             if !fs.exists(&meta_path).map_err(io_at(&meta_path))? {
                 tracing::info!(topic = %name, "removing what an interrupted create or delete left");
@@ -136,6 +155,7 @@ impl Registry {
             let config = read_meta(fs.as_ref(), &meta_path, &name)?;
             let mut logs = Vec::with_capacity(config.partitions() as usize);
             for partition in 0..config.partitions() {
+                refuse_symlink(fs.as_ref(), &registry.partition_dir(&name, partition))?;
                 let log = Log::open(
                     fs.clone(),
                     &registry.partition_dir(&name, partition),
@@ -410,5 +430,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("topics/t/meta.json"), "{error}");
+    }
+
+    #[test]
+    fn a_symlink_in_the_data_directory_is_refused_and_its_target_untouched() {
+        let data = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // A topic directory elsewhere, complete, and a half-made one that start-up would
+        // clean up: neither may be opened or emptied through a link.
+        let mut outside =
+            Registry::open(StdFileSystem::shared(), elsewhere.path(), TimestampMs(0)).unwrap().0;
+        outside.create(TopicName::parse("real").unwrap(), config(1), TimestampMs(0)).unwrap();
+        drop(outside);
+        std::fs::create_dir_all(elsewhere.path().join("half")).unwrap();
+        std::fs::write(elsewhere.path().join("half/precious"), b"keep").unwrap();
+        std::fs::create_dir_all(data.path().join("topics")).unwrap();
+        for (link, target) in [("linked", "topics/real"), ("emptied", "half")] {
+            let at = data.path().join("topics").join(link);
+            std::os::unix::fs::symlink(elsewhere.path().join(target), &at).unwrap();
+            let error = Registry::open(StdFileSystem::shared(), data.path(), TimestampMs(0))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&at.display().to_string()), "{error}");
+            assert!(error.contains("symbolic link"), "{error}");
+            std::fs::remove_file(&at).unwrap();
+        }
+        assert_eq!(std::fs::read(elsewhere.path().join("half/precious")).unwrap(), b"keep");
+        assert!(elsewhere.path().join("topics/real/meta.json").exists());
+    }
+
+    #[test]
+    fn what_the_registry_creates_is_private_to_the_servers_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let data = parent.path().join("data");
+        let mut registry =
+            Registry::open(StdFileSystem::shared(), &data, TimestampMs(0)).unwrap().0;
+        registry.create(TopicName::parse("t").unwrap(), config(1), TimestampMs(0)).unwrap();
+        let mode =
+            |path: &str| std::fs::metadata(data.join(path)).unwrap().permissions().mode() & 0o777;
+        for dir in ["", "topics", "topics/t", "topics/t/0"] {
+            assert_eq!(mode(dir), 0o700, "{dir:?}");
+        }
+        for file in ["topics/t/meta.json", "topics/t/0/00000000000000000000.log"] {
+            assert_eq!(mode(file), 0o600, "{file}");
+        }
     }
 }

@@ -114,8 +114,10 @@ impl StdFileSystem {
 }
 
 impl FileSystem for StdFileSystem {
+    /// Directories are private to the server's user (0700), whatever the umask.
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir(path)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -130,9 +132,12 @@ impl FileSystem for StdFileSystem {
         Ok(names)
     }
 
+    /// Files are private to the server's user (0600), and a symbolic link is never followed
+    /// to one (`O_NOFOLLOW`): what Spool writes stays inside its data directory.
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true);
+        options.read(true).write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }

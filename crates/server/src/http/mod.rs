@@ -153,12 +153,9 @@ impl AppState {
             (Some(value), _) => Some(value.clone()),
             (None, Some(token)) => format!("Bearer {token}").parse().ok(),
             (None, None) => {
+                // A WebSocket's Origin was checked before any handler ran (see `origin`).
                 let cookie = match sources {
-                    TokenSources::Get => cookie(headers, TOKEN_COOKIE),
-                    TokenSources::WebSocket => match cookie(headers, TOKEN_COOKIE) {
-                        Some(token) => Some(token),
-                        None => None,
-                    },
+                    TokenSources::Get | TokenSources::WebSocket => cookie(headers, TOKEN_COOKIE),
                     TokenSources::Post => None,
                 };
                 cookie.and_then(|token| format!("Bearer {token}").parse().ok())
