@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     if log.fence().is_none() {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(now, None, Some(b"after recovery"), &[]);
-        let mut batch = builder.finish(ProducerStamp::NONE);
+        let batch = builder.finish(ProducerStamp::NONE);
         let appended = log.append(&batch, now).expect("an unfenced log takes an append");
         assert_eq!(appended.base_offset, end.max(log.log_start_offset()));
         log.sync(now).expect("the simulated disk syncs");
