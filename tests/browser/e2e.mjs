@@ -1,4 +1,4 @@
-// Drives Spool's built-in page in headless Chromium for tests/http.rs
+// Drives Spool's built-in page in headless Chromium for tests/http_browser.rs
 // (the_page_in_headless_chromium_follows_resumes_and_publishes).
 //
 //   node tests/browser/e2e.mjs http://127.0.0.1:PORT

@@ -1,7 +1,9 @@
 //! The in-process server on 127.0.0.1:0 (`spool_server::testing`) over a temporary data
-//! directory, and clients for it.
+//! directory, and clients for it; [`http`] has clients for its browser listener.
 
 #![allow(dead_code)] // each test file uses a different part
+
+pub mod http;
 
 use std::path::{Path, PathBuf};
 
