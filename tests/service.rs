@@ -273,7 +273,9 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
             correlation_id: 0,
             topic: "raw".into(),
             partition: Some(0),
-            acks: Acks::Leader as i32,
+            // All, not Leader: on an `always` topic a record is visible only once synced, and
+            // the fetch below does not wait.
+            acks: Acks::All as i32,
             payload: Some(Payload::RawBatch(batch.clone())),
             producer: None,
         })
