@@ -83,7 +83,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     };
     let data = &config.data.value;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%address, data = %data.display(), tls = tls.is_some(), mutual_tls = config.tls_client_ca.value.is_some(), tokens = tokens.is_some(), "listening on {scheme}://{address}");
+    tracing::info!(%address, data = %data.display(), tls = tls.is_some(), mutual_tls = config.tls_client_ca.value.is_some(), tokens = tokens.is_some(), "bound to {scheme}://{address}; opening the data directory");
     if tls.is_none() && tokens.is_none() {
         tracing::info!("no TLS and no tokens are configured: listening on loopback only");
     }
@@ -112,10 +112,11 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         serving: Some(serving),
     };
     spool_server::run(listener, data, options, crate::stop_requested()).await?;
-    if config.log_format.value == LogFormat::Human {
-        eprintln!("spool: stopped cleanly");
+    // One line says so: the human one, or the log's in JSON.
+    match config.log_format.value {
+        LogFormat::Human => eprintln!("spool: stopped cleanly"),
+        LogFormat::Json => tracing::info!("stopped cleanly"),
     }
-    tracing::info!("stopped cleanly");
     Ok(())
 }
 

@@ -15,7 +15,9 @@
 //!
 //! - [`CommitMode::Auto`]: every `poll` first commits the positions that moved, without
 //!   waiting for the answer; at most one such commit is in flight, so commits batch up by
-//!   themselves under load. A refused commit is reported by a later `poll`.
+//!   themselves under load, and when it is answered while `poll` waits for records, what moved
+//!   meanwhile is committed then (an idle member's lag does not wait for the next record). A
+//!   refused commit is reported by a later `poll`.
 //! - [`CommitMode::Explicit`]: nothing is committed until [`GroupConsumer::commit`], which
 //!   waits for the server's answer (after the offsets are synced to disk).
 //!
@@ -413,6 +415,19 @@ impl Member {
             .collect()
     }
 
+    /// [`CommitMode::Auto`]: commits the positions that moved, unless an automatic commit is
+    /// in flight (its answer sends the next).
+    async fn commit_moved_automatically(&mut self) -> Result<(), GroupError> {
+        if self.commits.values().any(|c| c.automatic) {
+            return Ok(());
+        }
+        let offsets = self.moved(None);
+        if !offsets.is_empty() {
+            self.send_commit(offsets, CommitInFlight { automatic: true }).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a commit of `offsets`; returns its id.
     async fn send_commit(
         &mut self,
@@ -549,13 +564,9 @@ impl GroupConsumer {
     /// or dropped: a commit is recorded only once sent, and records read are handed out only
     /// when `poll` returns them.
     pub async fn poll(&mut self) -> Result<GroupEvent, GroupError> {
-        if self.config.commit == CommitMode::Auto
-            && !self.member.commits.values().any(|c| c.automatic)
-        {
-            let offsets = self.member.moved(None);
-            if !offsets.is_empty() {
-                self.member.send_commit(offsets, CommitInFlight { automatic: true }).await?;
-            }
+        let automatic = self.config.commit == CommitMode::Auto;
+        if automatic {
+            self.member.commit_moved_automatically().await?;
         }
         let member = &mut self.member;
         loop {
@@ -577,7 +588,14 @@ impl GroupConsumer {
                         return Ok(GroupEvent::Records(records));
                     }
                 }
-                Kind::CommitResult(result) => member.commit_answered(result)?,
+                Kind::CommitResult(result) => {
+                    member.commit_answered(result)?;
+                    // While no records come, what was handed out before this poll is still
+                    // committed: an idle member's lag does not wait for the next record.
+                    if automatic {
+                        member.commit_moved_automatically().await?;
+                    }
+                }
                 Kind::Joined(_) => {
                     return Err(GroupError::Protocol { reason: "a second `joined`".into() });
                 }

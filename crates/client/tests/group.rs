@@ -176,6 +176,42 @@ async fn automatic_commits_and_a_partial_position_are_resumed_from() {
 }
 
 #[tokio::test]
+async fn an_idle_member_commits_everything_it_handed_out() {
+    let server = TestServer::start().await;
+    let client = server.with_topic("bulky", 1, Fsync::Always).await;
+    // Records of 600 KiB arrive one per message, so the poll that hands out the last one
+    // finds the commit of the one before still in flight.
+    let producer = client.producer("bulky", ProducerConfig::default()).await.unwrap();
+    let value = vec![b'x'; 600 * 1024];
+    for _ in 0..4 {
+        producer.send(Record::value(&value)).await.unwrap().wait().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let mut member = client.group_consumer(GroupConfig::new("idle", &["bulky"])).await.unwrap();
+    let mut seen = Seen::default();
+    poll_until(&mut member, &mut seen, |m, _| m.caught_up()).await;
+    assert_eq!(seen.values.len(), 4);
+    // Nothing more comes: the member waits in `poll`, and still commits all it handed out.
+    let idle = tokio::spawn(async move {
+        let _ = member.poll().await;
+        member
+    });
+    let committed = async {
+        loop {
+            let group = client.describe_group("idle").await.unwrap();
+            if group.partitions.iter().all(|p| p.committed_offset == Some(4)) {
+                break;
+            }
+            // Polled: the server announces no commit, so the test asks until it sees it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, committed).await.expect("the idle member commits");
+    idle.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_member_that_stops_answering_is_removed_and_can_rejoin() {
     let server = TestServer::start().await;
     let client = server.with_topic("jobs", 2, Fsync::Always).await;
