@@ -480,3 +480,47 @@ async fn the_rust_client_sends_its_token_on_every_call() {
         Ok(metadata) => panic!("a reader produced at {metadata:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_group_describes_only_the_topics_its_caller_may_see() {
+    use spool_client::{Client, GroupConfig, GroupEvent, TopicSettings};
+
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("tokens.toml");
+    let file = format!(
+        "[[token]]\nname = \"admin\"\nsha256 = \"{}\"\ntopics = {{ \"*\" = [\"administer\", \"consume\"] }}\ngroups = {{ \"*\" = [\"administer\", \"consume\"] }}\n\
+         [[token]]\nname = \"billing\"\nsha256 = \"{}\"\ngroups = {{ \"billing-*\" = [\"consume\"] }}\n",
+        token_digest_hex("admin-token"),
+        token_digest_hex("billing-token"),
+    );
+    std::fs::write(&token_path, file).unwrap();
+    let tokens = Arc::new(Authenticator::load(&token_path).unwrap());
+    let options = ServeOptions { tokens: Some(tokens), ..Default::default() };
+    let server = TestServer::start_with(data.path(), options).await;
+    let channel = server.channel().await;
+    let as_ = |token: &str| Client::from_channel(channel.clone()).with_bearer_token(token).unwrap();
+
+    let admin = as_("admin-token");
+    admin.create_topic("secret", TopicSettings::default()).await.unwrap();
+    let mut member =
+        admin.group_consumer(GroupConfig::new("billing-1", &["secret"])).await.unwrap();
+    while !matches!(member.poll().await.unwrap(), GroupEvent::Assigned(_)) {}
+    member.commit().await.unwrap();
+
+    let seen_by_admin = admin.describe_group("billing-1").await.unwrap();
+    assert_eq!(seen_by_admin.topics, ["secret"]);
+    assert_eq!(seen_by_admin.partitions.len(), 1);
+    // A grant on the group alone shows the group, not the topic the token may not see:
+    // no name, no partitions, no offsets or lag, nothing owned.
+    let billing = as_("billing-token");
+    let seen = billing.describe_group("billing-1").await.unwrap();
+    assert_eq!(seen.name, "billing-1");
+    assert!(seen.topics.is_empty(), "{seen:?}");
+    assert!(seen.partitions.is_empty(), "{seen:?}");
+    assert!(seen.members.iter().all(|m| m.owned.is_empty() && m.revoking.is_empty()), "{seen:?}");
+    let listed = billing.list_groups().await.unwrap();
+    assert!(listed.iter().all(|g| g.topics.is_empty()), "{listed:?}");
+    member.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -203,14 +203,25 @@ impl GroupApi {
         ))
     }
 
-    fn describe_one(&self, description: &GroupDescription, detailed: bool) -> WireGroup {
+    /// A group as `caller` may see it: topics it holds no grant on are left out (their
+    /// names, partitions, offsets and lag), as ListTopics leaves them out.
+    fn describe_one(
+        &self,
+        caller: &Caller,
+        description: &GroupDescription,
+        detailed: bool,
+    ) -> WireGroup {
+        let visible = |topic: &str| caller.may_see_topic(topic);
         let state = match description.state {
             GroupState::Empty => WireState::Empty,
             GroupState::Rebalancing => WireState::Rebalancing,
             GroupState::Stable => WireState::Stable,
         };
         let (topics, reset) = match &description.subscription {
-            Some(s) => (s.topics.keys().map(ToString::to_string).collect(), wire_reset(s.reset)),
+            Some(s) => (
+                s.topics.keys().filter(|t| visible(t.as_str())).map(ToString::to_string).collect(),
+                wire_reset(s.reset),
+            ),
             None => (Vec::new(), WireReset::Unspecified),
         };
         let mut group = WireGroup {
@@ -231,13 +242,24 @@ impl GroupApi {
             .map(|m| MemberDescription {
                 member_id: m.id.to_string(),
                 session_timeout_ms: m.session_timeout_ms as u32,
-                owned: m.owned.iter().map(wire_partition).collect(),
-                revoking: m.revoking.iter().map(wire_partition).collect(),
+                owned: m
+                    .owned
+                    .iter()
+                    .filter(|p| visible(p.topic.as_str()))
+                    .map(wire_partition)
+                    .collect(),
+                revoking: m
+                    .revoking
+                    .iter()
+                    .filter(|p| visible(p.topic.as_str()))
+                    .map(wire_partition)
+                    .collect(),
             })
             .collect();
         group.partitions = description
             .partitions
             .iter()
+            .filter(|p| visible(p.partition.topic.as_str()))
             .map(|p| {
                 let state = self
                     .groups
@@ -342,7 +364,7 @@ impl GroupService for GroupApi {
         let groups = described
             .iter()
             .filter(|g| caller.allow(Action::Describe, Resource::Group(g.name.as_str())).is_ok())
-            .map(|g| self.describe_one(g, false))
+            .map(|g| self.describe_one(&caller, g, false))
             .collect();
         Ok(Response::new(ListGroupsResponse { groups }))
     }
@@ -359,7 +381,7 @@ impl GroupService for GroupApi {
         let described = self.groups.lock().coordinator.describe(&group);
         let described = described.ok_or(ServiceError::UnknownGroup { group })?;
         Ok(Response::new(DescribeGroupResponse {
-            group: Some(self.describe_one(&described, true)),
+            group: Some(self.describe_one(&caller, &described, true)),
         }))
     }
 
