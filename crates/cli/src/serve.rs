@@ -132,7 +132,7 @@ async fn reload_on_hangup(tokens: Arc<Authenticator>) {
         match tokio::task::spawn_blocking(move || reloading.reload()).await {
             Ok(Ok(count)) => tracing::info!(tokens = count, "SIGHUP: token file reloaded"),
             Ok(Err(error)) => {
-                tracing::error!(%error, "SIGHUP: token file not reloaded; the tokens in force stay")
+                tracing::error!(%error, "SIGHUP: token file not reloaded: every token is refused until it loads again")
             }
             Err(error) => tracing::error!(%error, "SIGHUP: reloading the token file panicked"),
         }

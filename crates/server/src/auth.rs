@@ -113,6 +113,11 @@ pub enum LoadTokensError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("the token file {path} is not valid: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "the token file {} may be changed by every user of this machine (mode {mode:o}): make it writable by its owner only (chmod o-w)",
+        .path.display()
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
 }
 
 /// A name or a prefix (written with a trailing `*`).
@@ -284,25 +289,53 @@ impl Authenticator {
         Ok(authenticator)
     }
 
-    /// Reads the file again; on error the tokens in force stay as they were. Returns how many
-    /// tokens are now in force.
+    /// Reads the file again. Returns how many tokens are now in force.
+    ///
+    /// It fails closed: when the file cannot be read or is not valid (deleted, a syntax error,
+    /// writable by every user), no token is in force until it loads again, so an edit that
+    /// revokes a token can never leave that token working because of a typo elsewhere.
     pub fn reload(&self) -> Result<usize, LoadTokensError> {
+        match self.read_tokens() {
+            Ok((tokens, stamp)) => {
+                let count = tokens.by_digest.len();
+                *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+                *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Some(stamp);
+                Ok(count)
+            }
+            Err(error) => {
+                *self.tokens.write().unwrap_or_else(PoisonError::into_inner) =
+                    Arc::new(Tokens::default());
+                *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = None;
+                Err(error)
+            }
+        }
+    }
+
+    fn read_tokens(&self) -> Result<(Tokens, (SystemTime, u64)), LoadTokensError> {
+        use std::os::unix::fs::PermissionsExt;
         let read = |source| LoadTokensError::Read { path: self.path.clone(), source };
         let stamp = file_stamp(&self.path).map_err(read)?;
+        let mode = std::fs::metadata(&self.path).map_err(read)?.permissions().mode();
+        if mode & 0o002 != 0 {
+            return Err(LoadTokensError::WorldWritable {
+                path: self.path.clone(),
+                mode: mode & 0o7777,
+            });
+        }
         let text = std::fs::read_to_string(&self.path).map_err(read)?;
         let tokens = Tokens::parse(&text)
             .map_err(|reason| LoadTokensError::Invalid { path: self.path.clone(), reason })?;
-        let count = tokens.by_digest.len();
-        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
-        *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Some(stamp);
-        Ok(count)
+        Ok((tokens, stamp))
     }
 
-    /// Reloads the file if its modification time or length changed since it was loaded.
+    /// Reloads the file if its modification time or length changed since it was loaded (or
+    /// since it last failed to load); failing closed as [`Authenticator::reload`] does.
     pub fn reload_if_changed(&self) -> Result<Option<usize>, LoadTokensError> {
-        let stamp = file_stamp(&self.path)
-            .map_err(|source| LoadTokensError::Read { path: self.path.clone(), source })?;
-        if *self.loaded.read().unwrap_or_else(PoisonError::into_inner) == Some(stamp) {
+        let unchanged = match file_stamp(&self.path) {
+            Ok(stamp) => *self.loaded.read().unwrap_or_else(PoisonError::into_inner) == Some(stamp),
+            Err(_) => false,
+        };
+        if unchanged {
             return Ok(None);
         }
         self.reload().map(Some)
@@ -539,5 +572,40 @@ mod tests {
             ),
             "appears twice",
         );
+    }
+
+    #[test]
+    fn a_file_that_stops_loading_fails_closed_and_a_world_writable_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, FILE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let authenticator = Authenticator::load(&path).unwrap();
+        let alice = parse_digest(&token_digest_hex("alice")).unwrap();
+        let in_force = |a: &Authenticator| a.tokens.read().unwrap().by_digest.len();
+        assert_eq!(in_force(&authenticator), 2);
+        assert!(authenticator.principal(&alice).is_some());
+
+        // An edit with a syntax error: nothing is in force, not the tokens from before.
+        std::fs::write(&path, "[[token]\nname = ").unwrap();
+        assert!(matches!(authenticator.reload(), Err(LoadTokensError::Invalid { .. })));
+        assert_eq!(in_force(&authenticator), 0);
+        assert!(authenticator.principal(&alice).is_none());
+        // Fixed: in force again, at the next check.
+        std::fs::write(&path, FILE).unwrap();
+        assert_eq!(authenticator.reload_if_changed().unwrap(), Some(2));
+        // Deleted: closed again.
+        std::fs::remove_file(&path).unwrap();
+        assert!(authenticator.reload_if_changed().is_err());
+        assert_eq!(in_force(&authenticator), 0);
+
+        // A file every user may write is refused, at start and on reload.
+        std::fs::write(&path, FILE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = Authenticator::load(&path).unwrap_err().to_string();
+        assert!(error.contains("chmod o-w"), "{error}");
+        assert!(authenticator.reload().is_err());
+        assert_eq!(in_force(&authenticator), 0);
     }
 }

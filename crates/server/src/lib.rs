@@ -450,7 +450,7 @@ async fn reload_tokens(tokens: Arc<Authenticator>) {
             }
             Ok(Ok(None)) => {}
             Ok(Err(error)) => {
-                tracing::error!(%error, "token file not reloaded; the tokens in force stay")
+                tracing::error!(%error, "token file not reloaded: every token is refused until it loads again")
             }
             Err(error) => tracing::error!(%error, "reloading the token file panicked"),
         }
