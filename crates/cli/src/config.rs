@@ -39,7 +39,9 @@ pub(crate) struct ServeArgs {
     /// The address to listen on; port 0 picks a free port [default: 127.0.0.1:7070].
     #[arg(long, env = "SPOOL_LISTEN", value_name = "IP:PORT")]
     listen: Option<SocketAddr>,
-    /// Serve Prometheus metrics at http://IP:PORT/metrics [default: off].
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (plain HTTP, no tokens, and it
+    /// names every topic and group: loopback only unless allow_insecure_remote)
+    /// [default: off].
     #[arg(long, env = "SPOOL_METRICS", value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
     /// Serve browsers at http://IP:PORT/: Server-Sent Events, WebSocket, HTTP POST and a
@@ -276,6 +278,18 @@ impl ServeConfig {
                  TLS-terminating proxy, or set allow_insecure_remote to accept the risk"
             );
         }
+        // The metrics endpoint has neither TLS nor tokens and names every topic and group.
+        if let Some(metrics) = self.metrics.value
+            && !metrics.ip().is_loopback()
+            && !self.allow_insecure_remote.value
+        {
+            bail!(
+                "metrics: {metrics} is not a loopback address, and the metrics endpoint speaks plain \
+                 HTTP without tokens and names every topic and group: listen on 127.0.0.1 (scrape \
+                 through a proxy or an agent on this machine), or set allow_insecure_remote to \
+                 accept the risk"
+            );
+        }
         for origin in &self.http_allowed_origins.value {
             spool_server::check_allowed_origin(origin)
                 .map_err(|reason| anyhow::anyhow!("http_allowed_origins: {reason}"))?;
@@ -381,5 +395,20 @@ mod tests {
         let accepted =
             resolve(&["serve", "--http", "0.0.0.0:8080", "--allow-insecure-remote"]).unwrap();
         assert_eq!(accepted.http.value, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_loopback_only_unless_accepted() {
+        let refused = resolve(&["serve", "--metrics", "0.0.0.0:9090"]).unwrap_err().to_string();
+        assert!(refused.contains("metrics: 0.0.0.0:9090 is not a loopback address"), "{refused}");
+        assert!(!refused.contains("  "), "one space between words: {refused}");
+        let accepted =
+            resolve(&["serve", "--metrics", "0.0.0.0:9090", "--allow-insecure-remote"]).unwrap();
+        assert_eq!(accepted.metrics.value, Some(SocketAddr::from(([0, 0, 0, 0], 9090))));
+        assert!(resolve(&["serve", "--metrics", "127.0.0.1:9090"]).is_ok());
+        let refused = resolve(&["serve", "--http", "0.0.0.0:8080"]).unwrap_err().to_string();
+        assert!(!refused.contains("  "), "one space between words: {refused}");
+        let origin = resolve(&["serve", "--http-allowed-origin", "events.example"]).unwrap_err();
+        assert!(origin.to_string().contains("http_allowed_origins"), "{origin}");
     }
 }

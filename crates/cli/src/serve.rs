@@ -61,7 +61,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
             let address = listener.local_addr()?;
             tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
             if !address.ip().is_loopback() {
-                tracing::warn!(%address, "the metrics endpoint has no TLS and no tokens, and shows topic names: keep it behind a firewall");
+                tracing::warn!(%address, "the metrics endpoint has no TLS and no tokens, and names every topic and group (allow_insecure_remote)");
             }
             Some(listener)
         }
