@@ -1,6 +1,7 @@
 //! The browser listener keeps other sites out, with and without tokens: a foreign `Host` (DNS
 //! rebinding) and a foreign `Origin` (a page on another site) are refused, a form's content
 //! type cannot store a record, an allowed origin is let in, and the page may not be framed.
+//! A revoked token ends an idle event stream at once.
 
 mod common;
 
@@ -24,6 +25,7 @@ struct Listener {
     host: String,
     client: reqwest::Client,
     token: Option<&'static str>,
+    tokens: Option<Arc<Authenticator>>,
 }
 
 impl Listener {
@@ -44,6 +46,7 @@ impl Listener {
             std::fs::write(&path, file).unwrap();
             options.tokens = Some(Arc::new(Authenticator::load(&path).unwrap()));
         }
+        let tokens = options.tokens.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         options.http = Some(listener);
@@ -53,7 +56,8 @@ impl Listener {
             base: format!("http://{host}"),
             host,
             client: reqwest::Client::new(),
-            token: tokens.then_some(WRITER),
+            token: tokens.as_ref().map(|_| WRITER),
+            tokens,
         }
     }
 
@@ -194,4 +198,31 @@ async fn an_allowed_origin_is_let_in_and_the_page_cannot_be_framed() {
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     let policy = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("frame-ancestors 'none'") && policy.contains("connect-src 'self'"));
+}
+
+#[tokio::test]
+async fn an_idle_event_stream_ends_when_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Listener::start(&dir.path().join("data"), true, &[]).await;
+    let mut events = http
+        .request(reqwest::Method::GET, "/v1/topics/t/partitions/0/events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    // Nothing is produced; the token file loses the token and is reloaded.
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(&path, "").unwrap();
+    http.tokens.as_ref().unwrap().reload().unwrap();
+    let ended = async {
+        let mut text = String::new();
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(30), ended)
+        .await
+        .expect("the idle stream ends at the reload, not at the next record or keep-alive");
+    assert!(text.contains("event: spool-error"), "{text}");
 }

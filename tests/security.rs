@@ -524,3 +524,18 @@ async fn a_group_describes_only_the_topics_its_caller_may_see() {
     member.close().await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_subscription_ends_when_its_token_is_revoked() {
+    let data = tempfile::tempdir().unwrap();
+    let secured = Secured::start(data.path()).await;
+    secured.create(ADMIN, "orders").await.unwrap();
+    // Nothing is ever produced: the subscription waits for records, then its token goes.
+    let mut follower = secured.subscribe(READER, "orders").await.unwrap();
+    secured.revoke("reader");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), follower.message())
+        .await
+        .expect("the idle stream ends at the reload, not at the next record");
+    let status = ended.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}

@@ -276,6 +276,8 @@ pub struct Authenticator {
     tokens: RwLock<Arc<Tokens>>,
     /// The file's modification time and length when last loaded.
     loaded: RwLock<Option<(SystemTime, u64)>>,
+    /// Counts reloads, successful or not, so idle streams check their grants again at once.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl Authenticator {
@@ -284,6 +286,7 @@ impl Authenticator {
             path: path.to_path_buf(),
             tokens: RwLock::new(Arc::new(Tokens::default())),
             loaded: RwLock::new(None),
+            reloads: tokio::sync::watch::Sender::new(0),
         };
         authenticator.reload()?;
         Ok(authenticator)
@@ -295,6 +298,12 @@ impl Authenticator {
     /// writable by every user), no token is in force until it loads again, so an edit that
     /// revokes a token can never leave that token working because of a typo elsewhere.
     pub fn reload(&self) -> Result<usize, LoadTokensError> {
+        let reloaded = self.replace_tokens();
+        self.reloads.send_modify(|count| *count += 1);
+        reloaded
+    }
+
+    fn replace_tokens(&self) -> Result<usize, LoadTokensError> {
         match self.read_tokens() {
             Ok((tokens, stamp)) => {
                 let count = tokens.by_digest.len();
@@ -355,6 +364,22 @@ fn file_stamp(path: &Path) -> std::io::Result<(SystemTime, u64)> {
     Ok((metadata.modified()?, metadata.len()))
 }
 
+/// Reloads of the token file since [`Caller::watch_reloads`].
+pub(crate) struct TokenReloads(Option<tokio::sync::watch::Receiver<u64>>);
+
+impl TokenReloads {
+    /// Resolves at the next reload (never without tokens).
+    pub(crate) async fn next(&mut self) {
+        let reloaded = match &mut self.0 {
+            Some(reloads) => reloads.changed().await.is_ok(),
+            None => false,
+        };
+        if !reloaded {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Who is calling, as the interceptor found it.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -392,6 +417,18 @@ impl Caller {
                 action,
                 resource: resource.to_string(),
             })
+        }
+    }
+
+    /// Watches the token file's reloads from now on. A stream that waits for records takes
+    /// this, then checks its grant, then waits on [`TokenReloads::next`] beside the records:
+    /// a revocation then ends it at once, and none can slip in between the check and the wait.
+    pub(crate) fn watch_reloads(&self) -> TokenReloads {
+        match &self.kind {
+            CallerKind::Open => TokenReloads(None),
+            CallerKind::Token { authenticator, .. } => {
+                TokenReloads(Some(authenticator.reloads.subscribe()))
+            }
         }
     }
 

@@ -223,8 +223,18 @@ async fn feed(
             }
         };
         if read.bytes.is_empty() {
+            // A token revoked while nothing arrives ends the stream now, not at the next
+            // record: each wait checks the grant first and ends at the token file's reload.
+            let mut reloads = caller.watch_reloads();
+            if let Err(error) =
+                caller.allow(Action::Consume, Resource::Topic(partition.topic().as_str()))
+            {
+                let _ = queue.send((Err(ServiceError::from(error).into()), None)).await;
+                return;
+            }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
+                () = reloads.next() => {}
                 _ = queue.closed() => return,
                 _ = stop.cancelled() => {
                     let _ = queue.try_send((Err(ServiceError::ShuttingDown.into()), None));

@@ -56,8 +56,18 @@ pub(crate) async fn feed(
             }
         };
         if read.bytes.is_empty() {
+            // A token revoked while nothing arrives ends the stream now: each wait checks the
+            // grant first and ends at the token file's reload.
+            let mut reloads = caller.watch_reloads();
+            if let Err(error) =
+                caller.allow(Action::Consume, Resource::Topic(partition.topic().as_str()))
+            {
+                let _ = queue.send(Item::End(error.into())).await;
+                return;
+            }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
+                () = reloads.next() => {}
                 () = tokio::time::sleep(crate::limits::HTTP_KEEP_ALIVE) => {
                     // Only when there is room: a keep-alive never waits behind records.
                     let _ = queue.try_send(Item::KeepAlive);
