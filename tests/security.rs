@@ -539,3 +539,54 @@ async fn an_idle_subscription_ends_when_its_token_is_revoked() {
     let status = ended.expect_err("the stream ends with an error");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_revoked_group_member_can_neither_commit_nor_stay() {
+    use spool_client::{Client, GroupConfig, GroupEvent, ProducerConfig, Record, TopicSettings};
+
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("tokens.toml");
+    let admin = format!(
+        "[[token]]\nname = \"admin\"\nsha256 = \"{}\"\ntopics = {{ \"*\" = [\"administer\", \"produce\", \"consume\"] }}\ngroups = {{ \"*\" = [\"administer\", \"consume\"] }}\n",
+        token_digest_hex("admin-token"),
+    );
+    let member_token = |groups: &str| {
+        format!(
+            "[[token]]\nname = \"member\"\nsha256 = \"{}\"\ntopics = {{ \"t\" = [\"consume\"] }}\n{groups}",
+            token_digest_hex("member-token"),
+        )
+    };
+    let granted = member_token("groups = { \"g\" = [\"consume\"] }\n");
+    std::fs::write(&token_path, format!("{admin}{granted}")).unwrap();
+    let tokens = Arc::new(Authenticator::load(&token_path).unwrap());
+    let options = ServeOptions { tokens: Some(tokens.clone()), ..Default::default() };
+    let server = TestServer::start_with(data.path(), options).await;
+    let channel = server.channel().await;
+    let as_ = |token: &str| Client::from_channel(channel.clone()).with_bearer_token(token).unwrap();
+
+    let admin_client = as_("admin-token");
+    admin_client.create_topic("t", TopicSettings::default()).await.unwrap();
+    let producer = admin_client.producer("t", ProducerConfig::default()).await.unwrap();
+    producer.send(Record::value(b"r")).await.unwrap().wait().await.unwrap();
+    producer.close().await.unwrap();
+
+    let config =
+        GroupConfig { commit: spool_client::CommitMode::Explicit, ..GroupConfig::new("g", &["t"]) };
+    let mut member = as_("member-token").group_consumer(config).await.unwrap();
+    while !matches!(member.poll().await.unwrap(), GroupEvent::Records(_)) {}
+
+    // The group grant is taken away: the token stays, and may still read the topic.
+    std::fs::write(&token_path, format!("{admin}{}", member_token(""))).unwrap();
+    tokens.reload().unwrap();
+    let commit = member.commit().await;
+    assert!(commit.is_err(), "a revoked member's commit is refused: {commit:?}");
+    // The member left and nothing was committed: the server no longer knows the group.
+    match admin_client.describe_group("g").await {
+        Err(spool_client::AdminError::Rejected(error)) => {
+            assert_eq!(error.code, spool_client::ErrorCode::NotFound, "{error}")
+        }
+        Ok(group) => panic!("the group is still known: {group:?}"),
+    }
+    server.shutdown().await;
+}

@@ -40,7 +40,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::feed::{Feed, Outbound, RecordsOut};
 use super::{Groups, MemberLink};
-use crate::auth::Caller;
+use crate::auth::{Action, Caller, Resource};
 use crate::consume::Wire;
 use crate::error::{InvalidRequest, ServiceError, to_status};
 
@@ -148,9 +148,19 @@ impl Member {
             let reading = self.pending.len() + self.in_flight.len()
                 < crate::limits::MEMBER_COMMITS_UNANSWERED_MAX;
             let out = self.out.clone();
+            // Every turn checks the token and the group grant as they are now, and a reload of
+            // the token file wakes the loop to check again: a revoked member's heartbeats and
+            // commits are refused, and an idle one ends at the reload.
+            let mut reloads = self.caller.watch_reloads();
+            if let Err(error) =
+                self.caller.allow(Action::Consume, Resource::Group(self.group.as_str()))
+            {
+                return End::Status(ServiceError::from(error).into());
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return End::Status(ServiceError::ShuttingDown.into()),
+                () = reloads.next() => {}
                 Some(status) = self.failures.recv() => return End::Status(status),
                 (commit_id, outcome) = first_durable(&mut self.in_flight) => {
                     self.pending.push_back(commit_result(commit_id, outcome));
@@ -289,6 +299,12 @@ impl Member {
     }
 
     async fn handle(&mut self, message: MemberRequest) -> Result<(), End> {
+        // The grant as it is now: a message read in the same turn as a reload is not let in
+        // on the check made before it.
+        if let Err(error) = self.caller.allow(Action::Consume, Resource::Group(self.group.as_str()))
+        {
+            return Err(End::Status(ServiceError::from(error).into()));
+        }
         let now = self.groups.now();
         match message.kind {
             Some(RequestKind::Heartbeat(_)) => {
