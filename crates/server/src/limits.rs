@@ -29,6 +29,12 @@ pub const PRODUCER_REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
 
 // gRPC streams and connections.
 
+/// Connections the gRPC listener holds open at once; past it, it accepts nothing more until
+/// one closes (each holds a file handle and HTTP/2 state).
+pub const GRPC_CONNECTIONS_MAX: usize = 4096;
+/// How long the listener waits after a failed accept (out of file handles, say) before it
+/// tries again, so a lasting failure is a log line every interval, not a busy loop.
+pub const ACCEPT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Concurrent gRPC streams (calls) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Answers queued toward one ProduceStream client.

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, Service, StdError, http};
@@ -21,6 +21,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::AuthLayer;
+use crate::limits::{ACCEPT_RETRY_INTERVAL, GRPC_CONNECTIONS_MAX};
 use crate::metrics::{Connection, PartitionGauges, export_partition_gauges};
 use crate::topic_table::TopicTable;
 
@@ -112,10 +113,12 @@ where
     }
 }
 
-/// A client connection, counted in the connection gauges while it is open.
+/// A client connection, counted in the connection gauges while it is open, holding one of
+/// the listener's [`GRPC_CONNECTIONS_MAX`] places.
 pub(crate) struct Counted {
     stream: TcpStream,
     _connection: Connection,
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connected for Counted {
@@ -166,16 +169,71 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// The connections `listener` accepts, each counted while it lives.
+/// The connections `listener` accepts, each counted while it lives, at most
+/// [`GRPC_CONNECTIONS_MAX`] at once: past it the listener accepts nothing more (the kernel's
+/// backlog holds or refuses the rest) until one closes. A failed accept (out of file
+/// handles, say) is logged and retried after [`ACCEPT_RETRY_INTERVAL`], never in a busy loop.
 pub(crate) fn counted_connections(
     listener: TcpListener,
 ) -> impl Stream<Item = io::Result<Counted>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        // Small answers (acknowledgements) should not wait for Nagle's algorithm.
-        stream.set_nodelay(true)?;
-        Ok(Counted { stream, _connection: Connection::opened() })
-    })
+    Accepting::new(listener, GRPC_CONNECTIONS_MAX)
+}
+
+struct Accepting {
+    listener: TcpListener,
+    places: tokio_util::sync::PollSemaphore,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Accepting {
+    fn new(listener: TcpListener, places: usize) -> Accepting {
+        let places = Arc::new(tokio::sync::Semaphore::new(places));
+        Accepting {
+            listener,
+            places: tokio_util::sync::PollSemaphore::new(places),
+            place: None,
+            retry: None,
+        }
+    }
+}
+
+impl Stream for Accepting {
+    type Item = io::Result<Counted>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(retry) = &mut this.retry {
+                std::task::ready!(retry.as_mut().poll(cx));
+                this.retry = None;
+            }
+            if this.place.is_none() {
+                match std::task::ready!(this.places.poll_acquire(cx)) {
+                    Some(place) => this.place = Some(place),
+                    None => return Poll::Ready(None),
+                }
+            }
+            match std::task::ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, _)) => {
+                    // Small answers (acknowledgements) should not wait for Nagle's algorithm;
+                    // a socket that refuses the option still serves.
+                    let _ = stream.set_nodelay(true);
+                    let place = this.place.take().expect("a place was taken above");
+                    let connection = Connection::opened();
+                    return Poll::Ready(Some(Ok(Counted {
+                        stream,
+                        _connection: connection,
+                        _place: place,
+                    })));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_ms = ACCEPT_RETRY_INTERVAL.as_millis() as u64, "accepting a connection failed");
+                    this.retry = Some(Box::pin(tokio::time::sleep(ACCEPT_RETRY_INTERVAL)));
+                }
+            }
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled. Before rendering, the
@@ -215,5 +273,27 @@ fn export_gauges(topics: &TopicTable) {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_holds_at_most_its_places_and_frees_one_when_a_connection_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepting = Accepting::new(listener, 1);
+        let _first = TcpStream::connect(address).await.unwrap();
+        let held = accepting.next().await.unwrap().unwrap();
+        let _second = TcpStream::connect(address).await.unwrap();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(200), accepting.next());
+        assert!(waiting.await.is_err(), "no second place while the first connection is open");
+        drop(held);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(30), accepting.next());
+        assert!(second.await.unwrap().unwrap().is_ok(), "the freed place takes the next one");
     }
 }
