@@ -19,8 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestServer, record};
-use spool_proto::v1::fsync_policy::{Always, Policy};
+use common::{TestServer, always, record};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
@@ -38,10 +37,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const GUARD: Duration = Duration::from_secs(30);
-
-fn always() -> Policy {
-    Policy::Always(Always {})
-}
 
 type Partition = (String, u32);
 

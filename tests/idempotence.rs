@@ -5,8 +5,7 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{TestServer, assert_code, record, value};
-use spool_proto::v1::fsync_policy::{Always, Policy};
+use common::{TestServer, always, assert_code, record, value};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
@@ -19,10 +18,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
-
-fn always() -> Policy {
-    Policy::Always(Always {})
-}
 
 async fn init_producer(server: &TestServer) -> i64 {
     let answer = server.producer().await.init_producer(InitProducerRequest {}).await.unwrap();

@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{TestServer, assert_code, header, keyed, record, value};
+use common::{TestServer, always, assert_code, header, keyed, record, value};
 use spool_proto::partitioner::partition_for_key;
-use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_proto::v1::fsync_policy::{Never, Policy};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
@@ -24,10 +24,6 @@ use spool_storage::batch::{
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-fn always() -> Policy {
-    Policy::Always(Always {})
-}
 
 #[tokio::test]
 async fn topics_are_created_listed_described_and_deleted() {

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestServer, assert_code, header, record, value};
-use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use common::{TestServer, always, assert_code, header, record, value};
+use spool_proto::v1::fsync_policy::{Never, Policy};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::start_position::{Earliest, Position};
 use spool_proto::v1::{
@@ -19,10 +19,6 @@ use spool_server::limits::SUBSCRIBE_READ_BYTES;
 use spool_storage::batch::BATCH_HEADER_BYTES;
 use spool_storage::sim::Rng;
 use tonic::Code;
-
-fn always() -> Policy {
-    Policy::Always(Always {})
-}
 
 #[tokio::test]
 async fn every_error_has_its_status_code() {

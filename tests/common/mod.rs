@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use spool_proto::limits::{REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
-use spool_proto::v1::fsync_policy::Policy;
+use spool_proto::v1::fsync_policy::{Always, Policy};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::start_position::Position;
@@ -227,4 +227,9 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, me
     let status = result.expect_err("the call should fail");
     assert_eq!(status.code(), code, "{status:?}");
     assert!(status.message().contains(message_has), "{:?} lacks {message_has:?}", status.message());
+}
+
+/// The fsync `always` policy, the default, as a topic request names it.
+pub fn always() -> Policy {
+    Policy::Always(Always {})
 }
