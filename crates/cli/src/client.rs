@@ -137,10 +137,19 @@ pub(crate) struct ProduceOptions {
     pub(crate) quiet: bool,
 }
 
-/// Reads standard input on its own thread, one line (without its line ending) at a time.
-fn read_lines(lines: mpsc::Sender<std::io::Result<Vec<u8>>>) {
-    let stdin = std::io::stdin();
-    let mut stdin = stdin.lock();
+/// What the thread reading standard input hands on.
+enum Input {
+    /// One line, without its line ending, or why reading failed.
+    Line(std::io::Result<Vec<u8>>),
+    /// Standard input has nothing more ready: what is buffered should go now.
+    Pause,
+}
+
+/// Reads standard input on its own thread, one line (without its line ending) at a time,
+/// and says when it has read everything that was ready: lines piped in together travel in
+/// one batch, and a typed line goes at once.
+fn read_lines(lines: mpsc::Sender<Input>) {
+    let mut stdin = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
     loop {
         let mut line = Vec::new();
         let read = Read::take(&mut stdin, LINE_BYTES_MAX as u64 + 1).read_until(b'\n', &mut line);
@@ -164,7 +173,10 @@ fn read_lines(lines: mpsc::Sender<std::io::Result<Vec<u8>>>) {
             Err(error) => Err(error),
         };
         let failed = outcome.is_err();
-        if lines.blocking_send(outcome).is_err() || failed {
+        if lines.blocking_send(Input::Line(outcome)).is_err() || failed {
+            return;
+        }
+        if stdin.buffer().is_empty() && lines.blocking_send(Input::Pause).is_err() {
             return;
         }
     }
@@ -272,8 +284,8 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
             Fsync::Always | Fsync::IntervalMs(_) => Acks::All,
         },
     };
-    // A batch goes when standard input has nothing more ready (see below), or when it is full:
-    // piped lines travel in large batches, typed ones at once.
+    // A batch goes when standard input has nothing more ready (`Input::Pause`), or when it is
+    // full: piped lines travel in large batches, typed ones at once.
     let config = ProducerConfig {
         acks,
         batch_bytes_max: BATCH_BYTES_MAX as usize,
@@ -302,23 +314,16 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
     std::thread::spawn(move || read_lines(lines_tx));
     let mut number = 0u64;
     let mut read_error = None;
-    loop {
-        let line = match lines.try_recv() {
-            Ok(line) => line,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                producer.send_buffered();
-                match lines.recv().await {
-                    Some(line) => line,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        let line = match line {
-            Ok(line) => line,
-            Err(error) => {
+    while let Some(input) = lines.recv().await {
+        let line = match input {
+            Input::Line(Ok(line)) => line,
+            Input::Line(Err(error)) => {
                 read_error = Some(error);
                 break;
+            }
+            Input::Pause => {
+                producer.send_buffered();
+                continue;
             }
         };
         number += 1;
