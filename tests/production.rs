@@ -321,6 +321,49 @@ async fn metered_server(data: &std::path::Path) -> (TestServer, std::net::Socket
     (TestServer::start_with(data, options).await, metrics_address)
 }
 
+/// `GET /metrics` with `authorization`, if any; returns the status line's code.
+async fn scrape_status(address: std::net::SocketAddr, authorization: Option<&str>) -> u16 {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let authorization =
+        authorization.map(|value| format!("Authorization: {value}\r\n")).unwrap_or_default();
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: spool\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn with_tokens_only_a_token_granted_metrics_may_scrape() {
+    use spool_server::auth::{Authenticator, token_digest_hex};
+    install_prometheus();
+    let data = tempfile::tempdir().unwrap();
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let token_path = tokens_dir.path().join("tokens.toml");
+    let file = format!(
+        "[[token]]\nname = \"prometheus\"\nsha256 = \"{}\"\nmetrics = true\n\n\
+         [[token]]\nname = \"app\"\nsha256 = \"{}\"\ntopics = {{ \"*\" = [\"administer\"] }}\n",
+        token_digest_hex("scrape-token"),
+        token_digest_hex("app-token"),
+    );
+    std::fs::write(&token_path, file).unwrap();
+    let tokens = Arc::new(Authenticator::load(&token_path).unwrap());
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = metrics_listener.local_addr().unwrap();
+    let options = ServeOptions {
+        metrics: Some(metrics_listener),
+        tokens: Some(tokens),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(data.path(), options).await;
+    assert_eq!(scrape_status(address, None).await, 401, "no token");
+    assert_eq!(scrape_status(address, Some("Bearer wrong")).await, 401, "an unknown token");
+    assert_eq!(scrape_status(address, Some("Bearer app-token")).await, 403, "no metrics grant");
+    assert_eq!(scrape_status(address, Some("Bearer scrape-token")).await, 200);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_appear_and_move_when_traffic_flows() {
     install_prometheus();

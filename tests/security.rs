@@ -590,3 +590,101 @@ async fn a_revoked_group_member_can_neither_commit_nor_stay() {
     }
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Connections that make no request, or stall, are closed.
+
+/// Short timeouts, so the tests that wait for them are short.
+const TIMEOUTS: spool_server::ConnectionTimeouts = spool_server::ConnectionTimeouts {
+    handshake: std::time::Duration::from_millis(500),
+    idle: std::time::Duration::from_millis(1500),
+};
+
+/// Sends `bytes` (perhaps none) on a new connection to `address`, then waits for the server
+/// to close it; returns how long that took, or panics if it stays open for the patience.
+async fn closed_after(address: std::net::SocketAddr, bytes: &[u8]) -> std::time::Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let drained = tokio::time::timeout(common::http::PATIENCE, async {
+        // Whatever the server writes first (its HTTP/2 settings) is read and dropped; the
+        // connection ends with end-of-file or a reset.
+        let _ = stream.read_to_end(&mut sink).await;
+    });
+    drained.await.unwrap_or_else(|_| panic!("the connection after {bytes:?} stayed open"));
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn connections_that_make_no_request_are_closed_at_the_handshake_timeout() {
+    let pki = pki();
+    let plain = tempfile::tempdir().unwrap();
+    let options = ServeOptions { connection_timeouts: TIMEOUTS, ..Default::default() };
+    let plain = TestServer::start_with(plain.path(), options).await;
+    let mutual = tempfile::tempdir().unwrap();
+    let options = ServeOptions {
+        tls: Some(tls(&pki, true)),
+        connection_timeouts: TIMEOUTS,
+        ..Default::default()
+    };
+    let mutual = TestServer::start_with(mutual.path(), options).await;
+    let browser = tempfile::tempdir().unwrap();
+    let options = ServeOptions { connection_timeouts: TIMEOUTS, ..Default::default() };
+    let browser = common::http::Browserside::start(browser.path(), options).await;
+    let browser_address = browser.base.trim_start_matches("http://").parse().unwrap();
+
+    // Raw TCP that sends nothing, and half an HTTP/2 preface.
+    closed_after(plain.address(), b"").await;
+    closed_after(plain.address(), b"PRI * HTTP/2.0\r\n").await;
+    // On the mutual-TLS port: nothing, and a TLS record header that never gets its body.
+    closed_after(mutual.address(), b"").await;
+    closed_after(mutual.address(), &[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+    // The browser listener: nothing, and a request head sent halfway.
+    closed_after(browser_address, b"").await;
+    let took = closed_after(browser_address, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+    assert!(took >= TIMEOUTS.handshake / 2, "closed at once ({took:?}), not at the timeout");
+    // The listeners still serve.
+    assert_eq!(list(plain.channel().await).await.unwrap(), 0);
+    assert_eq!(list(connect_tls(&mutual, &pki, true).await.unwrap()).await.unwrap(), 0);
+    let page = browser.client.get(browser.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_waiting_stream_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+    let data = tempfile::tempdir().unwrap();
+    let options = ServeOptions { connection_timeouts: TIMEOUTS, ..Default::default() };
+    let browser = common::http::Browserside::start(data.path(), options).await;
+    let server = &browser.server;
+    server.create_topic("quiet", 1, common::always()).await;
+
+    // A gRPC subscription and an SSE stream on a topic where nothing happens for several
+    // idle timeouts: the gRPC listener's pings and the stream's keep-alives keep both open.
+    let request = SubscribeRequest { topic: "quiet".into(), partition: 0, ..Default::default() };
+    let mut subscription = server.consumer().await.subscribe(request).await.unwrap().into_inner();
+    let mut events = browser.sse("/v1/topics/quiet/partitions/0/events", None).await;
+    // A keep-alive HTTP/1 connection that made one request and then says nothing.
+    let address: std::net::SocketAddr = browser.base.trim_start_matches("http://").parse().unwrap();
+    let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /v1/topics HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let mut answered = Vec::new();
+    let ended = tokio::time::timeout(common::http::PATIENCE, idle.read_to_end(&mut answered));
+    let _ = ended.await.expect("the idle connection was closed");
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // The idle connection took one idle timeout to close; the streams have waited as long.
+    // Wait two more before a record arrives.
+    tokio::time::sleep(TIMEOUTS.idle * 2).await;
+    server.produce("quiet", Some(0), vec![record("after the quiet")]).await.unwrap();
+    let next = tokio::time::timeout(common::http::PATIENCE, subscription.next()).await;
+    let message = next.unwrap().expect("the subscription is open").unwrap();
+    assert_eq!(value(&message.records[0]), "after the quiet");
+    let event = events.next().await;
+    assert!(event.data.to_string().contains("after the quiet"), "{event:?}");
+}

@@ -39,9 +39,9 @@ pub(crate) struct ServeArgs {
     /// The address to listen on; port 0 picks a free port [default: 127.0.0.1:7070].
     #[arg(long, env = "SPOOL_LISTEN", value_name = "IP:PORT")]
     listen: Option<SocketAddr>,
-    /// Serve Prometheus metrics at http://IP:PORT/metrics (plain HTTP, no tokens, and it
-    /// names every topic and group: loopback only unless allow_insecure_remote)
-    /// [default: off].
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (plain HTTP, and it names every
+    /// topic and group: loopback only unless allow_insecure_remote; with tokens, a scrape
+    /// needs a token granted `metrics = true`) [default: off].
     #[arg(long, env = "SPOOL_METRICS", value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
     /// Serve browsers at http://IP:PORT/: Server-Sent Events, WebSocket, HTTP POST and a
@@ -278,16 +278,16 @@ impl ServeConfig {
                  TLS-terminating proxy, or set allow_insecure_remote to accept the risk"
             );
         }
-        // The metrics endpoint has neither TLS nor tokens and names every topic and group.
+        // The metrics endpoint speaks plain HTTP and names every topic and group.
         if let Some(metrics) = self.metrics.value
             && !metrics.ip().is_loopback()
             && !self.allow_insecure_remote.value
         {
             bail!(
                 "metrics: {metrics} is not a loopback address, and the metrics endpoint speaks plain \
-                 HTTP without tokens and names every topic and group: listen on 127.0.0.1 (scrape \
-                 through a proxy or an agent on this machine), or set allow_insecure_remote to \
-                 accept the risk"
+                 HTTP (a token would cross the network in clear) and names every topic and group: \
+                 listen on 127.0.0.1 (scrape through a proxy or an agent on this machine), or set \
+                 allow_insecure_remote to accept the risk"
             );
         }
         for origin in &self.http_allowed_origins.value {

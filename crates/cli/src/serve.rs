@@ -60,8 +60,8 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics: cannot listen on {at}"))?;
             let address = listener.local_addr()?;
             tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
-            if !address.ip().is_loopback() {
-                tracing::warn!(%address, "the metrics endpoint has no TLS and no tokens, and names every topic and group (allow_insecure_remote)");
+            if !address.ip().is_loopback() && tokens.is_none() {
+                tracing::warn!(%address, "the metrics endpoint has no tokens, and names every topic and group to anyone who can reach it (allow_insecure_remote)");
             }
             Some(listener)
         }
@@ -110,6 +110,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         http,
         http_allowed_origins: config.http_allowed_origins.value.clone(),
         serving: Some(serving),
+        connection_timeouts: Default::default(),
     };
     spool_server::run(listener, data, options, crate::stop_requested()).await?;
     // One line says so: the human one, or the log's in JSON.

@@ -105,6 +105,8 @@ pub enum AuthError {
     UnknownToken,
     #[error("{identity} may not {action} {resource}")]
     Denied { identity: String, action: Action, resource: String },
+    #[error("{identity} may not read metrics (the token file grants it with `metrics = true`)")]
+    NoMetricsGrant { identity: String },
 }
 
 #[derive(Debug, Error)]
@@ -156,6 +158,7 @@ pub struct Principal {
     name: String,
     topics: Vec<Grant>,
     groups: Vec<Grant>,
+    metrics: bool,
 }
 
 impl Principal {
@@ -172,7 +175,7 @@ impl Principal {
     }
 }
 
-type TokenDigest = [u8; 32];
+pub(crate) type TokenDigest = [u8; 32];
 
 /// The SHA-256 digest of a token, as the token file stores it (lowercase hex).
 pub fn token_digest_hex(token: &str) -> String {
@@ -206,6 +209,9 @@ struct TokenEntry {
     topics: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
+    /// Whether the token may read `/metrics`, which names every topic and group.
+    #[serde(default)]
+    metrics: bool,
 }
 
 fn grants(
@@ -259,6 +265,7 @@ impl Tokens {
             let principal = Principal {
                 topics: grants(&entry.name, "topic", &entry.topics, &topic_actions)?,
                 groups: grants(&entry.name, "group", &entry.groups, &group_actions)?,
+                metrics: entry.metrics,
                 name: entry.name,
             };
             if tokens.by_digest.insert(digest, Arc::new(principal)).is_some() {
@@ -299,6 +306,7 @@ impl Authenticator {
     /// revokes a token can never leave that token working because of a typo elsewhere.
     pub fn reload(&self) -> Result<usize, LoadTokensError> {
         let reloaded = self.replace_tokens();
+        crate::metrics::token_file_loaded(reloaded.is_ok());
         self.reloads.send_modify(|count| *count += 1);
         reloaded
     }
@@ -357,6 +365,28 @@ impl Authenticator {
     fn principal(&self, digest: &TokenDigest) -> Option<Arc<Principal>> {
         self.tokens.read().unwrap_or_else(PoisonError::into_inner).by_digest.get(digest).cloned()
     }
+
+    /// Allows reading `/metrics` to the token an HTTP `authorization` header carries, if
+    /// the token file grants it `metrics = true`.
+    pub(crate) fn allow_scrape(&self, authorization: Option<&[u8]>) -> Result<(), AuthError> {
+        let header = authorization.ok_or(AuthError::NoToken)?;
+        let token = bearer(std::str::from_utf8(header).ok()).ok_or(AuthError::Malformed)?;
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        let principal = self.principal(&digest).ok_or(AuthError::UnknownToken)?;
+        if principal.metrics {
+            Ok(())
+        } else {
+            Err(AuthError::NoMetricsGrant { identity: principal.name.clone() })
+        }
+    }
+}
+
+/// The token in an `authorization` header's value `Bearer TOKEN`.
+fn bearer(value: Option<&str>) -> Option<&str> {
+    value
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
 }
 
 fn file_stamp(path: &Path) -> std::io::Result<(SystemTime, u64)> {
@@ -432,6 +462,14 @@ impl Caller {
         }
     }
 
+    /// The caller's token (its digest), or `None` without tokens.
+    pub(crate) fn token(&self) -> Option<TokenDigest> {
+        match &self.kind {
+            CallerKind::Open => None,
+            CallerKind::Token { digest, .. } => Some(*digest),
+        }
+    }
+
     /// Checks that the token is still in the file.
     pub fn check_token(&self) -> Result<(), AuthError> {
         match &self.kind {
@@ -474,13 +512,7 @@ impl AuthLayer {
             return Ok(Caller { kind: CallerKind::Open });
         };
         let header = request.metadata().get("authorization").ok_or(AuthError::NoToken)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or(AuthError::Malformed)?;
+        let token = bearer(header.to_str().ok()).ok_or(AuthError::Malformed)?;
         let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
         authenticator.principal(&digest).ok_or(AuthError::UnknownToken)?;
         Ok(Caller { kind: CallerKind::Token { authenticator: authenticator.clone(), digest } })

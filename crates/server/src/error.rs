@@ -224,7 +224,7 @@ pub fn to_status(error: &ServiceError) -> Status {
             AuthError::NoToken | AuthError::UnknownToken | AuthError::Malformed => {
                 Code::Unauthenticated
             }
-            AuthError::Denied { .. } => Code::PermissionDenied,
+            AuthError::Denied { .. } | AuthError::NoMetricsGrant { .. } => Code::PermissionDenied,
         },
         ServiceError::GroupName(_) => Code::InvalidArgument,
         ServiceError::Join(error) => match error {

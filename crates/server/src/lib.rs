@@ -27,6 +27,7 @@
 
 mod alter;
 pub mod auth;
+mod connection;
 mod consume;
 pub mod error;
 mod groups;
@@ -61,6 +62,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use connection::ConnectionTimeouts;
 pub use http::check_allowed_origin;
 pub use metrics::{Metrics, RecoverySummary};
 pub use serving::TlsConfig;
@@ -116,6 +118,9 @@ pub struct ServeOptions {
     pub http_allowed_origins: Vec<String>,
     /// Told once the data directory is open and health says SERVING.
     pub serving: Option<tokio::sync::oneshot::Sender<()>>,
+    /// How long a connection to either listener may take to make its first request, and
+    /// stay silent after (the defaults are in [`limits`]).
+    pub connection_timeouts: ConnectionTimeouts,
 }
 
 /// A server over one data directory, opened and ready to serve.
@@ -249,12 +254,20 @@ pub async fn serve(
     opening: impl Future<Output = Result<Server, RunError>> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let ServeOptions { tls, tokens, metrics, http, http_allowed_origins, serving: told } = options;
+    let ServeOptions {
+        tls,
+        tokens,
+        metrics,
+        http,
+        http_allowed_origins,
+        serving: told,
+        connection_timeouts: timeouts,
+    } = options;
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let services = Services::gated();
     let stop_serving = CancellationToken::new();
-    let serving = listen(listener, tls.as_ref(), health, &services, &stop_serving)?;
+    let serving = listen(listener, tls.as_ref(), timeouts, health, &services, &stop_serving)?;
     tokio::pin!(serving, shutdown);
     let opened_topics = Arc::new(std::sync::OnceLock::new());
     let metrics_endpoint = match metrics {
@@ -264,6 +277,8 @@ pub async fn serve(
                 listener,
                 prometheus,
                 opened_topics.clone(),
+                tokens.clone(),
+                timeouts,
                 stop_serving.clone(),
             );
             Some(tokio::spawn(endpoint))
@@ -282,7 +297,7 @@ pub async fn serve(
         served = &mut serving => return Ok(served?),
     };
     let _ = opened_topics.set(server.topics.clone());
-    let http = http.map(|listener| (listener, http_allowed_origins));
+    let http = http.map(|listener| (listener, http_allowed_origins, timeouts));
     let live = go_live(&server, &services, tokens, http, &stop_serving, &reporter).await;
     if let Some(told) = told {
         let _ = told.send(());
@@ -312,6 +327,7 @@ pub async fn serve(
 fn listen(
     listener: TcpListener,
     tls: Option<&TlsConfig>,
+    timeouts: ConnectionTimeouts,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -328,11 +344,15 @@ fn listen(
         reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .max_frame_size(HTTP2_FRAME_BYTES_MAX);
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+        .http2_keepalive_interval(Some(timeouts.keep_alive()))
+        .http2_keepalive_timeout(Some(timeouts.keep_alive()));
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls.server_config()).map_err(RunError::Tls)?;
+        let tls = tls.server_config(timeouts.handshake);
+        builder = builder.tls_config(tls).map_err(RunError::Tls)?;
     }
     Ok(builder
+        .layer(tower::util::MapRequestLayer::new(serving::mark_first_request::<tonic::body::Body>))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -341,7 +361,7 @@ fn listen(
         .add_service(services.consume.clone())
         .add_service(services.groups.clone())
         .serve_with_incoming_shutdown(
-            serving::counted_connections(listener),
+            serving::grpc_connections(listener, timeouts),
             stop_serving.clone().cancelled_owned(),
         ))
 }
@@ -358,19 +378,23 @@ async fn go_live(
     server: &Server,
     services: &Services,
     tokens: Option<Arc<Authenticator>>,
-    http: Option<(TcpListener, Vec<String>)>,
+    http: Option<(TcpListener, Vec<String>, ConnectionTimeouts)>,
     stop_serving: &CancellationToken,
     reporter: &HealthReporter,
 ) -> Live {
     let auth = AuthLayer::new(tokens.clone());
     services.open(server, &auth);
-    let http_endpoint = http.map(|(listener, allowed_origins)| {
+    let http_endpoint = http.map(|(listener, allowed_origins, timeouts)| {
         let (topics, stop) = (server.topics.clone(), stop_serving.clone());
-        tokio::spawn(
-            async move { http::serve(listener, topics, auth, &allowed_origins, stop).await },
-        )
+        tokio::spawn(async move {
+            http::serve(listener, topics, auth, &allowed_origins, timeouts, stop).await
+        })
     });
-    let reloading = tokens.map(|tokens| tokio::spawn(reload_tokens(tokens)));
+    let reloading = tokens.map(|tokens| {
+        // Loaded before the metrics recorder was installed, perhaps.
+        metrics::token_file_loaded(true);
+        tokio::spawn(reload_tokens(tokens))
+    });
     set_health(reporter, ServingStatus::Serving).await;
     tracing::info!("serving");
     Live { http_endpoint, reloading }
@@ -435,8 +459,9 @@ async fn finish_http(
     }
 }
 
-/// Reloads the token file whenever it changes; a file that does not load leaves the tokens
-/// in force as they were, and says why.
+/// Reloads the token file whenever it changes; a file that does not load leaves no token in
+/// force until it does (see [`Authenticator::reload`]), says why at every check, and shows
+/// in the `spool_token_file_loaded` gauge.
 async fn reload_tokens(tokens: Arc<Authenticator>) {
     let mut interval = tokio::time::interval(TOKENS_RELOAD_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

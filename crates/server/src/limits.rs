@@ -35,6 +35,13 @@ pub const GRPC_CONNECTIONS_MAX: usize = 4096;
 /// How long the listener waits after a failed accept (out of file handles, say) before it
 /// tries again, so a lasting failure is a log line every interval, not a busy loop.
 pub const ACCEPT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a new connection, gRPC or browser, may take to make its first request: TCP, the
+/// TLS handshake and the first request's head. Past it the connection is closed.
+pub const CONNECTION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may move no byte either way once it has made a request. The gRPC
+/// listener pings its clients at a third of this, and browser streams send keep-alives
+/// ([`HTTP_KEEP_ALIVE`]), so only a stalled or idle connection reaches it.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Concurrent gRPC streams (calls) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Answers queued toward one ProduceStream client.
@@ -93,11 +100,21 @@ pub const HTTP_STREAMS_MAX: usize = 1024;
 pub const HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX: usize = 64 * 1024 * 1024;
 /// The most records one history request (`GET .../records`) answers.
 pub const HTTP_HISTORY_RECORDS_MAX: u32 = 1000;
+/// Connections the browser listener holds open at once; past it, it accepts nothing more
+/// until one closes.
+pub const HTTP_CONNECTIONS_MAX: usize = 2048;
+/// Of [`HTTP_STREAMS_MAX`], the most one token may hold at once, so one token cannot take
+/// every stream (without tokens there is one caller, the listener is on loopback, and the
+/// share does not apply).
+pub const HTTP_STREAMS_PER_TOKEN_MAX: usize = HTTP_STREAMS_MAX / 4;
 /// How long an idle subscription waits before it sends a keep-alive (an SSE comment, a
 /// WebSocket ping), so proxies and browsers see the connection is alive.
 pub const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 // The server as a whole.
+
+/// Connections the metrics listener holds open at once (scrapers are few).
+pub const METRICS_CONNECTIONS_MAX: usize = 64;
 
 /// How often the token file is checked for changes (a changed file is reloaded, so a
 /// revoked token stops working within this time; SIGHUP or `Authenticator::reload` is
@@ -132,3 +149,9 @@ const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX >= HTTP_REQUEST_BYTES_MAX
 const _: () = assert!(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX <= u32::MAX as usize);
 const _: () = assert!(HTTP_SUBSCRIBE_QUEUE_DEPTH >= 1);
 const _: () = assert!(HTTP_HISTORY_RECORDS_MAX <= BATCH_RECORDS_MAX);
+const _: () =
+    assert!(HTTP_STREAMS_PER_TOKEN_MAX >= 1 && HTTP_STREAMS_PER_TOKEN_MAX <= HTTP_STREAMS_MAX);
+// A live connection moves bytes within the idle timeout: gRPC keep-alive pings at a third of
+// it, browser streams' keep-alives well inside it.
+const _: () = assert!(HTTP_KEEP_ALIVE.as_secs() * 2 <= CONNECTION_IDLE_TIMEOUT.as_secs());
+const _: () = assert!(CONNECTION_HANDSHAKE_TIMEOUT.as_secs() < CONNECTION_IDLE_TIMEOUT.as_secs());

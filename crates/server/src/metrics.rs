@@ -137,6 +137,14 @@ pub mod names {
     pub const CONNECTIONS: &str = "spool_connections";
     /// Client connections accepted since start (counter).
     pub const CONNECTIONS_ACCEPTED: &str = "spool_connections_accepted_total";
+    /// Connections closed for making no first request in time (`timeout="handshake"`) or for
+    /// moving no byte for too long after (`timeout="idle"`) (counter).
+    pub const CONNECTIONS_TIMED_OUT: &str = "spool_connections_timed_out_total";
+    /// 1 while the token file is loaded, 0 while it fails to load and every token is refused
+    /// (gauge; absent without tokens).
+    pub const TOKEN_FILE_LOADED: &str = "spool_token_file_loaded";
+    /// Token file loads that failed since start (counter).
+    pub const TOKEN_FILE_FAILURES: &str = "spool_token_file_failures_total";
     /// How long opening the data directory (recovery of every partition) took (gauge).
     pub const RECOVERY_SECONDS: &str = "spool_recovery_seconds";
     /// Partitions opened at start, by `outcome`: clean, recovered (after a crash), fenced.
@@ -483,6 +491,9 @@ mod describe {
         describe_gauge!(SUBSCRIBERS, "Open Subscribe streams.");
         describe_gauge!(CONNECTIONS, "Open client connections.");
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
+        describe_gauge!(TOKEN_FILE_LOADED, "1 while the token file is loaded, 0 while it fails.");
+        describe_counter!(TOKEN_FILE_FAILURES, "Token file loads that failed.");
+        describe_counter!(CONNECTIONS_TIMED_OUT, "Connections closed by a timeout, by timeout.");
         describe_gauge!(RECOVERY_SECONDS, Unit::Seconds, "Time taken to open the data directory.");
         describe_gauge!(RECOVERY_PARTITIONS, "Partitions opened at start, by outcome.");
         describe_gauge!(RECOVERY_SEGMENTS_SCANNED, "Segments fully checked at start.");
@@ -618,6 +629,19 @@ impl Connection {
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
         Connection(())
     }
+}
+
+/// Records whether the token file loaded, at start and at every reload.
+pub(crate) fn token_file_loaded(loaded: bool) {
+    metrics::gauge!(names::TOKEN_FILE_LOADED).set(if loaded { 1.0 } else { 0.0 });
+    if !loaded {
+        metrics::counter!(names::TOKEN_FILE_FAILURES).increment(1);
+    }
+}
+
+/// Counts a connection closed by its handshake or idle timeout.
+pub(crate) fn connection_timed_out(timeout: &'static str) {
+    metrics::counter!(names::CONNECTIONS_TIMED_OUT, "timeout" => timeout).increment(1);
 }
 
 impl Drop for Connection {

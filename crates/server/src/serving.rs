@@ -1,6 +1,6 @@
 //! What the gRPC listener needs beyond Spool's own services: the gate that answers while the
-//! data directory is still being recovered, TLS, connection counting, and the Prometheus
-//! endpoint.
+//! data directory is still being recovered, TLS, its connections (see [`crate::connection`]),
+//! and the Prometheus endpoint.
 
 use std::convert::Infallible;
 use std::io;
@@ -9,20 +9,20 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, Service, StdError, http};
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::auth::AuthLayer;
-use crate::limits::{ACCEPT_RETRY_INTERVAL, GRPC_CONNECTIONS_MAX};
-use crate::metrics::{Connection, PartitionGauges, export_partition_gauges};
+use crate::auth::{AuthError, AuthLayer, Authenticator};
+use crate::connection::{Accepting, ConnectionTimeouts, FirstRequest, Guarded};
+use crate::limits::{GRPC_CONNECTIONS_MAX, METRICS_CONNECTIONS_MAX};
+use crate::metrics::{PartitionGauges, export_partition_gauges};
 use crate::topic_table::TopicTable;
 
 /// The listener's TLS: a certificate chain and key (PEM), and for mutual TLS the CA that
@@ -36,9 +36,11 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    pub(crate) fn server_config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+    /// The listener's TLS, the handshake bounded by `handshake_timeout`.
+    pub(crate) fn server_config(&self, handshake_timeout: std::time::Duration) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(handshake_timeout);
         match &self.client_ca_pem {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,
@@ -113,148 +115,86 @@ where
     }
 }
 
-/// A client connection, counted in the connection gauges while it is open, holding one of
-/// the listener's [`GRPC_CONNECTIONS_MAX`] places.
-pub(crate) struct Counted {
-    stream: TcpStream,
-    _connection: Connection,
-    _place: tokio::sync::OwnedSemaphorePermit,
+/// What a gRPC request learns of its connection: the flag its first request sets (see
+/// [`crate::connection`]).
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcConnectInfo {
+    first_request: FirstRequest,
 }
 
-impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
+impl Connected for Guarded {
+    type ConnectInfo = GrpcConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+    fn connect_info(&self) -> GrpcConnectInfo {
+        GrpcConnectInfo { first_request: self.first_request() }
     }
 }
 
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+/// Marks its connection's first request, for the handshake timeout. A TLS connection's
+/// information is wrapped in tonic's `TlsConnectInfo`.
+pub(crate) fn mark_first_request<B>(request: http::Request<B>) -> http::Request<B> {
+    let extensions = request.extensions();
+    let info = extensions.get::<GrpcConnectInfo>().or_else(|| {
+        extensions
+            .get::<tonic::transport::server::TlsConnectInfo<GrpcConnectInfo>>()
+            .map(|tls| tls.get_ref())
+    });
+    if let Some(info) = info {
+        info.first_request.arrived();
     }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+    request
 }
 
 /// The connections `listener` accepts, each counted while it lives, at most
-/// [`GRPC_CONNECTIONS_MAX`] at once: past it the listener accepts nothing more (the kernel's
-/// backlog holds or refuses the rest) until one closes. A failed accept (out of file
-/// handles, say) is logged and retried after [`ACCEPT_RETRY_INTERVAL`], never in a busy loop.
-pub(crate) fn counted_connections(
+/// [`GRPC_CONNECTIONS_MAX`] at once, each closed when it stalls (see [`crate::connection`]).
+pub(crate) fn grpc_connections(
     listener: TcpListener,
-) -> impl Stream<Item = io::Result<Counted>> {
-    Accepting::new(listener, GRPC_CONNECTIONS_MAX)
-}
-
-struct Accepting {
-    listener: TcpListener,
-    places: tokio_util::sync::PollSemaphore,
-    place: Option<tokio::sync::OwnedSemaphorePermit>,
-    retry: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Accepting {
-    fn new(listener: TcpListener, places: usize) -> Accepting {
-        let places = Arc::new(tokio::sync::Semaphore::new(places));
-        Accepting {
-            listener,
-            places: tokio_util::sync::PollSemaphore::new(places),
-            place: None,
-            retry: None,
-        }
-    }
-}
-
-impl Stream for Accepting {
-    type Item = io::Result<Counted>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            if let Some(retry) = &mut this.retry {
-                std::task::ready!(retry.as_mut().poll(cx));
-                this.retry = None;
-            }
-            if this.place.is_none() {
-                match std::task::ready!(this.places.poll_acquire(cx)) {
-                    Some(place) => this.place = Some(place),
-                    None => return Poll::Ready(None),
-                }
-            }
-            match std::task::ready!(this.listener.poll_accept(cx)) {
-                Ok((stream, _)) => {
-                    // Small answers (acknowledgements) should not wait for Nagle's algorithm;
-                    // a socket that refuses the option still serves.
-                    let _ = stream.set_nodelay(true);
-                    let place = this.place.take().expect("a place was taken above");
-                    let connection = Connection::opened();
-                    return Poll::Ready(Some(Ok(Counted {
-                        stream,
-                        _connection: connection,
-                        _place: place,
-                    })));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, retry_ms = ACCEPT_RETRY_INTERVAL.as_millis() as u64, "accepting a connection failed");
-                    this.retry = Some(Box::pin(tokio::time::sleep(ACCEPT_RETRY_INTERVAL)));
-                }
-            }
-        }
-    }
+    timeouts: ConnectionTimeouts,
+) -> impl Stream<Item = io::Result<Guarded>> {
+    Accepting::new(listener, GRPC_CONNECTIONS_MAX, timeouts)
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled. Before rendering, the
-/// partitions' state gauges are set from `topics` (once the data directory is open).
+/// partitions' state gauges are set from `topics` (once the data directory is open). With
+/// tokens, only a token granted `metrics = true` may read it: the series name every topic
+/// and group.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
     prometheus: PrometheusHandle,
     topics: Arc<OnceLock<Arc<TopicTable>>>,
+    tokens: Option<Arc<Authenticator>>,
+    timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> io::Result<()> {
-    let render = move || {
-        let (prometheus, topics) = (prometheus.clone(), topics.clone());
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
+    let render = move |headers: axum::http::HeaderMap| {
+        let (prometheus, topics, tokens) = (prometheus.clone(), topics.clone(), tokens.clone());
         async move {
+            if let Some(tokens) = &tokens {
+                let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+                if let Err(error) = tokens.allow_scrape(authorization) {
+                    let message = format!("{error}\n");
+                    return match error {
+                        AuthError::NoMetricsGrant { .. } => {
+                            (StatusCode::FORBIDDEN, message).into_response()
+                        }
+                        _ => {
+                            let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+                            (StatusCode::UNAUTHORIZED, challenge, message).into_response()
+                        }
+                    };
+                }
+            }
             if let Some(topics) = topics.get() {
                 export_gauges(topics);
             }
-            prometheus.render()
+            prometheus.render().into_response()
         }
     };
     let app = axum::Router::new().route("/metrics", axum::routing::get(render));
-    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+    crate::connection::serve_http1(listener, app, METRICS_CONNECTIONS_MAX, timeouts, stop).await
 }
 
 fn export_gauges(topics: &TopicTable) {
@@ -273,27 +213,5 @@ fn export_gauges(topics: &TopicTable) {
                 },
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_stream::StreamExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_listener_holds_at_most_its_places_and_frees_one_when_a_connection_closes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut accepting = Accepting::new(listener, 1);
-        let _first = TcpStream::connect(address).await.unwrap();
-        let held = accepting.next().await.unwrap().unwrap();
-        let _second = TcpStream::connect(address).await.unwrap();
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(200), accepting.next());
-        assert!(waiting.await.is_err(), "no second place while the first connection is open");
-        drop(held);
-        let second = tokio::time::timeout(std::time::Duration::from_secs(30), accepting.next());
-        assert!(second.await.unwrap().unwrap().is_ok(), "the freed place takes the next one");
     }
 }

@@ -56,6 +56,10 @@ pub(crate) enum BadRequest {
     FormContentType { content_type: String },
     #[error("the listener serves {streams_max} subscriptions at once; try again later")]
     TooManyStreams { streams_max: usize },
+    #[error(
+        "this token holds {streams_max} subscriptions, as many as one token may; close one first"
+    )]
+    TooManyStreamsForToken { streams_max: usize },
 }
 
 /// An error as the listener answers it.
@@ -112,6 +116,9 @@ impl HttpError {
             }
             HttpError::Request(BadRequest::TooManyStreams { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
+            }
+            HttpError::Request(BadRequest::TooManyStreamsForToken { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
             }
             HttpError::Request(_) => StatusCode::BAD_REQUEST,
             HttpError::NoEndpoint { .. } => StatusCode::NOT_FOUND,

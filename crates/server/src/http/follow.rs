@@ -27,7 +27,8 @@ pub(crate) enum Item {
     /// Records at or after the offset asked for, and the log bytes they hold on the server
     /// (released when the transport has written them).
     Records(SubscribeResponse, Buffered),
-    /// Nothing new for [`HTTP_KEEP_ALIVE`](crate::limits::HTTP_KEEP_ALIVE).
+    /// Nothing new for the keep-alive interval ([`HTTP_KEEP_ALIVE`](crate::limits::HTTP_KEEP_ALIVE),
+    /// or less when the connections' idle timeout is shorter).
     KeepAlive,
     /// The last item: why the subscription ended (shutdown, a revoked grant, a deleted topic).
     End(HttpError),
@@ -42,6 +43,7 @@ pub(crate) async fn feed(
     partition: Arc<Partition>,
     mut offset: Offset,
     queue: mpsc::Sender<Item>,
+    keep_alive: std::time::Duration,
 ) {
     let stop = topics.streams_stop.clone();
     let mut changes = partition.watch();
@@ -68,7 +70,7 @@ pub(crate) async fn feed(
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = reloads.next() => {}
-                () = tokio::time::sleep(crate::limits::HTTP_KEEP_ALIVE) => {
+                () = tokio::time::sleep(keep_alive) => {
                     // Only when there is room: a keep-alive never waits behind records.
                     let _ = queue.try_send(Item::KeepAlive);
                 }

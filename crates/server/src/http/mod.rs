@@ -35,11 +35,12 @@ mod records;
 mod sse;
 mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use crate::limits::{
-    HTTP_HISTORY_RECORDS_MAX, HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX, HTTP_REQUEST_BYTES_MAX,
-    HTTP_STREAMS_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
+    HTTP_CONNECTIONS_MAX, HTTP_HISTORY_RECORDS_MAX, HTTP_KEEP_ALIVE,
+    HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_STREAMS_MAX,
+    HTTP_STREAMS_PER_TOKEN_MAX, HTTP_SUBSCRIBE_QUEUE_DEPTH,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -60,7 +61,8 @@ use tonic::service::Interceptor;
 use self::error::{BadRequest, HttpError};
 use self::follow::{Item, feed};
 use self::records::{EventJson, RecordIn, RecordJson, Start, produce};
-use crate::auth::{Action, AuthError, AuthLayer, Caller, Resource};
+use crate::auth::{Action, AuthError, AuthLayer, Caller, Resource, TokenDigest};
+use crate::connection::ConnectionTimeouts;
 use crate::consume::{Wire, answer};
 use crate::error::ServiceError;
 use crate::topic_table::TopicTable;
@@ -75,10 +77,13 @@ const TOKEN_COOKIE: &str = "spool_token";
 pub(crate) struct AppState {
     topics: Arc<TopicTable>,
     auth: AuthLayer,
-    streams: Arc<Semaphore>,
+    streams: Arc<StreamSlots>,
     /// `HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX` permits, one per byte being produced.
     produce_bytes: Arc<Semaphore>,
     origins: Arc<origin::OriginPolicy>,
+    /// How long an idle subscription waits before it sends a keep-alive: well inside the
+    /// connections' idle timeout.
+    keep_alive: std::time::Duration,
 }
 
 /// Where a request's token may come from besides the `Authorization` header and `?token=`.
@@ -127,6 +132,65 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathOf<
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(path)) => Ok(PathOf(path)),
             Err(rejection) => Err(BadRequest::Rejected { reason: rejection.body_text() }.into()),
+        }
+    }
+}
+
+/// The listener's places for streams (subscriptions and WebSockets): [`HTTP_STREAMS_MAX`]
+/// in all, of which one token holds at most [`HTTP_STREAMS_PER_TOKEN_MAX`].
+#[derive(Debug)]
+pub(crate) struct StreamSlots {
+    all: Arc<Semaphore>,
+    per_token: std::sync::Mutex<std::collections::HashMap<TokenDigest, usize>>,
+}
+
+/// One stream's place, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    _place: OwnedSemaphorePermit,
+    token: Option<(Arc<StreamSlots>, TokenDigest)>,
+}
+
+impl StreamSlots {
+    fn new() -> StreamSlots {
+        StreamSlots {
+            all: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)),
+            per_token: Default::default(),
+        }
+    }
+
+    fn take(slots: &Arc<StreamSlots>, token: Option<TokenDigest>) -> Result<StreamSlot, HttpError> {
+        let place = slots
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BadRequest::TooManyStreams { streams_max: HTTP_STREAMS_MAX })?;
+        let Some(token) = token else {
+            return Ok(StreamSlot { _place: place, token: None });
+        };
+        let mut per_token = slots.per_token.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = per_token.entry(token).or_default();
+        if *held >= HTTP_STREAMS_PER_TOKEN_MAX {
+            return Err(BadRequest::TooManyStreamsForToken {
+                streams_max: HTTP_STREAMS_PER_TOKEN_MAX,
+            }
+            .into());
+        }
+        *held += 1;
+        Ok(StreamSlot { _place: place, token: Some((slots.clone(), token)) })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some((slots, token)) = &self.token {
+            let mut per_token = slots.per_token.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(held) = per_token.get_mut(token) {
+                *held -= 1;
+                if *held == 0 {
+                    per_token.remove(token);
+                }
+            }
         }
     }
 }
@@ -186,12 +250,10 @@ impl AppState {
         }
     }
 
-    /// A slot for one more stream, or 503 when all are taken.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, HttpError> {
-        self.streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| BadRequest::TooManyStreams { streams_max: HTTP_STREAMS_MAX }.into())
+    /// A slot for one more of `caller`'s streams: 503 when all are taken, 429 when the
+    /// caller's token holds its share.
+    fn slot(&self, caller: &Caller) -> Result<StreamSlot, HttpError> {
+        StreamSlots::take(&self.streams, caller.token())
     }
 
     /// Waits until `bytes` more may be in flight toward the writers.
@@ -222,7 +284,7 @@ impl AppState {
             partition: partition.id(),
             offset: offset.0,
         };
-        tokio::spawn(feed(self.topics.clone(), caller, partition, offset, queue));
+        tokio::spawn(feed(self.topics.clone(), caller, partition, offset, queue, self.keep_alive));
         Ok(subscription)
     }
 }
@@ -430,15 +492,45 @@ pub(crate) async fn serve(
     topics: Arc<TopicTable>,
     auth: AuthLayer,
     allowed_origins: &[String],
+    timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let origins = origin::OriginPolicy::new(listener.local_addr()?, allowed_origins);
     let state = AppState {
         topics,
         auth,
-        streams: Arc::new(Semaphore::new(HTTP_STREAMS_MAX)),
+        streams: Arc::new(StreamSlots::new()),
         produce_bytes: Arc::new(Semaphore::new(HTTP_PRODUCE_BYTES_IN_FLIGHT_MAX)),
         origins: Arc::new(origins),
+        keep_alive: HTTP_KEEP_ALIVE.min(timeouts.keep_alive()),
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+    crate::connection::serve_http1(listener, router(state), HTTP_CONNECTIONS_MAX, timeouts, stop)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_holds_at_most_its_share_of_the_streams() {
+        let slots = Arc::new(StreamSlots::new());
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        let mut held: Vec<_> = (0..HTTP_STREAMS_PER_TOKEN_MAX)
+            .map(|_| StreamSlots::take(&slots, Some(alice)).unwrap())
+            .collect();
+        let refused = StreamSlots::take(&slots, Some(alice)).unwrap_err();
+        assert!(
+            matches!(refused, HttpError::Request(BadRequest::TooManyStreamsForToken { .. })),
+            "{refused:?}"
+        );
+        // Another token, and callers without tokens, still get places.
+        let _bob = StreamSlots::take(&slots, Some(bob)).unwrap();
+        let _open = StreamSlots::take(&slots, None).unwrap();
+        // A closed stream gives its place back to its token.
+        held.pop();
+        held.push(StreamSlots::take(&slots, Some(alice)).unwrap());
+        drop(held);
+        assert!(slots.per_token.lock().unwrap().get(&alice).is_none(), "no entry is left behind");
+    }
 }

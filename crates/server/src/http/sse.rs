@@ -68,7 +68,7 @@ pub(crate) async fn events(
         }
         None => Start::parse(query.from.as_deref())?,
     };
-    let slot = state.slot()?;
+    let slot = state.slot(&caller)?;
     let subscription = state.subscribe(caller, &topic, partition, start).await?;
     let opening = tokio_stream::once(Bytes::from_static(b"retry: 1000\n\n"));
     let stream =

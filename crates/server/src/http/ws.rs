@@ -110,7 +110,7 @@ pub(crate) async fn socket(
     let upgrade =
         upgrade.map_err(|rejection| BadRequest::Rejected { reason: rejection.body_text() })?;
     let caller = state.caller(&headers, query.token.as_deref(), TokenSources::WebSocket)?;
-    let slot = state.slot()?;
+    let slot = state.slot(&caller)?;
     // A subscription asked for in the query is opened before the upgrade, so its errors are
     // plain HTTP statuses.
     let first = match query.topic {
