@@ -173,7 +173,13 @@ fn a_failed_fdatasync_fences_one_partition_and_the_rest_serves() {
 
         the_rest_serves(&client).await;
     });
-    assert!(served.terminate(), "the server stops cleanly with one partition fenced");
+    // The fenced partition's log cannot close cleanly: the server says so, and what the next
+    // start does about it, and exits non-zero so a supervisor knows.
+    let (status, log) = served.terminate_and_log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("stopped, but not cleanly: partition 0 of topic doomed"), "{log}");
+    assert!(log.contains("The next start checks every batch"), "{log}");
+    assert!(!log.contains("stopped cleanly"), "{log}");
 
     a_restart_recovers(&data, &acknowledged);
 }
@@ -207,7 +213,7 @@ fn a_failed_write_is_refused_unacknowledged_and_the_rest_serves() {
         assert_eq!(described.partition_states[0].fenced_reason, None, "not fenced");
         the_rest_serves(&client).await;
     });
-    assert!(served.terminate(), "the server stops cleanly with one partition fenced");
+    assert!(served.terminate(), "the server stops cleanly: nothing was fenced");
     a_restart_recovers(&data, &acknowledged);
 }
 

@@ -234,8 +234,8 @@ impl ProducerIds {
         }
     }
 
-    pub(crate) async fn close(&self) {
-        self.log.close().await;
+    pub(crate) async fn close(&self) -> Option<String> {
+        self.log.close().await
     }
 }
 

@@ -157,14 +157,20 @@ impl InternalLog {
     }
 
     /// Stops taking records, writes what is queued, and closes the log cleanly.
-    pub(crate) async fn close(&self) {
+    /// Stops the writer once what is queued is written; says what went wrong, if anything.
+    pub(crate) async fn close(&self) -> Option<String> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(writer) = writer
             && let Err(error) = writer.await
         {
             tracing::error!(path = %self.path.display(), %error, "an internal log's writer failed");
+            return Some(format!(
+                "the internal log {}: its writer failed: {error}",
+                self.path.display()
+            ));
         }
+        None
     }
 }
 

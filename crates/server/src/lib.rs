@@ -98,6 +98,12 @@ pub enum RunError {
     HttpEndpoint(std::io::Error),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(
+        "stopped, but not cleanly: {}. The next start checks every batch of these logs and \
+         keeps what was acknowledged",
+        logs.join("; ")
+    )]
+    UncleanStop { logs: Vec<String> },
 }
 
 /// How the listener is secured and observed. The default: plaintext, no tokens, no metrics
@@ -157,11 +163,17 @@ impl Server {
     }
 
     /// Drains every writer's queue, syncs it and closes every log cleanly.
-    async fn close(&self) {
-        self.topics.close().await;
-        self.groups.close().await;
-        self.producer_ids.close().await;
-        tracing::info!("all partition logs closed");
+    /// Closes every log; what did not close cleanly is checked again at the next start.
+    async fn close(&self) -> Result<(), RunError> {
+        let mut unclean = self.topics.close().await;
+        unclean.extend(self.groups.close().await);
+        unclean.extend(self.producer_ids.close().await);
+        if unclean.is_empty() {
+            tracing::info!("all partition logs closed");
+            Ok(())
+        } else {
+            Err(RunError::UncleanStop { logs: unclean })
+        }
     }
 
     /// Serves on `listener`, plaintext and without tokens, until `shutdown` resolves, then
@@ -311,7 +323,7 @@ pub async fn serve(
     // Posts in flight finish before the logs close; a browser that reads nothing is not
     // waited for past the grace period.
     let http_served = finish_http(live.http_endpoint, grace_end).await;
-    server.close().await;
+    let closed = server.close().await;
     if let Some(endpoint) = metrics_endpoint {
         match endpoint.await {
             Ok(result) => result.map_err(RunError::MetricsEndpoint)?,
@@ -319,7 +331,8 @@ pub async fn serve(
         }
     }
     http_served?;
-    Ok(served?)
+    served?;
+    closed
 }
 
 /// The gRPC listener's stack: health, reflection and Spool's services behind their gates

@@ -242,7 +242,8 @@ impl TopicTable {
 
     /// Stops every writer (each finishes its queue and syncs) and closes every log cleanly,
     /// so the next start needs no scan. Called once the gRPC server has stopped.
-    pub(crate) async fn close(&self) {
+    pub(crate) async fn close(&self) -> Vec<String> {
+        let mut unclean = Vec::new();
         let _admin = self.admin.lock().await;
         self.writers_stop.cancel();
         let topics =
@@ -252,6 +253,7 @@ impl TopicTable {
                 Ok(logs) => logs,
                 Err(error) => {
                     tracing::error!(%error, "stopping a topic failed");
+                    unclean.push(format!("topic {}: {error}", topic.name));
                     continue;
                 }
             };
@@ -268,10 +270,15 @@ impl TopicTable {
                 Ok(failures) => {
                     for (partition, error) in failures {
                         tracing::error!(topic = %name, partition, %error, "closing a partition log failed; the next start checks it");
+                        unclean.push(format!("partition {partition} of topic {name}: {error}"));
                     }
                 }
-                Err(error) => tracing::error!(topic = %name, %error, "closing logs panicked"),
+                Err(error) => {
+                    tracing::error!(topic = %name, %error, "closing logs panicked");
+                    unclean.push(format!("topic {name}: closing its logs panicked: {error}"));
+                }
             }
         }
+        unclean
     }
 }

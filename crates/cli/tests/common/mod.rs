@@ -22,6 +22,8 @@ pub struct Served {
     pub url: String,
     /// Every line the server wrote to stderr so far.
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads them; it ends when the server closes its stderr.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Served {
@@ -39,7 +41,7 @@ impl Served {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             // Keep reading after the address, so the server never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("spool: listening on ") {
@@ -52,7 +54,7 @@ impl Served {
             let _ = child.kill();
             panic!("the server printed no address; its log:\n{}", log.lock().unwrap().join("\n"));
         };
-        Served { child, wrapped: None, url: format!("http://{address}"), log }
+        Served { child, wrapped: None, url: format!("http://{address}"), log, reader: Some(reader) }
     }
 
     /// [`Served::spawn`] for a `command` that runs the server as its only child process (a
@@ -105,10 +107,19 @@ impl Served {
     }
 
     /// SIGTERM, as a service manager would stop it; returns whether it exited 0.
-    pub fn terminate(mut self) -> bool {
+    pub fn terminate(self) -> bool {
+        self.terminate_and_log().0.success()
+    }
+
+    /// SIGTERM; returns how it exited, and all it wrote to stderr.
+    pub fn terminate_and_log(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.wrapped.take().unwrap_or(self.child.id()).to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap().success()
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.log())
     }
 
     /// SIGKILL: the process ends at once, with no chance to flush or sync anything.

@@ -151,8 +151,8 @@ impl Groups {
     }
 
     /// Stops taking commits, writes what is queued, and closes the offsets log.
-    pub(crate) async fn close(&self) {
-        self.offsets.close().await;
+    pub(crate) async fn close(&self) -> Option<String> {
+        self.offsets.close().await
     }
 }
 
