@@ -19,9 +19,11 @@
 //! time entries strictly increase in timestamp and do not decrease in offset. The batch at
 //! position 0 is never indexed: it is implied.
 //!
-//! An active segment's index files are preallocated to their full capacity (so writing
-//! through the map can never hit a full disk, which would be SIGBUS) and trimmed to their
-//! entries when the segment is sealed or the log is closed. After a crash, the active
+//! An active segment's index files are preallocated (so writing through the map can never hit
+//! a full disk, which would be SIGBUS), at first for [`INDEX_ENTRIES_INITIAL`] entries, then
+//! doubling as entries arrive, up to the segment's most; they are trimmed to their entries
+//! when the segment is sealed or the log is closed. A growth the disk refuses leaves the index
+//! as it was and the entry out: the index is sparse, so that only lengthens a scan. After a crash, the active
 //! segment's indexes are rebuilt from the log, so index writes need no fsync of their own.
 
 use std::io;
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::fs::{File, FileSystem, MappedFile, OpenMode};
+use crate::limits::INDEX_ENTRIES_INITIAL;
 
 /// One index file: a mapped array of fixed-size entries.
 #[derive(Debug)]
@@ -38,16 +41,20 @@ pub(crate) struct IndexFile {
     map: Option<Box<dyn MappedFile>>,
     entry_bytes: usize,
     entries: usize,
+    /// Entries preallocated and mapped.
     capacity: usize,
+    /// The most entries [`IndexFile::push`] grows the file to.
+    capacity_max: usize,
 }
 
 impl IndexFile {
-    /// Creates an empty index with room for `capacity` entries, preallocated and mapped.
+    /// Creates an empty index that grows to at most `capacity_max` entries, with room for the
+    /// first of them preallocated and mapped.
     pub(crate) fn create(
         fs: &dyn FileSystem,
         path: &Path,
         entry_bytes: usize,
-        capacity: usize,
+        capacity_max: usize,
     ) -> io::Result<IndexFile> {
         if fs.exists(path)? {
             fs.remove_file(path)?;
@@ -60,8 +67,9 @@ impl IndexFile {
             entry_bytes,
             entries: 0,
             capacity: 0,
+            capacity_max,
         };
-        index.grow(capacity)?;
+        index.grow(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
         Ok(index)
     }
 
@@ -89,6 +97,7 @@ impl IndexFile {
             entry_bytes,
             entries,
             capacity: entries,
+            capacity_max: entries,
         }))
     }
 
@@ -106,12 +115,19 @@ impl IndexFile {
         &map.bytes()[i * self.entry_bytes..(i + 1) * self.entry_bytes]
     }
 
-    /// Appends an entry. A full index skips it: the index is sparse, so a missing entry only
-    /// lengthens a scan.
+    /// Appends an entry, growing the file when it is full (doubling, up to its most). An
+    /// index at its most, or one the disk refuses to grow, skips the entry: the index is
+    /// sparse, so a missing entry only lengthens a scan.
     pub(crate) fn push(&mut self, entry: &[u8]) {
         assert_eq!(entry.len(), self.entry_bytes);
         if self.entries == self.capacity {
-            return;
+            if self.capacity >= self.capacity_max {
+                return;
+            }
+            let doubled = (self.capacity * 2).max(INDEX_ENTRIES_INITIAL).min(self.capacity_max);
+            if self.grow(doubled).is_err() {
+                return;
+            }
         }
         let at = self.entries * self.entry_bytes;
         let map = self.map.as_mut().expect("an index with capacity is mapped");
@@ -119,19 +135,39 @@ impl IndexFile {
         self.entries += 1;
     }
 
-    /// Preallocates and maps room for `capacity` entries (used when a trimmed index becomes
-    /// active again).
+    /// Makes a trimmed index active again: it grows to at most `capacity_max` entries, and
+    /// has room for the next ones now.
+    pub(crate) fn activate(&mut self, capacity_max: usize) -> io::Result<()> {
+        self.capacity_max = capacity_max.max(self.entries);
+        self.grow((self.entries + INDEX_ENTRIES_INITIAL).min(self.capacity_max))
+    }
+
+    /// Preallocates and maps room for `capacity` entries. On failure the index keeps its
+    /// entries and the room it had: a refused allocation leaves the map alone, and a failed
+    /// map maps the old room again.
     pub(crate) fn grow(&mut self, capacity: usize) -> io::Result<()> {
         if capacity <= self.capacity && self.map.is_some() {
             return Ok(());
         }
         let capacity = capacity.max(self.entries).max(1);
         let bytes = capacity * self.entry_bytes;
-        self.map = None;
         self.file.allocate(bytes as u64)?;
-        self.map = Some(self.file.map_mut(bytes)?);
-        self.capacity = capacity;
-        Ok(())
+        // The old map goes first: a map may be a private copy written back when dropped (the
+        // simulated file system's is), which a new map must see.
+        let old = self.map.take().map(|map| map.bytes().len());
+        match self.file.map_mut(bytes) {
+            Ok(map) => {
+                self.map = Some(map);
+                self.capacity = capacity;
+                Ok(())
+            }
+            Err(error) => {
+                if let Some(old) = old {
+                    self.map = Some(self.file.map_mut(old)?);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Trims the file to its entries and makes it durable.

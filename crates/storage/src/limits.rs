@@ -26,11 +26,16 @@ pub const INDEX_INTERVAL_BYTES: u32 = 4 * 1024;
 /// addressable by one.
 pub const SEGMENT_POSITION_MAX: u64 = u32::MAX as u64;
 
-/// Index entries preallocated for one segment: enough for a full segment of the largest size
+/// The most index entries one segment holds: enough for a full segment of the largest size
 /// at one entry per interval, plus one for the batch that crosses the size limit.
 pub const fn index_entries_max(segment_bytes_max: u64) -> u64 {
     segment_bytes_max / INDEX_INTERVAL_BYTES as u64 + 2
 }
+
+/// Index entries an active segment's index files are preallocated with at first (4 KiB of
+/// offset index, 6 KiB of time index); they double, preallocated each time, up to
+/// [`index_entries_max`], so an idle partition holds kilobytes of index, not hundreds.
+pub const INDEX_ENTRIES_INITIAL: usize = 512;
 
 /// The longest interval an `interval` fsync policy may name, in milliseconds.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;

@@ -320,8 +320,8 @@ impl Opener<'_> {
         if fence.is_none() {
             active.data_durable = false;
             let capacity = self.config.index_capacity();
-            active.offset_index.0.grow(capacity).map_err(io_at(&active.path))?;
-            active.time_index.0.grow(capacity).map_err(io_at(&active.path))?;
+            active.offset_index.0.activate(capacity).map_err(io_at(&active.path))?;
+            active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
             if recovery_point != active.base_offset {
                 recovery_point = active.base_offset;
                 write_recovery_point(self.fs, self.dir, recovery_point).map_err(io_at(self.dir))?;
@@ -504,8 +504,8 @@ impl Opener<'_> {
         self.report.scanned.push(path.clone());
         self.report.rebuilt_indexes.extend([offset_path.clone(), time_path.clone()]);
         let entries = outcome.offset_entries.len().max(outcome.time_entries.len()) + 1;
-        segment.offset_index.0.grow(entries.max(capacity)).map_err(io_at(&offset_path))?;
-        segment.time_index.0.grow(entries.max(capacity)).map_err(io_at(&time_path))?;
+        segment.offset_index.0.grow(entries).map_err(io_at(&offset_path))?;
+        segment.time_index.0.grow(entries).map_err(io_at(&time_path))?;
         for entry in &outcome.offset_entries {
             segment.offset_index.push(*entry);
         }

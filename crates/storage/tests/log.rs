@@ -328,3 +328,43 @@ fn a_never_log_rolls_without_waiting_for_the_disk_and_syncs_sealed_segments_when
     assert!(log.next_offset() >= sealed_end);
     assert!(appended > Offset(0));
 }
+
+#[test]
+fn an_idle_log_holds_little_index_and_an_index_grows_as_records_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().join("t-0");
+    let config =
+        spool_storage::LogConfig { segment_bytes: 64 * 1024 * 1024, ..config(FsyncPolicy::Never) };
+    let index_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "index" || e == "timeindex"))
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum()
+    };
+    let mut log = std_open(&dir, config);
+    assert!(index_bytes(&dir) <= 16 * 1024, "an empty log: {} bytes", index_bytes(&dir));
+
+    // 4,000 batches of 5 KiB: about one index entry each, several doublings past the first
+    // room, all in one segment.
+    let batches = 4000;
+    for i in 0..batches {
+        log.append(&batch_of(1, 5 * 1024, i), NOW).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    let grown = index_bytes(&dir);
+    assert!(grown >= (batches as u64 - 1) * 20, "every entry has room: {grown} bytes");
+    // Lookups by offset and by time go through the grown index.
+    for offset in [0, 1, 511, 512, 1999, 3999] {
+        let read = log.read(Offset(offset), 1).unwrap();
+        assert_eq!(read.next_offset, Offset(offset + 1), "offset {offset}");
+    }
+    assert_eq!(log.offset_for_timestamp(TimestampMs(3000)).unwrap(), Some(Offset(3000)));
+
+    // Closed, the indexes are trimmed to their entries and trusted at the next open.
+    log.close().unwrap();
+    let reopened = std_open(&dir, config);
+    assert!(reopened.recovery_report().rebuilt_indexes.is_empty());
+    assert_eq!(reopened.read(Offset(3999), 1).unwrap().next_offset, Offset(4000));
+}
