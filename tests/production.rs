@@ -335,6 +335,40 @@ async fn scrape_status(address: std::net::SocketAddr, authorization: Option<&str
 }
 
 #[tokio::test]
+async fn metrics_show_the_process_the_build_and_the_browser_listeners_requests() {
+    install_prometheus();
+    let data = tempfile::tempdir().unwrap();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = metrics_listener.local_addr().unwrap();
+    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_listener.local_addr().unwrap();
+    let options = ServeOptions {
+        metrics: Some(metrics_listener),
+        http: Some(http_listener),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(data.path(), options).await;
+    for path in ["/v1/topics", "/v1/topics", "/nowhere"] {
+        let mut stream = TcpStream::connect(http).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.read_to_end(&mut Vec::new()).await.unwrap();
+    }
+    let body = scrape(address).await;
+    let requests = |labels: &str| sample(&body, &format!("spool_http_requests_total{{{labels}}}"));
+    assert!(requests(r#"route="/v1/topics",method="GET",status="200""#) >= Some(2.0), "{body}");
+    assert!(requests(r#"route="other",method="GET",status="404""#) >= Some(1.0), "{body}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(sample(&body, &format!("spool_build_info{{version=\"{version}\"}}")), Some(1.0));
+    for series in
+        ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"]
+    {
+        assert!(sample(&body, series).is_some_and(|v| v > 0.0), "{series}: {body}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn with_tokens_only_a_token_granted_metrics_may_scrape() {
     use spool_server::auth::{Authenticator, token_digest_hex};
     install_prometheus();

@@ -145,6 +145,11 @@ pub mod names {
     pub const TOKEN_FILE_LOADED: &str = "spool_token_file_loaded";
     /// Token file loads that failed since start (counter).
     pub const TOKEN_FILE_FAILURES: &str = "spool_token_file_failures_total";
+    /// Requests the browser listener answered, by `route` (the matched path pattern, or
+    /// `other`), `method` and `status` (counter).
+    pub const HTTP_REQUESTS: &str = "spool_http_requests_total";
+    /// Always 1, with the running build's `version` as a label (gauge).
+    pub const BUILD_INFO: &str = "spool_build_info";
     /// How long opening the data directory (recovery of every partition) took (gauge).
     pub const RECOVERY_SECONDS: &str = "spool_recovery_seconds";
     /// Partitions opened at start, by `outcome`: clean, recovered (after a crash), fenced.
@@ -236,6 +241,8 @@ pub fn install_prometheus_with_series_idle(
         })
         .expect("spawning a thread at start-up");
     describe::all();
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process_collector().describe();
     Ok(PROMETHEUS.get_or_init(|| handle).clone())
 }
 
@@ -491,6 +498,8 @@ mod describe {
         describe_gauge!(SUBSCRIBERS, "Open Subscribe streams.");
         describe_gauge!(CONNECTIONS, "Open client connections.");
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
+        describe_counter!(HTTP_REQUESTS, "Requests the browser listener answered.");
+        describe_gauge!(BUILD_INFO, "Always 1; the build's version is a label.");
         describe_gauge!(TOKEN_FILE_LOADED, "1 while the token file is loaded, 0 while it fails.");
         describe_counter!(TOKEN_FILE_FAILURES, "Token file loads that failed.");
         describe_counter!(CONNECTIONS_TIMED_OUT, "Connections closed by a timeout, by timeout.");
@@ -629,6 +638,28 @@ impl Connection {
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
         Connection(())
     }
+}
+
+/// The process_* series' collector, made once.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Sets the process_* series (CPU seconds, resident memory, open files and their limit,
+/// start time, threads) from /proc, before a scrape renders them.
+pub(crate) fn collect_process() {
+    process_collector().collect();
+}
+
+/// Counts one request the browser listener answered.
+pub(crate) fn http_request(route: &str, method: &str, status: u16) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
 }
 
 /// Records whether the token file loaded, at start and at every reload.

@@ -190,6 +190,7 @@ pub(crate) async fn serve_metrics(
             if let Some(topics) = topics.get() {
                 export_gauges(topics);
             }
+            crate::metrics::collect_process();
             prometheus.render().into_response()
         }
     };

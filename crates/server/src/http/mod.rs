@@ -310,10 +310,28 @@ async fn guard(
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match state.origins.check(request.method(), request.uri().path(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refused) => HttpError::from(refused).into_response(),
-    }
+    // Labels from a small, fixed set: the route's pattern, never the path a client sent.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |path| path.as_str())
+        .to_owned();
+    let method = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        _ => "other",
+    };
+    let response =
+        match state.origins.check(request.method(), request.uri().path(), request.headers()) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => HttpError::from(refused).into_response(),
+        };
+    crate::metrics::http_request(&route, method, response.status().as_u16());
+    response
 }
 
 #[derive(Debug, Deserialize)]
