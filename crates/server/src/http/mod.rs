@@ -5,7 +5,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /` | the page ([`page.html`](./page.html), built in, no build step) |
+//! | `GET /` | the page ([`page.html`](./page.html), built in, no build step); `?topic=T&partition=P&from=F` opens a view |
 //! | `GET /v1/topics` | the topics the caller may see, with their partition counts |
 //! | `GET /v1/topics/{topic}/partitions/{p}/records?offset=O&limit=N` | up to N records from O, and the partition's range |
 //! | `GET /v1/topics/{topic}/partitions/{p}/events?from=F` | Server-Sent Events ([`sse`]) |
