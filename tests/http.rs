@@ -124,6 +124,65 @@ async fn sse_refuses_bad_starts_with_statuses_a_person_can_act_on() {
     check("/v1/ws", None, StatusCode::BAD_REQUEST, "upgrade").await;
 }
 
+/// 2024-05-01T12:00:00Z, in milliseconds since the Unix epoch.
+const NOON_MS: i64 = 1_714_564_800_000;
+
+#[tokio::test]
+async fn from_takes_an_rfc_3339_time_as_the_cli_does() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("t", 1, Policy::Never(Never {})).await;
+    let stamped: Vec<_> = (0..4)
+        .map(|i| spool_proto::v1::Record {
+            timestamp_ms: Some(NOON_MS + (i - 1) * 60_000),
+            ..record(&format!("v{i}"))
+        })
+        .collect();
+    http.server.produce("t", None, stamped).await.unwrap();
+    // Noon UTC, the same instant in India (`+` encoded, as in any URL), and just after it.
+    for (from, first) in [
+        ("2024-05-01T12:00:00Z", 1),
+        ("2024-05-01T17:30:00%2B05:30", 1),
+        ("2024-05-01T12:00:00.001Z", 2),
+        ("2024-05-01T11:00:00-01:00", 1),
+    ] {
+        let mut sse =
+            http.sse(&format!("/v1/topics/t/partitions/0/events?from={from}"), None).await;
+        assert_eq!(sse.next().await.id, Some(first), "from={from}");
+    }
+    // The WebSocket's `from` is parsed the same way.
+    let mut socket = http.socket("?topic=t&partition=0&from=2024-05-01T12:01:00Z").await;
+    assert_eq!(socket.next().await["offset"], 2);
+    // A date alone is not a time; the error says what is.
+    let (status, body) = http.get("/v1/topics/t/partitions/0/events?from=2024-05-01").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("RFC 3339"), "{body}");
+}
+
+#[tokio::test]
+async fn a_method_an_endpoint_does_not_take_is_405_with_the_json_error() {
+    let data = tempfile::tempdir().unwrap();
+    let http = Browserside::open(data.path()).await;
+    http.server.create_topic("t", 1, Policy::Never(Never {})).await;
+    for (method, path, allowed) in [
+        (reqwest::Method::DELETE, "/v1/topics", "GET"),
+        (reqwest::Method::PUT, "/v1/topics/t/records", "POST"),
+        (reqwest::Method::DELETE, "/v1/topics/t/partitions/0/events", "GET"),
+    ] {
+        let response = http.client.request(method.clone(), http.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains(allowed), "{method} {path}: Allow {allow:?}");
+        assert!(
+            response.headers()["content-type"].to_str().unwrap().starts_with("application/json")
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], 405, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(path) && error.contains(method.as_str()), "{error:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_websocket_subscribes_produces_and_reports_errors_by_id() {
     let data = tempfile::tempdir().unwrap();

@@ -60,11 +60,11 @@ pub struct DiskArgs {
     /// temporary directory, where the in-process server runs.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// MiB written by each sequential measurement.
+    /// MiB written by each round of a sequential measurement (each takes 2 to 5 rounds).
     #[arg(long, default_value_t = 256)]
     pub disk_mib: u64,
-    /// Seconds each append-and-fdatasync measurement runs.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds each round of an append-and-fdatasync measurement runs (2 to 5 rounds).
+    #[arg(long, default_value_t = 1.0)]
     pub disk_seconds: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -134,11 +134,11 @@ pub struct WorkloadArgs {
     /// Skip the disk measurement that produce and e2e results are compared to.
     #[arg(long)]
     pub no_disk: bool,
-    /// MiB written by each sequential disk measurement.
+    /// MiB written by each round of a sequential disk measurement (2 to 5 rounds each).
     #[arg(long, default_value_t = 256)]
     pub disk_mib: u64,
-    /// Seconds each append-and-fdatasync disk measurement runs.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds each round of an append-and-fdatasync disk measurement runs (2 to 5 rounds).
+    #[arg(long, default_value_t = 1.0)]
     pub disk_seconds: f64,
     /// A running NATS server to use instead of starting `--nats-server`; its sync interval
     /// is then whatever it was started with, and `--nats-sync` only labels the results.
@@ -388,6 +388,11 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
             let limits = measure_disk(plan).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&limits).expect("serializable"));
+                // The table prints its warnings; JSON carries them in `warnings`, and a person
+                // watching should see them too.
+                for warning in &limits.warnings {
+                    eprintln!("WARNING: {warning}");
+                }
             } else {
                 print!("{}", report::disk_table(&limits));
             }
@@ -401,6 +406,12 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
 }
 
 async fn measure_disk(plan: DiskPlan) -> Result<DiskLimits, BenchError> {
+    // The measurement prints nothing until it is done: say what the silent seconds are.
+    eprintln!(
+        "measuring the disk under {} (4 measurements, 2 to {} rounds each)...",
+        plan.dir.display(),
+        disk::ROUNDS_MAX
+    );
     tokio::task::spawn_blocking(move || disk::measure(&plan))
         .await
         .map_err(|e| BenchError::Server(format!("the disk measurement panicked: {e}")))?
@@ -409,6 +420,13 @@ async fn measure_disk(plan: DiskPlan) -> Result<DiskLimits, BenchError> {
 /// Runs one workload against every target asked for, and prints the results.
 pub async fn run_workload(workload: Workload, args: WorkloadArgs) -> Result<(), BenchError> {
     let results = measure_workload(workload, &args).await?;
+    if args.json {
+        // Each table prints the disk's warnings; JSON carries them in `disk.warnings`.
+        let disk = results.first().and_then(|r| r.disk.as_ref());
+        for warning in disk.iter().flat_map(|d| &d.warnings) {
+            eprintln!("WARNING: the disk's figures: {warning}");
+        }
+    }
     for result in &results {
         if args.json {
             println!("{}", serde_json::to_string(result).expect("serializable"));

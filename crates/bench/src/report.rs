@@ -4,13 +4,69 @@
 
 use std::fmt::Write;
 
+use crate::disk::Rounds;
+use crate::stats::{samples_for, shows};
 use crate::{BenchResult, DiskLimits, LatencySummary};
 
+/// The percentiles a summary holds, by name.
+fn percentiles(latency: &LatencySummary) -> [(&'static str, f64, f64); 5] {
+    [
+        ("p50", 50.0, latency.p50),
+        ("p90", 90.0, latency.p90),
+        ("p99", 99.0, latency.p99),
+        ("p99.9", 99.9, latency.p999),
+        ("p99.99", 99.99, latency.p9999),
+    ]
+}
+
+/// A percentile's figure, or "n/a" when the samples are too few for it.
+fn percentile_cell(latency: &LatencySummary, percentile: f64, value: f64) -> String {
+    if shows(percentile, latency.samples) { format!("{value:.0}") } else { "n/a".into() }
+}
+
+/// The percentiles the samples support, the maximum, and which are left out, like
+/// "p50 120  p90 180  max 950; p99 and above n/a (412 samples)".
 fn latency_line(latency: &LatencySummary) -> String {
-    format!(
-        "p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  p99.99 {:.0}  max {:.0}",
-        latency.p50, latency.p90, latency.p99, latency.p999, latency.p9999, latency.max
-    )
+    let mut parts = Vec::new();
+    let mut first_missing = None;
+    for (name, percentile, value) in percentiles(latency) {
+        if shows(percentile, latency.samples) {
+            parts.push(format!("{name} {value:.0}"));
+        } else if first_missing.is_none() {
+            first_missing = Some(name);
+        }
+    }
+    parts.push(format!("max {:.0}", latency.max));
+    let mut line = parts.join("  ");
+    match first_missing {
+        Some("p99.99") => {
+            let _ = write!(line, "; p99.99 n/a ({} samples)", latency.samples);
+        }
+        Some(name) => {
+            let _ = write!(line, "; {name} and above n/a ({} samples)", latency.samples);
+        }
+        None => {}
+    }
+    line
+}
+
+/// Why some percentiles are "n/a", for the end of a table that has any.
+fn percentile_note(latencies: &[&LatencySummary]) -> Option<String> {
+    let hidden = latencies.iter().any(|l| !shows(99.99, l.samples));
+    hidden.then(|| {
+        format!(
+            "n/a: too few samples for that percentile; one needs 10 samples beyond it ({} for p99, {} for p99.99)",
+            samples_for(99.0),
+            samples_for(99.99)
+        )
+    })
+}
+
+/// A measurement's rounds, like "3 rounds: 1402, 1486, 1523".
+fn rounds_text(rounds: &Rounds) -> String {
+    let each: Vec<String> = rounds.each.iter().map(|f| format!("{f:.0}")).collect();
+    let settled = if rounds.settled { "" } else { ", did not settle" };
+    format!("{} rounds: {}{settled}", rounds.each.len(), each.join(", "))
 }
 
 /// One result as a table.
@@ -91,6 +147,9 @@ pub fn table(result: &BenchResult) -> String {
             vs.p50_minus_fdatasync_p50_us,
             disk.sync_4k.latency_us.p50
         );
+        for warning in &disk.warnings {
+            let _ = writeln!(out, "WARNING     the disk's figures: {warning}");
+        }
     }
     out.push('\n');
     out
@@ -105,16 +164,20 @@ pub fn comparison(results: &[BenchResult]) -> String {
         "target", "durability", "msg/s", "MB/s", "p50 µs", "p99 µs"
     );
     for r in results {
+        let l = &r.latency_us;
         let _ = writeln!(
             out,
-            "{:<8} {:<44} {:>12.0} {:>10.1} {:>10.0} {:>10.0}",
+            "{:<8} {:<44} {:>12.0} {:>10.1} {:>10} {:>10}",
             r.target,
             r.durability,
             r.msgs_per_sec,
             r.mb_per_sec,
-            r.latency_us.p50,
-            r.latency_us.p99
+            percentile_cell(l, 50.0, l.p50),
+            percentile_cell(l, 99.0, l.p99)
         );
+    }
+    if results.iter().any(|r| !shows(99.0, r.latency_us.samples)) {
+        let _ = writeln!(out, "(n/a: fewer than {} latency samples)", samples_for(99.0));
     }
     if let Some(first) = results.first() {
         for other in &results[1..] {
@@ -136,17 +199,31 @@ pub fn comparison(results: &[BenchResult]) -> String {
 pub fn disk_table(disk: &DiskLimits) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "== disk under {} ({})", disk.dir, disk.file_system);
-    let _ = writeln!(out, "buffered sequential write   {:.0} MB/s", disk.buffered_write_mb_per_sec);
-    let _ =
-        writeln!(out, "write then fdatasync        {:.0} MB/s", disk.write_fdatasync_mb_per_sec);
+    let _ = writeln!(
+        out,
+        "buffered sequential write   {:.0} MB/s ({})",
+        disk.buffered_write_mb_per_sec,
+        rounds_text(&disk.buffered_write_rounds)
+    );
+    let _ = writeln!(
+        out,
+        "write then fdatasync        {:.0} MB/s ({})",
+        disk.write_fdatasync_mb_per_sec,
+        rounds_text(&disk.write_fdatasync_rounds)
+    );
     for rate in [&disk.sync_4k, &disk.sync_64k] {
         let _ = writeln!(
             out,
-            "append {:>2} KiB + fdatasync   {:.0}/s, µs {}",
+            "append {:>2} KiB + fdatasync   {:.0}/s ({}), µs {}",
             rate.append_bytes / 1024,
             rate.fdatasync_per_sec,
+            rounds_text(&rate.rounds),
             latency_line(&rate.latency_us)
         );
+    }
+    let _ = writeln!(out, "(each figure is the median round)");
+    for warning in &disk.warnings {
+        let _ = writeln!(out, "WARNING: {warning}");
     }
     out
 }
@@ -162,13 +239,19 @@ const MARGIN: f64 = 50.0;
 const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
 
 /// A line plot of several series as an SVG element; `x_label` ticks come from `x_ticks`.
+/// A series of fewer than two points draws no line and is left out; `None` when none is left.
 fn svg_plot(
     title: &str,
     y_label: &str,
     series: &[(String, Vec<(f64, f64)>)],
     x_ticks: &[(f64, String)],
     log_y: bool,
-) -> String {
+) -> Option<String> {
+    let series: Vec<&(String, Vec<(f64, f64)>)> =
+        series.iter().filter(|(_, points)| points.len() >= 2).collect();
+    if series.is_empty() {
+        return None;
+    }
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x_max, mut y_min, mut y_max) = (0.0f64, f64::MAX, 0.0f64);
     for &(x, y) in points {
@@ -243,7 +326,7 @@ fn svg_plot(
         );
     }
     svg.push_str("</svg>");
-    svg
+    Some(svg)
 }
 
 fn format_number(value: f64) -> String {
@@ -305,44 +388,226 @@ pub fn html(results: &[BenchResult]) -> String {
         let l = &r.latency_us;
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td>{}<td>{:.0}</td><td>{}</td></tr>",
             escape(&r.target),
             escape(&r.durability),
             r.messages,
             r.seconds,
             r.msgs_per_sec,
             r.mb_per_sec,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.p9999,
+            percentiles(l)
+                .iter()
+                .map(|&(_, p, value)| format!("<td>{}</td>", percentile_cell(l, p, value)))
+                .collect::<String>(),
             l.max,
             r.vs_disk.map_or_else(|| "–".into(), |v| format!("{:.2}×", v.of_write_fdatasync))
         );
     }
     page.push_str("</table>\n");
+    let latencies: Vec<&LatencySummary> = results.iter().map(|r| &r.latency_us).collect();
+    if let Some(note) = percentile_note(&latencies) {
+        let _ = writeln!(page, "<p>{}</p>", escape(&note));
+    }
     if let Some(first) = results.first() {
         let _ = writeln!(page, "<p>Latency: {}.</p>", escape(first.latency_of));
     }
-    page.push_str(&svg_plot("Throughput over time", "messages/s", &throughput, &time_ticks, false));
-    page.push_str(&svg_plot(
-        "Latency by percentile",
-        "µs (log)",
-        &latency,
-        &percentile_ticks,
-        true,
-    ));
-    page.push_str(&svg_plot("Resident memory of the harness", "MiB", &memory, &time_ticks, false));
+    let plots = [
+        (
+            svg_plot("Throughput over time", "messages/s", &throughput, &time_ticks, false),
+            "throughput over time (one sample a second)",
+        ),
+        (
+            svg_plot("Latency by percentile", "µs (log)", &latency, &percentile_ticks, true),
+            "latency by percentile (too few samples)",
+        ),
+        (
+            svg_plot("Resident memory of the harness", "MiB", &memory, &time_ticks, false),
+            "resident memory (one sample a second)",
+        ),
+    ];
+    let mut left_out = Vec::new();
+    for (plot, name) in plots {
+        match plot {
+            Some(svg) => page.push_str(&svg),
+            None => left_out.push(name),
+        }
+    }
+    if !left_out.is_empty() {
+        let _ = writeln!(
+            page,
+            "<p>Not plotted, the run being too short: {}.</p>",
+            escape(&left_out.join("; "))
+        );
+    }
     if let Some(first) = results.first() {
-        let settings = serde_json::to_string_pretty(&first.settings).expect("serializable");
-        let machine = serde_json::to_string_pretty(&first.machine).expect("serializable");
-        let _ = writeln!(page, "<h2>Settings</h2><pre>{}</pre>", escape(&settings));
-        let _ = writeln!(page, "<h2>Machine</h2><pre>{}</pre>", escape(&machine));
+        let settings = serde_json::to_value(&first.settings).expect("serializable");
+        let machine = serde_json::to_value(&first.machine).expect("serializable");
+        let _ = writeln!(page, "<h2>Settings</h2>{}", fields_table(&settings));
+        let _ = writeln!(page, "<h2>Machine</h2>{}", fields_table(&machine));
         if let Some(disk) = &first.disk {
-            let _ = writeln!(page, "<h2>Disk</h2><pre>{}</pre>", escape(&disk_table(disk)));
+            let _ = writeln!(page, "<h2>Disk</h2>{}", disk_html(disk));
         }
     }
     page.push_str("</body></html>\n");
     page
+}
+
+/// A JSON object's fields as a two-column table, nested objects' fields named by their path
+/// ("build profile"); an absent value is "–".
+fn fields_table(value: &serde_json::Value) -> String {
+    fn rows(prefix: &str, value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, field) in fields {
+                    let name = name.replace('_', " ");
+                    let path = if prefix.is_empty() { name } else { format!("{prefix} {name}") };
+                    rows(&path, field, out);
+                }
+            }
+            serde_json::Value::Null => {
+                let _ = write!(out, "<tr><td>{}</td><td>–</td></tr>", escape(prefix));
+            }
+            serde_json::Value::String(text) => {
+                let _ =
+                    write!(out, "<tr><td>{}</td><td>{}</td></tr>", escape(prefix), escape(text));
+            }
+            other => {
+                let _ = write!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(prefix),
+                    escape(&other.to_string())
+                );
+            }
+        }
+    }
+    let mut out = String::from("<table>");
+    rows("", value, &mut out);
+    out.push_str("</table>");
+    out
+}
+
+/// The disk's figures as a table, with its warnings.
+fn disk_html(disk: &DiskLimits) -> String {
+    let mut out = format!(
+        "<p>Under {} ({}); each figure is the median round.</p>\
+         <table><tr><th>measurement</th><th>figure</th><th>rounds</th><th>latency µs</th></tr>",
+        escape(&disk.dir),
+        escape(&disk.file_system)
+    );
+    let sequential = [
+        ("buffered sequential write", disk.buffered_write_mb_per_sec, &disk.buffered_write_rounds),
+        ("write then fdatasync", disk.write_fdatasync_mb_per_sec, &disk.write_fdatasync_rounds),
+    ];
+    for (name, figure, rounds) in sequential {
+        let _ = write!(
+            out,
+            "<tr><td>{name}</td><td>{figure:.0} MB/s</td><td>{}</td><td>–</td></tr>",
+            escape(&rounds_text(rounds))
+        );
+    }
+    for rate in [&disk.sync_4k, &disk.sync_64k] {
+        let _ = write!(
+            out,
+            "<tr><td>append {} KiB + fdatasync</td><td>{:.0}/s</td><td>{}</td><td>{}</td></tr>",
+            rate.append_bytes / 1024,
+            rate.fdatasync_per_sec,
+            escape(&rounds_text(&rate.rounds)),
+            escape(&latency_line(&rate.latency_us))
+        );
+    }
+    out.push_str("</table>");
+    for warning in &disk.warnings {
+        let _ = write!(out, "<p><strong>WARNING:</strong> {}</p>", escape(warning));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AcksArg, Machine, Settings, Workload};
+
+    fn latency(samples: u64) -> LatencySummary {
+        LatencySummary {
+            p50: 100.0,
+            p90: 200.0,
+            p99: 300.0,
+            p999: 400.0,
+            p9999: 500.0,
+            max: 900.0,
+            mean: 120.0,
+            samples,
+        }
+    }
+
+    #[test]
+    fn a_latency_line_shows_only_what_its_samples_support() {
+        assert_eq!(
+            latency_line(&latency(100_000)),
+            "p50 100  p90 200  p99 300  p99.9 400  p99.99 500  max 900"
+        );
+        assert_eq!(latency_line(&latency(20)), "p50 100  max 900; p90 and above n/a (20 samples)");
+        assert_eq!(
+            latency_line(&latency(10_000)),
+            "p50 100  p90 200  p99 300  p99.9 400  max 900; p99.99 n/a (10000 samples)"
+        );
+    }
+
+    fn result(samples: u64, timeline: Vec<crate::Sample>) -> BenchResult {
+        let settings = Settings {
+            workload: Workload::E2e,
+            producers: 1,
+            consumers: 1,
+            partitions: 1,
+            message_size: 64,
+            batch: 1,
+            linger_ms: 0,
+            in_flight: 256,
+            acks: AcksArg::All,
+            fsync: "always".into(),
+            messages: Some(samples),
+            duration_seconds: None,
+            replay_seconds: None,
+            rate: Some(2000),
+        };
+        BenchResult {
+            workload: Workload::E2e,
+            target: "spool".into(),
+            durability: "fsync always, acks all".into(),
+            messages: samples,
+            bytes: samples * 64,
+            seconds: 0.02,
+            msgs_per_sec: 2000.0,
+            mb_per_sec: 0.128,
+            latency_us: latency(samples),
+            latency_of: "send to receipt",
+            settings,
+            machine: Machine::describe(std::path::Path::new("/")),
+            disk: None,
+            vs_disk: None,
+            timeline,
+            latency_percentiles: vec![(0.0, 50.0), (50.0, 100.0), (100.0, 900.0)],
+        }
+    }
+
+    #[test]
+    fn the_report_leaves_out_empty_plots_and_tabulates_settings() {
+        let one_sample = vec![crate::Sample {
+            seconds: 0.02,
+            msgs_per_sec: 2000.0,
+            mb_per_sec: 0.1,
+            rss_mib: 20.0,
+            cpu_cores: 0.5,
+        }];
+        let page = html(&[result(40, one_sample)]);
+        assert!(page.contains("Latency by percentile"), "{page}");
+        assert!(!page.contains("Throughput over time"), "a plot of one point is left out");
+        assert!(page.contains("Not plotted, the run being too short: throughput over time"));
+        assert!(page.contains("<td>n/a</td>") && page.contains("n/a: too few samples"));
+        assert!(page.contains("<tr><td>message size</td><td>64</td></tr>"), "{page}");
+        assert!(page.contains("<tr><td>duration seconds</td><td>–</td></tr>"), "{page}");
+        assert!(page.contains("<tr><td>build profile</td>"), "{page}");
+        assert!(!page.contains("<pre>") && !page.contains("\"message_size\""), "no raw JSON");
+    }
 }

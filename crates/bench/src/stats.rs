@@ -25,7 +25,8 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_NANOS_MAX, 3).expect("valid bounds and precision")
 }
 
-/// Latency percentiles, in microseconds.
+/// Latency percentiles, in microseconds. Every percentile is the histogram's, however few
+/// the samples; [`samples_for`] says which ones a person should be shown.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct LatencySummary {
     pub p50: f64,
@@ -58,14 +59,39 @@ impl LatencySummary {
     }
 }
 
-/// The latency at each of a fixed set of percentiles, for the percentile plot.
+/// How many samples above a percentile a figure for it must rest on: with fewer than 10 the
+/// "p99.99" of a short run is only its largest latency or two, under another name.
+const SAMPLES_ABOVE_PERCENTILE_MIN: f64 = 10.0;
+
+/// The samples a percentile needs before it is shown: 10 / (1 - q), so 20 for p50, 1,000 for
+/// p99 and 100,000 for p99.99. The minimum (p0) and maximum (p100) need one.
+pub fn samples_for(percentile: f64) -> u64 {
+    let above = 1.0 - percentile / 100.0;
+    if percentile <= 0.0 || above <= 0.0 {
+        return 1;
+    }
+    // Rounded: 1 - 0.99 is not exactly 0.01 in binary.
+    (SAMPLES_ABOVE_PERCENTILE_MIN / above).round() as u64
+}
+
+/// Whether `samples` latencies are enough to show `percentile`.
+pub fn shows(percentile: f64, samples: u64) -> bool {
+    samples >= samples_for(percentile)
+}
+
+/// The latency at each of a fixed set of percentiles that the samples support (see
+/// [`samples_for`]), for the percentile plot; the maximum is always there.
 pub fn percentile_spectrum(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     const PERCENTILES: [f64; 12] =
         [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0];
     if histogram.is_empty() {
         return Vec::new();
     }
-    PERCENTILES.iter().map(|&p| (p, histogram.value_at_percentile(p) as f64 / 1000.0)).collect()
+    PERCENTILES
+        .iter()
+        .filter(|&&p| shows(p, histogram.len()))
+        .map(|&p| (p, histogram.value_at_percentile(p) as f64 / 1000.0))
+        .collect()
 }
 
 /// Messages and payload bytes done so far, shared by a workload's tasks.
@@ -165,4 +191,33 @@ pub fn progress_bar(label: &str, messages: Option<u64>) -> ProgressBar {
         ),
     };
     bar.with_prefix(label.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percentile_needs_ten_samples_beyond_it() {
+        assert_eq!(samples_for(50.0), 20);
+        assert_eq!(samples_for(90.0), 100);
+        assert_eq!(samples_for(99.0), 1_000);
+        assert_eq!(samples_for(99.9), 10_000);
+        assert_eq!(samples_for(99.99), 100_000);
+        assert_eq!((samples_for(0.0), samples_for(100.0)), (1, 1));
+        assert!(shows(99.0, 1_000) && !shows(99.0, 999));
+        assert!(!shows(99.99, 20) && shows(50.0, 20) && shows(100.0, 1));
+    }
+
+    #[test]
+    fn the_spectrum_stops_where_the_samples_do() {
+        let mut histogram = new_histogram();
+        for nanos in 1..=150u64 {
+            histogram.saturating_record(nanos * 1000);
+        }
+        let percentiles: Vec<f64> =
+            percentile_spectrum(&histogram).iter().map(|&(p, _)| p).collect();
+        assert_eq!(percentiles, [0.0, 50.0, 75.0, 90.0, 100.0]);
+        assert!(percentile_spectrum(&new_histogram()).is_empty());
+    }
 }

@@ -21,7 +21,7 @@ use crate::error::{InvalidRequest, ServiceError, to_status};
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum BadRequest {
     #[error(
-        "`from` is {from:?}: use `earliest`, `latest`, an offset, or `time:MS` (milliseconds since the Unix epoch)"
+        "`from` is {from:?}: use `earliest`, `latest`, an offset, an RFC 3339 time like 2024-05-01T12:00:00Z (in a URL, `+` in a zone offset is %2B), or `time:MS` (milliseconds since the Unix epoch)"
     )]
     From { from: String },
     #[error("the Last-Event-ID header is {id:?}, which is not an offset this server sent")]
@@ -71,6 +71,8 @@ pub(crate) enum HttpError {
     Service(#[from] ServiceError),
     #[error("there is no endpoint at {path}: the page is at /, the API under /v1")]
     NoEndpoint { path: String },
+    #[error("{path} does not take {method}: the Allow header lists the methods it takes")]
+    MethodNotAllowed { method: String, path: String },
 }
 
 impl From<AuthError> for HttpError {
@@ -122,6 +124,7 @@ impl HttpError {
             }
             HttpError::Request(_) => StatusCode::BAD_REQUEST,
             HttpError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::Service(error) => match error {
                 ServiceError::Request(InvalidRequest::BatchTooLarge { .. })
                 | ServiceError::Append { source: AppendError::BatchTooLarge { .. }, .. } => {
@@ -227,5 +230,9 @@ mod tests {
             StatusCode::RANGE_NOT_SATISFIABLE,
         );
         check(ServiceError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE);
+        check(
+            HttpError::MethodNotAllowed { method: "PUT".into(), path: "/v1/topics".into() },
+            StatusCode::METHOD_NOT_ALLOWED,
+        );
     }
 }

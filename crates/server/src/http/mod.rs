@@ -5,7 +5,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /` | the page ([`page.html`](./page.html), built in, no build step) |
+//! | `GET /` | the page ([`page.html`](./page.html), built in, no build step); `?topic=T&partition=P&from=F` opens a view |
 //! | `GET /v1/topics` | the topics the caller may see, with their partition counts |
 //! | `GET /v1/topics/{topic}/partitions/{p}/records?offset=O&limit=N` | up to N records from O, and the partition's range |
 //! | `GET /v1/topics/{topic}/partitions/{p}/events?from=F` | Server-Sent Events ([`sse`]) |
@@ -489,6 +489,11 @@ async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError::NoEndpoint { path: uri.path().to_owned() }
 }
 
+/// A path that exists, asked with a method it does not take; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> HttpError {
+    HttpError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
+}
+
 fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/", get(page))
@@ -498,6 +503,8 @@ fn router(state: AppState) -> axum::Router {
         .route("/v1/topics/{topic}/partitions/{partition}/events", get(sse::events))
         .route("/v1/ws", get(ws::socket))
         .fallback(not_found)
+        // After the routes: it is given to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state)

@@ -223,15 +223,21 @@ pub(crate) enum Start {
 }
 
 impl Start {
-    /// `earliest`, `latest`, an offset, or `time:MS`; absent means `latest`.
+    /// `earliest`, `latest`, an offset, an RFC 3339 time (as the CLI's `--from` takes it), or
+    /// `time:MS`; absent means `latest`.
     pub(crate) fn parse(from: Option<&str>) -> Result<Start, BadRequest> {
         let bad = || BadRequest::From { from: from.unwrap_or_default().to_owned() };
         match from {
             None | Some("latest") => Ok(Start::Latest),
             Some("earliest") => Ok(Start::Earliest),
+            Some(from) if from.bytes().all(|b| b.is_ascii_digit()) => {
+                from.parse().map(Start::Offset).map_err(|_| bad())
+            }
             Some(from) => match from.strip_prefix("time:") {
                 Some(ms) => ms.parse().map(Start::TimestampMs).map_err(|_| bad()),
-                None => from.parse().map(Start::Offset).map_err(|_| bad()),
+                None => chrono::DateTime::parse_from_rfc3339(from)
+                    .map(|time| Start::TimestampMs(time.timestamp_millis()))
+                    .map_err(|_| bad()),
             },
         }
     }
@@ -276,6 +282,17 @@ mod tests {
         assert_eq!(Start::parse(Some("earliest")), Ok(Start::Earliest));
         assert_eq!(Start::parse(Some("42")), Ok(Start::Offset(42)));
         assert_eq!(Start::parse(Some("time:1700")), Ok(Start::TimestampMs(1700)));
+        assert_eq!(
+            Start::parse(Some("2024-05-01T12:00:00Z")),
+            Ok(Start::TimestampMs(1_714_564_800_000))
+        );
+        assert_eq!(
+            Start::parse(Some("2024-05-01T17:30:00.250+05:30")),
+            Ok(Start::TimestampMs(1_714_564_800_250))
+        );
+        assert!(Start::parse(Some("2024-05-01")).is_err());
+        assert!(Start::parse(Some("2024-05-01T17:30:00 05:30")).is_err());
+        assert!(Start::parse(Some("")).is_err());
         assert!(Start::parse(Some("-1")).is_err());
         assert!(Start::parse(Some("time:x")).is_err());
         assert_eq!(Start::after_event("41"), Ok(Start::Offset(42)));
