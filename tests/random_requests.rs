@@ -374,6 +374,7 @@ async fn run(
                     group: NAMES[*group].0.into(),
                     topic: NAMES[*name].0.into(),
                     to: to.map(|position| StartPosition { position: Some(position) }),
+                    partition: None,
                 };
                 match call(groups.reset_group(request)).await {
                     Ok(_) => {

@@ -456,12 +456,50 @@ pub(crate) fn written(outcome: std::io::Result<()>) -> anyhow::Result<Written> {
     }
 }
 
+/// `--from OFFSET` without `--partition` starts every partition at that offset (offsets are
+/// per partition, so it means "skip the first OFFSET records of each"); a partition whose log
+/// does not hold it is refused before anything is printed, rather than ending the command
+/// partway with OUT_OF_RANGE or being moved silently to its nearest end.
+fn check_offset_in_every_partition(topic: &TopicInfo, offset: u64) -> anyhow::Result<()> {
+    let outside: Vec<String> = topic
+        .partition_states
+        .iter()
+        .filter(|p| !(p.log_start_offset..=p.log_end_offset).contains(&offset))
+        .map(|p| match p.log_start_offset == p.log_end_offset {
+            true => format!(
+                "partition {} holds no records (its next offset is {})",
+                p.partition, p.log_end_offset
+            ),
+            false => format!(
+                "partition {} holds offsets {} to {}",
+                p.partition,
+                p.log_start_offset,
+                p.log_end_offset - 1
+            ),
+        })
+        .collect();
+    if !outside.is_empty() {
+        bail!(
+            "--from {offset} applies to every partition of {}, but {}: add --partition, or start at earliest, latest or a time",
+            topic.name,
+            outside.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn consume(server: &ServerArg, options: ConsumeOptions) -> anyhow::Result<()> {
     let start = parse_from("--from", &options.from)?;
     let client = connect(server).await?;
     let partitions = match options.partition {
         Some(partition) => vec![partition],
-        None => (0..client.describe_topic(&options.topic).await?.partitions).collect(),
+        None => {
+            let topic = client.describe_topic(&options.topic).await?;
+            if let StartAt::Offset(offset) = start {
+                check_offset_in_every_partition(&topic, offset)?;
+            }
+            (0..topic.partitions).collect()
+        }
     };
     let follow = if options.follow { Follow::Live } else { Follow::UntilEnd };
     // One task per partition polls its subscription; the answers meet in one queue, each

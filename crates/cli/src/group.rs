@@ -1,5 +1,5 @@
 //! `spool consume TOPIC --group G` (a group member that prints what it is given) and
-//! `spool group list|describe|reset`.
+//! `spool group list|describe|reset|delete`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -15,20 +15,27 @@ use crate::{Format, ServerArg, out};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GroupCommand {
-    /// List every group: those with members and those with committed offsets only.
+    /// List every group: those with members and those with committed offsets only (for
+    /// these, `topics` are the topics they committed offsets for).
     List,
     /// Show a group's members, assignments, and per partition the committed offset and lag.
     Describe { group: String },
-    /// Move a group's committed offsets for every partition of a topic. Refused while the
-    /// group has members.
+    /// Move a group's committed offsets for every partition of a topic, or for one. Refused
+    /// while the group has members.
     Reset {
         group: String,
         #[arg(long)]
         topic: String,
+        /// Only this partition; the others keep their committed offsets.
+        #[arg(long)]
+        partition: Option<u32>,
         /// earliest, latest, an offset, or an RFC 3339 time.
         #[arg(long)]
         to: String,
     },
+    /// Delete a group: forget its committed offsets, for good. Refused while the group has
+    /// members. Prints the offsets it had, to reset a new group to them if needed.
+    Delete { group: String },
 }
 
 /// When `spool consume --group` commits what it printed.
@@ -202,10 +209,23 @@ pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::
                 );
             }
         }
-        GroupCommand::Reset { group, topic, to } => {
+        GroupCommand::Reset { group, topic, partition, to } => {
             let to = parse_from("--to", &to)?;
-            for (partition, offset) in client.reset_group(&group, &topic, to).await? {
+            let reset = match partition {
+                Some(partition) => {
+                    client.reset_group_partition(&group, &topic, partition, to).await?
+                }
+                None => client.reset_group(&group, &topic, to).await?,
+            };
+            for (partition, offset) in reset {
                 out!("{group}\t{}/{}\tcommitted={offset}", partition.topic, partition.partition);
+            }
+        }
+        GroupCommand::Delete { group } => {
+            let forgotten = client.delete_group(&group).await?;
+            out!("deleted {group}");
+            for (partition, offset) in forgotten {
+                out!("  partition {}/{}\tcommitted={offset}", partition.topic, partition.partition);
             }
         }
     }

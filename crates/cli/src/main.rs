@@ -99,7 +99,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000, requires = "group")]
         session_timeout_ms: u32,
     },
-    /// List, describe or reset consumer groups.
+    /// List, describe, reset or delete consumer groups.
     Group {
         #[command(flatten)]
         server: ServerArg,
