@@ -7,10 +7,13 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use spool_client::{
-    GroupConfig, GroupEvent, GroupInfo, GroupRecord, Header, OffsetReset, StartAt, TopicPartition,
+    GroupConfig, GroupEvent, GroupInfo, GroupRecord, Header, OffsetReset, Reconnect,
+    ReconnectEvent, StartAt, TopicPartition,
 };
 
-use crate::client::{Printed, Written, connect, parse_from, write_record, written};
+use crate::client::{
+    Printed, Written, connect, parse_from, report_reconnect, server_url, write_record, written,
+};
 use crate::{Format, ServerArg, out};
 
 #[derive(Debug, Subcommand)]
@@ -112,14 +115,40 @@ pub(crate) async fn consume(
     // commits what was printed and leaves the group.
     let interrupted = crate::stop_requested();
     tokio::pin!(interrupted);
+    // With --follow, a lost server is waited for: the member joins again and skips what it
+    // printed before (committing past it), so nothing is printed twice.
+    let reconnect = Reconnect::default();
+    let url = server_url(&server.server);
+    let report = |event: &ReconnectEvent| {
+        let resuming = match event {
+            ReconnectEvent::Waiting { resume_at, .. } if !resume_at.is_empty() => {
+                let at: Vec<String> = resume_at
+                    .iter()
+                    .map(|(p, offset)| format!("{} at offset {offset}", partition_name(p)))
+                    .collect();
+                format!("rejoining group {}, resuming {}", options.group, at.join(", "))
+            }
+            ReconnectEvent::Waiting { .. } => {
+                format!("rejoining group {} at its committed offsets", options.group)
+            }
+            ReconnectEvent::Reconnected { .. } => format!("rejoined group {}", options.group),
+        };
+        report_reconnect(&url, &resuming, event);
+    };
     loop {
         if options.count.is_some_and(|count| printed >= count)
             || (!options.follow && consumer.caught_up())
         {
             break;
         }
+        let polled = async {
+            match options.follow {
+                true => consumer.poll_reconnecting(&reconnect, report).await,
+                false => consumer.poll().await,
+            }
+        };
         let event = tokio::select! {
-            event = consumer.poll() => event?,
+            event = polled => event?,
             _ = &mut interrupted => break,
         };
         let records = match event {

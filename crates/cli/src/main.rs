@@ -80,7 +80,9 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
-        /// Keep following the end of the partitions instead of stopping there.
+        /// Keep following the end of the partitions instead of stopping there. A server that
+        /// goes away (a restart) is waited for, with a line on standard error: then it
+        /// resumes after the last event printed.
         #[arg(long)]
         follow: bool,
         /// `value` prints the value; `json` prints an object with topic, partition, offset,
