@@ -74,7 +74,8 @@ enum Command {
         /// Only this partition; without it, every partition.
         #[arg(long)]
         partition: Option<u32>,
-        /// Where to start: earliest, latest, an offset, or an RFC 3339 time.
+        /// Where to start: earliest, latest, an offset (without --partition, the same offset
+        /// in every partition, each of which must hold it), or an RFC 3339 time.
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Stop after this many events.
