@@ -131,7 +131,12 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     let channel = server.channel().await;
     let mut groups = GroupServiceClient::new(channel.clone());
     groups
-        .reset_group(ResetGroupRequest { group: "idle".into(), topic: "t".into(), to: None })
+        .reset_group(ResetGroupRequest {
+            group: "idle".into(),
+            topic: "t".into(),
+            to: None,
+            partition: None,
+        })
         .await
         .unwrap();
 

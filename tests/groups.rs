@@ -25,9 +25,9 @@ use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::start_position::{Earliest, Position};
 use spool_proto::v1::{
-    CommitOffsets, DescribeGroupRequest, GroupDescription, GroupState, Heartbeat, JoinGroup, Leave,
-    ListGroupsRequest, MemberRequest, PartitionOffset, ResetGroupRequest, RevocationDone,
-    StartPosition, TopicPartition,
+    CommitOffsets, DeleteGroupRequest, DescribeGroupRequest, GroupDescription, GroupState,
+    Heartbeat, JoinGroup, Leave, ListGroupsRequest, MemberRequest, PartitionOffset,
+    ResetGroupRequest, RevocationDone, StartPosition, TopicPartition,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -596,6 +596,7 @@ async fn groups_are_listed_described_and_reset_only_when_empty() {
         group: "g".into(),
         topic: "t".into(),
         to: Some(StartPosition { position: Some(to) }),
+        partition: None,
     };
     let refused = groups.reset_group(reset(Position::Earliest(Earliest {}))).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -614,6 +615,77 @@ async fn groups_are_listed_described_and_reset_only_when_empty() {
     let missing =
         groups.describe_group(DescribeGroupRequest { group: "nope".into() }).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+    server.shutdown().await;
+}
+
+/// A group is deleted only without members, and stays deleted after a restart: a member that
+/// joins it later starts from its reset choice. Before that, one partition is reset alone, and
+/// the list shows the topics of the group without members.
+#[tokio::test]
+async fn a_group_is_deleted_only_when_empty_and_stays_deleted_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 2, always()).await;
+    produce_round(&server, 2, 0, 3).await;
+    let shared = Arc::new(Shared::default());
+    let a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
+    wait_stable(&server, &shared, "g", &["a"], 2).await;
+    shared.wait_for("commits", |o| o.committed.values().filter(|c| **c == 3).count() == 2).await;
+    let mut groups = GroupServiceClient::new(server.channel().await);
+    let delete = |group: &str| DeleteGroupRequest { group: group.into() };
+    let refused = groups.delete_group(delete("g")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("1 live members"), "{refused:?}");
+    let unknown = groups.delete_group(delete("nope")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let bad = groups.delete_group(delete("a/b")).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    a.commands.send(Command::Leave).await.unwrap();
+    shared.wait_for("a to leave", |o| o.members["a"].ended.is_some()).await;
+
+    let listed = groups.list_groups(ListGroupsRequest {}).await.unwrap().into_inner().groups;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, GroupState::Empty as i32);
+    assert_eq!(listed[0].topics, ["t"], "the topics of its committed offsets");
+
+    let reset_partition = |partition: u32| ResetGroupRequest {
+        group: "g".into(),
+        topic: "t".into(),
+        to: Some(StartPosition { position: Some(Position::Offset(1)) }),
+        partition: Some(partition),
+    };
+    let reset = groups.reset_group(reset_partition(1)).await.unwrap().into_inner();
+    assert_eq!(
+        reset.offsets,
+        [PartitionOffset { topic: "t".into(), partition: 1, offset: 1 }],
+        "only the partition named"
+    );
+    let committed: Vec<Option<u64>> =
+        describe(&server, "g").await.partitions.iter().map(|p| p.committed_offset).collect();
+    assert_eq!(committed, [Some(3), Some(1)]);
+    let missing = groups.reset_group(reset_partition(2)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    let deleted = groups.delete_group(delete("g")).await.unwrap().into_inner();
+    assert_eq!(
+        deleted.offsets.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(),
+        [(0, 3), (1, 1)]
+    );
+    let gone = groups.describe_group(DescribeGroupRequest { group: "g".into() }).await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+    assert!(groups.list_groups(ListGroupsRequest {}).await.unwrap().into_inner().groups.is_empty());
+    let again = groups.delete_group(delete("g")).await.unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "{again:?}");
+    server.shutdown().await;
+
+    let server = TestServer::start(data.path()).await;
+    let mut groups = GroupServiceClient::new(server.channel().await);
+    assert!(groups.list_groups(ListGroupsRequest {}).await.unwrap().into_inner().groups.is_empty());
+    // A new member of g starts at the reset choice (earliest): every record again.
+    let rejoined = Arc::new(Shared::default());
+    let _b = TestMember::join(&rejoined, server.channel().await, "b", "g", 10_000).await;
+    wait_stable(&server, &rejoined, "g", &["b"], 2).await;
+    assert_all_delivered(&rejoined, &produced(2, 1, 3));
     server.shutdown().await;
 }
 

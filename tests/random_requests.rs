@@ -35,10 +35,10 @@ use spool_proto::v1::member_event::Kind as EventKind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::{
-    Acks, AlterTopicRequest, CommitOffsets, CommitResult, CreateTopicRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeTopicRequest, Encoding, FetchRequest, Header, JoinGroup, Leave,
-    MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp, Record, RecordList,
-    ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
+    Acks, AlterTopicRequest, CommitOffsets, CommitResult, CreateTopicRequest, DeleteGroupRequest,
+    DeleteTopicRequest, DescribeGroupRequest, DescribeTopicRequest, Encoding, FetchRequest, Header,
+    JoinGroup, Leave, MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp,
+    Record, RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_storage::batch::ProducerStamp;
 use tokio::sync::mpsc;
@@ -357,6 +357,18 @@ async fn run(
                     Ok(None) => {}
                 }
             }
+            Op::DeleteGroup { group } => {
+                let request = DeleteGroupRequest { group: NAMES[*group].0.into() };
+                match call(groups.delete_group(request)).await {
+                    Ok(_) => prop_assert!(NAMES[*group].1, "{op:?} accepted"),
+                    Err(status) => {
+                        actionable(op, &status)?;
+                        if !NAMES[*group].1 {
+                            prop_assert_eq!(status.code(), Code::InvalidArgument);
+                        }
+                    }
+                }
+            }
             Op::DescribeGroup { group } => {
                 let request = DescribeGroupRequest { group: NAMES[*group].0.into() };
                 match call(groups.describe_group(request)).await {
@@ -369,11 +381,12 @@ async fn run(
                     }
                 }
             }
-            Op::ResetGroup { group, name, to } => {
+            Op::ResetGroup { group, name, to, partition } => {
                 let request = ResetGroupRequest {
                     group: NAMES[*group].0.into(),
                     topic: NAMES[*name].0.into(),
                     to: to.map(|position| StartPosition { position: Some(position) }),
+                    partition: *partition,
                 };
                 match call(groups.reset_group(request)).await {
                     Ok(_) => {

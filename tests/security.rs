@@ -522,6 +522,22 @@ async fn a_group_describes_only_the_topics_its_caller_may_see() {
     let listed = billing.list_groups().await.unwrap();
     assert!(listed.iter().all(|g| g.topics.is_empty()), "{listed:?}");
     member.close().await.unwrap();
+
+    // Without members the group's topics are those of its committed offsets, hidden alike.
+    admin.reset_group("billing-1", "secret", spool_client::StartAt::Earliest).await.unwrap();
+    let listed = admin.list_groups().await.unwrap();
+    assert_eq!(listed.iter().map(|g| g.topics.clone()).collect::<Vec<_>>(), [["secret"]]);
+    let listed = billing.list_groups().await.unwrap();
+    assert!(listed.iter().all(|g| g.topics.is_empty()), "{listed:?}");
+    // Deleting takes the `administer` grant on the group, as a reset does.
+    let refused = billing.delete_group("billing-1").await.unwrap_err();
+    let spool_client::AdminError::Rejected(error) = refused;
+    assert_eq!(error.code, spool_client::ErrorCode::PermissionDenied, "{error}");
+    assert!(error.message.contains("may not administer group billing-1"), "{error}");
+    assert_eq!(admin.list_groups().await.unwrap().len(), 1, "a refused deletion changes nothing");
+    let deleted = admin.delete_group("billing-1").await.unwrap();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(admin.list_groups().await.unwrap().is_empty());
     server.shutdown().await;
 }
 

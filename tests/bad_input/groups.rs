@@ -6,8 +6,8 @@ use spool_proto::v1::member_event::Kind as EventKind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::{
-    CommitOffsets, DescribeGroupRequest, JoinGroup, MemberRequest, PartitionOffset,
-    ResetGroupRequest, StartPosition,
+    CommitOffsets, DeleteGroupRequest, DescribeGroupRequest, JoinGroup, MemberRequest,
+    PartitionOffset, ResetGroupRequest, StartPosition,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -155,6 +155,7 @@ pub fn group_rows(c: &Clients) -> Vec<Row> {
         group: group.into(),
         topic: topic.into(),
         to: to.map(|position| StartPosition { position: Some(position) }),
+        partition: None,
     };
     for (what, code, message_has, request) in [
         (
@@ -166,10 +167,25 @@ pub fn group_rows(c: &Clients) -> Vec<Row> {
         ("of an unknown topic", Code::NotFound, "nope", reset("idle", "nope", None)),
         ("of topic ../t", Code::InvalidArgument, "topic name", reset("idle", "../t", None)),
         ("of group \"\"", Code::InvalidArgument, "group name", reset("", "t", None)),
+        (
+            "of partition 7 of a one-partition topic",
+            Code::NotFound,
+            "partition 7",
+            ResetGroupRequest { partition: Some(7), ..reset("idle", "t", None) },
+        ),
     ] {
         let mut groups = c.groups.clone();
         let call = async move { groups.reset_group(request).await };
         rows.push(row(format!("ResetGroup {what}"), code, message_has, call));
+    }
+    for (what, code, message_has, group) in [
+        ("of group ../g", Code::InvalidArgument, "group name", "../g"),
+        ("of an unknown group", Code::NotFound, "unheard", "unheard"),
+    ] {
+        let mut groups = c.groups.clone();
+        let call =
+            async move { groups.delete_group(DeleteGroupRequest { group: group.into() }).await };
+        rows.push(row(format!("DeleteGroup {what}"), code, message_has, call));
     }
     rows
 }

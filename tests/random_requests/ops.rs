@@ -220,6 +220,10 @@ pub enum Op {
         group: usize,
         name: usize,
         to: Option<Position>,
+        partition: Option<u32>,
+    },
+    DeleteGroup {
+        group: usize,
     },
 }
 
@@ -285,8 +289,9 @@ pub fn op() -> impl Strategy<Value = Op> {
                 group, topics, session_timeout_ms, reset, encoding, commit,
             }),
         1 => name().prop_map(|group| Op::DescribeGroup { group }),
-        1 => (name(), name(), position)
-            .prop_map(|(group, name, to)| Op::ResetGroup { group, name, to }),
+        1 => (name(), name(), position, prop::option::weighted(0.3, partition()))
+            .prop_map(|(group, name, to, partition)| Op::ResetGroup { group, name, to, partition }),
+        1 => name().prop_map(|group| Op::DeleteGroup { group }),
     ]
 }
 

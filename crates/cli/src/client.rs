@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use spool_client::{
     Acks, Client, ConnectOptions, Delivery, Follow, Fsync, Header, ProduceError, ProducerConfig,
-    Record, StartAt, TopicChange, TopicInfo, TopicSettings,
+    Reconnect, ReconnectEvent, Record, StartAt, TopicChange, TopicInfo, TopicSettings,
 };
 use spool_proto::limits::BATCH_BYTES_MAX;
 use tokio::sync::mpsc;
@@ -456,23 +456,109 @@ pub(crate) fn written(outcome: std::io::Result<()>) -> anyhow::Result<Written> {
     }
 }
 
+/// The server's URL as the client reads `--server` (no scheme means `http://`).
+pub(crate) fn server_url(server: &str) -> String {
+    if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
+}
+
+/// A wait as a person reads it: 100ms, 1.6s, 5s.
+fn human(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{:.1}s", duration.as_secs_f64()),
+    }
+}
+
+/// One line on standard error per wait for a lost server, and one once it is back:
+/// `resuming` says where consumption goes on.
+pub(crate) fn report_reconnect(server: &str, resuming: &str, event: &ReconnectEvent) {
+    match event {
+        ReconnectEvent::Waiting { error, retry_in, .. } => eprintln!(
+            "spool: lost the server at {server}: {error}; retrying in {} ({resuming})",
+            human(*retry_in)
+        ),
+        ReconnectEvent::Reconnected { attempts } => {
+            let tries = if *attempts == 1 { "1 attempt" } else { &format!("{attempts} attempts") };
+            eprintln!("spool: reconnected to {server} after {tries} ({resuming})")
+        }
+    }
+}
+
+/// `--from OFFSET` without `--partition` starts every partition at that offset (offsets are
+/// per partition, so it means "skip the first OFFSET records of each"); a partition whose log
+/// does not hold it is refused before anything is printed, rather than ending the command
+/// partway with OUT_OF_RANGE or being moved silently to its nearest end.
+fn check_offset_in_every_partition(topic: &TopicInfo, offset: u64) -> anyhow::Result<()> {
+    let outside: Vec<String> = topic
+        .partition_states
+        .iter()
+        .filter(|p| !(p.log_start_offset..=p.log_end_offset).contains(&offset))
+        .map(|p| match p.log_start_offset == p.log_end_offset {
+            true => format!(
+                "partition {} holds no records (its next offset is {})",
+                p.partition, p.log_end_offset
+            ),
+            false => format!(
+                "partition {} holds offsets {} to {}",
+                p.partition,
+                p.log_start_offset,
+                p.log_end_offset - 1
+            ),
+        })
+        .collect();
+    if !outside.is_empty() {
+        bail!(
+            "--from {offset} applies to every partition of {}, but {}: add --partition, or start at earliest, latest or a time",
+            topic.name,
+            outside.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn consume(server: &ServerArg, options: ConsumeOptions) -> anyhow::Result<()> {
     let start = parse_from("--from", &options.from)?;
     let client = connect(server).await?;
     let partitions = match options.partition {
         Some(partition) => vec![partition],
-        None => (0..client.describe_topic(&options.topic).await?.partitions).collect(),
+        None => {
+            let topic = client.describe_topic(&options.topic).await?;
+            if let StartAt::Offset(offset) = start {
+                check_offset_in_every_partition(&topic, offset)?;
+            }
+            (0..topic.partitions).collect()
+        }
     };
     let follow = if options.follow { Follow::Live } else { Follow::UntilEnd };
     // One task per partition polls its subscription; the answers meet in one queue, each
-    // partition's in order.
+    // partition's in order. A follower rides out a server restart: it subscribes again after
+    // the last record it handed out, which was printed before it polled again.
     let (polled_tx, mut polled) = mpsc::channel(partitions.len().max(1) * 2);
     for partition in partitions {
         let mut consumer = client.subscribe(&options.topic, partition, start, follow).await?;
         let polled_tx = polled_tx.clone();
+        let server = server_url(&server.server);
         tokio::spawn(async move {
+            let reconnect = Reconnect::default();
+            let report = |event: &ReconnectEvent| {
+                let resuming = match event {
+                    ReconnectEvent::Waiting { resume_at, .. } => match resume_at.first() {
+                        Some((_, offset)) => {
+                            format!("resuming partition {partition} at offset {offset}")
+                        }
+                        None => format!("resuming partition {partition} where it started"),
+                    },
+                    ReconnectEvent::Reconnected { .. } => format!("partition {partition}"),
+                };
+                report_reconnect(&server, &resuming, event);
+            };
             loop {
-                let next = consumer.poll().await;
+                let next = match follow {
+                    Follow::Live => consumer.poll_reconnecting(&reconnect, report).await,
+                    Follow::UntilEnd => consumer.poll().await,
+                };
                 let last = !matches!(next, Ok(Some(_)));
                 if polled_tx.send((partition, next)).await.is_err() || last {
                     return;

@@ -1,5 +1,5 @@
 //! `spool consume TOPIC --group G` (a group member that prints what it is given) and
-//! `spool group list|describe|reset`.
+//! `spool group list|describe|reset|delete`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,28 +7,38 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use spool_client::{
-    GroupConfig, GroupEvent, GroupInfo, GroupRecord, Header, OffsetReset, StartAt, TopicPartition,
+    GroupConfig, GroupEvent, GroupInfo, GroupRecord, Header, OffsetReset, Reconnect,
+    ReconnectEvent, StartAt, TopicPartition,
 };
 
-use crate::client::{Printed, Written, connect, parse_from, write_record, written};
+use crate::client::{
+    Printed, Written, connect, parse_from, report_reconnect, server_url, write_record, written,
+};
 use crate::{Format, ServerArg, out};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GroupCommand {
-    /// List every group: those with members and those with committed offsets only.
+    /// List every group: those with members and those with committed offsets only (for
+    /// these, `topics` are the topics they committed offsets for).
     List,
     /// Show a group's members, assignments, and per partition the committed offset and lag.
     Describe { group: String },
-    /// Move a group's committed offsets for every partition of a topic. Refused while the
-    /// group has members.
+    /// Move a group's committed offsets for every partition of a topic, or for one. Refused
+    /// while the group has members.
     Reset {
         group: String,
         #[arg(long)]
         topic: String,
+        /// Only this partition; the others keep their committed offsets.
+        #[arg(long)]
+        partition: Option<u32>,
         /// earliest, latest, an offset, or an RFC 3339 time.
         #[arg(long)]
         to: String,
     },
+    /// Delete a group: forget its committed offsets, for good. Refused while the group has
+    /// members. Prints the offsets it had, to reset a new group to them if needed.
+    Delete { group: String },
 }
 
 /// When `spool consume --group` commits what it printed.
@@ -105,14 +115,40 @@ pub(crate) async fn consume(
     // commits what was printed and leaves the group.
     let interrupted = crate::stop_requested();
     tokio::pin!(interrupted);
+    // With --follow, a lost server is waited for: the member joins again and skips what it
+    // printed before (committing past it), so nothing is printed twice.
+    let reconnect = Reconnect::default();
+    let url = server_url(&server.server);
+    let report = |event: &ReconnectEvent| {
+        let resuming = match event {
+            ReconnectEvent::Waiting { resume_at, .. } if !resume_at.is_empty() => {
+                let at: Vec<String> = resume_at
+                    .iter()
+                    .map(|(p, offset)| format!("{} at offset {offset}", partition_name(p)))
+                    .collect();
+                format!("rejoining group {}, resuming {}", options.group, at.join(", "))
+            }
+            ReconnectEvent::Waiting { .. } => {
+                format!("rejoining group {} at its committed offsets", options.group)
+            }
+            ReconnectEvent::Reconnected { .. } => format!("rejoined group {}", options.group),
+        };
+        report_reconnect(&url, &resuming, event);
+    };
     loop {
         if options.count.is_some_and(|count| printed >= count)
             || (!options.follow && consumer.caught_up())
         {
             break;
         }
+        let polled = async {
+            match options.follow {
+                true => consumer.poll_reconnecting(&reconnect, report).await,
+                false => consumer.poll().await,
+            }
+        };
         let event = tokio::select! {
-            event = consumer.poll() => event?,
+            event = polled => event?,
             _ = &mut interrupted => break,
         };
         let records = match event {
@@ -202,10 +238,23 @@ pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::
                 );
             }
         }
-        GroupCommand::Reset { group, topic, to } => {
+        GroupCommand::Reset { group, topic, partition, to } => {
             let to = parse_from("--to", &to)?;
-            for (partition, offset) in client.reset_group(&group, &topic, to).await? {
+            let reset = match partition {
+                Some(partition) => {
+                    client.reset_group_partition(&group, &topic, partition, to).await?
+                }
+                None => client.reset_group(&group, &topic, to).await?,
+            };
+            for (partition, offset) in reset {
                 out!("{group}\t{}/{}\tcommitted={offset}", partition.topic, partition.partition);
+            }
+        }
+        GroupCommand::Delete { group } => {
+            let forgotten = client.delete_group(&group).await?;
+            out!("deleted {group}");
+            for (partition, offset) in forgotten {
+                out!("  partition {}/{}\tcommitted={offset}", partition.topic, partition.partition);
             }
         }
     }

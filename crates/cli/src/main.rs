@@ -74,13 +74,16 @@ enum Command {
         /// Only this partition; without it, every partition.
         #[arg(long)]
         partition: Option<u32>,
-        /// Where to start: earliest, latest, an offset, or an RFC 3339 time.
+        /// Where to start: earliest, latest, an offset (without --partition, the same offset
+        /// in every partition, each of which must hold it), or an RFC 3339 time.
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
-        /// Keep following the end of the partitions instead of stopping there.
+        /// Keep following the end of the partitions instead of stopping there. A server that
+        /// goes away (a restart) is waited for, with a line on standard error: then it
+        /// resumes after the last event printed.
         #[arg(long)]
         follow: bool,
         /// `value` prints the value; `json` prints an object with topic, partition, offset,
@@ -99,7 +102,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000, requires = "group")]
         session_timeout_ms: u32,
     },
-    /// List, describe or reset consumer groups.
+    /// List, describe, reset or delete consumer groups.
     Group {
         #[command(flatten)]
         server: ServerArg,

@@ -61,6 +61,22 @@ fn produce_and_consume_through_the_spool_binary() {
         stdout(&served.spool(&["consume", "orders", "--from", "2000-01-01T00:00:00Z"], ""));
     assert_eq!(everything.lines().count(), 3);
 
+    // An offset without --partition starts every partition there, when each one holds it.
+    served.ok(&["produce", "orders", "--partition", "0"], "zero\n");
+    let from_one = served.ok(&["consume", "orders", "--from", "1"], "");
+    assert_eq!(from_one, "second order\nthird order\n");
+    let past_one = served.spool(&["consume", "orders", "--from", "2"], "");
+    assert!(!past_one.status.success());
+    let message = String::from_utf8(past_one.stderr).unwrap();
+    assert!(
+        message.contains("--from 2 applies to every partition of orders, but partition 0 holds offsets 0 to 0: add --partition"),
+        "{message}"
+    );
+    assert_eq!(
+        served.ok(&["consume", "orders", "--from", "2", "--partition", "1"], ""),
+        "third order\n"
+    );
+
     let described = stdout(&served.spool(&["topic", "describe", "orders"], ""));
     assert!(described.contains("partition 1\tlog_start_offset=0\tlog_end_offset=3"), "{described}");
 

@@ -1,9 +1,12 @@
-//! `spool consume --group` and `spool group list|describe|reset`, through the real binary
-//! against `spool serve` on port 0.
+//! `spool consume --group` and `spool group list|describe|reset|delete`, through the real
+//! binary against `spool serve` on port 0.
 
 mod common;
 
-use common::Served;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{SPOOL, Served};
 
 #[test]
 fn a_group_consumer_resumes_where_it_committed_and_groups_are_described_and_reset() {
@@ -59,4 +62,61 @@ fn a_group_consumer_resumes_where_it_committed_and_groups_are_described_and_rese
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
     let bad = served.spool(&["consume", "t", "--group", "g", "--from", "5"], "");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("earliest or latest"));
+}
+
+#[test]
+fn a_group_is_reset_per_partition_listed_with_its_topics_and_deleted_for_good() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path());
+    served.ok(&["topic", "create", "t", "--partitions", "2"], "");
+    served.ok(&["produce", "t", "--partition", "0"], "a0\na1\na2\n");
+    served.ok(&["produce", "t", "--partition", "1"], "b0\nb1\nb2\n");
+    assert_eq!(served.ok(&["consume", "t", "--group", "g"], "").lines().count(), 6);
+
+    // Without members, the list shows the topics the group has committed offsets for.
+    let listed = served.ok(&["group", "list"], "");
+    assert_eq!(listed, "g\tstate=EMPTY\tgeneration=0\tmembers=0\ttopics=t\treset=-\n");
+
+    let reset =
+        served.ok(&["group", "reset", "g", "--topic", "t", "--partition", "1", "--to", "1"], "");
+    assert_eq!(reset, "g\tt/1\tcommitted=1\n");
+    assert_eq!(served.ok(&["consume", "t", "--group", "g"], ""), "b1\nb2\n");
+    let missing =
+        served.spool(&["group", "reset", "g", "--topic", "t", "--partition", "2", "--to", "0"], "");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+
+    // A group with a live member is not deleted.
+    let mut member = Command::new(SPOOL)
+        .args(["consume", "t", "--group", "g", "--follow"])
+        .env("SPOOL_SERVER", &served.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut member_log = BufReader::new(member.stderr.take().unwrap()).lines();
+    let assigned = member_log.find(|line| line.as_ref().unwrap().contains("generation"));
+    assert!(assigned.is_some(), "the member reports its assignment");
+    let refused = served.spool(&["group", "delete", "g"], "");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("1 live members") && message.contains("FAILED_PRECONDITION"));
+    assert!(
+        Command::new("kill").args(["-TERM", &member.id().to_string()]).status().unwrap().success()
+    );
+    assert!(member.wait().unwrap().success(), "the member commits and leaves on SIGTERM");
+
+    let deleted = served.ok(&["group", "delete", "g"], "");
+    assert_eq!(deleted, "deleted g\n  partition t/0\tcommitted=3\n  partition t/1\tcommitted=3\n");
+    assert_eq!(served.ok(&["group", "list"], ""), "");
+    let again = served.spool(&["group", "delete", "g"], "");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("NOT_FOUND"));
+
+    // The deletion was durable when it was answered: a crash right after keeps it.
+    served.kill();
+    let served = Served::start(data.path());
+    assert_eq!(served.ok(&["group", "list"], ""), "");
+    let all = served.ok(&["consume", "t", "--group", "g"], "");
+    assert_eq!(all.lines().count(), 6, "a member of g starts afresh: {all}");
+    assert!(served.terminate());
 }

@@ -10,16 +10,24 @@
 //! consumer falls behind but never loses records; when retention deletes records it has not
 //! read yet, the subscription ends with [`crate::ErrorCode::OutOfRange`].
 //!
+//! [`Consumer::poll_reconnecting`] also rides out a server restart: it subscribes again after
+//! the last record it handed out ([`crate::Reconnect`]).
+//!
 //! A group member is not built from these: [`crate::GroupConsumer`] receives its records on
 //! the group's own stream, which the server feeds from the partitions it assigned.
 
 use bytes::Bytes;
+use spool_proto::limits::RESPONSE_BYTES_MAX;
+use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
-use spool_proto::v1::{StartPosition, SubscribeResponse};
+use spool_proto::v1::{Encoding, StartPosition, SubscribeRequest, SubscribeResponse};
 use spool_storage::batch::{BatchError, BatchIter, BatchView, Header, HeaderIter};
 use tonic::Streaming;
 
-use crate::error::ConsumeError;
+use crate::Client;
+use crate::error::{ConsumeError, ServerError};
+use crate::group::TopicPartition;
+use crate::reconnect::{Reconnect, ReconnectEvent, server_lost, stream_error};
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,10 +70,49 @@ pub enum Follow {
 /// One partition's records, in offset order.
 #[derive(Debug)]
 pub struct Consumer {
+    subscription: Subscription,
     stream: Streaming<SubscribeResponse>,
     /// The first answer may start before the requested start; records before it are skipped.
     skip: Skip,
     position: Option<u64>,
+    /// Set when [`Consumer::poll_reconnecting`] lost the server, until it subscribed again.
+    lost: Option<ServerError>,
+}
+
+/// What was asked for: enough to subscribe again.
+#[derive(Debug, Clone)]
+struct Subscription {
+    client: Client,
+    topic: String,
+    partition: u32,
+    start: StartAt,
+    follow: Follow,
+}
+
+impl Subscription {
+    async fn open(&self, start: StartAt) -> Result<Streaming<SubscribeResponse>, ConsumeError> {
+        let mut client = ConsumeServiceClient::new(self.client.transport())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let request = SubscribeRequest {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            start: Some(start.wire()),
+            encoding: Encoding::RawBatch as i32,
+            stop_at_end: self.follow == Follow::UntilEnd,
+        };
+        let opened = client.subscribe(request).await.map_err(stream_error)?;
+        Ok(opened.into_inner())
+    }
+}
+
+/// What the first answers of a subscription starting at `start` may hold before it, and the
+/// position before the first answer.
+fn starting(start: StartAt) -> (Skip, Option<u64>) {
+    match start {
+        StartAt::Offset(offset) => (Skip::BelowOffset(offset), Some(offset)),
+        StartAt::TimestampMs(timestamp_ms) => (Skip::UntilTimestampMs(timestamp_ms), None),
+        StartAt::Earliest | StartAt::Latest => (Skip::Nothing, None),
+    }
 }
 
 /// What the first answers may hold before the requested start.
@@ -80,13 +127,24 @@ enum Skip {
 }
 
 impl Consumer {
-    pub(crate) fn new(stream: Streaming<SubscribeResponse>, start: StartAt) -> Consumer {
-        let (skip, position) = match start {
-            StartAt::Offset(offset) => (Skip::BelowOffset(offset), Some(offset)),
-            StartAt::TimestampMs(timestamp_ms) => (Skip::UntilTimestampMs(timestamp_ms), None),
-            StartAt::Earliest | StartAt::Latest => (Skip::Nothing, None),
+    /// Subscribes to `partition` of `topic` from `start`.
+    pub(crate) async fn subscribe(
+        client: &Client,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        follow: Follow,
+    ) -> Result<Consumer, ConsumeError> {
+        let subscription = Subscription {
+            client: client.clone(),
+            topic: topic.to_owned(),
+            partition,
+            start,
+            follow,
         };
-        Consumer { stream, skip, position }
+        let stream = subscription.open(start).await?;
+        let (skip, position) = starting(start);
+        Ok(Consumer { subscription, stream, skip, position, lost: None })
     }
 
     /// The offset of the first record of `bytes` to deliver, and what to skip afterwards.
@@ -110,7 +168,7 @@ impl Consumer {
     /// The next batches; `None` once a [`Follow::UntilEnd`] subscription has delivered
     /// everything. Every batch's CRC is checked before it is handed out.
     pub async fn poll(&mut self) -> Result<Option<Polled>, ConsumeError> {
-        let Some(answer) = self.stream.message().await? else {
+        let Some(answer) = self.stream.message().await.map_err(stream_error)? else {
             return Ok(None);
         };
         let (from, skip) = self.first_wanted(&answer.raw_batches, answer.next_offset);
@@ -143,6 +201,70 @@ impl Consumer {
     /// `None` until the first poll when the start was not an offset.
     pub fn position(&self) -> Option<u64> {
         self.position
+    }
+
+    /// [`Consumer::poll`] that rides out a server restart ([`crate::Reconnect`] has the
+    /// details): when the server is lost (`UNAVAILABLE`), it tells `report`, waits, and
+    /// subscribes again at [`Consumer::position`] (where it started, when it handed out
+    /// nothing yet), for as long as it takes. Every other error is returned as `poll` returns
+    /// it. A [`Follow::UntilEnd`] subscription resumed this way ends at the partition's end
+    /// as of the resumption.
+    ///
+    /// It may be raced against a stop signal (`tokio::select!`): a consumer stopped while
+    /// waiting tries again at the next call.
+    pub async fn poll_reconnecting(
+        &mut self,
+        reconnect: &Reconnect,
+        mut report: impl FnMut(&ReconnectEvent),
+    ) -> Result<Option<Polled>, ConsumeError> {
+        loop {
+            if let Some(error) = self.lost.clone() {
+                self.subscribe_again(reconnect, error, &mut report).await?;
+            }
+            match self.poll().await {
+                Err(ConsumeError::Rejected(error)) if server_lost(&error) => {
+                    self.lost = Some(error)
+                }
+                polled => return polled,
+            }
+        }
+    }
+
+    /// Waits and subscribes again until it works or fails for another reason than a lost
+    /// server.
+    async fn subscribe_again(
+        &mut self,
+        reconnect: &Reconnect,
+        mut error: ServerError,
+        report: &mut impl FnMut(&ReconnectEvent),
+    ) -> Result<(), ConsumeError> {
+        let start = self.position.map_or(self.subscription.start, StartAt::Offset);
+        let resume_at = match self.position {
+            Some(offset) => {
+                let topic = self.subscription.topic.clone();
+                vec![(TopicPartition { topic, partition: self.subscription.partition }, offset)]
+            }
+            None => Vec::new(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let retry_in = reconnect.backoff(attempt);
+            let resume_at = resume_at.clone();
+            report(&ReconnectEvent::Waiting { error, attempt, retry_in, resume_at });
+            tokio::time::sleep(retry_in).await;
+            match self.subscription.open(start).await {
+                Ok(stream) => {
+                    self.stream = stream;
+                    (self.skip, self.position) = starting(start);
+                    self.lost = None;
+                    report(&ReconnectEvent::Reconnected { attempts: attempt });
+                    return Ok(());
+                }
+                Err(ConsumeError::Rejected(lost)) if server_lost(&lost) => error = lost,
+                Err(other) => return Err(other),
+            }
+        }
     }
 }
 

@@ -29,6 +29,9 @@
 //! committed when a member dies is delivered again to the partition's next owner:
 //! at-least-once.
 //!
+//! [`GroupConsumer::poll_reconnecting`] also rides out a server restart: it joins the group
+//! again and skips what it had already handed out ([`crate::Reconnect`]).
+//!
 //! # Bounds
 //!
 //! The server sends records only as fast as the member reads them. While
@@ -65,6 +68,7 @@ use tonic::{Code, Streaming};
 use crate::Client;
 use crate::consumer::Records;
 use crate::error::{ErrorCode, GroupError, ServerError};
+use crate::reconnect::{self, Reconnect, ReconnectEvent, server_lost};
 
 /// Member requests queued toward the server, at most (the heartbeat task waits beyond).
 const REQUESTS_QUEUED_MAX: usize = 16;
@@ -252,6 +256,10 @@ struct PartitionState {
     committed: Option<u64>,
     /// The partition's end when last heard.
     log_end_offset: Option<u64>,
+    /// Records below this offset were handed out by this consumer before it lost its server
+    /// (and its commit of them may not have reached the server): they are skipped, and the
+    /// position moves past them (see [`GroupConsumer::poll_reconnecting`]).
+    handed_out_before: Option<u64>,
 }
 
 /// A commit sent and not answered yet.
@@ -275,6 +283,9 @@ struct Member {
     /// Events read while waiting for a commit's answer: assignments already applied, records
     /// not yet handed out (their positions move when they are).
     held: VecDeque<Held>,
+    /// Positions the consumer had before it lost its server, of partitions this member has
+    /// not been given yet (see [`PartitionState::handed_out_before`]).
+    handed_out_before: BTreeMap<TopicPartition, u64>,
 }
 
 #[derive(Debug)]
@@ -297,6 +308,8 @@ pub struct GroupConsumer {
     client: Client,
     config: GroupConfig,
     member: Member,
+    /// Set when [`GroupConsumer::poll_reconnecting`] lost the server, until it joined again.
+    lost: Option<ServerError>,
 }
 
 impl Client {
@@ -304,7 +317,7 @@ impl Client {
     /// [`GroupEvent`] is its assignment.
     pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, GroupError> {
         let member = Member::join(self, &config).await?;
-        Ok(GroupConsumer { client: self.clone(), config, member })
+        Ok(GroupConsumer { client: self.clone(), config, member, lost: None })
     }
 }
 
@@ -312,7 +325,7 @@ fn stream_error(status: tonic::Status) -> GroupError {
     if status.code() == Code::Aborted {
         GroupError::Removed(status.into())
     } else {
-        GroupError::Rejected(status.into())
+        GroupError::Rejected(reconnect::stream_error(status))
     }
 }
 
@@ -358,7 +371,20 @@ impl Member {
             next_commit_id: 0,
             commits: BTreeMap::new(),
             held: VecDeque::new(),
+            handed_out_before: BTreeMap::new(),
         })
+    }
+
+    /// Per partition, one past the last record handed out, also of partitions a previous
+    /// member of this consumer handed out and this one was not given yet.
+    fn positions(&self) -> BTreeMap<TopicPartition, u64> {
+        let mut positions = self.handed_out_before.clone();
+        for (partition, state) in &self.partitions {
+            if let Some(position) = state.position.or(state.handed_out_before) {
+                positions.insert(partition.clone(), position);
+            }
+        }
+        positions
     }
 
     async fn send(&mut self, kind: RequestKind) -> Result<(), GroupError> {
@@ -471,7 +497,9 @@ impl Member {
         for p in &assignment.added {
             let key = TopicPartition::from_wire(p.clone());
             let acquired = assignment.generation;
-            self.partitions.insert(key, PartitionState { acquired, ..PartitionState::default() });
+            let handed_out_before = self.handed_out_before.remove(&key);
+            let state = PartitionState { acquired, handed_out_before, ..PartitionState::default() };
+            self.partitions.insert(key, state);
         }
         Ok(Assignment {
             generation: assignment.generation,
@@ -502,27 +530,41 @@ impl Member {
         if records.generation < state.acquired {
             return Ok(None);
         }
+        // What this consumer handed out before it lost its server is skipped, unless the log
+        // no longer reaches that far (a crash took back records a topic had not synced: the
+        // offsets are then reused by other records).
+        let skip_below = state
+            .handed_out_before
+            .take()
+            .filter(|&offset| offset <= records.log_end_offset)
+            .unwrap_or(0);
+        let start = records.start_offset.max(skip_below);
         let handed = if records.raw_batches.is_empty() {
             // A server may answer in the records encoding; it trimmed them itself.
-            records.records.into_iter().map(GroupRecord::from_wire).collect()
+            let records = records.records.into_iter().filter(|r| r.offset >= start);
+            records.map(GroupRecord::from_wire).collect()
         } else {
-            GroupRecord::from_batches(&records.raw_batches, records.start_offset).map_err(
-                |source| GroupError::Corrupt {
+            GroupRecord::from_batches(&records.raw_batches, start).map_err(|source| {
+                GroupError::Corrupt {
                     topic: key.topic.clone(),
                     partition: key.partition,
-                    offset: records.start_offset,
+                    offset: start,
                     source,
-                },
-            )?
+                }
+            })?
         };
-        state.position = Some(records.next_offset);
+        let next_offset = records.next_offset.max(skip_below);
+        if records.next_offset < skip_below {
+            state.handed_out_before = Some(skip_below);
+        }
+        state.position = Some(next_offset);
         state.log_end_offset = Some(records.log_end_offset);
         Ok(Some(GroupRecords {
             topic: key.topic,
             partition: key.partition,
             generation: records.generation,
             records: handed,
-            next_offset: records.next_offset,
+            next_offset,
             log_end_offset: records.log_end_offset,
         }))
     }
@@ -674,7 +716,63 @@ impl GroupConsumer {
     /// committed offsets.
     pub async fn rejoin(&mut self) -> Result<(), GroupError> {
         self.member = Member::join(&self.client, &self.config).await?;
+        self.lost = None;
         Ok(())
+    }
+
+    /// [`GroupConsumer::poll`] that rides out a server restart ([`crate::Reconnect`] has the
+    /// details): when the server is lost (`UNAVAILABLE`), it tells `report`, waits, and joins
+    /// the group again, for as long as it takes. Records this consumer handed out before are
+    /// skipped when their partitions come back to it, and their positions committed as the
+    /// commit mode says (with [`CommitMode::Auto`], by the next `poll`). Every other error is
+    /// returned as `poll` returns it.
+    ///
+    /// It may be raced against a stop signal (`tokio::select!`) as `poll` may; a consumer
+    /// stopped while waiting for its server cannot commit: [`GroupConsumer::close`] then fails.
+    pub async fn poll_reconnecting(
+        &mut self,
+        reconnect: &Reconnect,
+        mut report: impl FnMut(&ReconnectEvent),
+    ) -> Result<GroupEvent, GroupError> {
+        loop {
+            if let Some(error) = self.lost.clone() {
+                self.join_again(reconnect, error, &mut report).await?;
+            }
+            match self.poll().await {
+                Err(GroupError::Rejected(error)) if server_lost(&error) => self.lost = Some(error),
+                event => return event,
+            }
+        }
+    }
+
+    /// Waits and joins again until it works or fails for another reason than a lost server;
+    /// the new member skips what the old one handed out.
+    async fn join_again(
+        &mut self,
+        reconnect: &Reconnect,
+        mut error: ServerError,
+        report: &mut impl FnMut(&ReconnectEvent),
+    ) -> Result<(), GroupError> {
+        let positions = self.member.positions();
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let retry_in = reconnect.backoff(attempt);
+            let resume_at = positions.iter().map(|(p, offset)| (p.clone(), *offset)).collect();
+            report(&ReconnectEvent::Waiting { error, attempt, retry_in, resume_at });
+            tokio::time::sleep(retry_in).await;
+            match Member::join(&self.client, &self.config).await {
+                Ok(mut member) => {
+                    member.handed_out_before = positions;
+                    self.member = member;
+                    self.lost = None;
+                    report(&ReconnectEvent::Reconnected { attempts: attempt });
+                    return Ok(());
+                }
+                Err(GroupError::Rejected(lost)) if server_lost(&lost) => error = lost,
+                Err(other) => return Err(other),
+            }
+        }
     }
 
     /// The next records for a long-running member (the event handler, the responder): polls

@@ -1,4 +1,5 @@
-//! Listing, describing and resetting consumer groups: what `spool group` shows and does.
+//! Listing, describing, resetting and deleting consumer groups: what `spool group` shows and
+//! does.
 
 use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
@@ -151,16 +152,55 @@ impl Client {
         topic: &str,
         to: StartAt,
     ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
+        self.reset(group, topic, None, to).await
+    }
+
+    /// [`Client::reset_group`] for one partition of `topic`; the group's other partitions keep
+    /// their committed offsets ([`crate::ErrorCode::NotFound`] for a partition the topic does
+    /// not have).
+    pub async fn reset_group_partition(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        to: StartAt,
+    ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
+        self.reset(group, topic, Some(partition), to).await
+    }
+
+    async fn reset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Option<u32>,
+        to: StartAt,
+    ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
         let request = wire::ResetGroupRequest {
             group: group.to_owned(),
             topic: topic.to_owned(),
             to: Some(to.wire()),
+            partition,
         };
         let reset = self.groups().reset_group(request).await?.into_inner();
-        Ok(reset
-            .offsets
-            .into_iter()
-            .map(|o| (TopicPartition { topic: o.topic, partition: o.partition }, o.offset))
-            .collect())
+        Ok(offsets(reset.offsets))
     }
+
+    /// Deletes a group: the server forgets its committed offsets, durably. Returns the offsets
+    /// it had. Refused ([`crate::ErrorCode::FailedPrecondition`]) while the group has members;
+    /// [`crate::ErrorCode::NotFound`] for a group the server does not know.
+    pub async fn delete_group(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
+        let request = wire::DeleteGroupRequest { group: group.to_owned() };
+        let deleted = self.groups().delete_group(request).await?.into_inner();
+        Ok(offsets(deleted.offsets))
+    }
+}
+
+fn offsets(offsets: Vec<wire::PartitionOffset>) -> Vec<(TopicPartition, u64)> {
+    offsets
+        .into_iter()
+        .map(|o| (TopicPartition { topic: o.topic, partition: o.partition }, o.offset))
+        .collect()
 }

@@ -81,14 +81,13 @@ mod group;
 mod group_admin;
 mod handler;
 mod producer;
+mod reconnect;
 mod request;
 mod topics;
 
 use std::time::Duration;
 
-use spool_proto::limits::{HTTP2_FRAME_BYTES_MAX, RESPONSE_BYTES_MAX};
-use spool_proto::v1::consume_service_client::ConsumeServiceClient;
-use spool_proto::v1::{Encoding, SubscribeRequest};
+use spool_proto::limits::HTTP2_FRAME_BYTES_MAX;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -111,6 +110,7 @@ pub use handler::{
 pub use producer::{
     Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record, RecordMetadata,
 };
+pub use reconnect::{RECONNECT_BACKOFF_INITIAL, RECONNECT_BACKOFF_MAX, Reconnect, ReconnectEvent};
 pub use request::{
     CORRELATION_ID_HEADER, ERROR_HEADER, PendingReply, REPLY_PARTITION_HEADER, REPLY_TO_HEADER,
     Reply, Request, RequestError, Requester, RequesterConfig, Responder,
@@ -302,16 +302,6 @@ impl Client {
         start: StartAt,
         follow: Follow,
     ) -> Result<Consumer, ConsumeError> {
-        let mut client = ConsumeServiceClient::new(self.transport())
-            .max_decoding_message_size(RESPONSE_BYTES_MAX);
-        let request = SubscribeRequest {
-            topic: topic.to_owned(),
-            partition,
-            start: Some(start.wire()),
-            encoding: Encoding::RawBatch as i32,
-            stop_at_end: follow == Follow::UntilEnd,
-        };
-        let stream = client.subscribe(request).await?.into_inner();
-        Ok(Consumer::new(stream, start))
+        Consumer::subscribe(self, topic, partition, start, follow).await
     }
 }

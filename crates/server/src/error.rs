@@ -17,7 +17,9 @@ use tonic::{Code, Status};
 
 use crate::auth::AuthError;
 use crate::idempotence::{ProducerIdError, Refused};
-use spool_broker::group::{CommitError, GroupName, GroupNameError, JoinError, ResetError};
+use spool_broker::group::{
+    CommitError, DeleteError, GroupName, GroupNameError, JoinError, ResetError,
+};
 use spool_broker::producer::SequenceError;
 
 /// A request the edge refuses before it reaches a partition.
@@ -114,6 +116,8 @@ pub enum ServiceError {
     Commit(#[from] CommitError),
     #[error("reset refused: {0}")]
     Reset(#[from] ResetError),
+    #[error("deletion refused: {0}")]
+    DeleteGroup(#[from] DeleteError),
     #[error("group {group} has no members and no committed offsets")]
     UnknownGroup { group: GroupName },
     #[error(transparent)]
@@ -242,6 +246,10 @@ pub fn to_status(error: &ServiceError) -> Status {
             | CommitError::NotOwner { .. } => Code::FailedPrecondition,
         },
         ServiceError::Reset(ResetError::LiveMembers { .. }) => Code::FailedPrecondition,
+        ServiceError::DeleteGroup(error) => match error {
+            DeleteError::LiveMembers { .. } => Code::FailedPrecondition,
+            DeleteError::Unknown { .. } => Code::NotFound,
+        },
         ServiceError::UnknownGroup { .. } => Code::NotFound,
         ServiceError::ProducerId(ProducerIdError::Unknown { .. }) => Code::FailedPrecondition,
         ServiceError::Sequence { source, .. } => match source {

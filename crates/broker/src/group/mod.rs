@@ -45,7 +45,7 @@ use std::fmt;
 use spool_storage::{Offset, TimestampMs};
 use thiserror::Error;
 
-pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets};
+pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets, OffsetsRecord};
 
 use crate::limits::{
     COMMIT_OFFSETS_MAX, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, GROUPS_KNOWN_MAX, GROUPS_LIVE_MAX,
@@ -225,6 +225,17 @@ pub enum ResetError {
         "group {group} has {members} live members: a reset is allowed only while it has none (stop its consumers first)"
     )]
     LiveMembers { group: GroupName, members: usize },
+}
+
+/// Why a deletion is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeleteError {
+    #[error(
+        "group {group} has {members} live members: it can be deleted only while it has none (stop its consumers first)"
+    )]
+    LiveMembers { group: GroupName, members: usize },
+    #[error("group {group} has no members and no committed offsets")]
+    Unknown { group: GroupName },
 }
 
 /// What one member may see: its generation, the partitions it owns, and the ones being
@@ -566,6 +577,25 @@ impl Coordinator {
         let record = CommitRecord { group: group.clone(), offsets };
         self.committed.apply(&record);
         Ok(record)
+    }
+
+    /// Deletes a group without live members: forgets its committed offsets. Returns the
+    /// record to persist and the offsets it forgot, sorted.
+    pub fn delete(
+        &mut self,
+        group: &GroupName,
+    ) -> Result<(OffsetsRecord, Vec<(TopicPartition, Offset)>), DeleteError> {
+        if let Some(live) = self.groups.get(group) {
+            return Err(DeleteError::LiveMembers {
+                group: group.clone(),
+                members: live.members.len(),
+            });
+        }
+        if !self.committed.has_group(group) {
+            return Err(DeleteError::Unknown { group: group.clone() });
+        }
+        let forgotten = self.committed.remove(group);
+        Ok((OffsetsRecord::Delete { group: group.clone() }, forgotten))
     }
 
     /// Removes members whose session or revocation deadline passed, and rebalances.

@@ -9,8 +9,18 @@
 //! ```
 //!
 //! `offset` is the next offset the group will consume (one past the last record it
-//! processed). At start-up the server folds every record, in log order, into
-//! [`CommittedOffsets`]: the latest value of each (group, topic, partition) wins.
+//! processed). Deleting a group is one record too, written and fsynced before the deletion is
+//! answered:
+//!
+//! ```json
+//! {"v":1,"group":"billing","deleted":true}
+//! ```
+//!
+//! At start-up the server folds every record, in log order, into [`CommittedOffsets`]: the
+//! latest value of each (group, topic, partition) wins, and a deletion forgets every offset
+//! of its group committed before it. A compaction writes the folded state, in which a deleted
+//! group has no record at all. (A build from before deletions existed refuses to start on a
+//! log holding one, as an unknown field, rather than bring the group back.)
 
 use std::collections::BTreeMap;
 
@@ -36,12 +46,25 @@ pub struct CommitRecord {
     pub offsets: Vec<(TopicPartition, Offset)>,
 }
 
+/// One change of committed offsets, as stored in the offsets log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsRecord {
+    /// A commit or a reset: these offsets replace the group's for their partitions.
+    Commit(CommitRecord),
+    /// The group is deleted: every offset it committed before is forgotten.
+    Delete { group: GroupName },
+}
+
+/// Every stored record, either shape: a commit has `offsets`, a deletion `deleted: true`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredCommit {
+struct StoredRecord {
     v: u32,
     group: String,
-    offsets: Vec<StoredOffset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offsets: Option<Vec<StoredOffset>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,36 +86,72 @@ pub enum CommitRecordError {
     Version { found: u32 },
     #[error("a committed-offsets record names {name:?}, which is not a valid name")]
     Name { name: String },
+    #[error(
+        "a committed-offsets record of group {group:?} must have either offsets or `deleted: true`"
+    )]
+    Shape { group: String },
 }
 
 impl CommitRecord {
     /// The record's value, as stored.
     pub fn encode(&self) -> Vec<u8> {
-        let stored = StoredCommit {
+        let offsets = self
+            .offsets
+            .iter()
+            .map(|(tp, offset)| StoredOffset {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                offset: offset.0,
+            })
+            .collect();
+        let stored = StoredRecord {
             v: RECORD_VERSION,
             group: self.group.to_string(),
-            offsets: self
-                .offsets
-                .iter()
-                .map(|(tp, offset)| StoredOffset {
-                    topic: tp.topic.to_string(),
-                    partition: tp.partition,
-                    offset: offset.0,
-                })
-                .collect(),
+            offsets: Some(offsets),
+            deleted: false,
         };
         serde_json::to_vec(&stored).expect("a commit always serializes")
     }
+}
 
-    pub fn decode(value: &[u8]) -> Result<CommitRecord, CommitRecordError> {
-        let stored: StoredCommit = serde_json::from_slice(value)?;
+impl OffsetsRecord {
+    /// The group the record is about (also the record's key).
+    pub fn group(&self) -> &GroupName {
+        match self {
+            OffsetsRecord::Commit(commit) => &commit.group,
+            OffsetsRecord::Delete { group } => group,
+        }
+    }
+
+    /// The record's value, as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            OffsetsRecord::Commit(commit) => commit.encode(),
+            OffsetsRecord::Delete { group } => {
+                let stored = StoredRecord {
+                    v: RECORD_VERSION,
+                    group: group.to_string(),
+                    offsets: None,
+                    deleted: true,
+                };
+                serde_json::to_vec(&stored).expect("a deletion always serializes")
+            }
+        }
+    }
+
+    pub fn decode(value: &[u8]) -> Result<OffsetsRecord, CommitRecordError> {
+        let stored: StoredRecord = serde_json::from_slice(value)?;
         if stored.v != RECORD_VERSION {
             return Err(CommitRecordError::Version { found: stored.v });
         }
         let group = GroupName::parse(&stored.group)
             .map_err(|_| CommitRecordError::Name { name: stored.group.clone() })?;
-        let offsets = stored
-            .offsets
+        let offsets = match (stored.offsets, stored.deleted) {
+            (None, true) => return Ok(OffsetsRecord::Delete { group }),
+            (Some(offsets), false) => offsets,
+            _ => return Err(CommitRecordError::Shape { group: stored.group }),
+        };
+        let offsets = offsets
             .into_iter()
             .map(|o| {
                 let topic = TopicName::parse(&o.topic)
@@ -100,7 +159,13 @@ impl CommitRecord {
                 Ok((TopicPartition { topic, partition: o.partition }, Offset(o.offset)))
             })
             .collect::<Result<_, CommitRecordError>>()?;
-        Ok(CommitRecord { group, offsets })
+        Ok(OffsetsRecord::Commit(CommitRecord { group, offsets }))
+    }
+}
+
+impl From<CommitRecord> for OffsetsRecord {
+    fn from(commit: CommitRecord) -> OffsetsRecord {
+        OffsetsRecord::Commit(commit)
     }
 }
 
@@ -111,7 +176,7 @@ impl CommittedOffsets {
     ) -> Result<CommittedOffsets, CommitRecordError> {
         let mut offsets = CommittedOffsets::default();
         for value in values {
-            offsets.apply(&CommitRecord::decode(value)?);
+            offsets.apply_record(&OffsetsRecord::decode(value)?);
         }
         Ok(offsets)
     }
@@ -121,6 +186,21 @@ impl CommittedOffsets {
         for (partition, offset) in &record.offsets {
             group.insert(partition.clone(), *offset);
         }
+    }
+
+    /// Applies a stored record of either kind.
+    pub fn apply_record(&mut self, record: &OffsetsRecord) {
+        match record {
+            OffsetsRecord::Commit(commit) => self.apply(commit),
+            OffsetsRecord::Delete { group } => {
+                self.remove(group);
+            }
+        }
+    }
+
+    /// Forgets every committed offset of `group`; returns them, sorted.
+    pub fn remove(&mut self, group: &GroupName) -> Vec<(TopicPartition, Offset)> {
+        self.groups.remove(group).map(|offsets| offsets.into_iter().collect()).unwrap_or_default()
     }
 
     pub fn get(&self, group: &GroupName, partition: &TopicPartition) -> Option<Offset> {
@@ -174,7 +254,7 @@ mod tests {
         };
         let second = CommitRecord { group: g.clone(), offsets: vec![(tp("a", 0), Offset(9))] };
         let encoded = [first.encode(), second.encode()];
-        assert_eq!(CommitRecord::decode(&encoded[0]).unwrap(), first);
+        assert_eq!(OffsetsRecord::decode(&encoded[0]).unwrap(), OffsetsRecord::Commit(first));
         assert_eq!(
             std::str::from_utf8(&encoded[1]).unwrap(),
             r#"{"v":1,"group":"billing","offsets":[{"topic":"a","partition":0,"offset":9}]}"#
@@ -210,15 +290,52 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_forgets_what_came_before_it_and_not_what_comes_after() {
+        let g = GroupName::parse("billing").unwrap();
+        let other = GroupName::parse("audit").unwrap();
+        let deletion = OffsetsRecord::Delete { group: g.clone() };
+        assert_eq!(
+            std::str::from_utf8(&deletion.encode()).unwrap(),
+            r#"{"v":1,"group":"billing","deleted":true}"#
+        );
+        assert_eq!(OffsetsRecord::decode(&deletion.encode()).unwrap(), deletion);
+        let commit = |group: &GroupName, offset| {
+            OffsetsRecord::Commit(CommitRecord {
+                group: group.clone(),
+                offsets: vec![(tp("a", 0), Offset(offset))],
+            })
+            .encode()
+        };
+        let deleted = [commit(&g, 5), commit(&other, 7), deletion.encode()];
+        let folded = CommittedOffsets::fold(deleted.iter().map(Vec::as_slice)).unwrap();
+        assert!(!folded.has_group(&g), "the deletion removes the group");
+        assert_eq!(folded.get(&other, &tp("a", 0)), Some(Offset(7)), "others stay");
+        assert_eq!(folded.snapshot().count(), 1, "a compaction writes nothing for it");
+        let again = [commit(&g, 5), deletion.encode(), commit(&g, 2)];
+        let folded = CommittedOffsets::fold(again.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(folded.get(&g, &tp("a", 0)), Some(Offset(2)), "a new commit starts afresh");
+    }
+
+    #[test]
     fn bad_records_are_errors() {
-        assert!(matches!(CommitRecord::decode(b"nope"), Err(CommitRecordError::Json(_))));
+        assert!(matches!(OffsetsRecord::decode(b"nope"), Err(CommitRecordError::Json(_))));
         assert!(matches!(
-            CommitRecord::decode(br#"{"v":2,"group":"g","offsets":[]}"#),
+            OffsetsRecord::decode(br#"{"v":2,"group":"g","offsets":[]}"#),
             Err(CommitRecordError::Version { found: 2 })
         ));
         assert!(matches!(
-            CommitRecord::decode(br#"{"v":1,"group":"a/b","offsets":[]}"#),
+            OffsetsRecord::decode(br#"{"v":1,"group":"a/b","offsets":[]}"#),
             Err(CommitRecordError::Name { .. })
         ));
+        for neither_or_both in [
+            &br#"{"v":1,"group":"g"}"#[..],
+            br#"{"v":1,"group":"g","deleted":false}"#,
+            br#"{"v":1,"group":"g","offsets":[],"deleted":true}"#,
+        ] {
+            assert!(matches!(
+                OffsetsRecord::decode(neither_or_both),
+                Err(CommitRecordError::Shape { .. })
+            ));
+        }
     }
 }

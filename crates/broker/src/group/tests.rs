@@ -169,6 +169,28 @@ fn joins_are_checked_and_resets_wait_for_an_empty_group() {
     );
 }
 
+#[test]
+fn a_group_is_deleted_only_without_members_and_its_offsets_go_with_it() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let g = name("g");
+    assert_eq!(c.delete(&g), Err(DeleteError::Unknown { group: g.clone() }));
+    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
+    // A live group is refused, with or without committed offsets.
+    assert!(matches!(c.delete(&g), Err(DeleteError::LiveMembers { members: 1, .. })));
+    let generation = c.view(&g, &a).unwrap().generation;
+    c.commit(&g, &a, generation, vec![(tp(1), Offset(4))], t(1)).unwrap();
+    assert!(matches!(c.delete(&g), Err(DeleteError::LiveMembers { members: 1, .. })));
+    c.leave(&g, &a, t(2));
+    let (record, forgotten) = c.delete(&g).unwrap();
+    assert_eq!(record, OffsetsRecord::Delete { group: g.clone() });
+    assert_eq!(forgotten, [(tp(1), Offset(4))]);
+    assert_eq!(c.describe(&g), None);
+    assert!(c.list().is_empty());
+    assert_eq!(c.committed(&g, &tp(1)), None);
+    assert!(!c.committed_offsets().has_group(&g), "a compaction writes nothing for it");
+    assert_eq!(c.delete(&g), Err(DeleteError::Unknown { group: g }));
+}
+
 /// Every owner of every partition, owned or being revoked.
 fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, MemberId> {
     let mut owners = BTreeMap::new();

@@ -1,7 +1,7 @@
-//! The group service: the member stream (`Join`), and the unary calls that list, describe and
-//! reset groups.
+//! The group service: the member stream (`Join`), and the unary calls that list, describe,
+//! reset and delete groups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -21,10 +21,10 @@ use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::{
-    DescribeGroupRequest, DescribeGroupResponse, GroupDescription as WireGroup, GroupPartition,
-    GroupState as WireState, JoinGroup, Joined, ListGroupsRequest, ListGroupsResponse,
-    MemberDescription, MemberEvent, MemberRequest, OffsetReset as WireReset, PartitionOffset,
-    ResetGroupRequest, ResetGroupResponse,
+    DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse,
+    GroupDescription as WireGroup, GroupPartition, GroupState as WireState, JoinGroup, Joined,
+    ListGroupsRequest, ListGroupsResponse, MemberDescription, MemberEvent, MemberRequest,
+    OffsetReset as WireReset, PartitionOffset, ResetGroupRequest, ResetGroupResponse,
 };
 use spool_storage::{Offset, TimestampMs};
 use tokio::sync::mpsc;
@@ -217,13 +217,17 @@ impl GroupApi {
             GroupState::Rebalancing => WireState::Rebalancing,
             GroupState::Stable => WireState::Stable,
         };
+        // A group without members has no subscription: its topics are those it committed
+        // offsets for (its partitions are then the committed ones).
         let (topics, reset) = match &description.subscription {
-            Some(s) => (
-                s.topics.keys().filter(|t| visible(t.as_str())).map(ToString::to_string).collect(),
-                wire_reset(s.reset),
+            Some(s) => (s.topics.keys().collect(), wire_reset(s.reset)),
+            None => (
+                description.partitions.iter().map(|p| &p.partition.topic).collect::<BTreeSet<_>>(),
+                WireReset::Unspecified,
             ),
-            None => (Vec::new(), WireReset::Unspecified),
         };
+        let topics =
+            topics.into_iter().filter(|t| visible(t.as_str())).map(ToString::to_string).collect();
         let mut group = WireGroup {
             name: description.name.to_string(),
             state: state as i32,
@@ -284,15 +288,20 @@ impl GroupApi {
         group
     }
 
-    /// The offsets a reset sets, per partition of `topic`.
+    /// The offsets a reset sets, per partition of `topic` (or for `only` that one).
     async fn reset_offsets(
         &self,
         topic: &str,
+        only: Option<u32>,
         to: Option<Position>,
     ) -> Result<Vec<(TopicPartition, Offset)>, ServiceError> {
         let topic = self.groups.topics.topic(topic)?;
-        let mut offsets = Vec::with_capacity(topic.partitions.len());
-        for partition in &topic.partitions {
+        let partitions = match only {
+            Some(partition) => std::slice::from_ref(topic.partition(partition)?),
+            None => &topic.partitions[..],
+        };
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for partition in partitions {
             let state = partition.state()?;
             let offset = match to {
                 None | Some(Position::Earliest(_)) => state.log_start_offset,
@@ -398,8 +407,8 @@ impl GroupService for GroupApi {
         caller
             .allow(Action::Describe, Resource::Topic(&request.topic))
             .map_err(ServiceError::from)?;
-        let offsets =
-            self.reset_offsets(&request.topic, request.to.and_then(|to| to.position)).await?;
+        let to = request.to.and_then(|to| to.position);
+        let offsets = self.reset_offsets(&request.topic, request.partition, to).await?;
         let (durable, offsets) = {
             let mut state = self.groups.lock();
             let record = state.coordinator.reset(&group, offsets).map_err(ServiceError::from)?;
@@ -415,5 +424,34 @@ impl GroupService for GroupApi {
             })
             .collect();
         Ok(Response::new(ResetGroupResponse { offsets }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let caller = Caller::of(&request);
+        let group = GroupName::parse(&request.into_inner().group).map_err(ServiceError::from)?;
+        caller
+            .allow(Action::Administer, Resource::Group(group.as_str()))
+            .map_err(ServiceError::from)?;
+        let (durable, forgotten) = {
+            let mut state = self.groups.lock();
+            let (record, forgotten) =
+                state.coordinator.delete(&group).map_err(ServiceError::from)?;
+            (self.groups.persist_deletion(&record), forgotten)
+        };
+        durable.await?;
+        tracing::info!(identity = caller.identity(), %group, "group deleted");
+        let offsets = forgotten
+            .into_iter()
+            .filter(|(p, _)| caller.may_see_topic(p.topic.as_str()))
+            .map(|(p, offset)| PartitionOffset {
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                offset: offset.0,
+            })
+            .collect();
+        Ok(Response::new(DeleteGroupResponse { offsets }))
     }
 }

@@ -14,7 +14,7 @@
 //! - One driver task sleeps until the coordinator's next deadline (a session or revocation
 //!   timeout) and ticks it.
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
-//!   one record per commit, folded at start-up, and compacted to one record per group when it
+//!   one record per commit, reset or deletion, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
 //!
 //! Time is the wall clock's reading when the groups opened, advanced by tokio's monotonic
@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use spool_broker::group::{
-    Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, Removal,
+    Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, OffsetsRecord, Removal,
 };
 use spool_storage::TimestampMs;
 use tokio::sync::Notify;
@@ -76,8 +76,8 @@ impl Groups {
         let committed = Arc::new(Mutex::new(CommittedOffsets::default()));
         let folding = committed.clone();
         let offsets = InternalLog::open(data_dir, "group-offsets", move |value| {
-            let record = CommitRecord::decode(value).map_err(|e| e.to_string())?;
-            folding.lock().unwrap_or_else(PoisonError::into_inner).apply(&record);
+            let record = OffsetsRecord::decode(value).map_err(|e| e.to_string())?;
+            folding.lock().unwrap_or_else(PoisonError::into_inner).apply_record(&record);
             Ok(())
         })
         .await?;
@@ -148,6 +148,16 @@ impl Groups {
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
         record_lag_sources(record);
         self.offsets.append(record.group.as_str().as_bytes().to_vec(), record.encode())
+    }
+
+    /// Queues a group's deletion record to the offsets log; the future resolves once it is
+    /// durable. Call it with the state locked, right after the coordinator deleted the group,
+    /// so that it is stored after every commit decided before the deletion.
+    fn persist_deletion(
+        &self,
+        record: &OffsetsRecord,
+    ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
+        self.offsets.append(record.group().as_str().as_bytes().to_vec(), record.encode())
     }
 
     /// Stops taking commits, writes what is queued, and closes the offsets log.
