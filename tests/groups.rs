@@ -734,6 +734,14 @@ async fn bad_joins_end_the_stream_with_their_status() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = first_message(join("g", &["t"], 10)).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let many: Vec<String> =
+        (0..=spool_broker::limits::GROUP_TOPICS_MAX).map(|i| format!("t{i}")).collect();
+    for topic in &many {
+        server.create_topic(topic, 1, always()).await;
+    }
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let status = first_message(join("g", &many, 1000)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     // A live member of g consumes t; a member asking for u cannot join g.
     let shared = Arc::new(Shared::default());
     let _a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
@@ -741,5 +749,51 @@ async fn bad_joins_end_the_stream_with_their_status() {
     let status = first_message(join("g", &["u"], 1000)).await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("cannot join"), "{status:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_join_past_the_live_group_limit_is_resource_exhausted() {
+    use spool_broker::limits::GROUPS_LIVE_MAX;
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 1, always()).await;
+    // One connection carries at most 256 streams: a channel per 200 members.
+    let mut channels = Vec::new();
+    for _ in 0..=GROUPS_LIVE_MAX / 200 {
+        channels.push(server.channel().await);
+    }
+    let join = |i: usize| {
+        let channel = channels[i / 200].clone();
+        async move {
+            let (requests, stream) = mpsc::channel(1);
+            let join = JoinGroup {
+                group: format!("g{i}"),
+                topics: vec!["t".into()],
+                session_timeout_ms: 30_000,
+                reset: 0,
+                encoding: 0,
+            };
+            requests.send(MemberRequest { kind: Some(RequestKind::Join(join)) }).await.unwrap();
+            let mut events = GroupServiceClient::new(channel)
+                .join(ReceiverStream::new(stream))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = events.message().await;
+            (requests, events, first)
+        }
+    };
+    let mut live = Vec::new();
+    for i in 0..GROUPS_LIVE_MAX {
+        let (requests, events, first) = join(i).await;
+        assert!(matches!(first, Ok(Some(_))), "member {i}: {first:?}");
+        live.push((requests, events));
+    }
+    let (_requests, _events, refused) = join(GROUPS_LIVE_MAX).await;
+    let status = refused.expect_err("one group past the limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("live groups, the limit"), "{status:?}");
+    drop(live);
     server.shutdown().await;
 }
