@@ -90,6 +90,13 @@ pub enum ReadError {
     OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
     #[error("reading {path} failed: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A stored batch fails its check: the disk gave back something other than what was
+    /// written. Every batch before it is still served; `offset` is the first one that cannot
+    /// be, and `position` is where in the segment file `path` the damage was found.
+    #[error(
+        "offset {offset} cannot be read: the batch at byte {position} of {path} is damaged ({reason}); the records before it can still be read, and `spool verify` checks every batch"
+    )]
+    Damaged { offset: Offset, path: PathBuf, position: u64, reason: String },
 }
 
 #[derive(Debug, Error)]
