@@ -26,7 +26,7 @@ pub enum Fence {
     WriteFailed { path: PathBuf, error: Arc<io::Error> },
     /// Recovery found damage that is not a torn tail.
     #[error(
-        "{path} is damaged at byte {position}: {reason}; the log is readable up to offset {readable_end} and refuses writes (inspect it with `spool dump`)"
+        "{path} is damaged at byte {position}: {reason}; the log is readable up to offset {readable_end} and refuses writes (check the data directory with `spool verify`, inspect the file with `spool dump`)"
     )]
     Damaged { path: PathBuf, position: u64, reason: String, readable_end: Offset },
 }

@@ -22,7 +22,10 @@
 //! (a write a crash cut short, or one in progress beside a running server).
 //!
 //! Nothing is written: files are opened read-only ([`OpenMode::ReadOnly`]) and never mapped,
-//! and no lock is taken, so a check may run beside a server. Memory is bounded: a read buffer
+//! and no lock is taken, so a check may run beside a server. Then a segment that retention
+//! deletes meanwhile is skipped, and a batch being written at the end of a last segment is
+//! reported as repairable (a running server's last segments are never closed cleanly, so
+//! their indexes are not checked). Memory is bounded: a read buffer
 //! of [`VERIFY_READ_BYTES`] (or one batch, when larger), one segment's index entries (at most
 //! [`index_entries_max`] of the largest segment), and [`VERIFY_FINDINGS_MAX`] findings per log.
 
@@ -228,16 +231,19 @@ impl SegmentCheck<'_> {
     /// Checks the segment and adds what it found to `check`; returns the offset after its last
     /// batch, unless damage at its end leaves that unknown.
     fn run(&self, check: &mut LogCheck) -> Option<Offset> {
-        check.segments += 1;
-        let mut indexes = if self.indexes_trusted { self.load_indexes(check) } else { None };
         let file = match self.fs.open(&self.path, OpenMode::ReadOnly) {
             Ok(file) => file,
+            // Deleted since the directory was listed: retention, beside a running server.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
             Err(error) => {
+                check.segments += 1;
                 check.damaged_batches += 1;
                 check.found(Severity::Damage, &self.path, 0, format!("cannot be opened: {error}"));
                 return None;
             }
         };
+        check.segments += 1;
+        let mut indexes = if self.indexes_trusted { self.load_indexes(check) } else { None };
         let outcome = file.len().and_then(|file_bytes| {
             check.bytes += file_bytes;
             let mut reader = Reader { file: file.as_ref(), file_bytes, buf: Vec::new(), start: 0 };
