@@ -530,10 +530,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Up to `len` bytes at `position` (fewer at the end of the file).
     fn get(&mut self, position: u64, len: usize) -> io::Result<&[u8]> {
-        let len = len.min(self.file_bytes.saturating_sub(position) as usize);
+        let left = self.file_bytes.saturating_sub(position);
+        let len = len.min(left as usize);
         let buffered_end = self.start + self.buf.len() as u64;
         if position < self.start || position + len as u64 > buffered_end {
-            let n = (self.file_bytes - position).min(len.max(VERIFY_READ_BYTES) as u64) as usize;
+            let n = left.min(len.max(VERIFY_READ_BYTES) as u64) as usize;
             self.buf.resize(n, 0);
             self.file.read_exact_at(&mut self.buf, position)?;
             self.start = position;
