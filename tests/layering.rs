@@ -35,7 +35,8 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
 ];
 
 /// The only workspace crates the `spool` binary may use directly. spool-storage is here for
-/// `spool dump`, which reads segment and index files offline with storage's own decoders.
+/// `spool dump` and `spool verify`, which read segment and index files offline with storage's
+/// own decoders.
 const CLI_ALLOWED: &[&str] =
     &["spool-client", "spool-server", "spool-bench", "spool-proto", "spool-storage"];
 

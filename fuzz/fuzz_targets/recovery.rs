@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
 use spool_storage::sim::SimFileSystem;
-use spool_storage::{Log, LogConfig};
+use spool_storage::{Log, LogConfig, ReadError};
 use spool_storage::{Offset, TimestampMs};
 
 /// Splits off a u16-length-prefixed piece.
@@ -54,8 +54,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Recovery trusts what a clean shutdown or the recovery point vouches for (it checks only
     // the batches past the last index entry there), so damage inside that region is found by
-    // readers, which check every batch. With neither file, every byte was scanned: then
-    // everything visible must read back as checked batches, in order, up to the visible end.
+    // readers: a read serves only batches that check, in offset order, and stops before a
+    // damaged one, which the next read reports as `ReadError::Damaged`. With neither file,
+    // every byte was scanned: then everything visible must read back, up to the visible end.
     let scanned_whole = flags & (4 | 8) == 0;
     let end = log.log_end_offset();
     let mut offset = log.log_start_offset();
@@ -65,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(read) => read,
             Err(error) => {
                 assert!(!scanned_whole, "a visible offset {offset:?} fails to read: {error}");
+                assert!(matches!(error, ReadError::Damaged { .. }), "{error}");
                 break;
             }
         };
@@ -72,19 +74,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(!scanned_whole, "no progress at visible offset {offset:?} below {end:?}");
             break;
         }
-        let mut next = offset;
+        let mut next = None;
         for batch in BatchIter::new(&read.bytes) {
-            match batch {
-                Ok(batch) => next = batch.header().next_offset(),
-                Err(error) => {
-                    assert!(!scanned_whole, "a served batch fails its check: {error}");
-                    break;
-                }
+            let batch = batch.unwrap_or_else(|error| panic!("a served batch fails: {error}"));
+            let header = batch.header();
+            match next {
+                None => assert!(header.base_offset <= offset && offset < header.next_offset()),
+                Some(next) => assert_eq!(header.base_offset, next, "served batches follow on"),
             }
+            next = Some(header.next_offset());
         }
-        if scanned_whole {
-            assert_eq!(next, read.next_offset);
-        }
+        assert_eq!(next, Some(read.next_offset));
         offset = read.next_offset;
     }
     if scanned_whole {

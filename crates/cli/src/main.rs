@@ -1,5 +1,6 @@
 //! `spool`: the one binary. `spool serve` runs the server; the other commands are its
-//! clients (`topic`, `produce`, `consume`), except `dump`, which reads files offline.
+//! clients (`topic`, `produce`, `consume`), except `dump` and `verify`, which read files
+//! offline.
 //!
 //! Errors print one line, `spool: ...`, and exit with status 1. Every client command goes
 //! through spool-client.
@@ -11,6 +12,7 @@ mod group;
 mod request;
 mod serve;
 mod token;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,6 +153,13 @@ enum Command {
         /// Also print every record of every batch (.log files).
         #[arg(long)]
         records: bool,
+    },
+    /// Check every batch's CRCs and every index entry under a data directory, offline and
+    /// without changing anything; exits with status 1 when it finds damage.
+    Verify {
+        /// The data directory (or any directory in it, such as one partition's).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
     },
     /// Benchmark Spool (a running server, or one in-process), the disk under it, or a peer.
     Bench {
@@ -332,6 +341,7 @@ fn main() -> ExitCode {
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
         Command::Dump { file, records } => dump::run(&file, records),
+        Command::Verify { data } => verify::run(&data),
         Command::Bench { command } => block_on(async move { Ok(spool_bench::run(command).await?) }),
         Command::Serve(args) => {
             let serve_matches = matches.subcommand_matches("serve").expect("serve was parsed");

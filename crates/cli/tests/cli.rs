@@ -1,8 +1,11 @@
 //! Drives the real `spool` binary as a user would: `serve` on port 0, then `topic`,
-//! `produce`, `consume` and `dump` against it, then SIGTERM.
+//! `produce`, `consume` and `dump` against it, then SIGTERM; `verify` on a clean and a
+//! damaged data directory.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{SPOOL, Served, stdout};
@@ -151,4 +154,112 @@ fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_is_unharm
     let again = Served::start(data.path());
     assert_eq!(again.ok(&["consume", "t"], ""), "before\nafter\n");
     assert!(again.terminate());
+}
+
+/// Every file under `dir` and its bytes.
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn verify(data: &Path) -> std::process::Output {
+    Command::new(SPOOL).args(["verify", "--data"]).arg(data).output().unwrap()
+}
+
+#[test]
+fn verify_finds_the_damage_that_consume_reports_as_data_loss_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path());
+    served.ok(&["topic", "create", "t"], "");
+    // One produce per 40 lines of ~100 bytes: batches of ~4 KiB, so the segment's index has
+    // entries, and a batch in the middle lies before the last (where start-up does not look).
+    let lines: Vec<String> = (0..1200).map(|i| format!("line {i:04} {}", "x".repeat(90))).collect();
+    for chunk in lines.chunks(40) {
+        served.ok(&["produce", "t", "--quiet"], &(chunk.join("\n") + "\n"));
+    }
+    assert!(served.terminate());
+
+    let clean = verify(data.path());
+    let report = stdout(&clean);
+    assert!(report.contains("topics/t/0: 1 segments, offsets 0 to 1199"), "{report}");
+    assert!(report.contains(": ok"), "{report}");
+    assert!(
+        report.contains("1200 records checked: 0 damaged batches, 0 wrong index entries"),
+        "{report}"
+    );
+
+    // A byte of a record in the middle batch flipped, as a disk might.
+    let segment = data.path().join("topics/t/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (base, batch_bytes) = spool_storage::batch::peek_prefix(&bytes[at..]).unwrap();
+        batches.push((at, base.0));
+        at += batch_bytes as usize;
+    }
+    let (position, offset) = batches[batches.len() / 2];
+    let next = batches[batches.len() / 2 + 1];
+    bytes[position + spool_storage::batch::BATCH_HEADER_BYTES + 20] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let before = files_under(data.path());
+    let damaged = verify(data.path());
+    assert_eq!(damaged.status.code(), Some(1), "verify fails on damage");
+    let report = String::from_utf8(damaged.stdout).unwrap();
+    let finding = format!(
+        "damage: {} at byte {position}: damaged batch (batch CRC mismatch",
+        segment.display()
+    );
+    assert!(report.contains(&finding), "{report}");
+    let lost = format!(
+        "offsets {offset} to {} cannot be read; the next intact batch starts at byte {} with offset {}",
+        next.1 - 1,
+        next.0,
+        next.1
+    );
+    assert!(report.contains(&lost), "{report}");
+    assert!(report.contains("topics/t/0: ") && report.contains("DAMAGED"), "{report}");
+    let message = String::from_utf8(damaged.stderr).unwrap();
+    assert!(
+        message.starts_with("spool: 1 of ") && message.contains("logs are damaged"),
+        "{message}"
+    );
+    assert_eq!(files_under(data.path()), before, "verify changes nothing");
+
+    // `spool consume` prints every record before the damage, then DATA_LOSS, and fails.
+    let served = Served::start(data.path());
+    let consumed = served.spool(&["consume", "t"], "");
+    assert!(!consumed.status.success());
+    let printed = String::from_utf8(consumed.stdout).unwrap();
+    assert_eq!(printed.lines().collect::<Vec<_>>(), lines[..offset as usize]);
+    let message = String::from_utf8(consumed.stderr).unwrap();
+    for part in [
+        "DATA_LOSS".to_owned(),
+        "partition 0 of topic t".to_owned(),
+        format!("offset {offset} cannot be read"),
+        format!("byte {position} of "),
+    ] {
+        assert!(message.contains(&part), "{message:?} lacks {part:?}");
+    }
+
+    // Beside a running server: it takes no lock, so it neither fails nor gets in the way.
+    assert_eq!(verify(data.path()).status.code(), Some(1));
+    served.ok(&["produce", "t"], "after the check\n");
+    assert!(served.terminate());
+
+    let missing = verify(&data.path().join("nothing here"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }

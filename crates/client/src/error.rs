@@ -26,7 +26,9 @@ pub enum ErrorCode {
     OutOfRange,
     /// The disk is full, or a limit on the server was reached.
     ResourceExhausted,
-    /// Data may be lost: a failed fsync or damage fenced the partition.
+    /// Data may be lost: a failed fsync or damage fenced the partition, or a read met a
+    /// stored batch that is damaged (every record before it was delivered; the message names
+    /// the offset and the place in the segment file).
     DataLoss,
     /// The server is shutting down or cannot be reached.
     Unavailable,
@@ -202,7 +204,8 @@ impl From<Status> for ProducerError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConsumeError {
     /// The server refused or ended the subscription (OUT_OF_RANGE when retention deleted
-    /// records not yet read, NOT_FOUND when the topic was deleted, UNAVAILABLE at shutdown).
+    /// records not yet read, NOT_FOUND when the topic was deleted, UNAVAILABLE at shutdown,
+    /// DATA_LOSS at a damaged stored batch, after every record before it).
     #[error("the server ended the subscription: {0}")]
     Rejected(#[from] ServerError),
     /// A batch failed its check on arrival: the bytes are not what the server stored.
@@ -224,7 +227,8 @@ pub enum GroupError {
     /// The server refused the join or ended the member's stream: INVALID_ARGUMENT (a bad
     /// name), NOT_FOUND (a topic does not exist), FAILED_PRECONDITION (the group consumes
     /// other topics), OUT_OF_RANGE (retention deleted records not yet read: rejoin),
-    /// UNAVAILABLE (the server shuts down).
+    /// UNAVAILABLE (the server shuts down), DATA_LOSS (an owned partition's next batch is
+    /// damaged on disk; every record before it was delivered).
     #[error("the server refused or ended the group member: {0}")]
     Rejected(ServerError),
     /// The server removed the member: it missed its session timeout or did not acknowledge a

@@ -57,7 +57,9 @@ pub(crate) fn wire(encoding: i32) -> Result<Wire, InvalidRequest> {
 }
 
 /// Decodes the records at or after `from` in whole stored batches. Storage checked every
-/// batch before storing it; a batch that no longer checks is reported, not skipped.
+/// record before storing a batch, and every batch's CRC as it read it (a damaged batch is a
+/// `ReadError::Damaged` before it gets here), so a record that does not decode is a bug,
+/// reported, not skipped.
 fn decode(
     partition: &Partition,
     bytes: &Bytes,

@@ -214,6 +214,8 @@ pub fn to_status(error: &ServiceError) -> Status {
         ServiceError::Read { source, .. } => match source {
             ReadError::OffsetOutOfRange { .. } => Code::OutOfRange,
             ReadError::Io { source, .. } => io_code(source),
+            // The records from there on are gone unless an operator restores them.
+            ReadError::Damaged { .. } => Code::DataLoss,
         },
         ServiceError::AlterTopic(error) => match error {
             AlterTopicError::NotFound { .. } => Code::NotFound,
@@ -369,5 +371,19 @@ mod tests {
             "fsync policy `never`",
         );
         check(ServiceError::ShuttingDown, Code::Unavailable, "shutting down");
+        check(
+            ServiceError::read(
+                &topic(),
+                3,
+                ReadError::Damaged {
+                    offset: Offset(5000),
+                    path: PathBuf::from("/d/0.log"),
+                    position: 123_456,
+                    reason: "batch CRC mismatch".into(),
+                },
+            ),
+            Code::DataLoss,
+            "partition 3 of topic t: offset 5000 cannot be read: the batch at byte 123456 of /d/0.log is damaged",
+        );
     }
 }

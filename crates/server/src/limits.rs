@@ -26,6 +26,10 @@ pub const SYNC_ROUNDS_MAX: u32 = 16;
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Bytes one read takes while rebuilding a partition's producer table at start-up.
 pub const PRODUCER_REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
+/// Damaged batches a partition remembers having reported (logged and counted), so that
+/// readers retrying one do not report it again; past this, the oldest is forgotten (and
+/// would be reported again).
+pub const DAMAGED_BATCHES_REMEMBERED: usize = 64;
 
 // gRPC streams and connections.
 

@@ -17,10 +17,21 @@ use tokio::sync::Notify;
 pub struct Metrics {
     subscriber_buffered_bytes: AtomicU64,
     subscribers_waiting_on_client: AtomicU64,
+    damaged_batches: AtomicU64,
     changed: Notify,
 }
 
 impl Metrics {
+    /// Damaged batches that reads met, each counted once (see `spool_damaged_batches_total`).
+    pub fn damaged_batches(&self) -> u64 {
+        self.damaged_batches.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn damaged_batch(&self) {
+        self.damaged_batches.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
     /// Log bytes read for subscribers and not yet handed to the network: queued toward them
     /// or being built. Bounded by `SUBSCRIBER_BUFFERED_BYTES_MAX` per subscriber.
     pub fn subscriber_buffered_bytes(&self) -> u64 {
@@ -111,6 +122,8 @@ pub mod names {
     pub const PRODUCED_RECORDS: &str = "spool_produced_records_total";
     /// Bytes of stored batches appended, per topic and partition (counter).
     pub const PRODUCED_BYTES: &str = "spool_produced_bytes_total";
+    /// Damaged batches that reads met, each counted once, per topic and partition (counter).
+    pub const DAMAGED_BATCHES: &str = "spool_damaged_batches_total";
     /// Records read for consumers (fetch and subscribe), per topic and partition (counter).
     pub const CONSUMED_RECORDS: &str = "spool_consumed_records_total";
     /// Bytes of stored batches read for consumers, per topic and partition (counter).
@@ -482,6 +495,7 @@ mod describe {
         describe_counter!(PRODUCED_RECORDS, "Records appended.");
         describe_counter!(PRODUCED_BYTES, Unit::Bytes, "Bytes of stored batches appended.");
         describe_counter!(CONSUMED_RECORDS, "Records read for consumers.");
+        describe_counter!(DAMAGED_BATCHES, "Damaged batches that reads met, each once.");
         describe_counter!(
             CONSUMED_BYTES,
             Unit::Bytes,
@@ -522,6 +536,7 @@ pub(crate) struct PartitionMetrics {
     produced_bytes: Counter,
     consumed_records: Counter,
     consumed_bytes: Counter,
+    damaged_batches: Counter,
     append_seconds: Histogram,
     fsync_seconds: Histogram,
     group_batches: Histogram,
@@ -542,6 +557,7 @@ impl PartitionMetrics {
             produced_bytes: metrics::counter!(names::PRODUCED_BYTES, &labels),
             consumed_records: metrics::counter!(names::CONSUMED_RECORDS, &labels),
             consumed_bytes: metrics::counter!(names::CONSUMED_BYTES, &labels),
+            damaged_batches: metrics::counter!(names::DAMAGED_BATCHES, &labels),
             append_seconds: metrics::histogram!(names::APPEND_SECONDS, &labels),
             fsync_seconds: metrics::histogram!(names::FSYNC_SECONDS, &labels),
             group_batches: metrics::histogram!(names::GROUP_COMMIT_BATCHES, &labels),
@@ -582,6 +598,11 @@ impl PartitionMetrics {
     pub(crate) fn consumed(&self, records: u64, bytes: usize) {
         self.consumed_records.increment(records);
         self.consumed_bytes.increment(bytes as u64);
+    }
+
+    /// Counts a damaged batch that a read met for the first time.
+    pub(crate) fn damaged_batch(&self) {
+        self.damaged_batches.increment(1);
     }
 
     /// Counts one open Subscribe stream while the guard lives.

@@ -36,11 +36,14 @@ impl Topic {
         config: TopicConfig,
         logs: Vec<Log>,
         stop: CancellationToken,
+        metrics: &Arc<Metrics>,
     ) -> Topic {
         let (partitions, writers) = logs
             .into_iter()
             .enumerate()
-            .map(|(id, log)| Partition::start(name.clone(), id as u32, log, stop.clone()))
+            .map(|(id, log)| {
+                Partition::start(name.clone(), id as u32, log, stop.clone(), metrics.clone())
+            })
             .unzip();
         Topic {
             name,
@@ -124,12 +127,14 @@ impl TopicTable {
         }
         recovery.export();
         let writers_stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
         let topics = opened
             .into_iter()
             .map(|topic| {
                 let stop = writers_stop.child_token();
                 let name = topic.name.clone();
-                (name, Arc::new(Topic::start(topic.name, topic.config, topic.logs, stop)))
+                let started = Topic::start(topic.name, topic.config, topic.logs, stop, &metrics);
+                (name, Arc::new(started))
             })
             .collect();
         Ok(TopicTable {
@@ -138,7 +143,7 @@ impl TopicTable {
             admin: tokio::sync::Mutex::new(()),
             writers_stop,
             streams_stop: CancellationToken::new(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             recovery,
         })
     }
@@ -181,8 +186,8 @@ impl TopicTable {
             Ok(registry.create(created, config, TimestampMs::now())?)
         })
         .await?;
-        let topic =
-            Arc::new(Topic::start(name.clone(), config, logs, self.writers_stop.child_token()));
+        let stop = self.writers_stop.child_token();
+        let topic = Arc::new(Topic::start(name.clone(), config, logs, stop, &self.metrics));
         self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name, topic.clone());
         Ok(topic)
     }

@@ -201,6 +201,39 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
     Ok((Offset(u64_at(bytes, field::BASE_OFFSET)), length + BATCH_PREFIX_BYTES as u32))
 }
 
+/// Verifies what the first [`STAMPED_HEAD_BYTES`] of a stored batch can show without the rest:
+/// its length is within bounds, its magic byte and version are Spool's, and its stamp CRC
+/// matches, so its base offset can be trusted. Returns the base offset and the whole batch
+/// size. Cheap enough for a walk over batch heads; the batch CRC needs [`check`].
+pub fn check_head(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
+    let (base_offset, batch_bytes) = peek_prefix(bytes)?;
+    if bytes.len() < STAMPED_HEAD_BYTES {
+        return Err(BatchError::Truncated { bytes: bytes.len(), needed: STAMPED_HEAD_BYTES });
+    }
+    check_magic_and_version(bytes)?;
+    check_stamp(bytes)?;
+    Ok((base_offset, batch_bytes))
+}
+
+fn check_magic_and_version(bytes: &[u8]) -> Result<(), BatchError> {
+    if bytes[field::MAGIC] != BATCH_MAGIC {
+        return Err(BatchError::BadMagic { found: bytes[field::MAGIC] });
+    }
+    if bytes[field::VERSION] != BATCH_VERSION {
+        return Err(BatchError::UnsupportedVersion { found: bytes[field::VERSION] });
+    }
+    Ok(())
+}
+
+fn check_stamp(bytes: &[u8]) -> Result<(), BatchError> {
+    let stored = u32_at(bytes, field::STAMP_CRC);
+    let computed = stamp_crc(bytes);
+    if stored != computed {
+        return Err(BatchError::StampCrcMismatch { stored, computed });
+    }
+    Ok(())
+}
+
 /// Verifies the header and CRC of the batch that starts at `bytes[0]`, and returns its header.
 ///
 /// `bytes` may extend past the batch (a read buffer holding several); the batch's extent is
@@ -231,18 +264,9 @@ fn check_with(bytes: &[u8], stamp: Stamp) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: batch_bytes as usize });
     }
     let bytes = &bytes[..batch_bytes as usize];
-    if bytes[field::MAGIC] != BATCH_MAGIC {
-        return Err(BatchError::BadMagic { found: bytes[field::MAGIC] });
-    }
-    if bytes[field::VERSION] != BATCH_VERSION {
-        return Err(BatchError::UnsupportedVersion { found: bytes[field::VERSION] });
-    }
+    check_magic_and_version(bytes)?;
     if stamp == Stamp::Verify {
-        let stored = u32_at(bytes, field::STAMP_CRC);
-        let computed = stamp_crc(bytes);
-        if stored != computed {
-            return Err(BatchError::StampCrcMismatch { stored, computed });
-        }
+        check_stamp(bytes)?;
     }
     let stored = u32_at(bytes, field::CRC);
     let computed = crc32fast::hash(&bytes[CRC_START..]);

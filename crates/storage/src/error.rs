@@ -26,7 +26,7 @@ pub enum Fence {
     WriteFailed { path: PathBuf, error: Arc<io::Error> },
     /// Recovery found damage that is not a torn tail.
     #[error(
-        "{path} is damaged at byte {position}: {reason}; the log is readable up to offset {readable_end} and refuses writes (inspect it with `spool dump`)"
+        "{path} is damaged at byte {position}: {reason}; the log is readable up to offset {readable_end} and refuses writes (check the data directory with `spool verify`, inspect the file with `spool dump`)"
     )]
     Damaged { path: PathBuf, position: u64, reason: String, readable_end: Offset },
 }
@@ -90,6 +90,13 @@ pub enum ReadError {
     OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
     #[error("reading {path} failed: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A stored batch fails its check: the disk gave back something other than what was
+    /// written. Every batch before it is still served; `offset` is the first one that cannot
+    /// be, and `position` is where in the segment file `path` the damage was found.
+    #[error(
+        "offset {offset} cannot be read: the batch at byte {position} of {path} is damaged ({reason}); the records before it can still be read, and `spool verify` checks every batch"
+    )]
+    Damaged { offset: Offset, path: PathBuf, position: u64, reason: String },
 }
 
 #[derive(Debug, Error)]

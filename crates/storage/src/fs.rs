@@ -26,6 +26,8 @@ use crate::limits::MAP_READ_BYTES_MIN;
 pub enum OpenMode {
     /// An existing file, for reading and writing.
     Existing,
+    /// An existing file, for reading only (offline checks, which change nothing).
+    ReadOnly,
     /// A new file; fails if it exists.
     CreateNew,
 }
@@ -137,10 +139,12 @@ impl FileSystem for StdFileSystem {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        if mode == OpenMode::CreateNew {
-            options.create_new(true);
-        }
+        options.read(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        match mode {
+            OpenMode::Existing => options.write(true),
+            OpenMode::CreateNew => options.write(true).create_new(true),
+            OpenMode::ReadOnly => &mut options,
+        };
         Ok(Arc::new(StdFile { file: options.open(path)? }))
     }
 

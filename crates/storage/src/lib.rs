@@ -64,7 +64,9 @@
 //!   success anyway (fsyncgate): so a failure is final for the log.
 //! - Data that was synced is read back as written, or with damage that the CRC detects. Spool
 //!   does not re-verify every CRC of sealed segments at start-up; it checks each segment's
-//!   tail, rebuilds inconsistent indexes from a full check, and `spool dump` checks everything.
+//!   tail and rebuilds inconsistent indexes from a full check. Every read checks the CRC of
+//!   each batch it returns and stops before a damaged one ([`ReadError::Damaged`]), and
+//!   [`verify`] checks everything offline (`spool verify`).
 //! - Writing through a map of a sparse file on a full disk raises SIGBUS, so index files are
 //!   preallocated with `posix_fallocate` before they are mapped.
 
@@ -77,6 +79,7 @@ mod log;
 mod recovery;
 mod segment;
 pub mod sim;
+pub mod verify;
 
 pub use error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, OpenError, ReadError, RetentionError,

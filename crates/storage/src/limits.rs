@@ -66,6 +66,14 @@ pub const MAP_READ_BYTES_MIN: usize = 256 * 1024;
 /// How many bytes one `read` call may ask for.
 pub const READ_BYTES_MAX: u32 = 64 * 1024 * 1024;
 
+/// `verify` reads a segment this many bytes at a time (a batch larger than this is read whole).
+pub const VERIFY_READ_BYTES: usize = 1024 * 1024;
+/// The most findings `verify` keeps per log; it counts the rest.
+pub const VERIFY_FINDINGS_MAX: usize = 100;
+/// How many directory levels below the directory it is given `verify` looks for logs (a data
+/// directory's partition logs are three down: `topics/{name}/{partition}`).
+pub const VERIFY_DEPTH_MAX: usize = 8;
+
 const _: () = assert!(BATCH_HEADER_BYTES as u32 + 1 < BATCH_BYTES_MAX);
 // A largest batch (8 MiB) does not fit in a segment of the smallest size (64 KiB), and need
 // not: `Log::roll_due` never rolls an empty segment, so an empty segment takes any batch, and a

@@ -18,7 +18,7 @@ use crate::limits::{
     WRITEBACK_HINT_BYTES_MIN, index_entries_max,
 };
 use crate::recovery::RecoveryReport;
-use crate::segment::{SealData, Segment, SegmentWriteError};
+use crate::segment::{ReadFailure, SealData, Segment, SegmentWriteError};
 use crate::{Offset, TimestampMs};
 
 /// The name of the file whose presence says the log was closed cleanly; it holds the log's
@@ -618,6 +618,10 @@ impl Log {
     /// Reads whole batches starting with the one that holds `offset`: as many as fit in
     /// `bytes_max` (at least one, so a reader always progresses), from one segment, never past
     /// the visible end. Reading at the visible end returns no bytes.
+    ///
+    /// Every batch returned is checked (length, CRC, offsets following on): a read stops
+    /// before a damaged batch, so the reader gets every intact batch up to it, and the read
+    /// that starts at the damaged batch fails with [`ReadError::Damaged`].
     pub fn read(&self, offset: Offset, bytes_max: u32) -> Result<ReadBatches, ReadError> {
         let log_start = self.log_start_offset();
         let log_end = self.log_end_offset();
@@ -635,13 +639,21 @@ impl Log {
         }
         let segment = self.segment_for(offset);
         let end = self.readable_bytes(segment);
-        let io = |source| ReadError::Io { path: segment.path.clone(), source };
-        let Some(position) = segment.find(offset, end).map_err(io)? else {
+        let failed = |failure: ReadFailure| failure.at(&segment.path, offset);
+        let Some(position) = segment.find(offset, end).map_err(failed)? else {
             return Ok(empty);
         };
-        let bytes = segment.read(position, end, bytes_max.min(READ_BYTES_MAX)).map_err(io)?;
-        let next_offset = last_next_offset(&bytes).unwrap_or(offset);
-        Ok(ReadBatches { bytes, next_offset, log_start_offset: log_start, log_end_offset: log_end })
+        let bytes = segment.read(position, end, bytes_max.min(READ_BYTES_MAX)).map_err(failed)?;
+        let (intact_bytes, next_offset) =
+            intact_batches(&bytes, offset).map_err(|(at, reason)| {
+                failed(ReadFailure::Damaged { position: position + at, reason })
+            })?;
+        Ok(ReadBatches {
+            bytes: bytes.slice(..intact_bytes),
+            next_offset,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        })
     }
 
     /// The first visible offset whose record timestamp is at or after `timestamp`, or `None`
@@ -655,32 +667,34 @@ impl Log {
                 continue;
             }
             let end = self.readable_bytes(segment);
-            let io = |source| ReadError::Io { path: segment.path.clone(), source };
             let start = segment
                 .time_index
                 .last_before(timestamp.0)
                 .and_then(|e| segment.offset_index.floor(e.relative_offset))
                 .map_or(0, |e| u64::from(e.position));
             let mut found = None;
+            // The first offset a failure keeps from the caller: after the last batch walked.
+            let mut reached = segment.base_offset;
             segment
                 .walk(start, end, |batch| {
                     if batch.max_timestamp >= timestamp {
-                        found = Some((batch.position, batch.batch_bytes));
+                        found = Some((batch.position, batch.batch_bytes, batch.base_offset));
                         false
                     } else {
+                        reached = Offset(batch.base_offset.0 + u64::from(batch.record_count));
                         true
                     }
                 })
-                .map_err(io)?;
-            let Some((position, batch_bytes)) = found else {
+                .map_err(|failure| failure.at(&segment.path, reached))?;
+            let Some((position, batch_bytes, base_offset)) = found else {
                 continue;
             };
-            let bytes = segment.read(position, end, batch_bytes).map_err(io)?;
-            let view = BatchView::new(&bytes)
-                .map_err(|e| io(crate::segment::corrupt(&segment.path, position, e)))?;
+            let failed = |failure: ReadFailure| failure.at(&segment.path, base_offset);
+            let bytes = segment.read(position, end, batch_bytes).map_err(failed)?;
+            let damaged = |error| failed(ReadFailure::damaged(position, error));
+            let view = BatchView::new(&bytes).map_err(damaged)?;
             for record in view.records() {
-                let record =
-                    record.map_err(|e| io(crate::segment::corrupt(&segment.path, position, e)))?;
+                let record = record.map_err(damaged)?;
                 if record.timestamp >= timestamp {
                     return Ok(Some(record.offset));
                 }
@@ -775,16 +789,33 @@ impl Log {
     }
 }
 
-/// The offset after the last whole batch in `bytes`.
-fn last_next_offset(bytes: &[u8]) -> Option<Offset> {
+/// How much of `bytes` (whole batches back to back, the first holding `offset`) is intact:
+/// the bytes of the batches before the first that fails its check or does not continue the
+/// offsets, and the offset after them. Fails when the first batch is damaged, with its
+/// position in `bytes` (0) and why.
+fn intact_batches(bytes: &[u8], offset: Offset) -> Result<(usize, Offset), (u64, String)> {
     let mut at = 0usize;
-    let mut next = None;
+    let mut next: Option<Offset> = None;
     while at < bytes.len() {
-        let (base, batch_bytes) = batch::peek_prefix(&bytes[at..]).ok()?;
-        let count_at = at + batch::field::RECORD_COUNT;
-        let count = u32::from_le_bytes(bytes.get(count_at..count_at + 4)?.try_into().ok()?);
-        next = Some(Offset(base.0.saturating_add(u64::from(count))));
-        at += batch_bytes as usize;
+        let header = match batch::check(&bytes[at..]) {
+            Ok(header) => header,
+            Err(error) if at == 0 => return Err((0, error.to_string())),
+            Err(_) => break,
+        };
+        match next {
+            None if header.base_offset > offset || header.next_offset() <= offset => {
+                let reason = format!(
+                    "it holds offsets {} to {}, where offset {offset} was expected",
+                    header.base_offset,
+                    header.last_offset()
+                );
+                return Err((0, reason));
+            }
+            Some(expected) if header.base_offset != expected => break,
+            _ => {}
+        }
+        at += header.batch_bytes as usize;
+        next = Some(header.next_offset());
     }
-    next
+    Ok((at, next.unwrap_or(offset)))
 }

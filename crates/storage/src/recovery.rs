@@ -90,7 +90,7 @@ pub(crate) fn segment_paths(dir: &Path, base: Offset) -> [PathBuf; 3] {
     ]
 }
 
-fn parse_base(name: &str, extension: &str) -> Option<Offset> {
+pub(crate) fn parse_base(name: &str, extension: &str) -> Option<Offset> {
     let stem = name.strip_suffix(extension)?;
     (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
         .then(|| stem.parse().ok().map(Offset))
@@ -455,18 +455,25 @@ impl Opener<'_> {
     }
 
     /// The age a reopened segment counts from: its first batch's newest timestamp, but never
-    /// later than now.
+    /// later than now. `None` when the first batch's head is damaged: the segment then counts
+    /// its age from its next append, and readers meet the damage as [`ReadError::Damaged`].
+    ///
+    /// [`ReadError::Damaged`]: crate::ReadError::Damaged
     fn first_batch_time(
         &self,
         segment: &Segment,
         now: TimestampMs,
     ) -> std::io::Result<Option<TimestampMs>> {
         let mut first = None;
-        segment.walk(0, segment.size_bytes, |batch| {
+        let walked = segment.walk(0, segment.size_bytes, |batch| {
             first = Some(batch.max_timestamp.min(now));
             false
-        })?;
-        Ok(first)
+        });
+        match walked {
+            Ok(()) => Ok(first),
+            Err(segment::ReadFailure::Damaged { .. }) => Ok(None),
+            Err(segment::ReadFailure::Io(error)) => Err(error),
+        }
     }
 
     fn scan_and_rebuild(

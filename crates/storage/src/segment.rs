@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader, field};
+use crate::error::ReadError;
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::index::{
     IndexFile, OFFSET_ENTRY_BYTES, OffsetEntry, OffsetIndex, TIME_ENTRY_BYTES, TimeEntry, TimeIndex,
@@ -228,13 +229,14 @@ impl Segment {
 
     /// Walks batch headers from `position` up to `end`, calling `visit` with each until it
     /// returns false. Only the first [`WALK_HEADER_BYTES`] of each batch are looked at, and
-    /// nothing is verified but the length.
+    /// only what they show is verified ([`batch::check_head`]: the length, the magic byte and
+    /// version, the stamp CRC that covers the base offset).
     pub(crate) fn walk(
         &self,
         mut position: u64,
         end: u64,
         mut visit: impl FnMut(&BatchPrefix) -> bool,
-    ) -> io::Result<()> {
+    ) -> Result<(), ReadFailure> {
         let mut chunk = vec![0u8; WALK_CHUNK_BYTES];
         while position < end {
             let n = (end - position).min(WALK_CHUNK_BYTES as u64) as usize;
@@ -242,8 +244,8 @@ impl Segment {
             let mut at = 0usize;
             while at + WALK_HEADER_BYTES <= n {
                 let bytes = &chunk[at..n];
-                let (base_offset, batch_bytes) = batch::peek_prefix(bytes)
-                    .map_err(|e| corrupt(&self.path, position + at as u64, e))?;
+                let (base_offset, batch_bytes) = batch::check_head(bytes)
+                    .map_err(|error| ReadFailure::damaged(position + at as u64, error))?;
                 let prefix = BatchPrefix {
                     position: position + at as u64,
                     base_offset,
@@ -266,32 +268,52 @@ impl Segment {
             }
             if at == 0 {
                 let error = BatchError::Truncated { bytes: n, needed: WALK_HEADER_BYTES };
-                return Err(corrupt(&self.path, position, error));
+                return Err(ReadFailure::damaged(position, error));
             }
             position += at as u64;
         }
         Ok(())
     }
 
-    /// The position of the batch that holds `offset`, if it lies before `end`.
-    pub(crate) fn find(&self, offset: Offset, end: u64) -> io::Result<Option<u64>> {
+    /// The position of the batch that holds `offset`, if one before `end` may: the first
+    /// whose records reach past `offset`, or else the last that starts at or before it. The
+    /// second case only arises when a batch's record count is damaged (the walk does not
+    /// check it), and reading that batch then finds the damage, rather than skipping to the
+    /// batch after it.
+    pub(crate) fn find(&self, offset: Offset, end: u64) -> Result<Option<u64>, ReadFailure> {
         let relative = (offset.0 - self.base_offset.0) as u32;
         let start = self.offset_index.floor(relative).map_or(0, |e| u64::from(e.position));
         let mut found = None;
+        let mut first_base = None;
         self.walk(start, end, |batch| {
-            if batch.base_offset.0.saturating_add(u64::from(batch.record_count)) > offset.0 {
-                found = Some(batch.position);
-                false
-            } else {
-                true
+            first_base.get_or_insert(batch.base_offset);
+            if batch.base_offset > offset {
+                return false;
             }
+            found = Some(batch.position);
+            batch.base_offset.0.saturating_add(u64::from(batch.record_count)) <= offset.0
         })?;
-        Ok(found)
+        match (found, first_base) {
+            (None, Some(base)) => Err(ReadFailure::Damaged {
+                position: start,
+                reason: format!(
+                    "the batch there starts at offset {base}, after offset {offset}: the segment or its offset index is damaged"
+                ),
+            }),
+            (found, _) => Ok(found),
+        }
     }
 
     /// Reads whole batches from `position`: as many as fit in `bytes_max`, but at least one,
-    /// never past `end`.
-    pub(crate) fn read(&self, position: u64, end: u64, bytes_max: u32) -> io::Result<Bytes> {
+    /// never past `end`. Whole as their length fields say: nothing else is checked, and a
+    /// length that cannot be right ends the read before that batch (or, for the first one,
+    /// is an error).
+    pub(crate) fn read(
+        &self,
+        position: u64,
+        end: u64,
+        bytes_max: u32,
+    ) -> Result<Bytes, ReadFailure> {
         let available = end.saturating_sub(position);
         if available == 0 {
             return Ok(Bytes::new());
@@ -304,14 +326,18 @@ impl Segment {
             if at > 0 && want - at < BATCH_PREFIX_BYTES {
                 break;
             }
-            let (_, batch_bytes) = batch::peek_prefix(&buf[at..])
-                .map_err(|e| corrupt(&self.path, position + at as u64, e))?;
+            let batch_bytes = match batch::peek_prefix(&buf[at..]) {
+                Ok((_, batch_bytes)) => batch_bytes,
+                Err(error) if at == 0 => return Err(ReadFailure::damaged(position, error)),
+                // The reader gets what comes before; its next read starts here and fails.
+                Err(_) => break,
+            };
             if at + batch_bytes as usize <= want {
                 at += batch_bytes as usize;
             } else if at == 0 {
                 // The first batch is larger than `bytes_max`: return it whole.
                 let whole = u64::from(batch_bytes).min(available) as usize;
-                return self.file.read_shared_at(position, whole);
+                return Ok(self.file.read_shared_at(position, whole)?);
             } else {
                 break;
             }
@@ -447,9 +473,36 @@ pub(crate) enum SegmentWriteError {
     Dirty(io::Error),
 }
 
-pub(crate) fn corrupt(path: &Path, position: u64, error: BatchError) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{} at position {position}: {error}", path.display()),
-    )
+/// Why a segment could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    Io(io::Error),
+    /// The bytes at `position` are not the valid batch (head) they should be.
+    Damaged {
+        position: u64,
+        reason: String,
+    },
+}
+
+impl From<io::Error> for ReadFailure {
+    fn from(error: io::Error) -> ReadFailure {
+        ReadFailure::Io(error)
+    }
+}
+
+impl ReadFailure {
+    pub(crate) fn damaged(position: u64, error: BatchError) -> ReadFailure {
+        ReadFailure::Damaged { position, reason: error.to_string() }
+    }
+
+    /// The failure as a read error: `offset` is the first offset the damage keeps from the
+    /// reader.
+    pub(crate) fn at(self, path: &Path, offset: Offset) -> ReadError {
+        match self {
+            ReadFailure::Io(source) => ReadError::Io { path: path.to_path_buf(), source },
+            ReadFailure::Damaged { position, reason } => {
+                ReadError::Damaged { offset, path: path.to_path_buf(), position, reason }
+            }
+        }
+    }
 }

@@ -518,14 +518,14 @@ impl FileSystem for SimFileSystem {
         let mut state = lock(&self.state);
         state.running()?;
         let inode = match (mode, state.lookup(path)?) {
-            (OpenMode::Existing, Some(Entry::File(inode))) => inode,
-            (OpenMode::Existing, Some(Entry::Dir(_))) => {
+            (OpenMode::Existing | OpenMode::ReadOnly, Some(Entry::File(inode))) => inode,
+            (OpenMode::Existing | OpenMode::ReadOnly, Some(Entry::Dir(_))) => {
                 return Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
                     format!("{}: a directory", path.display()),
                 ));
             }
-            (OpenMode::Existing, None) => return Err(not_found(path)),
+            (OpenMode::Existing | OpenMode::ReadOnly, None) => return Err(not_found(path)),
             (OpenMode::CreateNew, Some(_)) => {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
             }

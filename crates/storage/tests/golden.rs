@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use bytes::BytesMut;
 use common::*;
 use spool_storage::batch::{BatchBuilder, Header, ProducerStamp};
+use spool_storage::fs::StdFileSystem;
+use spool_storage::verify::verify_log;
 use spool_storage::{FsyncPolicy, LogConfig, Offset, TimestampMs};
 
 fn golden_dir() -> PathBuf {
@@ -99,6 +101,11 @@ fn the_golden_log_reads_back() {
     for (name, bytes) in files(&golden_dir()) {
         std::fs::write(copy.join(name), bytes).unwrap();
     }
+    // Every batch and index entry checks offline (the timestamps are out of order within
+    // batches, which the time index's running largest timestamp must follow).
+    let check = verify_log(&StdFileSystem, &copy).unwrap();
+    assert!(check.findings.is_empty(), "{:?}", check.findings);
+    assert_eq!((check.segments, check.batches, check.records), (4, 18, 54));
     let log = std_open(&copy, LogConfig { segment_bytes: 64 * 1024, ..LogConfig::default() });
     assert!(log.recovery_report().clean_shutdown, "{}", log.recovery_report());
     assert_eq!(log.segment_count(), 4);

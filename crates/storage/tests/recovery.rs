@@ -41,17 +41,6 @@ fn active_name(files: &BTreeMap<String, Vec<u8>>) -> String {
     files.keys().filter(|n| n.ends_with(".log")).max().unwrap().clone()
 }
 
-/// Positions of the batches in a log file.
-fn batch_positions(bytes: &[u8]) -> Vec<usize> {
-    let mut positions = Vec::new();
-    let mut at = 0;
-    for view in BatchIter::new(bytes) {
-        positions.push(at);
-        at += view.unwrap().as_bytes().len();
-    }
-    positions
-}
-
 fn open(fs: &SimFileSystem) -> Log {
     sim_open(fs, config(FsyncPolicy::Always))
 }

@@ -2,12 +2,15 @@
 //! notification that wakes its readers. The writer task that appends to the log, and the
 //! pipelined group commit, are in [`writer`].
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::limits::{
-    RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
+    DAMAGED_BATCHES_REMEMBERED, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
+    WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
 use spool_broker::TopicName;
@@ -15,7 +18,8 @@ use spool_broker::producer::ProducerTable;
 use spool_proto::Acks;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
-    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, SyncError, SyncTicket, TimestampMs,
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SyncError, SyncTicket,
+    TimestampMs,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
 use crate::idempotence::{self, Refused};
-use crate::metrics::PartitionMetrics;
+use crate::metrics::{Metrics, PartitionMetrics};
 
 mod writer;
 
@@ -52,6 +56,12 @@ pub(crate) struct Partition {
     /// New log settings for the writer to apply (see [`Partition::reconfigure`]).
     reconfigure: mpsc::Sender<Reconfigure>,
     pub(crate) metrics: PartitionMetrics,
+    /// The server's gauges and counters.
+    server_metrics: Arc<Metrics>,
+    /// Damaged batches already reported (logged and counted), by segment file and position,
+    /// so that readers who meet one again and again do not report it again. The oldest is
+    /// forgotten first past [`DAMAGED_BATCHES_REMEMBERED`].
+    damage_reported: Mutex<VecDeque<(PathBuf, u64)>>,
     /// Bumped after every change readers may care about; it carries no data.
     changed: watch::Sender<()>,
     deleted: AtomicBool,
@@ -84,11 +94,14 @@ impl Partition {
         id: u32,
         log: Log,
         stop: CancellationToken,
+        server_metrics: Arc<Metrics>,
     ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
         let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
         let partition = Arc::new(Partition {
             metrics: PartitionMetrics::new(&topic, id),
+            server_metrics,
+            damage_reported: Mutex::new(VecDeque::new()),
             topic,
             id,
             log: RwLock::new(Some(log)),
@@ -186,20 +199,22 @@ impl Partition {
         answer.await.map_err(|_| self.closed_error())?
     }
 
-    /// Reads whole batches from `offset` (see `Log::read`) on a blocking thread.
+    /// Reads whole batches from `offset` (see `Log::read`) on a blocking thread. Every read
+    /// of every service goes through here, so a damaged batch is reported here.
     pub(crate) async fn read(
         self: &Arc<Self>,
         offset: Offset,
         bytes_max: u32,
     ) -> Result<ReadBatches, ServiceError> {
         let partition = self.clone();
-        blocking(move || {
+        let read = blocking(move || {
             partition.with_log(|log| {
                 log.read(offset, bytes_max)
                     .map_err(|e| ServiceError::read(&partition.topic, partition.id, e))
             })
         })
-        .await
+        .await;
+        read.inspect_err(|error| self.report_damage(error))
     }
 
     /// The first visible offset at or after `timestamp`, or the visible end.
@@ -208,7 +223,7 @@ impl Partition {
         timestamp: TimestampMs,
     ) -> Result<Offset, ServiceError> {
         let partition = self.clone();
-        blocking(move || {
+        let found = blocking(move || {
             partition.with_log(|log| {
                 let found = log
                     .offset_for_timestamp(timestamp)
@@ -216,7 +231,29 @@ impl Partition {
                 Ok(found.unwrap_or_else(|| log.log_end_offset()))
             })
         })
-        .await
+        .await;
+        found.inspect_err(|error| self.report_damage(error))
+    }
+
+    /// Logs a damaged batch at WARN and counts it, the first time a read meets it.
+    pub(crate) fn report_damage(&self, error: &ServiceError) {
+        let ServiceError::Read { source: ReadError::Damaged { path, position, .. }, .. } = error
+        else {
+            return;
+        };
+        {
+            let mut reported = self.damage_reported.lock().unwrap_or_else(PoisonError::into_inner);
+            if reported.iter().any(|(p, at)| p == path && at == position) {
+                return;
+            }
+            if reported.len() == DAMAGED_BATCHES_REMEMBERED {
+                reported.pop_front();
+            }
+            reported.push_back((path.clone(), *position));
+        }
+        tracing::warn!(topic = %self.topic, partition = self.id, %error, "a read met a damaged batch");
+        self.metrics.damaged_batch();
+        self.server_metrics.damaged_batch();
     }
 }
 
@@ -386,7 +423,8 @@ mod tests {
         assert_eq!(log.config().fsync, FsyncPolicy::Always);
         let stop = CancellationToken::new();
         let topic = TopicName::parse("topic").unwrap();
-        let (partition, writer) = Partition::start(topic, 0, log, stop.clone());
+        let metrics = Arc::new(Metrics::default());
+        let (partition, writer) = Partition::start(topic, 0, log, stop.clone(), metrics);
         let before = gate.lock().started;
         gate.set(|g| g.held = true);
 

@@ -358,6 +358,7 @@ impl Partition {
         })
         .await;
         let table = rebuilt.unwrap_or_else(|error| {
+            self.report_damage(&error);
             tracing::error!(topic = %self.topic, partition = self.id, %error, "rebuilding producer state failed; unknown producers are accepted at any sequence");
             let mut table = ProducerTable::new();
             table.mark_incomplete();

@@ -106,6 +106,17 @@ pub fn restore(files: &std::collections::BTreeMap<String, Vec<u8>>) -> SimFileSy
     fs
 }
 
+/// Positions of the batches in a log file.
+pub fn batch_positions(bytes: &[u8]) -> Vec<usize> {
+    let mut positions = Vec::new();
+    let mut at = 0;
+    for view in BatchIter::new(bytes) {
+        positions.push(at);
+        at += view.unwrap().as_bytes().len();
+    }
+    positions
+}
+
 pub fn segment_name(base: u64, extension: &str) -> String {
     format!("{base:020}.{extension}")
 }
