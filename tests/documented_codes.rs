@@ -62,6 +62,24 @@ const ELSEWHERE: &[(&str, &str, &str, &str)] = &[
         "crates/cli/tests/faults.rs",
         "a_failed_fdatasync_fences_one_partition_and_the_rest_serves",
     ),
+    (
+        "Fetch",
+        "DATA_LOSS",
+        "tests/damage.rs",
+        "grpc_readers_get_every_record_before_a_damaged_batch_then_data_loss",
+    ),
+    (
+        "Subscribe",
+        "DATA_LOSS",
+        "tests/damage.rs",
+        "grpc_readers_get_every_record_before_a_damaged_batch_then_data_loss",
+    ),
+    (
+        "Join",
+        "DATA_LOSS",
+        "tests/damage.rs",
+        "grpc_readers_get_every_record_before_a_damaged_batch_then_data_loss",
+    ),
     ("Join", "INVALID_ARGUMENT", "tests/groups.rs", "bad_joins_end_the_stream_with_their_status"),
     ("Join", "NOT_FOUND", "tests/groups.rs", "bad_joins_end_the_stream_with_their_status"),
     (
