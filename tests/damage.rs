@@ -24,6 +24,8 @@ const VICTIM: usize = 25;
 /// A data directory holding topic `t` (one partition of 50 batches of 100 records, values
 /// `record N`), closed cleanly, with a byte of a record in batch 25 flipped.
 struct Damaged {
+    /// Each test damages its own topic: the Prometheus recorder is shared by the process.
+    topic: &'static str,
     data: tempfile::TempDir,
     /// The offset the damaged batch starts at, and its byte position in the segment file.
     offset: u64,
@@ -31,19 +33,19 @@ struct Damaged {
 }
 
 impl Damaged {
-    async fn new() -> Damaged {
+    async fn new(topic: &'static str) -> Damaged {
         let data = tempfile::tempdir().unwrap();
         let server = TestServer::start(data.path()).await;
-        server.create_topic("t", 1, always()).await;
+        server.create_topic(topic, 1, always()).await;
         for batch in 0..BATCHES {
             let first = batch * RECORDS_PER_BATCH;
             let records = (first..first + RECORDS_PER_BATCH)
                 .map(|i| record(&format!("record {i}")))
                 .collect();
-            server.produce("t", Some(0), records).await.unwrap();
+            server.produce(topic, Some(0), records).await.unwrap();
         }
         server.shutdown().await;
-        let segment = data.path().join("topics/t/0/00000000000000000000.log");
+        let segment = data.path().join(format!("topics/{topic}/0/00000000000000000000.log"));
         let mut bytes = std::fs::read(&segment).unwrap();
         let mut positions = Vec::new();
         let mut at = 0;
@@ -55,7 +57,7 @@ impl Damaged {
         let position = positions[VICTIM];
         bytes[position + BATCH_HEADER_BYTES + 10] ^= 0xff;
         std::fs::write(&segment, bytes).unwrap();
-        Damaged { data, offset: (VICTIM * RECORDS_PER_BATCH) as u64, position }
+        Damaged { topic, data, offset: (VICTIM * RECORDS_PER_BATCH) as u64, position }
     }
 
     /// The values of the records before the damage.
@@ -67,7 +69,8 @@ impl Damaged {
     fn assert_named(&self, message: &str) {
         let offset = format!("offset {} cannot be read", self.offset);
         let position = format!("byte {} of ", self.position);
-        for part in ["partition 0 of topic t", &offset, &position, "00000000000000000000.log"] {
+        let partition = format!("partition 0 of topic {}", self.topic);
+        for part in [&partition, &offset, &position, "00000000000000000000.log"] {
             assert!(message.contains(part), "{message:?} lacks {part:?}");
         }
     }
@@ -76,7 +79,7 @@ impl Damaged {
 #[tokio::test]
 async fn grpc_readers_get_every_record_before_a_damaged_batch_then_data_loss() {
     let prometheus = spool_server::metrics::install_prometheus().unwrap();
-    let damaged = Damaged::new().await;
+    let damaged = Damaged::new("t").await;
     let server = TestServer::start(damaged.data.path()).await;
 
     // Subscribe from the earliest offset.
@@ -159,10 +162,10 @@ async fn grpc_readers_get_every_record_before_a_damaged_batch_then_data_loss() {
 
 #[tokio::test]
 async fn the_browser_listener_serves_every_record_before_a_damaged_batch_then_the_error() {
-    let damaged = Damaged::new().await;
+    let damaged = Damaged::new("b").await;
     let browser = Browserside::open(damaged.data.path()).await;
 
-    let mut events = browser.sse("/v1/topics/t/partitions/0/events?from=earliest", None).await;
+    let mut events = browser.sse("/v1/topics/b/partitions/0/events?from=earliest", None).await;
     let received: Vec<String> = events
         .records(damaged.offset as usize)
         .await
@@ -176,11 +179,11 @@ async fn the_browser_listener_serves_every_record_before_a_damaged_batch_then_th
     damaged.assert_named(end.data["error"].as_str().unwrap());
 
     // History pages: the one before the damage is whole, the one at it is the error.
-    let before = format!("/v1/topics/t/partitions/0/records?offset={}", damaged.offset - 100);
+    let before = format!("/v1/topics/b/partitions/0/records?offset={}", damaged.offset - 100);
     let (status, page) = browser.get(&before).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["records"].as_array().unwrap().len(), 100, "{page}");
-    let at = format!("/v1/topics/t/partitions/0/records?offset={}", damaged.offset);
+    let at = format!("/v1/topics/b/partitions/0/records?offset={}", damaged.offset);
     let (status, error) = browser.get(&at).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     damaged.assert_named(error["error"].as_str().unwrap());
