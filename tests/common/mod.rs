@@ -51,6 +51,17 @@ impl TestServer {
         self.0.shutdown().await.unwrap();
     }
 
+    /// Shuts down a server with a log that cannot close cleanly (a fenced partition), and
+    /// checks it says so; returns what it said.
+    pub async fn shutdown_unclean(self) -> String {
+        match self.0.shutdown().await {
+            Err(spool_server::testing::StopError::Serve(
+                error @ spool_server::RunError::UncleanStop { .. },
+            )) => error.to_string(),
+            other => panic!("expected an unclean stop, got {other:?}"),
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
         self.0.channel().await.unwrap()
     }
