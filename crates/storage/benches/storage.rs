@@ -20,14 +20,19 @@
 //!   batch to be durable), as a fraction of the `fdatasync` rate for groups of that size;
 //! - sequential reads, offset lookups and timestamp lookups on a warm page cache;
 //! - recovery: opening a 1 GiB log after a clean shutdown and after a crash;
-//! - batch encoding and checking.
+//! - batch encoding and checking;
+//! - Kafka's compression codecs on a batch's records section: ratio, compress and decompress
+//!   speed (MB/s of uncompressed records).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spool_storage::batch::{BatchBuilder, CheckedBatch, ProducerStamp, check_for_append};
+use spool_storage::batch::compression::{self, Codec};
+use spool_storage::batch::{
+    BATCH_HEADER_BYTES, BatchBuilder, CheckedBatch, ProducerStamp, check_for_append,
+};
 use spool_storage::fs::StdFileSystem;
 use spool_storage::sim::Rng;
 use spool_storage::{FsyncPolicy, Log, LogConfig, Offset, SyncTicket, TimestampMs};
@@ -44,7 +49,7 @@ struct Settings {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // Sections named on the command line run alone: disk, never, interval, always, reads,
-    // recovery, batches (cargo passes its own `--bench`; flags are skipped).
+    // recovery, batches, compression (cargo passes its own `--bench`; flags are skipped).
     let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
     let dir = std::env::var_os("SPOOL_BENCH_DIR")
@@ -105,6 +110,9 @@ fn main() {
         let (encode_ns, check_mb_s) = encode_and_check();
         println!("encode, 100-byte records     {encode_ns:>9.1} ns/record");
         println!("check (CRC + records)        {check_mb_s:>9.0} MB/s");
+    }
+    if wants("compression") {
+        compression_section(settings);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -532,4 +540,60 @@ fn encode_and_check() -> (f64, f64) {
     }
     let check_mb_s = (rounds * big.len()) as f64 / MIB / start.elapsed().as_secs_f64();
     (encode_ns, check_mb_s)
+}
+
+/// Each codec on the records section of a batch of 10,000 JSON events (about 1 MiB), as a
+/// producer would compress it and a consumer decompress it.
+fn compression_section(settings: &Settings) {
+    println!("\n## Compression (the records of one batch of 10,000 JSON events of ~100 bytes)");
+    let mut builder = BatchBuilder::new(BytesMut::with_capacity(2 << 20));
+    for i in 0..10_000u64 {
+        let value = format!(
+            r#"{{"id":{i},"user":"user-{}","action":"{}","amount":{},"ts":"2026-11-27T10:{:02}:{:02}Z"}}"#,
+            i * 7919 % 10_000,
+            ["view", "click", "add-to-cart", "buy"][(i % 4) as usize],
+            i * 31 % 9973,
+            i / 60 % 60,
+            i % 60
+        );
+        builder.push(
+            TimestampMs(1),
+            Some(format!("user-{}", i % 100).as_bytes()),
+            Some(value.as_bytes()),
+            &[],
+        );
+    }
+    let batch = builder.finish(ProducerStamp::NONE);
+    let records = &batch[BATCH_HEADER_BYTES..];
+    println!("{:.2} MiB of records", records.len() as f64 / MIB);
+    for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+        let payload = compression::compress(codec, records);
+        let compress_mb_s = median3(|| {
+            mb_s_for(settings.duration, records.len(), || {
+                std::hint::black_box(compression::compress(codec, records));
+            })
+        });
+        let decompress_mb_s = median3(|| {
+            mb_s_for(settings.duration, records.len(), || {
+                std::hint::black_box(
+                    compression::decompress(codec, &payload, records.len()).unwrap(),
+                );
+            })
+        });
+        println!(
+            "{codec:<7} ratio {:>5.2}   compress {compress_mb_s:>6.0} MB/s   decompress {decompress_mb_s:>6.0} MB/s",
+            records.len() as f64 / payload.len() as f64
+        );
+    }
+}
+
+/// Runs `round` for at least `duration`; MB/s, counting `bytes` per round.
+fn mb_s_for(duration: Duration, bytes: usize, mut round: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut rounds = 0;
+    while rounds == 0 || start.elapsed() < duration {
+        round();
+        rounds += 1;
+    }
+    (rounds * bytes) as f64 / MIB / start.elapsed().as_secs_f64()
 }

@@ -66,6 +66,7 @@ use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX};
 use crate::{Offset, TimestampMs};
 
 mod builder;
+pub mod compression;
 pub use builder::BatchBuilder;
 
 /// First byte after the length: identifies a Spool batch.
