@@ -98,7 +98,7 @@ async fn subscribe(channel: tonic::transport::Channel, subscriber: usize, expect
     while next_offset < stop_at {
         let message = stream.message().await.unwrap().expect("the subscription goes on");
         for batch in BatchIter::new(&message.raw_batches) {
-            for record in batch.unwrap().records() {
+            for record in batch.unwrap().records().iter() {
                 let record = record.unwrap();
                 if record.offset.0 < next_offset {
                     continue; // a batch may start before the position asked for

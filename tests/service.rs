@@ -19,9 +19,7 @@ use spool_proto::v1::{
     ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
 };
 use spool_storage::TimestampMs;
-use spool_storage::batch::{
-    self, BATCH_HEADER_BYTES, BatchBuilder, BatchIter, Header, ProducerStamp,
-};
+use spool_storage::batch::{self, BatchBuilder, BatchIter, Header, ProducerStamp};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -298,9 +296,12 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
     assert!(fetched.records.is_empty());
     let stored = BatchIter::new(&fetched.raw_batches).next().unwrap().unwrap();
     assert_eq!(stored.header().base_offset.0, 1);
-    assert_eq!(stored.as_bytes().len(), batch.len());
-    assert_eq!(stored.header().crc, batch::check(&batch).unwrap().crc);
-    assert_eq!(&stored.as_bytes()[BATCH_HEADER_BYTES..], &batch[BATCH_HEADER_BYTES..]);
+    // Stored as version 2: Spool's frame, then the Kafka batch as sent but for its
+    // `baseOffset` and `partitionLeaderEpoch`.
+    assert_eq!(stored.as_bytes().len(), batch.len() + batch::v2::frame::BYTES);
+    assert_eq!(stored.header().crc, batch::CheckedBatch::check(&batch[..]).unwrap().header().crc);
+    let kafka = stored.kafka_bytes();
+    assert_eq!(&kafka[batch::v2::kafka::MAGIC..], &batch[batch::v2::kafka::MAGIC..]);
 
     // And decoded for a plain protobuf consumer.
     let decoded = server.fetch_all("raw", 0, 1).await;

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         batch::stamp(&mut stamped, Offset(7), Offset(0));
         let view = BatchView::new(&stamped).expect("a batch fit to append checks once stamped");
         let mut count = 0u32;
-        for (i, record) in view.records().enumerate() {
+        for (i, record) in view.records().iter().enumerate() {
             let record = record.expect("check_for_append walked every record");
             assert_eq!(record.offset, Offset(7 + i as u64));
             for h in record.headers() {
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(view) = BatchView::new(data) {
         assert!(view.as_bytes().len() <= data.len());
-        for record in view.records() {
+        for record in view.records().iter() {
             let Ok(record) = record else { break };
             for h in record.headers() {
                 if h.is_err() {

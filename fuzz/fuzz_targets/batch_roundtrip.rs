@@ -61,7 +61,8 @@ fuzz_target!(|input: Input| {
     assert_eq!(header.record_count as usize, records.len());
     assert_eq!(header.producer, stamp);
     let view = BatchView::new(&bytes).unwrap();
-    let decoded: Vec<_> = view.records().map(Result::unwrap).collect();
+    let decoded = view.records();
+    let decoded: Vec<_> = decoded.iter().map(Result::unwrap).collect();
     assert_eq!(decoded.len(), records.len());
     for (record, input) in decoded.iter().zip(&records) {
         assert_eq!(record.timestamp, TimestampMs(input.timestamp_ms));

@@ -7,7 +7,8 @@ use spool_proto::limits::{REQUEST_BYTES_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::{Acks, ProduceRequest, ProducerStamp as WireStamp, Record, RecordList};
 use spool_storage::TimestampMs;
-use spool_storage::batch::{BATCH_MAGIC, BatchBuilder, ProducerStamp, field};
+use spool_storage::batch::v2::kafka;
+use spool_storage::batch::{BATCH_MAGIC, BatchBuilder, BatchBuilderV1, ProducerStamp, field};
 use tonic::Code;
 
 use super::common::{header, record};
@@ -31,7 +32,7 @@ fn raw(bytes: impl Into<Bytes>) -> ProduceRequest {
     }
 }
 
-/// A valid raw batch of three records, for the damaged variants.
+/// A valid raw batch of three records (a Kafka RecordBatch v2), for the damaged variants.
 fn good_batch() -> BytesMut {
     let mut builder = BatchBuilder::new(BytesMut::new());
     for value in [&b"a"[..], b"b", b"c"] {
@@ -40,11 +41,18 @@ fn good_batch() -> BytesMut {
     builder.finish(ProducerStamp::NONE)
 }
 
-/// Rewrites the batch's CRC after a change to the bytes it covers, so that only the change
-/// itself is wrong.
+/// The same in format version 1, which older clients send.
+fn good_v1_batch() -> BytesMut {
+    let mut builder = BatchBuilderV1::new(BytesMut::new());
+    builder.push(TimestampMs(1_000), None, Some(b"a"), &[]);
+    builder.finish(ProducerStamp::NONE)
+}
+
+/// Rewrites the batch's CRC-32C after a change to the bytes it covers, so that only the
+/// change itself is wrong.
 fn recrc(mut batch: BytesMut) -> BytesMut {
-    let crc = crc32fast::hash(&batch[field::ATTRIBUTES..]);
-    batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&batch[kafka::ATTRIBUTES..]);
+    batch[kafka::CRC..kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
     batch
 }
 
@@ -230,66 +238,94 @@ pub fn produce_rows(c: &Clients, producer_id: i64) -> Vec<Row> {
             longer.extend_from_slice(&[0]);
             longer
         }),
-        ("with a wrong CRC", "CRC mismatch", with(good.clone(), field::CRC, &[0, 0, 0, 0])),
+        ("with a wrong CRC", "CRC mismatch", with(good.clone(), kafka::CRC, &[0, 0, 0, 0])),
         ("with a flipped record byte", "CRC mismatch", {
             let mut flipped = good.clone();
             let last = flipped.len() - 1;
             flipped[last] ^= 0x40;
             flipped
         }),
-        ("with length 0", "length field", with(good.clone(), field::LENGTH, &0u32.to_le_bytes())),
+        (
+            "with length 0",
+            "length field",
+            with(good.clone(), kafka::BATCH_LENGTH, &0u32.to_be_bytes()),
+        ),
         (
             "with length u32::MAX",
             "length field",
-            with(good.clone(), field::LENGTH, &u32::MAX.to_le_bytes()),
+            with(good.clone(), kafka::BATCH_LENGTH, &u32::MAX.to_be_bytes()),
         ),
         (
             "with length one short",
             "",
-            with(good.clone(), field::LENGTH, &(length as u32 - 1).to_le_bytes()),
+            with(good.clone(), kafka::BATCH_LENGTH, &(length as u32 - 1).to_be_bytes()),
         ),
         (
             "with length one long",
             "truncated",
-            with(good.clone(), field::LENGTH, &(length as u32 + 1).to_le_bytes()),
+            with(good.clone(), kafka::BATCH_LENGTH, &(length as u32 + 1).to_be_bytes()),
         ),
-        ("with magic 0x00", "magic", with(good.clone(), field::MAGIC, &[0])),
-        ("with Kafka's magic 2", "magic", with(good.clone(), field::MAGIC, &[2])),
-        ("with version 9", "version 9", with(good.clone(), field::VERSION, &[9])),
         (
-            "with a compression codec",
-            "compression codec 1",
-            recrc(with(good.clone(), field::ATTRIBUTES, &1u16.to_le_bytes())),
+            "with magic 0 (a Kafka message set)",
+            "expected 2",
+            with(good.clone(), kafka::MAGIC, &[0]),
+        ),
+        (
+            "with magic 1 (a Kafka message set)",
+            "expected 2",
+            with(good.clone(), kafka::MAGIC, &[1]),
+        ),
+        ("of version 1 with magic 0x00", "magic", with(good_v1_batch(), field::MAGIC, &[0])),
+        ("of version 9", "version 9", with(good_v1_batch(), field::VERSION, &[9])),
+        (
+            "with an unknown compression codec",
+            "compression codec 7",
+            recrc(with(good.clone(), kafka::ATTRIBUTES, &7u16.to_be_bytes())),
+        ),
+        (
+            "claiming gzip without being gzip",
+            "do not decompress",
+            recrc(with(good.clone(), kafka::ATTRIBUTES, &1u16.to_be_bytes())),
+        ),
+        (
+            "marked transactional",
+            "transactional",
+            recrc(with(good.clone(), kafka::ATTRIBUTES, &(1u16 << 4).to_be_bytes())),
         ),
         (
             "claiming 0 records",
             "declares 0 records",
-            recrc(with(good.clone(), field::RECORD_COUNT, &0u32.to_le_bytes())),
+            recrc(with(good.clone(), kafka::RECORDS_COUNT, &0u32.to_be_bytes())),
         ),
         (
             "claiming 2 of its 3 records",
             "",
-            recrc(with(good.clone(), field::RECORD_COUNT, &2u32.to_le_bytes())),
+            recrc(with(good.clone(), kafka::RECORDS_COUNT, &2u32.to_be_bytes())),
         ),
         (
             "claiming 4 of its 3 records",
             "",
-            recrc(with(good.clone(), field::RECORD_COUNT, &4u32.to_le_bytes())),
+            recrc(with(good.clone(), kafka::RECORDS_COUNT, &4u32.to_be_bytes())),
         ),
         (
             "claiming u32::MAX records",
             "records",
-            recrc(with(good.clone(), field::RECORD_COUNT, &u32::MAX.to_le_bytes())),
+            recrc(with(good.clone(), kafka::RECORDS_COUNT, &u32::MAX.to_be_bytes())),
+        ),
+        (
+            "with a last offset delta that is not its count",
+            "lastOffsetDelta",
+            recrc(with(good.clone(), kafka::LAST_OFFSET_DELTA, &5u32.to_be_bytes())),
         ),
         (
             "with max timestamp before first",
             "timestamp",
-            recrc(with(good.clone(), field::MAX_TIMESTAMP, &0i64.to_le_bytes())),
+            recrc(with(good.clone(), kafka::MAX_TIMESTAMP, &0i64.to_be_bytes())),
         ),
         (
             "with a lying max timestamp",
             "timestamp",
-            recrc(with(good.clone(), field::MAX_TIMESTAMP, &5_000i64.to_le_bytes())),
+            recrc(with(good.clone(), kafka::MAX_TIMESTAMP, &5_000i64.to_be_bytes())),
         ),
         (
             "of random bytes",
@@ -318,7 +354,7 @@ pub fn produce_rows(c: &Clients, producer_id: i64) -> Vec<Row> {
         "CRC mismatch",
         ProduceRequest {
             acks: Acks::None as i32,
-            ..raw(with(good.clone(), field::CRC, &[0, 0, 0, 0]).freeze())
+            ..raw(with(good.clone(), kafka::CRC, &[0, 0, 0, 0]).freeze())
         },
     );
     add(

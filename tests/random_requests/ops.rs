@@ -10,7 +10,8 @@ use spool_proto::v1::FsyncPolicy;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_storage::TimestampMs;
-use spool_storage::batch::{self, BatchBuilder, ProducerStamp, field};
+use spool_storage::batch::v2::kafka;
+use spool_storage::batch::{self, BatchBuilder, ProducerStamp};
 use spool_storage::limits::{FSYNC_INTERVAL_MS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
 /// Topic names the requests use, and whether the API accepts each. Most requests name one of
@@ -319,8 +320,8 @@ pub fn raw_batch(
     }
     let mut batch = if records.is_empty() {
         // An empty batch cannot be built: send a bare header instead.
-        let mut bytes = BytesMut::zeroed(field::ATTRIBUTES + 8);
-        bytes[field::ATTRIBUTES - 1] = 0xff;
+        let mut bytes = BytesMut::zeroed(kafka::RECORDS);
+        bytes[kafka::MAGIC] = kafka::MAGIC_V2;
         bytes
     } else {
         builder.finish(stamp)
@@ -331,9 +332,9 @@ pub fn raw_batch(
         Damage::Flip { at, xor } => batch[at % len] ^= xor,
         Damage::FlipResealed { at, xor } => {
             batch[at % len] ^= xor;
-            if len > field::ATTRIBUTES {
-                let crc = crc32fast::hash(&batch[field::ATTRIBUTES..]);
-                batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            if len > kafka::ATTRIBUTES {
+                let crc = crc32c::crc32c(&batch[kafka::ATTRIBUTES..]);
+                batch[kafka::CRC..kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
             }
         }
         Damage::Truncate { keep } => batch.truncate(keep % len),

@@ -239,7 +239,7 @@ fn fold_log(
             .map_err(|source| OpenInternalError::Read { path: path.to_path_buf(), source })?;
         for batch in BatchIter::new(&read.bytes) {
             let batch = batch.map_err(|e| bad(offset.0, e.to_string()))?;
-            for record in batch.records() {
+            for record in batch.records().iter() {
                 let record = record.map_err(|e| bad(offset.0, e.to_string()))?;
                 if record.offset < offset {
                     continue;

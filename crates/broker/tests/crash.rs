@@ -113,7 +113,7 @@ fn values(log: &Log) -> Vec<Vec<u8>> {
     let read = log.read(Offset(0), 1024 * 1024).unwrap();
     let mut values = Vec::new();
     for batch in BatchIter::new(&read.bytes) {
-        for record in batch.unwrap().records() {
+        for record in batch.unwrap().records().iter() {
             values.push(record.unwrap().value.unwrap_or_default().to_vec());
         }
     }

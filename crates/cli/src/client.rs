@@ -134,6 +134,7 @@ pub(crate) struct ProduceOptions {
     pub(crate) key: Option<String>,
     pub(crate) headers: Vec<String>,
     pub(crate) acks: Option<Acks>,
+    pub(crate) compression: spool_client::Codec,
     pub(crate) quiet: bool,
 }
 
@@ -290,6 +291,7 @@ pub(crate) async fn produce(server: &ServerArg, options: ProduceOptions) -> anyh
         acks,
         batch_bytes_max: BATCH_BYTES_MAX as usize,
         linger: LINGER_MAX,
+        compression: options.compression,
         ..Default::default()
     };
     let producer = client.producer(&options.topic, config).await?;

@@ -81,13 +81,20 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
         buffer.extend_from_slice(&prefix);
         buffer.resize(batch_bytes as usize, 0);
         reader.read_exact(&mut buffer[BATCH_PREFIX_BYTES..])?;
-        match batch::check_for_append(&buffer) {
+        match batch::check_stored_records(&buffer) {
             Ok(header) => {
                 let base = header.base_offset.0;
+                let codec = header.codec().map_or_else(|e| e.to_string(), |c| c.to_string());
+                let crcs = if header.version == batch::BATCH_VERSION_2 {
+                    "frame crc and crc32c"
+                } else {
+                    "crc"
+                };
                 out!(
-                    "position {position}: offsets {base} to {} ({} records), {batch_bytes} bytes, timestamps {} to {}, crc {:#010x} ok",
+                    "position {position}: offsets {base} to {} ({} records), {batch_bytes} bytes, format v{}, codec {codec}, timestamps {} to {}, {crcs} {:#010x} ok",
                     header.last_offset().0,
                     header.record_count,
+                    header.version,
                     header.first_timestamp.0,
                     header.max_timestamp.0,
                     header.crc,
@@ -103,7 +110,7 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
                 expected_offset = Some(header.next_offset().0);
                 if records {
                     let view = BatchView::new(&buffer).expect("checked above");
-                    for record in view.records().flatten() {
+                    for record in view.records().iter().flatten() {
                         let headers: Vec<String> = record
                             .headers()
                             .flatten()

@@ -63,6 +63,10 @@ enum Command {
         /// [default: all, or leader on an fsync `never` topic, which refuses all].
         #[arg(long, value_name = "LEVEL")]
         acks: Option<Acks>,
+        /// How each batch's records are compressed: none, gzip, snappy, lz4 or zstd (stored
+        /// as sent; every consumer decompresses) [default: none].
+        #[arg(long, value_name = "CODEC", default_value = "none")]
+        compression: spool_client::Codec,
         /// Print nothing on standard error but errors (by default: how many records were
         /// stored, in which partitions and at which offsets).
         #[arg(long, short)]
@@ -358,8 +362,9 @@ fn main() -> ExitCode {
         Command::Topic { server, command } => {
             block_on(async move { client::topic(&server, command).await })
         }
-        Command::Produce { server, topic, partition, key, headers, acks, quiet } => {
-            let options = client::ProduceOptions { topic, partition, key, headers, acks, quiet };
+        Command::Produce { server, topic, partition, key, headers, acks, compression, quiet } => {
+            let options =
+                client::ProduceOptions { topic, partition, key, headers, acks, compression, quiet };
             block_on(async move { client::produce(&server, options).await })
         }
         Command::Consume {

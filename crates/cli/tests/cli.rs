@@ -263,3 +263,30 @@ fn verify_finds_the_damage_that_consume_reports_as_data_loss_and_changes_nothing
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
 }
+
+#[test]
+fn produce_compresses_and_every_reader_decompresses() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path());
+    served.ok(&["topic", "create", "events"], "");
+    let lines: String = (0..200)
+        .map(|i| format!("{{\"event\":\"click\",\"page\":\"/home\",\"n\":{i}}}\n"))
+        .collect();
+    served.ok(&["produce", "events", "--compression", "zstd", "--quiet"], &lines);
+    assert_eq!(served.ok(&["consume", "events"], ""), lines, "read back as produced");
+    let unknown = served.spool(&["produce", "events", "--compression", "brotli"], "x\n");
+    assert!(!unknown.status.success());
+    let message = String::from_utf8(unknown.stderr).unwrap();
+    assert!(message.contains("zstd"), "the accepted codecs are named: {message}");
+    assert!(served.terminate());
+    let segment = data.path().join("topics/events/0/00000000000000000000.log");
+    let dumped = Command::new(SPOOL).arg("dump").arg(&segment).arg("--records").output().unwrap();
+    let text = stdout(&dumped);
+    assert!(text.contains("format v2, codec zstd"), "{text}");
+    assert!(
+        text.contains(r#"value "{\"event\":\"click\",\"page\":\"/home\",\"n\":199}""#),
+        "{text}"
+    );
+    let on_disk = std::fs::metadata(&segment).unwrap().len() as usize;
+    assert!(on_disk < lines.len() / 2, "{on_disk} bytes on disk for {} of JSON", lines.len());
+}

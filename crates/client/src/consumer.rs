@@ -21,7 +21,9 @@ use spool_proto::limits::RESPONSE_BYTES_MAX;
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{Encoding, StartPosition, SubscribeRequest, SubscribeResponse};
-use spool_storage::batch::{BatchError, BatchIter, BatchView, Header, HeaderIter};
+use spool_storage::batch::{
+    BatchError, BatchIter, BatchView, Header, HeaderIter, Records as BatchRecords,
+};
 use tonic::Streaming;
 
 use crate::Client;
@@ -153,12 +155,16 @@ impl Consumer {
             Skip::Nothing => (0, Skip::Nothing),
             Skip::BelowOffset(offset) => (offset, Skip::Nothing),
             Skip::UntilTimestampMs(timestamp_ms) => {
-                let found = BatchIter::new(bytes)
-                    .map_while(Result::ok)
-                    .flat_map(|batch| batch.records().map_while(Result::ok))
-                    .find(|record| record.timestamp.0 >= timestamp_ms);
+                let found = BatchIter::new(bytes).map_while(Result::ok).find_map(|batch| {
+                    let records = batch.records();
+                    records
+                        .iter()
+                        .map_while(Result::ok)
+                        .find(|record| record.timestamp.0 >= timestamp_ms)
+                        .map(|record| record.offset.0)
+                });
                 match found {
-                    Some(record) => (record.offset.0, Skip::Nothing),
+                    Some(offset) => (offset, Skip::Nothing),
                     None => (next_offset, self.skip),
                 }
             }
@@ -175,12 +181,16 @@ impl Consumer {
         self.skip = skip;
         let mut records = 0u64;
         let mut batches = 0u32;
+        let mut decompressed = Vec::new();
         for batch in BatchIter::new(&answer.raw_batches) {
             let batch = batch.map_err(|source| ConsumeError::Corrupt {
                 offset: self.position.unwrap_or(from),
                 source,
             })?;
             let header = batch.header();
+            if let Some(owned) = decompress(&batch) {
+                decompressed.push(owned);
+            }
             let below =
                 from.saturating_sub(header.base_offset.0).min(u64::from(header.record_count));
             records += u64::from(header.record_count) - below;
@@ -189,6 +199,7 @@ impl Consumer {
         self.position = Some(answer.next_offset);
         Ok(Some(Polled {
             bytes: answer.raw_batches,
+            decompressed,
             from,
             records,
             batches,
@@ -272,6 +283,8 @@ impl Consumer {
 #[derive(Debug, Clone)]
 pub struct Polled {
     bytes: Bytes,
+    /// The records of the compressed batches, decompressed once, in batch order.
+    decompressed: Vec<BatchRecords<'static>>,
     from: u64,
     records: u64,
     batches: u32,
@@ -282,7 +295,7 @@ pub struct Polled {
 impl Polled {
     /// The records, decoded lazily from the received bytes.
     pub fn records(&self) -> Records<'_> {
-        Records::new(&self.bytes, self.from)
+        Records::new(&self.bytes, &self.decompressed, self.from)
     }
 
     /// The stored batches as received (the first may start before the subscription's start).
@@ -339,14 +352,35 @@ impl<'a> ConsumedRecord<'a> {
 #[derive(Debug)]
 pub struct Records<'a> {
     batches: BatchIter<'a>,
+    /// The records of the compressed batches among them, in order ([`decompress`]).
+    decompressed: std::slice::Iter<'a, BatchRecords<'static>>,
     current: Option<spool_storage::batch::RecordIter<'a>>,
     from: u64,
 }
 
+/// The records of a compressed batch, decompressed and owned; `None` for a batch whose
+/// records can be read where they are.
+pub(crate) fn decompress(batch: &BatchView<'_>) -> Option<BatchRecords<'static>> {
+    match batch.header().codec() {
+        Ok(spool_storage::batch::Codec::None) => None,
+        _ => Some(batch.records().into_owned()),
+    }
+}
+
 impl<'a> Records<'a> {
-    /// The records in `bytes` (whole stored batches) at or after `from`.
-    pub(crate) fn new(bytes: &'a [u8], from: u64) -> Records<'a> {
-        Records { batches: BatchIter::new(bytes), current: None, from }
+    /// The records in `bytes` (whole stored batches) at or after `from`; `decompressed` holds
+    /// those of its compressed batches ([`decompress`]), in order.
+    pub(crate) fn new(
+        bytes: &'a [u8],
+        decompressed: &'a [BatchRecords<'static>],
+        from: u64,
+    ) -> Records<'a> {
+        Records {
+            batches: BatchIter::new(bytes),
+            decompressed: decompressed.iter(),
+            current: None,
+            from,
+        }
     }
 
     /// The next record, or the check that failed (then decoding stops).
@@ -373,7 +407,20 @@ impl<'a> Records<'a> {
                 }
             }
             match self.batches.next()? {
-                Ok(batch) => self.current = Some(batch.records()),
+                Ok(batch) => {
+                    let records = match batch.header().codec() {
+                        Ok(spool_storage::batch::Codec::None) => {
+                            batch.records().into_iter_borrowed().ok()
+                        }
+                        _ => self.decompressed.next().map(BatchRecords::iter),
+                    };
+                    let Some(records) = records else {
+                        return Some(Err(BatchError::Unsupported {
+                            what: "a compressed batch that was not decompressed",
+                        }));
+                    };
+                    self.current = Some(records);
+                }
                 Err(source) => return Some(Err(source)),
             }
         }

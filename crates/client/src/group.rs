@@ -59,7 +59,7 @@ use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
-use spool_storage::batch::BatchError;
+use spool_storage::batch::{BatchError, BatchIter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -192,7 +192,20 @@ impl GroupRecord {
     /// The records at or after `start` in whole stored batches, each checked; keys and values
     /// are slices of `bytes`.
     fn from_batches(bytes: &Bytes, start: u64) -> Result<Vec<GroupRecord>, BatchError> {
-        let mut records = Records::new(bytes, start);
+        let decompressed: Vec<_> = BatchIter::new(bytes)
+            .map_while(Result::ok)
+            .filter_map(|batch| crate::consumer::decompress(&batch))
+            .collect();
+        // A slice of `bytes` is shared; one of decompressed records is copied.
+        let share = |part: &[u8]| {
+            let within = bytes.as_ptr_range();
+            if within.start <= part.as_ptr() && part.as_ptr_range().end <= within.end {
+                bytes.slice_ref(part)
+            } else {
+                Bytes::copy_from_slice(part)
+            }
+        };
+        let mut records = Records::new(bytes, &decompressed, start);
         std::iter::from_fn(|| records.next_checked())
             .map(|record| {
                 let record = record?;
@@ -202,14 +215,14 @@ impl GroupRecord {
                     .map(|header| {
                         let header = header?;
                         let key = String::from_utf8_lossy(header.key).into_owned();
-                        Ok((key, header.value.map(|v| bytes.slice_ref(v))))
+                        Ok((key, header.value.map(share)))
                     })
                     .collect::<Result<_, BatchError>>()?;
                 Ok(GroupRecord {
                     offset: record.offset,
                     timestamp_ms: record.timestamp_ms,
-                    key: record.key.map(|k| bytes.slice_ref(k)),
-                    value: record.value.map(|v| bytes.slice_ref(v)),
+                    key: record.key.map(share),
+                    value: record.value.map(share),
                     headers,
                 })
             })

@@ -108,7 +108,8 @@ pub use handler::{
     run_handler,
 };
 pub use producer::{
-    Backpressure, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record, RecordMetadata,
+    Backpressure, Codec, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record,
+    RecordMetadata,
 };
 pub use reconnect::{RECONNECT_BACKOFF_INITIAL, RECONNECT_BACKOFF_MAX, Reconnect, ReconnectEvent};
 pub use request::{

@@ -333,3 +333,41 @@ async fn a_server_going_away_fails_the_producer() {
     }
     assert!(matches!(producer.flush().await, Err(ProduceError::Disconnected(_))));
 }
+
+#[tokio::test]
+async fn every_codec_is_stored_as_sent_and_read_back_as_produced() {
+    use spool_client::Codec;
+    let server = TestServer::start().await;
+    let client = server.with_topic("codecs", 1, Fsync::Always).await;
+    let mut expected = Vec::new();
+    let mut sizes = Vec::new();
+    for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+        let config = ProducerConfig {
+            compression: codec,
+            linger: LINGER_NEVER,
+            batch_records_max: 100,
+            ..ProducerConfig::default()
+        };
+        let producer = client.producer("codecs", config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for n in 0..100 {
+            let value = format!(r#"{{"event":"page_view","codec":"{codec}","n":{n}}}"#);
+            let headers = [Header::new("source", Some(b"web"))];
+            let record = Record::value(value.as_bytes()).with_key(b"user-7").with_headers(&headers);
+            deliveries.push(producer.send(record).await.unwrap());
+            expected.push(value.into_bytes());
+        }
+        producer.flush().await.unwrap();
+        for delivery in deliveries {
+            delivery.wait().await.unwrap();
+        }
+    }
+    let (batches, values) = stored(&client, "codecs", 0).await;
+    assert_eq!(values, expected, "every record comes back as produced");
+    assert_eq!(batches.len(), 5, "one batch per codec: {batches:?}");
+    sizes.extend(batches.iter().map(|(_, bytes)| *bytes));
+    // Compressible JSON takes less room compressed than not.
+    for (codec, size) in ["gzip", "snappy", "lz4", "zstd"].iter().zip(&sizes[1..]) {
+        assert!(*size < sizes[0] / 2, "{codec}: {size} bytes against {} uncompressed", sizes[0]);
+    }
+}

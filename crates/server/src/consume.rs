@@ -75,7 +75,7 @@ fn decode(
     let mut records = Vec::new();
     for batch in BatchIter::new(bytes) {
         let batch = batch.map_err(damaged)?;
-        for record in batch.records() {
+        for record in batch.records().iter() {
             let record = record.map_err(damaged)?;
             if record.offset < from {
                 continue;

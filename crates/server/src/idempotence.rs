@@ -18,7 +18,7 @@ use spool_broker::limits::{
     INTERNAL_LOG_COMPACT_BYTES, PRODUCER_ID_BLOCK, PRODUCER_STATE_SCAN_BYTES,
 };
 use spool_broker::producer::{ProducerTable, SequenceError, SequencedBatch, Verdict};
-use spool_storage::batch::{BATCH_HEADER_BYTES, BatchIter, CheckedBatch, ProducerStamp, field};
+use spool_storage::batch::{BatchIter, CheckedBatch};
 use spool_storage::{AppendError, Appended, Log, ReadError, TimestampMs};
 use thiserror::Error;
 
@@ -34,29 +34,11 @@ pub(crate) enum Refused {
     Sequence(#[from] SequenceError),
 }
 
-/// The stamp and record count of a batch, read from its header without checking anything;
-/// `None` when it carries no stamp or is too short to have a header (the append refuses it).
-pub(crate) fn sequenced(batch: &[u8]) -> Option<SequencedBatch> {
-    if batch.len() < BATCH_HEADER_BYTES {
-        return None;
-    }
-    let at = |start: usize, len: usize| &batch[start..start + len];
-    let producer_id = i64::from_le_bytes(at(field::PRODUCER_ID, 8).try_into().expect("8 bytes"));
-    if producer_id < 0 {
-        return None;
-    }
-    Some(SequencedBatch {
-        stamp: ProducerStamp {
-            producer_id,
-            producer_epoch: i16::from_le_bytes(
-                at(field::PRODUCER_EPOCH, 2).try_into().expect("2 bytes"),
-            ),
-            base_sequence: i32::from_le_bytes(
-                at(field::BASE_SEQUENCE, 4).try_into().expect("4 bytes"),
-            ),
-        },
-        record_count: u32::from_le_bytes(at(field::RECORD_COUNT, 4).try_into().expect("4 bytes")),
-    })
+/// The stamp and record count of a checked batch; `None` when it carries no stamp.
+pub(crate) fn sequenced<B: AsRef<[u8]>>(batch: &CheckedBatch<B>) -> Option<SequencedBatch> {
+    let header = batch.header();
+    (header.producer.producer_id >= 0)
+        .then_some(SequencedBatch { stamp: header.producer, record_count: header.record_count })
 }
 
 /// Appends a group of checked batches, checking idempotent producers' sequences first. One
@@ -70,8 +52,7 @@ pub(crate) fn append_group(
     batches: &[CheckedBatch<&[u8]>],
     now: TimestampMs,
 ) -> Vec<Result<Appended, Refused>> {
-    let stamps: Vec<Option<SequencedBatch>> =
-        batches.iter().map(|b| sequenced(b.bytes())).collect();
+    let stamps: Vec<Option<SequencedBatch>> = batches.iter().map(sequenced).collect();
     if stamps.iter().all(Option::is_none) {
         // The common case: no idempotent producer in the group.
         return log

@@ -238,7 +238,7 @@ impl ProduceApi {
                 // The stamp is trusted only in a batch that checks (garbage is
                 // INVALID_ARGUMENT, not an unknown producer), and stored as it came.
                 let raw = check(partition, raw)?;
-                if let Some(idempotent) = sequenced(raw.bytes()) {
+                if let Some(idempotent) = sequenced(&raw) {
                     if explicit.is_none() {
                         let reason = "a raw batch with a producer stamp";
                         return Err(InvalidRequest::IdempotentWithoutPartition { reason }.into());

@@ -1,21 +1,42 @@
 //! The record batch: the unit that producers send, the log stores and consumers receive.
 //!
-//! A batch is encoded once, by the producer, and never re-encoded: the server verifies it with
-//! [`check_for_append`] where the request arrives (a [`CheckedBatch`]); the log stamps
-//! `base_offset` and `durable_offset` into a copy of its first [`STAMPED_HEAD_BYTES`]
-//! ([`stamped_head`]) and writes that head and then the rest of the batch as it came (the
-//! server never copies or changes the bytes it received). A consumer receives those same
-//! bytes. The CRC therefore covers everything except
-//! the fields stamped at append time and the fields needed to find and verify the batch
-//! (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch. A producer writes zeros in
-//! the stamped fields.
+//! # Two format versions
 //!
-//! `durable_offset` is the log's durable end when the batch was appended: everything before it
-//! had been fsynced. Recovery uses it to tell a hole left by a power loss in data that was never
-//! synced (writes may reach the disk out of order: a torn tail, cut off) from damage to data
-//! that was (which fences the log).
+//! **Version 2**, what every append writes ([`v2`]): Spool's frame around a Kafka RecordBatch
+//! v2. Producers (Spool's client, the CLI, the server's protobuf-records path, and any Kafka
+//! client) send the Kafka batch alone; the log writes the frame in front of it and stamps
+//! Kafka's `baseOffset` and `partitionLeaderEpoch`. Why this shape rather than Spool's own
+//! records with a Kafka view computed on the way out: a Kafka batch is then stored as sent
+//! and served as stored to gRPC and Kafka consumers alike, its CRC-32C never recomputed and
+//! its compressed records never re-encoded, while the frame keeps what only the log knows
+//! (the durable end that recovery needs, a term, an index and a kind for replicated logs)
+//! under a checksum of its own. The frame costs 44 bytes per batch, and serving a Kafka
+//! consumer means sending each stored batch from byte 44 on (still without copying).
 //!
-//! # Batch layout (format version 1, all integers little-endian)
+//! **Version 1**, Spool's own batch (the tables below), is what earlier builds appended. It
+//! is still read (a segment holds one version; an append to a log whose active segment holds
+//! version 1 starts a new segment) and still accepted from an older client, whose batch is
+//! re-encoded as version 2 once, in [`CheckedBatch::check`].
+//!
+//! Both versions begin with `base_offset` (u64 LE), `length` (u32 LE, bytes after it), the
+//! magic byte `0xB5` and the version: [`peek_prefix`] and [`check_head`] walk a segment of
+//! either without knowing which.
+//!
+//! # Version 1
+//!
+//! A version 1 batch was encoded once, by the producer, and never re-encoded: the log stamped
+//! `base_offset` and `durable_offset` into a copy of its first [`STAMPED_HEAD_BYTES_V1`] and
+//! wrote that head and then the rest of the batch as it came. The CRC therefore covers
+//! everything except the fields stamped at append time and the fields needed to find and
+//! verify the batch (`length`, `magic`, `version`, `crc`), as in Kafka's v2 batch. A producer
+//! wrote zeros in the stamped fields.
+//!
+//! `durable_offset` (in both versions) is the log's durable end when the batch was appended:
+//! everything before it had been fsynced. Recovery uses it to tell a hole left by a power loss
+//! in data that was never synced (writes may reach the disk out of order: a torn tail, cut
+//! off) from damage to data that was (which fences the log).
+//!
+//! ## Batch layout (format version 1, all integers little-endian)
 //!
 //! | offset | size | field             | notes                                                   |
 //! |-------:|-----:|-------------------|---------------------------------------------------------|
@@ -35,7 +56,7 @@
 //! |     62 |    4 | `base_sequence`   | i32, sequence of the first record, -1 when not idempotent |
 //! |     66 |    … | records           | `record_count` records, back to back                    |
 //!
-//! # Record layout
+//! ## Record layout (version 1; version 2's are Kafka's, see [`v2`])
 //!
 //! Varints are LEB128; "signed" varints are zigzag-encoded first.
 //!
@@ -67,14 +88,21 @@ use crate::{Offset, TimestampMs};
 
 mod builder;
 pub mod compression;
-pub use builder::BatchBuilder;
+pub mod v2;
+pub use builder::{BatchBuilder, BatchBuilderV1};
+pub use compression::Codec;
+pub use v2::Records;
 
 /// First byte after the length: identifies a Spool batch.
 pub const BATCH_MAGIC: u8 = 0xB5;
-/// The only format version this build writes and reads.
+/// The first format version: Spool's own batch (this module's tables). Read, never written.
 pub const BATCH_VERSION: u8 = 1;
-/// Bytes before the first record.
+/// The format version new appends write: a Kafka RecordBatch in Spool's frame ([`v2`]).
+pub const BATCH_VERSION_2: u8 = v2::VERSION;
+/// Bytes before the first record (format version 1).
 pub const BATCH_HEADER_BYTES: usize = field::RECORDS;
+/// The largest batch as stored: the largest a producer may send, in version 2's frame.
+pub const STORED_BATCH_BYTES_MAX: u32 = BATCH_BYTES_MAX + v2::frame::BYTES as u32;
 /// Bytes of `base_offset` + `length`: the prefix needed to find the end of a batch.
 pub const BATCH_PREFIX_BYTES: usize = field::MAGIC;
 /// Where the CRC-covered region starts.
@@ -129,9 +157,17 @@ pub struct BatchHeader {
     pub first_timestamp: TimestampMs,
     pub max_timestamp: TimestampMs,
     pub producer: ProducerStamp,
+    /// The format version: 1 (Spool's own batch) or 2 (a Kafka batch in Spool's frame).
+    pub version: u8,
 }
 
 impl BatchHeader {
+    /// The compression codec of the batch's records.
+    pub fn codec(&self) -> Result<Codec, BatchError> {
+        let id = self.attributes & ATTRIBUTES_CODEC_MASK;
+        Codec::from_id(id as u8).map_err(|_| BatchError::UnsupportedCodec { codec: id })
+    }
+
     /// The offset of the last record in the batch.
     pub fn last_offset(&self) -> Offset {
         Offset(self.base_offset.0 + u64::from(self.record_count) - 1)
@@ -148,13 +184,11 @@ impl BatchHeader {
 pub enum BatchError {
     #[error("batch is truncated: {bytes} bytes, at least {needed} needed")]
     Truncated { bytes: usize, needed: usize },
-    #[error("batch length field says {length} bytes, outside 42..={max}", max = BATCH_BYTES_MAX)]
+    #[error("batch length field says {length} bytes, outside its format's bounds (at most {max})", max = BATCH_BYTES_MAX)]
     BadLength { length: u32 },
     #[error("batch has magic byte {found:#04x}, expected {BATCH_MAGIC:#04x}: not a Spool batch")]
     BadMagic { found: u8 },
-    #[error(
-        "batch format version {found} is not supported (this build reads version {BATCH_VERSION})"
-    )]
+    #[error("batch format version {found} is not supported (this build reads versions 1 and 2)")]
     UnsupportedVersion { found: u8 },
     #[error(
         "batch stamp CRC mismatch (base or durable offset damaged): stored {stored:#010x}, computed {computed:#010x}"
@@ -176,6 +210,16 @@ pub enum BatchError {
     BadRecord { index: u32, reason: &'static str },
     #[error("batch declares {declared} records but holds {found}")]
     RecordCountMismatch { declared: u32, found: u32 },
+    #[error(
+        "Kafka batch has magic byte {found}, expected 2 (RecordBatch v2; older message sets are not supported)"
+    )]
+    BadKafkaMagic { found: u8 },
+    #[error("the batch's frame does not match the Kafka batch inside it (length or base offset)")]
+    FrameMismatch,
+    #[error("batch is not supported: {what}")]
+    Unsupported { what: &'static str },
+    #[error("batch's records do not decompress: {0}")]
+    Compression(String),
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -196,7 +240,7 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
     }
     let length = u32_at(bytes, field::LENGTH);
     let minimum = (BATCH_HEADER_BYTES - BATCH_PREFIX_BYTES) as u32;
-    if length < minimum || length > BATCH_BYTES_MAX - BATCH_PREFIX_BYTES as u32 {
+    if length < minimum || length > STORED_BATCH_BYTES_MAX - BATCH_PREFIX_BYTES as u32 {
         return Err(BatchError::BadLength { length });
     }
     Ok((Offset(u64_at(bytes, field::BASE_OFFSET)), length + BATCH_PREFIX_BYTES as u32))
@@ -208,22 +252,77 @@ pub fn peek_prefix(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
 /// size. Cheap enough for a walk over batch heads; the batch CRC needs [`check`].
 pub fn check_head(bytes: &[u8]) -> Result<(Offset, u32), BatchError> {
     let (base_offset, batch_bytes) = peek_prefix(bytes)?;
-    if bytes.len() < STAMPED_HEAD_BYTES {
-        return Err(BatchError::Truncated { bytes: bytes.len(), needed: STAMPED_HEAD_BYTES });
+    let version = check_magic_and_version(bytes)?;
+    let needed = if version == BATCH_VERSION { STAMPED_HEAD_BYTES_V1 } else { STAMPED_HEAD_BYTES };
+    if bytes.len() < needed {
+        return Err(BatchError::Truncated { bytes: bytes.len(), needed });
     }
-    check_magic_and_version(bytes)?;
-    check_stamp(bytes)?;
+    if version == BATCH_VERSION {
+        check_stamp(bytes)?;
+    } else {
+        v2::check_head(bytes)?;
+    }
     Ok((base_offset, batch_bytes))
 }
 
-fn check_magic_and_version(bytes: &[u8]) -> Result<(), BatchError> {
+/// What a walk over a segment needs of a batch, read from its head alone and checked as far
+/// as the head allows ([`check_head`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadFields {
+    pub(crate) base_offset: Offset,
+    pub(crate) batch_bytes: u32,
+    pub(crate) record_count: u32,
+    pub(crate) max_timestamp: TimestampMs,
+}
+
+/// The most bytes [`head_fields`] needs: a version 2 batch's frame and Kafka header.
+pub(crate) const HEAD_FIELDS_BYTES_MAX: usize = v2::frame::BYTES + v2::kafka::RECORDS;
+
+/// Reads a stored batch's [`HeadFields`] from its first bytes (at most
+/// [`HEAD_FIELDS_BYTES_MAX`]; `Truncated` when `bytes` hold fewer than its version needs).
+pub(crate) fn head_fields(bytes: &[u8]) -> Result<HeadFields, BatchError> {
+    let (base_offset, batch_bytes) = check_head(bytes)?;
+    let (record_count, max_timestamp) = if bytes[field::VERSION] == BATCH_VERSION {
+        let needed = field::MAX_TIMESTAMP + 8;
+        if bytes.len() < needed {
+            return Err(BatchError::Truncated { bytes: bytes.len(), needed });
+        }
+        (u32_at(bytes, field::RECORD_COUNT), u64_at(bytes, field::MAX_TIMESTAMP) as i64)
+    } else {
+        let kafka = v2::frame::BYTES;
+        if bytes.len() < HEAD_FIELDS_BYTES_MAX {
+            return Err(BatchError::Truncated {
+                bytes: bytes.len(),
+                needed: HEAD_FIELDS_BYTES_MAX,
+            });
+        }
+        let count = &bytes[kafka + v2::kafka::RECORDS_COUNT..][..4];
+        let max = &bytes[kafka + v2::kafka::MAX_TIMESTAMP..][..8];
+        (
+            u32::from_be_bytes(count.try_into().expect("4 bytes")),
+            i64::from_be_bytes(max.try_into().expect("8 bytes")),
+        )
+    };
+    Ok(HeadFields {
+        base_offset,
+        batch_bytes,
+        record_count,
+        max_timestamp: TimestampMs(max_timestamp),
+    })
+}
+
+/// The stored batch's format version, once its magic byte is Spool's.
+fn check_magic_and_version(bytes: &[u8]) -> Result<u8, BatchError> {
+    if bytes.len() <= field::VERSION {
+        return Err(BatchError::Truncated { bytes: bytes.len(), needed: field::VERSION + 1 });
+    }
     if bytes[field::MAGIC] != BATCH_MAGIC {
         return Err(BatchError::BadMagic { found: bytes[field::MAGIC] });
     }
-    if bytes[field::VERSION] != BATCH_VERSION {
-        return Err(BatchError::UnsupportedVersion { found: bytes[field::VERSION] });
+    match bytes[field::VERSION] {
+        version @ (BATCH_VERSION | BATCH_VERSION_2) => Ok(version),
+        found => Err(BatchError::UnsupportedVersion { found }),
     }
-    Ok(())
 }
 
 fn check_stamp(bytes: &[u8]) -> Result<(), BatchError> {
@@ -240,7 +339,11 @@ fn check_stamp(bytes: &[u8]) -> Result<(), BatchError> {
 /// `bytes` may extend past the batch (a read buffer holding several); the batch's extent is
 /// `header.batch_bytes`. Records are not examined: see [`check_for_append`].
 pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-    check_with(bytes, Stamp::Verify)
+    peek_prefix(bytes)?;
+    match check_magic_and_version(bytes)? {
+        BATCH_VERSION => check_with(bytes, Stamp::Verify),
+        _ => v2::check_stored(bytes),
+    }
 }
 
 /// Whether the fields stamped at append are checked.
@@ -265,7 +368,9 @@ fn check_with(bytes: &[u8], stamp: Stamp) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: batch_bytes as usize });
     }
     let bytes = &bytes[..batch_bytes as usize];
-    check_magic_and_version(bytes)?;
+    if check_magic_and_version(bytes)? != BATCH_VERSION {
+        return Err(BatchError::UnsupportedVersion { found: bytes[field::VERSION] });
+    }
     if stamp == Stamp::Verify {
         check_stamp(bytes)?;
     }
@@ -302,12 +407,23 @@ fn check_with(bytes: &[u8], stamp: Stamp) -> Result<BatchHeader, BatchError> {
             producer_epoch: u16_at(bytes, field::PRODUCER_EPOCH) as i16,
             base_sequence: u32_at(bytes, field::BASE_SEQUENCE) as i32,
         },
+        version: BATCH_VERSION,
     })
 }
 
-/// [`check`], then a walk over every record: the batch must be exactly one batch, with
-/// well-formed records whose count, offset deltas and timestamps agree with the header.
+/// Checks a batch as a producer sent it, and walks every record: it must be exactly one
+/// batch, with well-formed records whose count, offset deltas and timestamps agree with its
+/// header. A producer sends a Kafka RecordBatch v2 (what [`BatchBuilder`] writes; see [`v2`])
+/// or, from an older client, a version 1 batch (stamped fields zero).
 pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    if v2::looks_like_kafka(bytes) {
+        return v2::check_wire(bytes);
+    }
+    let kafka_magic = bytes.get(v2::kafka::MAGIC).copied();
+    if bytes.get(field::MAGIC) != Some(&BATCH_MAGIC) && kafka_magic.is_some_and(|m| m < 2) {
+        // An older Kafka message set (magic 0 or 1).
+        return Err(BatchError::BadKafkaMagic { found: kafka_magic.unwrap_or_default() });
+    }
     let header = check_with(bytes, Stamp::Ignore)?;
     if bytes.len() != header.batch_bytes as usize {
         return Err(BatchError::TrailingBytes {
@@ -315,10 +431,29 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             expected: header.batch_bytes as usize,
         });
     }
-    let view = BatchView { header, bytes };
+    let records = Records::borrowed(&bytes[BATCH_HEADER_BYTES..], header);
+    check_records(&header, records.iter())?;
+    Ok(header)
+}
+
+/// Checks a stored batch of either version as [`check`] does, then walks its records
+/// (decompressed if need be) as [`check_for_append`] does: what tools that inspect a log use.
+pub fn check_stored_records(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let view = BatchView::new(bytes)?;
+    check_records(view.header(), view.records().iter())?;
+    Ok(*view.header())
+}
+
+/// Walks `records`, which must agree with `header`: offset deltas 0, 1, 2, ..., the first
+/// record at the batch's first timestamp, the largest timestamp the batch's max, as many as
+/// it declares, UTF-8 header keys.
+pub(crate) fn check_records(
+    header: &BatchHeader,
+    records: RecordIter<'_>,
+) -> Result<(), BatchError> {
     let mut found = 0u32;
     let mut max_timestamp = i64::MIN;
-    for record in view.records() {
+    for record in records {
         let record = record?;
         let index = found;
         if record.offset_delta != index {
@@ -348,7 +483,7 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             max: header.max_timestamp.0,
         });
     }
-    Ok(header)
+    Ok(())
 }
 
 /// A batch that passed [`check_for_append`], with its decoded header: what
@@ -356,9 +491,14 @@ pub fn check_for_append(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// arrives (on the request's task, in parallel with other requests), and the log, which
 /// appends one group at a time, trusts the check. `B` holds the bytes: the request's own
 /// buffer (`Bytes`), or a borrowed `&[u8]` ([`CheckedBatch::borrowed`]).
+///
+/// Whatever a producer sent, a checked batch is a Kafka RecordBatch v2, the form the log
+/// stores: a version 1 batch from an older client is re-encoded once, here.
 #[derive(Debug, Clone)]
 pub struct CheckedBatch<B> {
     bytes: B,
+    /// The re-encoded form of a version 1 batch.
+    converted: Option<bytes::Bytes>,
     header: BatchHeader,
 }
 
@@ -366,38 +506,80 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
     /// Checks `bytes` as [`check_for_append`] does.
     pub fn check(bytes: B) -> Result<Self, BatchError> {
         let header = check_for_append(bytes.as_ref())?;
-        Ok(CheckedBatch { bytes, header })
+        if header.version == BATCH_VERSION_2 {
+            return Ok(CheckedBatch { bytes, converted: None, header });
+        }
+        let view = BatchView { header, bytes: bytes.as_ref() };
+        let mut builder = BatchBuilder::new(bytes::BytesMut::new());
+        for record in view.records().iter() {
+            let record = record?;
+            let headers: Vec<Header<'_>> = record.headers().collect::<Result<_, _>>()?;
+            builder.push(record.timestamp, record.key, record.value, &headers);
+        }
+        let converted = builder.finish(header.producer).freeze();
+        let header = v2::check_wire(&converted)?;
+        Ok(CheckedBatch { bytes, converted: Some(converted), header })
     }
 
+    /// The Kafka batch to store.
     pub fn bytes(&self) -> &[u8] {
-        self.bytes.as_ref()
+        self.converted.as_deref().unwrap_or(self.bytes.as_ref())
     }
 
-    /// The header as the producer sent it (base and durable offset not stamped yet).
+    /// The header as the producer sent it (base and durable offset not stamped yet), with
+    /// `batch_bytes` the size the batch has once stored.
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
 
     /// The same checked batch, borrowing the bytes.
     pub fn borrowed(&self) -> CheckedBatch<&[u8]> {
-        CheckedBatch { bytes: self.bytes.as_ref(), header: self.header }
+        CheckedBatch {
+            bytes: self.bytes.as_ref(),
+            converted: self.converted.clone(),
+            header: self.header,
+        }
+    }
+
+    /// The head the log writes for this batch with `base_offset` and `durable_offset`
+    /// stamped (see [`STAMPED_HEAD_BYTES`]); the rest of the stored batch is
+    /// `self.bytes()[STAMPED_TAIL_FROM..]`.
+    pub fn stamped_head(
+        &self,
+        base_offset: Offset,
+        durable_offset: Offset,
+    ) -> [u8; STAMPED_HEAD_BYTES] {
+        v2::stamped_head(self.bytes(), base_offset, durable_offset, 0, 0)
+    }
+
+    /// The batch as the log stores it with `base_offset` and `durable_offset` stamped.
+    pub fn stored(&self, base_offset: Offset, durable_offset: Offset) -> bytes::BytesMut {
+        let mut stored = bytes::BytesMut::with_capacity(self.header.batch_bytes as usize);
+        stored.extend_from_slice(&self.stamped_head(base_offset, durable_offset));
+        stored.extend_from_slice(&self.bytes()[STAMPED_TAIL_FROM..]);
+        stored
     }
 }
 
-/// The bytes from the start of a batch up to its `crc`: every field stamped at append lies in
-/// them. The rest of a batch is stored as the producer sent it.
-pub const STAMPED_HEAD_BYTES: usize = field::CRC;
+/// The head the log writes for each batch: version 2's frame and the Kafka batch up to its
+/// CRC, with every field stamped at append. The rest of a batch is stored as the producer
+/// sent it, from [`STAMPED_TAIL_FROM`] of its bytes on.
+pub const STAMPED_HEAD_BYTES: usize = v2::STAMPED_HEAD_BYTES;
+/// Where, in the Kafka batch a producer sent, the bytes stored as sent begin.
+pub const STAMPED_TAIL_FROM: usize = v2::kafka::CRC;
+/// Version 1's stamped head: from the start of a batch up to its `crc`.
+pub const STAMPED_HEAD_BYTES_V1: usize = field::CRC;
 
-/// The first [`STAMPED_HEAD_BYTES`] of `bytes` (at least that long) with the fields stamped
-/// at append written into them. The CRC does not cover those fields. The log writes this head
-/// and then the rest of the batch, so the batch itself is never written to.
+/// The first [`STAMPED_HEAD_BYTES_V1`] of a version 1 batch with the fields stamped at append
+/// written into them. Version 1 is no longer appended; tests and tools write it to check that
+/// old logs stay readable.
 pub fn stamped_head(
     bytes: &[u8],
     base_offset: Offset,
     durable_offset: Offset,
-) -> [u8; STAMPED_HEAD_BYTES] {
-    let mut head = [0u8; STAMPED_HEAD_BYTES];
-    head.copy_from_slice(&bytes[..STAMPED_HEAD_BYTES]);
+) -> [u8; STAMPED_HEAD_BYTES_V1] {
+    let mut head = [0u8; STAMPED_HEAD_BYTES_V1];
+    head.copy_from_slice(&bytes[..STAMPED_HEAD_BYTES_V1]);
     head[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_le_bytes());
     head[field::DURABLE_OFFSET..field::DURABLE_OFFSET + 8]
         .copy_from_slice(&durable_offset.0.to_le_bytes());
@@ -406,10 +588,11 @@ pub fn stamped_head(
     head
 }
 
-/// Writes the fields stamped at append into a batch, in place (see [`stamped_head`]).
+/// Writes the fields stamped at append into a version 1 batch, in place (see
+/// [`stamped_head`]).
 pub fn stamp(bytes: &mut [u8], base_offset: Offset, durable_offset: Offset) {
     let head = stamped_head(bytes, base_offset, durable_offset);
-    bytes[..STAMPED_HEAD_BYTES].copy_from_slice(&head);
+    bytes[..STAMPED_HEAD_BYTES_V1].copy_from_slice(&head);
 }
 
 /// A checked batch: its header and its bytes. Building one requires [`check`] to have passed.
@@ -420,8 +603,13 @@ pub struct BatchView<'a> {
 }
 
 impl<'a> BatchView<'a> {
-    /// Checks the batch at the start of `bytes` and returns a view of exactly that batch.
+    /// Checks the batch at the start of `bytes` and returns a view of exactly that batch: a
+    /// stored batch of either version, or a Kafka batch as a producer sends it.
     pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        if v2::looks_like_kafka(bytes) {
+            let (header, total) = v2::kafka_header(bytes)?;
+            return Ok(BatchView { header, bytes: &bytes[..total] });
+        }
         let header = check(bytes)?;
         Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
     }
@@ -435,15 +623,22 @@ impl<'a> BatchView<'a> {
         self.bytes
     }
 
-    /// The records, decoded lazily and without allocation.
-    pub fn records(&self) -> RecordIter<'a> {
-        RecordIter {
-            rest: &self.bytes[BATCH_HEADER_BYTES..],
-            base_offset: self.header.base_offset,
-            first_timestamp: self.header.first_timestamp,
-            remaining: self.header.record_count,
-            index: 0,
-            failed: false,
+    /// The records: borrowed from the batch, or decompressed from it (within
+    /// [`DECOMPRESSED_BYTES_MAX`](crate::limits::DECOMPRESSED_BYTES_MAX)). Iterate with
+    /// [`Records::iter`]; a batch whose records do not decompress yields that error.
+    pub fn records(&self) -> Records<'a> {
+        if self.header.version == BATCH_VERSION {
+            return Records::borrowed(&self.bytes[BATCH_HEADER_BYTES..], self.header);
+        }
+        v2::records(self.kafka_bytes(), &self.header)
+    }
+
+    /// The Kafka batch inside a version 2 batch (the whole batch if it is a bare one).
+    pub fn kafka_bytes(&self) -> &'a [u8] {
+        if self.bytes.len() > v2::frame::BYTES && self.bytes[field::MAGIC] == BATCH_MAGIC {
+            &self.bytes[v2::frame::BYTES..]
+        } else {
+            self.bytes
         }
     }
 }
@@ -492,11 +687,17 @@ pub struct Record<'a> {
     pub value: Option<&'a [u8]>,
     header_count: u32,
     headers: &'a [u8],
+    varints: Varints,
 }
 
 impl<'a> Record<'a> {
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter { rest: self.headers, remaining: self.header_count, failed: false }
+        HeaderIter {
+            rest: self.headers,
+            remaining: self.header_count,
+            failed: false,
+            varints: self.varints,
+        }
     }
 }
 
@@ -515,6 +716,14 @@ impl<'a> Header<'a> {
     }
 }
 
+/// How a format writes the record fields that are never negative (lengths, offset deltas,
+/// counts): version 1 as LEB128 varints, Kafka as zigzag varints like every other field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Varints {
+    Spool,
+    Kafka,
+}
+
 /// Decodes records without allocating. Yields an `Err` and stops at the first malformed record.
 #[derive(Debug, Clone)]
 pub struct RecordIter<'a> {
@@ -524,12 +733,19 @@ pub struct RecordIter<'a> {
     remaining: u32,
     index: u32,
     failed: bool,
+    varints: Varints,
+    /// An error to yield first (records that did not decompress).
+    error: Option<BatchError>,
 }
 
 impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<Record<'a>, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(error) = self.error.take() {
+            self.failed = true;
+            return Some(Err(error));
+        }
         if self.failed {
             return None;
         }
@@ -558,9 +774,36 @@ impl<'a> Iterator for RecordIter<'a> {
 }
 
 impl<'a> RecordIter<'a> {
+    pub(crate) fn new(section: &'a [u8], header: &BatchHeader, varints: Varints) -> RecordIter<'a> {
+        RecordIter {
+            rest: section,
+            base_offset: header.base_offset,
+            first_timestamp: header.first_timestamp,
+            remaining: header.record_count,
+            index: 0,
+            failed: false,
+            varints,
+            error: None,
+        }
+    }
+
+    pub(crate) fn failed(error: BatchError) -> RecordIter<'a> {
+        RecordIter {
+            rest: &[],
+            base_offset: Offset(0),
+            first_timestamp: TimestampMs(0),
+            remaining: 0,
+            index: 0,
+            failed: false,
+            varints: Varints::Kafka,
+            error: Some(error),
+        }
+    }
+
     fn decode_one(&mut self) -> Result<Record<'a>, &'static str> {
+        let varints = self.varints;
         let mut reader = Reader(self.rest);
-        let length = reader.varint().ok_or("bad record length")?;
+        let length = reader.count(varints).ok_or("bad record length")?;
         let length = usize::try_from(length).map_err(|_| "record length too large")?;
         if length > reader.0.len() {
             return Err("record length runs past the batch");
@@ -572,18 +815,19 @@ impl<'a> RecordIter<'a> {
             return Err("unknown record attributes");
         }
         let timestamp_delta = r.signed_varint().ok_or("bad timestamp delta")?;
-        let offset_delta = r.varint().ok_or("bad offset delta")?;
+        let offset_delta = r.count(varints).ok_or("bad offset delta")?;
         let offset_delta = u32::try_from(offset_delta).map_err(|_| "offset delta too large")?;
         let key = r.nullable_bytes().ok_or("bad key")?;
         let value = r.nullable_bytes().ok_or("bad value")?;
-        let header_count = r.varint().ok_or("bad header count")?;
+        let header_count = r.count(varints).ok_or("bad header count")?;
         let header_count = u32::try_from(header_count).map_err(|_| "too many headers")?;
         if header_count > RECORD_HEADERS_MAX {
             return Err("too many headers");
         }
         let headers = r.0;
         // Walk the headers once so that a record that decodes is wholly well-formed.
-        let mut walk = HeaderIter { rest: headers, remaining: header_count, failed: false };
+        let mut walk =
+            HeaderIter { rest: headers, remaining: header_count, failed: false, varints };
         for h in walk.by_ref() {
             h.map_err(|_| "bad header")?;
         }
@@ -604,6 +848,7 @@ impl<'a> RecordIter<'a> {
             value,
             header_count,
             headers,
+            varints,
         })
     }
 }
@@ -614,6 +859,7 @@ pub struct HeaderIter<'a> {
     rest: &'a [u8],
     remaining: u32,
     failed: bool,
+    varints: Varints,
 }
 
 impl<'a> Iterator for HeaderIter<'a> {
@@ -625,7 +871,7 @@ impl<'a> Iterator for HeaderIter<'a> {
         }
         let mut r = Reader(self.rest);
         let parsed = (|| {
-            let key_length = usize::try_from(r.varint()?).ok()?;
+            let key_length = usize::try_from(r.count(self.varints)?).ok()?;
             let key = r.take(key_length)?;
             let value = r.nullable_bytes()?;
             Some(Header { key, value })
@@ -668,6 +914,14 @@ impl<'a> Reader<'a> {
             }
         }
         None
+    }
+
+    /// A field that is never negative, as `varints` writes it.
+    fn count(&mut self, varints: Varints) -> Option<u64> {
+        match varints {
+            Varints::Spool => self.varint(),
+            Varints::Kafka => u64::try_from(self.signed_varint()?).ok(),
+        }
     }
 
     fn signed_varint(&mut self) -> Option<i64> {

@@ -10,6 +10,9 @@ use crate::batch::BATCH_HEADER_BYTES;
 pub const BATCH_BYTES_MAX: u32 = 8 * 1024 * 1024;
 /// The most records one batch may carry.
 pub const BATCH_RECORDS_MAX: u32 = 100_000;
+/// The most bytes a compressed batch's records may decompress to: a small batch must not
+/// expand into gigabytes (checked while decompressing, never allocated past it).
+pub const DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX as usize;
 /// The most headers one record may carry.
 pub const RECORD_HEADERS_MAX: u32 = 64;
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, BatchView, CheckedBatch, STAMPED_HEAD_BYTES};
+use crate::batch::{
+    self, BatchHeader, BatchView, CheckedBatch, STAMPED_HEAD_BYTES, STAMPED_TAIL_FROM,
+};
 use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
@@ -320,7 +322,8 @@ impl Log {
                 results[i] = Some(Err(error));
                 continue;
             }
-            let rolled = self.roll_due(run.bytes, bytes.len() as u64, now);
+            let stored_bytes = u64::from(batch.header().batch_bytes);
+            let rolled = self.roll_due(run.bytes, stored_bytes, now);
             if rolled {
                 let flushed = self.write_run(&mut run, batches, &mut results, now);
                 if let Err(error) = flushed.and_then(|()| self.roll()) {
@@ -333,10 +336,10 @@ impl Log {
             let mut header = *batch.header();
             header.base_offset = next;
             header.durable_offset = self.durable.offset;
-            let head = batch::stamped_head(bytes, next, header.durable_offset);
+            let head = batch.stamped_head(next, header.durable_offset);
             next = header.next_offset();
             run.batches.push((i, header, rolled, head));
-            run.bytes += bytes.len() as u64;
+            run.bytes += stored_bytes;
         }
         if failure.is_none() {
             // A failure here is already recorded in the results of the run's batches.
@@ -372,7 +375,7 @@ impl Log {
             (Some(limit), Some(first)) => now.0.saturating_sub(first.0) >= limit as i64,
             _ => false,
         };
-        full || old
+        full || old || active.holds_v1
     }
 
     /// Writes a run of stamped batches to the active segment with one vectored write and
@@ -391,7 +394,7 @@ impl Log {
         let bufs: Vec<&[u8]> = run
             .batches
             .iter()
-            .flat_map(|(i, _, _, head)| [&head[..], &batches[*i].bytes()[STAMPED_HEAD_BYTES..]])
+            .flat_map(|(i, _, _, head)| [&head[..], &batches[*i].bytes()[STAMPED_TAIL_FROM..]])
             .collect();
         let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, ..)| *h).collect();
         let active = self.segments.last_mut().expect("a log has at least one segment");
@@ -693,7 +696,7 @@ impl Log {
             let bytes = segment.read(position, end, batch_bytes).map_err(failed)?;
             let damaged = |error| failed(ReadFailure::damaged(position, error));
             let view = BatchView::new(&bytes).map_err(damaged)?;
-            for record in view.records() {
+            for record in view.records().iter() {
                 let record = record.map_err(damaged)?;
                 if record.timestamp >= timestamp {
                     return Ok(Some(record.offset));

@@ -319,6 +319,7 @@ impl Opener<'_> {
         let mut recovery_point = scan.recovery_point.unwrap_or(active.base_offset);
         if fence.is_none() {
             active.data_durable = false;
+            active.holds_v1 = active.first_batch_is_v1().map_err(io_at(&active.path))?;
             let capacity = self.config.index_capacity();
             active.offset_index.0.activate(capacity).map_err(io_at(&active.path))?;
             active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
@@ -411,6 +412,7 @@ impl Opener<'_> {
                 first_append: None,
                 last_indexed_position: 0,
                 data_durable: true,
+                holds_v1: false,
             };
             if let Some(()) = self.check_tail(&mut segment, now).map_err(io_at(&path))? {
                 return Ok((segment, None));
@@ -506,6 +508,7 @@ impl Opener<'_> {
             first_append: None,
             last_indexed_position: 0,
             data_durable: false,
+            holds_v1: false,
         };
         let outcome = segment.scan().map_err(io_at(&path))?;
         self.report.scanned.push(path.clone());

@@ -20,8 +20,6 @@ use crate::{Offset, TimestampMs};
 
 /// Bytes read at a time when walking batch headers.
 const WALK_CHUNK_BYTES: usize = 16 * 1024;
-/// Bytes of a batch's header that a walk reads: up to and including `max_timestamp`.
-const WALK_HEADER_BYTES: usize = field::MAX_TIMESTAMP + 8;
 
 /// The unverified start of a batch header, as a walk sees it.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +60,9 @@ pub(crate) struct Segment {
     /// Whether the whole log file is known to be fsynced (a sealed segment of an `interval` or
     /// `never` log is sealed first and synced later).
     pub(crate) data_durable: bool,
+    /// Holds batches of format version 1, which is no longer appended: the next append rolls
+    /// to a new segment first, so a segment holds one version.
+    pub(crate) holds_v1: bool,
 }
 
 /// What a full scan of a segment's log file found.
@@ -158,6 +159,7 @@ impl Segment {
             first_append: None,
             last_indexed_position: 0,
             data_durable: false,
+            holds_v1: false,
         })
     }
 
@@ -227,9 +229,19 @@ impl Segment {
         Ok(())
     }
 
+    /// Whether the segment's first batch is of format version 1.
+    pub(crate) fn first_batch_is_v1(&self) -> io::Result<bool> {
+        if self.size_bytes <= field::VERSION as u64 {
+            return Ok(false);
+        }
+        let mut head = [0u8; field::VERSION + 1];
+        self.file.read_exact_at(&mut head, 0)?;
+        Ok(head[field::VERSION] == batch::BATCH_VERSION)
+    }
+
     /// Walks batch headers from `position` up to `end`, calling `visit` with each until it
-    /// returns false. Only the first [`WALK_HEADER_BYTES`] of each batch are looked at, and
-    /// only what they show is verified ([`batch::check_head`]: the length, the magic byte and
+    /// returns false. Only each batch's head is looked at ([`batch::head_fields`]), and
+    /// only what it shows is verified ([`batch::check_head`]: the length, the magic byte and
     /// version, the stamp CRC that covers the base offset).
     pub(crate) fn walk(
         &self,
@@ -242,34 +254,26 @@ impl Segment {
             let n = (end - position).min(WALK_CHUNK_BYTES as u64) as usize;
             self.file.read_exact_at(&mut chunk[..n], position)?;
             let mut at = 0usize;
-            while at + WALK_HEADER_BYTES <= n {
-                let bytes = &chunk[at..n];
-                let (base_offset, batch_bytes) = batch::check_head(bytes)
-                    .map_err(|error| ReadFailure::damaged(position + at as u64, error))?;
+            while at < n {
+                let fields = match batch::head_fields(&chunk[at..n]) {
+                    Ok(fields) => fields,
+                    // The next head runs past this chunk: read on from it.
+                    Err(BatchError::Truncated { .. }) if at > 0 => break,
+                    Err(error) => return Err(ReadFailure::damaged(position + at as u64, error)),
+                };
                 let prefix = BatchPrefix {
                     position: position + at as u64,
-                    base_offset,
-                    batch_bytes,
-                    record_count: u32::from_le_bytes(
-                        bytes[field::RECORD_COUNT..field::RECORD_COUNT + 4]
-                            .try_into()
-                            .expect("4 bytes"),
-                    ),
-                    max_timestamp: TimestampMs(i64::from_le_bytes(
-                        bytes[field::MAX_TIMESTAMP..field::MAX_TIMESTAMP + 8]
-                            .try_into()
-                            .expect("8 bytes"),
-                    )),
+                    base_offset: fields.base_offset,
+                    batch_bytes: fields.batch_bytes,
+                    record_count: fields.record_count,
+                    max_timestamp: fields.max_timestamp,
                 };
                 if !visit(&prefix) {
                     return Ok(());
                 }
-                at += batch_bytes as usize;
+                at += fields.batch_bytes as usize;
             }
-            if at == 0 {
-                let error = BatchError::Truncated { bytes: n, needed: WALK_HEADER_BYTES };
-                return Err(ReadFailure::damaged(position, error));
-            }
+            // On from the first batch this chunk did not show whole (its head or all of it).
             position += at as u64;
         }
         Ok(())
@@ -423,7 +427,10 @@ pub(crate) fn max_durable_stamp(file: &dyn File, from: u64) -> io::Result<Option
         let candidates = n.saturating_sub(field::VERSION);
         for at in 0..candidates {
             if chunk[at + field::MAGIC] != batch::BATCH_MAGIC
-                || chunk[at + field::VERSION] != batch::BATCH_VERSION
+                || !matches!(
+                    chunk[at + field::VERSION],
+                    batch::BATCH_VERSION | batch::BATCH_VERSION_2
+                )
             {
                 continue;
             }

@@ -21,11 +21,12 @@ fn append_assigns_offsets_and_reads_return_the_stored_bytes() {
     // Stored as sent, but for the fields stamped at append, which the log writes in a copy
     // of each batch's head: the batches passed in are not changed.
     let read = log.read(Offset(0), 1 << 20).unwrap();
-    let mut expected = first.to_vec();
-    spool_storage::batch::stamp(&mut expected, Offset(0), Offset(0));
-    let mut stored_second = second.to_vec();
-    spool_storage::batch::stamp(&mut stored_second, Offset(2), Offset(0));
-    expected.extend_from_slice(&stored_second);
+    let stored = |batch: &[u8], base| {
+        let checked = spool_storage::batch::CheckedBatch::check(batch).unwrap();
+        checked.stored(Offset(base), Offset(0))
+    };
+    let mut expected = stored(&first, 0).to_vec();
+    expected.extend_from_slice(&stored(&second, 2));
     assert_eq!(&read.bytes[..], &expected[..], "consumers get the stored bytes");
     assert_eq!(first, batch(&[(10, b"a"), (11, b"b")]), "append leaves its input alone");
     assert_eq!(read.next_offset, Offset(3));

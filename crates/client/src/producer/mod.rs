@@ -73,6 +73,7 @@ use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::{InitProducerRequest, ProduceRequest, ProduceStreamResponse};
 use spool_storage::TimestampMs;
+pub use spool_storage::batch::Codec;
 pub use spool_storage::batch::Header;
 use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, ProducerStamp};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
@@ -142,6 +143,9 @@ pub struct ProducerConfig {
     /// Idempotent producers: the longest a batch may stay unanswered, from the moment its
     /// first record was buffered, across every retry; past it the producer gives up.
     pub delivery_timeout: Duration,
+    /// How each batch's records are compressed (Kafka's codecs: none, gzip, snappy, lz4,
+    /// zstd). The server stores a batch as sent and consumers decompress it.
+    pub compression: Codec,
 }
 
 /// The longest wait between two reconnect attempts.
@@ -163,6 +167,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(50),
             // Kafka's delivery.timeout.ms default.
             delivery_timeout: Duration::from_secs(120),
+            compression: Codec::None,
         }
     }
 }

@@ -249,7 +249,7 @@ pub(super) async fn run_sender(shared: &Shared, requests: Requests) {
                 Next::Wait(None) => shared.sender_wake.notified().await,
             }
         };
-        let batch = sealed.builder.finish(stamp).freeze();
+        let batch = sealed.builder.finish_compressed(stamp, shared.config.compression).freeze();
         let correlation_id = shared.correlation_id.fetch_add(1, Ordering::Relaxed);
         let request = shared.request(correlation_id, partition, batch.clone());
         SemaphorePermit::forget(permit);

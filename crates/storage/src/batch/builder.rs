@@ -1,11 +1,13 @@
-//! Encoding a batch: [`BatchBuilder`] writes the header, the records and the CRCs in the
-//! layout the parent module's docs give, into a buffer the caller owns. Decoding and checking
-//! are in the parent module.
+//! Encoding a batch: [`BatchBuilder`] writes a Kafka RecordBatch v2, what producers send and
+//! the log stores in its frame ([`super::v2`]); [`BatchBuilderV1`] writes format version 1,
+//! which the log no longer appends, for tests and tools that check old logs stay readable.
+//! Decoding and checking are in the parent module.
 
 use bytes::{BufMut, BytesMut};
 
+use super::v2::KafkaBuilder;
 use super::{
-    BATCH_HEADER_BYTES, BATCH_MAGIC, BATCH_PREFIX_BYTES, BATCH_VERSION, CRC_START, Header,
+    BATCH_HEADER_BYTES, BATCH_MAGIC, BATCH_PREFIX_BYTES, BATCH_VERSION, CRC_START, Codec, Header,
     ProducerStamp, field, stamp,
 };
 use crate::{Offset, TimestampMs};
@@ -52,33 +54,81 @@ fn put_nullable(buf: &mut BytesMut, bytes: Option<&[u8]>) {
     }
 }
 
-/// Encodes one batch into a caller-owned buffer, so a producer can reuse its allocation.
+/// Encodes one batch, a Kafka RecordBatch v2, into a caller-owned buffer, so a producer can
+/// reuse its allocation.
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use spool_storage::batch::{BatchBuilder, BatchView, Header, ProducerStamp};
+/// use spool_storage::batch::{BatchBuilder, BatchView, Codec, Header, ProducerStamp};
 /// use spool_storage::TimestampMs;
 ///
 /// let mut builder = BatchBuilder::new(BytesMut::new());
 /// builder.push(TimestampMs(1_000), Some(b"key"), Some(b"value"), &[Header::new("trace", Some(b"abc"))]);
-/// let batch = builder.finish(ProducerStamp::NONE);
+/// let batch = builder.finish_compressed(ProducerStamp::NONE, Codec::Zstd);
 /// let view = BatchView::new(&batch).unwrap();
 /// assert_eq!(view.header().record_count, 1);
+/// let records = view.records();
+/// let record = records.iter().next().unwrap().unwrap();
+/// assert_eq!(record.value, Some(&b"value"[..]));
 /// ```
 #[derive(Debug)]
-pub struct BatchBuilder {
+pub struct BatchBuilder(KafkaBuilder);
+
+impl BatchBuilder {
+    /// Starts a batch in `buf`, which is cleared first.
+    pub fn new(buf: BytesMut) -> Self {
+        BatchBuilder(KafkaBuilder::new(buf))
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.0.record_count()
+    }
+
+    /// The encoded size so far, header included (before compression).
+    pub fn encoded_bytes(&self) -> usize {
+        self.0.encoded_bytes()
+    }
+
+    /// Appends one record. The caller keeps the batch within
+    /// [`BATCH_RECORDS_MAX`](crate::limits::BATCH_RECORDS_MAX) and
+    /// [`BATCH_BYTES_MAX`](crate::limits::BATCH_BYTES_MAX); a log refuses a batch past either.
+    pub fn push(
+        &mut self,
+        timestamp: TimestampMs,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header<'_>],
+    ) {
+        self.0.push(timestamp, key, value, headers);
+    }
+
+    /// The encoded batch, records uncompressed (base offset 0, to be stamped by the log).
+    /// Panics if no record was pushed: an empty batch is a caller bug.
+    pub fn finish(self, producer: ProducerStamp) -> BytesMut {
+        self.0.finish(producer, Codec::None)
+    }
+
+    /// The encoded batch, its records compressed with `codec` as Kafka's clients do.
+    pub fn finish_compressed(self, producer: ProducerStamp, codec: Codec) -> BytesMut {
+        self.0.finish(producer, codec)
+    }
+}
+
+/// Encodes one batch in format version 1, which the log reads but no longer appends.
+#[derive(Debug)]
+pub struct BatchBuilderV1 {
     buf: BytesMut,
     record_count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
 }
 
-impl BatchBuilder {
+impl BatchBuilderV1 {
     /// Starts a batch in `buf`, which is cleared first.
     pub fn new(mut buf: BytesMut) -> Self {
         buf.clear();
         buf.resize(BATCH_HEADER_BYTES, 0);
-        BatchBuilder { buf, record_count: 0, first_timestamp: 0, max_timestamp: i64::MIN }
+        BatchBuilderV1 { buf, record_count: 0, first_timestamp: 0, max_timestamp: i64::MIN }
     }
 
     pub fn record_count(&self) -> u32 {

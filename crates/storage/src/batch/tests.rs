@@ -3,7 +3,7 @@ use bytes::BytesMut;
 use super::*;
 
 fn sample() -> BytesMut {
-    let mut b = BatchBuilder::new(BytesMut::new());
+    let mut b = BatchBuilderV1::new(BytesMut::new());
     b.push(TimestampMs(100), Some(b"k1"), Some(b"v1"), &[Header::new("h", Some(b"x"))]);
     b.push(TimestampMs(90), None, None, &[]);
     b.push(
@@ -25,7 +25,8 @@ fn round_trip() {
     assert_eq!(header.max_timestamp, TimestampMs(150));
     assert_eq!(header.producer.base_sequence, 40);
     let view = BatchView::new(&bytes).unwrap();
-    let records: Vec<_> = view.records().map(Result::unwrap).collect();
+    let records = view.records();
+    let records: Vec<_> = records.iter().map(Result::unwrap).collect();
     assert_eq!(records.len(), 3);
     assert_eq!(records[0].key, Some(&b"k1"[..]));
     assert_eq!(records[1].timestamp, TimestampMs(90));
@@ -98,9 +99,131 @@ fn garbage_never_panics() {
         stamp(&mut body, Offset(0), Offset(0));
         let _ = check_for_append(&body);
         if let Ok(view) = BatchView::new(&body) {
-            for record in view.records().flatten() {
+            for record in view.records().iter().flatten() {
                 for _ in record.headers() {}
             }
         }
     }
+}
+
+// Format version 2: a Kafka batch from the builder, stored in its frame.
+
+fn sample_v2(codec: Codec) -> BytesMut {
+    let mut b = BatchBuilder::new(BytesMut::new());
+    b.push(TimestampMs(100), Some(b"k1"), Some(b"v1"), &[Header::new("h", Some(b"x"))]);
+    b.push(TimestampMs(90), None, None, &[]);
+    b.push(
+        TimestampMs(150),
+        Some(b""),
+        Some(&[7u8; 300]),
+        &[Header::new("a", None), Header::new("b", Some(b""))],
+    );
+    b.finish_compressed(
+        ProducerStamp { producer_id: 7, producer_epoch: 2, base_sequence: 40 },
+        codec,
+    )
+}
+
+const CODECS: [Codec; 5] = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd];
+
+#[test]
+fn a_kafka_batch_round_trips_through_its_stored_form_in_every_codec() {
+    for codec in CODECS {
+        let wire = sample_v2(codec);
+        let checked = CheckedBatch::check(&wire[..]).unwrap();
+        let header = *checked.header();
+        assert_eq!((header.version, header.record_count), (BATCH_VERSION_2, 3), "{codec}");
+        assert_eq!(header.codec().unwrap(), codec);
+        assert_eq!(header.batch_bytes as usize, wire.len() + v2::frame::BYTES);
+        assert_eq!(checked.bytes(), &wire[..], "stored as sent");
+        let stored = checked.stored(Offset(1000), Offset(900));
+        let header = check(&stored).unwrap();
+        assert_eq!(header.base_offset, Offset(1000));
+        assert_eq!(header.durable_offset, Offset(900));
+        assert_eq!(header.first_timestamp, TimestampMs(100));
+        assert_eq!(header.max_timestamp, TimestampMs(150));
+        assert_eq!(header.producer.base_sequence, 40);
+        // The Kafka batch inside is the producer's but for Kafka's two stamped fields.
+        let kafka = &stored[v2::frame::BYTES..];
+        assert_eq!(&kafka[v2::kafka::MAGIC..], &wire[v2::kafka::MAGIC..]);
+        assert_eq!(&kafka[..8], &1000u64.to_be_bytes());
+        let view = BatchView::new(&stored).unwrap();
+        let records = view.records();
+        let records: Vec<_> = records.iter().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].offset, Offset(1000));
+        assert_eq!(records[0].key, Some(&b"k1"[..]));
+        assert_eq!(records[1].timestamp, TimestampMs(90));
+        assert_eq!(records[1].value, None);
+        assert_eq!(records[2].offset, Offset(1002));
+        assert_eq!(records[2].value.unwrap().len(), 300);
+        let headers: Vec<_> = records[2].headers().map(Result::unwrap).collect();
+        assert_eq!(
+            headers,
+            vec![Header { key: b"a", value: None }, Header { key: b"b", value: Some(b"") }]
+        );
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_a_stored_v2_batch_is_caught() {
+    let stored =
+        CheckedBatch::check(&sample_v2(Codec::None)[..]).unwrap().stored(Offset(5), Offset(3));
+    for at in 0..stored.len() {
+        for bit in 0..8 {
+            let mut damaged = stored.clone();
+            damaged[at] ^= 1 << bit;
+            assert!(check(&damaged).is_err(), "flip at byte {at} bit {bit}");
+        }
+    }
+    for len in 0..stored.len() {
+        assert!(check(&stored[..len]).is_err(), "truncated to {len}");
+    }
+}
+
+#[test]
+fn a_version_1_batch_from_an_older_client_is_stored_as_version_2() {
+    let mut v1 = sample();
+    stamp(&mut v1, Offset(0), Offset(0));
+    let checked = CheckedBatch::check(&v1[..]).unwrap();
+    assert_eq!(checked.header().version, BATCH_VERSION_2);
+    let converted = CheckedBatch::check(checked.bytes()).unwrap();
+    let view = BatchView::new(converted.bytes()).unwrap();
+    let records = view.records();
+    let values: Vec<_> = records.iter().map(|r| r.unwrap().value.map(<[u8]>::len)).collect();
+    assert_eq!(values, vec![Some(2), None, Some(300)]);
+    assert_eq!(checked.header().producer.base_sequence, 40);
+}
+
+#[test]
+fn a_bad_kafka_batch_is_refused_with_what_is_wrong() {
+    let wire = sample_v2(Codec::None);
+    let refuse = |mut bytes: Vec<u8>, fix_crc: bool| {
+        if fix_crc {
+            let crc = crc32c::crc32c(&bytes[v2::kafka::ATTRIBUTES..]);
+            bytes[v2::kafka::CRC..v2::kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        }
+        check_for_append(&bytes).unwrap_err()
+    };
+    let mut bad_crc = wire.to_vec();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    assert!(matches!(refuse(bad_crc, false), BatchError::CrcMismatch { .. }));
+    let mut codec = wire.to_vec();
+    codec[v2::kafka::ATTRIBUTES + 1] |= 0b111;
+    assert!(matches!(refuse(codec, true), BatchError::UnsupportedCodec { codec: 7 }));
+    let mut control = wire.to_vec();
+    control[v2::kafka::ATTRIBUTES + 1] |= 1 << 5;
+    assert!(matches!(refuse(control, true), BatchError::Unsupported { .. }));
+    let mut count = wire.to_vec();
+    count[v2::kafka::RECORDS_COUNT + 3] = 4;
+    assert!(matches!(refuse(count, true), BatchError::BadRecord { .. }));
+    let mut trailing = wire.to_vec();
+    trailing.push(0);
+    assert!(matches!(refuse(trailing, false), BatchError::TrailingBytes { .. }));
+    // A compressed payload that is not what its codec says.
+    let mut zstd = sample_v2(Codec::Zstd).to_vec();
+    let last = zstd.len() - 1;
+    zstd[last - 3] ^= 0xff;
+    let error = refuse(zstd, true);
+    assert!(matches!(error, BatchError::Compression(_) | BatchError::BadRecord { .. }), "{error}");
 }

@@ -38,7 +38,7 @@ pub fn decode(bytes: &[u8]) -> Vec<Rec> {
     let mut out = Vec::new();
     for view in BatchIter::new(bytes) {
         let view = view.expect("stored batches are valid");
-        for r in view.records() {
+        for r in view.records().iter() {
             let r = r.expect("stored records are valid");
             out.push(Rec {
                 offset: r.offset.0,
