@@ -1,8 +1,8 @@
 //! Any bytes through the batch checks and decoders: nothing panics, and the checks agree.
 //!
-//! - `check_for_append` accepting a batch means `check` accepts it too (its stamp is
-//!   written by `BatchBuilder`-like producers as zeros; here it is stamped first), and its
-//!   records decode without error, exactly `record_count` of them, offsets in sequence.
+//! - `check_for_append` accepting a batch (a Kafka batch, or a version 1 batch from an older
+//!   client) means `check` accepts it in the form the log stores, and its records decode
+//!   without error, exactly `record_count` of them, offsets in sequence.
 //! - Whatever `check` accepts, decoding its records and headers ends (Ok or one Err) without
 //!   reading outside the batch.
 //! - `BatchIter` over a buffer stops at the first bad batch and never loops.
@@ -17,10 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = batch::peek_prefix(data);
 
     if let Ok(header) = batch::check_for_append(data) {
-        assert_eq!(header.batch_bytes as usize, data.len());
-        let mut stamped = data.to_vec();
-        batch::stamp(&mut stamped, Offset(7), Offset(0));
-        let view = BatchView::new(&stamped).expect("a batch fit to append checks once stamped");
+        // Stored as the log stores it (a version 1 batch re-encoded as version 2 first).
+        let checked = batch::CheckedBatch::check(data).expect("the same check passes again");
+        let stored = checked.stored(Offset(7), Offset(0));
+        assert_eq!(checked.header().batch_bytes as usize, stored.len());
+        assert_eq!(checked.header().record_count, header.record_count);
+        let view = BatchView::new(&stored).expect("a batch fit to append checks once stored");
         let mut count = 0u32;
         for (i, record) in view.records().iter().enumerate() {
             let record = record.expect("check_for_append walked every record");
