@@ -167,7 +167,14 @@ impl Registry {
                     partition,
                     source,
                 })?;
-                tracing::info!(topic = %name, partition, "opened: {}", log.recovery_report());
+                // One line per partition only where recovery changed something; the
+                // server logs one summary for the whole directory.
+                let report = log.recovery_report();
+                if report.truncated.is_some() || !report.removed.is_empty() {
+                    tracing::info!(topic = %name, partition, "opened: {report}");
+                } else {
+                    tracing::debug!(topic = %name, partition, "opened: {report}");
+                }
                 logs.push(log);
             }
             registry.topics.insert(name.clone(), config);

@@ -39,8 +39,34 @@ fn tls(config: &ServeConfig) -> anyhow::Result<Option<TlsConfig>> {
     }))
 }
 
+/// Raises the open-file soft limit to the hard limit, and logs both: every partition holds
+/// files open, and the common soft default of 1,024 runs out at a few hundred partitions.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the limit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the open-file limit");
+        return;
+    }
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    if soft >= hard {
+        tracing::info!(open_files_max = soft, "open-file limit (soft and hard)");
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::info!(soft, hard, "open-file limit raised from {soft} to the hard limit {hard}");
+    } else {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, soft, hard, "cannot raise the open-file limit to the hard limit");
+    }
+}
+
 pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     init_logs(&config)?;
+    raise_open_file_limit();
     let tls = tls(&config)?;
     let tokens = match &config.tokens.value {
         Some(path) => {

@@ -290,3 +290,20 @@ fn produce_compresses_and_every_reader_decompresses() {
     let on_disk = std::fs::metadata(&segment).unwrap().len() as usize;
     assert!(on_disk < lines.len() / 2, "{on_disk} bytes on disk for {} of JSON", lines.len());
 }
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new("prlimit");
+    command.arg("--nofile=256:4096").arg(SPOOL).args(common::serve_args(data.path()));
+    command.env("RUST_LOG", "info");
+    // prlimit sets the limit and then runs the server in its own place.
+    let served = Served::spawn(command);
+    let log = served.log();
+    assert!(log.contains("open-file limit raised from 256 to the hard limit 4096"), "{log}");
+    assert!(served.terminate());
+}
