@@ -549,6 +549,45 @@ async fn group_lag_appears_and_drops_after_a_commit() {
     server.shutdown().await;
 }
 
+/// A deleted group's lag series leave `/metrics` within the idle time.
+#[tokio::test]
+async fn a_deleted_groups_lag_leaves_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let (server, metrics_address) = metered_server(data.path()).await;
+    server.create_topic("read", 1, Policy::Always(Always {})).await;
+    server.produce("read", Some(0), vec![record("a"), record("b")]).await.unwrap();
+    let mut member = Member::join(&server, "leavers", "read").await;
+    member.commit("read", 1).await;
+    drop(member);
+    let lag = r#"spool_group_lag_records{group="leavers",topic="read",partition="0"}"#;
+    assert_eq!(sample(&scrape(metrics_address).await, lag), Some(1.0));
+    // The member's stream has closed; the group is deleted once the server saw it leave.
+    let mut groups = GroupServiceClient::new(server.channel().await);
+    let deleted = async {
+        loop {
+            let request = spool_proto::v1::DeleteGroupRequest { group: "leavers".into() };
+            match groups.delete_group(request).await {
+                Ok(_) => return,
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), deleted).await.expect("the group is deleted");
+    let gone = async {
+        loop {
+            if sample(&scrape(metrics_address).await, lag).is_none() {
+                return;
+            }
+            tokio::time::sleep(SERIES_IDLE / 8).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), gone).await.expect("the lag series is gone");
+    server.shutdown().await;
+}
+
 /// A deleted topic's series (counters, gauges, the lag of groups on it) leave `/metrics`
 /// within the idle time; a live topic's series stay, however quiet it is meanwhile.
 #[tokio::test]

@@ -270,6 +270,17 @@ pub(crate) fn retire_topic(topic: &TopicName) {
     }
 }
 
+/// Retires a deleted group's lag series (they leave `/metrics` within the series idle time)
+/// and forgets its committed offsets. A group made again under the name starts new series.
+pub(crate) fn retire_group(group: &str) {
+    locked(&GROUP_COMMITTED).values_mut().for_each(|groups| {
+        groups.remove(group);
+    });
+    if let Some(retiring) = RETIRING.get() {
+        retiring.retire(|key| key.labels().any(|l| l.key() == "group" && l.value() == group));
+    }
+}
+
 /// Sets the gauge of one consumer group's lag on one partition.
 pub fn record_group_lag(group: &str, topic: &str, partition: u32, lag_records: u64) {
     metrics::gauge!(

@@ -442,6 +442,7 @@ impl GroupService for GroupApi {
             (self.groups.persist_deletion(&record), forgotten)
         };
         durable.await?;
+        crate::metrics::retire_group(group.as_str());
         tracing::info!(identity = caller.identity(), %group, "group deleted");
         let offsets = forgotten
             .into_iter()
