@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use super::v2::KafkaBuilder;
 use super::{
     BATCH_HEADER_BYTES, BATCH_MAGIC, BATCH_PREFIX_BYTES, BATCH_VERSION, CRC_START, Codec, Header,
-    ProducerStamp, field, stamp,
+    ProducerStamp, Varints, field, stamp,
 };
 use crate::{Offset, TimestampMs};
 
@@ -51,6 +51,59 @@ fn put_nullable(buf: &mut BytesMut, bytes: Option<&[u8]>) {
             put_signed_varint(buf, b.len() as i64);
             buf.put_slice(b);
         }
+    }
+}
+
+/// A field that is never negative (a length, the offset delta, a count), as `varints` writes
+/// it: LEB128 in version 1, zigzag in Kafka's format.
+fn put_count(buf: &mut BytesMut, varints: Varints, value: u64) {
+    match varints {
+        Varints::Spool => put_varint(buf, value),
+        Varints::Kafka => put_signed_varint(buf, value as i64),
+    }
+}
+
+fn count_len(varints: Varints, value: u64) -> usize {
+    match varints {
+        Varints::Spool => varint_len(value),
+        Varints::Kafka => signed_varint_len(value as i64),
+    }
+}
+
+/// Appends one record in the layout both formats share; they differ only in how `varints`
+/// writes the fields that are never negative.
+pub(super) fn put_record(
+    buf: &mut BytesMut,
+    varints: Varints,
+    timestamp_delta: i64,
+    offset_delta: u32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[Header<'_>],
+) {
+    let offset_delta = u64::from(offset_delta);
+    let headers_len: usize = headers
+        .iter()
+        .map(|h| count_len(varints, h.key.len() as u64) + h.key.len() + nullable_len(h.value))
+        .sum();
+    let body_len = 1
+        + signed_varint_len(timestamp_delta)
+        + count_len(varints, offset_delta)
+        + nullable_len(key)
+        + nullable_len(value)
+        + count_len(varints, headers.len() as u64)
+        + headers_len;
+    put_count(buf, varints, body_len as u64);
+    buf.put_u8(0);
+    put_signed_varint(buf, timestamp_delta);
+    put_count(buf, varints, offset_delta);
+    put_nullable(buf, key);
+    put_nullable(buf, value);
+    put_count(buf, varints, headers.len() as u64);
+    for header in headers {
+        put_count(buf, varints, header.key.len() as u64);
+        buf.put_slice(header.key);
+        put_nullable(buf, header.value);
     }
 }
 
@@ -155,31 +208,16 @@ impl BatchBuilderV1 {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp.0);
         let timestamp_delta = timestamp.0.wrapping_sub(self.first_timestamp);
-        let offset_delta = u64::from(self.record_count);
-        let headers_len: usize = headers
-            .iter()
-            .map(|h| varint_len(h.key.len() as u64) + h.key.len() + nullable_len(h.value))
-            .sum();
-        let body_len = 1
-            + signed_varint_len(timestamp_delta)
-            + varint_len(offset_delta)
-            + nullable_len(key)
-            + nullable_len(value)
-            + varint_len(headers.len() as u64)
-            + headers_len;
-        let buf = &mut self.buf;
-        put_varint(buf, body_len as u64);
-        buf.put_u8(0);
-        put_signed_varint(buf, timestamp_delta);
-        put_varint(buf, offset_delta);
-        put_nullable(buf, key);
-        put_nullable(buf, value);
-        put_varint(buf, headers.len() as u64);
-        for header in headers {
-            put_varint(buf, header.key.len() as u64);
-            buf.put_slice(header.key);
-            put_nullable(buf, header.value);
-        }
+        let offset_delta = self.record_count;
+        put_record(
+            &mut self.buf,
+            Varints::Spool,
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers,
+        );
         self.record_count += 1;
     }
 

@@ -50,10 +50,14 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
+use super::builder::put_record;
 use super::compression::{self, Codec};
-use super::{BatchError, BatchHeader, Header, ProducerStamp, RecordIter, Varints, check_records};
+use super::{
+    BatchError, BatchHeader, Header, ProducerStamp, RecordIter, Varints, check_records, u32_at,
+    u64_at,
+};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX};
 use crate::{Offset, TimestampMs};
 
@@ -99,7 +103,6 @@ pub mod kafka {
 }
 
 /// Kafka's attribute bits.
-const CODEC_MASK: u16 = 0b111;
 const TRANSACTIONAL: u16 = 1 << 4;
 const CONTROL: u16 = 1 << 5;
 
@@ -117,13 +120,6 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 fn be_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-fn le_u64(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Whether `bytes` start like a bare Kafka batch (what a producer sends) rather than a stored
 /// one: Kafka's magic 2 where a stored batch has `durable_offset`, and no Spool magic.
 pub(crate) fn looks_like_kafka(bytes: &[u8]) -> bool {
@@ -156,8 +152,9 @@ pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchEr
         return Err(BatchError::CrcMismatch { stored, computed });
     }
     let attributes = be_u16(bytes, kafka::ATTRIBUTES);
-    Codec::from_id((attributes & CODEC_MASK) as u8)
-        .map_err(|_| BatchError::UnsupportedCodec { codec: attributes & CODEC_MASK })?;
+    Codec::from_id((attributes & super::ATTRIBUTES_CODEC_MASK) as u8).map_err(|_| {
+        BatchError::UnsupportedCodec { codec: attributes & super::ATTRIBUTES_CODEC_MASK }
+    })?;
     let count = be_u32(bytes, kafka::RECORDS_COUNT);
     if count == 0 || count > BATCH_RECORDS_MAX {
         return Err(BatchError::BadRecordCount { count });
@@ -200,7 +197,7 @@ fn frame_crc(frame_bytes: &[u8], kafka_head: &[u8]) -> u32 {
 /// Checks the frame CRC of the stored v2 batch at the start of `bytes`, which holds at least
 /// its [`STAMPED_HEAD_BYTES`]: its base offset and length can then be trusted.
 pub(crate) fn check_head(bytes: &[u8]) -> Result<(), BatchError> {
-    let stored = le_u32(bytes, frame::CRC);
+    let stored = u32_at(bytes, frame::CRC);
     let computed = frame_crc(&bytes[..frame::BYTES], &bytes[frame::BYTES..]);
     if stored != computed {
         return Err(BatchError::StampCrcMismatch { stored, computed });
@@ -216,21 +213,21 @@ pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: stored_bytes });
     }
     if stored_bytes < frame::BYTES + kafka::RECORDS {
-        return Err(BatchError::BadLength { length: le_u32(bytes, frame::LENGTH) });
+        return Err(BatchError::BadLength { length: u32_at(bytes, frame::LENGTH) });
     }
     let bytes = &bytes[..stored_bytes];
     let (frame_bytes, body) = bytes.split_at(frame::BYTES);
-    let stored = le_u32(frame_bytes, frame::CRC);
+    let stored = u32_at(frame_bytes, frame::CRC);
     let computed = frame_crc(frame_bytes, body);
     if stored != computed {
         return Err(BatchError::StampCrcMismatch { stored, computed });
     }
     let (mut header, total) = kafka_header(body)?;
-    if total != body.len() || header.base_offset.0 != le_u64(frame_bytes, frame::BASE_OFFSET) {
+    if total != body.len() || header.base_offset.0 != u64_at(frame_bytes, frame::BASE_OFFSET) {
         return Err(BatchError::FrameMismatch);
     }
     header.batch_bytes = stored_bytes as u32;
-    header.durable_offset = Offset(le_u64(frame_bytes, frame::DURABLE_OFFSET));
+    header.durable_offset = Offset(u64_at(frame_bytes, frame::DURABLE_OFFSET));
     Ok(header)
 }
 
@@ -356,39 +353,6 @@ pub(crate) struct KafkaBuilder {
     max_timestamp: i64,
 }
 
-fn put_varint(buf: &mut BytesMut, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        buf.put_u8((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    buf.put_u8(raw as u8);
-}
-
-fn varint_len(value: i64) -> usize {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    let mut n = 1;
-    while raw >= 0x80 {
-        raw >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn nullable_len(bytes: Option<&[u8]>) -> usize {
-    bytes.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len())
-}
-
-fn put_nullable(buf: &mut BytesMut, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varint(buf, -1),
-        Some(b) => {
-            put_varint(buf, b.len() as i64);
-            buf.put_slice(b);
-        }
-    }
-}
-
 impl KafkaBuilder {
     pub(crate) fn new(mut records: BytesMut) -> KafkaBuilder {
         records.clear();
@@ -416,31 +380,8 @@ impl KafkaBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp.0);
         let timestamp_delta = timestamp.0.wrapping_sub(self.first_timestamp);
-        let offset_delta = i64::from(self.record_count);
-        let headers_len: usize = headers
-            .iter()
-            .map(|h| varint_len(h.key.len() as i64) + h.key.len() + nullable_len(h.value))
-            .sum();
-        let body_len = 1
-            + varint_len(timestamp_delta)
-            + varint_len(offset_delta)
-            + nullable_len(key)
-            + nullable_len(value)
-            + varint_len(headers.len() as i64)
-            + headers_len;
-        let buf = &mut self.records;
-        put_varint(buf, body_len as i64);
-        buf.put_u8(0);
-        put_varint(buf, timestamp_delta);
-        put_varint(buf, offset_delta);
-        put_nullable(buf, key);
-        put_nullable(buf, value);
-        put_varint(buf, headers.len() as i64);
-        for header in headers {
-            put_varint(buf, header.key.len() as i64);
-            buf.put_slice(header.key);
-            put_nullable(buf, header.value);
-        }
+        let (buf, offset_delta) = (&mut self.records, self.record_count);
+        put_record(buf, Varints::Kafka, timestamp_delta, offset_delta, key, value, headers);
         self.record_count += 1;
     }
 
