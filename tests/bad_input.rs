@@ -30,7 +30,8 @@ use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, Record, ResetGroupRequest, TopicConfig,
+    AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, Record, ResetGroupRequest,
+    TopicCompression, TopicConfig,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -127,6 +128,14 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     server.produce("deleting", Some(0), vec![record("last words")]).await.unwrap();
     let mut topics = server.topics().await;
     topics.delete_topic(DeleteTopicRequest { name: "gone".into() }).await.unwrap();
+    // "t" requires uncompressed batches, for the produce row that is too large re-encoded.
+    let uncompressed = TopicCompression::None as i32;
+    let alter = AlterTopicRequest {
+        name: "t".into(),
+        compression: Some(uncompressed),
+        ..Default::default()
+    };
+    topics.alter_topic(alter).await.unwrap();
     // A group with committed offsets and no members, for ResetGroup.
     let channel = server.channel().await;
     let mut groups = GroupServiceClient::new(channel.clone());

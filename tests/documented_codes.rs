@@ -266,6 +266,7 @@ async fn every_documented_code_is_what_the_server_answers() {
         retention_ms: None,
         retention_bytes: None,
         segment_bytes,
+        compression: None,
     };
     checks.expect("AlterTopic", "NOT_FOUND", topics.alter_topic(alter("missing", None)).await);
     let tiny = alter("t", Some(1));
@@ -427,6 +428,7 @@ async fn a_member_behind_retention_ends_with_out_of_range() {
         retention_ms: None,
         retention_bytes: Some(1024 * 1024),
         segment_bytes: None,
+        compression: None,
     };
     topics.alter_topic(alter).await.unwrap();
     let ended = loop {

@@ -216,6 +216,7 @@ async fn topic_settings_change_on_a_live_topic() {
                 retention_ms: Some(3_600_000),
                 retention_bytes: None,
                 segment_bytes: Some(65_536),
+                compression: None,
             })
             .await
             .unwrap(),

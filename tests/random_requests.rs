@@ -127,7 +127,7 @@ async fn run(
     for (serial, op) in ops.iter().enumerate() {
         let serial = serial as u64;
         match op {
-            Op::Create { name, partitions, fsync, sizes } => {
+            Op::Create { name, partitions, fsync, sizes, compression } => {
                 let request = CreateTopicRequest {
                     name: NAMES[*name].0.into(),
                     config: Some(TopicConfig {
@@ -136,10 +136,11 @@ async fn run(
                         retention_ms: sizes.0,
                         retention_bytes: sizes.1,
                         segment_bytes: sizes.2,
+                        compression: compression.unwrap_or_default(),
                     }),
                 };
                 let outcome = call(topics.create_topic(request)).await;
-                if !settings_valid(Some(*partitions), *fsync, sizes, false) {
+                if !settings_valid(Some(*partitions), *fsync, sizes, *compression, false) {
                     let code = outcome.as_ref().err().map(Status::code);
                     prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
                 }
@@ -188,17 +189,18 @@ async fn run(
                 }
                 check_name(op, *name, model, &outcome.map(drop))?;
             }
-            Op::Alter { name, fsync, sizes } => {
+            Op::Alter { name, fsync, sizes, compression } => {
                 let request = AlterTopicRequest {
                     name: NAMES[*name].0.into(),
                     fsync: *fsync,
                     retention_ms: sizes.0,
                     retention_bytes: sizes.1,
                     segment_bytes: sizes.2,
+                    compression: *compression,
                 };
                 let outcome = call(topics.alter_topic(request)).await.map(drop);
                 check_name(op, *name, model, &outcome)?;
-                if !settings_valid(None, *fsync, sizes, true) {
+                if !settings_valid(None, *fsync, sizes, *compression, true) {
                     let code = outcome.as_ref().err().map(Status::code);
                     prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
                 }

@@ -15,8 +15,9 @@ use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{
-    Acks, DeleteTopicRequest, DescribeTopicRequest, Encoding, FetchRequest, ListTopicsRequest,
-    ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
+    Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, Encoding, FetchRequest,
+    ListTopicsRequest, ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
+    TopicCompression, TopicConfig,
 };
 use spool_storage::TimestampMs;
 use spool_storage::batch::{self, BatchBuilder, BatchIter, Header, ProducerStamp};
@@ -328,6 +329,51 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
     assert_code(refused, Code::InvalidArgument, "CRC mismatch");
     assert_eq!(server.fetch_all("raw", 0, 0).await.len(), 3);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_topic_that_requires_a_codec_stores_protobuf_records_in_it_and_serves_them_decoded() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    let config = TopicConfig { compression: TopicCompression::Zstd as i32, ..Default::default() };
+    let request = CreateTopicRequest { name: "z".into(), config: Some(config) };
+    let created = server.topics().await.create_topic(request).await.unwrap().into_inner();
+    let config = created.topic.unwrap().config.unwrap();
+    assert_eq!(config.compression(), TopicCompression::Zstd);
+    let records = vec![record("first"), keyed("k", "second"), stamped_with_header()];
+    server.produce("z", Some(0), records).await.unwrap();
+
+    let fetched = server
+        .consumer()
+        .await
+        .fetch(FetchRequest {
+            topic: "z".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+            encoding: Encoding::RawBatch as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = BatchIter::new(&fetched.raw_batches).next().unwrap().unwrap();
+    assert_eq!(stored.header().codec().unwrap(), batch::Codec::Zstd);
+    // Decoded for a protobuf consumer, by fetch and by subscribe, from the decompressed
+    // records.
+    let fetched = server.fetch_all("z", 0, 0).await;
+    let replayed = server.replay("z", 0, Position::Earliest(Earliest {})).await.unwrap();
+    for records in [fetched, replayed] {
+        assert_eq!(records.iter().map(value).collect::<Vec<_>>(), ["first", "second", "third"]);
+        assert_eq!(records[1].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(records[2].headers, [header("h", "x")]);
+        assert_eq!(records[2].timestamp_ms, 7);
+    }
+    server.shutdown().await;
+}
+
+fn stamped_with_header() -> Record {
+    Record { timestamp_ms: Some(7), headers: vec![header("h", "x")], ..record("third") }
 }
 
 #[tokio::test]

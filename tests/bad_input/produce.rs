@@ -8,7 +8,9 @@ use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::{Acks, ProduceRequest, ProducerStamp as WireStamp, Record, RecordList};
 use spool_storage::TimestampMs;
 use spool_storage::batch::v2::kafka;
-use spool_storage::batch::{BATCH_MAGIC, BatchBuilder, BatchBuilderV1, ProducerStamp, field};
+use spool_storage::batch::{
+    BATCH_MAGIC, BatchBuilder, BatchBuilderV1, Codec, ProducerStamp, field,
+};
 use tonic::Code;
 
 use super::common::{header, record};
@@ -346,6 +348,18 @@ pub fn produce_rows(c: &Clients, producer_id: i64) -> Vec<Row> {
             raw(bytes.freeze()),
         );
     }
+    // "t" stores its batches uncompressed: 9 MiB of records zstd makes small are too large
+    // once re-encoded.
+    let mut builder = BatchBuilder::new(BytesMut::new());
+    for _ in 0..9 {
+        builder.push(TimestampMs(1_000), None, Some(&vec![b'z'; 1 << 20]), &[]);
+    }
+    add(
+        "a raw zstd batch over the limit once re-encoded as the topic's codec",
+        Code::InvalidArgument,
+        "re-encoded as none (the topic's compression), more than the limit",
+        raw(builder.finish_compressed(ProducerStamp::NONE, Codec::Zstd).freeze()),
+    );
     // Fire-and-forget waits for no append, so a damaged batch must be refused before it is
     // queued: answering OK and dropping it later would lose it without a word.
     add(

@@ -112,6 +112,11 @@ pub fn topic_rows(c: &Clients, channel: &Channel) -> Vec<Row> {
             TopicConfig { segment_bytes: Some(u64::MAX), ..partitions(1) },
             "segment size",
         ),
+        (
+            "compression 7",
+            TopicConfig { compression: 7, ..partitions(1) },
+            "compression is 7, which is not one of its values",
+        ),
     ];
     for (what, config, message_has) in configs {
         let mut topics = c.topics.clone();
@@ -131,6 +136,11 @@ pub fn topic_rows(c: &Clients, channel: &Channel) -> Vec<Row> {
         AlterTopicRequest { name: "t".into(), segment_bytes: Some(1), ..Default::default() };
     let call = async move { topics.alter_topic(request).await };
     rows.push(row("AlterTopic segment_bytes 1", Code::InvalidArgument, "segment size 1", call));
+    let mut topics = c.topics.clone();
+    let request =
+        AlterTopicRequest { name: "t".into(), compression: Some(-1), ..Default::default() };
+    let call = async move { topics.alter_topic(request).await };
+    rows.push(row("AlterTopic compression -1", Code::InvalidArgument, "compression is -1", call));
     // The alter's own mistake comes before whether its topic exists.
     let mut topics = c.topics.clone();
     let request =

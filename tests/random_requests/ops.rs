@@ -67,13 +67,20 @@ pub fn sizes() -> impl Strategy<Value = Sizes> {
     )
 }
 
+/// A topic's compression: mostly unset, else one of the seven values or an unknown one.
+pub fn compression() -> impl Strategy<Value = Option<i32>> {
+    prop::option::weighted(0.3, prop_oneof![7 => 0i32..7, 1 => any::<i32>()])
+}
+
 /// Whether the API documents these settings as acceptable: a partition count (0 for the
 /// default) of at most 256, an fsync interval of 1 ms to an hour, a segment size of 64 KiB
-/// to 1 GiB and, at creation, retention limits of at least 1 (an alter's 0 removes one).
+/// to 1 GiB, a known compression and, at creation, retention limits of at least 1 (an
+/// alter's 0 removes one).
 pub fn settings_valid(
     partitions: Option<u32>,
     fsync: Option<FsyncPolicy>,
     sizes: &Sizes,
+    compression: Option<i32>,
     alter: bool,
 ) -> bool {
     let interval_ok = match fsync.and_then(|f| f.policy) {
@@ -83,6 +90,7 @@ pub fn settings_valid(
     let (retention_ms, retention_bytes, segment_bytes) = *sizes;
     partitions.is_none_or(|p| p <= PARTITIONS_PER_TOPIC_MAX)
         && interval_ok
+        && compression.is_none_or(|c| (0..7).contains(&c))
         && (alter || (retention_ms != Some(0) && retention_bytes != Some(0)))
         && segment_bytes.is_none_or(|b| (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&b))
 }
@@ -168,6 +176,7 @@ pub enum Op {
         partitions: u32,
         fsync: Option<FsyncPolicy>,
         sizes: Sizes,
+        compression: Option<i32>,
     },
     Delete {
         name: usize,
@@ -179,6 +188,7 @@ pub enum Op {
         name: usize,
         fsync: Option<FsyncPolicy>,
         sizes: Sizes,
+        compression: Option<i32>,
     },
     Produce {
         name: usize,
@@ -256,11 +266,14 @@ pub fn op() -> impl Strategy<Value = Op> {
         ),
     );
     prop_oneof![
-        3 => (name(), prop_oneof![3 => 0u32..4, 1 => edgy_u32()], fsync(), sizes())
-            .prop_map(|(name, partitions, fsync, sizes)| Op::Create { name, partitions, fsync, sizes }),
+        3 => (name(), prop_oneof![3 => 0u32..4, 1 => edgy_u32()], fsync(), sizes(), compression())
+            .prop_map(|(name, partitions, fsync, sizes, compression)| Op::Create {
+                name, partitions, fsync, sizes, compression,
+            }),
         1 => name().prop_map(|name| Op::Delete { name }),
         1 => name().prop_map(|name| Op::Describe { name }),
-        1 => (name(), fsync(), sizes()).prop_map(|(name, fsync, sizes)| Op::Alter { name, fsync, sizes }),
+        1 => (name(), fsync(), sizes(), compression())
+            .prop_map(|(name, fsync, sizes, compression)| Op::Alter { name, fsync, sizes, compression }),
         10 => (
             name(),
             prop::option::weighted(0.6, partition()),

@@ -2,6 +2,7 @@
 //! `meta.json`. Nothing is adjusted silently: a value outside its bounds is an error.
 
 use serde::{Deserialize, Serialize};
+use spool_storage::batch::Codec;
 use spool_storage::{FsyncPolicy, LogConfig};
 use thiserror::Error;
 
@@ -18,6 +19,66 @@ pub struct TopicConfig {
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     segment_bytes: u64,
+    compression: TopicCompression,
+}
+
+/// Which codec a topic stores its batches' records in: Kafka's `compression.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TopicCompression {
+    /// As each producer compressed them (stored as sent).
+    #[default]
+    Producer,
+    /// In this codec: a batch sent in another is re-encoded when it arrives.
+    Codec(Codec),
+}
+
+impl TopicCompression {
+    /// The codec every stored batch has, if the topic requires one.
+    pub fn required(self) -> Option<Codec> {
+        match self {
+            TopicCompression::Producer => None,
+            TopicCompression::Codec(codec) => Some(codec),
+        }
+    }
+
+    /// The setting's name: `producer`, or a codec's (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicCompression::Producer => "producer",
+            TopicCompression::Codec(codec) => codec.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for TopicCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for TopicCompression {
+    type Err = UnknownCompression;
+
+    /// Parses `producer`, a codec's name, or Kafka's `uncompressed` (the same as `none`).
+    fn from_str(name: &str) -> Result<TopicCompression, UnknownCompression> {
+        match name {
+            "producer" => Ok(TopicCompression::Producer),
+            "uncompressed" => Ok(TopicCompression::Codec(Codec::None)),
+            name => name
+                .parse()
+                .map(TopicCompression::Codec)
+                .map_err(|_| UnknownCompression { name: name.to_owned() }),
+        }
+    }
+}
+
+/// A name that is not a topic compression setting.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "unknown topic compression {name:?}; use producer (store batches as sent), none, gzip, snappy, lz4 or zstd"
+)]
+pub struct UnknownCompression {
+    pub name: String,
 }
 
 /// What a client may leave out; [`TopicConfig::new`] fills in defaults.
@@ -28,6 +89,7 @@ pub struct TopicConfigRequest {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
+    pub compression: Option<TopicCompression>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,6 +104,8 @@ pub enum TopicConfigError {
     RetentionBytesZero,
     #[error("segment size {bytes} bytes is outside {min}..={max}")]
     SegmentBytes { bytes: u64, min: u64, max: u64 },
+    #[error(transparent)]
+    Compression(#[from] UnknownCompression),
 }
 
 impl TopicConfig {
@@ -79,6 +143,7 @@ impl TopicConfig {
             retention_ms: request.retention_ms,
             retention_bytes: request.retention_bytes,
             segment_bytes,
+            compression: request.compression.unwrap_or_default(),
         };
         // Our bounds are storage's bounds: a config that passed here must open a log.
         assert!(config.log_config().validate().is_ok(), "{config:?}");
@@ -99,6 +164,9 @@ impl TopicConfig {
     }
     pub fn segment_bytes(&self) -> u64 {
         self.segment_bytes
+    }
+    pub fn compression(&self) -> TopicCompression {
+        self.compression
     }
 
     /// The configuration of each of the topic's partition logs.
@@ -125,6 +193,17 @@ pub(crate) struct TopicMeta {
     pub(crate) retention_ms: Option<u64>,
     pub(crate) retention_bytes: Option<u64>,
     pub(crate) segment_bytes: u64,
+    /// Absent in files written before topics had the setting: `producer`.
+    #[serde(default = "producer_compression", skip_serializing_if = "is_producer")]
+    pub(crate) compression: String,
+}
+
+fn producer_compression() -> String {
+    TopicCompression::Producer.name().to_owned()
+}
+
+fn is_producer(compression: &str) -> bool {
+    compression == TopicCompression::Producer.name()
 }
 
 pub(crate) const META_FORMAT_VERSION: u32 = 1;
@@ -151,6 +230,7 @@ impl TopicMeta {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
             segment_bytes: config.segment_bytes,
+            compression: config.compression.name().to_owned(),
         }
     }
 
@@ -165,6 +245,7 @@ impl TopicMeta {
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             segment_bytes: Some(self.segment_bytes),
+            compression: Some(self.compression.parse()?),
         })
     }
 }
@@ -213,11 +294,33 @@ mod tests {
             retention_ms: Some(1000),
             retention_bytes: None,
             segment_bytes: Some(1 << 20),
+            compression: Some(TopicCompression::Codec(Codec::Zstd)),
         })
         .unwrap();
         let meta = TopicMeta::new("t", &config);
         let json = serde_json::to_string(&meta).unwrap();
+        assert!(json.contains(r#""compression":"zstd""#), "{json}");
         let back: TopicMeta = serde_json::from_str(&json).unwrap();
         assert_eq!(back.config().unwrap(), config);
+    }
+
+    #[test]
+    fn a_meta_file_without_compression_stores_as_sent() {
+        let config = TopicConfig::new(TopicConfigRequest::default()).unwrap();
+        let json = serde_json::to_string(&TopicMeta::new("t", &config)).unwrap();
+        assert!(!json.contains("compression"), "files stay readable by older servers: {json}");
+        let back: TopicMeta = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.config().unwrap().compression(), TopicCompression::Producer);
+    }
+
+    #[test]
+    fn compression_names() {
+        for name in ["producer", "none", "gzip", "snappy", "lz4", "zstd"] {
+            let parsed: TopicCompression = name.parse().unwrap();
+            assert_eq!(parsed.to_string(), name);
+        }
+        assert_eq!("uncompressed".parse(), Ok(TopicCompression::Codec(Codec::None)));
+        let error = "brotli".parse::<TopicCompression>().unwrap_err();
+        assert!(error.to_string().contains("producer"), "{error}");
     }
 }

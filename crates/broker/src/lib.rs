@@ -17,7 +17,9 @@ mod name;
 pub mod producer;
 mod registry;
 
-pub use config::{TopicConfig, TopicConfigError, TopicConfigRequest};
+pub use config::{
+    TopicCompression, TopicConfig, TopicConfigError, TopicConfigRequest, UnknownCompression,
+};
 pub use name::{TopicName, TopicNameError};
 pub use registry::{
     AlterTopicError, CreateTopicError, DeleteTopicError, OpenRegistryError, OpenedTopic, Registry,

@@ -68,13 +68,14 @@ fn print_topic(topic: &TopicInfo) {
     };
     let optional = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
     out!(
-        "{}\tpartitions={}\tfsync={}\tretention_ms={}\tretention_bytes={}\tsegment_bytes={}",
+        "{}\tpartitions={}\tfsync={}\tretention_ms={}\tretention_bytes={}\tsegment_bytes={}\tcompression={}",
         topic.name,
         topic.partitions,
         fsync,
         optional(topic.retention_ms),
         optional(topic.retention_bytes),
         optional(topic.segment_bytes),
+        topic.compression,
     );
     for p in &topic.partition_states {
         let fenced = p.fenced_reason.as_ref().map(|reason| format!("\tFENCED: {reason}"));
@@ -99,6 +100,7 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
             retention_ms,
             retention_bytes,
             segment_bytes,
+            compression,
         } => {
             let settings = TopicSettings {
                 partitions,
@@ -106,6 +108,7 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
+                compression,
             };
             print_topic(&client.create_topic(&name, settings).await?);
         }
@@ -119,9 +122,17 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
             client.delete_topic(&name).await?;
             out!("deleted {name}");
         }
-        TopicCommand::Alter { name, fsync, retention_ms, retention_bytes, segment_bytes } => {
+        TopicCommand::Alter {
+            name,
+            fsync,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            compression,
+        } => {
             let fsync = fsync.as_deref().map(parse_fsync).transpose()?;
-            let change = TopicChange { fsync, retention_ms, retention_bytes, segment_bytes };
+            let change =
+                TopicChange { fsync, retention_ms, retention_bytes, segment_bytes, compression };
             print_topic(&client.alter_topic(&name, change).await?);
         }
     }

@@ -211,9 +211,13 @@ enum TopicCommand {
         /// Delete old segments while the partition is larger than this [default: no limit].
         #[arg(long)]
         retention_bytes: Option<u64>,
-        /// Roll to a new segment at this size [default: the server's, 1 GiB].
+        /// Roll to a new segment at this size [default: the server's, 128 MiB].
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// The codec batches are stored in: producer (each as sent) or none, gzip, snappy,
+        /// lz4, zstd (a batch sent in another codec is re-encoded when it arrives).
+        #[arg(long, value_name = "CODEC", default_value = "producer")]
+        compression: spool_client::TopicCompression,
     },
     /// List topics.
     List,
@@ -236,6 +240,10 @@ enum TopicCommand {
         /// Roll to a new segment at this size.
         #[arg(long)]
         segment_bytes: Option<u64>,
+        /// The codec batches produced from now on are stored in: producer, none, gzip,
+        /// snappy, lz4 or zstd (stored batches keep theirs).
+        #[arg(long, value_name = "CODEC")]
+        compression: Option<spool_client::TopicCompression>,
     },
 }
 

@@ -27,6 +27,8 @@ const ROWS: &[(&[&str], &str, &str)] = &[
     (&["topic", "create", "fresh", "--fsync", "interval:-5"], "", "interval"),
     (&["topic", "create", "fresh", "--segment-bytes", "1"], "", "segment size 1"),
     (&["topic", "create", "fresh", "--retention-ms", "0"], "", "retention_ms"),
+    (&["topic", "create", "fresh", "--compression", "brotli"], "", "use producer (store batches"),
+    (&["topic", "alter", "t", "--compression", "zip"], "", "unknown topic compression \"zip\""),
     (&["topic", "create", "t"], "", "already exists"),
     // Producing.
     (&["produce", "nowhere"], "x\n", "topic nowhere does not exist (NOT_FOUND)"),

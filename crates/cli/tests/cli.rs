@@ -278,7 +278,15 @@ fn produce_compresses_and_every_reader_decompresses() {
     assert!(!unknown.status.success());
     let message = String::from_utf8(unknown.stderr).unwrap();
     assert!(message.contains("zstd"), "the accepted codecs are named: {message}");
+    // A topic that requires lz4 stores the uncompressed batches `produce` sends in lz4.
+    let created = served.ok(&["topic", "create", "required", "--compression", "lz4"], "");
+    assert!(created.contains("compression=lz4"), "{created}");
+    served.ok(&["produce", "required", "--quiet"], &lines);
+    assert_eq!(served.ok(&["consume", "required"], ""), lines, "read back as produced");
     assert!(served.terminate());
+    let required = data.path().join("topics/required/0/00000000000000000000.log");
+    let dumped = Command::new(SPOOL).arg("dump").arg(&required).output().unwrap();
+    assert!(stdout(&dumped).contains("format v2, codec lz4"), "{}", stdout(&dumped));
     let segment = data.path().join("topics/events/0/00000000000000000000.log");
     let dumped = Command::new(SPOOL).arg("dump").arg(&segment).arg("--records").output().unwrap();
     let text = stdout(&dumped);

@@ -59,7 +59,7 @@ use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
-use spool_storage::batch::{BatchError, BatchIter};
+use spool_storage::batch::{BatchError, BatchIter, share_or_copy};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -196,15 +196,7 @@ impl GroupRecord {
             .map_while(Result::ok)
             .filter_map(|batch| crate::consumer::decompress(&batch))
             .collect();
-        // A slice of `bytes` is shared; one of decompressed records is copied.
-        let share = |part: &[u8]| {
-            let within = bytes.as_ptr_range();
-            if within.start <= part.as_ptr() && part.as_ptr_range().end <= within.end {
-                bytes.slice_ref(part)
-            } else {
-                Bytes::copy_from_slice(part)
-            }
-        };
+        let share = |part: &[u8]| share_or_copy(bytes, part);
         let mut records = Records::new(bytes, &decompressed, start);
         std::iter::from_fn(|| records.next_checked())
             .map(|record| {

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use spool_storage::batch::share_or_copy;
 use thiserror::Error;
 
 use crate::error::{
@@ -239,13 +240,13 @@ async fn find_reply(client: &Client, pending: &PendingReply) -> Result<Reply, Re
             let bytes = polled.bytes();
             let reply = Reply {
                 offset: record.offset,
-                value: record.value.map(|v| bytes.slice_ref(v)),
+                value: record.value.map(|v| share_or_copy(bytes, v)),
                 headers: record
                     .headers()
                     .map(|header| {
                         (
                             String::from_utf8_lossy(header.key).into_owned(),
-                            header.value.map(|v| bytes.slice_ref(v)),
+                            header.value.map(|v| share_or_copy(bytes, v)),
                         )
                     })
                     .collect(),

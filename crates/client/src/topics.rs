@@ -4,8 +4,9 @@ use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
     AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy,
-    ListTopicsRequest, TopicConfig, TopicDescription,
+    ListTopicsRequest, TopicCompression as WireCompression, TopicConfig, TopicDescription,
 };
+use spool_storage::batch::Codec;
 
 use crate::Client;
 use crate::error::AdminError;
@@ -41,6 +42,67 @@ impl Fsync {
     }
 }
 
+/// Which codec a topic stores its batches' records in (Kafka's `compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TopicCompression {
+    /// Each batch as its producer compressed it (stored as sent). The default.
+    #[default]
+    Producer,
+    /// Every batch in this codec: the server re-encodes a batch sent in another.
+    Codec(Codec),
+}
+
+impl TopicCompression {
+    fn wire(self) -> WireCompression {
+        match self {
+            TopicCompression::Producer => WireCompression::Producer,
+            TopicCompression::Codec(Codec::None) => WireCompression::None,
+            TopicCompression::Codec(Codec::Gzip) => WireCompression::Gzip,
+            TopicCompression::Codec(Codec::Snappy) => WireCompression::Snappy,
+            TopicCompression::Codec(Codec::Lz4) => WireCompression::Lz4,
+            TopicCompression::Codec(Codec::Zstd) => WireCompression::Zstd,
+        }
+    }
+
+    fn from_wire(value: i32) -> TopicCompression {
+        match WireCompression::try_from(value) {
+            Ok(WireCompression::Unspecified | WireCompression::Producer) | Err(_) => {
+                TopicCompression::Producer
+            }
+            Ok(WireCompression::None) => TopicCompression::Codec(Codec::None),
+            Ok(WireCompression::Gzip) => TopicCompression::Codec(Codec::Gzip),
+            Ok(WireCompression::Snappy) => TopicCompression::Codec(Codec::Snappy),
+            Ok(WireCompression::Lz4) => TopicCompression::Codec(Codec::Lz4),
+            Ok(WireCompression::Zstd) => TopicCompression::Codec(Codec::Zstd),
+        }
+    }
+}
+
+impl std::fmt::Display for TopicCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicCompression::Producer => f.pad("producer"),
+            TopicCompression::Codec(codec) => f.pad(codec.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for TopicCompression {
+    type Err = String;
+
+    /// `producer`, or a codec's name (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
+    fn from_str(name: &str) -> Result<TopicCompression, String> {
+        match name {
+            "producer" => Ok(TopicCompression::Producer),
+            name => name.parse().map(TopicCompression::Codec).map_err(|_| {
+                format!(
+                    "unknown topic compression {name:?}; use producer (store batches as sent), none, gzip, snappy, lz4 or zstd"
+                )
+            }),
+        }
+    }
+}
+
 /// A new topic's settings; the server refuses values outside its bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSettings {
@@ -49,6 +111,7 @@ pub struct TopicSettings {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
+    pub compression: TopicCompression,
 }
 
 impl Default for TopicSettings {
@@ -59,6 +122,7 @@ impl Default for TopicSettings {
             retention_ms: None,
             retention_bytes: None,
             segment_bytes: None,
+            compression: TopicCompression::Producer,
         }
     }
 }
@@ -71,6 +135,8 @@ pub struct TopicChange {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
+    /// Applies to batches produced from now on; stored ones keep their codec.
+    pub compression: Option<TopicCompression>,
 }
 
 /// A topic as the server describes it.
@@ -85,6 +151,7 @@ pub struct TopicInfo {
     pub retention_bytes: Option<u64>,
     /// The size at which a segment is rolled; `None`: the server's default.
     pub segment_bytes: Option<u64>,
+    pub compression: TopicCompression,
     /// Per partition, when described (empty from a create).
     pub partition_states: Vec<PartitionInfo>,
 }
@@ -109,6 +176,7 @@ impl TopicInfo {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
             segment_bytes: config.segment_bytes,
+            compression: TopicCompression::from_wire(config.compression),
             partition_states: description
                 .partitions
                 .into_iter()
@@ -141,6 +209,7 @@ impl Client {
             retention_ms: settings.retention_ms,
             retention_bytes: settings.retention_bytes,
             segment_bytes: settings.segment_bytes,
+            compression: settings.compression.wire().into(),
         };
         let request = CreateTopicRequest { name: name.to_owned(), config: Some(config) };
         let created = self.topics().create_topic(request).await?.into_inner();
@@ -172,6 +241,7 @@ impl Client {
             retention_ms: change.retention_ms,
             retention_bytes: change.retention_bytes,
             segment_bytes: change.segment_bytes,
+            compression: change.compression.map(|c| c.wire().into()),
         };
         let altered = self.topics().alter_topic(request).await?.into_inner();
         Ok(TopicInfo::from_wire(altered.topic.unwrap_or_default()))

@@ -371,3 +371,65 @@ async fn every_codec_is_stored_as_sent_and_read_back_as_produced() {
         assert!(*size < sizes[0] / 2, "{codec}: {size} bytes against {} uncompressed", sizes[0]);
     }
 }
+
+#[tokio::test]
+async fn a_topic_that_requires_a_codec_stores_every_batch_in_it() {
+    use spool_client::{Codec, TopicChange, TopicCompression, TopicSettings};
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let zstd = TopicCompression::Codec(Codec::Zstd);
+    let settings = TopicSettings { compression: zstd, ..TopicSettings::default() };
+    let created = client.create_topic("required", settings).await.unwrap();
+    assert_eq!(created.compression, zstd);
+    let mut expected = Vec::new();
+    let send = |codec: Codec, tag: &'static str| {
+        let client = client.clone();
+        async move {
+            let config = ProducerConfig {
+                compression: codec,
+                linger: LINGER_NEVER,
+                ..ProducerConfig::default()
+            };
+            let producer = client.producer("required", config).await.unwrap();
+            let mut values = Vec::new();
+            let mut deliveries = Vec::new();
+            for n in 0..50 {
+                let value = format!(r#"{{"event":"click","tag":"{tag}","n":{n}}}"#);
+                let headers = [Header::new("source", Some(b"web"))];
+                let record = Record::value(value.as_bytes()).with_key(b"k").with_headers(&headers);
+                deliveries.push(producer.send(record).await.unwrap());
+                values.push(value.into_bytes());
+            }
+            producer.flush().await.unwrap();
+            for delivery in deliveries {
+                delivery.wait().await.unwrap();
+            }
+            values
+        }
+    };
+    // Uncompressed and gzip batches are re-encoded; a zstd one is stored as sent.
+    for (codec, tag) in [(Codec::None, "none"), (Codec::Gzip, "gzip"), (Codec::Zstd, "zstd")] {
+        expected.extend(send(codec, tag).await);
+    }
+    // Back to `producer`: the next batch keeps its codec, the stored ones keep theirs.
+    let change =
+        TopicChange { compression: Some(TopicCompression::Producer), ..Default::default() };
+    let altered = client.alter_topic("required", change).await.unwrap();
+    assert_eq!(altered.compression, TopicCompression::Producer);
+    expected.extend(send(Codec::Gzip, "after").await);
+
+    let mut consumer =
+        client.subscribe("required", 0, StartAt::Earliest, Follow::UntilEnd).await.unwrap();
+    let (mut codecs, mut values) = (Vec::new(), Vec::new());
+    while let Some(polled) = consumer.poll().await.unwrap() {
+        codecs.extend(polled.batches().map(|batch| batch.header().codec().unwrap()));
+        for record in polled.records() {
+            let record = record.unwrap();
+            assert_eq!(record.key, Some(&b"k"[..]));
+            assert_eq!(record.headers().count(), 1);
+            values.push(record.value.unwrap().to_vec());
+        }
+    }
+    assert_eq!(codecs, [Codec::Zstd, Codec::Zstd, Codec::Zstd, Codec::Gzip]);
+    assert_eq!(values, expected, "every record comes back as produced");
+}

@@ -1,4 +1,6 @@
-//! Changing a live topic's settings (fsync policy, retention, segment size) without a restart.
+//! Changing a live topic's settings (fsync policy, retention, segment size, compression)
+//! without a restart. Compression is read by each produce request, so it needs nothing below;
+//! the other settings are the log's.
 //!
 //! Storage fixes a log's [`LogConfig`] when it opens, so a partition's writer applies new
 //! settings by reopening its log, between two group commits:
@@ -19,7 +21,9 @@
 
 use std::sync::{PoisonError, RwLock};
 
-use spool_broker::{TopicConfig, TopicConfigError, TopicConfigRequest, TopicName};
+use spool_broker::{
+    TopicCompression, TopicConfig, TopicConfigError, TopicConfigRequest, TopicName,
+};
 use spool_storage::fs::StdFileSystem;
 use spool_storage::{FsyncPolicy, Log, LogConfig, TimestampMs};
 
@@ -34,6 +38,7 @@ pub(crate) struct TopicChange {
     /// `Some(None)` removes the limit.
     pub(crate) retention_bytes: Option<Option<u64>>,
     pub(crate) segment_bytes: Option<u64>,
+    pub(crate) compression: Option<TopicCompression>,
 }
 
 impl TopicChange {
@@ -47,6 +52,7 @@ impl TopicChange {
             retention_ms: self.retention_ms.flatten(),
             retention_bytes: self.retention_bytes.flatten(),
             segment_bytes: self.segment_bytes,
+            compression: self.compression,
         })
         .map(drop)
     }
@@ -59,6 +65,7 @@ impl TopicChange {
             retention_ms: self.retention_ms.unwrap_or(current.retention_ms()),
             retention_bytes: self.retention_bytes.unwrap_or(current.retention_bytes()),
             segment_bytes: Some(self.segment_bytes.unwrap_or(current.segment_bytes())),
+            compression: Some(self.compression.unwrap_or(current.compression())),
         })
     }
 }

@@ -20,7 +20,7 @@ use spool_proto::v1::{
     ConsumedRecord, Encoding, FetchRequest, FetchResponse, Header, SubscribeRequest,
     SubscribeResponse,
 };
-use spool_storage::batch::BatchIter;
+use spool_storage::batch::{BatchIter, share_or_copy};
 use spool_storage::{Offset, ReadBatches, TimestampMs};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -85,14 +85,14 @@ fn decode(
                 let header = header.map_err(damaged)?;
                 headers.push(Header {
                     key: String::from_utf8_lossy(header.key).into_owned(),
-                    value: header.value.map(|v| bytes.slice_ref(v)),
+                    value: header.value.map(|v| share_or_copy(bytes, v)),
                 });
             }
             records.push(ConsumedRecord {
                 offset: record.offset.0,
                 timestamp_ms: record.timestamp.0,
-                key: record.key.map(|k| bytes.slice_ref(k)),
-                value: record.value.map(|v| bytes.slice_ref(v)),
+                key: record.key.map(|k| share_or_copy(bytes, k)),
+                value: record.value.map(|v| share_or_copy(bytes, v)),
                 headers,
             });
         }

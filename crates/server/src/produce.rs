@@ -21,7 +21,7 @@ use spool_proto::v1::{
     Acks as WireAcks, InitProducerRequest, InitProducerResponse, PartitionAppend, ProduceError,
     ProduceRequest, ProduceResponse, ProduceStreamResponse, Record,
 };
-use spool_storage::batch::{BatchBuilder, CheckedBatch, Header, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, Codec, Header, ProducerStamp};
 use spool_storage::{Appended, FsyncPolicy, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -121,14 +121,15 @@ fn check_records(records: &[Record]) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
-/// Encodes the records routed to `partition` into one batch. Allocates the batch buffer and
-/// one reused header list, nothing per record.
+/// Encodes the records routed to `partition` into one batch, compressed with `codec`.
+/// Allocates the batch buffer and one reused header list, nothing per record.
 fn encode(
     records: &[Record],
     routes: Option<&[u32]>,
     partition: u32,
     now: TimestampMs,
     producer: ProducerStamp,
+    codec: Codec,
 ) -> Result<Bytes, InvalidRequest> {
     let mut builder = BatchBuilder::new(BytesMut::new());
     let mut headers: Vec<Header<'_>> = Vec::with_capacity(RECORD_HEADERS_MAX as usize);
@@ -142,7 +143,7 @@ fn encode(
         builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         check_batch_bytes(&builder, partition)?;
     }
-    Ok(builder.finish(producer).freeze())
+    Ok(builder.finish_compressed(producer, codec).freeze())
 }
 
 /// Checks that the batch being built for `partition` is within the batch format's limit:
@@ -226,10 +227,16 @@ impl ProduceApi {
             self.producer_ids.check(producer.producer_id)?;
         }
         // Every batch is checked here (CRC and every record), on the request's own task, before
-        // any is queued: the partitions' writers append them without checking them again.
+        // any is queued: the partitions' writers append them without checking them again. A
+        // topic that requires a codec gets its batches re-encoded here too, where needed.
+        let required = topic.config().compression().required();
         let check = |partition: u32, bytes: Bytes| {
-            CheckedBatch::check(bytes)
-                .map_err(|error| ServiceError::append(&topic.name, partition, error.into()))
+            let checked = CheckedBatch::check(bytes);
+            let checked = match required {
+                Some(codec) => checked.and_then(|batch| batch.with_codec(codec)),
+                None => checked,
+            };
+            checked.map_err(|error| ServiceError::append(&topic.name, partition, error.into()))
         };
         let batches: Vec<(u32, CheckedBatch<Bytes>)> = match request.payload {
             None => return Err(InvalidRequest::MissingPayload.into()),
@@ -251,7 +258,8 @@ impl ProduceApi {
                 let records = &list.records;
                 let now = TimestampMs::now();
                 let encoded = |partition: u32, routes: Option<&[u32]>| {
-                    let bytes = encode(records, routes, partition, now, producer)?;
+                    let codec = required.unwrap_or(Codec::None);
+                    let bytes = encode(records, routes, partition, now, producer, codec)?;
                     Ok::<_, ServiceError>((partition, check(partition, bytes)?))
                 };
                 match explicit {

@@ -238,9 +238,12 @@ impl TopicTable {
             Ok(registry.alter(&altered, config)?)
         })
         .await?;
+        let logs_change = config.log_config() != topic.config().log_config();
         topic.set_config(config);
-        for partition in &topic.partitions {
-            partition.reconfigure(config.log_config()).await?;
+        if logs_change {
+            for partition in &topic.partitions {
+                partition.reconfigure(config.log_config()).await?;
+            }
         }
         Ok(topic)
     }

@@ -2,21 +2,22 @@
 
 use std::sync::Arc;
 
-use spool_broker::{TopicConfig, TopicConfigRequest};
+use spool_broker::{TopicCompression, TopicConfig, TopicConfigRequest};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_server::TopicService;
 use spool_proto::v1::{
     AlterTopicRequest, AlterTopicResponse, CreateTopicRequest, CreateTopicResponse,
     DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
     FsyncPolicy as WireFsync, ListTopicsRequest, ListTopicsResponse, PartitionDescription,
-    TopicConfig as WireConfig, TopicDescription,
+    TopicCompression as WireCompression, TopicConfig as WireConfig, TopicDescription,
 };
 use spool_storage::FsyncPolicy;
+use spool_storage::batch::Codec;
 use tonic::{Request, Response, Status};
 
 use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
-use crate::error::ServiceError;
+use crate::error::{InvalidRequest, ServiceError};
 use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
@@ -32,28 +33,56 @@ fn fsync_policy(fsync: Option<WireFsync>) -> Option<FsyncPolicy> {
     })
 }
 
-fn config_request(config: Option<WireConfig>) -> TopicConfigRequest {
+fn compression(value: i32) -> Result<TopicCompression, InvalidRequest> {
+    let codec = |codec| Ok(TopicCompression::Codec(codec));
+    match WireCompression::try_from(value) {
+        Ok(WireCompression::Unspecified | WireCompression::Producer) => {
+            Ok(TopicCompression::Producer)
+        }
+        Ok(WireCompression::None) => codec(Codec::None),
+        Ok(WireCompression::Gzip) => codec(Codec::Gzip),
+        Ok(WireCompression::Snappy) => codec(Codec::Snappy),
+        Ok(WireCompression::Lz4) => codec(Codec::Lz4),
+        Ok(WireCompression::Zstd) => codec(Codec::Zstd),
+        Err(_) => Err(InvalidRequest::UnknownEnumValue { field: "compression", value }),
+    }
+}
+
+fn wire_compression(compression: TopicCompression) -> WireCompression {
+    match compression.required() {
+        None => WireCompression::Producer,
+        Some(Codec::None) => WireCompression::None,
+        Some(Codec::Gzip) => WireCompression::Gzip,
+        Some(Codec::Snappy) => WireCompression::Snappy,
+        Some(Codec::Lz4) => WireCompression::Lz4,
+        Some(Codec::Zstd) => WireCompression::Zstd,
+    }
+}
+
+fn config_request(config: Option<WireConfig>) -> Result<TopicConfigRequest, InvalidRequest> {
     let Some(config) = config else {
-        return TopicConfigRequest::default();
+        return Ok(TopicConfigRequest::default());
     };
-    TopicConfigRequest {
+    Ok(TopicConfigRequest {
         partitions: (config.partitions != 0).then_some(config.partitions),
         fsync: fsync_policy(config.fsync),
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
         segment_bytes: config.segment_bytes,
-    }
+        compression: Some(compression(config.compression)?),
+    })
 }
 
-fn topic_change(request: &AlterTopicRequest) -> TopicChange {
+fn topic_change(request: &AlterTopicRequest) -> Result<TopicChange, InvalidRequest> {
     // 0 removes a retention limit.
     let limit = |value: Option<u64>| value.map(|v| (v != 0).then_some(v));
-    TopicChange {
+    Ok(TopicChange {
         fsync: fsync_policy(request.fsync),
         retention_ms: limit(request.retention_ms),
         retention_bytes: limit(request.retention_bytes),
         segment_bytes: request.segment_bytes,
-    }
+        compression: request.compression.map(compression).transpose()?,
+    })
 }
 
 fn wire_config(config: &TopicConfig) -> WireConfig {
@@ -68,6 +97,7 @@ fn wire_config(config: &TopicConfig) -> WireConfig {
         retention_ms: config.retention_ms(),
         retention_bytes: config.retention_bytes(),
         segment_bytes: Some(config.segment_bytes()),
+        compression: wire_compression(config.compression()).into(),
     }
 }
 
@@ -103,7 +133,8 @@ impl TopicService for TopicApi {
         caller
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
-        let topic = self.topics.create_topic(&request.name, config_request(request.config)).await?;
+        let config = config_request(request.config).map_err(ServiceError::from)?;
+        let topic = self.topics.create_topic(&request.name, config).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");
         Ok(Response::new(CreateTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
@@ -157,7 +188,8 @@ impl TopicService for TopicApi {
         caller
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
-        let topic = self.topics.alter_topic(&request.name, topic_change(&request)).await?;
+        let change = topic_change(&request).map_err(ServiceError::from)?;
+        let topic = self.topics.alter_topic(&request.name, change).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic altered");
         Ok(Response::new(AlterTopicResponse { topic: Some(describe(&topic, true)?) }))
     }

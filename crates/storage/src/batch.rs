@@ -179,6 +179,18 @@ impl BatchHeader {
     }
 }
 
+/// `part` of a record read from batches in `bytes`, as `Bytes`: a shared slice of `bytes` when
+/// it lies within them, a copy when it does not (a record of a compressed batch lies in the
+/// decompressed records).
+pub fn share_or_copy(bytes: &bytes::Bytes, part: &[u8]) -> bytes::Bytes {
+    let within = bytes.as_ptr_range();
+    if within.start <= part.as_ptr() && part.as_ptr_range().end <= within.end {
+        bytes.slice_ref(part)
+    } else {
+        bytes::Bytes::copy_from_slice(part)
+    }
+}
+
 /// Why some bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BatchError {
@@ -220,6 +232,11 @@ pub enum BatchError {
     Unsupported { what: &'static str },
     #[error("batch's records do not decompress: {0}")]
     Compression(String),
+    #[error(
+        "batch is {bytes} bytes once its records are re-encoded as {codec} (the topic's compression), more than the limit of {max}",
+        max = BATCH_BYTES_MAX
+    )]
+    ReencodedTooLarge { codec: Codec, bytes: usize },
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -524,6 +541,17 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
     /// The Kafka batch to store.
     pub fn bytes(&self) -> &[u8] {
         self.converted.as_deref().unwrap_or(self.bytes.as_ref())
+    }
+
+    /// The batch with its records in `codec`: itself if they already are, else with its
+    /// records section decompressed and compressed again, once, here (the producer stamp,
+    /// timestamps and records are kept). For a topic that requires one codec.
+    pub fn with_codec(self, codec: Codec) -> Result<Self, BatchError> {
+        if self.header.codec()? == codec {
+            return Ok(self);
+        }
+        let (converted, header) = v2::recompress(self.bytes(), &self.header, codec)?;
+        Ok(CheckedBatch { bytes: self.bytes, converted: Some(converted), header })
     }
 
     /// The header as the producer sent it (base and durable offset not stamped yet), with

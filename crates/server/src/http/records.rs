@@ -25,7 +25,7 @@ use spool_proto::Acks;
 use spool_proto::limits::{RECORD_HEADERS_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::ConsumedRecord;
-use spool_storage::batch::{BatchBuilder, CheckedBatch, Header, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, CheckedBatch, Codec, Header, ProducerStamp};
 use spool_storage::{FsyncPolicy, Offset, TimestampMs};
 
 use super::error::{BadRequest, HttpError};
@@ -155,8 +155,9 @@ pub(crate) struct Produced {
     pub(crate) offset: u64,
 }
 
-/// Checks one record against the limits and encodes it into a batch of one.
-fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, InvalidRequest> {
+/// Checks one record against the limits and encodes it into a batch of one, compressed with
+/// `codec`.
+fn encode(record: &RecordIn, partition: u32, codec: Codec) -> Result<Bytes, InvalidRequest> {
     if record.headers.len() > RECORD_HEADERS_MAX as usize {
         return Err(InvalidRequest::TooManyHeaders {
             index: 0,
@@ -182,7 +183,7 @@ fn encode(record: &RecordIn, partition: u32) -> Result<Bytes, InvalidRequest> {
     let mut builder = BatchBuilder::new(BytesMut::new());
     builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
     check_batch_bytes(&builder, partition)?;
-    Ok(builder.finish(ProducerStamp::NONE).freeze())
+    Ok(builder.finish_compressed(ProducerStamp::NONE, codec).freeze())
 }
 
 /// Produces one record through the partition's writer, as the produce service does, and
@@ -201,7 +202,8 @@ pub(crate) async fn produce(
         (None, Some(key)) => partition_for_key(key, partitions),
         (None, None) => topic.round_robin.next(partitions),
     };
-    let batch = encode(&record, partition)?;
+    let codec = topic.config().compression().required().unwrap_or(Codec::None);
+    let batch = encode(&record, partition, codec)?;
     let acks = match topic.config().fsync() {
         FsyncPolicy::Never => Acks::Leader,
         FsyncPolicy::Always | FsyncPolicy::Interval { .. } => Acks::All,

@@ -196,6 +196,62 @@ fn a_version_1_batch_from_an_older_client_is_stored_as_version_2() {
 }
 
 #[test]
+fn a_batch_is_re_encoded_only_into_another_codec() {
+    let records_of = |wire: &[u8]| -> Vec<(Option<Vec<u8>>, TimestampMs, usize)> {
+        let stored = CheckedBatch::check(wire).unwrap().stored(Offset(0), Offset(0));
+        let view = BatchView::new(&stored).unwrap();
+        let records = view.records();
+        records
+            .iter()
+            .map(Result::unwrap)
+            .map(|r| (r.value.map(<[u8]>::to_vec), r.timestamp, r.headers().count()))
+            .collect()
+    };
+    for from in CODECS {
+        let wire = sample_v2(from);
+        let expected = records_of(&wire);
+        for to in CODECS {
+            let original = CheckedBatch::check(&wire[..]).unwrap();
+            let sent = *original.header();
+            let re_encoded = original.with_codec(to).unwrap();
+            let header = *re_encoded.header();
+            assert_eq!(header.codec().unwrap(), to, "{from} -> {to}");
+            if from == to {
+                assert_eq!(re_encoded.bytes(), &wire[..], "{from}: stored as sent");
+                continue;
+            }
+            // A batch a producer could have sent in `to`: it checks as one, header and all.
+            let checked = CheckedBatch::check(re_encoded.bytes()).unwrap();
+            assert_eq!(*checked.header(), header, "{from} -> {to}");
+            assert_eq!(header.producer, sent.producer);
+            assert_eq!(header.record_count, sent.record_count);
+            assert_eq!(
+                (header.first_timestamp, header.max_timestamp),
+                (sent.first_timestamp, sent.max_timestamp)
+            );
+            assert_eq!(records_of(re_encoded.bytes()), expected, "{from} -> {to}");
+        }
+    }
+}
+
+#[test]
+fn a_batch_too_large_once_re_encoded_is_refused() {
+    let mut b = BatchBuilder::new(BytesMut::new());
+    let value = vec![b'a'; 1024 * 1024];
+    for _ in 0..9 {
+        b.push(TimestampMs(1), None, Some(&value), &[]);
+    }
+    let wire = b.finish_compressed(ProducerStamp::NONE, Codec::Zstd);
+    let checked = CheckedBatch::check(&wire[..]).unwrap();
+    let error = checked.with_codec(Codec::None).unwrap_err();
+    assert!(
+        matches!(error, BatchError::ReencodedTooLarge { codec: Codec::None, bytes } if bytes > 9 << 20),
+        "{error}"
+    );
+    assert!(error.to_string().contains("re-encoded as none"), "{error}");
+}
+
+#[test]
 fn a_bad_kafka_batch_is_refused_with_what_is_wrong() {
     let wire = sample_v2(Codec::None);
     let refuse = |mut bytes: Vec<u8>, fix_crc: bool| {

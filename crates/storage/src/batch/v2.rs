@@ -263,6 +263,36 @@ pub(crate) fn records<'a>(bytes: &'a [u8], header: &BatchHeader) -> Records<'a> 
     Records { section, header: *header }
 }
 
+/// The checked Kafka batch `wire` with its records re-encoded under `codec`: the records
+/// section decompressed and compressed again (never decoded record by record), the codec
+/// bits of `attributes`, `batchLength` and the CRC-32C changed, every other field kept.
+pub(crate) fn recompress(
+    wire: &[u8],
+    header: &BatchHeader,
+    codec: Codec,
+) -> Result<(bytes::Bytes, BatchHeader), BatchError> {
+    let records = records(wire, header);
+    let section = records.section?;
+    let mut buf = BytesMut::with_capacity(kafka::RECORDS + section.len());
+    buf.extend_from_slice(&wire[..kafka::RECORDS]);
+    match codec {
+        Codec::None => buf.extend_from_slice(&section),
+        codec => buf.extend_from_slice(&compression::compress(codec, &section)),
+    }
+    if buf.len() > BATCH_BYTES_MAX as usize {
+        return Err(BatchError::ReencodedTooLarge { codec, bytes: buf.len() });
+    }
+    let attributes = (header.attributes & !super::ATTRIBUTES_CODEC_MASK) | u16::from(codec.id());
+    let length = (buf.len() - kafka::PREFIX) as u32;
+    buf[kafka::BATCH_LENGTH..][..4].copy_from_slice(&length.to_be_bytes());
+    buf[kafka::ATTRIBUTES..][..2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[kafka::ATTRIBUTES..]);
+    buf[kafka::CRC..][..4].copy_from_slice(&crc.to_be_bytes());
+    let header =
+        BatchHeader { batch_bytes: (frame::BYTES + buf.len()) as u32, crc, attributes, ..*header };
+    Ok((buf.freeze(), header))
+}
+
 /// A batch's records, borrowed from the batch or decompressed from it.
 #[derive(Debug, Clone)]
 pub struct Records<'a> {
