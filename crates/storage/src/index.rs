@@ -20,8 +20,9 @@
 //! position 0 is never indexed: it is implied.
 //!
 //! An active segment's index files are preallocated (so writing through the map can never hit
-//! a full disk, which would be SIGBUS), at first for [`INDEX_ENTRIES_INITIAL`] entries, then
-//! doubling as entries arrive, up to the segment's most; they are trimmed to their entries
+//! a full disk, which would be SIGBUS) before they are mapped: empty until the first entry,
+//! then for [`INDEX_ENTRIES_INITIAL`] entries, then doubling as entries arrive, up to the
+//! segment's most; they are trimmed to their entries
 //! when the segment is sealed or the log is closed. A growth the disk refuses leaves the index
 //! as it was and the entry out: the index is sparse, so that only lengthens a scan. After a crash, the active
 //! segment's indexes are rebuilt from the log, so index writes need no fsync of their own.
@@ -34,10 +35,14 @@ use crate::fs::{File, FileSystem, MappedFile, OpenMode};
 use crate::limits::INDEX_ENTRIES_INITIAL;
 
 /// One index file: a mapped array of fixed-size entries.
+///
+/// It holds no open file: a map needs none once made, so the file is opened only to grow,
+/// trim or map it, and closed again. A partition's open files are then its segments' log
+/// files alone.
 #[derive(Debug)]
 pub(crate) struct IndexFile {
+    fs: Arc<dyn FileSystem>,
     path: PathBuf,
-    file: Arc<dyn File>,
     map: Option<Box<dyn MappedFile>>,
     entry_bytes: usize,
     entries: usize,
@@ -49,9 +54,10 @@ pub(crate) struct IndexFile {
 
 impl IndexFile {
     /// Creates an empty index that grows to at most `capacity_max` entries, with room for the
-    /// first of them preallocated and mapped.
+    /// first of them preallocated (a full disk refuses a new segment here, not later). It is
+    /// mapped when the first entry arrives, so an empty segment holds no map.
     pub(crate) fn create(
-        fs: &dyn FileSystem,
+        fs: &Arc<dyn FileSystem>,
         path: &Path,
         entry_bytes: usize,
         capacity_max: usize,
@@ -59,24 +65,24 @@ impl IndexFile {
         if fs.exists(path)? {
             fs.remove_file(path)?;
         }
-        let file = fs.open(path, OpenMode::CreateNew)?;
+        fs.open(path, OpenMode::CreateNew)?;
         let mut index = IndexFile {
+            fs: fs.clone(),
             path: path.to_path_buf(),
-            file,
             map: None,
             entry_bytes,
             entries: 0,
             capacity: 0,
             capacity_max,
         };
-        index.grow(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
+        index.reserve(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
         Ok(index)
     }
 
     /// Opens a trimmed index: its entry count is its length divided by the entry size.
     /// Returns `None` when the file is missing or its length is not a whole number of entries.
     pub(crate) fn open_trimmed(
-        fs: &dyn FileSystem,
+        fs: &Arc<dyn FileSystem>,
         path: &Path,
         entry_bytes: usize,
     ) -> io::Result<Option<IndexFile>> {
@@ -91,14 +97,18 @@ impl IndexFile {
         let entries = (len / entry_bytes as u64) as usize;
         let map = if entries > 0 { Some(file.map_mut(len as usize)?) } else { None };
         Ok(Some(IndexFile {
+            fs: fs.clone(),
             path: path.to_path_buf(),
-            file,
             map,
             entry_bytes,
             entries,
             capacity: entries,
             capacity_max: entries,
         }))
+    }
+
+    fn open(&self) -> io::Result<Arc<dyn File>> {
+        self.fs.open(&self.path, OpenMode::Existing)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -115,9 +125,10 @@ impl IndexFile {
         &map.bytes()[i * self.entry_bytes..(i + 1) * self.entry_bytes]
     }
 
-    /// Appends an entry, growing the file when it is full (doubling, up to its most). An
-    /// index at its most, or one the disk refuses to grow, skips the entry: the index is
-    /// sparse, so a missing entry only lengthens a scan.
+    /// Appends an entry, growing the file when it is full (doubling, up to its most) and
+    /// mapping it if it is not. An index at its most, or one the disk refuses to grow or the
+    /// system to map, skips the entry: the index is sparse, so a missing entry only lengthens
+    /// a scan.
     pub(crate) fn push(&mut self, entry: &[u8]) {
         assert_eq!(entry.len(), self.entry_bytes);
         if self.entries == self.capacity {
@@ -125,9 +136,12 @@ impl IndexFile {
                 return;
             }
             let doubled = (self.capacity * 2).max(INDEX_ENTRIES_INITIAL).min(self.capacity_max);
-            if self.grow(doubled).is_err() {
+            if self.reserve(doubled).is_err() {
                 return;
             }
+        }
+        if self.map_capacity().is_err() {
+            return;
         }
         let at = self.entries * self.entry_bytes;
         let map = self.map.as_mut().expect("an index with capacity is mapped");
@@ -136,34 +150,43 @@ impl IndexFile {
     }
 
     /// Makes a trimmed index active again: it grows to at most `capacity_max` entries, and
-    /// has room for the next ones now.
+    /// has room for the next ones preallocated now.
     pub(crate) fn activate(&mut self, capacity_max: usize) -> io::Result<()> {
         self.capacity_max = capacity_max.max(self.entries);
-        self.grow((self.entries + INDEX_ENTRIES_INITIAL).min(self.capacity_max))
+        self.reserve((self.entries + INDEX_ENTRIES_INITIAL).min(self.capacity_max))
     }
 
-    /// Preallocates and maps room for `capacity` entries. On failure the index keeps its
-    /// entries and the room it had: a refused allocation leaves the map alone, and a failed
-    /// map maps the old room again.
-    pub(crate) fn grow(&mut self, capacity: usize) -> io::Result<()> {
-        if capacity <= self.capacity && self.map.is_some() {
+    /// Preallocates room for `capacity` entries (mapped by the next push). A refused
+    /// allocation leaves the index as it was.
+    pub(crate) fn reserve(&mut self, capacity: usize) -> io::Result<()> {
+        if capacity <= self.capacity {
             return Ok(());
         }
-        let capacity = capacity.max(self.entries).max(1);
-        let bytes = capacity * self.entry_bytes;
-        self.file.allocate(bytes as u64)?;
+        self.open()?.allocate((capacity * self.entry_bytes) as u64)?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Maps all the preallocated room, if the map does not cover it yet. On failure the old
+    /// map is made again.
+    fn map_capacity(&mut self) -> io::Result<()> {
+        let bytes = self.capacity * self.entry_bytes;
+        let mapped = self.map.as_ref().map_or(0, |map| map.bytes().len());
+        if mapped == bytes {
+            return Ok(());
+        }
+        let file = self.open()?;
         // The old map goes first: a map may be a private copy written back when dropped (the
         // simulated file system's is), which a new map must see.
-        let old = self.map.take().map(|map| map.bytes().len());
-        match self.file.map_mut(bytes) {
+        self.map = None;
+        match file.map_mut(bytes) {
             Ok(map) => {
                 self.map = Some(map);
-                self.capacity = capacity;
                 Ok(())
             }
             Err(error) => {
-                if let Some(old) = old {
-                    self.map = Some(self.file.map_mut(old)?);
+                if mapped > 0 {
+                    self.map = Some(file.map_mut(mapped)?);
                 }
                 Err(error)
             }
@@ -179,11 +202,12 @@ impl IndexFile {
         }
         self.map = None;
         let bytes = self.entries * self.entry_bytes;
-        self.file.set_len(bytes as u64)?;
-        self.file.sync_data()?;
+        let file = self.open()?;
+        file.set_len(bytes as u64)?;
+        file.sync_data()?;
         self.capacity = self.entries;
         if self.entries > 0 {
-            self.map = Some(self.file.map_mut(bytes)?);
+            self.map = Some(file.map_mut(bytes)?);
         }
         Ok(())
     }

@@ -473,7 +473,7 @@ impl Log {
             position: active.size_bytes,
         };
         let base = active.next_offset;
-        let segment = match Segment::create(fs.as_ref(), &self.dir, base, capacity) {
+        let segment = match Segment::create(&fs, &self.dir, base, capacity) {
             Ok(segment) => segment,
             Err(source) => {
                 for path in crate::recovery::segment_paths(&self.dir, base) {

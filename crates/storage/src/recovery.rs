@@ -180,7 +180,7 @@ struct Finished {
 }
 
 struct Opener<'a> {
-    fs: &'a dyn FileSystem,
+    fs: &'a Arc<dyn FileSystem>,
     dir: &'a Path,
     config: &'a LogConfig,
     report: RecoveryReport,
@@ -206,7 +206,7 @@ impl Log {
     ) -> Result<Log, OpenError> {
         config.validate()?;
         let mut opener =
-            Opener { fs: fs.as_ref(), dir, config: &config, report: RecoveryReport::default() };
+            Opener { fs: &fs, dir, config: &config, report: RecoveryReport::default() };
         let scan = opener.scan()?;
         let recovered = opener.recover(&scan, now)?;
         let finished = opener.finish(&scan, recovered)?;
@@ -255,7 +255,7 @@ impl Opener<'_> {
     /// Phase 1, scan (steps 1 and 2): makes the directory, removes leftovers, lists the
     /// segments and reads what the last shutdown left.
     fn scan(&mut self) -> Result<Scan, OpenError> {
-        crate::fs::create_dir_all_durably(self.fs, self.dir).map_err(io_at(self.dir))?;
+        crate::fs::create_dir_all_durably(self.fs.as_ref(), self.dir).map_err(io_at(self.dir))?;
         let bases = self.tidy().map_err(io_at(self.dir))?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         let clean_next_offset = self.read_marker(&marker).map_err(io_at(&marker))?;
@@ -325,7 +325,8 @@ impl Opener<'_> {
             active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
             if recovery_point != active.base_offset {
                 recovery_point = active.base_offset;
-                write_recovery_point(self.fs, self.dir, recovery_point).map_err(io_at(self.dir))?;
+                write_recovery_point(self.fs.as_ref(), self.dir, recovery_point)
+                    .map_err(io_at(self.dir))?;
             }
         }
         if scan.clean_next_offset.is_some() {
@@ -514,8 +515,8 @@ impl Opener<'_> {
         self.report.scanned.push(path.clone());
         self.report.rebuilt_indexes.extend([offset_path.clone(), time_path.clone()]);
         let entries = outcome.offset_entries.len().max(outcome.time_entries.len()) + 1;
-        segment.offset_index.0.grow(entries).map_err(io_at(&offset_path))?;
-        segment.time_index.0.grow(entries).map_err(io_at(&time_path))?;
+        segment.offset_index.0.reserve(entries).map_err(io_at(&offset_path))?;
+        segment.time_index.0.reserve(entries).map_err(io_at(&time_path))?;
         for entry in &outcome.offset_entries {
             segment.offset_index.push(*entry);
         }

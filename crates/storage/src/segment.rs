@@ -128,7 +128,7 @@ impl IndexCursor {
 impl Segment {
     /// Creates an empty active segment. The caller syncs the directory.
     pub(crate) fn create(
-        fs: &dyn FileSystem,
+        fs: &Arc<dyn FileSystem>,
         dir: &Path,
         base_offset: Offset,
         index_capacity: usize,
