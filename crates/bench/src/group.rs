@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 
 use crate::BenchError;
 use crate::machine::Machine;
+use crate::payload::{PayloadKind, Payloads};
 use crate::spool::InProcess;
-use crate::workload::payload;
 
 /// How long the group may take to consume what is left once the last member stopped making
 /// progress; only a guard against a hang.
@@ -249,10 +249,11 @@ async fn fill(client: &Client, topic: &str, args: &GroupArgs) -> Result<(), Benc
         ..ProducerConfig::default()
     };
     let producer = client.producer(topic, config).await?;
-    let value = payload(args.message_size);
+    let values = Payloads::new(PayloadKind::Pattern, args.message_size, 1000);
+    let value = values.get(0);
     for n in 0..args.messages {
         let partition = (n % u64::from(args.partitions)) as u32;
-        producer.send(Record::value(&value).with_partition(partition)).await?;
+        producer.send(Record::value(value).with_partition(partition)).await?;
     }
     producer.close().await?;
     Ok(())

@@ -3,9 +3,11 @@
 //! The benchmark harness behind `spool bench`, as a library: workloads, histograms, reports.
 //!
 //! - Workloads ([`Workload`]): `produce`, `consume` (a replay of what the harness produced
-//!   first), `e2e` (produce and consume at once; latency is send to receipt, carried in the
-//!   first 8 bytes of every message). Each creates its own topic (or NATS stream) and removes
-//!   it at the end.
+//!   first), `e2e` (produce and consume at once; latency is send to receipt, carried in every
+//!   message). Each creates its own topic (or NATS stream) and removes it at the end. Spool's
+//!   results carry the bytes the topic took on disk ([`StoredBytes`]).
+//! - Messages ([`payload`]): one repeating pattern, or varied JSON events (`--payload json`)
+//!   that Spool's producers may compress with Kafka's codecs (`--compression`).
 //! - Targets: Spool, a running server (`--server URL`) or one started in-process on a
 //!   temporary directory; and NATS JetStream ([`nats`]) as a peer, with a file-storage stream
 //!   at the server's default sync interval and with `sync_interval: always`.
@@ -22,6 +24,7 @@ pub mod disk;
 pub mod group;
 pub mod machine;
 mod nats;
+pub mod payload;
 pub mod report;
 mod spool;
 pub mod stats;
@@ -32,10 +35,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+use spool_client::Codec;
 use thiserror::Error;
 
 pub use crate::disk::{DiskLimits, DiskPlan};
 pub use crate::machine::Machine;
+pub use crate::payload::PayloadKind;
 pub use crate::stats::{LatencySummary, Sample};
 
 /// `spool bench ...`
@@ -97,6 +102,15 @@ pub struct WorkloadArgs {
     /// Bytes of each message's value.
     #[arg(long, default_value_t = 1024)]
     pub message_size: usize,
+    /// What each message's value is: pattern (the same repeating bytes in every message) or
+    /// json (varied JSON events, compressible like real ones; at least 27 bytes).
+    #[arg(long, value_enum, default_value = "pattern")]
+    pub payload: PayloadKind,
+    /// How Spool's producers compress each batch: none, gzip, snappy, lz4 or zstd (stored as
+    /// sent). NATS JetStream has no batch compression: its results are uncompressed and say
+    /// compression none.
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    pub compression: Codec,
     /// Messages per batch (one produce request); default 1000, and 1 for e2e.
     #[arg(long)]
     pub batch: Option<u32>,
@@ -192,6 +206,11 @@ pub struct Settings {
     pub consumers: u32,
     pub partitions: u32,
     pub message_size: usize,
+    pub payload: PayloadKind,
+    /// The codec the target's producers compressed batches with: `--compression` for Spool,
+    /// always none for NATS.
+    #[serde(serialize_with = "codec_name")]
+    pub compression: Codec,
     pub batch: u32,
     pub linger_ms: u64,
     pub in_flight: usize,
@@ -203,6 +222,10 @@ pub struct Settings {
     /// all from the start), so that the figure covers more than a fraction of a second.
     pub replay_seconds: Option<f64>,
     pub rate: Option<u64>,
+}
+
+fn codec_name<S: serde::Serializer>(codec: &Codec, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(codec.name())
 }
 
 /// Messages in flight per producer by default, in bytes: small batches need many in flight
@@ -228,6 +251,8 @@ impl Settings {
             consumers: args.consumers,
             partitions: args.partitions,
             message_size: args.message_size,
+            payload: args.payload,
+            compression: args.compression,
             batch: args.batch.unwrap_or(if e2e { 1 } else { 1000 }),
             linger_ms: args.linger_ms.unwrap_or(if e2e { 0 } else { 5 }),
             in_flight: args.in_flight.unwrap_or_else(|| {
@@ -259,11 +284,14 @@ impl Settings {
         if !(1..=256).contains(&self.in_flight) {
             return bad(format!("--in-flight {} is outside 1..=256", self.in_flight));
         }
-        if self.workload == Workload::E2e && self.message_size < workload::STAMP_BYTES {
-            return bad(format!(
-                "e2e carries the send time in each message: --message-size must be at least {}",
-                workload::STAMP_BYTES
-            ));
+        let stamped = self.workload == Workload::E2e;
+        let bytes_min = self.payload.bytes_min(stamped);
+        if self.message_size < bytes_min {
+            let why = match self.payload {
+                PayloadKind::Json => "a --payload json message is a JSON object with its send time",
+                PayloadKind::Pattern => "e2e carries the send time in each message",
+            };
+            return bad(format!("{why}: --message-size must be at least {bytes_min}"));
         }
         let seconds = [self.duration_seconds, self.replay_seconds];
         if self.messages == Some(0) || seconds.iter().flatten().any(|s| *s <= 0.0) {
@@ -301,12 +329,14 @@ pub struct BenchResult {
     /// The durability setting the figures were taken with.
     pub durability: String,
     pub messages: u64,
-    /// Payload bytes (messages times --message-size).
+    /// Payload bytes (messages times --message-size), uncompressed.
     pub bytes: u64,
     pub seconds: f64,
     pub msgs_per_sec: f64,
-    /// 10^6 payload bytes per second.
+    /// 10^6 payload bytes per second, uncompressed (the values as sent, whatever the codec).
     pub mb_per_sec: f64,
+    /// Spool: what the topic took on disk once the workload was done; NATS: absent.
+    pub stored: Option<StoredBytes>,
     pub latency_us: LatencySummary,
     /// What one latency sample is, for this workload.
     pub latency_of: &'static str,
@@ -319,6 +349,30 @@ pub struct BenchResult {
     pub timeline: Vec<Sample>,
     /// (percentile, microseconds), for the latency plot.
     pub latency_percentiles: Vec<(f64, f64)>,
+}
+
+/// The bytes a Spool topic took on disk, against the payload produced into it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StoredBytes {
+    /// Payload bytes produced into the topic (messages times --message-size, uncompressed):
+    /// for consume, what was produced before the replay, not what the replay read.
+    pub payload_bytes: u64,
+    /// The topic's segment files (DescribeTopic's `size_bytes`, summed over partitions) after
+    /// the workload, before the topic was deleted: batches as stored, with their framing,
+    /// record headers and compression. Index files are not counted.
+    pub disk_bytes: u64,
+    /// `payload_bytes / disk_bytes`: above 1, compression saved more than the framing costs.
+    pub ratio: f64,
+}
+
+impl StoredBytes {
+    pub(crate) fn new(payload_bytes: u64, disk_bytes: u64) -> StoredBytes {
+        StoredBytes {
+            payload_bytes,
+            disk_bytes,
+            ratio: payload_bytes as f64 / disk_bytes.max(1) as f64,
+        }
+    }
 }
 
 /// A result as a fraction of the disk's own limits.
@@ -465,6 +519,11 @@ pub async fn measure_workload(
         };
         Some(measure_disk(plan).await?)
     };
+    if args.target.contains(&TargetKind::Nats) && settings.compression != Codec::None {
+        eprintln!(
+            "note: NATS JetStream has no batch compression; its results are uncompressed (compression none)"
+        );
+    }
     let mut results = Vec::new();
     for target in &args.target {
         let measured = match target {

@@ -14,7 +14,9 @@
 //! Each partition is one file-storage stream with one subject. NATS has no produce batches:
 //! a producer keeps `batch * in_flight` publishes awaiting their acknowledgement, and the
 //! latency recorded is each message's, from publish to acknowledgement. `--acks none`
-//! publishes without waiting for JetStream's acknowledgement.
+//! publishes without waiting for JetStream's acknowledgement. JetStream has no producer
+//! batch compression: `--compression` applies to Spool only, and NATS results say none. (A
+//! stream may compress its stored blocks with S2, a setting the harness leaves off.)
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -29,8 +31,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 
+use crate::payload::{Payloads, age_nanos, stamp};
 use crate::stats::{Meter, new_histogram};
-use crate::workload::{Budget, Measured, Pacer, STAMP_BYTES, Timed, age_nanos, payload, stamp};
+use crate::workload::{Budget, Measured, Pacer, Timed};
 use crate::{AcksArg, BenchError, NatsSync, Settings, Workload, WorkloadArgs};
 
 /// How long a started nats-server may take to accept connections.
@@ -162,10 +165,12 @@ pub async fn measure(
         subjects.push((name, subject));
     }
     let label = format!("{:?} nats", settings.workload).to_lowercase();
+    let payloads = Arc::new(Payloads::new(settings.payload, settings.message_size, settings.batch));
+    let run = Run { client: &client, context: &context, subjects: &subjects, payloads: &payloads };
     let measured = match settings.workload {
-        Workload::Produce => produce(&client, &context, &subjects, settings, &label).await,
-        Workload::Consume => consume(&client, &context, &subjects, settings, &label).await,
-        Workload::E2e => e2e(&client, &context, &subjects, settings, &label).await,
+        Workload::Produce => produce(&run, settings, &label).await,
+        Workload::Consume => consume(&run, settings, &label).await,
+        Workload::E2e => e2e(&run, settings, &label).await,
     };
     for (name, _) in &subjects {
         let _ = context.delete_stream(name).await;
@@ -179,22 +184,34 @@ pub async fn measure(
         seconds,
         histogram,
         timeline,
+        compression: spool_client::Codec::None,
+        stored: None,
     })
+}
+
+/// What every workload against NATS works with.
+struct Run<'a> {
+    client: &'a async_nats::Client,
+    context: &'a jetstream::Context,
+    /// (stream, subject), one per partition.
+    subjects: &'a [(String, String)],
+    payloads: &'a Arc<Payloads>,
 }
 
 type Outcome = (u64, f64, Histogram<u64>, Vec<crate::Sample>);
 
 /// One publisher: its share of messages to one subject, `batch * in_flight` acks pending.
+#[allow(clippy::too_many_arguments)]
 async fn publish_task(
     client: async_nats::Client,
     context: jetstream::Context,
     subject: String,
     settings: Settings,
+    payloads: Arc<Payloads>,
     budget: Budget,
     meter: Arc<Meter>,
     epoch: Instant,
 ) -> Result<Histogram<u64>, BenchError> {
-    let mut value = payload(settings.message_size);
     let mut histogram = new_histogram();
     let window_max = settings.batch as usize * settings.in_flight;
     let mut window = VecDeque::with_capacity(window_max + 1);
@@ -207,10 +224,11 @@ async fn publish_task(
         if let Some(pacer) = &mut pacer {
             pacer.wait().await;
         }
+        let mut payload = Vec::from(payloads.get(sent));
         if stamped {
-            stamp(&mut value[..STAMP_BYTES], epoch);
+            stamp(settings.payload, &mut payload, epoch);
         }
-        let payload = Bytes::copy_from_slice(&value);
+        let payload = Bytes::from(payload);
         let started = Instant::now();
         if settings.acks == AcksArg::None {
             client
@@ -243,9 +261,7 @@ async fn publish_task(
 }
 
 async fn run_publishers(
-    client: &async_nats::Client,
-    context: &jetstream::Context,
-    subjects: &[(String, String)],
+    run: &Run<'_>,
     settings: &Settings,
     meter: &Arc<Meter>,
     epoch: Instant,
@@ -253,13 +269,14 @@ async fn run_publishers(
     let started = Instant::now();
     let tasks: Vec<_> = (0..settings.producers)
         .map(|index| {
-            let subject = subjects[index as usize % subjects.len()].1.clone();
+            let subject = run.subjects[index as usize % run.subjects.len()].1.clone();
             let budget = Budget::share(settings, index, settings.producers, started);
             tokio::spawn(publish_task(
-                client.clone(),
-                context.clone(),
+                run.client.clone(),
+                run.context.clone(),
                 subject,
                 settings.clone(),
+                run.payloads.clone(),
                 budget,
                 meter.clone(),
                 epoch,
@@ -274,16 +291,9 @@ async fn run_publishers(
     Ok(histogram)
 }
 
-async fn produce(
-    client: &async_nats::Client,
-    context: &jetstream::Context,
-    subjects: &[(String, String)],
-    settings: &Settings,
-    label: &str,
-) -> Result<Outcome, BenchError> {
+async fn produce(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome, BenchError> {
     let timed = Timed::start(label, settings.messages);
-    let histogram =
-        run_publishers(client, context, subjects, settings, &timed.meter, timed.started).await?;
+    let histogram = run_publishers(run, settings, &timed.meter, timed.started).await?;
     let messages = timed.meter.read().0;
     let (seconds, timeline) = timed.finish().await;
     Ok((messages, seconds, histogram, timeline))
@@ -304,15 +314,10 @@ async fn ordered(
     consumer.messages().await.map_err(|e| nats_error("consuming")(&e))
 }
 
-async fn consume(
-    client: &async_nats::Client,
-    context: &jetstream::Context,
-    subjects: &[(String, String)],
-    settings: &Settings,
-    label: &str,
-) -> Result<Outcome, BenchError> {
+async fn consume(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome, BenchError> {
+    let (context, subjects) = (run.context, run.subjects);
     let fill = Arc::new(Meter::default());
-    run_publishers(client, context, subjects, settings, &fill, Instant::now()).await?;
+    run_publishers(run, settings, &fill, Instant::now()).await?;
     let mut stored = Vec::new();
     for (name, _) in subjects {
         let mut stream =
@@ -369,13 +374,8 @@ async fn consume(
     Ok((messages, seconds, histogram, timeline))
 }
 
-async fn e2e(
-    client: &async_nats::Client,
-    context: &jetstream::Context,
-    subjects: &[(String, String)],
-    settings: &Settings,
-    label: &str,
-) -> Result<Outcome, BenchError> {
+async fn e2e(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome, BenchError> {
+    let (context, subjects, kind) = (run.context, run.subjects, settings.payload);
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(Notify::new());
@@ -396,7 +396,7 @@ async fn e2e(
                 };
                 match message {
                     Some(Ok(message)) => {
-                        if let Some(age) = age_nanos(&message.payload, epoch) {
+                        if let Some(age) = age_nanos(kind, &message.payload, epoch) {
                             histogram.saturating_record(age);
                         }
                         meter.add(1, size);
@@ -411,7 +411,7 @@ async fn e2e(
         }));
     }
     let produced = Arc::new(Meter::default());
-    run_publishers(client, context, subjects, settings, &produced, epoch).await?;
+    run_publishers(run, settings, &produced, epoch).await?;
     let produced = produced.read().0;
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         loop {

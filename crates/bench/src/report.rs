@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::disk::Rounds;
 use crate::stats::{samples_for, shows};
-use crate::{BenchResult, DiskLimits, LatencySummary};
+use crate::{BenchResult, DiskLimits, LatencySummary, PayloadKind, Settings, StoredBytes};
 
 /// The percentiles a summary holds, by name.
 fn percentiles(latency: &LatencySummary) -> [(&'static str, f64, f64); 5] {
@@ -69,6 +69,29 @@ fn rounds_text(rounds: &Rounds) -> String {
     format!("{} rounds: {}{settled}", rounds.each.len(), each.join(", "))
 }
 
+/// `--payload`'s name.
+fn payload_name(settings: &Settings) -> &'static str {
+    match settings.payload {
+        PayloadKind::Pattern => "pattern",
+        PayloadKind::Json => "json",
+    }
+}
+
+/// Like "512.0 MB of payload produced, 90.1 MB of segment files: ratio 5.68".
+fn stored_text(stored: &StoredBytes) -> String {
+    format!(
+        "{} of payload produced, {} of segment files: ratio {:.2}",
+        megabytes(stored.payload_bytes),
+        megabytes(stored.disk_bytes),
+        stored.ratio
+    )
+}
+
+/// Bytes in MB (10^6), or in bytes where that would show 0.0 MB.
+fn megabytes(bytes: u64) -> String {
+    if bytes < 100_000 { format!("{bytes} bytes") } else { format!("{:.1} MB", bytes as f64 / 1e6) }
+}
+
 /// One result as a table.
 pub fn table(result: &BenchResult) -> String {
     let s = &result.settings;
@@ -88,6 +111,7 @@ pub fn table(result: &BenchResult) -> String {
         s.in_flight,
         s.rate.map_or_else(|| "unlimited".into(), |r| format!("{r} msg/s"))
     );
+    let _ = writeln!(out, "payload     {}, compression {}", payload_name(s), s.compression);
     if let (Some(messages), Some(seconds)) = (s.messages, s.replay_seconds) {
         let _ = writeln!(
             out,
@@ -108,9 +132,12 @@ pub fn table(result: &BenchResult) -> String {
     let _ = writeln!(out, "messages    {} in {:.2} s", result.messages, result.seconds);
     let _ = writeln!(
         out,
-        "throughput  {:.0} msg/s, {:.1} MB/s",
+        "throughput  {:.0} msg/s, {:.1} MB/s of payload (uncompressed)",
         result.msgs_per_sec, result.mb_per_sec
     );
+    if let Some(stored) = &result.stored {
+        let _ = writeln!(out, "on disk     {}", stored_text(stored));
+    }
     let _ = writeln!(out, "latency µs  {}", latency_line(&result.latency_us));
     let _ = writeln!(out, "            ({})", result.latency_of);
     if let Some(rss) = result.timeline.iter().map(|s| s.rss_mib).reduce(f64::max) {
@@ -160,16 +187,17 @@ pub fn comparison(results: &[BenchResult]) -> String {
     let mut out = String::from("== comparison (same run, same machine)\n");
     let _ = writeln!(
         out,
-        "{:<8} {:<44} {:>12} {:>10} {:>10} {:>10}",
-        "target", "durability", "msg/s", "MB/s", "p50 µs", "p99 µs"
+        "{:<8} {:<44} {:<11} {:>12} {:>12} {:>10} {:>10}",
+        "target", "durability", "compression", "msg/s", "payload MB/s", "p50 µs", "p99 µs"
     );
     for r in results {
         let l = &r.latency_us;
         let _ = writeln!(
             out,
-            "{:<8} {:<44} {:>12.0} {:>10.1} {:>10} {:>10}",
+            "{:<8} {:<44} {:<11} {:>12.0} {:>12.1} {:>10} {:>10}",
             r.target,
             r.durability,
+            r.settings.compression,
             r.msgs_per_sec,
             r.mb_per_sec,
             percentile_cell(l, 50.0, l.p50),
@@ -383,14 +411,15 @@ pub fn html(results: &[BenchResult]) -> String {
     );
     let workload = results.first().map_or("none".to_owned(), |r| format!("{:?}", r.workload));
     let _ = writeln!(page, "<h1>spool bench: {}</h1>", escape(&workload));
-    page.push_str("<table><tr><th>target</th><th>durability</th><th>messages</th><th>seconds</th><th>msg/s</th><th>MB/s</th><th>p50 µs</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th><th>vs write+fdatasync</th></tr>\n");
+    page.push_str("<table><tr><th>target</th><th>durability</th><th>compression</th><th>messages</th><th>seconds</th><th>msg/s</th><th>payload MB/s</th><th>p50 µs</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th><th>vs write+fdatasync</th><th>payload / on disk</th></tr>\n");
     for r in results {
         let l = &r.latency_us;
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td>{}<td>{:.0}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td><td>{:.1}</td>{}<td>{:.0}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.target),
             escape(&r.durability),
+            r.settings.compression,
             r.messages,
             r.seconds,
             r.msgs_per_sec,
@@ -400,10 +429,25 @@ pub fn html(results: &[BenchResult]) -> String {
                 .map(|&(_, p, value)| format!("<td>{}</td>", percentile_cell(l, p, value)))
                 .collect::<String>(),
             l.max,
-            r.vs_disk.map_or_else(|| "–".into(), |v| format!("{:.2}×", v.of_write_fdatasync))
+            r.vs_disk.map_or_else(|| "–".into(), |v| format!("{:.2}×", v.of_write_fdatasync)),
+            r.stored.map_or_else(|| "–".into(), |s| format!("{:.2}", s.ratio))
         );
     }
     page.push_str("</table>\n");
+    page.push_str(
+        "<p>MB/s counts the payload as produced, uncompressed, whatever the codec.</p>\n",
+    );
+    for r in results {
+        if let Some(stored) = &r.stored {
+            let _ = writeln!(
+                page,
+                "<p>On disk ({}, {}): {}; the topic's segment files once the workload was done, before the topic was deleted.</p>",
+                escape(&r.target),
+                escape(&r.durability),
+                escape(&stored_text(stored))
+            );
+        }
+    }
     let latencies: Vec<&LatencySummary> = results.iter().map(|r| &r.latency_us).collect();
     if let Some(note) = percentile_note(&latencies) {
         let _ = writeln!(page, "<p>{}</p>", escape(&note));
@@ -561,6 +605,8 @@ mod tests {
             consumers: 1,
             partitions: 1,
             message_size: 64,
+            payload: PayloadKind::Json,
+            compression: spool_client::Codec::Zstd,
             batch: 1,
             linger_ms: 0,
             in_flight: 256,
@@ -582,6 +628,7 @@ mod tests {
             mb_per_sec: 0.128,
             latency_us: latency(samples),
             latency_of: "send to receipt",
+            stored: Some(StoredBytes::new(samples * 64, 1000)),
             settings,
             machine: Machine::describe(std::path::Path::new("/")),
             disk: None,
@@ -609,5 +656,31 @@ mod tests {
         assert!(page.contains("<tr><td>duration seconds</td><td>–</td></tr>"), "{page}");
         assert!(page.contains("<tr><td>build profile</td>"), "{page}");
         assert!(!page.contains("<pre>") && !page.contains("\"message_size\""), "no raw JSON");
+        // The codec and payload are echoed; throughput is named as uncompressed payload.
+        assert!(page.contains("<tr><td>compression</td><td>zstd</td></tr>"), "{page}");
+        assert!(page.contains("<tr><td>payload</td><td>json</td></tr>"), "{page}");
+        assert!(page.contains("<th>payload MB/s</th>") && page.contains("<td>2.56</td>"), "{page}");
+        assert!(
+            page.contains(
+                "2560 bytes of payload produced, 1000 bytes of segment files: ratio 2.56"
+            )
+        );
+    }
+
+    #[test]
+    fn the_table_says_what_was_sent_and_what_it_took_on_disk() {
+        let mut result = result(40, Vec::new());
+        result.stored = Some(StoredBytes::new(512_000_000, 90_100_000));
+        let text = table(&result);
+        assert!(text.contains("\npayload     json, compression zstd\n"), "{text}");
+        assert!(text.contains("MB/s of payload (uncompressed)"), "{text}");
+        assert!(
+            text.contains(
+                "\non disk     512.0 MB of payload produced, 90.1 MB of segment files: ratio 5.68\n"
+            ),
+            "{text}"
+        );
+        let nats = BenchResult { target: "nats".into(), stored: None, ..result.clone() };
+        assert!(!table(&nats).contains("on disk"));
     }
 }

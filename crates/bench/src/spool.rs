@@ -16,15 +16,20 @@ use spool_server::testing::{StartError, TestServer};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::payload::{Payloads, age_nanos, stamp};
 use crate::stats::{Meter, new_histogram};
-use crate::workload::{
-    Budget, Measured, Pacer, STAMP_BYTES, Timed, age_nanos, parse_fsync, payload, stamp,
-};
-use crate::{AcksArg, BenchError, Settings, Workload};
+use crate::workload::{Budget, Measured, Pacer, Timed, parse_fsync};
+use crate::{AcksArg, BenchError, Settings, StoredBytes, Workload};
 
 /// How long e2e consumers may lag behind the last acknowledged message before the harness
 /// gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the topic may take to show every produced message (with `--acks none` or
+/// `leader` the last ones may still be on their way to the log, or to its fsync, when the
+/// producers are done) before its bytes on disk are read.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the topic is described while waiting for that.
+const VISIBLE_POLL: Duration = Duration::from_millis(10);
 
 /// A Spool server started by the harness (the shared in-process server of
 /// `spool_server::testing`) in a directory of its own under the data root, stopped when the
@@ -92,12 +97,21 @@ pub async fn measure(
         fsync: parse_fsync(&settings.fsync)?,
         ..TopicSettings::default()
     };
+    // Made before the clock starts: for `json`, thousands of events.
+    let payloads = Arc::new(Payloads::new(settings.payload, settings.message_size, settings.batch));
     client.create_topic(&topic, topic_settings).await?;
-    let measured = match settings.workload {
-        Workload::Produce => produce(&client, &topic, settings).await,
-        Workload::Consume => consume(&client, &topic, settings).await,
-        Workload::E2e => e2e(&client, &topic, settings).await,
-    };
+    let measured = async {
+        let (mut measured, produced) = match settings.workload {
+            Workload::Produce => produce(&client, &topic, settings, &payloads).await?,
+            Workload::Consume => consume(&client, &topic, settings, &payloads).await?,
+            Workload::E2e => e2e(&client, &topic, settings, &payloads).await?,
+        };
+        let disk_bytes = disk_bytes(&client, &topic, produced).await?;
+        let payload_bytes = produced * settings.message_size as u64;
+        measured.stored = Some(StoredBytes::new(payload_bytes, disk_bytes));
+        Ok::<_, BenchError>(measured)
+    }
+    .await;
     let deleted = client.delete_topic(&topic).await;
     drop(client);
     if let Some(in_process) = in_process {
@@ -106,6 +120,25 @@ pub async fn measure(
     let measured = measured?;
     deleted?;
     Ok(measured)
+}
+
+/// The bytes of the topic's segment files, once all `produced` messages are visible.
+async fn disk_bytes(client: &Client, topic: &str, produced: u64) -> Result<u64, BenchError> {
+    let deadline = Instant::now() + VISIBLE_TIMEOUT;
+    loop {
+        let partitions = client.describe_topic(topic).await?.partition_states;
+        let visible: u64 =
+            partitions.iter().map(|p| p.log_end_offset.saturating_sub(p.log_start_offset)).sum();
+        if visible >= produced {
+            return Ok(partitions.iter().map(|p| p.size_bytes).sum());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Timeout(format!(
+                "the topic shows {visible} of the {produced} messages produced"
+            )));
+        }
+        tokio::time::sleep(VISIBLE_POLL).await;
+    }
 }
 
 fn producer_config(settings: &Settings) -> ProducerConfig {
@@ -123,6 +156,7 @@ fn producer_config(settings: &Settings) -> ProducerConfig {
         linger: Duration::from_millis(settings.linger_ms),
         in_flight_max: settings.in_flight,
         buffer_bytes_max: batch_bytes * (settings.in_flight + 2),
+        compression: settings.compression,
         ..ProducerConfig::default()
     }
 }
@@ -137,11 +171,13 @@ struct Produced {
 async fn produce_task(
     producer: Producer,
     settings: Settings,
+    payloads: Arc<Payloads>,
     budget: Budget,
     meter: Arc<Meter>,
     epoch: Instant,
 ) -> Result<Produced, BenchError> {
-    let mut value = payload(settings.message_size);
+    // e2e: a copy of the next value, with its send time.
+    let mut stamped_value = Vec::with_capacity(settings.message_size);
     let mut histogram = new_histogram();
     let mut window: VecDeque<(Instant, u64, Delivery)> =
         VecDeque::with_capacity(settings.in_flight + 1);
@@ -171,10 +207,14 @@ async fn produce_task(
         if in_batch == 0 {
             batch_started = Instant::now();
         }
+        let mut value = payloads.get(sent);
         if stamped {
-            stamp(&mut value[..STAMP_BYTES], epoch);
+            stamped_value.clear();
+            stamped_value.extend_from_slice(value);
+            stamp(settings.payload, &mut stamped_value, epoch);
+            value = stamped_value.as_slice();
         }
-        let delivery = producer.send(Record::value(&value)).await?;
+        let delivery = producer.send(Record::value(value)).await?;
         sent += 1;
         in_batch += 1;
         // A batch ends when full, or with the last message of the run.
@@ -212,6 +252,7 @@ async fn start_producers(
     client: &Client,
     topic: &str,
     settings: &Settings,
+    payloads: &Arc<Payloads>,
     meter: &Arc<Meter>,
     epoch: Instant,
 ) -> Result<Vec<JoinHandle<Result<Produced, BenchError>>>, BenchError> {
@@ -226,7 +267,14 @@ async fn start_producers(
         .enumerate()
         .map(|(index, producer)| {
             let budget = Budget::share(settings, index as u32, settings.producers, started);
-            tokio::spawn(produce_task(producer, settings.clone(), budget, meter.clone(), epoch))
+            tokio::spawn(produce_task(
+                producer,
+                settings.clone(),
+                payloads.clone(),
+                budget,
+                meter.clone(),
+                epoch,
+            ))
         })
         .collect())
 }
@@ -244,15 +292,22 @@ async fn join_producers(
     Ok(histogram)
 }
 
+/// A workload's measurement, and how many messages it produced into the topic.
+type Outcome = (Measured, u64);
+
 async fn produce(
     client: &Client,
     topic: &str,
     settings: &Settings,
-) -> Result<Measured, BenchError> {
+    payloads: &Arc<Payloads>,
+) -> Result<Outcome, BenchError> {
     let timed = Timed::start("produce spool", settings.messages);
-    let tasks = start_producers(client, topic, settings, &timed.meter, timed.started).await?;
+    let tasks =
+        start_producers(client, topic, settings, payloads, &timed.meter, timed.started).await?;
     let histogram = join_producers(tasks).await?;
-    Ok(measured(timed, settings, histogram).await)
+    let measured = measured(timed, settings, histogram).await;
+    let produced = measured.messages;
+    Ok((measured, produced))
 }
 
 async fn join_consumers(
@@ -279,6 +334,8 @@ async fn measured(timed: Timed, settings: &Settings, histogram: Histogram<u64>) 
         seconds,
         histogram,
         timeline,
+        compression: settings.compression,
+        stored: None,
     }
 }
 
@@ -295,10 +352,12 @@ async fn consume(
     client: &Client,
     topic: &str,
     settings: &Settings,
-) -> Result<Measured, BenchError> {
+    payloads: &Arc<Payloads>,
+) -> Result<Outcome, BenchError> {
     // Fill the topic first; this is not timed.
     let fill_meter = Arc::new(Meter::default());
-    let tasks = start_producers(client, topic, settings, &fill_meter, Instant::now()).await?;
+    let tasks =
+        start_producers(client, topic, settings, payloads, &fill_meter, Instant::now()).await?;
     join_producers(tasks).await?;
     let produced = fill_meter.read().0;
 
@@ -332,10 +391,15 @@ async fn consume(
         }));
     }
     let histogram = join_consumers(tasks).await?;
-    Ok(measured(timed, settings, histogram).await)
+    Ok((measured(timed, settings, histogram).await, produced))
 }
 
-async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measured, BenchError> {
+async fn e2e(
+    client: &Client,
+    topic: &str,
+    settings: &Settings,
+    payloads: &Arc<Payloads>,
+) -> Result<Outcome, BenchError> {
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(Notify::new());
@@ -348,7 +412,7 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
             client.subscribe(topic, partition, StartAt::Latest, Follow::Live).await?;
         let (received, arrived, meter, mut stopped) =
             (received.clone(), arrived.clone(), timed.meter.clone(), stopped.clone());
-        let size = settings.message_size as u64;
+        let (size, kind) = (settings.message_size as u64, settings.payload);
         consumers.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
             loop {
@@ -360,7 +424,7 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
                 let mut count = 0u64;
                 for record in polled.records() {
                     let record = record?;
-                    if let Some(age) = record.value.and_then(|v| age_nanos(v, epoch)) {
+                    if let Some(age) = record.value.and_then(|v| age_nanos(kind, v, epoch)) {
                         histogram.saturating_record(age);
                     }
                     count += 1;
@@ -375,7 +439,7 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
     }
     // The producers count acknowledged messages on their own meter.
     let produced_meter = Arc::new(Meter::default());
-    let tasks = start_producers(client, topic, settings, &produced_meter, epoch).await?;
+    let tasks = start_producers(client, topic, settings, payloads, &produced_meter, epoch).await?;
     join_producers(tasks).await?;
     let produced = produced_meter.read().0;
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -396,5 +460,5 @@ async fn e2e(client: &Client, topic: &str, settings: &Settings) -> Result<Measur
             received.load(Ordering::Relaxed)
         )));
     }
-    Ok(measured(timed, settings, histogram).await)
+    Ok((measured(timed, settings, histogram).await, produced))
 }

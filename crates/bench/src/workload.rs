@@ -1,18 +1,17 @@
-//! What the targets' workloads share: how long to run, pacing, the send-time stamp carried by
-//! e2e messages, and the measurement a workload hands back.
+//! What the targets' workloads share: how long to run, pacing, and the measurement a workload
+//! hands back. Message values and the send time e2e messages carry are in [`crate::payload`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use spool_client::Fsync;
+use spool_client::{Codec, Fsync};
 use tokio::sync::watch;
 
 use crate::stats::{LatencySummary, Meter, Sample, percentile_spectrum, progress_bar, sample};
-use crate::{BenchError, BenchResult, DiskLimits, Machine, Settings, VsDisk, Workload};
-
-/// Bytes at the start of an e2e message holding its send time.
-pub const STAMP_BYTES: usize = 8;
+use crate::{
+    BenchError, BenchResult, DiskLimits, Machine, Settings, StoredBytes, VsDisk, Workload,
+};
 
 pub fn parse_fsync(fsync: &str) -> Result<Fsync, BenchError> {
     match fsync {
@@ -90,23 +89,6 @@ impl Pacer {
     }
 }
 
-/// Writes the time since `epoch` into the start of a message.
-pub fn stamp(payload: &mut [u8], epoch: Instant) {
-    let nanos = epoch.elapsed().as_nanos() as u64;
-    payload[..STAMP_BYTES].copy_from_slice(&nanos.to_le_bytes());
-}
-
-/// How long ago a stamped message was sent.
-pub fn age_nanos(payload: &[u8], epoch: Instant) -> Option<u64> {
-    let stamped = u64::from_le_bytes(payload.get(..STAMP_BYTES)?.try_into().ok()?);
-    Some((epoch.elapsed().as_nanos() as u64).saturating_sub(stamped))
-}
-
-/// A message's value: a repeating pattern (never all zeros, so no layer can skip it).
-pub fn payload(message_size: usize) -> Vec<u8> {
-    (0..message_size).map(|i| (i % 251) as u8 + 1).collect()
-}
-
 /// What one target measured for one workload.
 #[derive(Debug)]
 pub struct Measured {
@@ -116,6 +98,10 @@ pub struct Measured {
     pub seconds: f64,
     pub histogram: Histogram<u64>,
     pub timeline: Vec<Sample>,
+    /// The codec the target's producers used (NATS: none, whatever was asked).
+    pub compression: Codec,
+    /// Spool: the topic's bytes on disk after the workload.
+    pub stored: Option<StoredBytes>,
 }
 
 impl Measured {
@@ -149,7 +135,8 @@ impl Measured {
             mb_per_sec,
             latency_us,
             latency_of,
-            settings: settings.clone(),
+            stored: self.stored,
+            settings: Settings { compression: self.compression, ..settings.clone() },
             machine: machine.clone(),
             disk: disk.cloned(),
             vs_disk: disk.map(|d| VsDisk::of(d, msgs_per_sec, mb_per_sec, latency_us.p50)),

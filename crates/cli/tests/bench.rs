@@ -175,3 +175,78 @@ fn bad_options_are_refused_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--acks all needs a synced topic"), "{stderr}");
 }
+
+/// `spool bench produce ARGS --json --no-disk` on JSON events: the one result.
+fn produce_json_events(dir: &std::path::Path, compression: &str) -> serde_json::Value {
+    let args = [
+        "produce",
+        "--messages",
+        "2000",
+        "--batch",
+        "500",
+        "--payload",
+        "json",
+        "--compression",
+        compression,
+        "--json",
+        "--no-disk",
+    ];
+    serde_json::from_str(bench(dir, &args).trim()).unwrap()
+}
+
+#[test]
+fn a_compressed_run_reports_fewer_bytes_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = produce_json_events(dir.path(), "none");
+    let zstd = produce_json_events(dir.path(), "zstd");
+    for (result, codec) in [(&plain, "none"), (&zstd, "zstd")] {
+        assert_eq!(result["settings"]["compression"], codec, "{result}");
+        assert_eq!(result["settings"]["payload"], "json", "{result}");
+        // Throughput counts the payload as sent, uncompressed.
+        assert_eq!(result["bytes"], 2000 * 1024, "{result}");
+        assert_eq!(result["stored"]["payload_bytes"], 2000 * 1024, "{result}");
+    }
+    let disk_bytes = |r: &serde_json::Value| r["stored"]["disk_bytes"].as_u64().unwrap();
+    // Uncompressed, the log holds the payload and each record's and batch's framing.
+    assert!(disk_bytes(&plain) > 2000 * 1024, "{plain}");
+    assert!(plain["stored"]["ratio"].as_f64().unwrap() < 1.0, "{plain}");
+    // JSON events compress (the codec benchmark's events: 7× with zstd); well under half here.
+    assert!(disk_bytes(&zstd) * 2 < disk_bytes(&plain), "{zstd}");
+    assert!(zstd["stored"]["ratio"].as_f64().unwrap() > 2.0, "{zstd}");
+}
+
+#[test]
+fn e2e_reads_the_send_time_from_json_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "e2e",
+        "--messages",
+        "40",
+        "--message-size",
+        "200",
+        "--rate",
+        "2000",
+        "--payload",
+        "json",
+        "--compression",
+        "lz4",
+        "--json",
+        "--no-disk",
+    ];
+    let result: serde_json::Value = serde_json::from_str(bench(dir.path(), &args).trim()).unwrap();
+    assert_eq!(result["messages"], 40);
+    // Every message's latency comes from its stamp, which a JSON event keeps in "sent".
+    assert_eq!(result["latency_us"]["samples"], 40, "{result}");
+    assert_eq!(result["settings"]["compression"], "lz4");
+}
+
+#[test]
+fn a_json_payload_too_small_for_an_event_is_refused() {
+    let output = Command::new(SPOOL)
+        .args(["bench", "produce", "--payload", "json", "--message-size", "20", "--no-disk"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--message-size must be at least 27"), "{stderr}");
+}
