@@ -15,9 +15,10 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 256;
 /// The most topics a server holds.
 pub const TOPICS_MAX: usize = 1024;
-/// The most partitions, over all topics, a server holds. Each partition keeps its active
-/// segment's index files mapped and preallocated, so this bounds maps and disk reserved.
-pub const PARTITIONS_TOTAL_MAX: u32 = 4096;
+/// The most partitions, over all topics, a server's configured partition limit may allow. The
+/// limit itself is a setting (the server sizes its default from the machine, see
+/// [`crate::Registry::set_partitions_max`]).
+pub const PARTITIONS_TOTAL_MAX: u32 = 1_000_000;
 
 // Consumer groups and idempotent producers.
 
@@ -31,7 +32,7 @@ pub const GROUP_MEMBERS_MAX: usize = 1024;
 /// Topics one group may consume.
 pub const GROUP_TOPICS_MAX: usize = 64;
 /// Partition offsets one commit may carry.
-pub const COMMIT_OFFSETS_MAX: usize = PARTITIONS_TOTAL_MAX as usize;
+pub const COMMIT_OFFSETS_MAX: usize = 4096;
 
 /// Batches per producer a partition remembers the offsets of, to answer retries: a producer
 /// with more unanswered batches than this in flight to one partition cannot be deduplicated.

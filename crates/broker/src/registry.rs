@@ -54,6 +54,8 @@ pub struct Registry {
     fs: Arc<dyn FileSystem>,
     topics_dir: PathBuf,
     topics: BTreeMap<TopicName, TopicConfig>,
+    /// The most partitions over all topics (see [`Registry::set_partitions_max`]).
+    partitions_max: u32,
 }
 
 #[derive(Debug, Error)]
@@ -90,7 +92,7 @@ pub enum CreateTopicError {
     #[error("the server already holds {topics} topics, the limit")]
     TooManyTopics { topics: usize },
     #[error(
-        "{requested} more partitions would make {total}, over the server's limit of {max} partitions"
+        "{requested} more partitions would make {total}, over the server's limit of {max} partitions (`spool serve --partitions-max` sets it)"
     )]
     TooManyPartitions { requested: u32, total: u32, max: u32 },
     #[error("creating topic {name} failed at {path}: {source}")]
@@ -137,7 +139,12 @@ impl Registry {
         create_dir_all_durably(fs.as_ref(), &topics_dir).map_err(io_at(&topics_dir))?;
         let mut names = fs.list_dir(&topics_dir).map_err(io_at(&topics_dir))?;
         names.sort();
-        let mut registry = Registry { fs: fs.clone(), topics_dir, topics: BTreeMap::new() };
+        let mut registry = Registry {
+            fs: fs.clone(),
+            topics_dir,
+            topics: BTreeMap::new(),
+            partitions_max: PARTITIONS_TOTAL_MAX,
+        };
         let mut opened = Vec::new();
         for entry in names {
             let Ok(name) = TopicName::parse(&entry) else {
@@ -200,6 +207,18 @@ impl Registry {
         self.topic_dir(name).join(partition.to_string())
     }
 
+    /// Sets the most partitions, over all topics, creates may reach (at most
+    /// [`PARTITIONS_TOTAL_MAX`]; [`PARTITIONS_TOTAL_MAX`] until set). Topics that exist are
+    /// kept whatever their count: a lower limit only refuses new ones.
+    pub fn set_partitions_max(&mut self, partitions_max: u32) {
+        self.partitions_max = partitions_max.min(PARTITIONS_TOTAL_MAX);
+    }
+
+    /// The partitions of every topic.
+    pub fn partitions(&self) -> u32 {
+        self.topics.values().map(TopicConfig::partitions).sum()
+    }
+
     /// Creates a topic and returns its new, empty partition logs.
     pub fn create(
         &mut self,
@@ -213,13 +232,12 @@ impl Registry {
         if self.topics.len() >= TOPICS_MAX {
             return Err(CreateTopicError::TooManyTopics { topics: self.topics.len() });
         }
-        let existing: u32 = self.topics.values().map(TopicConfig::partitions).sum();
-        let total = existing + config.partitions();
-        if total > PARTITIONS_TOTAL_MAX {
+        let total = self.partitions() + config.partitions();
+        if total > self.partitions_max {
             return Err(CreateTopicError::TooManyPartitions {
                 requested: config.partitions(),
                 total,
-                max: PARTITIONS_TOTAL_MAX,
+                max: self.partitions_max,
             });
         }
         let fs = self.fs.clone();
@@ -383,6 +401,30 @@ mod tests {
         registry.delete(&n, logs).unwrap();
         assert!(!data.path().join("topics/a").exists());
         assert!(matches!(registry.delete(&n, Vec::new()), Err(DeleteTopicError::NotFound { .. })));
+    }
+
+    #[test]
+    fn creates_stop_at_the_partition_limit() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        registry.set_partitions_max(5);
+        let logs = registry.create(name("a"), config(3), TimestampMs(0)).unwrap();
+        let refused = registry.create(name("b"), config(3), TimestampMs(0)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                CreateTopicError::TooManyPartitions { requested: 3, total: 6, max: 5 }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("--partitions-max"), "{refused}");
+        assert!(!data.path().join("topics/b").exists());
+        let fits = registry.create(name("c"), config(2), TimestampMs(0)).unwrap();
+        assert_eq!(registry.partitions(), 5);
+        for log in logs.into_iter().chain(fits) {
+            log.close().unwrap();
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 use serde::Deserialize;
+use spool_server::limits::PARTITIONS_TOTAL_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +84,11 @@ pub(crate) struct ServeArgs {
     /// printed) [default: false].
     #[arg(long, env = "SPOOL_ALLOW_INSECURE_REMOTE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_insecure_remote: Option<bool>,
+    /// The most partitions over all topics (1 to 1000000); a create past it is refused
+    /// [default: sized from the machine: the open-file limit less 256, or 1 MiB of memory
+    /// per partition, whichever allows fewer].
+    #[arg(long, env = "SPOOL_PARTITIONS_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_TOTAL_MAX)))]
+    partitions_max: Option<u32>,
 }
 
 /// The config file's keys: the same settings, all optional.
@@ -101,6 +107,7 @@ struct FileSettings {
     tls_client_ca: Option<PathBuf>,
     tokens: Option<PathBuf>,
     allow_insecure_remote: Option<bool>,
+    partitions_max: Option<u32>,
 }
 
 /// Where a setting's value came from.
@@ -135,6 +142,8 @@ pub(crate) struct ServeConfig {
     pub(crate) tls_client_ca: Setting<Option<PathBuf>>,
     pub(crate) tokens: Setting<Option<PathBuf>>,
     pub(crate) allow_insecure_remote: Setting<bool>,
+    /// `None`: sized from the machine.
+    pub(crate) partitions_max: Setting<Option<u32>>,
     pub(crate) file: Option<PathBuf>,
 }
 
@@ -236,6 +245,13 @@ impl ServeConfig {
                 file.allow_insecure_remote,
                 Some(false),
             )),
+            partitions_max: pick(
+                matches,
+                "partitions_max",
+                args.partitions_max,
+                file.partitions_max,
+                None,
+            ),
             file: args.config,
         };
         config.check()?;
@@ -247,6 +263,11 @@ impl ServeConfig {
         tracing_subscriber::EnvFilter::builder()
             .parse(&self.log.value)
             .with_context(|| format!("log: {:?} is not a log filter", self.log.value))?;
+        if let Some(max) = self.partitions_max.value
+            && !(1..=PARTITIONS_TOTAL_MAX).contains(&max)
+        {
+            bail!("partitions_max: {max} is outside 1..={PARTITIONS_TOTAL_MAX}");
+        }
         match (&self.tls_cert.value, &self.tls_key.value) {
             (Some(_), None) => bail!("tls_cert is set but tls_key is not: set both, or neither"),
             (None, Some(_)) => bail!("tls_key is set but tls_cert is not: set both, or neither"),
@@ -360,6 +381,11 @@ impl ServeConfig {
             Some(self.allow_insecure_remote.value.to_string()),
             self.allow_insecure_remote.source,
         );
+        line(
+            "partitions_max",
+            self.partitions_max.value.map(|max| max.to_string()),
+            self.partitions_max.source,
+        );
         out
     }
 }
@@ -380,6 +406,17 @@ mod tests {
         let matches = Serve::command().try_get_matches_from(args)?;
         let serve = Serve::from_arg_matches(&matches)?;
         ServeConfig::resolve(serve.args, &matches)
+    }
+
+    #[test]
+    fn the_partition_limit_is_sized_from_the_machine_unless_set() {
+        let config = resolve(&["serve"]).unwrap();
+        assert_eq!(config.partitions_max.value, None);
+        let config = resolve(&["serve", "--partitions-max", "5000"]).unwrap();
+        assert_eq!(config.partitions_max.value, Some(5000));
+        assert!(config.to_toml().contains("partitions_max = 5000  # flag"));
+        let refused = resolve(&["serve", "--partitions-max", "0"]).unwrap_err().to_string();
+        assert!(refused.contains("0"), "{refused}");
     }
 
     #[test]

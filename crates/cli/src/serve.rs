@@ -137,6 +137,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         http_allowed_origins: config.http_allowed_origins.value.clone(),
         serving: Some(serving),
         connection_timeouts: Default::default(),
+        partitions_max: config.partitions_max.value,
     };
     spool_server::run(listener, data, options, crate::stop_requested()).await?;
     // One line says so: the human one, or the log's in JSON.

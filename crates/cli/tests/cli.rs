@@ -315,3 +315,57 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     assert!(log.contains("open-file limit raised from 256 to the hard limit 4096"), "{log}");
     assert!(served.terminate());
 }
+
+#[test]
+fn partitions_max_refuses_creates_past_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(SPOOL);
+    command.args(common::serve_args(data.path())).args(["--partitions-max", "300"]);
+    command.env("RUST_LOG", "info");
+    let served = Served::spawn(command);
+    assert!(served.log().contains("partition limit: 300"), "{}", served.log());
+    served.ok(&["topic", "create", "a", "--partitions", "256"], "");
+    let refused = served.spool(&["topic", "create", "b", "--partitions", "45"], "");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("would make 301, over the server's limit of 300"), "{message}");
+    assert!(message.contains("--partitions-max"), "{message}");
+    served.ok(&["topic", "create", "b", "--partitions", "44"], "");
+    assert!(served.terminate());
+}
+
+#[test]
+fn a_start_or_topic_create_past_the_open_file_limit_is_refused_with_the_fix() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let limited = |soft_and_hard: &str| {
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--nofile={soft_and_hard}")).arg(SPOOL);
+        command.args(common::serve_args(data.path()));
+        command
+    };
+    // 400 files: 256 kept for connections leave room for about a hundred partitions.
+    let served = Served::spawn(limited("400:400"));
+    let refused = served.spool(&["topic", "create", "wide", "--partitions", "200"], "");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    for part in ["200 more open files", "limit of 400", "ulimit -n", "RESOURCE_EXHAUSTED"] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert!(!data.path().join("topics/wide").exists(), "nothing was created");
+    served.ok(&["topic", "create", "narrow", "--partitions", "50"], "");
+    assert!(served.terminate());
+
+    // 300 more partitions under a larger limit; then a start with 400 files is refused.
+    let served = Served::spawn(limited("4096:4096"));
+    served.ok(&["topic", "create", "wide", "--partitions", "250"], "");
+    assert!(served.terminate());
+    let refused = limited("400:400").output().unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    for part in ["opening its 300 segments", "limit of 400", "LimitNOFILE"] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+}

@@ -93,6 +93,8 @@ pub enum ServiceError {
     #[error(transparent)]
     CreateTopic(#[from] CreateTopicError),
     #[error(transparent)]
+    OpenFiles(#[from] crate::resources::OpenFilesError),
+    #[error(transparent)]
     DeleteTopic(#[from] DeleteTopicError),
     #[error("partition {partition} of topic {topic}: {source}")]
     Append { topic: TopicName, partition: u32, source: AppendError },
@@ -185,6 +187,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         | ServiceError::UnknownPartition { .. }
         | ServiceError::TopicDeleted { .. } => Code::NotFound,
         ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
+        ServiceError::OpenFiles(_) => Code::ResourceExhausted,
         ServiceError::ShuttingDown => Code::Unavailable,
         ServiceError::CreateTopic(error) => match error {
             CreateTopicError::AlreadyExists { .. } => Code::AlreadyExists,

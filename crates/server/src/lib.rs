@@ -39,6 +39,7 @@ pub mod metrics;
 mod partition;
 mod produce;
 mod replies;
+pub mod resources;
 mod serving;
 pub mod testing;
 mod topic_table;
@@ -84,6 +85,8 @@ pub enum RunError {
     Open(#[from] OpenRegistryError),
     #[error(transparent)]
     Locked(#[from] spool_storage::fs::LockError),
+    #[error("the data directory cannot be opened: {0}")]
+    OpenFiles(#[from] resources::OpenFilesError),
     #[error("serving gRPC failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("opening the server's internal logs failed: {0}")]
@@ -127,6 +130,9 @@ pub struct ServeOptions {
     /// How long a connection to either listener may take to make its first request, and
     /// stay silent after (the defaults are in [`limits`]).
     pub connection_timeouts: ConnectionTimeouts,
+    /// The most partitions over all topics; `None`: sized from the machine
+    /// ([`resources::default_partitions_max`]).
+    pub partitions_max: Option<u32>,
 }
 
 /// A server over one data directory, opened and ready to serve.
@@ -140,11 +146,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens (or creates) the data directory and recovers every partition log in it.
+    /// Opens (or creates) the data directory and recovers every partition log in it, with the
+    /// partition limit sized from the machine.
     pub async fn open(data_dir: &Path) -> Result<Server, RunError> {
+        Server::open_with(data_dir, None).await
+    }
+
+    /// [`Server::open`] with the most partitions over all topics; `None`: sized from the
+    /// machine.
+    pub async fn open_with(
+        data_dir: &Path,
+        partitions_max: Option<u32>,
+    ) -> Result<Server, RunError> {
         let lock = spool_storage::fs::DirectoryLock::acquire(data_dir)?;
         tracing::info!(data = %data_dir.display(), "opening the data directory");
-        let topics = TopicTable::open(data_dir).await?;
+        let segments = resources::segment_files(data_dir);
+        resources::check(&format!("opening its {segments} segments"), segments, false)?;
+        let partitions_max = partitions_max.unwrap_or_else(resources::default_partitions_max);
+        let topics = TopicTable::open(data_dir, partitions_max).await?;
         tracing::info!(data = %data_dir.display(), took_ms = topics.recovery.took.as_millis() as u64, "data directory opened: {}", topics.recovery);
         let topics = Arc::new(topics);
         let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
@@ -195,7 +214,8 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    serve(listener, options, Server::open(data_dir), shutdown).await
+    let partitions_max = options.partitions_max;
+    serve(listener, options, Server::open_with(data_dir, partitions_max), shutdown).await
 }
 
 /// The services registered before the data directory is open, opened once it is.
@@ -274,6 +294,7 @@ pub async fn serve(
         http_allowed_origins,
         serving: told,
         connection_timeouts: timeouts,
+        partitions_max: _,
     } = options;
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;

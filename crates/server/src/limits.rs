@@ -7,10 +7,25 @@
 
 use std::time::Duration;
 
+pub use spool_broker::limits::PARTITIONS_TOTAL_MAX;
+
 use spool_proto::limits::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, GROUP_SESSION_TIMEOUT_MS_DEFAULT,
     PRODUCE_STREAM_IN_FLIGHT_MAX,
 };
+
+// Open files.
+
+/// Open files a start or a topic create leaves free beside the partitions' segment files: for
+/// connections, listeners, the internal logs and files opened for a moment (an index being
+/// grown, a file being replaced). Past it, a start or create is refused up front; a connection
+/// past what is left fails at accept, is logged and is retried.
+pub const OPEN_FILES_RESERVED: u64 = 256;
+
+/// Memory a partition is budgeted when the partition limit is sized from the machine: its
+/// writer queue's batches, its buffered subscriptions' share and its bookkeeping, taken
+/// generously (an idle partition uses far less).
+pub const PARTITION_MEMORY_BYTES: u64 = 1024 * 1024;
 
 // Partition writers.
 

@@ -112,14 +112,27 @@ pub(crate) struct TopicTable {
 
 impl TopicTable {
     /// Opens the data directory and starts a writer for every partition found.
-    pub(crate) async fn open(data_dir: &Path) -> Result<TopicTable, OpenRegistryError> {
+    pub(crate) async fn open(
+        data_dir: &Path,
+        partitions_max: u32,
+    ) -> Result<TopicTable, OpenRegistryError> {
         let data_dir = data_dir.to_path_buf();
         let started = Instant::now();
-        let (registry, opened) = tokio::task::spawn_blocking(move || {
+        let (mut registry, opened) = tokio::task::spawn_blocking(move || {
             Registry::open(StdFileSystem::shared(), &data_dir, TimestampMs::now())
         })
         .await
         .expect("opening the registry panicked")?;
+        registry.set_partitions_max(partitions_max);
+        let partitions = registry.partitions();
+        tracing::info!(partitions, partitions_max, "partition limit: {partitions_max}");
+        if partitions > partitions_max {
+            tracing::warn!(
+                partitions,
+                partitions_max,
+                "the data directory holds more partitions than the partition limit: they are all served, and no topic can be created until some are deleted"
+            );
+        }
         let mut recovery = RecoverySummary { took: started.elapsed(), ..Default::default() };
         recovery.topics = opened.len();
         for log in opened.iter().flat_map(|topic| &topic.logs) {
@@ -178,6 +191,14 @@ impl TopicTable {
         let _admin = self.admin.lock().await;
         if self.writers_stop.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
+        }
+        // One open file per new partition (its first segment); a name that exists is the
+        // registry's ALREADY_EXISTS, whatever the files.
+        let exists = self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name);
+        if !exists {
+            let partitions = config.partitions();
+            let what = format!("creating topic {name} ({partitions} partitions)");
+            crate::resources::check(&what, u64::from(partitions), true)?;
         }
         let registry = self.registry.clone();
         let created = name.clone();
