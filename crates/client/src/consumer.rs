@@ -22,7 +22,7 @@ use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{Encoding, StartPosition, SubscribeRequest, SubscribeResponse};
 use spool_storage::batch::{
-    BatchError, BatchIter, BatchView, Header, HeaderIter, Records as BatchRecords,
+    BatchError, BatchHeader, BatchIter, BatchView, Header, HeaderIter, Records as BatchRecords,
 };
 use tonic::Streaming;
 
@@ -179,30 +179,24 @@ impl Consumer {
         };
         let (from, skip) = self.first_wanted(&answer.raw_batches, answer.next_offset);
         self.skip = skip;
-        let mut records = 0u64;
-        let mut batches = 0u32;
-        let mut decompressed = Vec::new();
-        for batch in BatchIter::new(&answer.raw_batches) {
-            let batch = batch.map_err(|source| ConsumeError::Corrupt {
-                offset: self.position.unwrap_or(from),
-                source,
-            })?;
-            let header = batch.header();
-            if let Some(owned) = decompress(&batch) {
-                decompressed.push(owned);
-            }
-            let below =
-                from.saturating_sub(header.base_offset.0).min(u64::from(header.record_count));
-            records += u64::from(header.record_count) - below;
-            batches += 1;
-        }
+        let checked = CheckedBatches::check(&answer.raw_batches).map_err(|source| {
+            ConsumeError::Corrupt { offset: self.position.unwrap_or(from), source }
+        })?;
+        let records = checked
+            .headers
+            .iter()
+            .map(|(_, header)| {
+                let below =
+                    from.saturating_sub(header.base_offset.0).min(u64::from(header.record_count));
+                u64::from(header.record_count) - below
+            })
+            .sum();
         self.position = Some(answer.next_offset);
         Ok(Some(Polled {
             bytes: answer.raw_batches,
-            decompressed,
+            checked,
             from,
             records,
-            batches,
             next_offset: answer.next_offset,
             log_end_offset: answer.log_end_offset,
         }))
@@ -279,15 +273,63 @@ impl Consumer {
     }
 }
 
+/// Whole stored batches back to back, each checked once (its CRCs and, for a compressed one,
+/// that its records decompress): where each starts, its header, and the records of the
+/// compressed ones, decompressed. What reads them later builds each view from these rather
+/// than checking it again.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CheckedBatches {
+    /// Each batch's start in the bytes, and its header.
+    headers: Vec<(usize, BatchHeader)>,
+    /// The records of the compressed batches, decompressed once, in batch order.
+    decompressed: Vec<BatchRecords<'static>>,
+}
+
+impl CheckedBatches {
+    /// Checks every batch in `bytes`; the first that fails is the error.
+    pub(crate) fn check(bytes: &[u8]) -> Result<CheckedBatches, BatchError> {
+        let mut checked = CheckedBatches::default();
+        let mut start = 0;
+        for batch in BatchIter::new(bytes) {
+            let batch = batch?;
+            if let Some(owned) = decompress(&batch) {
+                checked.decompressed.push(owned);
+            }
+            checked.headers.push((start, *batch.header()));
+            start += batch.as_bytes().len();
+        }
+        Ok(checked)
+    }
+
+    /// The checked batches' views in `bytes` (the bytes they were checked in).
+    fn views<'a>(&'a self, bytes: &'a [u8]) -> Views<'a> {
+        Views { bytes, headers: self.headers.iter() }
+    }
+}
+
+/// The views of checked batches, built without checking them again.
+#[derive(Debug, Clone)]
+struct Views<'a> {
+    bytes: &'a [u8],
+    headers: std::slice::Iter<'a, (usize, BatchHeader)>,
+}
+
+impl<'a> Iterator for Views<'a> {
+    type Item = BatchView<'a>;
+
+    fn next(&mut self) -> Option<BatchView<'a>> {
+        let &(start, header) = self.headers.next()?;
+        Some(BatchView::checked_before(&self.bytes[start..], header))
+    }
+}
+
 /// One answer of a subscription: whole stored batches, checked, and the records in them.
 #[derive(Debug, Clone)]
 pub struct Polled {
     bytes: Bytes,
-    /// The records of the compressed batches, decompressed once, in batch order.
-    decompressed: Vec<BatchRecords<'static>>,
+    checked: CheckedBatches,
     from: u64,
     records: u64,
-    batches: u32,
     next_offset: u64,
     log_end_offset: u64,
 }
@@ -295,13 +337,12 @@ pub struct Polled {
 impl Polled {
     /// The records, decoded lazily from the received bytes.
     pub fn records(&self) -> Records<'_> {
-        Records::new(&self.bytes, &self.decompressed, self.from)
+        Records::new(&self.bytes, &self.checked, self.from)
     }
 
     /// The stored batches as received (the first may start before the subscription's start).
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
-        // `poll` checked every batch, so none fails here.
-        BatchIter::new(&self.bytes).map_while(Result::ok)
+        self.checked.views(&self.bytes)
     }
 
     /// The received bytes: whole batches back to back, as the log stores them.
@@ -315,7 +356,7 @@ impl Polled {
     }
 
     pub fn batch_count(&self) -> u32 {
-        self.batches
+        self.checked.headers.len() as u32
     }
 
     /// The offset after the last record here.
@@ -351,7 +392,7 @@ impl<'a> ConsumedRecord<'a> {
 /// The records of a [`Polled`], at or after the subscription's start.
 #[derive(Debug)]
 pub struct Records<'a> {
-    batches: BatchIter<'a>,
+    batches: Views<'a>,
     /// The records of the compressed batches among them, in order ([`decompress`]).
     decompressed: std::slice::Iter<'a, BatchRecords<'static>>,
     current: Option<spool_storage::batch::RecordIter<'a>>,
@@ -368,16 +409,11 @@ pub(crate) fn decompress(batch: &BatchView<'_>) -> Option<BatchRecords<'static>>
 }
 
 impl<'a> Records<'a> {
-    /// The records in `bytes` (whole stored batches) at or after `from`; `decompressed` holds
-    /// those of its compressed batches ([`decompress`]), in order.
-    pub(crate) fn new(
-        bytes: &'a [u8],
-        decompressed: &'a [BatchRecords<'static>],
-        from: u64,
-    ) -> Records<'a> {
+    /// The records at or after `from` in `bytes`, whose batches `checked` checked.
+    pub(crate) fn new(bytes: &'a [u8], checked: &'a CheckedBatches, from: u64) -> Records<'a> {
         Records {
-            batches: BatchIter::new(bytes),
-            decompressed: decompressed.iter(),
+            batches: checked.views(bytes),
+            decompressed: checked.decompressed.iter(),
             current: None,
             from,
         }
@@ -400,29 +436,23 @@ impl<'a> Records<'a> {
                     }
                     Some(Err(source)) => {
                         self.current = None;
-                        self.batches = BatchIter::new(&[]);
+                        self.batches.headers = [].iter();
                         return Some(Err(source));
                     }
                     None => self.current = None,
                 }
             }
-            match self.batches.next()? {
-                Ok(batch) => {
-                    let records = match batch.header().codec() {
-                        Ok(spool_storage::batch::Codec::None) => {
-                            batch.records().into_iter_borrowed().ok()
-                        }
-                        _ => self.decompressed.next().map(BatchRecords::iter),
-                    };
-                    let Some(records) = records else {
-                        return Some(Err(BatchError::Unsupported {
-                            what: "a compressed batch that was not decompressed",
-                        }));
-                    };
-                    self.current = Some(records);
-                }
-                Err(source) => return Some(Err(source)),
-            }
+            let batch = self.batches.next()?;
+            let records = match batch.header().codec() {
+                Ok(spool_storage::batch::Codec::None) => batch.records().into_iter_borrowed().ok(),
+                _ => self.decompressed.next().map(BatchRecords::iter),
+            };
+            let Some(records) = records else {
+                return Some(Err(BatchError::Unsupported {
+                    what: "a compressed batch that was not decompressed",
+                }));
+            };
+            self.current = Some(records);
         }
     }
 }

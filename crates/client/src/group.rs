@@ -59,14 +59,14 @@ use spool_proto::v1 as wire;
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
-use spool_storage::batch::{BatchError, BatchIter, share_or_copy};
+use spool_storage::batch::{BatchError, share_or_copy};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::Client;
-use crate::consumer::Records;
+use crate::consumer::{CheckedBatches, Records};
 use crate::error::{ErrorCode, GroupError, ServerError};
 use crate::reconnect::{self, Reconnect, ReconnectEvent, server_lost};
 
@@ -192,12 +192,9 @@ impl GroupRecord {
     /// The records at or after `start` in whole stored batches, each checked; keys and values
     /// are slices of `bytes`.
     fn from_batches(bytes: &Bytes, start: u64) -> Result<Vec<GroupRecord>, BatchError> {
-        let decompressed: Vec<_> = BatchIter::new(bytes)
-            .map_while(Result::ok)
-            .filter_map(|batch| crate::consumer::decompress(&batch))
-            .collect();
+        let checked = CheckedBatches::check(bytes)?;
         let share = |part: &[u8]| share_or_copy(bytes, part);
-        let mut records = Records::new(bytes, &decompressed, start);
+        let mut records = Records::new(bytes, &checked, start);
         std::iter::from_fn(|| records.next_checked())
             .map(|record| {
                 let record = record?;

@@ -642,6 +642,14 @@ impl<'a> BatchView<'a> {
         Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
     }
 
+    /// The view that [`BatchView::new`] returned for the batch at the start of `bytes`, from
+    /// its `header` kept since: nothing is checked again. A header from another batch gives
+    /// wrong records or record errors, never unsafety (every read stays in bounds).
+    pub fn checked_before(bytes: &'a [u8], header: BatchHeader) -> BatchView<'a> {
+        let len = (header.batch_bytes as usize).min(bytes.len());
+        BatchView { header, bytes: &bytes[..len] }
+    }
+
     pub fn header(&self) -> &BatchHeader {
         &self.header
     }
