@@ -22,7 +22,8 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use spool_storage::fs::{
     EntryKind, FileSystem, OpenMode, create_dir_all_durably, remove_dir_all_durably,
@@ -32,7 +33,7 @@ use spool_storage::{DeleteError, Log, OpenError, TimestampMs};
 use thiserror::Error;
 
 use crate::config::{META_FORMAT_VERSION, TopicConfig, TopicConfigError, TopicMeta};
-use crate::limits::{PARTITIONS_TOTAL_MAX, TOPICS_MAX};
+use crate::limits::{OPEN_THREADS_MAX, PARTITIONS_TOTAL_MAX, TOPICS_MAX};
 use crate::name::TopicName;
 
 const TOPICS_DIR: &str = "topics";
@@ -72,6 +73,49 @@ pub enum OpenRegistryError {
         "{path} is a symbolic link: Spool never follows links inside its data directory (what it writes or deletes there could be elsewhere); put the directory itself there, or remove the link"
     )]
     Symlink { path: PathBuf },
+}
+
+/// `work` on every item, on up to [`OPEN_THREADS_MAX`] threads (opening a log is mostly
+/// waiting on the file system, and after a crash reading its unsynced tail), with the results
+/// in the items' order; after the first error, the items not started yet are skipped and the
+/// first error in order is returned.
+fn in_parallel<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, OPEN_THREADS_MAX)
+        .min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Mutex<Option<Result<R, E>>>> =
+        items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = work(item);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    *results[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                }
+            });
+        }
+    });
+    let mut done = Vec::with_capacity(items.len());
+    for result in results {
+        match result.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            Some(Ok(value)) => done.push(value),
+            Some(Err(error)) => return Err(error),
+            // Skipped after an error: that error comes first or later in order, and is found.
+            None => continue,
+        }
+    }
+    Ok(done)
 }
 
 /// Refuses a symbolic link where the data directory's layout has a directory.
@@ -145,7 +189,9 @@ impl Registry {
             topics: BTreeMap::new(),
             partitions_max: PARTITIONS_TOTAL_MAX,
         };
-        let mut opened = Vec::new();
+        // The topics first (their metadata, and what interrupted creates left), then every
+        // partition log, in parallel.
+        let mut topics = Vec::new();
         for entry in names {
             let Ok(name) = TopicName::parse(&entry) else {
                 tracing::warn!(entry, "ignoring an entry that is not a topic directory");
@@ -160,30 +206,34 @@ impl Registry {
                 continue;
             }
             let config = read_meta(fs.as_ref(), &meta_path, &name)?;
-            let mut logs = Vec::with_capacity(config.partitions() as usize);
-            for partition in 0..config.partitions() {
-                refuse_symlink(fs.as_ref(), &registry.partition_dir(&name, partition))?;
-                let log = Log::open(
-                    fs.clone(),
-                    &registry.partition_dir(&name, partition),
-                    config.log_config(),
-                    now,
-                )
-                .map_err(|source| OpenRegistryError::Log {
-                    topic: name.clone(),
-                    partition,
-                    source,
-                })?;
-                // One line per partition only where recovery changed something; the
-                // server logs one summary for the whole directory.
-                let report = log.recovery_report();
-                if report.truncated.is_some() || !report.removed.is_empty() {
-                    tracing::info!(topic = %name, partition, "opened: {report}");
-                } else {
-                    tracing::debug!(topic = %name, partition, "opened: {report}");
-                }
-                logs.push(log);
+            topics.push((name, config));
+        }
+        let partitions: Vec<(usize, u32)> = topics
+            .iter()
+            .enumerate()
+            .flat_map(|(topic, (_, config))| (0..config.partitions()).map(move |p| (topic, p)))
+            .collect();
+        let open = |&(topic, partition): &(usize, u32)| {
+            let (name, config) = &topics[topic];
+            let dir = registry.partition_dir(name, partition);
+            refuse_symlink(fs.as_ref(), &dir)?;
+            let log = Log::open(fs.clone(), &dir, config.log_config(), now).map_err(|source| {
+                OpenRegistryError::Log { topic: name.clone(), partition, source }
+            })?;
+            // One line per partition only where recovery changed something; the server logs
+            // one summary for the whole directory.
+            let report = log.recovery_report();
+            if report.truncated.is_some() || !report.removed.is_empty() {
+                tracing::info!(topic = %name, partition, "opened: {report}");
+            } else {
+                tracing::debug!(topic = %name, partition, "opened: {report}");
             }
+            Ok(log)
+        };
+        let mut logs = in_parallel(&partitions, open)?.into_iter();
+        let mut opened = Vec::with_capacity(topics.len());
+        for (name, config) in topics {
+            let logs = logs.by_ref().take(config.partitions() as usize).collect();
             registry.topics.insert(name.clone(), config);
             opened.push(OpenedTopic { name, config, logs });
         }
@@ -401,6 +451,16 @@ mod tests {
         registry.delete(&n, logs).unwrap();
         assert!(!data.path().join("topics/a").exists());
         assert!(matches!(registry.delete(&n, Vec::new()), Err(DeleteTopicError::NotFound { .. })));
+    }
+
+    #[test]
+    fn in_parallel_keeps_order_and_returns_the_first_error_in_order() {
+        let items: Vec<u32> = (0..1000).collect();
+        let doubled = in_parallel(&items, |&i| Ok::<_, u32>(i * 2)).unwrap();
+        assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let failed = in_parallel(&items, |&i| if i % 300 == 299 { Err(i) } else { Ok(i) });
+        assert_eq!(failed, Err(299));
+        assert_eq!(in_parallel(&[] as &[u32], |&i| Ok::<_, ()>(i)), Ok(vec![]));
     }
 
     #[test]
