@@ -85,8 +85,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SPOOL_ALLOW_INSECURE_REMOTE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_insecure_remote: Option<bool>,
     /// The most partitions over all topics (1 to 1000000); a create past it is refused
-    /// [default: sized from the machine: the open-file limit less 256, or 1 MiB of memory
-    /// per partition, whichever allows fewer].
+    /// [default: sized from the machine: one open file per partition beside those kept for
+    /// connections and sealed segments, or 1 MiB of memory per partition, whichever allows
+    /// fewer].
     #[arg(long, env = "SPOOL_PARTITIONS_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_TOTAL_MAX)))]
     partitions_max: Option<u32>,
 }

@@ -160,8 +160,10 @@ impl Server {
     ) -> Result<Server, RunError> {
         let lock = spool_storage::fs::DirectoryLock::acquire(data_dir)?;
         tracing::info!(data = %data_dir.display(), "opening the data directory");
-        let segments = resources::segment_files(data_dir);
-        resources::check(&format!("opening its {segments} segments"), segments, false)?;
+        let limit = resources::soft_limit();
+        spool_storage::set_sealed_files_open_max(resources::sealed_files_max(limit));
+        let partitions = resources::partitions(data_dir);
+        resources::check(&format!("opening its {partitions} partitions"), partitions, false)?;
         let partitions_max = partitions_max.unwrap_or_else(resources::default_partitions_max);
         let topics = TopicTable::open(data_dir, partitions_max).await?;
         tracing::info!(data = %data_dir.display(), took_ms = topics.recovery.took.as_millis() as u64, "data directory opened: {}", topics.recovery);

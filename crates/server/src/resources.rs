@@ -1,9 +1,11 @@
 //! What the machine gives the server: open files and memory.
 //!
-//! - **Open files.** Each partition holds one open file per segment (its log files; index
-//!   files are mapped and closed), and connections, listeners and the internal logs need the
-//!   rest. A start or a topic create that would run out is refused up front, with the numbers
-//!   and the fix, instead of failing with "Too many open files" half way through.
+//! - **Open files.** Each partition holds one open file, its active segment's (index files
+//!   are mapped and closed; sealed segments' files are opened on demand through storage's
+//!   bounded cache, sized here from the limit: [`sealed_files_max`]). Connections, listeners,
+//!   the internal logs and that cache need the rest. A start or a topic create that would run
+//!   out is refused up front, with the numbers and the fix, instead of failing with "Too many
+//!   open files" half way through.
 //! - **The partition limit's default** ([`default_partitions_max`]), sized from the open-file
 //!   limit and the memory.
 //!
@@ -18,16 +20,17 @@ use thiserror::Error;
 
 use spool_broker::limits::PARTITIONS_TOTAL_MAX;
 
+use spool_storage::limits::SEALED_FILES_OPEN_MAX;
+
 use crate::limits::{OPEN_FILES_RESERVED, PARTITION_MEMORY_BYTES};
 
 /// What would run out.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
     "{what} needs {needed} more open files, but the server has {open} open of its limit of \
-     {limit} (RLIMIT_NOFILE) and keeps {reserved} for connections: raise the limit (`ulimit -n` \
-     in the shell that starts it, or LimitNOFILE= for a systemd service) and restart the \
-     server{advice}",
-    reserved = OPEN_FILES_RESERVED,
+     {limit} (RLIMIT_NOFILE) and keeps {kept} for connections and sealed segments: raise the \
+     limit (`ulimit -n` in the shell that starts it, or LimitNOFILE= for a systemd service) \
+     and restart the server{advice}",
     advice = advice(.creating)
 )]
 pub struct OpenFilesError {
@@ -35,6 +38,8 @@ pub struct OpenFilesError {
     pub needed: u64,
     pub open: u64,
     pub limit: u64,
+    /// Files kept for connections and for the sealed segments' cache to fill.
+    pub kept: u64,
     /// Whether a topic create asked (it may ask for fewer).
     pub creating: bool,
 }
@@ -59,13 +64,24 @@ pub(crate) fn open_now() -> Option<u64> {
     Some(fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
+/// The bound of storage's cache of sealed segments' open files for an open-file limit: an
+/// eighth of it, within 16 and [`SEALED_FILES_OPEN_MAX`].
+pub fn sealed_files_max(limit: Option<u64>) -> usize {
+    limit.map_or(SEALED_FILES_OPEN_MAX, |limit| {
+        (limit / 8).clamp(16, SEALED_FILES_OPEN_MAX as u64) as usize
+    })
+}
+
 /// Checks that `needed` more files fit under the soft limit beside those open now, with
-/// [`OPEN_FILES_RESERVED`] left over.
+/// [`OPEN_FILES_RESERVED`] and the room the sealed segments' cache may still fill left over.
 pub(crate) fn check(what: &str, needed: u64, creating: bool) -> Result<(), OpenFilesError> {
     let (Some(limit), Some(open)) = (soft_limit(), open_now()) else {
         return Ok(());
     };
-    check_against(what, needed, creating, open, limit)
+    let cache_room =
+        sealed_files_max(Some(limit)).saturating_sub(spool_storage::sealed_files_open());
+    let kept = OPEN_FILES_RESERVED + cache_room as u64;
+    check_against(what, needed, creating, open, limit, kept)
 }
 
 fn check_against(
@@ -74,11 +90,12 @@ fn check_against(
     creating: bool,
     open: u64,
     limit: u64,
+    kept: u64,
 ) -> Result<(), OpenFilesError> {
-    if open + needed + OPEN_FILES_RESERVED <= limit {
+    if open + needed + kept <= limit {
         return Ok(());
     }
-    Err(OpenFilesError { what: what.to_owned(), needed, open, limit, creating })
+    Err(OpenFilesError { what: what.to_owned(), needed, open, limit, kept, creating })
 }
 
 /// The machine's memory in bytes, from `/proc/meminfo`.
@@ -89,41 +106,34 @@ fn memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The partition limit when none is configured: as many partitions as open files allow with
-/// one segment each (beside [`OPEN_FILES_RESERVED`]) and as memory allows at
-/// [`PARTITION_MEMORY_BYTES`] each, and never below one full topic's 256 nor above
+/// The partition limit when none is configured: as many partitions as open files allow at
+/// one each (beside [`OPEN_FILES_RESERVED`] and the sealed segments' cache) and as memory
+/// allows at [`PARTITION_MEMORY_BYTES`] each, and never below one full topic's 256 nor above
 /// [`PARTITIONS_TOTAL_MAX`]. Read once the open-file limit has been raised.
 pub fn default_partitions_max() -> u32 {
     sized_partitions_max(soft_limit(), memory_bytes())
 }
 
 fn sized_partitions_max(open_files: Option<u64>, memory: Option<u64>) -> u32 {
-    let by_files = open_files.map_or(u64::MAX, |limit| limit.saturating_sub(OPEN_FILES_RESERVED));
+    let kept = OPEN_FILES_RESERVED + sealed_files_max(open_files) as u64;
+    let by_files = open_files.map_or(u64::MAX, |limit| limit.saturating_sub(kept));
     let by_memory = memory.map_or(u64::MAX, |bytes| bytes / PARTITION_MEMORY_BYTES);
     let floor = u64::from(spool_broker::limits::PARTITIONS_PER_TOPIC_MAX);
     by_files.min(by_memory).clamp(floor, u64::from(PARTITIONS_TOTAL_MAX)) as u32
 }
 
-/// The segment log files under a data directory: the files its partitions hold open once
-/// opened. Reads directory entries only (no file is opened, no link followed); what it cannot
-/// read it does not count, and opening the directory reports it.
-pub(crate) fn segment_files(data_dir: &Path) -> u64 {
-    let entries = |dir: &Path| {
+/// The partitions under a data directory: the files they hold open once opened, one each.
+/// Reads directory entries only (no file is opened, no link followed); what it cannot read it
+/// does not count, and opening the directory reports it.
+pub(crate) fn partitions(data_dir: &Path) -> u64 {
+    let dirs = |dir: &Path| {
         fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir() || kind.is_file()))
+            .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
     };
-    let mut count = 0;
-    for topic in entries(&data_dir.join("topics")) {
-        for partition in entries(&topic.path()) {
-            count += entries(&partition.path())
-                .filter(|file| file.file_name().to_str().is_some_and(|n| n.ends_with(".log")))
-                .count() as u64;
-        }
-    }
-    count
+    dirs(&data_dir.join("topics")).map(|topic| dirs(&topic.path()).count() as u64).sum()
 }
 
 #[cfg(test)]
@@ -145,25 +155,30 @@ mod tests {
 
     #[test]
     fn a_request_past_the_limit_names_the_numbers_and_the_fix() {
-        assert_eq!(check_against("x", 100, true, 500, 1024), Ok(()));
-        let error =
-            check_against("creating topic t (3000 partitions)", 3000, true, 40, 1024).unwrap_err();
+        assert_eq!(check_against("x", 100, true, 500, 1024, 384), Ok(()));
+        let error = check_against("creating topic t (3000 partitions)", 3000, true, 40, 1024, 384)
+            .unwrap_err();
         let message = error.to_string();
-        for part in ["3000 more open files", "40 open", "limit of 1024", "ulimit -n", "fewer"] {
+        for part in ["3000 more open files", "40 open", "limit of 1024", "keeps 384", "ulimit -n"] {
             assert!(message.contains(part), "{part:?} in {message}");
         }
-        let at_start = check_against("opening 9000 segments", 9000, false, 10, 1024).unwrap_err();
+        assert!(message.contains("fewer"), "{message}");
+        let at_start =
+            check_against("opening 9000 partitions", 9000, false, 10, 1024, 384).unwrap_err();
         assert!(!at_start.to_string().contains("fewer"), "{at_start}");
     }
 
     #[test]
     fn the_default_partition_limit_follows_open_files_and_memory() {
         let gib = 1 << 30;
-        // This machine's sizes: 20,000 files, 24 GiB.
-        assert_eq!(sized_partitions_max(Some(20_000), Some(24 * gib)), 20_000 - 256);
+        // This machine's sizes: 20,000 files (1,024 of them for sealed segments), 24 GiB.
+        assert_eq!(sized_partitions_max(Some(20_000), Some(24 * gib)), 20_000 - 256 - 1024);
         assert_eq!(sized_partitions_max(Some(1 << 20), Some(24 * gib)), 24 * 1024);
-        // A soft limit of 1,024 that cannot be raised.
-        assert_eq!(sized_partitions_max(Some(1024), Some(24 * gib)), 768);
+        // A soft limit of 1,024 that cannot be raised (128 for sealed segments).
+        assert_eq!(sized_partitions_max(Some(1024), Some(24 * gib)), 1024 - 256 - 128);
+        assert_eq!(sealed_files_max(Some(1024)), 128);
+        assert_eq!(sealed_files_max(Some(64)), 16);
+        assert_eq!(sealed_files_max(None), SEALED_FILES_OPEN_MAX);
         // Never below one full topic, never above the most any setting may ask.
         assert_eq!(sized_partitions_max(Some(300), Some(gib)), 256);
         assert_eq!(sized_partitions_max(None, None), PARTITIONS_TOTAL_MAX);
@@ -171,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn segment_files_counts_log_files_of_every_partition() {
+    fn partitions_counts_the_partition_directories_of_every_topic() {
         let data = tempfile::tempdir().unwrap();
         for (topic, partition, files) in
             [("a", 0, &["0.log", "0.index", "5.log"][..]), ("a", 1, &["0.log"]), ("b", 0, &[])]
@@ -183,7 +198,7 @@ mod tests {
             }
         }
         fs::write(data.path().join("topics/a/meta.json"), b"{}").unwrap();
-        assert_eq!(segment_files(data.path()), 3);
-        assert_eq!(segment_files(&data.path().join("missing")), 0);
+        assert_eq!(partitions(data.path()), 3);
+        assert_eq!(partitions(&data.path().join("missing")), 0);
     }
 }

@@ -78,6 +78,7 @@ pub mod limits;
 mod log;
 mod recovery;
 mod segment;
+mod segment_file;
 pub mod sim;
 pub mod verify;
 
@@ -87,6 +88,7 @@ pub use error::{
 };
 pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SegmentInfo, SyncTicket};
 pub use recovery::RecoveryReport;
+pub use segment_file::{sealed_files_open, set_sealed_files_open_max};
 
 /// A record's position in a partition: the first record ever appended is offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -39,6 +39,9 @@ pub const fn index_entries_max(segment_bytes_max: u64) -> u64 {
 /// offset index, 6 KiB of time index); they double, preallocated each time, up to
 /// [`index_entries_max`], so an idle partition holds kilobytes of index, not hundreds.
 pub const INDEX_ENTRIES_INITIAL: usize = 512;
+/// Sealed segments' log files the process keeps open at once, over all logs (least recently
+/// used closed first); an active segment's file is always open, besides these.
+pub const SEALED_FILES_OPEN_MAX: usize = 1024;
 
 /// The longest interval an `interval` fsync policy may name, in milliseconds.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;

@@ -151,7 +151,8 @@ pub struct ReadBatches {
 pub struct SyncTicket {
     /// Sealed segments not yet synced, oldest first, then the active segment if it has
     /// unsynced batches.
-    files: Vec<(Arc<dyn File>, PathBuf)>,
+    /// (`None`: it could not be opened; the sync fails.)
+    files: Vec<(Option<Arc<dyn File>>, PathBuf)>,
     /// Base offsets of the sealed segments among `files`.
     sealed: Vec<Offset>,
     /// The recovery point to record once `files` are synced, when sealed segments are among
@@ -170,7 +171,11 @@ impl SyncTicket {
     /// segments were among them, records the new recovery point.
     pub fn run(&self) -> io::Result<()> {
         for (file, path) in &self.files {
-            if let Err(error) = file.sync_data() {
+            let synced = match file {
+                Some(file) => file.sync_data(),
+                None => Err(io::Error::other("the segment's file could not be opened to sync it")),
+            };
+            if let Err(error) = synced {
                 let _ = self.failed.set(path.clone());
                 return Err(error);
             }
@@ -408,7 +413,9 @@ impl Log {
                     // Its fsync follows at once: start the disk on its whole pages now (the
                     // last, partial page is written again by the next append).
                     let from = start / PAGE_BYTES * PAGE_BYTES;
-                    active.file.start_writeback(from, end / PAGE_BYTES * PAGE_BYTES - from);
+                    if let Ok(file) = active.file.get() {
+                        file.start_writeback(from, end / PAGE_BYTES * PAGE_BYTES - from);
+                    }
                 }
                 Ok(())
             }
@@ -462,7 +469,7 @@ impl Log {
             FsyncPolicy::Interval { .. } | FsyncPolicy::Never => SealData::Defer,
         };
         let active = self.segments.last_mut().expect("a log has at least one segment");
-        if let Err(error) = active.seal(data) {
+        if let Err(error) = active.seal(data, &fs) {
             let fence = Fence::SyncFailed { path: active.path.clone(), error: Arc::new(error) };
             self.fence = Some(fence.clone());
             return Err(AppendError::Fenced(fence));
@@ -524,10 +531,12 @@ impl Log {
         let (active, sealed) = self.segments.split_last().expect("a log has at least one segment");
         let fenced = self.fence.is_some();
         let sealed: Vec<&Segment> = sealed.iter().filter(|s| !fenced && !s.data_durable).collect();
-        let mut files: Vec<(Arc<dyn File>, PathBuf)> =
-            sealed.iter().map(|s| (s.file.clone(), s.path.clone())).collect();
+        // A segment not known durable holds its file (`Segment::release_file`).
+        let held = |s: &Segment| (s.file.get().ok(), s.path.clone());
+        let mut files: Vec<(Option<Arc<dyn File>>, PathBuf)> =
+            sealed.iter().map(|s| held(s)).collect();
         if !fenced && target.offset > self.durable.offset {
-            files.push((active.file.clone(), active.path.clone()));
+            files.push(held(active));
         }
         SyncTicket {
             files,
@@ -558,9 +567,11 @@ impl Log {
             return Err(SyncError::Fenced(fence));
         }
         self.last_sync = now;
+        let fs = self.fs.clone();
         for segment in &mut self.segments {
             if ticket.sealed.contains(&segment.base_offset) {
                 segment.data_durable = true;
+                segment.release_file(&fs, true);
             }
         }
         if let Some(point) = ticket.recovery_point {

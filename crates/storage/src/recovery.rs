@@ -39,6 +39,7 @@ use crate::fs::{FileSystem, OpenMode};
 use crate::index::{IndexFile, OFFSET_ENTRY_BYTES, OffsetIndex, TIME_ENTRY_BYTES, TimeIndex};
 use crate::log::{CLEAN_SHUTDOWN_FILE, Log, LogConfig, Watermark};
 use crate::segment::{self, ScanStop as Stop, Segment};
+use crate::segment_file::SegmentFile;
 use crate::{Offset, TimestampMs};
 
 /// What recovery found and did, for the operator's log.
@@ -242,7 +243,7 @@ impl Log {
 fn sync_not_known_durable(segments: &mut [Segment], scan: &Scan) -> Option<Fence> {
     let mut fence = None;
     for segment in segments.iter_mut().filter(|s| !scan.fsynced(s.base_offset)) {
-        if let Err(error) = segment.file.sync_data() {
+        if let Err(error) = segment.file.get().and_then(|file| file.sync_data()) {
             fence = Some(Fence::SyncFailed { path: segment.path.clone(), error: Arc::new(error) });
             break;
         }
@@ -313,6 +314,11 @@ impl Opener<'_> {
         }
         if fence.is_none() {
             fence = sync_not_known_durable(&mut segments, scan);
+        }
+        // Every sealed segment is durable now: none holds its file.
+        if fence.is_none() {
+            let sealed = segments.len() - 1;
+            segments[..sealed].iter_mut().for_each(|s| s.release_file(self.fs, false));
         }
         let active = segments.last_mut().expect("at least one segment");
         let clean_shutdown = scan.clean_next_offset == Some(active.next_offset) && fence.is_none();
@@ -404,7 +410,7 @@ impl Opener<'_> {
             let mut segment = Segment {
                 base_offset: base,
                 path: path.clone(),
-                file: file.clone(),
+                file: SegmentFile::Open(file.clone()),
                 offset_index,
                 time_index,
                 size_bytes: file_bytes,
@@ -432,7 +438,7 @@ impl Opener<'_> {
         let mut max = segment.time_index.last().map(|e| TimestampMs(e.timestamp_ms));
         // The tail is at most an index interval plus one batch: read it at once.
         let mut tail = vec![0u8; (segment.size_bytes - position) as usize];
-        segment.file.read_exact_at(&mut tail, position)?;
+        segment.file.get()?.read_exact_at(&mut tail, position)?;
         let mut at = 0usize;
         while at < tail.len() {
             let Ok(header) = crate::batch::check(&tail[at..]) else {
@@ -494,7 +500,7 @@ impl Opener<'_> {
         let mut segment = Segment {
             base_offset: base,
             path: path.clone(),
-            file: file.clone(),
+            file: SegmentFile::Open(file.clone()),
             offset_index: OffsetIndex(
                 IndexFile::create(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
                     .map_err(io_at(&offset_path))?,
@@ -564,11 +570,12 @@ impl Opener<'_> {
                 readable_end: end,
             }));
         }
-        let file_bytes = segment.file.len().map_err(io_at(&segment.path))?;
+        let file = segment.file.get().map_err(io_at(&segment.path))?;
+        let file_bytes = file.len().map_err(io_at(&segment.path))?;
         if file_bytes > segment.size_bytes {
             tracing::warn!(path = %segment.path.display(), position = segment.size_bytes, reason = %stop.reason, "cutting a torn tail");
-            segment.file.set_len(segment.size_bytes).map_err(io_at(&segment.path))?;
-            segment.file.sync_data().map_err(io_at(&segment.path))?;
+            file.set_len(segment.size_bytes).map_err(io_at(&segment.path))?;
+            file.sync_data().map_err(io_at(&segment.path))?;
             self.report.truncated = Some((segment.path.clone(), file_bytes - segment.size_bytes));
         }
         for &base in later {

@@ -16,6 +16,7 @@ use crate::index::{
     IndexFile, OFFSET_ENTRY_BYTES, OffsetEntry, OffsetIndex, TIME_ENTRY_BYTES, TimeEntry, TimeIndex,
 };
 use crate::limits::INDEX_INTERVAL_BYTES;
+use crate::segment_file::SegmentFile;
 use crate::{Offset, TimestampMs};
 
 /// Bytes read at a time when walking batch headers.
@@ -45,7 +46,7 @@ pub(crate) fn time_index_path(dir: &Path, base_offset: Offset) -> PathBuf {
 pub(crate) struct Segment {
     pub(crate) base_offset: Offset,
     pub(crate) path: PathBuf,
-    pub(crate) file: Arc<dyn File>,
+    pub(crate) file: SegmentFile,
     pub(crate) offset_index: OffsetIndex,
     pub(crate) time_index: TimeIndex,
     /// Bytes of whole batches in the log file.
@@ -150,7 +151,7 @@ impl Segment {
         Ok(Segment {
             base_offset,
             path,
-            file,
+            file: SegmentFile::Open(file),
             offset_index,
             time_index,
             size_bytes: 0,
@@ -192,8 +193,9 @@ impl Segment {
             headers.iter().map(|h| u64::from(h.batch_bytes)).sum::<u64>()
         );
         let start = self.size_bytes;
-        if let Err(error) = self.file.write_all_vectored_at(bufs, start) {
-            return match self.file.set_len(start) {
+        let file = self.file.get().map_err(SegmentWriteError::Clean)?;
+        if let Err(error) = file.write_all_vectored_at(bufs, start) {
+            return match file.set_len(start) {
                 Ok(()) => Err(SegmentWriteError::Clean(error)),
                 Err(cleanup) => Err(SegmentWriteError::Dirty(cleanup)),
             };
@@ -218,15 +220,29 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: fsync the log if `data` says so, trim and fsync both indexes.
-    pub(crate) fn seal(&mut self, data: SealData) -> io::Result<()> {
+    /// Seals the segment: fsync the log if `data` says so, trim and fsync both indexes. Once
+    /// its data is synced, it no longer holds its file ([`Segment::release_file`]).
+    pub(crate) fn seal(&mut self, data: SealData, fs: &Arc<dyn FileSystem>) -> io::Result<()> {
         if data == SealData::Sync {
-            self.file.sync_data()?;
+            self.file.get()?.sync_data()?;
             self.data_durable = true;
         }
         self.offset_index.0.trim_and_sync()?;
         self.time_index.0.trim_and_sync()?;
+        if self.data_durable {
+            self.release_file(fs, true);
+        }
         Ok(())
+    }
+
+    /// A sealed segment whose data is durable gives up its open file: reads open it through
+    /// the process's cache ([`crate::segment_file`]). One not yet synced keeps it, so the
+    /// fsync that follows goes through the descriptor the writes did, and sees any
+    /// writeback error they caused.
+    /// `cached`: keep the file open in the cache for now (see [`SegmentFile::seal`]).
+    pub(crate) fn release_file(&mut self, fs: &Arc<dyn FileSystem>, cached: bool) {
+        debug_assert!(self.data_durable);
+        self.file.seal(fs, self.path.clone(), cached);
     }
 
     /// Whether the segment's first batch is of format version 1.
@@ -235,7 +251,7 @@ impl Segment {
             return Ok(false);
         }
         let mut head = [0u8; field::VERSION + 1];
-        self.file.read_exact_at(&mut head, 0)?;
+        self.file.get()?.read_exact_at(&mut head, 0)?;
         Ok(head[field::VERSION] == batch::BATCH_VERSION)
     }
 
@@ -250,9 +266,10 @@ impl Segment {
         mut visit: impl FnMut(&BatchPrefix) -> bool,
     ) -> Result<(), ReadFailure> {
         let mut chunk = vec![0u8; WALK_CHUNK_BYTES];
+        let file = self.file.get()?;
         while position < end {
             let n = (end - position).min(WALK_CHUNK_BYTES as u64) as usize;
-            self.file.read_exact_at(&mut chunk[..n], position)?;
+            file.read_exact_at(&mut chunk[..n], position)?;
             let mut at = 0usize;
             while at < n {
                 let fields = match batch::head_fields(&chunk[at..n]) {
@@ -323,7 +340,8 @@ impl Segment {
             return Ok(Bytes::new());
         }
         let want = available.min(u64::from(bytes_max).max(BATCH_PREFIX_BYTES as u64)) as usize;
-        let buf = self.file.read_shared_at(position, want)?;
+        let file = self.file.get()?;
+        let buf = file.read_shared_at(position, want)?;
         // Cut at the last whole batch.
         let mut at = 0usize;
         while at < want {
@@ -341,7 +359,7 @@ impl Segment {
             } else if at == 0 {
                 // The first batch is larger than `bytes_max`: return it whole.
                 let whole = u64::from(batch_bytes).min(available) as usize;
-                return Ok(self.file.read_shared_at(position, whole)?);
+                return Ok(file.read_shared_at(position, whole)?);
             } else {
                 break;
             }
@@ -352,7 +370,8 @@ impl Segment {
     /// Checks every batch in the log file (length, CRC, offsets continuing from the base)
     /// and computes the index entries for the valid part.
     pub(crate) fn scan(&self) -> io::Result<ScanOutcome> {
-        let file_bytes = self.file.len()?;
+        let file = self.file.get()?;
+        let file_bytes = file.len()?;
         let mut outcome = ScanOutcome {
             valid_bytes: 0,
             next_offset: self.base_offset,
@@ -366,7 +385,7 @@ impl Segment {
         let mut position = 0u64;
         let mut buf = Vec::new();
         while position < file_bytes {
-            let header = match read_checked(self.file.as_ref(), position, file_bytes, &mut buf) {
+            let header = match read_checked(file.as_ref(), position, file_bytes, &mut buf) {
                 Ok(header) if header.base_offset == outcome.next_offset => header,
                 Ok(header) => {
                     let reason = format!(
@@ -398,7 +417,8 @@ impl Segment {
     /// Looks past invalid bytes at `position` for valid batches, and notes the largest durable
     /// offset stamped in any of them.
     fn stop(&self, reason: String, position: u64) -> io::Result<ScanStop> {
-        Ok(ScanStop { reason, durable_after: max_durable_stamp(self.file.as_ref(), position + 1)? })
+        let file = self.file.get()?;
+        Ok(ScanStop { reason, durable_after: max_durable_stamp(file.as_ref(), position + 1)? })
     }
 }
 
