@@ -13,6 +13,9 @@
 //!   at the server's default sync interval and with `sync_interval: always`.
 //! - `spool bench group` ([`group`]): members of one consumer group share a pre-produced
 //!   topic; their throughput, and how long partitions pause when the group rebalances.
+//! - `spool bench partitions` ([`partitions`]): a server (this binary, as a child process)
+//!   with thousands of partitions: its memory, open files, maps and disk use at rest, small
+//!   batches spread over every partition against as many to one, and restart times.
 //! - `spool bench disk` ([`disk`]) measures the disk under the data directory; produce and
 //!   e2e results carry their ratio to it ([`VsDisk`]).
 //! - Output: a table, `--json` (one object per workload and target, one line each), and
@@ -24,6 +27,7 @@ pub mod disk;
 pub mod group;
 pub mod machine;
 mod nats;
+pub mod partitions;
 pub mod payload;
 pub mod report;
 mod spool;
@@ -57,6 +61,10 @@ pub enum BenchCommand {
     /// Consumers in one consumer group share a pre-produced topic: msgs/s, and how long
     /// partitions pause when a member joins or leaves.
     Group(group::GroupArgs),
+    /// A server with many partitions: its memory, open files, maps and disk at rest, a small
+    /// batch to each partition against as many to one, and restart times (clean and after
+    /// SIGKILL). Runs `spool serve` as a child process.
+    Partitions(partitions::PartitionsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -456,6 +464,7 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Consume(args) => run_workload(Workload::Consume, args).await,
         BenchCommand::E2e(args) => run_workload(Workload::E2e, args).await,
         BenchCommand::Group(args) => group::run(args).await,
+        BenchCommand::Partitions(args) => partitions::run(args).await,
     }
 }
 

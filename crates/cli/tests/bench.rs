@@ -250,3 +250,65 @@ fn a_json_payload_too_small_for_an_event_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--message-size must be at least 27"), "{stderr}");
 }
+
+#[test]
+fn partitions_reports_what_a_server_with_many_partitions_holds_and_its_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = bench(dir.path(), &["partitions", "--count", "20", "--topics", "2", "--json"]);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (result["partitions_asked"].as_u64(), result["partitions"].as_u64()),
+        (Some(20), Some(20))
+    );
+    assert_eq!(result["topics"], 2, "{result}");
+    assert!(result["refused"].is_null(), "{result}");
+    assert!(result["create_seconds"].as_f64().unwrap() > 0.0, "{result}");
+    // The figures are the server's own (a child process), read from /proc.
+    let empty = &result["empty"];
+    let created = &result["after_create"];
+    for field in ["rss_bytes", "open_files", "memory_maps", "disk_bytes"] {
+        assert!(empty[field].as_u64().unwrap() > 0, "empty.{field} in {result}");
+        assert!(created[field].as_u64().unwrap() > 0, "after_create.{field} in {result}");
+        assert!(result["per_partition"][field].is_number(), "per_partition.{field} in {result}");
+    }
+    // Every partition holds at least its active segment's log file open.
+    assert!(created["open_files"].as_u64().unwrap() >= 20, "{result}");
+    assert!(
+        created["disk_bytes"].as_u64().unwrap() > empty["disk_bytes"].as_u64().unwrap(),
+        "{result}"
+    );
+    // One batch of 10 records to each partition, then as many batches to one partition.
+    let produce = &result["produce"];
+    for rate in ["spread", "one_partition"] {
+        assert_eq!(produce[rate]["batches"], 20, "{rate} in {result}");
+        assert_eq!(produce[rate]["messages"], 200, "{rate} in {result}");
+        assert!(produce[rate]["msgs_per_sec"].as_f64().unwrap() > 0.0, "{rate} in {result}");
+        assert!(produce[rate]["batches_per_sec"].as_f64().unwrap() > 0.0, "{rate} in {result}");
+    }
+    assert!(produce["spread_vs_one"].as_f64().unwrap() > 0.0, "{result}");
+    // Both restarts came back serving every partition and every acknowledged record.
+    let clean = &result["restart_clean"];
+    let killed = &result["restart_killed"];
+    assert!(clean["stop_seconds"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(killed["stop_seconds"].is_null(), "{result}");
+    for restart in [clean, killed] {
+        assert!(restart["start_seconds"].as_f64().unwrap() > 0.0, "{result}");
+        assert_eq!(restart["partitions"], 20, "{result}");
+        assert_eq!(restart["records"], 400, "{result}");
+        assert!(restart["idle"]["open_files"].as_u64().unwrap() >= 20, "{result}");
+    }
+    // The server's directory is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn partitions_refuses_a_topic_over_256_partitions() {
+    let output = Command::new(SPOOL)
+        .args(["bench", "partitions", "--count", "1000", "--topics", "3"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a topic has at most 256"), "{stderr}");
+}
