@@ -15,7 +15,8 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 256;
 /// The most topics a server holds.
 pub const TOPICS_MAX: usize = 1024;
-/// Threads that open partition logs at start, at most (no more than the machine's cores).
+/// Threads that open partition logs at start (no more than the machine's cores) and close
+/// them at shutdown, at most.
 pub const OPEN_THREADS_MAX: usize = 8;
 /// The most partitions, over all topics, a server's configured partition limit may allow. The
 /// limit itself is a setting (the server sizes its default from the machine, see

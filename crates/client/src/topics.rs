@@ -223,7 +223,8 @@ impl Client {
         Ok(TopicInfo::from_wire(described.topic.unwrap_or_default()))
     }
 
-    /// Every topic, described as [`Client::describe_topic`] does.
+    /// Every topic with its settings, sorted by name; `partition_states` is empty (use
+    /// [`Client::describe_topic`] for those).
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, AdminError> {
         let listed = self.topics().list_topics(ListTopicsRequest {}).await?.into_inner();
         Ok(listed.topics.into_iter().map(TopicInfo::from_wire).collect())

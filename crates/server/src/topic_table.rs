@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use spool_broker::limits::OPEN_THREADS_MAX;
 use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
 use spool_proto::partitioner::RoundRobin;
 use spool_storage::fs::StdFileSystem;
@@ -277,34 +278,50 @@ impl TopicTable {
         self.writers_stop.cancel();
         let topics =
             std::mem::take(&mut *self.topics.write().unwrap_or_else(PoisonError::into_inner));
+        let mut logs = Vec::new();
         for topic in topics.into_values() {
-            let logs = match topic.stop().await {
-                Ok(logs) => logs,
+            match topic.stop().await {
+                Ok(stopped) => logs.extend(
+                    stopped.into_iter().enumerate().map(|(p, log)| (topic.name.clone(), p, log)),
+                ),
                 Err(error) => {
                     tracing::error!(%error, "stopping a topic failed");
                     unclean.push(format!("topic {}: {error}", topic.name));
-                    continue;
                 }
-            };
-            let name = topic.name.clone();
-            let closed = tokio::task::spawn_blocking(move || {
-                logs.into_iter()
-                    .enumerate()
-                    .map(|(partition, log)| (partition, log.close()))
-                    .filter_map(|(partition, result)| result.err().map(|e| (partition, e)))
-                    .collect::<Vec<_>>()
+            }
+        }
+        // Each close syncs a few files (indexes, the clean-shutdown marker, the directory), so
+        // the logs are closed on several threads: a few thousand partitions one after another
+        // would take tens of seconds.
+        let threads = OPEN_THREADS_MAX.min(logs.len()).max(1);
+        let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, log) in logs.into_iter().enumerate() {
+            shares[i % threads].push(log);
+        }
+        let closing: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                tokio::task::spawn_blocking(move || {
+                    share
+                        .into_iter()
+                        .filter_map(|(name, partition, log)| {
+                            log.close().err().map(|error| (name, partition, error))
+                        })
+                        .collect::<Vec<_>>()
+                })
             })
-            .await;
-            match closed {
+            .collect();
+        for closed in closing {
+            match closed.await {
                 Ok(failures) => {
-                    for (partition, error) in failures {
+                    for (name, partition, error) in failures {
                         tracing::error!(topic = %name, partition, %error, "closing a partition log failed; the next start checks it");
                         unclean.push(format!("partition {partition} of topic {name}: {error}"));
                     }
                 }
                 Err(error) => {
-                    tracing::error!(topic = %name, %error, "closing logs panicked");
-                    unclean.push(format!("topic {name}: closing its logs panicked: {error}"));
+                    tracing::error!(%error, "closing logs panicked");
+                    unclean.push(format!("closing logs panicked: {error}"));
                 }
             }
         }
