@@ -7,7 +7,7 @@ use spool_proto::limits::{REQUEST_BYTES_MAX, TIMESTAMP_MS_MAX};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::{Acks, ProduceRequest, ProducerStamp as WireStamp, Record, RecordList};
 use spool_storage::TimestampMs;
-use spool_storage::batch::v2::kafka;
+use spool_storage::batch::v2::{kafka, kafka_crc};
 use spool_storage::batch::{
     BATCH_MAGIC, BatchBuilder, BatchBuilderV1, Codec, ProducerStamp, field,
 };
@@ -53,7 +53,7 @@ fn good_v1_batch() -> BytesMut {
 /// Rewrites the batch's CRC-32C after a change to the bytes it covers, so that only the
 /// change itself is wrong.
 fn recrc(mut batch: BytesMut) -> BytesMut {
-    let crc = crc32c::crc32c(&batch[kafka::ATTRIBUTES..]);
+    let crc = kafka_crc(&batch[kafka::ATTRIBUTES..]);
     batch[kafka::CRC..kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
     batch
 }

@@ -10,7 +10,7 @@ use spool_proto::v1::FsyncPolicy;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_storage::TimestampMs;
-use spool_storage::batch::v2::kafka;
+use spool_storage::batch::v2::{kafka, kafka_crc};
 use spool_storage::batch::{self, BatchBuilder, ProducerStamp};
 use spool_storage::limits::{FSYNC_INTERVAL_MS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -346,7 +346,7 @@ pub fn raw_batch(
         Damage::FlipResealed { at, xor } => {
             batch[at % len] ^= xor;
             if len > kafka::ATTRIBUTES {
-                let crc = crc32c::crc32c(&batch[kafka::ATTRIBUTES..]);
+                let crc = kafka_crc(&batch[kafka::ATTRIBUTES..]);
                 batch[kafka::CRC..kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
             }
         }

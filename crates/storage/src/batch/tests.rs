@@ -256,7 +256,7 @@ fn a_bad_kafka_batch_is_refused_with_what_is_wrong() {
     let wire = sample_v2(Codec::None);
     let refuse = |mut bytes: Vec<u8>, fix_crc: bool| {
         if fix_crc {
-            let crc = crc32c::crc32c(&bytes[v2::kafka::ATTRIBUTES..]);
+            let crc = v2::kafka_crc(&bytes[v2::kafka::ATTRIBUTES..]);
             bytes[v2::kafka::CRC..v2::kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
         }
         check_for_append(&bytes).unwrap_err()

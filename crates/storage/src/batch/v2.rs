@@ -147,7 +147,7 @@ pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchEr
     }
     let bytes = &bytes[..total];
     let stored = be_u32(bytes, kafka::CRC);
-    let computed = crc32c::crc32c(&bytes[kafka::ATTRIBUTES..]);
+    let computed = kafka_crc(&bytes[kafka::ATTRIBUTES..]);
     if stored != computed {
         return Err(BatchError::CrcMismatch { stored, computed });
     }
@@ -185,6 +185,12 @@ pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchEr
         version: VERSION,
     };
     Ok((header, total))
+}
+
+/// Kafka's batch CRC: CRC-32C (Castagnoli) of `bytes`, which for a batch are those from
+/// `attributes` to its end.
+pub fn kafka_crc(bytes: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 fn frame_crc(frame_bytes: &[u8], kafka_head: &[u8]) -> u32 {
@@ -286,7 +292,7 @@ pub(crate) fn recompress(
     let length = (buf.len() - kafka::PREFIX) as u32;
     buf[kafka::BATCH_LENGTH..][..4].copy_from_slice(&length.to_be_bytes());
     buf[kafka::ATTRIBUTES..][..2].copy_from_slice(&attributes.to_be_bytes());
-    let crc = crc32c::crc32c(&buf[kafka::ATTRIBUTES..]);
+    let crc = kafka_crc(&buf[kafka::ATTRIBUTES..]);
     buf[kafka::CRC..][..4].copy_from_slice(&crc.to_be_bytes());
     let header =
         BatchHeader { batch_bytes: (frame::BYTES + buf.len()) as u32, crc, attributes, ..*header };
@@ -439,7 +445,7 @@ impl KafkaBuilder {
         put(kafka::PRODUCER_EPOCH, &producer.producer_epoch.to_be_bytes());
         put(kafka::BASE_SEQUENCE, &producer.base_sequence.to_be_bytes());
         put(kafka::RECORDS_COUNT, &self.record_count.to_be_bytes());
-        let crc = crc32c::crc32c(&buf[kafka::ATTRIBUTES..]);
+        let crc = kafka_crc(&buf[kafka::ATTRIBUTES..]);
         buf[kafka::CRC..kafka::CRC + 4].copy_from_slice(&crc.to_be_bytes());
         buf
     }
