@@ -223,6 +223,73 @@ async fn a_subscriber_follows_the_live_end_while_another_task_produces() {
     server.shutdown().await;
 }
 
+/// A live subscription from the earliest offset of `topic`.
+async fn follow(
+    server: &TestServer,
+    topic: &str,
+) -> tonic::Streaming<spool_proto::v1::SubscribeResponse> {
+    let request = SubscribeRequest {
+        topic: topic.into(),
+        partition: 0,
+        start: Some(StartPosition { position: Some(Position::Earliest(Earliest {})) }),
+        encoding: Encoding::RawBatch as i32,
+        stop_at_end: false,
+    };
+    server.consumer().await.subscribe(request).await.unwrap().into_inner()
+}
+
+/// Reads `stream` to its end: the messages, and the status it ended with (`None`: it ended
+/// without one, which a client takes for a finished stream).
+async fn drain(
+    mut stream: tonic::Streaming<spool_proto::v1::SubscribeResponse>,
+) -> (usize, Option<tonic::Status>) {
+    let mut messages = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => messages += 1,
+            Ok(None) => return (messages, None),
+            Err(status) => return (messages, Some(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_live_subscription_ends_with_a_status_at_shutdown_even_while_its_queue_is_full() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("backlog", 1, always()).await;
+    // 8 MiB: more than the subscription's queue and the connection's windows hold, so the
+    // server is waiting on the client when it is told to stop.
+    let value = "x".repeat(256 * 1024);
+    for _ in 0..32 {
+        server.produce("backlog", Some(0), vec![record(&value)]).await.unwrap();
+    }
+    let mut stream = follow(&server, "backlog").await;
+    stream.message().await.unwrap().unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    let (_, ended) = drain(stream).await;
+    let ended = ended.expect("the stream ended without a status: a follower would stop");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_subscription_ends_with_not_found_when_its_topic_is_deleted() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("doomed", 1, always()).await;
+    server.produce("doomed", Some(0), vec![record("only")]).await.unwrap();
+    let mut stream = follow(&server, "doomed").await;
+    stream.message().await.unwrap().unwrap();
+    // Caught up: the subscription waits for the partition to change.
+    let mut topics = server.topics().await;
+    topics.delete_topic(DeleteTopicRequest { name: "doomed".into() }).await.unwrap();
+    let (_, ended) = drain(stream).await;
+    let ended = ended.expect("the stream ended without a status");
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn fetch_long_polls_until_a_record_arrives() {
     let data = tempfile::tempdir().unwrap();

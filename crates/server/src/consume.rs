@@ -24,8 +24,8 @@ use spool_storage::batch::{BatchIter, share_or_copy};
 use spool_storage::{Offset, ReadBatches, TimestampMs};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -198,8 +198,13 @@ impl ConsumeApi {
 
 /// Feeds one subscriber: read a chunk, queue it, repeat; wait for the partition's
 /// notification at the end. Stops when the client goes away, at `end` if set, at shutdown
-/// (with UNAVAILABLE), or at the first error (sent to the client). The caller's token and
-/// grant are checked again before every message.
+/// (UNAVAILABLE), when the topic is deleted (NOT_FOUND), or at the first error. The caller's
+/// token and grant are checked again before every message.
+///
+/// Returns the status that ends the stream, if any: the subscription sends it after every
+/// queued message, through a queue of its own, so it is never lost to a full queue (a
+/// client that reads slowly still learns why its stream ended, and a following client
+/// reconnects rather than taking the end for the partition's).
 async fn feed(
     topics: Arc<TopicTable>,
     caller: Caller,
@@ -208,21 +213,18 @@ async fn feed(
     end: Option<Offset>,
     wire: Wire,
     queue: mpsc::Sender<Queued>,
-) {
+) -> Option<Status> {
     let stop = topics.streams_stop.clone();
     let mut changes = partition.watch();
     let _subscriber = partition.metrics.subscriber();
     loop {
         if end.is_some_and(|end| offset >= end) {
-            return;
+            return None;
         }
         changes.borrow_and_update();
         let read = match partition.read(offset, SUBSCRIBE_READ_BYTES).await {
             Ok(read) => read,
-            Err(error) => {
-                let _ = queue.send((Err(error.into()), None)).await;
-                return;
-            }
+            Err(error) => return Some(error.into()),
         };
         if read.bytes.is_empty() {
             // A token revoked while nothing arrives ends the stream now, not at the next
@@ -231,25 +233,23 @@ async fn feed(
             if let Err(error) =
                 caller.allow(Action::Consume, Resource::Topic(partition.topic().as_str()))
             {
-                let _ = queue.send((Err(ServiceError::from(error).into()), None)).await;
-                return;
+                return Some(ServiceError::from(error).into());
             }
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
+                changed = changes.changed() => if changed.is_err() {
+                    // The partition's writer is gone: its topic was deleted.
+                    return Some(ServiceError::TopicDeleted { topic: partition.topic().clone() }.into());
+                },
                 () = reloads.next() => {}
-                _ = queue.closed() => return,
-                _ = stop.cancelled() => {
-                    let _ = queue.try_send((Err(ServiceError::ShuttingDown.into()), None));
-                    return;
-                }
+                _ = queue.closed() => return None,
+                _ = stop.cancelled() => return Some(ServiceError::ShuttingDown.into()),
             }
             continue;
         }
         if let Err(error) =
             caller.allow(Action::Consume, Resource::Topic(partition.topic().as_str()))
         {
-            let _ = queue.send((Err(ServiceError::from(error).into()), None)).await;
-            return;
+            return Some(ServiceError::from(error).into());
         }
         let buffered = topics.metrics.buffered(read.bytes.len() as u64);
         let from = offset;
@@ -259,10 +259,12 @@ async fn feed(
             Err(error) => Err(Status::from(error)),
         };
         let failed = message.is_err();
-        let Some(permit) = reserve_queued(&queue, &topics.metrics, &stop).await else { return };
+        let Some(permit) = reserve_queued(&queue, &topics.metrics, &stop).await else {
+            return stop.is_cancelled().then(|| ServiceError::ShuttingDown.into());
+        };
         permit.send((message, Some(buffered)));
         if failed {
-            return;
+            return None;
         }
     }
 }
@@ -316,10 +318,18 @@ impl ConsumeService for ConsumeApi {
         let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
         let end = if request.stop_at_end { Some(partition.state()?.log_end_offset) } else { None };
         let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);
-        tokio::spawn(feed(self.topics.clone(), caller, partition, start, end, wire, queue));
+        // The status that ends the stream, sent after every queued message (see `feed`).
+        let (ending, ended) = mpsc::channel::<Queued>(1);
+        let topics = self.topics.clone();
+        tokio::spawn(async move {
+            if let Some(status) = feed(topics, caller, partition, start, end, wire, queue).await {
+                let _ = ending.try_send((Err(status), None));
+            }
+        });
+        let answers = ReceiverStream::new(messages).chain(ReceiverStream::new(ended));
         // tonic gets no messages: `RawReplies` sends these without copying their batches.
         let mut response = Response::new(Box::pin(tokio_stream::empty()) as SubscribeItems);
-        response.extensions_mut().insert(Replies::new(ReceiverStream::new(messages)));
+        response.extensions_mut().insert(Replies::new(answers));
         Ok(response)
     }
 }
