@@ -4,7 +4,7 @@
 //! partition of a 100-partition topic busy; two members share them (committing their
 //! positions every 50 ms, as a client's auto-commit does, and revoked partitions before
 //! acknowledging them). Then a third member
-//! joins (34 partitions move), and later one leaves cleanly (its partitions move). For each
+//! joins (33 partitions move), and later one leaves cleanly (its partitions move). For each
 //! partition that moves, the pause is the time from the last records message its old owner
 //! received to the first one its new owner received; partitions that stay are watched for
 //! the longest gap between messages during the rebalance.

@@ -347,20 +347,7 @@ async fn raw_batches_are_stored_as_they_came_and_served_from_the_log() {
     assert_eq!((produced.appends[0].base_offset, produced.appends[0].last_offset), (1, 2));
 
     // Served raw: the same bytes, with only the fields stamped at append changed.
-    let fetched = server
-        .consumer()
-        .await
-        .fetch(FetchRequest {
-            topic: "raw".into(),
-            partition: 0,
-            offset: 1,
-            max_bytes: 0,
-            max_wait_ms: 0,
-            encoding: Encoding::RawBatch as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = server.fetch_raw("raw", 0, 1).await;
     assert!(fetched.records.is_empty());
     let stored = BatchIter::new(&fetched.raw_batches).next().unwrap().unwrap();
     assert_eq!(stored.header().base_offset.0, 1);
@@ -410,20 +397,7 @@ async fn a_topic_that_requires_a_codec_stores_protobuf_records_in_it_and_serves_
     let records = vec![record("first"), keyed("k", "second"), stamped_with_header()];
     server.produce("z", Some(0), records).await.unwrap();
 
-    let fetched = server
-        .consumer()
-        .await
-        .fetch(FetchRequest {
-            topic: "z".into(),
-            partition: 0,
-            offset: 0,
-            max_bytes: 0,
-            max_wait_ms: 0,
-            encoding: Encoding::RawBatch as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = server.fetch_raw("z", 0, 0).await;
     let stored = BatchIter::new(&fetched.raw_batches).next().unwrap().unwrap();
     assert_eq!(stored.header().codec().unwrap(), batch::Codec::Zstd);
     // Decoded for a protobuf consumer, by fetch and by subscribe, from the decompressed

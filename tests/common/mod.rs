@@ -16,8 +16,8 @@ use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
-    Acks, ConsumedRecord, CreateTopicRequest, FetchRequest, FetchResponse, FsyncPolicy, Header,
-    ProduceRequest, ProduceResponse, Record, RecordList, StartPosition, SubscribeRequest,
+    Acks, ConsumedRecord, CreateTopicRequest, Encoding, FetchRequest, FetchResponse, FsyncPolicy,
+    Header, ProduceRequest, ProduceResponse, Record, RecordList, StartPosition, SubscribeRequest,
     TopicConfig,
 };
 use tonic::transport::Channel;
@@ -120,6 +120,21 @@ impl TestServer {
         partition: u32,
         offset: u64,
     ) -> Result<FetchResponse, Status> {
+        self.fetch_encoded(topic, partition, offset, Encoding::Unspecified).await
+    }
+
+    /// A fetch in the raw encoding: the stored batches as the log holds them.
+    pub async fn fetch_raw(&self, topic: &str, partition: u32, offset: u64) -> FetchResponse {
+        self.fetch_encoded(topic, partition, offset, Encoding::RawBatch).await.unwrap()
+    }
+
+    async fn fetch_encoded(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        encoding: Encoding,
+    ) -> Result<FetchResponse, Status> {
         self.consumer()
             .await
             .fetch(FetchRequest {
@@ -128,7 +143,7 @@ impl TestServer {
                 offset,
                 max_bytes: 0,
                 max_wait_ms: 0,
-                encoding: 0,
+                encoding: encoding as i32,
             })
             .await
             .map(tonic::Response::into_inner)
