@@ -149,20 +149,23 @@ impl Consumer {
         Ok(Consumer { subscription, stream, skip, position, lost: None })
     }
 
-    /// The offset of the first record of `bytes` to deliver, and what to skip afterwards.
-    fn first_wanted(&self, bytes: &[u8], next_offset: u64) -> (u64, Skip) {
+    /// The offset of the first record of `bytes` (whose batches `checked` checked) to
+    /// deliver, and what to skip afterwards.
+    fn first_wanted(
+        &self,
+        bytes: &[u8],
+        checked: &CheckedBatches,
+        next_offset: u64,
+    ) -> (u64, Skip) {
         match self.skip {
             Skip::Nothing => (0, Skip::Nothing),
             Skip::BelowOffset(offset) => (offset, Skip::Nothing),
             Skip::UntilTimestampMs(timestamp_ms) => {
-                let found = BatchIter::new(bytes).map_while(Result::ok).find_map(|batch| {
-                    let records = batch.records();
-                    records
-                        .iter()
-                        .map_while(Result::ok)
-                        .find(|record| record.timestamp.0 >= timestamp_ms)
-                        .map(|record| record.offset.0)
-                });
+                let mut records = Records::new(bytes, checked, 0);
+                let found = std::iter::from_fn(|| records.next_checked())
+                    .map_while(Result::ok)
+                    .find(|record| record.timestamp_ms >= timestamp_ms)
+                    .map(|record| record.offset);
                 match found {
                     Some(offset) => (offset, Skip::Nothing),
                     None => (next_offset, self.skip),
@@ -177,11 +180,15 @@ impl Consumer {
         let Some(answer) = self.stream.message().await.map_err(stream_error)? else {
             return Ok(None);
         };
-        let (from, skip) = self.first_wanted(&answer.raw_batches, answer.next_offset);
-        self.skip = skip;
         let checked = CheckedBatches::check(&answer.raw_batches).map_err(|source| {
-            ConsumeError::Corrupt { offset: self.position.unwrap_or(from), source }
+            let wanted = match self.skip {
+                Skip::BelowOffset(offset) => offset,
+                Skip::Nothing | Skip::UntilTimestampMs(_) => 0,
+            };
+            ConsumeError::Corrupt { offset: self.position.unwrap_or(wanted), source }
         })?;
+        let (from, skip) = self.first_wanted(&answer.raw_batches, &checked, answer.next_offset);
+        self.skip = skip;
         let records = checked
             .headers
             .iter()

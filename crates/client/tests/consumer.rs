@@ -5,13 +5,22 @@ mod common;
 
 use common::TestServer;
 use spool_client::{
-    Client, ConsumeError, ErrorCode, Follow, Fsync, Header, ProducerConfig, Record, StartAt,
+    Client, Codec, ConsumeError, ErrorCode, Follow, Fsync, Header, ProducerConfig, Record, StartAt,
 };
 
 /// Produces `count` records with values "0", "1", ... in batches of `batch` records, and
 /// timestamps 1000 * n.
 async fn fill(client: &Client, topic: &str, count: u32, batch: u32) {
-    let config = ProducerConfig { batch_records_max: batch, ..ProducerConfig::default() };
+    fill_compressed(client, topic, count, batch, Codec::None).await;
+}
+
+/// [`fill`], each batch compressed with `codec`.
+async fn fill_compressed(client: &Client, topic: &str, count: u32, batch: u32, codec: Codec) {
+    let config = ProducerConfig {
+        batch_records_max: batch,
+        compression: codec,
+        ..ProducerConfig::default()
+    };
     let producer = client.producer(topic, config).await.unwrap();
     for n in 0..count {
         let value = n.to_string();
@@ -52,6 +61,13 @@ async fn replays_from_every_kind_of_start() {
     assert_eq!(replay(&client, "history", StartAt::Offset(13)).await, expected(13..50));
     assert_eq!(replay(&client, "history", StartAt::TimestampMs(20_500)).await, expected(21..50));
     assert_eq!(replay(&client, "history", StartAt::Latest).await, expected(50..50));
+
+    // The same from compressed batches.
+    let client = server.with_topic("zipped", 1, Fsync::Always).await;
+    fill_compressed(&client, "zipped", 50, 8, Codec::Zstd).await;
+    assert_eq!(replay(&client, "zipped", StartAt::Earliest).await, expected(0..50));
+    assert_eq!(replay(&client, "zipped", StartAt::Offset(13)).await, expected(13..50));
+    assert_eq!(replay(&client, "zipped", StartAt::TimestampMs(20_500)).await, expected(21..50));
     server.shutdown().await;
 }
 
