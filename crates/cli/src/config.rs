@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 use serde::Deserialize;
+use spool_server::AdvertisedAddress;
 use spool_server::limits::PARTITIONS_TOTAL_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -60,6 +61,15 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     http_allowed_origins: Option<Vec<String>>,
+    /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, fetch, metadata and
+    /// offsets; see docs/kafka.md). Plain TCP without authentication: loopback only unless
+    /// allow_insecure_remote, and not beside tokens [default: off].
+    #[arg(long, env = "SPOOL_KAFKA", value_name = "IP:PORT")]
+    kafka: Option<SocketAddr>,
+    /// The HOST:PORT Kafka clients are told to connect to (Metadata's broker address)
+    /// [default: the address --kafka is bound to].
+    #[arg(long, env = "SPOOL_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
+    kafka_advertised: Option<AdvertisedAddress>,
     /// The log filter, as in RUST_LOG (`info`, `spool_server=debug,warn`, ...)
     /// [default: RUST_LOG if set, else info].
     #[arg(long, env = "SPOOL_LOG", value_name = "FILTER")]
@@ -101,6 +111,8 @@ struct FileSettings {
     metrics: Option<SocketAddr>,
     http: Option<SocketAddr>,
     http_allowed_origins: Option<Vec<String>>,
+    kafka: Option<SocketAddr>,
+    kafka_advertised: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     tls_cert: Option<PathBuf>,
@@ -136,6 +148,8 @@ pub(crate) struct ServeConfig {
     pub(crate) metrics: Setting<Option<SocketAddr>>,
     pub(crate) http: Setting<Option<SocketAddr>>,
     pub(crate) http_allowed_origins: Setting<Vec<String>>,
+    pub(crate) kafka: Setting<Option<SocketAddr>>,
+    pub(crate) kafka_advertised: Setting<Option<AdvertisedAddress>>,
     pub(crate) log: Setting<String>,
     pub(crate) log_format: Setting<LogFormat>,
     pub(crate) tls_cert: Setting<Option<PathBuf>>,
@@ -215,6 +229,17 @@ impl ServeConfig {
                 file.http_allowed_origins,
                 Some(Vec::new()),
             )),
+            kafka: pick(matches, "kafka", args.kafka, file.kafka, None),
+            kafka_advertised: pick(
+                matches,
+                "kafka_advertised",
+                args.kafka_advertised,
+                file.kafka_advertised
+                    .map(|text| text.parse::<AdvertisedAddress>())
+                    .transpose()
+                    .map_err(|reason| anyhow::anyhow!("kafka_advertised: {reason}"))?,
+                None,
+            ),
             log: required(pick(
                 matches,
                 "log",
@@ -312,6 +337,26 @@ impl ServeConfig {
                  allow_insecure_remote to accept the risk"
             );
         }
+        // The Kafka listener has neither TLS nor authentication yet.
+        if let Some(kafka) = self.kafka.value {
+            if self.tokens.value.is_some() {
+                bail!(
+                    "kafka: the Kafka listener has no authentication yet, so it cannot be served \
+                     beside tokens (any Kafka client could read and write every topic): leave \
+                     kafka unset, or serve without tokens"
+                );
+            }
+            if !kafka.ip().is_loopback() && !self.allow_insecure_remote.value {
+                bail!(
+                    "kafka: {kafka} is not a loopback address, and the Kafka listener speaks plain \
+                     TCP without authentication: listen on 127.0.0.1, or set \
+                     allow_insecure_remote to accept the risk"
+                );
+            }
+        }
+        if self.kafka_advertised.value.is_some() && self.kafka.value.is_none() {
+            bail!("kafka_advertised is set but kafka is not: set kafka to serve Kafka clients");
+        }
         for origin in &self.http_allowed_origins.value {
             spool_server::check_allowed_origin(origin)
                 .map_err(|reason| anyhow::anyhow!("http_allowed_origins: {reason}"))?;
@@ -366,6 +411,12 @@ impl ServeConfig {
             "http_allowed_origins",
             Some(format!("[{}]", origins.join(", "))),
             self.http_allowed_origins.source,
+        );
+        line("kafka", self.kafka.value.map(|a| quoted(&a.to_string())), self.kafka.source);
+        line(
+            "kafka_advertised",
+            self.kafka_advertised.value.as_ref().map(|a| quoted(&a.to_string())),
+            self.kafka_advertised.source,
         );
         line("log", Some(quoted(&self.log.value)), self.log.source);
         let format = match self.log_format.value {
@@ -448,5 +499,38 @@ mod tests {
         assert!(!refused.contains("  "), "one space between words: {refused}");
         let origin = resolve(&["serve", "--http-allowed-origin", "events.example"]).unwrap_err();
         assert!(origin.to_string().contains("http_allowed_origins"), "{origin}");
+    }
+
+    #[test]
+    fn the_kafka_listener_is_off_by_default_loopback_only_and_not_beside_tokens() {
+        let config = resolve(&["serve"]).unwrap();
+        assert_eq!(config.kafka.value, None);
+        assert!(config.to_toml().contains("# kafka =  # not set"));
+        let config = resolve(&[
+            "serve",
+            "--kafka",
+            "127.0.0.1:9092",
+            "--kafka-advertised",
+            "broker.example:19092",
+        ])
+        .unwrap();
+        assert_eq!(config.kafka.value, Some(SocketAddr::from(([127, 0, 0, 1], 9092))));
+        assert!(config.to_toml().contains("kafka = \"127.0.0.1:9092\"  # flag"));
+        assert!(config.to_toml().contains("kafka_advertised = \"broker.example:19092\"  # flag"));
+        let refused = resolve(&["serve", "--kafka", "0.0.0.0:9092"]).unwrap_err().to_string();
+        assert!(refused.contains("kafka: 0.0.0.0:9092 is not a loopback address"), "{refused}");
+        assert!(!refused.contains("  "), "one space between words: {refused}");
+        let accepted =
+            resolve(&["serve", "--kafka", "0.0.0.0:9092", "--allow-insecure-remote"]).unwrap();
+        assert_eq!(accepted.kafka.value, Some(SocketAddr::from(([0, 0, 0, 0], 9092))));
+        let refused = resolve(&["serve", "--kafka", "127.0.0.1:9092", "--tokens", "tokens.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no authentication"), "{refused}");
+        let refused = resolve(&["serve", "--kafka-advertised", "h:1"]).unwrap_err().to_string();
+        assert!(refused.contains("kafka is not"), "{refused}");
+        assert!(
+            resolve(&["serve", "--kafka", "127.0.0.1:9092", "--kafka-advertised", "h"]).is_err()
+        );
     }
 }

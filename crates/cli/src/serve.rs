@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use spool_server::auth::Authenticator;
-use spool_server::{ServeOptions, TlsConfig};
+use spool_server::{AdvertisedAddress, ServeOptions, TlsConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{LogFormat, ServeConfig};
@@ -107,6 +107,25 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let kafka = match config.kafka.value {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("kafka: cannot listen on {at}"))?;
+            let address = listener.local_addr()?;
+            let advertised = config
+                .kafka_advertised
+                .value
+                .clone()
+                .unwrap_or_else(|| AdvertisedAddress::from(address));
+            tracing::info!(%address, %advertised, "Kafka clients at {address}, told to connect to {advertised}");
+            if !address.ip().is_loopback() {
+                tracing::warn!(%address, "the Kafka listener speaks plain TCP without authentication on a non-loopback address (allow_insecure_remote): anyone who can reach it can read and write every topic");
+            }
+            Some(listener)
+        }
+        None => None,
+    };
     let data = &config.data.value;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, data = %data.display(), tls = tls.is_some(), mutual_tls = config.tls_client_ca.value.is_some(), tokens = tokens.is_some(), "bound to {scheme}://{address}; opening the data directory");
@@ -135,6 +154,8 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         metrics,
         http,
         http_allowed_origins: config.http_allowed_origins.value.clone(),
+        kafka,
+        kafka_advertised: config.kafka_advertised.value.clone(),
         serving: Some(serving),
         connection_timeouts: Default::default(),
         partitions_max: config.partitions_max.value,

@@ -34,6 +34,7 @@ mod groups;
 mod http;
 mod idempotence;
 mod internal_log;
+mod kafka;
 pub mod limits;
 pub mod metrics;
 mod partition;
@@ -65,6 +66,7 @@ use tonic_health::server::HealthReporter;
 
 pub use connection::ConnectionTimeouts;
 pub use http::check_allowed_origin;
+pub use kafka::AdvertisedAddress;
 pub use metrics::{Metrics, RecoverySummary};
 pub use serving::TlsConfig;
 
@@ -99,6 +101,13 @@ pub enum RunError {
     MetricsEndpoint(std::io::Error),
     #[error("serving the browser listener (--http) failed: {0}")]
     HttpEndpoint(std::io::Error),
+    #[error("serving the Kafka listener (--kafka) failed: {0}")]
+    KafkaEndpoint(std::io::Error),
+    #[error(
+        "the Kafka listener (--kafka) has no authentication yet, so it cannot be served beside \
+         tokens (every Kafka client could do anything): leave it off, or serve without tokens"
+    )]
+    KafkaWithTokens,
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(
@@ -125,6 +134,12 @@ pub struct ServeOptions {
     /// may write and open WebSockets there, and whose hosts it answers (see the `http`
     /// module's `origin`). Check each with [`check_allowed_origin`].
     pub http_allowed_origins: Vec<String>,
+    /// Where to serve Kafka clients (see the `kafka` module). It starts once the data
+    /// directory is open. Refused beside `tokens`: it has no authentication yet.
+    pub kafka: Option<TcpListener>,
+    /// What Metadata tells Kafka clients to connect to; `None`: the Kafka listener's own
+    /// address.
+    pub kafka_advertised: Option<AdvertisedAddress>,
     /// Told once the data directory is open and health says SERVING.
     pub serving: Option<tokio::sync::oneshot::Sender<()>>,
     /// How long a connection to either listener may take to make its first request, and
@@ -294,10 +309,25 @@ pub async fn serve(
         metrics,
         http,
         http_allowed_origins,
+        kafka,
+        kafka_advertised,
         serving: told,
         connection_timeouts: timeouts,
         partitions_max: _,
     } = options;
+    if kafka.is_some() && tokens.is_some() {
+        return Err(RunError::KafkaWithTokens);
+    }
+    let kafka = match kafka {
+        Some(listener) => {
+            let advertised = match kafka_advertised {
+                Some(advertised) => advertised,
+                None => listener.local_addr().map_err(RunError::KafkaEndpoint)?.into(),
+            };
+            Some((listener, advertised, timeouts))
+        }
+        None => None,
+    };
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let services = Services::gated();
@@ -333,7 +363,7 @@ pub async fn serve(
     };
     let _ = opened_topics.set(server.topics.clone());
     let http = http.map(|listener| (listener, http_allowed_origins, timeouts));
-    let live = go_live(&server, &services, tokens, http, &stop_serving, &reporter).await;
+    let live = go_live(&server, &services, tokens, http, kafka, &stop_serving, &reporter).await;
     if let Some(told) = told {
         let _ = told.send(());
     }
@@ -346,6 +376,7 @@ pub async fn serve(
     // Posts in flight finish before the logs close; a browser that reads nothing is not
     // waited for past the grace period.
     let http_served = finish_http(live.http_endpoint, grace_end).await;
+    let kafka_served = finish_kafka(live.kafka_endpoint, grace_end).await;
     let closed = server.close().await;
     if let Some(endpoint) = metrics_endpoint {
         match endpoint.await {
@@ -354,6 +385,7 @@ pub async fn serve(
         }
     }
     http_served?;
+    kafka_served?;
     served?;
     closed
 }
@@ -405,6 +437,7 @@ fn listen(
 /// What runs beside the gRPC listener once the server is live.
 struct Live {
     http_endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    kafka_endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     reloading: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -415,6 +448,7 @@ async fn go_live(
     services: &Services,
     tokens: Option<Arc<Authenticator>>,
     http: Option<(TcpListener, Vec<String>, ConnectionTimeouts)>,
+    kafka: Option<(TcpListener, AdvertisedAddress, ConnectionTimeouts)>,
     stop_serving: &CancellationToken,
     reporter: &HealthReporter,
 ) -> Live {
@@ -426,6 +460,11 @@ async fn go_live(
             http::serve(listener, topics, auth, &allowed_origins, timeouts, stop).await
         })
     });
+    let kafka_endpoint = kafka.map(|(listener, advertised, timeouts)| {
+        let (topics, producer_ids) = (server.topics.clone(), server.producer_ids.clone());
+        let stop = stop_serving.clone();
+        tokio::spawn(kafka::serve(listener, topics, producer_ids, advertised, timeouts, stop))
+    });
     let reloading = tokens.map(|tokens| {
         // Loaded before the metrics recorder was installed, perhaps.
         metrics::token_file_loaded(true);
@@ -433,7 +472,7 @@ async fn go_live(
     });
     set_health(reporter, ServingStatus::Serving).await;
     tracing::info!("serving");
-    Live { http_endpoint, reloading }
+    Live { http_endpoint, kafka_endpoint, reloading }
 }
 
 /// Serves until `shutdown`; then turns health NOT_SERVING, ends streams, stops accepting
@@ -489,6 +528,30 @@ async fn finish_http(
         }
         Err(_) => {
             tracing::warn!("browser connections still open after the grace period; closing them");
+            endpoint.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Waits for the Kafka listener's connections to finish the requests they have read, until
+/// the shutdown's grace ends (or a grace from now, when serving ended by itself).
+async fn finish_kafka(
+    endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    grace_end: Option<tokio::time::Instant>,
+) -> Result<(), RunError> {
+    let Some(mut endpoint) = endpoint else {
+        return Ok(());
+    };
+    let deadline = grace_end.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+    match tokio::time::timeout_at(deadline, &mut endpoint).await {
+        Ok(Ok(result)) => result.map_err(RunError::KafkaEndpoint),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the Kafka listener panicked");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("Kafka connections still open after the grace period; closing them");
             endpoint.abort();
             Ok(())
         }

@@ -130,6 +130,30 @@ pub const HTTP_STREAMS_PER_TOKEN_MAX: usize = HTTP_STREAMS_MAX / 4;
 /// WebSocket ping), so proxies and browsers see the connection is alive.
 pub const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+// The Kafka listener (`--kafka`).
+
+/// Connections the Kafka listener holds open at once; past it, it accepts nothing more until
+/// one closes.
+pub const KAFKA_CONNECTIONS_MAX: usize = 1024;
+/// The largest request frame the Kafka listener reads (Kafka's `socket.request.max.bytes`):
+/// a larger 4-byte length prefix closes the connection before the body is read. Room for two
+/// largest batches, as one produce request may carry batches for several partitions.
+pub const KAFKA_REQUEST_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize + 1024 * 1024;
+/// Requests one Kafka connection has read but not yet answered; past it, the connection reads
+/// nothing more until the oldest is answered (clients pipeline, answers go in order).
+pub const KAFKA_REQUESTS_IN_FLIGHT_MAX: usize = 16;
+/// Bytes the whole Kafka listener holds for requests read and answers being built: each
+/// request takes its frame's size from this budget before its body is read, and a fetch also
+/// takes its answer's largest size before it reads the log; both are given back once the
+/// answer is written. A request that finds no room waits, reading nothing more.
+pub const KAFKA_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
+/// The most log bytes one Kafka fetch answers, over all its partitions (a client's larger
+/// `max_bytes` is served as this; the first batch is sent whole even past it, as Kafka does).
+pub const KAFKA_FETCH_BYTES_MAX: u32 = spool_proto::limits::FETCH_BYTES_MAX;
+/// The longest a Kafka fetch waits for records (a client's larger `max_wait_ms` waits this).
+pub const KAFKA_FETCH_WAIT_MAX: Duration =
+    Duration::from_millis(spool_proto::limits::FETCH_WAIT_MS_MAX as u64);
+
 // The server as a whole.
 
 /// Connections the metrics listener holds open at once (scrapers are few).
@@ -174,3 +198,12 @@ const _: () =
 // it, browser streams' keep-alives well inside it.
 const _: () = assert!(HTTP_KEEP_ALIVE.as_secs() * 2 <= CONNECTION_IDLE_TIMEOUT.as_secs());
 const _: () = assert!(CONNECTION_HANDSHAKE_TIMEOUT.as_secs() < CONNECTION_IDLE_TIMEOUT.as_secs());
+// A Kafka request that carries a largest batch fits in a frame, and the largest frame and the
+// largest fetch answer (its budget and one whole batch past it) each fit in the listener's
+// budget, so no single request waits for room that can never exist.
+const _: () = assert!(KAFKA_REQUEST_BYTES_MAX > BATCH_BYTES_MAX as usize);
+const _: () = assert!(KAFKA_BYTES_IN_FLIGHT_MAX >= KAFKA_REQUEST_BYTES_MAX);
+const _: () =
+    assert!(KAFKA_BYTES_IN_FLIGHT_MAX >= (KAFKA_FETCH_BYTES_MAX + BATCH_BYTES_MAX) as usize);
+const _: () = assert!(KAFKA_BYTES_IN_FLIGHT_MAX <= u32::MAX as usize);
+const _: () = assert!(KAFKA_REQUESTS_IN_FLIGHT_MAX >= 1);

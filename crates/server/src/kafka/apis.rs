@@ -1,0 +1,109 @@
+//! ApiVersions and Metadata: what the listener serves, and the one broker that serves it.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::{StrBytes, VersionRange};
+
+use super::Shared;
+use super::codes::error_code;
+
+/// Every API served and the versions of it, and nothing else: ApiVersions advertises exactly
+/// this. Versions from 13 of Fetch and 10 of Metadata identify topics by id, which Spool's
+/// topics do not have yet; ListOffsets 7 adds the max-timestamp lookup, not served yet.
+const SERVED: [(ApiKey, VersionRange); 5] = [
+    (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
+    (ApiKey::Metadata, VersionRange { min: 1, max: 9 }),
+    (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
+    (ApiKey::Fetch, VersionRange { min: 4, max: 11 }),
+    (ApiKey::ListOffsets, VersionRange { min: 1, max: 6 }),
+];
+
+/// The one broker's node id: Metadata names it as every partition's leader.
+pub(super) const NODE_ID: i32 = 0;
+
+/// The versions of `api` served, if it is.
+pub(super) fn served(api: ApiKey) -> Option<VersionRange> {
+    SERVED.iter().find(|(served, _)| *served == api).map(|(_, range)| *range)
+}
+
+fn api_keys() -> Vec<ApiVersion> {
+    SERVED
+        .iter()
+        .map(|(api, range)| {
+            ApiVersion::default()
+                .with_api_key(*api as i16)
+                .with_min_version(range.min)
+                .with_max_version(range.max)
+        })
+        .collect()
+}
+
+pub(super) fn api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(api_keys())
+}
+
+/// The answer to an ApiVersions version not served, sent as v0: the client picks a served
+/// version from the list and asks again.
+pub(super) fn unsupported_api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(api_keys())
+}
+
+/// One broker (the advertised address), and the topics asked for (every topic when the
+/// request names none, or null), each partition led by that broker. A topic that does not
+/// exist is UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata request.
+pub(super) fn metadata(shared: &Shared, request: MetadataRequest) -> MetadataResponse {
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(StrBytes::from_string(shared.advertised.host.clone()))
+        .with_port(i32::from(shared.advertised.port));
+    let topics = match request.topics {
+        None => shared
+            .topics
+            .topics()
+            .iter()
+            .map(|topic| described(shared, topic.name.as_str()))
+            .collect(),
+        Some(asked) => asked
+            .iter()
+            .map(|asked| match &asked.name {
+                Some(name) => described(shared, name.as_str()),
+                None => MetadataResponseTopic::default()
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            })
+            .collect(),
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(StrBytes::from_static_str("spool")))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+fn described(shared: &Shared, name: &str) -> MetadataResponseTopic {
+    let answer = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
+        .with_topic_authorized_operations(i32::MIN);
+    let topic = match shared.topics.topic(name) {
+        Ok(topic) => topic,
+        Err(error) => return answer.with_error_code(error_code(&error)),
+    };
+    let partitions = (0..topic.config().partitions())
+        .map(|partition| {
+            MetadataResponsePartition::default()
+                .with_partition_index(partition as i32)
+                .with_leader_id(BrokerId(NODE_ID))
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+        })
+        .collect();
+    answer.with_partitions(partitions)
+}

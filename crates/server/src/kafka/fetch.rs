@@ -1,0 +1,322 @@
+//! Fetch and ListOffsets: reads by offset, as gRPC's fetch reads.
+//!
+//! A fetch answers each partition's stored batches from the one holding the fetch offset (the
+//! client skips the records before it), each batch's Kafka bytes as stored (`kafka_bytes`: the
+//! batch after Spool's frame, with the offsets stamped at append). The high watermark and the
+//! last stable offset are both the visible end (there are no transactions, so the aborted list
+//! is empty and `read_committed` reads what `read_uncommitted` does). At most
+//! [`KAFKA_FETCH_BYTES_MAX`] bytes (or the client's smaller `max_bytes`) are answered, but
+//! the first batch is sent whole even past it; a partition's read is bounded by its
+//! `partition_max_bytes` the same way. When nothing is there, the fetch waits for any of its
+//! partitions to change, up to `max_wait_ms` (at most [`KAFKA_FETCH_WAIT_MAX`]); `min_bytes`
+//! is treated as 1. Fetch sessions are not served: only a sessionless fetch (session id 0,
+//! epoch -1 or 0) is, and its answer's session id 0 tells the client none was created.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use spool_storage::batch::{BATCH_VERSION, BatchIter};
+use spool_storage::limits::BATCH_BYTES_MAX;
+use spool_storage::{Offset, ReadBatches, TimestampMs};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::codes::error_code;
+use crate::limits::{KAFKA_FETCH_BYTES_MAX, KAFKA_FETCH_WAIT_MAX};
+use crate::partition::Partition;
+
+/// ListOffsets' special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+/// One partition a fetch asks for.
+struct Wanted {
+    index: i32,
+    partition: Result<Arc<Partition>, i16>,
+    offset: i64,
+    bytes_max: u32,
+}
+
+pub(super) async fn fetch(
+    shared: &Shared,
+    request: FetchRequest,
+    held: &mut Vec<OwnedSemaphorePermit>,
+) -> FetchResponse {
+    let refused = |error: ResponseError| {
+        FetchResponse::default().with_error_code(error.code()).with_session_id(0)
+    };
+    if request.session_id != 0 {
+        return refused(ResponseError::FetchSessionIdNotFound);
+    }
+    if !matches!(request.session_epoch, -1 | 0) {
+        return refused(ResponseError::InvalidFetchSessionEpoch);
+    }
+    let bytes_max = u32::try_from(request.max_bytes)
+        .ok()
+        .filter(|bytes| *bytes > 0)
+        .map_or(KAFKA_FETCH_BYTES_MAX, |bytes| bytes.min(KAFKA_FETCH_BYTES_MAX));
+    // The answer's largest size: the budget, and one batch past it.
+    let answer_bytes = bytes_max + BATCH_BYTES_MAX;
+    held.push(
+        shared
+            .bytes
+            .clone()
+            .acquire_many_owned(answer_bytes)
+            .await
+            .expect("the budget is never closed"),
+    );
+    let wait_ms = u64::try_from(request.max_wait_ms).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_millis(wait_ms).min(KAFKA_FETCH_WAIT_MAX);
+    let topics: Vec<(TopicName, Vec<Wanted>)> = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let found = shared.topics.topic(topic.topic.0.as_str());
+            let wanted = topic
+                .partitions
+                .iter()
+                .map(|p| Wanted {
+                    index: p.partition,
+                    partition: match &found {
+                        Ok(found) => u32::try_from(p.partition)
+                            .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
+                            .and_then(|i| found.partition(i).cloned().map_err(|e| error_code(&e))),
+                        Err(error) => Err(error_code(error)),
+                    },
+                    offset: p.fetch_offset,
+                    bytes_max: u32::try_from(p.partition_max_bytes).unwrap_or(0).max(1),
+                })
+                .collect();
+            (topic.topic, wanted)
+        })
+        .collect();
+    let mut changes: Vec<_> = topics
+        .iter()
+        .flat_map(|(_, wanted)| wanted.iter())
+        .filter_map(|wanted| wanted.partition.as_ref().ok().map(|p| p.watch()))
+        .collect();
+    loop {
+        for change in &mut changes {
+            change.borrow_and_update();
+        }
+        let (answer, found) = read_all(&topics, bytes_max).await;
+        if found || Instant::now() >= deadline {
+            return FetchResponse::default().with_session_id(0).with_responses(answer);
+        }
+        let stop = shared.topics.streams_stop.clone();
+        if changes.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = stop.cancelled() => {}
+            }
+        } else {
+            let any_change =
+                futures_util::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+            tokio::select! {
+                _ = any_change => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        if stop.is_cancelled() {
+            let (answer, _) = read_all(&topics, bytes_max).await;
+            return FetchResponse::default().with_session_id(0).with_responses(answer);
+        }
+    }
+}
+
+/// Reads every partition once; with whether anything was found (records or an error: either
+/// ends the wait).
+async fn read_all(
+    topics: &[(TopicName, Vec<Wanted>)],
+    bytes_max: u32,
+) -> (Vec<FetchableTopicResponse>, bool) {
+    let mut left = bytes_max;
+    let mut found = false;
+    let mut any_records = false;
+    let mut answer = Vec::with_capacity(topics.len());
+    for (name, wanted) in topics {
+        let mut partitions = Vec::with_capacity(wanted.len());
+        for wanted in wanted {
+            let data = PartitionData::default()
+                .with_partition_index(wanted.index)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_aborted_transactions(Some(Vec::new()))
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(Bytes::new()));
+            let read = match &wanted.partition {
+                Err(code) => Err(*code),
+                Ok(partition) => read_one(partition, wanted, left, any_records).await,
+            };
+            let data = match read {
+                Err(code) => {
+                    found = true;
+                    data.with_error_code(code)
+                }
+                Ok(Answered { records, high_watermark, log_start_offset }) => {
+                    if !records.is_empty() {
+                        found = true;
+                        any_records = true;
+                        left = left.saturating_sub(records.len() as u32);
+                    }
+                    data.with_high_watermark(high_watermark)
+                        .with_last_stable_offset(high_watermark)
+                        .with_log_start_offset(log_start_offset)
+                        .with_records(Some(records))
+                }
+            };
+            partitions.push(data);
+        }
+        answer.push(
+            FetchableTopicResponse::default().with_topic(name.clone()).with_partitions(partitions),
+        );
+    }
+    (answer, found)
+}
+
+struct Answered {
+    records: Bytes,
+    high_watermark: i64,
+    log_start_offset: i64,
+}
+
+/// One partition's read: its batches' Kafka bytes, within `left` bytes unless it is the first
+/// data of the answer (`any_records` false), which is sent whole.
+async fn read_one(
+    partition: &Arc<Partition>,
+    wanted: &Wanted,
+    left: u32,
+    any_records: bool,
+) -> Result<Answered, i16> {
+    let offset =
+        u64::try_from(wanted.offset).map_err(|_| ResponseError::OffsetOutOfRange.code())?;
+    let bytes_max = wanted.bytes_max.min(left).max(1);
+    let read = if any_records && left == 0 {
+        None
+    } else {
+        Some(partition.read(Offset(offset), bytes_max).await.map_err(|e| error_code(&e))?)
+    };
+    let Some(read) = read.filter(|read| !any_records || read.bytes.len() <= left as usize) else {
+        // No room left in this answer: the partition's ends, and no records.
+        let state = partition.state().map_err(|e| error_code(&e))?;
+        return Ok(Answered {
+            records: Bytes::new(),
+            high_watermark: state.log_end_offset.0 as i64,
+            log_start_offset: state.log_start_offset.0 as i64,
+        });
+    };
+    let records = kafka_records(partition, &read)?;
+    partition.metrics.consumed(read.next_offset.0.saturating_sub(offset), records.len());
+    Ok(Answered {
+        records,
+        high_watermark: read.log_end_offset.0 as i64,
+        log_start_offset: read.log_start_offset.0 as i64,
+    })
+}
+
+/// The Kafka batches inside a read's stored batches, back to back. A read checked every
+/// batch, so one that does not iterate is a bug, reported as a storage error; a batch in the
+/// old format 1 (written before Kafka batches were stored) has no Kafka form to send yet.
+fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Bytes, i16> {
+    if read.bytes.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let mut records = BytesMut::with_capacity(read.bytes.len());
+    for batch in BatchIter::new(&read.bytes) {
+        let unreadable = |reason: String| {
+            tracing::warn!(topic = %partition.topic(), partition = partition.id(), %reason, "a Kafka fetch cannot send a stored batch");
+            ResponseError::KafkaStorageError.code()
+        };
+        let batch = batch.map_err(|error| unreadable(error.to_string()))?;
+        if batch.header().version == BATCH_VERSION {
+            return Err(unreadable(
+                "it is in format version 1, which has no Kafka form".to_owned(),
+            ));
+        }
+        records.extend_from_slice(batch.kafka_bytes());
+    }
+    Ok(records.freeze())
+}
+
+/// ListOffsets at `version` (the leader epoch exists from version 4: 0, the only term there is).
+pub(super) async fn list_offsets(
+    shared: &Shared,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let leader_epoch = if version >= 4 { 0 } else { -1 };
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let found = shared.topics.topic(topic.name.0.as_str());
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for asked in &topic.partitions {
+            let answer = ListOffsetsPartitionResponse::default()
+                .with_partition_index(asked.partition_index)
+                .with_leader_epoch(leader_epoch);
+            let partition = match &found {
+                Ok(found) => u32::try_from(asked.partition_index)
+                    .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
+                    .and_then(|i| found.partition(i).cloned().map_err(|e| error_code(&e))),
+                Err(error) => Err(error_code(error)),
+            };
+            let answer = match partition {
+                Err(code) => answer.with_error_code(code).with_offset(-1).with_timestamp(-1),
+                Ok(partition) => match offset_for(&partition, asked.timestamp).await {
+                    Ok((offset, timestamp)) => answer.with_offset(offset).with_timestamp(timestamp),
+                    Err(code) => answer.with_error_code(code).with_offset(-1).with_timestamp(-1),
+                },
+            };
+            partitions.push(answer);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// The offset (and its record's timestamp) ListOffsets answers for `timestamp`: the log's
+/// start for EARLIEST, its visible end for LATEST, else the first record at or after the
+/// timestamp, or -1 (and timestamp -1) when there is none.
+async fn offset_for(partition: &Arc<Partition>, timestamp: i64) -> Result<(i64, i64), i16> {
+    let state = partition.state().map_err(|e| error_code(&e))?;
+    match timestamp {
+        EARLIEST => Ok((state.log_start_offset.0 as i64, -1)),
+        LATEST => Ok((state.log_end_offset.0 as i64, -1)),
+        at if at >= 0 => {
+            let offset = partition
+                .offset_for_timestamp(TimestampMs(at))
+                .await
+                .map_err(|e| error_code(&e))?;
+            let end = partition.state().map_err(|e| error_code(&e))?.log_end_offset;
+            if offset >= end {
+                return Ok((-1, -1));
+            }
+            let read = partition.read(offset, 1).await.map_err(|e| error_code(&e))?;
+            Ok((offset.0 as i64, record_timestamp(&read, offset).unwrap_or(at)))
+        }
+        _ => Err(ResponseError::InvalidRequest.code()),
+    }
+}
+
+/// The timestamp of the record at `offset` in a read.
+fn record_timestamp(read: &ReadBatches, offset: Offset) -> Option<i64> {
+    let batch = BatchIter::new(&read.bytes).next()?.ok()?;
+    let records = batch.records();
+    records.iter().find_map(|record| {
+        let record = record.ok()?;
+        (record.offset == offset).then_some(record.timestamp.0)
+    })
+}

@@ -1,0 +1,598 @@
+//! The Kafka listener, spoken to with Kafka's own message encoding (the `kafka-protocol`
+//! crate's client side) over a plain TCP connection, and by kafka-python, a client nobody here
+//! wrote (`tests/python/kafka_python_roundtrip.py`).
+//!
+//! kafka-python comes from `.ci/run`'s virtual environment at `target/ci/venv` (or the Python
+//! named by `SPOOL_PYTHON`); without it that test says why it skips, and with
+//! `SPOOL_REQUIRE_EXTERNAL_CLIENTS=1` (CI sets it) it fails instead.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::TestServer;
+use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use spool_proto::v1::fsync_policy::{Always, Never, Policy};
+use spool_server::{AdvertisedAddress, ServeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a test waits for an answer that should come at once.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const CORRUPT_MESSAGE: i16 = 2;
+const UNSUPPORTED_VERSION: i16 = 35;
+const INVALID_REQUIRED_ACKS: i16 = 21;
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+
+struct Kafka {
+    server: TestServer,
+    address: std::net::SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+async fn start(advertised: Option<AdvertisedAddress>) -> Kafka {
+    let data = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let options =
+        ServeOptions { kafka: Some(listener), kafka_advertised: advertised, ..Default::default() };
+    let server = TestServer::start_with(data.path(), options).await;
+    Kafka { server, address, _data: data }
+}
+
+/// One client connection, with its own correlation ids.
+struct Connection {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+impl Connection {
+    async fn open(kafka: &Kafka) -> Connection {
+        Connection { stream: TcpStream::connect(kafka.address).await.unwrap(), next_id: 1 }
+    }
+
+    /// Sends a request; returns its correlation id.
+    async fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str("spool-test")));
+        let mut frame = BytesMut::new();
+        frame.put_u32(0);
+        header.encode(&mut frame, api.request_header_version(version)).unwrap();
+        body.encode(&mut frame, version).unwrap();
+        let length = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        self.stream.write_all(&frame).await.unwrap();
+        id
+    }
+
+    /// Reads the next answer frame; `None` when the server closed the connection.
+    async fn receive_frame(&mut self) -> Option<Bytes> {
+        let read = async {
+            let length = self.stream.read_u32().await.ok()?;
+            let mut body = vec![0u8; length as usize];
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some(Bytes::from(body))
+        };
+        tokio::time::timeout(PATIENCE, read).await.expect("an answer or a close in time")
+    }
+
+    async fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> T {
+        let mut frame = self.receive_frame().await.expect("an answer, not a closed connection");
+        let header =
+            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, id, "answers come in order");
+        let body = T::decode(&mut frame, version).unwrap();
+        assert!(!frame.has_remaining(), "the whole answer decodes");
+        body
+    }
+
+    async fn call<Q: Encodable, A: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> A {
+        let id = self.send(api, version, body).await;
+        self.receive(api, version, id).await
+    }
+
+    /// Asserts the server closes the connection (after sending nothing more).
+    async fn assert_closed(&mut self) {
+        assert!(self.receive_frame().await.is_none(), "the server should close the connection");
+    }
+}
+
+fn name(text: &str) -> TopicName {
+    TopicName(StrBytes::from_string(text.to_owned()))
+}
+
+fn record(offset: i64, key: &str, value: &[u8], timestamp: i64) -> Record {
+    let mut headers = kafka_protocol::indexmap::IndexMap::new();
+    headers.insert(StrBytes::from_static_str("trace"), Some(Bytes::from_static(b"t-1")));
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        // One batch for all: the encoder groups records whose offset minus sequence is the same
+        // (the batch takes the first record's sequence, -1: not idempotent).
+        sequence: offset as i32 - 1,
+        timestamp,
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers,
+    }
+}
+
+/// A RecordBatch v2 of `count` records, as a Kafka client encodes one.
+fn batch(count: usize, prefix: &str, timestamp: i64) -> Bytes {
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            record(
+                i as i64,
+                &format!("{prefix}-{i}"),
+                format!("value {i}").as_bytes(),
+                timestamp + i as i64,
+            )
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+    buf.freeze()
+}
+
+/// The RecordBatch v2s in `records`, back to back.
+fn batches(records: &Bytes) -> Vec<Bytes> {
+    let mut rest = records.clone();
+    let mut batches = Vec::new();
+    while !rest.is_empty() {
+        let length = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+        batches.push(rest.split_to(12 + length));
+    }
+    batches
+}
+
+fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
+        TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
+            PartitionProduceData::default().with_index(partition).with_records(Some(records)),
+        ]),
+    ])
+}
+
+fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(50 * 1024 * 1024)
+        .with_isolation_level(1)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default().with_topic(name(topic)).with_partitions(vec![
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1024 * 1024),
+        ])])
+}
+
+async fn produce(
+    connection: &mut Connection,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> (i16, i64) {
+    let answer: ProduceResponse =
+        connection.call(ApiKey::Produce, 8, &produce_request(topic, partition, records, -1)).await;
+    let partition = &answer.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+async fn fetch(
+    connection: &mut Connection,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    wait_ms: i32,
+) -> FetchResponse {
+    connection.call(ApiKey::Fetch, 11, &fetch_request(topic, partition, offset, wait_ms)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() {
+    let kafka = start(None).await;
+    let mut connection = Connection::open(&kafka).await;
+    for version in 0..=3 {
+        let answer: ApiVersionsResponse =
+            connection.call(ApiKey::ApiVersions, version, &ApiVersionsRequest::default()).await;
+        assert_eq!(answer.error_code, 0);
+        let served: Vec<(i16, i16, i16)> =
+            answer.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        assert_eq!(served, vec![(18, 0, 3), (3, 1, 9), (0, 3, 8), (1, 4, 11), (2, 1, 6)]);
+    }
+    // A newer version than served: the v0 answer, UNSUPPORTED_VERSION with the served ranges.
+    let id = connection.send(ApiKey::ApiVersions, 4, &ApiVersionsRequest::default()).await;
+    let mut frame = connection.receive_frame().await.unwrap();
+    let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+    assert_eq!(header.correlation_id, id);
+    let answer = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(answer.error_code, UNSUPPORTED_VERSION);
+    assert_eq!(answer.api_keys.len(), 5);
+    // The connection still serves.
+    let _: ApiVersionsResponse =
+        connection.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_names_one_broker_and_the_topics_asked_for() {
+    let advertised: AdvertisedAddress = "broker.example:19092".parse().unwrap();
+    let kafka = start(Some(advertised)).await;
+    kafka.server.create_topic("orders", 3, Policy::Always(Always {})).await;
+    kafka.server.create_topic("audit", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    for version in [1, 4, 9] {
+        let all: MetadataResponse = connection
+            .call(ApiKey::Metadata, version, &MetadataRequest::default().with_topics(None))
+            .await;
+        assert_eq!(all.brokers.len(), 1);
+        assert_eq!(all.brokers[0].node_id.0, 0);
+        assert_eq!(all.brokers[0].host.as_str(), "broker.example");
+        assert_eq!(all.brokers[0].port, 19092);
+        assert_eq!(all.controller_id.0, 0);
+        let topics: Vec<(&str, usize)> = all
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().unwrap().0.as_str(), t.partitions.len()))
+            .collect();
+        assert_eq!(topics, vec![("audit", 1), ("orders", 3)]);
+        for partition in &all.topics[1].partitions {
+            assert_eq!(partition.error_code, 0);
+            assert_eq!(partition.leader_id.0, 0);
+            assert_eq!(partition.replica_nodes.iter().map(|n| n.0).collect::<Vec<_>>(), vec![0]);
+        }
+        let asked = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("orders"))),
+            MetadataRequestTopic::default().with_name(Some(name("missing"))),
+        ]));
+        let some: MetadataResponse = connection.call(ApiKey::Metadata, version, &asked).await;
+        assert_eq!(some.topics.len(), 2);
+        assert_eq!(some.topics[0].error_code, 0);
+        assert_eq!(some.topics[0].partitions.len(), 3);
+        assert_eq!(some.topics[1].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+    }
+    // Nothing was created by asking.
+    let all: MetadataResponse =
+        connection.call(ApiKey::Metadata, 9, &MetadataRequest::default().with_topics(None)).await;
+    assert_eq!(all.topics.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_produced_batch_is_fetched_back_byte_for_byte_by_kafka_and_grpc() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("events", 2, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let first = batch(3, "a", 1_700_000_000_000);
+    let second = batch(2, "b", 1_700_000_001_000);
+    assert_eq!(produce(&mut connection, "events", 1, first.clone()).await, (0, 0));
+    assert_eq!(produce(&mut connection, "events", 1, second.clone()).await, (0, 3));
+    // Two batches in one partition's records: both stored, the first's base offset answered.
+    let mut both = BytesMut::from(&first[..]);
+    both.extend_from_slice(&second);
+    assert_eq!(produce(&mut connection, "events", 1, both.freeze()).await, (0, 5));
+
+    let answer = fetch(&mut connection, "events", 1, 0, 0).await;
+    assert_eq!(answer.error_code, 0);
+    let partition = &answer.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 10);
+    assert_eq!(partition.last_stable_offset, 10);
+    assert_eq!(partition.log_start_offset, 0);
+    assert_eq!(partition.aborted_transactions.as_deref(), Some(&[][..]));
+    let records = partition.records.clone().unwrap();
+    // The bytes are the client's, but for the offset and leader epoch a broker stamps.
+    let sent: Vec<Bytes> =
+        [&first, &second, &first, &second].into_iter().flat_map(batches).collect();
+    let got = batches(&records);
+    assert_eq!(got.len(), sent.len());
+    let mut base_offset = 0;
+    for (got, sent) in got.iter().zip(&sent) {
+        assert_eq!(i64::from_be_bytes(got[..8].try_into().unwrap()), base_offset);
+        assert_eq!(got[8..12], sent[8..12], "batchLength");
+        assert_eq!(got[16..], sent[16..], "magic, CRC, attributes and records as sent");
+        base_offset += i64::from(u32::from_be_bytes(sent[23..27].try_into().unwrap())) + 1;
+    }
+    assert_eq!(base_offset, 10);
+    let mut decoding = records;
+    let sets = RecordBatchDecoder::decode_all(&mut decoding).unwrap();
+    let offsets: Vec<i64> = sets.iter().flat_map(|s| s.records.iter().map(|r| r.offset)).collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    let first_record = &sets[0].records[0];
+    assert_eq!(first_record.key.as_deref(), Some(&b"a-0"[..]));
+    assert_eq!(first_record.timestamp, 1_700_000_000_000);
+
+    // A fetch from the middle of a batch answers the whole batch holding it.
+    let middle = fetch(&mut connection, "events", 1, 4, 0).await;
+    let mut records = middle.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut records).unwrap();
+    assert_eq!(sets[0].records[0].offset, 3);
+
+    // gRPC reads what Kafka wrote: keys, values, headers and timestamps.
+    let consumed = kafka.server.fetch_all("events", 1, 0).await;
+    assert_eq!(consumed.len(), 10);
+    assert_eq!(consumed[0].key.as_deref(), Some(&b"a-0"[..]));
+    assert_eq!(consumed[0].value.as_deref(), Some(&b"value 0"[..]));
+    assert_eq!(consumed[0].timestamp_ms, 1_700_000_000_000);
+    assert_eq!(consumed[0].headers[0].key, "trace");
+    assert_eq!(consumed[4].key.as_deref(), Some(&b"b-1"[..]));
+
+    // Past the end: OFFSET_OUT_OF_RANGE; the other partition is empty.
+    let past = fetch(&mut connection, "events", 1, 11, 0).await;
+    assert_eq!(past.responses[0].partitions[0].error_code, OFFSET_OUT_OF_RANGE);
+    let empty = fetch(&mut connection, "events", 0, 0, 0).await;
+    assert_eq!(empty.responses[0].partitions[0].error_code, 0);
+    assert_eq!(empty.responses[0].partitions[0].high_watermark, 0);
+    assert_eq!(empty.responses[0].partitions[0].records.as_deref(), Some(&[][..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_at_the_end_waits_for_records_and_returns_when_they_arrive() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("waits", 1, Policy::Always(Always {})).await;
+    let mut waiting = Connection::open(&kafka).await;
+    // Nothing arrives: the answer comes, empty, once max_wait_ms has passed.
+    let started = std::time::Instant::now();
+    let empty = fetch(&mut waiting, "waits", 0, 0, 200).await;
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    assert_eq!(empty.responses[0].partitions[0].records.as_deref(), Some(&[][..]));
+    // A record produced while a fetch waits (up to a minute) ends the wait.
+    let id = waiting.send(ApiKey::Fetch, 11, &fetch_request("waits", 0, 0, 60_000)).await;
+    let mut producer = Connection::open(&kafka).await;
+    assert_eq!(produce(&mut producer, "waits", 0, batch(1, "w", 1_700_000_000_000)).await, (0, 0));
+    let answer: FetchResponse = waiting.receive(ApiKey::Fetch, 11, id).await;
+    let mut records = answer.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut records).unwrap();
+    assert_eq!(sets[0].records[0].key.as_deref(), Some(&b"w-0"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_offsets_answers_earliest_latest_and_by_timestamp() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("times", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    produce(&mut connection, "times", 0, batch(3, "t", 1_000)).await;
+    produce(&mut connection, "times", 0, batch(3, "u", 5_000)).await;
+    for version in [1, 6] {
+        let mut ask = async |timestamp: i64, partition: i32| {
+            list_offset(&mut connection, version, timestamp, partition).await
+        };
+        assert_eq!(ask(-2, 0).await, (0, 0, -1));
+        assert_eq!(ask(-1, 0).await, (0, 6, -1));
+        assert_eq!(ask(1_001, 0).await, (0, 1, 1_001));
+        assert_eq!(ask(3_000, 0).await, (0, 3, 5_000));
+        assert_eq!(ask(9_000, 0).await, (0, -1, -1));
+        assert_eq!(ask(-1, 7).await.0, UNKNOWN_TOPIC_OR_PARTITION);
+    }
+}
+
+/// ListOffsets for one partition of `times`: error code, offset, timestamp.
+async fn list_offset(
+    connection: &mut Connection,
+    version: i16,
+    timestamp: i64,
+    partition: i32,
+) -> (i16, i64, i64) {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default().with_name(name("times")).with_partitions(
+            vec![
+                ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(timestamp),
+            ],
+        )]);
+    let answer: ListOffsetsResponse = connection.call(ApiKey::ListOffsets, version, &request).await;
+    let p = &answer.topics[0].partitions[0];
+    (p.error_code, p.offset, p.timestamp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_refuses_bad_batches_unknown_topics_and_impossible_acks_storing_nothing() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("strict", 1, Policy::Always(Always {})).await;
+    kafka.server.create_topic("unsynced", 1, Policy::Never(Never {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let good = batch(2, "g", 1_000);
+    // A flipped byte in the records: the CRC-32C no longer matches.
+    let mut corrupt = BytesMut::from(&good[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    // A good batch followed by a bad one: neither is stored.
+    let mut mixed = BytesMut::from(&good[..]);
+    mixed.extend_from_slice(&corrupt);
+    for records in
+        [corrupt.freeze(), mixed.freeze(), Bytes::from_static(b"garbage!garbage!"), Bytes::new()]
+    {
+        assert_eq!(produce(&mut connection, "strict", 0, records).await.0, CORRUPT_MESSAGE);
+    }
+    assert_eq!(
+        produce(&mut connection, "missing", 0, good.clone()).await.0,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        produce(&mut connection, "strict", 5, good.clone()).await.0,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    // acks=-1 on a topic that never syncs is refused, as gRPC refuses acks=all; acks=1 works.
+    assert_eq!(
+        produce(&mut connection, "unsynced", 0, good.clone()).await.0,
+        INVALID_REQUIRED_ACKS
+    );
+    let answer: ProduceResponse =
+        connection.call(ApiKey::Produce, 8, &produce_request("unsynced", 0, good.clone(), 1)).await;
+    assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    let answer: ProduceResponse =
+        connection.call(ApiKey::Produce, 8, &produce_request("strict", 0, good.clone(), 2)).await;
+    assert_eq!(answer.responses[0].partition_responses[0].error_code, INVALID_REQUIRED_ACKS);
+    let end = fetch(&mut connection, "strict", 0, 0, 0).await;
+    assert_eq!(end.responses[0].partitions[0].high_watermark, 0, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_answered_in_order_and_acks_zero_gets_no_answer() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("piped", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    // Pipelined: a fetch that waits, then a produce that does not; answers in request order.
+    let fetching = connection.send(ApiKey::Fetch, 11, &fetch_request("piped", 0, 0, 300)).await;
+    let silent = produce_request("piped", 0, batch(1, "z", 1_000), 0);
+    connection.send(ApiKey::Produce, 8, &silent).await;
+    let versions = connection.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+    let _: FetchResponse = connection.receive(ApiKey::Fetch, 11, fetching).await;
+    // The acks=0 produce was stored, and answered nothing: the next answer is ApiVersions'.
+    let _: ApiVersionsResponse = connection.receive(ApiKey::ApiVersions, 3, versions).await;
+    let stored = fetch(&mut connection, "piped", 0, 0, 0).await;
+    assert_eq!(stored.responses[0].partitions[0].high_watermark, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_sessions_are_refused_and_sessionless_fetches_served() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("sessions", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let answer: FetchResponse = connection
+        .call(
+            ApiKey::Fetch,
+            11,
+            &fetch_request("sessions", 0, 0, 0).with_session_id(42).with_session_epoch(3),
+        )
+        .await;
+    assert_eq!(answer.error_code, FETCH_SESSION_ID_NOT_FOUND);
+    // A client asking to start a session (epoch 0) gets a sessionless answer: session id 0.
+    let answer: FetchResponse = connection
+        .call(ApiKey::Fetch, 11, &fetch_request("sessions", 0, 0, 0).with_session_epoch(0))
+        .await;
+    assert_eq!((answer.error_code, answer.session_id), (0, 0));
+    // Version 4, the oldest served.
+    let answer: FetchResponse =
+        connection.call(ApiKey::Fetch, 4, &fetch_request("sessions", 0, 0, 0)).await;
+    assert_eq!(answer.responses[0].partitions[0].error_code, 0);
+}
+
+/// Sends raw bytes and expects the connection closed, then checks the server still serves.
+async fn closes_on(kafka: &Kafka, bytes: &[u8]) {
+    let mut connection = Connection::open(kafka).await;
+    connection.stream.write_all(bytes).await.unwrap();
+    connection.assert_closed().await;
+    let mut fresh = Connection::open(kafka).await;
+    let answer: ApiVersionsResponse =
+        fresh.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+    assert_eq!(answer.error_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
+    let kafka = start(None).await;
+    // A length prefix over the limit: closed before any body is read.
+    closes_on(&kafka, &(u32::MAX).to_be_bytes()).await;
+    closes_on(&kafka, &(64u32 * 1024 * 1024).to_be_bytes()).await;
+    // Shorter than a request header.
+    closes_on(&kafka, &[0, 0, 0, 3, 1, 2, 3]).await;
+    // An unknown API key, and a known one not served (OffsetCommit).
+    for api_key in [999i16, 8] {
+        let mut frame = BytesMut::new();
+        frame.put_u32(10);
+        frame.put_i16(api_key);
+        frame.put_i16(0);
+        frame.put_i32(7);
+        frame.put_i16(-1);
+        closes_on(&kafka, &frame).await;
+    }
+    // A served API at a version not served.
+    let mut frame = BytesMut::new();
+    frame.put_u32(10);
+    frame.put_i16(ApiKey::Produce as i16);
+    frame.put_i16(2);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    closes_on(&kafka, &frame).await;
+    // A Metadata request whose body is garbage, and one cut short.
+    let mut frame = BytesMut::new();
+    frame.put_u32(14);
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(1);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    frame.put_i32(-5);
+    closes_on(&kafka, &frame).await;
+    let mut frame = BytesMut::new();
+    frame.put_u32(12);
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(1);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    frame.put_u16(0);
+    closes_on(&kafka, &frame).await;
+}
+
+/// kafka-python, unmodified, produces 100 records and reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_produces_and_consumes_back_what_it_wrote() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("SPOOL_PYTHON")
+        .map_or_else(|| root.join("target/ci/venv/bin/python"), std::path::PathBuf::from);
+    let has_kafka_python = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import kafka"])
+            .status()
+            .is_ok_and(|status| status.success());
+    if !has_kafka_python {
+        let message = format!(
+            "SKIPPED: no Python with kafka-python at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
+            python.display()
+        );
+        assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
+        eprintln!("{message}");
+        return;
+    }
+    let kafka = start(None).await;
+    kafka.server.create_topic("python", 2, Policy::Always(Always {})).await;
+    let script = root.join("tests/python/kafka_python_roundtrip.py");
+    let mut command = std::process::Command::new(&python);
+    command.arg(&script).arg(kafka.address.to_string()).arg("python");
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kafka-python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("consumed 100 records"), "{stdout}");
+    // What kafka-python wrote, gRPC reads.
+    let consumed = kafka.server.fetch_all("python", 1, 0).await;
+    assert_eq!(consumed.len(), 100);
+    assert_eq!(consumed[7].key.as_deref(), Some(&b"key-7"[..]));
+}
