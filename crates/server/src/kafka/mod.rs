@@ -17,6 +17,8 @@
 //!   both are given back once the answer is written.
 //! - Connections are counted and bounded ([`KAFKA_CONNECTIONS_MAX`]) and closed when they
 //!   stall, as the other listeners' are (`crate::connection`).
+//! - Requests with arrays are decoded by `decode`, which bounds every array by the bytes the
+//!   frame holds (`kafka-protocol` reserves room for whatever count a request claims).
 //!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
 //! (Fetch, ListOffsets); `codes` maps Spool's errors to Kafka's error codes. There is no
@@ -24,6 +26,7 @@
 
 mod apis;
 mod codes;
+mod decode;
 mod fetch;
 mod produce;
 
@@ -257,21 +260,21 @@ async fn handle(
     let frame = match api {
         ApiKey::ApiVersions => encode(api, version, correlation_id, &apis::api_versions())?,
         ApiKey::Metadata => {
-            let request = Decodable::decode(&mut request, version)
-                .map_err(|error| malformed(error.to_string()))?;
+            let request =
+                decode::metadata(request, version).map_err(|e| malformed(e.to_string()))?;
             encode(api, version, correlation_id, &apis::metadata(&shared, request))?
         }
         ApiKey::Produce => {
-            let request = Decodable::decode(&mut request, version)
-                .map_err(|error| malformed(error.to_string()))?;
+            let request =
+                decode::produce(request, version).map_err(|e| malformed(e.to_string()))?;
             match produce::produce(&shared, request).await {
                 Some(answer) => encode(api, version, correlation_id, &answer)?,
                 None => return Ok(Answer { frame: None, _held: held }),
             }
         }
         ApiKey::ListOffsets => {
-            let request = Decodable::decode(&mut request, version)
-                .map_err(|error| malformed(error.to_string()))?;
+            let request =
+                decode::list_offsets(request, version).map_err(|e| malformed(e.to_string()))?;
             encode(
                 api,
                 version,
@@ -280,8 +283,7 @@ async fn handle(
             )?
         }
         ApiKey::Fetch => {
-            let request = Decodable::decode(&mut request, version)
-                .map_err(|error| malformed(error.to_string()))?;
+            let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = fetch::fetch(&shared, request, &mut held).await;
             encode(api, version, correlation_id, &answer)?
         }
