@@ -558,6 +558,53 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
     closes_on(&kafka, &frame).await;
 }
 
+/// Waiting fetches hold none of the listener's byte budget: more of them than the budget has
+/// room for answers (each may answer up to 16 MiB) wait at once, and a produce still goes
+/// through and wakes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_waiting_fetches_do_not_hold_up_a_produce() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("crowd", 1, Policy::Always(Always {})).await;
+    let mut waiting = Vec::new();
+    for _ in 0..40 {
+        let mut connection = Connection::open(&kafka).await;
+        let id = connection.send(ApiKey::Fetch, 11, &fetch_request("crowd", 0, 0, 60_000)).await;
+        waiting.push((connection, id));
+    }
+    let mut producer = Connection::open(&kafka).await;
+    let produced =
+        tokio::time::timeout(PATIENCE, produce(&mut producer, "crowd", 0, batch(1, "c", 1_000)));
+    assert_eq!(produced.await.expect("the produce is answered while fetches wait"), (0, 0));
+    for (mut connection, id) in waiting {
+        let answer: FetchResponse = connection.receive(ApiKey::Fetch, 11, id).await;
+        assert_eq!(answer.responses[0].partitions[0].high_watermark, 1);
+    }
+}
+
+/// Shutdown ends a fetch that waits and finishes cleanly, without the grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_a_waiting_fetch_and_stops_cleanly() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("closing", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let id = connection.send(ApiKey::Fetch, 11, &fetch_request("closing", 0, 0, 60_000)).await;
+    // The fetch is read before shutdown: an ApiVersions behind it is answered only after it.
+    let Kafka { server, _data, .. } = kafka;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(8), server.shutdown())
+        .await
+        .expect("shutdown does not wait out the fetch or the grace period");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The fetch got an answer (empty) or its connection was closed, never a hang.
+    match connection.receive_frame().await {
+        None => {}
+        Some(mut frame) => {
+            let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+            assert_eq!(header.correlation_id, id);
+        }
+    }
+}
+
 /// A frame whose array claims more elements than it holds: `kafka-protocol`'s own decoder
 /// would reserve room for them all (over 100 GiB here) and abort the process.
 #[tokio::test(flavor = "multi_thread")]

@@ -144,8 +144,8 @@ pub const KAFKA_REQUEST_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize + 1024 *
 pub const KAFKA_REQUESTS_IN_FLIGHT_MAX: usize = 16;
 /// Bytes the whole Kafka listener holds for requests read and answers being built: each
 /// request takes its frame's size from this budget before its body is read, and a fetch also
-/// takes its answer's largest size before it reads the log; both are given back once the
-/// answer is written. A request that finds no room waits, reading nothing more.
+/// takes its answer's largest size before it reads the log (not while it waits for records);
+/// both are given back once the answer is written. A request that finds no room waits, reading nothing more.
 pub const KAFKA_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
 /// The most log bytes one Kafka fetch answers, over all its partitions (a client's larger
 /// `max_bytes` is served as this; the first batch is sent whole even past it, as Kafka does).

@@ -65,16 +65,6 @@ pub(super) async fn fetch(
         .ok()
         .filter(|bytes| *bytes > 0)
         .map_or(KAFKA_FETCH_BYTES_MAX, |bytes| bytes.min(KAFKA_FETCH_BYTES_MAX));
-    // The answer's largest size: the budget, and one batch past it.
-    let answer_bytes = bytes_max + BATCH_BYTES_MAX;
-    held.push(
-        shared
-            .bytes
-            .clone()
-            .acquire_many_owned(answer_bytes)
-            .await
-            .expect("the budget is never closed"),
-    );
     let wait_ms = u64::try_from(request.max_wait_ms).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_millis(wait_ms).min(KAFKA_FETCH_WAIT_MAX);
     let topics: Vec<(TopicName, Vec<Wanted>)> = request
@@ -100,20 +90,44 @@ pub(super) async fn fetch(
             (topic.topic, wanted)
         })
         .collect();
-    let mut changes: Vec<_> = topics
-        .iter()
-        .flat_map(|(_, wanted)| wanted.iter())
-        .filter_map(|wanted| wanted.partition.as_ref().ok().map(|p| p.watch()))
-        .collect();
+    wait_for_any(shared, &topics, deadline).await;
+    // The answer's largest size, the budget and one batch past it, taken only once there is
+    // something to read (or the wait is over): a waiting fetch holds none of the budget.
+    held.push(
+        shared
+            .bytes
+            .clone()
+            .acquire_many_owned(bytes_max + BATCH_BYTES_MAX)
+            .await
+            .expect("the budget is never closed"),
+    );
+    let answer = read_all(&topics, bytes_max).await;
+    FetchResponse::default().with_session_id(0).with_responses(answer)
+}
+
+/// Waits until a partition has something to answer at its fetch offset (records, or an
+/// error such as an offset out of range), `deadline` passes, or shutdown begins. Waits on
+/// the partitions' notifications, reading nothing.
+async fn wait_for_any(shared: &Shared, topics: &[(TopicName, Vec<Wanted>)], deadline: Instant) {
+    let wanted = || topics.iter().flat_map(|(_, wanted)| wanted.iter());
+    let mut changes: Vec<_> =
+        wanted().filter_map(|w| w.partition.as_ref().ok().map(|p| p.watch())).collect();
+    let stop = shared.topics.streams_stop.clone();
     loop {
         for change in &mut changes {
             change.borrow_and_update();
         }
-        let (answer, found) = read_all(&topics, bytes_max).await;
-        if found || Instant::now() >= deadline {
-            return FetchResponse::default().with_session_id(0).with_responses(answer);
+        let ready = wanted().any(|w| match &w.partition {
+            Err(_) => true,
+            Ok(partition) => match (partition.state(), u64::try_from(w.offset)) {
+                (Ok(state), Ok(offset)) => offset != state.log_end_offset.0,
+                // A closed partition or a negative offset is answered (with its error) at once.
+                _ => true,
+            },
+        });
+        if ready || Instant::now() >= deadline || stop.is_cancelled() {
+            return;
         }
-        let stop = shared.topics.streams_stop.clone();
         if changes.is_empty() {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
@@ -128,21 +142,15 @@ pub(super) async fn fetch(
                 () = stop.cancelled() => {}
             }
         }
-        if stop.is_cancelled() {
-            let (answer, _) = read_all(&topics, bytes_max).await;
-            return FetchResponse::default().with_session_id(0).with_responses(answer);
-        }
     }
 }
 
-/// Reads every partition once; with whether anything was found (records or an error: either
-/// ends the wait).
+/// Reads every partition once, within `bytes_max` but for the answer's first batch.
 async fn read_all(
     topics: &[(TopicName, Vec<Wanted>)],
     bytes_max: u32,
-) -> (Vec<FetchableTopicResponse>, bool) {
+) -> Vec<FetchableTopicResponse> {
     let mut left = bytes_max;
-    let mut found = false;
     let mut any_records = false;
     let mut answer = Vec::with_capacity(topics.len());
     for (name, wanted) in topics {
@@ -161,13 +169,9 @@ async fn read_all(
                 Ok(partition) => read_one(partition, wanted, left, any_records).await,
             };
             let data = match read {
-                Err(code) => {
-                    found = true;
-                    data.with_error_code(code)
-                }
+                Err(code) => data.with_error_code(code),
                 Ok(Answered { records, high_watermark, log_start_offset }) => {
                     if !records.is_empty() {
-                        found = true;
                         any_records = true;
                         left = left.saturating_sub(records.len() as u32);
                     }
@@ -183,7 +187,7 @@ async fn read_all(
             FetchableTopicResponse::default().with_topic(name.clone()).with_partitions(partitions),
         );
     }
-    (answer, found)
+    answer
 }
 
 struct Answered {
