@@ -240,3 +240,48 @@ fn tokens_made_by_spool_token_secure_the_server_and_alter_works_live() {
         .unwrap();
     refused(&with_line, "PERMISSION_DENIED");
 }
+
+/// `spool serve --kafka` serves Kafka clients on the address it logs: an ApiVersions v0
+/// request, written by hand, is answered.
+#[test]
+fn the_kafka_listener_answers_on_the_address_it_logs() {
+    use std::io::{Read, Write};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(SPOOL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--kafka", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kafka = None;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some((_, rest)) = line.split_once("Kafka clients at ") {
+                kafka = rest.split(',').next().map(str::to_owned);
+            }
+            if line.starts_with("spool: listening on ") {
+                let _ = address_tx.send(kafka.take());
+            }
+        }
+    });
+    let address = address_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server starts")
+        .expect("the server logs the Kafka listener's address before it is ready");
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    // Length 10; API key 18 (ApiVersions), version 0, correlation id 7, client id null.
+    stream.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 7, 0xff, 0xff]).unwrap();
+    let mut head = [0u8; 14];
+    stream.read_exact(&mut head).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(head[4..8], 7i32.to_be_bytes(), "correlation id");
+    assert_eq!(head[8..10], 0i16.to_be_bytes(), "error code");
+    assert_eq!(head[10..14], 5i32.to_be_bytes(), "APIs served");
+}
