@@ -1,10 +1,11 @@
 //! The Kafka listener, spoken to with Kafka's own message encoding (the `kafka-protocol`
-//! crate's client side) over a plain TCP connection, and by kafka-python, a client nobody here
-//! wrote (`tests/python/kafka_python_roundtrip.py`).
+//! crate's client side) over a plain TCP connection, and by two clients nobody here wrote:
+//! kafka-python (pure Python, `tests/python/kafka_python_roundtrip.py`) and confluent-kafka
+//! (librdkafka, `tests/python/confluent_kafka_roundtrip.py`).
 //!
-//! kafka-python comes from `.ci/run`'s virtual environment at `target/ci/venv` (or the Python
-//! named by `SPOOL_PYTHON`); without it that test says why it skips, and with
-//! `SPOOL_REQUIRE_EXTERNAL_CLIENTS=1` (CI sets it) it fails instead.
+//! Both come from `.ci/run`'s virtual environment at `target/ci/venv` (or the Python named by
+//! `SPOOL_PYTHON`); without them those tests say why they skip, and with
+//! `SPOOL_REQUIRE_EXTERNAL_CLIENTS=1` (CI sets it) they fail instead.
 
 mod common;
 
@@ -643,41 +644,73 @@ async fn an_array_count_past_the_frame_closes_the_connection_without_reserving_i
     closes_on(&kafka, &head(ApiKey::ListOffsets, 5, &list)).await;
 }
 
-/// kafka-python, unmodified, produces 100 records and reads them back.
-#[tokio::test(flavor = "multi_thread")]
-async fn kafka_python_produces_and_consumes_back_what_it_wrote() {
+/// The Python at `target/ci/venv` (or `$SPOOL_PYTHON`) if it can import `module`; else
+/// `None`, after saying why the test skips (or failing, when CI requires the clients).
+fn python_with(module: &str, package: &str) -> Option<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("SPOOL_PYTHON")
         .map_or_else(|| root.join("target/ci/venv/bin/python"), std::path::PathBuf::from);
-    let has_kafka_python = python.exists()
+    let found = python.exists()
         && std::process::Command::new(&python)
-            .args(["-c", "import kafka"])
+            .args(["-c", &format!("import {module}")])
             .status()
             .is_ok_and(|status| status.success());
-    if !has_kafka_python {
-        let message = format!(
-            "SKIPPED: no Python with kafka-python at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
-            python.display()
-        );
-        assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
-        eprintln!("{message}");
-        return;
+    if found {
+        return Some(python);
     }
-    let kafka = start(None).await;
-    kafka.server.create_topic("python", 2, Policy::Always(Always {})).await;
-    let script = root.join("tests/python/kafka_python_roundtrip.py");
+    let message = format!(
+        "SKIPPED: no Python with {package} at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
+        python.display()
+    );
+    assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
+    eprintln!("{message}");
+    None
+}
+
+/// Runs `tests/python/SCRIPT ADDRESS TOPIC` and returns what it printed.
+async fn run_python(
+    python: std::path::PathBuf,
+    script: &str,
+    kafka: &Kafka,
+    topic: &str,
+) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut command = std::process::Command::new(&python);
-    command.arg(&script).arg(kafka.address.to_string()).arg("python");
+    command.arg(root.join("tests/python").join(script)).arg(kafka.address.to_string()).arg(topic);
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "kafka-python failed:\n{stdout}\n{}",
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+/// kafka-python, unmodified, produces 100 records and reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_produces_and_consumes_back_what_it_wrote() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    let kafka = start(None).await;
+    kafka.server.create_topic("python", 2, Policy::Always(Always {})).await;
+    let stdout = run_python(python, "kafka_python_roundtrip.py", &kafka, "python").await;
     assert!(stdout.contains("consumed 100 records"), "{stdout}");
     // What kafka-python wrote, gRPC reads.
     let consumed = kafka.server.fetch_all("python", 1, 0).await;
     assert_eq!(consumed.len(), 100);
     assert_eq!(consumed[7].key.as_deref(), Some(&b"key-7"[..]));
+}
+
+/// confluent-kafka (librdkafka) produces under every codec and reads it all back.
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_produces_under_every_codec_and_consumes_back_what_it_wrote() {
+    let Some(python) = python_with("confluent_kafka", "confluent-kafka") else { return };
+    let kafka = start(None).await;
+    kafka.server.create_topic("librdkafka", 1, Policy::Always(Always {})).await;
+    let stdout = run_python(python, "confluent_kafka_roundtrip.py", &kafka, "librdkafka").await;
+    assert!(stdout.contains("consumed 100 records"), "{stdout}");
+    // What librdkafka wrote, compressed or not, gRPC reads.
+    let consumed = kafka.server.fetch_all("librdkafka", 0, 0).await;
+    assert_eq!(consumed.len(), 100);
+    assert_eq!(consumed[99].key.as_deref(), Some(&b"zstd-19"[..]));
 }
