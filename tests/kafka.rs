@@ -606,6 +606,59 @@ async fn shutdown_answers_a_waiting_fetch_and_stops_cleanly() {
     }
 }
 
+/// `spool_kafka_requests_total` counts requests by API and outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_counted_by_api_and_outcome() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (address, metrics) =
+        (kafka_listener.local_addr().unwrap(), metrics_listener.local_addr().unwrap());
+    let options = ServeOptions {
+        kafka: Some(kafka_listener),
+        metrics: Some(metrics_listener),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(data.path(), options).await;
+    let kafka = Kafka { server, address, _data: data };
+    let mut connection = Connection::open(&kafka).await;
+    for _ in 0..3 {
+        let _: ApiVersionsResponse =
+            connection.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;
+    }
+    let _: MetadataResponse =
+        connection.call(ApiKey::Metadata, 8, &MetadataRequest::default().with_topics(None)).await;
+    let mut frame = BytesMut::new();
+    frame.put_u32(10);
+    frame.put_i16(999);
+    frame.put_i16(0);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    closes_on(&kafka, &frame).await;
+    let body = scrape(metrics).await;
+    let count = |labels: &str| {
+        let series = format!("spool_kafka_requests_total{{{labels}}} ");
+        body.lines().find_map(|line| line.strip_prefix(&series)?.trim().parse::<f64>().ok())
+    };
+    // Other tests in this binary may count too (the recorder is the process's): at least ours.
+    assert!(count("api=\"ApiVersions\",outcome=\"answered\"").is_some_and(|n| n >= 4.0), "{body}");
+    assert!(count("api=\"Metadata\",outcome=\"answered\"").is_some_and(|n| n >= 1.0), "{body}");
+    assert!(count("api=\"unknown\",outcome=\"closed\"").is_some_and(|n| n >= 1.0), "{body}");
+}
+
+/// `GET /metrics` over a plain TCP connection; returns the body.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: spool\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 /// A frame whose array claims more elements than it holds: `kafka-protocol`'s own decoder
 /// would reserve room for them all (over 100 GiB here) and abort the process.
 #[tokio::test(flavor = "multi_thread")]

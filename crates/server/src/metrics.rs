@@ -161,6 +161,11 @@ pub mod names {
     /// Requests the browser listener answered, by `route` (the matched path pattern, or
     /// `other`), `method` and `status` (counter).
     pub const HTTP_REQUESTS: &str = "spool_http_requests_total";
+    /// Requests the Kafka listener read, by `api` (ApiVersions, Metadata, Produce, Fetch,
+    /// ListOffsets, or `unknown`) and `outcome`: `answered` (errors inside an answer
+    /// included), `unanswered` (a produce with acks=0) or `closed` (the request closed its
+    /// connection) (counter).
+    pub const KAFKA_REQUESTS: &str = "spool_kafka_requests_total";
     /// Always 1, with the running build's `version` as a label (gauge).
     pub const BUILD_INFO: &str = "spool_build_info";
     /// How long opening the data directory (recovery of every partition) took (gauge).
@@ -524,6 +529,7 @@ mod describe {
         describe_gauge!(CONNECTIONS, "Open client connections.");
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
         describe_counter!(HTTP_REQUESTS, "Requests the browser listener answered.");
+        describe_counter!(KAFKA_REQUESTS, "Requests the Kafka listener read, by API and outcome.");
         describe_gauge!(BUILD_INFO, "Always 1; the build's version is a label.");
         describe_gauge!(TOKEN_FILE_LOADED, "1 while the token file is loaded, 0 while it fails.");
         describe_counter!(TOKEN_FILE_FAILURES, "Token file loads that failed.");
@@ -692,6 +698,11 @@ pub(crate) fn http_request(route: &str, method: &str, status: u16) {
         ("status", status.to_string()),
     ];
     metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
+}
+
+/// Counts one request the Kafka listener read.
+pub(crate) fn kafka_request(api: &'static str, outcome: &'static str) {
+    metrics::counter!(names::KAFKA_REQUESTS, "api" => api, "outcome" => outcome).increment(1);
 }
 
 /// Records whether the token file loaded, at start and at every reload.

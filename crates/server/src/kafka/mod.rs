@@ -217,7 +217,7 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
             if reader.read_exact(&mut body).await.is_err() {
                 return Ok(());
             }
-            let handling = tokio::spawn(handle(shared.clone(), body.freeze(), held));
+            let handling = tokio::spawn(counted(shared.clone(), body.freeze(), held));
             if answers.send(handling).await.is_err() {
                 return Ok(());
             }
@@ -228,6 +228,38 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
     let written = writing.await.unwrap_or_else(|error| Err(Close::Task(error.to_string())));
     for close in [read.err(), written.err()].into_iter().flatten() {
         tracing::debug!(reason = %close, "closing a Kafka connection");
+    }
+}
+
+/// [`handle`], counted in `spool_kafka_requests_total`.
+async fn counted(
+    shared: Arc<Shared>,
+    request: Bytes,
+    held: OwnedSemaphorePermit,
+) -> Result<Answer, Close> {
+    let api = match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
+        Ok(api) if apis::served(api).is_some() => api_name(api),
+        _ => "unknown",
+    };
+    let handled = handle(shared, request, held).await;
+    let outcome = match &handled {
+        Ok(Answer { frame: Some(_), .. }) => "answered",
+        Ok(Answer { frame: None, .. }) => "unanswered",
+        Err(_) => "closed",
+    };
+    crate::metrics::kafka_request(api, outcome);
+    handled
+}
+
+/// The label of a served API.
+fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        _ => "unknown",
     }
 }
 
