@@ -359,6 +359,60 @@ async fn a_produced_batch_is_fetched_back_byte_for_byte_by_kafka_and_grpc() {
     assert_eq!(empty.responses[0].partitions[0].records.as_deref(), Some(&[][..]));
 }
 
+/// `max_bytes` and `partition_max_bytes` bound an answer, but its first batch comes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_answers_within_its_bytes_but_always_the_first_batch_whole() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("sized", 2, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let one = batch(5, "s", 1_000);
+    for partition in [0, 1] {
+        for _ in 0..3 {
+            assert_eq!(produce(&mut connection, "sized", partition, one.clone()).await.0, 0);
+        }
+    }
+    let both = |max_bytes: i32, partition_max_bytes: i32| {
+        let partition = |index| {
+            FetchPartition::default()
+                .with_partition(index)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(partition_max_bytes)
+        };
+        fetch_request("sized", 0, 0, 0).with_max_bytes(max_bytes).with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("sized"))
+                .with_partitions(vec![partition(0), partition(1)]),
+        ])
+    };
+    let sizes = |answer: &FetchResponse| -> Vec<usize> {
+        answer.responses[0]
+            .partitions
+            .iter()
+            .map(|p| batches(p.records.as_ref().unwrap()).len())
+            .collect()
+    };
+    // Ten bytes: the first partition's first batch, whole; nothing more fits.
+    let tiny: FetchResponse = connection.call(ApiKey::Fetch, 11, &both(10, 1024 * 1024)).await;
+    assert_eq!(sizes(&tiny), vec![1, 0]);
+    assert_eq!(tiny.responses[0].partitions[1].high_watermark, 15, "ends still answered");
+    // Room for all, but ten bytes per partition: each partition's first batch.
+    let per_partition: FetchResponse =
+        connection.call(ApiKey::Fetch, 11, &both(50 * 1024 * 1024, 10)).await;
+    assert_eq!(sizes(&per_partition), vec![1, 1]);
+    // Room for two batches as stored (each 44 bytes more than its Kafka bytes, the frame):
+    // both from the first partition; a byte less, one.
+    let two = 2 * (one.len() as i32 + 44);
+    let answer: FetchResponse =
+        connection.call(ApiKey::Fetch, 11, &both(two - 1, 1024 * 1024)).await;
+    assert_eq!(sizes(&answer), vec![1, 0]);
+    let answer: FetchResponse = connection.call(ApiKey::Fetch, 11, &both(two, 1024 * 1024)).await;
+    assert_eq!(sizes(&answer), vec![2, 0]);
+    // Room for everything.
+    let all: FetchResponse =
+        connection.call(ApiKey::Fetch, 11, &both(50 * 1024 * 1024, 1024 * 1024)).await;
+    assert_eq!(sizes(&all), vec![3, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_at_the_end_waits_for_records_and_returns_when_they_arrive() {
     let kafka = start(None).await;

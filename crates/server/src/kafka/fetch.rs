@@ -170,10 +170,10 @@ async fn read_all(
             };
             let data = match read {
                 Err(code) => data.with_error_code(code),
-                Ok(Answered { records, high_watermark, log_start_offset }) => {
+                Ok(Answered { records, stored_bytes, high_watermark, log_start_offset }) => {
                     if !records.is_empty() {
                         any_records = true;
-                        left = left.saturating_sub(records.len() as u32);
+                        left = left.saturating_sub(stored_bytes as u32);
                     }
                     data.with_high_watermark(high_watermark)
                         .with_last_stable_offset(high_watermark)
@@ -192,6 +192,8 @@ async fn read_all(
 
 struct Answered {
     records: Bytes,
+    /// What the records take as stored: what a fetch's bounds count.
+    stored_bytes: usize,
     high_watermark: i64,
     log_start_offset: i64,
 }
@@ -217,6 +219,7 @@ async fn read_one(
         let state = partition.state().map_err(|e| error_code(&e))?;
         return Ok(Answered {
             records: Bytes::new(),
+            stored_bytes: 0,
             high_watermark: state.log_end_offset.0 as i64,
             log_start_offset: state.log_start_offset.0 as i64,
         });
@@ -225,6 +228,7 @@ async fn read_one(
     partition.metrics.consumed(read.next_offset.0.saturating_sub(offset), records.len());
     Ok(Answered {
         records,
+        stored_bytes: read.bytes.len(),
         high_watermark: read.log_end_offset.0 as i64,
         log_start_offset: read.log_start_offset.0 as i64,
     })
