@@ -215,7 +215,7 @@ async fn read_one(
         Some(partition.read(Offset(offset), bytes_max).await.map_err(|e| error_code(&e))?)
     };
     let Some(read) = read.filter(|read| !any_records || read.bytes.len() <= left as usize) else {
-        // No room left in this answer: the partition's ends, and no records.
+        // No room left in this answer: the partition's offsets, and no records.
         let state = partition.state().map_err(|e| error_code(&e))?;
         return Ok(Answered {
             records: Bytes::new(),
