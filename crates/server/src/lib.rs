@@ -375,8 +375,10 @@ pub async fn serve(
     }
     // Posts in flight finish before the logs close; a browser that reads nothing is not
     // waited for past the grace period.
-    let http_served = finish_http(live.http_endpoint, grace_end).await;
-    let kafka_served = finish_kafka(live.kafka_endpoint, grace_end).await;
+    let http_served =
+        finish_listener(live.http_endpoint, grace_end, "browser", RunError::HttpEndpoint).await;
+    let kafka_served =
+        finish_listener(live.kafka_endpoint, grace_end, "Kafka", RunError::KafkaEndpoint).await;
     let closed = server.close().await;
     if let Some(endpoint) = metrics_endpoint {
         match endpoint.await {
@@ -510,48 +512,27 @@ async fn serve_until_shutdown(
     }
 }
 
-/// Waits for the browser listener to finish its requests in flight, until the shutdown's
-/// grace ends (or a grace from now, when serving ended by itself).
-async fn finish_http(
+/// Waits for a listener's connections (the browser's, `name` "browser", or Kafka's) to finish
+/// the requests they have read, until the shutdown's grace ends (or a grace from now, when
+/// serving ended by itself); then closes what is left.
+async fn finish_listener(
     endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     grace_end: Option<tokio::time::Instant>,
+    name: &str,
+    failed: fn(std::io::Error) -> RunError,
 ) -> Result<(), RunError> {
     let Some(mut endpoint) = endpoint else {
         return Ok(());
     };
     let deadline = grace_end.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
     match tokio::time::timeout_at(deadline, &mut endpoint).await {
-        Ok(Ok(result)) => result.map_err(RunError::HttpEndpoint),
+        Ok(Ok(result)) => result.map_err(failed),
         Ok(Err(error)) => {
-            tracing::error!(%error, "the browser listener panicked");
+            tracing::error!(%error, "the {name} listener panicked");
             Ok(())
         }
         Err(_) => {
-            tracing::warn!("browser connections still open after the grace period; closing them");
-            endpoint.abort();
-            Ok(())
-        }
-    }
-}
-
-/// Waits for the Kafka listener's connections to finish the requests they have read, until
-/// the shutdown's grace ends (or a grace from now, when serving ended by itself).
-async fn finish_kafka(
-    endpoint: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    grace_end: Option<tokio::time::Instant>,
-) -> Result<(), RunError> {
-    let Some(mut endpoint) = endpoint else {
-        return Ok(());
-    };
-    let deadline = grace_end.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
-    match tokio::time::timeout_at(deadline, &mut endpoint).await {
-        Ok(Ok(result)) => result.map_err(RunError::KafkaEndpoint),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "the Kafka listener panicked");
-            Ok(())
-        }
-        Err(_) => {
-            tracing::warn!("Kafka connections still open after the grace period; closing them");
+            tracing::warn!("{name} connections still open after the grace period; closing them");
             endpoint.abort();
             Ok(())
         }
