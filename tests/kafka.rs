@@ -821,3 +821,60 @@ async fn librdkafka_produces_under_every_codec_and_consumes_back_what_it_wrote()
     assert_eq!(consumed.len(), 100);
     assert_eq!(consumed[99].key.as_deref(), Some(&b"zstd-19"[..]));
 }
+
+/// Runs kcat (Debian's, on librdkafka 2.0) with `args` against the listener, `stdin` fed to
+/// it; `None` after saying why the test skips (or failing, when CI requires the clients).
+async fn kcat(kafka: &Kafka, args: &[&str], stdin: &str) -> Option<String> {
+    use std::io::Write;
+    if std::process::Command::new("kcat").arg("-V").output().is_err() {
+        let message = "SKIPPED: no kcat on the PATH (Debian's `kcat`); `.ci/run` installs it";
+        assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
+        eprintln!("{message}");
+        return None;
+    }
+    let mut command = std::process::Command::new("kcat");
+    command.args(["-b", &kafka.address.to_string()]).args(args);
+    command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    command.stderr(std::process::Stdio::piped());
+    let stdin = stdin.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn()?;
+        child.stdin.take().expect("piped").write_all(stdin.as_bytes())?;
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(stdout)
+}
+
+/// kcat, unmodified: lists metadata, produces keyed lines in zstd, and reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_lists_produces_and_consumes_back_what_it_wrote() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("kcat", 1, Policy::Always(Always {})).await;
+    let Some(listed) = kcat(&kafka, &["-L", "-t", "kcat"], "").await else { return };
+    assert!(listed.contains("topic \"kcat\" with 1 partitions"), "{listed}");
+    let lines: String = (0..50).map(|i| format!("key-{i}:value {i}\n")).collect();
+    kcat(&kafka, &["-P", "-t", "kcat", "-p", "0", "-K:", "-z", "zstd"], &lines).await.unwrap();
+    let format = ["-f", "%o %k %s\n"];
+    let consumed = kcat(
+        &kafka,
+        &[&["-C", "-t", "kcat", "-p", "0", "-o", "beginning", "-e"][..], &format[..]].concat(),
+        "",
+    )
+    .await
+    .unwrap();
+    let expected: String = (0..50).map(|i| format!("{i} key-{i} value {i}\n")).collect();
+    assert_eq!(consumed, expected);
+    // What kcat wrote, gRPC reads.
+    let fetched = kafka.server.fetch_all("kcat", 0, 0).await;
+    assert_eq!(fetched.len(), 50);
+    assert_eq!(fetched[49].key.as_deref(), Some(&b"key-49"[..]));
+}
