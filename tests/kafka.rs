@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::TestServer;
+use common::{TestServer, scrape};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -698,19 +698,6 @@ async fn requests_are_counted_by_api_and_outcome() {
     assert!(count("api=\"ApiVersions\",outcome=\"answered\"").is_some_and(|n| n >= 4.0), "{body}");
     assert!(count("api=\"Metadata\",outcome=\"answered\"").is_some_and(|n| n >= 1.0), "{body}");
     assert!(count("api=\"unknown\",outcome=\"closed\"").is_some_and(|n| n >= 1.0), "{body}");
-}
-
-/// `GET /metrics` over a plain TCP connection; returns the body.
-async fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: spool\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 /// A frame whose array claims more elements than it holds: `kafka-protocol`'s own decoder

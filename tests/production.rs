@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, assert_code, keyed, record, value};
+use common::{TestServer, assert_code, keyed, record, scrape, value};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
@@ -284,19 +284,6 @@ async fn topic_settings_change_on_a_live_topic() {
     assert_eq!(config.segment_bytes, Some(65_536));
     assert_eq!(server.fetch_all("live", 0, 0).await.len(), 12);
     server.shutdown().await;
-}
-
-/// `GET /metrics` over a plain TCP connection; returns the body.
-async fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: spool\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 /// The value of the series `name{labels}` (labels in the exporter's order), if present.

@@ -259,3 +259,17 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, me
 pub fn always() -> Policy {
     Policy::Always(Always {})
 }
+
+/// `GET /metrics` over a plain TCP connection; returns the body.
+pub async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: spool\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}

@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::limits::SEALED_FILES_OPEN_MAX;
@@ -79,20 +79,23 @@ impl Drop for SegmentFile {
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
-static CACHE: Mutex<Cache> =
-    Mutex::new(Cache { files: None, by_use: BTreeMap::new(), uses: 0, max: SEALED_FILES_OPEN_MAX });
+static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| {
+    Mutex::new(Cache {
+        files: HashMap::new(),
+        by_use: BTreeMap::new(),
+        uses: 0,
+        max: SEALED_FILES_OPEN_MAX,
+    })
+});
 
 fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Key -> (file, its last use).
-type Files = HashMap<u64, (Arc<dyn File>, u64)>;
-
 /// Sealed segments' open files, least recently used first out.
 struct Cache {
-    /// Made at first use (a `static` cannot make a `HashMap`).
-    files: Option<Files>,
+    /// Key -> (file, its last use).
+    files: HashMap<u64, (Arc<dyn File>, u64)>,
     /// Last use -> key.
     by_use: BTreeMap<u64, u64>,
     uses: u64,
@@ -100,14 +103,10 @@ struct Cache {
 }
 
 impl Cache {
-    fn files(&mut self) -> &mut Files {
-        self.files.get_or_insert_with(HashMap::new)
-    }
-
     fn get(&mut self, key: u64) -> Option<Arc<dyn File>> {
         self.uses += 1;
         let uses = self.uses;
-        let (file, last) = self.files().get_mut(&key)?;
+        let (file, last) = self.files.get_mut(&key)?;
         let (file, previous) = (file.clone(), std::mem::replace(last, uses));
         self.by_use.remove(&previous);
         self.by_use.insert(uses, key);
@@ -116,18 +115,23 @@ impl Cache {
 
     fn insert(&mut self, key: u64, file: Arc<dyn File>) {
         self.remove(key);
-        while self.files().len() >= self.max {
-            let Some((_, oldest)) = self.by_use.pop_first() else { break };
-            self.files().remove(&oldest);
-        }
+        self.close_least_used(self.max - 1);
         self.uses += 1;
         let uses = self.uses;
-        self.files().insert(key, (file, uses));
+        self.files.insert(key, (file, uses));
         self.by_use.insert(uses, key);
     }
 
+    /// Closes the least recently used files until at most `kept` are left.
+    fn close_least_used(&mut self, kept: usize) {
+        while self.files.len() > kept {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            self.files.remove(&oldest);
+        }
+    }
+
     fn remove(&mut self, key: u64) {
-        if let Some((_, last)) = self.files().remove(&key) {
+        if let Some((_, last)) = self.files.remove(&key) {
             self.by_use.remove(&last);
         }
     }
@@ -135,16 +139,14 @@ impl Cache {
 
 /// Sealed segments' files open in the cache now.
 pub fn sealed_files_open() -> usize {
-    cache().files().len()
+    cache().files.len()
 }
 
-/// Changes the cache's bound (at least 1); files past it are closed now. For tests and tools
-/// that measure open files; a server keeps [`SEALED_FILES_OPEN_MAX`].
+/// Changes the cache's bound (at least 1; [`SEALED_FILES_OPEN_MAX`] until changed); files
+/// past it are closed now. A server sizes it from its open-file limit.
 pub fn set_sealed_files_open_max(max: usize) {
     let mut cache = cache();
     cache.max = max.max(1);
-    while cache.files().len() > cache.max {
-        let Some((_, oldest)) = cache.by_use.pop_first() else { break };
-        cache.files().remove(&oldest);
-    }
+    let kept = cache.max;
+    cache.close_least_used(kept);
 }
