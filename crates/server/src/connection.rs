@@ -24,7 +24,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tokio_util::sync::PollSemaphore;
 
-use crate::limits::{ACCEPT_RETRY_INTERVAL, CONNECTION_HANDSHAKE_TIMEOUT, CONNECTION_IDLE_TIMEOUT};
+use crate::limits::{
+    ACCEPT_RETRY_INTERVAL, CONNECTION_HANDSHAKE_TIMEOUT, CONNECTION_IDLE_TIMEOUT, CONNECTION_LINGER,
+};
 use crate::metrics::Connection;
 
 /// How long a connection may take to make its first request, and stay silent after.
@@ -77,6 +79,8 @@ pub(crate) struct Guarded {
     last_active: Instant,
     first_request: FirstRequest,
     timer: Pin<Box<Sleep>>,
+    /// Set once the write half is shut: the end of the linger.
+    lingering: Option<Pin<Box<Sleep>>>,
 }
 
 impl Guarded {
@@ -159,8 +163,29 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// Sends the connection's end, then reads and drops what the client still sends until it
+    /// closes its side or [`CONNECTION_LINGER`] passes, so that the socket is not closed with
+    /// unread bytes (which resets it, and a reset may destroy what the client has yet to read).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.lingering = Some(Box::pin(tokio::time::sleep(CONNECTION_LINGER)));
+        }
+        let mut dropped = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut dropped);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // The client's end, or a connection already gone: nothing left to protect.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let lingering = this.lingering.as_mut().expect("set above");
+                    ready!(lingering.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }
 
@@ -224,6 +249,7 @@ impl Stream for Accepting {
                         last_active: now,
                         first_request: FirstRequest::default(),
                         timer: Box::pin(tokio::time::sleep_until(now + this.timeouts.handshake)),
+                        lingering: None,
                     })));
                 }
                 Err(error) => {

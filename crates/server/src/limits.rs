@@ -61,6 +61,11 @@ pub const CONNECTION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// listener pings its clients at a third of this, and browser streams send keep-alives
 /// ([`HTTP_KEEP_ALIVE`]), so only a stalled or idle connection reaches it.
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a closing connection, having sent everything and its end, goes on reading (and
+/// dropping) what the client still sends, waiting for the client's own end. Closing a socket
+/// with unread bytes makes the kernel reset it, and a reset can destroy answers the client has
+/// received but not yet read (a stream's closing status, say).
+pub const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 /// Concurrent gRPC streams (calls) per connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Answers queued toward one ProduceStream client.
