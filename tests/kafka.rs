@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use common::kafka::{Connection, Kafka, PATIENCE, name, python_with, run_python, start};
 use common::{TestServer, scrape};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -22,19 +22,16 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_server::{AdvertisedAddress, ServeOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// How long a test waits for an answer that should come at once.
-const PATIENCE: Duration = Duration::from_secs(30);
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const CORRUPT_MESSAGE: i16 = 2;
@@ -42,88 +39,6 @@ const UNSUPPORTED_VERSION: i16 = 35;
 const INVALID_REQUIRED_ACKS: i16 = 21;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
-
-struct Kafka {
-    server: TestServer,
-    address: std::net::SocketAddr,
-    _data: tempfile::TempDir,
-}
-
-async fn start(advertised: Option<AdvertisedAddress>) -> Kafka {
-    let data = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let options =
-        ServeOptions { kafka: Some(listener), kafka_advertised: advertised, ..Default::default() };
-    let server = TestServer::start_with(data.path(), options).await;
-    Kafka { server, address, _data: data }
-}
-
-/// One client connection, with its own correlation ids.
-struct Connection {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Connection {
-    async fn open(kafka: &Kafka) -> Connection {
-        Connection { stream: TcpStream::connect(kafka.address).await.unwrap(), next_id: 1 }
-    }
-
-    /// Sends a request; returns its correlation id.
-    async fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("spool-test")));
-        let mut frame = BytesMut::new();
-        frame.put_u32(0);
-        header.encode(&mut frame, api.request_header_version(version)).unwrap();
-        body.encode(&mut frame, version).unwrap();
-        let length = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
-        self.stream.write_all(&frame).await.unwrap();
-        id
-    }
-
-    /// Reads the next answer frame; `None` when the server closed the connection.
-    async fn receive_frame(&mut self) -> Option<Bytes> {
-        let read = async {
-            let length = self.stream.read_u32().await.ok()?;
-            let mut body = vec![0u8; length as usize];
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(Bytes::from(body))
-        };
-        tokio::time::timeout(PATIENCE, read).await.expect("an answer or a close in time")
-    }
-
-    async fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> T {
-        let mut frame = self.receive_frame().await.expect("an answer, not a closed connection");
-        let header =
-            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, id, "answers come in order");
-        let body = T::decode(&mut frame, version).unwrap();
-        assert!(!frame.has_remaining(), "the whole answer decodes");
-        body
-    }
-
-    async fn call<Q: Encodable, A: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> A {
-        let id = self.send(api, version, body).await;
-        self.receive(api, version, id).await
-    }
-
-    /// Asserts the server closes the connection (after sending nothing more).
-    async fn assert_closed(&mut self) {
-        assert!(self.receive_frame().await.is_none(), "the server should close the connection");
-    }
-}
-
-fn name(text: &str) -> TopicName {
-    TopicName(StrBytes::from_string(text.to_owned()))
-}
 
 fn record(offset: i64, key: &str, value: &[u8], timestamp: i64) -> Record {
     let mut headers = kafka_protocol::indexmap::IndexMap::new();
@@ -736,49 +651,6 @@ async fn an_array_count_past_the_frame_closes_the_connection_without_reserving_i
     let mut list = vec![0xff, 0xff, 0xff, 0xff, 0];
     list.extend_from_slice(&huge);
     closes_on(&kafka, &head(ApiKey::ListOffsets, 5, &list)).await;
-}
-
-/// The Python at `target/ci/venv` (or `$SPOOL_PYTHON`) if it can import `module`; else
-/// `None`, after saying why the test skips (or failing, when CI requires the clients).
-fn python_with(module: &str, package: &str) -> Option<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("SPOOL_PYTHON")
-        .map_or_else(|| root.join("target/ci/venv/bin/python"), std::path::PathBuf::from);
-    let found = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", &format!("import {module}")])
-            .status()
-            .is_ok_and(|status| status.success());
-    if found {
-        return Some(python);
-    }
-    let message = format!(
-        "SKIPPED: no Python with {package} at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
-        python.display()
-    );
-    assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
-    eprintln!("{message}");
-    None
-}
-
-/// Runs `tests/python/SCRIPT ADDRESS TOPIC` and returns what it printed.
-async fn run_python(
-    python: std::path::PathBuf,
-    script: &str,
-    kafka: &Kafka,
-    topic: &str,
-) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut command = std::process::Command::new(&python);
-    command.arg(root.join("tests/python").join(script)).arg(kafka.address.to_string()).arg(topic);
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// kafka-python, unmodified, produces 100 records and reads them back.

@@ -5,8 +5,8 @@ mod common;
 
 use std::sync::Arc;
 
+use common::tls::{Pki, pki, tls};
 use common::{TestServer, assert_code, record, value};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use spool_proto::v1::consume_service_client::ConsumeServiceClient;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
@@ -16,45 +16,13 @@ use spool_proto::v1::{
     Acks, AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
     FetchRequest, ListTopicsRequest, ProduceRequest, RecordList, SubscribeRequest,
 };
+use spool_server::ServeOptions;
 use spool_server::auth::{Authenticator, token_digest_hex};
-use spool_server::{ServeOptions, TlsConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
-
-/// A CA, and certificates it signed for the server (localhost, 127.0.0.1) and a client.
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "Spool test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca.pem(),
-        server: leaf(vec!["localhost".into(), "127.0.0.1".into()]),
-        client: leaf(vec!["client.example".into()]),
-    }
-}
-
-fn tls(pki: &Pki, mutual: bool) -> TlsConfig {
-    TlsConfig {
-        cert_pem: pki.server.0.clone().into_bytes(),
-        key_pem: pki.server.1.clone().into_bytes(),
-        client_ca_pem: mutual.then(|| pki.ca_pem.clone().into_bytes()),
-    }
-}
 
 async fn connect_tls(
     server: &TestServer,

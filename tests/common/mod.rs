@@ -1,9 +1,12 @@
 //! The in-process server on 127.0.0.1:0 (`spool_server::testing`) over a temporary data
-//! directory, and clients for it; [`http`] has clients for its browser listener.
+//! directory, and clients for it; [`http`] has clients for its browser listener, [`kafka`]
+//! for its Kafka listener.
 
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod http;
+pub mod kafka;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 

@@ -62,8 +62,9 @@ pub(crate) struct ServeArgs {
     )]
     http_allowed_origins: Option<Vec<String>>,
     /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, fetch, metadata and
-    /// offsets; see docs/kafka.md). Plain TCP without authentication: loopback only unless
-    /// allow_insecure_remote, and not beside tokens [default: off].
+    /// offsets; see docs/kafka.md). It takes the server's TLS, and with tokens clients
+    /// authenticate with SASL/PLAIN, a token as the password. Loopback only unless the server
+    /// has both TLS and tokens, or allow_insecure_remote [default: off].
     #[arg(long, env = "SPOOL_KAFKA", value_name = "IP:PORT")]
     kafka: Option<SocketAddr>,
     /// The HOST:PORT Kafka clients are told to connect to (Metadata's broker address)
@@ -337,22 +338,19 @@ impl ServeConfig {
                  allow_insecure_remote to accept the risk"
             );
         }
-        // The Kafka listener has neither TLS nor authentication yet.
-        if let Some(kafka) = self.kafka.value {
-            if self.tokens.value.is_some() {
-                bail!(
-                    "kafka: the Kafka listener has no authentication yet, so it cannot be served \
-                     beside tokens (any Kafka client could read and write every topic): leave \
-                     kafka unset, or serve without tokens"
-                );
-            }
-            if !kafka.ip().is_loopback() && !self.allow_insecure_remote.value {
-                bail!(
-                    "kafka: {kafka} is not a loopback address, and the Kafka listener speaks plain \
-                     TCP without authentication: listen on 127.0.0.1, or set \
-                     allow_insecure_remote to accept the risk"
-                );
-            }
+        // The Kafka listener takes the server's TLS and tokens (SASL/PLAIN): the gRPC
+        // listener's rule.
+        if let Some(kafka) = self.kafka.value
+            && !self.secure()
+            && !kafka.ip().is_loopback()
+            && !self.allow_insecure_remote.value
+        {
+            bail!(
+                "kafka: {kafka} is not a loopback address, and the server is not secured (the \
+                 Kafka listener needs both TLS, with tls_cert and tls_key, and tokens, which \
+                 clients send as their SASL/PLAIN password): secure it, listen on 127.0.0.1, or \
+                 set allow_insecure_remote to accept the risk"
+            );
         }
         if self.kafka_advertised.value.is_some() && self.kafka.value.is_none() {
             bail!("kafka_advertised is set but kafka is not: set kafka to serve Kafka clients");
@@ -502,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn the_kafka_listener_is_off_by_default_loopback_only_and_not_beside_tokens() {
+    fn the_kafka_listener_is_off_by_default_and_loopback_only_unless_secured() {
         let config = resolve(&["serve"]).unwrap();
         assert_eq!(config.kafka.value, None);
         assert!(config.to_toml().contains("# kafka =  # not set"));
@@ -523,10 +521,23 @@ mod tests {
         let accepted =
             resolve(&["serve", "--kafka", "0.0.0.0:9092", "--allow-insecure-remote"]).unwrap();
         assert_eq!(accepted.kafka.value, Some(SocketAddr::from(([0, 0, 0, 0], 9092))));
-        let refused = resolve(&["serve", "--kafka", "127.0.0.1:9092", "--tokens", "tokens.toml"])
+        let secured = resolve(&[
+            "serve",
+            "--kafka",
+            "0.0.0.0:9092",
+            "--tokens",
+            "tokens.toml",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ])
+        .unwrap();
+        assert_eq!(secured.kafka.value, Some(SocketAddr::from(([0, 0, 0, 0], 9092))));
+        let refused = resolve(&["serve", "--kafka", "0.0.0.0:9092", "--tokens", "tokens.toml"])
             .unwrap_err()
             .to_string();
-        assert!(refused.contains("no authentication"), "{refused}");
+        assert!(refused.contains("not secured"), "{refused}");
         let refused = resolve(&["serve", "--kafka-advertised", "h:1"]).unwrap_err().to_string();
         assert!(refused.contains("kafka is not"), "{refused}");
         assert!(

@@ -119,8 +119,8 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| AdvertisedAddress::from(address));
             tracing::info!(%address, %advertised, "Kafka clients at {address}, told to connect to {advertised}");
-            if !address.ip().is_loopback() {
-                tracing::warn!(%address, "the Kafka listener speaks plain TCP without authentication on a non-loopback address (allow_insecure_remote): anyone who can reach it can read and write every topic");
+            if !address.ip().is_loopback() && !config.secure() {
+                tracing::warn!(%address, "the Kafka listener is on a non-loopback address without both TLS and tokens (allow_insecure_remote): tokens or records cross the network in clear, or anyone who can reach it can read and write every topic");
             }
             Some(listener)
         }

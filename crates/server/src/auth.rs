@@ -398,6 +398,16 @@ fn file_stamp(path: &Path) -> std::io::Result<(SystemTime, u64)> {
 pub(crate) struct TokenReloads(Option<tokio::sync::watch::Receiver<u64>>);
 
 impl TokenReloads {
+    /// The reloads of `authenticator`'s file from now on.
+    pub(crate) fn of(authenticator: &Authenticator) -> TokenReloads {
+        TokenReloads(Some(authenticator.reloads.subscribe()))
+    }
+
+    /// No reloads ever (a server without tokens).
+    pub(crate) fn none() -> TokenReloads {
+        TokenReloads(None)
+    }
+
     /// Resolves at the next reload (never without tokens).
     pub(crate) async fn next(&mut self) {
         let reloaded = match &mut self.0 {
@@ -427,6 +437,22 @@ enum CallerKind {
 }
 
 impl Caller {
+    /// The caller of a server without tokens: everything is allowed.
+    pub(crate) fn open() -> Caller {
+        Caller { kind: CallerKind::Open }
+    }
+
+    /// The caller presenting `token`, if the file holds it (the Kafka listener's SASL/PLAIN
+    /// password, the other listeners' bearer token).
+    pub(crate) fn with_token(
+        authenticator: &Arc<Authenticator>,
+        token: &str,
+    ) -> Result<Caller, AuthError> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        authenticator.principal(&digest).ok_or(AuthError::UnknownToken)?;
+        Ok(Caller { kind: CallerKind::Token { authenticator: authenticator.clone(), digest } })
+    }
+
     /// The caller the interceptor left in `request`. A request that did not pass the
     /// interceptor is a bug: services are only ever registered behind it.
     pub fn of<T>(request: &Request<T>) -> Caller {
@@ -509,13 +535,11 @@ impl AuthLayer {
 
     fn caller(&self, request: &Request<()>) -> Result<Caller, AuthError> {
         let Some(authenticator) = &self.authenticator else {
-            return Ok(Caller { kind: CallerKind::Open });
+            return Ok(Caller::open());
         };
         let header = request.metadata().get("authorization").ok_or(AuthError::NoToken)?;
         let token = bearer(header.to_str().ok()).ok_or(AuthError::Malformed)?;
-        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
-        authenticator.principal(&digest).ok_or(AuthError::UnknownToken)?;
-        Ok(Caller { kind: CallerKind::Token { authenticator: authenticator.clone(), digest } })
+        Caller::with_token(authenticator, token)
     }
 }
 

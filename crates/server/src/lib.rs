@@ -103,11 +103,8 @@ pub enum RunError {
     HttpEndpoint(std::io::Error),
     #[error("serving the Kafka listener (--kafka) failed: {0}")]
     KafkaEndpoint(std::io::Error),
-    #[error(
-        "the Kafka listener (--kafka) has no authentication yet, so it cannot be served beside \
-         tokens (every Kafka client could do anything): leave it off, or serve without tokens"
-    )]
-    KafkaWithTokens,
+    #[error("the Kafka listener (--kafka) cannot use the TLS configuration: {0}")]
+    KafkaTls(String),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(
@@ -315,16 +312,18 @@ pub async fn serve(
         connection_timeouts: timeouts,
         partitions_max: _,
     } = options;
-    if kafka.is_some() && tokens.is_some() {
-        return Err(RunError::KafkaWithTokens);
-    }
     let kafka = match kafka {
         Some(listener) => {
+            let tls = match &tls {
+                Some(tls) => Some(tls.kafka_acceptor().map_err(RunError::KafkaTls)?),
+                None => None,
+            };
+            let security = kafka::KafkaSecurity { tls, tokens: tokens.clone() };
             let advertised = match kafka_advertised {
                 Some(advertised) => advertised,
                 None => listener.local_addr().map_err(RunError::KafkaEndpoint)?.into(),
             };
-            Some((listener, advertised, timeouts))
+            Some((listener, advertised, security, timeouts))
         }
         None => None,
     };
@@ -450,7 +449,7 @@ async fn go_live(
     services: &Services,
     tokens: Option<Arc<Authenticator>>,
     http: Option<(TcpListener, Vec<String>, ConnectionTimeouts)>,
-    kafka: Option<(TcpListener, AdvertisedAddress, ConnectionTimeouts)>,
+    kafka: Option<(TcpListener, AdvertisedAddress, kafka::KafkaSecurity, ConnectionTimeouts)>,
     stop_serving: &CancellationToken,
     reporter: &HealthReporter,
 ) -> Live {
@@ -462,10 +461,18 @@ async fn go_live(
             http::serve(listener, topics, auth, &allowed_origins, timeouts, stop).await
         })
     });
-    let kafka_endpoint = kafka.map(|(listener, advertised, timeouts)| {
+    let kafka_endpoint = kafka.map(|(listener, advertised, security, timeouts)| {
         let (topics, producer_ids) = (server.topics.clone(), server.producer_ids.clone());
         let stop = stop_serving.clone();
-        tokio::spawn(kafka::serve(listener, topics, producer_ids, advertised, timeouts, stop))
+        tokio::spawn(kafka::serve(
+            listener,
+            topics,
+            producer_ids,
+            advertised,
+            security,
+            timeouts,
+            stop,
+        ))
     });
     let reloading = tokens.map(|tokens| {
         // Loaded before the metrics recorder was installed, perhaps.

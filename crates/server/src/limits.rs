@@ -144,6 +144,9 @@ pub const KAFKA_CONNECTIONS_MAX: usize = 1024;
 /// a larger 4-byte length prefix closes the connection before the body is read. Room for two
 /// largest batches, as one produce request may carry batches for several partitions.
 pub const KAFKA_REQUEST_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize + 1024 * 1024;
+/// The largest request frame read from a Kafka connection that has not authenticated yet
+/// (with tokens): ApiVersions and SASL/PLAIN need little, and a stranger gets no more memory.
+pub const KAFKA_UNAUTHENTICATED_REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Requests one Kafka connection has read but not yet answered; past it, the connection reads
 /// nothing more until the oldest is answered (clients pipeline, answers go in order).
 pub const KAFKA_REQUESTS_IN_FLIGHT_MAX: usize = 16;

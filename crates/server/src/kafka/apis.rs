@@ -12,6 +12,7 @@ use kafka_protocol::protocol::{StrBytes, VersionRange};
 
 use super::Shared;
 use super::codes::error_code;
+use crate::auth::{Action, Caller};
 
 /// Every API served and the versions of it, and nothing else: ApiVersions advertises exactly
 /// this. The requests with arrays are served in their non-flexible versions only, which
@@ -26,42 +27,57 @@ const SERVED: [(ApiKey, VersionRange); 5] = [
     (ApiKey::ListOffsets, VersionRange { min: 1, max: 5 }),
 ];
 
+/// Served only when the server has tokens (see `sasl`). SaslHandshake v0 is left out: after
+/// it the client sends SASL tokens outside Kafka's framing.
+const SERVED_WITH_TOKENS: [(ApiKey, VersionRange); 2] = [
+    (ApiKey::SaslHandshake, VersionRange { min: 1, max: 1 }),
+    (ApiKey::SaslAuthenticate, VersionRange { min: 0, max: 1 }),
+];
+
 /// The one broker's node id: Metadata names it as every partition's leader.
 pub(super) const NODE_ID: i32 = 0;
 
-/// The versions of `api` served, if it is.
-pub(super) fn served(api: ApiKey) -> Option<VersionRange> {
-    SERVED.iter().find(|(served, _)| *served == api).map(|(_, range)| *range)
+/// The versions of `api` served, if it is; the SASL APIs only `with_tokens`.
+pub(super) fn served(api: ApiKey, with_tokens: bool) -> Option<VersionRange> {
+    all_served(with_tokens).find(|(served, _)| *served == api).map(|(_, range)| range)
 }
 
-fn api_keys() -> Vec<ApiVersion> {
-    SERVED
-        .iter()
+fn all_served(with_tokens: bool) -> impl Iterator<Item = (ApiKey, VersionRange)> {
+    let sasl: &[_] = if with_tokens { &SERVED_WITH_TOKENS } else { &[] };
+    SERVED.iter().chain(sasl).copied()
+}
+
+fn api_keys(with_tokens: bool) -> Vec<ApiVersion> {
+    all_served(with_tokens)
         .map(|(api, range)| {
             ApiVersion::default()
-                .with_api_key(*api as i16)
+                .with_api_key(api as i16)
                 .with_min_version(range.min)
                 .with_max_version(range.max)
         })
         .collect()
 }
 
-pub(super) fn api_versions() -> ApiVersionsResponse {
-    ApiVersionsResponse::default().with_api_keys(api_keys())
+pub(super) fn api_versions(with_tokens: bool) -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(api_keys(with_tokens))
 }
 
 /// The answer to an ApiVersions version not served, sent as v0: the client picks a served
 /// version from the list and asks again.
-pub(super) fn unsupported_api_versions() -> ApiVersionsResponse {
+pub(super) fn unsupported_api_versions(with_tokens: bool) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
-        .with_api_keys(api_keys())
+        .with_api_keys(api_keys(with_tokens))
 }
 
 /// One broker (the advertised address), and the topics asked for (every topic when the
 /// request names none, or null), each partition led by that broker. A topic that does not
 /// exist is UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata request.
-pub(super) fn metadata(shared: &Shared, request: MetadataRequest) -> MetadataResponse {
+pub(super) fn metadata(
+    shared: &Shared,
+    caller: &Caller,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(StrBytes::from_string(shared.advertised.host.clone()))
@@ -71,12 +87,13 @@ pub(super) fn metadata(shared: &Shared, request: MetadataRequest) -> MetadataRes
             .topics
             .topics()
             .iter()
-            .map(|topic| described(shared, topic.name.as_str()))
+            .filter(|topic| caller.may_see_topic(topic.name.as_str()))
+            .map(|topic| described(shared, caller, topic.name.as_str()))
             .collect(),
         Some(asked) => asked
             .iter()
             .map(|asked| match &asked.name {
-                Some(name) => described(shared, name.as_str()),
+                Some(name) => described(shared, caller, name.as_str()),
                 None => MetadataResponseTopic::default()
                     .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
             })
@@ -89,11 +106,11 @@ pub(super) fn metadata(shared: &Shared, request: MetadataRequest) -> MetadataRes
         .with_topics(topics)
 }
 
-fn described(shared: &Shared, name: &str) -> MetadataResponseTopic {
+fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResponseTopic {
     let answer = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
         .with_topic_authorized_operations(i32::MIN);
-    let topic = match shared.topics.topic(name) {
+    let topic = match shared.topic(caller, Action::Describe, name) {
         Ok(topic) => topic,
         Err(error) => return answer.with_error_code(error_code(&error)),
     };

@@ -5,6 +5,7 @@
 use kafka_protocol::ResponseError;
 use spool_storage::{AppendError, ReadError};
 
+use crate::auth::AuthError;
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
 
@@ -33,6 +34,14 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
             ResponseError::UnknownProducerId
         }
         ServiceError::Sequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        ServiceError::Auth(AuthError::Denied { resource, .. })
+            if resource.starts_with("group ") =>
+        {
+            ResponseError::GroupAuthorizationFailed
+        }
+        ServiceError::Auth(AuthError::Denied { .. }) => ResponseError::TopicAuthorizationFailed,
+        // The connection authenticated, then its token left the file.
+        ServiceError::Auth(_) => ResponseError::SaslAuthenticationFailed,
         // A client retries these elsewhere: the partition is not being served here now.
         ServiceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::UnknownServerError,

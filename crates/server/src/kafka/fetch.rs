@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::codes::error_code;
+use crate::auth::{Action, Caller};
 use crate::limits::{KAFKA_FETCH_BYTES_MAX, KAFKA_FETCH_WAIT_MAX};
 use crate::partition::Partition;
 
@@ -49,6 +50,7 @@ struct Wanted {
 
 pub(super) async fn fetch(
     shared: &Shared,
+    caller: &Caller,
     request: FetchRequest,
     held: &mut Vec<OwnedSemaphorePermit>,
 ) -> FetchResponse {
@@ -71,7 +73,7 @@ pub(super) async fn fetch(
         .topics
         .into_iter()
         .map(|topic| {
-            let found = shared.topics.topic(topic.topic.0.as_str());
+            let found = shared.topic(caller, Action::Consume, topic.topic.0.as_str());
             let wanted = topic
                 .partitions
                 .iter()
@@ -261,13 +263,14 @@ fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Bytes, i16
 /// ListOffsets at `version` (the leader epoch exists from version 4: 0, the only term there is).
 pub(super) async fn list_offsets(
     shared: &Shared,
+    caller: &Caller,
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
     let leader_epoch = if version >= 4 { 0 } else { -1 };
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
-        let found = shared.topics.topic(topic.name.0.as_str());
+        let found = shared.topic(caller, Action::Describe, topic.name.0.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for asked in &topic.partitions {
             let answer = ListOffsetsPartitionResponse::default()

@@ -20,15 +20,21 @@
 //! - Requests with arrays are decoded by `decode`, which bounds every array by the bytes the
 //!   frame holds (`kafka-protocol` reserves room for whatever count a request claims).
 //!
+//! - With TLS configured, the listener speaks TLS with the gRPC listener's certificate (and
+//!   client CA); with tokens, a connection authenticates with SASL/PLAIN, its password a token
+//!   (`sasl`), and every request is checked against that token's grants, as a gRPC call is.
+//!   A connection whose token leaves the file is closed at the file's next reload.
+//!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
-//! (Fetch, ListOffsets); `codes` maps Spool's errors to Kafka's error codes. There is no
-//! authentication yet: the server refuses to start the listener when tokens are configured.
+//! (Fetch, ListOffsets), `sasl` (SaslHandshake, SaslAuthenticate); `codes` maps Spool's
+//! errors to Kafka's error codes.
 
 mod apis;
 mod codes;
 mod decode;
 mod fetch;
 mod produce;
+mod sasl;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,22 +42,27 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use self::sasl::Session;
+use crate::auth::{Action, Authenticator, Caller, Resource};
 use crate::connection::{Accepting, ConnectionTimeouts, Guarded};
+use crate::error::ServiceError;
 use crate::idempotence::ProducerIds;
 use crate::limits::{
     KAFKA_BYTES_IN_FLIGHT_MAX, KAFKA_CONNECTIONS_MAX, KAFKA_REQUEST_BYTES_MAX,
-    KAFKA_REQUESTS_IN_FLIGHT_MAX,
+    KAFKA_REQUESTS_IN_FLIGHT_MAX, KAFKA_UNAUTHENTICATED_REQUEST_BYTES_MAX,
 };
-use crate::topic_table::TopicTable;
+use crate::topic_table::{Topic, TopicTable};
 
 /// The host and port Metadata tells Kafka clients to connect to (`--kafka-advertised`):
 /// `HOST:PORT`, an IPv6 address in brackets.
@@ -105,6 +116,42 @@ struct Shared {
     advertised: AdvertisedAddress,
     /// The listener's byte budget (see the module docs), in permits of one byte.
     bytes: Arc<Semaphore>,
+    security: KafkaSecurity,
+}
+
+impl Shared {
+    /// Topic `name`, if `caller` may `action` it. The grant is checked first, so a caller
+    /// without one cannot tell whether the topic exists.
+    fn topic(
+        &self,
+        caller: &Caller,
+        action: Action,
+        name: &str,
+    ) -> Result<Arc<Topic>, ServiceError> {
+        caller.allow(action, Resource::Topic(name))?;
+        self.topics.topic(name)
+    }
+
+    fn with_tokens(&self) -> bool {
+        self.security.tokens.is_some()
+    }
+}
+
+/// How the Kafka listener is secured: TLS when the server has it, SASL/PLAIN when it has
+/// tokens (see the module docs).
+#[derive(Clone, Default)]
+pub(crate) struct KafkaSecurity {
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tokens: Option<Arc<Authenticator>>,
+}
+
+impl fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("tokens", &self.tokens.is_some())
+            .finish()
+    }
 }
 
 /// Why a connection is closed instead of answered.
@@ -122,6 +169,14 @@ enum Close {
     Encode { api: ApiKey, reason: String },
     #[error("the answer was lost: {0}")]
     Task(String),
+    #[error("{api:?} before the connection authenticated (SASL/PLAIN with a token)")]
+    Unauthenticated { api: ApiKey },
+    #[error("SASL authentication failed")]
+    AuthenticationFailed,
+    #[error("{api:?} after the connection authenticated")]
+    Reauthentication { api: ApiKey },
+    #[error("the connection's token was revoked")]
+    Revoked,
 }
 
 /// One answer, or none (a produce with `acks=0`), with the budget held until it is written.
@@ -138,6 +193,7 @@ pub(crate) async fn serve(
     topics: Arc<TopicTable>,
     producer_ids: Arc<ProducerIds>,
     advertised: AdvertisedAddress,
+    security: KafkaSecurity,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -146,6 +202,7 @@ pub(crate) async fn serve(
         producer_ids,
         advertised,
         bytes: Arc::new(Semaphore::new(KAFKA_BYTES_IN_FLIGHT_MAX)),
+        security,
     });
     let mut accepting = Accepting::new(listener, KAFKA_CONNECTIONS_MAX, timeouts);
     let mut connections = tokio::task::JoinSet::new();
@@ -160,19 +217,39 @@ pub(crate) async fn serve(
             // Reap finished connections so the set holds only live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        connections.spawn(serve_connection(connection, shared.clone(), stop.clone()));
+        connections.spawn(secure_connection(connection, shared.clone(), stop.clone()));
     }
     drop(accepting);
     while connections.join_next().await.is_some() {}
     Ok(())
 }
 
-/// Reads requests and hands each to its own task; a second task writes the answers in order.
-async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: CancellationToken) {
+/// Serves `connection`, over TLS when the listener has it. The TLS handshake is bounded by the
+/// connection's handshake timeout (it counts as the time before the first request).
+async fn secure_connection(connection: Guarded, shared: Arc<Shared>, stop: CancellationToken) {
     let first_request = connection.first_request();
+    match shared.security.tls.clone() {
+        None => serve_connection(connection, first_request, shared, stop).await,
+        Some(acceptor) => match acceptor.accept(connection).await {
+            Ok(connection) => serve_connection(connection, first_request, shared, stop).await,
+            Err(error) => tracing::debug!(%error, "a Kafka client's TLS handshake failed"),
+        },
+    }
+}
+
+/// One request or answer in a connection's queue: aborted if the connection closes first.
+type Handling = AbortOnDropHandle<Result<Answer, Close>>;
+
+/// Reads requests and hands each to its own task; a second task writes the answers in order.
+/// SASL requests are served here, in order, since what they decide applies to the next one.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    connection: S,
+    first_request: crate::connection::FirstRequest,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let (mut reader, mut writer) = tokio::io::split(connection);
-    let (answers, mut answers_rx) =
-        mpsc::channel::<JoinHandle<Result<Answer, Close>>>(KAFKA_REQUESTS_IN_FLIGHT_MAX);
+    let (answers, mut answers_rx) = mpsc::channel::<Handling>(KAFKA_REQUESTS_IN_FLIGHT_MAX);
     let writing = tokio::spawn(async move {
         while let Some(answer) = answers_rx.recv().await {
             let answer = match answer.await {
@@ -190,22 +267,43 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
         let _ = writer.shutdown().await;
         Ok(())
     });
+    let mut session = Session::new(shared.security.tokens.as_ref());
+    let mut reloads = match &shared.security.tokens {
+        Some(tokens) => crate::auth::TokenReloads::of(tokens),
+        None => crate::auth::TokenReloads::none(),
+    };
     let reading = async {
         loop {
             let mut length = [0u8; 4];
-            let read = tokio::select! {
-                read = reader.read_exact(&mut length) => read,
-                () = stop.cancelled() => return Ok(()),
-                // The writer stopped: a request closed the connection.
-                () = answers.closed() => return Ok(()),
+            let reading_length = reader.read_exact(&mut length);
+            tokio::pin!(reading_length);
+            // A reload does not interrupt the read: a length read halfway is not lost.
+            let read = loop {
+                tokio::select! {
+                    read = &mut reading_length => break read,
+                    () = stop.cancelled() => return Ok(()),
+                    // The writer stopped: a request closed the connection.
+                    () = answers.closed() => return Ok(()),
+                    () = reloads.next() => {
+                        if let Session::Authenticated(caller) = &session
+                            && caller.check_token().is_err()
+                        {
+                            return Err(Close::Revoked);
+                        }
+                    }
+                }
             };
             if read.is_err() {
                 return Ok(());
             }
             first_request.arrived();
             let bytes = u32::from_be_bytes(length) as u64;
-            if !(8..=KAFKA_REQUEST_BYTES_MAX as u64).contains(&bytes) {
-                return Err(Close::FrameSize { bytes, bytes_max: KAFKA_REQUEST_BYTES_MAX });
+            let bytes_max = match session {
+                Session::Authenticated(_) => KAFKA_REQUEST_BYTES_MAX,
+                _ => KAFKA_UNAUTHENTICATED_REQUEST_BYTES_MAX,
+            };
+            if !(8..=bytes_max as u64).contains(&bytes) {
+                return Err(Close::FrameSize { bytes, bytes_max });
             }
             let held = shared
                 .bytes
@@ -217,31 +315,110 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
             if reader.read_exact(&mut body).await.is_err() {
                 return Ok(());
             }
-            let handling = tokio::spawn(counted(shared.clone(), body.freeze(), held));
-            if answers.send(handling).await.is_err() {
+            let body = body.freeze();
+            let caller = match &session {
+                Session::Authenticated(caller) => caller.clone(),
+                _ => {
+                    // Served here, so that the next request sees what it decided.
+                    let (answer, failed) = exchange(&shared, &mut session, body)?;
+                    let answer = Answer { frame: Some(answer), _held: vec![held] };
+                    let answered = AbortOnDropHandle::new(tokio::spawn(async { Ok(answer) }));
+                    if answers.send(answered).await.is_err() {
+                        return Ok(());
+                    }
+                    if failed {
+                        return Err(Close::AuthenticationFailed);
+                    }
+                    continue;
+                }
+            };
+            let handling = tokio::spawn(counted(shared.clone(), caller, body, held));
+            if answers.send(AbortOnDropHandle::new(handling)).await.is_err() {
                 return Ok(());
             }
         }
     };
     let read: Result<(), Close> = reading.await;
     drop(answers);
-    let written = writing.await.unwrap_or_else(|error| Err(Close::Task(error.to_string())));
+    let written = if matches!(read, Err(Close::Revoked)) {
+        // Nothing more is sent on a revoked token's behalf, not even answers already queued.
+        writing.abort();
+        Ok(())
+    } else {
+        writing.await.unwrap_or_else(|error| Err(Close::Task(error.to_string())))
+    };
     for close in [read.err(), written.err()].into_iter().flatten() {
         tracing::debug!(reason = %close, "closing a Kafka connection");
     }
 }
 
+/// Serves a request of a connection that has not authenticated yet: ApiVersions, or a step of
+/// SASL/PLAIN (anything else closes the connection). Returns the answer and whether
+/// authentication failed (the connection closes once the answer is written).
+fn exchange(
+    shared: &Shared,
+    session: &mut Session,
+    mut request: Bytes,
+) -> Result<(BytesMut, bool), Close> {
+    let api = api_label(&request, true);
+    let exchanged = (|| {
+        let header = match parse(&mut request, true)? {
+            Parsed::Request(header) => header,
+            Parsed::Answered(frame) => return Ok((frame, false)),
+        };
+        let Header { api, version, correlation_id } = header;
+        let malformed = |reason: String| Close::Malformed { api, version, reason };
+        match (api, &*session) {
+            (ApiKey::ApiVersions, _) => {
+                Ok((encode(api, version, correlation_id, &apis::api_versions(true))?, false))
+            }
+            (ApiKey::SaslHandshake, Session::Started) => {
+                let request = SaslHandshakeRequest::decode(&mut request, version)
+                    .map_err(|e| malformed(e.to_string()))?;
+                let (answer, agreed) = sasl::handshake(&request);
+                if agreed {
+                    *session = Session::Agreed;
+                }
+                Ok((encode(api, version, correlation_id, &answer)?, false))
+            }
+            (ApiKey::SaslAuthenticate, Session::Agreed) => {
+                let request = SaslAuthenticateRequest::decode(&mut request, version)
+                    .map_err(|e| malformed(e.to_string()))?;
+                let tokens = shared
+                    .security
+                    .tokens
+                    .as_ref()
+                    .expect("a session waits for SASL only with tokens");
+                let (answer, caller) = sasl::authenticate(tokens, &request);
+                let failed = caller.is_none();
+                if let Some(caller) = caller {
+                    *session = Session::Authenticated(caller);
+                }
+                Ok((encode(api, version, correlation_id, &answer)?, failed))
+            }
+            (api, _) => Err(Close::Unauthenticated { api }),
+        }
+    })();
+    crate::metrics::kafka_request(
+        api,
+        match &exchanged {
+            Ok((_, false)) => "answered",
+            Ok((_, true)) => "refused",
+            Err(_) => "closed",
+        },
+    );
+    exchanged
+}
+
 /// [`handle`], counted in `spool_kafka_requests_total`.
 async fn counted(
     shared: Arc<Shared>,
+    caller: Caller,
     request: Bytes,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
-    let api = match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
-        Ok(api) if apis::served(api).is_some() => api_name(api),
-        _ => "unknown",
-    };
-    let handled = handle(shared, request, held).await;
+    let api = api_label(&request, shared.with_tokens());
+    let handled = handle(shared, caller, request, held).await;
     let outcome = match &handled {
         Ok(Answer { frame: Some(_), .. }) => "answered",
         Ok(Answer { frame: None, .. }) => "unanswered",
@@ -249,6 +426,14 @@ async fn counted(
     };
     crate::metrics::kafka_request(api, outcome);
     handled
+}
+
+/// The metric label of a request's API: its name if served, else `unknown`.
+fn api_label(request: &[u8], with_tokens: bool) -> &'static str {
+    match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
+        Ok(api) if apis::served(api, with_tokens).is_some() => api_name(api),
+        _ => "unknown",
+    }
 }
 
 /// The label of a served API.
@@ -259,47 +444,82 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Produce => "Produce",
         ApiKey::Fetch => "Fetch",
         ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "unknown",
     }
 }
 
-/// Decodes one request, serves it and encodes its answer frame.
-async fn handle(
-    shared: Arc<Shared>,
-    mut request: Bytes,
-    held: OwnedSemaphorePermit,
-) -> Result<Answer, Close> {
+/// A request's header fields that decide how it is served.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+enum Parsed {
+    /// The header was read; the body follows in the request.
+    Request(Header),
+    /// Answered already: an ApiVersions of a version not served.
+    Answered(BytesMut),
+}
+
+/// Reads a request's header, leaving its body: closes the connection for an API or version
+/// not served, but answers any ApiVersions.
+fn parse(request: &mut Bytes, with_tokens: bool) -> Result<Parsed, Close> {
     // The header's first fields are the same in every version: API key, version, correlation id.
     let api_key = i16::from_be_bytes([request[0], request[1]]);
     let version = i16::from_be_bytes([request[2], request[3]]);
     let correlation_id = i32::from_be_bytes([request[4], request[5], request[6], request[7]]);
     let api = ApiKey::try_from(api_key).map_err(|()| Close::UnknownApi { api_key })?;
-    let Some(range) = apis::served(api) else {
+    let Some(range) = apis::served(api, with_tokens) else {
         return Err(Close::UnknownApi { api_key });
     };
-    let mut held = vec![held];
     if !(range.min..=range.max).contains(&version) {
         if api == ApiKey::ApiVersions {
             // Any version gets an answer the client can read: v0, listing what is served.
-            let frame = encode(api, 0, correlation_id, &apis::unsupported_api_versions())?;
-            return Ok(Answer { frame: Some(frame), _held: held });
+            let answer = apis::unsupported_api_versions(with_tokens);
+            return Ok(Parsed::Answered(encode(api, 0, correlation_id, &answer)?));
         }
         return Err(Close::UnsupportedVersion { api, version, min: range.min, max: range.max });
     }
+    RequestHeader::decode(request, api.request_header_version(version))
+        .map_err(|error| Close::Malformed { api, version, reason: error.to_string() })?;
+    Ok(Parsed::Request(Header { api, version, correlation_id }))
+}
+
+/// Decodes one request of an authenticated connection, serves it as `caller` and encodes its
+/// answer frame.
+async fn handle(
+    shared: Arc<Shared>,
+    caller: Caller,
+    mut request: Bytes,
+    held: OwnedSemaphorePermit,
+) -> Result<Answer, Close> {
+    let mut held = vec![held];
+    let header = match parse(&mut request, shared.with_tokens())? {
+        Parsed::Request(header) => header,
+        Parsed::Answered(frame) => return Ok(Answer { frame: Some(frame), _held: held }),
+    };
+    let Header { api, version, correlation_id } = header;
     let malformed = |reason: String| Close::Malformed { api, version, reason };
-    RequestHeader::decode(&mut request, api.request_header_version(version))
-        .map_err(|error| malformed(error.to_string()))?;
     let frame = match api {
-        ApiKey::ApiVersions => encode(api, version, correlation_id, &apis::api_versions())?,
+        ApiKey::ApiVersions => {
+            encode(api, version, correlation_id, &apis::api_versions(shared.with_tokens()))?
+        }
+        ApiKey::SaslHandshake | ApiKey::SaslAuthenticate => {
+            return Err(Close::Reauthentication { api });
+        }
         ApiKey::Metadata => {
             let request =
                 decode::metadata(request, version).map_err(|e| malformed(e.to_string()))?;
-            encode(api, version, correlation_id, &apis::metadata(&shared, request))?
+            encode(api, version, correlation_id, &apis::metadata(&shared, &caller, request))?
         }
         ApiKey::Produce => {
             let request =
                 decode::produce(request, version).map_err(|e| malformed(e.to_string()))?;
-            match produce::produce(&shared, request).await {
+            match produce::produce(&shared, &caller, request).await {
                 Some(answer) => encode(api, version, correlation_id, &answer)?,
                 None => return Ok(Answer { frame: None, _held: held }),
             }
@@ -311,12 +531,12 @@ async fn handle(
                 api,
                 version,
                 correlation_id,
-                &fetch::list_offsets(&shared, request, version).await,
+                &fetch::list_offsets(&shared, &caller, request, version).await,
             )?
         }
         ApiKey::Fetch => {
             let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
-            let answer = fetch::fetch(&shared, request, &mut held).await;
+            let answer = fetch::fetch(&shared, &caller, request, &mut held).await;
             encode(api, version, correlation_id, &answer)?
         }
         other => unreachable!("{other:?} is served but not dispatched"),

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::codes::error_code;
+use crate::auth::{Action, Caller};
 use crate::error::ServiceError;
 use crate::idempotence::sequenced;
 use crate::topic_table::Topic;
@@ -28,12 +29,16 @@ const BATCH_LENGTH_END: usize = 12;
 type Waiting = Vec<oneshot::Receiver<Result<Appended, ServiceError>>>;
 
 /// Serves a produce; `None` for `acks=0`, which Kafka never answers.
-pub(super) async fn produce(shared: &Shared, request: ProduceRequest) -> Option<ProduceResponse> {
+pub(super) async fn produce(
+    shared: &Shared,
+    caller: &Caller,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
     let acks = request.acks;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.0.as_str().to_owned();
-        let topic = shared.topics.topic(&name);
+        let topic = shared.topic(caller, Action::Produce, &name);
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for data in topic_data.partition_data {
             let answer = PartitionProduceResponse::default()
