@@ -575,9 +575,10 @@ async fn shutdown_answers_a_waiting_fetch_and_stops_cleanly() {
     }
 }
 
-/// `spool_kafka_requests_total` counts requests by API and outcome.
+/// `spool_kafka_requests_total` counts requests by API and outcome,
+/// `spool_kafka_request_seconds` times them, `spool_kafka_errors_total` counts error codes.
 #[tokio::test(flavor = "multi_thread")]
-async fn requests_are_counted_by_api_and_outcome() {
+async fn requests_are_counted_and_timed_by_api_and_errors_by_code() {
     let data = tempfile::tempdir().unwrap();
     let kafka_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -597,6 +598,10 @@ async fn requests_are_counted_by_api_and_outcome() {
     }
     let _: MetadataResponse =
         connection.call(ApiKey::Metadata, 8, &MetadataRequest::default().with_topics(None)).await;
+    let missing = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(name("nowhere")))]));
+    let answer: MetadataResponse = connection.call(ApiKey::Metadata, 8, &missing).await;
+    assert_eq!(answer.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
     let mut frame = BytesMut::new();
     frame.put_u32(10);
     frame.put_i16(999);
@@ -606,13 +611,18 @@ async fn requests_are_counted_by_api_and_outcome() {
     closes_on(&kafka, &frame).await;
     let body = scrape(metrics).await;
     let count = |labels: &str| {
-        let series = format!("spool_kafka_requests_total{{{labels}}} ");
+        let series = format!("{labels} ");
         body.lines().find_map(|line| line.strip_prefix(&series)?.trim().parse::<f64>().ok())
     };
     // Other tests in this binary may count too (the recorder is the process's): at least ours.
-    assert!(count("api=\"ApiVersions\",outcome=\"answered\"").is_some_and(|n| n >= 4.0), "{body}");
-    assert!(count("api=\"Metadata\",outcome=\"answered\"").is_some_and(|n| n >= 1.0), "{body}");
-    assert!(count("api=\"unknown\",outcome=\"closed\"").is_some_and(|n| n >= 1.0), "{body}");
+    let at_least = |series: &str, n: f64| {
+        assert!(count(series).is_some_and(|count| count >= n), "{series} >= {n} in:\n{body}");
+    };
+    at_least("spool_kafka_requests_total{api=\"ApiVersions\",outcome=\"answered\"}", 4.0);
+    at_least("spool_kafka_requests_total{api=\"Metadata\",outcome=\"answered\"}", 2.0);
+    at_least("spool_kafka_requests_total{api=\"unknown\",outcome=\"closed\"}", 1.0);
+    at_least("spool_kafka_request_seconds_count{api=\"Metadata\"}", 2.0);
+    at_least("spool_kafka_errors_total{error=\"UnknownTopicOrPartition\"}", 1.0);
 }
 
 /// A frame whose array claims more elements than it holds: `kafka-protocol`'s own decoder

@@ -166,6 +166,8 @@ pub mod names {
     /// included), `unanswered` (a produce with acks=0) or `closed` (the request closed its
     /// connection) (counter).
     pub const KAFKA_REQUESTS: &str = "spool_kafka_requests_total";
+    pub const KAFKA_REQUEST_SECONDS: &str = "spool_kafka_request_seconds";
+    pub const KAFKA_ERRORS: &str = "spool_kafka_errors_total";
     /// Always 1, with the running build's `version` as a label (gauge).
     pub const BUILD_INFO: &str = "spool_build_info";
     /// How long opening the data directory (recovery of every partition) took (gauge).
@@ -530,6 +532,15 @@ mod describe {
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
         describe_counter!(HTTP_REQUESTS, "Requests the browser listener answered.");
         describe_counter!(KAFKA_REQUESTS, "Requests the Kafka listener read, by API and outcome.");
+        describe_histogram!(
+            KAFKA_REQUEST_SECONDS,
+            Unit::Seconds,
+            "Time from reading a Kafka request to its answer being ready, by API."
+        );
+        describe_counter!(
+            KAFKA_ERRORS,
+            "Spool errors the Kafka listener answered as Kafka error codes, by code."
+        );
         describe_gauge!(BUILD_INFO, "Always 1; the build's version is a label.");
         describe_gauge!(TOKEN_FILE_LOADED, "1 while the token file is loaded, 0 while it fails.");
         describe_counter!(TOKEN_FILE_FAILURES, "Token file loads that failed.");
@@ -700,9 +711,15 @@ pub(crate) fn http_request(route: &str, method: &str, status: u16) {
     metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
 }
 
-/// Counts one request the Kafka listener read.
-pub(crate) fn kafka_request(api: &'static str, outcome: &'static str) {
+/// Counts one request the Kafka listener read, and the time it took to answer.
+pub(crate) fn kafka_request(api: &'static str, outcome: &'static str, took: Duration) {
     metrics::counter!(names::KAFKA_REQUESTS, "api" => api, "outcome" => outcome).increment(1);
+    metrics::histogram!(names::KAFKA_REQUEST_SECONDS, "api" => api).record(took.as_secs_f64());
+}
+
+/// Counts one error code in a Kafka answer (`error`: Kafka's name for it).
+pub(crate) fn kafka_error(error: String) {
+    metrics::counter!(names::KAFKA_ERRORS, "error" => error).increment(1);
 }
 
 /// Records whether the token file loaded, at start and at every reload.

@@ -46,5 +46,6 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         ServiceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::UnknownServerError,
     };
+    crate::metrics::kafka_error(format!("{code:?}"));
     code.code()
 }

@@ -361,6 +361,7 @@ fn exchange(
     mut request: Bytes,
 ) -> Result<(BytesMut, bool), Close> {
     let api = api_label(&request, true);
+    let started = std::time::Instant::now();
     let exchanged = (|| {
         let header = match parse(&mut request, true)? {
             Parsed::Request(header) => header,
@@ -406,6 +407,7 @@ fn exchange(
             Ok((_, true)) => "refused",
             Err(_) => "closed",
         },
+        started.elapsed(),
     );
     exchanged
 }
@@ -418,13 +420,14 @@ async fn counted(
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
     let api = api_label(&request, shared.with_tokens());
+    let started = std::time::Instant::now();
     let handled = handle(shared, caller, request, held).await;
     let outcome = match &handled {
         Ok(Answer { frame: Some(_), .. }) => "answered",
         Ok(Answer { frame: None, .. }) => "unanswered",
         Err(_) => "closed",
     };
-    crate::metrics::kafka_request(api, outcome);
+    crate::metrics::kafka_request(api, outcome, started.elapsed());
     handled
 }
 
