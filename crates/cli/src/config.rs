@@ -61,8 +61,9 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     http_allowed_origins: Option<Vec<String>>,
-    /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, fetch, metadata and
-    /// offsets; see docs/kafka.md). Plain TCP without authentication: loopback only unless
+    /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, idempotent too, fetch,
+    /// metadata, offsets and topic administration; see docs/kafka.md). Plain TCP without
+    /// authentication (any client can create and delete topics): loopback only unless
     /// allow_insecure_remote, and not beside tokens [default: off].
     #[arg(long, env = "SPOOL_KAFKA", value_name = "IP:PORT")]
     kafka: Option<SocketAddr>,

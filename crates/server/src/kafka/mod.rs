@@ -21,14 +21,21 @@
 //!   frame holds (`kafka-protocol` reserves room for whatever count a request claims).
 //!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
-//! (Fetch, ListOffsets); `codes` maps Spool's errors to Kafka's error codes. There is no
-//! authentication yet: the server refuses to start the listener when tokens are configured.
+//! (Fetch, ListOffsets); `producer_id` (InitProducerId), `admin` (CreateTopics, DeleteTopics,
+//! DescribeConfigs, IncrementalAlterConfigs, with `configs` mapping Kafka's configuration
+//! names onto Spool's topic settings), `leader_epoch` (OffsetForLeaderEpoch); `codes` maps
+//! Spool's errors to Kafka's error codes. There is no authentication yet: the server refuses
+//! to start the listener when tokens are configured.
 
+mod admin;
 mod apis;
 mod codes;
+mod configs;
 mod decode;
 mod fetch;
+mod leader_epoch;
 mod produce;
+mod producer_id;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -259,6 +266,12 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Produce => "Produce",
         ApiKey::Fetch => "Fetch",
         ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         _ => "unknown",
     }
 }
@@ -318,6 +331,14 @@ async fn handle(
             let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = fetch::fetch(&shared, request, &mut held).await;
             encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::InitProducerId
+        | ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::OffsetForLeaderEpoch => {
+            admin::handle(&shared, api, version, correlation_id, request).await?
         }
         other => unreachable!("{other:?} is served but not dispatched"),
     };
