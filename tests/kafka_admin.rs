@@ -678,3 +678,63 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
     }
     kafka.server.shutdown().await;
 }
+
+/// A request frame: header (no client id) and `body`.
+fn frame(api: ApiKey, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    frame.put_u32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(None);
+    header.encode(&mut frame, api.request_header_version(version)).unwrap();
+    frame.extend_from_slice(body);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    frame.to_vec()
+}
+
+/// Arrays claiming more elements than their frame holds, outer and nested, close the
+/// connection without an answer (and without reserving room for them), and the server serves
+/// the next connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn arrays_longer_than_their_frame_close_the_connection() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    let huge = i32::MAX.to_be_bytes();
+    // One topic named "t" (1 partition, factor 1, no assignments) whose configs claim i32::MAX.
+    let mut nested_create = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+    nested_create.extend_from_slice(&huge);
+    // One topic resource "t" whose configs claim i32::MAX.
+    let mut nested_alter = vec![0, 0, 0, 1, RESOURCE_TOPIC as u8, 0, 1, b't'];
+    nested_alter.extend_from_slice(&huge);
+    // Replica id -1, then one topic "t" whose partitions claim i32::MAX.
+    let mut nested_epochs = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 1, b't'];
+    nested_epochs.extend_from_slice(&huge);
+    let cases = [
+        (ApiKey::CreateTopics, 4, huge.to_vec()),
+        (ApiKey::CreateTopics, 4, nested_create),
+        (ApiKey::DeleteTopics, 3, huge.to_vec()),
+        (ApiKey::DescribeConfigs, 3, huge.to_vec()),
+        (ApiKey::IncrementalAlterConfigs, 0, huge.to_vec()),
+        (ApiKey::IncrementalAlterConfigs, 0, nested_alter),
+        (ApiKey::OffsetForLeaderEpoch, 3, [&[0xff; 4][..], &huge].concat()),
+        (ApiKey::OffsetForLeaderEpoch, 3, nested_epochs),
+        // A flexible InitProducerId cut short.
+        (ApiKey::InitProducerId, 4, vec![0]),
+    ];
+    for (api, version, body) in cases {
+        let mut connection = Connection::open(&kafka).await;
+        connection.stream.write_all(&frame(api, version, &body)).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, connection.stream.read_to_end(&mut rest)).await;
+        assert!(read.expect("closed in time").is_ok(), "{api:?}");
+        assert!(rest.is_empty(), "{api:?} v{version}: nothing answered");
+    }
+    let mut connection = Connection::open(&kafka).await;
+    let (code, _) = describe(&mut connection, RESOURCE_BROKER, "0").await;
+    assert_eq!(code, 0);
+    drop(connection);
+    kafka.server.shutdown().await;
+}
