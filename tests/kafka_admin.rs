@@ -53,6 +53,7 @@ const INVALID_REPLICATION_FACTOR: i16 = 38;
 const INVALID_CONFIG: i16 = 40;
 const INVALID_REQUEST: i16 = 42;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
@@ -735,6 +736,28 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
     let mut connection = Connection::open(&kafka).await;
     let (code, _) = describe(&mut connection, RESOURCE_BROKER, "0").await;
     assert_eq!(code, 0);
+    drop(connection);
+    kafka.server.shutdown().await;
+}
+
+/// A retry of a batch older than the five a partition keeps per producer is stored nothing
+/// and answered DUPLICATE_SEQUENCE_NUMBER, which clients take as already written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_older_than_five_batches_is_a_duplicate_sequence_number() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    kafka.server.create_topic("old", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let (id, _) = init_producer_id(&mut connection, 1).await;
+    for sequence in 0..6 {
+        let batch = idempotent_batch(1, (id, 0, sequence));
+        assert_eq!(produce(&mut connection, "old", batch).await, (0, i64::from(sequence)));
+    }
+    // The second is still kept; the first is not.
+    assert_eq!(produce(&mut connection, "old", idempotent_batch(1, (id, 0, 1))).await, (0, 1));
+    let first = idempotent_batch(1, (id, 0, 0));
+    assert_eq!(produce(&mut connection, "old", first).await, (DUPLICATE_SEQUENCE_NUMBER, -1));
+    assert_eq!(kafka.server.fetch_all("old", 0, 0).await.len(), 6);
     drop(connection);
     kafka.server.shutdown().await;
 }

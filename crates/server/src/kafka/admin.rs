@@ -24,11 +24,13 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
@@ -150,7 +152,7 @@ async fn create_topics(shared: &Shared, request: CreateTopicsRequest) -> CreateT
 
 async fn create_topic(
     shared: &Shared,
-    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+    topic: &CreatableTopic,
     validate_only: bool,
 ) -> Result<(), Refusal> {
     let name = TopicName::parse(topic.name.as_str()).map_err(ServiceError::from)?;
@@ -180,9 +182,7 @@ async fn create_topic(
 
 /// The partition count asked for: `num_partitions` (-1: one), or a manual assignment of
 /// partitions 0 to n-1, each to node 0 alone.
-fn partitions(
-    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-) -> Result<u32, Refusal> {
+fn partitions(topic: &CreatableTopic) -> Result<u32, Refusal> {
     if topic.assignments.is_empty() {
         return match topic.num_partitions {
             -1 => Ok(1),
@@ -348,7 +348,7 @@ async fn alter_configs(
 
 async fn alter_resource(
     shared: &Shared,
-    resource: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+    resource: &AlterConfigsResource,
     validate_only: bool,
 ) -> Result<(), Refusal> {
     match resource.resource_type {

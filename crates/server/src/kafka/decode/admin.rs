@@ -25,6 +25,8 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest,
 };
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::{DecodeError, Reader};
 use crate::limits::KAFKA_ADMIN_RESOURCES_MAX;
 
@@ -54,10 +56,7 @@ impl Reader {
     }
 
     /// A non-nullable `STRING` (a null one reads as empty: the request's checks refuse it).
-    fn text(
-        &mut self,
-        field: &'static str,
-    ) -> Result<kafka_protocol::protocol::StrBytes, DecodeError> {
+    fn text(&mut self, field: &'static str) -> Result<StrBytes, DecodeError> {
         Ok(self.string(field)?.unwrap_or_default())
     }
 }
