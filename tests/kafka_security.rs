@@ -11,11 +11,13 @@ use common::TestServer;
 use common::kafka::{Connection, Kafka, name, python_with, run_python_with, start_in};
 use common::tls::{pki, tls};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse,
 };
@@ -183,6 +185,19 @@ async fn every_request_is_checked_against_the_tokens_grants() {
     assert_eq!((partition.error_code, partition.high_watermark), (0, 0), "nothing stored");
     let fetched: FetchResponse = reader.call(ApiKey::Fetch, 11, &fetch_request("secret")).await;
     assert_eq!(fetched.responses[0].partitions[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+
+    // Administering topics needs `administer`: neither token has it.
+    let create = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        CreatableTopic::default()
+            .with_name(name("orders-2"))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let created: CreateTopicsResponse = reader.call(ApiKey::CreateTopics, 4, &create).await;
+    assert_eq!(created.topics[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+    let delete = DeleteTopicsRequest::default().with_topic_names(vec![name("orders")]);
+    let deleted: DeleteTopicsResponse = reader.call(ApiKey::DeleteTopics, 3, &delete).await;
+    assert_eq!(deleted.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
 
     let mut writer = Connection::open(&secured.kafka).await;
     assert_eq!(authenticate(&mut writer, "writer-token").await.error_code, 0);

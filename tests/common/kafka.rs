@@ -20,7 +20,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct Kafka {
     pub server: TestServer,
     pub address: std::net::SocketAddr,
-    pub _data: tempfile::TempDir,
+    /// The data directory, when the harness made it.
+    pub _data: Option<tempfile::TempDir>,
 }
 
 pub async fn start(advertised: Option<AdvertisedAddress>) -> Kafka {
@@ -34,11 +35,18 @@ pub async fn start_with(options: ServeOptions) -> Kafka {
 
 /// A server on the data directory `data` with a Kafka listener on 127.0.0.1:0 and `options`.
 pub async fn start_in(data: tempfile::TempDir, options: ServeOptions) -> Kafka {
+    let kafka = start_at(data.path(), options).await;
+    Kafka { _data: Some(data), ..kafka }
+}
+
+/// A server on the data directory at `data` (the caller's to keep), with a Kafka listener on
+/// 127.0.0.1:0 and `options`.
+pub async fn start_at(data: &Path, options: ServeOptions) -> Kafka {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let options = ServeOptions { kafka: Some(listener), ..options };
-    let server = TestServer::start_with(data.path(), options).await;
-    Kafka { server, address, _data: data }
+    let server = TestServer::start_with(data, options).await;
+    Kafka { server, address, _data: None }
 }
 
 /// One client connection, with its own correlation ids.

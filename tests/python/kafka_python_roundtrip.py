@@ -17,7 +17,7 @@ PARTITION = 1
 
 def main() -> None:
     bootstrap, topic = sys.argv[1], sys.argv[2]
-    # Idempotence needs InitProducerId, which the listener does not serve yet.
+    # Idempotence off: the plain produce path. kafka_python_idempotent.py runs it on.
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
     )

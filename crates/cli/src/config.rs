@@ -61,10 +61,11 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     http_allowed_origins: Option<Vec<String>>,
-    /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, fetch, metadata and
-    /// offsets; see docs/kafka.md). It takes the server's TLS, and with tokens clients
-    /// authenticate with SASL/PLAIN, a token as the password. Loopback only unless the server
-    /// has both TLS and tokens, or allow_insecure_remote [default: off].
+    /// Serve Kafka clients at IP:PORT (Kafka's wire protocol: produce, idempotent too, fetch,
+    /// metadata, offsets and topic administration; see docs/kafka.md). It takes the server's
+    /// TLS, and with tokens clients authenticate with SASL/PLAIN, a token as the password.
+    /// Loopback only unless the server has both TLS and tokens, or allow_insecure_remote
+    /// [default: off].
     #[arg(long, env = "SPOOL_KAFKA", value_name = "IP:PORT")]
     kafka: Option<SocketAddr>,
     /// The HOST:PORT Kafka clients are told to connect to (Metadata's broker address)

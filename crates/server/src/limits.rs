@@ -161,6 +161,11 @@ pub const KAFKA_FETCH_BYTES_MAX: u32 = spool_proto::limits::FETCH_BYTES_MAX;
 /// The longest a Kafka fetch waits for records (a client's larger `max_wait_ms` waits this).
 pub const KAFKA_FETCH_WAIT_MAX: Duration =
     Duration::from_millis(spool_proto::limits::FETCH_WAIT_MS_MAX as u64);
+/// The most topics one Kafka CreateTopics or DeleteTopics names, and the most resources one
+/// DescribeConfigs or IncrementalAlterConfigs names: a larger count closes the connection
+/// (a describe answers about a hundred bytes per byte asked, so the frame's size alone would
+/// not bound its answer). One more than the topics a server holds, for the broker.
+pub const KAFKA_ADMIN_RESOURCES_MAX: usize = spool_broker::limits::TOPICS_MAX + 1;
 
 // The server as a whole.
 

@@ -19,12 +19,21 @@ use crate::auth::{Action, Caller};
 /// `decode` reads (Metadata 9, Produce 9, Fetch 12 and ListOffsets 6 are the first flexible
 /// ones; Fetch 13 and Metadata 10 also identify topics by id, which Spool's topics do not
 /// have yet).
-const SERVED: [(ApiKey, VersionRange); 5] = [
+const SERVED: [(ApiKey, VersionRange); 11] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
     (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
     (ApiKey::Fetch, VersionRange { min: 4, max: 11 }),
     (ApiKey::ListOffsets, VersionRange { min: 1, max: 5 }),
+    // InitProducerId has no arrays, so its flexible versions (2 on) decode safely with
+    // kafka-protocol; version 5 is for transactions. The admin APIs below are non-flexible,
+    // read by `decode::admin`, from the oldest version kafka-protocol still encodes.
+    (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
+    (ApiKey::CreateTopics, VersionRange { min: 2, max: 4 }),
+    (ApiKey::DeleteTopics, VersionRange { min: 1, max: 3 }),
+    (ApiKey::DescribeConfigs, VersionRange { min: 1, max: 3 }),
+    (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 0 }),
+    (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 3 }),
 ];
 
 /// Served only when the server has tokens (see `sasl`). SaslHandshake v0 is left out: after

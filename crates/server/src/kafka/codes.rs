@@ -3,11 +3,15 @@
 //! reads, so each refusal is also logged at DEBUG with its full text.
 
 use kafka_protocol::ResponseError;
+use spool_broker::producer::SequenceError;
+use spool_broker::{AlterTopicError, CreateTopicError, DeleteTopicError, TopicConfigError};
 use spool_storage::{AppendError, ReadError};
 
 use crate::auth::AuthError;
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
+
+use super::configs::ConfigError;
 
 /// The Kafka error code for `error`.
 pub(super) fn error_code(error: &ServiceError) -> i16 {
@@ -33,7 +37,17 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         ServiceError::ProducerId(ProducerIdError::Unknown { .. }) => {
             ResponseError::UnknownProducerId
         }
-        ServiceError::Sequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        // Kafka answers a retry of one of a producer's last five batches with success and its
+        // first offsets (the writer does too); an older one is a duplicate it cannot place,
+        // which clients take as written. An older epoch is fenced.
+        ServiceError::Sequence { source, .. } => match source {
+            SequenceError::OutOfOrder { .. } | SequenceError::SequenceOverflow { .. } => {
+                ResponseError::OutOfOrderSequenceNumber
+            }
+            SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            SequenceError::OldDuplicate { .. } => ResponseError::DuplicateSequenceNumber,
+            SequenceError::BadStamp { .. } => ResponseError::CorruptMessage,
+        },
         ServiceError::Auth(AuthError::Denied { resource, .. })
             if resource.starts_with("group ") =>
         {
@@ -48,4 +62,40 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
     };
     crate::metrics::kafka_error(format!("{code:?}"));
     code.code()
+}
+
+/// The Kafka error code for `error` when it refuses a topic's creation, deletion or change:
+/// these answers have codes of their own for what a produce or fetch never meets.
+pub(super) fn admin_error_code(error: &ServiceError) -> i16 {
+    let code = match error {
+        ServiceError::CreateTopic(CreateTopicError::AlreadyExists { .. }) => {
+            ResponseError::TopicAlreadyExists
+        }
+        // The server's own limits, which no retry of the same request gets past.
+        ServiceError::CreateTopic(
+            CreateTopicError::TooManyTopics { .. } | CreateTopicError::TooManyPartitions { .. },
+        )
+        | ServiceError::OpenFiles(_) => ResponseError::PolicyViolation,
+        ServiceError::TopicConfig(TopicConfigError::Partitions { .. }) => {
+            ResponseError::InvalidPartitions
+        }
+        ServiceError::TopicConfig(_) => ResponseError::InvalidConfig,
+        ServiceError::AlterTopic(AlterTopicError::NotFound { .. })
+        | ServiceError::DeleteTopic(DeleteTopicError::NotFound { .. }) => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        _ => return error_code(error),
+    };
+    tracing::debug!(%error, "a Kafka admin request refused");
+    code.code()
+}
+
+/// The Kafka error code for a Kafka topic configuration Spool refuses.
+pub(super) fn config_error_code(error: &ConfigError) -> i16 {
+    tracing::debug!(%error, "a Kafka topic configuration refused");
+    match error {
+        ConfigError::Topic(TopicConfigError::Partitions { .. }) => ResponseError::InvalidPartitions,
+        _ => ResponseError::InvalidConfig,
+    }
+    .code()
 }

@@ -21,6 +21,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
+pub(super) mod admin;
+
 /// Why a request does not decode.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum DecodeError {

@@ -26,14 +26,21 @@
 //!   A connection whose token leaves the file is closed at the file's next reload.
 //!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
-//! (Fetch, ListOffsets), `sasl` (SaslHandshake, SaslAuthenticate); `codes` maps Spool's
-//! errors to Kafka's error codes.
+//! (Fetch, ListOffsets), `sasl` (SaslHandshake, SaslAuthenticate); `producer_id`
+//! (InitProducerId), `admin` (CreateTopics, DeleteTopics, DescribeConfigs,
+//! IncrementalAlterConfigs, with `configs` mapping Kafka's configuration names onto Spool's
+//! topic settings), `leader_epoch` (OffsetForLeaderEpoch); `codes` maps Spool's errors to
+//! Kafka's error codes.
 
+mod admin;
 mod apis;
 mod codes;
+mod configs;
 mod decode;
 mod fetch;
+mod leader_epoch;
 mod produce;
+mod producer_id;
 mod sasl;
 
 use std::fmt;
@@ -449,6 +456,12 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::SaslHandshake => "SaslHandshake",
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         _ => "unknown",
     }
 }
@@ -541,6 +554,14 @@ async fn handle(
             let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = fetch::fetch(&shared, &caller, request, &mut held).await;
             encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::InitProducerId
+        | ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::OffsetForLeaderEpoch => {
+            admin::handle(&shared, &caller, api, version, correlation_id, request).await?
         }
         other => unreachable!("{other:?} is served but not dispatched"),
     };

@@ -1,0 +1,409 @@
+//! Topic administration over Kafka (CreateTopics, DeleteTopics, DescribeConfigs,
+//! IncrementalAlterConfigs), on the same topic table as gRPC's topic service; and the
+//! dispatch of the APIs this module and its siblings `producer_id` (InitProducerId) and
+//! `leader_epoch` (OffsetForLeaderEpoch) serve.
+//!
+//! - CreateTopics: a name Spool refuses is INVALID_TOPIC_EXCEPTION; a topic that exists
+//!   TOPIC_ALREADY_EXISTS; a replication factor other than 1 (or -1, the default)
+//!   INVALID_REPLICATION_FACTOR (one node); a partition count outside 1 to the topic limit
+//!   (or -1: one) INVALID_PARTITIONS; configs as `configs` maps them, else INVALID_CONFIG. A
+//!   manual assignment is accepted only as Kafka accepts it (count and factor -1) and only when
+//!   it puts every partition 0 to n-1 on node 0. `validate_only` checks all of it, creating
+//!   nothing. The server's own limits (topics, partitions, open files) are POLICY_VIOLATION.
+//! - DeleteTopics: deletes as `spool topic delete` does; an unknown topic is
+//!   UNKNOWN_TOPIC_OR_PARTITION.
+//! - DescribeConfigs: a topic's settings under Kafka's names (`configs`), and the broker's
+//!   (node 0, or the empty name), all read-only.
+//! - IncrementalAlterConfigs: SET and DELETE (back to a new topic's value) on a topic's
+//!   settings, applied as `spool topic alter` applies them (the partitions' logs reopen with
+//!   the new settings); APPEND and SUBTRACT (no Spool setting is a list), unknown names and
+//!   other values of fixed ones are INVALID_CONFIG with a message saying which. The broker's
+//!   settings are fixed.
+//!
+//! Each refusal carries Spool's own message in the answer's `error_message`. With tokens,
+//! creating, deleting and altering a topic need `administer` on it and describing it any
+//! grant (TOPIC_AUTHORIZATION_FAILED otherwise); the broker's settings are any caller's to read.
+//! InitProducerId needs only an authenticated connection, as gRPC's InitProducer does.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, InitProducerIdRequest,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use spool_broker::{CreateTopicError, TopicName};
+
+use super::codes::{admin_error_code, config_error_code};
+use super::configs::{self, ConfigError};
+use super::{Close, Shared, decode, encode, leader_epoch, producer_id};
+use crate::auth::{Action, Caller, Resource};
+use crate::error::ServiceError;
+
+/// Kafka's resource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+/// Decodes, serves and encodes one request of an API this module dispatches.
+pub(super) async fn handle(
+    shared: &Shared,
+    caller: &Caller,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    mut body: Bytes,
+) -> Result<BytesMut, Close> {
+    let malformed = |reason: String| Close::Malformed { api, version, reason };
+    match api {
+        ApiKey::InitProducerId => {
+            let request = InitProducerIdRequest::decode(&mut body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            let answer = producer_id::init_producer_id(shared, request).await;
+            encode(api, version, correlation_id, &answer)
+        }
+        ApiKey::CreateTopics => {
+            let request = decode::admin::create_topics(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &create_topics(shared, caller, request).await)
+        }
+        ApiKey::DeleteTopics => {
+            let request = decode::admin::delete_topics(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &delete_topics(shared, caller, request).await)
+        }
+        ApiKey::DescribeConfigs => {
+            let request = decode::admin::describe_configs(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &describe_configs(shared, caller, request, version),
+            )
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let request = decode::admin::incremental_alter_configs(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &alter_configs(shared, caller, request).await)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let request = decode::admin::offset_for_leader_epoch(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &leader_epoch::offset_for_leader_epoch(shared, caller, request),
+            )
+        }
+        other => unreachable!("{other:?} is not dispatched here"),
+    }
+}
+
+/// A refusal: its code and the message to send with it.
+struct Refusal {
+    code: i16,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ResponseError, message: impl Into<String>) -> Refusal {
+        Refusal { code: code.code(), message: message.into() }
+    }
+}
+
+impl From<ServiceError> for Refusal {
+    fn from(error: ServiceError) -> Refusal {
+        Refusal { code: admin_error_code(&error), message: error.to_string() }
+    }
+}
+
+impl From<ConfigError> for Refusal {
+    fn from(error: ConfigError) -> Refusal {
+        Refusal { code: config_error_code(&error), message: error.to_string() }
+    }
+}
+
+async fn create_topics(
+    shared: &Shared,
+    caller: &Caller,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let named = request.topics.iter().filter(|t| t.name == topic.name).count();
+        let created = if named > 1 {
+            Err(Refusal::new(ResponseError::InvalidRequest, "the topic is named more than once"))
+        } else {
+            create_topic(shared, caller, topic, request.validate_only).await
+        };
+        let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        results.push(match created {
+            Ok(()) => result,
+            Err(refusal) => {
+                tracing::debug!(
+                    topic = topic.name.as_str(),
+                    refusal.message,
+                    "CreateTopics refused"
+                );
+                result
+                    .with_error_code(refusal.code)
+                    .with_error_message(Some(StrBytes::from_string(refusal.message)))
+            }
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn create_topic(
+    shared: &Shared,
+    caller: &Caller,
+    topic: &CreatableTopic,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    caller
+        .allow(Action::Administer, Resource::Topic(topic.name.as_str()))
+        .map_err(ServiceError::from)?;
+    let name = TopicName::parse(topic.name.as_str()).map_err(ServiceError::from)?;
+    let partitions = partitions(topic)?;
+    if !matches!(topic.replication_factor, -1 | 1) && topic.assignments.is_empty() {
+        return Err(Refusal::new(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {}: Spool is one node, so the factor is 1 (or -1, the default)",
+                topic.replication_factor
+            ),
+        ));
+    }
+    let configs =
+        topic.configs.iter().map(|config| (config.name.as_str(), config.value.as_deref()));
+    let config = configs::create_request(partitions, configs)?;
+    if validate_only {
+        if shared.topics.topic(name.as_str()).is_ok() {
+            return Err(ServiceError::from(CreateTopicError::AlreadyExists { name }).into());
+        }
+        return Ok(());
+    }
+    shared.topics.create_topic(name.as_str(), config).await?;
+    tracing::info!(topic = %name, ?config, "topic created over Kafka");
+    Ok(())
+}
+
+/// The partition count asked for: `num_partitions` (-1: one), or a manual assignment of
+/// partitions 0 to n-1, each to node 0 alone.
+fn partitions(topic: &CreatableTopic) -> Result<u32, Refusal> {
+    if topic.assignments.is_empty() {
+        return match topic.num_partitions {
+            -1 => Ok(1),
+            n if n >= 1 => Ok(n as u32),
+            n => Err(Refusal::new(
+                ResponseError::InvalidPartitions,
+                format!("{n} partitions: a topic has at least 1 (or -1, the default of 1)"),
+            )),
+        };
+    }
+    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+        return Err(Refusal::new(
+            ResponseError::InvalidRequest,
+            "with a manual assignment, num_partitions and replication_factor must be -1",
+        ));
+    }
+    let count = topic.assignments.len();
+    let mut seen = vec![false; count];
+    for assignment in &topic.assignments {
+        let index = usize::try_from(assignment.partition_index).ok().filter(|i| *i < count);
+        let on_node_0 = assignment.broker_ids.len() == 1 && assignment.broker_ids[0].0 == 0;
+        match index {
+            Some(index) if on_node_0 && !seen[index] => seen[index] = true,
+            _ => {
+                return Err(Refusal::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    "Spool is one node: an assignment puts each of partitions 0 to n-1 on node 0 alone",
+                ));
+            }
+        }
+    }
+    Ok(count as u32)
+}
+
+async fn delete_topics(
+    shared: &Shared,
+    caller: &Caller,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut results = Vec::with_capacity(request.topic_names.len());
+    for name in request.topic_names {
+        let result = DeletableTopicResult::default().with_name(Some(name.clone()));
+        let deleted = match caller.allow(Action::Administer, Resource::Topic(name.as_str())) {
+            Ok(()) => shared.topics.delete_topic(name.as_str()).await,
+            Err(denied) => Err(denied.into()),
+        };
+        results.push(match deleted {
+            Ok(()) => {
+                tracing::info!(topic = name.as_str(), "topic deleted over Kafka");
+                result
+            }
+            Err(error) => {
+                let refusal = Refusal::from(error);
+                tracing::debug!(topic = name.as_str(), refusal.message, "DeleteTopics refused");
+                result.with_error_code(refusal.code)
+            }
+        });
+    }
+    DeleteTopicsResponse::default().with_responses(results)
+}
+
+fn describe_configs(
+    shared: &Shared,
+    caller: &Caller,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let keys = resource.configuration_keys.as_deref();
+            let described = match resource.resource_type {
+                RESOURCE_TOPIC => shared
+                    .topic(caller, Action::Describe, resource.resource_name.as_str())
+                    .map(|topic| configs::describe_topic(&topic.config(), keys))
+                    .map_err(Refusal::from),
+                RESOURCE_BROKER => broker(&resource.resource_name)
+                    .map(|()| configs::describe_broker(&shared.advertised, keys)),
+                other => Err(unsupported_resource(other)),
+            };
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name);
+            match described {
+                Ok(described) => result.with_configs(
+                    described.into_iter().map(|d| config_result(d, version)).collect(),
+                ),
+                Err(refusal) => result
+                    .with_error_code(refusal.code)
+                    .with_error_message(Some(StrBytes::from_string(refusal.message))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn config_result(described: configs::Described, version: i16) -> DescribeConfigsResourceResult {
+    let result = DescribeConfigsResourceResult::default()
+        .with_name(StrBytes::from_static_str(described.name))
+        .with_value(Some(StrBytes::from_string(described.value)))
+        .with_read_only(described.read_only)
+        .with_config_source(described.source);
+    if version >= 3 {
+        result
+            .with_config_type(described.config_type)
+            .with_documentation(Some(StrBytes::from_static_str(described.documentation)))
+    } else {
+        result
+    }
+}
+
+/// The one broker is node 0; Kafka's tools also name it by the empty string.
+fn broker(name: &str) -> Result<(), Refusal> {
+    if name.is_empty() || name == "0" {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        ResponseError::InvalidRequest,
+        format!("broker {name:?}: the one broker is node 0"),
+    ))
+}
+
+fn unsupported_resource(resource_type: i8) -> Refusal {
+    Refusal::new(
+        ResponseError::InvalidRequest,
+        format!(
+            "resource type {resource_type}: Spool describes and alters topics (2) and the broker (4) only"
+        ),
+    )
+}
+
+async fn alter_configs(
+    shared: &Shared,
+    caller: &Caller,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for resource in &request.resources {
+        let named = request
+            .resources
+            .iter()
+            .filter(|r| {
+                r.resource_type == resource.resource_type
+                    && r.resource_name == resource.resource_name
+            })
+            .count();
+        let altered = if named > 1 {
+            Err(Refusal::new(ResponseError::InvalidRequest, "the resource is named more than once"))
+        } else {
+            alter_resource(shared, caller, resource, request.validate_only).await
+        };
+        let response = AlterConfigsResourceResponse::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        responses.push(match altered {
+            Ok(()) => response,
+            Err(refusal) => {
+                tracing::debug!(
+                    resource = resource.resource_name.as_str(),
+                    refusal.message,
+                    "IncrementalAlterConfigs refused"
+                );
+                response
+                    .with_error_code(refusal.code)
+                    .with_error_message(Some(StrBytes::from_string(refusal.message)))
+            }
+        });
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+async fn alter_resource(
+    shared: &Shared,
+    caller: &Caller,
+    resource: &AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    match resource.resource_type {
+        RESOURCE_TOPIC => {
+            let topic = resource.resource_name.as_str();
+            caller.allow(Action::Administer, Resource::Topic(topic)).map_err(ServiceError::from)?;
+        }
+        RESOURCE_BROKER => {
+            broker(&resource.resource_name)?;
+            if resource.configs.is_empty() {
+                return Ok(());
+            }
+            return Err(Refusal::new(
+                ResponseError::InvalidConfig,
+                "the broker's settings are fixed: they are spool serve's flags",
+            ));
+        }
+        other => return Err(unsupported_resource(other)),
+    }
+    let topic = shared.topics.topic(resource.resource_name.as_str())?;
+    let operations =
+        resource.configs.iter().map(|c| (c.name.as_str(), c.config_operation, c.value.as_deref()));
+    let change = configs::change(&topic.config(), operations)?;
+    if validate_only {
+        return Ok(());
+    }
+    let topic = shared.topics.alter_topic(topic.name.as_str(), change).await?;
+    tracing::info!(topic = %topic.name, config = ?topic.config(), "topic altered over Kafka");
+    Ok(())
+}
