@@ -11,11 +11,16 @@
 //! partitions to change, up to `max_wait_ms` (at most [`KAFKA_FETCH_WAIT_MAX`]); `min_bytes`
 //! is treated as 1. Fetch sessions are not served: only a sessionless fetch (session id 0,
 //! epoch -1 or 0) is, and its answer's session id 0 tells the client none was created.
+//!
+//! The records are not copied: each partition's are slices of the bytes the log read (the
+//! mapped segment), written to the socket as they are beside the encoded fields
+//! ([`Fetched::encode`]); only batches under [`ZERO_COPY_BYTES_MIN`] are copied into the
+//! fields around them, so that many small batches are not many small writes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
@@ -24,6 +29,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
+use kafka_protocol::protocol::Encodable;
 use spool_storage::batch::{BATCH_VERSION, BatchIter};
 use spool_storage::limits::BATCH_BYTES_MAX;
 use spool_storage::{Offset, ReadBatches, TimestampMs};
@@ -48,14 +54,84 @@ struct Wanted {
     bytes_max: u32,
 }
 
+/// Batches smaller than this are copied into the answer's encoded fields rather than written
+/// as slices of their own.
+const ZERO_COPY_BYTES_MIN: usize = 64 * 1024;
+
+/// A fetch's answer: the response with every partition's records left empty, and each
+/// partition's records (in the response's order, topic by topic) as slices of the log's bytes.
+pub(super) struct Fetched {
+    response: FetchResponse,
+    records: Vec<Vec<Bytes>>,
+}
+
+impl From<FetchResponse> for Fetched {
+    fn from(response: FetchResponse) -> Fetched {
+        Fetched { response, records: Vec::new() }
+    }
+}
+
+impl Fetched {
+    /// The answer frame as chunks to write in order: the length, the response header and the
+    /// fields, with each partition's records after its fields (in versions 4 to 11 a
+    /// partition's records are its last field, and nothing follows them but the next one).
+    pub(super) fn encode(
+        &self,
+        version: i16,
+        header: &kafka_protocol::messages::ResponseHeader,
+        header_version: i16,
+    ) -> Result<Vec<Bytes>, String> {
+        let response = &self.response;
+        let mut chunks = Vec::new();
+        let mut fields = BytesMut::new();
+        header.encode(&mut fields, header_version).map_err(|e| e.to_string())?;
+        if version >= 1 {
+            fields.put_i32(response.throttle_time_ms);
+        }
+        if version >= 7 {
+            fields.put_i16(response.error_code);
+            fields.put_i32(response.session_id);
+        }
+        fields.put_i32(response.responses.len() as i32);
+        let mut records = self.records.iter();
+        for topic in &response.responses {
+            let name = topic.topic.0.as_str();
+            fields.put_i16(name.len() as i16);
+            fields.put_slice(name.as_bytes());
+            fields.put_i32(topic.partitions.len() as i32);
+            for partition in &topic.partitions {
+                partition.encode(&mut fields, version).map_err(|e| e.to_string())?;
+                // Its records were encoded empty: a length of 0, replaced by theirs.
+                debug_assert_eq!(fields[fields.len() - 4..], [0, 0, 0, 0]);
+                fields.truncate(fields.len() - 4);
+                let slices = records.next().map_or(&[][..], Vec::as_slice);
+                let length: usize = slices.iter().map(Bytes::len).sum();
+                fields.put_i32(length as i32);
+                for slice in slices {
+                    if slice.len() < ZERO_COPY_BYTES_MIN {
+                        fields.put_slice(slice);
+                    } else {
+                        chunks.push(fields.split().freeze());
+                        chunks.push(slice.clone());
+                    }
+                }
+            }
+        }
+        chunks.push(fields.freeze());
+        let length: usize = chunks.iter().map(Bytes::len).sum();
+        chunks.insert(0, Bytes::copy_from_slice(&(length as u32).to_be_bytes()));
+        Ok(chunks)
+    }
+}
+
 pub(super) async fn fetch(
     shared: &Shared,
     caller: &Caller,
     request: FetchRequest,
     held: &mut Vec<OwnedSemaphorePermit>,
-) -> FetchResponse {
+) -> Fetched {
     let refused = |error: ResponseError| {
-        FetchResponse::default().with_error_code(error.code()).with_session_id(0)
+        Fetched::from(FetchResponse::default().with_error_code(error.code()).with_session_id(0))
     };
     if request.session_id != 0 {
         return refused(ResponseError::FetchSessionIdNotFound);
@@ -103,8 +179,9 @@ pub(super) async fn fetch(
             .await
             .expect("the budget is never closed"),
     );
-    let answer = read_all(&topics, bytes_max).await;
-    FetchResponse::default().with_session_id(0).with_responses(answer)
+    let (answer, records) = read_all(&topics, bytes_max).await;
+    let response = FetchResponse::default().with_session_id(0).with_responses(answer);
+    Fetched { response, records }
 }
 
 /// Waits until a partition has something to answer at its fetch offset (records, or an
@@ -147,14 +224,16 @@ async fn wait_for_any(shared: &Shared, topics: &[(TopicName, Vec<Wanted>)], dead
     }
 }
 
-/// Reads every partition once, within `bytes_max` but for the answer's first batch.
+/// Reads every partition once, within `bytes_max` but for the answer's first batch: the
+/// answer with empty records, and each partition's records in order.
 async fn read_all(
     topics: &[(TopicName, Vec<Wanted>)],
     bytes_max: u32,
-) -> Vec<FetchableTopicResponse> {
+) -> (Vec<FetchableTopicResponse>, Vec<Vec<Bytes>>) {
     let mut left = bytes_max;
     let mut any_records = false;
     let mut answer = Vec::with_capacity(topics.len());
+    let mut all_records = Vec::new();
     for (name, wanted) in topics {
         let mut partitions = Vec::with_capacity(wanted.len());
         for wanted in wanted {
@@ -171,16 +250,19 @@ async fn read_all(
                 Ok(partition) => read_one(partition, wanted, left, any_records).await,
             };
             let data = match read {
-                Err(code) => data.with_error_code(code),
+                Err(code) => {
+                    all_records.push(Vec::new());
+                    data.with_error_code(code)
+                }
                 Ok(Answered { records, stored_bytes, high_watermark, log_start_offset }) => {
                     if !records.is_empty() {
                         any_records = true;
                         left = left.saturating_sub(stored_bytes as u32);
                     }
+                    all_records.push(records);
                     data.with_high_watermark(high_watermark)
                         .with_last_stable_offset(high_watermark)
                         .with_log_start_offset(log_start_offset)
-                        .with_records(Some(records))
                 }
             };
             partitions.push(data);
@@ -189,11 +271,12 @@ async fn read_all(
             FetchableTopicResponse::default().with_topic(name.clone()).with_partitions(partitions),
         );
     }
-    answer
+    (answer, all_records)
 }
 
 struct Answered {
-    records: Bytes,
+    /// The batches' Kafka bytes, slices of the read.
+    records: Vec<Bytes>,
     /// What the records take as stored: what a fetch's bounds count.
     stored_bytes: usize,
     high_watermark: i64,
@@ -220,14 +303,15 @@ async fn read_one(
         // No room left in this answer: the partition's offsets, and no records.
         let state = partition.state().map_err(|e| error_code(&e))?;
         return Ok(Answered {
-            records: Bytes::new(),
+            records: Vec::new(),
             stored_bytes: 0,
             high_watermark: state.log_end_offset.0 as i64,
             log_start_offset: state.log_start_offset.0 as i64,
         });
     };
     let records = kafka_records(partition, &read)?;
-    partition.metrics.consumed(read.next_offset.0.saturating_sub(offset), records.len());
+    let bytes = records.iter().map(Bytes::len).sum();
+    partition.metrics.consumed(read.next_offset.0.saturating_sub(offset), bytes);
     Ok(Answered {
         records,
         stored_bytes: read.bytes.len(),
@@ -236,14 +320,11 @@ async fn read_one(
     })
 }
 
-/// The Kafka batches inside a read's stored batches, back to back. A read checked every
-/// batch, so one that does not iterate is a bug, reported as a storage error; a batch in the
-/// old format 1 (written before Kafka batches were stored) has no Kafka form to send yet.
-fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Bytes, i16> {
-    if read.bytes.is_empty() {
-        return Ok(Bytes::new());
-    }
-    let mut records = BytesMut::with_capacity(read.bytes.len());
+/// The Kafka batches inside a read's stored batches, as slices of the read. A read checked
+/// every batch, so one that does not iterate is a bug, reported as a storage error; a batch in
+/// the old format 1 (written before Kafka batches were stored) has no Kafka form to send yet.
+fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Vec<Bytes>, i16> {
+    let mut records = Vec::new();
     for batch in BatchIter::new(&read.bytes) {
         let unreadable = |reason: String| {
             tracing::warn!(topic = %partition.topic(), partition = partition.id(), %reason, "a Kafka fetch cannot send a stored batch");
@@ -255,9 +336,9 @@ fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Bytes, i16
                 "it is in format version 1, which has no Kafka form".to_owned(),
             ));
         }
-        records.extend_from_slice(batch.kafka_bytes());
+        records.push(read.bytes.slice_ref(batch.kafka_bytes()));
     }
-    Ok(records.freeze())
+    Ok(records)
 }
 
 /// ListOffsets at `version` (the leader epoch exists from version 4: 0, the only term there is).
@@ -330,4 +411,64 @@ fn record_timestamp(read: &ReadBatches, offset: Offset) -> Option<i64> {
         let record = record.ok()?;
         (record.offset == offset).then_some(record.timestamp.0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::ResponseHeader;
+
+    use super::*;
+
+    /// The chunks are, byte for byte, what `kafka-protocol` encodes for the same answer with
+    /// its records in place, in every version served.
+    #[test]
+    fn a_fetch_answer_in_chunks_is_the_encoded_answer() {
+        let small = Bytes::from_static(b"a small batch");
+        let large = Bytes::from(vec![7u8; ZERO_COPY_BYTES_MIN + 3]);
+        let records = vec![vec![small.clone(), large.clone()], Vec::new(), vec![large.clone()]];
+        let partition = |index: i32| {
+            PartitionData::default()
+                .with_partition_index(index)
+                .with_high_watermark(10 + i64::from(index))
+                .with_last_stable_offset(9)
+                .with_log_start_offset(1)
+                .with_aborted_transactions(Some(Vec::new()))
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(Bytes::new()))
+        };
+        let topic = |name: &str, partitions: Vec<PartitionData>| {
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                    name.to_owned(),
+                )))
+                .with_partitions(partitions)
+        };
+        let response = FetchResponse::default().with_session_id(0).with_responses(vec![
+            topic("first", vec![partition(0), partition(1).with_error_code(3)]),
+            topic("second", vec![partition(0)]),
+        ]);
+        let header = ResponseHeader::default().with_correlation_id(42);
+        for version in 4..=11 {
+            let fetched = Fetched { response: response.clone(), records: records.clone() };
+            let chunks = fetched.encode(version, &header, 0).unwrap();
+            assert!(
+                chunks.iter().any(|c| c.as_ptr() == large.as_ptr()),
+                "the large one is sent as it is"
+            );
+            let mut whole = response.clone();
+            let mut filled = records.iter();
+            for topic in &mut whole.responses {
+                for partition in &mut topic.partitions {
+                    partition.records = Some(filled.next().unwrap().concat().into());
+                }
+            }
+            let mut expected = BytesMut::new();
+            expected.put_u32(0);
+            header.encode(&mut expected, 0).unwrap();
+            whole.encode(&mut expected, version).unwrap();
+            let length = (expected.len() - 4) as u32;
+            expected[..4].copy_from_slice(&length.to_be_bytes());
+            assert_eq!(chunks.concat(), expected.to_vec(), "version {version}");
+        }
+    }
 }

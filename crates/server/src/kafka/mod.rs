@@ -188,7 +188,8 @@ enum Close {
 
 /// One answer, or none (a produce with `acks=0`), with the budget held until it is written.
 struct Answer {
-    frame: Option<BytesMut>,
+    /// The frame, as chunks written in order (a fetch's records are slices of the log).
+    frame: Option<Vec<Bytes>>,
     _held: Vec<OwnedSemaphorePermit>,
 }
 
@@ -265,7 +266,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                 Err(error) => return Err(Close::Task(error.to_string())),
             };
             if let Some(frame) = answer.frame
-                && let Err(error) = writer.write_all(&frame).await
+                && let Err(error) = write_chunks(&mut writer, frame).await
             {
                 tracing::debug!(%error, "a Kafka connection closed while being answered");
                 return Ok(());
@@ -328,7 +329,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                 _ => {
                     // Served here, so that the next request sees what it decided.
                     let (answer, failed) = exchange(&shared, &mut session, body)?;
-                    let answer = Answer { frame: Some(answer), _held: vec![held] };
+                    let answer = Answer { frame: Some(vec![answer.freeze()]), _held: vec![held] };
                     let answered = AbortOnDropHandle::new(tokio::spawn(async { Ok(answer) }));
                     if answers.send(answered).await.is_err() {
                         return Ok(());
@@ -516,7 +517,9 @@ async fn handle(
     let mut held = vec![held];
     let header = match parse(&mut request, shared.with_tokens())? {
         Parsed::Request(header) => header,
-        Parsed::Answered(frame) => return Ok(Answer { frame: Some(frame), _held: held }),
+        Parsed::Answered(frame) => {
+            return Ok(Answer { frame: Some(vec![frame.freeze()]), _held: held });
+        }
     };
     let Header { api, version, correlation_id } = header;
     let malformed = |reason: String| Close::Malformed { api, version, reason };
@@ -553,7 +556,11 @@ async fn handle(
         ApiKey::Fetch => {
             let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = fetch::fetch(&shared, &caller, request, &mut held).await;
-            encode(api, version, correlation_id, &answer)?
+            let header = ResponseHeader::default().with_correlation_id(correlation_id);
+            let frame = answer
+                .encode(version, &header, api.response_header_version(version))
+                .map_err(|reason| Close::Encode { api, reason })?;
+            return Ok(Answer { frame: Some(frame), _held: held });
         }
         ApiKey::InitProducerId
         | ApiKey::CreateTopics
@@ -565,7 +572,39 @@ async fn handle(
         }
         other => unreachable!("{other:?} is served but not dispatched"),
     };
-    Ok(Answer { frame: Some(frame), _held: held })
+    Ok(Answer { frame: Some(vec![frame.freeze()]), _held: held })
+}
+
+/// Writes `chunks` in order, several at a time.
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
+    /// Chunks handed to one vectored write.
+    const SLICES_MAX: usize = 64;
+    let mut next = 0;
+    while next < chunks.len() {
+        let end = chunks.len().min(next + SLICES_MAX);
+        let slices: Vec<std::io::IoSlice<'_>> =
+            chunks[next..end].iter().map(|chunk| std::io::IoSlice::new(chunk)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[next];
+            let taken = written.min(chunk.len());
+            bytes::Buf::advance(chunk, taken);
+            written -= taken;
+            if chunk.is_empty() {
+                next += 1;
+            }
+        }
+        while next < chunks.len() && chunks[next].is_empty() {
+            next += 1;
+        }
+    }
+    writer.flush().await
 }
 
 /// The answer frame: length, response header, body.
