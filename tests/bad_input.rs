@@ -4,13 +4,17 @@
 //! outside its data directory.
 //!
 //! The rows are grouped by service: `bad_input/topics.rs`, `produce.rs`, `consume.rs` and
-//! `groups.rs`; this file holds what they share and the test that runs them.
+//! `groups.rs`; this file holds what they share and the test that runs them. The Kafka
+//! listener's rows (`bad_input/kafka.rs`) get a Kafka error code or a closed connection
+//! instead, and run in a test of their own.
 
 mod common;
 #[path = "bad_input/consume.rs"]
 mod consume;
 #[path = "bad_input/groups.rs"]
 mod groups;
+#[path = "bad_input/kafka.rs"]
+mod kafka;
 #[path = "bad_input/produce.rs"]
 mod produce;
 #[path = "bad_input/topics.rs"]
@@ -206,4 +210,37 @@ async fn every_malformed_request_gets_its_status_and_the_server_stays_up() {
     let mut topics = topics;
     topics.sort();
     assert_eq!(topics, ["t", "unsynced"], "no topic directory but the created ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_kafka_request_gets_its_code_or_a_closed_connection() {
+    let dir = LoneDataDir::new();
+    let server = TestServer::start(&dir.data).await;
+    server.create_topic("t", 1, Policy::Always(Always {})).await;
+    server.create_topic("unsynced", 1, Policy::Never(Never {})).await;
+    server.produce("t", Some(0), vec![record("a"), record("b"), record("c")]).await.unwrap();
+    server.shutdown().await;
+    let kafka = common::kafka::start_at(&dir.data, spool_server::ServeOptions::default()).await;
+    let rows = kafka::kafka_rows();
+    let count = rows.len();
+    let failures = tokio::time::timeout(GUARD, kafka::run_kafka(&kafka, rows)).await.unwrap();
+    eprintln!("bad Kafka input: {count} malformed requests, {} answered otherwise", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {count} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Still serving, with nothing stored by any refused request, and no topic made.
+    let stored = kafka.server.fetch_all("t", 0, 0).await;
+    assert_eq!(stored.len(), 3, "no refused produce stored records");
+    let topics =
+        kafka.server.topics().await.list_topics(spool_proto::v1::ListTopicsRequest {}).await;
+    let names: Vec<String> =
+        topics.unwrap().into_inner().topics.into_iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    kafka.server.shutdown().await;
+    let outside: Vec<_> =
+        tree(dir.parent()).into_iter().filter(|p| !p.starts_with("data")).collect();
+    assert!(outside.is_empty(), "files outside the data directory: {outside:?}");
 }

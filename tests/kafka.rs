@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::kafka::{Connection, Kafka, PATIENCE, name, python_with, run_python, start};
+use common::kafka::{Connection, Kafka, PATIENCE, batch, name, python_with, run_python, start};
 use common::{TestServer, scrape};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -24,10 +24,8 @@ use kafka_protocol::messages::{
     ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
     ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::protocol::Decodable;
+use kafka_protocol::records::RecordBatchDecoder;
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_server::{AdvertisedAddress, ServeOptions};
 use tokio::io::AsyncWriteExt;
@@ -39,46 +37,6 @@ const UNSUPPORTED_VERSION: i16 = 35;
 const INVALID_REQUIRED_ACKS: i16 = 21;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
-
-fn record(offset: i64, key: &str, value: &[u8], timestamp: i64) -> Record {
-    let mut headers = kafka_protocol::indexmap::IndexMap::new();
-    headers.insert(StrBytes::from_static_str("trace"), Some(Bytes::from_static(b"t-1")));
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset,
-        // One batch for all: the encoder groups records whose offset minus sequence is the same
-        // (the batch takes the first record's sequence, -1: not idempotent).
-        sequence: offset as i32 - 1,
-        timestamp,
-        key: Some(Bytes::copy_from_slice(key.as_bytes())),
-        value: Some(Bytes::copy_from_slice(value)),
-        headers,
-    }
-}
-
-/// A RecordBatch v2 of `count` records, as a Kafka client encodes one.
-fn batch(count: usize, prefix: &str, timestamp: i64) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| {
-            record(
-                i as i64,
-                &format!("{prefix}-{i}"),
-                format!("value {i}").as_bytes(),
-                timestamp + i as i64,
-            )
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
-    buf.freeze()
-}
 
 /// The RecordBatch v2s in `records`, back to back.
 fn batches(records: &Bytes) -> Vec<Bytes> {

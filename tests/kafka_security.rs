@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::TestServer;
-use common::kafka::{Connection, Kafka, name, python_with, run_python_with, start_in};
+use common::kafka::{Connection, Kafka, batch, name, python_with, run_python_with, start_in};
 use common::tls::{pki, tls};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -22,9 +22,6 @@ use kafka_protocol::messages::{
     SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use spool_proto::v1::fsync_policy::{Always, Policy};
 use spool_server::ServeOptions;
 use spool_server::auth::{Authenticator, token_digest_hex};
@@ -82,30 +79,8 @@ async fn authenticate(connection: &mut Connection, token: &str) -> SaslAuthentic
     connection.call(ApiKey::SaslAuthenticate, 1, &request).await
 }
 
-fn one_record_batch() -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: 0,
-        timestamp: 1,
-        key: None,
-        value: Some(Bytes::from_static(b"v")),
-        headers: Default::default(),
-    };
-    let mut buffer = bytes::BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut buffer, [&record], &options).unwrap();
-    buffer.freeze()
-}
-
 fn produce_request(topic: &str) -> ProduceRequest {
-    let data = PartitionProduceData::default().with_index(0).with_records(Some(one_record_batch()));
+    let data = PartitionProduceData::default().with_index(0).with_records(Some(batch(1, "k", 1)));
     ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![
         TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![data]),
     ])

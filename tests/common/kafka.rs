@@ -8,6 +8,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use spool_server::{AdvertisedAddress, ServeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,4 +174,44 @@ pub async fn run_python_with(
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+pub fn record(offset: i64, key: &str, value: &[u8], timestamp: i64) -> Record {
+    let mut headers = kafka_protocol::indexmap::IndexMap::new();
+    headers.insert(StrBytes::from_static_str("trace"), Some(Bytes::from_static(b"t-1")));
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        // One batch for all: the encoder groups records whose offset minus sequence is the same
+        // (the batch takes the first record's sequence, -1: not idempotent).
+        sequence: offset as i32 - 1,
+        timestamp,
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers,
+    }
+}
+
+/// A RecordBatch v2 of `count` records, as a Kafka client encodes one.
+pub fn batch(count: usize, prefix: &str, timestamp: i64) -> Bytes {
+    let records: Vec<Record> = (0..count)
+        .map(|i| {
+            record(
+                i as i64,
+                &format!("{prefix}-{i}"),
+                format!("value {i}").as_bytes(),
+                timestamp + i as i64,
+            )
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+    buf.freeze()
 }

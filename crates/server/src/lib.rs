@@ -66,7 +66,7 @@ use tonic_health::server::HealthReporter;
 
 pub use connection::ConnectionTimeouts;
 pub use http::check_allowed_origin;
-pub use kafka::AdvertisedAddress;
+pub use kafka::{AdvertisedAddress, decode_request as decode_kafka_request};
 pub use metrics::{Metrics, RecoverySummary};
 pub use serving::TlsConfig;
 
