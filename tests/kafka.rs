@@ -719,4 +719,48 @@ async fn kcat_lists_produces_and_consumes_back_what_it_wrote() {
     let fetched = kafka.server.fetch_all("kcat", 0, 0).await;
     assert_eq!(fetched.len(), 50);
     assert_eq!(fetched[49].key.as_deref(), Some(&b"key-49"[..]));
+    kafka.server.shutdown().await;
+}
+
+/// kcat reads what gRPC wrote (keys, values, headers, timestamps, offsets), writes headers
+/// with `-H`, and finds offsets by time with `-Q`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_reads_grpc_records_writes_headers_and_queries_offsets_by_time() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("mixed", 1, Policy::Always(Always {})).await;
+    let records: Vec<_> = (0..3)
+        .map(|i| spool_proto::v1::Record {
+            headers: vec![common::header("via", "grpc")],
+            timestamp_ms: Some(1_000 * (i + 1)),
+            ..common::keyed(&format!("key-{i}"), &format!("value {i}"))
+        })
+        .collect();
+    kafka.server.produce("mixed", Some(0), records).await.unwrap();
+    let Some(_) =
+        kcat(&kafka, &["-P", "-t", "mixed", "-p", "0", "-K:", "-H", "via=kcat"], "key-3:value 3\n")
+            .await
+    else {
+        return;
+    };
+    let consumed = kcat(
+        &kafka,
+        &["-C", "-t", "mixed", "-p", "0", "-o", "beginning", "-e", "-f", "%o %k %s %h %T\n"],
+        "",
+    )
+    .await
+    .unwrap();
+    let lines: Vec<&str> = consumed.lines().collect();
+    assert_eq!(lines.len(), 4, "{consumed}");
+    for (i, line) in lines[..3].iter().enumerate() {
+        assert_eq!(*line, format!("{i} key-{i} value {i} via=grpc {}", 1_000 * (i + 1)));
+    }
+    assert!(lines[3].starts_with("3 key-3 value 3 via=kcat "), "{consumed}");
+    // The first record at or after 1500 ms is offset 1; after every record, the end.
+    let found = kcat(&kafka, &["-Q", "-t", "mixed:0:1500"], "").await.unwrap();
+    assert!(found.contains("offset 1"), "{found}");
+    // What kcat wrote, gRPC reads with its header.
+    let fetched = kafka.server.fetch_all("mixed", 0, 0).await;
+    assert_eq!(fetched[3].headers[0].key, "via");
+    assert_eq!(fetched[3].headers[0].value.as_deref(), Some(&b"kcat"[..]));
+    kafka.server.shutdown().await;
 }
