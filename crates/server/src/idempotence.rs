@@ -146,7 +146,9 @@ pub(crate) struct ProducerIds {
 
 #[derive(Debug, Error)]
 pub enum ProducerIdError {
-    #[error("producer id {producer_id} was never allocated by this server: call InitProducer")]
+    #[error(
+        "producer id {producer_id} was never allocated by this server: get one from InitProducer (gRPC) or InitProducerId (Kafka)"
+    )]
     Unknown { producer_id: i64 },
 }
 
