@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::kafka::{Connection, Kafka, PATIENCE, batch, name, python_with, run_python, start};
+use common::kafka::{
+    Connection, Kafka, PATIENCE, batch, name, python_with, raw_frame, run_python, start,
+};
 use common::{TestServer, scrape};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -603,16 +605,7 @@ async fn requests_are_counted_and_timed_by_api_and_errors_by_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_array_count_past_the_frame_closes_the_connection_without_reserving_it() {
     let kafka = start(None).await;
-    let head = |api: ApiKey, version: i16, body: &[u8]| {
-        let mut frame = BytesMut::new();
-        frame.put_u32(10 + body.len() as u32);
-        frame.put_i16(api as i16);
-        frame.put_i16(version);
-        frame.put_i32(7);
-        frame.put_i16(-1);
-        frame.extend_from_slice(body);
-        frame
-    };
+    let head = |api: ApiKey, version: i16, body: &[u8]| raw_frame(api as i16, version, body);
     let huge = i32::MAX.to_be_bytes();
     closes_on(&kafka, &head(ApiKey::Metadata, 1, &huge)).await;
     // Produce: transactional id null, acks, timeout, then the topic count.

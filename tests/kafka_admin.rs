@@ -10,9 +10,9 @@
 
 mod common;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use common::TestServer;
-use common::kafka::{Connection, PATIENCE, name, python_with, run_python, start_at};
+use common::kafka::{Connection, name, python_with, raw_frame, run_python, start_at};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -27,9 +27,9 @@ use kafka_protocol::messages::{
     DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, TransactionalId,
+    ProducerId, TransactionalId,
 };
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -37,7 +37,7 @@ use spool_proto::v1::DescribeTopicRequest;
 use spool_proto::v1::fsync_policy::{Always, Policy};
 use spool_server::ServeOptions;
 use spool_storage::batch::BatchIter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -472,21 +472,8 @@ async fn too_many_resources_close_the_connection() {
         .collect();
     let request = DescribeConfigsRequest::default().with_resources(resources);
     let mut connection = Connection::open(&kafka).await;
-    let mut frame = BytesMut::new();
-    frame.put_u32(0);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::DescribeConfigs as i16)
-        .with_request_api_version(1)
-        .with_correlation_id(1);
-    header.encode(&mut frame, ApiKey::DescribeConfigs.request_header_version(1)).unwrap();
-    request.encode(&mut frame, 1).unwrap();
-    let length = (frame.len() - 4) as u32;
-    frame[..4].copy_from_slice(&length.to_be_bytes());
-    connection.stream.write_all(&frame).await.unwrap();
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, connection.stream.read_to_end(&mut rest)).await;
-    assert!(read.expect("closed in time").is_ok());
-    assert!(rest.is_empty(), "nothing answered");
+    connection.send(ApiKey::DescribeConfigs, 1, &request).await;
+    connection.assert_closed().await;
     // 1024 topics and the broker are within the bound.
     let mut connection = Connection::open(&kafka).await;
     let (code, _) = describe(&mut connection, RESOURCE_BROKER, "").await;
@@ -572,22 +559,6 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
     kafka.server.shutdown().await;
 }
 
-/// A request frame: header (no client id) and `body`.
-fn frame(api: ApiKey, version: i16, body: &[u8]) -> Vec<u8> {
-    let mut frame = BytesMut::new();
-    frame.put_u32(0);
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(None);
-    header.encode(&mut frame, api.request_header_version(version)).unwrap();
-    frame.extend_from_slice(body);
-    let length = (frame.len() - 4) as u32;
-    frame[..4].copy_from_slice(&length.to_be_bytes());
-    frame.to_vec()
-}
-
 /// Arrays claiming more elements than their frame holds, outer and nested, close the
 /// connection without an answer (and without reserving room for them), and the server serves
 /// the next connection.
@@ -619,11 +590,8 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
     ];
     for (api, version, body) in cases {
         let mut connection = Connection::open(&kafka).await;
-        connection.stream.write_all(&frame(api, version, &body)).await.unwrap();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(PATIENCE, connection.stream.read_to_end(&mut rest)).await;
-        assert!(read.expect("closed in time").is_ok(), "{api:?}");
-        assert!(rest.is_empty(), "{api:?} v{version}: nothing answered");
+        connection.stream.write_all(&raw_frame(api as i16, version, &body)).await.unwrap();
+        connection.assert_closed().await;
     }
     let mut connection = Connection::open(&kafka).await;
     let (code, _) = describe(&mut connection, RESOURCE_BROKER, "0").await;

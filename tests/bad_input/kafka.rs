@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -24,7 +24,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
-use crate::common::kafka::{Connection, Kafka, batch, name, record};
+use crate::common::kafka::{Connection, Kafka, batch, name, raw_frame, record};
 
 /// What a row must get.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,18 +71,6 @@ fn raw(request: &'static str, bytes: Vec<u8>) -> KafkaRow {
             })
         }),
     }
-}
-
-/// `head(api, version)` and `body`, framed: a request kafka-protocol cannot encode.
-fn framed(api: i16, version: i16, body: &[u8]) -> Vec<u8> {
-    let mut frame = BytesMut::new();
-    frame.put_u32((10 + body.len()) as u32);
-    frame.put_i16(api);
-    frame.put_i16(version);
-    frame.put_i32(7);
-    frame.put_i16(-1);
-    frame.put_slice(body);
-    frame.to_vec()
 }
 
 /// The error code `code_of` finds in the answer, or `Closed`.
@@ -203,13 +191,13 @@ pub(crate) fn kafka_rows() -> Vec<KafkaRow> {
     vec![
         raw("a frame shorter than a request header", vec![0, 0, 0, 7, 0, 3, 0, 8, 0, 0, 0]),
         raw("a frame longer than the request limit", vec![0x7f, 0xff, 0xff, 0xff, 0, 0]),
-        raw("an API key that does not exist", framed(999, 0, &[])),
-        raw("Produce v2, a version not served", framed(0, 2, &[])),
-        raw("Metadata v8 cut short", framed(3, 8, &[0, 0, 0, 1, 0, 5, b't'])),
-        raw("Metadata with two billion topics in 4 bytes", framed(3, 8, &huge_count)),
+        raw("an API key that does not exist", raw_frame(999, 0, &[])),
+        raw("Produce v2, a version not served", raw_frame(0, 2, &[])),
+        raw("Metadata v8 cut short", raw_frame(3, 8, &[0, 0, 0, 1, 0, 5, b't'])),
+        raw("Metadata with two billion topics in 4 bytes", raw_frame(3, 8, &huge_count)),
         raw(
             "SaslHandshake without tokens (not served)",
-            framed(17, 1, &[0, 5, b'P', b'L', b'A', b'I', b'N']),
+            raw_frame(17, 1, &[0, 5, b'P', b'L', b'A', b'I', b'N']),
         ),
         KafkaRow {
             request: "ApiVersions v99",
@@ -217,7 +205,7 @@ pub(crate) fn kafka_rows() -> Vec<KafkaRow> {
             call: Box::new(|connection| {
                 Box::pin(async move {
                     use tokio::io::AsyncWriteExt;
-                    connection.stream.write_all(&framed(18, 99, &[])).await.unwrap();
+                    connection.stream.write_all(&raw_frame(18, 99, &[])).await.unwrap();
                     // Answered as v0: header v0, then the error code.
                     closed_or(connection, |frame| i16::from_be_bytes([frame[4], frame[5]])).await
                 })

@@ -215,3 +215,16 @@ pub fn batch(count: usize, prefix: &str, timestamp: i64) -> Bytes {
     RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
     buf.freeze()
 }
+
+/// A request frame built by hand, for requests `kafka-protocol` would not encode: the length,
+/// a version 1 header (`api`, `version`, correlation id 7, no client id), then `body`.
+pub fn raw_frame(api: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    frame.put_u32((10 + body.len()) as u32);
+    frame.put_i16(api);
+    frame.put_i16(version);
+    frame.put_i32(7);
+    frame.put_i16(-1);
+    frame.put_slice(body);
+    frame.to_vec()
+}
