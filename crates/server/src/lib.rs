@@ -464,8 +464,16 @@ async fn go_live(
     });
     let kafka_endpoint = kafka.map(|(listener, advertised, timeouts)| {
         let (topics, producer_ids) = (server.topics.clone(), server.producer_ids.clone());
-        let stop = stop_serving.clone();
-        tokio::spawn(kafka::serve(listener, topics, producer_ids, advertised, timeouts, stop))
+        let (groups, stop) = (server.groups.clone(), stop_serving.clone());
+        tokio::spawn(kafka::serve(
+            listener,
+            topics,
+            producer_ids,
+            groups,
+            advertised,
+            timeouts,
+            stop,
+        ))
     });
     let reloading = tokens.map(|tokens| {
         // Loaded before the metrics recorder was installed, perhaps.

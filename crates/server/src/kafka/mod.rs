@@ -21,13 +21,14 @@
 //!   frame holds (`kafka-protocol` reserves room for whatever count a request claims).
 //!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
-//! (Fetch, ListOffsets); `codes` maps Spool's errors to Kafka's error codes. There is no
+//! (Fetch, ListOffsets), `groups` (the classic consumer-group APIs); `codes` maps Spool's errors to Kafka's error codes. There is no
 //! authentication yet: the server refuses to start the listener when tokens are configured.
 
 mod apis;
 mod codes;
 mod decode;
 mod fetch;
+mod groups;
 mod produce;
 
 use std::fmt;
@@ -36,7 +37,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, FindCoordinatorRequest, HeartbeatRequest, LeaveGroupRequest, ListGroupsRequest,
+    RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -46,6 +50,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Accepting, ConnectionTimeouts, Guarded};
+use crate::groups::Groups;
 use crate::idempotence::ProducerIds;
 use crate::limits::{
     KAFKA_BYTES_IN_FLIGHT_MAX, KAFKA_CONNECTIONS_MAX, KAFKA_REQUEST_BYTES_MAX,
@@ -102,6 +107,7 @@ impl fmt::Display for AdvertisedAddress {
 struct Shared {
     topics: Arc<TopicTable>,
     producer_ids: Arc<ProducerIds>,
+    groups: Arc<Groups>,
     advertised: AdvertisedAddress,
     /// The listener's byte budget (see the module docs), in permits of one byte.
     bytes: Arc<Semaphore>,
@@ -137,6 +143,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     topics: Arc<TopicTable>,
     producer_ids: Arc<ProducerIds>,
+    groups: Arc<Groups>,
     advertised: AdvertisedAddress,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
@@ -144,6 +151,7 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared {
         topics,
         producer_ids,
+        groups,
         advertised,
         bytes: Arc::new(Semaphore::new(KAFKA_BYTES_IN_FLIGHT_MAX)),
     });
@@ -259,6 +267,15 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Produce => "Produce",
         ApiKey::Fetch => "Fetch",
         ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
         _ => "unknown",
     }
 }
@@ -287,8 +304,15 @@ async fn handle(
         return Err(Close::UnsupportedVersion { api, version, min: range.min, max: range.max });
     }
     let malformed = |reason: String| Close::Malformed { api, version, reason };
-    RequestHeader::decode(&mut request, api.request_header_version(version))
+    let header = RequestHeader::decode(&mut request, api.request_header_version(version))
         .map_err(|error| malformed(error.to_string()))?;
+    let decode_whole = |request: &mut Bytes| -> Result<(), Close> {
+        if request.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!("{} bytes past the end", request.len())))
+        }
+    };
     let frame = match api {
         ApiKey::ApiVersions => encode(api, version, correlation_id, &apis::api_versions())?,
         ApiKey::Metadata => {
@@ -318,6 +342,57 @@ async fn handle(
             let request = decode::fetch(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = fetch::fetch(&shared, request, &mut held).await;
             encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::FindCoordinator => {
+            let body = FindCoordinatorRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::find_coordinator(&shared, body))?
+        }
+        ApiKey::JoinGroup => {
+            let body =
+                decode::join_group(request, version).map_err(|e| malformed(e.to_string()))?;
+            let client_id = header.client_id.as_deref().unwrap_or("");
+            let answer = groups::join_group(&shared, body, version, client_id).await;
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::SyncGroup => {
+            let body =
+                decode::sync_group(request, version).map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &groups::sync_group(&shared, body).await)?
+        }
+        ApiKey::Heartbeat => {
+            let body = HeartbeatRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::heartbeat(&shared, body))?
+        }
+        ApiKey::LeaveGroup => {
+            let body = LeaveGroupRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::leave_group(&shared, body))?
+        }
+        ApiKey::OffsetCommit => {
+            let body =
+                decode::offset_commit(request, version).map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &groups::offset_commit(&shared, body).await)?
+        }
+        ApiKey::OffsetFetch => {
+            let body =
+                decode::offset_fetch(request, version).map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &groups::offset_fetch(&shared, body, version))?
+        }
+        ApiKey::DescribeGroups => {
+            let body =
+                decode::describe_groups(request, version).map_err(|e| malformed(e.to_string()))?;
+            encode(api, version, correlation_id, &groups::describe_groups(&shared, body))?
+        }
+        ApiKey::ListGroups => {
+            let _ = ListGroupsRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::list_groups(&shared))?
         }
         other => unreachable!("{other:?} is served but not dispatched"),
     };
