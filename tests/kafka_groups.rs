@@ -155,14 +155,14 @@ impl Connection {
         group: &str,
         member_id: &str,
         generation: i32,
-        assignments: &[(&str, &str)],
+        assignments: &[(&str, &[u8])],
     ) -> i32 {
         let assignments = assignments
             .iter()
             .map(|(member, assignment)| {
                 SyncGroupRequestAssignment::default()
                     .with_member_id(text(member))
-                    .with_assignment(Bytes::from(assignment.to_string()))
+                    .with_assignment(Bytes::copy_from_slice(assignment))
             })
             .collect();
         let request = SyncGroupRequest::default()
@@ -271,9 +271,14 @@ async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
     assert_eq!(joined.members.len(), 1);
     assert_eq!(&joined.members[0].metadata[..], format!("metadata of {me}").as_bytes());
 
-    let id = c.send_sync("billing", &me, 1, &[(&me, "all of it")]).await;
+    // What a Kafka consumer assigns: version 0, topic "orders" with partitions 0 and 1, no
+    // user data.
+    let mut assignment = vec![0, 0, 0, 0, 0, 1, 0, 6];
+    assignment.extend(b"orders");
+    assignment.extend([0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    let id = c.send_sync("billing", &me, 1, &[(&me, &assignment)]).await;
     let synced = c.sync_answer(id).await;
-    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"all of it"[..]));
+    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &assignment[..]));
     assert_eq!(c.heartbeat("billing", &me, 1).await, 0);
     assert_eq!(c.heartbeat("billing", &me, 7).await, ILLEGAL_GENERATION);
     assert_eq!(c.heartbeat("billing", "nobody", 1).await, UNKNOWN_MEMBER_ID);
@@ -314,7 +319,8 @@ async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
     );
     assert_eq!(billing.members.len(), 1);
     assert_eq!(billing.members[0].client_id.as_str(), "spool-test");
-    assert_eq!(&billing.members[0].member_assignment[..], b"all of it");
+    assert_eq!(billing.members[0].client_host.as_str(), "/127.0.0.1");
+    assert_eq!(&billing.members[0].member_assignment[..], &assignment[..]);
     assert_eq!(described.groups[1].group_state.as_str(), "Dead");
     let listed: ListGroupsResponse =
         c.call(ApiKey::ListGroups, 2, &ListGroupsRequest::default()).await;
@@ -333,6 +339,11 @@ async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
         .unwrap();
     assert_eq!((described.generation, described.members.len()), (1, 1));
     assert_eq!(described.partitions[0].committed_offset, Some(42));
+    // The consumer's assignment names its partitions: Spool shows their owner.
+    let owners: Vec<Option<&str>> =
+        described.partitions.iter().map(|p| p.owner.as_deref()).collect();
+    assert_eq!(owners, vec![Some(me.as_str()), Some(me.as_str())]);
+    assert_eq!(described.members[0].owned.len(), 2);
 
     let request =
         LeaveGroupRequest::default().with_group_id(group_id("billing")).with_member_id(text(&me));
@@ -353,7 +364,7 @@ async fn a_rebalance_is_heard_by_heartbeat_and_sync_waits_for_the_leader() {
     let (mut a, mut b) = (Connection::open(&kafka).await, Connection::open(&kafka).await);
     let joined = a.join_new("g", 10_000).await;
     let first = joined.member_id.to_string();
-    let id = a.send_sync("g", &first, 1, &[(&first, "everything")]).await;
+    let id = a.send_sync("g", &first, 1, &[(&first, b"everything")]).await;
     assert_eq!(a.sync_answer(id).await.error_code, 0);
 
     let id = b.send_join("g", "", 10_000).await;
@@ -385,7 +396,7 @@ async fn a_rebalance_is_heard_by_heartbeat_and_sync_waits_for_the_leader() {
     assert_eq!(b.heartbeat("g", &second, 1).await, ILLEGAL_GENERATION);
 
     let follower_sync = b.send_sync("g", &second, 2, &[]).await;
-    let id = a.send_sync("g", &first, 2, &[(&first, "p0"), (&second, "p1")]).await;
+    let id = a.send_sync("g", &first, 2, &[(&first, b"p0"), (&second, b"p1")]).await;
     assert_eq!(&a.sync_answer(id).await.assignment[..], b"p0");
     let synced = b.sync_answer(follower_sync).await;
     assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"p1"[..]));

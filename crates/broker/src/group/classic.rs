@@ -756,6 +756,38 @@ impl ClassicGroups {
     }
 }
 
+/// The partitions of a consumer's assignment (`ConsumerProtocolAssignment`, what Kafka's
+/// consumers send with protocol type `consumer`, every version: a version, then topics each
+/// with their partitions, then user data, which is not read). `None` when the bytes are not
+/// one. Only for describing a group: the group itself never reads assignments.
+pub fn consumer_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
+        *bytes = rest;
+        Some(head)
+    }
+    fn i16(bytes: &mut &[u8]) -> Option<i16> {
+        Some(i16::from_be_bytes(take(bytes, 2)?.try_into().ok()?))
+    }
+    fn i32(bytes: &mut &[u8]) -> Option<i32> {
+        Some(i32::from_be_bytes(take(bytes, 4)?.try_into().ok()?))
+    }
+    let mut bytes = bytes;
+    if i16(&mut bytes)? < 0 {
+        return None;
+    }
+    let mut partitions = Vec::new();
+    for _ in 0..i32(&mut bytes)? {
+        let length = usize::try_from(i16(&mut bytes)?).ok()?;
+        let topic = std::str::from_utf8(take(&mut bytes, length)?).ok()?.to_owned();
+        for _ in 0..i32(&mut bytes)? {
+            // Each partition takes 4 bytes: a count past the bytes left fails at once.
+            partitions.push((topic.clone(), i32(&mut bytes)?));
+        }
+    }
+    Some(partitions)
+}
+
 impl Group {
     /// Whether a joining member fits the group: the same protocol type, and a protocol every
     /// member (it included) supports.

@@ -299,7 +299,8 @@ pub struct GroupDescription {
     pub generation: u64,
     pub subscription: Option<Subscription>,
     pub members: Vec<MemberDescription>,
-    /// The subscription's partitions for a live group, the committed ones for an empty one.
+    /// The subscription's partitions for a live group, the committed ones for an empty one;
+    /// for a live Kafka group, the committed ones and those its consumers' assignments name.
     pub partitions: Vec<PartitionDescription>,
 }
 
@@ -841,8 +842,9 @@ impl Coordinator {
         })
     }
 
-    /// A live Kafka group as Spool describes groups: its members (without partitions: their
-    /// assignments are the clients' own bytes) and its committed offsets.
+    /// A live Kafka group as Spool describes groups: its members, with the partitions their
+    /// assignments name when they are consumers' (`consumer` protocol type, in the Stable
+    /// state), and the group's committed offsets.
     fn describe_classic(
         &self,
         group: &GroupName,
@@ -852,24 +854,46 @@ impl Coordinator {
             classic::ClassicState::Stable => GroupState::Stable,
             _ => GroupState::Rebalancing,
         };
+        let consumers = classic.protocol_type == "consumer";
+        let mut owners: BTreeMap<TopicPartition, MemberId> = BTreeMap::new();
         let members = classic
             .members
             .iter()
-            .map(|m| MemberDescription {
-                id: MemberId(m.member_id.clone()),
-                session_timeout_ms: m.session_timeout_ms.max(0) as u64,
-                owned: Vec::new(),
-                revoking: Vec::new(),
+            .map(|m| {
+                let id = MemberId(m.member_id.clone());
+                let assigned = if consumers {
+                    classic::consumer_assignment(&m.assignment).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let owned: Vec<TopicPartition> = assigned
+                    .into_iter()
+                    .filter_map(|(topic, partition)| {
+                        let topic = TopicName::parse(&topic).ok()?;
+                        Some(TopicPartition { topic, partition: u32::try_from(partition).ok()? })
+                    })
+                    .collect();
+                for partition in &owned {
+                    owners.insert(partition.clone(), id.clone());
+                }
+                MemberDescription {
+                    id,
+                    session_timeout_ms: m.session_timeout_ms.max(0) as u64,
+                    owned,
+                    revoking: Vec::new(),
+                }
             })
             .collect();
-        let partitions = self
-            .committed
-            .of_group(group)
-            .map(|(p, offset)| PartitionDescription {
+        let committed: BTreeMap<&TopicPartition, Offset> = self.committed.of_group(group).collect();
+        let mut partitions: BTreeSet<&TopicPartition> = committed.keys().copied().collect();
+        partitions.extend(owners.keys());
+        let partitions = partitions
+            .into_iter()
+            .map(|p| PartitionDescription {
                 partition: p.clone(),
-                owner: None,
+                owner: owners.get(p).cloned(),
                 revoking: false,
-                committed: Some(offset),
+                committed: committed.get(p).copied(),
             })
             .collect();
         GroupDescription {

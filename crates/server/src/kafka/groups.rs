@@ -110,11 +110,17 @@ fn join_error(code: i16, member_id: StrBytes) -> JoinGroupResponse {
         .with_member_id(member_id)
 }
 
+/// Who sent a request: the client id from its header, and the address it came from.
+pub(super) struct Client<'a> {
+    pub(super) id: &'a str,
+    pub(super) host: &'a str,
+}
+
 pub(super) async fn join_group(
     shared: &Shared,
     request: JoinGroupRequest,
     version: i16,
-    client_id: &str,
+    client: Client<'_>,
 ) -> JoinGroupResponse {
     let group = match group_name(&request.group_id) {
         Ok(group) => group,
@@ -122,8 +128,8 @@ pub(super) async fn join_group(
     };
     let join = JoinRequest {
         member_id: request.member_id.to_string(),
-        client_id: client_id.to_owned(),
-        client_host: String::new(),
+        client_id: client.id.to_owned(),
+        client_host: client.host.to_owned(),
         session_timeout_ms: request.session_timeout_ms,
         rebalance_timeout_ms: request.rebalance_timeout_ms,
         protocol_type: request.protocol_type.to_string(),

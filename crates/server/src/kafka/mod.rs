@@ -178,6 +178,9 @@ pub(crate) async fn serve(
 /// Reads requests and hands each to its own task; a second task writes the answers in order.
 async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: CancellationToken) {
     let first_request = connection.first_request();
+    // As Kafka's brokers show a member's host in DescribeGroups.
+    let client_host: Arc<str> =
+        connection.peer().map_or_else(String::new, |peer| format!("/{}", peer.ip())).into();
     let (mut reader, mut writer) = tokio::io::split(connection);
     let (answers, mut answers_rx) =
         mpsc::channel::<JoinHandle<Result<Answer, Close>>>(KAFKA_REQUESTS_IN_FLIGHT_MAX);
@@ -225,7 +228,8 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
             if reader.read_exact(&mut body).await.is_err() {
                 return Ok(());
             }
-            let handling = tokio::spawn(counted(shared.clone(), body.freeze(), held));
+            let handling =
+                tokio::spawn(counted(shared.clone(), client_host.clone(), body.freeze(), held));
             if answers.send(handling).await.is_err() {
                 return Ok(());
             }
@@ -242,6 +246,7 @@ async fn serve_connection(connection: Guarded, shared: Arc<Shared>, stop: Cancel
 /// [`handle`], counted in `spool_kafka_requests_total`.
 async fn counted(
     shared: Arc<Shared>,
+    client_host: Arc<str>,
     request: Bytes,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
@@ -249,7 +254,7 @@ async fn counted(
         Ok(api) if apis::served(api).is_some() => api_name(api),
         _ => "unknown",
     };
-    let handled = handle(shared, request, held).await;
+    let handled = handle(shared, &client_host, request, held).await;
     let outcome = match &handled {
         Ok(Answer { frame: Some(_), .. }) => "answered",
         Ok(Answer { frame: None, .. }) => "unanswered",
@@ -283,6 +288,7 @@ fn api_name(api: ApiKey) -> &'static str {
 /// Decodes one request, serves it and encodes its answer frame.
 async fn handle(
     shared: Arc<Shared>,
+    client_host: &str,
     mut request: Bytes,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
@@ -353,7 +359,8 @@ async fn handle(
             let body =
                 decode::join_group(request, version).map_err(|e| malformed(e.to_string()))?;
             let client_id = header.client_id.as_deref().unwrap_or("");
-            let answer = groups::join_group(&shared, body, version, client_id).await;
+            let client = groups::Client { id: client_id, host: client_host };
+            let answer = groups::join_group(&shared, body, version, client).await;
             encode(api, version, correlation_id, &answer)?
         }
         ApiKey::SyncGroup => {

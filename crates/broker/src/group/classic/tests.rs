@@ -313,3 +313,14 @@ fn the_first_join_phase_waits_the_initial_delay_and_is_extended_while_members_ar
     assert_eq!((leader.leader.clone(), leader.members.len()), (a.clone(), 2));
     assert_eq!(follower.member_id, b);
 }
+
+#[test]
+fn consumer_assignments_are_read_for_describing_only() {
+    let mut bytes = vec![0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0];
+    bytes.extend([0, 0, 0, 0]); // no user data
+    assert_eq!(consumer_assignment(&bytes), Some(vec![("t".to_owned(), 3), ("t".to_owned(), 0)]));
+    assert_eq!(consumer_assignment(b""), None);
+    // A count past the bytes fails at once, without reserving for it.
+    assert_eq!(consumer_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+    assert_eq!(consumer_assignment(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff]), None);
+}
