@@ -607,6 +607,12 @@ async fn kafka_python_consumes_as_a_group_with_the_roundrobin_assignor() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_consumes_as_a_group_with_the_sticky_assignor() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    group_script(python, "kafka_python_group.py", "sticky").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kafka_python_consumes_as_a_group_with_the_cooperative_sticky_assignor() {
     let Some(python) = python_with("kafka", "kafka-python") else { return };
     group_script(python, "kafka_python_group.py", "cooperative-sticky").await;
