@@ -37,6 +37,35 @@ pub const GROUP_TOPICS_MAX: usize = 64;
 /// Partition offsets one commit may carry.
 pub const COMMIT_OFFSETS_MAX: usize = 4096;
 
+/// Kafka's classic groups (the Kafka listener's JoinGroup and friends). They share
+/// [`GROUPS_LIVE_MAX`] and [`GROUPS_KNOWN_MAX`] with Spool's own groups.
+///
+/// Members one classic group may have (or have been given ids and not yet joined).
+pub const CLASSIC_GROUP_MEMBERS_MAX: usize = 1024;
+/// Protocols (assignors) one member may offer.
+pub const CLASSIC_PROTOCOLS_MAX: usize = 16;
+/// Bytes of protocol names and metadata one member may send in a JoinGroup.
+pub const CLASSIC_MEMBER_METADATA_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of one member's assignment.
+pub const CLASSIC_ASSIGNMENT_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of metadata and assignments held over every classic group.
+pub const CLASSIC_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Session timeouts a classic member may ask for (Kafka's brokers allow 6 s to 30 min by
+/// default; shorter ones are allowed here, as for Spool's groups, so tests need not wait).
+pub const CLASSIC_SESSION_TIMEOUT_MS_MIN: i32 = 50;
+pub const CLASSIC_SESSION_TIMEOUT_MS_MAX: i32 = 30 * 60 * 1000;
+/// How long the first join phase of a group without members lasts, extended by as much
+/// while members keep joining, up to the rebalance timeout (Kafka's
+/// `group.initial.rebalance.delay.ms` and its default): consumers started together then get
+/// their assignment in one generation instead of a rebalance per arrival.
+pub const CLASSIC_INITIAL_REBALANCE_DELAY_MS: u64 = 3000;
+/// Bytes of the metadata string committed with one partition's offset (Kafka's
+/// `offset.metadata.max.bytes` default).
+pub const CLASSIC_COMMIT_METADATA_BYTES_MAX: usize = 4096;
+/// Bytes of commit metadata one group may hold over all its partitions: a commit that would
+/// pass it is refused (`OFFSET_METADATA_TOO_LARGE`).
+pub const CLASSIC_GROUP_METADATA_BYTES_MAX: usize = 1024 * 1024;
+
 /// Batches per producer a partition remembers the offsets of, to answer retries: a producer
 /// with more unanswered batches than this in flight to one partition cannot be deduplicated.
 pub const PRODUCER_BATCHES_RETAINED: usize = 5;
@@ -89,6 +118,16 @@ const _: () = assert!(INTERNAL_SEGMENT_BYTES >= SEGMENT_BYTES_MIN);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX < 255, "a name must fit in one path component");
 const _: () = assert!(GROUPS_LIVE_MAX <= GROUPS_KNOWN_MAX);
 const _: () = assert!(PRODUCER_BATCHES_RETAINED >= 1);
+const _: () = assert!(CLASSIC_SESSION_TIMEOUT_MS_MIN > 0);
+const _: () = assert!(CLASSIC_SESSION_TIMEOUT_MS_MIN <= CLASSIC_SESSION_TIMEOUT_MS_MAX);
+const _: () =
+    assert!(CLASSIC_BYTES_MAX >= CLASSIC_MEMBER_METADATA_BYTES_MAX + CLASSIC_ASSIGNMENT_BYTES_MAX);
+// A commit record, or a group's snapshot record, with all the metadata a group may hold
+// still fits in an internal log's group of records (offsets take about 60 bytes each).
+const _: () = assert!(
+    CLASSIC_GROUP_METADATA_BYTES_MAX + COMMIT_OFFSETS_MAX * 100 <= INTERNAL_GROUP_BYTES_MAX
+);
+const _: () = assert!(CLASSIC_COMMIT_METADATA_BYTES_MAX <= CLASSIC_GROUP_METADATA_BYTES_MAX);
 const _: () = assert!(PRODUCER_STATE_SCAN_BYTES >= BATCH_BYTES_MAX as u64);
 // A snapshot of the largest state (every known group with a commit of the most offsets, about
 // 60 bytes each) may be larger than the threshold: then the next compaction waits until the

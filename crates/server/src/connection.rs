@@ -84,6 +84,11 @@ pub(crate) struct Guarded {
 }
 
 impl Guarded {
+    /// The client's address, if the socket still knows it.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
     /// What the listener's service sets when the connection's first request arrives.
     pub(crate) fn first_request(&self) -> FirstRequest {
         self.first_request.clone()

@@ -242,6 +242,7 @@ pub fn to_status(error: &ServiceError) -> Status {
             JoinError::TooManyMembers { .. }
             | JoinError::TooManyLiveGroups
             | JoinError::TooManyGroups => Code::ResourceExhausted,
+            JoinError::InUseByKafka { .. } => Code::FailedPrecondition,
         },
         ServiceError::Commit(error) => match error {
             CommitError::TooManyOffsets { .. } => Code::InvalidArgument,

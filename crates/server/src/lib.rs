@@ -462,17 +462,13 @@ async fn go_live(
         })
     });
     let kafka_endpoint = kafka.map(|(listener, advertised, security, timeouts)| {
-        let (topics, producer_ids) = (server.topics.clone(), server.producer_ids.clone());
+        let served = kafka::KafkaServed {
+            topics: server.topics.clone(),
+            producer_ids: server.producer_ids.clone(),
+            groups: server.groups.clone(),
+        };
         let stop = stop_serving.clone();
-        tokio::spawn(kafka::serve(
-            listener,
-            topics,
-            producer_ids,
-            advertised,
-            security,
-            timeouts,
-            stop,
-        ))
+        tokio::spawn(kafka::serve(listener, served, advertised, security, timeouts, stop))
     });
     let reloading = tokens.map(|tokens| {
         // Loaded before the metrics recorder was installed, perhaps.

@@ -37,6 +37,7 @@
 //!   one.
 
 mod assign;
+pub mod classic;
 mod offsets;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,8 +48,11 @@ use thiserror::Error;
 
 pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets, OffsetsRecord};
 
+use self::classic::{ClassicError, ClassicGroups, JoinRequest, Replies, Ticket};
 use crate::limits::{
-    COMMIT_OFFSETS_MAX, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, GROUPS_KNOWN_MAX, GROUPS_LIVE_MAX,
+    CLASSIC_COMMIT_METADATA_BYTES_MAX, CLASSIC_GROUP_METADATA_BYTES_MAX,
+    CLASSIC_INITIAL_REBALANCE_DELAY_MS, COMMIT_OFFSETS_MAX, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX,
+    GROUPS_KNOWN_MAX, GROUPS_LIVE_MAX,
 };
 use crate::{TopicName, TopicNameError};
 
@@ -192,6 +196,10 @@ pub enum JoinError {
     TooManyLiveGroups,
     #[error("the server already keeps offsets for {GROUPS_KNOWN_MAX} groups, the limit")]
     TooManyGroups,
+    #[error(
+        "group {group} is in use by Kafka clients (the classic group protocol); a group is used by one protocol at a time"
+    )]
+    InUseByKafka { group: GroupName },
 }
 
 /// Why a commit is refused.
@@ -291,7 +299,8 @@ pub struct GroupDescription {
     pub generation: u64,
     pub subscription: Option<Subscription>,
     pub members: Vec<MemberDescription>,
-    /// The subscription's partitions for a live group, the committed ones for an empty one.
+    /// The subscription's partitions for a live group, the committed ones for an empty one;
+    /// for a live Kafka group, the committed ones and those its consumers' assignments name.
     pub partitions: Vec<PartitionDescription>,
 }
 
@@ -326,6 +335,8 @@ pub struct Coordinator {
     next_member: u64,
     groups: BTreeMap<GroupName, Group>,
     committed: CommittedOffsets,
+    /// Groups of Kafka clients. A name is live in at most one of `groups` and `classic`.
+    classic: ClassicGroups,
 }
 
 impl Group {
@@ -395,7 +406,92 @@ impl Coordinator {
     /// A coordinator for one server run. `instance` must differ between runs (the server
     /// uses its start time); `committed` is what the offsets log folded to.
     pub fn new(instance: u64, committed: CommittedOffsets) -> Coordinator {
-        Coordinator { instance, next_member: 1, groups: BTreeMap::new(), committed }
+        Coordinator {
+            instance,
+            next_member: 1,
+            groups: BTreeMap::new(),
+            committed,
+            classic: ClassicGroups::new(instance, CLASSIC_INITIAL_REBALANCE_DELAY_MS),
+        }
+    }
+
+    /// Live groups of either protocol.
+    fn live_count(&self) -> usize {
+        self.groups.len() + self.classic.live_count()
+    }
+
+    /// Whether a group not live under either protocol may become live: the live and known
+    /// limits.
+    fn may_create(&self, group: &GroupName) -> bool {
+        self.live_count() < GROUPS_LIVE_MAX
+            && (self.committed.has_group(group)
+                || self.committed.group_count() + self.live_count() < GROUPS_KNOWN_MAX)
+    }
+
+    /// A Kafka JoinGroup (see [`ClassicGroups::join`]); refused at once when the name is a live
+    /// Spool group.
+    pub fn classic_join(
+        &mut self,
+        group: &GroupName,
+        request: JoinRequest,
+        now: TimestampMs,
+    ) -> Result<(Ticket, Replies), ClassicError> {
+        if self.groups.contains_key(group) {
+            return Err(ClassicError::InUseBySpool { group: group.clone() });
+        }
+        let may_create = self.classic.is_live(group) || self.may_create(group);
+        Ok(self.classic.join(group, request, may_create, now))
+    }
+
+    /// A Kafka OffsetCommit: checked against the classic group (see
+    /// [`ClassicGroups::check_commit`]) and applied; returns the record to persist.
+    /// `metadata` holds the non-empty metadata strings of some of `offsets`' partitions.
+    pub fn classic_commit(
+        &mut self,
+        group: &GroupName,
+        member_id: &str,
+        generation: i32,
+        offsets: Vec<(TopicPartition, Offset)>,
+        metadata: BTreeMap<TopicPartition, String>,
+        now: TimestampMs,
+    ) -> Result<CommitRecord, ClassicError> {
+        assert!(offsets.len() <= COMMIT_OFFSETS_MAX, "the server bounds commits at the edge");
+        assert!(metadata.values().all(|m| m.len() <= CLASSIC_COMMIT_METADATA_BYTES_MAX));
+        if self.groups.contains_key(group) {
+            return Err(ClassicError::InUseBySpool { group: group.clone() });
+        }
+        self.classic.check_commit(group, member_id, generation, now)?;
+        let held: usize = self
+            .committed
+            .metadata_of_group(group)
+            .filter(|(p, _)| !offsets.iter().any(|(o, _)| o == *p))
+            .map(|(_, m)| m.len())
+            .sum();
+        if held + metadata.values().map(String::len).sum::<usize>()
+            > CLASSIC_GROUP_METADATA_BYTES_MAX
+        {
+            return Err(ClassicError::MetadataTooLarge);
+        }
+        let known = self.classic.is_live(group) || self.committed.has_group(group);
+        if !known && self.committed.group_count() + self.live_count() >= GROUPS_KNOWN_MAX {
+            return Err(ClassicError::Exhausted);
+        }
+        let record = CommitRecord { group: group.clone(), offsets, metadata };
+        self.committed.apply(&record);
+        Ok(record)
+    }
+
+    pub fn classic(&self) -> &ClassicGroups {
+        &self.classic
+    }
+
+    pub fn classic_mut(&mut self) -> &mut ClassicGroups {
+        &mut self.classic
+    }
+
+    /// The metadata committed with a partition's offset (empty when none).
+    pub fn committed_metadata(&self, group: &GroupName, partition: &TopicPartition) -> &str {
+        self.committed.metadata(group, partition)
     }
 
     /// Adds a member and rebalances its group.
@@ -410,6 +506,9 @@ impl Coordinator {
         if subscription.topics.is_empty() || subscription.topics.len() > GROUP_TOPICS_MAX {
             return Err(JoinError::Topics { topics: subscription.topics.len() });
         }
+        if self.classic.is_live(group) {
+            return Err(JoinError::InUseByKafka { group: group.clone() });
+        }
         match self.groups.get(group) {
             Some(live) if live.subscription != subscription => {
                 return Err(JoinError::SubscriptionMismatch {
@@ -422,11 +521,11 @@ impl Coordinator {
                 return Err(JoinError::TooManyMembers { group: group.clone() });
             }
             Some(_) => {}
-            None if self.groups.len() >= GROUPS_LIVE_MAX => {
+            None if self.live_count() >= GROUPS_LIVE_MAX => {
                 return Err(JoinError::TooManyLiveGroups);
             }
             None if !self.committed.has_group(group)
-                && self.committed.group_count() + self.groups.len() >= GROUPS_KNOWN_MAX =>
+                && self.committed.group_count() + self.live_count() >= GROUPS_KNOWN_MAX =>
             {
                 return Err(JoinError::TooManyGroups);
             }
@@ -556,7 +655,7 @@ impl Coordinator {
                 });
             }
         }
-        let record = CommitRecord { group: group.clone(), offsets };
+        let record = CommitRecord { group: group.clone(), offsets, metadata: BTreeMap::new() };
         self.committed.apply(&record);
         Ok(record)
     }
@@ -568,13 +667,10 @@ impl Coordinator {
         group: &GroupName,
         offsets: Vec<(TopicPartition, Offset)>,
     ) -> Result<CommitRecord, ResetError> {
-        if let Some(live) = self.groups.get(group) {
-            return Err(ResetError::LiveMembers {
-                group: group.clone(),
-                members: live.members.len(),
-            });
+        if let Some(members) = self.live_members(group) {
+            return Err(ResetError::LiveMembers { group: group.clone(), members });
         }
-        let record = CommitRecord { group: group.clone(), offsets };
+        let record = CommitRecord { group: group.clone(), offsets, metadata: BTreeMap::new() };
         self.committed.apply(&record);
         Ok(record)
     }
@@ -585,17 +681,22 @@ impl Coordinator {
         &mut self,
         group: &GroupName,
     ) -> Result<(OffsetsRecord, Vec<(TopicPartition, Offset)>), DeleteError> {
-        if let Some(live) = self.groups.get(group) {
-            return Err(DeleteError::LiveMembers {
-                group: group.clone(),
-                members: live.members.len(),
-            });
+        if let Some(members) = self.live_members(group) {
+            return Err(DeleteError::LiveMembers { group: group.clone(), members });
         }
         if !self.committed.has_group(group) {
             return Err(DeleteError::Unknown { group: group.clone() });
         }
         let forgotten = self.committed.remove(group);
         Ok((OffsetsRecord::Delete { group: group.clone() }, forgotten))
+    }
+
+    /// The members of a group live under either protocol; `None` when it is not live.
+    fn live_members(&self, group: &GroupName) -> Option<usize> {
+        match self.groups.get(group) {
+            Some(live) => Some(live.members.len()),
+            None => self.classic.is_live(group).then(|| self.classic.member_count(group)),
+        }
     }
 
     /// Removes members whose session or revocation deadline passed, and rebalances.
@@ -683,6 +784,9 @@ impl Coordinator {
     /// One group, live or with committed offsets; `None` if neither.
     pub fn describe(&self, group: &GroupName) -> Option<GroupDescription> {
         let Some(live) = self.groups.get(group) else {
+            if let Some(classic) = self.classic.describe(group) {
+                return Some(self.describe_classic(group, classic));
+            }
             if !self.committed.has_group(group) {
                 return None;
             }
@@ -738,10 +842,75 @@ impl Coordinator {
         })
     }
 
+    /// A live Kafka group as Spool describes groups: its members, with the partitions their
+    /// assignments name when they are consumers' (`consumer` protocol type, in the Stable
+    /// state), and the group's committed offsets.
+    fn describe_classic(
+        &self,
+        group: &GroupName,
+        classic: classic::ClassicDescription,
+    ) -> GroupDescription {
+        let state = match classic.state {
+            classic::ClassicState::Stable => GroupState::Stable,
+            _ => GroupState::Rebalancing,
+        };
+        let consumers = classic.protocol_type == "consumer";
+        let mut owners: BTreeMap<TopicPartition, MemberId> = BTreeMap::new();
+        let members = classic
+            .members
+            .iter()
+            .map(|m| {
+                let id = MemberId(m.member_id.clone());
+                let assigned = if consumers {
+                    classic::consumer_assignment(&m.assignment).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let owned: Vec<TopicPartition> = assigned
+                    .into_iter()
+                    .filter_map(|(topic, partition)| {
+                        let topic = TopicName::parse(&topic).ok()?;
+                        Some(TopicPartition { topic, partition: u32::try_from(partition).ok()? })
+                    })
+                    .collect();
+                for partition in &owned {
+                    owners.insert(partition.clone(), id.clone());
+                }
+                MemberDescription {
+                    id,
+                    session_timeout_ms: m.session_timeout_ms.max(0) as u64,
+                    owned,
+                    revoking: Vec::new(),
+                }
+            })
+            .collect();
+        let committed: BTreeMap<&TopicPartition, Offset> = self.committed.of_group(group).collect();
+        let mut partitions: BTreeSet<&TopicPartition> = committed.keys().copied().collect();
+        partitions.extend(owners.keys());
+        let partitions = partitions
+            .into_iter()
+            .map(|p| PartitionDescription {
+                partition: p.clone(),
+                owner: owners.get(p).cloned(),
+                revoking: false,
+                committed: committed.get(p).copied(),
+            })
+            .collect();
+        GroupDescription {
+            name: group.clone(),
+            state,
+            generation: classic.generation.max(0) as u64,
+            subscription: None,
+            members,
+            partitions,
+        }
+    }
+
     /// Every group, live or with committed offsets, sorted by name.
     pub fn list(&self) -> Vec<GroupDescription> {
+        let classic = self.classic.list().map(|(name, _)| name);
         let names: BTreeSet<&GroupName> =
-            self.groups.keys().chain(self.committed.groups()).collect();
+            self.groups.keys().chain(self.committed.groups()).chain(classic).collect();
         names.into_iter().filter_map(|name| self.describe(name)).collect()
     }
 }

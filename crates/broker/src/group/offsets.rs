@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `offset` is the next offset the group will consume (one past the last record it
-//! processed). Deleting a group is one record too, written and fsynced before the deletion is
+//! processed). A commit from a Kafka client may also carry that client's metadata string for
+//! a partition, stored beside its offset (`"metadata":"..."`, left out when there is none, so
+//! records written before it existed read back unchanged); a commit of a partition without
+//! metadata clears what an earlier one stored. Deleting a group is one record too, written and fsynced before the deletion is
 //! answered:
 //!
 //! ```json
@@ -37,6 +40,8 @@ const RECORD_VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommittedOffsets {
     groups: BTreeMap<GroupName, BTreeMap<TopicPartition, Offset>>,
+    /// The metadata strings committed with offsets, only where one is not empty.
+    metadata: BTreeMap<GroupName, BTreeMap<TopicPartition, String>>,
 }
 
 /// One commit, as stored.
@@ -44,6 +49,9 @@ pub struct CommittedOffsets {
 pub struct CommitRecord {
     pub group: GroupName,
     pub offsets: Vec<(TopicPartition, Offset)>,
+    /// The metadata committed with some of `offsets` (Kafka's commit metadata); never empty
+    /// strings, and only for partitions in `offsets`.
+    pub metadata: BTreeMap<TopicPartition, String>,
 }
 
 /// One change of committed offsets, as stored in the offsets log.
@@ -73,6 +81,8 @@ struct StoredOffset {
     topic: String,
     partition: u32,
     offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<String>,
 }
 
 /// A stored commit record that cannot be read back.
@@ -102,6 +112,7 @@ impl CommitRecord {
                 topic: tp.topic.to_string(),
                 partition: tp.partition,
                 offset: offset.0,
+                metadata: self.metadata.get(tp).cloned(),
             })
             .collect();
         let stored = StoredRecord {
@@ -151,15 +162,20 @@ impl OffsetsRecord {
             (Some(offsets), false) => offsets,
             _ => return Err(CommitRecordError::Shape { group: stored.group }),
         };
+        let mut metadata = BTreeMap::new();
         let offsets = offsets
             .into_iter()
             .map(|o| {
                 let topic = TopicName::parse(&o.topic)
                     .map_err(|_| CommitRecordError::Name { name: o.topic.clone() })?;
-                Ok((TopicPartition { topic, partition: o.partition }, Offset(o.offset)))
+                let partition = TopicPartition { topic, partition: o.partition };
+                if let Some(text) = o.metadata.filter(|text| !text.is_empty()) {
+                    metadata.insert(partition.clone(), text);
+                }
+                Ok((partition, Offset(o.offset)))
             })
             .collect::<Result<_, CommitRecordError>>()?;
-        Ok(OffsetsRecord::Commit(CommitRecord { group, offsets }))
+        Ok(OffsetsRecord::Commit(CommitRecord { group, offsets, metadata }))
     }
 }
 
@@ -186,6 +202,16 @@ impl CommittedOffsets {
         for (partition, offset) in &record.offsets {
             group.insert(partition.clone(), *offset);
         }
+        let metadata = self.metadata.entry(record.group.clone()).or_default();
+        for (partition, _) in &record.offsets {
+            match record.metadata.get(partition) {
+                Some(text) => metadata.insert(partition.clone(), text.clone()),
+                None => metadata.remove(partition),
+            };
+        }
+        if metadata.is_empty() {
+            self.metadata.remove(&record.group);
+        }
     }
 
     /// Applies a stored record of either kind.
@@ -200,11 +226,25 @@ impl CommittedOffsets {
 
     /// Forgets every committed offset of `group`; returns them, sorted.
     pub fn remove(&mut self, group: &GroupName) -> Vec<(TopicPartition, Offset)> {
+        self.metadata.remove(group);
         self.groups.remove(group).map(|offsets| offsets.into_iter().collect()).unwrap_or_default()
     }
 
     pub fn get(&self, group: &GroupName, partition: &TopicPartition) -> Option<Offset> {
         self.groups.get(group).and_then(|g| g.get(partition)).copied()
+    }
+
+    /// Every non-empty metadata string of one group.
+    pub fn metadata_of_group(
+        &self,
+        group: &GroupName,
+    ) -> impl Iterator<Item = (&TopicPartition, &str)> {
+        self.metadata.get(group).into_iter().flat_map(|g| g.iter().map(|(p, m)| (p, m.as_str())))
+    }
+
+    /// The metadata committed with `partition`'s offset; empty when there is none.
+    pub fn metadata(&self, group: &GroupName, partition: &TopicPartition) -> &str {
+        self.metadata.get(group).and_then(|g| g.get(partition)).map_or("", String::as_str)
     }
 
     /// Every committed offset of one group.
@@ -221,6 +261,7 @@ impl CommittedOffsets {
                 .iter()
                 .map(|(partition, offset)| (partition.clone(), *offset))
                 .collect(),
+            metadata: self.metadata.get(group).cloned().unwrap_or_default(),
         })
     }
 
@@ -251,8 +292,13 @@ mod tests {
         let first = CommitRecord {
             group: g.clone(),
             offsets: vec![(tp("a", 0), Offset(5)), (tp("a", 1), Offset(7))],
+            metadata: BTreeMap::new(),
         };
-        let second = CommitRecord { group: g.clone(), offsets: vec![(tp("a", 0), Offset(9))] };
+        let second = CommitRecord {
+            group: g.clone(),
+            offsets: vec![(tp("a", 0), Offset(9))],
+            metadata: BTreeMap::new(),
+        };
         let encoded = [first.encode(), second.encode()];
         assert_eq!(OffsetsRecord::decode(&encoded[0]).unwrap(), OffsetsRecord::Commit(first));
         assert_eq!(
@@ -271,14 +317,17 @@ mod tests {
             CommitRecord {
                 group: GroupName::parse("a").unwrap(),
                 offsets: vec![(tp("x", 0), Offset(1))],
+                metadata: BTreeMap::new(),
             },
             CommitRecord {
                 group: GroupName::parse("b").unwrap(),
                 offsets: vec![(tp("x", 1), Offset(4))],
+                metadata: BTreeMap::new(),
             },
             CommitRecord {
                 group: GroupName::parse("a").unwrap(),
                 offsets: vec![(tp("x", 0), Offset(3)), (tp("y", 2), Offset(9))],
+                metadata: BTreeMap::new(),
             },
         ];
         let encoded: Vec<Vec<u8>> = records.iter().map(CommitRecord::encode).collect();
@@ -303,6 +352,7 @@ mod tests {
             OffsetsRecord::Commit(CommitRecord {
                 group: group.clone(),
                 offsets: vec![(tp("a", 0), Offset(offset))],
+                metadata: BTreeMap::new(),
             })
             .encode()
         };
@@ -314,6 +364,39 @@ mod tests {
         let again = [commit(&g, 5), deletion.encode(), commit(&g, 2)];
         let folded = CommittedOffsets::fold(again.iter().map(Vec::as_slice)).unwrap();
         assert_eq!(folded.get(&g, &tp("a", 0)), Some(Offset(2)), "a new commit starts afresh");
+    }
+
+    #[test]
+    fn metadata_is_stored_beside_offsets_and_old_records_still_read() {
+        let g = GroupName::parse("kafka").unwrap();
+        let old = br#"{"v":1,"group":"kafka","offsets":[{"topic":"a","partition":0,"offset":3}]}"#;
+        let with = CommitRecord {
+            group: g.clone(),
+            offsets: vec![(tp("a", 0), Offset(5)), (tp("a", 1), Offset(6))],
+            metadata: [(tp("a", 0), "client state".to_owned())].into(),
+        };
+        assert_eq!(
+            std::str::from_utf8(&with.encode()).unwrap(),
+            r#"{"v":1,"group":"kafka","offsets":[{"topic":"a","partition":0,"offset":5,"metadata":"client state"},{"topic":"a","partition":1,"offset":6}]}"#
+        );
+        assert_eq!(
+            OffsetsRecord::decode(&with.encode()).unwrap(),
+            OffsetsRecord::Commit(with.clone())
+        );
+        let folded = CommittedOffsets::fold([&old[..], &with.encode()]).unwrap();
+        assert_eq!(folded.get(&g, &tp("a", 0)), Some(Offset(5)));
+        assert_eq!(folded.metadata(&g, &tp("a", 0)), "client state");
+        assert_eq!(folded.metadata(&g, &tp("a", 1)), "");
+        let snapshot: Vec<Vec<u8>> = folded.snapshot().map(|r| r.encode()).collect();
+        let refolded = CommittedOffsets::fold(snapshot.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(refolded, folded, "a compaction keeps the metadata");
+        let cleared = CommitRecord {
+            group: g.clone(),
+            offsets: vec![(tp("a", 0), Offset(9))],
+            metadata: BTreeMap::new(),
+        };
+        let folded = CommittedOffsets::fold([&with.encode()[..], &cleared.encode()]).unwrap();
+        assert_eq!(folded.metadata(&g, &tp("a", 0)), "", "a commit without metadata clears it");
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   its partition is revoked, so no record of a revoked partition follows the revocation.
 //! - One driver task sleeps until the coordinator's next deadline (a session or revocation
 //!   timeout) and ticks it.
+//! - Kafka clients' groups (the classic protocol, `crate::kafka::groups`) live in the same
+//!   [`Coordinator`], under the same mutex: a name is live under one protocol at a time, and
+//!   Kafka commits go to the same committed offsets and log. A JoinGroup or SyncGroup that
+//!   must wait leaves a [`ClassicWaiter`] under its ticket; whichever call completes it (a
+//!   join, a sync, a leave, the driver's tick) sends the answer through it.
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
 //!   one record per commit, reset or deletion, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
@@ -28,11 +33,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use spool_broker::group::classic::{ClassicError, Joined, Replies, Ticket};
 use spool_broker::group::{
     Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, OffsetsRecord, Removal,
 };
 use spool_storage::TimestampMs;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 pub(crate) use api::GroupApi;
@@ -48,10 +54,46 @@ pub(crate) struct MemberLink {
     removal: Mutex<Option<Removal>>,
 }
 
+/// Where the answer to a waiting Kafka JoinGroup or SyncGroup goes.
+#[derive(Debug)]
+pub(crate) enum ClassicWaiter {
+    Join(oneshot::Sender<Result<Joined, ClassicError>>),
+    Sync(oneshot::Sender<Result<Vec<u8>, ClassicError>>),
+}
+
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) coordinator: Coordinator,
     links: HashMap<MemberId, Arc<MemberLink>>,
+    /// One per waiting JoinGroup or SyncGroup: each is a Kafka request being served, so
+    /// there are at most `KAFKA_CONNECTIONS_MAX * KAFKA_REQUESTS_IN_FLIGHT_MAX`.
+    classic_waiters: HashMap<Ticket, ClassicWaiter>,
+}
+
+impl State {
+    /// Registers where `ticket`'s answer goes, then sends every answer in `replies` (perhaps
+    /// this one's). Call it right after the coordinator call that gave both.
+    pub(crate) fn wait_for(&mut self, ticket: Ticket, waiter: ClassicWaiter, replies: Replies) {
+        self.classic_waiters.insert(ticket, waiter);
+        self.deliver(replies);
+    }
+
+    /// Sends each answer to its waiter (one whose request went away is skipped).
+    pub(crate) fn deliver(&mut self, replies: Replies) {
+        for (group, member) in &replies.expired {
+            tracing::info!(%group, member, "a Kafka group member was removed: its session timed out");
+        }
+        for (ticket, answer) in replies.joins {
+            if let Some(ClassicWaiter::Join(waiter)) = self.classic_waiters.remove(&ticket) {
+                let _ = waiter.send(answer);
+            }
+        }
+        for (ticket, answer) in replies.syncs {
+            if let Some(ClassicWaiter::Sync(waiter)) = self.classic_waiters.remove(&ticket) {
+                let _ = waiter.send(answer);
+            }
+        }
+    }
 }
 
 /// Every consumer group of the server.
@@ -91,6 +133,7 @@ impl Groups {
             state: Mutex::new(State {
                 coordinator: Coordinator::new(instance, committed),
                 links: HashMap::new(),
+                classic_waiters: HashMap::new(),
             }),
             offsets,
             topics,
@@ -140,9 +183,14 @@ impl Groups {
         self.deadlines.notify_one();
     }
 
+    /// Tells the driver that a deadline may have moved earlier (after a Kafka group call).
+    pub(crate) fn deadlines_changed(&self) {
+        self.deadlines.notify_one();
+    }
+
     /// Queues a commit record to the offsets log; the future resolves once it is durable.
     /// Call it with the state locked, right after the coordinator accepted the record.
-    fn persist(
+    pub(crate) fn persist(
         &self,
         record: &CommitRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
@@ -183,7 +231,11 @@ fn record_lag_sources(record: &CommitRecord) {
 async fn drive(groups: Arc<Groups>) {
     let stop = groups.topics.streams_stop.clone();
     loop {
-        let next = groups.lock().coordinator.next_deadline();
+        let next = {
+            let state = groups.lock();
+            let classic = state.coordinator.classic().next_deadline();
+            state.coordinator.next_deadline().into_iter().chain(classic).min()
+        };
         let sleep = async {
             match next {
                 Some(deadline) => tokio::time::sleep_until(groups.instant_at(deadline)).await,
@@ -198,6 +250,8 @@ async fn drive(groups: Arc<Groups>) {
                     tracing::info!(%member, %removal, "a group member was removed");
                 }
                 groups.notify(&state, changes);
+                let replies = state.coordinator.classic_mut().tick(groups.now());
+                state.deliver(replies);
                 drop(state);
             }
             () = groups.deadlines.notified() => {}

@@ -19,7 +19,13 @@ use crate::auth::{Action, Caller};
 /// `decode` reads (Metadata 9, Produce 9, Fetch 12 and ListOffsets 6 are the first flexible
 /// ones; Fetch 13 and Metadata 10 also identify topics by id, which Spool's topics do not
 /// have yet).
-const SERVED: [(ApiKey, VersionRange); 11] = [
+///
+/// The group APIs are served up to the last version before the flexible ones (FindCoordinator
+/// 3, JoinGroup 6, SyncGroup 4, Heartbeat 4, LeaveGroup 4, OffsetCommit 8, OffsetFetch 6,
+/// DescribeGroups 5, ListGroups 3), and below the ones that carry a group instance id (static
+/// membership, not supported: JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3,
+/// OffsetCommit 7). OffsetCommit 0 and 1 and OffsetFetch 0 are gone from Kafka's own schemas.
+const SERVED: [(ApiKey, VersionRange); 20] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
     (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
@@ -34,6 +40,15 @@ const SERVED: [(ApiKey, VersionRange); 11] = [
     (ApiKey::DescribeConfigs, VersionRange { min: 1, max: 3 }),
     (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 0 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 3 }),
+    (ApiKey::FindCoordinator, VersionRange { min: 0, max: 2 }),
+    (ApiKey::JoinGroup, VersionRange { min: 0, max: 4 }),
+    (ApiKey::SyncGroup, VersionRange { min: 0, max: 2 }),
+    (ApiKey::Heartbeat, VersionRange { min: 0, max: 2 }),
+    (ApiKey::LeaveGroup, VersionRange { min: 0, max: 2 }),
+    (ApiKey::OffsetCommit, VersionRange { min: 2, max: 6 }),
+    (ApiKey::OffsetFetch, VersionRange { min: 1, max: 5 }),
+    (ApiKey::DescribeGroups, VersionRange { min: 0, max: 4 }),
+    (ApiKey::ListGroups, VersionRange { min: 0, max: 2 }),
 ];
 
 /// Served only when the server has tokens (see `sasl`). SaslHandshake v0 is left out: after

@@ -3,6 +3,7 @@
 //! reads, so each refusal is also logged at DEBUG with its full text.
 
 use kafka_protocol::ResponseError;
+use spool_broker::group::classic::ClassicError;
 use spool_broker::producer::SequenceError;
 use spool_broker::{AlterTopicError, CreateTopicError, DeleteTopicError, TopicConfigError};
 use spool_storage::{AppendError, ReadError};
@@ -98,4 +99,28 @@ pub(super) fn config_error_code(error: &ConfigError) -> i16 {
         _ => ResponseError::InvalidConfig,
     }
     .code()
+}
+/// The Kafka error code for a refusal of the classic group protocol.
+pub(super) fn classic_error_code(error: &ClassicError) -> i16 {
+    let code = match error {
+        ClassicError::UnknownMemberId => ResponseError::UnknownMemberId,
+        ClassicError::IllegalGeneration => ResponseError::IllegalGeneration,
+        ClassicError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        // The name is taken by the other protocol: as Kafka refuses a member whose protocol
+        // type differs from the group's.
+        ClassicError::InUseBySpool { .. } => {
+            tracing::info!(%error, "a Kafka group request refused");
+            ResponseError::InconsistentGroupProtocol
+        }
+        ClassicError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        ClassicError::MemberIdRequired { .. } => ResponseError::MemberIdRequired,
+        ClassicError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        ClassicError::GroupFull | ClassicError::Exhausted => ResponseError::GroupMaxSizeReached,
+        ClassicError::TooLarge => ResponseError::InvalidRequest,
+        ClassicError::MetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+    };
+    if !matches!(error, ClassicError::InUseBySpool { .. }) {
+        tracing::debug!(%error, "a Kafka group request refused");
+    }
+    code.code()
 }

@@ -8,16 +8,25 @@
 //! nothing and fails at the first element the frame does not hold; the elements without arrays
 //! (a partition's fields) are still decoded by `kafka-protocol`. Only the non-flexible versions
 //! are served for these requests (Metadata up to 8, Produce up to 8, Fetch up to 11,
-//! ListOffsets up to 5), so arrays are an `INT32` count and strings an `INT16` length.
+//! ListOffsets up to 5, and the group requests below), so arrays are an `INT32` count and
+//! strings an `INT16` length. The group requests without arrays (FindCoordinator, Heartbeat,
+//! LeaveGroup, ListGroups at the versions served) are decoded by `kafka-protocol` whole.
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
-    TransactionalId,
+    BrokerId, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -61,6 +70,11 @@ impl Reader {
     fn i32(&mut self, field: &'static str) -> Result<i32, DecodeError> {
         self.need(field, 4)?;
         Ok(self.0.get_i32())
+    }
+
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        self.need(field, 8)?;
+        Ok(self.0.get_i64())
     }
 
     /// A nullable `STRING`: an `INT16` length (-1: null), then UTF-8.
@@ -218,4 +232,96 @@ pub(super) fn list_offsets(body: Bytes, version: i16) -> Result<ListOffsetsReque
         .with_replica_id(BrokerId(replica_id))
         .with_isolation_level(isolation_level)
         .with_topics(topics))
+}
+
+// The group requests with arrays (JoinGroup up to 4, SyncGroup up to 2, OffsetCommit 2 to 6,
+// OffsetFetch 1 to 5, DescribeGroups up to 4: none flexible, none with a group instance id).
+
+pub(super) fn join_group(body: Bytes, version: i16) -> Result<JoinGroupRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = r.string("group_id")?.unwrap_or_default();
+    let session_timeout_ms = r.i32("session_timeout_ms")?;
+    let rebalance_timeout_ms =
+        if version >= 1 { r.i32("rebalance_timeout_ms")? } else { session_timeout_ms };
+    let member_id = r.string("member_id")?.unwrap_or_default();
+    let protocol_type = r.string("protocol_type")?.unwrap_or_default();
+    let protocols = r
+        .array("protocols", |r| r.element::<JoinGroupRequestProtocol>("protocols", version))?
+        .unwrap_or_default();
+    Ok(JoinGroupRequest::default()
+        .with_group_id(GroupId(group_id))
+        .with_session_timeout_ms(session_timeout_ms)
+        .with_rebalance_timeout_ms(rebalance_timeout_ms)
+        .with_member_id(member_id)
+        .with_protocol_type(protocol_type)
+        .with_protocols(protocols))
+}
+
+pub(super) fn sync_group(body: Bytes, version: i16) -> Result<SyncGroupRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = r.string("group_id")?.unwrap_or_default();
+    let generation_id = r.i32("generation_id")?;
+    let member_id = r.string("member_id")?.unwrap_or_default();
+    let assignments = r
+        .array("assignments", |r| r.element::<SyncGroupRequestAssignment>("assignments", version))?
+        .unwrap_or_default();
+    Ok(SyncGroupRequest::default()
+        .with_group_id(GroupId(group_id))
+        .with_generation_id(generation_id)
+        .with_member_id(member_id)
+        .with_assignments(assignments))
+}
+
+pub(super) fn offset_commit(body: Bytes, version: i16) -> Result<OffsetCommitRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = r.string("group_id")?.unwrap_or_default();
+    let generation = r.i32("generation_id")?;
+    let member_id = r.string("member_id")?.unwrap_or_default();
+    let retention_time_ms =
+        if (2..=4).contains(&version) { r.i64("retention_time_ms")? } else { -1 };
+    let topics = r
+        .array("topics", |r| {
+            let name = r.name("topics.name")?;
+            let partitions = r.array("partitions", |r| {
+                r.element::<OffsetCommitRequestPartition>("partitions", version)
+            })?;
+            Ok(OffsetCommitRequestTopic::default()
+                .with_name(name)
+                .with_partitions(partitions.unwrap_or_default()))
+        })?
+        .unwrap_or_default();
+    Ok(OffsetCommitRequest::default()
+        .with_group_id(GroupId(group_id))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(member_id)
+        .with_retention_time_ms(retention_time_ms)
+        .with_topics(topics))
+}
+
+pub(super) fn offset_fetch(body: Bytes, _version: i16) -> Result<OffsetFetchRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = r.string("group_id")?.unwrap_or_default();
+    let topics = r.array("topics", |r| {
+        let name = r.name("topics.name")?;
+        let partitions = r.array("partition_indexes", |r| r.i32("partition_index"))?;
+        Ok(OffsetFetchRequestTopic::default()
+            .with_name(name)
+            .with_partition_indexes(partitions.unwrap_or_default()))
+    })?;
+    Ok(OffsetFetchRequest::default().with_group_id(GroupId(group_id)).with_topics(topics))
+}
+
+pub(super) fn describe_groups(
+    body: Bytes,
+    version: i16,
+) -> Result<DescribeGroupsRequest, DecodeError> {
+    let mut r = Reader(body);
+    let groups = r
+        .array("groups", |r| Ok(GroupId(r.string("groups")?.unwrap_or_default())))?
+        .unwrap_or_default();
+    let include_authorized_operations =
+        if version >= 3 { r.i8("include_authorized_operations")? != 0 } else { false };
+    Ok(DescribeGroupsRequest::default()
+        .with_groups(groups)
+        .with_include_authorized_operations(include_authorized_operations))
 }

@@ -29,8 +29,8 @@
 //! (Fetch, ListOffsets), `sasl` (SaslHandshake, SaslAuthenticate); `producer_id`
 //! (InitProducerId), `admin` (CreateTopics, DeleteTopics, DescribeConfigs,
 //! IncrementalAlterConfigs, with `configs` mapping Kafka's configuration names onto Spool's
-//! topic settings), `leader_epoch` (OffsetForLeaderEpoch); `codes` maps Spool's errors to
-//! Kafka's error codes.
+//! topic settings), `leader_epoch` (OffsetForLeaderEpoch), `groups` (the classic
+//! consumer-group APIs); `codes` maps Spool's errors to Kafka's error codes.
 
 mod admin;
 mod apis;
@@ -38,6 +38,7 @@ mod codes;
 mod configs;
 mod decode;
 mod fetch;
+mod groups;
 mod leader_epoch;
 mod produce;
 mod producer_id;
@@ -50,9 +51,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiKey, FindCoordinatorRequest, HeartbeatRequest, LeaveGroupRequest, ListGroupsRequest,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -64,6 +66,7 @@ use self::sasl::Session;
 use crate::auth::{Action, Authenticator, Caller, Resource};
 use crate::connection::{Accepting, ConnectionTimeouts, Guarded};
 use crate::error::ServiceError;
+use crate::groups::Groups;
 use crate::idempotence::ProducerIds;
 use crate::limits::{
     KAFKA_BYTES_IN_FLIGHT_MAX, KAFKA_CONNECTIONS_MAX, KAFKA_REQUEST_BYTES_MAX,
@@ -120,6 +123,7 @@ impl fmt::Display for AdvertisedAddress {
 struct Shared {
     topics: Arc<TopicTable>,
     producer_ids: Arc<ProducerIds>,
+    groups: Arc<Groups>,
     advertised: AdvertisedAddress,
     /// The listener's byte budget (see the module docs), in permits of one byte.
     bytes: Arc<Semaphore>,
@@ -193,21 +197,29 @@ struct Answer {
     _held: Vec<OwnedSemaphorePermit>,
 }
 
+/// The server's state the Kafka listener serves: the same as gRPC's.
+pub(crate) struct KafkaServed {
+    pub(crate) topics: Arc<TopicTable>,
+    pub(crate) producer_ids: Arc<ProducerIds>,
+    pub(crate) groups: Arc<Groups>,
+}
+
 /// Serves Kafka clients on `listener` until `stop` is cancelled; then stops accepting,
 /// lets each connection finish the requests it has read, and returns when all have closed
 /// (the caller bounds that wait).
 pub(crate) async fn serve(
     listener: TcpListener,
-    topics: Arc<TopicTable>,
-    producer_ids: Arc<ProducerIds>,
+    served: KafkaServed,
     advertised: AdvertisedAddress,
     security: KafkaSecurity,
     timeouts: ConnectionTimeouts,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let KafkaServed { topics, producer_ids, groups } = served;
     let shared = Arc::new(Shared {
         topics,
         producer_ids,
+        groups,
         advertised,
         bytes: Arc::new(Semaphore::new(KAFKA_BYTES_IN_FLIGHT_MAX)),
         security,
@@ -236,10 +248,14 @@ pub(crate) async fn serve(
 /// connection's handshake timeout (it counts as the time before the first request).
 async fn secure_connection(connection: Guarded, shared: Arc<Shared>, stop: CancellationToken) {
     let first_request = connection.first_request();
+    // As Kafka's brokers show a member's host in DescribeGroups.
+    let client_host: Arc<str> =
+        connection.peer().map_or_else(String::new, |peer| format!("/{}", peer.ip())).into();
+    let client = (first_request, client_host);
     match shared.security.tls.clone() {
-        None => serve_connection(connection, first_request, shared, stop).await,
+        None => serve_connection(connection, client, shared, stop).await,
         Some(acceptor) => match acceptor.accept(connection).await {
-            Ok(connection) => serve_connection(connection, first_request, shared, stop).await,
+            Ok(connection) => serve_connection(connection, client, shared, stop).await,
             Err(error) => tracing::debug!(%error, "a Kafka client's TLS handshake failed"),
         },
     }
@@ -252,7 +268,7 @@ type Handling = AbortOnDropHandle<Result<Answer, Close>>;
 /// SASL requests are served here, in order, since what they decide applies to the next one.
 async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     connection: S,
-    first_request: crate::connection::FirstRequest,
+    (first_request, client_host): (crate::connection::FirstRequest, Arc<str>),
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -340,7 +356,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                     continue;
                 }
             };
-            let handling = tokio::spawn(counted(shared.clone(), caller, body, held));
+            let handling =
+                tokio::spawn(counted(shared.clone(), caller, client_host.clone(), body, held));
             if answers.send(AbortOnDropHandle::new(handling)).await.is_err() {
                 return Ok(());
             }
@@ -375,7 +392,7 @@ fn exchange(
             Parsed::Request(header) => header,
             Parsed::Answered(frame) => return Ok((frame, false)),
         };
-        let Header { api, version, correlation_id } = header;
+        let Header { api, version, correlation_id, .. } = header;
         let malformed = |reason: String| Close::Malformed { api, version, reason };
         match (api, &*session) {
             (ApiKey::ApiVersions, _) => {
@@ -424,12 +441,13 @@ fn exchange(
 async fn counted(
     shared: Arc<Shared>,
     caller: Caller,
+    client_host: Arc<str>,
     request: Bytes,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
     let api = api_label(&request, shared.with_tokens());
     let started = std::time::Instant::now();
-    let handled = handle(shared, caller, request, held).await;
+    let handled = handle(shared, caller, &client_host, request, held).await;
     let outcome = match &handled {
         Ok(Answer { frame: Some(_), .. }) => "answered",
         Ok(Answer { frame: None, .. }) => "unanswered",
@@ -463,6 +481,15 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
         _ => "unknown",
     }
 }
@@ -499,16 +526,27 @@ pub fn decode_request(request: &[u8]) -> bool {
             decode::admin::incremental_alter_configs(request, v).is_ok()
         }
         ApiKey::OffsetForLeaderEpoch => decode::admin::offset_for_leader_epoch(request, v).is_ok(),
+        ApiKey::FindCoordinator => FindCoordinatorRequest::decode(&mut request, v).is_ok(),
+        ApiKey::JoinGroup => decode::join_group(request, v).is_ok(),
+        ApiKey::SyncGroup => decode::sync_group(request, v).is_ok(),
+        ApiKey::Heartbeat => HeartbeatRequest::decode(&mut request, v).is_ok(),
+        ApiKey::LeaveGroup => LeaveGroupRequest::decode(&mut request, v).is_ok(),
+        ApiKey::OffsetCommit => decode::offset_commit(request, v).is_ok(),
+        ApiKey::OffsetFetch => decode::offset_fetch(request, v).is_ok(),
+        ApiKey::DescribeGroups => decode::describe_groups(request, v).is_ok(),
+        ApiKey::ListGroups => ListGroupsRequest::decode(&mut request, v).is_ok(),
         other => unreachable!("{other:?} is served but has no decoder here"),
     }
 }
 
 /// A request's header fields that decide how it is served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Header {
     api: ApiKey,
     version: i16,
     correlation_id: i32,
+    /// What a group member's client says it is (DescribeGroups shows it).
+    client_id: Option<StrBytes>,
 }
 
 enum Parsed {
@@ -537,9 +575,9 @@ fn parse(request: &mut Bytes, with_tokens: bool) -> Result<Parsed, Close> {
         }
         return Err(Close::UnsupportedVersion { api, version, min: range.min, max: range.max });
     }
-    RequestHeader::decode(request, api.request_header_version(version))
+    let header = RequestHeader::decode(request, api.request_header_version(version))
         .map_err(|error| Close::Malformed { api, version, reason: error.to_string() })?;
-    Ok(Parsed::Request(Header { api, version, correlation_id }))
+    Ok(Parsed::Request(Header { api, version, correlation_id, client_id: header.client_id }))
 }
 
 /// Decodes one request of an authenticated connection, serves it as `caller` and encodes its
@@ -547,6 +585,7 @@ fn parse(request: &mut Bytes, with_tokens: bool) -> Result<Parsed, Close> {
 async fn handle(
     shared: Arc<Shared>,
     caller: Caller,
+    client_host: &str,
     mut request: Bytes,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
@@ -557,8 +596,15 @@ async fn handle(
             return Ok(Answer { frame: Some(vec![frame.freeze()]), _held: held });
         }
     };
-    let Header { api, version, correlation_id } = header;
+    let Header { api, version, correlation_id, client_id } = header;
     let malformed = |reason: String| Close::Malformed { api, version, reason };
+    let decode_whole = |request: &mut Bytes| -> Result<(), Close> {
+        if request.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!("{} bytes past the end", request.len())))
+        }
+    };
     let frame = match api {
         ApiKey::ApiVersions => {
             encode(api, version, correlation_id, &apis::api_versions(shared.with_tokens()))?
@@ -605,6 +651,62 @@ async fn handle(
         | ApiKey::IncrementalAlterConfigs
         | ApiKey::OffsetForLeaderEpoch => {
             admin::handle(&shared, &caller, api, version, correlation_id, request).await?
+        }
+        ApiKey::FindCoordinator => {
+            let body = FindCoordinatorRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::find_coordinator(&shared, body))?
+        }
+        ApiKey::JoinGroup => {
+            let body =
+                decode::join_group(request, version).map_err(|e| malformed(e.to_string()))?;
+            let client_id = client_id.as_deref().unwrap_or("");
+            let client = groups::Client { id: client_id, host: client_host };
+            let answer = groups::join_group(&shared, &caller, body, version, client).await;
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::SyncGroup => {
+            let body =
+                decode::sync_group(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::sync_group(&shared, &caller, body).await;
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::Heartbeat => {
+            let body = HeartbeatRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::heartbeat(&shared, &caller, body))?
+        }
+        ApiKey::LeaveGroup => {
+            let body = LeaveGroupRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::leave_group(&shared, &caller, body))?
+        }
+        ApiKey::OffsetCommit => {
+            let body =
+                decode::offset_commit(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::offset_commit(&shared, &caller, body).await;
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::OffsetFetch => {
+            let body =
+                decode::offset_fetch(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::offset_fetch(&shared, &caller, body, version);
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::DescribeGroups => {
+            let body =
+                decode::describe_groups(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::describe_groups(&shared, &caller, body);
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::ListGroups => {
+            let _ = ListGroupsRequest::decode(&mut request, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            decode_whole(&mut request)?;
+            encode(api, version, correlation_id, &groups::list_groups(&shared, &caller))?
         }
         other => unreachable!("{other:?} is served but not dispatched"),
     };

@@ -1,0 +1,326 @@
+use super::*;
+use crate::TopicName;
+use crate::group::{CommittedOffsets, Coordinator, OffsetReset, Subscription, TopicPartition};
+use spool_storage::Offset;
+
+fn t(ms: i64) -> TimestampMs {
+    TimestampMs(ms)
+}
+
+fn g() -> GroupName {
+    GroupName::parse("g").unwrap()
+}
+
+fn request(member_id: &str, protocols: &[(&str, &[u8])]) -> JoinRequest {
+    JoinRequest {
+        member_id: member_id.to_owned(),
+        client_id: "client".to_owned(),
+        client_host: "/127.0.0.1".to_owned(),
+        session_timeout_ms: 1000,
+        rebalance_timeout_ms: 5000,
+        protocol_type: "consumer".to_owned(),
+        protocols: protocols.iter().map(|(n, m)| ((*n).to_owned(), m.to_vec())).collect(),
+        require_known_member_id: true,
+    }
+}
+
+/// The answer to `ticket` among `replies`, if there is one.
+fn join_answer(replies: &Replies, ticket: Ticket) -> Option<Result<Joined, ClassicError>> {
+    replies.joins.iter().find(|(t, _)| *t == ticket).map(|(_, a)| a.clone())
+}
+
+fn sync_answer(replies: &Replies, ticket: Ticket) -> Option<Result<Vec<u8>, ClassicError>> {
+    replies.syncs.iter().find(|(t, _)| *t == ticket).map(|(_, a)| a.clone())
+}
+
+/// A new member's two joins (the first answered MEMBER_ID_REQUIRED); returns its id, the
+/// second join's ticket and replies.
+fn join_new(c: &mut ClassicGroups, now: i64, metadata: &[u8]) -> (String, Ticket, Replies) {
+    let (ticket, replies) = c.join(&g(), request("", &[("range", metadata)]), true, t(now));
+    let Some(Err(ClassicError::MemberIdRequired { member_id })) = join_answer(&replies, ticket)
+    else {
+        panic!("a new member is given an id first: {replies:?}")
+    };
+    let (ticket, replies) = c.join(&g(), request(&member_id, &[("range", metadata)]), true, t(now));
+    (member_id, ticket, replies)
+}
+
+#[test]
+fn two_members_join_the_leader_assigns_and_both_get_their_assignment() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, ticket, replies) = join_new(&mut c, 0, b"a-meta");
+    let joined = join_answer(&replies, ticket).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.leader.as_str()), (1, a.as_str()));
+    assert_eq!(joined.members, vec![(a.clone(), b"a-meta".to_vec())]);
+    let (sync, replies) = c.sync(&g(), &a, 1, vec![(a.clone(), b"all".to_vec())], t(1));
+    assert_eq!(sync_answer(&replies, sync), Some(Ok(b"all".to_vec())));
+
+    // A second member starts a rebalance: the first hears of it by heartbeat and rejoins.
+    let (b, b_join, replies) = join_new(&mut c, 10, b"b-meta");
+    assert_eq!(join_answer(&replies, b_join), None, "it waits for the first member");
+    assert_eq!(c.heartbeat(&g(), &a, 1, t(11)), Err(ClassicError::RebalanceInProgress));
+    let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"a-meta")]), true, t(12));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    let follower = join_answer(&replies, b_join).unwrap().unwrap();
+    assert_eq!((leader.generation, leader.leader.as_str()), (2, a.as_str()));
+    assert_eq!(leader.members.len(), 2, "the leader gets every member's metadata");
+    assert!(follower.members.is_empty(), "a follower gets none");
+    assert_eq!(follower.protocol_name, "range");
+
+    // The follower's sync waits for the leader's.
+    let (b_sync, replies) = c.sync(&g(), &b, 2, Vec::new(), t(13));
+    assert_eq!(sync_answer(&replies, b_sync), None);
+    assert_eq!(c.heartbeat(&g(), &b, 2, t(13)), Ok(()), "heartbeats are fine meanwhile");
+    let assignments = vec![(a.clone(), b"p0".to_vec()), (b.clone(), b"p1".to_vec())];
+    let (a_sync, replies) = c.sync(&g(), &a, 2, assignments, t(14));
+    assert_eq!(sync_answer(&replies, a_sync), Some(Ok(b"p0".to_vec())));
+    assert_eq!(sync_answer(&replies, b_sync), Some(Ok(b"p1".to_vec())));
+    let described = c.describe(&g()).unwrap();
+    assert_eq!(described.state, ClassicState::Stable);
+    assert_eq!(described.members.len(), 2);
+}
+
+#[test]
+fn errors_are_kafkas_unknown_member_illegal_generation_and_inconsistent_protocol() {
+    let mut c = ClassicGroups::new(7, 0);
+    assert_eq!(c.heartbeat(&g(), "nobody", 1, t(0)), Err(ClassicError::UnknownMemberId));
+    let (ticket, replies) = c.join(&g(), request("nobody", &[("range", b"")]), true, t(0));
+    assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::UnknownMemberId)));
+    let (a, _, _) = join_new(&mut c, 0, b"");
+    assert_eq!(c.heartbeat(&g(), &a, 5, t(1)), Err(ClassicError::IllegalGeneration));
+    assert_eq!(c.heartbeat(&g(), "other", 1, t(1)), Err(ClassicError::UnknownMemberId));
+    let (_, replies) = c.sync(&g(), &a, 9, Vec::new(), t(1));
+    assert_eq!(replies.syncs[0].1, Err(ClassicError::IllegalGeneration));
+    let (ticket, replies) = c.join(&g(), request("", &[("roundrobin", b"")]), true, t(2));
+    assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::InconsistentGroupProtocol)));
+    let mut other_type = request("", &[("range", b"")]);
+    other_type.protocol_type = "connect".to_owned();
+    let (ticket, replies) = c.join(&g(), other_type, true, t(2));
+    assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::InconsistentGroupProtocol)));
+    let mut short = request("", &[("range", b"")]);
+    short.session_timeout_ms = 1;
+    let (ticket, replies) = c.join(&g(), short, true, t(2));
+    assert!(matches!(
+        join_answer(&replies, ticket),
+        Some(Err(ClassicError::InvalidSessionTimeout { .. }))
+    ));
+}
+
+#[test]
+fn the_protocol_is_one_every_member_supports_chosen_by_vote() {
+    let mut c = ClassicGroups::new(7, 0);
+    let protocols: &[(&str, &[u8])] = &[("cooperative-sticky", b"c"), ("range", b"r")];
+    let (ticket, replies) = c.join(&g(), request("", protocols), true, t(0));
+    let Some(Err(ClassicError::MemberIdRequired { member_id: a })) = join_answer(&replies, ticket)
+    else {
+        panic!()
+    };
+    let (ticket, replies) = c.join(&g(), request(&a, protocols), true, t(0));
+    assert_eq!(join_answer(&replies, ticket).unwrap().unwrap().protocol_name, "cooperative-sticky");
+    // A member offering only range joins: range is the one both support.
+    let (ticket, replies) = c.join(&g(), request("", &[("range", b"r2")]), true, t(1));
+    let Some(Err(ClassicError::MemberIdRequired { member_id: b })) = join_answer(&replies, ticket)
+    else {
+        panic!()
+    };
+    let (b_join, _) = c.join(&g(), request(&b, &[("range", b"r2")]), true, t(1));
+    let (a_join, replies) = c.join(&g(), request(&a, protocols), true, t(2));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!(leader.protocol_name, "range");
+    assert_eq!(leader.members, vec![(a, b"r".to_vec()), (b, b"r2".to_vec())]);
+    assert!(join_answer(&replies, b_join).is_some());
+}
+
+#[test]
+fn a_silent_member_is_removed_after_its_session_timeout_and_the_survivor_rebalances() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"");
+    c.sync(&g(), &a, 1, vec![(a.clone(), b"x".to_vec())], t(0));
+    let (b, b_join, _) = join_new(&mut c, 0, b"");
+    let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(0));
+    assert!(join_answer(&replies, a_join).is_some() && join_answer(&replies, b_join).is_some());
+    let (_, replies) = c.sync(&g(), &a, 2, Vec::new(), t(0));
+    assert_eq!(replies.syncs.len(), 1);
+    // b syncs, then falls silent; a keeps heartbeating.
+    c.sync(&g(), &b, 2, Vec::new(), t(0));
+    assert_eq!(c.next_deadline(), Some(t(1000)));
+    assert_eq!(c.heartbeat(&g(), &a, 2, t(900)), Ok(()));
+    let replies = c.tick(t(1000));
+    assert_eq!(replies.expired, vec![(g(), b.clone())]);
+    assert_eq!(c.heartbeat(&g(), &b, 2, t(1001)), Err(ClassicError::UnknownMemberId));
+    assert_eq!(c.heartbeat(&g(), &a, 2, t(1001)), Err(ClassicError::RebalanceInProgress));
+    let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(1002));
+    let joined = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.members.len()), (3, 1));
+}
+
+#[test]
+fn a_member_that_does_not_rejoin_by_the_rebalance_deadline_is_removed() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"");
+    c.sync(&g(), &a, 1, Vec::new(), t(0));
+    let (b, b_join, _) = join_new(&mut c, 100, b"");
+    // a heartbeats (so its session holds) but never rejoins.
+    assert_eq!(c.heartbeat(&g(), &a, 1, t(900)), Err(ClassicError::RebalanceInProgress));
+    assert_eq!(c.heartbeat(&g(), &a, 1, t(1800)), Err(ClassicError::RebalanceInProgress));
+    let replies = c.tick(t(5100));
+    let joined = join_answer(&replies, b_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.leader.clone(), joined.members.len()), (2, b, 1));
+    assert_eq!(c.heartbeat(&g(), &a, 1, t(5101)), Err(ClassicError::UnknownMemberId));
+}
+
+#[test]
+fn leaving_rebalances_and_the_last_one_out_forgets_the_group() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"");
+    c.sync(&g(), &a, 1, Vec::new(), t(0));
+    let (b, b_join, _) = join_new(&mut c, 0, b"");
+    let replies = c.leave(&g(), &a, t(1)).unwrap();
+    let joined = join_answer(&replies, b_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.leader.as_str()), (2, b.as_str()));
+    assert_eq!(c.leave(&g(), &a, t(2)), Err(ClassicError::UnknownMemberId));
+    c.leave(&g(), &b, t(2)).unwrap();
+    assert!(!c.is_live(&g()));
+    assert_eq!(c.bytes, 0, "every byte held is given back");
+}
+
+#[test]
+fn commits_need_the_generation_but_a_group_without_members_takes_simple_commits() {
+    let mut c = Coordinator::new(7, CommittedOffsets::default());
+    let tp = TopicPartition { topic: TopicName::parse("t").unwrap(), partition: 0 };
+    let offsets = vec![(tp.clone(), Offset(5))];
+    let metadata: BTreeMap<TopicPartition, String> = [(tp.clone(), "m".to_owned())].into();
+    c.classic_commit(&g(), "", -1, offsets.clone(), metadata.clone(), t(0)).unwrap();
+    assert_eq!(c.committed(&g(), &tp), Some(Offset(5)));
+    assert_eq!(c.committed_metadata(&g(), &tp), "m");
+    assert_eq!(
+        c.classic_commit(&g(), "x", 3, offsets.clone(), BTreeMap::new(), t(0)),
+        Err(ClassicError::IllegalGeneration)
+    );
+    let (ticket, replies) = c.classic_join(&g(), request("", &[("range", b"")]), t(0)).unwrap();
+    let Some(Err(ClassicError::MemberIdRequired { member_id: a })) = join_answer(&replies, ticket)
+    else {
+        panic!()
+    };
+    c.classic_join(&g(), request(&a, &[("range", b"")]), t(0)).unwrap();
+    c.classic_mut().tick(t(3000));
+    assert_eq!(
+        c.classic_commit(&g(), &a, 1, offsets.clone(), BTreeMap::new(), t(0)),
+        Err(ClassicError::RebalanceInProgress),
+        "not while the assignment is being decided"
+    );
+    c.classic_mut().sync(&g(), &a, 1, Vec::new(), t(0));
+    assert_eq!(
+        c.classic_commit(&g(), "", -1, offsets.clone(), BTreeMap::new(), t(0)),
+        Err(ClassicError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.classic_commit(&g(), &a, 2, offsets.clone(), BTreeMap::new(), t(0)),
+        Err(ClassicError::IllegalGeneration)
+    );
+    let record =
+        c.classic_commit(&g(), &a, 1, vec![(tp.clone(), Offset(9))], BTreeMap::new(), t(0));
+    assert_eq!(record.unwrap().offsets, vec![(tp.clone(), Offset(9))]);
+    assert_eq!(c.committed_metadata(&g(), &tp), "");
+}
+
+#[test]
+fn a_name_is_live_under_one_protocol_at_a_time() {
+    let mut c = Coordinator::new(7, CommittedOffsets::default());
+    let subscription = Subscription {
+        topics: [(TopicName::parse("t").unwrap(), 2)].into(),
+        reset: OffsetReset::Earliest,
+    };
+    let (spool_member, _) = c.join(&g(), subscription.clone(), 1000, t(0)).unwrap();
+    assert_eq!(
+        c.classic_join(&g(), request("", &[("range", b"")]), t(0)).map(|_| ()),
+        Err(ClassicError::InUseBySpool { group: g() })
+    );
+    let tp = TopicPartition { topic: TopicName::parse("t").unwrap(), partition: 0 };
+    assert_eq!(
+        c.classic_commit(&g(), "", -1, vec![(tp, Offset(1))], BTreeMap::new(), t(0)),
+        Err(ClassicError::InUseBySpool { group: g() })
+    );
+    c.leave(&g(), &spool_member, t(1));
+    let mut plain = request("", &[("range", b"")]);
+    plain.require_known_member_id = false;
+    let (ticket, _) = c.classic_join(&g(), plain, t(1)).unwrap();
+    let replies = c.classic_mut().tick(t(3001));
+    assert!(
+        join_answer(&replies, ticket).unwrap().is_ok(),
+        "a join without MEMBER_ID_REQUIRED (v3 and older) is answered after the delay"
+    );
+    assert!(matches!(
+        c.join(&g(), subscription, 1000, t(2)),
+        Err(crate::group::JoinError::InUseByKafka { .. })
+    ));
+    assert!(c.reset(&g(), Vec::new()).is_err(), "nor reset while Kafka members are live");
+    let described = c.describe(&g()).unwrap();
+    assert_eq!((described.members.len(), described.generation), (1, 1));
+}
+
+#[test]
+fn a_leader_that_heartbeats_but_never_syncs_is_removed_at_the_rebalance_timeout() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"");
+    c.sync(&g(), &a, 1, vec![(a.clone(), b"x".to_vec())], t(0));
+    let (b, b_join, _) = join_new(&mut c, 0, b"");
+    let (_, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(0));
+    assert!(join_answer(&replies, b_join).is_some());
+    // b waits for the leader's assignment; the leader heartbeats but never sends it.
+    let (b_sync, replies) = c.sync(&g(), &b, 2, Vec::new(), t(10));
+    assert_eq!(sync_answer(&replies, b_sync), None);
+    for now in (1000..5000).step_by(1000) {
+        assert_eq!(c.heartbeat(&g(), &a, 2, t(now)), Ok(()));
+        assert!(c.tick(t(now)).syncs.is_empty());
+    }
+    assert_eq!(c.next_deadline(), Some(t(5000)), "the rebalance timeout after the join");
+    let replies = c.tick(t(5000));
+    assert_eq!(replies.expired, vec![(g(), a.clone())]);
+    assert_eq!(sync_answer(&replies, b_sync), Some(Err(ClassicError::RebalanceInProgress)));
+    assert_eq!(c.heartbeat(&g(), &a, 2, t(5001)), Err(ClassicError::UnknownMemberId));
+}
+
+#[test]
+fn bytes_held_follow_metadata_and_assignments() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"12345");
+    assert_eq!(c.bytes, "range".len() + 5);
+    c.sync(&g(), &a, 1, vec![(a.clone(), b"abc".to_vec())], t(0));
+    assert_eq!(c.bytes, "range".len() + 5 + 3);
+    // A rejoin with other metadata and a new assignment replace the old ones.
+    let (_, _) = c.join(&g(), request(&a, &[("range", b"1")]), true, t(1));
+    c.sync(&g(), &a, 2, vec![(a.clone(), b"abcdef".to_vec())], t(1));
+    assert_eq!(c.bytes, "range".len() + 1 + 6);
+    c.leave(&g(), &a, t(2)).unwrap();
+    assert_eq!(c.bytes, 0);
+}
+
+#[test]
+fn the_first_join_phase_waits_the_initial_delay_and_is_extended_while_members_arrive() {
+    let mut c = ClassicGroups::new(7, 3000);
+    let (a, a_join, replies) = join_new(&mut c, 0, b"");
+    assert_eq!(join_answer(&replies, a_join), None, "the first member waits the delay");
+    assert_eq!(c.next_deadline(), Some(t(3000)));
+    let (b, b_join, _) = join_new(&mut c, 2000, b"");
+    // A member arrived during the delay: it is extended once more.
+    assert!(c.tick(t(3000)).joins.is_empty());
+    assert_eq!(c.next_deadline(), Some(t(5000)), "capped by the rebalance timeout of 5 s");
+    let replies = c.tick(t(5000));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    let follower = join_answer(&replies, b_join).unwrap().unwrap();
+    assert_eq!((leader.generation, follower.generation), (1, 1));
+    assert_eq!((leader.leader.clone(), leader.members.len()), (a.clone(), 2));
+    assert_eq!(follower.member_id, b);
+}
+
+#[test]
+fn consumer_assignments_are_read_for_describing_only() {
+    let mut bytes = vec![0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0];
+    bytes.extend([0, 0, 0, 0]); // no user data
+    assert_eq!(consumer_assignment(&bytes), Some(vec![("t".to_owned(), 3), ("t".to_owned(), 0)]));
+    assert_eq!(consumer_assignment(b""), None);
+    // A count past the bytes fails at once, without reserving for it.
+    assert_eq!(consumer_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+    assert_eq!(consumer_assignment(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff]), None);
+}

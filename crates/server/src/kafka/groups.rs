@@ -1,0 +1,547 @@
+//! Kafka's classic consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups and ListGroups.
+//!
+//! The decisions are the broker's ([`spool_broker::group::classic`]), made under the one
+//! mutex of the server's groups (`crate::groups`), beside Spool's own groups and their
+//! committed offsets. Here each request is checked at the edge (group names, topics,
+//! partitions, metadata sizes), the coordinator is called, and a JoinGroup or SyncGroup that
+//! must wait leaves a waiter and awaits its answer, which the call (or the driver's tick)
+//! that completes it sends. At shutdown a waiting request is answered
+//! `COORDINATOR_NOT_AVAILABLE`, so a client looks for the coordinator again.
+//!
+//! A Kafka group's name is a Spool group name (`[a-zA-Z0-9._-]`, 1 to 249 characters);
+//! another is `INVALID_GROUP_ID`. A name live in Spool's own group protocol is refused
+//! `INCONSISTENT_GROUP_PROTOCOL` (and Spool's join of a name live here is refused
+//! `FAILED_PRECONDITION`).
+//!
+//! With tokens, a group's requests need a grant on the group, as gRPC's group calls do:
+//! joining, syncing, heartbeats, leaving, committing and fetching offsets `consume`,
+//! DescribeGroups any grant (ListGroups lists only those), each refused
+//! `GROUP_AUTHORIZATION_FAILED`; a commit also needs `consume` on each topic
+//! (`TOPIC_AUTHORIZATION_FAILED` for that partition).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use spool_broker::group::classic::{ClassicError, JoinRequest, Joined};
+use spool_broker::group::{GroupName, GroupState, TopicPartition};
+use spool_broker::limits::{CLASSIC_COMMIT_METADATA_BYTES_MAX, COMMIT_OFFSETS_MAX};
+use spool_storage::Offset;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::apis::NODE_ID;
+use super::codes::classic_error_code;
+use crate::auth::{Action, Caller, Resource};
+use crate::groups::ClassicWaiter;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+/// The group's name, if `caller` may `action` it (`GROUP_AUTHORIZATION_FAILED`, checked
+/// first), and it is valid (`INVALID_GROUP_ID`).
+fn group_name(caller: &Caller, action: Action, group: &GroupId) -> Result<GroupName, i16> {
+    caller
+        .allow(action, Resource::Group(group.as_str()))
+        .map_err(|error| super::codes::error_code(&error.into()))?;
+    GroupName::parse(group.as_str()).map_err(|error| {
+        tracing::debug!(%error, "a Kafka group request refused");
+        ResponseError::InvalidGroupId.code()
+    })
+}
+
+/// Awaits a waiting request's answer: the error code (with the member id, for
+/// MEMBER_ID_REQUIRED); at shutdown, `COORDINATOR_NOT_AVAILABLE`.
+async fn answer<T>(
+    shared: &Shared,
+    waiting: oneshot::Receiver<Result<T, ClassicError>>,
+) -> Result<T, (i16, Option<String>)> {
+    let stop = shared.topics.streams_stop.clone();
+    let not_available = (ResponseError::CoordinatorNotAvailable.code(), None);
+    tokio::select! {
+        answer = waiting => match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            // MEMBER_ID_REQUIRED carries the id the member must join with.
+            Ok(Err(ClassicError::MemberIdRequired { member_id })) => {
+                Err((ResponseError::MemberIdRequired.code(), Some(member_id)))
+            }
+            Ok(Err(error)) => Err((classic_error_code(&error), None)),
+            Err(_) => Err(not_available),
+        },
+        () = stop.cancelled() => Err(not_available),
+    }
+}
+
+/// Every group is coordinated by the one broker: node 0 at the advertised address. Only
+/// group coordinators are looked up here (key type 0); there are no transactions.
+pub(super) fn find_coordinator(
+    shared: &Shared,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let response = FindCoordinatorResponse::default();
+    if request.key_type != 0 {
+        return response
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "only group coordinators are served: this server has no transactions",
+            )))
+            .with_node_id(BrokerId(-1))
+            .with_port(-1);
+    }
+    response
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(text(&shared.advertised.host))
+        .with_port(i32::from(shared.advertised.port))
+}
+
+fn join_error(code: i16, member_id: StrBytes) -> JoinGroupResponse {
+    JoinGroupResponse::default()
+        .with_error_code(code)
+        .with_generation_id(-1)
+        .with_protocol_name(Some(StrBytes::default()))
+        .with_member_id(member_id)
+}
+
+/// Who sent a request: the client id from its header, and the address it came from.
+pub(super) struct Client<'a> {
+    pub(super) id: &'a str,
+    pub(super) host: &'a str,
+}
+
+pub(super) async fn join_group(
+    shared: &Shared,
+    caller: &Caller,
+    request: JoinGroupRequest,
+    version: i16,
+    client: Client<'_>,
+) -> JoinGroupResponse {
+    let group = match group_name(caller, Action::Consume, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => return join_error(code, request.member_id),
+    };
+    let join = JoinRequest {
+        member_id: request.member_id.to_string(),
+        client_id: client.id.to_owned(),
+        client_host: client.host.to_owned(),
+        session_timeout_ms: request.session_timeout_ms,
+        rebalance_timeout_ms: request.rebalance_timeout_ms,
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.to_vec()))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let groups = &shared.groups;
+    let waiting = {
+        let mut state = groups.lock();
+        let now = groups.now();
+        match state.coordinator.classic_join(&group, join, now) {
+            Err(error) => return join_error(classic_error_code(&error), request.member_id),
+            Ok((ticket, replies)) => {
+                let (sender, waiting) = oneshot::channel();
+                state.wait_for(ticket, ClassicWaiter::Join(sender), replies);
+                waiting
+            }
+        }
+    };
+    groups.deadlines_changed();
+    match answer(shared, waiting).await {
+        Ok(joined) => joined_response(joined),
+        Err((code, given)) => join_error(code, given.map_or(request.member_id, |id| text(&id))),
+    }
+}
+
+fn joined_response(joined: Joined) -> JoinGroupResponse {
+    let members = joined
+        .members
+        .into_iter()
+        .map(|(id, metadata)| {
+            JoinGroupResponseMember::default()
+                .with_member_id(text(&id))
+                .with_metadata(Bytes::from(metadata))
+        })
+        .collect();
+    JoinGroupResponse::default()
+        .with_generation_id(joined.generation)
+        .with_protocol_name(Some(text(&joined.protocol_name)))
+        .with_leader(text(&joined.leader))
+        .with_member_id(text(&joined.member_id))
+        .with_members(members)
+}
+
+pub(super) async fn sync_group(
+    shared: &Shared,
+    caller: &Caller,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
+    let group = match group_name(caller, Action::Consume, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => return SyncGroupResponse::default().with_error_code(code),
+    };
+    let assignments = request
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
+        .collect();
+    let groups = &shared.groups;
+    let waiting = {
+        let mut state = groups.lock();
+        let now = groups.now();
+        let (ticket, replies) = state.coordinator.classic_mut().sync(
+            &group,
+            request.member_id.as_str(),
+            request.generation_id,
+            assignments,
+            now,
+        );
+        let (sender, waiting) = oneshot::channel();
+        state.wait_for(ticket, ClassicWaiter::Sync(sender), replies);
+        waiting
+    };
+    groups.deadlines_changed();
+    match answer(shared, waiting).await {
+        Ok(assignment) => SyncGroupResponse::default().with_assignment(Bytes::from(assignment)),
+        Err((code, _)) => SyncGroupResponse::default().with_error_code(code),
+    }
+}
+
+pub(super) fn heartbeat(
+    shared: &Shared,
+    caller: &Caller,
+    request: HeartbeatRequest,
+) -> HeartbeatResponse {
+    let group = match group_name(caller, Action::Consume, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => return HeartbeatResponse::default().with_error_code(code),
+    };
+    let groups = &shared.groups;
+    let beat = groups.lock().coordinator.classic_mut().heartbeat(
+        &group,
+        request.member_id.as_str(),
+        request.generation_id,
+        groups.now(),
+    );
+    groups.deadlines_changed();
+    let code = beat.err().map_or(0, |error| classic_error_code(&error));
+    HeartbeatResponse::default().with_error_code(code)
+}
+
+pub(super) fn leave_group(
+    shared: &Shared,
+    caller: &Caller,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
+    let group = match group_name(caller, Action::Consume, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => return LeaveGroupResponse::default().with_error_code(code),
+    };
+    let groups = &shared.groups;
+    let left = {
+        let mut state = groups.lock();
+        let now = groups.now();
+        let left = state.coordinator.classic_mut().leave(&group, request.member_id.as_str(), now);
+        left.map(|replies| state.deliver(replies))
+    };
+    groups.deadlines_changed();
+    let code = left.err().map_or(0, |error| classic_error_code(&error));
+    LeaveGroupResponse::default().with_error_code(code)
+}
+
+/// Commits the offsets of partitions that exist, each with metadata of at most
+/// [`CLASSIC_COMMIT_METADATA_BYTES_MAX`] bytes, once they are durable. A partition that
+/// does not exist is `UNKNOWN_TOPIC_OR_PARTITION`, a negative offset `OFFSET_OUT_OF_RANGE`,
+/// longer metadata `OFFSET_METADATA_TOO_LARGE`, and partitions past the
+/// [`COMMIT_OFFSETS_MAX`] one commit may carry `INVALID_COMMIT_OFFSET_SIZE`; the others are
+/// committed together or refused together with the group's answer.
+pub(super) async fn offset_commit(
+    shared: &Shared,
+    caller: &Caller,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let group = group_name(caller, Action::Consume, &request.group_id);
+    let mut codes: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
+    let mut offsets = Vec::new();
+    let mut metadata = BTreeMap::new();
+    // Where each partition to commit is in `codes`.
+    let mut places = Vec::new();
+    for topic in &request.topics {
+        let mut partitions = Vec::new();
+        for partition in &topic.partitions {
+            let index = partition.partition_index;
+            let checked = check_commit(
+                shared,
+                caller,
+                &group,
+                topic.name.as_str(),
+                partition.partition_index,
+                partition.committed_offset,
+            );
+            let committed_metadata = partition.committed_metadata.as_deref().unwrap_or("");
+            let code = match checked {
+                Err(code) => code,
+                Ok(_) if committed_metadata.len() > CLASSIC_COMMIT_METADATA_BYTES_MAX => {
+                    ResponseError::OffsetMetadataTooLarge.code()
+                }
+                Ok(_) if offsets.len() >= COMMIT_OFFSETS_MAX => {
+                    ResponseError::InvalidCommitOffsetSize.code()
+                }
+                Ok((partition_id, offset)) => {
+                    if !committed_metadata.is_empty() {
+                        metadata.insert(partition_id.clone(), committed_metadata.to_owned());
+                    }
+                    offsets.push((partition_id, offset));
+                    places.push((codes.len(), partitions.len()));
+                    0
+                }
+            };
+            partitions.push((index, code));
+        }
+        codes.push((topic.name.clone(), partitions));
+    }
+    if let (Ok(group), false) = (&group, offsets.is_empty()) {
+        let code = commit(shared, group, &request, offsets, metadata).await;
+        for (topic, partition) in places {
+            codes[topic].1[partition].1 = code;
+        }
+    }
+    let topics = codes
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetCommitResponseTopic::default().with_name(name).with_partitions(
+                partitions
+                    .into_iter()
+                    .map(|(index, code)| {
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(index)
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// One partition of a commit: its group name is valid, it exists and its offset is not
+/// negative.
+fn check_commit(
+    shared: &Shared,
+    caller: &Caller,
+    group: &Result<GroupName, i16>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(TopicPartition, Offset), i16> {
+    let _ = group.as_ref().map_err(|code| *code)?;
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    let partition = u32::try_from(partition).map_err(|_| unknown)?;
+    let found = shared
+        .topic(caller, Action::Consume, topic)
+        .map_err(|error| super::codes::error_code(&error))?;
+    if partition >= found.partitions.len() as u32 {
+        return Err(unknown);
+    }
+    let offset = u64::try_from(offset).map_err(|_| ResponseError::OffsetOutOfRange.code())?;
+    Ok((TopicPartition { topic: found.name.clone(), partition }, Offset(offset)))
+}
+
+/// Applies a commit and waits until it is durable; its one error code.
+async fn commit(
+    shared: &Shared,
+    group: &GroupName,
+    request: &OffsetCommitRequest,
+    offsets: Vec<(TopicPartition, Offset)>,
+    metadata: BTreeMap<TopicPartition, String>,
+) -> i16 {
+    let groups = &shared.groups;
+    let durable = {
+        let mut state = groups.lock();
+        let now = groups.now();
+        let committed = state.coordinator.classic_commit(
+            group,
+            request.member_id.as_str(),
+            request.generation_id_or_member_epoch,
+            offsets,
+            metadata,
+            now,
+        );
+        match committed {
+            Ok(record) => groups.persist(&record),
+            Err(error) => return classic_error_code(&error),
+        }
+    };
+    match durable.await {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::warn!(%error, %group, "a Kafka commit could not be stored");
+            ResponseError::CoordinatorNotAvailable.code()
+        }
+    }
+}
+
+/// The committed offsets (and metadata) of the partitions asked for, or of every partition
+/// the group committed (no topics, v2 and later). A partition without one is -1.
+pub(super) fn offset_fetch(
+    shared: &Shared,
+    caller: &Caller,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let group = match group_name(caller, Action::Consume, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => {
+            let response = OffsetFetchResponse::default();
+            return if version >= 2 { response.with_error_code(code) } else { response };
+        }
+    };
+    let state = shared.groups.lock();
+    let coordinator = &state.coordinator;
+    let asked: Vec<(TopicName, Vec<i32>)> = match &request.topics {
+        Some(topics) => {
+            topics.iter().map(|t| (t.name.clone(), t.partition_indexes.clone())).collect()
+        }
+        None => {
+            let mut all: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+            for (partition, _) in coordinator.committed_offsets().of_group(&group) {
+                all.entry(partition.topic.to_string())
+                    .or_default()
+                    .push(partition.partition as i32);
+            }
+            all.into_iter()
+                .map(|(topic, partitions)| (TopicName(text(&topic)), partitions))
+                .collect()
+        }
+    };
+    let topics = asked
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|index| {
+                    let partition = spool_broker::TopicName::parse(name.as_str())
+                        .ok()
+                        .zip(u32::try_from(index).ok())
+                        .map(|(topic, partition)| TopicPartition { topic, partition });
+                    let committed =
+                        partition.as_ref().and_then(|p| coordinator.committed(&group, p));
+                    let metadata = partition
+                        .as_ref()
+                        .map_or("", |p| coordinator.committed_metadata(&group, p));
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_committed_offset(committed.map_or(-1, |o| o.0 as i64))
+                        .with_committed_leader_epoch(-1)
+                        .with_metadata(Some(text(metadata)))
+                })
+                .collect();
+            OffsetFetchResponseTopic::default().with_name(name).with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Each group asked for: a Kafka group with its members; a Spool group or one with only
+/// committed offsets without members; an unknown one as `Dead` (as Kafka's brokers answer
+/// at these versions).
+pub(super) fn describe_groups(
+    shared: &Shared,
+    caller: &Caller,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let state = shared.groups.lock();
+    let coordinator = &state.coordinator;
+    let groups = request
+        .groups
+        .into_iter()
+        .map(|id| {
+            let described = DescribedGroup::default()
+                .with_group_id(id.clone())
+                .with_authorized_operations(i32::MIN);
+            let group = match group_name(caller, Action::Describe, &id) {
+                Ok(group) => group,
+                Err(code) => return described.with_error_code(code),
+            };
+            if let Some(classic) = coordinator.classic().describe(&group) {
+                let members = classic
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        DescribedGroupMember::default()
+                            .with_member_id(text(&m.member_id))
+                            .with_client_id(text(&m.client_id))
+                            .with_client_host(text(&m.client_host))
+                            .with_member_metadata(Bytes::from(m.metadata))
+                            .with_member_assignment(Bytes::from(m.assignment))
+                    })
+                    .collect();
+                return described
+                    .with_group_state(StrBytes::from_static_str(classic.state.kafka_name()))
+                    .with_protocol_type(text(&classic.protocol_type))
+                    .with_protocol_data(text(&classic.protocol_name))
+                    .with_members(members);
+            }
+            match coordinator.describe(&group) {
+                None => described.with_group_state(StrBytes::from_static_str("Dead")),
+                Some(spool) => {
+                    let (state, protocol_type) = match spool.state {
+                        GroupState::Empty => ("Empty", ""),
+                        GroupState::Rebalancing => ("PreparingRebalance", SPOOL_PROTOCOL_TYPE),
+                        GroupState::Stable => ("Stable", SPOOL_PROTOCOL_TYPE),
+                    };
+                    described
+                        .with_group_state(StrBytes::from_static_str(state))
+                        .with_protocol_type(StrBytes::from_static_str(protocol_type))
+                }
+            }
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+/// The protocol type Kafka clients see for a group live in Spool's own protocol.
+const SPOOL_PROTOCOL_TYPE: &str = "spool";
+
+/// Every group `caller` may see: Kafka groups with their protocol type, Spool's live groups as
+/// `spool`, groups with only committed offsets with none.
+pub(super) fn list_groups(shared: &Shared, caller: &Caller) -> ListGroupsResponse {
+    let state = shared.groups.lock();
+    let coordinator = &state.coordinator;
+    let classic: BTreeMap<&GroupName, &str> = coordinator.classic().list().collect();
+    let groups = coordinator
+        .list()
+        .into_iter()
+        .filter(|g| caller.allow(Action::Describe, Resource::Group(g.name.as_str())).is_ok())
+        .map(|g| {
+            let protocol_type = match (classic.get(&g.name), g.state) {
+                (Some(protocol_type), _) => (*protocol_type).to_owned(),
+                (None, GroupState::Empty) => String::new(),
+                (None, _) => SPOOL_PROTOCOL_TYPE.to_owned(),
+            };
+            ListedGroup::default()
+                .with_group_id(GroupId(text(g.name.as_str())))
+                .with_protocol_type(text(&protocol_type))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}

@@ -1,0 +1,687 @@
+//! Kafka's classic consumer groups over the Kafka listener: spoken with the `kafka-protocol`
+//! crate's client side for every error code a client acts on (each wait is for an answer, no
+//! sleeps), and by clients nobody here wrote: kafka-python and confluent-kafka (librdkafka)
+//! under each assignor they have (`tests/python/*_group.py`), and kcat's balanced consumer.
+//!
+//! The Python clients come from `.ci/run`'s virtual environment at `target/ci/venv` (or the
+//! Python named by `SPOOL_PYTHON`); without them those tests say why they skip, and with
+//! `SPOOL_REQUIRE_EXTERNAL_CLIENTS=1` (CI sets it) they fail instead.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::TestServer;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use spool_proto::v1::fsync_policy::{Always, Policy};
+use spool_proto::v1::group_service_client::GroupServiceClient;
+use spool_proto::v1::member_request::Kind as RequestKind;
+use spool_proto::v1::{DescribeGroupRequest, JoinGroup, MemberRequest};
+use spool_server::ServeOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a test waits for an answer that should come.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+const ILLEGAL_GENERATION: i16 = 22;
+const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_GROUP_ID: i16 = 24;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const INVALID_SESSION_TIMEOUT: i16 = 26;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const MEMBER_ID_REQUIRED: i16 = 79;
+
+struct Kafka {
+    server: TestServer,
+    address: std::net::SocketAddr,
+}
+
+async fn start(data: &Path) -> Kafka {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let options = ServeOptions { kafka: Some(listener), ..Default::default() };
+    let server = TestServer::start_with(data, options).await;
+    Kafka { server, address }
+}
+
+/// One client connection, with its own correlation ids.
+struct Connection {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+impl Connection {
+    async fn open(kafka: &Kafka) -> Connection {
+        Connection { stream: TcpStream::connect(kafka.address).await.unwrap(), next_id: 1 }
+    }
+
+    /// Sends a request; returns its correlation id.
+    async fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str("spool-test")));
+        let mut frame = BytesMut::new();
+        frame.put_u32(0);
+        header.encode(&mut frame, api.request_header_version(version)).unwrap();
+        body.encode(&mut frame, version).unwrap();
+        let length = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        self.stream.write_all(&frame).await.unwrap();
+        id
+    }
+
+    /// Reads the next answer frame; `None` when the server closed the connection.
+    async fn receive_frame(&mut self) -> Option<Bytes> {
+        let read = async {
+            let length = self.stream.read_u32().await.ok()?;
+            let mut body = vec![0u8; length as usize];
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some(Bytes::from(body))
+        };
+        tokio::time::timeout(PATIENCE, read).await.expect("an answer or a close in time")
+    }
+
+    async fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> T {
+        let mut frame = self.receive_frame().await.expect("an answer, not a closed connection");
+        let header =
+            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, id, "answers come in order");
+        let body = T::decode(&mut frame, version).unwrap();
+        assert!(!frame.has_remaining(), "the whole answer decodes");
+        body
+    }
+
+    async fn call<Q: Encodable, A: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> A {
+        let id = self.send(api, version, body).await;
+        self.receive(api, version, id).await
+    }
+
+    /// Sends a JoinGroup (v4) and returns its correlation id; the answer may wait.
+    async fn send_join(&mut self, group: &str, member_id: &str, session_timeout_ms: i32) -> i32 {
+        let request = JoinGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_session_timeout_ms(session_timeout_ms)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(text(member_id))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from(format!("metadata of {member_id}"))),
+            ]);
+        self.send(ApiKey::JoinGroup, 4, &request).await
+    }
+
+    async fn join_answer(&mut self, id: i32) -> JoinGroupResponse {
+        self.receive(ApiKey::JoinGroup, 4, id).await
+    }
+
+    /// A new member's two joins; the second's answer. Only for a join that completes at once
+    /// (the group has no other member that must rejoin).
+    async fn join_new(&mut self, group: &str, session_timeout_ms: i32) -> JoinGroupResponse {
+        let id = self.send_join(group, "", session_timeout_ms).await;
+        let first = self.join_answer(id).await;
+        assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+        let id = self.send_join(group, first.member_id.as_str(), session_timeout_ms).await;
+        self.join_answer(id).await
+    }
+
+    async fn send_sync(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: &[(&str, &[u8])],
+    ) -> i32 {
+        let assignments = assignments
+            .iter()
+            .map(|(member, assignment)| {
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(text(member))
+                    .with_assignment(Bytes::copy_from_slice(assignment))
+            })
+            .collect();
+        let request = SyncGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(text(member_id))
+            .with_assignments(assignments);
+        self.send(ApiKey::SyncGroup, 2, &request).await
+    }
+
+    async fn sync_answer(&mut self, id: i32) -> SyncGroupResponse {
+        self.receive(ApiKey::SyncGroup, 2, id).await
+    }
+
+    async fn heartbeat(&mut self, group: &str, member_id: &str, generation: i32) -> i16 {
+        let request = HeartbeatRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(text(member_id));
+        let answer: HeartbeatResponse = self.call(ApiKey::Heartbeat, 2, &request).await;
+        answer.error_code
+    }
+
+    /// Commits `offset` (with `metadata`) for each `(topic, partition)`; the codes.
+    async fn commit(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        offsets: &[(&str, i32, i64, &str)],
+    ) -> Vec<i16> {
+        let topics = offsets
+            .iter()
+            .map(|(topic, partition, offset, metadata)| {
+                OffsetCommitRequestTopic::default().with_name(name(topic)).with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(*partition)
+                        .with_committed_offset(*offset)
+                        .with_committed_metadata(Some(text(metadata))),
+                ])
+            })
+            .collect();
+        let request = OffsetCommitRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(text(member_id))
+            .with_topics(topics);
+        let answer: OffsetCommitResponse = self.call(ApiKey::OffsetCommit, 6, &request).await;
+        answer.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.error_code)).collect()
+    }
+
+    /// The committed offset and metadata of one partition.
+    async fn fetch_offset(&mut self, group: &str, topic: &str, partition: i32) -> (i64, String) {
+        let request =
+            OffsetFetchRequest::default().with_group_id(group_id(group)).with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(name(topic))
+                    .with_partition_indexes(vec![partition]),
+            ]));
+        let answer: OffsetFetchResponse = self.call(ApiKey::OffsetFetch, 5, &request).await;
+        assert_eq!(answer.error_code, 0);
+        let found = &answer.topics[0].partitions[0];
+        assert_eq!(found.error_code, 0);
+        (found.committed_offset, found.metadata.as_deref().unwrap_or("").to_owned())
+    }
+}
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(text(group))
+}
+
+fn name(topic: &str) -> TopicName {
+    TopicName(text(topic))
+}
+
+/// One member's whole life: coordinator, join, sync, heartbeats, commits and fetches with
+/// their refusals, describe, list, leave; the commit shows in Spool's own describe.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    kafka.server.create_topic("orders", 2, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+
+    let request = FindCoordinatorRequest::default().with_key(text("billing"));
+    let found: FindCoordinatorResponse = c.call(ApiKey::FindCoordinator, 2, &request).await;
+    assert_eq!((found.error_code, found.node_id.0), (0, 0));
+    assert_eq!((found.host.as_str(), found.port), ("127.0.0.1", i32::from(kafka.address.port())));
+
+    let id = c.send_join("billing", "", 1).await;
+    assert_eq!(c.join_answer(id).await.error_code, INVALID_SESSION_TIMEOUT);
+    let id = c.send_join("not a name", "", 10_000).await;
+    assert_eq!(c.join_answer(id).await.error_code, INVALID_GROUP_ID);
+    let id = c.send_join("billing", "made-up", 10_000).await;
+    assert_eq!(c.join_answer(id).await.error_code, UNKNOWN_MEMBER_ID);
+    let joined = c.join_new("billing", 10_000).await;
+    assert_eq!(joined.error_code, 0);
+    let me = joined.member_id.to_string();
+    assert!(me.starts_with("spool-test-"), "the client id, then a unique suffix: {me}");
+    assert_eq!((joined.generation_id, joined.leader.as_str()), (1, me.as_str()));
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    assert_eq!(joined.members.len(), 1);
+    assert_eq!(&joined.members[0].metadata[..], format!("metadata of {me}").as_bytes());
+
+    // What a Kafka consumer assigns: version 0, topic "orders" with partitions 0 and 1, no
+    // user data.
+    let mut assignment = vec![0, 0, 0, 0, 0, 1, 0, 6];
+    assignment.extend(b"orders");
+    assignment.extend([0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    let id = c.send_sync("billing", &me, 1, &[(&me, &assignment)]).await;
+    let synced = c.sync_answer(id).await;
+    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &assignment[..]));
+    assert_eq!(c.heartbeat("billing", &me, 1).await, 0);
+    assert_eq!(c.heartbeat("billing", &me, 7).await, ILLEGAL_GENERATION);
+    assert_eq!(c.heartbeat("billing", "nobody", 1).await, UNKNOWN_MEMBER_ID);
+    assert_eq!(c.heartbeat("unknown", &me, 1).await, UNKNOWN_MEMBER_ID);
+
+    let codes = c
+        .commit(
+            "billing",
+            &me,
+            1,
+            &[("orders", 0, 42, "checkpoint 42"), ("orders", 9, 1, ""), ("nope", 0, 1, "")],
+        )
+        .await;
+    assert_eq!(codes, vec![0, UNKNOWN_TOPIC_OR_PARTITION, UNKNOWN_TOPIC_OR_PARTITION]);
+    assert_eq!(c.commit("billing", &me, 2, &[("orders", 1, 5, "")]).await, [ILLEGAL_GENERATION]);
+    let long = "m".repeat(4097);
+    assert_eq!(
+        c.commit("billing", &me, 1, &[("orders", 1, 5, &long)]).await,
+        [OFFSET_METADATA_TOO_LARGE]
+    );
+    assert_eq!(
+        c.commit("billing", "", -1, &[("orders", 1, 5, "")]).await,
+        [UNKNOWN_MEMBER_ID],
+        "a commit outside the generation is refused while the group has members"
+    );
+    assert_eq!(c.fetch_offset("billing", "orders", 0).await, (42, "checkpoint 42".to_owned()));
+    assert_eq!(c.fetch_offset("billing", "orders", 1).await, (-1, String::new()));
+
+    let request = DescribeGroupsRequest::default()
+        .with_groups(vec![group_id("billing"), group_id("unknown")]);
+    let described: DescribeGroupsResponse = c.call(ApiKey::DescribeGroups, 4, &request).await;
+    let billing = &described.groups[0];
+    assert_eq!(billing.error_code, 0);
+    assert_eq!(billing.group_state.as_str(), "Stable");
+    assert_eq!(
+        (billing.protocol_type.as_str(), billing.protocol_data.as_str()),
+        ("consumer", "range")
+    );
+    assert_eq!(billing.members.len(), 1);
+    assert_eq!(billing.members[0].client_id.as_str(), "spool-test");
+    assert_eq!(billing.members[0].client_host.as_str(), "/127.0.0.1");
+    assert_eq!(&billing.members[0].member_assignment[..], &assignment[..]);
+    assert_eq!(described.groups[1].group_state.as_str(), "Dead");
+    let listed: ListGroupsResponse =
+        c.call(ApiKey::ListGroups, 2, &ListGroupsRequest::default()).await;
+    let listed: Vec<(&str, &str)> =
+        listed.groups.iter().map(|g| (g.group_id.as_str(), g.protocol_type.as_str())).collect();
+    assert_eq!(listed, vec![("billing", "consumer")]);
+
+    // Spool's own describe shows the Kafka group and its committed offset, with the lag.
+    let mut groups = GroupServiceClient::new(kafka.server.channel().await);
+    let described = groups
+        .describe_group(DescribeGroupRequest { group: "billing".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    assert_eq!((described.generation, described.members.len()), (1, 1));
+    assert_eq!(described.partitions[0].committed_offset, Some(42));
+    // The consumer's assignment names its partitions: Spool shows their owner.
+    let owners: Vec<Option<&str>> =
+        described.partitions.iter().map(|p| p.owner.as_deref()).collect();
+    assert_eq!(owners, vec![Some(me.as_str()), Some(me.as_str())]);
+    assert_eq!(described.members[0].owned.len(), 2);
+
+    let request =
+        LeaveGroupRequest::default().with_group_id(group_id("billing")).with_member_id(text(&me));
+    let left: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, 2, &request).await;
+    assert_eq!(left.error_code, 0);
+    let left: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, 2, &request).await;
+    assert_eq!(left.error_code, UNKNOWN_MEMBER_ID);
+    assert_eq!(c.heartbeat("billing", &me, 1).await, UNKNOWN_MEMBER_ID);
+    assert_eq!(c.fetch_offset("billing", "orders", 0).await.0, 42, "offsets outlive members");
+}
+
+/// A second member starts a rebalance: the first hears REBALANCE_IN_PROGRESS, rejoins, and
+/// both get the new generation; the follower's sync waits for the leader's assignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_is_heard_by_heartbeat_and_sync_waits_for_the_leader() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    let (mut a, mut b) = (Connection::open(&kafka).await, Connection::open(&kafka).await);
+    let joined = a.join_new("g", 10_000).await;
+    let first = joined.member_id.to_string();
+    let id = a.send_sync("g", &first, 1, &[(&first, b"everything")]).await;
+    assert_eq!(a.sync_answer(id).await.error_code, 0);
+
+    let id = b.send_join("g", "", 10_000).await;
+    let second = b.join_answer(id).await.member_id.to_string();
+    let second_join = b.send_join("g", &second, 10_000).await;
+    // The second join waits for the first member, which learns of the rebalance by heartbeat
+    // (once the server has read that join: until then heartbeats are fine).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match a.heartbeat("g", &first, 1).await {
+            REBALANCE_IN_PROGRESS => break,
+            0 => assert!(tokio::time::Instant::now() < deadline, "no rebalance in time"),
+            other => panic!("heartbeat answered {other}"),
+        }
+    }
+    let id = a.send_sync("g", &first, 1, &[]).await;
+    assert_eq!(a.sync_answer(id).await.error_code, REBALANCE_IN_PROGRESS);
+    let id = a.send_join("g", &first, 10_000).await;
+    let leader = a.join_answer(id).await;
+    let follower = b.join_answer(second_join).await;
+    assert_eq!((leader.error_code, follower.error_code), (0, 0));
+    assert_eq!((leader.generation_id, follower.generation_id), (2, 2));
+    assert_eq!(
+        (leader.leader.as_str(), follower.leader.as_str()),
+        (first.as_str(), first.as_str())
+    );
+    assert_eq!(leader.members.len(), 2, "the leader gets every member's metadata");
+    assert!(follower.members.is_empty());
+    assert_eq!(b.heartbeat("g", &second, 1).await, ILLEGAL_GENERATION);
+
+    let follower_sync = b.send_sync("g", &second, 2, &[]).await;
+    let id = a.send_sync("g", &first, 2, &[(&first, b"p0"), (&second, b"p1")]).await;
+    assert_eq!(&a.sync_answer(id).await.assignment[..], b"p0");
+    let synced = b.sync_answer(follower_sync).await;
+    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"p1"[..]));
+    assert_eq!(b.heartbeat("g", &second, 2).await, 0);
+}
+
+/// A member that falls silent is removed after its session timeout: the other member's join
+/// completes without it, and the silent one is then unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_member_is_removed_after_its_session_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    let (mut a, mut b) = (Connection::open(&kafka).await, Connection::open(&kafka).await);
+    let silent = a.join_new("g", 200).await.member_id.to_string();
+    let id = a.send_sync("g", &silent, 1, &[]).await;
+    assert_eq!(a.sync_answer(id).await.error_code, 0);
+
+    let id = b.send_join("g", "", 30_000).await;
+    let survivor = b.join_answer(id).await.member_id.to_string();
+    let id = b.send_join("g", &survivor, 30_000).await;
+    // Nothing more is heard from `silent`: 200 ms later it is removed and the join completes.
+    let joined = b.join_answer(id).await;
+    assert_eq!(joined.error_code, 0);
+    assert_eq!((joined.generation_id, joined.leader.as_str()), (2, survivor.as_str()));
+    let members: Vec<&str> = joined.members.iter().map(|m| m.member_id.as_str()).collect();
+    assert_eq!(members, vec![survivor.as_str()]);
+    assert_eq!(a.heartbeat("g", &silent, 1).await, UNKNOWN_MEMBER_ID);
+}
+
+/// A group name is live under one protocol at a time; committed offsets are shared.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_name_is_refused_to_the_other_protocol() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    let me = c.join_new("shared", 10_000).await.member_id.to_string();
+
+    let join = |group: &str| MemberRequest {
+        kind: Some(RequestKind::Join(JoinGroup {
+            group: group.into(),
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            reset: 0,
+            encoding: 0,
+        })),
+    };
+    let mut groups = GroupServiceClient::new(kafka.server.channel().await);
+    let (requests, stream) = tokio::sync::mpsc::channel(4);
+    requests.send(join("shared")).await.unwrap();
+    let mut events = groups.join(ReceiverStream::new(stream)).await.unwrap().into_inner();
+    let refused = tokio::time::timeout(PATIENCE, events.message()).await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("Kafka clients"), "{}", refused.message());
+
+    let request =
+        LeaveGroupRequest::default().with_group_id(group_id("shared")).with_member_id(text(&me));
+    let left: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, 2, &request).await;
+    assert_eq!(left.error_code, 0);
+    // Now a Spool member holds the name: Kafka's join and simple commit are refused.
+    let (requests, stream) = tokio::sync::mpsc::channel(4);
+    requests.send(join("shared")).await.unwrap();
+    let mut events = groups.join(ReceiverStream::new(stream)).await.unwrap().into_inner();
+    let joined = tokio::time::timeout(PATIENCE, events.message()).await.unwrap().unwrap();
+    assert!(joined.is_some(), "Spool's member joined");
+    let id = c.send_join("shared", "", 10_000).await;
+    assert_eq!(c.join_answer(id).await.error_code, INCONSISTENT_GROUP_PROTOCOL);
+    assert_eq!(c.commit("shared", "", -1, &[("t", 0, 1, "")]).await, [INCONSISTENT_GROUP_PROTOCOL]);
+    drop(requests);
+}
+
+/// A client that assigns its own partitions commits outside any generation; the offset and
+/// its metadata survive a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn simple_commits_are_accepted_and_their_metadata_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.commit("simple", "", -1, &[("t", 0, 17, "where I was")]).await, [0]);
+    assert_eq!(
+        c.commit("other", "", 3, &[("t", 0, 1, "")]).await,
+        [ILLEGAL_GENERATION],
+        "a generation of a group that has none"
+    );
+    drop(c);
+    kafka.server.shutdown().await;
+
+    let kafka = start(data.path()).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.fetch_offset("simple", "t", 0).await, (17, "where I was".to_owned()));
+}
+
+/// A JoinGroup claiming more protocols than its frame holds closes the connection at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_claiming_more_protocols_than_it_holds_closes_the_connection() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    let mut stream = TcpStream::connect(kafka.address).await.unwrap();
+    let mut body = BytesMut::new();
+    body.put_i16(ApiKey::JoinGroup as i16);
+    body.put_i16(4);
+    body.put_i32(1);
+    body.put_i16(-1); // no client id
+    body.put_i16(1);
+    body.put_slice(b"g");
+    body.put_i32(10_000);
+    body.put_i32(10_000);
+    body.put_i16(0); // member id
+    body.put_i16(8);
+    body.put_slice(b"consumer");
+    body.put_i32(i32::MAX); // protocols
+    let mut frame = BytesMut::new();
+    frame.put_u32(body.len() as u32);
+    frame.put_slice(&body);
+    stream.write_all(&frame).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
+}
+
+/// The Python at `target/ci/venv` (or `$SPOOL_PYTHON`) if it can import `module`; else
+/// `None`, after saying why the test skips (or failing, when CI requires the clients).
+fn python_with(module: &str, package: &str) -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("SPOOL_PYTHON")
+        .map_or_else(|| root.join("target/ci/venv/bin/python"), std::path::PathBuf::from);
+    let found = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|status| status.success());
+    if found {
+        return Some(python);
+    }
+    let message = format!(
+        "SKIPPED: no Python with {package} at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
+        python.display()
+    );
+    assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
+    eprintln!("{message}");
+    None
+}
+
+/// Held while a client nobody here wrote runs: one at a time, so that a slow machine is not
+/// also running several client processes with their threads at once.
+static CLIENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The exit status of a group script whose clients made no progress in time.
+const STALLED: i32 = 3;
+
+/// Runs `tests/python/SCRIPT ADDRESS TOPIC GROUP ASSIGNOR` against a fresh server with a
+/// 4-partition topic, and checks the group's commits in Spool's own describe.
+///
+/// kafka-python 3.0's consumer was seen to stall now and then (about one run in ten here):
+/// a consumer thread waits forever on a fetch whose answer the server sent (every request
+/// the server read was answered, both ends' socket buffers were empty, and the client never
+/// timed the request out). A kafka-python run that stalls (exit status 3) is therefore run
+/// once more, on a fresh server; a second stall fails the test, as does any other failure.
+async fn group_script(python: std::path::PathBuf, script: &str, assignor: &str) {
+    let _one_at_a_time = CLIENTS.lock().await;
+    let attempts = if script.starts_with("kafka_python") { 2 } else { 1 };
+    for attempt in 1..=attempts {
+        let data = tempfile::tempdir().unwrap();
+        let kafka = start(data.path()).await;
+        kafka.server.create_topic("events", 4, Policy::Always(Always {})).await;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = std::process::Command::new(&python);
+        command
+            .arg(root.join("tests/python").join(script))
+            .arg(kafka.address.to_string())
+            .args(["events", "readers", assignor]);
+        let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.code() == Some(STALLED) && attempt < attempts {
+            eprintln!("{script} {assignor} stalled; running it again:\n{stdout}\n{stderr}");
+            continue;
+        }
+        assert!(output.status.success(), "{script} {assignor} failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("resumed at the committed offsets"), "{stdout}");
+        // The group's commits are Spool's committed offsets.
+        let mut groups = GroupServiceClient::new(kafka.server.channel().await);
+        let described = groups
+            .describe_group(DescribeGroupRequest { group: "readers".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .group
+            .unwrap();
+        let committed: Vec<Option<u64>> =
+            described.partitions.iter().map(|p| p.committed_offset).collect();
+        assert_eq!(committed, vec![Some(10); 4], "{described:?}");
+        return;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_consumes_as_a_group_with_the_range_assignor() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    group_script(python, "kafka_python_group.py", "range").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_consumes_as_a_group_with_the_roundrobin_assignor() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    group_script(python, "kafka_python_group.py", "roundrobin").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_consumes_as_a_group_with_the_sticky_assignor() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    group_script(python, "kafka_python_group.py", "sticky").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_consumes_as_a_group_with_the_cooperative_sticky_assignor() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    group_script(python, "kafka_python_group.py", "cooperative-sticky").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_consumes_as_a_group_with_the_range_assignor() {
+    let Some(python) = python_with("confluent_kafka", "confluent-kafka") else { return };
+    group_script(python, "confluent_kafka_group.py", "range").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_consumes_as_a_group_with_the_roundrobin_assignor() {
+    let Some(python) = python_with("confluent_kafka", "confluent-kafka") else { return };
+    group_script(python, "confluent_kafka_group.py", "roundrobin").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_consumes_as_a_group_with_the_cooperative_sticky_assignor() {
+    let Some(python) = python_with("confluent_kafka", "confluent-kafka") else { return };
+    group_script(python, "confluent_kafka_group.py", "cooperative-sticky").await;
+}
+
+/// kcat's balanced consumer (`-G`) reads every record of a topic as a group and commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn kcat_consumes_as_a_group_and_commits() {
+    if std::process::Command::new("kcat").arg("-V").output().is_err() {
+        let message = "SKIPPED: no kcat on the PATH (Debian's `kcat`); `.ci/run` installs it";
+        assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
+        eprintln!("{message}");
+        return;
+    }
+    let _one_at_a_time = CLIENTS.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start(data.path()).await;
+    kafka.server.create_topic("lines", 2, Policy::Always(Always {})).await;
+    for partition in 0..2 {
+        let records: Vec<_> =
+            (0..5).map(|i| common::record(&format!("p{partition}-{i}"))).collect();
+        kafka.server.produce("lines", Some(partition), records).await.unwrap();
+    }
+    let mut command = std::process::Command::new("kcat");
+    command
+        .args([
+            "-b",
+            &kafka.address.to_string(),
+            "-G",
+            "kcat-group",
+            "-c",
+            "10",
+            "-f",
+            "%p %o %s\n",
+        ])
+        .args(["-X", "auto.offset.reset=earliest", "-X", "enable.auto.commit=true"])
+        .args(["-X", "auto.commit.interval.ms=100", "lines"]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kcat failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    let expected: Vec<String> =
+        (0..2).flat_map(|p| (0..5).map(move |i| format!("{p} {i} p{p}-{i}"))).collect();
+    assert_eq!(lines, expected);
+    // kcat commits what it read as it closes.
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.fetch_offset("kcat-group", "lines", 0).await.0, 5);
+    assert_eq!(c.fetch_offset("kcat-group", "lines", 1).await.0, 5);
+}
