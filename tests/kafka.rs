@@ -412,6 +412,39 @@ async fn requests_are_answered_in_order_and_acks_zero_gets_no_answer() {
     assert_eq!(stored.responses[0].partitions[0].high_watermark, 1);
 }
 
+/// Produces pipelined on one connection to one partition are stored in the order they were
+/// sent (KAFKA_REQUESTS_IN_FLIGHT_MAX of them in flight at once), with `acks` 1 and -1.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_produces_are_stored_in_the_order_sent() {
+    let kafka = start(None).await;
+    kafka.server.create_topic("ordered", 1, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let mut sent = Vec::new();
+    for i in 0..64i64 {
+        let acks = if i % 2 == 0 { 1 } else { -1 };
+        let request =
+            produce_request("ordered", 0, batch(1 + (i % 3) as usize, &format!("p{i}"), i), acks);
+        sent.push(connection.send(ApiKey::Produce, 8, &request).await);
+    }
+    let mut expected_base = 0;
+    for (i, id) in sent.into_iter().enumerate() {
+        let answer: ProduceResponse = connection.receive(ApiKey::Produce, 8, id).await;
+        let partition = &answer.responses[0].partition_responses[0];
+        assert_eq!(
+            (partition.error_code, partition.base_offset),
+            (0, expected_base),
+            "produce {i}"
+        );
+        expected_base += 1 + (i % 3) as i64;
+    }
+    let stored = kafka.server.fetch_all("ordered", 0, 0).await;
+    let keys: Vec<&[u8]> = stored.iter().map(|r| r.key.as_deref().unwrap()).collect();
+    let expected: Vec<String> =
+        (0..64).flat_map(|i| (0..1 + i % 3).map(move |j| format!("p{i}-{j}"))).collect();
+    assert_eq!(keys, expected.iter().map(|k| k.as_bytes()).collect::<Vec<_>>());
+    kafka.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_sessions_are_refused_and_sessionless_fetches_served() {
     let kafka = start(None).await;

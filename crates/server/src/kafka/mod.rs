@@ -11,7 +11,8 @@
 //!   internal failure. Kafka's brokers close the connection in the same cases.
 //! - Requests on one connection are handled concurrently, at most
 //!   [`KAFKA_REQUESTS_IN_FLIGHT_MAX`] at once, and answered in the order they came
-//!   (clients pipeline). A produce with `acks=0` gets no answer, as in Kafka.
+//!   (clients pipeline); produces queue their batches in that order too ([`InTurn`]). A
+//!   produce with `acks=0` gets no answer, as in Kafka.
 //! - Memory is bounded listener-wide: a request takes its frame's size from a budget of
 //!   [`KAFKA_BYTES_IN_FLIGHT_MAX`] before its body is read, a fetch also its answer's size;
 //!   both are given back once the answer is written.
@@ -57,7 +58,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -264,6 +265,25 @@ async fn secure_connection(connection: Guarded, shared: Arc<Shared>, stop: Cance
 /// One request or answer in a connection's queue: aborted if the connection closes first.
 type Handling = AbortOnDropHandle<Result<Answer, Close>>;
 
+/// A produce's turn among its connection's produces: it queues its batches only once the
+/// produce read before it has queued its own (or ended), so pipelined produces to a
+/// partition are stored in the order they were sent, as Kafka stores them. The checks and the
+/// waits for acknowledgements still overlap. Dropped once its batches are queued.
+pub(super) struct InTurn {
+    before: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl InTurn {
+    /// Waits for the produce before this one to have queued its batches.
+    pub(super) async fn wait(&mut self) {
+        if let Some(before) = self.before.take() {
+            // Its sender dropped: queued, or ended without queuing.
+            let _ = before.await;
+        }
+    }
+}
+
 /// Reads requests and hands each to its own task; a second task writes the answers in order.
 /// SASL requests are served here, in order, since what they decide applies to the next one.
 async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
@@ -292,6 +312,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
         Ok(())
     });
     let mut session = Session::new(shared.security.tokens.as_ref());
+    let mut last_produce: Option<oneshot::Receiver<()>> = None;
     let mut reloads = match &shared.security.tokens {
         Some(tokens) => crate::auth::TokenReloads::of(tokens),
         None => crate::auth::TokenReloads::none(),
@@ -356,8 +377,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                     continue;
                 }
             };
-            let handling =
-                tokio::spawn(counted(shared.clone(), caller, client_host.clone(), body, held));
+            let turn =
+                (i16::from_be_bytes([body[0], body[1]]) == ApiKey::Produce as i16).then(|| {
+                    let (done, next) = oneshot::channel();
+                    InTurn { before: last_produce.replace(next), _done: done }
+                });
+            let request = Request { caller, client_host: client_host.clone(), body, turn };
+            let handling = tokio::spawn(counted(shared.clone(), request, held));
             if answers.send(AbortOnDropHandle::new(handling)).await.is_err() {
                 return Ok(());
             }
@@ -437,17 +463,25 @@ fn exchange(
     exchanged
 }
 
+/// A request read from an authenticated connection.
+struct Request {
+    caller: Caller,
+    /// The client's address, as DescribeGroups shows it.
+    client_host: Arc<str>,
+    body: Bytes,
+    /// A produce's place among its connection's produces.
+    turn: Option<InTurn>,
+}
+
 /// [`handle`], counted in `spool_kafka_requests_total`.
 async fn counted(
     shared: Arc<Shared>,
-    caller: Caller,
-    client_host: Arc<str>,
-    request: Bytes,
+    request: Request,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
-    let api = api_label(&request, shared.with_tokens());
+    let api = api_label(&request.body, shared.with_tokens());
     let started = std::time::Instant::now();
-    let handled = handle(shared, caller, &client_host, request, held).await;
+    let handled = handle(shared, request, held).await;
     let outcome = match &handled {
         Ok(Answer { frame: Some(_), .. }) => "answered",
         Ok(Answer { frame: None, .. }) => "unanswered",
@@ -584,11 +618,10 @@ fn parse(request: &mut Bytes, with_tokens: bool) -> Result<Parsed, Close> {
 /// answer frame.
 async fn handle(
     shared: Arc<Shared>,
-    caller: Caller,
-    client_host: &str,
-    mut request: Bytes,
+    request: Request,
     held: OwnedSemaphorePermit,
 ) -> Result<Answer, Close> {
+    let Request { caller, client_host, body: mut request, turn } = request;
     let mut held = vec![held];
     let header = match parse(&mut request, shared.with_tokens())? {
         Parsed::Request(header) => header,
@@ -620,7 +653,8 @@ async fn handle(
         ApiKey::Produce => {
             let request =
                 decode::produce(request, version).map_err(|e| malformed(e.to_string()))?;
-            match produce::produce(&shared, &caller, request).await {
+            let turn = turn.expect("a produce has its turn");
+            match produce::produce(&shared, &caller, request, turn).await {
                 Some(answer) => encode(api, version, correlation_id, &answer)?,
                 None => return Ok(Answer { frame: None, _held: held }),
             }
@@ -662,7 +696,7 @@ async fn handle(
             let body =
                 decode::join_group(request, version).map_err(|e| malformed(e.to_string()))?;
             let client_id = client_id.as_deref().unwrap_or("");
-            let client = groups::Client { id: client_id, host: client_host };
+            let client = groups::Client { id: client_id, host: &client_host };
             let answer = groups::join_group(&shared, &caller, body, version, client).await;
             encode(api, version, correlation_id, &answer)?
         }

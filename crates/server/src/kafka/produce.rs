@@ -5,6 +5,10 @@
 //! of that partition (CORRUPT_MESSAGE); other partitions of the request are independent, as in
 //! Kafka. `acks` 0, 1 and -1 are Spool's none, leader and all; -1 on a topic whose fsync policy
 //! is `never` is refused (INVALID_REQUIRED_ACKS), as gRPC refuses `acks=all` there.
+//!
+//! A connection's produces queue their batches in the order they were read (`InTurn`): a
+//! client that pipelines produces to one partition gets them stored in the order it sent them,
+//! as Kafka stores them; their waits for acknowledgement still overlap.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -15,8 +19,8 @@ use spool_storage::batch::{BatchError, CheckedBatch};
 use spool_storage::{Appended, FsyncPolicy};
 use tokio::sync::oneshot;
 
-use super::Shared;
 use super::codes::error_code;
+use super::{InTurn, Shared};
 use crate::auth::{Action, Caller};
 use crate::error::ServiceError;
 use crate::idempotence::sequenced;
@@ -33,8 +37,10 @@ pub(super) async fn produce(
     shared: &Shared,
     caller: &Caller,
     request: ProduceRequest,
+    mut turn: InTurn,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
+    turn.wait().await;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.0.as_str().to_owned();
@@ -52,6 +58,8 @@ pub(super) async fn produce(
         }
         responses.push((topic_data.name, topic, partitions));
     }
+    // Queued: the next produce of the connection may queue its batches.
+    drop(turn);
     if acks == 0 {
         return None;
     }
