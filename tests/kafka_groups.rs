@@ -10,10 +10,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::TestServer;
+use bytes::{BufMut, Bytes, BytesMut};
+use common::kafka::{Connection, PATIENCE, python_with, start_at};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -25,21 +24,17 @@ use kafka_protocol::messages::{
     FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
-    TopicName,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::{DescribeGroupRequest, JoinGroup, MemberRequest};
 use spool_server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
-
-/// How long a test waits for an answer that should come.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
@@ -51,75 +46,7 @@ const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const MEMBER_ID_REQUIRED: i16 = 79;
 
-struct Kafka {
-    server: TestServer,
-    address: std::net::SocketAddr,
-}
-
-async fn start(data: &Path) -> Kafka {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let options = ServeOptions { kafka: Some(listener), ..Default::default() };
-    let server = TestServer::start_with(data, options).await;
-    Kafka { server, address }
-}
-
-/// One client connection, with its own correlation ids.
-struct Connection {
-    stream: TcpStream,
-    next_id: i32,
-}
-
 impl Connection {
-    async fn open(kafka: &Kafka) -> Connection {
-        Connection { stream: TcpStream::connect(kafka.address).await.unwrap(), next_id: 1 }
-    }
-
-    /// Sends a request; returns its correlation id.
-    async fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("spool-test")));
-        let mut frame = BytesMut::new();
-        frame.put_u32(0);
-        header.encode(&mut frame, api.request_header_version(version)).unwrap();
-        body.encode(&mut frame, version).unwrap();
-        let length = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&length.to_be_bytes());
-        self.stream.write_all(&frame).await.unwrap();
-        id
-    }
-
-    /// Reads the next answer frame; `None` when the server closed the connection.
-    async fn receive_frame(&mut self) -> Option<Bytes> {
-        let read = async {
-            let length = self.stream.read_u32().await.ok()?;
-            let mut body = vec![0u8; length as usize];
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(Bytes::from(body))
-        };
-        tokio::time::timeout(PATIENCE, read).await.expect("an answer or a close in time")
-    }
-
-    async fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> T {
-        let mut frame = self.receive_frame().await.expect("an answer, not a closed connection");
-        let header =
-            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, id, "answers come in order");
-        let body = T::decode(&mut frame, version).unwrap();
-        assert!(!frame.has_remaining(), "the whole answer decodes");
-        body
-    }
-
-    async fn call<Q: Encodable, A: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> A {
-        let id = self.send(api, version, body).await;
-        self.receive(api, version, id).await
-    }
-
     /// Sends a JoinGroup (v4) and returns its correlation id; the answer may wait.
     async fn send_join(&mut self, group: &str, member_id: &str, session_timeout_ms: i32) -> i32 {
         let request = JoinGroupRequest::default()
@@ -247,7 +174,7 @@ fn name(topic: &str) -> TopicName {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     kafka.server.create_topic("orders", 2, Policy::Always(Always {})).await;
     let mut c = Connection::open(&kafka).await;
 
@@ -360,7 +287,7 @@ async fn one_member_joins_syncs_commits_with_metadata_and_leaves() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebalance_is_heard_by_heartbeat_and_sync_waits_for_the_leader() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     let (mut a, mut b) = (Connection::open(&kafka).await, Connection::open(&kafka).await);
     let joined = a.join_new("g", 10_000).await;
     let first = joined.member_id.to_string();
@@ -408,7 +335,7 @@ async fn a_rebalance_is_heard_by_heartbeat_and_sync_waits_for_the_leader() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_member_is_removed_after_its_session_timeout() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     let (mut a, mut b) = (Connection::open(&kafka).await, Connection::open(&kafka).await);
     let silent = a.join_new("g", 200).await.member_id.to_string();
     let id = a.send_sync("g", &silent, 1, &[]).await;
@@ -430,7 +357,7 @@ async fn a_silent_member_is_removed_after_its_session_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_name_is_refused_to_the_other_protocol() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
     let mut c = Connection::open(&kafka).await;
     let me = c.join_new("shared", 10_000).await.member_id.to_string();
@@ -473,7 +400,7 @@ async fn a_live_name_is_refused_to_the_other_protocol() {
 #[tokio::test(flavor = "multi_thread")]
 async fn simple_commits_are_accepted_and_their_metadata_survives_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
     let mut c = Connection::open(&kafka).await;
     assert_eq!(c.commit("simple", "", -1, &[("t", 0, 17, "where I was")]).await, [0]);
@@ -485,7 +412,7 @@ async fn simple_commits_are_accepted_and_their_metadata_survives_a_restart() {
     drop(c);
     kafka.server.shutdown().await;
 
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     let mut c = Connection::open(&kafka).await;
     assert_eq!(c.fetch_offset("simple", "t", 0).await, (17, "where I was".to_owned()));
 }
@@ -494,7 +421,7 @@ async fn simple_commits_are_accepted_and_their_metadata_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_join_claiming_more_protocols_than_it_holds_closes_the_connection() {
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     let mut stream = TcpStream::connect(kafka.address).await.unwrap();
     let mut body = BytesMut::new();
     body.put_i16(ApiKey::JoinGroup as i16);
@@ -518,29 +445,6 @@ async fn a_join_claiming_more_protocols_than_it_holds_closes_the_connection() {
     assert!(matches!(read, Ok(0) | Err(_)), "closed, not answered: {read:?}");
 }
 
-/// The Python at `target/ci/venv` (or `$SPOOL_PYTHON`) if it can import `module`; else
-/// `None`, after saying why the test skips (or failing, when CI requires the clients).
-fn python_with(module: &str, package: &str) -> Option<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("SPOOL_PYTHON")
-        .map_or_else(|| root.join("target/ci/venv/bin/python"), std::path::PathBuf::from);
-    let found = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", &format!("import {module}")])
-            .status()
-            .is_ok_and(|status| status.success());
-    if found {
-        return Some(python);
-    }
-    let message = format!(
-        "SKIPPED: no Python with {package} at {} (or $SPOOL_PYTHON); `.ci/run` installs it",
-        python.display()
-    );
-    assert!(std::env::var_os("SPOOL_REQUIRE_EXTERNAL_CLIENTS").is_none(), "{message}");
-    eprintln!("{message}");
-    None
-}
-
 /// Held while a client nobody here wrote runs: one at a time, so that a slow machine is not
 /// also running several client processes with their threads at once.
 static CLIENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -561,7 +465,7 @@ async fn group_script(python: std::path::PathBuf, script: &str, assignor: &str) 
     let attempts = if script.starts_with("kafka_python") { 2 } else { 1 };
     for attempt in 1..=attempts {
         let data = tempfile::tempdir().unwrap();
-        let kafka = start(data.path()).await;
+        let kafka = start_at(data.path(), ServeOptions::default()).await;
         kafka.server.create_topic("events", 4, Policy::Always(Always {})).await;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut command = std::process::Command::new(&python);
@@ -647,7 +551,7 @@ async fn kcat_consumes_as_a_group_and_commits() {
     }
     let _one_at_a_time = CLIENTS.lock().await;
     let data = tempfile::tempdir().unwrap();
-    let kafka = start(data.path()).await;
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
     kafka.server.create_topic("lines", 2, Policy::Always(Always {})).await;
     for partition in 0..2 {
         let records: Vec<_> =
