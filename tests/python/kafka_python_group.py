@@ -1,18 +1,9 @@
-"""kafka-python, unmodified, consuming as a group through Spool's Kafka listener.
-
-Two consumers share a 4-partition topic under one assignor: their assignments are disjoint and
-complete and together they read every record; when one leaves, the other takes every
-partition; it commits with metadata and closes; a new consumer of the same group resumes at
-the committed offsets, and reads the metadata back.
+"""kafka-python, unmodified, consuming as a group through Spool's Kafka listener: the scenario
+of `group_scenario.py`.
 
 Usage: kafka_python_group.py HOST:PORT TOPIC GROUP ASSIGNOR (range, roundrobin, sticky or
 cooperative-sticky); the topic exists with 4 partitions. Run by tests/kafka_groups.rs.
 """
-
-import faulthandler
-import sys
-import threading
-import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
@@ -21,57 +12,31 @@ from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 
-PARTITIONS = 4
-FIRST = 10  # records per partition before the commit
-LATER = 5  # records per partition after it
+import group_scenario
+
 ASSIGNORS = {
     "range": RangePartitionAssignor,
     "roundrobin": RoundRobinPartitionAssignor,
     "sticky": StickyPartitionAssignor,
     "cooperative-sticky": CooperativeStickyAssignor,
 }
-PATIENCE_S = 60
 
 
-class Stalled(Exception):
-    """The clients made no progress in time (exit status 3, see tests/kafka_groups.rs)."""
+class KafkaPython:
+    def produce(self, bootstrap, topic, values):
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
+        )
+        for partition, value in values:
+            producer.send(topic, value=value, partition=partition)
+        producer.flush()
+        producer.close()
 
-
-def wait_for(what, condition, *members):
-    deadline = time.monotonic() + PATIENCE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            faulthandler.dump_traceback(all_threads=True)
-            for m in members:
-                conns = m.consumer._manager._conns
-                import subprocess; print(subprocess.run(["ss", "-tn"], capture_output=True, text=True).stdout, file=sys.stderr)
-                print("IN FLIGHT", {n: [repr(r)[:150] for r in c.in_flight_requests] for n, c in conns.items()}, file=sys.stderr)
-            seen = [(sorted(m.snapshot()[0]), len(m.snapshot()[1])) for m in members]
-            raise Stalled(f"timed out waiting for {what}; (owned, read) by each: {seen}")
-        time.sleep(0.05)
-
-
-def produce(bootstrap, topic, start, count):
-    # One request at a time: the records of a partition are stored in the order sent.
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=False,
-        max_in_flight_requests_per_connection=1,
-    )
-    for partition in range(PARTITIONS):
-        for i in range(start, start + count):
-            producer.send(topic, value=f"p{partition}-{i}".encode(), partition=partition)
-    producer.flush()
-    producer.close()
-
-
-class Member(threading.Thread):
-    """One consumer polling in its own thread; what it owns and reads, under a lock."""
-
-    def __init__(self, bootstrap, topic, group, assignor):
-        super().__init__(daemon=True)
-        self.consumer = KafkaConsumer(
+    def consumer(self, bootstrap, topic, group, assignor):
+        consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
             partition_assignment_strategy=[ASSIGNORS[assignor]],
@@ -81,91 +46,26 @@ class Member(threading.Thread):
             session_timeout_ms=6000,
             max_poll_interval_ms=10000,
         )
-        self.consumer.subscribe([topic])
-        self.lock = threading.Lock()
-        self.owned = set()
-        self.read = {}
-        self.stop = threading.Event()
-        self.error = None
+        consumer.subscribe([topic])
+        return consumer
 
-    def run(self):
-        try:
-            while not self.stop.is_set():
-                batches = self.consumer.poll(timeout_ms=100)
-                with self.lock:
-                    for records in batches.values():
-                        for record in records:
-                            self.read[(record.partition, record.offset)] = record.value
-                    self.owned = {tp.partition for tp in self.consumer.assignment()}
-        except Exception as error:  # reported by the main thread
-            self.error = error
+    def poll(self, consumer):
+        batches = consumer.poll(timeout_ms=100)
+        return [(r.partition, r.offset, r.value) for records in batches.values() for r in records]
 
-    def snapshot(self):
-        if self.error:
-            raise self.error
-        with self.lock:
-            return set(self.owned), dict(self.read)
+    def commit(self, consumer, topic, offsets):
+        consumer.commit({
+            TopicPartition(topic, p): OffsetAndMetadata(offset, metadata, -1)
+            for p, (offset, metadata) in offsets.items()
+        })
 
-    def finish(self):
-        self.stop.set()
-        self.join(timeout=PATIENCE_S)
+    def committed(self, consumer, topic, partitions):
+        found = {p: consumer.committed(TopicPartition(topic, p), metadata=True) for p in partitions}
+        return {p: (c.offset, c.metadata) for p, c in found.items()}
 
-
-def main():
-    bootstrap, topic, group, assignor = sys.argv[1:5]
-    produce(bootstrap, topic, 0, FIRST)
-    a = Member(bootstrap, topic, group, assignor)
-    b = Member(bootstrap, topic, group, assignor)
-    a.start()
-    b.start()
-
-    def shared_and_read():
-        (owned_a, read_a), (owned_b, read_b) = a.snapshot(), b.snapshot()
-        complete = owned_a | owned_b == set(range(PARTITIONS))
-        disjoint = owned_a and owned_b and not owned_a & owned_b
-        return complete and disjoint and len(read_a.keys() | read_b.keys()) == PARTITIONS * FIRST
-
-    wait_for("two members sharing every partition and reading every record", shared_and_read, a, b)
-    owned_a, owned_b = a.snapshot()[0], b.snapshot()[0]
-    print(f"assignment {assignor}: a={sorted(owned_a)} b={sorted(owned_b)}")
-    values = {**a.snapshot()[1], **b.snapshot()[1]}
-    assert values[(2, 3)] == b"p2-3", values[(2, 3)]
-
-    # b leaves the group: a takes every partition.
-    b.finish()
-    b.consumer.close(autocommit=False)
-    wait_for("the survivor to own every partition", lambda: a.snapshot()[0] == set(range(PARTITIONS)), a)
-    print("the survivor owns every partition")
-
-    # a commits the end of every partition, with metadata, and closes.
-    a.finish()
-    offsets = {
-        TopicPartition(topic, p): OffsetAndMetadata(FIRST, f"meta-{p}", -1) for p in range(PARTITIONS)
-    }
-    a.consumer.commit(offsets)
-    a.consumer.close(autocommit=False)
-    print("committed")
-
-    produce(bootstrap, topic, FIRST, LATER)
-    c = Member(bootstrap, topic, group, assignor)
-    c.start()
-    wait_for("the restarted group to read what came after the commit",
-             lambda: len(c.snapshot()[1]) >= PARTITIONS * LATER, c)
-    c.finish()
-    read = c.snapshot()[1]
-    expected = {(p, o): f"p{p}-{o}".encode() for p in range(PARTITIONS) for o in range(FIRST, FIRST + LATER)}
-    differ = {k: (read.get(k), expected.get(k)) for k in read.keys() | expected.keys() if read.get(k) != expected.get(k)}
-    assert not differ, f"(read, expected) where they differ: {differ}"
-    for p in range(PARTITIONS):
-        committed = c.consumer.committed(TopicPartition(topic, p), metadata=True)
-        assert committed.offset == FIRST and committed.metadata == f"meta-{p}", committed
-    c.consumer.close(autocommit=False)
-    print("resumed at the committed offsets, metadata read back")
+    def close(self, consumer):
+        consumer.close(autocommit=False)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Stalled as stalled:
-        print(f"STALLED: {stalled}", file=sys.stderr)
-        sys.exit(3)
+    group_scenario.run(KafkaPython())
