@@ -13,13 +13,14 @@ use common::tls::{pki, tls};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, GroupId, JoinGroupRequest,
+    JoinGroupResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -29,6 +30,7 @@ use spool_server::auth::{Authenticator, token_digest_hex};
 const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 
 /// `writer` produces to and consumes from `orders`; `reader` only consumes from it.
 fn token_file(with_reader: bool) -> String {
@@ -173,6 +175,19 @@ async fn every_request_is_checked_against_the_tokens_grants() {
     let delete = DeleteTopicsRequest::default().with_topic_names(vec![name("orders")]);
     let deleted: DeleteTopicsResponse = reader.call(ApiKey::DeleteTopics, 3, &delete).await;
     assert_eq!(deleted.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+
+    // Groups need a grant on the group: the reader has none.
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(StrBytes::from_static_str(""))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default().with_name(StrBytes::from_static_str("range")),
+        ]);
+    let joined: JoinGroupResponse = reader.call(ApiKey::JoinGroup, 4, &join).await;
+    assert_eq!(joined.error_code, GROUP_AUTHORIZATION_FAILED);
 
     let mut writer = Connection::open(&secured.kafka).await;
     assert_eq!(authenticate(&mut writer, "writer-token").await.error_code, 0);

@@ -86,6 +86,22 @@ pub enum Resource<'a> {
     Group(&'a str),
 }
 
+/// Which kind of [`Resource`] a refusal was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Topic,
+    Group,
+}
+
+impl Resource<'_> {
+    pub fn kind(&self) -> ResourceKind {
+        match self {
+            Resource::Topic(_) => ResourceKind::Topic,
+            Resource::Group(_) => ResourceKind::Group,
+        }
+    }
+}
+
 impl fmt::Display for Resource<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -104,7 +120,7 @@ pub enum AuthError {
     #[error("the token is not valid (unknown, or revoked)")]
     UnknownToken,
     #[error("{identity} may not {action} {resource}")]
-    Denied { identity: String, action: Action, resource: String },
+    Denied { identity: String, action: Action, resource: String, kind: ResourceKind },
     #[error("{identity} may not read metrics (the token file grants it with `metrics = true`)")]
     NoMetricsGrant { identity: String },
 }
@@ -472,6 +488,7 @@ impl Caller {
                 identity: principal.name.clone(),
                 action,
                 resource: resource.to_string(),
+                kind: resource.kind(),
             })
         }
     }

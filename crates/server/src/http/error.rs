@@ -199,6 +199,7 @@ mod tests {
                 identity: "a".into(),
                 action: crate::auth::Action::Consume,
                 resource: "topic t".into(),
+                kind: crate::auth::ResourceKind::Topic,
             },
             StatusCode::FORBIDDEN,
         );

@@ -8,7 +8,7 @@ use spool_broker::producer::SequenceError;
 use spool_broker::{AlterTopicError, CreateTopicError, DeleteTopicError, TopicConfigError};
 use spool_storage::{AppendError, ReadError};
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, ResourceKind};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
 
@@ -49,9 +49,7 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
             SequenceError::OldDuplicate { .. } => ResponseError::DuplicateSequenceNumber,
             SequenceError::BadStamp { .. } => ResponseError::CorruptMessage,
         },
-        ServiceError::Auth(AuthError::Denied { resource, .. })
-            if resource.starts_with("group ") =>
-        {
+        ServiceError::Auth(AuthError::Denied { kind: ResourceKind::Group, .. }) => {
             ResponseError::GroupAuthorizationFailed
         }
         ServiceError::Auth(AuthError::Denied { .. }) => ResponseError::TopicAuthorizationFailed,
