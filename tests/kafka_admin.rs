@@ -33,7 +33,6 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use spool_proto::v1::DescribeTopicRequest;
 use spool_proto::v1::fsync_policy::{Always, Policy};
 use spool_server::ServeOptions;
 use spool_storage::batch::BatchIter;
@@ -269,13 +268,7 @@ async fn alter(
 
 /// The settings gRPC (and `spool topic describe`) reports for topic `orders`.
 async fn orders_config(server: &TestServer) -> spool_proto::v1::TopicConfig {
-    let described = server
-        .topics()
-        .await
-        .describe_topic(DescribeTopicRequest { name: "orders".into() })
-        .await
-        .unwrap();
-    described.into_inner().topic.unwrap().config.unwrap()
+    server.describe("orders").await.unwrap().config.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,15 +280,7 @@ async fn topics_are_created_described_altered_and_deleted_over_kafka() {
     // validate_only checks everything and creates nothing.
     let checked = create(&mut connection, vec![creatable("orders", 3, &[])], true).await;
     assert_eq!(checked, vec![("orders".to_owned(), 0)]);
-    assert!(
-        kafka
-            .server
-            .topics()
-            .await
-            .describe_topic(DescribeTopicRequest { name: "orders".into() })
-            .await
-            .is_err()
-    );
+    assert!(kafka.server.describe("orders").await.is_err());
 
     let created = create(
         &mut connection,
@@ -443,15 +428,7 @@ async fn topics_are_created_described_altered_and_deleted_over_kafka() {
     let answer: DeleteTopicsResponse = connection.call(ApiKey::DeleteTopics, 3, &request).await;
     let codes: Vec<i16> = answer.responses.iter().map(|r| r.error_code).collect();
     assert_eq!(codes, vec![0, UNKNOWN_TOPIC_OR_PARTITION]);
-    assert!(
-        kafka
-            .server
-            .topics()
-            .await
-            .describe_topic(DescribeTopicRequest { name: "orders".into() })
-            .await
-            .is_err()
-    );
+    assert!(kafka.server.describe("orders").await.is_err());
     drop(connection);
     kafka.server.shutdown().await;
 }
@@ -535,25 +512,10 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
         let Some(python) = python_with(module, package) else { continue };
         let stdout = run_python(python, script, &kafka, topic).await;
         assert!(stdout.contains("admin done"), "{stdout}");
-        let described = kafka
-            .server
-            .topics()
-            .await
-            .describe_topic(DescribeTopicRequest { name: topic.to_owned() })
-            .await
-            .unwrap()
-            .into_inner()
-            .topic
-            .unwrap();
-        let config = described.config.unwrap();
+        let config = kafka.server.describe(topic).await.unwrap().config.unwrap();
         assert_eq!(config.partitions, 3, "{topic}");
         assert_eq!(config.retention_ms, Some(7_200_000), "{topic}: the alter is visible");
-        let doomed = kafka
-            .server
-            .topics()
-            .await
-            .describe_topic(DescribeTopicRequest { name: format!("{topic}-doomed") })
-            .await;
+        let doomed = kafka.server.describe(&format!("{topic}-doomed")).await;
         assert!(doomed.is_err(), "{topic}-doomed was deleted");
     }
     kafka.server.shutdown().await;

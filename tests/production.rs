@@ -270,16 +270,7 @@ async fn topic_settings_change_on_a_live_topic() {
 
     // The change was stored: the next start uses it.
     let server = TestServer::start(data.path()).await;
-    let described = server
-        .topics()
-        .await
-        .describe_topic(spool_proto::v1::DescribeTopicRequest { name: "live".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap();
-    let config = described.config.unwrap();
+    let config = server.describe("live").await.unwrap().config.unwrap();
     assert_eq!(config.fsync.unwrap().policy, Some(Policy::Always(Always {})));
     assert_eq!(config.segment_bytes, Some(65_536));
     assert_eq!(server.fetch_all("live", 0, 0).await.len(), 12);

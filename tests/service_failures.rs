@@ -12,8 +12,8 @@ use spool_proto::v1::fsync_policy::{Never, Policy};
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::start_position::{Earliest, Position};
 use spool_proto::v1::{
-    Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
-    ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest, TopicConfig,
+    Acks, CreateTopicRequest, DeleteTopicRequest, FetchRequest, ProduceRequest, Record, RecordList,
+    StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_server::limits::SUBSCRIBE_READ_BYTES;
 use spool_storage::batch::BATCH_HEADER_BYTES;
@@ -191,14 +191,8 @@ async fn a_damaged_partition_answers_data_loss_and_stays_readable_up_to_the_dama
         Code::DataLoss,
         "damaged",
     );
-    let described = server
-        .topics()
-        .await
-        .describe_topic(DescribeTopicRequest { name: "t".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let reason = described.topic.unwrap().partitions[0].fenced_reason.clone().unwrap();
+    let described = server.describe("t").await.unwrap();
+    let reason = described.partitions[0].fenced_reason.clone().unwrap();
     assert!(reason.contains("spool dump"), "{reason}");
     let readable = server.fetch_all("t", 0, 0).await;
     assert_eq!(readable.iter().map(value).collect::<Vec<_>>(), ["record 0"]);

@@ -19,9 +19,9 @@ use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::start_position::Position;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
-    Acks, ConsumedRecord, CreateTopicRequest, Encoding, FetchRequest, FetchResponse, FsyncPolicy,
-    Header, ProduceRequest, ProduceResponse, Record, RecordList, StartPosition, SubscribeRequest,
-    TopicConfig,
+    Acks, ConsumedRecord, CreateTopicRequest, DescribeTopicRequest, Encoding, FetchRequest,
+    FetchResponse, FsyncPolicy, Header, ProduceRequest, ProduceResponse, Record, RecordList,
+    StartPosition, SubscribeRequest, TopicConfig, TopicDescription,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -71,6 +71,13 @@ impl TestServer {
 
     pub async fn topics(&self) -> TopicServiceClient<Channel> {
         TopicServiceClient::new(self.channel().await)
+    }
+
+    /// DescribeTopic of `topic`: the topic, or the call's status.
+    pub async fn describe(&self, topic: &str) -> Result<TopicDescription, Status> {
+        let request = DescribeTopicRequest { name: topic.to_owned() };
+        let described = self.topics().await.describe_topic(request).await?.into_inner();
+        Ok(described.topic.expect("a described topic"))
     }
 
     pub async fn producer(&self) -> ProduceServiceClient<Channel> {

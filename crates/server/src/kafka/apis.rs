@@ -1,5 +1,7 @@
 //! ApiVersions and Metadata: what the listener serves, and the one broker that serves it.
 
+use std::sync::LazyLock;
+
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_response::{
@@ -64,6 +66,17 @@ pub(super) const NODE_ID: i32 = 0;
 /// The versions of `api` served, if it is; the SASL APIs only `with_tokens`.
 pub(super) fn served(api: ApiKey, with_tokens: bool) -> Option<VersionRange> {
     all_served(with_tokens).find(|(served, _)| *served == api).map(|(_, range)| range)
+}
+
+/// A served API's name, as metrics label it: Kafka's (`Produce`, `JoinGroup`, ...); `unknown`
+/// for any other.
+pub(super) fn name(api: ApiKey) -> &'static str {
+    // Made once from the served list, so a newly served API is labelled without more code.
+    static NAMES: LazyLock<Vec<(ApiKey, &'static str)>> = LazyLock::new(|| {
+        let leak = |api: ApiKey| -> &'static str { Box::leak(format!("{api:?}").into_boxed_str()) };
+        all_served(true).map(|(api, _)| (api, leak(api))).collect()
+    });
+    NAMES.iter().find(|(named, _)| *named == api).map_or("unknown", |(_, name)| name)
 }
 
 fn all_served(with_tokens: bool) -> impl Iterator<Item = (ApiKey, VersionRange)> {

@@ -494,36 +494,7 @@ async fn counted(
 /// The metric label of a request's API: its name if served, else `unknown`.
 fn api_label(request: &[u8], with_tokens: bool) -> &'static str {
     match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
-        Ok(api) if apis::served(api, with_tokens).is_some() => api_name(api),
-        _ => "unknown",
-    }
-}
-
-/// The label of a served API.
-fn api_name(api: ApiKey) -> &'static str {
-    match api {
-        ApiKey::ApiVersions => "ApiVersions",
-        ApiKey::Metadata => "Metadata",
-        ApiKey::Produce => "Produce",
-        ApiKey::Fetch => "Fetch",
-        ApiKey::ListOffsets => "ListOffsets",
-        ApiKey::SaslHandshake => "SaslHandshake",
-        ApiKey::SaslAuthenticate => "SaslAuthenticate",
-        ApiKey::InitProducerId => "InitProducerId",
-        ApiKey::CreateTopics => "CreateTopics",
-        ApiKey::DeleteTopics => "DeleteTopics",
-        ApiKey::DescribeConfigs => "DescribeConfigs",
-        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
-        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
-        ApiKey::FindCoordinator => "FindCoordinator",
-        ApiKey::JoinGroup => "JoinGroup",
-        ApiKey::SyncGroup => "SyncGroup",
-        ApiKey::Heartbeat => "Heartbeat",
-        ApiKey::LeaveGroup => "LeaveGroup",
-        ApiKey::OffsetCommit => "OffsetCommit",
-        ApiKey::OffsetFetch => "OffsetFetch",
-        ApiKey::DescribeGroups => "DescribeGroups",
-        ApiKey::ListGroups => "ListGroups",
+        Ok(api) if apis::served(api, with_tokens).is_some() => apis::name(api),
         _ => "unknown",
     }
 }
