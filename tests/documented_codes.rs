@@ -51,6 +51,12 @@ const CODES: [&str; 16] = [
 /// Pairs another test provokes: (rpc, code, file, test function).
 const ELSEWHERE: &[(&str, &str, &str, &str)] = &[
     (
+        "AlterTopic",
+        "RESOURCE_EXHAUSTED",
+        "tests/production.rs",
+        "a_topic_grows_live_up_to_the_partition_limit_and_never_shrinks",
+    ),
+    (
         "Produce",
         "RESOURCE_EXHAUSTED",
         "crates/cli/tests/faults.rs",
@@ -267,6 +273,7 @@ async fn every_documented_code_is_what_the_server_answers() {
         retention_bytes: None,
         segment_bytes,
         compression: None,
+        partitions: None,
     };
     checks.expect("AlterTopic", "NOT_FOUND", topics.alter_topic(alter("missing", None)).await);
     let tiny = alter("t", Some(1));
@@ -429,6 +436,7 @@ async fn a_member_behind_retention_ends_with_out_of_range() {
         retention_bytes: Some(1024 * 1024),
         segment_bytes: None,
         compression: None,
+        partitions: None,
     };
     topics.alter_topic(alter).await.unwrap();
     let ended = loop {

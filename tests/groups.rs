@@ -25,8 +25,8 @@ use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::start_position::{Earliest, Position};
 use spool_proto::v1::{
-    CommitOffsets, DeleteGroupRequest, DescribeGroupRequest, GroupDescription, GroupState,
-    Heartbeat, JoinGroup, Leave, ListGroupsRequest, MemberRequest, PartitionOffset,
+    AlterTopicRequest, CommitOffsets, DeleteGroupRequest, DescribeGroupRequest, GroupDescription,
+    GroupState, Heartbeat, JoinGroup, Leave, ListGroupsRequest, MemberRequest, PartitionOffset,
     ResetGroupRequest, RevocationDone, StartPosition, TopicPartition,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -578,6 +578,31 @@ async fn a_restart_resumes_the_group_from_its_committed_offsets() {
         values,
         produced(partitions, 2, 10).difference(&produced(partitions, 1, 10)).cloned().collect()
     );
+    server.shutdown().await;
+}
+
+/// A topic grown under a live group: the members take the new partitions in a rebalance and
+/// get their records, and the partitions they had stay theirs.
+#[tokio::test]
+async fn a_grown_topic_is_shared_out_to_its_live_group() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 2, always()).await;
+    produce_round(&server, 2, 0, 5).await;
+    let shared = Arc::new(Shared::default());
+    let _a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
+    let _b = TestMember::join(&shared, server.channel().await, "b", "g", 10_000).await;
+    wait_stable(&server, &shared, "g", &["a", "b"], 2).await;
+    let before = shared.read(|o| (o.members["a"].owned.clone(), o.members["b"].owned.clone()));
+    let grow = AlterTopicRequest { name: "t".into(), partitions: Some(4), ..Default::default() };
+    server.topics().await.alter_topic(grow).await.unwrap();
+    produce_round(&server, 4, 1, 5).await;
+    wait_stable(&server, &shared, "g", &["a", "b"], 4).await;
+    let after = shared.read(|o| (o.members["a"].owned.clone(), o.members["b"].owned.clone()));
+    assert!(before.0.is_subset(&after.0) && before.1.is_subset(&after.1), "{before:?} {after:?}");
+    let mut expected = produced(2, 1, 5);
+    expected.extend(produced(4, 2, 5).difference(&produced(4, 1, 5)).cloned());
+    assert_all_delivered(&shared, &expected);
     server.shutdown().await;
 }
 

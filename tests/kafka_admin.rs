@@ -13,6 +13,9 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::TestServer;
 use common::kafka::{Connection, name, python_with, raw_frame, run_python, start_at};
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -23,11 +26,11 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    ProducerId, TransactionalId,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -43,6 +46,7 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_PARTITIONS: i16 = 37;
 const INVALID_REPLICATION_FACTOR: i16 = 38;
+const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_CONFIG: i16 = 40;
 const INVALID_REQUEST: i16 = 42;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -383,6 +387,62 @@ async fn topics_are_created_described_altered_and_deleted_over_kafka() {
         UNKNOWN_TOPIC_OR_PARTITION
     );
 
+    // CreatePartitions: only more, each new partition on node 0, one topic named once;
+    // validate_only changes nothing.
+    let grow = |topic: &str, count: i32| {
+        CreatePartitionsTopic::default().with_name(name(topic)).with_count(count)
+    };
+    let on = |nodes: &[i32]| {
+        CreatePartitionsAssignment::default()
+            .with_broker_ids(nodes.iter().map(|n| kafka_protocol::messages::BrokerId(*n)).collect())
+    };
+    let call = |topics: Vec<CreatePartitionsTopic>, validate_only: bool| {
+        CreatePartitionsRequest::default()
+            .with_topics(topics)
+            .with_timeout_ms(30_000)
+            .with_validate_only(validate_only)
+    };
+    let answer: CreatePartitionsResponse =
+        connection.call(ApiKey::CreatePartitions, 1, &call(vec![grow("orders", 9)], true)).await;
+    assert_eq!(answer.results[0].error_code, 0);
+    assert_eq!(orders_config(&kafka.server).await.partitions, 3);
+    let request = call(
+        vec![
+            grow("orders", 3),
+            grow("missing", 4),
+            grow("twice", 2),
+            grow("twice", 3),
+            grow("orders", 5).with_assignments(Some(vec![on(&[0]), on(&[1])])),
+        ],
+        false,
+    );
+    let answer: CreatePartitionsResponse =
+        connection.call(ApiKey::CreatePartitions, 1, &request).await;
+    let codes: Vec<i16> = answer.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        [
+            INVALID_REQUEST,
+            UNKNOWN_TOPIC_OR_PARTITION,
+            INVALID_REQUEST,
+            INVALID_REQUEST,
+            INVALID_REQUEST
+        ]
+    );
+    let assigned = grow("orders", 5).with_assignments(Some(vec![on(&[0]), on(&[1])]));
+    let answer: CreatePartitionsResponse =
+        connection.call(ApiKey::CreatePartitions, 0, &call(vec![assigned], false)).await;
+    assert_eq!(answer.results[0].error_code, INVALID_REPLICA_ASSIGNMENT);
+    let answer: CreatePartitionsResponse =
+        connection.call(ApiKey::CreatePartitions, 0, &call(vec![grow("orders", 2)], false)).await;
+    assert_eq!(answer.results[0].error_code, INVALID_PARTITIONS);
+    assert!(answer.results[0].error_message.as_ref().is_some_and(|m| m.contains("has 3")));
+    let assigned = grow("orders", 5).with_assignments(Some(vec![on(&[0]), on(&[0])]));
+    let answer: CreatePartitionsResponse =
+        connection.call(ApiKey::CreatePartitions, 1, &call(vec![assigned], false)).await;
+    assert_eq!(answer.results[0].error_code, 0);
+    assert_eq!(kafka.server.describe("orders").await.unwrap().partitions.len(), 5);
+
     // OffsetForLeaderEpoch: epoch 0 ends at the partition's end.
     kafka
         .server
@@ -499,8 +559,8 @@ async fn idempotent_kafka_clients_produce_each_record_once() {
     kafka.server.shutdown().await;
 }
 
-/// confluent-kafka's AdminClient and kafka-python's KafkaAdminClient create, describe, alter
-/// and delete topics; what they change is what gRPC describes.
+/// confluent-kafka's AdminClient and kafka-python's KafkaAdminClient create, describe, alter,
+/// grow and delete topics; what they change is what gRPC describes.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_clients_create_describe_alter_and_delete_topics() {
     let data = tempfile::tempdir().unwrap();
@@ -513,7 +573,7 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
         let stdout = run_python(python, script, &kafka, topic).await;
         assert!(stdout.contains("admin done"), "{stdout}");
         let config = kafka.server.describe(topic).await.unwrap().config.unwrap();
-        assert_eq!(config.partitions, 3, "{topic}");
+        assert_eq!(config.partitions, 5, "{topic}: CreatePartitions grew it");
         assert_eq!(config.retention_ms, Some(7_200_000), "{topic}: the alter is visible");
         let doomed = kafka.server.describe(&format!("{topic}-doomed")).await;
         assert!(doomed.is_err(), "{topic}-doomed was deleted");

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, assert_code, keyed, record, scrape, value};
+use common::{TestServer, always, assert_code, keyed, record, scrape, value};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::group_service_client::GroupServiceClient;
 use spool_proto::v1::member_event::Kind;
@@ -217,6 +217,7 @@ async fn topic_settings_change_on_a_live_topic() {
                 retention_bytes: None,
                 segment_bytes: Some(65_536),
                 compression: None,
+                partitions: None,
             })
             .await
             .unwrap(),
@@ -278,6 +279,47 @@ async fn topic_settings_change_on_a_live_topic() {
 }
 
 /// The value of the series `name{labels}` (labels in the exporter's order), if present.
+/// Partitions are added to a live topic: producers and readers use them at once, the records
+/// of the others stay where they were, a restart keeps them, and the partition limit and
+/// "never fewer" are refused without changing anything.
+#[tokio::test]
+async fn a_topic_grows_live_up_to_the_partition_limit_and_never_shrinks() {
+    let data = tempfile::tempdir().unwrap();
+    let options = || ServeOptions { partitions_max: Some(5), ..Default::default() };
+    let server = TestServer::start_with(data.path(), options()).await;
+    server.create_topic("grows", 2, always()).await;
+    server.produce("grows", Some(1), vec![record("old")]).await.unwrap();
+    let mut topics = server.topics().await;
+    let grow = |partitions: u32| AlterTopicRequest {
+        name: "grows".into(),
+        partitions: Some(partitions),
+        ..Default::default()
+    };
+    let grown = topic_of(topics.alter_topic(grow(4)).await.unwrap());
+    assert_eq!((grown.config.unwrap().partitions, grown.partitions.len()), (4, 4));
+    server.produce("grows", Some(3), vec![record("new")]).await.unwrap();
+    // Unkeyed produces go round the partitions, the new ones too.
+    for i in 0..8 {
+        server.produce("grows", None, vec![record(&format!("spread-{i}"))]).await.unwrap();
+    }
+    let described = server.describe("grows").await.unwrap();
+    assert!(described.partitions.iter().all(|p| p.log_end_offset > 0), "{described:#?}");
+
+    assert_code(topics.alter_topic(grow(6)).await, Code::ResourceExhausted, "--partitions-max");
+    assert_code(topics.alter_topic(grow(3)).await, Code::InvalidArgument, "never removed");
+    assert_code(topics.alter_topic(grow(0)).await, Code::InvalidArgument, "partition");
+    assert_eq!(server.describe("grows").await.unwrap().partitions.len(), 4);
+    assert!(!data.path().join("topics/grows/4").exists());
+    server.shutdown().await;
+
+    let server = TestServer::start_with(data.path(), options()).await;
+    let described = server.describe("grows").await.unwrap();
+    assert_eq!(described.partitions.len(), 4);
+    assert_eq!(value(&server.fetch_all("grows", 1, 0).await[0]), "old");
+    assert_eq!(value(&server.fetch_all("grows", 3, 0).await[0]), "new");
+    server.shutdown().await;
+}
+
 fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

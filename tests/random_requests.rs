@@ -197,6 +197,7 @@ async fn run(
                     retention_bytes: sizes.1,
                     segment_bytes: sizes.2,
                     compression: *compression,
+                    partitions: None,
                 };
                 let outcome = call(topics.alter_topic(request)).await.map(drop);
                 check_name(op, *name, model, &outcome)?;

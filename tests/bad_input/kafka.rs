@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ResponseHeader;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -15,10 +16,10 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
-    ProduceResponse, TransactionalId,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, FetchRequest, FetchResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -163,6 +164,12 @@ fn create(
             .with_num_partitions(partitions)
             .with_replication_factor(factor)
             .with_configs(configs),
+    ])
+}
+
+fn grow(topic: &str, count: i32) -> CreatePartitionsRequest {
+    CreatePartitionsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        CreatePartitionsTopic::default().with_name(name(topic)).with_count(count),
     ])
 }
 
@@ -360,6 +367,30 @@ pub(crate) fn kafka_rows() -> Vec<KafkaRow> {
             4,
             create("configured", 1, 1, &[("retention.ms", "-7")]),
             created,
+        ),
+        coded(
+            "CreatePartitions to fewer partitions than the topic has",
+            INVALID_PARTITIONS,
+            ApiKey::CreatePartitions,
+            1,
+            grow("t", 0),
+            |answer: &CreatePartitionsResponse| answer.results[0].error_code,
+        ),
+        coded(
+            "CreatePartitions past the per-topic limit",
+            INVALID_PARTITIONS,
+            ApiKey::CreatePartitions,
+            1,
+            grow("t", 100_000),
+            |answer: &CreatePartitionsResponse| answer.results[0].error_code,
+        ),
+        coded(
+            "CreatePartitions of a topic that does not exist",
+            UNKNOWN_TOPIC_OR_PARTITION,
+            ApiKey::CreatePartitions,
+            1,
+            grow("nowhere", 2),
+            |answer: &CreatePartitionsResponse| answer.results[0].error_code,
         ),
         coded(
             "IncrementalAlterConfigs of an unknown config",

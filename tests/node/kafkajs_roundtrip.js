@@ -1,8 +1,8 @@
 // kafkajs 2.2 (pure JavaScript), unmodified, against Spool's Kafka listener:
 //
 // - admin: create a topic of 2 partitions with retention.ms, be refused a second create
-//   (TOPIC_ALREADY_EXISTS, which kafkajs answers with false), describe its configs, delete a
-//   scratch topic;
+//   (TOPIC_ALREADY_EXISTS, which kafkajs answers with false), describe its configs, grow a
+//   scratch topic from 1 partition to 3 and delete it;
 // - an idempotent producer sends 100 records with keys and headers, gzip-compressed, and gets
 //   contiguous offsets per partition;
 // - a consumer group (groupId given) consumes them all from the beginning, byte for byte, at
@@ -62,11 +62,14 @@ async function main() {
   const retention = described.resources[0].configEntries.find((e) => e.configName === "retention.ms");
   check(retention && retention.configValue === "86400000", `retention.ms: ${JSON.stringify(retention)}`);
   await admin.createTopics({ topics: [{ topic: `${topic}-scratch`, numPartitions: 1 }] });
+  await admin.createPartitions({ topicPartitions: [{ topic: `${topic}-scratch`, count: 3 }] });
+  const grown = await admin.fetchTopicMetadata({ topics: [`${topic}-scratch`] });
+  check(grown.topics[0].partitions.length === 3, `grown: ${JSON.stringify(grown)}`);
   await admin.deleteTopics({ topics: [`${topic}-scratch`] });
   const listed = await admin.listTopics();
   check(listed.includes(topic) && !listed.includes(`${topic}-scratch`), `topics: ${listed}`);
   await admin.disconnect();
-  console.log("admin: created, duplicate refused, described, deleted");
+  console.log("admin: created, duplicate refused, described, grown, deleted");
 
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();

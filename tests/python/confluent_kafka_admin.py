@@ -1,8 +1,10 @@
 """confluent-kafka's AdminClient (librdkafka), unmodified, against Spool's Kafka listener: create
 TOPIC (3 partitions, retention.ms 3600000), see a second create refused as TOPIC_ALREADY_EXISTS
 and a bad name as INVALID_TOPIC_EXCEPTION, describe its configs and the broker's, raise its
-retention with IncrementalAlterConfigs and describe it again, then create and delete
-TOPIC-doomed. Leaves TOPIC with retention.ms 7200000 for the caller to check over gRPC.
+retention with IncrementalAlterConfigs and describe it again, grow it to 5 partitions with
+CreatePartitions (and see a shrink refused as INVALID_PARTITIONS), then create and delete
+TOPIC-doomed. Leaves TOPIC with 5 partitions and retention.ms 7200000 for the caller to check over
+gRPC.
 
 Usage: confluent_kafka_admin.py HOST:PORT TOPIC. Run by tests/kafka_admin.rs.
 """
@@ -15,6 +17,7 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    NewPartitions,
     NewTopic,
     ResourceType,
 )
@@ -68,6 +71,14 @@ def main() -> None:
     admin.incremental_alter_configs([alter])[alter].result()
     assert topic_configs(admin, topic)["retention.ms"] == "7200000"
     print("altered retention.ms to 7200000")
+
+    admin.create_partitions([NewPartitions(topic, 5)], operation_timeout=30)[topic].result()
+    shrink = admin.create_partitions([NewPartitions(topic, 2)])[topic]
+    assert error_code(shrink) == KafkaError.INVALID_PARTITIONS
+    print("shrink: INVALID_PARTITIONS")
+    partitions = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
+    assert len(partitions) == 5, partitions
+    print("grew to 5 partitions")
 
     admin.create_topics([NewTopic(doomed, num_partitions=1, replication_factor=1)])[doomed].result()
     admin.delete_topics([doomed], operation_timeout=30)[doomed].result()

@@ -1,16 +1,17 @@
 """kafka-python's KafkaAdminClient, unmodified, against Spool's Kafka listener: create TOPIC
 (3 partitions, retention.ms 3600000), see a second create refused as TOPIC_ALREADY_EXISTS and a
 bad name as INVALID_TOPIC_EXCEPTION, describe its configs and the broker's, raise its retention
-with IncrementalAlterConfigs and describe it again, then create and delete TOPIC-doomed. Leaves
-TOPIC with retention.ms 7200000 for the caller to check over gRPC.
+with IncrementalAlterConfigs and describe it again, grow it to 5 partitions with CreatePartitions
+(and see a shrink refused as INVALID_PARTITIONS), then create and delete TOPIC-doomed. Leaves
+TOPIC with 5 partitions and retention.ms 7200000 for the caller to check over gRPC.
 
 Usage: kafka_python_admin.py HOST:PORT TOPIC. Run by tests/kafka_admin.rs.
 """
 
 import sys
 
-from kafka.admin import ConfigResource, KafkaAdminClient
-from kafka.errors import InvalidTopicError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, KafkaAdminClient, NewPartitions
+from kafka.errors import InvalidPartitionsError, InvalidTopicError, TopicAlreadyExistsError
 
 
 def topic_configs(admin: KafkaAdminClient, topic: str) -> dict:
@@ -51,6 +52,16 @@ def main() -> None:
     assert altered["topic"][topic] == "OK", altered
     assert topic_configs(admin, topic)["retention.ms"] == "7200000"
     print("altered retention.ms to 7200000")
+
+    admin.create_partitions({topic: NewPartitions(total_count=5)})
+    try:
+        admin.create_partitions({topic: NewPartitions(total_count=2)})
+        raise AssertionError("a shrink succeeded")
+    except InvalidPartitionsError:
+        print("shrink: INVALID_PARTITIONS")
+    described = admin.describe_topics([topic])
+    assert len(described[0]["partitions"]) == 5, described
+    print("grew to 5 partitions")
 
     admin.create_topics({doomed: {"num_partitions": 1, "replication_factor": 1}})
     assert doomed in admin.list_topics()

@@ -18,6 +18,14 @@
 //! (2) delete every partition log; (3) remove what is left of `topics/{name}/` and fsync
 //! `topics/` (`spool_storage::fs::remove_dir_all_durably`, which refuses symbolic links). A
 //! crash after (1) leaves a directory without `meta.json`: removed at next start.
+//!
+//! **Grow** (an alter that adds partitions; none is ever removed, since a record's partition
+//! is part of its address): (1) create every new partition log, after removing whatever an
+//! earlier, interrupted grow left in its directory; (2) fsync `topics/{name}/`; (3) rewrite
+//! `meta.json` with the new count as an alter does: from here the topic has them. A crash
+//! before (3) leaves partition directories past the count in `meta.json`, which the next
+//! start removes (they can hold no record: nothing is appended to a partition before its
+//! topic has it).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -149,10 +157,18 @@ pub enum CreateTopicError {
 pub enum AlterTopicError {
     #[error("topic {name} does not exist")]
     NotFound { name: TopicName },
-    #[error("topic {name} has {partitions} partitions; the partition count cannot change")]
-    PartitionsChanged { name: TopicName, partitions: u32 },
+    #[error(
+        "topic {name} has {partitions} partitions and cannot have {requested}: partitions can be added, never removed (a record's partition is part of its address)"
+    )]
+    PartitionsShrink { name: TopicName, partitions: u32, requested: u32 },
+    #[error(
+        "{requested} more partitions would make {total}, over the server's limit of {max} partitions (`spool serve --partitions-max` sets it)"
+    )]
+    TooManyPartitions { requested: u32, total: u32, max: u32 },
     #[error("altering topic {name} failed at {path}: {source}")]
     Io { name: TopicName, path: PathBuf, source: io::Error },
+    #[error("creating partition {partition} of topic {name} failed: {source}")]
+    Log { name: TopicName, partition: u32, source: OpenError },
 }
 
 #[derive(Debug, Error)]
@@ -206,6 +222,7 @@ impl Registry {
                 continue;
             }
             let config = read_meta(fs.as_ref(), &meta_path, &name)?;
+            remove_partitions_past(fs.as_ref(), &dir, &name, config.partitions())?;
             topics.push((name, config));
         }
         let partitions: Vec<(usize, u32)> = topics
@@ -323,28 +340,59 @@ impl Registry {
         Ok(logs)
     }
 
-    /// Changes a topic's settings (every one but its partition count) by rewriting its
-    /// `meta.json` with [`write_atomically`]: temporary file, fsync, rename, fsync of the
-    /// directory. The logs
-    /// are not touched: whoever runs them applies the new settings.
-    pub fn alter(&mut self, name: &TopicName, config: TopicConfig) -> Result<(), AlterTopicError> {
+    /// Changes a topic's settings by rewriting its `meta.json` with [`write_atomically`]:
+    /// temporary file, fsync, rename, fsync of the directory. A larger partition count first
+    /// creates the new partitions' logs (see the module docs), and returns them; a smaller one
+    /// is refused. The existing logs are not touched: whoever runs them applies the new
+    /// settings.
+    pub fn alter(
+        &mut self,
+        name: &TopicName,
+        config: TopicConfig,
+        now: TimestampMs,
+    ) -> Result<Vec<Log>, AlterTopicError> {
         let Some(current) = self.topics.get(name) else {
             return Err(AlterTopicError::NotFound { name: name.clone() });
         };
-        if current.partitions() != config.partitions() {
-            return Err(AlterTopicError::PartitionsChanged {
+        let (from, to) = (current.partitions(), config.partitions());
+        if to < from {
+            return Err(AlterTopicError::PartitionsShrink {
                 name: name.clone(),
-                partitions: current.partitions(),
+                partitions: from,
+                requested: to,
             });
         }
+        let total = self.partitions() - from + to;
+        if to > from && total > self.partitions_max {
+            return Err(AlterTopicError::TooManyPartitions {
+                requested: to - from,
+                total,
+                max: self.partitions_max,
+            });
+        }
+        let fs = self.fs.clone();
         let dir = self.topic_dir(name);
+        let io_at = |path: &Path| {
+            let (name, path) = (name.clone(), path.to_path_buf());
+            move |source| AlterTopicError::Io { name, path, source }
+        };
+        let mut logs = Vec::with_capacity((to - from) as usize);
+        for partition in from..to {
+            let partition_dir = self.partition_dir(name, partition);
+            remove_dir_all_durably(fs.as_ref(), &partition_dir).map_err(io_at(&partition_dir))?;
+            let log = Log::open(fs.clone(), &partition_dir, config.log_config(), now)
+                .map_err(|source| AlterTopicError::Log { name: name.clone(), partition, source })?;
+            logs.push(log);
+        }
+        if !logs.is_empty() {
+            fs.sync_dir(&dir).map_err(io_at(&dir))?;
+        }
         let json = serde_json::to_vec_pretty(&TopicMeta::new(name.as_str(), &config))
             .expect("topic metadata serializes");
-        write_atomically(self.fs.as_ref(), &dir, META_FILE, &json).map_err(|source| {
-            AlterTopicError::Io { name: name.clone(), path: dir.join(META_FILE), source }
-        })?;
+        write_atomically(fs.as_ref(), &dir, META_FILE, &json)
+            .map_err(io_at(&dir.join(META_FILE)))?;
         self.topics.insert(name.clone(), config);
-        Ok(())
+        Ok(logs)
     }
 
     /// Deletes a topic: its metadata, then `logs` (all of its partition logs, which the caller
@@ -369,6 +417,29 @@ impl Registry {
         remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
         Ok(())
     }
+}
+
+/// Removes the partition directories of `name` numbered `partitions` or more: what a grow
+/// interrupted before its `meta.json` left (see the module docs).
+fn remove_partitions_past(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &TopicName,
+    partitions: u32,
+) -> Result<(), OpenRegistryError> {
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OpenRegistryError::Io { path, source }
+    };
+    for entry in fs.list_dir(dir).map_err(io_at(dir))? {
+        let Ok(partition) = entry.parse::<u32>() else { continue };
+        if partition >= partitions {
+            let path = dir.join(&entry);
+            tracing::warn!(topic = %name, partition, partitions, "removing a partition directory past the topic's count: what an interrupted grow left");
+            remove_dir_all_durably(fs, &path).map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_meta(
@@ -488,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn alter_rewrites_meta_and_keeps_partitions() {
+    fn alter_rewrites_meta_and_never_removes_partitions() {
         let data = tempfile::tempdir().unwrap();
         let fs = StdFileSystem::shared();
         let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
@@ -502,18 +573,74 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        registry.alter(&name("a"), altered).unwrap();
+        assert!(registry.alter(&name("a"), altered, TimestampMs(0)).unwrap().is_empty());
         assert_eq!(registry.get(&name("a")), Some(&altered));
+        let refused = registry.alter(&name("a"), config(1), TimestampMs(0)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AlterTopicError::PartitionsShrink { partitions: 2, requested: 1, .. }
+            ),
+            "{refused}"
+        );
         assert!(matches!(
-            registry.alter(&name("a"), config(3)),
-            Err(AlterTopicError::PartitionsChanged { partitions: 2, .. })
-        ));
-        assert!(matches!(
-            registry.alter(&name("b"), config(1)),
+            registry.alter(&name("b"), config(1), TimestampMs(0)),
             Err(AlterTopicError::NotFound { .. })
         ));
         let (_, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
         assert_eq!(opened[0].config, altered);
+    }
+
+    #[test]
+    fn a_grow_creates_the_new_partitions_within_the_limit_and_survives_a_restart() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        registry.set_partitions_max(4);
+        for log in registry.create(name("a"), config(2), TimestampMs(0)).unwrap() {
+            log.close().unwrap();
+        }
+        let refused = registry.alter(&name("a"), config(5), TimestampMs(0)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AlterTopicError::TooManyPartitions { requested: 3, total: 5, max: 4 }
+            ),
+            "{refused}"
+        );
+        assert!(!data.path().join("topics/a/2").exists());
+        let added = registry.alter(&name("a"), config(4), TimestampMs(0)).unwrap();
+        assert_eq!(
+            added.iter().map(|log| log.dir().to_path_buf()).collect::<Vec<_>>(),
+            [data.path().join("topics/a/2"), data.path().join("topics/a/3")]
+        );
+        assert_eq!(registry.partitions(), 4);
+        for log in added {
+            log.close().unwrap();
+        }
+        let (_, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
+        assert_eq!(opened[0].config, config(4));
+        assert_eq!(opened[0].logs.len(), 4);
+    }
+
+    #[test]
+    fn partitions_an_interrupted_grow_left_are_removed_at_start() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        for log in registry.create(name("a"), config(1), TimestampMs(0)).unwrap() {
+            log.close().unwrap();
+        }
+        // A grow to 3 that stopped before its meta.json: partition 1 made, 2 half-made.
+        let partition_1 = data.path().join("topics/a/1");
+        drop(Log::open(fs.clone(), &partition_1, config(1).log_config(), TimestampMs(0)).unwrap());
+        std::fs::create_dir_all(data.path().join("topics/a/2")).unwrap();
+        let (_, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
+        assert_eq!(opened[0].logs.len(), 1);
+        assert!(data.path().join("topics/a/0").is_dir());
+        assert!(!data.path().join("topics/a/1").exists());
+        assert!(!data.path().join("topics/a/2").exists());
+        assert!(data.path().join("topics/a/meta.json").exists());
     }
 
     #[test]

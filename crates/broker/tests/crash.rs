@@ -1,4 +1,4 @@
-//! Crash tests of the broker's file protocols on the simulated disk: topic create, topic
+//! Crash tests of the broker's file protocols on the simulated disk: topic create, grow and
 //! delete, and an internal log's compaction. Each scenario runs once whole to count the steps
 //! its operation takes on the disk (writes, syncs, creations, renames, removals); then, for
 //! every step, it runs again on a fresh disk halted after that many steps, and follows the
@@ -9,8 +9,8 @@
 //! - the disk coming back without a crash, as after a disk that failed every call for a while.
 //!
 //! Afterwards the state must reopen without error, hold everything that was reported
-//! committed (a create or delete that returned `Ok`, an internal record appended and synced),
-//! and show a half-done create or delete either completed or cleaned up.
+//! committed (a create, grow or delete that returned `Ok`, an internal record appended and
+//! synced), and show a half-done one either completed or cleaned up.
 //!
 //! `SPOOL_CRASH_SEEDS=N` runs N seeds of seeded power loss per step (default 4);
 //! `SPOOL_CRASH_SEED=S` runs only seed S, to replay a failure.
@@ -88,8 +88,12 @@ fn name(s: &str) -> TopicName {
 }
 
 fn config() -> TopicConfig {
+    config_of(2)
+}
+
+fn config_of(partitions: u32) -> TopicConfig {
     TopicConfig::new(TopicConfigRequest {
-        partitions: Some(2),
+        partitions: Some(partitions),
         segment_bytes: Some(64 * 1024),
         ..Default::default()
     })
@@ -183,6 +187,48 @@ fn create_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
     steps
 }
 
+fn grown() -> TopicConfig {
+    config_of(4)
+}
+
+fn grow_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
+    let fs = SimFileSystem::new();
+    let (mut registry, logs) = registry_with(&fs, &["keep"]);
+    let before = fs.steps();
+    if let Some(steps) = halt {
+        fs.halt_after_steps(steps);
+    }
+    let added = registry.alter(&name("keep"), grown(), now());
+    let steps = fs.steps() - before;
+    let reported = added.is_ok();
+    drop(added);
+    aftermath.apply(&fs);
+    if aftermath == Aftermath::DiskBack && !reported {
+        // The registry in hand still has two partitions; a retry clears what the failed grow
+        // left and grows it whole.
+        registry.alter(&name("keep"), grown(), now()).expect("a retried grow");
+    }
+    drop((registry, logs));
+    let (mut registry, opened) = reopen(&fs);
+    let keep = &opened["keep"];
+    assert!(keep.logs.iter().all(|log| log.fence().is_none()), "fenced");
+    assert_eq!(values(&keep.logs[0]), [b"keep"], "its records");
+    match keep.logs.len() {
+        4 => assert_eq!(keep.config, grown()),
+        2 => {
+            assert!(!reported, "a grow that returned Ok is lost");
+            for partition in ["2", "3"] {
+                let left = fs.exists(&topic_dir("keep").join(partition)).unwrap();
+                assert!(!left, "a half-done grow left partition {partition}");
+            }
+            drop(opened);
+            registry.alter(&name("keep"), grown(), now()).expect("a grow after the crash");
+        }
+        other => panic!("{other} partitions"),
+    }
+    steps
+}
+
 fn delete_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
     let fs = SimFileSystem::new();
     let (mut registry, mut logs) = registry_with(&fs, &["keep", "gone"]);
@@ -211,6 +257,11 @@ fn delete_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
 #[test]
 fn topic_create_survives_a_crash_at_every_step() {
     at_every_step("topic create", create_topic);
+}
+
+#[test]
+fn topic_grow_survives_a_crash_at_every_step() {
+    at_every_step("topic grow", grow_topic);
 }
 
 #[test]

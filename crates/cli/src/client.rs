@@ -129,10 +129,17 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
             retention_bytes,
             segment_bytes,
             compression,
+            partitions,
         } => {
             let fsync = fsync.as_deref().map(parse_fsync).transpose()?;
-            let change =
-                TopicChange { fsync, retention_ms, retention_bytes, segment_bytes, compression };
+            let change = TopicChange {
+                fsync,
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                compression,
+                partitions,
+            };
             print_topic(&client.alter_topic(&name, change).await?);
         }
     }

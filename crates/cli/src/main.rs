@@ -244,6 +244,10 @@ enum TopicCommand {
         /// snappy, lz4 or zstd (stored batches keep theirs).
         #[arg(long, value_name = "CODEC")]
         compression: Option<spool_client::TopicCompression>,
+        /// Grow the topic to this many partitions (never fewer): records keep theirs, and a
+        /// key's later records may go to another partition.
+        #[arg(long, value_parser = parse_partitions)]
+        partitions: Option<u32>,
     },
 }
 

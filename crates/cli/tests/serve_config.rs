@@ -222,6 +222,12 @@ fn tokens_made_by_spool_token_secure_the_server_and_alter_works_live() {
         &served.spool(&["topic", "alter", "orders", "--segment-bytes", "1"], Some(&token)),
         "INVALID_ARGUMENT",
     );
+    let grown = ok(&served.spool(&["topic", "alter", "orders", "--partitions", "3"], Some(&token)));
+    assert!(grown.contains("partitions=3"), "{grown}");
+    refused(
+        &served.spool(&["topic", "alter", "orders", "--partitions", "2"], Some(&token)),
+        "never removed",
+    );
     // Administer does not include produce.
     let with_line = Command::new(SPOOL)
         .env_clear()
@@ -283,5 +289,5 @@ fn the_kafka_listener_answers_on_the_address_it_logs() {
     let _ = child.wait();
     assert_eq!(head[4..8], 7i32.to_be_bytes(), "correlation id");
     assert_eq!(head[8..10], 0i16.to_be_bytes(), "error code");
-    assert_eq!(head[10..14], 20i32.to_be_bytes(), "APIs served");
+    assert_eq!(head[10..14], 21i32.to_be_bytes(), "APIs served");
 }

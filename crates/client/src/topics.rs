@@ -137,6 +137,9 @@ pub struct TopicChange {
     pub segment_bytes: Option<u64>,
     /// Applies to batches produced from now on; stored ones keep their codec.
     pub compression: Option<TopicCompression>,
+    /// More partitions (never fewer): records keep theirs, and a key's later records may go
+    /// to another partition, since keys map to partitions by the count.
+    pub partitions: Option<u32>,
 }
 
 /// A topic as the server describes it.
@@ -243,6 +246,7 @@ impl Client {
             retention_bytes: change.retention_bytes,
             segment_bytes: change.segment_bytes,
             compression: change.compression.map(|c| c.wire().into()),
+            partitions: change.partitions,
         };
         let altered = self.topics().alter_topic(request).await?.into_inner();
         Ok(TopicInfo::from_wire(altered.topic.unwrap_or_default()))

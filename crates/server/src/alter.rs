@@ -1,5 +1,6 @@
-//! Changing a live topic's settings (fsync policy, retention, segment size, compression)
-//! without a restart. Compression is read by each produce request, so it needs nothing below;
+//! Changing a live topic's settings (fsync policy, retention, segment size, compression,
+//! partition count) without a restart. New partitions are new logs, started beside the
+//! others (see `topic_table`). Compression is read by each produce request, so it needs nothing below;
 //! the other settings are the log's.
 //!
 //! Storage fixes a log's [`LogConfig`] when it opens, so a partition's writer applies new
@@ -39,6 +40,8 @@ pub(crate) struct TopicChange {
     pub(crate) retention_bytes: Option<Option<u64>>,
     pub(crate) segment_bytes: Option<u64>,
     pub(crate) compression: Option<TopicCompression>,
+    /// More partitions than the topic has (fewer is refused).
+    pub(crate) partitions: Option<u32>,
 }
 
 impl TopicChange {
@@ -47,7 +50,7 @@ impl TopicChange {
     /// own mistakes come before whether its topic exists.
     pub(crate) fn check(&self) -> Result<(), TopicConfigError> {
         TopicConfig::new(TopicConfigRequest {
-            partitions: None,
+            partitions: self.partitions,
             fsync: self.fsync,
             retention_ms: self.retention_ms.flatten(),
             retention_bytes: self.retention_bytes.flatten(),
@@ -60,7 +63,7 @@ impl TopicChange {
     /// The settings after the change, checked like a new topic's.
     pub(crate) fn apply(&self, current: &TopicConfig) -> Result<TopicConfig, TopicConfigError> {
         TopicConfig::new(TopicConfigRequest {
-            partitions: Some(current.partitions()),
+            partitions: Some(self.partitions.unwrap_or(current.partitions())),
             fsync: Some(self.fsync.unwrap_or(current.fsync())),
             retention_ms: self.retention_ms.unwrap_or(current.retention_ms()),
             retention_bytes: self.retention_bytes.unwrap_or(current.retention_bytes()),

@@ -222,8 +222,13 @@ pub fn to_status(error: &ServiceError) -> Status {
         },
         ServiceError::AlterTopic(error) => match error {
             AlterTopicError::NotFound { .. } => Code::NotFound,
-            AlterTopicError::PartitionsChanged { .. } => Code::InvalidArgument,
+            AlterTopicError::PartitionsShrink { .. } => Code::InvalidArgument,
+            AlterTopicError::TooManyPartitions { .. } => Code::ResourceExhausted,
             AlterTopicError::Io { source, .. } => io_code(source),
+            AlterTopicError::Log { source, .. } => match source {
+                OpenError::Config(_) => Code::InvalidArgument,
+                OpenError::Io { source, .. } => io_code(source),
+            },
         },
         ServiceError::Reopen { source, .. } => match source {
             OpenError::Config(_) => Code::InvalidArgument,

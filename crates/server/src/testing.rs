@@ -74,7 +74,7 @@ impl TestServer {
         let address = listener.local_addr().map_err(StartError::Bind)?;
         let tls = options.tls.is_some();
         let scheme = if tls { "https" } else { "http" };
-        let server = Server::open(data_dir).await?;
+        let server = Server::open_with(data_dir, options.partitions_max).await?;
         let metrics = server.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(listener, options, async { Ok(server) }, async {

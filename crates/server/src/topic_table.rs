@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use spool_broker::limits::OPEN_THREADS_MAX;
@@ -70,8 +70,33 @@ impl Topic {
     }
 
     pub(crate) fn set_config(&self, config: TopicConfig) {
-        assert_eq!(config.partitions(), self.config().partitions(), "partitions never change");
+        assert_eq!(config.partitions(), self.config().partitions(), "a grow makes a new Topic");
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// This topic with `logs` started as its next partitions, to replace it in the table: the
+    /// partitions it has keep running, and their writers move over. Whoever still holds the
+    /// old `Topic` keeps seeing the old count, consistently.
+    fn grow(&self, config: TopicConfig, logs: Vec<Log>, metrics: &Arc<Metrics>) -> Topic {
+        let mut partitions = self.partitions.clone();
+        let mut writers =
+            std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
+        for log in logs {
+            let id = partitions.len() as u32;
+            let (partition, writer) =
+                Partition::start(self.name.clone(), id, log, self.stop.clone(), metrics.clone());
+            partitions.push(partition);
+            writers.push(writer);
+        }
+        assert_eq!(partitions.len(), config.partitions() as usize, "every partition");
+        Topic {
+            name: self.name.clone(),
+            config: RwLock::new(config),
+            partitions,
+            round_robin: RoundRobin::default(),
+            stop: self.stop.clone(),
+            writers: Mutex::new(writers),
+        }
     }
 
     /// Stops the writers (each finishes what is queued and syncs) and returns the logs.
@@ -109,6 +134,19 @@ pub(crate) struct TopicTable {
     pub(crate) metrics: Arc<Metrics>,
     /// What opening the data directory did.
     pub(crate) recovery: RecoverySummary,
+    /// Told when a topic grew: its name and new partition count (see [`TopicTable::on_grow`]).
+    on_grow: OnceLock<GrowWatcher>,
+}
+
+/// What a grow calls, with the topic's name and its new partition count.
+pub(crate) type OnGrow = Box<dyn Fn(&TopicName, u32) + Send + Sync>;
+
+struct GrowWatcher(OnGrow);
+
+impl std::fmt::Debug for GrowWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrowWatcher")
+    }
 }
 
 impl TopicTable {
@@ -159,6 +197,7 @@ impl TopicTable {
             streams_stop: CancellationToken::new(),
             metrics,
             recovery,
+            on_grow: OnceLock::new(),
         })
     }
 
@@ -239,7 +278,10 @@ impl TopicTable {
     }
 
     /// Changes a live topic's settings: `meta.json` first (what the next start uses), then
-    /// each partition's writer reopens its log with them between two group commits.
+    /// each partition's writer reopens its log with them between two group commits. More
+    /// partitions are created and started before `meta.json` names them, and the topic is
+    /// replaced in the table by one that has them; then whoever watches grows (the consumer
+    /// groups) is told.
     pub(crate) async fn alter_topic(
         &self,
         name: &str,
@@ -248,26 +290,50 @@ impl TopicTable {
         let name = TopicName::parse(name)?;
         change.check()?;
         let _admin = self.admin.lock().await;
-        let topic = self.topic(name.as_str())?;
-        let config = change.apply(&topic.config())?;
-        if config == topic.config() {
+        let mut topic = self.topic(name.as_str())?;
+        let current = topic.config();
+        let config = change.apply(&current)?;
+        if config == current {
             return Ok(topic);
+        }
+        if config.partitions() > current.partitions() {
+            let added = config.partitions() - current.partitions();
+            let what = format!("adding {added} partitions to topic {name}");
+            crate::resources::check(&what, u64::from(added), true)?;
         }
         let registry = self.registry.clone();
         let altered = name.clone();
-        blocking(move || {
+        let added = blocking(move || {
             let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(registry.alter(&altered, config)?)
+            Ok(registry.alter(&altered, config, TimestampMs::now())?)
         })
         .await?;
-        let logs_change = config.log_config() != topic.config().log_config();
-        topic.set_config(config);
+        let logs_change = config.log_config() != current.log_config();
+        if added.is_empty() {
+            topic.set_config(config);
+        } else {
+            topic = Arc::new(topic.grow(config, added, &self.metrics));
+            let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+            topics.insert(name.clone(), topic.clone());
+        }
         if logs_change {
+            // The new partitions opened with the new settings: their reopen does nothing.
             for partition in &topic.partitions {
                 partition.reconfigure(config.log_config()).await?;
             }
         }
+        if config.partitions() > current.partitions()
+            && let Some(grown) = self.on_grow.get()
+        {
+            (grown.0)(&name, config.partitions());
+        }
         Ok(topic)
+    }
+
+    /// Sets what [`TopicTable::alter_topic`] calls after a topic grew (once).
+    pub(crate) fn on_grow(&self, grown: OnGrow) {
+        let set = self.on_grow.set(GrowWatcher(grown));
+        assert!(set.is_ok(), "the topic table's grow watcher is set once");
     }
 
     /// Stops every writer (each finishes its queue and syncs) and closes every log cleanly,

@@ -82,6 +82,7 @@ fn topic_change(request: &AlterTopicRequest) -> Result<TopicChange, InvalidReque
         retention_bytes: limit(request.retention_bytes),
         segment_bytes: request.segment_bytes,
         compression: request.compression.map(compression).transpose()?,
+        partitions: request.partitions,
     })
 }
 

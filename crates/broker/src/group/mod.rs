@@ -699,6 +699,26 @@ impl Coordinator {
         }
     }
 
+    /// `topic` now has `partitions`: every live group subscribed to it takes the new ones in a
+    /// rebalance. (Kafka groups learn it from Metadata and rejoin on their own.)
+    pub fn topic_grew(&mut self, topic: &TopicName, partitions: u32, now: TimestampMs) -> Changes {
+        let mut changes = Changes::default();
+        for live in self.groups.values_mut() {
+            let Some(count) = live.subscription.topics.get_mut(topic) else { continue };
+            if *count >= partitions {
+                continue;
+            }
+            for partition in *count..partitions {
+                let added = TopicPartition { topic: topic.clone(), partition };
+                live.slots.insert(added, Slot::default());
+            }
+            *count = partitions;
+            live.rebalance(now);
+            changes.wake.extend(live.member_ids());
+        }
+        changes
+    }
+
     /// Removes members whose session or revocation deadline passed, and rebalances.
     pub fn tick(&mut self, now: TimestampMs) -> Changes {
         let mut changes = Changes::default();

@@ -61,6 +61,29 @@ fn three_members_get_fair_shares_and_a_late_joiner_moves_only_its_share() {
 }
 
 #[test]
+fn a_grown_topic_gives_its_new_partitions_to_the_members_and_joins_see_the_new_count() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let g = name("g");
+    let a = join(&mut c, 0);
+    let b = join(&mut c, 0);
+    let moving = revoking(&c, &a);
+    c.revoked(&g, &a, &moving, t(1));
+    assert_eq!((owned(&c, &a), owned(&c, &b)), (vec![0, 1, 2], vec![3, 4, 5]));
+    let other = TopicName::parse("other").unwrap();
+    assert!(c.topic_grew(&other, 10, t(2)).wake.is_empty(), "no group reads it");
+    let changes = c.topic_grew(&TopicName::parse("t").unwrap(), 8, t(2));
+    assert_eq!(changes.wake.len(), 2);
+    // The new partitions are free: they go to their owners at once, nothing is revoked.
+    assert_eq!((owned(&c, &a).len(), owned(&c, &b).len()), (4, 4));
+    assert!(revoking(&c, &a).is_empty() && revoking(&c, &b).is_empty());
+    let described = c.describe(&g).unwrap();
+    assert_eq!(described.subscription.unwrap().topics.values().next(), Some(&8));
+    // A join sees the topic's new count; one that still names the old count is refused.
+    assert!(c.join(&g, subscription(6), 1000, t(3)).is_err());
+    assert!(c.join(&g, subscription(8), 1000, t(3)).is_ok());
+}
+
+#[test]
 fn commits_need_membership_ownership_and_a_generation_of_the_current_tenure() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");

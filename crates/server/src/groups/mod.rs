@@ -148,6 +148,13 @@ impl Groups {
             let records = state.coordinator.committed_offsets().snapshot();
             Some(records.map(|r| (r.group.as_str().as_bytes().to_vec(), r.encode())).collect())
         }));
+        let source = Arc::downgrade(&groups);
+        groups.topics.on_grow(Box::new(move |topic, partitions| {
+            let Some(groups) = source.upgrade() else { return };
+            let mut state = groups.lock();
+            let changes = state.coordinator.topic_grew(topic, partitions, groups.now());
+            groups.notify(&state, changes);
+        }));
         tokio::spawn(drive(groups.clone()));
         Ok(groups)
     }

@@ -1,5 +1,5 @@
-//! Topic administration over Kafka (CreateTopics, DeleteTopics, DescribeConfigs,
-//! IncrementalAlterConfigs), on the same topic table as gRPC's topic service; and the
+//! Topic administration over Kafka (CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs, IncrementalAlterConfigs), on the same topic table as gRPC's topic service; and the
 //! dispatch of the APIs this module and its siblings `producer_id` (InitProducerId) and
 //! `leader_epoch` (OffsetForLeaderEpoch) serve.
 //!
@@ -12,6 +12,11 @@
 //!   nothing. The server's own limits (topics, partitions, open files) are POLICY_VIOLATION.
 //! - DeleteTopics: deletes as `spool topic delete` does; an unknown topic is
 //!   UNKNOWN_TOPIC_OR_PARTITION.
+//! - CreatePartitions: grows a topic as `spool topic alter --partitions` does. A count that is
+//!   not more than the topic has is INVALID_PARTITIONS (Kafka's answer); a manual assignment is
+//!   accepted only when it puts each new partition on node 0 alone (else
+//!   INVALID_REPLICA_ASSIGNMENT); the server's limits are POLICY_VIOLATION. `validate_only`
+//!   checks the request against the topic, creating nothing.
 //! - DescribeConfigs: a topic's settings under Kafka's names (`configs`), and the broker's
 //!   (node 0, or the empty name), all read-only.
 //! - IncrementalAlterConfigs: SET and DELETE (back to a new topic's value) on a topic's
@@ -27,6 +32,9 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::BrokerId;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -36,9 +44,10 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, InitProducerIdRequest,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    InitProducerIdRequest,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use spool_broker::{CreateTopicError, TopicName};
@@ -46,6 +55,7 @@ use spool_broker::{CreateTopicError, TopicName};
 use super::codes::{admin_error_code, config_error_code};
 use super::configs::{self, ConfigError};
 use super::{Close, Shared, decode, encode, leader_epoch, producer_id};
+use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
 use crate::error::ServiceError;
 
@@ -79,6 +89,12 @@ pub(super) async fn handle(
             let request = decode::admin::delete_topics(body, version)
                 .map_err(|e| malformed(e.to_string()))?;
             encode(api, version, correlation_id, &delete_topics(shared, caller, request).await)
+        }
+        ApiKey::CreatePartitions => {
+            let request = decode::admin::create_partitions(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            let answer = create_partitions(shared, caller, request).await;
+            encode(api, version, correlation_id, &answer)
         }
         ApiKey::DescribeConfigs => {
             let request = decode::admin::describe_configs(body, version)
@@ -260,6 +276,79 @@ async fn delete_topics(
         });
     }
     DeleteTopicsResponse::default().with_responses(results)
+}
+
+async fn create_partitions(
+    shared: &Shared,
+    caller: &Caller,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let named = request.topics.iter().filter(|t| t.name == topic.name).count();
+        let grown = if named > 1 {
+            Err(Refusal::new(ResponseError::InvalidRequest, "the topic is named more than once"))
+        } else {
+            grow_topic(shared, caller, topic, request.validate_only).await
+        };
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        results.push(match grown {
+            Ok(()) => result,
+            Err(refusal) => {
+                tracing::debug!(
+                    topic = topic.name.as_str(),
+                    refusal.message,
+                    "CreatePartitions refused"
+                );
+                result
+                    .with_error_code(refusal.code)
+                    .with_error_message(Some(StrBytes::from_string(refusal.message)))
+            }
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+async fn grow_topic(
+    shared: &Shared,
+    caller: &Caller,
+    topic: &CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let name = topic.name.as_str();
+    caller.allow(Action::Administer, Resource::Topic(name)).map_err(ServiceError::from)?;
+    let current = shared.topics.topic(name)?.config();
+    let has = current.partitions();
+    let count = u32::try_from(topic.count).ok().filter(|&count| count > has).ok_or_else(|| {
+        Refusal::new(
+            ResponseError::InvalidPartitions,
+            format!(
+                "topic {name} has {has} partitions; CreatePartitions asks for more, and {} is not",
+                topic.count
+            ),
+        )
+    })?;
+    // An empty list is no assignment, as a null one (some encoders send it).
+    if let Some(assignments) = topic.assignments.as_ref().filter(|a| !a.is_empty()) {
+        let each_on_node_0 = assignments.iter().all(|a| a.broker_ids.iter().eq([&BrokerId(0)]));
+        if assignments.len() != (count - has) as usize || !each_on_node_0 {
+            return Err(Refusal::new(
+                ResponseError::InvalidReplicaAssignment,
+                format!(
+                    "Spool is one node: an assignment puts each of the {} new partitions on node 0 alone",
+                    count - has
+                ),
+            ));
+        }
+    }
+    let change = TopicChange { partitions: Some(count), ..Default::default() };
+    if validate_only {
+        change.apply(&current).map_err(ServiceError::from)?;
+        return Ok(());
+    }
+    let topic = shared.topics.alter_topic(name, change).await?;
+    tracing::info!(topic = %topic.name, partitions = count, "topic grown over Kafka");
+    Ok(())
 }
 
 fn describe_configs(

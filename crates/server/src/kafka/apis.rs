@@ -27,7 +27,7 @@ use crate::auth::{Action, Caller};
 /// DescribeGroups 5, ListGroups 3), and below the ones that carry a group instance id (static
 /// membership, not supported: JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3,
 /// OffsetCommit 7). OffsetCommit 0 and 1 and OffsetFetch 0 are gone from Kafka's own schemas.
-const SERVED: [(ApiKey, VersionRange); 20] = [
+const SERVED: [(ApiKey, VersionRange); 21] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
     (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
@@ -39,6 +39,7 @@ const SERVED: [(ApiKey, VersionRange); 20] = [
     (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
     (ApiKey::CreateTopics, VersionRange { min: 2, max: 4 }),
     (ApiKey::DeleteTopics, VersionRange { min: 1, max: 3 }),
+    (ApiKey::CreatePartitions, VersionRange { min: 0, max: 1 }),
     (ApiKey::DescribeConfigs, VersionRange { min: 1, max: 3 }),
     (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 0 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 3 }),

@@ -74,7 +74,11 @@ pub(super) fn admin_error_code(error: &ServiceError) -> i16 {
         ServiceError::CreateTopic(
             CreateTopicError::TooManyTopics { .. } | CreateTopicError::TooManyPartitions { .. },
         )
+        | ServiceError::AlterTopic(AlterTopicError::TooManyPartitions { .. })
         | ServiceError::OpenFiles(_) => ResponseError::PolicyViolation,
+        ServiceError::AlterTopic(AlterTopicError::PartitionsShrink { .. }) => {
+            ResponseError::InvalidPartitions
+        }
         ServiceError::TopicConfig(TopicConfigError::Partitions { .. }) => {
             ResponseError::InvalidPartitions
         }

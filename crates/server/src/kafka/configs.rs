@@ -403,6 +403,7 @@ pub(super) fn change<'a>(
         retention_bytes: Some(view.retention_bytes),
         segment_bytes: Some(view.segment_bytes),
         compression: Some(view.compression),
+        partitions: None,
     };
     change.apply(current)?;
     Ok(change)

@@ -28,7 +28,7 @@
 //!
 //! What is served, per API: `apis` (ApiVersions, Metadata), `produce` (Produce), `fetch`
 //! (Fetch, ListOffsets), `sasl` (SaslHandshake, SaslAuthenticate); `producer_id`
-//! (InitProducerId), `admin` (CreateTopics, DeleteTopics, DescribeConfigs,
+//! (InitProducerId), `admin` (CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
 //! IncrementalAlterConfigs, with `configs` mapping Kafka's configuration names onto Spool's
 //! topic settings), `leader_epoch` (OffsetForLeaderEpoch), `groups` (the classic
 //! consumer-group APIs); `codes` maps Spool's errors to Kafka's error codes.
@@ -526,6 +526,7 @@ pub fn decode_request(request: &[u8]) -> bool {
         ApiKey::InitProducerId => InitProducerIdRequest::decode(&mut request, v).is_ok(),
         ApiKey::CreateTopics => decode::admin::create_topics(request, v).is_ok(),
         ApiKey::DeleteTopics => decode::admin::delete_topics(request, v).is_ok(),
+        ApiKey::CreatePartitions => decode::admin::create_partitions(request, v).is_ok(),
         ApiKey::DescribeConfigs => decode::admin::describe_configs(request, v).is_ok(),
         ApiKey::IncrementalAlterConfigs => {
             decode::admin::incremental_alter_configs(request, v).is_ok()
@@ -652,6 +653,7 @@ async fn handle(
         ApiKey::InitProducerId
         | ApiKey::CreateTopics
         | ApiKey::DeleteTopics
+        | ApiKey::CreatePartitions
         | ApiKey::DescribeConfigs
         | ApiKey::IncrementalAlterConfigs
         | ApiKey::OffsetForLeaderEpoch => {

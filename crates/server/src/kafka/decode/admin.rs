@@ -1,8 +1,8 @@
-//! The administrative requests that hold arrays (CreateTopics, DeleteTopics, DescribeConfigs,
-//! IncrementalAlterConfigs, OffsetForLeaderEpoch), read as `decode` reads the others: every
-//! array by our own loop, bounded by the bytes the frame has left, in the non-flexible versions
-//! only (CreateTopics up to 4, DeleteTopics up to 3, DescribeConfigs up to 3,
-//! IncrementalAlterConfigs 0, OffsetForLeaderEpoch up to 3).
+//! The administrative requests that hold arrays (CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs, IncrementalAlterConfigs, OffsetForLeaderEpoch), read as `decode` reads the
+//! others: every array by our own loop, bounded by the bytes the frame has left, in the
+//! non-flexible versions only (CreateTopics up to 4, DeleteTopics up to 3, CreatePartitions up
+//! to 1, DescribeConfigs up to 3, IncrementalAlterConfigs 0, OffsetForLeaderEpoch up to 3).
 //!
 //! The arrays whose answers grow with them (topics to create or delete, resources to describe
 //! or alter) are also bounded by a count, [`KAFKA_ADMIN_RESOURCES_MAX`]: a describe of many
@@ -10,6 +10,9 @@
 //! would not bound the answer.
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
@@ -21,8 +24,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest,
 };
 
 use kafka_protocol::protocol::StrBytes;
@@ -96,6 +99,34 @@ pub(in crate::kafka) fn create_topics(
     let timeout_ms = r.i32("timeout_ms")?;
     let validate_only = if version >= 1 { r.bool("validate_only")? } else { false };
     Ok(CreateTopicsRequest::default()
+        .with_topics(topics)
+        .with_timeout_ms(timeout_ms)
+        .with_validate_only(validate_only))
+}
+
+pub(in crate::kafka) fn create_partitions(
+    body: Bytes,
+    _version: i16,
+) -> Result<CreatePartitionsRequest, DecodeError> {
+    let mut r = Reader(body);
+    let topics = r
+        .array_max("topics", KAFKA_ADMIN_RESOURCES_MAX, |r| {
+            let name = r.name("topics.name")?;
+            let count = r.i32("topics.count")?;
+            let assignments = r.array("assignments", |r| {
+                let broker_ids = r.array("assignments.broker_ids", |r| r.i32("broker_id"))?;
+                let broker_ids = broker_ids.unwrap_or_default().into_iter().map(BrokerId);
+                Ok(CreatePartitionsAssignment::default().with_broker_ids(broker_ids.collect()))
+            })?;
+            Ok(CreatePartitionsTopic::default()
+                .with_name(name)
+                .with_count(count)
+                .with_assignments(assignments))
+        })?
+        .unwrap_or_default();
+    let timeout_ms = r.i32("timeout_ms")?;
+    let validate_only = r.bool("validate_only")?;
+    Ok(CreatePartitionsRequest::default()
         .with_topics(topics)
         .with_timeout_ms(timeout_ms)
         .with_validate_only(validate_only))
