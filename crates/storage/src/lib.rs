@@ -14,7 +14,7 @@
 //! | `{base_offset:020}.log`       | whole batches back to back ([`batch`] has the format)    |
 //! | `{base_offset:020}.index`     | sparse offset index ([`index`] has the format)           |
 //! | `{base_offset:020}.timeindex` | sparse time index                                        |
-//! | `clean-shutdown`              | present only while closed cleanly: the next offset       |
+//! | `clean-shutdown`              | the next offset; present from a clean close until the first write after it |
 //! | `recovery-point`              | a base offset: every segment below it was fsynced whole   |
 //!
 //! ## Order of writes and syncs
@@ -52,7 +52,13 @@
 //!
 //! **Close** ([`Log::close`]): a sync (above); trim and sync the active indexes; write the
 //! next offset to `clean-shutdown.tmp`, `fdatasync`, rename to `clean-shutdown`, fsync the
-//! directory.
+//! directory. A log not written since it opened after a clean close still has its
+//! `clean-shutdown` and writes nothing.
+//!
+//! **First write after a clean open** (an append or a roll): remove `clean-shutdown`, fsync
+//! the directory (a failure fences the log), then preallocate the active indexes. Until
+//! then the log is exactly as the close left it, so opening and closing idle logs write
+//! nothing, and a crash finds them clean.
 //!
 //! ## Assumptions about the disk
 //!

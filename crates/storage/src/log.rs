@@ -210,6 +210,10 @@ pub struct Log {
     pub(crate) recovery: RecoveryReport,
     /// Every segment below this offset is fsynced whole; recorded in `recovery-point`.
     pub(crate) recovery_point: Offset,
+    /// `clean-shutdown` is still on disk: the log opened after a clean close and nothing has
+    /// been written since, so the marker still tells the truth. The first write removes it
+    /// ([`Log::prepare_first_write`]); a close while it is set has nothing to do.
+    pub(crate) clean_marker: bool,
 }
 
 impl Log {
@@ -312,6 +316,11 @@ impl Log {
         batches: &[CheckedBatch<&[u8]>],
         now: TimestampMs,
     ) -> Vec<Result<Appended, AppendError>> {
+        if !batches.is_empty()
+            && let Err(error) = self.prepare_first_write()
+        {
+            return batches.iter().map(|_| Err(error.clone())).collect();
+        }
         let mut results: Vec<Option<Result<Appended, AppendError>>> =
             batches.iter().map(|_| None).collect();
         let mut run = Run { batches: Vec::new(), bytes: 0 };
@@ -351,6 +360,44 @@ impl Log {
             let _ = self.write_run(&mut run, batches, &mut results, now);
         }
         results.into_iter().map(|r| r.expect("every batch has a result")).collect()
+    }
+
+    /// Before the first write after a clean open: removes `clean-shutdown` and fsyncs the
+    /// directory, so that a crash from here on is recovered as one, then readies the active
+    /// segment's indexes for appends (a clean open leaves them trimmed: an idle log costs no
+    /// preallocation, and its next open finds them as the close left them). Until then the
+    /// marker vouches for the log exactly as at the close: an open of many idle logs, and their
+    /// next close, write nothing.
+    ///
+    /// A failed removal changes nothing and is the append's error; a failed fsync of the
+    /// directory fences the log (the marker may or may not be gone: it is never retried). A
+    /// preallocation the disk refuses is left to the indexes' own growth (they are sparse).
+    fn prepare_first_write(&mut self) -> Result<(), AppendError> {
+        if !self.clean_marker {
+            return Ok(());
+        }
+        if let Some(fence) = &self.fence {
+            return Err(AppendError::Fenced(fence.clone()));
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        match self.fs.remove_file(&marker) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(AppendError::Io { path: marker, source: Arc::new(error) });
+            }
+        }
+        if let Err(error) = self.fs.sync_dir(&self.dir) {
+            let fence = Fence::SyncFailed { path: self.dir.clone(), error: Arc::new(error) };
+            self.fence = Some(fence.clone());
+            return Err(AppendError::Fenced(fence));
+        }
+        self.clean_marker = false;
+        let capacity = self.config.index_capacity();
+        let active = self.segments.last_mut().expect("a log has at least one segment");
+        let _ = active.offset_index.0.activate(capacity);
+        let _ = active.time_index.0.activate(capacity);
+        Ok(())
     }
 
     /// Refuses an append to a fenced log, or of a batch past [`BATCH_BYTES_MAX`].
@@ -462,6 +509,7 @@ impl Log {
         if self.active().is_empty() {
             return Ok(());
         }
+        self.prepare_first_write()?;
         let fs = self.fs.clone();
         let capacity = self.config.index_capacity();
         let data = match self.config.fsync {
@@ -768,10 +816,14 @@ impl Log {
     /// and fsync both active indexes; (3) write the next offset to `clean-shutdown` with
     /// [`crate::fs::write_atomically`] (`clean-shutdown.tmp`, fsync, rename, fsync of the
     /// directory). A fenced log writes nothing and reports its fence,
-    /// so the next open checks everything again.
+    /// so the next open checks everything again. A log not written since a clean open still
+    /// has its marker, true as it stands: nothing is written.
     pub fn close(mut self) -> Result<(), CloseError> {
         if let Some(fence) = self.fence.take() {
             return Err(CloseError::Fenced(fence));
+        }
+        if self.clean_marker {
+            return Ok(());
         }
         let dir = self.dir.clone();
         let fs = self.fs.clone();

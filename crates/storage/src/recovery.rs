@@ -24,8 +24,13 @@
 //!    torn tail, cut off there, with every later segment deleted.
 //! 5. Fsync every segment that was not known durable (a process that crashed may have left
 //!    unsynced batches in the page cache: they become durable now, before anyone reads them),
-//!    record the active segment's base as the recovery point, then remove `clean-shutdown` and
-//!    fsync the directory.
+//!    record the active segment's base as the recovery point, and ready the active segment's
+//!    indexes for appends. After a clean shutdown the log is left as it was instead:
+//!    `clean-shutdown` stays, and the indexes trimmed, until the first write removes the
+//!    marker (fsync of the directory) and readies them; so opening an idle log writes
+//!    nothing, and a crash before its first write still finds it clean. A marker that does
+//!    not match the segments, or beside which this open rebuilt or cut anything, is removed
+//!    here, and the directory fsynced.
 //!
 //! Opening is idempotent: opening again without writes in between rewrites nothing that
 //! differs.
@@ -178,6 +183,8 @@ struct Finished {
     fence: Option<Fence>,
     recovery_point: Offset,
     clean_shutdown: bool,
+    /// `clean-shutdown` stays on disk until the first write (see the module docs).
+    keep_marker: bool,
 }
 
 struct Opener<'a> {
@@ -233,6 +240,7 @@ impl Log {
             fence: finished.fence,
             recovery: report,
             recovery_point: finished.recovery_point,
+            clean_marker: finished.keep_marker,
         })
     }
 }
@@ -301,8 +309,9 @@ impl Opener<'_> {
     }
 
     /// Phase 3, finish (step 5): gives an empty directory its first segment, fsyncs every
-    /// segment kept that was not known durable, prepares the active segment for appends,
-    /// records the recovery point and removes the clean-shutdown marker.
+    /// segment kept that was not known durable, prepares the active segment for appends and
+    /// records the recovery point; or, after a clean shutdown, leaves the marker and the
+    /// indexes for the first write.
     fn finish(&mut self, scan: &Scan, recovered: Recovered) -> Result<Finished, OpenError> {
         let Recovered { mut segments, mut fence } = recovered;
         if segments.is_empty() {
@@ -322,25 +331,32 @@ impl Opener<'_> {
         }
         let active = segments.last_mut().expect("at least one segment");
         let clean_shutdown = scan.clean_next_offset == Some(active.next_offset) && fence.is_none();
+        // The marker stays only where this open changed nothing it vouches for.
+        let keep_marker = clean_shutdown
+            && self.report.rebuilt_indexes.is_empty()
+            && self.report.scanned.is_empty()
+            && self.report.truncated.is_none();
         let mut recovery_point = scan.recovery_point.unwrap_or(active.base_offset);
         if fence.is_none() {
             active.data_durable = false;
             active.holds_v1 = active.first_batch_is_v1().map_err(io_at(&active.path))?;
-            let capacity = self.config.index_capacity();
-            active.offset_index.0.activate(capacity).map_err(io_at(&active.path))?;
-            active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
+            if !keep_marker {
+                let capacity = self.config.index_capacity();
+                active.offset_index.0.activate(capacity).map_err(io_at(&active.path))?;
+                active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
+            }
             if recovery_point != active.base_offset {
                 recovery_point = active.base_offset;
                 write_recovery_point(self.fs.as_ref(), self.dir, recovery_point)
                     .map_err(io_at(self.dir))?;
             }
         }
-        if scan.clean_next_offset.is_some() {
+        if scan.clean_next_offset.is_some() && !keep_marker {
             let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
             self.fs.remove_file(&marker).map_err(io_at(&marker))?;
             self.fs.sync_dir(self.dir).map_err(io_at(self.dir))?;
         }
-        Ok(Finished { segments, fence, recovery_point, clean_shutdown })
+        Ok(Finished { segments, fence, recovery_point, clean_shutdown, keep_marker })
     }
 
     /// Step 1: removes leftovers and returns the segments' base offsets, oldest first.

@@ -266,8 +266,20 @@ fn the_real_file_system_round_trips_and_recovers() {
     let log = std_open(&dir, config(FsyncPolicy::Always));
     assert!(log.recovery_report().clean_shutdown);
     assert_eq!(read_all(&log, Offset(0), 10_000), before);
-    drop(log); // no clean close: the next open scans the active segment
+    // No clean close, but nothing written since the clean open: still clean, nothing scanned.
+    drop(log);
+    let mut log = std_open(&dir, config(FsyncPolicy::Always));
+    assert!(log.recovery_report().clean_shutdown);
+    assert!(log.recovery_report().scanned.is_empty());
+    assert!(dir.join("clean-shutdown").exists(), "an open of a clean log writes nothing");
+    // A write removes the marker first: a crash after it scans the active segment.
+    log.append(&batch_of(1, 10, 7), NOW).unwrap();
+    assert!(!dir.join("clean-shutdown").exists());
+    log.sync(NOW).unwrap();
+    let before = read_all(&log, Offset(0), 10_000);
+    drop(log);
     let log = std_open(&dir, config(FsyncPolicy::Always));
+    assert!(!log.recovery_report().clean_shutdown);
     assert_eq!(log.recovery_report().scanned.len(), 1);
     assert_eq!(read_all(&log, Offset(0), 10_000), before);
     log.delete().unwrap();
