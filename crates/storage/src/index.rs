@@ -23,7 +23,8 @@
 //! a full disk, which would be SIGBUS) before they are mapped: empty until the first entry,
 //! then for [`INDEX_ENTRIES_INITIAL`] entries, then doubling as entries arrive, up to the
 //! segment's most; they are trimmed to their entries
-//! when the segment is sealed or the log is closed. A growth the disk refuses leaves the index
+//! when the segment is sealed or the log is closed (an index with no entry since its last
+//! trim is left as it is: nothing to write or sync). A growth the disk refuses leaves the index
 //! as it was and the entry out: the index is sparse, so that only lengthens a scan. After a crash, the active
 //! segment's indexes are rebuilt from the log, so index writes need no fsync of their own.
 
@@ -50,6 +51,8 @@ pub(crate) struct IndexFile {
     capacity: usize,
     /// The most entries [`IndexFile::push`] grows the file to.
     capacity_max: usize,
+    /// Entries were pushed since the file was last trimmed and synced.
+    dirty: bool,
 }
 
 impl IndexFile {
@@ -74,6 +77,7 @@ impl IndexFile {
             entries: 0,
             capacity: 0,
             capacity_max,
+            dirty: false,
         };
         index.reserve(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
         Ok(index)
@@ -104,6 +108,7 @@ impl IndexFile {
             entries,
             capacity: entries,
             capacity_max: entries,
+            dirty: false,
         }))
     }
 
@@ -147,13 +152,13 @@ impl IndexFile {
         let map = self.map.as_mut().expect("an index with capacity is mapped");
         map.bytes_mut()[at..at + entry.len()].copy_from_slice(entry);
         self.entries += 1;
+        self.dirty = true;
     }
 
-    /// Makes a trimmed index active again: it grows to at most `capacity_max` entries, and
-    /// has room for the next ones preallocated now.
-    pub(crate) fn activate(&mut self, capacity_max: usize) -> io::Result<()> {
+    /// Makes a trimmed index active again: it grows (from its next entry) to at most
+    /// `capacity_max` entries.
+    pub(crate) fn activate(&mut self, capacity_max: usize) {
         self.capacity_max = capacity_max.max(self.entries);
-        self.reserve((self.entries + INDEX_ENTRIES_INITIAL).min(self.capacity_max))
     }
 
     /// Preallocates room for `capacity` entries (mapped by the next push). A refused
@@ -193,10 +198,14 @@ impl IndexFile {
         }
     }
 
-    /// Trims the file to its entries and makes it durable.
+    /// Trims the file to its entries and makes it durable; nothing to do when no entry came
+    /// since the last time and the file holds no room past its entries.
     ///
     /// Order: msync the map, unmap, set the length, fsync, map the trimmed file again.
     pub(crate) fn trim_and_sync(&mut self) -> io::Result<()> {
+        if !self.dirty && self.capacity == self.entries {
+            return Ok(());
+        }
         if let Some(map) = &self.map {
             map.flush()?;
         }
@@ -206,6 +215,7 @@ impl IndexFile {
         file.set_len(bytes as u64)?;
         file.sync_data()?;
         self.capacity = self.entries;
+        self.dirty = false;
         if self.entries > 0 {
             self.map = Some(file.map_mut(bytes)?);
         }

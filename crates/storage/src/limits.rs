@@ -35,9 +35,10 @@ pub const fn index_entries_max(segment_bytes_max: u64) -> u64 {
     segment_bytes_max / INDEX_INTERVAL_BYTES as u64 + 2
 }
 
-/// Index entries an active segment's index files are preallocated with at first (4 KiB of
-/// offset index, 6 KiB of time index); they double, preallocated each time, up to
-/// [`index_entries_max`], so an idle partition holds kilobytes of index, not hundreds.
+/// Index entries a new segment's index files are preallocated with (4 KiB of offset index,
+/// 6 KiB of time index), and a reopened one's at its next entry; they double, preallocated
+/// each time, up to [`index_entries_max`], so an idle partition holds kilobytes of index, not
+/// hundreds.
 pub const INDEX_ENTRIES_INITIAL: usize = 512;
 /// Sealed segments' log files the process keeps open at once, over all logs (least recently
 /// used closed first); an active segment's file is always open, besides these.

@@ -363,15 +363,14 @@ impl Log {
     }
 
     /// Before the first write after a clean open: removes `clean-shutdown` and fsyncs the
-    /// directory, so that a crash from here on is recovered as one, then readies the active
-    /// segment's indexes for appends (a clean open leaves them trimmed: an idle log costs no
-    /// preallocation, and its next open finds them as the close left them). Until then the
+    /// directory, so that a crash from here on is recovered as one, then lets the active
+    /// segment's indexes grow again (a clean open leaves them trimmed, so its next open finds
+    /// them as the close left them). Until then the
     /// marker vouches for the log exactly as at the close: an open of many idle logs, and their
     /// next close, write nothing.
     ///
     /// A failed removal changes nothing and is the append's error; a failed fsync of the
-    /// directory fences the log (the marker may or may not be gone: it is never retried). A
-    /// preallocation the disk refuses is left to the indexes' own growth (they are sparse).
+    /// directory fences the log (the marker may or may not be gone: it is never retried).
     fn prepare_first_write(&mut self) -> Result<(), AppendError> {
         if !self.clean_marker {
             return Ok(());
@@ -395,8 +394,8 @@ impl Log {
         self.clean_marker = false;
         let capacity = self.config.index_capacity();
         let active = self.segments.last_mut().expect("a log has at least one segment");
-        let _ = active.offset_index.0.activate(capacity);
-        let _ = active.time_index.0.activate(capacity);
+        active.offset_index.0.activate(capacity);
+        active.time_index.0.activate(capacity);
         Ok(())
     }
 

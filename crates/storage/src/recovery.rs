@@ -342,8 +342,8 @@ impl Opener<'_> {
             active.holds_v1 = active.first_batch_is_v1().map_err(io_at(&active.path))?;
             if !keep_marker {
                 let capacity = self.config.index_capacity();
-                active.offset_index.0.activate(capacity).map_err(io_at(&active.path))?;
-                active.time_index.0.activate(capacity).map_err(io_at(&active.path))?;
+                active.offset_index.0.activate(capacity);
+                active.time_index.0.activate(capacity);
             }
             if recovery_point != active.base_offset {
                 recovery_point = active.base_offset;
