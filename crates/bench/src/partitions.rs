@@ -18,10 +18,12 @@
 //! 4. It produces one batch of [`RECORDS_PER_BATCH`] records of [`RECORD_BYTES`] bytes to
 //!    every partition, round-robin over them, with `acks=all` (the topics sync every write,
 //!    fsync `always`), then as many batches to one partition, and compares the two rates.
-//! 5. It stops the server with SIGTERM and starts it again, then kills it with SIGKILL and
-//!    starts it again. Each start is timed from spawning the process to the server printing
-//!    its address, which it does once recovery is done and health says SERVING. After each,
-//!    it counts the partitions and records the server holds, and takes the figures again.
+//! 5. It stops the server with SIGTERM and starts it again; writes one more batch to every
+//!    partition (so that each has something to recover: a partition not written since a
+//!    clean start opens as clean); then kills it with SIGKILL and starts it again. Each start
+//!    is timed from spawning the process to the server printing its address, which it does
+//!    once recovery is done and health says SERVING. After each, it counts the partitions and
+//!    records the server holds, and takes the figures again.
 //!
 //! The records counted after a restart are reported beside those acknowledged, not checked:
 //! benchmarks measure; they never judge.
@@ -161,6 +163,8 @@ pub struct Restart {
     pub partitions: u32,
     /// Records it holds (log end minus log start, over every partition).
     pub records: u64,
+    /// Records acknowledged before the stop.
+    pub acknowledged: u64,
     /// Its figures, idle after the start.
     pub idle: Resources,
 }
@@ -257,10 +261,15 @@ pub async fn measure(args: &PartitionsArgs, spool: &Path) -> Result<PartitionsRe
     };
     let after_produce = server.resources()?;
 
+    let acknowledged = measured.produce.spread.messages + measured.produce.one_partition.messages;
     let stop = server.terminate().await?;
-    let (server, restart_clean) = restart(spool, data, Some(stop)).await?;
+    let (server, restart_clean) = restart(spool, data, Some(stop), acknowledged).await?;
+    let written = match server.when_alive(write_each(&server.url)).await {
+        Ok(written) => written,
+        Err(error) => return Err(server.explain(error).await),
+    };
     server.kill().await?;
-    let (server, restart_killed) = restart(spool, data, None).await?;
+    let (server, restart_killed) = restart(spool, data, None, acknowledged + written).await?;
     server.terminate().await?;
     dir.close().map_err(|e| BenchError::io("removing the server's data directory".into(), e))?;
 
@@ -357,7 +366,12 @@ fn producer_config() -> ProducerConfig {
 
 /// One batch to every partition, round-robin over the topics; then as many to partition 0
 /// of the first topic.
-async fn produce(url: &str, topics: &[(String, u32)]) -> Result<Produce, BenchError> {
+/// One batch to every partition of `topics`, round-robin over them, on clients it connects
+/// (returned, to be used again); the rate from the first send to the last acknowledgement.
+async fn one_batch_each(
+    url: &str,
+    topics: &[(String, u32)],
+) -> Result<(Rate, Vec<Client>), BenchError> {
     let payloads = Payloads::new(PayloadKind::Pattern, RECORD_BYTES, RECORDS_PER_BATCH);
     let value = payloads.get(0);
     let mut clients: Vec<Client> = Vec::new();
@@ -382,10 +396,27 @@ async fn produce(url: &str, topics: &[(String, u32)]) -> Result<Produce, BenchEr
         }
     }
     acknowledged(deliveries).await?;
-    let spread = Rate::new(batches, started.elapsed().as_secs_f64());
+    let rate = Rate::new(batches, started.elapsed().as_secs_f64());
     for producer in &producers {
         producer.close().await?;
     }
+    Ok((rate, clients))
+}
+
+/// One batch to every partition the server holds; the records acknowledged.
+async fn write_each(url: &str) -> Result<u64, BenchError> {
+    let client = Client::connect(url).await?;
+    let topics: Vec<(String, u32)> =
+        client.list_topics().await?.into_iter().map(|t| (t.name, t.partitions)).collect();
+    let (written, _) = one_batch_each(url, &topics).await?;
+    Ok(written.messages)
+}
+
+async fn produce(url: &str, topics: &[(String, u32)]) -> Result<Produce, BenchError> {
+    let payloads = Payloads::new(PayloadKind::Pattern, RECORD_BYTES, RECORDS_PER_BATCH);
+    let value = payloads.get(0);
+    let (spread, clients) = one_batch_each(url, topics).await?;
+    let batches = spread.batches;
 
     let producer = clients[0].producer(&topics[0].0, producer_config()).await?;
     let started = Instant::now();
@@ -432,6 +463,7 @@ async fn restart(
     spool: &Path,
     data: &Path,
     stop: Option<Duration>,
+    acknowledged: u64,
 ) -> Result<(Server, Restart), BenchError> {
     let (server, start) = Server::start(spool, data).await?;
     let holdings = async {
@@ -459,6 +491,7 @@ async fn restart(
         start_seconds: start.as_secs_f64(),
         partitions,
         records,
+        acknowledged,
         idle,
     };
     Ok((server, restart))
@@ -549,17 +582,16 @@ pub fn table(result: &PartitionsResult) -> String {
         rate(&produce.one_partition),
         produce.spread_vs_one,
     );
-    let acknowledged = produce.spread.messages + produce.one_partition.messages;
     let restart = |r: &Restart| {
         format!(
-            "serving again in {:.3} s, holding {} partitions and {} of {acknowledged} records",
-            r.start_seconds, r.partitions, r.records
+            "serving again in {:.3} s, holding {} partitions and {} of {} records",
+            r.start_seconds, r.partitions, r.records, r.acknowledged
         )
     };
     out += &format!(
         "  restart: first start (empty) {:.3} s\n\
          \x20   SIGTERM: stopped in {:.3} s, {}\n\
-         \x20   SIGKILL: {}\n",
+         \x20   one more batch to each partition, SIGKILL: {}\n",
         result.start_empty_seconds,
         result.restart_clean.stop_seconds.unwrap_or(0.0),
         restart(&result.restart_clean),
