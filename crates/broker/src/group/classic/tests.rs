@@ -549,3 +549,28 @@ fn instance_ids_are_one_to_249_bytes() {
     let (ticket, replies) = c.join(&g(), static_request("", &"i".repeat(249), b""), true, t(0));
     assert!(join_answer(&replies, ticket).unwrap().is_ok());
 }
+
+#[test]
+fn a_join_phase_left_with_only_absent_static_members_waits_for_them() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (ticket, replies) = c.join(&g(), static_request("", "a-1", b"a"), true, t(0));
+    let a = join_answer(&replies, ticket).unwrap().unwrap().member_id;
+    c.sync(&g(), static_ref(&a, "a-1"), 1, vec![(a.clone(), b"pa".to_vec())], t(0));
+    // A dynamic member comes and goes; a heartbeats but does not rejoin in time.
+    let (n, _, _) = join_new(&mut c, 0, b"");
+    c.leave(&g(), m(&n), t(10)).unwrap();
+    for now in (900..=4500).step_by(900) {
+        let beat = c.heartbeat(&g(), static_ref(&a, "a-1"), 1, t(now));
+        assert_eq!(beat, Err(ClassicError::RebalanceInProgress));
+        assert!(c.tick(t(now)).expired.is_empty());
+    }
+    // At the deadline nobody rejoined: no generation without members that heard of it; the
+    // phase waits another rebalance timeout, and a is kept.
+    assert!(c.tick(t(5000)).joins.is_empty());
+    let described = c.describe(&g()).unwrap();
+    assert_eq!((described.state, described.generation), (ClassicState::PreparingRebalance, 1));
+    assert_eq!(c.next_deadline(), Some(t(5500)), "a's session, from its last heartbeat");
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(5200));
+    let joined = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.leader.as_str()), (2, a.as_str()));
+}
