@@ -1,7 +1,8 @@
 //! Kafka's classic consumer groups over the Kafka listener: spoken with the `kafka-protocol`
 //! crate's client side for every error code a client acts on (each wait is for an answer, no
 //! sleeps), and by clients nobody here wrote: kafka-python and confluent-kafka (librdkafka)
-//! under each assignor they have (`tests/python/*_group.py`), and kcat's balanced consumer.
+//! under each assignor they have (`tests/python/*_group.py`) and as static members
+//! (`tests/python/*_static.py`), and kcat's balanced consumer.
 //!
 //! The Python clients come from `.ci/run`'s virtual environment at `target/ci/venv` (or the
 //! Python named by `SPOOL_PYTHON`); without them those tests say why they skip, and with
