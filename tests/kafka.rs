@@ -108,7 +108,7 @@ async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() 
         assert_eq!(answer.error_code, 0);
         let served: Vec<(i16, i16, i16)> =
             answer.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
-        let groups = [(10, 0, 2), (11, 0, 4), (14, 0, 2), (12, 0, 2), (13, 0, 2), (8, 2, 6)];
+        let groups = [(10, 0, 2), (11, 0, 5), (14, 0, 3), (12, 0, 3), (13, 0, 3), (8, 2, 7)];
         let groups = [&groups[..], &[(9, 1, 5), (15, 0, 4), (16, 0, 2)]].concat();
         let produce_and_fetch = [(18, 0, 3), (3, 1, 8), (0, 3, 8), (1, 4, 11), (2, 1, 5)];
         let admin =

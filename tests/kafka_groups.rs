@@ -1,7 +1,8 @@
 //! Kafka's classic consumer groups over the Kafka listener: spoken with the `kafka-protocol`
 //! crate's client side for every error code a client acts on (each wait is for an answer, no
 //! sleeps), and by clients nobody here wrote: kafka-python and confluent-kafka (librdkafka)
-//! under each assignor they have (`tests/python/*_group.py`), and kcat's balanced consumer.
+//! under each assignor they have (`tests/python/*_group.py`) and as static members
+//! (`tests/python/*_static.py`), and kcat's balanced consumer.
 //!
 //! The Python clients come from `.ci/run`'s virtual environment at `target/ci/venv` (or the
 //! Python named by `SPOOL_PYTHON`); without them those tests say why they skip, and with
@@ -14,6 +15,7 @@ use std::path::Path;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::kafka::{Connection, PATIENCE, python_with, start_at};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -45,6 +47,7 @@ const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const MEMBER_ID_REQUIRED: i16 = 79;
+const FENCED_INSTANCE_ID: i16 = 82;
 
 impl Connection {
     /// Sends a JoinGroup (v4) and returns its correlation id; the answer may wait.
@@ -154,6 +157,88 @@ impl Connection {
         let found = &answer.topics[0].partitions[0];
         assert_eq!(found.error_code, 0);
         (found.committed_offset, found.metadata.as_deref().unwrap_or("").to_owned())
+    }
+}
+
+impl Connection {
+    /// A static member's JoinGroup (v5, with its instance id); its answer.
+    async fn join_static(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: &str,
+    ) -> JoinGroupResponse {
+        let request = JoinGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(text(member_id))
+            .with_group_instance_id(Some(text(instance_id)))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"subscription")),
+            ]);
+        self.call(ApiKey::JoinGroup, 5, &request).await
+    }
+
+    /// A SyncGroup v3 with an instance id; its answer.
+    async fn sync_static(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+        assignments: &[(&str, &[u8])],
+    ) -> SyncGroupResponse {
+        let assignments = assignments
+            .iter()
+            .map(|(member, assignment)| {
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(text(member))
+                    .with_assignment(Bytes::copy_from_slice(assignment))
+            })
+            .collect();
+        let request = SyncGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(text(member_id))
+            .with_group_instance_id(Some(text(instance_id)))
+            .with_assignments(assignments);
+        self.call(ApiKey::SyncGroup, 3, &request).await
+    }
+
+    /// A Heartbeat v3 with an instance id; its error code.
+    async fn heartbeat_static(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+    ) -> i16 {
+        let request = HeartbeatRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(text(member_id))
+            .with_group_instance_id(Some(text(instance_id)));
+        let answer: HeartbeatResponse = self.call(ApiKey::Heartbeat, 3, &request).await;
+        answer.error_code
+    }
+
+    /// DescribeGroups v4 of one group: its state, generation and `(member id, instance id)`s.
+    async fn describe_static(&mut self, group: &str) -> (String, Vec<(String, Option<String>)>) {
+        let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
+        let described: DescribeGroupsResponse =
+            self.call(ApiKey::DescribeGroups, 4, &request).await;
+        let group = &described.groups[0];
+        assert_eq!(group.error_code, 0);
+        let members = group
+            .members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string())))
+            .collect();
+        (group.group_state.to_string(), members)
     }
 }
 
@@ -588,4 +673,148 @@ async fn kcat_consumes_as_a_group_and_commits() {
     let mut c = Connection::open(&kafka).await;
     assert_eq!(c.fetch_offset("kcat-group", "lines", 0).await.0, 5);
     assert_eq!(c.fetch_offset("kcat-group", "lines", 1).await.0, 5);
+}
+
+/// Static members over the wire (JoinGroup 5, SyncGroup 3, Heartbeat 3, OffsetCommit 7,
+/// LeaveGroup 3, DescribeGroups 4): a restart keeps the generation and the assignment, the
+/// old member id is fenced, and LeaveGroup removes a member by its instance id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_member_restarts_without_a_rebalance_and_leaves_by_instance_id() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    // A static member is not asked for MEMBER_ID_REQUIRED; alone, it is answered after the
+    // first join phase's delay.
+    let joined = c.join_static("s", "", "instance-1").await;
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let first = joined.member_id.to_string();
+    let instances: Vec<Option<&str>> =
+        joined.members.iter().map(|m| m.group_instance_id.as_deref()).collect();
+    assert_eq!(instances, vec![Some("instance-1")]);
+    let synced = c.sync_static("s", &first, "instance-1", 1, &[(&first, b"mine")]).await;
+    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"mine"[..]));
+
+    // It restarts: a new member id, the same generation and assignment, no rebalance.
+    let joined = c.join_static("s", "", "instance-1").await;
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let second = joined.member_id.to_string();
+    assert_ne!(second, first);
+    assert_eq!(joined.leader.as_str(), first, "the old leader id: it does not assign again");
+    let synced = c.sync_static("s", &second, "instance-1", 1, &[]).await;
+    assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"mine"[..]));
+    assert_eq!(c.heartbeat_static("s", &second, "instance-1", 1).await, 0);
+    assert_eq!(c.heartbeat_static("s", &first, "instance-1", 1).await, FENCED_INSTANCE_ID);
+    let synced = c.sync_static("s", &first, "instance-1", 1, &[]).await;
+    assert_eq!(synced.error_code, FENCED_INSTANCE_ID);
+    let commit = |member: &str| {
+        OffsetCommitRequest::default()
+            .with_group_id(group_id("s"))
+            .with_generation_id_or_member_epoch(1)
+            .with_member_id(text(member))
+            .with_group_instance_id(Some(text("instance-1")))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
+                    OffsetCommitRequestPartition::default().with_committed_offset(3),
+                ]),
+            ])
+    };
+    let answer: OffsetCommitResponse = c.call(ApiKey::OffsetCommit, 7, &commit(&first)).await;
+    assert_eq!(answer.topics[0].partitions[0].error_code, FENCED_INSTANCE_ID);
+    let answer: OffsetCommitResponse = c.call(ApiKey::OffsetCommit, 7, &commit(&second)).await;
+    assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+    assert_eq!(c.fetch_offset("s", "t", 0).await.0, 3);
+    let (state, members) = c.describe_static("s").await;
+    assert_eq!(state, "Stable");
+    assert_eq!(members, vec![(second.clone(), Some("instance-1".to_owned()))]);
+
+    // LeaveGroup v3: a stale member id is fenced, an unknown instance unknown, and the
+    // instance id alone removes the member.
+    let leave = |members: Vec<(&str, Option<&str>)>| {
+        LeaveGroupRequest::default().with_group_id(group_id("s")).with_members(
+            members
+                .into_iter()
+                .map(|(member, instance)| {
+                    MemberIdentity::default()
+                        .with_member_id(text(member))
+                        .with_group_instance_id(instance.map(text))
+                })
+                .collect(),
+        )
+    };
+    let request =
+        leave(vec![(&first, Some("instance-1")), ("", Some("other")), ("", Some("instance-1"))]);
+    let left: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, 3, &request).await;
+    assert_eq!(left.error_code, 0);
+    let codes: Vec<(&str, i16)> =
+        left.members.iter().map(|m| (m.member_id.as_str(), m.error_code)).collect();
+    assert_eq!(codes, vec![(first.as_str(), FENCED_INSTANCE_ID), ("", UNKNOWN_MEMBER_ID), ("", 0)]);
+    assert_eq!(c.heartbeat_static("s", &second, "instance-1", 1).await, UNKNOWN_MEMBER_ID);
+    let request = DescribeGroupsRequest::default().with_groups(vec![group_id("s")]);
+    let described: DescribeGroupsResponse = c.call(ApiKey::DescribeGroups, 4, &request).await;
+    let group = &described.groups[0];
+    assert_eq!(group.group_state.as_str(), "Empty", "no members; the committed offset stays");
+    assert!(group.members.is_empty());
+}
+
+/// Runs `tests/python/SCRIPT` (the scenario of `static_scenario.py`: two static members, one
+/// closed (a static member does not leave) and started again with the same
+/// `group.instance.id` within its session timeout; it gets the same partitions and the other
+/// member sees no rebalance). Afterwards both are still in the group, with their instance
+/// ids, and the first member id is fenced. A kafka-python run that stalls is run once more,
+/// as in [`group_script`].
+async fn static_script(python: std::path::PathBuf, script: &str) {
+    let _one_at_a_time = CLIENTS.lock().await;
+    let attempts = if script.starts_with("kafka_python") { 2 } else { 1 };
+    for attempt in 1..=attempts {
+        let data = tempfile::tempdir().unwrap();
+        let kafka = start_at(data.path(), ServeOptions::default()).await;
+        kafka.server.create_topic("events", 4, Policy::Always(Always {})).await;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = std::process::Command::new(&python);
+        command
+            .arg(root.join("tests/python").join(script))
+            .arg(kafka.address.to_string())
+            .args(["events", "statics"]);
+        let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.code() == Some(STALLED) && attempt < attempts {
+            eprintln!("{script} stalled; running it again:\n{printed}\n{stderr}");
+            continue;
+        }
+        assert!(output.status.success(), "{script} failed:\n{printed}\n{stderr}");
+        let ids: Vec<&str> = printed
+            .split_whitespace()
+            .filter_map(|word| word.split_once('=').map(|(_, id)| id))
+            .collect();
+        let [old_a, new_a, b] = ids[..] else { panic!("the member ids: {printed}") };
+        let mut c = Connection::open(&kafka).await;
+        let (state, mut members) = c.describe_static("statics").await;
+        members.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(state, "Stable");
+        assert_eq!(
+            members,
+            vec![
+                (new_a.to_owned(), Some("static-a".to_owned())),
+                (b.to_owned(), Some("static-b".to_owned()))
+            ],
+            "closed static members stay until their session timeout"
+        );
+        let code = c.heartbeat_static("statics", old_a, "static-a", 1).await;
+        assert_eq!(code, FENCED_INSTANCE_ID);
+        return;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn librdkafka_static_member_restarts_without_a_rebalance() {
+    let Some(python) = python_with("confluent_kafka", "confluent-kafka") else { return };
+    static_script(python, "confluent_kafka_static.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_python_static_member_restarts_without_a_rebalance() {
+    let Some(python) = python_with("kafka", "kafka-python") else { return };
+    static_script(python, "kafka_python_static.py").await;
 }

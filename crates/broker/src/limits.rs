@@ -42,6 +42,9 @@ pub const COMMIT_OFFSETS_MAX: usize = 4096;
 ///
 /// Members one classic group may have (or have been given ids and not yet joined).
 pub const CLASSIC_GROUP_MEMBERS_MAX: usize = 1024;
+/// Bytes of a static member's `group.instance.id` (Kafka's clients hold it to the length of a
+/// topic name).
+pub const CLASSIC_INSTANCE_ID_BYTES_MAX: usize = 249;
 /// Protocols (assignors) one member may offer.
 pub const CLASSIC_PROTOCOLS_MAX: usize = 16;
 /// Bytes of protocol names and metadata one member may send in a JoinGroup.

@@ -166,6 +166,10 @@ pub const KAFKA_FETCH_WAIT_MAX: Duration =
 /// (a describe answers about a hundred bytes per byte asked, so the frame's size alone would
 /// not bound its answer). One more than the topics a server holds, for the broker.
 pub const KAFKA_ADMIN_RESOURCES_MAX: usize = spool_broker::limits::TOPICS_MAX + 1;
+/// The most members one Kafka LeaveGroup (v3 and later) names: as many as a group may have. A
+/// larger count closes the connection (each member named costs about a hundred bytes decoded
+/// and answered for the few bytes it takes in the frame).
+pub const KAFKA_LEAVE_GROUP_MEMBERS_MAX: usize = spool_broker::limits::CLASSIC_GROUP_MEMBERS_MAX;
 
 // The server as a whole.
 

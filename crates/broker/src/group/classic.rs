@@ -31,8 +31,18 @@
 //! on one of these is kept alive; any other member is removed once nothing was heard from it
 //! for its session timeout.
 //!
-//! Static membership (`group.instance.id`) is not supported: the server does not serve the
-//! versions that carry it.
+//! ## Static members (`group.instance.id`)
+//!
+//! A member may join with an instance id its operator gave it, which outlives the process.
+//! A group maps each instance id to the member id that holds it now (at most one entry per
+//! member). A static member is never asked to come back with an id (MEMBER_ID_REQUIRED). A
+//! static member that restarts joins again with its instance id and no member id: it gets a
+//! new member id and the old member's place and assignment, the old id is fenced (its
+//! waiting and later requests are answered `FENCED_INSTANCE_ID`), and a stable group whose
+//! chosen protocol does not change does not rebalance. A static member that is stopped does
+//! not leave: it keeps its assignment until its session timeout, and is then removed like
+//! any other member. A join phase that ends without it does not remove it either. It leaves
+//! by LeaveGroup, which may name it by instance id alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,8 +52,8 @@ use thiserror::Error;
 use super::GroupName;
 use crate::limits::{
     CLASSIC_ASSIGNMENT_BYTES_MAX, CLASSIC_BYTES_MAX, CLASSIC_GROUP_MEMBERS_MAX,
-    CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MAX,
-    CLASSIC_SESSION_TIMEOUT_MS_MIN,
+    CLASSIC_INSTANCE_ID_BYTES_MAX, CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX,
+    CLASSIC_SESSION_TIMEOUT_MS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MIN,
 };
 
 /// Identifies one waiting JoinGroup or SyncGroup request.
@@ -75,6 +85,10 @@ pub enum ClassicError {
     TooLarge,
     #[error("the group's commit metadata would pass its limit")]
     MetadataTooLarge,
+    #[error("the group instance id is now another member's: this member id is fenced")]
+    FencedInstanceId,
+    #[error("a group instance id of {bytes} bytes is outside 1..={CLASSIC_INSTANCE_ID_BYTES_MAX}")]
+    InvalidInstanceId { bytes: usize },
 }
 
 /// A member's JoinGroup, as the server decoded it.
@@ -82,6 +96,8 @@ pub enum ClassicError {
 pub struct JoinRequest {
     /// Empty for a new member.
     pub member_id: String,
+    /// A static member's `group.instance.id` (JoinGroup v5 and later).
+    pub instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub session_timeout_ms: i32,
@@ -100,8 +116,16 @@ pub struct Joined {
     pub protocol_name: String,
     pub leader: String,
     pub member_id: String,
-    /// Every member's id and metadata for the chosen protocol: for the leader only.
-    pub members: Vec<(String, Vec<u8>)>,
+    /// Every member with its metadata for the chosen protocol: for the leader only.
+    pub members: Vec<JoinedMember>,
+}
+
+/// One member as the leader's JoinGroup answer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub metadata: Vec<u8>,
 }
 
 /// The answers to waiting requests that a call completed.
@@ -139,10 +163,26 @@ impl ClassicState {
     }
 }
 
+/// Who sends a SyncGroup, Heartbeat, LeaveGroup or OffsetCommit: its member id and, from the
+/// versions that carry one, its group instance id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRef<'a> {
+    pub member_id: &'a str,
+    pub instance_id: Option<&'a str>,
+}
+
+impl<'a> MemberRef<'a> {
+    /// A member known by its member id only.
+    pub fn dynamic(member_id: &'a str) -> MemberRef<'a> {
+        MemberRef { member_id, instance_id: None }
+    }
+}
+
 /// A member as DescribeGroups shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassicMemberDescription {
     pub member_id: String,
+    pub instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub session_timeout_ms: i32,
@@ -163,6 +203,8 @@ pub struct ClassicDescription {
 
 #[derive(Debug)]
 struct Member {
+    /// A static member's `group.instance.id`: the group's `instances` maps it to this member.
+    instance_id: Option<String>,
     client_id: String,
     client_host: String,
     session_timeout_ms: i32,
@@ -178,7 +220,11 @@ struct Member {
 
 impl Member {
     fn bytes(&self) -> usize {
-        metadata_bytes(&self.protocols) + self.assignment.len()
+        self.bytes_of_metadata() + self.assignment.len()
+    }
+
+    fn bytes_of_metadata(&self) -> usize {
+        metadata_bytes(&self.protocols)
     }
 
     fn metadata_for(&self, protocol: &str) -> Vec<u8> {
@@ -206,6 +252,9 @@ struct Group {
     protocol_name: String,
     leader: Option<String>,
     members: BTreeMap<String, Member>,
+    /// Static members: each instance id to the id of the member that holds it now. One entry
+    /// per member with an instance id, so it is bounded as `members` is.
+    instances: BTreeMap<String, String>,
     /// Ids given out with MEMBER_ID_REQUIRED, until the member joins with them or its session
     /// timeout passes.
     pending: BTreeMap<String, TimestampMs>,
@@ -327,6 +376,11 @@ impl ClassicGroups {
         if metadata_bytes(&request.protocols) > CLASSIC_MEMBER_METADATA_BYTES_MAX {
             return Err(ClassicError::TooLarge);
         }
+        if let Some(instance_id) = &request.instance_id
+            && !(1..=CLASSIC_INSTANCE_ID_BYTES_MAX).contains(&instance_id.len())
+        {
+            return Err(ClassicError::InvalidInstanceId { bytes: instance_id.len() });
+        }
         if !self.groups.contains_key(name) {
             if !request.member_id.is_empty() {
                 return Err(ClassicError::UnknownMemberId);
@@ -343,6 +397,7 @@ impl ClassicGroups {
                     protocol_name: String::new(),
                     leader: None,
                     members: BTreeMap::new(),
+                    instances: BTreeMap::new(),
                     pending: BTreeMap::new(),
                     rebalance_deadline: None,
                     initial_delay: None,
@@ -365,11 +420,22 @@ impl ClassicGroups {
     ) -> Result<(), ClassicError> {
         let held = self.bytes;
         let group = self.groups.get_mut(name).expect("created above");
-        if !group.members.is_empty() && !group.supports(&request) {
+        // A known instance joining without a member id: a static member restarted.
+        let replaced = match (&request.instance_id, request.member_id.is_empty()) {
+            (Some(instance_id), true) => group.instances.get(instance_id).cloned(),
+            _ => None,
+        };
+        if !group.members.is_empty() && !group.supports(&request, replaced.as_deref()) {
             return Err(ClassicError::InconsistentGroupProtocol);
         }
+        if let Some(old_member_id) = replaced {
+            return self.replace_static(name, old_member_id, request, ticket, now, replies);
+        }
         let added = metadata_bytes(&request.protocols);
-        if request.member_id.is_empty() || group.pending.contains_key(&request.member_id) {
+        // Ids given out with MEMBER_ID_REQUIRED are dynamic members'.
+        let pending =
+            request.instance_id.is_none() && group.pending.contains_key(&request.member_id);
+        if request.member_id.is_empty() || pending {
             // A new member.
             let full = if request.member_id.is_empty() {
                 group.members.len() + group.pending.len() >= CLASSIC_GROUP_MEMBERS_MAX
@@ -386,7 +452,8 @@ impl ClassicGroups {
                 let client_id = request.client_id.clone();
                 let id = self.new_member_id(&client_id);
                 let group = self.groups.get_mut(name).expect("live");
-                if request.require_known_member_id {
+                // A static member is known by its instance id: it is not asked to come back.
+                if request.require_known_member_id && request.instance_id.is_none() {
                     group
                         .pending
                         .insert(id.clone(), now.plus_ms(request.session_timeout_ms as u64));
@@ -404,9 +471,13 @@ impl ClassicGroups {
                 group.protocol_type = request.protocol_type.clone();
             }
             let rebalance_timeout_ms = request.rebalance_timeout_ms.max(0) as u64;
+            if let Some(instance_id) = &request.instance_id {
+                group.instances.insert(instance_id.clone(), member_id.clone());
+            }
             group.members.insert(
                 member_id.clone(),
                 Member {
+                    instance_id: request.instance_id,
                     client_id: request.client_id,
                     client_host: request.client_host,
                     session_timeout_ms: request.session_timeout_ms,
@@ -438,9 +509,8 @@ impl ClassicGroups {
             group.try_complete_join(now, replies);
             return Ok(());
         }
-        let Some(member) = group.members.get_mut(&request.member_id) else {
-            return Err(ClassicError::UnknownMemberId);
-        };
+        group.validate_member(&request.member_id, request.instance_id.as_deref())?;
+        let member = group.members.get_mut(&request.member_id).expect("validated");
         let removed = metadata_bytes(&member.protocols);
         if held - removed + added > CLASSIC_BYTES_MAX {
             return Err(ClassicError::Exhausted);
@@ -474,11 +544,80 @@ impl ClassicGroups {
         Ok(())
     }
 
+    /// A static member that joins again without its member id (it restarted): it gets a new
+    /// id and the old member's place and assignment, and the old id is fenced. A stable
+    /// group whose protocol stays the one chosen does not rebalance: the member is answered
+    /// at once with the current generation, and the old leader's id as the leader, so that a
+    /// restarted leader does not assign (as Kafka's brokers answer before JoinGroup v9); it
+    /// leads from the next rebalance. Otherwise the group rebalances with it (while
+    /// CompletingRebalance too, since the leader may be assigning to the old id).
+    fn replace_static(
+        &mut self,
+        name: &GroupName,
+        old_member_id: String,
+        request: JoinRequest,
+        ticket: Ticket,
+        now: TimestampMs,
+        replies: &mut Replies,
+    ) -> Result<(), ClassicError> {
+        let held = self.bytes;
+        let group = self.groups.get(name).expect("live");
+        let removed = group.members.get(&old_member_id).map_or(0, Member::bytes_of_metadata);
+        let added = metadata_bytes(&request.protocols);
+        if held - removed + added > CLASSIC_BYTES_MAX {
+            return Err(ClassicError::Exhausted);
+        }
+        let member_id = self.new_member_id(&request.client_id);
+        self.bytes = held - removed + added;
+        let group = self.groups.get_mut(name).expect("live");
+        let mut member = group.members.remove(&old_member_id).expect("instances name members");
+        if let Some(waiting) = member.awaiting_join.take() {
+            replies.joins.push((waiting, Err(ClassicError::FencedInstanceId)));
+        }
+        if let Some(waiting) = member.awaiting_sync.take() {
+            replies.syncs.push((waiting, Err(ClassicError::FencedInstanceId)));
+        }
+        member.protocols = request.protocols;
+        member.client_id = request.client_id;
+        member.client_host = request.client_host;
+        member.session_timeout_ms = request.session_timeout_ms;
+        member.rebalance_timeout_ms = request.rebalance_timeout_ms;
+        member.last_heard = member.last_heard.max(now);
+        let old_leader = group.leader.clone().unwrap_or_default();
+        if old_leader == old_member_id {
+            group.leader = Some(member_id.clone());
+        }
+        let instance_id = request.instance_id.expect("a static member's");
+        group.instances.insert(instance_id, member_id.clone());
+        group.members.insert(member_id.clone(), member);
+        let protocol_kept = group.select_protocol() == group.protocol_name;
+        if group.state == ClassicState::Stable && protocol_kept {
+            let joined = Joined {
+                generation: group.generation,
+                protocol_name: group.protocol_name.clone(),
+                leader: old_leader,
+                member_id,
+                members: Vec::new(),
+            };
+            replies.joins.push((ticket, Ok(joined)));
+            return Ok(());
+        }
+        group.members.get_mut(&member_id).expect("inserted").awaiting_join = Some(ticket);
+        if group.state != ClassicState::PreparingRebalance {
+            group.prepare_rebalance(now, replies);
+        }
+        if let Some(initial) = &mut group.initial_delay {
+            initial.joined_since = true;
+        }
+        group.try_complete_join(now, replies);
+        Ok(())
+    }
+
     /// A SyncGroup. `assignments` is what the leader sends (others send none).
     pub fn sync(
         &mut self,
         name: &GroupName,
-        member_id: &str,
+        member: MemberRef<'_>,
         generation: i32,
         assignments: Vec<(String, Vec<u8>)>,
         now: TimestampMs,
@@ -486,7 +625,7 @@ impl ClassicGroups {
         let ticket = self.ticket();
         let mut replies = Replies::default();
         let answer =
-            self.sync_inner(name, member_id, generation, assignments, ticket, now, &mut replies);
+            self.sync_inner(name, member, generation, assignments, ticket, now, &mut replies);
         if let Err(error) = answer {
             replies.syncs.push((ticket, Err(error)));
         }
@@ -497,7 +636,7 @@ impl ClassicGroups {
     fn sync_inner(
         &mut self,
         name: &GroupName,
-        member_id: &str,
+        member: MemberRef<'_>,
         generation: i32,
         assignments: Vec<(String, Vec<u8>)>,
         ticket: Ticket,
@@ -506,7 +645,9 @@ impl ClassicGroups {
     ) -> Result<(), ClassicError> {
         let held = self.bytes;
         let group = self.groups.get_mut(name).ok_or(ClassicError::UnknownMemberId)?;
-        let member = group.members.get_mut(member_id).ok_or(ClassicError::UnknownMemberId)?;
+        group.validate_member(member.member_id, member.instance_id)?;
+        let member_id = member.member_id;
+        let member = group.members.get_mut(member_id).expect("validated");
         if generation != group.generation {
             return Err(ClassicError::IllegalGeneration);
         }
@@ -567,12 +708,13 @@ impl ClassicGroups {
     pub fn heartbeat(
         &mut self,
         name: &GroupName,
-        member_id: &str,
+        member: MemberRef<'_>,
         generation: i32,
         now: TimestampMs,
     ) -> Result<(), ClassicError> {
         let group = self.groups.get_mut(name).ok_or(ClassicError::UnknownMemberId)?;
-        let member = group.members.get_mut(member_id).ok_or(ClassicError::UnknownMemberId)?;
+        group.validate_member(member.member_id, member.instance_id)?;
+        let member = group.members.get_mut(member.member_id).expect("validated");
         if generation != group.generation {
             return Err(ClassicError::IllegalGeneration);
         }
@@ -583,20 +725,51 @@ impl ClassicGroups {
         }
     }
 
-    /// A LeaveGroup: the member goes, and the others rebalance.
+    /// A LeaveGroup (one member of its batch): the member goes, and the others rebalance.
+    /// A static member may be named by its instance id alone (an empty member id, as
+    /// administrators remove one); with a member id too, that id must be the instance's
+    /// current one (`FENCED_INSTANCE_ID`). A member id given out with MEMBER_ID_REQUIRED and
+    /// not yet used is taken back.
     pub fn leave(
         &mut self,
         name: &GroupName,
-        member_id: &str,
+        member: MemberRef<'_>,
         now: TimestampMs,
     ) -> Result<Replies, ClassicError> {
-        let group = self.groups.get(name).ok_or(ClassicError::UnknownMemberId)?;
-        if !group.members.contains_key(member_id) {
-            return Err(ClassicError::UnknownMemberId);
-        }
+        let group = self.groups.get_mut(name).ok_or(ClassicError::UnknownMemberId)?;
         let mut replies = Replies::default();
-        self.remove_member(name, member_id, now, &mut replies);
+        let member_id = match member.instance_id {
+            Some(instance_id) if member.member_id.is_empty() => {
+                group.instances.get(instance_id).cloned().ok_or(ClassicError::UnknownMemberId)?
+            }
+            None if group.pending.remove(member.member_id).is_some() => {
+                group.try_complete_join(now, &mut replies);
+                self.forget_if_empty(name);
+                return Ok(replies);
+            }
+            _ => {
+                group.validate_member(member.member_id, member.instance_id)?;
+                member.member_id.to_owned()
+            }
+        };
+        self.remove_member(name, &member_id, now, &mut replies);
         Ok(replies)
+    }
+
+    /// Checks the instance id an OffsetCommit (v7 and later) carries: a member id that is
+    /// no longer its instance's is `FENCED_INSTANCE_ID`, an unknown instance
+    /// `UNKNOWN_MEMBER_ID`. The rest is [`ClassicGroups::check_commit`]'s.
+    pub fn check_commit_instance(
+        &self,
+        name: &GroupName,
+        member: MemberRef<'_>,
+        generation: i32,
+    ) -> Result<(), ClassicError> {
+        let Some(group) = self.groups.get(name) else { return Ok(()) };
+        if member.instance_id.is_none() || generation < 0 && group.members.is_empty() {
+            return Ok(());
+        }
+        group.validate_member(member.member_id, member.instance_id)
     }
 
     fn remove_member(
@@ -608,6 +781,10 @@ impl ClassicGroups {
     ) {
         let group = self.groups.get_mut(name).expect("the caller found it");
         let Some(member) = group.members.remove(member_id) else { return };
+        if let Some(instance_id) = &member.instance_id {
+            let held = group.instances.remove(instance_id);
+            assert_eq!(held.as_deref(), Some(member_id), "an instance names its member");
+        }
         self.bytes -= member.bytes();
         if let Some(waiting) = member.awaiting_join {
             replies.joins.push((waiting, Err(ClassicError::UnknownMemberId)));
@@ -727,6 +904,7 @@ impl ClassicGroups {
             .iter()
             .map(|(id, m)| ClassicMemberDescription {
                 member_id: id.clone(),
+                instance_id: m.instance_id.clone(),
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
                 session_timeout_ms: m.session_timeout_ms,
@@ -791,11 +969,14 @@ pub fn consumer_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
 impl Group {
     /// Whether a joining member fits the group: the same protocol type, and a protocol every
     /// member (it included) supports.
-    fn supports(&self, request: &JoinRequest) -> bool {
+    fn supports(&self, request: &JoinRequest, replaced: Option<&str>) -> bool {
         if request.protocol_type != self.protocol_type {
             return false;
         }
-        let others = self.members.iter().filter(|(id, _)| **id != request.member_id);
+        let others = self
+            .members
+            .iter()
+            .filter(|(id, _)| **id != request.member_id && Some(id.as_str()) != replaced);
         let mut candidates: BTreeSet<&str> =
             request.protocols.iter().map(|(n, _)| n.as_str()).collect();
         for (_, member) in others {
@@ -805,6 +986,26 @@ impl Group {
         !candidates.is_empty()
     }
 
+    /// That a request comes from a current member (Kafka's rule): with an instance id, the
+    /// instance must be known (`UNKNOWN_MEMBER_ID`) and held by this member id
+    /// (`FENCED_INSTANCE_ID`: a newer member took the instance's place); without, the
+    /// member id must be known.
+    fn validate_member(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ClassicError> {
+        match instance_id {
+            Some(instance_id) => match self.instances.get(instance_id) {
+                Some(current) if current == member_id => Ok(()),
+                Some(_) => Err(ClassicError::FencedInstanceId),
+                None => Err(ClassicError::UnknownMemberId),
+            },
+            None if self.members.contains_key(member_id) => Ok(()),
+            None => Err(ClassicError::UnknownMemberId),
+        }
+    }
+
     /// Starts a join phase: pending syncs are told to rejoin, and the deadline is set.
     fn prepare_rebalance(&mut self, now: TimestampMs, replies: &mut Replies) {
         for member in self.members.values_mut() {
@@ -812,11 +1013,15 @@ impl Group {
                 replies.syncs.push((waiting, Err(ClassicError::RebalanceInProgress)));
             }
         }
-        let timeout =
-            self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0);
+        let timeout = self.rebalance_timeout_ms();
         self.state = ClassicState::PreparingRebalance;
         self.rebalance_deadline = Some(now.plus_ms(timeout));
         self.sync_deadline = None;
+    }
+
+    /// The largest rebalance timeout of the members.
+    fn rebalance_timeout_ms(&self) -> u64 {
+        self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0)
     }
 
     /// At the initial delay's deadline: `true` (and a later deadline) when members joined
@@ -846,13 +1051,17 @@ impl Group {
         }
     }
 
-    /// Ends the join phase: members that did not rejoin are removed (and returned), the
-    /// generation goes up and every waiting join is answered.
+    /// Ends the join phase: dynamic members that did not rejoin are removed (and returned),
+    /// the generation goes up and every waiting join is answered. Static members that did
+    /// not rejoin stay, with their place in the new generation, until their session timeout
+    /// (or the sync deadline) passes, as in Kafka: a member restarting during a rebalance
+    /// then finds its assignment. If only such members are left, the phase waits another
+    /// rebalance timeout.
     fn complete_join(&mut self, now: TimestampMs, replies: &mut Replies) -> Vec<Member> {
         let late: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| m.awaiting_join.is_none())
+            .filter(|(_, m)| m.awaiting_join.is_none() && m.instance_id.is_none())
             .map(|(id, _)| id.clone())
             .collect();
         let removed: Vec<Member> = late.iter().filter_map(|id| self.members.remove(id)).collect();
@@ -861,21 +1070,27 @@ impl Group {
                 replies.syncs.push((waiting, Err(ClassicError::UnknownMemberId)));
             }
         }
-        self.rebalance_deadline = None;
         self.initial_delay = None;
+        let joined = |m: &Member| m.awaiting_join.is_some();
+        if !self.members.is_empty() && !self.members.values().any(joined) {
+            let timeout = self.rebalance_timeout_ms();
+            self.rebalance_deadline = Some(now.plus_ms(timeout));
+            return removed;
+        }
+        self.rebalance_deadline = None;
         self.generation = self.generation.wrapping_add(1).max(1);
         if self.members.is_empty() {
             self.leader = None;
             self.state = ClassicState::Stable;
             return removed;
         }
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
-            self.leader = self.members.keys().next().cloned();
+        // The leader must be a member that rejoined: only those hear the join's answer.
+        if !self.leader.as_ref().and_then(|l| self.members.get(l)).is_some_and(joined) {
+            self.leader = self.members.iter().find(|(_, m)| joined(m)).map(|(id, _)| id.clone());
         }
         self.protocol_name = self.select_protocol();
         self.state = ClassicState::CompletingRebalance;
-        let timeout =
-            self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0);
+        let timeout = self.rebalance_timeout_ms();
         self.sync_deadline = Some(now.plus_ms(timeout));
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
@@ -922,7 +1137,11 @@ impl Group {
         let members = if leader == member_id {
             self.members
                 .iter()
-                .map(|(id, m)| (id.clone(), m.metadata_for(&self.protocol_name)))
+                .map(|(id, m)| JoinedMember {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    metadata: m.metadata_for(&self.protocol_name),
+                })
                 .collect()
         } else {
             Vec::new()

@@ -24,9 +24,9 @@ use crate::auth::{Action, Caller};
 ///
 /// The group APIs are served up to the last version before the flexible ones (FindCoordinator
 /// 3, JoinGroup 6, SyncGroup 4, Heartbeat 4, LeaveGroup 4, OffsetCommit 8, OffsetFetch 6,
-/// DescribeGroups 5, ListGroups 3), and below the ones that carry a group instance id (static
-/// membership, not supported: JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3,
-/// OffsetCommit 7). OffsetCommit 0 and 1 and OffsetFetch 0 are gone from Kafka's own schemas.
+/// DescribeGroups 5, ListGroups 3); JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3 and
+/// OffsetCommit 7 carry a static member's group instance id. OffsetCommit 0 and 1 and
+/// OffsetFetch 0 are gone from Kafka's own schemas.
 const SERVED: [(ApiKey, VersionRange); 21] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
@@ -44,11 +44,11 @@ const SERVED: [(ApiKey, VersionRange); 21] = [
     (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 0 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 3 }),
     (ApiKey::FindCoordinator, VersionRange { min: 0, max: 2 }),
-    (ApiKey::JoinGroup, VersionRange { min: 0, max: 4 }),
-    (ApiKey::SyncGroup, VersionRange { min: 0, max: 2 }),
-    (ApiKey::Heartbeat, VersionRange { min: 0, max: 2 }),
-    (ApiKey::LeaveGroup, VersionRange { min: 0, max: 2 }),
-    (ApiKey::OffsetCommit, VersionRange { min: 2, max: 6 }),
+    (ApiKey::JoinGroup, VersionRange { min: 0, max: 5 }),
+    (ApiKey::SyncGroup, VersionRange { min: 0, max: 3 }),
+    (ApiKey::Heartbeat, VersionRange { min: 0, max: 3 }),
+    (ApiKey::LeaveGroup, VersionRange { min: 0, max: 3 }),
+    (ApiKey::OffsetCommit, VersionRange { min: 2, max: 7 }),
     (ApiKey::OffsetFetch, VersionRange { min: 1, max: 5 }),
     (ApiKey::DescribeGroups, VersionRange { min: 0, max: 4 }),
     (ApiKey::ListGroups, VersionRange { min: 0, max: 2 }),

@@ -120,6 +120,8 @@ pub(super) fn classic_error_code(error: &ClassicError) -> i16 {
         ClassicError::GroupFull | ClassicError::Exhausted => ResponseError::GroupMaxSizeReached,
         ClassicError::TooLarge => ResponseError::InvalidRequest,
         ClassicError::MetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        ClassicError::FencedInstanceId => ResponseError::FencedInstanceId,
+        ClassicError::InvalidInstanceId { .. } => ResponseError::InvalidRequest,
     };
     if !matches!(error, ClassicError::InUseBySpool { .. }) {
         tracing::debug!(%error, "a Kafka group request refused");

@@ -10,11 +10,12 @@
 //! are served for these requests (Metadata up to 8, Produce up to 8, Fetch up to 11,
 //! ListOffsets up to 5, and the group requests below), so arrays are an `INT32` count and
 //! strings an `INT16` length. The group requests without arrays (FindCoordinator, Heartbeat,
-//! LeaveGroup, ListGroups at the versions served) are decoded by `kafka-protocol` whole.
+//! ListGroups at the versions served) are decoded by `kafka-protocol` whole.
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
@@ -24,11 +25,13 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
-    TopicName, TransactionalId,
+    BrokerId, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest, LeaveGroupRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    SyncGroupRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use crate::limits::KAFKA_LEAVE_GROUP_MEMBERS_MAX;
 
 pub(super) mod admin;
 
@@ -234,8 +237,9 @@ pub(super) fn list_offsets(body: Bytes, version: i16) -> Result<ListOffsetsReque
         .with_topics(topics))
 }
 
-// The group requests with arrays (JoinGroup up to 4, SyncGroup up to 2, OffsetCommit 2 to 6,
-// OffsetFetch 1 to 5, DescribeGroups up to 4: none flexible, none with a group instance id).
+// The group requests with arrays (JoinGroup up to 5, SyncGroup up to 3, LeaveGroup up to 3,
+// OffsetCommit 2 to 7, OffsetFetch 1 to 5, DescribeGroups up to 4: none flexible). A group
+// instance id comes after the member id from JoinGroup 5, SyncGroup 3 and OffsetCommit 7.
 
 pub(super) fn join_group(body: Bytes, version: i16) -> Result<JoinGroupRequest, DecodeError> {
     let mut r = Reader(body);
@@ -244,6 +248,7 @@ pub(super) fn join_group(body: Bytes, version: i16) -> Result<JoinGroupRequest, 
     let rebalance_timeout_ms =
         if version >= 1 { r.i32("rebalance_timeout_ms")? } else { session_timeout_ms };
     let member_id = r.string("member_id")?.unwrap_or_default();
+    let group_instance_id = if version >= 5 { r.string("group_instance_id")? } else { None };
     let protocol_type = r.string("protocol_type")?.unwrap_or_default();
     let protocols = r
         .array("protocols", |r| r.element::<JoinGroupRequestProtocol>("protocols", version))?
@@ -253,6 +258,7 @@ pub(super) fn join_group(body: Bytes, version: i16) -> Result<JoinGroupRequest, 
         .with_session_timeout_ms(session_timeout_ms)
         .with_rebalance_timeout_ms(rebalance_timeout_ms)
         .with_member_id(member_id)
+        .with_group_instance_id(group_instance_id)
         .with_protocol_type(protocol_type)
         .with_protocols(protocols))
 }
@@ -262,6 +268,7 @@ pub(super) fn sync_group(body: Bytes, version: i16) -> Result<SyncGroupRequest, 
     let group_id = r.string("group_id")?.unwrap_or_default();
     let generation_id = r.i32("generation_id")?;
     let member_id = r.string("member_id")?.unwrap_or_default();
+    let group_instance_id = if version >= 3 { r.string("group_instance_id")? } else { None };
     let assignments = r
         .array("assignments", |r| r.element::<SyncGroupRequestAssignment>("assignments", version))?
         .unwrap_or_default();
@@ -269,7 +276,35 @@ pub(super) fn sync_group(body: Bytes, version: i16) -> Result<SyncGroupRequest, 
         .with_group_id(GroupId(group_id))
         .with_generation_id(generation_id)
         .with_member_id(member_id)
+        .with_group_instance_id(group_instance_id)
         .with_assignments(assignments))
+}
+
+/// LeaveGroup: one member id up to version 2; from version 3 a batch of at most
+/// [`KAFKA_LEAVE_GROUP_MEMBERS_MAX`] members, each a member id and a group instance id.
+pub(super) fn leave_group(body: Bytes, version: i16) -> Result<LeaveGroupRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = GroupId(r.string("group_id")?.unwrap_or_default());
+    if version < 3 {
+        let member_id = r.string("member_id")?.unwrap_or_default();
+        return Ok(LeaveGroupRequest::default().with_group_id(group_id).with_member_id(member_id));
+    }
+    r.need("members", 4)?;
+    let count = i32::from_be_bytes(r.0[..4].try_into().expect("4 bytes"));
+    if usize::try_from(count).is_ok_and(|count| count > KAFKA_LEAVE_GROUP_MEMBERS_MAX) {
+        let reason = format!("{count} members, over the limit of {KAFKA_LEAVE_GROUP_MEMBERS_MAX}");
+        return Err(DecodeError::Element { field: "members", reason });
+    }
+    let members = r
+        .array("members", |r| {
+            let member_id = r.string("members.member_id")?.unwrap_or_default();
+            let group_instance_id = r.string("members.group_instance_id")?;
+            Ok(MemberIdentity::default()
+                .with_member_id(member_id)
+                .with_group_instance_id(group_instance_id))
+        })?
+        .unwrap_or_default();
+    Ok(LeaveGroupRequest::default().with_group_id(group_id).with_members(members))
 }
 
 pub(super) fn offset_commit(body: Bytes, version: i16) -> Result<OffsetCommitRequest, DecodeError> {
@@ -277,6 +312,7 @@ pub(super) fn offset_commit(body: Bytes, version: i16) -> Result<OffsetCommitReq
     let group_id = r.string("group_id")?.unwrap_or_default();
     let generation = r.i32("generation_id")?;
     let member_id = r.string("member_id")?.unwrap_or_default();
+    let group_instance_id = if version >= 7 { r.string("group_instance_id")? } else { None };
     let retention_time_ms =
         if (2..=4).contains(&version) { r.i64("retention_time_ms")? } else { -1 };
     let topics = r
@@ -294,6 +330,7 @@ pub(super) fn offset_commit(body: Bytes, version: i16) -> Result<OffsetCommitReq
         .with_group_id(GroupId(group_id))
         .with_generation_id_or_member_epoch(generation)
         .with_member_id(member_id)
+        .with_group_instance_id(group_instance_id)
         .with_retention_time_ms(retention_time_ms)
         .with_topics(topics))
 }

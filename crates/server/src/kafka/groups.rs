@@ -26,6 +26,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -41,7 +42,7 @@ use kafka_protocol::messages::{
     SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use spool_broker::group::classic::{ClassicError, JoinRequest, Joined};
+use spool_broker::group::classic::{ClassicError, JoinRequest, Joined, MemberRef};
 use spool_broker::group::{GroupName, GroupState, TopicPartition};
 use spool_broker::limits::{CLASSIC_COMMIT_METADATA_BYTES_MAX, COMMIT_OFFSETS_MAX};
 use spool_storage::Offset;
@@ -140,6 +141,7 @@ pub(super) async fn join_group(
     };
     let join = JoinRequest {
         member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|id| id.to_string()),
         client_id: client.id.to_owned(),
         client_host: client.host.to_owned(),
         session_timeout_ms: request.session_timeout_ms,
@@ -167,19 +169,22 @@ pub(super) async fn join_group(
     };
     groups.deadlines_changed();
     match answer(shared, waiting).await {
-        Ok(joined) => joined_response(joined),
+        Ok(joined) => joined_response(joined, version),
         Err((code, given)) => join_error(code, given.map_or(request.member_id, |id| text(&id))),
     }
 }
 
-fn joined_response(joined: Joined) -> JoinGroupResponse {
+/// A member's group instance id goes out from JoinGroup 5, which carries it.
+fn joined_response(joined: Joined, version: i16) -> JoinGroupResponse {
     let members = joined
         .members
         .into_iter()
-        .map(|(id, metadata)| {
+        .map(|member| {
+            let instance_id = member.instance_id.filter(|_| version >= 5);
             JoinGroupResponseMember::default()
-                .with_member_id(text(&id))
-                .with_metadata(Bytes::from(metadata))
+                .with_member_id(text(&member.member_id))
+                .with_group_instance_id(instance_id.as_deref().map(text))
+                .with_metadata(Bytes::from(member.metadata))
         })
         .collect();
     JoinGroupResponse::default()
@@ -208,9 +213,13 @@ pub(super) async fn sync_group(
     let waiting = {
         let mut state = groups.lock();
         let now = groups.now();
+        let member = MemberRef {
+            member_id: request.member_id.as_str(),
+            instance_id: request.group_instance_id.as_deref(),
+        };
         let (ticket, replies) = state.coordinator.classic_mut().sync(
             &group,
-            request.member_id.as_str(),
+            member,
             request.generation_id,
             assignments,
             now,
@@ -236,9 +245,13 @@ pub(super) fn heartbeat(
         Err(code) => return HeartbeatResponse::default().with_error_code(code),
     };
     let groups = &shared.groups;
+    let member = MemberRef {
+        member_id: request.member_id.as_str(),
+        instance_id: request.group_instance_id.as_deref(),
+    };
     let beat = groups.lock().coordinator.classic_mut().heartbeat(
         &group,
-        request.member_id.as_str(),
+        member,
         request.generation_id,
         groups.now(),
     );
@@ -247,25 +260,60 @@ pub(super) fn heartbeat(
     HeartbeatResponse::default().with_error_code(code)
 }
 
+/// Up to version 2 one member leaves, by member id, and its error is the answer's. From
+/// version 3 a batch leaves, each member by member id or group instance id (or both), each
+/// with its own error; the batch is bounded by the frame it came in.
 pub(super) fn leave_group(
     shared: &Shared,
     caller: &Caller,
     request: LeaveGroupRequest,
+    version: i16,
 ) -> LeaveGroupResponse {
     let group = match group_name(caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => return LeaveGroupResponse::default().with_error_code(code),
     };
+    let leaving: Vec<(StrBytes, Option<StrBytes>)> = if version < 3 {
+        vec![(request.member_id, None)]
+    } else {
+        request.members.into_iter().map(|m| (m.member_id, m.group_instance_id)).collect()
+    };
     let groups = &shared.groups;
-    let left = {
+    let codes: Vec<i16> = {
         let mut state = groups.lock();
         let now = groups.now();
-        let left = state.coordinator.classic_mut().leave(&group, request.member_id.as_str(), now);
-        left.map(|replies| state.deliver(replies))
+        leaving
+            .iter()
+            .map(|(member_id, instance_id)| {
+                let member = MemberRef {
+                    member_id: member_id.as_str(),
+                    instance_id: instance_id.as_deref(),
+                };
+                match state.coordinator.classic_mut().leave(&group, member, now) {
+                    Ok(replies) => {
+                        state.deliver(replies);
+                        0
+                    }
+                    Err(error) => classic_error_code(&error),
+                }
+            })
+            .collect()
     };
     groups.deadlines_changed();
-    let code = left.err().map_or(0, |error| classic_error_code(&error));
-    LeaveGroupResponse::default().with_error_code(code)
+    if version < 3 {
+        return LeaveGroupResponse::default().with_error_code(codes[0]);
+    }
+    let members = leaving
+        .into_iter()
+        .zip(codes)
+        .map(|((member_id, instance_id), code)| {
+            MemberResponse::default()
+                .with_member_id(member_id)
+                .with_group_instance_id(instance_id)
+                .with_error_code(code)
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(members)
 }
 
 /// Commits the offsets of partitions that exist, each with metadata of at most
@@ -375,9 +423,21 @@ async fn commit(
     metadata: BTreeMap<TopicPartition, String>,
 ) -> i16 {
     let groups = &shared.groups;
+    let member = MemberRef {
+        member_id: request.member_id.as_str(),
+        instance_id: request.group_instance_id.as_deref(),
+    };
+    let generation = request.generation_id_or_member_epoch;
     let durable = {
         let mut state = groups.lock();
         let now = groups.now();
+        // A static member's stale member id is fenced before the rest is checked, as in
+        // Kafka; `classic_commit` checks the member id and generation.
+        if let Err(error) =
+            state.coordinator.classic().check_commit_instance(group, member, generation)
+        {
+            return classic_error_code(&error);
+        }
         let committed = state.coordinator.classic_commit(
             group,
             request.member_id.as_str(),
@@ -468,6 +528,7 @@ pub(super) fn describe_groups(
     shared: &Shared,
     caller: &Caller,
     request: DescribeGroupsRequest,
+    version: i16,
 ) -> DescribeGroupsResponse {
     let state = shared.groups.lock();
     let coordinator = &state.coordinator;
@@ -487,8 +548,11 @@ pub(super) fn describe_groups(
                     .members
                     .into_iter()
                     .map(|m| {
+                        // Version 4 carries a member's group instance id.
+                        let instance_id = m.instance_id.filter(|_| version >= 4);
                         DescribedGroupMember::default()
                             .with_member_id(text(&m.member_id))
+                            .with_group_instance_id(instance_id.as_deref().map(text))
                             .with_client_id(text(&m.client_id))
                             .with_client_host(text(&m.client_host))
                             .with_member_metadata(Bytes::from(m.metadata))

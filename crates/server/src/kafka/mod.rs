@@ -52,8 +52,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorRequest, HeartbeatRequest, LeaveGroupRequest, ListGroupsRequest,
-    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiKey, FindCoordinatorRequest, HeartbeatRequest, ListGroupsRequest, RequestHeader,
+    ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -536,7 +536,7 @@ pub fn decode_request(request: &[u8]) -> bool {
         ApiKey::JoinGroup => decode::join_group(request, v).is_ok(),
         ApiKey::SyncGroup => decode::sync_group(request, v).is_ok(),
         ApiKey::Heartbeat => HeartbeatRequest::decode(&mut request, v).is_ok(),
-        ApiKey::LeaveGroup => LeaveGroupRequest::decode(&mut request, v).is_ok(),
+        ApiKey::LeaveGroup => decode::leave_group(request, v).is_ok(),
         ApiKey::OffsetCommit => decode::offset_commit(request, v).is_ok(),
         ApiKey::OffsetFetch => decode::offset_fetch(request, v).is_ok(),
         ApiKey::DescribeGroups => decode::describe_groups(request, v).is_ok(),
@@ -686,10 +686,10 @@ async fn handle(
             encode(api, version, correlation_id, &groups::heartbeat(&shared, &caller, body))?
         }
         ApiKey::LeaveGroup => {
-            let body = LeaveGroupRequest::decode(&mut request, version)
-                .map_err(|e| malformed(e.to_string()))?;
-            decode_whole(&mut request)?;
-            encode(api, version, correlation_id, &groups::leave_group(&shared, &caller, body))?
+            let body =
+                decode::leave_group(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::leave_group(&shared, &caller, body, version);
+            encode(api, version, correlation_id, &answer)?
         }
         ApiKey::OffsetCommit => {
             let body =
@@ -706,7 +706,7 @@ async fn handle(
         ApiKey::DescribeGroups => {
             let body =
                 decode::describe_groups(request, version).map_err(|e| malformed(e.to_string()))?;
-            let answer = groups::describe_groups(&shared, &caller, body);
+            let answer = groups::describe_groups(&shared, &caller, body, version);
             encode(api, version, correlation_id, &answer)?
         }
         ApiKey::ListGroups => {
@@ -789,6 +789,34 @@ mod tests {
         assert_eq!(v6.to_string(), "[::1]:9092");
         for bad in ["9092", ":9092", "host:0", "host:99999", "host:x"] {
             assert!(bad.parse::<AdvertisedAddress>().is_err(), "{bad}");
+        }
+    }
+
+    /// The fuzz target's seeds of the group requests with a group instance id decode, and a
+    /// LeaveGroup v3 claiming more members than its frame holds, or than the limit, does not.
+    #[test]
+    fn static_member_requests_decode_and_a_leave_batch_is_bounded_by_its_frame() {
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/kafka_request");
+        for seed in ["join_group_v5", "leave_group_v3", "offset_commit_v7"] {
+            let frame = std::fs::read(seeds.join(seed)).unwrap();
+            assert!(decode_request(&frame), "{seed}");
+        }
+        let frame = std::fs::read(seeds.join("leave_group_v3")).unwrap();
+        let body = Bytes::copy_from_slice(&frame[14..]);
+        let request = decode::leave_group(body, 3).unwrap();
+        let members: Vec<(&str, Option<&str>)> = request
+            .members
+            .iter()
+            .map(|m| (m.member_id.as_str(), m.group_instance_id.as_deref()))
+            .collect();
+        assert_eq!(members, vec![("member-1", None), ("", Some("instance-1"))]);
+        for count in [i32::MAX, crate::limits::KAFKA_LEAVE_GROUP_MEMBERS_MAX as i32 + 1] {
+            let mut claiming = frame[..14].to_vec();
+            claiming.extend([0, 1, b'g']);
+            claiming.extend(count.to_be_bytes());
+            claiming.extend(std::iter::repeat_n([0xff, 0xff, 0xff, 0xff], 2000).flatten());
+            assert!(!decode_request(&claiming), "{count}");
         }
     }
 }

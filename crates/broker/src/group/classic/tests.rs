@@ -11,9 +11,14 @@ fn g() -> GroupName {
     GroupName::parse("g").unwrap()
 }
 
+fn m(member_id: &str) -> MemberRef<'_> {
+    MemberRef::dynamic(member_id)
+}
+
 fn request(member_id: &str, protocols: &[(&str, &[u8])]) -> JoinRequest {
     JoinRequest {
         member_id: member_id.to_owned(),
+        instance_id: None,
         client_id: "client".to_owned(),
         client_host: "/127.0.0.1".to_owned(),
         session_timeout_ms: 1000,
@@ -22,6 +27,11 @@ fn request(member_id: &str, protocols: &[(&str, &[u8])]) -> JoinRequest {
         protocols: protocols.iter().map(|(n, m)| ((*n).to_owned(), m.to_vec())).collect(),
         require_known_member_id: true,
     }
+}
+
+/// The member ids and metadata the leader's join answer lists.
+fn metadata_of(joined: &Joined) -> Vec<(String, Vec<u8>)> {
+    joined.members.iter().map(|m| (m.member_id.clone(), m.metadata.clone())).collect()
 }
 
 /// The answer to `ticket` among `replies`, if there is one.
@@ -51,14 +61,14 @@ fn two_members_join_the_leader_assigns_and_both_get_their_assignment() {
     let (a, ticket, replies) = join_new(&mut c, 0, b"a-meta");
     let joined = join_answer(&replies, ticket).unwrap().unwrap();
     assert_eq!((joined.generation, joined.leader.as_str()), (1, a.as_str()));
-    assert_eq!(joined.members, vec![(a.clone(), b"a-meta".to_vec())]);
-    let (sync, replies) = c.sync(&g(), &a, 1, vec![(a.clone(), b"all".to_vec())], t(1));
+    assert_eq!(metadata_of(&joined), vec![(a.clone(), b"a-meta".to_vec())]);
+    let (sync, replies) = c.sync(&g(), m(&a), 1, vec![(a.clone(), b"all".to_vec())], t(1));
     assert_eq!(sync_answer(&replies, sync), Some(Ok(b"all".to_vec())));
 
     // A second member starts a rebalance: the first hears of it by heartbeat and rejoins.
     let (b, b_join, replies) = join_new(&mut c, 10, b"b-meta");
     assert_eq!(join_answer(&replies, b_join), None, "it waits for the first member");
-    assert_eq!(c.heartbeat(&g(), &a, 1, t(11)), Err(ClassicError::RebalanceInProgress));
+    assert_eq!(c.heartbeat(&g(), m(&a), 1, t(11)), Err(ClassicError::RebalanceInProgress));
     let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"a-meta")]), true, t(12));
     let leader = join_answer(&replies, a_join).unwrap().unwrap();
     let follower = join_answer(&replies, b_join).unwrap().unwrap();
@@ -68,11 +78,11 @@ fn two_members_join_the_leader_assigns_and_both_get_their_assignment() {
     assert_eq!(follower.protocol_name, "range");
 
     // The follower's sync waits for the leader's.
-    let (b_sync, replies) = c.sync(&g(), &b, 2, Vec::new(), t(13));
+    let (b_sync, replies) = c.sync(&g(), m(&b), 2, Vec::new(), t(13));
     assert_eq!(sync_answer(&replies, b_sync), None);
-    assert_eq!(c.heartbeat(&g(), &b, 2, t(13)), Ok(()), "heartbeats are fine meanwhile");
+    assert_eq!(c.heartbeat(&g(), m(&b), 2, t(13)), Ok(()), "heartbeats are fine meanwhile");
     let assignments = vec![(a.clone(), b"p0".to_vec()), (b.clone(), b"p1".to_vec())];
-    let (a_sync, replies) = c.sync(&g(), &a, 2, assignments, t(14));
+    let (a_sync, replies) = c.sync(&g(), m(&a), 2, assignments, t(14));
     assert_eq!(sync_answer(&replies, a_sync), Some(Ok(b"p0".to_vec())));
     assert_eq!(sync_answer(&replies, b_sync), Some(Ok(b"p1".to_vec())));
     let described = c.describe(&g()).unwrap();
@@ -83,13 +93,13 @@ fn two_members_join_the_leader_assigns_and_both_get_their_assignment() {
 #[test]
 fn errors_are_kafkas_unknown_member_illegal_generation_and_inconsistent_protocol() {
     let mut c = ClassicGroups::new(7, 0);
-    assert_eq!(c.heartbeat(&g(), "nobody", 1, t(0)), Err(ClassicError::UnknownMemberId));
+    assert_eq!(c.heartbeat(&g(), m("nobody"), 1, t(0)), Err(ClassicError::UnknownMemberId));
     let (ticket, replies) = c.join(&g(), request("nobody", &[("range", b"")]), true, t(0));
     assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::UnknownMemberId)));
     let (a, _, _) = join_new(&mut c, 0, b"");
-    assert_eq!(c.heartbeat(&g(), &a, 5, t(1)), Err(ClassicError::IllegalGeneration));
-    assert_eq!(c.heartbeat(&g(), "other", 1, t(1)), Err(ClassicError::UnknownMemberId));
-    let (_, replies) = c.sync(&g(), &a, 9, Vec::new(), t(1));
+    assert_eq!(c.heartbeat(&g(), m(&a), 5, t(1)), Err(ClassicError::IllegalGeneration));
+    assert_eq!(c.heartbeat(&g(), m("other"), 1, t(1)), Err(ClassicError::UnknownMemberId));
+    let (_, replies) = c.sync(&g(), m(&a), 9, Vec::new(), t(1));
     assert_eq!(replies.syncs[0].1, Err(ClassicError::IllegalGeneration));
     let (ticket, replies) = c.join(&g(), request("", &[("roundrobin", b"")]), true, t(2));
     assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::InconsistentGroupProtocol)));
@@ -127,7 +137,7 @@ fn the_protocol_is_one_every_member_supports_chosen_by_vote() {
     let (a_join, replies) = c.join(&g(), request(&a, protocols), true, t(2));
     let leader = join_answer(&replies, a_join).unwrap().unwrap();
     assert_eq!(leader.protocol_name, "range");
-    assert_eq!(leader.members, vec![(a, b"r".to_vec()), (b, b"r2".to_vec())]);
+    assert_eq!(metadata_of(&leader), vec![(a, b"r".to_vec()), (b, b"r2".to_vec())]);
     assert!(join_answer(&replies, b_join).is_some());
 }
 
@@ -135,20 +145,20 @@ fn the_protocol_is_one_every_member_supports_chosen_by_vote() {
 fn a_silent_member_is_removed_after_its_session_timeout_and_the_survivor_rebalances() {
     let mut c = ClassicGroups::new(7, 0);
     let (a, _, _) = join_new(&mut c, 0, b"");
-    c.sync(&g(), &a, 1, vec![(a.clone(), b"x".to_vec())], t(0));
+    c.sync(&g(), m(&a), 1, vec![(a.clone(), b"x".to_vec())], t(0));
     let (b, b_join, _) = join_new(&mut c, 0, b"");
     let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(0));
     assert!(join_answer(&replies, a_join).is_some() && join_answer(&replies, b_join).is_some());
-    let (_, replies) = c.sync(&g(), &a, 2, Vec::new(), t(0));
+    let (_, replies) = c.sync(&g(), m(&a), 2, Vec::new(), t(0));
     assert_eq!(replies.syncs.len(), 1);
     // b syncs, then falls silent; a keeps heartbeating.
-    c.sync(&g(), &b, 2, Vec::new(), t(0));
+    c.sync(&g(), m(&b), 2, Vec::new(), t(0));
     assert_eq!(c.next_deadline(), Some(t(1000)));
-    assert_eq!(c.heartbeat(&g(), &a, 2, t(900)), Ok(()));
+    assert_eq!(c.heartbeat(&g(), m(&a), 2, t(900)), Ok(()));
     let replies = c.tick(t(1000));
     assert_eq!(replies.expired, vec![(g(), b.clone())]);
-    assert_eq!(c.heartbeat(&g(), &b, 2, t(1001)), Err(ClassicError::UnknownMemberId));
-    assert_eq!(c.heartbeat(&g(), &a, 2, t(1001)), Err(ClassicError::RebalanceInProgress));
+    assert_eq!(c.heartbeat(&g(), m(&b), 2, t(1001)), Err(ClassicError::UnknownMemberId));
+    assert_eq!(c.heartbeat(&g(), m(&a), 2, t(1001)), Err(ClassicError::RebalanceInProgress));
     let (a_join, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(1002));
     let joined = join_answer(&replies, a_join).unwrap().unwrap();
     assert_eq!((joined.generation, joined.members.len()), (3, 1));
@@ -158,28 +168,28 @@ fn a_silent_member_is_removed_after_its_session_timeout_and_the_survivor_rebalan
 fn a_member_that_does_not_rejoin_by_the_rebalance_deadline_is_removed() {
     let mut c = ClassicGroups::new(7, 0);
     let (a, _, _) = join_new(&mut c, 0, b"");
-    c.sync(&g(), &a, 1, Vec::new(), t(0));
+    c.sync(&g(), m(&a), 1, Vec::new(), t(0));
     let (b, b_join, _) = join_new(&mut c, 100, b"");
     // a heartbeats (so its session holds) but never rejoins.
-    assert_eq!(c.heartbeat(&g(), &a, 1, t(900)), Err(ClassicError::RebalanceInProgress));
-    assert_eq!(c.heartbeat(&g(), &a, 1, t(1800)), Err(ClassicError::RebalanceInProgress));
+    assert_eq!(c.heartbeat(&g(), m(&a), 1, t(900)), Err(ClassicError::RebalanceInProgress));
+    assert_eq!(c.heartbeat(&g(), m(&a), 1, t(1800)), Err(ClassicError::RebalanceInProgress));
     let replies = c.tick(t(5100));
     let joined = join_answer(&replies, b_join).unwrap().unwrap();
     assert_eq!((joined.generation, joined.leader.clone(), joined.members.len()), (2, b, 1));
-    assert_eq!(c.heartbeat(&g(), &a, 1, t(5101)), Err(ClassicError::UnknownMemberId));
+    assert_eq!(c.heartbeat(&g(), m(&a), 1, t(5101)), Err(ClassicError::UnknownMemberId));
 }
 
 #[test]
 fn leaving_rebalances_and_the_last_one_out_forgets_the_group() {
     let mut c = ClassicGroups::new(7, 0);
     let (a, _, _) = join_new(&mut c, 0, b"");
-    c.sync(&g(), &a, 1, Vec::new(), t(0));
+    c.sync(&g(), m(&a), 1, Vec::new(), t(0));
     let (b, b_join, _) = join_new(&mut c, 0, b"");
-    let replies = c.leave(&g(), &a, t(1)).unwrap();
+    let replies = c.leave(&g(), m(&a), t(1)).unwrap();
     let joined = join_answer(&replies, b_join).unwrap().unwrap();
     assert_eq!((joined.generation, joined.leader.as_str()), (2, b.as_str()));
-    assert_eq!(c.leave(&g(), &a, t(2)), Err(ClassicError::UnknownMemberId));
-    c.leave(&g(), &b, t(2)).unwrap();
+    assert_eq!(c.leave(&g(), m(&a), t(2)), Err(ClassicError::UnknownMemberId));
+    c.leave(&g(), m(&b), t(2)).unwrap();
     assert!(!c.is_live(&g()));
     assert_eq!(c.bytes, 0, "every byte held is given back");
 }
@@ -209,7 +219,7 @@ fn commits_need_the_generation_but_a_group_without_members_takes_simple_commits(
         Err(ClassicError::RebalanceInProgress),
         "not while the assignment is being decided"
     );
-    c.classic_mut().sync(&g(), &a, 1, Vec::new(), t(0));
+    c.classic_mut().sync(&g(), m(&a), 1, Vec::new(), t(0));
     assert_eq!(
         c.classic_commit(&g(), "", -1, offsets.clone(), BTreeMap::new(), t(0)),
         Err(ClassicError::UnknownMemberId)
@@ -263,22 +273,22 @@ fn a_name_is_live_under_one_protocol_at_a_time() {
 fn a_leader_that_heartbeats_but_never_syncs_is_removed_at_the_rebalance_timeout() {
     let mut c = ClassicGroups::new(7, 0);
     let (a, _, _) = join_new(&mut c, 0, b"");
-    c.sync(&g(), &a, 1, vec![(a.clone(), b"x".to_vec())], t(0));
+    c.sync(&g(), m(&a), 1, vec![(a.clone(), b"x".to_vec())], t(0));
     let (b, b_join, _) = join_new(&mut c, 0, b"");
     let (_, replies) = c.join(&g(), request(&a, &[("range", b"")]), true, t(0));
     assert!(join_answer(&replies, b_join).is_some());
     // b waits for the leader's assignment; the leader heartbeats but never sends it.
-    let (b_sync, replies) = c.sync(&g(), &b, 2, Vec::new(), t(10));
+    let (b_sync, replies) = c.sync(&g(), m(&b), 2, Vec::new(), t(10));
     assert_eq!(sync_answer(&replies, b_sync), None);
     for now in (1000..5000).step_by(1000) {
-        assert_eq!(c.heartbeat(&g(), &a, 2, t(now)), Ok(()));
+        assert_eq!(c.heartbeat(&g(), m(&a), 2, t(now)), Ok(()));
         assert!(c.tick(t(now)).syncs.is_empty());
     }
     assert_eq!(c.next_deadline(), Some(t(5000)), "the rebalance timeout after the join");
     let replies = c.tick(t(5000));
     assert_eq!(replies.expired, vec![(g(), a.clone())]);
     assert_eq!(sync_answer(&replies, b_sync), Some(Err(ClassicError::RebalanceInProgress)));
-    assert_eq!(c.heartbeat(&g(), &a, 2, t(5001)), Err(ClassicError::UnknownMemberId));
+    assert_eq!(c.heartbeat(&g(), m(&a), 2, t(5001)), Err(ClassicError::UnknownMemberId));
 }
 
 #[test]
@@ -286,13 +296,13 @@ fn bytes_held_follow_metadata_and_assignments() {
     let mut c = ClassicGroups::new(7, 0);
     let (a, _, _) = join_new(&mut c, 0, b"12345");
     assert_eq!(c.bytes, "range".len() + 5);
-    c.sync(&g(), &a, 1, vec![(a.clone(), b"abc".to_vec())], t(0));
+    c.sync(&g(), m(&a), 1, vec![(a.clone(), b"abc".to_vec())], t(0));
     assert_eq!(c.bytes, "range".len() + 5 + 3);
     // A rejoin with other metadata and a new assignment replace the old ones.
     let (_, _) = c.join(&g(), request(&a, &[("range", b"1")]), true, t(1));
-    c.sync(&g(), &a, 2, vec![(a.clone(), b"abcdef".to_vec())], t(1));
+    c.sync(&g(), m(&a), 2, vec![(a.clone(), b"abcdef".to_vec())], t(1));
     assert_eq!(c.bytes, "range".len() + 1 + 6);
-    c.leave(&g(), &a, t(2)).unwrap();
+    c.leave(&g(), m(&a), t(2)).unwrap();
     assert_eq!(c.bytes, 0);
 }
 
@@ -323,4 +333,244 @@ fn consumer_assignments_are_read_for_describing_only() {
     // A count past the bytes fails at once, without reserving for it.
     assert_eq!(consumer_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
     assert_eq!(consumer_assignment(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff]), None);
+}
+
+fn static_request(member_id: &str, instance_id: &str, metadata: &[u8]) -> JoinRequest {
+    JoinRequest {
+        instance_id: Some(instance_id.to_owned()),
+        ..request(member_id, &[("range", metadata)])
+    }
+}
+
+fn static_ref<'a>(member_id: &'a str, instance_id: &'a str) -> MemberRef<'a> {
+    MemberRef { member_id, instance_id: Some(instance_id) }
+}
+
+/// Two static members `a-1` and `b-1` join (neither is asked for MEMBER_ID_REQUIRED), the
+/// leader assigns `pa` and `pb`, and the group is stable at generation 2. Their member ids.
+fn two_static_members(c: &mut ClassicGroups) -> (String, String) {
+    let (ticket, replies) = c.join(&g(), static_request("", "a-1", b"a"), true, t(0));
+    let a = join_answer(&replies, ticket).unwrap().unwrap().member_id;
+    c.sync(&g(), static_ref(&a, "a-1"), 1, vec![(a.clone(), b"pa".to_vec())], t(0));
+    let (b_join, _) = c.join(&g(), static_request("", "b-1", b"b"), true, t(0));
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(0));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    let b = join_answer(&replies, b_join).unwrap().unwrap().member_id;
+    assert_eq!((leader.generation, leader.leader.as_str()), (2, a.as_str()));
+    let instances: Vec<Option<String>> =
+        leader.members.iter().map(|m| m.instance_id.clone()).collect();
+    assert_eq!(instances, vec![Some("a-1".to_owned()), Some("b-1".to_owned())]);
+    let assignments = vec![(a.clone(), b"pa".to_vec()), (b.clone(), b"pb".to_vec())];
+    c.sync(&g(), static_ref(&a, "a-1"), 2, assignments, t(0));
+    c.sync(&g(), static_ref(&b, "b-1"), 2, Vec::new(), t(0));
+    assert_eq!(c.describe(&g()).unwrap().state, ClassicState::Stable);
+    (a, b)
+}
+
+#[test]
+fn a_restarted_static_member_gets_its_assignment_back_and_its_old_id_is_fenced() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, old_b) = two_static_members(&mut c);
+    // b restarts: it joins with its instance id and no member id, and is answered at once.
+    let (ticket, replies) = c.join(&g(), static_request("", "b-1", b"b"), true, t(100));
+    let joined = join_answer(&replies, ticket).unwrap().unwrap();
+    let b = joined.member_id.clone();
+    assert_ne!(b, old_b, "a new member id");
+    assert_eq!((joined.generation, joined.leader.as_str()), (2, a.as_str()));
+    assert!(joined.members.is_empty());
+    let (sync, replies) = c.sync(&g(), static_ref(&b, "b-1"), 2, Vec::new(), t(101));
+    assert_eq!(sync_answer(&replies, sync), Some(Ok(b"pb".to_vec())), "the old assignment");
+    assert_eq!(c.heartbeat(&g(), static_ref(&a, "a-1"), 2, t(102)), Ok(()), "no rebalance");
+    assert_eq!(c.describe(&g()).unwrap().generation, 2);
+
+    // The old member id is fenced wherever it shows up with the instance id.
+    let fenced = Err(ClassicError::FencedInstanceId);
+    assert_eq!(c.heartbeat(&g(), static_ref(&old_b, "b-1"), 2, t(103)), fenced);
+    assert_eq!(c.heartbeat(&g(), m(&old_b), 2, t(103)), Err(ClassicError::UnknownMemberId));
+    let (sync, replies) = c.sync(&g(), static_ref(&old_b, "b-1"), 2, Vec::new(), t(103));
+    assert_eq!(sync_answer(&replies, sync), Some(Err(ClassicError::FencedInstanceId)));
+    let (ticket, replies) = c.join(&g(), static_request(&old_b, "b-1", b"b"), true, t(103));
+    assert_eq!(join_answer(&replies, ticket), Some(Err(ClassicError::FencedInstanceId)));
+    assert_eq!(c.check_commit_instance(&g(), static_ref(&old_b, "b-1"), 2), fenced);
+    assert_eq!(c.check_commit_instance(&g(), static_ref(&b, "b-1"), 2), Ok(()));
+    assert_eq!(
+        c.check_commit_instance(&g(), static_ref(&b, "c-1"), 2),
+        Err(ClassicError::UnknownMemberId)
+    );
+    let described = c.describe(&g()).unwrap();
+    assert_eq!(described.state, ClassicState::Stable);
+    let members: Vec<(String, Option<String>)> =
+        described.members.iter().map(|m| (m.member_id.clone(), m.instance_id.clone())).collect();
+    assert!(members.contains(&(b.clone(), Some("b-1".to_owned()))), "{members:?}");
+    assert_eq!(members.len(), 2);
+}
+
+#[test]
+fn a_restarted_static_leader_is_answered_as_a_follower_and_leads_from_the_next_rebalance() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (old_a, b) = two_static_members(&mut c);
+    let (ticket, replies) = c.join(&g(), static_request("", "a-1", b"a"), true, t(100));
+    let joined = join_answer(&replies, ticket).unwrap().unwrap();
+    let a = joined.member_id.clone();
+    // The old leader's id: the restarted leader does not assign.
+    assert_eq!((joined.generation, joined.leader.as_str()), (2, old_a.as_str()));
+    assert!(joined.members.is_empty());
+    let (sync, replies) = c.sync(&g(), static_ref(&a, "a-1"), 2, Vec::new(), t(101));
+    assert_eq!(sync_answer(&replies, sync), Some(Ok(b"pa".to_vec())));
+    assert_eq!(c.heartbeat(&g(), static_ref(&b, "b-1"), 2, t(102)), Ok(()));
+    // A new member joins: at the rebalance, the restarted member leads.
+    let (_, new_join, _) = join_new(&mut c, 200, b"");
+    let (b_join, _) = c.join(&g(), static_request(&b, "b-1", b"b"), true, t(201));
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(202));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!((leader.generation, leader.leader.as_str()), (3, a.as_str()));
+    assert_eq!(leader.members.len(), 3);
+    assert!(join_answer(&replies, b_join).is_some() && join_answer(&replies, new_join).is_some());
+}
+
+#[test]
+fn a_static_member_that_stays_away_keeps_its_place_until_its_session_timeout() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, b) = two_static_members(&mut c);
+    // b is gone (no LeaveGroup); a new member's join phase ends at its deadline without b,
+    // which keeps its place in the new generation.
+    let (n, new_join, _) = join_new(&mut c, 0, b"");
+    let (a_join, _) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(0));
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&b, "b-1"), 2, t(900)),
+        Err(ClassicError::RebalanceInProgress)
+    );
+    let replies = c.tick(t(5000));
+    let leader = join_answer(&replies, a_join).unwrap().unwrap();
+    assert!(join_answer(&replies, new_join).is_some());
+    assert_eq!(leader.generation, 3);
+    let listed: Vec<&str> = leader.members.iter().map(|m| m.member_id.as_str()).collect();
+    assert!(listed.contains(&b.as_str()), "b stays, and is assigned to: {listed:?}");
+    assert!(replies.expired.is_empty());
+    // Its session timeout (from its last heartbeat, or the join phase's end) removes it, and
+    // the group rebalances.
+    c.sync(&g(), static_ref(&a, "a-1"), 3, Vec::new(), t(5001));
+    c.sync(&g(), m(&n), 3, Vec::new(), t(5500));
+    assert_eq!(c.next_deadline(), Some(t(6000)));
+    let replies = c.tick(t(6000));
+    assert_eq!(replies.expired, vec![(g(), b.clone())]);
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&a, "a-1"), 3, t(6001)),
+        Err(ClassicError::RebalanceInProgress)
+    );
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&b, "b-1"), 3, t(6001)),
+        Err(ClassicError::UnknownMemberId),
+        "the instance is no longer known"
+    );
+    // Back after its session timeout, it joins as a new member.
+    let (b_join, replies) = c.join(&g(), static_request("", "b-1", b"b"), true, t(6002));
+    assert_eq!(join_answer(&replies, b_join), None, "it waits for the rebalance");
+}
+
+#[test]
+fn a_static_member_that_stays_away_is_removed_at_its_session_timeout() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, b) = two_static_members(&mut c);
+    assert_eq!(c.heartbeat(&g(), static_ref(&a, "a-1"), 2, t(900)), Ok(()));
+    assert_eq!(c.next_deadline(), Some(t(1000)));
+    let replies = c.tick(t(1000));
+    assert_eq!(replies.expired, vec![(g(), b)]);
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&a, "a-1"), 2, t(1001)),
+        Err(ClassicError::RebalanceInProgress)
+    );
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(1002));
+    let joined = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.members.len()), (3, 1));
+}
+
+#[test]
+fn leave_group_names_a_static_member_by_instance_id_and_fences_a_stale_member_id() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, b) = two_static_members(&mut c);
+    assert_eq!(
+        c.leave(&g(), static_ref(&a, "b-1"), t(1)).map(|_| ()),
+        Err(ClassicError::FencedInstanceId)
+    );
+    assert_eq!(
+        c.leave(&g(), static_ref("", "z-1"), t(1)).map(|_| ()),
+        Err(ClassicError::UnknownMemberId)
+    );
+    c.leave(&g(), static_ref("", "b-1"), t(1)).unwrap();
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&b, "b-1"), 2, t(2)),
+        Err(ClassicError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.heartbeat(&g(), static_ref(&a, "a-1"), 2, t(2)),
+        Err(ClassicError::RebalanceInProgress)
+    );
+    c.leave(&g(), static_ref(&a, "a-1"), t(3)).unwrap();
+    assert!(!c.is_live(&g()));
+    assert_eq!(c.bytes, 0);
+    // A member id given out with MEMBER_ID_REQUIRED may leave before it joins.
+    let (ticket, replies) = c.join(&g(), request("", &[("range", b"")]), true, t(4));
+    let Some(Err(ClassicError::MemberIdRequired { member_id })) = join_answer(&replies, ticket)
+    else {
+        panic!()
+    };
+    c.leave(&g(), m(&member_id), t(5)).unwrap();
+    assert!(!c.is_live(&g()));
+}
+
+#[test]
+fn a_static_member_restarting_while_the_leader_assigns_makes_the_group_rebalance() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, old_b) = two_static_members(&mut c);
+    let (_, new_join, _) = join_new(&mut c, 10, b"");
+    let (b_join, _) = c.join(&g(), static_request(&old_b, "b-1", b"b"), true, t(11));
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(12));
+    assert!(join_answer(&replies, a_join).is_some() && join_answer(&replies, new_join).is_some());
+    assert!(join_answer(&replies, b_join).is_some());
+    let (old_sync, _) = c.sync(&g(), static_ref(&old_b, "b-1"), 3, Vec::new(), t(13));
+    // b restarts before the leader assigned: its old sync is fenced and the group rebalances.
+    let (b_join, replies) = c.join(&g(), static_request("", "b-1", b"b"), true, t(14));
+    assert_eq!(sync_answer(&replies, old_sync), Some(Err(ClassicError::FencedInstanceId)));
+    assert_eq!(join_answer(&replies, b_join), None);
+    assert_eq!(c.describe(&g()).unwrap().state, ClassicState::PreparingRebalance);
+}
+
+#[test]
+fn instance_ids_are_one_to_249_bytes() {
+    let mut c = ClassicGroups::new(7, 0);
+    for instance_id in [String::new(), "i".repeat(250)] {
+        let (ticket, replies) = c.join(&g(), static_request("", &instance_id, b""), true, t(0));
+        assert_eq!(
+            join_answer(&replies, ticket),
+            Some(Err(ClassicError::InvalidInstanceId { bytes: instance_id.len() }))
+        );
+    }
+    let (ticket, replies) = c.join(&g(), static_request("", &"i".repeat(249), b""), true, t(0));
+    assert!(join_answer(&replies, ticket).unwrap().is_ok());
+}
+
+#[test]
+fn a_join_phase_left_with_only_absent_static_members_waits_for_them() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (ticket, replies) = c.join(&g(), static_request("", "a-1", b"a"), true, t(0));
+    let a = join_answer(&replies, ticket).unwrap().unwrap().member_id;
+    c.sync(&g(), static_ref(&a, "a-1"), 1, vec![(a.clone(), b"pa".to_vec())], t(0));
+    // A dynamic member comes and goes; a heartbeats but does not rejoin in time.
+    let (n, _, _) = join_new(&mut c, 0, b"");
+    c.leave(&g(), m(&n), t(10)).unwrap();
+    for now in (900..=4500).step_by(900) {
+        let beat = c.heartbeat(&g(), static_ref(&a, "a-1"), 1, t(now));
+        assert_eq!(beat, Err(ClassicError::RebalanceInProgress));
+        assert!(c.tick(t(now)).expired.is_empty());
+    }
+    // At the deadline nobody rejoined: no generation without members that heard of it; the
+    // phase waits another rebalance timeout, and a is kept.
+    assert!(c.tick(t(5000)).joins.is_empty());
+    let described = c.describe(&g()).unwrap();
+    assert_eq!((described.state, described.generation), (ClassicState::PreparingRebalance, 1));
+    assert_eq!(c.next_deadline(), Some(t(5500)), "a's session, from its last heartbeat");
+    let (a_join, replies) = c.join(&g(), static_request(&a, "a-1", b"a"), true, t(5200));
+    let joined = join_answer(&replies, a_join).unwrap().unwrap();
+    assert_eq!((joined.generation, joined.leader.as_str()), (2, a.as_str()));
 }
