@@ -15,9 +15,10 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 256;
 /// The most topics a server holds.
 pub const TOPICS_MAX: usize = 1024;
-/// Threads that open partition logs at start (no more than the machine's cores) and close
-/// them at shutdown, at most.
-pub const OPEN_THREADS_MAX: usize = 8;
+/// Threads that open partition logs at start and close them at shutdown. Opening and closing
+/// wait on the file system (reading a recovery point, allocating and syncing files), not on
+/// the CPU, so there are more of them than cores; each takes a stack only while it runs.
+pub const OPEN_THREADS_MAX: usize = 32;
 /// The most partitions, over all topics, a server's configured partition limit may allow. The
 /// limit itself is a setting (the server sizes its default from the machine, see
 /// [`crate::Registry::set_partitions_max`]).

@@ -91,10 +91,7 @@ fn in_parallel<T: Sync, R: Send, E: Send>(
     items: &[T],
     work: impl Fn(&T) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, OPEN_THREADS_MAX)
-        .min(items.len().max(1));
+    let threads = OPEN_THREADS_MAX.min(items.len()).max(1);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Vec<Mutex<Option<Result<R, E>>>> =

@@ -83,6 +83,45 @@ impl IndexFile {
         Ok(index)
     }
 
+    /// An empty index for an active segment whose entries are rebuilt, in the file already
+    /// there when it has a whole number of entries' room, at least the first growth's and at
+    /// most `capacity_max`: that room is allocated again (which fills any hole a copy of the
+    /// file left) and kept, rather than the file removed and created. Its bytes past the
+    /// entries pushed are never read: an active index is trimmed before a clean close vouches
+    /// for it, and rebuilt after a crash. Otherwise [`IndexFile::create`].
+    pub(crate) fn recreate(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        entry_bytes: usize,
+        capacity_max: usize,
+    ) -> io::Result<IndexFile> {
+        let file = match fs.open(path, OpenMode::Existing) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return IndexFile::create(fs, path, entry_bytes, capacity_max);
+            }
+            Err(error) => return Err(error),
+        };
+        let len = file.len()?;
+        let room = usize::try_from(len / entry_bytes as u64).unwrap_or(usize::MAX);
+        let fits = (INDEX_ENTRIES_INITIAL.min(capacity_max)..=capacity_max).contains(&room);
+        if len % entry_bytes as u64 != 0 || !fits {
+            drop(file);
+            return IndexFile::create(fs, path, entry_bytes, capacity_max);
+        }
+        file.allocate(len)?;
+        Ok(IndexFile {
+            fs: fs.clone(),
+            path: path.to_path_buf(),
+            map: None,
+            entry_bytes,
+            entries: 0,
+            capacity: room,
+            capacity_max,
+            dirty: false,
+        })
+    }
+
     /// Opens a trimmed index: its entry count is its length divided by the entry size.
     /// Returns `None` when the file is missing or its length is not a whole number of entries.
     pub(crate) fn open_trimmed(

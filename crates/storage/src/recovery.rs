@@ -509,21 +509,20 @@ impl Opener<'_> {
         now: TimestampMs,
     ) -> Result<(Segment, Option<Stop>), OpenError> {
         let [path, offset_path, time_path] = segment_paths(self.dir, base);
-        let capacity = match role {
-            Role::Active => self.config.index_capacity(),
-            Role::Sealed => 0,
+        let (capacity, make): (usize, fn(_, _, _, _) -> _) = match role {
+            Role::Active => (self.config.index_capacity(), IndexFile::recreate),
+            Role::Sealed => (0, IndexFile::create),
         };
         let mut segment = Segment {
             base_offset: base,
             path: path.clone(),
             file: SegmentFile::Open(file.clone()),
             offset_index: OffsetIndex(
-                IndexFile::create(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
+                make(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
                     .map_err(io_at(&offset_path))?,
             ),
             time_index: TimeIndex(
-                IndexFile::create(self.fs, &time_path, TIME_ENTRY_BYTES, capacity)
-                    .map_err(io_at(&time_path))?,
+                make(self.fs, &time_path, TIME_ENTRY_BYTES, capacity).map_err(io_at(&time_path))?,
             ),
             size_bytes: 0,
             next_offset: base,

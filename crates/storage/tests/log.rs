@@ -381,3 +381,37 @@ fn an_idle_log_holds_little_index_and_an_index_grows_as_records_arrive() {
     assert!(reopened.recovery_report().rebuilt_indexes.is_empty());
     assert_eq!(reopened.read(Offset(3999), 1).unwrap().next_offset, Offset(4000));
 }
+
+/// After a crash the active segment's indexes are rebuilt in the files already there (kept,
+/// not removed and created again), and reads through them find every record.
+#[test]
+fn a_crash_rebuilds_the_active_indexes_in_their_own_files() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("topic-0");
+    let mut log = std_open(&dir, config(FsyncPolicy::Always));
+    for i in 0..20 {
+        log.append(&batch_of(2, 1000, i), NOW).unwrap();
+    }
+    log.sync(NOW).unwrap();
+    assert_eq!(log.segment_count(), 1, "one segment, so it is the active one");
+    let before = read_all(&log, Offset(0), 10_000);
+    let index = dir.join(format!("{:020}.index", 0));
+    let inode = std::fs::metadata(&index).unwrap().ino();
+    drop(log);
+    let log = std_open(&dir, config(FsyncPolicy::Always));
+    let report = log.recovery_report();
+    assert!(!report.clean_shutdown);
+    assert!(report.rebuilt_indexes.contains(&index), "{report}");
+    assert_eq!(std::fs::metadata(&index).unwrap().ino(), inode, "the same file");
+    assert_eq!(read_all(&log, Offset(0), 10_000), before);
+    for offset in [0, 7, 21, 39] {
+        let read = log.read(Offset(offset), 1).unwrap();
+        assert!(read.next_offset.0 > offset, "offset {offset}: {read:?}");
+    }
+    log.close().unwrap();
+    let log = std_open(&dir, config(FsyncPolicy::Always));
+    assert!(log.recovery_report().clean_shutdown);
+    assert!(log.recovery_report().rebuilt_indexes.is_empty(), "the close trimmed them");
+    assert_eq!(read_all(&log, Offset(0), 10_000), before);
+}
