@@ -87,19 +87,7 @@ impl Connection {
         generation: i32,
         assignments: &[(&str, &[u8])],
     ) -> i32 {
-        let assignments = assignments
-            .iter()
-            .map(|(member, assignment)| {
-                SyncGroupRequestAssignment::default()
-                    .with_member_id(text(member))
-                    .with_assignment(Bytes::copy_from_slice(assignment))
-            })
-            .collect();
-        let request = SyncGroupRequest::default()
-            .with_group_id(group_id(group))
-            .with_generation_id(generation)
-            .with_member_id(text(member_id))
-            .with_assignments(assignments);
+        let request = sync_request(group, member_id, generation, assignments);
         self.send(ApiKey::SyncGroup, 2, &request).await
     }
 
@@ -160,6 +148,28 @@ impl Connection {
     }
 }
 
+/// A SyncGroup naming each member's assignment (a follower names none).
+fn sync_request(
+    group: &str,
+    member_id: &str,
+    generation: i32,
+    assignments: &[(&str, &[u8])],
+) -> SyncGroupRequest {
+    let assignments = assignments
+        .iter()
+        .map(|(member, assignment)| {
+            SyncGroupRequestAssignment::default()
+                .with_member_id(text(member))
+                .with_assignment(Bytes::copy_from_slice(assignment))
+        })
+        .collect();
+    SyncGroupRequest::default()
+        .with_group_id(group_id(group))
+        .with_generation_id(generation)
+        .with_member_id(text(member_id))
+        .with_assignments(assignments)
+}
+
 impl Connection {
     /// A static member's JoinGroup (v5, with its instance id); its answer.
     async fn join_static(
@@ -192,20 +202,8 @@ impl Connection {
         generation: i32,
         assignments: &[(&str, &[u8])],
     ) -> SyncGroupResponse {
-        let assignments = assignments
-            .iter()
-            .map(|(member, assignment)| {
-                SyncGroupRequestAssignment::default()
-                    .with_member_id(text(member))
-                    .with_assignment(Bytes::copy_from_slice(assignment))
-            })
-            .collect();
-        let request = SyncGroupRequest::default()
-            .with_group_id(group_id(group))
-            .with_generation_id(generation)
-            .with_member_id(text(member_id))
-            .with_group_instance_id(Some(text(instance_id)))
-            .with_assignments(assignments);
+        let request = sync_request(group, member_id, generation, assignments)
+            .with_group_instance_id(Some(text(instance_id)));
         self.call(ApiKey::SyncGroup, 3, &request).await
     }
 
