@@ -218,11 +218,14 @@ async fn write(
     let current = Arc::try_unwrap(current).expect("the writer holds the only reference");
     let store = current.into_inner().unwrap_or_else(PoisonError::into_inner).store;
     let path = store.dir().to_path_buf();
-    if let Err(error) = tokio::task::spawn_blocking(move || store.close())
-        .await
-        .expect("closing an internal log panicked")
-    {
-        tracing::error!(path = %path.display(), %error, "closing an internal log failed; the next start checks it");
+    match crate::partition::joined(tokio::task::spawn_blocking(move || store.close())).await {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            tracing::error!(path = %path.display(), %error, "closing an internal log failed; the next start checks it");
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "the runtime shut down before the internal log closed; the next start checks it");
+        }
     }
 }
 

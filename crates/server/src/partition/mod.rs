@@ -257,6 +257,19 @@ impl Partition {
     }
 }
 
+/// A blocking task's value, or `None` when it was cancelled: only a runtime shutting down
+/// cancels one (before it ran), and then nothing is left to answer. A panic in it goes on
+/// unwinding here.
+pub(crate) async fn joined<T>(
+    task: impl Future<Output = Result<T, tokio::task::JoinError>>,
+) -> Option<T> {
+    match task.await {
+        Ok(value) => Some(value),
+        Err(error) if error.is_cancelled() => None,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
 /// Runs `f` on a blocking thread; a panic there is a bug, reported as an internal error.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,

@@ -81,7 +81,9 @@ pub(super) fn behind(log: &Log) -> bool {
 /// The end of the syncing thread; never, when there is none.
 pub(super) async fn syncing_end(syncing: &mut Option<JoinHandle<()>>) {
     match syncing {
-        Some(task) => task.await.expect("a sync panicked"),
+        Some(task) => {
+            joined(task).await;
+        }
         None => std::future::pending().await,
     }
 }
@@ -279,7 +281,7 @@ impl Writer {
     /// Waits for the syncing thread, if any, and answers the producers its syncs cover.
     pub(super) async fn wait_for_sync(&mut self) {
         if let Some(task) = self.syncing.take() {
-            task.await.expect("a sync panicked");
+            joined(task).await;
         }
         self.drain_synced();
     }
@@ -317,9 +319,10 @@ impl Writer {
     pub(super) async fn sync(&mut self) {
         self.wait_for_sync().await;
         let partition = self.partition.clone();
-        let synced = tokio::task::spawn_blocking(move || partition.sync_now())
-            .await
-            .expect("a sync panicked");
+        let Some(synced) = joined(tokio::task::spawn_blocking(move || partition.sync_now())).await
+        else {
+            return;
+        };
         self.synced(synced);
     }
 
