@@ -252,15 +252,45 @@ pub fn stage_atomically(
     name: &str,
     bytes: &[u8],
 ) -> io::Result<()> {
+    write_temporary(fs, dir, name, bytes)?.commit(fs)
+}
+
+/// Steps 1 and 2 of [`write_atomically`]: `{name}.tmp` written, nothing synced yet, so a
+/// caller may still give up cleanly when this fails (a full disk; the temporary file is
+/// removed then). [`Temporary::commit`] does steps 3 and 4.
+pub fn write_temporary(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<Temporary> {
     let temporary = dir.join(format!("{name}.tmp"));
     if fs.exists(&temporary)? {
         fs.remove_file(&temporary)?;
     }
     let file = fs.open(&temporary, OpenMode::CreateNew)?;
-    file.write_all_at(bytes, 0)?;
-    file.sync_data()?;
-    drop(file);
-    fs.rename(&temporary, &dir.join(name))
+    if let Err(error) = file.write_all_at(bytes, 0) {
+        drop(file);
+        let _ = fs.remove_file(&temporary);
+        return Err(error);
+    }
+    Ok(Temporary { file, path: temporary, to: dir.join(name) })
+}
+
+/// A `{name}.tmp` written by [`write_temporary`], not yet synced or renamed.
+pub struct Temporary {
+    file: Arc<dyn File>,
+    path: PathBuf,
+    to: PathBuf,
+}
+
+impl Temporary {
+    /// Fsyncs the temporary file and renames it over `{name}` (steps 3 and 4).
+    pub fn commit(self, fs: &dyn FileSystem) -> io::Result<()> {
+        self.file.sync_data()?;
+        drop(self.file);
+        fs.rename(&self.path, &self.to)
+    }
 }
 
 /// A symbolic link found where [`remove_dir_all_durably`] expected a directory or a file of

@@ -40,7 +40,9 @@
 //! its preallocated index files; (4) if every sealed segment is now durable, write the new
 //! segment's base to `recovery-point.tmp`, `fdatasync` it and rename it to `recovery-point`;
 //! (5) fsync the directory. A sealed segment is immutable; below the recovery point it is
-//! durable too, so after a crash recovery scans only from the recovery point.
+//! durable too, so after a crash recovery scans only from the recovery point. A failure
+//! before anything of (3) and (4) is synced (a full disk) removes the new files and leaves
+//! the segment active, unfenced; a failed fsync fences the log.
 //!
 //! **Truncate** (only in recovery, for a torn tail): (1) rebuild the indexes of the valid
 //! part; (2) cut the log file at the first invalid byte; (3) `fdatasync` it.

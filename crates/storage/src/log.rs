@@ -499,8 +499,9 @@ impl Log {
     /// to the next sync), trim and fsync its indexes; (2) create the new log file and its
     /// preallocated indexes; (3) if every sealed segment is durable, stage the new recovery
     /// point; (4) fsync the directory. A failed fsync fences the log. A failure to create the
-    /// new files removes them and leaves the sealed segment active, so the next append tries
-    /// again.
+    /// new files, or to write the recovery point's temporary file (before anything of it is
+    /// synced), removes them and leaves the sealed segment active, so the next append tries
+    /// again: a full disk refuses the append without fencing the log.
     pub fn roll(&mut self) -> Result<(), AppendError> {
         if let Some(fence) = &self.fence {
             return Err(AppendError::Fenced(fence.clone()));
@@ -527,28 +528,40 @@ impl Log {
             position: active.size_bytes,
         };
         let base = active.next_offset;
+        let dir = self.dir.clone();
+        let give_up = |path: PathBuf, source: io::Error| {
+            for path in crate::recovery::segment_paths(&dir, base) {
+                let _ = fs.remove_file(&path);
+            }
+            let source = Arc::new(source);
+            if is_no_space(&source) {
+                AppendError::NoSpace { path, source }
+            } else {
+                AppendError::Io { path, source }
+            }
+        };
+        let log_path = crate::segment::log_path(&self.dir, base);
         let segment = match Segment::create(&fs, &self.dir, base, capacity) {
             Ok(segment) => segment,
-            Err(source) => {
-                for path in crate::recovery::segment_paths(&self.dir, base) {
-                    let _ = fs.remove_file(&path);
-                }
-                let path = crate::segment::log_path(&self.dir, base);
-                let source = Arc::new(source);
-                return Err(if is_no_space(&source) {
-                    AppendError::NoSpace { path, source }
-                } else {
-                    AppendError::Io { path, source }
-                });
-            }
+            Err(source) => return Err(give_up(log_path, source)),
         };
         // With every sealed segment durable, the new segment is the recovery point; the
         // directory sync below makes the rename durable along with the new files.
         let all_sealed_durable = self.segments.iter().all(|s| s.data_durable);
-        let staged = if all_sealed_durable {
-            crate::recovery::stage_recovery_point(fs.as_ref(), &self.dir, base).map(|()| true)
+        let temporary = if all_sealed_durable {
+            match crate::recovery::write_recovery_point_temporary(fs.as_ref(), &self.dir, base) {
+                Ok(temporary) => Some(temporary),
+                Err(source) => {
+                    drop(segment);
+                    return Err(give_up(log_path, source));
+                }
+            }
         } else {
-            Ok(false)
+            None
+        };
+        let staged = match temporary {
+            Some(temporary) => temporary.commit(fs.as_ref()).map(|()| true),
+            None => Ok(false),
         };
         let staged = match staged.and_then(|staged| fs.sync_dir(&self.dir).map(|()| staged)) {
             Ok(staged) => staged,

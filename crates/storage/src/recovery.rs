@@ -638,12 +638,12 @@ pub(crate) fn write_recovery_point(
     crate::fs::write_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }
 
-/// [`write_recovery_point`] but the directory sync ([`crate::fs::stage_atomically`]), for a
-/// caller that syncs the directory anyway.
-pub(crate) fn stage_recovery_point(
+/// The first half of [`write_recovery_point`] ([`crate::fs::write_temporary`]): commit it,
+/// then sync the directory, or give up with nothing synced.
+pub(crate) fn write_recovery_point_temporary(
     fs: &dyn FileSystem,
     dir: &Path,
     offset: Offset,
-) -> std::io::Result<()> {
-    crate::fs::stage_atomically(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
+) -> std::io::Result<crate::fs::Temporary> {
+    crate::fs::write_temporary(fs, dir, RECOVERY_POINT_FILE, offset.0.to_string().as_bytes())
 }

@@ -118,6 +118,48 @@ fn a_full_disk_refuses_the_append_and_leaves_the_log_usable() {
     );
 }
 
+/// A disk that fills up in the middle of a roll, after the new segment's files are made but
+/// before the recovery point is written, refuses the append and leaves the log unfenced: the
+/// next append rolls again once there is room.
+#[test]
+fn a_disk_full_in_the_middle_of_a_roll_refuses_the_append_without_fencing() {
+    use spool_storage::fs::{FileSystem, OpenMode};
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    // 64 KiB segments: six 10 KB batches fill the first; the seventh rolls.
+    for _ in 0..6 {
+        log.append(&batch_of(1, 10_000, 5), NOW).unwrap();
+    }
+    // Closed and opened again, the indexes are trimmed: the roll's seal frees nothing.
+    log.close().unwrap();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    let dir = log.dir().to_path_buf();
+    // What the files hold once the first write has removed `clean-shutdown`.
+    let used: u64 = fs
+        .list_dir(&dir)
+        .unwrap()
+        .iter()
+        .filter(|name| *name != "clean-shutdown")
+        .map(|name| fs.open(&dir.join(name), OpenMode::Existing).unwrap().len().unwrap())
+        .sum();
+    // Room for the new segment's preallocated indexes (entries of 8 and of 12 bytes), not one
+    // byte more.
+    let entries = spool_storage::limits::INDEX_ENTRIES_INITIAL as u64;
+    let entries = entries.min(spool_storage::limits::index_entries_max(64 * 1024));
+    fs.set_faults(Faults { space_bytes_max: Some(used + entries * 20), ..Faults::default() });
+    let error = log.append(&batch_of(1, 10_000, 5), NOW).unwrap_err();
+    assert!(matches!(error, AppendError::NoSpace { .. }), "{error}");
+    assert!(log.fence().is_none(), "{:?}", log.fence());
+    assert_eq!(log.segment_count(), 1);
+    let files = fs.list_dir(&dir).unwrap();
+    assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+    fs.set_faults(Faults::default());
+    log.append(&batch_of(1, 10_000, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 7);
+}
+
 #[test]
 fn invalid_and_oversized_batches_are_refused() {
     let fs = SimFileSystem::new();
