@@ -544,6 +544,31 @@ const STALLED: i32 = 3;
 /// timed the request out). A kafka-python run that stalls (exit status 3) is therefore run
 /// once more, on a fresh server; a second stall fails the test, as does any other failure.
 async fn group_script(python: std::path::PathBuf, script: &str, assignor: &str) {
+    let (kafka, _data, stdout) = run_script(python, script, &["readers", assignor]).await;
+    assert!(stdout.contains("resumed at the committed offsets"), "{stdout}");
+    // The group's commits are Spool's committed offsets.
+    let mut groups = GroupServiceClient::new(kafka.server.channel().await);
+    let described = groups
+        .describe_group(DescribeGroupRequest { group: "readers".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    let committed: Vec<Option<u64>> =
+        described.partitions.iter().map(|p| p.committed_offset).collect();
+    assert_eq!(committed, vec![Some(10); 4], "{described:?}");
+}
+
+/// Runs `tests/python/SCRIPT ADDRESS events ARGS...` against a fresh server whose topic
+/// `events` has 4 partitions, one script at a time, and returns the server, its data
+/// directory and what the script printed. A kafka-python run that stalls is run once more
+/// on a fresh server (see [`group_script`]); any other failure fails the test.
+async fn run_script(
+    python: std::path::PathBuf,
+    script: &str,
+    args: &[&str],
+) -> (common::kafka::Kafka, tempfile::TempDir, String) {
     let _one_at_a_time = CLIENTS.lock().await;
     let attempts = if script.starts_with("kafka_python") { 2 } else { 1 };
     for attempt in 1..=attempts {
@@ -555,30 +580,19 @@ async fn group_script(python: std::path::PathBuf, script: &str, assignor: &str) 
         command
             .arg(root.join("tests/python").join(script))
             .arg(kafka.address.to_string())
-            .args(["events", "readers", assignor]);
+            .arg("events")
+            .args(args);
         let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if output.status.code() == Some(STALLED) && attempt < attempts {
-            eprintln!("{script} {assignor} stalled; running it again:\n{stdout}\n{stderr}");
+            eprintln!("{script} {args:?} stalled; running it again:\n{stdout}\n{stderr}");
             continue;
         }
-        assert!(output.status.success(), "{script} {assignor} failed:\n{stdout}\n{stderr}");
-        assert!(stdout.contains("resumed at the committed offsets"), "{stdout}");
-        // The group's commits are Spool's committed offsets.
-        let mut groups = GroupServiceClient::new(kafka.server.channel().await);
-        let described = groups
-            .describe_group(DescribeGroupRequest { group: "readers".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .group
-            .unwrap();
-        let committed: Vec<Option<u64>> =
-            described.partitions.iter().map(|p| p.committed_offset).collect();
-        assert_eq!(committed, vec![Some(10); 4], "{described:?}");
-        return;
+        assert!(output.status.success(), "{script} {args:?} failed:\n{stdout}\n{stderr}");
+        return (kafka, data, stdout);
     }
+    unreachable!("the last attempt returns or fails")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -762,47 +776,26 @@ async fn a_static_member_restarts_without_a_rebalance_and_leaves_by_instance_id(
 /// ids, and the first member id is fenced. A kafka-python run that stalls is run once more,
 /// as in [`group_script`].
 async fn static_script(python: std::path::PathBuf, script: &str) {
-    let _one_at_a_time = CLIENTS.lock().await;
-    let attempts = if script.starts_with("kafka_python") { 2 } else { 1 };
-    for attempt in 1..=attempts {
-        let data = tempfile::tempdir().unwrap();
-        let kafka = start_at(data.path(), ServeOptions::default()).await;
-        kafka.server.create_topic("events", 4, Policy::Always(Always {})).await;
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut command = std::process::Command::new(&python);
-        command
-            .arg(root.join("tests/python").join(script))
-            .arg(kafka.address.to_string())
-            .args(["events", "statics"]);
-        let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
-        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if output.status.code() == Some(STALLED) && attempt < attempts {
-            eprintln!("{script} stalled; running it again:\n{printed}\n{stderr}");
-            continue;
-        }
-        assert!(output.status.success(), "{script} failed:\n{printed}\n{stderr}");
-        let ids: Vec<&str> = printed
-            .split_whitespace()
-            .filter_map(|word| word.split_once('=').map(|(_, id)| id))
-            .collect();
-        let [old_a, new_a, b] = ids[..] else { panic!("the member ids: {printed}") };
-        let mut c = Connection::open(&kafka).await;
-        let (state, mut members) = c.describe_static("statics").await;
-        members.sort_by(|x, y| x.1.cmp(&y.1));
-        assert_eq!(state, "Stable");
-        assert_eq!(
-            members,
-            vec![
-                (new_a.to_owned(), Some("static-a".to_owned())),
-                (b.to_owned(), Some("static-b".to_owned()))
-            ],
-            "closed static members stay until their session timeout"
-        );
-        let code = c.heartbeat_static("statics", old_a, "static-a", 1).await;
-        assert_eq!(code, FENCED_INSTANCE_ID);
-        return;
-    }
+    let (kafka, _data, printed) = run_script(python, script, &["statics"]).await;
+    let ids: Vec<&str> = printed
+        .split_whitespace()
+        .filter_map(|word| word.split_once('=').map(|(_, id)| id))
+        .collect();
+    let [old_a, new_a, b] = ids[..] else { panic!("the member ids: {printed}") };
+    let mut c = Connection::open(&kafka).await;
+    let (state, mut members) = c.describe_static("statics").await;
+    members.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(state, "Stable");
+    assert_eq!(
+        members,
+        vec![
+            (new_a.to_owned(), Some("static-a".to_owned())),
+            (b.to_owned(), Some("static-b".to_owned()))
+        ],
+        "closed static members stay until their session timeout"
+    );
+    let code = c.heartbeat_static("statics", old_a, "static-a", 1).await;
+    assert_eq!(code, FENCED_INSTANCE_ID);
 }
 
 #[tokio::test(flavor = "multi_thread")]
