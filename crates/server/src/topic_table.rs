@@ -296,7 +296,8 @@ impl TopicTable {
         if config == current {
             return Ok(topic);
         }
-        if config.partitions() > current.partitions() {
+        let grows = config.partitions() > current.partitions();
+        if grows {
             let added = config.partitions() - current.partitions();
             let what = format!("adding {added} partitions to topic {name}");
             crate::resources::check(&what, u64::from(added), true)?;
@@ -309,12 +310,12 @@ impl TopicTable {
         })
         .await?;
         let logs_change = config.log_config() != current.log_config();
-        if added.is_empty() {
-            topic.set_config(config);
-        } else {
+        if grows {
             topic = Arc::new(topic.grow(config, added, &self.metrics));
             let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
             topics.insert(name.clone(), topic.clone());
+        } else {
+            topic.set_config(config);
         }
         if logs_change {
             // The new partitions opened with the new settings: their reopen does nothing.
@@ -322,9 +323,7 @@ impl TopicTable {
                 partition.reconfigure(config.log_config()).await?;
             }
         }
-        if config.partitions() > current.partitions()
-            && let Some(grown) = self.on_grow.get()
-        {
+        if grows && let Some(grown) = self.on_grow.get() {
             (grown.0)(&name, config.partitions());
         }
         Ok(topic)

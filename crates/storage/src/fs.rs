@@ -8,8 +8,8 @@
 //! The protocols that make changes to the namespace durable are written once, here, on top of
 //! the trait, so that every caller follows the same order of writes and fsyncs and every
 //! caller's use of them can be crash-tested on the simulator: [`create_dir_all_durably`] makes
-//! a directory and those above it, [`write_atomically`] (and [`stage_atomically`]) replaces a
-//! small file, and [`remove_dir_all_durably`] removes a directory tree.
+//! a directory and those above it, [`write_atomically`] (and its halves [`write_temporary`] and
+//! [`Temporary::commit`], for a caller that fsyncs the directory itself) replaces a small file, and [`remove_dir_all_durably`] removes a directory tree.
 
 use std::fmt::Debug;
 use std::io;
@@ -239,25 +239,15 @@ pub fn write_atomically(
     name: &str,
     bytes: &[u8],
 ) -> io::Result<()> {
-    stage_atomically(fs, dir, name, bytes)?;
+    write_temporary(fs, dir, name, bytes)?.commit(fs)?;
     fs.sync_dir(dir)
-}
-
-/// Steps 1 to 4 of [`write_atomically`], without the fsync of `dir`: for a caller that fsyncs
-/// `dir` itself right after, together with other changes to it. Until it does, a crash may
-/// leave the old file.
-pub fn stage_atomically(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-) -> io::Result<()> {
-    write_temporary(fs, dir, name, bytes)?.commit(fs)
 }
 
 /// Steps 1 and 2 of [`write_atomically`]: `{name}.tmp` written, nothing synced yet, so a
 /// caller may still give up cleanly when this fails (a full disk; the temporary file is
-/// removed then). [`Temporary::commit`] does steps 3 and 4.
+/// removed then). [`Temporary::commit`] does steps 3 and 4; a caller that fsyncs `dir` itself
+/// right after, together with other changes to it, skips step 5 (until it does, a crash may
+/// leave the old file).
 pub fn write_temporary(
     fs: &dyn FileSystem,
     dir: &Path,

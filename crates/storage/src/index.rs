@@ -69,18 +69,29 @@ impl IndexFile {
             fs.remove_file(path)?;
         }
         fs.open(path, OpenMode::CreateNew)?;
-        let mut index = IndexFile {
+        let mut index = IndexFile::empty(fs, path, entry_bytes, 0, capacity_max);
+        index.reserve(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
+        Ok(index)
+    }
+
+    /// An index with no entry and no map, over `capacity` entries' room already in its file.
+    fn empty(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        entry_bytes: usize,
+        capacity: usize,
+        capacity_max: usize,
+    ) -> IndexFile {
+        IndexFile {
             fs: fs.clone(),
             path: path.to_path_buf(),
             map: None,
             entry_bytes,
             entries: 0,
-            capacity: 0,
+            capacity,
             capacity_max,
             dirty: false,
-        };
-        index.reserve(INDEX_ENTRIES_INITIAL.min(capacity_max))?;
-        Ok(index)
+        }
     }
 
     /// An empty index for an active segment whose entries are rebuilt, in the file already
@@ -110,16 +121,7 @@ impl IndexFile {
             return IndexFile::create(fs, path, entry_bytes, capacity_max);
         }
         file.allocate(len)?;
-        Ok(IndexFile {
-            fs: fs.clone(),
-            path: path.to_path_buf(),
-            map: None,
-            entry_bytes,
-            entries: 0,
-            capacity: room,
-            capacity_max,
-            dirty: false,
-        })
+        Ok(IndexFile::empty(fs, path, entry_bytes, room, capacity_max))
     }
 
     /// Opens a trimmed index: its entry count is its length divided by the entry size.
