@@ -504,6 +504,51 @@ async fn a_restart_on_the_same_data_directory_replays_everything_unchanged() {
     server.shutdown().await;
 }
 
+/// More partitions syncing at once than may sync alone share `syncfs` rounds: every batch is
+/// answered, once, with its own offset, and is there after a restart.
+#[tokio::test]
+async fn many_partitions_syncing_at_once_answer_every_batch_and_keep_it() {
+    const PARTITIONS: u32 = 128;
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("wide", PARTITIONS, always()).await;
+    let requests: Vec<_> = (0..2 * PARTITIONS)
+        .map(|i| ProduceRequest {
+            correlation_id: u64::from(i),
+            topic: "wide".into(),
+            partition: Some(i % PARTITIONS),
+            acks: Acks::All as i32,
+            payload: Some(Payload::Records(RecordList { records: vec![record(&i.to_string())] })),
+            producer: None,
+        })
+        .collect();
+    let answers: Vec<_> = server
+        .producer()
+        .await
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 2 * PARTITIONS as usize);
+    for answer in &answers {
+        let Some(StreamResult::Ok(ok)) = &answer.result else { panic!("{answer:?}") };
+        let expected = u64::from(answer.correlation_id >= u64::from(PARTITIONS));
+        assert_eq!(ok.appends[0].base_offset, expected, "{answer:?}");
+    }
+    server.shutdown().await;
+
+    let server = TestServer::start(data.path()).await;
+    for partition in 0..PARTITIONS {
+        let stored = server.fetch_all("wide", partition, 0).await;
+        let values: Vec<_> = stored.iter().map(value).collect();
+        assert_eq!(values, [partition.to_string(), (partition + PARTITIONS).to_string()]);
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_finishes_what_was_acknowledged_and_closes_cleanly() {
     let data = tempfile::tempdir().unwrap();

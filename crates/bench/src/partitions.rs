@@ -17,7 +17,8 @@
 //!    divided by the partitions made.
 //! 4. It produces one batch of [`RECORDS_PER_BATCH`] records of [`RECORD_BYTES`] bytes to
 //!    every partition, round-robin over them, with `acks=all` (the topics sync every write,
-//!    fsync `always`), then as many batches to one partition, and compares the two rates.
+//!    fsync `always`): each partition's first write. Then once more the same way, then as
+//!    many batches to one partition, and compares those two rates.
 //! 5. It stops the server with SIGTERM and starts it again; writes one more batch to every
 //!    partition (so that each has something to recover: a partition not written since a
 //!    clean start opens as clean); then kills it with SIGKILL and starts it again. Each start
@@ -144,7 +145,10 @@ impl Rate {
 pub struct Produce {
     pub records_per_batch: u32,
     pub record_bytes: usize,
-    /// One batch to each partition, round-robin.
+    /// The first batch to each partition since it was created, round-robin (each
+    /// partition's first write prepares its files).
+    pub first_spread: Rate,
+    /// Then one more batch to each partition, the same way.
     pub spread: Rate,
     /// As many batches to one partition.
     pub one_partition: Rate,
@@ -261,7 +265,9 @@ pub async fn measure(args: &PartitionsArgs, spool: &Path) -> Result<PartitionsRe
     };
     let after_produce = server.resources()?;
 
-    let acknowledged = measured.produce.spread.messages + measured.produce.one_partition.messages;
+    let produce = &measured.produce;
+    let acknowledged =
+        produce.first_spread.messages + produce.spread.messages + produce.one_partition.messages;
     let stop = server.terminate().await?;
     let (server, restart_clean) = restart(spool, data, Some(stop), acknowledged).await?;
     let written = match server.when_alive(write_each(&server.url)).await {
@@ -364,8 +370,6 @@ fn producer_config() -> ProducerConfig {
     }
 }
 
-/// One batch to every partition, round-robin over the topics; then as many to partition 0
-/// of the first topic.
 /// One batch to every partition of `topics`, round-robin over them, on clients it connects
 /// (returned, to be used again); the rate from the first send to the last acknowledgement.
 async fn one_batch_each(
@@ -415,6 +419,7 @@ async fn write_each(url: &str) -> Result<u64, BenchError> {
 async fn produce(url: &str, topics: &[(String, u32)]) -> Result<Produce, BenchError> {
     let payloads = Payloads::new(PayloadKind::Pattern, RECORD_BYTES, RECORDS_PER_BATCH);
     let value = payloads.get(0);
+    let (first_spread, _) = one_batch_each(url, topics).await?;
     let (spread, clients) = one_batch_each(url, topics).await?;
     let batches = spread.batches;
 
@@ -431,6 +436,7 @@ async fn produce(url: &str, topics: &[(String, u32)]) -> Result<Produce, BenchEr
     Ok(Produce {
         records_per_batch: RECORDS_PER_BATCH,
         record_bytes: RECORD_BYTES,
+        first_spread,
         spread,
         one_partition,
         spread_vs_one: spread.msgs_per_sec / one_partition.msgs_per_sec.max(1e-9),
@@ -573,11 +579,13 @@ pub fn table(result: &PartitionsResult) -> String {
     };
     out += &format!(
         "  produce, batches of {} x {} B, acks all, fsync always:\n\
+         \x20   first to each partition {}\n\
          \x20   one to each partition  {}\n\
          \x20   all to one partition   {}\n\
          \x20   spread / one           {:.3}\n",
         produce.records_per_batch,
         produce.record_bytes,
+        rate(&produce.first_spread),
         rate(&produce.spread),
         rate(&produce.one_partition),
         produce.spread_vs_one,

@@ -9,14 +9,14 @@ use spool_broker::limits::OPEN_THREADS_MAX;
 use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
 use spool_proto::partitioner::RoundRobin;
 use spool_storage::fs::StdFileSystem;
-use spool_storage::{Log, TimestampMs};
+use spool_storage::{Log, SharedSync, TimestampMs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alter::TopicChange;
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, RecoverySummary};
-use crate::partition::{Partition, blocking};
+use crate::partition::{Partition, Services, blocking};
 
 /// A topic at run time.
 #[derive(Debug)]
@@ -37,13 +37,13 @@ impl Topic {
         config: TopicConfig,
         logs: Vec<Log>,
         stop: CancellationToken,
-        metrics: &Arc<Metrics>,
+        services: &Services,
     ) -> Topic {
         let (partitions, writers) = logs
             .into_iter()
             .enumerate()
             .map(|(id, log)| {
-                Partition::start(name.clone(), id as u32, log, stop.clone(), metrics.clone())
+                Partition::start(name.clone(), id as u32, log, stop.clone(), services.clone())
             })
             .unzip();
         Topic {
@@ -77,14 +77,14 @@ impl Topic {
     /// This topic with `logs` started as its next partitions, to replace it in the table: the
     /// partitions it has keep running, and their writers move over. Whoever still holds the
     /// old `Topic` keeps seeing the old count, consistently.
-    fn grow(&self, config: TopicConfig, logs: Vec<Log>, metrics: &Arc<Metrics>) -> Topic {
+    fn grow(&self, config: TopicConfig, logs: Vec<Log>, services: &Services) -> Topic {
         let mut partitions = self.partitions.clone();
         let mut writers =
             std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
         for log in logs {
             let id = partitions.len() as u32;
             let (partition, writer) =
-                Partition::start(self.name.clone(), id, log, self.stop.clone(), metrics.clone());
+                Partition::start(self.name.clone(), id, log, self.stop.clone(), services.clone());
             partitions.push(partition);
             writers.push(writer);
         }
@@ -132,6 +132,7 @@ pub(crate) struct TopicTable {
     /// Cancelled when shutdown begins: subscriptions and produce streams end.
     pub(crate) streams_stop: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
+    sync: Arc<SharedSync>,
     /// What opening the data directory did.
     pub(crate) recovery: RecoverySummary,
     /// Told when a topic grew: its name and new partition count (see [`TopicTable::on_grow`]).
@@ -157,8 +158,15 @@ impl TopicTable {
     ) -> Result<TopicTable, OpenRegistryError> {
         let data_dir = data_dir.to_path_buf();
         let started = Instant::now();
-        let (mut registry, opened) = tokio::task::spawn_blocking(move || {
-            Registry::open(StdFileSystem::shared(), &data_dir, TimestampMs::now())
+        let (mut registry, opened, sync) = tokio::task::spawn_blocking(move || {
+            let (registry, opened) =
+                Registry::open(StdFileSystem::shared(), &data_dir, TimestampMs::now())?;
+            // Before any write, so that its syncs report every writeback error after it.
+            let sync = SharedSync::open(&StdFileSystem, &data_dir).unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot open the data directory's file system to sync many partitions at once; each partition syncs its own files");
+                SharedSync::alone()
+            });
+            Ok::<_, OpenRegistryError>((registry, opened, Arc::new(sync)))
         })
         .await
         .expect("opening the registry panicked")?;
@@ -180,12 +188,13 @@ impl TopicTable {
         recovery.export();
         let writers_stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
+        let services = Services { metrics: metrics.clone(), sync: sync.clone() };
         let topics = opened
             .into_iter()
             .map(|topic| {
                 let stop = writers_stop.child_token();
                 let name = topic.name.clone();
-                let started = Topic::start(topic.name, topic.config, topic.logs, stop, &metrics);
+                let started = Topic::start(topic.name, topic.config, topic.logs, stop, &services);
                 (name, Arc::new(started))
             })
             .collect();
@@ -196,9 +205,14 @@ impl TopicTable {
             writers_stop,
             streams_stop: CancellationToken::new(),
             metrics,
+            sync,
             recovery,
             on_grow: OnceLock::new(),
         })
+    }
+
+    fn services(&self) -> Services {
+        Services { metrics: self.metrics.clone(), sync: self.sync.clone() }
     }
 
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, ServiceError> {
@@ -248,7 +262,7 @@ impl TopicTable {
         })
         .await?;
         let stop = self.writers_stop.child_token();
-        let topic = Arc::new(Topic::start(name.clone(), config, logs, stop, &self.metrics));
+        let topic = Arc::new(Topic::start(name.clone(), config, logs, stop, &self.services()));
         self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name, topic.clone());
         Ok(topic)
     }
@@ -311,7 +325,7 @@ impl TopicTable {
         .await?;
         let logs_change = config.log_config() != current.log_config();
         if grows {
-            topic = Arc::new(topic.grow(config, added, &self.metrics));
+            topic = Arc::new(topic.grow(config, added, &self.services()));
             let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
             topics.insert(name.clone(), topic.clone());
         } else {
@@ -341,6 +355,14 @@ impl TopicTable {
         let mut unclean = Vec::new();
         let _admin = self.admin.lock().await;
         self.writers_stop.cancel();
+        let shared = self.sync.stats();
+        tracing::info!(
+            rounds = shared.rounds,
+            covered = shared.covered,
+            "partition syncs shared: {} syncfs calls covered {} syncs",
+            shared.rounds,
+            shared.covered
+        );
         let topics =
             std::mem::take(&mut *self.topics.write().unwrap_or_else(PoisonError::into_inner));
         let mut logs = Vec::new();

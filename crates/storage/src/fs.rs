@@ -2,7 +2,7 @@
 //! test can run against [`crate::sim::SimFileSystem`], which simulates crashes and faults.
 //!
 //! The trait is deliberately small: positional reads and writes, length changes,
-//! preallocation, the two syncs, a writeback hint (which makes nothing durable), a writable
+//! preallocation, the syncs (a file's data, a directory's entries, a whole file system), a writeback hint (which makes nothing durable), a writable
 //! map for index files, and reads that may share the page cache instead of copying it.
 //!
 //! The protocols that make changes to the namespace durable are written once, here, on top of
@@ -59,6 +59,20 @@ pub trait FileSystem: Send + Sync + Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The file system holding the directory `dir`, for syncing all of it at once; `None`
+    /// where there is no such call. Open it before writing: a writeback error that happens
+    /// after it is opened is reported by its next [`Volume::sync`], whoever else saw it.
+    fn volume(&self, _dir: &Path) -> io::Result<Option<Box<dyn Volume>>> {
+        Ok(None)
+    }
+}
+
+/// A whole file system (see [`FileSystem::volume`]).
+pub trait Volume: Send + Sync + Debug {
+    /// Makes every file's data and every directory's entries on the file system durable
+    /// (`syncfs`), including other programs' writes. A failure means some write on the file
+    /// system, not necessarily one of ours, may have been lost.
+    fn sync(&self) -> io::Result<()>;
 }
 
 #[allow(clippy::len_without_is_empty)] // a file's length is an I/O call, not a collection's
@@ -181,6 +195,32 @@ impl FileSystem for StdFileSystem {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn volume(&self, dir: &Path) -> io::Result<Option<Box<dyn Volume>>> {
+        Ok(Some(Box::new(StdVolume { dir: std::fs::File::open(dir)? })))
+    }
+}
+
+/// The file system holding a directory, through a descriptor of that directory kept open:
+/// `syncfs` reports a writeback error to each descriptor that had not yet seen it, so one
+/// kept from before the first write misses none.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct StdVolume {
+    dir: std::fs::File,
+}
+
+#[cfg(target_os = "linux")]
+impl Volume for StdVolume {
+    fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the lifetime of `self.dir`.
+        match unsafe { libc::syncfs(self.dir.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
     }
 }
 

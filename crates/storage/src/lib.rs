@@ -31,7 +31,9 @@
 //! `fdatasync`, rename, fsync the directory). On success the durable end moves to the noted
 //! end. On failure the log is fenced: no retry, and the durable end stays where it was. Index
 //! files of the active segment are not synced: they are rebuilt after a crash. Under
-//! [`FsyncPolicy::Always`], readers see only what is durable.
+//! [`FsyncPolicy::Always`], readers see only what is durable. When many logs sync at once,
+//! the fsyncs of their log files may be one `syncfs` of the file system instead
+//! ([`SharedSync`]).
 //!
 //! **Roll**: (1) under [`FsyncPolicy::Always`] only,
 //! `fdatasync` the active log file (`interval` and `never` logs leave it to the next sync,
@@ -87,6 +89,7 @@ mod log;
 mod recovery;
 mod segment;
 mod segment_file;
+mod shared_sync;
 pub mod sim;
 pub mod verify;
 
@@ -97,6 +100,7 @@ pub use error::{
 pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SegmentInfo, SyncTicket};
 pub use recovery::RecoveryReport;
 pub use segment_file::{sealed_files_open, set_sealed_files_open_max};
+pub use shared_sync::{SharedSync, SharedSyncStats, SyncDone};
 
 /// A record's position in a partition: the first record ever appended is offset 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

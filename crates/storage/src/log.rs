@@ -170,6 +170,22 @@ impl SyncTicket {
     /// Syncs every sealed segment not yet synced and the active segment, then, if sealed
     /// segments were among them, records the new recovery point.
     pub fn run(&self) -> io::Result<()> {
+        self.sync_files()?;
+        self.record_recovery_point()
+    }
+
+    /// Whether a shared `syncfs` may stand for this ticket's fsyncs: it has files to sync,
+    /// all open (one that could not be opened fails the sync alone, naming the file).
+    pub(crate) fn can_share(&self) -> bool {
+        !self.files.is_empty() && self.files.iter().all(|(file, _)| file.is_some())
+    }
+
+    /// A shared sync covering this ticket failed: the fence names the log's directory.
+    pub(crate) fn mark_failed_in_dir(&self) {
+        let _ = self.failed.set(self.dir.clone());
+    }
+
+    fn sync_files(&self) -> io::Result<()> {
         for (file, path) in &self.files {
             let synced = match file {
                 Some(file) => file.sync_data(),
@@ -180,6 +196,10 @@ impl SyncTicket {
                 return Err(error);
             }
         }
+        Ok(())
+    }
+
+    pub(crate) fn record_recovery_point(&self) -> io::Result<()> {
         if let Some(point) = self.recovery_point {
             let written = crate::recovery::write_recovery_point(self.fs.as_ref(), &self.dir, point);
             if let Err(error) = written {

@@ -4,9 +4,9 @@
 //! The model, as a real file system behaves after a power loss:
 //!
 //! - Each file has its current bytes (what reads see: the page cache) and its durable bytes
-//!   (as of its last `sync_data`, or a map's `flush`).
+//!   (as of its last `sync_data`, a map's `flush`, or a sync of the whole disk).
 //! - Each directory has its current entries (what lookups and listings see) and its durable
-//!   entries (as of its last `sync_dir`). An entry names a file or a directory. Creating,
+//!   entries (as of its last `sync_dir`, or a sync of the whole disk). An entry names a file or a directory. Creating,
 //!   renaming or removing an entry, a directory's included, changes only the current entries
 //!   of the directories involved: it is durable once those directories are fsynced.
 //! - After a power loss the tree is what the durable entries reach from the root: a directory
@@ -29,7 +29,7 @@ use std::io;
 use std::path::{Component, Path};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::fs::{EntryKind, File, FileSystem, OpenMode};
+use crate::fs::{EntryKind, File, FileSystem, OpenMode, Volume};
 
 mod file;
 use file::SimFile;
@@ -37,7 +37,7 @@ use file::SimFile;
 /// Faults to inject; all off by default.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Faults {
-    /// Every `sync_data`, map flush and `sync_dir` fails with EIO.
+    /// Every `sync_data`, map flush, `sync_dir` and volume sync fails with EIO.
     pub fail_syncs: bool,
     /// Every write and `allocate` fails with EIO.
     pub fail_writes: bool,
@@ -617,6 +617,34 @@ impl FileSystem for SimFileSystem {
         let id = state.dir_at(path)?;
         let dir = state.dir_mut(id);
         dir.durable = dir.current.clone();
+        Ok(())
+    }
+
+    fn volume(&self, _dir: &Path) -> io::Result<Option<Box<dyn Volume>>> {
+        self.running()?;
+        Ok(Some(Box::new(SimVolume { fs: self.clone() })))
+    }
+}
+
+/// The whole simulated disk: its sync makes every directory's entries and every file's bytes
+/// durable (what a map has not written back is not a file's bytes yet).
+#[derive(Debug)]
+struct SimVolume {
+    fs: SimFileSystem,
+}
+
+impl Volume for SimVolume {
+    fn sync(&self) -> io::Result<()> {
+        self.fs.check_sync()?;
+        let mut state = lock(&self.fs.state);
+        for dir in state.dirs.values_mut() {
+            dir.durable = dir.current.clone();
+            for entry in dir.current.values() {
+                if let Entry::File(inode) = entry {
+                    lock(&inode.data).make_durable();
+                }
+            }
+        }
         Ok(())
     }
 }

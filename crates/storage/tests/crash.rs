@@ -2,25 +2,31 @@
 //! clean reopens, failing syncs, process crashes) run on the simulated file system, which at
 //! each power loss keeps, tears or drops every unsynced write independently. After every crash the log must open
 //! unfenced and hold every batch acknowledged as durable, in order and unchanged, nothing that
-//! was never written, and no hole.
+//! was never written, and no hole. Half the seeds sync through a shared `syncfs` of the whole
+//! disk instead of the log's own fsyncs.
 //!
 //! `SPOOL_CRASH_SEEDS=N` runs N seeds (default 500); `SPOOL_CRASH_SEED=S` replays one.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use common::*;
 use spool_storage::batch::{BatchBuilder, ProducerStamp};
 use spool_storage::sim::{Faults, Rng, SimFileSystem};
-use spool_storage::{FsyncPolicy, Log, LogConfig, TimestampMs};
+use spool_storage::{FsyncPolicy, Log, LogConfig, SharedSync, TimestampMs};
 
 struct World {
     fs: SimFileSystem,
     config: LogConfig,
     log: Option<Log>,
+    /// Syncs through one `syncfs` of the whole disk, always shared, instead of the log's own
+    /// fsyncs; made anew at every open, as by a server's start.
+    shares_syncs: bool,
+    shared: Option<SharedSync>,
     clock: i64,
     /// What was appended at each offset that may still be in the log.
     appended: BTreeMap<u64, Rec>,
@@ -36,6 +42,9 @@ impl World {
 
     fn open(&mut self) {
         let fs = Arc::new(self.fs.clone());
+        self.shared = self.shares_syncs.then(|| {
+            SharedSync::open(&self.fs, Path::new("/")).expect("a volume").with_alone_max(0)
+        });
         let log = Log::open(fs, &dir(), self.config, TimestampMs(self.clock)).expect("open");
         self.log = Some(log);
     }
@@ -68,7 +77,15 @@ impl World {
 
     fn sync(&mut self) {
         let clock = TimestampMs(self.clock);
-        if let Ok(durable) = self.log().sync(clock) {
+        let log = self.log.as_mut().expect("open");
+        let synced = match &self.shared {
+            Some(shared) => {
+                let (ticket, result) = shared.run_and_wait(log.begin_sync());
+                log.finish_sync(ticket, result, clock)
+            }
+            None => log.sync(clock),
+        };
+        if let Ok(durable) = synced {
             self.acked_end = self.acked_end.max(durable.0);
         }
     }
@@ -128,6 +145,8 @@ fn run(seed: u64) {
         fs: SimFileSystem::new(),
         config,
         log: None,
+        shares_syncs: rng.below(2) == 0,
+        shared: None,
         clock: 1_000_000,
         appended: BTreeMap::new(),
         acked_end: 0,

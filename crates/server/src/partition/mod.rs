@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::limits::{
@@ -18,8 +18,8 @@ use spool_broker::producer::ProducerTable;
 use spool_proto::Acks;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
-    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SyncError, SyncTicket,
-    TimestampMs,
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SharedSync, SyncError,
+    SyncTicket, TimestampMs,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,8 +56,7 @@ pub(crate) struct Partition {
     /// New log settings for the writer to apply (see [`Partition::reconfigure`]).
     reconfigure: mpsc::Sender<Reconfigure>,
     pub(crate) metrics: PartitionMetrics,
-    /// The server's gauges and counters.
-    server_metrics: Arc<Metrics>,
+    server: Services,
     /// Damaged batches already reported (logged and counted), by segment file and position,
     /// so that readers who meet one again and again do not report it again. The oldest is
     /// forgotten first past [`DAMAGED_BATCHES_REMEMBERED`].
@@ -67,6 +66,15 @@ pub(crate) struct Partition {
     deleted: AtomicBool,
     /// Idempotent producers' sequences (see `crate::idempotence`); only the writer uses it.
     producers: Mutex<ProducerTable>,
+}
+
+/// What every partition of a server shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    /// The server's gauges and counters.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Syncs of many partitions at once share one `syncfs` (see `spool_storage::SharedSync`).
+    pub(crate) sync: Arc<SharedSync>,
 }
 
 /// What a reader sees of a partition without reading records.
@@ -94,13 +102,13 @@ impl Partition {
         id: u32,
         log: Log,
         stop: CancellationToken,
-        server_metrics: Arc<Metrics>,
+        server: Services,
     ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
         let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
         let partition = Arc::new(Partition {
             metrics: PartitionMetrics::new(&topic, id),
-            server_metrics,
+            server,
             damage_reported: Mutex::new(VecDeque::new()),
             topic,
             id,
@@ -253,7 +261,7 @@ impl Partition {
         }
         tracing::warn!(topic = %self.topic, partition = self.id, %error, "a read met a damaged batch");
         self.metrics.damaged_batch();
-        self.server_metrics.damaged_batch();
+        self.server.metrics.damaged_batch();
     }
 }
 
@@ -436,8 +444,9 @@ mod tests {
         assert_eq!(log.config().fsync, FsyncPolicy::Always);
         let stop = CancellationToken::new();
         let topic = TopicName::parse("topic").unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (partition, writer) = Partition::start(topic, 0, log, stop.clone(), metrics);
+        let services =
+            Services { metrics: Arc::new(Metrics::default()), sync: Arc::new(SharedSync::alone()) };
+        let (partition, writer) = Partition::start(topic, 0, log, stop.clone(), services);
         let before = gate.lock().started;
         gate.set(|g| g.held = true);
 

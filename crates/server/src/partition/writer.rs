@@ -16,7 +16,9 @@
 //! for ever). So an fsync covers every batch that arrived during the previous one, and
 //! appending (the copy into the page cache) overlaps the disk's flush instead of adding to
 //! it. A lone producer's batch still takes one thread hop: the thread that appends it syncs
-//! it.
+//! it. When many partitions sync at once, a sync may instead be queued for the server's
+//! shared `syncfs` (`spool_storage::SharedSync`): the thread returns, and the one running
+//! the shared rounds records the sync and starts the next.
 //!
 //! A failed fsync fences the log (storage never retries it) and fails every waiting producer,
 //! including those whose batches were appended while it ran.
@@ -44,8 +46,9 @@ pub(super) struct Writer {
     pub(super) queue: mpsc::Receiver<AppendRequest>,
     pub(super) reconfigure: mpsc::Receiver<Reconfigure>,
     pub(super) waiting_for_sync: Vec<WaitingForSync>,
-    /// The blocking thread running an `always` log's syncs, one after another.
-    pub(super) syncing: Option<JoinHandle<()>>,
+    /// Ends when the syncs an `always` log's writer started, one after another, are over
+    /// (see [`Partition::sync_rounds`]).
+    pub(super) syncing: Option<SyncsRunning>,
     /// Each of its syncs' outcomes, in order. (Unbounded, but it holds at most
     /// `SYNC_ROUNDS_MAX` entries: one thread sends, and the writer drains it before it starts
     /// another.)
@@ -78,11 +81,15 @@ pub(super) fn behind(log: &Log) -> bool {
         && log.next_offset() > log.durable_offset()
 }
 
-/// The end of the syncing thread; never, when there is none.
-pub(super) async fn syncing_end(syncing: &mut Option<JoinHandle<()>>) {
+/// Dropped when a run of syncs is over, however it ends.
+pub(super) type SyncsOver = oneshot::Sender<()>;
+pub(super) type SyncsRunning = oneshot::Receiver<()>;
+
+/// The end of the syncs running; never, when none are.
+pub(super) async fn syncing_end(syncing: &mut Option<SyncsRunning>) {
     match syncing {
-        Some(task) => {
-            joined(task).await;
+        Some(running) => {
+            let _ = running.await;
         }
         None => std::future::pending().await,
     }
@@ -195,12 +202,13 @@ impl Writer {
         let partition = self.partition.clone();
         let synced = self.synced.clone();
         let (appended, appended_answer) = oneshot::channel();
-        let task = tokio::task::spawn_blocking(move || {
-            partition.append_group(group, sync, appended, synced);
+        let (over, running) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            partition.append_group(group, sync, appended, synced, over);
         });
         let committed = appended_answer.await.expect("a group commit panicked");
         if committed.sync_started {
-            self.syncing = Some(task);
+            self.syncing = Some(running);
         }
         self.partition.metrics.committed(
             committed.group.len(),
@@ -274,14 +282,15 @@ impl Writer {
         let Ok(Some(ticket)) = ticket else { return };
         let partition = self.partition.clone();
         let synced = self.synced.clone();
-        self.syncing =
-            Some(tokio::task::spawn_blocking(move || partition.sync_rounds(ticket, &synced)));
+        let (over, running) = oneshot::channel();
+        self.syncing = Some(running);
+        tokio::task::spawn_blocking(move || partition.sync_rounds(ticket, 1, synced, over));
     }
 
-    /// Waits for the syncing thread, if any, and answers the producers its syncs cover.
+    /// Waits for the syncs running, if any, and answers the producers they cover.
     pub(super) async fn wait_for_sync(&mut self) {
-        if let Some(task) = self.syncing.take() {
-            joined(task).await;
+        if let Some(running) = self.syncing.take() {
+            let _ = running.await;
         }
         self.drain_synced();
     }
@@ -376,11 +385,12 @@ impl Partition {
     /// and the ones after it, without the lock (see [`Partition::sync_rounds`]); the writer
     /// goes on appending meanwhile.
     pub(super) fn append_group(
-        &self,
+        self: Arc<Self>,
         group: Vec<AppendRequest>,
         sync: SyncStart,
         appended: oneshot::Sender<Committed>,
         synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
+        over: SyncsOver,
     ) {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
@@ -404,43 +414,46 @@ impl Partition {
         // The writer drops the answer only when it is stopping; the sync still runs.
         let _ = appended.send(Committed { group, results, sync_started });
         if let Some(ticket) = ticket {
-            self.sync_rounds(ticket, &synced);
+            self.sync_rounds(ticket, 1, synced, over);
         }
     }
 
-    /// Runs `ticket`'s fsync without the lock (readers go on, the writer appends the next
+    /// Runs `ticket`'s sync without the lock (readers go on, the writer appends the next
     /// group), records it, and sends the outcome to the writer; then, while something was
     /// appended meanwhile and no fsync failed, the next one, up to [`SYNC_ROUNDS_MAX`] in all.
+    /// `over` is dropped when the last is done.
+    ///
+    /// A sync runs on this thread, or, when many partitions sync at once, in a round of the
+    /// server's shared sync (see `spool_storage::SharedSync`): then this thread returns at
+    /// once and the thread running rounds records it and goes on.
     pub(super) fn sync_rounds(
-        &self,
-        mut ticket: SyncTicket,
-        synced: &mpsc::UnboundedSender<Result<Offset, SyncError>>,
-    ) {
-        for round in 1..=SYNC_ROUNDS_MAX {
-            let (outcome, guard) = self.run_sync(ticket);
-            let log = guard.as_ref().expect("the writer's log is open");
-            let next = (round < SYNC_ROUNDS_MAX && behind(log)).then(|| log.begin_sync());
-            drop(guard);
-            // The writer drops its receiver only once it has stopped and waited for this thread.
-            let _ = synced.send(outcome);
-            match next {
-                Some(next) => ticket = next,
-                None => return,
-            }
-        }
-    }
-
-    /// Runs `ticket`'s fsync without the lock, then records its outcome under the write lock,
-    /// which it hands back.
-    pub(super) fn run_sync(
-        &self,
+        self: Arc<Self>,
         ticket: SyncTicket,
-    ) -> (Result<Offset, SyncError>, RwLockWriteGuard<'_, Option<Log>>) {
-        let result = self.metrics.time_fsync(|| ticket.run());
-        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-        let log = guard.as_mut().expect("the writer's log is open");
-        let outcome = log.finish_sync(ticket, result, TimestampMs::now());
-        (outcome, guard)
+        round: u32,
+        synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
+        over: SyncsOver,
+    ) {
+        let shared = self.server.sync.clone();
+        let started = std::time::Instant::now();
+        shared.run(
+            ticket,
+            Box::new(move |ticket, result| {
+                self.metrics.fsync_took(started.elapsed());
+                let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+                let log = guard.as_mut().expect("the writer's log is open");
+                let outcome = log.finish_sync(ticket, result, TimestampMs::now());
+                let next = (round < SYNC_ROUNDS_MAX && behind(log)).then(|| log.begin_sync());
+                drop(guard);
+                // The writer drops its receiver only once it has stopped and waited for
+                // `over`.
+                let _ = synced.send(outcome);
+                match next {
+                    Some(next) => self.sync_rounds(next, round + 1, synced, over),
+                    // Tells the writer that no sync runs any more.
+                    None => drop(over),
+                }
+            }),
+        );
     }
 
     /// The fsync policy in force (the log's; an alter may change it).
@@ -455,6 +468,11 @@ impl Partition {
             let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
             guard.as_ref().expect("the writer's log is open").begin_sync()
         };
-        self.run_sync(ticket).0
+        let started = std::time::Instant::now();
+        let (ticket, result) = self.server.sync.run_and_wait(ticket);
+        self.metrics.fsync_took(started.elapsed());
+        let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+        let log = guard.as_mut().expect("the writer's log is open");
+        log.finish_sync(ticket, result, TimestampMs::now())
     }
 }
