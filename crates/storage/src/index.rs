@@ -196,6 +196,15 @@ impl IndexFile {
         self.dirty = true;
     }
 
+    /// Whether `entries` more fit in the room already preallocated and mapped, so pushing
+    /// them only copies into the map.
+    pub(crate) fn has_mapped_room(&self, entries: usize) -> bool {
+        let mapped = self.map.as_ref().map_or(0, |map| map.bytes().len());
+        entries == 0
+            || (self.entries + entries <= self.capacity
+                && mapped == self.capacity * self.entry_bytes)
+    }
+
     /// Makes a trimmed index active again: it grows (from its next entry) to at most
     /// `capacity_max` entries.
     pub(crate) fn activate(&mut self, capacity_max: usize) {

@@ -382,6 +382,19 @@ impl Log {
         results.into_iter().map(|r| r.expect("every batch has a result")).collect()
     }
 
+    /// Whether appending batches of `bytes` in all now would be one write into the page
+    /// cache and copies into mapped indexes, and nothing else: no roll, no first write after
+    /// a clean open, no index file to grow or map, no writeback hint. (The write itself may
+    /// still wait, when the kernel throttles processes that dirty pages faster than the disk
+    /// takes them.) A writer may run such an append where it would not run one that may sync
+    /// or create files.
+    pub fn append_is_light(&self, bytes: u64, now: TimestampMs) -> bool {
+        let hints_writeback =
+            self.config.fsync == FsyncPolicy::Always && bytes >= WRITEBACK_HINT_BYTES_MIN;
+        let heavy = self.clean_marker || self.roll_due(0, bytes, now) || hints_writeback;
+        !heavy && self.active().indexes_have_room(bytes)
+    }
+
     /// Before the first write after a clean open: removes `clean-shutdown` and fsyncs the
     /// directory, so that a crash from here on is recovered as one, then lets the active
     /// segment's indexes grow again (a clean open leaves them trimmed, so its next open finds

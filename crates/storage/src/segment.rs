@@ -164,6 +164,20 @@ impl Segment {
         })
     }
 
+    /// Whether `bytes` more of batches need no index room beyond what is mapped already.
+    pub(crate) fn indexes_have_room(&self, bytes: u64) -> bool {
+        let end = self.size_bytes + bytes;
+        let interval = u64::from(INDEX_INTERVAL_BYTES);
+        // At most one entry per interval, and one for a batch that starts before the first
+        // interval's end and reaches past it.
+        let entries = if end < self.last_indexed_position + interval {
+            0
+        } else {
+            (bytes / interval + 1) as usize
+        };
+        self.offset_index.0.has_mapped_room(entries) && self.time_index.0.has_mapped_room(entries)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.size_bytes == 0
     }

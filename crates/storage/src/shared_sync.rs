@@ -165,6 +165,24 @@ impl SharedSync {
         }
     }
 
+    /// Queues `ticket` for the round after the one running, if one is running (then this
+    /// call never blocks); otherwise hands both back, for [`SharedSync::run`] on a thread
+    /// that may block.
+    #[allow(clippy::result_large_err)]
+    pub fn try_queue(
+        &self,
+        ticket: SyncTicket,
+        done: SyncDone,
+    ) -> Result<(), (SyncTicket, SyncDone)> {
+        let mut state = self.lock();
+        if self.volume.is_none() || !state.running || state.failed.is_some() || !ticket.can_share()
+        {
+            return Err((ticket, done));
+        }
+        state.queued.push((ticket, done));
+        Ok(())
+    }
+
     /// [`SharedSync::run`], waiting for the outcome.
     pub fn run_and_wait(&self, ticket: SyncTicket) -> (SyncTicket, io::Result<()>) {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);

@@ -174,6 +174,26 @@ fn invalid_and_oversized_batches_are_refused() {
 }
 
 #[test]
+fn an_append_is_light_only_when_it_is_one_write_and_nothing_else() {
+    let fs = SimFileSystem::new();
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    assert!(log.append_is_light(1000, NOW), "a small append to a new log");
+    assert!(!log.append_is_light(5000, NOW), "index entries, and the index is not mapped yet");
+    log.append(&batch_of(1, 100, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    log.close().unwrap();
+
+    let mut log = sim_open(&fs, config(FsyncPolicy::Always));
+    assert!(!log.append_is_light(1000, NOW), "the first write after a clean open");
+    log.append(&batch_of(1, 100, 5), NOW).unwrap();
+    assert!(log.append_is_light(1000, NOW));
+    while log.segment_count() == 1 && log.size_bytes() < 60 * 1024 {
+        log.append(&batch_of(10, 500, 5), NOW).unwrap();
+    }
+    assert!(!log.append_is_light(8 * 1024, NOW), "a roll is due");
+}
+
+#[test]
 fn segments_roll_by_size_and_by_age() {
     let fs = SimFileSystem::new();
     let mut cfg = config(FsyncPolicy::Never);

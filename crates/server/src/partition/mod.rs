@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::limits::{
-    DAMAGED_BATCHES_REMEMBERED, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
+    DAMAGED_BATCHES_REMEMBERED, LIGHT_APPEND_BYTES_MAX, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
     WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
@@ -18,8 +18,8 @@ use spool_broker::producer::ProducerTable;
 use spool_proto::Acks;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
-    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SharedSync, SyncError,
-    SyncTicket, TimestampMs,
+    Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SharedSync, SyncDone,
+    SyncError, SyncTicket, TimestampMs,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;

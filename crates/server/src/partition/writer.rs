@@ -1,7 +1,9 @@
 //! The writer: the only code that mutates a partition's log. It takes appends from a bounded queue
 //! (producers beyond [`WRITER_QUEUE_DEPTH`] wait), and for each drained group:
 //!
-//! 1. appends every batch under the log's write lock (nothing is synced yet);
+//! 1. appends every batch under the log's write lock (nothing is synced yet): on a blocking
+//!    thread, or, for a small group that the log says is one write into the page cache and
+//!    nothing else, on the writer's own task ([`Partition::append_light_group`]);
 //! 2. answers `leader` (and `none`) producers; `all` producers wait for a sync that covers
 //!    their batch (on an `interval` topic, the next timer-driven sync);
 //! 3. wakes readers through a `watch` that carries no data: they read the log by offset, so
@@ -15,8 +17,8 @@
 //! (up to [`SYNC_ROUNDS_MAX`] in a row, so a busy partition does not keep a blocking thread
 //! for ever). So an fsync covers every batch that arrived during the previous one, and
 //! appending (the copy into the page cache) overlaps the disk's flush instead of adding to
-//! it. A lone producer's batch still takes one thread hop: the thread that appends it syncs
-//! it. When many partitions sync at once, a sync may instead be queued for the server's
+//! it. A lone producer's batch still takes one thread hop: the blocking thread that appends
+//! it, or after a light append the one started for its sync, syncs it. When many partitions sync at once, a sync may instead be queued for the server's
 //! shared `syncfs` (`spool_storage::SharedSync`): the thread returns, and the one running
 //! the shared rounds records the sync and starts the next.
 //!
@@ -80,6 +82,9 @@ pub(super) fn behind(log: &Log) -> bool {
         && log.fence().is_none()
         && log.next_offset() > log.durable_offset()
 }
+
+/// Where the outcomes of syncs go, to the writer.
+pub(super) type SyncedSender = mpsc::UnboundedSender<Result<Offset, SyncError>>;
 
 /// Dropped when a run of syncs is over, however it ends.
 pub(super) type SyncsOver = oneshot::Sender<()>;
@@ -199,14 +204,19 @@ impl Writer {
             None => SyncStart::IfAppended,
             Some(_) => SyncStart::Running,
         };
-        let partition = self.partition.clone();
         let synced = self.synced.clone();
-        let (appended, appended_answer) = oneshot::channel();
         let (over, running) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            partition.append_group(group, sync, appended, synced, over);
-        });
-        let committed = appended_answer.await.expect("a group commit panicked");
+        let committed = match self.partition.append_light_group(group, sync, synced, over) {
+            Ok(committed) => committed,
+            Err((group, synced, over)) => {
+                let partition = self.partition.clone();
+                let (appended, appended_answer) = oneshot::channel();
+                tokio::task::spawn_blocking(move || {
+                    partition.append_group(group, sync, appended, synced, over);
+                });
+                appended_answer.await.expect("a group commit panicked")
+            }
+        };
         if committed.sync_started {
             self.syncing = Some(running);
         }
@@ -394,21 +404,7 @@ impl Partition {
     ) {
         let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
         let log = guard.as_mut().expect("the writer's log is open");
-        let now = TimestampMs::now();
-        // One vectored write for the whole group where it fits the active segment.
-        let batches: Vec<CheckedBatch<&[u8]>> =
-            group.iter().map(|request| request.batch.borrowed()).collect();
-        let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
-        let results = self
-            .metrics
-            .time_append(|| idempotence::append_group(log, &mut producers, &batches, now));
-        drop(producers);
-        drop(batches);
-        let appended_any = results.iter().any(Result::is_ok);
-        let ticket = (sync == SyncStart::IfAppended
-            && appended_any
-            && log.config().fsync == FsyncPolicy::Always)
-            .then(|| log.begin_sync());
+        let (results, ticket) = self.append_locked(log, &group, sync);
         drop(guard);
         let sync_started = ticket.is_some();
         // The writer drops the answer only when it is stopping; the sync still runs.
@@ -416,6 +412,67 @@ impl Partition {
         if let Some(ticket) = ticket {
             self.sync_rounds(ticket, 1, synced, over);
         }
+    }
+
+    /// [`Partition::append_group`] on the writer's own thread, for a group that costs one
+    /// write into the page cache and nothing else (see `Log::append_is_light`): at most
+    /// [`LIGHT_APPEND_BYTES_MAX`], to a log no reader holds at the moment, with no roll,
+    /// first write or index growth due. Its sync, if it starts one, joins a shared round
+    /// already running without blocking, or goes to a blocking thread. This saves the thread
+    /// hop that is most of what a small batch to one of many partitions costs. Any other
+    /// group is handed back.
+    pub(super) fn append_light_group(
+        self: &Arc<Self>,
+        group: Vec<AppendRequest>,
+        sync: SyncStart,
+        synced: SyncedSender,
+        over: SyncsOver,
+    ) -> Result<Committed, (Vec<AppendRequest>, SyncedSender, SyncsOver)> {
+        let bytes: usize = group.iter().map(|request| request.batch.bytes().len()).sum();
+        if bytes > LIGHT_APPEND_BYTES_MAX {
+            return Err((group, synced, over));
+        }
+        let Ok(mut guard) = self.log.try_write() else { return Err((group, synced, over)) };
+        let Some(log) =
+            guard.as_mut().filter(|log| log.append_is_light(bytes as u64, TimestampMs::now()))
+        else {
+            drop(guard);
+            return Err((group, synced, over));
+        };
+        let (results, ticket) = self.append_locked(log, &group, sync);
+        drop(guard);
+        let sync_started = ticket.is_some();
+        if let Some(ticket) = ticket {
+            let shared = self.server.sync.clone();
+            let done = self.clone().sync_done(1, synced, over);
+            if let Err((ticket, done)) = shared.try_queue(ticket, done) {
+                tokio::task::spawn_blocking(move || shared.run(ticket, done));
+            }
+        }
+        Ok(Committed { group, results, sync_started })
+    }
+
+    /// Appends `group` to `log` (one vectored write where it fits the active segment); on an
+    /// `always` log with no sync in flight, prepares the sync that covers it.
+    fn append_locked(
+        &self,
+        log: &mut Log,
+        group: &[AppendRequest],
+        sync: SyncStart,
+    ) -> (Vec<Result<Appended, Refused>>, Option<SyncTicket>) {
+        let now = TimestampMs::now();
+        let batches: Vec<CheckedBatch<&[u8]>> =
+            group.iter().map(|request| request.batch.borrowed()).collect();
+        let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
+        let results = self
+            .metrics
+            .time_append(|| idempotence::append_group(log, &mut producers, &batches, now));
+        let appended_any = results.iter().any(Result::is_ok);
+        let ticket = (sync == SyncStart::IfAppended
+            && appended_any
+            && log.config().fsync == FsyncPolicy::Always)
+            .then(|| log.begin_sync());
+        (results, ticket)
     }
 
     /// Runs `ticket`'s sync without the lock (readers go on, the writer appends the next
@@ -430,30 +487,32 @@ impl Partition {
         self: Arc<Self>,
         ticket: SyncTicket,
         round: u32,
-        synced: mpsc::UnboundedSender<Result<Offset, SyncError>>,
+        synced: SyncedSender,
         over: SyncsOver,
     ) {
         let shared = self.server.sync.clone();
+        shared.run(ticket, self.sync_done(round, synced, over));
+    }
+
+    /// What runs when sync `round` is over: records it, sends the outcome to the writer, and
+    /// starts the next round if something was appended meanwhile.
+    fn sync_done(self: Arc<Self>, round: u32, synced: SyncedSender, over: SyncsOver) -> SyncDone {
         let started = std::time::Instant::now();
-        shared.run(
-            ticket,
-            Box::new(move |ticket, result| {
-                self.metrics.fsync_took(started.elapsed());
-                let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
-                let log = guard.as_mut().expect("the writer's log is open");
-                let outcome = log.finish_sync(ticket, result, TimestampMs::now());
-                let next = (round < SYNC_ROUNDS_MAX && behind(log)).then(|| log.begin_sync());
-                drop(guard);
-                // The writer drops its receiver only once it has stopped and waited for
-                // `over`.
-                let _ = synced.send(outcome);
-                match next {
-                    Some(next) => self.sync_rounds(next, round + 1, synced, over),
-                    // Tells the writer that no sync runs any more.
-                    None => drop(over),
-                }
-            }),
-        );
+        Box::new(move |ticket, result| {
+            self.metrics.fsync_took(started.elapsed());
+            let mut guard = self.log.write().unwrap_or_else(PoisonError::into_inner);
+            let log = guard.as_mut().expect("the writer's log is open");
+            let outcome = log.finish_sync(ticket, result, TimestampMs::now());
+            let next = (round < SYNC_ROUNDS_MAX && behind(log)).then(|| log.begin_sync());
+            drop(guard);
+            // The writer drops its receiver only once it has stopped and waited for `over`.
+            let _ = synced.send(outcome);
+            match next {
+                Some(next) => self.sync_rounds(next, round + 1, synced, over),
+                // Tells the writer that no sync runs any more.
+                None => drop(over),
+            }
+        })
     }
 
     /// The fsync policy in force (the log's; an alter may change it).
