@@ -1,14 +1,16 @@
 //! `spool bench disk`: what the disk under the data directory can do, so every produce
 //! figure can be read as a fraction of it.
 //!
-//! Four measurements, each on a fresh file in the directory, removed afterwards:
+//! Six measurements, each on a fresh file in the directory, removed afterwards:
 //!
 //! 1. buffered sequential write: `bytes` in 1 MiB writes, no sync (the page cache's speed);
 //! 2. write then `fdatasync`: the same writes and one `fdatasync` at the end, timed together
-//!    (what an fsync-per-large-batch log can reach at best);
+//!    (what a log that syncs seldom and in large groups can reach at best);
 //! 3. and 4. `fdatasync` calls per second: for `append_seconds` each, append 4 KiB (then
 //!    64 KiB) and `fdatasync`, as a log syncing every small append would; the latency of each
-//!    cycle is kept, so a single durable write can be compared with the disk's own median.
+//!    cycle is kept, so a single durable write can be compared with the disk's own median;
+//! 5. and 6. the same with 1 MiB and 16 MiB appends: the serial write+`fdatasync` rate, what
+//!    a log that waited for each group's sync before writing the next would reach.
 //!
 //! Before the first measurement, `bytes` are written to a warm-up file (untimed, then
 //! removed), so that the page cache's pages have been touched once: on a virtual machine
@@ -92,6 +94,13 @@ pub struct SyncRate {
     pub latency_us: LatencySummary,
 }
 
+impl SyncRate {
+    /// The bytes the cycles wrote, in MB/s.
+    pub fn mb_per_sec(&self) -> f64 {
+        self.fdatasync_per_sec * self.append_bytes as f64 / 1e6
+    }
+}
+
 /// The disk's limits, measured in one directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskLimits {
@@ -105,12 +114,14 @@ pub struct DiskLimits {
     pub write_fdatasync_rounds: Rounds,
     pub sync_4k: SyncRate,
     pub sync_64k: SyncRate,
+    pub sync_1m: SyncRate,
+    pub sync_16m: SyncRate,
     /// Figures that contradict each other, or that did not settle, in words; empty when
     /// all is well.
     pub warnings: Vec<String>,
 }
 
-/// Runs the four measurements.
+/// Runs the six measurements.
 pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
     std::fs::create_dir_all(&plan.dir)
         .map_err(|source| BenchError::io(format!("creating {}", plan.dir.display()), source))?;
@@ -120,6 +131,8 @@ pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
     let seconds = Duration::from_secs_f64(plan.append_seconds);
     let sync_4k = append_and_sync(&plan.dir, 4096, seconds)?;
     let sync_64k = append_and_sync(&plan.dir, 64 * 1024, seconds)?;
+    let sync_1m = append_and_sync(&plan.dir, 1024 * 1024, seconds)?;
+    let sync_16m = append_and_sync(&plan.dir, 16 * 1024 * 1024, seconds)?;
     let mut limits = DiskLimits {
         dir: plan.dir.display().to_string(),
         file_system: crate::machine::file_system(&plan.dir),
@@ -129,6 +142,8 @@ pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
         write_fdatasync_rounds: synced,
         sync_4k,
         sync_64k,
+        sync_1m,
+        sync_16m,
         warnings: Vec::new(),
     };
     limits.warnings = contradictions(&limits);
@@ -336,6 +351,8 @@ mod tests {
             write_fdatasync_rounds: Rounds { each: vec![synced, synced], settled: true },
             sync_4k: rate(4096, per_sec_4k),
             sync_64k: rate(65536, per_sec_64k),
+            sync_1m: rate(1 << 20, synced / 2.0 / 1.048576),
+            sync_16m: rate(16 << 20, synced / 1.5 / 16.777216),
             warnings: Vec::new(),
         }
     }

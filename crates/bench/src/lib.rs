@@ -397,6 +397,9 @@ pub struct VsDisk {
     pub of_buffered_write: f64,
     /// MB/s over the disk's write-then-fdatasync MB/s.
     pub of_write_fdatasync: f64,
+    /// MB/s over the disk's serial loops of a 1 MiB (16 MiB) write and an fdatasync.
+    pub of_sync_loop_1m: f64,
+    pub of_sync_loop_16m: f64,
     /// Durable messages per second over fdatasync calls per second (4 KiB appends): how
     /// many messages each sync carried, on average, had every message been synced.
     pub msgs_per_fdatasync_4k: f64,
@@ -409,6 +412,8 @@ impl VsDisk {
         VsDisk {
             of_buffered_write: mb_per_sec / disk.buffered_write_mb_per_sec,
             of_write_fdatasync: mb_per_sec / disk.write_fdatasync_mb_per_sec,
+            of_sync_loop_1m: mb_per_sec / disk.sync_1m.mb_per_sec(),
+            of_sync_loop_16m: mb_per_sec / disk.sync_16m.mb_per_sec(),
             msgs_per_fdatasync_4k: msgs_per_sec / disk.sync_4k.fdatasync_per_sec,
             p50_minus_fdatasync_p50_us: p50_us - disk.sync_4k.latency_us.p50,
         }
@@ -480,7 +485,7 @@ pub async fn run(command: BenchCommand) -> Result<(), BenchError> {
 async fn measure_disk(plan: DiskPlan) -> Result<DiskLimits, BenchError> {
     // The measurement prints nothing until it is done: say what the silent seconds are.
     eprintln!(
-        "measuring the disk under {} (4 measurements, 2 to {} rounds each)...",
+        "measuring the disk under {} (6 measurements, 2 to {} rounds each)...",
         plan.dir.display(),
         disk::ROUNDS_MAX
     );

@@ -168,6 +168,14 @@ pub fn table(result: &BenchResult) -> String {
         );
         let _ = writeln!(
             out,
+            "            {:.2}× serial 1 MiB write+fdatasync ({:.0} MB/s), {:.2}× serial 16 MiB ({:.0} MB/s)",
+            vs.of_sync_loop_1m,
+            disk.sync_1m.mb_per_sec(),
+            vs.of_sync_loop_16m,
+            disk.sync_16m.mb_per_sec()
+        );
+        let _ = writeln!(
+            out,
             "            {:.1} msgs per 4 KiB fdatasync ({:.0}/s); p50 {:+.0} µs from the disk's p50 append+fdatasync ({:.0} µs)",
             vs.msgs_per_fdatasync_4k,
             disk.sync_4k.fdatasync_per_sec,
@@ -239,12 +247,13 @@ pub fn disk_table(disk: &DiskLimits) -> String {
         disk.write_fdatasync_mb_per_sec,
         rounds_text(&disk.write_fdatasync_rounds)
     );
-    for rate in [&disk.sync_4k, &disk.sync_64k] {
+    for rate in [&disk.sync_4k, &disk.sync_64k, &disk.sync_1m, &disk.sync_16m] {
         let _ = writeln!(
             out,
-            "append {:>2} KiB + fdatasync   {:.0}/s ({}), µs {}",
-            rate.append_bytes / 1024,
+            "append {:>7} + fdatasync {:.0}/s, {:.0} MB/s ({}), µs {}",
+            size_text(rate.append_bytes),
             rate.fdatasync_per_sec,
+            rate.mb_per_sec(),
             rounds_text(&rate.rounds),
             latency_line(&rate.latency_us)
         );
@@ -254,6 +263,11 @@ pub fn disk_table(disk: &DiskLimits) -> String {
         let _ = writeln!(out, "WARNING: {warning}");
     }
     out
+}
+
+/// A write size: "4 KiB", "16 MiB".
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
 }
 
 /// Escapes text for HTML.
@@ -550,12 +564,13 @@ fn disk_html(disk: &DiskLimits) -> String {
             escape(&rounds_text(rounds))
         );
     }
-    for rate in [&disk.sync_4k, &disk.sync_64k] {
+    for rate in [&disk.sync_4k, &disk.sync_64k, &disk.sync_1m, &disk.sync_16m] {
         let _ = write!(
             out,
-            "<tr><td>append {} KiB + fdatasync</td><td>{:.0}/s</td><td>{}</td><td>{}</td></tr>",
-            rate.append_bytes / 1024,
+            "<tr><td>append {} + fdatasync</td><td>{:.0}/s, {:.0} MB/s</td><td>{}</td><td>{}</td></tr>",
+            size_text(rate.append_bytes),
             rate.fdatasync_per_sec,
+            rate.mb_per_sec(),
             escape(&rounds_text(&rate.rounds)),
             escape(&latency_line(&rate.latency_us))
         );

@@ -152,6 +152,9 @@ fn disk_json_reports_the_four_measurements_in_rounds() {
     assert!(disk["warnings"].is_array(), "{disk}");
     assert_eq!(disk["sync_4k"]["append_bytes"], 4096);
     assert_eq!(disk["sync_64k"]["append_bytes"], 65536);
+    assert_eq!(disk["sync_1m"]["append_bytes"], 1 << 20);
+    assert_eq!(disk["sync_16m"]["append_bytes"], 16 << 20);
+    assert!(disk["sync_16m"]["fdatasync_per_sec"].as_f64().unwrap() > 0.0, "{disk}");
     assert!(disk["sync_64k"]["latency_us"]["p50"].as_f64().unwrap() > 0.0);
 }
 
