@@ -16,8 +16,8 @@ use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::start_position::{Earliest, Latest, Position};
 use spool_proto::v1::{
     Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, Encoding, FetchRequest,
-    ListTopicsRequest, ProduceRequest, Record, RecordList, StartPosition, SubscribeRequest,
-    TopicCompression, TopicConfig,
+    ListTopicsRequest, ProduceRequest, ProduceStreamResponse, Record, RecordList, StartPosition,
+    SubscribeRequest, TopicCompression, TopicConfig,
 };
 use spool_storage::TimestampMs;
 use spool_storage::batch::{self, BatchBuilder, BatchIter, Header, ProducerStamp};
@@ -504,25 +504,25 @@ async fn a_restart_on_the_same_data_directory_replays_everything_unchanged() {
     server.shutdown().await;
 }
 
-/// More partitions syncing at once than may sync alone share `syncfs` rounds: every batch is
-/// answered, once, with its own offset, and is there after a restart.
-#[tokio::test]
-async fn many_partitions_syncing_at_once_answer_every_batch_and_keep_it() {
-    const PARTITIONS: u32 = 128;
-    let data = tempfile::tempdir().unwrap();
-    let server = TestServer::start(data.path()).await;
-    server.create_topic("wide", PARTITIONS, always()).await;
-    let requests: Vec<_> = (0..2 * PARTITIONS)
-        .map(|i| ProduceRequest {
-            correlation_id: u64::from(i),
-            topic: "wide".into(),
-            partition: Some(i % PARTITIONS),
+/// One record per request on one produce stream, `acks=all`: request `i` (its correlation id)
+/// carries the value `i` to the `i`th partition of `partitions`. Every answer, in order.
+async fn stream_records(
+    server: &TestServer,
+    topic: &str,
+    partitions: impl Iterator<Item = u32>,
+) -> Vec<ProduceStreamResponse> {
+    let requests: Vec<_> = partitions
+        .enumerate()
+        .map(|(i, partition)| ProduceRequest {
+            correlation_id: i as u64,
+            topic: topic.into(),
+            partition: Some(partition),
             acks: Acks::All as i32,
             payload: Some(Payload::Records(RecordList { records: vec![record(&i.to_string())] })),
             producer: None,
         })
         .collect();
-    let answers: Vec<_> = server
+    server
         .producer()
         .await
         .produce_stream(tokio_stream::iter(requests))
@@ -531,7 +531,19 @@ async fn many_partitions_syncing_at_once_answer_every_batch_and_keep_it() {
         .into_inner()
         .collect::<Result<Vec<_>, _>>()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// More partitions syncing at once than may sync alone share `syncfs` rounds: every batch is
+/// answered, once, with its own offset, and is there after a restart.
+#[tokio::test]
+async fn many_partitions_syncing_at_once_answer_every_batch_and_keep_it() {
+    const PARTITIONS: u32 = 128;
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("wide", PARTITIONS, always()).await;
+    let answers =
+        stream_records(&server, "wide", (0..2 * PARTITIONS).map(|i| i % PARTITIONS)).await;
     assert_eq!(answers.len(), 2 * PARTITIONS as usize);
     for answer in &answers {
         let Some(StreamResult::Ok(ok)) = &answer.result else { panic!("{answer:?}") };
@@ -554,26 +566,7 @@ async fn shutdown_finishes_what_was_acknowledged_and_closes_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start(data.path()).await;
     server.create_topic("t", 1, always()).await;
-    let requests: Vec<_> = (0..300)
-        .map(|i| ProduceRequest {
-            correlation_id: i,
-            topic: "t".into(),
-            partition: Some(0),
-            acks: Acks::All as i32,
-            payload: Some(Payload::Records(RecordList { records: vec![record(&i.to_string())] })),
-            producer: None,
-        })
-        .collect();
-    let answers: Vec<_> = server
-        .producer()
-        .await
-        .produce_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let answers = stream_records(&server, "t", std::iter::repeat_n(0, 300)).await;
     assert_eq!(answers.len(), 300);
     // A follower is connected while the server stops: it is told, not left hanging.
     let mut follower = server
