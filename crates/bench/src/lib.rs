@@ -46,6 +46,7 @@ use thiserror::Error;
 pub use crate::disk::{DiskLimits, DiskPlan};
 pub use crate::machine::Machine;
 pub use crate::payload::PayloadKind;
+use crate::stats::shows;
 pub use crate::stats::{LatencySummary, Sample};
 
 /// `spool bench ...`
@@ -405,11 +406,29 @@ pub struct VsDisk {
     pub msgs_per_fdatasync_4k: f64,
     /// Median latency minus the disk's median 4 KiB append + fdatasync, in microseconds.
     pub p50_minus_fdatasync_p50_us: f64,
+    /// The p99 (p99.9) latency over the disk's 4 KiB append + fdatasync p99 (p99.9): how
+    /// much of a tail the disk's own slow syncs explain. `None` where either side has too
+    /// few samples for that percentile.
+    pub p99_of_fdatasync_p99: Option<f64>,
+    pub p999_of_fdatasync_p999: Option<f64>,
 }
 
 impl VsDisk {
-    fn of(disk: &DiskLimits, msgs_per_sec: f64, mb_per_sec: f64, p50_us: f64) -> VsDisk {
+    fn of(
+        disk: &DiskLimits,
+        msgs_per_sec: f64,
+        mb_per_sec: f64,
+        latency: &LatencySummary,
+    ) -> VsDisk {
+        let sync = &disk.sync_4k.latency_us;
+        let tail = |percentile: f64, ours: f64, disk: f64| {
+            (shows(percentile, latency.samples) && shows(percentile, sync.samples) && disk > 0.0)
+                .then(|| ours / disk)
+        };
+        let p50_us = latency.p50;
         VsDisk {
+            p99_of_fdatasync_p99: tail(99.0, latency.p99, sync.p99),
+            p999_of_fdatasync_p999: tail(99.9, latency.p999, sync.p999),
             of_buffered_write: mb_per_sec / disk.buffered_write_mb_per_sec,
             of_write_fdatasync: mb_per_sec / disk.write_fdatasync_mb_per_sec,
             of_sync_loop_1m: mb_per_sec / disk.sync_1m.mb_per_sec(),

@@ -182,6 +182,22 @@ pub fn table(result: &BenchResult) -> String {
             vs.p50_minus_fdatasync_p50_us,
             disk.sync_4k.latency_us.p50
         );
+        let tails: Vec<String> = [
+            ("p99", vs.p99_of_fdatasync_p99, disk.sync_4k.latency_us.p99),
+            ("p99.9", vs.p999_of_fdatasync_p999, disk.sync_4k.latency_us.p999),
+        ]
+        .into_iter()
+        .filter_map(|(name, ratio, disk)| {
+            ratio.map(|ratio| format!("{name} {ratio:.2}× the disk's ({disk:.0} µs)"))
+        })
+        .collect();
+        if !tails.is_empty() {
+            let _ = writeln!(
+                out,
+                "            tails against the disk's 4 KiB append+fdatasync: {}",
+                tails.join(", ")
+            );
+        }
         for warning in &disk.warnings {
             let _ = writeln!(out, "WARNING     the disk's figures: {warning}");
         }

@@ -140,7 +140,7 @@ impl Measured {
             settings: Settings { compression: self.compression, ..settings.clone() },
             machine: machine.clone(),
             disk: disk.cloned(),
-            vs_disk: disk.map(|d| VsDisk::of(d, msgs_per_sec, mb_per_sec, latency_us.p50)),
+            vs_disk: disk.map(|d| VsDisk::of(d, msgs_per_sec, mb_per_sec, &latency_us)),
             timeline: self.timeline,
             latency_percentiles: percentile_spectrum(&self.histogram),
         }

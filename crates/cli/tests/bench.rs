@@ -64,6 +64,11 @@ fn produce_json_has_the_documented_fields() {
     // The disk measured in the same run, and the ratio to it.
     assert!(result["disk"]["sync_4k"]["fdatasync_per_sec"].as_f64().unwrap() > 0.0);
     assert!(result["vs_disk"]["of_write_fdatasync"].as_f64().unwrap() > 0.0);
+    assert!(result["vs_disk"]["of_sync_loop_1m"].as_f64().unwrap() > 0.0);
+    // Tails against the disk's only where both sides have samples enough: none here.
+    let vs_disk = result["vs_disk"].as_object().unwrap();
+    assert!(vs_disk["p99_of_fdatasync_p99"].is_null() || vs_disk["p99_of_fdatasync_p99"].is_f64());
+    assert!(vs_disk.contains_key("p999_of_fdatasync_p999"), "{result}");
     assert!(result["machine"]["cores"].as_u64().unwrap() >= 1);
     // The harness removed its topic and its in-process server's directory.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
