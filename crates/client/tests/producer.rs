@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::TestServer;
 use spool_client::{
     Acks, Backpressure, Client, ErrorCode, Follow, Fsync, Header, ProduceError, ProducerConfig,
-    ProducerError, Record, StartAt,
+    ProducerError, Record, StartAt, TopicChange,
 };
 use spool_proto::partitioner::partition_for_key;
 
@@ -102,6 +102,45 @@ async fn linger_sends_a_partial_batch_without_a_flush() {
     let second = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.unwrap();
     assert_eq!(second.unwrap().offset, Some(1));
     assert_eq!(first.try_result().unwrap().unwrap().offset, Some(0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_producer_sends_to_partitions_the_topic_gained_after_it_started() {
+    let server = TestServer::start().await;
+    let client = server.with_topic("growing", 1, Fsync::Always).await;
+    // Idempotent, so the new partitions' sequences start as the server expects.
+    let config = ProducerConfig { idempotent: true, ..ProducerConfig::default() };
+    let producer = client.producer("growing", config).await.unwrap();
+    assert_eq!(producer.partitions(), 1);
+    let change = TopicChange { partitions: Some(4), ..Default::default() };
+    client.alter_topic("growing", change).await.unwrap();
+    // Not seen until the producer reads the count again: a record for partition 3 is refused.
+    let early = producer.send(Record::value(b"early").with_partition(3)).await;
+    assert!(
+        matches!(early, Err(ProduceError::UnknownPartition { partitions: 1, .. })),
+        "{early:?}"
+    );
+
+    assert_eq!(producer.refresh_partitions().await.unwrap(), 4);
+    assert_eq!(producer.partitions(), 4);
+    let keys: [&[u8]; 8] = [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"];
+    let mut deliveries = Vec::new();
+    for key in keys {
+        deliveries.push((key, producer.send(Record::value(key).with_key(key)).await.unwrap()));
+    }
+    deliveries.push((b"p3", producer.send(Record::value(b"p3").with_partition(3)).await.unwrap()));
+    producer.flush().await.unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for (key, delivery) in deliveries {
+        let stored = delivery.wait().await.unwrap();
+        if key != b"p3" {
+            assert_eq!(stored.partition, partition_for_key(key, 4), "key {key:?}");
+        }
+        used.insert(stored.partition);
+    }
+    assert!(used.len() > 1 && used.contains(&3), "the new partitions take records: {used:?}");
+    producer.close().await.unwrap();
     server.shutdown().await;
 }
 

@@ -108,14 +108,33 @@ pub(super) struct State {
 }
 
 impl Shared {
+    pub(super) fn partition_count(&self) -> u32 {
+        locked(&self.state).partitions.len() as u32
+    }
+
+    /// Adds partitions up to `partitions` (a topic only grows; a smaller count changes
+    /// nothing); the count now.
+    pub(super) fn grow_partitions(&self, partitions: u32) -> u32 {
+        let sequence = Sequence {
+            epoch: self.identity.map_or(0, |identity| identity.epoch),
+            next: 0,
+            restart: false,
+        };
+        let mut state = locked(&self.state);
+        while (state.partitions.len() as u32) < partitions {
+            state.partitions.push(PartitionBuffer { sequence, ..PartitionBuffer::default() });
+        }
+        state.partitions.len() as u32
+    }
+
     /// Puts a checked record, whose buffer bytes are reserved, into its partition's batch.
     pub(super) fn append(
         &self,
         record: Record<'_>,
         bytes: usize,
-        partitions: u32,
     ) -> Result<Delivery, ProduceError> {
         let mut state = locked(&self.state);
+        let partitions = state.partitions.len() as u32;
         if let Some(error) = state.failed.clone() {
             drop(state);
             self.buffer.add_permits(bytes);

@@ -71,7 +71,10 @@ use spool_proto::partitioner::partition_for_key;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::produce_service_client::ProduceServiceClient;
 use spool_proto::v1::produce_stream_response::Result as StreamResult;
-use spool_proto::v1::{InitProducerRequest, ProduceRequest, ProduceStreamResponse};
+use spool_proto::v1::topic_service_client::TopicServiceClient;
+use spool_proto::v1::{
+    DescribeTopicRequest, InitProducerRequest, ProduceRequest, ProduceStreamResponse,
+};
 use spool_storage::TimestampMs;
 pub use spool_storage::batch::Codec;
 pub use spool_storage::batch::Header;
@@ -146,6 +149,10 @@ pub struct ProducerConfig {
     /// How each batch's records are compressed (Kafka's codecs: none, gzip, snappy, lz4,
     /// zstd). The server stores a batch as sent and consumers decompress it.
     pub compression: Codec,
+    /// How often the producer reads the topic's partition count again, so that partitions
+    /// added to the topic take keyed and unkeyed records (Kafka's `metadata.max.age.ms`);
+    /// [`Producer::refresh_partitions`] reads it at once.
+    pub metadata_max_age: Duration,
 }
 
 /// The longest wait between two reconnect attempts.
@@ -168,6 +175,7 @@ impl Default for ProducerConfig {
             // Kafka's delivery.timeout.ms default.
             delivery_timeout: Duration::from_secs(120),
             compression: Codec::None,
+            metadata_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -208,6 +216,9 @@ impl ProducerConfig {
         }
         if self.retries_max == 0 {
             return bad("retries_max must be at least 1".into());
+        }
+        if self.metadata_max_age.is_zero() {
+            return bad("metadata_max_age must be longer than zero".into());
         }
         if self.request_timeout.is_zero() || self.delivery_timeout.is_zero() {
             return bad("request_timeout and delivery_timeout must be longer than zero".into());
@@ -410,6 +421,38 @@ struct Shared {
     batches_resent: AtomicU64,
 }
 
+/// Reads the topic's partition count and grows the producer's to it; the count.
+async fn read_partitions(
+    shared: &Shared,
+    mut topics: TopicServiceClient<crate::Transport>,
+) -> Result<u32, ProducerError> {
+    let request = DescribeTopicRequest { name: shared.topic.clone() };
+    let described = topics.describe_topic(request).await?.into_inner();
+    let partitions = described.topic.and_then(|topic| topic.config).map_or(0, |c| c.partitions);
+    Ok(shared.grow_partitions(partitions))
+}
+
+/// Every [`ProducerConfig::metadata_max_age`], the topic's partition count again, until the
+/// producer is gone or closing. A failed read is tried again at the next one.
+async fn refresh_partitions_every(
+    shared: std::sync::Weak<Shared>,
+    topics: TopicServiceClient<crate::Transport>,
+) {
+    loop {
+        let Some(age) = shared.upgrade().map(|shared| shared.config.metadata_max_age) else {
+            return;
+        };
+        tokio::time::sleep(age).await;
+        let Some(shared) = shared.upgrade() else { return };
+        if locked(&shared.state).closing {
+            return;
+        }
+        if let Err(error) = read_partitions(&shared, topics.clone()).await {
+            tracing::debug!(topic = %shared.topic, %error, "reading the topic's partition count failed; trying again later");
+        }
+    }
+}
+
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -426,7 +469,7 @@ pub struct Producer {
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    partitions: u32,
+    topics: TopicServiceClient<crate::Transport>,
 }
 
 impl Drop for Handle {
@@ -443,6 +486,7 @@ impl Producer {
         config: ProducerConfig,
     ) -> Result<Producer, ProducerError> {
         config.check()?;
+        let topics = TopicServiceClient::new(channel.clone());
         let mut client = ProduceServiceClient::new(channel)
             .max_encoding_message_size(spool_proto::limits::REQUEST_BYTES_MAX)
             .max_decoding_message_size(spool_proto::limits::RESPONSE_BYTES_MAX);
@@ -484,7 +528,8 @@ impl Producer {
             config,
         });
         tokio::spawn(run(shared.clone(), client, requests, answers));
-        Ok(Producer { handle: Arc::new(Handle { shared, partitions }) })
+        tokio::spawn(refresh_partitions_every(Arc::downgrade(&shared), topics.clone()));
+        Ok(Producer { handle: Arc::new(Handle { shared, topics }) })
     }
 
     /// The producer id the server gave this producer, when it is idempotent.
@@ -492,9 +537,15 @@ impl Producer {
         self.handle.shared.identity.map(|identity| identity.producer_id)
     }
 
-    /// The topic's partition count.
+    /// The topic's partition count, as last read (see [`ProducerConfig::metadata_max_age`]).
     pub fn partitions(&self) -> u32 {
-        self.handle.partitions
+        self.handle.shared.partition_count()
+    }
+
+    /// Reads the topic's partition count now and, if the topic has grown, sends to the new
+    /// partitions from the next record on; returns the count.
+    pub async fn refresh_partitions(&self) -> Result<u32, ProducerError> {
+        read_partitions(&self.handle.shared, self.handle.topics.clone()).await
     }
 
     /// The configuration the producer runs with.
@@ -522,7 +573,7 @@ impl Producer {
             return self.try_send(record);
         }
         shared.buffer.acquire_many(bytes as u32).await.map_err(|_| ProduceError::Closed)?.forget();
-        shared.append(record, bytes, self.handle.partitions)
+        shared.append(record, bytes)
     }
 
     /// Buffers one record if there is room now, whatever the producer's [`Backpressure`];
@@ -537,7 +588,7 @@ impl Producer {
             }
             Err(TryAcquireError::Closed) => return Err(ProduceError::Closed),
         }
-        shared.append(record, bytes, self.handle.partitions)
+        shared.append(record, bytes)
     }
 
     /// Sends every buffered record now, without waiting for linger, and returns at once: for
@@ -596,13 +647,14 @@ impl Producer {
                 "timestamp {timestamp_ms} ms is outside 0 to {TIMESTAMP_MS_MAX}"
             ));
         }
+        let partitions = self.handle.shared.partition_count();
         if let Some(partition) = record.partition
-            && partition >= self.handle.partitions
+            && partition >= partitions
         {
             return Err(ProduceError::UnknownPartition {
                 topic: self.handle.shared.topic.clone(),
                 partition,
-                partitions: self.handle.partitions,
+                partitions,
             });
         }
         let bytes = record.bytes_upper();
