@@ -195,8 +195,8 @@ impl Server {
         &self.topics.recovery
     }
 
-    /// Drains every writer's queue, syncs it and closes every log cleanly.
-    /// Closes every log; what did not close cleanly is checked again at the next start.
+    /// Drains every writer's queue, syncs it and closes every log cleanly; a log that did
+    /// not close cleanly is checked again at the next start.
     async fn close(&self) -> Result<(), RunError> {
         let mut unclean = self.topics.close().await;
         unclean.extend(self.groups.close().await);
