@@ -43,6 +43,7 @@ use spool_server::limits::STREAMS_PER_CONNECTION_MAX;
 use crate::BenchError;
 use crate::machine::Machine;
 use crate::payload::{PayloadKind, Payloads};
+use crate::report::size;
 
 mod server;
 
@@ -504,16 +505,6 @@ async fn restart(
 }
 
 /// Bytes in the unit that reads best.
-fn size(bytes: f64) -> String {
-    const KIB: f64 = 1024.0;
-    const MIB: f64 = 1024.0 * 1024.0;
-    match bytes.abs() {
-        b if b < KIB => format!("{bytes:.0} B"),
-        b if b < MIB => format!("{:.1} KiB", bytes / KIB),
-        _ => format!("{:.1} MiB", bytes / MIB),
-    }
-}
-
 fn refusal_line(result: &PartitionsResult, refused: &Refusal) -> String {
     format!(
         "the server refused topic {} ({} partitions) after {} of {} partitions: {} ({})",

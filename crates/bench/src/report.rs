@@ -266,8 +266,8 @@ pub fn disk_table(disk: &DiskLimits) -> String {
     for rate in [&disk.sync_4k, &disk.sync_64k, &disk.sync_1m, &disk.sync_16m] {
         let _ = writeln!(
             out,
-            "append {:>7} + fdatasync {:.0}/s, {:.0} MB/s ({}), µs {}",
-            size_text(rate.append_bytes),
+            "append {:>8} + fdatasync {:.0}/s, {:.0} MB/s ({}), µs {}",
+            size(rate.append_bytes as f64),
             rate.fdatasync_per_sec,
             rate.mb_per_sec(),
             rounds_text(&rate.rounds),
@@ -281,9 +281,15 @@ pub fn disk_table(disk: &DiskLimits) -> String {
     out
 }
 
-/// A write size: "4 KiB", "16 MiB".
-fn size_text(bytes: u64) -> String {
-    if bytes >= 1 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
+/// A size in bytes, KiB or MiB: "512 B", "4.0 KiB", "16.0 MiB".
+pub(crate) fn size(bytes: f64) -> String {
+    const KIB: f64 = 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
+    match bytes.abs() {
+        b if b < KIB => format!("{bytes:.0} B"),
+        b if b < MIB => format!("{:.1} KiB", bytes / KIB),
+        _ => format!("{:.1} MiB", bytes / MIB),
+    }
 }
 
 /// Escapes text for HTML.
@@ -584,7 +590,7 @@ fn disk_html(disk: &DiskLimits) -> String {
         let _ = write!(
             out,
             "<tr><td>append {} + fdatasync</td><td>{:.0}/s, {:.0} MB/s</td><td>{}</td><td>{}</td></tr>",
-            size_text(rate.append_bytes),
+            size(rate.append_bytes as f64),
             rate.fdatasync_per_sec,
             rate.mb_per_sec(),
             escape(&rounds_text(&rate.rounds)),

@@ -601,7 +601,6 @@ impl PartitionMetrics {
         appended
     }
 
-    /// Runs one fsync and records how long it took.
     /// Records how long a sync took, from the moment it was asked for (waiting for a shared
     /// round included) to its outcome.
     pub(crate) fn fsync_took(&self, took: Duration) {

@@ -2,8 +2,9 @@
 //! test can run against [`crate::sim::SimFileSystem`], which simulates crashes and faults.
 //!
 //! The trait is deliberately small: positional reads and writes, length changes,
-//! preallocation, the syncs (a file's data, a directory's entries, a whole file system), a writeback hint (which makes nothing durable), a writable
-//! map for index files, and reads that may share the page cache instead of copying it.
+//! preallocation, the syncs (a file's data, a directory's entries, a whole file system), a
+//! writeback hint (which makes nothing durable), a writable map for index files, and reads
+//! that may share the page cache instead of copying it.
 //!
 //! The protocols that make changes to the namespace durable are written once, here, on top of
 //! the trait, so that every caller follows the same order of writes and fsyncs and every

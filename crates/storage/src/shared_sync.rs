@@ -25,7 +25,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::SyncTicket;
 use crate::fs::{FileSystem, Volume};
@@ -58,8 +58,8 @@ struct State {
     queued: Vec<(SyncTicket, SyncDone)>,
     /// Whether a thread is running rounds: it runs them until nothing is queued.
     running: bool,
-    /// Why a round failed; no round runs after one did.
-    failed: Option<Arc<io::Error>>,
+    /// Whether a round failed; no round runs after one did.
+    failed: bool,
     stats: SharedSyncStats,
 }
 
@@ -105,15 +105,9 @@ impl SharedSync {
     /// until nothing is queued (the syncs that `done` queues included). Blocks; call it
     /// without holding a log's lock.
     pub fn run(&self, ticket: SyncTicket, done: SyncDone) {
+        let Some(volume) = &self.volume else { return run_alone(ticket, done) };
         let mut state = self.lock();
-        let Some(volume) = &self.volume else {
-            drop(state);
-            return run_alone(ticket, done);
-        };
-        if !ticket.can_share()
-            || state.failed.is_some()
-            || (!state.running && state.alone < self.alone_max)
-        {
+        if !may_queue(&state, &ticket) || (!state.running && state.alone < self.alone_max) {
             state.alone += 1;
             drop(state);
             let result = ticket.run();
@@ -131,7 +125,7 @@ impl SharedSync {
                 state.running = false;
                 return;
             }
-            if state.failed.is_some() {
+            if state.failed {
                 drop(state);
                 round.into_iter().for_each(|(ticket, done)| run_alone(ticket, done));
                 state = self.lock();
@@ -145,7 +139,7 @@ impl SharedSync {
             state.stats.covered += round.len() as u64;
             if let Err(error) = &synced {
                 tracing::error!(%error, "syncfs failed: the logs it covered are fenced, and every sync runs alone from now on");
-                state.failed = Some(Arc::new(io::Error::new(error.kind(), error.to_string())));
+                state.failed = true;
             }
             drop(state);
             for (ticket, done) in round {
@@ -175,8 +169,7 @@ impl SharedSync {
         done: SyncDone,
     ) -> Result<(), (SyncTicket, SyncDone)> {
         let mut state = self.lock();
-        if self.volume.is_none() || !state.running || state.failed.is_some() || !ticket.can_share()
-        {
+        if self.volume.is_none() || !state.running || !may_queue(&state, &ticket) {
             return Err((ticket, done));
         }
         state.queued.push((ticket, done));
@@ -198,6 +191,12 @@ impl SharedSync {
     pub fn stats(&self) -> SharedSyncStats {
         self.lock().stats
     }
+}
+
+/// Whether `ticket` may wait for a shared round at all: no round has failed, and a `syncfs`
+/// can stand for its fsyncs.
+fn may_queue(state: &State, ticket: &SyncTicket) -> bool {
+    !state.failed && ticket.can_share()
 }
 
 fn run_alone(ticket: SyncTicket, done: SyncDone) {

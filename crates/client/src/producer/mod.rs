@@ -438,10 +438,10 @@ async fn refresh_partitions_every(
     shared: std::sync::Weak<Shared>,
     topics: TopicServiceClient<crate::Transport>,
 ) {
+    let Some(age) = shared.upgrade().map(|shared| shared.config.metadata_max_age) else {
+        return;
+    };
     loop {
-        let Some(age) = shared.upgrade().map(|shared| shared.config.metadata_max_age) else {
-            return;
-        };
         tokio::time::sleep(age).await;
         let Some(shared) = shared.upgrade() else { return };
         if locked(&shared.state).closing {

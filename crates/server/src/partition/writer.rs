@@ -18,9 +18,10 @@
 //! for ever). So an fsync covers every batch that arrived during the previous one, and
 //! appending (the copy into the page cache) overlaps the disk's flush instead of adding to
 //! it. A lone producer's batch still takes one thread hop: the blocking thread that appends
-//! it, or after a light append the one started for its sync, syncs it. When many partitions sync at once, a sync may instead be queued for the server's
-//! shared `syncfs` (`spool_storage::SharedSync`): the thread returns, and the one running
-//! the shared rounds records the sync and starts the next.
+//! it, or after a light append the one started for its sync, syncs it. When many
+//! partitions sync at once, a sync may instead be queued for the server's shared `syncfs`
+//! (`spool_storage::SharedSync`): the thread returns, and the one running the shared rounds
+//! records the sync and starts the next.
 //!
 //! A failed fsync fences the log (storage never retries it) and fails every waiting producer,
 //! including those whose batches were appended while it ran.
