@@ -32,7 +32,16 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         &["spool-broker", "spool-server"],
         "the client knows the wire and the batch format, not the server's internals",
     ),
+    (
+        "spool-replication",
+        &["tonic", "prost", "hyper", "axum", "spool-proto", "spool-broker", "spool-server"],
+        "replication is the Raft log over storage; the network and the wire are the server's",
+    ),
 ];
+
+/// The one workspace crate that may depend on openraft directly: every openraft type stays
+/// in it, so an upgrade of openraft (pinned exactly) touches one crate.
+const OPENRAFT_USER: &str = "spool-replication";
 
 /// The only workspace crates the `spool` binary may use directly. spool-storage is here for
 /// `spool dump` and `spool verify`, which read segment and index files offline with storage's
@@ -151,5 +160,20 @@ fn the_binary_uses_the_client_not_the_internals() {
         used.is_empty(),
         "the spool binary depends directly on {used:?}; its client commands go through \
          spool-client, `serve` through spool-server (allowed: {CLI_ALLOWED:?})"
+    );
+}
+
+#[test]
+fn only_the_replication_crate_uses_openraft() {
+    let graph = Graph::load();
+    let users: Vec<&str> = graph
+        .workspace
+        .keys()
+        .map(String::as_str)
+        .filter(|name| *name != OPENRAFT_USER && graph.direct(name).contains("openraft"))
+        .collect();
+    assert!(
+        users.is_empty(),
+        "{users:?} depend on openraft directly; openraft's types stay in {OPENRAFT_USER}"
     );
 }

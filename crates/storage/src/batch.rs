@@ -159,6 +159,47 @@ pub struct BatchHeader {
     pub producer: ProducerStamp,
     /// The format version: 1 (Spool's own batch) or 2 (a Kafka batch in Spool's frame).
     pub version: u8,
+    /// Where the batch stands in a replicated log (all zero, records, elsewhere).
+    pub entry: EntryStamp,
+}
+
+/// What a version 2 frame records for a replicated log: the batch's term and index in the
+/// replicated log, and its kind. A log that is not replicated writes zeros and
+/// [`BatchKind::Records`]; version 1 batches read as that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct EntryStamp {
+    pub term: u64,
+    pub index: u64,
+    pub kind: BatchKind,
+}
+
+/// A stored batch's kind (the frame's `kind` byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum BatchKind {
+    /// A producer's records.
+    #[default]
+    Records,
+    /// One control record written by the log's owner, never by a producer (a leader's first
+    /// entry, a membership change): a Kafka control batch, which consumers skip.
+    Control,
+}
+
+impl BatchKind {
+    /// The frame's byte for this kind.
+    pub fn id(self) -> u8 {
+        match self {
+            BatchKind::Records => 0,
+            BatchKind::Control => 1,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<BatchKind> {
+        match id {
+            0 => Some(BatchKind::Records),
+            1 => Some(BatchKind::Control),
+            _ => None,
+        }
+    }
 }
 
 impl BatchHeader {
@@ -226,8 +267,12 @@ pub enum BatchError {
         "Kafka batch has magic byte {found}, expected 2 (RecordBatch v2; older message sets are not supported)"
     )]
     BadKafkaMagic { found: u8 },
-    #[error("the batch's frame does not match the Kafka batch inside it (length or base offset)")]
+    #[error(
+        "the batch's frame does not match the Kafka batch inside it (length, base offset or control kind)"
+    )]
     FrameMismatch,
+    #[error("the batch's frame has kind {found}, expected 0 (records) or 1 (control)")]
+    UnknownKind { found: u8 },
     #[error("batch is not supported: {what}")]
     Unsupported { what: &'static str },
     #[error("batch's records do not decompress: {0}")]
@@ -425,6 +470,7 @@ fn check_with(bytes: &[u8], stamp: Stamp) -> Result<BatchHeader, BatchError> {
             base_sequence: u32_at(bytes, field::BASE_SEQUENCE) as i32,
         },
         version: BATCH_VERSION,
+        entry: EntryStamp::default(),
     })
 }
 
@@ -519,6 +565,24 @@ pub struct CheckedBatch<B> {
     header: BatchHeader,
 }
 
+impl CheckedBatch<bytes::Bytes> {
+    /// A control batch (see [`BatchKind::Control`]): one Kafka control record whose key is
+    /// Kafka's control key (version 0, then `control_type`, both big-endian i16) and whose
+    /// value is `payload`, at `timestamp`. Only a log's owner writes these; a producer's
+    /// control batch is refused ([`check_for_append`]).
+    pub fn control(
+        control_type: u16,
+        payload: &[u8],
+        timestamp: TimestampMs,
+    ) -> CheckedBatch<bytes::Bytes> {
+        let bytes = v2::control_batch(control_type, payload, timestamp);
+        let (mut header, total) = v2::kafka_header(&bytes).expect("a control batch just encoded");
+        header.batch_bytes = (v2::frame::BYTES + total) as u32;
+        header.entry.kind = BatchKind::Control;
+        CheckedBatch { bytes, converted: None, header }
+    }
+}
+
 impl<B: AsRef<[u8]>> CheckedBatch<B> {
     /// Checks `bytes` as [`check_for_append`] does.
     pub fn check(bytes: B) -> Result<Self, BatchError> {
@@ -536,6 +600,13 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
         let converted = builder.finish(header.producer).freeze();
         let header = v2::check_wire(&converted)?;
         Ok(CheckedBatch { bytes, converted: Some(converted), header })
+    }
+
+    /// The same batch, to be stored as entry `index` of term `term` of a replicated log.
+    pub fn with_entry(mut self, term: u64, index: u64) -> Self {
+        self.header.entry.term = term;
+        self.header.entry.index = index;
+        self
     }
 
     /// The Kafka batch to store.
@@ -577,7 +648,7 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
         base_offset: Offset,
         durable_offset: Offset,
     ) -> [u8; STAMPED_HEAD_BYTES] {
-        v2::stamped_head(self.bytes(), base_offset, durable_offset, 0, 0)
+        v2::stamped_head(self.bytes(), base_offset, durable_offset, self.header.entry)
     }
 
     /// The batch as the log stores it with `base_offset` and `durable_offset` stamped.

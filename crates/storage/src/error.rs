@@ -99,6 +99,22 @@ pub enum ReadError {
     Damaged { offset: Offset, path: PathBuf, position: u64, reason: String },
 }
 
+/// Why a log's tail could not be cut ([`crate::Log::truncate`]).
+#[derive(Debug, Error)]
+pub enum TruncateError {
+    #[error("the log refuses writes: {0}")]
+    Fenced(Fence),
+    #[error("cannot cut the log at offset {from}: {}", held(*log_start, *next_offset))]
+    OutOfRange { from: Offset, log_start: Offset, next_offset: Offset },
+    #[error("cannot cut the log at offset {from}: the batch holding it starts at offset {base}")]
+    NotABatchStart { from: Offset, base: Offset },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Reopening the log after the cut failed; the cut itself is durable.
+    #[error("reopening the log after cutting its tail failed: {0}")]
+    Reopen(#[from] Box<OpenError>),
+}
+
 #[derive(Debug, Error)]
 pub enum RetentionError {
     #[error("deleting {path} failed: {source}")]

@@ -46,8 +46,10 @@
 //! before anything of (3) and (4) is synced (a full disk) removes the new files and leaves
 //! the segment active, unfenced; a failed fsync fences the log.
 //!
-//! **Truncate** (only in recovery, for a torn tail): (1) rebuild the indexes of the valid
-//! part; (2) cut the log file at the first invalid byte; (3) `fdatasync` it.
+//! **Truncate** in recovery, for a torn tail: (1) rebuild the indexes of the valid part;
+//! (2) cut the log file at the first invalid byte; (3) `fdatasync` it. A replicated log also
+//! cuts its tail on demand ([`Log::truncate`]: a follower's entries that its leader does not
+//! hold), in the order `log/entries.rs` gives.
 //!
 //! **Delete** (retention, [`Log::apply_retention`]): per segment, oldest first: (1) forget it,
 //! moving the log start offset; (2) remove the log file, then both indexes; (3) fsync the
@@ -95,9 +97,11 @@ pub mod verify;
 
 pub use error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, OpenError, ReadError, RetentionError,
-    SyncError,
+    SyncError, TruncateError,
 };
-pub use log::{Appended, FsyncPolicy, Log, LogConfig, ReadBatches, SegmentInfo, SyncTicket};
+pub use log::{
+    Appended, EntryAt, FsyncPolicy, Log, LogConfig, ReadBatches, SegmentInfo, SyncTicket,
+};
 pub use recovery::RecoveryReport;
 pub use segment_file::{sealed_files_open, set_sealed_files_open_max};
 pub use shared_sync::{SharedSync, SharedSyncStats, SyncDone};

@@ -1,5 +1,9 @@
 //! The partition log: an ordered list of segments, the last one active.
 
+mod entries;
+
+pub use entries::EntryAt;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -707,14 +711,7 @@ impl Log {
 
     /// How far readers may read in `segment`, in bytes.
     fn readable_bytes(&self, segment: &Segment) -> u64 {
-        let visible = self.visible();
-        if segment.base_offset < visible.segment_base {
-            segment.size_bytes
-        } else if segment.base_offset == visible.segment_base {
-            visible.position
-        } else {
-            0
-        }
+        readable_bytes(segment, self.visible())
     }
 
     fn segment_for(&self, offset: Offset) -> &Segment {
@@ -730,8 +727,18 @@ impl Log {
     /// before a damaged batch, so the reader gets every intact batch up to it, and the read
     /// that starts at the damaged batch fails with [`ReadError::Damaged`].
     pub fn read(&self, offset: Offset, bytes_max: u32) -> Result<ReadBatches, ReadError> {
+        self.read_until(offset, bytes_max, self.visible())
+    }
+
+    /// [`Log::read`] up to `bound` rather than the visible end.
+    fn read_until(
+        &self,
+        offset: Offset,
+        bytes_max: u32,
+        bound: Watermark,
+    ) -> Result<ReadBatches, ReadError> {
         let log_start = self.log_start_offset();
-        let log_end = self.log_end_offset();
+        let log_end = bound.offset;
         if offset < log_start || offset > log_end {
             return Err(ReadError::OffsetOutOfRange { requested: offset, log_start, log_end });
         }
@@ -745,7 +752,7 @@ impl Log {
             return Ok(empty);
         }
         let segment = self.segment_for(offset);
-        let end = self.readable_bytes(segment);
+        let end = readable_bytes(segment, bound);
         let failed = |failure: ReadFailure| failure.at(&segment.path, offset);
         let Some(position) = segment.find(offset, end).map_err(failed)? else {
             return Ok(empty);
@@ -897,6 +904,17 @@ impl Log {
         drop(segments);
         crate::fs::remove_dir_all_durably(fs.as_ref(), &dir)
             .map_err(|source| DeleteError { path: dir, source })
+    }
+}
+
+/// How far a reader bounded by `bound` may read in `segment`, in bytes.
+fn readable_bytes(segment: &Segment, bound: Watermark) -> u64 {
+    if segment.base_offset < bound.segment_base {
+        segment.size_bytes
+    } else if segment.base_offset == bound.segment_base {
+        bound.position
+    } else {
+        0
     }
 }
 

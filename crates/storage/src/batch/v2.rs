@@ -55,8 +55,8 @@ use bytes::BytesMut;
 use super::builder::put_record;
 use super::compression::{self, Codec};
 use super::{
-    BatchError, BatchHeader, Header, ProducerStamp, RecordIter, Varints, check_records, u32_at,
-    u64_at,
+    BatchError, BatchHeader, BatchKind, EntryStamp, Header, ProducerStamp, RecordIter, Varints,
+    check_records, u32_at, u64_at,
 };
 use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX};
 use crate::{Offset, TimestampMs};
@@ -183,6 +183,7 @@ pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchEr
             base_sequence: be_u32(bytes, kafka::BASE_SEQUENCE) as i32,
         },
         version: VERSION,
+        entry: EntryStamp::default(),
     };
     Ok((header, total))
 }
@@ -234,7 +235,32 @@ pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     header.batch_bytes = stored_bytes as u32;
     header.durable_offset = Offset(u64_at(frame_bytes, frame::DURABLE_OFFSET));
+    header.entry = frame_entry(frame_bytes)?;
+    let control = header.attributes & CONTROL != 0;
+    if control != (header.entry.kind == BatchKind::Control) {
+        return Err(BatchError::FrameMismatch);
+    }
     Ok(header)
+}
+
+/// The replicated-log fields of a frame whose CRC was checked.
+fn frame_entry(frame_bytes: &[u8]) -> Result<EntryStamp, BatchError> {
+    let kind = BatchKind::from_id(frame_bytes[frame::KIND])
+        .ok_or(BatchError::UnknownKind { found: frame_bytes[frame::KIND] })?;
+    Ok(EntryStamp {
+        term: u64_at(frame_bytes, frame::TERM),
+        index: u64_at(frame_bytes, frame::INDEX),
+        kind,
+    })
+}
+
+/// The base offset, size and replicated-log fields of the stored v2 batch whose
+/// [`STAMPED_HEAD_BYTES`] are `head`, after checking the frame's CRC (not the records'):
+/// enough to find a replicated log's entry without reading the batch.
+pub(crate) fn check_head_entry(head: &[u8]) -> Result<(Offset, EntryStamp), BatchError> {
+    check_head(head)?;
+    let entry = frame_entry(&head[..frame::BYTES])?;
+    Ok((Offset(u64_at(head, frame::BASE_OFFSET)), entry))
 }
 
 /// Checks a bare Kafka batch as a producer sent it, records included (decompressed, within
@@ -359,15 +385,16 @@ pub(crate) fn stamped_head(
     wire: &[u8],
     base_offset: Offset,
     durable_offset: Offset,
-    term: u64,
-    index: u64,
+    entry: EntryStamp,
 ) -> [u8; STAMPED_HEAD_BYTES] {
+    let EntryStamp { term, index, kind } = entry;
     let mut head = [0u8; STAMPED_HEAD_BYTES];
     let length = (frame::BYTES - frame::MAGIC + wire.len()) as u32;
     head[frame::BASE_OFFSET..][..8].copy_from_slice(&base_offset.0.to_le_bytes());
     head[frame::LENGTH..][..4].copy_from_slice(&length.to_le_bytes());
     head[frame::MAGIC] = super::BATCH_MAGIC;
     head[frame::VERSION] = VERSION;
+    head[frame::KIND] = kind.id();
     head[frame::DURABLE_OFFSET..][..8].copy_from_slice(&durable_offset.0.to_le_bytes());
     head[frame::TERM..][..8].copy_from_slice(&term.to_le_bytes());
     head[frame::INDEX..][..8].copy_from_slice(&index.to_le_bytes());
@@ -378,6 +405,24 @@ pub(crate) fn stamped_head(
     let crc = frame_crc(&head[..frame::BYTES], &head[frame::BYTES..]);
     head[frame::CRC..][..4].copy_from_slice(&crc.to_le_bytes());
     head
+}
+
+/// A Kafka control batch of one record: key Kafka's control key (version 0, `control_type`),
+/// value `payload`. Kafka's consumers skip control batches.
+pub(crate) fn control_batch(
+    control_type: u16,
+    payload: &[u8],
+    timestamp: TimestampMs,
+) -> bytes::Bytes {
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    let mut builder = KafkaBuilder::new(BytesMut::new());
+    builder.push(timestamp, Some(&key), Some(payload), &[]);
+    let mut buf = builder.finish(ProducerStamp::NONE, Codec::None);
+    buf[kafka::ATTRIBUTES..][..2].copy_from_slice(&CONTROL.to_be_bytes());
+    let crc = kafka_crc(&buf[kafka::ATTRIBUTES..]);
+    buf[kafka::CRC..][..4].copy_from_slice(&crc.to_be_bytes());
+    buf.freeze()
 }
 
 /// Encodes records into a Kafka RecordBatch v2, the form a producer sends.

@@ -1,0 +1,60 @@
+//! # spool-replication
+//!
+//! A partition's segment log as a Raft log, for partitions replicated with
+//! [openraft](https://docs.rs/openraft). Every openraft type stays inside this crate, so an
+//! upgrade of openraft touches this crate alone.
+//!
+//! ## One log, no second copy
+//!
+//! As in Redpanda, a replicated partition's Raft log *is* its segment log: one Raft entry is
+//! one stored batch ([`spool_storage::batch`] format version 2), whose frame records the
+//! entry's term and index and whose kind tells a producer's records from a control batch.
+//!
+//! | Raft entry         | stored batch                                                       |
+//! |--------------------|--------------------------------------------------------------------|
+//! | normal             | the producer's Kafka batch, as sent ([`Batch`])                    |
+//! | blank (a leader's first entry of its term) | a control batch, control type [`CONTROL_LEADER_CHANGE`], no value |
+//! | membership         | a control batch, control type [`CONTROL_MEMBERSHIP`], the membership as JSON |
+//!
+//! A control batch holds one Kafka control record (Kafka's consumers skip control batches)
+//! and so takes one offset, which keeps offsets growing with every entry: an entry is found
+//! by index with a binary search over offsets ([`spool_storage::Log::find_entry`]). Control
+//! batches carry timestamp 0, so every replica writes the same bytes for them.
+//!
+//! ## What is stored beside the log
+//!
+//! `raft-state.json` in the partition's directory holds the vote and the last purged log id,
+//! each written with [`spool_storage::fs::write_atomically`] (fsynced before the call
+//! returns): Raft requires a vote to be durable before it is answered.
+//!
+//! A purge only moves the last purged log id: the records are the partition's data, and
+//! retention, not Raft, deletes them.
+//!
+//! ## Why openraft 0.9
+//!
+//! openraft 0.9.25 is the stable line; 0.10 is pre-release and its API moves between alphas
+//! (it adds pipelined appends and helpers for many Raft groups sharing connections). 0.9's
+//! storage API (`storage-v2`) already completes appends through a callback, which is what
+//! group commit needs. The version is pinned exactly; moving to 0.10 is a change to this
+//! crate alone.
+
+mod entry;
+mod log_store;
+mod state_machine;
+
+pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
+pub use log_store::{OpenError, SegmentLogStore};
+pub use state_machine::PartitionStateMachine;
+
+/// A node's id in a cluster.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The types a replicated partition's Raft group uses.
+    pub TypeConfig:
+        D = Batch,
+        R = Applied,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);

@@ -1,0 +1,286 @@
+//! [`SegmentLogStore`]: openraft's log storage over a partition's segment log.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use serde::{Deserialize, Serialize};
+use spool_storage::batch::BatchIter;
+use spool_storage::fs::{FileSystem, OpenMode};
+use spool_storage::limits::READ_BYTES_MAX;
+use spool_storage::{Log, LogConfig, Offset, TimestampMs};
+
+use crate::entry::{self, EntryError};
+use crate::{NodeId, TypeConfig};
+
+/// The file beside the log that holds the vote and the last purged log id.
+const STATE_FILE: &str = "raft-state.json";
+/// The segment log's directory, inside the partition's.
+const LOG_DIR: &str = "log";
+/// The most a state file may hold: a vote and a log id are a few hundred bytes.
+const STATE_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// What is kept beside the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RaftState {
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+}
+
+/// Why a replicated partition's storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Log(#[from] spool_storage::OpenError),
+    #[error("opening {path} failed: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a Raft state file: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+/// A replicated partition's Raft log: its segment log, and its vote and purge point beside
+/// it. Clones share the same log (one is the log reader openraft asks for).
+#[derive(Debug, Clone)]
+pub struct SegmentLogStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    log: Mutex<Log>,
+    state: Mutex<RaftState>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&error).into()
+}
+
+fn write_error(error: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&error).into()
+}
+
+/// An error of this module's own steps, kept small (openraft's `StorageError` is large) and
+/// turned into a `StorageError` where openraft's traits answer.
+fn failed(error: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(error)
+}
+
+impl SegmentLogStore {
+    /// Opens (creating it if need be) the replicated partition stored in `dir`: its segment
+    /// log in `dir/log`, recovered as any log is, and its Raft state.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        config: LogConfig,
+        now: TimestampMs,
+    ) -> Result<SegmentLogStore, OpenError> {
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        spool_storage::fs::create_dir_all_durably(fs.as_ref(), dir).map_err(io_at(dir))?;
+        let log = Log::open(fs.clone(), &dir.join(LOG_DIR), config, now)?;
+        let path = dir.join(STATE_FILE);
+        let state = if fs.exists(&path).map_err(io_at(&path))? {
+            let file = fs.open(&path, OpenMode::ReadOnly).map_err(io_at(&path))?;
+            let len = file.len().map_err(io_at(&path))?;
+            if len > STATE_FILE_BYTES_MAX {
+                let reason = format!("it holds {len} bytes, more than {STATE_FILE_BYTES_MAX}");
+                return Err(OpenError::State { path, reason });
+            }
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, 0).map_err(io_at(&path))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|error| OpenError::State { path, reason: error.to_string() })?
+        } else {
+            RaftState::default()
+        };
+        let shared =
+            Shared { fs, dir: dir.to_path_buf(), log: Mutex::new(log), state: Mutex::new(state) };
+        Ok(SegmentLogStore { shared: Arc::new(shared) })
+    }
+
+    /// Runs `read` on the segment log (for the partition's readers and for tests).
+    pub fn with_log<T>(&self, read: impl FnOnce(&Log) -> T) -> T {
+        read(&lock(&self.shared.log))
+    }
+
+    /// Writes `state` durably, then keeps it.
+    fn save(&self, change: impl FnOnce(&mut RaftState)) -> Result<(), io::Error> {
+        let mut state = lock(&self.shared.state);
+        let mut changed = state.clone();
+        change(&mut changed);
+        let json = serde_json::to_vec(&changed).map_err(io::Error::other)?;
+        let shared = &self.shared;
+        spool_storage::fs::write_atomically(shared.fs.as_ref(), &shared.dir, STATE_FILE, &json)?;
+        *state = changed;
+        Ok(())
+    }
+
+    fn purged(&self) -> Option<LogId<NodeId>> {
+        lock(&self.shared.state).purged
+    }
+
+    /// The entries with indexes in `start..end` (`end` exclusive), as stored.
+    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
+        let start = start.max(self.purged().map_or(0, |purged| purged.index + 1));
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let log = lock(&self.shared.log);
+        let Some(first) = log.first_entry_from(start).map_err(failed)? else {
+            return Ok(out);
+        };
+        let mut offset = first.base_offset;
+        loop {
+            let read = log.read_written(offset, READ_BYTES_MAX).map_err(failed)?;
+            if read.bytes.is_empty() {
+                return Ok(out);
+            }
+            for view in BatchIter::new(&read.bytes) {
+                let view = view.map_err(failed)?;
+                let entry = entry::from_batch(&view).map_err(failed)?;
+                if entry.log_id.index >= end {
+                    return Ok(out);
+                }
+                if entry.log_id.index >= start {
+                    out.push(entry);
+                }
+            }
+            offset = read.next_offset;
+        }
+    }
+
+    /// Appends `entries` and syncs them: one fsync for the whole call.
+    fn append_and_sync(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let now = TimestampMs::now();
+        let batches = entries.iter().map(entry::to_batch).collect::<Result<Vec<_>, EntryError>>();
+        let batches = batches.map_err(failed)?;
+        let borrowed: Vec<_> = batches.iter().map(|batch| batch.borrowed()).collect();
+        let mut log = lock(&self.shared.log);
+        let results = log.append_many(&borrowed, now);
+        for (entry, result) in entries.iter().zip(results) {
+            let appended = result.map_err(failed)?;
+            if let Some(expected) = entry::expected_offset(entry)
+                && expected != appended.base_offset
+            {
+                let error =
+                    Diverged { index: entry.log_id.index, expected, got: appended.base_offset };
+                return Err(failed(error));
+            }
+        }
+        log.sync(now).map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// A follower's log gave an entry another offset than the leader's did.
+#[derive(Debug, thiserror::Error)]
+#[error("entry {index} was stored at offset {got} here but at offset {expected} on the leader")]
+struct Diverged {
+    index: u64,
+    expected: Offset,
+    got: Offset,
+}
+
+/// The first and last index `range` asks for, as `start..end`.
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end.saturating_add(1),
+        Bound::Excluded(&end) => end,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for SegmentLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let (start, end) = bounds(&range);
+        self.entries(start, end).map_err(read_error)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for SegmentLogStore {
+    type LogReader = SegmentLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last = lock(&self.shared.log).last_entry().map_err(read_error)?;
+        let last = last.map(|at| entry::log_id(at.entry.term, at.entry.index));
+        let purged = self.purged();
+        let last_log_id = match (last, purged) {
+            (Some(last), Some(purged)) => Some(last.max(purged)),
+            (last, purged) => last.or(purged),
+        };
+        Ok(LogState { last_purged_log_id: purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let vote = *vote;
+        self.save(|state| state.vote = Some(vote))
+            .map_err(|error| StorageIOError::write_vote(&error).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(lock(&self.shared.state).vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        match self.append_and_sync(entries) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                let reported = StorageIOError::write_logs(&error).into();
+                callback.log_io_completed(Err(error));
+                Err(reported)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut log = lock(&self.shared.log);
+        let Some(first) = log.first_entry_from(log_id.index).map_err(read_error)? else {
+            return Ok(());
+        };
+        log.truncate(first.base_offset, TimestampMs::now()).map_err(write_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.save(|state| state.purged = state.purged.max(Some(log_id))).map_err(write_error)
+    }
+}

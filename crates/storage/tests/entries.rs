@@ -1,0 +1,158 @@
+//! A replicated log's needs of the segment log, on the simulated disk: batches stamped with
+//! a term and an index (records and control batches), found again by index, read before
+//! they are synced, and a tail cut that survives a crash at any step.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use spool_storage::batch::{BatchIter, BatchKind, CheckedBatch, EntryStamp};
+use spool_storage::sim::SimFileSystem;
+use spool_storage::{FsyncPolicy, Log, Offset, TimestampMs};
+
+const NOW: TimestampMs = TimestampMs(1_000_000);
+
+fn open(fs: &SimFileSystem) -> Log {
+    Log::open(Arc::new(fs.clone()), &dir(), config(FsyncPolicy::Always), NOW).expect("open")
+}
+
+/// Entry `index` of term `term`: every fifth a control batch, the others 1 to 4 records of
+/// 5 KiB (so 64 KiB segments roll every few entries).
+fn entry(term: u64, index: u64) -> CheckedBatch<bytes::Bytes> {
+    if index % 5 == 0 {
+        let payload = format!("control {index}");
+        return CheckedBatch::control(2, payload.as_bytes(), NOW).with_entry(term, index);
+    }
+    let records = 1 + (index % 4) as usize;
+    CheckedBatch::check(batch_of(records, 5 * 1024, NOW.0).freeze())
+        .expect("a valid batch")
+        .with_entry(term, index)
+}
+
+/// Appends entries `indexes` of `term` one group at a time; returns each one's base offset.
+fn append(log: &mut Log, term: u64, indexes: std::ops::Range<u64>) -> Vec<(u64, Offset)> {
+    let batches: Vec<_> = indexes.clone().map(|i| entry(term, i)).collect();
+    let borrowed: Vec<_> = batches.iter().map(|b| b.borrowed()).collect();
+    let results = log.append_many(&borrowed, NOW);
+    indexes.zip(results).map(|(i, r)| (i, r.expect("appended").base_offset)).collect()
+}
+
+/// Every batch's stamp, read through `read_written` from the start.
+fn stamps(log: &Log) -> Vec<EntryStamp> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    loop {
+        let read = log.read_written(offset, 1 << 20).expect("read");
+        if read.bytes.is_empty() {
+            return out;
+        }
+        for view in BatchIter::new(&read.bytes) {
+            out.push(view.expect("intact").header().entry);
+        }
+        offset = read.next_offset;
+    }
+}
+
+#[test]
+fn entries_are_found_by_index_before_and_after_a_sync() {
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs);
+    assert_eq!(log.last_entry().unwrap(), None);
+    assert_eq!(log.find_entry(1).unwrap(), None);
+    let placed = append(&mut log, 3, 1..40);
+    assert!(log.segment_count() > 3, "the entries span segments");
+    assert!(log.durable_offset() < log.next_offset(), "the active segment is not synced");
+    for &(index, offset) in &placed {
+        assert_eq!(log.find_entry(index).unwrap(), Some(offset), "entry {index}");
+        let at = log.entry_at(offset).unwrap();
+        assert_eq!((at.entry.term, at.entry.index), (3, index));
+        let kind = if index % 5 == 0 { BatchKind::Control } else { BatchKind::Records };
+        assert_eq!(at.entry.kind, kind);
+    }
+    assert_eq!(log.find_entry(0).unwrap(), None);
+    assert_eq!(log.find_entry(40).unwrap(), None);
+    assert_eq!(log.last_entry().unwrap().map(|at| at.entry.index), Some(39));
+    let read: Vec<u64> = stamps(&log).iter().map(|s| s.index).collect();
+    assert_eq!(read, (1..40).collect::<Vec<_>>());
+    log.sync(NOW).unwrap();
+    drop(log);
+    fs.crash();
+    let log = open(&fs);
+    for &(index, offset) in &placed {
+        assert_eq!(log.find_entry(index).unwrap(), Some(offset), "entry {index} after a crash");
+    }
+}
+
+#[test]
+fn a_truncated_tail_is_gone_and_the_log_goes_on_from_the_cut() {
+    // Cut points: mid-segment, the first entry, the last, and every one in between.
+    for cut in 1..30u64 {
+        let fs = SimFileSystem::new();
+        let mut log = open(&fs);
+        let placed = append(&mut log, 1, 1..30);
+        log.sync(NOW).unwrap();
+        let from = placed[(cut - 1) as usize].1;
+        log.truncate(from, NOW).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(log.next_offset(), from, "cut at {cut}");
+        assert_eq!(log.last_entry().unwrap().map(|at| at.entry.index), (cut > 1).then(|| cut - 1));
+        assert_eq!(log.find_entry(cut).unwrap(), None);
+        let again = append(&mut log, 2, cut..cut + 5);
+        assert_eq!(again[0].1, from, "the next entry takes the cut's offset");
+        log.sync(NOW).unwrap();
+        drop(log);
+        fs.crash();
+        let log = open(&fs);
+        let expected: Vec<(u64, u64)> =
+            (1..cut).map(|i| (1, i)).chain((cut..cut + 5).map(|i| (2, i))).collect();
+        let read: Vec<(u64, u64)> = stamps(&log).iter().map(|s| (s.term, s.index)).collect();
+        assert_eq!(read, expected, "cut at {cut}, after a crash");
+    }
+}
+
+#[test]
+fn a_cut_at_anything_but_a_batch_start_is_refused() {
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs);
+    let placed = append(&mut log, 1, 1..5);
+    let inside = Offset(placed[2].1.0 + 1);
+    let error = log.truncate(inside, NOW).unwrap_err().to_string();
+    assert!(error.contains("starts at offset"), "{error}");
+    let error = log.truncate(Offset(1_000), NOW).unwrap_err().to_string();
+    assert!(error.contains("cannot cut"), "{error}");
+    assert_eq!(stamps(&log).len(), 4, "nothing was cut");
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_cut_leaves_a_prefix_of_the_log_and_nothing_before_the_cut_lost() {
+    // How many changing steps a whole cut takes, to crash at each of them.
+    let steps = {
+        let fs = SimFileSystem::new();
+        let mut log = open(&fs);
+        let placed = append(&mut log, 1, 1..30);
+        log.sync(NOW).unwrap();
+        let before = fs.steps();
+        log.truncate(placed[7].1, NOW).unwrap();
+        fs.steps() - before
+    };
+    for halt in 0..=steps {
+        for seed in [halt, halt * 7919 + 1] {
+            let fs = SimFileSystem::new();
+            let mut log = open(&fs);
+            let placed = append(&mut log, 1, 1..30);
+            log.sync(NOW).unwrap();
+            fs.halt_after_steps(halt);
+            let cut = log.truncate(placed[7].1, NOW);
+            drop(log);
+            fs.crash_seeded(seed);
+            let log = open(&fs);
+            let read: Vec<u64> = stamps(&log).iter().map(|s| s.index).collect();
+            let context = format!("halt after {halt} steps, seed {seed}, cut {cut:?}");
+            assert!(read.len() >= 7, "{context}: entries before the cut lost: {read:?}");
+            assert_eq!(read, (1..=read.len() as u64).collect::<Vec<_>>(), "{context}");
+            if cut.is_ok() {
+                assert_eq!(read.len(), 7, "{context}: a cut that returned is durable");
+            }
+        }
+    }
+}
