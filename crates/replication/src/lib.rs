@@ -39,11 +39,18 @@
 //! crate alone.
 
 mod entry;
+pub mod limits;
 mod log_store;
+mod network;
+mod replica;
+mod rpc;
 mod state_machine;
 
 pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
 pub use log_store::{OpenError, SegmentLogStore};
+pub use network::{Call, Transport, TransportError};
+pub use replica::{BootstrapError, ProposeError, Replica, StartError};
+pub use rpc::InvalidMessage;
 pub use state_machine::PartitionStateMachine;
 
 /// A node's id in a cluster.

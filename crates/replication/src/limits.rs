@@ -1,0 +1,32 @@
+//! Every bound this crate enforces, in one place.
+
+use std::time::Duration;
+
+use spool_storage::batch::STORED_BATCH_BYTES_MAX;
+
+/// The most entries one AppendEntries message carries (openraft's `max_payload_entries`).
+pub const ENTRIES_PER_MESSAGE_MAX: u64 = 8;
+
+/// The largest message between replicas: a full AppendEntries of the largest batches, with
+/// room for its header.
+pub const MESSAGE_BYTES_MAX: usize = ENTRIES_PER_MESSAGE_MAX as usize
+    * (STORED_BATCH_BYTES_MAX as usize + ENTRY_HEAD_BYTES)
+    + HEADER_BYTES_MAX;
+
+/// The largest JSON header of a message (votes, log ids, membership, snapshot metadata).
+pub const HEADER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes an entry's encoding adds to its payload (kind, term, index, offset, length).
+pub const ENTRY_HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
+
+/// How often a leader sends heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A follower that hears nothing from a leader for a random time in this range stands for
+/// election. Far above the heartbeat interval, so a loaded two-core machine does not elect
+/// on every pause.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(750);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_500);
+
+const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL.as_millis());
+const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());

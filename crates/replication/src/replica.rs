@@ -1,0 +1,185 @@
+//! [`Replica`]: this node's member of one replicated partition's Raft group.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use spool_storage::Offset;
+
+use crate::entry::Batch;
+use crate::limits::{
+    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HEARTBEAT_INTERVAL,
+};
+use crate::network::{Network, Transport};
+use crate::rpc::{self, Request};
+use crate::{NodeId, PartitionStateMachine, SegmentLogStore, TypeConfig};
+
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("starting the partition's replication failed: {0}")]
+pub struct StartError(String);
+
+/// Why a group was not formed.
+#[derive(Debug, thiserror::Error)]
+#[error("forming the partition's replica group failed: {0}")]
+pub struct BootstrapError(String);
+
+/// Why a proposed batch was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader appends; `leader` is who leads now, when known (id and address).
+    #[error("this node does not lead the partition{}", match leader {
+        Some((id, address)) => format!("; node {id} at {address} does"),
+        None => "; no leader is elected yet".to_owned(),
+    })]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// The replica stopped (shut down, or its storage failed): nothing more is appended here.
+    #[error("the partition's replication stopped: {0}")]
+    Stopped(String),
+}
+
+/// This node's replica of one partition: its segment log, its state, and the Raft group that
+/// keeps them in step with the other replicas.
+pub struct Replica {
+    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    store: SegmentLogStore,
+    state: PartitionStateMachine,
+}
+
+impl Replica {
+    /// Starts the replica of group `group` (a name unique in the cluster, the partition's)
+    /// on this node, over its opened storage. Peers are reached through `transport`.
+    pub async fn start(
+        node_id: NodeId,
+        group: &str,
+        store: SegmentLogStore,
+        state: PartitionStateMachine,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Replica, StartError> {
+        let config = openraft::Config {
+            cluster_name: group.to_owned(),
+            heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
+            election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+            max_payload_entries: ENTRIES_PER_MESSAGE_MAX,
+            // The log is the partition's data: never replaced by a snapshot, never purged by
+            // Raft (retention deletes records).
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            ..openraft::Config::default()
+        };
+        let config = config.validate().map_err(|error| StartError(error.to_string()))?;
+        let network = Network { transport, group: group.into() };
+        let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
+            .await
+            .map_err(|error| StartError(error.to_string()))?;
+        Ok(Replica { raft, node_id, store, state })
+    }
+
+    /// Forms the group with `members` (node id to address) as its voters, once: a replica
+    /// whose log already holds a membership leaves it as it is.
+    pub async fn bootstrap(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+    ) -> Result<(), BootstrapError> {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.iter().map(|(id, address)| (*id, BasicNode::new(address))).collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(error) => Err(BootstrapError(error.to_string())),
+        }
+    }
+
+    /// Appends a producer's Kafka batch through the group: answered once a majority of the
+    /// replicas has it fsynced and this leader applied it, with its offsets (the first, and
+    /// the one after the last).
+    pub async fn propose(&self, kafka: Bytes) -> Result<(Offset, Offset), ProposeError> {
+        let batch = Batch { kafka, base_offset: None };
+        match self.raft.client_write(batch).await {
+            Ok(written) => {
+                let (base, next) = written.data.offsets.ok_or_else(|| {
+                    ProposeError::Stopped("a committed batch came back without offsets".into())
+                })?;
+                Ok((Offset(base), Offset(next)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                let leader = forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
+                Err(ProposeError::NotLeader { leader })
+            }
+            Err(error) => Err(ProposeError::Stopped(error.to_string())),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The leader this replica knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let address = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, address))
+    }
+
+    /// Waits up to `timeout` for a leader to be known, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
+        let wait = self.raft.wait(Some(timeout));
+        wait.metrics(|metrics| metrics.current_leader.is_some(), "a leader").await.ok()?;
+        self.leader()
+    }
+
+    /// The end of what the group committed and this replica applied: readers of this replica
+    /// see the records before it.
+    pub fn high_watermark(&self) -> Offset {
+        Offset(self.state.high_watermark())
+    }
+
+    /// Waits up to `timeout` until this replica has applied up to `offset`.
+    pub async fn wait_for_high_watermark(&self, offset: Offset, timeout: Duration) -> bool {
+        let mut metrics = self.raft.metrics();
+        let reached = async {
+            while self.high_watermark() < offset {
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, reached).await.unwrap_or(false)
+    }
+
+    /// The replica's storage (its log, for reads).
+    pub fn store(&self) -> &SegmentLogStore {
+        &self.store
+    }
+
+    /// Answers a message a peer sent this replica's group (what a [`Transport`] delivers).
+    /// A message that does not decode is refused with the reason.
+    pub async fn handle(&self, message: Bytes) -> Bytes {
+        match rpc::decode_request(message) {
+            Err(invalid) => rpc::encode_refusal(&invalid),
+            Ok(Request::Vote(vote)) => rpc::encode_response(self.raft.vote(vote).await),
+            Ok(Request::AppendEntries(append)) => {
+                rpc::encode_response(self.raft.append_entries(append).await)
+            }
+            Ok(Request::InstallSnapshot(snapshot)) => {
+                rpc::encode_response(self.raft.install_snapshot(snapshot).await)
+            }
+        }
+    }
+
+    /// Stops the replica: it answers no more messages and appends nothing more.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "a replica's Raft task ended badly");
+        }
+    }
+}

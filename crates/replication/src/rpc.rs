@@ -1,0 +1,323 @@
+//! The messages replicas exchange, as bytes: what a [`crate::Transport`] carries.
+//!
+//! ```text
+//! message := kind: u8 | header length: u32 BE | header: JSON | entries
+//! entry   := kind: u8 (0 blank, 1 membership, 2 normal) | term: u64 BE | index: u64 BE
+//!            | base offset: u64 BE (u64::MAX: none) | payload length: u32 BE | payload
+//! ```
+//!
+//! Requests are Vote, AppendEntries and InstallSnapshot; each answer is a JSON `Result` of
+//! openraft's response or error. Only AppendEntries carries entries; a normal entry's payload
+//! is its Kafka batch, sliced from the message without a copy, and a membership's is JSON.
+//! Everything is checked on arrival ([`decode_request`]): sizes against [`crate::limits`],
+//! each Kafka batch whole (its CRC and every record), so a peer's bad message is refused with
+//! a reason and never reaches the log.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{Entry, EntryPayload, LogId, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{Batch, log_id};
+use crate::limits::{ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX};
+use crate::{NodeId, TypeConfig};
+
+const VOTE: u8 = 1;
+const APPEND_ENTRIES: u8 = 2;
+const INSTALL_SNAPSHOT: u8 = 3;
+
+const BLANK: u8 = 0;
+const MEMBERSHIP: u8 = 1;
+const NORMAL: u8 = 2;
+const NO_OFFSET: u64 = u64::MAX;
+
+/// A request from a peer.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Vote(VoteRequest<NodeId>),
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid message between replicas: {0}")]
+pub struct InvalidMessage(pub(crate) String);
+
+fn invalid(reason: impl Into<String>) -> InvalidMessage {
+    InvalidMessage(reason.into())
+}
+
+/// AppendEntries without its entries.
+#[derive(Serialize, Deserialize)]
+struct AppendHeader {
+    vote: Vote<NodeId>,
+    prev_log_id: Option<LogId<NodeId>>,
+    leader_commit: Option<LogId<NodeId>>,
+    entries: u64,
+}
+
+fn put_header(buf: &mut BytesMut, kind: u8, header: &impl Serialize) {
+    let json = serde_json::to_vec(header).expect("openraft's messages encode as JSON");
+    buf.put_u8(kind);
+    buf.put_u32(json.len() as u32);
+    buf.put_slice(&json);
+}
+
+pub(crate) fn encode_request(request: &Request) -> Bytes {
+    let mut buf = BytesMut::new();
+    match request {
+        Request::Vote(vote) => put_header(&mut buf, VOTE, vote),
+        Request::InstallSnapshot(snapshot) => put_header(&mut buf, INSTALL_SNAPSHOT, snapshot),
+        Request::AppendEntries(append) => {
+            let header = AppendHeader {
+                vote: append.vote,
+                prev_log_id: append.prev_log_id,
+                leader_commit: append.leader_commit,
+                entries: append.entries.len() as u64,
+            };
+            put_header(&mut buf, APPEND_ENTRIES, &header);
+            for entry in &append.entries {
+                put_entry(&mut buf, entry);
+            }
+        }
+    }
+    buf.freeze()
+}
+
+fn put_entry(buf: &mut BytesMut, entry: &Entry<TypeConfig>) {
+    let (kind, offset, payload): (u8, u64, Bytes) = match &entry.payload {
+        EntryPayload::Blank => (BLANK, NO_OFFSET, Bytes::new()),
+        EntryPayload::Membership(membership) => {
+            let json = serde_json::to_vec(membership).expect("a membership encodes as JSON");
+            (MEMBERSHIP, NO_OFFSET, Bytes::from(json))
+        }
+        EntryPayload::Normal(batch) => {
+            (NORMAL, batch.base_offset.unwrap_or(NO_OFFSET), batch.kafka.clone())
+        }
+    };
+    buf.put_u8(kind);
+    buf.put_u64(entry.log_id.leader_id.term);
+    buf.put_u64(entry.log_id.index);
+    buf.put_u64(offset);
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(&payload);
+}
+
+/// Splits a message into its kind, JSON header and the rest.
+fn split(mut message: Bytes) -> Result<(u8, Bytes, Bytes), InvalidMessage> {
+    if message.len() > MESSAGE_BYTES_MAX {
+        return Err(invalid(format!(
+            "{} bytes, more than the limit of {MESSAGE_BYTES_MAX}",
+            message.len()
+        )));
+    }
+    if message.len() < 5 {
+        return Err(invalid("shorter than its 5-byte head"));
+    }
+    let kind = message.get_u8();
+    let length = message.get_u32() as usize;
+    if length > HEADER_BYTES_MAX || length > message.len() {
+        return Err(invalid(format!("a header of {length} bytes, in {} bytes", message.len())));
+    }
+    let header = message.split_to(length);
+    Ok((kind, header, message))
+}
+
+fn json<T: DeserializeOwned>(header: &[u8], what: &str) -> Result<T, InvalidMessage> {
+    serde_json::from_slice(header).map_err(|error| invalid(format!("a bad {what}: {error}")))
+}
+
+/// Decodes and checks a peer's request.
+pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> {
+    let (kind, header, mut rest) = split(message)?;
+    let request = match kind {
+        VOTE => Request::Vote(json(&header, "vote request")?),
+        INSTALL_SNAPSHOT => Request::InstallSnapshot(json(&header, "snapshot")?),
+        APPEND_ENTRIES => {
+            let header: AppendHeader = json(&header, "append header")?;
+            if header.entries > ENTRIES_PER_MESSAGE_MAX {
+                return Err(invalid(format!(
+                    "{} entries, more than the limit of {ENTRIES_PER_MESSAGE_MAX}",
+                    header.entries
+                )));
+            }
+            let mut entries = Vec::with_capacity(header.entries as usize);
+            for _ in 0..header.entries {
+                entries.push(take_entry(&mut rest)?);
+            }
+            Request::AppendEntries(AppendEntriesRequest {
+                vote: header.vote,
+                prev_log_id: header.prev_log_id,
+                leader_commit: header.leader_commit,
+                entries,
+            })
+        }
+        kind => return Err(invalid(format!("unknown request kind {kind}"))),
+    };
+    if !rest.is_empty() {
+        return Err(invalid(format!("{} bytes after the request", rest.len())));
+    }
+    Ok(request)
+}
+
+fn take_entry(rest: &mut Bytes) -> Result<Entry<TypeConfig>, InvalidMessage> {
+    const HEAD: usize = crate::limits::ENTRY_HEAD_BYTES;
+    if rest.len() < HEAD {
+        return Err(invalid("an entry cut short"));
+    }
+    let kind = rest.get_u8();
+    let term = rest.get_u64();
+    let index = rest.get_u64();
+    let offset = rest.get_u64();
+    let length = rest.get_u32() as usize;
+    if length > rest.len() {
+        return Err(invalid(format!(
+            "entry {index} claims {length} bytes, {} are left",
+            rest.len()
+        )));
+    }
+    let payload = rest.split_to(length);
+    let payload = match kind {
+        BLANK if payload.is_empty() => EntryPayload::Blank,
+        MEMBERSHIP => EntryPayload::Membership(json(&payload, "membership")?),
+        NORMAL => {
+            spool_storage::batch::check_for_append(&payload)
+                .map_err(|error| invalid(format!("entry {index}'s batch: {error}")))?;
+            let base_offset = (offset != NO_OFFSET).then_some(offset);
+            EntryPayload::Normal(Batch { kafka: payload, base_offset })
+        }
+        kind => return Err(invalid(format!("entry {index} of unknown kind {kind}"))),
+    };
+    Ok(Entry { log_id: log_id(term, index), payload })
+}
+
+/// An answer as it travels: openraft's response, openraft's error, or a refusal of a message
+/// that did not decode.
+#[derive(Serialize, Deserialize)]
+enum Answer<T, E> {
+    Ok(T),
+    Err(E),
+    Refused(String),
+}
+
+/// Encodes openraft's answer to a request.
+pub(crate) fn encode_response<T: Serialize, E: Serialize>(answer: Result<T, E>) -> Bytes {
+    let answer = match answer {
+        Ok(response) => Answer::Ok(response),
+        Err(error) => Answer::Err(error),
+    };
+    Bytes::from(serde_json::to_vec(&answer).expect("openraft's answers encode as JSON"))
+}
+
+/// Encodes the refusal of a request that did not decode.
+pub(crate) fn encode_refusal(error: &InvalidMessage) -> Bytes {
+    let answer: Answer<(), ()> = Answer::Refused(error.0.clone());
+    Bytes::from(serde_json::to_vec(&answer).expect("a refusal encodes as JSON"))
+}
+
+/// Decodes an answer; a refusal is an error naming what the peer refused.
+pub(crate) fn decode_response<T: DeserializeOwned, E: DeserializeOwned>(
+    message: &[u8],
+) -> Result<Result<T, E>, InvalidMessage> {
+    if message.len() > HEADER_BYTES_MAX {
+        return Err(invalid(format!("an answer of {} bytes", message.len())));
+    }
+    match json(message, "answer")? {
+        Answer::Ok(response) => Ok(Ok(response)),
+        Answer::Err(error) => Ok(Err(error)),
+        Answer::Refused(reason) => Err(invalid(format!("the peer refused it: {reason}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Membership};
+    use spool_storage::TimestampMs;
+    use spool_storage::batch::{BatchBuilder, ProducerStamp};
+
+    fn kafka_batch() -> Bytes {
+        let mut builder = BatchBuilder::new(BytesMut::new());
+        builder.push(TimestampMs(5), Some(b"k"), Some(b"v"), &[]);
+        builder.finish(ProducerStamp::NONE).freeze()
+    }
+
+    fn append() -> AppendEntriesRequest<TypeConfig> {
+        let membership = Membership::new(vec![[1, 2, 3].into()], None);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(4, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 0), 9)),
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 0), 8)),
+            entries: vec![
+                Entry { log_id: log_id(4, 10), payload: EntryPayload::Blank },
+                Entry { log_id: log_id(4, 11), payload: EntryPayload::Membership(membership) },
+                Entry {
+                    log_id: log_id(4, 12),
+                    payload: EntryPayload::Normal(Batch {
+                        kafka: kafka_batch(),
+                        base_offset: Some(77),
+                    }),
+                },
+            ],
+        }
+    }
+
+    fn refused(message: Bytes) -> String {
+        decode_request(message).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn an_append_round_trips_with_its_entries() {
+        let sent = append();
+        let Request::AppendEntries(got) =
+            decode_request(encode_request(&Request::AppendEntries(sent.clone()))).unwrap()
+        else {
+            panic!("not an append");
+        };
+        assert_eq!(
+            (got.vote, got.prev_log_id, got.leader_commit),
+            (sent.vote, sent.prev_log_id, sent.leader_commit)
+        );
+        assert_eq!(got.entries, sent.entries);
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_a_reason() {
+        let good = encode_request(&Request::AppendEntries(append()));
+        assert!(refused(Bytes::from_static(&[2, 0])).contains("5-byte head"));
+        assert!(
+            refused(Bytes::from_static(&[9, 0, 0, 0, 2, b'{', b'}']))
+                .contains("unknown request kind 9")
+        );
+        assert!(refused(Bytes::from_static(&[2, 0xff, 0xff, 0xff, 0xff])).contains("header of"));
+        assert!(refused(good.slice(..good.len() - 3)).contains("claims"));
+        let mut trailing = BytesMut::from(&good[..]);
+        trailing.put_u8(0);
+        assert!(refused(trailing.freeze()).contains("after the request"));
+        // A batch whose CRC no longer matches.
+        let mut damaged = BytesMut::from(&good[..]);
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        assert!(refused(damaged.freeze()).contains("entry 12's batch"), "damaged batch");
+        // Too many entries for one message.
+        let mut many = append();
+        many.entries = (0..ENTRIES_PER_MESSAGE_MAX + 1)
+            .map(|i| Entry { log_id: log_id(4, 10 + i), payload: EntryPayload::Blank })
+            .collect();
+        assert!(
+            refused(encode_request(&Request::AppendEntries(many))).contains("more than the limit")
+        );
+        let mut huge = BytesMut::from(&[2u8, 0, 0, 0, 0][..]);
+        huge.resize(MESSAGE_BYTES_MAX + 1, 0);
+        assert!(refused(huge.freeze()).contains("more than the limit"));
+    }
+
+    #[test]
+    fn a_refusal_reaches_the_sender_as_an_error() {
+        let refusal = encode_refusal(&InvalidMessage("a bad vote request".into()));
+        let error = decode_response::<(), ()>(&refusal).unwrap_err().to_string();
+        assert!(error.contains("the peer refused it: a bad vote request"), "{error}");
+    }
+}

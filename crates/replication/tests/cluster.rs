@@ -1,0 +1,299 @@
+//! Three replicas of one partition in one process, their messages routed in memory through
+//! the bytes a real transport carries, each on its own simulated disk: replication, failover,
+//! a partitioned leader, and a restart after power loss.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use spool_replication::{
+    Call, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, Transport,
+    TransportError,
+};
+use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
+use spool_storage::sim::SimFileSystem;
+use spool_storage::{LogConfig, Offset, TimestampMs};
+
+const GROUP: &str = "events-0";
+/// How long anything here may take: elections take 1 to 2 s.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Delivers messages between the replicas in this process; a node in `cut` neither sends
+/// nor receives.
+#[derive(Default)]
+struct Router {
+    replicas: Mutex<HashMap<NodeId, Arc<Replica>>>,
+    cut: Mutex<BTreeSet<NodeId>>,
+}
+
+/// One node's side of the router.
+struct Link {
+    from: NodeId,
+    router: Arc<Router>,
+}
+
+impl Transport for Link {
+    fn call<'a>(
+        &'a self,
+        target: NodeId,
+        address: &'a str,
+        _group: &'a str,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Call<'a> {
+        Box::pin(async move {
+            let unreachable = |reason: &str| TransportError::Unreachable {
+                node: target,
+                address: address.to_owned(),
+                reason: reason.to_owned(),
+            };
+            let cut = self.router.cut.lock().unwrap().clone();
+            if cut.contains(&self.from) || cut.contains(&target) {
+                return Err(unreachable("cut off"));
+            }
+            let replica = self.router.replicas.lock().unwrap().get(&target).cloned();
+            let replica = replica.ok_or_else(|| unreachable("not running"))?;
+            tokio::time::timeout(timeout, replica.handle(message)).await.map_err(|_| {
+                TransportError::Timeout { node: target, address: address.to_owned(), timeout }
+            })
+        })
+    }
+}
+
+struct Cluster {
+    router: Arc<Router>,
+    disks: BTreeMap<NodeId, SimFileSystem>,
+}
+
+fn members() -> BTreeMap<NodeId, String> {
+    (1..=3).map(|id| (id, format!("127.0.0.{id}:7071"))).collect()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let cluster = Cluster {
+            router: Arc::new(Router::default()),
+            disks: (1..=3).map(|id| (id, SimFileSystem::new())).collect(),
+        };
+        for id in 1..=3 {
+            cluster.start_node(id).await;
+        }
+        cluster.replica(1).bootstrap(&members()).await.expect("bootstrap");
+        cluster
+    }
+
+    async fn start_node(&self, id: NodeId) {
+        let fs = Arc::new(self.disks[&id].clone());
+        let config = LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() };
+        let store = SegmentLogStore::open(fs, Path::new("/data/p"), config, TimestampMs(0))
+            .expect("open the replica's storage");
+        let link = Arc::new(Link { from: id, router: self.router.clone() });
+        let replica = Replica::start(id, GROUP, store, PartitionStateMachine::new(), link)
+            .await
+            .expect("start");
+        self.router.replicas.lock().unwrap().insert(id, Arc::new(replica));
+    }
+
+    /// Stops node `id` and loses what its disk had not synced.
+    async fn kill(&self, id: NodeId) {
+        let replica = self.router.replicas.lock().unwrap().remove(&id).expect("running");
+        replica.shutdown().await;
+        drop(replica);
+        self.disks[&id].crash();
+    }
+
+    fn replica(&self, id: NodeId) -> Arc<Replica> {
+        self.router.replicas.lock().unwrap()[&id].clone()
+    }
+
+    fn running(&self) -> Vec<NodeId> {
+        self.router.replicas.lock().unwrap().keys().copied().collect()
+    }
+
+    fn set_cut(&self, nodes: &[NodeId]) {
+        *self.router.cut.lock().unwrap() = nodes.iter().copied().collect();
+    }
+
+    /// The leader a majority of running, connected replicas agrees on, other than `not`.
+    async fn leader(&self, not: Option<NodeId>) -> NodeId {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let cut = self.router.cut.lock().unwrap().clone();
+            let mut votes: BTreeMap<NodeId, usize> = BTreeMap::new();
+            for id in self.running().into_iter().filter(|id| !cut.contains(id)) {
+                if let Some((leader, _)) = self.replica(id).leader() {
+                    *votes.entry(leader).or_default() += 1;
+                }
+            }
+            let agreed =
+                votes.into_iter().find(|(leader, count)| *count >= 2 && Some(*leader) != not);
+            if let Some((leader, _)) = agreed {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader elected within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes `value` at the current leader until it is committed; its offsets.
+    async fn produce(&self, value: &str) -> (Offset, Offset) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let leader = self.leader(None).await;
+            match self.replica(leader).propose(batch(value)).await {
+                Ok(offsets) => return offsets,
+                Err(ProposeError::NotLeader { .. }) => {}
+                Err(error) => panic!("{value}: {error}"),
+            }
+            assert!(Instant::now() < deadline, "{value} not committed within {PATIENCE:?}");
+        }
+    }
+}
+
+/// A batch of two records holding `value`.
+fn batch(value: &str) -> Bytes {
+    let mut builder = BatchBuilder::new(BytesMut::new());
+    for _ in 0..2 {
+        builder.push(TimestampMs(1_000), None, Some(value.as_bytes()), &[]);
+    }
+    builder.finish(ProducerStamp::NONE).freeze()
+}
+
+/// What a replica's log holds: per batch, its term, index, base offset and Kafka body from
+/// its magic byte on (what the leader stamps before it is the base offset and the term).
+fn contents(replica: &Replica) -> Vec<(u64, u64, u64, Vec<u8>)> {
+    replica.store().with_log(|log| {
+        let mut out = Vec::new();
+        let mut offset = log.log_start_offset();
+        loop {
+            let read = log.read_written(offset, 1 << 20).expect("read");
+            if read.bytes.is_empty() {
+                return out;
+            }
+            for view in BatchIter::new(&read.bytes) {
+                let view = view.expect("intact");
+                let header = view.header();
+                let body = view.as_bytes()[44 + 16..].to_vec();
+                out.push((header.entry.term, header.entry.index, header.base_offset.0, body));
+            }
+            offset = read.next_offset;
+        }
+    })
+}
+
+/// The values of the records of a replica's log, in order, control batches left out.
+fn values(replica: &Replica) -> Vec<String> {
+    replica.store().with_log(|log| {
+        let mut out = Vec::new();
+        let mut offset = log.log_start_offset();
+        loop {
+            let read = log.read_written(offset, 1 << 20).expect("read");
+            if read.bytes.is_empty() {
+                return out;
+            }
+            for view in BatchIter::new(&read.bytes) {
+                let view = view.expect("intact");
+                if view.header().entry.kind != spool_storage::batch::BatchKind::Records {
+                    continue;
+                }
+                for record in view.records().iter() {
+                    let value = record.expect("record").value.unwrap_or_default().to_vec();
+                    out.push(String::from_utf8(value).expect("UTF-8"));
+                }
+            }
+            offset = read.next_offset;
+        }
+    })
+}
+
+/// Waits until every running replica has applied up to `end`, then checks that their logs
+/// are the same up to it.
+async fn assert_same_logs(cluster: &Cluster, end: Offset) {
+    for id in cluster.running() {
+        let replica = cluster.replica(id);
+        assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id} reached {end}");
+    }
+    let logs: Vec<(NodeId, Vec<_>)> = cluster
+        .running()
+        .into_iter()
+        .map(|id| {
+            let log = contents(&cluster.replica(id));
+            (id, log.into_iter().filter(|(_, _, base, _)| *base < end.0).collect())
+        })
+        .collect();
+    for (id, log) in &logs[1..] {
+        let first = &logs[0];
+        assert!(log == &first.1, "node {id}'s log differs from node {}'s below {end}", first.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_the_same_batches_at_the_same_offsets() {
+    let cluster = Cluster::start().await;
+    let mut end = Offset(0);
+    for i in 0..40 {
+        let (base, next) = cluster.produce(&format!("value {i}")).await;
+        assert!(base >= end, "offsets grow");
+        assert_eq!(next.0 - base.0, 2);
+        end = next;
+    }
+    assert_same_logs(&cluster, end).await;
+    let expected: Vec<String> =
+        (0..40).flat_map(|i| [format!("value {i}"), format!("value {i}")]).collect();
+    for id in 1..=3 {
+        assert_eq!(values(&cluster.replica(id)), expected, "node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
+    let cluster = Cluster::start().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        cluster.produce(&format!("before {i}")).await;
+        acknowledged.push(format!("before {i}"));
+    }
+    let old = cluster.leader(None).await;
+    let killed = Instant::now();
+    cluster.kill(old).await;
+    let new = cluster.leader(Some(old)).await;
+    println!("failover from node {old} to node {new} took {:?}", killed.elapsed());
+    let mut end = Offset(0);
+    for i in 0..10 {
+        end = cluster.produce(&format!("after {i}")).await.1;
+        acknowledged.push(format!("after {i}"));
+    }
+    // The old leader comes back from what its disk kept, and catches up.
+    cluster.start_node(old).await;
+    assert_same_logs(&cluster, end).await;
+    let expected: Vec<String> = acknowledged.iter().flat_map(|v| [v.clone(), v.clone()]).collect();
+    for id in 1..=3 {
+        assert_eq!(values(&cluster.replica(id)), expected, "node {id}: each acknowledged once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_never_acknowledges_and_its_tail_is_cut_when_it_rejoins() {
+    let cluster = Cluster::start().await;
+    cluster.produce("first").await;
+    let old = cluster.leader(None).await;
+    cluster.set_cut(&[old]);
+    let isolated = cluster.replica(old);
+    let stranded = tokio::spawn(async move { isolated.propose(batch("stranded")).await });
+    let new = cluster.leader(Some(old)).await;
+    assert_ne!(new, old);
+    let end = cluster.produce("second").await.1;
+    cluster.set_cut(&[]);
+    match tokio::time::timeout(PATIENCE, stranded).await {
+        Ok(Ok(Err(_))) => {}
+        other => panic!("the stranded batch was not refused: {other:?}"),
+    }
+    let end = end.max(cluster.produce("third").await.1);
+    assert_same_logs(&cluster, end).await;
+    for id in 1..=3 {
+        let values = values(&cluster.replica(id));
+        assert_eq!(values, ["first", "first", "second", "second", "third", "third"], "node {id}");
+    }
+}
