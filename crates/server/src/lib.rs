@@ -27,6 +27,7 @@
 
 mod alter;
 pub mod auth;
+pub mod cluster;
 mod connection;
 mod consume;
 pub mod error;

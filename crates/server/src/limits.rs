@@ -231,3 +231,18 @@ const _: () =
     assert!(KAFKA_BYTES_IN_FLIGHT_MAX >= (KAFKA_FETCH_BYTES_MAX + BATCH_BYTES_MAX) as usize);
 const _: () = assert!(KAFKA_BYTES_IN_FLIGHT_MAX <= u32::MAX as usize);
 const _: () = assert!(KAFKA_REQUESTS_IN_FLIGHT_MAX >= 1);
+
+// Replication's peer listener (`crate::cluster`).
+
+/// Connections the peer listener holds open at once; past it, it accepts nothing more until
+/// one closes.
+pub const PEER_CONNECTIONS_MAX: usize = 64;
+/// Idle connections a node keeps open to each peer; a replica with more messages in flight
+/// opens more and closes them when done.
+pub const PEER_POOL_PER_NODE: usize = 8;
+/// The longest Raft group name a peer request may carry.
+pub const GROUP_NAME_BYTES_MAX: usize = 512;
+/// The largest frame of the peer protocol: the largest replication message with its group's
+/// name in front.
+pub const PEER_FRAME_BYTES_MAX: usize =
+    spool_replication::limits::MESSAGE_BYTES_MAX + 2 + GROUP_NAME_BYTES_MAX;

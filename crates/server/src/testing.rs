@@ -147,3 +147,103 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// What a [`FaultProxy`] does to the bytes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Carries every byte at once.
+    Pass,
+    /// Keeps connections open but carries nothing: bytes sent are lost.
+    Drop,
+    /// Carries every byte after this long.
+    Delay(std::time::Duration),
+    /// Closes every connection, and each new one at once.
+    Reset,
+}
+
+/// A TCP proxy on a loopback port in front of `target`, whose [`Fault`] can change at any
+/// time, for connections already open too: the fault injection of the replication tests.
+#[derive(Debug)]
+pub struct FaultProxy {
+    address: SocketAddr,
+    fault: tokio::sync::watch::Sender<Fault>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy listening on `bind` (an IP address; the port is chosen) for `target`.
+    pub async fn start(bind: std::net::IpAddr, target: SocketAddr) -> std::io::Result<FaultProxy> {
+        let listener = TcpListener::bind((bind, 0)).await?;
+        let address = listener.local_addr()?;
+        let (fault, faults) = tokio::sync::watch::channel(Fault::Pass);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let faults = faults.clone();
+                tokio::spawn(async move {
+                    if *faults.borrow() == Fault::Reset {
+                        return;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        () = pump(client_read, server_write, faults.clone()) => {}
+                        () = pump(server_read, client_write, faults) => {}
+                    }
+                });
+            }
+        });
+        Ok(FaultProxy { address, fault, task })
+    }
+
+    /// Where clients connect.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Carries bytes one way under the current fault, until either side closes or a reset.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut faults: tokio::sync::watch::Receiver<Fault>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = faults.changed() => {
+                if changed.is_err() || *faults.borrow() == Fault::Reset {
+                    return;
+                }
+                continue;
+            }
+        };
+        let fault = *faults.borrow();
+        match fault {
+            Fault::Pass => {}
+            Fault::Drop => continue,
+            Fault::Delay(delay) => tokio::time::sleep(delay).await,
+            Fault::Reset => return,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

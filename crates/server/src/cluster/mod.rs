@@ -1,0 +1,26 @@
+//! Replication's network: the internal listener that carries replicas' messages between
+//! nodes ([`serve_peers`]) and the client side ([`PeerTransport`]), which implements
+//! `spool_replication::Transport` over it.
+//!
+//! # The peer protocol
+//!
+//! One TCP connection carries one exchange at a time; a node keeps a few idle connections
+//! per peer ([`PEER_POOL_PER_NODE`](crate::limits::PEER_POOL_PER_NODE)) and opens more while
+//! those are busy. Every integer is big-endian.
+//!
+//! ```text
+//! request := length: u32 | group length: u16 | group: UTF-8 | message
+//! answer  := length: u32 | status: u8 (0 answered, 1 refused) | answer, or a UTF-8 reason
+//! ```
+//!
+//! `message` and `answer` are `spool_replication`'s encoding; the listener hands the message
+//! to the group's replica on this node. A frame past
+//! [`PEER_FRAME_BYTES_MAX`](crate::limits::PEER_FRAME_BYTES_MAX) ends the connection; a
+//! connection that sends nothing for
+//! [`CONNECTION_IDLE_TIMEOUT`](crate::limits::CONNECTION_IDLE_TIMEOUT) is closed.
+//!
+//! The listener has no TLS or authentication yet, so it may only listen on loopback.
+
+mod transport;
+
+pub use transport::{Groups, PeerTransport, serve_peers};

@@ -1,0 +1,212 @@
+//! The peer protocol's two ends (the module docs in `cluster` describe it).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use spool_replication::{Call, NodeId, Replica, Transport, TransportError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::limits::{
+    CONNECTION_IDLE_TIMEOUT, GROUP_NAME_BYTES_MAX, PEER_CONNECTIONS_MAX, PEER_FRAME_BYTES_MAX,
+    PEER_POOL_PER_NODE,
+};
+
+const ANSWERED: u8 = 0;
+const REFUSED: u8 = 1;
+
+/// Where the internal listener finds the replica a message is for.
+pub trait Groups: Send + Sync + 'static {
+    /// This node's replica of `group`, if it has one.
+    fn replica(&self, group: &str) -> Option<Arc<Replica>>;
+}
+
+/// Serves peers' messages on `listener` until `stop` is cancelled: at most
+/// [`PEER_CONNECTIONS_MAX`] connections at once.
+pub async fn serve_peers(listener: TcpListener, groups: Arc<dyn Groups>, stop: CancellationToken) {
+    let places = Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX));
+    loop {
+        let place = tokio::select! {
+            () = stop.cancelled() => return,
+            place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer's connection failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let groups = groups.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(stream, groups, stop).await {
+                tracing::debug!(%peer, %error, "a peer's connection ended");
+            }
+            drop(place);
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    groups: Arc<dyn Groups>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            frame = tokio::time::timeout(CONNECTION_IDLE_TIMEOUT, read_frame(&mut stream)) => frame,
+        };
+        let Some(mut frame) = frame.map_err(|_| io::Error::other("idle past the timeout"))?? else {
+            return Ok(());
+        };
+        let (status, answer) = match split_request(&mut frame) {
+            Err(reason) => (REFUSED, Bytes::from(reason)),
+            Ok(group) => match groups.replica(&group) {
+                Some(replica) => (ANSWERED, replica.handle(frame).await),
+                None => (REFUSED, Bytes::from(format!("this node has no replica of {group:?}"))),
+            },
+        };
+        let mut head = BytesMut::with_capacity(5);
+        head.put_u32(1 + answer.len() as u32);
+        head.put_u8(status);
+        stream.write_all(&head).await?;
+        stream.write_all(&answer).await?;
+    }
+}
+
+/// Takes the group name off the front of a request frame.
+fn split_request(frame: &mut Bytes) -> Result<String, String> {
+    if frame.len() < 2 {
+        return Err("a request shorter than its group name's length".into());
+    }
+    let length = u16::from_be_bytes([frame[0], frame[1]]) as usize;
+    if length > GROUP_NAME_BYTES_MAX || 2 + length > frame.len() {
+        return Err(format!("a group name of {length} bytes"));
+    }
+    let name = frame.split_to(2 + length).slice(2..);
+    String::from_utf8(name.to_vec()).map_err(|_| "a group name that is not UTF-8".into())
+}
+
+/// Reads one frame; `None` at a clean end of the stream between frames.
+async fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Bytes>> {
+    let mut length = [0u8; 4];
+    match stream.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > PEER_FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {length} bytes, more than the limit of {PEER_FRAME_BYTES_MAX}"),
+        ));
+    }
+    // Memory grows with the bytes that arrive, not with the length a peer claims.
+    let mut frame = BytesMut::with_capacity(length.min(64 * 1024));
+    let mut body = (&mut *stream).take(length as u64);
+    while frame.len() < length {
+        if body.read_buf(&mut frame).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a frame cut short"));
+        }
+    }
+    Ok(Some(frame.freeze()))
+}
+
+/// The client side of the peer protocol: carries a replica's messages to its peers, keeping
+/// up to [`PEER_POOL_PER_NODE`] idle connections per peer address.
+#[derive(Debug, Default)]
+pub struct PeerTransport {
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+impl PeerTransport {
+    pub fn new() -> PeerTransport {
+        PeerTransport::default()
+    }
+
+    fn take_idle(&self, address: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.get_mut(address).and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, address: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let pool = idle.entry(address.to_owned()).or_default();
+        if pool.len() < PEER_POOL_PER_NODE {
+            pool.push(stream);
+        }
+    }
+
+    async fn exchange(&self, address: &str, group: &str, message: Bytes) -> io::Result<Bytes> {
+        let mut stream = match self.take_idle(address) {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                stream
+            }
+        };
+        let mut head = BytesMut::with_capacity(6 + group.len());
+        head.put_u32((2 + group.len() + message.len()) as u32);
+        head.put_u16(group.len() as u16);
+        head.put_slice(group.as_bytes());
+        stream.write_all(&head).await?;
+        stream.write_all(&message).await?;
+        let frame = read_frame(&mut stream).await?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection")
+        })?;
+        let (status, answer) = match frame.first() {
+            Some(&status) => (status, frame.slice(1..)),
+            None => return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty answer")),
+        };
+        self.put_idle(address, stream);
+        match status {
+            ANSWERED => Ok(answer),
+            _ => Err(io::Error::other(format!(
+                "the peer refused the message: {}",
+                String::from_utf8_lossy(&answer)
+            ))),
+        }
+    }
+}
+
+impl Transport for PeerTransport {
+    fn call<'a>(
+        &'a self,
+        target: NodeId,
+        address: &'a str,
+        group: &'a str,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Call<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.exchange(address, group, message)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => Err(TransportError::Unreachable {
+                    node: target,
+                    address: address.to_owned(),
+                    reason: error.to_string(),
+                }),
+                Err(_) => Err(TransportError::Timeout {
+                    node: target,
+                    address: address.to_owned(),
+                    timeout,
+                }),
+            }
+        })
+    }
+}
