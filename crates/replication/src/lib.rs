@@ -47,11 +47,11 @@ mod rpc;
 mod state_machine;
 
 pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
-pub use log_store::{OpenError, SegmentLogStore};
+pub use log_store::{OpenError, SegmentLogStore, SharedLog};
 pub use network::{Call, Transport, TransportError};
 pub use replica::{BootstrapError, ProposeError, Replica, StartError};
 pub use rpc::InvalidMessage;
-pub use state_machine::PartitionStateMachine;
+pub use state_machine::{OnCommit, PartitionStateMachine};
 
 /// A node's id in a cluster.
 pub type NodeId = u64;

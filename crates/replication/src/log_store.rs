@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -44,6 +44,10 @@ pub enum OpenError {
     State { path: PathBuf, reason: String },
 }
 
+/// A segment log shared by a replicated partition's Raft log and its readers; `None` once
+/// the partition has closed it.
+pub type SharedLog = Arc<RwLock<Option<Log>>>;
+
 /// A replicated partition's Raft log: its segment log, and its vote and purge point beside
 /// it. Clones share the same log (one is the log reader openraft asks for).
 #[derive(Debug, Clone)]
@@ -54,10 +58,16 @@ pub struct SegmentLogStore {
 #[derive(Debug)]
 struct Shared {
     fs: Arc<dyn FileSystem>,
+    /// Where `raft-state.json` is.
     dir: PathBuf,
-    log: Mutex<Log>,
+    log: SharedLog,
     state: Mutex<RaftState>,
 }
+
+/// The log is closed: its partition stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the partition's log is closed")]
+struct Closed;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -92,6 +102,28 @@ impl SegmentLogStore {
         };
         spool_storage::fs::create_dir_all_durably(fs.as_ref(), dir).map_err(io_at(dir))?;
         let log = Log::open(fs.clone(), &dir.join(LOG_DIR), config, now)?;
+        SegmentLogStore::over(fs, dir, Arc::new(RwLock::new(Some(log))))
+    }
+
+    /// The store of a partition whose log is already open (and shared with its readers),
+    /// with its Raft state in `dir`. Readers see nothing of the log until the state machine
+    /// applies what is committed ([`Log::set_committed`]).
+    pub fn over(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        log: SharedLog,
+    ) -> Result<SegmentLogStore, OpenError> {
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            let start = log.log_start_offset();
+            log.set_committed(start).map_err(|error| OpenError::Io {
+                path: log.dir().to_path_buf(),
+                source: io::Error::other(error),
+            })?;
+        }
         let path = dir.join(STATE_FILE);
         let state = if fs.exists(&path).map_err(io_at(&path))? {
             let file = fs.open(&path, OpenMode::ReadOnly).map_err(io_at(&path))?;
@@ -107,14 +139,35 @@ impl SegmentLogStore {
         } else {
             RaftState::default()
         };
-        let shared =
-            Shared { fs, dir: dir.to_path_buf(), log: Mutex::new(log), state: Mutex::new(state) };
+        let shared = Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state) };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }
 
-    /// Runs `read` on the segment log (for the partition's readers and for tests).
+    /// Runs `read` on the segment log (for tests and tools; a partition's readers hold the
+    /// [`SharedLog`]). Panics once the log is closed.
     pub fn with_log<T>(&self, read: impl FnOnce(&Log) -> T) -> T {
-        read(&lock(&self.shared.log))
+        read(self.read_log().expect("the log is open").as_ref().expect("checked"))
+    }
+
+    /// The shared log.
+    pub fn log(&self) -> &SharedLog {
+        &self.shared.log
+    }
+
+    fn read_log(&self) -> Result<RwLockReadGuard<'_, Option<Log>>, io::Error> {
+        let log = self.shared.log.read().unwrap_or_else(PoisonError::into_inner);
+        if log.is_none() {
+            return Err(failed(Closed));
+        }
+        Ok(log)
+    }
+
+    fn write_log(&self) -> Result<RwLockWriteGuard<'_, Option<Log>>, io::Error> {
+        let log = self.shared.log.write().unwrap_or_else(PoisonError::into_inner);
+        if log.is_none() {
+            return Err(failed(Closed));
+        }
+        Ok(log)
     }
 
     /// Writes `state` durably, then keeps it.
@@ -140,7 +193,8 @@ impl SegmentLogStore {
         if start >= end {
             return Ok(out);
         }
-        let log = lock(&self.shared.log);
+        let log = self.read_log()?;
+        let log = log.as_ref().expect("checked");
         let Some(first) = log.first_entry_from(start).map_err(failed)? else {
             return Ok(out);
         };
@@ -170,7 +224,8 @@ impl SegmentLogStore {
         let batches = entries.iter().map(entry::to_batch).collect::<Result<Vec<_>, EntryError>>();
         let batches = batches.map_err(failed)?;
         let borrowed: Vec<_> = batches.iter().map(|batch| batch.borrowed()).collect();
-        let mut log = lock(&self.shared.log);
+        let mut log = self.write_log()?;
+        let log = log.as_mut().expect("checked");
         let results = log.append_many(&borrowed, now);
         for (entry, result) in entries.iter().zip(results) {
             let appended = result.map_err(failed)?;
@@ -225,7 +280,9 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
     type LogReader = SegmentLogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last = lock(&self.shared.log).last_entry().map_err(read_error)?;
+        let log = self.read_log().map_err(read_error)?;
+        let last = log.as_ref().expect("checked").last_entry().map_err(read_error)?;
+        drop(log);
         let last = last.map(|at| entry::log_id(at.entry.term, at.entry.index));
         let purged = self.purged();
         let last_log_id = match (last, purged) {
@@ -273,7 +330,8 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut log = lock(&self.shared.log);
+        let mut log = self.write_log().map_err(write_error)?;
+        let log = log.as_mut().expect("checked");
         let Some(first) = log.first_entry_from(log_id.index).map_err(read_error)? else {
             return Ok(());
         };

@@ -28,7 +28,7 @@ pub struct StartError(String);
 pub struct BootstrapError(String);
 
 /// Why a proposed batch was not committed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     /// Only the leader appends; `leader` is who leads now, when known (id and address).
     #[error("this node does not lead the partition{}", match leader {
@@ -39,6 +39,9 @@ pub enum ProposeError {
     /// The replica stopped (shut down, or its storage failed): nothing more is appended here.
     #[error("the partition's replication stopped: {0}")]
     Stopped(String),
+    /// Passing the batch to the leader failed; whether it was committed is unknown.
+    #[error("the batch could not reach the partition's leader: {0}")]
+    Unreachable(String),
 }
 
 /// This node's replica of one partition: its segment log, its state, and the Raft group that
@@ -46,6 +49,8 @@ pub enum ProposeError {
 pub struct Replica {
     raft: Raft<TypeConfig>,
     node_id: NodeId,
+    group: Arc<str>,
+    transport: Arc<dyn Transport>,
     store: SegmentLogStore,
     state: PartitionStateMachine,
 }
@@ -73,11 +78,12 @@ impl Replica {
             ..openraft::Config::default()
         };
         let config = config.validate().map_err(|error| StartError(error.to_string()))?;
-        let network = Network { transport, group: group.into() };
+        let group: Arc<str> = group.into();
+        let network = Network { transport: transport.clone(), group: group.clone() };
         let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
             .await
             .map_err(|error| StartError(error.to_string()))?;
-        Ok(Replica { raft, node_id, store, state })
+        Ok(Replica { raft, node_id, group, transport, store, state })
     }
 
     /// Forms the group with `members` (node id to address) as its voters, once: a replica
@@ -112,6 +118,30 @@ impl Replica {
                 Err(ProposeError::NotLeader { leader })
             }
             Err(error) => Err(ProposeError::Stopped(error.to_string())),
+        }
+    }
+
+    /// Appends a batch through the group as [`Replica::propose`] does, passing it to the
+    /// leader when this replica does not lead: for requests any node accepts.
+    pub async fn propose_anywhere(&self, kafka: Bytes) -> Result<(Offset, Offset), ProposeError> {
+        let leader = match self.propose(kafka.clone()).await {
+            Err(ProposeError::NotLeader { leader: Some(leader) }) if leader.0 != self.node_id => {
+                leader
+            }
+            other => return other,
+        };
+        let (id, address) = leader;
+        let message = rpc::encode_request(&Request::Propose(kafka));
+        let timeout = ELECTION_TIMEOUT_MAX * 4;
+        let answer = self
+            .transport
+            .call(id, &address, &self.group, message, timeout)
+            .await
+            .map_err(|error| ProposeError::Unreachable(error.to_string()))?;
+        match rpc::decode_response::<(u64, u64), ProposeError>(&answer) {
+            Ok(Ok((base, next))) => Ok((Offset(base), Offset(next))),
+            Ok(Err(error)) => Err(error),
+            Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
         }
     }
 
@@ -172,6 +202,10 @@ impl Replica {
             }
             Ok(Request::InstallSnapshot(snapshot)) => {
                 rpc::encode_response(self.raft.install_snapshot(snapshot).await)
+            }
+            Ok(Request::Propose(kafka)) => {
+                let proposed = self.propose(kafka).await;
+                rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
             }
         }
     }

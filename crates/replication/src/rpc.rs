@@ -26,6 +26,7 @@ use crate::{NodeId, TypeConfig};
 const VOTE: u8 = 1;
 const APPEND_ENTRIES: u8 = 2;
 const INSTALL_SNAPSHOT: u8 = 3;
+const PROPOSE: u8 = 4;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -38,6 +39,8 @@ pub(crate) enum Request {
     Vote(VoteRequest<NodeId>),
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A batch another node proposes through this one, the leader (`Replica::propose_anywhere`).
+    Propose(Bytes),
 }
 
 /// Why a message could not be decoded.
@@ -70,6 +73,10 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
     match request {
         Request::Vote(vote) => put_header(&mut buf, VOTE, vote),
         Request::InstallSnapshot(snapshot) => put_header(&mut buf, INSTALL_SNAPSHOT, snapshot),
+        Request::Propose(kafka) => {
+            put_header(&mut buf, PROPOSE, &());
+            buf.put_slice(kafka);
+        }
         Request::AppendEntries(append) => {
             let header = AppendHeader {
                 vote: append.vote,
@@ -135,6 +142,11 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
     let request = match kind {
         VOTE => Request::Vote(json(&header, "vote request")?),
         INSTALL_SNAPSHOT => Request::InstallSnapshot(json(&header, "snapshot")?),
+        PROPOSE => {
+            spool_storage::batch::check_for_append(&rest)
+                .map_err(|error| invalid(format!("a proposed batch: {error}")))?;
+            return Ok(Request::Propose(rest));
+        }
         APPEND_ENTRIES => {
             let header: AppendHeader = json(&header, "append header")?;
             if header.entries > ENTRIES_PER_MESSAGE_MAX {

@@ -15,7 +15,10 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use spool_storage::Offset;
+
 use crate::entry::{self, Applied};
+use crate::log_store::SharedLog;
 use crate::{NodeId, TypeConfig};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -36,10 +39,22 @@ struct Inner {
     snapshots_built: u64,
 }
 
+/// Called with the new high watermark after entries are applied.
+pub type OnCommit = Arc<dyn Fn(Offset) + Send + Sync>;
+
 /// A replicated partition's state machine. Clones share the state (one builds snapshots).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PartitionStateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// The partition's log, whose readers see up to the high watermark.
+    log: Option<SharedLog>,
+    on_commit: Option<OnCommit>,
+}
+
+impl std::fmt::Debug for PartitionStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStateMachine").field("inner", &self.inner).finish()
+    }
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -47,13 +62,36 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl PartitionStateMachine {
+    /// A state machine that keeps the high watermark to itself.
     pub fn new() -> PartitionStateMachine {
         PartitionStateMachine::default()
+    }
+
+    /// A state machine that moves `log`'s commit point ([`spool_storage::Log::set_committed`])
+    /// to the high watermark as it applies entries, then calls `on_commit`.
+    pub fn over(log: SharedLog, on_commit: OnCommit) -> PartitionStateMachine {
+        PartitionStateMachine { log: Some(log), on_commit: Some(on_commit), ..Default::default() }
     }
 
     /// The offset after the last committed record: readers see the records below it.
     pub fn high_watermark(&self) -> u64 {
         lock(&self.inner).applied.high_watermark
+    }
+}
+
+impl PartitionStateMachine {
+    /// Lets the log's readers see up to `high_watermark`, and says so.
+    fn publish(&self, high_watermark: Offset) -> Result<(), spool_storage::ReadError> {
+        if let Some(log) = &self.log {
+            let mut log = log.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(log) = log.as_mut() {
+                log.set_committed(high_watermark)?;
+            }
+        }
+        if let Some(on_commit) = &self.on_commit {
+            on_commit(high_watermark);
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +134,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let mut inner = lock(&self.inner);
+        let before = inner.applied.high_watermark;
         let mut replies = Vec::new();
         for entry in entries {
             let applied = &mut inner.applied;
@@ -112,6 +151,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 applied.high_watermark = applied.high_watermark.max(next);
             }
             replies.push(Applied { offsets });
+        }
+        let high_watermark = inner.applied.high_watermark;
+        drop(inner);
+        if high_watermark > before {
+            self.publish(Offset(high_watermark))
+                .map_err(|error| StorageIOError::write_state_machine(&error))?;
         }
         Ok(replies)
     }
@@ -140,8 +185,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             membership: meta.last_membership.clone(),
             high_watermark: applied.high_watermark,
         };
+        let high_watermark = inner.applied.high_watermark;
         inner.snapshot = Some((meta.clone(), bytes));
-        Ok(())
+        drop(inner);
+        self.publish(Offset(high_watermark))
+            .map_err(|error| StorageIOError::write_state_machine(&error).into())
     }
 
     async fn get_current_snapshot(

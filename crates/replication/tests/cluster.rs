@@ -90,9 +90,8 @@ impl Cluster {
         let store = SegmentLogStore::open(fs, Path::new("/data/p"), config, TimestampMs(0))
             .expect("open the replica's storage");
         let link = Arc::new(Link { from: id, router: self.router.clone() });
-        let replica = Replica::start(id, GROUP, store, PartitionStateMachine::new(), link)
-            .await
-            .expect("start");
+        let state = PartitionStateMachine::over(store.log().clone(), Arc::new(|_| {}));
+        let replica = Replica::start(id, GROUP, store, state, link).await.expect("start");
         self.router.replicas.lock().unwrap().insert(id, Arc::new(replica));
     }
 
@@ -227,6 +226,12 @@ async fn assert_same_logs(cluster: &Cluster, end: Offset) {
         let first = &logs[0];
         assert!(log == &first.1, "node {id}'s log differs from node {}'s below {end}", first.0);
     }
+    // Each replica's readers see exactly what it applied.
+    for id in cluster.running() {
+        let replica = cluster.replica(id);
+        let visible = replica.store().with_log(|log| log.log_end_offset());
+        assert_eq!(visible, replica.high_watermark(), "node {id}'s readers");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,4 +301,17 @@ async fn a_partitioned_leader_never_acknowledges_and_its_tail_is_cut_when_it_rej
         let values = values(&cluster.replica(id));
         assert_eq!(values, ["first", "first", "second", "second", "third", "third"], "node {id}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_passes_what_it_is_given_to_the_leader() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.leader(None).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let replica = cluster.replica(follower);
+    let refused = replica.propose(batch("direct")).await.unwrap_err();
+    assert!(matches!(refused, ProposeError::NotLeader { leader: Some(_) }), "{refused}");
+    let (_, end) = replica.propose_anywhere(batch("passed on")).await.expect("committed");
+    assert_same_logs(&cluster, end).await;
+    assert_eq!(values(&cluster.replica(leader)), ["passed on", "passed on"]);
 }

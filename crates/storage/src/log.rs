@@ -238,6 +238,8 @@ pub struct Log {
     /// been written since, so the marker still tells the truth. The first write removes it
     /// ([`Log::prepare_first_write`]); a close while it is set has nothing to do.
     pub(crate) clean_marker: bool,
+    /// A replicated log's commit point: readers see nothing past it ([`Log::set_committed`]).
+    pub(crate) committed: Option<Watermark>,
 }
 
 impl Log {
@@ -313,9 +315,13 @@ impl Log {
     }
 
     fn visible(&self) -> Watermark {
-        match self.config.fsync {
+        let visible = match self.config.fsync {
             FsyncPolicy::Always => self.durable,
             FsyncPolicy::Interval { .. } | FsyncPolicy::Never => self.written(),
+        };
+        match self.committed {
+            Some(committed) if committed.offset < visible.offset => committed,
+            _ => visible,
         }
     }
 

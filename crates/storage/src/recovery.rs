@@ -241,6 +241,7 @@ impl Log {
             recovery: report,
             recovery_point: finished.recovery_point,
             clean_marker: finished.keep_marker,
+            committed: None,
         })
     }
 }

@@ -156,3 +156,34 @@ fn a_crash_at_any_step_of_a_cut_leaves_a_prefix_of_the_log_and_nothing_before_th
         }
     }
 }
+
+#[test]
+fn readers_of_a_replicated_log_see_only_what_is_committed() {
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs);
+    let placed = append(&mut log, 1, 1..20);
+    log.sync(NOW).unwrap();
+    log.set_committed(log.log_start_offset()).unwrap();
+    assert_eq!(log.log_end_offset(), Offset(0));
+    assert!(log.read(Offset(0), 1 << 20).unwrap().bytes.is_empty());
+    let commit = placed[10].1;
+    log.set_committed(commit).unwrap();
+    assert_eq!(log.log_end_offset(), commit);
+    let mut offset = Offset(0);
+    let mut seen = 0;
+    loop {
+        let read = log.read(offset, 1 << 20).unwrap();
+        if read.bytes.is_empty() {
+            break;
+        }
+        seen += BatchIter::new(&read.bytes).count();
+        offset = read.next_offset;
+    }
+    assert_eq!((offset, seen), (commit, 10), "the ten entries before the commit point");
+    // A point inside a batch is taken back to its start.
+    log.set_committed(Offset(placed[12].1.0 + 1)).unwrap();
+    assert_eq!(log.log_end_offset(), placed[12].1);
+    // A cut after the commit point keeps it.
+    log.truncate(placed[15].1, NOW).unwrap();
+    assert_eq!(log.log_end_offset(), placed[12].1);
+}

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Log, ReadBatches, readable_bytes};
+use super::{Log, ReadBatches, Watermark, readable_bytes};
 use crate::batch::{self, EntryStamp, field, v2};
 use crate::error::{Fence, ReadError, TruncateError};
 use crate::segment::{ReadFailure, Segment};
@@ -95,6 +95,26 @@ impl Log {
         self.entry_at(Offset(end.0 - 1)).map(Some)
     }
 
+    /// Caps what readers see at offset `end`, a replicated log's commit point: from now on
+    /// [`Log::read`], [`Log::log_end_offset`] and [`Log::offset_for_timestamp`] stop there,
+    /// whatever this log has synced. `end` is where a batch starts, or the written end; a
+    /// point inside a batch is taken back to the batch's start.
+    pub fn set_committed(&mut self, end: Offset) -> Result<(), ReadError> {
+        let written = self.written();
+        let committed = if end >= written.offset {
+            written
+        } else if end <= self.log_start_offset() {
+            let first = &self.segments[0];
+            Watermark { offset: first.base_offset, segment_base: first.base_offset, position: 0 }
+        } else {
+            let segment = self.segment_for(end);
+            let (position, at) = head_at(segment, end, readable_bytes(segment, written))?;
+            Watermark { offset: at.base_offset, segment_base: segment.base_offset, position }
+        };
+        self.committed = Some(committed);
+        Ok(())
+    }
+
     /// Removes every batch from offset `from` on, which must be where a batch starts (or
     /// the log's end: nothing to do), durably, in the order the module docs give. The log
     /// opens again afterwards (`now` is its time for that).
@@ -134,7 +154,10 @@ impl Log {
         }
         match Log::open(self.fs.clone(), &self.dir, self.config, now) {
             Ok(reopened) => {
+                // What was committed lies before the cut (Raft never cuts committed entries).
+                let committed = self.committed.filter(|c| c.offset <= from);
                 *self = reopened;
+                self.committed = committed;
                 Ok(())
             }
             Err(error) => {
