@@ -39,6 +39,7 @@
 //! crate alone.
 
 mod entry;
+pub mod history;
 pub mod limits;
 mod log_store;
 mod network;
