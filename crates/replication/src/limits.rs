@@ -19,6 +19,14 @@ pub const HEADER_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes an entry's encoding adds to its payload (kind, term, index, offset, length).
 pub const ENTRY_HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 
+/// Entries a replica applies between two saves of its applied state (`applied.json`): at a
+/// restart, what was applied before the last save is not applied again, and readers see it
+/// at once.
+pub const APPLIED_SAVE_EVERY: u64 = 256;
+
+/// The most an `applied.json` may hold (a log id, a membership and an offset).
+pub const APPLIED_FILE_BYTES_MAX: u64 = 64 * 1024;
+
 /// How often a leader sends heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -4,6 +4,14 @@
 //!
 //! A snapshot is this state, never the records (a follower too far behind for the leader's
 //! log catches up from the leader's segments, not from a snapshot).
+//!
+//! A state machine made with [`PartitionStateMachine::open`] saves its state to
+//! `applied.json` every [`APPLIED_SAVE_EVERY`] entries (written and fsynced before it is
+//! renamed into place) and starts from it: a restart applies only what came after the last
+//! save, and readers see what was applied before it at once. What is saved was committed, so
+//! this replica's log holds it durably (an entry is applied only once a majority, this
+//! replica among them if it acknowledged it, has it fsynced; a follower applies only entries
+//! it appended and synced).
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +23,13 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use std::path::{Path, PathBuf};
+
 use spool_storage::Offset;
+use spool_storage::fs::{FileSystem, OpenMode};
+
+use crate::OpenError;
+use crate::limits::{APPLIED_FILE_BYTES_MAX, APPLIED_SAVE_EVERY};
 
 use crate::entry::{self, Applied};
 use crate::log_store::SharedLog;
@@ -35,6 +49,8 @@ struct AppliedState {
 #[derive(Debug, Default)]
 struct Inner {
     applied: AppliedState,
+    /// Entries applied since the state was last saved.
+    unsaved: u64,
     snapshot: Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>,
     snapshots_built: u64,
 }
@@ -49,7 +65,17 @@ pub struct PartitionStateMachine {
     /// The partition's log, whose readers see up to the high watermark.
     log: Option<SharedLog>,
     on_commit: Option<OnCommit>,
+    /// Where the applied state is saved.
+    saved: Option<Arc<Saved>>,
 }
+
+/// `applied.json` in a replica's directory.
+struct Saved {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+}
+
+const APPLIED_FILE: &str = "applied.json";
 
 impl std::fmt::Debug for PartitionStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,6 +97,40 @@ impl PartitionStateMachine {
     /// to the high watermark as it applies entries, then calls `on_commit`.
     pub fn over(log: SharedLog, on_commit: OnCommit) -> PartitionStateMachine {
         PartitionStateMachine { log: Some(log), on_commit: Some(on_commit), ..Default::default() }
+    }
+
+    /// [`PartitionStateMachine::over`], starting from the state saved in `dir` (if any) and
+    /// saving it there as it applies.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        log: SharedLog,
+        on_commit: OnCommit,
+    ) -> Result<PartitionStateMachine, OpenError> {
+        let path = dir.join(APPLIED_FILE);
+        let io_at = |source| OpenError::Io { path: path.clone(), source };
+        let mut machine = PartitionStateMachine::over(log, on_commit);
+        if fs.exists(&path).map_err(io_at)? {
+            let file = fs.open(&path, OpenMode::ReadOnly).map_err(io_at)?;
+            let len = file.len().map_err(io_at)?;
+            if len > APPLIED_FILE_BYTES_MAX {
+                let reason = format!("it holds {len} bytes, more than {APPLIED_FILE_BYTES_MAX}");
+                return Err(OpenError::State { path, reason });
+            }
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, 0).map_err(io_at)?;
+            let applied: AppliedState = serde_json::from_slice(&bytes).map_err(|error| {
+                OpenError::State { path: path.clone(), reason: error.to_string() }
+            })?;
+            let high_watermark = Offset(applied.high_watermark);
+            lock(&machine.inner).applied = applied;
+            machine.publish(high_watermark).map_err(|error| OpenError::State {
+                path: path.clone(),
+                reason: format!("the log does not hold what it says was applied: {error}"),
+            })?;
+        }
+        machine.saved = Some(Arc::new(Saved { fs, dir: dir.to_path_buf() }));
+        Ok(machine)
     }
 
     /// The offset after the last committed record: readers see the records below it.
@@ -153,6 +213,23 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             replies.push(Applied { offsets });
         }
         let high_watermark = inner.applied.high_watermark;
+        inner.unsaved += replies.len() as u64;
+        if inner.unsaved >= APPLIED_SAVE_EVERY
+            && let Some(saved) = &self.saved
+        {
+            inner.unsaved = 0;
+            let json = serde_json::to_vec(&inner.applied).expect("the applied state encodes");
+            let written = spool_storage::fs::write_atomically(
+                saved.fs.as_ref(),
+                &saved.dir,
+                APPLIED_FILE,
+                &json,
+            );
+            if let Err(error) = written {
+                // Only a restart's shortcut is lost: it applies from the previous save.
+                tracing::warn!(dir = %saved.dir.display(), %error, "saving a replica's applied state failed");
+            }
+        }
         drop(inner);
         if high_watermark > before {
             self.publish(Offset(high_watermark))

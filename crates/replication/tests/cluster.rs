@@ -88,10 +88,12 @@ impl Cluster {
     async fn start_node(&self, id: NodeId) {
         let fs = Arc::new(self.disks[&id].clone());
         let config = LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() };
-        let store = SegmentLogStore::open(fs, Path::new("/data/p"), config, TimestampMs(0))
+        let dir = Path::new("/data/p");
+        let store = SegmentLogStore::open(fs.clone(), dir, config, TimestampMs(0))
             .expect("open the replica's storage");
         let link = Arc::new(Link { from: id, router: self.router.clone() });
-        let state = PartitionStateMachine::over(store.log().clone(), Arc::new(|_| {}));
+        let state = PartitionStateMachine::open(fs, dir, store.log().clone(), Arc::new(|_| {}))
+            .expect("open the replica's state");
         let replica = Replica::start(id, GROUP, store, state, link).await.expect("start");
         self.router.replicas.lock().unwrap().insert(id, Arc::new(replica));
     }
@@ -497,4 +499,33 @@ async fn no_acknowledged_write_is_lost_under_partitions_kills_and_power_loss() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_serves_what_it_applied_before_it_hears_from_a_leader() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.replica(cluster.leader(None).await);
+    let mut proposals = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let leader = leader.clone();
+        proposals.spawn(async move { leader.propose(single(&format!("v{i}"))).await });
+    }
+    let mut end = Offset(0);
+    while let Some(proposed) = proposals.join_next().await {
+        end = end.max(proposed.expect("joined").expect("committed").1);
+    }
+    let follower = (1..=3).find(|id| *id != leader.node_id()).expect("a follower");
+    assert!(cluster.replica(follower).wait_for_high_watermark(end, PATIENCE).await);
+    cluster.kill(follower).await;
+    cluster.set_cut(&[follower]);
+    cluster.start_node(follower).await;
+    let restarted = cluster.replica(follower);
+    let seen = restarted.high_watermark();
+    assert!(
+        seen > Offset(0) && seen <= end,
+        "after a restart alone it serves up to {seen} of {end}"
+    );
+    assert_eq!(restarted.store().with_log(|log| log.log_end_offset()), seen);
+    cluster.set_cut(&[]);
+    assert_same_logs(&cluster, end).await;
 }
