@@ -37,6 +37,12 @@ impl std::ops::Deref for TestServer {
     }
 }
 
+impl From<spool_server::testing::TestServer> for TestServer {
+    fn from(server: spool_server::testing::TestServer) -> TestServer {
+        TestServer(server)
+    }
+}
+
 impl TestServer {
     pub async fn start(data_dir: &Path) -> TestServer {
         TestServer::start_with(data_dir, spool_server::ServeOptions::default()).await

@@ -15,6 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 use serde::Deserialize;
 use spool_server::AdvertisedAddress;
+use spool_server::cluster::ClusterOptions;
 use spool_server::limits::PARTITIONS_TOTAL_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -102,6 +103,24 @@ pub(crate) struct ServeArgs {
     /// fewer].
     #[arg(long, env = "SPOOL_PARTITIONS_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_TOTAL_MAX)))]
     partitions_max: Option<u32>,
+    /// This node's id in a cluster (with --peers); every partition is then replicated on
+    /// every node [default: a single node].
+    #[arg(long, env = "SPOOL_NODE_ID", value_name = "ID")]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one too, as ID=IP:PORT of its peer listener (Raft
+    /// traffic between nodes; loopback only for now), comma-separated
+    /// [default: a single node].
+    #[arg(long, env = "SPOOL_PEERS", value_name = "ID=IP:PORT,...")]
+    peers: Option<String>,
+}
+
+/// The config file's `[cluster]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFileSettings {
+    node_id: Option<u64>,
+    /// `["1=127.0.0.1:7071", ...]`
+    peers: Option<Vec<String>>,
 }
 
 /// The config file's keys: the same settings, all optional.
@@ -123,6 +142,7 @@ struct FileSettings {
     tokens: Option<PathBuf>,
     allow_insecure_remote: Option<bool>,
     partitions_max: Option<u32>,
+    cluster: Option<ClusterFileSettings>,
 }
 
 /// Where a setting's value came from.
@@ -161,6 +181,9 @@ pub(crate) struct ServeConfig {
     pub(crate) allow_insecure_remote: Setting<bool>,
     /// `None`: sized from the machine.
     pub(crate) partitions_max: Setting<Option<u32>>,
+    pub(crate) node_id: Setting<Option<u64>>,
+    /// As `--peers` takes them.
+    pub(crate) peers: Setting<Option<String>>,
     pub(crate) file: Option<PathBuf>,
 }
 
@@ -207,6 +230,7 @@ impl ServeConfig {
             None => FileSettings::default(),
         };
         let log_default = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+        let cluster_file = file.cluster.unwrap_or_default();
         let config = ServeConfig {
             data: required(pick(
                 matches,
@@ -278,6 +302,14 @@ impl ServeConfig {
                 "partitions_max",
                 args.partitions_max,
                 file.partitions_max,
+                None,
+            ),
+            node_id: pick(matches, "node_id", args.node_id, cluster_file.node_id, None),
+            peers: pick(
+                matches,
+                "peers",
+                args.peers,
+                cluster_file.peers.map(|peers| peers.join(",")),
                 None,
             ),
             file: args.config,
@@ -353,6 +385,7 @@ impl ServeConfig {
                  set allow_insecure_remote to accept the risk"
             );
         }
+        self.cluster()?;
         if self.kafka_advertised.value.is_some() && self.kafka.value.is_none() {
             bail!("kafka_advertised is set but kafka is not: set kafka to serve Kafka clients");
         }
@@ -361,6 +394,27 @@ impl ServeConfig {
                 .map_err(|reason| anyhow::anyhow!("http_allowed_origins: {reason}"))?;
         }
         Ok(())
+    }
+
+    /// This node's place in a cluster, checked; `None` for a single node.
+    pub(crate) fn cluster(&self) -> anyhow::Result<Option<ClusterOptions>> {
+        let (node_id, peers) = match (self.node_id.value, &self.peers.value) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => bail!("node_id is set but peers is not: a cluster needs both"),
+            (None, Some(_)) => bail!("peers is set but node_id is not: a cluster needs both"),
+            (Some(node_id), Some(peers)) => (node_id, peers),
+        };
+        let peers = ClusterOptions::parse_peers(peers).context("peers")?;
+        let options = ClusterOptions::new(node_id, &peers).context("cluster")?;
+        if options.peers.values().any(|peer| *peer == self.listen.value) {
+            bail!("cluster: a peer address is also the gRPC listener's ({})", self.listen.value);
+        }
+        if self.kafka.value.is_some() {
+            bail!(
+                "kafka: the Kafka listener does not serve a cluster node yet (its Metadata would name this node the leader of every partition); leave kafka out of a cluster's nodes"
+            );
+        }
+        Ok(Some(options))
     }
 
     /// TLS and tokens are both configured.
@@ -437,6 +491,22 @@ impl ServeConfig {
             self.partitions_max.value.map(|max| max.to_string()),
             self.partitions_max.source,
         );
+        let _ = writeln!(out, "[cluster]");
+        let peers = self.peers.value.as_ref().map(|peers| {
+            let quoted: Vec<String> =
+                peers.split(',').map(str::trim).filter(|p| !p.is_empty()).map(quoted).collect();
+            format!("[{}]", quoted.join(", "))
+        });
+        let mut line = |key: &str, value: Option<String>, from: Source| match value {
+            Some(value) => {
+                let _ = writeln!(out, "{key} = {value}  # {}", source(from));
+            }
+            None => {
+                let _ = writeln!(out, "# {key} =  # {}", source(from));
+            }
+        };
+        line("node_id", self.node_id.value.map(|id| id.to_string()), self.node_id.source);
+        line("peers", peers, self.peers.source);
         out
     }
 }
@@ -457,6 +527,39 @@ mod tests {
         let matches = Serve::command().try_get_matches_from(args)?;
         let serve = Serve::from_arg_matches(&matches)?;
         ServeConfig::resolve(serve.args, &matches)
+    }
+
+    #[test]
+    fn a_cluster_needs_both_settings_and_a_configuration_that_can_work() {
+        assert_eq!(resolve(&["serve"]).unwrap().cluster().unwrap(), None);
+        let peers = "1=127.0.0.1:7071,2=127.0.0.2:7071,3=127.0.0.3:7071";
+        let config = resolve(&["serve", "--node-id", "2", "--peers", peers]).unwrap();
+        assert_eq!(config.cluster().unwrap().map(|c| c.node_id), Some(2));
+        let toml = config.to_toml();
+        assert!(toml.contains("[cluster]\nnode_id = 2  # flag"), "{toml}");
+        assert!(toml.contains("peers = [\"1=127.0.0.1:7071\", "), "{toml}");
+        let refused = |args: &[&str]| resolve(args).unwrap_err().to_string();
+        assert!(refused(&["serve", "--node-id", "2"]).contains("peers is not"));
+        assert!(refused(&["serve", "--peers", peers]).contains("node_id is not"));
+        let missing =
+            format!("{:#}", resolve(&["serve", "--node-id", "4", "--peers", peers]).unwrap_err());
+        assert!(missing.contains("id 4 is not among the peers (1, 2, 3)"), "{missing}");
+        let twice = format!(
+            "{:#}",
+            resolve(&["serve", "--node-id", "1", "--peers", "1=127.0.0.1:1,1=127.0.0.2:1"])
+                .unwrap_err()
+        );
+        assert!(twice.contains("node 1 is listed twice"), "{twice}");
+        let remote = format!(
+            "{:#}",
+            resolve(&["serve", "--node-id", "1", "--peers", "1=10.1.1.1:7071"]).unwrap_err()
+        );
+        assert!(remote.contains("not a loopback address"), "{remote}");
+        let grpc = refused(&["serve", "--node-id", "1", "--peers", "1=127.0.0.1:7070"]);
+        assert!(grpc.contains("also the gRPC listener's"), "{grpc}");
+        let kafka =
+            refused(&["serve", "--node-id", "1", "--peers", peers, "--kafka", "127.0.0.1:9092"]);
+        assert!(kafka.contains("does not serve a cluster node yet"), "{kafka}");
     }
 
     #[test]

@@ -159,6 +159,12 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         serving: Some(serving),
         connection_timeouts: Default::default(),
         partitions_max: config.partitions_max.value,
+        cluster: config.cluster()?.map(|options| {
+            let peers: Vec<String> =
+                options.peers.iter().map(|(id, address)| format!("{id}={address}")).collect();
+            tracing::info!(node = options.node_id, peers = %peers.join(","), "a node of a cluster of {}: every partition is replicated on every node", options.peers.len());
+            spool_server::ClusterSetup { options, listener: None }
+        }),
     };
     spool_server::run(listener, data, options, crate::stop_requested()).await?;
     // One line says so: the human one, or the log's in JSON.

@@ -450,6 +450,10 @@ impl<'a> Records<'a> {
                 }
             }
             let batch = self.batches.next()?;
+            // A replicated log's own entries (a leader's first, a membership): not records.
+            if batch.header().entry.kind == spool_storage::batch::BatchKind::Control {
+                continue;
+            }
             let records = match batch.header().codec() {
                 Ok(spool_storage::batch::Codec::None) => batch.records().into_iter_borrowed().ok(),
                 _ => self.decompressed.next().map(BatchRecords::iter),

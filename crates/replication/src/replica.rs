@@ -92,6 +92,9 @@ impl Replica {
         &self,
         members: &BTreeMap<NodeId, String>,
     ) -> Result<(), BootstrapError> {
+        if self.raft.is_initialized().await.map_err(|e| BootstrapError(e.to_string()))? {
+            return Ok(());
+        }
         let nodes: BTreeMap<NodeId, BasicNode> =
             members.iter().map(|(id, address)| (*id, BasicNode::new(address))).collect();
         match self.raft.initialize(nodes).await {
@@ -142,6 +145,15 @@ impl Replica {
             Ok(Ok((base, next))) => Ok((Offset(base), Offset(next))),
             Ok(Err(error)) => Err(error),
             Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
+        }
+    }
+
+    /// Stands for election now rather than after an election timeout: what the node chosen
+    /// to lead a new group does, so that leaders spread over the nodes and a new partition
+    /// takes writes at once. Raft still decides; this only starts an election.
+    pub async fn campaign(&self) {
+        if let Err(error) = self.raft.trigger().elect().await {
+            tracing::debug!(%error, "a replica could not stand for election");
         }
     }
 

@@ -20,7 +20,7 @@ use spool_proto::v1::{
     ConsumedRecord, Encoding, FetchRequest, FetchResponse, Header, SubscribeRequest,
     SubscribeResponse,
 };
-use spool_storage::batch::{BatchIter, share_or_copy};
+use spool_storage::batch::{BatchIter, BatchKind, share_or_copy};
 use spool_storage::{Offset, ReadBatches, TimestampMs};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -75,6 +75,10 @@ fn decode(
     let mut records = Vec::new();
     for batch in BatchIter::new(bytes) {
         let batch = batch.map_err(damaged)?;
+        // A replicated log's own entries (a leader's first, a membership), not records.
+        if batch.header().entry.kind == BatchKind::Control {
+            continue;
+        }
         for record in batch.records().iter() {
             let record = record.map_err(damaged)?;
             if record.offset < from {

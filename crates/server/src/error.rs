@@ -128,6 +128,19 @@ pub enum ServiceError {
     Sequence { topic: TopicName, partition: u32, source: SequenceError },
     #[error("internal error: {0}")]
     Internal(String),
+    /// Only a partition's leader appends; `leader` is who leads, when known (its id and the
+    /// address its clients reach it at, once it has registered).
+    #[error("this node does not lead partition {partition} of topic {topic}{}", match leader {
+        Some((id, Some(address))) => format!("; node {id} at {address} does: send it there"),
+        Some((id, None)) => format!("; node {id} does"),
+        None => "; no leader is elected yet, try again".to_owned(),
+    })]
+    NotLeader { topic: TopicName, partition: u32, leader: Option<(u64, Option<String>)> },
+    /// The cluster could not do it now (no quorum, a node unreachable): try again.
+    #[error("{0}")]
+    Cluster(String),
+    #[error("{what} is not supported on a replicated topic yet")]
+    NotForReplicated { what: &'static str },
 }
 
 impl ServiceError {
@@ -187,6 +200,9 @@ pub fn to_status(error: &ServiceError) -> Status {
         | ServiceError::UnknownPartition { .. }
         | ServiceError::TopicDeleted { .. } => Code::NotFound,
         ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
+        ServiceError::NotLeader { .. } => Code::FailedPrecondition,
+        ServiceError::Cluster(_) => Code::Unavailable,
+        ServiceError::NotForReplicated { .. } => Code::Unimplemented,
         ServiceError::OpenFiles(_) => Code::ResourceExhausted,
         ServiceError::ShuttingDown => Code::Unavailable,
         ServiceError::CreateTopic(error) => match error {
@@ -273,8 +289,25 @@ pub fn to_status(error: &ServiceError) -> Status {
         },
         ServiceError::Internal(_) => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    let mut status = Status::new(code, error.to_string());
+    // A client in another language finds the leader here, without parsing the message.
+    if let ServiceError::NotLeader { leader: Some((id, address)), .. } = error {
+        let metadata = status.metadata_mut();
+        if let Ok(id) = id.to_string().parse() {
+            metadata.insert(LEADER_ID_KEY, id);
+        }
+        if let Some(Ok(address)) = address.as_deref().map(str::parse) {
+            metadata.insert(LEADER_ADDRESS_KEY, address);
+        }
+    }
+    status
 }
+
+/// The status metadata key that names the leader's node id when a request went to a node
+/// that does not lead the partition (FAILED_PRECONDITION).
+pub const LEADER_ID_KEY: &str = "spool-leader-id";
+/// The status metadata key that names the address the leader serves clients at.
+pub const LEADER_ADDRESS_KEY: &str = "spool-leader-address";
 
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {

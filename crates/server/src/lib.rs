@@ -114,6 +114,14 @@ pub enum RunError {
         logs.join("; ")
     )]
     UncleanStop { logs: Vec<String> },
+    #[error(transparent)]
+    Cluster(#[from] cluster::JoinClusterError),
+    #[error(
+        "the Kafka listener (--kafka) does not serve a cluster node yet: its Metadata would name this node the leader of every partition"
+    )]
+    ClusterKafka,
+    #[error("reading the gRPC listener's address failed: {0}")]
+    ClientAddress(std::io::Error),
 }
 
 /// How the listener is secured and observed. The default: plaintext, no tokens, no metrics
@@ -146,6 +154,17 @@ pub struct ServeOptions {
     /// The most partitions over all topics; `None`: sized from the machine
     /// ([`resources::default_partitions_max`]).
     pub partitions_max: Option<u32>,
+    /// This node's place in a cluster; `None`: a single node.
+    pub cluster: Option<ClusterSetup>,
+}
+
+/// A cluster node's settings, for [`run`].
+#[derive(Debug)]
+pub struct ClusterSetup {
+    pub options: cluster::ClusterOptions,
+    /// The peer listener, already bound (tests bind port 0 first); `None`: bound at this
+    /// node's peer address.
+    pub listener: Option<TcpListener>,
 }
 
 /// A server over one data directory, opened and ready to serve.
@@ -156,6 +175,7 @@ pub struct Server {
     topics: Arc<TopicTable>,
     groups: Arc<Groups>,
     producer_ids: Arc<ProducerIds>,
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Server {
@@ -178,12 +198,53 @@ impl Server {
         let partitions = resources::partitions(data_dir);
         resources::check(&format!("opening its {partitions} partitions"), partitions, false)?;
         let partitions_max = partitions_max.unwrap_or_else(resources::default_partitions_max);
-        let topics = TopicTable::open(data_dir, partitions_max).await?;
+        let topics = TopicTable::open(data_dir, partitions_max, None).await?;
+        Server::finish_open(lock, data_dir, topics, None).await
+    }
+
+    async fn finish_open(
+        lock: spool_storage::fs::DirectoryLock,
+        data_dir: &Path,
+        topics: TopicTable,
+        cluster: Option<Arc<cluster::Cluster>>,
+    ) -> Result<Server, RunError> {
         tracing::info!(data = %data_dir.display(), took_ms = topics.recovery.took.as_millis() as u64, "data directory opened: {}", topics.recovery);
         let topics = Arc::new(topics);
         let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
         let groups = Groups::open(data_dir, topics.clone()).await?;
-        Ok(Server { _lock: lock, topics, groups, producer_ids })
+        Ok(Server { _lock: lock, topics, groups, producer_ids, cluster })
+    }
+
+    /// Opens the data directory as a node of a cluster: starts the peer listener and this
+    /// node's replica of the metadata group, then every partition (all replicated), and
+    /// applies the metadata as it is committed. It registers `client_address` as where this
+    /// node serves clients; [`Server::joined`] says when that is done.
+    pub async fn open_cluster(
+        data_dir: &Path,
+        partitions_max: Option<u32>,
+        setup: ClusterSetup,
+        client_address: String,
+    ) -> Result<Server, RunError> {
+        let lock = spool_storage::fs::DirectoryLock::acquire(data_dir)?;
+        tracing::info!(data = %data_dir.display(), node = setup.options.node_id, "opening the data directory as a cluster node");
+        let limit = resources::soft_limit();
+        spool_storage::set_sealed_files_open_max(resources::sealed_files_max(limit));
+        let cluster = cluster::Cluster::start(&setup.options, setup.listener, data_dir).await?;
+        let partitions_max = partitions_max.unwrap_or_else(resources::default_partitions_max);
+        let topics = TopicTable::open(data_dir, partitions_max, Some(cluster.clone())).await?;
+        let server = Server::finish_open(lock, data_dir, topics, Some(cluster.clone())).await?;
+        let applier = server.topics.clone().apply_metadata(cluster.clone(), cluster.stopping());
+        tokio::spawn(applier);
+        let joining = cluster.clone();
+        tokio::spawn(async move { joining.join(client_address).await });
+        Ok(server)
+    }
+
+    /// Returns once this node has joined its cluster (at once for a single node).
+    pub async fn joined(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.joined().await;
+        }
     }
 
     /// The server's gauges.
@@ -202,6 +263,12 @@ impl Server {
         let mut unclean = self.topics.close().await;
         unclean.extend(self.groups.close().await);
         unclean.extend(self.producer_ids.close().await);
+        if let Some(cluster) = &self.cluster
+            && let Some(log) = cluster.shutdown().await
+            && let Err(error) = log.close()
+        {
+            unclean.push(format!("the cluster's metadata: {error}"));
+        }
         if unclean.is_empty() {
             tracing::info!("all partition logs closed");
             Ok(())
@@ -226,11 +293,24 @@ impl Server {
 pub async fn run(
     listener: TcpListener,
     data_dir: &Path,
-    options: ServeOptions,
+    mut options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let partitions_max = options.partitions_max;
-    serve(listener, options, Server::open_with(data_dir, partitions_max), shutdown).await
+    let Some(setup) = options.cluster.take() else {
+        return serve(listener, options, Server::open_with(data_dir, partitions_max), shutdown)
+            .await;
+    };
+    if options.kafka.is_some() {
+        return Err(RunError::ClusterKafka);
+    }
+    let client_address = listener.local_addr().map_err(RunError::ClientAddress)?.to_string();
+    let opening = async move {
+        let server = Server::open_cluster(data_dir, partitions_max, setup, client_address).await?;
+        server.joined().await;
+        Ok(server)
+    };
+    serve(listener, options, opening, shutdown).await
 }
 
 /// The services registered before the data directory is open, opened once it is.
@@ -312,6 +392,7 @@ pub async fn serve(
         serving: told,
         connection_timeouts: timeouts,
         partitions_max: _,
+        cluster: _,
     } = options;
     let kafka = match kafka {
         Some(listener) => {

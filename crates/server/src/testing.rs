@@ -96,6 +96,36 @@ impl TestServer {
         Ok(server)
     }
 
+    /// A node of a cluster on `ip` (port chosen), plaintext and without tokens. It serves
+    /// once the cluster has taken its registration, which needs a majority of the nodes
+    /// running: start them all, then [`TestServer::wait_until_serving`] on each.
+    pub async fn start_cluster_node(
+        data_dir: &Path,
+        ip: std::net::IpAddr,
+        setup: crate::ClusterSetup,
+    ) -> Result<TestServer, StartError> {
+        let listener = TcpListener::bind((ip, 0)).await.map_err(StartError::Bind)?;
+        let address = listener.local_addr().map_err(StartError::Bind)?;
+        let server = Server::open_cluster(data_dir, None, setup, address.to_string()).await?;
+        let metrics = server.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let opening = async move {
+            server.joined().await;
+            Ok(server)
+        };
+        let task = tokio::spawn(crate::serve(listener, ServeOptions::default(), opening, async {
+            let _ = stopped.await;
+        }));
+        Ok(TestServer {
+            address,
+            url: format!("http://{address}"),
+            data_dir: data_dir.to_path_buf(),
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
     /// Returns once the server's health says SERVING (watched, not polled).
     pub async fn wait_until_serving(&self) -> Result<(), StartError> {
         let request = HealthCheckRequest { service: String::new() };

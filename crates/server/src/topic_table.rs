@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use spool_broker::limits::OPEN_THREADS_MAX;
-use spool_broker::{OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName};
+use spool_broker::{
+    CreateTopicError, OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName,
+};
 use spool_proto::partitioner::RoundRobin;
 use spool_storage::fs::StdFileSystem;
 use spool_storage::{Log, SharedSync, TimestampMs};
@@ -14,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alter::TopicChange;
+use crate::cluster::{Cluster, Command};
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, RecoverySummary};
 use crate::partition::{Partition, Services, blocking};
@@ -137,6 +140,9 @@ pub(crate) struct TopicTable {
     pub(crate) recovery: RecoverySummary,
     /// Told when a topic grew: its name and new partition count (see [`TopicTable::on_grow`]).
     on_grow: OnceLock<GrowWatcher>,
+    /// This node's part in a cluster: topics are created and deleted through its metadata
+    /// group, and every partition is replicated.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What a grow calls, with the topic's name and its new partition count.
@@ -155,6 +161,7 @@ impl TopicTable {
     pub(crate) async fn open(
         data_dir: &Path,
         partitions_max: u32,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<TopicTable, OpenRegistryError> {
         let data_dir = data_dir.to_path_buf();
         let started = Instant::now();
@@ -188,7 +195,8 @@ impl TopicTable {
         recovery.export();
         let writers_stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
-        let services = Services { metrics: metrics.clone(), sync: sync.clone() };
+        let services =
+            Services { metrics: metrics.clone(), sync: sync.clone(), cluster: cluster.clone() };
         let topics = opened
             .into_iter()
             .map(|topic| {
@@ -208,11 +216,69 @@ impl TopicTable {
             sync,
             recovery,
             on_grow: OnceLock::new(),
+            cluster,
         })
     }
 
     fn services(&self) -> Services {
-        Services { metrics: self.metrics.clone(), sync: self.sync.clone() }
+        Services {
+            metrics: self.metrics.clone(),
+            sync: self.sync.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+
+    /// Applies the cluster's metadata as its group commits it, until `stop`: every node
+    /// creates and deletes the same topics in the same order. At a start it reads the whole
+    /// metadata log again; topics already on disk are left as they are.
+    pub(crate) async fn apply_metadata(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        stop: CancellationToken,
+    ) {
+        let mut changes = cluster.metadata_changes();
+        let mut next = spool_storage::Offset(0);
+        loop {
+            for (after, command) in cluster.committed_commands(next) {
+                if let Some(command) = command {
+                    self.apply(&cluster, command).await;
+                }
+                next = after;
+                cluster.applied(next);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    async fn apply(&self, cluster: &Cluster, command: Command) {
+        match command {
+            Command::RegisterNode { id, address } => cluster.register(id, address),
+            Command::CreateTopic { name, spec } => {
+                let Ok(name) = TopicName::parse(&name) else { return };
+                if self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
+                    return;
+                }
+                let created = match spec.config() {
+                    Ok(config) => self.create_here(name.clone(), config).await.map(|_| ()),
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = created {
+                    tracing::error!(topic = %name, %error, "creating a topic the cluster committed failed on this node");
+                }
+            }
+            Command::DeleteTopic { name } => {
+                let Ok(name) = TopicName::parse(&name) else { return };
+                if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
+                    return;
+                }
+                if let Err(error) = self.delete_here(name.clone()).await {
+                    tracing::error!(topic = %name, %error, "deleting a topic the cluster committed failed on this node");
+                }
+            }
+        }
     }
 
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, ServiceError> {
@@ -242,6 +308,24 @@ impl TopicTable {
     ) -> Result<Arc<Topic>, ServiceError> {
         let name = TopicName::parse(name)?;
         let config = TopicConfig::new(request)?;
+        let Some(cluster) = self.cluster.clone() else {
+            return self.create_here(name, config).await;
+        };
+        // In a cluster the topic is created through the metadata group, on every node.
+        if self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
+            return Err(CreateTopicError::AlreadyExists { name }.into());
+        }
+        let spec = crate::cluster::TopicSpec::from_config(&config);
+        cluster.propose(&Command::CreateTopic { name: name.to_string(), spec }).await?;
+        self.topic(name.as_str())
+    }
+
+    /// Creates a topic on this node's disk and starts its partitions.
+    async fn create_here(
+        &self,
+        name: TopicName,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, ServiceError> {
         let _admin = self.admin.lock().await;
         if self.writers_stop.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
@@ -269,6 +353,17 @@ impl TopicTable {
 
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<(), ServiceError> {
         let name = TopicName::parse(name)?;
+        let Some(cluster) = self.cluster.clone() else {
+            return self.delete_here(name).await;
+        };
+        if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
+            return Err(ServiceError::UnknownTopic { name });
+        }
+        cluster.propose(&Command::DeleteTopic { name: name.to_string() }).await
+    }
+
+    /// Deletes a topic from this node's disk.
+    async fn delete_here(&self, name: TopicName) -> Result<(), ServiceError> {
         let _admin = self.admin.lock().await;
         let topic = self
             .topics
@@ -303,6 +398,9 @@ impl TopicTable {
     ) -> Result<Arc<Topic>, ServiceError> {
         let name = TopicName::parse(name)?;
         change.check()?;
+        if self.cluster.is_some() {
+            return Err(ServiceError::NotForReplicated { what: "changing a topic's settings" });
+        }
         let _admin = self.admin.lock().await;
         let mut topic = self.topic(name.as_str())?;
         let current = topic.config();

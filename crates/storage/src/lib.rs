@@ -16,6 +16,7 @@
 //! | `{base_offset:020}.timeindex` | sparse time index                                        |
 //! | `clean-shutdown`              | the next offset; present from a clean close until the first write after it |
 //! | `recovery-point`              | a base offset: every segment below it was fsynced whole   |
+//! | `*.json`                      | the log's owner's (a replicated log's Raft state); never touched here |
 //!
 //! ## Order of writes and syncs
 //!

@@ -378,6 +378,7 @@ impl Opener<'_> {
                 && parse_base(name, ".log").is_none()
                 && name != CLEAN_SHUTDOWN_FILE
                 && name != RECOVERY_POINT_FILE
+                && !name.ends_with(OWNER_FILE_SUFFIX)
             {
                 tracing::warn!(path = %path.display(), "ignoring a file that is not Spool's");
                 self.report.ignored.push(path);
@@ -625,6 +626,10 @@ impl Opener<'_> {
             .map_or(Offset(0), Offset))
     }
 }
+
+/// Files whose names end so belong to the log's owner (a replicated log keeps its Raft state
+/// beside its segments) and are left alone.
+pub(crate) const OWNER_FILE_SUFFIX: &str = ".json";
 
 /// The file that holds the recovery point, in decimal.
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point";

@@ -21,6 +21,11 @@
 //!
 //! The listener has no TLS or authentication yet, so it may only listen on loopback.
 
+mod node;
+mod options;
 mod transport;
 
+pub use node::JoinClusterError;
+pub(crate) use node::{Cluster, Command, TopicSpec};
+pub use options::{ClusterConfigError, ClusterOptions};
 pub use transport::{Groups, PeerTransport, serve_peers};

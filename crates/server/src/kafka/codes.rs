@@ -56,7 +56,9 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         // The connection authenticated, then its token left the file.
         ServiceError::Auth(_) => ResponseError::SaslAuthenticationFailed,
         // A client retries these elsewhere: the partition is not being served here now.
-        ServiceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        ServiceError::ShuttingDown | ServiceError::NotLeader { .. } => {
+            ResponseError::NotLeaderOrFollower
+        }
         _ => ResponseError::UnknownServerError,
     };
     crate::metrics::kafka_error(format!("{code:?}"));

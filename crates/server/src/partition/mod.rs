@@ -30,6 +30,7 @@ use crate::error::ServiceError;
 use crate::idempotence::{self, Refused};
 use crate::metrics::{Metrics, PartitionMetrics};
 
+mod replicated;
 mod writer;
 
 use writer::*;
@@ -50,8 +51,9 @@ struct AppendRequest {
 pub(crate) struct Partition {
     topic: TopicName,
     id: u32,
-    /// `None` once the writer has stopped (topic deleted or server shutting down).
-    log: RwLock<Option<Log>>,
+    /// `None` once the writer has stopped (topic deleted or server shutting down). Shared
+    /// with the partition's replica when the partition is replicated.
+    log: Arc<RwLock<Option<Log>>>,
     queue: mpsc::Sender<AppendRequest>,
     /// New log settings for the writer to apply (see [`Partition::reconfigure`]).
     reconfigure: mpsc::Sender<Reconfigure>,
@@ -75,6 +77,8 @@ pub(crate) struct Services {
     pub(crate) metrics: Arc<Metrics>,
     /// Syncs of many partitions at once share one `syncfs` (see `spool_storage::SharedSync`).
     pub(crate) sync: Arc<SharedSync>,
+    /// This node's part in a cluster: in a cluster every partition is replicated.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What a reader sees of a partition without reading records.
@@ -112,13 +116,17 @@ impl Partition {
             damage_reported: Mutex::new(VecDeque::new()),
             topic,
             id,
-            log: RwLock::new(Some(log)),
+            log: Arc::new(RwLock::new(Some(log))),
             queue,
             reconfigure,
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
             producers: Mutex::new(ProducerTable::new()),
         });
+        if let Some(cluster) = partition.server.cluster.clone() {
+            let replicated = replicated::run(partition.clone(), receiver, cluster, stop);
+            return (partition, tokio::spawn(replicated));
+        }
         let (synced, synced_answers) = mpsc::unbounded_channel();
         let writer = Writer {
             synced,
@@ -444,8 +452,11 @@ mod tests {
         assert_eq!(log.config().fsync, FsyncPolicy::Always);
         let stop = CancellationToken::new();
         let topic = TopicName::parse("topic").unwrap();
-        let services =
-            Services { metrics: Arc::new(Metrics::default()), sync: Arc::new(SharedSync::alone()) };
+        let services = Services {
+            metrics: Arc::new(Metrics::default()),
+            sync: Arc::new(SharedSync::alone()),
+            cluster: None,
+        };
         let (partition, writer) = Partition::start(topic, 0, log, stop.clone(), services);
         let before = gate.lock().started;
         gate.set(|g| g.held = true);

@@ -1,0 +1,414 @@
+//! This node's part in a cluster: its peer listener, the replicas it runs, and the metadata
+//! group every node is a voter of.
+//!
+//! # The metadata group
+//!
+//! One Raft group over every node (`__cluster`), stored like a replicated partition under
+//! `data/cluster/metadata/`. Its records are JSON [`Command`]s: a node registering the
+//! address its clients reach it at, a topic created or deleted. Every node reads the
+//! group's committed records in order and applies them (`TopicTable::apply_metadata`), so
+//! every node agrees on what exists; a node that proposes waits until it has applied its own
+//! command. Any node accepts topic administration: a follower passes its command to the
+//! group's leader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use spool_replication::{
+    OnCommit, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, SharedLog,
+};
+use spool_storage::batch::{BatchBuilder, BatchIter, BatchKind, ProducerStamp};
+use spool_storage::fs::{FileSystem, StdFileSystem};
+use spool_storage::{LogConfig, Offset, TimestampMs};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
+use crate::error::ServiceError;
+
+/// The metadata group's name.
+pub(crate) const METADATA_GROUP: &str = "__cluster";
+
+/// How long a node waits for its own metadata command to be applied.
+const METADATA_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A change to the cluster's metadata, as its group stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Command {
+    /// Node `id` serves clients at `address`.
+    RegisterNode {
+        id: u64,
+        address: String,
+    },
+    CreateTopic {
+        name: String,
+        spec: TopicSpec,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+/// A topic's settings in a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TopicSpec {
+    pub(crate) partitions: u32,
+    /// `always`, `never` or the interval in milliseconds.
+    pub(crate) fsync: String,
+    pub(crate) retention_ms: Option<u64>,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) segment_bytes: u64,
+    pub(crate) compression: String,
+}
+
+impl TopicSpec {
+    pub(crate) fn from_config(config: &spool_broker::TopicConfig) -> TopicSpec {
+        let fsync = match config.fsync() {
+            spool_storage::FsyncPolicy::Always => "always".to_owned(),
+            spool_storage::FsyncPolicy::Never => "never".to_owned(),
+            spool_storage::FsyncPolicy::Interval { interval_ms } => interval_ms.to_string(),
+        };
+        TopicSpec {
+            partitions: config.partitions(),
+            fsync,
+            retention_ms: config.retention_ms(),
+            retention_bytes: config.retention_bytes(),
+            segment_bytes: config.segment_bytes(),
+            compression: config.compression().name().to_owned(),
+        }
+    }
+
+    pub(crate) fn config(
+        &self,
+    ) -> Result<spool_broker::TopicConfig, spool_broker::TopicConfigError> {
+        let fsync = match self.fsync.as_str() {
+            "always" => spool_storage::FsyncPolicy::Always,
+            "never" => spool_storage::FsyncPolicy::Never,
+            interval => {
+                spool_storage::FsyncPolicy::Interval { interval_ms: interval.parse().unwrap_or(0) }
+            }
+        };
+        spool_broker::TopicConfig::new(spool_broker::TopicConfigRequest {
+            partitions: Some(self.partitions),
+            fsync: Some(fsync),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            segment_bytes: Some(self.segment_bytes),
+            compression: Some(self.compression.parse()?),
+        })
+    }
+}
+
+/// This node's part in a cluster.
+pub(crate) struct Cluster {
+    pub(crate) node_id: u64,
+    /// Every node's peer address, by id.
+    members: BTreeMap<u64, String>,
+    fs: Arc<dyn FileSystem>,
+    transport: Arc<PeerTransport>,
+    replicas: RwLock<HashMap<String, Arc<Replica>>>,
+    metadata: OnceLock<Arc<Replica>>,
+    /// The metadata group's high watermark, as it moves.
+    metadata_committed: watch::Sender<u64>,
+    /// How far this node has applied the metadata group's records.
+    metadata_applied: watch::Sender<u64>,
+    /// Where each node serves clients, as registered.
+    nodes: RwLock<BTreeMap<u64, String>>,
+    /// Whether this node's registration is applied here: it has joined.
+    joined: watch::Sender<bool>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node_id", &self.node_id).finish()
+    }
+}
+
+/// Why this node could not take its place in the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinClusterError {
+    #[error("binding the peer listener at {address} failed: {source}")]
+    Bind { address: String, source: std::io::Error },
+    #[error("opening the cluster's metadata under {dir} failed: {reason}")]
+    Metadata { dir: PathBuf, reason: String },
+    #[error("starting the cluster's metadata group failed: {0}")]
+    Start(String),
+}
+
+impl Groups for Cluster {
+    fn replica(&self, group: &str) -> Option<Arc<Replica>> {
+        self.replicas.read().unwrap_or_else(PoisonError::into_inner).get(group).cloned()
+    }
+}
+
+fn metadata_error(dir: &Path) -> impl Fn(String) -> JoinClusterError + '_ {
+    move |reason| JoinClusterError::Metadata { dir: dir.to_path_buf(), reason }
+}
+
+impl Cluster {
+    /// Starts the peer listener (on `listener` if given, else bound at this node's peer
+    /// address) and this node's replica of the metadata group.
+    pub(crate) async fn start(
+        options: &ClusterOptions,
+        listener: Option<TcpListener>,
+        data_dir: &Path,
+    ) -> Result<Arc<Cluster>, JoinClusterError> {
+        let address = options.own_peer_address();
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(address).await.map_err(|source| JoinClusterError::Bind {
+                address: address.to_string(),
+                source,
+            })?,
+        };
+        let members: BTreeMap<u64, String> =
+            options.peers.iter().map(|(id, address)| (*id, address.to_string())).collect();
+        let cluster = Arc::new(Cluster {
+            node_id: options.node_id,
+            members: members.clone(),
+            fs: StdFileSystem::shared(),
+            transport: Arc::new(PeerTransport::new()),
+            replicas: RwLock::new(HashMap::new()),
+            metadata: OnceLock::new(),
+            metadata_committed: watch::Sender::new(0),
+            metadata_applied: watch::Sender::new(0),
+            nodes: RwLock::new(BTreeMap::new()),
+            joined: watch::Sender::new(false),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(serve_peers(listener, cluster.clone(), cluster.stop.clone()));
+        let dir = data_dir.join("cluster").join("metadata");
+        let error = metadata_error(&dir);
+        let store = SegmentLogStore::open(
+            cluster.fs.clone(),
+            &dir,
+            LogConfig::default(),
+            TimestampMs::now(),
+        )
+        .map_err(|e| error(e.to_string()))?;
+        let committed = cluster.metadata_committed.clone();
+        let on_commit: OnCommit = Arc::new(move |end: Offset| {
+            committed.send_replace(end.0);
+        });
+        let log = store.log().clone();
+        let state = PartitionStateMachine::open(cluster.fs.clone(), &dir, log, on_commit)
+            .map_err(|e| error(e.to_string()))?;
+        let replica = cluster.start_replica(METADATA_GROUP, store, state).await?;
+        let _ = cluster.metadata.set(replica);
+        Ok(cluster)
+    }
+
+    /// Starts and registers this node's replica of `group`, and forms the group with every
+    /// node as a voter (a log that holds a membership keeps it).
+    async fn start_replica(
+        &self,
+        group: &str,
+        store: SegmentLogStore,
+        state: PartitionStateMachine,
+    ) -> Result<Arc<Replica>, JoinClusterError> {
+        let transport = self.transport.clone();
+        let replica = Replica::start(self.node_id, group, store, state, transport)
+            .await
+            .map_err(|e| JoinClusterError::Start(e.to_string()))?;
+        let replica = Arc::new(replica);
+        {
+            let mut replicas = self.replicas.write().unwrap_or_else(PoisonError::into_inner);
+            replicas.insert(group.to_owned(), replica.clone());
+        }
+        replica
+            .bootstrap(&self.members)
+            .await
+            .map_err(|e| JoinClusterError::Start(e.to_string()))?;
+        Ok(replica)
+    }
+
+    /// Starts this node's replica of a partition whose log is `log`, in the log's
+    /// directory; `on_commit` is told each new high watermark.
+    pub(crate) async fn start_partition(
+        &self,
+        group: &str,
+        log: SharedLog,
+        on_commit: OnCommit,
+    ) -> Result<Arc<Replica>, JoinClusterError> {
+        let dir = log
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|l| l.dir().to_path_buf());
+        let dir = dir.ok_or_else(|| JoinClusterError::Start(format!("{group}'s log is closed")))?;
+        let error = metadata_error(&dir);
+        let store = SegmentLogStore::over(self.fs.clone(), &dir, log.clone())
+            .map_err(|e| error(e.to_string()))?;
+        let state = PartitionStateMachine::open(self.fs.clone(), &dir, log, on_commit)
+            .map_err(|e| error(e.to_string()))?;
+        let replica = self.start_replica(group, store, state).await?;
+        if self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+            replica.campaign().await;
+        }
+        Ok(replica)
+    }
+
+    /// The node that stands for election first in a new group: spread over the nodes by the
+    /// group's name (FNV-1a), so partitions' leaders are spread too.
+    fn preferred_leader(&self, group: &str) -> u64 {
+        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let ids: Vec<u64> = self.members.keys().copied().collect();
+        ids[(hash % ids.len() as u64) as usize]
+    }
+
+    /// Stops this node's replica of `group`.
+    pub(crate) async fn stop_replica(&self, group: &str) {
+        let replica = {
+            let mut replicas = self.replicas.write().unwrap_or_else(PoisonError::into_inner);
+            replicas.remove(group)
+        };
+        if let Some(replica) = replica {
+            replica.shutdown().await;
+        }
+    }
+
+    /// Where node `id` serves clients, once it has registered.
+    pub(crate) fn client_address(&self, id: u64) -> Option<String> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    fn metadata(&self) -> &Arc<Replica> {
+        self.metadata.get().expect("the metadata replica starts with the cluster")
+    }
+
+    /// Commits `command` through the metadata group (from any node) and waits until this
+    /// node has applied it.
+    pub(crate) async fn propose(&self, command: &Command) -> Result<(), ServiceError> {
+        let json = serde_json::to_vec(command).expect("a command encodes");
+        let mut builder = BatchBuilder::new(BytesMut::new());
+        builder.push(TimestampMs::now(), None, Some(&json), &[]);
+        let batch: Bytes = builder.finish(ProducerStamp::NONE).freeze();
+        let (_, next) =
+            self.metadata().propose_anywhere(batch).await.map_err(|error| {
+                ServiceError::Cluster(format!("the cluster's metadata: {error}"))
+            })?;
+        let mut applied = self.metadata_applied.subscribe();
+        let reached = applied.wait_for(|applied| *applied >= next.0);
+        match tokio::time::timeout(METADATA_PATIENCE, reached).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ServiceError::Cluster(format!(
+                "the cluster's metadata change was committed but not applied here within {METADATA_PATIENCE:?}"
+            ))),
+        }
+    }
+
+    /// Commands committed from `from` on, each with the offset after it.
+    pub(crate) fn committed_commands(&self, from: Offset) -> Vec<(Offset, Option<Command>)> {
+        let mut out = Vec::new();
+        let store_log = self.metadata().store().log().clone();
+        let log = store_log.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(log) = log.as_ref() else { return out };
+        let mut offset = from;
+        loop {
+            let read = match log.read(offset, 1 << 20) {
+                Ok(read) if !read.bytes.is_empty() => read,
+                Ok(_) => return out,
+                Err(error) => {
+                    tracing::error!(%error, "reading the cluster's metadata failed");
+                    return out;
+                }
+            };
+            for view in BatchIter::new(&read.bytes) {
+                let Ok(view) = view else { return out };
+                let header = *view.header();
+                if header.next_offset() <= offset {
+                    continue;
+                }
+                let mut command = None;
+                if header.entry.kind == BatchKind::Records {
+                    let records = view.records();
+                    if let Some(Ok(record)) = records.iter().next() {
+                        command = record.value.and_then(|value| serde_json::from_slice(value).ok());
+                    }
+                }
+                out.push((header.next_offset(), command));
+            }
+            offset = read.next_offset;
+        }
+    }
+
+    /// Records what applying the metadata up to `offset` did.
+    pub(crate) fn applied(&self, offset: Offset) {
+        self.metadata_applied.send_replace(offset.0);
+    }
+
+    /// Notified when the metadata group commits more.
+    pub(crate) fn metadata_changes(&self) -> watch::Receiver<u64> {
+        self.metadata_committed.subscribe()
+    }
+
+    /// Applies a node's registration.
+    pub(crate) fn register(&self, id: u64, address: String) {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner).insert(id, address);
+    }
+
+    /// Registers this node's client address, retrying until the metadata group takes it.
+    pub(crate) async fn join(&self, client_address: String) {
+        let command = Command::RegisterNode { id: self.node_id, address: client_address };
+        loop {
+            match self.propose(&command).await {
+                Ok(()) => {
+                    tracing::info!(node = self.node_id, "joined the cluster");
+                    self.joined.send_replace(true);
+                    return;
+                }
+                Err(error) => {
+                    tracing::info!(%error, "waiting for the cluster to take this node's registration");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns once this node has joined (its registration applied here).
+    pub(crate) async fn joined(&self) {
+        let mut joined = self.joined.subscribe();
+        let _ = joined.wait_for(|joined| *joined).await;
+    }
+
+    /// Cancelled when the cluster shuts down.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// The error for a request this node's replica cannot take, naming the leader.
+    pub(crate) fn not_leader(
+        &self,
+        topic: &spool_broker::TopicName,
+        partition: u32,
+        error: ProposeError,
+    ) -> ServiceError {
+        match error {
+            ProposeError::NotLeader { leader } => {
+                let leader = leader.map(|(id, _)| (id, self.client_address(id)));
+                ServiceError::NotLeader { topic: topic.clone(), partition, leader }
+            }
+            other => ServiceError::Cluster(format!("partition {partition} of {topic}: {other}")),
+        }
+    }
+
+    /// Stops the metadata replica and the peer listener; returns the metadata log to close.
+    pub(crate) async fn shutdown(&self) -> Option<spool_storage::Log> {
+        let log = self.metadata.get().map(|replica| replica.store().log().clone());
+        self.stop_replica(METADATA_GROUP).await;
+        self.stop.cancel();
+        log.and_then(|log| log.write().unwrap_or_else(PoisonError::into_inner).take())
+    }
+}
