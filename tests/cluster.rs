@@ -189,3 +189,62 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         assert_eq!(cluster.read(id, "orders", acknowledged.len()).await, acknowledged, "node {id}");
     }
 }
+
+fn create_request(
+    name: &str,
+    replication_factor: Option<u32>,
+) -> spool_proto::v1::CreateTopicRequest {
+    spool_proto::v1::CreateTopicRequest {
+        name: name.into(),
+        config: Some(spool_proto::v1::TopicConfig { replication_factor, ..Default::default() }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_fit() {
+    let cluster = Cluster::start().await;
+    let mut topics = cluster.node(1).topics().await;
+    for (factor, refusal) in
+        [(4, "more than the 3 nodes"), (2, "other factors are not supported yet")]
+    {
+        let refused = topics.create_topic(create_request("wide", Some(factor))).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(refusal), "{refused:?}");
+    }
+    topics.create_topic(create_request("wide", Some(3))).await.expect("three replicas fit");
+    cluster.produce("wide", "one").await;
+    let mut leaders = Vec::new();
+    for id in 1..=3 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = cluster.node(id).describe("wide").await.expect("described");
+            assert_eq!(described.config.as_ref().unwrap().replication_factor, Some(3));
+            let partition = &described.partitions[0];
+            assert_eq!(partition.replicas, [1, 2, 3], "node {id}");
+            if let Some(leader) = partition.leader {
+                leaders.push(leader);
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} never knew the leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(leaders.iter().all(|l| *l == leaders[0]), "one leader: {leaders:?}");
+}
+
+#[tokio::test]
+async fn a_single_node_takes_replication_factor_one_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut topics = server.topics().await;
+    let refused = topics.create_topic(create_request("solo", Some(3))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("it is a single node"), "{refused:?}");
+    topics.create_topic(create_request("solo", Some(1))).await.expect("one replica fits");
+    let described = server.describe("solo").await.unwrap();
+    assert_eq!(described.config.unwrap().replication_factor, Some(1));
+    assert!(
+        described.partitions[0].replicas.is_empty() && described.partitions[0].leader.is_none()
+    );
+    server.shutdown().await;
+}

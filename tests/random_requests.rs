@@ -137,6 +137,7 @@ async fn run(
                         retention_bytes: sizes.1,
                         segment_bytes: sizes.2,
                         compression: compression.unwrap_or_default(),
+                        replication_factor: None,
                     }),
                 };
                 let outcome = call(topics.create_topic(request)).await;

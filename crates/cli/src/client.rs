@@ -79,12 +79,18 @@ fn print_topic(topic: &TopicInfo) {
     );
     for p in &topic.partition_states {
         let fenced = p.fenced_reason.as_ref().map(|reason| format!("\tFENCED: {reason}"));
+        let replicated = (!p.replicas.is_empty()).then(|| {
+            let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+            let leader = p.leader.map_or_else(|| "none".to_owned(), |id| id.to_string());
+            format!("\tleader={leader}\treplicas={}", replicas.join(","))
+        });
         out!(
-            "  partition {}\tlog_start_offset={}\tlog_end_offset={}\tsize_bytes={}{}",
+            "  partition {}\tlog_start_offset={}\tlog_end_offset={}\tsize_bytes={}{}{}",
             p.partition,
             p.log_start_offset,
             p.log_end_offset,
             p.size_bytes,
+            replicated.unwrap_or_default(),
             fenced.unwrap_or_default()
         );
     }
@@ -101,6 +107,7 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
             retention_bytes,
             segment_bytes,
             compression,
+            replication_factor,
         } => {
             let settings = TopicSettings {
                 partitions,
@@ -109,6 +116,7 @@ pub(crate) async fn topic(server: &ServerArg, command: TopicCommand) -> anyhow::
                 retention_bytes,
                 segment_bytes,
                 compression,
+                replication_factor,
             };
             print_topic(&client.create_topic(&name, settings).await?);
         }

@@ -27,6 +27,10 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// The log filter without RUST_LOG or `log`: openraft warns at every election (votes that
+/// arrive after the vote changed), which on a cluster node is routine, not a warning.
+const LOG_DEFAULT: &str = "info,openraft=error";
+
 /// The flags of `spool serve`; each also reads its environment variable.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -74,7 +78,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SPOOL_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     kafka_advertised: Option<AdvertisedAddress>,
     /// The log filter, as in RUST_LOG (`info`, `spool_server=debug,warn`, ...)
-    /// [default: RUST_LOG if set, else info].
+    /// [default: RUST_LOG if set, else info, with openraft's own lines from error up].
     #[arg(long, env = "SPOOL_LOG", value_name = "FILTER")]
     log: Option<String>,
     /// How log lines are written [default: human].
@@ -271,7 +275,7 @@ impl ServeConfig {
                 "log",
                 args.log,
                 file.log,
-                Some(log_default.unwrap_or_else(|| "info".to_owned())),
+                Some(log_default.unwrap_or_else(|| LOG_DEFAULT.to_owned())),
             )),
             log_format: required(pick(
                 matches,

@@ -218,6 +218,10 @@ enum TopicCommand {
         /// lz4, zstd (a batch sent in another codec is re-encoded when it arrives).
         #[arg(long, value_name = "CODEC", default_value = "producer")]
         compression: spool_client::TopicCompression,
+        /// How many nodes hold each partition [default: every node of a cluster, 1 on a
+        /// single node].
+        #[arg(long, value_name = "N")]
+        replication_factor: Option<u32>,
     },
     /// List topics.
     List,

@@ -54,7 +54,7 @@ fn flag_beats_environment_beats_file_beats_default() {
     assert_eq!(line(&printed, "metrics"), "metrics = \"127.0.0.1:9002\"  # environment");
     assert_eq!(line(&printed, "log_format"), "log_format = \"json\"  # config file");
     assert_eq!(line(&printed, "data"), "data = \"/srv/spool\"  # config file");
-    assert_eq!(line(&printed, "log"), "log = \"info\"  # default");
+    assert_eq!(line(&printed, "log"), "log = \"info,openraft=error\"  # default");
     assert_eq!(line(&printed, "allow_insecure_remote"), "allow_insecure_remote = false  # default");
     assert!(printed.contains("# tokens =  # not set"), "{printed}");
 

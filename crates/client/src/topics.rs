@@ -112,6 +112,9 @@ pub struct TopicSettings {
     pub retention_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub compression: TopicCompression,
+    /// How many nodes hold each partition; `None`: every node of a cluster, 1 on a single
+    /// node.
+    pub replication_factor: Option<u32>,
 }
 
 impl Default for TopicSettings {
@@ -123,6 +126,7 @@ impl Default for TopicSettings {
             retention_bytes: None,
             segment_bytes: None,
             compression: TopicCompression::Producer,
+            replication_factor: None,
         }
     }
 }
@@ -167,6 +171,10 @@ pub struct PartitionInfo {
     pub log_end_offset: u64,
     pub size_bytes: u64,
     pub fenced_reason: Option<String>,
+    /// On a cluster: the leader's node id, as the answering node knows it.
+    pub leader: Option<u64>,
+    /// On a cluster: the nodes that hold the partition.
+    pub replicas: Vec<u64>,
 }
 
 impl TopicInfo {
@@ -189,6 +197,8 @@ impl TopicInfo {
                     log_end_offset: p.log_end_offset,
                     size_bytes: p.size_bytes,
                     fenced_reason: p.fenced_reason,
+                    leader: p.leader,
+                    replicas: p.replicas,
                 })
                 .collect(),
         }
@@ -213,6 +223,7 @@ impl Client {
             retention_bytes: settings.retention_bytes,
             segment_bytes: settings.segment_bytes,
             compression: settings.compression.wire().into(),
+            replication_factor: settings.replication_factor,
         };
         let request = CreateTopicRequest { name: name.to_owned(), config: Some(config) };
         let created = self.topics().create_topic(request).await?.into_inner();

@@ -55,6 +55,15 @@ pub struct Replica {
     state: PartitionStateMachine,
 }
 
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("group", &self.group)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
 impl Replica {
     /// Starts the replica of group `group` (a name unique in the cluster, the partition's)
     /// on this node, over its opened storage. Peers are reached through `transport`.

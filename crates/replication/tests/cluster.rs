@@ -325,6 +325,9 @@ async fn a_follower_passes_what_it_is_given_to_the_leader() {
     let leader = cluster.leader(None).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let replica = cluster.replica(follower);
+    // The follower hears of the leader with its first message.
+    let known = replica.wait_for_leader(PATIENCE).await.map(|(id, _)| id);
+    assert_eq!(known, Some(leader));
     let refused = replica.propose(batch("direct")).await.unwrap_err();
     assert!(matches!(refused, ProposeError::NotLeader { leader: Some(_) }), "{refused}");
     let (_, end) = replica.propose_anywhere(batch("passed on")).await.expect("committed");

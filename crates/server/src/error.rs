@@ -139,6 +139,17 @@ pub enum ServiceError {
     /// The cluster could not do it now (no quorum, a node unreachable): try again.
     #[error("{0}")]
     Cluster(String),
+    #[error(
+        "replication factor {requested} does not fit this server: {}",
+        if *nodes == 1 {
+            "it is a single node (a cluster starts with --node-id and --peers)".to_owned()
+        } else if requested > nodes {
+            format!("it is more than the {nodes} nodes of the cluster")
+        } else {
+            format!("every partition is held by all {nodes} nodes of the cluster (other factors are not supported yet)")
+        }
+    )]
+    ReplicationFactor { requested: u32, nodes: u32 },
     #[error("{what} is not supported on a replicated topic yet")]
     NotForReplicated { what: &'static str },
 }
@@ -203,6 +214,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         ServiceError::NotLeader { .. } => Code::FailedPrecondition,
         ServiceError::Cluster(_) => Code::Unavailable,
         ServiceError::NotForReplicated { .. } => Code::Unimplemented,
+        ServiceError::ReplicationFactor { .. } => Code::InvalidArgument,
         ServiceError::OpenFiles(_) => Code::ResourceExhausted,
         ServiceError::ShuttingDown => Code::Unavailable,
         ServiceError::CreateTopic(error) => match error {

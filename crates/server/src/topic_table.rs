@@ -228,6 +228,21 @@ impl TopicTable {
         }
     }
 
+    /// Refuses a replication factor this server cannot give a topic: more than its nodes, or
+    /// (for now) any other number than that.
+    pub(crate) fn check_replication_factor(
+        &self,
+        requested: Option<u32>,
+    ) -> Result<(), ServiceError> {
+        let nodes = self.cluster.as_ref().map_or(1, |cluster| cluster.node_ids().len() as u32);
+        match requested {
+            Some(requested) if requested != nodes => {
+                Err(ServiceError::ReplicationFactor { requested, nodes })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Applies the cluster's metadata as its group commits it, until `stop`: every node
     /// creates and deletes the same topics in the same order. At a start it reads the whole
     /// metadata log again; topics already on disk are left as they are.

@@ -99,6 +99,7 @@ fn wire_config(config: &TopicConfig) -> WireConfig {
         retention_bytes: config.retention_bytes(),
         segment_bytes: Some(config.segment_bytes()),
         compression: wire_compression(config.compression()).into(),
+        replication_factor: None,
     }
 }
 
@@ -113,14 +114,15 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
                 log_end_offset: state.log_end_offset.0,
                 size_bytes: state.size_bytes,
                 fenced_reason: state.fence,
+                leader: partition.leader(),
+                replicas: partition.replicas(),
             });
         }
     }
-    Ok(TopicDescription {
-        name: topic.name.to_string(),
-        config: Some(wire_config(&topic.config())),
-        partitions,
-    })
+    let mut config = wire_config(&topic.config());
+    let replicas = topic.partitions.first().map_or(0, |partition| partition.replicas().len());
+    config.replication_factor = Some(replicas.max(1) as u32);
+    Ok(TopicDescription { name: topic.name.to_string(), config: Some(config), partitions })
 }
 
 #[tonic::async_trait]
@@ -134,6 +136,8 @@ impl TopicService for TopicApi {
         caller
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
+        let replication_factor = request.config.as_ref().and_then(|c| c.replication_factor);
+        self.topics.check_replication_factor(replication_factor)?;
         let config = config_request(request.config).map_err(ServiceError::from)?;
         let topic = self.topics.create_topic(&request.name, config).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");

@@ -276,6 +276,11 @@ impl Cluster {
         }
     }
 
+    /// Every node's id.
+    pub(crate) fn node_ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
     /// Where node `id` serves clients, once it has registered.
     pub(crate) fn client_address(&self, id: u64) -> Option<String> {
         self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()

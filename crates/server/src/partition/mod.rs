@@ -68,6 +68,8 @@ pub(crate) struct Partition {
     deleted: AtomicBool,
     /// Idempotent producers' sequences (see `crate::idempotence`); only the writer uses it.
     producers: Mutex<ProducerTable>,
+    /// This node's replica of the partition, on a node of a cluster, once it has started.
+    replica: std::sync::OnceLock<Arc<spool_replication::Replica>>,
 }
 
 /// What every partition of a server shares.
@@ -122,6 +124,7 @@ impl Partition {
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
             producers: Mutex::new(ProducerTable::new()),
+            replica: std::sync::OnceLock::new(),
         });
         if let Some(cluster) = partition.server.cluster.clone() {
             let replicated = replicated::run(partition.clone(), receiver, cluster, stop);
@@ -147,6 +150,16 @@ impl Partition {
 
     pub(crate) fn topic(&self) -> &TopicName {
         &self.topic
+    }
+
+    /// The partition's leader as this node knows it, on a node of a cluster.
+    pub(crate) fn leader(&self) -> Option<u64> {
+        self.replica.get().and_then(|replica| replica.leader()).map(|(id, _)| id)
+    }
+
+    /// The nodes that hold the partition, on a node of a cluster.
+    pub(crate) fn replicas(&self) -> Vec<u64> {
+        self.server.cluster.as_ref().map(|cluster| cluster.node_ids()).unwrap_or_default()
     }
 
     pub(crate) fn mark_deleted(&self) {

@@ -31,7 +31,10 @@ pub(super) async fn run(
     });
     let replica = cluster.start_partition(&group, partition.log.clone(), on_commit).await;
     let replica = match replica {
-        Ok(replica) => Some(replica),
+        Ok(replica) => {
+            let _ = partition.replica.set(replica.clone());
+            Some(replica)
+        }
         Err(error) => {
             tracing::error!(%group, %error, "the partition's replica did not start; it refuses writes");
             None
