@@ -87,6 +87,27 @@ fn failed(error: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(error)
 }
 
+/// The JSON file at `path`, if there is one, of at most `bytes_max` bytes.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes_max: u64,
+) -> Result<Option<T>, OpenError> {
+    let io_at = |source| OpenError::Io { path: path.to_path_buf(), source };
+    if !fs.exists(path).map_err(io_at)? {
+        return Ok(None);
+    }
+    let file = fs.open(path, OpenMode::ReadOnly).map_err(io_at)?;
+    let len = file.len().map_err(io_at)?;
+    let invalid = |reason: String| OpenError::State { path: path.to_path_buf(), reason };
+    if len > bytes_max {
+        return Err(invalid(format!("it holds {len} bytes, more than {bytes_max}")));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io_at)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|error| invalid(error.to_string()))
+}
+
 impl SegmentLogStore {
     /// Opens (creating it if need be) the replicated partition stored in `dir`: its segment
     /// log in `dir/log`, recovered as any log is, and its Raft state.
@@ -113,10 +134,6 @@ impl SegmentLogStore {
         dir: &Path,
         log: SharedLog,
     ) -> Result<SegmentLogStore, OpenError> {
-        let io_at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
-        };
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
             let start = log.log_start_offset();
             log.set_committed(start).map_err(|error| OpenError::Io {
@@ -124,21 +141,8 @@ impl SegmentLogStore {
                 source: io::Error::other(error),
             })?;
         }
-        let path = dir.join(STATE_FILE);
-        let state = if fs.exists(&path).map_err(io_at(&path))? {
-            let file = fs.open(&path, OpenMode::ReadOnly).map_err(io_at(&path))?;
-            let len = file.len().map_err(io_at(&path))?;
-            if len > STATE_FILE_BYTES_MAX {
-                let reason = format!("it holds {len} bytes, more than {STATE_FILE_BYTES_MAX}");
-                return Err(OpenError::State { path, reason });
-            }
-            let mut bytes = vec![0u8; len as usize];
-            file.read_exact_at(&mut bytes, 0).map_err(io_at(&path))?;
-            serde_json::from_slice(&bytes)
-                .map_err(|error| OpenError::State { path, reason: error.to_string() })?
-        } else {
-            RaftState::default()
-        };
+        let state = read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
+        let state = state.unwrap_or_default();
         let shared = Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state) };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }

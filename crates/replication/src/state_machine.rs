@@ -26,13 +26,13 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use spool_storage::Offset;
-use spool_storage::fs::{FileSystem, OpenMode};
+use spool_storage::fs::FileSystem;
 
 use crate::OpenError;
 use crate::limits::{APPLIED_FILE_BYTES_MAX, APPLIED_SAVE_EVERY};
 
 use crate::entry::{self, Applied};
-use crate::log_store::SharedLog;
+use crate::log_store::{SharedLog, read_json};
 use crate::{NodeId, TypeConfig};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -108,20 +108,9 @@ impl PartitionStateMachine {
         on_commit: OnCommit,
     ) -> Result<PartitionStateMachine, OpenError> {
         let path = dir.join(APPLIED_FILE);
-        let io_at = |source| OpenError::Io { path: path.clone(), source };
         let mut machine = PartitionStateMachine::over(log, on_commit);
-        if fs.exists(&path).map_err(io_at)? {
-            let file = fs.open(&path, OpenMode::ReadOnly).map_err(io_at)?;
-            let len = file.len().map_err(io_at)?;
-            if len > APPLIED_FILE_BYTES_MAX {
-                let reason = format!("it holds {len} bytes, more than {APPLIED_FILE_BYTES_MAX}");
-                return Err(OpenError::State { path, reason });
-            }
-            let mut bytes = vec![0u8; len as usize];
-            file.read_exact_at(&mut bytes, 0).map_err(io_at)?;
-            let applied: AppliedState = serde_json::from_slice(&bytes).map_err(|error| {
-                OpenError::State { path: path.clone(), reason: error.to_string() }
-            })?;
+        let saved: Option<AppliedState> = read_json(fs.as_ref(), &path, APPLIED_FILE_BYTES_MAX)?;
+        if let Some(applied) = saved {
             let high_watermark = Offset(applied.high_watermark);
             lock(&machine.inner).applied = applied;
             machine.publish(high_watermark).map_err(|error| OpenError::State {

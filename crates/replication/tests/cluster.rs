@@ -13,7 +13,7 @@ use spool_replication::{
     Call, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, Transport,
     TransportError,
 };
-use spool_storage::batch::{BatchBuilder, BatchIter, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, BatchIter, BatchView, ProducerStamp};
 use spool_storage::sim::{Rng, SimFileSystem};
 use spool_storage::{LogConfig, Offset, TimestampMs};
 
@@ -176,51 +176,57 @@ fn batch(value: &str) -> Bytes {
     builder.finish(ProducerStamp::NONE).freeze()
 }
 
-/// What a replica's log holds: per batch, its term, index, base offset and Kafka body from
-/// its magic byte on (what the leader stamps before it is the base offset and the term).
-fn contents(replica: &Replica) -> Vec<(u64, u64, u64, Vec<u8>)> {
+/// Calls `visit` with every batch a replica's log holds (written, synced or not), in order.
+fn each_batch(replica: &Replica, mut visit: impl FnMut(&BatchView<'_>)) {
     replica.store().with_log(|log| {
-        let mut out = Vec::new();
         let mut offset = log.log_start_offset();
         loop {
             let read = log.read_written(offset, 1 << 20).expect("read");
             if read.bytes.is_empty() {
-                return out;
+                return;
             }
             for view in BatchIter::new(&read.bytes) {
-                let view = view.expect("intact");
-                let header = view.header();
-                let body = view.as_bytes()[44 + 16..].to_vec();
-                out.push((header.entry.term, header.entry.index, header.base_offset.0, body));
+                visit(&view.expect("intact"));
             }
             offset = read.next_offset;
         }
     })
 }
 
+/// What a replica's log holds: per batch, its term, index, base offset and Kafka body from
+/// its magic byte on (what the leader stamps before it is the base offset and the term).
+fn contents(replica: &Replica) -> Vec<(u64, u64, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    each_batch(replica, |view| {
+        let header = view.header();
+        let body = view.as_bytes()[44 + 16..].to_vec();
+        out.push((header.entry.term, header.entry.index, header.base_offset.0, body));
+    });
+    out
+}
+
+/// Every offset of a replica's log, with its record's value or `None` for a control batch's
+/// offset.
+fn offsets(replica: &Replica) -> Observed {
+    let mut out = Vec::new();
+    each_batch(replica, |view| {
+        let header = view.header();
+        if header.entry.kind != spool_storage::batch::BatchKind::Records {
+            out.extend((header.base_offset.0..header.next_offset().0).map(|o| (o, None)));
+            return;
+        }
+        for record in view.records().iter() {
+            let record = record.expect("record");
+            let value = String::from_utf8(record.value.unwrap_or_default().to_vec());
+            out.push((record.offset.0, Some(value.expect("UTF-8"))));
+        }
+    });
+    out
+}
+
 /// The values of the records of a replica's log, in order, control batches left out.
 fn values(replica: &Replica) -> Vec<String> {
-    replica.store().with_log(|log| {
-        let mut out = Vec::new();
-        let mut offset = log.log_start_offset();
-        loop {
-            let read = log.read_written(offset, 1 << 20).expect("read");
-            if read.bytes.is_empty() {
-                return out;
-            }
-            for view in BatchIter::new(&read.bytes) {
-                let view = view.expect("intact");
-                if view.header().entry.kind != spool_storage::batch::BatchKind::Records {
-                    continue;
-                }
-                for record in view.records().iter() {
-                    let value = record.expect("record").value.unwrap_or_default().to_vec();
-                    out.push(String::from_utf8(value).expect("UTF-8"));
-                }
-            }
-            offset = read.next_offset;
-        }
-    })
+    offsets(replica).into_iter().filter_map(|(_, value)| value).collect()
 }
 
 /// Waits until every running replica has applied up to `end`, then checks that their logs
@@ -335,38 +341,10 @@ async fn a_follower_passes_what_it_is_given_to_the_leader() {
     assert_eq!(values(&cluster.replica(leader)), ["passed on", "passed on"]);
 }
 
-/// Every offset of a replica's log below its high watermark, with its record's value or
-/// `None` for a control batch's offset: what the history checker reads.
+/// Every offset of a replica's log below its high watermark: what the history checker reads.
 fn observed(replica: &Replica) -> Observed {
-    let end = replica.high_watermark();
-    replica.store().with_log(|log| {
-        let mut out = Vec::new();
-        let mut offset = log.log_start_offset();
-        while offset < end {
-            let read = log.read_written(offset, 1 << 20).expect("read");
-            if read.bytes.is_empty() {
-                break;
-            }
-            for view in BatchIter::new(&read.bytes) {
-                let view = view.expect("intact");
-                let header = view.header();
-                if header.base_offset >= end {
-                    break;
-                }
-                if header.entry.kind != spool_storage::batch::BatchKind::Records {
-                    out.extend((header.base_offset.0..header.next_offset().0).map(|o| (o, None)));
-                    continue;
-                }
-                for record in view.records().iter() {
-                    let record = record.expect("record");
-                    let value = String::from_utf8(record.value.unwrap_or_default().to_vec());
-                    out.push((record.offset.0, Some(value.expect("UTF-8"))));
-                }
-            }
-            offset = read.next_offset;
-        }
-        out
-    })
+    let end = replica.high_watermark().0;
+    offsets(replica).into_iter().filter(|(offset, _)| *offset < end).collect()
 }
 
 /// A batch of one record.
