@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use serde::{Deserialize, Serialize};
-use spool_storage::batch::{BatchError, BatchKind, BatchView, CheckedBatch};
+use spool_storage::batch::{BatchError, BatchKind, BatchView, CheckedBatch, share_or_copy, v2};
 use spool_storage::{Offset, TimestampMs};
 
 use crate::{NodeId, TypeConfig};
@@ -72,8 +72,12 @@ pub(crate) fn expected_offset(entry: &Entry<TypeConfig>) -> Option<Offset> {
     }
 }
 
-/// The entry a stored batch holds.
-pub(crate) fn from_batch(view: &BatchView<'_>) -> Result<Entry<TypeConfig>, EntryError> {
+/// The entry a stored batch holds; `read` is the buffer the batch was read into, which a
+/// normal entry's payload shares rather than copies.
+pub(crate) fn from_batch(
+    view: &BatchView<'_>,
+    read: &Bytes,
+) -> Result<Entry<TypeConfig>, EntryError> {
     let header = view.header();
     let stamp = header.entry;
     let index = stamp.index;
@@ -81,7 +85,7 @@ pub(crate) fn from_batch(view: &BatchView<'_>) -> Result<Entry<TypeConfig>, Entr
     let bytes = view.as_bytes();
     let payload = match stamp.kind {
         BatchKind::Records => EntryPayload::Normal(Batch {
-            kafka: Bytes::copy_from_slice(&bytes[spool_storage::batch::v2::frame::BYTES..]),
+            kafka: share_or_copy(read, &bytes[v2::frame::BYTES..]),
             base_offset: Some(header.base_offset.0),
         }),
         BatchKind::Control => {
@@ -115,9 +119,11 @@ pub(crate) fn log_id(term: u64, index: u64) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(term, NodeId::default()), index)
 }
 
-/// The offsets of a normal entry's records: its base offset and the offset after it.
+/// The offsets of a normal entry's records: its base offset and the offset after it. The
+/// batch was checked when it was read from the log; only its record count is read here.
 pub(crate) fn offsets(batch: &Batch) -> Option<(u64, u64)> {
     let base = batch.base_offset?;
-    let view = BatchView::new(&batch.kafka).ok()?;
-    Some((base, base + u64::from(view.header().record_count)))
+    let at = v2::kafka::RECORDS_COUNT;
+    let count = u32::from_be_bytes(batch.kafka.get(at..at + 4)?.try_into().ok()?);
+    Some((base, base + u64::from(count)))
 }

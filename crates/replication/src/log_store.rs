@@ -210,7 +210,7 @@ impl SegmentLogStore {
             }
             for view in BatchIter::new(&read.bytes) {
                 let view = view.map_err(failed)?;
-                let entry = entry::from_batch(&view).map_err(failed)?;
+                let entry = entry::from_batch(&view, &read.bytes).map_err(failed)?;
                 if entry.log_id.index >= end {
                     return Ok(out);
                 }

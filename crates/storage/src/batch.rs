@@ -581,6 +581,12 @@ impl CheckedBatch<bytes::Bytes> {
         header.entry.kind = BatchKind::Control;
         CheckedBatch { bytes, converted: None, header }
     }
+
+    /// The Kafka batch to store ([`CheckedBatch::bytes`]), as the buffer it lives in: the
+    /// request's own, or the re-encoded one.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.converted.unwrap_or(self.bytes)
+    }
 }
 
 impl<B: AsRef<[u8]>> CheckedBatch<B> {

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use spool_replication::OnCommit;
 use spool_storage::{Appended, Log, Offset};
 use tokio::sync::{Semaphore, mpsc};
@@ -62,8 +61,8 @@ pub(super) async fn run(
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let (partition, cluster) = (partition.clone(), cluster.clone());
         tokio::spawn(async move {
-            let batch = Bytes::copy_from_slice(request.batch.bytes());
-            let answer = match replica.propose(batch).await {
+            let AppendRequest { batch, reply, .. } = request;
+            let answer = match replica.propose(batch.into_bytes()).await {
                 Ok((base, next)) => Ok(Appended {
                     base_offset: base,
                     last_offset: Offset(next.0.saturating_sub(1)),
@@ -71,7 +70,7 @@ pub(super) async fn run(
                 }),
                 Err(error) => Err(cluster.not_leader(&partition.topic, partition.id, error)),
             };
-            let _ = request.reply.send(answer);
+            let _ = reply.send(answer);
             drop(permit);
         });
     }
