@@ -1,6 +1,7 @@
 //! Three `spool` servers in one process forming a cluster on 127.0.0.1-3: topics created on
-//! any node exist on every node, partitions are replicated, a follower refuses writes naming
-//! the leader, every node serves what is committed, and a dead leader is replaced.
+//! any node exist on every node, partitions are replicated, every node takes writes (a
+//! follower passes them to the leader), every node serves what is committed, a dead leader is
+//! replaced, and an idempotent producer's retries across the change store nothing twice.
 
 mod common;
 
@@ -8,9 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::{TestServer, always, record, value};
+use spool_client::{Client, ProducerConfig, Record as ClientRecord};
 use spool_server::ClusterSetup;
 use spool_server::cluster::ClusterOptions;
-use spool_server::error::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -72,33 +73,37 @@ impl Cluster {
         (1..=3).filter(|id| self.nodes[*id as usize - 1].is_some()).collect()
     }
 
-    /// Produces `value` to partition 0 of `topic`, following the leader each refusal names,
-    /// until it is acknowledged; the offset.
-    async fn produce(&self, topic: &str, value: &str) -> u64 {
+    /// Produces `value` to partition 0 of `topic` through node `at`, retrying while no
+    /// leader is elected, until it is acknowledged; the offset.
+    async fn produce_at(&self, at: u64, topic: &str, value: &str) -> u64 {
         let deadline = Instant::now() + PATIENCE;
-        let mut at = self.running()[0];
         loop {
             match self.node(at).produce(topic, Some(0), vec![record(value)]).await {
                 Ok(produced) => return produced.appends[0].base_offset,
-                Err(status) if status.code() == Code::FailedPrecondition => {
-                    let leader = status.metadata().get(LEADER_ID_KEY).and_then(|v| v.to_str().ok());
-                    let leader = leader.and_then(|v| v.parse::<u64>().ok());
-                    if let Some(leader) = leader.filter(|l| self.running().contains(l)) {
-                        at = leader;
-                    } else {
-                        at = self.running()[(self
-                            .running()
-                            .iter()
-                            .position(|n| *n == at)
-                            .unwrap_or(0)
-                            + 1)
-                            % self.running().len()];
-                    }
-                }
-                Err(status) if status.code() == Code::Unavailable => {}
+                // No leader yet: an election is on.
+                Err(status)
+                    if matches!(status.code(), Code::FailedPrecondition | Code::Unavailable) => {}
                 Err(status) => panic!("producing {value}: {status:?}"),
             }
             assert!(Instant::now() < deadline, "{value} not acknowledged within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Produces `value` through the first running node.
+    async fn produce(&self, topic: &str, value: &str) -> u64 {
+        self.produce_at(self.running()[0], topic, value).await
+    }
+
+    /// The leader of partition 0 of `topic`, as node `id` knows it once it knows one.
+    async fn leader(&self, id: u64, topic: &str) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = self.node(id).describe(topic).await.expect("described");
+            if let Some(leader) = described.partitions[0].leader {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "node {id} never knew a leader of {topic}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +126,7 @@ impl Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_created_on_any_node_is_replicated_and_a_follower_names_the_leader() {
+async fn a_topic_created_on_any_node_is_replicated_and_every_node_takes_writes() {
     let cluster = Cluster::start().await;
     cluster.node(2).create_topic("events", 1, always()).await;
     let mut topics = cluster.node(3).topics().await;
@@ -130,31 +135,27 @@ async fn a_topic_created_on_any_node_is_replicated_and_a_follower_names_the_lead
     let again = again.await.expect_err("created twice");
     assert!(matches!(again.code(), Code::AlreadyExists | Code::Unavailable), "{again:?}");
     let mut expected = Vec::new();
+    let mut last = 0;
     for i in 0..20 {
         let value = format!("event {i}");
-        cluster.produce("events", &value).await;
+        last = cluster.produce("events", &value).await;
         expected.push(value);
     }
     for id in 1..=3 {
         assert_eq!(cluster.read(id, "events", 20).await, expected, "node {id}");
     }
-    // Every node but the leader refuses a produce, naming the leader and its address.
-    let mut refusals = 0;
+    // Every node takes a produce: the two followers pass theirs to the leader, and offsets
+    // stay one sequence (a leader change would add a control batch between two records).
+    let leader = cluster.leader(1, "events").await;
     for id in 1..=3 {
-        if let Err(status) = cluster.node(id).produce("events", Some(0), vec![record("x")]).await {
-            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-            assert!(
-                status.message().contains("does not lead partition 0 of topic events"),
-                "{status:?}"
-            );
-            let address = status.metadata().get(LEADER_ADDRESS_KEY).expect("the leader's address");
-            let leader: u64 =
-                status.metadata().get(LEADER_ID_KEY).unwrap().to_str().unwrap().parse().unwrap();
-            assert_eq!(address.to_str().unwrap(), cluster.node(leader).address().to_string());
-            refusals += 1;
-        }
+        let offset = cluster.produce_at(id, "events", &format!("via node {id}")).await;
+        assert!(offset > last, "through node {id} (the leader is {leader}): {offset} after {last}");
+        last = offset;
+        expected.push(format!("via node {id}"));
     }
-    assert_eq!(refusals, 2, "one leader, two followers");
+    for id in 1..=3 {
+        assert_eq!(cluster.read(id, "events", 23).await, expected, "node {id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,16 +168,7 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         cluster.produce("orders", &value).await;
         acknowledged.push(value);
     }
-    // Find the leader: the node that takes a produce.
-    let mut leader = None;
-    for id in 1..=3 {
-        if cluster.node(id).produce("orders", Some(0), vec![record("probe")]).await.is_ok() {
-            leader = Some(id);
-            acknowledged.push("probe".into());
-            break;
-        }
-    }
-    let leader = leader.expect("a leader");
+    let leader = cluster.leader(1, "orders").await;
     let stopped = Instant::now();
     cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
     for i in 0..10 {
@@ -187,6 +179,101 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     println!("writes resumed {:?} after the leader stopped", stopped.elapsed());
     for id in cluster.running() {
         assert_eq!(cluster.read(id, "orders", acknowledged.len()).await, acknowledged, "node {id}");
+    }
+}
+
+/// A Rust client's idempotent producer writes through a follower while the leader stops: the
+/// batches the old leader may have committed are retried through the new one, which answers
+/// them as duplicates. Every record is stored exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
+    let mut cluster = Cluster::start().await;
+    cluster.node(1).create_topic("payments", 1, always()).await;
+    let leader = cluster.leader(1, "payments").await;
+    let through = if leader == 1 { 2 } else { 1 };
+    let client = Client::connect(&format!("http://{}", cluster.node(through).address()))
+        .await
+        .expect("connect");
+    let config = ProducerConfig {
+        idempotent: true,
+        batch_records_max: 10,
+        retries_max: 200,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("payments", config).await.expect("an idempotent producer");
+    let total = 600;
+    let mut deliveries = Vec::new();
+    for i in 0..total {
+        let value = format!("payment {i}");
+        let record = ClientRecord::value(value.as_bytes()).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("buffered"));
+        if i == total / 3 {
+            // Let some batches be acknowledged, then stop the leader under the rest.
+            producer.flush().await.expect("the first third acknowledged");
+            cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
+        }
+    }
+    let mut offsets = Vec::new();
+    for delivery in deliveries {
+        offsets.push(delivery.wait().await.expect("acknowledged").offset.expect("an offset"));
+    }
+    // A new leader's first entry, a control batch, takes an offset between two records.
+    assert!(offsets.windows(2).all(|w| w[1] > w[0]), "offsets in order: {offsets:?}");
+    let expected: Vec<String> = (0..total).map(|i| format!("payment {i}")).collect();
+    for id in cluster.running() {
+        let stored = cluster.read(id, "payments", total).await;
+        assert_eq!(stored.len(), total, "node {id} stored a record twice");
+        assert!(stored == expected, "node {id} stored the records out of order or changed");
+    }
+}
+
+/// A retry reaches a new leader: a batch acknowledged by the old leader and sent again with its
+/// stamp through another node is answered with its first offsets and stored once; a producer
+/// id handed out by one node is known to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_is_answered_as_a_duplicate_by_the_next_leader() {
+    use spool_proto::v1::{Acks, ProduceRequest, ProducerStamp, RecordList, produce_request};
+    let mut cluster = Cluster::start().await;
+    cluster.node(1).create_topic("t", 1, always()).await;
+    let leader = cluster.leader(1, "t").await;
+    let other = if leader == 3 { 2 } else { 3 };
+    // The id comes from one node and is used at the others.
+    let mut producer = cluster.node(other).producer().await;
+    let init = producer.init_producer(spool_proto::v1::InitProducerRequest {}).await.unwrap();
+    let producer_id = init.into_inner().producer_id;
+    let request = |sequence: i32, values: &[&str]| ProduceRequest {
+        correlation_id: 0,
+        topic: "t".into(),
+        partition: Some(0),
+        acks: Acks::All as i32,
+        payload: Some(produce_request::Payload::Records(RecordList {
+            records: values.iter().map(|v| record(v)).collect(),
+        })),
+        producer: Some(ProducerStamp { producer_id, producer_epoch: 0, base_sequence: sequence }),
+    };
+    let mut at_leader = cluster.node(leader).producer().await;
+    let first = at_leader.produce(request(0, &["a", "b"])).await.expect("stored").into_inner();
+    let first = first.appends[0].base_offset;
+    cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
+
+    let deadline = Instant::now() + PATIENCE;
+    let again = loop {
+        match producer.produce(request(0, &["a", "b"])).await {
+            Ok(answer) => break answer.into_inner().appends[0].base_offset,
+            Err(status) if status.code() == Code::Unavailable => {}
+            Err(status) => panic!("the retry: {status:?}"),
+        }
+        assert!(Instant::now() < deadline, "the retry was never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again, first, "the retry is answered with the first offsets");
+    let next = producer.produce(request(2, &["c"])).await.expect("the next batch").into_inner();
+    assert!(next.appends[0].base_offset > first + 1);
+    let gap = producer.produce(request(9, &["d"])).await.expect_err("a gap is refused");
+    assert_eq!(gap.code(), Code::FailedPrecondition, "{gap:?}");
+    assert!(gap.message().contains("expects 3"), "{gap:?}");
+    for id in cluster.running() {
+        assert_eq!(cluster.read(id, "t", 3).await, ["a", "b", "c"], "node {id}");
     }
 }
 

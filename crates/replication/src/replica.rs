@@ -1,11 +1,13 @@
 //! [`Replica`]: this node's member of one replicated partition's Raft group.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use spool_storage::Offset;
 
@@ -42,7 +44,19 @@ pub enum ProposeError {
     /// Passing the batch to the leader failed; whether it was committed is unknown.
     #[error("the batch could not reach the partition's leader: {0}")]
     Unreachable(String),
+    /// The leader refused the batch a peer passed to it (see [`Replica::on_forwarded`]):
+    /// `code` is the status the leader's owner chose, opaque here.
+    #[error("{message}")]
+    Refused { code: i32, message: String },
 }
+
+/// The offsets a committed batch took: its first, and the one after its last.
+pub type Proposed = Result<(Offset, Offset), ProposeError>;
+
+/// What a leader does with a batch a peer passed to it: its owner's checks before
+/// [`Replica::propose`] (an idempotent producer's sequence, say).
+pub type OnForwarded =
+    Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Proposed> + Send>> + Send + Sync>;
 
 /// This node's replica of one partition: its segment log, its state, and the Raft group that
 /// keeps them in step with the other replicas.
@@ -53,6 +67,7 @@ pub struct Replica {
     transport: Arc<dyn Transport>,
     store: SegmentLogStore,
     state: PartitionStateMachine,
+    forwarded: OnceLock<OnForwarded>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -92,7 +107,7 @@ impl Replica {
         let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
             .await
             .map_err(|error| StartError(error.to_string()))?;
-        Ok(Replica { raft, node_id, group, transport, store, state })
+        Ok(Replica { raft, node_id, group, transport, store, state, forwarded: OnceLock::new() })
     }
 
     /// Forms the group with `members` (node id to address) as its voters, once: a replica
@@ -116,7 +131,7 @@ impl Replica {
     /// Appends a producer's Kafka batch through the group: answered once a majority of the
     /// replicas has it fsynced and this leader applied it, with its offsets (the first, and
     /// the one after the last).
-    pub async fn propose(&self, kafka: Bytes) -> Result<(Offset, Offset), ProposeError> {
+    pub async fn propose(&self, kafka: Bytes) -> Proposed {
         let batch = Batch { kafka, base_offset: None };
         match self.raft.client_write(batch).await {
             Ok(written) => {
@@ -135,14 +150,26 @@ impl Replica {
 
     /// Appends a batch through the group as [`Replica::propose`] does, passing it to the
     /// leader when this replica does not lead: for requests any node accepts.
-    pub async fn propose_anywhere(&self, kafka: Bytes) -> Result<(Offset, Offset), ProposeError> {
-        let leader = match self.propose(kafka.clone()).await {
+    pub async fn propose_anywhere(&self, kafka: Bytes) -> Proposed {
+        match self.propose(kafka.clone()).await {
             Err(ProposeError::NotLeader { leader: Some(leader) }) if leader.0 != self.node_id => {
-                leader
+                self.forward_to(leader, kafka).await
             }
-            other => return other,
-        };
-        let (id, address) = leader;
+            other => other,
+        }
+    }
+
+    /// Passes a batch to the leader this replica knows of, which handles it as its owner
+    /// said ([`Replica::on_forwarded`]), or proposes it. `NotLeader` when no other node is
+    /// known to lead.
+    pub async fn forward(&self, kafka: Bytes) -> Proposed {
+        match self.leader() {
+            Some(leader) if leader.0 != self.node_id => self.forward_to(leader, kafka).await,
+            leader => Err(ProposeError::NotLeader { leader }),
+        }
+    }
+
+    async fn forward_to(&self, (id, address): (NodeId, String), kafka: Bytes) -> Proposed {
         let message = rpc::encode_request(&Request::Propose(kafka));
         let timeout = ELECTION_TIMEOUT_MAX * 4;
         let answer = self
@@ -154,6 +181,32 @@ impl Replica {
             Ok(Ok((base, next))) => Ok((Offset(base), Offset(next))),
             Ok(Err(error)) => Err(error),
             Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
+        }
+    }
+
+    /// Sets what this replica does with a batch a peer passes to it while it leads: by
+    /// default, [`Replica::propose`]. Set once.
+    pub fn on_forwarded(&self, handler: OnForwarded) {
+        let _ = self.forwarded.set(handler);
+    }
+
+    /// Confirms with a quorum that this replica leads, and waits until it has applied every
+    /// entry committed before its term began (its term's first entry included), so state
+    /// rebuilt from the log now is complete. Returns the term it leads in. Waits at most
+    /// `timeout`.
+    pub async fn linearize(&self, timeout: Duration) -> Result<u64, ProposeError> {
+        let confirmed = tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await;
+        match confirmed {
+            Ok(Ok(Some(log_id))) => Ok(log_id.leader_id.term),
+            Ok(Ok(None)) => Err(ProposeError::NotLeader { leader: None }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                let leader = forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
+                Err(ProposeError::NotLeader { leader })
+            }
+            Ok(Err(error)) => Err(ProposeError::Unreachable(error.to_string())),
+            Err(_) => Err(ProposeError::Unreachable(format!(
+                "no quorum confirmed this replica's leadership within {timeout:?}"
+            ))),
         }
     }
 
@@ -178,6 +231,15 @@ impl Replica {
         let leader = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, address))
+    }
+
+    /// The term this replica leads in, when it believes it leads.
+    pub fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leads = metrics.state == openraft::ServerState::Leader
+            && metrics.current_leader == Some(self.node_id);
+        leads.then_some(metrics.current_term)
     }
 
     /// Waits up to `timeout` for a leader to be known, and returns it.
@@ -225,7 +287,10 @@ impl Replica {
                 rpc::encode_response(self.raft.install_snapshot(snapshot).await)
             }
             Ok(Request::Propose(kafka)) => {
-                let proposed = self.propose(kafka).await;
+                let proposed = match self.forwarded.get() {
+                    Some(handler) => handler(kafka).await,
+                    None => self.propose(kafka).await,
+                };
                 rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
             }
         }

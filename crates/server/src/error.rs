@@ -152,6 +152,10 @@ pub enum ServiceError {
     ReplicationFactor { requested: u32, nodes: u32 },
     #[error("{what} is not supported on a replicated topic yet")]
     NotForReplicated { what: &'static str },
+    /// The partition's leader refused a batch this node passed to it: `code` is the gRPC
+    /// code it answered with.
+    #[error("the partition's leader refused the batch: {message}")]
+    Forwarded { code: i32, message: String },
 }
 
 impl ServiceError {
@@ -214,6 +218,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         ServiceError::NotLeader { .. } => Code::FailedPrecondition,
         ServiceError::Cluster(_) => Code::Unavailable,
         ServiceError::NotForReplicated { .. } => Code::Unimplemented,
+        ServiceError::Forwarded { code, .. } => Code::from_i32(*code),
         ServiceError::ReplicationFactor { .. } => Code::InvalidArgument,
         ServiceError::OpenFiles(_) => Code::ResourceExhausted,
         ServiceError::ShuttingDown => Code::Unavailable,

@@ -142,6 +142,10 @@ pub(crate) struct ProducerIds {
     /// compaction keeps (one record), so it never drops a reservation already in the log.
     queued_end: Arc<AtomicI64>,
     log: InternalLog,
+    /// On a node of a cluster, the cluster hands out ids instead (see
+    /// `Cluster::allocate_producer_id`), so ids are unique across its nodes and every node
+    /// knows every id handed out.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(Debug, Error)]
@@ -191,11 +195,20 @@ impl ProducerIds {
             reserved_end: tokio::sync::Mutex::new(reserved_end),
             queued_end,
             log,
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands out ids through `cluster` from now on.
+    pub(crate) fn use_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// A new id, never handed out before.
     pub(crate) async fn allocate(&self) -> Result<i64, ServiceError> {
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.allocate_producer_id().await;
+        }
         let mut reserved_end = self.reserved_end.lock().await;
         let id = self.next.load(Ordering::SeqCst);
         if id >= *reserved_end {
@@ -210,6 +223,9 @@ impl ProducerIds {
 
     /// Checks that `producer_id` was handed out (by this run or an earlier one).
     pub(crate) fn check(&self, producer_id: i64) -> Result<(), ProducerIdError> {
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.check_producer_id(producer_id);
+        }
         if (0..self.next.load(Ordering::SeqCst)).contains(&producer_id) {
             Ok(())
         } else {

@@ -233,6 +233,7 @@ impl Server {
         let partitions_max = partitions_max.unwrap_or_else(resources::default_partitions_max);
         let topics = TopicTable::open(data_dir, partitions_max, Some(cluster.clone())).await?;
         let server = Server::finish_open(lock, data_dir, topics, Some(cluster.clone())).await?;
+        server.producer_ids.use_cluster(cluster.clone());
         let applier = server.topics.clone().apply_metadata(cluster.clone(), cluster.stopping());
         tokio::spawn(applier);
         let joining = cluster.clone();

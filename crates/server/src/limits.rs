@@ -246,3 +246,7 @@ pub const GROUP_NAME_BYTES_MAX: usize = 512;
 /// name in front.
 pub const PEER_FRAME_BYTES_MAX: usize =
     spool_replication::limits::MESSAGE_BYTES_MAX + 2 + GROUP_NAME_BYTES_MAX;
+/// How long a partition's new leader waits for a quorum to confirm it leads, and to apply
+/// what earlier terms committed, before it checks an idempotent producer's batch; past it the
+/// batch is answered `UNAVAILABLE` and the producer retries it.
+pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -256,7 +256,9 @@ impl TopicTable {
         loop {
             for (after, command) in cluster.committed_commands(next) {
                 if let Some(command) = command {
-                    self.apply(&cluster, command).await;
+                    // A command is a batch of one record: it is at the offset before `after`.
+                    let at = spool_storage::Offset(after.0.saturating_sub(1));
+                    self.apply(&cluster, command, at).await;
                 }
                 next = after;
                 cluster.applied(next);
@@ -268,9 +270,10 @@ impl TopicTable {
         }
     }
 
-    async fn apply(&self, cluster: &Cluster, command: Command) {
+    async fn apply(&self, cluster: &Cluster, command: Command, at: spool_storage::Offset) {
         match command {
             Command::RegisterNode { id, address } => cluster.register(id, address),
+            Command::AllocateProducerIds { .. } => cluster.producer_ids_allocated(at),
             Command::CreateTopic { name, spec } => {
                 let Ok(name) = TopicName::parse(&name) else { return };
                 if self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
@@ -374,7 +377,7 @@ impl TopicTable {
         if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
             return Err(ServiceError::UnknownTopic { name });
         }
-        cluster.propose(&Command::DeleteTopic { name: name.to_string() }).await
+        cluster.propose(&Command::DeleteTopic { name: name.to_string() }).await.map(|_| ())
     }
 
     /// Deletes a topic from this node's disk.

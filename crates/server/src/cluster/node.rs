@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -30,6 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
+use crate::idempotence::ProducerIdError;
+use spool_broker::limits::PRODUCER_ID_BLOCK;
+
+/// The first producer id of the block the command at `offset` allocated.
+fn producer_id_block(offset: Offset) -> i64 {
+    i64::try_from(offset.0).unwrap_or(i64::MAX).saturating_mul(PRODUCER_ID_BLOCK as i64)
+}
 
 /// The metadata group's name.
 pub(crate) const METADATA_GROUP: &str = "__cluster";
@@ -52,6 +60,12 @@ pub(crate) enum Command {
     },
     DeleteTopic {
         name: String,
+    },
+    /// A block of [`PRODUCER_ID_BLOCK`] producer ids for node `node` to hand out: the block
+    /// starts at the command's offset in the metadata log times the block's size, so no two
+    /// commands hand out the same ids and every node knows every block.
+    AllocateProducerIds {
+        node: u64,
     },
 }
 
@@ -122,6 +136,10 @@ pub(crate) struct Cluster {
     nodes: RwLock<BTreeMap<u64, String>>,
     /// Whether this node's registration is applied here: it has joined.
     joined: watch::Sender<bool>,
+    /// The producer ids this node hands out next: the rest of its block.
+    producer_ids: tokio::sync::Mutex<std::ops::Range<i64>>,
+    /// Every producer id below this was handed out by some node (as applied here).
+    producer_ids_end: AtomicI64,
     stop: CancellationToken,
 }
 
@@ -181,6 +199,8 @@ impl Cluster {
             metadata_applied: watch::Sender::new(0),
             nodes: RwLock::new(BTreeMap::new()),
             joined: watch::Sender::new(false),
+            producer_ids: tokio::sync::Mutex::new(0..0),
+            producer_ids_end: AtomicI64::new(0),
             stop: CancellationToken::new(),
         });
         tokio::spawn(serve_peers(listener, cluster.clone(), cluster.stop.clone()));
@@ -292,19 +312,19 @@ impl Cluster {
 
     /// Commits `command` through the metadata group (from any node) and waits until this
     /// node has applied it.
-    pub(crate) async fn propose(&self, command: &Command) -> Result<(), ServiceError> {
+    pub(crate) async fn propose(&self, command: &Command) -> Result<Offset, ServiceError> {
         let json = serde_json::to_vec(command).expect("a command encodes");
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(TimestampMs::now(), None, Some(&json), &[]);
         let batch: Bytes = builder.finish(ProducerStamp::NONE).freeze();
-        let (_, next) =
+        let (base, next) =
             self.metadata().propose_anywhere(batch).await.map_err(|error| {
                 ServiceError::Cluster(format!("the cluster's metadata: {error}"))
             })?;
         let mut applied = self.metadata_applied.subscribe();
         let reached = applied.wait_for(|applied| *applied >= next.0);
         match tokio::time::timeout(METADATA_PATIENCE, reached).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(base),
             _ => Err(ServiceError::Cluster(format!(
                 "the cluster's metadata change was committed but not applied here within {METADATA_PATIENCE:?}"
             ))),
@@ -356,6 +376,35 @@ impl Cluster {
         self.metadata_committed.subscribe()
     }
 
+    /// A producer id no node handed out before, from this node's block; a new block is
+    /// taken through the metadata group when it runs out.
+    pub(crate) async fn allocate_producer_id(&self) -> Result<i64, ServiceError> {
+        let mut block = self.producer_ids.lock().await;
+        if block.is_empty() {
+            let command = Command::AllocateProducerIds { node: self.node_id };
+            let start = producer_id_block(self.propose(&command).await?);
+            *block = start..start + PRODUCER_ID_BLOCK as i64;
+        }
+        let id = block.start;
+        block.start += 1;
+        Ok(id)
+    }
+
+    /// Applies a block's allocation, the command at `offset`.
+    pub(crate) fn producer_ids_allocated(&self, offset: Offset) {
+        let end = producer_id_block(offset) + PRODUCER_ID_BLOCK as i64;
+        self.producer_ids_end.fetch_max(end, Ordering::SeqCst);
+    }
+
+    /// Checks that some node of the cluster handed out `producer_id`.
+    pub(crate) fn check_producer_id(&self, producer_id: i64) -> Result<(), ProducerIdError> {
+        if (0..self.producer_ids_end.load(Ordering::SeqCst)).contains(&producer_id) {
+            Ok(())
+        } else {
+            Err(ProducerIdError::Unknown { producer_id })
+        }
+    }
+
     /// Applies a node's registration.
     pub(crate) fn register(&self, id: u64, address: String) {
         self.nodes.write().unwrap_or_else(PoisonError::into_inner).insert(id, address);
@@ -366,7 +415,7 @@ impl Cluster {
         let command = Command::RegisterNode { id: self.node_id, address: client_address };
         loop {
             match self.propose(&command).await {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::info!(node = self.node_id, "joined the cluster");
                     self.joined.send_replace(true);
                     return;
@@ -405,6 +454,7 @@ impl Cluster {
                 let leader = leader.map(|(id, _)| (id, self.client_address(id)));
                 ServiceError::NotLeader { topic: topic.clone(), partition, leader }
             }
+            ProposeError::Refused { code, message } => ServiceError::Forwarded { code, message },
             other => ServiceError::Cluster(format!("partition {partition} of {topic}: {other}")),
         }
     }

@@ -1,19 +1,52 @@
-//! The writer of a replicated partition: each batch is proposed to the partition's Raft
-//! group and answered once a majority of the replicas has it fsynced (whatever `acks` asked:
-//! a replicated partition acknowledges nothing less). Readers see the log up to the group's
+//! The writer of a replicated partition: each batch is proposed to the partition's Raft group
+//! and answered once a majority of the replicas has it fsynced (whatever `acks` asked: a
+//! replicated partition acknowledges nothing less). Readers see the log up to the group's
 //! high watermark, which the replica moves as it applies entries.
+//!
+//! # Any node takes writes
+//!
+//! A node that does not lead the partition passes each batch to the leader over the peer
+//! listener ([`Replica::forward`]) and answers with the leader's answer: a client may produce
+//! to any node, at the cost of one more hop than sending to the leader `describe` names.
+//!
+//! # Idempotent producers
+//!
+//! The leader checks an idempotent producer's sequence before it proposes the batch, against
+//! a [`ProducerTable`] rebuilt from the committed log whenever it starts to lead (after it has
+//! applied every entry of earlier terms, [`Replica::linearize`]), and kept up to date with
+//! each batch it commits. A retry that reaches a new leader after a failover is so recognised
+//! as the batch the old leader committed, and answered with its offsets. Batches of idempotent
+//! producers are proposed one at a time per partition (their checks are made in order against
+//! a table that holds every batch before them); other batches do not wait for them.
+//!
+//! When the leader fails to commit an idempotent producer's batch, or no leader is known, the
+//! answer is `UNAVAILABLE`: the producer retries it, and the leader that takes the retry
+//! answers it as a duplicate if it was committed after all. A plain producer's batch has no
+//! such retry: `FAILED_PRECONDITION` or `UNAVAILABLE` leave it unknown whether it was stored.
 
 use std::sync::Arc;
 
-use spool_replication::OnCommit;
+use bytes::Bytes;
+use spool_broker::producer::{ProducerTable, Verdict};
+use spool_replication::{OnCommit, OnForwarded, ProposeError, Proposed, Replica};
+use spool_storage::batch::CheckedBatch;
 use spool_storage::{Appended, Log, Offset};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendRequest, Partition};
+use super::{AppendRequest, Partition, blocking};
 use crate::cluster::Cluster;
-use crate::error::ServiceError;
-use crate::limits::WRITER_QUEUE_DEPTH;
+use crate::error::{ServiceError, to_status};
+use crate::idempotence::{rebuild, sequenced};
+use crate::limits::{LEADERSHIP_CONFIRM_TIMEOUT, WRITER_QUEUE_DEPTH};
+
+/// An idempotent producer's batch, for the partition's one sequence checker.
+struct Sequenced {
+    batch: CheckedBatch<Bytes>,
+    /// Passed here by another node: never passed on again.
+    forwarded: bool,
+    reply: oneshot::Sender<Result<(Offset, Offset), ServiceError>>,
+}
 
 /// Runs until `stop`: starts the partition's replica, then proposes each queued batch. Hands
 /// the log back once the replica has stopped.
@@ -39,6 +72,12 @@ pub(super) async fn run(
             None
         }
     };
+    let (sequenced, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
+    if let Some(replica) = &replica {
+        let checker = check_sequences(partition.clone(), replica.clone(), checker_queue);
+        tokio::spawn(checker);
+        replica.on_forwarded(take_forwarded(replica.clone(), sequenced.clone()));
+    }
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
     loop {
         let request = tokio::select! {
@@ -53,23 +92,35 @@ pub(super) async fn run(
             let _ = request.reply.send(Err(error));
             continue;
         };
-        if request.batch.header().producer.producer_id >= 0 {
-            let error = ServiceError::NotForReplicated { what: "idempotent producing" };
-            let _ = request.reply.send(Err(error));
-            continue;
-        }
+        let AppendRequest { batch, reply, .. } = request;
+        // An idempotent producer's batches reach the checker in the order they came.
+        let checked = if sequenced_batch(&batch) {
+            let (answer, answered) = oneshot::channel();
+            let request = Sequenced { batch, forwarded: false, reply: answer };
+            if sequenced.send(request).await.is_err() {
+                let _ = reply.send(Err(ServiceError::ShuttingDown));
+                continue;
+            }
+            Ok(answered)
+        } else {
+            Err(batch)
+        };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let (partition, cluster) = (partition.clone(), cluster.clone());
         tokio::spawn(async move {
-            let AppendRequest { batch, reply, .. } = request;
-            let answer = match replica.propose(batch.into_bytes()).await {
-                Ok((base, next)) => Ok(Appended {
-                    base_offset: base,
-                    last_offset: Offset(next.0.saturating_sub(1)),
-                    rolled: false,
-                }),
-                Err(error) => Err(cluster.not_leader(&partition.topic, partition.id, error)),
+            let proposed = match checked {
+                Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
+                Err(batch) => {
+                    let proposed = replica.propose_anywhere(batch.into_bytes()).await;
+                    proposed
+                        .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error))
+                }
             };
+            let answer = proposed.map(|(base, next)| Appended {
+                base_offset: base,
+                last_offset: Offset(next.0.saturating_sub(1)),
+                rolled: false,
+            });
             let _ = reply.send(answer);
             drop(permit);
         });
@@ -77,4 +128,113 @@ pub(super) async fn run(
     cluster.stop_replica(&group).await;
     partition.changed.send_replace(());
     partition.log.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+}
+
+fn sequenced_batch(batch: &CheckedBatch<Bytes>) -> bool {
+    batch.header().producer.producer_id >= 0
+}
+
+/// What the leader does with a batch another node passed to it: a plain batch is proposed,
+/// an idempotent producer's goes through the sequence checker. A refusal travels back with
+/// its gRPC code, which the passing node answers with.
+fn take_forwarded(replica: Arc<Replica>, sequenced: mpsc::Sender<Sequenced>) -> OnForwarded {
+    Arc::new(move |kafka: Bytes| {
+        let (replica, sequenced) = (replica.clone(), sequenced.clone());
+        Box::pin(async move {
+            let batch = CheckedBatch::check(kafka).map_err(|error| ProposeError::Refused {
+                code: tonic::Code::InvalidArgument as i32,
+                message: format!("a peer passed a batch that does not check: {error}"),
+            })?;
+            if !sequenced_batch(&batch) {
+                return replica.propose(batch.into_bytes()).await;
+            }
+            let (answer, answered) = oneshot::channel();
+            let request = Sequenced { batch, forwarded: true, reply: answer };
+            let stopped = || ProposeError::Stopped("the partition's writer stopped".into());
+            sequenced.send(request).await.map_err(|_| stopped())?;
+            let answer = answered.await.map_err(|_| stopped())?;
+            answer.map_err(|error| {
+                let status = to_status(&error);
+                ProposeError::Refused { code: status.code() as i32, message: error.to_string() }
+            })
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Proposed> + Send>>
+    })
+}
+
+/// The partition's sequence checker (see the module docs): one batch at a time, in the order
+/// they came.
+async fn check_sequences(
+    partition: Arc<Partition>,
+    replica: Arc<Replica>,
+    mut queue: mpsc::Receiver<Sequenced>,
+) {
+    // The table and the term it was rebuilt for; `None` when it must be rebuilt.
+    let mut table: Option<(u64, ProducerTable)> = None;
+    while let Some(Sequenced { batch, forwarded, reply }) = queue.recv().await {
+        let answer = check_one(&partition, &replica, &mut table, batch, forwarded).await;
+        let _ = reply.send(answer);
+    }
+}
+
+async fn check_one(
+    partition: &Arc<Partition>,
+    replica: &Replica,
+    table: &mut Option<(u64, ProducerTable)>,
+    batch: CheckedBatch<Bytes>,
+    forwarded: bool,
+) -> Result<(Offset, Offset), ServiceError> {
+    let unavailable = |error: ProposeError| match error {
+        ProposeError::Refused { code, message } => ServiceError::Forwarded { code, message },
+        other => ServiceError::Cluster(format!(
+            "partition {} of {}: {other}; an idempotent producer retries the batch",
+            partition.id, partition.topic
+        )),
+    };
+    let leading = replica.leading_term();
+    if leading.is_none() || leading != table.as_ref().map(|(term, _)| *term) {
+        *table = None;
+        let term = match replica.linearize(LEADERSHIP_CONFIRM_TIMEOUT).await {
+            Ok(term) => term,
+            Err(ProposeError::NotLeader { .. }) if !forwarded => {
+                return replica.forward(batch.into_bytes()).await.map_err(unavailable);
+            }
+            Err(error) => return Err(unavailable(error)),
+        };
+        let rebuilt = partition.clone();
+        let rebuilt = blocking(move || {
+            rebuilt.with_log(|log| {
+                rebuild(log).map_err(|e| ServiceError::read(&rebuilt.topic, rebuilt.id, e))
+            })
+        })
+        .await?;
+        *table = Some((term, rebuilt));
+    }
+    let Some((_, producers)) = table.as_mut() else {
+        return Err(ServiceError::Internal("the producer table was not rebuilt".into()));
+    };
+    let stamp = sequenced(&batch).expect("only an idempotent producer's batch comes here");
+    match producers.check_group(&[Some(stamp)]).remove(0) {
+        Verdict::Append => match replica.propose(batch.into_bytes()).await {
+            Ok((base, next)) => {
+                producers.record(stamp, base, Offset(next.0.saturating_sub(1)));
+                Ok((base, next))
+            }
+            Err(error) => {
+                // Whether it was committed is unknown: the next batch starts from the log.
+                *table = None;
+                Err(unavailable(error))
+            }
+        },
+        Verdict::Duplicate { base_offset, last_offset } => {
+            Ok((base_offset, Offset(last_offset.0 + 1)))
+        }
+        Verdict::DuplicateInGroup { .. } => {
+            Err(ServiceError::Internal("a group of one batch has no earlier batch".into()))
+        }
+        Verdict::Refuse(source) => Err(ServiceError::Sequence {
+            topic: partition.topic.clone(),
+            partition: partition.id,
+            source,
+        }),
+    }
 }
