@@ -317,6 +317,22 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
         }
     }
     assert!(leaders.iter().all(|l| *l == leaders[0]), "one leader: {leaders:?}");
+
+    // DescribeCluster: every node, reachable, and the partition with its leader; the leader
+    // reports both followers' lag.
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let at_leader = cluster.node(leaders[0]).topics().await.describe_cluster(request).await;
+    let described = at_leader.expect("described").into_inner();
+    assert_eq!(described.node_id, Some(leaders[0]));
+    let nodes: Vec<(u64, bool)> = described.nodes.iter().map(|n| (n.id, n.reachable)).collect();
+    assert_eq!(nodes, [(1, true), (2, true), (3, true)]);
+    let partition = &described.partitions[0];
+    assert_eq!((partition.topic.as_str(), partition.leader), ("wide", Some(leaders[0])));
+    assert!(partition.high_watermark >= 1, "{partition:?}");
+    let mut followers: Vec<u64> = partition.lag.iter().map(|lag| lag.node_id).collect();
+    followers.sort_unstable();
+    assert_eq!(followers.len(), 2, "{partition:?}");
+    assert!(!followers.contains(&leaders[0]), "{partition:?}");
 }
 
 #[tokio::test]
@@ -333,5 +349,8 @@ async fn a_single_node_takes_replication_factor_one_only() {
     assert!(
         described.partitions[0].replicas.is_empty() && described.partitions[0].leader.is_none()
     );
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let single = topics.describe_cluster(request).await.expect("described").into_inner();
+    assert_eq!(single, spool_proto::v1::DescribeClusterResponse::default(), "not a cluster");
     server.shutdown().await;
 }

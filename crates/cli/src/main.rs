@@ -6,6 +6,7 @@
 //! through spool-client.
 
 mod client;
+mod cluster;
 mod config;
 mod dump;
 mod group;
@@ -108,6 +109,13 @@ enum Command {
         #[arg(long, default_value_t = 10_000, requires = "group")]
         session_timeout_ms: u32,
     },
+    /// A cluster's nodes and replicated partitions.
+    Cluster {
+        #[command(flatten)]
+        server: ServerArg,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// List, describe, reset or delete consumer groups.
     Group {
         #[command(flatten)]
@@ -174,7 +182,7 @@ enum Command {
 
 /// How a client command reaches the server. These flags may also come before the command
 /// (`spool --server URL topic list`).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Connection")]
 struct ServerArg {
     /// The server's URL; `HOST:PORT` means `http://HOST:PORT`.
@@ -411,6 +419,9 @@ fn main() -> ExitCode {
         Command::Consume { server, topic, partition, from, count, follow, format, .. } => {
             let options = client::ConsumeOptions { topic, partition, from, count, follow, format };
             block_on(async move { client::consume(&server, options).await })
+        }
+        Command::Cluster { server, command } => {
+            block_on(async move { cluster::cluster(&server, command).await })
         }
         Command::Group { server, command } => {
             block_on(async move { group::group(&server, command).await })

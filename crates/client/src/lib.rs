@@ -117,7 +117,10 @@ pub use request::{
     Reply, Request, RequestError, Requester, RequesterConfig, Responder,
 };
 pub use spool_proto::Acks;
-pub use topics::{Fsync, PartitionInfo, TopicChange, TopicCompression, TopicInfo, TopicSettings};
+pub use topics::{
+    ClusterInfo, Fsync, NodeInfo, PartitionInfo, ReplicatedPartitionInfo, TopicChange,
+    TopicCompression, TopicInfo, TopicSettings,
+};
 
 /// A connection to a Spool server. Cheap to clone; producers and consumers made from it
 /// share its HTTP/2 connection unless built on their own ([`Client::connect`] again).

@@ -205,6 +205,42 @@ impl TopicInfo {
     }
 }
 
+/// A cluster as one node knows it ([`Client::describe_cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterInfo {
+    /// The answering node's id; `None` on a single node (then nothing else is set).
+    pub node_id: Option<u64>,
+    pub nodes: Vec<NodeInfo>,
+    /// Every replicated partition the caller may see, by topic and partition.
+    pub partitions: Vec<ReplicatedPartitionInfo>,
+}
+
+/// One node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: u64,
+    /// Where it listens for its peers.
+    pub peer_address: String,
+    /// Where it serves clients, once it has registered.
+    pub client_address: Option<String>,
+    /// Whether the answering node reached its peer address just now.
+    pub reachable: bool,
+}
+
+/// One replicated partition as the answering node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedPartitionInfo {
+    pub topic: String,
+    pub partition: u32,
+    pub leader: Option<u64>,
+    pub replicas: Vec<u64>,
+    /// The end of what the answering node serves.
+    pub high_watermark: u64,
+    /// Where the answering node leads: each follower's node id and how many entries it is
+    /// behind (`None` while unknown).
+    pub lag: Vec<(u64, Option<u64>)>,
+}
+
 impl Client {
     fn topics(&self) -> TopicServiceClient<crate::Transport> {
         TopicServiceClient::new(self.transport())
@@ -228,6 +264,38 @@ impl Client {
         let request = CreateTopicRequest { name: name.to_owned(), config: Some(config) };
         let created = self.topics().create_topic(request).await?.into_inner();
         Ok(TopicInfo::from_wire(created.topic.unwrap_or_default()))
+    }
+
+    /// The cluster as the connected node knows it: its nodes, and every replicated
+    /// partition's leader, replicas, high watermark here and (where this node leads) lag.
+    pub async fn describe_cluster(&self) -> Result<ClusterInfo, AdminError> {
+        let request = spool_proto::v1::DescribeClusterRequest {};
+        let described = self.topics().describe_cluster(request).await?.into_inner();
+        Ok(ClusterInfo {
+            node_id: described.node_id,
+            nodes: described
+                .nodes
+                .into_iter()
+                .map(|n| NodeInfo {
+                    id: n.id,
+                    peer_address: n.peer_address,
+                    client_address: n.client_address,
+                    reachable: n.reachable,
+                })
+                .collect(),
+            partitions: described
+                .partitions
+                .into_iter()
+                .map(|p| ReplicatedPartitionInfo {
+                    topic: p.topic,
+                    partition: p.partition,
+                    leader: p.leader,
+                    replicas: p.replicas,
+                    high_watermark: p.high_watermark,
+                    lag: p.lag.into_iter().map(|l| (l.node_id, l.entries_behind)).collect(),
+                })
+                .collect(),
+        })
     }
 
     /// Describes a topic and its partitions ([`crate::ErrorCode::NotFound`] if none).

@@ -242,6 +242,20 @@ impl Replica {
         leads.then_some(metrics.current_term)
     }
 
+    /// Where this replica leads: each follower's distance behind it, in entries (`None` while
+    /// the leader has not heard which entries the follower holds). Empty elsewhere.
+    pub fn lag(&self) -> Vec<(NodeId, Option<u64>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let Some(replication) = metrics.replication.as_ref() else { return Vec::new() };
+        let last = metrics.last_log_index.unwrap_or(0);
+        replication
+            .iter()
+            .filter(|(id, _)| **id != self.node_id)
+            .map(|(id, matched)| (*id, matched.map(|at| last.saturating_sub(at.index))))
+            .collect()
+    }
+
     /// Waits up to `timeout` for a leader to be known, and returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
         let wait = self.raft.wait(Some(timeout));

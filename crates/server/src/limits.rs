@@ -250,3 +250,6 @@ pub const PEER_FRAME_BYTES_MAX: usize =
 /// what earlier terms committed, before it checks an idempotent producer's batch; past it the
 /// batch is answered `UNAVAILABLE` and the producer retries it.
 pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
+/// unreachable.
+pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -314,6 +314,11 @@ impl TopicTable {
     }
 
     /// Every topic, sorted by name.
+    /// This node's part in a cluster, on a node of one.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
     pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
         let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
         topics.values().cloned().collect()

@@ -6,9 +6,10 @@ use spool_broker::{TopicCompression, TopicConfig, TopicConfigRequest};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_server::TopicService;
 use spool_proto::v1::{
-    AlterTopicRequest, AlterTopicResponse, CreateTopicRequest, CreateTopicResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
-    FsyncPolicy as WireFsync, ListTopicsRequest, ListTopicsResponse, PartitionDescription,
+    AlterTopicRequest, AlterTopicResponse, ClusterNode, ClusterPartition, CreateTopicRequest,
+    CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, FsyncPolicy as WireFsync,
+    ListTopicsRequest, ListTopicsResponse, PartitionDescription, ReplicaLag,
     TopicCompression as WireCompression, TopicConfig as WireConfig, TopicDescription,
 };
 use spool_storage::FsyncPolicy;
@@ -197,5 +198,51 @@ impl TopicService for TopicApi {
         let topic = self.topics.alter_topic(&request.name, change).await?;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic altered");
         Ok(Response::new(AlterTopicResponse { topic: Some(describe(&topic, true)?) }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.check_token().map_err(ServiceError::from)?;
+        let Some(cluster) = self.topics.cluster() else {
+            return Ok(Response::new(DescribeClusterResponse::default()));
+        };
+        let nodes = cluster.probe_nodes().await.into_iter();
+        let nodes = nodes
+            .map(|(id, peer_address, client_address, reachable)| ClusterNode {
+                id,
+                peer_address,
+                client_address,
+                reachable,
+            })
+            .collect();
+        let mut topics = self.topics.topics();
+        topics.retain(|topic| caller.may_see_topic(topic.name.as_str()));
+        topics.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        let mut partitions = Vec::new();
+        for topic in topics {
+            for partition in &topic.partitions {
+                let replica = partition.replica();
+                let lag = replica.map(|replica| replica.lag()).unwrap_or_default();
+                partitions.push(ClusterPartition {
+                    topic: topic.name.to_string(),
+                    partition: partition.id(),
+                    leader: partition.leader(),
+                    replicas: partition.replicas(),
+                    high_watermark: replica.map_or(0, |replica| replica.high_watermark().0),
+                    lag: lag
+                        .into_iter()
+                        .map(|(node_id, entries_behind)| ReplicaLag { node_id, entries_behind })
+                        .collect(),
+                });
+            }
+        }
+        Ok(Response::new(DescribeClusterResponse {
+            node_id: Some(cluster.node_id),
+            nodes,
+            partitions,
+        }))
     }
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
+use crate::limits::PEER_PROBE_TIMEOUT;
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
 /// The first producer id of the block the command at `offset` allocated.
@@ -304,6 +305,29 @@ impl Cluster {
     /// Where node `id` serves clients, once it has registered.
     pub(crate) fn client_address(&self, id: u64) -> Option<String> {
         self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// Every node: its id, peer address, client address once registered, and whether this
+    /// node opened a connection to its peer address within [`PEER_PROBE_TIMEOUT`].
+    pub(crate) async fn probe_nodes(&self) -> Vec<(u64, String, Option<String>, bool)> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (id, address) in self.members.clone() {
+            let own = id == self.node_id;
+            probes.spawn(async move {
+                let connect = tokio::net::TcpStream::connect(address.clone());
+                let reached = own
+                    || matches!(tokio::time::timeout(PEER_PROBE_TIMEOUT, connect).await, Ok(Ok(_)));
+                (id, address, reached)
+            });
+        }
+        let mut nodes = Vec::new();
+        while let Some(probe) = probes.join_next().await {
+            if let Ok((id, address, reached)) = probe {
+                nodes.push((id, address, self.client_address(id), reached));
+            }
+        }
+        nodes.sort_by_key(|node| node.0);
+        nodes
     }
 
     fn metadata(&self) -> &Arc<Replica> {

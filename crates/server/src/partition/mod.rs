@@ -157,6 +157,11 @@ impl Partition {
         self.replica.get().and_then(|replica| replica.leader()).map(|(id, _)| id)
     }
 
+    /// This node's replica of the partition, on a node of a cluster once it has started.
+    pub(crate) fn replica(&self) -> Option<&Arc<spool_replication::Replica>> {
+        self.replica.get()
+    }
+
     /// The nodes that hold the partition, on a node of a cluster.
     pub(crate) fn replicas(&self) -> Vec<u64> {
         self.server.cluster.as_ref().map(|cluster| cluster.node_ids()).unwrap_or_default()

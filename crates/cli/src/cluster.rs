@@ -1,0 +1,100 @@
+//! `spool cluster status`: every node of a cluster and every replicated partition, gathered
+//! from each node that answers (a partition's lag from its leader, each node's high watermark
+//! from that node).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::Subcommand;
+use spool_client::ClusterInfo;
+
+use crate::ServerArg;
+use crate::client::connect;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Every node (reachable or not) and every replicated partition: leader, replicas, each
+    /// node's high watermark and each follower's lag behind the leader.
+    Status,
+}
+
+pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status = command;
+    let client = connect(server).await?;
+    let first = client.describe_cluster().await.context("asking for the cluster's state")?;
+    let Some(answering) = first.node_id else {
+        println!("{} is a single node, not a node of a cluster", server.server);
+        return Ok(());
+    };
+    // Each other registered node's own view, where it answers.
+    let mut views: BTreeMap<u64, Result<ClusterInfo, String>> = BTreeMap::new();
+    let scheme = if server.server.starts_with("https://") { "https" } else { "http" };
+    for node in first.nodes.iter().filter(|n| n.id != answering) {
+        let view = match &node.client_address {
+            None => Err("not registered yet".to_owned()),
+            Some(address) => {
+                let url = format!("{scheme}://{address}");
+                let other = ServerArg { server: url, ..server.clone() };
+                match connect(&other).await {
+                    Ok(client) => client.describe_cluster().await.map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        };
+        views.insert(node.id, view);
+    }
+    println!("nodes (reachability as node {answering} sees it):");
+    for node in &first.nodes {
+        let client = node.client_address.as_deref().unwrap_or("not registered");
+        let reach = if node.reachable { "reachable" } else { "unreachable" };
+        let answer = match views.get(&node.id) {
+            Some(Err(error)) => format!("\tnot answering: {error}"),
+            _ => String::new(),
+        };
+        println!(
+            "  node {}\tpeers {}\tclients {client}\t{reach}{answer}",
+            node.id, node.peer_address
+        );
+    }
+    views.insert(answering, Ok(first.clone()));
+    println!("partitions:");
+    if first.partitions.is_empty() {
+        println!("  none");
+    }
+    for partition in &first.partitions {
+        let key = (&partition.topic, partition.partition);
+        let seen = |view: &ClusterInfo| {
+            view.partitions.iter().find(|p| (&p.topic, p.partition) == key).cloned()
+        };
+        let mut watermarks = Vec::new();
+        for (id, view) in &views {
+            let at = view.as_ref().ok().and_then(seen);
+            let mark = at.map_or_else(|| "?".to_owned(), |p| p.high_watermark.to_string());
+            watermarks.push(format!("{id}={mark}"));
+        }
+        let leader = partition.leader.map_or_else(|| "none".to_owned(), |id| id.to_string());
+        let lag = partition
+            .leader
+            .and_then(|id| views.get(&id)?.as_ref().ok().and_then(seen))
+            .map(|led| {
+                let lag: Vec<String> = led
+                    .lag
+                    .iter()
+                    .map(|(id, behind)| {
+                        format!("{id}={}", behind.map_or_else(|| "?".to_owned(), |b| b.to_string()))
+                    })
+                    .collect();
+                lag.join(",")
+            })
+            .unwrap_or_else(|| "unknown (the leader did not answer)".to_owned());
+        let replicas: Vec<String> = partition.replicas.iter().map(u64::to_string).collect();
+        println!(
+            "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}",
+            partition.topic,
+            partition.partition,
+            replicas.join(","),
+            watermarks.join(",")
+        );
+    }
+    Ok(())
+}
