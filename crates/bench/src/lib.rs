@@ -181,9 +181,13 @@ pub struct WorkloadArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TargetKind {
     Spool,
+    /// Three Spool nodes started in-process on 127.0.0.1-3 (under --data), every partition
+    /// replicated on all three and acknowledged once two have it fsynced; the workload runs
+    /// against partition 0's leader. All three share this machine's disk and cores.
+    SpoolCluster,
     Nats,
     /// Spool's Kafka listener, driven by kcat (librdkafka): produce and consume only.
     Kafka,
@@ -572,6 +576,7 @@ pub async fn measure_workload(
             TargetKind::Spool => {
                 vec![spool::measure(&settings, args.server.as_deref(), &data_root).await?]
             }
+            TargetKind::SpoolCluster => vec![spool::measure_cluster(&settings, &data_root).await?],
             TargetKind::Kafka => vec![kafka::measure(&settings, &args.kcat, &data_root).await?],
             TargetKind::Nats => {
                 let mut measured = Vec::new();

@@ -12,6 +12,8 @@ use spool_client::{
     Acks, Client, Delivery, Follow, Producer, ProducerConfig, Record, StartAt, TopicSettings,
 };
 use spool_proto::limits::BATCH_BYTES_MAX;
+use spool_server::ClusterSetup;
+use spool_server::cluster::ClusterOptions;
 use spool_server::testing::{StartError, TestServer};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -61,6 +63,93 @@ impl InProcess {
     }
 }
 
+/// Three cluster nodes started by the harness in one process, on 127.0.0.1-3, each in a
+/// directory of its own under the data root.
+struct InProcessCluster {
+    nodes: Vec<TestServer>,
+    _data: tempfile::TempDir,
+}
+
+impl InProcessCluster {
+    const NODES: u8 = 3;
+
+    async fn start(data_root: &Path) -> Result<InProcessCluster, BenchError> {
+        let data =
+            tempfile::Builder::new().prefix("spool-bench-cluster-").tempdir_in(data_root).map_err(
+                |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
+            )?;
+        let ip = |id: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, id));
+        let mut listeners = Vec::new();
+        for id in 1..=Self::NODES {
+            let listener = tokio::net::TcpListener::bind((ip(id), 0))
+                .await
+                .map_err(|e| BenchError::io(format!("binding {}:0", ip(id)), e))?;
+            listeners.push(listener);
+        }
+        let mut peers = Vec::new();
+        for (id, listener) in (1u64..).zip(&listeners) {
+            let address =
+                listener.local_addr().map_err(|e| BenchError::io("a bound port".into(), e))?;
+            peers.push((id, address));
+        }
+        let mut nodes = Vec::new();
+        for (id, listener) in (1u8..).zip(listeners) {
+            let options = ClusterOptions::new(u64::from(id), &peers)
+                .map_err(|error| BenchError::Server(error.to_string()))?;
+            let setup = ClusterSetup { options, listener: Some(listener) };
+            let dir = data.path().join(format!("node-{id}"));
+            let node = TestServer::start_cluster_node(&dir, ip(id), setup)
+                .await
+                .map_err(|error| BenchError::Server(error.to_string()))?;
+            nodes.push(node);
+        }
+        for node in &nodes {
+            node.wait_until_serving()
+                .await
+                .map_err(|error| BenchError::Server(error.to_string()))?;
+        }
+        Ok(InProcessCluster { nodes, _data: data })
+    }
+
+    /// The URL of the node that leads partition 0 of `topic`, once one does.
+    async fn leader_url(&self, client: &Client, topic: &str) -> Result<String, BenchError> {
+        let deadline = Instant::now() + VISIBLE_TIMEOUT;
+        loop {
+            let described = client.describe_topic(topic).await?;
+            let leader = described.partition_states.first().and_then(|p| p.leader);
+            if let Some(node) = leader.and_then(|id| self.nodes.get(id as usize - 1)) {
+                return Ok(node.url().to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::Timeout(format!("no leader of {topic} was elected")));
+            }
+            tokio::time::sleep(VISIBLE_POLL).await;
+        }
+    }
+
+    async fn stop(self) -> Result<(), BenchError> {
+        for node in self.nodes {
+            node.shutdown().await.map_err(|error| BenchError::Server(error.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the workload against three in-process cluster nodes (see
+/// [`crate::TargetKind::SpoolCluster`]).
+pub async fn measure_cluster(
+    settings: &Settings,
+    data_root: &Path,
+) -> Result<Measured, BenchError> {
+    let cluster = InProcessCluster::start(data_root).await?;
+    let url = cluster.nodes[0].url().to_owned();
+    let measured = measure_at(settings, &url, Some(&cluster)).await;
+    cluster.stop().await?;
+    let mut measured = measured?;
+    measured.target = format!("spool-cluster-{}", InProcessCluster::NODES);
+    Ok(measured)
+}
+
 fn durability(settings: &Settings) -> String {
     let acks = match settings.acks {
         AcksArg::None => "none",
@@ -84,7 +173,21 @@ pub async fn measure(
         || in_process.as_ref().map(|s| s.url().to_owned()).unwrap_or_default(),
         str::to_owned,
     );
-    let client = Client::connect(&url).await?;
+    let measured = measure_at(settings, &url, None).await;
+    if let Some(in_process) = in_process {
+        in_process.stop().await?;
+    }
+    measured
+}
+
+/// Runs the workload against the server at `url`, or, on a cluster, against the node that
+/// leads the topic's partition 0 once `url` has created it.
+async fn measure_at(
+    settings: &Settings,
+    url: &str,
+    cluster: Option<&InProcessCluster>,
+) -> Result<Measured, BenchError> {
+    let client = Client::connect(url).await?;
     let topic = format!(
         "spool-bench-{}-{}",
         std::process::id(),
@@ -100,6 +203,10 @@ pub async fn measure(
     // Made before the clock starts: for `json`, thousands of events.
     let payloads = Arc::new(Payloads::new(settings.payload, settings.message_size, settings.batch));
     client.create_topic(&topic, topic_settings).await?;
+    let client = match cluster {
+        Some(cluster) => Client::connect(&cluster.leader_url(&client, &topic).await?).await?,
+        None => client,
+    };
     let measured = async {
         let (mut measured, produced) = match settings.workload {
             Workload::Produce => produce(&client, &topic, settings, &payloads).await?,
@@ -114,9 +221,6 @@ pub async fn measure(
     .await;
     let deleted = client.delete_topic(&topic).await;
     drop(client);
-    if let Some(in_process) = in_process {
-        in_process.stop().await?;
-    }
     let measured = measured?;
     deleted?;
     Ok(measured)

@@ -20,6 +20,7 @@ struct Node {
     peers: String,
     id: u64,
     client: String,
+    metrics: String,
     data: PathBuf,
     served: Option<Served>,
 }
@@ -35,6 +36,8 @@ impl Node {
             &self.peers,
             "--listen",
             &self.client,
+            "--metrics",
+            &self.metrics,
             "--data",
         ]);
         command.arg(&self.data);
@@ -53,6 +56,18 @@ impl Node {
             .unwrap();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// What its Prometheus endpoint serves now.
+    fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics).unwrap();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.metrics);
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
     }
 
     /// `spool ARGS` until it succeeds (the cluster may be electing a leader); its stdout.
@@ -87,6 +102,7 @@ fn start_cluster(dir: &Path) -> Vec<Node> {
             peers: peers.clone(),
             id: i as u64 + 1,
             client: free_address(ip),
+            metrics: free_address(ip),
             data: dir.join(format!("node-{}", i + 1)),
             served: None,
         })
@@ -150,6 +166,28 @@ fn killing_the_leader_loses_nothing_acknowledged() {
         }
         nodes[leader as usize - 1].start();
     }
+    // The replication series: every node names a leader and counts the leaders it saw; the
+    // leader that took the last writes timed their commits.
+    let mut commits_timed = 0.0f64;
+    for node in &nodes {
+        let scraped = node.scrape();
+        let series = |name: &str| {
+            scraped
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains("topic=\"t\""))
+                .unwrap_or_else(|| panic!("no {name} of t at node {}:\n{scraped}", node.id))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        let leader = series("spool_partition_leader{");
+        assert!([1.0, 2.0, 3.0].contains(&leader), "node {}: {leader}", node.id);
+        assert!(series("spool_leader_changes_total{") >= 1.0, "node {}", node.id);
+        commits_timed = commits_timed.max(series("spool_replication_commit_seconds_count{"));
+    }
+    assert!(commits_timed >= 5.0, "the leader timed {commits_timed} commits");
     for node in &nodes {
         let deadline = Instant::now() + GUARD;
         loop {

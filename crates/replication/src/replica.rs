@@ -58,6 +58,24 @@ pub type Proposed = Result<(Offset, Offset), ProposeError>;
 pub type OnForwarded =
     Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Proposed> + Send>> + Send + Sync>;
 
+/// Counts each new leader the metrics name, until the replica stops.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        last = leader;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// This node's replica of one partition: its segment log, its state, and the Raft group that
 /// keeps them in step with the other replicas.
 pub struct Replica {
@@ -68,6 +86,8 @@ pub struct Replica {
     store: SegmentLogStore,
     state: PartitionStateMachine,
     forwarded: OnceLock<OnForwarded>,
+    /// Leaders this replica has seen take the group since it started.
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -107,23 +127,26 @@ impl Replica {
         let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
             .await
             .map_err(|error| StartError(error.to_string()))?;
-        Ok(Replica { raft, node_id, group, transport, store, state, forwarded: OnceLock::new() })
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
+        let forwarded = OnceLock::new();
+        Ok(Replica { raft, node_id, group, transport, store, state, forwarded, leader_changes })
     }
 
     /// Forms the group with `members` (node id to address) as its voters, once: a replica
-    /// whose log already holds a membership leaves it as it is.
+    /// whose log already holds a membership leaves it as it is. Whether this call formed it.
     pub async fn bootstrap(
         &self,
         members: &BTreeMap<NodeId, String>,
-    ) -> Result<(), BootstrapError> {
+    ) -> Result<bool, BootstrapError> {
         if self.raft.is_initialized().await.map_err(|e| BootstrapError(e.to_string()))? {
-            return Ok(());
+            return Ok(false);
         }
         let nodes: BTreeMap<NodeId, BasicNode> =
             members.iter().map(|(id, address)| (*id, BasicNode::new(address))).collect();
         match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
             Err(error) => Err(BootstrapError(error.to_string())),
         }
     }
@@ -254,6 +277,12 @@ impl Replica {
             .filter(|(id, _)| **id != self.node_id)
             .map(|(id, matched)| (*id, matched.map(|at| last.saturating_sub(at.index))))
             .collect()
+    }
+
+    /// How many times a new leader took the group, as this replica heard it, since it
+    /// started (its first leader included).
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits up to `timeout` for a leader to be known, and returns it.

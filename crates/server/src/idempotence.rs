@@ -222,9 +222,9 @@ impl ProducerIds {
     }
 
     /// Checks that `producer_id` was handed out (by this run or an earlier one).
-    pub(crate) fn check(&self, producer_id: i64) -> Result<(), ProducerIdError> {
+    pub(crate) async fn check(&self, producer_id: i64) -> Result<(), ProducerIdError> {
         if let Some(cluster) = self.cluster.get() {
-            return cluster.check_producer_id(producer_id);
+            return cluster.check_producer_id(producer_id).await;
         }
         if (0..self.next.load(Ordering::SeqCst)).contains(&producer_id) {
             Ok(())
@@ -274,7 +274,7 @@ mod tests {
             // The log keeps the highest reservation: nothing handed out is handed out again,
             // and every id handed out is still known.
             let reopened = ProducerIds::open_compacting_at(data.path(), 1024).await.unwrap();
-            reopened.check(last).unwrap();
+            reopened.check(last).await.unwrap();
             assert_eq!(reopened.allocate().await.unwrap(), last + 1, "after {blocks} blocks");
             reopened.close().await;
         }

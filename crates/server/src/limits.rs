@@ -253,3 +253,6 @@ pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration:
 /// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
 /// unreachable.
 pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a cluster node waits to learn of a producer id it does not know (another node may
+/// have handed it out just now) before it refuses it as never handed out.
+pub const PRODUCER_ID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -183,6 +183,18 @@ pub mod names {
     /// Consumer-group lag in records, per group, topic and partition: the partition's end
     /// offset minus the group's committed offset (gauge, at scrape).
     pub const GROUP_LAG_RECORDS: &str = "spool_group_lag_records";
+    /// On a cluster: the node id of the partition's leader as this node knows it, 0 while
+    /// none is known (gauge, at scrape).
+    pub const PARTITION_LEADER: &str = "spool_partition_leader";
+    /// On a cluster: leaders this node has seen take the partition since it started, its
+    /// first included (counter, at scrape).
+    pub const LEADER_CHANGES: &str = "spool_leader_changes_total";
+    /// On a cluster, on the partition's leader: how many entries (batches) the furthest
+    /// follower it has heard from is behind it; 0 on the other nodes (gauge, at scrape).
+    pub const REPLICATION_LAG_ENTRIES: &str = "spool_replication_lag_entries";
+    /// On a cluster, on the partition's leader: time from proposing a batch to a majority
+    /// having it fsynced and the leader having applied it (histogram).
+    pub const REPLICATION_COMMIT_SECONDS: &str = "spool_replication_commit_seconds";
 }
 
 /// Upper bounds of the latency histograms' buckets, in seconds: 50 µs to 2.5 s.
@@ -527,6 +539,17 @@ mod describe {
         describe_gauge!(SEGMENTS, "Segment files of the partition.");
         describe_gauge!(LOG_BYTES, Unit::Bytes, "Bytes of the partition's segment files.");
         describe_gauge!(FENCED, "1 when the partition refuses writes.");
+        describe_gauge!(PARTITION_LEADER, "The partition's leader's node id, 0 while none.");
+        describe_counter!(LEADER_CHANGES, "Leaders this node saw take the partition.");
+        describe_gauge!(
+            REPLICATION_LAG_ENTRIES,
+            "On the leader: entries the furthest follower is behind."
+        );
+        describe_histogram!(
+            REPLICATION_COMMIT_SECONDS,
+            Unit::Seconds,
+            "On the leader: time from proposing a batch to its commit."
+        );
         describe_gauge!(SUBSCRIBERS, "Open Subscribe streams.");
         describe_gauge!(CONNECTIONS, "Open client connections.");
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
@@ -569,6 +592,7 @@ pub(crate) struct PartitionMetrics {
     fsync_seconds: Histogram,
     group_batches: Histogram,
     subscribers: Gauge,
+    commit_seconds: Histogram,
 }
 
 impl std::fmt::Debug for PartitionMetrics {
@@ -590,7 +614,13 @@ impl PartitionMetrics {
             fsync_seconds: metrics::histogram!(names::FSYNC_SECONDS, &labels),
             group_batches: metrics::histogram!(names::GROUP_COMMIT_BATCHES, &labels),
             subscribers: metrics::gauge!(names::SUBSCRIBERS, &labels),
+            commit_seconds: metrics::histogram!(names::REPLICATION_COMMIT_SECONDS, &labels),
         }
+    }
+
+    /// Records how long a proposed batch took to commit (on a replicated partition's leader).
+    pub(crate) fn commit_took(&self, took: Duration) {
+        self.commit_seconds.record(took);
     }
 
     /// Runs one group's append and records how long it took.
@@ -654,6 +684,16 @@ pub(crate) struct PartitionGauges {
     pub(crate) segments: usize,
     pub(crate) size_bytes: u64,
     pub(crate) fenced: bool,
+    /// On a cluster: the partition's replication, as this node sees it.
+    pub(crate) replication: Option<ReplicationGauges>,
+}
+
+/// A replicated partition's state, as one node sees it.
+pub(crate) struct ReplicationGauges {
+    pub(crate) leader: Option<u64>,
+    pub(crate) leader_changes: u64,
+    /// Where this node leads: the furthest follower's distance behind it, in entries.
+    pub(crate) lag_entries: u64,
 }
 
 /// Sets one partition's state gauges, and the lag of every group with an offset committed
@@ -665,6 +705,13 @@ pub(crate) fn export_partition_gauges(topic: &TopicName, partition: u32, gauges:
     metrics::gauge!(names::SEGMENTS, &labels).set(gauges.segments as f64);
     metrics::gauge!(names::LOG_BYTES, &labels).set(gauges.size_bytes as f64);
     metrics::gauge!(names::FENCED, &labels).set(if gauges.fenced { 1.0 } else { 0.0 });
+    if let Some(replication) = gauges.replication {
+        let leader = replication.leader.unwrap_or(0);
+        metrics::gauge!(names::PARTITION_LEADER, &labels).set(leader as f64);
+        metrics::counter!(names::LEADER_CHANGES, &labels).absolute(replication.leader_changes);
+        let lag = replication.lag_entries as f64;
+        metrics::gauge!(names::REPLICATION_LAG_ENTRIES, &labels).set(lag);
+    }
     let committed: Vec<(String, u64)> = locked(&GROUP_COMMITTED)
         .get(&(topic.to_string(), partition))
         .map(|groups| groups.iter().map(|(group, offset)| (group.clone(), *offset)).collect())

@@ -224,7 +224,7 @@ impl ProduceApi {
         };
         let partitions = topic.config().partitions();
         if request.producer.is_some() {
-            self.producer_ids.check(producer.producer_id)?;
+            self.producer_ids.check(producer.producer_id).await?;
         }
         // Every batch is checked here (CRC and every record), on the request's own task, before
         // any is queued: the partitions' writers append them without checking them again. A
@@ -250,7 +250,7 @@ impl ProduceApi {
                         let reason = "a raw batch with a producer stamp";
                         return Err(InvalidRequest::IdempotentWithoutPartition { reason }.into());
                     }
-                    self.producer_ids.check(idempotent.stamp.producer_id)?;
+                    self.producer_ids.check(idempotent.stamp.producer_id).await?;
                 }
                 vec![(partition, raw)]
             }

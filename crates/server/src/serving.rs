@@ -22,7 +22,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::connection::{Accepting, ConnectionTimeouts, FirstRequest, Guarded};
 use crate::limits::{GRPC_CONNECTIONS_MAX, METRICS_CONNECTIONS_MAX};
-use crate::metrics::{PartitionGauges, export_partition_gauges};
+use crate::metrics::{PartitionGauges, ReplicationGauges, export_partition_gauges};
 use crate::topic_table::TopicTable;
 
 /// The listener's TLS: a certificate chain and key (PEM), and for mutual TLS the CA that
@@ -240,6 +240,16 @@ fn export_gauges(topics: &TopicTable) {
     for topic in topics.topics() {
         for partition in &topic.partitions {
             let Ok(state) = partition.state() else { continue };
+            let replication = partition.replica().map(|replica| ReplicationGauges {
+                leader: replica.leader().map(|(id, _)| id),
+                leader_changes: replica.leader_changes(),
+                lag_entries: replica
+                    .lag()
+                    .iter()
+                    .filter_map(|(_, behind)| *behind)
+                    .max()
+                    .unwrap_or(0),
+            });
             export_partition_gauges(
                 &topic.name,
                 partition.id(),
@@ -249,6 +259,7 @@ fn export_gauges(topics: &TopicTable) {
                     segments: state.segments,
                     size_bytes: state.size_bytes,
                     fenced: state.fence.is_some(),
+                    replication,
                 },
             );
         }

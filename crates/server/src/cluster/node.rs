@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
-use crate::limits::PEER_PROBE_TIMEOUT;
+use crate::limits::{PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE};
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
 /// The first producer id of the block the command at `offset` allocated.
@@ -140,7 +139,7 @@ pub(crate) struct Cluster {
     /// The producer ids this node hands out next: the rest of its block.
     producer_ids: tokio::sync::Mutex<std::ops::Range<i64>>,
     /// Every producer id below this was handed out by some node (as applied here).
-    producer_ids_end: AtomicI64,
+    producer_ids_end: watch::Sender<i64>,
     stop: CancellationToken,
 }
 
@@ -201,7 +200,7 @@ impl Cluster {
             nodes: RwLock::new(BTreeMap::new()),
             joined: watch::Sender::new(false),
             producer_ids: tokio::sync::Mutex::new(0..0),
-            producer_ids_end: AtomicI64::new(0),
+            producer_ids_end: watch::Sender::new(0),
             stop: CancellationToken::new(),
         });
         tokio::spawn(serve_peers(listener, cluster.clone(), cluster.stop.clone()));
@@ -221,19 +220,20 @@ impl Cluster {
         let log = store.log().clone();
         let state = PartitionStateMachine::open(cluster.fs.clone(), &dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        let replica = cluster.start_replica(METADATA_GROUP, store, state).await?;
+        let (replica, _) = cluster.start_replica(METADATA_GROUP, store, state).await?;
         let _ = cluster.metadata.set(replica);
         Ok(cluster)
     }
 
     /// Starts and registers this node's replica of `group`, and forms the group with every
-    /// node as a voter (a log that holds a membership keeps it).
+    /// node as a voter (a log that holds a membership keeps it). Whether it formed the group
+    /// now (a new group) comes with it.
     async fn start_replica(
         &self,
         group: &str,
         store: SegmentLogStore,
         state: PartitionStateMachine,
-    ) -> Result<Arc<Replica>, JoinClusterError> {
+    ) -> Result<(Arc<Replica>, bool), JoinClusterError> {
         let transport = self.transport.clone();
         let replica = Replica::start(self.node_id, group, store, state, transport)
             .await
@@ -243,11 +243,11 @@ impl Cluster {
             let mut replicas = self.replicas.write().unwrap_or_else(PoisonError::into_inner);
             replicas.insert(group.to_owned(), replica.clone());
         }
-        replica
+        let formed = replica
             .bootstrap(&self.members)
             .await
             .map_err(|e| JoinClusterError::Start(e.to_string()))?;
-        Ok(replica)
+        Ok((replica, formed))
     }
 
     /// Starts this node's replica of a partition whose log is `log`, in the log's
@@ -269,8 +269,10 @@ impl Cluster {
             .map_err(|e| error(e.to_string()))?;
         let state = PartitionStateMachine::open(self.fs.clone(), &dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        let replica = self.start_replica(group, store, state).await?;
-        if self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+        let (replica, formed) = self.start_replica(group, store, state).await?;
+        // Only a new group: a node that restarts into a running group waits to hear from its
+        // leader, rather than start an election that would depose it.
+        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
             replica.campaign().await;
         }
         Ok(replica)
@@ -417,15 +419,25 @@ impl Cluster {
     /// Applies a block's allocation, the command at `offset`.
     pub(crate) fn producer_ids_allocated(&self, offset: Offset) {
         let end = producer_id_block(offset) + PRODUCER_ID_BLOCK as i64;
-        self.producer_ids_end.fetch_max(end, Ordering::SeqCst);
+        self.producer_ids_end.send_if_modified(|known| {
+            let grows = end > *known;
+            *known = (*known).max(end);
+            grows
+        });
     }
 
-    /// Checks that some node of the cluster handed out `producer_id`.
-    pub(crate) fn check_producer_id(&self, producer_id: i64) -> Result<(), ProducerIdError> {
-        if (0..self.producer_ids_end.load(Ordering::SeqCst)).contains(&producer_id) {
-            Ok(())
-        } else {
-            Err(ProducerIdError::Unknown { producer_id })
+    /// Checks that some node of the cluster handed out `producer_id`. An id handed out by
+    /// another node just now may not be applied here yet: it waits up to
+    /// [`PRODUCER_ID_PATIENCE`] for it.
+    pub(crate) async fn check_producer_id(&self, producer_id: i64) -> Result<(), ProducerIdError> {
+        if producer_id < 0 {
+            return Err(ProducerIdError::Unknown { producer_id });
+        }
+        let mut known = self.producer_ids_end.subscribe();
+        let handed_out = known.wait_for(|end| producer_id < *end);
+        match tokio::time::timeout(PRODUCER_ID_PATIENCE, handed_out).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ProducerIdError::Unknown { producer_id }),
         }
     }
 

@@ -141,6 +141,7 @@ async fn submit(
             shared
                 .producer_ids
                 .check(idempotent.stamp.producer_id)
+                .await
                 .map_err(|error| error_code(&error.into()))?;
         }
         batches.push(checked);

@@ -76,7 +76,8 @@ pub(super) async fn run(
     if let Some(replica) = &replica {
         let checker = check_sequences(partition.clone(), replica.clone(), checker_queue);
         tokio::spawn(checker);
-        replica.on_forwarded(take_forwarded(replica.clone(), sequenced.clone()));
+        let forwarded = take_forwarded(partition.clone(), replica.clone(), sequenced.clone());
+        replica.on_forwarded(forwarded);
     }
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
     loop {
@@ -111,7 +112,11 @@ pub(super) async fn run(
             let proposed = match checked {
                 Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
                 Err(batch) => {
+                    let started = std::time::Instant::now();
                     let proposed = replica.propose_anywhere(batch.into_bytes()).await;
+                    if proposed.is_ok() && replica.leading_term().is_some() {
+                        partition.metrics.commit_took(started.elapsed());
+                    }
                     proposed
                         .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error))
                 }
@@ -137,16 +142,26 @@ fn sequenced_batch(batch: &CheckedBatch<Bytes>) -> bool {
 /// What the leader does with a batch another node passed to it: a plain batch is proposed,
 /// an idempotent producer's goes through the sequence checker. A refusal travels back with
 /// its gRPC code, which the passing node answers with.
-fn take_forwarded(replica: Arc<Replica>, sequenced: mpsc::Sender<Sequenced>) -> OnForwarded {
+fn take_forwarded(
+    partition: Arc<Partition>,
+    replica: Arc<Replica>,
+    sequenced: mpsc::Sender<Sequenced>,
+) -> OnForwarded {
     Arc::new(move |kafka: Bytes| {
-        let (replica, sequenced) = (replica.clone(), sequenced.clone());
+        let (partition, replica, sequenced) =
+            (partition.clone(), replica.clone(), sequenced.clone());
         Box::pin(async move {
             let batch = CheckedBatch::check(kafka).map_err(|error| ProposeError::Refused {
                 code: tonic::Code::InvalidArgument as i32,
                 message: format!("a peer passed a batch that does not check: {error}"),
             })?;
             if !sequenced_batch(&batch) {
-                return replica.propose(batch.into_bytes()).await;
+                let started = std::time::Instant::now();
+                let proposed = replica.propose(batch.into_bytes()).await;
+                if proposed.is_ok() {
+                    partition.metrics.commit_took(started.elapsed());
+                }
+                return proposed;
             }
             let (answer, answered) = oneshot::channel();
             let request = Sequenced { batch, forwarded: true, reply: answer };
@@ -213,9 +228,11 @@ async fn check_one(
         return Err(ServiceError::Internal("the producer table was not rebuilt".into()));
     };
     let stamp = sequenced(&batch).expect("only an idempotent producer's batch comes here");
+    let started = std::time::Instant::now();
     match producers.check_group(&[Some(stamp)]).remove(0) {
         Verdict::Append => match replica.propose(batch.into_bytes()).await {
             Ok((base, next)) => {
+                partition.metrics.commit_took(started.elapsed());
                 producers.record(stamp, base, Offset(next.0.saturating_sub(1)));
                 Ok((base, next))
             }
