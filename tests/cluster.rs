@@ -277,6 +277,56 @@ async fn a_retried_batch_is_answered_as_a_duplicate_by_the_next_leader() {
     }
 }
 
+/// A topic grows through any node: every node starts the new partitions' replicas and each
+/// takes writes; settings a replicated partition cannot change are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_grows_on_every_node() {
+    use spool_proto::v1::AlterTopicRequest;
+    let cluster = Cluster::start().await;
+    cluster.node(1).create_topic("growing", 1, always()).await;
+    let mut topics = cluster.node(2).topics().await;
+    let grow =
+        AlterTopicRequest { name: "growing".into(), partitions: Some(3), ..Default::default() };
+    let grown = topics.alter_topic(grow).await.expect("grown").into_inner();
+    assert_eq!(grown.topic.unwrap().config.unwrap().partitions, 3);
+    for id in 1..=3 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = cluster.node(id).describe("growing").await.expect("described");
+            if described.partitions.len() == 3
+                && described.partitions.iter().all(|p| p.leader.is_some())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id}: {described:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match cluster
+            .node(3)
+            .produce("growing", Some(2), vec![record("in the new partition")])
+            .await
+        {
+            Ok(_) => break,
+            Err(status)
+                if matches!(status.code(), Code::FailedPrecondition | Code::Unavailable) => {}
+            Err(status) => panic!("{status:?}"),
+        }
+        assert!(Instant::now() < deadline, "the new partition never took a write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retention = AlterTopicRequest {
+        name: "growing".into(),
+        retention_ms: Some(60_000),
+        ..Default::default()
+    };
+    let refused = topics.alter_topic(retention).await.expect_err("not on a cluster yet");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    assert!(refused.message().contains("retention"), "{refused:?}");
+}
+
 fn create_request(
     name: &str,
     replication_factor: Option<u32>,

@@ -287,6 +287,20 @@ impl TopicTable {
                     tracing::error!(topic = %name, %error, "creating a topic the cluster committed failed on this node");
                 }
             }
+            Command::AlterTopic { name, spec } => {
+                let Ok(name) = TopicName::parse(&name) else { return };
+                let Ok(topic) = self.topic(name.as_str()) else { return };
+                let altered = match spec.config() {
+                    Ok(config) => {
+                        let _admin = self.admin.lock().await;
+                        self.alter_here(topic, config).await.map(|_| ())
+                    }
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = altered {
+                    tracing::error!(topic = %name, %error, "changing a topic the cluster committed failed on this node");
+                }
+            }
             Command::DeleteTopic { name } => {
                 let Ok(name) = TopicName::parse(&name) else { return };
                 if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
@@ -421,13 +435,49 @@ impl TopicTable {
     ) -> Result<Arc<Topic>, ServiceError> {
         let name = TopicName::parse(name)?;
         change.check()?;
-        if self.cluster.is_some() {
-            return Err(ServiceError::NotForReplicated { what: "changing a topic's settings" });
+        let Some(cluster) = self.cluster.clone() else {
+            let _admin = self.admin.lock().await;
+            let topic = self.topic(name.as_str())?;
+            let config = change.apply(&topic.config())?;
+            return self.alter_here(topic, config).await;
+        };
+        // In a cluster the change is committed through the metadata group and every node
+        // applies it. Only what every replica can apply alike is taken: more partitions
+        // (each a new replicated group) and the required compression (checked where batches
+        // arrive). A replicated partition's log syncs every append whatever the topic's fsync
+        // policy, and its retention and segment size stay as created.
+        if change.fsync.is_some()
+            || change.retention_ms.is_some()
+            || change.retention_bytes.is_some()
+            || change.segment_bytes.is_some()
+        {
+            let what = "changing a topic's fsync policy, retention or segment size";
+            return Err(ServiceError::NotForReplicated { what });
         }
-        let _admin = self.admin.lock().await;
-        let mut topic = self.topic(name.as_str())?;
+        let topic = self.topic(name.as_str())?;
+        let config = change.apply(&topic.config())?;
+        if config == topic.config() {
+            return Ok(topic);
+        }
+        if config.partitions() > topic.config().partitions() {
+            let added = config.partitions() - topic.config().partitions();
+            let what = format!("adding {added} partitions to topic {name}");
+            crate::resources::check(&what, u64::from(added), true)?;
+        }
+        let spec = crate::cluster::TopicSpec::from_config(&config);
+        cluster.propose(&Command::AlterTopic { name: name.to_string(), spec }).await?;
+        self.topic(name.as_str())
+    }
+
+    /// Changes `topic`'s settings to `config` on this node's disk; the caller holds the
+    /// admin lock.
+    async fn alter_here(
+        &self,
+        mut topic: Arc<Topic>,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, ServiceError> {
+        let name = topic.name.clone();
         let current = topic.config();
-        let config = change.apply(&current)?;
         if config == current {
             return Ok(topic);
         }

@@ -61,6 +61,11 @@ pub(crate) enum Command {
     DeleteTopic {
         name: String,
     },
+    /// The topic's settings become `spec` (more partitions, or another compression).
+    AlterTopic {
+        name: String,
+        spec: TopicSpec,
+    },
     /// A block of [`PRODUCER_ID_BLOCK`] producer ids for node `node` to hand out: the block
     /// starts at the command's offset in the metadata log times the block's size, so no two
     /// commands hand out the same ids and every node knows every block.
