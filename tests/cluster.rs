@@ -327,6 +327,50 @@ async fn a_topic_grows_on_every_node() {
     assert!(refused.message().contains("retention"), "{refused:?}");
 }
 
+/// Two nodes take a create of one name while the metadata group elects a new leader (its
+/// leader was just stopped): one topic results, the same on both, and at most one create
+/// answers OK; the other says ALREADY_EXISTS (or, when its node could not tell whether its
+/// command was committed, UNAVAILABLE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_creates_racing_through_an_election_make_one_topic() {
+    let mut cluster = Cluster::start().await;
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let described = cluster.node(1).topics().await.describe_cluster(request).await.unwrap();
+    let leader = described.into_inner().metadata_leader.expect("a metadata leader");
+    cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
+    let survivors = cluster.running();
+    let create = |id: u64| {
+        let node = cluster.node(id);
+        async move {
+            let mut topics = node.topics().await;
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match topics.create_topic(create_request("raced", None)).await {
+                    Ok(_) => return Code::Ok,
+                    Err(status) if status.code() == Code::Unavailable => {
+                        assert!(Instant::now() < deadline, "{status:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(status) => return status.code(),
+                }
+            }
+        }
+    };
+    let (first, second) = tokio::join!(create(survivors[0]), create(survivors[1]));
+    let mut answers = [first, second];
+    answers.sort_by_key(|code| *code as i32);
+    assert!(
+        answers == [Code::Ok, Code::AlreadyExists] || answers == [Code::AlreadyExists; 2],
+        "{answers:?}"
+    );
+    for id in survivors {
+        let mut topics = cluster.node(id).topics().await;
+        let listed = topics.list_topics(spool_proto::v1::ListTopicsRequest {}).await.unwrap();
+        let names: Vec<String> = listed.into_inner().topics.into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["raced"], "node {id}");
+    }
+}
+
 fn create_request(
     name: &str,
     replication_factor: Option<u32>,

@@ -56,6 +56,9 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
             node.id, node.peer_address
         );
     }
+    let metadata =
+        first.metadata_leader.map_or_else(|| "none yet".to_owned(), |id| format!("node {id}"));
+    println!("metadata leader (topics, registrations, producer ids): {metadata}");
     views.insert(answering, Ok(first.clone()));
     println!("partitions:");
     if first.partitions.is_empty() {

@@ -210,6 +210,8 @@ impl TopicInfo {
 pub struct ClusterInfo {
     /// The answering node's id; `None` on a single node (then nothing else is set).
     pub node_id: Option<u64>,
+    /// The leader of the cluster's metadata group (topics, registrations, producer ids).
+    pub metadata_leader: Option<u64>,
     pub nodes: Vec<NodeInfo>,
     /// Every replicated partition the caller may see, by topic and partition.
     pub partitions: Vec<ReplicatedPartitionInfo>,
@@ -273,6 +275,7 @@ impl Client {
         let described = self.topics().describe_cluster(request).await?.into_inner();
         Ok(ClusterInfo {
             node_id: described.node_id,
+            metadata_leader: described.metadata_leader,
             nodes: described
                 .nodes
                 .into_iter()

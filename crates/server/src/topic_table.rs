@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alter::TopicChange;
-use crate::cluster::{Cluster, Command};
+use crate::cluster::{Cluster, Command, Outcome};
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, RecoverySummary};
 use crate::partition::{Partition, Services, blocking};
@@ -274,10 +274,17 @@ impl TopicTable {
         match command {
             Command::RegisterNode { id, address } => cluster.register(id, address),
             Command::AllocateProducerIds { .. } => cluster.producer_ids_allocated(at),
-            Command::CreateTopic { name, spec } => {
+            Command::CreateTopic { name, spec, by } => {
                 let Ok(name) = TopicName::parse(&name) else { return };
+                let mine = by == Some(cluster.node_id);
                 if self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
+                    if mine {
+                        cluster.record_outcome(at, Outcome::Existed);
+                    }
                     return;
+                }
+                if mine {
+                    cluster.record_outcome(at, Outcome::Done);
                 }
                 let created = match spec.config() {
                     Ok(config) => self.create_here(name.clone(), config).await.map(|_| ()),
@@ -353,7 +360,13 @@ impl TopicTable {
             return Err(CreateTopicError::AlreadyExists { name }.into());
         }
         let spec = crate::cluster::TopicSpec::from_config(&config);
-        cluster.propose(&Command::CreateTopic { name: name.to_string(), spec }).await?;
+        let by = Some(cluster.node_id);
+        let at =
+            cluster.propose(&Command::CreateTopic { name: name.to_string(), spec, by }).await?;
+        // Two nodes may have taken a create of one name at once: the first applied wins.
+        if cluster.take_outcome(at) == Some(Outcome::Existed) {
+            return Err(CreateTopicError::AlreadyExists { name }.into());
+        }
         self.topic(name.as_str())
     }
 

@@ -241,6 +241,7 @@ impl TopicService for TopicApi {
         }
         Ok(Response::new(DescribeClusterResponse {
             node_id: Some(cluster.node_id),
+            metadata_leader: cluster.metadata_leader(),
             nodes,
             partitions,
         }))

@@ -57,6 +57,9 @@ pub(crate) enum Command {
     CreateTopic {
         name: String,
         spec: TopicSpec,
+        /// The node that proposed it, which answers its client with what applying it did.
+        #[serde(default)]
+        by: Option<u64>,
     },
     DeleteTopic {
         name: String,
@@ -72,6 +75,14 @@ pub(crate) enum Command {
     AllocateProducerIds {
         node: u64,
     },
+}
+
+/// What applying a command did on the node that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Done,
+    /// A topic of that name was created before it (another node's command won the race).
+    Existed,
 }
 
 /// A topic's settings in a command.
@@ -141,6 +152,9 @@ pub(crate) struct Cluster {
     nodes: RwLock<BTreeMap<u64, String>>,
     /// Whether this node's registration is applied here: it has joined.
     joined: watch::Sender<bool>,
+    /// What applying this node's own commands did, by the command's offset, until the node
+    /// that proposed it takes the outcome (at most one per command in flight here).
+    outcomes: std::sync::Mutex<HashMap<u64, Outcome>>,
     /// The producer ids this node hands out next: the rest of its block.
     producer_ids: tokio::sync::Mutex<std::ops::Range<i64>>,
     /// Every producer id below this was handed out by some node (as applied here).
@@ -205,6 +219,7 @@ impl Cluster {
             nodes: RwLock::new(BTreeMap::new()),
             joined: watch::Sender::new(false),
             producer_ids: tokio::sync::Mutex::new(0..0),
+            outcomes: std::sync::Mutex::new(HashMap::new()),
             producer_ids_end: watch::Sender::new(0),
             stop: CancellationToken::new(),
         });
@@ -444,6 +459,21 @@ impl Cluster {
             Ok(Ok(_)) => Ok(()),
             _ => Err(ProducerIdError::Unknown { producer_id }),
         }
+    }
+
+    /// Keeps what applying this node's own command at `at` did, for [`Cluster::take_outcome`].
+    pub(crate) fn record_outcome(&self, at: Offset, outcome: Outcome) {
+        self.outcomes.lock().unwrap_or_else(PoisonError::into_inner).insert(at.0, outcome);
+    }
+
+    /// What applying this node's command at `at` did, once (it was applied here).
+    pub(crate) fn take_outcome(&self, at: Offset) -> Option<Outcome> {
+        self.outcomes.lock().unwrap_or_else(PoisonError::into_inner).remove(&at.0)
+    }
+
+    /// The metadata group's leader, as this node knows it.
+    pub(crate) fn metadata_leader(&self) -> Option<u64> {
+        self.metadata().leader().map(|(id, _)| id)
     }
 
     /// Applies a node's registration.
