@@ -371,6 +371,80 @@ async fn topic_creates_racing_through_an_election_make_one_topic() {
     }
 }
 
+/// A group's commits through one node reach every node: once that node is gone, the others
+/// describe the group with the offsets it committed, and a member joining another node
+/// resumes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_committed_offsets_survive_the_node_that_took_them() {
+    use spool_client::{CommitMode, GroupConfig, GroupEvent, OffsetReset, StartAt};
+    let mut cluster = Cluster::start().await;
+    cluster.node(1).create_topic("jobs", 1, always()).await;
+    for i in 0..10 {
+        cluster.produce("jobs", &format!("job {i}")).await;
+    }
+    let config = GroupConfig {
+        group: "workers".into(),
+        topics: vec!["jobs".into()],
+        session_timeout: Duration::from_secs(10),
+        reset: OffsetReset::Earliest,
+        commit: CommitMode::Explicit,
+    };
+    let at_two = Client::connect(&format!("http://{}", cluster.node(2).address())).await.unwrap();
+    let mut member = at_two.group_consumer(config.clone()).await.expect("joined at node 2");
+    // Take the first six records, and commit them.
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while taken.len() < 6 {
+        if let GroupEvent::Records(records) = member.poll().await.expect("polled") {
+            taken.extend(records.records.iter().map(|r| r.offset));
+        }
+        assert!(Instant::now() < deadline, "only {taken:?} came");
+    }
+    member.commit().await.expect("committed");
+    let committed = *taken.last().unwrap() + 1;
+    drop(member);
+    // Moved by an administrator too, through node 2: a reset goes the same way.
+    at_two.reset_group("workers", "jobs", StartAt::Offset(committed)).await.expect("reset");
+    drop(at_two);
+    cluster.nodes[1].take().expect("running").shutdown().await;
+
+    for id in [1, 3] {
+        let client =
+            Client::connect(&format!("http://{}", cluster.node(id).address())).await.unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = client.describe_group("workers").await;
+            let offset =
+                described.ok().and_then(|g| g.partitions.first().and_then(|p| p.committed_offset));
+            if offset == Some(committed) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} has {offset:?}, not {committed}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A member at node 3 resumes after what was committed at node 2.
+    cluster.produce("jobs", "job 10").await;
+    let at_three = Client::connect(&format!("http://{}", cluster.node(3).address())).await.unwrap();
+    let mut member = at_three.group_consumer(config).await.expect("joined at node 3");
+    let first = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let GroupEvent::Records(records) = member.poll().await.expect("polled")
+                && let Some(record) = records.records.first()
+            {
+                return (
+                    record.offset,
+                    String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                );
+            }
+        }
+    });
+    let (offset, value) = first.await.expect("a record came at node 3");
+    assert!(offset >= committed, "{offset} is before the committed {committed}");
+    assert_eq!(value, format!("job {}", taken.len()), "resumed after what node 2's member took");
+}
+
 fn create_request(
     name: &str,
     replication_factor: Option<u32>,

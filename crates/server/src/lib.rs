@@ -264,11 +264,12 @@ impl Server {
         let mut unclean = self.topics.close().await;
         unclean.extend(self.groups.close().await);
         unclean.extend(self.producer_ids.close().await);
-        if let Some(cluster) = &self.cluster
-            && let Some(log) = cluster.shutdown().await
-            && let Err(error) = log.close()
-        {
-            unclean.push(format!("the cluster's metadata: {error}"));
+        if let Some(cluster) = &self.cluster {
+            for log in cluster.shutdown().await {
+                if let Err(error) = log.close() {
+                    unclean.push(format!("the cluster's own log: {error}"));
+                }
+            }
         }
         if unclean.is_empty() {
             tracing::info!("all partition logs closed");

@@ -256,3 +256,9 @@ pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_mi
 /// How long a cluster node waits to learn of a producer id it does not know (another node may
 /// have handed it out just now) before it refuses it as never handed out.
 pub const PRODUCER_ID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Commits, resets and deletions of consumer groups queued on a cluster node for the offsets
+/// group; past it a commit is refused with `UNAVAILABLE` until the queue drains.
+pub const REPLICATED_OFFSETS_QUEUE_MAX: usize = 4096;
+/// The most of those one proposal to the offsets group carries (one batch, one fsync on each
+/// replica).
+pub const REPLICATED_OFFSETS_BATCH_RECORDS_MAX: usize = 256;

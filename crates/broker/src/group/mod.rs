@@ -801,6 +801,12 @@ impl Coordinator {
         &self.committed
     }
 
+    /// Every committed offset, to apply what another coordinator decided (on a cluster,
+    /// another node's commits, replicated to this one).
+    pub fn committed_offsets_mut(&mut self) -> &mut CommittedOffsets {
+        &mut self.committed
+    }
+
     /// One group, live or with committed offsets; `None` if neither.
     pub fn describe(&self, group: &GroupName) -> Option<GroupDescription> {
         let Some(live) = self.groups.get(group) else {

@@ -34,6 +34,79 @@ use crate::idempotence::ProducerIdError;
 use crate::limits::{PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE};
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
+/// Proposes a batch to one of the cluster's own groups from any node. While no leader is
+/// known (an election is on, or the group is new) nothing was stored: it waits up to
+/// [`METADATA_PATIENCE`] for one and tries again.
+async fn propose_internal(replica: &Replica, batch: Bytes) -> spool_replication::Proposed {
+    let deadline = tokio::time::Instant::now() + METADATA_PATIENCE;
+    loop {
+        match replica.propose_anywhere(batch.clone()).await {
+            Err(ProposeError::NotLeader { leader: None })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if replica.wait_for_leader(left).await.is_none() {
+                    return Err(ProposeError::NotLeader { leader: None });
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One record of a committed batch of the cluster's own groups.
+#[derive(Debug, Clone)]
+pub(crate) struct CommittedRecord {
+    pub(crate) value: Vec<u8>,
+    /// The `origin` header, when it has one.
+    pub(crate) origin: Option<Vec<u8>>,
+}
+
+/// The record batches `replica` committed from `from` on: per batch, the offset after it and
+/// its records (none for a control batch).
+fn read_committed(replica: &Replica, from: Offset) -> Vec<(Offset, Vec<CommittedRecord>)> {
+    let mut out = Vec::new();
+    let store_log = replica.store().log().clone();
+    let log = store_log.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(log) = log.as_ref() else { return out };
+    let mut offset = from;
+    loop {
+        let read = match log.read(offset, 1 << 20) {
+            Ok(read) if !read.bytes.is_empty() => read,
+            Ok(_) => return out,
+            Err(error) => {
+                tracing::error!(%error, "reading one of the cluster's own logs failed");
+                return out;
+            }
+        };
+        for view in BatchIter::new(&read.bytes) {
+            let Ok(view) = view else { return out };
+            let header = *view.header();
+            if header.next_offset() <= offset {
+                continue;
+            }
+            let mut records = Vec::new();
+            if header.entry.kind == BatchKind::Records {
+                let all = view.records();
+                for record in all.iter().flatten() {
+                    let origin = record
+                        .headers()
+                        .flatten()
+                        .find(|header| header.key == ORIGIN_HEADER.as_bytes())
+                        .and_then(|header| header.value.map(<[u8]>::to_vec));
+                    let value = record.value.unwrap_or_default().to_vec();
+                    records.push(CommittedRecord { value, origin });
+                }
+            }
+            out.push((header.next_offset(), records));
+        }
+        offset = read.next_offset;
+    }
+}
+
+/// The header naming the run of the node that wrote an offsets record.
+pub(crate) const ORIGIN_HEADER: &str = "origin";
+
 /// The first producer id of the block the command at `offset` allocated.
 fn producer_id_block(offset: Offset) -> i64 {
     i64::try_from(offset.0).unwrap_or(i64::MAX).saturating_mul(PRODUCER_ID_BLOCK as i64)
@@ -41,6 +114,8 @@ fn producer_id_block(offset: Offset) -> i64 {
 
 /// The metadata group's name.
 pub(crate) const METADATA_GROUP: &str = "__cluster";
+/// The name of the group that replicates consumer groups' committed offsets.
+pub(crate) const OFFSETS_GROUP: &str = "__group_offsets";
 
 /// How long a node waits for its own metadata command to be applied.
 const METADATA_PATIENCE: Duration = Duration::from_secs(30);
@@ -144,6 +219,13 @@ pub(crate) struct Cluster {
     transport: Arc<PeerTransport>,
     replicas: RwLock<HashMap<String, Arc<Replica>>>,
     metadata: OnceLock<Arc<Replica>>,
+    /// The replica of the consumer groups' committed offsets (see `crate::groups`).
+    offsets: OnceLock<Arc<Replica>>,
+    /// That group's high watermark, as it moves.
+    offsets_committed: watch::Sender<u64>,
+    /// Tells this run's records of the offsets group from every other (another node's, or
+    /// this node's before it restarted): `{node}-{start time}`.
+    run: String,
     /// The metadata group's high watermark, as it moves.
     metadata_committed: watch::Sender<u64>,
     /// How far this node has applied the metadata group's records.
@@ -214,6 +296,9 @@ impl Cluster {
             transport: Arc::new(PeerTransport::new()),
             replicas: RwLock::new(HashMap::new()),
             metadata: OnceLock::new(),
+            offsets: OnceLock::new(),
+            offsets_committed: watch::Sender::new(0),
+            run: format!("{}-{}", options.node_id, TimestampMs::now().0),
             metadata_committed: watch::Sender::new(0),
             metadata_applied: watch::Sender::new(0),
             nodes: RwLock::new(BTreeMap::new()),
@@ -224,25 +309,40 @@ impl Cluster {
             stop: CancellationToken::new(),
         });
         tokio::spawn(serve_peers(listener, cluster.clone(), cluster.stop.clone()));
-        let dir = data_dir.join("cluster").join("metadata");
-        let error = metadata_error(&dir);
-        let store = SegmentLogStore::open(
-            cluster.fs.clone(),
-            &dir,
-            LogConfig::default(),
-            TimestampMs::now(),
-        )
-        .map_err(|e| error(e.to_string()))?;
+        let dir = data_dir.join("cluster");
+        let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
         let committed = cluster.metadata_committed.clone();
+        let metadata = cluster.start_internal(METADATA_GROUP, &metadata_dir, committed).await?;
+        let _ = cluster.metadata.set(metadata);
+        let committed = cluster.offsets_committed.clone();
+        let offsets = cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed).await?;
+        let _ = cluster.offsets.set(offsets);
+        Ok(cluster)
+    }
+
+    /// Starts this node's replica of one of the cluster's own groups (every node a voter),
+    /// over its log in `dir`; `committed` is told each new high watermark.
+    async fn start_internal(
+        &self,
+        group: &str,
+        dir: &Path,
+        committed: watch::Sender<u64>,
+    ) -> Result<Arc<Replica>, JoinClusterError> {
+        let error = metadata_error(dir);
+        let store =
+            SegmentLogStore::open(self.fs.clone(), dir, LogConfig::default(), TimestampMs::now())
+                .map_err(|e| error(e.to_string()))?;
         let on_commit: OnCommit = Arc::new(move |end: Offset| {
             committed.send_replace(end.0);
         });
         let log = store.log().clone();
-        let state = PartitionStateMachine::open(cluster.fs.clone(), &dir, log, on_commit)
+        let state = PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        let (replica, _) = cluster.start_replica(METADATA_GROUP, store, state).await?;
-        let _ = cluster.metadata.set(replica);
-        Ok(cluster)
+        let (replica, formed) = self.start_replica(group, store, state).await?;
+        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+            replica.campaign().await;
+        }
+        Ok(replica)
     }
 
     /// Starts and registers this node's replica of `group`, and forms the group with every
@@ -363,10 +463,9 @@ impl Cluster {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(TimestampMs::now(), None, Some(&json), &[]);
         let batch: Bytes = builder.finish(ProducerStamp::NONE).freeze();
-        let (base, next) =
-            self.metadata().propose_anywhere(batch).await.map_err(|error| {
-                ServiceError::Cluster(format!("the cluster's metadata: {error}"))
-            })?;
+        let (base, next) = propose_internal(self.metadata(), batch)
+            .await
+            .map_err(|error| ServiceError::Cluster(format!("the cluster's metadata: {error}")))?;
         let mut applied = self.metadata_applied.subscribe();
         let reached = applied.wait_for(|applied| *applied >= next.0);
         match tokio::time::timeout(METADATA_PATIENCE, reached).await {
@@ -379,37 +478,43 @@ impl Cluster {
 
     /// Commands committed from `from` on, each with the offset after it.
     pub(crate) fn committed_commands(&self, from: Offset) -> Vec<(Offset, Option<Command>)> {
-        let mut out = Vec::new();
-        let store_log = self.metadata().store().log().clone();
-        let log = store_log.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(log) = log.as_ref() else { return out };
-        let mut offset = from;
-        loop {
-            let read = match log.read(offset, 1 << 20) {
-                Ok(read) if !read.bytes.is_empty() => read,
-                Ok(_) => return out,
-                Err(error) => {
-                    tracing::error!(%error, "reading the cluster's metadata failed");
-                    return out;
-                }
-            };
-            for view in BatchIter::new(&read.bytes) {
-                let Ok(view) = view else { return out };
-                let header = *view.header();
-                if header.next_offset() <= offset {
-                    continue;
-                }
-                let mut command = None;
-                if header.entry.kind == BatchKind::Records {
-                    let records = view.records();
-                    if let Some(Ok(record)) = records.iter().next() {
-                        command = record.value.and_then(|value| serde_json::from_slice(value).ok());
-                    }
-                }
-                out.push((header.next_offset(), command));
-            }
-            offset = read.next_offset;
-        }
+        let batches = read_committed(self.metadata(), from);
+        let command = |records: Vec<CommittedRecord>| {
+            records.first().and_then(|record| serde_json::from_slice(&record.value).ok())
+        };
+        batches.into_iter().map(|(after, records)| (after, command(records))).collect()
+    }
+
+    /// The offsets group's records committed from `from` on: per batch, the offset after it
+    /// and its records.
+    pub(crate) fn committed_offsets_records(
+        &self,
+        from: Offset,
+    ) -> Vec<(Offset, Vec<CommittedRecord>)> {
+        read_committed(self.offsets_replica(), from)
+    }
+
+    fn offsets_replica(&self) -> &Arc<Replica> {
+        self.offsets.get().expect("the offsets replica starts with the cluster")
+    }
+
+    /// What tells this run's records of the offsets group from others (see `run`).
+    pub(crate) fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// Commits a batch of the offsets group (from any node: a follower passes it to the
+    /// leader), once a majority has it fsynced.
+    pub(crate) async fn propose_offsets(&self, batch: Bytes) -> Result<(), ServiceError> {
+        let proposed = propose_internal(self.offsets_replica(), batch).await;
+        proposed.map(|_| ()).map_err(|error| {
+            ServiceError::Cluster(format!("the cluster's consumer group offsets: {error}"))
+        })
+    }
+
+    /// Notified when the offsets group commits more.
+    pub(crate) fn offsets_changes(&self) -> watch::Receiver<u64> {
+        self.offsets_committed.subscribe()
     }
 
     /// Records what applying the metadata up to `offset` did.
@@ -531,10 +636,16 @@ impl Cluster {
     }
 
     /// Stops the metadata replica and the peer listener; returns the metadata log to close.
-    pub(crate) async fn shutdown(&self) -> Option<spool_storage::Log> {
-        let log = self.metadata.get().map(|replica| replica.store().log().clone());
-        self.stop_replica(METADATA_GROUP).await;
+    pub(crate) async fn shutdown(&self) -> Vec<spool_storage::Log> {
+        let mut logs = Vec::new();
+        for (group, replica) in [(METADATA_GROUP, &self.metadata), (OFFSETS_GROUP, &self.offsets)] {
+            let log = replica.get().map(|replica| replica.store().log().clone());
+            self.stop_replica(group).await;
+            logs.extend(
+                log.and_then(|log| log.write().unwrap_or_else(PoisonError::into_inner).take()),
+            );
+        }
         self.stop.cancel();
-        log.and_then(|log| log.write().unwrap_or_else(PoisonError::into_inner).take())
+        logs
     }
 }

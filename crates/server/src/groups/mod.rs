@@ -21,6 +21,14 @@
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
 //!   one record per commit, reset or deletion, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
+//! - On a node of a cluster the same records go to the cluster's offsets group instead
+//!   (`__group_offsets`, a Raft group of every node under `data/cluster/group-offsets/`): one
+//!   task proposes what is queued, many records to a batch, and a commit is answered once a
+//!   majority of the nodes has it fsynced. Every node applies the other nodes' records (and
+//!   its own from before a restart) to its committed offsets, so a group's offsets survive
+//!   the node that took them. Each node still coordinates the members connected to it: a
+//!   group's members belong on one node at a time. The offsets group's log is never
+//!   compacted yet.
 //!
 //! Time is the wall clock's reading when the groups opened, advanced by tokio's monotonic
 //! clock since: it never goes backwards, and tests that pause tokio's clock control it.
@@ -31,7 +39,17 @@ mod member;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use bytes::BytesMut;
+use spool_storage::Offset;
+use spool_storage::batch::{BatchBuilder, Header, ProducerStamp};
+use tokio::sync::mpsc;
+
+use crate::cluster::{Cluster, ORIGIN_HEADER};
+use crate::limits::{
+    GROUP_READ_BYTES, REPLICATED_OFFSETS_BATCH_RECORDS_MAX, REPLICATED_OFFSETS_QUEUE_MAX,
+};
 
 use spool_broker::group::classic::{ClassicError, Joined, Replies, Ticket};
 use spool_broker::group::{
@@ -96,11 +114,23 @@ impl State {
     }
 }
 
+/// Where committed offsets are made durable.
+#[derive(Debug)]
+enum OffsetsLog {
+    /// A single node's internal log.
+    Local(InternalLog),
+    /// A cluster's offsets group, through the task that proposes what is queued.
+    Replicated(mpsc::Sender<Queued>),
+}
+
+/// A record queued for the offsets group, and where its outcome goes.
+type Queued = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
 /// Every consumer group of the server.
 #[derive(Debug)]
 pub(crate) struct Groups {
     state: Mutex<State>,
-    offsets: InternalLog,
+    offsets: OffsetsLog,
     pub(crate) topics: Arc<TopicTable>,
     started: Instant,
     /// The wall clock when `started` was taken.
@@ -117,12 +147,28 @@ impl Groups {
     ) -> Result<Arc<Groups>, OpenInternalError> {
         let committed = Arc::new(Mutex::new(CommittedOffsets::default()));
         let folding = committed.clone();
-        let offsets = InternalLog::open(data_dir, "group-offsets", move |value| {
-            let record = OffsetsRecord::decode(value).map_err(|e| e.to_string())?;
-            folding.lock().unwrap_or_else(PoisonError::into_inner).apply_record(&record);
-            Ok(())
-        })
-        .await?;
+        let cluster = topics.cluster().cloned();
+        let (offsets, replicated_from) = match &cluster {
+            None => {
+                let log = InternalLog::open(data_dir, "group-offsets", move |value| {
+                    let record = OffsetsRecord::decode(value).map_err(|e| e.to_string())?;
+                    folding.lock().unwrap_or_else(PoisonError::into_inner).apply_record(&record);
+                    Ok(())
+                })
+                .await?;
+                (OffsetsLog::Local(log), None)
+            }
+            Some(cluster) => {
+                // What this replica applied before it stopped is read now, before any member
+                // joins; what the group commits from here on is applied as it comes.
+                let mut folded = folding.lock().unwrap_or_else(PoisonError::into_inner);
+                let next = apply_replicated(&mut folded, cluster, Offset(0));
+                drop(folded);
+                let (queue, queued) = mpsc::channel(REPLICATED_OFFSETS_QUEUE_MAX);
+                tokio::spawn(propose_replicated(cluster.clone(), queued));
+                (OffsetsLog::Replicated(queue), Some(next))
+            }
+        };
         let committed =
             std::mem::take(&mut *committed.lock().unwrap_or_else(PoisonError::into_inner));
         committed.snapshot().for_each(|record| record_lag_sources(&record));
@@ -141,13 +187,18 @@ impl Groups {
             started_at: TimestampMs::now(),
             deadlines: Notify::new(),
         });
-        let source = Arc::downgrade(&groups);
-        groups.offsets.compact_with(Box::new(move || {
-            let groups = source.upgrade()?;
-            let state = groups.lock();
-            let records = state.coordinator.committed_offsets().snapshot();
-            Some(records.map(|r| (r.group.as_str().as_bytes().to_vec(), r.encode())).collect())
-        }));
+        if let OffsetsLog::Local(log) = &groups.offsets {
+            let source = Arc::downgrade(&groups);
+            log.compact_with(Box::new(move || {
+                let groups = source.upgrade()?;
+                let state = groups.lock();
+                let records = state.coordinator.committed_offsets().snapshot();
+                Some(records.map(|r| (r.group.as_str().as_bytes().to_vec(), r.encode())).collect())
+            }));
+        }
+        if let (Some(cluster), Some(next)) = (cluster, replicated_from) {
+            tokio::spawn(follow_replicated(Arc::downgrade(&groups), cluster, next));
+        }
         let source = Arc::downgrade(&groups);
         groups.topics.on_grow(Box::new(move |topic, partitions| {
             let Some(groups) = source.upgrade() else { return };
@@ -202,7 +253,39 @@ impl Groups {
         record: &CommitRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
         record_lag_sources(record);
-        self.offsets.append(record.group.as_str().as_bytes().to_vec(), record.encode())
+        self.append(record.group.as_str().as_bytes().to_vec(), record.encode())
+    }
+
+    fn append(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>> {
+        match &self.offsets {
+            OffsetsLog::Local(log) => Box::pin(log.append(key, value)),
+            OffsetsLog::Replicated(queue) => {
+                let (reply, outcome) = oneshot::channel();
+                let queued = queue.try_send((value, reply));
+                Box::pin(async move {
+                    match queued {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            return Err(ServiceError::Cluster(format!(
+                                "{REPLICATED_OFFSETS_QUEUE_MAX} commits are queued for the cluster already; try again"
+                            )));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(ServiceError::ShuttingDown);
+                        }
+                    }
+                    match outcome.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(reason)) => Err(ServiceError::Cluster(reason)),
+                        Err(_) => Err(ServiceError::ShuttingDown),
+                    }
+                })
+            }
+        }
     }
 
     /// Queues a group's deletion record to the offsets log; the future resolves once it is
@@ -212,12 +295,16 @@ impl Groups {
         &self,
         record: &OffsetsRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
-        self.offsets.append(record.group().as_str().as_bytes().to_vec(), record.encode())
+        self.append(record.group().as_str().as_bytes().to_vec(), record.encode())
     }
 
-    /// Stops taking commits, writes what is queued, and closes the offsets log.
+    /// Stops taking commits, writes what is queued, and closes the offsets log (a cluster's
+    /// offsets group is stopped with the cluster).
     pub(crate) async fn close(&self) -> Option<String> {
-        self.offsets.close().await
+        match &self.offsets {
+            OffsetsLog::Local(log) => log.close().await,
+            OffsetsLog::Replicated(_) => None,
+        }
     }
 }
 
@@ -231,6 +318,79 @@ fn record_lag_sources(record: &CommitRecord) {
             partition.partition,
             offset.0,
         );
+    }
+}
+
+/// Applies the offsets group's records committed from `from` on that this run did not
+/// propose (this run applied its own as it decided them) to `committed`; returns the offset
+/// after the last.
+fn apply_replicated(committed: &mut CommittedOffsets, cluster: &Cluster, from: Offset) -> Offset {
+    let mut next = from;
+    for (after, records) in cluster.committed_offsets_records(from) {
+        for record in records {
+            if record.origin.as_deref() == Some(cluster.run().as_bytes()) {
+                continue;
+            }
+            match OffsetsRecord::decode(&record.value) {
+                Ok(decoded) => {
+                    if let OffsetsRecord::Commit(commit) = &decoded {
+                        record_lag_sources(commit);
+                    }
+                    committed.apply_record(&decoded);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a replicated consumer group offsets record does not decode; skipped");
+                }
+            }
+        }
+        next = after;
+    }
+    next
+}
+
+/// Applies what the offsets group commits, as it commits it, until the cluster stops.
+async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next: Offset) {
+    let mut changes = cluster.offsets_changes();
+    let stop = cluster.stopping();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let Some(groups) = groups.upgrade() else { return };
+        let mut state = groups.lock();
+        next = apply_replicated(state.coordinator.committed_offsets_mut(), &cluster, next);
+    }
+}
+
+/// Proposes what is queued for the offsets group, up to
+/// [`REPLICATED_OFFSETS_BATCH_RECORDS_MAX`] records to a batch, in the order queued.
+async fn propose_replicated(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Queued>) {
+    while let Some(first) = queue.recv().await {
+        let mut queued = vec![first];
+        let mut bytes = queued[0].0.len();
+        while queued.len() < REPLICATED_OFFSETS_BATCH_RECORDS_MAX
+            && bytes < GROUP_READ_BYTES as usize
+        {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.0.len();
+                    queued.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let origin = [Header::new(ORIGIN_HEADER, Some(cluster.run().as_bytes()))];
+        let mut builder = BatchBuilder::new(BytesMut::new());
+        let now = TimestampMs::now();
+        for (value, _) in &queued {
+            builder.push(now, None, Some(value), &origin);
+        }
+        let batch = builder.finish(ProducerStamp::NONE).freeze();
+        let proposed = cluster.propose_offsets(batch).await.map_err(|error| error.to_string());
+        for (_, reply) in queued {
+            let _ = reply.send(proposed.clone());
+        }
     }
 }
 
