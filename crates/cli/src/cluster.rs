@@ -65,31 +65,26 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
         println!("  none");
     }
     for partition in &first.partitions {
-        let key = (&partition.topic, partition.partition);
-        let seen = |view: &ClusterInfo| {
-            view.partitions.iter().find(|p| (&p.topic, p.partition) == key).cloned()
+        // The partition as node `id` sees it, when that node answered.
+        let seen = |id: u64| {
+            let view = views.get(&id)?.as_ref().ok()?;
+            view.partitions
+                .iter()
+                .find(|p| p.topic == partition.topic && p.partition == partition.partition)
         };
-        let mut watermarks = Vec::new();
-        for (id, view) in &views {
-            let at = view.as_ref().ok().and_then(seen);
-            let mark = at.map_or_else(|| "?".to_owned(), |p| p.high_watermark.to_string());
-            watermarks.push(format!("{id}={mark}"));
-        }
+        let watermarks: Vec<String> = views
+            .keys()
+            .map(|id| format!("{id}={}", known(seen(*id).map(|p| p.high_watermark))))
+            .collect();
         let leader = partition.leader.map_or_else(|| "none".to_owned(), |id| id.to_string());
-        let lag = partition
-            .leader
-            .and_then(|id| views.get(&id)?.as_ref().ok().and_then(seen))
-            .map(|led| {
-                let lag: Vec<String> = led
-                    .lag
-                    .iter()
-                    .map(|(id, behind)| {
-                        format!("{id}={}", behind.map_or_else(|| "?".to_owned(), |b| b.to_string()))
-                    })
-                    .collect();
+        let lag = match partition.leader.and_then(seen) {
+            Some(led) => {
+                let lag: Vec<String> =
+                    led.lag.iter().map(|(id, behind)| format!("{id}={}", known(*behind))).collect();
                 lag.join(",")
-            })
-            .unwrap_or_else(|| "unknown (the leader did not answer)".to_owned());
+            }
+            None => "unknown (the leader did not answer)".to_owned(),
+        };
         let replicas: Vec<String> = partition.replicas.iter().map(u64::to_string).collect();
         println!(
             "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}",
@@ -100,4 +95,9 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
         );
     }
     Ok(())
+}
+
+/// A number, or `?` when it is not known.
+fn known(value: Option<u64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |value| value.to_string())
 }

@@ -26,6 +26,6 @@ mod options;
 mod transport;
 
 pub use node::JoinClusterError;
-pub(crate) use node::{Cluster, Command, ORIGIN_HEADER, Outcome, TopicSpec};
+pub(crate) use node::{Cluster, Command, CommittedRecord, ORIGIN_HEADER, Outcome, TopicSpec};
 pub use options::{ClusterConfigError, ClusterOptions};
 pub use transport::{Groups, PeerTransport, serve_peers};

@@ -338,22 +338,18 @@ impl Cluster {
         let log = store.log().clone();
         let state = PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        let (replica, formed) = self.start_replica(group, store, state).await?;
-        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
-            replica.campaign().await;
-        }
-        Ok(replica)
+        self.start_replica(group, store, state).await
     }
 
     /// Starts and registers this node's replica of `group`, and forms the group with every
-    /// node as a voter (a log that holds a membership keeps it). Whether it formed the group
-    /// now (a new group) comes with it.
+    /// node as a voter (a log that holds a membership keeps it). The node chosen to lead a
+    /// group it has just formed stands for election at once.
     async fn start_replica(
         &self,
         group: &str,
         store: SegmentLogStore,
         state: PartitionStateMachine,
-    ) -> Result<(Arc<Replica>, bool), JoinClusterError> {
+    ) -> Result<Arc<Replica>, JoinClusterError> {
         let transport = self.transport.clone();
         let replica = Replica::start(self.node_id, group, store, state, transport)
             .await
@@ -367,7 +363,12 @@ impl Cluster {
             .bootstrap(&self.members)
             .await
             .map_err(|e| JoinClusterError::Start(e.to_string()))?;
-        Ok((replica, formed))
+        // Only a new group: a node that restarts into a running group waits to hear from its
+        // leader, rather than start an election that would depose it.
+        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+            replica.campaign().await;
+        }
+        Ok(replica)
     }
 
     /// Starts this node's replica of a partition whose log is `log`, in the log's
@@ -389,13 +390,7 @@ impl Cluster {
             .map_err(|e| error(e.to_string()))?;
         let state = PartitionStateMachine::open(self.fs.clone(), &dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        let (replica, formed) = self.start_replica(group, store, state).await?;
-        // Only a new group: a node that restarts into a running group waits to hear from its
-        // leader, rather than start an election that would depose it.
-        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
-            replica.campaign().await;
-        }
-        Ok(replica)
+        self.start_replica(group, store, state).await
     }
 
     /// The node that stands for election first in a new group: spread over the nodes by the

@@ -46,7 +46,7 @@ use spool_storage::Offset;
 use spool_storage::batch::{BatchBuilder, Header, ProducerStamp};
 use tokio::sync::mpsc;
 
-use crate::cluster::{Cluster, ORIGIN_HEADER};
+use crate::cluster::{Cluster, CommittedRecord, ORIGIN_HEADER};
 use crate::limits::{
     GROUP_READ_BYTES, REPLICATED_OFFSETS_BATCH_RECORDS_MAX, REPLICATED_OFFSETS_QUEUE_MAX,
 };
@@ -161,8 +161,9 @@ impl Groups {
             Some(cluster) => {
                 // What this replica applied before it stopped is read now, before any member
                 // joins; what the group commits from here on is applied as it comes.
+                let committed = cluster.committed_offsets_records(Offset(0));
                 let mut folded = folding.lock().unwrap_or_else(PoisonError::into_inner);
-                let next = apply_replicated(&mut folded, cluster, Offset(0));
+                let next = apply_replicated(&mut folded, cluster.run(), committed, Offset(0));
                 drop(folded);
                 let (queue, queued) = mpsc::channel(REPLICATED_OFFSETS_QUEUE_MAX);
                 tokio::spawn(propose_replicated(cluster.clone(), queued));
@@ -321,14 +322,19 @@ fn record_lag_sources(record: &CommitRecord) {
     }
 }
 
-/// Applies the offsets group's records committed from `from` on that this run did not
-/// propose (this run applied its own as it decided them) to `committed`; returns the offset
-/// after the last.
-fn apply_replicated(committed: &mut CommittedOffsets, cluster: &Cluster, from: Offset) -> Offset {
+/// Applies the offsets group's committed `batches` (read from `from` on) to `committed`, but
+/// for the records run `run` proposed (this run applied its own as it decided them); returns
+/// the offset after the last.
+fn apply_replicated(
+    committed: &mut CommittedOffsets,
+    run: &str,
+    batches: Vec<(Offset, Vec<CommittedRecord>)>,
+    from: Offset,
+) -> Offset {
     let mut next = from;
-    for (after, records) in cluster.committed_offsets_records(from) {
+    for (after, records) in batches {
         for record in records {
-            if record.origin.as_deref() == Some(cluster.run().as_bytes()) {
+            if record.origin.as_deref() == Some(run.as_bytes()) {
                 continue;
             }
             match OffsetsRecord::decode(&record.value) {
@@ -358,8 +364,11 @@ async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next
             changed = changes.changed() => if changed.is_err() { return },
         }
         let Some(groups) = groups.upgrade() else { return };
+        // Read before the coordinator is locked: only applying holds it.
+        let batches = cluster.committed_offsets_records(next);
         let mut state = groups.lock();
-        next = apply_replicated(state.coordinator.committed_offsets_mut(), &cluster, next);
+        let committed = state.coordinator.committed_offsets_mut();
+        next = apply_replicated(committed, cluster.run(), batches, next);
     }
 }
 

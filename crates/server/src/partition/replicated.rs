@@ -72,11 +72,10 @@ pub(super) async fn run(
             None
         }
     };
-    let (sequenced, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
+    let (checker, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
     if let Some(replica) = &replica {
-        let checker = check_sequences(partition.clone(), replica.clone(), checker_queue);
-        tokio::spawn(checker);
-        let forwarded = take_forwarded(partition.clone(), replica.clone(), sequenced.clone());
+        tokio::spawn(check_sequences(partition.clone(), replica.clone(), checker_queue));
+        let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
         replica.on_forwarded(forwarded);
     }
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
@@ -95,10 +94,10 @@ pub(super) async fn run(
         };
         let AppendRequest { batch, reply, .. } = request;
         // An idempotent producer's batches reach the checker in the order they came.
-        let checked = if sequenced_batch(&batch) {
+        let checked = if sequenced(&batch).is_some() {
             let (answer, answered) = oneshot::channel();
             let request = Sequenced { batch, forwarded: false, reply: answer };
-            if sequenced.send(request).await.is_err() {
+            if checker.send(request).await.is_err() {
                 let _ = reply.send(Err(ServiceError::ShuttingDown));
                 continue;
             }
@@ -112,11 +111,13 @@ pub(super) async fn run(
             let proposed = match checked {
                 Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
                 Err(batch) => {
-                    let started = std::time::Instant::now();
-                    let proposed = replica.propose_anywhere(batch.into_bytes()).await;
-                    if proposed.is_ok() && replica.leading_term().is_some() {
-                        partition.metrics.commit_took(started.elapsed());
-                    }
+                    let kafka = batch.into_bytes();
+                    let proposed = match propose_here(&partition, &replica, kafka.clone()).await {
+                        Err(ProposeError::NotLeader { leader: Some(_) }) => {
+                            replica.forward(kafka).await
+                        }
+                        other => other,
+                    };
                     proposed
                         .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error))
                 }
@@ -135,8 +136,15 @@ pub(super) async fn run(
     partition.log.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
 }
 
-fn sequenced_batch(batch: &CheckedBatch<Bytes>) -> bool {
-    batch.header().producer.producer_id >= 0
+/// Proposes `kafka` through this replica (answered `NotLeader` where it does not lead), and
+/// times the commit when it succeeds.
+async fn propose_here(partition: &Partition, replica: &Replica, kafka: Bytes) -> Proposed {
+    let started = std::time::Instant::now();
+    let proposed = replica.propose(kafka).await;
+    if proposed.is_ok() {
+        partition.metrics.commit_took(started.elapsed());
+    }
+    proposed
 }
 
 /// What the leader does with a batch another node passed to it: a plain batch is proposed,
@@ -145,28 +153,22 @@ fn sequenced_batch(batch: &CheckedBatch<Bytes>) -> bool {
 fn take_forwarded(
     partition: Arc<Partition>,
     replica: Arc<Replica>,
-    sequenced: mpsc::Sender<Sequenced>,
+    checker: mpsc::Sender<Sequenced>,
 ) -> OnForwarded {
     Arc::new(move |kafka: Bytes| {
-        let (partition, replica, sequenced) =
-            (partition.clone(), replica.clone(), sequenced.clone());
+        let (partition, replica, checker) = (partition.clone(), replica.clone(), checker.clone());
         Box::pin(async move {
             let batch = CheckedBatch::check(kafka).map_err(|error| ProposeError::Refused {
                 code: tonic::Code::InvalidArgument as i32,
                 message: format!("a peer passed a batch that does not check: {error}"),
             })?;
-            if !sequenced_batch(&batch) {
-                let started = std::time::Instant::now();
-                let proposed = replica.propose(batch.into_bytes()).await;
-                if proposed.is_ok() {
-                    partition.metrics.commit_took(started.elapsed());
-                }
-                return proposed;
+            if sequenced(&batch).is_none() {
+                return propose_here(&partition, &replica, batch.into_bytes()).await;
             }
             let (answer, answered) = oneshot::channel();
             let request = Sequenced { batch, forwarded: true, reply: answer };
             let stopped = || ProposeError::Stopped("the partition's writer stopped".into());
-            sequenced.send(request).await.map_err(|_| stopped())?;
+            checker.send(request).await.map_err(|_| stopped())?;
             let answer = answered.await.map_err(|_| stopped())?;
             answer.map_err(|error| {
                 let status = to_status(&error);
@@ -228,11 +230,9 @@ async fn check_one(
         return Err(ServiceError::Internal("the producer table was not rebuilt".into()));
     };
     let stamp = sequenced(&batch).expect("only an idempotent producer's batch comes here");
-    let started = std::time::Instant::now();
     match producers.check_group(&[Some(stamp)]).remove(0) {
-        Verdict::Append => match replica.propose(batch.into_bytes()).await {
+        Verdict::Append => match propose_here(partition, replica, batch.into_bytes()).await {
             Ok((base, next)) => {
-                partition.metrics.commit_took(started.elapsed());
                 producers.record(stamp, base, Offset(next.0.saturating_sub(1)));
                 Ok((base, next))
             }
