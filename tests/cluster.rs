@@ -73,6 +73,20 @@ impl Cluster {
         (1..=3).filter(|id| self.nodes[*id as usize - 1].is_some()).collect()
     }
 
+    /// Creates `topic` (always synced) through node `at`, and waits until every running node
+    /// has applied it: a node answers for what it has applied, so a call to another node right
+    /// after a create may not find the topic yet.
+    async fn create_topic(&self, at: u64, topic: &str, partitions: u32) {
+        self.node(at).create_topic(topic, partitions, always()).await;
+        for id in self.running() {
+            let deadline = Instant::now() + PATIENCE;
+            while self.node(id).describe(topic).await.is_err() {
+                assert!(Instant::now() < deadline, "node {id} never applied {topic}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// Produces `value` to partition 0 of `topic` through node `at`, retrying while no
     /// leader is elected, until it is acknowledged; the offset.
     async fn produce_at(&self, at: u64, topic: &str, value: &str) -> u64 {
@@ -128,7 +142,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_created_on_any_node_is_replicated_and_every_node_takes_writes() {
     let cluster = Cluster::start().await;
-    cluster.node(2).create_topic("events", 1, always()).await;
+    cluster.create_topic(2, "events", 1).await;
     let mut topics = cluster.node(3).topics().await;
     let request = spool_proto::v1::CreateTopicRequest { name: "events".into(), config: None };
     let again = topics.create_topic(request);
@@ -161,7 +175,7 @@ async fn a_topic_created_on_any_node_is_replicated_and_every_node_takes_writes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     let mut cluster = Cluster::start().await;
-    cluster.node(1).create_topic("orders", 1, always()).await;
+    cluster.create_topic(1, "orders", 1).await;
     let mut acknowledged = Vec::new();
     for i in 0..10 {
         let value = format!("before {i}");
@@ -188,7 +202,7 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
     let mut cluster = Cluster::start().await;
-    cluster.node(1).create_topic("payments", 1, always()).await;
+    cluster.create_topic(1, "payments", 1).await;
     let leader = cluster.leader(1, "payments").await;
     let through = if leader == 1 { 2 } else { 1 };
     let client = Client::connect(&format!("http://{}", cluster.node(through).address()))
@@ -234,7 +248,7 @@ async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
 async fn a_retried_batch_is_answered_as_a_duplicate_by_the_next_leader() {
     use spool_proto::v1::{Acks, ProduceRequest, ProducerStamp, RecordList, produce_request};
     let mut cluster = Cluster::start().await;
-    cluster.node(1).create_topic("t", 1, always()).await;
+    cluster.create_topic(1, "t", 1).await;
     let leader = cluster.leader(1, "t").await;
     let other = if leader == 3 { 2 } else { 3 };
     // The id comes from one node and is used at the others.
@@ -283,7 +297,7 @@ async fn a_retried_batch_is_answered_as_a_duplicate_by_the_next_leader() {
 async fn a_topic_grows_on_every_node() {
     use spool_proto::v1::AlterTopicRequest;
     let cluster = Cluster::start().await;
-    cluster.node(1).create_topic("growing", 1, always()).await;
+    cluster.create_topic(1, "growing", 1).await;
     let mut topics = cluster.node(2).topics().await;
     let grow =
         AlterTopicRequest { name: "growing".into(), partitions: Some(3), ..Default::default() };
@@ -378,7 +392,7 @@ async fn topic_creates_racing_through_an_election_make_one_topic() {
 async fn a_groups_committed_offsets_survive_the_node_that_took_them() {
     use spool_client::{CommitMode, GroupConfig, GroupEvent, OffsetReset, StartAt};
     let mut cluster = Cluster::start().await;
-    cluster.node(1).create_topic("jobs", 1, always()).await;
+    cluster.create_topic(1, "jobs", 1).await;
     for i in 0..10 {
         cluster.produce("jobs", &format!("job {i}")).await;
     }
