@@ -1,7 +1,7 @@
 //! `spool bench disk`: what the disk under the data directory can do, so every produce
 //! figure can be read as a fraction of it.
 //!
-//! Six measurements, each on a fresh file in the directory, removed afterwards:
+//! Seven measurements, each on a fresh file in the directory, removed afterwards:
 //!
 //! 1. buffered sequential write: `bytes` in 1 MiB writes, no sync (the page cache's speed);
 //! 2. write then `fdatasync`: the same writes and one `fdatasync` at the end, timed together
@@ -11,6 +11,10 @@
 //!    cycle is kept, so a single durable write can be compared with the disk's own median;
 //! 5. and 6. the same with 1 MiB and 16 MiB appends: the serial write+`fdatasync` rate, what
 //!    a log that waited for each group's sync before writing the next would reach.
+//! 7. direct write then `fdatasync`: the writes of 2. with `O_DIRECT`, from one aligned
+//!    buffer, and one `fdatasync`: the disk without the page cache. On a virtual machine
+//!    whose freed memory goes back to the host, every new page-cache page is a first touch,
+//!    and this can be several times the rate of a long buffered write (see docs/benchmarks.md).
 //!
 //! Before the first measurement, `bytes` are written to a warm-up file (untimed, then
 //! removed), so that the page cache's pages have been touched once: on a virtual machine
@@ -116,12 +120,15 @@ pub struct DiskLimits {
     pub sync_64k: SyncRate,
     pub sync_1m: SyncRate,
     pub sync_16m: SyncRate,
+    /// The median round's; `None` where the file system refuses `O_DIRECT`.
+    pub direct_fdatasync_mb_per_sec: Option<f64>,
+    pub direct_fdatasync_rounds: Option<Rounds>,
     /// Figures that contradict each other, or that did not settle, in words; empty when
     /// all is well.
     pub warnings: Vec<String>,
 }
 
-/// Runs the six measurements.
+/// Runs the seven measurements.
 pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
     std::fs::create_dir_all(&plan.dir)
         .map_err(|source| BenchError::io(format!("creating {}", plan.dir.display()), source))?;
@@ -133,6 +140,11 @@ pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
     let sync_64k = append_and_sync(&plan.dir, 64 * 1024, seconds)?;
     let sync_1m = append_and_sync(&plan.dir, 1024 * 1024, seconds)?;
     let sync_16m = append_and_sync(&plan.dir, 16 * 1024 * 1024, seconds)?;
+    // The first write tells whether the file system takes O_DIRECT; it is not counted.
+    let direct = match direct(&plan.dir, plan.bytes)? {
+        Some(_) => Some(settle(|| Ok(direct(&plan.dir, plan.bytes)?.unwrap_or(0.0)))?),
+        None => None,
+    };
     let mut limits = DiskLimits {
         dir: plan.dir.display().to_string(),
         file_system: crate::machine::file_system(&plan.dir),
@@ -144,10 +156,19 @@ pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
         sync_64k,
         sync_1m,
         sync_16m,
+        direct_fdatasync_mb_per_sec: direct.as_ref().map(Rounds::median),
+        direct_fdatasync_rounds: direct,
         warnings: Vec::new(),
     };
     limits.warnings = contradictions(&limits);
     Ok(limits)
+}
+
+/// One long write of `bytes` and one `fdatasync`, timed together, in one round: the rate
+/// to read a workload that stored `bytes` against (see [`crate::SameBytes`]).
+pub fn same_bytes(dir: &Path, bytes: u64) -> Result<crate::SameBytes, BenchError> {
+    let bytes = bytes.max(SEQUENTIAL_WRITE_BYTES as u64);
+    Ok(crate::SameBytes { bytes, mb_per_sec: sequential(dir, bytes, Sync::AtEnd)? })
 }
 
 /// Whether two figures agree within [`AGREEMENT`].
@@ -277,6 +298,43 @@ fn sequential(dir: &Path, bytes: u64, sync: Sync) -> Result<f64, BenchError> {
     Ok(written as f64 / 1e6 / seconds)
 }
 
+/// The alignment `O_DIRECT` asks of buffers, lengths and offsets (a page: more than any
+/// logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// MB/s of writing `bytes` in [`SEQUENTIAL_WRITE_BYTES`] writes with `O_DIRECT` and one
+/// `fdatasync`; `None` when the file system refuses `O_DIRECT` (tmpfs, for one).
+fn direct(dir: &Path, bytes: u64) -> Result<Option<f64>, BenchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!(".spool-bench-disk-{}-direct", std::process::id()));
+    let opened = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(source) => return Err(BenchError::io(format!("creating {}", path.display()), source)),
+    };
+    let mut scratch = Scratch { path, file };
+    let backing = vec![0x5au8; SEQUENTIAL_WRITE_BYTES + DIRECT_ALIGN];
+    let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
+    let chunk = &backing[start..start + SEQUENTIAL_WRITE_BYTES];
+    let started = Instant::now();
+    let mut written = 0u64;
+    while written < bytes {
+        match scratch.file.write_all(chunk) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(error) => return Err(scratch.error("writing", error)),
+        }
+    }
+    scratch.file.sync_data().map_err(|e| scratch.error("syncing", e))?;
+    Ok(Some(written as f64 / 1e6 / started.elapsed().as_secs_f64()))
+}
+
 /// Appends `append_bytes` and syncs, again and again, for `seconds` a round, in rounds.
 fn append_and_sync(
     dir: &Path,
@@ -353,6 +411,8 @@ mod tests {
             sync_64k: rate(65536, per_sec_64k),
             sync_1m: rate(1 << 20, synced / 2.0 / 1.048576),
             sync_16m: rate(16 << 20, synced / 1.5 / 16.777216),
+            direct_fdatasync_mb_per_sec: None,
+            direct_fdatasync_rounds: None,
             warnings: Vec::new(),
         }
     }

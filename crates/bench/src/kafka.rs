@@ -92,6 +92,7 @@ pub async fn measure(
         seconds,
         histogram: new_histogram(),
         timeline: Vec::new(),
+        server_fsyncs: None,
         compression: settings.compression,
         stored: Some(StoredBytes::new(messages * settings.message_size as u64, disk_bytes)),
     })

@@ -184,6 +184,7 @@ pub async fn measure(
         seconds,
         histogram,
         timeline,
+        server_fsyncs: None,
         compression: spool_client::Codec::None,
         stored: None,
     })
@@ -245,7 +246,9 @@ async fn publish_task(
             while window.len() >= window_max {
                 let (started, ack) = window.pop_front().expect("not empty");
                 ack.await.map_err(|e| nats_error("a publish acknowledgement")(&e))?;
-                histogram.saturating_record(started.elapsed().as_nanos() as u64);
+                let nanos = started.elapsed().as_nanos() as u64;
+                histogram.saturating_record(nanos);
+                meter.latency(nanos);
                 meter.add(1, size);
             }
         }
@@ -254,7 +257,9 @@ async fn publish_task(
     client.flush().await.map_err(|e| nats_error("flushing")(&e))?;
     for (started, ack) in window {
         ack.await.map_err(|e| nats_error("a publish acknowledgement")(&e))?;
-        histogram.saturating_record(started.elapsed().as_nanos() as u64);
+        let nanos = started.elapsed().as_nanos() as u64;
+        histogram.saturating_record(nanos);
+        meter.latency(nanos);
         meter.add(1, size);
     }
     Ok(histogram)
@@ -295,7 +300,8 @@ async fn produce(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outc
     let timed = Timed::start(label, settings.messages);
     let histogram = run_publishers(run, settings, &timed.meter, timed.started).await?;
     let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
+    let finished = timed.finish().await;
+    let (seconds, timeline) = (finished.seconds, finished.timeline);
     Ok((messages, seconds, histogram, timeline))
 }
 
@@ -347,7 +353,9 @@ async fn consume(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outc
                     while seen < *count {
                         match messages.next().await {
                             Some(Ok(_message)) => {
-                                histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                                let nanos = asked.elapsed().as_nanos() as u64;
+                                histogram.saturating_record(nanos);
+                                meter.latency(nanos);
                                 meter.add(1, size);
                                 seen += 1;
                                 asked = Instant::now();
@@ -370,7 +378,8 @@ async fn consume(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outc
         histogram.add(&h).expect("histograms of one kind add");
     }
     let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
+    let finished = timed.finish().await;
+    let (seconds, timeline) = (finished.seconds, finished.timeline);
     Ok((messages, seconds, histogram, timeline))
 }
 
@@ -397,7 +406,9 @@ async fn e2e(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome,
                 match message {
                     Some(Ok(message)) => {
                         if let Some(age) = age_nanos(kind, &message.payload, epoch) {
-                            histogram.saturating_record(age);
+                            let nanos = age;
+                            histogram.saturating_record(nanos);
+                            meter.latency(nanos);
                         }
                         meter.add(1, size);
                         received.fetch_add(1, Ordering::Relaxed);
@@ -436,6 +447,7 @@ async fn e2e(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome,
         )));
     }
     let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
+    let finished = timed.finish().await;
+    let (seconds, timeline) = (finished.seconds, finished.timeline);
     Ok((messages, seconds, histogram, timeline))
 }

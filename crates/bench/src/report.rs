@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::disk::Rounds;
-use crate::stats::{samples_for, shows};
+use crate::stats::{FsyncTotals, samples_for, shows};
 use crate::{BenchResult, DiskLimits, LatencySummary, PayloadKind, Settings, StoredBytes};
 
 /// The percentiles a summary holds, by name.
@@ -157,6 +157,12 @@ pub fn table(result: &BenchResult) -> String {
             "cpu         {busy:.2} cores busy, {per_gb:.2} core-seconds per GB (this process)"
         );
     }
+    if let Some(fsyncs) = &result.server_fsyncs {
+        let _ = writeln!(out, "fsyncs      {}", fsyncs_text(fsyncs));
+    }
+    if let Some(slowest) = slowest_second(result) {
+        let _ = writeln!(out, "slowest s   {slowest}");
+    }
     if let (Some(disk), Some(vs)) = (&result.disk, &result.vs_disk) {
         let _ = writeln!(
             out,
@@ -166,6 +172,24 @@ pub fn table(result: &BenchResult) -> String {
             vs.of_write_fdatasync,
             disk.write_fdatasync_mb_per_sec
         );
+        if let (Some(direct), Some(ratio)) =
+            (disk.direct_fdatasync_mb_per_sec, vs.of_direct_write_fdatasync)
+        {
+            let _ = writeln!(
+                out,
+                "            {ratio:.2}× O_DIRECT write+fdatasync, no page cache ({direct:.0} MB/s)"
+            );
+        }
+        if let (Some(same), Some(ratio)) =
+            (&result.disk_same_bytes, vs.of_write_fdatasync_same_bytes)
+        {
+            let _ = writeln!(
+                out,
+                "            {ratio:.2}× the disk writing the same {} once and fdatasyncing ({:.0} MB/s, right after)",
+                size(same.bytes as f64),
+                same.mb_per_sec
+            );
+        }
         let _ = writeln!(
             out,
             "            {:.2}× serial 1 MiB write+fdatasync ({:.0} MB/s), {:.2}× serial 16 MiB ({:.0} MB/s)",
@@ -204,6 +228,61 @@ pub fn table(result: &BenchResult) -> String {
     }
     out.push('\n');
     out
+}
+
+/// A bound of the fsync histogram, in microseconds: "≤ 500 µs", "≤ 2.5 ms", "over 2.5 s".
+fn bound_text(us: f64) -> String {
+    match us {
+        us if !us.is_finite() => "over the last bucket".into(),
+        us if us < 1000.0 => format!("≤ {us:.0} µs"),
+        us => format!("≤ {} ms", us / 1000.0),
+    }
+}
+
+/// The in-process server's fsyncs over a run, in a line.
+pub(crate) fn fsyncs_text(fsyncs: &FsyncTotals) -> String {
+    let mut parts = vec![format!(
+        "{} by the in-process server, mean {:.0} µs",
+        fsyncs.count,
+        fsyncs.mean_us().unwrap_or(0.0)
+    )];
+    for (name, percentile) in [("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9)] {
+        if let Some(bound) =
+            fsyncs.bound_us(percentile / 100.0).filter(|_| shows(percentile, fsyncs.count))
+        {
+            parts.push(format!("{name} {}", bound_text(bound)));
+        }
+    }
+    if let Some(bound) = fsyncs.bound_us(1.0) {
+        parts.push(format!("slowest {}", bound_text(bound)));
+    }
+    format!(
+        "{} (bounds of its histogram's buckets); its writers spent {:.1} s appending and {:.1} s in fsyncs",
+        parts.join(", "),
+        fsyncs.append_seconds,
+        fsyncs.sum_seconds
+    )
+}
+
+/// The second with the largest latency, and the server's fsyncs in it: where a stall shows,
+/// and whether a slow fsync explains it.
+fn slowest_second(result: &BenchResult) -> Option<String> {
+    let second = result.timeline.iter().filter(|s| s.latency_max_us.is_some()).max_by(|a, b| {
+        a.latency_max_us.partial_cmp(&b.latency_max_us).unwrap_or(std::cmp::Ordering::Equal)
+    })?;
+    let mut text = format!(
+        "{:.0} s into the run: latency p99 {:.0} µs, max {:.0} µs",
+        second.seconds,
+        second.latency_p99_us.unwrap_or(0.0),
+        second.latency_max_us.unwrap_or(0.0)
+    );
+    if let Some(fsyncs) = second.fsyncs.as_ref().filter(|_| result.server_fsyncs.is_some()) {
+        let _ = write!(text, "; the server's {} fsyncs in that second", fsyncs.count);
+        if let Some(slowest) = fsyncs.bound_us(1.0) {
+            let _ = write!(text, ", slowest {}", bound_text(slowest));
+        }
+    }
+    Some(text)
 }
 
 /// Every result against the first, for a side-by-side run.
@@ -263,6 +342,21 @@ pub fn disk_table(disk: &DiskLimits) -> String {
         disk.write_fdatasync_mb_per_sec,
         rounds_text(&disk.write_fdatasync_rounds)
     );
+    match (disk.direct_fdatasync_mb_per_sec, &disk.direct_fdatasync_rounds) {
+        (Some(direct), Some(rounds)) => {
+            let _ = writeln!(
+                out,
+                "O_DIRECT write, fdatasync   {direct:.0} MB/s ({})",
+                rounds_text(rounds)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "O_DIRECT write, fdatasync   not measured: the file system refuses O_DIRECT"
+            );
+        }
+    }
     for rate in [&disk.sync_4k, &disk.sync_64k, &disk.sync_1m, &disk.sync_16m] {
         let _ = writeln!(
             out,
@@ -423,6 +517,33 @@ pub fn html(results: &[BenchResult]) -> String {
         .iter()
         .map(|r| (name(r), r.timeline.iter().map(|s| (s.seconds, s.rss_mib)).collect()))
         .collect();
+    let latency_over_time: Vec<(String, Vec<(f64, f64)>)> = results
+        .iter()
+        .flat_map(|r| {
+            let series = |label: &str, value: fn(&crate::Sample) -> Option<f64>| {
+                let points = r.timeline.iter().filter_map(|s| value(s).map(|v| (s.seconds, v)));
+                (format!("{} {label}", name(r)), points.collect::<Vec<_>>())
+            };
+            [series("p99", |s| s.latency_p99_us), series("max", |s| s.latency_max_us)]
+        })
+        .collect();
+    let fsyncs_over_time: Vec<(String, Vec<(f64, f64)>)> = results
+        .iter()
+        .filter(|r| r.server_fsyncs.is_some())
+        .flat_map(|r| {
+            let series = |label: &str, value: fn(&FsyncTotals) -> Option<f64>| {
+                let points = r.timeline.iter().filter_map(|s| {
+                    let v = s.fsyncs.as_ref().and_then(value)?;
+                    v.is_finite().then_some((s.seconds, v))
+                });
+                (format!("{} {label}", name(r)), points.collect::<Vec<_>>())
+            };
+            [
+                series("mean", FsyncTotals::mean_us),
+                series("slowest (bucket bound)", |f| f.bound_us(1.0)),
+            ]
+        })
+        .collect();
     let seconds_max = results.iter().map(|r| r.seconds).fold(1.0, f64::max);
     let time_ticks: Vec<(f64, String)> = (0..=4)
         .map(|i| {
@@ -491,6 +612,24 @@ pub fn html(results: &[BenchResult]) -> String {
     if let Some(first) = results.first() {
         let _ = writeln!(page, "<p>Latency: {}.</p>", escape(first.latency_of));
     }
+    for r in results {
+        if let Some(fsyncs) = &r.server_fsyncs {
+            let _ = writeln!(
+                page,
+                "<p>Fsyncs ({}): {}.</p>",
+                escape(&name(r)),
+                escape(&fsyncs_text(fsyncs))
+            );
+        }
+        if let Some(slowest) = slowest_second(r) {
+            let _ = writeln!(
+                page,
+                "<p>Slowest second ({}): {}.</p>",
+                escape(&name(r)),
+                escape(&slowest)
+            );
+        }
+    }
     let plots = [
         (
             svg_plot("Throughput over time", "messages/s", &throughput, &time_ticks, false),
@@ -499,6 +638,20 @@ pub fn html(results: &[BenchResult]) -> String {
         (
             svg_plot("Latency by percentile", "µs (log)", &latency, &percentile_ticks, true),
             "latency by percentile (too few samples)",
+        ),
+        (
+            svg_plot("Latency over time", "µs (log)", &latency_over_time, &time_ticks, true),
+            "latency over time (p99 and max of each second)",
+        ),
+        (
+            svg_plot(
+                "The in-process server's fsyncs over time",
+                "µs (log)",
+                &fsyncs_over_time,
+                &time_ticks,
+                true,
+            ),
+            "the in-process server's fsyncs over time (mean and slowest of each second)",
         ),
         (
             svg_plot("Resident memory of the harness", "MiB", &memory, &time_ticks, false),
@@ -583,6 +736,15 @@ fn disk_html(disk: &DiskLimits) -> String {
         let _ = write!(
             out,
             "<tr><td>{name}</td><td>{figure:.0} MB/s</td><td>{}</td><td>–</td></tr>",
+            escape(&rounds_text(rounds))
+        );
+    }
+    if let (Some(figure), Some(rounds)) =
+        (disk.direct_fdatasync_mb_per_sec, &disk.direct_fdatasync_rounds)
+    {
+        let _ = write!(
+            out,
+            "<tr><td>O_DIRECT write then fdatasync</td><td>{figure:.0} MB/s</td><td>{}</td><td>–</td></tr>",
             escape(&rounds_text(rounds))
         );
     }
@@ -671,6 +833,8 @@ mod tests {
             disk: None,
             vs_disk: None,
             timeline,
+            server_fsyncs: None,
+            disk_same_bytes: None,
             latency_percentiles: vec![(0.0, 50.0), (50.0, 100.0), (100.0, 900.0)],
         }
     }
@@ -683,6 +847,9 @@ mod tests {
             mb_per_sec: 0.1,
             rss_mib: 20.0,
             cpu_cores: 0.5,
+            latency_p99_us: Some(800.0),
+            latency_max_us: Some(900.0),
+            fsyncs: None,
         }];
         let page = html(&[result(40, one_sample)]);
         assert!(page.contains("Latency by percentile"), "{page}");
@@ -702,6 +869,57 @@ mod tests {
                 "2560 bytes of payload produced, 1000 bytes of segment files: ratio 2.56"
             )
         );
+    }
+
+    /// A second of a run: its latency and the server's fsyncs in it.
+    fn second(seconds: f64, max_us: f64, slowest_fsync: f64) -> crate::Sample {
+        let fsyncs = FsyncTotals {
+            count: 2,
+            sum_seconds: 0.002,
+            append_seconds: 0.001,
+            buckets: vec![(0.001, 1), (slowest_fsync, 2)],
+        };
+        crate::Sample {
+            seconds,
+            msgs_per_sec: 2000.0,
+            mb_per_sec: 0.1,
+            rss_mib: 20.0,
+            cpu_cores: 0.5,
+            latency_p99_us: Some(max_us / 2.0),
+            latency_max_us: Some(max_us),
+            fsyncs: Some(fsyncs),
+        }
+    }
+
+    #[test]
+    fn a_stall_is_shown_beside_the_fsyncs_of_its_second() {
+        let timeline =
+            vec![second(1.0, 900.0, 0.001), second(2.0, 40_000.0, 0.05), second(3.0, 800.0, 0.001)];
+        let mut result = result(40, timeline);
+        result.server_fsyncs = Some(FsyncTotals {
+            count: 6,
+            sum_seconds: 0.06,
+            append_seconds: 0.5,
+            buckets: vec![(0.001, 4), (0.05, 6), (f64::INFINITY, 6)],
+        });
+        let text = table(&result);
+        assert!(
+            text.contains("\nslowest s   2 s into the run: latency p99 20000 µs, max 40000 µs; the server's 2 fsyncs in that second, slowest ≤ 50 ms\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\nfsyncs      6 by the in-process server, mean 10000 µs, slowest ≤ 50 ms"
+            ),
+            "{text}"
+        );
+        let page = html(&[result]);
+        assert!(
+            page.contains("Latency over time")
+                && page.contains("spool (fsync always, acks all) max"),
+            "{page}"
+        );
+        assert!(page.contains("The in-process server's fsyncs over time"), "{page}");
     }
 
     #[test]

@@ -33,6 +33,15 @@ const VISIBLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the topic is described while waiting for that.
 const VISIBLE_POLL: Duration = Duration::from_millis(10);
 
+/// Installs the server's Prometheus recorder in this process, before an in-process server
+/// opens, so that the sampler can read its fsync histogram (see `FsyncTotals`). Without it
+/// (another recorder is installed) the results carry no server fsyncs.
+fn record_fsyncs() {
+    if let Err(error) = spool_server::metrics::install_prometheus() {
+        eprintln!("note: the in-process server's fsyncs will not be reported: {error}");
+    }
+}
+
 /// A Spool server started by the harness (the shared in-process server of
 /// `spool_server::testing`) in a directory of its own under the data root, stopped when the
 /// workload is done.
@@ -43,6 +52,7 @@ pub(crate) struct InProcess {
 
 impl InProcess {
     pub(crate) async fn start(data_root: &Path) -> Result<InProcess, BenchError> {
+        record_fsyncs();
         let data =
             tempfile::Builder::new().prefix("spool-bench-").tempdir_in(data_root).map_err(|e| {
                 BenchError::io(format!("creating a directory in {}", data_root.display()), e)
@@ -74,6 +84,7 @@ impl InProcessCluster {
     const NODES: u8 = 3;
 
     async fn start(data_root: &Path) -> Result<InProcessCluster, BenchError> {
+        record_fsyncs();
         let data =
             tempfile::Builder::new().prefix("spool-bench-cluster-").tempdir_in(data_root).map_err(
                 |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
@@ -350,7 +361,9 @@ async fn settle(
     size: u64,
 ) -> Result<(), BenchError> {
     delivery.wait().await?;
-    histogram.saturating_record(started.elapsed().as_nanos() as u64);
+    let nanos = started.elapsed().as_nanos() as u64;
+    histogram.saturating_record(nanos);
+    meter.latency(nanos);
     meter.add(records, records * size);
     Ok(())
 }
@@ -434,14 +447,15 @@ async fn join_consumers(
 /// What a timed workload against Spool measured, once its last message is counted.
 async fn measured(timed: Timed, settings: &Settings, histogram: Histogram<u64>) -> Measured {
     let messages = timed.meter.read().0;
-    let (seconds, timeline) = timed.finish().await;
+    let finished = timed.finish().await;
     Measured {
         target: "spool".into(),
         durability: durability(settings),
         messages,
-        seconds,
+        seconds: finished.seconds,
         histogram,
-        timeline,
+        timeline: finished.timeline,
+        server_fsyncs: finished.server_fsyncs,
         compression: settings.compression,
         stored: None,
     }
@@ -485,7 +499,9 @@ async fn consume(
                         .await?;
                     let mut asked = Instant::now();
                     while let Some(polled) = consumer.poll().await? {
-                        histogram.saturating_record(asked.elapsed().as_nanos() as u64);
+                        let nanos = asked.elapsed().as_nanos() as u64;
+                        histogram.saturating_record(nanos);
+                        meter.latency(nanos);
                         let records = polled.record_count();
                         meter.add(records, records * size);
                         asked = Instant::now();
@@ -533,7 +549,9 @@ async fn e2e(
                 for record in polled.records() {
                     let record = record?;
                     if let Some(age) = record.value.and_then(|v| age_nanos(kind, v, epoch)) {
-                        histogram.saturating_record(age);
+                        let nanos = age;
+                        histogram.saturating_record(nanos);
+                        meter.latency(nanos);
                     }
                     count += 1;
                 }

@@ -8,9 +8,12 @@ use hdrhistogram::Histogram;
 use spool_client::{Codec, Fsync};
 use tokio::sync::watch;
 
-use crate::stats::{LatencySummary, Meter, Sample, percentile_spectrum, progress_bar, sample};
+use crate::stats::{
+    FsyncTotals, LatencySummary, Meter, Sample, percentile_spectrum, progress_bar, sample,
+};
 use crate::{
-    BenchError, BenchResult, DiskLimits, Machine, Settings, StoredBytes, VsDisk, Workload,
+    BenchError, BenchResult, DiskLimits, Machine, SameBytes, Settings, StoredBytes, VsDisk,
+    Workload,
 };
 
 pub fn parse_fsync(fsync: &str) -> Result<Fsync, BenchError> {
@@ -98,6 +101,8 @@ pub struct Measured {
     pub seconds: f64,
     pub histogram: Histogram<u64>,
     pub timeline: Vec<Sample>,
+    /// The in-process Spool server's fsyncs over the run.
+    pub server_fsyncs: Option<FsyncTotals>,
     /// The codec the target's producers used (NATS: none, whatever was asked).
     pub compression: Codec,
     /// Spool: the topic's bytes on disk after the workload.
@@ -110,6 +115,7 @@ impl Measured {
         settings: &Settings,
         machine: &Machine,
         disk: Option<&DiskLimits>,
+        disk_same_bytes: Option<SameBytes>,
     ) -> BenchResult {
         let bytes = self.messages * settings.message_size as u64;
         let seconds = self.seconds.max(1e-9);
@@ -140,8 +146,14 @@ impl Measured {
             settings: Settings { compression: self.compression, ..settings.clone() },
             machine: machine.clone(),
             disk: disk.cloned(),
-            vs_disk: disk.map(|d| VsDisk::of(d, msgs_per_sec, mb_per_sec, &latency_us)),
+            vs_disk: disk.map(|d| VsDisk {
+                of_write_fdatasync_same_bytes: disk_same_bytes
+                    .map(|same| mb_per_sec / same.mb_per_sec.max(1e-9)),
+                ..VsDisk::of(d, msgs_per_sec, mb_per_sec, &latency_us)
+            }),
             timeline: self.timeline,
+            server_fsyncs: self.server_fsyncs,
+            disk_same_bytes,
             latency_percentiles: percentile_spectrum(&self.histogram),
         }
     }
@@ -152,7 +164,7 @@ pub struct Timed {
     pub meter: Arc<Meter>,
     pub started: Instant,
     done: watch::Sender<bool>,
-    sampler: tokio::task::JoinHandle<Vec<Sample>>,
+    sampler: tokio::task::JoinHandle<(Vec<Sample>, Option<FsyncTotals>)>,
 }
 
 impl Timed {
@@ -165,11 +177,19 @@ impl Timed {
         Timed { meter, started, done, sampler }
     }
 
-    /// Stops the clock: (seconds, timeline).
-    pub async fn finish(self) -> (f64, Vec<Sample>) {
+    /// Stops the clock: the seconds, the timeline, and the in-process server's fsyncs over
+    /// the run (`None` without one).
+    pub async fn finish(self) -> Finished {
         let seconds = self.started.elapsed().as_secs_f64();
         let _ = self.done.send(true);
-        let timeline = self.sampler.await.unwrap_or_default();
-        (seconds, timeline)
+        let (timeline, server_fsyncs) = self.sampler.await.unwrap_or_default();
+        Finished { seconds, timeline, server_fsyncs }
     }
+}
+
+/// What [`Timed::finish`] hands back.
+pub struct Finished {
+    pub seconds: f64,
+    pub timeline: Vec<Sample>,
+    pub server_fsyncs: Option<FsyncTotals>,
 }

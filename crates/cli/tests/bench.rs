@@ -70,6 +70,15 @@ fn produce_json_has_the_documented_fields() {
     assert!(vs_disk["p99_of_fdatasync_p99"].is_null() || vs_disk["p99_of_fdatasync_p99"].is_f64());
     assert!(vs_disk.contains_key("p999_of_fdatasync_p999"), "{result}");
     assert!(result["machine"]["cores"].as_u64().unwrap() >= 1);
+    // The disk writing the bytes the topic stored, measured right after it.
+    let stored = result["stored"]["disk_bytes"].as_u64().unwrap();
+    assert_eq!(result["disk_same_bytes"]["bytes"].as_u64(), Some(stored.max(1 << 20)), "{result}");
+    assert!(vs_disk["of_write_fdatasync_same_bytes"].as_f64().unwrap() > 0.0, "{result}");
+    // The in-process server's fsyncs, read from its histogram: 5 acks=all batches on an
+    // `always` topic need at least one, and at most one each.
+    let fsyncs = result["server_fsyncs"]["count"].as_u64().unwrap();
+    assert!((1..=5).contains(&fsyncs), "{result}");
+    assert!(result["server_fsyncs"]["sum_seconds"].as_f64().unwrap() > 0.0, "{result}");
     // The harness removed its topic and its in-process server's directory.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -161,6 +170,10 @@ fn disk_json_reports_the_four_measurements_in_rounds() {
     assert_eq!(disk["sync_16m"]["append_bytes"], 16 << 20);
     assert!(disk["sync_16m"]["fdatasync_per_sec"].as_f64().unwrap() > 0.0, "{disk}");
     assert!(disk["sync_64k"]["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    // O_DIRECT, where the file system takes it (tmpfs does not).
+    let direct = &disk["direct_fdatasync_mb_per_sec"];
+    assert!(direct.is_null() || direct.as_f64().unwrap() > 0.0, "{disk}");
+    assert_eq!(direct.is_null(), disk["direct_fdatasync_rounds"].is_null(), "{disk}");
 }
 
 #[test]

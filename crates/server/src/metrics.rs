@@ -278,6 +278,13 @@ pub fn install_prometheus_with_series_idle(
     Ok(PROMETHEUS.get_or_init(|| handle).clone())
 }
 
+/// The Prometheus text of every series, as `/metrics` serves it; `None` before
+/// [`install_prometheus`]. The benchmark harness reads an in-process server's fsync histogram
+/// with it.
+pub fn rendered() -> Option<String> {
+    PROMETHEUS.get().map(metrics_exporter_prometheus::PrometheusHandle::render)
+}
+
 /// Retires every series labelled `topic="{topic}"` (the topic was deleted): they leave
 /// `/metrics` within the series idle time, and the lag of every group on the topic is
 /// forgotten. A topic created again under the name starts new series.
