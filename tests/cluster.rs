@@ -12,6 +12,7 @@ use common::{TestServer, always, record, value};
 use spool_client::{Client, ProducerConfig, Record as ClientRecord};
 use spool_server::ClusterSetup;
 use spool_server::cluster::ClusterOptions;
+use spool_server::testing::{Fault, FaultProxy};
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -24,19 +25,42 @@ fn ip(id: u64) -> IpAddr {
 struct Cluster {
     /// By node id - 1; `None` once stopped.
     nodes: Vec<Option<TestServer>>,
+    /// In front of each node's peer listener, by node id - 1 (see `start_behind_proxies`).
+    proxies: Vec<FaultProxy>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(false).await
+    }
+
+    /// A cluster whose nodes reach each other's peer listeners only through a fault proxy:
+    /// a fault set on node N's proxy is on everything the others send N.
+    async fn start_behind_proxies() -> Cluster {
+        Cluster::start_with(true).await
+    }
+
+    async fn start_with(proxied: bool) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=3 {
             listeners.push(TcpListener::bind((ip(id), 0)).await.expect("bind a peer listener"));
         }
+        let mut proxies = Vec::new();
+        if proxied {
+            for (id, listener) in (1..).zip(&listeners) {
+                let target = listener.local_addr().unwrap();
+                proxies.push(FaultProxy::start(ip(id), target).await.expect("a proxy"));
+            }
+        }
         let peers: Vec<(u64, std::net::SocketAddr)> = listeners
             .iter()
             .enumerate()
-            .map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap()))
+            .map(|(i, l)| {
+                let address =
+                    proxies.get(i).map_or_else(|| l.local_addr().unwrap(), FaultProxy::address);
+                (i as u64 + 1, address)
+            })
             .collect();
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut nodes = Vec::new();
@@ -61,6 +85,7 @@ impl Cluster {
         }
         Cluster {
             nodes: nodes.into_iter().map(|n| Some(TestServer::from(n))).collect(),
+            proxies,
             _dirs: dirs,
         }
     }
@@ -74,8 +99,8 @@ impl Cluster {
     }
 
     /// Creates `topic` (always synced) through node `at`, and waits until every running node
-    /// has applied it: a node answers for what it has applied, so a call to another node right
-    /// after a create may not find the topic yet.
+    /// has applied it. Describe, produce and fetch catch up with the cluster's metadata before
+    /// they answer NOT_FOUND, but consumer-group calls answer from what their node applied.
     async fn create_topic(&self, at: u64, topic: &str, partitions: u32) {
         self.node(at).create_topic(topic, partitions, always()).await;
         for id in self.running() {
@@ -303,19 +328,8 @@ async fn a_topic_grows_on_every_node() {
         AlterTopicRequest { name: "growing".into(), partitions: Some(3), ..Default::default() };
     let grown = topics.alter_topic(grow).await.expect("grown").into_inner();
     assert_eq!(grown.topic.unwrap().config.unwrap().partitions, 3);
-    for id in 1..=3 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let described = cluster.node(id).describe("growing").await.expect("described");
-            if described.partitions.len() == 3
-                && described.partitions.iter().all(|p| p.leader.is_some())
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {id}: {described:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    // Right after the alter through node 2: node 3 catches up with the metadata before it
+    // could answer NOT_FOUND for the new partition (only an election may hold the write).
     let deadline = Instant::now() + PATIENCE;
     loop {
         match cluster
@@ -331,6 +345,19 @@ async fn a_topic_grows_on_every_node() {
         assert!(Instant::now() < deadline, "the new partition never took a write");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for id in 1..=3 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = cluster.node(id).describe("growing").await.expect("described");
+            if described.partitions.len() == 3
+                && described.partitions.iter().all(|p| p.leader.is_some())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id}: {described:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let retention = AlterTopicRequest {
         name: "growing".into(),
         retention_ms: Some(60_000),
@@ -339,6 +366,34 @@ async fn a_topic_grows_on_every_node() {
     let refused = topics.alter_topic(retention).await.expect_err("not on a cluster yet");
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
     assert!(refused.message().contains("retention"), "{refused:?}");
+}
+
+/// A node answers for the metadata it has applied, but before it answers NOT_FOUND it catches
+/// up with what the cluster committed: a topic created through one node is found through a
+/// node that has not received the create yet (everything sent to it arrives 300 ms late,
+/// less than an election timeout), by describe and fetch, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_through_one_node_is_found_at_once_through_a_lagging_one() {
+    let cluster = Cluster::start_behind_proxies().await;
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let described = cluster.node(1).topics().await.describe_cluster(request).await.unwrap();
+    let leader = described.into_inner().metadata_leader.expect("a metadata leader");
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let through = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+    cluster.proxies[lagging as usize - 1].set(Fault::Delay(Duration::from_millis(300)));
+    for round in 0..3 {
+        let topic = format!("at-once-{round}");
+        cluster.node(through).create_topic(&topic, 1, always()).await;
+        let described = cluster.node(lagging).describe(&topic).await;
+        assert!(described.is_ok(), "node {lagging}, round {round}: {described:?}");
+        let fetched = cluster.node(lagging).fetch_all(&topic, 0, 0).await;
+        assert!(fetched.is_empty(), "{fetched:?}");
+    }
+    // A name nobody created is still NOT_FOUND, once the node has caught up.
+    let status = cluster.node(lagging).describe("never-created").await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    cluster.proxies[lagging as usize - 1].set(Fault::Pass);
+    cluster.produce_at(lagging, "at-once-0", "found").await;
 }
 
 /// Two nodes take a create of one name while the metadata group elects a new leader (its

@@ -233,6 +233,31 @@ impl Replica {
         }
     }
 
+    /// The high watermark this replica must apply to before a read here sees everything
+    /// the group committed before the call. The leader confirms with a quorum that it still
+    /// leads ([`Replica::linearize`]) and answers its own; a follower asks the leader. Waits
+    /// at most `timeout`.
+    pub async fn read_index(&self, timeout: Duration) -> Result<Offset, ProposeError> {
+        let leader = match self.linearize(timeout).await {
+            Ok(_) => return Ok(self.high_watermark()),
+            Err(ProposeError::NotLeader { leader: Some(leader) }) if leader.0 != self.node_id => {
+                leader
+            }
+            Err(error) => return Err(error),
+        };
+        let (id, address) = leader;
+        let message = rpc::encode_request(&Request::ReadIndex);
+        let answer = self
+            .transport
+            .call(id, &address, &self.group, message, timeout)
+            .await
+            .map_err(|error| ProposeError::Unreachable(error.to_string()))?;
+        match rpc::decode_response::<u64, ProposeError>(&answer) {
+            Ok(answer) => answer.map(Offset),
+            Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
+        }
+    }
+
     /// Stands for election now rather than after an election timeout: what the node chosen
     /// to lead a new group does, so that leaders spread over the nodes and a new partition
     /// takes writes at once. Raft still decides; this only starts an election.
@@ -335,6 +360,12 @@ impl Replica {
                     None => self.propose(kafka).await,
                 };
                 rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
+            }
+            Ok(Request::ReadIndex) => {
+                // Only the leader answers with an index: asked of a follower (the leader
+                // changed meanwhile), it says NotLeader and the asker's read goes without.
+                let confirmed = self.linearize(ELECTION_TIMEOUT_MAX * 4).await;
+                rpc::encode_response(confirmed.map(|_| self.high_watermark().0))
             }
         }
     }

@@ -27,6 +27,7 @@ const VOTE: u8 = 1;
 const APPEND_ENTRIES: u8 = 2;
 const INSTALL_SNAPSHOT: u8 = 3;
 const PROPOSE: u8 = 4;
+const READ_INDEX: u8 = 5;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -41,6 +42,9 @@ pub(crate) enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A batch another node proposes through this one, the leader (`Replica::propose_anywhere`).
     Propose(Bytes),
+    /// Asked of the leader by a replica that must see everything committed so far
+    /// (`Replica::read_index`).
+    ReadIndex,
 }
 
 /// Why a message could not be decoded.
@@ -73,6 +77,7 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
     match request {
         Request::Vote(vote) => put_header(&mut buf, VOTE, vote),
         Request::InstallSnapshot(snapshot) => put_header(&mut buf, INSTALL_SNAPSHOT, snapshot),
+        Request::ReadIndex => put_header(&mut buf, READ_INDEX, &()),
         Request::Propose(kafka) => {
             put_header(&mut buf, PROPOSE, &());
             buf.put_slice(kafka);
@@ -158,6 +163,10 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
             spool_storage::batch::check_for_append(&rest)
                 .map_err(|error| invalid(format!("a proposed batch: {error}")))?;
             return Ok(Request::Propose(rest));
+        }
+        READ_INDEX => {
+            json::<()>(&header, "read-index request")?;
+            Request::ReadIndex
         }
         APPEND_ENTRIES => {
             let header: AppendHeader = json(&header, "append header")?;

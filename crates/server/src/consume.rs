@@ -152,7 +152,8 @@ impl ConsumeApi {
             }
             .into());
         }
-        let partition = self.topics.partition(&request.topic, request.partition)?;
+        let partition =
+            self.topics.partition_for_request(&request.topic, request.partition).await?;
         let offset = Offset(request.offset);
         let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
         let mut changes = partition.watch();
@@ -318,7 +319,8 @@ impl ConsumeService for ConsumeApi {
             .map_err(ServiceError::from)?;
         TopicName::parse(&request.topic).map_err(ServiceError::from)?;
         let wire = wire(request.encoding).map_err(ServiceError::from)?;
-        let partition = self.topics.partition(&request.topic, request.partition)?;
+        let partition =
+            self.topics.partition_for_request(&request.topic, request.partition).await?;
         let start = Self::start_offset(&partition, request.start.and_then(|s| s.position)).await?;
         let end = if request.stop_at_end { Some(partition.state()?.log_end_offset) } else { None };
         let (queue, messages) = mpsc::channel(SUBSCRIBE_QUEUE_DEPTH);

@@ -256,6 +256,11 @@ pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_mi
 /// How long a cluster node waits to learn of a producer id it does not know (another node may
 /// have handed it out just now) before it refuses it as never handed out.
 pub const PRODUCER_ID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a cluster node that does not know a topic (or one of its partitions) a request
+/// names takes to catch up with the metadata the cluster committed before it answers
+/// `NOT_FOUND`: a topic created or grown through another node a moment ago is then found.
+/// Past it (no leader reachable), it answers from what it has applied.
+pub const METADATA_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Commits, resets and deletions of consumer groups queued on a cluster node for the offsets
 /// group; past it a commit is refused with `UNAVAILABLE` until the queue drains.
 pub const REPLICATED_OFFSETS_QUEUE_MAX: usize = 4096;

@@ -334,6 +334,42 @@ impl TopicTable {
         self.topic(topic)?.partition(partition).cloned()
     }
 
+    /// [`TopicTable::topic`] for a request: on a cluster node that does not know the topic,
+    /// asked again once the node has caught up with the metadata the cluster committed before
+    /// the request (see `Cluster::catch_up`), so a topic created through another node a
+    /// moment ago is found here.
+    pub(crate) async fn topic_for_request(&self, name: &str) -> Result<Arc<Topic>, ServiceError> {
+        match self.topic(name) {
+            Err(ServiceError::UnknownTopic { .. }) if self.catch_up().await => self.topic(name),
+            found => found,
+        }
+    }
+
+    /// [`TopicTable::partition`] for a request, caught up as [`TopicTable::topic_for_request`]
+    /// is (a partition a topic gained through another node a moment ago is found).
+    pub(crate) async fn partition_for_request(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<Partition>, ServiceError> {
+        let found = self.topic_for_request(topic).await?.partition(partition).cloned();
+        match found {
+            Err(ServiceError::UnknownPartition { .. }) if self.catch_up().await => {
+                self.partition(topic, partition)
+            }
+            found => found,
+        }
+    }
+
+    /// On a cluster node, catches up with the cluster's committed metadata; false elsewhere,
+    /// or when it could not.
+    async fn catch_up(&self) -> bool {
+        match &self.cluster {
+            Some(cluster) => cluster.catch_up().await,
+            None => false,
+        }
+    }
+
     /// Every topic, sorted by name.
     /// This node's part in a cluster, on a node of one.
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -406,9 +442,7 @@ impl TopicTable {
         let Some(cluster) = self.cluster.clone() else {
             return self.delete_here(name).await;
         };
-        if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
-            return Err(ServiceError::UnknownTopic { name });
-        }
+        self.topic_for_request(name.as_str()).await?;
         cluster.propose(&Command::DeleteTopic { name: name.to_string() }).await.map(|_| ())
     }
 
@@ -467,7 +501,7 @@ impl TopicTable {
             let what = "changing a topic's fsync policy, retention or segment size";
             return Err(ServiceError::NotForReplicated { what });
         }
-        let topic = self.topic(name.as_str())?;
+        let topic = self.topic_for_request(name.as_str()).await?;
         let config = change.apply(&topic.config())?;
         if config == topic.config() {
             return Ok(topic);

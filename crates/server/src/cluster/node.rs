@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
-use crate::limits::{PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE};
+use crate::limits::{METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE};
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
 /// Proposes a batch to one of the cluster's own groups from any node. While no leader is
@@ -469,6 +469,24 @@ impl Cluster {
                 "the cluster's metadata change was committed but not applied here within {METADATA_PATIENCE:?}"
             ))),
         }
+    }
+
+    /// Waits until this node has applied every metadata change the cluster committed before
+    /// the call (the metadata leader's read index, confirmed with a quorum), at most
+    /// [`METADATA_CATCH_UP_TIMEOUT`]; false when it could not (no leader reachable in time).
+    pub(crate) async fn catch_up(&self) -> bool {
+        let caught_up = async {
+            let index = match self.metadata().read_index(METADATA_CATCH_UP_TIMEOUT).await {
+                Ok(index) => index,
+                Err(error) => {
+                    tracing::debug!(%error, "catching up with the cluster's metadata failed");
+                    return false;
+                }
+            };
+            let mut applied = self.metadata_applied.subscribe();
+            applied.wait_for(|applied| *applied >= index.0).await.is_ok()
+        };
+        tokio::time::timeout(METADATA_CATCH_UP_TIMEOUT, caught_up).await.unwrap_or(false)
     }
 
     /// Commands committed from `from` on, each with the offset after it.
