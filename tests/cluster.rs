@@ -99,8 +99,8 @@ impl Cluster {
     }
 
     /// Creates `topic` (always synced) through node `at`, and waits until every running node
-    /// has applied it. Describe, produce and fetch catch up with the cluster's metadata before
-    /// they answer NOT_FOUND, but consumer-group calls answer from what their node applied.
+    /// has applied it (requests catch up with the cluster's metadata before they answer
+    /// NOT_FOUND, but a listing of topics shows what its node applied).
     async fn create_topic(&self, at: u64, topic: &str, partitions: u32) {
         self.node(at).create_topic(topic, partitions, always()).await;
         for id in self.running() {
