@@ -275,7 +275,7 @@ impl AppState {
         start: Start,
     ) -> Result<Subscription, HttpError> {
         caller.allow(Action::Consume, Resource::Topic(topic))?;
-        let partition = self.topics.partition(topic, partition)?;
+        let partition = self.topics.partition_for_request(topic, partition).await?;
         let offset = start.resolve(&partition).await?;
         let (queue, items) = mpsc::channel(HTTP_SUBSCRIBE_QUEUE_DEPTH);
         let subscription = Subscription {
@@ -391,7 +391,7 @@ async fn history(
     if !(1..=HTTP_HISTORY_RECORDS_MAX).contains(&limit) {
         return Err(BadRequest::HistoryLimit { limit, limit_max: HTTP_HISTORY_RECORDS_MAX }.into());
     }
-    let partition = state.topics.partition(&topic, partition)?;
+    let partition = state.topics.partition_for_request(&topic, partition).await?;
     let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
     let read = partition
         .read(offset, crate::limits::HTTP_SUBSCRIBE_READ_BYTES)
