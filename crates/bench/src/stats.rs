@@ -3,7 +3,9 @@
 //! Workload tasks keep their own HDR histogram of latencies (in nanoseconds; merged at the
 //! end, so recording needs no lock) and add to one shared [`Meter`] per acknowledged batch.
 //! A sampler reads the meter periodically for the progress bar and, once a second, for the
-//! throughput-over-time series, along with this process's resident memory.
+//! time series: throughput, the second's latency p99 and maximum (tasks also record each
+//! latency in the meter's interval histogram), this process's resident memory, and the
+//! in-process server's fsyncs read from its own histogram ([`FsyncTotals`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
