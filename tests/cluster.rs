@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::{TestServer, always, record, value};
+use kafka_protocol::protocol::StrBytes;
 use spool_client::{Client, ProducerConfig, Record as ClientRecord};
 use spool_server::ClusterSetup;
 use spool_server::cluster::ClusterOptions;
@@ -27,21 +28,28 @@ struct Cluster {
     nodes: Vec<Option<TestServer>>,
     /// In front of each node's peer listener, by node id - 1 (see `start_behind_proxies`).
     proxies: Vec<FaultProxy>,
+    /// Each node's Kafka listener, by node id - 1 (see `start_with_kafka`).
+    kafka: Vec<std::net::SocketAddr>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
-        Cluster::start_with(false).await
+        Cluster::start_with(false, false).await
     }
 
     /// A cluster whose nodes reach each other's peer listeners only through a fault proxy:
     /// a fault set on node N's proxy is on everything the others send N.
     async fn start_behind_proxies() -> Cluster {
-        Cluster::start_with(true).await
+        Cluster::start_with(true, false).await
     }
 
-    async fn start_with(proxied: bool) -> Cluster {
+    /// A cluster whose nodes each have a Kafka listener, on 127.0.0.N.
+    async fn start_with_kafka() -> Cluster {
+        Cluster::start_with(false, true).await
+    }
+
+    async fn start_with(proxied: bool, kafka: bool) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=3 {
             listeners.push(TcpListener::bind((ip(id), 0)).await.expect("bind a peer listener"));
@@ -64,14 +72,22 @@ impl Cluster {
             .collect();
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut nodes = Vec::new();
+        let mut kafka_addresses = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
             let options = ClusterOptions::new(id, &peers).expect("a valid cluster");
             let setup = ClusterSetup { options, listener: Some(listener) };
-            let server = spool_server::testing::TestServer::start_cluster_node(
+            let mut serve = spool_server::ServeOptions::default();
+            if kafka {
+                let listener = TcpListener::bind((ip(id), 0)).await.expect("bind a Kafka listener");
+                kafka_addresses.push(listener.local_addr().unwrap());
+                serve.kafka = Some(listener);
+            }
+            let server = spool_server::testing::TestServer::start_cluster_node_with(
                 dirs[i].path(),
                 ip(id),
                 setup,
+                serve,
             )
             .await
             .expect("start a node");
@@ -86,6 +102,7 @@ impl Cluster {
         Cluster {
             nodes: nodes.into_iter().map(|n| Some(TestServer::from(n))).collect(),
             proxies,
+            kafka: kafka_addresses,
             _dirs: dirs,
         }
     }
@@ -394,6 +411,153 @@ async fn a_topic_created_through_one_node_is_found_at_once_through_a_lagging_one
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     cluster.proxies[lagging as usize - 1].set(Fault::Pass);
     cluster.produce_at(lagging, "at-once-0", "found").await;
+}
+
+/// Kafka's Metadata, asked of any node, names every node as a broker (by its node id, at its
+/// Kafka listener) and each partition's Raft leader as its leader, with every node a
+/// replica; every node names the same coordinator for a group, and the others refuse the
+/// group's requests NOT_COORDINATOR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, CreateTopicsRequest, CreateTopicsResponse, FindCoordinatorRequest,
+        FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, MetadataRequest,
+        MetadataResponse,
+    };
+    let cluster = Cluster::start_with_kafka().await;
+    cluster.create_topic(1, "kafka-events", 2).await;
+    let leaders: Vec<u64> = {
+        let mut leaders = Vec::new();
+        for partition in 0..2 {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let described = cluster.node(1).describe("kafka-events").await.unwrap();
+                if let Some(leader) = described.partitions[partition].leader {
+                    leaders.push(leader);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no leader of partition {partition}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        leaders
+    };
+    let topic =
+        MetadataRequestTopic::default().with_name(Some(common::kafka::name("kafka-events")));
+    let request = MetadataRequest::default().with_topics(Some(vec![topic]));
+    let mut coordinators = Vec::new();
+    for id in 1..=3u64 {
+        let mut connection = common::kafka::Connection::to(cluster.kafka[id as usize - 1]).await;
+        let answer: MetadataResponse = connection.call(ApiKey::Metadata, 8, &request).await;
+        let brokers: Vec<(i32, String, i32)> =
+            answer.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+        let expected: Vec<(i32, String, i32)> = (1..=3)
+            .map(|n| {
+                let address = cluster.kafka[n - 1];
+                (n as i32, address.ip().to_string(), i32::from(address.port()))
+            })
+            .collect();
+        assert_eq!(brokers, expected, "node {id}");
+        let partitions = &answer.topics[0].partitions;
+        for (partition, leader) in partitions.iter().zip(&leaders) {
+            assert_eq!(partition.error_code, 0, "node {id}: {partition:?}");
+            assert_eq!(partition.leader_id.0, *leader as i32, "node {id}: {partition:?}");
+            let replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
+            assert_eq!(replicas, vec![1, 2, 3], "node {id}");
+        }
+        let find = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("readers"));
+        let found: FindCoordinatorResponse =
+            connection.call(ApiKey::FindCoordinator, 2, &find).await;
+        assert_eq!(found.error_code, 0, "{found:?}");
+        coordinators.push(found.node_id.0);
+    }
+    assert!(coordinators.iter().all(|c| *c == coordinators[0]), "{coordinators:?}");
+    // CreateTopics through a node: the factor is the cluster's (3, or -1), or refused.
+    let mut connection = common::kafka::Connection::to(cluster.kafka[2]).await;
+    for (name, factor, code) in
+        [("by-kafka", 3, 0), ("by-kafka-default", -1, 0), ("one-copy", 1, 38)]
+    {
+        let topic = CreatableTopic::default()
+            .with_name(common::kafka::name(name))
+            .with_num_partitions(1)
+            .with_replication_factor(factor);
+        let request =
+            CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000);
+        let answer: CreateTopicsResponse = connection.call(ApiKey::CreateTopics, 4, &request).await;
+        assert_eq!(answer.topics[0].error_code, code, "{name}: {answer:?}");
+    }
+    let described = cluster.node(1).describe("by-kafka").await.expect("created through node 3");
+    assert_eq!(described.partitions[0].replicas, vec![1, 2, 3]);
+    for id in (1..=3u64).filter(|id| *id as i32 != coordinators[0]) {
+        let mut connection = common::kafka::Connection::to(cluster.kafka[id as usize - 1]).await;
+        let heartbeat = HeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("readers")))
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_static_str("m"));
+        let answer: HeartbeatResponse = connection.call(ApiKey::Heartbeat, 3, &heartbeat).await;
+        assert_eq!(answer.error_code, 16, "NOT_COORDINATOR at node {id}: {answer:?}");
+    }
+}
+
+/// Kafka clients nobody here wrote, bootstrapped at one node of a cluster: librdkafka's
+/// idempotent producer writes to each partition's leader and reads everything back once,
+/// and its consumer group commits and resumes through the coordinator the cluster names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_produces_and_consumes_as_a_group_through_a_cluster() {
+    let Some(python) = common::kafka::python_with("confluent_kafka", "confluent-kafka") else {
+        return;
+    };
+    let cluster = Cluster::start_with_kafka().await;
+    cluster.create_topic(1, "idempotent", 2).await;
+    cluster.create_topic(1, "events", 4).await;
+    for topic in ["idempotent", "events"] {
+        let partitions = if topic == "events" { 4 } else { 2 };
+        for partition in 0..partitions {
+            let deadline = Instant::now() + PATIENCE;
+            while cluster.node(2).describe(topic).await.unwrap().partitions[partition]
+                .leader
+                .is_none()
+            {
+                assert!(Instant::now() < deadline, "no leader of {topic}/{partition}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let bootstrap = cluster.kafka[1].to_string();
+    let printed = common::kafka::run_python_at(
+        python.clone(),
+        "confluent_kafka_idempotent.py",
+        &bootstrap,
+        &["idempotent"],
+    )
+    .await;
+    assert!(printed.contains("consumed 200 records once each"), "{printed}");
+    // Every node serves them: replicated, not only on the leaders the producer wrote to.
+    for id in 1..=3 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut records = 0;
+            for partition in 0..2 {
+                records += cluster.node(id).fetch_all("idempotent", partition, 0).await.len();
+            }
+            if records == 200 {
+                break;
+            }
+            assert!(records < 200 && Instant::now() < deadline, "node {id} serves {records}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let printed = common::kafka::run_python_at(
+        python,
+        "confluent_kafka_cluster_group.py",
+        &bootstrap,
+        &["events", "readers"],
+    )
+    .await;
+    assert!(printed.contains("two members read 40 records once each"), "{printed}");
+    assert!(printed.contains("resumed at the committed offsets"), "{printed}");
 }
 
 /// Two nodes take a create of one name while the metadata group elects a new leader (its

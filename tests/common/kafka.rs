@@ -60,7 +60,12 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(kafka: &Kafka) -> Connection {
-        Connection { stream: TcpStream::connect(kafka.address).await.unwrap(), next_id: 1 }
+        Connection::to(kafka.address).await
+    }
+
+    /// A connection to the Kafka listener at `address`.
+    pub async fn to(address: std::net::SocketAddr) -> Connection {
+        Connection { stream: TcpStream::connect(address).await.unwrap(), next_id: 1 }
     }
 
     /// Sends a request; returns its correlation id.
@@ -163,9 +168,20 @@ pub async fn run_python_with(
     kafka: &Kafka,
     args: &[&str],
 ) -> String {
+    run_python_at(python, script, &kafka.address.to_string(), args).await
+}
+
+/// Runs `tests/python/SCRIPT BOOTSTRAP ARGS...` (`BOOTSTRAP`: one or more `HOST:PORT`, comma
+/// separated) and returns what it printed.
+pub async fn run_python_at(
+    python: std::path::PathBuf,
+    script: &str,
+    bootstrap: &str,
+    args: &[&str],
+) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut command = std::process::Command::new(&python);
-    command.arg(root.join("tests/python").join(script)).arg(kafka.address.to_string()).args(args);
+    command.arg(root.join("tests/python").join(script)).arg(bootstrap).args(args);
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(

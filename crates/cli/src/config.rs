@@ -413,10 +413,10 @@ impl ServeConfig {
         if options.peers.values().any(|peer| *peer == self.listen.value) {
             bail!("cluster: a peer address is also the gRPC listener's ({})", self.listen.value);
         }
-        if self.kafka.value.is_some() {
-            bail!(
-                "kafka: the Kafka listener does not serve a cluster node yet (its Metadata would name this node the leader of every partition); leave kafka out of a cluster's nodes"
-            );
+        if let Some(kafka) =
+            self.kafka.value.filter(|kafka| options.peers.values().any(|p| p == kafka))
+        {
+            bail!("cluster: a peer address is also the Kafka listener's ({kafka})");
         }
         Ok(Some(options))
     }
@@ -561,9 +561,16 @@ mod tests {
         assert!(remote.contains("not a loopback address"), "{remote}");
         let grpc = refused(&["serve", "--node-id", "1", "--peers", "1=127.0.0.1:7070"]);
         assert!(grpc.contains("also the gRPC listener's"), "{grpc}");
-        let kafka =
-            refused(&["serve", "--node-id", "1", "--peers", peers, "--kafka", "127.0.0.1:9092"]);
-        assert!(kafka.contains("does not serve a cluster node yet"), "{kafka}");
+        let kafka = refused(&[
+            "serve",
+            "--node-id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:9092",
+            "--kafka",
+            "127.0.0.1:9092",
+        ]);
+        assert!(kafka.contains("also the Kafka listener's"), "{kafka}");
     }
 
     #[test]

@@ -116,10 +116,8 @@ pub enum RunError {
     UncleanStop { logs: Vec<String> },
     #[error(transparent)]
     Cluster(#[from] cluster::JoinClusterError),
-    #[error(
-        "the Kafka listener (--kafka) does not serve a cluster node yet: its Metadata would name this node the leader of every partition"
-    )]
-    ClusterKafka,
+    #[error("reading the Kafka listener's address failed: {0}")]
+    KafkaAddress(std::io::Error),
     #[error("reading the gRPC listener's address failed: {0}")]
     ClientAddress(std::io::Error),
 }
@@ -224,6 +222,7 @@ impl Server {
         partitions_max: Option<u32>,
         setup: ClusterSetup,
         client_address: String,
+        kafka_address: Option<String>,
     ) -> Result<Server, RunError> {
         let lock = spool_storage::fs::DirectoryLock::acquire(data_dir)?;
         tracing::info!(data = %data_dir.display(), node = setup.options.node_id, "opening the data directory as a cluster node");
@@ -237,7 +236,7 @@ impl Server {
         let applier = server.topics.clone().apply_metadata(cluster.clone(), cluster.stopping());
         tokio::spawn(applier);
         let joining = cluster.clone();
-        tokio::spawn(async move { joining.join(client_address).await });
+        tokio::spawn(async move { joining.join(client_address, kafka_address).await });
         Ok(server)
     }
 
@@ -303,16 +302,29 @@ pub async fn run(
         return serve(listener, options, Server::open_with(data_dir, partitions_max), shutdown)
             .await;
     };
-    if options.kafka.is_some() {
-        return Err(RunError::ClusterKafka);
-    }
     let client_address = listener.local_addr().map_err(RunError::ClientAddress)?.to_string();
+    let kafka_address = kafka_address(&options)?;
     let opening = async move {
-        let server = Server::open_cluster(data_dir, partitions_max, setup, client_address).await?;
+        let server =
+            Server::open_cluster(data_dir, partitions_max, setup, client_address, kafka_address)
+                .await?;
         server.joined().await;
         Ok(server)
     };
     serve(listener, options, opening, shutdown).await
+}
+
+/// What a cluster node's Kafka listener advertises, which it registers with the cluster so
+/// every node's Metadata names it: `kafka_advertised`, or the listener's own address.
+fn kafka_address(options: &ServeOptions) -> Result<Option<String>, RunError> {
+    Ok(match (&options.kafka_advertised, &options.kafka) {
+        (Some(advertised), _) => Some(advertised.to_string()),
+        (None, Some(kafka)) => {
+            let address = kafka.local_addr().map_err(RunError::KafkaAddress)?;
+            Some(kafka::AdvertisedAddress::from(address).to_string())
+        }
+        (None, None) => None,
+    })
 }
 
 /// The services registered before the data directory is open, opened once it is.

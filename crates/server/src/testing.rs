@@ -104,16 +104,29 @@ impl TestServer {
         ip: std::net::IpAddr,
         setup: crate::ClusterSetup,
     ) -> Result<TestServer, StartError> {
+        TestServer::start_cluster_node_with(data_dir, ip, setup, ServeOptions::default()).await
+    }
+
+    /// [`TestServer::start_cluster_node`] with a Kafka listener or other listeners in
+    /// `options` (its TLS and tokens are not for cluster nodes).
+    pub async fn start_cluster_node_with(
+        data_dir: &Path,
+        ip: std::net::IpAddr,
+        setup: crate::ClusterSetup,
+        options: ServeOptions,
+    ) -> Result<TestServer, StartError> {
         let listener = TcpListener::bind((ip, 0)).await.map_err(StartError::Bind)?;
         let address = listener.local_addr().map_err(StartError::Bind)?;
-        let server = Server::open_cluster(data_dir, None, setup, address.to_string()).await?;
+        let kafka = crate::kafka_address(&options)?;
+        let server =
+            Server::open_cluster(data_dir, None, setup, address.to_string(), kafka).await?;
         let metrics = server.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let opening = async move {
             server.joined().await;
             Ok(server)
         };
-        let task = tokio::spawn(crate::serve(listener, ServeOptions::default(), opening, async {
+        let task = tokio::spawn(crate::serve(listener, options, opening, async {
             let _ = stopped.await;
         }));
         Ok(TestServer {

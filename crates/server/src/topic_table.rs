@@ -272,7 +272,7 @@ impl TopicTable {
 
     async fn apply(&self, cluster: &Cluster, command: Command, at: spool_storage::Offset) {
         match command {
-            Command::RegisterNode { id, address } => cluster.register(id, address),
+            Command::RegisterNode { id, address, kafka } => cluster.register(id, address, kafka),
             Command::AllocateProducerIds { .. } => cluster.producer_ids_allocated(at),
             Command::CreateTopic { name, spec, by } => {
                 let Ok(name) = TopicName::parse(&name) else { return };

@@ -128,6 +128,9 @@ pub(crate) enum Command {
     RegisterNode {
         id: u64,
         address: String,
+        /// The address its Kafka listener advertises, when it has one.
+        #[serde(default)]
+        kafka: Option<String>,
     },
     CreateTopic {
         name: String,
@@ -232,6 +235,9 @@ pub(crate) struct Cluster {
     metadata_applied: watch::Sender<u64>,
     /// Where each node serves clients, as registered.
     nodes: RwLock<BTreeMap<u64, String>>,
+    /// Where each registered node's Kafka listener is, for those that have one (as
+    /// advertised: what Metadata names).
+    kafka_nodes: RwLock<BTreeMap<u64, String>>,
     /// Whether this node's registration is applied here: it has joined.
     joined: watch::Sender<bool>,
     /// What applying this node's own commands did, by the command's offset, until the node
@@ -302,6 +308,7 @@ impl Cluster {
             metadata_committed: watch::Sender::new(0),
             metadata_applied: watch::Sender::new(0),
             nodes: RwLock::new(BTreeMap::new()),
+            kafka_nodes: RwLock::new(BTreeMap::new()),
             joined: watch::Sender::new(false),
             producer_ids: tokio::sync::Mutex::new(0..0),
             outcomes: std::sync::Mutex::new(HashMap::new()),
@@ -595,13 +602,41 @@ impl Cluster {
     }
 
     /// Applies a node's registration.
-    pub(crate) fn register(&self, id: u64, address: String) {
+    pub(crate) fn register(&self, id: u64, address: String, kafka: Option<String>) {
         self.nodes.write().unwrap_or_else(PoisonError::into_inner).insert(id, address);
+        let mut kafka_nodes = self.kafka_nodes.write().unwrap_or_else(PoisonError::into_inner);
+        match kafka {
+            Some(kafka) => kafka_nodes.insert(id, kafka),
+            None => kafka_nodes.remove(&id),
+        };
     }
 
-    /// Registers this node's client address, retrying until the metadata group takes it.
-    pub(crate) async fn join(&self, client_address: String) {
-        let command = Command::RegisterNode { id: self.node_id, address: client_address };
+    /// Where each node's Kafka listener is, by node id, for the nodes registered with one.
+    pub(crate) fn kafka_nodes(&self) -> BTreeMap<u64, String> {
+        self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The node that coordinates Kafka consumer group `group`, with its Kafka address: one of
+    /// the nodes registered with a Kafka listener, chosen from the group's name (FNV-1a), so
+    /// every node names the same one while the set of such nodes stays the same. A group's
+    /// members then meet on one node, whose coordinator (`crate::groups`) runs the group; its
+    /// committed offsets are replicated to every node (the offsets group).
+    pub(crate) fn kafka_coordinator(&self, group: &str) -> Option<(u64, String)> {
+        let nodes = self.kafka_nodes();
+        if nodes.is_empty() {
+            return None;
+        }
+        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let index = (hash % nodes.len() as u64) as usize;
+        nodes.into_iter().nth(index)
+    }
+
+    /// Registers this node's client address (and its Kafka listener's, if it has one),
+    /// retrying until the metadata group takes it.
+    pub(crate) async fn join(&self, client_address: String, kafka: Option<String>) {
+        let command = Command::RegisterNode { id: self.node_id, address: client_address, kafka };
         loop {
             match self.propose(&command).await {
                 Ok(_) => {

@@ -190,14 +190,22 @@ async fn create_topic(
         .allow(Action::Administer, Resource::Topic(topic.name.as_str()))
         .map_err(ServiceError::from)?;
     let name = TopicName::parse(topic.name.as_str()).map_err(ServiceError::from)?;
-    let partitions = partitions(topic)?;
-    if !matches!(topic.replication_factor, -1 | 1) && topic.assignments.is_empty() {
+    let replicas = replica_set(shared);
+    let partitions = partitions(topic, &replicas)?;
+    let factor = replicas.len() as i16;
+    if topic.replication_factor != -1
+        && topic.replication_factor != factor
+        && topic.assignments.is_empty()
+    {
+        let why = match shared.topics.cluster() {
+            None => "Spool is one node, so the factor is 1".to_owned(),
+            Some(_) => {
+                format!("every partition is on every node of this cluster, so it is {factor}")
+            }
+        };
         return Err(Refusal::new(
             ResponseError::InvalidReplicationFactor,
-            format!(
-                "replication factor {}: Spool is one node, so the factor is 1 (or -1, the default)",
-                topic.replication_factor
-            ),
+            format!("replication factor {}: {why} (or -1, the default)", topic.replication_factor),
         ));
     }
     let configs =
@@ -214,9 +222,35 @@ async fn create_topic(
     Ok(())
 }
 
+/// The nodes every partition is on, as Kafka's broker ids: node 0 on a single node; every
+/// node of a cluster.
+fn replica_set(shared: &Shared) -> Vec<i32> {
+    match shared.topics.cluster() {
+        None => vec![super::apis::NODE_ID],
+        Some(cluster) => cluster.node_ids().into_iter().map(|id| id as i32).collect(),
+    }
+}
+
+/// Whether a manual assignment's `brokers` are `replicas`, in any order.
+fn is_replica_set(brokers: &[BrokerId], replicas: &[i32]) -> bool {
+    let mut brokers: Vec<i32> = brokers.iter().map(|broker| broker.0).collect();
+    brokers.sort_unstable();
+    brokers == replicas
+}
+
+/// What a manual assignment must say, in words.
+fn assignment_rule(replicas: &[i32]) -> String {
+    match replicas {
+        [0] => "Spool is one node: an assignment puts each partition on node 0 alone".into(),
+        nodes => format!(
+            "every partition is on every node of this cluster: an assignment puts each partition on nodes {nodes:?}"
+        ),
+    }
+}
+
 /// The partition count asked for: `num_partitions` (-1: one), or a manual assignment of
-/// partitions 0 to n-1, each to node 0 alone.
-fn partitions(topic: &CreatableTopic) -> Result<u32, Refusal> {
+/// partitions 0 to n-1, each to `replicas` (node 0 alone on a single node).
+fn partitions(topic: &CreatableTopic, replicas: &[i32]) -> Result<u32, Refusal> {
     if topic.assignments.is_empty() {
         return match topic.num_partitions {
             -1 => Ok(1),
@@ -237,13 +271,13 @@ fn partitions(topic: &CreatableTopic) -> Result<u32, Refusal> {
     let mut seen = vec![false; count];
     for assignment in &topic.assignments {
         let index = usize::try_from(assignment.partition_index).ok().filter(|i| *i < count);
-        let on_node_0 = assignment.broker_ids.len() == 1 && assignment.broker_ids[0].0 == 0;
+        let placed = is_replica_set(&assignment.broker_ids, replicas);
         match index {
-            Some(index) if on_node_0 && !seen[index] => seen[index] = true,
+            Some(index) if placed && !seen[index] => seen[index] = true,
             _ => {
                 return Err(Refusal::new(
                     ResponseError::InvalidReplicaAssignment,
-                    "Spool is one node: an assignment puts each of partitions 0 to n-1 on node 0 alone",
+                    format!("{}, partitions 0 to n-1 once each", assignment_rule(replicas)),
                 ));
             }
         }
@@ -330,12 +364,14 @@ async fn grow_topic(
     })?;
     // An empty list is no assignment, as a null one (some encoders send it).
     if let Some(assignments) = topic.assignments.as_ref().filter(|a| !a.is_empty()) {
-        let each_on_node_0 = assignments.iter().all(|a| a.broker_ids.iter().eq([&BrokerId(0)]));
-        if assignments.len() != (count - has) as usize || !each_on_node_0 {
+        let replicas = replica_set(shared);
+        let placed = assignments.iter().all(|a| is_replica_set(&a.broker_ids, &replicas));
+        if assignments.len() != (count - has) as usize || !placed {
             return Err(Refusal::new(
                 ResponseError::InvalidReplicaAssignment,
                 format!(
-                    "Spool is one node: an assignment puts each of the {} new partitions on node 0 alone",
+                    "{}, one set for each of the {} new partitions",
+                    assignment_rule(&replicas),
                     count - has
                 ),
             ));

@@ -12,8 +12,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 
-use super::Shared;
 use super::codes::error_code;
+use super::{AdvertisedAddress, Shared};
 use crate::auth::{Action, Caller};
 
 /// Every API served and the versions of it, and nothing else: ApiVersions advertises exactly
@@ -108,18 +108,36 @@ pub(super) fn unsupported_api_versions(with_tokens: bool) -> ApiVersionsResponse
         .with_api_keys(api_keys(with_tokens))
 }
 
-/// One broker (the advertised address), and the topics asked for (every topic when the
-/// request names none, or null), each partition led by that broker. A topic that does not
-/// exist is UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata request.
+/// The brokers, and the topics asked for (every topic when the request names none, or
+/// null). On a single node: one broker (the advertised address) leads every partition. On a
+/// cluster: every node registered with a Kafka listener, by its node id; a partition's
+/// leader is its Raft group's leader (LEADER_NOT_AVAILABLE while there is none, or while it
+/// has no Kafka listener), and its replicas and in-sync replicas are every node. A topic that
+/// does not exist is UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata
+/// request.
 pub(super) fn metadata(
     shared: &Shared,
     caller: &Caller,
     request: MetadataRequest,
 ) -> MetadataResponse {
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(NODE_ID))
-        .with_host(StrBytes::from_string(shared.advertised.host.clone()))
-        .with_port(i32::from(shared.advertised.port));
+    let broker = |id: i32, address: &AdvertisedAddress| {
+        MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(StrBytes::from_string(address.host.clone()))
+            .with_port(i32::from(address.port))
+    };
+    let (brokers, controller) = match shared.topics.cluster() {
+        None => (vec![broker(NODE_ID, &shared.advertised)], NODE_ID),
+        Some(cluster) => {
+            let brokers = cluster
+                .kafka_nodes()
+                .iter()
+                .filter_map(|(id, address)| Some(broker(*id as i32, &address.parse().ok()?)))
+                .collect();
+            let controller = cluster.metadata_leader().map_or(-1, |id| id as i32);
+            (brokers, controller)
+        }
+    };
     let topics = match request.topics {
         None => shared
             .topics
@@ -138,9 +156,9 @@ pub(super) fn metadata(
             .collect(),
     };
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_static_str("spool")))
-        .with_controller_id(BrokerId(NODE_ID))
+        .with_controller_id(BrokerId(controller))
         .with_topics(topics)
 }
 
@@ -152,14 +170,37 @@ fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResponseTo
         Ok(topic) => topic,
         Err(error) => return answer.with_error_code(error_code(&error)),
     };
-    let partitions = (0..topic.config().partitions())
+    let Some(cluster) = shared.topics.cluster() else {
+        let partitions = (0..topic.config().partitions())
+            .map(|partition| {
+                MetadataResponsePartition::default()
+                    .with_partition_index(partition as i32)
+                    .with_leader_id(BrokerId(NODE_ID))
+                    .with_leader_epoch(0)
+                    .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                    .with_isr_nodes(vec![BrokerId(NODE_ID)])
+            })
+            .collect();
+        return answer.with_partitions(partitions);
+    };
+    let with_kafka = cluster.kafka_nodes();
+    let partitions = topic
+        .partitions
+        .iter()
         .map(|partition| {
-            MetadataResponsePartition::default()
-                .with_partition_index(partition as i32)
-                .with_leader_id(BrokerId(NODE_ID))
+            let replicas: Vec<BrokerId> =
+                partition.replicas().into_iter().map(|id| BrokerId(id as i32)).collect();
+            let answer = MetadataResponsePartition::default()
+                .with_partition_index(partition.id() as i32)
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas);
+            match partition.leader().filter(|leader| with_kafka.contains_key(leader)) {
+                Some(leader) => answer.with_leader_id(BrokerId(leader as i32)),
+                None => answer
+                    .with_leader_id(BrokerId(-1))
+                    .with_error_code(ResponseError::LeaderNotAvailable.code()),
+            }
         })
         .collect();
     answer.with_partitions(partitions)

@@ -59,15 +59,28 @@ fn text(value: &str) -> StrBytes {
 }
 
 /// The group's name, if `caller` may `action` it (`GROUP_AUTHORIZATION_FAILED`, checked
-/// first), and it is valid (`INVALID_GROUP_ID`).
-fn group_name(caller: &Caller, action: Action, group: &GroupId) -> Result<GroupName, i16> {
+/// first), it is valid (`INVALID_GROUP_ID`), and, on a cluster, this node coordinates it
+/// (`NOT_COORDINATOR`: the client asks FindCoordinator again).
+fn group_name(
+    shared: &Shared,
+    caller: &Caller,
+    action: Action,
+    group: &GroupId,
+) -> Result<GroupName, i16> {
     caller
         .allow(action, Resource::Group(group.as_str()))
         .map_err(|error| super::codes::error_code(&error.into()))?;
-    GroupName::parse(group.as_str()).map_err(|error| {
+    let name = GroupName::parse(group.as_str()).map_err(|error| {
         tracing::debug!(%error, "a Kafka group request refused");
         ResponseError::InvalidGroupId.code()
-    })
+    })?;
+    if let Some(cluster) = shared.topics.cluster() {
+        let coordinator = cluster.kafka_coordinator(name.as_str()).map(|(id, _)| id);
+        if coordinator != Some(cluster.node_id) {
+            return Err(ResponseError::NotCoordinator.code());
+        }
+    }
+    Ok(name)
 }
 
 /// Awaits a waiting request's answer: the error code (with the member id, for
@@ -92,8 +105,9 @@ async fn answer<T>(
     }
 }
 
-/// Every group is coordinated by the one broker: node 0 at the advertised address. Only
-/// group coordinators are looked up here (key type 0); there are no transactions.
+/// A single node coordinates every group: node 0 at the advertised address. On a cluster,
+/// the node `Cluster::kafka_coordinator` picks from the group's name. Only group
+/// coordinators are looked up here (key type 0); there are no transactions.
 pub(super) fn find_coordinator(
     shared: &Shared,
     request: FindCoordinatorRequest,
@@ -108,10 +122,25 @@ pub(super) fn find_coordinator(
             .with_node_id(BrokerId(-1))
             .with_port(-1);
     }
-    response
-        .with_node_id(BrokerId(NODE_ID))
-        .with_host(text(&shared.advertised.host))
-        .with_port(i32::from(shared.advertised.port))
+    let Some(cluster) = shared.topics.cluster() else {
+        return response
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(text(&shared.advertised.host))
+            .with_port(i32::from(shared.advertised.port));
+    };
+    let coordinator = cluster.kafka_coordinator(request.key.as_str()).and_then(|(id, address)| {
+        address.parse::<super::AdvertisedAddress>().ok().map(|address| (id, address))
+    });
+    match coordinator {
+        Some((id, address)) => response
+            .with_node_id(BrokerId(id as i32))
+            .with_host(text(&address.host))
+            .with_port(i32::from(address.port)),
+        None => response
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_node_id(BrokerId(-1))
+            .with_port(-1),
+    }
 }
 
 fn join_error(code: i16, member_id: StrBytes) -> JoinGroupResponse {
@@ -135,7 +164,7 @@ pub(super) async fn join_group(
     version: i16,
     client: Client<'_>,
 ) -> JoinGroupResponse {
-    let group = match group_name(caller, Action::Consume, &request.group_id) {
+    let group = match group_name(shared, caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => return join_error(code, request.member_id),
     };
@@ -200,7 +229,7 @@ pub(super) async fn sync_group(
     caller: &Caller,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
-    let group = match group_name(caller, Action::Consume, &request.group_id) {
+    let group = match group_name(shared, caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => return SyncGroupResponse::default().with_error_code(code),
     };
@@ -240,7 +269,7 @@ pub(super) fn heartbeat(
     caller: &Caller,
     request: HeartbeatRequest,
 ) -> HeartbeatResponse {
-    let group = match group_name(caller, Action::Consume, &request.group_id) {
+    let group = match group_name(shared, caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => return HeartbeatResponse::default().with_error_code(code),
     };
@@ -269,7 +298,7 @@ pub(super) fn leave_group(
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
-    let group = match group_name(caller, Action::Consume, &request.group_id) {
+    let group = match group_name(shared, caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => return LeaveGroupResponse::default().with_error_code(code),
     };
@@ -327,7 +356,7 @@ pub(super) async fn offset_commit(
     caller: &Caller,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let group = group_name(caller, Action::Consume, &request.group_id);
+    let group = group_name(shared, caller, Action::Consume, &request.group_id);
     let mut codes: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
     let mut offsets = Vec::new();
     let mut metadata = BTreeMap::new();
@@ -468,7 +497,7 @@ pub(super) fn offset_fetch(
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    let group = match group_name(caller, Action::Consume, &request.group_id) {
+    let group = match group_name(shared, caller, Action::Consume, &request.group_id) {
         Ok(group) => group,
         Err(code) => {
             let response = OffsetFetchResponse::default();
@@ -539,7 +568,7 @@ pub(super) fn describe_groups(
             let described = DescribedGroup::default()
                 .with_group_id(id.clone())
                 .with_authorized_operations(i32::MIN);
-            let group = match group_name(caller, Action::Describe, &id) {
+            let group = match group_name(shared, caller, Action::Describe, &id) {
                 Ok(group) => group,
                 Err(code) => return described.with_error_code(code),
             };
