@@ -59,6 +59,21 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         ServiceError::ShuttingDown | ServiceError::NotLeader { .. } => {
             ResponseError::NotLeaderOrFollower
         }
+        // A cluster could not confirm it in time (no quorum, a leader changing): the batch may
+        // or may not be stored, as after Kafka's own timeout. A client retries; an idempotent
+        // one with the same sequence, which the next leader answers as a duplicate.
+        ServiceError::Cluster(_) => ResponseError::RequestTimedOut,
+        // The leader a follower passed the batch to refused it, with a gRPC code.
+        ServiceError::Forwarded { code, .. } => match tonic::Code::from_i32(*code) {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                ResponseError::RequestTimedOut
+            }
+            // The leader changed, or refused what only it can tell (a sequence): the client
+            // looks up the leader and sends it there, where the refusal has its own code.
+            tonic::Code::FailedPrecondition => ResponseError::NotLeaderOrFollower,
+            tonic::Code::NotFound => ResponseError::UnknownTopicOrPartition,
+            _ => ResponseError::UnknownServerError,
+        },
         _ => ResponseError::UnknownServerError,
     };
     crate::metrics::kafka_error(format!("{code:?}"));
