@@ -221,7 +221,8 @@ async fn measure_at(
         loop {
             match context.create_stream(config.clone()).await {
                 Ok(_) => break,
-                Err(_) if replicas > 1 && Instant::now() < deadline => {
+                Err(error) if replicas > 1 && Instant::now() < deadline => {
+                    let _ = error;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(nats_error("creating a stream")(&error)),
