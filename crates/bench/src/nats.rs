@@ -221,8 +221,7 @@ async fn measure_at(
         loop {
             match context.create_stream(config.clone()).await {
                 Ok(_) => break,
-                Err(error) if replicas > 1 && Instant::now() < deadline => {
-                    let _ = error;
+                Err(_) if replicas > 1 && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(nats_error("creating a stream")(&error)),

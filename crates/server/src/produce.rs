@@ -216,14 +216,7 @@ impl ProduceApi {
             }
         }
         let producer = producer_stamp(&request)?;
-        let topic = match request.partition {
-            // Found here also when another node added it a moment ago.
-            Some(partition) => {
-                self.topics.partition_for_request(&request.topic, partition).await?;
-                self.topics.topic(&request.topic)?
-            }
-            None => self.topics.topic_for_request(&request.topic).await?,
-        };
+        let topic = self.topics.topic_for_request(&request.topic, request.partition).await?;
         let acks = ack_level(acks, &topic)?;
         let explicit = match request.partition {
             Some(partition) => Some(topic.partition(partition)?.id()),

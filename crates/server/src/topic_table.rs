@@ -334,31 +334,40 @@ impl TopicTable {
         self.topic(topic)?.partition(partition).cloned()
     }
 
-    /// [`TopicTable::topic`] for a request: on a cluster node that does not know the topic,
-    /// asked again once the node has caught up with the metadata the cluster committed before
-    /// the request (see `Cluster::catch_up`), so a topic created through another node a
-    /// moment ago is found here.
-    pub(crate) async fn topic_for_request(&self, name: &str) -> Result<Arc<Topic>, ServiceError> {
-        match self.topic(name) {
-            Err(ServiceError::UnknownTopic { .. }) if self.catch_up().await => self.topic(name),
+    /// The topic a request names, holding `partition` when it names one. On a cluster node
+    /// that knows neither (or not the partition), asked again once the node has caught up with
+    /// the metadata the cluster committed before the request (see `Cluster::catch_up`), so a
+    /// topic created or grown through another node a moment ago is found here.
+    pub(crate) async fn topic_for_request(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+    ) -> Result<Arc<Topic>, ServiceError> {
+        let found = || {
+            let topic = self.topic(name)?;
+            if let Some(partition) = partition {
+                topic.partition(partition)?;
+            }
+            Ok(topic)
+        };
+        match found() {
+            Err(ServiceError::UnknownTopic { .. } | ServiceError::UnknownPartition { .. })
+                if self.catch_up().await =>
+            {
+                found()
+            }
             found => found,
         }
     }
 
     /// [`TopicTable::partition`] for a request, caught up as [`TopicTable::topic_for_request`]
-    /// is (a partition a topic gained through another node a moment ago is found).
+    /// is.
     pub(crate) async fn partition_for_request(
         &self,
         topic: &str,
         partition: u32,
     ) -> Result<Arc<Partition>, ServiceError> {
-        let found = self.topic_for_request(topic).await?.partition(partition).cloned();
-        match found {
-            Err(ServiceError::UnknownPartition { .. }) if self.catch_up().await => {
-                self.partition(topic, partition)
-            }
-            found => found,
-        }
+        self.topic_for_request(topic, Some(partition)).await?.partition(partition).cloned()
     }
 
     /// On a cluster node, catches up with the cluster's committed metadata; false elsewhere,
@@ -370,12 +379,12 @@ impl TopicTable {
         }
     }
 
-    /// Every topic, sorted by name.
     /// This node's part in a cluster, on a node of one.
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
     }
 
+    /// Every topic, sorted by name.
     pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
         let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
         topics.values().cloned().collect()
@@ -442,7 +451,7 @@ impl TopicTable {
         let Some(cluster) = self.cluster.clone() else {
             return self.delete_here(name).await;
         };
-        self.topic_for_request(name.as_str()).await?;
+        self.topic_for_request(name.as_str(), None).await?;
         cluster.propose(&Command::DeleteTopic { name: name.to_string() }).await.map(|_| ())
     }
 
@@ -501,7 +510,7 @@ impl TopicTable {
             let what = "changing a topic's fsync policy, retention or segment size";
             return Err(ServiceError::NotForReplicated { what });
         }
-        let topic = self.topic_for_request(name.as_str()).await?;
+        let topic = self.topic_for_request(name.as_str(), None).await?;
         let config = change.apply(&topic.config())?;
         if config == topic.config() {
             return Ok(topic);

@@ -181,7 +181,7 @@ impl TopicService for TopicApi {
         let caller = Caller::of(&request);
         let name = request.into_inner().name;
         caller.allow(Action::Describe, Resource::Topic(&name)).map_err(ServiceError::from)?;
-        let topic = self.topics.topic_for_request(&name).await?;
+        let topic = self.topics.topic_for_request(&name, None).await?;
         Ok(Response::new(DescribeTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
 

@@ -622,15 +622,12 @@ impl Cluster {
     /// members then meet on one node, whose coordinator (`crate::groups`) runs the group; its
     /// committed offsets are replicated to every node (the offsets group).
     pub(crate) fn kafka_coordinator(&self, group: &str) -> Option<(u64, String)> {
-        let nodes = self.kafka_nodes();
-        if nodes.is_empty() {
-            return None;
-        }
+        let nodes = self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner);
         let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         });
-        let index = (hash % nodes.len() as u64) as usize;
-        nodes.into_iter().nth(index)
+        let index = hash.checked_rem(nodes.len() as u64)? as usize;
+        nodes.iter().nth(index).map(|(id, address)| (*id, address.clone()))
     }
 
     /// Registers this node's client address (and its Kafka listener's, if it has one),

@@ -141,7 +141,7 @@ impl GroupApi {
         let mut topics = BTreeMap::new();
         for name in &names {
             caller.allow(Action::Consume, Resource::Topic(name.as_str()))?;
-            let topic = self.groups.topics.topic_for_request(name.as_str()).await?;
+            let topic = self.groups.topics.topic_for_request(name.as_str(), None).await?;
             topics.insert(topic.name.clone(), topic.partitions.len() as u32);
         }
         Ok((group, Subscription { topics, reset }, session_timeout_ms, wire))
@@ -296,13 +296,7 @@ impl GroupApi {
         only: Option<u32>,
         to: Option<Position>,
     ) -> Result<Vec<(TopicPartition, Offset)>, ServiceError> {
-        let topic = match only {
-            Some(partition) => {
-                self.groups.topics.partition_for_request(topic, partition).await?;
-                self.groups.topics.topic(topic)?
-            }
-            None => self.groups.topics.topic_for_request(topic).await?,
-        };
+        let topic = self.groups.topics.topic_for_request(topic, only).await?;
         let partitions = match only {
             Some(partition) => std::slice::from_ref(topic.partition(partition)?),
             None => &topic.partitions[..],

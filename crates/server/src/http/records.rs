@@ -195,7 +195,7 @@ pub(crate) async fn produce(
     record: RecordIn,
 ) -> Result<Produced, HttpError> {
     caller.allow(Action::Produce, Resource::Topic(topic))?;
-    let topic = topics.topic_for_request(topic).await?;
+    let topic = topics.topic_for_request(topic, None).await?;
     let partitions = topic.config().partitions();
     let partition = match (record.partition, &record.key) {
         (Some(partition), _) => topic.partition(partition)?.id(),

@@ -22,7 +22,9 @@
 //! When the leader fails to commit an idempotent producer's batch, or no leader is known, the
 //! answer is `UNAVAILABLE`: the producer retries it, and the leader that takes the retry
 //! answers it as a duplicate if it was committed after all. A plain producer's batch has no
-//! such retry: `FAILED_PRECONDITION` or `UNAVAILABLE` leave it unknown whether it was stored.
+//! such retry, so a node that knows no leader (an election is on) holds it until one is
+//! elected, up to [`LEADER_ELECTION_PATIENCE`], before it answers `FAILED_PRECONDITION`
+//! (nothing stored). `UNAVAILABLE` leaves it unknown whether it was stored.
 
 use std::sync::Arc;
 
@@ -38,7 +40,7 @@ use super::{AppendRequest, Partition, blocking};
 use crate::cluster::Cluster;
 use crate::error::{ServiceError, to_status};
 use crate::idempotence::{rebuild, sequenced};
-use crate::limits::{LEADERSHIP_CONFIRM_TIMEOUT, WRITER_QUEUE_DEPTH};
+use crate::limits::{LEADER_ELECTION_PATIENCE, LEADERSHIP_CONFIRM_TIMEOUT, WRITER_QUEUE_DEPTH};
 
 /// An idempotent producer's batch, for the partition's one sequence checker.
 struct Sequenced {
@@ -110,17 +112,9 @@ pub(super) async fn run(
         tokio::spawn(async move {
             let proposed = match checked {
                 Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
-                Err(batch) => {
-                    let kafka = batch.into_bytes();
-                    let proposed = match propose_here(&partition, &replica, kafka.clone()).await {
-                        Err(ProposeError::NotLeader { leader: Some(_) }) => {
-                            replica.forward(kafka).await
-                        }
-                        other => other,
-                    };
-                    proposed
-                        .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error))
-                }
+                Err(batch) => propose_plain(&partition, &replica, batch.into_bytes())
+                    .await
+                    .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error)),
             };
             let answer = proposed.map(|(base, next)| Appended {
                 base_offset: base,
@@ -145,6 +139,27 @@ async fn propose_here(partition: &Partition, replica: &Replica, kafka: Bytes) ->
         partition.metrics.commit_took(started.elapsed());
     }
     proposed
+}
+
+/// Proposes a plain producer's batch here, or passes it to the leader. While no leader is
+/// known (an election is on) nothing was stored: it waits up to [`LEADER_ELECTION_PATIENCE`]
+/// for one and tries once more.
+async fn propose_plain(partition: &Partition, replica: &Replica, kafka: Bytes) -> Proposed {
+    let mut waited = false;
+    loop {
+        match propose_here(partition, replica, kafka.clone()).await {
+            Err(ProposeError::NotLeader { leader: Some(_) }) => {
+                return replica.forward(kafka).await;
+            }
+            Err(ProposeError::NotLeader { leader: None }) if !waited => {
+                waited = true;
+                if replica.wait_for_leader(LEADER_ELECTION_PATIENCE).await.is_none() {
+                    return Err(ProposeError::NotLeader { leader: None });
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What the leader does with a batch another node passed to it: a plain batch is proposed,
