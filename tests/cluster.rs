@@ -441,9 +441,8 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     use kafka_protocol::messages::{
-        ApiKey, CreateTopicsRequest, CreateTopicsResponse, FindCoordinatorRequest,
-        FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, MetadataRequest,
-        MetadataResponse,
+        ApiKey, CreateTopicsRequest, CreateTopicsResponse, GroupId, HeartbeatRequest,
+        HeartbeatResponse, MetadataRequest, MetadataResponse,
     };
     let cluster = Cluster::start_with_kafka().await;
     cluster.create_topic(1, "kafka-events", 2).await;
@@ -486,11 +485,7 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
             let replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
             assert_eq!(replicas, vec![1, 2, 3], "node {id}");
         }
-        let find = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("readers"));
-        let found: FindCoordinatorResponse =
-            connection.call(ApiKey::FindCoordinator, 2, &find).await;
-        assert_eq!(found.error_code, 0, "{found:?}");
-        coordinators.push(found.node_id.0);
+        coordinators.push(coordinator(cluster.kafka[id as usize - 1], "readers", None).await);
     }
     assert!(coordinators.iter().all(|c| *c == coordinators[0]), "{coordinators:?}");
     // CreateTopics through a node: the factor is the cluster's (3, or -1), or refused.
@@ -509,7 +504,7 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
     }
     let described = cluster.node(1).describe("by-kafka").await.expect("created through node 3");
     assert_eq!(described.partitions[0].replicas, vec![1, 2, 3]);
-    for id in (1..=3u64).filter(|id| *id as i32 != coordinators[0]) {
+    for id in (1..=3u64).filter(|id| *id != coordinators[0]) {
         let mut connection = common::kafka::Connection::to(cluster.kafka[id as usize - 1]).await;
         let heartbeat = HeartbeatRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("readers")))
@@ -517,6 +512,83 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
             .with_member_id(StrBytes::from_static_str("m"));
         let answer: HeartbeatResponse = connection.call(ApiKey::Heartbeat, 3, &heartbeat).await;
         assert_eq!(answer.error_code, 16, "NOT_COORDINATOR at node {id}: {answer:?}");
+    }
+}
+
+/// The node the Kafka listener at `kafka` names as `group`'s coordinator, once it names one
+/// other than `not`.
+async fn coordinator(kafka: std::net::SocketAddr, group: &'static str, not: Option<u64>) -> u64 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    let mut connection = common::kafka::Connection::to(kafka).await;
+    let find = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str(group));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found: FindCoordinatorResponse =
+            connection.call(ApiKey::FindCoordinator, 2, &find).await;
+        let named = u64::try_from(found.node_id.0).ok().filter(|_| found.error_code == 0);
+        if let Some(id) = named.filter(|id| Some(*id) != not) {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "{kafka} never named another coordinator: {found:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Kafka group's coordinator is the offsets group's leader: once that node stops, the
+/// others name a running node, which serves the offsets committed through the one that
+/// stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_groups_coordinator_moves_off_a_stopped_node() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+        OffsetFetchResponse,
+    };
+    let mut cluster = Cluster::start_with_kafka().await;
+    cluster.create_topic(1, "kafka-jobs", 1).await;
+    let group = || GroupId(StrBytes::from_static_str("movers"));
+    let first = coordinator(cluster.kafka[0], "movers", None).await;
+    // A group without members takes commits from anyone (generation -1).
+    let partition =
+        OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(7);
+    let topic = OffsetCommitRequestTopic::default()
+        .with_name(common::kafka::name("kafka-jobs"))
+        .with_partitions(vec![partition]);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(group())
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![topic]);
+    let mut at_first = common::kafka::Connection::to(cluster.kafka[first as usize - 1]).await;
+    let committed: OffsetCommitResponse = at_first.call(ApiKey::OffsetCommit, 6, &commit).await;
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0, "{committed:?}");
+    drop(at_first);
+    let stopped = Instant::now();
+    cluster.nodes[first as usize - 1].take().expect("running").shutdown().await;
+
+    let mut named = Vec::new();
+    for id in cluster.running() {
+        named.push(coordinator(cluster.kafka[id as usize - 1], "movers", Some(first)).await);
+    }
+    println!("the coordinator moved {:?} after node {first} stopped", stopped.elapsed());
+    assert!(named.iter().all(|id| *id == named[0]), "{named:?}");
+    let fetch = OffsetFetchRequest::default().with_group_id(group()).with_topics(Some(vec![
+        OffsetFetchRequestTopic::default()
+            .with_name(common::kafka::name("kafka-jobs"))
+            .with_partition_indexes(vec![0]),
+    ]));
+    let mut at_next = common::kafka::Connection::to(cluster.kafka[named[0] as usize - 1]).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let fetched: OffsetFetchResponse = at_next.call(ApiKey::OffsetFetch, 5, &fetch).await;
+        let offset = fetched.topics.first().and_then(|t| t.partitions.first());
+        if fetched.error_code == 0 && offset.map(|p| p.committed_offset) == Some(7) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {} answered {fetched:?}", named[0]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

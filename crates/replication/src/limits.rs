@@ -33,8 +33,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// A follower that hears nothing from a leader for a random time in this range stands for
 /// election. Far above the heartbeat interval, so a loaded two-core machine does not elect
 /// on every pause.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(750);
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_500);
+///
+/// openraft adds a leader lease of `ELECTION_TIMEOUT_MAX` before it: a follower that heard a
+/// heartbeat refuses votes for the lease, and stands for election only after the lease plus
+/// its own timeout. A dead leader is so replaced 1.5-2 s after its last heartbeat.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_000);
 
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());

@@ -248,11 +248,20 @@ async fn assert_same_logs(cluster: &Cluster, end: Offset) {
         let first = &logs[0];
         assert!(log == &first.1, "node {id}'s log differs from node {}'s below {end}", first.0);
     }
-    // Each replica's readers see exactly what it applied.
+    // Each replica's readers see exactly what it applied, once it has published it (the
+    // applied state moves first, then the log's visible end).
     for id in cluster.running() {
         let replica = cluster.replica(id);
-        let visible = replica.store().with_log(|log| log.log_end_offset());
-        assert_eq!(visible, replica.high_watermark(), "node {id}'s readers");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let visible = replica.store().with_log(|log| log.log_end_offset());
+            if visible == replica.high_watermark() {
+                break;
+            }
+            let applied = replica.high_watermark();
+            assert!(Instant::now() < deadline, "node {id}'s readers see {visible}, not {applied}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

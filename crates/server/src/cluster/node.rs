@@ -616,18 +616,16 @@ impl Cluster {
         self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// The node that coordinates Kafka consumer group `group`, with its Kafka address: one of
-    /// the nodes registered with a Kafka listener, chosen from the group's name (FNV-1a), so
-    /// every node names the same one while the set of such nodes stays the same. A group's
-    /// members then meet on one node, whose coordinator (`crate::groups`) runs the group; its
-    /// committed offsets are replicated to every node (the offsets group).
-    pub(crate) fn kafka_coordinator(&self, group: &str) -> Option<(u64, String)> {
+    /// The node that coordinates every Kafka consumer group, with its Kafka address: the
+    /// leader of the offsets group, as this node knows it (`None` while there is none, or it
+    /// has no Kafka listener). A group's members so meet on one node, whose coordinator
+    /// (`crate::groups`) runs the group and proposes its commits without a hop; when that
+    /// node dies, the offsets group elects another and the coordinator moves with it, as
+    /// Kafka's moves with the leader of its offsets topic's partition.
+    pub(crate) fn kafka_coordinator(&self) -> Option<(u64, String)> {
+        let (leader, _) = self.offsets_replica().leader()?;
         let nodes = self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner);
-        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let index = hash.checked_rem(nodes.len() as u64)? as usize;
-        nodes.iter().nth(index).map(|(id, address)| (*id, address.clone()))
+        nodes.get(&leader).map(|address| (leader, address.clone()))
     }
 
     /// Registers this node's client address (and its Kafka listener's, if it has one),

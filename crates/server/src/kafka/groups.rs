@@ -75,7 +75,7 @@ fn group_name(
         ResponseError::InvalidGroupId.code()
     })?;
     if let Some(cluster) = shared.topics.cluster() {
-        let coordinator = cluster.kafka_coordinator(name.as_str()).map(|(id, _)| id);
+        let coordinator = cluster.kafka_coordinator().map(|(id, _)| id);
         if coordinator != Some(cluster.node_id) {
             return Err(ResponseError::NotCoordinator.code());
         }
@@ -106,7 +106,7 @@ async fn answer<T>(
 }
 
 /// A single node coordinates every group: node 0 at the advertised address. On a cluster,
-/// the node `Cluster::kafka_coordinator` picks from the group's name. Only group
+/// the node `Cluster::kafka_coordinator` names (the offsets group's leader). Only group
 /// coordinators are looked up here (key type 0); there are no transactions.
 pub(super) fn find_coordinator(
     shared: &Shared,
@@ -128,7 +128,7 @@ pub(super) fn find_coordinator(
             .with_host(text(&shared.advertised.host))
             .with_port(i32::from(shared.advertised.port));
     };
-    let coordinator = cluster.kafka_coordinator(request.key.as_str()).and_then(|(id, address)| {
+    let coordinator = cluster.kafka_coordinator().and_then(|(id, address)| {
         address.parse::<super::AdvertisedAddress>().ok().map(|address| (id, address))
     });
     match coordinator {
