@@ -695,6 +695,53 @@ async fn topic_creates_racing_through_an_election_make_one_topic() {
     }
 }
 
+/// One node coordinates a cluster's consumer groups: members joining through three nodes
+/// are sent there by the other two and share the topic's partitions, one each, and every
+/// node's describe shows the three of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_through_different_nodes_share_the_partitions() {
+    use spool_client::{CommitMode, GroupConfig, GroupState, OffsetReset};
+    let cluster = Cluster::start().await;
+    cluster.create_topic(1, "shared", 3).await;
+    let config = GroupConfig {
+        group: "sharers".into(),
+        topics: vec!["shared".into()],
+        session_timeout: Duration::from_secs(10),
+        reset: OffsetReset::Earliest,
+        commit: CommitMode::Explicit,
+    };
+    let mut clients = Vec::new();
+    let mut polling = tokio::task::JoinSet::new();
+    for id in 1..=3 {
+        let url = format!("http://{}", cluster.node(id).address());
+        let client = Client::connect(&url).await.unwrap();
+        let mut member = client.group_consumer(config.clone()).await.expect("joined");
+        // A member takes part in rebalances as it polls.
+        polling.spawn(async move {
+            loop {
+                member.poll().await.expect("polled");
+            }
+        });
+        clients.push(client);
+    }
+    for (client, id) in clients.iter().zip(1..) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let group = client.describe_group("sharers").await.expect("described");
+            let mut owners: Vec<_> = group.partitions.iter().map(|p| p.owner.clone()).collect();
+            owners.sort();
+            owners.dedup();
+            let one_each = owners.len() == 3 && owners.iter().all(Option::is_some);
+            if group.state == GroupState::Stable && group.members.len() == 3 && one_each {
+                break;
+            }
+            assert!(Instant::now() < deadline, "through node {id}: {group:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    polling.abort_all();
+}
+
 /// A group's commits through one node reach every node: once that node is gone, the others
 /// describe the group with the offsets it committed, and a member joining another node
 /// resumes there.

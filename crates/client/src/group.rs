@@ -63,7 +63,7 @@ use spool_storage::batch::{BatchError, share_or_copy};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use crate::Client;
 use crate::consumer::{CheckedBatches, Records};
@@ -332,6 +332,20 @@ fn stream_error(status: tonic::Status) -> GroupError {
 }
 
 impl Member {
+    /// Opens a member stream at `client` that starts with `join`.
+    async fn open(
+        client: &Client,
+        join: &wire::JoinGroup,
+    ) -> Result<(mpsc::Sender<wire::MemberRequest>, Streaming<wire::MemberEvent>), Status> {
+        let (requests, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
+        let first = wire::MemberRequest { kind: Some(RequestKind::Join(join.clone())) };
+        requests.send(first).await.expect("the receiver is held here");
+        let mut service = GroupServiceClient::new(client.transport())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let events = service.join(ReceiverStream::new(requests_rx)).await?.into_inner();
+        Ok((requests, events))
+    }
+
     async fn join(client: &Client, config: &GroupConfig) -> Result<Member, GroupError> {
         let session_timeout_ms = config.check()?;
         let reset = match config.reset {
@@ -345,13 +359,16 @@ impl Member {
             reset: reset as i32,
             encoding: wire::Encoding::RawBatch as i32,
         };
-        let (requests, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
-        let first = wire::MemberRequest { kind: Some(RequestKind::Join(join)) };
-        requests.send(first).await.expect("the receiver is held here");
-        let mut service = GroupServiceClient::new(client.transport())
-            .max_decoding_message_size(RESPONSE_BYTES_MAX);
-        let requests_stream = ReceiverStream::new(requests_rx);
-        let mut events = service.join(requests_stream).await.map_err(stream_error)?.into_inner();
+        // On a cluster, one node coordinates every group: a refusal names it.
+        let (requests, mut events) = match Member::open(client, &join).await {
+            Ok(opened) => opened,
+            Err(refused) => match client.named_by(&refused).await {
+                Some(coordinator) => {
+                    Member::open(&coordinator, &join).await.map_err(stream_error)?
+                }
+                None => return Err(stream_error(refused)),
+            },
+        };
         let joined = match events.message().await.map_err(stream_error)? {
             Some(wire::MemberEvent { kind: Some(Kind::Joined(joined)) }) => joined,
             Some(other) => {

@@ -129,9 +129,32 @@ impl Client {
         GroupServiceClient::new(self.transport())
     }
 
+    /// Makes a group call here, and once more at the node a refusal names: on a cluster,
+    /// one node coordinates every group.
+    async fn at_coordinator<T, F>(
+        &self,
+        call: impl Fn(GroupServiceClient<crate::Transport>) -> F,
+    ) -> Result<T, AdminError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let refused = match call(self.groups()).await {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(status) => status,
+        };
+        match self.named_by(&refused).await {
+            Some(coordinator) => Ok(call(coordinator.groups()).await?.into_inner()),
+            None => Err(refused.into()),
+        }
+    }
+
     /// Every group: those with members and those with committed offsets only.
     pub async fn list_groups(&self) -> Result<Vec<GroupInfo>, AdminError> {
-        let listed = self.groups().list_groups(wire::ListGroupsRequest {}).await?.into_inner();
+        let listed = self
+            .at_coordinator(|mut groups| async move {
+                groups.list_groups(wire::ListGroupsRequest {}).await
+            })
+            .await?;
         Ok(listed.groups.into_iter().map(GroupInfo::from_wire).collect())
     }
 
@@ -139,7 +162,12 @@ impl Client {
     /// ([`crate::ErrorCode::NotFound`] for a group the server does not know).
     pub async fn describe_group(&self, group: &str) -> Result<GroupInfo, AdminError> {
         let request = wire::DescribeGroupRequest { group: group.to_owned() };
-        let described = self.groups().describe_group(request).await?.into_inner();
+        let described = self
+            .at_coordinator(|mut groups| {
+                let request = request.clone();
+                async move { groups.describe_group(request).await }
+            })
+            .await?;
         Ok(GroupInfo::from_wire(described.group.unwrap_or_default()))
     }
 
@@ -181,7 +209,12 @@ impl Client {
             to: Some(to.wire()),
             partition,
         };
-        let reset = self.groups().reset_group(request).await?.into_inner();
+        let reset = self
+            .at_coordinator(|mut groups| {
+                let request = request.clone();
+                async move { groups.reset_group(request).await }
+            })
+            .await?;
         Ok(offsets(reset.offsets))
     }
 
@@ -193,7 +226,12 @@ impl Client {
         group: &str,
     ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
         let request = wire::DeleteGroupRequest { group: group.to_owned() };
-        let deleted = self.groups().delete_group(request).await?.into_inner();
+        let deleted = self
+            .at_coordinator(|mut groups| {
+                let request = request.clone();
+                async move { groups.delete_group(request).await }
+            })
+            .await?;
         Ok(offsets(deleted.offsets))
     }
 }

@@ -85,6 +85,7 @@ mod reconnect;
 mod request;
 mod topics;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use spool_proto::limits::HTTP2_FRAME_BYTES_MAX;
@@ -130,7 +131,22 @@ pub struct Client {
     /// Sent as `authorization: Bearer TOKEN` with every call (see
     /// [`Client::with_bearer_token`]).
     token: BearerToken,
+    /// How it connected, to connect the same way to another node a cluster names (see
+    /// [`Client::named_by`]); `None` for a client over the caller's channel.
+    origin: Option<Arc<Origin>>,
 }
+
+/// How a [`Client`] connected: its URL's scheme and TLS settings (the token is the
+/// client's own).
+#[derive(Debug)]
+struct Origin {
+    https: bool,
+    options: ConnectOptions,
+}
+
+/// The status metadata key that names where a refused request belongs (`host:port`): a
+/// partition's leader, or the node that coordinates a cluster's consumer groups.
+const NAMED_ADDRESS_KEY: &str = "spool-leader-address";
 
 /// What every service client of this crate is built on: the connection, with the bearer
 /// token (if any) added to each call's metadata. The server checks the token on every call
@@ -241,6 +257,7 @@ impl Client {
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ConnectError> {
         let mut endpoint = endpoint(url)?;
         let url = endpoint.uri().to_string();
+        let https = endpoint.uri().scheme_str() == Some("https");
         if endpoint.uri().scheme_str() == Some("https") {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_cert_pem {
@@ -261,7 +278,9 @@ impl Client {
             reason: unreachable_reason(&error),
             url,
         })?;
-        let client = Client { channel, token: BearerToken::default() };
+        let origin = Origin { https, options: ConnectOptions { token: None, ..options.clone() } };
+        let client =
+            Client { channel, token: BearerToken::default(), origin: Some(Arc::new(origin)) };
         match &options.token {
             Some(token) => client.with_bearer_token(token),
             None => Ok(client),
@@ -270,7 +289,23 @@ impl Client {
 
     /// A client over a channel built by the caller (TLS, timeouts, ...).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel, token: BearerToken::default() }
+        Client { channel, token: BearerToken::default(), origin: None }
+    }
+
+    /// A client for the node a refused call names (FAILED_PRECONDITION with
+    /// `spool-leader-address`: on a cluster, the node that coordinates its consumer groups),
+    /// connected as this one was: the same scheme, TLS settings and token. `None` when the
+    /// refusal names no node or the connection fails; the refusal then stands.
+    pub(crate) async fn named_by(&self, status: &tonic::Status) -> Option<Client> {
+        if status.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        let address = status.metadata().get(NAMED_ADDRESS_KEY)?.to_str().ok()?;
+        let origin = self.origin.as_ref()?;
+        let scheme = if origin.https { "https" } else { "http" };
+        let url = format!("{scheme}://{address}");
+        let client = Client::connect_with(&url, &origin.options).await.ok()?;
+        Some(Client { token: self.token.clone(), ..client })
     }
 
     /// Sends `authorization: Bearer TOKEN` with every call made through this client: topic

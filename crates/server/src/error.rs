@@ -136,6 +136,14 @@ pub enum ServiceError {
         None => "; no leader is elected yet, try again".to_owned(),
     })]
     NotLeader { topic: TopicName, partition: u32, leader: Option<(u64, Option<String>)> },
+    /// On a cluster one node coordinates every consumer group (the offsets group's leader);
+    /// `coordinator` is that node, when one is elected (its id and client address).
+    #[error("{}", match coordinator {
+        Some((id, Some(address))) => format!("node {id} at {address} coordinates this cluster's consumer groups: send group requests there"),
+        Some((id, None)) => format!("node {id} coordinates this cluster's consumer groups: send group requests there"),
+        None => "no node coordinates this cluster's consumer groups yet (an election is on): try again".to_owned(),
+    })]
+    NotCoordinator { coordinator: Option<(u64, Option<String>)> },
     /// The cluster could not do it now (no quorum, a node unreachable): try again.
     #[error("{0}")]
     Cluster(String),
@@ -216,6 +224,8 @@ pub fn to_status(error: &ServiceError) -> Status {
         | ServiceError::TopicDeleted { .. } => Code::NotFound,
         ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
         ServiceError::NotLeader { .. } => Code::FailedPrecondition,
+        ServiceError::NotCoordinator { coordinator: Some(_) } => Code::FailedPrecondition,
+        ServiceError::NotCoordinator { coordinator: None } => Code::Unavailable,
         ServiceError::Cluster(_) => Code::Unavailable,
         ServiceError::NotForReplicated { .. } => Code::Unimplemented,
         ServiceError::Forwarded { code, .. } => Code::from_i32(*code),
@@ -308,7 +318,9 @@ pub fn to_status(error: &ServiceError) -> Status {
     };
     let mut status = Status::new(code, error.to_string());
     // A client in another language finds the leader here, without parsing the message.
-    if let ServiceError::NotLeader { leader: Some((id, address)), .. } = error {
+    if let ServiceError::NotLeader { leader: Some((id, address)), .. }
+    | ServiceError::NotCoordinator { coordinator: Some((id, address)) } = error
+    {
         let metadata = status.metadata_mut();
         if let Ok(id) = id.to_string().parse() {
             metadata.insert(LEADER_ID_KEY, id);
@@ -321,7 +333,8 @@ pub fn to_status(error: &ServiceError) -> Status {
 }
 
 /// The status metadata key that names the leader's node id when a request went to a node
-/// that does not lead the partition (FAILED_PRECONDITION).
+/// that does not lead the partition, or a group request to a node that does not coordinate
+/// the cluster's groups (FAILED_PRECONDITION).
 pub const LEADER_ID_KEY: &str = "spool-leader-id";
 /// The status metadata key that names the address the leader serves clients at.
 pub const LEADER_ADDRESS_KEY: &str = "spool-leader-address";

@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
-use crate::limits::{METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE};
+use crate::limits::{
+    LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
+};
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
 /// Proposes a batch to one of the cluster's own groups from any node. While no leader is
@@ -616,14 +618,39 @@ impl Cluster {
         self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// The node that coordinates every Kafka consumer group, with its Kafka address: the
-    /// leader of the offsets group, as this node knows it (`None` while there is none, or it
-    /// has no Kafka listener). A group's members so meet on one node, whose coordinator
-    /// (`crate::groups`) runs the group and proposes its commits without a hop; when that
-    /// node dies, the offsets group elects another and the coordinator moves with it, as
-    /// Kafka's moves with the leader of its offsets topic's partition.
+    /// The node that coordinates every consumer group, gRPC and Kafka: the leader of the
+    /// offsets group, as this node knows it (`None` while there is none). A group's members
+    /// so meet on one node, whose coordinator (`crate::groups`) runs the group and proposes
+    /// its commits without a hop; when that node dies, the offsets group elects another and
+    /// the coordinator moves with it, as Kafka's moves with the leader of its offsets topic's
+    /// partition.
+    pub(crate) fn group_coordinator(&self) -> Option<u64> {
+        self.offsets_replica().leader().map(|(id, _)| id)
+    }
+
+    /// Whether this node coordinates the cluster's groups ([`Cluster::group_coordinator`]):
+    /// `NotCoordinator` naming the node that does, once one is known. While an election is
+    /// on it waits for it, up to [`LEADER_ELECTION_PATIENCE`].
+    pub(crate) async fn coordinates_groups(&self) -> Result<(), ServiceError> {
+        let coordinator = match self.group_coordinator() {
+            Some(id) => Some(id),
+            None => {
+                let elected = self.offsets_replica().wait_for_leader(LEADER_ELECTION_PATIENCE);
+                elected.await.map(|(id, _)| id)
+            }
+        };
+        match coordinator {
+            Some(id) if id == self.node_id => Ok(()),
+            other => Err(ServiceError::NotCoordinator {
+                coordinator: other.map(|id| (id, self.client_address(id))),
+            }),
+        }
+    }
+
+    /// [`Cluster::group_coordinator`] with its Kafka address (`None` when it has no Kafka
+    /// listener).
     pub(crate) fn kafka_coordinator(&self) -> Option<(u64, String)> {
-        let (leader, _) = self.offsets_replica().leader()?;
+        let leader = self.group_coordinator()?;
         let nodes = self.kafka_nodes.read().unwrap_or_else(PoisonError::into_inner);
         nodes.get(&leader).map(|address| (leader, address.clone()))
     }

@@ -325,6 +325,17 @@ impl GroupApi {
     }
 }
 
+impl GroupApi {
+    /// On a cluster, one node coordinates every group: elsewhere group requests are refused,
+    /// naming it (a member on each of two nodes would each be given every partition).
+    async fn coordinates(&self) -> Result<(), ServiceError> {
+        match self.groups.topics.cluster() {
+            Some(cluster) => cluster.coordinates_groups().await,
+            None => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl GroupService for GroupApi {
     type JoinStream = MemberEvents;
@@ -333,6 +344,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<Streaming<MemberRequest>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
+        self.coordinates().await?;
         let caller = Caller::of(&request);
         let mut requests = request.into_inner();
         let (out, control) = mpsc::channel(GROUP_MEMBER_QUEUE_DEPTH);
@@ -368,6 +380,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
+        self.coordinates().await?;
         let caller = Caller::of(&request);
         caller.check_token().map_err(ServiceError::from)?;
         let described = self.groups.lock().coordinator.list();
@@ -383,6 +396,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
+        self.coordinates().await?;
         let caller = Caller::of(&request);
         let group = GroupName::parse(&request.into_inner().group).map_err(ServiceError::from)?;
         caller
@@ -399,6 +413,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<ResetGroupRequest>,
     ) -> Result<Response<ResetGroupResponse>, Status> {
+        self.coordinates().await?;
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let group = GroupName::parse(&request.group).map_err(ServiceError::from)?;
@@ -431,6 +446,7 @@ impl GroupService for GroupApi {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        self.coordinates().await?;
         let caller = Caller::of(&request);
         let group = GroupName::parse(&request.into_inner().group).map_err(ServiceError::from)?;
         caller

@@ -56,6 +56,7 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         // The connection authenticated, then its token left the file.
         ServiceError::Auth(_) => ResponseError::SaslAuthenticationFailed,
         // A client retries these elsewhere: the partition is not being served here now.
+        ServiceError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         ServiceError::ShuttingDown | ServiceError::NotLeader { .. } => {
             ResponseError::NotLeaderOrFollower
         }
