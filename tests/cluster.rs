@@ -164,6 +164,28 @@ impl Cluster {
         }
     }
 
+    /// The node that coordinates the cluster's groups, as node `id` names it once it knows.
+    async fn group_coordinator(&self, id: u64) -> u64 {
+        use spool_proto::v1::ListGroupsRequest;
+        use spool_proto::v1::group_service_client::GroupServiceClient;
+        let mut groups = GroupServiceClient::new(self.node(id).channel().await);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let named = match groups.list_groups(ListGroupsRequest {}).await {
+                Ok(_) => Some(id),
+                Err(status) => status
+                    .metadata()
+                    .get("spool-leader-id")
+                    .and_then(|named| named.to_str().ok()?.parse().ok()),
+            };
+            if let Some(named) = named {
+                return named;
+            }
+            assert!(Instant::now() < deadline, "node {id} never named a group coordinator");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until node `id` serves `count` records of partition 0 of `topic`; their values.
     async fn read(&self, id: u64, topic: &str, count: usize) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
@@ -740,6 +762,65 @@ async fn members_joining_through_different_nodes_share_the_partitions() {
         }
     }
     polling.abort_all();
+}
+
+/// A member that reconnects by itself, given a node that does not coordinate the groups:
+/// when the coordinator's node stops, it joins again through the node it was given, which
+/// names the new coordinator, and it goes on after what it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_member_follows_the_coordinator_to_another_node() {
+    use spool_client::{
+        CommitMode, GroupConfig, GroupEvent, OffsetReset, Reconnect, ReconnectEvent,
+    };
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "tasks", 1).await;
+    for i in 0..3 {
+        cluster.produce("tasks", &format!("task {i}")).await;
+    }
+    let coordinator = cluster.group_coordinator(1).await;
+    let home = cluster.running().into_iter().find(|id| *id != coordinator).expect("a follower");
+    let client = Client::connect(&format!("http://{}", cluster.node(home).address())).await;
+    let config = GroupConfig {
+        group: "followers".into(),
+        topics: vec!["tasks".into()],
+        session_timeout: Duration::from_secs(10),
+        reset: OffsetReset::Earliest,
+        commit: CommitMode::Explicit,
+    };
+    let mut member = client.unwrap().group_consumer(config).await.expect("joined");
+    let value_of = |record: &spool_client::GroupRecord| {
+        String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned()
+    };
+    let mut taken = Vec::new();
+    while taken.len() < 3 {
+        if let GroupEvent::Records(records) = member.poll().await.expect("polled") {
+            taken.extend(records.records.iter().map(value_of));
+        }
+    }
+    member.commit().await.expect("committed");
+    cluster.nodes[coordinator as usize - 1].take().expect("running").shutdown().await;
+    cluster.produce("tasks", "task 3").await;
+
+    let reconnect = Reconnect {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+    };
+    let mut reconnected = false;
+    let next = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let polled = member.poll_reconnecting(&reconnect, |event| {
+                reconnected |= matches!(event, ReconnectEvent::Reconnected { .. });
+            });
+            if let GroupEvent::Records(records) = polled.await.expect("polled")
+                && let Some(record) = records.records.first()
+            {
+                return value_of(record);
+            }
+        }
+    });
+    let next = next.await.expect("a record came after the coordinator's node stopped");
+    assert!(reconnected, "the member never joined again");
+    assert_eq!(next, "task 3", "resumed after what was committed ({taken:?})");
 }
 
 /// A group's commits through one node reach every node: once that node is gone, the others

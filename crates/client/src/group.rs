@@ -364,6 +364,7 @@ impl Member {
             Ok(opened) => opened,
             Err(refused) => match client.named_by(&refused).await {
                 Some(coordinator) => {
+                    let coordinator = coordinator.map_err(GroupError::Rejected)?;
                     Member::open(&coordinator, &join).await.map_err(stream_error)?
                 }
                 None => return Err(stream_error(refused)),

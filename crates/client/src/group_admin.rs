@@ -143,7 +143,7 @@ impl Client {
             Err(status) => status,
         };
         match self.named_by(&refused).await {
-            Some(coordinator) => Ok(call(coordinator.groups()).await?.into_inner()),
+            Some(coordinator) => Ok(call(coordinator?.groups()).await?.into_inner()),
             None => Err(refused.into()),
         }
     }

@@ -295,8 +295,12 @@ impl Client {
     /// A client for the node a refused call names (FAILED_PRECONDITION with
     /// `spool-leader-address`: on a cluster, the node that coordinates its consumer groups),
     /// connected as this one was: the same scheme, TLS settings and token. `None` when the
-    /// refusal names no node or the connection fails; the refusal then stands.
-    pub(crate) async fn named_by(&self, status: &tonic::Status) -> Option<Client> {
+    /// refusal names no node (it then stands); `UNAVAILABLE` when the named node cannot be
+    /// reached (it died, and the cluster names another within seconds: try again).
+    pub(crate) async fn named_by(
+        &self,
+        status: &tonic::Status,
+    ) -> Option<Result<Client, ServerError>> {
         if status.code() != tonic::Code::FailedPrecondition {
             return None;
         }
@@ -304,8 +308,13 @@ impl Client {
         let origin = self.origin.as_ref()?;
         let scheme = if origin.https { "https" } else { "http" };
         let url = format!("{scheme}://{address}");
-        let client = Client::connect_with(&url, &origin.options).await.ok()?;
-        Some(Client { token: self.token.clone(), ..client })
+        Some(match Client::connect_with(&url, &origin.options).await {
+            Ok(client) => Ok(Client { token: self.token.clone(), ..client }),
+            Err(error) => Err(ServerError {
+                code: ErrorCode::Unavailable,
+                message: format!("{}; going there failed: {error}", status.message()),
+            }),
+        })
     }
 
     /// Sends `authorization: Bearer TOKEN` with every call made through this client: topic

@@ -250,11 +250,13 @@ pub const PEER_FRAME_BYTES_MAX: usize =
 /// what earlier terms committed, before it checks an idempotent producer's batch; past it the
 /// batch is answered `UNAVAILABLE` and the producer retries it.
 pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a plain producer's batch waits for a partition's election to end when its node
-/// knows no leader (nothing was stored yet), before it is answered `FAILED_PRECONDITION`: two
-/// of the longest election timeouts, so one split vote is ridden out.
+/// How long a request waits for an election to end when its node knows no leader of the
+/// group it needs (nothing was done yet): a plain producer's batch before it is answered
+/// `FAILED_PRECONDITION`, a group call before `UNAVAILABLE`. Five of the longest election
+/// timeouts: a new partition's first election may take a few rounds while its replicas start
+/// on every node.
 pub const LEADER_ELECTION_PATIENCE: std::time::Duration =
-    spool_replication::limits::ELECTION_TIMEOUT_MAX.saturating_mul(2);
+    spool_replication::limits::ELECTION_TIMEOUT_MAX.saturating_mul(5);
 /// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
 /// unreachable.
 pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);

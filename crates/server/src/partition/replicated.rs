@@ -142,18 +142,20 @@ async fn propose_here(partition: &Partition, replica: &Replica, kafka: Bytes) ->
 }
 
 /// Proposes a plain producer's batch here, or passes it to the leader. While no leader is
-/// known (an election is on) nothing was stored: it waits up to [`LEADER_ELECTION_PATIENCE`]
-/// for one and tries once more.
+/// known (an election is on) nothing was stored: it waits for one, and tries again, for up
+/// to [`LEADER_ELECTION_PATIENCE`].
 async fn propose_plain(partition: &Partition, replica: &Replica, kafka: Bytes) -> Proposed {
-    let mut waited = false;
+    let deadline = tokio::time::Instant::now() + LEADER_ELECTION_PATIENCE;
     loop {
         match propose_here(partition, replica, kafka.clone()).await {
             Err(ProposeError::NotLeader { leader: Some(_) }) => {
                 return replica.forward(kafka).await;
             }
-            Err(ProposeError::NotLeader { leader: None }) if !waited => {
-                waited = true;
-                if replica.wait_for_leader(LEADER_ELECTION_PATIENCE).await.is_none() {
+            Err(ProposeError::NotLeader { leader: None })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if replica.wait_for_leader(left).await.is_none() {
                     return Err(ProposeError::NotLeader { leader: None });
                 }
             }
