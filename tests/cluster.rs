@@ -778,6 +778,9 @@ async fn a_reconnecting_member_follows_the_coordinator_to_another_node() {
         cluster.produce("tasks", &format!("task {i}")).await;
     }
     let coordinator = cluster.group_coordinator(1).await;
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let described = cluster.node(1).topics().await.describe_cluster(request).await.unwrap();
+    assert_eq!(described.into_inner().group_coordinator, Some(coordinator));
     let home = cluster.running().into_iter().find(|id| *id != coordinator).expect("a follower");
     let client = Client::connect(&format!("http://{}", cluster.node(home).address())).await;
     let config = GroupConfig {

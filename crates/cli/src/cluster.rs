@@ -56,9 +56,12 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
             node.id, node.peer_address
         );
     }
-    let metadata =
-        first.metadata_leader.map_or_else(|| "none yet".to_owned(), |id| format!("node {id}"));
+    let node =
+        |id: Option<u64>| id.map_or_else(|| "none yet".to_owned(), |id| format!("node {id}"));
+    let metadata = node(first.metadata_leader);
     println!("metadata leader (topics, registrations, producer ids): {metadata}");
+    let groups = node(first.group_coordinator);
+    println!("group coordinator (every consumer group, gRPC and Kafka): {groups}");
     views.insert(answering, Ok(first.clone()));
     println!("partitions:");
     if first.partitions.is_empty() {

@@ -142,6 +142,7 @@ fn killing_the_leader_loses_nothing_acknowledged() {
     for id in 1..=3 {
         assert!(status.contains(&format!("node {id}\t")), "{status}");
     }
+    assert!(status.contains("group coordinator (every consumer group, gRPC and Kafka): "));
     let mut acknowledged: Vec<String> = Vec::new();
     for round in 0..2 {
         let leader = leader(&nodes[0], "t");

@@ -212,6 +212,8 @@ pub struct ClusterInfo {
     pub node_id: Option<u64>,
     /// The leader of the cluster's metadata group (topics, registrations, producer ids).
     pub metadata_leader: Option<u64>,
+    /// The node that coordinates every consumer group: the leader of the offsets group.
+    pub group_coordinator: Option<u64>,
     pub nodes: Vec<NodeInfo>,
     /// Every replicated partition the caller may see, by topic and partition.
     pub partitions: Vec<ReplicatedPartitionInfo>,
@@ -276,6 +278,7 @@ impl Client {
         Ok(ClusterInfo {
             node_id: described.node_id,
             metadata_leader: described.metadata_leader,
+            group_coordinator: described.group_coordinator,
             nodes: described
                 .nodes
                 .into_iter()

@@ -242,6 +242,7 @@ impl TopicService for TopicApi {
         Ok(Response::new(DescribeClusterResponse {
             node_id: Some(cluster.node_id),
             metadata_leader: cluster.metadata_leader(),
+            group_coordinator: cluster.group_coordinator(),
             nodes,
             partitions,
         }))
