@@ -8,11 +8,13 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use common::tls::PeerPki;
 use common::{TestServer, always, record, value};
 use kafka_protocol::protocol::StrBytes;
 use spool_client::{Client, ProducerConfig, Record as ClientRecord};
+use spool_replication::Transport;
 use spool_server::ClusterSetup;
-use spool_server::cluster::ClusterOptions;
+use spool_server::cluster::{ClusterOptions, PeerTransport};
 use spool_server::testing::{Fault, FaultProxy};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -30,12 +32,19 @@ struct Cluster {
     proxies: Vec<FaultProxy>,
     /// Each node's Kafka listener, by node id - 1 (see `start_with_kafka`).
     kafka: Vec<std::net::SocketAddr>,
+    /// Each node's peer address, by node id - 1.
+    peers: Vec<std::net::SocketAddr>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
         Cluster::start_with(false, false).await
+    }
+
+    /// A cluster whose nodes speak mutual TLS to each other, with certificates from `pki`.
+    async fn start_over_tls(pki: &PeerPki) -> Cluster {
+        Cluster::start_with_tls(false, false, Some(pki)).await
     }
 
     /// A cluster whose nodes reach each other's peer listeners only through a fault proxy:
@@ -50,6 +59,10 @@ impl Cluster {
     }
 
     async fn start_with(proxied: bool, kafka: bool) -> Cluster {
+        Cluster::start_with_tls(proxied, kafka, None).await
+    }
+
+    async fn start_with_tls(proxied: bool, kafka: bool, pki: Option<&PeerPki>) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=3 {
             listeners.push(TcpListener::bind((ip(id), 0)).await.expect("bind a peer listener"));
@@ -75,7 +88,8 @@ impl Cluster {
         let mut kafka_addresses = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
-            let options = ClusterOptions::new(id, &peers).expect("a valid cluster");
+            let tls = pki.map(|pki| pki.node(id));
+            let options = ClusterOptions::new(id, &peers, tls).expect("a valid cluster");
             let setup = ClusterSetup { options, listener: Some(listener) };
             let mut serve = spool_server::ServeOptions::default();
             if kafka {
@@ -103,6 +117,7 @@ impl Cluster {
             nodes: nodes.into_iter().map(|n| Some(TestServer::from(n))).collect(),
             proxies,
             kafka: kafka_addresses,
+            peers: peers.iter().map(|(_, address)| *address).collect(),
             _dirs: dirs,
         }
     }
@@ -233,6 +248,46 @@ async fn a_topic_created_on_any_node_is_replicated_and_every_node_takes_writes()
     }
     for id in 1..=3 {
         assert_eq!(cluster.read(id, "events", 23).await, expected, "node {id}");
+    }
+}
+
+/// Nodes that speak mutual TLS to each other replicate as they do over plain TCP; the peer
+/// listener answers a caller whose certificate the cluster's CA signed, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_speak_mutual_tls_and_refuse_a_caller_the_ca_did_not_sign() {
+    let pki = PeerPki::new();
+    let cluster = Cluster::start_over_tls(&pki).await;
+    cluster.create_topic(1, "secret", 1).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("secret {i}")).collect();
+    for (id, value) in (1..=3).cycle().zip(&expected) {
+        cluster.produce_at(id, "secret", value).await;
+    }
+    for id in 1..=3 {
+        assert_eq!(cluster.read(id, "secret", 5).await, expected, "node {id}");
+    }
+    let address = cluster.peers[0].to_string();
+    let call = |transport: PeerTransport| {
+        let address = address.clone();
+        async move {
+            let message = bytes::Bytes::from_static(b"hello");
+            let timeout = Duration::from_secs(5);
+            let answer = transport.call(1, &address, "no-such-group", message, timeout).await;
+            answer.expect_err("no such group").to_string()
+        }
+    };
+    // A node's certificate: the listener takes the call, and finds no such group.
+    let node = pki.node(2).connector().expect("a connector");
+    let answered = call(PeerTransport::new(Some(node))).await;
+    assert!(answered.contains("no replica of \"no-such-group\""), "{answered}");
+    for (caller, transport) in [
+        ("plain TCP", None),
+        ("another CA's certificate", Some(pki.stranger())),
+        ("trusting another CA only", Some(pki.distrustful(2))),
+    ]
+    .map(|(caller, tls)| (caller, PeerTransport::new(tls.map(|tls| tls.connector().unwrap()))))
+    {
+        let refused = call(transport).await;
+        assert!(!refused.contains("no replica"), "{caller}: {refused}");
     }
 }
 

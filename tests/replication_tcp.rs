@@ -75,7 +75,7 @@ impl Cluster {
             let listener = TcpListener::bind((ip(id), 0)).await.expect("bind");
             listeners.insert(id, listener.local_addr().unwrap());
             let slot = Arc::new(Slot::default());
-            tokio::spawn(serve_peers(listener, slot.clone(), stop.clone()));
+            tokio::spawn(serve_peers(listener, slot.clone(), None, stop.clone()));
             slots.insert(id, slot);
         }
         let mut links = BTreeMap::new();
@@ -93,7 +93,7 @@ impl Cluster {
                 .filter(|to| *to != id)
                 .map(|to| (to, cluster.links[&(id, to)].address().to_string()))
                 .collect();
-            let transport = Arc::new(Routed { inner: PeerTransport::new(), routes });
+            let transport = Arc::new(Routed { inner: PeerTransport::new(None), routes });
             let fs = Arc::new(SimFileSystem::new());
             let config = LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() };
             let store = SegmentLogStore::open(fs, Path::new("/data/p"), config, TimestampMs(0))
@@ -297,7 +297,7 @@ async fn the_peer_listener_refuses_what_it_cannot_take() {
     let node = cluster.links[&(2, 1)].address();
     // Through the transport: a group this node does not have, and a message that is no
     // replica's message.
-    let transport = PeerTransport::new();
+    let transport = PeerTransport::new(None);
     let address = node.to_string();
     let unknown = transport.call(1, &address, "nope-0", Bytes::from_static(b"x"), PATIENCE).await;
     let unknown = unknown.unwrap_err().to_string();

@@ -105,7 +105,7 @@ impl InProcessCluster {
         }
         let mut nodes = Vec::new();
         for (id, listener) in (1u8..).zip(listeners) {
-            let options = ClusterOptions::new(u64::from(id), &peers)
+            let options = ClusterOptions::new(u64::from(id), &peers, None)
                 .map_err(|error| BenchError::Server(error.to_string()))?;
             let setup = ClusterSetup { options, listener: Some(listener) };
             let dir = data.path().join(format!("node-{id}"));

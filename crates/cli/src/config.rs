@@ -15,7 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 use serde::Deserialize;
 use spool_server::AdvertisedAddress;
-use spool_server::cluster::ClusterOptions;
+use spool_server::cluster::{ClusterOptions, PeerTls};
 use spool_server::limits::PARTITIONS_TOTAL_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -112,10 +112,21 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SPOOL_NODE_ID", value_name = "ID")]
     node_id: Option<u64>,
     /// Every node of the cluster, this one too, as ID=IP:PORT of its peer listener (Raft
-    /// traffic between nodes; loopback only for now), comma-separated
-    /// [default: a single node].
+    /// traffic between nodes; loopback only unless the peer TLS settings are set),
+    /// comma-separated [default: a single node].
     #[arg(long, env = "SPOOL_PEERS", value_name = "ID=IP:PORT,...")]
     peers: Option<String>,
+    /// This node's certificate chain (PEM) for mutual TLS between nodes, with
+    /// --peer-tls-key and --peer-tls-ca: it must be signed by that CA and name this node's
+    /// peer IP address [default: plain TCP, on loopback only].
+    #[arg(long, env = "SPOOL_PEER_TLS_CERT", value_name = "FILE")]
+    peer_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM) for mutual TLS between nodes.
+    #[arg(long, env = "SPOOL_PEER_TLS_KEY", value_name = "FILE")]
+    peer_tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every node's peer certificate: only its holders are nodes.
+    #[arg(long, env = "SPOOL_PEER_TLS_CA", value_name = "FILE")]
+    peer_tls_ca: Option<PathBuf>,
 }
 
 /// The config file's `[cluster]` section.
@@ -125,6 +136,9 @@ struct ClusterFileSettings {
     node_id: Option<u64>,
     /// `["1=127.0.0.1:7071", ...]`
     peers: Option<Vec<String>>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
 }
 
 /// The config file's keys: the same settings, all optional.
@@ -188,6 +202,9 @@ pub(crate) struct ServeConfig {
     pub(crate) node_id: Setting<Option<u64>>,
     /// As `--peers` takes them.
     pub(crate) peers: Setting<Option<String>>,
+    pub(crate) peer_tls_cert: Setting<Option<PathBuf>>,
+    pub(crate) peer_tls_key: Setting<Option<PathBuf>>,
+    pub(crate) peer_tls_ca: Setting<Option<PathBuf>>,
     pub(crate) file: Option<PathBuf>,
 }
 
@@ -316,6 +333,27 @@ impl ServeConfig {
                 cluster_file.peers.map(|peers| peers.join(",")),
                 None,
             ),
+            peer_tls_cert: pick(
+                matches,
+                "peer_tls_cert",
+                args.peer_tls_cert,
+                cluster_file.peer_tls_cert,
+                None,
+            ),
+            peer_tls_key: pick(
+                matches,
+                "peer_tls_key",
+                args.peer_tls_key,
+                cluster_file.peer_tls_key,
+                None,
+            ),
+            peer_tls_ca: pick(
+                matches,
+                "peer_tls_ca",
+                args.peer_tls_ca,
+                cluster_file.peer_tls_ca,
+                None,
+            ),
             file: args.config,
         };
         config.check()?;
@@ -409,7 +447,8 @@ impl ServeConfig {
             (Some(node_id), Some(peers)) => (node_id, peers),
         };
         let peers = ClusterOptions::parse_peers(peers).context("peers")?;
-        let options = ClusterOptions::new(node_id, &peers).context("cluster")?;
+        let tls = self.peer_tls()?;
+        let options = ClusterOptions::new(node_id, &peers, tls).context("cluster")?;
         if options.peers.values().any(|peer| *peer == self.listen.value) {
             bail!("cluster: a peer address is also the gRPC listener's ({})", self.listen.value);
         }
@@ -419,6 +458,28 @@ impl ServeConfig {
             bail!("cluster: a peer address is also the Kafka listener's ({kafka})");
         }
         Ok(Some(options))
+    }
+
+    /// The peer listener's mutual TLS, read from its three files; `None` when none is set.
+    fn peer_tls(&self) -> anyhow::Result<Option<PeerTls>> {
+        let files = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca];
+        match files.iter().filter(|file| file.value.is_some()).count() {
+            0 => return Ok(None),
+            3 => {}
+            _ => bail!(
+                "peer_tls_cert, peer_tls_key and peer_tls_ca go together: set all three (mutual \
+                 TLS between nodes), or none (a cluster on loopback)"
+            ),
+        }
+        let read = |name: &str, file: &Setting<Option<PathBuf>>| {
+            let path = file.value.as_ref().expect("all three are set");
+            std::fs::read(path).with_context(|| format!("{name}: cannot read {}", path.display()))
+        };
+        Ok(Some(PeerTls {
+            cert_pem: read("peer_tls_cert", &self.peer_tls_cert)?,
+            key_pem: read("peer_tls_key", &self.peer_tls_key)?,
+            ca_pem: read("peer_tls_ca", &self.peer_tls_ca)?,
+        }))
     }
 
     /// TLS and tokens are both configured.
@@ -511,6 +572,9 @@ impl ServeConfig {
         };
         line("node_id", self.node_id.value.map(|id| id.to_string()), self.node_id.source);
         line("peers", peers, self.peers.source);
+        line("peer_tls_cert", path(&self.peer_tls_cert.value), self.peer_tls_cert.source);
+        line("peer_tls_key", path(&self.peer_tls_key.value), self.peer_tls_key.source);
+        line("peer_tls_ca", path(&self.peer_tls_ca.value), self.peer_tls_ca.source);
         out
     }
 }
@@ -559,6 +623,20 @@ mod tests {
             resolve(&["serve", "--node-id", "1", "--peers", "1=10.1.1.1:7071"]).unwrap_err()
         );
         assert!(remote.contains("not a loopback address"), "{remote}");
+        assert!(remote.contains("set peer_tls_cert, peer_tls_key and peer_tls_ca"), "{remote}");
+        let remote = ["serve", "--node-id", "1", "--peers", "1=10.1.1.1:7071"];
+        let partly = format!(
+            "{:#}",
+            resolve(&[&remote[..], &["--peer-tls-cert", "node.pem"]].concat()).unwrap_err()
+        );
+        assert!(partly.contains("go together: set all three"), "{partly}");
+        let all =
+            ["--peer-tls-cert", "/nonexistent/n.pem", "--peer-tls-key", "k", "--peer-tls-ca", "c"];
+        let unreadable = format!("{:#}", resolve(&[&remote[..], &all].concat()).unwrap_err());
+        assert!(
+            unreadable.contains("peer_tls_cert: cannot read /nonexistent/n.pem"),
+            "{unreadable}"
+        );
         let grpc = refused(&["serve", "--node-id", "1", "--peers", "1=127.0.0.1:7070"]);
         assert!(grpc.contains("also the gRPC listener's"), "{grpc}");
         let kafka = refused(&[

@@ -411,7 +411,7 @@ pub async fn serve(
     let kafka = match kafka {
         Some(listener) => {
             let tls = match &tls {
-                Some(tls) => Some(tls.kafka_acceptor().map_err(RunError::KafkaTls)?),
+                Some(tls) => Some(tls.acceptor().map_err(RunError::KafkaTls)?),
                 None => None,
             };
             let security = kafka::KafkaSecurity { tls, tokens: tokens.clone() };

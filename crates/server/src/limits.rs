@@ -240,6 +240,9 @@ pub const PEER_CONNECTIONS_MAX: usize = 64;
 /// Idle connections a node keeps open to each peer; a replica with more messages in flight
 /// opens more and closes them when done.
 pub const PEER_POOL_PER_NODE: usize = 8;
+/// The peer listener warns of a refused caller (a failed TLS handshake) at most this often;
+/// the others are logged at debug.
+pub const PEER_REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest Raft group name a peer request may carry.
 pub const GROUP_NAME_BYTES_MAX: usize = 512;
 /// The largest frame of the peer protocol: the largest replication message with its group's

@@ -36,10 +36,9 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// The listener's TLS, the handshake bounded by `handshake_timeout`.
-    /// The same TLS for the Kafka listener, which speaks it with tokio-rustls directly (tonic's
-    /// configuration serves only tonic's own listener).
-    pub(crate) fn kafka_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+    /// The same TLS for listeners that speak it with tokio-rustls directly (the Kafka and
+    /// peer listeners: tonic's configuration serves only tonic's own listener).
+    pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -75,6 +74,7 @@ impl TlsConfig {
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
+    /// The listener's TLS, the handshake bounded by `handshake_timeout`.
     pub(crate) fn server_config(&self, handshake_timeout: std::time::Duration) -> ServerTlsConfig {
         let config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))

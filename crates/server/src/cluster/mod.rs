@@ -19,7 +19,11 @@
 //! connection that sends nothing for
 //! [`CONNECTION_IDLE_TIMEOUT`](crate::limits::CONNECTION_IDLE_TIMEOUT) is closed.
 //!
-//! The listener has no TLS or authentication yet, so it may only listen on loopback.
+//! Without [`PeerTls`] the listener speaks plain TCP and every peer address must be on
+//! loopback (a cluster on one machine). With it, every connection is mutual TLS: the listener
+//! accepts only callers whose certificate chains to the cluster's CA, and a caller checks that
+//! the peer's certificate does and names the IP address it called. The CA is the cluster's
+//! authentication: any holder of a certificate it signed is a node.
 
 mod node;
 mod options;
@@ -27,5 +31,5 @@ mod transport;
 
 pub use node::JoinClusterError;
 pub(crate) use node::{Cluster, Command, CommittedRecord, ORIGIN_HEADER, Outcome, TopicSpec};
-pub use options::{ClusterConfigError, ClusterOptions};
+pub use options::{ClusterConfigError, ClusterOptions, PeerTls};
 pub use transport::{Groups, PeerTransport, serve_peers};

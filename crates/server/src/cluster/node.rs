@@ -267,6 +267,8 @@ pub enum JoinClusterError {
     Metadata { dir: PathBuf, reason: String },
     #[error("starting the cluster's metadata group failed: {0}")]
     Start(String),
+    #[error("the peer TLS configuration is not usable: {0}")]
+    PeerTls(String),
 }
 
 impl Groups for Cluster {
@@ -295,13 +297,20 @@ impl Cluster {
                 source,
             })?,
         };
+        let (acceptor, connector) = match &options.tls {
+            None => (None, None),
+            Some(tls) => (
+                Some(tls.acceptor().map_err(JoinClusterError::PeerTls)?),
+                Some(tls.connector().map_err(JoinClusterError::PeerTls)?),
+            ),
+        };
         let members: BTreeMap<u64, String> =
             options.peers.iter().map(|(id, address)| (*id, address.to_string())).collect();
         let cluster = Arc::new(Cluster {
             node_id: options.node_id,
             members: members.clone(),
             fs: StdFileSystem::shared(),
-            transport: Arc::new(PeerTransport::new()),
+            transport: Arc::new(PeerTransport::new(connector)),
             replicas: RwLock::new(HashMap::new()),
             metadata: OnceLock::new(),
             offsets: OnceLock::new(),
@@ -317,7 +326,7 @@ impl Cluster {
             producer_ids_end: watch::Sender::new(0),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(serve_peers(listener, cluster.clone(), cluster.stop.clone()));
+        tokio::spawn(serve_peers(listener, cluster.clone(), acceptor, cluster.stop.clone()));
         let dir = data_dir.join("cluster");
         let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
         let committed = cluster.metadata_committed.clone();
@@ -434,15 +443,18 @@ impl Cluster {
     }
 
     /// Every node: its id, peer address, client address once registered, and whether this
-    /// node opened a connection to its peer address within [`PEER_PROBE_TIMEOUT`].
+    /// node opened a connection to its peer address (and with peer TLS, finished the
+    /// handshake) within [`PEER_PROBE_TIMEOUT`].
     pub(crate) async fn probe_nodes(&self) -> Vec<(u64, String, Option<String>, bool)> {
         let mut probes = tokio::task::JoinSet::new();
         for (id, address) in self.members.clone() {
             let own = id == self.node_id;
+            let transport = self.transport.clone();
             probes.spawn(async move {
-                let connect = tokio::net::TcpStream::connect(address.clone());
-                let reached = own
-                    || matches!(tokio::time::timeout(PEER_PROBE_TIMEOUT, connect).await, Ok(Ok(_)));
+                let reached = own || {
+                    let connect = transport.probe(&address);
+                    matches!(tokio::time::timeout(PEER_PROBE_TIMEOUT, connect).await, Ok(Ok(())))
+                };
                 (id, address, reached)
             });
         }

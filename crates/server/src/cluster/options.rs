@@ -3,12 +3,74 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// This node's place in a cluster: its id and every node's peer address (its own too).
+/// This node's place in a cluster: its id, every node's peer address (its own too) and the
+/// peer listener's TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterOptions {
     pub node_id: u64,
     /// Every node's peer listener (Raft traffic), by node id.
     pub peers: BTreeMap<u64, SocketAddr>,
+    /// `None`: the peer listener speaks plain TCP, and every peer address is on loopback.
+    pub tls: Option<PeerTls>,
+}
+
+/// Mutual TLS between nodes: this node's certificate chain and key (PEM), which it presents
+/// both when it listens and when it calls a peer, and the CA that signed every node's
+/// certificate. A node accepts only callers whose certificate chains to the CA, and calls
+/// only peers whose certificate does and names the peer address's IP (a subject alternative
+/// name), so a certificate is needed per node (or one naming every node's IP).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"(hidden)")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .finish()
+    }
+}
+
+impl PeerTls {
+    /// The listening side: a caller must present a certificate that chains to the CA.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let listener = crate::TlsConfig {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            client_ca_pem: Some(self.ca_pem.clone()),
+        };
+        listener.acceptor()
+    }
+
+    /// The calling side: presents this node's certificate and trusts only the CA.
+    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let cert = cert.map_err(|e| format!("the CA is not PEM: {e}"))?;
+            roots.add(cert).map_err(|e| format!("the CA is not usable: {e}"))?;
+        }
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("the private key is not PEM: {e}"))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+    }
 }
 
 /// A cluster configuration that cannot work.
@@ -25,9 +87,11 @@ pub enum ClusterConfigError {
     #[error("nodes {first} and {second} have the same peer address {address}")]
     SameAddress { first: u64, second: u64, address: SocketAddr },
     #[error(
-        "node {id}'s peer address {address} is not a loopback address: the peer listener has no TLS or authentication yet, so a cluster runs on one machine (127.0.0.1, 127.0.0.2, ...)"
+        "node {id}'s peer address {address} is not a loopback address, and the peer listener has no TLS: set peer_tls_cert, peer_tls_key and peer_tls_ca (mutual TLS between nodes), or run the cluster on one machine (127.0.0.1, 127.0.0.2, ...)"
     )]
     NotLoopback { id: u64, address: SocketAddr },
+    #[error("the peer TLS configuration is not usable: {0}")]
+    PeerTls(String),
     #[error("peer {entry:?} is not ID=IP:PORT (for example 2=127.0.0.2:7071)")]
     BadPeer { entry: String },
     #[error("node {id}'s peer address {address} is also the gRPC listener's address")]
@@ -36,11 +100,16 @@ pub enum ClusterConfigError {
 
 impl ClusterOptions {
     /// Checks a cluster's configuration: ids from 1, each once, this node's among them,
-    /// every address its own and on loopback.
+    /// every address its own, and on loopback unless `tls` secures the peer listener.
     pub fn new(
         node_id: u64,
         peers: &[(u64, SocketAddr)],
+        tls: Option<PeerTls>,
     ) -> Result<ClusterOptions, ClusterConfigError> {
+        if let Some(tls) = &tls {
+            tls.acceptor().map_err(ClusterConfigError::PeerTls)?;
+            tls.connector().map_err(ClusterConfigError::PeerTls)?;
+        }
         let mut map = BTreeMap::new();
         for &(id, address) in peers {
             if id == 0 || node_id == 0 {
@@ -49,7 +118,7 @@ impl ClusterOptions {
             if map.insert(id, address).is_some() {
                 return Err(ClusterConfigError::DuplicateId { id });
             }
-            if !address.ip().is_loopback() {
+            if tls.is_none() && !address.ip().is_loopback() {
                 return Err(ClusterConfigError::NotLoopback { id, address });
             }
             if let Some((&first, _)) = map.iter().find(|(other, a)| **other != id && **a == address)
@@ -61,7 +130,7 @@ impl ClusterOptions {
             let ids = map.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
             return Err(ClusterConfigError::OwnIdMissing { node_id, ids });
         }
-        Ok(ClusterOptions { node_id, peers: map })
+        Ok(ClusterOptions { node_id, peers: map, tls })
     }
 
     /// Parses `--peers`: `ID=IP:PORT`, comma-separated.
@@ -98,11 +167,11 @@ mod tests {
     fn a_cluster_configuration_is_checked() {
         let three = peers("1=127.0.0.1:7071, 2=127.0.0.2:7071,3=127.0.0.3:7071");
         assert_eq!(
-            ClusterOptions::new(2, &three).unwrap().own_peer_address().to_string(),
+            ClusterOptions::new(2, &three, None).unwrap().own_peer_address().to_string(),
             "127.0.0.2:7071"
         );
         let refused = |node_id, text: &str| {
-            ClusterOptions::new(node_id, &peers(text)).unwrap_err().to_string()
+            ClusterOptions::new(node_id, &peers(text), None).unwrap_err().to_string()
         };
         assert!(
             refused(4, "1=127.0.0.1:7071,2=127.0.0.2:7071")
@@ -111,6 +180,12 @@ mod tests {
         assert!(refused(1, "1=127.0.0.1:7071,1=127.0.0.2:7071").contains("node 1 is listed twice"));
         assert!(refused(1, "1=127.0.0.1:7071,2=127.0.0.1:7071").contains("the same peer address"));
         assert!(refused(1, "1=10.0.0.1:7071").contains("not a loopback address"));
+        assert!(refused(1, "1=10.0.0.1:7071").contains("set peer_tls_cert, peer_tls_key and"));
+        let garbage = PeerTls { cert_pem: b"x".to_vec(), key_pem: b"y".to_vec(), ca_pem: vec![] };
+        let garbled = ClusterOptions::new(1, &peers("1=10.0.0.1:7071"), Some(garbage.clone()));
+        let garbled = garbled.unwrap_err().to_string();
+        assert!(garbled.contains("the peer TLS configuration is not usable"), "{garbled}");
+        assert!(format!("{garbage:?}").contains("key_pem: \"(hidden)\""), "{garbage:?}");
         assert!(refused(0, "0=127.0.0.1:7071").contains("ids start at 1"));
         let bad = ClusterOptions::parse_peers("1=127.0.0.1").unwrap_err().to_string();
         assert!(bad.contains("is not ID=IP:PORT"), "{bad}");

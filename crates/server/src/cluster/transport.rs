@@ -2,23 +2,32 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rustls::pki_types::ServerName;
 use spool_replication::{Call, NodeId, Replica, Transport, TransportError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{
-    CONNECTION_IDLE_TIMEOUT, GROUP_NAME_BYTES_MAX, PEER_CONNECTIONS_MAX, PEER_FRAME_BYTES_MAX,
-    PEER_POOL_PER_NODE,
+    CONNECTION_HANDSHAKE_TIMEOUT, CONNECTION_IDLE_TIMEOUT, GROUP_NAME_BYTES_MAX,
+    PEER_CONNECTIONS_MAX, PEER_FRAME_BYTES_MAX, PEER_POOL_PER_NODE, PEER_REFUSAL_WARNING_INTERVAL,
 };
 
 const ANSWERED: u8 = 0;
 const REFUSED: u8 = 1;
+
+/// A peer connection: plain TCP on loopback, or TLS over it.
+trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for S {}
+type Stream = Box<dyn PeerStream>;
 
 /// Where the internal listener finds the replica a message is for.
 pub trait Groups: Send + Sync + 'static {
@@ -27,9 +36,16 @@ pub trait Groups: Send + Sync + 'static {
 }
 
 /// Serves peers' messages on `listener` until `stop` is cancelled: at most
-/// [`PEER_CONNECTIONS_MAX`] connections at once.
-pub async fn serve_peers(listener: TcpListener, groups: Arc<dyn Groups>, stop: CancellationToken) {
+/// [`PEER_CONNECTIONS_MAX`] connections at once, each through `tls` when given (a caller
+/// whose handshake fails or takes longer than [`CONNECTION_HANDSHAKE_TIMEOUT`] is dropped).
+pub async fn serve_peers(
+    listener: TcpListener,
+    groups: Arc<dyn Groups>,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let places = Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX));
+    let refusals = Arc::new(Refusals::new());
     loop {
         let place = tokio::select! {
             () = stop.cancelled() => return,
@@ -47,9 +63,25 @@ pub async fn serve_peers(listener: TcpListener, groups: Arc<dyn Groups>, stop: C
                 continue;
             }
         };
-        let groups = groups.clone();
-        let stop = stop.clone();
+        let (groups, stop, tls) = (groups.clone(), stop.clone(), tls.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "a peer's connection ended");
+                return;
+            }
+            let stream: Stream = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(CONNECTION_HANDSHAKE_TIMEOUT, tls.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(error)) => return refusals.refused(peer, &error.to_string()),
+                        Err(_) => return refusals.refused(peer, "the TLS handshake timed out"),
+                    }
+                }
+            };
             if let Err(error) = serve_connection(stream, groups, stop).await {
                 tracing::debug!(%peer, %error, "a peer's connection ended");
             }
@@ -58,12 +90,38 @@ pub async fn serve_peers(listener: TcpListener, groups: Arc<dyn Groups>, stop: C
     }
 }
 
+/// Logs refused callers: a warning at most once per [`PEER_REFUSAL_WARNING_INTERVAL`] (a
+/// misconfigured node calls many times a second), the rest at debug.
+struct Refusals {
+    start: Instant,
+    /// Milliseconds after `start` of the last warning, plus one; 0: none yet.
+    warned: AtomicU64,
+}
+
+impl Refusals {
+    fn new() -> Refusals {
+        Refusals { start: Instant::now(), warned: AtomicU64::new(0) }
+    }
+
+    fn refused(&self, peer: SocketAddr, reason: &str) {
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.warned.load(Ordering::Relaxed);
+        let interval = PEER_REFUSAL_WARNING_INTERVAL.as_millis() as u64;
+        if (last == 0 || now >= last + interval)
+            && self.warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(%peer, reason, "refused a peer connection: its TLS handshake failed (a certificate not signed by the cluster's CA, or no TLS)");
+        } else {
+            tracing::debug!(%peer, reason, "refused a peer connection");
+        }
+    }
+}
+
 async fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: Stream,
     groups: Arc<dyn Groups>,
     stop: CancellationToken,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
     loop {
         let frame = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -84,6 +142,7 @@ async fn serve_connection(
         head.put_u8(status);
         stream.write_all(&head).await?;
         stream.write_all(&answer).await?;
+        stream.flush().await?;
     }
 }
 
@@ -101,7 +160,7 @@ fn split_request(frame: &mut Bytes) -> Result<String, String> {
 }
 
 /// Reads one frame; `None` at a clean end of the stream between frames.
-async fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Bytes>> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Bytes>> {
     let mut length = [0u8; 4];
     match stream.read_exact(&mut length).await {
         Ok(_) => {}
@@ -128,22 +187,31 @@ async fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Bytes>> {
 
 /// The client side of the peer protocol: carries a replica's messages to its peers, keeping
 /// up to [`PEER_POOL_PER_NODE`] idle connections per peer address.
-#[derive(Debug, Default)]
 pub struct PeerTransport {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<String, Vec<Stream>>>,
+    /// `None`: plain TCP.
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTransport").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl PeerTransport {
-    pub fn new() -> PeerTransport {
-        PeerTransport::default()
+    /// Calls peers through `tls` when given, checking that each peer's certificate names
+    /// the IP address it is called at.
+    pub fn new(tls: Option<TlsConnector>) -> PeerTransport {
+        PeerTransport { idle: Mutex::new(HashMap::new()), tls }
     }
 
-    fn take_idle(&self, address: &str) -> Option<TcpStream> {
+    fn take_idle(&self, address: &str) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.get_mut(address).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, address: &str, stream: TcpStream) {
+    fn put_idle(&self, address: &str, stream: Stream) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let pool = idle.entry(address.to_owned()).or_default();
         if pool.len() < PEER_POOL_PER_NODE {
@@ -154,11 +222,7 @@ impl PeerTransport {
     async fn exchange(&self, address: &str, group: &str, message: Bytes) -> io::Result<Bytes> {
         let mut stream = match self.take_idle(address) {
             Some(stream) => stream,
-            None => {
-                let stream = TcpStream::connect(address).await?;
-                stream.set_nodelay(true)?;
-                stream
-            }
+            None => self.connect(address).await?,
         };
         let mut head = BytesMut::with_capacity(6 + group.len());
         head.put_u32((2 + group.len() + message.len()) as u32);
@@ -166,6 +230,7 @@ impl PeerTransport {
         head.put_slice(group.as_bytes());
         stream.write_all(&head).await?;
         stream.write_all(&message).await?;
+        stream.flush().await?;
         let frame = read_frame(&mut stream).await?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection")
         })?;
@@ -181,6 +246,30 @@ impl PeerTransport {
                 String::from_utf8_lossy(&answer)
             ))),
         }
+    }
+}
+
+impl PeerTransport {
+    /// Opens a connection to `address` (finishing the TLS handshake, with TLS) and keeps it
+    /// for the next message.
+    pub(crate) async fn probe(&self, address: &str) -> io::Result<()> {
+        let stream = self.connect(address).await?;
+        self.put_idle(address, stream);
+        Ok(())
+    }
+
+    async fn connect(&self, address: &str) -> io::Result<Stream> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else { return Ok(Box::new(stream)) };
+        let ip = address.parse::<SocketAddr>().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{address} is not IP:PORT"))
+        })?;
+        let name = ServerName::IpAddress(ip.ip().into());
+        let stream = tls.connect(name, stream).await.map_err(|error| {
+            io::Error::new(error.kind(), format!("the TLS handshake failed: {error}"))
+        })?;
+        Ok(Box::new(stream))
     }
 }
 
