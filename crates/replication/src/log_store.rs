@@ -21,10 +21,18 @@ use crate::{NodeId, TypeConfig};
 
 /// The file beside the log that holds the vote and the last purged log id.
 const STATE_FILE: &str = "raft-state.json";
+/// The file beside the log that marks a replica under repair, holding the damage found.
+const REPAIR_FILE: &str = "repair.json";
 /// The segment log's directory, inside the partition's.
 const LOG_DIR: &str = "log";
 /// The most a state file may hold: a vote and a log id are a few hundred bytes.
 const STATE_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// A replica under repair: what was damaged (the storage's description).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Repair {
+    damage: String,
+}
 
 /// What is kept beside the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +50,8 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not a Raft state file: {reason}")]
     State { path: PathBuf, reason: String },
+    #[error("cutting the damaged replica in {path} back to its intact segments failed: {source}")]
+    Repair { path: PathBuf, source: spool_storage::TruncateError },
 }
 
 /// A segment log shared by a replicated partition's Raft log and its readers; `None` once
@@ -62,6 +72,9 @@ struct Shared {
     dir: PathBuf,
     log: SharedLog,
     state: Mutex<RaftState>,
+    /// Under repair: the log was cut back after damage, and this replica may not vote until
+    /// it has caught up with a leader (see [`SegmentLogStore::over`]).
+    repairing: std::sync::atomic::AtomicBool,
 }
 
 /// The log is closed: its partition stopped.
@@ -129,11 +142,47 @@ impl SegmentLogStore {
     /// The store of a partition whose log is already open (and shared with its readers),
     /// with its Raft state in `dir`. Readers see nothing of the log until the state machine
     /// applies what is committed ([`Log::set_committed`]).
+    ///
+    /// **Repair.** A log whose recovery found damage in synced data (fenced as
+    /// [`spool_storage::Fence::Damaged`]) lost batches this replica may have acknowledged;
+    /// the other replicas hold them. The store writes `repair.json`, removes the saved
+    /// applied state (the state machine applies again from the log's start), and cuts the
+    /// log back to the intact segments before the damage ([`Log::cut_damage`]). Until the
+    /// replica has caught up with a leader ([`crate::Replica`] clears the mark), it votes in
+    /// no election and stands for none: with entries missing it could otherwise help elect a
+    /// leader that lacks an acknowledged batch. A restart meanwhile finds the mark and stays
+    /// under repair.
     pub fn over(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         log: SharedLog,
     ) -> Result<SegmentLogStore, OpenError> {
+        let repair_path = dir.join(REPAIR_FILE);
+        let repair: Option<Repair> = read_json(fs.as_ref(), &repair_path, STATE_FILE_BYTES_MAX)?;
+        let mut repairing = repair.is_some();
+        if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut()
+            && let Some(damage @ spool_storage::Fence::Damaged { .. }) = log.fence()
+        {
+            let damage = damage.to_string();
+            tracing::warn!(dir = %dir.display(), %damage, "a replica's synced data is damaged: cutting its log back to the intact segments before the damage; it copies the rest from a leader, and takes no part in elections until it has");
+            let io_at = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| OpenError::Io { path, source }
+            };
+            let json = serde_json::to_vec(&Repair { damage }).expect("a repair mark encodes");
+            spool_storage::fs::write_atomically(fs.as_ref(), dir, REPAIR_FILE, &json)
+                .map_err(io_at(&repair_path))?;
+            let applied = dir.join(crate::state_machine::APPLIED_FILE);
+            if fs.exists(&applied).map_err(io_at(&applied))? {
+                fs.remove_file(&applied).map_err(io_at(&applied))?;
+                fs.sync_dir(dir).map_err(io_at(dir))?;
+            }
+            let end = log
+                .cut_damage(TimestampMs::now())
+                .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
+            tracing::warn!(dir = %dir.display(), end = end.0, "the damaged replica's log now ends at offset {end}");
+            repairing = true;
+        }
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
             let start = log.log_start_offset();
             log.set_committed(start).map_err(|error| OpenError::Io {
@@ -143,8 +192,27 @@ impl SegmentLogStore {
         }
         let state = read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
         let state = state.unwrap_or_default();
-        let shared = Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state) };
+        let repairing = std::sync::atomic::AtomicBool::new(repairing);
+        let shared =
+            Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state), repairing };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
+    }
+
+    /// Whether this replica is under repair (see [`SegmentLogStore::over`]).
+    pub fn repairing(&self) -> bool {
+        self.shared.repairing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Ends the repair: removes `repair.json` durably, then lets the replica vote.
+    pub(crate) fn finish_repair(&self) -> io::Result<()> {
+        let shared = &self.shared;
+        let path = shared.dir.join(REPAIR_FILE);
+        if shared.fs.exists(&path)? {
+            shared.fs.remove_file(&path)?;
+            shared.fs.sync_dir(&shared.dir)?;
+        }
+        shared.repairing.store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Runs `read` on the segment log (for tests and tools; a partition's readers hold the

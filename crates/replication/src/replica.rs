@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -88,6 +89,37 @@ pub struct Replica {
     forwarded: OnceLock<OnForwarded>,
     /// Leaders this replica has seen take the group since it started.
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// While the store is under repair: the commit index a leader sent that this replica
+    /// must apply before it votes again (`u64::MAX`: none yet).
+    repair_target: Arc<AtomicU64>,
+}
+
+/// Ends a repair (see [`SegmentLogStore::over`]) once the replica has applied `target`'s
+/// index: a commit point a leader sent in its own term, so everything committed before the
+/// damage lies below it, and this replica's log now holds it again.
+async fn finish_repair(
+    raft: Raft<TypeConfig>,
+    store: SegmentLogStore,
+    target: Arc<AtomicU64>,
+    group: Arc<str>,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let applied = metrics.borrow_and_update().last_applied.map(|id| id.index);
+        let target = target.load(Ordering::Acquire);
+        if target != u64::MAX && applied.is_some_and(|applied| applied >= target) {
+            break;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+    if let Err(error) = store.finish_repair() {
+        tracing::error!(%group, %error, "a repaired replica could not clear its repair mark: it stays out of elections until it restarts");
+        return;
+    }
+    raft.runtime_config().elect(true);
+    tracing::info!(%group, "a damaged replica caught up with its leader: repaired, it votes again");
 }
 
 impl std::fmt::Debug for Replica {
@@ -119,6 +151,8 @@ impl Replica {
             // Raft (retention deletes records).
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
+            // A replica under repair stands for no election until it has caught up.
+            enable_elect: !store.repairing(),
             ..openraft::Config::default()
         };
         let config = config.validate().map_err(|error| StartError(error.to_string()))?;
@@ -129,8 +163,29 @@ impl Replica {
             .map_err(|error| StartError(error.to_string()))?;
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
+        let repair_target = Arc::new(AtomicU64::new(u64::MAX));
+        if store.repairing() {
+            let (raft, store) = (raft.clone(), store.clone());
+            tokio::spawn(finish_repair(raft, store, repair_target.clone(), group.clone()));
+        }
         let forwarded = OnceLock::new();
-        Ok(Replica { raft, node_id, group, transport, store, state, forwarded, leader_changes })
+        Ok(Replica {
+            raft,
+            node_id,
+            group,
+            transport,
+            store,
+            state,
+            forwarded,
+            leader_changes,
+            repair_target,
+        })
+    }
+
+    /// Whether this replica is under repair: its synced data was damaged, its log cut back,
+    /// and it takes no part in elections until it has caught up with a leader.
+    pub fn repairing(&self) -> bool {
+        self.store.repairing()
     }
 
     /// Forms the group with `members` (node id to address) as its voters, once: a replica
@@ -347,8 +402,17 @@ impl Replica {
     pub async fn handle(&self, message: Bytes) -> Bytes {
         match rpc::decode_request(message) {
             Err(invalid) => rpc::encode_refusal(&invalid),
+            Ok(Request::Vote(_)) if self.store.repairing() => rpc::encode_declined(
+                "this replica is under repair (its synced data was damaged): it votes once it has caught up with a leader",
+            ),
             Ok(Request::Vote(vote)) => rpc::encode_response(self.raft.vote(vote).await),
             Ok(Request::AppendEntries(append)) => {
+                if self.store.repairing()
+                    && let Some(commit) = append.leader_commit
+                    && commit.leader_id.term == append.vote.leader_id.term
+                {
+                    self.repair_target.fetch_min(commit.index, Ordering::AcqRel);
+                }
                 rpc::encode_response(self.raft.append_entries(append).await)
             }
             Ok(Request::InstallSnapshot(snapshot)) => {

@@ -250,6 +250,11 @@ pub(crate) fn encode_refusal(error: &InvalidMessage) -> Bytes {
     Bytes::from(serde_json::to_vec(&answer).expect("a refusal encodes as JSON"))
 }
 
+/// Encodes the refusal of a request this replica will not answer now, with the reason.
+pub(crate) fn encode_declined(reason: &str) -> Bytes {
+    encode_refusal(&invalid(reason))
+}
+
 /// Decodes an answer; a refusal is an error naming what the peer refused.
 pub(crate) fn decode_response<T: DeserializeOwned, E: DeserializeOwned>(
     message: &[u8],

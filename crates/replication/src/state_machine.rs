@@ -75,7 +75,7 @@ struct Saved {
     dir: PathBuf,
 }
 
-const APPLIED_FILE: &str = "applied.json";
+pub(crate) const APPLIED_FILE: &str = "applied.json";
 
 impl std::fmt::Debug for PartitionStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

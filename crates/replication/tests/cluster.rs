@@ -519,3 +519,79 @@ async fn a_restarted_replica_serves_what_it_applied_before_it_hears_from_a_leade
     cluster.set_cut(&[]);
     assert_same_logs(&cluster, end).await;
 }
+
+/// Flips one bit near the end of a sealed segment in the middle of node `id`'s log, on its
+/// disk (synced): damage recovery finds, not a torn tail.
+fn damage_a_sealed_segment(cluster: &Cluster, id: NodeId) {
+    use spool_storage::fs::{FileSystem, OpenMode};
+    let fs = &cluster.disks[&id];
+    let dir = Path::new("/data/p/log");
+    let mut segments: Vec<String> =
+        fs.list_dir(dir).unwrap().into_iter().filter(|name| name.ends_with(".log")).collect();
+    segments.sort();
+    assert!(segments.len() > 3, "the log spans segments: {segments:?}");
+    let victim = dir.join(&segments[segments.len() / 2]);
+    let file = fs.open(&victim, OpenMode::Existing).unwrap();
+    let at = file.len().unwrap() - 5;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    file.sync_data().unwrap();
+}
+
+/// Waits until node `id` is no longer under repair.
+async fn wait_repaired(cluster: &Cluster, id: NodeId) {
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.replica(id).repairing() {
+        assert!(Instant::now() < deadline, "node {id} not repaired within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_repaired() {
+    let cluster = Cluster::start().await;
+    let padding = "x".repeat(20_000);
+    let mut acknowledged = Vec::new();
+    let mut end = Offset(0);
+    for i in 0..60 {
+        let value = format!("value {i} {padding}");
+        end = cluster.produce(&value).await.1;
+        acknowledged.extend([value.clone(), value]);
+    }
+    let leader = cluster.leader(None).await;
+    let damaged = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3).find(|id| *id != leader && *id != damaged).expect("another");
+    assert!(cluster.replica(damaged).wait_for_high_watermark(end, PATIENCE).await);
+    cluster.kill(damaged).await;
+    damage_a_sealed_segment(&cluster, damaged);
+    // With the leader gone too, the damaged replica and the other follower could elect a
+    // leader together; the damaged one takes no part, so no leader is elected.
+    cluster.kill(leader).await;
+    cluster.start_node(damaged).await;
+    let repairing = cluster.replica(damaged);
+    assert!(repairing.repairing(), "damage puts the replica under repair");
+    let cut = repairing.store().with_log(|log| log.next_offset());
+    assert!(cut < end, "the log is cut back before the damage: {cut} of {end}");
+    // Long enough for a leader lease and several election timeouts.
+    let patience = spool_replication::limits::ELECTION_TIMEOUT_MAX * 6;
+    assert_eq!(cluster.leader_within(None, patience).await, None, "no election without it");
+    // A restart under repair stays under repair.
+    cluster.kill(damaged).await;
+    cluster.start_node(damaged).await;
+    assert!(cluster.replica(damaged).repairing());
+    // Once a leader is back, the damaged replica copies what it lost and votes again.
+    cluster.start_node(leader).await;
+    wait_repaired(&cluster, damaged).await;
+    assert_same_logs(&cluster, end).await;
+    assert_eq!(values(&cluster.replica(damaged)), acknowledged);
+    cluster.kill(other).await;
+    cluster.produce("after the repair").await;
+    acknowledged.extend(["after the repair".to_owned(), "after the repair".to_owned()]);
+    for id in cluster.running() {
+        let replica = cluster.replica(id);
+        let end = cluster.replica(cluster.leader(None).await).high_watermark();
+        assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
+        assert_eq!(values(&replica), acknowledged, "node {id}");
+    }
+}

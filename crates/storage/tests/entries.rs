@@ -187,3 +187,42 @@ fn readers_of_a_replicated_log_see_only_what_is_committed() {
     log.truncate(placed[15].1, NOW).unwrap();
     assert_eq!(log.log_end_offset(), placed[12].1);
 }
+
+#[test]
+fn damage_is_cut_back_to_the_intact_segments_before_it_and_the_log_goes_on() {
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs);
+    append(&mut log, 1, 1..40);
+    log.sync(NOW).unwrap();
+    drop(log);
+    let files = snapshot(&fs);
+    let segments: Vec<&String> = files.keys().filter(|name| name.ends_with(".log")).collect();
+    assert!(segments.len() > 3, "the entries span segments");
+    // A flipped bit near the end of a sealed segment in the middle: synced data, damaged.
+    let victim = segments[segments.len() / 2].clone();
+    let cut: u64 = victim.trim_end_matches(".log").parse().unwrap();
+    let mut damaged = files.clone();
+    let len = damaged[&victim].len();
+    damaged.get_mut(&victim).unwrap()[len - 5] ^= 1;
+    let fs = restore(&damaged);
+    let mut log = open(&fs);
+    assert!(log.fence().is_some(), "damage fences the log");
+    let end = log.cut_damage(NOW).expect("cut");
+    assert_eq!(end, Offset(cut), "the log ends where the damaged segment began");
+    assert!(log.fence().is_none());
+    let kept: Vec<u64> = stamps(&log).iter().map(|s| s.index).collect();
+    let last = *kept.last().expect("entries before the damage");
+    assert_eq!(kept, (1..=last).collect::<Vec<_>>(), "an intact prefix");
+    assert_eq!(log.cut_damage(NOW).unwrap(), end, "an intact log is left as it is");
+    let again = append(&mut log, 2, last + 1..last + 4);
+    assert_eq!(again[0].1, end, "the next entry takes the cut's offset");
+    log.sync(NOW).unwrap();
+    drop(log);
+    fs.crash();
+    let log = open(&fs);
+    assert!(log.fence().is_none());
+    let read: Vec<u64> = stamps(&log).iter().map(|s| s.index).collect();
+    assert_eq!(read, (1..=last + 3).collect::<Vec<_>>(), "after a crash");
+    let later = snapshot(&fs).into_keys().filter(|n| n.ends_with(".log") && *n > victim).count();
+    assert_eq!(later, 0, "no segment after the cut is left");
+}

@@ -15,6 +15,12 @@
 //! shorter log that is a prefix of the old one, never a hole; (4) remove the segment's
 //! indexes, cut its log file, `fdatasync` it and fsync the directory; (5) open the log again,
 //! which rebuilds the indexes. A failure in (2) to (4) fences the log.
+//!
+//! **Cutting damage** ([`Log::cut_damage`]) is for a replica whose other copies hold what it
+//! lost: recovery found damage in data that was synced once, so the log is fenced. The
+//! damaged segment and every later one go, in the truncate's order (steps 2 and 3, the
+//! recovery point lowered to the damaged segment's base), and the log opens again as the
+//! prefix before them. A log with one copy is never cut: it stays fenced for an operator.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -199,6 +205,48 @@ impl Log {
             .and_then(|()| file.sync_data())
             .map_err(|error| (log_path.clone(), error))?;
         fs.sync_dir(&dir).map_err(|error| (dir.clone(), error))
+    }
+}
+
+impl Log {
+    /// Removes the segment recovery found damaged ([`Fence::Damaged`]) and every later one,
+    /// durably (the module docs give the order), and opens the log again as the intact
+    /// segments before them. Returns the offset the log now ends at; a log that is not
+    /// fenced for damage is left as it is.
+    pub fn cut_damage(&mut self, now: TimestampMs) -> Result<Offset, TruncateError> {
+        let Some(Fence::Damaged { path, .. }) = &self.fence else {
+            return Ok(self.next_offset());
+        };
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let fenced = || TruncateError::Fenced(self.fence.clone().expect("fenced"));
+        let damaged = crate::recovery::parse_base(name, ".log").ok_or_else(fenced)?;
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let failed = |path: &Path, error: io::Error| {
+            TruncateError::Fenced(Fence::WriteFailed {
+                path: path.to_path_buf(),
+                error: Arc::new(error),
+            })
+        };
+        if damaged < self.recovery_point {
+            crate::recovery::write_recovery_point(fs.as_ref(), &dir, damaged)
+                .map_err(|error| failed(&dir, error))?;
+            self.recovery_point = damaged;
+        }
+        let names = fs.list_dir(&dir).map_err(|error| failed(&dir, error))?;
+        let mut bases: Vec<Offset> = names
+            .iter()
+            .filter_map(|name| crate::recovery::parse_base(name, ".log"))
+            .filter(|base| *base >= damaged)
+            .collect();
+        bases.sort_unstable();
+        for base in bases.into_iter().rev() {
+            for path in crate::recovery::segment_paths(&dir, base) {
+                remove_if_present(fs.as_ref(), &path).map_err(|error| failed(&path, error))?;
+            }
+        }
+        fs.sync_dir(&dir).map_err(|error| failed(&dir, error))?;
+        *self = Log::open(fs, &dir, self.config, now).map_err(Box::new)?;
+        Ok(self.next_offset())
     }
 }
 
