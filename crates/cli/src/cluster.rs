@@ -89,8 +89,17 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
             None => "unknown (the leader did not answer)".to_owned(),
         };
         let replicas: Vec<String> = partition.replicas.iter().map(u64::to_string).collect();
+        let repairing: Vec<String> = views
+            .keys()
+            .filter(|id| seen(**id).is_some_and(|p| p.under_repair))
+            .map(u64::to_string)
+            .collect();
+        let repairing = match repairing.is_empty() {
+            true => String::new(),
+            false => format!("\tunder repair {}", repairing.join(",")),
+        };
         println!(
-            "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}",
+            "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}{repairing}",
             partition.topic,
             partition.partition,
             replicas.join(","),

@@ -1,8 +1,9 @@
 //! Three `spool serve` processes forming a cluster on 127.0.0.1-3, driven by the `spool`
 //! command: a topic created through one node, writes through a follower, `spool cluster
-//! status`, and `kill -9` of the partition's leader, twice (the killed node is started again
-//! on its data and catches up): every acknowledged record is served by every node exactly
-//! once, in order. Each wait polls a command until it answers, with a deadline as a failure
+//! status`, `kill -9` of the partition's leader, twice (the killed node is started again
+//! on its data and catches up), and a follower whose data directory is wiped (started again
+//! on an empty one, it copies everything from the others): every acknowledged record is
+//! served by every node exactly once, in order. Each wait polls a command until it answers, with a deadline as a failure
 //! guard.
 
 mod common;
@@ -134,7 +135,7 @@ fn leader(node: &Node, topic: &str) -> u64 {
 }
 
 #[test]
-fn killing_the_leader_loses_nothing_acknowledged() {
+fn killing_the_leader_or_wiping_a_follower_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(dir.path());
     nodes[1].until_ok(&["topic", "create", "t"], "");
@@ -167,6 +168,15 @@ fn killing_the_leader_loses_nothing_acknowledged() {
         }
         nodes[leader as usize - 1].start();
     }
+    // A follower loses its whole data directory and starts again on an empty one.
+    let leader = leader(&nodes[0], "t");
+    let wiped = (1..=3).find(|id| *id != leader).expect("a follower") as usize - 1;
+    drop(nodes[wiped].served.take()); // SIGKILL
+    std::fs::remove_dir_all(&nodes[wiped].data).unwrap();
+    nodes[wiped].start();
+    let value = "after the wipe".to_owned();
+    nodes[wiped].until_ok(&["produce", "t", "--partition", "0"], &format!("{value}\n"));
+    acknowledged.push(value);
     // The replication series: every node names a leader and counts the leaders it saw; the
     // leader that took the last writes timed their commits.
     let mut commits_timed = 0.0f64;

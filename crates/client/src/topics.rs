@@ -243,6 +243,9 @@ pub struct ReplicatedPartitionInfo {
     /// Where the answering node leads: each follower's node id and how many entries it is
     /// behind (`None` while unknown).
     pub lag: Vec<(u64, Option<u64>)>,
+    /// The answering node's replica is under repair (its synced data was damaged): it takes
+    /// no part in elections until it has caught up with a leader.
+    pub under_repair: bool,
 }
 
 impl Client {
@@ -299,6 +302,7 @@ impl Client {
                     replicas: p.replicas,
                     high_watermark: p.high_watermark,
                     lag: p.lag.into_iter().map(|l| (l.node_id, l.entries_behind)).collect(),
+                    under_repair: p.under_repair,
                 })
                 .collect(),
         })

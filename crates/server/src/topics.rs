@@ -232,6 +232,7 @@ impl TopicService for TopicApi {
                     leader: partition.leader(),
                     replicas: partition.replicas(),
                     high_watermark: replica.map_or(0, |replica| replica.high_watermark().0),
+                    under_repair: replica.is_some_and(|replica| replica.repairing()),
                     lag: lag
                         .into_iter()
                         .map(|(node_id, entries_behind)| ReplicaLag { node_id, entries_behind })
