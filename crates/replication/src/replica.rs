@@ -313,6 +313,30 @@ impl Replica {
         }
     }
 
+    /// Runs `attempt` (a proposal, here or through the leader) again while it is answered
+    /// `NotLeader` with no leader known, which means nothing was stored (an election is on,
+    /// or the group is new): between tries it waits for a leader, for up to `patience` in all.
+    pub async fn through_elections<F, Fut>(&self, patience: Duration, mut attempt: F) -> Proposed
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Proposed>,
+    {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match attempt().await {
+                Err(ProposeError::NotLeader { leader: None })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if self.wait_for_leader(left).await.is_none() {
+                        return Err(ProposeError::NotLeader { leader: None });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Stands for election now rather than after an election timeout: what the node chosen
     /// to lead a new group does, so that leaders spread over the nodes and a new partition
     /// takes writes at once. Raft still decides; this only starts an election.

@@ -40,20 +40,8 @@ use spool_broker::limits::PRODUCER_ID_BLOCK;
 /// known (an election is on, or the group is new) nothing was stored: it waits up to
 /// [`METADATA_PATIENCE`] for one and tries again.
 async fn propose_internal(replica: &Replica, batch: Bytes) -> spool_replication::Proposed {
-    let deadline = tokio::time::Instant::now() + METADATA_PATIENCE;
-    loop {
-        match replica.propose_anywhere(batch.clone()).await {
-            Err(ProposeError::NotLeader { leader: None })
-                if tokio::time::Instant::now() < deadline =>
-            {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if replica.wait_for_leader(left).await.is_none() {
-                    return Err(ProposeError::NotLeader { leader: None });
-                }
-            }
-            other => return other,
-        }
-    }
+    let attempt = || replica.propose_anywhere(batch.clone());
+    replica.through_elections(METADATA_PATIENCE, attempt).await
 }
 
 /// One record of a committed batch of the cluster's own groups.

@@ -145,23 +145,15 @@ async fn propose_here(partition: &Partition, replica: &Replica, kafka: Bytes) ->
 /// known (an election is on) nothing was stored: it waits for one, and tries again, for up
 /// to [`LEADER_ELECTION_PATIENCE`].
 async fn propose_plain(partition: &Partition, replica: &Replica, kafka: Bytes) -> Proposed {
-    let deadline = tokio::time::Instant::now() + LEADER_ELECTION_PATIENCE;
-    loop {
+    let attempt = || async {
         match propose_here(partition, replica, kafka.clone()).await {
             Err(ProposeError::NotLeader { leader: Some(_) }) => {
-                return replica.forward(kafka).await;
+                replica.forward(kafka.clone()).await
             }
-            Err(ProposeError::NotLeader { leader: None })
-                if tokio::time::Instant::now() < deadline =>
-            {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if replica.wait_for_leader(left).await.is_none() {
-                    return Err(ProposeError::NotLeader { leader: None });
-                }
-            }
-            other => return other,
+            other => other,
         }
-    }
+    };
+    replica.through_elections(LEADER_ELECTION_PATIENCE, attempt).await
 }
 
 /// What the leader does with a batch another node passed to it: a plain batch is proposed,
