@@ -174,6 +174,8 @@ fn killing_the_leader_or_wiping_a_follower_loses_nothing_acknowledged() {
     drop(nodes[wiped].served.take()); // SIGKILL
     std::fs::remove_dir_all(&nodes[wiped].data).unwrap();
     nodes[wiped].start();
+    let log = nodes[wiped].served.as_ref().expect("started").log();
+    assert!(log.contains("this node started on an empty data directory, and node"), "{log}");
     let value = "after the wipe".to_owned();
     nodes[wiped].until_ok(&["produce", "t", "--partition", "0"], &format!("{value}\n"));
     acknowledged.push(value);

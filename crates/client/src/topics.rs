@@ -243,8 +243,9 @@ pub struct ReplicatedPartitionInfo {
     /// Where the answering node leads: each follower's node id and how many entries it is
     /// behind (`None` while unknown).
     pub lag: Vec<(u64, Option<u64>)>,
-    /// The answering node's replica is under repair (its synced data was damaged): it takes
-    /// no part in elections until it has caught up with a leader.
+    /// The answering node's replica is under repair (its synced data was damaged, or its node
+    /// started on an empty data directory): it takes no part in elections until it has
+    /// caught up with a leader.
     pub under_repair: bool,
 }
 

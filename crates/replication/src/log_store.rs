@@ -72,9 +72,10 @@ struct Shared {
     dir: PathBuf,
     log: SharedLog,
     state: Mutex<RaftState>,
-    /// Under repair: the log was cut back after damage, and this replica may not vote until
-    /// it has caught up with a leader (see [`SegmentLogStore::over`]).
-    repairing: std::sync::atomic::AtomicBool,
+    /// Under repair (the log was cut back after damage, or this node started on an empty
+    /// data directory) or held: this replica may not vote until it has caught up with a
+    /// leader (see [`SegmentLogStore::over`]). Changed with `repair.json` under the lock.
+    repairing: Mutex<bool>,
 }
 
 /// The log is closed: its partition stopped.
@@ -192,26 +193,60 @@ impl SegmentLogStore {
         }
         let state = read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
         let state = state.unwrap_or_default();
-        let repairing = std::sync::atomic::AtomicBool::new(repairing);
+        let repairing = Mutex::new(repairing);
         let shared =
             Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state), repairing };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }
 
-    /// Whether this replica is under repair (see [`SegmentLogStore::over`]).
+    /// Whether this replica is under repair or held (see [`SegmentLogStore::over`]).
     pub fn repairing(&self) -> bool {
-        self.shared.repairing.load(std::sync::atomic::Ordering::Acquire)
+        *lock(&self.shared.repairing)
     }
 
-    /// Ends the repair: removes `repair.json` durably, then lets the replica vote.
+    /// Holds this replica's vote, in memory only, until [`crate::Replica::release`] or
+    /// until it catches up with a leader: for a node that started on an empty data directory
+    /// and has yet to learn whether the cluster already exists. Call before the replica
+    /// starts.
+    pub fn hold(&self) {
+        *lock(&self.shared.repairing) = true;
+    }
+
+    /// Puts this replica under repair durably (`repair.json`, with `reason`), if it is still
+    /// held: a replica that has meanwhile caught up with a leader lost nothing it needs.
+    /// Whether it is under repair now.
+    pub fn mark_for_repair(&self, reason: &str) -> io::Result<bool> {
+        let mut repairing = lock(&self.shared.repairing);
+        if *repairing || self.is_empty()? {
+            let json = serde_json::to_vec(&Repair { damage: reason.to_owned() })?;
+            let shared = &self.shared;
+            spool_storage::fs::write_atomically(
+                shared.fs.as_ref(),
+                &shared.dir,
+                REPAIR_FILE,
+                &json,
+            )?;
+            *repairing = true;
+        }
+        Ok(*repairing)
+    }
+
+    /// The log holds no entry.
+    fn is_empty(&self) -> io::Result<bool> {
+        let log = self.read_log()?;
+        Ok(log.as_ref().expect("checked").last_entry().map_err(failed)?.is_none())
+    }
+
+    /// Ends the repair or the hold: removes `repair.json` durably, then lets the replica vote.
     pub(crate) fn finish_repair(&self) -> io::Result<()> {
+        let mut repairing = lock(&self.shared.repairing);
         let shared = &self.shared;
         let path = shared.dir.join(REPAIR_FILE);
         if shared.fs.exists(&path)? {
             shared.fs.remove_file(&path)?;
             shared.fs.sync_dir(&shared.dir)?;
         }
-        shared.repairing.store(false, std::sync::atomic::Ordering::Release);
+        *repairing = false;
         Ok(())
     }
 

@@ -105,6 +105,9 @@ async fn finish_repair(
 ) {
     let mut metrics = raft.metrics();
     loop {
+        if !store.repairing() {
+            return; // released
+        }
         let applied = metrics.borrow_and_update().last_applied.map(|id| id.index);
         let target = target.load(Ordering::Acquire);
         if target != u64::MAX && applied.is_some_and(|applied| applied >= target) {
@@ -119,7 +122,7 @@ async fn finish_repair(
         return;
     }
     raft.runtime_config().elect(true);
-    tracing::info!(%group, "a damaged replica caught up with its leader: repaired, it votes again");
+    tracing::info!(%group, "a replica under repair caught up with its leader: it votes again");
 }
 
 impl std::fmt::Debug for Replica {
@@ -182,10 +185,38 @@ impl Replica {
         })
     }
 
-    /// Whether this replica is under repair: its synced data was damaged, its log cut back,
-    /// and it takes no part in elections until it has caught up with a leader.
+    /// Whether this replica is under repair (its synced data was damaged and its log cut
+    /// back, or its node started on an empty data directory) or held: it takes no part in
+    /// elections until it has caught up with a leader, or is released.
     pub fn repairing(&self) -> bool {
         self.store.repairing()
+    }
+
+    /// Ends a hold ([`SegmentLogStore::hold`]): the replica votes and stands for election.
+    pub fn release(&self) -> std::io::Result<()> {
+        self.store.finish_repair()?;
+        self.raft.runtime_config().elect(true);
+        Ok(())
+    }
+
+    /// Whether the peer `id` at `address` has begun this group: its log holds an entry past
+    /// the first membership, which only an elected leader writes (a term alone says nothing:
+    /// forming a group starts an election at once). An error when it cannot tell
+    /// (unreachable, no replica yet), within `timeout`.
+    pub async fn peer_has_begun(
+        &self,
+        id: NodeId,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<bool, String> {
+        let message = rpc::encode_request(&Request::Progress);
+        let answer = self.transport.call(id, address, &self.group, message, timeout).await;
+        let answer = answer.map_err(|error| error.to_string())?;
+        match rpc::decode_response::<(u64, u64), ()>(&answer) {
+            Ok(Ok((_term, last_index))) => Ok(last_index > 0),
+            Ok(Err(())) => Err("the peer did not say".to_owned()),
+            Err(invalid) => Err(invalid.to_string()),
+        }
     }
 
     /// Forms the group with `members` (node id to address) as its voters, once: a replica
@@ -341,6 +372,9 @@ impl Replica {
     /// to lead a new group does, so that leaders spread over the nodes and a new partition
     /// takes writes at once. Raft still decides; this only starts an election.
     pub async fn campaign(&self) {
+        if self.repairing() {
+            return;
+        }
         if let Err(error) = self.raft.trigger().elect().await {
             tracing::debug!(%error, "a replica could not stand for election");
         }
@@ -427,7 +461,7 @@ impl Replica {
         match rpc::decode_request(message) {
             Err(invalid) => rpc::encode_refusal(&invalid),
             Ok(Request::Vote(_)) if self.store.repairing() => rpc::encode_declined(
-                "this replica is under repair (its synced data was damaged): it votes once it has caught up with a leader",
+                "this replica holds its vote until it has caught up with a leader (its data was damaged or lost, or its node is finding out whether the cluster already exists)",
             ),
             Ok(Request::Vote(vote)) => rpc::encode_response(self.raft.vote(vote).await),
             Ok(Request::AppendEntries(append)) => {
@@ -448,6 +482,12 @@ impl Replica {
                     None => self.propose(kafka).await,
                 };
                 rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
+            }
+            Ok(Request::Progress) => {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                let progress = (metrics.current_term, metrics.last_log_index.unwrap_or(0));
+                rpc::encode_response::<(u64, u64), ()>(Ok(progress))
             }
             Ok(Request::ReadIndex) => {
                 // Only the leader answers with an index: asked of a follower (the leader

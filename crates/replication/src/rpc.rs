@@ -6,8 +6,8 @@
 //!            | base offset: u64 BE (u64::MAX: none) | payload length: u32 BE | payload
 //! ```
 //!
-//! Requests are Vote, AppendEntries and InstallSnapshot; each answer is a JSON `Result` of
-//! openraft's response or error. Only AppendEntries carries entries; a normal entry's payload
+//! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
+//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. Only AppendEntries carries entries; a normal entry's payload
 //! is its Kafka batch, sliced from the message without a copy, and a membership's is JSON.
 //! Everything is checked on arrival ([`decode_request`]): sizes against [`crate::limits`],
 //! each Kafka batch whole (its CRC and every record), so a peer's bad message is refused with
@@ -28,6 +28,7 @@ const APPEND_ENTRIES: u8 = 2;
 const INSTALL_SNAPSHOT: u8 = 3;
 const PROPOSE: u8 = 4;
 const READ_INDEX: u8 = 5;
+const PROGRESS: u8 = 6;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -45,6 +46,9 @@ pub(crate) enum Request {
     /// Asked of the leader by a replica that must see everything committed so far
     /// (`Replica::read_index`).
     ReadIndex,
+    /// Asked by a node that started on an empty data directory: how far this replica's group
+    /// has gone (`Replica::peer_has_begun`).
+    Progress,
 }
 
 /// Why a message could not be decoded.
@@ -78,6 +82,7 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
         Request::Vote(vote) => put_header(&mut buf, VOTE, vote),
         Request::InstallSnapshot(snapshot) => put_header(&mut buf, INSTALL_SNAPSHOT, snapshot),
         Request::ReadIndex => put_header(&mut buf, READ_INDEX, &()),
+        Request::Progress => put_header(&mut buf, PROGRESS, &()),
         Request::Propose(kafka) => {
             put_header(&mut buf, PROPOSE, &());
             buf.put_slice(kafka);
@@ -167,6 +172,10 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
         READ_INDEX => {
             json::<()>(&header, "read-index request")?;
             Request::ReadIndex
+        }
+        PROGRESS => {
+            json::<()>(&header, "progress request")?;
+            Request::Progress
         }
         APPEND_ENTRIES => {
             let header: AppendHeader = json(&header, "append header")?;

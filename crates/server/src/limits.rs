@@ -263,6 +263,9 @@ pub const LEADER_ELECTION_PATIENCE: std::time::Duration =
 /// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
 /// unreachable.
 pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// A node that started on an empty data directory asks the others again this often whether
+/// the cluster already exists, until a majority has answered.
+pub const EMPTY_START_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a cluster node waits to learn of a producer id it does not know (another node may
 /// have handed it out just now) before it refuses it as never handed out.
 pub const PRODUCER_ID_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -32,7 +32,8 @@ use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
-    LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
+    EMPTY_START_RETRY, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT,
+    PRODUCER_ID_PATIENCE,
 };
 use spool_broker::limits::PRODUCER_ID_BLOCK;
 
@@ -237,6 +238,10 @@ pub(crate) struct Cluster {
     producer_ids: tokio::sync::Mutex<std::ops::Range<i64>>,
     /// Every producer id below this was handed out by some node (as applied here).
     producer_ids_end: watch::Sender<i64>,
+    /// Whether this node rejoins a cluster that exists on an empty data directory (a
+    /// replaced disk): then every replica it starts with an empty log is under repair.
+    /// `None` while a node that started on an empty directory is still finding out.
+    rejoining: watch::Sender<Option<bool>>,
     stop: CancellationToken,
 }
 
@@ -294,10 +299,13 @@ impl Cluster {
         };
         let members: BTreeMap<u64, String> =
             options.peers.iter().map(|(id, address)| (*id, address.to_string())).collect();
+        let dir = data_dir.join("cluster");
+        let fs = StdFileSystem::shared();
+        let empty = !fs.exists(&dir).map_err(|e| metadata_error(&dir)(e.to_string()))?;
         let cluster = Arc::new(Cluster {
             node_id: options.node_id,
             members: members.clone(),
-            fs: StdFileSystem::shared(),
+            fs,
             transport: Arc::new(PeerTransport::new(connector)),
             replicas: RwLock::new(HashMap::new()),
             metadata: OnceLock::new(),
@@ -312,18 +320,82 @@ impl Cluster {
             producer_ids: tokio::sync::Mutex::new(0..0),
             outcomes: std::sync::Mutex::new(HashMap::new()),
             producer_ids_end: watch::Sender::new(0),
+            rejoining: watch::Sender::new((!empty).then_some(false)),
             stop: CancellationToken::new(),
         });
         tokio::spawn(serve_peers(listener, cluster.clone(), acceptor, cluster.stop.clone()));
-        let dir = data_dir.join("cluster");
         let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
         let committed = cluster.metadata_committed.clone();
-        let metadata = cluster.start_internal(METADATA_GROUP, &metadata_dir, committed).await?;
+        let metadata =
+            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, empty).await?;
         let _ = cluster.metadata.set(metadata);
         let committed = cluster.offsets_committed.clone();
-        let offsets = cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed).await?;
+        let offsets = cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed, empty).await?;
         let _ = cluster.offsets.set(offsets);
+        if empty {
+            tokio::spawn(cluster.clone().settle_empty_start());
+        }
         Ok(cluster)
+    }
+
+    /// On an empty data directory this node cannot tell a new cluster from one it belonged
+    /// to before its disk was replaced, and in the second case its vote could help elect a
+    /// leader that lacks batches it had acknowledged. So its own groups' replicas start held
+    /// (no vote, no election), and it asks the other nodes whether the metadata group has
+    /// begun: if one says so, this node rejoins, and each of its replicas stays under repair
+    /// until it has caught up with a leader; once a majority, this node included, says it
+    /// has not, the cluster is new and the replicas are released.
+    async fn settle_empty_start(self: Arc<Self>) {
+        let majority = self.members.len() / 2 + 1;
+        let own = [self.metadata().clone(), self.offsets_replica().clone()];
+        loop {
+            let mut new = 1;
+            let mut begun = None;
+            for (&id, address) in self.members.iter().filter(|(id, _)| **id != self.node_id) {
+                match self.metadata().peer_has_begun(id, address, PEER_PROBE_TIMEOUT).await {
+                    Ok(true) => begun = Some(id),
+                    Ok(false) => new += 1,
+                    Err(_) => {}
+                }
+            }
+            if let Some(peer) = begun {
+                tracing::warn!(
+                    peer,
+                    "this node started on an empty data directory, and node {peer} has the cluster's metadata: it rejoins, copying every group's log, and votes in no group until it has caught up with its leader"
+                );
+                let reason = format!(
+                    "started on an empty data directory; node {peer} has the cluster's metadata"
+                );
+                for replica in &own {
+                    if let Err(error) = replica.store().mark_for_repair(&reason) {
+                        tracing::error!(%error, "marking a rejoining replica under repair failed; it stays held until it has caught up");
+                    }
+                }
+                self.rejoining.send_replace(Some(true));
+                return;
+            }
+            if new >= majority {
+                tracing::info!(
+                    nodes = new,
+                    "a new cluster: a majority of the nodes starts on empty data directories"
+                );
+                for (replica, group) in own.iter().zip([METADATA_GROUP, OFFSETS_GROUP]) {
+                    if let Err(error) = replica.release() {
+                        tracing::error!(%error, group, "releasing a replica's vote failed");
+                        continue;
+                    }
+                    if self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+                        replica.campaign().await;
+                    }
+                }
+                self.rejoining.send_replace(Some(false));
+                return;
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(EMPTY_START_RETRY) => {}
+            }
+        }
     }
 
     /// Starts this node's replica of one of the cluster's own groups (every node a voter),
@@ -333,11 +405,15 @@ impl Cluster {
         group: &str,
         dir: &Path,
         committed: watch::Sender<u64>,
+        hold: bool,
     ) -> Result<Arc<Replica>, JoinClusterError> {
         let error = metadata_error(dir);
         let store =
             SegmentLogStore::open(self.fs.clone(), dir, LogConfig::default(), TimestampMs::now())
                 .map_err(|e| error(e.to_string()))?;
+        if hold {
+            store.hold();
+        }
         let on_commit: OnCommit = Arc::new(move |end: Offset| {
             committed.send_replace(end.0);
         });
@@ -394,6 +470,17 @@ impl Cluster {
         let error = metadata_error(&dir);
         let store = SegmentLogStore::over(self.fs.clone(), &dir, log.clone())
             .map_err(|e| error(e.to_string()))?;
+        let mut rejoining = self.rejoining.subscribe();
+        tokio::select! {
+            () = self.stop.cancelled() => {
+                return Err(JoinClusterError::Start(format!("{group}: the node is stopping")));
+            }
+            _ = rejoining.wait_for(Option::is_some) => {}
+        }
+        if *rejoining.borrow() == Some(true) {
+            let reason = "started on an empty data directory, rejoining the cluster";
+            store.mark_for_repair(reason).map_err(|e| error(e.to_string()))?;
+        }
         let state = PartitionStateMachine::open(self.fs.clone(), &dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
         self.start_replica(group, store, state).await
