@@ -231,6 +231,14 @@ impl SegmentLogStore {
         Ok(*repairing)
     }
 
+    /// Whether the log holds an entry past the first membership: one a leader wrote (forming
+    /// a group writes the first membership on every node, before any election).
+    pub fn has_begun(&self) -> io::Result<bool> {
+        let log = self.read_log()?;
+        let last = log.as_ref().expect("checked").last_entry().map_err(failed)?;
+        Ok(last.is_some_and(|at| at.entry.index > 0))
+    }
+
     /// The log holds no entry.
     fn is_empty(&self) -> io::Result<bool> {
         let log = self.read_log()?;

@@ -299,13 +299,10 @@ impl Cluster {
         };
         let members: BTreeMap<u64, String> =
             options.peers.iter().map(|(id, address)| (*id, address.to_string())).collect();
-        let dir = data_dir.join("cluster");
-        let fs = StdFileSystem::shared();
-        let empty = !fs.exists(&dir).map_err(|e| metadata_error(&dir)(e.to_string()))?;
         let cluster = Arc::new(Cluster {
             node_id: options.node_id,
             members: members.clone(),
-            fs,
+            fs: StdFileSystem::shared(),
             transport: Arc::new(PeerTransport::new(connector)),
             replicas: RwLock::new(HashMap::new()),
             metadata: OnceLock::new(),
@@ -320,26 +317,32 @@ impl Cluster {
             producer_ids: tokio::sync::Mutex::new(0..0),
             outcomes: std::sync::Mutex::new(HashMap::new()),
             producer_ids_end: watch::Sender::new(0),
-            rejoining: watch::Sender::new((!empty).then_some(false)),
+            rejoining: watch::Sender::new(None),
             stop: CancellationToken::new(),
         });
         tokio::spawn(serve_peers(listener, cluster.clone(), acceptor, cluster.stop.clone()));
+        let dir = data_dir.join("cluster");
         let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
+        // Empty: the metadata log holds nothing a leader wrote (a new directory, or one whose
+        // node stopped before it heard from a leader).
         let committed = cluster.metadata_committed.clone();
-        let metadata =
-            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, empty).await?;
+        let (metadata, empty) =
+            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, None).await?;
         let _ = cluster.metadata.set(metadata);
         let committed = cluster.offsets_committed.clone();
-        let offsets = cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed, empty).await?;
+        let (offsets, _) =
+            cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed, Some(empty)).await?;
         let _ = cluster.offsets.set(offsets);
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());
+        } else {
+            cluster.rejoining.send_replace(Some(false));
         }
         Ok(cluster)
     }
 
-    /// On an empty data directory this node cannot tell a new cluster from one it belonged
-    /// to before its disk was replaced, and in the second case its vote could help elect a
+    /// On an empty data directory (a metadata log that holds nothing a leader wrote) this
+    /// node cannot tell a new cluster from one it belonged to before its disk was replaced, and in the second case its vote could help elect a
     /// leader that lacks batches it had acknowledged. So its own groups' replicas start held
     /// (no vote, no election), and it asks the other nodes whether the metadata group has
     /// begun: if one says so, this node rejoins, and each of its replicas stays under repair
@@ -400,17 +403,23 @@ impl Cluster {
 
     /// Starts this node's replica of one of the cluster's own groups (every node a voter),
     /// over its log in `dir`; `committed` is told each new high watermark.
+    /// Its vote is held when `hold` says so, or (`None`) when its log holds nothing a leader
+    /// wrote; returns whether it was.
     async fn start_internal(
         &self,
         group: &str,
         dir: &Path,
         committed: watch::Sender<u64>,
-        hold: bool,
-    ) -> Result<Arc<Replica>, JoinClusterError> {
+        hold: Option<bool>,
+    ) -> Result<(Arc<Replica>, bool), JoinClusterError> {
         let error = metadata_error(dir);
         let store =
             SegmentLogStore::open(self.fs.clone(), dir, LogConfig::default(), TimestampMs::now())
                 .map_err(|e| error(e.to_string()))?;
+        let hold = match hold {
+            Some(hold) => hold,
+            None => !store.has_begun().map_err(|e| error(e.to_string()))?,
+        };
         if hold {
             store.hold();
         }
@@ -420,7 +429,7 @@ impl Cluster {
         let log = store.log().clone();
         let state = PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        self.start_replica(group, store, state).await
+        Ok((self.start_replica(group, store, state).await?, hold))
     }
 
     /// Starts and registers this node's replica of `group`, and forms the group with every
