@@ -212,12 +212,12 @@ impl SegmentLogStore {
         *lock(&self.shared.repairing) = true;
     }
 
-    /// Puts this replica under repair durably (`repair.json`, with `reason`), if it is still
-    /// held: a replica that has meanwhile caught up with a leader lost nothing it needs.
-    /// Whether it is under repair now.
-    pub fn mark_for_repair(&self, reason: &str) -> io::Result<bool> {
+    /// Puts this replica under repair durably (`repair.json`, with `reason`) if it is still
+    /// held or its log holds nothing a leader wrote: a replica that has meanwhile caught up
+    /// with a leader lost nothing it needs.
+    pub fn mark_for_repair(&self, reason: &str) -> io::Result<()> {
         let mut repairing = lock(&self.shared.repairing);
-        if *repairing || self.is_empty()? {
+        if *repairing || !self.has_begun()? {
             let json = serde_json::to_vec(&Repair { damage: reason.to_owned() })?;
             let shared = &self.shared;
             spool_storage::fs::write_atomically(
@@ -228,7 +228,7 @@ impl SegmentLogStore {
             )?;
             *repairing = true;
         }
-        Ok(*repairing)
+        Ok(())
     }
 
     /// Whether the log holds an entry past the first membership: one a leader wrote (forming
@@ -237,12 +237,6 @@ impl SegmentLogStore {
         let log = self.read_log()?;
         let last = log.as_ref().expect("checked").last_entry().map_err(failed)?;
         Ok(last.is_some_and(|at| at.entry.index > 0))
-    }
-
-    /// The log holds no entry.
-    fn is_empty(&self) -> io::Result<bool> {
-        let log = self.read_log()?;
-        Ok(log.as_ref().expect("checked").last_entry().map_err(failed)?.is_none())
     }
 
     /// Ends the repair or the hold: removes `repair.json` durably, then lets the replica vote.

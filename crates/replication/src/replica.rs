@@ -212,8 +212,8 @@ impl Replica {
         let message = rpc::encode_request(&Request::Progress);
         let answer = self.transport.call(id, address, &self.group, message, timeout).await;
         let answer = answer.map_err(|error| error.to_string())?;
-        match rpc::decode_response::<(u64, u64), ()>(&answer) {
-            Ok(Ok((_term, last_index))) => Ok(last_index > 0),
+        match rpc::decode_response::<u64, ()>(&answer) {
+            Ok(Ok(last_index)) => Ok(last_index > 0),
             Ok(Err(())) => Err("the peer did not say".to_owned()),
             Err(invalid) => Err(invalid.to_string()),
         }
@@ -484,10 +484,8 @@ impl Replica {
                 rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
             }
             Ok(Request::Progress) => {
-                let metrics = self.raft.metrics();
-                let metrics = metrics.borrow();
-                let progress = (metrics.current_term, metrics.last_log_index.unwrap_or(0));
-                rpc::encode_response::<(u64, u64), ()>(Ok(progress))
+                let last_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                rpc::encode_response::<u64, ()>(Ok(last_index))
             }
             Ok(Request::ReadIndex) => {
                 // Only the leader answers with an index: asked of a follower (the leader

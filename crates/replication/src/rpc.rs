@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. Only AppendEntries carries entries; a normal entry's payload
-//! is its Kafka batch, sliced from the message without a copy, and a membership's is JSON.
+//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. Only
+//! AppendEntries carries entries; a normal entry's payload is its Kafka batch, sliced from the message without a copy, and a membership's is JSON.
 //! Everything is checked on arrival ([`decode_request`]): sizes against [`crate::limits`],
 //! each Kafka batch whole (its CRC and every record), so a peer's bad message is refused with
 //! a reason and never reaches the log.

@@ -39,26 +39,15 @@ impl TlsConfig {
     /// The same TLS for listeners that speak it with tokio-rustls directly (the Kafka and
     /// peer listeners: tonic's configuration serves only tonic's own listener).
     pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| format!("the private key is not PEM: {e}"))?;
+        let (certs, key) = tls_identity(&self.cert_pem, &self.key_pem)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let builder = match &self.client_ca_pem {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(ca) {
-                    let cert = cert.map_err(|e| format!("the client CA is not PEM: {e}"))?;
-                    roots.add(cert).map_err(|e| format!("the client CA is not usable: {e}"))?;
-                }
+                let roots = tls_roots(ca, "the client CA")?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     roots.into(),
                     provider,
@@ -84,6 +73,36 @@ impl TlsConfig {
             None => config,
         }
     }
+}
+
+/// A certificate chain and its private key, from PEM.
+pub(crate) type TlsIdentity =
+    (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+
+/// Parses a certificate chain and its private key from PEM.
+pub(crate) fn tls_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsIdentity, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the private key is not PEM: {e}"))?;
+    Ok((certs, key))
+}
+
+/// The certificates of a CA file (PEM) as trust roots; `what` names it in errors.
+pub(crate) fn tls_roots(ca_pem: &[u8], what: &str) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("{what} is not PEM: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{what} is not usable: {e}"))?;
+    }
+    Ok(roots)
 }
 
 /// A `spool.v1` service registered before the data directory is open. Until [`Gate::open`]

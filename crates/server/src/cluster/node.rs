@@ -342,8 +342,9 @@ impl Cluster {
     }
 
     /// On an empty data directory (a metadata log that holds nothing a leader wrote) this
-    /// node cannot tell a new cluster from one it belonged to before its disk was replaced, and in the second case its vote could help elect a
-    /// leader that lacks batches it had acknowledged. So its own groups' replicas start held
+    /// node cannot tell a new cluster from one it belonged to before its disk was replaced,
+    /// and in the second case its vote could help elect a leader that lacks batches it had
+    /// acknowledged. So its own groups' replicas start held
     /// (no vote, no election), and it asks the other nodes whether the metadata group has
     /// begun: if one says so, this node rejoins, and each of its replicas stays under repair
     /// until it has caught up with a leader; once a majority, this node included, says it

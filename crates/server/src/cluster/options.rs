@@ -49,20 +49,9 @@ impl PeerTls {
 
     /// The calling side: presents this node's certificate and trusts only the CA.
     pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
-            let cert = cert.map_err(|e| format!("the CA is not PEM: {e}"))?;
-            roots.add(cert).map_err(|e| format!("the CA is not usable: {e}"))?;
-        }
-        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| format!("the private key is not PEM: {e}"))?;
+        let roots = crate::serving::tls_roots(&self.ca_pem, "the CA")?;
+        let (certs, key) = crate::serving::tls_identity(&self.cert_pem, &self.key_pem)?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
