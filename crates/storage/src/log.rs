@@ -823,17 +823,17 @@ impl Log {
         Ok(None)
     }
 
-    /// Deletes whole sealed segments past the retention limits, oldest first, and returns how
-    /// many. The active segment is never deleted.
-    ///
-    /// Order, per segment: (1) drop it from the in-memory list, so the log start offset moves
-    /// past it and readers of it get out-of-range; (2) delete its log file, then its indexes;
-    /// (3) fsync the directory, before the next segment, so a crash cannot leave a hole.
-    pub fn apply_retention(&mut self, now: TimestampMs) -> Result<usize, RetentionError> {
+    /// Where retention would move the log start: the base of the oldest segment it keeps,
+    /// when it would delete any. Only whole sealed segments below `bound` count (a replicated
+    /// log passes its commit point; otherwise [`Log::next_offset`]).
+    pub fn retention_end(&self, now: TimestampMs, bound: Offset) -> Option<Offset> {
         let mut total = self.size_bytes();
-        let mut deleted = 0;
-        while self.segments.len() > 1 {
-            let oldest = &self.segments[0];
+        let mut end = None;
+        for pair in self.segments.windows(2) {
+            let (oldest, next) = (&pair[0], &pair[1]);
+            if next.base_offset > bound {
+                break;
+            }
             let expired = match (self.config.retention_ms, oldest.max_timestamp) {
                 (Some(limit), Some(max)) => max.0 < now.0.saturating_sub(limit as i64),
                 _ => false,
@@ -843,8 +843,31 @@ impl Log {
             if !(expired || oversize) {
                 break;
             }
+            total -= oldest.size_bytes;
+            end = Some(next.base_offset);
+        }
+        end
+    }
+
+    /// Deletes whole sealed segments past the retention limits, oldest first, and returns how
+    /// many ([`Log::retention_end`], then [`Log::remove_segments_before`]).
+    pub fn apply_retention(&mut self, now: TimestampMs) -> Result<usize, RetentionError> {
+        match self.retention_end(now, self.next_offset()) {
+            Some(end) => self.remove_segments_before(end),
+            None => Ok(0),
+        }
+    }
+
+    /// Deletes the oldest segments whose every batch lies below `end`, and returns how many.
+    /// The active segment is never deleted.
+    ///
+    /// Order, per segment: (1) drop it from the in-memory list, so the log start offset moves
+    /// past it and readers of it get out-of-range; (2) delete its log file, then its indexes;
+    /// (3) fsync the directory, before the next segment, so a crash cannot leave a hole.
+    pub fn remove_segments_before(&mut self, end: Offset) -> Result<usize, RetentionError> {
+        let mut deleted = 0;
+        while self.segments.len() > 1 && self.segments[1].base_offset <= end {
             let segment = self.segments.remove(0);
-            total -= segment.size_bytes;
             let base = segment.base_offset;
             drop(segment);
             for path in crate::recovery::segment_paths(&self.dir, base) {
@@ -860,10 +883,17 @@ impl Log {
             deleted += 1;
         }
         // A sealed segment of an interval or never log may go before it was ever synced: what
-        // it held is gone by retention, so the durable end is at least the new log start.
+        // it held is gone by retention, so the durable end is at least the new log start, and
+        // so is a replicated log's commit point.
         let start = self.log_start_offset();
+        let at_start = Watermark { offset: start, segment_base: start, position: 0 };
         if self.durable.offset < start {
-            self.durable = Watermark { offset: start, segment_base: start, position: 0 };
+            self.durable = at_start;
+        }
+        if let Some(committed) = &mut self.committed
+            && committed.offset < start
+        {
+            *committed = at_start;
         }
         Ok(deleted)
     }

@@ -226,3 +226,48 @@ fn damage_is_cut_back_to_the_intact_segments_before_it_and_the_log_goes_on() {
     let later = snapshot(&fs).into_keys().filter(|n| n.ends_with(".log") && *n > victim).count();
     assert_eq!(later, 0, "no segment after the cut is left");
 }
+
+#[test]
+fn retention_of_a_replicated_log_keeps_what_is_not_committed() {
+    let fs = SimFileSystem::new();
+    let mut cfg = config(FsyncPolicy::Always);
+    cfg.retention_bytes = Some(1);
+    let mut log = Log::open(Arc::new(fs.clone()), &dir(), cfg, NOW).expect("open");
+    let placed = append(&mut log, 1, 1..40);
+    log.sync(NOW).unwrap();
+    let commit = placed[20].1;
+    log.set_committed(commit).unwrap();
+    let end = log.retention_end(NOW, log.log_end_offset()).expect("segments past the limit");
+    assert!(end <= commit, "only whole segments below the commit point: {end} of {commit}");
+    assert!(log.segments().any(|segment| segment.base_offset == end), "{end} starts a segment");
+    assert!(log.segments().any(|segment| segment.base_offset > end), "later segments stay");
+    log.remove_segments_before(end).unwrap();
+    assert_eq!(log.log_start_offset(), end);
+    assert_eq!(log.log_end_offset(), commit, "the commit point stays");
+    assert_eq!(log.find_entry(1).unwrap(), None);
+    assert_eq!(log.last_entry().unwrap().map(|at| at.entry.index), Some(39));
+}
+
+#[test]
+fn a_restarted_log_is_empty_and_goes_on_from_the_offset_it_was_given() {
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs);
+    append(&mut log, 1, 1..40);
+    log.sync(NOW).unwrap();
+    log.set_committed(Offset(3)).unwrap();
+    log.restart_at(Offset(5_000), NOW).unwrap();
+    assert_eq!((log.log_start_offset(), log.next_offset()), (Offset(5_000), Offset(5_000)));
+    assert_eq!(log.log_end_offset(), Offset(5_000), "readers see nothing yet");
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.last_entry().unwrap(), None);
+    let placed = append(&mut log, 2, 40..45);
+    assert_eq!(placed[0].1, Offset(5_000));
+    log.sync(NOW).unwrap();
+    drop(log);
+    fs.crash();
+    let log = open(&fs);
+    assert_eq!(log.log_start_offset(), Offset(5_000));
+    let read: Vec<u64> = stamps(&log).iter().map(|s| s.index).collect();
+    assert_eq!(read, (40..45).collect::<Vec<_>>());
+    assert_eq!(log.find_entry(40).unwrap(), Some(Offset(5_000)));
+}

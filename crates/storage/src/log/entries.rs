@@ -21,6 +21,12 @@
 //! damaged segment and every later one go, in the truncate's order (steps 2 and 3, the
 //! recovery point lowered to the damaged segment's base), and the log opens again as the
 //! prefix before them. A log with one copy is never cut: it stays fenced for an operator.
+//!
+//! **Restarting** ([`Log::restart_at`]) empties the log and gives it another start offset:
+//! (1) remove every segment, newest first, and fsync the directory; (2) write the new start
+//! as the recovery point; (3) create the empty segment there and fsync the directory; (4)
+//! open the log again. A crash before (3) leaves an empty directory, which opens as a log
+//! at offset 0: the caller, which knows the start it wanted, restarts it again.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -247,6 +253,50 @@ impl Log {
         fs.sync_dir(&dir).map_err(|error| failed(&dir, error))?;
         *self = Log::open(fs, &dir, self.config, now).map_err(Box::new)?;
         Ok(self.next_offset())
+    }
+
+    /// Removes every segment and opens the log again empty, its next offset `start`
+    /// (durably, in the order the module docs give): a replica whose log ends before what it
+    /// took from a leader's snapshot goes on from there. A fence is lifted with the segments.
+    pub fn restart_at(&mut self, start: Offset, now: TimestampMs) -> Result<(), TruncateError> {
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let failed = |path: &Path, error: io::Error| {
+            TruncateError::Fenced(Fence::WriteFailed {
+                path: path.to_path_buf(),
+                error: Arc::new(error),
+            })
+        };
+        let restarted = (|| {
+            let names = fs.list_dir(&dir).map_err(|error| failed(&dir, error))?;
+            let mut bases: Vec<Offset> =
+                names.iter().filter_map(|name| crate::recovery::parse_base(name, ".log")).collect();
+            bases.sort_unstable();
+            for base in bases.into_iter().rev() {
+                for path in crate::recovery::segment_paths(&dir, base) {
+                    remove_if_present(fs.as_ref(), &path).map_err(|error| failed(&path, error))?;
+                }
+            }
+            fs.sync_dir(&dir).map_err(|error| failed(&dir, error))?;
+            crate::recovery::write_recovery_point(fs.as_ref(), &dir, start)
+                .map_err(|error| failed(&dir, error))?;
+            drop(
+                Segment::create(&fs, &dir, start, self.config.index_capacity())
+                    .map_err(|error| failed(&crate::segment::log_path(&dir, start), error))?,
+            );
+            fs.sync_dir(&dir).map_err(|error| failed(&dir, error))
+        })();
+        if let Err(error) = restarted {
+            if let TruncateError::Fenced(fence) = &error {
+                self.fence = Some(fence.clone());
+            }
+            return Err(error);
+        }
+        let replicated = self.committed.is_some();
+        *self = Log::open(fs, &dir, self.config, now).map_err(Box::new)?;
+        if replicated {
+            self.committed = Some(Watermark { offset: start, segment_base: start, position: 0 });
+        }
+        Ok(())
     }
 }
 
