@@ -471,14 +471,64 @@ async fn a_topic_grows_on_every_node() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let retention = AlterTopicRequest {
+    let segments = AlterTopicRequest {
         name: "growing".into(),
-        retention_ms: Some(60_000),
+        segment_bytes: Some(1 << 20),
         ..Default::default()
     };
-    let refused = topics.alter_topic(retention).await.expect_err("not on a cluster yet");
+    let refused = topics.alter_topic(segments).await.expect_err("not on a cluster yet");
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
-    assert!(refused.message().contains("retention"), "{refused:?}");
+    assert!(refused.message().contains("segment size"), "{refused:?}");
+}
+
+/// Retention changed through one node runs on every replica: each deletes what is past the
+/// limit (through its partition's group, so a follower behind it would take the leader's
+/// snapshot), readers start at the new log start, and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_changed_through_any_node_deletes_on_every_replica() {
+    use spool_proto::v1::{
+        AlterTopicRequest, CreateTopicRequest, FsyncPolicy, TopicConfig, fsync_policy::Policy,
+    };
+    let cluster = Cluster::start().await;
+    let config = TopicConfig {
+        partitions: 1,
+        segment_bytes: Some(64 * 1024),
+        fsync: Some(FsyncPolicy { policy: Some(Policy::Always(Default::default())) }),
+        ..Default::default()
+    };
+    let request = CreateTopicRequest { name: "kept".into(), config: Some(config) };
+    cluster.node(1).topics().await.create_topic(request).await.expect("created");
+    // 24 batches of 256 KiB, one segment each.
+    let padding = "x".repeat(256 * 1024);
+    for i in 0..24 {
+        cluster.produce("kept", &format!("{i} {padding}")).await;
+    }
+    let limit = AlterTopicRequest {
+        name: "kept".into(),
+        retention_bytes: Some(1024 * 1024),
+        ..Default::default()
+    };
+    let altered = cluster.node(2).topics().await.alter_topic(limit).await.expect("altered");
+    let config = altered.into_inner().topic.unwrap().config.unwrap();
+    assert_eq!(config.retention_bytes, Some(1024 * 1024));
+    let last = cluster.produce("kept", "after").await;
+    for id in 1..=3 {
+        let deadline = Instant::now() + PATIENCE;
+        let start = loop {
+            let described = cluster.node(id).describe("kept").await.expect("described");
+            let partition = &described.partitions[0];
+            if partition.log_start_offset > 0 && partition.log_end_offset > last {
+                assert!(partition.size_bytes < 3 << 20, "node {id} keeps {partition:?}");
+                break partition.log_start_offset;
+            }
+            assert!(Instant::now() < deadline, "node {id} deleted nothing: {partition:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let stale = cluster.node(id).fetch("kept", 0, 0).await.expect_err("deleted");
+        assert_eq!(stale.code(), Code::OutOfRange, "node {id}: {stale:?}");
+        let kept = cluster.node(id).fetch_all("kept", 0, start).await;
+        assert_eq!(kept.last().map(value), Some("after"), "node {id}");
+    }
 }
 
 /// A node answers for the metadata it has applied, but before it answers NOT_FOUND it catches

@@ -27,8 +27,10 @@
 //! each written with [`spool_storage::fs::write_atomically`] (fsynced before the call
 //! returns): Raft requires a vote to be durable before it is answered.
 //!
-//! A purge only moves the last purged log id: the records are the partition's data, and
-//! retention, not Raft, deletes them.
+//! Raft purges nothing by itself (no snapshot policy): retention asks it to
+//! ([`Replica::apply_retention`]). The purge records the last purged log id, then deletes
+//! the whole segments below it; a follower that still needs what the leader deleted gets the
+//! leader's snapshot instead, which is the partition's applied state, never its records.
 //!
 //! ## Why openraft 0.9
 //!

@@ -17,6 +17,7 @@ use spool_storage::limits::READ_BYTES_MAX;
 use spool_storage::{Log, LogConfig, Offset, TimestampMs};
 
 use crate::entry::{self, EntryError};
+use crate::state_machine::{APPLIED_FILE, SavedApplied};
 use crate::{NodeId, TypeConfig};
 
 /// The file beside the log that holds the vote and the last purged log id.
@@ -76,6 +77,9 @@ struct Shared {
     /// data directory) or held: this replica may not vote until it has caught up with a
     /// leader (see [`SegmentLogStore::over`]). Changed with `repair.json` under the lock.
     repairing: Mutex<bool>,
+    /// What the state machine has saved as applied: purges go no further (a restart applies
+    /// again from there). Unset, a purge goes where it is asked.
+    purge_bound: std::sync::OnceLock<SavedApplied>,
 }
 
 /// The log is closed: its partition stopped.
@@ -152,7 +156,9 @@ impl SegmentLogStore {
     /// replica has caught up with a leader ([`crate::Replica`] clears the mark), it votes in
     /// no election and stands for none: with entries missing it could otherwise help elect a
     /// leader that lacks an acknowledged batch. A restart meanwhile finds the mark and stays
-    /// under repair.
+    /// under repair. A log that retention purged is not cut but emptied
+    /// ([`Log::restart_at`]): its start is no entry a replica can apply from, so it copies
+    /// the whole group's log (or a leader's snapshot) again.
     pub fn over(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
@@ -161,6 +167,9 @@ impl SegmentLogStore {
         let repair_path = dir.join(REPAIR_FILE);
         let repair: Option<Repair> = read_json(fs.as_ref(), &repair_path, STATE_FILE_BYTES_MAX)?;
         let mut repairing = repair.is_some();
+        let state: Option<RaftState> =
+            read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
+        let mut state = state.unwrap_or_default();
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut()
             && let Some(damage @ spool_storage::Fence::Damaged { .. }) = log.fence()
         {
@@ -173,16 +182,39 @@ impl SegmentLogStore {
             let json = serde_json::to_vec(&Repair { damage }).expect("a repair mark encodes");
             spool_storage::fs::write_atomically(fs.as_ref(), dir, REPAIR_FILE, &json)
                 .map_err(io_at(&repair_path))?;
-            let applied = dir.join(crate::state_machine::APPLIED_FILE);
+            let applied = dir.join(APPLIED_FILE);
             if fs.exists(&applied).map_err(io_at(&applied))? {
                 fs.remove_file(&applied).map_err(io_at(&applied))?;
                 fs.sync_dir(dir).map_err(io_at(dir))?;
             }
-            let end = log
-                .cut_damage(TimestampMs::now())
-                .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
-            tracing::warn!(dir = %dir.display(), end = end.0, "the damaged replica's log now ends at offset {end}");
+            // A log that retention purged is emptied below, whole.
+            if state.purged.is_none() {
+                let end = log
+                    .cut_damage(TimestampMs::now())
+                    .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
+                tracing::warn!(dir = %dir.display(), end = end.0, "the damaged replica's log now ends at offset {end}");
+            }
             repairing = true;
+        }
+        // A replica under repair applies again from its log's start, but the start of a log
+        // that retention purged is no entry the state machine can apply from: it empties its
+        // log and copies the group's from a leader (a snapshot, where the leader's log is
+        // purged too). Its log first, then the purge point, so that a restart in between
+        // does this again.
+        if repairing
+            && state.purged.is_some()
+            && !fs
+                .exists(&dir.join(APPLIED_FILE))
+                .map_err(|source| OpenError::Io { path: dir.join(APPLIED_FILE), source })?
+            && let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut()
+        {
+            tracing::warn!(dir = %dir.display(), "the replica under repair had a purged log: it empties it and copies the group's log from a leader");
+            log.restart_at(Offset(0), TimestampMs::now())
+                .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
+            state.purged = None;
+            let json = serde_json::to_vec(&state).expect("the Raft state encodes");
+            spool_storage::fs::write_atomically(fs.as_ref(), dir, STATE_FILE, &json)
+                .map_err(|source| OpenError::Io { path: dir.join(STATE_FILE), source })?;
         }
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
             let start = log.log_start_offset();
@@ -191,11 +223,15 @@ impl SegmentLogStore {
                 source: io::Error::other(error),
             })?;
         }
-        let state = read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
-        let state = state.unwrap_or_default();
         let repairing = Mutex::new(repairing);
-        let shared =
-            Shared { fs, dir: dir.to_path_buf(), log, state: Mutex::new(state), repairing };
+        let shared = Shared {
+            fs,
+            dir: dir.to_path_buf(),
+            log,
+            state: Mutex::new(state),
+            repairing,
+            purge_bound: std::sync::OnceLock::new(),
+        };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }
 
@@ -250,6 +286,23 @@ impl SegmentLogStore {
         }
         *repairing = false;
         Ok(())
+    }
+
+    /// Purges go no further than `saved`, the state machine's saved applied log id.
+    pub(crate) fn bound_purges(&self, saved: SavedApplied) {
+        let _ = self.shared.purge_bound.set(saved);
+    }
+
+    /// The index of the last entry that retention would delete now (the log's settings say
+    /// how much to keep), when there is one not purged yet: whole segments below what readers
+    /// see (the commit point).
+    pub(crate) fn retention_index(&self, now: TimestampMs) -> io::Result<Option<u64>> {
+        let log = self.read_log()?;
+        let log = log.as_ref().expect("checked");
+        let Some(end) = log.retention_end(now, log.log_end_offset()) else { return Ok(None) };
+        let last = log.entry_at(Offset(end.0.saturating_sub(1))).map_err(failed)?;
+        let purged = self.purged().map(|purged| purged.index);
+        Ok((purged < Some(last.entry.index)).then_some(last.entry.index))
     }
 
     /// Runs `read` on the segment log (for tests and tools; a partition's readers hold the
@@ -447,7 +500,23 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         log.truncate(first.base_offset, TimestampMs::now()).map_err(write_error)
     }
 
+    /// Records the purge (no further than the state machine has saved as applied), then
+    /// deletes the segments whose every entry it covers: the log's start moves to the
+    /// segment that holds the first entry kept. Only retention asks Raft for a purge, and a
+    /// snapshot's install makes one ([`crate::Replica::apply_retention`]).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.save(|state| state.purged = state.purged.max(Some(log_id))).map_err(write_error)
+        let bound = self.shared.purge_bound.get().map(|saved| *lock(saved));
+        let upto = match bound {
+            Some(saved) => saved.min(Some(log_id)),
+            None => Some(log_id),
+        };
+        let Some(upto) = upto else { return Ok(()) };
+        self.save(|state| state.purged = state.purged.max(Some(upto))).map_err(write_error)?;
+        let mut log = self.write_log().map_err(write_error)?;
+        let log = log.as_mut().expect("checked");
+        let kept = log.first_entry_from(upto.index + 1).map_err(read_error)?;
+        let end = kept.map_or(log.next_offset(), |kept| kept.base_offset);
+        log.remove_segments_before(end).map_err(write_error)?;
+        Ok(())
     }
 }

@@ -150,8 +150,8 @@ impl Replica {
             election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
             election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
             max_payload_entries: ENTRIES_PER_MESSAGE_MAX,
-            // The log is the partition's data: never replaced by a snapshot, never purged by
-            // Raft (retention deletes records).
+            // The log is the partition's data: Raft builds no snapshot and purges nothing
+            // unless retention asks (`Replica::apply_retention`).
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             // A replica under repair stands for no election until it has caught up.
@@ -160,6 +160,7 @@ impl Replica {
         };
         let config = config.validate().map_err(|error| StartError(error.to_string()))?;
         let group: Arc<str> = group.into();
+        store.bound_purges(state.saved_applied());
         let network = Network { transport: transport.clone(), group: group.clone() };
         let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
             .await
@@ -183,6 +184,36 @@ impl Replica {
             leader_changes,
             repair_target,
         })
+    }
+
+    /// Applies the log's retention limits: when whole segments below the commit point are
+    /// past them, builds a snapshot of the applied state (if the last one is older) and asks
+    /// Raft to purge the log up to the last entry in them; the purge deletes them (on a
+    /// leader, once no follower is being sent them). A follower that still needs them gets
+    /// the snapshot instead. Returns the index purged up to, if any. Waits at most
+    /// `patience` for the snapshot.
+    pub async fn apply_retention(
+        &self,
+        now: spool_storage::TimestampMs,
+        patience: Duration,
+    ) -> Result<Option<u64>, String> {
+        let index = self.store.retention_index(now).map_err(|error| error.to_string())?;
+        let Some(index) = index else { return Ok(None) };
+        let mut metrics = self.raft.metrics();
+        let built = |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            metrics.snapshot.is_some_and(|snapshot| snapshot.index >= index)
+        };
+        if !built(&metrics.borrow()) {
+            self.raft.trigger().snapshot().await.map_err(|error| error.to_string())?;
+            let waited = tokio::time::timeout(patience, metrics.wait_for(built)).await;
+            match waited {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err("the replica stopped".to_owned()),
+                Err(_) => return Err(format!("no snapshot was built within {patience:?}")),
+            }
+        }
+        self.raft.trigger().purge_log(index).await.map_err(|error| error.to_string())?;
+        Ok(Some(index))
     }
 
     /// Whether this replica is under repair (its synced data was damaged and its log cut

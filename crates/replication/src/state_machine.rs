@@ -2,12 +2,17 @@
 //! changes. The records themselves are already in the log; applying an entry moves the
 //! partition's committed end (the high watermark readers are bounded by) and its membership.
 //!
-//! A snapshot is this state, never the records (a follower too far behind for the leader's
-//! log catches up from the leader's segments, not from a snapshot).
+//! A snapshot is this state, never the records. A leader sends one to a follower that needs
+//! entries retention has deleted from the leader's log: the follower takes the state, and if
+//! its log ends before the snapshot's high watermark it empties its log and goes on from
+//! there ([`spool_storage::Log::restart_at`]), so that the entries after the snapshot get the
+//! same offsets as on the leader. Its readers start at that offset, as a consumer whose
+//! position retention deleted does.
 //!
 //! A state machine made with [`PartitionStateMachine::open`] saves its state to
-//! `applied.json` every [`APPLIED_SAVE_EVERY`] entries (written and fsynced before it is
-//! renamed into place) and starts from it: a restart applies only what came after the last
+//! `applied.json` every [`APPLIED_SAVE_EVERY`] entries, whenever it builds a snapshot and
+//! before it installs one (written and fsynced before it is renamed into place), and starts
+//! from it: a restart applies only what came after the last
 //! save, and readers see what was applied before it at once. What is saved was committed, so
 //! this replica's log holds it durably (an entry is applied only once a majority, this
 //! replica among them if it acknowledged it, has it fsynced; a follower applies only entries
@@ -67,7 +72,13 @@ pub struct PartitionStateMachine {
     on_commit: Option<OnCommit>,
     /// Where the applied state is saved.
     saved: Option<Arc<Saved>>,
+    /// The last applied log id that `applied.json` holds: the log store purges no further
+    /// (a restart applies again from there, and needs those entries).
+    saved_applied: SavedApplied,
 }
+
+/// The last applied log id saved durably, shared with the log store.
+pub(crate) type SavedApplied = Arc<Mutex<Option<LogId<NodeId>>>>;
 
 /// `applied.json` in a replica's directory.
 struct Saved {
@@ -83,8 +94,8 @@ impl std::fmt::Debug for PartitionStateMachine {
     }
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PartitionStateMachine {
@@ -112,7 +123,14 @@ impl PartitionStateMachine {
         let saved: Option<AppliedState> = read_json(fs.as_ref(), &path, APPLIED_FILE_BYTES_MAX)?;
         if let Some(applied) = saved {
             let high_watermark = Offset(applied.high_watermark);
+            *lock(&machine.saved_applied) = applied.last_applied;
             lock(&machine.inner).applied = applied;
+            // A log that ends before what was applied took a snapshot past its end and was
+            // stopped before it restarted at the snapshot's offset: it does so now.
+            machine.restart_log_before(high_watermark).map_err(|error| OpenError::State {
+                path: path.clone(),
+                reason: format!("the log could not go on from the applied state: {error}"),
+            })?;
             machine.publish(high_watermark).map_err(|error| OpenError::State {
                 path: path.clone(),
                 reason: format!("the log does not hold what it says was applied: {error}"),
@@ -125,6 +143,38 @@ impl PartitionStateMachine {
     /// The offset after the last committed record: readers see the records below it.
     pub fn high_watermark(&self) -> u64 {
         lock(&self.inner).applied.high_watermark
+    }
+
+    pub(crate) fn saved_applied(&self) -> SavedApplied {
+        self.saved_applied.clone()
+    }
+
+    /// Saves the applied state in `applied.json` (a state machine without a directory keeps
+    /// nothing over a restart), under the state's lock so that saves do not cross.
+    fn save(&self, inner: &mut Inner) -> std::io::Result<()> {
+        if let Some(saved) = &self.saved {
+            let json = serde_json::to_vec(&inner.applied).expect("the applied state encodes");
+            let (fs, dir) = (saved.fs.as_ref(), &saved.dir);
+            spool_storage::fs::write_atomically(fs, dir, APPLIED_FILE, &json)?;
+        }
+        inner.unsaved = 0;
+        *lock(&self.saved_applied) = inner.applied.last_applied;
+        Ok(())
+    }
+
+    /// Empties the log and restarts it at `high_watermark` when it ends before it.
+    fn restart_log_before(
+        &self,
+        high_watermark: Offset,
+    ) -> Result<(), spool_storage::TruncateError> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let mut log = log.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(log) = log.as_mut() else { return Ok(()) };
+        if log.next_offset() >= high_watermark {
+            return Ok(());
+        }
+        tracing::warn!(dir = %log.dir().display(), ends = log.next_offset().0, goes_on = high_watermark.0, "a replica's log ends before the leader's snapshot it took: it empties its log and goes on from the snapshot's offset");
+        log.restart_at(high_watermark, spool_storage::TimestampMs::now())
     }
 }
 
@@ -147,6 +197,8 @@ impl PartitionStateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let mut inner = lock(&self.inner);
+        // Saved first: the log is purged no further than what is saved.
+        self.save(&mut inner).map_err(|error| StorageIOError::write_snapshot(None, &error))?;
         let applied = inner.applied.clone();
         let bytes = serde_json::to_vec(&applied)
             .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
@@ -204,20 +256,10 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         let high_watermark = inner.applied.high_watermark;
         inner.unsaved += replies.len() as u64;
         if inner.unsaved >= APPLIED_SAVE_EVERY
-            && let Some(saved) = &self.saved
+            && let Err(error) = self.save(&mut inner)
         {
-            inner.unsaved = 0;
-            let json = serde_json::to_vec(&inner.applied).expect("the applied state encodes");
-            let written = spool_storage::fs::write_atomically(
-                saved.fs.as_ref(),
-                &saved.dir,
-                APPLIED_FILE,
-                &json,
-            );
-            if let Err(error) = written {
-                // Only a restart's shortcut is lost: it applies from the previous save.
-                tracing::warn!(dir = %saved.dir.display(), %error, "saving a replica's applied state failed");
-            }
+            // Only a restart's shortcut is lost: it applies from the previous save.
+            tracing::warn!(%error, "saving a replica's applied state failed");
         }
         drop(inner);
         if high_watermark > before {
@@ -251,10 +293,15 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             membership: meta.last_membership.clone(),
             high_watermark: applied.high_watermark,
         };
-        let high_watermark = inner.applied.high_watermark;
+        let high_watermark = Offset(inner.applied.high_watermark);
         inner.snapshot = Some((meta.clone(), bytes));
+        // Saved before the log changes: a restart goes on from the snapshot (and finishes
+        // the log's restart if it was stopped in the middle).
+        self.save(&mut inner).map_err(|error| StorageIOError::write_state_machine(&error))?;
         drop(inner);
-        self.publish(Offset(high_watermark))
+        self.restart_log_before(high_watermark)
+            .map_err(|error| StorageIOError::write_state_machine(&error))?;
+        self.publish(high_watermark)
             .map_err(|error| StorageIOError::write_state_machine(&error).into())
     }
 

@@ -66,6 +66,7 @@ impl Transport for Link {
 struct Cluster {
     router: Arc<Router>,
     disks: BTreeMap<NodeId, SimFileSystem>,
+    config: LogConfig,
 }
 
 fn members() -> BTreeMap<NodeId, String> {
@@ -74,9 +75,15 @@ fn members() -> BTreeMap<NodeId, String> {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() }).await
+    }
+
+    /// Three replicas whose logs have `config`.
+    async fn start_with(config: LogConfig) -> Cluster {
         let cluster = Cluster {
             router: Arc::new(Router::default()),
             disks: (1..=3).map(|id| (id, SimFileSystem::new())).collect(),
+            config,
         };
         for id in 1..=3 {
             cluster.start_node(id).await;
@@ -87,9 +94,8 @@ impl Cluster {
 
     async fn start_node(&self, id: NodeId) {
         let fs = Arc::new(self.disks[&id].clone());
-        let config = LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() };
         let dir = Path::new("/data/p");
-        let store = SegmentLogStore::open(fs.clone(), dir, config, TimestampMs(0))
+        let store = SegmentLogStore::open(fs.clone(), dir, self.config, TimestampMs(0))
             .expect("open the replica's storage");
         let link = Arc::new(Link { from: id, router: self.router.clone() });
         let state = PartitionStateMachine::open(fs, dir, store.log().clone(), Arc::new(|_| {}))
@@ -594,4 +600,111 @@ async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_rep
         assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
         assert_eq!(values(&replica), acknowledged, "node {id}");
     }
+}
+
+/// The batches of a replica's log from `from` on, as [`contents`] gives them.
+fn contents_from(replica: &Replica, from: Offset) -> Vec<(u64, u64, u64, Vec<u8>)> {
+    contents(replica).into_iter().filter(|(_, _, base, _)| *base >= from.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_on_every_replica_and_a_follower_behind_it_catches_up_from_a_snapshot() {
+    let config = LogConfig {
+        segment_bytes: 256 * 1024,
+        retention_bytes: Some(512 * 1024),
+        ..LogConfig::default()
+    };
+    let cluster = Cluster::start_with(config).await;
+    let leader = cluster.leader(None).await;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3).find(|id| *id != leader && *id != lagging).expect("another");
+    cluster.produce("before").await;
+    cluster.kill(lagging).await;
+    let padding = "x".repeat(20_000);
+    let mut end = Offset(0);
+    for i in 0..60 {
+        end = cluster.produce(&format!("value {i} {padding}")).await.1;
+    }
+    for id in [leader, other] {
+        let replica = cluster.replica(id);
+        assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
+        let purged = replica.apply_retention(TimestampMs::now(), PATIENCE).await;
+        assert!(purged.expect("retention").is_some(), "node {id} has segments past the limit");
+    }
+    // A leader purges once no follower is being sent what it deletes.
+    let deadline = Instant::now() + PATIENCE;
+    for id in [leader, other] {
+        let replica = cluster.replica(id);
+        while replica.store().with_log(|log| log.log_start_offset()) == Offset(0) {
+            assert!(Instant::now() < deadline, "node {id} deleted nothing within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (start, size) =
+            replica.store().with_log(|log| (log.log_start_offset(), log.size_bytes()));
+        assert!(size < 1024 * 1024, "node {id} keeps {size} bytes from {start}");
+    }
+    // The lagging follower needs what both others deleted: it takes the leader's snapshot,
+    // empties its log and goes on from the snapshot's offset.
+    cluster.start_node(lagging).await;
+    let caught_up = cluster.replica(lagging);
+    assert!(caught_up.wait_for_high_watermark(end, PATIENCE).await, "the lagging follower");
+    let start = caught_up.store().with_log(|log| log.log_start_offset());
+    assert!(start > Offset(0) && start <= end, "it starts at the snapshot's offset: {start}");
+    let leader_log = contents_from(&cluster.replica(leader), start);
+    assert_eq!(contents_from(&caught_up, start), leader_log, "the same batches from {start}");
+    // What it took survives a restart, and it goes on replicating.
+    cluster.kill(lagging).await;
+    cluster.start_node(lagging).await;
+    let restarted = cluster.replica(lagging);
+    assert_eq!(restarted.store().with_log(|log| log.log_start_offset()), start);
+    let (_, after) = cluster.produce("after").await;
+    for id in 1..=3 {
+        let replica = cluster.replica(id);
+        assert!(replica.wait_for_high_watermark(after, PATIENCE).await, "node {id}");
+        let values = values(&replica);
+        assert_eq!(values.last().map(String::as_str), Some("after"), "node {id}");
+        assert!(!values.contains(&"before".to_owned()), "node {id} deleted the oldest");
+    }
+    let leader_log = contents_from(&cluster.replica(leader), start);
+    assert_eq!(contents_from(&cluster.replica(lagging), start), leader_log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_whose_log_was_purged_empties_it_and_is_repaired() {
+    let config = LogConfig {
+        segment_bytes: 256 * 1024,
+        retention_bytes: Some(1024 * 1024),
+        ..LogConfig::default()
+    };
+    let cluster = Cluster::start_with(config).await;
+    let padding = "x".repeat(20_000);
+    let mut end = Offset(0);
+    for i in 0..60 {
+        end = cluster.produce(&format!("value {i} {padding}")).await.1;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    for id in 1..=3 {
+        let replica = cluster.replica(id);
+        assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
+        replica.apply_retention(TimestampMs::now(), PATIENCE).await.expect("retention");
+        while replica.store().with_log(|log| log.log_start_offset()) == Offset(0) {
+            assert!(Instant::now() < deadline, "node {id} deleted nothing within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let leader = cluster.leader(None).await;
+    let damaged = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(damaged).await;
+    damage_a_sealed_segment(&cluster, damaged);
+    cluster.start_node(damaged).await;
+    assert!(cluster.replica(damaged).repairing(), "damage puts the replica under repair");
+    wait_repaired(&cluster, damaged).await;
+    let (_, after) = cluster.produce("after the repair").await;
+    let repaired = cluster.replica(damaged);
+    assert!(repaired.wait_for_high_watermark(after, PATIENCE).await);
+    let start = repaired.store().with_log(|log| log.log_start_offset());
+    assert!(start > Offset(0), "it went on from the leader's snapshot");
+    let leader_log = contents_from(&cluster.replica(leader), start);
+    assert_eq!(contents_from(&repaired, start), leader_log, "the same batches from {start}");
+    assert_eq!(values(&repaired).last().map(String::as_str), Some("after the repair"));
 }

@@ -46,6 +46,9 @@ pub const SYNC_ROUNDS_MAX: u32 = 16;
 pub const LIGHT_APPEND_BYTES_MAX: usize = 64 * 1024;
 /// How often each partition applies its retention limits.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a replicated partition's retention waits for its replica to save a snapshot of
+/// the partition's state (a small file) before it gives up until the next check.
+pub const RETENTION_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes one read takes while rebuilding a partition's producer table at start-up.
 pub const PRODUCER_REBUILD_READ_BYTES: u32 = 8 * 1024 * 1024;
 /// Damaged batches a partition remembers having reported (logged and counted), so that

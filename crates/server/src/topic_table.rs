@@ -499,15 +499,12 @@ impl TopicTable {
         };
         // In a cluster the change is committed through the metadata group and every node
         // applies it. Only what every replica can apply alike is taken: more partitions
-        // (each a new replicated group) and the required compression (checked where batches
-        // arrive). A replicated partition's log syncs every append whatever the topic's fsync
-        // policy, and its retention and segment size stay as created.
-        if change.fsync.is_some()
-            || change.retention_ms.is_some()
-            || change.retention_bytes.is_some()
-            || change.segment_bytes.is_some()
-        {
-            let what = "changing a topic's fsync policy, retention or segment size";
+        // (each a new replicated group), the required compression (checked where batches
+        // arrive) and retention (each replica purges through its group). A replicated
+        // partition's log syncs every append whatever the topic's fsync policy, and its
+        // segment size stays as created.
+        if change.fsync.is_some() || change.segment_bytes.is_some() {
+            let what = "changing a topic's fsync policy or segment size";
             return Err(ServiceError::NotForReplicated { what });
         }
         let topic = self.topic_for_request(name.as_str(), None).await?;

@@ -823,6 +823,13 @@ impl Log {
         Ok(None)
     }
 
+    /// Changes the retention limits in force ([`Log::retention_end`] reads them); the other
+    /// settings change only with a reopen.
+    pub fn set_retention(&mut self, retention_ms: Option<u64>, retention_bytes: Option<u64>) {
+        self.config.retention_ms = retention_ms;
+        self.config.retention_bytes = retention_bytes;
+    }
+
     /// Where retention would move the log start: the base of the oldest segment it keeps,
     /// when it would delete any. Only whole sealed segments below `bound` count (a replicated
     /// log passes its commit point; otherwise [`Log::next_offset`]).

@@ -127,7 +127,8 @@ impl Partition {
             replica: std::sync::OnceLock::new(),
         });
         if let Some(cluster) = partition.server.cluster.clone() {
-            let replicated = replicated::run(partition.clone(), receiver, cluster, stop);
+            let replicated =
+                replicated::run(partition.clone(), receiver, reconfigure_receiver, cluster, stop);
             return (partition, tokio::spawn(replicated));
         }
         let (synced, synced_answers) = mpsc::unbounded_channel();

@@ -19,6 +19,14 @@
 //! producers are proposed one at a time per partition (their checks are made in order against
 //! a table that holds every batch before them); other batches do not wait for them.
 //!
+//! # Retention
+//!
+//! Every replica applies the topic's retention limits to its own log, at its start, every
+//! [`RETENTION_CHECK_INTERVAL`] and when the limits change, through Raft ([`Replica::apply_retention`]): only whole
+//! segments below the commit point go, and a follower that still needs what a leader
+//! deleted catches up from the leader's snapshot of the partition's state and goes on from
+//! there.
+//!
 //! When the leader fails to commit an idempotent producer's batch, or no leader is known, the
 //! answer is `UNAVAILABLE`: the producer retries it, and the leader that takes the retry
 //! answers it as a duplicate if it was committed after all. A plain producer's batch has no
@@ -36,11 +44,14 @@ use spool_storage::{Appended, Log, Offset};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendRequest, Partition, blocking};
+use super::{AppendRequest, Partition, Reconfigure, blocking};
 use crate::cluster::Cluster;
 use crate::error::{ServiceError, to_status};
 use crate::idempotence::{rebuild, sequenced};
-use crate::limits::{LEADER_ELECTION_PATIENCE, LEADERSHIP_CONFIRM_TIMEOUT, WRITER_QUEUE_DEPTH};
+use crate::limits::{
+    LEADER_ELECTION_PATIENCE, LEADERSHIP_CONFIRM_TIMEOUT, RETENTION_CHECK_INTERVAL,
+    RETENTION_SNAPSHOT_TIMEOUT, WRITER_QUEUE_DEPTH,
+};
 
 /// An idempotent producer's batch, for the partition's one sequence checker.
 struct Sequenced {
@@ -55,6 +66,7 @@ struct Sequenced {
 pub(super) async fn run(
     partition: Arc<Partition>,
     mut queue: mpsc::Receiver<AppendRequest>,
+    mut reconfigure: mpsc::Receiver<Reconfigure>,
     cluster: Arc<Cluster>,
     stop: CancellationToken,
 ) -> Option<Log> {
@@ -75,15 +87,22 @@ pub(super) async fn run(
         }
     };
     let (checker, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
+    let retention = Arc::new(tokio::sync::Notify::new());
     if let Some(replica) = &replica {
         tokio::spawn(check_sequences(partition.clone(), replica.clone(), checker_queue));
         let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
         replica.on_forwarded(forwarded);
+        tokio::spawn(retain(partition.clone(), replica.clone(), retention.clone(), stop.clone()));
     }
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
     loop {
         let request = tokio::select! {
             () = stop.cancelled() => break,
+            Some(request) = reconfigure.recv() => {
+                let _ = request.reply.send(change_retention(&partition, request.config));
+                retention.notify_one();
+                continue;
+            }
             request = queue.recv() => match request {
                 Some(request) => request,
                 None => break,
@@ -128,6 +147,51 @@ pub(super) async fn run(
     cluster.stop_replica(&group).await;
     partition.changed.send_replace(());
     partition.log.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+}
+
+/// Takes new settings for a replicated log: only its retention limits change (the edge
+/// refuses the others, which every replica would have to apply alike).
+fn change_retention(
+    partition: &Partition,
+    config: spool_storage::LogConfig,
+) -> Result<(), ServiceError> {
+    let mut log = partition.log.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(log) = log.as_mut() else { return Err(ServiceError::ShuttingDown) };
+    if log.config().segment_bytes != config.segment_bytes {
+        return Err(ServiceError::NotForReplicated { what: "changing a topic's segment size" });
+    }
+    log.set_retention(config.retention_ms, config.retention_bytes);
+    Ok(())
+}
+
+/// Applies the partition's retention limits now, every [`RETENTION_CHECK_INTERVAL`] and
+/// whenever `changed` is notified, until `stop` (see the module docs).
+async fn retain(
+    partition: Arc<Partition>,
+    replica: Arc<Replica>,
+    changed: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(RETENTION_CHECK_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = timer.tick() => {}
+            () = changed.notified() => {}
+        }
+        let now = spool_storage::TimestampMs::now();
+        match replica.apply_retention(now, RETENTION_SNAPSHOT_TIMEOUT).await {
+            Ok(None) => {}
+            Ok(Some(index)) => {
+                tracing::info!(topic = %partition.topic, partition = partition.id, index, "retention purged the replicated log");
+                partition.changed.send_replace(());
+            }
+            Err(error) => {
+                tracing::error!(topic = %partition.topic, partition = partition.id, %error, "retention failed");
+            }
+        }
+    }
 }
 
 /// Proposes `kafka` through this replica (answered `NotLeader` where it does not lead), and
