@@ -72,6 +72,9 @@ use crate::reconnect::{self, Reconnect, ReconnectEvent, server_lost};
 
 /// Member requests queued toward the server, at most (the heartbeat task waits beyond).
 const REQUESTS_QUEUED_MAX: usize = 16;
+/// How many nodes a join follows when each names another as the groups' coordinator (a
+/// cluster whose coordinator is moving) before it is answered UNAVAILABLE.
+const COORDINATOR_HOPS_MAX: u32 = 3;
 
 /// Where a member starts a partition for which its group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -359,16 +362,30 @@ impl Member {
             reset: reset as i32,
             encoding: wire::Encoding::RawBatch as i32,
         };
-        // On a cluster, one node coordinates every group: a refusal names it.
-        let (requests, mut events) = match Member::open(client, &join).await {
-            Ok(opened) => opened,
-            Err(refused) => match client.named_by(&refused).await {
-                Some(coordinator) => {
-                    let coordinator = coordinator.map_err(GroupError::Rejected)?;
-                    Member::open(&coordinator, &join).await.map_err(stream_error)?
+        // On a cluster, one node coordinates every group: a refusal names it. While the
+        // coordinator moves, the node named may name another in turn.
+        let mut at = client.clone();
+        let mut hops = 0;
+        let (requests, mut events) = loop {
+            let refused = match Member::open(&at, &join).await {
+                Ok(opened) => break opened,
+                Err(refused) => refused,
+            };
+            match at.named_by(&refused).await {
+                Some(_) if hops == COORDINATOR_HOPS_MAX => {
+                    let message = format!(
+                        "{} (after {hops} other nodes named the coordinator: it is moving, try again)",
+                        refused.message()
+                    );
+                    let moving = ServerError { code: ErrorCode::Unavailable, message };
+                    return Err(GroupError::Rejected(moving));
+                }
+                Some(named) => {
+                    at = named.map_err(GroupError::Rejected)?;
+                    hops += 1;
                 }
                 None => return Err(stream_error(refused)),
-            },
+            }
         };
         let joined = match events.message().await.map_err(stream_error)? {
             Some(wire::MemberEvent { kind: Some(Kind::Joined(joined)) }) => joined,
@@ -760,6 +777,12 @@ impl GroupConsumer {
             }
             match self.poll().await {
                 Err(GroupError::Rejected(error)) if server_lost(&error) => self.lost = Some(error),
+                // This member did not leave: a stream the server ended without saying why
+                // is a lost server too.
+                Err(GroupError::Ended) => {
+                    let message = "the server ended the member's stream without a status".into();
+                    self.lost = Some(ServerError { code: ErrorCode::Unavailable, message });
+                }
                 event => return event,
             }
         }
