@@ -559,6 +559,99 @@ async fn a_topic_created_through_one_node_is_found_at_once_through_a_lagging_one
     cluster.produce_at(lagging, "at-once-0", "found").await;
 }
 
+/// A follower serves a record it has not applied yet but the leader has committed: it asks
+/// the leader how far the group has committed and waits until it has applied that far (its
+/// inbound messages arrive 300 ms late here), rather than answer OUT_OF_RANGE. An offset
+/// past the leader's end is OUT_OF_RANGE still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_what_the_leader_committed_before_it_has_applied_it() {
+    let cluster = Cluster::start_behind_proxies().await;
+    cluster.create_topic(1, "ahead", 1).await;
+    let first = cluster.produce("ahead", "first").await;
+    let leader = cluster.leader(1, "ahead").await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let _ = cluster.read(follower, "ahead", 1).await;
+    cluster.proxies[follower as usize - 1].set(Fault::Delay(Duration::from_millis(300)));
+    for round in 0..3 {
+        // Two records: the follower's end is at most the first's offset when it is asked
+        // for the second's (a read at the end itself is answered at once, with nothing).
+        cluster.produce_at(leader, "ahead", &format!("round {round} first")).await;
+        let sent = format!("round {round}");
+        let offset = cluster.produce_at(leader, "ahead", &sent).await;
+        assert!(offset > first);
+        let fetched = cluster.node(follower).fetch("ahead", 0, offset).await;
+        let fetched = fetched.unwrap_or_else(|status| panic!("round {round}: {status:?}"));
+        assert_eq!(fetched.records.first().map(value), Some(sent.as_str()), "round {round}");
+        let beyond = cluster.node(follower).fetch("ahead", 0, offset + 1_000).await;
+        let beyond = beyond.expect_err("past the leader's end");
+        assert_eq!(beyond.code(), Code::OutOfRange, "{beyond:?}");
+    }
+    cluster.proxies[follower as usize - 1].set(Fault::Pass);
+}
+
+/// Damage that a read meets in a follower's sealed segment (written since the node started,
+/// so recovery never scanned it) is not the reader's problem: the follower restarts its
+/// replica under repair, cuts its log back before the damaged segment, copies the rest from
+/// the leader, and the read that met it is answered with the intact records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_repaired() {
+    use spool_proto::v1::{CreateTopicRequest, FsyncPolicy, TopicConfig, fsync_policy::Policy};
+    let cluster = Cluster::start().await;
+    let config = TopicConfig {
+        partitions: 1,
+        segment_bytes: Some(64 * 1024),
+        fsync: Some(FsyncPolicy { policy: Some(Policy::Always(Default::default())) }),
+        ..Default::default()
+    };
+    let request = CreateTopicRequest { name: "mended".into(), config: Some(config) };
+    cluster.node(1).topics().await.create_topic(request).await.expect("created");
+    let padding = "x".repeat(40 * 1024);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let value = format!("{i} {padding}");
+        cluster.produce("mended", &value).await;
+        sent.push(value);
+    }
+    let leader = cluster.leader(1, "mended").await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(cluster.read(follower, "mended", sent.len()).await, sent);
+    let dir = cluster.node(follower).data_dir().join("topics/mended/0");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 3, "the log spans segments: {segments:?}");
+    // One bit near the end of the second segment, written in place.
+    use std::os::unix::fs::FileExt;
+    let victim = std::fs::OpenOptions::new().read(true).write(true).open(&segments[1]).unwrap();
+    let at = victim.metadata().unwrap().len() - 5;
+    let mut byte = [0u8];
+    victim.read_exact_at(&mut byte, at).unwrap();
+    victim.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    let read: Vec<String> = cluster
+        .node(follower)
+        .fetch_all("mended", 0, 0)
+        .await
+        .iter()
+        .map(|record| value(record).to_owned())
+        .collect();
+    assert_eq!(read, sent, "the records, intact, once the replica is repaired");
+    let after = cluster.produce("mended", "after the repair").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let described = cluster.node(follower).describe("mended").await.expect("described");
+        if described.partitions[0].log_end_offset > after {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the repaired follower never took {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sent.push("after the repair".to_owned());
+    assert_eq!(cluster.read(follower, "mended", sent.len()).await, sent);
+}
+
 /// Kafka's Metadata, asked of any node, names every node as a broker (by its node id, at its
 /// Kafka listener) and each partition's Raft leader as its leader, with every node a
 /// replica; every node names the same coordinator for a group, and the others refuse the

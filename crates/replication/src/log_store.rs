@@ -171,29 +171,10 @@ impl SegmentLogStore {
             read_json(fs.as_ref(), &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
         let mut state = state.unwrap_or_default();
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut()
-            && let Some(damage @ spool_storage::Fence::Damaged { .. }) = log.fence()
+            && let Some(damage @ spool_storage::Fence::Damaged { path, .. }) = log.fence()
         {
-            let damage = damage.to_string();
-            tracing::warn!(dir = %dir.display(), %damage, "a replica's synced data is damaged: cutting its log back to the intact segments before the damage; it copies the rest from a leader, and takes no part in elections until it has");
-            let io_at = |path: &Path| {
-                let path = path.to_path_buf();
-                move |source| OpenError::Io { path, source }
-            };
-            let json = serde_json::to_vec(&Repair { damage }).expect("a repair mark encodes");
-            spool_storage::fs::write_atomically(fs.as_ref(), dir, REPAIR_FILE, &json)
-                .map_err(io_at(&repair_path))?;
-            let applied = dir.join(APPLIED_FILE);
-            if fs.exists(&applied).map_err(io_at(&applied))? {
-                fs.remove_file(&applied).map_err(io_at(&applied))?;
-                fs.sync_dir(dir).map_err(io_at(dir))?;
-            }
-            // A log that retention purged is emptied below, whole.
-            if state.purged.is_none() {
-                let end = log
-                    .cut_damage(TimestampMs::now())
-                    .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
-                tracing::warn!(dir = %dir.display(), end = end.0, "the damaged replica's log now ends at offset {end}");
-            }
+            let (damage, segment) = (damage.to_string(), path.clone());
+            begin_repair(fs.as_ref(), dir, log, state.purged.is_some(), &damage, &segment)?;
             repairing = true;
         }
         // A replica under repair applies again from its log's start, but the start of a log
@@ -401,6 +382,61 @@ impl SegmentLogStore {
         }
         log.sync(now).map_err(failed)?;
         Ok(())
+    }
+}
+
+/// Puts the replica in `dir` under repair for `damage` in its log's segment `segment`
+/// (see [`SegmentLogStore::over`]): writes `repair.json`, removes the saved applied state and
+/// cuts the log back to the segments before the damaged one. A log that retention purged is
+/// left for [`SegmentLogStore::over`] to empty.
+fn begin_repair(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    log: &mut Log,
+    purged: bool,
+    damage: &str,
+    segment: &Path,
+) -> Result<(), OpenError> {
+    tracing::warn!(dir = %dir.display(), %damage, "a replica's synced data is damaged: cutting its log back to the intact segments before the damage; it copies the rest from a leader, and takes no part in elections until it has");
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OpenError::Io { path, source }
+    };
+    let json =
+        serde_json::to_vec(&Repair { damage: damage.to_owned() }).expect("a repair mark encodes");
+    spool_storage::fs::write_atomically(fs, dir, REPAIR_FILE, &json)
+        .map_err(io_at(&dir.join(REPAIR_FILE)))?;
+    let applied = dir.join(APPLIED_FILE);
+    if fs.exists(&applied).map_err(io_at(&applied))? {
+        fs.remove_file(&applied).map_err(io_at(&applied))?;
+        fs.sync_dir(dir).map_err(io_at(dir))?;
+    }
+    if !purged {
+        let end = log
+            .cut_segments_from(segment, TimestampMs::now())
+            .map_err(|source| OpenError::Repair { path: dir.to_path_buf(), source })?;
+        tracing::warn!(dir = %dir.display(), end = end.0, "the damaged replica's log now ends at offset {end}");
+    }
+    Ok(())
+}
+
+impl SegmentLogStore {
+    /// Puts the stopped replica of the log `log`, whose state is in `dir`, under repair for
+    /// damage a read found in its segment `segment` (recovery checks only what the last
+    /// shutdown did not vouch for): as for damage found at open (see
+    /// [`SegmentLogStore::over`]), which the replica's next start goes on with.
+    pub fn repair_damage(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        log: &SharedLog,
+        damage: &str,
+        segment: &Path,
+    ) -> Result<(), OpenError> {
+        let state: Option<RaftState> = read_json(fs, &dir.join(STATE_FILE), STATE_FILE_BYTES_MAX)?;
+        let purged = state.is_some_and(|state| state.purged.is_some());
+        let mut log = log.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(log) = log.as_mut() else { return Ok(()) };
+        begin_repair(fs, dir, log, purged, damage, segment)
     }
 }
 

@@ -136,6 +136,21 @@ pub enum ServiceError {
         None => "; no leader is elected yet, try again".to_owned(),
     })]
     NotLeader { topic: TopicName, partition: u32, leader: Option<(u64, Option<String>)> },
+    /// A read past what this node's replica has applied, within what the partition's leader
+    /// has committed, that the replica did not catch up with in time (it is behind, or under
+    /// repair): `leader` serves it now.
+    #[error("this node's replica of partition {partition} of topic {topic} has applied records up to offset {applied}, not yet offset {wanted}{}", match leader {
+        Some((id, Some(address))) => format!("; node {id} at {address} leads it: read there, or try again"),
+        Some((id, None)) => format!("; node {id} leads it: read there, or try again"),
+        None => "; try again".to_owned(),
+    })]
+    Behind {
+        topic: TopicName,
+        partition: u32,
+        applied: u64,
+        wanted: u64,
+        leader: Option<(u64, Option<String>)>,
+    },
     /// On a cluster one node coordinates every consumer group (the offsets group's leader);
     /// `coordinator` is that node, when one is elected (its id and client address).
     #[error("{}", match coordinator {
@@ -224,6 +239,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         | ServiceError::TopicDeleted { .. } => Code::NotFound,
         ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
         ServiceError::NotLeader { .. } => Code::FailedPrecondition,
+        ServiceError::Behind { .. } => Code::Unavailable,
         ServiceError::NotCoordinator { coordinator: Some(_) } => Code::FailedPrecondition,
         ServiceError::NotCoordinator { coordinator: None } => Code::Unavailable,
         ServiceError::Cluster(_) => Code::Unavailable,
@@ -319,6 +335,7 @@ pub fn to_status(error: &ServiceError) -> Status {
     let mut status = Status::new(code, error.to_string());
     // A client in another language finds the leader here, without parsing the message.
     if let ServiceError::NotLeader { leader: Some((id, address)), .. }
+    | ServiceError::Behind { leader: Some((id, address)), .. }
     | ServiceError::NotCoordinator { coordinator: Some((id, address)) } = error
     {
         let metadata = status.metadata_mut();

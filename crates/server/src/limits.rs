@@ -46,6 +46,11 @@ pub const SYNC_ROUNDS_MAX: u32 = 16;
 pub const LIGHT_APPEND_BYTES_MAX: usize = 64 * 1024;
 /// How often each partition applies its retention limits.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a read past what this node's replica of a partition has applied, but within
+/// what its leader has committed, waits for the replica to catch up before it is answered
+/// UNAVAILABLE naming the leader (a follower is usually one heartbeat behind; one under
+/// repair may be minutes).
+pub const FOLLOWER_READ_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a replicated partition's retention waits for its replica to save a snapshot of
 /// the partition's state (a small file) before it gives up until the next check.
 pub const RETENTION_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);

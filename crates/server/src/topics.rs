@@ -225,6 +225,7 @@ impl TopicService for TopicApi {
         for topic in topics {
             for partition in &topic.partitions {
                 let replica = partition.replica();
+                let replica = replica.as_ref();
                 let lag = replica.map(|replica| replica.lag()).unwrap_or_default();
                 partitions.push(ClusterPartition {
                     topic: topic.name.to_string(),

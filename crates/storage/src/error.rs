@@ -108,6 +108,8 @@ pub enum TruncateError {
     OutOfRange { from: Offset, log_start: Offset, next_offset: Offset },
     #[error("cannot cut the log at offset {from}: the batch holding it starts at offset {base}")]
     NotABatchStart { from: Offset, base: Offset },
+    #[error("cannot cut the log from {path}: it is not one of its segments")]
+    NotASegment { path: PathBuf },
     #[error(transparent)]
     Read(#[from] ReadError),
     /// Reopening the log after the cut failed; the cut itself is durable.

@@ -57,9 +57,9 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         ServiceError::Auth(_) => ResponseError::SaslAuthenticationFailed,
         // A client retries these elsewhere: the partition is not being served here now.
         ServiceError::NotCoordinator { .. } => ResponseError::NotCoordinator,
-        ServiceError::ShuttingDown | ServiceError::NotLeader { .. } => {
-            ResponseError::NotLeaderOrFollower
-        }
+        ServiceError::ShuttingDown
+        | ServiceError::NotLeader { .. }
+        | ServiceError::Behind { .. } => ResponseError::NotLeaderOrFollower,
         // A cluster could not confirm it in time (no quorum, a leader changing): the batch may
         // or may not be stored, as after Kafka's own timeout. A client retries; an idempotent
         // one with the same sequence, which the next leader answers as a duplicate.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::limits::{
-    DAMAGED_BATCHES_REMEMBERED, LIGHT_APPEND_BYTES_MAX, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
-    WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
+    DAMAGED_BATCHES_REMEMBERED, FOLLOWER_READ_PATIENCE, LIGHT_APPEND_BYTES_MAX,
+    RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
 use spool_broker::TopicName;
@@ -68,8 +68,20 @@ pub(crate) struct Partition {
     deleted: AtomicBool,
     /// Idempotent producers' sequences (see `crate::idempotence`); only the writer uses it.
     producers: Mutex<ProducerTable>,
-    /// This node's replica of the partition, on a node of a cluster, once it has started.
-    replica: std::sync::OnceLock<Arc<spool_replication::Replica>>,
+    /// This node's replica of the partition, on a node of a cluster, while it runs.
+    replica: RwLock<Option<Arc<spool_replication::Replica>>>,
+    /// Damage a read found in a replicated partition's log, for its writer to repair.
+    repairs: mpsc::Sender<Damage>,
+    /// Set when repairing this replica failed: reads report damage as on a single node.
+    repair_failed: AtomicBool,
+}
+
+/// Damage a read found in a segment of the log.
+#[derive(Debug)]
+struct Damage {
+    /// The segment's log file.
+    segment: PathBuf,
+    description: String,
 }
 
 /// What every partition of a server shares.
@@ -112,6 +124,7 @@ impl Partition {
     ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
         let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
         let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
+        let (repairs, repairs_receiver) = mpsc::channel(1);
         let partition = Arc::new(Partition {
             metrics: PartitionMetrics::new(&topic, id),
             server,
@@ -124,11 +137,19 @@ impl Partition {
             changed: watch::Sender::new(()),
             deleted: AtomicBool::new(false),
             producers: Mutex::new(ProducerTable::new()),
-            replica: std::sync::OnceLock::new(),
+            replica: RwLock::new(None),
+            repairs,
+            repair_failed: AtomicBool::new(false),
         });
         if let Some(cluster) = partition.server.cluster.clone() {
-            let replicated =
-                replicated::run(partition.clone(), receiver, reconfigure_receiver, cluster, stop);
+            let replicated = replicated::run(
+                partition.clone(),
+                receiver,
+                reconfigure_receiver,
+                repairs_receiver,
+                cluster,
+                stop,
+            );
             return (partition, tokio::spawn(replicated));
         }
         let (synced, synced_answers) = mpsc::unbounded_channel();
@@ -155,12 +176,16 @@ impl Partition {
 
     /// The partition's leader as this node knows it, on a node of a cluster.
     pub(crate) fn leader(&self) -> Option<u64> {
-        self.replica.get().and_then(|replica| replica.leader()).map(|(id, _)| id)
+        self.replica().and_then(|replica| replica.leader()).map(|(id, _)| id)
     }
 
-    /// This node's replica of the partition, on a node of a cluster once it has started.
-    pub(crate) fn replica(&self) -> Option<&Arc<spool_replication::Replica>> {
-        self.replica.get()
+    /// This node's replica of the partition, on a node of a cluster while it runs.
+    pub(crate) fn replica(&self) -> Option<Arc<spool_replication::Replica>> {
+        self.replica.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_replica(&self, replica: Option<Arc<spool_replication::Replica>>) {
+        *self.replica.write().unwrap_or_else(PoisonError::into_inner) = replica;
     }
 
     /// The nodes that hold the partition, on a node of a cluster.
@@ -236,7 +261,106 @@ impl Partition {
 
     /// Reads whole batches from `offset` (see `Log::read`) on a blocking thread. Every read
     /// of every service goes through here, so a damaged batch is reported here.
+    ///
+    /// On a follower, an offset past what this replica has applied may still be committed:
+    /// the follower asks the leader for its commit point, and if the offset is within it,
+    /// waits up to [`FOLLOWER_READ_PATIENCE`] for this replica to apply that far (answered
+    /// [`ServiceError::Behind`], naming the leader, if it does not). Past the leader's
+    /// commit point too, the answer is OUT_OF_RANGE, as on a single node.
+    ///
+    /// On a node of a cluster, a damaged batch is not the reader's problem: the other
+    /// replicas hold it. The read asks the partition's writer to repair this replica (it
+    /// restarts it under repair, its log cut back before the damaged segment) and reads
+    /// again once it has caught up, as above.
     pub(crate) async fn read(
+        self: &Arc<Self>,
+        offset: Offset,
+        bytes_max: u32,
+    ) -> Result<ReadBatches, ServiceError> {
+        let mut changes = self.watch();
+        // When waiting gives up: FOLLOWER_READ_PATIENCE after the first wait.
+        let mut deadline = None;
+        // What this replica must apply before the read is answered, once the leader said
+        // how far the group has committed.
+        let mut target: Option<Offset> = None;
+        loop {
+            let read = self.read_here(offset, bytes_max).await;
+            let replica = self.replica();
+            if !self.repair(&read) {
+                let applied = match &read {
+                    Ok(batches)
+                        if batches.bytes.is_empty()
+                            && target.is_some_and(|target| batches.log_end_offset < target) =>
+                    {
+                        batches.log_end_offset
+                    }
+                    Err(ServiceError::Read {
+                        source: ReadError::OffsetOutOfRange { log_end, .. },
+                        ..
+                    }) if offset > *log_end && self.server.cluster.is_some() => *log_end,
+                    _ => return read,
+                };
+                // Between two runs of the replica (a repair), wait for the next.
+                if let Some(replica) = &replica
+                    && target.is_none()
+                {
+                    if replica.leading_term().is_some() {
+                        return read;
+                    }
+                    match replica.read_index(FOLLOWER_READ_PATIENCE).await {
+                        Ok(end) if offset > end => return read,
+                        // The record at `offset` if the leader has committed it, else the end.
+                        Ok(end) => target = Some(Offset(end.0.min(offset.0 + 1))),
+                        Err(_) => return Err(self.behind(replica, applied, offset)),
+                    }
+                }
+                let patience = tokio::time::Instant::now() + FOLLOWER_READ_PATIENCE;
+                let waited =
+                    tokio::time::timeout_at(*deadline.get_or_insert(patience), changes.changed());
+                match waited.await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return read,
+                    Err(_) => {
+                        return match &replica {
+                            Some(replica) => Err(self.behind(replica, applied, offset)),
+                            None => read,
+                        };
+                    }
+                }
+            }
+            // Damage this node's replica is being repaired for: read again once it has
+            // started under repair (then the read waits for it to catch up, as above).
+            let patience = tokio::time::Instant::now() + FOLLOWER_READ_PATIENCE;
+            let waited =
+                tokio::time::timeout_at(*deadline.get_or_insert(patience), changes.changed());
+            match waited.await {
+                Ok(Ok(())) => {}
+                _ => return read,
+            }
+        }
+    }
+
+    /// The answer to a read this replica has not applied far enough for.
+    fn behind(
+        &self,
+        replica: &spool_replication::Replica,
+        applied: Offset,
+        wanted: Offset,
+    ) -> ServiceError {
+        let leader = replica.leader().map(|(id, _)| {
+            (id, self.server.cluster.as_ref().and_then(|cluster| cluster.client_address(id)))
+        });
+        ServiceError::Behind {
+            topic: self.topic.clone(),
+            partition: self.id,
+            applied: applied.0,
+            wanted: wanted.0,
+            leader,
+        }
+    }
+
+    /// [`Partition::read`] of what this node's log shows.
+    async fn read_here(
         self: &Arc<Self>,
         offset: Offset,
         bytes_max: u32,
@@ -250,6 +374,25 @@ impl Partition {
         })
         .await;
         read.inspect_err(|error| self.report_damage(error))
+    }
+
+    /// Whether `read` met damage that this node's replica is now being repaired for (asked
+    /// of the partition's writer, which restarts the replica under repair): on a node of a
+    /// cluster, where the other replicas hold what this one lost.
+    fn repair(&self, read: &Result<ReadBatches, ServiceError>) -> bool {
+        let Err(ServiceError::Read { source: ReadError::Damaged { path, .. }, .. }) = read else {
+            return false;
+        };
+        if self.server.cluster.is_none() || self.repair_failed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let damage = Damage {
+            segment: path.clone(),
+            description: read.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+        };
+        // Full: a repair is asked for already.
+        let _ = self.repairs.try_send(damage);
+        true
     }
 
     /// The first visible offset at or after `timestamp`, or the visible end.

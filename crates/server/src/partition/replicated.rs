@@ -19,6 +19,15 @@
 //! producers are proposed one at a time per partition (their checks are made in order against
 //! a table that holds every batch before them); other batches do not wait for them.
 //!
+//! # Damage a read finds
+//!
+//! Recovery checks at start what the last shutdown did not vouch for, so damage in a sealed
+//! segment may first be met by a read ([`Partition::read`]). The read asks this writer to
+//! repair the replica: it stops the replica, puts it under repair as recovery would
+//! (`SegmentLogStore::repair_damage`: `repair.json`, the log cut back before the damaged
+//! segment) and starts it again. The replica copies what it lost from the leader and votes
+//! in no election until it has; the read waits for it meanwhile.
+//!
 //! # Retention
 //!
 //! Every replica applies the topic's retention limits to its own log, at its start, every
@@ -38,13 +47,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use spool_broker::producer::{ProducerTable, Verdict};
-use spool_replication::{OnCommit, OnForwarded, ProposeError, Proposed, Replica};
+use spool_replication::{OnCommit, OnForwarded, ProposeError, Proposed, Replica, SegmentLogStore};
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{Appended, Log, Offset};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendRequest, Partition, Reconfigure, blocking};
+use super::{AppendRequest, Damage, Partition, Reconfigure, blocking};
 use crate::cluster::Cluster;
 use crate::error::{ServiceError, to_status};
 use crate::idempotence::{rebuild, sequenced};
@@ -67,6 +76,7 @@ pub(super) async fn run(
     partition: Arc<Partition>,
     mut queue: mpsc::Receiver<AppendRequest>,
     mut reconfigure: mpsc::Receiver<Reconfigure>,
+    mut repairs: mpsc::Receiver<Damage>,
     cluster: Arc<Cluster>,
     stop: CancellationToken,
 ) -> Option<Log> {
@@ -75,76 +85,115 @@ pub(super) async fn run(
     let on_commit: OnCommit = Arc::new(move |_: Offset| {
         woken.changed.send_replace(());
     });
-    let replica = cluster.start_partition(&group, partition.log.clone(), on_commit).await;
-    let replica = match replica {
-        Ok(replica) => {
-            let _ = partition.replica.set(replica.clone());
-            Some(replica)
-        }
-        Err(error) => {
-            tracing::error!(%group, %error, "the partition's replica did not start; it refuses writes");
-            None
-        }
-    };
-    let (checker, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
     let retention = Arc::new(tokio::sync::Notify::new());
-    if let Some(replica) = &replica {
-        tokio::spawn(check_sequences(partition.clone(), replica.clone(), checker_queue));
-        let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
-        replica.on_forwarded(forwarded);
-        tokio::spawn(retain(partition.clone(), replica.clone(), retention.clone(), stop.clone()));
-    }
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
-    loop {
-        let request = tokio::select! {
-            () = stop.cancelled() => break,
-            Some(request) = reconfigure.recv() => {
-                let _ = request.reply.send(change_retention(&partition, request.config));
-                retention.notify_one();
-                continue;
+    'replica: loop {
+        // One run of the replica, until the partition stops or a read finds damage.
+        let running = stop.child_token();
+        let started = cluster.start_partition(&group, partition.log.clone(), on_commit.clone());
+        let replica = match started.await {
+            Ok(replica) => Some(replica),
+            Err(error) => {
+                tracing::error!(%group, %error, "the partition's replica did not start; it refuses writes");
+                None
             }
-            request = queue.recv() => match request {
-                Some(request) => request,
-                None => break,
-            },
         };
-        let Some(replica) = replica.clone() else {
-            let error = ServiceError::Cluster(format!("the replica of {group} did not start"));
-            let _ = request.reply.send(Err(error));
-            continue;
-        };
-        let AppendRequest { batch, reply, .. } = request;
-        // An idempotent producer's batches reach the checker in the order they came.
-        let checked = if sequenced(&batch).is_some() {
-            let (answer, answered) = oneshot::channel();
-            let request = Sequenced { batch, forwarded: false, reply: answer };
-            if checker.send(request).await.is_err() {
-                let _ = reply.send(Err(ServiceError::ShuttingDown));
-                continue;
-            }
-            Ok(answered)
-        } else {
-            Err(batch)
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-        let (partition, cluster) = (partition.clone(), cluster.clone());
-        tokio::spawn(async move {
-            let proposed = match checked {
-                Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
-                Err(batch) => propose_plain(&partition, &replica, batch.into_bytes())
-                    .await
-                    .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error)),
+        partition.set_replica(replica.clone());
+        partition.changed.send_replace(());
+        let (checker, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        if let Some(replica) = &replica {
+            let (partition, replica, retention) =
+                (partition.clone(), replica.clone(), retention.clone());
+            tokio::spawn(check_sequences(
+                partition.clone(),
+                replica.clone(),
+                checker_queue,
+                running.clone(),
+            ));
+            let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
+            replica.on_forwarded(forwarded);
+            tokio::spawn(retain(partition, replica, retention, running.clone()));
+        }
+        let damage = loop {
+            let request = tokio::select! {
+                () = stop.cancelled() => break None,
+                Some(damage) = repairs.recv(), if replica.is_some() => break Some(damage),
+                Some(request) = reconfigure.recv() => {
+                    let _ = request.reply.send(change_retention(&partition, request.config));
+                    retention.notify_one();
+                    continue;
+                }
+                request = queue.recv() => match request {
+                    Some(request) => request,
+                    None => break None,
+                },
             };
-            let answer = proposed.map(|(base, next)| Appended {
-                base_offset: base,
-                last_offset: Offset(next.0.saturating_sub(1)),
-                rolled: false,
+            let Some(replica) = replica.clone() else {
+                let error = ServiceError::Cluster(format!("the replica of {group} did not start"));
+                let _ = request.reply.send(Err(error));
+                continue;
+            };
+            let AppendRequest { batch, reply, .. } = request;
+            // An idempotent producer's batches reach the checker in the order they came.
+            let checked = if sequenced(&batch).is_some() {
+                let (answer, answered) = oneshot::channel();
+                let request = Sequenced { batch, forwarded: false, reply: answer };
+                if checker.send(request).await.is_err() {
+                    let _ = reply.send(Err(ServiceError::ShuttingDown));
+                    continue;
+                }
+                Ok(answered)
+            } else {
+                Err(batch)
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { break None };
+            let (partition, cluster) = (partition.clone(), cluster.clone());
+            tokio::spawn(async move {
+                let proposed = match checked {
+                    Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
+                    Err(batch) => propose_plain(&partition, &replica, batch.into_bytes())
+                        .await
+                        .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error)),
+                };
+                let answer = proposed.map(|(base, next)| Appended {
+                    base_offset: base,
+                    last_offset: Offset(next.0.saturating_sub(1)),
+                    rolled: false,
+                });
+                let _ = reply.send(answer);
+                drop(permit);
             });
-            let _ = reply.send(answer);
-            drop(permit);
-        });
+        };
+        running.cancel();
+        partition.set_replica(None);
+        cluster.stop_replica(&group).await;
+        let Some(damage) = damage else { break 'replica };
+        // The replica is stopped: cut its log back before the damaged segment and start it
+        // again under repair (see `SegmentLogStore::over`).
+        let repaired = partition.clone();
+        let marked = blocking(move || {
+            let dir = repaired.with_log(|log| Ok(log.dir().to_path_buf()))?;
+            let fs = spool_storage::fs::StdFileSystem::shared();
+            SegmentLogStore::repair_damage(
+                fs.as_ref(),
+                &dir,
+                &repaired.log,
+                &damage.description,
+                &damage.segment,
+            )
+            .map_err(|error| ServiceError::Cluster(error.to_string()))
+        })
+        .await;
+        match marked {
+            Ok(()) => {
+                tracing::warn!(%group, "a read found damage in this node's replica: it starts again under repair")
+            }
+            Err(error) => {
+                tracing::error!(%group, %error, "a read found damage in this node's replica, and putting it under repair failed: it starts again as it was");
+                partition.repair_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
-    cluster.stop_replica(&group).await;
     partition.changed.send_replace(());
     partition.log.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
 }
@@ -257,10 +306,18 @@ async fn check_sequences(
     partition: Arc<Partition>,
     replica: Arc<Replica>,
     mut queue: mpsc::Receiver<Sequenced>,
+    running: CancellationToken,
 ) {
     // The table and the term it was rebuilt for; `None` when it must be rebuilt.
     let mut table: Option<(u64, ProducerTable)> = None;
-    while let Some(Sequenced { batch, forwarded, reply }) = queue.recv().await {
+    loop {
+        let Sequenced { batch, forwarded, reply } = tokio::select! {
+            () = running.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
         let answer = check_one(&partition, &replica, &mut table, batch, forwarded).await;
         let _ = reply.send(answer);
     }

@@ -223,9 +223,21 @@ impl Log {
         let Some(Fence::Damaged { path, .. }) = &self.fence else {
             return Ok(self.next_offset());
         };
+        self.cut_segments_from(&path.clone(), now)
+    }
+
+    /// Removes the segment whose log file is `path` and every later one, as
+    /// [`Log::cut_damage`] does: for damage a read found (a segment recovery did not scan).
+    /// Returns the offset the log now ends at.
+    pub fn cut_segments_from(
+        &mut self,
+        path: &Path,
+        now: TimestampMs,
+    ) -> Result<Offset, TruncateError> {
         let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-        let fenced = || TruncateError::Fenced(self.fence.clone().expect("fenced"));
-        let damaged = crate::recovery::parse_base(name, ".log").ok_or_else(fenced)?;
+        let damaged = crate::recovery::parse_base(name, ".log")
+            .filter(|_| path.parent() == Some(self.dir.as_path()))
+            .ok_or_else(|| TruncateError::NotASegment { path: path.to_path_buf() })?;
         let (fs, dir) = (self.fs.clone(), self.dir.clone());
         let failed = |path: &Path, error: io::Error| {
             TruncateError::Fenced(Fence::WriteFailed {
