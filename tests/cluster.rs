@@ -291,6 +291,59 @@ async fn nodes_speak_mutual_tls_and_refuse_a_caller_the_ca_did_not_sign() {
     }
 }
 
+/// With the CA's revocation list, a node refuses a retired node's certificate both ways: as
+/// a caller, and as the peer a caller reaches (a caller with the list refuses it); the
+/// cluster's own nodes go on replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_peer_certificate_is_refused_both_ways() {
+    let pki = PeerPki::revoking_retired();
+    let cluster = Cluster::start_over_tls(&pki).await;
+    cluster.create_topic(1, "guarded", 1).await;
+    cluster.produce_at(2, "guarded", "kept").await;
+    assert_eq!(cluster.read(3, "guarded", 1).await, ["kept"]);
+    let call = |transport: PeerTransport, address: String| async move {
+        let message = bytes::Bytes::from_static(b"hello");
+        let answer =
+            transport.call(1, &address, "no-such-group", message, Duration::from_secs(5)).await;
+        answer.expect_err("no such group").to_string()
+    };
+    let node_1 = cluster.peers[0].to_string();
+    let current = PeerTransport::new(Some(pki.node(2).connector().unwrap()));
+    let answered = call(current, node_1.clone()).await;
+    assert!(answered.contains("no replica of \"no-such-group\""), "{answered}");
+    let retired = PeerTransport::new(Some(pki.retired(2).connector().unwrap()));
+    let refused = call(retired, node_1).await;
+    assert!(!refused.contains("no replica"), "a retired caller: {refused}");
+    // A listener that presents a retired certificate, called by a node that has the list.
+    let listener = tokio::net::TcpListener::bind((ip(4), 0)).await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let acceptor = pki.retired(4).acceptor().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let groups: std::sync::Arc<dyn spool_server::cluster::Groups> = std::sync::Arc::new(NoGroups);
+    tokio::spawn(spool_server::cluster::serve_peers(
+        listener,
+        groups,
+        Some(acceptor),
+        stop.clone(),
+    ));
+    let unrevoked = PeerTransport::new(Some(pki.retired(3).connector().unwrap()));
+    let reached = call(unrevoked, address.clone()).await;
+    assert!(reached.contains("no replica"), "without the list it is reached: {reached}");
+    let node = PeerTransport::new(Some(pki.node(3).connector().unwrap()));
+    let refused = call(node, address).await;
+    assert!(!refused.contains("no replica"), "a retired listener: {refused}");
+    stop.cancel();
+}
+
+/// A peer listener that holds no replica.
+struct NoGroups;
+
+impl spool_server::cluster::Groups for NoGroups {
+    fn replica(&self, _group: &str) -> Option<std::sync::Arc<spool_replication::Replica>> {
+        None
+    }
+}
+
 /// A plain producer's batch that reaches a node while its partition elects its first leader
 /// waits for the election instead of being refused: no retry is needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,17 +47,68 @@ pub fn tls(pki: &Pki, mutual: bool) -> TlsConfig {
 /// A cluster's CA, and the peer TLS of node `id` at 127.0.0.`id`.
 pub struct PeerPki {
     ca: CertifiedIssuer<'static, KeyPair>,
+    /// The CA's revocation list every node's peer TLS takes, once one is made.
+    crl: Option<String>,
 }
+
+/// The serial number of the certificates [`PeerPki::retired`] makes.
+const RETIRED_SERIAL: u64 = 9_999;
 
 impl PeerPki {
     pub fn new() -> PeerPki {
-        PeerPki { ca: ca("Spool test cluster CA") }
+        PeerPki { ca: ca("Spool test cluster CA"), crl: None }
+    }
+
+    /// A cluster whose nodes take the CA's revocation list, which lists the certificates
+    /// [`PeerPki::retired`] makes.
+    pub fn revoking_retired() -> PeerPki {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let mut pki = PeerPki::new();
+        let revoked = RevokedCertParams {
+            serial_number: SerialNumber::from(RETIRED_SERIAL),
+            revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::Superseded),
+            invalidity_date: None,
+        };
+        let list = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![revoked],
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        pki.crl = Some(list.signed_by(&pki.ca).unwrap().pem().unwrap());
+        pki
     }
 
     /// Node `id`'s certificate, naming 127.0.0.`id`, and the cluster's CA.
     pub fn node(&self, id: u64) -> PeerTls {
         let (cert, key) = leaf(&self.ca, vec![format!("127.0.0.{id}")]);
-        PeerTls { cert_pem: cert.into(), key_pem: key.into(), ca_pem: self.ca.pem().into() }
+        self.with(cert, key)
+    }
+
+    fn with(&self, cert: String, key: String) -> PeerTls {
+        PeerTls {
+            cert_pem: cert.into(),
+            key_pem: key.into(),
+            ca_pem: self.ca.pem().into(),
+            crl_pem: self.crl.clone().map(String::into_bytes),
+        }
+    }
+
+    /// A certificate the CA signed for node `id` (127.0.0.`id`) before it was retired: the
+    /// revocation list of [`PeerPki::revoking_retired`] lists it.
+    pub fn retired(&self, id: u64) -> PeerTls {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![format!("127.0.0.{id}")]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from(RETIRED_SERIAL));
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let tls = self.with(cert.pem(), key.serialize_pem());
+        // It trusts the CA, but knows nothing of the revocation.
+        PeerTls { crl_pem: None, ..tls }
     }
 
     /// Node `id`'s certificate, trusting only another CA.
@@ -68,6 +119,6 @@ impl PeerPki {
     /// A certificate another CA signed for 127.0.0.9, trusting this cluster's CA.
     pub fn stranger(&self) -> PeerTls {
         let (cert, key) = leaf(&ca("Another CA"), vec!["127.0.0.9".into()]);
-        PeerTls { cert_pem: cert.into(), key_pem: key.into(), ca_pem: self.ca.pem().into() }
+        self.with(cert, key)
     }
 }

@@ -127,6 +127,10 @@ pub(crate) struct ServeArgs {
     /// The CA (PEM) that signed every node's peer certificate: only its holders are nodes.
     #[arg(long, env = "SPOOL_PEER_TLS_CA", value_name = "FILE")]
     peer_tls_ca: Option<PathBuf>,
+    /// That CA's certificate revocation list (PEM), with the peer TLS settings: a node whose
+    /// certificate it lists is refused, both ways. Read at start [default: none revoked].
+    #[arg(long, env = "SPOOL_PEER_TLS_CRL", value_name = "FILE")]
+    peer_tls_crl: Option<PathBuf>,
 }
 
 /// The config file's `[cluster]` section.
@@ -139,6 +143,7 @@ struct ClusterFileSettings {
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
+    peer_tls_crl: Option<PathBuf>,
 }
 
 /// The config file's keys: the same settings, all optional.
@@ -205,6 +210,7 @@ pub(crate) struct ServeConfig {
     pub(crate) peer_tls_cert: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_key: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_ca: Setting<Option<PathBuf>>,
+    pub(crate) peer_tls_crl: Setting<Option<PathBuf>>,
     pub(crate) file: Option<PathBuf>,
 }
 
@@ -354,6 +360,13 @@ impl ServeConfig {
                 cluster_file.peer_tls_ca,
                 None,
             ),
+            peer_tls_crl: pick(
+                matches,
+                "peer_tls_crl",
+                args.peer_tls_crl,
+                cluster_file.peer_tls_crl,
+                None,
+            ),
             file: args.config,
         };
         config.check()?;
@@ -464,6 +477,10 @@ impl ServeConfig {
     fn peer_tls(&self) -> anyhow::Result<Option<PeerTls>> {
         let files = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca];
         match files.iter().filter(|file| file.value.is_some()).count() {
+            0 if self.peer_tls_crl.value.is_some() => bail!(
+                "peer_tls_crl revokes peer certificates, so it needs peer TLS: set \
+                 peer_tls_cert, peer_tls_key and peer_tls_ca too"
+            ),
             0 => return Ok(None),
             3 => {}
             _ => bail!(
@@ -471,14 +488,18 @@ impl ServeConfig {
                  TLS between nodes), or none (a cluster on loopback)"
             ),
         }
-        let read = |name: &str, file: &Setting<Option<PathBuf>>| {
-            let path = file.value.as_ref().expect("all three are set");
+        let read = |name: &str, path: &PathBuf| {
             std::fs::read(path).with_context(|| format!("{name}: cannot read {}", path.display()))
         };
+        let set = |file: &Setting<Option<PathBuf>>| file.value.clone().expect("all three are set");
         Ok(Some(PeerTls {
-            cert_pem: read("peer_tls_cert", &self.peer_tls_cert)?,
-            key_pem: read("peer_tls_key", &self.peer_tls_key)?,
-            ca_pem: read("peer_tls_ca", &self.peer_tls_ca)?,
+            cert_pem: read("peer_tls_cert", &set(&self.peer_tls_cert))?,
+            key_pem: read("peer_tls_key", &set(&self.peer_tls_key))?,
+            ca_pem: read("peer_tls_ca", &set(&self.peer_tls_ca))?,
+            crl_pem: match &self.peer_tls_crl.value {
+                Some(path) => Some(read("peer_tls_crl", path)?),
+                None => None,
+            },
         }))
     }
 
@@ -575,6 +596,7 @@ impl ServeConfig {
         line("peer_tls_cert", path(&self.peer_tls_cert.value), self.peer_tls_cert.source);
         line("peer_tls_key", path(&self.peer_tls_key.value), self.peer_tls_key.source);
         line("peer_tls_ca", path(&self.peer_tls_ca.value), self.peer_tls_ca.source);
+        line("peer_tls_crl", path(&self.peer_tls_crl.value), self.peer_tls_crl.source);
         out
     }
 }
@@ -637,6 +659,12 @@ mod tests {
             unreadable.contains("peer_tls_cert: cannot read /nonexistent/n.pem"),
             "{unreadable}"
         );
+        let alone = format!(
+            "{:#}",
+            resolve(&["serve", "--node-id", "1", "--peers", peers, "--peer-tls-crl", "crl.pem"])
+                .unwrap_err()
+        );
+        assert!(alone.contains("peer_tls_crl revokes peer certificates"), "{alone}");
         let grpc = refused(&["serve", "--node-id", "1", "--peers", "1=127.0.0.1:7070"]);
         assert!(grpc.contains("also the gRPC listener's"), "{grpc}");
         let kafka = refused(&[

@@ -39,6 +39,14 @@ impl TlsConfig {
     /// The same TLS for listeners that speak it with tokio-rustls directly (the Kafka and
     /// peer listeners: tonic's configuration serves only tonic's own listener).
     pub(crate) fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        self.acceptor_revoking(Vec::new())
+    }
+
+    /// [`TlsConfig::acceptor`] that also refuses client certificates `crls` revoke.
+    pub(crate) fn acceptor_revoking(
+        &self,
+        crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<tokio_rustls::TlsAcceptor, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (certs, key) = tls_identity(&self.cert_pem, &self.key_pem)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -52,6 +60,8 @@ impl TlsConfig {
                     roots.into(),
                     provider,
                 )
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
                 .build()
                 .map_err(|e| format!("the client CA is not usable: {e}"))?;
                 builder.with_client_cert_verifier(verifier)
@@ -90,6 +100,22 @@ pub(crate) fn tls_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsIdentit
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("the private key is not PEM: {e}"))?;
     Ok((certs, key))
+}
+
+/// The certificate revocation lists of a file (PEM).
+pub(crate) fn tls_crls(
+    crl_pem: &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, String> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let crls = CertificateRevocationListDer::pem_slice_iter(crl_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the revocation list is not PEM: {e}"))?;
+    if crls.is_empty() {
+        return Err("the revocation list file holds no X509 CRL (PEM)".to_owned());
+    }
+    Ok(crls)
 }
 
 /// The certificates of a CA file (PEM) as trust roots; `what` names it in errors.

@@ -19,11 +19,16 @@ pub struct ClusterOptions {
 /// certificate. A node accepts only callers whose certificate chains to the CA, and calls
 /// only peers whose certificate does and names the peer address's IP (a subject alternative
 /// name), so a certificate is needed per node (or one naming every node's IP).
+///
+/// With `crl_pem`, the CA's certificate revocation list (PEM), a node also refuses a peer
+/// whose certificate it lists, both ways: revoking a retired node's certificate does not
+/// need a new CA. The list is read at start.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerTls {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     pub ca_pem: Vec<u8>,
+    pub crl_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -32,6 +37,7 @@ impl std::fmt::Debug for PeerTls {
             .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
             .field("key_pem", &"(hidden)")
             .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("crl_pem", &self.crl_pem.as_ref().map(|crl| format!("{} bytes", crl.len())))
             .finish()
     }
 }
@@ -44,7 +50,13 @@ impl PeerTls {
             key_pem: self.key_pem.clone(),
             client_ca_pem: Some(self.ca_pem.clone()),
         };
-        listener.acceptor()
+        listener.acceptor_revoking(self.crls()?)
+    }
+
+    fn crls(
+        &self,
+    ) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, String> {
+        self.crl_pem.as_deref().map_or(Ok(Vec::new()), crate::serving::tls_crls)
     }
 
     /// The calling side: presents this node's certificate and trusts only the CA.
@@ -52,10 +64,18 @@ impl PeerTls {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let roots = crate::serving::tls_roots(&self.ca_pem, "the CA")?;
         let (certs, key) = crate::serving::tls_identity(&self.cert_pem, &self.key_pem)?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .with_crls(self.crls()?)
+        .only_check_end_entity_revocation()
+        .build()
+        .map_err(|e| format!("the CA is not usable: {e}"))?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(certs, key)
             .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
         Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
@@ -170,7 +190,12 @@ mod tests {
         assert!(refused(1, "1=127.0.0.1:7071,2=127.0.0.1:7071").contains("the same peer address"));
         assert!(refused(1, "1=10.0.0.1:7071").contains("not a loopback address"));
         assert!(refused(1, "1=10.0.0.1:7071").contains("set peer_tls_cert, peer_tls_key and"));
-        let garbage = PeerTls { cert_pem: b"x".to_vec(), key_pem: b"y".to_vec(), ca_pem: vec![] };
+        let garbage = PeerTls {
+            cert_pem: b"x".to_vec(),
+            key_pem: b"y".to_vec(),
+            ca_pem: vec![],
+            crl_pem: None,
+        };
         let garbled = ClusterOptions::new(1, &peers("1=10.0.0.1:7071"), Some(garbage.clone()));
         let garbled = garbled.unwrap_err().to_string();
         assert!(garbled.contains("the peer TLS configuration is not usable"), "{garbled}");

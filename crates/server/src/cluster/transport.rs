@@ -110,7 +110,7 @@ impl Refusals {
         if (last == 0 || now >= last + interval)
             && self.warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            tracing::warn!(%peer, reason, "refused a peer connection: its TLS handshake failed (a certificate not signed by the cluster's CA, or no TLS)");
+            tracing::warn!(%peer, reason, "refused a peer connection: its TLS handshake failed (a certificate not signed by the cluster's CA or one its revocation list names, or no TLS)");
         } else {
             tracing::debug!(%peer, reason, "refused a peer connection");
         }
