@@ -34,7 +34,7 @@ struct Cluster {
     kafka: Vec<std::net::SocketAddr>,
     /// Each node's peer address, by node id - 1.
     peers: Vec<std::net::SocketAddr>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -118,8 +118,32 @@ impl Cluster {
             proxies,
             kafka: kafka_addresses,
             peers: peers.iter().map(|(_, address)| *address).collect(),
-            _dirs: dirs,
+            dirs,
         }
+    }
+
+    /// Starts node `id` again on its data directory and peer address (a cluster started
+    /// without proxies or TLS), once it has stopped; returns once it serves.
+    async fn restart(&mut self, id: u64) {
+        let at = id as usize - 1;
+        assert!(self.nodes[at].is_none(), "node {id} is running");
+        let listener = TcpListener::bind(self.peers[at]).await.expect("its peer address again");
+        let peers: Vec<(u64, std::net::SocketAddr)> = (1..).zip(self.peers.clone()).collect();
+        let options = ClusterOptions::new(id, &peers, None).expect("a valid cluster");
+        let setup = ClusterSetup { options, listener: Some(listener) };
+        let server = spool_server::testing::TestServer::start_cluster_node_with(
+            self.dirs[at].path(),
+            ip(id),
+            setup,
+            spool_server::ServeOptions::default(),
+        )
+        .await
+        .expect("restart a node");
+        tokio::time::timeout(PATIENCE, server.wait_until_serving())
+            .await
+            .expect("it joins again")
+            .expect("health");
+        self.nodes[at] = Some(TestServer::from(server));
     }
 
     fn node(&self, id: u64) -> &TestServer {
@@ -1075,6 +1099,65 @@ async fn a_reconnecting_member_follows_the_coordinator_to_another_node() {
     let next = next.await.expect("a record came after the coordinator's node stopped");
     assert!(reconnected, "the member never joined again");
     assert_eq!(next, "task 3", "resumed after what was committed ({taken:?})");
+}
+
+/// The offsets group's log is compacted behind a snapshot of every group's committed
+/// offsets: a node that was down meanwhile takes that snapshot from the leader (the entries
+/// it missed are purged), and a node restarted after its own compaction starts from its
+/// saved snapshot; both know every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_outlive_a_compacted_offsets_log_on_every_node() {
+    use spool_client::StartAt;
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "work", 1).await;
+    for i in 0..5 {
+        cluster.produce("work", &format!("job {i}")).await;
+    }
+    let reset = async |cluster: &Cluster, through: u64, group: &str, offset: u64| {
+        let url = format!("http://{}", cluster.node(through).address());
+        let client = Client::connect(&url).await.expect("connected");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match client.reset_group(group, "work", StartAt::Offset(offset)).await {
+                Ok(_) => return,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "resetting {group}: {error:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    reset(&cluster, 1, "first", 1).await;
+    let coordinator = cluster.group_coordinator(1).await;
+    let lagging = (1..=3).find(|id| *id != coordinator).unwrap();
+    let other = (1..=3).find(|id| *id != coordinator && *id != lagging).unwrap();
+    cluster.nodes[lagging as usize - 1].take().expect("running").shutdown().await;
+    reset(&cluster, other, "first", 3).await;
+    reset(&cluster, other, "second", 4).await;
+    for id in [coordinator, other] {
+        let compacted = cluster.node(id).compact_offsets().await.expect("compacted");
+        assert!(compacted.is_some(), "node {id} had entries to compact");
+    }
+    let knows_every_commit = async |cluster: &Cluster, id: u64| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let node = cluster.node(id);
+            let known = (
+                node.committed_offset("first", "work", 0),
+                node.committed_offset("second", "work", 0),
+            );
+            if known == (Some(3), Some(4)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} knows {known:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    cluster.restart(lagging).await;
+    knows_every_commit(&cluster, lagging).await;
+    cluster.nodes[other as usize - 1].take().expect("running").shutdown().await;
+    cluster.restart(other).await;
+    knows_every_commit(&cluster, other).await;
 }
 
 /// A group's commits through one node reach every node: once that node is gone, the others

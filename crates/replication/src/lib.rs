@@ -54,7 +54,7 @@ pub use log_store::{OpenError, SegmentLogStore, SharedLog};
 pub use network::{Call, Transport, TransportError};
 pub use replica::{BootstrapError, OnForwarded, ProposeError, Proposed, Replica, StartError};
 pub use rpc::{InvalidMessage, check_message};
-pub use state_machine::{OnCommit, PartitionStateMachine};
+pub use state_machine::{Fold, OnCommit, PartitionStateMachine};
 
 /// A node's id in a cluster.
 pub type NodeId = u64;

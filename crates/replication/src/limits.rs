@@ -16,6 +16,11 @@ pub const MESSAGE_BYTES_MAX: usize = ENTRIES_PER_MESSAGE_MAX as usize
 /// The largest JSON header of a message (votes, log ids, membership, snapshot metadata).
 pub const HEADER_BYTES_MAX: usize = 1024 * 1024;
 
+/// The most snapshot bytes one InstallSnapshot message carries (openraft's
+/// `snapshot_max_chunk_size`): they travel in its JSON header, at most four characters a
+/// byte, so a chunk's header stays within [`HEADER_BYTES_MAX`].
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 128 * 1024;
+
 /// Bytes an entry's encoding adds to its payload (kind, term, index, offset, length).
 pub const ENTRY_HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 
@@ -26,6 +31,10 @@ pub const APPLIED_SAVE_EVERY: u64 = 256;
 
 /// The most an `applied.json` may hold (a log id, a membership and an offset).
 pub const APPLIED_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// The most a folding state machine's saved snapshot (`snapshot.bin`: the applied state and
+/// its owner's folded state, such as every group's committed offsets) may hold.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// How often a leader sends heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -42,3 +51,5 @@ pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_000);
 
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 4 + 64 * 1024 <= HEADER_BYTES_MAX);

@@ -17,7 +17,7 @@ use spool_storage::limits::READ_BYTES_MAX;
 use spool_storage::{Log, LogConfig, Offset, TimestampMs};
 
 use crate::entry::{self, EntryError};
-use crate::state_machine::{APPLIED_FILE, SavedApplied};
+use crate::state_machine::{APPLIED_FILE, SNAPSHOT_FILE, SavedApplied};
 use crate::{NodeId, TypeConfig};
 
 /// The file beside the log that holds the vote and the last purged log id.
@@ -111,19 +111,30 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     bytes_max: u64,
 ) -> Result<Option<T>, OpenError> {
+    let Some(bytes) = read_file(fs, path, bytes_max)? else { return Ok(None) };
+    let invalid = |reason: String| OpenError::State { path: path.to_path_buf(), reason };
+    serde_json::from_slice(&bytes).map(Some).map_err(|error| invalid(error.to_string()))
+}
+
+/// The bytes of the file at `path`, if there is one, refused past `bytes_max`.
+pub(crate) fn read_file(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes_max: u64,
+) -> Result<Option<Vec<u8>>, OpenError> {
     let io_at = |source| OpenError::Io { path: path.to_path_buf(), source };
     if !fs.exists(path).map_err(io_at)? {
         return Ok(None);
     }
     let file = fs.open(path, OpenMode::ReadOnly).map_err(io_at)?;
     let len = file.len().map_err(io_at)?;
-    let invalid = |reason: String| OpenError::State { path: path.to_path_buf(), reason };
     if len > bytes_max {
-        return Err(invalid(format!("it holds {len} bytes, more than {bytes_max}")));
+        let reason = format!("it holds {len} bytes, more than {bytes_max}");
+        return Err(OpenError::State { path: path.to_path_buf(), reason });
     }
     let mut bytes = vec![0u8; len as usize];
     file.read_exact_at(&mut bytes, 0).map_err(io_at)?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|error| invalid(error.to_string()))
+    Ok(Some(bytes))
 }
 
 impl SegmentLogStore {
@@ -182,11 +193,14 @@ impl SegmentLogStore {
         // log and copies the group's from a leader (a snapshot, where the leader's log is
         // purged too). Its log first, then the purge point, so that a restart in between
         // does this again.
+        let saved = |name: &str| {
+            let path = dir.join(name);
+            fs.exists(&path).map_err(|source| OpenError::Io { path, source })
+        };
         if repairing
             && state.purged.is_some()
-            && !fs
-                .exists(&dir.join(APPLIED_FILE))
-                .map_err(|source| OpenError::Io { path: dir.join(APPLIED_FILE), source })?
+            && !saved(APPLIED_FILE)?
+            && !saved(SNAPSHOT_FILE)?
             && let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut()
         {
             tracing::warn!(dir = %dir.display(), "the replica under repair had a purged log: it empties it and copies the group's log from a leader");
@@ -406,10 +420,12 @@ fn begin_repair(
         serde_json::to_vec(&Repair { damage: damage.to_owned() }).expect("a repair mark encodes");
     spool_storage::fs::write_atomically(fs, dir, REPAIR_FILE, &json)
         .map_err(io_at(&dir.join(REPAIR_FILE)))?;
-    let applied = dir.join(APPLIED_FILE);
-    if fs.exists(&applied).map_err(io_at(&applied))? {
-        fs.remove_file(&applied).map_err(io_at(&applied))?;
-        fs.sync_dir(dir).map_err(io_at(dir))?;
+    for saved in [APPLIED_FILE, SNAPSHOT_FILE] {
+        let saved = dir.join(saved);
+        if fs.exists(&saved).map_err(io_at(&saved))? {
+            fs.remove_file(&saved).map_err(io_at(&saved))?;
+            fs.sync_dir(dir).map_err(io_at(dir))?;
+        }
     }
     if !purged {
         let end = log

@@ -15,6 +15,7 @@ use spool_storage::Offset;
 use crate::entry::Batch;
 use crate::limits::{
     ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HEARTBEAT_INTERVAL,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use crate::network::{Network, Transport};
 use crate::rpc::{self, Request};
@@ -154,6 +155,8 @@ impl Replica {
             // unless retention asks (`Replica::apply_retention`).
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
+            // A snapshot chunk travels in a message's JSON header.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             // A replica under repair stands for no election until it has caught up.
             enable_elect: !store.repairing(),
             ..openraft::Config::default()
@@ -199,6 +202,28 @@ impl Replica {
     ) -> Result<Option<u64>, String> {
         let index = self.store.retention_index(now).map_err(|error| error.to_string())?;
         let Some(index) = index else { return Ok(None) };
+        self.purge_through(index, patience).await.map(Some)
+    }
+
+    /// Compacts the log of a group whose state machine folds its records
+    /// ([`crate::PartitionStateMachine::open_folding`]): saves a snapshot of everything
+    /// applied (the fold's state with it) and has Raft purge the log up to it, which deletes
+    /// the whole segments below. Returns the index purged up to, if any. Waits at most
+    /// `patience` for the snapshot.
+    pub async fn compact(&self, patience: Duration) -> Result<Option<u64>, String> {
+        let applied = self.raft.metrics().borrow().last_applied.map(|applied| applied.index);
+        let purged = self.raft.metrics().borrow().purged.map(|purged| purged.index);
+        match applied {
+            Some(index) if Some(index) > purged => {
+                self.purge_through(index, patience).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Has Raft purge the log through entry `index`, after building a snapshot that covers
+    /// it if the last one does not.
+    async fn purge_through(&self, index: u64, patience: Duration) -> Result<u64, String> {
         let mut metrics = self.raft.metrics();
         let built = |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
             metrics.snapshot.is_some_and(|snapshot| snapshot.index >= index)
@@ -213,7 +238,7 @@ impl Replica {
             }
         }
         self.raft.trigger().purge_log(index).await.map_err(|error| error.to_string())?;
-        Ok(Some(index))
+        Ok(index)
     }
 
     /// Whether this replica is under repair (its synced data was damaged and its log cut

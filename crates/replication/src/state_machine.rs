@@ -34,10 +34,10 @@ use spool_storage::Offset;
 use spool_storage::fs::FileSystem;
 
 use crate::OpenError;
-use crate::limits::{APPLIED_FILE_BYTES_MAX, APPLIED_SAVE_EVERY};
+use crate::limits::{APPLIED_FILE_BYTES_MAX, APPLIED_SAVE_EVERY, SNAPSHOT_FILE_BYTES_MAX};
 
 use crate::entry::{self, Applied};
-use crate::log_store::{SharedLog, read_json};
+use crate::log_store::{SharedLog, read_file, read_json};
 use crate::{NodeId, TypeConfig};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -63,6 +63,20 @@ struct Inner {
 /// Called with the new high watermark after entries are applied.
 pub type OnCommit = Arc<dyn Fn(Offset) + Send + Sync>;
 
+/// State its owner folds from a replicated log's committed records, too long to rebuild from
+/// the whole log (a cluster's committed consumer offsets): the state machine applies each
+/// committed batch to it in order, and its snapshot travels in the group's snapshots and is
+/// saved with them, so the log can be purged behind it ([`crate::Replica::compact`]).
+pub trait Fold: Send + Sync {
+    /// Applies a committed batch (a producer's Kafka batch) that took offsets `base..next`.
+    fn apply(&self, kafka: &[u8], base: Offset, next: Offset);
+    /// The folded state, to be given to [`Fold::install`] on another replica or at a restart.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the folded state with a snapshot's; `next` is the offset after the last
+    /// record it folded.
+    fn install(&self, snapshot: &[u8], next: Offset) -> Result<(), String>;
+}
+
 /// A replicated partition's state machine. Clones share the state (one builds snapshots).
 #[derive(Clone, Default)]
 pub struct PartitionStateMachine {
@@ -75,6 +89,9 @@ pub struct PartitionStateMachine {
     /// The last applied log id that `applied.json` holds: the log store purges no further
     /// (a restart applies again from there, and needs those entries).
     saved_applied: SavedApplied,
+    /// The owner's folded state, for a state machine made with
+    /// [`PartitionStateMachine::open_folding`].
+    fold: Option<Arc<dyn Fold>>,
 }
 
 /// The last applied log id saved durably, shared with the log store.
@@ -87,6 +104,9 @@ struct Saved {
 }
 
 pub(crate) const APPLIED_FILE: &str = "applied.json";
+/// What a folding state machine saves instead of `applied.json`, with every snapshot: the
+/// applied state as JSON, a newline, and the fold's snapshot.
+pub(crate) const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 impl std::fmt::Debug for PartitionStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +160,50 @@ impl PartitionStateMachine {
         Ok(machine)
     }
 
+    /// [`PartitionStateMachine::open`] for a log whose owner folds its records into `fold`
+    /// ([`Fold`]): it starts from the snapshot saved in `dir` (`snapshot.bin`, with the
+    /// fold's state), if any, and saves one with every snapshot it builds or installs, never
+    /// in between. So a restart applies again, to the fold too, what came after the last
+    /// snapshot.
+    pub fn open_folding(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        log: SharedLog,
+        on_commit: OnCommit,
+        fold: Arc<dyn Fold>,
+    ) -> Result<PartitionStateMachine, OpenError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        // An applied state saved without the fold (before the owner folded) is not where
+        // the fold is: everything is applied again.
+        let stale = dir.join(APPLIED_FILE);
+        if fs.exists(&stale).map_err(io_at(&stale))? {
+            fs.remove_file(&stale).map_err(io_at(&stale))?;
+            fs.sync_dir(dir).map_err(io_at(dir))?;
+        }
+        let mut machine = PartitionStateMachine::over(log, on_commit);
+        machine.fold = Some(fold.clone());
+        if let Some(bytes) = read_file(fs.as_ref(), &path, SNAPSHOT_FILE_BYTES_MAX)? {
+            let invalid = |reason: String| OpenError::State { path: path.clone(), reason };
+            let (applied, folded) = split_snapshot(&bytes).map_err(invalid)?;
+            fold.install(folded, Offset(applied.high_watermark)).map_err(invalid)?;
+            let high_watermark = Offset(applied.high_watermark);
+            *lock(&machine.saved_applied) = applied.last_applied;
+            lock(&machine.inner).applied = applied;
+            machine.restart_log_before(high_watermark).map_err(|error| {
+                invalid(format!("the log could not go on from the snapshot: {error}"))
+            })?;
+            machine.publish(high_watermark).map_err(|error| {
+                invalid(format!("the log does not hold what the snapshot says: {error}"))
+            })?;
+        }
+        machine.saved = Some(Arc::new(Saved { fs, dir: dir.to_path_buf() }));
+        Ok(machine)
+    }
+
     /// The offset after the last committed record: readers see the records below it.
     pub fn high_watermark(&self) -> u64 {
         lock(&self.inner).applied.high_watermark
@@ -153,13 +217,33 @@ impl PartitionStateMachine {
     /// nothing over a restart), under the state's lock so that saves do not cross.
     fn save(&self, inner: &mut Inner) -> std::io::Result<()> {
         if let Some(saved) = &self.saved {
-            let json = serde_json::to_vec(&inner.applied).expect("the applied state encodes");
             let (fs, dir) = (saved.fs.as_ref(), &saved.dir);
-            spool_storage::fs::write_atomically(fs, dir, APPLIED_FILE, &json)?;
+            match &self.fold {
+                None => {
+                    let json =
+                        serde_json::to_vec(&inner.applied).expect("the applied state encodes");
+                    spool_storage::fs::write_atomically(fs, dir, APPLIED_FILE, &json)?;
+                }
+                Some(_) => {
+                    let bytes = self.snapshot_bytes(inner);
+                    spool_storage::fs::write_atomically(fs, dir, SNAPSHOT_FILE, &bytes)?;
+                }
+            }
         }
         inner.unsaved = 0;
         *lock(&self.saved_applied) = inner.applied.last_applied;
         Ok(())
+    }
+
+    /// A snapshot's content: the applied state as JSON, and for a folding state machine a
+    /// newline and the fold's snapshot (compact JSON holds no newline).
+    fn snapshot_bytes(&self, inner: &Inner) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(&inner.applied).expect("the applied state encodes");
+        if let Some(fold) = &self.fold {
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&fold.snapshot());
+        }
+        bytes
     }
 
     /// Empties the log and restarts it at `high_watermark` when it ends before it.
@@ -200,8 +284,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionStateMachine {
         // Saved first: the log is purged no further than what is saved.
         self.save(&mut inner).map_err(|error| StorageIOError::write_snapshot(None, &error))?;
         let applied = inner.applied.clone();
-        let bytes = serde_json::to_vec(&applied)
-            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        let bytes = self.snapshot_bytes(&inner);
         inner.snapshots_built += 1;
         let snapshot_id = match applied.last_applied {
             Some(last) => {
@@ -241,7 +324,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             let applied = &mut inner.applied;
             applied.last_applied = Some(entry.log_id);
             let offsets = match entry.payload {
-                EntryPayload::Normal(batch) => entry::offsets(&batch),
+                EntryPayload::Normal(batch) => {
+                    let offsets = entry::offsets(&batch);
+                    if let (Some(fold), Some((base, next))) = (&self.fold, offsets) {
+                        fold.apply(&batch.kafka, Offset(base), Offset(next));
+                    }
+                    offsets
+                }
                 EntryPayload::Blank => None,
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -255,7 +344,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         }
         let high_watermark = inner.applied.high_watermark;
         inner.unsaved += replies.len() as u64;
+        // A folding state machine saves with its snapshots only (see `open_folding`).
         if inner.unsaved >= APPLIED_SAVE_EVERY
+            && self.fold.is_none()
             && let Err(error) = self.save(&mut inner)
         {
             // Only a restart's shortcut is lost: it applies from the previous save.
@@ -285,8 +376,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let applied: AppliedState = serde_json::from_slice(&bytes)
-            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        let invalid = |reason: String| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(reason))
+        };
+        let (applied, folded) = split_snapshot(&bytes).map_err(invalid)?;
+        if let Some(fold) = &self.fold {
+            fold.install(folded, Offset(applied.high_watermark)).map_err(invalid)?;
+        }
         let mut inner = lock(&self.inner);
         inner.applied = AppliedState {
             last_applied: meta.last_log_id,
@@ -314,4 +410,15 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             snapshot: Box::new(Cursor::new(bytes.clone())),
         }))
     }
+}
+
+/// A snapshot's applied state, and the fold's snapshot after it (empty for none).
+fn split_snapshot(bytes: &[u8]) -> Result<(AppliedState, &[u8]), String> {
+    let (json, folded) = match bytes.iter().position(|byte| *byte == b'\n') {
+        Some(at) => (&bytes[..at], &bytes[at + 1..]),
+        None => (bytes, &bytes[bytes.len()..]),
+    };
+    let applied = serde_json::from_slice(json)
+        .map_err(|error| format!("the applied state is not valid JSON: {error}"))?;
+    Ok((applied, folded))
 }

@@ -67,6 +67,35 @@ struct Cluster {
     router: Arc<Router>,
     disks: BTreeMap<NodeId, SimFileSystem>,
     config: LogConfig,
+    /// Each node's fold, when the replicas fold their records ([`Cluster::start_folding`]).
+    folds: Option<Mutex<HashMap<NodeId, Arc<Values>>>>,
+}
+
+/// A fold that keeps every record's value, in order.
+#[derive(Default)]
+struct Values {
+    values: Mutex<Vec<String>>,
+}
+
+impl spool_replication::Fold for Values {
+    fn apply(&self, kafka: &[u8], _base: Offset, _next: Offset) {
+        let view = BatchView::new(kafka).expect("a committed batch");
+        let mut values = self.values.lock().unwrap();
+        for record in view.records().iter() {
+            let value = record.expect("a record").value.unwrap_or_default().to_vec();
+            values.push(String::from_utf8(value).expect("UTF-8"));
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.values.lock().unwrap()).unwrap()
+    }
+
+    fn install(&self, snapshot: &[u8], _next: Offset) -> Result<(), String> {
+        *self.values.lock().unwrap() =
+            serde_json::from_slice(snapshot).map_err(|error| error.to_string())?;
+        Ok(())
+    }
 }
 
 fn members() -> BTreeMap<NodeId, String> {
@@ -80,10 +109,20 @@ impl Cluster {
 
     /// Three replicas whose logs have `config`.
     async fn start_with(config: LogConfig) -> Cluster {
+        Cluster::start_as(config, false).await
+    }
+
+    /// Three replicas that fold their records into a [`Values`] each.
+    async fn start_folding(config: LogConfig) -> Cluster {
+        Cluster::start_as(config, true).await
+    }
+
+    async fn start_as(config: LogConfig, folding: bool) -> Cluster {
         let cluster = Cluster {
             router: Arc::new(Router::default()),
             disks: (1..=3).map(|id| (id, SimFileSystem::new())).collect(),
             config,
+            folds: folding.then(|| Mutex::new(HashMap::new())),
         };
         for id in 1..=3 {
             cluster.start_node(id).await;
@@ -98,8 +137,16 @@ impl Cluster {
         let store = SegmentLogStore::open(fs.clone(), dir, self.config, TimestampMs(0))
             .expect("open the replica's storage");
         let link = Arc::new(Link { from: id, router: self.router.clone() });
-        let state = PartitionStateMachine::open(fs, dir, store.log().clone(), Arc::new(|_| {}))
-            .expect("open the replica's state");
+        let log = store.log().clone();
+        let state = match &self.folds {
+            None => PartitionStateMachine::open(fs, dir, log, Arc::new(|_| {})),
+            Some(folds) => {
+                let fold = Arc::new(Values::default());
+                folds.lock().unwrap().insert(id, fold.clone());
+                PartitionStateMachine::open_folding(fs, dir, log, Arc::new(|_| {}), fold)
+            }
+        };
+        let state = state.expect("open the replica's state");
         let replica = Replica::start(id, GROUP, store, state, link).await.expect("start");
         self.router.replicas.lock().unwrap().insert(id, Arc::new(replica));
     }
@@ -707,4 +754,62 @@ async fn a_damaged_replica_whose_log_was_purged_empties_it_and_is_repaired() {
     let leader_log = contents_from(&cluster.replica(leader), start);
     assert_eq!(contents_from(&repaired, start), leader_log, "the same batches from {start}");
     assert_eq!(values(&repaired).last().map(String::as_str), Some("after the repair"));
+}
+
+impl Cluster {
+    /// What node `id`'s fold holds.
+    fn folded(&self, id: NodeId) -> Vec<String> {
+        let folds = self.folds.as_ref().expect("a folding cluster").lock().unwrap();
+        folds[&id].values.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_log_s_folded_state_reaches_a_follower_behind_it_and_survives_restarts() {
+    let config = LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() };
+    let cluster = Cluster::start_folding(config).await;
+    let mut sent = Vec::new();
+    let mut produce = async |value: String| {
+        let (_, end) = cluster.produce(&value).await;
+        sent.extend([value.clone(), value]);
+        end
+    };
+    let padding = "x".repeat(20_000);
+    for i in 0..10 {
+        produce(format!("early {i} {padding}")).await;
+    }
+    let leader = cluster.leader(None).await;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3).find(|id| *id != leader && *id != lagging).expect("another");
+    cluster.kill(lagging).await;
+    let mut end = Offset(0);
+    for i in 0..50 {
+        end = produce(format!("late {i} {padding}")).await;
+    }
+    for id in [leader, other] {
+        let replica = cluster.replica(id);
+        assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
+        let purged = replica.compact(PATIENCE).await.expect("compacted");
+        assert!(purged.is_some(), "node {id} had entries to compact");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    for id in [leader, other] {
+        while cluster.replica(id).store().with_log(|log| log.log_start_offset()) == Offset(0) {
+            assert!(Instant::now() < deadline, "node {id} deleted nothing within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The lagging follower takes the leader's snapshot, the fold's state with it.
+    cluster.start_node(lagging).await;
+    assert!(cluster.replica(lagging).wait_for_high_watermark(end, PATIENCE).await);
+    let start = cluster.replica(lagging).store().with_log(|log| log.log_start_offset());
+    assert!(start > Offset(0), "it went on from the snapshot");
+    // A restart folds the saved snapshot and what came after it again.
+    cluster.kill(other).await;
+    cluster.start_node(other).await;
+    let end = produce("after".to_owned()).await;
+    for id in 1..=3 {
+        assert!(cluster.replica(id).wait_for_high_watermark(end, PATIENCE).await, "node {id}");
+        assert_eq!(cluster.folded(id), sent, "node {id}'s fold");
+    }
 }

@@ -252,6 +252,15 @@ impl Server {
         self.topics.metrics.clone()
     }
 
+    /// This node's part in a cluster, on a node of one.
+    pub(crate) fn cluster(&self) -> Option<Arc<cluster::Cluster>> {
+        self.cluster.clone()
+    }
+
+    pub(crate) fn groups(&self) -> Arc<Groups> {
+        self.groups.clone()
+    }
+
     /// What opening the data directory did.
     pub fn recovery(&self) -> &RecoverySummary {
         &self.topics.recovery

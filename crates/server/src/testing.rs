@@ -53,6 +53,9 @@ pub struct TestServer {
     url: String,
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
+    /// On a node of a cluster.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    groups: Arc<crate::groups::Groups>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), RunError>>>,
 }
@@ -76,6 +79,7 @@ impl TestServer {
         let scheme = if tls { "https" } else { "http" };
         let server = Server::open_with(data_dir, options.partitions_max).await?;
         let metrics = server.metrics();
+        let groups = server.groups();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(listener, options, async { Ok(server) }, async {
             let _ = stopped.await;
@@ -85,6 +89,8 @@ impl TestServer {
             url: format!("{scheme}://{address}"),
             data_dir: data_dir.to_path_buf(),
             metrics,
+            cluster: None,
+            groups,
             stop: Some(stop),
             task: Some(task),
         };
@@ -121,6 +127,7 @@ impl TestServer {
         let server =
             Server::open_cluster(data_dir, None, setup, address.to_string(), kafka).await?;
         let metrics = server.metrics();
+        let (cluster, groups) = (server.cluster(), server.groups());
         let (stop, stopped) = oneshot::channel::<()>();
         let opening = async move {
             server.joined().await;
@@ -134,9 +141,28 @@ impl TestServer {
             url: format!("http://{address}"),
             data_dir: data_dir.to_path_buf(),
             metrics,
+            cluster,
+            groups,
             stop: Some(stop),
             task: Some(task),
         })
+    }
+
+    /// Compacts this cluster node's consumer group offsets log now, whatever its size (a
+    /// node does so by itself once it is large): the index purged up to, if any.
+    pub async fn compact_offsets(&self) -> Result<Option<u64>, String> {
+        let cluster = self.cluster.as_ref().ok_or("not a node of a cluster")?;
+        cluster.compact_offsets(0).await
+    }
+
+    /// The offset `group` has committed for `partition` of `topic` as this node knows it
+    /// (on a node of a cluster, the coordinator or not).
+    pub fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        let group = spool_broker::group::GroupName::parse(group).ok()?;
+        let topic = spool_broker::TopicName::parse(topic).ok()?;
+        let partition = spool_broker::group::TopicPartition { topic, partition };
+        let state = self.groups.lock();
+        state.coordinator.committed_offsets().get(&group, &partition).map(|offset| offset.0)
     }
 
     /// Returns once the server's health says SERVING (watched, not polled).

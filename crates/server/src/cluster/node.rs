@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use spool_replication::{
-    OnCommit, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, SharedLog,
+    Fold, OnCommit, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, SharedLog,
 };
 use spool_storage::batch::{BatchBuilder, BatchIter, BatchKind, ProducerStamp};
 use spool_storage::fs::{FileSystem, StdFileSystem};
@@ -30,12 +30,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
+use crate::groups::OffsetsFold;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
-    EMPTY_START_RETRY, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT,
+    EMPTY_START_RETRY, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, OFFSETS_COMPACT_BYTES,
+    OFFSETS_COMPACT_CHECK_INTERVAL, OFFSETS_COMPACT_PATIENCE, PEER_PROBE_TIMEOUT,
     PRODUCER_ID_PATIENCE,
 };
-use spool_broker::limits::PRODUCER_ID_BLOCK;
+use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
 
 /// Proposes a batch to one of the cluster's own groups from any node. While no leader is
 /// known (an election is on, or the group is new) nothing was stored: it waits up to
@@ -215,6 +217,8 @@ pub(crate) struct Cluster {
     metadata: OnceLock<Arc<Replica>>,
     /// The replica of the consumer groups' committed offsets (see `crate::groups`).
     offsets: OnceLock<Arc<Replica>>,
+    /// The committed offsets its state machine folds, so that its log can be compacted.
+    offsets_fold: Arc<OffsetsFold>,
     /// That group's high watermark, as it moves.
     offsets_committed: watch::Sender<u64>,
     /// Tells this run's records of the offsets group from every other (another node's, or
@@ -307,6 +311,7 @@ impl Cluster {
             replicas: RwLock::new(HashMap::new()),
             metadata: OnceLock::new(),
             offsets: OnceLock::new(),
+            offsets_fold: Arc::new(OffsetsFold::default()),
             offsets_committed: watch::Sender::new(0),
             run: format!("{}-{}", options.node_id, TimestampMs::now().0),
             metadata_committed: watch::Sender::new(0),
@@ -327,12 +332,15 @@ impl Cluster {
         // node stopped before it heard from a leader).
         let committed = cluster.metadata_committed.clone();
         let (metadata, empty) =
-            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, None).await?;
+            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, None, None).await?;
         let _ = cluster.metadata.set(metadata);
         let committed = cluster.offsets_committed.clone();
-        let (offsets, _) =
-            cluster.start_internal(OFFSETS_GROUP, &offsets_dir, committed, Some(empty)).await?;
+        let fold: Arc<dyn Fold> = cluster.offsets_fold.clone();
+        let (offsets, _) = cluster
+            .start_internal(OFFSETS_GROUP, &offsets_dir, committed, Some(empty), Some(fold))
+            .await?;
         let _ = cluster.offsets.set(offsets);
+        tokio::spawn(compact_offsets(cluster.clone()));
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());
         } else {
@@ -412,11 +420,13 @@ impl Cluster {
         dir: &Path,
         committed: watch::Sender<u64>,
         hold: Option<bool>,
+        fold: Option<Arc<dyn Fold>>,
     ) -> Result<(Arc<Replica>, bool), JoinClusterError> {
         let error = metadata_error(dir);
-        let store =
-            SegmentLogStore::open(self.fs.clone(), dir, LogConfig::default(), TimestampMs::now())
-                .map_err(|e| error(e.to_string()))?;
+        // Small segments: a compaction deletes whole ones.
+        let config = LogConfig { segment_bytes: INTERNAL_SEGMENT_BYTES, ..LogConfig::default() };
+        let store = SegmentLogStore::open(self.fs.clone(), dir, config, TimestampMs::now())
+            .map_err(|e| error(e.to_string()))?;
         let hold = match hold {
             Some(hold) => hold,
             None => !store.has_begun().map_err(|e| error(e.to_string()))?,
@@ -428,8 +438,13 @@ impl Cluster {
             committed.send_replace(end.0);
         });
         let log = store.log().clone();
-        let state = PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit)
-            .map_err(|e| error(e.to_string()))?;
+        let state = match fold {
+            None => PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit),
+            Some(fold) => {
+                PartitionStateMachine::open_folding(self.fs.clone(), dir, log, on_commit, fold)
+            }
+        };
+        let state = state.map_err(|e| error(e.to_string()))?;
         Ok((self.start_replica(group, store, state).await?, hold))
     }
 
@@ -611,6 +626,28 @@ impl Cluster {
         from: Offset,
     ) -> Vec<(Offset, Vec<CommittedRecord>)> {
         read_committed(self.offsets_replica(), from)
+    }
+
+    /// The committed offsets the offsets group's state machine folds.
+    pub(crate) fn offsets_fold(&self) -> &Arc<OffsetsFold> {
+        &self.offsets_fold
+    }
+
+    /// Where the offsets group's log starts on this node (a compaction moves it).
+    pub(crate) fn offsets_log_start(&self) -> Offset {
+        self.offsets_replica().store().with_log(|log| log.log_start_offset())
+    }
+
+    /// Compacts the offsets group's log once it holds `grown_by` bytes or more: saves a
+    /// snapshot (every group's committed offsets) and purges the log up to it, which deletes
+    /// the whole segments below. Returns the index purged up to, if any.
+    pub(crate) async fn compact_offsets(&self, grown_by: u64) -> Result<Option<u64>, String> {
+        let replica = self.offsets_replica();
+        let size = replica.store().with_log(|log| log.size_bytes());
+        if size < grown_by {
+            return Ok(None);
+        }
+        replica.compact(OFFSETS_COMPACT_PATIENCE).await
     }
 
     fn offsets_replica(&self) -> &Arc<Replica> {
@@ -814,5 +851,26 @@ impl Cluster {
         }
         self.stop.cancel();
         logs
+    }
+}
+
+/// Compacts the offsets group's log every [`OFFSETS_COMPACT_CHECK_INTERVAL`] once it holds
+/// more than [`OFFSETS_COMPACT_BYTES`], until the cluster stops.
+async fn compact_offsets(cluster: Arc<Cluster>) {
+    let stop = cluster.stopping();
+    let mut timer = tokio::time::interval(OFFSETS_COMPACT_CHECK_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        match cluster.compact_offsets(OFFSETS_COMPACT_BYTES).await {
+            Ok(Some(index)) => tracing::info!(index, "compacted the consumer groups' offsets log"),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "compacting the consumer groups' offsets log failed; it is tried again")
+            }
+        }
     }
 }

@@ -26,15 +26,17 @@
 //!   task proposes what is queued, many records to a batch, and a commit is answered once a
 //!   majority of the nodes has it fsynced. Every node applies the other nodes' records (and
 //!   its own from before a restart) to its committed offsets, so a group's offsets survive
-//!   the node that took them. Each node still coordinates the members connected to it: a
-//!   group's members belong on one node at a time. The offsets group's log is never
-//!   compacted yet.
+//!   the node that took them. The offsets group's state machine folds the same records
+//!   ([`OffsetsFold`]); once its log passes `OFFSETS_COMPACT_BYTES`, a snapshot of every
+//!   group's committed offsets is saved and the log purged behind it (a replica too far
+//!   behind takes that snapshot from the leader).
 //!
 //! Time is the wall clock's reading when the groups opened, advanced by tokio's monotonic
 //! clock since: it never goes backwards, and tests that pause tokio's clock control it.
 
 mod api;
 mod feed;
+mod fold;
 mod member;
 
 use std::collections::HashMap;
@@ -60,6 +62,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 pub(crate) use api::GroupApi;
+pub(crate) use fold::OffsetsFold;
 
 use crate::error::ServiceError;
 use crate::internal_log::{InternalLog, OpenInternalError};
@@ -159,12 +162,11 @@ impl Groups {
                 (OffsetsLog::Local(log), None)
             }
             Some(cluster) => {
-                // What this replica applied before it stopped is read now, before any member
-                // joins; what the group commits from here on is applied as it comes.
-                let committed = cluster.committed_offsets_records(Offset(0));
-                let mut folded = folding.lock().unwrap_or_else(PoisonError::into_inner);
-                let next = apply_replicated(&mut folded, cluster.run(), committed, Offset(0));
-                drop(folded);
+                // What this replica folded (its last snapshot, and what it applied since) is
+                // taken now, before any member joins; what the group commits from here on
+                // is applied as it comes.
+                let (folded, next) = cluster.offsets_fold().state();
+                *folding.lock().unwrap_or_else(PoisonError::into_inner) = folded;
                 let (queue, queued) = mpsc::channel(REPLICATED_OFFSETS_QUEUE_MAX);
                 tokio::spawn(propose_replicated(cluster.clone(), queued));
                 (OffsetsLog::Replicated(queue), Some(next))
@@ -354,16 +356,30 @@ fn apply_replicated(
     next
 }
 
-/// Applies what the offsets group commits, as it commits it, until the cluster stops.
+/// Applies what the offsets group commits, as it commits it, until the cluster stops. When
+/// this replica installed a leader's snapshot, or its log was compacted past what was
+/// applied here, the committed offsets are taken whole from the fold and followed from there.
 async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next: Offset) {
     let mut changes = cluster.offsets_changes();
+    let mut installs = cluster.offsets_fold().installs();
     let stop = cluster.stopping();
     loop {
+        let mut installed = false;
         tokio::select! {
             () = stop.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },
+            changed = installs.changed() => {
+                if changed.is_err() { return }
+                installed = true;
+            }
         }
         let Some(groups) = groups.upgrade() else { return };
+        if installed || next < cluster.offsets_log_start() {
+            let (folded, at) = cluster.offsets_fold().state();
+            folded.snapshot().for_each(|record| record_lag_sources(&record));
+            *groups.lock().coordinator.committed_offsets_mut() = folded;
+            next = at;
+        }
         // Read before the coordinator is locked: only applying holds it.
         let batches = cluster.committed_offsets_records(next);
         let mut state = groups.lock();
