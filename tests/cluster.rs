@@ -1135,8 +1135,8 @@ async fn committed_offsets_outlive_a_compacted_offsets_log_on_every_node() {
     reset(&cluster, other, "first", 3).await;
     reset(&cluster, other, "second", 4).await;
     for id in [coordinator, other] {
-        let compacted = cluster.node(id).compact_offsets().await.expect("compacted");
-        assert!(compacted.is_some(), "node {id} had entries to compact");
+        let (_, offsets) = cluster.node(id).compact_internal_logs().await.expect("compacted");
+        assert!(offsets.is_some(), "node {id} had entries to compact");
     }
     let knows_every_commit = async |cluster: &Cluster, id: u64| {
         let deadline = Instant::now() + PATIENCE;
@@ -1158,6 +1158,58 @@ async fn committed_offsets_outlive_a_compacted_offsets_log_on_every_node() {
     cluster.nodes[other as usize - 1].take().expect("running").shutdown().await;
     cluster.restart(other).await;
     knows_every_commit(&cluster, other).await;
+}
+
+/// The metadata group's log is compacted behind a snapshot of the cluster's topics, node
+/// registrations and producer-id blocks: a node that was down meanwhile takes the leader's
+/// snapshot and ends with the cluster's topics (it creates what it missed, deletes what was
+/// deleted, grows what grew), and a compacted node restarted starts from its own snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_compacted_metadata_log_takes_the_cluster_s_topics() {
+    use spool_proto::v1::{AlterTopicRequest, DeleteTopicRequest, DescribeClusterRequest};
+    let mut cluster = Cluster::start().await;
+    for name in ["kept", "grown", "dropped"] {
+        cluster.create_topic(1, name, 1).await;
+    }
+    cluster.produce("kept", "before").await;
+    let mut topics = cluster.node(1).topics().await;
+    let described = topics.describe_cluster(DescribeClusterRequest {}).await.unwrap();
+    let leader = described.into_inner().metadata_leader.expect("a metadata leader");
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let through = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+    cluster.nodes[lagging as usize - 1].take().expect("running").shutdown().await;
+    cluster.create_topic(through, "added", 1).await;
+    let mut topics = cluster.node(through).topics().await;
+    topics.delete_topic(DeleteTopicRequest { name: "dropped".into() }).await.expect("deleted");
+    let grow =
+        AlterTopicRequest { name: "grown".into(), partitions: Some(3), ..Default::default() };
+    topics.alter_topic(grow).await.expect("grown");
+    for id in [leader, through] {
+        let (metadata, _) = cluster.node(id).compact_internal_logs().await.expect("compacted");
+        assert!(metadata.is_some(), "node {id} had entries to compact");
+    }
+    let holds_the_cluster_s_topics = async |cluster: &Cluster, id: u64| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut topics = cluster.node(id).topics().await;
+            let listed = topics.list_topics(spool_proto::v1::ListTopicsRequest {}).await;
+            let names: Vec<String> =
+                listed.unwrap().into_inner().topics.into_iter().map(|t| t.name).collect();
+            let grown = cluster.node(id).describe("grown").await.map(|t| t.partitions.len());
+            if names == ["added", "grown", "kept"] && grown.as_ref().ok() == Some(&3) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} holds {names:?}, grown: {grown:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    cluster.restart(lagging).await;
+    holds_the_cluster_s_topics(&cluster, lagging).await;
+    assert_eq!(cluster.read(lagging, "kept", 1).await, ["before"]);
+    cluster.nodes[through as usize - 1].take().expect("running").shutdown().await;
+    cluster.restart(through).await;
+    holds_the_cluster_s_topics(&cluster, through).await;
+    cluster.produce_at(through, "added", "after").await;
 }
 
 /// A group's commits through one node reach every node: once that node is gone, the others

@@ -80,7 +80,17 @@ impl Node {
                 return String::from_utf8(output.stdout).unwrap();
             }
             let error = String::from_utf8_lossy(&output.stderr).into_owned();
-            assert!(Instant::now() < deadline, "spool {args:?} at node {}: {error}", self.id);
+            if Instant::now() >= deadline {
+                // The node's own account, for a failure that does not reproduce.
+                let log = self.served.as_ref().map(Served::log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "spool {args:?} at node {}: {error}\nits log ends:\n{}",
+                    self.id,
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

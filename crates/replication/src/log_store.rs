@@ -263,8 +263,12 @@ impl SegmentLogStore {
     }
 
     /// Whether the log holds an entry past the first membership: one a leader wrote (forming
-    /// a group writes the first membership on every node, before any election).
+    /// a group writes the first membership on every node, before any election), or held one
+    /// that a purge (retention, a compaction) has deleted since.
     pub fn has_begun(&self) -> io::Result<bool> {
+        if self.purged().is_some_and(|purged| purged.index > 0) {
+            return Ok(true);
+        }
         let log = self.read_log()?;
         let last = log.as_ref().expect("checked").last_entry().map_err(failed)?;
         Ok(last.is_some_and(|at| at.entry.index > 0))

@@ -51,12 +51,13 @@ pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// UNAVAILABLE naming the leader (a follower is usually one heartbeat behind; one under
 /// repair may be minutes).
 pub const FOLLOWER_READ_PATIENCE: Duration = Duration::from_secs(5);
-/// How large the cluster's consumer group offsets log may grow before it is compacted (a
-/// snapshot of every group's committed offsets, and the log purged behind it), and how
-/// often that is checked; the compaction waits this long for the snapshot.
-pub const OFFSETS_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
-pub const OFFSETS_COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
-pub const OFFSETS_COMPACT_PATIENCE: Duration = Duration::from_secs(30);
+/// How large the log of one of the cluster's own groups (the metadata, the consumer groups'
+/// offsets) may grow before it is compacted (a snapshot of its folded state, and the log
+/// purged behind it), and how often that is checked; the compaction waits this long for the
+/// snapshot.
+pub const INTERNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+pub const INTERNAL_COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+pub const INTERNAL_COMPACT_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a replicated partition's retention waits for its replica to save a snapshot of
 /// the partition's state (a small file) before it gives up until the next check.
 pub const RETENTION_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -148,11 +148,12 @@ impl TestServer {
         })
     }
 
-    /// Compacts this cluster node's consumer group offsets log now, whatever its size (a
-    /// node does so by itself once it is large): the index purged up to, if any.
-    pub async fn compact_offsets(&self) -> Result<Option<u64>, String> {
+    /// Compacts this cluster node's own logs (the metadata, the consumer groups' offsets)
+    /// now, whatever their size (a node does so by itself once one is large): the index
+    /// each purged up to, if any.
+    pub async fn compact_internal_logs(&self) -> Result<(Option<u64>, Option<u64>), String> {
         let cluster = self.cluster.as_ref().ok_or("not a node of a cluster")?;
-        cluster.compact_offsets(0).await
+        cluster.compact_internal_logs(0).await
     }
 
     /// The offset `group` has committed for `partition` of `topic` as this node knows it

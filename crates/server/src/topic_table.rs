@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alter::TopicChange;
-use crate::cluster::{Cluster, Command, Outcome};
+use crate::cluster::{Cluster, Command, Metadata, Outcome};
 use crate::error::ServiceError;
 use crate::metrics::{Metrics, RecoverySummary};
 use crate::partition::{Partition, Services, blocking};
@@ -244,16 +244,31 @@ impl TopicTable {
     }
 
     /// Applies the cluster's metadata as its group commits it, until `stop`: every node
-    /// creates and deletes the same topics in the same order. At a start it reads the whole
-    /// metadata log again; topics already on disk are left as they are.
+    /// creates and deletes the same topics in the same order. At a start it reads the
+    /// metadata log again from its start; topics already on disk are left as they are.
+    ///
+    /// A compacted log starts past its first commands, and a replica that installed a
+    /// leader's snapshot skipped some: then the node makes its topics, node registrations and
+    /// producer-id blocks what the metadata group's fold holds ([`TopicTable::reconcile`])
+    /// and reads the log on from there.
     pub(crate) async fn apply_metadata(
         self: Arc<Self>,
         cluster: Arc<Cluster>,
         stop: CancellationToken,
     ) {
         let mut changes = cluster.metadata_changes();
+        let fold = cluster.metadata_fold().clone();
+        let mut installs = fold.installs();
+        let mut reconcile = false;
         let mut next = spool_storage::Offset(0);
         loop {
+            if reconcile || next < cluster.metadata_log_start() {
+                let metadata = fold.state();
+                self.reconcile(&cluster, &metadata).await;
+                next = spool_storage::Offset(metadata.next);
+                cluster.applied(next);
+                reconcile = false;
+            }
             for (after, command) in cluster.committed_commands(next) {
                 if let Some(command) = command {
                     // A command is a batch of one record: it is at the offset before `after`.
@@ -266,6 +281,50 @@ impl TopicTable {
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
+                changed = installs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    reconcile = true;
+                }
+            }
+        }
+    }
+
+    /// Makes this node's topics, node registrations and producer-id blocks what `metadata`
+    /// (the metadata group's fold) holds: topics it lacks are created, topics it does not
+    /// hold are deleted, settings that differ are changed.
+    async fn reconcile(&self, cluster: &Cluster, metadata: &Metadata) {
+        for (id, (address, kafka)) in &metadata.nodes {
+            cluster.register(*id, address.clone(), kafka.clone());
+        }
+        cluster.producer_ids_handed_out(metadata.producer_ids_end);
+        let here: Vec<TopicName> =
+            self.topics.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        for name in here.into_iter().filter(|name| !metadata.topics.contains_key(name.as_str())) {
+            if let Err(error) = self.delete_here(name.clone()).await {
+                tracing::error!(topic = %name, %error, "deleting a topic the cluster deleted failed on this node");
+            }
+        }
+        for (name, spec) in &metadata.topics {
+            let Ok(name) = TopicName::parse(name) else { continue };
+            let config = match spec.config() {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(topic = %name, %error, "a topic the cluster holds has settings this node cannot take");
+                    continue;
+                }
+            };
+            let done = match self.topic(name.as_str()) {
+                Err(_) => self.create_here(name.clone(), config).await.map(|_| ()),
+                Ok(topic) if topic.config() != config => {
+                    let _admin = self.admin.lock().await;
+                    self.alter_here(topic, config).await.map(|_| ())
+                }
+                Ok(_) => Ok(()),
+            };
+            if let Err(error) = done {
+                tracing::error!(topic = %name, %error, "taking a topic as the cluster holds it failed on this node");
             }
         }
     }

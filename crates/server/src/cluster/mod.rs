@@ -25,10 +25,12 @@
 //! the peer's certificate does and names the IP address it called. The CA is the cluster's
 //! authentication: any holder of a certificate it signed is a node.
 
+mod fold;
 mod node;
 mod options;
 mod transport;
 
+pub(crate) use fold::Metadata;
 pub use node::JoinClusterError;
 pub(crate) use node::{Cluster, Command, CommittedRecord, ORIGIN_HEADER, Outcome, TopicSpec};
 pub use options::{ClusterConfigError, ClusterOptions, PeerTls};

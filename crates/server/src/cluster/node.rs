@@ -28,14 +28,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::fold::MetadataFold;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::groups::OffsetsFold;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
-    EMPTY_START_RETRY, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT, OFFSETS_COMPACT_BYTES,
-    OFFSETS_COMPACT_CHECK_INTERVAL, OFFSETS_COMPACT_PATIENCE, PEER_PROBE_TIMEOUT,
-    PRODUCER_ID_PATIENCE,
+    EMPTY_START_RETRY, INTERNAL_COMPACT_BYTES, INTERNAL_COMPACT_CHECK_INTERVAL,
+    INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT,
+    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
 };
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
 
@@ -101,7 +102,7 @@ fn read_committed(replica: &Replica, from: Offset) -> Vec<(Offset, Vec<Committed
 pub(crate) const ORIGIN_HEADER: &str = "origin";
 
 /// The first producer id of the block the command at `offset` allocated.
-fn producer_id_block(offset: Offset) -> i64 {
+pub(super) fn producer_id_block(offset: Offset) -> i64 {
     i64::try_from(offset.0).unwrap_or(i64::MAX).saturating_mul(PRODUCER_ID_BLOCK as i64)
 }
 
@@ -219,6 +220,8 @@ pub(crate) struct Cluster {
     offsets: OnceLock<Arc<Replica>>,
     /// The committed offsets its state machine folds, so that its log can be compacted.
     offsets_fold: Arc<OffsetsFold>,
+    /// The metadata the metadata group's state machine folds, for the same.
+    metadata_fold: Arc<MetadataFold>,
     /// That group's high watermark, as it moves.
     offsets_committed: watch::Sender<u64>,
     /// Tells this run's records of the offsets group from every other (another node's, or
@@ -312,6 +315,7 @@ impl Cluster {
             metadata: OnceLock::new(),
             offsets: OnceLock::new(),
             offsets_fold: Arc::new(OffsetsFold::default()),
+            metadata_fold: Arc::new(MetadataFold::default()),
             offsets_committed: watch::Sender::new(0),
             run: format!("{}-{}", options.node_id, TimestampMs::now().0),
             metadata_committed: watch::Sender::new(0),
@@ -331,8 +335,10 @@ impl Cluster {
         // Empty: the metadata log holds nothing a leader wrote (a new directory, or one whose
         // node stopped before it heard from a leader).
         let committed = cluster.metadata_committed.clone();
-        let (metadata, empty) =
-            cluster.start_internal(METADATA_GROUP, &metadata_dir, committed, None, None).await?;
+        let fold: Arc<dyn Fold> = cluster.metadata_fold.clone();
+        let (metadata, empty) = cluster
+            .start_internal(METADATA_GROUP, &metadata_dir, committed, None, Some(fold))
+            .await?;
         let _ = cluster.metadata.set(metadata);
         let committed = cluster.offsets_committed.clone();
         let fold: Arc<dyn Fold> = cluster.offsets_fold.clone();
@@ -340,7 +346,7 @@ impl Cluster {
             .start_internal(OFFSETS_GROUP, &offsets_dir, committed, Some(empty), Some(fold))
             .await?;
         let _ = cluster.offsets.set(offsets);
-        tokio::spawn(compact_offsets(cluster.clone()));
+        tokio::spawn(compact_internal_logs(cluster.clone()));
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());
         } else {
@@ -638,16 +644,42 @@ impl Cluster {
         self.offsets_replica().store().with_log(|log| log.log_start_offset())
     }
 
-    /// Compacts the offsets group's log once it holds `grown_by` bytes or more: saves a
-    /// snapshot (every group's committed offsets) and purges the log up to it, which deletes
-    /// the whole segments below. Returns the index purged up to, if any.
-    pub(crate) async fn compact_offsets(&self, grown_by: u64) -> Result<Option<u64>, String> {
-        let replica = self.offsets_replica();
-        let size = replica.store().with_log(|log| log.size_bytes());
-        if size < grown_by {
-            return Ok(None);
-        }
-        replica.compact(OFFSETS_COMPACT_PATIENCE).await
+    /// The metadata the metadata group's state machine folds.
+    pub(crate) fn metadata_fold(&self) -> &Arc<MetadataFold> {
+        &self.metadata_fold
+    }
+
+    /// Where the metadata group's log starts on this node (a compaction moves it).
+    pub(crate) fn metadata_log_start(&self) -> Offset {
+        self.metadata().store().with_log(|log| log.log_start_offset())
+    }
+
+    /// Compacts the logs of the cluster's own groups (the metadata, the consumer groups'
+    /// offsets) that hold `size` bytes or more: each saves a snapshot of its folded state
+    /// and purges its log up to it, which deletes the whole segments below. Returns the
+    /// index each purged up to, if any (metadata, then offsets).
+    pub(crate) async fn compact_internal_logs(
+        &self,
+        size: u64,
+    ) -> Result<(Option<u64>, Option<u64>), String> {
+        let compact = async |replica: &Replica| {
+            if replica.store().with_log(|log| log.size_bytes()) < size {
+                return Ok(None);
+            }
+            replica.compact(INTERNAL_COMPACT_PATIENCE).await
+        };
+        let metadata = compact(self.metadata()).await?;
+        let offsets = compact(self.offsets_replica()).await?;
+        Ok((metadata, offsets))
+    }
+
+    /// Every producer id below `end` was handed out (as a snapshot of the metadata says).
+    pub(crate) fn producer_ids_handed_out(&self, end: i64) {
+        self.producer_ids_end.send_if_modified(|known| {
+            let grows = end > *known;
+            *known = (*known).max(end);
+            grows
+        });
     }
 
     fn offsets_replica(&self) -> &Arc<Replica> {
@@ -699,12 +731,7 @@ impl Cluster {
 
     /// Applies a block's allocation, the command at `offset`.
     pub(crate) fn producer_ids_allocated(&self, offset: Offset) {
-        let end = producer_id_block(offset) + PRODUCER_ID_BLOCK as i64;
-        self.producer_ids_end.send_if_modified(|known| {
-            let grows = end > *known;
-            *known = (*known).max(end);
-            grows
-        });
+        self.producer_ids_handed_out(producer_id_block(offset) + PRODUCER_ID_BLOCK as i64);
     }
 
     /// Checks that some node of the cluster handed out `producer_id`. An id handed out by
@@ -854,22 +881,24 @@ impl Cluster {
     }
 }
 
-/// Compacts the offsets group's log every [`OFFSETS_COMPACT_CHECK_INTERVAL`] once it holds
-/// more than [`OFFSETS_COMPACT_BYTES`], until the cluster stops.
-async fn compact_offsets(cluster: Arc<Cluster>) {
+/// Compacts the logs of the cluster's own groups every [`INTERNAL_COMPACT_CHECK_INTERVAL`]
+/// once one holds more than [`INTERNAL_COMPACT_BYTES`], until the cluster stops.
+async fn compact_internal_logs(cluster: Arc<Cluster>) {
     let stop = cluster.stopping();
-    let mut timer = tokio::time::interval(OFFSETS_COMPACT_CHECK_INTERVAL);
+    let mut timer = tokio::time::interval(INTERNAL_COMPACT_CHECK_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = timer.tick() => {}
         }
-        match cluster.compact_offsets(OFFSETS_COMPACT_BYTES).await {
-            Ok(Some(index)) => tracing::info!(index, "compacted the consumer groups' offsets log"),
-            Ok(None) => {}
+        match cluster.compact_internal_logs(INTERNAL_COMPACT_BYTES).await {
+            Ok((None, None)) => {}
+            Ok((metadata, offsets)) => {
+                tracing::info!(?metadata, ?offsets, "compacted the cluster's own logs");
+            }
             Err(error) => {
-                tracing::warn!(%error, "compacting the consumer groups' offsets log failed; it is tried again")
+                tracing::warn!(%error, "compacting the cluster's own logs failed; it is tried again")
             }
         }
     }

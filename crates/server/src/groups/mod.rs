@@ -27,7 +27,7 @@
 //!   majority of the nodes has it fsynced. Every node applies the other nodes' records (and
 //!   its own from before a restart) to its committed offsets, so a group's offsets survive
 //!   the node that took them. The offsets group's state machine folds the same records
-//!   ([`OffsetsFold`]); once its log passes `OFFSETS_COMPACT_BYTES`, a snapshot of every
+//!   ([`OffsetsFold`]); once its log passes `INTERNAL_COMPACT_BYTES`, a snapshot of every
 //!   group's committed offsets is saved and the log purged behind it (a replica too far
 //!   behind takes that snapshot from the leader).
 //!
