@@ -168,6 +168,19 @@ impl Cluster {
         }
     }
 
+    /// Creates `topic` (one partition, always synced) with 64 KiB segments through node `at`.
+    async fn create_topic_of_small_segments(&self, at: u64, topic: &str) {
+        use spool_proto::v1::{CreateTopicRequest, FsyncPolicy, TopicConfig, fsync_policy::Policy};
+        let config = TopicConfig {
+            partitions: 1,
+            segment_bytes: Some(64 * 1024),
+            fsync: Some(FsyncPolicy { policy: Some(Policy::Always(Default::default())) }),
+            ..Default::default()
+        };
+        let request = CreateTopicRequest { name: topic.into(), config: Some(config) };
+        self.node(at).topics().await.create_topic(request).await.expect("created");
+    }
+
     /// Produces `value` to partition 0 of `topic` through node `at`, retrying while no
     /// leader is elected, until it is acknowledged; the offset.
     async fn produce_at(&self, at: u64, topic: &str, value: &str) -> u64 {
@@ -563,18 +576,9 @@ async fn a_topic_grows_on_every_node() {
 /// snapshot), readers start at the new log start, and writes go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_changed_through_any_node_deletes_on_every_replica() {
-    use spool_proto::v1::{
-        AlterTopicRequest, CreateTopicRequest, FsyncPolicy, TopicConfig, fsync_policy::Policy,
-    };
+    use spool_proto::v1::AlterTopicRequest;
     let cluster = Cluster::start().await;
-    let config = TopicConfig {
-        partitions: 1,
-        segment_bytes: Some(64 * 1024),
-        fsync: Some(FsyncPolicy { policy: Some(Policy::Always(Default::default())) }),
-        ..Default::default()
-    };
-    let request = CreateTopicRequest { name: "kept".into(), config: Some(config) };
-    cluster.node(1).topics().await.create_topic(request).await.expect("created");
+    cluster.create_topic_of_small_segments(1, "kept").await;
     // 24 batches of 256 KiB, one segment each.
     let padding = "x".repeat(256 * 1024);
     for i in 0..24 {
@@ -672,16 +676,8 @@ async fn a_follower_serves_what_the_leader_committed_before_it_has_applied_it() 
 /// the leader, and the read that met it is answered with the intact records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_repaired() {
-    use spool_proto::v1::{CreateTopicRequest, FsyncPolicy, TopicConfig, fsync_policy::Policy};
     let cluster = Cluster::start().await;
-    let config = TopicConfig {
-        partitions: 1,
-        segment_bytes: Some(64 * 1024),
-        fsync: Some(FsyncPolicy { policy: Some(Policy::Always(Default::default())) }),
-        ..Default::default()
-    };
-    let request = CreateTopicRequest { name: "mended".into(), config: Some(config) };
-    cluster.node(1).topics().await.create_topic(request).await.expect("created");
+    cluster.create_topic_of_small_segments(1, "mended").await;
     let padding = "x".repeat(40 * 1024);
     let mut sent = Vec::new();
     for i in 0..12 {
@@ -1083,21 +1079,33 @@ async fn a_reconnecting_member_follows_the_coordinator_to_another_node() {
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_millis(500),
     };
-    let mut reconnected = false;
+    // What the member went through, for a failure that does not reproduce.
+    let mut events = Vec::new();
+    let mut polled_events = Vec::new();
     let next = tokio::time::timeout(PATIENCE, async {
         loop {
-            let polled = member.poll_reconnecting(&reconnect, |event| {
-                reconnected |= matches!(event, ReconnectEvent::Reconnected { .. });
-            });
-            if let GroupEvent::Records(records) = polled.await.expect("polled")
-                && let Some(record) = records.records.first()
-            {
-                return value_of(record);
+            let polled = member.poll_reconnecting(&reconnect, |event| events.push(event.clone()));
+            match polled.await {
+                Ok(GroupEvent::Records(records)) => {
+                    if let Some(record) = records.records.first() {
+                        return value_of(record);
+                    }
+                }
+                Ok(other) => polled_events.push(format!("{other:?}")),
+                Err(error) => panic!("polled: {error:?} after {events:?}"),
             }
         }
+    })
+    .await;
+    let next = next.unwrap_or_else(|_| {
+        panic!(
+            "no record came after the coordinator's node stopped; the member went through \
+             {events:?} and polled {polled_events:?}"
+        )
     });
-    let next = next.await.expect("a record came after the coordinator's node stopped");
-    assert!(reconnected, "the member never joined again");
+    let reconnected =
+        events.iter().any(|event| matches!(event, ReconnectEvent::Reconnected { .. }));
+    assert!(reconnected, "the member never joined again: {events:?}");
     assert_eq!(next, "task 3", "resumed after what was committed ({taken:?})");
 }
 

@@ -268,6 +268,9 @@ impl Partition {
     /// [`ServiceError::Behind`], naming the leader, if it does not). Past the leader's
     /// commit point too, the answer is OUT_OF_RANGE, as on a single node.
     ///
+    /// A read at the end of a replica under repair (which lost records it had) waits the
+    /// same way for what the leader has committed.
+    ///
     /// On a node of a cluster, a damaged batch is not the reader's problem: the other
     /// replicas hold it. The read asks the partition's writer to repair this replica (it
     /// restarts it under repair, its log cut back before the damaged segment) and reads
@@ -287,10 +290,19 @@ impl Partition {
             let read = self.read_here(offset, bytes_max).await;
             let replica = self.replica();
             if !self.repair(&read) {
+                // A replica under repair has lost records it had, and between two runs of
+                // the replica its log may be cut: its end is no answer yet.
+                let repairing = match &replica {
+                    Some(replica) => replica.repairing(),
+                    None => self.server.cluster.is_some(),
+                };
                 let applied = match &read {
                     Ok(batches)
                         if batches.bytes.is_empty()
-                            && target.is_some_and(|target| batches.log_end_offset < target) =>
+                            && match target {
+                                Some(target) => batches.log_end_offset < target,
+                                None => repairing,
+                            } =>
                     {
                         batches.log_end_offset
                     }
