@@ -287,6 +287,18 @@ impl SegmentLogStore {
         Ok(())
     }
 
+    /// The index of the entry that holds offset `before - 1` (the last entry below
+    /// `before`), if the log holds it.
+    pub(crate) fn index_before(&self, before: Offset) -> io::Result<Option<u64>> {
+        let log = self.read_log()?;
+        let log = log.as_ref().expect("checked");
+        if before.0 == 0 || before <= log.log_start_offset() {
+            return Ok(None);
+        }
+        let at = log.entry_at(Offset(before.0 - 1)).map_err(failed)?;
+        Ok(Some(at.entry.index))
+    }
+
     /// Purges go no further than `saved`, the state machine's saved applied log id.
     pub(crate) fn bound_purges(&self, saved: SavedApplied) {
         let _ = self.shared.purge_bound.set(saved);

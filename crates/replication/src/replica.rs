@@ -221,6 +221,24 @@ impl Replica {
         }
     }
 
+    /// [`Replica::compact`], purging no further than the entries below offset `before` (what
+    /// an owner that keeps state of its own beside the fold has applied).
+    pub async fn compact_before(
+        &self,
+        before: Offset,
+        patience: Duration,
+    ) -> Result<Option<u64>, String> {
+        let index = self.store.index_before(before).map_err(|error| error.to_string())?;
+        let applied = self.raft.metrics().borrow().last_applied.map(|applied| applied.index);
+        let purged = self.raft.metrics().borrow().purged.map(|purged| purged.index);
+        match index.zip(applied).map(|(index, applied)| index.min(applied)) {
+            Some(index) if Some(index) > purged => {
+                self.purge_through(index, patience).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Has Raft purge the log through entry `index`, after building a snapshot that covers
     /// it if the last one does not.
     async fn purge_through(&self, index: u64, patience: Duration) -> Result<u64, String> {

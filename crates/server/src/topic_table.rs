@@ -247,10 +247,12 @@ impl TopicTable {
     /// creates and deletes the same topics in the same order. At a start it reads the
     /// metadata log again from its start; topics already on disk are left as they are.
     ///
-    /// A compacted log starts past its first commands, and a replica that installed a
-    /// leader's snapshot skipped some: then the node makes its topics, node registrations and
-    /// producer-id blocks what the metadata group's fold holds ([`TopicTable::reconcile`])
-    /// and reads the log on from there.
+    /// A compacted log starts past its first commands: the node takes node registrations
+    /// and producer-id blocks from the metadata group's fold, and its topics are as the
+    /// commands before the log's start left them (a compaction purges no further than this
+    /// node applied). A replica that installed a leader's snapshot skipped commands: then
+    /// the node makes its topics what the fold holds ([`TopicTable::reconcile`]) and reads
+    /// the log on from there.
     pub(crate) async fn apply_metadata(
         self: Arc<Self>,
         cluster: Arc<Cluster>,
@@ -260,7 +262,12 @@ impl TopicTable {
         let fold = cluster.metadata_fold().clone();
         let mut installs = fold.installs();
         let mut reconcile = false;
-        let mut next = spool_storage::Offset(0);
+        let mut next = cluster.metadata_log_start();
+        let metadata = fold.state();
+        for (id, (address, kafka)) in &metadata.nodes {
+            cluster.register(*id, address.clone(), kafka.clone());
+        }
+        cluster.producer_ids_handed_out(metadata.producer_ids_end);
         loop {
             if reconcile || next < cluster.metadata_log_start() {
                 let metadata = fold.state();

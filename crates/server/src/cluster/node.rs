@@ -662,14 +662,20 @@ impl Cluster {
         &self,
         size: u64,
     ) -> Result<(Option<u64>, Option<u64>), String> {
-        let compact = async |replica: &Replica| {
-            if replica.store().with_log(|log| log.size_bytes()) < size {
-                return Ok(None);
+        let large = |replica: &Replica| replica.store().with_log(|log| log.size_bytes()) >= size;
+        // The metadata's log no further than this node's topics have taken it: a restart
+        // reads it again from its start, and finds there every command its disk may lack.
+        let metadata = match large(self.metadata()) {
+            true => {
+                let applied = Offset(*self.metadata_applied.borrow());
+                self.metadata().compact_before(applied, INTERNAL_COMPACT_PATIENCE).await?
             }
-            replica.compact(INTERNAL_COMPACT_PATIENCE).await
+            false => None,
         };
-        let metadata = compact(self.metadata()).await?;
-        let offsets = compact(self.offsets_replica()).await?;
+        let offsets = match large(self.offsets_replica()) {
+            true => self.offsets_replica().compact(INTERNAL_COMPACT_PATIENCE).await?,
+            false => None,
+        };
         Ok((metadata, offsets))
     }
 
