@@ -168,6 +168,10 @@ pub(super) async fn run(
         partition.set_replica(None);
         cluster.stop_replica(&group).await;
         let Some(damage) = damage else { break 'replica };
+        // Requests queued meanwhile name the log as it was before this repair (a read that
+        // met the damage again): the cut below covers them, and a later cut would take
+        // what the repaired replica copied back.
+        while repairs.try_recv().is_ok() {}
         // The replica is stopped: cut its log back before the damaged segment and start it
         // again under repair (see `SegmentLogStore::over`).
         let repaired = partition.clone();
