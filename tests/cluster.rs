@@ -35,6 +35,8 @@ struct Cluster {
     /// Each node's peer address, by node id - 1.
     peers: Vec<std::net::SocketAddr>,
     dirs: Vec<tempfile::TempDir>,
+    /// The node not started yet, with its peer listener (see `start_but_one`).
+    late: Option<(u64, TcpListener)>,
 }
 
 impl Cluster {
@@ -63,6 +65,21 @@ impl Cluster {
     }
 
     async fn start_with_tls(proxied: bool, kafka: bool, pki: Option<&PeerPki>) -> Cluster {
+        Cluster::start_nodes(proxied, kafka, pki, None).await
+    }
+
+    /// A cluster behind proxies (as `start_behind_proxies`) whose node `late` is not started
+    /// yet: its peer listener is bound, and `start_late` starts it.
+    async fn start_but_one(late: u64) -> Cluster {
+        Cluster::start_nodes(true, false, None, Some(late)).await
+    }
+
+    async fn start_nodes(
+        proxied: bool,
+        kafka: bool,
+        pki: Option<&PeerPki>,
+        late: Option<u64>,
+    ) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=3 {
             listeners.push(TcpListener::bind((ip(id), 0)).await.expect("bind a peer listener"));
@@ -86,8 +103,14 @@ impl Cluster {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut nodes = Vec::new();
         let mut kafka_addresses = Vec::new();
+        let mut late_listener = None;
         for (i, listener) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
+            if late == Some(id) {
+                late_listener = Some((id, listener));
+                nodes.push(None);
+                continue;
+            }
             let tls = pki.map(|pki| pki.node(id));
             let options = ClusterOptions::new(id, &peers, tls).expect("a valid cluster");
             let setup = ClusterSetup { options, listener: Some(listener) };
@@ -105,21 +128,40 @@ impl Cluster {
             )
             .await
             .expect("start a node");
-            nodes.push(server);
+            nodes.push(Some(server));
         }
-        for node in &nodes {
+        for node in nodes.iter().flatten() {
             tokio::time::timeout(PATIENCE, node.wait_until_serving())
                 .await
                 .expect("every node joins")
                 .expect("health");
         }
         Cluster {
-            nodes: nodes.into_iter().map(|n| Some(TestServer::from(n))).collect(),
+            nodes: nodes.into_iter().map(|n| n.map(TestServer::from)).collect(),
             proxies,
             kafka: kafka_addresses,
             peers: peers.iter().map(|(_, address)| *address).collect(),
             dirs,
+            late: late_listener,
         }
+    }
+
+    /// Starts the node `start_but_one` left out, on its empty data directory, without
+    /// waiting for it to serve.
+    async fn start_late(&mut self) {
+        let (id, listener) = self.late.take().expect("a node left to start");
+        let peers: Vec<(u64, std::net::SocketAddr)> = (1..).zip(self.peers.clone()).collect();
+        let options = ClusterOptions::new(id, &peers, None).expect("a valid cluster");
+        let setup = ClusterSetup { options, listener: Some(listener) };
+        let server = spool_server::testing::TestServer::start_cluster_node_with(
+            self.dirs[id as usize - 1].path(),
+            ip(id),
+            setup,
+            spool_server::ServeOptions::default(),
+        )
+        .await
+        .expect("start the late node");
+        self.nodes[id as usize - 1] = Some(TestServer::from(server));
     }
 
     /// Starts node `id` again on its data directory and peer address (a cluster started
@@ -378,6 +420,10 @@ struct NoGroups;
 impl spool_server::cluster::Groups for NoGroups {
     fn replica(&self, _group: &str) -> Option<std::sync::Arc<spool_replication::Replica>> {
         None
+    }
+
+    fn has_registered(&self, _id: u64) -> bool {
+        false
     }
 }
 
@@ -1264,12 +1310,17 @@ async fn a_groups_committed_offsets_survive_the_node_that_took_them() {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let described = client.describe_group("workers").await;
-            let offset =
-                described.ok().and_then(|g| g.partitions.first().and_then(|p| p.committed_offset));
+            let offset = described
+                .as_ref()
+                .ok()
+                .and_then(|g| g.partitions.first().and_then(|p| p.committed_offset));
             if offset == Some(committed) {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {id} has {offset:?}, not {committed}");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} has {offset:?}, not {committed}: {described:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -1293,6 +1344,51 @@ async fn a_groups_committed_offsets_survive_the_node_that_took_them() {
     let (offset, value) = first.await.expect("a record came at node 3");
     assert!(offset >= committed, "{offset} is before the committed {committed}");
     assert_eq!(value, format!("job {}", taken.len()), "resumed after what node 2's member took");
+}
+
+/// A node that starts on an empty data directory beside a running cluster, and that no node
+/// has a registration of, is new: it votes at once, rather than holding its vote until it has
+/// caught up with each group's leader. Here it has caught up with nothing when the metadata
+/// group's leader stops; the remaining node and it still elect a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_votes_before_it_has_caught_up() {
+    use spool_proto::v1::DescribeClusterRequest;
+    let mut cluster = Cluster::start_but_one(3).await;
+    // Nothing the others send node 3 reaches it: it copies no group's log.
+    cluster.proxies[2].set(Fault::Drop);
+    cluster.start_late().await;
+    let rejoins = tokio::time::timeout(PATIENCE, cluster.node(3).rejoins()).await;
+    assert!(!rejoins.expect("settled").expect("a node of a cluster"), "node 3 rejoins");
+    let request = DescribeClusterRequest {};
+    let described = cluster.node(1).topics().await.describe_cluster(request).await.unwrap();
+    let leader = described.into_inner().metadata_leader.expect("a metadata leader");
+    let remaining = if leader == 1 { 2 } else { 1 };
+    cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
+    cluster.proxies[2].set(Fault::Pass);
+    // The metadata group elects the remaining node with node 3's vote: a topic is created.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut topics = cluster.node(remaining).topics().await;
+        match topics.create_topic(create_request("after", None)).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(Instant::now() < deadline, "no topic created: {status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // So does the offsets group, if the stopped node led it.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let request = DescribeClusterRequest {};
+        let mut topics = cluster.node(remaining).topics().await;
+        let described = topics.describe_cluster(request).await.unwrap().into_inner();
+        if described.group_coordinator.is_some_and(|id| id != leader) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no group coordinator: {described:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn create_request(

@@ -34,6 +34,10 @@ impl Groups for Slot {
     fn replica(&self, group: &str) -> Option<Arc<Replica>> {
         (group == GROUP).then(|| self.0.lock().unwrap().clone()).flatten()
     }
+
+    fn has_registered(&self, _id: NodeId) -> bool {
+        false
+    }
 }
 
 /// Node `from`'s transport: every peer reached through the proxy of the link `from -> peer`.

@@ -156,6 +156,14 @@ impl TestServer {
         cluster.compact_internal_logs(0).await
     }
 
+    /// Whether this cluster node rejoins the cluster (see `Cluster::settle_empty_start`),
+    /// once it has settled that: at once for a node that did not start on an empty data
+    /// directory (`false`).
+    pub async fn rejoins(&self) -> Result<bool, String> {
+        let cluster = self.cluster.as_ref().ok_or("not a node of a cluster")?;
+        Ok(cluster.settled().await)
+    }
+
     /// The offset `group` has committed for `partition` of `topic` as this node knows it
     /// (on a node of a cluster, the coordinator or not).
     pub fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! `message` and `answer` are `spool_replication`'s encoding; the listener hands the message
-//! to the group's replica on this node. A frame past
+//! to the group's replica on this node. One name is not a group's: under `__registered` a
+//! node that started on an empty data directory asks whether the listener's node has its
+//! registration (message: its id as a u64; answer: one byte, 1 for yes). A frame past
 //! [`PEER_FRAME_BYTES_MAX`](crate::limits::PEER_FRAME_BYTES_MAX) ends the connection; a
 //! connection that sends nothing for
 //! [`CONNECTION_IDLE_TIMEOUT`](crate::limits::CONNECTION_IDLE_TIMEOUT) is closed.

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use spool_replication::{
     Fold, OnCommit, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, SharedLog,
+    Transport,
 };
 use spool_storage::batch::{BatchBuilder, BatchIter, BatchKind, ProducerStamp};
 use spool_storage::fs::{FileSystem, StdFileSystem};
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::fold::MetadataFold;
+use super::transport::REGISTERED_QUESTION;
 use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
 use crate::error::ServiceError;
 use crate::groups::OffsetsFold;
@@ -275,6 +277,10 @@ impl Groups for Cluster {
     fn replica(&self, group: &str) -> Option<Arc<Replica>> {
         self.replicas.read().unwrap_or_else(PoisonError::into_inner).get(group).cloned()
     }
+
+    fn has_registered(&self, id: u64) -> bool {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).contains_key(&id)
+    }
 }
 
 fn metadata_error(dir: &Path) -> impl Fn(String) -> JoinClusterError + '_ {
@@ -360,9 +366,19 @@ impl Cluster {
     /// and in the second case its vote could help elect a leader that lacks batches it had
     /// acknowledged. So its own groups' replicas start held
     /// (no vote, no election), and it asks the other nodes whether the metadata group has
-    /// begun: if one says so, this node rejoins, and each of its replicas stays under repair
-    /// until it has caught up with a leader; once a majority, this node included, says it
-    /// has not, the cluster is new and the replicas are released.
+    /// begun. Once a majority, this node included, says it has not, the cluster is new and
+    /// the replicas are released. If one says it has, this node asks every other node
+    /// whether it has applied this node's registration:
+    /// - every node answers no: this node never joined (a node registers at every start), so
+    ///   it is new to a running cluster and its replicas are released too;
+    /// - one answers yes, or one does not answer: this node rejoins, and each of its replicas
+    ///   stays under repair until it has caught up with a leader.
+    ///
+    /// A held replica whose group lost its leader before the replica caught up blocks that
+    /// group's election; a new node must not be held, or a leader that dies in the first
+    /// moments of a cluster leaves its group without one for good.
+    ///
+    /// This node registers only once this is settled, so the answers are about earlier runs.
     async fn settle_empty_start(self: Arc<Self>) {
         let majority = self.members.len() / 2 + 1;
         let own = [self.metadata().clone(), self.offsets_replica().clone()];
@@ -375,6 +391,16 @@ impl Cluster {
                     Ok(false) => new += 1,
                     Err(_) => {}
                 }
+            }
+            if let Some(peer) = begun
+                && self.registered_elsewhere().await == Some(false)
+            {
+                tracing::info!(
+                    peer,
+                    "this node started on an empty data directory, and node {peer} has the cluster's metadata; no node has this node's registration, so it joins as a new node"
+                );
+                self.release_internal(&own).await;
+                return;
             }
             if let Some(peer) = begun {
                 tracing::warn!(
@@ -397,16 +423,7 @@ impl Cluster {
                     nodes = new,
                     "a new cluster: a majority of the nodes starts on empty data directories"
                 );
-                for (replica, group) in own.iter().zip([METADATA_GROUP, OFFSETS_GROUP]) {
-                    if let Err(error) = replica.release() {
-                        tracing::error!(%error, group, "releasing a replica's vote failed");
-                        continue;
-                    }
-                    if self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
-                        replica.campaign().await;
-                    }
-                }
-                self.rejoining.send_replace(Some(false));
+                self.release_internal(&own).await;
                 return;
             }
             tokio::select! {
@@ -414,6 +431,42 @@ impl Cluster {
                 () = tokio::time::sleep(EMPTY_START_RETRY) => {}
             }
         }
+    }
+
+    /// Releases the held replicas of the cluster's own groups (see
+    /// [`Cluster::settle_empty_start`]): this node is new.
+    async fn release_internal(&self, own: &[Arc<Replica>; 2]) {
+        for (replica, group) in own.iter().zip([METADATA_GROUP, OFFSETS_GROUP]) {
+            if let Err(error) = replica.release() {
+                tracing::error!(%error, group, "releasing a replica's vote failed");
+                continue;
+            }
+            if self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+                replica.campaign().await;
+            }
+        }
+        self.rejoining.send_replace(Some(false));
+    }
+
+    /// Whether another node has applied a registration of this node: `Some(false)` once
+    /// every other node has answered no; `None` when one did not answer.
+    async fn registered_elsewhere(&self) -> Option<bool> {
+        let question = Bytes::copy_from_slice(&self.node_id.to_be_bytes());
+        for (&id, address) in self.members.iter().filter(|(id, _)| **id != self.node_id) {
+            let call = self.transport.call(
+                id,
+                address,
+                REGISTERED_QUESTION,
+                question.clone(),
+                PEER_PROBE_TIMEOUT,
+            );
+            match call.await.ok()?.as_ref() {
+                [0] => {}
+                [1] => return Some(true),
+                _ => return None,
+            }
+        }
+        Some(false)
     }
 
     /// Starts this node's replica of one of the cluster's own groups (every node a voter),
@@ -826,6 +879,11 @@ impl Cluster {
     /// retrying until the metadata group takes it.
     pub(crate) async fn join(&self, client_address: String, kafka: Option<String>) {
         let command = Command::RegisterNode { id: self.node_id, address: client_address, kafka };
+        // An empty start asks the others whether this node registered before: settled first.
+        tokio::select! {
+            () = self.stop.cancelled() => return,
+            _ = self.settled() => {}
+        }
         loop {
             match self.propose(&command).await {
                 Ok(_) => {
@@ -842,6 +900,14 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Whether this node rejoins the cluster, once that is settled (see
+    /// [`Cluster::settle_empty_start`]).
+    pub(crate) async fn settled(&self) -> bool {
+        let mut settled = self.rejoining.subscribe();
+        let rejoins = settled.wait_for(Option::is_some).await.map(|rejoins| *rejoins);
+        rejoins.ok().flatten().unwrap_or(false)
     }
 
     /// Returns once this node has joined (its registration applied here).

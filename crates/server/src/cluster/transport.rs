@@ -29,10 +29,19 @@ trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for S {}
 type Stream = Box<dyn PeerStream>;
 
+/// The name a peer's question is sent under, in place of a group's, when it asks whether
+/// this node has applied a node's registration: the question is the node's id (8 bytes, big
+/// endian), the answer one byte (1: registered).
+pub(crate) const REGISTERED_QUESTION: &str = "__registered";
+
 /// Where the internal listener finds the replica a message is for.
 pub trait Groups: Send + Sync + 'static {
     /// This node's replica of `group`, if it has one.
     fn replica(&self, group: &str) -> Option<Arc<Replica>>;
+
+    /// Whether this node has applied a registration of node `id` (see
+    /// [`REGISTERED_QUESTION`]).
+    fn has_registered(&self, id: NodeId) -> bool;
 }
 
 /// Serves peers' messages on `listener` until `stop` is cancelled: at most
@@ -132,6 +141,13 @@ async fn serve_connection(
         };
         let (status, answer) = match split_request(&mut frame) {
             Err(reason) => (REFUSED, Bytes::from(reason)),
+            Ok(group) if group == REGISTERED_QUESTION => match <[u8; 8]>::try_from(&frame[..]) {
+                Ok(id) => {
+                    let registered = groups.has_registered(NodeId::from_be_bytes(id));
+                    (ANSWERED, Bytes::from(vec![u8::from(registered)]))
+                }
+                Err(_) => (REFUSED, Bytes::from("a registration question of other than 8 bytes")),
+            },
             Ok(group) => match groups.replica(&group) {
                 Some(replica) => (ANSWERED, replica.handle(frame).await),
                 None => (REFUSED, Bytes::from(format!("this node has no replica of {group:?}"))),
