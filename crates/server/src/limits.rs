@@ -275,6 +275,11 @@ pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration:
 /// on every node.
 pub const LEADER_ELECTION_PATIENCE: std::time::Duration =
     spool_replication::limits::ELECTION_TIMEOUT_MAX.saturating_mul(5);
+/// How long a group call to a new group coordinator waits for it to apply what the previous
+/// coordinators committed (the offsets group's log since its last compaction, at most
+/// [`INTERNAL_COMPACT_BYTES`] and what came since) before it is answered `UNAVAILABLE`;
+/// a Kafka group call does not wait (`COORDINATOR_LOAD_IN_PROGRESS`).
+pub const GROUPS_LOAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
 /// unreachable.
 pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);

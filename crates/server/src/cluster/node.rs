@@ -36,9 +36,10 @@ use crate::error::ServiceError;
 use crate::groups::OffsetsFold;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
-    EMPTY_START_RETRY, INTERNAL_COMPACT_BYTES, INTERNAL_COMPACT_CHECK_INTERVAL,
-    INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE, METADATA_CATCH_UP_TIMEOUT,
-    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
+    EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
+    INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
+    LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT,
+    PRODUCER_ID_PATIENCE,
 };
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
 
@@ -226,6 +227,14 @@ pub(crate) struct Cluster {
     metadata_fold: Arc<MetadataFold>,
     /// That group's high watermark, as it moves.
     offsets_committed: watch::Sender<u64>,
+    /// How far this node's consumer groups have applied that group's log (the offset after
+    /// the last batch applied).
+    offsets_followed: watch::Sender<u64>,
+    /// The term of the offsets group in which this node, its leader, has applied everything
+    /// committed before the term began: it coordinates groups only then.
+    groups_loaded: watch::Sender<Option<u64>>,
+    /// One load of the groups at a time.
+    loading: tokio::sync::Mutex<()>,
     /// Tells this run's records of the offsets group from every other (another node's, or
     /// this node's before it restarted): `{node}-{start time}`.
     run: String,
@@ -323,6 +332,9 @@ impl Cluster {
             offsets_fold: Arc::new(OffsetsFold::default()),
             metadata_fold: Arc::new(MetadataFold::default()),
             offsets_committed: watch::Sender::new(0),
+            offsets_followed: watch::Sender::new(0),
+            groups_loaded: watch::Sender::new(None),
+            loading: tokio::sync::Mutex::new(()),
             run: format!("{}-{}", options.node_id, TimestampMs::now().0),
             metadata_committed: watch::Sender::new(0),
             metadata_applied: watch::Sender::new(0),
@@ -850,7 +862,8 @@ impl Cluster {
 
     /// Whether this node coordinates the cluster's groups ([`Cluster::group_coordinator`]):
     /// `NotCoordinator` naming the node that does, once one is known. While an election is
-    /// on it waits for it, up to [`LEADER_ELECTION_PATIENCE`].
+    /// on it waits for it, up to [`LEADER_ELECTION_PATIENCE`]. A new coordinator first
+    /// loads the groups ([`Cluster::load_groups`]).
     pub(crate) async fn coordinates_groups(&self) -> Result<(), ServiceError> {
         let coordinator = match self.group_coordinator() {
             Some(id) => Some(id),
@@ -860,10 +873,78 @@ impl Cluster {
             }
         };
         match coordinator {
-            Some(id) if id == self.node_id => Ok(()),
+            Some(id) if id == self.node_id => match self.groups_loaded() {
+                true => Ok(()),
+                false => self.load_groups().await,
+            },
             other => Err(ServiceError::NotCoordinator {
                 coordinator: other.map(|id| (id, self.client_address(id))),
             }),
+        }
+    }
+
+    /// Records that this node's consumer groups have applied the offsets group's log up to
+    /// `next`.
+    pub(crate) fn offsets_followed(&self, next: Offset) {
+        self.offsets_followed.send_replace(next.0);
+    }
+
+    /// Whether this node leads the offsets group and its consumer groups have applied
+    /// everything the group committed before this node's term began.
+    pub(crate) fn groups_loaded(&self) -> bool {
+        let term = self.offsets_replica().leading_term();
+        term.is_some() && *self.groups_loaded.borrow() == term
+    }
+
+    /// Starts [`Cluster::load_groups`] unless a load is running (for a caller that does not
+    /// wait).
+    pub(crate) fn load_groups_in_background(self: &Arc<Self>) {
+        if self.loading.try_lock().is_err() {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = cluster.load_groups().await {
+                tracing::info!(%error, "loading the consumer groups failed; the next group call tries again");
+            }
+        });
+    }
+
+    /// Loads the consumer groups for this node's term as the offsets group's leader: confirms
+    /// the leadership (which applies what earlier terms committed), then waits up to
+    /// [`GROUPS_LOAD_PATIENCE`] for the groups to apply the log that far. Until then a
+    /// new coordinator could answer with older committed offsets than a member committed
+    /// at the last one, and let an older record it applies later overwrite a newer commit.
+    pub(crate) async fn load_groups(&self) -> Result<(), ServiceError> {
+        let _one = self.loading.lock().await;
+        if self.groups_loaded() {
+            return Ok(());
+        }
+        let replica = self.offsets_replica();
+        if let Err(error) = replica.linearize(LEADERSHIP_CONFIRM_TIMEOUT).await {
+            let coordinator = replica.leader().map(|(id, _)| (id, self.client_address(id)));
+            return Err(match error {
+                ProposeError::NotLeader { .. } => ServiceError::NotCoordinator { coordinator },
+                other => ServiceError::Cluster(format!("the cluster's consumer groups: {other}")),
+            });
+        }
+        let Some(term) = replica.leading_term() else {
+            let coordinator = replica.leader().map(|(id, _)| (id, self.client_address(id)));
+            return Err(ServiceError::NotCoordinator { coordinator });
+        };
+        let end = replica.high_watermark().0;
+        let mut followed = self.offsets_followed.subscribe();
+        let applied = tokio::time::timeout(GROUPS_LOAD_PATIENCE, followed.wait_for(|f| *f >= end));
+        match applied.await {
+            Ok(Ok(_)) => {
+                self.groups_loaded.send_replace(Some(term));
+                tracing::info!(term, "this node coordinates the consumer groups, loaded");
+                Ok(())
+            }
+            _ => Err(ServiceError::Cluster(format!(
+                "node {} is loading the consumer groups' committed offsets as their new coordinator: try again",
+                self.node_id
+            ))),
         }
     }
 

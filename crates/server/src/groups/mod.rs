@@ -363,6 +363,7 @@ async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next
     let mut changes = cluster.offsets_changes();
     let mut installs = cluster.offsets_fold().installs();
     let stop = cluster.stopping();
+    cluster.offsets_followed(next);
     loop {
         let mut installed = false;
         tokio::select! {
@@ -385,6 +386,13 @@ async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next
         let mut state = groups.lock();
         let committed = state.coordinator.committed_offsets_mut();
         next = apply_replicated(committed, cluster.run(), batches, next);
+        drop(state);
+        cluster.offsets_followed(next);
+        // A new leader commits an entry of its term first: it loads the groups at once
+        // rather than at the first group call.
+        if !cluster.groups_loaded() && cluster.group_coordinator() == Some(cluster.node_id) {
+            cluster.load_groups_in_background();
+        }
     }
 }
 

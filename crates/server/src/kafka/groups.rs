@@ -60,7 +60,8 @@ fn text(value: &str) -> StrBytes {
 
 /// The group's name, if `caller` may `action` it (`GROUP_AUTHORIZATION_FAILED`, checked
 /// first), it is valid (`INVALID_GROUP_ID`), and, on a cluster, this node coordinates it
-/// (`NOT_COORDINATOR`: the client asks FindCoordinator again).
+/// (`NOT_COORDINATOR`: the client asks FindCoordinator again) and has loaded the groups
+/// (`COORDINATOR_LOAD_IN_PROGRESS`, the load started: the client retries).
 fn group_name(
     shared: &Shared,
     caller: &Caller,
@@ -78,6 +79,10 @@ fn group_name(
         let coordinator = cluster.kafka_coordinator().map(|(id, _)| id);
         if coordinator != Some(cluster.node_id) {
             return Err(ResponseError::NotCoordinator.code());
+        }
+        if !cluster.groups_loaded() {
+            cluster.load_groups_in_background();
+            return Err(ResponseError::CoordinatorLoadInProgress.code());
         }
     }
     Ok(name)
