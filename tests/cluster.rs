@@ -771,6 +771,53 @@ async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_
     assert_eq!(cluster.read(follower, "mended", sent.len()).await, sent);
 }
 
+/// Damage in a follower's sealed segment that no reader meets is found by a scrub, and the
+/// follower's replica is repaired from the others as when a read meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_on_a_follower_finds_damage_and_the_replica_is_repaired() {
+    let cluster = Cluster::start().await;
+    cluster.create_topic_of_small_segments(1, "scrubbed").await;
+    let padding = "x".repeat(40 * 1024);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let value = format!("{i} {padding}");
+        cluster.produce("scrubbed", &value).await;
+        sent.push(value);
+    }
+    let leader = cluster.leader(1, "scrubbed").await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(cluster.read(follower, "scrubbed", sent.len()).await, sent);
+    let dir = cluster.node(follower).data_dir().join("topics/scrubbed/0");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 3, "the log spans segments: {segments:?}");
+    use std::os::unix::fs::FileExt;
+    let victim = std::fs::OpenOptions::new().read(true).write(true).open(&segments[1]).unwrap();
+    let at = victim.metadata().unwrap().len() - 5;
+    let mut byte = [0u8];
+    victim.read_exact_at(&mut byte, at).unwrap();
+    victim.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    assert_eq!(cluster.node(follower).scrub().await, 1, "the follower's damage found");
+    // The repair cuts the log back before the damaged segment and copies the rest again.
+    let fs = spool_storage::fs::StdFileSystem;
+    let end = cluster.node(leader).describe("scrubbed").await.unwrap().partitions[0].log_end_offset;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let check = spool_storage::verify::verify_log(&fs, &dir).expect("checked");
+        if !check.is_damaged() && check.end_offset.0 >= end {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower was not repaired: {check:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cluster.node(follower).scrub().await, 0, "nothing damaged after the repair");
+    assert_eq!(cluster.read(follower, "scrubbed", sent.len()).await, sent);
+}
+
 /// Kafka's Metadata, asked of any node, names every node as a broker (by its node id, at its
 /// Kafka listener) and each partition's Raft leader as its leader, with every node a
 /// replica; every node names the same coordinator for a group, and the others refuse the

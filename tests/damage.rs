@@ -190,3 +190,16 @@ async fn the_browser_listener_serves_every_record_before_a_damaged_batch_then_th
     assert_eq!(browser.server.metrics().damaged_batches(), 1);
     browser.server.shutdown().await;
 }
+
+/// A scrub reads every partition and finds the damage (here the start met it too, rebuilding
+/// the idempotent producers from the log's tail): the damaged batch is counted once, however
+/// often a scrub meets it.
+#[tokio::test]
+async fn a_scrub_finds_the_damaged_partition() {
+    let damaged = Damaged::new("scrubbed").await;
+    let server = TestServer::start(damaged.data.path()).await;
+    assert_eq!(server.scrub().await, 1, "one damaged partition");
+    assert_eq!(server.metrics().damaged_batches(), 1);
+    assert_eq!(server.scrub().await, 1, "still damaged");
+    assert_eq!(server.metrics().damaged_batches(), 1, "counted once");
+}

@@ -210,6 +210,7 @@ impl Server {
         let topics = Arc::new(topics);
         let producer_ids = Arc::new(ProducerIds::open(data_dir).await?);
         let groups = Groups::open(data_dir, topics.clone()).await?;
+        tokio::spawn(partition::scrub::run(topics.clone(), topics.streams_stop.clone()));
         Ok(Server { _lock: lock, topics, groups, producer_ids, cluster })
     }
 

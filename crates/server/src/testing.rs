@@ -156,6 +156,13 @@ impl TestServer {
         cluster.compact_internal_logs(0).await
     }
 
+    /// Scrubs every partition now, as fast as the disk reads (see `partition::scrub`): how
+    /// many it found damaged.
+    pub async fn scrub(&self) -> usize {
+        let stop = tokio_util::sync::CancellationToken::new();
+        crate::partition::scrub::pass(&self.groups.topics, None, &stop).await
+    }
+
     /// Whether this cluster node rejoins the cluster (see `Cluster::settle_empty_start`),
     /// once it has settled that: at once for a node that did not start on an empty data
     /// directory (`false`).

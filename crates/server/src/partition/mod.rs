@@ -31,6 +31,7 @@ use crate::idempotence::{self, Refused};
 use crate::metrics::{Metrics, PartitionMetrics};
 
 mod replicated;
+pub(crate) mod scrub;
 mod writer;
 
 use writer::*;
