@@ -414,6 +414,45 @@ async fn a_revoked_peer_certificate_is_refused_both_ways() {
     stop.cancel();
 }
 
+/// A node reads its revocation list's file again as it changes: a certificate the new list
+/// revokes is refused from then on, its open connection ends, and the nodes' own
+/// connections are opened again under the new list and go on replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_revocation_list_is_reloaded_while_the_nodes_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PeerPki::with_crl_file(dir.path().join("crl.pem"));
+    let cluster = Cluster::start_over_tls(&pki).await;
+    cluster.create_topic(1, "guarded", 1).await;
+    cluster.produce_at(2, "guarded", "before").await;
+    let node_1 = cluster.peers[0].to_string();
+    let retired = PeerTransport::new(Some(pki.retired(2).connector().unwrap()));
+    let call = || async {
+        let message = bytes::Bytes::from_static(b"hello");
+        let answer =
+            retired.call(1, &node_1, "no-such-group", message, Duration::from_secs(5)).await;
+        answer.expect_err("no such group").to_string()
+    };
+    let answered = call().await;
+    assert!(answered.contains("no replica"), "not revoked yet: {answered}");
+    pki.revoke_retired();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answered = call().await;
+        if !answered.contains("no replica") {
+            // Its connection ended, or its new one was refused: no call waits for an answer.
+            assert!(!answered.contains("did not answer"), "{answered}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new list was never taken: {answered}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = call().await;
+    assert!(!refused.contains("no replica"), "a revoked caller: {refused}");
+    assert!(!refused.contains("did not answer"), "a revoked caller: {refused}");
+    cluster.produce_at(3, "guarded", "after").await;
+    assert_eq!(cluster.read(1, "guarded", 2).await, ["before", "after"]);
+}
+
 /// A peer listener that holds no replica.
 struct NoGroups;
 

@@ -49,6 +49,8 @@ pub struct PeerPki {
     ca: CertifiedIssuer<'static, KeyPair>,
     /// The CA's revocation list every node's peer TLS takes, once one is made.
     crl: Option<String>,
+    /// The file the nodes read it from again as it changes (see [`PeerPki::with_crl_file`]).
+    crl_file: Option<std::path::PathBuf>,
 }
 
 /// The serial number of the certificates [`PeerPki::retired`] makes.
@@ -56,16 +58,15 @@ const RETIRED_SERIAL: u64 = 9_999;
 
 impl PeerPki {
     pub fn new() -> PeerPki {
-        PeerPki { ca: ca("Spool test cluster CA"), crl: None }
+        PeerPki { ca: ca("Spool test cluster CA"), crl: None, crl_file: None }
     }
 
-    /// A cluster whose nodes take the CA's revocation list, which lists the certificates
-    /// [`PeerPki::retired`] makes.
-    pub fn revoking_retired() -> PeerPki {
+    /// The CA's revocation list: revoking the certificates [`PeerPki::retired`] makes, or
+    /// nothing.
+    fn crl(&self, revoking_retired: bool) -> String {
         use rcgen::{
             CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
         };
-        let mut pki = PeerPki::new();
         let revoked = RevokedCertParams {
             serial_number: SerialNumber::from(RETIRED_SERIAL),
             revocation_time: rcgen::date_time_ymd(2026, 1, 1),
@@ -75,12 +76,37 @@ impl PeerPki {
         let list = CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2026, 1, 1),
             next_update: rcgen::date_time_ymd(2036, 1, 1),
-            crl_number: SerialNumber::from(1u64),
+            crl_number: SerialNumber::from(u64::from(revoking_retired) + 1),
             issuing_distribution_point: None,
-            revoked_certs: vec![revoked],
+            revoked_certs: if revoking_retired { vec![revoked] } else { Vec::new() },
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        pki.crl = Some(list.signed_by(&pki.ca).unwrap().pem().unwrap());
+        list.signed_by(&self.ca).unwrap().pem().unwrap()
+    }
+
+    /// A cluster whose nodes read the CA's revocation list from `file`, which revokes
+    /// nothing yet, and again whenever it changes ([`PeerPki::revoke_retired`]).
+    pub fn with_crl_file(file: std::path::PathBuf) -> PeerPki {
+        let mut pki = PeerPki::new();
+        let crl = pki.crl(false);
+        std::fs::write(&file, &crl).unwrap();
+        pki.crl = Some(crl);
+        pki.crl_file = Some(file);
+        pki
+    }
+
+    /// Rewrites the revocation list's file to revoke the certificates
+    /// [`PeerPki::retired`] makes.
+    pub fn revoke_retired(&self) {
+        let file = self.crl_file.as_ref().expect("a PKI made with_crl_file");
+        std::fs::write(file, self.crl(true)).unwrap();
+    }
+
+    /// A cluster whose nodes take the CA's revocation list, which lists the certificates
+    /// [`PeerPki::retired`] makes.
+    pub fn revoking_retired() -> PeerPki {
+        let mut pki = PeerPki::new();
+        pki.crl = Some(pki.crl(true));
         pki
     }
 
@@ -96,6 +122,7 @@ impl PeerPki {
             key_pem: key.into(),
             ca_pem: self.ca.pem().into(),
             crl_pem: self.crl.clone().map(String::into_bytes),
+            crl_path: self.crl_file.clone(),
         }
     }
 
@@ -108,7 +135,7 @@ impl PeerPki {
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let tls = self.with(cert.pem(), key.serialize_pem());
         // It trusts the CA, but knows nothing of the revocation.
-        PeerTls { crl_pem: None, ..tls }
+        PeerTls { crl_pem: None, crl_path: None, ..tls }
     }
 
     /// Node `id`'s certificate, trusting only another CA.

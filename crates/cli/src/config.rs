@@ -128,7 +128,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SPOOL_PEER_TLS_CA", value_name = "FILE")]
     peer_tls_ca: Option<PathBuf>,
     /// That CA's certificate revocation list (PEM), with the peer TLS settings: a node whose
-    /// certificate it lists is refused, both ways. Read at start [default: none revoked].
+    /// certificate it lists is refused, both ways. Read again whenever the file changes
+    /// [default: none revoked].
     #[arg(long, env = "SPOOL_PEER_TLS_CRL", value_name = "FILE")]
     peer_tls_crl: Option<PathBuf>,
 }
@@ -500,6 +501,7 @@ impl ServeConfig {
                 Some(path) => Some(read("peer_tls_crl", path)?),
                 None => None,
             },
+            crl_path: self.peer_tls_crl.value.clone(),
         }))
     }
 

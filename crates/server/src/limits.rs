@@ -209,6 +209,9 @@ pub const METRICS_CONNECTIONS_MAX: usize = 64;
 /// revoked token stops working within this time; SIGHUP or `Authenticator::reload` is
 /// immediate).
 pub const TOKENS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a cluster node reads its peer revocation list's file again (a certificate it
+/// revokes is refused, and its connections end, within this time).
+pub const PEER_CRL_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for calls in flight, gRPC and browser alike (for example a
 /// subscriber whose client does not read), before it closes their connections. One deadline
 /// covers both listeners. Work already queued is finished regardless.

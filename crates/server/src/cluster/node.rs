@@ -30,16 +30,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::fold::MetadataFold;
-use super::transport::REGISTERED_QUESTION;
-use super::{ClusterOptions, Groups, PeerTransport, serve_peers};
+use super::transport::{REGISTERED_QUESTION, serve_peers_reloading};
+use super::{ClusterOptions, Groups, PeerTls, PeerTransport};
 use crate::error::ServiceError;
 use crate::groups::OffsetsFold;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
     EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
     INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
-    LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_PROBE_TIMEOUT,
-    PRODUCER_ID_PATIENCE,
+    LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL,
+    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
 };
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
 
@@ -347,7 +347,15 @@ impl Cluster {
             rejoining: watch::Sender::new(None),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(serve_peers(listener, cluster.clone(), acceptor, cluster.stop.clone()));
+        let (tls_in_force, tls_reloads) = watch::channel(acceptor);
+        let stop = cluster.stop.clone();
+        tokio::spawn(serve_peers_reloading(listener, cluster.clone(), tls_reloads, stop));
+        if let Some(tls) = &options.tls
+            && let Some(path) = &tls.crl_path
+        {
+            let reload = reload_peer_crl(cluster.clone(), tls.clone(), path.clone(), tls_in_force);
+            tokio::spawn(reload);
+        }
         let dir = data_dir.join("cluster");
         let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
         // Empty: the metadata log holds nothing a leader wrote (a new directory, or one whose
@@ -1036,6 +1044,54 @@ impl Cluster {
 
 /// Compacts the logs of the cluster's own groups every [`INTERNAL_COMPACT_CHECK_INTERVAL`]
 /// once one holds more than [`INTERNAL_COMPACT_BYTES`], until the cluster stops.
+/// Reads the peer revocation list's file (`path`) again every [`PEER_CRL_RELOAD_INTERVAL`].
+/// When it changed, and the new list makes a usable TLS configuration with the rest of
+/// `tls`, the peer listener and this node's calls take it, and every peer connection is
+/// opened again under it (a connection a revoked certificate opened ends). A file that
+/// cannot be read or holds no usable list leaves the last one in force, and says so once.
+async fn reload_peer_crl(
+    cluster: Arc<Cluster>,
+    tls: PeerTls,
+    path: std::path::PathBuf,
+    listener: watch::Sender<Option<tokio_rustls::TlsAcceptor>>,
+) {
+    let mut in_force = tls.crl_pem.clone();
+    let mut refused: Option<String> = None;
+    let mut interval = tokio::time::interval(PEER_CRL_RELOAD_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cluster.stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let reading = path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(reading)).await;
+        let loaded = match read {
+            Ok(Ok(pem)) if in_force.as_deref() == Some(&pem[..]) => continue,
+            Ok(Ok(pem)) => {
+                let next = PeerTls { crl_pem: Some(pem.clone()), ..tls.clone() };
+                next.acceptor().and_then(|acceptor| Ok((pem, acceptor, next.connector()?)))
+            }
+            Ok(Err(error)) => Err(format!("cannot read {}: {error}", path.display())),
+            Err(error) => Err(format!("reading {} panicked: {error}", path.display())),
+        };
+        match loaded {
+            Ok((pem, acceptor, connector)) => {
+                cluster.transport.set_tls(Some(connector));
+                listener.send_replace(Some(acceptor));
+                in_force = Some(pem);
+                refused = None;
+                tracing::info!(path = %path.display(), "the peer revocation list changed: every peer connection is opened again under it");
+            }
+            Err(reason) if refused.as_ref() != Some(&reason) => {
+                tracing::error!(%reason, "the peer revocation list was not reloaded: the one read before stays in force");
+                refused = Some(reason);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn compact_internal_logs(cluster: Arc<Cluster>) {
     let stop = cluster.stopping();
     let mut timer = tokio::time::interval(INTERNAL_COMPACT_CHECK_INTERVAL);

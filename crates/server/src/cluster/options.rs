@@ -22,13 +22,15 @@ pub struct ClusterOptions {
 ///
 /// With `crl_pem`, the CA's certificate revocation list (PEM), a node also refuses a peer
 /// whose certificate it lists, both ways: revoking a retired node's certificate does not
-/// need a new CA. The list is read at start.
+/// need a new CA. With `crl_path` too (the file `crl_pem` was read from), the node reads
+/// the list again whenever the file changes (see `Cluster::reload_peer_crl`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerTls {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     pub ca_pem: Vec<u8>,
     pub crl_pem: Option<Vec<u8>>,
+    pub crl_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for PeerTls {
             .field("key_pem", &"(hidden)")
             .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
             .field("crl_pem", &self.crl_pem.as_ref().map(|crl| format!("{} bytes", crl.len())))
+            .field("crl_path", &self.crl_path)
             .finish()
     }
 }
@@ -195,6 +198,7 @@ mod tests {
             key_pem: b"y".to_vec(),
             ca_pem: vec![],
             crl_pem: None,
+            crl_path: None,
         };
         let garbled = ClusterOptions::new(1, &peers("1=10.0.0.1:7071"), Some(garbage.clone()));
         let garbled = garbled.unwrap_err().to_string();

@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use spool_replication::{Call, NodeId, Replica, Transport, TransportError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,19 @@ pub async fn serve_peers(
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let (_fixed, tls) = watch::channel(tls);
+    serve_peers_reloading(listener, groups, tls, stop).await;
+}
+
+/// [`serve_peers`] whose TLS can change while it serves: each connection takes the TLS in
+/// force when it is accepted, and a change ends every connection open (its caller connects
+/// again, and is checked again: a revoked certificate ends its connections).
+pub(crate) async fn serve_peers_reloading(
+    listener: TcpListener,
+    groups: Arc<dyn Groups>,
+    tls_in_force: watch::Receiver<Option<TlsAcceptor>>,
+    stop: CancellationToken,
+) {
     let places = Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX));
     let refusals = Arc::new(Refusals::new());
     loop {
@@ -72,7 +85,9 @@ pub async fn serve_peers(
                 continue;
             }
         };
-        let (groups, stop, tls) = (groups.clone(), stop.clone(), tls.clone());
+        let mut reloads = tls_in_force.clone();
+        let tls = reloads.borrow_and_update().clone();
+        let (groups, stop) = (groups.clone(), stop.clone());
         let refusals = refusals.clone();
         tokio::spawn(async move {
             if let Err(error) = stream.set_nodelay(true) {
@@ -91,7 +106,7 @@ pub async fn serve_peers(
                     }
                 }
             };
-            if let Err(error) = serve_connection(stream, groups, stop).await {
+            if let Err(error) = serve_connection(stream, groups, stop, reloads).await {
                 tracing::debug!(%peer, %error, "a peer's connection ended");
             }
             drop(place);
@@ -130,10 +145,17 @@ async fn serve_connection(
     mut stream: Stream,
     groups: Arc<dyn Groups>,
     stop: CancellationToken,
+    mut reloads: watch::Receiver<Option<TlsAcceptor>>,
 ) -> io::Result<()> {
     loop {
+        let reloaded = async {
+            if reloads.changed().await.is_err() {
+                std::future::pending::<()>().await; // the TLS never changes
+            }
+        };
         let frame = tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            () = reloaded => return Ok(()),
             frame = tokio::time::timeout(CONNECTION_IDLE_TIMEOUT, read_frame(&mut stream)) => frame,
         };
         let Some(mut frame) = frame.map_err(|_| io::Error::other("idle past the timeout"))?? else {
@@ -204,14 +226,22 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<B
 /// The client side of the peer protocol: carries a replica's messages to its peers, keeping
 /// up to [`PEER_POOL_PER_NODE`] idle connections per peer address.
 pub struct PeerTransport {
-    idle: Mutex<HashMap<String, Vec<Stream>>>,
+    /// Idle connections by address, and the TLS they were opened with.
+    pool: Mutex<Pool>,
+}
+
+struct Pool {
+    idle: HashMap<String, Vec<Stream>>,
     /// `None`: plain TCP.
     tls: Option<TlsConnector>,
+    /// Counts TLS changes: a connection opened before the last one is not kept.
+    generation: u64,
 }
 
 impl std::fmt::Debug for PeerTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTransport").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+        let tls = self.pool().tls.is_some();
+        f.debug_struct("PeerTransport").field("tls", &tls).finish_non_exhaustive()
     }
 }
 
@@ -219,23 +249,39 @@ impl PeerTransport {
     /// Calls peers through `tls` when given, checking that each peer's certificate names
     /// the IP address it is called at.
     pub fn new(tls: Option<TlsConnector>) -> PeerTransport {
-        PeerTransport { idle: Mutex::new(HashMap::new()), tls }
+        PeerTransport { pool: Mutex::new(Pool { idle: HashMap::new(), tls, generation: 0 }) }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls peers through `tls` from now on: idle connections are closed, and those in use
+    /// are closed once their exchange ends.
+    pub(crate) fn set_tls(&self, tls: Option<TlsConnector>) {
+        let mut pool = self.pool();
+        pool.tls = tls;
+        pool.generation += 1;
+        pool.idle.clear();
     }
 
     fn take_idle(&self, address: &str) -> Option<Stream> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get_mut(address).and_then(Vec::pop)
+        self.pool().idle.get_mut(address).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, address: &str, stream: Stream) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let pool = idle.entry(address.to_owned()).or_default();
-        if pool.len() < PEER_POOL_PER_NODE {
-            pool.push(stream);
+    fn put_idle(&self, address: &str, stream: Stream, generation: u64) {
+        let mut pool = self.pool();
+        if pool.generation != generation {
+            return;
+        }
+        let connections = pool.idle.entry(address.to_owned()).or_default();
+        if connections.len() < PEER_POOL_PER_NODE {
+            connections.push(stream);
         }
     }
 
     async fn exchange(&self, address: &str, group: &str, message: Bytes) -> io::Result<Bytes> {
+        let generation = self.pool().generation;
         let mut stream = match self.take_idle(address) {
             Some(stream) => stream,
             None => self.connect(address).await?,
@@ -254,7 +300,7 @@ impl PeerTransport {
             Some(&status) => (status, frame.slice(1..)),
             None => return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty answer")),
         };
-        self.put_idle(address, stream);
+        self.put_idle(address, stream, generation);
         match status {
             ANSWERED => Ok(answer),
             _ => Err(io::Error::other(format!(
@@ -269,15 +315,17 @@ impl PeerTransport {
     /// Opens a connection to `address` (finishing the TLS handshake, with TLS) and keeps it
     /// for the next message.
     pub(crate) async fn probe(&self, address: &str) -> io::Result<()> {
+        let generation = self.pool().generation;
         let stream = self.connect(address).await?;
-        self.put_idle(address, stream);
+        self.put_idle(address, stream, generation);
         Ok(())
     }
 
     async fn connect(&self, address: &str) -> io::Result<Stream> {
+        let tls = self.pool().tls.clone();
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        let Some(tls) = &self.tls else { return Ok(Box::new(stream)) };
+        let Some(tls) = tls else { return Ok(Box::new(stream)) };
         let ip = address.parse::<SocketAddr>().map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("{address} is not IP:PORT"))
         })?;
