@@ -755,25 +755,23 @@ async fn a_follower_serves_what_the_leader_committed_before_it_has_applied_it() 
     cluster.proxies[follower as usize - 1].set(Fault::Pass);
 }
 
-/// Damage that a read meets in a follower's sealed segment (written since the node started,
-/// so recovery never scanned it) is not the reader's problem: the follower restarts its
-/// replica under repair, cuts its log back before the damaged segment, copies the rest from
-/// the leader, and the read that met it is answered with the intact records.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_repaired() {
-    let cluster = Cluster::start().await;
-    cluster.create_topic_of_small_segments(1, "mended").await;
+/// Creates `topic` (one partition of 64 KiB segments), writes twelve 40 KiB records to it,
+/// and flips one bit near the end of the second segment of a follower's replica, in place
+/// (written since the node started, so recovery never scanned it): the follower, and the
+/// records sent.
+async fn damage_a_followers_sealed_segment(cluster: &Cluster, topic: &str) -> (u64, Vec<String>) {
+    cluster.create_topic_of_small_segments(1, topic).await;
     let padding = "x".repeat(40 * 1024);
     let mut sent = Vec::new();
     for i in 0..12 {
         let value = format!("{i} {padding}");
-        cluster.produce("mended", &value).await;
+        cluster.produce(topic, &value).await;
         sent.push(value);
     }
-    let leader = cluster.leader(1, "mended").await;
+    let leader = cluster.leader(1, topic).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    assert_eq!(cluster.read(follower, "mended", sent.len()).await, sent);
-    let dir = cluster.node(follower).data_dir().join("topics/mended/0");
+    assert_eq!(cluster.read(follower, topic, sent.len()).await, sent);
+    let dir = cluster.node(follower).data_dir().join(format!("topics/{topic}/0"));
     let mut segments: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -781,13 +779,23 @@ async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_
         .collect();
     segments.sort();
     assert!(segments.len() > 3, "the log spans segments: {segments:?}");
-    // One bit near the end of the second segment, written in place.
     use std::os::unix::fs::FileExt;
     let victim = std::fs::OpenOptions::new().read(true).write(true).open(&segments[1]).unwrap();
     let at = victim.metadata().unwrap().len() - 5;
     let mut byte = [0u8];
     victim.read_exact_at(&mut byte, at).unwrap();
     victim.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    (follower, sent)
+}
+
+/// Damage that a read meets in a follower's sealed segment (written since the node started,
+/// so recovery never scanned it) is not the reader's problem: the follower restarts its
+/// replica under repair, cuts its log back before the damaged segment, copies the rest from
+/// the leader, and the read that met it is answered with the intact records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_repaired() {
+    let cluster = Cluster::start().await;
+    let (follower, mut sent) = damage_a_followers_sealed_segment(&cluster, "mended").await;
     let read: Vec<String> = cluster
         .node(follower)
         .fetch_all("mended", 0, 0)
@@ -815,31 +823,9 @@ async fn a_read_that_meets_damage_on_a_follower_is_answered_once_the_replica_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrub_on_a_follower_finds_damage_and_the_replica_is_repaired() {
     let cluster = Cluster::start().await;
-    cluster.create_topic_of_small_segments(1, "scrubbed").await;
-    let padding = "x".repeat(40 * 1024);
-    let mut sent = Vec::new();
-    for i in 0..12 {
-        let value = format!("{i} {padding}");
-        cluster.produce("scrubbed", &value).await;
-        sent.push(value);
-    }
+    let (follower, sent) = damage_a_followers_sealed_segment(&cluster, "scrubbed").await;
     let leader = cluster.leader(1, "scrubbed").await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    assert_eq!(cluster.read(follower, "scrubbed", sent.len()).await, sent);
     let dir = cluster.node(follower).data_dir().join("topics/scrubbed/0");
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-        .collect();
-    segments.sort();
-    assert!(segments.len() > 3, "the log spans segments: {segments:?}");
-    use std::os::unix::fs::FileExt;
-    let victim = std::fs::OpenOptions::new().read(true).write(true).open(&segments[1]).unwrap();
-    let at = victim.metadata().unwrap().len() - 5;
-    let mut byte = [0u8];
-    victim.read_exact_at(&mut byte, at).unwrap();
-    victim.write_all_at(&[byte[0] ^ 1], at).unwrap();
     assert_eq!(cluster.node(follower).scrub().await, 1, "the follower's damage found");
     // The repair cuts the log back before the damaged segment and copies the rest again.
     let fs = spool_storage::fs::StdFileSystem;

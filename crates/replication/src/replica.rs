@@ -155,7 +155,7 @@ impl Replica {
             // unless retention asks (`Replica::apply_retention`).
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
-            // A snapshot chunk travels in a message's JSON header.
+            // A snapshot chunk travels raw after a message's header.
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             // A replica under repair stands for no election until it has caught up.
             enable_elect: !store.repairing(),

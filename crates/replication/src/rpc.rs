@@ -1,26 +1,30 @@
 //! The messages replicas exchange, as bytes: what a [`crate::Transport`] carries.
 //!
 //! ```text
-//! message := kind: u8 | header length: u32 BE | header: JSON | entries
+//! message := kind: u8 | header length: u32 BE | header: JSON | body
 //! entry   := kind: u8 (0 blank, 1 membership, 2 normal) | term: u64 BE | index: u64 BE
 //!            | base offset: u64 BE (u64::MAX: none) | payload length: u32 BE | payload
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. Only
-//! AppendEntries carries entries; a normal entry's payload is its Kafka batch, sliced from the message without a copy, and a membership's is JSON.
+//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. The body
+//! is AppendEntries' entries, InstallSnapshot's chunk of snapshot bytes, or Propose's Kafka
+//! batch, each raw; the others have none. A normal entry's payload is its Kafka batch, sliced
+//! from the message without a copy, and a membership's is JSON.
 //! Everything is checked on arrival ([`decode_request`]): sizes against [`crate::limits`],
 //! each Kafka batch whole (its CRC and every record), so a peer's bad message is refused with
 //! a reason and never reaches the log.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::{Entry, EntryPayload, LogId, Vote};
+use openraft::{BasicNode, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{Batch, log_id};
-use crate::limits::{ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX};
+use crate::limits::{
+    ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+};
 use crate::{NodeId, TypeConfig};
 
 const VOTE: u8 = 1;
@@ -69,6 +73,15 @@ struct AppendHeader {
     entries: u64,
 }
 
+/// InstallSnapshot without its chunk, which follows as the body.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    offset: u64,
+    done: bool,
+}
+
 fn put_header(buf: &mut BytesMut, kind: u8, header: &impl Serialize) {
     let json = serde_json::to_vec(header).expect("openraft's messages encode as JSON");
     buf.put_u8(kind);
@@ -80,7 +93,16 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
     let mut buf = BytesMut::new();
     match request {
         Request::Vote(vote) => put_header(&mut buf, VOTE, vote),
-        Request::InstallSnapshot(snapshot) => put_header(&mut buf, INSTALL_SNAPSHOT, snapshot),
+        Request::InstallSnapshot(snapshot) => {
+            let header = SnapshotHeader {
+                vote: snapshot.vote,
+                meta: snapshot.meta.clone(),
+                offset: snapshot.offset,
+                done: snapshot.done,
+            };
+            put_header(&mut buf, INSTALL_SNAPSHOT, &header);
+            buf.put_slice(&snapshot.data);
+        }
         Request::ReadIndex => put_header(&mut buf, READ_INDEX, &()),
         Request::Progress => put_header(&mut buf, PROGRESS, &()),
         Request::Propose(kafka) => {
@@ -163,7 +185,22 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
     let (kind, header, mut rest) = split(message)?;
     let request = match kind {
         VOTE => Request::Vote(json(&header, "vote request")?),
-        INSTALL_SNAPSHOT => Request::InstallSnapshot(json(&header, "snapshot")?),
+        INSTALL_SNAPSHOT => {
+            let header: SnapshotHeader = json(&header, "snapshot header")?;
+            if rest.len() as u64 > SNAPSHOT_CHUNK_BYTES {
+                return Err(invalid(format!(
+                    "a snapshot chunk of {} bytes, more than the limit of {SNAPSHOT_CHUNK_BYTES}",
+                    rest.len()
+                )));
+            }
+            return Ok(Request::InstallSnapshot(InstallSnapshotRequest {
+                vote: header.vote,
+                meta: header.meta,
+                offset: header.offset,
+                data: rest.to_vec(),
+                done: header.done,
+            }));
+        }
         PROPOSE => {
             spool_storage::batch::check_for_append(&rest)
                 .map_err(|error| invalid(format!("a proposed batch: {error}")))?;
@@ -328,6 +365,32 @@ mod tests {
             (sent.vote, sent.prev_log_id, sent.leader_commit)
         );
         assert_eq!(got.entries, sent.entries);
+    }
+
+    #[test]
+    fn a_snapshot_chunk_round_trips_raw() {
+        let snapshot = || InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(4, 12)),
+                last_membership: Default::default(),
+                snapshot_id: "4-12".into(),
+            },
+            offset: 1 << 20,
+            data: (0..=255u8).cycle().take(SNAPSHOT_CHUNK_BYTES as usize).collect(),
+            done: true,
+        };
+        let sent = snapshot();
+        let message = encode_request(&Request::InstallSnapshot(sent.clone()));
+        assert!(message.len() < sent.data.len() + 1024, "{} bytes", message.len());
+        let Request::InstallSnapshot(got) = decode_request(message).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert_eq!(got, sent);
+        let mut larger = snapshot();
+        larger.data.push(0);
+        let refusal = refused(encode_request(&Request::InstallSnapshot(larger)));
+        assert!(refusal.contains("a snapshot chunk of"), "{refusal}");
     }
 
     #[test]
