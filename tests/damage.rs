@@ -196,10 +196,22 @@ async fn the_browser_listener_serves_every_record_before_a_damaged_batch_then_th
 /// often a scrub meets it.
 #[tokio::test]
 async fn a_scrub_finds_the_damaged_partition() {
+    let prometheus = spool_server::metrics::install_prometheus().unwrap();
     let damaged = Damaged::new("scrubbed").await;
     let server = TestServer::start(damaged.data.path()).await;
     assert_eq!(server.scrub().await, 1, "one damaged partition");
     assert_eq!(server.metrics().damaged_batches(), 1);
     assert_eq!(server.scrub().await, 1, "still damaged");
     assert_eq!(server.metrics().damaged_batches(), 1, "counted once");
+
+    // The scrub's own series: the last pass's damaged partitions, the passes, the bytes.
+    let rendered = prometheus.render();
+    let value = |name: &str| -> f64 {
+        let line = rendered.lines().find(|line| line.starts_with(&format!("{name} ")));
+        let line = line.unwrap_or_else(|| panic!("{name} missing:\n{rendered}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("spool_scrub_damaged_partitions"), 1.0);
+    assert!(value("spool_scrub_passes_total") >= 2.0);
+    assert!(value("spool_scrub_bytes_total") > 0.0);
 }

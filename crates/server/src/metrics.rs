@@ -124,6 +124,12 @@ pub mod names {
     pub const PRODUCED_BYTES: &str = "spool_produced_bytes_total";
     /// Damaged batches that reads met, each counted once, per topic and partition (counter).
     pub const DAMAGED_BATCHES: &str = "spool_damaged_batches_total";
+    /// Bytes the background scrub read and checked (counter).
+    pub const SCRUB_BYTES: &str = "spool_scrub_bytes_total";
+    /// Scrub passes over every partition that ended (counter).
+    pub const SCRUB_PASSES: &str = "spool_scrub_passes_total";
+    /// Partitions the last scrub pass found damaged (gauge).
+    pub const SCRUB_DAMAGED_PARTITIONS: &str = "spool_scrub_damaged_partitions";
     /// Records read for consumers (fetch and subscribe), per topic and partition (counter).
     pub const CONSUMED_RECORDS: &str = "spool_consumed_records_total";
     /// Bytes of stored batches read for consumers, per topic and partition (counter).
@@ -533,6 +539,9 @@ mod describe {
         describe_counter!(PRODUCED_BYTES, Unit::Bytes, "Bytes of stored batches appended.");
         describe_counter!(CONSUMED_RECORDS, "Records read for consumers.");
         describe_counter!(DAMAGED_BATCHES, "Damaged batches that reads met, each once.");
+        describe_counter!(SCRUB_BYTES, Unit::Bytes, "Bytes the background scrub checked.");
+        describe_counter!(SCRUB_PASSES, "Scrub passes over every partition that ended.");
+        describe_gauge!(SCRUB_DAMAGED_PARTITIONS, "Partitions the last scrub pass found damaged.");
         describe_counter!(
             CONSUMED_BYTES,
             Unit::Bytes,

@@ -7,9 +7,11 @@
 //!   ended. The first waits that long after the start too: recovery has just checked what
 //!   a crash may have left unsynced.
 //! - What a pass finds is handled as a read's damage is: a warning and the
-//!   `spool_damaged_batches_total` counter. On a node of a cluster the partition's replica
-//!   is then repaired from the others (see `Partition::read`); on a single node the
-//!   partition's pass ends there, and `spool verify` says what is lost past it.
+//!   `spool_damaged_batches_total` counter. The scrub's own series count the bytes it
+//!   checked and its passes, and say how many partitions the last pass found damaged. On a
+//!   node of a cluster the partition's replica is then repaired from the others (see
+//!   `Partition::read`); on a single node the partition's pass ends there, and `spool verify`
+//!   says what is lost past it.
 //! - The cluster's own logs (metadata, group offsets) are not scrubbed.
 //!
 //! Reads go through the page cache: a batch read from the cache was checked in memory, not
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::Partition;
 use crate::error::ServiceError;
 use crate::limits::{SCRUB_BYTES_PER_SECOND, SCRUB_PASS_INTERVAL, SCRUB_READ_BYTES};
+use crate::metrics::names;
 use crate::topic_table::TopicTable;
 
 /// Scrubs every partition, a pass every [`SCRUB_PASS_INTERVAL`], until `stop`.
@@ -60,6 +63,8 @@ pub(crate) async fn pass(
     }
     let took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(partitions, bytes, damaged, took_ms, "a scrub pass read every partition");
+    metrics::counter!(names::SCRUB_PASSES).increment(1);
+    metrics::gauge!(names::SCRUB_DAMAGED_PARTITIONS).set(damaged as f64);
     damaged
 }
 
@@ -78,6 +83,7 @@ impl Partition {
                 Ok(batches) => {
                     let length = batches.bytes.len() as u64;
                     bytes += length;
+                    metrics::counter!(names::SCRUB_BYTES).increment(length);
                     offset = batches.next_offset;
                     if let Some(rate) = rate {
                         let pause = Duration::from_secs_f64(length as f64 / rate as f64);
