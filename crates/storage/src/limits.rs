@@ -67,6 +67,25 @@ pub const SYNCS_ALONE_MAX: usize = 4;
 /// the hint, 10 ms with it on every append).
 pub const WRITEBACK_HINT_BYTES_MIN: u64 = 256 * 1024;
 
+/// An fsync `always` log appended to in small runs writes zeros this far past its end (the
+/// runway), so the fsyncs that follow write into blocks the file already has and commit no
+/// change of its size: on the 2-core VM's ext4, a 4 KiB write and `fdatasync` into zeroed
+/// blocks took a p50 of 140-163 µs against 272-289 µs appending at the end (and 246-262 µs
+/// into `posix_fallocate`d blocks, whose extents still change on the first write). The zeros
+/// are written once, in the page cache, and reach the disk with the next fsync; a sealed
+/// segment and a clean close cut what is left of them, and an open after a crash cuts them as
+/// a tail nothing was acknowledged in.
+pub const RUNWAY_BYTES: u64 = 256 * 1024;
+
+/// An append run this small or smaller is light: the log keeps a runway (above) only while
+/// its runs are light and come within [`RUNWAY_APPENDS_WITHIN_MS`] of each other, so heavy
+/// writers (whose fsyncs each cover megabytes and commit a size change anyway) never write
+/// zeros, and idle partitions never hold them.
+pub const RUNWAY_RUN_BYTES_MAX: u64 = RUNWAY_BYTES / 4;
+
+/// See [`RUNWAY_RUN_BYTES_MAX`].
+pub const RUNWAY_APPENDS_WITHIN_MS: i64 = 50;
+
 /// The page size the writeback hint rounds to.
 pub const PAGE_BYTES: u64 = 4096;
 

@@ -20,8 +20,9 @@ use crate::error::{
 use crate::fs::{File, FileSystem};
 use crate::limits::{
     BATCH_BYTES_MAX, FSYNC_INTERVAL_MS_MAX, NEVER_SEALED_SYNC_INTERVAL_MS, PAGE_BYTES,
-    READ_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
-    WRITEBACK_HINT_BYTES_MIN, index_entries_max,
+    READ_BYTES_MAX, RUNWAY_APPENDS_WITHIN_MS, RUNWAY_BYTES, RUNWAY_RUN_BYTES_MAX,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITEBACK_HINT_BYTES_MIN,
+    index_entries_max,
 };
 use crate::recovery::RecoveryReport;
 use crate::segment::{ReadFailure, SealData, Segment, SegmentWriteError};
@@ -240,6 +241,8 @@ pub struct Log {
     pub(crate) clean_marker: bool,
     /// A replicated log's commit point: readers see nothing past it ([`Log::set_committed`]).
     pub(crate) committed: Option<Watermark>,
+    /// When the last light append run was written (see [`RUNWAY_RUN_BYTES_MAX`]).
+    pub(crate) last_light_run: Option<TimestampMs>,
 }
 
 impl Log {
@@ -401,7 +404,10 @@ impl Log {
     pub fn append_is_light(&self, bytes: u64, now: TimestampMs) -> bool {
         let hints_writeback =
             self.config.fsync == FsyncPolicy::Always && bytes >= WRITEBACK_HINT_BYTES_MIN;
-        let heavy = self.clean_marker || self.roll_due(0, bytes, now) || hints_writeback;
+        let heavy = self.clean_marker
+            || self.roll_due(0, bytes, now)
+            || hints_writeback
+            || self.runway_due(self.active().size_bytes + bytes, bytes, now);
         !heavy && self.active().indexes_have_room(bytes)
     }
 
@@ -506,6 +512,7 @@ impl Log {
                         file.start_writeback(from, end / PAGE_BYTES * PAGE_BYTES - from);
                     }
                 }
+                self.keep_runway(end - start, now);
                 Ok(())
             }
             Err(SegmentWriteError::Clean(source)) if is_no_space(&source) => {
@@ -535,11 +542,44 @@ impl Log {
         outcome
     }
 
+    /// Whether an append run of `run_bytes` now, ending at `end` in the active segment,
+    /// extends the segment's runway (see [`RUNWAY_BYTES`]): on an `always` log, a light run
+    /// that follows another within [`RUNWAY_APPENDS_WITHIN_MS`], with less than a light run's
+    /// worth of zeros left past it, in a segment with room for more.
+    fn runway_due(&self, end: u64, run_bytes: u64, now: TimestampMs) -> bool {
+        let active = self.active();
+        self.config.fsync == FsyncPolicy::Always
+            && run_bytes <= RUNWAY_RUN_BYTES_MAX
+            && self.last_light_run.is_some_and(|last| now.0 - last.0 <= RUNWAY_APPENDS_WITHIN_MS)
+            && active.runway_end < end + RUNWAY_RUN_BYTES_MAX
+            && end + RUNWAY_RUN_BYTES_MAX < self.config.segment_bytes
+    }
+
+    /// After a run of `run_bytes` was written: extends the active segment's runway if it is
+    /// due. A failed write of zeros costs the runway, not the append (its zeros are cut as
+    /// any others).
+    fn keep_runway(&mut self, run_bytes: u64, now: TimestampMs) {
+        let due = self.runway_due(self.active().size_bytes, run_bytes, now);
+        if run_bytes <= RUNWAY_RUN_BYTES_MAX {
+            self.last_light_run = Some(now);
+        }
+        if !due {
+            return;
+        }
+        let segment_bytes = self.config.segment_bytes;
+        let active = self.segments.last_mut().expect("a log has at least one segment");
+        let end = (active.size_bytes + RUNWAY_BYTES).min(segment_bytes);
+        if let Err(error) = active.extend_runway(end) {
+            tracing::debug!(path = %active.path.display(), %error, "writing zeros ahead of the log's end failed");
+        }
+    }
+
     /// Seals the active segment and starts a new one (appends do this by themselves when the
     /// segment is full or old; an empty active segment is left as it is).
     ///
-    /// Order: (1) seal the active segment: fsync its log (`always` logs only; others leave it
-    /// to the next sync), trim and fsync its indexes; (2) create the new log file and its
+    /// Order: (1) seal the active segment: cut its runway, fsync its log (`always` logs only;
+    /// others leave it to the next sync), trim and fsync its indexes; (2) create the new log
+    /// file and its
     /// preallocated indexes; (3) if every sealed segment is durable, stage the new recovery
     /// point; (4) fsync the directory. A failed fsync fences the log. A failure to create the
     /// new files, or to write the recovery point's temporary file (before anything of it is
@@ -907,7 +947,8 @@ impl Log {
 
     /// Closes the log cleanly so the next open needs no scan.
     ///
-    /// Order: (1) sync (every sealed segment not yet synced, then the active one); (2) trim
+    /// Order: (1) sync (every sealed segment not yet synced, then the active one), and cut
+    /// and fsync the active segment's runway if it has one; (2) trim
     /// and fsync both active indexes; (3) write the next offset to `clean-shutdown` with
     /// [`crate::fs::write_atomically`] (`clean-shutdown.tmp`, fsync, rename, fsync of the
     /// directory). A fenced log writes nothing and reports its fence,
@@ -932,6 +973,13 @@ impl Log {
             let path = path.to_path_buf();
             move |source| CloseError::Io { path, source }
         };
+        // The next open trusts the file's length: no zeros may follow the batches.
+        if active.runway_end > active.size_bytes {
+            active
+                .cut_runway()
+                .and_then(|()| active.file.get()?.sync_data())
+                .map_err(at(&active.path))?;
+        }
         active.offset_index.0.trim_and_sync().map_err(at(active.offset_index.0.path()))?;
         active.time_index.0.trim_and_sync().map_err(at(active.time_index.0.path()))?;
         let marker = next_offset.0.to_string();

@@ -241,6 +241,7 @@ impl Log {
             recovery: report,
             recovery_point: finished.recovery_point,
             clean_marker: finished.keep_marker,
+            last_light_run: None,
             committed: None,
         })
     }
@@ -438,6 +439,7 @@ impl Opener<'_> {
                 last_indexed_position: 0,
                 data_durable: true,
                 holds_v1: false,
+                runway_end: 0,
             };
             if let Some(()) = self.check_tail(&mut segment, now).map_err(io_at(&path))? {
                 return Ok((segment, None));
@@ -533,6 +535,7 @@ impl Opener<'_> {
             last_indexed_position: 0,
             data_durable: false,
             holds_v1: false,
+            runway_end: 0,
         };
         let outcome = segment.scan().map_err(io_at(&path))?;
         self.report.scanned.push(path.clone());
@@ -590,10 +593,20 @@ impl Opener<'_> {
         let file = segment.file.get().map_err(io_at(&segment.path))?;
         let file_bytes = file.len().map_err(io_at(&segment.path))?;
         if file_bytes > segment.size_bytes {
-            tracing::warn!(path = %segment.path.display(), position = segment.size_bytes, reason = %stop.reason, "cutting a torn tail");
+            // Zeros alone, in the last segment: the runway written ahead of the appends
+            // (`limits::RUNWAY_BYTES`), not a tail.
+            let runway = later.is_empty()
+                && segment::zeros_to_end(file.as_ref(), segment.size_bytes)
+                    .map_err(io_at(&segment.path))?;
+            if runway {
+                tracing::debug!(path = %segment.path.display(), position = segment.size_bytes, "cutting the zeros written ahead of the log's end");
+            } else {
+                tracing::warn!(path = %segment.path.display(), position = segment.size_bytes, reason = %stop.reason, "cutting a torn tail");
+                self.report.truncated =
+                    Some((segment.path.clone(), file_bytes - segment.size_bytes));
+            }
             file.set_len(segment.size_bytes).map_err(io_at(&segment.path))?;
             file.sync_data().map_err(io_at(&segment.path))?;
-            self.report.truncated = Some((segment.path.clone(), file_bytes - segment.size_bytes));
         }
         for &base in later {
             tracing::warn!(base = base.0, "deleting a segment that follows a torn tail");

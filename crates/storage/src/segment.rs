@@ -64,6 +64,9 @@ pub(crate) struct Segment {
     /// Holds batches of format version 1, which is no longer appended: the next append rolls
     /// to a new segment first, so a segment holds one version.
     pub(crate) holds_v1: bool,
+    /// Where the zeros this process wrote past the batches end (see
+    /// [`crate::limits::RUNWAY_BYTES`]); none are left when it is not past `size_bytes`.
+    pub(crate) runway_end: u64,
 }
 
 /// What a full scan of a segment's log file found.
@@ -161,6 +164,7 @@ impl Segment {
             last_indexed_position: 0,
             data_durable: false,
             holds_v1: false,
+            runway_end: 0,
         })
     }
 
@@ -210,7 +214,10 @@ impl Segment {
         let file = self.file.get().map_err(SegmentWriteError::Clean)?;
         if let Err(error) = file.write_all_vectored_at(bufs, start) {
             return match file.set_len(start) {
-                Ok(()) => Err(SegmentWriteError::Clean(error)),
+                Ok(()) => {
+                    self.runway_end = 0;
+                    Err(SegmentWriteError::Clean(error))
+                }
                 Err(cleanup) => Err(SegmentWriteError::Dirty(cleanup)),
             };
         }
@@ -237,6 +244,7 @@ impl Segment {
     /// Seals the segment: fsync the log if `data` says so, trim and fsync both indexes. Once
     /// its data is synced, it no longer holds its file ([`Segment::release_file`]).
     pub(crate) fn seal(&mut self, data: SealData, fs: &Arc<dyn FileSystem>) -> io::Result<()> {
+        self.cut_runway()?;
         if data == SealData::Sync {
             self.file.get()?.sync_data()?;
             self.data_durable = true;
@@ -246,6 +254,35 @@ impl Segment {
         if self.data_durable {
             self.release_file(fs, true);
         }
+        Ok(())
+    }
+
+    /// Writes zeros past the batches, up to `end` (see [`crate::limits::RUNWAY_BYTES`]), with
+    /// one write; appends then overwrite them. Zeros already written are not written again.
+    pub(crate) fn extend_runway(&mut self, end: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let from = self.size_bytes.max(self.runway_end);
+        if end <= from {
+            return Ok(());
+        }
+        let file = self.file.get()?;
+        // Set first: zeros a failed write left behind are cut too.
+        self.runway_end = end;
+        let whole = ((end - from) / ZEROS.len() as u64) as usize;
+        let rest = ((end - from) % ZEROS.len() as u64) as usize;
+        let mut bufs: Vec<&[u8]> = vec![&ZEROS[..]; whole];
+        if rest > 0 {
+            bufs.push(&ZEROS[..rest]);
+        }
+        file.write_all_vectored_at(&bufs, from)
+    }
+
+    /// Cuts the zeros [`Segment::extend_runway`] left past the batches; the caller syncs.
+    pub(crate) fn cut_runway(&mut self) -> io::Result<()> {
+        if self.runway_end > self.size_bytes {
+            self.file.get()?.set_len(self.size_bytes)?;
+        }
+        self.runway_end = 0;
         Ok(())
     }
 
@@ -477,6 +514,24 @@ pub(crate) fn max_durable_stamp(file: &dyn File, from: u64) -> io::Result<Option
         start += candidates.max(1) as u64;
     }
     Ok(durable)
+}
+
+/// Whether `file` holds only zeros from `from` to its end: what a runway (see
+/// [`crate::limits::RUNWAY_BYTES`]) leaves when the process stops without a clean close.
+pub(crate) fn zeros_to_end(file: &dyn File, from: u64) -> io::Result<bool> {
+    const CHUNK: u64 = 64 * 1024;
+    let file_bytes = file.len()?;
+    let mut chunk = Vec::new();
+    let mut start = from;
+    while start < file_bytes {
+        chunk.resize((file_bytes - start).min(CHUNK) as usize, 0);
+        file.read_exact_at(&mut chunk, start)?;
+        if chunk.iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        start += chunk.len() as u64;
+    }
+    Ok(true)
 }
 
 fn read_checked(

@@ -304,6 +304,10 @@ impl SegmentCheck<'_> {
             let Some((resume, header)) = reader.next_intact(position, batch_bytes)? else {
                 let left = reader.file_bytes - position;
                 if self.torn_tail_possible {
+                    if crate::segment::zeros_to_end(reader.file, position)? {
+                        // Zeros written ahead of the appends (`limits::RUNWAY_BYTES`).
+                        return Ok(expected);
+                    }
                     let what = format!(
                         "the last {left} bytes are not a whole batch ({reason}): a write that a crash cut short, or one in progress if a server is running; the next start cuts them"
                     );

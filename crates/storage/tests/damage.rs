@@ -210,11 +210,26 @@ fn verify_reports_an_index_entry_that_points_where_no_batch_starts() {
 
 #[test]
 fn what_the_next_start_repairs_is_reported_but_is_not_damage() {
-    // A crash leaves a torn last batch.
+    // A crash leaves zeros written ahead of the appends: nothing to report.
     let fs = SimFileSystem::new();
     let mut log = open(&fs, 1 << 20);
     for i in 0..5 {
         log.append(&batch_of(2, 50, i), NOW).unwrap();
+        log.sync(NOW).unwrap();
+    }
+    drop(log);
+    fs.crash();
+    let files = snapshot(&fs);
+    assert!(files[&segment_name(0, "log")].ends_with(&[0; 1024]), "a runway");
+    let check = verify_log(&restore(&files), &dir()).unwrap();
+    assert!(check.findings.is_empty(), "{:?}", check.findings);
+    assert_eq!(check.batches, 5);
+
+    // A crash leaves a torn last batch (appends too far apart to keep a runway).
+    let fs = SimFileSystem::new();
+    let mut log = open(&fs, 1 << 20);
+    for i in 0..5 {
+        log.append(&batch_of(2, 50, i), TimestampMs(NOW.0 + i * 1000)).unwrap();
     }
     log.sync(NOW).unwrap();
     drop(log);

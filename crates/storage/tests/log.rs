@@ -4,7 +4,9 @@ mod common;
 
 use common::*;
 use spool_storage::sim::{Faults, SimFileSystem};
-use spool_storage::{AppendError, FsyncPolicy, Offset, ReadError, SyncError, TimestampMs};
+use spool_storage::{
+    AppendError, FsyncPolicy, Log, LogConfig, Offset, ReadError, SyncError, TimestampMs,
+};
 
 const NOW: TimestampMs = TimestampMs(1_000_000);
 
@@ -476,4 +478,65 @@ fn a_crash_rebuilds_the_active_indexes_in_their_own_files() {
     assert!(log.recovery_report().clean_shutdown);
     assert!(log.recovery_report().rebuilt_indexes.is_empty(), "the close trimmed them");
     assert_eq!(read_all(&log, Offset(0), 10_000), before);
+}
+
+/// An `always` log appended to in small runs writes zeros ahead of its end (its runway), so
+/// that its fsyncs write into blocks the file already has. A roll, a clean close and an open
+/// after a crash leave no zeros behind, and lose no synced batch.
+#[test]
+fn light_appends_run_on_zeros_that_a_roll_a_close_and_a_crash_cut() {
+    use spool_storage::limits::RUNWAY_BYTES;
+    let fs = SimFileSystem::new();
+    let config = LogConfig { segment_bytes: 4 * 1024 * 1024, ..config(FsyncPolicy::Always) };
+    let first = dir().join("00000000000000000000.log");
+    let file_bytes = |path: &std::path::Path| fs.read(path).unwrap().len() as u64;
+    let data_bytes = |log: &Log| log.segments().last().unwrap().size_bytes;
+    let append = |log: &mut Log, n: usize| {
+        for _ in 0..n {
+            log.append(&batch_of(1, 100, 5), NOW).unwrap();
+            log.sync(NOW).unwrap();
+        }
+    };
+
+    let mut log = sim_open(&fs, config);
+    append(&mut log, 10);
+    let (data, file) = (data_bytes(&log), file_bytes(&first));
+    assert!(file >= data + RUNWAY_BYTES / 2, "a runway: {data} bytes of batches, {file} in all");
+    assert!(fs.read(&first).unwrap()[data as usize..].iter().all(|&byte| byte == 0));
+
+    // A crash: the zeros are cut as no torn tail, and every synced batch is there.
+    drop(log);
+    fs.crash();
+    let mut log = sim_open(&fs, config);
+    assert_eq!(log.recovery_report().truncated, None, "{:?}", log.recovery_report());
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 10);
+    assert_eq!(file_bytes(&first), data_bytes(&log));
+
+    // A clean close cuts them, so the next open trusts the file's length.
+    append(&mut log, 10);
+    assert!(file_bytes(&first) > data_bytes(&log));
+    log.close().unwrap();
+    let mut log = sim_open(&fs, config);
+    assert!(log.recovery_report().clean_shutdown, "{:?}", log.recovery_report());
+    assert_eq!(file_bytes(&first), data_bytes(&log));
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 20);
+
+    // A sealed segment keeps none either.
+    append(&mut log, 10);
+    assert!(file_bytes(&first) > data_bytes(&log));
+    let sealed = data_bytes(&log);
+    log.roll().unwrap();
+    assert_eq!(file_bytes(&first), sealed);
+    append(&mut log, 10);
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 40);
+
+    // Heavy runs (or a log whose runs do not follow each other closely) write no zeros.
+    let heavy_fs = SimFileSystem::new();
+    let mut heavy = sim_open(&heavy_fs, config);
+    for _ in 0..4 {
+        heavy.append(&batch_of(100, 1000, 5), NOW).unwrap();
+        heavy.sync(NOW).unwrap();
+    }
+    let length = heavy_fs.read(&first).unwrap().len() as u64;
+    assert_eq!(length, data_bytes(&heavy));
 }
