@@ -41,6 +41,18 @@ pub(crate) fn run(path: &Path, records: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the rest of `reader` is zeros.
+fn zeros(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut chunk)? {
+            0 => return Ok(true),
+            n if chunk[..n].iter().any(|&byte| byte != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 fn printable(bytes: Option<&[u8]>) -> String {
     match bytes {
         None => "null".to_owned(),
@@ -63,6 +75,13 @@ fn dump_log(path: &Path, records: bool) -> anyhow::Result<u64> {
         reader.read_exact(&mut prefix[..available])?;
         let batch_bytes = match batch::peek_prefix(&prefix[..available]) {
             Ok((_, batch_bytes)) => batch_bytes as u64,
+            Err(_) if prefix[..available].iter().all(|&byte| byte == 0) && zeros(&mut reader)? => {
+                out!(
+                    "position {position}: {} bytes of zeros written ahead of the appends (the active segment's runway), not batches: a clean close or the next start cuts them",
+                    file_bytes - position
+                );
+                break;
+            }
             Err(error) => {
                 out!("position {position}: error: {error}; the rest of the file is not read");
                 errors += 1;

@@ -103,7 +103,14 @@ fn produce_and_consume_through_the_spool_binary() {
     let text = stdout(&dumped);
     assert!(text.contains("offsets 0 to 2 (3 records)"), "{text}");
     assert!(text.contains("crc") && text.contains("ok"), "{text}");
+    // Zeros after the batches (an active segment's runway, left by a crash) are no error.
     let mut bytes = std::fs::read(&segment).unwrap();
+    let runway = tempfile::tempdir().unwrap();
+    let with_zeros = runway.path().join("00000000000000000000.log");
+    std::fs::write(&with_zeros, [&bytes[..], &[0u8; 100_000][..]].concat()).unwrap();
+    let dumped = Command::new(SPOOL).arg("dump").arg(&with_zeros).output().unwrap();
+    let text = stdout(&dumped);
+    assert!(text.contains("100000 bytes of zeros written ahead of the appends"), "{text}");
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
