@@ -579,9 +579,8 @@ impl Log {
     ///
     /// Order: (1) seal the active segment: cut its runway, fsync its log (`always` logs only;
     /// others leave it to the next sync), trim and fsync its indexes; (2) create the new log
-    /// file and its
-    /// preallocated indexes; (3) if every sealed segment is durable, stage the new recovery
-    /// point; (4) fsync the directory. A failed fsync fences the log. A failure to create the
+    /// file and its preallocated indexes; (3) if every sealed segment is durable, stage the
+    /// new recovery point; (4) fsync the directory. A failed fsync fences the log. A failure to create the
     /// new files, or to write the recovery point's temporary file (before anything of it is
     /// synced), removes them and leaves the sealed segment active, so the next append tries
     /// again: a full disk refuses the append without fencing the log.
@@ -948,8 +947,8 @@ impl Log {
     /// Closes the log cleanly so the next open needs no scan.
     ///
     /// Order: (1) sync (every sealed segment not yet synced, then the active one), and cut
-    /// and fsync the active segment's runway if it has one; (2) trim
-    /// and fsync both active indexes; (3) write the next offset to `clean-shutdown` with
+    /// and fsync the active segment's runway if it has one; (2) trim and fsync both active
+    /// indexes; (3) write the next offset to `clean-shutdown` with
     /// [`crate::fs::write_atomically`] (`clean-shutdown.tmp`, fsync, rename, fsync of the
     /// directory). A fenced log writes nothing and reports its fence,
     /// so the next open checks everything again. A log not written since a clean open still
