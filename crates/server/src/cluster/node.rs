@@ -929,17 +929,17 @@ impl Cluster {
             return Ok(());
         }
         let replica = self.offsets_replica();
-        if let Err(error) = replica.linearize(LEADERSHIP_CONFIRM_TIMEOUT).await {
+        let not_coordinator = || {
             let coordinator = replica.leader().map(|(id, _)| (id, self.client_address(id)));
+            ServiceError::NotCoordinator { coordinator }
+        };
+        if let Err(error) = replica.linearize(LEADERSHIP_CONFIRM_TIMEOUT).await {
             return Err(match error {
-                ProposeError::NotLeader { .. } => ServiceError::NotCoordinator { coordinator },
+                ProposeError::NotLeader { .. } => not_coordinator(),
                 other => ServiceError::Cluster(format!("the cluster's consumer groups: {other}")),
             });
         }
-        let Some(term) = replica.leading_term() else {
-            let coordinator = replica.leader().map(|(id, _)| (id, self.client_address(id)));
-            return Err(ServiceError::NotCoordinator { coordinator });
-        };
+        let Some(term) = replica.leading_term() else { return Err(not_coordinator()) };
         let end = replica.high_watermark().0;
         let mut followed = self.offsets_followed.subscribe();
         let applied = tokio::time::timeout(GROUPS_LOAD_PATIENCE, followed.wait_for(|f| *f >= end));
@@ -1042,8 +1042,6 @@ impl Cluster {
     }
 }
 
-/// Compacts the logs of the cluster's own groups every [`INTERNAL_COMPACT_CHECK_INTERVAL`]
-/// once one holds more than [`INTERNAL_COMPACT_BYTES`], until the cluster stops.
 /// Reads the peer revocation list's file (`path`) again every [`PEER_CRL_RELOAD_INTERVAL`].
 /// When it changed, and the new list makes a usable TLS configuration with the rest of
 /// `tls`, the peer listener and this node's calls take it, and every peer connection is
@@ -1092,6 +1090,8 @@ async fn reload_peer_crl(
     }
 }
 
+/// Compacts the logs of the cluster's own groups every [`INTERNAL_COMPACT_CHECK_INTERVAL`]
+/// once one holds more than [`INTERNAL_COMPACT_BYTES`], until the cluster stops.
 async fn compact_internal_logs(cluster: Arc<Cluster>) {
     let stop = cluster.stopping();
     let mut timer = tokio::time::interval(INTERNAL_COMPACT_CHECK_INTERVAL);
