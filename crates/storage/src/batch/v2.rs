@@ -284,7 +284,12 @@ pub(crate) fn check_wire(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// need be.
 pub(crate) fn records<'a>(bytes: &'a [u8], header: &BatchHeader) -> Records<'a> {
     let end = kafka::PREFIX + be_u32(bytes, kafka::BATCH_LENGTH) as usize;
-    let section = &bytes[kafka::RECORDS..end];
+    // A batch whose frame and Kafka lengths disagree (only unchecked bytes can) reads as
+    // truncated rather than past its end.
+    let Some(section) = bytes.get(kafka::RECORDS..end) else {
+        let error = BatchError::Truncated { bytes: bytes.len(), needed: end };
+        return Records { section: Err(error), header: *header };
+    };
     let section = match header.codec() {
         Ok(Codec::None) => Ok(Cow::Borrowed(section)),
         Ok(codec) => compression::decompress(codec, section, DECOMPRESSED_BYTES_MAX)
