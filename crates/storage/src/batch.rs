@@ -746,9 +746,11 @@ impl<'a> BatchView<'a> {
         v2::records(self.kafka_bytes(), &self.header)
     }
 
-    /// The Kafka batch inside a version 2 batch (the whole batch if it is a bare one).
+    /// The Kafka batch inside a version 2 batch (the whole batch if it is a bare one). A bare
+    /// batch is told from a stored one as [`BatchView::new`] tells them: a bare batch's
+    /// `partitionLeaderEpoch` may begin with Spool's magic byte.
     pub fn kafka_bytes(&self) -> &'a [u8] {
-        if self.bytes.len() > v2::frame::BYTES && self.bytes[field::MAGIC] == BATCH_MAGIC {
+        if self.bytes.len() > v2::frame::BYTES && !v2::looks_like_kafka(self.bytes) {
             &self.bytes[v2::frame::BYTES..]
         } else {
             self.bytes

@@ -166,6 +166,22 @@ fn a_kafka_batch_round_trips_through_its_stored_form_in_every_codec() {
 }
 
 #[test]
+fn a_bare_kafka_batch_whose_leader_epoch_begins_with_spools_magic_reads_whole() {
+    // partitionLeaderEpoch sits where a stored batch has its magic and version; it is outside
+    // Kafka's CRC, so a producer may send any value there.
+    let mut wire = sample_v2(Codec::None);
+    wire[v2::kafka::PARTITION_LEADER_EPOCH] = BATCH_MAGIC;
+    wire[v2::kafka::PARTITION_LEADER_EPOCH + 1] = 0;
+    let view = BatchView::new(&wire).unwrap();
+    assert_eq!(view.kafka_bytes(), &wire[..]);
+    let records = view.records();
+    let records: Vec<_> = records.iter().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].key, Some(&b"k1"[..]));
+    assert_eq!(records[2].value.unwrap().len(), 300);
+}
+
+#[test]
 fn every_flipped_bit_of_a_stored_v2_batch_is_caught() {
     let stored =
         CheckedBatch::check(&sample_v2(Codec::None)[..]).unwrap().stored(Offset(5), Offset(3));
