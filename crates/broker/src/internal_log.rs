@@ -237,7 +237,7 @@ fn fold_log(
         let read = log
             .read(offset, INTERNAL_FOLD_READ_BYTES)
             .map_err(|source| OpenInternalError::Read { path: path.to_path_buf(), source })?;
-        for batch in BatchIter::new(&read.bytes) {
+        for batch in BatchIter::read_before(&read.bytes) {
             let batch = batch.map_err(|e| bad(offset.0, e.to_string()))?;
             for record in batch.records().iter() {
                 let record = record.map_err(|e| bad(offset.0, e.to_string()))?;

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use serde::{Deserialize, Serialize};
+use spool_storage::TimestampMs;
 use spool_storage::batch::{BatchError, BatchKind, BatchView, CheckedBatch, share_or_copy, v2};
-use spool_storage::{Offset, TimestampMs};
 
 use crate::{NodeId, TypeConfig};
 
@@ -18,13 +18,18 @@ pub const CONTROL_MEMBERSHIP: u16 = 6;
 /// Control batches' timestamp: the same on every replica.
 const CONTROL_TIMESTAMP: TimestampMs = TimestampMs(0);
 
-/// A normal entry's payload: one Kafka RecordBatch v2, as its producer sent it (on the
-/// leader) or as the leader stored it (on a follower, with the offset the leader gave it).
+/// A normal entry's payload: one or more Kafka RecordBatch v2, as their producers sent them
+/// (on the leader) or as the leader stored them (on a follower, with the offset the leader
+/// gave the first). A leader puts every batch queued for its partition into one entry (up to
+/// [`crate::limits::ENTRY_KAFKA_BYTES_MAX`]), so one fsync on each replica covers them all;
+/// the log stores them back to back with the same term and index, every one but the last
+/// marked [`EntryStamp::more`](spool_storage::batch::EntryStamp::more), and their offsets
+/// follow on from one another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
-    pub kafka: Bytes,
-    /// The offset of the batch's first record in the leader's log, once it has one: a
-    /// follower's log must give it the same.
+    pub kafka: Vec<Bytes>,
+    /// The offset of the first record in the leader's log, once it has one: a follower's log
+    /// must give it the same.
     pub base_offset: Option<u64>,
 }
 
@@ -46,30 +51,51 @@ pub enum EntryError {
     UnknownControl { index: u64, control_type: u16 },
     #[error("stored entry {index} is a control batch without its one record")]
     BadControl { index: u64 },
+    #[error("entry {index} holds no batch")]
+    Empty { index: u64 },
+    #[error("stored entry {index} goes on past the batches read (its last has `more` set)")]
+    Unfinished { index: u64 },
+    #[error("stored entry {index} goes on in a batch of another entry or kind")]
+    Interrupted { index: u64 },
 }
 
-/// The batch that stores `entry`.
-pub(crate) fn to_batch(entry: &Entry<TypeConfig>) -> Result<CheckedBatch<Bytes>, EntryError> {
+/// The batches that store `entry`, in order.
+pub(crate) fn to_batches(
+    entry: &Entry<TypeConfig>,
+) -> Result<Vec<CheckedBatch<Bytes>>, EntryError> {
     let LogId { leader_id, index } = entry.log_id;
-    let batch = match &entry.payload {
-        EntryPayload::Normal(batch) => CheckedBatch::check(batch.kafka.clone())
-            .map_err(|source| EntryError::Batch { index, source })?,
-        EntryPayload::Blank => CheckedBatch::control(CONTROL_LEADER_CHANGE, b"", CONTROL_TIMESTAMP),
+    let batches = match &entry.payload {
+        EntryPayload::Normal(batch) => {
+            let mut batches = Vec::with_capacity(batch.kafka.len());
+            for (i, kafka) in batch.kafka.iter().enumerate() {
+                // Checked whole where it arrived: by the produce path on a leader (or the
+                // peer listener, for a batch a follower passed on), on a follower by the
+                // peer listener.
+                let checked = CheckedBatch::checked_before(kafka.clone())
+                    .map_err(|source| EntryError::Batch { index, source })?
+                    .with_entry(leader_id.term, index);
+                let more = i + 1 < batch.kafka.len();
+                batches.push(if more { checked.with_more() } else { checked });
+            }
+            if batches.is_empty() {
+                return Err(EntryError::Empty { index });
+            }
+            batches
+        }
+        EntryPayload::Blank => vec![
+            CheckedBatch::control(CONTROL_LEADER_CHANGE, b"", CONTROL_TIMESTAMP)
+                .with_entry(leader_id.term, index),
+        ],
         EntryPayload::Membership(membership) => {
             let json = serde_json::to_vec(membership)
                 .map_err(|source| EntryError::Membership { index, source })?;
-            CheckedBatch::control(CONTROL_MEMBERSHIP, &json, CONTROL_TIMESTAMP)
+            vec![
+                CheckedBatch::control(CONTROL_MEMBERSHIP, &json, CONTROL_TIMESTAMP)
+                    .with_entry(leader_id.term, index),
+            ]
         }
     };
-    Ok(batch.with_entry(leader_id.term, index))
-}
-
-/// The base offset a follower's log must give `entry`, when the leader gave it one.
-pub(crate) fn expected_offset(entry: &Entry<TypeConfig>) -> Option<Offset> {
-    match &entry.payload {
-        EntryPayload::Normal(batch) => batch.base_offset.map(Offset),
-        _ => None,
-    }
+    Ok(batches)
 }
 
 /// The entry a stored batch holds; `read` is the buffer the batch was read into, which a
@@ -85,7 +111,7 @@ pub(crate) fn from_batch(
     let bytes = view.as_bytes();
     let payload = match stamp.kind {
         BatchKind::Records => EntryPayload::Normal(Batch {
-            kafka: share_or_copy(read, &bytes[v2::frame::BYTES..]),
+            kafka: vec![share_or_copy(read, &bytes[v2::frame::BYTES..])],
             base_offset: Some(header.base_offset.0),
         }),
         BatchKind::Control => {
@@ -119,11 +145,69 @@ pub(crate) fn log_id(term: u64, index: u64) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(term, NodeId::default()), index)
 }
 
-/// The offsets of a normal entry's records: its base offset and the offset after it. The
-/// batch was checked when it was read from the log; only its record count is read here.
+/// Gathers the stored batches of entries, read in order: a batch marked
+/// [`EntryStamp::more`](spool_storage::batch::EntryStamp::more) is followed by the rest of its
+/// entry, which [`Gather::push`] adds to it.
+#[derive(Default)]
+pub(crate) struct Gather {
+    /// An entry whose last batch read so far said more follow.
+    open: Option<Entry<TypeConfig>>,
+}
+
+impl Gather {
+    /// Takes the next stored batch; returns the entry it ends, if it ends one.
+    pub(crate) fn push(
+        &mut self,
+        view: &BatchView<'_>,
+        read: &Bytes,
+    ) -> Result<Option<Entry<TypeConfig>>, EntryError> {
+        let stamp = view.header().entry;
+        let entry = match self.open.take() {
+            None => from_batch(view, read)?,
+            Some(mut open) => {
+                let EntryPayload::Normal(batch) = &mut open.payload else {
+                    unreachable!("only a normal entry is left open")
+                };
+                if stamp.index != open.log_id.index || stamp.kind != BatchKind::Records {
+                    return Err(EntryError::Interrupted { index: open.log_id.index });
+                }
+                batch.kafka.push(share_or_copy(read, &view.as_bytes()[v2::frame::BYTES..]));
+                open
+            }
+        };
+        if stamp.more {
+            if !matches!(entry.payload, EntryPayload::Normal(_)) {
+                return Err(EntryError::Interrupted { index: stamp.index });
+            }
+            self.open = Some(entry);
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Ends the reading: an error if the last entry was left unfinished.
+    pub(crate) fn finish(self) -> Result<(), EntryError> {
+        match self.open {
+            Some(open) => Err(EntryError::Unfinished { index: open.log_id.index }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The record count of a checked Kafka batch.
+pub(crate) fn record_count(kafka: &[u8]) -> Option<u64> {
+    let at = v2::kafka::RECORDS_COUNT;
+    Some(u64::from(u32::from_be_bytes(kafka.get(at..at + 4)?.try_into().ok()?)))
+}
+
+/// The offsets of a normal entry's records: its base offset and the offset after its last.
+/// Its batches were checked when they were read from the log; only their record counts are
+/// read here.
 pub(crate) fn offsets(batch: &Batch) -> Option<(u64, u64)> {
     let base = batch.base_offset?;
-    let at = v2::kafka::RECORDS_COUNT;
-    let count = u32::from_be_bytes(batch.kafka.get(at..at + 4)?.try_into().ok()?);
-    Some((base, base + u64::from(count)))
+    let mut next = base;
+    for kafka in &batch.kafka {
+        next += record_count(kafka)?;
+    }
+    Some((base, next))
 }

@@ -7,12 +7,17 @@
 //! ## One log, no second copy
 //!
 //! As in Redpanda, a replicated partition's Raft log *is* its segment log: one Raft entry is
-//! one stored batch ([`spool_storage::batch`] format version 2), whose frame records the
-//! entry's term and index and whose kind tells a producer's records from a control batch.
+//! one stored batch ([`spool_storage::batch`] format version 2), or for a normal entry
+//! several back to back, whose frames record the entry's term and index, whose kind tells a
+//! producer's records from a control batch, and whose `more` flag is set on every batch of
+//! an entry but its last. A leader puts the batches queued while its earlier entries are in
+//! Raft into one entry (`proposals`): openraft 0.9 fsyncs each entry a client writes alone,
+//! so that is how one fsync comes to cover many batches. An open cuts an entry whose last
+//! batches a crash lost (never acknowledged: its fsync covers all of it).
 //!
-//! | Raft entry         | stored batch                                                       |
+//! | Raft entry         | stored batches                                                     |
 //! |--------------------|--------------------------------------------------------------------|
-//! | normal             | the producer's Kafka batch, as sent ([`Batch`])                    |
+//! | normal             | the producers' Kafka batches, as sent, one stored batch each ([`Batch`]) |
 //! | blank (a leader's first entry of its term) | a control batch, control type [`CONTROL_LEADER_CHANGE`], no value |
 //! | membership         | a control batch, control type [`CONTROL_MEMBERSHIP`], the membership as JSON |
 //!
@@ -45,6 +50,7 @@ pub mod history;
 pub mod limits;
 mod log_store;
 mod network;
+mod proposals;
 mod replica;
 mod rpc;
 mod state_machine;

@@ -3,9 +3,27 @@
 use std::time::Duration;
 
 use spool_storage::batch::STORED_BATCH_BYTES_MAX;
+use spool_storage::limits::BATCH_BYTES_MAX;
 
 /// The most entries one AppendEntries message carries (openraft's `max_payload_entries`).
 pub const ENTRIES_PER_MESSAGE_MAX: u64 = 8;
+
+/// The most Kafka bytes a leader puts in one entry: every batch queued for a partition
+/// while its earlier entries are in Raft goes into the next entry, up to this (a batch
+/// larger on its own goes alone). An entry's payload so stays within one batch's bound,
+/// which [`MESSAGE_BYTES_MAX`] allows for.
+pub const ENTRY_KAFKA_BYTES_MAX: usize = BATCH_BYTES_MAX as usize;
+
+/// The most batches in one entry.
+pub const ENTRY_BATCHES_MAX: usize = 4096;
+
+/// Entries a leader has in Raft at once for one partition (proposed, not yet applied). Two
+/// let the leader append and fsync one entry while its followers fsync the one before.
+pub const PROPOSALS_IN_FLIGHT: usize = 2;
+
+/// Kibibytes of batches a replica holds queued for proposal or in Raft; a proposal past it
+/// waits for room.
+pub const PROPOSALS_QUEUED_KIB_MAX: u32 = 64 * 1024;
 
 /// The largest message between replicas: a full AppendEntries of the largest batches, with
 /// room for its header.
@@ -53,3 +71,6 @@ const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL
 const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());
 
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize + HEADER_BYTES_MAX <= MESSAGE_BYTES_MAX);
+
+const _: () = assert!(ENTRY_KAFKA_BYTES_MAX <= STORED_BATCH_BYTES_MAX as usize);
+const _: () = assert!(PROPOSALS_QUEUED_KIB_MAX as usize * 1024 >= ENTRY_KAFKA_BYTES_MAX);

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
 };
 use serde::{Deserialize, Serialize};
 use spool_storage::batch::BatchIter;
@@ -16,7 +17,7 @@ use spool_storage::fs::{FileSystem, OpenMode};
 use spool_storage::limits::READ_BYTES_MAX;
 use spool_storage::{Log, LogConfig, Offset, TimestampMs};
 
-use crate::entry::{self, EntryError};
+use crate::entry;
 use crate::state_machine::{APPLIED_FILE, SNAPSHOT_FILE, SavedApplied};
 use crate::{NodeId, TypeConfig};
 
@@ -53,6 +54,8 @@ pub enum OpenError {
     State { path: PathBuf, reason: String },
     #[error("cutting the damaged replica in {path} back to its intact segments failed: {source}")]
     Repair { path: PathBuf, source: spool_storage::TruncateError },
+    #[error("cutting the unfinished entry at the end of the log in {path} failed: {source}")]
+    CutUnfinished { path: PathBuf, source: spool_storage::TruncateError },
 }
 
 /// A segment log shared by a replicated partition's Raft log and its readers; `None` once
@@ -212,6 +215,8 @@ impl SegmentLogStore {
                 .map_err(|source| OpenError::Io { path: dir.join(STATE_FILE), source })?;
         }
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            cut_unfinished_entry(log)
+                .map_err(|source| OpenError::CutUnfinished { path: dir.to_path_buf(), source })?;
             let start = log.log_start_offset();
             log.set_committed(start).map_err(|error| OpenError::Io {
                 path: log.dir().to_path_buf(),
@@ -372,14 +377,18 @@ impl SegmentLogStore {
             return Ok(out);
         };
         let mut offset = first.base_offset;
+        let mut gather = entry::Gather::default();
         loop {
             let read = log.read_written(offset, READ_BYTES_MAX).map_err(failed)?;
             if read.bytes.is_empty() {
+                gather.finish().map_err(failed)?;
                 return Ok(out);
             }
-            for view in BatchIter::new(&read.bytes) {
+            for view in BatchIter::read_before(&read.bytes) {
                 let view = view.map_err(failed)?;
-                let entry = entry::from_batch(&view, &read.bytes).map_err(failed)?;
+                let Some(entry) = gather.push(&view, &read.bytes).map_err(failed)? else {
+                    continue;
+                };
                 if entry.log_id.index >= end {
                     return Ok(out);
                 }
@@ -394,25 +403,51 @@ impl SegmentLogStore {
     /// Appends `entries` and syncs them: one fsync for the whole call.
     fn append_and_sync(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
         let now = TimestampMs::now();
-        let batches = entries.iter().map(entry::to_batch).collect::<Result<Vec<_>, EntryError>>();
-        let batches = batches.map_err(failed)?;
+        let mut batches = Vec::with_capacity(entries.len());
+        // Per batch: its entry's index, and the offset the leader gave it, where known.
+        let mut expected = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let stored = entry::to_batches(entry).map_err(failed)?;
+            let mut next = match &entry.payload {
+                EntryPayload::Normal(batch) => batch.base_offset.map(Offset),
+                _ => None,
+            };
+            for batch in &stored {
+                expected.push((entry.log_id.index, next));
+                next = next.map(|next| Offset(next.0 + u64::from(batch.header().record_count)));
+            }
+            batches.extend(stored);
+        }
         let borrowed: Vec<_> = batches.iter().map(|batch| batch.borrowed()).collect();
         let mut log = self.write_log()?;
         let log = log.as_mut().expect("checked");
         let results = log.append_many(&borrowed, now);
-        for (entry, result) in entries.iter().zip(results) {
+        for ((index, expected), result) in expected.into_iter().zip(results) {
             let appended = result.map_err(failed)?;
-            if let Some(expected) = entry::expected_offset(entry)
+            if let Some(expected) = expected
                 && expected != appended.base_offset
             {
-                let error =
-                    Diverged { index: entry.log_id.index, expected, got: appended.base_offset };
-                return Err(failed(error));
+                return Err(failed(Diverged { index, expected, got: appended.base_offset }));
             }
         }
         log.sync(now).map_err(failed)?;
         Ok(())
     }
+}
+
+/// Cuts an entry whose batches stop short at the log's end: the last batch says more of its
+/// entry follow. A crash while a multi-batch entry was written leaves that (a roll in the
+/// middle of the entry syncs the part before it), and Raft would take the part for the
+/// whole entry. The entry was never acknowledged here: its fsync covers all of it.
+fn cut_unfinished_entry(log: &mut Log) -> Result<(), spool_storage::TruncateError> {
+    let Some(last) = log.last_entry()? else { return Ok(()) };
+    if !last.entry.more {
+        return Ok(());
+    }
+    let first = log.first_entry_from(last.entry.index)?;
+    let from = first.map_or(last.base_offset, |first| first.base_offset);
+    tracing::warn!(dir = %log.dir().display(), index = last.entry.index, from = from.0, "the log ends inside entry {}, which was never acknowledged: it is cut from offset {from}", last.entry.index);
+    log.truncate(from, TimestampMs::now())
 }
 
 /// Puts the replica in `dir` under repair for `damage` in its log's segment `segment`

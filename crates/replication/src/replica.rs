@@ -8,16 +8,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use spool_storage::Offset;
 
-use crate::entry::Batch;
 use crate::limits::{
     ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HEARTBEAT_INTERVAL,
     SNAPSHOT_CHUNK_BYTES,
 };
 use crate::network::{Network, Transport};
+use crate::proposals::Proposals;
 use crate::rpc::{self, Request};
 use crate::{NodeId, PartitionStateMachine, SegmentLogStore, TypeConfig};
 
@@ -88,6 +88,7 @@ pub struct Replica {
     store: SegmentLogStore,
     state: PartitionStateMachine,
     forwarded: OnceLock<OnForwarded>,
+    proposals: Arc<Proposals>,
     /// Leaders this replica has seen take the group since it started.
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
     /// While the store is under repair: the commit index a leader sent that this replica
@@ -184,6 +185,7 @@ impl Replica {
             store,
             state,
             forwarded,
+            proposals: Arc::new(Proposals::new()),
             leader_changes,
             repair_target,
         })
@@ -311,24 +313,13 @@ impl Replica {
         }
     }
 
-    /// Appends a producer's Kafka batch through the group: answered once a majority of the
-    /// replicas has it fsynced and this leader applied it, with its offsets (the first, and
-    /// the one after the last).
+    /// Appends a producer's Kafka batch through the group (which must have passed
+    /// [`check_for_append`](spool_storage::batch::check_for_append)): answered once a
+    /// majority of the replicas has it fsynced and this leader applied it, with its offsets
+    /// (the first, and the one after the last). Batches proposed while earlier ones are in
+    /// Raft share an entry ([`crate::proposals`]).
     pub async fn propose(&self, kafka: Bytes) -> Proposed {
-        let batch = Batch { kafka, base_offset: None };
-        match self.raft.client_write(batch).await {
-            Ok(written) => {
-                let (base, next) = written.data.offsets.ok_or_else(|| {
-                    ProposeError::Stopped("a committed batch came back without offsets".into())
-                })?;
-                Ok((Offset(base), Offset(next)))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                let leader = forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
-                Err(ProposeError::NotLeader { leader })
-            }
-            Err(error) => Err(ProposeError::Stopped(error.to_string())),
-        }
+        self.proposals.propose(&self.raft, kafka).await
     }
 
     /// Appends a batch through the group as [`Replica::propose`] does, passing it to the

@@ -126,22 +126,62 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
 }
 
 fn put_entry(buf: &mut BytesMut, entry: &Entry<TypeConfig>) {
-    let (kind, offset, payload): (u8, u64, Bytes) = match &entry.payload {
-        EntryPayload::Blank => (BLANK, NO_OFFSET, Bytes::new()),
-        EntryPayload::Membership(membership) => {
-            let json = serde_json::to_vec(membership).expect("a membership encodes as JSON");
-            (MEMBERSHIP, NO_OFFSET, Bytes::from(json))
+    let membership;
+    let (kind, offset, payload): (u8, u64, &[Bytes]) = match &entry.payload {
+        EntryPayload::Blank => (BLANK, NO_OFFSET, &[]),
+        EntryPayload::Membership(m) => {
+            let json = serde_json::to_vec(m).expect("a membership encodes as JSON");
+            membership = [Bytes::from(json)];
+            (MEMBERSHIP, NO_OFFSET, &membership)
         }
         EntryPayload::Normal(batch) => {
-            (NORMAL, batch.base_offset.unwrap_or(NO_OFFSET), batch.kafka.clone())
+            (NORMAL, batch.base_offset.unwrap_or(NO_OFFSET), &batch.kafka)
         }
     };
+    let length: usize = payload.iter().map(Bytes::len).sum();
+    buf.reserve(crate::limits::ENTRY_HEAD_BYTES + length);
     buf.put_u8(kind);
     buf.put_u64(entry.log_id.leader_id.term);
     buf.put_u64(entry.log_id.index);
     buf.put_u64(offset);
-    buf.put_u32(payload.len() as u32);
-    buf.put_slice(&payload);
+    buf.put_u32(length as u32);
+    for part in payload {
+        buf.put_slice(part);
+    }
+}
+
+/// A normal entry's payload, its Kafka batches back to back, split into them and each
+/// checked whole.
+fn split_batches(mut payload: Bytes, index: u64) -> Result<Vec<Bytes>, InvalidMessage> {
+    use spool_storage::batch::v2::kafka;
+    let mut batches = Vec::new();
+    while !payload.is_empty() {
+        if batches.len() == crate::limits::ENTRY_BATCHES_MAX {
+            return Err(invalid(format!(
+                "entry {index} holds more than {} batches",
+                crate::limits::ENTRY_BATCHES_MAX
+            )));
+        }
+        let length = payload
+            .get(kafka::BATCH_LENGTH..kafka::BATCH_LENGTH + 4)
+            .map(|length| u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| invalid(format!("entry {index}'s batches end in a cut-off batch")))?;
+        let total = kafka::PREFIX.saturating_add(length);
+        if total > payload.len() {
+            return Err(invalid(format!(
+                "entry {index}'s batch of {total} bytes is cut off at {} bytes",
+                payload.len()
+            )));
+        }
+        let batch = payload.split_to(total);
+        spool_storage::batch::check_for_append(&batch)
+            .map_err(|error| invalid(format!("entry {index}'s batch: {error}")))?;
+        batches.push(batch);
+    }
+    if batches.is_empty() {
+        return Err(invalid(format!("entry {index} holds no batch")));
+    }
+    Ok(batches)
 }
 
 /// Splits a message into its kind, JSON header and the rest.
@@ -262,10 +302,9 @@ fn take_entry(rest: &mut Bytes) -> Result<Entry<TypeConfig>, InvalidMessage> {
         BLANK if payload.is_empty() => EntryPayload::Blank,
         MEMBERSHIP => EntryPayload::Membership(json(&payload, "membership")?),
         NORMAL => {
-            spool_storage::batch::check_for_append(&payload)
-                .map_err(|error| invalid(format!("entry {index}'s batch: {error}")))?;
+            let kafka = split_batches(payload, index)?;
             let base_offset = (offset != NO_OFFSET).then_some(offset);
-            EntryPayload::Normal(Batch { kafka: payload, base_offset })
+            EntryPayload::Normal(Batch { kafka, base_offset })
         }
         kind => return Err(invalid(format!("entry {index} of unknown kind {kind}"))),
     };
@@ -340,7 +379,7 @@ mod tests {
                 Entry {
                     log_id: log_id(4, 12),
                     payload: EntryPayload::Normal(Batch {
-                        kafka: kafka_batch(),
+                        kafka: vec![kafka_batch(), kafka_batch()],
                         base_offset: Some(77),
                     }),
                 },
@@ -365,6 +404,20 @@ mod tests {
             (sent.vote, sent.prev_log_id, sent.leader_commit)
         );
         assert_eq!(got.entries, sent.entries);
+    }
+
+    #[test]
+    fn an_entry_s_batches_must_fill_its_payload_exactly() {
+        let two = [kafka_batch(), kafka_batch()].concat();
+        assert_eq!(split_batches(Bytes::from(two.clone()), 5).unwrap().len(), 2);
+        let cut = Bytes::from(two[..two.len() - 1].to_vec());
+        let error = split_batches(cut, 5).unwrap_err().to_string();
+        assert!(error.contains("entry 5's batch of") && error.contains("cut off"), "{error}");
+        let stray = Bytes::from([&kafka_batch()[..], &[0, 1, 2]].concat());
+        let error = split_batches(stray, 5).unwrap_err().to_string();
+        assert!(error.contains("end in a cut-off batch"), "{error}");
+        let error = split_batches(Bytes::new(), 5).unwrap_err().to_string();
+        assert!(error.contains("holds no batch"), "{error}");
     }
 
     #[test]

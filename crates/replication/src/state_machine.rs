@@ -326,8 +326,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             let offsets = match entry.payload {
                 EntryPayload::Normal(batch) => {
                     let offsets = entry::offsets(&batch);
-                    if let (Some(fold), Some((base, next))) = (&self.fold, offsets) {
-                        fold.apply(&batch.kafka, Offset(base), Offset(next));
+                    if let (Some(fold), Some((mut base, _))) = (&self.fold, offsets) {
+                        for kafka in &batch.kafka {
+                            let next = base + entry::record_count(kafka).unwrap_or(0);
+                            fold.apply(kafka, Offset(base), Offset(next));
+                            base = next;
+                        }
                     }
                     offsets
                 }

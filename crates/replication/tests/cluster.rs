@@ -336,6 +336,58 @@ async fn three_replicas_hold_the_same_batches_at_the_same_offsets() {
     }
 }
 
+/// Runs `futures` to completion, polling every one that is not done in order each time, so
+/// that proposals made in order are queued in that order.
+async fn in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|output| output.expect("every future is done")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_proposed_together_share_entries_in_the_order_proposed() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.replica(cluster.leader(None).await);
+    let proposals = (0..200).map(|i| {
+        let leader = leader.clone();
+        async move { leader.propose(single(&format!("v{i}"))).await }
+    });
+    let proposed: Vec<(Offset, Offset)> = in_order(proposals.collect())
+        .await
+        .into_iter()
+        .map(|proposed| proposed.expect("committed"))
+        .collect();
+    for (i, pair) in proposed.windows(2).enumerate() {
+        assert_eq!(pair[0].1.0 - pair[0].0.0, 1, "batch {i} took one offset");
+        assert!(pair[1].0 >= pair[0].1, "batch {} is stored after batch {i}", i + 1);
+    }
+    let end = proposed.last().expect("200").1;
+    assert_same_logs(&cluster, end).await;
+    // Each value at the offset its proposer was given, in the order proposed.
+    let stored: Vec<(u64, String)> =
+        offsets(&leader).into_iter().filter_map(|(o, value)| value.map(|v| (o, v))).collect();
+    let expected: Vec<(u64, String)> =
+        proposed.iter().enumerate().map(|(i, (base, _))| (base.0, format!("v{i}"))).collect();
+    assert_eq!(stored, expected);
+    let entries: std::collections::BTreeSet<u64> =
+        contents(&leader).iter().map(|(_, index, _, _)| *index).collect();
+    assert!(entries.len() < 100, "200 batches proposed at once took {} entries", entries.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     let cluster = Cluster::start().await;
@@ -548,14 +600,11 @@ async fn no_acknowledged_write_is_lost_under_partitions_kills_and_power_loss() {
 async fn a_restarted_replica_serves_what_it_applied_before_it_hears_from_a_leader() {
     let cluster = Cluster::start().await;
     let leader = cluster.replica(cluster.leader(None).await);
-    let mut proposals = tokio::task::JoinSet::new();
-    for i in 0..400 {
-        let leader = leader.clone();
-        proposals.spawn(async move { leader.propose(single(&format!("v{i}"))).await });
-    }
+    // One at a time, so that each is an entry of its own: a replica saves what it applied
+    // every `APPLIED_SAVE_EVERY` entries.
     let mut end = Offset(0);
-    while let Some(proposed) = proposals.join_next().await {
-        end = end.max(proposed.expect("joined").expect("committed").1);
+    for i in 0..spool_replication::limits::APPLIED_SAVE_EVERY + 100 {
+        end = leader.propose(single(&format!("v{i}"))).await.expect("committed").1;
     }
     let follower = (1..=3).find(|id| *id != leader.node_id()).expect("a follower");
     assert!(cluster.replica(follower).wait_for_high_watermark(end, PATIENCE).await);

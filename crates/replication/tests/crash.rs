@@ -25,7 +25,9 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 0), index)
 }
 
-/// Entry `index` of term 1: a blank entry, a membership, then batches of 8 KiB records.
+/// Entry `index` of term 1: a blank entry, a membership, then entries of one to three
+/// batches (a leader puts the batches queued together in one entry) of one 8 KiB record
+/// each, so that segments roll inside entries too.
 fn entry(index: u64) -> Entry<TypeConfig> {
     let payload = match index {
         1 => EntryPayload::Blank,
@@ -34,10 +36,14 @@ fn entry(index: u64) -> Entry<TypeConfig> {
             None,
         )),
         _ => {
-            let mut builder = BatchBuilder::new(BytesMut::new());
-            let value = vec![index as u8; 8 * 1024];
-            builder.push(TimestampMs(1_000), None, Some(&value), &[]);
-            let kafka = builder.finish(ProducerStamp::NONE).freeze();
+            let kafka = (0..1 + index % 3)
+                .map(|k| {
+                    let mut builder = BatchBuilder::new(BytesMut::new());
+                    let value = vec![(index * 3 + k) as u8; 8 * 1024];
+                    builder.push(TimestampMs(1_000), None, Some(&value), &[]);
+                    builder.finish(ProducerStamp::NONE).freeze()
+                })
+                .collect();
             EntryPayload::Normal(Batch { kafka, base_offset: None })
         }
     };
@@ -90,8 +96,11 @@ async fn what_an_append_completed_survives_power_loss_at_any_step() {
                 match (&stored.payload, &expected.payload) {
                     (EntryPayload::Normal(got), EntryPayload::Normal(sent)) => {
                         // All but the fields the log stamps (base offset, leader epoch).
-                        let same = got.kafka[16..] == sent.kafka[16..];
-                        assert!(same, "{context}: entry {} changed", stored.log_id.index);
+                        assert_eq!(got.kafka.len(), sent.kafka.len(), "{context}: batches");
+                        for (got, sent) in got.kafka.iter().zip(&sent.kafka) {
+                            let same = got[16..] == sent[16..];
+                            assert!(same, "{context}: entry {} changed", stored.log_id.index);
+                        }
                     }
                     (got, sent) => assert_eq!(got, sent, "{context}"),
                 }

@@ -73,7 +73,7 @@ fn decode(
         ))
     };
     let mut records = Vec::new();
-    for batch in BatchIter::new(bytes) {
+    for batch in BatchIter::read_before(bytes) {
         let batch = batch.map_err(damaged)?;
         // A replicated log's own entries (a leader's first, a membership), not records.
         if batch.header().entry.kind == BatchKind::Control {

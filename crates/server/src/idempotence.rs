@@ -112,7 +112,7 @@ pub(crate) fn rebuild(log: &Log) -> Result<ProducerTable, ReadError> {
     let end = log.log_end_offset();
     while offset < end {
         let read = log.read(offset, crate::limits::PRODUCER_REBUILD_READ_BYTES)?;
-        for batch in BatchIter::new(&read.bytes) {
+        for batch in BatchIter::read_before(&read.bytes) {
             // Storage checked every batch when it was appended; one that no longer checks
             // is damage that readers report. The state is built from what does check.
             let Ok(batch) = batch else { break };

@@ -164,13 +164,17 @@ pub struct BatchHeader {
 }
 
 /// What a version 2 frame records for a replicated log: the batch's term and index in the
-/// replicated log, and its kind. A log that is not replicated writes zeros and
-/// [`BatchKind::Records`]; version 1 batches read as that.
+/// replicated log, its kind, and whether more batches of the same entry follow it. A log that
+/// is not replicated writes zeros and [`BatchKind::Records`]; version 1 batches read as that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct EntryStamp {
     pub term: u64,
     pub index: u64,
     pub kind: BatchKind,
+    /// The entry goes on in the next batch (the frame's `flags` bit 0): an entry is one
+    /// batch, or several stored back to back with the same term and index, every one but the
+    /// last with `more` set.
+    pub more: bool,
 }
 
 /// A stored batch's kind (the frame's `kind` byte).
@@ -273,6 +277,8 @@ pub enum BatchError {
     FrameMismatch,
     #[error("the batch's frame has kind {found}, expected 0 (records) or 1 (control)")]
     UnknownKind { found: u8 },
+    #[error("unknown flags {found:#04x} in a batch's frame")]
+    UnknownFlags { found: u8 },
     #[error("batch is not supported: {what}")]
     Unsupported { what: &'static str },
     #[error("batch's records do not decompress: {0}")]
@@ -608,10 +614,37 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
         Ok(CheckedBatch { bytes, converted: Some(converted), header })
     }
 
+    /// A Kafka batch that passed [`check_for_append`] before (a replicated log's entry,
+    /// checked where it arrived): its header is read and checked again, its CRC and records
+    /// are not. Anything but a Kafka batch is checked as [`CheckedBatch::check`] does.
+    pub fn checked_before(bytes: B) -> Result<Self, BatchError> {
+        if !v2::looks_like_kafka(bytes.as_ref()) {
+            return CheckedBatch::check(bytes);
+        }
+        let (mut header, total) = v2::kafka_header_trusting_crc(bytes.as_ref())?;
+        if total != bytes.as_ref().len() {
+            let error = BatchError::TrailingBytes { bytes: bytes.as_ref().len(), expected: total };
+            return Err(error);
+        }
+        debug_assert_eq!(
+            check_for_append(bytes.as_ref()).map(|h| h.record_count),
+            Ok(header.record_count)
+        );
+        header.batch_bytes = (v2::frame::BYTES + total) as u32;
+        Ok(CheckedBatch { bytes, converted: None, header })
+    }
+
     /// The same batch, to be stored as entry `index` of term `term` of a replicated log.
     pub fn with_entry(mut self, term: u64, index: u64) -> Self {
         self.header.entry.term = term;
         self.header.entry.index = index;
+        self
+    }
+
+    /// The same batch, stored as one of its entry's batches that another follows (see
+    /// [`EntryStamp::more`]).
+    pub fn with_more(mut self) -> Self {
+        self.header.entry.more = true;
         self
     }
 
@@ -719,6 +752,17 @@ impl<'a> BatchView<'a> {
         Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
     }
 
+    /// [`BatchView::new`] for a stored batch a log read checked whole: everything is
+    /// checked but the Kafka CRC over its records, which the read computed.
+    fn read_before(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        peek_prefix(bytes)?;
+        let header = match check_magic_and_version(bytes)? {
+            BATCH_VERSION_2 => v2::check_stored_with(bytes, v2::Crc::Trust)?,
+            _ => check(bytes)?,
+        };
+        Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
+    }
+
     /// The view that [`BatchView::new`] returned for the batch at the start of `bytes`, from
     /// its `header` kept since: nothing is checked again. A header from another batch gives
     /// wrong records or record errors, never unsafety (every read stays in bounds).
@@ -764,11 +808,22 @@ impl<'a> BatchView<'a> {
 pub struct BatchIter<'a> {
     rest: &'a [u8],
     failed: bool,
+    /// The bytes are a log read's ([`BatchIter::read_before`]).
+    read: bool,
 }
 
 impl<'a> BatchIter<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        BatchIter { rest: bytes, failed: false }
+        BatchIter { rest: bytes, failed: false, read: false }
+    }
+
+    /// Iterates over the bytes of a log read ([`ReadBatches::bytes`](crate::ReadBatches)),
+    /// which the read checked batch by batch, CRCs included: each batch's header is read
+    /// and checked again, but the CRC over its records is not computed twice. Given other
+    /// bytes, a damaged record reads as a record error or a wrong value, never out of
+    /// bounds.
+    pub fn read_before(bytes: &'a [u8]) -> Self {
+        BatchIter { rest: bytes, failed: false, read: true }
     }
 }
 
@@ -779,7 +834,9 @@ impl<'a> Iterator for BatchIter<'a> {
         if self.rest.is_empty() || self.failed {
             return None;
         }
-        match BatchView::new(self.rest) {
+        let view =
+            if self.read { BatchView::read_before(self.rest) } else { BatchView::new(self.rest) };
+        match view {
             Ok(view) => {
                 self.rest = &self.rest[view.bytes.len()..];
                 Some(Ok(view))

@@ -76,7 +76,7 @@ fn read_committed(replica: &Replica, from: Offset) -> Vec<(Offset, Vec<Committed
                 return out;
             }
         };
-        for view in BatchIter::new(&read.bytes) {
+        for view in BatchIter::read_before(&read.bytes) {
             let Ok(view) = view else { return out };
             let header = *view.header();
             if header.next_offset() <= offset {

@@ -325,7 +325,7 @@ async fn read_one(
 /// the old format 1 (written before Kafka batches were stored) has no Kafka form to send yet.
 fn kafka_records(partition: &Partition, read: &ReadBatches) -> Result<Vec<Bytes>, i16> {
     let mut records = Vec::new();
-    for batch in BatchIter::new(&read.bytes) {
+    for batch in BatchIter::read_before(&read.bytes) {
         let unreadable = |reason: String| {
             tracing::warn!(topic = %partition.topic(), partition = partition.id(), %reason, "a Kafka fetch cannot send a stored batch");
             ResponseError::KafkaStorageError.code()
@@ -405,7 +405,7 @@ async fn offset_for(partition: &Arc<Partition>, timestamp: i64) -> Result<(i64, 
 
 /// The timestamp of the record at `offset` in a read.
 fn record_timestamp(read: &ReadBatches, offset: Offset) -> Option<i64> {
-    let batch = BatchIter::new(&read.bytes).next()?.ok()?;
+    let batch = BatchIter::read_before(&read.bytes).next()?.ok()?;
     let records = batch.records();
     records.iter().find_map(|record| {
         let record = record.ok()?;

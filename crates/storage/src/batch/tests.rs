@@ -182,6 +182,46 @@ fn a_bare_kafka_batch_whose_leader_epoch_begins_with_spools_magic_reads_whole() 
 }
 
 #[test]
+fn an_entry_s_batches_before_its_last_say_so_in_the_frame() {
+    let wire = sample_v2(Codec::None);
+    let stamped = |more: bool| {
+        let checked = CheckedBatch::check(&wire[..]).unwrap().with_entry(3, 9);
+        let checked = if more { checked.with_more() } else { checked };
+        checked.stored(Offset(10), Offset(0))
+    };
+    for more in [false, true] {
+        let header = check(&stamped(more)).unwrap();
+        let expected = EntryStamp { term: 3, index: 9, kind: BatchKind::Records, more };
+        assert_eq!(header.entry, expected);
+    }
+    // A flag this version does not know is refused, not ignored.
+    let mut stored = stamped(true);
+    stored[v2::frame::FLAGS] |= 0x80;
+    let crc = v2::frame_crc(&stored[..v2::frame::BYTES], &stored[v2::frame::BYTES..]);
+    stored[v2::frame::CRC..v2::frame::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(check(&stored), Err(BatchError::UnknownFlags { found: 0x81 })));
+}
+
+#[test]
+fn a_log_read_s_batches_are_read_again_without_their_records_crc() {
+    let wire = sample_v2(Codec::None);
+    let checked = CheckedBatch::check(&wire[..]).unwrap();
+    let mut read = checked.stored(Offset(10), Offset(0));
+    read.extend_from_slice(&checked.stored(Offset(13), Offset(0)));
+    let again: Vec<_> = BatchIter::read_before(&read).map(|view| *view.unwrap().header()).collect();
+    let checked_again: Vec<_> = BatchIter::new(&read).map(|view| *view.unwrap().header()).collect();
+    assert_eq!(again, checked_again);
+    // A record byte changed since the read: only the full check computes the CRC again.
+    let last = read.len() - 1;
+    read[last] ^= 0x01;
+    assert!(BatchIter::new(&read).nth(1).unwrap().is_err());
+    assert!(BatchIter::read_before(&read).nth(1).unwrap().is_ok());
+    // The frame is still checked.
+    read[v2::frame::BASE_OFFSET] ^= 0x01;
+    assert!(BatchIter::read_before(&read).next().unwrap().is_err());
+}
+
+#[test]
 fn every_flipped_bit_of_a_stored_v2_batch_is_caught() {
     let stored =
         CheckedBatch::check(&sample_v2(Codec::None)[..]).unwrap().stored(Offset(5), Offset(3));

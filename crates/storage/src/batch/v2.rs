@@ -13,7 +13,7 @@
 //! |     12 |    1 | `magic`          | `0xB5`, as in version 1                                  |
 //! |     13 |    1 | `version`        | `2`                                                      |
 //! |     14 |    1 | `kind`           | 0: records; 1: control (no records of a producer's)      |
-//! |     15 |    1 | `flags`          | 0                                                        |
+//! |     15 |    1 | `flags`          | bit 0: more batches of this entry follow; others 0      |
 //! |     16 |    8 | `durable_offset` | u64, the log's durable end at append; stamped            |
 //! |     24 |    8 | `term`           | u64, the replicated log's term; 0 on a single node       |
 //! |     32 |    8 | `index`          | u64, the replicated log's index; 0 on a single node      |
@@ -103,6 +103,8 @@ pub mod kafka {
 }
 
 /// Kafka's attribute bits.
+/// The frame's `flags` bit that says more batches of the same entry follow.
+const FLAG_MORE: u8 = 1;
 const TRANSACTIONAL: u16 = 1 << 4;
 const CONTROL: u16 = 1 << 5;
 
@@ -130,6 +132,23 @@ pub(crate) fn looks_like_kafka(bytes: &[u8]) -> bool {
 
 /// A Kafka batch's header, checked as far as its CRC-32C.
 pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
+    kafka_header_with(bytes, Crc::Verify)
+}
+
+/// Whether a batch's CRC-32C over its records is computed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crc {
+    Verify,
+    /// The bytes are a log read's, which checked each batch whole a moment ago.
+    Trust,
+}
+
+/// A Kafka batch's header, its CRC-32C not computed: for a batch checked whole before.
+pub(crate) fn kafka_header_trusting_crc(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
+    kafka_header_with(bytes, Crc::Trust)
+}
+
+fn kafka_header_with(bytes: &[u8], crc: Crc) -> Result<(BatchHeader, usize), BatchError> {
     if bytes.len() < kafka::RECORDS {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: kafka::RECORDS });
     }
@@ -147,9 +166,11 @@ pub(crate) fn kafka_header(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchEr
     }
     let bytes = &bytes[..total];
     let stored = be_u32(bytes, kafka::CRC);
-    let computed = kafka_crc(&bytes[kafka::ATTRIBUTES..]);
-    if stored != computed {
-        return Err(BatchError::CrcMismatch { stored, computed });
+    if crc == Crc::Verify {
+        let computed = kafka_crc(&bytes[kafka::ATTRIBUTES..]);
+        if stored != computed {
+            return Err(BatchError::CrcMismatch { stored, computed });
+        }
     }
     let attributes = be_u16(bytes, kafka::ATTRIBUTES);
     Codec::from_id((attributes & super::ATTRIBUTES_CODEC_MASK) as u8).map_err(|_| {
@@ -194,7 +215,7 @@ pub fn kafka_crc(bytes: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
-fn frame_crc(frame_bytes: &[u8], kafka_head: &[u8]) -> u32 {
+pub(crate) fn frame_crc(frame_bytes: &[u8], kafka_head: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&frame_bytes[..frame::CRC]);
     hasher.update(&kafka_head[..kafka::CRC]);
@@ -214,6 +235,11 @@ pub(crate) fn check_head(bytes: &[u8]) -> Result<(), BatchError> {
 
 /// Checks the stored v2 batch at the start of `bytes` (frame and Kafka CRCs, not records).
 pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    check_stored_with(bytes, Crc::Verify)
+}
+
+/// [`check_stored`], leaving the Kafka CRC uncomputed when `crc` trusts it.
+pub(crate) fn check_stored_with(bytes: &[u8], crc: Crc) -> Result<BatchHeader, BatchError> {
     let (_, stored_bytes) = super::peek_prefix(bytes)?;
     let stored_bytes = stored_bytes as usize;
     if bytes.len() < stored_bytes {
@@ -229,7 +255,7 @@ pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if stored != computed {
         return Err(BatchError::StampCrcMismatch { stored, computed });
     }
-    let (mut header, total) = kafka_header(body)?;
+    let (mut header, total) = kafka_header_with(body, crc)?;
     if total != body.len() || header.base_offset.0 != u64_at(frame_bytes, frame::BASE_OFFSET) {
         return Err(BatchError::FrameMismatch);
     }
@@ -247,10 +273,15 @@ pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 fn frame_entry(frame_bytes: &[u8]) -> Result<EntryStamp, BatchError> {
     let kind = BatchKind::from_id(frame_bytes[frame::KIND])
         .ok_or(BatchError::UnknownKind { found: frame_bytes[frame::KIND] })?;
+    let flags = frame_bytes[frame::FLAGS];
+    if flags & !FLAG_MORE != 0 {
+        return Err(BatchError::UnknownFlags { found: flags });
+    }
     Ok(EntryStamp {
         term: u64_at(frame_bytes, frame::TERM),
         index: u64_at(frame_bytes, frame::INDEX),
         kind,
+        more: flags & FLAG_MORE != 0,
     })
 }
 
@@ -392,7 +423,7 @@ pub(crate) fn stamped_head(
     durable_offset: Offset,
     entry: EntryStamp,
 ) -> [u8; STAMPED_HEAD_BYTES] {
-    let EntryStamp { term, index, kind } = entry;
+    let EntryStamp { term, index, kind, more } = entry;
     let mut head = [0u8; STAMPED_HEAD_BYTES];
     let length = (frame::BYTES - frame::MAGIC + wire.len()) as u32;
     head[frame::BASE_OFFSET..][..8].copy_from_slice(&base_offset.0.to_le_bytes());
@@ -400,6 +431,7 @@ pub(crate) fn stamped_head(
     head[frame::MAGIC] = super::BATCH_MAGIC;
     head[frame::VERSION] = VERSION;
     head[frame::KIND] = kind.id();
+    head[frame::FLAGS] = if more { FLAG_MORE } else { 0 };
     head[frame::DURABLE_OFFSET..][..8].copy_from_slice(&durable_offset.0.to_le_bytes());
     head[frame::TERM..][..8].copy_from_slice(&term.to_le_bytes());
     head[frame::INDEX..][..8].copy_from_slice(&index.to_le_bytes());

@@ -1,0 +1,174 @@
+//! [`Proposals`]: a replica's queue of batches to propose, which it proposes as few entries.
+//!
+//! openraft 0.9 appends and fsyncs each client write alone, and takes the next only after
+//! that fsync. Proposed one entry per batch, a partition's leader so runs one fsync per
+//! batch however many wait, and its throughput is its disk's fsync rate. Instead a replica
+//! keeps at most [`PROPOSALS_IN_FLIGHT`] entries in Raft at once, and each new entry takes
+//! every batch queued meanwhile (up to [`ENTRY_KAFKA_BYTES_MAX`] and [`ENTRY_BATCHES_MAX`]):
+//! under load one fsync on each replica covers many batches, and a lone batch is proposed at
+//! once. The batches of an entry keep the order they were queued in, and entries are
+//! submitted in the order they were formed, so a producer's batches are stored in the order
+//! it sent them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use openraft::Raft;
+use openraft::error::ClientWriteError;
+use spool_storage::Offset;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::TypeConfig;
+use crate::entry::{self, Batch};
+use crate::limits::{
+    ENTRY_BATCHES_MAX, ENTRY_KAFKA_BYTES_MAX, PROPOSALS_IN_FLIGHT, PROPOSALS_QUEUED_KIB_MAX,
+};
+use crate::replica::{ProposeError, Proposed};
+
+/// A batch waiting to be proposed, and who waits for its offsets.
+struct Queued {
+    kafka: Bytes,
+    records: u64,
+    answer: oneshot::Sender<Proposed>,
+    /// Its share of [`PROPOSALS_QUEUED_KIB_MAX`], given back once it is answered.
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// Tasks proposing entries now (each one entry at a time).
+    proposing: usize,
+}
+
+/// See the module documentation.
+pub(crate) struct Proposals {
+    state: Mutex<State>,
+    /// Kibibytes of batches queued or in Raft: a proposal waits for room.
+    room: Arc<Semaphore>,
+    /// Held while an entry is formed and handed to Raft, so entries reach Raft in the order
+    /// their batches were queued.
+    submit: tokio::sync::Mutex<()>,
+}
+
+impl Proposals {
+    pub(crate) fn new() -> Proposals {
+        Proposals {
+            state: Mutex::new(State::default()),
+            room: Arc::new(Semaphore::new(PROPOSALS_QUEUED_KIB_MAX as usize)),
+            submit: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Proposes `kafka`, a Kafka batch that passed
+    /// [`check_for_append`](spool_storage::batch::check_for_append), with the batches queued
+    /// beside it; answers with its own offsets once its entry is committed and applied here.
+    pub(crate) async fn propose(
+        self: &Arc<Self>,
+        raft: &Raft<TypeConfig>,
+        kafka: Bytes,
+    ) -> Proposed {
+        let records = entry::record_count(&kafka).unwrap_or(0);
+        let kib = kafka.len().div_ceil(1024).clamp(1, PROPOSALS_QUEUED_KIB_MAX as usize) as u32;
+        let permit = self.room.clone().acquire_many_owned(kib).await.expect("never closed");
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.queue.push_back(Queued { kafka, records, answer, _permit: permit });
+            let start = state.proposing < PROPOSALS_IN_FLIGHT;
+            state.proposing += usize::from(start);
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().run(raft.clone()));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(ProposeError::Stopped("the proposal was dropped unanswered".to_owned()))
+        })
+    }
+
+    /// Proposes entries of the queued batches, one at a time, until none is queued.
+    async fn run(self: Arc<Self>, raft: Raft<TypeConfig>) {
+        loop {
+            let submitted = {
+                let _submit = self.submit.lock().await;
+                let group = self.take();
+                if group.is_empty() {
+                    return;
+                }
+                let kafka = group.iter().map(|queued| queued.kafka.clone()).collect();
+                let written = raft.client_write_ff(Batch { kafka, base_offset: None }).await;
+                (group, written)
+            };
+            let (group, written) = submitted;
+            let entry = match written {
+                Ok(pending) => match pending.await {
+                    Ok(Ok(response)) => response.data.offsets.ok_or_else(|| {
+                        ProposeError::Stopped("a committed entry came back without offsets".into())
+                    }),
+                    Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                        let leader =
+                            forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
+                        Err(ProposeError::NotLeader { leader })
+                    }
+                    Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),
+                    Err(_) => Err(ProposeError::Stopped("the replica stopped".to_owned())),
+                },
+                Err(fatal) => Err(ProposeError::Stopped(fatal.to_string())),
+            };
+            answer(group, entry);
+        }
+    }
+
+    /// The batches for the next entry, from the front of the queue; none (and this task
+    /// counted out) when the queue is empty.
+    fn take(&self) -> Vec<Queued> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(next) = state.queue.front() {
+            let fits = bytes + next.kafka.len() <= ENTRY_KAFKA_BYTES_MAX
+                && group.len() < ENTRY_BATCHES_MAX;
+            if !group.is_empty() && !fits {
+                break;
+            }
+            bytes += next.kafka.len();
+            group.extend(state.queue.pop_front());
+        }
+        if group.is_empty() {
+            state.proposing -= 1;
+        }
+        group
+    }
+}
+
+/// Answers each batch of an entry with its own offsets: they follow on from the entry's
+/// first in the order of its batches.
+fn answer(group: Vec<Queued>, entry: Result<(u64, u64), ProposeError>) {
+    match entry {
+        Ok((base, next)) => {
+            let records: u64 = group.iter().map(|queued| queued.records).sum();
+            if base + records != next {
+                let error = ProposeError::Stopped(format!(
+                    "an entry of {records} records was applied at offsets {base} to {next}"
+                ));
+                for queued in group {
+                    let _ = queued.answer.send(Err(error.clone()));
+                }
+                return;
+            }
+            let mut at = base;
+            for queued in group {
+                let end = at + queued.records;
+                let _ = queued.answer.send(Ok((Offset(at), Offset(end))));
+                at = end;
+            }
+        }
+        Err(error) => {
+            for queued in group {
+                let _ = queued.answer.send(Err(error.clone()));
+            }
+        }
+    }
+}
