@@ -13,7 +13,7 @@ use spool_replication::{
     Call, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, Transport,
     TransportError,
 };
-use spool_storage::batch::{BatchBuilder, BatchIter, BatchView, ProducerStamp};
+use spool_storage::batch::{BatchBuilder, BatchIter, BatchView, EntryStamp, ProducerStamp};
 use spool_storage::sim::{Rng, SimFileSystem};
 use spool_storage::{LogConfig, Offset, TimestampMs};
 
@@ -246,14 +246,15 @@ fn each_batch(replica: &Replica, mut visit: impl FnMut(&BatchView<'_>)) {
     })
 }
 
-/// What a replica's log holds: per batch, its term, index, base offset and Kafka body from
-/// its magic byte on (what the leader stamps before it is the base offset and the term).
-fn contents(replica: &Replica) -> Vec<(u64, u64, u64, Vec<u8>)> {
+/// What a replica's log holds: per batch, its entry stamp (term, index, kind, whether more
+/// of its entry follow), base offset and Kafka body from its magic byte on (what the leader
+/// stamps before it is the base offset and the term).
+fn contents(replica: &Replica) -> Vec<(EntryStamp, u64, Vec<u8>)> {
     let mut out = Vec::new();
     each_batch(replica, |view| {
         let header = view.header();
         let body = view.as_bytes()[44 + 16..].to_vec();
-        out.push((header.entry.term, header.entry.index, header.base_offset.0, body));
+        out.push((header.entry, header.base_offset.0, body));
     });
     out
 }
@@ -294,7 +295,7 @@ async fn assert_same_logs(cluster: &Cluster, end: Offset) {
         .into_iter()
         .map(|id| {
             let log = contents(&cluster.replica(id));
-            (id, log.into_iter().filter(|(_, _, base, _)| *base < end.0).collect())
+            (id, log.into_iter().filter(|(_, base, _)| *base < end.0).collect())
         })
         .collect();
     for (id, log) in &logs[1..] {
@@ -383,9 +384,14 @@ async fn batches_proposed_together_share_entries_in_the_order_proposed() {
     let expected: Vec<(u64, String)> =
         proposed.iter().enumerate().map(|(i, (base, _))| (base.0, format!("v{i}"))).collect();
     assert_eq!(stored, expected);
-    let entries: std::collections::BTreeSet<u64> =
-        contents(&leader).iter().map(|(_, index, _, _)| *index).collect();
+    let stored = contents(&leader);
+    let entries: BTreeSet<u64> = stored.iter().map(|(stamp, _, _)| stamp.index).collect();
     assert!(entries.len() < 100, "200 batches proposed at once took {} entries", entries.len());
+    // Every batch of an entry but its last says more follow.
+    for (i, (stamp, base, _)) in stored.iter().enumerate() {
+        let next_same = stored.get(i + 1).is_some_and(|(next, _, _)| next.index == stamp.index);
+        assert_eq!(stamp.more, next_same, "the batch at offset {base}, of entry {}", stamp.index);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,8 +705,8 @@ async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_rep
 }
 
 /// The batches of a replica's log from `from` on, as [`contents`] gives them.
-fn contents_from(replica: &Replica, from: Offset) -> Vec<(u64, u64, u64, Vec<u8>)> {
-    contents(replica).into_iter().filter(|(_, _, base, _)| *base >= from.0).collect()
+fn contents_from(replica: &Replica, from: Offset) -> Vec<(EntryStamp, u64, Vec<u8>)> {
+    contents(replica).into_iter().filter(|(_, base, _)| *base >= from.0).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
