@@ -292,8 +292,8 @@ impl SegmentLogStore {
         Ok(())
     }
 
-    /// The index of the entry that holds offset `before - 1` (the last entry below
-    /// `before`), if the log holds it.
+    /// The index of the last entry wholly below offset `before`: the one that holds offset
+    /// `before - 1`, or the one before it when that entry goes on past `before`.
     pub(crate) fn index_before(&self, before: Offset) -> io::Result<Option<u64>> {
         let log = self.read_log()?;
         let log = log.as_ref().expect("checked");
@@ -301,6 +301,9 @@ impl SegmentLogStore {
             return Ok(None);
         }
         let at = log.entry_at(Offset(before.0 - 1)).map_err(failed)?;
+        if at.entry.more {
+            return Ok(at.entry.index.checked_sub(1));
+        }
         Ok(Some(at.entry.index))
     }
 
@@ -621,5 +624,45 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         let end = kept.map_or(log.next_offset(), |kept| kept.base_offset);
         log.remove_segments_before(end).map_err(write_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use openraft::storage::RaftLogStorageExt;
+    use spool_storage::batch::{BatchBuilder, ProducerStamp};
+    use spool_storage::sim::SimFileSystem;
+
+    use super::*;
+    use crate::entry::Batch;
+
+    fn normal(index: u64, batches: usize) -> Entry<TypeConfig> {
+        let kafka = (0..batches)
+            .map(|_| {
+                let mut builder = BatchBuilder::new(BytesMut::new());
+                builder.push(TimestampMs(1), None, Some(b"v"), &[]);
+                builder.finish(ProducerStamp::NONE).freeze()
+            })
+            .collect();
+        let payload = EntryPayload::Normal(Batch { kafka, base_offset: None });
+        Entry { log_id: entry::log_id(1, index), payload }
+    }
+
+    #[tokio::test]
+    async fn the_index_before_an_offset_is_of_an_entry_wholly_below_it() {
+        let fs = SimFileSystem::new();
+        let dir = Path::new("/data/p");
+        let mut store =
+            SegmentLogStore::open(Arc::new(fs), dir, LogConfig::default(), TimestampMs(0)).unwrap();
+        // Entry 1 at offset 0; entry 2 at offsets 1, 2 and 3; entry 3 at offset 4.
+        store.blocking_append([normal(1, 1), normal(2, 3), normal(3, 1)]).await.unwrap();
+        let before = |offset| store.index_before(Offset(offset)).unwrap();
+        assert_eq!(before(0), None);
+        assert_eq!(before(1), Some(1));
+        assert_eq!(before(2), Some(1), "entry 2 goes on past offset 2");
+        assert_eq!(before(3), Some(1), "entry 2 goes on past offset 3");
+        assert_eq!(before(4), Some(2));
+        assert_eq!(before(5), Some(3));
     }
 }
