@@ -38,29 +38,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(view) = BatchView::new(data) {
-        assert!(view.as_bytes().len() <= data.len());
-        for record in view.records().iter() {
-            let Ok(record) = record else { break };
-            for h in record.headers() {
-                if h.is_err() {
-                    break;
-                }
-            }
-        }
+        decode_within(&view, data);
     }
 
     // A log read's bytes are read again without their records' CRC: still within bounds.
     for batch in BatchIter::read_before(data) {
         let Ok(view) = batch else { break };
-        assert!(view.as_bytes().len() <= data.len());
-        for record in view.records().iter() {
-            let Ok(record) = record else { break };
-            for h in record.headers() {
-                if h.is_err() {
-                    break;
-                }
-            }
-        }
+        decode_within(&view, data);
     }
 
     let mut batches = 0usize;
@@ -73,3 +57,17 @@ fuzz_target!(|data: &[u8]| {
     // Each batch is at least a header long, so a buffer holds only so many.
     assert!(batches <= data.len() / batch::BATCH_HEADER_BYTES + 1);
 });
+
+/// Decodes every record and header of `view` until the first error: a view of `data` stays
+/// within it.
+fn decode_within(view: &BatchView<'_>, data: &[u8]) {
+    assert!(view.as_bytes().len() <= data.len());
+    for record in view.records().iter() {
+        let Ok(record) = record else { break };
+        for h in record.headers() {
+            if h.is_err() {
+                break;
+            }
+        }
+    }
+}
