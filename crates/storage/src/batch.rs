@@ -407,10 +407,16 @@ fn check_stamp(bytes: &[u8]) -> Result<(), BatchError> {
 /// `bytes` may extend past the batch (a read buffer holding several); the batch's extent is
 /// `header.batch_bytes`. Records are not examined: see [`check_for_append`].
 pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    check_stored(bytes, v2::Crc::Verify)
+}
+
+/// [`check`], leaving a version 2 batch's Kafka CRC uncomputed when `crc` trusts it (a
+/// version 1 batch is always checked whole).
+fn check_stored(bytes: &[u8], crc: v2::Crc) -> Result<BatchHeader, BatchError> {
     peek_prefix(bytes)?;
     match check_magic_and_version(bytes)? {
         BATCH_VERSION => check_with(bytes, Stamp::Verify),
-        _ => v2::check_stored(bytes),
+        _ => v2::check_stored_with(bytes, crc),
     }
 }
 
@@ -621,7 +627,7 @@ impl<B: AsRef<[u8]>> CheckedBatch<B> {
         if !v2::looks_like_kafka(bytes.as_ref()) {
             return CheckedBatch::check(bytes);
         }
-        let (mut header, total) = v2::kafka_header_trusting_crc(bytes.as_ref())?;
+        let (mut header, total) = v2::kafka_header_with(bytes.as_ref(), v2::Crc::Trust)?;
         if total != bytes.as_ref().len() {
             let error = BatchError::TrailingBytes { bytes: bytes.as_ref().len(), expected: total };
             return Err(error);
@@ -755,11 +761,7 @@ impl<'a> BatchView<'a> {
     /// [`BatchView::new`] for a stored batch a log read checked whole: everything is
     /// checked but the Kafka CRC over its records, which the read computed.
     fn read_before(bytes: &'a [u8]) -> Result<Self, BatchError> {
-        peek_prefix(bytes)?;
-        let header = match check_magic_and_version(bytes)? {
-            BATCH_VERSION_2 => v2::check_stored_with(bytes, v2::Crc::Trust)?,
-            _ => check(bytes)?,
-        };
+        let header = check_stored(bytes, v2::Crc::Trust)?;
         Ok(BatchView { header, bytes: &bytes[..header.batch_bytes as usize] })
     }
 

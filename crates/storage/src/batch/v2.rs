@@ -143,12 +143,11 @@ pub(crate) enum Crc {
     Trust,
 }
 
-/// A Kafka batch's header, its CRC-32C not computed: for a batch checked whole before.
-pub(crate) fn kafka_header_trusting_crc(bytes: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
-    kafka_header_with(bytes, Crc::Trust)
-}
-
-fn kafka_header_with(bytes: &[u8], crc: Crc) -> Result<(BatchHeader, usize), BatchError> {
+/// [`kafka_header`], its CRC-32C computed only when `crc` says to.
+pub(crate) fn kafka_header_with(
+    bytes: &[u8],
+    crc: Crc,
+) -> Result<(BatchHeader, usize), BatchError> {
     if bytes.len() < kafka::RECORDS {
         return Err(BatchError::Truncated { bytes: bytes.len(), needed: kafka::RECORDS });
     }
@@ -233,12 +232,8 @@ pub(crate) fn check_head(bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Checks the stored v2 batch at the start of `bytes` (frame and Kafka CRCs, not records).
-pub(crate) fn check_stored(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-    check_stored_with(bytes, Crc::Verify)
-}
-
-/// [`check_stored`], leaving the Kafka CRC uncomputed when `crc` trusts it.
+/// Checks the stored v2 batch at the start of `bytes` (frame and Kafka CRCs, not records;
+/// the Kafka CRC only when `crc` says to).
 pub(crate) fn check_stored_with(bytes: &[u8], crc: Crc) -> Result<BatchHeader, BatchError> {
     let (_, stored_bytes) = super::peek_prefix(bytes)?;
     let stored_bytes = stored_bytes as usize;
