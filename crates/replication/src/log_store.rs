@@ -313,15 +313,19 @@ impl SegmentLogStore {
     }
 
     /// The index of the last entry that retention would delete now (the log's settings say
-    /// how much to keep), when there is one not purged yet: whole segments below what readers
-    /// see (the commit point).
+    /// how much to keep), when there is one not purged yet: the last entry wholly within the
+    /// whole segments below what readers see (the commit point). An entry that goes on past
+    /// them waits: purging it would delete the segments its tail is in.
     pub(crate) fn retention_index(&self, now: TimestampMs) -> io::Result<Option<u64>> {
-        let log = self.read_log()?;
-        let log = log.as_ref().expect("checked");
-        let Some(end) = log.retention_end(now, log.log_end_offset()) else { return Ok(None) };
-        let last = log.entry_at(Offset(end.0.saturating_sub(1))).map_err(failed)?;
+        let end = {
+            let log = self.read_log()?;
+            let log = log.as_ref().expect("checked");
+            log.retention_end(now, log.log_end_offset())
+        };
+        let Some(end) = end else { return Ok(None) };
+        let last = self.index_before(end)?;
         let purged = self.purged().map(|purged| purged.index);
-        Ok((purged < Some(last.entry.index)).then_some(last.entry.index))
+        Ok(last.filter(|last| purged < Some(*last)))
     }
 
     /// Runs `read` on the segment log (for tests and tools; a partition's readers hold the
@@ -638,10 +642,15 @@ mod tests {
     use crate::entry::Batch;
 
     fn normal(index: u64, batches: usize) -> Entry<TypeConfig> {
+        sized(index, batches, 1)
+    }
+
+    /// Entry `index` of term 1: `batches` batches of one record of `value_bytes` bytes.
+    fn sized(index: u64, batches: usize, value_bytes: usize) -> Entry<TypeConfig> {
         let kafka = (0..batches)
             .map(|_| {
                 let mut builder = BatchBuilder::new(BytesMut::new());
-                builder.push(TimestampMs(1), None, Some(b"v"), &[]);
+                builder.push(TimestampMs(1), None, Some(&vec![7; value_bytes]), &[]);
                 builder.finish(ProducerStamp::NONE).freeze()
             })
             .collect();
@@ -664,5 +673,36 @@ mod tests {
         assert_eq!(before(3), Some(1), "entry 2 goes on past offset 3");
         assert_eq!(before(4), Some(2));
         assert_eq!(before(5), Some(3));
+    }
+
+    #[tokio::test]
+    async fn retention_purges_no_entry_whose_tail_is_in_a_segment_it_keeps() {
+        let fs = SimFileSystem::new();
+        let config = LogConfig {
+            segment_bytes: 64 * 1024,
+            retention_bytes: Some(1),
+            ..LogConfig::default()
+        };
+        let mut store =
+            SegmentLogStore::open(Arc::new(fs), Path::new("/data/p"), config, TimestampMs(0))
+                .unwrap();
+        // Entry 1 at offset 0; entry 2's three batches at offsets 1 to 3, of which the third
+        // does not fit in the first segment; entry 3 at offset 4.
+        let kib = 20 * 1024;
+        store
+            .blocking_append([sized(1, 1, kib), sized(2, 3, kib), sized(3, 1, kib)])
+            .await
+            .unwrap();
+        let bases = store.with_log(|log| {
+            log.segments().map(|segment| segment.base_offset.0).collect::<Vec<_>>()
+        });
+        assert_eq!(bases, [0, 3], "the first segment ends inside entry 2");
+        store.log().write().unwrap().as_mut().unwrap().set_committed(Offset(u64::MAX)).unwrap();
+        let now = TimestampMs::now();
+        assert_eq!(
+            store.with_log(|log| log.retention_end(now, log.log_end_offset())),
+            Some(Offset(3))
+        );
+        assert_eq!(store.retention_index(now).unwrap(), Some(1), "entry 2 goes on past it");
     }
 }
