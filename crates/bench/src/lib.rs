@@ -136,6 +136,10 @@ pub struct WorkloadArgs {
     /// What a producer waits for: none, leader (appended), all (synced).
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
+    /// Spool's producers are idempotent: each batch carries a producer id and sequence, which
+    /// the server checks before it appends (the spool and spool-cluster targets only).
+    #[arg(long)]
+    pub idempotent: bool,
     /// The topic's fsync policy: always, interval:MS or never.
     #[arg(long, default_value = "always")]
     pub fsync: String,
@@ -240,6 +244,7 @@ pub struct Settings {
     pub linger_ms: u64,
     pub in_flight: usize,
     pub acks: AcksArg,
+    pub idempotent: bool,
     pub fsync: String,
     pub messages: Option<u64>,
     pub duration_seconds: Option<f64>,
@@ -288,6 +293,7 @@ impl Settings {
                 }
             }),
             acks: args.acks,
+            idempotent: args.idempotent,
             fsync: args.fsync.clone(),
             duration_seconds: if messages.is_some() { None } else { Some(args.duration) },
             replay_seconds: (workload == Workload::Consume).then_some(args.duration),
@@ -605,6 +611,12 @@ pub async fn measure_workload(
         };
         Some(measure_disk(plan).await?)
     };
+    let spool = [TargetKind::Spool, TargetKind::SpoolCluster];
+    if settings.idempotent && args.target.iter().any(|t| !spool.contains(t)) {
+        return Err(BenchError::BadOption(
+            "--idempotent applies to the spool and spool-cluster targets only".into(),
+        ));
+    }
     let nats = [TargetKind::Nats, TargetKind::NatsCluster];
     if args.target.iter().any(|t| nats.contains(t)) && settings.compression != Codec::None {
         eprintln!(

@@ -810,6 +810,7 @@ mod tests {
             linger_ms: 0,
             in_flight: 256,
             acks: AcksArg::All,
+            idempotent: false,
             fsync: "always".into(),
             messages: Some(samples),
             duration_seconds: None,

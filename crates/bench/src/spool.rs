@@ -167,7 +167,8 @@ fn durability(settings: &Settings) -> String {
         AcksArg::Leader => "leader",
         AcksArg::All => "all",
     };
-    format!("fsync {}, acks {acks}", settings.fsync)
+    let idempotent = if settings.idempotent { ", idempotent" } else { "" };
+    format!("fsync {}, acks {acks}{idempotent}", settings.fsync)
 }
 
 /// Runs the workload against `server`, or an in-process server under `data_root`.
@@ -276,6 +277,7 @@ fn producer_config(settings: &Settings) -> ProducerConfig {
         in_flight_max: settings.in_flight,
         buffer_bytes_max: batch_bytes * (settings.in_flight + 2),
         compression: settings.compression,
+        idempotent: settings.idempotent,
         ..ProducerConfig::default()
     }
 }
