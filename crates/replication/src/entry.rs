@@ -211,3 +211,16 @@ pub(crate) fn offsets(batch: &Batch) -> Option<(u64, u64)> {
     }
     Some((base, next))
 }
+
+/// Each batch's offsets (its first, and the one after its last) in an entry whose first
+/// record is at `base`, from the batches' record counts in order.
+pub(crate) fn batch_offsets(
+    base: u64,
+    records: impl IntoIterator<Item = u64>,
+) -> impl Iterator<Item = (u64, u64)> {
+    records.into_iter().scan(base, |next, records| {
+        let first = *next;
+        *next += records;
+        Some((first, *next))
+    })
+}

@@ -58,6 +58,7 @@ mod state_machine;
 pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
 pub use log_store::{OpenError, SegmentLogStore, SharedLog};
 pub use network::{Call, Transport, TransportError};
+pub use proposals::fits_one_entry;
 pub use replica::{BootstrapError, OnForwarded, ProposeError, Proposed, Replica, StartError};
 pub use rpc::{InvalidMessage, check_message};
 pub use state_machine::{Fold, OnCommit, PartitionStateMachine};

@@ -26,11 +26,15 @@ use crate::limits::{
 };
 use crate::replica::{ProposeError, Proposed};
 
-/// A batch waiting to be proposed, and who waits for its offsets.
+/// Batches proposed together, waiting to be proposed: they go into one entry, so they are
+/// committed all or none.
 struct Queued {
-    kafka: Bytes,
-    records: u64,
-    answer: oneshot::Sender<Proposed>,
+    batches: Vec<Bytes>,
+    /// Their payload bytes.
+    bytes: usize,
+    /// Each batch's record count.
+    records: Vec<u64>,
+    answer: oneshot::Sender<Result<Vec<(Offset, Offset)>, ProposeError>>,
     /// Its share of [`PROPOSALS_QUEUED_KIB_MAX`], given back once it is answered.
     _permit: OwnedSemaphorePermit,
 }
@@ -69,13 +73,30 @@ impl Proposals {
         raft: &Raft<TypeConfig>,
         kafka: Bytes,
     ) -> Proposed {
-        let records = entry::record_count(&kafka).unwrap_or(0);
-        let kib = kafka.len().div_ceil(1024).clamp(1, PROPOSALS_QUEUED_KIB_MAX as usize) as u32;
+        let mut answer = self.propose_together(raft, vec![kafka]).await?;
+        answer.pop().ok_or_else(|| ProposeError::Stopped("a proposal went unanswered".into()))
+    }
+
+    /// Proposes `batches` in one entry, in the order given (with batches queued before and
+    /// after them): they are committed all or none, and answered each with its offsets.
+    /// Together they must fit an entry ([`fits_one_entry`]).
+    pub(crate) async fn propose_together(
+        self: &Arc<Self>,
+        raft: &Raft<TypeConfig>,
+        batches: Vec<Bytes>,
+    ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
+        let lengths: Vec<usize> = batches.iter().map(Bytes::len).collect();
+        let bytes = lengths.iter().sum::<usize>();
+        if !fits_one_entry(&lengths) {
+            return Err(ProposeError::Oversized { batches: lengths.len(), bytes });
+        }
+        let records = batches.iter().map(|kafka| entry::record_count(kafka).unwrap_or(0)).collect();
+        let kib = bytes.div_ceil(1024).clamp(1, PROPOSALS_QUEUED_KIB_MAX as usize) as u32;
         let permit = self.room.clone().acquire_many_owned(kib).await.expect("never closed");
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.queue.push_back(Queued { kafka, records, answer, _permit: permit });
+            state.queue.push_back(Queued { batches, bytes, records, answer, _permit: permit });
             let start = state.proposing < PROPOSALS_IN_FLIGHT;
             state.proposing += usize::from(start);
             start
@@ -97,7 +118,8 @@ impl Proposals {
                 if group.is_empty() {
                     return;
                 }
-                let kafka = group.iter().map(|queued| queued.kafka.clone()).collect();
+                let kafka =
+                    group.iter().flat_map(|queued| queued.batches.iter().cloned()).collect();
                 let written = raft.client_write_ff(Batch { kafka, base_offset: None }).await;
                 (group, written)
             };
@@ -126,14 +148,15 @@ impl Proposals {
     fn take(&self) -> Vec<Queued> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut group = Vec::new();
-        let mut bytes = 0usize;
+        let (mut bytes, mut batches) = (0usize, 0usize);
         while let Some(next) = state.queue.front() {
-            let fits = bytes + next.kafka.len() <= ENTRY_KAFKA_BYTES_MAX
-                && group.len() < ENTRY_BATCHES_MAX;
+            let fits = bytes + next.bytes <= ENTRY_KAFKA_BYTES_MAX
+                && batches + next.batches.len() <= ENTRY_BATCHES_MAX;
             if !group.is_empty() && !fits {
                 break;
             }
-            bytes += next.kafka.len();
+            bytes += next.bytes;
+            batches += next.batches.len();
             group.extend(state.queue.pop_front());
         }
         if group.is_empty() {
@@ -143,32 +166,38 @@ impl Proposals {
     }
 }
 
+/// Whether batches of these lengths fit one entry: within [`ENTRY_BATCHES_MAX`] and
+/// [`ENTRY_KAFKA_BYTES_MAX`], or one batch alone (which fits one entry whatever its size).
+pub fn fits_one_entry(lengths: &[usize]) -> bool {
+    lengths.len() == 1
+        || (lengths.len() <= ENTRY_BATCHES_MAX
+            && lengths.iter().sum::<usize>() <= ENTRY_KAFKA_BYTES_MAX)
+}
+
 /// Answers each batch of an entry with its own offsets: they follow on from the entry's
 /// first in the order of its batches.
 fn answer(group: Vec<Queued>, entry: Result<(u64, u64), ProposeError>) {
-    match entry {
-        Ok((base, next)) => {
-            let records: u64 = group.iter().map(|queued| queued.records).sum();
-            if base + records != next {
-                let error = ProposeError::Stopped(format!(
-                    "an entry of {records} records was applied at offsets {base} to {next}"
-                ));
-                for queued in group {
-                    let _ = queued.answer.send(Err(error.clone()));
-                }
-                return;
-            }
-            let mut at = base;
-            for queued in group {
-                let end = at + queued.records;
-                let _ = queued.answer.send(Ok((Offset(at), Offset(end))));
-                at = end;
-            }
+    let records = group.iter().flat_map(|queued| queued.records.iter().copied());
+    let offsets = entry.and_then(|(base, next)| {
+        let offsets: Vec<(u64, u64)> = entry::batch_offsets(base, records).collect();
+        match offsets.last() {
+            Some(&(_, end)) if end == next => Ok(offsets),
+            _ => Err(ProposeError::Stopped(format!(
+                "an entry of {} batches was applied at offsets {base} to {next}, which its records do not fill",
+                offsets.len()
+            ))),
         }
-        Err(error) => {
-            for queued in group {
-                let _ = queued.answer.send(Err(error.clone()));
-            }
-        }
+    });
+    let mut offsets = offsets.map(Vec::into_iter);
+    for queued in group {
+        let answer = match &mut offsets {
+            Ok(offsets) => Ok(offsets
+                .by_ref()
+                .take(queued.records.len())
+                .map(|(base, next)| (Offset(base), Offset(next)))
+                .collect()),
+            Err(error) => Err(error.clone()),
+        };
+        let _ = queued.answer.send(answer);
     }
 }

@@ -50,15 +50,28 @@ pub enum ProposeError {
     /// `code` is the status the leader's owner chose, opaque here.
     #[error("{message}")]
     Refused { code: i32, message: String },
+    /// Batches proposed together that do not fit one entry (see
+    /// [`fits_one_entry`](crate::fits_one_entry)); nothing was proposed.
+    #[error(
+        "{batches} batches of {bytes} bytes do not fit one entry (at most {} batches of {} bytes)",
+        crate::limits::ENTRY_BATCHES_MAX,
+        crate::limits::ENTRY_KAFKA_BYTES_MAX
+    )]
+    Oversized { batches: usize, bytes: usize },
 }
 
 /// The offsets a committed batch took: its first, and the one after its last.
 pub type Proposed = Result<(Offset, Offset), ProposeError>;
 
-/// What a leader does with a batch a peer passed to it: its owner's checks before
-/// [`Replica::propose`] (an idempotent producer's sequence, say).
+/// What a leader does with batches a peer passed to it, in the order given: its owner's
+/// checks before [`Replica::propose`] (an idempotent producer's sequence, say). Answers each
+/// batch, in order.
 pub type OnForwarded =
-    Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Proposed> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Vec<Bytes>) -> Pin<Box<dyn Future<Output = Vec<Proposed>> + Send>> + Send + Sync>;
+
+fn unanswered() -> ProposeError {
+    ProposeError::Stopped("the leader's owner left a batch passed to it unanswered".into())
+}
 
 /// Counts each new leader the metrics name, until the replica stops.
 async fn count_leader_changes(
@@ -322,6 +335,16 @@ impl Replica {
         self.proposals.propose(&self.raft, kafka).await
     }
 
+    /// Proposes `batches` in one entry, in the order given: they are committed all or none,
+    /// and answered each with its offsets. Together they must fit one entry
+    /// ([`fits_one_entry`](crate::fits_one_entry)).
+    pub async fn propose_together(
+        &self,
+        batches: Vec<Bytes>,
+    ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
+        self.proposals.propose_together(&self.raft, batches).await
+    }
+
     /// Appends a batch through the group as [`Replica::propose`] does, passing it to the
     /// leader when this replica does not lead: for requests any node accepts.
     pub async fn propose_anywhere(&self, kafka: Bytes) -> Proposed {
@@ -340,6 +363,36 @@ impl Replica {
         match self.leader() {
             Some(leader) if leader.0 != self.node_id => self.forward_to(leader, kafka).await,
             leader => Err(ProposeError::NotLeader { leader }),
+        }
+    }
+
+    /// Passes `batches` to the leader this replica knows of in one message, to be handled
+    /// in the order given as [`Replica::forward`] handles one, and answered each.
+    pub async fn forward_in_order(&self, batches: Vec<Bytes>) -> Vec<Proposed> {
+        let count = batches.len();
+        let all = |error: ProposeError| vec![Err(error); count];
+        let (id, address) = match self.leader() {
+            Some(leader) if leader.0 != self.node_id => leader,
+            leader => return all(ProposeError::NotLeader { leader }),
+        };
+        let message = rpc::encode_request(&Request::ProposeInOrder(batches));
+        let timeout = ELECTION_TIMEOUT_MAX * 4;
+        let answer = match self.transport.call(id, &address, &self.group, message, timeout).await {
+            Ok(answer) => answer,
+            Err(error) => return all(ProposeError::Unreachable(error.to_string())),
+        };
+        type Answers = Vec<Result<(u64, u64), ProposeError>>;
+        match rpc::decode_response::<Answers, ()>(&answer) {
+            Ok(Ok(answers)) if answers.len() == count => answers
+                .into_iter()
+                .map(|answer| answer.map(|(base, next)| (Offset(base), Offset(next))))
+                .collect(),
+            Ok(Ok(answers)) => all(ProposeError::Unreachable(format!(
+                "the leader answered {} of {count} batches passed to it",
+                answers.len()
+            ))),
+            Ok(Err(())) => all(ProposeError::Unreachable("the leader refused the batches".into())),
+            Err(invalid) => all(ProposeError::Unreachable(invalid.to_string())),
         }
     }
 
@@ -520,6 +573,19 @@ impl Replica {
         &self.store
     }
 
+    /// Handles batches a peer passed here, in the order given, as the owner said
+    /// ([`Replica::on_forwarded`]), or proposes them one after the other.
+    async fn take_forwarded(&self, batches: Vec<Bytes>) -> Vec<Proposed> {
+        if let Some(handler) = self.forwarded.get() {
+            return handler(batches).await;
+        }
+        let mut proposed = Vec::with_capacity(batches.len());
+        for kafka in batches {
+            proposed.push(self.propose(kafka).await);
+        }
+        proposed
+    }
+
     /// Answers a message a peer sent this replica's group (what a [`Transport`] delivers).
     /// A message that does not decode is refused with the reason.
     pub async fn handle(&self, message: Bytes) -> Bytes {
@@ -542,11 +608,19 @@ impl Replica {
                 rpc::encode_response(self.raft.install_snapshot(snapshot).await)
             }
             Ok(Request::Propose(kafka)) => {
-                let proposed = match self.forwarded.get() {
-                    Some(handler) => handler(kafka).await,
-                    None => self.propose(kafka).await,
-                };
+                let proposed = self.take_forwarded(vec![kafka]).await.pop();
+                let proposed = proposed.unwrap_or_else(|| Err(unanswered()));
                 rpc::encode_response(proposed.map(|(base, next)| (base.0, next.0)))
+            }
+            Ok(Request::ProposeInOrder(batches)) => {
+                let count = batches.len();
+                let mut proposed = self.take_forwarded(batches).await;
+                proposed.resize_with(count, || Err(unanswered()));
+                let answers: Vec<Result<(u64, u64), ProposeError>> = proposed
+                    .into_iter()
+                    .map(|proposed| proposed.map(|(base, next)| (base.0, next.0)))
+                    .collect();
+                rpc::encode_response::<_, ()>(Ok(answers))
             }
             Ok(Request::Progress) => {
                 let last_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);

@@ -7,9 +7,10 @@
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ReadIndex and Progress; each answer is a JSON `Result` of the response or error. The body
-//! is AppendEntries' entries, InstallSnapshot's chunk of snapshot bytes, or Propose's Kafka
-//! batch, each raw; the others have none. A normal entry's payload is its Kafka batch, sliced
+//! ProposeInOrder, ReadIndex and Progress; each answer is a JSON `Result` of the response or
+//! error (ProposeInOrder's, a list of them). The body is AppendEntries' entries,
+//! InstallSnapshot's chunk of snapshot bytes, Propose's Kafka batch or ProposeInOrder's Kafka
+//! batches back to back, each raw; the others have none. A normal entry's payload is its Kafka batch, sliced
 //! from the message without a copy, and a membership's is JSON.
 //! Everything is checked on arrival ([`decode_request`]): sizes against [`crate::limits`],
 //! each Kafka batch whole (its CRC and every record), so a peer's bad message is refused with
@@ -33,6 +34,7 @@ const INSTALL_SNAPSHOT: u8 = 3;
 const PROPOSE: u8 = 4;
 const READ_INDEX: u8 = 5;
 const PROGRESS: u8 = 6;
+const PROPOSE_IN_ORDER: u8 = 7;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -47,6 +49,9 @@ pub(crate) enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A batch another node proposes through this one, the leader (`Replica::propose_anywhere`).
     Propose(Bytes),
+    /// Batches another node passes to this one, the leader, to be handled in the order given
+    /// and answered each (`Replica::forward_in_order`).
+    ProposeInOrder(Vec<Bytes>),
     /// Asked of the leader by a replica that must see everything committed so far
     /// (`Replica::read_index`).
     ReadIndex,
@@ -109,6 +114,12 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
             put_header(&mut buf, PROPOSE, &());
             buf.put_slice(kafka);
         }
+        Request::ProposeInOrder(batches) => {
+            put_header(&mut buf, PROPOSE_IN_ORDER, &());
+            for kafka in batches {
+                buf.put_slice(kafka);
+            }
+        }
         Request::AppendEntries(append) => {
             let header = AppendHeader {
                 vote: append.vote,
@@ -150,36 +161,37 @@ fn put_entry(buf: &mut BytesMut, entry: &Entry<TypeConfig>) {
     }
 }
 
-/// A normal entry's payload, its Kafka batches back to back, split into them and each
-/// checked whole.
-fn split_batches(mut payload: Bytes, index: u64) -> Result<Vec<Bytes>, InvalidMessage> {
+/// Kafka batches back to back (a normal entry's payload, or the batches of a
+/// [`Request::ProposeInOrder`]) split into them, each checked whole; `what` names them in an
+/// error.
+fn split_batches(mut payload: Bytes, what: &str) -> Result<Vec<Bytes>, InvalidMessage> {
     use spool_storage::batch::v2::kafka;
     let mut batches = Vec::new();
     while !payload.is_empty() {
         if batches.len() == crate::limits::ENTRY_BATCHES_MAX {
             return Err(invalid(format!(
-                "entry {index} holds more than {} batches",
+                "{what} holds more than {} batches",
                 crate::limits::ENTRY_BATCHES_MAX
             )));
         }
         let length = payload
             .get(kafka::BATCH_LENGTH..kafka::BATCH_LENGTH + 4)
             .map(|length| u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize)
-            .ok_or_else(|| invalid(format!("entry {index}'s batches end in a cut-off batch")))?;
+            .ok_or_else(|| invalid(format!("{what}'s batches end in a cut-off batch")))?;
         let total = kafka::PREFIX.saturating_add(length);
         if total > payload.len() {
             return Err(invalid(format!(
-                "entry {index}'s batch of {total} bytes is cut off at {} bytes",
+                "{what}'s batch of {total} bytes is cut off at {} bytes",
                 payload.len()
             )));
         }
         let batch = payload.split_to(total);
         spool_storage::batch::check_for_append(&batch)
-            .map_err(|error| invalid(format!("entry {index}'s batch: {error}")))?;
+            .map_err(|error| invalid(format!("{what}'s batch: {error}")))?;
         batches.push(batch);
     }
     if batches.is_empty() {
-        return Err(invalid(format!("entry {index} holds no batch")));
+        return Err(invalid(format!("{what} holds no batch")));
     }
     Ok(batches)
 }
@@ -246,6 +258,10 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
                 .map_err(|error| invalid(format!("a proposed batch: {error}")))?;
             return Ok(Request::Propose(rest));
         }
+        PROPOSE_IN_ORDER => {
+            json::<()>(&header, "proposal header")?;
+            return Ok(Request::ProposeInOrder(split_batches(rest, "a proposal")?));
+        }
         READ_INDEX => {
             json::<()>(&header, "read-index request")?;
             Request::ReadIndex
@@ -302,7 +318,7 @@ fn take_entry(rest: &mut Bytes) -> Result<Entry<TypeConfig>, InvalidMessage> {
         BLANK if payload.is_empty() => EntryPayload::Blank,
         MEMBERSHIP => EntryPayload::Membership(json(&payload, "membership")?),
         NORMAL => {
-            let kafka = split_batches(payload, index)?;
+            let kafka = split_batches(payload, &format!("entry {index}"))?;
             let base_offset = (offset != NO_OFFSET).then_some(offset);
             EntryPayload::Normal(Batch { kafka, base_offset })
         }
@@ -407,16 +423,34 @@ mod tests {
     }
 
     #[test]
+    fn batches_proposed_in_order_round_trip_and_are_checked() {
+        let sent = vec![kafka_batch(), kafka_batch(), kafka_batch()];
+        let message = encode_request(&Request::ProposeInOrder(sent.clone()));
+        let Ok(Request::ProposeInOrder(got)) = decode_request(message.clone()) else {
+            panic!("not a proposal in order");
+        };
+        assert_eq!(got, sent);
+        let mut damaged = message.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        let error = decode_request(Bytes::from(damaged)).unwrap_err().to_string();
+        assert!(error.contains("a proposal's batch"), "{error}");
+        let empty = encode_request(&Request::ProposeInOrder(Vec::new()));
+        let error = decode_request(empty).unwrap_err().to_string();
+        assert!(error.contains("a proposal holds no batch"), "{error}");
+    }
+
+    #[test]
     fn an_entry_s_batches_must_fill_its_payload_exactly() {
         let two = [kafka_batch(), kafka_batch()].concat();
-        assert_eq!(split_batches(Bytes::from(two.clone()), 5).unwrap().len(), 2);
+        assert_eq!(split_batches(Bytes::from(two.clone()), "entry 5").unwrap().len(), 2);
         let cut = Bytes::from(two[..two.len() - 1].to_vec());
-        let error = split_batches(cut, 5).unwrap_err().to_string();
+        let error = split_batches(cut, "entry 5").unwrap_err().to_string();
         assert!(error.contains("entry 5's batch of") && error.contains("cut off"), "{error}");
         let stray = Bytes::from([&kafka_batch()[..], &[0, 1, 2]].concat());
-        let error = split_batches(stray, 5).unwrap_err().to_string();
+        let error = split_batches(stray, "entry 5").unwrap_err().to_string();
         assert!(error.contains("end in a cut-off batch"), "{error}");
-        let error = split_batches(Bytes::new(), 5).unwrap_err().to_string();
+        let error = split_batches(Bytes::new(), "entry 5").unwrap_err().to_string();
         assert!(error.contains("holds no batch"), "{error}");
     }
 

@@ -326,11 +326,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             let offsets = match entry.payload {
                 EntryPayload::Normal(batch) => {
                     let offsets = entry::offsets(&batch);
-                    if let (Some(fold), Some((mut base, _))) = (&self.fold, offsets) {
-                        for kafka in &batch.kafka {
-                            let next = base + entry::record_count(kafka).unwrap_or(0);
+                    if let (Some(fold), Some((base, _))) = (&self.fold, offsets) {
+                        let records = batch.kafka.iter().map(|kafka| entry::record_count(kafka));
+                        let offsets =
+                            entry::batch_offsets(base, records.map(Option::unwrap_or_default));
+                        for (kafka, (base, next)) in batch.kafka.iter().zip(offsets) {
                             fold.apply(kafka, Offset(base), Offset(next));
-                            base = next;
                         }
                     }
                     offsets

@@ -3,12 +3,15 @@
 //! a partitioned leader, and a restart after power loss.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use spool_replication::history::{self, History, Observed, Outcome};
+use spool_replication::limits::ENTRY_BATCHES_MAX;
 use spool_replication::{
     Call, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, Transport,
     TransportError,
@@ -395,6 +398,68 @@ async fn batches_proposed_together_share_entries_in_the_order_proposed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_proposed_as_one_group_share_one_entry_among_others() {
+    use spool_replication::limits::ENTRY_KAFKA_BYTES_MAX;
+    let cluster = Cluster::start().await;
+    let leader = cluster.replica(cluster.leader(None).await);
+    // Each round: a single of half an entry, then a group of five that, one batch at a time,
+    // would fill that entry up and go on into the next.
+    let padded = |name: String, len: usize| single(&format!("{name}{}", "_".repeat(len)));
+    let rounds = 6;
+    type Answers = Pin<Box<dyn Future<Output = Vec<(Offset, Offset)>> + Send>>;
+    let mut proposals: Vec<Answers> = Vec::new();
+    for round in 0..rounds {
+        let single_leader = leader.clone();
+        let single = padded(format!("s{round}"), ENTRY_KAFKA_BYTES_MAX / 2);
+        proposals.push(Box::pin(async move {
+            vec![single_leader.propose(single).await.expect("committed")]
+        }));
+        let group_leader = leader.clone();
+        let group =
+            (0..5).map(|i| padded(format!("g{round}.{i}"), ENTRY_KAFKA_BYTES_MAX / 6)).collect();
+        proposals.push(Box::pin(async move {
+            group_leader.propose_together(group).await.expect("committed")
+        }));
+    }
+    let proposed = in_order(proposals).await;
+    let stored = contents(&leader);
+    let entry_of = |base: Offset| {
+        let found = stored.iter().find(|(_, at, _)| *at == base.0);
+        found.map(|(stamp, _, _)| stamp.index).expect("stored")
+    };
+    for (round, pair) in proposed.chunks(2).enumerate() {
+        let (single, group) = (pair[0][0], &pair[1]);
+        assert_eq!(group.len(), 5, "round {round}: one answer per batch");
+        let entries: BTreeSet<u64> = group.iter().map(|(base, _)| entry_of(*base)).collect();
+        assert_eq!(entries.len(), 1, "round {round}: the group took entries {entries:?}");
+        for (pair, i) in group.windows(2).zip(0..) {
+            assert_eq!(pair[0].1, pair[1].0, "round {round}: batch {} follows batch {i}", i + 1);
+        }
+        assert!(group[0].0 >= single.1, "round {round}: the group is stored after the single");
+    }
+    // Each value at the offset its proposer was given.
+    let stored_values: BTreeMap<u64, String> = offsets(&leader)
+        .into_iter()
+        .filter_map(|(o, value)| value.map(|v| (o, v.trim_end_matches('_').to_owned())))
+        .collect();
+    for (round, pair) in proposed.chunks(2).enumerate() {
+        assert_eq!(stored_values[&pair[0][0].0.0], format!("s{round}"));
+        for (i, (base, _)) in pair[1].iter().enumerate() {
+            assert_eq!(stored_values[&base.0], format!("g{round}.{i}"));
+        }
+    }
+    // A group too large for one entry is refused whole, and nothing of it is stored.
+    let too_many = (0..=ENTRY_BATCHES_MAX).map(|i| single(&format!("x{i}"))).collect();
+    match leader.propose_together(too_many).await {
+        Err(ProposeError::Oversized { batches, .. }) => assert_eq!(batches, ENTRY_BATCHES_MAX + 1),
+        other => panic!("a group past {ENTRY_BATCHES_MAX} batches was not refused: {other:?}"),
+    }
+    let end = proposed.last().expect("rounds")[4].1;
+    assert_same_logs(&cluster, end).await;
+    assert_eq!(offsets(&leader).last().map(|(o, _)| o + 1), Some(end.0), "nothing stored after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     let cluster = Cluster::start().await;
     let mut acknowledged = Vec::new();
@@ -459,6 +524,22 @@ async fn a_follower_passes_what_it_is_given_to_the_leader() {
     let (_, end) = replica.propose_anywhere(batch("passed on")).await.expect("committed");
     assert_same_logs(&cluster, end).await;
     assert_eq!(values(&cluster.replica(leader)), ["passed on", "passed on"]);
+    // Several in one message: handled in the order given, each answered with its offsets.
+    let group: Vec<Bytes> = (0..5).map(|i| single(&format!("in order {i}"))).collect();
+    let answers = replica.forward_in_order(group).await;
+    let offsets: Vec<(Offset, Offset)> =
+        answers.into_iter().map(|answer| answer.expect("committed")).collect();
+    for (pair, i) in offsets.windows(2).zip(0..) {
+        assert!(pair[1].0 >= pair[0].1, "batch {} is stored after batch {i}", i + 1);
+    }
+    let end = offsets.last().expect("five").1;
+    assert_same_logs(&cluster, end).await;
+    let stored = values(&cluster.replica(leader));
+    let expected: Vec<String> = (0..5).map(|i| format!("in order {i}")).collect();
+    assert_eq!(stored[2..], expected[..]);
+    // The leader passes nothing on: it says it leads.
+    let answers = cluster.replica(leader).forward_in_order(vec![single("back")]).await;
+    assert!(matches!(answers[..], [Err(ProposeError::NotLeader { .. })]), "{answers:?}");
 }
 
 /// Every offset of a replica's log below its high watermark: what the history checker reads.

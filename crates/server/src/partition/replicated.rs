@@ -15,9 +15,15 @@
 //! a [`ProducerTable`] rebuilt from the committed log whenever it starts to lead (after it has
 //! applied every entry of earlier terms, [`Replica::linearize`]), and kept up to date with
 //! each batch it commits. A retry that reaches a new leader after a failover is so recognised
-//! as the batch the old leader committed, and answered with its offsets. Batches of idempotent
-//! producers are proposed one at a time per partition (their checks are made in order against
-//! a table that holds every batch before them); other batches do not wait for them.
+//! as the batch the old leader committed, and answered with its offsets.
+//!
+//! The checker works in rounds: it takes every idempotent batch queued while the round before
+//! was committed, checks them in the order they came against a table that holds every batch
+//! before them, and proposes those to append in one entry
+//! ([`Replica::propose_together`]), so they are committed all or none: a producer's batch is
+//! never stored without the one before it. A follower passes a round to the leader in one
+//! message ([`Replica::forward_in_order`]), which keeps the order. Other batches do not wait
+//! for the checker.
 //!
 //! # Damage a read finds
 //!
@@ -273,39 +279,80 @@ async fn propose_plain(partition: &Partition, replica: &Replica, kafka: Bytes) -
     replica.through_elections(LEADER_ELECTION_PATIENCE, attempt).await
 }
 
-/// What the leader does with a batch another node passed to it: a plain batch is proposed,
-/// an idempotent producer's goes through the sequence checker. A refusal travels back with
-/// its gRPC code, which the passing node answers with.
+/// What the leader does with batches another node passed to it, in order: a plain batch is
+/// proposed, an idempotent producer's goes through the sequence checker. A refusal travels
+/// back with its gRPC code, which the passing node answers with.
 fn take_forwarded(
     partition: Arc<Partition>,
     replica: Arc<Replica>,
     checker: mpsc::Sender<Sequenced>,
 ) -> OnForwarded {
-    Arc::new(move |kafka: Bytes| {
+    Arc::new(move |batches: Vec<Bytes>| {
         let (partition, replica, checker) = (partition.clone(), replica.clone(), checker.clone());
         Box::pin(async move {
-            let batch = CheckedBatch::check(kafka).map_err(|error| ProposeError::Refused {
-                code: tonic::Code::InvalidArgument as i32,
-                message: format!("a peer passed a batch that does not check: {error}"),
-            })?;
-            if sequenced(&batch).is_none() {
-                return propose_here(&partition, &replica, batch.into_bytes()).await;
-            }
-            let (answer, answered) = oneshot::channel();
-            let request = Sequenced { batch, forwarded: true, reply: answer };
             let stopped = || ProposeError::Stopped("the partition's writer stopped".into());
-            checker.send(request).await.map_err(|_| stopped())?;
-            let answer = answered.await.map_err(|_| stopped())?;
-            answer.map_err(|error| {
-                let status = to_status(&error);
-                ProposeError::Refused { code: status.code() as i32, message: error.to_string() }
-            })
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Proposed> + Send>>
+            // Each batch's answer: proposed here, or from the checker. Idempotent producers'
+            // batches reach the checker in the order given.
+            let mut answers = Vec::with_capacity(batches.len());
+            for kafka in batches {
+                let batch = match CheckedBatch::check(kafka) {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let refused = ProposeError::Refused {
+                            code: tonic::Code::InvalidArgument as i32,
+                            message: format!("a peer passed a batch that does not check: {error}"),
+                        };
+                        answers.push(Forwarded::Done(Err(refused)));
+                        continue;
+                    }
+                };
+                if sequenced(&batch).is_none() {
+                    let (partition, replica) = (partition.clone(), replica.clone());
+                    let proposed = tokio::spawn(async move {
+                        propose_here(&partition, &replica, batch.into_bytes()).await
+                    });
+                    answers.push(Forwarded::Proposed(proposed));
+                    continue;
+                }
+                let (answer, answered) = oneshot::channel();
+                let request = Sequenced { batch, forwarded: true, reply: answer };
+                match checker.send(request).await {
+                    Ok(()) => answers.push(Forwarded::Checked(answered)),
+                    Err(_) => answers.push(Forwarded::Done(Err(stopped()))),
+                }
+            }
+            let mut proposed = Vec::with_capacity(answers.len());
+            for answer in answers {
+                proposed.push(match answer {
+                    Forwarded::Done(done) => done,
+                    Forwarded::Proposed(task) => task.await.unwrap_or_else(|_| Err(stopped())),
+                    Forwarded::Checked(answered) => match answered.await {
+                        Ok(answer) => answer.map_err(|error| {
+                            let status = to_status(&error);
+                            ProposeError::Refused {
+                                code: status.code() as i32,
+                                message: error.to_string(),
+                            }
+                        }),
+                        Err(_) => Err(stopped()),
+                    },
+                });
+            }
+            proposed
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Proposed>> + Send>>
     })
 }
 
-/// The partition's sequence checker (see the module docs): one batch at a time, in the order
-/// they came.
+/// Where the answer to a batch a peer passed here comes from.
+enum Forwarded {
+    Done(Proposed),
+    Proposed(tokio::task::JoinHandle<Proposed>),
+    Checked(oneshot::Receiver<Result<(Offset, Offset), ServiceError>>),
+}
+
+/// The partition's sequence checker (see the module docs): takes the batches queued, checks
+/// them in the order they came against the table and proposes those to append in one entry,
+/// and takes the next round once that entry is answered.
 async fn check_sequences(
     partition: Arc<Partition>,
     replica: Arc<Replica>,
@@ -314,26 +361,50 @@ async fn check_sequences(
 ) {
     // The table and the term it was rebuilt for; `None` when it must be rebuilt.
     let mut table: Option<(u64, ProducerTable)> = None;
+    // A batch that did not fit the round before.
+    let mut left = None;
     loop {
-        let Sequenced { batch, forwarded, reply } = tokio::select! {
-            () = running.cancelled() => return,
-            next = queue.recv() => match next {
-                Some(next) => next,
-                None => return,
+        let first = match left.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                () = running.cancelled() => return,
+                next = queue.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
             },
         };
-        let answer = check_one(&partition, &replica, &mut table, batch, forwarded).await;
-        let _ = reply.send(answer);
+        let mut lengths = vec![first.batch.bytes().len()];
+        let mut round = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            lengths.push(next.batch.bytes().len());
+            if !spool_replication::fits_one_entry(&lengths) {
+                left = Some(next);
+                break;
+            }
+            round.push(next);
+        }
+        let (batches, replies): (Vec<_>, Vec<_>) = round
+            .into_iter()
+            .map(|Sequenced { batch, forwarded, reply }| ((batch, forwarded), reply))
+            .unzip();
+        let answers = check_round(&partition, &replica, &mut table, batches).await;
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
     }
 }
 
-async fn check_one(
+type SequencedAnswer = Result<(Offset, Offset), ServiceError>;
+
+/// Checks a round of idempotent producers' batches (each with whether a peer passed it
+/// here) and proposes those to append together; answers each, in order.
+async fn check_round(
     partition: &Arc<Partition>,
     replica: &Replica,
     table: &mut Option<(u64, ProducerTable)>,
-    batch: CheckedBatch<Bytes>,
-    forwarded: bool,
-) -> Result<(Offset, Offset), ServiceError> {
+    batches: Vec<(CheckedBatch<Bytes>, bool)>,
+) -> Vec<SequencedAnswer> {
     let unavailable = |error: ProposeError| match error {
         ProposeError::Refused { code, message } => ServiceError::Forwarded { code, message },
         other => ServiceError::Cluster(format!(
@@ -346,10 +417,36 @@ async fn check_one(
         *table = None;
         let term = match replica.linearize(LEADERSHIP_CONFIRM_TIMEOUT).await {
             Ok(term) => term,
-            Err(ProposeError::NotLeader { .. }) if !forwarded => {
-                return replica.forward(batch.into_bytes()).await.map_err(unavailable);
+            Err(ProposeError::NotLeader { .. }) => {
+                // Passed on in one message, so that they reach the leader's checker in order.
+                // A peer passed those marked forwarded here: they go back refused.
+                let forwarded: Vec<bool> =
+                    batches.iter().map(|(_, forwarded)| *forwarded).collect();
+                let passing: Vec<Bytes> = batches
+                    .into_iter()
+                    .filter(|(_, forwarded)| !forwarded)
+                    .map(|(batch, _)| batch.into_bytes())
+                    .collect();
+                let mut passed = match passing.is_empty() {
+                    true => Vec::new(),
+                    false => replica.forward_in_order(passing).await,
+                }
+                .into_iter();
+                let not_leader = || ProposeError::NotLeader { leader: replica.leader() };
+                return forwarded
+                    .into_iter()
+                    .map(|forwarded| match forwarded {
+                        true => Err(unavailable(not_leader())),
+                        false => {
+                            passed.next().unwrap_or_else(|| Err(not_leader())).map_err(unavailable)
+                        }
+                    })
+                    .collect();
             }
-            Err(error) => return Err(unavailable(error)),
+            Err(error) => {
+                let status = to_status(&unavailable(error));
+                return batches.iter().map(|_| Err(forwarded_status(&status))).collect();
+            }
         };
         let rebuilt = partition.clone();
         let rebuilt = blocking(move || {
@@ -357,35 +454,74 @@ async fn check_one(
                 rebuild(log).map_err(|e| ServiceError::read(&rebuilt.topic, rebuilt.id, e))
             })
         })
-        .await?;
-        *table = Some((term, rebuilt));
+        .await;
+        match rebuilt {
+            Ok(rebuilt) => *table = Some((term, rebuilt)),
+            Err(error) => {
+                let status = to_status(&error);
+                return batches.iter().map(|_| Err(forwarded_status(&status))).collect();
+            }
+        }
     }
     let Some((_, producers)) = table.as_mut() else {
-        return Err(ServiceError::Internal("the producer table was not rebuilt".into()));
+        let error = || ServiceError::Internal("the producer table was not rebuilt".into());
+        return batches.iter().map(|_| Err(error())).collect();
     };
-    let stamp = sequenced(&batch).expect("only an idempotent producer's batch comes here");
-    match producers.check_group(&[Some(stamp)]).remove(0) {
-        Verdict::Append => match propose_here(partition, replica, batch.into_bytes()).await {
-            Ok((base, next)) => {
-                producers.record(stamp, base, Offset(next.0.saturating_sub(1)));
-                Ok((base, next))
-            }
-            Err(error) => {
-                // Whether it was committed is unknown: the next batch starts from the log.
-                *table = None;
-                Err(unavailable(error))
-            }
-        },
-        Verdict::Duplicate { base_offset, last_offset } => {
-            Ok((base_offset, Offset(last_offset.0 + 1)))
-        }
-        Verdict::DuplicateInGroup { .. } => {
-            Err(ServiceError::Internal("a group of one batch has no earlier batch".into()))
-        }
-        Verdict::Refuse(source) => Err(ServiceError::Sequence {
-            topic: partition.topic.clone(),
-            partition: partition.id,
-            source,
-        }),
+    let stamps: Vec<_> = batches.iter().map(|(batch, _)| sequenced(batch)).collect();
+    let verdicts = producers.check_group(&stamps);
+    let appending: Vec<Bytes> = batches
+        .into_iter()
+        .zip(&verdicts)
+        .filter(|(_, verdict)| **verdict == Verdict::Append)
+        .map(|((batch, _), _)| batch.into_bytes())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut proposed = match appending.is_empty() {
+        true => Ok(Vec::new()),
+        false => replica.propose_together(appending).await,
+    };
+    if proposed.is_ok() {
+        partition.metrics.commit_took(started.elapsed());
+    } else {
+        // Whether they were committed is unknown: the next round starts from the log.
+        *table = None;
     }
+    let mut offsets = proposed.as_mut().map(|offsets| offsets.drain(..));
+    let mut answers: Vec<SequencedAnswer> = Vec::with_capacity(verdicts.len());
+    for (verdict, stamp) in verdicts.into_iter().zip(stamps) {
+        let stamp = stamp.expect("only an idempotent producer's batch comes here");
+        let answer = match verdict {
+            Verdict::Append => match &mut offsets {
+                Ok(offsets) => match offsets.next() {
+                    Some((base, next)) => {
+                        if let Some((_, producers)) = table.as_mut() {
+                            producers.record(stamp, base, Offset(next.0.saturating_sub(1)));
+                        }
+                        Ok((base, next))
+                    }
+                    None => Err(ServiceError::Internal("a batch proposed went unanswered".into())),
+                },
+                Err(error) => Err(unavailable(error.clone())),
+            },
+            Verdict::Duplicate { base_offset, last_offset } => {
+                Ok((base_offset, Offset(last_offset.0 + 1)))
+            }
+            Verdict::DuplicateInGroup { index } => match &answers[index] {
+                Ok(offsets) => Ok(*offsets),
+                Err(error) => Err(forwarded_status(&to_status(error))),
+            },
+            Verdict::Refuse(source) => Err(ServiceError::Sequence {
+                topic: partition.topic.clone(),
+                partition: partition.id,
+                source,
+            }),
+        };
+        answers.push(answer);
+    }
+    answers
+}
+
+/// An error answered to one batch, for another batch of the same round.
+fn forwarded_status(status: &tonic::Status) -> ServiceError {
+    ServiceError::Forwarded { code: status.code() as i32, message: status.message().to_owned() }
 }
