@@ -554,6 +554,42 @@ async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
     }
 }
 
+/// A plain producer keeps many one-record batches in flight, through a follower and through
+/// the leader: each is stored in the order it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_producer_s_batches_in_flight_are_stored_in_the_order_sent() {
+    let cluster = Cluster::start().await;
+    cluster.create_topic(1, "sequence", 1).await;
+    let leader = cluster.leader(1, "sequence").await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut expected = Vec::new();
+    for through in [follower, leader] {
+        let client = Client::connect(&format!("http://{}", cluster.node(through).address()))
+            .await
+            .expect("connect");
+        let config = ProducerConfig {
+            batch_records_max: 1,
+            linger: Duration::ZERO,
+            in_flight_max: 32,
+            ..ProducerConfig::default()
+        };
+        let producer = client.producer("sequence", config).await.expect("a producer");
+        let mut deliveries = Vec::new();
+        for i in 0..400 {
+            let value = format!("through {through}: {i}");
+            let record = ClientRecord::value(value.as_bytes()).with_partition(0);
+            deliveries.push(producer.send(record).await.expect("buffered"));
+            expected.push(value);
+        }
+        for delivery in deliveries {
+            delivery.wait().await.expect("acknowledged");
+        }
+    }
+    let stored = cluster.read(leader, "sequence", expected.len()).await;
+    let first_out_of_order = stored.iter().zip(&expected).position(|(got, sent)| got != sent);
+    assert_eq!(first_out_of_order, None, "stored out of the order sent: {stored:?}");
+}
+
 /// A retry reaches a new leader: a batch acknowledged by the old leader and sent again with its
 /// stamp through another node is answered with its first offsets and stored once; a producer
 /// id handed out by one node is known to every node.

@@ -73,8 +73,8 @@ impl Proposals {
         raft: &Raft<TypeConfig>,
         kafka: Bytes,
     ) -> Proposed {
-        let mut answer = self.propose_together(raft, vec![kafka]).await?;
-        answer.pop().ok_or_else(|| ProposeError::Stopped("a proposal went unanswered".into()))
+        let answered = self.queue(raft, vec![kafka]).await?;
+        first(answered.await.unwrap_or_else(|_| Err(dropped())))
     }
 
     /// Proposes `batches` in one entry, in the order given (with batches queued before and
@@ -85,6 +85,17 @@ impl Proposals {
         raft: &Raft<TypeConfig>,
         batches: Vec<Bytes>,
     ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
+        let answered = self.queue(raft, batches).await?;
+        answered.await.unwrap_or_else(|_| Err(dropped()))
+    }
+
+    /// Queues `batches` (to go into one entry) once there is room for them, behind every
+    /// group queued before; returns what answers them.
+    pub(crate) async fn queue(
+        self: &Arc<Self>,
+        raft: &Raft<TypeConfig>,
+        batches: Vec<Bytes>,
+    ) -> Result<Answer, ProposeError> {
         let lengths: Vec<usize> = batches.iter().map(Bytes::len).collect();
         let bytes = lengths.iter().sum::<usize>();
         if !fits_one_entry(&lengths) {
@@ -104,9 +115,7 @@ impl Proposals {
         if start {
             tokio::spawn(self.clone().run(raft.clone()));
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(ProposeError::Stopped("the proposal was dropped unanswered".to_owned()))
-        })
+        Ok(answered)
     }
 
     /// Proposes entries of the queued batches, one at a time, until none is queued.
@@ -164,6 +173,18 @@ impl Proposals {
         }
         group
     }
+}
+
+/// What answers a queued group: each batch's offsets, or why none was committed.
+pub(crate) type Answer = oneshot::Receiver<Result<Vec<(Offset, Offset)>, ProposeError>>;
+
+/// The answer to a group of one batch.
+pub(crate) fn first(answer: Result<Vec<(Offset, Offset)>, ProposeError>) -> Proposed {
+    answer?.pop().ok_or_else(|| ProposeError::Stopped("a proposal went unanswered".into()))
+}
+
+pub(crate) fn dropped() -> ProposeError {
+    ProposeError::Stopped("the proposal was dropped unanswered".to_owned())
 }
 
 /// Whether batches of these lengths fit one entry: within [`ENTRY_BATCHES_MAX`] and

@@ -17,7 +17,7 @@ use crate::limits::{
     SNAPSHOT_CHUNK_BYTES,
 };
 use crate::network::{Network, Transport};
-use crate::proposals::Proposals;
+use crate::proposals::{self, Proposals};
 use crate::rpc::{self, Request};
 use crate::{NodeId, PartitionStateMachine, SegmentLogStore, TypeConfig};
 
@@ -333,6 +333,20 @@ impl Replica {
     /// Raft share an entry ([`crate::proposals`]).
     pub async fn propose(&self, kafka: Bytes) -> Proposed {
         self.proposals.propose(&self.raft, kafka).await
+    }
+
+    /// Queues `kafka` to be proposed as [`Replica::propose`] does, and returns once it is
+    /// queued (which waits while the queue is full) with what answers it: batches queued
+    /// one after the other are stored in that order.
+    pub async fn propose_queued(
+        &self,
+        kafka: Bytes,
+    ) -> impl Future<Output = Proposed> + Send + 'static {
+        let queued = self.proposals.queue(&self.raft, vec![kafka]).await;
+        async move {
+            let answered = queued?;
+            proposals::first(answered.await.unwrap_or_else(|_| Err(proposals::dropped())))
+        }
     }
 
     /// Proposes `batches` in one entry, in the order given: they are committed all or none,

@@ -6,8 +6,19 @@
 //! # Any node takes writes
 //!
 //! A node that does not lead the partition passes each batch to the leader over the peer
-//! listener ([`Replica::forward`]) and answers with the leader's answer: a client may produce
-//! to any node, at the cost of one more hop than sending to the leader `describe` names.
+//! listener and answers with the leader's answer: a client may produce to any node, at the
+//! cost of one more hop than sending to the leader `describe` names.
+//!
+//! # Order
+//!
+//! A producer's batches in flight are stored in the order they came. The writer hands each
+//! batch on in that order: an idempotent producer's to the sequence checker, a plain one's,
+//! on the leader, straight to the replica's queue ([`Replica::propose_queued`]), and on a
+//! follower to the passer, which passes every batch queued meanwhile to the leader in one
+//! message ([`Replica::forward_in_order`]) and the next ones once that is answered. The
+//! leader queues the batches a peer passed in the order given. A plain batch that meets a
+//! leader change is tried again on its own ([`propose_plain`]), so while leadership moves a
+//! plain producer's batches may be reordered; an idempotent producer's are not (below).
 //!
 //! # Idempotent producers
 //!
@@ -107,6 +118,7 @@ pub(super) async fn run(
         partition.set_replica(replica.clone());
         partition.changed.send_replace(());
         let (checker, checker_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        let (passer, passer_queue) = mpsc::channel(WRITER_QUEUE_DEPTH);
         if let Some(replica) = &replica {
             let (partition, replica, retention) =
                 (partition.clone(), replica.clone(), retention.clone());
@@ -114,6 +126,12 @@ pub(super) async fn run(
                 partition.clone(),
                 replica.clone(),
                 checker_queue,
+                running.clone(),
+            ));
+            tokio::spawn(pass_plain(
+                partition.clone(),
+                replica.clone(),
+                passer_queue,
                 running.clone(),
             ));
             let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
@@ -140,26 +158,46 @@ pub(super) async fn run(
                 continue;
             };
             let AppendRequest { batch, reply, .. } = request;
-            // An idempotent producer's batches reach the checker in the order they came.
-            let checked = if sequenced(&batch).is_some() {
+            // Each kind of batch reaches where it goes in the order it came.
+            let pending = if sequenced(&batch).is_some() {
                 let (answer, answered) = oneshot::channel();
                 let request = Sequenced { batch, forwarded: false, reply: answer };
                 if checker.send(request).await.is_err() {
                     let _ = reply.send(Err(ServiceError::ShuttingDown));
                     continue;
                 }
-                Ok(answered)
+                Pending::Checked(answered)
+            } else if replica.leading_term().is_some() {
+                let kafka = batch.into_bytes();
+                Pending::Queued(queue_here(&partition, &replica, kafka.clone()).await, kafka)
             } else {
-                Err(batch)
+                let (answer, answered) = oneshot::channel();
+                let request = Passing { kafka: batch.into_bytes(), reply: answer };
+                if passer.send(request).await.is_err() {
+                    let _ = reply.send(Err(ServiceError::ShuttingDown));
+                    continue;
+                }
+                Pending::Passed(answered)
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break None };
             let (partition, cluster) = (partition.clone(), cluster.clone());
             tokio::spawn(async move {
-                let proposed = match checked {
-                    Ok(answered) => answered.await.unwrap_or(Err(ServiceError::ShuttingDown)),
-                    Err(batch) => propose_plain(&partition, &replica, batch.into_bytes())
-                        .await
-                        .map_err(|error| cluster.not_leader(&partition.topic, partition.id, error)),
+                let not_leader = |error| cluster.not_leader(&partition.topic, partition.id, error);
+                let proposed = match pending {
+                    Pending::Checked(answered) => {
+                        answered.await.unwrap_or(Err(ServiceError::ShuttingDown))
+                    }
+                    Pending::Queued(answered, kafka) => match answered.await {
+                        // Leadership moved meanwhile: nothing was stored.
+                        Err(ProposeError::NotLeader { .. }) => {
+                            propose_plain(&partition, &replica, kafka).await
+                        }
+                        other => other,
+                    }
+                    .map_err(not_leader),
+                    Pending::Passed(answered) => {
+                        answered.await.unwrap_or_else(|_| Err(writer_stopped())).map_err(not_leader)
+                    }
                 };
                 let answer = proposed.map(|(base, next)| Appended {
                     base_offset: base,
@@ -290,7 +328,7 @@ fn take_forwarded(
     Arc::new(move |batches: Vec<Bytes>| {
         let (partition, replica, checker) = (partition.clone(), replica.clone(), checker.clone());
         Box::pin(async move {
-            let stopped = || ProposeError::Stopped("the partition's writer stopped".into());
+            let stopped = writer_stopped;
             // Each batch's answer: proposed here, or from the checker. Idempotent producers'
             // batches reach the checker in the order given.
             let mut answers = Vec::with_capacity(batches.len());
@@ -307,11 +345,8 @@ fn take_forwarded(
                     }
                 };
                 if sequenced(&batch).is_none() {
-                    let (partition, replica) = (partition.clone(), replica.clone());
-                    let proposed = tokio::spawn(async move {
-                        propose_here(&partition, &replica, batch.into_bytes()).await
-                    });
-                    answers.push(Forwarded::Proposed(proposed));
+                    let queued = queue_here(&partition, &replica, batch.into_bytes()).await;
+                    answers.push(Forwarded::Queued(queued));
                     continue;
                 }
                 let (answer, answered) = oneshot::channel();
@@ -325,7 +360,7 @@ fn take_forwarded(
             for answer in answers {
                 proposed.push(match answer {
                     Forwarded::Done(done) => done,
-                    Forwarded::Proposed(task) => task.await.unwrap_or_else(|_| Err(stopped())),
+                    Forwarded::Queued(answered) => answered.await,
                     Forwarded::Checked(answered) => match answered.await {
                         Ok(answer) => answer.map_err(|error| {
                             let status = to_status(&error);
@@ -346,8 +381,44 @@ fn take_forwarded(
 /// Where the answer to a batch a peer passed here comes from.
 enum Forwarded {
     Done(Proposed),
-    Proposed(tokio::task::JoinHandle<Proposed>),
+    Queued(QueuedHere),
     Checked(oneshot::Receiver<Result<(Offset, Offset), ServiceError>>),
+}
+
+/// Where the answer to a producer's batch comes from.
+enum Pending {
+    /// The sequence checker.
+    Checked(oneshot::Receiver<Result<(Offset, Offset), ServiceError>>),
+    /// This replica, the leader, which queued it (the batch, should leadership move).
+    Queued(QueuedHere, Bytes),
+    /// The passer, which passed it to the leader.
+    Passed(oneshot::Receiver<Proposed>),
+}
+
+/// A plain producer's batch for the partition's passer.
+struct Passing {
+    kafka: Bytes,
+    reply: oneshot::Sender<Proposed>,
+}
+
+type QueuedHere = std::pin::Pin<Box<dyn std::future::Future<Output = Proposed> + Send>>;
+
+/// Queues a batch for proposal here, in the order of the calls: answered once committed.
+async fn queue_here(partition: &Arc<Partition>, replica: &Replica, kafka: Bytes) -> QueuedHere {
+    let started = std::time::Instant::now();
+    let answered = replica.propose_queued(kafka).await;
+    let partition = partition.clone();
+    Box::pin(async move {
+        let proposed = answered.await;
+        if proposed.is_ok() {
+            partition.metrics.commit_took(started.elapsed());
+        }
+        proposed
+    })
+}
+
+fn writer_stopped() -> ProposeError {
+    ProposeError::Stopped("the partition's writer stopped".into())
 }
 
 /// The partition's sequence checker (see the module docs): takes the batches queued, checks
@@ -363,27 +434,8 @@ async fn check_sequences(
     let mut table: Option<(u64, ProducerTable)> = None;
     // A batch that did not fit the round before.
     let mut left = None;
-    loop {
-        let first = match left.take() {
-            Some(first) => first,
-            None => tokio::select! {
-                () = running.cancelled() => return,
-                next = queue.recv() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
-            },
-        };
-        let mut lengths = vec![first.batch.bytes().len()];
-        let mut round = vec![first];
-        while let Ok(next) = queue.try_recv() {
-            lengths.push(next.batch.bytes().len());
-            if !spool_replication::fits_one_entry(&lengths) {
-                left = Some(next);
-                break;
-            }
-            round.push(next);
-        }
+    let length = |sequenced: &Sequenced| sequenced.batch.bytes().len();
+    while let Some(round) = next_round(&mut queue, &mut left, &running, length).await {
         let (batches, replies): (Vec<_>, Vec<_>) = round
             .into_iter()
             .map(|Sequenced { batch, forwarded, reply }| ((batch, forwarded), reply))
@@ -391,6 +443,65 @@ async fn check_sequences(
         let answers = check_round(&partition, &replica, &mut table, batches).await;
         for (reply, answer) in replies.into_iter().zip(answers) {
             let _ = reply.send(answer);
+        }
+    }
+}
+
+/// The next round of a queue: its first batch (`left` from the round before, or the next to
+/// come) and every batch queued behind it that fits one entry with it; the first that does
+/// not is `left` for the next. `None` once the queue closes or `running` is cancelled.
+async fn next_round<T>(
+    queue: &mut mpsc::Receiver<T>,
+    left: &mut Option<T>,
+    running: &CancellationToken,
+    length: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let first = match left.take() {
+        Some(first) => first,
+        None => tokio::select! {
+            () = running.cancelled() => return None,
+            next = queue.recv() => next?,
+        },
+    };
+    let mut lengths = vec![length(&first)];
+    let mut round = vec![first];
+    while let Ok(next) = queue.try_recv() {
+        lengths.push(length(&next));
+        if !spool_replication::fits_one_entry(&lengths) {
+            *left = Some(next);
+            break;
+        }
+        round.push(next);
+    }
+    Some(round)
+}
+
+/// The partition's passer: on a follower, passes plain producers' batches to the leader in
+/// rounds, each in one message, so that they reach it in the order they came. A batch the
+/// leader could not take because leadership moved is proposed anew ([`propose_plain`]).
+async fn pass_plain(
+    partition: Arc<Partition>,
+    replica: Arc<Replica>,
+    mut queue: mpsc::Receiver<Passing>,
+    running: CancellationToken,
+) {
+    let mut left = None;
+    let length = |passing: &Passing| passing.kafka.len();
+    while let Some(round) = next_round(&mut queue, &mut left, &running, length).await {
+        let batches = round.iter().map(|passing| passing.kafka.clone()).collect();
+        let answers = replica.forward_in_order(batches).await;
+        for (Passing { kafka, reply }, answer) in round.into_iter().zip(answers) {
+            match answer {
+                Err(ProposeError::NotLeader { .. }) => {
+                    let (partition, replica) = (partition.clone(), replica.clone());
+                    tokio::spawn(async move {
+                        let _ = reply.send(propose_plain(&partition, &replica, kafka).await);
+                    });
+                }
+                answer => {
+                    let _ = reply.send(answer);
+                }
+            }
         }
     }
 }
