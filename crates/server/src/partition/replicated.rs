@@ -169,7 +169,15 @@ pub(super) async fn run(
                 Pending::Checked(answered)
             } else if replica.leading_term().is_some() {
                 let kafka = batch.into_bytes();
-                Pending::Queued(queue_here(&partition, &replica, kafka.clone()).await, kafka)
+                // Waits while the replica's queue is full, but not past a stop.
+                let queued = tokio::select! {
+                    () = stop.cancelled() => {
+                        let _ = reply.send(Err(ServiceError::ShuttingDown));
+                        break None;
+                    }
+                    queued = queue_here(&partition, &replica, kafka.clone()) => queued,
+                };
+                Pending::Queued(queued, kafka)
             } else {
                 let (answer, answered) = oneshot::channel();
                 let request = Passing { kafka: batch.into_bytes(), reply: answer };
