@@ -7,8 +7,8 @@
 //! every batch queued meanwhile (up to [`ENTRY_KAFKA_BYTES_MAX`] and [`ENTRY_BATCHES_MAX`]):
 //! under load one fsync on each replica covers many batches, and a lone batch is proposed at
 //! once. The batches of an entry keep the order they were queued in, and entries are
-//! submitted in the order they were formed, so a producer's batches are stored in the order
-//! it sent them.
+//! submitted in the order they were formed, so batches are stored in the order they were
+//! queued. Batches queued as one group go into one entry, and are committed all or none.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,32 +65,10 @@ impl Proposals {
         }
     }
 
-    /// Proposes `kafka`, a Kafka batch that passed
-    /// [`check_for_append`](spool_storage::batch::check_for_append), with the batches queued
-    /// beside it; answers with its own offsets once its entry is committed and applied here.
-    pub(crate) async fn propose(
-        self: &Arc<Self>,
-        raft: &Raft<TypeConfig>,
-        kafka: Bytes,
-    ) -> Proposed {
-        let answered = self.queue(raft, vec![kafka]).await?;
-        first(answered.await.unwrap_or_else(|_| Err(dropped())))
-    }
-
-    /// Proposes `batches` in one entry, in the order given (with batches queued before and
-    /// after them): they are committed all or none, and answered each with its offsets.
-    /// Together they must fit an entry ([`fits_one_entry`]).
-    pub(crate) async fn propose_together(
-        self: &Arc<Self>,
-        raft: &Raft<TypeConfig>,
-        batches: Vec<Bytes>,
-    ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
-        let answered = self.queue(raft, batches).await?;
-        answered.await.unwrap_or_else(|_| Err(dropped()))
-    }
-
-    /// Queues `batches` (to go into one entry) once there is room for them, behind every
-    /// group queued before; returns what answers them.
+    /// Queues `batches` (Kafka batches that passed
+    /// [`check_for_append`](spool_storage::batch::check_for_append), to go into one entry)
+    /// once there is room for them, behind every group queued before; returns what answers
+    /// them once their entry is committed and applied here.
     pub(crate) async fn queue(
         self: &Arc<Self>,
         raft: &Raft<TypeConfig>,

@@ -332,7 +332,7 @@ impl Replica {
     /// (the first, and the one after the last). Batches proposed while earlier ones are in
     /// Raft share an entry ([`crate::proposals`]).
     pub async fn propose(&self, kafka: Bytes) -> Proposed {
-        self.proposals.propose(&self.raft, kafka).await
+        self.propose_queued(kafka).await.await
     }
 
     /// Queues `kafka` to be proposed as [`Replica::propose`] does, and returns once it is
@@ -356,7 +356,8 @@ impl Replica {
         &self,
         batches: Vec<Bytes>,
     ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
-        self.proposals.propose_together(&self.raft, batches).await
+        let answered = self.proposals.queue(&self.raft, batches).await?;
+        answered.await.unwrap_or_else(|_| Err(proposals::dropped()))
     }
 
     /// Appends a batch through the group as [`Replica::propose`] does, passing it to the

@@ -327,9 +327,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 EntryPayload::Normal(batch) => {
                     let offsets = entry::offsets(&batch);
                     if let (Some(fold), Some((base, _))) = (&self.fold, offsets) {
-                        let records = batch.kafka.iter().map(|kafka| entry::record_count(kafka));
-                        let offsets =
-                            entry::batch_offsets(base, records.map(Option::unwrap_or_default));
+                        let records =
+                            batch.kafka.iter().map(|kafka| entry::record_count(kafka).unwrap_or(0));
+                        let offsets = entry::batch_offsets(base, records);
                         for (kafka, (base, next)) in batch.kafka.iter().zip(offsets) {
                             fold.apply(kafka, Offset(base), Offset(next));
                         }
