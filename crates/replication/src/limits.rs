@@ -25,11 +25,24 @@ pub const PROPOSALS_IN_FLIGHT: usize = 2;
 /// waits for room.
 pub const PROPOSALS_QUEUED_KIB_MAX: u32 = 64 * 1024;
 
-/// The largest message between replicas: a full AppendEntries of the largest batches, with
-/// room for its header.
-pub const MESSAGE_BYTES_MAX: usize = ENTRIES_PER_MESSAGE_MAX as usize
-    * (STORED_BATCH_BYTES_MAX as usize + ENTRY_HEAD_BYTES)
-    + HEADER_BYTES_MAX;
+/// The most bytes of entries one AppendEntries carries: as many entries as fit (at most
+/// [`ENTRIES_PER_MESSAGE_MAX`]), or one entry alone. A follower writes and fsyncs a message
+/// before it answers, and openraft gives the answer one heartbeat interval: a follower
+/// catching up gets its entries a few MiB at a time, not tens of MiB it could not write in
+/// time. Two full entries, the most a leader has in Raft at once while it keeps up.
+pub const APPEND_ENTRIES_BYTES_MAX: usize =
+    PROPOSALS_IN_FLIGHT * (ENTRY_KAFKA_BYTES_MAX + ENTRY_HEAD_BYTES);
+
+/// The largest message between replicas: an AppendEntries as large as
+/// [`APPEND_ENTRIES_BYTES_MAX`] or of one entry of the largest batch, with room for its
+/// header.
+pub const MESSAGE_BYTES_MAX: usize =
+    max(APPEND_ENTRIES_BYTES_MAX, STORED_BATCH_BYTES_MAX as usize + ENTRY_HEAD_BYTES)
+        + HEADER_BYTES_MAX;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 /// The largest JSON header of a message (votes, log ids, membership, snapshot metadata).
 pub const HEADER_BYTES_MAX: usize = 1024 * 1024;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -19,6 +20,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::limits::APPEND_ENTRIES_BYTES_MAX;
 use crate::rpc::{self, Request};
 use crate::{NodeId, TypeConfig};
 
@@ -103,12 +105,31 @@ impl Connection {
     }
 }
 
+/// How many of `entries`, from the first, one AppendEntries carries: as many as fit in
+/// [`APPEND_ENTRIES_BYTES_MAX`], and at least one. openraft sends the others after them when
+/// told the payload is too large.
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> usize {
+    let mut bytes = 0;
+    let fit = entries
+        .iter()
+        .take_while(|entry| {
+            bytes += rpc::entry_bytes(entry);
+            bytes <= APPEND_ENTRIES_BYTES_MAX
+        })
+        .count();
+    fit.max(1).min(entries.len())
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let fit = entries_that_fit(&request.entries);
+        if fit < request.entries.len() {
+            return Err(PayloadTooLarge::new_entries_hint(fit as u64).into());
+        }
         self.send(Request::AppendEntries(request), &option).await
     }
 
@@ -129,5 +150,34 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.send(Request::Vote(request), &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Batch, log_id};
+    use crate::limits::{ENTRY_HEAD_BYTES, ENTRY_KAFKA_BYTES_MAX};
+    use openraft::{Entry, EntryPayload};
+
+    fn entry(index: u64, kafka_bytes: usize) -> Entry<TypeConfig> {
+        let batch = Batch { kafka: vec![Bytes::from(vec![0; kafka_bytes])], base_offset: None };
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(batch) }
+    }
+
+    #[test]
+    fn an_append_carries_the_entries_that_fit_and_at_least_one() {
+        let full = ENTRY_KAFKA_BYTES_MAX;
+        let entries: Vec<_> = (1..=5).map(|index| entry(index, full)).collect();
+        let fit = APPEND_ENTRIES_BYTES_MAX / (full + ENTRY_HEAD_BYTES);
+        assert!(fit >= 1);
+        assert_eq!(entries_that_fit(&entries), fit.min(5));
+        assert_eq!(entries_that_fit(&entries[..1]), 1);
+        let small: Vec<_> = (1..=8).map(|index| entry(index, 1024)).collect();
+        assert_eq!(entries_that_fit(&small), 8);
+        // One entry larger than the bound on its own still goes, alone.
+        let huge = [entry(1, APPEND_ENTRIES_BYTES_MAX), entry(2, 1)];
+        assert_eq!(entries_that_fit(&huge), 1);
+        assert_eq!(entries_that_fit(&[]), 0);
     }
 }

@@ -136,6 +136,16 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
     buf.freeze()
 }
 
+/// The bytes an entry takes in an AppendEntries message.
+pub(crate) fn entry_bytes(entry: &Entry<TypeConfig>) -> usize {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => 0,
+        EntryPayload::Membership(m) => serde_json::to_vec(m).map_or(0, |json| json.len()),
+        EntryPayload::Normal(batch) => batch.kafka.iter().map(Bytes::len).sum(),
+    };
+    crate::limits::ENTRY_HEAD_BYTES + payload
+}
+
 fn put_entry(buf: &mut BytesMut, entry: &Entry<TypeConfig>) {
     let membership;
     let (kind, offset, payload): (u8, u64, &[Bytes]) = match &entry.payload {

@@ -30,6 +30,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct Router {
     replicas: Mutex<HashMap<NodeId, Arc<Replica>>>,
     cut: Mutex<BTreeSet<NodeId>>,
+    /// The largest message delivered, in bytes.
+    largest: std::sync::atomic::AtomicUsize,
 }
 
 /// One node's side of the router.
@@ -59,6 +61,7 @@ impl Transport for Link {
             }
             let replica = self.router.replicas.lock().unwrap().get(&target).cloned();
             let replica = replica.ok_or_else(|| unreachable("not running"))?;
+            self.router.largest.fetch_max(message.len(), std::sync::atomic::Ordering::Relaxed);
             tokio::time::timeout(timeout, replica.handle(message)).await.map_err(|_| {
                 TransportError::Timeout { node: target, address: address.to_owned(), timeout }
             })
@@ -457,6 +460,37 @@ async fn batches_proposed_as_one_group_share_one_entry_among_others() {
     let end = proposed.last().expect("rounds")[4].1;
     assert_same_logs(&cluster, end).await;
     assert_eq!(offsets(&leader).last().map(|(o, _)| o + 1), Some(end.0), "nothing stored after");
+}
+
+/// A follower that missed several full entries catches up a few at a time: no message
+/// carries more than `APPEND_ENTRIES_BYTES_MAX` of entries, which a follower must write and
+/// fsync within one heartbeat (one larger than `MESSAGE_BYTES_MAX` would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_on_full_entries_a_few_at_a_time() {
+    use spool_replication::limits::{
+        APPEND_ENTRIES_BYTES_MAX, ENTRY_KAFKA_BYTES_MAX, HEADER_BYTES_MAX,
+    };
+    let cluster = Cluster::start().await;
+    let leader_id = cluster.leader(None).await;
+    let behind = (1..=3).find(|id| *id != leader_id).expect("a follower");
+    cluster.set_cut(&[behind]);
+    let leader = cluster.replica(leader_id);
+    let half =
+        |name: String| single(&format!("{name}{}", "_".repeat(ENTRY_KAFKA_BYTES_MAX / 2 - 200)));
+    let mut end = Offset(0);
+    for entry in 0..6 {
+        let group = vec![half(format!("e{entry}a")), half(format!("e{entry}b"))];
+        end = leader.propose_together(group).await.expect("committed by two")[1].1;
+    }
+    cluster.router.largest.store(0, std::sync::atomic::Ordering::Relaxed);
+    cluster.set_cut(&[]);
+    assert_same_logs(&cluster, end).await;
+    let largest = cluster.router.largest.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(largest > ENTRY_KAFKA_BYTES_MAX, "a message carried more than one entry: {largest}");
+    assert!(
+        largest <= APPEND_ENTRIES_BYTES_MAX + HEADER_BYTES_MAX,
+        "{largest} bytes in one message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
