@@ -336,8 +336,7 @@ fn take_forwarded(
     Arc::new(move |batches: Vec<Bytes>| {
         let (partition, replica, checker) = (partition.clone(), replica.clone(), checker.clone());
         Box::pin(async move {
-            let stopped = writer_stopped;
-            // Each batch's answer: proposed here, or from the checker. Idempotent producers'
+            // Each batch's answer: queued here, or from the checker. Idempotent producers'
             // batches reach the checker in the order given.
             let mut answers = Vec::with_capacity(batches.len());
             for kafka in batches {
@@ -361,7 +360,7 @@ fn take_forwarded(
                 let request = Sequenced { batch, forwarded: true, reply: answer };
                 match checker.send(request).await {
                     Ok(()) => answers.push(Forwarded::Checked(answered)),
-                    Err(_) => answers.push(Forwarded::Done(Err(stopped()))),
+                    Err(_) => answers.push(Forwarded::Done(Err(writer_stopped()))),
                 }
             }
             let mut proposed = Vec::with_capacity(answers.len());
@@ -377,7 +376,7 @@ fn take_forwarded(
                                 message: error.to_string(),
                             }
                         }),
-                        Err(_) => Err(stopped()),
+                        Err(_) => Err(writer_stopped()),
                     },
                 });
             }
