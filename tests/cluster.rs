@@ -929,17 +929,23 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
         for (partition, leader) in partitions.iter().zip(&leaders) {
             assert_eq!(partition.error_code, 0, "node {id}: {partition:?}");
             assert_eq!(partition.leader_id.0, *leader as i32, "node {id}: {partition:?}");
-            let replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
+            let mut replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
+            assert_eq!(replicas[0], *leader as i32, "the preferred leader leads: {replicas:?}");
+            replicas.sort_unstable();
             assert_eq!(replicas, vec![1, 2, 3], "node {id}");
         }
         coordinators.push(coordinator(cluster.kafka[id as usize - 1], "readers", None).await);
     }
     assert!(coordinators.iter().all(|c| *c == coordinators[0]), "{coordinators:?}");
-    // CreateTopics through a node: the factor is the cluster's (3, or -1), or refused.
+    // CreateTopics through a node: a factor of 1 to the cluster's 3 (-1: 3), or refused.
     let mut connection = common::kafka::Connection::to(cluster.kafka[2]).await;
-    for (name, factor, code) in
-        [("by-kafka", 3, 0), ("by-kafka-default", -1, 0), ("one-copy", 1, 38)]
-    {
+    for (name, factor, code) in [
+        ("by-kafka", 3, 0),
+        ("by-kafka-default", -1, 0),
+        ("two-copies", 2, 0),
+        ("too-wide", 4, 38),
+        ("no-copy", 0, 38),
+    ] {
         let topic = CreatableTopic::default()
             .with_name(common::kafka::name(name))
             .with_num_partitions(1)
@@ -950,7 +956,29 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
         assert_eq!(answer.topics[0].error_code, code, "{name}: {answer:?}");
     }
     let described = cluster.node(1).describe("by-kafka").await.expect("created through node 3");
-    assert_eq!(described.partitions[0].replicas, vec![1, 2, 3]);
+    let mut replicas = described.partitions[0].replicas.clone();
+    replicas.sort_unstable();
+    assert_eq!(replicas, vec![1, 2, 3]);
+    // Every node names the two replicas of "two-copies", and their leader, the one that
+    // holds none of it too.
+    let topic = MetadataRequestTopic::default().with_name(Some(common::kafka::name("two-copies")));
+    let request = MetadataRequest::default().with_topics(Some(vec![topic]));
+    for id in 1..=3u64 {
+        let mut connection = common::kafka::Connection::to(cluster.kafka[id as usize - 1]).await;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let answer: MetadataResponse = connection.call(ApiKey::Metadata, 8, &request).await;
+            let partition = &answer.topics[0].partitions[0];
+            let replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
+            assert_eq!(replicas.len(), 2, "node {id}: {partition:?}");
+            if partition.error_code == 0 {
+                assert!(replicas.contains(&partition.leader_id.0), "node {id}: {partition:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} named no leader: {partition:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for id in (1..=3u64).filter(|id| *id != coordinators[0]) {
         let mut connection = common::kafka::Connection::to(cluster.kafka[id as usize - 1]).await;
         let heartbeat = HeartbeatRequest::default()
@@ -1527,9 +1555,7 @@ fn create_request(
 async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_fit() {
     let cluster = Cluster::start().await;
     let mut topics = cluster.node(1).topics().await;
-    for (factor, refusal) in
-        [(4, "more than the 3 nodes"), (2, "other factors are not supported yet")]
-    {
+    for (factor, refusal) in [(4, "more than the 3 nodes"), (0, "held by 1 to 3 nodes")] {
         let refused = topics.create_topic(create_request("wide", Some(factor))).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().contains(refusal), "{refused:?}");
@@ -1543,7 +1569,9 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
             let described = cluster.node(id).describe("wide").await.expect("described");
             assert_eq!(described.config.as_ref().unwrap().replication_factor, Some(3));
             let partition = &described.partitions[0];
-            assert_eq!(partition.replicas, [1, 2, 3], "node {id}");
+            let mut replicas = partition.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(replicas, [1, 2, 3], "node {id}");
             if let Some(leader) = partition.leader {
                 leaders.push(leader);
                 break;
@@ -1569,6 +1597,227 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
     followers.sort_unstable();
     assert_eq!(followers.len(), 2, "{partition:?}");
     assert!(!followers.contains(&leaders[0]), "{partition:?}");
+}
+
+/// A topic on two of the three nodes: each partition is held by two, leaders spread, and
+/// every node takes each partition's writes and serves its reads, live subscriptions
+/// included: the node that holds none passes writes to the leader and asks a replica for
+/// reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_on_two_of_three_nodes_is_served_through_every_node() {
+    use spool_proto::v1::start_position::{Latest, Position};
+    use spool_proto::v1::{StartPosition, SubscribeRequest};
+    let cluster = Cluster::start().await;
+    let mut request = create_request("pairs", Some(2));
+    request.config.as_mut().unwrap().partitions = 3;
+    cluster.node(1).topics().await.create_topic(request).await.expect("two replicas fit");
+    let mut outsiders = Vec::new();
+    for partition in 0..3usize {
+        let described = cluster.node(1).describe("pairs").await.expect("described");
+        let replicas = described.partitions[partition].replicas.clone();
+        assert_eq!(replicas.len(), 2, "partition {partition}: {replicas:?}");
+        let outsider = (1..=3).find(|id| !replicas.contains(id)).unwrap();
+        outsiders.push(outsider);
+        // The node that holds none names the replicas and, once it asked them, the leader.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let described = cluster.node(outsider).describe("pairs").await.expect("described");
+            let seen = &described.partitions[partition];
+            assert!(seen.not_held_here, "node {outsider}: {seen:?}");
+            assert_eq!(seen.replicas, replicas);
+            if let Some(leader) = seen.leader {
+                assert!(replicas.contains(&leader), "{seen:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {outsider} never named a leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut outsider_set = outsiders.clone();
+    outsider_set.sort_unstable();
+    assert_eq!(outsider_set, [1, 2, 3], "each node leaves out one partition: {outsiders:?}");
+
+    for partition in 0..3u32 {
+        let outsider = outsiders[partition as usize];
+        // A live subscription through the node that holds none of the partition.
+        let start = StartPosition { position: Some(Position::Latest(Latest {})) };
+        let mut live = cluster
+            .node(outsider)
+            .consumer()
+            .await
+            .subscribe(SubscribeRequest {
+                topic: "pairs".into(),
+                partition,
+                start: Some(start),
+                encoding: 0,
+                stop_at_end: false,
+            })
+            .await
+            .expect("subscribed")
+            .into_inner();
+        let mut expected = Vec::new();
+        for id in 1..=3 {
+            let value = format!("partition {partition} via node {id}");
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match cluster.node(id).produce("pairs", Some(partition), vec![record(&value)]).await
+                {
+                    Ok(_) => break,
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::FailedPrecondition | Code::Unavailable
+                        ) =>
+                    {
+                        assert!(Instant::now() < deadline, "{value}: {status:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(status) => panic!("{value}: {status:?}"),
+                }
+            }
+            expected.push(value);
+        }
+        for id in 1..=3 {
+            let records = cluster.node(id).fetch_all("pairs", partition, 0).await;
+            let values: Vec<&str> = records.iter().map(value).collect();
+            assert_eq!(values, expected, "partition {partition} read through node {id}");
+        }
+        let mut received = Vec::new();
+        while received.len() < expected.len() {
+            let message = tokio::time::timeout(PATIENCE, live.message()).await;
+            let message = message.expect("records reach the subscription").expect("a message");
+            let message = message.expect("the subscription goes on");
+            received.extend(message.records.iter().map(|r| value(r).to_owned()));
+        }
+        assert_eq!(received, expected, "partition {partition} live through node {outsider}");
+        // The node that holds none describes the partition as a replica said.
+        let described = cluster.node(outsider).describe("pairs").await.expect("described");
+        let seen = &described.partitions[partition as usize];
+        assert!(seen.log_end_offset >= 3 && seen.size_bytes > 0, "{seen:?}");
+    }
+
+    // An idempotent producer with batches in flight through the node that holds none of
+    // partition 0: each record stored once, in the order sent.
+    let outsider = outsiders[0];
+    let client = Client::connect(&format!("http://{}", cluster.node(outsider).address()))
+        .await
+        .expect("connect");
+    let config = ProducerConfig {
+        idempotent: true,
+        batch_records_max: 1,
+        linger: Duration::ZERO,
+        in_flight_max: 5,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("pairs", config).await.expect("an idempotent producer");
+    let mut deliveries = Vec::new();
+    let mut expected: Vec<String> =
+        (1..=3).map(|id| format!("partition 0 via node {id}")).collect();
+    for i in 0..200 {
+        let value = format!("idempotent {i}");
+        let record = ClientRecord::value(value.as_bytes()).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("buffered"));
+        expected.push(value);
+    }
+    for delivery in deliveries {
+        delivery.wait().await.expect("acknowledged");
+    }
+    let stored: Vec<String> = cluster
+        .node(1)
+        .fetch_all("pairs", 0, 0)
+        .await
+        .iter()
+        .map(|r| value(r).to_owned())
+        .collect();
+    assert!(stored == expected, "stored once each, in order: {stored:?}");
+
+    // A subscriber through that node is told when the topic is deleted.
+    let start = StartPosition { position: Some(Position::Latest(Latest {})) };
+    let request = SubscribeRequest {
+        topic: "pairs".into(),
+        partition: 0,
+        start: Some(start),
+        encoding: 0,
+        stop_at_end: false,
+    };
+    let mut live = cluster.node(outsider).consumer().await.subscribe(request).await.unwrap();
+    let request = spool_proto::v1::DeleteTopicRequest { name: "pairs".into() };
+    cluster.node(1).topics().await.delete_topic(request).await.expect("deleted");
+    let ended = tokio::time::timeout(PATIENCE, live.get_mut().message()).await.expect("it ends");
+    common::assert_code(ended, Code::NotFound, "deleted");
+}
+
+/// A topic of one replica per partition, one partition on each node: a consumer group's
+/// member, fed by the coordinating node (which holds one of them), takes every record of
+/// the three and commits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_takes_partitions_its_coordinator_holds_no_replica_of() {
+    use spool_client::{CommitMode, GroupConfig, GroupEvent, OffsetReset};
+    let cluster = Cluster::start().await;
+    let mut request = create_request("singles", Some(1));
+    request.config.as_mut().unwrap().partitions = 3;
+    cluster.node(1).topics().await.create_topic(request).await.expect("one replica fits");
+    let mut expected = Vec::new();
+    for partition in 0..3u32 {
+        for i in 0..2 {
+            let value = format!("partition {partition} record {i}");
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match cluster
+                    .node(1)
+                    .produce("singles", Some(partition), vec![record(&value)])
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::FailedPrecondition | Code::Unavailable
+                        ) =>
+                    {
+                        assert!(Instant::now() < deadline, "{value}: {status:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(status) => panic!("{value}: {status:?}"),
+                }
+            }
+            expected.push(value);
+        }
+    }
+    let coordinator = cluster.group_coordinator(1).await;
+    let client = Client::connect(&format!("http://{}", cluster.node(coordinator).address()))
+        .await
+        .expect("connect");
+    let config = GroupConfig {
+        group: "spread".into(),
+        topics: vec!["singles".into()],
+        session_timeout: Duration::from_secs(10),
+        reset: OffsetReset::Earliest,
+        commit: CommitMode::Explicit,
+    };
+    let mut member = client.group_consumer(config).await.expect("joined");
+    let mut taken = Vec::new();
+    let polled = tokio::time::timeout(PATIENCE, async {
+        while taken.len() < expected.len() {
+            if let GroupEvent::Records(records) = member.poll().await.expect("polled") {
+                let values = records.records.iter().map(|record| {
+                    String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned()
+                });
+                taken.extend(values);
+            }
+        }
+    });
+    polled.await.unwrap_or_else(|_| panic!("only {taken:?} came"));
+    taken.sort();
+    assert_eq!(taken, expected);
+    member.commit().await.expect("committed");
+    let group = client.describe_group("spread").await.expect("described");
+    assert_eq!(group.partitions.len(), 3, "{group:?}");
+    for partition in &group.partitions {
+        assert!(partition.committed_offset.is_some(), "{group:?}");
+        assert_eq!(partition.lag, Some(0), "{group:?}");
+    }
 }
 
 #[tokio::test]

@@ -196,6 +196,10 @@ pub(crate) struct TopicMeta {
     /// Absent in files written before topics had the setting: `producer`.
     #[serde(default = "producer_compression", skip_serializing_if = "is_producer")]
     pub(crate) compression: String,
+    /// Which nodes of a cluster hold each partition; absent on a single node, and in files
+    /// written before placements: every node of the cluster holds every partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) placement: Option<crate::Placement>,
 }
 
 fn producer_compression() -> String {
@@ -217,7 +221,11 @@ pub(crate) enum FsyncMeta {
 }
 
 impl TopicMeta {
-    pub(crate) fn new(name: &str, config: &TopicConfig) -> TopicMeta {
+    pub(crate) fn new(
+        name: &str,
+        config: &TopicConfig,
+        placement: Option<&crate::Placement>,
+    ) -> TopicMeta {
         TopicMeta {
             format_version: META_FORMAT_VERSION,
             name: name.to_owned(),
@@ -231,6 +239,7 @@ impl TopicMeta {
             retention_bytes: config.retention_bytes,
             segment_bytes: config.segment_bytes,
             compression: config.compression.name().to_owned(),
+            placement: placement.cloned(),
         }
     }
 
@@ -297,7 +306,7 @@ mod tests {
             compression: Some(TopicCompression::Codec(Codec::Zstd)),
         })
         .unwrap();
-        let meta = TopicMeta::new("t", &config);
+        let meta = TopicMeta::new("t", &config, None);
         let json = serde_json::to_string(&meta).unwrap();
         assert!(json.contains(r#""compression":"zstd""#), "{json}");
         let back: TopicMeta = serde_json::from_str(&json).unwrap();
@@ -307,7 +316,7 @@ mod tests {
     #[test]
     fn a_meta_file_without_compression_stores_as_sent() {
         let config = TopicConfig::new(TopicConfigRequest::default()).unwrap();
-        let json = serde_json::to_string(&TopicMeta::new("t", &config)).unwrap();
+        let json = serde_json::to_string(&TopicMeta::new("t", &config, None)).unwrap();
         assert!(!json.contains("compression"), "files stay readable by older servers: {json}");
         let back: TopicMeta = serde_json::from_str(&json).unwrap();
         assert_eq!(back.config().unwrap().compression(), TopicCompression::Producer);

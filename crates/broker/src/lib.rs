@@ -14,6 +14,7 @@ pub mod group;
 pub mod internal_log;
 pub mod limits;
 mod name;
+mod placement;
 pub mod producer;
 mod registry;
 
@@ -21,6 +22,7 @@ pub use config::{
     TopicCompression, TopicConfig, TopicConfigError, TopicConfigRequest, UnknownCompression,
 };
 pub use name::{TopicName, TopicNameError};
+pub use placement::{Placement, PlacementError};
 pub use registry::{
     AlterTopicError, CreateTopicError, DeleteTopicError, OpenRegistryError, OpenedTopic, Registry,
 };

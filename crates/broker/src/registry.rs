@@ -43,6 +43,7 @@ use thiserror::Error;
 use crate::config::{META_FORMAT_VERSION, TopicConfig, TopicConfigError, TopicMeta};
 use crate::limits::{OPEN_THREADS_MAX, PARTITIONS_TOTAL_MAX, TOPICS_MAX};
 use crate::name::TopicName;
+use crate::placement::Placement;
 
 const TOPICS_DIR: &str = "topics";
 const META_FILE: &str = "meta.json";
@@ -54,6 +55,8 @@ pub struct OpenedTopic {
     pub config: TopicConfig,
     /// One log per partition, in partition order.
     pub logs: Vec<Log>,
+    /// Which nodes of a cluster hold each partition (`None`: every node).
+    pub placement: Option<Placement>,
 }
 
 /// The topics of one data directory and their configuration. The logs themselves belong to
@@ -63,6 +66,8 @@ pub struct Registry {
     fs: Arc<dyn FileSystem>,
     topics_dir: PathBuf,
     topics: BTreeMap<TopicName, TopicConfig>,
+    /// The placements of the topics that have one.
+    placements: BTreeMap<TopicName, Placement>,
     /// The most partitions over all topics (see [`Registry::set_partitions_max`]).
     partitions_max: u32,
 }
@@ -200,6 +205,7 @@ impl Registry {
             fs: fs.clone(),
             topics_dir,
             topics: BTreeMap::new(),
+            placements: BTreeMap::new(),
             partitions_max: PARTITIONS_TOTAL_MAX,
         };
         // The topics first (their metadata, and what interrupted creates left), then every
@@ -218,17 +224,17 @@ impl Registry {
                 remove_dir_all_durably(fs.as_ref(), &dir).map_err(io_at(&dir))?;
                 continue;
             }
-            let config = read_meta(fs.as_ref(), &meta_path, &name)?;
+            let (config, placement) = read_meta(fs.as_ref(), &meta_path, &name)?;
             remove_partitions_past(fs.as_ref(), &dir, &name, config.partitions())?;
-            topics.push((name, config));
+            topics.push((name, config, placement));
         }
         let partitions: Vec<(usize, u32)> = topics
             .iter()
             .enumerate()
-            .flat_map(|(topic, (_, config))| (0..config.partitions()).map(move |p| (topic, p)))
+            .flat_map(|(topic, (_, config, _))| (0..config.partitions()).map(move |p| (topic, p)))
             .collect();
         let open = |&(topic, partition): &(usize, u32)| {
-            let (name, config) = &topics[topic];
+            let (name, config, _) = &topics[topic];
             let dir = registry.partition_dir(name, partition);
             refuse_symlink(fs.as_ref(), &dir)?;
             let log = Log::open(fs.clone(), &dir, config.log_config(), now).map_err(|source| {
@@ -246,16 +252,25 @@ impl Registry {
         };
         let mut logs = in_parallel(&partitions, open)?.into_iter();
         let mut opened = Vec::with_capacity(topics.len());
-        for (name, config) in topics {
+        for (name, config, placement) in topics {
             let logs = logs.by_ref().take(config.partitions() as usize).collect();
             registry.topics.insert(name.clone(), config);
-            opened.push(OpenedTopic { name, config, logs });
+            if let Some(placement) = &placement {
+                registry.placements.insert(name.clone(), placement.clone());
+            }
+            opened.push(OpenedTopic { name, config, logs, placement });
         }
         Ok((registry, opened))
     }
 
     pub fn get(&self, name: &TopicName) -> Option<&TopicConfig> {
         self.topics.get(name)
+    }
+
+    /// Which nodes of a cluster hold each partition of topic `name`, when it says (`None`:
+    /// every node).
+    pub fn placement(&self, name: &TopicName) -> Option<&Placement> {
+        self.placements.get(name)
     }
 
     /// Every topic, sorted by name.
@@ -283,11 +298,13 @@ impl Registry {
         self.topics.values().map(TopicConfig::partitions).sum()
     }
 
-    /// Creates a topic and returns its new, empty partition logs.
+    /// Creates a topic (placed on a cluster's nodes as `placement` says, if given) and returns
+    /// its new, empty partition logs.
     pub fn create(
         &mut self,
         name: TopicName,
         config: TopicConfig,
+        placement: Option<Placement>,
         now: TimestampMs,
     ) -> Result<Vec<Log>, CreateTopicError> {
         if self.topics.contains_key(&name) {
@@ -329,10 +346,13 @@ impl Registry {
             logs.push(log);
         }
         fs.sync_dir(&dir).map_err(io_at(&dir))?;
-        let meta = TopicMeta::new(name.as_str(), &config);
+        let meta = TopicMeta::new(name.as_str(), &config, placement.as_ref());
         let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
         write_atomically(fs.as_ref(), &dir, META_FILE, &json)
             .map_err(io_at(&dir.join(META_FILE)))?;
+        if let Some(placement) = placement {
+            self.placements.insert(name.clone(), placement);
+        }
         self.topics.insert(name, config);
         Ok(logs)
     }
@@ -384,8 +404,8 @@ impl Registry {
         if !logs.is_empty() {
             fs.sync_dir(&dir).map_err(io_at(&dir))?;
         }
-        let json = serde_json::to_vec_pretty(&TopicMeta::new(name.as_str(), &config))
-            .expect("topic metadata serializes");
+        let meta = TopicMeta::new(name.as_str(), &config, self.placements.get(name));
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serializes");
         write_atomically(fs.as_ref(), &dir, META_FILE, &json)
             .map_err(io_at(&dir.join(META_FILE)))?;
         self.topics.insert(name.clone(), config);
@@ -398,6 +418,7 @@ impl Registry {
         let Some(config) = self.topics.remove(name) else {
             return Err(DeleteTopicError::NotFound { name: name.clone() });
         };
+        self.placements.remove(name);
         assert_eq!(logs.len(), config.partitions() as usize, "every partition");
         let fs = self.fs.clone();
         let dir = self.topic_dir(name);
@@ -443,7 +464,7 @@ fn read_meta(
     fs: &dyn FileSystem,
     path: &Path,
     name: &TopicName,
-) -> Result<TopicConfig, OpenRegistryError> {
+) -> Result<(TopicConfig, Option<Placement>), OpenRegistryError> {
     let io = |source| OpenRegistryError::Io { path: path.to_path_buf(), source };
     let bad = |reason: String| OpenRegistryError::BadMeta { path: path.to_path_buf(), reason };
     let file = fs.open(path, OpenMode::Existing).map_err(io)?;
@@ -467,8 +488,13 @@ fn read_meta(
             meta.name
         )));
     }
-    meta.config()
-        .map_err(|source| OpenRegistryError::BadConfig { path: path.to_path_buf(), source })
+    if let Some(placement) = &meta.placement {
+        placement.check().map_err(|error| bad(format!("its placement: {error}")))?;
+    }
+    let config = meta
+        .config()
+        .map_err(|source| OpenRegistryError::BadConfig { path: path.to_path_buf(), source })?;
+    Ok((config, meta.placement))
 }
 
 #[cfg(test)]
@@ -492,16 +518,38 @@ mod tests {
     }
 
     #[test]
+    fn a_placement_survives_a_reopen_and_a_grow() {
+        let data = tempfile::tempdir().unwrap();
+        let fs = StdFileSystem::shared();
+        let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
+        let placement = Placement::new("a", &[1, 2, 3, 4], 2).unwrap();
+        let logs =
+            registry.create(name("a"), config(2), Some(placement.clone()), TimestampMs(0)).unwrap();
+        let grown = registry.alter(&name("a"), config(3), TimestampMs(0)).unwrap();
+        for log in logs.into_iter().chain(grown) {
+            log.close().unwrap();
+        }
+        let (registry, opened) = Registry::open(fs, data.path(), TimestampMs(0)).unwrap();
+        assert_eq!(opened[0].placement.as_ref(), Some(&placement));
+        assert_eq!(registry.placement(&name("a")), Some(&placement));
+        for topic in opened {
+            for log in topic.logs {
+                log.close().unwrap();
+            }
+        }
+    }
+
+    #[test]
     fn create_reopen_delete() {
         let data = tempfile::tempdir().unwrap();
         let fs = StdFileSystem::shared();
         let (mut registry, opened) =
             Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
         assert!(opened.is_empty());
-        let logs = registry.create(name("a"), config(3), TimestampMs(0)).unwrap();
+        let logs = registry.create(name("a"), config(3), None, TimestampMs(0)).unwrap();
         assert_eq!(logs.len(), 3);
         assert!(matches!(
-            registry.create(name("a"), config(1), TimestampMs(0)),
+            registry.create(name("a"), config(1), None, TimestampMs(0)),
             Err(CreateTopicError::AlreadyExists { .. })
         ));
         for log in logs {
@@ -537,8 +585,8 @@ mod tests {
         let fs = StdFileSystem::shared();
         let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
         registry.set_partitions_max(5);
-        let logs = registry.create(name("a"), config(3), TimestampMs(0)).unwrap();
-        let refused = registry.create(name("b"), config(3), TimestampMs(0)).unwrap_err();
+        let logs = registry.create(name("a"), config(3), None, TimestampMs(0)).unwrap();
+        let refused = registry.create(name("b"), config(3), None, TimestampMs(0)).unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -548,7 +596,7 @@ mod tests {
         );
         assert!(refused.to_string().contains("--partitions-max"), "{refused}");
         assert!(!data.path().join("topics/b").exists());
-        let fits = registry.create(name("c"), config(2), TimestampMs(0)).unwrap();
+        let fits = registry.create(name("c"), config(2), None, TimestampMs(0)).unwrap();
         assert_eq!(registry.partitions(), 5);
         for log in logs.into_iter().chain(fits) {
             log.close().unwrap();
@@ -560,7 +608,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let fs = StdFileSystem::shared();
         let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
-        for log in registry.create(name("a"), config(2), TimestampMs(0)).unwrap() {
+        for log in registry.create(name("a"), config(2), None, TimestampMs(0)).unwrap() {
             log.close().unwrap();
         }
         let altered = TopicConfig::new(TopicConfigRequest {
@@ -594,7 +642,7 @@ mod tests {
         let fs = StdFileSystem::shared();
         let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
         registry.set_partitions_max(4);
-        for log in registry.create(name("a"), config(2), TimestampMs(0)).unwrap() {
+        for log in registry.create(name("a"), config(2), None, TimestampMs(0)).unwrap() {
             log.close().unwrap();
         }
         let refused = registry.alter(&name("a"), config(5), TimestampMs(0)).unwrap_err();
@@ -625,7 +673,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let fs = StdFileSystem::shared();
         let (mut registry, _) = Registry::open(fs.clone(), data.path(), TimestampMs(0)).unwrap();
-        for log in registry.create(name("a"), config(1), TimestampMs(0)).unwrap() {
+        for log in registry.create(name("a"), config(1), None, TimestampMs(0)).unwrap() {
             log.close().unwrap();
         }
         // A grow to 3 that stopped before its meta.json: partition 1 made, 2 half-made.
@@ -673,7 +721,7 @@ mod tests {
         // clean up: neither may be opened or emptied through a link.
         let mut outside =
             Registry::open(StdFileSystem::shared(), elsewhere.path(), TimestampMs(0)).unwrap().0;
-        outside.create(TopicName::parse("real").unwrap(), config(1), TimestampMs(0)).unwrap();
+        outside.create(TopicName::parse("real").unwrap(), config(1), None, TimestampMs(0)).unwrap();
         drop(outside);
         std::fs::create_dir_all(elsewhere.path().join("half")).unwrap();
         std::fs::write(elsewhere.path().join("half/precious"), b"keep").unwrap();
@@ -699,7 +747,7 @@ mod tests {
         let data = parent.path().join("data");
         let mut registry =
             Registry::open(StdFileSystem::shared(), &data, TimestampMs(0)).unwrap().0;
-        registry.create(TopicName::parse("t").unwrap(), config(1), TimestampMs(0)).unwrap();
+        registry.create(TopicName::parse("t").unwrap(), config(1), None, TimestampMs(0)).unwrap();
         let mode =
             |path: &str| std::fs::metadata(data.join(path)).unwrap().permissions().mode() & 0o777;
         for dir in ["", "topics", "topics/t", "topics/t/0"] {

@@ -131,7 +131,7 @@ fn registry_with(fs: &SimFileSystem, topics: &[&str]) -> (Registry, BTreeMap<Str
     assert!(opened.is_empty());
     let mut logs = BTreeMap::new();
     for topic in topics {
-        let mut created = registry.create(name(topic), config(), now()).unwrap();
+        let mut created = registry.create(name(topic), config(), None, now()).unwrap();
         append(&mut created[0], topic.as_bytes());
         logs.insert(topic.to_string(), created);
     }
@@ -163,14 +163,14 @@ fn create_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
     if let Some(steps) = halt {
         fs.halt_after_steps(steps);
     }
-    let created = registry.create(name("new"), config(), now());
+    let created = registry.create(name("new"), config(), None, now());
     let steps = fs.steps() - before;
     let reported = created.is_ok();
     drop(created);
     aftermath.apply(&fs);
     if aftermath == Aftermath::DiskBack && !reported {
         // The registry in hand clears what the failed create left, and creates it whole.
-        registry.create(name("new"), config(), now()).expect("a retried create");
+        registry.create(name("new"), config(), None, now()).expect("a retried create");
     }
     drop((registry, logs));
     let (mut registry, opened) = reopen(&fs);
@@ -181,7 +181,7 @@ fn create_topic(halt: Option<u64>, aftermath: Aftermath) -> u64 {
             assert!(!reported, "a create that returned Ok is lost");
             assert!(!fs.exists(&topic_dir("new")).unwrap(), "a half-done create is left");
             drop(opened);
-            registry.create(name("new"), config(), now()).expect("a create after the crash");
+            registry.create(name("new"), config(), None, now()).expect("a create after the crash");
         }
     }
     steps

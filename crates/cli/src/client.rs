@@ -82,7 +82,11 @@ fn print_topic(topic: &TopicInfo) {
         let replicated = (!p.replicas.is_empty()).then(|| {
             let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
             let leader = p.leader.map_or_else(|| "none".to_owned(), |id| id.to_string());
-            format!("\tleader={leader}\treplicas={}", replicas.join(","))
+            let elsewhere = match p.not_held_here {
+                true => "\t(not held by this node: figures from a replica)",
+                false => "",
+            };
+            format!("\tleader={leader}\treplicas={}{elsewhere}", replicas.join(","))
         });
         out!(
             "  partition {}\tlog_start_offset={}\tlog_end_offset={}\tsize_bytes={}{}{}",

@@ -75,8 +75,10 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
                 .iter()
                 .find(|p| p.topic == partition.topic && p.partition == partition.partition)
         };
+        // Only the nodes that hold the partition have a high watermark of their own.
         let watermarks: Vec<String> = views
             .keys()
+            .filter(|id| partition.replicas.contains(id))
             .map(|id| format!("{id}={}", known(seen(*id).map(|p| p.high_watermark))))
             .collect();
         let leader = partition.leader.map_or_else(|| "none".to_owned(), |id| id.to_string());

@@ -226,8 +226,8 @@ enum TopicCommand {
         /// lz4, zstd (a batch sent in another codec is re-encoded when it arrives).
         #[arg(long, value_name = "CODEC", default_value = "producer")]
         compression: spool_client::TopicCompression,
-        /// How many nodes hold each partition [default: every node of a cluster, 1 on a
-        /// single node].
+        /// How many nodes hold each partition [default: 3 on a cluster of three nodes or
+        /// more, else 1]; every node still takes each partition's writes and reads.
         #[arg(long, value_name = "N")]
         replication_factor: Option<u32>,
     },

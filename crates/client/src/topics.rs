@@ -173,8 +173,11 @@ pub struct PartitionInfo {
     pub fenced_reason: Option<String>,
     /// On a cluster: the leader's node id, as the answering node knows it.
     pub leader: Option<u64>,
-    /// On a cluster: the nodes that hold the partition.
+    /// On a cluster: the nodes that hold the partition, its preferred leader first.
     pub replicas: Vec<u64>,
+    /// The answering node holds no replica of the partition (its topic is on fewer nodes
+    /// than the cluster has): the offsets and size are a replica's, as it answered.
+    pub not_held_here: bool,
 }
 
 impl TopicInfo {
@@ -199,6 +202,7 @@ impl TopicInfo {
                     fenced_reason: p.fenced_reason,
                     leader: p.leader,
                     replicas: p.replicas,
+                    not_held_here: p.not_held_here,
                 })
                 .collect(),
         }
@@ -247,6 +251,9 @@ pub struct ReplicatedPartitionInfo {
     /// started on an empty data directory): it takes no part in elections until it has
     /// caught up with a leader.
     pub under_repair: bool,
+    /// The answering node holds no replica of the partition: `high_watermark` is a
+    /// replica's, as it answered.
+    pub not_held_here: bool,
 }
 
 impl Client {
@@ -304,6 +311,7 @@ impl Client {
                     high_watermark: p.high_watermark,
                     lag: p.lag.into_iter().map(|l| (l.node_id, l.entries_behind)).collect(),
                     under_repair: p.under_repair,
+                    not_held_here: p.not_held_here,
                 })
                 .collect(),
         })

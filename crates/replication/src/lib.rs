@@ -51,6 +51,7 @@ pub mod limits;
 mod log_store;
 mod network;
 mod proposals;
+mod remote;
 mod replica;
 mod rpc;
 mod state_machine;
@@ -59,8 +60,11 @@ pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
 pub use log_store::{OpenError, SegmentLogStore, SharedLog};
 pub use network::{Call, Transport, TransportError};
 pub use proposals::fits_one_entry;
-pub use replica::{BootstrapError, OnForwarded, ProposeError, Proposed, Replica, StartError};
-pub use rpc::{InvalidMessage, check_message};
+pub use remote::Remote;
+pub use replica::{
+    BootstrapError, OnForwarded, OnRead, ProposeError, Proposed, Replica, StartError,
+};
+pub use rpc::{InvalidMessage, PeerRead, ReadAnswer, ReadHead, check_message};
 pub use state_machine::{Fold, OnCommit, PartitionStateMachine};
 
 /// A node's id in a cluster.

@@ -87,3 +87,12 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize + HEADER_BYTES_MAX <= MESSAG
 
 const _: () = assert!(ENTRY_KAFKA_BYTES_MAX <= STORED_BATCH_BYTES_MAX as usize);
 const _: () = assert!(PROPOSALS_QUEUED_KIB_MAX as usize * 1024 >= ENTRY_KAFKA_BYTES_MAX);
+
+/// How long a node that holds no replica of a group waits before it asks again who leads,
+/// while an election is on (see `Remote`).
+pub const REMOTE_LEADER_RETRY: Duration = Duration::from_millis(50);
+/// The most bytes of batches a node asks of a replica in one read for its clients (see
+/// `Remote::read`); one batch larger than it still comes whole.
+pub const PEER_READ_BYTES_MAX: u32 = 8 * 1024 * 1024;
+/// The longest a replica waits for more records before it answers such a read.
+pub const PEER_READ_WAIT_MAX: Duration = Duration::from_secs(1);

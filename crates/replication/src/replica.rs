@@ -18,7 +18,7 @@ use crate::limits::{
 };
 use crate::network::{Network, Transport};
 use crate::proposals::{self, Proposals};
-use crate::rpc::{self, Request};
+use crate::rpc::{self, PeerRead, ReadAnswer, Request};
 use crate::{NodeId, PartitionStateMachine, SegmentLogStore, TypeConfig};
 
 /// Why a replica did not start.
@@ -69,6 +69,14 @@ pub type Proposed = Result<(Offset, Offset), ProposeError>;
 pub type OnForwarded =
     Arc<dyn Fn(Vec<Bytes>) -> Pin<Box<dyn Future<Output = Vec<Proposed>> + Send>> + Send + Sync>;
 
+/// How a replica's owner answers a read another node asks for its clients
+/// ([`Replica::on_read`]): `Refused` with the owner's status code when it cannot.
+pub type OnRead = Arc<
+    dyn Fn(PeerRead) -> Pin<Box<dyn Future<Output = Result<ReadAnswer, ProposeError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 fn unanswered() -> ProposeError {
     ProposeError::Stopped("the leader's owner left a batch passed to it unanswered".into())
 }
@@ -101,6 +109,7 @@ pub struct Replica {
     store: SegmentLogStore,
     state: PartitionStateMachine,
     forwarded: OnceLock<OnForwarded>,
+    reads: OnceLock<OnRead>,
     proposals: Arc<Proposals>,
     /// Leaders this replica has seen take the group since it started.
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
@@ -138,6 +147,57 @@ async fn finish_repair(
     }
     raft.runtime_config().elect(true);
     tracing::info!(%group, "a replica under repair caught up with its leader: it votes again");
+}
+
+/// Passes `batches` to node `leader` of `group` in one message, to be handled in the order
+/// given as the leader's owner says ([`Replica::on_forwarded`]), and answered each.
+pub(crate) async fn pass_in_order(
+    transport: &dyn Transport,
+    group: &str,
+    (id, address): (NodeId, String),
+    batches: Vec<Bytes>,
+) -> Vec<Proposed> {
+    let count = batches.len();
+    let all = |error: ProposeError| vec![Err(error); count];
+    let message = rpc::encode_request(&Request::ProposeInOrder(batches));
+    let timeout = ELECTION_TIMEOUT_MAX * 4;
+    let answer = match transport.call(id, &address, group, message, timeout).await {
+        Ok(answer) => answer,
+        Err(error) => return all(ProposeError::Unreachable(error.to_string())),
+    };
+    type Answers = Vec<Result<(u64, u64), ProposeError>>;
+    match rpc::decode_response::<Answers, ()>(&answer) {
+        Ok(Ok(answers)) if answers.len() == count => answers
+            .into_iter()
+            .map(|answer| answer.map(|(base, next)| (Offset(base), Offset(next))))
+            .collect(),
+        Ok(Ok(answers)) => all(ProposeError::Unreachable(format!(
+            "the leader answered {} of {count} batches passed to it",
+            answers.len()
+        ))),
+        Ok(Err(())) => all(ProposeError::Unreachable("the leader refused the batches".into())),
+        Err(invalid) => all(ProposeError::Unreachable(invalid.to_string())),
+    }
+}
+
+/// Asks node `id` of `group` for the group's commit point: answered by the leader (which
+/// confirms with a quorum that it still leads), or `NotLeader` naming the leader the asked
+/// node knows of.
+pub(crate) async fn ask_read_index(
+    transport: &dyn Transport,
+    group: &str,
+    (id, address): (NodeId, &str),
+    timeout: Duration,
+) -> Result<Offset, ProposeError> {
+    let message = rpc::encode_request(&Request::ReadIndex);
+    let answer = transport
+        .call(id, address, group, message, timeout)
+        .await
+        .map_err(|error| ProposeError::Unreachable(error.to_string()))?;
+    match rpc::decode_response::<u64, ProposeError>(&answer) {
+        Ok(answer) => answer.map(Offset),
+        Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
+    }
 }
 
 impl std::fmt::Debug for Replica {
@@ -198,6 +258,7 @@ impl Replica {
             store,
             state,
             forwarded,
+            reads: OnceLock::new(),
             proposals: Arc::new(Proposals::new()),
             leader_changes,
             repair_target,
@@ -384,30 +445,11 @@ impl Replica {
     /// Passes `batches` to the leader this replica knows of in one message, to be handled
     /// in the order given as [`Replica::forward`] handles one, and answered each.
     pub async fn forward_in_order(&self, batches: Vec<Bytes>) -> Vec<Proposed> {
-        let count = batches.len();
-        let all = |error: ProposeError| vec![Err(error); count];
-        let (id, address) = match self.leader() {
-            Some(leader) if leader.0 != self.node_id => leader,
-            leader => return all(ProposeError::NotLeader { leader }),
-        };
-        let message = rpc::encode_request(&Request::ProposeInOrder(batches));
-        let timeout = ELECTION_TIMEOUT_MAX * 4;
-        let answer = match self.transport.call(id, &address, &self.group, message, timeout).await {
-            Ok(answer) => answer,
-            Err(error) => return all(ProposeError::Unreachable(error.to_string())),
-        };
-        type Answers = Vec<Result<(u64, u64), ProposeError>>;
-        match rpc::decode_response::<Answers, ()>(&answer) {
-            Ok(Ok(answers)) if answers.len() == count => answers
-                .into_iter()
-                .map(|answer| answer.map(|(base, next)| (Offset(base), Offset(next))))
-                .collect(),
-            Ok(Ok(answers)) => all(ProposeError::Unreachable(format!(
-                "the leader answered {} of {count} batches passed to it",
-                answers.len()
-            ))),
-            Ok(Err(())) => all(ProposeError::Unreachable("the leader refused the batches".into())),
-            Err(invalid) => all(ProposeError::Unreachable(invalid.to_string())),
+        match self.leader() {
+            Some(leader) if leader.0 != self.node_id => {
+                pass_in_order(self.transport.as_ref(), &self.group, leader, batches).await
+            }
+            leader => vec![Err(ProposeError::NotLeader { leader }); batches.len()],
         }
     }
 
@@ -430,6 +472,12 @@ impl Replica {
     /// default, [`Replica::propose`]. Set once.
     pub fn on_forwarded(&self, handler: OnForwarded) {
         let _ = self.forwarded.set(handler);
+    }
+
+    /// Sets how this replica answers reads other nodes ask for their clients (see
+    /// [`crate::Remote::read`]); until set, they are answered `Stopped`. Set once.
+    pub fn on_read(&self, handler: OnRead) {
+        let _ = self.reads.set(handler);
     }
 
     /// Confirms with a quorum that this replica leads, and waits until it has applied every
@@ -465,16 +513,7 @@ impl Replica {
             Err(error) => return Err(error),
         };
         let (id, address) = leader;
-        let message = rpc::encode_request(&Request::ReadIndex);
-        let answer = self
-            .transport
-            .call(id, &address, &self.group, message, timeout)
-            .await
-            .map_err(|error| ProposeError::Unreachable(error.to_string()))?;
-        match rpc::decode_response::<u64, ProposeError>(&answer) {
-            Ok(answer) => answer.map(Offset),
-            Err(invalid) => Err(ProposeError::Unreachable(invalid.to_string())),
-        }
+        ask_read_index(self.transport.as_ref(), &self.group, (id, &address), timeout).await
     }
 
     /// Runs `attempt` (a proposal, here or through the leader) again while it is answered
@@ -637,6 +676,10 @@ impl Replica {
                     .collect();
                 rpc::encode_response::<_, ()>(Ok(answers))
             }
+            Ok(Request::Read(read)) => rpc::encode_read_answer(match self.reads.get() {
+                Some(handler) => handler(read).await,
+                None => Err(ProposeError::Stopped("this replica serves no reads yet".into())),
+            }),
             Ok(Request::Progress) => {
                 let last_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 rpc::encode_response::<u64, ()>(Ok(last_index))

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ProposeInOrder, ReadIndex and Progress; each answer is a JSON `Result` of the response or
-//! error (ProposeInOrder's, a list of them). The body is AppendEntries' entries,
+//! ProposeInOrder, ReadIndex, Progress and Read; each answer is a JSON `Result` of the
+//! response or error (ProposeInOrder's, a list of them), but Read's, which is
+//! `header length: u32 BE | header: JSON Result | the batches read`. The body is AppendEntries' entries,
 //! InstallSnapshot's chunk of snapshot bytes, Propose's Kafka batch or ProposeInOrder's Kafka
 //! batches back to back, each raw; the others have none. A normal entry's payload is its Kafka batch, sliced
 //! from the message without a copy, and a membership's is JSON.
@@ -24,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{Batch, log_id};
 use crate::limits::{
-    ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+    ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX, PEER_READ_BYTES_MAX,
+    PEER_READ_WAIT_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::{NodeId, TypeConfig};
 
@@ -35,6 +37,7 @@ const PROPOSE: u8 = 4;
 const READ_INDEX: u8 = 5;
 const PROGRESS: u8 = 6;
 const PROPOSE_IN_ORDER: u8 = 7;
+const READ: u8 = 8;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -58,6 +61,41 @@ pub(crate) enum Request {
     /// Asked by a node that started on an empty data directory: how far this replica's group
     /// has gone (`Replica::peer_has_begun`).
     Progress,
+    /// A read asked by a node that holds no replica of the group (`Remote::read`).
+    Read(PeerRead),
+}
+
+/// A read a node that holds no replica of a partition asks of one that does, for its own
+/// clients (see [`crate::Remote::read`]). The replica's owner answers it
+/// ([`crate::Replica::on_read`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRead {
+    /// Whole batches from `offset`, about `bytes_max` bytes of them (0: none, only where the
+    /// log starts and ends). When nothing lies past `offset` yet, the replica may wait up to
+    /// `wait_ms` for more first.
+    Records { offset: u64, bytes_max: u32, wait_ms: u32 },
+    /// The first offset at or after `timestamp_ms` (the end if none), as `next_offset`.
+    Timestamp { timestamp_ms: i64 },
+}
+
+/// A replica's answer to a [`PeerRead`]: where the log starts and ends, and the batches read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadHead {
+    /// The offset after the last batch read (the offset asked for when none was); for a
+    /// [`PeerRead::Timestamp`], the offset found.
+    pub next_offset: u64,
+    pub log_start_offset: u64,
+    /// The end of what the replica serves (its high watermark).
+    pub log_end_offset: u64,
+    /// Bytes of the replica's segment files.
+    pub size_bytes: u64,
+}
+
+/// A [`ReadHead`] and the whole batches read, back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAnswer {
+    pub head: ReadHead,
+    pub bytes: Bytes,
 }
 
 /// Why a message could not be decoded.
@@ -109,6 +147,7 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
             buf.put_slice(&snapshot.data);
         }
         Request::ReadIndex => put_header(&mut buf, READ_INDEX, &()),
+        Request::Read(read) => put_header(&mut buf, READ, read),
         Request::Progress => put_header(&mut buf, PROGRESS, &()),
         Request::Propose(kafka) => {
             put_header(&mut buf, PROPOSE, &());
@@ -280,6 +319,22 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
             json::<()>(&header, "progress request")?;
             Request::Progress
         }
+        READ => {
+            let read: PeerRead = json(&header, "read request")?;
+            if let PeerRead::Records { bytes_max, wait_ms, .. } = read {
+                if bytes_max > PEER_READ_BYTES_MAX {
+                    return Err(invalid(format!(
+                        "a read of {bytes_max} bytes, more than the limit of {PEER_READ_BYTES_MAX}"
+                    )));
+                }
+                if u64::from(wait_ms) > PEER_READ_WAIT_MAX.as_millis() as u64 {
+                    return Err(invalid(format!(
+                        "a read that waits {wait_ms} ms, more than the limit of {PEER_READ_WAIT_MAX:?}"
+                    )));
+                }
+            }
+            Request::Read(read)
+        }
         APPEND_ENTRIES => {
             let header: AppendHeader = json(&header, "append header")?;
             if header.entries > ENTRIES_PER_MESSAGE_MAX {
@@ -364,6 +419,50 @@ pub(crate) fn encode_refusal(error: &InvalidMessage) -> Bytes {
 /// Encodes the refusal of a request this replica will not answer now, with the reason.
 pub(crate) fn encode_declined(reason: &str) -> Bytes {
     encode_refusal(&invalid(reason))
+}
+
+/// Encodes a replica's answer to a [`Request::Read`].
+pub(crate) fn encode_read_answer(answer: Result<ReadAnswer, crate::ProposeError>) -> Bytes {
+    let (head, bytes) = match answer {
+        Ok(ReadAnswer { head, bytes }) => (Answer::Ok(head), bytes),
+        Err(error) => (Answer::Err(error), Bytes::new()),
+    };
+    let json = serde_json::to_vec(&head).expect("a read's answer encodes as JSON");
+    let mut buf = BytesMut::with_capacity(4 + json.len() + bytes.len());
+    buf.put_u32(json.len() as u32);
+    buf.put_slice(&json);
+    buf.put_slice(&bytes);
+    buf.freeze()
+}
+
+/// Decodes a replica's answer to a [`Request::Read`]; a refusal (the request did not decode)
+/// is an error naming it.
+pub(crate) fn decode_read_answer(
+    mut message: Bytes,
+) -> Result<Result<ReadAnswer, crate::ProposeError>, InvalidMessage> {
+    if message.len() > MESSAGE_BYTES_MAX {
+        return Err(invalid(format!("a read's answer of {} bytes", message.len())));
+    }
+    if message.first() == Some(&b'{') {
+        // A refusal is a bare JSON answer.
+        return match json::<Answer<(), ()>>(&message, "answer")? {
+            Answer::Refused(reason) => Err(invalid(format!("the peer refused it: {reason}"))),
+            _ => Err(invalid("a read answered without its head")),
+        };
+    }
+    if message.len() < 4 {
+        return Err(invalid("a read's answer shorter than its head"));
+    }
+    let length = message.get_u32() as usize;
+    if length > HEADER_BYTES_MAX || length > message.len() {
+        return Err(invalid(format!("a read's head of {length} bytes, in {}", message.len())));
+    }
+    let head = message.split_to(length);
+    match json::<Answer<ReadHead, crate::ProposeError>>(&head, "read's head")? {
+        Answer::Ok(head) => Ok(Ok(ReadAnswer { head, bytes: message })),
+        Answer::Err(error) => Ok(Err(error)),
+        Answer::Refused(reason) => Err(invalid(format!("the peer refused it: {reason}"))),
+    }
 }
 
 /// Decodes an answer; a refusal is an error naming what the peer refused.
@@ -519,6 +618,39 @@ mod tests {
         let mut huge = BytesMut::from(&[2u8, 0, 0, 0, 0][..]);
         huge.resize(MESSAGE_BYTES_MAX + 1, 0);
         assert!(refused(huge.freeze()).contains("more than the limit"));
+    }
+
+    #[test]
+    fn a_read_and_its_answer_survive_their_encoding_and_a_read_past_the_limits_is_refused() {
+        for read in [
+            PeerRead::Records { offset: 7, bytes_max: 1024, wait_ms: 500 },
+            PeerRead::Timestamp { timestamp_ms: 1_700_000_000_000 },
+        ] {
+            match decode_request(encode_request(&Request::Read(read.clone()))) {
+                Ok(Request::Read(decoded)) => assert_eq!(decoded, read),
+                other => panic!("{other:?}"),
+            }
+        }
+        let refused = |read| decode_request(encode_request(&Request::Read(read))).unwrap_err();
+        let big = PeerRead::Records { offset: 0, bytes_max: PEER_READ_BYTES_MAX + 1, wait_ms: 0 };
+        assert!(refused(big).to_string().contains("more than the limit"));
+        let wait_ms = PEER_READ_WAIT_MAX.as_millis() as u32 + 1;
+        let long = PeerRead::Records { offset: 0, bytes_max: 0, wait_ms };
+        assert!(refused(long).to_string().contains("more than the limit"));
+
+        let head =
+            ReadHead { next_offset: 9, log_start_offset: 2, log_end_offset: 12, size_bytes: 4096 };
+        let answer = ReadAnswer { head, bytes: kafka_batch() };
+        let decoded = decode_read_answer(encode_read_answer(Ok(answer.clone()))).unwrap();
+        assert_eq!(decoded, Ok(answer));
+        let stopped = crate::ProposeError::Stopped("gone".into());
+        let decoded = decode_read_answer(encode_read_answer(Err(stopped.clone()))).unwrap();
+        assert_eq!(decoded, Err(stopped));
+        let refusal = encode_refusal(&InvalidMessage("a bad read request".into()));
+        let error = decode_read_answer(refusal).unwrap_err().to_string();
+        assert!(error.contains("the peer refused it: a bad read request"), "{error}");
+        let cut = decode_read_answer(Bytes::from_static(&[0, 0, 1, 0, b'x'])).unwrap_err();
+        assert!(cut.to_string().contains("head of 256 bytes"), "{cut}");
     }
 
     /// The fuzz target's seeds (`fuzz/seeds/peer_message`): one message of each kind.

@@ -185,6 +185,7 @@ impl ConsumeApi {
         partition: &Arc<Partition>,
         position: Option<Position>,
     ) -> Result<Offset, ServiceError> {
+        partition.refresh().await?;
         let state = partition.state()?;
         match position {
             None | Some(Position::Earliest(_)) => Ok(state.log_start_offset),

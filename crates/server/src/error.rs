@@ -136,6 +136,19 @@ pub enum ServiceError {
         None => "; no leader is elected yet, try again".to_owned(),
     })]
     NotLeader { topic: TopicName, partition: u32, leader: Option<(u64, Option<String>)> },
+    /// A read of a partition this node holds no replica of (its topic is replicated on fewer
+    /// nodes than the cluster has): `leader` (or another of `replicas`) serves it.
+    #[error("this node holds no replica of partition {partition} of topic {topic} (nodes {} do){}", replicas.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), match leader {
+        Some((id, Some(address))) => format!("; node {id} at {address} leads it: read there"),
+        Some((id, None)) => format!("; node {id} leads it: read there"),
+        None => "; read from one of them".to_owned(),
+    })]
+    NotHeld {
+        topic: TopicName,
+        partition: u32,
+        replicas: Vec<u64>,
+        leader: Option<(u64, Option<String>)>,
+    },
     /// A read past what this node's replica has applied, within what the partition's leader
     /// has committed, that the replica did not catch up with in time (it is behind, or under
     /// repair): `leader` serves it now.
@@ -169,7 +182,7 @@ pub enum ServiceError {
         } else if requested > nodes {
             format!("it is more than the {nodes} nodes of the cluster")
         } else {
-            format!("every partition is held by all {nodes} nodes of the cluster (other factors are not supported yet)")
+            format!("a partition is held by 1 to {nodes} nodes")
         }
     )]
     ReplicationFactor { requested: u32, nodes: u32 },
@@ -238,7 +251,7 @@ pub fn to_status(error: &ServiceError) -> Status {
         | ServiceError::UnknownPartition { .. }
         | ServiceError::TopicDeleted { .. } => Code::NotFound,
         ServiceError::AcksAllWithoutFsync { .. } => Code::FailedPrecondition,
-        ServiceError::NotLeader { .. } => Code::FailedPrecondition,
+        ServiceError::NotLeader { .. } | ServiceError::NotHeld { .. } => Code::FailedPrecondition,
         ServiceError::Behind { .. } => Code::Unavailable,
         ServiceError::NotCoordinator { coordinator: Some(_) } => Code::FailedPrecondition,
         ServiceError::NotCoordinator { coordinator: None } => Code::Unavailable,
@@ -335,6 +348,7 @@ pub fn to_status(error: &ServiceError) -> Status {
     let mut status = Status::new(code, error.to_string());
     // A client in another language finds the leader here, without parsing the message.
     if let ServiceError::NotLeader { leader: Some((id, address)), .. }
+    | ServiceError::NotHeld { leader: Some((id, address)), .. }
     | ServiceError::Behind { leader: Some((id, address)), .. }
     | ServiceError::NotCoordinator { coordinator: Some((id, address)) } = error
     {

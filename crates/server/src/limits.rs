@@ -285,6 +285,27 @@ pub const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration:
 /// on every node.
 pub const LEADER_ELECTION_PATIENCE: std::time::Duration =
     spool_replication::limits::ELECTION_TIMEOUT_MAX.saturating_mul(5);
+/// How long a node that holds no replica of a partition waits for one replica's answer to
+/// who leads it, when it must name the leader (a description, Kafka's Metadata).
+pub const REMOTE_LEADER_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How many of those questions one request asks at once.
+pub const REMOTE_LEADER_LOOKUPS_MAX: usize = 16;
+/// How old what a replica said of the leader may be for such a node to name it to a client
+/// without asking again.
+pub const REMOTE_LEADER_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a node that holds no replica of a partition waits for a replica's answer to a
+/// read for its clients (beside the time the read may wait there).
+pub const REMOTE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a replica holds such a node's question for the log's end until it moves.
+pub const REMOTE_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const _: () = assert!(
+    REMOTE_READ_WAIT.as_millis() <= spool_replication::limits::PEER_READ_WAIT_MAX.as_millis()
+);
+/// How many such questions wait on one node at once: each holds a peer connection open.
+/// Past it, the replica answers at once.
+pub const REMOTE_READS_WAITING_MAX: usize = 8;
+/// How often such a node asks again when the replica answered at once.
+pub const REMOTE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long a group call to a new group coordinator waits for it to apply what the previous
 /// coordinators committed (the offsets group's log since its last compaction, at most
 /// [`INTERNAL_COMPACT_BYTES`] and what came since) before it is answered `UNAVAILABLE`;

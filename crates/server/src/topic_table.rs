@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use spool_broker::limits::OPEN_THREADS_MAX;
 use spool_broker::{
-    CreateTopicError, OpenRegistryError, Registry, TopicConfig, TopicConfigRequest, TopicName,
+    CreateTopicError, OpenRegistryError, Placement, Registry, TopicConfig, TopicConfigRequest,
+    TopicName,
 };
 use spool_proto::partitioner::RoundRobin;
 use spool_storage::fs::StdFileSystem;
@@ -18,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::alter::TopicChange;
 use crate::cluster::{Cluster, Command, Metadata, Outcome};
 use crate::error::ServiceError;
+use crate::limits::{
+    REMOTE_LEADER_LOOKUP_TIMEOUT, REMOTE_LEADER_LOOKUPS_MAX, REMOTE_LEADER_MAX_AGE,
+};
 use crate::metrics::{Metrics, RecoverySummary};
 use crate::partition::{Partition, Services, blocking};
 
@@ -29,6 +33,8 @@ pub(crate) struct Topic {
     config: RwLock<TopicConfig>,
     /// In partition order.
     pub(crate) partitions: Vec<Arc<Partition>>,
+    /// Which nodes of a cluster hold each partition (`None`: every node).
+    placement: Option<Placement>,
     pub(crate) round_robin: RoundRobin,
     stop: CancellationToken,
     writers: Mutex<Vec<JoinHandle<Option<Log>>>>,
@@ -39,6 +45,7 @@ impl Topic {
         name: TopicName,
         config: TopicConfig,
         logs: Vec<Log>,
+        placement: Option<Placement>,
         stop: CancellationToken,
         services: &Services,
     ) -> Topic {
@@ -46,13 +53,15 @@ impl Topic {
             .into_iter()
             .enumerate()
             .map(|(id, log)| {
-                Partition::start(name.clone(), id as u32, log, stop.clone(), services.clone())
+                let (id, placed) = (id as u32, placement.as_ref());
+                Partition::start(name.clone(), id, log, placed, stop.clone(), services.clone())
             })
             .unzip();
         Topic {
             name,
             config: RwLock::new(config),
             partitions,
+            placement,
             round_robin: RoundRobin::default(),
             stop,
             writers: Mutex::new(writers),
@@ -65,6 +74,49 @@ impl Topic {
             partition,
             partitions: self.config().partitions(),
         })
+    }
+
+    /// Asks who leads each partition this node holds no replica of, unless a replica said
+    /// within [`REMOTE_LEADER_MAX_AGE`] (see `Remote::find_leader`), a few at a time, so
+    /// that Kafka's Metadata names them.
+    pub(crate) async fn find_remote_leaders(&self) {
+        use futures_util::StreamExt;
+        let unknown = self.partitions.iter().filter_map(|partition| stale_remote(partition));
+        futures_util::stream::iter(unknown)
+            .for_each_concurrent(REMOTE_LEADER_LOOKUPS_MAX, |remote| async move {
+                remote.find_leader(REMOTE_LEADER_LOOKUP_TIMEOUT).await;
+            })
+            .await;
+    }
+
+    /// The nodes that hold (or, past its partitions, would hold) `partition` on a node of a
+    /// cluster, its preferred leader first.
+    pub(crate) fn replicas_for(&self, partition: u32) -> Vec<u64> {
+        match (&self.placement, self.partitions.first()) {
+            (Some(placement), _) => placement.replicas(partition),
+            (None, Some(first)) => {
+                let mut every = first.replicas().to_vec();
+                every.sort_unstable();
+                every
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Asks the replicas of each partition this node holds none of who leads it (as
+    /// [`Topic::find_remote_leaders`]) and where its log starts and ends, a few partitions at
+    /// a time, so that a description names them.
+    pub(crate) async fn refresh_remote(&self) {
+        use futures_util::StreamExt;
+        let remote = self.partitions.iter().filter(|partition| partition.remote().is_some());
+        futures_util::stream::iter(remote)
+            .for_each_concurrent(REMOTE_LEADER_LOOKUPS_MAX, |partition| async move {
+                if let Some(remote) = stale_remote(partition) {
+                    remote.find_leader(REMOTE_LEADER_LOOKUP_TIMEOUT).await;
+                }
+                let _ = partition.refresh().await;
+            })
+            .await;
     }
 
     /// The topic's settings in force.
@@ -85,9 +137,15 @@ impl Topic {
         let mut writers =
             std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
         for log in logs {
-            let id = partitions.len() as u32;
-            let (partition, writer) =
-                Partition::start(self.name.clone(), id, log, self.stop.clone(), services.clone());
+            let (id, placed, stop) = (partitions.len() as u32, self.placement.as_ref(), &self.stop);
+            let (partition, writer) = Partition::start(
+                self.name.clone(),
+                id,
+                log,
+                placed,
+                stop.clone(),
+                services.clone(),
+            );
             partitions.push(partition);
             writers.push(writer);
         }
@@ -96,6 +154,7 @@ impl Topic {
             name: self.name.clone(),
             config: RwLock::new(config),
             partitions,
+            placement: self.placement.clone(),
             round_robin: RoundRobin::default(),
             stop: self.stop.clone(),
             writers: Mutex::new(writers),
@@ -121,6 +180,12 @@ impl Topic {
         }
         Ok(logs)
     }
+}
+
+/// The group of `partition` when this node holds no replica of it and no replica named its
+/// leader within [`REMOTE_LEADER_MAX_AGE`].
+fn stale_remote(partition: &Partition) -> Option<&Arc<spool_replication::Remote>> {
+    partition.remote().filter(|remote| !remote.leader_heard_within(REMOTE_LEADER_MAX_AGE))
 }
 
 /// Topics and their partitions, shared by every service.
@@ -202,7 +267,8 @@ impl TopicTable {
             .map(|topic| {
                 let stop = writers_stop.child_token();
                 let name = topic.name.clone();
-                let started = Topic::start(topic.name, topic.config, topic.logs, stop, &services);
+                let (config, logs, placement) = (topic.config, topic.logs, topic.placement);
+                let started = Topic::start(topic.name, config, logs, placement, stop, &services);
                 (name, Arc::new(started))
             })
             .collect();
@@ -228,18 +294,26 @@ impl TopicTable {
         }
     }
 
-    /// Refuses a replication factor this server cannot give a topic: more than its nodes, or
-    /// (for now) any other number than that.
-    pub(crate) fn check_replication_factor(
+    /// Where a new topic's partitions go: on a cluster, `factor` nodes each (by default 3
+    /// on a cluster of three nodes or more, else 1), spread over the nodes (see
+    /// [`Placement`]); `None` on a single node, which takes a factor of 1 only.
+    pub(crate) fn place(
         &self,
-        requested: Option<u32>,
-    ) -> Result<(), ServiceError> {
-        let nodes = self.cluster.as_ref().map_or(1, |cluster| cluster.node_ids().len() as u32);
-        match requested {
-            Some(requested) if requested != nodes => {
-                Err(ServiceError::ReplicationFactor { requested, nodes })
-            }
-            _ => Ok(()),
+        name: &TopicName,
+        factor: Option<u32>,
+    ) -> Result<Option<Placement>, ServiceError> {
+        let Some(cluster) = &self.cluster else {
+            return match factor {
+                None | Some(1) => Ok(None),
+                Some(requested) => Err(ServiceError::ReplicationFactor { requested, nodes: 1 }),
+            };
+        };
+        let nodes = cluster.node_ids();
+        let count = nodes.len() as u32;
+        let factor = factor.unwrap_or(if count >= 3 { 3 } else { 1 });
+        match Placement::new(name.as_str(), &nodes, factor) {
+            Ok(placement) => Ok(Some(placement)),
+            Err(_) => Err(ServiceError::ReplicationFactor { requested: factor, nodes: count }),
         }
     }
 
@@ -323,7 +397,10 @@ impl TopicTable {
                 }
             };
             let done = match self.topic(name.as_str()) {
-                Err(_) => self.create_here(name.clone(), config).await.map(|_| ()),
+                Err(_) => {
+                    let placement = spec.placement.clone();
+                    self.create_here(name.clone(), config, placement).await.map(|_| ())
+                }
                 Ok(topic) if topic.config() != config => {
                     let _admin = self.admin.lock().await;
                     self.alter_here(topic, config).await.map(|_| ())
@@ -353,7 +430,9 @@ impl TopicTable {
                     cluster.record_outcome(at, Outcome::Done);
                 }
                 let created = match spec.config() {
-                    Ok(config) => self.create_here(name.clone(), config).await.map(|_| ()),
+                    Ok(config) => {
+                        self.create_here(name.clone(), config, spec.placement).await.map(|_| ())
+                    }
                     Err(error) => Err(error.into()),
                 };
                 if let Err(error) = created {
@@ -456,21 +535,25 @@ impl TopicTable {
         topics.values().cloned().collect()
     }
 
+    /// Creates a topic: on a cluster, through its metadata group on every node, each
+    /// partition held by `replication_factor` of them (see [`TopicTable::place`]).
     pub(crate) async fn create_topic(
         &self,
         name: &str,
         request: TopicConfigRequest,
+        replication_factor: Option<u32>,
     ) -> Result<Arc<Topic>, ServiceError> {
         let name = TopicName::parse(name)?;
         let config = TopicConfig::new(request)?;
+        let placement = self.place(&name, replication_factor)?;
         let Some(cluster) = self.cluster.clone() else {
-            return self.create_here(name, config).await;
+            return self.create_here(name, config, None).await;
         };
         // In a cluster the topic is created through the metadata group, on every node.
         if self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(&name) {
             return Err(CreateTopicError::AlreadyExists { name }.into());
         }
-        let spec = crate::cluster::TopicSpec::from_config(&config);
+        let spec = crate::cluster::TopicSpec::from_config(&config, placement);
         let by = Some(cluster.node_id);
         let at =
             cluster.propose(&Command::CreateTopic { name: name.to_string(), spec, by }).await?;
@@ -486,6 +569,7 @@ impl TopicTable {
         &self,
         name: TopicName,
         config: TopicConfig,
+        placement: Option<Placement>,
     ) -> Result<Arc<Topic>, ServiceError> {
         let _admin = self.admin.lock().await;
         if self.writers_stop.is_cancelled() {
@@ -500,14 +584,15 @@ impl TopicTable {
             crate::resources::check(&what, u64::from(partitions), true)?;
         }
         let registry = self.registry.clone();
-        let created = name.clone();
+        let (created, placed) = (name.clone(), placement.clone());
         let logs = blocking(move || {
             let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(registry.create(created, config, TimestampMs::now())?)
+            Ok(registry.create(created, config, placed, TimestampMs::now())?)
         })
         .await?;
         let stop = self.writers_stop.child_token();
-        let topic = Arc::new(Topic::start(name.clone(), config, logs, stop, &self.services()));
+        let services = self.services();
+        let topic = Arc::new(Topic::start(name.clone(), config, logs, placement, stop, &services));
         self.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name, topic.clone());
         Ok(topic)
     }
@@ -583,7 +668,7 @@ impl TopicTable {
             let what = format!("adding {added} partitions to topic {name}");
             crate::resources::check(&what, u64::from(added), true)?;
         }
-        let spec = crate::cluster::TopicSpec::from_config(&config);
+        let spec = crate::cluster::TopicSpec::from_config(&config, topic.placement.clone());
         cluster.propose(&Command::AlterTopic { name: name.to_string(), spec }).await?;
         self.topic(name.as_str())
     }

@@ -108,16 +108,25 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
     let mut partitions = Vec::new();
     if with_partitions {
         for partition in &topic.partitions {
-            let state = partition.state()?;
-            partitions.push(PartitionDescription {
+            let mut description = PartitionDescription {
                 partition: partition.id(),
-                log_start_offset: state.log_start_offset.0,
-                log_end_offset: state.log_end_offset.0,
-                size_bytes: state.size_bytes,
-                fenced_reason: state.fence,
                 leader: partition.leader(),
-                replicas: partition.replicas(),
-            });
+                replicas: partition.replicas().to_vec(),
+                not_held_here: partition.remote().is_some(),
+                ..PartitionDescription::default()
+            };
+            // Where this node holds no replica: as a replica said (zero when none answered).
+            let state = match partition.remote() {
+                None => Some(partition.state()?),
+                Some(_) => partition.state().ok(),
+            };
+            if let Some(state) = state {
+                description.log_start_offset = state.log_start_offset.0;
+                description.log_end_offset = state.log_end_offset.0;
+                description.size_bytes = state.size_bytes;
+                description.fenced_reason = state.fence;
+            }
+            partitions.push(description);
         }
     }
     let mut config = wire_config(&topic.config());
@@ -138,9 +147,9 @@ impl TopicService for TopicApi {
             .allow(Action::Administer, Resource::Topic(&request.name))
             .map_err(ServiceError::from)?;
         let replication_factor = request.config.as_ref().and_then(|c| c.replication_factor);
-        self.topics.check_replication_factor(replication_factor)?;
         let config = config_request(request.config).map_err(ServiceError::from)?;
-        let topic = self.topics.create_topic(&request.name, config).await?;
+        let topic = self.topics.create_topic(&request.name, config, replication_factor).await?;
+        topic.refresh_remote().await;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");
         Ok(Response::new(CreateTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
@@ -182,6 +191,7 @@ impl TopicService for TopicApi {
         let name = request.into_inner().name;
         caller.allow(Action::Describe, Resource::Topic(&name)).map_err(ServiceError::from)?;
         let topic = self.topics.topic_for_request(&name, None).await?;
+        topic.refresh_remote().await;
         Ok(Response::new(DescribeTopicResponse { topic: Some(describe(&topic, true)?) }))
     }
 
@@ -223,6 +233,7 @@ impl TopicService for TopicApi {
         topics.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         let mut partitions = Vec::new();
         for topic in topics {
+            topic.refresh_remote().await;
             for partition in &topic.partitions {
                 let replica = partition.replica();
                 let replica = replica.as_ref();
@@ -231,8 +242,12 @@ impl TopicService for TopicApi {
                     topic: topic.name.to_string(),
                     partition: partition.id(),
                     leader: partition.leader(),
-                    replicas: partition.replicas(),
-                    high_watermark: replica.map_or(0, |replica| replica.high_watermark().0),
+                    replicas: partition.replicas().to_vec(),
+                    not_held_here: partition.remote().is_some(),
+                    high_watermark: match replica {
+                        Some(replica) => replica.high_watermark().0,
+                        None => partition.state().map_or(0, |state| state.log_end_offset.0),
+                    },
                     under_repair: replica.is_some_and(|replica| replica.repairing()),
                     lag: lag
                         .into_iter()

@@ -39,8 +39,9 @@ use crate::limits::{
     EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
     INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
     LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL,
-    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE,
+    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE, REMOTE_READS_WAITING_MAX,
 };
+use spool_broker::Placement;
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
 
 /// Proposes a batch to one of the cluster's own groups from any node. While no leader is
@@ -170,10 +171,17 @@ pub(crate) struct TopicSpec {
     pub(crate) retention_bytes: Option<u64>,
     pub(crate) segment_bytes: u64,
     pub(crate) compression: String,
+    /// Which nodes hold each partition; absent in commands written before placements (and
+    /// ignored in an alter: a topic keeps the placement it was created with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) placement: Option<Placement>,
 }
 
 impl TopicSpec {
-    pub(crate) fn from_config(config: &spool_broker::TopicConfig) -> TopicSpec {
+    pub(crate) fn from_config(
+        config: &spool_broker::TopicConfig,
+        placement: Option<Placement>,
+    ) -> TopicSpec {
         let fsync = match config.fsync() {
             spool_storage::FsyncPolicy::Always => "always".to_owned(),
             spool_storage::FsyncPolicy::Never => "never".to_owned(),
@@ -186,6 +194,7 @@ impl TopicSpec {
             retention_bytes: config.retention_bytes(),
             segment_bytes: config.segment_bytes(),
             compression: config.compression().name().to_owned(),
+            placement,
         }
     }
 
@@ -260,6 +269,9 @@ pub(crate) struct Cluster {
     /// replaced disk): then every replica it starts with an empty log is under repair.
     /// `None` while a node that started on an empty directory is still finding out.
     rejoining: watch::Sender<Option<bool>>,
+    /// Reads other nodes ask of this node's replicas that may wait for records (see
+    /// `partition::remote`).
+    reads_waiting: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 }
 
@@ -345,6 +357,7 @@ impl Cluster {
             outcomes: std::sync::Mutex::new(HashMap::new()),
             producer_ids_end: watch::Sender::new(0),
             rejoining: watch::Sender::new(None),
+            reads_waiting: Arc::new(tokio::sync::Semaphore::new(REMOTE_READS_WAITING_MAX)),
             stop: CancellationToken::new(),
         });
         let (tls_in_force, tls_reloads) = watch::channel(acceptor);
@@ -524,17 +537,21 @@ impl Cluster {
             }
         };
         let state = state.map_err(|e| error(e.to_string()))?;
-        Ok((self.start_replica(group, store, state).await?, hold))
+        let preferred = self.preferred_leader(group);
+        let replica = self.start_replica(group, store, state, &self.members, preferred).await?;
+        Ok((replica, hold))
     }
 
-    /// Starts and registers this node's replica of `group`, and forms the group with every
-    /// node as a voter (a log that holds a membership keeps it). The node chosen to lead a
-    /// group it has just formed stands for election at once.
+    /// Starts and registers this node's replica of `group`, and forms the group with
+    /// `members` as its voters (a log that holds a membership keeps it). The node chosen to
+    /// lead a group it has just formed (`preferred`) stands for election at once.
     async fn start_replica(
         &self,
         group: &str,
         store: SegmentLogStore,
         state: PartitionStateMachine,
+        members: &BTreeMap<u64, String>,
+        preferred: u64,
     ) -> Result<Arc<Replica>, JoinClusterError> {
         let transport = self.transport.clone();
         let replica = Replica::start(self.node_id, group, store, state, transport)
@@ -545,25 +562,25 @@ impl Cluster {
             let mut replicas = self.replicas.write().unwrap_or_else(PoisonError::into_inner);
             replicas.insert(group.to_owned(), replica.clone());
         }
-        let formed = replica
-            .bootstrap(&self.members)
-            .await
-            .map_err(|e| JoinClusterError::Start(e.to_string()))?;
+        let formed =
+            replica.bootstrap(members).await.map_err(|e| JoinClusterError::Start(e.to_string()))?;
         // Only a new group: a node that restarts into a running group waits to hear from its
         // leader, rather than start an election that would depose it.
-        if formed && self.preferred_leader(group) == self.node_id && replica.leader().is_none() {
+        if formed && preferred == self.node_id && replica.leader().is_none() {
             replica.campaign().await;
         }
         Ok(replica)
     }
 
     /// Starts this node's replica of a partition whose log is `log`, in the log's
-    /// directory; `on_commit` is told each new high watermark.
+    /// directory; `on_commit` is told each new high watermark. `replicas` hold the
+    /// partition, its preferred leader first.
     pub(crate) async fn start_partition(
         &self,
         group: &str,
         log: SharedLog,
         on_commit: OnCommit,
+        replicas: &[u64],
     ) -> Result<Arc<Replica>, JoinClusterError> {
         let dir = log
             .read()
@@ -587,7 +604,35 @@ impl Cluster {
         }
         let state = PartitionStateMachine::open(self.fs.clone(), &dir, log, on_commit)
             .map_err(|e| error(e.to_string()))?;
-        self.start_replica(group, store, state).await
+        let members = self.peers_of(replicas).into_iter().collect();
+        let preferred = replicas.first().copied().unwrap_or_else(|| self.preferred_leader(group));
+        self.start_replica(group, store, state, &members, preferred).await
+    }
+
+    /// Every node, the one chosen to lead a new `group` first: the nodes of a partition of a
+    /// topic without a placement (created before placements, every node holds it).
+    pub(crate) fn every_node_for(&self, group: &str) -> Vec<u64> {
+        let mut nodes = self.node_ids();
+        let preferred = self.preferred_leader(group);
+        let at = nodes.iter().position(|id| *id == preferred).unwrap_or(0);
+        nodes.rotate_left(at);
+        nodes
+    }
+
+    /// What bounds the reads other nodes ask of this node's replicas that wait for records.
+    pub(crate) fn reads_waiting(&self) -> Arc<tokio::sync::Semaphore> {
+        self.reads_waiting.clone()
+    }
+
+    /// `nodes` (those this node knows of) with their peer addresses, in the order given.
+    fn peers_of(&self, nodes: &[u64]) -> Vec<(u64, String)> {
+        nodes.iter().filter_map(|id| Some((*id, self.members.get(id)?.clone()))).collect()
+    }
+
+    /// A partition's group as seen from this node, which holds no replica of it: `replicas`
+    /// hold it, its preferred leader first.
+    pub(crate) fn remote(&self, group: &str, replicas: &[u64]) -> spool_replication::Remote {
+        spool_replication::Remote::new(group, self.peers_of(replicas), self.transport.clone())
     }
 
     /// The node that stands for election first in a new group: spread over the nodes by the

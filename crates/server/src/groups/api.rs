@@ -303,6 +303,7 @@ impl GroupApi {
         };
         let mut offsets = Vec::with_capacity(partitions.len());
         for partition in partitions {
+            partition.refresh().await?;
             let state = partition.state()?;
             let offset = match to {
                 None | Some(Position::Earliest(_)) => state.log_start_offset,

@@ -84,6 +84,7 @@ impl Feed {
     async fn feed(&self) -> Result<(), ServiceError> {
         let topic = self.partition.topic.as_str();
         let log = self.groups.topics.partition(topic, self.partition.partition)?;
+        log.refresh().await?;
         let mut offset = self.start(&log)?;
         let mut changes = log.watch();
         let mut caught_up_sent = false;

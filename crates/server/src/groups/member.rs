@@ -364,7 +364,13 @@ impl Member {
         let mut offsets = Vec::with_capacity(commit.offsets.len().min(COMMIT_OFFSETS_MAX));
         for entry in commit.offsets.iter().take(COMMIT_OFFSETS_MAX + 1) {
             let partition = self.groups.topics.partition(&entry.topic, entry.partition)?;
-            let end = partition.state()?.log_end_offset;
+            let end = match partition.state() {
+                Ok(state) => state.log_end_offset,
+                // A partition this node holds no replica of, not read here yet: its end is
+                // not known here, and the leader takes the commit as Kafka's commits are.
+                Err(ServiceError::NotHeld { .. }) => Offset(u64::MAX),
+                Err(error) => return Err(error),
+            };
             if entry.offset > end.0 {
                 return Err(ServiceError::from(InvalidRequest::CommitPastEnd {
                     topic: entry.topic.clone(),

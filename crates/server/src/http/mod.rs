@@ -392,6 +392,7 @@ async fn history(
         return Err(BadRequest::HistoryLimit { limit, limit_max: HTTP_HISTORY_RECORDS_MAX }.into());
     }
     let partition = state.topics.partition_for_request(&topic, partition).await?;
+    partition.refresh().await?;
     let offset = Offset(query.offset.unwrap_or(partition.state()?.log_start_offset.0));
     let read = partition
         .read(offset, crate::limits::HTTP_SUBSCRIBE_READ_BYTES)

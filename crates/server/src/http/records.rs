@@ -260,6 +260,7 @@ impl Start {
         self,
         partition: &std::sync::Arc<Partition>,
     ) -> Result<Offset, ServiceError> {
+        partition.refresh().await?;
         let state = partition.state()?;
         match self {
             Start::Earliest => Ok(state.log_start_offset),

@@ -192,32 +192,33 @@ async fn create_topic(
     let name = TopicName::parse(topic.name.as_str()).map_err(ServiceError::from)?;
     let replicas = replica_set(shared);
     let partitions = partitions(topic, &replicas)?;
-    let factor = replicas.len() as i16;
-    if topic.replication_factor != -1
-        && topic.replication_factor != factor
-        && topic.assignments.is_empty()
-    {
-        let why = match shared.topics.cluster() {
-            None => "Spool is one node, so the factor is 1".to_owned(),
-            Some(_) => {
-                format!("every partition is on every node of this cluster, so it is {factor}")
-            }
-        };
-        return Err(Refusal::new(
-            ResponseError::InvalidReplicationFactor,
-            format!("replication factor {}: {why} (or -1, the default)", topic.replication_factor),
-        ));
-    }
+    // A manual assignment puts every partition on every node (see `partitions`).
+    let factor = match topic.replication_factor {
+        -1 if !topic.assignments.is_empty() && shared.topics.cluster().is_some() => {
+            Some(replicas.len() as u32)
+        }
+        -1 => None,
+        factor if factor >= 1 => Some(factor as u32),
+        factor => {
+            return Err(Refusal::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {factor}: a partition is held by at least 1 node (or -1, the default)"
+                ),
+            ));
+        }
+    };
     let configs =
         topic.configs.iter().map(|config| (config.name.as_str(), config.value.as_deref()));
     let config = configs::create_request(partitions, configs)?;
     if validate_only {
+        shared.topics.place(&name, factor)?;
         if shared.topics.topic(name.as_str()).is_ok() {
             return Err(ServiceError::from(CreateTopicError::AlreadyExists { name }).into());
         }
         return Ok(());
     }
-    shared.topics.create_topic(name.as_str(), config).await?;
+    shared.topics.create_topic(name.as_str(), config, factor).await?;
     tracing::info!(topic = %name, ?config, "topic created over Kafka");
     Ok(())
 }
@@ -243,7 +244,7 @@ fn assignment_rule(replicas: &[i32]) -> String {
     match replicas {
         [0] => "Spool is one node: an assignment puts each partition on node 0 alone".into(),
         nodes => format!(
-            "every partition is on every node of this cluster: an assignment puts each partition on nodes {nodes:?}"
+            "Spool places a topic's replicas itself (use replication_factor): an assignment is taken only when it puts each partition on every node, {nodes:?}"
         ),
     }
 }
@@ -363,15 +364,27 @@ async fn grow_topic(
         )
     })?;
     // An empty list is no assignment, as a null one (some encoders send it).
+    // New partitions are placed as the topic's first were: an assignment must say the same.
     if let Some(assignments) = topic.assignments.as_ref().filter(|a| !a.is_empty()) {
-        let replicas = replica_set(shared);
-        let placed = assignments.iter().all(|a| is_replica_set(&a.broker_ids, &replicas));
-        if assignments.len() != (count - has) as usize || !placed {
+        let placing = shared.topics.topic(name)?;
+        let placed: Vec<Vec<i32>> = (has..count)
+            .map(|partition| match shared.topics.cluster() {
+                None => vec![super::apis::NODE_ID],
+                Some(_) => {
+                    let mut nodes: Vec<i32> =
+                        placing.replicas_for(partition).iter().map(|id| *id as i32).collect();
+                    nodes.sort_unstable();
+                    nodes
+                }
+            })
+            .collect();
+        let matches = assignments.len() == placed.len()
+            && assignments.iter().zip(&placed).all(|(a, p)| is_replica_set(&a.broker_ids, p));
+        if !matches {
             return Err(Refusal::new(
                 ResponseError::InvalidReplicaAssignment,
                 format!(
-                    "{}, one set for each of the {} new partitions",
-                    assignment_rule(&replicas),
+                    "Spool places new partitions as the topic's others: the {} new partitions go on nodes {placed:?}, one set each (or send no assignment)",
                     count - has
                 ),
             ));

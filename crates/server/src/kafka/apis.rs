@@ -112,10 +112,10 @@ pub(super) fn unsupported_api_versions(with_tokens: bool) -> ApiVersionsResponse
 /// null). On a single node: one broker (the advertised address) leads every partition. On a
 /// cluster: every node registered with a Kafka listener, by its node id; a partition's
 /// leader is its Raft group's leader (LEADER_NOT_AVAILABLE while there is none, or while it
-/// has no Kafka listener), and its replicas and in-sync replicas are every node. A topic that
-/// does not exist is UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata
-/// request.
-pub(super) fn metadata(
+/// has no Kafka listener), and its replicas and in-sync replicas are the nodes that hold it
+/// (a node that holds none asks them who leads). A topic that does not exist is
+/// UNKNOWN_TOPIC_OR_PARTITION: topics are never created by a Metadata request.
+pub(super) async fn metadata(
     shared: &Shared,
     caller: &Caller,
     request: MetadataRequest,
@@ -138,23 +138,26 @@ pub(super) fn metadata(
             (brokers, controller)
         }
     };
-    let topics = match request.topics {
+    let names: Vec<Option<String>> = match request.topics {
         None => shared
             .topics
             .topics()
             .iter()
             .filter(|topic| caller.may_see_topic(topic.name.as_str()))
-            .map(|topic| described(shared, caller, topic.name.as_str()))
+            .map(|topic| Some(topic.name.to_string()))
             .collect(),
-        Some(asked) => asked
-            .iter()
-            .map(|asked| match &asked.name {
-                Some(name) => described(shared, caller, name.as_str()),
-                None => MetadataResponseTopic::default()
-                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-            })
-            .collect(),
+        Some(asked) => {
+            asked.iter().map(|asked| asked.name.as_ref().map(|n| n.to_string())).collect()
+        }
     };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        topics.push(match name {
+            Some(name) => described(shared, caller, &name).await,
+            None => MetadataResponseTopic::default()
+                .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+        });
+    }
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_static_str("spool")))
@@ -162,7 +165,7 @@ pub(super) fn metadata(
         .with_topics(topics)
 }
 
-fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResponseTopic {
+async fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResponseTopic {
     let answer = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
         .with_topic_authorized_operations(i32::MIN);
@@ -183,13 +186,14 @@ fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResponseTo
             .collect();
         return answer.with_partitions(partitions);
     };
+    topic.find_remote_leaders().await;
     let with_kafka = cluster.kafka_nodes();
     let partitions = topic
         .partitions
         .iter()
         .map(|partition| {
             let replicas: Vec<BrokerId> =
-                partition.replicas().into_iter().map(|id| BrokerId(id as i32)).collect();
+                partition.replicas().iter().map(|id| BrokerId(*id as i32)).collect();
             let answer = MetadataResponsePartition::default()
                 .with_partition_index(partition.id() as i32)
                 .with_leader_epoch(0)

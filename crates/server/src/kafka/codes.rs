@@ -59,11 +59,13 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
         ServiceError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         ServiceError::ShuttingDown
         | ServiceError::NotLeader { .. }
+        | ServiceError::NotHeld { .. }
         | ServiceError::Behind { .. } => ResponseError::NotLeaderOrFollower,
         // A cluster could not confirm it in time (no quorum, a leader changing): the batch may
         // or may not be stored, as after Kafka's own timeout. A client retries; an idempotent
         // one with the same sequence, which the next leader answers as a duplicate.
         ServiceError::Cluster(_) => ResponseError::RequestTimedOut,
+        ServiceError::ReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
         // The leader a follower passed the batch to refused it, with a gRPC code.
         ServiceError::Forwarded { code, .. } => match tonic::Code::from_i32(*code) {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
@@ -73,6 +75,8 @@ pub(super) fn error_code(error: &ServiceError) -> i16 {
             // looks up the leader and sends it there, where the refusal has its own code.
             tonic::Code::FailedPrecondition => ResponseError::NotLeaderOrFollower,
             tonic::Code::NotFound => ResponseError::UnknownTopicOrPartition,
+            // A replica read for this node, which holds none of the partition.
+            tonic::Code::OutOfRange => ResponseError::OffsetOutOfRange,
             _ => ResponseError::UnknownServerError,
         },
         _ => ResponseError::UnknownServerError,

@@ -620,7 +620,7 @@ async fn handle(
         ApiKey::Metadata => {
             let request =
                 decode::metadata(request, version).map_err(|e| malformed(e.to_string()))?;
-            encode(api, version, correlation_id, &apis::metadata(&shared, &caller, request))?
+            encode(api, version, correlation_id, &apis::metadata(&shared, &caller, request).await)?
         }
         ApiKey::Produce => {
             let request =

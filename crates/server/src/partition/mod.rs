@@ -13,8 +13,8 @@ use crate::limits::{
     RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
-use spool_broker::TopicName;
 use spool_broker::producer::ProducerTable;
+use spool_broker::{Placement, TopicName};
 use spool_proto::Acks;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
@@ -30,6 +30,7 @@ use crate::error::ServiceError;
 use crate::idempotence::{self, Refused};
 use crate::metrics::{Metrics, PartitionMetrics};
 
+mod remote;
 mod replicated;
 pub(crate) mod scrub;
 mod writer;
@@ -71,6 +72,16 @@ pub(crate) struct Partition {
     producers: Mutex<ProducerTable>,
     /// This node's replica of the partition, on a node of a cluster, while it runs.
     replica: RwLock<Option<Arc<spool_replication::Replica>>>,
+    /// The nodes that hold the partition, its preferred leader first, on a node of a
+    /// cluster.
+    replicas: Vec<u64>,
+    /// The partition's group, on a node of a cluster that holds no replica of it: the node
+    /// passes batches to its leader and asks a replica for reads (see `remote`).
+    remote: Option<Arc<spool_replication::Remote>>,
+    /// Where the log starts and ends as the replicas said last, on a node that holds none.
+    remote_state: RwLock<Option<PartitionState>>,
+    /// Whether the task that watches the replicas for new records runs (see `remote`).
+    polling: AtomicBool,
     /// Damage a read found in a replicated partition's log, for its writer to repair.
     repairs: mpsc::Sender<Damage>,
     /// Set when repairing this replica failed: reads report damage as on a single node.
@@ -115,15 +126,30 @@ struct Reconfigure {
 
 impl Partition {
     /// Starts the writer of `log`; it stops, drains its queue, syncs and hands the log back
-    /// when `stop` is cancelled.
+    /// when `stop` is cancelled. On a node of a cluster the partition is held by the nodes
+    /// `placement` names (every node without one); a node that is not one of them keeps
+    /// `log` empty and passes batches on.
     pub(crate) fn start(
         topic: TopicName,
         id: u32,
         log: Log,
+        placement: Option<&Placement>,
         stop: CancellationToken,
         server: Services,
     ) -> (Arc<Partition>, JoinHandle<Option<Log>>) {
         let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        let group = format!("{topic}/{id}");
+        let replicas = match (&server.cluster, placement) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(placement)) => placement.replicas(id),
+            (Some(cluster), None) => cluster.every_node_for(&group),
+        };
+        let remote = match &server.cluster {
+            Some(cluster) if !replicas.contains(&cluster.node_id) => {
+                Some(Arc::new(cluster.remote(&group, &replicas)))
+            }
+            _ => None,
+        };
         let (reconfigure, reconfigure_receiver) = mpsc::channel(1);
         let (repairs, repairs_receiver) = mpsc::channel(1);
         let partition = Arc::new(Partition {
@@ -139,9 +165,18 @@ impl Partition {
             deleted: AtomicBool::new(false),
             producers: Mutex::new(ProducerTable::new()),
             replica: RwLock::new(None),
+            replicas,
+            remote,
+            remote_state: RwLock::new(None),
+            polling: AtomicBool::new(false),
             repairs,
             repair_failed: AtomicBool::new(false),
         });
+        if let Some(remote) = partition.remote.clone() {
+            let passing =
+                remote::run(partition.clone(), receiver, reconfigure_receiver, remote, stop);
+            return (partition, tokio::spawn(passing));
+        }
         if let Some(cluster) = partition.server.cluster.clone() {
             let replicated = replicated::run(
                 partition.clone(),
@@ -177,7 +212,16 @@ impl Partition {
 
     /// The partition's leader as this node knows it, on a node of a cluster.
     pub(crate) fn leader(&self) -> Option<u64> {
-        self.replica().and_then(|replica| replica.leader()).map(|(id, _)| id)
+        match &self.remote {
+            Some(remote) => remote.leader(),
+            None => self.replica().and_then(|replica| replica.leader()),
+        }
+        .map(|(id, _)| id)
+    }
+
+    /// The group of a partition this node holds no replica of (see [`Partition::start`]).
+    pub(crate) fn remote(&self) -> Option<&Arc<spool_replication::Remote>> {
+        self.remote.as_ref()
     }
 
     /// This node's replica of the partition, on a node of a cluster while it runs.
@@ -189,13 +233,27 @@ impl Partition {
         *self.replica.write().unwrap_or_else(PoisonError::into_inner) = replica;
     }
 
-    /// The nodes that hold the partition, on a node of a cluster.
-    pub(crate) fn replicas(&self) -> Vec<u64> {
-        self.server.cluster.as_ref().map(|cluster| cluster.node_ids()).unwrap_or_default()
+    /// The nodes that hold the partition, its preferred leader first, on a node of a
+    /// cluster.
+    pub(crate) fn replicas(&self) -> &[u64] {
+        &self.replicas
     }
 
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    /// The error for what only a replica of the partition can do.
+    fn not_held(&self) -> ServiceError {
+        let leader = self.remote.as_ref().and_then(|remote| remote.leader()).map(|(id, _)| {
+            (id, self.server.cluster.as_ref().and_then(|cluster| cluster.client_address(id)))
+        });
+        ServiceError::NotHeld {
+            topic: self.topic.clone(),
+            partition: self.id,
+            replicas: self.replicas.clone(),
+            leader,
+        }
     }
 
     fn closed_error(&self) -> ServiceError {
@@ -206,10 +264,15 @@ impl Partition {
         }
     }
 
+    /// Runs `f` over the partition's log: refused on a node that holds no replica of it
+    /// (its log there is empty).
     fn with_log<T>(
         &self,
         f: impl FnOnce(&Log) -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
+        if self.remote.is_some() {
+            return Err(self.not_held());
+        }
         let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
         match guard.as_ref() {
             Some(log) => f(log),
@@ -217,7 +280,12 @@ impl Partition {
         }
     }
 
+    /// Where the log starts and ends, its size and fence. On a node that holds no replica of
+    /// the partition, as the replicas said last ([`Partition::refresh`] asks them again).
     pub(crate) fn state(&self) -> Result<PartitionState, ServiceError> {
+        if self.remote.is_some() {
+            return self.remote_state().ok_or_else(|| self.not_held());
+        }
         self.with_log(|log| {
             Ok(PartitionState {
                 log_start_offset: log.log_start_offset(),
@@ -231,8 +299,10 @@ impl Partition {
 
     /// A receiver that is marked changed whenever the partition may have new visible data, is
     /// trimmed by retention, or closes.
-    pub(crate) fn watch(&self) -> watch::Receiver<()> {
-        self.changed.subscribe()
+    pub(crate) fn watch(self: &Arc<Self>) -> watch::Receiver<()> {
+        let changes = self.changed.subscribe();
+        self.poll_remote();
+        changes
     }
 
     /// Queues one batch for the writer, waiting while the queue is full (backpressure).
@@ -281,6 +351,9 @@ impl Partition {
         offset: Offset,
         bytes_max: u32,
     ) -> Result<ReadBatches, ServiceError> {
+        if self.remote.is_some() {
+            return self.read_remote(offset, bytes_max).await;
+        }
         let mut changes = self.watch();
         // When waiting gives up: FOLLOWER_READ_PATIENCE after the first wait.
         let mut deadline = None;
@@ -413,6 +486,9 @@ impl Partition {
         self: &Arc<Self>,
         timestamp: TimestampMs,
     ) -> Result<Offset, ServiceError> {
+        if self.remote.is_some() {
+            return self.offset_for_timestamp_remote(timestamp).await;
+        }
         let partition = self.clone();
         let found = blocking(move || {
             partition.with_log(|log| {
@@ -632,7 +708,7 @@ mod tests {
             sync: Arc::new(SharedSync::alone()),
             cluster: None,
         };
-        let (partition, writer) = Partition::start(topic, 0, log, stop.clone(), services);
+        let (partition, writer) = Partition::start(topic, 0, log, None, stop.clone(), services);
         let before = gate.lock().started;
         gate.set(|g| g.held = true);
 

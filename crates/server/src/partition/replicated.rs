@@ -7,7 +7,8 @@
 //!
 //! A node that does not lead the partition passes each batch to the leader over the peer
 //! listener and answers with the leader's answer: a client may produce to any node, at the
-//! cost of one more hop than sending to the leader `describe` names.
+//! cost of one more hop than sending to the leader `describe` names. (A node that holds no
+//! replica of the partition at all runs `super::remote` instead.)
 //!
 //! # Order
 //!
@@ -70,6 +71,7 @@ use spool_storage::{Appended, Log, Offset};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::remote::serve_reads;
 use super::{AppendRequest, Damage, Partition, Reconfigure, blocking};
 use crate::cluster::Cluster;
 use crate::error::{ServiceError, to_status};
@@ -107,7 +109,12 @@ pub(super) async fn run(
     'replica: loop {
         // One run of the replica, until the partition stops or a read finds damage.
         let running = stop.child_token();
-        let started = cluster.start_partition(&group, partition.log.clone(), on_commit.clone());
+        let started = cluster.start_partition(
+            &group,
+            partition.log.clone(),
+            on_commit.clone(),
+            &partition.replicas,
+        );
         let replica = match started.await {
             Ok(replica) => Some(replica),
             Err(error) => {
@@ -136,6 +143,7 @@ pub(super) async fn run(
             ));
             let forwarded = take_forwarded(partition.clone(), replica.clone(), checker.clone());
             replica.on_forwarded(forwarded);
+            replica.on_read(serve_reads(partition.clone(), cluster.reads_waiting()));
             tokio::spawn(retain(partition, replica, retention, running.clone()));
         }
         let damage = loop {
@@ -256,7 +264,7 @@ pub(super) async fn run(
 
 /// Takes new settings for a replicated log: only its retention limits change (the edge
 /// refuses the others, which every replica would have to apply alike).
-fn change_retention(
+pub(super) fn change_retention(
     partition: &Partition,
     config: spool_storage::LogConfig,
 ) -> Result<(), ServiceError> {
@@ -457,7 +465,7 @@ async fn check_sequences(
 /// The next round of a queue: its first batch (`left` from the round before, or the next to
 /// come) and every batch queued behind it that fits one entry with it; the first that does
 /// not is `left` for the next. `None` once the queue closes or `running` is cancelled.
-async fn next_round<T>(
+pub(super) async fn next_round<T>(
     queue: &mut mpsc::Receiver<T>,
     left: &mut Option<T>,
     running: &CancellationToken,
