@@ -554,6 +554,49 @@ async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
     }
 }
 
+/// A client given every node's address goes on through another node when the one it talks
+/// to stops: an idempotent producer's batches are each stored once, in order, and a consumer
+/// of the same client reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_every_node_goes_on_through_another_when_its_node_stops() {
+    use spool_client::{Follow, StartAt};
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "rides", 1).await;
+    let urls: Vec<String> =
+        (1..=3).map(|id| format!("http://{}", cluster.node(id).address())).collect();
+    let client = Client::connect(&urls.join(",")).await.expect("connect");
+    let config = ProducerConfig { idempotent: true, retries_max: 200, ..ProducerConfig::default() };
+    let producer = client.producer("rides", config).await.expect("an idempotent producer");
+    let total = 200;
+    let mut deliveries = Vec::new();
+    for i in 0..total {
+        let value = format!("ride {i}");
+        let record = ClientRecord::value(value.as_bytes()).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("buffered"));
+        if i == total / 2 {
+            producer.flush().await.expect("the first half acknowledged");
+            // The node the client talks to: the first it reached.
+            cluster.nodes[0].take().expect("running").shutdown().await;
+        }
+    }
+    for delivery in deliveries {
+        delivery.wait().await.expect("acknowledged through another node");
+    }
+    let mut consumer = client
+        .subscribe("rides", 0, StartAt::Earliest, Follow::UntilEnd)
+        .await
+        .expect("subscribed through another node");
+    let mut values = Vec::new();
+    while let Some(polled) = consumer.poll().await.expect("polled") {
+        for record in polled.records() {
+            let record = record.expect("a record");
+            values.push(String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned());
+        }
+    }
+    let expected: Vec<String> = (0..total).map(|i| format!("ride {i}")).collect();
+    assert!(values == expected, "each record once, in order: {values:?}");
+}
+
 /// A plain producer keeps many one-record batches in flight, through a follower and through
 /// the leader: each is stored in the order it was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

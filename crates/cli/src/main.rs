@@ -185,7 +185,8 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Connection")]
 struct ServerArg {
-    /// The server's URL; `HOST:PORT` means `http://HOST:PORT`.
+    /// The server's URL; `HOST:PORT` means `http://HOST:PORT`. A cluster's nodes may be
+    /// listed, separated by commas: the command goes on through the next when one stops.
     #[arg(long, env = "SPOOL_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
     server: String,
     /// The bearer token to send (better from the environment than on the command line).

@@ -80,6 +80,7 @@ mod error;
 mod group;
 mod group_admin;
 mod handler;
+mod nodes;
 mod producer;
 mod reconnect;
 mod request;
@@ -108,6 +109,7 @@ pub use handler::{
     DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, Event, HandlerConfig, HandlerError, HandlerStats,
     run_handler,
 };
+pub use nodes::Nodes;
 pub use producer::{
     Backpressure, Codec, Delivery, Header, Producer, ProducerConfig, ProducerStats, Record,
     RecordMetadata,
@@ -127,7 +129,7 @@ pub use topics::{
 /// share its HTTP/2 connection unless built on their own ([`Client::connect`] again).
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Nodes,
     /// Sent as `authorization: Bearer TOKEN` with every call (see
     /// [`Client::with_bearer_token`]).
     token: BearerToken,
@@ -153,7 +155,7 @@ const NAMED_ADDRESS_KEY: &str = "spool-leader-address";
 /// and on every message of a stream; a stream's messages travel under its opening metadata.
 /// [`Client::transport`] gives it out for calling the generated `spool_proto` clients
 /// directly.
-pub type Transport = InterceptedService<Channel, BearerToken>;
+pub type Transport = InterceptedService<Nodes, BearerToken>;
 
 /// Adds `authorization: Bearer TOKEN` to each outgoing call when a token is set (see
 /// [`Client::with_bearer_token`]).
@@ -245,8 +247,33 @@ pub fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
         .max_frame_size(HTTP2_FRAME_BYTES_MAX))
 }
 
+/// [`endpoint`] for `url`, with the TLS `options` give when it is `https://`.
+fn tls_endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint, ConnectError> {
+    let endpoint = endpoint(url)?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &options.ca_cert_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &options.client_identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        return endpoint
+            .tls_config(tls)
+            .map_err(|error| ConnectError::Tls { reason: error_chain(&error) });
+    }
+    if options.ca_cert_pem.is_some() || options.client_identity_pem.is_some() {
+        let url = endpoint.uri().to_string();
+        return Err(ConnectError::Tls {
+            reason: format!("{url} is not an https:// URL, so its certificates are not used"),
+        });
+    }
+    Ok(endpoint)
+}
+
 impl Client {
-    /// Connects to a server at a URL like `http://127.0.0.1:7070`, through [`endpoint`].
+    /// Connects to a server at a URL like `http://127.0.0.1:7070`, through [`endpoint`] (or
+    /// to a cluster's nodes, as [`Client::connect_with`] says).
     pub async fn connect(url: &str) -> Result<Client, ConnectError> {
         Client::connect_with(url, &ConnectOptions::default()).await
     }
@@ -254,31 +281,60 @@ impl Client {
     /// Connects with TLS settings and a token: what `spool`'s `--server`, `--ca-cert`,
     /// `--client-cert`/`--client-key` and `--token` flags set. TLS applies to `https://`
     /// URLs; no system roots are compiled in, so name the server's CA.
+    ///
+    /// `url` may name several nodes of a cluster, separated by commas
+    /// (`http://127.0.0.1:7070,http://127.0.0.2:7070`): the client connects to the first it
+    /// reaches, and moves its calls to the next when one fails in the transport (see
+    /// [`Nodes`]).
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ConnectError> {
-        let mut endpoint = endpoint(url)?;
-        let url = endpoint.uri().to_string();
-        let https = endpoint.uri().scheme_str() == Some("https");
-        if endpoint.uri().scheme_str() == Some("https") {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &options.ca_cert_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &options.client_identity_pem {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|error| ConnectError::Tls { reason: error_chain(&error) })?;
-        } else if options.ca_cert_pem.is_some() || options.client_identity_pem.is_some() {
-            return Err(ConnectError::Tls {
-                reason: format!("{url} is not an https:// URL, so its certificates are not used"),
+        let mut endpoints = Vec::new();
+        for url in url.split(',').map(str::trim) {
+            endpoints.push(tls_endpoint(url, options)?);
+        }
+        let https = endpoints[0].uri().scheme_str() == Some("https");
+        if endpoints.iter().any(|e| (e.uri().scheme_str() == Some("https")) != https) {
+            return Err(ConnectError::BadUrl {
+                url: url.to_owned(),
+                reason: "every node is reached the same way: all http:// or all https://".into(),
             });
         }
-        let channel = endpoint.connect().await.map_err(|error| ConnectError::Unreachable {
-            reason: unreachable_reason(&error),
-            url,
-        })?;
+        // The first node reached takes the calls; the others are connected when first used.
+        let mut reached = None;
+        let mut reasons = Vec::new();
+        for (at, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    reached = Some((at, channel));
+                    break;
+                }
+                Err(error) => reasons.push(unreachable_reason(&error)),
+            }
+        }
+        let Some((at, channel)) = reached else {
+            let urls: Vec<String> = endpoints.iter().map(|e| e.uri().to_string()).collect();
+            let reason = match reasons.as_slice() {
+                [reason] => reason.clone(),
+                reasons => {
+                    let each =
+                        urls.iter().zip(reasons).map(|(url, reason)| format!("{url}: {reason}"));
+                    each.collect::<Vec<_>>().join("; ")
+                }
+            };
+            return Err(ConnectError::Unreachable { url: urls.join(","), reason });
+        };
+        let nodes = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let url = endpoint.uri().to_string();
+                match i == at {
+                    true => (url, channel.clone()),
+                    false => (url, endpoint.connect_lazy()),
+                }
+            })
+            .collect();
         let origin = Origin { https, options: ConnectOptions { token: None, ..options.clone() } };
+        let channel = Nodes::new(nodes, at);
         let client =
             Client { channel, token: BearerToken::default(), origin: Some(Arc::new(origin)) };
         match &options.token {
@@ -289,6 +345,7 @@ impl Client {
 
     /// A client over a channel built by the caller (TLS, timeouts, ...).
     pub fn from_channel(channel: Channel) -> Client {
+        let channel = Nodes::new(vec![("the caller's channel".to_owned(), channel)], 0);
         Client { channel, token: BearerToken::default(), origin: None }
     }
 
@@ -351,5 +408,27 @@ impl Client {
         follow: Follow,
     ) -> Result<Consumer, ConsumeError> {
         Consumer::subscribe(self, topic, partition, start, follow).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address nothing listens at.
+    fn closed() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_client_given_several_nodes_names_each_it_could_not_reach() {
+        let (first, second) = (closed(), closed());
+        let error = Client::connect(&format!("{first},{second}")).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("{first}/: ")), "{error}");
+        assert!(error.contains(&format!("; {second}/: ")), "{error}");
+        assert!(error.contains("is `spool serve` running"), "{error}");
+        let mixed = Client::connect(&format!("{first},https://127.0.0.1:1")).await.unwrap_err();
+        assert!(mixed.to_string().contains("all http:// or all https://"), "{mixed}");
     }
 }
