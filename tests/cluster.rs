@@ -1633,6 +1633,8 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
     assert_eq!(described.node_id, Some(leaders[0]));
     let nodes: Vec<(u64, bool)> = described.nodes.iter().map(|n| (n.id, n.reachable)).collect();
     assert_eq!(nodes, [(1, true), (2, true), (3, true)]);
+    let protocol = Some(spool_replication::PROTOCOL_VERSION);
+    assert!(described.nodes.iter().all(|n| n.peer_protocol == protocol), "{described:?}");
     let partition = &described.partitions[0];
     assert_eq!((partition.topic.as_str(), partition.leader), ("wide", Some(leaders[0])));
     assert!(partition.high_watermark >= 1, "{partition:?}");

@@ -44,9 +44,17 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
         views.insert(node.id, view);
     }
     println!("nodes (reachability as node {answering} sees it):");
+    let own_protocol = first.nodes.iter().find(|n| n.id == answering).and_then(|n| n.peer_protocol);
     for node in &first.nodes {
         let client = node.client_address.as_deref().unwrap_or("not registered");
-        let reach = if node.reachable { "reachable" } else { "unreachable" };
+        let reach = match (node.reachable, node.peer_protocol) {
+            (false, _) => "unreachable".to_owned(),
+            (true, Some(theirs)) if own_protocol.is_some_and(|ours| ours != theirs) => format!(
+                "reachable, but it speaks peer protocol {theirs} and node {answering} {}: run one release on every node",
+                own_protocol.unwrap_or_default()
+            ),
+            (true, _) => "reachable".to_owned(),
+        };
         let answer = match views.get(&node.id) {
             Some(Err(error)) => format!("\tnot answering: {error}"),
             _ => String::new(),

@@ -233,6 +233,9 @@ pub struct NodeInfo {
     pub client_address: Option<String>,
     /// Whether the answering node reached its peer address just now.
     pub reachable: bool,
+    /// The peer protocol version it speaks, when it answered: nodes that speak different
+    /// ones cannot replicate to each other.
+    pub peer_protocol: Option<u32>,
 }
 
 /// One replicated partition as the answering node knows it.
@@ -298,6 +301,7 @@ impl Client {
                     peer_address: n.peer_address,
                     client_address: n.client_address,
                     reachable: n.reachable,
+                    peer_protocol: n.peer_protocol,
                 })
                 .collect(),
             partitions: described

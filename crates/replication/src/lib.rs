@@ -64,7 +64,7 @@ pub use remote::Remote;
 pub use replica::{
     BootstrapError, OnForwarded, OnRead, ProposeError, Proposed, Replica, StartError,
 };
-pub use rpc::{InvalidMessage, PeerRead, ReadAnswer, ReadHead, check_message};
+pub use rpc::{InvalidMessage, PROTOCOL_VERSION, PeerRead, ReadAnswer, ReadHead, check_message};
 pub use state_machine::{Fold, OnCommit, PartitionStateMachine};
 
 /// A node's id in a cluster.

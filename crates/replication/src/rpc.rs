@@ -39,6 +39,13 @@ const PROGRESS: u8 = 6;
 const PROPOSE_IN_ORDER: u8 = 7;
 const READ: u8 = 8;
 
+/// The version of these messages (and of what carries them, the server's peer protocol),
+/// one more with every change a node of the version before cannot read. Nodes tell each
+/// other theirs, so a cluster whose nodes run different releases says so rather than failing
+/// message by message: 1 is every build before nodes told, 2 the first that does (with
+/// `Read`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
 const NORMAL: u8 = 2;

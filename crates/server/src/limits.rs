@@ -314,6 +314,9 @@ pub const GROUPS_LOAD_PATIENCE: std::time::Duration = std::time::Duration::from_
 /// How long `DescribeCluster` waits for a connection to each peer before it reports the peer
 /// unreachable.
 pub const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a node asks the others which peer protocol version they speak (and logs an
+/// error for one that speaks another).
+pub const PEER_PROTOCOL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// A node that started on an empty data directory asks the others again this often whether
 /// the cluster already exists, until a majority has answered.
 pub const EMPTY_START_RETRY: std::time::Duration = std::time::Duration::from_millis(100);

@@ -221,11 +221,12 @@ impl TopicService for TopicApi {
         };
         let nodes = cluster.probe_nodes().await.into_iter();
         let nodes = nodes
-            .map(|(id, peer_address, client_address, reachable)| ClusterNode {
-                id,
-                peer_address,
-                client_address,
-                reachable,
+            .map(|node| ClusterNode {
+                id: node.id,
+                peer_address: node.peer_address,
+                client_address: node.client_address,
+                reachable: node.protocol.is_some(),
+                peer_protocol: node.protocol,
             })
             .collect();
         let mut topics = self.topics.topics();

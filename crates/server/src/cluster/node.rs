@@ -39,7 +39,8 @@ use crate::limits::{
     EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
     INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
     LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL,
-    PEER_PROBE_TIMEOUT, PRODUCER_ID_PATIENCE, REMOTE_READS_WAITING_MAX,
+    PEER_PROBE_TIMEOUT, PEER_PROTOCOL_CHECK_INTERVAL, PRODUCER_ID_PATIENCE,
+    REMOTE_READS_WAITING_MAX,
 };
 use spool_broker::Placement;
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
@@ -219,6 +220,17 @@ impl TopicSpec {
     }
 }
 
+/// A node as [`Cluster::probe_nodes`] found it.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeProbe {
+    pub(crate) id: u64,
+    pub(crate) peer_address: String,
+    /// Where it serves clients, once it has registered.
+    pub(crate) client_address: Option<String>,
+    /// The peer protocol version it speaks; `None` when it was not reached.
+    pub(crate) protocol: Option<u32>,
+}
+
 /// This node's part in a cluster.
 pub(crate) struct Cluster {
     pub(crate) node_id: u64,
@@ -386,6 +398,7 @@ impl Cluster {
             .await?;
         let _ = cluster.offsets.set(offsets);
         tokio::spawn(compact_internal_logs(cluster.clone()));
+        tokio::spawn(watch_peer_protocols(cluster.clone()));
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());
         } else {
@@ -666,29 +679,30 @@ impl Cluster {
         self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Every node: its id, peer address, client address once registered, and whether this
-    /// node opened a connection to its peer address (and with peer TLS, finished the
-    /// handshake) within [`PEER_PROBE_TIMEOUT`].
-    pub(crate) async fn probe_nodes(&self) -> Vec<(u64, String, Option<String>, bool)> {
+    /// Every node: its id, peer address, client address once registered, and the peer
+    /// protocol version it speaks when it answered within [`PEER_PROBE_TIMEOUT`] (with peer
+    /// TLS, after the handshake).
+    pub(crate) async fn probe_nodes(&self) -> Vec<NodeProbe> {
         let mut probes = tokio::task::JoinSet::new();
         for (id, address) in self.members.clone() {
             let own = id == self.node_id;
             let transport = self.transport.clone();
             probes.spawn(async move {
-                let reached = own || {
-                    let connect = transport.probe(&address);
-                    matches!(tokio::time::timeout(PEER_PROBE_TIMEOUT, connect).await, Ok(Ok(())))
+                let protocol = match own {
+                    true => Some(spool_replication::PROTOCOL_VERSION),
+                    false => transport.protocol_of(&address, PEER_PROBE_TIMEOUT).await.ok(),
                 };
-                (id, address, reached)
+                (id, address, protocol)
             });
         }
         let mut nodes = Vec::new();
         while let Some(probe) = probes.join_next().await {
-            if let Ok((id, address, reached)) = probe {
-                nodes.push((id, address, self.client_address(id), reached));
+            if let Ok((id, peer_address, protocol)) = probe {
+                let client_address = self.client_address(id);
+                nodes.push(NodeProbe { id, peer_address, client_address, protocol });
             }
         }
-        nodes.sort_by_key(|node| node.0);
+        nodes.sort_by_key(|node| node.id);
         nodes
     }
 
@@ -1131,6 +1145,41 @@ async fn reload_peer_crl(
                 refused = Some(reason);
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// Asks every other node which peer protocol version it speaks, every
+/// [`PEER_PROTOCOL_CHECK_INTERVAL`] until the cluster stops, and logs an error naming each
+/// node that speaks another than this node (and when it no longer does): nodes of different
+/// releases fail each other's messages one by one, and this says why.
+async fn watch_peer_protocols(cluster: Arc<Cluster>) {
+    let ours = spool_replication::PROTOCOL_VERSION;
+    let mut reported: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut timer = tokio::time::interval(PEER_PROTOCOL_CHECK_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cluster.stop.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        for (&id, address) in cluster.members.iter().filter(|(id, _)| **id != cluster.node_id) {
+            let Ok(theirs) = cluster.transport.protocol_of(address, PEER_PROBE_TIMEOUT).await
+            else {
+                continue;
+            };
+            let before = reported.insert(id, theirs).unwrap_or(ours);
+            if theirs != ours && theirs != before {
+                tracing::error!(
+                    node = id,
+                    %address,
+                    theirs,
+                    ours,
+                    "node {id} speaks peer protocol version {theirs}, this node {ours}: its release differs from this node's, and the two cannot replicate to each other. Run one release on every node: stop them all, upgrade each, start them again"
+                );
+            } else if theirs == ours && before != ours {
+                tracing::info!(node = id, "node {id} now speaks this node's peer protocol");
+            }
         }
     }
 }

@@ -34,6 +34,12 @@ type Stream = Box<dyn PeerStream>;
 /// endian), the answer one byte (1: registered).
 pub(crate) const REGISTERED_QUESTION: &str = "__registered";
 
+/// The name a peer's question is sent under when it asks which version of the peer protocol
+/// this node speaks ([`spool_replication::PROTOCOL_VERSION`]): the question is the asker's
+/// version, the answer this node's (4 bytes each, big endian). A build older than the
+/// question refuses it, as a group it has no replica of: it speaks version 1.
+pub(crate) const PROTOCOL_QUESTION: &str = "__protocol";
+
 /// Where the internal listener finds the replica a message is for.
 pub trait Groups: Send + Sync + 'static {
     /// This node's replica of `group`, if it has one.
@@ -170,6 +176,10 @@ async fn serve_connection(
                 }
                 Err(_) => (REFUSED, Bytes::from("a registration question of other than 8 bytes")),
             },
+            Ok(group) if group == PROTOCOL_QUESTION => {
+                let version = spool_replication::PROTOCOL_VERSION.to_be_bytes();
+                (ANSWERED, Bytes::copy_from_slice(&version))
+            }
             Ok(group) => match groups.replica(&group) {
                 Some(replica) => (ANSWERED, replica.handle(frame).await),
                 None => (REFUSED, Bytes::from(format!("this node has no replica of {group:?}"))),
@@ -281,6 +291,23 @@ impl PeerTransport {
     }
 
     async fn exchange(&self, address: &str, group: &str, message: Bytes) -> io::Result<Bytes> {
+        let (status, answer) = self.exchange_raw(address, group, message).await?;
+        match status {
+            ANSWERED => Ok(answer),
+            _ => Err(io::Error::other(format!(
+                "the peer refused the message: {}",
+                String::from_utf8_lossy(&answer)
+            ))),
+        }
+    }
+
+    /// Sends one message and takes its answer, with its status (answered or refused).
+    async fn exchange_raw(
+        &self,
+        address: &str,
+        group: &str,
+        message: Bytes,
+    ) -> io::Result<(u8, Bytes)> {
         let generation = self.pool().generation;
         let mut stream = match self.take_idle(address) {
             Some(stream) => stream,
@@ -301,24 +328,28 @@ impl PeerTransport {
             None => return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty answer")),
         };
         self.put_idle(address, stream, generation);
-        match status {
-            ANSWERED => Ok(answer),
-            _ => Err(io::Error::other(format!(
-                "the peer refused the message: {}",
-                String::from_utf8_lossy(&answer)
-            ))),
-        }
+        Ok((status, answer))
     }
 }
 
 impl PeerTransport {
-    /// Opens a connection to `address` (finishing the TLS handshake, with TLS) and keeps it
-    /// for the next message.
-    pub(crate) async fn probe(&self, address: &str) -> io::Result<()> {
-        let generation = self.pool().generation;
-        let stream = self.connect(address).await?;
-        self.put_idle(address, stream, generation);
-        Ok(())
+    /// The peer protocol version the node at `address` speaks (see [`PROTOCOL_QUESTION`]),
+    /// within `timeout`: an error when it could not be reached.
+    pub(crate) async fn protocol_of(&self, address: &str, timeout: Duration) -> io::Result<u32> {
+        let question = Bytes::copy_from_slice(&spool_replication::PROTOCOL_VERSION.to_be_bytes());
+        let asked = self.exchange_raw(address, PROTOCOL_QUESTION, question);
+        let (status, answer) = tokio::time::timeout(timeout, asked)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
+        match (status, <[u8; 4]>::try_from(&answer[..])) {
+            (ANSWERED, Ok(version)) => Ok(u32::from_be_bytes(version)),
+            (ANSWERED, Err(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a protocol version of {} bytes", answer.len()),
+            )),
+            // Refused: a build from before the question.
+            _ => Ok(1),
+        }
     }
 
     async fn connect(&self, address: &str) -> io::Result<Stream> {
@@ -361,5 +392,51 @@ impl Transport for PeerTransport {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoGroups;
+
+    impl Groups for NoGroups {
+        fn replica(&self, _: &str) -> Option<Arc<Replica>> {
+            None
+        }
+        fn has_registered(&self, _: NodeId) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_tell_their_peer_protocol_and_an_older_one_speaks_version_one() {
+        let transport = PeerTransport::new(None);
+        let timeout = Duration::from_secs(5);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_peers(listener, Arc::new(NoGroups), None, stop.clone()));
+        let version = transport.protocol_of(&address, timeout).await.unwrap();
+        assert_eq!(version, spool_replication::PROTOCOL_VERSION);
+        stop.cancel();
+
+        // A release from before the question refuses it, as a group it has no replica of.
+        let older = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = older.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = older.accept().await.unwrap();
+            read_frame(&mut stream).await.unwrap();
+            let answer = b"this node has no replica of \"__protocol\"";
+            let mut head = BytesMut::new();
+            head.put_u32(1 + answer.len() as u32);
+            head.put_u8(REFUSED);
+            stream.write_all(&head).await.unwrap();
+            stream.write_all(answer).await.unwrap();
+            stream.flush().await.unwrap();
+        });
+        assert_eq!(transport.protocol_of(&address, timeout).await.unwrap(), 1);
     }
 }
