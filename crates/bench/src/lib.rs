@@ -143,6 +143,10 @@ pub struct WorkloadArgs {
     /// The topic's fsync policy: always, interval:MS or never.
     #[arg(long, default_value = "always")]
     pub fsync: String,
+    /// How many of the three nodes hold each partition (the spool-cluster and nats-cluster
+    /// targets only): 1 to 3, default 3.
+    #[arg(long, value_name = "N")]
+    pub replication_factor: Option<u32>,
     /// Messages to send in all (consume: to produce and then replay); default: run for
     /// --duration (consume: 500000).
     #[arg(long)]
@@ -246,6 +250,8 @@ pub struct Settings {
     pub acks: AcksArg,
     pub idempotent: bool,
     pub fsync: String,
+    /// How many nodes hold each partition on the cluster targets (`None`: all three).
+    pub replication_factor: Option<u32>,
     pub messages: Option<u64>,
     pub duration_seconds: Option<f64>,
     /// consume: how long to keep replaying the messages it produced (each replay reads them
@@ -295,6 +301,7 @@ impl Settings {
             acks: args.acks,
             idempotent: args.idempotent,
             fsync: args.fsync.clone(),
+            replication_factor: args.replication_factor,
             duration_seconds: if messages.is_some() { None } else { Some(args.duration) },
             replay_seconds: (workload == Workload::Consume).then_some(args.duration),
             messages,
@@ -311,6 +318,9 @@ impl Settings {
         }
         if self.batch == 0 {
             return bad("--batch must be at least 1".into());
+        }
+        if let Some(factor) = self.replication_factor.filter(|factor| !(1..=3).contains(factor)) {
+            return bad(format!("--replication-factor {factor} is outside 1..=3 (three nodes)"));
         }
         if !(1..=256).contains(&self.in_flight) {
             return bad(format!("--in-flight {} is outside 1..=256", self.in_flight));
@@ -615,6 +625,13 @@ pub async fn measure_workload(
     if settings.idempotent && args.target.iter().any(|t| !spool.contains(t)) {
         return Err(BenchError::BadOption(
             "--idempotent applies to the spool and spool-cluster targets only".into(),
+        ));
+    }
+    let clusters = [TargetKind::SpoolCluster, TargetKind::NatsCluster];
+    if settings.replication_factor.is_some() && args.target.iter().any(|t| !clusters.contains(t)) {
+        return Err(BenchError::BadOption(
+            "--replication-factor applies to the spool-cluster and nats-cluster targets only"
+                .into(),
         ));
     }
     let nats = [TargetKind::Nats, TargetKind::NatsCluster];

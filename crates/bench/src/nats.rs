@@ -169,7 +169,8 @@ pub async fn measure(
 }
 
 /// Runs the workload against a JetStream cluster of three nats-servers the harness starts on
-/// 127.0.0.1, every stream with three replicas (a publish is acknowledged once two have it).
+/// 127.0.0.1, every stream with three replicas (a publish is acknowledged once two have it),
+/// or `--replication-factor`.
 pub async fn measure_cluster(
     settings: &Settings,
     args: &WorkloadArgs,
@@ -177,7 +178,8 @@ pub async fn measure_cluster(
     data_root: &Path,
 ) -> Result<Measured, BenchError> {
     let (url, started) = start_servers(&args.nats_server, sync, data_root, CLUSTER_NODES).await?;
-    let mut measured = measure_at(settings, sync, &url, started, CLUSTER_NODES).await?;
+    let replicas = settings.replication_factor.map_or(CLUSTER_NODES, |factor| factor as usize);
+    let mut measured = measure_at(settings, sync, &url, started, replicas).await?;
     measured.target = format!("nats-cluster-{CLUSTER_NODES}");
     Ok(measured)
 }

@@ -812,6 +812,7 @@ mod tests {
             acks: AcksArg::All,
             idempotent: false,
             fsync: "always".into(),
+            replication_factor: None,
             messages: Some(samples),
             duration_seconds: None,
             replay_seconds: None,

@@ -158,6 +158,9 @@ pub async fn measure_cluster(
     cluster.stop().await?;
     let mut measured = measured?;
     measured.target = format!("spool-cluster-{}", InProcessCluster::NODES);
+    let replicas = settings.replication_factor.unwrap_or(InProcessCluster::NODES as u32);
+    let plural = if replicas == 1 { "" } else { "s" };
+    measured.durability = format!("{}, {replicas} replica{plural}", measured.durability);
     Ok(measured)
 }
 
@@ -210,6 +213,7 @@ async fn measure_at(
     let topic_settings = TopicSettings {
         partitions: settings.partitions,
         fsync: parse_fsync(&settings.fsync)?,
+        replication_factor: settings.replication_factor,
         ..TopicSettings::default()
     };
     // Made before the clock starts: for `json`, thousands of events.

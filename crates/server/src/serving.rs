@@ -283,7 +283,9 @@ pub(crate) async fn serve_metrics(
 
 fn export_gauges(topics: &TopicTable) {
     for topic in topics.topics() {
-        for partition in &topic.partitions {
+        // Only the partitions this node holds: another node's are its gauges.
+        let held = topic.partitions.iter().filter(|partition| partition.remote().is_none());
+        for partition in held {
             let Ok(state) = partition.state() else { continue };
             let replication = partition.replica().map(|replica| ReplicationGauges {
                 leader: replica.leader().map(|(id, _)| id),
