@@ -226,9 +226,14 @@ impl Cluster {
     /// Produces `value` to partition 0 of `topic` through node `at`, retrying while no
     /// leader is elected, until it is acknowledged; the offset.
     async fn produce_at(&self, at: u64, topic: &str, value: &str) -> u64 {
+        self.produce_to(at, topic, 0, value).await
+    }
+
+    /// [`Cluster::produce_at`] to `partition`.
+    async fn produce_to(&self, at: u64, topic: &str, partition: u32, value: &str) -> u64 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            match self.node(at).produce(topic, Some(0), vec![record(value)]).await {
+            match self.node(at).produce(topic, Some(partition), vec![record(value)]).await {
                 Ok(produced) => return produced.appends[0].base_offset,
                 // No leader yet: an election is on.
                 Err(status)
@@ -1703,23 +1708,7 @@ async fn a_topic_on_two_of_three_nodes_is_served_through_every_node() {
         let mut expected = Vec::new();
         for id in 1..=3 {
             let value = format!("partition {partition} via node {id}");
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                match cluster.node(id).produce("pairs", Some(partition), vec![record(&value)]).await
-                {
-                    Ok(_) => break,
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            Code::FailedPrecondition | Code::Unavailable
-                        ) =>
-                    {
-                        assert!(Instant::now() < deadline, "{value}: {status:?}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(status) => panic!("{value}: {status:?}"),
-                }
-            }
+            cluster.produce_to(id, "pairs", partition, &value).await;
             expected.push(value);
         }
         for id in 1..=3 {
@@ -1806,26 +1795,7 @@ async fn a_group_member_takes_partitions_its_coordinator_holds_no_replica_of() {
     for partition in 0..3u32 {
         for i in 0..2 {
             let value = format!("partition {partition} record {i}");
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                match cluster
-                    .node(1)
-                    .produce("singles", Some(partition), vec![record(&value)])
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            Code::FailedPrecondition | Code::Unavailable
-                        ) =>
-                    {
-                        assert!(Instant::now() < deadline, "{value}: {status:?}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(status) => panic!("{value}: {status:?}"),
-                }
-            }
+            cluster.produce_to(1, "singles", partition, &value).await;
             expected.push(value);
         }
     }

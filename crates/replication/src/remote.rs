@@ -65,6 +65,14 @@ impl Remote {
         leader.as_ref().is_some_and(|(_, _, heard)| heard.elapsed() <= age)
     }
 
+    /// The replicas, the leader as last heard first.
+    fn leader_first(&self) -> Vec<(NodeId, String)> {
+        let leader = self.leader();
+        let others =
+            self.replicas.iter().filter(|(id, _)| Some(*id) != leader.as_ref().map(|l| l.0));
+        leader.clone().into_iter().chain(others.cloned()).collect()
+    }
+
     fn set_leader(&self, leader: Option<(NodeId, String)>) {
         let heard = leader.map(|(id, address)| (id, address, Instant::now()));
         *self.leader.lock().unwrap_or_else(PoisonError::into_inner) = heard;
@@ -74,10 +82,7 @@ impl Remote {
     /// `timeout` per question: the first that leads, or that names a leader, settles it.
     /// `None` when none does (an election is on, or none answered).
     pub async fn find_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
-        let mut asked = Vec::with_capacity(self.replicas.len() + 1);
-        asked.extend(self.leader());
-        asked.extend(self.replicas.iter().cloned());
-        for (id, address) in asked {
+        for (id, address) in self.leader_first() {
             match ask_read_index(self.transport.as_ref(), &self.group, (id, &address), timeout)
                 .await
             {
@@ -111,10 +116,8 @@ impl Remote {
                 PeerRead::Timestamp { .. } => Duration::ZERO,
             };
         let leader = self.leader();
-        let others =
-            self.replicas.iter().filter(|(id, _)| Some(*id) != leader.as_ref().map(|l| l.0));
         let mut last = ProposeError::NotLeader { leader: None };
-        for (id, address) in leader.iter().chain(others) {
+        for (id, address) in &self.leader_first() {
             let message = rpc::encode_request(&Request::Read(read.clone()));
             let call = self.transport.call(*id, address, &self.group, message, timeout);
             let answer = match call.await {

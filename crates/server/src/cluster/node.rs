@@ -622,14 +622,16 @@ impl Cluster {
         self.start_replica(group, store, state, &members, preferred).await
     }
 
-    /// Every node, the one chosen to lead a new `group` first: the nodes of a partition of a
-    /// topic without a placement (created before placements, every node holds it).
+    /// Every node, the one chosen to lead a new `group` first: placed as partition 0 of a
+    /// topic of that name on every node would be ([`Placement`]). The nodes of the cluster's
+    /// own groups, and of a partition of a topic without a placement (created before
+    /// placements, every node holds it).
     pub(crate) fn every_node_for(&self, group: &str) -> Vec<u64> {
-        let mut nodes = self.node_ids();
-        let preferred = self.preferred_leader(group);
-        let at = nodes.iter().position(|id| *id == preferred).unwrap_or(0);
-        nodes.rotate_left(at);
-        nodes
+        let nodes = self.node_ids();
+        match Placement::new(group, &nodes, nodes.len() as u32) {
+            Ok(placement) => placement.replicas(0),
+            Err(_) => nodes,
+        }
     }
 
     /// What bounds the reads other nodes ask of this node's replicas that wait for records.
@@ -648,14 +650,10 @@ impl Cluster {
         spool_replication::Remote::new(group, self.peers_of(replicas), self.transport.clone())
     }
 
-    /// The node that stands for election first in a new group: spread over the nodes by the
-    /// group's name (FNV-1a), so partitions' leaders are spread too.
+    /// The node that stands for election first in a new group of every node: chosen by the
+    /// group's name (see [`Cluster::every_node_for`]), so such groups' leaders spread.
     fn preferred_leader(&self, group: &str) -> u64 {
-        let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let ids: Vec<u64> = self.members.keys().copied().collect();
-        ids[(hash % ids.len() as u64) as usize]
+        self.every_node_for(group).first().copied().unwrap_or(self.node_id)
     }
 
     /// Stops this node's replica of `group`.
