@@ -52,8 +52,27 @@ fn nats_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BenchError + '_ 
 /// A nats-server the harness started; killed when dropped.
 struct Started {
     child: Child,
+    /// Its standard error, in `_dir`.
+    log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
+
+/// Why a start of nats-servers failed: one exited before it listened (its ports may have
+/// been taken between choosing and binding them, so the start is tried again), or anything
+/// else.
+enum StartFailure {
+    Exited(String),
+    Other(BenchError),
+}
+
+impl From<BenchError> for StartFailure {
+    fn from(error: BenchError) -> StartFailure {
+        StartFailure::Other(error)
+    }
+}
+
+/// Starts of nats-servers tried before a server that exits before listening fails the run.
+const START_ATTEMPTS: usize = 3;
 
 impl Drop for Started {
     fn drop(&mut self) {
@@ -71,13 +90,35 @@ fn free_port() -> Result<u16, BenchError> {
 }
 
 /// Starts `nodes` nats-servers on 127.0.0.1, each with a store of its own; more than one
-/// form a JetStream cluster (routes between every pair). The URL of the first.
+/// form a JetStream cluster (routes between every pair). The URL of the first. A server
+/// that exits before it listens (its ports taken meanwhile, say) is started again on other
+/// ports, up to [`START_ATTEMPTS`] times in all.
 async fn start_servers(
     binary: &Path,
     sync: NatsSync,
     data_root: &Path,
     nodes: usize,
 ) -> Result<(String, Vec<Started>), BenchError> {
+    let mut attempt = 1;
+    loop {
+        match start_servers_once(binary, sync, data_root, nodes).await {
+            Ok(started) => return Ok(started),
+            Err(StartFailure::Exited(why)) if attempt < START_ATTEMPTS => {
+                eprintln!("note: {why}; starting the nats-servers again on other ports");
+                attempt += 1;
+            }
+            Err(StartFailure::Exited(why)) => return Err(BenchError::Nats(why)),
+            Err(StartFailure::Other(error)) => return Err(error),
+        }
+    }
+}
+
+async fn start_servers_once(
+    binary: &Path,
+    sync: NatsSync,
+    data_root: &Path,
+    nodes: usize,
+) -> Result<(String, Vec<Started>), StartFailure> {
     let ports: Vec<(u16, u16)> =
         (0..nodes).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, BenchError>>()?;
     let routes: Vec<String> =
@@ -105,7 +146,8 @@ async fn start_servers(
         let config_path = dir.path().join("nats.conf");
         std::fs::write(&config_path, config)
             .map_err(|e| BenchError::io(format!("writing {}", config_path.display()), e))?;
-        let log = std::fs::File::create(dir.path().join("nats.log"))
+        let log_path = dir.path().join("nats.log");
+        let log = std::fs::File::create(&log_path)
             .map_err(|e| BenchError::io("creating the nats-server log".into(), e))?;
         let child = Command::new(binary)
             .arg("-c")
@@ -122,15 +164,25 @@ async fn start_servers(
                     e,
                 )
             })?;
-        started.push(Started { child, _dir: dir });
+        started.push(Started { child, log: log_path, _dir: dir });
     }
-    for (port, _) in &ports {
+    for ((port, _), server) in ports.iter().zip(&mut started) {
         let deadline = Instant::now() + START_TIMEOUT;
         while tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                let last: Vec<&str> = last.into_iter().rev().collect();
+                return Err(StartFailure::Exited(format!(
+                    "nats-server exited ({status}) before it listened on port {port}: {}",
+                    last.join(" / ")
+                )));
+            }
             if Instant::now() > deadline {
                 return Err(BenchError::Timeout(format!(
                     "nats-server did not listen on port {port}"
-                )));
+                ))
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -517,4 +569,28 @@ async fn e2e(run: &Run<'_>, settings: &Settings, label: &str) -> Result<Outcome,
     let finished = timed.finish().await;
     let (seconds, timeline) = (finished.seconds, finished.timeline);
     Ok((messages, seconds, histogram, timeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_exits_before_listening_is_named_with_its_log() {
+        let data = tempfile::tempdir().unwrap();
+        let script = data.path().join("nats-server");
+        std::fs::write(&script, "#!/bin/sh\necho 'listen: address already in use' >&2\nexit 1\n")
+            .unwrap();
+        let mut permissions = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&script, permissions).unwrap();
+        let started = Instant::now();
+        let error = match start_servers(&script, NatsSync::Default, data.path(), 1).await {
+            Ok(_) => panic!("a server that exits started"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("exited"), "{error}");
+        assert!(error.contains("address already in use"), "{error}");
+        assert!(started.elapsed() < START_TIMEOUT, "named at once, not after the timeout");
+    }
 }
