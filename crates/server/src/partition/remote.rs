@@ -112,8 +112,8 @@ impl Partition {
         Ok(answer)
     }
 
-    /// Keeps what a replica said of the log; whether its end or start moved.
-    fn learn(&self, head: &ReadHead) -> bool {
+    /// Keeps what a replica said of the log (its start and end only ever move on).
+    fn learn(&self, head: &ReadHead) {
         let mut known = self.remote_state.write().unwrap_or_else(PoisonError::into_inner);
         let (start, end) = (Offset(head.log_start_offset), Offset(head.log_end_offset));
         let state = known.get_or_insert_with(|| PartitionState {
@@ -123,11 +123,9 @@ impl Partition {
             segments: 0,
             fence: None,
         });
-        let moved = end > state.log_end_offset || start > state.log_start_offset;
         state.log_start_offset = state.log_start_offset.max(start);
         state.log_end_offset = state.log_end_offset.max(end);
         state.size_bytes = head.size_bytes;
-        moved
     }
 
     /// What the replicas said of the log last (see [`Partition::state`]).
@@ -180,7 +178,7 @@ impl Partition {
     }
 }
 
-/// Moves `changed` whenever a replica says the log's end or start moved, while anyone
+/// Moves `changed` whenever a replica says the log's end moved, while anyone
 /// watches and the partition is open.
 async fn poll(partition: Weak<Partition>) {
     loop {
