@@ -35,6 +35,8 @@ struct Cluster {
     /// Each node's peer address, by node id - 1.
     peers: Vec<std::net::SocketAddr>,
     dirs: Vec<tempfile::TempDir>,
+    /// Where each node served clients when it last ran, by node id - 1.
+    clients: Vec<Option<std::net::SocketAddr>>,
     /// The node not started yet, with its peer listener (see `start_but_one`).
     late: Option<(u64, TcpListener)>,
 }
@@ -136,8 +138,10 @@ impl Cluster {
                 .expect("every node joins")
                 .expect("health");
         }
+        let clients = nodes.iter().map(|n| n.as_ref().map(|n| n.address())).collect();
         Cluster {
             nodes: nodes.into_iter().map(|n| n.map(TestServer::from)).collect(),
+            clients,
             proxies,
             kafka: kafka_addresses,
             peers: peers.iter().map(|(_, address)| *address).collect(),
@@ -161,11 +165,12 @@ impl Cluster {
         )
         .await
         .expect("start the late node");
+        self.clients[id as usize - 1] = Some(server.address());
         self.nodes[id as usize - 1] = Some(TestServer::from(server));
     }
 
-    /// Starts node `id` again on its data directory and peer address (a cluster started
-    /// without proxies or TLS), once it has stopped; returns once it serves.
+    /// Starts node `id` again on its data directory, peer address and client address (a
+    /// cluster started without proxies or TLS), once it has stopped; returns once it serves.
     async fn restart(&mut self, id: u64) {
         let at = id as usize - 1;
         assert!(self.nodes[at].is_none(), "node {id} is running");
@@ -173,9 +178,10 @@ impl Cluster {
         let peers: Vec<(u64, std::net::SocketAddr)> = (1..).zip(self.peers.clone()).collect();
         let options = ClusterOptions::new(id, &peers, None).expect("a valid cluster");
         let setup = ClusterSetup { options, listener: Some(listener) };
-        let server = spool_server::testing::TestServer::start_cluster_node_with(
+        let client = self.clients[at].unwrap_or_else(|| std::net::SocketAddr::new(ip(id), 0));
+        let server = spool_server::testing::TestServer::start_cluster_node_at(
             self.dirs[at].path(),
-            ip(id),
+            client,
             setup,
             spool_server::ServeOptions::default(),
         )
@@ -514,9 +520,10 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     }
 }
 
-/// A Rust client's idempotent producer writes through a follower while the leader stops: the
-/// batches the old leader may have committed are retried through the new one, which answers
-/// them as duplicates. Every record is stored exactly once, in order.
+/// A Rust client's idempotent producer writes through a follower (not following leaders)
+/// while the leader stops: the batches the old leader may have committed are retried through
+/// the new one, which answers them as duplicates. Every record is stored exactly once, in
+/// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
     let mut cluster = Cluster::start().await;
@@ -530,6 +537,7 @@ async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
         idempotent: true,
         batch_records_max: 10,
         retries_max: 200,
+        follow_leaders: false,
         ..ProducerConfig::default()
     };
     let producer = client.producer("payments", config).await.expect("an idempotent producer");
@@ -602,8 +610,149 @@ async fn a_client_given_every_node_goes_on_through_another_when_its_node_stops()
     assert!(values == expected, "each record once, in order: {values:?}");
 }
 
-/// A plain producer keeps many one-record batches in flight, through a follower and through
-/// the leader: each is stored in the order it was sent.
+/// Every partition's leader, as every running node names it, once they all name the same
+/// ones.
+async fn agreed_leaders(cluster: &Cluster, topic: &str) -> Vec<u64> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut named = Vec::new();
+        for id in cluster.running() {
+            let described = cluster.node(id).describe(topic).await.expect("described");
+            named.push(described.partitions.iter().map(|p| p.leader).collect::<Vec<_>>());
+        }
+        if named.iter().all(|leaders| leaders == &named[0] && leaders.iter().all(Option::is_some)) {
+            return named[0].iter().map(|leader| leader.expect("named")).collect();
+        }
+        assert!(Instant::now() < deadline, "the nodes never agreed on {topic}'s leaders");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Batches the running nodes passed on to a leader for their clients.
+fn passed_on(cluster: &Cluster) -> u64 {
+    cluster.running().iter().map(|id| cluster.node(*id).metrics().passed_on_batches()).sum()
+}
+
+/// Sends `count` records to each of `partitions` and waits for every acknowledgement; whether
+/// the cluster's leaders of `topic` stayed where they were meanwhile, and so whether every
+/// batch could have gone straight to its leader.
+async fn produce_while_leaders_stay(
+    cluster: &Cluster,
+    producer: &spool_client::Producer,
+    topic: &str,
+    partitions: &[u32],
+    count: usize,
+) -> bool {
+    let before = agreed_leaders(cluster, topic).await;
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        for partition in partitions {
+            let value = format!("record {i} of partition {partition}");
+            let record = ClientRecord::value(value.as_bytes()).with_partition(*partition);
+            deliveries.push(producer.send(record).await.expect("buffered"));
+        }
+    }
+    for delivery in deliveries {
+        delivery.wait().await.expect("acknowledged");
+    }
+    agreed_leaders(cluster, topic).await == before
+}
+
+/// A Rust producer given one node sends each partition's batches to that partition's leader,
+/// so no node passes any on; when a leader stops, the partition's batches go on (through
+/// another node meanwhile) and then to the new leader, and when the node comes back and leads
+/// a partition again, that partition's go to it. A run in which an election moved a leader proves nothing about routing and
+/// is run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_sends_each_partition_to_its_leader() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "routed", 3).await;
+    let leaders = agreed_leaders(&cluster, "routed").await;
+    println!("leaders by partition: {leaders:?}");
+    let client =
+        Client::connect(&format!("http://{}", cluster.node(1).address())).await.expect("connect");
+    let config = ProducerConfig {
+        idempotent: true,
+        batch_records_max: 10,
+        retries_max: 200,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("routed", config).await.expect("an idempotent producer");
+    let all = [0, 1, 2];
+    for attempt in 1.. {
+        let before = passed_on(&cluster);
+        if produce_while_leaders_stay(&cluster, &producer, "routed", &all, 100).await {
+            assert_eq!(passed_on(&cluster), before, "batches passed on to a leader");
+            break;
+        }
+        assert!(attempt < 5, "the leaders kept moving");
+        producer.refresh_partitions().await.expect("leaders read again");
+    }
+
+    // The leader of a partition that node 1 does not lead stops.
+    let leaders = agreed_leaders(&cluster, "routed").await;
+    let (moved, stopped) = (0u32..)
+        .zip(&leaders)
+        .find(|(_, leader)| **leader != 1)
+        .map(|(partition, leader)| (partition, *leader))
+        .expect("with three partitions on three nodes, node 1 does not lead them all");
+    let pending: Vec<_> = {
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            let value = format!("around the stop {i}");
+            let record = ClientRecord::value(value.as_bytes()).with_partition(moved);
+            pending.push(producer.send(record).await.expect("buffered"));
+        }
+        pending
+    };
+    cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
+    for delivery in pending {
+        delivery.wait().await.expect("acknowledged through another node");
+    }
+    let new_leader = agreed_leaders(&cluster, "routed").await[moved as usize];
+    assert_ne!(new_leader, stopped);
+    for attempt in 1.. {
+        producer.refresh_partitions().await.expect("leaders read again");
+        let before = passed_on(&cluster);
+        if produce_while_leaders_stay(&cluster, &producer, "routed", &[moved], 100).await {
+            assert_eq!(passed_on(&cluster), before, "batches passed on to the new leader");
+            break;
+        }
+        assert!(attempt < 5, "the leaders kept moving");
+    }
+
+    // The stopped node comes back where it served, and leads a partition the topic grows by
+    // (each new partition's first leader is its preferred one): the stream that went on
+    // through another node is not used for it, a new one to the node is.
+    cluster.restart(stopped).await;
+    let grow = spool_proto::v1::AlterTopicRequest {
+        name: "routed".into(),
+        partitions: Some(6),
+        ..Default::default()
+    };
+    cluster.node(1).topics().await.alter_topic(grow).await.expect("grown");
+    let leaders = agreed_leaders(&cluster, "routed").await;
+    let regained = (3u32..6)
+        .find(|partition| leaders[*partition as usize] == stopped)
+        .expect("the node that came back leads a new partition");
+    for attempt in 1.. {
+        assert_eq!(producer.refresh_partitions().await.expect("leaders read again"), 6);
+        let before = passed_on(&cluster);
+        if produce_while_leaders_stay(&cluster, &producer, "routed", &[regained], 100).await {
+            assert_eq!(passed_on(&cluster), before, "batches passed on to the node come back");
+            break;
+        }
+        assert!(attempt < 5, "the leaders kept moving");
+    }
+    producer.close().await.expect("closed");
+    let stored = cluster.node(new_leader).fetch_all("routed", moved, 0).await;
+    let values: Vec<&str> = stored.iter().map(value).collect();
+    assert_eq!(values.len(), 100 + 50 + 100, "each record of partition {moved} stored once");
+    assert!(values[100..150].iter().zip(0..).all(|(v, i)| *v == format!("around the stop {i}")));
+}
+
+/// A plain producer keeps many one-record batches in flight, through a follower (not
+/// following leaders) and through the leader: each is stored in the order it was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_producer_s_batches_in_flight_are_stored_in_the_order_sent() {
     let cluster = Cluster::start().await;
@@ -619,6 +768,7 @@ async fn a_plain_producer_s_batches_in_flight_are_stored_in_the_order_sent() {
             batch_records_max: 1,
             linger: Duration::ZERO,
             in_flight_max: 32,
+            follow_leaders: false,
             ..ProducerConfig::default()
         };
         let producer = client.producer("sequence", config).await.expect("a producer");
@@ -1741,6 +1891,7 @@ async fn a_topic_on_two_of_three_nodes_is_served_through_every_node() {
         batch_records_max: 1,
         linger: Duration::ZERO,
         in_flight_max: 5,
+        follow_leaders: false,
         ..ProducerConfig::default()
     };
     let producer = client.producer("pairs", config).await.expect("an idempotent producer");

@@ -195,8 +195,9 @@ pub struct WorkloadArgs {
 pub enum TargetKind {
     Spool,
     /// Three Spool nodes started in-process on 127.0.0.1-3 (under --data), every partition
-    /// replicated on all three and acknowledged once two have it fsynced; the workload runs
-    /// against partition 0's leader. All three share this machine's disk and cores.
+    /// replicated on all three (or `--replication-factor`) and acknowledged once a majority
+    /// of its replicas have it fsynced; producers send each partition's batches to its
+    /// leader. All three share this machine's disk and cores.
     SpoolCluster,
     Nats,
     /// Three nats-servers started as one JetStream cluster on 127.0.0.1, every stream with

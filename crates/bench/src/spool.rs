@@ -122,14 +122,15 @@ impl InProcessCluster {
         Ok(InProcessCluster { nodes, _data: data })
     }
 
-    /// The URL of the node that leads partition 0 of `topic`, once one does.
-    async fn leader_url(&self, client: &Client, topic: &str) -> Result<String, BenchError> {
+    /// Every node's URL, comma-separated, once every partition of `topic` has a leader: so
+    /// the producer sends each partition's batches to its leader from the first one.
+    async fn once_led(&self, client: &Client, topic: &str) -> Result<String, BenchError> {
         let deadline = Instant::now() + VISIBLE_TIMEOUT;
         loop {
             let described = client.describe_topic(topic).await?;
-            let leader = described.partition_states.first().and_then(|p| p.leader);
-            if let Some(node) = leader.and_then(|id| self.nodes.get(id as usize - 1)) {
-                return Ok(node.url().to_owned());
+            if described.partition_states.iter().all(|p| p.leader_address.is_some()) {
+                let urls: Vec<&str> = self.nodes.iter().map(|node| node.url()).collect();
+                return Ok(urls.join(","));
             }
             if Instant::now() >= deadline {
                 return Err(BenchError::Timeout(format!("no leader of {topic} was elected")));
@@ -195,8 +196,9 @@ pub async fn measure(
     measured
 }
 
-/// Runs the workload against the server at `url`, or, on a cluster, against the node that
-/// leads the topic's partition 0 once `url` has created it.
+/// Runs the workload against the server at `url`, or, on a cluster, against every node once
+/// `url` has created the topic and each partition has a leader: producers send each
+/// partition's batches to its leader.
 async fn measure_at(
     settings: &Settings,
     url: &str,
@@ -220,7 +222,7 @@ async fn measure_at(
     let payloads = Arc::new(Payloads::new(settings.payload, settings.message_size, settings.batch));
     client.create_topic(&topic, topic_settings).await?;
     let client = match cluster {
-        Some(cluster) => Client::connect(&cluster.leader_url(&client, &topic).await?).await?,
+        Some(cluster) => Client::connect(&cluster.once_led(&client, &topic).await?).await?,
         None => client,
     };
     let measured = async {

@@ -1,10 +1,10 @@
 //! Three `spool serve` processes forming a cluster on 127.0.0.1-3, driven by the `spool`
-//! command: a topic created through one node, writes through a follower, `spool cluster
-//! status`, `kill -9` of the partition's leader, twice (the killed node is started again
-//! on its data and catches up), and a follower whose data directory is wiped (started again
-//! on an empty one, it copies everything from the others): every acknowledged record is
-//! served by every node exactly once, in order. Each wait polls a command until it answers, with a deadline as a failure
-//! guard.
+//! command: a topic created through one node, writes given to a follower (`spool produce`
+//! sends them to the leader), `spool cluster status`, `kill -9` of the partition's leader,
+//! twice (the killed node is started again on its data and catches up), and a follower whose
+//! data directory is wiped (started again on an empty one, it copies everything from the
+//! others): every acknowledged record is served by every node exactly once, in order. Each
+//! wait polls a command until it answers, with a deadline as a failure guard.
 
 mod common;
 

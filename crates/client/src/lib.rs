@@ -374,6 +374,28 @@ impl Client {
         })
     }
 
+    /// A client whose calls go to the node that serves clients at `address` (`host:port`, as
+    /// a cluster names a partition's leader) and, when that node fails in the transport, on
+    /// to this client's nodes; connected as this one was. `None` for a client over the
+    /// caller's channel, or an address no client can reach (a wildcard such as
+    /// `0.0.0.0:7070`, which a node bound to every interface registers).
+    pub(crate) fn preferring(&self, address: &str) -> Option<Client> {
+        let origin = self.origin.as_ref()?;
+        if address.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+            return None;
+        }
+        let scheme = if origin.https { "https" } else { "http" };
+        let endpoint = tls_endpoint(&format!("{scheme}://{address}"), &origin.options).ok()?;
+        let url = endpoint.uri().to_string();
+        let channel = self.channel.preferring(&url, || endpoint.connect_lazy());
+        Some(Client { channel, token: self.token.clone(), origin: self.origin.clone() })
+    }
+
+    /// The nodes this client's calls go through.
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.channel
+    }
+
     /// Sends `authorization: Bearer TOKEN` with every call made through this client: topic
     /// calls, producers, subscriptions and group members.
     pub fn with_bearer_token(self, token: &str) -> Result<Client, ConnectError> {
@@ -387,7 +409,8 @@ impl Client {
         InterceptedService::new(self.channel.clone(), self.token.clone())
     }
 
-    /// Starts a producer for `topic`, which must exist: its partition count is read first.
+    /// Starts a producer for `topic`, which must exist: its partitions (and, on a cluster,
+    /// their leaders) are read first.
     pub async fn producer(
         &self,
         topic: &str,
@@ -396,7 +419,7 @@ impl Client {
         let described = self.describe_topic(topic).await.map_err(|e| match e {
             AdminError::Rejected(error) => ProducerError::Rejected(error),
         })?;
-        Producer::start(self.transport(), topic.to_owned(), described.partitions, config).await
+        Producer::start(self, described, config).await
     }
 
     /// Subscribes to one partition from `start`.

@@ -46,6 +46,23 @@ impl Nodes {
         Nodes { inner: Arc::new(Inner { nodes, current: AtomicUsize::new(current) }) }
     }
 
+    /// These nodes with the one at `url` first and taking the calls: through the connection
+    /// these nodes have to it, or else through `connect`'s.
+    pub(crate) fn preferring(&self, url: &str, connect: impl FnOnce() -> Channel) -> Nodes {
+        let mut nodes = self.inner.nodes.clone();
+        let first = match nodes.iter().position(|(known, _)| known == url) {
+            Some(at) => nodes.remove(at),
+            None => (url.to_owned(), connect()),
+        };
+        nodes.insert(0, first);
+        Nodes::new(nodes, 0)
+    }
+
+    /// Whether calls still go to the first node.
+    pub(crate) fn on_first(&self) -> bool {
+        self.inner.current.load(Ordering::Acquire) == 0
+    }
+
     /// The URL of the node calls go to now.
     pub fn current_url(&self) -> &str {
         let at = self.inner.current.load(Ordering::Acquire);

@@ -173,6 +173,9 @@ pub struct PartitionInfo {
     pub fenced_reason: Option<String>,
     /// On a cluster: the leader's node id, as the answering node knows it.
     pub leader: Option<u64>,
+    /// On a cluster: where the leader's node serves clients (`host:port`), once it has
+    /// registered. A [`crate::Producer`] sends the partition's batches there.
+    pub leader_address: Option<String>,
     /// On a cluster: the nodes that hold the partition, its preferred leader first.
     pub replicas: Vec<u64>,
     /// The answering node holds no replica of the partition (its topic is on fewer nodes
@@ -201,6 +204,7 @@ impl TopicInfo {
                     size_bytes: p.size_bytes,
                     fenced_reason: p.fenced_reason,
                     leader: p.leader,
+                    leader_address: p.leader_address,
                     replicas: p.replicas,
                     not_held_here: p.not_held_here,
                 })

@@ -18,6 +18,7 @@ pub struct Metrics {
     subscriber_buffered_bytes: AtomicU64,
     subscribers_waiting_on_client: AtomicU64,
     damaged_batches: AtomicU64,
+    passed_on_batches: AtomicU64,
     changed: Notify,
 }
 
@@ -29,6 +30,17 @@ impl Metrics {
 
     pub(crate) fn damaged_batch(&self) {
         self.damaged_batches.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Batches clients sent to this node that it passed on to their partition's leader (see
+    /// `spool_passed_on_batches_total`).
+    pub fn passed_on_batches(&self) -> u64 {
+        self.passed_on_batches.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn passed_on(&self, batches: u64) {
+        self.passed_on_batches.fetch_add(batches, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
@@ -201,6 +213,9 @@ pub mod names {
     /// On a cluster, on the partition's leader: time from proposing a batch to a majority
     /// having it fsynced and the leader having applied it (histogram).
     pub const REPLICATION_COMMIT_SECONDS: &str = "spool_replication_commit_seconds";
+    /// On a cluster: batches clients sent to this node that it passed on to the partition's
+    /// leader, a hop more than sending them there (counter).
+    pub const PASSED_ON_BATCHES: &str = "spool_passed_on_batches_total";
 }
 
 /// Upper bounds of the latency histograms' buckets, in seconds: 50 µs to 2.5 s.
@@ -566,6 +581,7 @@ mod describe {
             Unit::Seconds,
             "On the leader: time from proposing a batch to its commit."
         );
+        describe_counter!(PASSED_ON_BATCHES, "Client batches passed on to the leader.");
         describe_gauge!(SUBSCRIBERS, "Open Subscribe streams.");
         describe_gauge!(CONNECTIONS, "Open client connections.");
         describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted.");
@@ -609,6 +625,7 @@ pub(crate) struct PartitionMetrics {
     group_batches: Histogram,
     subscribers: Gauge,
     commit_seconds: Histogram,
+    passed_on_batches: Counter,
 }
 
 impl std::fmt::Debug for PartitionMetrics {
@@ -631,7 +648,13 @@ impl PartitionMetrics {
             group_batches: metrics::histogram!(names::GROUP_COMMIT_BATCHES, &labels),
             subscribers: metrics::gauge!(names::SUBSCRIBERS, &labels),
             commit_seconds: metrics::histogram!(names::REPLICATION_COMMIT_SECONDS, &labels),
+            passed_on_batches: metrics::counter!(names::PASSED_ON_BATCHES, &labels),
         }
+    }
+
+    /// Counts batches a client sent here that go on to the partition's leader.
+    pub(crate) fn passed_on(&self, batches: u64) {
+        self.passed_on_batches.increment(batches);
     }
 
     /// Records how long a proposed batch took to commit (on a replicated partition's leader).

@@ -121,7 +121,19 @@ impl TestServer {
         setup: crate::ClusterSetup,
         options: ServeOptions,
     ) -> Result<TestServer, StartError> {
-        let listener = TcpListener::bind((ip, 0)).await.map_err(StartError::Bind)?;
+        let client = SocketAddr::new(ip, 0);
+        TestServer::start_cluster_node_at(data_dir, client, setup, options).await
+    }
+
+    /// [`TestServer::start_cluster_node_with`] serving clients at `client`: a node started
+    /// again where it served before.
+    pub async fn start_cluster_node_at(
+        data_dir: &Path,
+        client: SocketAddr,
+        setup: crate::ClusterSetup,
+        options: ServeOptions,
+    ) -> Result<TestServer, StartError> {
+        let listener = TcpListener::bind(client).await.map_err(StartError::Bind)?;
         let address = listener.local_addr().map_err(StartError::Bind)?;
         let kafka = crate::kafka_address(&options)?;
         let server =

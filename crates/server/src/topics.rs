@@ -111,6 +111,7 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
             let mut description = PartitionDescription {
                 partition: partition.id(),
                 leader: partition.leader(),
+                leader_address: partition.leader_address(),
                 replicas: partition.replicas().to_vec(),
                 not_held_here: partition.remote().is_some(),
                 ..PartitionDescription::default()

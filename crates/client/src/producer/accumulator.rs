@@ -41,6 +41,11 @@ pub(super) struct PartitionBuffer {
     pub(super) newest: Option<Arc<Outcome>>,
     /// Batches sent and not yet answered.
     pub(super) in_flight: usize,
+    /// The lane its next batches go on: its leader's node's, or 0.
+    pub(super) lane: usize,
+    /// The lane its batches in flight went on: a partition moves to another lane only with
+    /// nothing in flight, so its batches are stored in the order they were sent.
+    pub(super) sent_on: usize,
     pub(super) sequence: Sequence,
 }
 
@@ -97,6 +102,8 @@ impl PartitionBuffer {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) partitions: Vec<PartitionBuffer>,
+    /// Every lane opened, by index; lane 0 first. A lane lives as long as the producer.
+    pub(super) lanes: Vec<Arc<Lane>>,
     /// Where records without key or partition go while its batch fills.
     pub(super) sticky: u32,
     /// Where the sender looks first next time, so no partition starves.
@@ -152,6 +159,7 @@ impl Shared {
             (None, None) => state.sticky,
         };
         let config = &self.config;
+        let lane = state.lanes[state.partitions[partition as usize].lane].clone();
         let buffer = &mut state.partitions[partition as usize];
         let mut wake = false;
         if let Some(open) = &buffer.open
@@ -191,15 +199,17 @@ impl Shared {
         }
         drop(state);
         if wake {
-            self.sender_wake.notify_one();
+            lane.wake.notify_one();
         }
         Ok(delivery)
     }
 
-    /// The next batch to send, sealing an open one whose linger is over, and its stamp; or,
-    /// when there is none, when to look again (`None`: when woken). An idempotent producer
-    /// skips partitions with [`IDEMPOTENT_BATCHES_IN_FLIGHT_MAX`] batches in flight.
-    pub(super) fn next_ready(&self, now: Instant) -> Next {
+    /// The next batch to send on `lane`, sealing an open one whose linger is over, and its
+    /// stamp; or, when there is none, when to look again (`None`: when woken). Only the
+    /// partitions routed to the lane count, and of those, not one with batches in flight on
+    /// another lane. An idempotent producer skips partitions with
+    /// [`IDEMPOTENT_BATCHES_IN_FLIGHT_MAX`] batches in flight.
+    pub(super) fn next_ready(&self, lane: usize, now: Instant) -> Next {
         let mut state = locked(&self.state);
         if state.failed.is_some() {
             return Next::Stop;
@@ -214,7 +224,11 @@ impl Shared {
         for step in 0..count {
             let index = (start + step) % count;
             let buffer = &mut state.partitions[index];
-            if buffer.in_flight >= in_flight_max {
+            if buffer.lane != lane {
+                continue;
+            }
+            let elsewhere = buffer.in_flight > 0 && buffer.sent_on != lane;
+            if elsewhere || buffer.in_flight >= in_flight_max {
                 waiting |= !buffer.sealed.is_empty() || buffer.open.is_some();
                 continue;
             }
@@ -247,16 +261,36 @@ impl Shared {
             };
             let sealed = buffer.sealed.pop_front().expect("a front batch");
             buffer.in_flight += 1;
+            buffer.sent_on = lane;
             state.next_pick = (index + 1) % count;
             return Next::Send(index as u32, stamp, sealed);
         }
-        // Closing waits for batches held back by their partition's batches in flight.
-        if closing && !waiting { Next::Stop } else { Next::Wait(deadline) }
+        // Closing waits for batches held back by their partition's batches in flight; a
+        // retired lane, for every partition to move off it.
+        let retired = self.lane_retired(&state, lane);
+        if (closing || retired) && !waiting { Next::Stop } else { Next::Wait(deadline) }
+    }
+
+    /// Whether `lane` is retired and has nothing left: no partition routed to it, nothing
+    /// in flight on it.
+    fn lane_retired(&self, state: &State, lane: usize) -> bool {
+        let lane = &state.lanes[lane];
+        lane.retired.load(Ordering::Acquire)
+            && state.partitions.iter().all(|buffer| buffer.lane != lane.index)
+            && locked(&lane.in_flight).is_empty()
     }
 
     pub(super) fn begin_close(&self) {
-        locked(&self.state).closing = true;
-        self.sender_wake.notify_one();
+        let lanes = {
+            let mut state = locked(&self.state);
+            state.closing = true;
+            state.lanes.clone()
+        };
+        for lane in lanes {
+            lane.wake.notify_one();
+        }
+        // The refresher holds the producer while it waits for this: it ends now.
+        self.leaders_stale.notify_one();
     }
 }
 

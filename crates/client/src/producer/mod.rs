@@ -1,5 +1,5 @@
-//! The producer: records batched per partition, sent as stored batches over one pipelined
-//! produce stream, each record's offset (or error) reported back.
+//! The producer: records batched per partition, sent as stored batches over pipelined
+//! produce streams (one per node it sends to), each record's offset (or error) reported back.
 //!
 //! # How a record travels
 //!
@@ -10,26 +10,44 @@
 //!    [`spool_storage::batch::BatchBuilder`]: the bytes that travel are the bytes the log
 //!    stores, so the server only verifies and appends them (`raw_batch` in the API).
 //! 2. A batch is sealed when it reaches [`ProducerConfig::batch_records_max`] records or
-//!    [`ProducerConfig::batch_bytes_max`] bytes. One sender task hands batches to the stream:
+//!    [`ProducerConfig::batch_bytes_max`] bytes. Each stream's sender task hands its
+//!    partitions' batches to it (see "Leaders" below):
 //!    sealed ones first, and an open one once it is [`ProducerConfig::linger`] old. With a
 //!    linger of zero an open batch goes as soon as the sender has room, so batches grow by
 //!    themselves while [`ProducerConfig::in_flight_max`] requests wait for answers.
-//! 3. One receiver task takes the answers, which come in request order, and resolves each
+//! 3. Each stream's receiver task takes its answers, which come in request order, and resolves each
 //!    batch's outcome: every record's [`Delivery`] then yields its offset (the batch's base
 //!    offset plus the record's index) or the batch's error. The batch's bytes go back to the
 //!    buffer.
 //!
+//! # Leaders
+//!
+//! On a cluster every node takes every partition's writes, but a node that does not lead a
+//! partition passes its batches on to the leader: one hop more. So the producer sends each
+//! partition's batches to its leader's node, over a stream of their own (a lane), as a Kafka
+//! producer does. It reads the leaders with the partition count (at start, every
+//! [`ProducerConfig::metadata_max_age`], and a few times in the seconds after a stream
+//! breaks, while an election may be on), and opens a lane to a node the first time it leads
+//! one of the partitions. A partition moves to its new leader's lane only once none of its
+//! batches is in flight on the old one, so moving keeps its order. A lane whose node fails
+//! goes on through the client's other nodes, as the client's own stream does (see
+//! [`crate::Nodes`]). Partitions whose leader is not known (a single node, an election, a
+//! node registered at a wildcard address) go through the client's own nodes.
+//! [`ProducerConfig::in_flight_max`] applies to each lane.
+//!
 //! # Ordering
 //!
 //! Records sent to one partition from one producer are stored in the order `send` returned:
-//! a partition's batches are sealed and sent in order on one stream, whose answers come in
-//! order. A failed batch fails all its records; later batches of the same partition may
+//! a partition's batches are sealed and sent in order on one stream at a time, whose answers
+//! come in order. With [`Acks::None`] nothing is answered, so a batch counts as answered when
+//! it is sent: while a partition moves to a new leader's lane, its batches may be stored out
+//! of order. A failed batch fails all its records; later batches of the same partition may
 //! still be stored (the server answers each request on its own).
 //!
 //! # Retries and idempotence
 //!
-//! A plain producer never retries: when the stream breaks, every batch not yet answered fails
-//! with [`ProduceError::Disconnected`] and the producer is closed. Such a batch may or may not
+//! A plain producer never retries: when a stream breaks, every batch not yet answered (on any
+//! stream) fails with [`ProduceError::Disconnected`] and the producer is closed. Such a batch may or may not
 //! have been stored, so a caller that sends its records again may store them twice.
 //!
 //! An idempotent producer ([`ProducerConfig::idempotent`]) asks the server for a producer id
@@ -37,8 +55,9 @@
 //! first record in its partition (stamped when the batch is first sent, in send order). On a
 //! transient failure (the stream breaks or ends, an answer does not come within
 //! [`ProducerConfig::request_timeout`], or the server answers `UNAVAILABLE` or
-//! `RESOURCE_EXHAUSTED`) it opens a new stream and sends every unanswered batch again, the same
-//! bytes with the same stamp, in the order they were first sent, before anything new. The
+//! `RESOURCE_EXHAUSTED`) it opens a new stream and sends every batch that stream had
+//! unanswered again, the same bytes with the same stamp, in the order they were first sent,
+//! before anything new. The
 //! server appends a stamp it has already appended only once and answers the retry with the
 //! original offsets, so a network error never stores a record twice or out of order. Batches
 //! of one partition in flight are capped at `IDEMPOTENT_BATCHES_IN_FLIGHT_MAX` (5), the number of
@@ -57,7 +76,7 @@
 //! [`Delivery`]). Per batch: the batch buffer, its shared outcome and the request.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -84,6 +103,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
+use crate::Nodes;
 use crate::error::{ErrorCode, ProduceError, ProducerError, ServerError};
 
 mod accumulator;
@@ -115,7 +135,9 @@ pub struct ProducerConfig {
     /// How long an open batch waits for more records once the sender has room for it.
     /// Zero: it goes as soon as the sender is free.
     pub linger: Duration,
-    /// Requests sent and not yet answered, at most (1..=256, the server's limit per stream).
+    /// Requests sent and not yet answered, at most, on each stream (1..=256, the server's
+    /// limit per stream): on a cluster the producer has one stream per partition leader's
+    /// node (see the module docs).
     pub in_flight_max: usize,
     /// Bytes of records buffered or in flight, at most; [`Producer::send`] applies
     /// [`ProducerConfig::backpressure`] beyond it. At least `batch_bytes_max`.
@@ -149,9 +171,15 @@ pub struct ProducerConfig {
     /// How each batch's records are compressed (Kafka's codecs: none, gzip, snappy, lz4,
     /// zstd). The server stores a batch as sent and consumers decompress it.
     pub compression: Codec,
-    /// How often the producer reads the topic's partition count again, so that partitions
-    /// added to the topic take keyed and unkeyed records (Kafka's `metadata.max.age.ms`);
-    /// [`Producer::refresh_partitions`] reads it at once.
+    /// Send each partition's batches to its leader's node (see the module docs). Off: every
+    /// batch goes through the client's own nodes, which pass each on to its leader, a hop
+    /// more: for a client that can reach only the nodes it was given (behind a proxy, or
+    /// where nodes registered addresses it cannot reach).
+    pub follow_leaders: bool,
+    /// How often the producer reads the topic's partition count and leaders again, so that
+    /// partitions added to the topic take keyed and unkeyed records and batches go to each
+    /// partition's leader (Kafka's `metadata.max.age.ms`); [`Producer::refresh_partitions`]
+    /// reads them at once.
     pub metadata_max_age: Duration,
 }
 
@@ -175,6 +203,7 @@ impl Default for ProducerConfig {
             // Kafka's delivery.timeout.ms default.
             delivery_timeout: Duration::from_secs(120),
             compression: Codec::None,
+            follow_leaders: true,
             metadata_max_age: Duration::from_secs(60),
         }
     }
@@ -407,12 +436,13 @@ struct Shared {
     /// Bytes of the buffer; a record takes an upper bound of its size until its batch is
     /// answered.
     buffer: Semaphore,
-    /// Requests the sender may still send before answers come back.
-    in_flight_permits: Semaphore,
-    in_flight: Mutex<VecDeque<InFlight>>,
-    /// Tells the sender that a batch became ready, a linger timer starts, or the producer is
-    /// closing.
-    sender_wake: Notify,
+    /// Where lanes to leaders' nodes are connected from, as the producer's client was.
+    client: crate::Client,
+    /// Tells the refresher that a lane broke: the partitions' leaders may have moved.
+    leaders_stale: Notify,
+    /// Held while the partitions and their leaders are read and followed, so that two
+    /// readings do not open two lanes to one node.
+    following: tokio::sync::Mutex<()>,
     /// The next request's correlation id, across streams.
     correlation_id: AtomicU64,
     batches_sent: AtomicU64,
@@ -421,19 +451,131 @@ struct Shared {
     batches_resent: AtomicU64,
 }
 
-/// Reads the topic's partition count and grows the producer's to it; the count.
-async fn read_partitions(
-    shared: &Shared,
-    mut topics: TopicServiceClient<crate::Transport>,
-) -> Result<u32, ProducerError> {
-    let request = DescribeTopicRequest { name: shared.topic.clone() };
-    let described = topics.describe_topic(request).await?.into_inner();
-    let partitions = described.topic.and_then(|topic| topic.config).map_or(0, |c| c.partitions);
-    Ok(shared.grow_partitions(partitions))
+/// A producer sends to at most this many leaders' nodes, each over its own stream; the
+/// partitions of further nodes go through the client's own nodes, which pass them on.
+const LEADER_LANES_MAX: usize = 64;
+
+/// How long opening a stream to a leader's node may take (or the request timeout, if
+/// shorter); its partitions stay where they are if it takes longer.
+const LANE_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a lane breaks, the leaders are read again after these waits, while an election
+/// may still be choosing the next one.
+const LEADERS_STALE_REREADS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+fn produce_client(transport: crate::Transport) -> ProduceServiceClient<crate::Transport> {
+    ProduceServiceClient::new(transport)
+        .max_encoding_message_size(spool_proto::limits::REQUEST_BYTES_MAX)
+        .max_decoding_message_size(spool_proto::limits::RESPONSE_BYTES_MAX)
 }
 
-/// Every [`ProducerConfig::metadata_max_age`], the topic's partition count again, until the
-/// producer is gone or closing. A failed read is tried again at the next one.
+/// Reads the topic's partitions, grows the producer's to their count and sends each to its
+/// leader's node from its next batch on; the count.
+async fn read_partitions(
+    shared: &Arc<Shared>,
+    mut topics: TopicServiceClient<crate::Transport>,
+) -> Result<u32, ProducerError> {
+    let _following = shared.following.lock().await;
+    let request = DescribeTopicRequest { name: shared.topic.clone() };
+    let described = topics.describe_topic(request).await?.into_inner();
+    let topic = described.topic.unwrap_or_default();
+    let partitions = topic.config.map_or(0, |c| c.partitions);
+    let count = shared.grow_partitions(partitions);
+    let leaders = topic.partitions.into_iter().map(|p| p.leader_address).collect();
+    shared.follow_leaders(leaders).await;
+    Ok(count)
+}
+
+impl Shared {
+    /// Routes each partition to the lane of its leader's node (`leaders`, by partition),
+    /// opening the lane first. A partition whose leader is unknown, or whose leader's lane
+    /// cannot be opened, stays where it is. Called with `following` held.
+    async fn follow_leaders(self: &Arc<Self>, leaders: Vec<Option<String>>) {
+        if !self.config.follow_leaders {
+            return;
+        }
+        let mut woken = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
+        for (partition, address) in leaders.into_iter().enumerate() {
+            let Some(address) = address else { continue };
+            if unreachable.contains(&address) {
+                continue;
+            }
+            let Some(lane) = self.lane_to(&address).await else {
+                unreachable.push(address);
+                continue;
+            };
+            let mut state = locked(&self.state);
+            if state.closing {
+                return;
+            }
+            if let Some(buffer) = state.partitions.get_mut(partition)
+                && buffer.lane != lane.index
+            {
+                buffer.lane = lane.index;
+                woken.push(lane);
+            }
+        }
+        for lane in woken {
+            lane.wake.notify_one();
+        }
+    }
+
+    /// The lane to the node serving clients at `address`, opened now if there is none; `None`
+    /// when it cannot be (too many lanes, an address no client can reach, a node that does
+    /// not answer).
+    async fn lane_to(self: &Arc<Self>, address: &str) -> Option<Arc<Lane>> {
+        {
+            let state = locked(&self.state);
+            if let Some(lane) = state.lanes.iter().find(|lane| lane.goes_to(address)) {
+                return Some(lane.clone());
+            }
+            let ended = state.lanes.iter().any(|lane| lane.ended.load(Ordering::Acquire));
+            if state.lanes.len() > LEADER_LANES_MAX && !ended {
+                return None;
+            }
+        }
+        let to_leader = self.client.preferring(address)?;
+        let nodes = to_leader.nodes().clone();
+        let mut client = produce_client(to_leader.transport());
+        let opening = open_stream(&mut client, self.config.in_flight_max);
+        let patience = self.config.request_timeout.min(LANE_OPEN_TIMEOUT);
+        let (requests, answers) = match tokio::time::timeout(patience, opening).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(status)) => {
+                tracing::debug!(topic = %self.topic, address, %status, "a stream to a leader's node did not open; its partitions go on where they are");
+                return None;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(topic = %self.topic, address, "a stream to a leader's node did not open in time; its partitions go on where they are");
+                return None;
+            }
+        };
+        let lane = {
+            let mut state = locked(&self.state);
+            let ended = state.lanes.iter().position(|lane| lane.ended.load(Ordering::Acquire));
+            let index = ended.unwrap_or(state.lanes.len());
+            let leader = Some((address.to_owned(), nodes));
+            let lane = Lane::new(index, leader, self.config.in_flight_max);
+            match ended {
+                Some(index) => state.lanes[index] = lane.clone(),
+                None => state.lanes.push(lane.clone()),
+            }
+            lane
+        };
+        tokio::spawn(run(self.clone(), lane.clone(), client, requests, answers));
+        Some(lane)
+    }
+}
+
+/// Reads the topic's partitions and leaders again every [`ProducerConfig::metadata_max_age`],
+/// and soon after a lane breaks, until the producer is gone or closing. A failed read is
+/// tried again at the next one.
 async fn refresh_partitions_every(
     shared: std::sync::Weak<Shared>,
     topics: TopicServiceClient<crate::Transport>,
@@ -441,14 +583,30 @@ async fn refresh_partitions_every(
     let Some(age) = shared.upgrade().map(|shared| shared.config.metadata_max_age) else {
         return;
     };
+    let mut rereads: &[Duration] = &[];
     loop {
-        tokio::time::sleep(age).await;
+        let stale = async {
+            match shared.upgrade() {
+                Some(shared) => shared.leaders_stale.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        match rereads.split_first() {
+            Some((wait, rest)) => {
+                tokio::time::sleep(*wait).await;
+                rereads = rest;
+            }
+            None => tokio::select! {
+                () = tokio::time::sleep(age) => {}
+                () = stale => rereads = &LEADERS_STALE_REREADS,
+            },
+        }
         let Some(shared) = shared.upgrade() else { return };
         if locked(&shared.state).closing {
             return;
         }
         if let Err(error) = read_partitions(&shared, topics.clone()).await {
-            tracing::debug!(topic = %shared.topic, %error, "reading the topic's partition count failed; trying again later");
+            tracing::debug!(topic = %shared.topic, %error, "reading the topic's partitions failed; trying again later");
         }
     }
 }
@@ -457,7 +615,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Sends records to one topic. Cheap to clone: clones share the buffer and the stream.
+/// Sends records to one topic. Cheap to clone: clones share the buffer and the streams.
 ///
 /// Dropping the last clone sends what is buffered in the background and then ends the
 /// stream; call [`Producer::close`] to wait for it.
@@ -480,18 +638,16 @@ impl Drop for Handle {
 
 impl Producer {
     pub(crate) async fn start(
-        channel: crate::Transport,
-        topic: String,
-        partitions: u32,
+        client: &crate::Client,
+        described: crate::TopicInfo,
         config: ProducerConfig,
     ) -> Result<Producer, ProducerError> {
         config.check()?;
-        let topics = TopicServiceClient::new(channel.clone());
-        let mut client = ProduceServiceClient::new(channel)
-            .max_encoding_message_size(spool_proto::limits::REQUEST_BYTES_MAX)
-            .max_decoding_message_size(spool_proto::limits::RESPONSE_BYTES_MAX);
+        let transport = client.transport();
+        let topics = TopicServiceClient::new(transport.clone());
+        let mut produce = produce_client(transport);
         let identity = if config.idempotent {
-            let answer = client.init_producer(InitProducerRequest {}).await?.into_inner();
+            let answer = produce.init_producer(InitProducerRequest {}).await?.into_inner();
             let epoch = i16::try_from(answer.producer_epoch).map_err(|_| {
                 ProducerError::Rejected(ServerError {
                     code: ErrorCode::Internal,
@@ -502,24 +658,26 @@ impl Producer {
         } else {
             None
         };
-        let (requests, answers) = open_stream(&mut client, config.in_flight_max).await?;
+        let (requests, answers) = open_stream(&mut produce, config.in_flight_max).await?;
         let sequence = Sequence { epoch: identity.map_or(0, |i| i.epoch), next: 0, restart: false };
+        let first = Lane::new(0, None, config.in_flight_max);
         let shared = Arc::new(Shared {
-            topic,
+            topic: described.name.clone(),
             identity,
             state: Mutex::new(State {
-                partitions: (0..partitions)
+                partitions: (0..described.partitions)
                     .map(|_| PartitionBuffer { sequence, ..PartitionBuffer::default() })
                     .collect(),
+                lanes: vec![first.clone()],
                 sticky: 0,
                 next_pick: 0,
                 closing: false,
                 failed: None,
             }),
             buffer: Semaphore::new(config.buffer_bytes_max),
-            in_flight_permits: Semaphore::new(config.in_flight_max),
-            in_flight: Mutex::new(VecDeque::with_capacity(config.in_flight_max)),
-            sender_wake: Notify::new(),
+            client: client.clone(),
+            leaders_stale: Notify::new(),
+            following: tokio::sync::Mutex::new(()),
             correlation_id: AtomicU64::new(1),
             batches_sent: AtomicU64::new(0),
             unacknowledged_failures: AtomicU64::new(0),
@@ -527,7 +685,9 @@ impl Producer {
             batches_resent: AtomicU64::new(0),
             config,
         });
-        tokio::spawn(run(shared.clone(), client, requests, answers));
+        tokio::spawn(run(shared.clone(), first, produce, requests, answers));
+        let leaders = described.partition_states.into_iter().map(|p| p.leader_address).collect();
+        shared.follow_leaders(leaders).await;
         tokio::spawn(refresh_partitions_every(Arc::downgrade(&shared), topics.clone()));
         Ok(Producer { handle: Arc::new(Handle { shared, topics }) })
     }
@@ -542,8 +702,9 @@ impl Producer {
         self.handle.shared.partition_count()
     }
 
-    /// Reads the topic's partition count now and, if the topic has grown, sends to the new
-    /// partitions from the next record on; returns the count.
+    /// Reads the topic's partition count and leaders now: if the topic has grown, sends to
+    /// the new partitions from the next record on, and sends each partition's next batches
+    /// to its leader's node; returns the count.
     pub async fn refresh_partitions(&self) -> Result<u32, ProducerError> {
         read_partitions(&self.handle.shared, self.handle.topics.clone()).await
     }
@@ -595,11 +756,16 @@ impl Producer {
     /// a caller that knows no more records are coming for a while (an interactive input with
     /// nothing more typed), so a long linger costs it nothing.
     pub fn send_buffered(&self) {
-        let shared = &self.handle.shared;
-        for buffer in &mut locked(&shared.state).partitions {
-            buffer.seal();
+        let lanes = {
+            let mut state = locked(&self.handle.shared.state);
+            for buffer in &mut state.partitions {
+                buffer.seal();
+            }
+            state.lanes.clone()
+        };
+        for lane in lanes {
+            lane.wake.notify_one();
         }
-        shared.sender_wake.notify_one();
     }
 
     /// Sends every buffered record now (without waiting for linger) and waits until every

@@ -1,8 +1,76 @@
-//! The sender: the produce stream, with one task sending ready batches while fewer than
-//! `in_flight_max` wait and one receiving answers in request order; on a broken stream an
-//! idempotent producer reconnects and resends every unanswered batch, a plain one fails them.
+//! The senders: one produce stream per lane (the client's own nodes, and each partition
+//! leader's node), each with one task sending ready batches of the partitions routed to it
+//! while fewer than `in_flight_max` wait and one receiving answers in request order; on a
+//! broken stream an idempotent producer reconnects and resends every unanswered batch, a
+//! plain one fails them.
 
 use super::*;
+
+/// One produce stream and what is in flight on it. Lane 0 goes through the client's own
+/// nodes; each other lane to the node of one or more partitions' leaders (and, should that
+/// node fail, on through the client's own nodes).
+#[derive(Debug)]
+pub(super) struct Lane {
+    /// Its place in [`State::lanes`], which partitions name it by.
+    pub(super) index: usize,
+    /// The leader address (`host:port`) it was opened for, and the nodes its calls go
+    /// through, that address's first; `None` for lane 0.
+    pub(super) leader: Option<(String, Nodes)>,
+    /// No partition moves to it any more: its node failed and its calls went on to another.
+    /// It ends once nothing routed to it is left.
+    pub(super) retired: AtomicBool,
+    /// Its task has ended: its place in [`State::lanes`] may take a new lane.
+    pub(super) ended: AtomicBool,
+    /// Requests the sender may still send before answers come back.
+    pub(super) in_flight_permits: Semaphore,
+    pub(super) in_flight: Mutex<VecDeque<InFlight>>,
+    /// Tells the sender that a batch of a partition routed here became ready, a linger timer
+    /// starts, or the producer is closing.
+    pub(super) wake: Notify,
+}
+
+impl Lane {
+    pub(super) fn new(
+        index: usize,
+        leader: Option<(String, Nodes)>,
+        in_flight_max: usize,
+    ) -> Arc<Lane> {
+        Arc::new(Lane {
+            index,
+            leader,
+            retired: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            in_flight_permits: Semaphore::new(in_flight_max),
+            in_flight: Mutex::new(VecDeque::with_capacity(in_flight_max)),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Whether partitions led at `address` may move to this lane: it was opened to that
+    /// address and its calls still go there. One whose calls went on to another node is
+    /// retired here, and woken to end once it has nothing left.
+    pub(super) fn goes_to(&self, address: &str) -> bool {
+        let Some((opened_to, nodes)) = &self.leader else { return false };
+        if opened_to != address || self.retired.load(Ordering::Acquire) {
+            return false;
+        }
+        if !nodes.on_first() {
+            self.retired.store(true, Ordering::Release);
+            self.wake.notify_one();
+            return false;
+        }
+        true
+    }
+}
+
+/// Marks its lane ended when the lane's task returns.
+struct Ending<'a>(&'a Lane);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+    }
+}
 
 /// A request sent and not yet answered.
 #[derive(Debug)]
@@ -20,7 +88,7 @@ impl Shared {
     /// Stops the producer: every batch not yet answered fails with `error`.
     pub(super) fn fail(&self, error: ProduceError) {
         let mut orphans: Vec<(Arc<Outcome>, usize)> = Vec::new();
-        {
+        let lanes = {
             let mut state = locked(&self.state);
             if state.failed.is_none() {
                 state.failed = Some(error.clone());
@@ -30,32 +98,52 @@ impl Shared {
                 buffer.in_flight = 0;
                 orphans.extend(buffer.sealed.drain(..).map(|s| (s.outcome, s.bytes_reserved)));
             }
+            state.lanes.clone()
+        };
+        for lane in &lanes {
+            let in_flight = locked(&lane.in_flight).drain(..).collect::<Vec<_>>();
+            orphans.extend(in_flight.into_iter().map(|f| (f.outcome, f.bytes_reserved)));
         }
-        orphans.extend(locked(&self.in_flight).drain(..).map(|f| (f.outcome, f.bytes_reserved)));
         for (outcome, bytes) in orphans {
             outcome.resolve(Err(error.clone()));
             self.buffer.add_permits(bytes);
         }
-        self.in_flight_permits.close();
-        self.sender_wake.notify_one();
+        for lane in &lanes {
+            lane.in_flight_permits.close();
+            lane.wake.notify_one();
+        }
     }
 
-    /// Resolves the oldest request in flight with its answer.
-    pub(super) fn resolve_front(&self, entry: InFlight, result: Result<Option<u64>, ProduceError>) {
-        {
+    /// Resolves a batch sent on `lane` to `partition` with its answer, and gives back its
+    /// room: in the buffer, and on the lane. When it was the partition's last batch in flight
+    /// and the partition has moved to another lane meanwhile, that lane may now send it.
+    pub(super) fn resolve(
+        &self,
+        lane: &Lane,
+        partition: u32,
+        outcome: &Outcome,
+        bytes_reserved: usize,
+        result: Result<Option<u64>, ProduceError>,
+    ) {
+        let moved = {
             let mut state = locked(&self.state);
-            let buffer = &mut state.partitions[entry.partition as usize];
+            let buffer = &mut state.partitions[partition as usize];
             buffer.in_flight = buffer.in_flight.saturating_sub(1);
             if self.identity.is_some() && result.is_err() {
                 // The partition's sequence is in doubt after a refused batch: the batches in
                 // flight behind it will be refused for the gap, so it starts over.
                 buffer.sequence.restart = true;
             }
+            let route = buffer.lane;
+            (buffer.in_flight == 0 && route != lane.index).then(|| state.lanes[route].clone())
+        };
+        outcome.resolve(result);
+        self.buffer.add_permits(bytes_reserved);
+        lane.in_flight_permits.add_permits(1);
+        lane.wake.notify_one();
+        if let Some(moved) = moved {
+            moved.wake.notify_one();
         }
-        entry.outcome.resolve(result);
-        self.buffer.add_permits(entry.bytes_reserved);
-        self.in_flight_permits.add_permits(1);
-        self.sender_wake.notify_one();
     }
 
     /// Whether the producer was closed and everything it held was answered.
@@ -63,7 +151,27 @@ impl Shared {
         let state = locked(&self.state);
         state.closing
             && state.partitions.iter().all(|b| b.open.is_none() && b.sealed.is_empty())
-            && locked(&self.in_flight).is_empty()
+            && state.lanes.iter().all(|lane| locked(&lane.in_flight).is_empty())
+    }
+
+    /// Whether the producer was closed (or `lane` retired) and everything the lane had to
+    /// send was answered.
+    pub(super) fn lane_drained(&self, lane: &Lane) -> bool {
+        let state = locked(&self.state);
+        (state.closing || lane.retired.load(Ordering::Acquire))
+            && state
+                .partitions
+                .iter()
+                .filter(|b| b.lane == lane.index)
+                .all(|b| b.open.is_none() && b.sealed.is_empty())
+            && locked(&lane.in_flight).is_empty()
+    }
+
+    /// A lane has sent and been answered everything: the producer is done once every lane is.
+    pub(super) fn lane_done(&self) {
+        if self.drained() {
+            self.fail(ProduceError::Closed);
+        }
     }
 }
 
@@ -114,21 +222,23 @@ pub(super) fn transient(code: ErrorCode) -> bool {
     ) && !refused.contains(&code)
 }
 
-/// The producer's one background task: runs a sender and a receiver over a stream, and when
-/// the stream breaks, either gives up (a plain producer, or an idempotent one out of retries)
-/// or opens a new stream and sends every unanswered batch again, in order.
+/// A lane's background task: runs a sender and a receiver over a stream, and when the stream
+/// breaks, either gives up (a plain producer, or an idempotent one out of retries) or opens a
+/// new stream and sends every unanswered batch again, in order.
 pub(super) async fn run(
     shared: Arc<Shared>,
+    lane: Arc<Lane>,
     mut client: ProduceServiceClient<crate::Transport>,
     mut requests: Requests,
     mut answers: Streaming<ProduceStreamResponse>,
 ) {
+    let _ending = Ending(&lane);
     let config = shared.config.clone();
     let mut attempts = 0u32;
     loop {
         let end = {
-            let sending = run_sender(&shared, requests);
-            let receiving = run_receiver(&shared, answers);
+            let sending = run_sender(&shared, &lane, requests);
+            let receiving = run_receiver(&shared, &lane, answers);
             tokio::pin!(sending, receiving);
             let mut sent_all = false;
             loop {
@@ -139,16 +249,19 @@ pub(super) async fn run(
             }
         };
         let (mut error, answered) = match end {
-            StreamEnd::Drained => return shared.fail(ProduceError::Closed),
+            StreamEnd::Drained => return shared.lane_done(),
             StreamEnd::Fatal(error) => return shared.fail(ProduceError::Disconnected(error)),
             StreamEnd::Broken { error, answered } => (error, answered),
         };
         if shared.identity.is_none() {
-            if shared.drained() {
-                return shared.fail(ProduceError::Closed);
+            if shared.lane_drained(&lane) {
+                return shared.lane_done();
             }
             return shared.fail(ProduceError::Disconnected(error));
         }
+        // The node may have died or stopped leading: where the partitions lead now is read
+        // again while this lane reconnects (to the next node, if its own is gone).
+        shared.leaders_stale.notify_one();
         if answered {
             attempts = 0;
         }
@@ -156,7 +269,7 @@ pub(super) async fn run(
         let started = Instant::now();
         let (next_requests, next_answers) = loop {
             attempts += 1;
-            let oldest = locked(&shared.in_flight).front().map(|f| f.opened_at);
+            let oldest = locked(&lane.in_flight).front().map(|f| f.opened_at);
             let overdue = oldest.is_some_and(|at| at.elapsed() > config.delivery_timeout);
             if attempts > config.retries_max || overdue {
                 let waited_ms = oldest.unwrap_or(started).elapsed().as_millis() as u64;
@@ -192,15 +305,15 @@ pub(super) async fn run(
         shared.reconnects.fetch_add(1, Ordering::Relaxed);
         requests = next_requests;
         answers = next_answers;
-        resend(&shared, &requests);
+        resend(&shared, &lane, &requests);
     }
 }
 
 /// Sends every request in flight again on a new stream, the same bytes in the same order,
 /// each under a new correlation id. The queue has room: it holds `in_flight_max` requests and
 /// at most that many are in flight.
-pub(super) fn resend(shared: &Shared, requests: &Requests) {
-    let mut in_flight = locked(&shared.in_flight);
+pub(super) fn resend(shared: &Shared, lane: &Lane, requests: &Requests) {
+    let mut in_flight = locked(&lane.in_flight);
     for entry in in_flight.iter_mut() {
         entry.correlation_id = shared.correlation_id.fetch_add(1, Ordering::Relaxed);
         let request = shared.request(entry.correlation_id, entry.partition, entry.batch.clone());
@@ -230,23 +343,24 @@ impl Shared {
     }
 }
 
-/// Takes ready batches and sends them, while fewer than `in_flight_max` wait for answers.
-/// Returns once the producer is closed and drained (dropping `requests` ends the stream), or
-/// the stream is gone. Cancel-safe: a batch leaves its partition's queue and joins the
-/// requests in flight with no `.await` in between, so a cancelled sender loses nothing.
-pub(super) async fn run_sender(shared: &Shared, requests: Requests) {
+/// Takes ready batches of the partitions routed to `lane` and sends them, while fewer than
+/// `in_flight_max` wait for answers. Returns once the producer is closed and the lane drained
+/// (dropping `requests` ends the stream), or the stream is gone. Cancel-safe: a batch leaves
+/// its partition's queue and joins the requests in flight with no `.await` in between, so a
+/// cancelled sender loses nothing.
+pub(super) async fn run_sender(shared: &Shared, lane: &Lane, requests: Requests) {
     let acks = shared.config.acks;
     loop {
-        let Ok(permit) = shared.in_flight_permits.acquire().await else { return };
+        let Ok(permit) = lane.in_flight_permits.acquire().await else { return };
         let (partition, stamp, sealed) = loop {
-            match shared.next_ready(Instant::now()) {
+            match shared.next_ready(lane.index, Instant::now()) {
                 Next::Send(partition, stamp, sealed) => break (partition, stamp, sealed),
                 Next::Stop => return,
                 Next::Wait(Some(deadline)) => tokio::select! {
-                    _ = shared.sender_wake.notified() => {}
+                    _ = lane.wake.notified() => {}
                     _ = tokio::time::sleep_until(deadline) => {}
                 },
-                Next::Wait(None) => shared.sender_wake.notified().await,
+                Next::Wait(None) => lane.wake.notified().await,
             }
         };
         let batch = sealed.builder.finish_compressed(stamp, shared.config.compression).freeze();
@@ -255,12 +369,9 @@ pub(super) async fn run_sender(shared: &Shared, requests: Requests) {
         SemaphorePermit::forget(permit);
         if acks == Acks::None {
             // Nothing will be answered unless it fails: delivered on hand-off.
-            locked(&shared.state).partitions[partition as usize].in_flight -= 1;
-            sealed.outcome.resolve(Ok(None));
-            shared.buffer.add_permits(sealed.bytes_reserved);
-            shared.in_flight_permits.add_permits(1);
+            shared.resolve(lane, partition, &sealed.outcome, sealed.bytes_reserved, Ok(None));
         } else {
-            locked(&shared.in_flight).push_back(InFlight {
+            locked(&lane.in_flight).push_back(InFlight {
                 correlation_id,
                 partition,
                 batch,
@@ -281,6 +392,7 @@ pub(super) async fn run_sender(shared: &Shared, requests: Requests) {
 /// stream ends, breaks, times out, or (idempotent producers) answers a retriable error.
 pub(super) async fn run_receiver(
     shared: &Shared,
+    lane: &Lane,
     mut answers: Streaming<ProduceStreamResponse>,
 ) -> StreamEnd {
     let idempotent = shared.identity.is_some();
@@ -290,7 +402,7 @@ pub(super) async fn run_receiver(
         let next = tokio::time::timeout(shared.config.request_timeout, answers.message()).await;
         let answer = match next {
             Ok(Ok(Some(answer))) => answer,
-            Ok(Ok(None)) if shared.drained() => return StreamEnd::Drained,
+            Ok(Ok(None)) if shared.lane_drained(lane) => return StreamEnd::Drained,
             Ok(Ok(None)) => {
                 return broken(ServerError {
                     code: ErrorCode::Unavailable,
@@ -301,7 +413,7 @@ pub(super) async fn run_receiver(
                 let error = ServerError::from(status);
                 return if transient(error.code) { broken(error) } else { StreamEnd::Fatal(error) };
             }
-            Err(_elapsed) if locked(&shared.in_flight).is_empty() => continue,
+            Err(_elapsed) if locked(&lane.in_flight).is_empty() => continue,
             Err(_elapsed) => {
                 return broken(ServerError {
                     code: ErrorCode::Unavailable,
@@ -332,7 +444,7 @@ pub(super) async fn run_receiver(
             })),
         };
         let front = {
-            let mut in_flight = locked(&shared.in_flight);
+            let mut in_flight = locked(&lane.in_flight);
             match in_flight.front() {
                 Some(front) if front.correlation_id == answer.correlation_id => {
                     in_flight.pop_front()
@@ -343,7 +455,8 @@ pub(super) async fn run_receiver(
         match front {
             Some(entry) => {
                 answered = true;
-                shared.resolve_front(entry, result);
+                let InFlight { partition, outcome, bytes_reserved, .. } = entry;
+                shared.resolve(lane, partition, &outcome, bytes_reserved, result);
             }
             None if shared.config.acks == Acks::None => {
                 if let Err(error) = result {

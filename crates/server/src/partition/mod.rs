@@ -219,6 +219,19 @@ impl Partition {
         .map(|(id, _)| id)
     }
 
+    /// Where the leader's node serves clients, when a leader is known and has registered.
+    pub(crate) fn leader_address(&self) -> Option<String> {
+        let cluster = self.server.cluster.as_ref()?;
+        cluster.client_address(self.leader()?)
+    }
+
+    /// Counts `batches` a client sent here that this node passes on to the partition's
+    /// leader (`spool_passed_on_batches_total`).
+    pub(crate) fn passing_on(&self, batches: usize) {
+        self.metrics.passed_on(batches as u64);
+        self.server.metrics.passed_on(batches as u64);
+    }
+
     /// The group of a partition this node holds no replica of (see [`Partition::start`]).
     pub(crate) fn remote(&self) -> Option<&Arc<spool_replication::Remote>> {
         self.remote.as_ref()

@@ -55,6 +55,7 @@ pub(super) async fn run(
         };
         let (batches, replies): (Vec<Bytes>, Vec<_>) =
             round.into_iter().map(|request| (request.batch.into_bytes(), request.reply)).unzip();
+        partition.passing_on(batches.len());
         let answers = tokio::select! {
             () = stop.cancelled() => break,
             answers = remote.forward_in_order(batches, LEADER_ELECTION_PATIENCE) => answers,

@@ -325,6 +325,7 @@ async fn propose_plain(partition: &Partition, replica: &Replica, kafka: Bytes) -
     let attempt = || async {
         match propose_here(partition, replica, kafka.clone()).await {
             Err(ProposeError::NotLeader { leader: Some(_) }) => {
+                partition.passing_on(1);
                 replica.forward(kafka.clone()).await
             }
             other => other,
@@ -503,7 +504,8 @@ async fn pass_plain(
     let mut left = None;
     let length = |passing: &Passing| passing.kafka.len();
     while let Some(round) = next_round(&mut queue, &mut left, &running, length).await {
-        let batches = round.iter().map(|passing| passing.kafka.clone()).collect();
+        let batches: Vec<Bytes> = round.iter().map(|passing| passing.kafka.clone()).collect();
+        partition.passing_on(batches.len());
         let answers = replica.forward_in_order(batches).await;
         for (Passing { kafka, reply }, answer) in round.into_iter().zip(answers) {
             match answer {
@@ -553,6 +555,7 @@ async fn check_round(
                     .filter(|(_, forwarded)| !forwarded)
                     .map(|(batch, _)| batch.into_bytes())
                     .collect();
+                partition.passing_on(passing.len());
                 let mut passed = match passing.is_empty() {
                     true => Vec::new(),
                     false => replica.forward_in_order(passing).await,
