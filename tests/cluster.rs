@@ -1083,11 +1083,13 @@ async fn a_scrub_on_a_follower_finds_damage_and_the_replica_is_repaired() {
 /// group's requests NOT_COORDINATOR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     use kafka_protocol::messages::{
-        ApiKey, CreateTopicsRequest, CreateTopicsResponse, GroupId, HeartbeatRequest,
-        HeartbeatResponse, MetadataRequest, MetadataResponse,
+        ApiKey, CreateTopicsRequest, CreateTopicsResponse, DescribeConfigsRequest,
+        DescribeConfigsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, MetadataRequest,
+        MetadataResponse,
     };
     let cluster = Cluster::start_with_kafka().await;
     cluster.create_topic(1, "kafka-events", 2).await;
@@ -1137,17 +1139,26 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
     assert!(coordinators.iter().all(|c| *c == coordinators[0]), "{coordinators:?}");
     // CreateTopics through a node: a factor of 1 to the cluster's 3 (-1: 3), or refused.
     let mut connection = common::kafka::Connection::to(cluster.kafka[2]).await;
-    for (name, factor, code) in [
-        ("by-kafka", 3, 0),
-        ("by-kafka-default", -1, 0),
-        ("two-copies", 2, 0),
-        ("too-wide", 4, 38),
-        ("no-copy", 0, 38),
+    // Kafka clients often ask for min.insync.replicas 2 with three replicas: that is what
+    // Spool's majority is.
+    let min_insync = |value: &'static str| {
+        CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str("min.insync.replicas"))
+            .with_value(Some(StrBytes::from_static_str(value)))
+    };
+    for (name, factor, config, code) in [
+        ("by-kafka", 3, Some(min_insync("2")), 0),
+        ("by-kafka-default", -1, None, 0),
+        ("two-copies", 2, None, 0),
+        ("not-a-majority", 3, Some(min_insync("3")), 40),
+        ("too-wide", 4, None, 38),
+        ("no-copy", 0, None, 38),
     ] {
         let topic = CreatableTopic::default()
             .with_name(common::kafka::name(name))
             .with_num_partitions(1)
-            .with_replication_factor(factor);
+            .with_replication_factor(factor)
+            .with_configs(config.into_iter().collect());
         let request =
             CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000);
         let answer: CreateTopicsResponse = connection.call(ApiKey::CreateTopics, 4, &request).await;
@@ -1157,6 +1168,33 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
     let mut replicas = described.partitions[0].replicas.clone();
     replicas.sort_unstable();
     assert_eq!(replicas, vec![1, 2, 3]);
+    // Node 3 describes itself as broker 3, and each topic's majority; not broker 1.
+    let resource = |kind: i8, name: &'static str| {
+        DescribeConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(StrBytes::from_static_str(name))
+            .with_configuration_keys(None)
+    };
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        resource(4, "3"),
+        resource(4, "1"),
+        resource(2, "two-copies"),
+        resource(2, "by-kafka"),
+    ]);
+    let answer: DescribeConfigsResponse =
+        connection.call(ApiKey::DescribeConfigs, 3, &request).await;
+    let value = |result: usize, name: &str| {
+        let configs = &answer.results[result].configs;
+        let config = configs.iter().find(|c| c.name.as_str() == name).expect(name);
+        config.value.as_ref().map(|v| v.to_string()).unwrap_or_default()
+    };
+    assert_eq!(answer.results[0].error_code, 0, "{answer:?}");
+    assert_eq!(value(0, "broker.id"), "3");
+    assert_eq!(value(0, "default.replication.factor"), "3");
+    assert_eq!(value(0, "min.insync.replicas"), "2");
+    assert_eq!(answer.results[1].error_code, 42, "another broker: INVALID_REQUEST");
+    assert_eq!(value(2, "min.insync.replicas"), "2", "a majority of two");
+    assert_eq!(value(3, "min.insync.replicas"), "2", "a majority of three");
     // Every node names the two replicas of "two-copies", and their leader, the one that
     // holds none of it too.
     let topic = MetadataRequestTopic::default().with_name(Some(common::kafka::name("two-copies")));

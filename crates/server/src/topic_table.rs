@@ -41,6 +41,12 @@ pub(crate) struct Topic {
 }
 
 impl Topic {
+    /// How many nodes hold each partition: 1 on a single node.
+    pub(crate) fn replication_factor(&self) -> u32 {
+        let replicas = self.partitions.first().map_or(0, |partition| partition.replicas().len());
+        replicas.max(1) as u32
+    }
+
     fn start(
         name: TopicName,
         config: TopicConfig,
@@ -294,6 +300,15 @@ impl TopicTable {
         }
     }
 
+    /// The replication factor of a topic created without one: 3 on a cluster of three nodes
+    /// or more, else 1.
+    pub(crate) fn default_replication_factor(&self) -> u32 {
+        match &self.cluster {
+            Some(cluster) if cluster.node_ids().len() >= 3 => 3,
+            _ => 1,
+        }
+    }
+
     /// Where a new topic's partitions go: on a cluster, `factor` nodes each (by default 3
     /// on a cluster of three nodes or more, else 1), spread over the nodes (see
     /// [`Placement`]); `None` on a single node, which takes a factor of 1 only.
@@ -310,7 +325,7 @@ impl TopicTable {
         };
         let nodes = cluster.node_ids();
         let count = nodes.len() as u32;
-        let factor = factor.unwrap_or(if count >= 3 { 3 } else { 1 });
+        let factor = factor.unwrap_or(self.default_replication_factor());
         match Placement::new(name.as_str(), &nodes, factor) {
             Ok(placement) => Ok(Some(placement)),
             Err(_) => Err(ServiceError::ReplicationFactor { requested: factor, nodes: count }),

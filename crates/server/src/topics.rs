@@ -131,8 +131,7 @@ fn describe(topic: &Topic, with_partitions: bool) -> Result<TopicDescription, Se
         }
     }
     let mut config = wire_config(&topic.config());
-    let replicas = topic.partitions.first().map_or(0, |partition| partition.replicas().len());
-    config.replication_factor = Some(replicas.max(1) as u32);
+    config.replication_factor = Some(topic.replication_factor());
     Ok(TopicDescription { name: topic.name.to_string(), config: Some(config), partitions })
 }
 

@@ -210,7 +210,8 @@ async fn create_topic(
     };
     let configs =
         topic.configs.iter().map(|config| (config.name.as_str(), config.value.as_deref()));
-    let config = configs::create_request(partitions, configs)?;
+    let replicas = factor.unwrap_or_else(|| shared.topics.default_replication_factor());
+    let config = configs::create_request(partitions, replicas, configs)?;
     if validate_only {
         shared.topics.place(&name, factor)?;
         if shared.topics.topic(name.as_str()).is_ok() {
@@ -414,10 +415,18 @@ fn describe_configs(
             let described = match resource.resource_type {
                 RESOURCE_TOPIC => shared
                     .topic(caller, Action::Describe, resource.resource_name.as_str())
-                    .map(|topic| configs::describe_topic(&topic.config(), keys))
+                    .map(|topic| {
+                        configs::describe_topic(&topic.config(), topic.replication_factor(), keys)
+                    })
                     .map_err(Refusal::from),
-                RESOURCE_BROKER => broker(&resource.resource_name)
-                    .map(|()| configs::describe_broker(&shared.advertised, keys)),
+                RESOURCE_BROKER => broker(shared, &resource.resource_name).map(|broker| {
+                    let broker = configs::Broker {
+                        id: broker,
+                        advertised: &shared.advertised,
+                        default_replication_factor: shared.topics.default_replication_factor(),
+                    };
+                    configs::describe_broker(&broker, keys)
+                }),
                 other => Err(unsupported_resource(other)),
             };
             let result = DescribeConfigsResult::default()
@@ -451,14 +460,20 @@ fn config_result(described: configs::Described, version: i16) -> DescribeConfigs
     }
 }
 
-/// The one broker is node 0; Kafka's tools also name it by the empty string.
-fn broker(name: &str) -> Result<(), Refusal> {
-    if name.is_empty() || name == "0" {
-        return Ok(());
+/// This broker's id, when `name` names it: its node id (0 on a single node), or the empty
+/// string, as Kafka's tools also name it. Another broker's settings are asked of that broker,
+/// as Kafka's are.
+fn broker(shared: &Shared, name: &str) -> Result<i32, Refusal> {
+    let id = match shared.topics.cluster() {
+        Some(cluster) => cluster.node_id as i32,
+        None => super::apis::NODE_ID,
+    };
+    if name.is_empty() || name == id.to_string() {
+        return Ok(id);
     }
     Err(Refusal::new(
         ResponseError::InvalidRequest,
-        format!("broker {name:?}: the one broker is node 0"),
+        format!("broker {name:?}: this is broker {id}; ask another broker's settings of it"),
     ))
 }
 
@@ -523,7 +538,7 @@ async fn alter_resource(
             caller.allow(Action::Administer, Resource::Topic(topic)).map_err(ServiceError::from)?;
         }
         RESOURCE_BROKER => {
-            broker(&resource.resource_name)?;
+            broker(shared, &resource.resource_name)?;
             if resource.configs.is_empty() {
                 return Ok(());
             }
@@ -537,7 +552,7 @@ async fn alter_resource(
     let topic = shared.topics.topic(resource.resource_name.as_str())?;
     let operations =
         resource.configs.iter().map(|c| (c.name.as_str(), c.config_operation, c.value.as_deref()));
-    let change = configs::change(&topic.config(), operations)?;
+    let change = configs::change(&topic.config(), topic.replication_factor(), operations)?;
     if validate_only {
         return Ok(());
     }

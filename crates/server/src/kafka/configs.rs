@@ -11,7 +11,7 @@
 //! | `flush.messages`, `flush.ms` | `fsync`                | `always`: 1 and MAX; `interval N`: MAX and N; `never`: MAX and MAX |
 //! | `cleanup.policy`      | (fixed)                       | `delete`: Spool does not compact                    |
 //! | `max.message.bytes`   | (fixed)                       | the largest batch, 8 MiB                            |
-//! | `min.insync.replicas` | (fixed)                       | 1: one node                                         |
+//! | `min.insync.replicas` | (fixed)                       | a majority of the topic's replicas: 1 on a single node, 2 of 3 |
 //!
 //! (MAX is 9223372036854775807, Kafka's "never" for both flush settings.) The fixed ones can be
 //! set only to the value they have; any other name is refused with INVALID_CONFIG naming the
@@ -72,7 +72,7 @@ const TOPIC_KEYS: [(&str, i8, &str); 9] = [
     (
         "min.insync.replicas",
         TYPE_INT,
-        "One node: every acknowledged record is on the one replica (fixed).",
+        "A majority of the topic's replicas: every acknowledged record is fsynced on at least that many (fixed).",
     ),
     ("retention.bytes", TYPE_LONG, "Spool's retention_bytes per partition; -1 is no size limit."),
     ("retention.ms", TYPE_LONG, "Spool's retention_ms; -1 keeps records forever."),
@@ -130,10 +130,17 @@ struct KafkaView {
     compression: TopicCompression,
     flush_messages: i64,
     flush_ms: i64,
+    /// The nodes that hold each partition (1 on a single node).
+    replicas: u32,
+}
+
+/// The replicas that must have a record fsynced before it is acknowledged: a majority.
+fn majority(replicas: u32) -> u32 {
+    replicas / 2 + 1
 }
 
 impl KafkaView {
-    fn of(config: &TopicConfig) -> KafkaView {
+    fn of(config: &TopicConfig, replicas: u32) -> KafkaView {
         let (flush_messages, flush_ms) = match config.fsync() {
             FsyncPolicy::Always => (1, FLUSH_NEVER),
             FsyncPolicy::Interval { interval_ms } => {
@@ -148,13 +155,15 @@ impl KafkaView {
             compression: config.compression(),
             flush_messages,
             flush_ms,
+            replicas: replicas.max(1),
         }
     }
 
-    /// A new topic's settings when nothing is asked for.
-    fn default() -> KafkaView {
+    /// A new topic's settings, on `replicas` nodes, when nothing is asked for.
+    fn default(replicas: u32) -> KafkaView {
         KafkaView::of(
             &TopicConfig::new(TopicConfigRequest::default()).expect("the defaults are valid"),
+            replicas,
         )
     }
 
@@ -166,7 +175,7 @@ impl KafkaView {
             "flush.messages" => self.flush_messages.to_string(),
             "flush.ms" => self.flush_ms.to_string(),
             "max.message.bytes" => BATCH_BYTES_MAX.to_string(),
-            "min.insync.replicas" => "1".to_owned(),
+            "min.insync.replicas" => majority(self.replicas).to_string(),
             "retention.bytes" => limit(self.retention_bytes),
             "retention.ms" => limit(self.retention_ms),
             "segment.bytes" => self.segment_bytes.to_string(),
@@ -177,7 +186,7 @@ impl KafkaView {
     /// Sets `name` to `value`, or back to a new topic's value when `value` is `None`.
     fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), ConfigError> {
         let Some(value) = value else {
-            let default = KafkaView::default();
+            let default = KafkaView::default(self.replicas);
             let text = default.value(name).ok_or_else(|| unknown(name))?;
             return self.set(name, Some(&text));
         };
@@ -251,11 +260,15 @@ fn compression_name(compression: TopicCompression) -> &'static str {
     }
 }
 
-/// A topic's settings, those in `keys` (every one when `None`; names Spool does not have are
-/// left out, as Kafka leaves them out).
-pub(super) fn describe_topic(config: &TopicConfig, keys: Option<&[StrBytes]>) -> Vec<Described> {
-    let view = KafkaView::of(config);
-    let default = KafkaView::default();
+/// A topic's settings, on `replicas` nodes each, those in `keys` (every one when `None`;
+/// names Spool does not have are left out, as Kafka leaves them out).
+pub(super) fn describe_topic(
+    config: &TopicConfig,
+    replicas: u32,
+    keys: Option<&[StrBytes]>,
+) -> Vec<Described> {
+    let view = KafkaView::of(config, replicas);
+    let default = KafkaView::default(replicas);
     TOPIC_KEYS
         .iter()
         .filter(|(name, _, _)| keys.is_none_or(|keys| keys.iter().any(|k| k.as_str() == *name)))
@@ -273,14 +286,21 @@ pub(super) fn describe_topic(config: &TopicConfig, keys: Option<&[StrBytes]>) ->
         .collect()
 }
 
+/// What the broker's settings depend on.
+pub(super) struct Broker<'a> {
+    /// Its node id (0 on a single node).
+    pub(super) id: i32,
+    pub(super) advertised: &'a AdvertisedAddress,
+    /// A topic created without one gets this replication factor.
+    pub(super) default_replication_factor: u32,
+}
+
 /// The broker's settings: all fixed (they are `spool serve`'s flags or Spool's constants).
-pub(super) fn describe_broker(
-    advertised: &AdvertisedAddress,
-    keys: Option<&[StrBytes]>,
-) -> Vec<Described> {
-    let default = KafkaView::default();
+pub(super) fn describe_broker(broker: &Broker<'_>, keys: Option<&[StrBytes]>) -> Vec<Described> {
+    let (advertised, factor) = (broker.advertised, broker.default_replication_factor);
+    let default = KafkaView::default(factor);
     let entries: [(&'static str, String, i8, &'static str); 14] = [
-        ("broker.id", "0".to_owned(), TYPE_INT, "The one node."),
+        ("broker.id", broker.id.to_string(), TYPE_INT, "This node's id (0 on a single node)."),
         (
             "advertised.listeners",
             format!("PLAINTEXT://{advertised}"),
@@ -300,8 +320,18 @@ pub(super) fn describe_broker(
             TYPE_INT,
             "Partitions of a topic created without a count.",
         ),
-        ("default.replication.factor", "1".to_owned(), TYPE_INT, "One node."),
-        ("min.insync.replicas", "1".to_owned(), TYPE_INT, "One node."),
+        (
+            "default.replication.factor",
+            factor.to_string(),
+            TYPE_INT,
+            "3 on a cluster of three nodes or more, else 1.",
+        ),
+        (
+            "min.insync.replicas",
+            majority(factor).to_string(),
+            TYPE_INT,
+            "A majority of the default replication factor; each topic's is a majority of its own.",
+        ),
         ("message.max.bytes", BATCH_BYTES_MAX.to_string(), TYPE_INT, "The largest record batch."),
         ("log.cleanup.policy", "delete".to_owned(), TYPE_LIST, "Spool does not compact."),
         (
@@ -347,9 +377,10 @@ pub(super) fn describe_broker(
 /// A new topic's settings from CreateTopics' configs.
 pub(super) fn create_request<'a>(
     partitions: u32,
+    replicas: u32,
     configs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Result<TopicConfigRequest, ConfigError> {
-    let mut view = KafkaView::default();
+    let mut view = KafkaView::default(replicas);
     let mut named: Vec<&str> = Vec::new();
     for (name, value) in configs {
         if named.contains(&name) {
@@ -372,12 +403,13 @@ pub(super) fn create_request<'a>(
 }
 
 /// The change IncrementalAlterConfigs' operations make to a topic whose settings are
-/// `current`, checked against them.
+/// `current`, on `replicas` nodes each, checked against them.
 pub(super) fn change<'a>(
     current: &TopicConfig,
+    replicas: u32,
     operations: impl IntoIterator<Item = (&'a str, i8, Option<&'a str>)>,
 ) -> Result<TopicChange, ConfigError> {
-    let mut view = KafkaView::of(current);
+    let mut view = KafkaView::of(current, replicas);
     let mut named: Vec<&str> = Vec::new();
     for (name, operation, value) in operations {
         if named.contains(&name) {
@@ -418,7 +450,7 @@ mod tests {
     }
 
     fn described(config: &TopicConfig) -> Vec<(&'static str, String)> {
-        describe_topic(config, None).into_iter().map(|d| (d.name, d.value)).collect()
+        describe_topic(config, 1, None).into_iter().map(|d| (d.name, d.value)).collect()
     }
 
     #[test]
@@ -440,6 +472,7 @@ mod tests {
     fn create_configs_map_onto_spool_settings() {
         let request = create_request(
             3,
+            1,
             [
                 ("retention.ms", Some("60000")),
                 ("retention.bytes", Some("-1")),
@@ -460,9 +493,14 @@ mod tests {
 
     #[test]
     fn what_spool_cannot_keep_is_refused() {
-        let refused = |name, value| create_request(1, [(name, Some(value))]).unwrap_err();
+        let refused = |name, value| create_request(1, 1, [(name, Some(value))]).unwrap_err();
         assert!(matches!(refused("cleanup.policy", "compact"), ConfigError::Fixed { .. }));
         assert!(matches!(refused("min.insync.replicas", "2"), ConfigError::Fixed { .. }));
+        // On three replicas, a record is acknowledged once two have it: Kafka clients that
+        // ask for that are taken.
+        assert!(create_request(1, 3, [("min.insync.replicas", Some("2"))]).is_ok());
+        let three = create_request(1, 3, [("min.insync.replicas", Some("3"))]).unwrap_err();
+        assert!(matches!(three, ConfigError::Fixed { .. }), "{three:?}");
         assert!(matches!(
             refused("unclean.leader.election.enable", "true"),
             ConfigError::Unknown { .. }
@@ -474,7 +512,7 @@ mod tests {
         assert!(matches!(refused("flush.ms", "100"), ConfigError::Flush { .. }));
         assert!(matches!(refused("flush.messages", "10"), ConfigError::Flush { .. }));
         assert!(matches!(
-            create_request(1, [("retention.ms", Some("1")), ("retention.ms", Some("2"))]),
+            create_request(1, 1, [("retention.ms", Some("1")), ("retention.ms", Some("2"))]),
             Err(ConfigError::Twice { .. })
         ));
     }
@@ -488,6 +526,7 @@ mod tests {
         });
         let change = change(
             &current,
+            1,
             [
                 ("retention.ms", OPERATION_SET, Some("3600000")),
                 ("retention.bytes", OPERATION_DELETE, None),
@@ -500,11 +539,11 @@ mod tests {
         assert_eq!(altered.fsync(), current.fsync());
         assert_eq!(altered.segment_bytes(), current.segment_bytes());
         assert!(matches!(
-            super::change(&current, [("cleanup.policy", 2, Some("compact"))]),
+            super::change(&current, 1, [("cleanup.policy", 2, Some("compact"))]),
             Err(ConfigError::Operation { .. })
         ));
         assert!(matches!(
-            super::change(&current, [("retention.ms", OPERATION_SET, None)]),
+            super::change(&current, 1, [("retention.ms", OPERATION_SET, None)]),
             Err(ConfigError::NoValue { .. })
         ));
     }
