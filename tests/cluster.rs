@@ -520,6 +520,51 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     }
 }
 
+/// `acks=leader` is answered once the leader has appended the batch: a leader whose followers
+/// are all stopped still answers it, with the offset every replica gives the batch once the
+/// followers are back and it is committed; consumers see it only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acks_leader_write_is_answered_by_a_leader_without_its_followers() {
+    use spool_proto::v1::{Acks, ProduceRequest, RecordList, produce_request};
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "alone", 1).await;
+    let leader = cluster.leader(1, "alone").await;
+    let first = cluster.produce_at(leader, "alone", "committed").await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        cluster.nodes[*id as usize - 1].take().expect("running").shutdown().await;
+    }
+    let request = ProduceRequest {
+        correlation_id: 0,
+        topic: "alone".into(),
+        partition: Some(0),
+        acks: Acks::Leader as i32,
+        payload: Some(produce_request::Payload::Records(RecordList {
+            records: vec![record("appended by the leader alone")],
+        })),
+        producer: None,
+    };
+    let mut producer = cluster.node(leader).producer().await;
+    let answer = tokio::time::timeout(PATIENCE, producer.produce(request))
+        .await
+        .expect("answered without the followers")
+        .expect("answered on append")
+        .into_inner();
+    let offset = answer.appends[0].base_offset;
+    assert!(offset > first, "after the first record: {offset}");
+    let described = cluster.node(leader).describe("alone").await.expect("described");
+    assert_eq!(described.partitions[0].log_end_offset, first + 1, "not visible: not committed");
+    for id in followers {
+        cluster.restart(id).await;
+    }
+    for id in cluster.running() {
+        let stored = cluster.read(id, "alone", 2).await;
+        assert_eq!(stored, ["committed", "appended by the leader alone"], "node {id}");
+        let records = cluster.node(id).fetch_all("alone", 0, 0).await;
+        assert_eq!(records[1].offset, offset, "node {id}: the leader's offset");
+    }
+}
+
 /// A Rust client's idempotent producer writes through a follower (not following leaders)
 /// while the leader stops: the batches the old leader may have committed are retried through
 /// the new one, which answers them as duplicates. Every record is stored exactly once, in

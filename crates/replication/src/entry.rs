@@ -1,10 +1,13 @@
 //! Raft entries to stored batches and back.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
 use serde::{Deserialize, Serialize};
 use spool_storage::TimestampMs;
 use spool_storage::batch::{BatchError, BatchKind, BatchView, CheckedBatch, share_or_copy, v2};
+use tokio::sync::oneshot;
 
 use crate::{NodeId, TypeConfig};
 
@@ -31,7 +34,50 @@ pub struct Batch {
     /// The offset of the first record in the leader's log, once it has one: a follower's log
     /// must give it the same.
     pub base_offset: Option<u64>,
+    /// On the leader that proposed it: told the entry's offsets once its log has appended
+    /// it, before the fsync (for `acks=leader`). It never leaves the leader's memory.
+    #[serde(skip)]
+    pub appended: Appended,
 }
+
+impl Batch {
+    /// A normal entry's payload with nothing waiting for its append.
+    pub fn new(kafka: Vec<Bytes>, base_offset: Option<u64>) -> Batch {
+        Batch { kafka, base_offset, appended: Appended::default() }
+    }
+}
+
+/// Who waits for an entry's append on its leader: told the offsets of its first record and
+/// of the record after its last, once. Entries equal whoever waits.
+#[derive(Debug, Clone, Default)]
+pub struct Appended(Option<Arc<Mutex<Option<Offsets>>>>);
+
+/// Where an entry's offsets are sent once, as `(first, after the last)`.
+type Offsets = oneshot::Sender<(u64, u64)>;
+
+impl Appended {
+    /// One to tell, and what it tells.
+    pub(crate) fn waiting() -> (Appended, oneshot::Receiver<(u64, u64)>) {
+        let (tell, told) = oneshot::channel();
+        (Appended(Some(Arc::new(Mutex::new(Some(tell))))), told)
+    }
+
+    /// Tells whoever waits (the first time only).
+    pub(crate) fn tell(&self, offsets: (u64, u64)) {
+        let Some(waiting) = &self.0 else { return };
+        if let Some(tell) = waiting.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = tell.send(offsets);
+        }
+    }
+}
+
+impl PartialEq for Appended {
+    fn eq(&self, _: &Appended) -> bool {
+        true
+    }
+}
+
+impl Eq for Appended {}
 
 /// What applying an entry gives the proposer: the offsets of a normal entry's records
 /// (`None` for entries without a producer's records).
@@ -110,10 +156,10 @@ pub(crate) fn from_batch(
     let log_id = log_id(stamp.term, index);
     let bytes = view.as_bytes();
     let payload = match stamp.kind {
-        BatchKind::Records => EntryPayload::Normal(Batch {
-            kafka: vec![share_or_copy(read, &bytes[v2::frame::BYTES..])],
-            base_offset: Some(header.base_offset.0),
-        }),
+        BatchKind::Records => EntryPayload::Normal(Batch::new(
+            vec![share_or_copy(read, &bytes[v2::frame::BYTES..])],
+            Some(header.base_offset.0),
+        )),
         BatchKind::Control => {
             let records = view.records();
             let mut records = records.iter();

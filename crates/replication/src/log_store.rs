@@ -429,12 +429,28 @@ impl SegmentLogStore {
         let mut log = self.write_log()?;
         let log = log.as_mut().expect("checked");
         let results = log.append_many(&borrowed, now);
+        // Each entry's first offset and the offset after its last record, in entry order.
+        let mut spans: Vec<(u64, u64, u64)> = Vec::with_capacity(entries.len());
         for ((index, expected), result) in expected.into_iter().zip(results) {
             let appended = result.map_err(failed)?;
             if let Some(expected) = expected
                 && expected != appended.base_offset
             {
                 return Err(failed(Diverged { index, expected, got: appended.base_offset }));
+            }
+            let next = appended.last_offset.0 + 1;
+            match spans.last_mut() {
+                Some((at, _, end)) if *at == index => *end = next,
+                _ => spans.push((index, appended.base_offset.0, next)),
+            }
+        }
+        // acks=leader: appended here, on the leader that proposed it; not yet synced.
+        for entry in &entries {
+            if let EntryPayload::Normal(batch) = &entry.payload
+                && let Some(&(_, base, next)) =
+                    spans.iter().find(|(index, ..)| *index == entry.log_id.index)
+            {
+                batch.appended.tell((base, next));
             }
         }
         log.sync(now).map_err(failed)?;
@@ -654,7 +670,7 @@ mod tests {
                 builder.finish(ProducerStamp::NONE).freeze()
             })
             .collect();
-        let payload = EntryPayload::Normal(Batch { kafka, base_offset: None });
+        let payload = EntryPayload::Normal(Batch::new(kafka, None));
         Entry { log_id: entry::log_id(1, index), payload }
     }
 

@@ -161,7 +161,7 @@ mod tests {
     use openraft::{Entry, EntryPayload};
 
     fn entry(index: u64, kafka_bytes: usize) -> Entry<TypeConfig> {
-        let batch = Batch { kafka: vec![Bytes::from(vec![0; kafka_bytes])], base_offset: None };
+        let batch = Batch::new(vec![Bytes::from(vec![0; kafka_bytes])], None);
         Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(batch) }
     }
 

@@ -9,6 +9,11 @@
 //! once. The batches of an entry keep the order they were queued in, and entries are
 //! submitted in the order they were formed, so batches are stored in the order they were
 //! queued. Batches queued as one group go into one entry, and are committed all or none.
+//!
+//! A group queued to be answered on append (`acks=leader`) is answered once the leader's log
+//! has appended its entry, before the fsync and before any follower has it: the leader's
+//! offsets, which every replica gives it should it be committed. Should the entry not be
+//! committed after all (the leader dies or is deposed first), a new leader truncates it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +39,10 @@ struct Queued {
     bytes: usize,
     /// Each batch's record count.
     records: Vec<u64>,
-    answer: oneshot::Sender<Result<Vec<(Offset, Offset)>, ProposeError>>,
+    /// Answered once the leader has appended the entry, rather than once it is committed.
+    on_append: bool,
+    /// Taken when it is answered.
+    answer: Option<oneshot::Sender<Answered>>,
     /// Its share of [`PROPOSALS_QUEUED_KIB_MAX`], given back once it is answered.
     _permit: OwnedSemaphorePermit,
 }
@@ -68,11 +76,13 @@ impl Proposals {
     /// Queues `batches` (Kafka batches that passed
     /// [`check_for_append`](spool_storage::batch::check_for_append), to go into one entry)
     /// once there is room for them, behind every group queued before; returns what answers
-    /// them once their entry is committed and applied here.
+    /// them once their entry is committed and applied here, or with `on_append`, once this
+    /// leader's log has appended it.
     pub(crate) async fn queue(
         self: &Arc<Self>,
         raft: &Raft<TypeConfig>,
         batches: Vec<Bytes>,
+        on_append: bool,
     ) -> Result<Answer, ProposeError> {
         let lengths: Vec<usize> = batches.iter().map(Bytes::len).collect();
         let bytes = lengths.iter().sum::<usize>();
@@ -85,7 +95,9 @@ impl Proposals {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.queue.push_back(Queued { batches, bytes, records, answer, _permit: permit });
+            let answer = Some(answer);
+            let queued = Queued { batches, bytes, records, on_append, answer, _permit: permit };
+            state.queue.push_back(queued);
             let start = state.proposing < PROPOSALS_IN_FLIGHT;
             state.proposing += usize::from(start);
             start
@@ -107,26 +119,55 @@ impl Proposals {
                 }
                 let kafka =
                     group.iter().flat_map(|queued| queued.batches.iter().cloned()).collect();
-                let written = raft.client_write_ff(Batch { kafka, base_offset: None }).await;
-                (group, written)
-            };
-            let (group, written) = submitted;
-            let entry = match written {
-                Ok(pending) => match pending.await {
-                    Ok(Ok(response)) => response.data.offsets.ok_or_else(|| {
-                        ProposeError::Stopped("a committed entry came back without offsets".into())
-                    }),
-                    Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
-                        let leader =
-                            forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
-                        Err(ProposeError::NotLeader { leader })
+                let mut batch = Batch::new(kafka, None);
+                let appended = match group.iter().any(|queued| queued.on_append) {
+                    true => {
+                        let (waiting, appended) = entry::Appended::waiting();
+                        batch.appended = waiting;
+                        Some(appended)
                     }
-                    Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),
-                    Err(_) => Err(ProposeError::Stopped("the replica stopped".to_owned())),
-                },
+                    false => None,
+                };
+                let written = raft.client_write_ff(batch).await;
+                (group, appended, written)
+            };
+            let (mut group, mut appended, written) = submitted;
+            let entry = match written {
+                Ok(pending) => {
+                    tokio::pin!(pending);
+                    // Those asked to be answered on append are, once it is (or, should the
+                    // entry never be, with the others).
+                    let committed = loop {
+                        tokio::select! {
+                            told = async { appended.as_mut().expect("waited for").await },
+                                if appended.is_some() =>
+                            {
+                                if let Ok(offsets) = told {
+                                    answer(&mut group, Ok(offsets), |queued| queued.on_append);
+                                }
+                                appended = None;
+                            }
+                            committed = &mut pending => break committed,
+                        }
+                    };
+                    match committed {
+                        Ok(Ok(response)) => response.data.offsets.ok_or_else(|| {
+                            ProposeError::Stopped(
+                                "a committed entry came back without offsets".into(),
+                            )
+                        }),
+                        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                            let leader =
+                                forward.leader_id.zip(forward.leader_node.map(|node| node.addr));
+                            Err(ProposeError::NotLeader { leader })
+                        }
+                        Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),
+                        Err(_) => Err(ProposeError::Stopped("the replica stopped".to_owned())),
+                    }
+                }
                 Err(fatal) => Err(ProposeError::Stopped(fatal.to_string())),
             };
-            answer(group, entry);
+            answer(&mut group, entry, |_| true);
         }
     }
 
@@ -153,8 +194,11 @@ impl Proposals {
     }
 }
 
-/// What answers a queued group: each batch's offsets, or why none was committed.
-pub(crate) type Answer = oneshot::Receiver<Result<Vec<(Offset, Offset)>, ProposeError>>;
+/// A queued group's answer: each batch's offsets, or why none was committed.
+type Answered = Result<Vec<(Offset, Offset)>, ProposeError>;
+
+/// What answers a queued group.
+pub(crate) type Answer = oneshot::Receiver<Answered>;
 
 /// The answer to a group of one batch.
 pub(crate) fn first(answer: Result<Vec<(Offset, Offset)>, ProposeError>) -> Proposed {
@@ -173,9 +217,13 @@ pub fn fits_one_entry(lengths: &[usize]) -> bool {
             && lengths.iter().sum::<usize>() <= ENTRY_KAFKA_BYTES_MAX)
 }
 
-/// Answers each batch of an entry with its own offsets: they follow on from the entry's
-/// first in the order of its batches.
-fn answer(group: Vec<Queued>, entry: Result<(u64, u64), ProposeError>) {
+/// Answers each batch of an entry's groups that `which` picks and that is not answered yet
+/// with its own offsets: they follow on from the entry's first in the order of its batches.
+fn answer(
+    group: &mut [Queued],
+    entry: Result<(u64, u64), ProposeError>,
+    which: impl Fn(&Queued) -> bool,
+) {
     let records = group.iter().flat_map(|queued| queued.records.iter().copied());
     let offsets = entry.and_then(|(base, next)| {
         let offsets: Vec<(u64, u64)> = entry::batch_offsets(base, records).collect();
@@ -197,6 +245,10 @@ fn answer(group: Vec<Queued>, entry: Result<(u64, u64), ProposeError>) {
                 .collect()),
             Err(error) => Err(error.clone()),
         };
-        let _ = queued.answer.send(answer);
+        if which(queued)
+            && let Some(sender) = queued.answer.take()
+        {
+            let _ = sender.send(answer);
+        }
     }
 }

@@ -393,17 +393,21 @@ impl Replica {
     /// (the first, and the one after the last). Batches proposed while earlier ones are in
     /// Raft share an entry ([`crate::proposals`]).
     pub async fn propose(&self, kafka: Bytes) -> Proposed {
-        self.propose_queued(kafka).await.await
+        self.propose_queued(kafka, false).await.await
     }
 
     /// Queues `kafka` to be proposed as [`Replica::propose`] does, and returns once it is
     /// queued (which waits while the queue is full) with what answers it: batches queued
-    /// one after the other are stored in that order.
+    /// one after the other are stored in that order. With `on_append` the answer comes once
+    /// this leader's log has appended the batch, before its fsync and before a follower has
+    /// it (`acks=leader`): the batch is lost should this leader die or be deposed before a
+    /// majority has it.
     pub async fn propose_queued(
         &self,
         kafka: Bytes,
+        on_append: bool,
     ) -> impl Future<Output = Proposed> + Send + 'static {
-        let queued = self.proposals.queue(&self.raft, vec![kafka]).await;
+        let queued = self.proposals.queue(&self.raft, vec![kafka], on_append).await;
         async move {
             let answered = queued?;
             proposals::first(answered.await.unwrap_or_else(|_| Err(proposals::dropped())))
@@ -417,7 +421,7 @@ impl Replica {
         &self,
         batches: Vec<Bytes>,
     ) -> Result<Vec<(Offset, Offset)>, ProposeError> {
-        let answered = self.proposals.queue(&self.raft, batches).await?;
+        let answered = self.proposals.queue(&self.raft, batches, false).await?;
         answered.await.unwrap_or_else(|_| Err(proposals::dropped()))
     }
 

@@ -392,7 +392,7 @@ fn take_entry(rest: &mut Bytes) -> Result<Entry<TypeConfig>, InvalidMessage> {
         NORMAL => {
             let kafka = split_batches(payload, &format!("entry {index}"))?;
             let base_offset = (offset != NO_OFFSET).then_some(offset);
-            EntryPayload::Normal(Batch { kafka, base_offset })
+            EntryPayload::Normal(Batch::new(kafka, base_offset))
         }
         kind => return Err(invalid(format!("entry {index} of unknown kind {kind}"))),
     };
@@ -510,10 +510,10 @@ mod tests {
                 Entry { log_id: log_id(4, 11), payload: EntryPayload::Membership(membership) },
                 Entry {
                     log_id: log_id(4, 12),
-                    payload: EntryPayload::Normal(Batch {
-                        kafka: vec![kafka_batch(), kafka_batch()],
-                        base_offset: Some(77),
-                    }),
+                    payload: EntryPayload::Normal(Batch::new(
+                        vec![kafka_batch(), kafka_batch()],
+                        Some(77),
+                    )),
                 },
             ],
         }

@@ -44,7 +44,7 @@ fn entry(index: u64) -> Entry<TypeConfig> {
                     builder.finish(ProducerStamp::NONE).freeze()
                 })
                 .collect();
-            EntryPayload::Normal(Batch { kafka, base_offset: None })
+            EntryPayload::Normal(Batch::new(kafka, None))
         }
     };
     Entry { log_id: log_id(1, index), payload }

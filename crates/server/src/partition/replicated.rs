@@ -1,7 +1,10 @@
 //! The writer of a replicated partition: each batch is proposed to the partition's Raft group
-//! and answered once a majority of the replicas has it fsynced (whatever `acks` asked: a
-//! replicated partition acknowledges nothing less). Readers see the log up to the group's
-//! high watermark, which the replica moves as it applies entries.
+//! and answered once a majority of the replicas has it fsynced (`acks=all`, whatever the
+//! topic's fsync policy: a replica fsyncs every append). With `acks=leader` (or `none`) a
+//! batch that reaches the leader is answered once the leader's log has appended it, before
+//! the fsync and before any follower has it; one passed on by another node is answered on
+//! commit. Readers see the log up to the group's high watermark, which the replica moves as
+//! it applies entries.
 //!
 //! # Any node takes writes
 //!
@@ -65,6 +68,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use spool_broker::producer::{ProducerTable, Verdict};
+use spool_proto::Acks;
 use spool_replication::{OnCommit, OnForwarded, ProposeError, Proposed, Replica, SegmentLogStore};
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{Appended, Log, Offset};
@@ -165,7 +169,7 @@ pub(super) async fn run(
                 let _ = request.reply.send(Err(error));
                 continue;
             };
-            let AppendRequest { batch, reply, .. } = request;
+            let AppendRequest { batch, acks, reply } = request;
             // Each kind of batch reaches where it goes in the order it came.
             let pending = if sequenced(&batch).is_some() {
                 let (answer, answered) = oneshot::channel();
@@ -183,7 +187,7 @@ pub(super) async fn run(
                         let _ = reply.send(Err(ServiceError::ShuttingDown));
                         break None;
                     }
-                    queued = queue_here(&partition, &replica, kafka.clone()) => queued,
+                    queued = queue_here(&partition, &replica, kafka.clone(), acks) => queued,
                 };
                 Pending::Queued(queued, kafka)
             } else {
@@ -361,7 +365,8 @@ fn take_forwarded(
                     }
                 };
                 if sequenced(&batch).is_none() {
-                    let queued = queue_here(&partition, &replica, batch.into_bytes()).await;
+                    let kafka = batch.into_bytes();
+                    let queued = queue_here(&partition, &replica, kafka, Acks::All).await;
                     answers.push(Forwarded::Queued(queued));
                     continue;
                 }
@@ -419,14 +424,21 @@ struct Passing {
 
 type QueuedHere = std::pin::Pin<Box<dyn std::future::Future<Output = Proposed> + Send>>;
 
-/// Queues a batch for proposal here, in the order of the calls: answered once committed.
-async fn queue_here(partition: &Arc<Partition>, replica: &Replica, kafka: Bytes) -> QueuedHere {
+/// Queues a batch for proposal here, in the order of the calls: answered once committed, or
+/// with `acks` other than `All`, once this leader's log has appended it.
+async fn queue_here(
+    partition: &Arc<Partition>,
+    replica: &Replica,
+    kafka: Bytes,
+    acks: Acks,
+) -> QueuedHere {
     let started = std::time::Instant::now();
-    let answered = replica.propose_queued(kafka).await;
+    let on_append = acks != Acks::All;
+    let answered = replica.propose_queued(kafka, on_append).await;
     let partition = partition.clone();
     Box::pin(async move {
         let proposed = answered.await;
-        if proposed.is_ok() {
+        if proposed.is_ok() && !on_append {
             partition.metrics.commit_took(started.elapsed());
         }
         proposed
