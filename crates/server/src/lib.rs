@@ -3,7 +3,7 @@
 //! Spool's gRPC server: the topic, produce and consume services of `spool.v1` over the
 //! broker's topics and storage's partition logs.
 //!
-//! - Each partition has exactly one writer task ([`partition`]): a bounded queue of appends,
+//! - Each partition has exactly one writer task (`partition`): a bounded queue of appends,
 //!   one fsync per drained group (group commit), acknowledgements after it.
 //! - Readers read the log by offset and are woken by a notification that carries no data.
 //! - [`error::to_status`] is the one place where errors become gRPC statuses.
