@@ -532,6 +532,9 @@ impl Shared {
     async fn lane_to(self: &Arc<Self>, address: &str) -> Option<Arc<Lane>> {
         {
             let state = locked(&self.state);
+            if state.closing || state.failed.is_some() {
+                return None;
+            }
             if let Some(lane) = state.lanes.iter().find(|lane| lane.goes_to(address)) {
                 return Some(lane.clone());
             }

@@ -154,17 +154,17 @@ impl Shared {
             && state.lanes.iter().all(|lane| locked(&lane.in_flight).is_empty())
     }
 
-    /// Whether the producer was closed (or `lane` retired) and everything the lane had to
-    /// send was answered.
+    /// Whether `lane` has nothing left to do: nothing in flight on it, and either the
+    /// producer was closed and the partitions routed to it have nothing buffered, or the lane
+    /// is retired and no partition is routed to it any more.
     pub(super) fn lane_drained(&self, lane: &Lane) -> bool {
         let state = locked(&self.state);
-        (state.closing || lane.retired.load(Ordering::Acquire))
-            && state
-                .partitions
-                .iter()
-                .filter(|b| b.lane == lane.index)
-                .all(|b| b.open.is_none() && b.sealed.is_empty())
-            && locked(&lane.in_flight).is_empty()
+        let mut routed = state.partitions.iter().filter(|b| b.lane == lane.index);
+        let settled = match state.closing {
+            true => routed.all(|b| b.open.is_none() && b.sealed.is_empty()),
+            false => lane.retired.load(Ordering::Acquire) && routed.next().is_none(),
+        };
+        settled && locked(&lane.in_flight).is_empty()
     }
 
     /// A lane has sent and been answered everything: the producer is done once every lane is.
@@ -258,6 +258,10 @@ pub(super) async fn run(
                 return shared.lane_done();
             }
             return shared.fail(ProduceError::Disconnected(error));
+        }
+        if locked(&shared.state).failed.is_some() {
+            // Everything it held was failed already: nothing to send again.
+            return;
         }
         // The node may have died or stopped leading: where the partitions lead now is read
         // again while this lane reconnects (to the next node, if its own is gone).
