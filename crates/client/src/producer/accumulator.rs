@@ -159,7 +159,6 @@ impl Shared {
             (None, None) => state.sticky,
         };
         let config = &self.config;
-        let lane = state.lanes[state.partitions[partition as usize].lane].clone();
         let buffer = &mut state.partitions[partition as usize];
         let mut wake = false;
         if let Some(open) = &buffer.open
@@ -197,8 +196,10 @@ impl Shared {
         if sticky && full && partitions > 1 {
             state.sticky = (state.sticky + 1) % partitions;
         }
+        // The lane's sender is woken only when a batch opens or seals, not per record.
+        let lane = wake.then(|| state.lanes[state.partitions[partition as usize].lane].clone());
         drop(state);
-        if wake {
+        if let Some(lane) = lane {
             lane.wake.notify_one();
         }
         Ok(delivery)
