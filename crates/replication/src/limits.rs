@@ -17,9 +17,11 @@ pub const ENTRY_KAFKA_BYTES_MAX: usize = BATCH_BYTES_MAX as usize;
 /// The most batches in one entry.
 pub const ENTRY_BATCHES_MAX: usize = 4096;
 
-/// Entries a leader has in Raft at once for one partition (proposed, not yet applied). Two
-/// let the leader append and fsync one entry while its followers fsync the one before.
-pub const PROPOSALS_IN_FLIGHT: usize = 2;
+/// Entries a leader has in Raft at once for one partition (proposed, not yet applied). One:
+/// openraft 0.9 appends and fsyncs inside its core loop, so a second entry in flight
+/// overlaps nothing and only splits what waits into smaller entries, each fsynced on every
+/// replica (docs/cluster.md has the figures).
+pub const PROPOSALS_IN_FLIGHT: usize = 1;
 
 /// Kibibytes of batches a replica holds queued for proposal or in Raft; a proposal past it
 /// waits for room.
@@ -29,7 +31,8 @@ pub const PROPOSALS_QUEUED_KIB_MAX: u32 = 64 * 1024;
 /// [`ENTRIES_PER_MESSAGE_MAX`]), or one entry alone. A follower writes and fsyncs a message
 /// before it answers, and openraft gives the answer one heartbeat interval: a follower
 /// catching up gets its entries a few MiB at a time, not tens of MiB it could not write in
-/// time. Two full entries, the most a leader has in Raft at once while it keeps up.
+/// time. [`PROPOSALS_IN_FLIGHT`] full entries: the most a leader has in Raft at once while it
+/// keeps up.
 pub const APPEND_ENTRIES_BYTES_MAX: usize =
     PROPOSALS_IN_FLIGHT * (ENTRY_KAFKA_BYTES_MAX + ENTRY_HEAD_BYTES);
 
