@@ -31,10 +31,9 @@ pub const PROPOSALS_QUEUED_KIB_MAX: u32 = 64 * 1024;
 /// [`ENTRIES_PER_MESSAGE_MAX`]), or one entry alone. A follower writes and fsyncs a message
 /// before it answers, and openraft gives the answer one heartbeat interval: a follower
 /// catching up gets its entries a few MiB at a time, not tens of MiB it could not write in
-/// time. [`PROPOSALS_IN_FLIGHT`] full entries: the most a leader has in Raft at once while it
-/// keeps up.
-pub const APPEND_ENTRIES_BYTES_MAX: usize =
-    PROPOSALS_IN_FLIGHT * (ENTRY_KAFKA_BYTES_MAX + ENTRY_HEAD_BYTES);
+/// time. Two full entries: a follower that keeps up gets one at a time (the most a leader has
+/// in Raft at once, [`PROPOSALS_IN_FLIGHT`]), one catching up two per write and fsync.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 2 * (ENTRY_KAFKA_BYTES_MAX + ENTRY_HEAD_BYTES);
 
 /// The largest message between replicas: an AppendEntries as large as
 /// [`APPEND_ENTRIES_BYTES_MAX`] or of one entry of the largest batch, with room for its
