@@ -101,8 +101,8 @@ impl Shared {
             state.lanes.clone()
         };
         for lane in &lanes {
-            let in_flight = locked(&lane.in_flight).drain(..).collect::<Vec<_>>();
-            orphans.extend(in_flight.into_iter().map(|f| (f.outcome, f.bytes_reserved)));
+            orphans
+                .extend(locked(&lane.in_flight).drain(..).map(|f| (f.outcome, f.bytes_reserved)));
         }
         for (outcome, bytes) in orphans {
             outcome.resolve(Err(error.clone()));
