@@ -222,11 +222,22 @@ async fn describe(
     resource_type: i8,
     name: &str,
 ) -> (i16, Vec<(String, String, bool)>) {
+    describe_keys(connection, resource_type, name, None).await
+}
+
+/// Describes the keys named (every key for `None`, as Kafka's null list).
+async fn describe_keys(
+    connection: &mut Connection,
+    resource_type: i8,
+    name: &str,
+    keys: Option<&[&str]>,
+) -> (i16, Vec<(String, String, bool)>) {
+    let keys = keys.map(|keys| keys.iter().map(|key| text(key)).collect());
     let request = DescribeConfigsRequest::default().with_resources(vec![
         DescribeConfigsResource::default()
             .with_resource_type(resource_type)
             .with_resource_name(text(name))
-            .with_configuration_keys(None),
+            .with_configuration_keys(keys),
     ]);
     let answer: DescribeConfigsResponse =
         connection.call(ApiKey::DescribeConfigs, 3, &request).await;
@@ -335,6 +346,16 @@ async fn topics_are_created_described_altered_and_deleted_over_kafka() {
     for key in ["segment.bytes", "max.message.bytes", "flush.ms"] {
         value(&configs, key);
     }
+    // An empty list of keys asks for every key, as Kafka's brokers answer it; a list asks
+    // for the keys it names.
+    let every = describe_keys(&mut connection, RESOURCE_TOPIC, "orders", Some(&[])).await;
+    assert_eq!(every, (0, configs.clone()));
+    let named = ["cleanup.policy", "retention.ms"];
+    let (code, some) = describe_keys(&mut connection, RESOURCE_TOPIC, "orders", Some(&named)).await;
+    assert_eq!(code, 0);
+    let mut answered: Vec<_> = some.iter().map(|(name, ..)| name.as_str()).collect();
+    answered.sort_unstable();
+    assert_eq!(answered, named);
     let (code, _) = describe(&mut connection, RESOURCE_TOPIC, "missing").await;
     assert_eq!(code, UNKNOWN_TOPIC_OR_PARTITION);
     let (code, broker) = describe(&mut connection, RESOURCE_BROKER, "0").await;

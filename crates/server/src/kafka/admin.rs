@@ -411,7 +411,8 @@ fn describe_configs(
         .resources
         .into_iter()
         .map(|resource| {
-            let keys = resource.configuration_keys.as_deref();
+            // Kafka's brokers answer every key for an empty list, as for a null one.
+            let keys = resource.configuration_keys.as_deref().filter(|keys| !keys.is_empty());
             let described = match resource.resource_type {
                 RESOURCE_TOPIC => shared
                     .topic(caller, Action::Describe, resource.resource_name.as_str())
