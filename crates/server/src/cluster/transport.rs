@@ -275,8 +275,22 @@ impl PeerTransport {
         pool.idle.clear();
     }
 
+    /// An idle connection to `address` that is still open. A peer sends nothing unasked, so
+    /// an idle connection with anything to read has been closed by the peer (a node that
+    /// restarted, most often) and is dropped: a message written to it would fail, or worse,
+    /// be lost with the peer's close.
     fn take_idle(&self, address: &str) -> Option<Stream> {
-        self.pool().idle.get_mut(address).and_then(Vec::pop)
+        let mut pool = self.pool();
+        let idle = pool.idle.get_mut(address)?;
+        while let Some(mut stream) = idle.pop() {
+            let mut byte = [0u8; 1];
+            let mut unread = tokio::io::ReadBuf::new(&mut byte);
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            if std::pin::Pin::new(&mut stream).poll_read(&mut context, &mut unread).is_pending() {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     fn put_idle(&self, address: &str, stream: Stream, generation: u64) {
