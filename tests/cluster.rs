@@ -172,6 +172,11 @@ impl Cluster {
     /// Starts node `id` again on its data directory, peer address and client address (a
     /// cluster started without proxies or TLS), once it has stopped; returns once it serves.
     async fn restart(&mut self, id: u64) {
+        self.restart_with(id, spool_server::ServeOptions::default()).await;
+    }
+
+    /// [`Cluster::restart`] with `options` (an advertised address, say).
+    async fn restart_with(&mut self, id: u64, serve: spool_server::ServeOptions) {
         let at = id as usize - 1;
         assert!(self.nodes[at].is_none(), "node {id} is running");
         let listener = TcpListener::bind(self.peers[at]).await.expect("its peer address again");
@@ -183,7 +188,7 @@ impl Cluster {
             self.dirs[at].path(),
             client,
             setup,
-            spool_server::ServeOptions::default(),
+            serve,
         )
         .await
         .expect("restart a node");
@@ -719,6 +724,64 @@ async fn produce_while_leaders_stay(
         delivery.wait().await.expect("acknowledged");
     }
     agreed_leaders(cluster, topic).await == before
+}
+
+/// A node that advertises a name for its gRPC listener (`--advertised`) is named by it: in
+/// every node's cluster status, as the leader's address in a topic's description, and where
+/// a producer sends the partitions it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_is_named_by_the_address_it_advertises() {
+    let mut cluster = Cluster::start().await;
+    let serving = cluster.node(1).address();
+    cluster.nodes[0].take().expect("running").shutdown().await;
+    // A name for the same listener: what a node bound to every interface would advertise.
+    let advertised = format!("localhost:{}", serving.port());
+    let options = spool_server::ServeOptions {
+        advertised: Some(advertised.parse().expect("HOST:PORT")),
+        ..Default::default()
+    };
+    cluster.restart_with(1, options).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut named = Vec::new();
+        for id in cluster.running() {
+            let mut topics = cluster.node(id).topics().await;
+            let request = spool_proto::v1::DescribeClusterRequest {};
+            let status = topics.describe_cluster(request).await.expect("status");
+            let node = status.into_inner().nodes.into_iter().find(|node| node.id == 1);
+            named.push(node.and_then(|node| node.client_address));
+        }
+        if named.iter().all(|address| address.as_deref() == Some(advertised.as_str())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1's address as the nodes name it: {named:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A topic of one replica per partition, one partition on each node: node 1 leads its
+    // own, the topic's description names it by the advertised address, and a producer that
+    // reached node 2 sends that partition there, with nothing passed on.
+    let config = spool_proto::v1::TopicConfig {
+        partitions: 3,
+        replication_factor: Some(1),
+        ..Default::default()
+    };
+    let request =
+        spool_proto::v1::CreateTopicRequest { name: "named".into(), config: Some(config) };
+    cluster.node(2).topics().await.create_topic(request).await.expect("created");
+    let leaders = agreed_leaders(&cluster, "named").await;
+    let on_node_1 = leaders.iter().position(|leader| *leader == 1).expect("a partition on node 1");
+    let described = cluster.node(2).describe("named").await.expect("described");
+    let named = described.partitions[on_node_1].leader_address.as_deref();
+    assert_eq!(named, Some(advertised.as_str()));
+    let client =
+        Client::connect(&format!("http://{}", cluster.node(2).address())).await.expect("connect");
+    let producer = client.producer("named", ProducerConfig::default()).await.expect("a producer");
+    let before = passed_on(&cluster);
+    let stayed = produce_while_leaders_stay(&cluster, &producer, "named", &[0, 1, 2], 20).await;
+    assert!(stayed, "a partition of one replica keeps its leader");
+    assert_eq!(passed_on(&cluster), before, "batches passed on to a leader");
+    producer.close().await.expect("closed");
 }
 
 /// A Rust producer given one node sends each partition's batches to that partition's leader,

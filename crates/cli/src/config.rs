@@ -107,8 +107,9 @@ pub(crate) struct ServeArgs {
     /// fewer].
     #[arg(long, env = "SPOOL_PARTITIONS_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_TOTAL_MAX)))]
     partitions_max: Option<u32>,
-    /// This node's id in a cluster (with --peers); every partition is then replicated on
-    /// every node [default: a single node].
+    /// This node's id in a cluster (with --peers); a topic's partitions are then replicated
+    /// on 3 nodes, or on every node of a smaller cluster, unless it is created with another
+    /// replication factor [default: a single node].
     #[arg(long, env = "SPOOL_NODE_ID", value_name = "ID")]
     node_id: Option<u64>,
     /// Every node of the cluster, this one too, as ID=IP:PORT of its peer listener (Raft
@@ -116,6 +117,12 @@ pub(crate) struct ServeArgs {
     /// comma-separated [default: a single node].
     #[arg(long, env = "SPOOL_PEERS", value_name = "ID=IP:PORT,...")]
     peers: Option<String>,
+    /// The HOST:PORT clients are told to reach this node's gRPC listener at, in a cluster:
+    /// where a partition's leader serves (producers follow it) and where a group's
+    /// coordinator is. Set it when --listen is a wildcard such as 0.0.0.0:7070, which no
+    /// client can connect to [default: the address --listen is bound to].
+    #[arg(long, env = "SPOOL_ADVERTISED", value_name = "HOST:PORT")]
+    advertised: Option<AdvertisedAddress>,
     /// This node's certificate chain (PEM) for mutual TLS between nodes, with
     /// --peer-tls-key and --peer-tls-ca: it must be signed by that CA and name this node's
     /// peer IP address [default: plain TCP, on loopback only].
@@ -141,6 +148,7 @@ struct ClusterFileSettings {
     node_id: Option<u64>,
     /// `["1=127.0.0.1:7071", ...]`
     peers: Option<Vec<String>>,
+    advertised: Option<String>,
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
@@ -208,6 +216,7 @@ pub(crate) struct ServeConfig {
     pub(crate) node_id: Setting<Option<u64>>,
     /// As `--peers` takes them.
     pub(crate) peers: Setting<Option<String>>,
+    pub(crate) advertised: Setting<Option<AdvertisedAddress>>,
     pub(crate) peer_tls_cert: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_key: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_ca: Setting<Option<PathBuf>>,
@@ -340,6 +349,17 @@ impl ServeConfig {
                 cluster_file.peers.map(|peers| peers.join(",")),
                 None,
             ),
+            advertised: pick(
+                matches,
+                "advertised",
+                args.advertised,
+                cluster_file
+                    .advertised
+                    .map(|text| text.parse::<AdvertisedAddress>())
+                    .transpose()
+                    .map_err(|reason| anyhow::anyhow!("advertised: {reason}"))?,
+                None,
+            ),
             peer_tls_cert: pick(
                 matches,
                 "peer_tls_cert",
@@ -455,12 +475,24 @@ impl ServeConfig {
     /// This node's place in a cluster, checked; `None` for a single node.
     pub(crate) fn cluster(&self) -> anyhow::Result<Option<ClusterOptions>> {
         let (node_id, peers) = match (self.node_id.value, &self.peers.value) {
+            (None, None) if self.advertised.value.is_some() => bail!(
+                "advertised is set but node_id and peers are not: only a cluster's nodes tell \
+                 clients where a node serves"
+            ),
             (None, None) => return Ok(None),
             (Some(_), None) => bail!("node_id is set but peers is not: a cluster needs both"),
             (None, Some(_)) => bail!("peers is set but node_id is not: a cluster needs both"),
             (Some(node_id), Some(peers)) => (node_id, peers),
         };
         let peers = ClusterOptions::parse_peers(peers).context("peers")?;
+        if let Some(advertised) = &self.advertised.value
+            && advertised.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+        {
+            bail!(
+                "advertised: {advertised} is a wildcard address, which no client can connect \
+                 to: advertise this node's host name or IP address"
+            );
+        }
         let tls = self.peer_tls()?;
         let options = ClusterOptions::new(node_id, &peers, tls).context("cluster")?;
         if options.peers.values().any(|peer| *peer == self.listen.value) {
@@ -595,6 +627,11 @@ impl ServeConfig {
         };
         line("node_id", self.node_id.value.map(|id| id.to_string()), self.node_id.source);
         line("peers", peers, self.peers.source);
+        line(
+            "advertised",
+            self.advertised.value.as_ref().map(|a| quoted(&a.to_string())),
+            self.advertised.source,
+        );
         line("peer_tls_cert", path(&self.peer_tls_cert.value), self.peer_tls_cert.source);
         line("peer_tls_key", path(&self.peer_tls_key.value), self.peer_tls_key.source);
         line("peer_tls_ca", path(&self.peer_tls_ca.value), self.peer_tls_ca.source);
@@ -679,6 +716,29 @@ mod tests {
             "127.0.0.1:9092",
         ]);
         assert!(kafka.contains("also the Kafka listener's"), "{kafka}");
+    }
+
+    #[test]
+    fn a_node_advertises_its_grpc_address_only_in_a_cluster_and_never_a_wildcard() {
+        let peers = "1=127.0.0.1:7071,2=127.0.0.2:7071,3=127.0.0.3:7071";
+        let cluster = ["serve", "--node-id", "2", "--peers", peers];
+        let config = resolve(&cluster).unwrap();
+        assert_eq!(config.advertised.value, None);
+        assert!(config.to_toml().contains("# advertised =  # not set"));
+        let config =
+            resolve(&[&cluster[..], &["--advertised", "node2.example:7070"]].concat()).unwrap();
+        assert_eq!(config.advertised.value.as_ref().unwrap().to_string(), "node2.example:7070");
+        assert!(config.to_toml().contains("advertised = \"node2.example:7070\"  # flag"));
+        let refused = |args: &[&str]| resolve(args).unwrap_err().to_string();
+        let single = refused(&["serve", "--advertised", "node2.example:7070"]);
+        assert!(single.contains("advertised is set but node_id and peers are not"), "{single}");
+        for wildcard in ["0.0.0.0:7070", "[::]:7070"] {
+            let refused = refused(&[&cluster[..], &["--advertised", wildcard]].concat());
+            assert!(refused.contains("is a wildcard address"), "{refused}");
+        }
+        assert!(
+            refused(&[&cluster[..], &["--advertised", "node2"]].concat()).contains("HOST:PORT")
+        );
     }
 
     #[test]

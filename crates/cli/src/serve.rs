@@ -158,11 +158,15 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
         kafka_advertised: config.kafka_advertised.value.clone(),
         serving: Some(serving),
         connection_timeouts: Default::default(),
+        advertised: config.advertised.value.clone(),
         partitions_max: config.partitions_max.value,
         cluster: config.cluster()?.map(|options| {
             let peers: Vec<String> =
                 options.peers.iter().map(|(id, address)| format!("{id}={address}")).collect();
-            tracing::info!(node = options.node_id, peers = %peers.join(","), "a node of a cluster of {}: every partition is replicated on every node", options.peers.len());
+            tracing::info!(node = options.node_id, peers = %peers.join(","), "a node of a cluster of {}", options.peers.len());
+            if address.ip().is_unspecified() && config.advertised.value.is_none() {
+                tracing::warn!(%address, "the gRPC listener is bound to a wildcard address and no advertised address is set: clients cannot follow this node's leaders to it; set advertised to this node's HOST:PORT");
+            }
             spool_server::ClusterSetup { options, listener: None }
         }),
     };

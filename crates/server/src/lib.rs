@@ -149,6 +149,10 @@ pub struct ServeOptions {
     /// How long a connection to either listener may take to make its first request, and
     /// stay silent after (the defaults are in [`limits`]).
     pub connection_timeouts: ConnectionTimeouts,
+    /// Where clients reach this node's gRPC listener, which a cluster node registers so the
+    /// others can name it (a partition's leader, a group's coordinator); `None`: the
+    /// listener's own address.
+    pub advertised: Option<AdvertisedAddress>,
     /// The most partitions over all topics; `None`: sized from the machine
     /// ([`resources::default_partitions_max`]).
     pub partitions_max: Option<u32>,
@@ -312,7 +316,7 @@ pub async fn run(
         return serve(listener, options, Server::open_with(data_dir, partitions_max), shutdown)
             .await;
     };
-    let client_address = listener.local_addr().map_err(RunError::ClientAddress)?.to_string();
+    let client_address = client_address(&options, &listener)?;
     let kafka_address = kafka_address(&options)?;
     let opening = async move {
         let server =
@@ -322,6 +326,15 @@ pub async fn run(
         Ok(server)
     };
     serve(listener, options, opening, shutdown).await
+}
+
+/// Where a cluster node tells clients it serves, which it registers with the cluster so every
+/// node can name it: `advertised`, or the gRPC listener's own address.
+fn client_address(options: &ServeOptions, listener: &TcpListener) -> Result<String, RunError> {
+    Ok(match &options.advertised {
+        Some(advertised) => advertised.to_string(),
+        None => listener.local_addr().map_err(RunError::ClientAddress)?.to_string(),
+    })
 }
 
 /// What a cluster node's Kafka listener advertises, which it registers with the cluster so
@@ -415,6 +428,7 @@ pub async fn serve(
         kafka_advertised,
         serving: told,
         connection_timeouts: timeouts,
+        advertised: _,
         partitions_max: _,
         cluster: _,
     } = options;

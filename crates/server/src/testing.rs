@@ -136,8 +136,8 @@ impl TestServer {
         let listener = TcpListener::bind(client).await.map_err(StartError::Bind)?;
         let address = listener.local_addr().map_err(StartError::Bind)?;
         let kafka = crate::kafka_address(&options)?;
-        let server =
-            Server::open_cluster(data_dir, None, setup, address.to_string(), kafka).await?;
+        let client = crate::client_address(&options, &listener)?;
+        let server = Server::open_cluster(data_dir, None, setup, client, kafka).await?;
         let metrics = server.metrics();
         let (cluster, groups) = (server.cluster(), server.groups());
         let (stop, stopped) = oneshot::channel::<()>();
