@@ -39,10 +39,16 @@
 //!
 //! ## Why openraft 0.9
 //!
-//! openraft 0.9.25 is the stable line; 0.10 is pre-release and its API moves between alphas
-//! (it adds pipelined appends and helpers for many Raft groups sharing connections). 0.9's
-//! storage API (`storage-v2`) already completes appends through a callback, which is what
-//! group commit needs. The version is pinned exactly; moving to 0.10 is a change to this
+//! openraft 0.9.25 is the stable line; 0.10 is still pre-release (0.10.0-alpha.37 is the
+//! newest on crates.io) and its API moves between alphas. 0.10 is where the next gain is:
+//! its core submits a log append and goes on without waiting for the flush, so a replica's
+//! fsync of one entry could overlap the next entry. 0.9's core waits for each append's
+//! callback before its next command, which is why a leader keeps one entry of a partition
+//! in Raft at a time ([`limits::PROPOSALS_IN_FLIGHT`]) and puts everything queued meanwhile
+//! into the next. Moving is a rewrite of this crate's edges, not a version bump: in 0.10
+//! every type is generic over the type config, the network trait this crate implements
+//! moved to a separate crate (`openraft-legacy`), and snapshots and errors changed shape.
+//! The version is pinned exactly; the move waits for a 0.10 release, and touches this
 //! crate alone.
 
 mod entry;

@@ -391,7 +391,7 @@ impl Replica {
     /// [`check_for_append`](spool_storage::batch::check_for_append)): answered once a
     /// majority of the replicas has it fsynced and this leader applied it, with its offsets
     /// (the first, and the one after the last). Batches proposed while earlier ones are in
-    /// Raft share an entry ([`crate::proposals`]).
+    /// Raft share an entry (the `proposals` module).
     pub async fn propose(&self, kafka: Bytes) -> Proposed {
         self.propose_queued(kafka, false).await.await
     }
