@@ -1372,16 +1372,19 @@ async fn coordinator(kafka: std::net::SocketAddr, group: &'static str, not: Opti
 
 /// A Kafka group's coordinator is the offsets group's leader: once that node stops, the
 /// others name a running node, which serves the offsets committed through the one that
-/// stopped.
+/// stopped, and the members of a group that settled there go on without joining again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_groups_coordinator_moves_off_a_stopped_node() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::offset_commit_request::{
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     };
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
     use kafka_protocol::messages::{
-        ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-        OffsetFetchResponse,
+        ApiKey, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+        OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+        SyncGroupRequest, SyncGroupResponse,
     };
     let mut cluster = Cluster::start_with_kafka().await;
     cluster.create_topic(1, "kafka-jobs", 1).await;
@@ -1409,6 +1412,37 @@ async fn a_kafka_groups_coordinator_moves_off_a_stopped_node() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A member of another group settles (joins, is assigned, syncs) at that coordinator.
+    let settlers = || GroupId(StrBytes::from_static_str("settlers"));
+    let join = |member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(settlers())
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(StrBytes::from_string(member.to_owned()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(bytes::Bytes::from_static(b"subscription")),
+            ])
+    };
+    let given: JoinGroupResponse = at_first.call(ApiKey::JoinGroup, 4, &join("")).await;
+    assert_eq!(given.error_code, 79, "MEMBER_ID_REQUIRED: {given:?}");
+    let member = given.member_id.clone();
+    let joined: JoinGroupResponse = at_first.call(ApiKey::JoinGroup, 4, &join(&member)).await;
+    assert_eq!(joined.error_code, 0, "{joined:?}");
+    let sync = SyncGroupRequest::default()
+        .with_group_id(settlers())
+        .with_generation_id(joined.generation_id)
+        .with_member_id(member.clone())
+        .with_assignments(vec![
+            SyncGroupRequestAssignment::default()
+                .with_member_id(member.clone())
+                .with_assignment(bytes::Bytes::from_static(b"p0")),
+        ]);
+    let synced: SyncGroupResponse = at_first.call(ApiKey::SyncGroup, 2, &sync).await;
+    assert_eq!((synced.error_code, synced.assignment.as_ref()), (0, &b"p0"[..]));
     drop(at_first);
     let stopped = Instant::now();
     cluster.nodes[first as usize - 1].take().expect("running").shutdown().await;
@@ -1435,6 +1469,17 @@ async fn a_kafka_groups_coordinator_moves_off_a_stopped_node() {
         assert!(Instant::now() < deadline, "node {} answered {fetched:?}", named[0]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The settled member goes on at the new coordinator without joining again: it was
+    // stored with its generation and assignment.
+    let beat = HeartbeatRequest::default()
+        .with_group_id(settlers())
+        .with_generation_id(joined.generation_id)
+        .with_member_id(member.clone());
+    let answer: HeartbeatResponse = at_next.call(ApiKey::Heartbeat, 2, &beat).await;
+    assert_eq!(answer.error_code, 0, "{answer:?}");
+    let sync = sync.with_assignments(Vec::new());
+    let synced: SyncGroupResponse = at_next.call(ApiKey::SyncGroup, 2, &sync).await;
+    assert_eq!((synced.error_code, synced.assignment.as_ref()), (0, &b"p0"[..]));
 }
 
 /// Kafka clients nobody here wrote, bootstrapped at one node of a cluster: librdkafka's

@@ -500,6 +500,42 @@ async fn simple_commits_are_accepted_and_their_metadata_survives_a_restart() {
     assert_eq!(c.fetch_offset("simple", "t", 0).await, (17, "where I was".to_owned()));
 }
 
+/// A group that settled before a restart goes on after it without a rebalance, as after a
+/// Kafka broker's restart: its member heartbeats, syncs and commits at the same generation,
+/// and the group is described with it. A group whose last member left is not brought back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settled_group_goes_on_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    let joined = c.join_new("settled", 10_000).await;
+    let (member, generation) = (joined.member_id.to_string(), joined.generation_id);
+    let sync = c.send_sync("settled", &member, generation, &[(&member, b"p0")]).await;
+    assert_eq!(c.sync_answer(sync).await.assignment.as_ref(), b"p0");
+    let left = c.join_new("left", 10_000).await;
+    let left_member = left.member_id.to_string();
+    let sync = c.send_sync("left", &left_member, 1, &[(&left_member, b"p0")]).await;
+    assert_eq!(c.sync_answer(sync).await.error_code, 0);
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(group_id("left"))
+        .with_member_id(text(&left_member));
+    let answer: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, 2, &leave).await;
+    assert_eq!(answer.error_code, 0);
+    drop(c);
+    kafka.server.shutdown().await;
+
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.heartbeat("settled", &member, generation).await, 0);
+    let sync = c.send_sync("settled", &member, generation, &[]).await;
+    let answer = c.sync_answer(sync).await;
+    assert_eq!((answer.error_code, answer.assignment.as_ref()), (0, &b"p0"[..]));
+    assert_eq!(c.commit("settled", &member, generation, &[("t", 0, 5, "")]).await, [0]);
+    assert_eq!(c.describe_static("settled").await, ("Stable".to_owned(), vec![(member, None)]));
+    assert_eq!(c.heartbeat("left", &left_member, 1).await, UNKNOWN_MEMBER_ID);
+}
+
 /// A JoinGroup claiming more protocols than its frame holds closes the connection at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_join_claiming_more_protocols_than_it_holds_closes_the_connection() {

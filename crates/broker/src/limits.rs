@@ -54,6 +54,11 @@ pub const CLASSIC_MEMBER_METADATA_BYTES_MAX: usize = 64 * 1024;
 pub const CLASSIC_ASSIGNMENT_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes of metadata and assignments held over every classic group.
 pub const CLASSIC_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes of one classic group's stored state (its members, the chosen protocol's metadata
+/// and the assignments, in base64): a group whose state is larger is stored as having no
+/// members, and its members join again after a restart or failover. With [`GROUPS_LIVE_MAX`]
+/// groups, a compacted offsets log so holds at most 128 MiB of them.
+pub const CLASSIC_GROUP_RECORD_BYTES_MAX: usize = 128 * 1024;
 /// Session timeouts a classic member may ask for (Kafka's brokers allow 6 s to 30 min by
 /// default; shorter ones are allowed here, as for Spool's groups, so tests need not wait).
 pub const CLASSIC_SESSION_TIMEOUT_MS_MIN: i32 = 50;

@@ -31,6 +31,18 @@
 //! on one of these is kept alive; any other member is removed once nothing was heard from it
 //! for its session timeout.
 //!
+//! ## Stored state
+//!
+//! Each time a group settles on a generation (its leader's assignments handed out), and when
+//! a static member takes its old place in a stable group, the group is marked for storing;
+//! [`ClassicGroups::take_records`] gives the server its state to store in the offsets log
+//! ([`ClassicGroupRecord`]), and a group that is gone once stored is stored as having no
+//! members. [`ClassicGroups::restore`] takes stored groups back (a restart, or another node
+//! taking over as coordinator): each stable at its generation, every member heard from at
+//! the moment of the restore, so it keeps its place if it heartbeats within its session
+//! timeout. What happened after the last stored generation (a rebalance begun, a member
+//! gone) is not stored: members find out by their next heartbeat or join, as after a change.
+//!
 //! ## Static members (`group.instance.id`)
 //!
 //! A member may join with an instance id its operator gave it, which outlives the process.
@@ -50,10 +62,12 @@ use spool_storage::TimestampMs;
 use thiserror::Error;
 
 use super::GroupName;
+use super::offsets::{ClassicGroupRecord, ClassicStable, ClassicStoredMember, OffsetsRecord};
 use crate::limits::{
     CLASSIC_ASSIGNMENT_BYTES_MAX, CLASSIC_BYTES_MAX, CLASSIC_GROUP_MEMBERS_MAX,
-    CLASSIC_INSTANCE_ID_BYTES_MAX, CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX,
-    CLASSIC_SESSION_TIMEOUT_MS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MIN,
+    CLASSIC_GROUP_RECORD_BYTES_MAX, CLASSIC_INSTANCE_ID_BYTES_MAX,
+    CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MAX,
+    CLASSIC_SESSION_TIMEOUT_MS_MIN,
 };
 
 /// Identifies one waiting JoinGroup or SyncGroup request.
@@ -276,6 +290,10 @@ pub struct ClassicGroups {
     /// Metadata and assignment bytes held over all groups.
     bytes: usize,
     initial_rebalance_delay_ms: u64,
+    /// Groups whose stored state has members.
+    stored: BTreeSet<GroupName>,
+    /// Groups whose stored state is out of date (see the module docs).
+    unstored: BTreeSet<GroupName>,
 }
 
 /// The first join phase of a group without members: it ends at its deadline, not when every
@@ -302,7 +320,80 @@ impl ClassicGroups {
             groups: BTreeMap::new(),
             bytes: 0,
             initial_rebalance_delay_ms,
+            stored: BTreeSet::new(),
+            unstored: BTreeSet::new(),
         }
+    }
+
+    /// The state to store of every group marked since the last call (see the module docs), in
+    /// the order of their names: a stable group's, or none for a group gone (or too large to
+    /// store) whose stored state had members. A group marked and then rebalancing keeps what
+    /// was stored.
+    pub fn take_records(&mut self) -> Vec<ClassicGroupRecord> {
+        let mut records = Vec::new();
+        for name in std::mem::take(&mut self.unstored) {
+            let stable = match self.groups.get(&name) {
+                Some(group) if group.state != ClassicState::Stable => continue,
+                Some(group) if !group.members.is_empty() => {
+                    let record =
+                        ClassicGroupRecord { group: name.clone(), stable: Some(group.stable()) };
+                    let bytes = OffsetsRecord::Classic(record.clone()).encode().len();
+                    if bytes <= CLASSIC_GROUP_RECORD_BYTES_MAX {
+                        self.stored.insert(name);
+                        records.push(record);
+                        continue;
+                    }
+                    tracing::warn!(group = %name, bytes, max = CLASSIC_GROUP_RECORD_BYTES_MAX, "a Kafka group's state is too large to store: after a restart or failover its members join again");
+                    None
+                }
+                _ => None,
+            };
+            if self.stored.remove(&name) {
+                records.push(ClassicGroupRecord { group: name, stable });
+            }
+        }
+        records
+    }
+
+    /// Replaces every group with `stored` (see the module docs), but for those `skip` names
+    /// (live under Spool's own protocol) and those that break a limit of this build. Requests
+    /// still waiting in the groups replaced are answered REBALANCE_IN_PROGRESS: they join
+    /// again.
+    pub fn restore<'a>(
+        &mut self,
+        stored: impl IntoIterator<Item = (&'a GroupName, &'a ClassicStable)>,
+        skip: impl Fn(&GroupName) -> bool,
+        now: TimestampMs,
+    ) -> Replies {
+        let mut replies = Replies::default();
+        for member in std::mem::take(&mut self.groups).into_values().flat_map(|g| g.members) {
+            let member = member.1;
+            if let Some(waiting) = member.awaiting_join {
+                replies.joins.push((waiting, Err(ClassicError::RebalanceInProgress)));
+            }
+            if let Some(waiting) = member.awaiting_sync {
+                replies.syncs.push((waiting, Err(ClassicError::RebalanceInProgress)));
+            }
+        }
+        self.bytes = 0;
+        self.stored.clear();
+        self.unstored.clear();
+        for (name, stable) in stored {
+            if skip(name) {
+                continue;
+            }
+            match Group::restored(stable, now) {
+                Some(group) if self.bytes + group.bytes() <= CLASSIC_BYTES_MAX => {
+                    self.bytes += group.bytes();
+                    self.stored.insert(name.clone());
+                    self.groups.insert(name.clone(), group);
+                }
+                _ => {
+                    tracing::warn!(group = %name, "a stored Kafka group is not taken back: it breaks a limit of this build; its members join again")
+                }
+            }
+        }
+        replies
     }
 
     /// Whether the group has members, or awaits one it gave an id to.
@@ -592,6 +683,7 @@ impl ClassicGroups {
         group.members.insert(member_id.clone(), member);
         let protocol_kept = group.select_protocol() == group.protocol_name;
         if group.state == ClassicState::Stable && protocol_kept {
+            self.unstored.insert(name.clone());
             let joined = Joined {
                 generation: group.generation,
                 protocol_name: group.protocol_name.clone(),
@@ -694,6 +786,7 @@ impl ClassicGroups {
                 }
                 self.bytes = bytes;
                 group.state = ClassicState::Stable;
+                self.unstored.insert(name.clone());
                 for member in group.members.values_mut() {
                     if let Some(waiting) = member.awaiting_sync.take() {
                         replies.syncs.push((waiting, Ok(member.assignment.clone())));
@@ -702,6 +795,19 @@ impl ClassicGroups {
                 Ok(())
             }
         }
+    }
+
+    /// Makes a stable group rebalance (its settled generation could not be stored): its
+    /// members hear REBALANCE_IN_PROGRESS at their next heartbeat and join again.
+    pub fn unsettle(&mut self, name: &GroupName, now: TimestampMs) -> Replies {
+        let mut replies = Replies::default();
+        if let Some(group) = self.groups.get_mut(name)
+            && group.state == ClassicState::Stable
+        {
+            group.prepare_rebalance(now, &mut replies);
+            group.try_complete_join(now, &mut replies);
+        }
+        replies
     }
 
     /// A Heartbeat: `Ok` keeps the member alive; REBALANCE_IN_PROGRESS tells it to rejoin.
@@ -811,6 +917,9 @@ impl ClassicGroups {
             && group.pending.is_empty()
         {
             self.groups.remove(name);
+            if self.stored.contains(name) {
+                self.unstored.insert(name.clone());
+            }
         }
     }
 
@@ -967,6 +1076,95 @@ pub fn consumer_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
 }
 
 impl Group {
+    /// A stored group taken back, stable, its members heard from `now`; `None` when it breaks
+    /// a limit (a stored group never does, unless written by a build with larger ones) or
+    /// names a member or instance twice.
+    fn restored(stored: &ClassicStable, now: TimestampMs) -> Option<Group> {
+        let timeouts = CLASSIC_SESSION_TIMEOUT_MS_MIN..=CLASSIC_SESSION_TIMEOUT_MS_MAX;
+        if stored.members.is_empty()
+            || stored.members.len() > CLASSIC_GROUP_MEMBERS_MAX
+            || stored.protocol_type.is_empty()
+            || stored.protocol.is_empty()
+        {
+            return None;
+        }
+        let mut members = BTreeMap::new();
+        let mut instances = BTreeMap::new();
+        for m in &stored.members {
+            let fits = timeouts.contains(&m.session_timeout_ms)
+                && stored.protocol.len() + m.metadata.len() <= CLASSIC_MEMBER_METADATA_BYTES_MAX
+                && m.assignment.len() <= CLASSIC_ASSIGNMENT_BYTES_MAX
+                && m.instance_id.as_ref().is_none_or(|id| {
+                    (1..=CLASSIC_INSTANCE_ID_BYTES_MAX).contains(&id.len())
+                        && instances.insert(id.clone(), m.id.clone()).is_none()
+                });
+            let member = Member {
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                protocols: vec![(stored.protocol.clone(), m.metadata.clone())],
+                assignment: m.assignment.clone(),
+                last_heard: now,
+                awaiting_join: None,
+                awaiting_sync: None,
+                synced: true,
+            };
+            if !fits || members.insert(m.id.clone(), member).is_some() {
+                return None;
+            }
+        }
+        let leader = match members.contains_key(&stored.leader) {
+            true => stored.leader.clone(),
+            false => members.keys().next().cloned().expect("not empty"),
+        };
+        Some(Group {
+            state: ClassicState::Stable,
+            generation: stored.generation,
+            protocol_type: stored.protocol_type.clone(),
+            protocol_name: stored.protocol.clone(),
+            leader: Some(leader),
+            members,
+            instances,
+            pending: BTreeMap::new(),
+            rebalance_deadline: None,
+            initial_delay: None,
+            sync_deadline: None,
+        })
+    }
+
+    /// What is stored of a stable group: its members with the chosen protocol's metadata and
+    /// their assignments.
+    fn stable(&self) -> ClassicStable {
+        let members = self
+            .members
+            .iter()
+            .map(|(id, m)| ClassicStoredMember {
+                id: id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                metadata: m.metadata_for(&self.protocol_name),
+                assignment: m.assignment.clone(),
+            })
+            .collect();
+        ClassicStable {
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol_name.clone(),
+            generation: self.generation,
+            leader: self.leader.clone().unwrap_or_default(),
+            members,
+        }
+    }
+
+    /// Metadata and assignment bytes its members hold.
+    fn bytes(&self) -> usize {
+        self.members.values().map(Member::bytes).sum()
+    }
+
     /// Whether a joining member fits the group: the same protocol type, and a protocol every
     /// member (it included) supports.
     fn supports(&self, request: &JoinRequest, replaced: Option<&str>) -> bool {

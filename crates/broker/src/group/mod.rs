@@ -46,7 +46,10 @@ use std::fmt;
 use spool_storage::{Offset, TimestampMs};
 use thiserror::Error;
 
-pub use offsets::{CommitRecord, CommitRecordError, CommittedOffsets, OffsetsRecord};
+pub use offsets::{
+    ClassicGroupRecord, ClassicStable, ClassicStoredMember, CommitRecord, CommitRecordError,
+    CommittedOffsets, OffsetsRecord,
+};
 
 use self::classic::{ClassicError, ClassicGroups, JoinRequest, Replies, Ticket};
 use crate::limits::{
@@ -483,6 +486,31 @@ impl Coordinator {
 
     pub fn classic(&self) -> &ClassicGroups {
         &self.classic
+    }
+
+    /// The state to store of each Kafka classic group that changed since the last call
+    /// ([`ClassicGroups::take_records`]), applied to the committed state as decided: the
+    /// caller persists them, in this order, with the commits decided around them.
+    pub fn classic_records(&mut self) -> Vec<ClassicGroupRecord> {
+        let records = self.classic.take_records();
+        for record in &records {
+            self.committed.apply_record(&OffsetsRecord::Classic(record.clone()));
+        }
+        records
+    }
+
+    /// Drops every Kafka classic group (a node of a cluster that no longer coordinates
+    /// them); what is stored stays. Waiting requests are answered, as by a restore.
+    pub fn drop_classic(&mut self) -> Replies {
+        self.classic.restore(std::iter::empty(), |_| false, TimestampMs(0))
+    }
+
+    /// Takes the Kafka classic groups back from the committed state (see
+    /// [`ClassicGroups::restore`]): a coordinator taking over, at start or after a failover.
+    pub fn restore_classic(&mut self, now: TimestampMs) -> Replies {
+        let live = &self.groups;
+        let stored = self.committed.classic_groups();
+        self.classic.restore(stored, |name| live.contains_key(name), now)
     }
 
     pub fn classic_mut(&mut self) -> &mut ClassicGroups {

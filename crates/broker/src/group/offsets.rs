@@ -19,14 +19,29 @@
 //! {"v":1,"group":"billing","deleted":true}
 //! ```
 //!
+//! A Kafka classic group that settles on a new generation (its leader's assignments handed
+//! out) is stored too, so that the coordinator after a restart, or another node's after a
+//! failover, goes on with the same members, generation and assignments instead of making
+//! every member join again (as Kafka's brokers store group metadata). Its chosen protocol's
+//! metadata and each assignment are standard base64; a group that has no members any more is
+//! stored with none:
+//!
+//! ```json
+//! {"v":1,"group":"billing","classic":{"protocol_type":"consumer","protocol":"range","generation":3,
+//!  "leader":"rdkafka-1","members":[{"id":"rdkafka-1","client_id":"rdkafka","client_host":"/127.0.0.1",
+//!  "session_timeout_ms":45000,"rebalance_timeout_ms":300000,"metadata":"AAE=","assignment":"AAE="}]}}
+//! ```
+//!
 //! At start-up the server folds every record, in log order, into [`CommittedOffsets`]: the
-//! latest value of each (group, topic, partition) wins, and a deletion forgets every offset
-//! of its group committed before it. A compaction writes the folded state, in which a deleted
+//! latest value of each (group, topic, partition) wins, the latest classic state of a group
+//! wins, and a deletion forgets every offset of its group committed before it. A compaction writes the folded state, in which a deleted
 //! group has no record at all. (A build from before deletions existed refuses to start on a
-//! log holding one, as an unknown field, rather than bring the group back.)
+//! log holding one, as an unknown field, rather than bring the group back; so does a build
+//! from before classic groups were stored, on a log holding one of theirs.)
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use spool_storage::Offset;
 use thiserror::Error;
@@ -42,6 +57,79 @@ pub struct CommittedOffsets {
     groups: BTreeMap<GroupName, BTreeMap<TopicPartition, Offset>>,
     /// The metadata strings committed with offsets, only where one is not empty.
     metadata: BTreeMap<GroupName, BTreeMap<TopicPartition, String>>,
+    /// Each Kafka classic group's last stored generation, while it has members.
+    classic: BTreeMap<GroupName, ClassicStable>,
+}
+
+/// A Kafka classic group's stored state: as the coordinator last settled it, or `None` once it
+/// has no members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassicGroupRecord {
+    pub group: GroupName,
+    pub stable: Option<ClassicStable>,
+}
+
+/// A classic group at a generation whose assignments are handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassicStable {
+    pub protocol_type: String,
+    /// The protocol (assignor) the group chose.
+    pub protocol: String,
+    pub generation: i32,
+    pub leader: String,
+    pub members: Vec<ClassicStoredMember>,
+}
+
+/// One member of a [`ClassicStable`] group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassicStoredMember {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    /// Its metadata for the group's protocol.
+    #[serde(with = "base64_bytes")]
+    pub metadata: Vec<u8>,
+    #[serde(with = "base64_bytes")]
+    pub assignment: Vec<u8>,
+}
+
+/// Bytes as standard base64 text.
+mod base64_bytes {
+    use super::BASE64;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&BASE64.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        BASE64.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A stored classic group: [`ClassicStable`], or an empty member list once it has none.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredClassic {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    protocol_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    protocol: String,
+    #[serde(default)]
+    generation: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    leader: String,
+    members: Vec<ClassicStoredMember>,
 }
 
 /// One commit, as stored.
@@ -61,6 +149,8 @@ pub enum OffsetsRecord {
     Commit(CommitRecord),
     /// The group is deleted: every offset it committed before is forgotten.
     Delete { group: GroupName },
+    /// A Kafka classic group's state.
+    Classic(ClassicGroupRecord),
 }
 
 /// Every stored record, either shape: a commit has `offsets`, a deletion `deleted: true`.
@@ -73,6 +163,8 @@ struct StoredRecord {
     offsets: Option<Vec<StoredOffset>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classic: Option<StoredClassic>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,7 +189,7 @@ pub enum CommitRecordError {
     #[error("a committed-offsets record names {name:?}, which is not a valid name")]
     Name { name: String },
     #[error(
-        "a committed-offsets record of group {group:?} must have either offsets or `deleted: true`"
+        "a committed-offsets record of group {group:?} must have one of offsets, `deleted: true` or classic"
     )]
     Shape { group: String },
 }
@@ -120,6 +212,7 @@ impl CommitRecord {
             group: self.group.to_string(),
             offsets: Some(offsets),
             deleted: false,
+            classic: None,
         };
         serde_json::to_vec(&stored).expect("a commit always serializes")
     }
@@ -131,6 +224,7 @@ impl OffsetsRecord {
         match self {
             OffsetsRecord::Commit(commit) => &commit.group,
             OffsetsRecord::Delete { group } => group,
+            OffsetsRecord::Classic(classic) => &classic.group,
         }
     }
 
@@ -144,8 +238,35 @@ impl OffsetsRecord {
                     group: group.to_string(),
                     offsets: None,
                     deleted: true,
+                    classic: None,
                 };
                 serde_json::to_vec(&stored).expect("a deletion always serializes")
+            }
+            OffsetsRecord::Classic(ClassicGroupRecord { group, stable }) => {
+                let classic = match stable.clone() {
+                    Some(s) => StoredClassic {
+                        protocol_type: s.protocol_type,
+                        protocol: s.protocol,
+                        generation: s.generation,
+                        leader: s.leader,
+                        members: s.members,
+                    },
+                    None => StoredClassic {
+                        protocol_type: String::new(),
+                        protocol: String::new(),
+                        generation: 0,
+                        leader: String::new(),
+                        members: Vec::new(),
+                    },
+                };
+                let stored = StoredRecord {
+                    v: RECORD_VERSION,
+                    group: group.to_string(),
+                    offsets: None,
+                    deleted: false,
+                    classic: Some(classic),
+                };
+                serde_json::to_vec(&stored).expect("a classic group always serializes")
             }
         }
     }
@@ -157,9 +278,19 @@ impl OffsetsRecord {
         }
         let group = GroupName::parse(&stored.group)
             .map_err(|_| CommitRecordError::Name { name: stored.group.clone() })?;
-        let offsets = match (stored.offsets, stored.deleted) {
-            (None, true) => return Ok(OffsetsRecord::Delete { group }),
-            (Some(offsets), false) => offsets,
+        let offsets = match (stored.offsets, stored.deleted, stored.classic) {
+            (None, true, None) => return Ok(OffsetsRecord::Delete { group }),
+            (Some(offsets), false, None) => offsets,
+            (None, false, Some(classic)) => {
+                let stable = (!classic.members.is_empty()).then_some(ClassicStable {
+                    protocol_type: classic.protocol_type,
+                    protocol: classic.protocol,
+                    generation: classic.generation,
+                    leader: classic.leader,
+                    members: classic.members,
+                });
+                return Ok(OffsetsRecord::Classic(ClassicGroupRecord { group, stable }));
+            }
             _ => return Err(CommitRecordError::Shape { group: stored.group }),
         };
         let mut metadata = BTreeMap::new();
@@ -221,12 +352,20 @@ impl CommittedOffsets {
             OffsetsRecord::Delete { group } => {
                 self.remove(group);
             }
+            OffsetsRecord::Classic(ClassicGroupRecord { group, stable: Some(stable) }) => {
+                self.classic.insert(group.clone(), stable.clone());
+            }
+            OffsetsRecord::Classic(ClassicGroupRecord { group, stable: None }) => {
+                self.classic.remove(group);
+            }
         }
     }
 
-    /// Forgets every committed offset of `group`; returns them, sorted.
+    /// Forgets every committed offset of `group` (and its stored classic state); returns
+    /// them, sorted.
     pub fn remove(&mut self, group: &GroupName) -> Vec<(TopicPartition, Offset)> {
         self.metadata.remove(group);
+        self.classic.remove(group);
         self.groups.remove(group).map(|offsets| offsets.into_iter().collect()).unwrap_or_default()
     }
 
@@ -263,6 +402,23 @@ impl CommittedOffsets {
                 .collect(),
             metadata: self.metadata.get(group).cloned().unwrap_or_default(),
         })
+    }
+
+    /// Every record of this state, commits and classic groups: folded, they give it back
+    /// (what a compaction of the offsets log writes).
+    pub fn records(&self) -> impl Iterator<Item = OffsetsRecord> + '_ {
+        let classic = self.classic.iter().map(|(group, stable)| {
+            OffsetsRecord::Classic(ClassicGroupRecord {
+                group: group.clone(),
+                stable: Some(stable.clone()),
+            })
+        });
+        self.snapshot().map(OffsetsRecord::Commit).chain(classic)
+    }
+
+    /// Each Kafka classic group's last stored state.
+    pub fn classic_groups(&self) -> impl Iterator<Item = (&GroupName, &ClassicStable)> {
+        self.classic.iter()
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &GroupName> {
@@ -400,6 +556,54 @@ mod tests {
     }
 
     #[test]
+    fn a_classic_group_is_stored_in_base64_and_folds_latest_first() {
+        let g = GroupName::parse("billing").unwrap();
+        let member = ClassicStoredMember {
+            id: "rdkafka-1".to_owned(),
+            instance_id: None,
+            client_id: "rdkafka".to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 300_000,
+            metadata: vec![0, 1],
+            assignment: vec![0, 1],
+        };
+        let stable = ClassicStable {
+            protocol_type: "consumer".to_owned(),
+            protocol: "range".to_owned(),
+            generation: 3,
+            leader: "rdkafka-1".to_owned(),
+            members: vec![member],
+        };
+        let record = OffsetsRecord::Classic(ClassicGroupRecord {
+            group: g.clone(),
+            stable: Some(stable.clone()),
+        });
+        let encoded = record.encode();
+        let text = String::from_utf8(encoded.clone()).unwrap();
+        assert!(text.contains(r#""metadata":"AAE=","assignment":"AAE=""#), "{text}");
+        assert_eq!(OffsetsRecord::decode(&encoded).unwrap(), record);
+        let gone = OffsetsRecord::Classic(ClassicGroupRecord { group: g.clone(), stable: None });
+        assert_eq!(OffsetsRecord::decode(&gone.encode()).unwrap(), gone);
+
+        let commit = CommitRecord {
+            group: g.clone(),
+            offsets: vec![(tp("a", 0), Offset(5))],
+            metadata: BTreeMap::new(),
+        };
+        let folded = CommittedOffsets::fold([&encoded[..], &commit.encode()]).unwrap();
+        assert_eq!(folded.classic_groups().collect::<Vec<_>>(), vec![(&g, &stable)]);
+        let again: Vec<Vec<u8>> = folded.records().map(|r| r.encode()).collect();
+        let refolded = CommittedOffsets::fold(again.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(refolded, folded, "its records give the state back");
+        let after = CommittedOffsets::fold([&encoded[..], &gone.encode()]).unwrap();
+        assert_eq!(after.classic_groups().count(), 0, "a group gone is forgotten");
+        let deleted = OffsetsRecord::Delete { group: g.clone() }.encode();
+        let after = CommittedOffsets::fold([&encoded[..], &deleted]).unwrap();
+        assert_eq!(after.classic_groups().count(), 0, "so is a deleted one");
+    }
+
+    #[test]
     fn bad_records_are_errors() {
         assert!(matches!(OffsetsRecord::decode(b"nope"), Err(CommitRecordError::Json(_))));
         assert!(matches!(
@@ -414,6 +618,7 @@ mod tests {
             &br#"{"v":1,"group":"g"}"#[..],
             br#"{"v":1,"group":"g","deleted":false}"#,
             br#"{"v":1,"group":"g","offsets":[],"deleted":true}"#,
+            br#"{"v":1,"group":"g","offsets":[],"classic":{"members":[]}}"#,
         ] {
             assert!(matches!(
                 OffsetsRecord::decode(neither_or_both),

@@ -957,8 +957,14 @@ impl Cluster {
     /// Whether this node leads the offsets group and its consumer groups have applied
     /// everything the group committed before this node's term began.
     pub(crate) fn groups_loaded(&self) -> bool {
+        self.groups_loaded_term().is_some()
+    }
+
+    /// The term of the offsets group this node leads and has loaded the groups for; `None`
+    /// while it does not coordinate them (or has not loaded them yet).
+    pub(crate) fn groups_loaded_term(&self) -> Option<u64> {
         let term = self.offsets_replica().leading_term();
-        term.is_some() && *self.groups_loaded.borrow() == term
+        term.filter(|_| *self.groups_loaded.borrow() == term)
     }
 
     /// Starts [`Cluster::load_groups`] unless a load is running (for a caller that does not

@@ -59,12 +59,13 @@ impl spool_replication::Fold for OffsetsFold {
         state.1 = next;
     }
 
-    /// One record per group (its committed offsets), each as a 4-byte big-endian length
+    /// One record per group (its committed offsets), and one per Kafka group stored with
+    /// members (`CommittedOffsets::records`), each as a 4-byte big-endian length
     /// and the record as the offsets log stores it.
     fn snapshot(&self) -> Vec<u8> {
         let state = self.lock();
         let mut bytes = Vec::new();
-        for record in state.0.snapshot() {
+        for record in state.0.records() {
             let encoded = record.encode();
             bytes.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
             bytes.extend_from_slice(&encoded);

@@ -18,6 +18,11 @@
 //!   Kafka commits go to the same committed offsets and log. A JoinGroup or SyncGroup that
 //!   must wait leaves a [`ClassicWaiter`] under its ticket; whichever call completes it (a
 //!   join, a sync, a leave, the driver's tick) sends the answer through it.
+//! - A Kafka group that settles on a generation is stored beside the commits (see
+//!   `spool_broker::group::classic`), and its SyncGroup answers wait until that is durable:
+//!   a member starts on an assignment only once a coordinator taking over would know it. A
+//!   single node takes the stored groups back at start; a node of a cluster each time it
+//!   takes over as coordinator, dropping them when it no longer is.
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
 //!   one record per commit, reset or deletion, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
@@ -88,17 +93,13 @@ pub(crate) struct State {
     links: HashMap<MemberId, Arc<MemberLink>>,
     /// One per waiting JoinGroup or SyncGroup: each is a Kafka request being served, so
     /// there are at most `KAFKA_CONNECTIONS_MAX * KAFKA_REQUESTS_IN_FLIGHT_MAX`.
-    classic_waiters: HashMap<Ticket, ClassicWaiter>,
+    pub(crate) classic_waiters: HashMap<Ticket, ClassicWaiter>,
+    /// On a node of a cluster, the term of the offsets group whose stored Kafka groups the
+    /// coordinator took back; `None` while this node is not the loaded coordinator.
+    classic_term: Option<u64>,
 }
 
 impl State {
-    /// Registers where `ticket`'s answer goes, then sends every answer in `replies` (perhaps
-    /// this one's). Call it right after the coordinator call that gave both.
-    pub(crate) fn wait_for(&mut self, ticket: Ticket, waiter: ClassicWaiter, replies: Replies) {
-        self.classic_waiters.insert(ticket, waiter);
-        self.deliver(replies);
-    }
-
     /// Sends each answer to its waiter (one whose request went away is skipped).
     pub(crate) fn deliver(&mut self, replies: Replies) {
         for (group, member) in &replies.expired {
@@ -115,6 +116,12 @@ impl State {
             }
         }
     }
+}
+
+/// A JoinGroup's or SyncGroup's answer held until a group's state is stored.
+enum Held {
+    Join(Result<Joined, ClassicError>),
+    Sync(Result<Vec<u8>, ClassicError>),
 }
 
 /// Where committed offsets are made durable.
@@ -178,11 +185,16 @@ impl Groups {
         // Member ids carry the start time, so an id from an earlier run never names a new
         // member.
         let instance = TimestampMs::now().0.unsigned_abs();
+        let mut coordinator = Coordinator::new(instance, committed);
+        if cluster.is_none() {
+            coordinator.restore_classic(TimestampMs::now());
+        }
         let groups = Arc::new(Groups {
             state: Mutex::new(State {
-                coordinator: Coordinator::new(instance, committed),
+                coordinator,
                 links: HashMap::new(),
                 classic_waiters: HashMap::new(),
+                classic_term: None,
             }),
             offsets,
             topics,
@@ -195,8 +207,10 @@ impl Groups {
             log.compact_with(Box::new(move || {
                 let groups = source.upgrade()?;
                 let state = groups.lock();
-                let records = state.coordinator.committed_offsets().snapshot();
-                Some(records.map(|r| (r.group.as_str().as_bytes().to_vec(), r.encode())).collect())
+                let records = state.coordinator.committed_offsets().records();
+                Some(
+                    records.map(|r| (r.group().as_str().as_bytes().to_vec(), r.encode())).collect(),
+                )
             }));
         }
         if let (Some(cluster), Some(next)) = (cluster, replicated_from) {
@@ -226,6 +240,104 @@ impl Groups {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state locked for a Kafka group call: on a node of a cluster, with the stored Kafka
+    /// groups taken back once this node took over as coordinator, and dropped once it no
+    /// longer is (see the module docs).
+    pub(crate) fn lock_classic(&self) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        if let Some(cluster) = self.topics.cluster() {
+            let term = cluster.groups_loaded_term();
+            if state.classic_term != term {
+                let replies = match term {
+                    Some(term) => {
+                        let replies = state.coordinator.restore_classic(self.now());
+                        let groups = state.coordinator.classic().live_count();
+                        tracing::info!(term, groups, "took back the stored Kafka groups");
+                        replies
+                    }
+                    None => state.coordinator.drop_classic(),
+                };
+                state.classic_term = term;
+                state.deliver(replies);
+            }
+        }
+        state
+    }
+
+    /// Whether this node stores what its Kafka groups settle: a single node, or the loaded
+    /// coordinator of a cluster.
+    fn stores_classic(&self) -> bool {
+        self.topics.cluster().is_none_or(|cluster| cluster.groups_loaded())
+    }
+
+    /// After a Kafka group call (or a tick) that gave `replies`: queues the state of every
+    /// Kafka group that changed to the offsets log (under the lock, so in the order decided),
+    /// and sends the replies; while such a state is being stored, the JoinGroup and
+    /// SyncGroup answers once it is durable. Should the store fail, they are answered
+    /// REBALANCE_IN_PROGRESS and the group rebalances. So no member works from an
+    /// assignment, or a static member's new id, that a coordinator taking over would not
+    /// know (it would fence the static member).
+    pub(crate) fn settle(self: &Arc<Self>, state: &mut State, mut replies: Replies) {
+        let records = state.coordinator.classic_records();
+        if records.is_empty() || !self.stores_classic() {
+            state.deliver(replies);
+            return;
+        }
+        let groups: Vec<_> = records.iter().map(|record| record.group.clone()).collect();
+        let stored: Vec<_> = records
+            .into_iter()
+            .map(|record| {
+                let record = OffsetsRecord::Classic(record);
+                self.append(record.group().as_str().as_bytes().to_vec(), record.encode())
+            })
+            .collect();
+        let joins = std::mem::take(&mut replies.joins);
+        let syncs = std::mem::take(&mut replies.syncs);
+        state.deliver(replies);
+        let held: Vec<_> = joins
+            .into_iter()
+            .map(|(ticket, answer)| (ticket, Held::Join(answer)))
+            .chain(syncs.into_iter().map(|(ticket, answer)| (ticket, Held::Sync(answer))))
+            .filter_map(|(ticket, answer)| Some((state.classic_waiters.remove(&ticket)?, answer)))
+            .collect();
+        let source = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failed = None;
+            for durable in stored {
+                if let Err(error) = durable.await {
+                    failed = Some(error);
+                }
+            }
+            if let Some(error) = &failed {
+                tracing::warn!(%error, groups = ?groups, "storing a Kafka group's new generation failed: it rebalances");
+                if let Some(source) = source.upgrade() {
+                    let mut state = source.lock();
+                    let now = source.now();
+                    for group in &groups {
+                        let replies = state.coordinator.classic_mut().unsettle(group, now);
+                        state.deliver(replies);
+                    }
+                }
+            }
+            let refused = failed.is_some();
+            for (waiter, answer) in held {
+                match (waiter, answer) {
+                    (ClassicWaiter::Join(waiter), Held::Join(answer)) => {
+                        let answer =
+                            if refused { Err(ClassicError::RebalanceInProgress) } else { answer };
+                        let _ = waiter.send(answer);
+                    }
+                    (ClassicWaiter::Sync(waiter), Held::Sync(answer)) => {
+                        let answer =
+                            if refused { Err(ClassicError::RebalanceInProgress) } else { answer };
+                        let _ = waiter.send(answer);
+                    }
+                    _ => {}
+                }
+            }
+        });
     }
 
     /// Tells the members a change concerns. Called with the state locked, right after the
@@ -444,14 +556,14 @@ async fn drive(groups: Arc<Groups>) {
         };
         tokio::select! {
             () = sleep => {
-                let mut state = groups.lock();
+                let mut state = groups.lock_classic();
                 let changes = state.coordinator.tick(groups.now());
                 for (member, removal) in &changes.removed {
                     tracing::info!(%member, %removal, "a group member was removed");
                 }
                 groups.notify(&state, changes);
                 let replies = state.coordinator.classic_mut().tick(groups.now());
-                state.deliver(replies);
+                groups.settle(&mut state, replies);
                 drop(state);
             }
             () = groups.deadlines.notified() => {}

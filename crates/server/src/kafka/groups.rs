@@ -190,13 +190,14 @@ pub(super) async fn join_group(
     };
     let groups = &shared.groups;
     let waiting = {
-        let mut state = groups.lock();
+        let mut state = groups.lock_classic();
         let now = groups.now();
         match state.coordinator.classic_join(&group, join, now) {
             Err(error) => return join_error(classic_error_code(&error), request.member_id),
             Ok((ticket, replies)) => {
                 let (sender, waiting) = oneshot::channel();
-                state.wait_for(ticket, ClassicWaiter::Join(sender), replies);
+                state.classic_waiters.insert(ticket, ClassicWaiter::Join(sender));
+                groups.settle(&mut state, replies);
                 waiting
             }
         }
@@ -245,7 +246,7 @@ pub(super) async fn sync_group(
         .collect();
     let groups = &shared.groups;
     let waiting = {
-        let mut state = groups.lock();
+        let mut state = groups.lock_classic();
         let now = groups.now();
         let member = MemberRef {
             member_id: request.member_id.as_str(),
@@ -259,7 +260,8 @@ pub(super) async fn sync_group(
             now,
         );
         let (sender, waiting) = oneshot::channel();
-        state.wait_for(ticket, ClassicWaiter::Sync(sender), replies);
+        state.classic_waiters.insert(ticket, ClassicWaiter::Sync(sender));
+        groups.settle(&mut state, replies);
         waiting
     };
     groups.deadlines_changed();
@@ -283,7 +285,7 @@ pub(super) fn heartbeat(
         member_id: request.member_id.as_str(),
         instance_id: request.group_instance_id.as_deref(),
     };
-    let beat = groups.lock().coordinator.classic_mut().heartbeat(
+    let beat = groups.lock_classic().coordinator.classic_mut().heartbeat(
         &group,
         member,
         request.generation_id,
@@ -314,7 +316,7 @@ pub(super) fn leave_group(
     };
     let groups = &shared.groups;
     let codes: Vec<i16> = {
-        let mut state = groups.lock();
+        let mut state = groups.lock_classic();
         let now = groups.now();
         leaving
             .iter()
@@ -325,7 +327,7 @@ pub(super) fn leave_group(
                 };
                 match state.coordinator.classic_mut().leave(&group, member, now) {
                     Ok(replies) => {
-                        state.deliver(replies);
+                        groups.settle(&mut state, replies);
                         0
                     }
                     Err(error) => classic_error_code(&error),
@@ -463,7 +465,7 @@ async fn commit(
     };
     let generation = request.generation_id_or_member_epoch;
     let durable = {
-        let mut state = groups.lock();
+        let mut state = groups.lock_classic();
         let now = groups.now();
         // A static member's stale member id is fenced before the rest is checked, as in
         // Kafka; `classic_commit` checks the member id and generation.
@@ -564,7 +566,7 @@ pub(super) fn describe_groups(
     request: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
-    let state = shared.groups.lock();
+    let state = shared.groups.lock_classic();
     let coordinator = &state.coordinator;
     let groups = request
         .groups
@@ -623,7 +625,7 @@ const SPOOL_PROTOCOL_TYPE: &str = "spool";
 /// Every group `caller` may see: Kafka groups with their protocol type, Spool's live groups as
 /// `spool`, groups with only committed offsets with none.
 pub(super) fn list_groups(shared: &Shared, caller: &Caller) -> ListGroupsResponse {
-    let state = shared.groups.lock();
+    let state = shared.groups.lock_classic();
     let coordinator = &state.coordinator;
     let classic: BTreeMap<&GroupName, &str> = coordinator.classic().list().collect();
     let groups = coordinator

@@ -574,3 +574,99 @@ fn a_join_phase_left_with_only_absent_static_members_waits_for_them() {
     let joined = join_answer(&replies, a_join).unwrap().unwrap();
     assert_eq!((joined.generation, joined.leader.as_str()), (2, a.as_str()));
 }
+
+/// A group that settles is marked for storing; its stored state, folded and taken back by a
+/// new coordinator, keeps its members, generation and assignments: they heartbeat, sync and
+/// commit on as before, and a member silent for its session timeout is removed. A group gone
+/// once stored is stored as having no members.
+#[test]
+fn a_settled_group_is_stored_and_taken_back_with_its_members_and_assignments() {
+    let mut c = ClassicGroups::new(7, 0);
+    let (a, _, _) = join_new(&mut c, 0, b"a-meta");
+    assert!(c.take_records().is_empty(), "nothing settled yet");
+    let (_, replies) = c.sync(&g(), m(&a), 1, vec![(a.clone(), b"all".to_vec())], t(1));
+    assert_eq!(replies.syncs.len(), 1);
+    let records = c.take_records();
+    assert_eq!(records.len(), 1);
+    let stable = records[0].stable.clone().expect("a stable group");
+    assert_eq!((stable.generation, stable.leader.as_str()), (1, a.as_str()));
+    assert_eq!(stable.members[0].metadata, b"a-meta");
+    assert_eq!(stable.members[0].assignment, b"all");
+    assert!(c.take_records().is_empty(), "taken once");
+
+    // The record goes through the offsets log's encoding and fold.
+    let encoded = OffsetsRecord::Classic(records[0].clone()).encode();
+    let folded = CommittedOffsets::fold([encoded.as_slice()]).unwrap();
+    let mut next = Coordinator::new(8, folded);
+    let replies = next.restore_classic(t(100));
+    assert!(replies.joins.is_empty() && replies.syncs.is_empty());
+    let restored = next.classic_mut();
+    assert_eq!(restored.heartbeat(&g(), m(&a), 1, t(101)), Ok(()));
+    let (sync, replies) = restored.sync(&g(), m(&a), 1, Vec::new(), t(102));
+    assert_eq!(sync_answer(&replies, sync), Some(Ok(b"all".to_vec())));
+    assert_eq!(restored.check_commit(&g(), &a, 1, t(103)), Ok(()));
+    assert_eq!(restored.check_commit(&g(), &a, 2, t(103)), Err(ClassicError::IllegalGeneration));
+    assert!(restored.take_records().is_empty(), "taking it back stores nothing");
+    // Its session (1 s) runs from the last sign of life.
+    assert!(restored.tick(t(1_100)).expired.is_empty());
+    assert_eq!(restored.tick(t(1_104)).expired, vec![(g(), a.clone())]);
+    assert!(!restored.is_live(&g()));
+    let records = restored.take_records();
+    assert_eq!(records, vec![ClassicGroupRecord { group: g(), stable: None }]);
+    next.committed_offsets_mut().apply_record(&OffsetsRecord::Classic(records[0].clone()));
+    assert_eq!(next.committed_offsets().classic_groups().count(), 0);
+
+    // A group gone before it was ever stored leaves nothing to store.
+    let mut c = ClassicGroups::new(9, 0);
+    let (b, _, _) = join_new(&mut c, 0, b"");
+    c.leave(&g(), m(&b), t(1)).unwrap();
+    assert!(c.take_records().is_empty());
+}
+
+/// Stored state that breaks a limit, or names an instance twice, is not taken back; a group
+/// restored over live ones answers their waiting requests, which join again.
+#[test]
+fn a_restore_skips_what_breaks_a_limit_and_answers_what_waited() {
+    let member = |id: &str, instance: Option<&str>| crate::group::ClassicStoredMember {
+        id: id.to_owned(),
+        instance_id: instance.map(str::to_owned),
+        client_id: "client".to_owned(),
+        client_host: "/127.0.0.1".to_owned(),
+        session_timeout_ms: 1000,
+        rebalance_timeout_ms: 5000,
+        metadata: Vec::new(),
+        assignment: Vec::new(),
+    };
+    let stable = |members| crate::group::ClassicStable {
+        protocol_type: "consumer".to_owned(),
+        protocol: "range".to_owned(),
+        generation: 4,
+        leader: "gone".to_owned(),
+        members,
+    };
+    let good = stable(vec![member("x", Some("i1")), member("y", None)]);
+    let twice = stable(vec![member("x", Some("i1")), member("y", Some("i1"))]);
+    let mut short = member("x", None);
+    short.session_timeout_ms = 0;
+    let broken = stable(vec![short]);
+    let names = [GroupName::parse("good").unwrap(), GroupName::parse("twice").unwrap()];
+    let broken_name = GroupName::parse("broken").unwrap();
+
+    let mut c = ClassicGroups::new(7, 0);
+    join_new(&mut c, 0, b"");
+    let (_, waiting, replies) = join_new(&mut c, 0, b"");
+    assert_eq!(join_answer(&replies, waiting), None, "the second member waits for the first");
+    let stored = [(&names[0], &good), (&names[1], &twice), (&broken_name, &broken)];
+    let replies = c.restore(stored, |_| false, t(10));
+    assert_eq!(join_answer(&replies, waiting), Some(Err(ClassicError::RebalanceInProgress)));
+    assert!(!c.is_live(&g()));
+    assert!(c.is_live(&names[0]));
+    assert!(!c.is_live(&names[1]) && !c.is_live(&broken_name));
+    let described = c.describe(&names[0]).unwrap();
+    assert_eq!((described.generation, described.leader.as_str()), (4, "x"), "a leader it has");
+    let instance = MemberRef { member_id: "x", instance_id: Some("i1") };
+    assert_eq!(c.heartbeat(&names[0], instance, 4, t(11)), Ok(()));
+    let skipped = c.restore([(&names[0], &good)], |name| *name == names[0], t(12));
+    assert!(skipped.joins.is_empty());
+    assert!(!c.is_live(&names[0]), "a name live as a Spool group is left to it");
+}
