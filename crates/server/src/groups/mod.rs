@@ -19,8 +19,9 @@
 //!   must wait leaves a [`ClassicWaiter`] under its ticket; whichever call completes it (a
 //!   join, a sync, a leave, the driver's tick) sends the answer through it.
 //! - A Kafka group that settles on a generation is stored beside the commits (see
-//!   `spool_broker::group::classic`), and its SyncGroup answers wait until that is durable:
-//!   a member starts on an assignment only once a coordinator taking over would know it. A
+//!   `spool_broker::group::classic`), and the JoinGroup and SyncGroup answers of that call
+//!   wait until that is durable: a member starts on an assignment only once a coordinator
+//!   taking over would know it. A
 //!   single node takes the stored groups back at start; a node of a cluster each time it
 //!   takes over as coordinator, dropping them when it no longer is.
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
