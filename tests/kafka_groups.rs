@@ -22,11 +22,12 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -47,6 +48,8 @@ const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const MEMBER_ID_REQUIRED: i16 = 79;
+const NON_EMPTY_GROUP: i16 = 68;
+const GROUP_ID_NOT_FOUND: i16 = 69;
 const FENCED_INSTANCE_ID: i16 = 82;
 
 impl Connection {
@@ -534,6 +537,38 @@ async fn a_settled_group_goes_on_across_a_restart() {
     assert_eq!(c.commit("settled", &member, generation, &[("t", 0, 5, "")]).await, [0]);
     assert_eq!(c.describe_static("settled").await, ("Stable".to_owned(), vec![(member, None)]));
     assert_eq!(c.heartbeat("left", &left_member, 1).await, UNKNOWN_MEMBER_ID);
+}
+
+/// DeleteGroups deletes a group without members and its committed offsets; a group with a
+/// member is `NON_EMPTY_GROUP`, an unknown one `GROUP_ID_NOT_FOUND`, each answered on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_groups_takes_groups_without_members_only() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.commit("finished", "", -1, &[("t", 0, 17, "")]).await, [0]);
+    let joined = c.join_new("busy", 10_000).await;
+    assert_eq!(joined.error_code, 0);
+    let request = DeleteGroupsRequest::default().with_groups_names(vec![
+        group_id("finished"),
+        group_id("busy"),
+        group_id("never-seen"),
+    ]);
+    let answer: DeleteGroupsResponse = c.call(ApiKey::DeleteGroups, 1, &request).await;
+    let results: Vec<(&str, i16)> =
+        answer.results.iter().map(|r| (r.group_id.as_str(), r.error_code)).collect();
+    assert_eq!(
+        results,
+        [("finished", 0), ("busy", NON_EMPTY_GROUP), ("never-seen", GROUP_ID_NOT_FOUND)]
+    );
+    assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
+    drop(c);
+    kafka.server.shutdown().await;
+    // The deletion is durable.
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
 }
 
 /// A JoinGroup claiming more protocols than its frame holds closes the connection at once.

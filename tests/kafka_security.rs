@@ -17,10 +17,11 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, GroupId, JoinGroupRequest,
-    JoinGroupResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest,
+    DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse,
+    GroupId, JoinGroupRequest, JoinGroupResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -188,6 +189,10 @@ async fn every_request_is_checked_against_the_tokens_grants() {
         ]);
     let joined: JoinGroupResponse = reader.call(ApiKey::JoinGroup, 4, &join).await;
     assert_eq!(joined.error_code, GROUP_AUTHORIZATION_FAILED);
+    let delete = DeleteGroupsRequest::default()
+        .with_groups_names(vec![GroupId(StrBytes::from_static_str("billing"))]);
+    let deleted: DeleteGroupsResponse = reader.call(ApiKey::DeleteGroups, 1, &delete).await;
+    assert_eq!(deleted.results[0].error_code, GROUP_AUTHORIZATION_FAILED);
 
     let mut writer = Connection::open(&secured.kafka).await;
     assert_eq!(authenticate(&mut writer, "writer-token").await.error_code, 0);

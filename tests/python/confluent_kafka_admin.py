@@ -3,15 +3,16 @@ TOPIC (3 partitions, retention.ms 3600000), see a second create refused as TOPIC
 and a bad name as INVALID_TOPIC_EXCEPTION, describe its configs and the broker's, raise its
 retention with IncrementalAlterConfigs and describe it again, grow it to 5 partitions with
 CreatePartitions (and see a shrink refused as INVALID_PARTITIONS), then create and delete
-TOPIC-doomed. Leaves TOPIC with 5 partitions and retention.ms 7200000 for the caller to check over
-gRPC.
+TOPIC-doomed, commit an offset for group TOPIC-group and delete that group (a second deletion is
+GROUP_ID_NOT_FOUND). Leaves TOPIC with 5 partitions and retention.ms 7200000 for the caller to
+check over gRPC.
 
 Usage: confluent_kafka_admin.py HOST:PORT TOPIC. Run by tests/kafka_admin.rs.
 """
 
 import sys
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -84,6 +85,16 @@ def main() -> None:
     admin.delete_topics([doomed], operation_timeout=30)[doomed].result()
     topics = admin.list_topics(timeout=10).topics
     assert doomed not in topics and topic in topics, sorted(topics)
+
+    group = f"{topic}-group"
+    committed = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 42)])]
+    admin.alter_consumer_group_offsets(committed)[group].result()
+    listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    assert [p.offset for p in listed.result().topic_partitions] == [42], listed.result()
+    admin.delete_consumer_groups([group], request_timeout=30)[group].result()
+    again = admin.delete_consumer_groups([group], request_timeout=30)[group]
+    assert error_code(again) == KafkaError.GROUP_ID_NOT_FOUND
+    print("group deleted; again: GROUP_ID_NOT_FOUND")
     print("admin done")
 
 

@@ -407,7 +407,7 @@ impl Groups {
     /// Queues a group's deletion record to the offsets log; the future resolves once it is
     /// durable. Call it with the state locked, right after the coordinator deleted the group,
     /// so that it is stored after every commit decided before the deletion.
-    fn persist_deletion(
+    pub(crate) fn persist_deletion(
         &self,
         record: &OffsetsRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {

@@ -25,9 +25,9 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest, LeaveGroupRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SyncGroupRequest, TopicName, TransactionalId,
+    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest,
+    LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -346,6 +346,17 @@ pub(super) fn offset_fetch(body: Bytes, _version: i16) -> Result<OffsetFetchRequ
             .with_partition_indexes(partitions.unwrap_or_default()))
     })?;
     Ok(OffsetFetchRequest::default().with_group_id(GroupId(group_id)).with_topics(topics))
+}
+
+pub(super) fn delete_groups(
+    body: Bytes,
+    _version: i16,
+) -> Result<DeleteGroupsRequest, DecodeError> {
+    let mut r = Reader(body);
+    let groups = r
+        .array("groups_names", |r| Ok(GroupId(r.string("groups_names")?.unwrap_or_default())))?
+        .unwrap_or_default();
+    Ok(DeleteGroupsRequest::default().with_groups_names(groups))
 }
 
 pub(super) fn describe_groups(

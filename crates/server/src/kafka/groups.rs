@@ -1,5 +1,5 @@
 //! Kafka's classic consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
-//! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups and ListGroups.
+//! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups and DeleteGroups.
 //!
 //! The decisions are the broker's ([`spool_broker::group::classic`]), made under the one
 //! mutex of the server's groups (`crate::groups`), beside Spool's own groups and their
@@ -16,14 +16,15 @@
 //!
 //! With tokens, a group's requests need a grant on the group, as gRPC's group calls do:
 //! joining, syncing, heartbeats, leaving, committing and fetching offsets `consume`,
-//! DescribeGroups any grant (ListGroups lists only those), each refused
-//! `GROUP_AUTHORIZATION_FAILED`; a commit also needs `consume` on each topic
+//! DescribeGroups any grant (ListGroups lists only those), DeleteGroups `administer`, each
+//! refused `GROUP_AUTHORIZATION_FAILED`; a commit also needs `consume` on each topic
 //! (`TOPIC_AUTHORIZATION_FAILED` for that partition).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -35,15 +36,15 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_broker::group::classic::{ClassicError, JoinRequest, Joined, MemberRef};
-use spool_broker::group::{GroupName, GroupState, TopicPartition};
+use spool_broker::group::{DeleteError, GroupName, GroupState, TopicPartition};
 use spool_broker::limits::{CLASSIC_COMMIT_METADATA_BYTES_MAX, COMMIT_OFFSETS_MAX};
 use spool_storage::Offset;
 use tokio::sync::oneshot;
@@ -644,4 +645,54 @@ pub(super) fn list_groups(shared: &Shared, caller: &Caller) -> ListGroupsRespons
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
+}
+
+/// Deletes each named group that has no live members, and its committed offsets (as
+/// `spool group delete` does), answered once each deletion is durable: `NON_EMPTY_GROUP`
+/// while it has members (of either protocol), `GROUP_ID_NOT_FOUND` when it has neither
+/// members nor committed offsets.
+pub(super) async fn delete_groups(
+    shared: &Shared,
+    caller: &Caller,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let groups = &shared.groups;
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    let mut durable = Vec::new();
+    {
+        let mut state = groups.lock_classic();
+        for group_id in request.groups_names {
+            let deleted =
+                group_name(shared, caller, Action::Administer, &group_id).and_then(|group| {
+                    match state.coordinator.delete(&group) {
+                        Ok((record, _forgotten)) => Ok((group, groups.persist_deletion(&record))),
+                        Err(DeleteError::LiveMembers { .. }) => {
+                            Err(ResponseError::NonEmptyGroup.code())
+                        }
+                        Err(DeleteError::Unknown { .. }) => {
+                            Err(ResponseError::GroupIdNotFound.code())
+                        }
+                    }
+                });
+            match deleted {
+                Ok(pending) => {
+                    durable.push((results.len(), pending));
+                    results.push(DeletableGroupResult::default().with_group_id(group_id));
+                }
+                Err(code) => results.push(
+                    DeletableGroupResult::default().with_group_id(group_id).with_error_code(code),
+                ),
+            }
+        }
+    }
+    for (at, (group, pending)) in durable {
+        match pending.await {
+            Ok(()) => {
+                crate::metrics::retire_group(group.as_str());
+                tracing::info!(identity = caller.identity(), %group, "group deleted over Kafka");
+            }
+            Err(error) => results[at].error_code = super::codes::error_code(&error),
+        }
+    }
+    DeleteGroupsResponse::default().with_results(results)
 }

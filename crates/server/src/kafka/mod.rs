@@ -541,6 +541,7 @@ pub fn decode_request(request: &[u8]) -> bool {
         ApiKey::OffsetFetch => decode::offset_fetch(request, v).is_ok(),
         ApiKey::DescribeGroups => decode::describe_groups(request, v).is_ok(),
         ApiKey::ListGroups => ListGroupsRequest::decode(&mut request, v).is_ok(),
+        ApiKey::DeleteGroups => decode::delete_groups(request, v).is_ok(),
         other => unreachable!("{other:?} is served but has no decoder here"),
     }
 }
@@ -707,6 +708,12 @@ async fn handle(
             let body =
                 decode::describe_groups(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = groups::describe_groups(&shared, &caller, body, version);
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::DeleteGroups => {
+            let body =
+                decode::delete_groups(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::delete_groups(&shared, &caller, body).await;
             encode(api, version, correlation_id, &answer)?
         }
         ApiKey::ListGroups => {
