@@ -571,6 +571,26 @@ async fn delete_groups_takes_groups_without_members_only() {
     assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
 }
 
+/// A JoinGroup that waits longer than the connection's idle timeout (here the 3 s a new
+/// group's first join phase lasts, against an idle timeout of 500 ms) is answered: a request
+/// being served keeps its connection, which closes once idle after the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_waiting_past_the_idle_timeout_keeps_its_connection() {
+    let data = tempfile::tempdir().unwrap();
+    let timeouts = spool_server::ConnectionTimeouts {
+        handshake: std::time::Duration::from_millis(200),
+        idle: std::time::Duration::from_millis(500),
+    };
+    let options = ServeOptions { connection_timeouts: timeouts, ..Default::default() };
+    let kafka = start_at(data.path(), options).await;
+    let mut c = Connection::open(&kafka).await;
+    let started = std::time::Instant::now();
+    let joined = c.join_new("patient", 10_000).await;
+    assert_eq!(joined.error_code, 0);
+    assert!(started.elapsed() > timeouts.idle * 2, "it waited {:?}", started.elapsed());
+    c.assert_closed().await;
+}
+
 /// A JoinGroup claiming more protocols than its frame holds closes the connection at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_join_claiming_more_protocols_than_it_holds_closes_the_connection() {

@@ -5,15 +5,17 @@
 //! (TCP, then TLS, then HTTP/2's preface or an HTTP/1 request head): a raw TCP connection, a
 //! TLS handshake that never finishes, a TLS connection that never starts HTTP/2 and a first
 //! request sent halfway are all closed then, holding no place for longer. After its first
-//! request, a connection on which no byte has moved either way for the idle timeout is
-//! closed. A live connection is never idle that long: the gRPC listener pings every client
-//! (HTTP/2 keep-alive, which also closes a client that stops answering), and browser streams
-//! send keep-alives.
+//! request, a connection on which no byte has moved either way for the idle timeout, and
+//! that has no request being served ([`Serving`]), is closed. A live connection is never idle
+//! that long: the gRPC listener pings every client (HTTP/2 keep-alive, which also closes a
+//! client that stops answering), browser streams send keep-alives, and a Kafka client's
+//! request that waits (a JoinGroup waits for the other members, up to their rebalance
+//! timeout) keeps its connection.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -69,6 +71,32 @@ impl FirstRequest {
     }
 }
 
+/// Counts a connection's requests being served; the listener's service counts them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    /// One request being served, until the returned guard is dropped.
+    pub(crate) fn begin(&self) -> ServingOne {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        ServingOne(self.0.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A request being served (see [`Serving::begin`]).
+#[derive(Debug)]
+pub(crate) struct ServingOne(Arc<AtomicUsize>);
+
+impl Drop for ServingOne {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One accepted connection.
 pub(crate) struct Guarded {
     stream: TcpStream,
@@ -78,7 +106,12 @@ pub(crate) struct Guarded {
     accepted: Instant,
     last_active: Instant,
     first_request: FirstRequest,
-    timer: Pin<Box<Sleep>>,
+    serving: Serving,
+    /// Wakes the task that reads at the next deadline, and `write_timer` the one that
+    /// writes: a Sleep wakes only the task that polled it last, and where reading and
+    /// writing are two tasks (the Kafka listener's), the writer sleeps between answers.
+    read_timer: Pin<Box<Sleep>>,
+    write_timer: Pin<Box<Sleep>>,
     /// Set once the write half is shut: the end of the linger.
     lingering: Option<Pin<Box<Sleep>>>,
 }
@@ -94,12 +127,22 @@ impl Guarded {
         self.first_request.clone()
     }
 
-    /// An error once the connection has stalled past its timeout; otherwise arms the timer
-    /// to wake this connection's task at the next deadline.
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    /// What the listener's service counts its requests being served in.
+    pub(crate) fn serving(&self) -> Serving {
+        self.serving.clone()
+    }
+
+    /// An error once the connection has stalled past its timeout; otherwise arms the
+    /// reading (or the writing) side's timer to wake its task at the next deadline.
+    fn check(&mut self, cx: &mut Context<'_>, writing: bool) -> io::Result<()> {
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            let timer = if writing { &mut self.write_timer } else { &mut self.read_timer };
+            if timer.as_mut().poll(cx).is_pending() {
                 return Ok(());
+            }
+            // A request being served counts as the connection moving.
+            if self.serving.any() {
+                self.last_active = Instant::now();
             }
             let (deadline, what) = if self.first_request.has_arrived() {
                 (self.last_active + self.timeouts.idle, "idle")
@@ -113,7 +156,8 @@ impl Guarded {
                     format!("the connection's {what} timeout passed"),
                 ));
             }
-            self.timer.as_mut().reset(deadline);
+            let timer = if writing { &mut self.write_timer } else { &mut self.read_timer };
+            timer.as_mut().reset(deadline);
         }
     }
 
@@ -130,7 +174,7 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
+        self.check(cx, false)?;
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         self.moved(&read);
         read
@@ -143,7 +187,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
+        self.check(cx, true)?;
         let written = ready!(Pin::new(&mut self.stream).poll_write(cx, buf));
         self.moved(&Poll::Ready(Ok(())));
         Poll::Ready(written)
@@ -154,7 +198,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
+        self.check(cx, true)?;
         let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs));
         self.moved(&Poll::Ready(Ok(())));
         Poll::Ready(written)
@@ -253,7 +297,13 @@ impl Stream for Accepting {
                         accepted: now,
                         last_active: now,
                         first_request: FirstRequest::default(),
-                        timer: Box::pin(tokio::time::sleep_until(now + this.timeouts.handshake)),
+                        serving: Serving::default(),
+                        read_timer: Box::pin(tokio::time::sleep_until(
+                            now + this.timeouts.handshake,
+                        )),
+                        write_timer: Box::pin(tokio::time::sleep_until(
+                            now + this.timeouts.handshake,
+                        )),
                         lingering: None,
                     })));
                 }

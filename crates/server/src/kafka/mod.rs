@@ -249,10 +249,11 @@ pub(crate) async fn serve(
 /// connection's handshake timeout (it counts as the time before the first request).
 async fn secure_connection(connection: Guarded, shared: Arc<Shared>, stop: CancellationToken) {
     let first_request = connection.first_request();
+    let serving = connection.serving();
     // As Kafka's brokers show a member's host in DescribeGroups.
     let client_host: Arc<str> =
         connection.peer().map_or_else(String::new, |peer| format!("/{}", peer.ip())).into();
-    let client = (first_request, client_host);
+    let client = (first_request, serving, client_host);
     match shared.security.tls.clone() {
         None => serve_connection(connection, client, shared, stop).await,
         Some(acceptor) => match acceptor.accept(connection).await {
@@ -288,7 +289,11 @@ impl InTurn {
 /// SASL requests are served here, in order, since what they decide applies to the next one.
 async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     connection: S,
-    (first_request, client_host): (crate::connection::FirstRequest, Arc<str>),
+    (first_request, serving, client_host): (
+        crate::connection::FirstRequest,
+        crate::connection::Serving,
+        Arc<str>,
+    ),
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -383,7 +388,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                     InTurn { before: last_produce.replace(next), _done: done }
                 });
             let request = Request { caller, client_host: client_host.clone(), body, turn };
-            let handling = tokio::spawn(counted(shared.clone(), request, held));
+            // A request that waits (a JoinGroup, a Fetch) keeps the connection from idling.
+            let one = serving.begin();
+            let handling = tokio::spawn(counted(shared.clone(), request, held, one));
             if answers.send(AbortOnDropHandle::new(handling)).await.is_err() {
                 return Ok(());
             }
@@ -473,11 +480,13 @@ struct Request {
     turn: Option<InTurn>,
 }
 
-/// [`handle`], counted in `spool_kafka_requests_total`.
+/// [`handle`], counted in `spool_kafka_requests_total`, and among its connection's requests
+/// being served (`_serving`) until it is answered.
 async fn counted(
     shared: Arc<Shared>,
     request: Request,
     held: OwnedSemaphorePermit,
+    _serving: crate::connection::ServingOne,
 ) -> Result<Answer, Close> {
     let api = api_label(&request.body, shared.with_tokens());
     let started = std::time::Instant::now();
