@@ -63,6 +63,10 @@ pub const CLASSIC_GROUP_RECORD_BYTES_MAX: usize = 128 * 1024;
 /// default; shorter ones are allowed here, as for Spool's groups, so tests need not wait).
 pub const CLASSIC_SESSION_TIMEOUT_MS_MIN: i32 = 50;
 pub const CLASSIC_SESSION_TIMEOUT_MS_MAX: i32 = 30 * 60 * 1000;
+/// The longest a join phase, or the wait for every member's SyncGroup after it, lasts,
+/// whatever rebalance timeout (`max.poll.interval.ms`) members give: some give
+/// `i32::MAX` (Kafka Streams did), and a waiting JoinGroup holds its connection.
+pub const CLASSIC_REBALANCE_TIMEOUT_MS_MAX: u64 = 30 * 60 * 1000;
 /// How long the first join phase of a group without members lasts, extended by as much
 /// while members keep joining, up to the rebalance timeout (Kafka's
 /// `group.initial.rebalance.delay.ms` and its default): consumers started together then get

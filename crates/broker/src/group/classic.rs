@@ -66,8 +66,8 @@ use super::offsets::{ClassicGroupRecord, ClassicStable, ClassicStoredMember, Off
 use crate::limits::{
     CLASSIC_ASSIGNMENT_BYTES_MAX, CLASSIC_BYTES_MAX, CLASSIC_GROUP_MEMBERS_MAX,
     CLASSIC_GROUP_RECORD_BYTES_MAX, CLASSIC_INSTANCE_ID_BYTES_MAX,
-    CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MAX,
-    CLASSIC_SESSION_TIMEOUT_MS_MIN,
+    CLASSIC_MEMBER_METADATA_BYTES_MAX, CLASSIC_PROTOCOLS_MAX, CLASSIC_REBALANCE_TIMEOUT_MS_MAX,
+    CLASSIC_SESSION_TIMEOUT_MS_MAX, CLASSIC_SESSION_TIMEOUT_MS_MIN,
 };
 
 /// Identifies one waiting JoinGroup or SyncGroup request.
@@ -561,7 +561,8 @@ impl ClassicGroups {
             if first {
                 group.protocol_type = request.protocol_type.clone();
             }
-            let rebalance_timeout_ms = request.rebalance_timeout_ms.max(0) as u64;
+            let rebalance_timeout_ms =
+                (request.rebalance_timeout_ms.max(0) as u64).min(CLASSIC_REBALANCE_TIMEOUT_MS_MAX);
             if let Some(instance_id) = &request.instance_id {
                 group.instances.insert(instance_id.clone(), member_id.clone());
             }
@@ -1219,7 +1220,8 @@ impl Group {
 
     /// The largest rebalance timeout of the members.
     fn rebalance_timeout_ms(&self) -> u64 {
-        self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max().unwrap_or(0)
+        let largest = self.members.values().map(|m| m.rebalance_timeout_ms.max(0) as u64).max();
+        largest.unwrap_or(0).min(CLASSIC_REBALANCE_TIMEOUT_MS_MAX)
     }
 
     /// At the initial delay's deadline: `true` (and a later deadline) when members joined

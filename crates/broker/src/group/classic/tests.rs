@@ -179,6 +179,37 @@ fn a_member_that_does_not_rejoin_by_the_rebalance_deadline_is_removed() {
     assert_eq!(c.heartbeat(&g(), m(&a), 1, t(5101)), Err(ClassicError::UnknownMemberId));
 }
 
+/// A rebalance timeout of `i32::MAX` (as some clients give) waits 30 minutes at most.
+#[test]
+fn a_join_phase_lasts_at_most_thirty_minutes_whatever_the_rebalance_timeout() {
+    let mut c = ClassicGroups::new(7, 0);
+    let forever = |member_id: &str| {
+        let mut join = request(member_id, &[("range", b"")]);
+        join.rebalance_timeout_ms = i32::MAX;
+        join
+    };
+    let (ticket, replies) = c.join(&g(), forever(""), true, t(0));
+    let Some(Err(ClassicError::MemberIdRequired { member_id: a })) = join_answer(&replies, ticket)
+    else {
+        panic!("{replies:?}")
+    };
+    c.join(&g(), forever(&a), true, t(0));
+    c.sync(&g(), m(&a), 1, Vec::new(), t(0));
+    let (_, b_join, _) = join_new(&mut c, 100, b"");
+    // a keeps its session but never rejoins.
+    let thirty_minutes = 30 * 60 * 1000;
+    for at in (500..thirty_minutes).step_by(500) {
+        let _ = c.heartbeat(&g(), m(&a), 1, t(at));
+        assert!(join_answer(&c.tick(t(at)), b_join).is_none(), "answered at {at} ms");
+    }
+    let replies = c.tick(t(thirty_minutes + 100));
+    assert_eq!(join_answer(&replies, b_join).unwrap().unwrap().generation, 2);
+    assert_eq!(
+        c.heartbeat(&g(), m(&a), 1, t(thirty_minutes + 101)),
+        Err(ClassicError::UnknownMemberId)
+    );
+}
+
 #[test]
 fn leaving_rebalances_and_the_last_one_out_forgets_the_group() {
     let mut c = ClassicGroups::new(7, 0);
