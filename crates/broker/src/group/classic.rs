@@ -326,10 +326,10 @@ impl ClassicGroups {
     }
 
     /// The state to store of every group marked since the last call (see the module docs), in
-    /// the order of their names: a stable group's, or none for a group gone (or too large to
-    /// store) whose stored state had members. A group marked and then rebalancing keeps what
-    /// was stored.
-    pub fn take_records(&mut self) -> Vec<ClassicGroupRecord> {
+    /// the order of their names, each with its record as the offsets log stores it: a stable
+    /// group's, or none for a group gone (or too large to store) whose stored state had
+    /// members. A group marked and then rebalancing keeps what was stored.
+    pub fn take_records(&mut self) -> Vec<(ClassicGroupRecord, Vec<u8>)> {
         let mut records = Vec::new();
         for name in std::mem::take(&mut self.unstored) {
             let stable = match self.groups.get(&name) {
@@ -337,19 +337,21 @@ impl ClassicGroups {
                 Some(group) if !group.members.is_empty() => {
                     let record =
                         ClassicGroupRecord { group: name.clone(), stable: Some(group.stable()) };
-                    let bytes = OffsetsRecord::Classic(record.clone()).encode().len();
-                    if bytes <= CLASSIC_GROUP_RECORD_BYTES_MAX {
+                    let encoded = OffsetsRecord::Classic(record.clone()).encode();
+                    if encoded.len() <= CLASSIC_GROUP_RECORD_BYTES_MAX {
                         self.stored.insert(name);
-                        records.push(record);
+                        records.push((record, encoded));
                         continue;
                     }
-                    tracing::warn!(group = %name, bytes, max = CLASSIC_GROUP_RECORD_BYTES_MAX, "a Kafka group's state is too large to store: after a restart or failover its members join again");
+                    tracing::warn!(group = %name, bytes = encoded.len(), max = CLASSIC_GROUP_RECORD_BYTES_MAX, "a Kafka group's state is too large to store: after a restart or failover its members join again");
                     None
                 }
                 _ => None,
             };
             if self.stored.remove(&name) {
-                records.push(ClassicGroupRecord { group: name, stable });
+                let record = ClassicGroupRecord { group: name, stable };
+                let encoded = OffsetsRecord::Classic(record.clone()).encode();
+                records.push((record, encoded));
             }
         }
         records

@@ -491,9 +491,9 @@ impl Coordinator {
     /// The state to store of each Kafka classic group that changed since the last call
     /// ([`ClassicGroups::take_records`]), applied to the committed state as decided: the
     /// caller persists them, in this order, with the commits decided around them.
-    pub fn classic_records(&mut self) -> Vec<ClassicGroupRecord> {
+    pub fn classic_records(&mut self) -> Vec<(ClassicGroupRecord, Vec<u8>)> {
         let records = self.classic.take_records();
-        for record in &records {
+        for (record, _) in &records {
             self.committed.apply_record(&OffsetsRecord::Classic(record.clone()));
         }
         records

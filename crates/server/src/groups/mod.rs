@@ -286,12 +286,11 @@ impl Groups {
             state.deliver(replies);
             return;
         }
-        let groups: Vec<_> = records.iter().map(|record| record.group.clone()).collect();
+        let groups: Vec<_> = records.iter().map(|(record, _)| record.group.clone()).collect();
         let stored: Vec<_> = records
             .into_iter()
-            .map(|record| {
-                let record = OffsetsRecord::Classic(record);
-                self.append(record.group().as_str().as_bytes().to_vec(), record.encode())
+            .map(|(record, encoded)| {
+                self.append(record.group.as_str().as_bytes().to_vec(), encoded)
             })
             .collect();
         let joins = std::mem::take(&mut replies.joins);

@@ -353,10 +353,13 @@ pub(super) fn delete_groups(
     _version: i16,
 ) -> Result<DeleteGroupsRequest, DecodeError> {
     let mut r = Reader(body);
-    let groups = r
-        .array("groups_names", |r| Ok(GroupId(r.string("groups_names")?.unwrap_or_default())))?
-        .unwrap_or_default();
-    Ok(DeleteGroupsRequest::default().with_groups_names(groups))
+    Ok(DeleteGroupsRequest::default().with_groups_names(group_ids(&mut r, "groups_names")?))
+}
+
+/// An array of group ids (a null one: none).
+fn group_ids(r: &mut Reader, field: &'static str) -> Result<Vec<GroupId>, DecodeError> {
+    let groups = r.array(field, |r| Ok(GroupId(r.string(field)?.unwrap_or_default())))?;
+    Ok(groups.unwrap_or_default())
 }
 
 pub(super) fn describe_groups(
@@ -364,9 +367,7 @@ pub(super) fn describe_groups(
     version: i16,
 ) -> Result<DescribeGroupsRequest, DecodeError> {
     let mut r = Reader(body);
-    let groups = r
-        .array("groups", |r| Ok(GroupId(r.string("groups")?.unwrap_or_default())))?
-        .unwrap_or_default();
+    let groups = group_ids(&mut r, "groups")?;
     let include_authorized_operations =
         if version >= 3 { r.i8("include_authorized_operations")? != 0 } else { false };
     Ok(DescribeGroupsRequest::default()

@@ -619,14 +619,15 @@ fn a_settled_group_is_stored_and_taken_back_with_its_members_and_assignments() {
     assert_eq!(replies.syncs.len(), 1);
     let records = c.take_records();
     assert_eq!(records.len(), 1);
-    let stable = records[0].stable.clone().expect("a stable group");
+    let (record, encoded) = &records[0];
+    assert_eq!(encoded, &OffsetsRecord::Classic(record.clone()).encode());
+    let stable = record.stable.clone().expect("a stable group");
     assert_eq!((stable.generation, stable.leader.as_str()), (1, a.as_str()));
     assert_eq!(stable.members[0].metadata, b"a-meta");
     assert_eq!(stable.members[0].assignment, b"all");
     assert!(c.take_records().is_empty(), "taken once");
 
-    // The record goes through the offsets log's encoding and fold.
-    let encoded = OffsetsRecord::Classic(records[0].clone()).encode();
+    // The record goes through the offsets log's fold.
     let folded = CommittedOffsets::fold([encoded.as_slice()]).unwrap();
     let mut next = Coordinator::new(8, folded);
     let replies = next.restore_classic(t(100));
@@ -642,7 +643,7 @@ fn a_settled_group_is_stored_and_taken_back_with_its_members_and_assignments() {
     assert!(restored.tick(t(1_100)).expired.is_empty());
     assert_eq!(restored.tick(t(1_104)).expired, vec![(g(), a.clone())]);
     assert!(!restored.is_live(&g()));
-    let records = restored.take_records();
+    let records: Vec<_> = restored.take_records().into_iter().map(|(r, _)| r).collect();
     assert_eq!(records, vec![ClassicGroupRecord { group: g(), stable: None }]);
     next.committed_offsets_mut().apply_record(&OffsetsRecord::Classic(records[0].clone()));
     assert_eq!(next.committed_offsets().classic_groups().count(), 0);
