@@ -9,7 +9,7 @@
 //! - Messages ([`payload`]): one repeating pattern, or varied JSON events (`--payload json`)
 //!   that Spool's producers may compress with Kafka's codecs (`--compression`).
 //! - Targets: Spool, a running server (`--server URL`) or one started in-process on a
-//!   temporary directory; and NATS JetStream ([`nats`]) as a peer, with a file-storage stream
+//!   temporary directory; and NATS JetStream (the `nats` module) as a peer, with a file-storage stream
 //!   at the server's default sync interval and with `sync_interval: always`.
 //! - `spool bench group` ([`group`]): members of one consumer group share a pre-produced
 //!   topic; their throughput, and how long partitions pause when the group rebalances.

@@ -11,7 +11,7 @@ use spool_storage::RecoveryReport;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-/// Server-wide gauges. Every change wakes [`Metrics::changed`] waiters, so a test can wait
+/// Server-wide gauges. Every change wakes `Metrics::changed` waiters, so a test can wait
 /// for a condition without sleeping.
 #[derive(Debug, Default)]
 pub struct Metrics {

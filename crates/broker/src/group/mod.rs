@@ -10,7 +10,7 @@
 //! - A member joins a group with a [`Subscription`] (topics, and where to start when nothing
 //!   is committed). All members of a group have the same subscription.
 //! - Every change of membership (a join, a leave, a removal) starts a new *generation* and
-//!   computes a target assignment ([`assign`](self::assign)): balanced, and moving as few
+//!   computes a target assignment (the `assign` module): balanced, and moving as few
 //!   partitions as possible.
 //! - A partition whose target owner differs from its current owner is first *revoked*: its
 //!   owner is told, may commit it, and acknowledges with [`Coordinator::revoked`]. Only then is

@@ -46,7 +46,7 @@ pub trait Groups: Send + Sync + 'static {
     fn replica(&self, group: &str) -> Option<Arc<Replica>>;
 
     /// Whether this node has applied a registration of node `id` (see
-    /// [`REGISTERED_QUESTION`]).
+    /// `REGISTERED_QUESTION`).
     fn has_registered(&self, id: NodeId) -> bool;
 }
 
