@@ -630,7 +630,8 @@ async fn an_idempotent_producer_stores_each_record_once_across_a_failover() {
 
 /// A client given every node's address goes on through another node when the one it talks
 /// to stops: an idempotent producer's batches are each stored once, in order, and a consumer
-/// of the same client reads them all.
+/// of a client that has not called since the node stopped subscribes through another at
+/// once, and reads them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_given_every_node_goes_on_through_another_when_its_node_stops() {
     use spool_client::{Follow, StartAt};
@@ -639,6 +640,7 @@ async fn a_client_given_every_node_goes_on_through_another_when_its_node_stops()
     let urls: Vec<String> =
         (1..=3).map(|id| format!("http://{}", cluster.node(id).address())).collect();
     let client = Client::connect(&urls.join(",")).await.expect("connect");
+    let reader = Client::connect(&urls.join(",")).await.expect("connect");
     let config = ProducerConfig { idempotent: true, retries_max: 200, ..ProducerConfig::default() };
     let producer = client.producer("rides", config).await.expect("an idempotent producer");
     let total = 200;
@@ -658,7 +660,7 @@ async fn a_client_given_every_node_goes_on_through_another_when_its_node_stops()
     }
     // Live: the node it reads through may be a follower a heartbeat behind the leader that
     // acknowledged the last batches, so its end at the start may not hold them all yet.
-    let mut consumer = client
+    let mut consumer = reader
         .subscribe("rides", 0, StartAt::Earliest, Follow::Live)
         .await
         .expect("subscribed through another node");
@@ -1218,14 +1220,17 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
     };
     let cluster = Cluster::start_with_kafka().await;
     cluster.create_topic(1, "kafka-events", 2).await;
-    let leaders: Vec<u64> = {
+    // Each partition's leader and replicas (its preferred leader first): the preferred
+    // leader stands for election first, but another node may win it.
+    let leaders: Vec<(u64, Vec<u64>)> = {
         let mut leaders = Vec::new();
         for partition in 0..2 {
             let deadline = Instant::now() + PATIENCE;
             loop {
                 let described = cluster.node(1).describe("kafka-events").await.unwrap();
-                if let Some(leader) = described.partitions[partition].leader {
-                    leaders.push(leader);
+                let described = &described.partitions[partition];
+                if let Some(leader) = described.leader {
+                    leaders.push((leader, described.replicas.clone()));
                     break;
                 }
                 assert!(Instant::now() < deadline, "no leader of partition {partition}");
@@ -1251,11 +1256,12 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
             .collect();
         assert_eq!(brokers, expected, "node {id}");
         let partitions = &answer.topics[0].partitions;
-        for (partition, leader) in partitions.iter().zip(&leaders) {
+        for (partition, (leader, described)) in partitions.iter().zip(&leaders) {
             assert_eq!(partition.error_code, 0, "node {id}: {partition:?}");
             assert_eq!(partition.leader_id.0, *leader as i32, "node {id}: {partition:?}");
             let mut replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
-            assert_eq!(replicas[0], *leader as i32, "the preferred leader leads: {replicas:?}");
+            let preferred_first: Vec<i32> = described.iter().map(|&r| r as i32).collect();
+            assert_eq!(replicas, preferred_first, "node {id}: the preferred leader first");
             replicas.sort_unstable();
             assert_eq!(replicas, vec![1, 2, 3], "node {id}");
         }

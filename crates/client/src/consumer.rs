@@ -93,16 +93,19 @@ struct Subscription {
 
 impl Subscription {
     async fn open(&self, start: StartAt) -> Result<Streaming<SubscribeResponse>, ConsumeError> {
-        let mut client = ConsumeServiceClient::new(self.client.transport())
-            .max_decoding_message_size(RESPONSE_BYTES_MAX);
-        let request = SubscribeRequest {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            start: Some(start.wire()),
-            encoding: Encoding::RawBatch as i32,
-            stop_at_end: self.follow == Follow::UntilEnd,
+        let subscribe = || {
+            let mut client = ConsumeServiceClient::new(self.client.transport())
+                .max_decoding_message_size(RESPONSE_BYTES_MAX);
+            let request = SubscribeRequest {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                start: Some(start.wire()),
+                encoding: Encoding::RawBatch as i32,
+                stop_at_end: self.follow == Follow::UntilEnd,
+            };
+            async move { client.subscribe(request).await }
         };
-        let opened = client.subscribe(request).await.map_err(stream_error)?;
+        let opened = self.client.nodes().read(subscribe).await.map_err(stream_error)?;
         Ok(opened.into_inner())
     }
 }

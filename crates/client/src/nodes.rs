@@ -7,7 +7,9 @@
 //! A call that failed is not sent again here: whether to send it again is the caller's, as
 //! after any lost connection (an idempotent producer resends its batches, a reconnecting
 //! consumer subscribes again, both after a backoff), and that next call goes to the next
-//! node. A node that answers, even with an error, keeps the calls.
+//! node. A call that only reads is sent again at once, through [`Nodes::read`]: a
+//! subscription or a describe fails only when no node can be reached. A node that answers,
+//! even with an error, keeps the calls.
 
 use std::fmt;
 use std::sync::Arc;
@@ -61,6 +63,25 @@ impl Nodes {
     /// Whether calls still go to the first node.
     pub(crate) fn on_first(&self) -> bool {
         self.inner.current.load(Ordering::Acquire) == 0
+    }
+
+    /// Runs `call`, a call that reads and changes nothing, again at once each time it fails
+    /// in the transport and the calls move on to the next node: at most once per node.
+    pub(crate) async fn read<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        for _ in 1..self.inner.nodes.len() {
+            let at = self.inner.current.load(Ordering::Acquire);
+            match call().await {
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && self.inner.current.load(Ordering::Acquire) != at => {}
+                answer => return answer,
+            }
+        }
+        call().await
     }
 
     /// The URL of the node calls go to now.

@@ -291,8 +291,16 @@ impl Client {
     /// The cluster as the connected node knows it: its nodes, and every replicated
     /// partition's leader, replicas, high watermark here and (where this node leads) lag.
     pub async fn describe_cluster(&self) -> Result<ClusterInfo, AdminError> {
-        let request = spool_proto::v1::DescribeClusterRequest {};
-        let described = self.topics().describe_cluster(request).await?.into_inner();
+        let described =
+            self.nodes()
+                .read(|| {
+                    let mut topics = self.topics();
+                    async move {
+                        topics.describe_cluster(spool_proto::v1::DescribeClusterRequest {}).await
+                    }
+                })
+                .await?
+                .into_inner();
         Ok(ClusterInfo {
             node_id: described.node_id,
             metadata_leader: described.metadata_leader,
@@ -327,15 +335,29 @@ impl Client {
 
     /// Describes a topic and its partitions ([`crate::ErrorCode::NotFound`] if none).
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, AdminError> {
-        let request = DescribeTopicRequest { name: name.to_owned() };
-        let described = self.topics().describe_topic(request).await?.into_inner();
+        let described = self
+            .nodes()
+            .read(|| {
+                let (mut topics, request) =
+                    (self.topics(), DescribeTopicRequest { name: name.to_owned() });
+                async move { topics.describe_topic(request).await }
+            })
+            .await?
+            .into_inner();
         Ok(TopicInfo::from_wire(described.topic.unwrap_or_default()))
     }
 
     /// Every topic with its settings, sorted by name; `partition_states` is empty (use
     /// [`Client::describe_topic`] for those).
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, AdminError> {
-        let listed = self.topics().list_topics(ListTopicsRequest {}).await?.into_inner();
+        let listed = self
+            .nodes()
+            .read(|| {
+                let mut topics = self.topics();
+                async move { topics.list_topics(ListTopicsRequest {}).await }
+            })
+            .await?
+            .into_inner();
         Ok(listed.topics.into_iter().map(TopicInfo::from_wire).collect())
     }
 
