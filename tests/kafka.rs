@@ -109,7 +109,8 @@ async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() 
         let served: Vec<(i16, i16, i16)> =
             answer.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
         let groups = [(10, 0, 2), (11, 0, 5), (14, 0, 3), (12, 0, 3), (13, 0, 3), (8, 2, 7)];
-        let groups = [&groups[..], &[(9, 1, 5), (15, 0, 4), (16, 0, 2), (42, 0, 1)]].concat();
+        let groups =
+            [&groups[..], &[(9, 1, 5), (15, 0, 4), (16, 0, 2), (42, 0, 1), (47, 0, 0)]].concat();
         let produce_and_fetch = [(18, 0, 3), (3, 1, 8), (0, 3, 8), (1, 4, 11), (2, 1, 5)];
         let admin =
             [(22, 0, 4), (19, 2, 4), (20, 1, 3), (37, 0, 1), (32, 1, 3), (44, 0, 0), (23, 2, 3)];
@@ -122,7 +123,7 @@ async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() 
     assert_eq!(header.correlation_id, id);
     let answer = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
     assert_eq!(answer.error_code, UNSUPPORTED_VERSION);
-    assert_eq!(answer.api_keys.len(), 22);
+    assert_eq!(answer.api_keys.len(), 23);
     // The connection still serves.
     let _: ApiVersionsResponse =
         connection.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;

@@ -593,6 +593,9 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
         let Some(python) = python_with(module, package) else { continue };
         let stdout = run_python(python, script, &kafka, topic).await;
         assert!(stdout.contains("admin done"), "{stdout}");
+        if module == "kafka" {
+            assert!(stdout.contains("offsets deleted; then GROUP_ID_NOT_FOUND"), "{stdout}");
+        }
         let config = kafka.server.describe(topic).await.unwrap().config.unwrap();
         assert_eq!(config.partitions, 5, "{topic}: CreatePartitions grew it");
         assert_eq!(config.retention_ms, Some(7_200_000), "{topic}: the alter is visible");
@@ -619,6 +622,9 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
     // Replica id -1, then one topic "t" whose partitions claim i32::MAX.
     let mut nested_epochs = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 1, b't'];
     nested_epochs.extend_from_slice(&huge);
+    // Group "g", then one topic "t" whose partitions claim i32::MAX.
+    let mut nested_offsets = vec![0, 1, b'g', 0, 0, 0, 1, 0, 1, b't'];
+    nested_offsets.extend_from_slice(&huge);
     let cases = [
         (ApiKey::CreateTopics, 4, huge.to_vec()),
         (ApiKey::CreateTopics, 4, nested_create),
@@ -628,6 +634,8 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
         (ApiKey::IncrementalAlterConfigs, 0, nested_alter),
         (ApiKey::OffsetForLeaderEpoch, 3, [&[0xff; 4][..], &huge].concat()),
         (ApiKey::OffsetForLeaderEpoch, 3, nested_epochs),
+        (ApiKey::OffsetDelete, 0, [&[0, 1, b'g'][..], &huge].concat()),
+        (ApiKey::OffsetDelete, 0, nested_offsets),
         // A flexible InitProducerId cut short.
         (ApiKey::InitProducerId, 4, vec![0]),
     ];

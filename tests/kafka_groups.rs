@@ -19,6 +19,9 @@ use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
@@ -26,8 +29,8 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -51,6 +54,7 @@ const MEMBER_ID_REQUIRED: i16 = 79;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
 const FENCED_INSTANCE_ID: i16 = 82;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 impl Connection {
     /// Sends a JoinGroup (v4) and returns its correlation id; the answer may wait.
@@ -148,6 +152,38 @@ impl Connection {
         let found = &answer.topics[0].partitions[0];
         assert_eq!(found.error_code, 0);
         (found.committed_offset, found.metadata.as_deref().unwrap_or("").to_owned())
+    }
+
+    /// An OffsetDelete of `partitions` of each topic: its top-level code, and each
+    /// partition's (topic, partition, code).
+    async fn delete_offsets(
+        &mut self,
+        group: &str,
+        topics: &[(&str, &[i32])],
+    ) -> (i16, Vec<(String, i32, i16)>) {
+        let topics = topics
+            .iter()
+            .map(|(topic, partitions)| {
+                let partitions = partitions
+                    .iter()
+                    .map(|p| OffsetDeleteRequestPartition::default().with_partition_index(*p))
+                    .collect();
+                OffsetDeleteRequestTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let request =
+            OffsetDeleteRequest::default().with_group_id(group_id(group)).with_topics(topics);
+        let answer: OffsetDeleteResponse = self.call(ApiKey::OffsetDelete, 0, &request).await;
+        let codes = answer
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| (t.name.to_string(), p.partition_index, p.error_code))
+            })
+            .collect();
+        (answer.error_code, codes)
     }
 }
 
@@ -569,6 +605,47 @@ async fn delete_groups_takes_groups_without_members_only() {
     let kafka = start_at(data.path(), ServeOptions::default()).await;
     let mut c = Connection::open(&kafka).await;
     assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
+}
+
+/// OffsetDelete forgets the named partitions' committed offsets, durably, and keeps the
+/// group's others. A partition of a topic a live member consumes keeps its offset
+/// (`GROUP_SUBSCRIBED_TO_TOPIC`: this member's metadata does not say what it consumes, so it
+/// counts as consuming every topic); an unknown partition is `UNKNOWN_TOPIC_OR_PARTITION`, an
+/// unknown group `GROUP_ID_NOT_FOUND`.
+#[tokio::test(flavor = "multi_thread")]
+async fn offset_delete_forgets_the_partitions_named_and_keeps_the_rest() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("t", 2, Policy::Always(Always {})).await;
+    kafka.server.create_topic("u", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    let offsets = [("t", 0, 17, "seen"), ("t", 1, 18, ""), ("u", 0, 19, "")];
+    assert_eq!(c.commit("finished", "", -1, &offsets).await, [0, 0, 0]);
+    let (code, codes) = c.delete_offsets("finished", &[("t", &[0, 5]), ("nope", &[0])]).await;
+    assert_eq!(code, 0);
+    let unknown = UNKNOWN_TOPIC_OR_PARTITION;
+    let expected = [("t", 0, 0), ("t", 5, unknown), ("nope", 0, unknown)];
+    let expected: Vec<(String, i32, i16)> =
+        expected.iter().map(|(t, p, code)| (t.to_string(), *p, *code)).collect();
+    assert_eq!(codes, expected);
+    assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
+    assert_eq!(c.fetch_offset("finished", "t", 1).await, (18, String::new()));
+
+    assert_eq!(c.commit("busy", "", -1, &[("u", 0, 5, "")]).await, [0]);
+    assert_eq!(c.join_new("busy", 10_000).await.error_code, 0);
+    let (code, codes) = c.delete_offsets("busy", &[("u", &[0])]).await;
+    assert_eq!((code, codes), (0, vec![("u".to_owned(), 0, GROUP_SUBSCRIBED_TO_TOPIC)]));
+    assert_eq!(c.fetch_offset("busy", "u", 0).await.0, 5);
+    let (code, codes) = c.delete_offsets("never-seen", &[("u", &[0])]).await;
+    assert_eq!((code, codes), (GROUP_ID_NOT_FOUND, vec![]));
+    drop(c);
+    kafka.server.shutdown().await;
+    // The deletion is durable, and only of what it named.
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.fetch_offset("finished", "t", 0).await, (-1, String::new()));
+    assert_eq!(c.fetch_offset("finished", "t", 1).await, (18, String::new()));
+    assert_eq!(c.fetch_offset("finished", "u", 0).await, (19, String::new()));
 }
 
 /// A JoinGroup that waits longer than the connection's idle timeout (here the 3 s a new

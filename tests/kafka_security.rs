@@ -20,8 +20,8 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest,
     DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse,
     GroupId, JoinGroupRequest, JoinGroupResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse,
+    OffsetDeleteRequest, OffsetDeleteResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -193,6 +193,10 @@ async fn every_request_is_checked_against_the_tokens_grants() {
         .with_groups_names(vec![GroupId(StrBytes::from_static_str("billing"))]);
     let deleted: DeleteGroupsResponse = reader.call(ApiKey::DeleteGroups, 1, &delete).await;
     assert_eq!(deleted.results[0].error_code, GROUP_AUTHORIZATION_FAILED);
+    let delete =
+        OffsetDeleteRequest::default().with_group_id(GroupId(StrBytes::from_static_str("billing")));
+    let deleted: OffsetDeleteResponse = reader.call(ApiKey::OffsetDelete, 0, &delete).await;
+    assert_eq!(deleted.error_code, GROUP_AUTHORIZATION_FAILED);
 
     let mut writer = Connection::open(&secured.kafka).await;
     assert_eq!(authenticate(&mut writer, "writer-token").await.error_code, 0);

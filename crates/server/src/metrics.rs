@@ -328,6 +328,22 @@ pub(crate) fn retire_group(group: &str) {
     }
 }
 
+/// Retires one group's lag series of one partition, whose committed offset was deleted.
+pub(crate) fn retire_group_partition(group: &str, topic: &str, partition: u32) {
+    if let Some(groups) = locked(&GROUP_COMMITTED).get_mut(&(topic.to_owned(), partition)) {
+        groups.remove(group);
+    }
+    if let Some(retiring) = RETIRING.get() {
+        let partition = partition.to_string();
+        let wanted = [("group", group), ("topic", topic), ("partition", partition.as_str())];
+        retiring.retire(|key| {
+            wanted
+                .iter()
+                .all(|(name, value)| key.labels().any(|l| l.key() == *name && l.value() == *value))
+        });
+    }
+}
+
 /// Sets the gauge of one consumer group's lag on one partition.
 pub fn record_group_lag(group: &str, topic: &str, partition: u32, lag_records: u64) {
     metrics::gauge!(

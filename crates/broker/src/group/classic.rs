@@ -411,6 +411,32 @@ impl ClassicGroups {
         self.groups.get(group).map_or(0, |g| g.members.len())
     }
 
+    /// What a live group's members consume (`None` when it is not live), as Kafka's brokers
+    /// judge it before deleting a group's offsets: the topics of each member's
+    /// `ConsumerProtocolSubscription` for the group's protocol. A member whose metadata does
+    /// not read as one, or a group that has not chosen its protocol yet, counts as consuming
+    /// every topic.
+    pub fn consumed_topics(&self, group: &GroupName) -> Option<ConsumedTopics> {
+        let group = self.groups.get(group)?;
+        if group.members.is_empty() {
+            return Some(ConsumedTopics::Some(BTreeSet::new()));
+        }
+        if group.protocol_type != "consumer" {
+            return Some(ConsumedTopics::NotConsumers);
+        }
+        if group.protocol_name.is_empty() {
+            return Some(ConsumedTopics::Every);
+        }
+        let mut topics = BTreeSet::new();
+        for member in group.members.values() {
+            match consumer_subscription(&member.metadata_for(&group.protocol_name)) {
+                Some(subscribed) => topics.extend(subscribed),
+                None => return Some(ConsumedTopics::Every),
+            }
+        }
+        Some(ConsumedTopics::Some(topics))
+    }
+
     fn ticket(&mut self) -> Ticket {
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
@@ -1046,33 +1072,65 @@ impl ClassicGroups {
     }
 }
 
+/// What the members of a live group consume (see [`ClassicGroups::consumed_topics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumedTopics {
+    /// These topics, by name.
+    Some(BTreeSet<String>),
+    /// Any topic: what they consume cannot be told.
+    Every,
+    /// The members are not Kafka consumers (their protocol type is not `consumer`).
+    NotConsumers,
+}
+
+/// The topics of a consumer's subscription (`ConsumerProtocolSubscription`, what Kafka's
+/// consumers send as their metadata with protocol type `consumer`, every version: a version,
+/// then the topics; what follows is not read). `None` when the bytes are not one.
+pub fn consumer_subscription(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut bytes = bytes;
+    if read_i16(&mut bytes)? < 0 {
+        return None;
+    }
+    let count = read_i32(&mut bytes)?;
+    // Each topic takes at least 2 bytes: a count past the bytes left fails at once.
+    (0..count).map(|_| read_string(&mut bytes)).collect()
+}
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
+    *bytes = rest;
+    Some(head)
+}
+
+fn read_i16(bytes: &mut &[u8]) -> Option<i16> {
+    Some(i16::from_be_bytes(take(bytes, 2)?.try_into().ok()?))
+}
+
+fn read_i32(bytes: &mut &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(take(bytes, 4)?.try_into().ok()?))
+}
+
+/// A string of Kafka's classic encoding: an `i16` length, then UTF-8 (a null one fails).
+fn read_string(bytes: &mut &[u8]) -> Option<String> {
+    let length = usize::try_from(read_i16(bytes)?).ok()?;
+    Some(std::str::from_utf8(take(bytes, length)?).ok()?.to_owned())
+}
+
 /// The partitions of a consumer's assignment (`ConsumerProtocolAssignment`, what Kafka's
 /// consumers send with protocol type `consumer`, every version: a version, then topics each
 /// with their partitions, then user data, which is not read). `None` when the bytes are not
 /// one. Only for describing a group: the group itself never reads assignments.
 pub fn consumer_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
-        *bytes = rest;
-        Some(head)
-    }
-    fn i16(bytes: &mut &[u8]) -> Option<i16> {
-        Some(i16::from_be_bytes(take(bytes, 2)?.try_into().ok()?))
-    }
-    fn i32(bytes: &mut &[u8]) -> Option<i32> {
-        Some(i32::from_be_bytes(take(bytes, 4)?.try_into().ok()?))
-    }
     let mut bytes = bytes;
-    if i16(&mut bytes)? < 0 {
+    if read_i16(&mut bytes)? < 0 {
         return None;
     }
     let mut partitions = Vec::new();
-    for _ in 0..i32(&mut bytes)? {
-        let length = usize::try_from(i16(&mut bytes)?).ok()?;
-        let topic = std::str::from_utf8(take(&mut bytes, length)?).ok()?.to_owned();
-        for _ in 0..i32(&mut bytes)? {
+    for _ in 0..read_i32(&mut bytes)? {
+        let topic = read_string(&mut bytes)?;
+        for _ in 0..read_i32(&mut bytes)? {
             // Each partition takes 4 bytes: a count past the bytes left fails at once.
-            partitions.push((topic.clone(), i32(&mut bytes)?));
+            partitions.push((topic.clone(), read_i32(&mut bytes)?));
         }
     }
     Some(partitions)

@@ -51,7 +51,7 @@ pub use offsets::{
     CommittedOffsets, OffsetsRecord,
 };
 
-use self::classic::{ClassicError, ClassicGroups, JoinRequest, Replies, Ticket};
+use self::classic::{ClassicError, ClassicGroups, ConsumedTopics, JoinRequest, Replies, Ticket};
 use crate::limits::{
     CLASSIC_COMMIT_METADATA_BYTES_MAX, CLASSIC_GROUP_METADATA_BYTES_MAX,
     CLASSIC_INITIAL_REBALANCE_DELAY_MS, COMMIT_OFFSETS_MAX, GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX,
@@ -247,6 +247,36 @@ pub enum DeleteError {
     LiveMembers { group: GroupName, members: usize },
     #[error("group {group} has no members and no committed offsets")]
     Unknown { group: GroupName },
+}
+
+/// Why some of a group's committed offsets cannot be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeleteOffsetsError {
+    #[error("group {group} has no members and no committed offsets")]
+    Unknown { group: GroupName },
+    #[error(
+        "group {group} has live members that are not Kafka consumers: its offsets can be deleted only while it has none"
+    )]
+    NotConsumers { group: GroupName },
+}
+
+/// What [`Coordinator::delete_offsets`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetsDeletion {
+    pub group: GroupName,
+    /// Of the partitions asked, those that had an offset, now forgotten.
+    pub forgotten: BTreeSet<TopicPartition>,
+    /// Of the partitions asked, those of a topic a live member consumes: their offsets stay.
+    pub consumed: BTreeSet<TopicPartition>,
+}
+
+impl OffsetsDeletion {
+    /// The record to persist; `None` when nothing was forgotten.
+    pub fn record(&self) -> Option<OffsetsRecord> {
+        let partitions = self.forgotten.iter().cloned().collect::<Vec<_>>();
+        (!partitions.is_empty())
+            .then(|| OffsetsRecord::Forget { group: self.group.clone(), partitions })
+    }
 }
 
 /// What one member may see: its generation, the partitions it owns, and the ones being
@@ -717,6 +747,41 @@ impl Coordinator {
         }
         let forgotten = self.committed.remove(group);
         Ok((OffsetsRecord::Delete { group: group.clone() }, forgotten))
+    }
+
+    /// Forgets a group's committed offsets of `partitions` (Kafka's OffsetDelete), but for
+    /// those of topics its live members consume, which stay (see
+    /// [`ClassicGroups::consumed_topics`]). A group with live members that are not Kafka
+    /// consumers keeps them all.
+    pub fn delete_offsets(
+        &mut self,
+        group: &GroupName,
+        partitions: &[TopicPartition],
+    ) -> Result<OffsetsDeletion, DeleteOffsetsError> {
+        let consumed = match self.groups.get(group) {
+            Some(live) => Some(ConsumedTopics::Some(
+                live.subscription.topics.keys().map(|t| t.to_string()).collect(),
+            )),
+            None => self.classic.consumed_topics(group),
+        };
+        let consumes = |partition: &TopicPartition| match &consumed {
+            None => false,
+            Some(ConsumedTopics::Some(topics)) => topics.contains(partition.topic.as_str()),
+            Some(ConsumedTopics::Every | ConsumedTopics::NotConsumers) => true,
+        };
+        match &consumed {
+            None if !self.committed.has_group(group) => {
+                return Err(DeleteOffsetsError::Unknown { group: group.clone() });
+            }
+            Some(ConsumedTopics::NotConsumers) => {
+                return Err(DeleteOffsetsError::NotConsumers { group: group.clone() });
+            }
+            _ => {}
+        }
+        let (consumed, free): (Vec<_>, Vec<_>) = partitions.iter().cloned().partition(consumes);
+        let forgotten = self.committed.forget(group, &free).into_iter().collect();
+        let consumed = consumed.into_iter().collect();
+        Ok(OffsetsDeletion { group: group.clone(), forgotten, consumed })
     }
 
     /// The members of a group live under either protocol; `None` when it is not live.

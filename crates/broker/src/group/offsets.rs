@@ -19,6 +19,13 @@
 //! {"v":1,"group":"billing","deleted":true}
 //! ```
 //!
+//! Forgetting some partitions' offsets and keeping the rest (Kafka's OffsetDelete) is one
+//! record too, durable before it is answered:
+//!
+//! ```json
+//! {"v":1,"group":"billing","forgotten":[{"topic":"orders","partition":3}]}
+//! ```
+//!
 //! A Kafka classic group that settles on a new generation (its leader's assignments handed
 //! out) is stored too, so that the coordinator after a restart, or another node's after a
 //! failover, goes on with the same members, generation and assignments instead of making
@@ -34,10 +41,12 @@
 //!
 //! At start-up the server folds every record, in log order, into [`CommittedOffsets`]: the
 //! latest value of each (group, topic, partition) wins, the latest classic state of a group
-//! wins, and a deletion forgets every offset of its group committed before it. A compaction writes the folded state, in which a deleted
+//! wins, a deletion forgets every offset of its group committed before it, and a forgetting
+//! the offsets of its partitions. A compaction writes the folded state, in which a deleted
 //! group has no record at all. (A build from before deletions existed refuses to start on a
 //! log holding one, as an unknown field, rather than bring the group back; so does a build
-//! from before classic groups were stored, on a log holding one of theirs.)
+//! from before classic groups were stored, on a log holding one of theirs, and one from before
+//! forgetting, on a log holding a forgetting.)
 
 use std::collections::BTreeMap;
 
@@ -151,6 +160,8 @@ pub enum OffsetsRecord {
     Delete { group: GroupName },
     /// A Kafka classic group's state.
     Classic(ClassicGroupRecord),
+    /// The group's offsets of these partitions are forgotten; its others stay.
+    Forget { group: GroupName, partitions: Vec<TopicPartition> },
 }
 
 /// Every stored record, either shape: a commit has `offsets`, a deletion `deleted: true`.
@@ -165,6 +176,15 @@ struct StoredRecord {
     deleted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     classic: Option<StoredClassic>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forgotten: Option<Vec<StoredPartition>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredPartition {
+    topic: String,
+    partition: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -189,7 +209,7 @@ pub enum CommitRecordError {
     #[error("a committed-offsets record names {name:?}, which is not a valid name")]
     Name { name: String },
     #[error(
-        "a committed-offsets record of group {group:?} must have one of offsets, `deleted: true` or classic"
+        "a committed-offsets record of group {group:?} must have one of offsets, `deleted: true`, classic or forgotten"
     )]
     Shape { group: String },
 }
@@ -213,6 +233,7 @@ impl CommitRecord {
             offsets: Some(offsets),
             deleted: false,
             classic: None,
+            forgotten: None,
         };
         serde_json::to_vec(&stored).expect("a commit always serializes")
     }
@@ -225,6 +246,7 @@ impl OffsetsRecord {
             OffsetsRecord::Commit(commit) => &commit.group,
             OffsetsRecord::Delete { group } => group,
             OffsetsRecord::Classic(classic) => &classic.group,
+            OffsetsRecord::Forget { group, .. } => group,
         }
     }
 
@@ -239,6 +261,7 @@ impl OffsetsRecord {
                     offsets: None,
                     deleted: true,
                     classic: None,
+                    forgotten: None,
                 };
                 serde_json::to_vec(&stored).expect("a deletion always serializes")
             }
@@ -265,8 +288,24 @@ impl OffsetsRecord {
                     offsets: None,
                     deleted: false,
                     classic: Some(classic),
+                    forgotten: None,
                 };
                 serde_json::to_vec(&stored).expect("a classic group always serializes")
+            }
+            OffsetsRecord::Forget { group, partitions } => {
+                let forgotten = partitions
+                    .iter()
+                    .map(|p| StoredPartition { topic: p.topic.to_string(), partition: p.partition })
+                    .collect();
+                let stored = StoredRecord {
+                    v: RECORD_VERSION,
+                    group: group.to_string(),
+                    offsets: None,
+                    deleted: false,
+                    classic: None,
+                    forgotten: Some(forgotten),
+                };
+                serde_json::to_vec(&stored).expect("a forgetting always serializes")
             }
         }
     }
@@ -278,10 +317,22 @@ impl OffsetsRecord {
         }
         let group = GroupName::parse(&stored.group)
             .map_err(|_| CommitRecordError::Name { name: stored.group.clone() })?;
-        let offsets = match (stored.offsets, stored.deleted, stored.classic) {
-            (None, true, None) => return Ok(OffsetsRecord::Delete { group }),
-            (Some(offsets), false, None) => offsets,
-            (None, false, Some(classic)) => {
+        let topic_name = |topic: String| {
+            TopicName::parse(&topic).map_err(|_| CommitRecordError::Name { name: topic })
+        };
+        let offsets = match (stored.offsets, stored.deleted, stored.classic, stored.forgotten) {
+            (None, true, None, None) => return Ok(OffsetsRecord::Delete { group }),
+            (Some(offsets), false, None, None) => offsets,
+            (None, false, None, Some(forgotten)) => {
+                let partitions = forgotten
+                    .into_iter()
+                    .map(|p| {
+                        Ok(TopicPartition { topic: topic_name(p.topic)?, partition: p.partition })
+                    })
+                    .collect::<Result<_, CommitRecordError>>()?;
+                return Ok(OffsetsRecord::Forget { group, partitions });
+            }
+            (None, false, Some(classic), None) => {
                 let stable = (!classic.members.is_empty()).then_some(ClassicStable {
                     protocol_type: classic.protocol_type,
                     protocol: classic.protocol,
@@ -297,9 +348,8 @@ impl OffsetsRecord {
         let offsets = offsets
             .into_iter()
             .map(|o| {
-                let topic = TopicName::parse(&o.topic)
-                    .map_err(|_| CommitRecordError::Name { name: o.topic.clone() })?;
-                let partition = TopicPartition { topic, partition: o.partition };
+                let partition =
+                    TopicPartition { topic: topic_name(o.topic)?, partition: o.partition };
                 if let Some(text) = o.metadata.filter(|text| !text.is_empty()) {
                     metadata.insert(partition.clone(), text);
                 }
@@ -358,7 +408,34 @@ impl CommittedOffsets {
             OffsetsRecord::Classic(ClassicGroupRecord { group, stable: None }) => {
                 self.classic.remove(group);
             }
+            OffsetsRecord::Forget { group, partitions } => {
+                self.forget(group, partitions);
+            }
         }
+    }
+
+    /// Forgets `group`'s committed offsets (and metadata) of `partitions`; returns those it
+    /// had, in the order asked. A group left without offsets is not known here any more.
+    pub fn forget(
+        &mut self,
+        group: &GroupName,
+        partitions: &[TopicPartition],
+    ) -> Vec<TopicPartition> {
+        let Some(offsets) = self.groups.get_mut(group) else { return Vec::new() };
+        let forgotten: Vec<TopicPartition> =
+            partitions.iter().filter(|p| offsets.remove(*p).is_some()).cloned().collect();
+        if offsets.is_empty() {
+            self.groups.remove(group);
+        }
+        if let Some(metadata) = self.metadata.get_mut(group) {
+            for partition in partitions {
+                metadata.remove(partition);
+            }
+            if metadata.is_empty() {
+                self.metadata.remove(group);
+            }
+        }
+        forgotten
     }
 
     /// Forgets every committed offset of `group` (and its stored classic state); returns
@@ -520,6 +597,35 @@ mod tests {
         let again = [commit(&g, 5), deletion.encode(), commit(&g, 2)];
         let folded = CommittedOffsets::fold(again.iter().map(Vec::as_slice)).unwrap();
         assert_eq!(folded.get(&g, &tp("a", 0)), Some(Offset(2)), "a new commit starts afresh");
+    }
+
+    #[test]
+    fn a_forgetting_removes_its_partitions_offsets_and_metadata_only() {
+        let g = GroupName::parse("billing").unwrap();
+        let commit = OffsetsRecord::Commit(CommitRecord {
+            group: g.clone(),
+            offsets: vec![(tp("a", 0), Offset(5)), (tp("a", 1), Offset(6))],
+            metadata: [(tp("a", 0), "seen".to_owned())].into(),
+        });
+        let forget = OffsetsRecord::Forget { group: g.clone(), partitions: vec![tp("a", 0)] };
+        assert_eq!(
+            std::str::from_utf8(&forget.encode()).unwrap(),
+            r#"{"v":1,"group":"billing","forgotten":[{"topic":"a","partition":0}]}"#
+        );
+        assert_eq!(OffsetsRecord::decode(&forget.encode()).unwrap(), forget);
+        let records = [commit.encode(), forget.encode()];
+        let folded = CommittedOffsets::fold(records.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(folded.get(&g, &tp("a", 0)), None);
+        assert_eq!(folded.metadata(&g, &tp("a", 0)), "");
+        assert_eq!(folded.get(&g, &tp("a", 1)), Some(Offset(6)));
+        // Forgetting the last one forgets the group, and a compaction writes nothing for it.
+        let last = OffsetsRecord::Forget { group: g.clone(), partitions: vec![tp("a", 1)] };
+        let records = [commit.encode(), forget.encode(), last.encode()];
+        let folded = CommittedOffsets::fold(records.iter().map(Vec::as_slice)).unwrap();
+        assert!(!folded.has_group(&g));
+        assert_eq!(folded.records().count(), 0);
+        let both = br#"{"v":1,"group":"billing","deleted":true,"forgotten":[]}"#;
+        assert!(matches!(OffsetsRecord::decode(both), Err(CommitRecordError::Shape { .. })));
     }
 
     #[test]

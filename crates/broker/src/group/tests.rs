@@ -214,6 +214,35 @@ fn a_group_is_deleted_only_without_members_and_its_offsets_go_with_it() {
     assert_eq!(c.delete(&g), Err(DeleteError::Unknown { group: g }));
 }
 
+#[test]
+fn a_live_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
+    let g = name("g");
+    let other = TopicPartition { topic: TopicName::parse("u").unwrap(), partition: 0 };
+    let mut committed = CommittedOffsets::default();
+    committed.apply(&CommitRecord {
+        group: g.clone(),
+        offsets: vec![(tp(0), Offset(1)), (other.clone(), Offset(2))],
+        metadata: BTreeMap::new(),
+    });
+    let mut c = Coordinator::new(1, committed);
+    let unknown = name("nobody");
+    let refused = c.delete_offsets(&unknown, &[tp(0)]);
+    assert_eq!(refused, Err(DeleteOffsetsError::Unknown { group: unknown }));
+    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
+    let deletion = c.delete_offsets(&g, &[tp(0), other.clone()]).unwrap();
+    assert_eq!(deletion.consumed, [tp(0)].into(), "it consumes t");
+    assert_eq!(deletion.forgotten, [other.clone()].into());
+    let record = OffsetsRecord::Forget { group: g.clone(), partitions: vec![other.clone()] };
+    assert_eq!(deletion.record(), Some(record));
+    assert_eq!(c.committed(&g, &tp(0)), Some(Offset(1)));
+    assert_eq!(c.committed(&g, &other), None);
+    c.leave(&g, &a, t(1));
+    let deletion = c.delete_offsets(&g, &[tp(0), tp(1)]).unwrap();
+    assert_eq!(deletion.forgotten, [tp(0)].into(), "t-1 had none");
+    assert!(!c.committed_offsets().has_group(&g), "nothing left of it");
+    assert_eq!(c.delete_offsets(&g, &[tp(0)]), Err(DeleteOffsetsError::Unknown { group: g }));
+}
+
 /// Every owner of every partition, owned or being revoked.
 fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, MemberId> {
     let mut owners = BTreeMap::new();

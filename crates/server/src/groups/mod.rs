@@ -403,9 +403,10 @@ impl Groups {
         }
     }
 
-    /// Queues a group's deletion record to the offsets log; the future resolves once it is
-    /// durable. Call it with the state locked, right after the coordinator deleted the group,
-    /// so that it is stored after every commit decided before the deletion.
+    /// Queues a group's deletion record, or a record forgetting some of its offsets, to the
+    /// offsets log; the future resolves once it is durable. Call it with the state locked,
+    /// right after the coordinator deleted them, so that it is stored after every commit
+    /// decided before the deletion.
     pub(crate) fn persist_deletion(
         &self,
         record: &OffsetsRecord,

@@ -24,11 +24,11 @@ use crate::auth::{Action, Caller};
 ///
 /// The group APIs are served up to the last version before the flexible ones (FindCoordinator
 /// 3, JoinGroup 6, SyncGroup 4, Heartbeat 4, LeaveGroup 4, OffsetCommit 8, OffsetFetch 6,
-/// DescribeGroups 5, ListGroups 3, DeleteGroups 2); JoinGroup 5, SyncGroup 3, Heartbeat 3,
-/// LeaveGroup 3 and
-/// OffsetCommit 7 carry a static member's group instance id. OffsetCommit 0 and 1 and
+/// DescribeGroups 5, ListGroups 3, DeleteGroups 2; OffsetDelete has no flexible version);
+/// JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3 and OffsetCommit 7 carry a static
+/// member's group instance id. OffsetCommit 0 and 1 and
 /// OffsetFetch 0 are gone from Kafka's own schemas.
-const SERVED: [(ApiKey, VersionRange); 22] = [
+const SERVED: [(ApiKey, VersionRange); 23] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
     (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
@@ -54,6 +54,7 @@ const SERVED: [(ApiKey, VersionRange); 22] = [
     (ApiKey::DescribeGroups, VersionRange { min: 0, max: 4 }),
     (ApiKey::ListGroups, VersionRange { min: 0, max: 2 }),
     (ApiKey::DeleteGroups, VersionRange { min: 0, max: 1 }),
+    (ApiKey::OffsetDelete, VersionRange { min: 0, max: 0 }),
 ];
 
 /// Served only when the server has tokens (see `sasl`). SaslHandshake v0 is left out: after

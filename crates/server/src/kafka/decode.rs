@@ -21,13 +21,17 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, FetchRequest, GroupId, JoinGroupRequest,
     LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest, TopicName, TransactionalId,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -346,6 +350,27 @@ pub(super) fn offset_fetch(body: Bytes, _version: i16) -> Result<OffsetFetchRequ
             .with_partition_indexes(partitions.unwrap_or_default()))
     })?;
     Ok(OffsetFetchRequest::default().with_group_id(GroupId(group_id)).with_topics(topics))
+}
+
+pub(super) fn offset_delete(
+    body: Bytes,
+    _version: i16,
+) -> Result<OffsetDeleteRequest, DecodeError> {
+    let mut r = Reader(body);
+    let group_id = r.string("group_id")?.unwrap_or_default();
+    let topics = r.array("topics", |r| {
+        let name = r.name("topics.name")?;
+        let partitions = r.array("partitions", |r| {
+            Ok(OffsetDeleteRequestPartition::default()
+                .with_partition_index(r.i32("partition_index")?))
+        })?;
+        Ok(OffsetDeleteRequestTopic::default()
+            .with_name(name)
+            .with_partitions(partitions.unwrap_or_default()))
+    })?;
+    Ok(OffsetDeleteRequest::default()
+        .with_group_id(GroupId(group_id))
+        .with_topics(topics.unwrap_or_default()))
 }
 
 pub(super) fn delete_groups(

@@ -1,5 +1,6 @@
 //! Kafka's classic consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
-//! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups and DeleteGroups.
+//! LeaveGroup, OffsetCommit, OffsetFetch, OffsetDelete, DescribeGroups, ListGroups and
+//! DeleteGroups.
 //!
 //! The decisions are the broker's ([`spool_broker::group::classic`]), made under the one
 //! mutex of the server's groups (`crate::groups`), beside Spool's own groups and their
@@ -16,9 +17,9 @@
 //!
 //! With tokens, a group's requests need a grant on the group, as gRPC's group calls do:
 //! joining, syncing, heartbeats, leaving, committing and fetching offsets `consume`,
-//! DescribeGroups any grant (ListGroups lists only those), DeleteGroups `administer`, each
-//! refused `GROUP_AUTHORIZATION_FAILED`; a commit also needs `consume` on each topic
-//! (`TOPIC_AUTHORIZATION_FAILED` for that partition).
+//! DescribeGroups any grant (ListGroups lists only those), DeleteGroups and OffsetDelete
+//! `administer`, each refused `GROUP_AUTHORIZATION_FAILED`; a commit or an offset's deletion
+//! also needs `consume` on each topic (`TOPIC_AUTHORIZATION_FAILED` for that partition).
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
@@ -40,11 +44,12 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_broker::group::classic::{ClassicError, JoinRequest, Joined, MemberRef};
-use spool_broker::group::{DeleteError, GroupName, GroupState, TopicPartition};
+use spool_broker::group::{DeleteError, DeleteOffsetsError, GroupName, GroupState, TopicPartition};
 use spool_broker::limits::{CLASSIC_COMMIT_METADATA_BYTES_MAX, COMMIT_OFFSETS_MAX};
 use spool_storage::Offset;
 use tokio::sync::oneshot;
@@ -439,6 +444,19 @@ fn check_commit(
     offset: i64,
 ) -> Result<(TopicPartition, Offset), i16> {
     let _ = group.as_ref().map_err(|code| *code)?;
+    let partition = consumable(shared, caller, topic, partition)?;
+    let offset = u64::try_from(offset).map_err(|_| ResponseError::OffsetOutOfRange.code())?;
+    Ok((partition, Offset(offset)))
+}
+
+/// The partition, if it exists (`UNKNOWN_TOPIC_OR_PARTITION`) and `caller` may consume its
+/// topic (`TOPIC_AUTHORIZATION_FAILED`).
+fn consumable(
+    shared: &Shared,
+    caller: &Caller,
+    topic: &str,
+    partition: i32,
+) -> Result<TopicPartition, i16> {
     let unknown = ResponseError::UnknownTopicOrPartition.code();
     let partition = u32::try_from(partition).map_err(|_| unknown)?;
     let found = shared
@@ -447,8 +465,7 @@ fn check_commit(
     if partition >= found.partitions.len() as u32 {
         return Err(unknown);
     }
-    let offset = u64::try_from(offset).map_err(|_| ResponseError::OffsetOutOfRange.code())?;
-    Ok((TopicPartition { topic: found.name.clone(), partition }, Offset(offset)))
+    Ok(TopicPartition { topic: found.name.clone(), partition })
 }
 
 /// Applies a commit and waits until it is durable; its one error code.
@@ -695,4 +712,106 @@ pub(super) async fn delete_groups(
         }
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// Forgets a group's committed offsets of the partitions named (Kafka's OffsetDelete),
+/// answered once the forgetting is durable; its other offsets stay. As in Kafka, partitions of
+/// a topic a live member consumes keep theirs (`GROUP_SUBSCRIBED_TO_TOPIC`), a group whose
+/// live members are not consumers keeps all (`NON_EMPTY_GROUP`), a group with neither members
+/// nor offsets is `GROUP_ID_NOT_FOUND`, and a partition without an offset is answered as
+/// forgotten.
+pub(super) async fn offset_delete(
+    shared: &Shared,
+    caller: &Caller,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group = match group_name(shared, caller, Action::Administer, &request.group_id) {
+        Ok(group) => group,
+        Err(code) => return OffsetDeleteResponse::default().with_error_code(code),
+    };
+    let mut codes: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
+    // The partitions to forget, and where each is in `codes`.
+    let mut asked: Vec<(TopicPartition, (usize, usize))> = Vec::new();
+    for topic in &request.topics {
+        let mut partitions = Vec::new();
+        for partition in &topic.partitions {
+            let index = partition.partition_index;
+            let code = match consumable(shared, caller, topic.name.as_str(), index) {
+                Err(code) => code,
+                // One record names them all: it is bounded as a commit is.
+                Ok(_) if asked.len() >= COMMIT_OFFSETS_MAX => ResponseError::InvalidRequest.code(),
+                Ok(partition) => {
+                    asked.push((partition, (codes.len(), partitions.len())));
+                    0
+                }
+            };
+            partitions.push((index, code));
+        }
+        codes.push((topic.name.clone(), partitions));
+    }
+    let partitions: Vec<TopicPartition> = asked.iter().map(|(p, _)| p.clone()).collect();
+    let groups = &shared.groups;
+    let deleted = {
+        let mut state = groups.lock_classic();
+        state.coordinator.delete_offsets(&group, &partitions).map(|deletion| {
+            let durable = deletion.record().map(|record| groups.persist_deletion(&record));
+            (deletion, durable)
+        })
+    };
+    let (deletion, durable) = match deleted {
+        Ok(deleted) => deleted,
+        Err(error) => {
+            let code = match error {
+                DeleteOffsetsError::Unknown { .. } => ResponseError::GroupIdNotFound.code(),
+                DeleteOffsetsError::NotConsumers { .. } => ResponseError::NonEmptyGroup.code(),
+            };
+            return OffsetDeleteResponse::default().with_error_code(code);
+        }
+    };
+    for (partition, (topic, at)) in &asked {
+        if deletion.consumed.contains(partition) {
+            codes[*topic].1[*at].1 = ResponseError::GroupSubscribedToTopic.code();
+        }
+    }
+    if let Some(pending) = durable {
+        let forgotten = &deletion.forgotten;
+        match pending.await {
+            Ok(()) => {
+                for partition in forgotten {
+                    let topic = partition.topic.as_str();
+                    crate::metrics::retire_group_partition(
+                        group.as_str(),
+                        topic,
+                        partition.partition,
+                    );
+                }
+                tracing::info!(identity = caller.identity(), %group, partitions = forgotten.len(), "a group's offsets deleted over Kafka");
+            }
+            Err(error) => {
+                tracing::warn!(%error, %group, "deleting a group's offsets could not be stored");
+                let code = super::codes::error_code(&error);
+                for (partition, (topic, at)) in &asked {
+                    if forgotten.contains(partition) {
+                        codes[*topic].1[*at].1 = code;
+                    }
+                }
+            }
+        }
+    }
+    let topics = codes
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetDeleteResponseTopic::default().with_name(name).with_partitions(
+                partitions
+                    .into_iter()
+                    .map(|(index, code)| {
+                        OffsetDeleteResponsePartition::default()
+                            .with_partition_index(index)
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
 }

@@ -551,6 +551,7 @@ pub fn decode_request(request: &[u8]) -> bool {
         ApiKey::DescribeGroups => decode::describe_groups(request, v).is_ok(),
         ApiKey::ListGroups => ListGroupsRequest::decode(&mut request, v).is_ok(),
         ApiKey::DeleteGroups => decode::delete_groups(request, v).is_ok(),
+        ApiKey::OffsetDelete => decode::offset_delete(request, v).is_ok(),
         other => unreachable!("{other:?} is served but has no decoder here"),
     }
 }
@@ -723,6 +724,12 @@ async fn handle(
             let body =
                 decode::delete_groups(request, version).map_err(|e| malformed(e.to_string()))?;
             let answer = groups::delete_groups(&shared, &caller, body).await;
+            encode(api, version, correlation_id, &answer)?
+        }
+        ApiKey::OffsetDelete => {
+            let body =
+                decode::offset_delete(request, version).map_err(|e| malformed(e.to_string()))?;
+            let answer = groups::offset_delete(&shared, &caller, body).await;
             encode(api, version, correlation_id, &answer)?
         }
         ApiKey::ListGroups => {

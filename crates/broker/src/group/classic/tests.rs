@@ -1,6 +1,9 @@
 use super::*;
 use crate::TopicName;
-use crate::group::{CommittedOffsets, Coordinator, OffsetReset, Subscription, TopicPartition};
+use crate::group::{
+    CommitRecord, CommittedOffsets, Coordinator, OffsetReset, Subscription, TopicPartition,
+};
+use crate::limits::CLASSIC_INITIAL_REBALANCE_DELAY_MS;
 use spool_storage::Offset;
 
 fn t(ms: i64) -> TimestampMs {
@@ -364,6 +367,83 @@ fn consumer_assignments_are_read_for_describing_only() {
     // A count past the bytes fails at once, without reserving for it.
     assert_eq!(consumer_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
     assert_eq!(consumer_assignment(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff]), None);
+}
+
+/// A consumer's metadata (`ConsumerProtocolSubscription` v0) subscribing to `topics`.
+fn subscription_of(topics: &[&str]) -> Vec<u8> {
+    let mut bytes = vec![0, 0];
+    bytes.extend((topics.len() as i32).to_be_bytes());
+    for topic in topics {
+        bytes.extend((topic.len() as i16).to_be_bytes());
+        bytes.extend(topic.as_bytes());
+    }
+    bytes.extend([0, 0, 0, 0]); // no user data
+    bytes
+}
+
+#[test]
+fn the_topics_a_group_consumes_are_read_from_its_members_subscriptions() {
+    let topics = Some(vec!["t".to_owned(), "u".to_owned()]);
+    assert_eq!(consumer_subscription(&subscription_of(&["t", "u"])), topics);
+    assert_eq!(consumer_subscription(b""), None);
+    // A count past the bytes fails at once, without reserving for it.
+    assert_eq!(consumer_subscription(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+    let mut c = ClassicGroups::new(7, 0);
+    assert_eq!(c.consumed_topics(&g()), None, "not live");
+    join_new(&mut c, 0, &subscription_of(&["t"]));
+    let consumed = ConsumedTopics::Some(["t".to_owned()].into());
+    assert_eq!(c.consumed_topics(&g()), Some(consumed));
+    // A member whose metadata is not a subscription may consume anything.
+    join_new(&mut c, 1, b"not a subscription");
+    assert_eq!(c.consumed_topics(&g()), Some(ConsumedTopics::Every));
+
+    let mut c = ClassicGroups::new(8, 0);
+    let mut connect = request("", &[("sessions", b"")]);
+    connect.protocol_type = "connect".to_owned();
+    let (ticket, replies) = c.join(&g(), connect.clone(), true, t(0));
+    let Some(Err(ClassicError::MemberIdRequired { member_id })) = join_answer(&replies, ticket)
+    else {
+        panic!("a new member is given an id first: {replies:?}")
+    };
+    connect.member_id = member_id;
+    c.join(&g(), connect, true, t(0));
+    assert_eq!(c.consumed_topics(&g()), Some(ConsumedTopics::NotConsumers));
+}
+
+/// A Kafka group's offsets are forgotten for the topics its members do not consume; until
+/// its first join phase has chosen a protocol, it may consume any.
+#[test]
+fn a_kafka_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
+    let tp = |topic: &str, partition| TopicPartition {
+        topic: TopicName::parse(topic).unwrap(),
+        partition,
+    };
+    let mut committed = CommittedOffsets::default();
+    committed.apply(&CommitRecord {
+        group: g(),
+        offsets: vec![(tp("t", 0), Offset(3)), (tp("u", 0), Offset(4)), (tp("u", 1), Offset(5))],
+        metadata: [(tp("u", 0), "seen".to_owned())].into(),
+    });
+    // The coordinator's first join phase lasts its initial delay.
+    let mut c = Coordinator::new(7, committed);
+    let (a, _, _) = join_new(c.classic_mut(), 0, &subscription_of(&["t"]));
+    let asked = [tp("t", 0), tp("u", 0), tp("v", 0)];
+    let deletion = c.delete_offsets(&g(), &asked).unwrap();
+    assert_eq!(deletion.consumed, asked.iter().cloned().collect(), "no protocol chosen yet");
+    assert_eq!(deletion.record(), None);
+    c.classic_mut().tick(t(CLASSIC_INITIAL_REBALANCE_DELAY_MS as i64));
+    let deletion = c.delete_offsets(&g(), &asked).unwrap();
+    assert_eq!(deletion.consumed, [tp("t", 0)].into());
+    assert_eq!(deletion.forgotten, [tp("u", 0)].into(), "v-0 had none");
+    let record = deletion.record().expect("something forgotten");
+    assert_eq!(OffsetsRecord::decode(&record.encode()).unwrap(), record);
+    assert_eq!(c.committed(&g(), &tp("t", 0)), Some(Offset(3)));
+    assert_eq!(c.committed(&g(), &tp("u", 0)), None);
+    assert_eq!(c.committed_offsets().metadata(&g(), &tp("u", 0)), "");
+    assert_eq!(c.committed(&g(), &tp("u", 1)), Some(Offset(5)));
+    c.classic_mut().leave(&g(), m(&a), t(3_001)).unwrap();
+    let deletion = c.delete_offsets(&g(), &[tp("t", 0)]).unwrap();
+    assert_eq!(deletion.forgotten, [tp("t", 0)].into(), "nobody consumes it now");
 }
 
 fn static_request(member_id: &str, instance_id: &str, metadata: &[u8]) -> JoinRequest {
