@@ -1823,6 +1823,74 @@ async fn a_node_behind_a_compacted_metadata_log_takes_the_cluster_s_topics() {
     cluster.produce_at(through, "added", "after").await;
 }
 
+/// What a group describes through node `id` once the cluster answers (refusals meanwhile: an
+/// election, the coordinator's load); `None` once it does not know the group.
+async fn described_group(
+    cluster: &Cluster,
+    id: u64,
+    group: &str,
+) -> Option<spool_client::GroupInfo> {
+    use spool_client::{AdminError, ErrorCode};
+    let client = Client::connect(&format!("http://{}", cluster.node(id).address())).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client.describe_group(group).await {
+            Ok(described) => return Some(described),
+            Err(AdminError::Rejected(error)) if error.code == ErrorCode::NotFound => return None,
+            Err(AdminError::Rejected(error))
+                if matches!(error.code, ErrorCode::Unavailable | ErrorCode::FailedPrecondition) =>
+            {
+                assert!(Instant::now() < deadline, "node {id}: {error:?}");
+            }
+            Err(error) => panic!("node {id}: {error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A topic deleted through any node has its committed offsets forgotten by the groups'
+/// coordinator, durably: a topic made again under the name starts the group without them,
+/// also after the coordinator's node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topics_committed_offsets_are_forgotten_by_the_cluster() {
+    use spool_client::StartAt;
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "jobs", 1).await;
+    cluster.create_topic(1, "audit", 1).await;
+    for topic in ["jobs", "audit"] {
+        cluster.produce(topic, "one").await;
+        cluster.produce(topic, "two").await;
+    }
+    let at_two = Client::connect(&format!("http://{}", cluster.node(2).address())).await.unwrap();
+    for topic in ["jobs", "audit"] {
+        at_two.reset_group("workers", topic, StartAt::Offset(2)).await.expect("reset");
+    }
+    let at_three = Client::connect(&format!("http://{}", cluster.node(3).address())).await.unwrap();
+    at_three.delete_topic("jobs").await.expect("deleted through node 3");
+    cluster.create_topic(1, "jobs", 1).await;
+    let committed = |described: &spool_client::GroupInfo| -> Vec<(String, Option<u64>)> {
+        let partitions = described.partitions.iter();
+        partitions.map(|p| (p.topic.clone(), p.committed_offset)).collect()
+    };
+    let kept = vec![("audit".to_owned(), Some(2))];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let described = described_group(&cluster, 1, "workers").await.expect("still known");
+        if committed(&described) == kept {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never forgotten: {described:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let coordinator = at_two.describe_cluster().await.expect("described").group_coordinator;
+    let coordinator = coordinator.expect("a coordinator");
+    drop((at_two, at_three));
+    cluster.nodes[coordinator as usize - 1].take().expect("running").shutdown().await;
+    let other = cluster.running()[0];
+    let described = described_group(&cluster, other, "workers").await.expect("still known");
+    assert_eq!(committed(&described), kept, "forgotten for good, through node {other}");
+}
+
 /// A group's commits through one node reach every node: once that node is gone, the others
 /// describe the group with the offsets it committed, and a member joining another node
 /// resumes there.

@@ -648,6 +648,39 @@ async fn offset_delete_forgets_the_partitions_named_and_keeps_the_rest() {
     assert_eq!(c.fetch_offset("finished", "u", 0).await, (19, String::new()));
 }
 
+/// A deleted topic's committed offsets are forgotten in every group before the deletion is
+/// answered, so a topic made again under its name starts the group at its reset point, not
+/// at the old position; other topics' offsets stay. A deletion whose offsets were not
+/// forgotten (here: the topic's directory removed while the server was down) has them
+/// forgotten at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_topics_offsets_are_forgotten_and_its_successor_starts_without_them() {
+    use spool_proto::v1::DeleteTopicRequest;
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    for topic in ["t", "u", "v"] {
+        kafka.server.create_topic(topic, 1, Policy::Always(Always {})).await;
+    }
+    let mut c = Connection::open(&kafka).await;
+    let offsets = [("t", 0, 0, ""), ("u", 0, 0, ""), ("v", 0, 0, "")];
+    assert_eq!(c.commit("readers", "", -1, &offsets).await, [0, 0, 0]);
+    let request = DeleteTopicRequest { name: "t".into() };
+    kafka.server.topics().await.delete_topic(request).await.expect("deleted");
+    kafka.server.create_topic("t", 1, Policy::Always(Always {})).await;
+    assert_eq!(c.fetch_offset("readers", "t", 0).await.0, -1, "the old topic's offset is gone");
+    assert_eq!(c.fetch_offset("readers", "u", 0).await.0, 0, "other topics' stay");
+    drop(c);
+    kafka.server.shutdown().await;
+    std::fs::remove_dir_all(data.path().join("topics").join("v")).expect("v removed");
+
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("v", 1, Policy::Always(Always {})).await;
+    let mut c = Connection::open(&kafka).await;
+    assert_eq!(c.fetch_offset("readers", "t", 0).await.0, -1, "forgotten for good");
+    assert_eq!(c.fetch_offset("readers", "v", 0).await.0, -1, "forgotten at the start");
+    assert_eq!(c.fetch_offset("readers", "u", 0).await.0, 0);
+}
+
 /// A JoinGroup that waits longer than the connection's idle timeout (here the 3 s a new
 /// group's first join phase lasts, against an idle timeout of 500 ms) is answered: a request
 /// being served keeps its connection, which closes once idle after the answer.

@@ -211,6 +211,8 @@ pub(crate) struct TopicTable {
     pub(crate) recovery: RecoverySummary,
     /// Told when a topic grew: its name and new partition count (see [`TopicTable::on_grow`]).
     on_grow: OnceLock<GrowWatcher>,
+    /// Told when a topic was deleted here (see [`TopicTable::on_delete`]).
+    on_delete: OnceLock<DeleteWatcher>,
     /// This node's part in a cluster: topics are created and deleted through its metadata
     /// group, and every partition is replicated.
     cluster: Option<Arc<Cluster>>,
@@ -220,6 +222,21 @@ pub(crate) struct TopicTable {
 pub(crate) type OnGrow = Box<dyn Fn(&TopicName, u32) + Send + Sync>;
 
 struct GrowWatcher(OnGrow);
+
+/// What a deletion calls, with the topic's name: what it starts, to be awaited (`None` when
+/// it started nothing).
+pub(crate) type OnDelete = Box<dyn Fn(&TopicName) -> Option<Pending> + Send + Sync>;
+
+/// Work a watcher started, to await.
+pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+struct DeleteWatcher(OnDelete);
+
+impl std::fmt::Debug for DeleteWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeleteWatcher")
+    }
+}
 
 impl std::fmt::Debug for GrowWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +305,7 @@ impl TopicTable {
             sync,
             recovery,
             on_grow: OnceLock::new(),
+            on_delete: OnceLock::new(),
             cluster,
         })
     }
@@ -642,6 +660,17 @@ impl TopicTable {
         })
         .await?;
         crate::metrics::retire_topic(&name);
+        if let Some(pending) = self.on_delete.get().and_then(|deleted| (deleted.0)(&name)) {
+            // A single node answers the deletion once its groups' offsets of the topic are
+            // forgotten for good; a cluster's node applies it among the metadata group's
+            // changes, which must not wait on the offsets group.
+            match self.cluster {
+                None => pending.await,
+                Some(_) => {
+                    tokio::spawn(pending);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -737,6 +766,12 @@ impl TopicTable {
     pub(crate) fn on_grow(&self, grown: OnGrow) {
         let set = self.on_grow.set(GrowWatcher(grown));
         assert!(set.is_ok(), "the topic table's grow watcher is set once");
+    }
+
+    /// Sets what deleting a topic here calls once it is gone (once).
+    pub(crate) fn on_delete(&self, deleted: OnDelete) {
+        let set = self.on_delete.set(DeleteWatcher(deleted));
+        assert!(set.is_ok(), "the topic table's delete watcher is set once");
     }
 
     /// Stops every writer (each finishes its queue and syncs) and closes every log cleanly,

@@ -784,6 +784,22 @@ impl Coordinator {
         Ok(OffsetsDeletion { group: group.clone(), forgotten, consumed })
     }
 
+    /// Forgets every group's committed offsets of the topics `gone` picks (topics deleted, as
+    /// Kafka's coordinator forgets the offsets of deleted partitions), so that a topic made
+    /// again under the name starts with none. Returns the records to persist: per group,
+    /// at most [`COMMIT_OFFSETS_MAX`] partitions each.
+    pub fn forget_topics(&mut self, gone: impl Fn(&TopicName) -> bool) -> Vec<OffsetsRecord> {
+        let mut records = Vec::new();
+        for (group, partitions) in self.committed.partitions_of_topics(gone) {
+            self.committed.forget(&group, &partitions);
+            for chunk in partitions.chunks(COMMIT_OFFSETS_MAX) {
+                let partitions = chunk.to_vec();
+                records.push(OffsetsRecord::Forget { group: group.clone(), partitions });
+            }
+        }
+        records
+    }
+
     /// The members of a group live under either protocol; `None` when it is not live.
     fn live_members(&self, group: &GroupName) -> Option<usize> {
         match self.groups.get(group) {

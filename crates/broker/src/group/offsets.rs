@@ -446,6 +446,21 @@ impl CommittedOffsets {
         self.groups.remove(group).map(|offsets| offsets.into_iter().collect()).unwrap_or_default()
     }
 
+    /// Each group's committed partitions of the topics `of` picks, by group.
+    pub fn partitions_of_topics(
+        &self,
+        of: impl Fn(&TopicName) -> bool,
+    ) -> Vec<(GroupName, Vec<TopicPartition>)> {
+        self.groups
+            .iter()
+            .filter_map(|(group, offsets)| {
+                let picked: Vec<TopicPartition> =
+                    offsets.keys().filter(|p| of(&p.topic)).cloned().collect();
+                (!picked.is_empty()).then(|| (group.clone(), picked))
+            })
+            .collect()
+    }
+
     pub fn get(&self, group: &GroupName, partition: &TopicPartition) -> Option<Offset> {
         self.groups.get(group).and_then(|g| g.get(partition)).copied()
     }

@@ -243,6 +243,31 @@ fn a_live_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
     assert_eq!(c.delete_offsets(&g, &[tp(0)]), Err(DeleteOffsetsError::Unknown { group: g }));
 }
 
+#[test]
+fn a_deleted_topics_offsets_are_forgotten_in_every_group() {
+    let (g, h) = (name("g"), name("h"));
+    let other = TopicPartition { topic: TopicName::parse("u").unwrap(), partition: 0 };
+    let mut committed = CommittedOffsets::default();
+    for (group, offsets) in
+        [(&g, vec![(tp(0), 1), (tp(1), 2), (other.clone(), 3)]), (&h, vec![(tp(1), 4)])]
+    {
+        let offsets = offsets.into_iter().map(|(p, o)| (p, Offset(o))).collect();
+        committed.apply(&CommitRecord { group: group.clone(), offsets, metadata: BTreeMap::new() });
+    }
+    let mut c = Coordinator::new(1, committed);
+    let deleted = TopicName::parse("t").unwrap();
+    let records = c.forget_topics(|topic| *topic == deleted);
+    let expected = [
+        OffsetsRecord::Forget { group: g.clone(), partitions: vec![tp(0), tp(1)] },
+        OffsetsRecord::Forget { group: h.clone(), partitions: vec![tp(1)] },
+    ];
+    assert_eq!(records, expected);
+    assert_eq!(c.committed(&g, &tp(0)), None);
+    assert_eq!(c.committed(&g, &other), Some(Offset(3)), "other topics stay");
+    assert!(!c.committed_offsets().has_group(&h), "h committed nothing else");
+    assert!(c.forget_topics(|topic| *topic == deleted).is_empty(), "nothing left to forget");
+}
+
 /// Every owner of every partition, owned or being revoked.
 fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, MemberId> {
     let mut owners = BTreeMap::new();

@@ -231,6 +231,11 @@ pub(crate) struct NodeProbe {
     pub(crate) protocol: Option<u32>,
 }
 
+/// What a load of the groups calls once they are loaded: what it starts, to be awaited.
+pub(crate) type OnGroupsLoaded = Box<dyn Fn() -> Option<crate::topic_table::Pending> + Send + Sync>;
+
+struct GroupsLoadedWatcher(OnGroupsLoaded);
+
 /// This node's part in a cluster.
 pub(crate) struct Cluster {
     pub(crate) node_id: u64,
@@ -256,6 +261,8 @@ pub(crate) struct Cluster {
     groups_loaded: watch::Sender<Option<u64>>,
     /// One load of the groups at a time.
     loading: tokio::sync::Mutex<()>,
+    /// What a load of the groups calls once they are loaded (see [`Cluster::load_groups`]).
+    on_groups_loaded: OnceLock<GroupsLoadedWatcher>,
     /// Tells this run's records of the offsets group from every other (another node's, or
     /// this node's before it restarted): `{node}-{start time}`.
     run: String,
@@ -359,6 +366,7 @@ impl Cluster {
             offsets_followed: watch::Sender::new(0),
             groups_loaded: watch::Sender::new(None),
             loading: tokio::sync::Mutex::new(()),
+            on_groups_loaded: OnceLock::new(),
             run: format!("{}-{}", options.node_id, TimestampMs::now().0),
             metadata_committed: watch::Sender::new(0),
             metadata_applied: watch::Sender::new(0),
@@ -967,6 +975,12 @@ impl Cluster {
         term.filter(|_| *self.groups_loaded.borrow() == term)
     }
 
+    /// Sets what [`Cluster::load_groups`] calls once the groups are loaded (once).
+    pub(crate) fn on_groups_loaded(&self, loaded: OnGroupsLoaded) {
+        let set = self.on_groups_loaded.set(GroupsLoadedWatcher(loaded));
+        assert!(set.is_ok(), "the cluster's groups-loaded watcher is set once");
+    }
+
     /// Starts [`Cluster::load_groups`] unless a load is running (for a caller that does not
     /// wait).
     pub(crate) fn load_groups_in_background(self: &Arc<Self>) {
@@ -986,6 +1000,9 @@ impl Cluster {
     /// [`GROUPS_LOAD_PATIENCE`] for the groups to apply the log that far. Until then a
     /// new coordinator could answer with older committed offsets than a member committed
     /// at the last one, and let an older record it applies later overwrite a newer commit.
+    /// Then it catches up with the cluster's metadata ([`Cluster::catch_up`]) and, once
+    /// loaded, calls what [`Cluster::on_groups_loaded`] set (the groups forget the offsets
+    /// of topics the cluster no longer holds).
     pub(crate) async fn load_groups(&self) -> Result<(), ServiceError> {
         let _one = self.loading.lock().await;
         if self.groups_loaded() {
@@ -1006,17 +1023,29 @@ impl Cluster {
         let end = replica.high_watermark().0;
         let mut followed = self.offsets_followed.subscribe();
         let applied = tokio::time::timeout(GROUPS_LOAD_PATIENCE, followed.wait_for(|f| *f >= end));
-        match applied.await {
-            Ok(Ok(_)) => {
-                self.groups_loaded.send_replace(Some(term));
-                tracing::info!(term, "this node coordinates the consumer groups, loaded");
-                Ok(())
-            }
-            _ => Err(ServiceError::Cluster(format!(
+        if !matches!(applied.await, Ok(Ok(_))) {
+            return Err(ServiceError::Cluster(format!(
                 "node {} is loading the consumer groups' committed offsets as their new coordinator: try again",
                 self.node_id
-            ))),
+            )));
         }
+        // The metadata too, as the cluster has it now: every commit an earlier coordinator
+        // took was of a topic created before this point. So a topic missing here is gone, and
+        // one deleted from here on was created before its deletion: the groups forget their
+        // offsets of either without forgetting those of a newer topic of the same name (see
+        // `crate::groups`).
+        if !self.catch_up().await {
+            return Err(ServiceError::Cluster(format!(
+                "node {} could not catch up with the cluster's metadata while loading the consumer groups as their new coordinator: try again",
+                self.node_id
+            )));
+        }
+        self.groups_loaded.send_replace(Some(term));
+        tracing::info!(term, "this node coordinates the consumer groups, loaded");
+        if let Some(pending) = self.on_groups_loaded.get().and_then(|loaded| (loaded.0)()) {
+            pending.await;
+        }
+        Ok(())
     }
 
     /// [`Cluster::group_coordinator`] with its Kafka address (`None` when it has no Kafka

@@ -36,6 +36,18 @@
 //!   ([`OffsetsFold`]); once its log passes `INTERNAL_COMPACT_BYTES`, a snapshot of every
 //!   group's committed offsets is saved and the log purged behind it (a replica too far
 //!   behind takes that snapshot from the leader).
+//! - A deleted topic's committed offsets are forgotten in every group (one record per group
+//!   naming its partitions, as OffsetDelete writes), so a topic made again under the name
+//!   starts each group with none instead of at an old position inside its new records. A
+//!   single node forgets them before the deletion is answered, and at start those of any
+//!   topic it does not have (a deletion interrupted before the records were durable). On a
+//!   cluster the coordinator forgets them as it applies the deletion, and when it takes
+//!   over, those of topics the cluster's metadata no longer holds; it loads the groups only
+//!   once it has applied the metadata as the cluster has it then, so a topic of the same
+//!   name made after the deletion is never mistaken for the deleted one. A deletion applied
+//!   while no node coordinates (between an old coordinator's loss and the new one's load)
+//!   is caught by that sweep unless the name is made again before it runs: then the old
+//!   offsets stay, as they did before.
 //!
 //! Time is the wall clock's reading when the groups opened, advanced by tokio's monotonic
 //! clock since: it never goes backwards, and tests that pause tokio's clock control it.
@@ -45,7 +57,7 @@ mod feed;
 mod fold;
 mod member;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -59,6 +71,7 @@ use crate::limits::{
     GROUP_READ_BYTES, REPLICATED_OFFSETS_BATCH_RECORDS_MAX, REPLICATED_OFFSETS_QUEUE_MAX,
 };
 
+use spool_broker::TopicName;
 use spool_broker::group::classic::{ClassicError, Joined, Replies, Ticket};
 use spool_broker::group::{
     Changes, CommitRecord, CommittedOffsets, Coordinator, MemberId, OffsetsRecord, Removal,
@@ -72,7 +85,7 @@ pub(crate) use fold::OffsetsFold;
 
 use crate::error::ServiceError;
 use crate::internal_log::{InternalLog, OpenInternalError};
-use crate::topic_table::TopicTable;
+use crate::topic_table::{Pending, TopicTable};
 
 /// How a member's task learns that its view changed, and why it was removed.
 #[derive(Debug, Default)]
@@ -224,6 +237,35 @@ impl Groups {
             let changes = state.coordinator.topic_grew(topic, partitions, groups.now());
             groups.notify(&state, changes);
         }));
+        let source = Arc::downgrade(&groups);
+        groups.topics.on_delete(Box::new(move |topic| {
+            let groups = source.upgrade()?;
+            // On a cluster only the coordinator, loaded with the metadata caught up, forgets
+            // them; the other nodes apply its records.
+            let cluster = groups.topics.cluster();
+            if cluster.is_some_and(|cluster| !cluster.groups_loaded()) {
+                return None;
+            }
+            groups.forget_topics(|gone| gone == topic)
+        }));
+        match groups.topics.cluster() {
+            Some(cluster) => {
+                let source = Arc::downgrade(&groups);
+                let held = Arc::downgrade(cluster);
+                cluster.on_groups_loaded(Box::new(move || {
+                    let (groups, cluster) = (source.upgrade()?, held.upgrade()?);
+                    let metadata = cluster.metadata_fold().state();
+                    groups.forget_topics(|topic| !metadata.topics.contains_key(topic.as_str()))
+                }));
+            }
+            None => {
+                let here: HashSet<TopicName> =
+                    groups.topics.topics().iter().map(|topic| topic.name.clone()).collect();
+                if let Some(forgetting) = groups.forget_topics(|topic| !here.contains(topic)) {
+                    forgetting.await;
+                }
+            }
+        }
         tokio::spawn(drive(groups.clone()));
         Ok(groups)
     }
@@ -401,6 +443,32 @@ impl Groups {
                 })
             }
         }
+    }
+
+    /// Forgets every group's committed offsets of the topics `gone` picks (deleted ones),
+    /// queueing the records; the wait for them to be durable, `None` when there was nothing
+    /// to forget.
+    fn forget_topics(&self, gone: impl Fn(&TopicName) -> bool) -> Option<Pending> {
+        let pending: Vec<_> = {
+            let mut state = self.lock();
+            let records = state.coordinator.forget_topics(gone);
+            records.iter().map(|r| (r.group().clone(), self.persist_deletion(r))).collect()
+        };
+        if pending.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            for (group, durable) in pending {
+                match durable.await {
+                    Ok(()) => {
+                        tracing::info!(%group, "the group's committed offsets of a deleted topic forgotten");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %group, "forgetting the group's committed offsets of a deleted topic could not be stored");
+                    }
+                }
+            }
+        }))
     }
 
     /// Queues a group's deletion record, or a record forgetting some of its offsets, to the
