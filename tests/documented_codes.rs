@@ -325,7 +325,7 @@ async fn every_documented_code_is_what_the_server_answers() {
     );
     checks.expect("ResetGroup", "NOT_FOUND", groups.reset_group(reset("g", "t", Some(9), 0)).await);
     checks.expect("ResetGroup", "OUT_OF_RANGE", groups.reset_group(reset("g", "t", None, 5)).await);
-    let delete = |group: &str| DeleteGroupRequest { group: group.into() };
+    let delete = |group: &str| DeleteGroupRequest { group: group.into(), ..Default::default() };
     checks.expect("DeleteGroup", "INVALID_ARGUMENT", groups.delete_group(delete("a/b")).await);
     checks.expect("DeleteGroup", "NOT_FOUND", groups.delete_group(delete("nobody")).await);
     let (live, _events) = member(&server, "live", "t").await;

@@ -657,7 +657,7 @@ async fn a_group_is_deleted_only_when_empty_and_stays_deleted_after_a_restart() 
     wait_stable(&server, &shared, "g", &["a"], 2).await;
     shared.wait_for("commits", |o| o.committed.values().filter(|c| **c == 3).count() == 2).await;
     let mut groups = GroupServiceClient::new(server.channel().await);
-    let delete = |group: &str| DeleteGroupRequest { group: group.into() };
+    let delete = |group: &str| DeleteGroupRequest { group: group.into(), ..Default::default() };
     let refused = groups.delete_group(delete("g")).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("1 live members"), "{refused:?}");
@@ -711,6 +711,61 @@ async fn a_group_is_deleted_only_when_empty_and_stays_deleted_after_a_restart() 
     let _b = TestMember::join(&rejoined, server.channel().await, "b", "g", 10_000).await;
     wait_stable(&server, &rejoined, "g", &["b"], 2).await;
     assert_all_delivered(&rejoined, &produced(2, 1, 3));
+    server.shutdown().await;
+}
+
+/// DeleteGroup naming a topic forgets only the group's offsets of that topic (or of one
+/// partition of it), durably: refused while a live member consumes the topic, taken while
+/// members consume only others.
+#[tokio::test]
+async fn a_groups_offsets_of_one_topic_are_deleted_and_the_others_stay() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 2, always()).await;
+    server.create_topic("u", 1, always()).await;
+    let mut groups = GroupServiceClient::new(server.channel().await);
+    for topic in ["t", "u"] {
+        let reset = ResetGroupRequest {
+            group: "g".into(),
+            topic: topic.into(),
+            to: Some(StartPosition { position: Some(Position::Offset(0)) }),
+            partition: None,
+        };
+        groups.reset_group(reset).await.unwrap();
+    }
+    let delete = |topic: &str, partition: Option<u32>| DeleteGroupRequest {
+        group: "g".into(),
+        topic: Some(topic.into()),
+        partition,
+    };
+    let shared = Arc::new(Shared::default());
+    let a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
+    wait_stable(&server, &shared, "g", &["a"], 2).await;
+    let refused = groups.delete_group(delete("t", None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("consuming topic t"), "{refused:?}");
+    let deleted = groups.delete_group(delete("u", None)).await.unwrap().into_inner();
+    assert_eq!(deleted.offsets, [PartitionOffset { topic: "u".into(), partition: 0, offset: 0 }]);
+    a.commands.send(Command::Leave).await.unwrap();
+    shared.wait_for("a to leave", |o| o.members["a"].ended.is_some()).await;
+
+    let deleted = groups.delete_group(delete("t", Some(1))).await.unwrap().into_inner();
+    assert_eq!(deleted.offsets.iter().map(|o| o.partition).collect::<Vec<_>>(), [1]);
+    for (topic, partition) in [("t", Some(2)), ("nope", None)] {
+        let missing = groups.delete_group(delete(topic, partition)).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound, "{topic} {partition:?}: {missing:?}");
+    }
+    server.shutdown().await;
+
+    let server = TestServer::start(data.path()).await;
+    let partitions: Vec<(String, u32)> = describe(&server, "g")
+        .await
+        .partitions
+        .iter()
+        .filter(|p| p.committed_offset.is_some())
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    assert_eq!(partitions, [("t".to_owned(), 0)], "only t-0's offset is left");
     server.shutdown().await;
 }
 

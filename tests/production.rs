@@ -586,7 +586,10 @@ async fn a_deleted_groups_lag_leaves_metrics() {
     let mut groups = GroupServiceClient::new(server.channel().await);
     let deleted = async {
         loop {
-            let request = spool_proto::v1::DeleteGroupRequest { group: "leavers".into() };
+            let request = spool_proto::v1::DeleteGroupRequest {
+                group: "leavers".into(),
+                ..Default::default()
+            };
             match groups.delete_group(request).await {
                 Ok(_) => return,
                 Err(status) if status.code() == Code::FailedPrecondition => {

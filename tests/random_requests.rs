@@ -362,7 +362,8 @@ async fn run(
                 }
             }
             Op::DeleteGroup { group } => {
-                let request = DeleteGroupRequest { group: NAMES[*group].0.into() };
+                let request =
+                    DeleteGroupRequest { group: NAMES[*group].0.into(), ..Default::default() };
                 match call(groups.delete_group(request)).await {
                     Ok(_) => prop_assert!(NAMES[*group].1, "{op:?} accepted"),
                     Err(status) => {

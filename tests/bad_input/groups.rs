@@ -183,8 +183,11 @@ pub fn group_rows(c: &Clients) -> Vec<Row> {
         ("of an unknown group", Code::NotFound, "unheard", "unheard"),
     ] {
         let mut groups = c.groups.clone();
-        let call =
-            async move { groups.delete_group(DeleteGroupRequest { group: group.into() }).await };
+        let call = async move {
+            groups
+                .delete_group(DeleteGroupRequest { group: group.into(), ..Default::default() })
+                .await
+        };
         rows.push(row(format!("DeleteGroup {what}"), code, message_has, call));
     }
     rows

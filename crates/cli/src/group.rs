@@ -38,7 +38,16 @@ pub(crate) enum GroupCommand {
     },
     /// Delete a group: forget its committed offsets, for good. Refused while the group has
     /// members. Prints the offsets it had, to reset a new group to them if needed.
-    Delete { group: String },
+    Delete {
+        group: String,
+        /// Only the group's offsets of this topic (the group keeps the others); refused while
+        /// a member consumes the topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// With --topic: only this partition's offset.
+        #[arg(long, requires = "topic")]
+        partition: Option<u32>,
+    },
 }
 
 /// When `spool consume --group` commits what it printed.
@@ -250,9 +259,19 @@ pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::
                 out!("{group}\t{}/{}\tcommitted={offset}", partition.topic, partition.partition);
             }
         }
-        GroupCommand::Delete { group } => {
-            let forgotten = client.delete_group(&group).await?;
-            out!("deleted {group}");
+        GroupCommand::Delete { group, topic, partition } => {
+            let forgotten = match &topic {
+                Some(topic) => {
+                    let forgotten = client.delete_group_offsets(&group, topic, partition).await?;
+                    out!("deleted {group}'s offsets of {topic}");
+                    forgotten
+                }
+                None => {
+                    let forgotten = client.delete_group(&group).await?;
+                    out!("deleted {group}");
+                    forgotten
+                }
+            };
             for (partition, offset) in forgotten {
                 out!("  partition {}/{}\tcommitted={offset}", partition.topic, partition.partition);
             }

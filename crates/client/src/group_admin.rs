@@ -225,7 +225,28 @@ impl Client {
         &self,
         group: &str,
     ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
-        let request = wire::DeleteGroupRequest { group: group.to_owned() };
+        let request = wire::DeleteGroupRequest { group: group.to_owned(), ..Default::default() };
+        self.delete(request).await
+    }
+
+    /// Forgets a group's committed offsets of `topic` (of every partition, or of `partition`
+    /// only), durably, and returns what they were; the group keeps its others. It may have
+    /// members, but none consuming `topic` ([`crate::ErrorCode::FailedPrecondition`] while one
+    /// does; [`crate::ErrorCode::NotFound`] for an unknown group, topic or partition).
+    pub async fn delete_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
+        let topic = Some(topic.to_owned());
+        self.delete(wire::DeleteGroupRequest { group: group.to_owned(), topic, partition }).await
+    }
+
+    async fn delete(
+        &self,
+        request: wire::DeleteGroupRequest,
+    ) -> Result<Vec<(TopicPartition, u64)>, AdminError> {
         let deleted = self
             .at_coordinator(|mut groups| {
                 let request = request.clone();

@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 use crate::auth::AuthError;
 use crate::idempotence::{ProducerIdError, Refused};
 use spool_broker::group::{
-    CommitError, DeleteError, GroupName, GroupNameError, JoinError, ResetError,
+    CommitError, DeleteError, DeleteOffsetsError, GroupName, GroupNameError, JoinError, ResetError,
 };
 use spool_broker::producer::SequenceError;
 
@@ -120,6 +120,8 @@ pub enum ServiceError {
     Reset(#[from] ResetError),
     #[error("deletion refused: {0}")]
     DeleteGroup(#[from] DeleteError),
+    #[error("deletion refused: {0}")]
+    DeleteOffsets(#[from] DeleteOffsetsError),
     #[error("group {group} has no members and no committed offsets")]
     UnknownGroup { group: GroupName },
     #[error(transparent)]
@@ -332,6 +334,12 @@ pub fn to_status(error: &ServiceError) -> Status {
         ServiceError::DeleteGroup(error) => match error {
             DeleteError::LiveMembers { .. } => Code::FailedPrecondition,
             DeleteError::Unknown { .. } => Code::NotFound,
+        },
+        ServiceError::DeleteOffsets(error) => match error {
+            DeleteOffsetsError::Unknown { .. } => Code::NotFound,
+            DeleteOffsetsError::NotConsumers { .. } | DeleteOffsetsError::Consumed { .. } => {
+                Code::FailedPrecondition
+            }
         },
         ServiceError::UnknownGroup { .. } => Code::NotFound,
         ServiceError::ProducerId(ProducerIdError::Unknown { .. }) => Code::FailedPrecondition,

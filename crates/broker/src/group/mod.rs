@@ -258,14 +258,18 @@ pub enum DeleteOffsetsError {
         "group {group} has live members that are not Kafka consumers: its offsets can be deleted only while it has none"
     )]
     NotConsumers { group: GroupName },
+    #[error(
+        "group {group} has live members consuming topic {topic}: its offsets of the topic can be deleted only while none does (stop them first)"
+    )]
+    Consumed { group: GroupName, topic: TopicName },
 }
 
 /// What [`Coordinator::delete_offsets`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetsDeletion {
     pub group: GroupName,
-    /// Of the partitions asked, those that had an offset, now forgotten.
-    pub forgotten: BTreeSet<TopicPartition>,
+    /// Of the partitions asked, those that had an offset, now forgotten, with that offset.
+    pub forgotten: BTreeMap<TopicPartition, Offset>,
     /// Of the partitions asked, those of a topic a live member consumes: their offsets stay.
     pub consumed: BTreeSet<TopicPartition>,
 }
@@ -273,9 +277,19 @@ pub struct OffsetsDeletion {
 impl OffsetsDeletion {
     /// The record to persist; `None` when nothing was forgotten.
     pub fn record(&self) -> Option<OffsetsRecord> {
-        let partitions = self.forgotten.iter().cloned().collect::<Vec<_>>();
+        let partitions = self.forgotten.keys().cloned().collect::<Vec<_>>();
         (!partitions.is_empty())
             .then(|| OffsetsRecord::Forget { group: self.group.clone(), partitions })
+    }
+}
+
+/// Whether members consuming `consumed` (see [`Coordinator::consumed_topics`]) consume
+/// `topic`.
+fn consumes(consumed: &Option<ConsumedTopics>, topic: &TopicName) -> bool {
+    match consumed {
+        None => false,
+        Some(ConsumedTopics::Some(topics)) => topics.contains(topic.as_str()),
+        Some(ConsumedTopics::Every | ConsumedTopics::NotConsumers) => true,
     }
 }
 
@@ -758,17 +772,8 @@ impl Coordinator {
         group: &GroupName,
         partitions: &[TopicPartition],
     ) -> Result<OffsetsDeletion, DeleteOffsetsError> {
-        let consumed = match self.groups.get(group) {
-            Some(live) => Some(ConsumedTopics::Some(
-                live.subscription.topics.keys().map(|t| t.to_string()).collect(),
-            )),
-            None => self.classic.consumed_topics(group),
-        };
-        let consumes = |partition: &TopicPartition| match &consumed {
-            None => false,
-            Some(ConsumedTopics::Some(topics)) => topics.contains(partition.topic.as_str()),
-            Some(ConsumedTopics::Every | ConsumedTopics::NotConsumers) => true,
-        };
+        let consumed = self.consumed_topics(group);
+        let consumes = |partition: &TopicPartition| consumes(&consumed, &partition.topic);
         match &consumed {
             None if !self.committed.has_group(group) => {
                 return Err(DeleteOffsetsError::Unknown { group: group.clone() });
@@ -782,6 +787,35 @@ impl Coordinator {
         let forgotten = self.committed.forget(group, &free).into_iter().collect();
         let consumed = consumed.into_iter().collect();
         Ok(OffsetsDeletion { group: group.clone(), forgotten, consumed })
+    }
+
+    /// [`Coordinator::delete_offsets`] of `partitions`, all of `topic`: refused whole while a
+    /// live member consumes the topic.
+    pub fn delete_topic_offsets(
+        &mut self,
+        group: &GroupName,
+        topic: &TopicName,
+        partitions: &[TopicPartition],
+    ) -> Result<OffsetsDeletion, DeleteOffsetsError> {
+        let consumed = self.consumed_topics(group);
+        if !matches!(consumed, Some(ConsumedTopics::NotConsumers)) && consumes(&consumed, topic) {
+            return Err(DeleteOffsetsError::Consumed {
+                group: group.clone(),
+                topic: topic.clone(),
+            });
+        }
+        self.delete_offsets(group, partitions)
+    }
+
+    /// What a group's live members consume, under either protocol; `None` when it is not
+    /// live.
+    fn consumed_topics(&self, group: &GroupName) -> Option<ConsumedTopics> {
+        match self.groups.get(group) {
+            Some(live) => Some(ConsumedTopics::Some(
+                live.subscription.topics.keys().map(|t| t.to_string()).collect(),
+            )),
+            None => self.classic.consumed_topics(group),
+        }
     }
 
     /// Forgets every group's committed offsets of the topics `gone` picks (topics deleted, as

@@ -415,15 +415,18 @@ impl CommittedOffsets {
     }
 
     /// Forgets `group`'s committed offsets (and metadata) of `partitions`; returns those it
-    /// had, in the order asked. A group left without offsets is not known here any more.
+    /// had, with their offsets, in the order asked. A group left without offsets is not known
+    /// here any more.
     pub fn forget(
         &mut self,
         group: &GroupName,
         partitions: &[TopicPartition],
-    ) -> Vec<TopicPartition> {
+    ) -> Vec<(TopicPartition, Offset)> {
         let Some(offsets) = self.groups.get_mut(group) else { return Vec::new() };
-        let forgotten: Vec<TopicPartition> =
-            partitions.iter().filter(|p| offsets.remove(*p).is_some()).cloned().collect();
+        let forgotten: Vec<(TopicPartition, Offset)> = partitions
+            .iter()
+            .filter_map(|p| offsets.remove(p).map(|offset| (p.clone(), offset)))
+            .collect();
         if offsets.is_empty() {
             self.groups.remove(group);
         }

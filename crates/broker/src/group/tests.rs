@@ -231,14 +231,17 @@ fn a_live_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
     let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
     let deletion = c.delete_offsets(&g, &[tp(0), other.clone()]).unwrap();
     assert_eq!(deletion.consumed, [tp(0)].into(), "it consumes t");
-    assert_eq!(deletion.forgotten, [other.clone()].into());
+    assert_eq!(deletion.forgotten, [(other.clone(), Offset(2))].into());
     let record = OffsetsRecord::Forget { group: g.clone(), partitions: vec![other.clone()] };
     assert_eq!(deletion.record(), Some(record));
     assert_eq!(c.committed(&g, &tp(0)), Some(Offset(1)));
     assert_eq!(c.committed(&g, &other), None);
+    let topic = TopicName::parse("t").unwrap();
+    let refused = c.delete_topic_offsets(&g, &topic, &[tp(0)]);
+    assert_eq!(refused, Err(DeleteOffsetsError::Consumed { group: g.clone(), topic }));
     c.leave(&g, &a, t(1));
     let deletion = c.delete_offsets(&g, &[tp(0), tp(1)]).unwrap();
-    assert_eq!(deletion.forgotten, [tp(0)].into(), "t-1 had none");
+    assert_eq!(deletion.forgotten, [(tp(0), Offset(1))].into(), "t-1 had none");
     assert!(!c.committed_offsets().has_group(&g), "nothing left of it");
     assert_eq!(c.delete_offsets(&g, &[tp(0)]), Err(DeleteOffsetsError::Unknown { group: g }));
 }

@@ -449,10 +449,14 @@ impl GroupService for GroupApi {
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         self.coordinates().await?;
         let caller = Caller::of(&request);
-        let group = GroupName::parse(&request.into_inner().group).map_err(ServiceError::from)?;
+        let request = request.into_inner();
+        let group = GroupName::parse(&request.group).map_err(ServiceError::from)?;
         caller
             .allow(Action::Administer, Resource::Group(group.as_str()))
             .map_err(ServiceError::from)?;
+        if let Some(topic) = &request.topic {
+            return self.delete_offsets(&caller, group, topic, request.partition).await;
+        }
         let (durable, forgotten) = {
             let mut state = self.groups.lock();
             let (record, forgotten) =
@@ -465,6 +469,60 @@ impl GroupService for GroupApi {
         let offsets = forgotten
             .into_iter()
             .filter(|(p, _)| caller.may_see_topic(p.topic.as_str()))
+            .map(|(p, offset)| PartitionOffset {
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                offset: offset.0,
+            })
+            .collect();
+        Ok(Response::new(DeleteGroupResponse { offsets }))
+    }
+}
+
+impl GroupApi {
+    /// A DeleteGroup naming a topic: forgets the group's offsets of the topic (or of one
+    /// partition of it), refused whole while a live member consumes the topic.
+    async fn delete_offsets(
+        &self,
+        caller: &Caller,
+        group: GroupName,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        caller.allow(Action::Describe, Resource::Topic(topic)).map_err(ServiceError::from)?;
+        let found = self.groups.topics.topic(topic)?;
+        let count = found.partitions.len() as u32;
+        let partitions: Vec<TopicPartition> = match partition {
+            Some(partition) if partition >= count => {
+                let (topic, partitions) = (found.name.clone(), count);
+                return Err(ServiceError::UnknownPartition { topic, partition, partitions }.into());
+            }
+            Some(partition) => vec![TopicPartition { topic: found.name.clone(), partition }],
+            None => (0..count)
+                .map(|partition| TopicPartition { topic: found.name.clone(), partition })
+                .collect(),
+        };
+        let (durable, forgotten) = {
+            let mut state = self.groups.lock();
+            let deletion = state
+                .coordinator
+                .delete_topic_offsets(&group, &found.name, &partitions)
+                .map_err(ServiceError::from)?;
+            (
+                deletion.record().map(|record| self.groups.persist_deletion(&record)),
+                deletion.forgotten,
+            )
+        };
+        if let Some(durable) = durable {
+            durable.await?;
+        }
+        for partition in forgotten.keys() {
+            let topic = partition.topic.as_str();
+            crate::metrics::retire_group_partition(group.as_str(), topic, partition.partition);
+        }
+        tracing::info!(identity = caller.identity(), %group, topic = %found.name, partitions = forgotten.len(), "a group's offsets of a topic deleted");
+        let offsets = forgotten
+            .into_iter()
             .map(|(p, offset)| PartitionOffset {
                 topic: p.topic.to_string(),
                 partition: p.partition,

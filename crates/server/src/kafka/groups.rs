@@ -764,6 +764,8 @@ pub(super) async fn offset_delete(
             let code = match error {
                 DeleteOffsetsError::Unknown { .. } => ResponseError::GroupIdNotFound.code(),
                 DeleteOffsetsError::NotConsumers { .. } => ResponseError::NonEmptyGroup.code(),
+                // `delete_offsets` answers a consumed partition in `consumed` instead.
+                DeleteOffsetsError::Consumed { .. } => ResponseError::GroupSubscribedToTopic.code(),
             };
             return OffsetDeleteResponse::default().with_error_code(code);
         }
@@ -777,7 +779,7 @@ pub(super) async fn offset_delete(
         let forgotten = &deletion.forgotten;
         match pending.await {
             Ok(()) => {
-                for partition in forgotten {
+                for partition in forgotten.keys() {
                     let topic = partition.topic.as_str();
                     crate::metrics::retire_group_partition(
                         group.as_str(),
@@ -791,7 +793,7 @@ pub(super) async fn offset_delete(
                 tracing::warn!(%error, %group, "deleting a group's offsets could not be stored");
                 let code = super::codes::error_code(&error);
                 for (partition, (topic, at)) in &asked {
-                    if forgotten.contains(partition) {
+                    if forgotten.contains_key(partition) {
                         codes[*topic].1[*at].1 = code;
                     }
                 }

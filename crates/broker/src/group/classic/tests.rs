@@ -434,7 +434,7 @@ fn a_kafka_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
     c.classic_mut().tick(t(CLASSIC_INITIAL_REBALANCE_DELAY_MS as i64));
     let deletion = c.delete_offsets(&g(), &asked).unwrap();
     assert_eq!(deletion.consumed, [tp("t", 0)].into());
-    assert_eq!(deletion.forgotten, [tp("u", 0)].into(), "v-0 had none");
+    assert_eq!(deletion.forgotten, [(tp("u", 0), Offset(4))].into(), "v-0 had none");
     let record = deletion.record().expect("something forgotten");
     assert_eq!(OffsetsRecord::decode(&record.encode()).unwrap(), record);
     assert_eq!(c.committed(&g(), &tp("t", 0)), Some(Offset(3)));
@@ -443,7 +443,7 @@ fn a_kafka_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
     assert_eq!(c.committed(&g(), &tp("u", 1)), Some(Offset(5)));
     c.classic_mut().leave(&g(), m(&a), t(3_001)).unwrap();
     let deletion = c.delete_offsets(&g(), &[tp("t", 0)]).unwrap();
-    assert_eq!(deletion.forgotten, [tp("t", 0)].into(), "nobody consumes it now");
+    assert_eq!(deletion.forgotten, [(tp("t", 0), Offset(3))].into(), "nobody consumes it now");
 }
 
 fn static_request(member_id: &str, instance_id: &str, metadata: &[u8]) -> JoinRequest {
