@@ -2040,7 +2040,9 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().contains(refusal), "{refused:?}");
     }
-    topics.create_topic(create_request("wide", Some(3))).await.expect("three replicas fit");
+    let created = topics.create_topic(create_request("wide", Some(3))).await;
+    let created = created.expect("three replicas fit").into_inner().topic.expect("described");
+    assert!(created.partitions[0].leader.is_some(), "the answer names the leader: {created:?}");
     cluster.produce("wide", "one").await;
     let mut leaders = Vec::new();
     for id in 1..=3 {
@@ -2079,6 +2081,15 @@ async fn describe_names_the_leader_and_replicas_and_the_replication_factor_must_
     followers.sort_unstable();
     assert_eq!(followers.len(), 2, "{partition:?}");
     assert!(!followers.contains(&leaders[0]), "{partition:?}");
+
+    // A create's answer names every partition's leader, also of partitions the node it went
+    // through holds no replica of.
+    let mut narrow = create_request("narrow", Some(1));
+    narrow.config.as_mut().unwrap().partitions = 3;
+    let created = topics.create_topic(narrow).await.expect("created").into_inner();
+    let partitions = created.topic.expect("described").partitions;
+    let leaders: Vec<Option<u64>> = partitions.iter().map(|p| p.leader).collect();
+    assert!(leaders.iter().all(Option::is_some), "every leader named: {leaders:?}");
 }
 
 /// A topic on two of the three nodes: each partition is held by two, leaders spread, and

@@ -109,6 +109,18 @@ impl Topic {
         }
     }
 
+    /// Waits up to `patience` for every partition's leader to be known here (see
+    /// [`Partition::wait_for_leader`]), a few partitions at a time.
+    pub(crate) async fn wait_for_leaders(&self, patience: std::time::Duration) {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + patience;
+        futures_util::stream::iter(&self.partitions)
+            .for_each_concurrent(REMOTE_LEADER_LOOKUPS_MAX, |partition| async move {
+                partition.wait_for_leader(deadline).await;
+            })
+            .await;
+    }
+
     /// Asks the replicas of each partition this node holds none of who leads it (as
     /// [`Topic::find_remote_leaders`]) and where its log starts and ends, a few partitions at
     /// a time, so that a description names them.

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
 use crate::error::{InvalidRequest, ServiceError};
+use crate::limits::NEW_TOPIC_LEADERS_PATIENCE;
 use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
@@ -149,6 +150,10 @@ impl TopicService for TopicApi {
         let replication_factor = request.config.as_ref().and_then(|c| c.replication_factor);
         let config = config_request(request.config).map_err(ServiceError::from)?;
         let topic = self.topics.create_topic(&request.name, config, replication_factor).await?;
+        if self.topics.cluster().is_some() {
+            // Answered with the partitions' leaders, once their first elections are over.
+            topic.wait_for_leaders(NEW_TOPIC_LEADERS_PATIENCE).await;
+        }
         topic.refresh_remote().await;
         tracing::info!(identity = caller.identity(), topic = %topic.name, config = ?topic.config(), "topic created");
         Ok(Response::new(CreateTopicResponse { topic: Some(describe(&topic, true)?) }))

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use crate::limits::{
     DAMAGED_BATCHES_REMEMBERED, FOLLOWER_READ_PATIENCE, LIGHT_APPEND_BYTES_MAX,
-    RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX, WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
+    REMOTE_LEADER_LOOKUP_TIMEOUT, REMOTE_LEADER_RETRY, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
+    WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
 use spool_broker::producer::ProducerTable;
@@ -217,6 +218,39 @@ impl Partition {
             None => self.replica().and_then(|replica| replica.leader()),
         }
         .map(|(id, _)| id)
+    }
+
+    /// Waits until a leader of the partition is known here, up to `deadline`: its replica's
+    /// election, once the replica has started; for a partition this node holds no replica
+    /// of, what the replicas answer. Whether one is known.
+    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> bool {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if self.leader().is_some() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Some(remote) = &self.remote {
+                if remote.find_leader(left.min(REMOTE_LEADER_LOOKUP_TIMEOUT)).await.is_none() {
+                    // Its replicas have not elected one yet.
+                    tokio::time::sleep(left.min(REMOTE_LEADER_RETRY)).await;
+                }
+                continue;
+            }
+            match self.replica() {
+                Some(replica) => {
+                    replica.wait_for_leader(left).await;
+                }
+                // Its replica is starting.
+                None => match tokio::time::timeout(left, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return false,
+                },
+            }
+        }
     }
 
     /// Where the leader's node serves clients, when a leader is known and has registered.
