@@ -432,15 +432,7 @@ impl GroupService for GroupApi {
             (self.groups.persist(&record), record.offsets)
         };
         durable.await?;
-        let offsets = offsets
-            .into_iter()
-            .map(|(p, offset)| PartitionOffset {
-                topic: p.topic.to_string(),
-                partition: p.partition,
-                offset: offset.0,
-            })
-            .collect();
-        Ok(Response::new(ResetGroupResponse { offsets }))
+        Ok(Response::new(ResetGroupResponse { offsets: wire_offsets(offsets) }))
     }
 
     async fn delete_group(
@@ -466,16 +458,8 @@ impl GroupService for GroupApi {
         durable.await?;
         crate::metrics::retire_group(group.as_str());
         tracing::info!(identity = caller.identity(), %group, "group deleted");
-        let offsets = forgotten
-            .into_iter()
-            .filter(|(p, _)| caller.may_see_topic(p.topic.as_str()))
-            .map(|(p, offset)| PartitionOffset {
-                topic: p.topic.to_string(),
-                partition: p.partition,
-                offset: offset.0,
-            })
-            .collect();
-        Ok(Response::new(DeleteGroupResponse { offsets }))
+        let seen = forgotten.into_iter().filter(|(p, _)| caller.may_see_topic(p.topic.as_str()));
+        Ok(Response::new(DeleteGroupResponse { offsets: wire_offsets(seen) }))
     }
 }
 
@@ -521,14 +505,18 @@ impl GroupApi {
             crate::metrics::retire_group_partition(group.as_str(), topic, partition.partition);
         }
         tracing::info!(identity = caller.identity(), %group, topic = %found.name, partitions = forgotten.len(), "a group's offsets of a topic deleted");
-        let offsets = forgotten
-            .into_iter()
-            .map(|(p, offset)| PartitionOffset {
-                topic: p.topic.to_string(),
-                partition: p.partition,
-                offset: offset.0,
-            })
-            .collect();
-        Ok(Response::new(DeleteGroupResponse { offsets }))
+        Ok(Response::new(DeleteGroupResponse { offsets: wire_offsets(forgotten) }))
     }
+}
+
+/// Committed offsets as the wire carries them.
+fn wire_offsets(
+    offsets: impl IntoIterator<Item = (TopicPartition, Offset)>,
+) -> Vec<PartitionOffset> {
+    let wire = |(p, offset): (TopicPartition, Offset)| PartitionOffset {
+        topic: p.topic.to_string(),
+        partition: p.partition,
+        offset: offset.0,
+    };
+    offsets.into_iter().map(wire).collect()
 }
