@@ -295,9 +295,6 @@ pub const REMOTE_LEADER_LOOKUPS_MAX: usize = 16;
 /// passes only when one lost its first election to another node's timeout.
 pub const NEW_TOPIC_LEADERS_PATIENCE: std::time::Duration =
     spool_replication::limits::ELECTION_TIMEOUT_MAX.saturating_mul(2);
-/// How long such a wait lets pass before it asks a partition's replicas again, for a
-/// partition this node holds none of, when they have not elected a leader yet.
-pub const REMOTE_LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// How old what a replica said of the leader may be for such a node to name it to a client
 /// without asking again.
 pub const REMOTE_LEADER_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -234,8 +234,6 @@ pub(crate) struct NodeProbe {
 /// What a load of the groups calls once they are loaded: what it starts, to be awaited.
 pub(crate) type OnGroupsLoaded = Box<dyn Fn() -> Option<crate::topic_table::Pending> + Send + Sync>;
 
-struct GroupsLoadedWatcher(OnGroupsLoaded);
-
 /// This node's part in a cluster.
 pub(crate) struct Cluster {
     pub(crate) node_id: u64,
@@ -262,7 +260,7 @@ pub(crate) struct Cluster {
     /// One load of the groups at a time.
     loading: tokio::sync::Mutex<()>,
     /// What a load of the groups calls once they are loaded (see [`Cluster::load_groups`]).
-    on_groups_loaded: OnceLock<GroupsLoadedWatcher>,
+    on_groups_loaded: OnceLock<OnGroupsLoaded>,
     /// Tells this run's records of the offsets group from every other (another node's, or
     /// this node's before it restarted): `{node}-{start time}`.
     run: String,
@@ -977,7 +975,7 @@ impl Cluster {
 
     /// Sets what [`Cluster::load_groups`] calls once the groups are loaded (once).
     pub(crate) fn on_groups_loaded(&self, loaded: OnGroupsLoaded) {
-        let set = self.on_groups_loaded.set(GroupsLoadedWatcher(loaded));
+        let set = self.on_groups_loaded.set(loaded);
         assert!(set.is_ok(), "the cluster's groups-loaded watcher is set once");
     }
 
@@ -1042,7 +1040,7 @@ impl Cluster {
         }
         self.groups_loaded.send_replace(Some(term));
         tracing::info!(term, "this node coordinates the consumer groups, loaded");
-        if let Some(pending) = self.on_groups_loaded.get().and_then(|loaded| (loaded.0)()) {
+        if let Some(pending) = self.on_groups_loaded.get().and_then(|loaded| loaded()) {
             pending.await;
         }
         Ok(())

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use crate::limits::{
     DAMAGED_BATCHES_REMEMBERED, FOLLOWER_READ_PATIENCE, LIGHT_APPEND_BYTES_MAX,
-    REMOTE_LEADER_LOOKUP_TIMEOUT, REMOTE_LEADER_RETRY, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
+    REMOTE_LEADER_LOOKUP_TIMEOUT, RETENTION_CHECK_INTERVAL, SYNC_ROUNDS_MAX,
     WRITER_GROUP_BATCHES_MAX, WRITER_QUEUE_DEPTH,
 };
 use bytes::Bytes;
 use spool_broker::producer::ProducerTable;
 use spool_broker::{Placement, TopicName};
 use spool_proto::Acks;
+use spool_replication::limits::REMOTE_LEADER_RETRY;
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{
     Appended, FsyncPolicy, Log, LogConfig, Offset, ReadBatches, ReadError, SharedSync, SyncDone,
