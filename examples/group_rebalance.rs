@@ -77,6 +77,7 @@ async fn member(
         session_timeout_ms: 10_000,
         reset: 0,
         encoding: 0,
+        member_id: String::new(),
     };
     requests.send(MemberRequest { kind: Some(RequestKind::Join(join)) }).await.unwrap();
     let mut events = GroupServiceClient::new(channel)

@@ -224,6 +224,7 @@ async fn member(
         session_timeout_ms: 30_000,
         reset: 0,
         encoding: 0,
+        member_id: String::new(),
     };
     let join = MemberRequest { kind: Some(member_request::Kind::Join(join)) };
     requests.send(join).await.unwrap();

@@ -25,9 +25,10 @@ use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::start_position::{Earliest, Position};
 use spool_proto::v1::{
-    AlterTopicRequest, CommitOffsets, DeleteGroupRequest, DescribeGroupRequest, GroupDescription,
-    GroupState, Heartbeat, JoinGroup, Leave, ListGroupsRequest, MemberRequest, PartitionOffset,
-    ResetGroupRequest, RevocationDone, StartPosition, TopicPartition,
+    AlterTopicRequest, Assignment, CommitOffsets, DeleteGroupRequest, DescribeGroupRequest,
+    GroupDescription, GroupState, Heartbeat, JoinGroup, Leave, ListGroupsRequest, MemberEvent,
+    MemberRequest, PartitionOffset, ResetGroupRequest, RevocationDone, StartPosition,
+    TopicPartition,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -135,6 +136,7 @@ impl TestMember {
                     session_timeout_ms,
                     reset: 0,
                     encoding: 0,
+                    member_id: String::new(),
                 })),
             })
             .await
@@ -536,7 +538,9 @@ async fn members_join_leave_are_cut_off_and_join_late() {
 }
 
 /// A group commits, the server restarts in the middle, and the group resumes from its
-/// committed offsets: nothing committed is delivered again, nothing is skipped.
+/// committed offsets: nothing committed is delivered again, nothing is skipped. The members
+/// from before the restart are stored: they keep their partitions until their session
+/// timeout passes without them joining again, and a new member gets them after that.
 #[tokio::test]
 async fn a_restart_resumes_the_group_from_its_committed_offsets() {
     let data = tempfile::tempdir().unwrap();
@@ -545,9 +549,10 @@ async fn a_restart_resumes_the_group_from_its_committed_offsets() {
     server.create_topic("t", partitions, always()).await;
     produce_round(&server, partitions, 0, 10).await;
     let shared = Arc::new(Shared::default());
-    let _a = TestMember::join(&shared, server.channel().await, "a", "g", 10_000).await;
-    let _b = TestMember::join(&shared, server.channel().await, "b", "g", 10_000).await;
+    let _a = TestMember::join(&shared, server.channel().await, "a", "g", 2_000).await;
+    let _b = TestMember::join(&shared, server.channel().await, "b", "g", 2_000).await;
     wait_stable(&server, &shared, "g", &["a", "b"], partitions).await;
+    let before = describe(&server, "g").await;
     shared
         .wait_for("every record to be committed", |o| {
             o.committed.len() == partitions as usize && o.committed.values().all(|c| *c == 10)
@@ -562,7 +567,12 @@ async fn a_restart_resumes_the_group_from_its_committed_offsets() {
 
     let server = TestServer::start(data.path()).await;
     let described = describe(&server, "g").await;
-    assert_eq!(described.state, GroupState::Empty as i32);
+    assert_eq!(described.state, GroupState::Stable as i32);
+    let owners = |group: &GroupDescription| {
+        let members = group.members.iter();
+        members.map(|m| (m.member_id.clone(), m.owned.clone())).collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(owners(&described), owners(&before), "the stored members keep their partitions");
     assert!(
         described.partitions.iter().all(|p| p.committed_offset == Some(10) && p.lag == Some(0))
     );
@@ -578,6 +588,94 @@ async fn a_restart_resumes_the_group_from_its_committed_offsets() {
         values,
         produced(partitions, 2, 10).difference(&produced(partitions, 1, 10)).cloned().collect()
     );
+    server.shutdown().await;
+}
+
+/// Opens a member stream that joins `group` (consuming `t`), naming `member_id` to resume;
+/// returns the id it was given, its first assignment and the stream.
+async fn join_naming(
+    server: &TestServer,
+    group: &str,
+    member_id: &str,
+) -> (String, Assignment, mpsc::Sender<MemberRequest>, tonic::Streaming<MemberEvent>) {
+    let (requests, request_stream) = mpsc::channel(8);
+    let join = JoinGroup {
+        group: group.into(),
+        topics: vec!["t".into()],
+        session_timeout_ms: 10_000,
+        member_id: member_id.into(),
+        ..Default::default()
+    };
+    requests.send(MemberRequest { kind: Some(RequestKind::Join(join)) }).await.unwrap();
+    let mut events = GroupServiceClient::new(server.channel().await)
+        .join(ReceiverStream::new(request_stream))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Kind::Joined(joined)) = events.message().await.unwrap().unwrap().kind else {
+        panic!("the first message is not `joined`");
+    };
+    let Some(Kind::Assignment(assignment)) = events.message().await.unwrap().unwrap().kind else {
+        panic!("the second message is not an assignment");
+    };
+    (joined.member_id, assignment, requests, events)
+}
+
+/// A member that joins again naming its id takes its own place back: across a restart it
+/// keeps its partitions and the group does not rebalance, and a second stream naming it
+/// ends the first.
+#[tokio::test]
+async fn a_member_resumes_by_its_id_across_a_restart_and_keeps_its_partitions() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path()).await;
+    server.create_topic("t", 4, always()).await;
+    let (a, first, a_requests, _a_events) = join_naming(&server, "g", "").await;
+    let (b, _, _b_requests, _b_events) = join_naming(&server, "g", "").await;
+    // `a` gives two partitions to `b`; the group is stable once it acknowledges.
+    let revoking = describe(&server, "g").await;
+    let revoked = revoking.members.iter().find(|m| m.member_id == a).unwrap().revoking.clone();
+    assert_eq!(revoked.len(), 2, "{revoking:?}");
+    let done = RevocationDone { partitions: revoked };
+    a_requests.send(MemberRequest { kind: Some(RequestKind::RevocationDone(done)) }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let stable = loop {
+        let described = describe(&server, "g").await;
+        if described.state == GroupState::Stable as i32 {
+            break described;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never stable: {described:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(first.owned.len(), 4);
+    server.shutdown().await;
+
+    let server = TestServer::start(data.path()).await;
+    let restored = describe(&server, "g").await;
+    assert_eq!(restored.members, stable.members, "the stored members, as they were");
+    let (id, assignment, _requests, mut events) = join_naming(&server, "g", &a).await;
+    assert_eq!(id, a, "resumed");
+    let a_before = stable.members.iter().find(|m| m.member_id == a).unwrap();
+    assert_eq!(assignment.owned, a_before.owned, "its partitions, without a rebalance");
+    assert_eq!(assignment.generation, restored.generation);
+    let after = describe(&server, "g").await;
+    assert_eq!((after.generation, after.members), (restored.generation, restored.members));
+
+    // A second stream naming `a` takes its place; the first ends ABORTED, saying why.
+    let (again, _, _again_requests, _again_events) = join_naming(&server, "g", &a).await;
+    assert_eq!(again, a);
+    let ended = loop {
+        match events.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the replaced stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
+    assert!(ended.message().contains("a new stream resumed member"), "{ended:?}");
+    assert_eq!(describe(&server, "g").await.members.len(), 2, "{b} is still stored too");
+    // An id the group does not count makes a new member.
+    let (new, _, _new_requests, _new_events) = join_naming(&server, "g", "0-1").await;
+    assert!(new != "0-1" && new != a && new != b, "{new}");
     server.shutdown().await;
 }
 
@@ -803,6 +901,7 @@ async fn bad_joins_end_the_stream_with_their_status() {
             session_timeout_ms: timeout,
             reset: 0,
             encoding: 0,
+            member_id: String::new(),
         })
     };
     let status = first_message(RequestKind::Heartbeat(Heartbeat {})).await;
@@ -853,6 +952,7 @@ async fn a_join_past_the_live_group_limit_is_resource_exhausted() {
                 session_timeout_ms: 30_000,
                 reset: 0,
                 encoding: 0,
+                member_id: String::new(),
             };
             requests.send(MemberRequest { kind: Some(RequestKind::Join(join)) }).await.unwrap();
             let mut events = GroupServiceClient::new(channel)

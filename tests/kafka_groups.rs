@@ -491,6 +491,7 @@ async fn a_live_name_is_refused_to_the_other_protocol() {
             session_timeout_ms: 10_000,
             reset: 0,
             encoding: 0,
+            member_id: String::new(),
         })),
     };
     let mut groups = GroupServiceClient::new(kafka.server.channel().await);

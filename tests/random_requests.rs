@@ -433,6 +433,7 @@ async fn join(
         session_timeout_ms: *session_timeout_ms,
         reset: *reset,
         encoding: *encoding,
+        member_id: String::new(),
     }))
     .await;
     let mut events = groups.clone().join(ReceiverStream::new(queued)).await?.into_inner();

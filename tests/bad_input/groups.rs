@@ -102,6 +102,12 @@ pub fn group_rows(c: &Clients) -> Vec<Row> {
         "encoding",
         JoinGroup { encoding: 5, ..join("g", &["t"]) },
     );
+    add_join(
+        "resuming a member id of 65 bytes",
+        Code::InvalidArgument,
+        "member_id",
+        JoinGroup { member_id: "m".repeat(65), ..join("g", &["t"]) },
+    );
     // A stream whose first message is not a join.
     let mut groups = c.groups.clone();
     let call = async move {

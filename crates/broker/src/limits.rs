@@ -35,6 +35,9 @@ pub const GROUPS_KNOWN_MAX: usize = 10_000;
 pub const GROUP_MEMBERS_MAX: usize = 1024;
 /// Topics one group may consume.
 pub const GROUP_TOPICS_MAX: usize = 64;
+/// The longest member id a join may name to resume (the ids the server gives are at most 37
+/// bytes).
+pub const MEMBER_ID_BYTES_MAX: usize = 64;
 /// Partition offsets one commit may carry.
 pub const COMMIT_OFFSETS_MAX: usize = 4096;
 

@@ -30,7 +30,8 @@
 //! at-least-once.
 //!
 //! [`GroupConsumer::poll_reconnecting`] also rides out a server restart: it joins the group
-//! again and skips what it had already handed out ([`crate::Reconnect`]).
+//! again, naming its member id, so the member keeps its partitions if the server still
+//! counts it, and skips what it had already handed out ([`crate::Reconnect`]).
 //!
 //! # Bounds
 //!
@@ -321,7 +322,7 @@ impl Client {
     /// Joins a consumer group. Returns once the server has accepted the member; the first
     /// [`GroupEvent`] is its assignment.
     pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, GroupError> {
-        let member = Member::join(self, &config).await?;
+        let member = Member::join(self, &config, None).await?;
         Ok(GroupConsumer { client: self.clone(), config, member, lost: None })
     }
 }
@@ -349,7 +350,13 @@ impl Member {
         Ok((requests, events))
     }
 
-    async fn join(client: &Client, config: &GroupConfig) -> Result<Member, GroupError> {
+    /// Joins as a new member, or resumes the member `resume` names when the group still
+    /// counts it (the server's answer says which).
+    async fn join(
+        client: &Client,
+        config: &GroupConfig,
+        resume: Option<&str>,
+    ) -> Result<Member, GroupError> {
         let session_timeout_ms = config.check()?;
         let reset = match config.reset {
             OffsetReset::Earliest => wire::OffsetReset::Earliest,
@@ -361,6 +368,7 @@ impl Member {
             session_timeout_ms,
             reset: reset as i32,
             encoding: wire::Encoding::RawBatch as i32,
+            member_id: resume.unwrap_or_default().to_owned(),
         };
         // On a cluster, one node coordinates every group: a refusal names it. While the
         // coordinator moves, the node named may name another in turn.
@@ -752,7 +760,7 @@ impl GroupConsumer {
     /// of the stream. Positions not committed are forgotten: the group resumes from its
     /// committed offsets.
     pub async fn rejoin(&mut self) -> Result<(), GroupError> {
-        self.member = Member::join(&self.client, &self.config).await?;
+        self.member = Member::join(&self.client, &self.config, None).await?;
         self.lost = None;
         Ok(())
     }
@@ -804,7 +812,7 @@ impl GroupConsumer {
             let resume_at = positions.iter().map(|(p, offset)| (p.clone(), *offset)).collect();
             report(&ReconnectEvent::Waiting { error, attempt, retry_in, resume_at });
             tokio::time::sleep(retry_in).await;
-            match Member::join(&self.client, &self.config).await {
+            match Member::join(&self.client, &self.config, Some(&self.member.member_id)).await {
                 Ok(mut member) => {
                     member.handed_out_before = positions;
                     self.member = member;

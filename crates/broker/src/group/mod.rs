@@ -48,7 +48,7 @@ use thiserror::Error;
 
 pub use offsets::{
     ClassicGroupRecord, ClassicStable, ClassicStoredMember, CommitRecord, CommitRecordError,
-    CommittedOffsets, OffsetsRecord,
+    CommittedOffsets, MembersRecord, OffsetsRecord, StoredMember, StoredMembers, StoredOwned,
 };
 
 use self::classic::{ClassicError, ClassicGroups, ConsumedTopics, JoinRequest, Replies, Ticket};
@@ -165,6 +165,10 @@ pub enum Removal {
     SessionTimeout { session_timeout_ms: u64 },
     /// It did not acknowledge a revocation within this many milliseconds.
     RevocationTimeout { session_timeout_ms: u64 },
+    /// This server stopped coordinating the groups (a node of a cluster whose offsets group
+    /// elected another leader): the member stays stored, to resume where they are
+    /// coordinated now.
+    CoordinatorMoved,
 }
 
 impl fmt::Display for Removal {
@@ -181,6 +185,7 @@ impl fmt::Display for Removal {
                 f,
                 "it did not acknowledge a revocation within its session timeout of {session_timeout_ms} ms"
             ),
+            Removal::CoordinatorMoved => write!(f, "this node no longer coordinates the groups"),
         }
     }
 }
@@ -384,6 +389,9 @@ pub struct Coordinator {
     committed: CommittedOffsets,
     /// Groups of Kafka clients. A name is live in at most one of `groups` and `classic`.
     classic: ClassicGroups,
+    /// Spool groups whose members or ownership changed since [`Coordinator::member_records`]
+    /// last took them.
+    changed: BTreeSet<GroupName>,
 }
 
 impl Group {
@@ -440,6 +448,80 @@ impl Group {
         }
     }
 
+    /// The group as stored ([`StoredMembers`]).
+    fn stored(&self) -> StoredMembers {
+        let mut members: BTreeMap<&MemberId, StoredMember> = self
+            .members
+            .iter()
+            .map(|(id, member)| {
+                let session_timeout_ms = member.session_timeout_ms;
+                (id, StoredMember { id: id.to_string(), session_timeout_ms, owned: Vec::new() })
+            })
+            .collect();
+        for (partition, slot) in &self.slots {
+            if let Some(member) = slot.owner.as_ref().and_then(|owner| members.get_mut(owner)) {
+                member.owned.push(StoredOwned {
+                    topic: partition.topic.to_string(),
+                    partition: partition.partition,
+                    since: slot.owned_since,
+                    revoking: slot.revoke_deadline.is_some(),
+                });
+            }
+        }
+        StoredMembers {
+            generation: self.generation,
+            topics: self.subscription.topics.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+            reset: match self.subscription.reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            }
+            .to_owned(),
+            members: members.into_values().collect(),
+        }
+    }
+
+    /// A group as stored, its members last heard at `now` and each revocation due within
+    /// its owner's session timeout of `now`, at a new generation (see
+    /// [`Coordinator::restore_members`]); `None` when what is stored does not make a group
+    /// (no members, a name that is not valid, a partition with two owners).
+    fn restore(stored: &StoredMembers, now: TimestampMs) -> Option<Group> {
+        let topics = stored
+            .topics
+            .iter()
+            .map(|(topic, count)| Some((TopicName::parse(topic).ok()?, *count)))
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        let reset = match stored.reset.as_str() {
+            "earliest" => OffsetReset::Earliest,
+            "latest" => OffsetReset::Latest,
+            _ => return None,
+        };
+        let mut group = Group::new(Subscription { topics, reset });
+        group.generation = stored.generation;
+        for member in &stored.members {
+            let id = MemberId(member.id.clone());
+            let session_timeout_ms = member.session_timeout_ms.max(1);
+            group.members.insert(id.clone(), Member { session_timeout_ms, last_heard: now });
+            for owned in &member.owned {
+                let topic = TopicName::parse(&owned.topic).ok()?;
+                let partition = TopicPartition { topic, partition: owned.partition };
+                let Some(slot) = group.slots.get_mut(&partition) else { continue };
+                if slot.owner.is_some() {
+                    return None;
+                }
+                slot.owner = Some(id.clone());
+                slot.owned_since = owned.since.min(stored.generation);
+                slot.revoke_deadline = owned.revoking.then(|| now.plus_ms(session_timeout_ms));
+            }
+        }
+        if group.members.is_empty() || group.members.len() != stored.members.len() {
+            return None;
+        }
+        // A new generation: its target is what pending revocations move towards, and any
+        // partition without an owner gets one.
+        group.rebalance(now);
+        Some(group)
+    }
+
     fn state(&self) -> GroupState {
         if self.slots.values().any(|s| s.revoke_deadline.is_some()) {
             GroupState::Rebalancing
@@ -459,7 +541,13 @@ impl Coordinator {
             groups: BTreeMap::new(),
             committed,
             classic: ClassicGroups::new(instance, CLASSIC_INITIAL_REBALANCE_DELAY_MS),
+            changed: BTreeSet::new(),
         }
+    }
+
+    /// Live Spool groups (Kafka's: [`ClassicGroups::live_count`]).
+    pub fn spool_live_count(&self) -> usize {
+        self.groups.len()
     }
 
     /// Live groups of either protocol.
@@ -549,6 +637,63 @@ impl Coordinator {
         self.classic.restore(std::iter::empty(), |_| false, TimestampMs(0))
     }
 
+    /// The stored members of each Spool group whose members or ownership changed since the
+    /// last call, applied to the committed state as decided: the caller persists them, in
+    /// this order, with the commits decided around them.
+    pub fn member_records(&mut self) -> Vec<OffsetsRecord> {
+        let mut records = Vec::new();
+        for group in std::mem::take(&mut self.changed) {
+            let members = self.groups.get(&group).map(Group::stored);
+            if self.committed.members_of(&group) == members.as_ref() {
+                continue;
+            }
+            let record = OffsetsRecord::Members(MembersRecord { group, members });
+            self.committed.apply_record(&record);
+            records.push(record);
+        }
+        records
+    }
+
+    /// Takes the Spool groups' stored members back: a coordinator taking over, at start or
+    /// after a failover. Each group starts a new generation in which every member keeps its
+    /// partitions (and its pending revocations) until it joins again naming its id, or is
+    /// removed when its session timeout passes from `now` without that. Groups live here
+    /// already stay as they are; what cannot be taken back (past the live limit, or not
+    /// valid) is forgotten by the next [`Coordinator::member_records`].
+    pub fn restore_members(&mut self, now: TimestampMs) {
+        let stored: Vec<(GroupName, StoredMembers)> = self
+            .committed
+            .stored_members()
+            .map(|(group, members)| (group.clone(), members.clone()))
+            .collect();
+        for (name, stored) in stored {
+            if self.groups.contains_key(&name) || self.classic.is_live(&name) {
+                continue;
+            }
+            self.changed.insert(name.clone());
+            if self.live_count() >= GROUPS_LIVE_MAX {
+                continue;
+            }
+            if let Some(group) = Group::restore(&stored, now) {
+                self.groups.insert(name, group);
+            }
+        }
+    }
+
+    /// Drops every Spool group (a node of a cluster that no longer coordinates them): each
+    /// member is removed ([`Removal::CoordinatorMoved`]); what is stored stays.
+    pub fn drop_members(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        for group in std::mem::take(&mut self.groups).into_values() {
+            for member in group.members.into_keys() {
+                changes.wake.push(member.clone());
+                changes.removed.push((member, Removal::CoordinatorMoved));
+            }
+        }
+        self.changed.clear();
+        changes
+    }
+
     /// Takes the Kafka classic groups back from the committed state (see
     /// [`ClassicGroups::restore`]): a coordinator taking over, at start or after a failover.
     pub fn restore_classic(&mut self, now: TimestampMs) -> Replies {
@@ -566,17 +711,30 @@ impl Coordinator {
         self.committed.metadata(group, partition)
     }
 
-    /// Adds a member and rebalances its group.
+    /// Adds a member and rebalances its group; or, when `resume` names a member of the group
+    /// and the subscription is the group's, that member is heard from and keeps what it has
+    /// (the caller moves it to its new stream; `wake` names it alone).
     pub fn join(
         &mut self,
         group: &GroupName,
         subscription: Subscription,
         session_timeout_ms: u64,
+        resume: Option<&str>,
         now: TimestampMs,
     ) -> Result<(MemberId, Changes), JoinError> {
         assert!(session_timeout_ms > 0, "the server checks session timeouts at the edge");
         if subscription.topics.is_empty() || subscription.topics.len() > GROUP_TOPICS_MAX {
             return Err(JoinError::Topics { topics: subscription.topics.len() });
+        }
+        let resumed = self.groups.get_mut(group).filter(|live| live.subscription == subscription);
+        if let Some((id, member)) = resumed
+            .and_then(|live| live.members.iter_mut().find(|(id, _)| Some(id.as_str()) == resume))
+        {
+            member.session_timeout_ms = session_timeout_ms;
+            member.last_heard = member.last_heard.max(now);
+            let id = id.clone();
+            self.changed.insert(group.clone());
+            return Ok((id.clone(), Changes { wake: vec![id], removed: Vec::new() }));
         }
         if self.classic.is_live(group) {
             return Err(JoinError::InUseByKafka { group: group.clone() });
@@ -610,6 +768,7 @@ impl Coordinator {
         let live = self.groups.get_mut(group).expect("just checked or inserted");
         live.members.insert(member.clone(), Member { session_timeout_ms, last_heard: now });
         live.rebalance(now);
+        self.changed.insert(group.clone());
         Ok((member, Changes { wake: live.member_ids(), removed: Vec::new() }))
     }
 
@@ -646,6 +805,7 @@ impl Coordinator {
         for (member, _) in &removed {
             live.remove(member);
         }
+        self.changed.insert(group.clone());
         let wake = live.member_ids();
         if live.members.is_empty() {
             self.groups.remove(group);
@@ -681,6 +841,9 @@ impl Coordinator {
             slot.owned_since = live.generation;
             wake.insert(member.clone());
             wake.extend(slot.owner.clone());
+        }
+        if !wake.is_empty() {
+            self.changed.insert(group.clone());
         }
         Changes { wake: wake.into_iter().collect(), removed: Vec::new() }
     }
@@ -846,7 +1009,7 @@ impl Coordinator {
     /// rebalance. (Kafka groups learn it from Metadata and rejoin on their own.)
     pub fn topic_grew(&mut self, topic: &TopicName, partitions: u32, now: TimestampMs) -> Changes {
         let mut changes = Changes::default();
-        for live in self.groups.values_mut() {
+        for (name, live) in &mut self.groups {
             let Some(count) = live.subscription.topics.get_mut(topic) else { continue };
             if *count >= partitions {
                 continue;
@@ -858,6 +1021,7 @@ impl Coordinator {
             *count = partitions;
             live.rebalance(now);
             changes.wake.extend(live.member_ids());
+            self.changed.insert(name.clone());
         }
         changes
     }

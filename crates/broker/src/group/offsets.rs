@@ -39,14 +39,27 @@
 //!  "session_timeout_ms":45000,"rebalance_timeout_ms":300000,"metadata":"AAE=","assignment":"AAE="}]}}
 //! ```
 //!
+//! A Spool group's members are stored whenever its membership or ownership changes (a join, a
+//! leave, a removal, a revocation acknowledged), so that a restarted server, or the node
+//! that takes over as coordinator, keeps each member's partitions for it while it joins again
+//! naming its id. Each member's partitions carry the generation it got them at (`since`) and
+//! whether they are being revoked; a group without members is stored with none:
+//!
+//! ```json
+//! {"v":1,"group":"billing","spool":{"generation":4,"topics":{"orders":2},"reset":"earliest",
+//!  "members":[{"id":"18c2f-1","session_timeout_ms":10000,
+//!  "owned":[{"topic":"orders","partition":0,"since":3},{"topic":"orders","partition":1,"since":4,"revoking":true}]}]}}
+//! ```
+//!
 //! At start-up the server folds every record, in log order, into [`CommittedOffsets`]: the
-//! latest value of each (group, topic, partition) wins, the latest classic state of a group
+//! latest value of each (group, topic, partition) wins, the latest classic or Spool membership of a group
 //! wins, a deletion forgets every offset of its group committed before it, and a forgetting
 //! the offsets of its partitions. A compaction writes the folded state, in which a deleted
 //! group has no record at all. (A build from before deletions existed refuses to start on a
 //! log holding one, as an unknown field, rather than bring the group back; so does a build
-//! from before classic groups were stored, on a log holding one of theirs, and one from before
-//! forgetting, on a log holding a forgetting.)
+//! from before classic groups were stored, on a log holding one of theirs, one from before
+//! forgetting, on a log holding a forgetting, and one from before Spool groups' members were
+//! stored, on a log holding their membership.)
 
 use std::collections::BTreeMap;
 
@@ -68,6 +81,51 @@ pub struct CommittedOffsets {
     metadata: BTreeMap<GroupName, BTreeMap<TopicPartition, String>>,
     /// Each Kafka classic group's last stored generation, while it has members.
     classic: BTreeMap<GroupName, ClassicStable>,
+    /// Each Spool group's last stored membership, while it has members.
+    members: BTreeMap<GroupName, StoredMembers>,
+}
+
+/// A Spool group's stored membership, or `None` once it has no members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersRecord {
+    pub group: GroupName,
+    pub members: Option<StoredMembers>,
+}
+
+/// A Spool group's members, their partitions and its generation, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredMembers {
+    #[serde(default)]
+    pub generation: u64,
+    /// The subscription: each topic with its partition count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, u32>,
+    /// `earliest` or `latest`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reset: String,
+    pub members: Vec<StoredMember>,
+}
+
+/// One member of a [`StoredMembers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredMember {
+    pub id: String,
+    pub session_timeout_ms: u64,
+    pub owned: Vec<StoredOwned>,
+}
+
+/// A partition a [`StoredMember`] owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredOwned {
+    pub topic: String,
+    pub partition: u32,
+    /// The generation at which the member got it.
+    pub since: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoking: bool,
 }
 
 /// A Kafka classic group's stored state: as the coordinator last settled it, or `None` once it
@@ -162,6 +220,8 @@ pub enum OffsetsRecord {
     Classic(ClassicGroupRecord),
     /// The group's offsets of these partitions are forgotten; its others stay.
     Forget { group: GroupName, partitions: Vec<TopicPartition> },
+    /// A Spool group's members.
+    Members(MembersRecord),
 }
 
 /// Every stored record, either shape: a commit has `offsets`, a deletion `deleted: true`.
@@ -178,6 +238,8 @@ struct StoredRecord {
     classic: Option<StoredClassic>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forgotten: Option<Vec<StoredPartition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spool: Option<StoredMembers>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,7 +271,7 @@ pub enum CommitRecordError {
     #[error("a committed-offsets record names {name:?}, which is not a valid name")]
     Name { name: String },
     #[error(
-        "a committed-offsets record of group {group:?} must have one of offsets, `deleted: true`, classic or forgotten"
+        "a committed-offsets record of group {group:?} must have one of offsets, `deleted: true`, classic, forgotten or spool"
     )]
     Shape { group: String },
 }
@@ -234,6 +296,7 @@ impl CommitRecord {
             deleted: false,
             classic: None,
             forgotten: None,
+            spool: None,
         };
         serde_json::to_vec(&stored).expect("a commit always serializes")
     }
@@ -247,6 +310,7 @@ impl OffsetsRecord {
             OffsetsRecord::Delete { group } => group,
             OffsetsRecord::Classic(classic) => &classic.group,
             OffsetsRecord::Forget { group, .. } => group,
+            OffsetsRecord::Members(members) => &members.group,
         }
     }
 
@@ -262,6 +326,7 @@ impl OffsetsRecord {
                     deleted: true,
                     classic: None,
                     forgotten: None,
+                    spool: None,
                 };
                 serde_json::to_vec(&stored).expect("a deletion always serializes")
             }
@@ -289,6 +354,7 @@ impl OffsetsRecord {
                     deleted: false,
                     classic: Some(classic),
                     forgotten: None,
+                    spool: None,
                 };
                 serde_json::to_vec(&stored).expect("a classic group always serializes")
             }
@@ -304,8 +370,21 @@ impl OffsetsRecord {
                     deleted: false,
                     classic: None,
                     forgotten: Some(forgotten),
+                    spool: None,
                 };
                 serde_json::to_vec(&stored).expect("a forgetting always serializes")
+            }
+            OffsetsRecord::Members(MembersRecord { group, members }) => {
+                let stored = StoredRecord {
+                    v: RECORD_VERSION,
+                    group: group.to_string(),
+                    offsets: None,
+                    deleted: false,
+                    classic: None,
+                    forgotten: None,
+                    spool: Some(members.clone().unwrap_or_default()),
+                };
+                serde_json::to_vec(&stored).expect("a group's members always serialize")
             }
         }
     }
@@ -320,6 +399,17 @@ impl OffsetsRecord {
         let topic_name = |topic: String| {
             TopicName::parse(&topic).map_err(|_| CommitRecordError::Name { name: topic })
         };
+        if let Some(spool) = stored.spool {
+            if stored.offsets.is_some()
+                || stored.deleted
+                || stored.classic.is_some()
+                || stored.forgotten.is_some()
+            {
+                return Err(CommitRecordError::Shape { group: stored.group });
+            }
+            let members = (!spool.members.is_empty()).then_some(spool);
+            return Ok(OffsetsRecord::Members(MembersRecord { group, members }));
+        }
         let offsets = match (stored.offsets, stored.deleted, stored.classic, stored.forgotten) {
             (None, true, None, None) => return Ok(OffsetsRecord::Delete { group }),
             (Some(offsets), false, None, None) => offsets,
@@ -411,6 +501,12 @@ impl CommittedOffsets {
             OffsetsRecord::Forget { group, partitions } => {
                 self.forget(group, partitions);
             }
+            OffsetsRecord::Members(MembersRecord { group, members: Some(members) }) => {
+                self.members.insert(group.clone(), members.clone());
+            }
+            OffsetsRecord::Members(MembersRecord { group, members: None }) => {
+                self.members.remove(group);
+            }
         }
     }
 
@@ -441,11 +537,12 @@ impl CommittedOffsets {
         forgotten
     }
 
-    /// Forgets every committed offset of `group` (and its stored classic state); returns
-    /// them, sorted.
+    /// Forgets every committed offset of `group` (and its stored classic state and
+    /// members); returns them, sorted.
     pub fn remove(&mut self, group: &GroupName) -> Vec<(TopicPartition, Offset)> {
         self.metadata.remove(group);
         self.classic.remove(group);
+        self.members.remove(group);
         self.groups.remove(group).map(|offsets| offsets.into_iter().collect()).unwrap_or_default()
     }
 
@@ -499,8 +596,8 @@ impl CommittedOffsets {
         })
     }
 
-    /// Every record of this state, commits and classic groups: folded, they give it back
-    /// (what a compaction of the offsets log writes).
+    /// Every record of this state, commits, classic groups and Spool groups' members:
+    /// folded, they give it back (what a compaction of the offsets log writes).
     pub fn records(&self) -> impl Iterator<Item = OffsetsRecord> + '_ {
         let classic = self.classic.iter().map(|(group, stable)| {
             OffsetsRecord::Classic(ClassicGroupRecord {
@@ -508,7 +605,23 @@ impl CommittedOffsets {
                 stable: Some(stable.clone()),
             })
         });
-        self.snapshot().map(OffsetsRecord::Commit).chain(classic)
+        let members = self.members.iter().map(|(group, members)| {
+            OffsetsRecord::Members(MembersRecord {
+                group: group.clone(),
+                members: Some(members.clone()),
+            })
+        });
+        self.snapshot().map(OffsetsRecord::Commit).chain(classic).chain(members)
+    }
+
+    /// Each Spool group's last stored members.
+    pub fn stored_members(&self) -> impl Iterator<Item = (&GroupName, &StoredMembers)> {
+        self.members.iter()
+    }
+
+    /// A Spool group's last stored members.
+    pub fn members_of(&self, group: &GroupName) -> Option<&StoredMembers> {
+        self.members.get(group)
     }
 
     /// Each Kafka classic group's last stored state.

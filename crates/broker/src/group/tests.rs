@@ -31,7 +31,7 @@ fn revoking(c: &Coordinator, member: &MemberId) -> Vec<TopicPartition> {
 }
 
 fn join(c: &mut Coordinator, now_ms: i64) -> MemberId {
-    c.join(&name("g"), subscription(6), 1000, t(now_ms)).unwrap().0
+    c.join(&name("g"), subscription(6), 1000, None, t(now_ms)).unwrap().0
 }
 
 #[test]
@@ -79,8 +79,8 @@ fn a_grown_topic_gives_its_new_partitions_to_the_members_and_joins_see_the_new_c
     let described = c.describe(&g).unwrap();
     assert_eq!(described.subscription.unwrap().topics.values().next(), Some(&8));
     // A join sees the topic's new count; one that still names the old count is refused.
-    assert!(c.join(&g, subscription(6), 1000, t(3)).is_err());
-    assert!(c.join(&g, subscription(8), 1000, t(3)).is_ok());
+    assert!(c.join(&g, subscription(6), 1000, None, t(3)).is_err());
+    assert!(c.join(&g, subscription(8), 1000, None, t(3)).is_ok());
 }
 
 #[test]
@@ -168,9 +168,9 @@ fn joins_are_checked_and_resets_wait_for_an_empty_group() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
     let none = Subscription { topics: BTreeMap::new(), reset: OffsetReset::Latest };
-    assert!(matches!(c.join(&g, none, 1000, t(0)), Err(JoinError::Topics { topics: 0 })));
-    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
-    let error = c.join(&g, subscription(3), 1000, t(0)).unwrap_err();
+    assert!(matches!(c.join(&g, none, 1000, None, t(0)), Err(JoinError::Topics { topics: 0 })));
+    let a = c.join(&g, subscription(2), 1000, None, t(0)).unwrap().0;
+    let error = c.join(&g, subscription(3), 1000, None, t(0)).unwrap_err();
     assert!(error.to_string().contains("t (2 partitions)"), "{error}");
     assert!(matches!(
         c.reset(&g, vec![(tp(0), Offset(0))]),
@@ -183,7 +183,7 @@ fn joins_are_checked_and_resets_wait_for_an_empty_group() {
     assert_eq!(described.partitions[0].committed, Some(Offset(3)));
     assert_eq!(c.list().len(), 1);
     // A different subscription is fine once the group is empty.
-    assert!(c.join(&g, subscription(3), 1000, t(0)).is_ok());
+    assert!(c.join(&g, subscription(3), 1000, None, t(0)).is_ok());
     assert!(
         GroupName::parse("a/b")
             .unwrap_err()
@@ -197,7 +197,7 @@ fn a_group_is_deleted_only_without_members_and_its_offsets_go_with_it() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
     assert_eq!(c.delete(&g), Err(DeleteError::Unknown { group: g.clone() }));
-    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
+    let a = c.join(&g, subscription(2), 1000, None, t(0)).unwrap().0;
     // A live group is refused, with or without committed offsets.
     assert!(matches!(c.delete(&g), Err(DeleteError::LiveMembers { members: 1, .. })));
     let generation = c.view(&g, &a).unwrap().generation;
@@ -228,7 +228,7 @@ fn a_live_groups_offsets_are_deleted_but_of_the_topics_it_consumes() {
     let unknown = name("nobody");
     let refused = c.delete_offsets(&unknown, &[tp(0)]);
     assert_eq!(refused, Err(DeleteOffsetsError::Unknown { group: unknown }));
-    let a = c.join(&g, subscription(2), 1000, t(0)).unwrap().0;
+    let a = c.join(&g, subscription(2), 1000, None, t(0)).unwrap().0;
     let deletion = c.delete_offsets(&g, &[tp(0), other.clone()]).unwrap();
     assert_eq!(deletion.consumed, [tp(0)].into(), "it consumes t");
     assert_eq!(deletion.forgotten, [(other.clone(), Offset(2))].into());
@@ -307,8 +307,9 @@ fn model_random_membership_changes() {
             let mut removed: Vec<MemberId> = Vec::new();
             match rng.below(8) {
                 0 if members.len() < 6 => {
-                    let (m, _) =
-                        c.join(&g, subscription(partitions), 100 + rng.below(200), now).unwrap();
+                    let (m, _) = c
+                        .join(&g, subscription(partitions), 100 + rng.below(200), None, now)
+                        .unwrap();
                     members.push(m);
                 }
                 1 if !members.is_empty() => {
@@ -357,7 +358,7 @@ fn model_random_membership_changes() {
                             Removal::SessionTimeout { .. } | Removal::RevocationTimeout { .. } => {
                                 true
                             }
-                            Removal::Left => false,
+                            Removal::Left | Removal::CoordinatorMoved => false,
                         };
                         assert!(deadline_passed, "seed {seed}: tick removes only on deadlines");
                         removed.push(m.clone());
@@ -413,4 +414,118 @@ fn model_random_membership_changes() {
             }
         }
     }
+}
+
+/// A coordinator taking over from `before`: what `before` stored, folded from its records.
+fn take_over(before: &mut Coordinator, instance: u64, now_ms: i64) -> Coordinator {
+    let records: Vec<Vec<u8>> = before.member_records().iter().map(OffsetsRecord::encode).collect();
+    let folded = CommittedOffsets::fold(records.iter().map(Vec::as_slice)).unwrap();
+    let mut next = Coordinator::new(instance, folded);
+    next.restore_members(t(now_ms));
+    next
+}
+
+#[test]
+fn stored_members_keep_their_partitions_with_a_new_coordinator_and_resume_by_id() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let g = name("g");
+    let a = join(&mut c, 0);
+    let b = join(&mut c, 0);
+    let moving = revoking(&c, &a);
+    c.revoked(&g, &a, &moving, t(1));
+    let (owned_a, owned_b) = (owned(&c, &a), owned(&c, &b));
+    let generation = c.describe(&g).unwrap().generation;
+
+    let mut next = take_over(&mut c, 2, 100);
+    assert_eq!(owned(&next, &a), owned_a);
+    assert_eq!(owned(&next, &b), owned_b);
+    let restored = next.describe(&g).unwrap();
+    assert_eq!(restored.state, GroupState::Stable);
+    assert_eq!(restored.generation, generation + 1, "a takeover starts a new generation");
+
+    // `a` resumes by id: nothing moves and nobody else is woken.
+    let (id, changes) = next.join(&g, subscription(6), 1000, Some(a.as_str()), t(150)).unwrap();
+    assert_eq!((id, changes.wake), (a.clone(), vec![a.clone()]));
+    assert_eq!(next.describe(&g).unwrap().generation, generation + 1);
+    // An id the group does not count joins as a new member.
+    let (new, changes) = next.join(&g, subscription(6), 1000, Some("gone-1"), t(150)).unwrap();
+    assert_ne!(new.as_str(), "gone-1");
+    assert_eq!(changes.wake.len(), 3);
+
+    // `b` never comes back: removed a session timeout after the takeover, not before.
+    assert!(next.tick(t(1099)).removed.is_empty());
+    next.heard_from(&g, &a, t(1099));
+    next.heard_from(&g, &new, t(1099));
+    let removed: Vec<MemberId> = next.tick(t(1100)).removed.into_iter().map(|(m, _)| m).collect();
+    assert_eq!(removed, [b]);
+}
+
+#[test]
+fn a_pending_revocation_is_stored_and_still_pending_after_a_takeover() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let g = name("g");
+    let a = join(&mut c, 0);
+    let b = join(&mut c, 0);
+    let moving = revoking(&c, &a);
+    assert_eq!(moving.len(), 3);
+
+    let mut next = take_over(&mut c, 2, 100);
+    assert_eq!(revoking(&next, &a), moving, "a still gives them up");
+    assert_eq!(owned(&next, &b), Vec::<u32>::new());
+    next.join(&g, subscription(6), 1000, Some(a.as_str()), t(100)).unwrap();
+    next.revoked(&g, &a, &moving, t(101));
+    assert_eq!(owned(&next, &b), [3, 4, 5]);
+    // The revocation's deadline counts from the takeover: `a` gave them up in time.
+    assert!(next.tick(t(1000)).removed.is_empty());
+}
+
+#[test]
+fn member_records_store_each_change_once_and_a_group_without_members_as_none() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let g = name("g");
+    assert!(c.member_records().is_empty());
+    let a = join(&mut c, 0);
+    let records = c.member_records();
+    assert_eq!(records.len(), 1);
+    let encoded = records[0].encode();
+    assert_eq!(
+        std::str::from_utf8(&encoded).unwrap(),
+        format!(
+            r#"{{"v":1,"group":"g","spool":{{"generation":1,"topics":{{"t":6}},"reset":"earliest","members":[{{"id":"{a}","session_timeout_ms":1000,"owned":[{}]}}]}}}}"#,
+            (0..6)
+                .map(|p| format!(r#"{{"topic":"t","partition":{p},"since":1}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    );
+    assert_eq!(OffsetsRecord::decode(&encoded).unwrap(), records[0]);
+    // A heartbeat changes nothing stored; a resume with the same timeout neither.
+    c.heard_from(&g, &a, t(5));
+    c.join(&g, subscription(6), 1000, Some(a.as_str()), t(6)).unwrap();
+    assert!(c.member_records().is_empty());
+    c.leave(&g, &a, t(7));
+    let records = c.member_records();
+    assert_eq!(
+        records,
+        [OffsetsRecord::Members(MembersRecord { group: g.clone(), members: None })]
+    );
+    assert_eq!(
+        OffsetsRecord::decode(&records[0].encode()).unwrap(),
+        records[0],
+        "stored with no members"
+    );
+    assert_eq!(c.committed_offsets().stored_members().count(), 0);
+}
+
+#[test]
+fn a_coordinator_that_stops_coordinating_removes_every_member_and_keeps_them_stored() {
+    let mut c = Coordinator::new(1, CommittedOffsets::default());
+    let a = join(&mut c, 0);
+    c.member_records();
+    let changes = c.drop_members();
+    assert_eq!(changes.removed, [(a.clone(), Removal::CoordinatorMoved)]);
+    assert!(c.member_records().is_empty(), "nothing is stored for the drop");
+    assert!(c.view(&name("g"), &a).is_none());
+    c.restore_members(t(10));
+    assert_eq!(owned(&c, &a), [0, 1, 2, 3, 4, 5], "taken back when it coordinates again");
 }

@@ -123,6 +123,12 @@ impl GroupApi {
             names.map(|name| TopicName::parse(name)).collect::<Result<_, _>>()?;
         let reset = reset_choice(join.reset)?;
         let wire = wire(join.encoding)?;
+        if join.member_id.len() > spool_broker::limits::MEMBER_ID_BYTES_MAX {
+            return Err(InvalidRequest::GroupProtocol {
+                reason: "`member_id` is longer than any id the server gives (64 bytes at most)",
+            }
+            .into());
+        }
         let session_timeout_ms = match join.session_timeout_ms {
             0 => GROUP_SESSION_TIMEOUT_MS_DEFAULT,
             ms => u64::from(ms),
@@ -173,16 +179,26 @@ impl GroupApi {
             self.subscription(&caller, &join).await?;
         let reset = subscription.reset;
         let link = Arc::new(MemberLink::default());
+        let resume = (!join.member_id.is_empty()).then_some(join.member_id.as_str());
         let id = {
-            let mut state = self.groups.lock();
+            let mut state = self.groups.lock_coordinated();
             let now = self.groups.now();
             let (id, changes) =
-                state.coordinator.join(&group, subscription, session_timeout_ms, now)?;
-            state.links.insert(id.clone(), link.clone());
-            self.groups.notify(&state, changes);
+                state.coordinator.join(&group, subscription, session_timeout_ms, resume, now)?;
+            // A stream still open for a resumed member ends (see `Member::view`).
+            if let Some(replaced) = state.links.insert(id.clone(), link.clone()) {
+                replaced.replaced.store(true, std::sync::atomic::Ordering::SeqCst);
+                replaced.wake.notify_one();
+            }
+            self.groups.notify(&mut state, changes);
             id
         };
-        tracing::debug!(member = %id, %group, "a group member joined");
+        match resume {
+            Some(resumed) if resumed == id.as_str() => {
+                tracing::debug!(member = %id, %group, "a group member resumed");
+            }
+            _ => tracing::debug!(member = %id, %group, "a group member joined"),
+        }
         let joined = Joined {
             member_id: id.to_string(),
             session_timeout_ms: session_timeout_ms as u32,
@@ -453,7 +469,7 @@ impl GroupService for GroupApi {
             let mut state = self.groups.lock();
             let (record, forgotten) =
                 state.coordinator.delete(&group).map_err(ServiceError::from)?;
-            (self.groups.persist_deletion(&record), forgotten)
+            (self.groups.persist_record(&record), forgotten)
         };
         durable.await?;
         crate::metrics::retire_group(group.as_str());
@@ -493,7 +509,7 @@ impl GroupApi {
                 .delete_topic_offsets(&group, &found.name, &partitions)
                 .map_err(ServiceError::from)?;
             (
-                deletion.record().map(|record| self.groups.persist_deletion(&record)),
+                deletion.record().map(|record| self.groups.persist_record(&record)),
                 deletion.forgotten,
             )
         };

@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use spool_broker::group::{GroupName, MemberId, MemberView, OffsetReset, TopicPartition};
+use spool_broker::group::{GroupName, MemberId, MemberView, OffsetReset, Removal, TopicPartition};
 use spool_broker::limits::COMMIT_OFFSETS_MAX;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::member_request::Kind as RequestKind;
@@ -125,15 +125,22 @@ impl Member {
         }
     }
 
-    /// Serves the member until its stream ends, then removes it from its group.
+    /// Serves the member until its stream ends, then removes it from its group: unless a new
+    /// stream resumed it, or the server is shutting down (the member stays stored, to resume
+    /// after the restart or on the next coordinator).
     pub(crate) async fn run(mut self, mut requests: Streaming<MemberRequest>) {
         let end = self.serve(&mut requests).await;
         self.stop_feeds(|_| true).await;
         {
             let mut state = self.groups.lock();
-            let changes = state.coordinator.leave(&self.group, &self.id, self.groups.now());
-            self.groups.notify(&state, changes);
-            state.links.remove(&self.id);
+            let current = state.links.get(&self.id).is_some_and(|l| Arc::ptr_eq(l, &self.link));
+            if current {
+                state.links.remove(&self.id);
+                if !self.groups.topics.streams_stop.is_cancelled() {
+                    let changes = state.coordinator.leave(&self.group, &self.id, self.groups.now());
+                    self.groups.notify(&mut state, changes);
+                }
+            }
         }
         if let End::Status(status) = end {
             tracing::debug!(member = %self.id, %status, "a group member's stream ended");
@@ -198,12 +205,24 @@ impl Member {
 
     /// The coordinator's view of this member, or how its stream ends if it was removed.
     fn view(&self) -> Result<MemberView, End> {
+        if self.link.replaced.load(Ordering::SeqCst) {
+            return Err(End::Status(Status::aborted(format!(
+                "a new stream resumed member {} of group {}: this one ends",
+                self.id, self.group
+            ))));
+        }
         let state = self.groups.lock();
         match state.coordinator.view(&self.group, &self.id) {
             Some(view) => Ok(view),
             None => {
                 let removal =
                     *self.link.removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if removal == Some(Removal::CoordinatorMoved) {
+                    return Err(End::Status(Status::unavailable(format!(
+                        "this node no longer coordinates the groups: join group {} again (any node names the coordinator), naming member id {} to keep its partitions",
+                        self.group, self.id
+                    ))));
+                }
                 let why = removal
                     .map_or_else(|| "it is no longer a member".to_owned(), |r| r.to_string());
                 Err(End::Status(Status::aborted(format!(
@@ -299,6 +318,10 @@ impl Member {
     }
 
     async fn handle(&mut self, message: MemberRequest) -> Result<(), End> {
+        // A stream another one resumed speaks for the member no more.
+        if self.link.replaced.load(Ordering::SeqCst) {
+            return Err(self.view().err().unwrap_or(End::Left));
+        }
         // The grant as it is now: a message read in the same turn as a reload is not let in
         // on the check made before it.
         if let Err(error) = self.caller.allow(Action::Consume, Resource::Group(self.group.as_str()))
@@ -336,7 +359,7 @@ impl Member {
                 }
                 let mut state = self.groups.lock();
                 let changes = state.coordinator.revoked(&self.group, &self.id, &partitions, now);
-                self.groups.notify(&state, changes);
+                self.groups.notify(&mut state, changes);
             }
             Some(RequestKind::Leave(_)) => return Err(End::Left),
             Some(RequestKind::Join(_)) => {

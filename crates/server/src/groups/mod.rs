@@ -24,6 +24,15 @@
 //!   taking over would know it. A
 //!   single node takes the stored groups back at start; a node of a cluster each time it
 //!   takes over as coordinator, dropping them when it no longer is.
+//! - A Spool group's members, their partitions and its generation are stored beside the
+//!   commits whenever they change ([`Groups::notify`]), without holding anyone up: a record
+//!   still in flight when a coordinator is lost only means the members resume from the one
+//!   before it. The coordinator after a restart or a failover takes them back, and each member
+//!   keeps its partitions for its session timeout, while its client joins again naming its id
+//!   (`JoinGroup.member_id`): then the new stream takes the member's place, and the group does
+//!   not rebalance. A stream ended by a shutdown does not leave its group, so its member is
+//!   still stored when the server (or another node) comes back. A node of a cluster that stops
+//!   coordinating drops its live groups, and their streams end UNAVAILABLE.
 //! - Committed offsets are durable: [`InternalLog`] `internal/group-offsets/{generation}`,
 //!   one record per commit, reset or deletion, folded at start-up, and compacted to one record per group when it
 //!   grows past `INTERNAL_LOG_COMPACT_BYTES` (see `internal_log`).
@@ -92,6 +101,8 @@ use crate::topic_table::{Pending, TopicTable};
 pub(crate) struct MemberLink {
     wake: Notify,
     removal: Mutex<Option<Removal>>,
+    /// Set when a new stream resumed the member: this one ends.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 /// Where the answer to a waiting Kafka JoinGroup or SyncGroup goes.
@@ -108,9 +119,10 @@ pub(crate) struct State {
     /// One per waiting JoinGroup or SyncGroup: each is a Kafka request being served, so
     /// there are at most `KAFKA_CONNECTIONS_MAX * KAFKA_REQUESTS_IN_FLIGHT_MAX`.
     pub(crate) classic_waiters: HashMap<Ticket, ClassicWaiter>,
-    /// On a node of a cluster, the term of the offsets group whose stored Kafka groups the
-    /// coordinator took back; `None` while this node is not the loaded coordinator.
-    classic_term: Option<u64>,
+    /// On a node of a cluster, the term of the offsets group whose stored groups (Kafka's and
+    /// Spool's members) the coordinator took back; `None` while this node is not the loaded
+    /// coordinator.
+    coordinated_term: Option<u64>,
 }
 
 impl State {
@@ -202,13 +214,14 @@ impl Groups {
         let mut coordinator = Coordinator::new(instance, committed);
         if cluster.is_none() {
             coordinator.restore_classic(TimestampMs::now());
+            coordinator.restore_members(TimestampMs::now());
         }
         let groups = Arc::new(Groups {
             state: Mutex::new(State {
                 coordinator,
                 links: HashMap::new(),
                 classic_waiters: HashMap::new(),
-                classic_term: None,
+                coordinated_term: None,
             }),
             offsets,
             topics,
@@ -235,7 +248,7 @@ impl Groups {
             let Some(groups) = source.upgrade() else { return };
             let mut state = groups.lock();
             let changes = state.coordinator.topic_grew(topic, partitions, groups.now());
-            groups.notify(&state, changes);
+            groups.notify(&mut state, changes);
         }));
         let source = Arc::downgrade(&groups);
         groups.topics.on_delete(Box::new(move |topic| {
@@ -285,25 +298,29 @@ impl Groups {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The state locked for a Kafka group call: on a node of a cluster, with the stored Kafka
-    /// groups taken back once this node took over as coordinator, and dropped once it no
-    /// longer is (see the module docs).
-    pub(crate) fn lock_classic(&self) -> MutexGuard<'_, State> {
+    /// The state locked for a join or a Kafka group call: on a node of a cluster, with the
+    /// stored groups (Kafka's, and Spool's members) taken back once this node took over as
+    /// coordinator, and dropped once it no longer is (see the module docs).
+    pub(crate) fn lock_coordinated(&self) -> MutexGuard<'_, State> {
         let mut state = self.lock();
         if let Some(cluster) = self.topics.cluster() {
             let term = cluster.groups_loaded_term();
-            if state.classic_term != term {
-                let replies = match term {
+            if state.coordinated_term != term {
+                let (replies, changes) = match term {
                     Some(term) => {
-                        let replies = state.coordinator.restore_classic(self.now());
-                        let groups = state.coordinator.classic().live_count();
-                        tracing::info!(term, groups, "took back the stored Kafka groups");
-                        replies
+                        let now = self.now();
+                        let replies = state.coordinator.restore_classic(now);
+                        state.coordinator.restore_members(now);
+                        let classic = state.coordinator.classic().live_count();
+                        let spool = state.coordinator.spool_live_count();
+                        tracing::info!(term, classic, spool, "took back the stored groups");
+                        (replies, Changes::default())
                     }
-                    None => state.coordinator.drop_classic(),
+                    None => (state.coordinator.drop_classic(), state.coordinator.drop_members()),
                 };
-                state.classic_term = term;
+                state.coordinated_term = term;
                 state.deliver(replies);
+                self.notify(&mut state, changes);
             }
         }
         state
@@ -311,7 +328,7 @@ impl Groups {
 
     /// Whether this node stores what its Kafka groups settle: a single node, or the loaded
     /// coordinator of a cluster.
-    fn stores_classic(&self) -> bool {
+    fn stores_groups(&self) -> bool {
         self.topics.cluster().is_none_or(|cluster| cluster.groups_loaded())
     }
 
@@ -324,7 +341,7 @@ impl Groups {
     /// know (it would fence the static member).
     pub(crate) fn settle(self: &Arc<Self>, state: &mut State, mut replies: Replies) {
         let records = state.coordinator.classic_records();
-        if records.is_empty() || !self.stores_classic() {
+        if records.is_empty() || !self.stores_groups() {
             state.deliver(replies);
             return;
         }
@@ -382,9 +399,17 @@ impl Groups {
         });
     }
 
-    /// Tells the members a change concerns. Called with the state locked, right after the
-    /// change.
-    fn notify(&self, state: &State, changes: Changes) {
+    /// Tells the members a change concerns, and queues the stored members of every Spool
+    /// group that changed to the offsets log (not awaited: see the module docs). Called with
+    /// the state locked, right after the change.
+    fn notify(&self, state: &mut State, changes: Changes) {
+        let records = state.coordinator.member_records();
+        if self.stores_groups() {
+            for record in records {
+                // Queued as it is called; nothing waits for it to be durable.
+                drop(self.persist_record(&record));
+            }
+        }
         for (member, removal) in &changes.removed {
             if let Some(link) = state.links.get(member) {
                 *link.removal.lock().unwrap_or_else(PoisonError::into_inner) = Some(*removal);
@@ -452,7 +477,7 @@ impl Groups {
         let pending: Vec<_> = {
             let mut state = self.lock();
             let records = state.coordinator.forget_topics(gone);
-            records.iter().map(|r| (r.group().clone(), self.persist_deletion(r))).collect()
+            records.iter().map(|r| (r.group().clone(), self.persist_record(r))).collect()
         };
         if pending.is_empty() {
             return None;
@@ -471,11 +496,11 @@ impl Groups {
         }))
     }
 
-    /// Queues a group's deletion record, or a record forgetting some of its offsets, to the
-    /// offsets log; the future resolves once it is durable. Call it with the state locked,
+    /// Queues a group's deletion record, a record forgetting some of its offsets, or its
+    /// members, to the offsets log; the future resolves once it is durable. Call it with the state locked,
     /// right after the coordinator deleted them, so that it is stored after every commit
     /// decided before the deletion.
-    pub(crate) fn persist_deletion(
+    pub(crate) fn persist_record(
         &self,
         record: &OffsetsRecord,
     ) -> impl Future<Output = Result<(), ServiceError>> + use<> {
@@ -569,6 +594,9 @@ async fn follow_replicated(groups: Weak<Groups>, cluster: Arc<Cluster>, mut next
         next = apply_replicated(committed, cluster.run(), batches, next);
         drop(state);
         cluster.offsets_followed(next);
+        // A coordinator that lost its term learns it here, from the new leader's entries: it
+        // drops its groups, ending their members' streams.
+        drop(groups.lock_coordinated());
         // A new leader commits an entry of its term first: it loads the groups at once
         // rather than at the first group call.
         if !cluster.groups_loaded() && cluster.group_coordinator() == Some(cluster.node_id) {
@@ -625,12 +653,12 @@ async fn drive(groups: Arc<Groups>) {
         };
         tokio::select! {
             () = sleep => {
-                let mut state = groups.lock_classic();
+                let mut state = groups.lock_coordinated();
                 let changes = state.coordinator.tick(groups.now());
                 for (member, removal) in &changes.removed {
                     tracing::info!(%member, %removal, "a group member was removed");
                 }
-                groups.notify(&state, changes);
+                groups.notify(&mut state, changes);
                 let replies = state.coordinator.classic_mut().tick(groups.now());
                 groups.settle(&mut state, replies);
                 drop(state);

@@ -196,7 +196,7 @@ pub(super) async fn join_group(
     };
     let groups = &shared.groups;
     let waiting = {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         let now = groups.now();
         match state.coordinator.classic_join(&group, join, now) {
             Err(error) => return join_error(classic_error_code(&error), request.member_id),
@@ -252,7 +252,7 @@ pub(super) async fn sync_group(
         .collect();
     let groups = &shared.groups;
     let waiting = {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         let now = groups.now();
         let member = MemberRef {
             member_id: request.member_id.as_str(),
@@ -291,7 +291,7 @@ pub(super) fn heartbeat(
         member_id: request.member_id.as_str(),
         instance_id: request.group_instance_id.as_deref(),
     };
-    let beat = groups.lock_classic().coordinator.classic_mut().heartbeat(
+    let beat = groups.lock_coordinated().coordinator.classic_mut().heartbeat(
         &group,
         member,
         request.generation_id,
@@ -322,7 +322,7 @@ pub(super) fn leave_group(
     };
     let groups = &shared.groups;
     let codes: Vec<i16> = {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         let now = groups.now();
         leaving
             .iter()
@@ -483,7 +483,7 @@ async fn commit(
     };
     let generation = request.generation_id_or_member_epoch;
     let durable = {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         let now = groups.now();
         // A static member's stale member id is fenced before the rest is checked, as in
         // Kafka; `classic_commit` checks the member id and generation.
@@ -584,7 +584,7 @@ pub(super) fn describe_groups(
     request: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
-    let state = shared.groups.lock_classic();
+    let state = shared.groups.lock_coordinated();
     let coordinator = &state.coordinator;
     let groups = request
         .groups
@@ -643,7 +643,7 @@ const SPOOL_PROTOCOL_TYPE: &str = "spool";
 /// Every group `caller` may see: Kafka groups with their protocol type, Spool's live groups as
 /// `spool`, groups with only committed offsets with none.
 pub(super) fn list_groups(shared: &Shared, caller: &Caller) -> ListGroupsResponse {
-    let state = shared.groups.lock_classic();
+    let state = shared.groups.lock_coordinated();
     let coordinator = &state.coordinator;
     let classic: BTreeMap<&GroupName, &str> = coordinator.classic().list().collect();
     let groups = coordinator
@@ -677,12 +677,12 @@ pub(super) async fn delete_groups(
     let mut results = Vec::with_capacity(request.groups_names.len());
     let mut durable = Vec::new();
     {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         for group_id in request.groups_names {
             let deleted =
                 group_name(shared, caller, Action::Administer, &group_id).and_then(|group| {
                     match state.coordinator.delete(&group) {
-                        Ok((record, _forgotten)) => Ok((group, groups.persist_deletion(&record))),
+                        Ok((record, _forgotten)) => Ok((group, groups.persist_record(&record))),
                         Err(DeleteError::LiveMembers { .. }) => {
                             Err(ResponseError::NonEmptyGroup.code())
                         }
@@ -752,9 +752,9 @@ pub(super) async fn offset_delete(
     let partitions: Vec<TopicPartition> = asked.iter().map(|(p, _)| p.clone()).collect();
     let groups = &shared.groups;
     let deleted = {
-        let mut state = groups.lock_classic();
+        let mut state = groups.lock_coordinated();
         state.coordinator.delete_offsets(&group, &partitions).map(|deletion| {
-            let durable = deletion.record().map(|record| groups.persist_deletion(&record));
+            let durable = deletion.record().map(|record| groups.persist_record(&record));
             (deletion, durable)
         })
     };

@@ -275,7 +275,7 @@ fn a_name_is_live_under_one_protocol_at_a_time() {
         topics: [(TopicName::parse("t").unwrap(), 2)].into(),
         reset: OffsetReset::Earliest,
     };
-    let (spool_member, _) = c.join(&g(), subscription.clone(), 1000, t(0)).unwrap();
+    let (spool_member, _) = c.join(&g(), subscription.clone(), 1000, None, t(0)).unwrap();
     assert_eq!(
         c.classic_join(&g(), request("", &[("range", b"")]), t(0)).map(|_| ()),
         Err(ClassicError::InUseBySpool { group: g() })
@@ -295,7 +295,7 @@ fn a_name_is_live_under_one_protocol_at_a_time() {
         "a join without MEMBER_ID_REQUIRED (v3 and older) is answered after the delay"
     );
     assert!(matches!(
-        c.join(&g(), subscription, 1000, t(2)),
+        c.join(&g(), subscription, 1000, None, t(2)),
         Err(crate::group::JoinError::InUseByKafka { .. })
     ));
     assert!(c.reset(&g(), Vec::new()).is_err(), "nor reset while Kafka members are live");
