@@ -341,12 +341,14 @@ async fn run(
                 let outcome = outcome.map(drop);
                 check_name(op, *name, model, &outcome)?;
             }
-            Op::Join { group, topics, .. } => {
+            Op::Join { group, topics, member_id, .. } => {
                 let result = call(join(&groups, op)).await;
                 match &result {
                     Err(status) => {
                         actionable(op, status)?;
-                        let invalid = !NAMES[*group].1 || topics.iter().any(|t| !NAMES[*t].1);
+                        let invalid = !NAMES[*group].1
+                            || topics.iter().any(|t| !NAMES[*t].1)
+                            || member_id.len() > 64;
                         if invalid {
                             prop_assert_eq!(status.code(), Code::InvalidArgument, "{:?}", op);
                         }
@@ -359,6 +361,9 @@ async fn run(
                         }
                     }
                     Ok(None) => {}
+                }
+                if result.is_ok() {
+                    prop_assert!(member_id.len() <= 64, "{:?} accepted", op);
                 }
             }
             Op::DeleteGroup { group } => {
@@ -416,7 +421,8 @@ async fn join(
     groups: &GroupServiceClient<Channel>,
     op: &Op,
 ) -> Result<Option<CommitResult>, Status> {
-    let Op::Join { group, topics, session_timeout_ms, reset, encoding, commit } = op else {
+    let Op::Join { group, topics, session_timeout_ms, reset, encoding, commit, member_id } = op
+    else {
         unreachable!("join runs Join ops")
     };
     let (requests, queued) = mpsc::channel(4);
@@ -433,7 +439,7 @@ async fn join(
         session_timeout_ms: *session_timeout_ms,
         reset: *reset,
         encoding: *encoding,
-        member_id: String::new(),
+        member_id: member_id.clone(),
     }))
     .await;
     let mut events = groups.clone().join(ReceiverStream::new(queued)).await?.into_inner();

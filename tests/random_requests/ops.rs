@@ -215,7 +215,9 @@ pub enum Op {
     },
     /// Joins group `group` (a name from [`NAMES`]) for `topics`, waits for its assignment,
     /// commits if `commit` is given (its generation plus the first field: mostly 0, else a
-    /// stale or future one; offsets as (topic, partition, offset)), and leaves.
+    /// stale or future one; offsets as (topic, partition, offset)), and leaves. `member_id`
+    /// is the member it asks to resume: mostly none, else an id no member holds, or one
+    /// longer than any id.
     Join {
         group: usize,
         topics: Vec<usize>,
@@ -223,6 +225,7 @@ pub enum Op {
         reset: i32,
         encoding: i32,
         commit: Option<(u64, Vec<Committed>)>,
+        member_id: String,
     },
     DescribeGroup {
         group: usize,
@@ -298,9 +301,10 @@ pub fn op() -> impl Strategy<Value = Op> {
             prop_oneof![9 => 0i32..3, 1 => any::<i32>()],
             prop_oneof![9 => 0i32..3, 1 => any::<i32>()],
             commit,
+            prop_oneof![6 => Just(String::new()), 2 => "[0-9a-f]{1,12}-[0-9]{1,3}", 1 => Just("m".repeat(65))],
         )
-            .prop_map(|(group, topics, session_timeout_ms, reset, encoding, commit)| Op::Join {
-                group, topics, session_timeout_ms, reset, encoding, commit,
+            .prop_map(|(group, topics, session_timeout_ms, reset, encoding, commit, member_id)| Op::Join {
+                group, topics, session_timeout_ms, reset, encoding, commit, member_id,
             }),
         1 => name().prop_map(|group| Op::DescribeGroup { group }),
         1 => (name(), name(), position, prop::option::weighted(0.3, partition()))

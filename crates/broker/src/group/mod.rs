@@ -763,8 +763,15 @@ impl Coordinator {
                 self.groups.insert(group.clone(), Group::new(subscription));
             }
         }
-        let member = MemberId::new(self.instance, self.next_member);
-        self.next_member += 1;
+        // Not an id a member taken back from an earlier run holds (their ids carry another
+        // run's instance, which a coordinator started in the same millisecond may share).
+        let member = loop {
+            let id = MemberId::new(self.instance, self.next_member);
+            self.next_member += 1;
+            if !self.groups.values().any(|g| g.members.contains_key(&id)) {
+                break id;
+            }
+        };
         let live = self.groups.get_mut(group).expect("just checked or inserted");
         live.members.insert(member.clone(), Member { session_timeout_ms, last_heard: now });
         live.rebalance(now);

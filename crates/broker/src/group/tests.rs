@@ -285,10 +285,10 @@ fn owners(c: &Coordinator, members: &[MemberId]) -> BTreeMap<TopicPartition, Mem
     owners
 }
 
-/// Random joins, leaves, silences, acknowledgements, commits and clock steps, against a
-/// model of who may own what: at most one owner per partition, handovers only after an
-/// acknowledgement or a removal, commits accepted exactly when the rules say, and a stable
-/// group always complete and balanced.
+/// Random joins, leaves, silences, acknowledgements, commits, takeovers by a new coordinator
+/// and clock steps, against a model of who may own what: at most one owner per partition,
+/// handovers only after an acknowledgement or a removal, commits accepted exactly when the
+/// rules say, and a stable group always complete and balanced.
 #[test]
 fn model_random_membership_changes() {
     for seed in 1..=300u64 {
@@ -345,6 +345,16 @@ fn model_random_membership_changes() {
                     assert_eq!(result.is_ok(), may, "seed {seed} step {step}: commit {result:?}");
                     if may {
                         assert_eq!(c.committed(&g, &p), Some(Offset(step)));
+                    }
+                }
+                // A new coordinator takes the stored members back, and every member that
+                // speaks resumes by its id: nothing moves.
+                6 if rng.below(3) == 0 => {
+                    c = take_over(&mut c, seed, now.0);
+                    for m in members.iter().filter(|m| !silent.contains(*m)) {
+                        let sub = subscription(partitions);
+                        let resumed = c.join(&g, sub, 100 + rng.below(200), Some(m.as_str()), now);
+                        assert_eq!(resumed.unwrap().0, *m, "seed {seed} step {step}: resumed");
                     }
                 }
                 _ => {
@@ -528,4 +538,15 @@ fn a_coordinator_that_stops_coordinating_removes_every_member_and_keeps_them_sto
     assert!(c.view(&name("g"), &a).is_none());
     c.restore_members(t(10));
     assert_eq!(owned(&c, &a), [0, 1, 2, 3, 4, 5], "taken back when it coordinates again");
+}
+
+#[test]
+fn a_new_member_never_gets_the_id_of_a_member_taken_back() {
+    let mut c = Coordinator::new(7, CommittedOffsets::default());
+    let a = join(&mut c, 0);
+    // The next coordinator started in the same millisecond: the same instance.
+    let mut next = take_over(&mut c, 7, 100);
+    let b = join(&mut next, 100);
+    assert_ne!(a, b);
+    assert_eq!(next.describe(&name("g")).unwrap().members.len(), 2);
 }

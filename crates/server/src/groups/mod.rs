@@ -214,7 +214,6 @@ impl Groups {
         let mut coordinator = Coordinator::new(instance, committed);
         if cluster.is_none() {
             coordinator.restore_classic(TimestampMs::now());
-            coordinator.restore_members(TimestampMs::now());
         }
         let groups = Arc::new(Groups {
             state: Mutex::new(State {
@@ -229,6 +228,9 @@ impl Groups {
             started_at: TimestampMs::now(),
             deadlines: Notify::new(),
         });
+        if groups.topics.cluster().is_none() {
+            groups.take_back_members(&mut groups.lock());
+        }
         if let OffsetsLog::Local(log) = &groups.offsets {
             let source = Arc::downgrade(&groups);
             log.compact_with(Box::new(move || {
@@ -310,7 +312,7 @@ impl Groups {
                     Some(term) => {
                         let now = self.now();
                         let replies = state.coordinator.restore_classic(now);
-                        state.coordinator.restore_members(now);
+                        self.take_back_members(&mut state);
                         let classic = state.coordinator.classic().live_count();
                         let spool = state.coordinator.spool_live_count();
                         tracing::info!(term, classic, spool, "took back the stored groups");
@@ -324,6 +326,19 @@ impl Groups {
             }
         }
         state
+    }
+
+    /// Takes the stored Spool groups' members back (see the module docs), each topic with the
+    /// partitions it has now: it may have grown while no coordinator held the group.
+    fn take_back_members(&self, state: &mut State) {
+        let now = self.now();
+        state.coordinator.restore_members(now);
+        let mut changes = Changes::default();
+        for topic in self.topics.topics() {
+            let partitions = topic.partitions.len() as u32;
+            changes.wake.extend(state.coordinator.topic_grew(&topic.name, partitions, now).wake);
+        }
+        self.notify(state, changes);
     }
 
     /// Whether this node stores what its Kafka groups settle: a single node, or the loaded
