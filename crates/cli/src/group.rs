@@ -117,6 +117,7 @@ pub(crate) async fn consume(
     let client = connect(server).await?;
     let mut consumer = client.group_consumer(config).await?;
     eprintln!("spool: joined group {} as member {}", options.group, consumer.member_id());
+    let mut member_id = consumer.member_id().to_owned();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
@@ -160,6 +161,16 @@ pub(crate) async fn consume(
             event = polled => event?,
             _ = &mut interrupted => break,
         };
+        // A member that rejoined as itself keeps its partitions; one the server no longer
+        // counted is a new member of the group.
+        if consumer.member_id() != member_id {
+            eprintln!(
+                "spool: joined group {} as new member {} (the server no longer counted member {member_id})",
+                options.group,
+                consumer.member_id()
+            );
+            member_id = consumer.member_id().to_owned();
+        }
         let records = match event {
             GroupEvent::Assigned(assignment) => {
                 let owned: Vec<String> = assignment.owned.iter().map(partition_name).collect();

@@ -94,12 +94,14 @@ impl Follower {
         }
     }
 
-    /// SIGTERM. Returns how it exited and what it printed after the lines already read.
-    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+    /// SIGTERM. Returns how it exited, what it printed after the lines already read, and
+    /// everything it said on standard error.
+    fn stop(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let status = self.child.wait().unwrap();
-        (status, self.stdout.iter().collect())
+        self.said.extend(self.stderr.iter());
+        (status, self.stdout.iter().collect(), self.said)
     }
 }
 
@@ -157,12 +159,14 @@ fn follow_through_a_restart(data: &Path, args: &[&str], stop: Stop, resuming: &[
     served.ok(&["produce", "t", "--partition", "0"], &values(0, 3, 5));
     served.ok(&["produce", "t", "--partition", "1"], &values(1, 2, 4));
     printed.extend(follower.printed(4));
-    let said = follower.said.clone();
-    let (status, rest) = follower.stop();
+    let (status, rest, said) = follower.stop();
     printed.extend(rest);
     // A group member commits and leaves on SIGTERM; a plain follower just ends.
     if args.contains(&"--group") {
         assert!(status.success(), "the member failed: {status}; it said {said:?}");
+        // The restarted server took the stored member back, and the member rejoined as it.
+        let new_member = said.iter().any(|line| line.contains("as new member"));
+        assert!(!new_member, "the member rejoined as a new one: {said:?}");
     }
 
     let [zero, one] = by_partition(&printed);
