@@ -242,6 +242,21 @@ struct StoredRecord {
     spool: Option<StoredMembers>,
 }
 
+impl StoredRecord {
+    /// A record of `group` with none of its shapes set yet.
+    fn of(group: &GroupName) -> StoredRecord {
+        StoredRecord {
+            v: RECORD_VERSION,
+            group: group.to_string(),
+            offsets: None,
+            deleted: false,
+            classic: None,
+            forgotten: None,
+            spool: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredPartition {
@@ -289,15 +304,7 @@ impl CommitRecord {
                 metadata: self.metadata.get(tp).cloned(),
             })
             .collect();
-        let stored = StoredRecord {
-            v: RECORD_VERSION,
-            group: self.group.to_string(),
-            offsets: Some(offsets),
-            deleted: false,
-            classic: None,
-            forgotten: None,
-            spool: None,
-        };
+        let stored = StoredRecord { offsets: Some(offsets), ..StoredRecord::of(&self.group) };
         serde_json::to_vec(&stored).expect("a commit always serializes")
     }
 }
@@ -319,15 +326,7 @@ impl OffsetsRecord {
         match self {
             OffsetsRecord::Commit(commit) => commit.encode(),
             OffsetsRecord::Delete { group } => {
-                let stored = StoredRecord {
-                    v: RECORD_VERSION,
-                    group: group.to_string(),
-                    offsets: None,
-                    deleted: true,
-                    classic: None,
-                    forgotten: None,
-                    spool: None,
-                };
+                let stored = StoredRecord { deleted: true, ..StoredRecord::of(group) };
                 serde_json::to_vec(&stored).expect("a deletion always serializes")
             }
             OffsetsRecord::Classic(ClassicGroupRecord { group, stable }) => {
@@ -347,15 +346,7 @@ impl OffsetsRecord {
                         members: Vec::new(),
                     },
                 };
-                let stored = StoredRecord {
-                    v: RECORD_VERSION,
-                    group: group.to_string(),
-                    offsets: None,
-                    deleted: false,
-                    classic: Some(classic),
-                    forgotten: None,
-                    spool: None,
-                };
+                let stored = StoredRecord { classic: Some(classic), ..StoredRecord::of(group) };
                 serde_json::to_vec(&stored).expect("a classic group always serializes")
             }
             OffsetsRecord::Forget { group, partitions } => {
@@ -363,26 +354,13 @@ impl OffsetsRecord {
                     .iter()
                     .map(|p| StoredPartition { topic: p.topic.to_string(), partition: p.partition })
                     .collect();
-                let stored = StoredRecord {
-                    v: RECORD_VERSION,
-                    group: group.to_string(),
-                    offsets: None,
-                    deleted: false,
-                    classic: None,
-                    forgotten: Some(forgotten),
-                    spool: None,
-                };
+                let stored = StoredRecord { forgotten: Some(forgotten), ..StoredRecord::of(group) };
                 serde_json::to_vec(&stored).expect("a forgetting always serializes")
             }
             OffsetsRecord::Members(MembersRecord { group, members }) => {
                 let stored = StoredRecord {
-                    v: RECORD_VERSION,
-                    group: group.to_string(),
-                    offsets: None,
-                    deleted: false,
-                    classic: None,
-                    forgotten: None,
                     spool: Some(members.clone().unwrap_or_default()),
+                    ..StoredRecord::of(group)
                 };
                 serde_json::to_vec(&stored).expect("a group's members always serialize")
             }

@@ -30,6 +30,15 @@ fn revoking(c: &Coordinator, member: &MemberId) -> Vec<TopicPartition> {
     c.view(&name("g"), member).unwrap().revoking.into_iter().collect()
 }
 
+/// Two members of `g` at time 0, the first having given the second half its partitions.
+fn two_settled(c: &mut Coordinator) -> (MemberId, MemberId) {
+    let a = join(c, 0);
+    let b = join(c, 0);
+    let moving = revoking(c, &a);
+    c.revoked(&name("g"), &a, &moving, t(1));
+    (a, b)
+}
+
 fn join(c: &mut Coordinator, now_ms: i64) -> MemberId {
     c.join(&name("g"), subscription(6), 1000, None, t(now_ms)).unwrap().0
 }
@@ -64,10 +73,7 @@ fn three_members_get_fair_shares_and_a_late_joiner_moves_only_its_share() {
 fn a_grown_topic_gives_its_new_partitions_to_the_members_and_joins_see_the_new_count() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
-    let a = join(&mut c, 0);
-    let b = join(&mut c, 0);
-    let moving = revoking(&c, &a);
-    c.revoked(&g, &a, &moving, t(1));
+    let (a, b) = two_settled(&mut c);
     assert_eq!((owned(&c, &a), owned(&c, &b)), (vec![0, 1, 2], vec![3, 4, 5]));
     let other = TopicName::parse("other").unwrap();
     assert!(c.topic_grew(&other, 10, t(2)).wake.is_empty(), "no group reads it");
@@ -439,10 +445,7 @@ fn take_over(before: &mut Coordinator, instance: u64, now_ms: i64) -> Coordinato
 fn stored_members_keep_their_partitions_with_a_new_coordinator_and_resume_by_id() {
     let mut c = Coordinator::new(1, CommittedOffsets::default());
     let g = name("g");
-    let a = join(&mut c, 0);
-    let b = join(&mut c, 0);
-    let moving = revoking(&c, &a);
-    c.revoked(&g, &a, &moving, t(1));
+    let (a, b) = two_settled(&mut c);
     let (owned_a, owned_b) = (owned(&c, &a), owned(&c, &b));
     let generation = c.describe(&g).unwrap().generation;
 
