@@ -237,8 +237,12 @@ pub(crate) async fn group(server: &ServerArg, command: GroupCommand) -> anyhow::
                     true => String::new(),
                     false => format!("\trevoking=[{}]", revoking.join(",")),
                 };
+                let awaiting = match member.awaiting_rejoin {
+                    true => "\tawaiting_rejoin (kept for its session timeout)",
+                    false => "",
+                };
                 out!(
-                    "  member {}\tsession_timeout_ms={}\towned=[{}]{revoking}",
+                    "  member {}\tsession_timeout_ms={}\towned=[{}]{revoking}{awaiting}",
                     member.member_id,
                     member.session_timeout_ms,
                     owned.join(",")

@@ -56,6 +56,9 @@ pub struct MemberInfo {
     pub owned: Vec<TopicPartition>,
     /// Partitions it was asked to give up and has not yet.
     pub revoking: Vec<TopicPartition>,
+    /// Taken back from storage by a restarted server (or a new coordinator) and not joined
+    /// again yet: it keeps its partitions until it does, or its session timeout passes.
+    pub awaiting_rejoin: bool,
 }
 
 /// One partition a group consumes or has committed an offset for.
@@ -105,6 +108,7 @@ impl GroupInfo {
                     session_timeout_ms: m.session_timeout_ms,
                     owned: partitions(m.owned),
                     revoking: partitions(m.revoking),
+                    awaiting_rejoin: m.awaiting_rejoin,
                 })
                 .collect(),
             partitions: group

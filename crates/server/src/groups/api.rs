@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use spool_broker::TopicName;
 use spool_broker::group::{
-    GroupDescription, GroupName, GroupState, OffsetReset, Subscription, TopicPartition,
+    GroupDescription, GroupName, GroupState, MemberId, OffsetReset, Subscription, TopicPartition,
 };
 use spool_proto::limits::{
     GROUP_SESSION_TIMEOUT_MS_DEFAULT, GROUP_SESSION_TIMEOUT_MS_MAX, GROUP_SESSION_TIMEOUT_MS_MIN,
@@ -275,6 +275,7 @@ impl GroupApi {
                     .filter(|p| visible(p.topic.as_str()))
                     .map(wire_partition)
                     .collect(),
+                awaiting_rejoin: false,
             })
             .collect();
         group.partitions = description
@@ -419,11 +420,25 @@ impl GroupService for GroupApi {
         caller
             .allow(Action::Describe, Resource::Group(group.as_str()))
             .map_err(ServiceError::from)?;
-        let described = self.groups.lock().coordinator.describe(&group);
-        let described = described.ok_or(ServiceError::UnknownGroup { group })?;
-        Ok(Response::new(DescribeGroupResponse {
-            group: Some(self.describe_one(&caller, &described, true)),
-        }))
+        let (described, awaiting) = {
+            let state = self.groups.lock();
+            let described = state.coordinator.describe(&group);
+            let described = described.ok_or(ServiceError::UnknownGroup { group: group.clone() })?;
+            // Spool members (those with a view) without a stream.
+            let awaiting: BTreeSet<MemberId> = described
+                .members
+                .iter()
+                .filter(|m| state.coordinator.view(&group, &m.id).is_some())
+                .filter(|m| !state.links.contains_key(&m.id))
+                .map(|m| m.id.clone())
+                .collect();
+            (described, awaiting)
+        };
+        let mut described = self.describe_one(&caller, &described, true);
+        for member in &mut described.members {
+            member.awaiting_rejoin = awaiting.iter().any(|id| id.as_str() == member.member_id);
+        }
+        Ok(Response::new(DescribeGroupResponse { group: Some(described) }))
     }
 
     async fn reset_group(
