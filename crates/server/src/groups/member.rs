@@ -203,13 +203,29 @@ impl Member {
         }
     }
 
-    /// The coordinator's view of this member, or how its stream ends if it was removed.
-    fn view(&self) -> Result<MemberView, End> {
+    /// How this stream ends though its member may still be in the group: a new stream
+    /// resumed the member, or this node stopped coordinating the groups (the member stays
+    /// stored, for its client to resume where they are coordinated now).
+    fn superseded(&self) -> Option<End> {
         if self.link.replaced.load(Ordering::SeqCst) {
-            return Err(End::Status(Status::aborted(format!(
+            return Some(End::Status(Status::aborted(format!(
                 "a new stream resumed member {} of group {}: this one ends",
                 self.id, self.group
             ))));
+        }
+        let removal = *self.link.removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (removal == Some(Removal::CoordinatorMoved)).then(|| {
+            End::Status(Status::unavailable(format!(
+                "this node no longer coordinates the groups: join group {} again (any node names the coordinator), naming member id {} to keep its partitions",
+                self.group, self.id
+            )))
+        })
+    }
+
+    /// The coordinator's view of this member, or how its stream ends if it was removed.
+    fn view(&self) -> Result<MemberView, End> {
+        if let Some(end) = self.superseded() {
+            return Err(end);
         }
         let state = self.groups.lock();
         match state.coordinator.view(&self.group, &self.id) {
@@ -217,12 +233,6 @@ impl Member {
             None => {
                 let removal =
                     *self.link.removal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if removal == Some(Removal::CoordinatorMoved) {
-                    return Err(End::Status(Status::unavailable(format!(
-                        "this node no longer coordinates the groups: join group {} again (any node names the coordinator), naming member id {} to keep its partitions",
-                        self.group, self.id
-                    ))));
-                }
                 let why = removal
                     .map_or_else(|| "it is no longer a member".to_owned(), |r| r.to_string());
                 Err(End::Status(Status::aborted(format!(
@@ -318,9 +328,10 @@ impl Member {
     }
 
     async fn handle(&mut self, message: MemberRequest) -> Result<(), End> {
-        // A stream another one resumed speaks for the member no more.
-        if self.link.replaced.load(Ordering::SeqCst) {
-            return Err(self.view().err().unwrap_or(End::Left));
+        // A stream another one resumed, or one this node no longer coordinates, speaks for
+        // the member no more.
+        if let Some(end) = self.superseded() {
+            return Err(end);
         }
         // The grant as it is now: a message read in the same turn as a reload is not let in
         // on the check made before it.

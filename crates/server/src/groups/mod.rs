@@ -308,24 +308,40 @@ impl Groups {
         if let Some(cluster) = self.topics.cluster() {
             let term = cluster.groups_loaded_term();
             if state.coordinated_term != term {
-                let (replies, changes) = match term {
+                let replies = match term {
                     Some(term) => {
                         let now = self.now();
                         let replies = state.coordinator.restore_classic(now);
+                        // Groups of an earlier term of this node's may be older than what
+                        // another coordinator stored since: their members join again.
+                        self.drop_members(&mut state);
                         self.take_back_members(&mut state);
                         let classic = state.coordinator.classic().live_count();
                         let spool = state.coordinator.spool_live_count();
                         tracing::info!(term, classic, spool, "took back the stored groups");
-                        (replies, Changes::default())
+                        replies
                     }
-                    None => (state.coordinator.drop_classic(), state.coordinator.drop_members()),
+                    None => {
+                        self.drop_members(&mut state);
+                        state.coordinator.drop_classic()
+                    }
                 };
                 state.coordinated_term = term;
                 state.deliver(replies);
-                self.notify(&mut state, changes);
             }
         }
         state
+    }
+
+    /// Drops every Spool group ([`Coordinator::drop_members`]): their streams end UNAVAILABLE
+    /// and none leaves its group as it ends, so the members stay stored (see the module docs).
+    fn drop_members(&self, state: &mut State) {
+        let changes = state.coordinator.drop_members();
+        let dropped: Vec<MemberId> = changes.removed.iter().map(|(m, _)| m.clone()).collect();
+        self.notify(state, changes);
+        for member in &dropped {
+            state.links.remove(member);
+        }
     }
 
     /// Takes the stored Spool groups' members back (see the module docs), each topic with the
