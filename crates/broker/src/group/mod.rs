@@ -458,10 +458,12 @@ impl Group {
                 (id, StoredMember { id: id.to_string(), session_timeout_ms, owned: Vec::new() })
             })
             .collect();
+        let topic_index: BTreeMap<&TopicName, u32> =
+            self.subscription.topics.keys().zip(0..).collect();
         for (partition, slot) in &self.slots {
             if let Some(member) = slot.owner.as_ref().and_then(|owner| members.get_mut(owner)) {
                 member.owned.push(StoredOwned {
-                    topic: partition.topic.to_string(),
+                    topic_index: topic_index[&partition.topic],
                     partition: partition.partition,
                     since: slot.owned_since,
                     revoking: slot.revoke_deadline.is_some(),
@@ -495,6 +497,7 @@ impl Group {
             "latest" => OffsetReset::Latest,
             _ => return None,
         };
+        let names: Vec<TopicName> = topics.keys().cloned().collect();
         let mut group = Group::new(Subscription { topics, reset });
         group.generation = stored.generation;
         for member in &stored.members {
@@ -502,7 +505,7 @@ impl Group {
             let session_timeout_ms = member.session_timeout_ms.max(1);
             group.members.insert(id.clone(), Member { session_timeout_ms, last_heard: now });
             for owned in &member.owned {
-                let topic = TopicName::parse(&owned.topic).ok()?;
+                let topic = names.get(owned.topic_index as usize)?.clone();
                 let partition = TopicPartition { topic, partition: owned.partition };
                 let Some(slot) = group.slots.get_mut(&partition) else { continue };
                 if slot.owner.is_some() {

@@ -42,13 +42,15 @@
 //! A Spool group's members are stored whenever its membership or ownership changes (a join, a
 //! leave, a removal, a revocation acknowledged), so that a restarted server, or the node
 //! that takes over as coordinator, keeps each member's partitions for it while it joins again
-//! naming its id. Each member's partitions carry the generation it got them at (`since`) and
-//! whether they are being revoked; a group without members is stored with none:
+//! naming its id. Each member's partitions name their topic by its place in `topics` (in name
+//! order, so a long name is not repeated for every partition) and carry the generation the
+//! member got them at (`since`) and whether they are being revoked; a group without members
+//! is stored with none:
 //!
 //! ```json
 //! {"v":1,"group":"billing","spool":{"generation":4,"topics":{"orders":2},"reset":"earliest",
 //!  "members":[{"id":"18c2f-1","session_timeout_ms":10000,
-//!  "owned":[{"topic":"orders","partition":0,"since":3},{"topic":"orders","partition":1,"since":4,"revoking":true}]}]}}
+//!  "owned":[{"topic_index":0,"partition":0,"since":3},{"topic_index":0,"partition":1,"since":4,"revoking":true}]}]}}
 //! ```
 //!
 //! At start-up the server folds every record, in log order, into [`CommittedOffsets`]: the
@@ -120,7 +122,8 @@ pub struct StoredMember {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredOwned {
-    pub topic: String,
+    /// The topic's place in [`StoredMembers::topics`] (in name order).
+    pub topic_index: u32,
     pub partition: u32,
     /// The generation at which the member got it.
     pub since: u64,
@@ -840,5 +843,46 @@ mod tests {
                 Err(CommitRecordError::Shape { .. })
             ));
         }
+    }
+
+    /// The largest group the limits allow (every topic's name as long as it may be, every
+    /// partition owned and being revoked, every member) is stored in one record that leaves
+    /// room beside it in an internal log's group of records.
+    #[test]
+    fn the_largest_groups_members_fit_in_half_a_group_of_records() {
+        use crate::limits::{
+            GROUP_MEMBERS_MAX, GROUP_TOPICS_MAX, INTERNAL_GROUP_BYTES_MAX,
+            PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_BYTES_MAX,
+        };
+        let topics: BTreeMap<String, u32> = (0..GROUP_TOPICS_MAX)
+            .map(|i| {
+                (format!("{i:0>width$}", width = TOPIC_NAME_BYTES_MAX), PARTITIONS_PER_TOPIC_MAX)
+            })
+            .collect();
+        let partitions = GROUP_TOPICS_MAX * PARTITIONS_PER_TOPIC_MAX as usize;
+        let mut members: Vec<StoredMember> = (0..GROUP_MEMBERS_MAX)
+            .map(|i| StoredMember {
+                id: format!("{:x}-{i}", u64::MAX),
+                session_timeout_ms: 600_000,
+                owned: Vec::new(),
+            })
+            .collect();
+        for p in 0..partitions {
+            members[p % GROUP_MEMBERS_MAX].owned.push(StoredOwned {
+                topic_index: (p / PARTITIONS_PER_TOPIC_MAX as usize) as u32,
+                partition: p as u32 % PARTITIONS_PER_TOPIC_MAX,
+                since: u64::MAX,
+                revoking: true,
+            });
+        }
+        let stored =
+            StoredMembers { generation: u64::MAX, topics, reset: "earliest".into(), members };
+        let record = OffsetsRecord::Members(MembersRecord {
+            group: GroupName::parse(&"g".repeat(TOPIC_NAME_BYTES_MAX)).unwrap(),
+            members: Some(stored),
+        });
+        let bytes = record.encode().len();
+        assert!(bytes <= INTERNAL_GROUP_BYTES_MAX / 2, "{bytes} bytes");
+        assert_eq!(OffsetsRecord::decode(&record.encode()).unwrap(), record);
     }
 }

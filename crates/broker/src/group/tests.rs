@@ -506,7 +506,7 @@ fn member_records_store_each_change_once_and_a_group_without_members_as_none() {
         format!(
             r#"{{"v":1,"group":"g","spool":{{"generation":1,"topics":{{"t":6}},"reset":"earliest","members":[{{"id":"{a}","session_timeout_ms":1000,"owned":[{}]}}]}}}}"#,
             (0..6)
-                .map(|p| format!(r#"{{"topic":"t","partition":{p},"since":1}}"#))
+                .map(|p| format!(r#"{{"topic_index":0,"partition":{p},"since":1}}"#))
                 .collect::<Vec<_>>()
                 .join(",")
         )
