@@ -729,13 +729,13 @@ impl Coordinator {
         if subscription.topics.is_empty() || subscription.topics.len() > GROUP_TOPICS_MAX {
             return Err(JoinError::Topics { topics: subscription.topics.len() });
         }
-        let resumed = self.groups.get_mut(group).filter(|live| live.subscription == subscription);
-        if let Some((id, member)) = resumed
-            .and_then(|live| live.members.iter_mut().find(|(id, _)| Some(id.as_str()) == resume))
+        let resumed = resume.map(|id| MemberId(id.to_owned()));
+        let live = self.groups.get_mut(group).filter(|live| live.subscription == subscription);
+        if let (Some(live), Some(id)) = (live, resumed)
+            && let Some(member) = live.members.get_mut(&id)
         {
             member.session_timeout_ms = session_timeout_ms;
             member.last_heard = member.last_heard.max(now);
-            let id = id.clone();
             self.changed.insert(group.clone());
             return Ok((id.clone(), Changes { wake: vec![id], removed: Vec::new() }));
         }

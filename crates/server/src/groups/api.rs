@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use spool_broker::TopicName;
 use spool_broker::group::{
-    GroupDescription, GroupName, GroupState, MemberId, OffsetReset, Subscription, TopicPartition,
+    GroupDescription, GroupName, GroupState, OffsetReset, Subscription, TopicPartition,
 };
 use spool_proto::limits::{
     GROUP_SESSION_TIMEOUT_MS_DEFAULT, GROUP_SESSION_TIMEOUT_MS_MAX, GROUP_SESSION_TIMEOUT_MS_MIN,
@@ -425,18 +425,18 @@ impl GroupService for GroupApi {
             let described = state.coordinator.describe(&group);
             let described = described.ok_or(ServiceError::UnknownGroup { group: group.clone() })?;
             // Spool members (those with a view) without a stream.
-            let awaiting: BTreeSet<MemberId> = described
+            let awaiting: BTreeSet<String> = described
                 .members
                 .iter()
                 .filter(|m| state.coordinator.view(&group, &m.id).is_some())
                 .filter(|m| !state.links.contains_key(&m.id))
-                .map(|m| m.id.clone())
+                .map(|m| m.id.to_string())
                 .collect();
             (described, awaiting)
         };
         let mut described = self.describe_one(&caller, &described, true);
         for member in &mut described.members {
-            member.awaiting_rejoin = awaiting.iter().any(|id| id.as_str() == member.member_id);
+            member.awaiting_rejoin = awaiting.contains(&member.member_id);
         }
         Ok(Response::new(DescribeGroupResponse { group: Some(described) }))
     }
