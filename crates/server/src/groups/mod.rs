@@ -528,9 +528,9 @@ impl Groups {
     }
 
     /// Queues a group's deletion record, a record forgetting some of its offsets, or its
-    /// members, to the offsets log; the future resolves once it is durable. Call it with the state locked,
-    /// right after the coordinator deleted them, so that it is stored after every commit
-    /// decided before the deletion.
+    /// members, to the offsets log; the future resolves once it is durable. Call it with the
+    /// state locked, right after the coordinator made the change, so that it is stored after
+    /// every commit decided before it.
     pub(crate) fn persist_record(
         &self,
         record: &OffsetsRecord,
