@@ -87,6 +87,11 @@ pub enum ClassicError {
     InUseBySpool { group: GroupName },
     #[error("the group is rebalancing")]
     RebalanceInProgress,
+    /// The group's state here was replaced or dropped while the request waited (this node
+    /// stopped or started coordinating the groups), or what it settled could not be stored:
+    /// the member finds the coordinator again and joins there.
+    #[error("the group's coordinator moved, or could not store the group: find it again")]
+    CoordinatorMoved,
     #[error("a new member must join again with the member id it was given")]
     MemberIdRequired { member_id: String },
     #[error("session timeout {session_timeout_ms} ms is outside {min_ms}..={max_ms}")]
@@ -371,10 +376,10 @@ impl ClassicGroups {
         for member in std::mem::take(&mut self.groups).into_values().flat_map(|g| g.members) {
             let member = member.1;
             if let Some(waiting) = member.awaiting_join {
-                replies.joins.push((waiting, Err(ClassicError::RebalanceInProgress)));
+                replies.joins.push((waiting, Err(ClassicError::CoordinatorMoved)));
             }
             if let Some(waiting) = member.awaiting_sync {
-                replies.syncs.push((waiting, Err(ClassicError::RebalanceInProgress)));
+                replies.syncs.push((waiting, Err(ClassicError::CoordinatorMoved)));
             }
         }
         self.bytes = 0;

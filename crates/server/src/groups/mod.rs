@@ -367,7 +367,7 @@ impl Groups {
     /// Kafka group that changed to the offsets log (under the lock, so in the order decided),
     /// and sends the replies; while such a state is being stored, the JoinGroup and
     /// SyncGroup answers once it is durable. Should the store fail, they are answered
-    /// REBALANCE_IN_PROGRESS and the group rebalances. So no member works from an
+    /// NOT_COORDINATOR (the members find the coordinator again) and the group rebalances. So no member works from an
     /// assignment, or a static member's new id, that a coordinator taking over would not
     /// know (it would fence the static member).
     pub(crate) fn settle(self: &Arc<Self>, state: &mut State, mut replies: Replies) {
@@ -416,12 +416,12 @@ impl Groups {
                 match (waiter, answer) {
                     (ClassicWaiter::Join(waiter), Held::Join(answer)) => {
                         let answer =
-                            if refused { Err(ClassicError::RebalanceInProgress) } else { answer };
+                            if refused { Err(ClassicError::CoordinatorMoved) } else { answer };
                         let _ = waiter.send(answer);
                     }
                     (ClassicWaiter::Sync(waiter), Held::Sync(answer)) => {
                         let answer =
-                            if refused { Err(ClassicError::RebalanceInProgress) } else { answer };
+                            if refused { Err(ClassicError::CoordinatorMoved) } else { answer };
                         let _ = waiter.send(answer);
                     }
                     _ => {}

@@ -137,6 +137,10 @@ pub(super) fn classic_error_code(error: &ClassicError) -> i16 {
             ResponseError::InconsistentGroupProtocol
         }
         ClassicError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        // As Kafka's coordinator answers when it cannot store a group (NOT_LEADER, a storage
+        // error): the client finds the coordinator again, where REBALANCE_IN_PROGRESS on a
+        // JoinGroup is an error librdkafka hands the application.
+        ClassicError::CoordinatorMoved => ResponseError::NotCoordinator,
         ClassicError::MemberIdRequired { .. } => ResponseError::MemberIdRequired,
         ClassicError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
         ClassicError::GroupFull | ClassicError::Exhausted => ResponseError::GroupMaxSizeReached,

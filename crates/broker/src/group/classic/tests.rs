@@ -770,7 +770,7 @@ fn a_restore_skips_what_breaks_a_limit_and_answers_what_waited() {
     assert_eq!(join_answer(&replies, waiting), None, "the second member waits for the first");
     let stored = [(&names[0], &good), (&names[1], &twice), (&broken_name, &broken)];
     let replies = c.restore(stored, |_| false, t(10));
-    assert_eq!(join_answer(&replies, waiting), Some(Err(ClassicError::RebalanceInProgress)));
+    assert_eq!(join_answer(&replies, waiting), Some(Err(ClassicError::CoordinatorMoved)));
     assert!(!c.is_live(&g()));
     assert!(c.is_live(&names[0]));
     assert!(!c.is_live(&names[1]) && !c.is_live(&broken_name));
