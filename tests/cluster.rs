@@ -1344,7 +1344,10 @@ async fn kafka_metadata_names_every_node_and_each_partitions_leader() {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let answer: MetadataResponse = connection.call(ApiKey::Metadata, 8, &request).await;
-            let partition = &answer.topics[0].partitions[0];
+            // The node catches up with the cluster's metadata before it answers.
+            let topic = &answer.topics[0];
+            assert_eq!(topic.error_code, 0, "node {id}: {topic:?}");
+            let partition = &topic.partitions[0];
             let replicas: Vec<i32> = partition.replica_nodes.iter().map(|r| r.0).collect();
             assert_eq!(replicas.len(), 2, "node {id}: {partition:?}");
             if partition.error_code == 0 {

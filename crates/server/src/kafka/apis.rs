@@ -14,7 +14,7 @@ use kafka_protocol::protocol::{StrBytes, VersionRange};
 
 use super::codes::error_code;
 use super::{AdvertisedAddress, Shared};
-use crate::auth::{Action, Caller};
+use crate::auth::{Action, Caller, Resource};
 
 /// Every API served and the versions of it, and nothing else: ApiVersions advertises exactly
 /// this. The requests with arrays are served in their non-flexible versions only, which
@@ -172,7 +172,12 @@ async fn described(shared: &Shared, caller: &Caller, name: &str) -> MetadataResp
     let answer = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
         .with_topic_authorized_operations(i32::MIN);
-    let topic = match shared.topic(caller, Action::Describe, name) {
+    // A topic created through another node a moment ago is found here too.
+    let topic = match caller.allow(Action::Describe, Resource::Topic(name)) {
+        Ok(()) => shared.topics.topic_for_request(name, None).await,
+        Err(refused) => Err(refused.into()),
+    };
+    let topic = match topic {
         Ok(topic) => topic,
         Err(error) => return answer.with_error_code(error_code(&error)),
     };
