@@ -859,8 +859,9 @@ async fn a_producer_sends_each_partition_to_its_leader() {
     }
 
     // The stopped node comes back where it served, and leads a partition the topic grows by
-    // (each new partition's first leader is its preferred one): the stream that went on
-    // through another node is not used for it, a new one to the node is.
+    // (each new partition's first leader is its preferred one, or is handed back to it):
+    // the stream that went on through another node is not used for it, a new one to the
+    // node is.
     cluster.restart(stopped).await;
     let grow = spool_proto::v1::AlterTopicRequest {
         name: "routed".into(),
@@ -868,10 +869,17 @@ async fn a_producer_sends_each_partition_to_its_leader() {
         ..Default::default()
     };
     cluster.node(1).topics().await.alter_topic(grow).await.expect("grown");
-    let leaders = agreed_leaders(&cluster, "routed").await;
-    let regained = (3u32..6)
-        .find(|partition| leaders[*partition as usize] == stopped)
-        .expect("the node that came back leads a new partition");
+    let preferred = preferred_leaders(&cluster, 1, "routed").await;
+    assert!(preferred[3..].contains(&stopped), "a new partition prefers node {stopped}");
+    let deadline = Instant::now() + PATIENCE * 2;
+    let regained = loop {
+        let leaders = agreed_leaders(&cluster, "routed").await;
+        if let Some(regained) = (3u32..6).find(|p| leaders[*p as usize] == stopped) {
+            break regained;
+        }
+        assert!(Instant::now() < deadline, "node {stopped} leads no new partition: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for attempt in 1.. {
         assert_eq!(producer.refresh_partitions().await.expect("leaders read again"), 6);
         let before = passed_on(&cluster);
@@ -885,6 +893,76 @@ async fn a_producer_sends_each_partition_to_its_leader() {
     let values = cluster.read_partition(new_leader, "routed", moved, 250).await;
     assert_eq!(values.len(), 100 + 50 + 100, "each record of partition {moved} stored once");
     assert!(values[100..150].iter().zip(0..).all(|(v, i)| *v == format!("around the stop {i}")));
+}
+
+/// Each partition's preferred leader (the first of its replicas), as node `id` describes
+/// `topic`.
+async fn preferred_leaders(cluster: &Cluster, id: u64, topic: &str) -> Vec<u64> {
+    let described = cluster.node(id).describe(topic).await.expect("described");
+    described.partitions.iter().map(|p| p.replicas[0]).collect()
+}
+
+/// Waits until the running nodes agree that each partition of `topic` is led by its
+/// preferred leader; how long that took.
+async fn wait_for_preferred_leaders(cluster: &Cluster, topic: &str, preferred: &[u64]) -> Duration {
+    // A hand-back waits for its node's next look (every 10 s) and the leader's lease.
+    let patience = PATIENCE * 2;
+    let started = Instant::now();
+    loop {
+        let leaders = agreed_leaders(cluster, topic).await;
+        if leaders == preferred {
+            return started.elapsed();
+        }
+        let waited = started.elapsed();
+        assert!(waited < patience, "{topic}: leaders {leaders:?}, preferred {preferred:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Produces one record to each partition of `spread` through the first running node, and
+/// notes it in `acknowledged` (one list per partition).
+async fn produce_round(cluster: &Cluster, round: &str, acknowledged: &mut [Vec<String>]) {
+    let at = cluster.running()[0];
+    for (partition, sent) in (0u32..).zip(acknowledged.iter_mut()) {
+        let value = format!("{round} {partition}");
+        cluster.produce_to(at, "spread", partition, &value).await;
+        sent.push(value);
+    }
+}
+
+/// A node that stops loses the leadership of its partitions; once it is back and has caught
+/// up, each is handed back to it, and nothing acknowledged meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_return_to_their_preferred_nodes_once_a_stopped_node_is_back() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic(1, "spread", 3).await;
+    let preferred = preferred_leaders(&cluster, 1, "spread").await;
+    let mut nodes = preferred.clone();
+    nodes.sort_unstable();
+    assert_eq!(nodes, [1, 2, 3], "one partition preferring each node");
+    // A preferred node may lose its first election on a loaded machine: it gets it back.
+    let took = wait_for_preferred_leaders(&cluster, "spread", &preferred).await;
+    println!("each partition led by its preferred node after {took:?}");
+    let mut acknowledged = vec![Vec::new(); 3];
+    produce_round(&cluster, "before", &mut acknowledged).await;
+    let stopped = preferred[1];
+    cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
+    let deadline = Instant::now() + PATIENCE;
+    while agreed_leaders(&cluster, "spread").await[1] == stopped {
+        assert!(Instant::now() < deadline, "partition 1 kept its stopped leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    produce_round(&cluster, "while stopped", &mut acknowledged).await;
+    cluster.restart(stopped).await;
+    produce_round(&cluster, "back", &mut acknowledged).await;
+    let took = wait_for_preferred_leaders(&cluster, "spread", &preferred).await;
+    println!("node {stopped} led its partition again {took:?} after it served");
+    produce_round(&cluster, "after", &mut acknowledged).await;
+    for (partition, expected) in (0u32..).zip(&acknowledged) {
+        let leader = preferred[partition as usize];
+        let values = cluster.read_partition(leader, "spread", partition, expected.len()).await;
+        assert_eq!(&values, expected, "partition {partition}: each record once, in order");
+    }
 }
 
 /// A plain producer keeps many one-record batches in flight, through a follower (not

@@ -68,7 +68,7 @@ pub use network::{Call, Transport, TransportError};
 pub use proposals::fits_one_entry;
 pub use remote::Remote;
 pub use replica::{
-    BootstrapError, OnForwarded, OnRead, ProposeError, Proposed, Replica, StartError,
+    BootstrapError, HandOverError, OnForwarded, OnRead, ProposeError, Proposed, Replica, StartError,
 };
 pub use rpc::{InvalidMessage, PROTOCOL_VERSION, PeerRead, ReadAnswer, ReadHead, check_message};
 pub use state_machine::{Fold, OnCommit, PartitionStateMachine};

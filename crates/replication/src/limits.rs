@@ -80,7 +80,22 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// heartbeat refuses votes for the lease, and stands for election only after the lease plus
 /// its own timeout. A dead leader is so replaced 1.5-2 s after its last heartbeat.
 pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_000);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+
+/// A leader hands its group over ([`crate::Replica::hand_over`]) only once it has led for
+/// this long: openraft's lease on the leader's own vote runs `ELECTION_TIMEOUT_MAX` from its
+/// election, and until it ends the leader refuses the vote the hand-over needs.
+pub const HAND_OVER_LED_MIN: Duration = Duration::from_millis(2 * ELECTION_TIMEOUT_MAX_MS);
+
+/// The most entries the node a leader hands over to may be behind when the hand-over starts:
+/// further behind, it is not tried.
+pub const HAND_OVER_LAG_MAX: u64 = 4;
+
+/// How long a leader holds new proposals back while the node it hands over to catches up
+/// with its last entry, and then again while that node's election runs: past either, the
+/// hand-over gives up and the proposals go on.
+pub const HAND_OVER_WAIT_MAX: Duration = Duration::from_millis(500);
 
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());

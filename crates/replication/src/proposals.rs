@@ -62,6 +62,8 @@ pub(crate) struct Proposals {
     /// Held while an entry is formed and handed to Raft, so entries reach Raft in the order
     /// their batches were queued.
     submit: tokio::sync::Mutex<()>,
+    /// Entries handed to Raft and not yet answered.
+    in_raft: tokio::sync::watch::Sender<usize>,
 }
 
 impl Proposals {
@@ -70,6 +72,7 @@ impl Proposals {
             state: Mutex::new(State::default()),
             room: Arc::new(Semaphore::new(PROPOSALS_QUEUED_KIB_MAX as usize)),
             submit: tokio::sync::Mutex::new(()),
+            in_raft: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -108,6 +111,18 @@ impl Proposals {
         Ok(answered)
     }
 
+    /// Holds every queued batch back from Raft until the guard is dropped; entries already in
+    /// Raft go on. What a leader does while it hands its group over.
+    pub(crate) async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.submit.lock().await
+    }
+
+    /// Waits until no entry handed to Raft is unanswered (committed, or refused).
+    pub(crate) async fn settled(&self) {
+        let mut in_raft = self.in_raft.subscribe();
+        let _ = in_raft.wait_for(|count| *count == 0).await;
+    }
+
     /// Proposes entries of the queued batches, one at a time, until none is queued.
     async fn run(self: Arc<Self>, raft: Raft<TypeConfig>) {
         loop {
@@ -128,6 +143,7 @@ impl Proposals {
                     }
                     false => None,
                 };
+                self.in_raft.send_modify(|count| *count += 1);
                 let written = raft.client_write_ff(batch).await;
                 (group, appended, written)
             };
@@ -168,6 +184,7 @@ impl Proposals {
                 Err(fatal) => Err(ProposeError::Stopped(fatal.to_string())),
             };
             answer(&mut group, entry, |_| true);
+            self.in_raft.send_modify(|count| *count -= 1);
         }
     }
 

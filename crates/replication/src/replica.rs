@@ -4,17 +4,17 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use spool_storage::Offset;
 
 use crate::limits::{
-    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HEARTBEAT_INTERVAL,
-    SNAPSHOT_CHUNK_BYTES,
+    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HAND_OVER_LAG_MAX,
+    HAND_OVER_LED_MIN, HAND_OVER_WAIT_MAX, HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::network::{Network, Transport};
 use crate::proposals::{self, Proposals};
@@ -60,6 +60,33 @@ pub enum ProposeError {
     Oversized { batches: usize, bytes: usize },
 }
 
+/// Why a leader did not hand its group over ([`Replica::hand_over`]). The group is led as
+/// before, or (`NotElected`) by whoever won the election that followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandOverError {
+    #[error("this replica does not lead the group")]
+    NotLeader,
+    #[error("node {0} is not a voter of the group")]
+    NotAVoter(NodeId),
+    /// Until then the leader's own lease refuses the vote the hand-over needs.
+    #[error(
+        "this replica has led the group for {led:?}, less than the {HAND_OVER_LED_MIN:?} a hand-over waits for"
+    )]
+    TooSoon { led: Duration },
+    #[error("node {node} is {} behind this leader", match behind {
+        Some(behind) => format!("{behind} entries"),
+        None => "an unknown number of entries".to_owned(),
+    })]
+    Behind { node: NodeId, behind: Option<u64> },
+    #[error("node {node} did not stand for election: {reason}")]
+    NotStood { node: NodeId, reason: String },
+    #[error("node {node} was not elected within {HAND_OVER_WAIT_MAX:?}; {}", match leader {
+        Some(leader) => format!("node {leader} leads"),
+        None => "no leader is known yet".to_owned(),
+    })]
+    NotElected { node: NodeId, leader: Option<NodeId> },
+}
+
 /// The offsets a committed batch took: its first, and the one after its last.
 pub type Proposed = Result<(Offset, Offset), ProposeError>;
 
@@ -81,18 +108,34 @@ fn unanswered() -> ProposeError {
     ProposeError::Stopped("the leader's owner left a batch passed to it unanswered".into())
 }
 
-/// Counts each new leader the metrics name, until the replica stops.
-async fn count_leader_changes(
-    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+/// Counts each new leader the metrics name, and notes in which term and since when node
+/// `node_id` leads, until the replica stops.
+async fn watch_leaders(
+    mut metrics: tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    node_id: NodeId,
     changes: Arc<std::sync::atomic::AtomicU64>,
+    led_since: Arc<Mutex<Option<(u64, Instant)>>>,
 ) {
     let mut last = None;
     loop {
-        let leader = metrics.borrow_and_update().current_leader;
+        let (leader, term, leads) = {
+            let metrics = metrics.borrow_and_update();
+            let leads =
+                metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id);
+            (metrics.current_leader, metrics.current_term, leads)
+        };
         if leader.is_some() && leader != last {
             changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         last = leader;
+        {
+            let mut led = led_since.lock().unwrap_or_else(PoisonError::into_inner);
+            match *led {
+                Some((led_term, _)) if leads && led_term == term => {}
+                _ if leads => *led = Some((term, Instant::now())),
+                _ => *led = None,
+            }
+        }
         if metrics.changed().await.is_err() {
             return;
         }
@@ -113,6 +156,10 @@ pub struct Replica {
     proposals: Arc<Proposals>,
     /// Leaders this replica has seen take the group since it started.
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// While this replica leads: the term, and when it took the lead (as its metrics told).
+    led_since: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// The node the group's leadership goes back to when it can ([`Replica::hand_back`]).
+    preferred: OnceLock<NodeId>,
     /// While the store is under repair: the commit index a leader sent that this replica
     /// must apply before it votes again (`u64::MAX`: none yet).
     repair_target: Arc<AtomicU64>,
@@ -243,7 +290,10 @@ impl Replica {
             .await
             .map_err(|error| StartError(error.to_string()))?;
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
+        let led_since = Arc::new(Mutex::new(None));
+        let watch =
+            watch_leaders(raft.metrics(), node_id, leader_changes.clone(), led_since.clone());
+        tokio::spawn(watch);
         let repair_target = Arc::new(AtomicU64::new(u64::MAX));
         if store.repairing() {
             let (raft, store) = (raft.clone(), store.clone());
@@ -261,6 +311,8 @@ impl Replica {
             reads: OnceLock::new(),
             proposals: Arc::new(Proposals::new()),
             leader_changes,
+            led_since,
+            preferred: OnceLock::new(),
             repair_target,
         })
     }
@@ -556,6 +608,114 @@ impl Replica {
         }
     }
 
+    /// Hands the group's leadership to node `to`, one of its voters (`Ok` at once when `to`
+    /// is this node): what openraft 0.10's
+    /// `transfer_leader` does, built from 0.9's election trigger. This leader holds new
+    /// proposals back (entries already in Raft go on) until `to` holds every entry it has,
+    /// asks `to` to stand for election, and gives it its vote: a candidate whose log is as long
+    /// as the leader's. Raft still decides; this only starts an election that `to` can win
+    /// at once. In a group of three, `to`'s own vote and this leader's make a majority (the
+    /// other follower refuses votes for the lease, having heard from this leader); in a larger
+    /// group, `to` wins once the others' lease has run out, as after a leader's death. The held
+    /// proposals then go on, and are answered `NotLeader` naming `to`. Waits at most
+    /// [`HAND_OVER_WAIT_MAX`] for `to` to catch up, and as long again for it to win.
+    pub async fn hand_over(&self, to: NodeId) -> Result<(), HandOverError> {
+        let term = self.leading_term().ok_or(HandOverError::NotLeader)?;
+        if to == self.node_id {
+            return Ok(());
+        }
+        let led = match *self.led_since.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((led_term, since)) if led_term == term => since.elapsed(),
+            _ => Duration::ZERO,
+        };
+        if led < HAND_OVER_LED_MIN {
+            return Err(HandOverError::TooSoon { led });
+        }
+        let address = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let voter = membership.voter_ids().any(|id| id == to);
+            let node = membership.get_node(&to).filter(|_| voter);
+            node.ok_or(HandOverError::NotAVoter(to))?.addr.clone()
+        };
+        let behind = |metrics: &RaftMetrics<NodeId, BasicNode>| {
+            let matched = metrics.replication.as_ref()?.get(&to)?.as_ref()?.index;
+            Some(metrics.last_log_index.unwrap_or(0).saturating_sub(matched))
+        };
+        let mut metrics = self.raft.metrics();
+        let lag = behind(&metrics.borrow());
+        if lag.is_none_or(|lag| lag > HAND_OVER_LAG_MAX) {
+            return Err(HandOverError::Behind { node: to, behind: lag });
+        }
+        let _held = self.proposals.hold().await;
+        let caught_up = async {
+            // Every entry handed to Raft before the hold is answered, so the leader's log
+            // holds it: then `to` holds all of the leader's log.
+            self.proposals.settled().await;
+            let waited = metrics.wait_for(|m| m.current_term != term || behind(m) == Some(0));
+            waited.await.is_ok_and(|metrics| metrics.current_term == term)
+        };
+        match tokio::time::timeout(HAND_OVER_WAIT_MAX, caught_up).await {
+            Ok(true) => {}
+            Ok(false) => return Err(HandOverError::NotLeader),
+            Err(_) => {
+                let lag = behind(&self.raft.metrics().borrow());
+                return Err(HandOverError::Behind { node: to, behind: lag });
+            }
+        }
+        if self.leading_term() != Some(term) {
+            return Err(HandOverError::NotLeader);
+        }
+        let not_stood = |reason: String| HandOverError::NotStood { node: to, reason };
+        let message = rpc::encode_request(&Request::Campaign { term });
+        let call = self.transport.call(to, &address, &self.group, message, HAND_OVER_WAIT_MAX);
+        let answer = call.await.map_err(|error| not_stood(error.to_string()))?;
+        match rpc::decode_response::<(), String>(&answer) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(not_stood(reason)),
+            Err(invalid) => return Err(not_stood(invalid.to_string())),
+        }
+        let elected = metrics.wait_for(|m| m.current_leader == Some(to));
+        match tokio::time::timeout(HAND_OVER_WAIT_MAX, elected).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                let leader = self.raft.metrics().borrow().current_leader;
+                Err(HandOverError::NotElected { node: to, leader })
+            }
+        }
+    }
+
+    /// Stands for election because the leader of `term` hands the group over to this replica
+    /// ([`Replica::hand_over`]); refused under repair, or in another term.
+    async fn stand_when_handed(&self, term: u64) -> Result<(), String> {
+        if self.store.repairing() {
+            return Err("this replica is under repair: it stands for no election".to_owned());
+        }
+        let current = self.raft.metrics().borrow().current_term;
+        if current != term {
+            return Err(format!("this replica is in term {current}, not {term}"));
+        }
+        self.raft.trigger().elect().await.map_err(|error| error.to_string())
+    }
+
+    /// Names the node the group's leadership goes back to when it can ([`Replica::hand_back`]):
+    /// its preferred leader. Set once.
+    pub fn prefer_leader(&self, id: NodeId) {
+        let _ = self.preferred.set(id);
+    }
+
+    /// Where this replica leads a group whose preferred leader is another node: hands the
+    /// leadership to that node ([`Replica::hand_over`]), and names it. `Ok(None)` when there
+    /// is nothing to hand back.
+    pub async fn hand_back(&self) -> Result<Option<NodeId>, HandOverError> {
+        let Some(&preferred) = self.preferred.get() else { return Ok(None) };
+        if preferred == self.node_id || self.leading_term().is_none() {
+            return Ok(None);
+        }
+        self.hand_over(preferred).await.map(|()| Some(preferred))
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -574,8 +734,8 @@ impl Replica {
     pub fn leading_term(&self) -> Option<u64> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        let leads = metrics.state == openraft::ServerState::Leader
-            && metrics.current_leader == Some(self.node_id);
+        let leads =
+            metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id);
         leads.then_some(metrics.current_term)
     }
 
@@ -687,6 +847,9 @@ impl Replica {
             Ok(Request::Progress) => {
                 let last_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 rpc::encode_response::<u64, ()>(Ok(last_index))
+            }
+            Ok(Request::Campaign { term }) => {
+                rpc::encode_response::<(), String>(self.stand_when_handed(term).await)
             }
             Ok(Request::ReadIndex) => {
                 // Only the leader answers with an index: asked of a follower (the leader

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ProposeInOrder, ReadIndex, Progress and Read; each answer is a JSON `Result` of the
+//! ProposeInOrder, ReadIndex, Progress, Read and Campaign; each answer is a JSON `Result` of the
 //! response or error (ProposeInOrder's, a list of them), but Read's, which is
 //! `header length: u32 BE | header: JSON Result | the batches read`. The body is AppendEntries' entries,
 //! InstallSnapshot's chunk of snapshot bytes, Propose's Kafka batch or ProposeInOrder's Kafka
@@ -38,13 +38,14 @@ const READ_INDEX: u8 = 5;
 const PROGRESS: u8 = 6;
 const PROPOSE_IN_ORDER: u8 = 7;
 const READ: u8 = 8;
+const CAMPAIGN: u8 = 9;
 
 /// The version of these messages (and of what carries them, the server's peer protocol),
 /// one more with every change a node of the version before cannot read. Nodes tell each
 /// other theirs, so a cluster whose nodes run different releases says so rather than failing
 /// message by message: 1 is every build before nodes told, 2 the first that does (with
-/// `Read`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `Read`), 3 the first with `Campaign`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const BLANK: u8 = 0;
 const MEMBERSHIP: u8 = 1;
@@ -70,6 +71,11 @@ pub(crate) enum Request {
     Progress,
     /// A read asked by a node that holds no replica of the group (`Remote::read`).
     Read(PeerRead),
+    /// Asked of a follower by the leader of term `term`, which hands the group over to it
+    /// (`Replica::hand_over`): stand for election now.
+    Campaign {
+        term: u64,
+    },
 }
 
 /// A read a node that holds no replica of a partition asks of one that does, for its own
@@ -156,6 +162,7 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
         Request::ReadIndex => put_header(&mut buf, READ_INDEX, &()),
         Request::Read(read) => put_header(&mut buf, READ, read),
         Request::Progress => put_header(&mut buf, PROGRESS, &()),
+        Request::Campaign { term } => put_header(&mut buf, CAMPAIGN, term),
         Request::Propose(kafka) => {
             put_header(&mut buf, PROPOSE, &());
             buf.put_slice(kafka);
@@ -326,6 +333,7 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
             json::<()>(&header, "progress request")?;
             Request::Progress
         }
+        CAMPAIGN => Request::Campaign { term: json(&header, "campaign request")? },
         READ => {
             let read: PeerRead = json(&header, "read request")?;
             if let PeerRead::Records { bytes_max, wait_ms, .. } = read {
@@ -557,6 +565,19 @@ mod tests {
     }
 
     #[test]
+    fn a_campaign_round_trips_and_carries_nothing_else() {
+        let message = encode_request(&Request::Campaign { term: 7 });
+        assert!(matches!(decode_request(message.clone()), Ok(Request::Campaign { term: 7 })));
+        let trailing = Bytes::from([&message[..], b"x"].concat());
+        let error = decode_request(trailing).unwrap_err().to_string();
+        assert!(error.contains("1 bytes after the request"), "{error}");
+        let mut wrong = BytesMut::new();
+        put_header(&mut wrong, CAMPAIGN, &"seven");
+        let error = decode_request(wrong.freeze()).unwrap_err().to_string();
+        assert!(error.contains("campaign request"), "{error}");
+    }
+
+    #[test]
     fn an_entry_s_batches_must_fill_its_payload_exactly() {
         let two = [kafka_batch(), kafka_batch()].concat();
         assert_eq!(split_batches(Bytes::from(two.clone()), "entry 5").unwrap().len(), 2);
@@ -601,8 +622,8 @@ mod tests {
         let good = encode_request(&Request::AppendEntries(append()));
         assert!(refused(Bytes::from_static(&[2, 0])).contains("5-byte head"));
         assert!(
-            refused(Bytes::from_static(&[9, 0, 0, 0, 2, b'{', b'}']))
-                .contains("unknown request kind 9")
+            refused(Bytes::from_static(&[99, 0, 0, 0, 2, b'{', b'}']))
+                .contains("unknown request kind 99")
         );
         assert!(refused(Bytes::from_static(&[2, 0xff, 0xff, 0xff, 0xff])).contains("header of"));
         assert!(refused(good.slice(..good.len() - 3)).contains("claims"));

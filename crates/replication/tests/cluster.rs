@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use spool_replication::history::{self, History, Observed, Outcome};
-use spool_replication::limits::ENTRY_BATCHES_MAX;
+use spool_replication::limits::{ENTRY_BATCHES_MAX, HAND_OVER_LED_MIN};
 use spool_replication::{
-    Call, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, Transport,
-    TransportError,
+    Call, HandOverError, NodeId, PartitionStateMachine, ProposeError, Replica, SegmentLogStore,
+    Transport, TransportError,
 };
 use spool_storage::batch::{BatchBuilder, BatchIter, BatchView, EntryStamp, ProducerStamp};
 use spool_storage::sim::{Rng, SimFileSystem};
@@ -520,6 +520,127 @@ async fn a_dead_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     }
 }
 
+/// Hands `replica`'s leadership to `to`, once it has led long enough to.
+async fn hand_over(replica: &Replica, to: NodeId) -> Result<(), HandOverError> {
+    loop {
+        let started = Instant::now();
+        match replica.hand_over(to).await {
+            Err(HandOverError::TooSoon { led }) => {
+                tokio::time::sleep(HAND_OVER_LED_MIN.saturating_sub(led)).await;
+            }
+            other => {
+                println!("hand-over to node {to}: {other:?} in {:?}", started.elapsed());
+                return other;
+            }
+        }
+    }
+}
+
+/// Hands `replica`'s leadership to `to`, asking again while the leader counts `to` behind:
+/// it may hear of `to`'s last appends a moment after `to` has applied them.
+async fn hand_over_once_caught_up(replica: &Replica, to: NodeId) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match hand_over(replica, to).await {
+            Ok(()) => return,
+            Err(HandOverError::Behind { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("not handed over to node {to}: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_over_to_a_follower_under_load_and_nothing_acknowledged_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = Arc::new(Cluster::start().await);
+    let end = cluster.produce("first").await.1;
+    assert_same_logs(&cluster, end).await;
+    let old = cluster.leader(None).await;
+    let to = (1..=3).find(|id| *id != old).expect("a follower");
+    // Producers keep proposing at the leader they see, and record what was acknowledged.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for producer in 0..3 {
+        let (cluster, acknowledged, stop) = (cluster.clone(), acknowledged.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let value = format!("p{producer}-{n}");
+                let leader = cluster.leader(None).await;
+                match cluster.replica(leader).propose(single(&value)).await {
+                    Ok(_) => {
+                        acknowledged.lock().unwrap().push(value);
+                        n += 1;
+                    }
+                    // Held while the leader handed over, then refused: nothing was stored.
+                    Err(ProposeError::NotLeader { .. }) => {}
+                    Err(error) => panic!("{value}: {error}"),
+                }
+            }
+        }));
+    }
+    hand_over_once_caught_up(&cluster.replica(old), to).await;
+    // The others' views of the leader follow the old leader's.
+    assert_eq!(cluster.leader(Some(old)).await, to);
+    assert_eq!(cluster.replica(old).leading_term(), None);
+    let end = cluster.produce("last").await.1;
+    stop.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.expect("a producer panicked");
+    }
+    assert_same_logs(&cluster, end).await;
+    let stored = values(&cluster.replica(to));
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 10, "only {} acknowledged", acknowledged.len());
+    for value in &acknowledged {
+        let count = stored.iter().filter(|stored| *stored == value).count();
+        assert_eq!(count, 1, "{value} is stored {count} times");
+    }
+    // Each producer's values in the order acknowledged.
+    for producer in 0..3 {
+        let prefix = format!("p{producer}-");
+        let mine: Vec<&String> = stored.iter().filter(|v| v.starts_with(&prefix)).collect();
+        let sent: Vec<&String> = acknowledged.iter().filter(|v| v.starts_with(&prefix)).collect();
+        assert_eq!(mine, sent, "producer {producer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_is_refused_where_it_cannot_be_won() {
+    let cluster = Cluster::start().await;
+    cluster.produce("first").await;
+    let leader = cluster.leader(None).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3).find(|id| *id != leader && *id != follower).expect("another");
+    let refused = cluster.replica(follower).hand_over(other).await;
+    assert_eq!(refused, Err(HandOverError::NotLeader));
+    let refused = hand_over(&cluster.replica(leader), 7).await;
+    assert_eq!(refused, Err(HandOverError::NotAVoter(7)));
+    // To itself: nothing to do.
+    assert_eq!(cluster.replica(leader).hand_over(leader).await, Ok(()));
+    // A follower cut off falls behind: the leader keeps the group.
+    cluster.set_cut(&[follower]);
+    for i in 0..5 {
+        cluster.produce(&format!("while cut off {i}")).await;
+    }
+    let refused = hand_over(&cluster.replica(leader), follower).await;
+    assert!(matches!(refused, Err(HandOverError::Behind { node, .. }) if node == follower));
+    assert!(cluster.replica(leader).leading_term().is_some());
+    // Once back and caught up, it takes the group.
+    cluster.set_cut(&[]);
+    let end = cluster.produce("healed").await.1;
+    assert_same_logs(&cluster, end).await;
+    hand_over_once_caught_up(&cluster.replica(leader), follower).await;
+    assert_eq!(cluster.leader(Some(leader)).await, follower);
+    let end = cluster.produce("after").await.1;
+    assert_same_logs(&cluster, end).await;
+    let values = values(&cluster.replica(leader));
+    assert_eq!(values.last().map(String::as_str), Some("after"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_never_acknowledges_and_its_tail_is_cut_when_it_rejoins() {
     let cluster = Cluster::start().await;
@@ -625,7 +746,7 @@ async fn nemesis_run(seed: u64) {
     let mut killed: Option<NodeId> = None;
     for step in 0..10 {
         let node = 1 + rng.below(3);
-        match rng.below(4) {
+        match rng.below(5) {
             0 => {
                 println!("step {step}: cut node {node} off");
                 cluster.set_cut(&[node]);
@@ -642,6 +763,14 @@ async fn nemesis_run(seed: u64) {
                 println!("step {step}: kill node {node}");
                 cluster.kill(node).await;
                 killed = Some(node);
+            }
+            3 => {
+                let leader = cluster.leader_within(None, Duration::from_millis(500)).await;
+                let replica = leader.and_then(|leader| cluster.try_replica(leader));
+                if let Some(replica) = replica {
+                    println!("step {step}: hand the leadership to node {node}");
+                    let _ = hand_over(&replica, node).await;
+                }
             }
             _ => {
                 println!("step {step}: power loss of the whole cluster");

@@ -65,6 +65,10 @@ pub const FOLLOWER_READ_PATIENCE: Duration = Duration::from_secs(5);
 pub const INTERNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 pub const INTERNAL_COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 pub const INTERNAL_COMPACT_PATIENCE: Duration = Duration::from_secs(30);
+/// How often a node looks for groups it leads whose preferred leader is another node, to
+/// hand them back; and how many it hands back at once.
+pub const LEADER_HAND_BACK_INTERVAL: Duration = Duration::from_secs(10);
+pub const LEADER_HAND_BACKS_AT_ONCE: usize = 8;
 /// How long a replicated partition's retention waits for its replica to save a snapshot of
 /// the partition's state (a small file) before it gives up until the next check.
 pub const RETENTION_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);

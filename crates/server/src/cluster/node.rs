@@ -38,9 +38,9 @@ use crate::idempotence::ProducerIdError;
 use crate::limits::{
     EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
     INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
-    LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL,
-    PEER_PROBE_TIMEOUT, PEER_PROTOCOL_CHECK_INTERVAL, PRODUCER_ID_PATIENCE,
-    REMOTE_READS_WAITING_MAX,
+    LEADER_HAND_BACK_INTERVAL, LEADER_HAND_BACKS_AT_ONCE, LEADERSHIP_CONFIRM_TIMEOUT,
+    METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL, PEER_PROBE_TIMEOUT,
+    PEER_PROTOCOL_CHECK_INTERVAL, PRODUCER_ID_PATIENCE, REMOTE_READS_WAITING_MAX,
 };
 use spool_broker::Placement;
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
@@ -404,6 +404,7 @@ impl Cluster {
             .await?;
         let _ = cluster.offsets.set(offsets);
         tokio::spawn(compact_internal_logs(cluster.clone()));
+        tokio::spawn(hand_leaders_back(cluster.clone()));
         tokio::spawn(watch_peer_protocols(cluster.clone()));
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());
@@ -577,6 +578,7 @@ impl Cluster {
             .await
             .map_err(|e| JoinClusterError::Start(e.to_string()))?;
         let replica = Arc::new(replica);
+        replica.prefer_leader(preferred);
         {
             let mut replicas = self.replicas.write().unwrap_or_else(PoisonError::into_inner);
             replicas.insert(group.to_owned(), replica.clone());
@@ -1211,6 +1213,45 @@ async fn watch_peer_protocols(cluster: Arc<Cluster>) {
             } else if theirs == ours && before != ours {
                 tracing::info!(node = id, "node {id} now speaks this node's peer protocol");
             }
+        }
+    }
+}
+
+/// Every [`LEADER_HAND_BACK_INTERVAL`] until the cluster stops, hands each group this node
+/// leads whose preferred leader is another node back to that node, once it holds every entry
+/// ([`Replica::hand_back`]): after a failover and the failed node's return, leaders spread
+/// over the nodes as they were placed.
+async fn hand_leaders_back(cluster: Arc<Cluster>) {
+    use futures_util::StreamExt;
+    let stop = cluster.stopping();
+    let mut timer = tokio::time::interval(LEADER_HAND_BACK_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let led: Vec<(String, Arc<Replica>)> = {
+            let replicas = cluster.replicas.read().unwrap_or_else(PoisonError::into_inner);
+            let led = replicas.iter().filter(|(_, replica)| replica.leading_term().is_some());
+            led.map(|(group, replica)| (group.clone(), replica.clone())).collect()
+        };
+        let hand_back = |(group, replica): (String, Arc<Replica>)| async move {
+            match replica.hand_back().await {
+                Ok(None) => {}
+                Ok(Some(to)) => {
+                    tracing::info!(group, to, "handed the leadership back to its preferred node")
+                }
+                Err(error) => {
+                    tracing::debug!(group, %error, "the leadership stays: it is tried again later")
+                }
+            }
+        };
+        let all = futures_util::stream::iter(led)
+            .for_each_concurrent(LEADER_HAND_BACKS_AT_ONCE, hand_back);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = all => {}
         }
     }
 }
