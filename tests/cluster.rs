@@ -39,6 +39,8 @@ struct Cluster {
     clients: Vec<Option<std::net::SocketAddr>>,
     /// The node not started yet, with its peer listener (see `start_but_one`).
     late: Option<(u64, TcpListener)>,
+    /// Whether the nodes hand leadership back to preferred leaders by themselves.
+    hand_back_leaders: bool,
 }
 
 impl Cluster {
@@ -67,13 +69,19 @@ impl Cluster {
     }
 
     async fn start_with_tls(proxied: bool, kafka: bool, pki: Option<&PeerPki>) -> Cluster {
-        Cluster::start_nodes(proxied, kafka, pki, None).await
+        Cluster::start_nodes(proxied, kafka, pki, None, true).await
+    }
+
+    /// [`Cluster::start_with_kafka`] whose nodes leave leaders where elections put them
+    /// (`hand_back_leaders` off).
+    async fn start_with_kafka_holding_leaders() -> Cluster {
+        Cluster::start_nodes(false, true, None, None, false).await
     }
 
     /// A cluster behind proxies (as `start_behind_proxies`) whose node `late` is not started
     /// yet: its peer listener is bound, and `start_late` starts it.
     async fn start_but_one(late: u64) -> Cluster {
-        Cluster::start_nodes(true, false, None, Some(late)).await
+        Cluster::start_nodes(true, false, None, Some(late), true).await
     }
 
     async fn start_nodes(
@@ -81,6 +89,7 @@ impl Cluster {
         kafka: bool,
         pki: Option<&PeerPki>,
         late: Option<u64>,
+        hand_back_leaders: bool,
     ) -> Cluster {
         let mut listeners = Vec::new();
         for id in 1..=3 {
@@ -114,7 +123,8 @@ impl Cluster {
                 continue;
             }
             let tls = pki.map(|pki| pki.node(id));
-            let options = ClusterOptions::new(id, &peers, tls).expect("a valid cluster");
+            let mut options = ClusterOptions::new(id, &peers, tls).expect("a valid cluster");
+            options.hand_back_leaders = hand_back_leaders;
             let setup = ClusterSetup { options, listener: Some(listener) };
             let mut serve = spool_server::ServeOptions::default();
             if kafka {
@@ -147,6 +157,7 @@ impl Cluster {
             peers: peers.iter().map(|(_, address)| *address).collect(),
             dirs,
             late: late_listener,
+            hand_back_leaders,
         }
     }
 
@@ -181,7 +192,8 @@ impl Cluster {
         assert!(self.nodes[at].is_none(), "node {id} is running");
         let listener = TcpListener::bind(self.peers[at]).await.expect("its peer address again");
         let peers: Vec<(u64, std::net::SocketAddr)> = (1..).zip(self.peers.clone()).collect();
-        let options = ClusterOptions::new(id, &peers, None).expect("a valid cluster");
+        let mut options = ClusterOptions::new(id, &peers, None).expect("a valid cluster");
+        options.hand_back_leaders = self.hand_back_leaders;
         let setup = ClusterSetup { options, listener: Some(listener) };
         let client = self.clients[at].unwrap_or_else(|| std::net::SocketAddr::new(ip(id), 0));
         let server = spool_server::testing::TestServer::start_cluster_node_at(
@@ -919,13 +931,18 @@ async fn wait_for_preferred_leaders(cluster: &Cluster, topic: &str, preferred: &
     }
 }
 
-/// Produces one record to each partition of `spread` through the first running node, and
+/// Produces one record to each partition of `topic` through the first running node, and
 /// notes it in `acknowledged` (one list per partition).
-async fn produce_round(cluster: &Cluster, round: &str, acknowledged: &mut [Vec<String>]) {
+async fn produce_round_to(
+    cluster: &Cluster,
+    topic: &str,
+    round: &str,
+    acknowledged: &mut [Vec<String>],
+) {
     let at = cluster.running()[0];
     for (partition, sent) in (0u32..).zip(acknowledged.iter_mut()) {
         let value = format!("{round} {partition}");
-        cluster.produce_to(at, "spread", partition, &value).await;
+        cluster.produce_to(at, topic, partition, &value).await;
         sent.push(value);
     }
 }
@@ -944,7 +961,7 @@ async fn leaders_return_to_their_preferred_nodes_once_a_stopped_node_is_back() {
     let took = wait_for_preferred_leaders(&cluster, "spread", &preferred).await;
     println!("each partition led by its preferred node after {took:?}");
     let mut acknowledged = vec![Vec::new(); 3];
-    produce_round(&cluster, "before", &mut acknowledged).await;
+    produce_round_to(&cluster, "spread", "before", &mut acknowledged).await;
     let stopped = preferred[1];
     cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
     let deadline = Instant::now() + PATIENCE;
@@ -952,15 +969,117 @@ async fn leaders_return_to_their_preferred_nodes_once_a_stopped_node_is_back() {
         assert!(Instant::now() < deadline, "partition 1 kept its stopped leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    produce_round(&cluster, "while stopped", &mut acknowledged).await;
+    produce_round_to(&cluster, "spread", "while stopped", &mut acknowledged).await;
     cluster.restart(stopped).await;
-    produce_round(&cluster, "back", &mut acknowledged).await;
+    produce_round_to(&cluster, "spread", "back", &mut acknowledged).await;
     let took = wait_for_preferred_leaders(&cluster, "spread", &preferred).await;
     println!("node {stopped} led its partition again {took:?} after it served");
-    produce_round(&cluster, "after", &mut acknowledged).await;
+    produce_round_to(&cluster, "spread", "after", &mut acknowledged).await;
     for (partition, expected) in (0u32..).zip(&acknowledged) {
         let leader = preferred[partition as usize];
         let values = cluster.read_partition(leader, "spread", partition, expected.len()).await;
+        assert_eq!(&values, expected, "partition {partition}: each record once, in order");
+    }
+}
+
+/// Kafka's ElectLeaders asked of node `at` for `partitions` of `topic` (every partition
+/// when `None`): each partition's answer code, in order.
+async fn elect_preferred(
+    cluster: &Cluster,
+    at: u64,
+    topic: &str,
+    partitions: Option<Vec<i32>>,
+) -> Vec<(i32, i16)> {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse};
+    let asked = partitions.map(|partitions| {
+        vec![
+            TopicPartitions::default()
+                .with_topic(common::kafka::name(topic))
+                .with_partitions(partitions),
+        ]
+    });
+    let request =
+        ElectLeadersRequest::default().with_timeout_ms(30_000).with_topic_partitions(asked);
+    let mut connection = common::kafka::Connection::to(cluster.kafka[at as usize - 1]).await;
+    let answer: ElectLeadersResponse = connection.call(ApiKey::ElectLeaders, 1, &request).await;
+    assert_eq!(answer.error_code, 0);
+    let results = answer.replica_election_results.iter();
+    results
+        .flat_map(|t| t.partition_result.iter().map(|p| (p.partition_id, p.error_code)))
+        .collect()
+}
+
+/// With hand-backs off, leaders stay where elections put them until Kafka's ElectLeaders asks
+/// (through any node): then each partition goes back to its preferred leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_elect_leaders_hands_partitions_back_to_their_preferred_nodes() {
+    const ELECTION_NOT_NEEDED: i16 = 84;
+    let mut cluster = Cluster::start_with_kafka_holding_leaders().await;
+    cluster.create_topic(1, "elect", 3).await;
+    let preferred = preferred_leaders(&cluster, 1, "elect").await;
+    let _ = agreed_leaders(&cluster, "elect").await;
+    // First elections may not all go to the preferred nodes: every partition, through node 1.
+    let answered = elect_preferred(&cluster, 1, "elect", None).await;
+    assert!(answered.iter().all(|(_, code)| *code == 0), "{answered:?}");
+    assert_eq!(agreed_leaders(&cluster, "elect").await, preferred);
+    // Nothing left to elect: left out of an answer for every partition, named when asked.
+    assert_eq!(elect_preferred(&cluster, 2, "elect", None).await, vec![]);
+    let answered = elect_preferred(&cluster, 2, "elect", Some(vec![0, 1, 2])).await;
+    assert_eq!(
+        answered,
+        [(0, ELECTION_NOT_NEEDED), (1, ELECTION_NOT_NEEDED), (2, ELECTION_NOT_NEEDED)]
+    );
+    let mut acknowledged = vec![Vec::new(); 3];
+    produce_round_to(&cluster, "elect", "before", &mut acknowledged).await;
+    // A node stops and comes back: with hand-backs off, its partition stays elsewhere.
+    let stopped = preferred[1];
+    cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
+    let deadline = Instant::now() + PATIENCE;
+    while agreed_leaders(&cluster, "elect").await[1] == stopped {
+        assert!(Instant::now() < deadline, "partition 1 kept its stopped leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    produce_round_to(&cluster, "elect", "while stopped", &mut acknowledged).await;
+    cluster.restart(stopped).await;
+    assert_ne!(agreed_leaders(&cluster, "elect").await[1], stopped);
+    // Asked through a node with a Kafka listener (the restarted one has none): the leader
+    // waits until its node is caught up, then hands the partition back.
+    let through = cluster.running().into_iter().find(|id| *id != stopped).expect("another");
+    let python = common::kafka::python_with("confluent_kafka", "confluent-kafka");
+    match python {
+        Some(python) => {
+            let bootstrap = cluster.kafka[through as usize - 1].to_string();
+            let script = "confluent_kafka_elect_leaders.py";
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let printed = common::kafka::run_python_at(
+                    python.clone(),
+                    script,
+                    &bootstrap,
+                    &["elect", "1"],
+                )
+                .await;
+                if printed.contains("elected elect/1") {
+                    break;
+                }
+                // The restarted node may not have caught up yet: it is refused, and asked again.
+                assert!(printed.contains("PREFERRED_LEADER_NOT_AVAILABLE"), "{printed}");
+                assert!(Instant::now() < deadline, "never elected: {printed}");
+            }
+        }
+        None => {
+            let deadline = Instant::now() + PATIENCE;
+            while elect_preferred(&cluster, through, "elect", Some(vec![1])).await != [(1, 0)] {
+                assert!(Instant::now() < deadline, "partition 1 was never handed back");
+            }
+        }
+    }
+    assert_eq!(agreed_leaders(&cluster, "elect").await, preferred);
+    produce_round_to(&cluster, "elect", "after", &mut acknowledged).await;
+    for (partition, expected) in (0u32..).zip(&acknowledged) {
+        let leader = preferred[partition as usize];
+        let values = cluster.read_partition(leader, "elect", partition, expected.len()).await;
         assert_eq!(&values, expected, "partition {partition}: each record once, in order");
     }
 }

@@ -112,8 +112,16 @@ async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() 
         let groups =
             [&groups[..], &[(9, 1, 5), (15, 0, 4), (16, 0, 2), (42, 0, 1), (47, 0, 0)]].concat();
         let produce_and_fetch = [(18, 0, 3), (3, 1, 8), (0, 3, 8), (1, 4, 11), (2, 1, 5)];
-        let admin =
-            [(22, 0, 4), (19, 2, 4), (20, 1, 3), (37, 0, 1), (32, 1, 3), (44, 0, 0), (23, 2, 3)];
+        let admin = [
+            (22, 0, 4),
+            (19, 2, 4),
+            (20, 1, 3),
+            (37, 0, 1),
+            (32, 1, 3),
+            (44, 0, 0),
+            (23, 2, 3),
+            (43, 0, 1),
+        ];
         assert_eq!(served, [&produce_and_fetch[..], &admin, &groups].concat());
     }
     // A newer version than served: the v0 answer, UNSUPPORTED_VERSION with the served ranges.
@@ -123,7 +131,7 @@ async fn api_versions_advertise_exactly_what_is_served_and_answer_any_version() 
     assert_eq!(header.correlation_id, id);
     let answer = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
     assert_eq!(answer.error_code, UNSUPPORTED_VERSION);
-    assert_eq!(answer.api_keys.len(), 23);
+    assert_eq!(answer.api_keys.len(), 24);
     // The connection still serves.
     let _: ApiVersionsResponse =
         connection.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).await;

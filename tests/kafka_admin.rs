@@ -1,6 +1,6 @@
 //! The Kafka listener's idempotent producers (InitProducerId, sequences checked per partition)
 //! and topic administration (CreateTopics, DeleteTopics, DescribeConfigs,
-//! IncrementalAlterConfigs, OffsetForLeaderEpoch): spoken to with the `kafka-protocol` crate's
+//! IncrementalAlterConfigs, OffsetForLeaderEpoch, ElectLeaders): spoken to with the `kafka-protocol` crate's
 //! client side, and by kafka-python and confluent-kafka (`tests/python/*_idempotent.py`,
 //! `tests/python/*_admin.py`), unmodified.
 //!
@@ -18,6 +18,7 @@ use kafka_protocol::messages::create_partitions_request::{
 };
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
@@ -28,9 +29,10 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{
     ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    InitProducerIdRequest, InitProducerIdResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, ProducerId, TransactionalId,
+    DescribeConfigsResponse, ElectLeadersRequest, ElectLeadersResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
+    InitProducerIdResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ProduceRequest, ProduceResponse, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -55,6 +57,7 @@ const INVALID_PRODUCER_EPOCH: i16 = 47;
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
+const ELECTION_NOT_NEEDED: i16 = 84;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -605,6 +608,59 @@ async fn admin_clients_create_describe_alter_and_delete_topics() {
     kafka.server.shutdown().await;
 }
 
+/// ElectLeaders on a single node: its one node leads every partition, so none needs an
+/// election; unknown partitions and election types are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_node_needs_no_leader_election() {
+    let data = tempfile::tempdir().unwrap();
+    let kafka = start_at(data.path(), ServeOptions::default()).await;
+    kafka.server.create_topic("elected", 2, Policy::Always(Always {})).await;
+    let mut connection = Connection::open(&kafka).await;
+    let asked = |election_type: i8| {
+        ElectLeadersRequest::default()
+            .with_election_type(election_type)
+            .with_timeout_ms(5_000)
+            .with_topic_partitions(Some(vec![
+                TopicPartitions::default()
+                    .with_topic(name("elected"))
+                    .with_partitions(vec![1, 0, 1]),
+                TopicPartitions::default().with_topic(name("elected")).with_partitions(vec![9]),
+                TopicPartitions::default().with_topic(name("missing")).with_partitions(vec![0]),
+            ]))
+    };
+    let codes = |answer: &ElectLeadersResponse| -> Vec<(String, i32, i16)> {
+        let results = answer.replica_election_results.iter();
+        results
+            .flat_map(|topic| {
+                topic
+                    .partition_result
+                    .iter()
+                    .map(|p| (topic.topic.as_str().to_owned(), p.partition_id, p.error_code))
+            })
+            .collect()
+    };
+    for (version, election_type) in [(0, 0), (1, 0), (1, 1)] {
+        let answer: ElectLeadersResponse =
+            connection.call(ApiKey::ElectLeaders, version, &asked(election_type)).await;
+        assert_eq!(answer.error_code, 0);
+        let expected = vec![
+            ("elected".to_owned(), 0, ELECTION_NOT_NEEDED),
+            ("elected".to_owned(), 1, ELECTION_NOT_NEEDED),
+            ("elected".to_owned(), 9, UNKNOWN_TOPIC_OR_PARTITION),
+            ("missing".to_owned(), 0, UNKNOWN_TOPIC_OR_PARTITION),
+        ];
+        assert_eq!(codes(&answer), expected, "v{version}, type {election_type}");
+    }
+    let answer: ElectLeadersResponse = connection.call(ApiKey::ElectLeaders, 1, &asked(7)).await;
+    assert!(codes(&answer).iter().any(|(_, _, code)| *code == INVALID_REQUEST));
+    // Every partition: those that need no election are left out.
+    let every = ElectLeadersRequest::default().with_timeout_ms(5_000).with_topic_partitions(None);
+    let answer: ElectLeadersResponse = connection.call(ApiKey::ElectLeaders, 1, &every).await;
+    assert_eq!(codes(&answer), vec![]);
+    drop(connection);
+    kafka.server.shutdown().await;
+}
+
 /// Arrays claiming more elements than their frame holds, outer and nested, close the
 /// connection without an answer (and without reserving room for them), and the server serves
 /// the next connection.
@@ -622,6 +678,9 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
     // Replica id -1, then one topic "t" whose partitions claim i32::MAX.
     let mut nested_epochs = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 1, b't'];
     nested_epochs.extend_from_slice(&huge);
+    // An unclean election of one topic "t" whose partitions claim i32::MAX.
+    let mut nested_elect = vec![1, 0, 0, 0, 1, 0, 1, b't'];
+    nested_elect.extend_from_slice(&huge);
     // Group "g", then one topic "t" whose partitions claim i32::MAX.
     let mut nested_offsets = vec![0, 1, b'g', 0, 0, 0, 1, 0, 1, b't'];
     nested_offsets.extend_from_slice(&huge);
@@ -636,6 +695,8 @@ async fn arrays_longer_than_their_frame_close_the_connection() {
         (ApiKey::OffsetForLeaderEpoch, 3, nested_epochs),
         (ApiKey::OffsetDelete, 0, [&[0, 1, b'g'][..], &huge].concat()),
         (ApiKey::OffsetDelete, 0, nested_offsets),
+        (ApiKey::ElectLeaders, 1, [&[0][..], &huge].concat()),
+        (ApiKey::ElectLeaders, 1, nested_elect),
         // A flexible InitProducerId cut short.
         (ApiKey::InitProducerId, 4, vec![0]),
     ];

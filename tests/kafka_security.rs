@@ -12,16 +12,18 @@ use common::kafka::{Connection, Kafka, batch, name, python_with, run_python_with
 use common::tls::{pki, tls};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteGroupsRequest,
-    DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse,
-    GroupId, JoinGroupRequest, JoinGroupResponse, MetadataRequest, MetadataResponse,
-    OffsetDeleteRequest, OffsetDeleteResponse, ProduceRequest, ProduceResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    DeleteGroupsResponse, DeleteTopicsRequest, DeleteTopicsResponse, ElectLeadersRequest,
+    ElectLeadersResponse, FetchRequest, FetchResponse, GroupId, JoinGroupRequest,
+    JoinGroupResponse, MetadataRequest, MetadataResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, ProduceRequest, ProduceResponse, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use spool_proto::v1::fsync_policy::{Always, Policy};
@@ -176,6 +178,16 @@ async fn every_request_is_checked_against_the_tokens_grants() {
     let delete = DeleteTopicsRequest::default().with_topic_names(vec![name("orders")]);
     let deleted: DeleteTopicsResponse = reader.call(ApiKey::DeleteTopics, 3, &delete).await;
     assert_eq!(deleted.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+    let asked =
+        vec![TopicPartitions::default().with_topic(name("orders")).with_partitions(vec![0])];
+    let elect = ElectLeadersRequest::default().with_topic_partitions(Some(asked));
+    let elected: ElectLeadersResponse = reader.call(ApiKey::ElectLeaders, 1, &elect).await;
+    let result = &elected.replica_election_results[0].partition_result[0];
+    assert_eq!(result.error_code, TOPIC_AUTHORIZATION_FAILED);
+    // Every partition: only those of topics the caller administers, so none.
+    let every = ElectLeadersRequest::default().with_topic_partitions(None);
+    let elected: ElectLeadersResponse = reader.call(ApiKey::ElectLeaders, 1, &every).await;
+    assert!(elected.replica_election_results.is_empty());
 
     // Groups need a grant on the group: the reader has none.
     let join = JoinGroupRequest::default()

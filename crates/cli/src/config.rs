@@ -139,6 +139,11 @@ pub(crate) struct ServeArgs {
     /// [default: none revoked].
     #[arg(long, env = "SPOOL_PEER_TLS_CRL", value_name = "FILE")]
     peer_tls_crl: Option<PathBuf>,
+    /// In a cluster: hand each partition this node leads back to its preferred leader once
+    /// that node is back and caught up, so leaders spread as they were placed; false keeps
+    /// leaders where elections put them until Kafka's ElectLeaders moves them [default: true].
+    #[arg(long, env = "SPOOL_HAND_BACK_LEADERS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    hand_back_leaders: Option<bool>,
 }
 
 /// The config file's `[cluster]` section.
@@ -153,6 +158,7 @@ struct ClusterFileSettings {
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
     peer_tls_crl: Option<PathBuf>,
+    hand_back_leaders: Option<bool>,
 }
 
 /// The config file's keys: the same settings, all optional.
@@ -221,6 +227,7 @@ pub(crate) struct ServeConfig {
     pub(crate) peer_tls_key: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_ca: Setting<Option<PathBuf>>,
     pub(crate) peer_tls_crl: Setting<Option<PathBuf>>,
+    pub(crate) hand_back_leaders: Setting<bool>,
     pub(crate) file: Option<PathBuf>,
 }
 
@@ -388,6 +395,13 @@ impl ServeConfig {
                 cluster_file.peer_tls_crl,
                 None,
             ),
+            hand_back_leaders: required(pick(
+                matches,
+                "hand_back_leaders",
+                args.hand_back_leaders,
+                cluster_file.hand_back_leaders,
+                Some(true),
+            )),
             file: args.config,
         };
         config.check()?;
@@ -494,7 +508,8 @@ impl ServeConfig {
             );
         }
         let tls = self.peer_tls()?;
-        let options = ClusterOptions::new(node_id, &peers, tls).context("cluster")?;
+        let mut options = ClusterOptions::new(node_id, &peers, tls).context("cluster")?;
+        options.hand_back_leaders = self.hand_back_leaders.value;
         if options.peers.values().any(|peer| *peer == self.listen.value) {
             bail!("cluster: a peer address is also the gRPC listener's ({})", self.listen.value);
         }
@@ -636,6 +651,11 @@ impl ServeConfig {
         line("peer_tls_key", path(&self.peer_tls_key.value), self.peer_tls_key.source);
         line("peer_tls_ca", path(&self.peer_tls_ca.value), self.peer_tls_ca.source);
         line("peer_tls_crl", path(&self.peer_tls_crl.value), self.peer_tls_crl.source);
+        line(
+            "hand_back_leaders",
+            Some(self.hand_back_leaders.value.to_string()),
+            self.hand_back_leaders.source,
+        );
         out
     }
 }

@@ -289,5 +289,5 @@ fn the_kafka_listener_answers_on_the_address_it_logs() {
     let _ = child.wait();
     assert_eq!(head[4..8], 7i32.to_be_bytes(), "correlation id");
     assert_eq!(head[8..10], 0i16.to_be_bytes(), "error code");
-    assert_eq!(head[10..14], 23i32.to_be_bytes(), "APIs served");
+    assert_eq!(head[10..14], 24i32.to_be_bytes(), "APIs served");
 }

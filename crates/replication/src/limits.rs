@@ -97,6 +97,10 @@ pub const HAND_OVER_LAG_MAX: u64 = 4;
 /// hand-over gives up and the proposals go on.
 pub const HAND_OVER_WAIT_MAX: Duration = Duration::from_millis(500);
 
+/// The longest a leader asked to hand its group back ([`crate::Replica::hand_back_now`])
+/// takes: waiting out its lease, then the hand-over itself.
+pub const HAND_BACK_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() >= 5 * HEARTBEAT_INTERVAL.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MAX.as_millis() > ELECTION_TIMEOUT_MIN.as_millis());
 

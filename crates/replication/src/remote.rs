@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::limits::{ELECTION_TIMEOUT_MAX, REMOTE_LEADER_RETRY};
-use crate::replica::{ask_read_index, pass_in_order};
+use crate::replica::{ask_hand_back, ask_read_index, pass_in_order};
 use crate::rpc::{self, PeerRead, ReadAnswer, Request};
-use crate::{NodeId, ProposeError, Proposed, Transport};
+use crate::{HandOverError, NodeId, ProposeError, Proposed, Transport};
 
 /// A group this node holds no replica of (see the module docs).
 pub struct Remote {
@@ -99,6 +99,21 @@ impl Remote {
         }
         self.set_leader(None);
         None
+    }
+
+    /// Asks the group's leader to hand it back to its preferred leader now, within `timeout`
+    /// ([`crate::Replica::hand_back_now`]).
+    pub async fn hand_back(&self, timeout: Duration) -> Result<Option<NodeId>, HandOverError> {
+        let leader = match self.leader() {
+            Some(leader) => Some(leader),
+            None => self.find_leader(ELECTION_TIMEOUT_MAX).await,
+        };
+        let leader = leader.ok_or(HandOverError::NoLeader)?;
+        let handed = ask_hand_back(self.transport.as_ref(), &self.group, leader, timeout).await;
+        if handed.is_err() {
+            self.set_leader(None);
+        }
+        handed
     }
 
     /// Asks a replica to read for this node's clients: the leader as last heard first, then

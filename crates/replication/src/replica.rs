@@ -13,8 +13,9 @@ use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use spool_storage::Offset;
 
 use crate::limits::{
-    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HAND_OVER_LAG_MAX,
-    HAND_OVER_LED_MIN, HAND_OVER_WAIT_MAX, HEARTBEAT_INTERVAL, SNAPSHOT_CHUNK_BYTES,
+    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_PER_MESSAGE_MAX, HAND_BACK_TIMEOUT_MAX,
+    HAND_OVER_LAG_MAX, HAND_OVER_LED_MIN, HAND_OVER_WAIT_MAX, HEARTBEAT_INTERVAL,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use crate::network::{Network, Transport};
 use crate::proposals::{self, Proposals};
@@ -62,10 +63,14 @@ pub enum ProposeError {
 
 /// Why a leader did not hand its group over ([`Replica::hand_over`]). The group is led as
 /// before, or (`NotElected`) by whoever won the election that followed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum HandOverError {
     #[error("this replica does not lead the group")]
     NotLeader,
+    #[error("no leader of the group is known: an election is on")]
+    NoLeader,
+    #[error("the group's leader could not be asked: {0}")]
+    Unreachable(String),
     #[error("node {0} is not a voter of the group")]
     NotAVoter(NodeId),
     /// Until then the leader's own lease refuses the vote the hand-over needs.
@@ -224,6 +229,26 @@ pub(crate) async fn pass_in_order(
         ))),
         Ok(Err(())) => all(ProposeError::Unreachable("the leader refused the batches".into())),
         Err(invalid) => all(ProposeError::Unreachable(invalid.to_string())),
+    }
+}
+
+/// Asks node `id` of `group`, its leader, to hand the group back to its preferred leader now
+/// ([`Replica::hand_back_now`]), within `timeout`.
+pub(crate) async fn ask_hand_back(
+    transport: &dyn Transport,
+    group: &str,
+    (id, address): (NodeId, String),
+    timeout: Duration,
+) -> Result<Option<NodeId>, HandOverError> {
+    let timeout = timeout.min(HAND_BACK_TIMEOUT_MAX);
+    let message =
+        rpc::encode_request(&Request::HandBack { timeout_ms: timeout.as_millis() as u64 });
+    // The leader's own work takes up to `timeout`; the message, one more election timeout.
+    let call = transport.call(id, &address, group, message, timeout + ELECTION_TIMEOUT_MAX);
+    let answer = call.await.map_err(|error| HandOverError::Unreachable(error.to_string()))?;
+    match rpc::decode_response::<Option<NodeId>, HandOverError>(&answer) {
+        Ok(answer) => answer,
+        Err(invalid) => Err(HandOverError::Unreachable(invalid.to_string())),
     }
 }
 
@@ -699,6 +724,35 @@ impl Replica {
         self.raft.trigger().elect().await.map_err(|error| error.to_string())
     }
 
+    /// Hands the group back to its preferred leader now, from any replica: here if this
+    /// replica leads, else through the leader it knows of. A leader that has led for less
+    /// than [`HAND_OVER_LED_MIN`] first waits for that, within `timeout`. `Ok(None)` when the
+    /// preferred leader leads already.
+    pub async fn hand_back_now(&self, timeout: Duration) -> Result<Option<NodeId>, HandOverError> {
+        if self.leading_term().is_some() {
+            return self.hand_back_within(timeout).await;
+        }
+        let leader = self.leader().ok_or(HandOverError::NoLeader)?;
+        ask_hand_back(self.transport.as_ref(), &self.group, leader, timeout).await
+    }
+
+    /// [`Replica::hand_back`], waiting out [`HandOverError::TooSoon`] while `timeout` allows.
+    async fn hand_back_within(&self, timeout: Duration) -> Result<Option<NodeId>, HandOverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.hand_back().await {
+                Err(HandOverError::TooSoon { led }) => {
+                    let until = tokio::time::Instant::now() + HAND_OVER_LED_MIN.saturating_sub(led);
+                    if until >= deadline {
+                        return Err(HandOverError::TooSoon { led });
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Names the node the group's leadership goes back to when it can ([`Replica::hand_back`]):
     /// its preferred leader. Set once.
     pub fn prefer_leader(&self, id: NodeId) {
@@ -850,6 +904,13 @@ impl Replica {
             }
             Ok(Request::Campaign { term }) => {
                 rpc::encode_response::<(), String>(self.stand_when_handed(term).await)
+            }
+            Ok(Request::HandBack { timeout_ms }) => {
+                let handed = match self.leading_term() {
+                    Some(_) => self.hand_back_within(Duration::from_millis(timeout_ms)).await,
+                    None => Err(HandOverError::NotLeader),
+                };
+                rpc::encode_response(handed)
             }
             Ok(Request::ReadIndex) => {
                 // Only the leader answers with an index: asked of a follower (the leader

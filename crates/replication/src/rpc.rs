@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Requests are openraft's Vote, AppendEntries and InstallSnapshot, and Spool's own Propose,
-//! ProposeInOrder, ReadIndex, Progress, Read and Campaign; each answer is a JSON `Result` of the
+//! ProposeInOrder, ReadIndex, Progress, Read, Campaign and HandBack; each answer is a JSON `Result` of the
 //! response or error (ProposeInOrder's, a list of them), but Read's, which is
 //! `header length: u32 BE | header: JSON Result | the batches read`. The body is AppendEntries' entries,
 //! InstallSnapshot's chunk of snapshot bytes, Propose's Kafka batch or ProposeInOrder's Kafka
@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{Batch, log_id};
 use crate::limits::{
-    ENTRIES_PER_MESSAGE_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX, PEER_READ_BYTES_MAX,
-    PEER_READ_WAIT_MAX, SNAPSHOT_CHUNK_BYTES,
+    ENTRIES_PER_MESSAGE_MAX, HAND_BACK_TIMEOUT_MAX, HEADER_BYTES_MAX, MESSAGE_BYTES_MAX,
+    PEER_READ_BYTES_MAX, PEER_READ_WAIT_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::{NodeId, TypeConfig};
 
@@ -39,12 +39,13 @@ const PROGRESS: u8 = 6;
 const PROPOSE_IN_ORDER: u8 = 7;
 const READ: u8 = 8;
 const CAMPAIGN: u8 = 9;
+const HAND_BACK: u8 = 10;
 
 /// The version of these messages (and of what carries them, the server's peer protocol),
 /// one more with every change a node of the version before cannot read. Nodes tell each
 /// other theirs, so a cluster whose nodes run different releases says so rather than failing
 /// message by message: 1 is every build before nodes told, 2 the first that does (with
-/// `Read`), 3 the first with `Campaign`.
+/// `Read`), 3 the first with `Campaign` and `HandBack`.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 const BLANK: u8 = 0;
@@ -75,6 +76,11 @@ pub(crate) enum Request {
     /// (`Replica::hand_over`): stand for election now.
     Campaign {
         term: u64,
+    },
+    /// Asked of the leader by any node: hand the group back to its preferred leader now,
+    /// within `timeout_ms` (`Replica::hand_back_now`).
+    HandBack {
+        timeout_ms: u64,
     },
 }
 
@@ -163,6 +169,7 @@ pub(crate) fn encode_request(request: &Request) -> Bytes {
         Request::Read(read) => put_header(&mut buf, READ, read),
         Request::Progress => put_header(&mut buf, PROGRESS, &()),
         Request::Campaign { term } => put_header(&mut buf, CAMPAIGN, term),
+        Request::HandBack { timeout_ms } => put_header(&mut buf, HAND_BACK, timeout_ms),
         Request::Propose(kafka) => {
             put_header(&mut buf, PROPOSE, &());
             buf.put_slice(kafka);
@@ -334,6 +341,15 @@ pub(crate) fn decode_request(message: Bytes) -> Result<Request, InvalidMessage> 
             Request::Progress
         }
         CAMPAIGN => Request::Campaign { term: json(&header, "campaign request")? },
+        HAND_BACK => {
+            let timeout_ms: u64 = json(&header, "hand-back request")?;
+            if timeout_ms > HAND_BACK_TIMEOUT_MAX.as_millis() as u64 {
+                return Err(invalid(format!(
+                    "a hand-back within {timeout_ms} ms, more than the limit of {HAND_BACK_TIMEOUT_MAX:?}"
+                )));
+            }
+            Request::HandBack { timeout_ms }
+        }
         READ => {
             let read: PeerRead = json(&header, "read request")?;
             if let PeerRead::Records { bytes_max, wait_ms, .. } = read {
@@ -565,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn a_campaign_round_trips_and_carries_nothing_else() {
+    fn a_campaign_and_a_hand_back_round_trip_and_are_checked() {
         let message = encode_request(&Request::Campaign { term: 7 });
         assert!(matches!(decode_request(message.clone()), Ok(Request::Campaign { term: 7 })));
         let trailing = Bytes::from([&message[..], b"x"].concat());
@@ -575,6 +591,12 @@ mod tests {
         put_header(&mut wrong, CAMPAIGN, &"seven");
         let error = decode_request(wrong.freeze()).unwrap_err().to_string();
         assert!(error.contains("campaign request"), "{error}");
+        let hand_back = encode_request(&Request::HandBack { timeout_ms: 30_000 });
+        let decoded = decode_request(hand_back);
+        assert!(matches!(decoded, Ok(Request::HandBack { timeout_ms: 30_000 })));
+        let too_long = encode_request(&Request::HandBack { timeout_ms: 3_600_000 });
+        let error = decode_request(too_long).unwrap_err().to_string();
+        assert!(error.contains("more than the limit"), "{error}");
     }
 
     #[test]

@@ -609,6 +609,38 @@ async fn a_leader_hands_over_to_a_follower_under_load_and_nothing_acknowledged_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_asks_the_leader_to_hand_the_group_back_to_its_preferred_leader() {
+    let cluster = Cluster::start().await;
+    let end = cluster.produce("first").await.1;
+    assert_same_logs(&cluster, end).await;
+    let leader = cluster.leader(None).await;
+    let preferred = (1..=3).find(|id| *id != leader).expect("a follower");
+    let asking = (1..=3).find(|id| *id != leader && *id != preferred).expect("another");
+    for id in 1..=3 {
+        cluster.replica(id).prefer_leader(preferred);
+    }
+    assert!(cluster.replica(asking).wait_for_leader(PATIENCE).await.is_some());
+    // The leader waits out its lease, then hands over (asked again while it counts the
+    // preferred node behind, as `hand_over_once_caught_up` is).
+    let deadline = Instant::now() + PATIENCE;
+    let handed = loop {
+        match cluster.replica(asking).hand_back_now(PATIENCE).await {
+            Err(HandOverError::Behind { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            handed => break handed,
+        }
+    };
+    assert_eq!(handed, Ok(Some(preferred)));
+    assert_eq!(cluster.leader(Some(leader)).await, preferred);
+    // Asked again, through the old leader: the preferred leader leads already.
+    assert!(cluster.replica(leader).wait_for_leader(PATIENCE).await.is_some());
+    assert_eq!(cluster.replica(leader).hand_back_now(PATIENCE).await, Ok(None));
+    let end = cluster.produce("after").await.1;
+    assert_same_logs(&cluster, end).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_is_refused_where_it_cannot_be_won() {
     let cluster = Cluster::start().await;
     cluster.produce("first").await;

@@ -404,7 +404,9 @@ impl Cluster {
             .await?;
         let _ = cluster.offsets.set(offsets);
         tokio::spawn(compact_internal_logs(cluster.clone()));
-        tokio::spawn(hand_leaders_back(cluster.clone()));
+        if options.hand_back_leaders {
+            tokio::spawn(hand_leaders_back(cluster.clone()));
+        }
         tokio::spawn(watch_peer_protocols(cluster.clone()));
         if empty {
             tokio::spawn(cluster.clone().settle_empty_start());

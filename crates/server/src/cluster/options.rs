@@ -12,6 +12,10 @@ pub struct ClusterOptions {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// `None`: the peer listener speaks plain TCP, and every peer address is on loopback.
     pub tls: Option<PeerTls>,
+    /// Whether this node hands each group it leads back to the group's preferred leader once
+    /// that node has caught up (on by default; Kafka's `auto.leader.rebalance.enable`). Off,
+    /// leaders stay where elections put them until asked (Kafka's ElectLeaders).
+    pub hand_back_leaders: bool,
 }
 
 /// Mutual TLS between nodes: this node's certificate chain and key (PEM), which it presents
@@ -142,7 +146,7 @@ impl ClusterOptions {
             let ids = map.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
             return Err(ClusterConfigError::OwnIdMissing { node_id, ids });
         }
-        Ok(ClusterOptions { node_id, peers: map, tls })
+        Ok(ClusterOptions { node_id, peers: map, tls, hand_back_leaders: true })
     }
 
     /// Parses `--peers`: `ID=IP:PORT`, comma-separated.

@@ -1,7 +1,7 @@
 //! Topic administration over Kafka (CreateTopics, DeleteTopics, CreatePartitions,
 //! DescribeConfigs, IncrementalAlterConfigs), on the same topic table as gRPC's topic service; and the
-//! dispatch of the APIs this module and its siblings `producer_id` (InitProducerId) and
-//! `leader_epoch` (OffsetForLeaderEpoch) serve.
+//! dispatch of the APIs this module and its siblings `producer_id` (InitProducerId),
+//! `leader_epoch` (OffsetForLeaderEpoch) and `elect` (ElectLeaders) serve.
 //!
 //! - CreateTopics: a name Spool refuses is INVALID_TOPIC_EXCEPTION; a topic that exists
 //!   TOPIC_ALREADY_EXISTS; a replication factor other than 1 (or -1, the default)
@@ -54,7 +54,7 @@ use spool_broker::{CreateTopicError, TopicName};
 
 use super::codes::{admin_error_code, config_error_code};
 use super::configs::{self, ConfigError};
-use super::{Close, Shared, decode, encode, leader_epoch, producer_id};
+use super::{Close, Shared, decode, elect, encode, leader_epoch, producer_id};
 use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
 use crate::error::ServiceError;
@@ -119,6 +119,16 @@ pub(super) async fn handle(
                 version,
                 correlation_id,
                 &leader_epoch::offset_for_leader_epoch(shared, caller, request),
+            )
+        }
+        ApiKey::ElectLeaders => {
+            let request = decode::admin::elect_leaders(body, version)
+                .map_err(|e| malformed(e.to_string()))?;
+            encode(
+                api,
+                version,
+                correlation_id,
+                &elect::elect_leaders(shared, caller, request).await,
             )
         }
         other => unreachable!("{other:?} is not dispatched here"),

@@ -28,7 +28,7 @@ use crate::auth::{Action, Caller, Resource};
 /// JoinGroup 5, SyncGroup 3, Heartbeat 3, LeaveGroup 3 and OffsetCommit 7 carry a static
 /// member's group instance id. OffsetCommit 0 and 1 and
 /// OffsetFetch 0 are gone from Kafka's own schemas.
-const SERVED: [(ApiKey, VersionRange); 23] = [
+const SERVED: [(ApiKey, VersionRange); 24] = [
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::Metadata, VersionRange { min: 1, max: 8 }),
     (ApiKey::Produce, VersionRange { min: 3, max: 8 }),
@@ -44,6 +44,7 @@ const SERVED: [(ApiKey, VersionRange); 23] = [
     (ApiKey::DescribeConfigs, VersionRange { min: 1, max: 3 }),
     (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 0 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 3 }),
+    (ApiKey::ElectLeaders, VersionRange { min: 0, max: 1 }),
     (ApiKey::FindCoordinator, VersionRange { min: 0, max: 2 }),
     (ApiKey::JoinGroup, VersionRange { min: 0, max: 5 }),
     (ApiKey::SyncGroup, VersionRange { min: 0, max: 3 }),

@@ -38,6 +38,7 @@ mod apis;
 mod codes;
 mod configs;
 mod decode;
+mod elect;
 mod fetch;
 mod groups;
 mod leader_epoch;
@@ -541,6 +542,7 @@ pub fn decode_request(request: &[u8]) -> bool {
             decode::admin::incremental_alter_configs(request, v).is_ok()
         }
         ApiKey::OffsetForLeaderEpoch => decode::admin::offset_for_leader_epoch(request, v).is_ok(),
+        ApiKey::ElectLeaders => decode::admin::elect_leaders(request, v).is_ok(),
         ApiKey::FindCoordinator => FindCoordinatorRequest::decode(&mut request, v).is_ok(),
         ApiKey::JoinGroup => decode::join_group(request, v).is_ok(),
         ApiKey::SyncGroup => decode::sync_group(request, v).is_ok(),
@@ -667,7 +669,8 @@ async fn handle(
         | ApiKey::CreatePartitions
         | ApiKey::DescribeConfigs
         | ApiKey::IncrementalAlterConfigs
-        | ApiKey::OffsetForLeaderEpoch => {
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::ElectLeaders => {
             admin::handle(&shared, &caller, api, version, correlation_id, request).await?
         }
         ApiKey::FindCoordinator => {

@@ -268,6 +268,22 @@ impl Partition {
     }
 
     /// The group of a partition this node holds no replica of (see [`Partition::start`]).
+    /// Hands the partition back to its preferred leader now, asking its leader from this node
+    /// (`Replica::hand_back_now`), within `timeout`: which node leads it now, or `Ok(None)`
+    /// when the preferred leader leads it already (as on a single node, its one leader).
+    pub(crate) async fn hand_back(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<u64>, spool_replication::HandOverError> {
+        if let Some(replica) = self.replica() {
+            return replica.hand_back_now(timeout).await;
+        }
+        match self.remote() {
+            Some(remote) => remote.hand_back(timeout).await,
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn remote(&self) -> Option<&Arc<spool_replication::Remote>> {
         self.remote.as_ref()
     }

@@ -1,11 +1,13 @@
 //! The administrative requests that hold arrays (CreateTopics, DeleteTopics, CreatePartitions,
-//! DescribeConfigs, IncrementalAlterConfigs, OffsetForLeaderEpoch), read as `decode` reads the
-//! others: every array by our own loop, bounded by the bytes the frame has left, in the
-//! non-flexible versions only (CreateTopics up to 4, DeleteTopics up to 3, CreatePartitions up
-//! to 1, DescribeConfigs up to 3, IncrementalAlterConfigs 0, OffsetForLeaderEpoch up to 3).
+//! DescribeConfigs, IncrementalAlterConfigs, OffsetForLeaderEpoch, ElectLeaders), read as
+//! `decode` reads the others: every array by our own loop, bounded by the bytes the frame has
+//! left, in the non-flexible versions only (CreateTopics up to 4, DeleteTopics up to 3,
+//! CreatePartitions up to 1, DescribeConfigs up to 3, IncrementalAlterConfigs 0,
+//! OffsetForLeaderEpoch up to 3, ElectLeaders up to 1).
 //!
 //! The arrays whose answers grow with them (topics to create or delete, resources to describe
-//! or alter) are also bounded by a count, [`KAFKA_ADMIN_RESOURCES_MAX`]: a describe of many
+//! or alter, topics to elect leaders of) are also bounded by a count,
+//! [`KAFKA_ADMIN_RESOURCES_MAX`] (a topic's partitions, by the partitions a topic may have): a describe of many
 //! small resources answers about a hundred bytes per byte asked, so a frame's bytes alone
 //! would not bound the answer.
 
@@ -17,6 +19,7 @@ use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
@@ -25,8 +28,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, IncrementalAlterConfigsRequest, OffsetForLeaderEpochRequest,
+    DescribeConfigsRequest, ElectLeadersRequest, IncrementalAlterConfigsRequest,
+    OffsetForLeaderEpochRequest,
 };
+use spool_broker::limits::PARTITIONS_PER_TOPIC_MAX;
 
 use kafka_protocol::protocol::StrBytes;
 
@@ -196,6 +201,27 @@ pub(in crate::kafka) fn incremental_alter_configs(
     Ok(IncrementalAlterConfigsRequest::default()
         .with_resources(resources)
         .with_validate_only(validate_only))
+}
+
+pub(in crate::kafka) fn elect_leaders(
+    body: Bytes,
+    version: i16,
+) -> Result<ElectLeadersRequest, DecodeError> {
+    let mut r = Reader(body);
+    let election_type = if version >= 1 { r.i8("election_type")? } else { 0 };
+    let topic_partitions = r.array_max("topic_partitions", KAFKA_ADMIN_RESOURCES_MAX, |r| {
+        let topic = r.name("topic_partitions.topic")?;
+        let partitions =
+            r.array_max("partitions", PARTITIONS_PER_TOPIC_MAX as usize, |r| r.i32("partition"))?;
+        Ok(TopicPartitions::default()
+            .with_topic(topic)
+            .with_partitions(partitions.unwrap_or_default()))
+    })?;
+    let timeout_ms = r.i32("timeout_ms")?;
+    Ok(ElectLeadersRequest::default()
+        .with_election_type(election_type)
+        .with_topic_partitions(topic_partitions)
+        .with_timeout_ms(timeout_ms))
 }
 
 pub(in crate::kafka) fn offset_for_leader_epoch(
