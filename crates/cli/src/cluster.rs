@@ -13,8 +13,9 @@ use crate::client::connect;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// Every node (reachable or not) and every replicated partition: leader, replicas, each
-    /// node's high watermark and each follower's lag behind the leader.
+    /// Every node (reachable or not) and every replicated partition: leader, replicas (the
+    /// preferred leader first), each node's high watermark and each follower's lag behind
+    /// the leader.
     Status,
 }
 
@@ -108,8 +109,16 @@ pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyh
             true => String::new(),
             false => format!("\tunder repair {}", repairing.join(",")),
         };
+        // The first replica is the preferred leader: a leader elsewhere is handed back to it
+        // once it has caught up (or by Kafka's ElectLeaders, where hand-backs are off).
+        let away = match (partition.leader, partition.replicas.first()) {
+            (Some(leader), Some(&preferred)) if leader != preferred => {
+                format!("\tnot on its preferred leader, node {preferred}")
+            }
+            _ => String::new(),
+        };
         println!(
-            "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}{repairing}",
+            "  {}/{}\tleader {leader}\treplicas {}\thigh watermark {}\tlag (entries) {lag}{repairing}{away}",
             partition.topic,
             partition.partition,
             replicas.join(","),
