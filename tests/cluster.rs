@@ -947,6 +947,17 @@ async fn produce_round_to(
     }
 }
 
+/// Stops node `leader`, which leads `partition` of `topic`, and waits until the running
+/// nodes agree that another node leads it.
+async fn stop_partition_leader(cluster: &mut Cluster, topic: &str, partition: usize, leader: u64) {
+    cluster.nodes[leader as usize - 1].take().expect("running").shutdown().await;
+    let deadline = Instant::now() + PATIENCE;
+    while agreed_leaders(cluster, topic).await[partition] == leader {
+        assert!(Instant::now() < deadline, "partition {partition} kept its stopped leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node that stops loses the leadership of its partitions; once it is back and has caught
 /// up, each is handed back to it, and nothing acknowledged meanwhile is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -963,12 +974,7 @@ async fn leaders_return_to_their_preferred_nodes_once_a_stopped_node_is_back() {
     let mut acknowledged = vec![Vec::new(); 3];
     produce_round_to(&cluster, "spread", "before", &mut acknowledged).await;
     let stopped = preferred[1];
-    cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
-    let deadline = Instant::now() + PATIENCE;
-    while agreed_leaders(&cluster, "spread").await[1] == stopped {
-        assert!(Instant::now() < deadline, "partition 1 kept its stopped leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_partition_leader(&mut cluster, "spread", 1, stopped).await;
     produce_round_to(&cluster, "spread", "while stopped", &mut acknowledged).await;
     cluster.restart(stopped).await;
     produce_round_to(&cluster, "spread", "back", &mut acknowledged).await;
@@ -1034,12 +1040,7 @@ async fn kafka_elect_leaders_hands_partitions_back_to_their_preferred_nodes() {
     produce_round_to(&cluster, "elect", "before", &mut acknowledged).await;
     // A node stops and comes back: with hand-backs off, its partition stays elsewhere.
     let stopped = preferred[1];
-    cluster.nodes[stopped as usize - 1].take().expect("running").shutdown().await;
-    let deadline = Instant::now() + PATIENCE;
-    while agreed_leaders(&cluster, "elect").await[1] == stopped {
-        assert!(Instant::now() < deadline, "partition 1 kept its stopped leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_partition_leader(&mut cluster, "elect", 1, stopped).await;
     produce_round_to(&cluster, "elect", "while stopped", &mut acknowledged).await;
     cluster.restart(stopped).await;
     assert_ne!(agreed_leaders(&cluster, "elect").await[1], stopped);

@@ -634,11 +634,10 @@ impl Replica {
     }
 
     /// Hands the group's leadership to node `to`, one of its voters (`Ok` at once when `to`
-    /// is this node): what openraft 0.10's
-    /// `transfer_leader` does, built from 0.9's election trigger. This leader holds new
-    /// proposals back (entries already in Raft go on) until `to` holds every entry it has,
-    /// asks `to` to stand for election, and gives it its vote: a candidate whose log is as long
-    /// as the leader's. Raft still decides; this only starts an election that `to` can win
+    /// is this node): what openraft 0.10's `transfer_leader` does, built from 0.9's election
+    /// trigger. This leader holds new proposals back (entries already in Raft go on) until
+    /// `to` holds every entry it has, asks `to` to stand for election, and gives it its vote:
+    /// a candidate whose log is as long as the leader's. Raft still decides; this only starts an election that `to` can win
     /// at once. In a group of three, `to`'s own vote and this leader's make a majority (the
     /// other follower refuses votes for the lease, having heard from this leader); in a larger
     /// group, `to` wins once the others' lease has run out, as after a leader's death. The held
