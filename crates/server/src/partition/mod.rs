@@ -275,6 +275,10 @@ impl Partition {
         &self,
         timeout: Duration,
     ) -> Result<Option<u64>, spool_replication::HandOverError> {
+        // Led by its preferred leader as this node knows: nothing to ask of the leader.
+        if self.leader().is_some() && self.leader() == self.replicas().first().copied() {
+            return Ok(None);
+        }
         if let Some(replica) = self.replica() {
             return replica.hand_back_now(timeout).await;
         }
