@@ -143,6 +143,10 @@ pub struct WorkloadArgs {
     /// The topic's fsync policy: always, interval:MS or never.
     #[arg(long, default_value = "always")]
     pub fsync: String,
+    /// Whether the in-process servers write heavy appends past the page cache, as `spool
+    /// serve --direct-writes` does (with --server, the server's own setting holds).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub direct_writes: bool,
     /// How many of the three nodes hold each partition (the spool-cluster and nats-cluster
     /// targets only): 1 to 3, default 3.
     #[arg(long, value_name = "N")]
@@ -251,6 +255,8 @@ pub struct Settings {
     pub acks: AcksArg,
     pub idempotent: bool,
     pub fsync: String,
+    /// Whether in-process Spool servers wrote heavy appends directly (`--direct-writes`).
+    pub direct_writes: bool,
     /// How many nodes hold each partition on the cluster targets (`None`: all three).
     pub replication_factor: Option<u32>,
     pub messages: Option<u64>,
@@ -302,6 +308,7 @@ impl Settings {
             acks: args.acks,
             idempotent: args.idempotent,
             fsync: args.fsync.clone(),
+            direct_writes: args.direct_writes,
             replication_factor: args.replication_factor,
             duration_seconds: if messages.is_some() { None } else { Some(args.duration) },
             replay_seconds: (workload == Workload::Consume).then_some(args.duration),
@@ -610,6 +617,7 @@ pub async fn measure_workload(
     args: &WorkloadArgs,
 ) -> Result<Vec<BenchResult>, BenchError> {
     let settings = Settings::new(workload, args)?;
+    spool_storage::set_direct_writes(settings.direct_writes);
     let data_root = args.data.clone().unwrap_or_else(std::env::temp_dir);
     let machine = Machine::describe(&data_root);
     let disk = if args.no_disk || workload == Workload::Consume {

@@ -111,7 +111,8 @@ pub fn table(result: &BenchResult) -> String {
         s.in_flight,
         s.rate.map_or_else(|| "unlimited".into(), |r| format!("{r} msg/s"))
     );
-    let _ = writeln!(out, "payload     {}, compression {}", payload_name(s), s.compression);
+    let direct = if s.direct_writes { "" } else { ", direct writes off" };
+    let _ = writeln!(out, "payload     {}, compression {}{direct}", payload_name(s), s.compression);
     if let (Some(messages), Some(seconds)) = (s.messages, s.replay_seconds) {
         let _ = writeln!(
             out,
@@ -812,6 +813,7 @@ mod tests {
             acks: AcksArg::All,
             idempotent: false,
             fsync: "always".into(),
+            direct_writes: true,
             replication_factor: None,
             messages: Some(samples),
             duration_seconds: None,

@@ -177,6 +177,7 @@ impl TopicConfig {
             fsync: self.fsync,
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
+            direct_writes: true,
         }
     }
 }

@@ -107,6 +107,11 @@ pub(crate) struct ServeArgs {
     /// fewer].
     #[arg(long, env = "SPOOL_PARTITIONS_MAX", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(PARTITIONS_TOTAL_MAX)))]
     partitions_max: Option<u32>,
+    /// Write heavy appends of fsync `always` topics (256 KiB at once or more) past the page
+    /// cache (`O_DIRECT`), where the file system takes it; false writes every append through
+    /// the page cache [default: true].
+    #[arg(long, env = "SPOOL_DIRECT_WRITES", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    direct_writes: Option<bool>,
     /// This node's id in a cluster (with --peers); a topic's partitions are then replicated
     /// on 3 nodes, or on every node of a smaller cluster, unless it is created with another
     /// replication factor [default: a single node].
@@ -180,6 +185,7 @@ struct FileSettings {
     tokens: Option<PathBuf>,
     allow_insecure_remote: Option<bool>,
     partitions_max: Option<u32>,
+    direct_writes: Option<bool>,
     cluster: Option<ClusterFileSettings>,
 }
 
@@ -219,6 +225,7 @@ pub(crate) struct ServeConfig {
     pub(crate) allow_insecure_remote: Setting<bool>,
     /// `None`: sized from the machine.
     pub(crate) partitions_max: Setting<Option<u32>>,
+    pub(crate) direct_writes: Setting<bool>,
     pub(crate) node_id: Setting<Option<u64>>,
     /// As `--peers` takes them.
     pub(crate) peers: Setting<Option<String>>,
@@ -348,6 +355,13 @@ impl ServeConfig {
                 file.partitions_max,
                 None,
             ),
+            direct_writes: required(pick(
+                matches,
+                "direct_writes",
+                args.direct_writes,
+                file.direct_writes,
+                Some(true),
+            )),
             node_id: pick(matches, "node_id", args.node_id, cluster_file.node_id, None),
             peers: pick(
                 matches,
@@ -626,6 +640,11 @@ impl ServeConfig {
             self.partitions_max.value.map(|max| max.to_string()),
             self.partitions_max.source,
         );
+        line(
+            "direct_writes",
+            Some(self.direct_writes.value.to_string()),
+            self.direct_writes.source,
+        );
         let _ = writeln!(out, "[cluster]");
         let peers = self.peers.value.as_ref().map(|peers| {
             let quoted: Vec<String> =
@@ -770,6 +789,15 @@ mod tests {
         assert!(config.to_toml().contains("partitions_max = 5000  # flag"));
         let refused = resolve(&["serve", "--partitions-max", "0"]).unwrap_err().to_string();
         assert!(refused.contains("0"), "{refused}");
+    }
+
+    #[test]
+    fn direct_writes_are_on_unless_switched_off() {
+        assert!(resolve(&["serve"]).unwrap().direct_writes.value);
+        let config = resolve(&["serve", "--direct-writes", "false"]).unwrap();
+        assert!(!config.direct_writes.value);
+        assert!(config.to_toml().contains("direct_writes = false  # flag"));
+        assert!(resolve(&["serve", "--direct-writes", "sometimes"]).is_err());
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub(crate) async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(tokens) = &tokens {
         tokio::spawn(reload_on_hangup(tokens.clone()));
     }
+    spool_storage::set_direct_writes(config.direct_writes.value);
     let options = ServeOptions {
         tls,
         tokens,

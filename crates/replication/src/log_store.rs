@@ -215,6 +215,9 @@ impl SegmentLogStore {
                 .map_err(|source| OpenError::Io { path: dir.join(STATE_FILE), source })?;
         }
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            // Raft reads every entry back right after it is written (the leader to send it,
+            // every replica to apply it): from the page cache, not the disk.
+            log.write_buffered();
             cut_unfinished_entry(log)
                 .map_err(|source| OpenError::CutUnfinished { path: dir.to_path_buf(), source })?;
             let start = log.log_start_offset();

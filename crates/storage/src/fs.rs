@@ -66,6 +66,14 @@ pub trait FileSystem: Send + Sync + Debug + 'static {
     fn volume(&self, _dir: &Path) -> io::Result<Option<Box<dyn Volume>>> {
         Ok(None)
     }
+    /// A second handle on the existing file at `path` for direct writes, past any cache
+    /// (`O_DIRECT`; see `direct`): its writes must start and end on a multiple of
+    /// [`crate::limits::DIRECT_BLOCK_BYTES`], from memory aligned the same way. `None` where
+    /// the file system takes no direct writes; the caller then writes through its ordinary
+    /// handle.
+    fn open_direct(&self, _path: &Path) -> io::Result<Option<Arc<dyn File>>> {
+        Ok(None)
+    }
 }
 
 /// A whole file system (see [`FileSystem::volume`]).
@@ -201,6 +209,20 @@ impl FileSystem for StdFileSystem {
     #[cfg(target_os = "linux")]
     fn volume(&self, dir: &Path) -> io::Result<Option<Box<dyn Volume>>> {
         Ok(Some(Box::new(StdVolume { dir: std::fs::File::open(dir)? })))
+    }
+
+    /// Opened as [`StdFileSystem::open`] opens an existing file, with `O_DIRECT`; a file
+    /// system that refuses the flag (tmpfs) answers `EINVAL`, and gets `None`.
+    #[cfg(target_os = "linux")]
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn File>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT);
+        match options.open(path) {
+            Ok(file) => Ok(Some(Arc::new(StdFile { file }))),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -84,6 +84,7 @@
 //!   preallocated with `posix_fallocate` before they are mapped.
 
 pub mod batch;
+mod direct;
 pub mod error;
 pub mod fs;
 pub mod index;
@@ -96,6 +97,7 @@ mod shared_sync;
 pub mod sim;
 pub mod verify;
 
+pub use direct::{set_direct_write_bytes_min, set_direct_writes};
 pub use error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, OpenError, ReadError, RetentionError,
     SyncError, TruncateError,

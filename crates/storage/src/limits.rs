@@ -86,6 +86,20 @@ pub const RUNWAY_RUN_BYTES_MAX: u64 = RUNWAY_BYTES / 4;
 /// See [`RUNWAY_RUN_BYTES_MAX`].
 pub const RUNWAY_APPENDS_WITHIN_MS: i64 = 50;
 
+/// Direct writes (`direct`) start and end on multiples of this, from buffers aligned to it:
+/// the largest logical block size of the disks Linux runs on, and the page size.
+pub const DIRECT_BLOCK_BYTES: usize = 4096;
+/// An append run of an fsync `always` log this large or larger is written directly, past
+/// the page cache (`direct`); smaller ones are buffered, so a light load keeps recent records
+/// in the page cache for readers at the tail, and the runway above.
+pub const DIRECT_WRITE_BYTES_MIN: u64 = 256 * 1024;
+/// The size of each buffer direct writes copy batches into; a larger append is written a
+/// buffer at a time.
+pub const DIRECT_WRITE_BYTES: usize = 4 * 1024 * 1024;
+/// How many of those buffers the process keeps for the next appends (any more that
+/// concurrent appends needed are unmapped after use): at most 16 MiB.
+pub const DIRECT_BUFFERS_KEPT: usize = 4;
+
 /// The page size the writeback hint rounds to.
 pub const PAGE_BYTES: u64 = 4096;
 
@@ -122,3 +136,4 @@ const _: () = assert!((INDEX_INTERVAL_BYTES as u64) < SEGMENT_BYTES_MIN);
 // Relative offsets in the index are u32: a segment can never hold more records than that.
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);
+const _: () = assert!(DIRECT_WRITE_BYTES % DIRECT_BLOCK_BYTES == 0);

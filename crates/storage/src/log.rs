@@ -25,7 +25,7 @@ use crate::limits::{
     index_entries_max,
 };
 use crate::recovery::RecoveryReport;
-use crate::segment::{ReadFailure, SealData, Segment, SegmentWriteError};
+use crate::segment::{Direct, ReadFailure, SealData, Segment, SegmentWriteError};
 use crate::{Offset, TimestampMs};
 
 /// The name of the file whose presence says the log was closed cleanly; it holds the log's
@@ -57,6 +57,10 @@ pub struct LogConfig {
     /// Sealed segments are deleted, oldest first, while the log stays at least this large
     /// without them.
     pub retention_bytes: Option<u64>,
+    /// Heavy appends of an `always` log go past the page cache (`crate::direct`), unless
+    /// direct writes are switched off for the process. False for a log whose owner reads
+    /// each append back at once (a replica, which sends and applies it), so it stays cached.
+    pub direct_writes: bool,
 }
 
 impl Default for LogConfig {
@@ -67,6 +71,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             retention_ms: None,
             retention_bytes: None,
+            direct_writes: true,
         }
     }
 }
@@ -497,12 +502,18 @@ impl Log {
             .flat_map(|(i, _, _, head)| [&head[..], &batches[*i].bytes()[STAMPED_TAIL_FROM..]])
             .collect();
         let headers: Vec<BatchHeader> = run.batches.iter().map(|(_, h, ..)| *h).collect();
+        // An fsync `always` log writes heavy runs past the page cache where it can
+        // (`crate::direct`): each is synced at once, so caching it saves nothing.
+        let always = self.config.fsync == FsyncPolicy::Always;
+        let direct = (always && self.config.direct_writes && crate::direct::wanted(run.bytes))
+            .then_some(self.fs.as_ref());
         let active = self.segments.last_mut().expect("a log has at least one segment");
         let start = active.size_bytes;
-        let outcome = match active.append_run(&bufs, &headers, now) {
+        let outcome = match active.append_run(&bufs, &headers, now, direct) {
             Ok(()) => {
                 let end = active.size_bytes;
-                if self.config.fsync == FsyncPolicy::Always
+                if always
+                    && !matches!(active.direct, Direct::Open(_))
                     && end - start >= WRITEBACK_HINT_BYTES_MIN
                 {
                     // Its fsync follows at once: start the disk on its whole pages now (the
@@ -860,6 +871,12 @@ impl Log {
             }
         }
         Ok(None)
+    }
+
+    /// Writes every later append through the page cache ([`LogConfig::direct_writes`]), for
+    /// an owner that reads them back at once; kept across the reopen a truncate makes.
+    pub fn write_buffered(&mut self) {
+        self.config.direct_writes = false;
     }
 
     /// Changes the retention limits in force ([`Log::retention_end`] reads them); the other

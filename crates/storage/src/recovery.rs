@@ -440,6 +440,7 @@ impl Opener<'_> {
                 data_durable: true,
                 holds_v1: false,
                 runway_end: 0,
+                direct: Default::default(),
             };
             if let Some(()) = self.check_tail(&mut segment, now).map_err(io_at(&path))? {
                 return Ok((segment, None));
@@ -536,6 +537,7 @@ impl Opener<'_> {
             data_durable: false,
             holds_v1: false,
             runway_end: 0,
+            direct: Default::default(),
         };
         let outcome = segment.scan().map_err(io_at(&path))?;
         self.report.scanned.push(path.clone());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_PREFIX_BYTES, BatchError, BatchHeader, field};
+use crate::direct::DirectTail;
 use crate::error::ReadError;
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::index::{
@@ -66,7 +67,22 @@ pub(crate) struct Segment {
     pub(crate) holds_v1: bool,
     /// Where the zeros this process wrote past the batches end (see
     /// [`crate::limits::RUNWAY_BYTES`]); none are left when it is not past `size_bytes`.
+    /// Direct writes leave zeros to the next block boundary too.
     pub(crate) runway_end: u64,
+    /// How appends reach the log file: see [`Direct`].
+    pub(crate) direct: Direct,
+}
+
+/// Whether an active segment's heavy appends are direct writes (`crate::direct`).
+#[derive(Debug, Default)]
+pub(crate) enum Direct {
+    /// No handle: the next heavy append opens one (so a segment holds a second open file
+    /// only while it is written heavily).
+    #[default]
+    Unopened,
+    Open(DirectTail),
+    /// The file system takes none: every append is buffered.
+    Refused,
 }
 
 /// What a full scan of a segment's log file found.
@@ -165,6 +181,7 @@ impl Segment {
             data_durable: false,
             holds_v1: false,
             runway_end: 0,
+            direct: Direct::Unopened,
         })
     }
 
@@ -195,16 +212,20 @@ impl Segment {
         }
     }
 
-    /// Writes checked, stamped batches at the end of the log with one vectored write and
-    /// indexes them: `bufs` are their bytes in order, in as many pieces as the caller likes;
-    /// `headers` say where each batch ends. On a write error the log file is cut back to its
-    /// previous length, so no partial batch remains; if that fails too, the second error is
-    /// returned and the caller must fence the log.
+    /// Writes checked, stamped batches at the end of the log and indexes them: `bufs` are
+    /// their bytes in order, in as many pieces as the caller likes; `headers` say where each
+    /// batch ends. With `direct` (the log's file system), the write is direct where that
+    /// file system takes direct writes; otherwise one vectored write through the page cache
+    /// (and a handle for direct writes is closed).
+    /// On a write error the log file is cut back to its previous length, so no partial batch
+    /// remains; if that fails too, the second error is returned and the caller must fence the
+    /// log.
     pub(crate) fn append_run(
         &mut self,
         bufs: &[&[u8]],
         headers: &[BatchHeader],
         now: TimestampMs,
+        direct: Option<&dyn FileSystem>,
     ) -> Result<(), SegmentWriteError> {
         debug_assert_eq!(
             bufs.iter().map(|b| b.len() as u64).sum::<u64>(),
@@ -212,7 +233,38 @@ impl Segment {
         );
         let start = self.size_bytes;
         let file = self.file.get().map_err(SegmentWriteError::Clean)?;
-        if let Err(error) = file.write_all_vectored_at(bufs, start) {
+        match (direct, &self.direct) {
+            (Some(fs), Direct::Unopened) => {
+                let handle = fs.open_direct(&self.path).map_err(SegmentWriteError::Clean)?;
+                self.direct = match handle {
+                    Some(handle) => Direct::Open(DirectTail::new(handle)),
+                    None => Direct::Refused,
+                };
+            }
+            // A light run: the handle is not kept for the next heavy one.
+            (None, Direct::Open(_)) => self.direct = Direct::Unopened,
+            _ => {}
+        }
+        let written = match (&mut self.direct, direct) {
+            (Direct::Open(tail), Some(_)) => match tail.write(file.as_ref(), bufs, start) {
+                Ok(end) => {
+                    self.runway_end = self.runway_end.max(end);
+                    Ok(())
+                }
+                // A file system whose blocks are larger than the writes are aligned to takes
+                // the handle but not the write: this segment's appends are buffered.
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = Direct::Refused;
+                    file.set_len(start).and_then(|()| file.write_all_vectored_at(bufs, start))
+                }
+                Err(error) => Err(error),
+            },
+            _ => file.write_all_vectored_at(bufs, start),
+        };
+        if let Err(error) = written {
+            if let Direct::Open(tail) = &mut self.direct {
+                tail.forget();
+            }
             return match file.set_len(start) {
                 Ok(()) => {
                     self.runway_end = 0;
@@ -293,6 +345,7 @@ impl Segment {
     /// `cached`: keep the file open in the cache for now (see [`SegmentFile::seal`]).
     pub(crate) fn release_file(&mut self, fs: &Arc<dyn FileSystem>, cached: bool) {
         debug_assert!(self.data_durable);
+        self.direct = Direct::Unopened;
         self.file.seal(fs, self.path.clone(), cached);
     }
 

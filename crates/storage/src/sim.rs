@@ -537,7 +537,24 @@ impl FileSystem for SimFileSystem {
                 inode
             }
         };
-        Ok(Arc::new(SimFile { fs: self.clone(), inode }))
+        Ok(Arc::new(SimFile { fs: self.clone(), inode, direct: false }))
+    }
+
+    /// A handle whose writes must be aligned as Linux's `O_DIRECT` ones must; the simulated
+    /// disk keeps them unsynced as any other write (a real disk's write cache does too).
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn File>>> {
+        let state = lock(&self.state);
+        state.running()?;
+        match state.lookup(path)? {
+            Some(Entry::File(inode)) => {
+                Ok(Some(Arc::new(SimFile { fs: self.clone(), inode, direct: true })))
+            }
+            Some(Entry::Dir(_)) => Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{}: a directory", path.display()),
+            )),
+            None => Err(not_found(path)),
+        }
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {

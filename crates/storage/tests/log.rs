@@ -540,3 +540,43 @@ fn light_appends_run_on_zeros_that_a_roll_a_close_and_a_crash_cut() {
     let length = heavy_fs.read(&first).unwrap().len() as u64;
     assert_eq!(length, data_bytes(&heavy));
 }
+
+#[test]
+fn heavy_appends_of_an_always_log_are_direct_writes_whose_zeros_a_close_cuts() {
+    // The simulated file system takes direct writes only from block-aligned buffers at
+    // block-aligned positions, as Linux does.
+    let fs = SimFileSystem::new();
+    let config = LogConfig { segment_bytes: 4 * 1024 * 1024, ..config(FsyncPolicy::Always) };
+    let mut log = sim_open(&fs, config);
+    let first = dir().join("00000000000000000000.log");
+    let file_bytes = |fs: &SimFileSystem| fs.read(&first).unwrap().len() as u64;
+    let data_bytes = |log: &Log| log.segments().last().unwrap().size_bytes;
+
+    // A light append first (buffered), then heavy ones (past 256 KiB at once) after it: each
+    // starts within the block the one before ended in.
+    log.append(&batch_of(1, 100, 5), NOW).unwrap();
+    for _ in 0..3 {
+        log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+        log.sync(NOW).unwrap();
+        assert_eq!(file_bytes(&fs) % 4096, 0, "a direct write ends on a block boundary");
+        assert!(file_bytes(&fs) > data_bytes(&log), "zeros after the batches");
+    }
+    // A light append after them is buffered again, over those zeros.
+    log.append(&batch_of(1, 100, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 1 + 900 + 1);
+
+    // After a crash the zeros are no torn tail; a clean close cuts them.
+    drop(log);
+    fs.crash();
+    let log = sim_open(&fs, config);
+    assert_eq!(log.recovery_report().truncated, None, "{:?}", log.recovery_report());
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 902);
+    let mut log = log;
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    log.close().unwrap();
+    let log = sim_open(&fs, config);
+    assert!(log.recovery_report().clean_shutdown, "{:?}", log.recovery_report());
+    assert_eq!(file_bytes(&fs), data_bytes(&log));
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 1202);
+}

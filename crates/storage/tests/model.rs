@@ -69,6 +69,7 @@ fn log_config() -> impl Strategy<Value = LogConfig> {
             fsync,
             retention_ms: by_time.then_some(5000),
             retention_bytes: by_size.then_some(150 * 1024),
+            direct_writes: true,
         },
     )
 }

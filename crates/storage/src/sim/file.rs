@@ -7,11 +7,15 @@ use std::sync::Arc;
 
 use super::{Inode, Pending, SimFileSystem, lock};
 use crate::fs::{File, MappedFile};
+use crate::limits::DIRECT_BLOCK_BYTES;
 
 #[derive(Debug)]
 pub(super) struct SimFile {
     pub(super) fs: SimFileSystem,
     pub(super) inode: Arc<Inode>,
+    /// A handle for direct writes (`FileSystem::open_direct`): a write that is not aligned
+    /// fails with `EINVAL`, as Linux's does.
+    pub(super) direct: bool,
 }
 
 impl File for SimFile {
@@ -28,6 +32,14 @@ impl File for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        let block = DIRECT_BLOCK_BYTES as u64;
+        if self.direct
+            && !(position % block == 0
+                && buf.len() as u64 % block == 0
+                && buf.as_ptr() as usize % DIRECT_BLOCK_BYTES == 0)
+        {
+            return Err(io::Error::from_raw_os_error(22)); // EINVAL
+        }
         let end = position + buf.len() as u64;
         self.fs.check_write(&self.inode, end)?;
         let mut data = lock(&self.inode.data);
@@ -41,6 +53,11 @@ impl File for SimFile {
     }
 
     fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+        if self.direct {
+            // A direct handle's writes come from aligned buffers, which a concatenation is
+            // not; none of the log's direct writes is vectored.
+            return Err(io::Error::from_raw_os_error(22)); // EINVAL
+        }
         self.write_all_at(&bufs.concat(), position)
     }
 
