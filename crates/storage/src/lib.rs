@@ -23,7 +23,10 @@
 //! **Append** ([`Log::append`]): (1) check the batch (length, CRC, every record); (2) roll
 //! if the segment is full or old (below); (3) stamp the base offset; (4) write the batch at
 //! the end of the active log file with one positional write; (5) add index entries through
-//! the map. Nothing is synced: the batch is durable after the next sync.
+//! the map. Nothing is synced: the batch is durable after the next sync. An
+//! [`FsyncPolicy::Always`] log writes a run of 256 KiB or more past the page cache instead
+//! (`direct`: `O_DIRECT`, from the block the end lies in to zeros at the next block
+//! boundary, which recovery cuts as it cuts the runway).
 //!
 //! **Sync** ([`Log::begin_sync`], [`SyncTicket::run`], [`Log::finish_sync`]): note the
 //! written end and the sealed segments not yet synced; without holding the log, `fdatasync`
