@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::tls::PeerPki;
 use common::{TestServer, always, record, value};
 use kafka_protocol::protocol::StrBytes;
-use spool_client::{Client, ProducerConfig, Record as ClientRecord};
+use spool_client::{Client, ElectionOutcome, ProducerConfig, Record as ClientRecord};
 use spool_replication::Transport;
 use spool_server::ClusterSetup;
 use spool_server::cluster::{ClusterOptions, PeerTransport};
@@ -1036,6 +1036,28 @@ async fn kafka_elect_leaders_hands_partitions_back_to_their_preferred_nodes() {
         answered,
         [(0, ELECTION_NOT_NEEDED), (1, ELECTION_NOT_NEEDED), (2, ELECTION_NOT_NEEDED)]
     );
+    // gRPC's ElectLeaders answers alike, and refuses what names nothing the cluster has.
+    let client = Client::connect(&format!("http://{}", cluster.node(3).address())).await.unwrap();
+    assert_eq!(client.elect_leaders(&[], None).await.unwrap(), vec![]);
+    let answered = client.elect_leaders(&[("elect", &[2, 0, 2])], None).await.unwrap();
+    let outcomes: Vec<(u32, ElectionOutcome)> =
+        answered.into_iter().map(|e| (e.partition, e.outcome)).collect();
+    assert_eq!(outcomes, [(0, ElectionOutcome::NotNeeded), (2, ElectionOutcome::NotNeeded)]);
+    let mut topics = cluster.node(3).topics().await;
+    let ask =
+        |topic: &str, partitions: Vec<u32>, timeout_ms| spool_proto::v1::ElectLeadersRequest {
+            topics: vec![spool_proto::v1::ElectLeadersTopic { topic: topic.into(), partitions }],
+            timeout_ms,
+        };
+    for (request, code, says) in [
+        (ask("nowhere", vec![], 0), Code::NotFound, "topic nowhere does not exist"),
+        (ask("elect", vec![3], 0), Code::NotFound, "partition 3 does not exist"),
+        (ask("elect", vec![0], 60_001), Code::InvalidArgument, "limit of 60000"),
+    ] {
+        let refused = topics.elect_leaders(request).await.expect_err("refused");
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(refused.message().contains(says), "{refused:?}");
+    }
     let mut acknowledged = vec![Vec::new(); 3];
     produce_round_to(&cluster, "elect", "before", &mut acknowledged).await;
     // A node stops and comes back: with hand-backs off, its partition stays elsewhere.

@@ -18,9 +18,9 @@ use spool_proto::v1::start_position::Position;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
     Acks, AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeTopicRequest, FetchRequest, FsyncPolicy, JoinGroup,
-    MemberRequest, ProduceRequest, RecordList, ResetGroupRequest, StartPosition, SubscribeRequest,
-    TopicConfig, member_request,
+    DescribeGroupRequest, DescribeTopicRequest, ElectLeadersRequest, ElectLeadersTopic,
+    FetchRequest, FsyncPolicy, JoinGroup, MemberRequest, ProduceRequest, RecordList,
+    ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig, member_request,
 };
 use spool_server::ServeOptions;
 use spool_server::auth::{Authenticator, token_digest_hex};
@@ -279,6 +279,13 @@ async fn every_documented_code_is_what_the_server_answers() {
     checks.expect("AlterTopic", "NOT_FOUND", topics.alter_topic(alter("missing", None)).await);
     let tiny = alter("t", Some(1));
     checks.expect("AlterTopic", "INVALID_ARGUMENT", topics.alter_topic(tiny).await);
+    let elect = |topic: &str, partitions: Vec<u32>, timeout_ms| ElectLeadersRequest {
+        topics: vec![ElectLeadersTopic { topic: topic.into(), partitions }],
+        timeout_ms,
+    };
+    checks.expect("ElectLeaders", "NOT_FOUND", topics.elect_leaders(elect("t", vec![2], 0)).await);
+    let slow = elect("t", vec![0], 60_001);
+    checks.expect("ElectLeaders", "INVALID_ARGUMENT", topics.elect_leaders(slow).await);
 
     // ProduceService.
     let request = produce("missing", None, Acks::All, records());

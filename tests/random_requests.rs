@@ -22,7 +22,7 @@ mod common;
 #[path = "random_requests/ops.rs"]
 mod ops;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,9 +36,10 @@ use spool_proto::v1::member_request::Kind as RequestKind;
 use spool_proto::v1::produce_request::Payload;
 use spool_proto::v1::{
     Acks, AlterTopicRequest, CommitOffsets, CommitResult, CreateTopicRequest, DeleteGroupRequest,
-    DeleteTopicRequest, DescribeGroupRequest, DescribeTopicRequest, Encoding, FetchRequest, Header,
-    JoinGroup, Leave, MemberRequest, PartitionOffset, ProduceRequest, ProducerStamp as WireStamp,
-    Record, RecordList, ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig,
+    DeleteTopicRequest, DescribeGroupRequest, DescribeTopicRequest, ElectLeadersRequest,
+    ElectLeadersTopic, Encoding, FetchRequest, Header, JoinGroup, Leave, MemberRequest,
+    PartitionOffset, ProduceRequest, ProducerStamp as WireStamp, Record, RecordList,
+    ResetGroupRequest, StartPosition, SubscribeRequest, TopicConfig, elect_leaders_result,
 };
 use spool_storage::batch::ProducerStamp;
 use tokio::sync::mpsc;
@@ -187,6 +188,35 @@ async fn run(
                     let described = described.get_ref().topic.as_ref().unwrap();
                     let expected = model.get(name).map(|topic| topic.partitions as usize);
                     prop_assert_eq!(Some(described.partitions.len()), expected);
+                }
+                check_name(op, *name, model, &outcome.map(drop))?;
+            }
+            Op::Elect { name, partitions, timeout_ms } => {
+                let asked = ElectLeadersTopic {
+                    topic: NAMES[*name].0.into(),
+                    partitions: partitions.clone(),
+                };
+                let request = ElectLeadersRequest { topics: vec![asked], timeout_ms: *timeout_ms };
+                let outcome = call(topics.elect_leaders(request)).await;
+                if *timeout_ms > 60_000 {
+                    let code = outcome.as_ref().err().map(Status::code);
+                    prop_assert_eq!(code, Some(Code::InvalidArgument), "{:?}", op);
+                }
+                if let (Ok(answered), Some(topic)) = (&outcome, model.get(name)) {
+                    // A single node leads every partition: none needs handing back.
+                    let answered = &answered.get_ref().results;
+                    let not_needed = elect_leaders_result::Outcome::NotNeeded;
+                    prop_assert!(
+                        answered.iter().all(|r| r.outcome() == not_needed),
+                        "{answered:?}"
+                    );
+                    let distinct: BTreeSet<u32> = partitions.iter().copied().collect();
+                    let expected = if partitions.is_empty() {
+                        topic.partitions as usize
+                    } else {
+                        distinct.len()
+                    };
+                    prop_assert_eq!(answered.len(), expected, "{:?}", op);
                 }
                 check_name(op, *name, model, &outcome.map(drop))?;
             }

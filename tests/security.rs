@@ -14,7 +14,8 @@ use spool_proto::v1::produce_stream_response::Result as StreamResult;
 use spool_proto::v1::topic_service_client::TopicServiceClient;
 use spool_proto::v1::{
     Acks, AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
-    FetchRequest, ListTopicsRequest, ProduceRequest, RecordList, SubscribeRequest,
+    ElectLeadersRequest, ElectLeadersTopic, FetchRequest, ListTopicsRequest, ProduceRequest,
+    RecordList, SubscribeRequest,
 };
 use spool_server::ServeOptions;
 use spool_server::auth::{Authenticator, token_digest_hex};
@@ -257,6 +258,16 @@ async fn each_grant_allows_exactly_what_it_names_on_unary_calls() {
         "administer",
     );
     secured.topics(ADMIN).await.alter_topic(alter).await.unwrap();
+    let elect = ElectLeadersRequest {
+        topics: vec![ElectLeadersTopic { topic: "orders".into(), partitions: vec![] }],
+        timeout_ms: 0,
+    };
+    assert_code(
+        secured.topics(READER).await.elect_leaders(elect.clone()).await,
+        Code::PermissionDenied,
+        "administer",
+    );
+    secured.topics(ADMIN).await.elect_leaders(elect).await.unwrap();
 
     // Produce: the writer to orders only; the reader and the admin may not.
     secured.produce(WRITER, "orders").await.unwrap();

@@ -239,6 +239,12 @@ pub enum Op {
     DeleteGroup {
         group: usize,
     },
+    /// ElectLeaders for some partitions of one topic (none: all of them).
+    Elect {
+        name: usize,
+        partitions: Vec<u32>,
+        timeout_ms: u32,
+    },
 }
 
 pub fn partition() -> impl Strategy<Value = u32> {
@@ -310,6 +316,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (name(), name(), position, prop::option::weighted(0.3, partition()))
             .prop_map(|(group, name, to, partition)| Op::ResetGroup { group, name, to, partition }),
         1 => name().prop_map(|group| Op::DeleteGroup { group }),
+        1 => (name(), prop::collection::vec(partition(), 0..4), prop_oneof![3 => Just(0u32), 1 => edgy_u32()])
+            .prop_map(|(name, partitions, timeout_ms)| Op::Elect { name, partitions, timeout_ms }),
     ]
 }
 

@@ -1,12 +1,13 @@
 //! `spool cluster status`: every node of a cluster and every replicated partition, gathered
 //! from each node that answers (a partition's lag from its leader, each node's high watermark
-//! from that node).
+//! from that node). `spool cluster elect-leaders`: partitions handed back to their preferred
+//! leaders now.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::Subcommand;
-use spool_client::ClusterInfo;
+use spool_client::{ClusterInfo, ElectionOutcome};
 
 use crate::ServerArg;
 use crate::client::connect;
@@ -17,10 +18,70 @@ pub(crate) enum ClusterCommand {
     /// preferred leader first), each node's high watermark and each follower's lag behind
     /// the leader.
     Status,
+    /// Hand partitions back to their preferred leaders (the first of their replicas) where
+    /// another node leads them, once the preferred one has caught up, as the nodes do by
+    /// themselves every 10 s unless started with `--hand-back-leaders false`. Without a
+    /// topic: every partition you may administer. Exits with 1 if a partition stays where it
+    /// is led.
+    ElectLeaders {
+        /// The topics (all of their partitions, unless --partition names some).
+        topics: Vec<String>,
+        /// A partition of the one topic named (repeat for more).
+        #[arg(long = "partition", value_name = "N")]
+        partitions: Vec<u32>,
+        /// How long each partition's hand-over may take, in milliseconds (at most 60000).
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
+        timeout_ms: u64,
+    },
 }
 
 pub(crate) async fn cluster(server: &ServerArg, command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status = command;
+    match command {
+        ClusterCommand::Status => status(server).await,
+        ClusterCommand::ElectLeaders { topics, partitions, timeout_ms } => {
+            elect_leaders(server, &topics, &partitions, timeout_ms).await
+        }
+    }
+}
+
+async fn elect_leaders(
+    server: &ServerArg,
+    topics: &[String],
+    partitions: &[u32],
+    timeout_ms: u64,
+) -> anyhow::Result<()> {
+    if !partitions.is_empty() && topics.len() != 1 {
+        anyhow::bail!("--partition names partitions of one topic: name exactly one");
+    }
+    let asked: Vec<(&str, &[u32])> = topics.iter().map(|t| (t.as_str(), partitions)).collect();
+    let client = connect(server).await?;
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let elections = client
+        .elect_leaders(&asked, Some(timeout))
+        .await
+        .context("asking for partitions to be handed back to their preferred leaders")?;
+    if elections.is_empty() {
+        println!("every partition is on its preferred leader");
+    }
+    let mut stayed = 0;
+    for election in &elections {
+        let outcome = match &election.outcome {
+            ElectionOutcome::Elected => "on its preferred leader now".to_owned(),
+            ElectionOutcome::NotNeeded => "on its preferred leader already".to_owned(),
+            ElectionOutcome::NotAvailable(reason) => {
+                stayed += 1;
+                format!("stays where it is led: {reason}")
+            }
+        };
+        println!("{} partition {}: {outcome}", election.topic, election.partition);
+    }
+    if stayed > 0 {
+        anyhow::bail!("{stayed} of {} partitions stay where they are led", elections.len());
+    }
+    Ok(())
+}
+
+async fn status(server: &ServerArg) -> anyhow::Result<()> {
     let client = connect(server).await?;
     let first = client.describe_cluster().await.context("asking for the cluster's state")?;
     let Some(answering) = first.node_id else {

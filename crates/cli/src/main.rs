@@ -109,7 +109,8 @@ enum Command {
         #[arg(long, default_value_t = 10_000, requires = "group")]
         session_timeout_ms: u32,
     },
-    /// A cluster's nodes and replicated partitions.
+    /// A cluster's nodes and replicated partitions; hand partitions back to their preferred
+    /// leaders.
     Cluster {
         #[command(flatten)]
         server: ServerArg,

@@ -83,6 +83,15 @@ fn produce_and_consume_through_the_spool_binary() {
     let described = stdout(&served.spool(&["topic", "describe", "orders"], ""));
     assert!(described.contains("partition 1\tlog_start_offset=0\tlog_end_offset=3"), "{described}");
 
+    // A single node leads every partition: none needs handing back.
+    let elected = served.ok(&["cluster", "elect-leaders"], "");
+    assert_eq!(elected, "every partition is on its preferred leader\n");
+    let elected = served.ok(&["cluster", "elect-leaders", "orders", "--partition", "1"], "");
+    assert_eq!(elected, "orders partition 1: on its preferred leader already\n");
+    let unknown = served.spool(&["cluster", "elect-leaders", "orders", "--partition", "2"], "");
+    let message = String::from_utf8(unknown.stderr).unwrap();
+    assert!(message.contains("partition 2 does not exist (NOT_FOUND)"), "{message}");
+
     // Errors are one line and a non-zero exit.
     let missing = served.spool(&["produce", "nowhere"], "lost\n");
     assert!(!missing.status.success());

@@ -211,6 +211,13 @@ fn killing_the_leader_or_wiping_a_follower_loses_nothing_acknowledged() {
         commits_timed = commits_timed.max(series("spool_replication_commit_seconds_count{"));
     }
     assert!(commits_timed >= 5.0, "the leader timed {commits_timed} commits");
+    // Handing the partition back through any node puts it on its preferred leader, the first
+    // of its replicas (the nodes' own hand-backs may have done so already); the wiped node
+    // is refused until it has caught up, so it is asked until it succeeds.
+    let elected = nodes[2].until_ok(&["cluster", "elect-leaders", "t", "--partition", "0"], "");
+    assert!(elected.starts_with("t partition 0: on its preferred leader"), "{elected}");
+    let again = nodes[0].until_ok(&["cluster", "elect-leaders", "t"], "");
+    assert_eq!(again, "t partition 0: on its preferred leader already\n");
     for node in &nodes {
         let deadline = Instant::now() + GUARD;
         loop {

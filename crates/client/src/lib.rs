@@ -121,8 +121,8 @@ pub use request::{
 };
 pub use spool_proto::Acks;
 pub use topics::{
-    ClusterInfo, Fsync, NodeInfo, PartitionInfo, ReplicatedPartitionInfo, TopicChange,
-    TopicCompression, TopicInfo, TopicSettings,
+    ClusterInfo, Election, ElectionOutcome, Fsync, NodeInfo, PartitionInfo,
+    ReplicatedPartitionInfo, TopicChange, TopicCompression, TopicInfo, TopicSettings,
 };
 
 /// A connection to a Spool server. Cheap to clone; producers and consumers made from it

@@ -2,9 +2,13 @@
 
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
 use spool_proto::v1::topic_service_client::TopicServiceClient;
+use std::time::Duration;
+
+use spool_proto::v1::elect_leaders_result::Outcome;
 use spool_proto::v1::{
-    AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy,
-    ListTopicsRequest, TopicCompression as WireCompression, TopicConfig, TopicDescription,
+    AlterTopicRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
+    ElectLeadersRequest, ElectLeadersTopic, FsyncPolicy, ListTopicsRequest,
+    TopicCompression as WireCompression, TopicConfig, TopicDescription,
 };
 use spool_storage::batch::Codec;
 
@@ -263,6 +267,26 @@ pub struct ReplicatedPartitionInfo {
     pub not_held_here: bool,
 }
 
+/// What a hand-back did to one partition ([`Client::elect_leaders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Election {
+    pub topic: String,
+    pub partition: u32,
+    pub outcome: ElectionOutcome,
+}
+
+/// See [`Election`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElectionOutcome {
+    /// Its preferred leader leads it now.
+    Elected,
+    /// Its preferred leader led it already.
+    NotNeeded,
+    /// It stays where it is led, for the reason given (its preferred leader is down or
+    /// behind, it has no leader, its leader led it too briefly).
+    NotAvailable(String),
+}
+
 impl Client {
     fn topics(&self) -> TopicServiceClient<crate::Transport> {
         TopicServiceClient::new(self.transport())
@@ -385,5 +409,43 @@ impl Client {
         let request = DeleteTopicRequest { name: name.to_owned() };
         self.topics().delete_topic(request).await?;
         Ok(())
+    }
+
+    /// On a cluster, hands partitions back to their preferred leaders (the first of their
+    /// replicas) where another node leads them, once the preferred one has caught up, as the
+    /// nodes do by themselves every 10 s unless told not to. `topics` names each topic and
+    /// its partitions (none: all of them); with no topic, every partition the caller may
+    /// administer is asked for, and only those that needed it are answered. `timeout` bounds
+    /// each partition's hand-over (at most 60 s; `None`: 10 s).
+    pub async fn elect_leaders(
+        &self,
+        topics: &[(&str, &[u32])],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Election>, AdminError> {
+        let timeout_ms = timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+        let topics = topics
+            .iter()
+            .map(|(topic, partitions)| ElectLeadersTopic {
+                topic: (*topic).to_owned(),
+                partitions: partitions.to_vec(),
+            })
+            .collect();
+        let request = ElectLeadersRequest { topics, timeout_ms };
+        let answer = self.topics().elect_leaders(request).await?.into_inner();
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|result| Election {
+                outcome: match result.outcome() {
+                    Outcome::Elected => ElectionOutcome::Elected,
+                    Outcome::NotNeeded => ElectionOutcome::NotNeeded,
+                    Outcome::NotAvailable | Outcome::Unspecified => {
+                        ElectionOutcome::NotAvailable(result.message.clone())
+                    }
+                },
+                topic: result.topic,
+                partition: result.partition,
+            })
+            .collect())
     }
 }

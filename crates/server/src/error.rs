@@ -45,6 +45,8 @@ pub enum InvalidRequest {
     FetchBytes { max_bytes: u32, bytes_max: u32 },
     #[error("max_wait_ms {max_wait_ms} is over the limit of {max_wait_ms_max}")]
     FetchWait { max_wait_ms: u32, max_wait_ms_max: u32 },
+    #[error("timeout_ms {timeout_ms} is over the limit of {timeout_ms_max}")]
+    ElectTimeout { timeout_ms: u32, timeout_ms_max: u128 },
     #[error("session timeout {session_timeout_ms} ms is outside {min_ms}..={max_ms}")]
     SessionTimeout { session_timeout_ms: u64, min_ms: u64, max_ms: u64 },
     #[error("group protocol: {reason}")]

@@ -69,6 +69,8 @@ pub const INTERNAL_COMPACT_PATIENCE: Duration = Duration::from_secs(30);
 /// hand them back; and how many it hands back at once.
 pub const LEADER_HAND_BACK_INTERVAL: Duration = Duration::from_secs(10);
 pub const LEADER_HAND_BACKS_AT_ONCE: usize = 8;
+/// How long each partition's hand-back may take when a gRPC ElectLeaders names no timeout.
+pub const ELECT_LEADERS_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// How long a replicated partition's retention waits for its replica to save a snapshot of
 /// the partition's state (a small file) before it gives up until the next check.
 pub const RETENTION_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,6 +1,10 @@
 //! The topic service, and the conversions between the wire's topic messages and the broker's.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use spool_broker::{TopicCompression, TopicConfig, TopicConfigRequest};
 use spool_proto::v1::fsync_policy::{Always, Never, Policy};
@@ -8,9 +12,10 @@ use spool_proto::v1::topic_service_server::TopicService;
 use spool_proto::v1::{
     AlterTopicRequest, AlterTopicResponse, ClusterNode, ClusterPartition, CreateTopicRequest,
     CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
-    DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, FsyncPolicy as WireFsync,
-    ListTopicsRequest, ListTopicsResponse, PartitionDescription, ReplicaLag,
-    TopicCompression as WireCompression, TopicConfig as WireConfig, TopicDescription,
+    DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, ElectLeadersRequest,
+    ElectLeadersResponse, ElectLeadersResult, FsyncPolicy as WireFsync, ListTopicsRequest,
+    ListTopicsResponse, PartitionDescription, ReplicaLag, TopicCompression as WireCompression,
+    TopicConfig as WireConfig, TopicDescription,
 };
 use spool_storage::FsyncPolicy;
 use spool_storage::batch::Codec;
@@ -19,7 +24,9 @@ use tonic::{Request, Response, Status};
 use crate::alter::TopicChange;
 use crate::auth::{Action, Caller, Resource};
 use crate::error::{InvalidRequest, ServiceError};
-use crate::limits::NEW_TOPIC_LEADERS_PATIENCE;
+use crate::limits::{
+    ELECT_LEADERS_TIMEOUT_DEFAULT, LEADER_HAND_BACKS_AT_ONCE, NEW_TOPIC_LEADERS_PATIENCE,
+};
 use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
@@ -269,5 +276,72 @@ impl TopicService for TopicApi {
             nodes,
             partitions,
         }))
+    }
+
+    async fn elect_leaders(
+        &self,
+        request: Request<ElectLeadersRequest>,
+    ) -> Result<Response<ElectLeadersResponse>, Status> {
+        use spool_proto::v1::elect_leaders_result::Outcome;
+        let caller = Caller::of(&request);
+        caller.check_token().map_err(ServiceError::from)?;
+        let request = request.into_inner();
+        let max = spool_replication::limits::HAND_BACK_TIMEOUT_MAX;
+        let timeout = match request.timeout_ms {
+            0 => ELECT_LEADERS_TIMEOUT_DEFAULT,
+            ms if u128::from(ms) > max.as_millis() => {
+                let refused = InvalidRequest::ElectTimeout {
+                    timeout_ms: ms,
+                    timeout_ms_max: max.as_millis(),
+                };
+                return Err(ServiceError::from(refused).into());
+            }
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        // Every partition asked for, checked before any is handed back; each once.
+        let every = request.topics.is_empty();
+        let mut asked = BTreeSet::new();
+        if every {
+            for topic in self.topics.topics() {
+                let name = topic.name.as_str();
+                if caller.allow(Action::Administer, Resource::Topic(name)).is_ok() {
+                    asked.extend(topic.partitions.iter().map(|p| (name.to_owned(), p.id())));
+                }
+            }
+        }
+        for wanted in &request.topics {
+            let name = wanted.topic.as_str();
+            caller.allow(Action::Administer, Resource::Topic(name)).map_err(ServiceError::from)?;
+            let topic = match wanted.partitions.iter().max() {
+                Some(&highest) => self.topics.topic_for_request(name, Some(highest)).await?,
+                None => self.topics.topic_for_request(name, None).await?,
+            };
+            match wanted.partitions.is_empty() {
+                true => asked.extend(topic.partitions.iter().map(|p| (name.to_owned(), p.id()))),
+                false => asked.extend(wanted.partitions.iter().map(|&p| (name.to_owned(), p))),
+            }
+        }
+        let topics = &self.topics;
+        let outcomes: Vec<ElectLeadersResult> = futures_util::stream::iter(asked)
+            .map(|(topic, partition)| async move {
+                let found = topics.partition_for_request(&topic, partition).await;
+                let (outcome, message) = match found {
+                    Err(error) => (Outcome::NotAvailable, error.to_string()),
+                    Ok(found) => match found.hand_back(timeout).await {
+                        Ok(Some(_)) => (Outcome::Elected, String::new()),
+                        Ok(None) => (Outcome::NotNeeded, String::new()),
+                        Err(error) => (Outcome::NotAvailable, error.to_string()),
+                    },
+                };
+                ElectLeadersResult { topic, partition, outcome: outcome.into(), message }
+            })
+            .buffered(LEADER_HAND_BACKS_AT_ONCE)
+            .collect()
+            .await;
+        let results = outcomes
+            .into_iter()
+            .filter(|result| !(every && result.outcome() == Outcome::NotNeeded))
+            .collect();
+        Ok(Response::new(ElectLeadersResponse { results }))
     }
 }
