@@ -1,6 +1,6 @@
 //! The topic service, and the conversions between the wire's topic messages and the broker's.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::error::{InvalidRequest, ServiceError};
 use crate::limits::{
     ELECT_LEADERS_TIMEOUT_DEFAULT, LEADER_HAND_BACKS_AT_ONCE, NEW_TOPIC_LEADERS_PATIENCE,
 };
+use crate::partition::Partition;
 use crate::topic_table::{Topic, TopicTable};
 
 #[derive(Debug, Clone)]
@@ -300,38 +301,39 @@ impl TopicService for TopicApi {
         };
         // Every partition asked for, checked before any is handed back; each once.
         let every = request.topics.is_empty();
-        let mut asked = BTreeSet::new();
+        let mut asked = BTreeMap::new();
+        let mut ask = |topic: &Topic, partition: &Arc<Partition>| {
+            let key = (topic.name.as_str().to_owned(), partition.id());
+            asked.insert(key, partition.clone());
+        };
         if every {
             for topic in self.topics.topics() {
                 let name = topic.name.as_str();
                 if caller.allow(Action::Administer, Resource::Topic(name)).is_ok() {
-                    asked.extend(topic.partitions.iter().map(|p| (name.to_owned(), p.id())));
+                    topic.partitions.iter().for_each(|partition| ask(&topic, partition));
                 }
             }
         }
         for wanted in &request.topics {
             let name = wanted.topic.as_str();
             caller.allow(Action::Administer, Resource::Topic(name)).map_err(ServiceError::from)?;
-            let topic = match wanted.partitions.iter().max() {
-                Some(&highest) => self.topics.topic_for_request(name, Some(highest)).await?,
-                None => self.topics.topic_for_request(name, None).await?,
-            };
+            let highest = wanted.partitions.iter().max().copied();
+            let topic = self.topics.topic_for_request(name, highest).await?;
             match wanted.partitions.is_empty() {
-                true => asked.extend(topic.partitions.iter().map(|p| (name.to_owned(), p.id()))),
-                false => asked.extend(wanted.partitions.iter().map(|&p| (name.to_owned(), p))),
+                true => topic.partitions.iter().for_each(|partition| ask(&topic, partition)),
+                false => {
+                    for &id in &wanted.partitions {
+                        ask(&topic, topic.partition(id)?);
+                    }
+                }
             }
         }
-        let topics = &self.topics;
         let outcomes: Vec<ElectLeadersResult> = futures_util::stream::iter(asked)
-            .map(|(topic, partition)| async move {
-                let found = topics.partition_for_request(&topic, partition).await;
-                let (outcome, message) = match found {
+            .map(|((topic, partition), found)| async move {
+                let (outcome, message) = match found.hand_back(timeout).await {
+                    Ok(Some(_)) => (Outcome::Elected, String::new()),
+                    Ok(None) => (Outcome::NotNeeded, String::new()),
                     Err(error) => (Outcome::NotAvailable, error.to_string()),
-                    Ok(found) => match found.hand_back(timeout).await {
-                        Ok(Some(_)) => (Outcome::Elected, String::new()),
-                        Ok(None) => (Outcome::NotNeeded, String::new()),
-                        Err(error) => (Outcome::NotAvailable, error.to_string()),
-                    },
                 };
                 ElectLeadersResult { topic, partition, outcome: outcome.into(), message }
             })
