@@ -56,8 +56,9 @@ pub(crate) fn wanted(bytes: u64) -> bool {
 pub(crate) struct DirectTail {
     file: Arc<dyn File>,
     /// Where the block holding the file's end starts, and that block's bytes up to the end,
-    /// as the last direct write left them; `None` until a write tells (or after the file's
-    /// length was changed some other way): the next write reads them from the file.
+    /// as the last direct write left them; `None` until a write succeeds: the next write
+    /// reads them from the file. A write that starts elsewhere (the file was cut since)
+    /// reads them too.
     tail: Option<(u64, Vec<u8>)>,
 }
 
@@ -71,7 +72,8 @@ impl DirectTail {
     /// Writes `bufs` back to back at `start` (the file's end; `buffered` is the file's
     /// ordinary handle, read from when the bytes before `start` in its block are not known),
     /// and zeros after them to the next block boundary. Returns where those zeros end. On an
-    /// error the caller must cut the file back to `start` and [`DirectTail::forget`].
+    /// error the caller must cut the file back to `start`; the bytes kept of the last block
+    /// are gone with the failed write, so the next one reads them from the file.
     pub(crate) fn write(
         &mut self,
         buffered: &dyn File,
@@ -113,12 +115,6 @@ impl DirectTail {
         }
         self.tail = Some((position + whole as u64, buf_bytes[whole..filled].to_vec()));
         Ok(position + padded as u64)
-    }
-
-    /// The file's length was changed through another handle: the next write reads the bytes
-    /// before the end from the file.
-    pub(crate) fn forget(&mut self) {
-        self.tail = None;
     }
 }
 

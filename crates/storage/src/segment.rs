@@ -262,9 +262,6 @@ impl Segment {
             _ => file.write_all_vectored_at(bufs, start),
         };
         if let Err(error) = written {
-            if let Direct::Open(tail) = &mut self.direct {
-                tail.forget();
-            }
             return match file.set_len(start) {
                 Ok(()) => {
                     self.runway_end = 0;
