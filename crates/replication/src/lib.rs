@@ -57,6 +57,7 @@ pub mod limits;
 mod log_store;
 mod network;
 mod proposals;
+mod recent;
 mod remote;
 mod replica;
 mod rpc;

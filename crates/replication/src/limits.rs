@@ -117,3 +117,12 @@ pub const REMOTE_LEADER_RETRY: Duration = Duration::from_millis(50);
 pub const PEER_READ_BYTES_MAX: u32 = 8 * 1024 * 1024;
 /// The longest a replica waits for more records before it answers such a read.
 pub const PEER_READ_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The most bytes of entries one replica keeps in memory after appending them (see
+/// `Recent`): Raft reads each entry back right after it is written, the leader to send it
+/// and every replica to apply it. Two full entries: the one in Raft and the one before it.
+pub const RECENT_ENTRIES_BYTES_MAX: usize = 2 * ENTRY_KAFKA_BYTES_MAX;
+
+/// The most bytes of recent entries the whole process keeps over all its replicas: a replica
+/// that would go past it keeps none, and Raft reads its entries from its log.
+pub const RECENT_ENTRIES_PROCESS_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -17,7 +17,8 @@ use spool_storage::fs::{FileSystem, OpenMode};
 use spool_storage::limits::READ_BYTES_MAX;
 use spool_storage::{Log, LogConfig, Offset, TimestampMs};
 
-use crate::entry;
+use crate::entry::{self, Batch};
+use crate::recent::Recent;
 use crate::state_machine::{APPLIED_FILE, SNAPSHOT_FILE, SavedApplied};
 use crate::{NodeId, TypeConfig};
 
@@ -83,6 +84,9 @@ struct Shared {
     /// What the state machine has saved as applied: purges go no further (a restart applies
     /// again from there). Unset, a purge goes where it is asked.
     purge_bound: std::sync::OnceLock<SavedApplied>,
+    /// The entries appended last, which Raft reads back at once. Locked after the log when
+    /// both are.
+    recent: Mutex<Recent>,
 }
 
 /// The log is closed: its partition stopped.
@@ -215,9 +219,6 @@ impl SegmentLogStore {
                 .map_err(|source| OpenError::Io { path: dir.join(STATE_FILE), source })?;
         }
         if let Some(log) = log.write().unwrap_or_else(PoisonError::into_inner).as_mut() {
-            // Raft reads every entry back right after it is written (the leader to send it,
-            // every replica to apply it): from the page cache, not the disk.
-            log.write_buffered();
             cut_unfinished_entry(log)
                 .map_err(|source| OpenError::CutUnfinished { path: dir.to_path_buf(), source })?;
             let start = log.log_start_offset();
@@ -234,6 +235,7 @@ impl SegmentLogStore {
             state: Mutex::new(state),
             repairing,
             purge_bound: std::sync::OnceLock::new(),
+            recent: Mutex::new(Recent::default()),
         };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }
@@ -374,12 +376,16 @@ impl SegmentLogStore {
         lock(&self.shared.state).purged
     }
 
-    /// The entries with indexes in `start..end` (`end` exclusive), as stored.
+    /// The entries with indexes in `start..end` (`end` exclusive): those appended last as
+    /// they were appended (see [`Recent`]), older ones as stored.
     fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
         let start = start.max(self.purged().map_or(0, |purged| purged.index + 1));
         let mut out = Vec::new();
         if start >= end {
             return Ok(out);
+        }
+        if let Some(kept) = lock(&self.shared.recent).get(start, end) {
+            return Ok(kept);
         }
         let log = self.read_log()?;
         let log = log.as_ref().expect("checked");
@@ -432,33 +438,61 @@ impl SegmentLogStore {
         let mut log = self.write_log()?;
         let log = log.as_mut().expect("checked");
         let results = log.append_many(&borrowed, now);
-        // Each entry's first offset and the offset after its last record, in entry order.
-        let mut spans: Vec<(u64, u64, u64)> = Vec::with_capacity(entries.len());
-        for ((index, expected), result) in expected.into_iter().zip(results) {
-            let appended = result.map_err(failed)?;
-            if let Some(expected) = expected
-                && expected != appended.base_offset
-            {
-                return Err(failed(Diverged { index, expected, got: appended.base_offset }));
+        let mut recent = lock(&self.shared.recent);
+        let spans = match entry_spans(expected, results) {
+            Ok(spans) => spans,
+            Err(error) => {
+                recent.clear();
+                return Err(error);
             }
-            let next = appended.last_offset.0 + 1;
-            match spans.last_mut() {
-                Some((at, _, end)) if *at == index => *end = next,
-                _ => spans.push((index, appended.base_offset.0, next)),
-            }
+        };
+        for entry in entries {
+            let EntryPayload::Normal(batch) = &entry.payload else {
+                recent.push(entry);
+                continue;
+            };
+            let Some(&(_, base, next)) =
+                spans.iter().find(|(index, ..)| *index == entry.log_id.index)
+            else {
+                recent.clear();
+                continue;
+            };
+            // acks=leader: appended here, on the leader that proposed it; not yet synced.
+            batch.appended.tell((base, next));
+            let kept = Batch::new(batch.kafka.clone(), Some(base));
+            recent.push(Entry { log_id: entry.log_id, payload: EntryPayload::Normal(kept) });
         }
-        // acks=leader: appended here, on the leader that proposed it; not yet synced.
-        for entry in &entries {
-            if let EntryPayload::Normal(batch) = &entry.payload
-                && let Some(&(_, base, next)) =
-                    spans.iter().find(|(index, ..)| *index == entry.log_id.index)
-            {
-                batch.appended.tell((base, next));
-            }
-        }
-        log.sync(now).map_err(failed)?;
+        drop(recent);
+        log.sync(now).map_err(|error| {
+            lock(&self.shared.recent).clear();
+            failed(error)
+        })?;
         Ok(())
     }
+}
+
+/// Each appended entry's index, the offset of its first record and the offset after its
+/// last, in entry order, from the append's results for its batches (`expected`: per batch,
+/// its entry's index and the offset the leader gave it, where known).
+fn entry_spans(
+    expected: Vec<(u64, Option<Offset>)>,
+    results: Vec<Result<spool_storage::Appended, spool_storage::AppendError>>,
+) -> io::Result<Vec<(u64, u64, u64)>> {
+    let mut spans: Vec<(u64, u64, u64)> = Vec::with_capacity(expected.len());
+    for ((index, expected), result) in expected.into_iter().zip(results) {
+        let appended = result.map_err(failed)?;
+        if let Some(expected) = expected
+            && expected != appended.base_offset
+        {
+            return Err(failed(Diverged { index, expected, got: appended.base_offset }));
+        }
+        let next = appended.last_offset.0 + 1;
+        match spans.last_mut() {
+            Some((at, _, end)) if *at == index => *end = next,
+            _ => spans.push((index, appended.base_offset.0, next)),
+        }
+    }
+    Ok(spans)
 }
 
 /// Cuts an entry whose batches stop short at the log's end: the last batch says more of its
@@ -623,6 +657,7 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut log = self.write_log().map_err(write_error)?;
         let log = log.as_mut().expect("checked");
+        lock(&self.shared.recent).truncate(log_id.index);
         let Some(first) = log.first_entry_from(log_id.index).map_err(read_error)? else {
             return Ok(());
         };
@@ -643,6 +678,7 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         self.save(|state| state.purged = state.purged.max(Some(upto))).map_err(write_error)?;
         let mut log = self.write_log().map_err(write_error)?;
         let log = log.as_mut().expect("checked");
+        lock(&self.shared.recent).purge(upto.index);
         let kept = log.first_entry_from(upto.index + 1).map_err(read_error)?;
         let end = kept.map_or(log.next_offset(), |kept| kept.base_offset);
         log.remove_segments_before(end).map_err(write_error)?;
@@ -658,7 +694,6 @@ mod tests {
     use spool_storage::sim::SimFileSystem;
 
     use super::*;
-    use crate::entry::Batch;
 
     fn normal(index: u64, batches: usize) -> Entry<TypeConfig> {
         sized(index, batches, 1)
@@ -723,5 +758,42 @@ mod tests {
             Some(Offset(3))
         );
         assert_eq!(store.retention_index(now).unwrap(), Some(1), "entry 2 goes on past it");
+    }
+
+    #[tokio::test]
+    async fn entries_read_back_at_once_match_the_log_but_for_the_stamped_head() {
+        let fs = SimFileSystem::new();
+        let mut store = SegmentLogStore::open(
+            Arc::new(fs),
+            Path::new("/data/p"),
+            LogConfig::default(),
+            TimestampMs(0),
+        )
+        .unwrap();
+        store.blocking_append([normal(1, 1), normal(2, 3), normal(3, 2)]).await.unwrap();
+        let kept = store.try_get_log_entries(1..4).await.unwrap();
+        lock(&store.shared.recent).clear();
+        let stored = store.try_get_log_entries(1..4).await.unwrap();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(stored.len(), 3);
+        for (kept, stored) in kept.iter().zip(&stored) {
+            assert_eq!(kept.log_id, stored.log_id);
+            let (EntryPayload::Normal(kept), EntryPayload::Normal(stored)) =
+                (&kept.payload, &stored.payload)
+            else {
+                panic!("normal entries");
+            };
+            assert_eq!(kept.base_offset, stored.base_offset);
+            assert_eq!(kept.kafka.len(), stored.kafka.len());
+            for (kept, stored) in kept.kafka.iter().zip(&stored.kafka) {
+                let tail = spool_storage::batch::STAMPED_TAIL_FROM;
+                assert_eq!(kept[tail..], stored[tail..]);
+            }
+        }
+        assert_eq!(
+            store.try_get_log_entries(2..3).await.unwrap().len(),
+            1,
+            "read from the log once nothing is kept"
+        );
     }
 }

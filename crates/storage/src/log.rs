@@ -58,8 +58,7 @@ pub struct LogConfig {
     /// without them.
     pub retention_bytes: Option<u64>,
     /// Heavy appends of an `always` log go past the page cache (`crate::direct`), unless
-    /// direct writes are switched off for the process. False for a log whose owner reads
-    /// each append back at once (a replica, which sends and applies it), so it stays cached.
+    /// direct writes are switched off for the process.
     pub direct_writes: bool,
 }
 
@@ -871,12 +870,6 @@ impl Log {
             }
         }
         Ok(None)
-    }
-
-    /// Writes every later append through the page cache ([`LogConfig::direct_writes`]), for
-    /// an owner that reads them back at once; kept across the reopen a truncate makes.
-    pub fn write_buffered(&mut self) {
-        self.config.direct_writes = false;
     }
 
     /// Changes the retention limits in force ([`Log::retention_end`] reads them); the other
