@@ -18,7 +18,7 @@ use spool_storage::limits::READ_BYTES_MAX;
 use spool_storage::{Log, LogConfig, Offset, TimestampMs};
 
 use crate::entry::{self, Batch};
-use crate::recent::Recent;
+use crate::recent::SharedRecent;
 use crate::state_machine::{APPLIED_FILE, SNAPSHOT_FILE, SavedApplied};
 use crate::{NodeId, TypeConfig};
 
@@ -86,7 +86,7 @@ struct Shared {
     purge_bound: std::sync::OnceLock<SavedApplied>,
     /// The entries appended last, which Raft reads back at once. Locked after the log when
     /// both are.
-    recent: Mutex<Recent>,
+    recent: SharedRecent,
 }
 
 /// The log is closed: its partition stopped.
@@ -235,7 +235,7 @@ impl SegmentLogStore {
             state: Mutex::new(state),
             repairing,
             purge_bound: std::sync::OnceLock::new(),
-            recent: Mutex::new(Recent::default()),
+            recent: SharedRecent::default(),
         };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
     }
@@ -310,6 +310,11 @@ impl SegmentLogStore {
             return Ok(at.entry.index.checked_sub(1));
         }
         Ok(Some(at.entry.index))
+    }
+
+    /// The entries kept in memory, which the state machine forgets as it applies them.
+    pub(crate) fn recent(&self) -> SharedRecent {
+        self.shared.recent.clone()
     }
 
     /// Purges go no further than `saved`, the state machine's saved applied log id.
@@ -795,5 +800,26 @@ mod tests {
             1,
             "read from the log once nothing is kept"
         );
+    }
+
+    #[tokio::test]
+    async fn the_state_machine_forgets_the_entries_it_applies() {
+        use openraft::storage::RaftStateMachine;
+        let fs = SimFileSystem::new();
+        let mut store = SegmentLogStore::open(
+            Arc::new(fs),
+            Path::new("/data/p"),
+            LogConfig::default(),
+            TimestampMs(0),
+        )
+        .unwrap();
+        let mut machine = crate::PartitionStateMachine::new();
+        machine.forget_applied_in(store.recent());
+        store.blocking_append([normal(1, 1), normal(2, 2), normal(3, 1)]).await.unwrap();
+        let committed = store.try_get_log_entries(1..3).await.unwrap();
+        machine.apply(committed).await.unwrap();
+        let recent = store.recent();
+        assert!(lock(&recent).get(2, 4).is_none(), "entries 1 and 2 were applied");
+        assert_eq!(lock(&recent).get(3, 4).unwrap().len(), 1);
     }
 }

@@ -14,12 +14,14 @@
 //!
 //! The entries kept are the log's last ones, with contiguous indexes: a write that does not
 //! follow on from them starts them anew, a truncate cuts them, a purge drops what it
-//! purged. Each replica keeps at most [`RECENT_ENTRIES_BYTES_MAX`] and the process at most
+//! purged, and applying an entry drops it and those before it (a follower still to be sent
+//! one then gets it from the log). Each replica keeps at most [`RECENT_ENTRIES_BYTES_MAX`] and the process at most
 //! [`RECENT_ENTRIES_PROCESS_BYTES_MAX`]; an entry past either bound drops the oldest, or, when
 //! the process's bound is reached, everything this replica keeps.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use openraft::{Entry, EntryPayload};
@@ -32,6 +34,9 @@ static KEPT: AtomicUsize = AtomicUsize::new(0);
 
 /// What a control entry (blank or membership) counts for.
 const CONTROL_ENTRY_BYTES: usize = 1024;
+
+/// A replica's [`Recent`], shared by its log store and its state machine.
+pub(crate) type SharedRecent = Arc<Mutex<Recent>>;
 
 /// The last entries one replica appended; see the module documentation.
 #[derive(Debug, Default)]
@@ -96,7 +101,7 @@ impl Recent {
         }
     }
 
-    /// Forgets the entries up to index `upto` (purged from the log).
+    /// Forgets the entries up to index `upto` (purged from the log, or applied).
     pub(crate) fn purge(&mut self, upto: u64) {
         while self.entries.front().is_some_and(|first| first.log_id.index <= upto) {
             self.pop_front();

@@ -310,6 +310,7 @@ impl Replica {
         let config = config.validate().map_err(|error| StartError(error.to_string()))?;
         let group: Arc<str> = group.into();
         store.bound_purges(state.saved_applied());
+        state.forget_applied_in(store.recent());
         let network = Network { transport: transport.clone(), group: group.clone() };
         let raft = Raft::new(node_id, Arc::new(config), network, store.clone(), state.clone())
             .await

@@ -19,7 +19,7 @@
 //! it appended and synced).
 
 use std::io::Cursor;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -38,6 +38,7 @@ use crate::limits::{APPLIED_FILE_BYTES_MAX, APPLIED_SAVE_EVERY, SNAPSHOT_FILE_BY
 
 use crate::entry::{self, Applied};
 use crate::log_store::{SharedLog, read_file, read_json};
+use crate::recent::SharedRecent;
 use crate::{NodeId, TypeConfig};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -92,6 +93,8 @@ pub struct PartitionStateMachine {
     /// The owner's folded state, for a state machine made with
     /// [`PartitionStateMachine::open_folding`].
     fold: Option<Arc<dyn Fold>>,
+    /// The log store's entries kept in memory: those applied are forgotten there.
+    recent: Arc<OnceLock<SharedRecent>>,
 }
 
 /// The last applied log id saved durably, shared with the log store.
@@ -211,6 +214,12 @@ impl PartitionStateMachine {
 
     pub(crate) fn saved_applied(&self) -> SavedApplied {
         self.saved_applied.clone()
+    }
+
+    /// Forgets each entry in `recent` once it is applied (set once, before the replica
+    /// starts).
+    pub(crate) fn forget_applied_in(&self, recent: SharedRecent) {
+        let _ = self.recent.set(recent);
     }
 
     /// Saves the applied state in `applied.json` (a state machine without a directory keeps
@@ -348,6 +357,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             replies.push(Applied { offsets });
         }
         let high_watermark = inner.applied.high_watermark;
+        if let (Some(recent), Some(last)) = (self.recent.get(), inner.applied.last_applied) {
+            lock(recent).purge(last.index);
+        }
         inner.unsaved += replies.len() as u64;
         // A folding state machine saves with its snapshots only (see `open_folding`).
         if inner.unsaved >= APPLIED_SAVE_EVERY
