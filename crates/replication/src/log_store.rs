@@ -381,16 +381,13 @@ impl SegmentLogStore {
         lock(&self.shared.state).purged
     }
 
-    /// The entries with indexes in `start..end` (`end` exclusive): those appended last as
-    /// they were appended (see [`Recent`]), older ones as stored.
-    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
+    /// The entries with indexes in `start..end` (`end` exclusive) as stored, the purged
+    /// ones left out.
+    fn stored_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
         let start = start.max(self.purged().map_or(0, |purged| purged.index + 1));
         let mut out = Vec::new();
         if start >= end {
             return Ok(out);
-        }
-        if let Some(kept) = lock(&self.shared.recent).get(start, end) {
-            return Ok(kept);
         }
         let log = self.read_log()?;
         let log = log.as_ref().expect("checked");
@@ -581,6 +578,15 @@ struct Diverged {
     got: Offset,
 }
 
+/// Runs `io` (the log's writes, fsyncs and reads) on a thread for blocking work, so that an
+/// fsync holds no thread of the runtime, which every other replica, connection and
+/// partition of the node share.
+async fn off_the_runtime<T: Send + 'static>(
+    io: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(io).await.unwrap_or_else(|error| Err(failed(error)))
+}
+
 /// The first and last index `range` asks for, as `start..end`.
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
@@ -602,7 +608,13 @@ impl RaftLogReader<TypeConfig> for SegmentLogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let (start, end) = bounds(&range);
-        self.entries(start, end).map_err(read_error)
+        // Those appended last as they were appended (see `Recent`), older ones from the log.
+        let purged = self.purged().map_or(0, |purged| purged.index + 1);
+        if let Some(kept) = lock(&self.shared.recent).get(start.max(purged), end) {
+            return Ok(kept);
+        }
+        let store = self.clone();
+        off_the_runtime(move || store.stored_entries(start, end)).await.map_err(read_error)
     }
 }
 
@@ -646,7 +658,8 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        match self.append_and_sync(entries) {
+        let store = self.clone();
+        match off_the_runtime(move || store.append_and_sync(entries)).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
