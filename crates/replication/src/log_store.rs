@@ -835,4 +835,28 @@ mod tests {
         assert!(lock(&recent).get(2, 4).is_none(), "entries 1 and 2 were applied");
         assert_eq!(lock(&recent).get(3, 4).unwrap().len(), 1);
     }
+
+    #[tokio::test]
+    async fn installing_a_snapshot_forgets_the_entries_it_covers() {
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+        let fs = SimFileSystem::new();
+        let mut store = SegmentLogStore::open(
+            Arc::new(fs),
+            Path::new("/data/p"),
+            LogConfig::default(),
+            TimestampMs(0),
+        )
+        .unwrap();
+        store.blocking_append([normal(1, 1), normal(2, 1), normal(3, 1)]).await.unwrap();
+        // Another replica's state machine, which applied entries 1 and 2, snapshots them.
+        let mut other = crate::PartitionStateMachine::new();
+        other.apply(store.try_get_log_entries(1..3).await.unwrap()).await.unwrap();
+        let snapshot = other.build_snapshot().await.unwrap();
+        let mut machine = crate::PartitionStateMachine::new();
+        machine.forget_applied_in(store.recent());
+        machine.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        let recent = store.recent();
+        assert!(lock(&recent).get(2, 4).is_none(), "entries 1 and 2 are in the snapshot");
+        assert_eq!(lock(&recent).get(3, 4).unwrap().len(), 1);
+    }
 }

@@ -14,10 +14,14 @@
 //!
 //! The entries kept are the log's last ones, with contiguous indexes: a write that does not
 //! follow on from them starts them anew, a truncate cuts them, a purge drops what it
-//! purged, and applying an entry drops it and those before it (a follower still to be sent
-//! one then gets it from the log). Each replica keeps at most [`RECENT_ENTRIES_BYTES_MAX`] and the process at most
+//! purged, and applying an entry (or installing a snapshot) drops it and those before it (a
+//! follower still to be sent one then gets it from the log); a log restarted after a snapshot
+//! drops them all. Each replica keeps at most [`RECENT_ENTRIES_BYTES_MAX`] and the process at most
 //! [`RECENT_ENTRIES_PROCESS_BYTES_MAX`]; an entry past either bound drops the oldest, or, when
-//! the process's bound is reached, everything this replica keeps.
+//! the process's bound is reached, everything this replica keeps. The bounds count the
+//! entries' own bytes: a kept batch shares the buffer it arrived in, so on a follower it can
+//! keep the rest of its message alive too (at most one more entry: see
+//! [`crate::limits::APPEND_ENTRIES_BYTES_MAX`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -267,6 +267,9 @@ impl PartitionStateMachine {
             return Ok(());
         }
         tracing::warn!(dir = %log.dir().display(), ends = log.next_offset().0, goes_on = high_watermark.0, "a replica's log ends before the leader's snapshot it took: it empties its log and goes on from the snapshot's offset");
+        if let Some(recent) = self.recent.get() {
+            lock(recent).clear();
+        }
         log.restart_at(high_watermark, spool_storage::TimestampMs::now())
     }
 }
@@ -412,6 +415,10 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         // the log's restart if it was stopped in the middle).
         self.save(&mut inner).map_err(|error| StorageIOError::write_state_machine(&error))?;
         drop(inner);
+        // What the snapshot covers counts as applied: forgotten where it is kept.
+        if let (Some(recent), Some(last)) = (self.recent.get(), meta.last_log_id) {
+            lock(recent).purge(last.index);
+        }
         self.restart_log_before(high_watermark)
             .map_err(|error| StorageIOError::write_state_machine(&error))?;
         self.publish(high_watermark)
