@@ -778,16 +778,22 @@ mod tests {
         assert_eq!(store.retention_index(now).unwrap(), Some(1), "entry 2 goes on past it");
     }
 
+    /// A store over an empty log on the simulated file system.
+    fn open_store() -> SegmentLogStore {
+        let fs = Arc::new(SimFileSystem::new());
+        SegmentLogStore::open(fs, Path::new("/data/p"), LogConfig::default(), TimestampMs(0))
+            .unwrap()
+    }
+
+    /// How many entries from index `start` on the store keeps in memory (`None`: `start` is
+    /// not among them).
+    fn kept_from(store: &SegmentLogStore, start: u64) -> Option<usize> {
+        lock(&store.recent()).get(start, u64::MAX).map(|kept| kept.len())
+    }
+
     #[tokio::test]
     async fn entries_read_back_at_once_match_the_log_but_for_the_stamped_head() {
-        let fs = SimFileSystem::new();
-        let mut store = SegmentLogStore::open(
-            Arc::new(fs),
-            Path::new("/data/p"),
-            LogConfig::default(),
-            TimestampMs(0),
-        )
-        .unwrap();
+        let mut store = open_store();
         store.blocking_append([normal(1, 1), normal(2, 3), normal(3, 2)]).await.unwrap();
         let kept = store.try_get_log_entries(1..4).await.unwrap();
         lock(&store.shared.recent).clear();
@@ -818,35 +824,20 @@ mod tests {
     #[tokio::test]
     async fn the_state_machine_forgets_the_entries_it_applies() {
         use openraft::storage::RaftStateMachine;
-        let fs = SimFileSystem::new();
-        let mut store = SegmentLogStore::open(
-            Arc::new(fs),
-            Path::new("/data/p"),
-            LogConfig::default(),
-            TimestampMs(0),
-        )
-        .unwrap();
+        let mut store = open_store();
         let mut machine = crate::PartitionStateMachine::new();
         machine.forget_applied_in(store.recent());
         store.blocking_append([normal(1, 1), normal(2, 2), normal(3, 1)]).await.unwrap();
         let committed = store.try_get_log_entries(1..3).await.unwrap();
         machine.apply(committed).await.unwrap();
-        let recent = store.recent();
-        assert!(lock(&recent).get(2, 4).is_none(), "entries 1 and 2 were applied");
-        assert_eq!(lock(&recent).get(3, 4).unwrap().len(), 1);
+        assert_eq!(kept_from(&store, 2), None, "entries 1 and 2 were applied");
+        assert_eq!(kept_from(&store, 3), Some(1));
     }
 
     #[tokio::test]
     async fn installing_a_snapshot_forgets_the_entries_it_covers() {
         use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-        let fs = SimFileSystem::new();
-        let mut store = SegmentLogStore::open(
-            Arc::new(fs),
-            Path::new("/data/p"),
-            LogConfig::default(),
-            TimestampMs(0),
-        )
-        .unwrap();
+        let mut store = open_store();
         store.blocking_append([normal(1, 1), normal(2, 1), normal(3, 1)]).await.unwrap();
         // Another replica's state machine, which applied entries 1 and 2, snapshots them.
         let mut other = crate::PartitionStateMachine::new();
@@ -855,8 +846,7 @@ mod tests {
         let mut machine = crate::PartitionStateMachine::new();
         machine.forget_applied_in(store.recent());
         machine.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        let recent = store.recent();
-        assert!(lock(&recent).get(2, 4).is_none(), "entries 1 and 2 are in the snapshot");
-        assert_eq!(lock(&recent).get(3, 4).unwrap().len(), 1);
+        assert_eq!(kept_from(&store, 2), None, "entries 1 and 2 are in the snapshot");
+        assert_eq!(kept_from(&store, 3), Some(1));
     }
 }
