@@ -381,14 +381,10 @@ impl SegmentLogStore {
         lock(&self.shared.state).purged
     }
 
-    /// The entries with indexes in `start..end` (`end` exclusive) as stored, the purged
-    /// ones left out.
+    /// The entries with indexes in `start..end` (`end` exclusive) as stored; `start` is past
+    /// the purged ones.
     fn stored_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry<TypeConfig>>> {
-        let start = start.max(self.purged().map_or(0, |purged| purged.index + 1));
         let mut out = Vec::new();
-        if start >= end {
-            return Ok(out);
-        }
         let log = self.read_log()?;
         let log = log.as_ref().expect("checked");
         let Some(first) = log.first_entry_from(start).map_err(failed)? else {
@@ -608,9 +604,12 @@ impl RaftLogReader<TypeConfig> for SegmentLogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let (start, end) = bounds(&range);
+        let start = start.max(self.purged().map_or(0, |purged| purged.index + 1));
+        if start >= end {
+            return Ok(Vec::new());
+        }
         // Those appended last as they were appended (see `Recent`), older ones from the log.
-        let purged = self.purged().map_or(0, |purged| purged.index + 1);
-        if let Some(kept) = lock(&self.shared.recent).get(start.max(purged), end) {
+        if let Some(kept) = lock(&self.shared.recent).get(start, end) {
             return Ok(kept);
         }
         let store = self.clone();
