@@ -1433,6 +1433,88 @@ async fn a_scrub_on_a_follower_finds_damage_and_the_replica_is_repaired() {
     assert_eq!(cluster.read(follower, "scrubbed", sent.len()).await, sent);
 }
 
+/// Damage in a node's logs of the cluster's own groups (the metadata, the consumer groups'
+/// offsets), which no read meets, is found by a scrub: each of the node's replicas starts
+/// again under repair and copies its group's log back from the leader, and the node goes on
+/// applying what both groups commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_finds_damage_in_a_nodes_own_logs_and_the_replicas_are_repaired() {
+    use spool_client::StartAt;
+    let cluster = Cluster::start().await;
+    cluster.create_topic(1, "before", 1).await;
+    let reset = async |through: u64, offset: u64| {
+        let url = format!("http://{}", cluster.node(through).address());
+        let client = Client::connect(&url).await.expect("connected");
+        let deadline = Instant::now() + PATIENCE;
+        while let Err(error) =
+            client.reset_group("readers", "before", StartAt::Offset(offset)).await
+        {
+            assert!(Instant::now() < deadline, "resetting the group: {error:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    for value in ["a", "b"] {
+        cluster.produce("before", value).await;
+    }
+    reset(1, 0).await;
+    // A node that leads neither group, so that no election slows the repair.
+    let request = spool_proto::v1::DescribeClusterRequest {};
+    let described = cluster.node(1).topics().await.describe_cluster(request).await.unwrap();
+    let leader = described.into_inner().metadata_leader.expect("a metadata leader");
+    let coordinator = cluster.group_coordinator(1).await;
+    let node = (1..=3).find(|id| *id != leader && *id != coordinator).unwrap();
+    let committed = async |offset: u64| {
+        let deadline = Instant::now() + PATIENCE;
+        while cluster.node(node).committed_offset("readers", "before", 0) != Some(offset) {
+            assert!(Instant::now() < deadline, "node {node} never applied the commit of {offset}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Then the first entry of each group's log here is not its last.
+    committed(0).await;
+    let fs = spool_storage::fs::StdFileSystem;
+    let log_dir =
+        |id: u64, group: &str| cluster.node(id).data_dir().join(format!("cluster/{group}/log"));
+    for group in ["metadata", "group-offsets"] {
+        // One bit of the group's first entry (the membership every node wrote), in place.
+        let segment = std::fs::read_dir(log_dir(node, group))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "log"))
+            .expect("a segment");
+        use std::os::unix::fs::FileExt;
+        let victim = std::fs::OpenOptions::new().read(true).write(true).open(&segment).unwrap();
+        let mut byte = [0u8];
+        victim.read_exact_at(&mut byte, 100).unwrap();
+        victim.write_all_at(&[byte[0] ^ 1], 100).unwrap();
+        let check = spool_storage::verify::verify_log(&fs, &log_dir(node, group)).unwrap();
+        assert!(check.is_damaged(), "{group}: {check:?}");
+    }
+    assert_eq!(cluster.node(node).scrub().await, 2, "both logs' damage found");
+    // Each repair cuts the damaged segment away and copies the group's log back.
+    for (group, from) in [("metadata", leader), ("group-offsets", coordinator)] {
+        let end = spool_storage::verify::verify_log(&fs, &log_dir(from, group)).unwrap().end_offset;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let check = spool_storage::verify::verify_log(&fs, &log_dir(node, group)).unwrap();
+            if !check.is_damaged() && check.end_offset >= end {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{group} was not repaired: {check:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(cluster.node(node).scrub().await, 0, "nothing damaged after the repairs");
+    // The repaired node applies what the groups commit next, and what it held stays.
+    cluster.create_topic(node, "after", 1).await;
+    for topic in ["before", "after"] {
+        let described = cluster.node(node).describe(topic).await;
+        assert!(described.is_ok(), "{topic}: {described:?}");
+    }
+    reset(node, 1).await;
+    committed(1).await;
+}
+
 /// Kafka's Metadata, asked of any node, names every node as a broker (by its node id, at its
 /// Kafka listener) and each partition's Raft leader as its leader, with every node a
 /// replica; every node names the same coordinator for a group, and the others refuse the

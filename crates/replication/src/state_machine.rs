@@ -76,6 +76,10 @@ pub trait Fold: Send + Sync {
     /// Replaces the folded state with a snapshot's; `next` is the offset after the last
     /// record it folded.
     fn install(&self, snapshot: &[u8], next: Offset) -> Result<(), String>;
+    /// Empties the folded state, as nothing applied yet left it. A replica opened without a
+    /// saved snapshot applies its whole log again (one under repair, restarted in the same
+    /// process), and folds it anew from here.
+    fn reset(&self);
 }
 
 /// A replicated partition's state machine. Clones share the state (one builds snapshots).
@@ -202,6 +206,8 @@ impl PartitionStateMachine {
             machine.publish(high_watermark).map_err(|error| {
                 invalid(format!("the log does not hold what the snapshot says: {error}"))
             })?;
+        } else {
+            fold.reset();
         }
         machine.saved = Some(Arc::new(Saved { fs, dir: dir.to_path_buf() }));
         Ok(machine)

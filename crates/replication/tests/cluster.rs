@@ -102,6 +102,10 @@ impl spool_replication::Fold for Values {
             serde_json::from_slice(snapshot).map_err(|error| error.to_string())?;
         Ok(())
     }
+
+    fn reset(&self) {
+        self.values.lock().unwrap().clear();
+    }
 }
 
 fn members() -> BTreeMap<NodeId, String> {

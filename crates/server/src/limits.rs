@@ -65,6 +65,9 @@ pub const FOLLOWER_READ_PATIENCE: Duration = Duration::from_secs(5);
 pub const INTERNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
 pub const INTERNAL_COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 pub const INTERNAL_COMPACT_PATIENCE: Duration = Duration::from_secs(30);
+/// Repairs of this node's replicas of the cluster's own groups waiting to start (one per
+/// group; damage found while one waits is repaired by it).
+pub const INTERNAL_REPAIRS_QUEUED: usize = 2;
 /// How often a node looks for groups it leads whose preferred leader is another node, to
 /// hand them back; and how many it hands back at once.
 pub const LEADER_HAND_BACK_INTERVAL: Duration = Duration::from_secs(10);

@@ -140,7 +140,8 @@ pub mod names {
     pub const SCRUB_BYTES: &str = "spool_scrub_bytes_total";
     /// Scrub passes over every partition that ended (counter).
     pub const SCRUB_PASSES: &str = "spool_scrub_passes_total";
-    /// Partitions the last scrub pass found damaged (gauge).
+    /// Partitions (on a cluster, and logs of the cluster's own groups) the last scrub pass
+    /// found damaged (gauge).
     pub const SCRUB_DAMAGED_PARTITIONS: &str = "spool_scrub_damaged_partitions";
     /// Records read for consumers (fetch and subscribe), per topic and partition (counter).
     pub const CONSUMED_RECORDS: &str = "spool_consumed_records_total";
@@ -572,7 +573,10 @@ mod describe {
         describe_counter!(DAMAGED_BATCHES, "Damaged batches that reads met, each once.");
         describe_counter!(SCRUB_BYTES, Unit::Bytes, "Bytes the background scrub checked.");
         describe_counter!(SCRUB_PASSES, "Scrub passes over every partition that ended.");
-        describe_gauge!(SCRUB_DAMAGED_PARTITIONS, "Partitions the last scrub pass found damaged.");
+        describe_gauge!(
+            SCRUB_DAMAGED_PARTITIONS,
+            "Partitions, and logs of the cluster's own groups, the last scrub pass found damaged."
+        );
         describe_counter!(
             CONSUMED_BYTES,
             Unit::Bytes,

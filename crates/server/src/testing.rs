@@ -168,8 +168,9 @@ impl TestServer {
         cluster.compact_internal_logs(0).await
     }
 
-    /// Scrubs every partition now, as fast as the disk reads (see `partition::scrub`): how
-    /// many it found damaged.
+    /// Scrubs every partition (and on a cluster, the node's logs of the cluster's own
+    /// groups) now, as fast as the disk reads (see `partition::scrub`): how many logs it
+    /// found damaged.
     pub async fn scrub(&self) -> usize {
         let stop = tokio_util::sync::CancellationToken::new();
         crate::partition::scrub::pass(&self.groups.topics, None, &stop).await

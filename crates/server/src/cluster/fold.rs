@@ -106,4 +106,8 @@ impl spool_replication::Fold for MetadataFold {
         self.installed.send_modify(|installs| *installs += 1);
         Ok(())
     }
+
+    fn reset(&self) {
+        *self.lock() = Metadata::default();
+    }
 }

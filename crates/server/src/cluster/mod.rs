@@ -30,6 +30,7 @@
 mod fold;
 mod node;
 mod options;
+mod repair;
 mod transport;
 
 pub(crate) use fold::Metadata;

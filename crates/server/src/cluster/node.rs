@@ -24,12 +24,13 @@ use spool_replication::{
 };
 use spool_storage::batch::{BatchBuilder, BatchIter, BatchKind, ProducerStamp};
 use spool_storage::fs::{FileSystem, StdFileSystem};
-use spool_storage::{LogConfig, Offset, TimestampMs};
+use spool_storage::{LogConfig, Offset, ReadError, TimestampMs};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fold::MetadataFold;
+use super::repair::InternalDamage;
 use super::transport::{REGISTERED_QUESTION, serve_peers_reloading};
 use super::{ClusterOptions, Groups, PeerTls, PeerTransport};
 use crate::error::ServiceError;
@@ -37,10 +38,11 @@ use crate::groups::OffsetsFold;
 use crate::idempotence::ProducerIdError;
 use crate::limits::{
     EMPTY_START_RETRY, GROUPS_LOAD_PATIENCE, INTERNAL_COMPACT_BYTES,
-    INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, LEADER_ELECTION_PATIENCE,
-    LEADER_HAND_BACK_INTERVAL, LEADER_HAND_BACKS_AT_ONCE, LEADERSHIP_CONFIRM_TIMEOUT,
-    METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL, PEER_PROBE_TIMEOUT,
-    PEER_PROTOCOL_CHECK_INTERVAL, PRODUCER_ID_PATIENCE, REMOTE_READS_WAITING_MAX,
+    INTERNAL_COMPACT_CHECK_INTERVAL, INTERNAL_COMPACT_PATIENCE, INTERNAL_REPAIRS_QUEUED,
+    LEADER_ELECTION_PATIENCE, LEADER_HAND_BACK_INTERVAL, LEADER_HAND_BACKS_AT_ONCE,
+    LEADERSHIP_CONFIRM_TIMEOUT, METADATA_CATCH_UP_TIMEOUT, PEER_CRL_RELOAD_INTERVAL,
+    PEER_PROBE_TIMEOUT, PEER_PROTOCOL_CHECK_INTERVAL, PRODUCER_ID_PATIENCE,
+    REMOTE_READS_WAITING_MAX,
 };
 use spool_broker::Placement;
 use spool_broker::limits::{INTERNAL_SEGMENT_BYTES, PRODUCER_ID_BLOCK};
@@ -61,25 +63,25 @@ pub(crate) struct CommittedRecord {
     pub(crate) origin: Option<Vec<u8>>,
 }
 
-/// The record batches `replica` committed from `from` on: per batch, the offset after it and
-/// its records (none for a control batch).
-fn read_committed(replica: &Replica, from: Offset) -> Vec<(Offset, Vec<CommittedRecord>)> {
+/// The record batches `log` committed from `from` on, as far as it reads: per batch, the
+/// offset after it and its records (none for a control batch); and the error that ended the
+/// read early, if one did.
+fn read_committed(
+    log: &SharedLog,
+    from: Offset,
+) -> (Vec<(Offset, Vec<CommittedRecord>)>, Option<ReadError>) {
     let mut out = Vec::new();
-    let store_log = replica.store().log().clone();
-    let log = store_log.read().unwrap_or_else(PoisonError::into_inner);
-    let Some(log) = log.as_ref() else { return out };
+    let log = log.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(log) = log.as_ref() else { return (out, None) };
     let mut offset = from;
     loop {
         let read = match log.read(offset, 1 << 20) {
             Ok(read) if !read.bytes.is_empty() => read,
-            Ok(_) => return out,
-            Err(error) => {
-                tracing::error!(%error, "reading one of the cluster's own logs failed");
-                return out;
-            }
+            Ok(_) => return (out, None),
+            Err(error) => return (out, Some(error)),
         };
         for view in BatchIter::read_before(&read.bytes) {
-            let Ok(view) = view else { return out };
+            let Ok(view) = view else { return (out, None) };
             let header = *view.header();
             if header.next_offset() <= offset {
                 continue;
@@ -239,12 +241,16 @@ pub(crate) struct Cluster {
     pub(crate) node_id: u64,
     /// Every node's peer address, by id.
     members: BTreeMap<u64, String>,
-    fs: Arc<dyn FileSystem>,
+    pub(super) fs: Arc<dyn FileSystem>,
     transport: Arc<PeerTransport>,
     replicas: RwLock<HashMap<String, Arc<Replica>>>,
-    metadata: OnceLock<Arc<Replica>>,
+    /// Where the cluster's own groups keep their state: `data/cluster`.
+    dir: PathBuf,
+    /// This node's replica of the metadata group; replaced when it is repaired (see
+    /// `super::repair`).
+    pub(super) metadata: RwLock<Option<Arc<Replica>>>,
     /// The replica of the consumer groups' committed offsets (see `crate::groups`).
-    offsets: OnceLock<Arc<Replica>>,
+    pub(super) offsets: RwLock<Option<Arc<Replica>>>,
     /// The committed offsets its state machine folds, so that its log can be compacted.
     offsets_fold: Arc<OffsetsFold>,
     /// The metadata the metadata group's state machine folds, for the same.
@@ -289,7 +295,11 @@ pub(crate) struct Cluster {
     /// Reads other nodes ask of this node's replicas that may wait for records (see
     /// `partition::remote`).
     reads_waiting: Arc<tokio::sync::Semaphore>,
-    stop: CancellationToken,
+    /// Damage found in the logs of the cluster's own groups, for `super::repair` to repair.
+    pub(super) repairs: mpsc::Sender<InternalDamage>,
+    /// Held while a replica of the cluster's own groups restarts, and by the shutdown.
+    pub(super) restarting: tokio::sync::Mutex<()>,
+    pub(super) stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -350,14 +360,16 @@ impl Cluster {
         };
         let members: BTreeMap<u64, String> =
             options.peers.iter().map(|(id, address)| (*id, address.to_string())).collect();
+        let (repairs, damages) = mpsc::channel(INTERNAL_REPAIRS_QUEUED);
         let cluster = Arc::new(Cluster {
             node_id: options.node_id,
             members: members.clone(),
             fs: StdFileSystem::shared(),
             transport: Arc::new(PeerTransport::new(connector)),
             replicas: RwLock::new(HashMap::new()),
-            metadata: OnceLock::new(),
-            offsets: OnceLock::new(),
+            dir: data_dir.join("cluster"),
+            metadata: RwLock::new(None),
+            offsets: RwLock::new(None),
             offsets_fold: Arc::new(OffsetsFold::default()),
             metadata_fold: Arc::new(MetadataFold::default()),
             offsets_committed: watch::Sender::new(0),
@@ -376,8 +388,11 @@ impl Cluster {
             producer_ids_end: watch::Sender::new(0),
             rejoining: watch::Sender::new(None),
             reads_waiting: Arc::new(tokio::sync::Semaphore::new(REMOTE_READS_WAITING_MAX)),
+            repairs,
+            restarting: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
         });
+        tokio::spawn(super::repair::repair_internal(cluster.clone(), damages));
         let (tls_in_force, tls_reloads) = watch::channel(acceptor);
         let stop = cluster.stop.clone();
         tokio::spawn(serve_peers_reloading(listener, cluster.clone(), tls_reloads, stop));
@@ -387,22 +402,12 @@ impl Cluster {
             let reload = reload_peer_crl(cluster.clone(), tls.clone(), path.clone(), tls_in_force);
             tokio::spawn(reload);
         }
-        let dir = data_dir.join("cluster");
-        let (metadata_dir, offsets_dir) = (dir.join("metadata"), dir.join("group-offsets"));
         // Empty: the metadata log holds nothing a leader wrote (a new directory, or one whose
         // node stopped before it heard from a leader).
-        let committed = cluster.metadata_committed.clone();
-        let fold: Arc<dyn Fold> = cluster.metadata_fold.clone();
-        let (metadata, empty) = cluster
-            .start_internal(METADATA_GROUP, &metadata_dir, committed, None, Some(fold))
-            .await?;
-        let _ = cluster.metadata.set(metadata);
-        let committed = cluster.offsets_committed.clone();
-        let fold: Arc<dyn Fold> = cluster.offsets_fold.clone();
-        let (offsets, _) = cluster
-            .start_internal(OFFSETS_GROUP, &offsets_dir, committed, Some(empty), Some(fold))
-            .await?;
-        let _ = cluster.offsets.set(offsets);
+        let (metadata, empty) = cluster.start_internal(METADATA_GROUP, None).await?;
+        *cluster.metadata.write().unwrap_or_else(PoisonError::into_inner) = Some(metadata);
+        let (offsets, _) = cluster.start_internal(OFFSETS_GROUP, Some(empty)).await?;
+        *cluster.offsets.write().unwrap_or_else(PoisonError::into_inner) = Some(offsets);
         tokio::spawn(compact_internal_logs(cluster.clone()));
         if options.hand_back_leaders {
             tokio::spawn(hand_leaders_back(cluster.clone()));
@@ -436,7 +441,7 @@ impl Cluster {
     /// This node registers only once this is settled, so the answers are about earlier runs.
     async fn settle_empty_start(self: Arc<Self>) {
         let majority = self.members.len() / 2 + 1;
-        let own = [self.metadata().clone(), self.offsets_replica().clone()];
+        let own = [self.metadata(), self.offsets_replica()];
         loop {
             let mut new = 1;
             let mut begun = None;
@@ -524,18 +529,27 @@ impl Cluster {
         Some(false)
     }
 
-    /// Starts this node's replica of one of the cluster's own groups (every node a voter),
-    /// over its log in `dir`; `committed` is told each new high watermark.
-    /// Its vote is held when `hold` says so, or (`None`) when its log holds nothing a leader
-    /// wrote; returns whether it was.
-    async fn start_internal(
+    /// Where this node keeps its replica of `group`, one of the cluster's own.
+    pub(super) fn internal_dir(&self, group: &str) -> PathBuf {
+        match group {
+            METADATA_GROUP => self.dir.join("metadata"),
+            _ => self.dir.join("group-offsets"),
+        }
+    }
+
+    /// Starts this node's replica of `group`, one of the cluster's own (every node a voter),
+    /// over its log in [`Cluster::internal_dir`]. Its vote is held when `hold` says so, or
+    /// (`None`) when its log holds nothing a leader wrote; returns whether it was.
+    pub(super) async fn start_internal(
         &self,
-        group: &str,
-        dir: &Path,
-        committed: watch::Sender<u64>,
+        group: &'static str,
         hold: Option<bool>,
-        fold: Option<Arc<dyn Fold>>,
     ) -> Result<(Arc<Replica>, bool), JoinClusterError> {
+        let dir = &self.internal_dir(group);
+        let (committed, fold): (_, Arc<dyn Fold>) = match group {
+            METADATA_GROUP => (self.metadata_committed.clone(), self.metadata_fold.clone()),
+            _ => (self.offsets_committed.clone(), self.offsets_fold.clone()),
+        };
         let error = metadata_error(dir);
         // Small segments: a compaction deletes whole ones.
         let config = LogConfig { segment_bytes: INTERNAL_SEGMENT_BYTES, ..LogConfig::default() };
@@ -552,13 +566,8 @@ impl Cluster {
             committed.send_replace(end.0);
         });
         let log = store.log().clone();
-        let state = match fold {
-            None => PartitionStateMachine::open(self.fs.clone(), dir, log, on_commit),
-            Some(fold) => {
-                PartitionStateMachine::open_folding(self.fs.clone(), dir, log, on_commit, fold)
-            }
-        };
-        let state = state.map_err(|e| error(e.to_string()))?;
+        let state = PartitionStateMachine::open_folding(self.fs.clone(), dir, log, on_commit, fold)
+            .map_err(|e| error(e.to_string()))?;
         let preferred = self.preferred_leader(group);
         let replica = self.start_replica(group, store, state, &self.members, preferred).await?;
         Ok((replica, hold))
@@ -714,8 +723,9 @@ impl Cluster {
         nodes
     }
 
-    fn metadata(&self) -> &Arc<Replica> {
-        self.metadata.get().expect("the metadata replica starts with the cluster")
+    fn metadata(&self) -> Arc<Replica> {
+        let replica = self.metadata.read().unwrap_or_else(PoisonError::into_inner).clone();
+        replica.expect("the metadata replica starts with the cluster")
     }
 
     /// Commits `command` through the metadata group (from any node) and waits until this
@@ -725,7 +735,7 @@ impl Cluster {
         let mut builder = BatchBuilder::new(BytesMut::new());
         builder.push(TimestampMs::now(), None, Some(&json), &[]);
         let batch: Bytes = builder.finish(ProducerStamp::NONE).freeze();
-        let (base, next) = propose_internal(self.metadata(), batch)
+        let (base, next) = propose_internal(&self.metadata(), batch)
             .await
             .map_err(|error| ServiceError::Cluster(format!("the cluster's metadata: {error}")))?;
         let mut applied = self.metadata_applied.subscribe();
@@ -756,9 +766,26 @@ impl Cluster {
         tokio::time::timeout(METADATA_CATCH_UP_TIMEOUT, caught_up).await.unwrap_or(false)
     }
 
+    /// The record batches this node's replica of `group` (one of the cluster's own) committed
+    /// from `from` on, as [`read_committed`] reads them. Damage the read meets is repaired
+    /// (see `super::repair`): the batches before it are returned, and those from it on once
+    /// the replica has copied them back.
+    fn read_committed(
+        &self,
+        group: &'static str,
+        from: Offset,
+    ) -> Vec<(Offset, Vec<CommittedRecord>)> {
+        let (batches, error) = read_committed(self.internal_replica(group).store().log(), from);
+        if let Some(error) = error {
+            tracing::error!(group, %error, "reading one of the cluster's own logs failed");
+            self.repair_if_damaged(group, &error);
+        }
+        batches
+    }
+
     /// Commands committed from `from` on, each with the offset after it.
     pub(crate) fn committed_commands(&self, from: Offset) -> Vec<(Offset, Option<Command>)> {
-        let batches = read_committed(self.metadata(), from);
+        let batches = self.read_committed(METADATA_GROUP, from);
         let command = |records: Vec<CommittedRecord>| {
             records.first().and_then(|record| serde_json::from_slice(&record.value).ok())
         };
@@ -771,7 +798,7 @@ impl Cluster {
         &self,
         from: Offset,
     ) -> Vec<(Offset, Vec<CommittedRecord>)> {
-        read_committed(self.offsets_replica(), from)
+        self.read_committed(OFFSETS_GROUP, from)
     }
 
     /// The committed offsets the offsets group's state machine folds.
@@ -805,14 +832,14 @@ impl Cluster {
         let large = |replica: &Replica| replica.store().with_log(|log| log.size_bytes()) >= size;
         // The metadata's log no further than this node's topics have taken it: a restart
         // reads it again from its start, and finds there every command its disk may lack.
-        let metadata = match large(self.metadata()) {
+        let metadata = match large(&self.metadata()) {
             true => {
                 let applied = Offset(*self.metadata_applied.borrow());
                 self.metadata().compact_before(applied, INTERNAL_COMPACT_PATIENCE).await?
             }
             false => None,
         };
-        let offsets = match large(self.offsets_replica()) {
+        let offsets = match large(&self.offsets_replica()) {
             true => self.offsets_replica().compact(INTERNAL_COMPACT_PATIENCE).await?,
             false => None,
         };
@@ -828,8 +855,17 @@ impl Cluster {
         });
     }
 
-    fn offsets_replica(&self) -> &Arc<Replica> {
-        self.offsets.get().expect("the offsets replica starts with the cluster")
+    /// This node's replica of `group`, one of the cluster's own.
+    pub(super) fn internal_replica(&self, group: &str) -> Arc<Replica> {
+        match group {
+            METADATA_GROUP => self.metadata(),
+            _ => self.offsets_replica(),
+        }
+    }
+
+    fn offsets_replica(&self) -> Arc<Replica> {
+        let replica = self.offsets.read().unwrap_or_else(PoisonError::into_inner).clone();
+        replica.expect("the offsets replica starts with the cluster")
     }
 
     /// What tells this run's records of the offsets group from others (see `run`).
@@ -840,7 +876,7 @@ impl Cluster {
     /// Commits a batch of the offsets group (from any node: a follower passes it to the
     /// leader), once a majority has it fsynced.
     pub(crate) async fn propose_offsets(&self, batch: Bytes) -> Result<(), ServiceError> {
-        let proposed = propose_internal(self.offsets_replica(), batch).await;
+        let proposed = propose_internal(&self.offsets_replica(), batch).await;
         proposed.map(|_| ()).map_err(|error| {
             ServiceError::Cluster(format!("the cluster's consumer group offsets: {error}"))
         })
@@ -943,7 +979,8 @@ impl Cluster {
         let coordinator = match self.group_coordinator() {
             Some(id) => Some(id),
             None => {
-                let elected = self.offsets_replica().wait_for_leader(LEADER_ELECTION_PATIENCE);
+                let replica = self.offsets_replica();
+                let elected = replica.wait_for_leader(LEADER_ELECTION_PATIENCE);
                 elected.await.map(|(id, _)| id)
             }
         };
@@ -1123,9 +1160,12 @@ impl Cluster {
 
     /// Stops the metadata replica and the peer listener; returns the metadata log to close.
     pub(crate) async fn shutdown(&self) -> Vec<spool_storage::Log> {
+        // No replica of the cluster's own groups restarts under repair past this point.
+        let _restarting = self.restarting.lock().await;
         let mut logs = Vec::new();
         for (group, replica) in [(METADATA_GROUP, &self.metadata), (OFFSETS_GROUP, &self.offsets)] {
-            let log = replica.get().map(|replica| replica.store().log().clone());
+            let replica = replica.read().unwrap_or_else(PoisonError::into_inner).clone();
+            let log = replica.map(|replica| replica.store().log().clone());
             self.stop_replica(group).await;
             logs.extend(
                 log.and_then(|log| log.write().unwrap_or_else(PoisonError::into_inner).take()),

@@ -93,6 +93,10 @@ impl spool_replication::Fold for OffsetsFold {
         self.installed.send_modify(|installs| *installs += 1);
         Ok(())
     }
+
+    fn reset(&self) {
+        *self.lock() = Default::default();
+    }
 }
 
 #[cfg(test)]
