@@ -1361,7 +1361,14 @@ async fn damage_a_followers_sealed_segment(cluster: &Cluster, topic: &str) -> (u
     let leader = cluster.leader(1, topic).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     assert_eq!(cluster.read(follower, topic, sent.len()).await, sent);
-    let dir = cluster.node(follower).data_dir().join(format!("topics/{topic}/0"));
+    damage_a_sealed_segment(cluster, follower, topic);
+    (follower, sent)
+}
+
+/// Flips one bit near the end of the second segment of node `id`'s replica of partition 0
+/// of `topic`, in place.
+fn damage_a_sealed_segment(cluster: &Cluster, id: u64, topic: &str) {
+    let dir = cluster.node(id).data_dir().join(format!("topics/{topic}/0"));
     let mut segments: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -1375,7 +1382,6 @@ async fn damage_a_followers_sealed_segment(cluster: &Cluster, topic: &str) -> (u
     let mut byte = [0u8];
     victim.read_exact_at(&mut byte, at).unwrap();
     victim.write_all_at(&[byte[0] ^ 1], at).unwrap();
-    (follower, sent)
 }
 
 /// Damage that a read meets in a follower's sealed segment (written since the node started,
@@ -1431,6 +1437,49 @@ async fn a_scrub_on_a_follower_finds_damage_and_the_replica_is_repaired() {
     }
     assert_eq!(cluster.node(follower).scrub().await, 0, "nothing damaged after the repair");
     assert_eq!(cluster.read(follower, "scrubbed", sent.len()).await, sent);
+}
+
+/// Damage in the leader's sealed segment that its Raft task meets, reading entries to send a
+/// follower that was down, ends that task; the leader's replica is repaired as for a read's:
+/// it starts again under repair, another node leads, and every replica ends intact with
+/// every record, no client read having met the damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_a_leader_meets_sending_to_a_lagging_follower_is_repaired() {
+    let mut cluster = Cluster::start().await;
+    cluster.create_topic_of_small_segments(1, "sent").await;
+    let leader = cluster.leader(1, "sent").await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.nodes[lagging as usize - 1].take().expect("running").shutdown().await;
+    let padding = "x".repeat(40 * 1024);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let value = format!("{i} {padding}");
+        cluster.produce_at(leader, "sent", &value).await;
+        sent.push(value);
+    }
+    damage_a_sealed_segment(&cluster, leader, "sent");
+    let fs = spool_storage::fs::StdFileSystem;
+    let dirs: Vec<_> =
+        (1..=3).map(|id| cluster.dirs[id - 1].path().join("topics/sent/0")).collect();
+    let dir = |id: u64| dirs[id as usize - 1].clone();
+    // The third replica acknowledged every record with the leader.
+    let third = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+    let end = spool_storage::verify::verify_log(&fs, &dir(third)).unwrap().end_offset;
+    cluster.restart(lagging).await;
+    for id in [leader, lagging] {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let check = spool_storage::verify::verify_log(&fs, &dir(id)).expect("checked");
+            if !check.is_damaged() && check.end_offset >= end {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} was not repaired: {check:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for id in 1..=3 {
+        assert_eq!(cluster.read(id, "sent", sent.len()).await, sent, "node {id}");
+    }
 }
 
 /// Damage in a node's logs of the cluster's own groups (the metadata, the consumer groups'

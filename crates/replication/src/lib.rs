@@ -64,7 +64,7 @@ mod rpc;
 mod state_machine;
 
 pub use entry::{Applied, Batch, CONTROL_LEADER_CHANGE, CONTROL_MEMBERSHIP};
-pub use log_store::{OpenError, SegmentLogStore, SharedLog};
+pub use log_store::{OnDamage, OpenError, SegmentLogStore, SharedLog};
 pub use network::{Call, Transport, TransportError};
 pub use proposals::fits_one_entry;
 pub use remote::Remote;

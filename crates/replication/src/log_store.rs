@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use spool_storage::batch::BatchIter;
 use spool_storage::fs::{FileSystem, OpenMode};
 use spool_storage::limits::READ_BYTES_MAX;
-use spool_storage::{Log, LogConfig, Offset, TimestampMs};
+use spool_storage::{Log, LogConfig, Offset, ReadError, TimestampMs};
 
 use crate::entry::{self, Batch};
 use crate::recent::SharedRecent;
@@ -87,6 +87,20 @@ struct Shared {
     /// The entries appended last, which Raft reads back at once. Locked after the log when
     /// both are.
     recent: SharedRecent,
+    /// Told of damage Raft's reads of the log meet (see [`SegmentLogStore::on_damage`]).
+    on_damage: std::sync::OnceLock<Told>,
+}
+
+/// Told of each damaged batch a read of the log met ([`ReadError::Damaged`]).
+pub type OnDamage = Arc<dyn Fn(&ReadError) + Send + Sync>;
+
+/// An [`OnDamage`] the store holds.
+struct Told(OnDamage);
+
+impl std::fmt::Debug for Told {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDamage")
+    }
 }
 
 /// The log is closed: its partition stopped.
@@ -236,8 +250,47 @@ impl SegmentLogStore {
             repairing,
             purge_bound: std::sync::OnceLock::new(),
             recent: SharedRecent::default(),
+            on_damage: std::sync::OnceLock::new(),
         };
         Ok(SegmentLogStore { shared: Arc::new(shared) })
+    }
+
+    /// Tells `on_damage` of each damaged batch that Raft's reads of the log meet (set once,
+    /// before the replica starts): a leader reading entries to send a follower, or the state
+    /// machine reading entries to apply. The read fails, and with it this replica's Raft
+    /// task, so its owner should stop it and start it again under repair
+    /// ([`SegmentLogStore::repair_damage`]), as for damage its own reads meet.
+    pub fn on_damage(&self, on_damage: OnDamage) {
+        let _ = self.shared.on_damage.set(Told(on_damage));
+    }
+
+    /// `error`, told to [`SegmentLogStore::on_damage`] first when it is damage.
+    fn reported(&self, error: ReadError) -> ReadError {
+        if let ReadError::Damaged { .. } = &error
+            && let Some(Told(on_damage)) = self.shared.on_damage.get()
+        {
+            on_damage(&error);
+        }
+        error
+    }
+
+    /// Under repair, forgets durably that node `id` (this replica's) led its saved term, so
+    /// that it starts as a follower. openraft starts a replica whose saved vote is committed
+    /// and its own as the leader of that term at once, without an election, and a replica
+    /// under repair lost entries it may have written as that leader: leading again in that
+    /// term with its log cut back, it would write other entries at the same index and term
+    /// as those the other replicas hold. Its vote stays in the term, uncommitted, so it
+    /// votes for no other candidate in that term either. Call before the replica starts.
+    pub(crate) fn step_down_under_repair(&self, id: NodeId) -> io::Result<()> {
+        let vote = lock(&self.shared.state).vote;
+        if let Some(vote) = vote
+            && vote.committed
+            && vote.leader_id.voted_for() == Some(id)
+            && self.repairing()
+        {
+            self.save(|state| state.vote = Some(Vote { committed: false, ..vote }))?;
+        }
+        Ok(())
     }
 
     /// Whether this replica is under repair or held (see [`SegmentLogStore::over`]).
@@ -387,13 +440,14 @@ impl SegmentLogStore {
         let mut out = Vec::new();
         let log = self.read_log()?;
         let log = log.as_ref().expect("checked");
-        let Some(first) = log.first_entry_from(start).map_err(failed)? else {
+        let reported = |error| failed(self.reported(error));
+        let Some(first) = log.first_entry_from(start).map_err(reported)? else {
             return Ok(out);
         };
         let mut offset = first.base_offset;
         let mut gather = entry::Gather::default();
         loop {
-            let read = log.read_written(offset, READ_BYTES_MAX).map_err(failed)?;
+            let read = log.read_written(offset, READ_BYTES_MAX).map_err(reported)?;
             if read.bytes.is_empty() {
                 gather.finish().map_err(failed)?;
                 return Ok(out);
@@ -675,7 +729,8 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         let mut log = self.write_log().map_err(write_error)?;
         let log = log.as_mut().expect("checked");
         lock(&self.shared.recent).truncate(log_id.index);
-        let Some(first) = log.first_entry_from(log_id.index).map_err(read_error)? else {
+        let first = log.first_entry_from(log_id.index);
+        let Some(first) = first.map_err(|error| read_error(self.reported(error)))? else {
             return Ok(());
         };
         log.truncate(first.base_offset, TimestampMs::now()).map_err(write_error)
@@ -696,7 +751,8 @@ impl RaftLogStorage<TypeConfig> for SegmentLogStore {
         let mut log = self.write_log().map_err(write_error)?;
         let log = log.as_mut().expect("checked");
         lock(&self.shared.recent).purge(upto.index);
-        let kept = log.first_entry_from(upto.index + 1).map_err(read_error)?;
+        let kept = log.first_entry_from(upto.index + 1);
+        let kept = kept.map_err(|error| read_error(self.reported(error)))?;
         let end = kept.map_or(log.next_offset(), |kept| kept.base_offset);
         log.remove_segments_before(end).map_err(write_error)?;
         Ok(())

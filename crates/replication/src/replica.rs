@@ -309,6 +309,9 @@ impl Replica {
         };
         let config = config.validate().map_err(|error| StartError(error.to_string()))?;
         let group: Arc<str> = group.into();
+        store.step_down_under_repair(node_id).map_err(|error| {
+            StartError(format!("a replica under repair could not step down: {error}"))
+        })?;
         store.bound_purges(state.saved_applied());
         state.forget_applied_in(store.recent());
         let network = Network { transport: transport.clone(), group: group.clone() };

@@ -984,6 +984,41 @@ async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_rep
     }
 }
 
+/// A leader whose synced data is damaged does not lead again when it restarts. openraft
+/// would restore it as the leader of its term without an election (its saved vote is
+/// committed and its own), with its log cut back before entries it wrote in that term. It
+/// starts under repair as a follower instead, and copies what it lost once another replica
+/// leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_synced_data_is_damaged_restarts_as_a_follower_under_repair() {
+    let cluster = Cluster::start().await;
+    let padding = "x".repeat(20_000);
+    let mut acknowledged = Vec::new();
+    let mut end = Offset(0);
+    for i in 0..60 {
+        let value = format!("value {i} {padding}");
+        end = cluster.produce(&value).await.1;
+        acknowledged.extend([value.clone(), value]);
+    }
+    let leader = cluster.leader(None).await;
+    for id in cluster.running() {
+        cluster.kill(id).await;
+    }
+    damage_a_sealed_segment(&cluster, leader);
+    cluster.start_node(leader).await;
+    let repairing = cluster.replica(leader);
+    assert!(repairing.repairing(), "damage puts the replica under repair");
+    // Long enough for a leader lease and several election timeouts.
+    let patience = spool_replication::limits::ELECTION_TIMEOUT_MAX * 6;
+    assert_eq!(cluster.leader_within(None, patience).await, None, "it does not lead alone");
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.start_node(id).await;
+    }
+    wait_repaired(&cluster, leader).await;
+    assert_same_logs(&cluster, end).await;
+    assert_eq!(values(&cluster.replica(leader)), acknowledged);
+}
+
 /// The batches of a replica's log from `from` on, as [`contents`] gives them.
 fn contents_from(replica: &Replica, from: Offset) -> Vec<(EntryStamp, u64, Vec<u8>)> {
     contents(replica).into_iter().filter(|(_, base, _)| *base >= from.0).collect()

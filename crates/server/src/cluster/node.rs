@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use spool_replication::{
-    Fold, OnCommit, PartitionStateMachine, ProposeError, Replica, SegmentLogStore, SharedLog,
-    Transport,
+    Fold, OnCommit, OnDamage, PartitionStateMachine, ProposeError, Replica, SegmentLogStore,
+    SharedLog, Transport,
 };
 use spool_storage::batch::{BatchBuilder, BatchIter, BatchKind, ProducerStamp};
 use spool_storage::fs::{FileSystem, StdFileSystem};
@@ -562,6 +562,8 @@ impl Cluster {
         if hold {
             store.hold();
         }
+        let repairs = self.repairs.clone();
+        store.on_damage(Arc::new(move |error| super::repair::ask(&repairs, group, error)));
         let on_commit: OnCommit = Arc::new(move |end: Offset| {
             committed.send_replace(end.0);
         });
@@ -612,6 +614,7 @@ impl Cluster {
         group: &str,
         log: SharedLog,
         on_commit: OnCommit,
+        on_damage: OnDamage,
         replicas: &[u64],
     ) -> Result<Arc<Replica>, JoinClusterError> {
         let dir = log
@@ -623,6 +626,7 @@ impl Cluster {
         let error = metadata_error(&dir);
         let store = SegmentLogStore::over(self.fs.clone(), &dir, log.clone())
             .map_err(|e| error(e.to_string()))?;
+        store.on_damage(on_damage);
         let mut rejoining = self.rejoining.subscribe();
         tokio::select! {
             () = self.stop.cancelled() => {
@@ -778,7 +782,7 @@ impl Cluster {
         let (batches, error) = read_committed(self.internal_replica(group).store().log(), from);
         if let Some(error) = error {
             tracing::error!(group, %error, "reading one of the cluster's own logs failed");
-            self.repair_if_damaged(group, &error);
+            super::repair::ask(&self.repairs, group, &error);
         }
         batches
     }

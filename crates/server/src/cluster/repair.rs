@@ -5,8 +5,10 @@
 //! Recovery at start puts a replica whose synced data is damaged under repair
 //! (`SegmentLogStore::over`), but it checks only what the last shutdown did not vouch for.
 //! Damage elsewhere is met by a read of the group's committed records
-//! (`Cluster::read_committed`) or by the background scrub ([`Cluster::scrub_internal`]).
-//! Either hands it to [`repair_internal`], which stops the replica, puts it under repair as
+//! (`Cluster::read_committed`), by Raft's own reads of the log (`SegmentLogStore::on_damage`:
+//! a leader reading entries to send, the state machine reading entries to apply), or by the
+//! background scrub ([`Cluster::scrub_internal`]). Each hands it to [`ask`], and
+//! [`repair_internal`] then stops the replica, puts it under repair as
 //! recovery would (`repair.json`, its log cut back before the damaged segment) and starts it
 //! again:
 //!
@@ -42,18 +44,17 @@ pub(super) struct InternalDamage {
     description: String,
 }
 
-impl Cluster {
-    /// Reports `error` and asks for this node's replica of `group` (one of the cluster's
-    /// own) to be repaired, when it is damage.
-    pub(super) fn repair_if_damaged(&self, group: &'static str, error: &ReadError) {
-        let ReadError::Damaged { path, .. } = error else { return };
-        tracing::warn!(group, %error, "this node's log of one of the cluster's own groups is damaged: its replica is repaired from the others");
-        let damage =
-            InternalDamage { group, segment: path.clone(), description: error.to_string() };
-        // Full: this group's repair is asked for already, and the other's.
-        let _ = self.repairs.try_send(damage);
-    }
+/// Reports `error` and asks `repairs` to repair this node's replica of `group` (one of the
+/// cluster's own), when it is damage.
+pub(super) fn ask(repairs: &mpsc::Sender<InternalDamage>, group: &'static str, error: &ReadError) {
+    let ReadError::Damaged { path, .. } = error else { return };
+    tracing::warn!(group, %error, "this node's log of one of the cluster's own groups is damaged: its replica is repaired from the others");
+    let damage = InternalDamage { group, segment: path.clone(), description: error.to_string() };
+    // Full: this group's repair is asked for already, and the other's.
+    let _ = repairs.try_send(damage);
+}
 
+impl Cluster {
     /// Reads this node's logs of the cluster's own groups once, at most `rate` bytes a
     /// second, as a scrub reads a partition (`partition::scrub`): the bytes read, and how
     /// many of the logs met damage (each is repaired).
@@ -80,7 +81,7 @@ impl Cluster {
                     });
                     match read.await {
                         Ok(Some(read)) => Scrubbed::of(offset, read.as_ref(), |error| {
-                            self.repair_if_damaged(group, error);
+                            ask(&self.repairs, group, error);
                         }),
                         _ => Scrubbed::End,
                     }

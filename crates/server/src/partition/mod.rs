@@ -530,20 +530,22 @@ impl Partition {
         read.inspect_err(|error| self.report_damage(error))
     }
 
-    /// Whether `read` met damage that this node's replica is now being repaired for (asked
+    /// Whether `read` met damage that this node's replica is now being repaired for (see
+    /// [`Partition::repair_damage`]).
+    fn repair(&self, read: &Result<ReadBatches, ServiceError>) -> bool {
+        let Err(ServiceError::Read { source, .. }) = read else { return false };
+        self.repair_damage(source)
+    }
+
+    /// Whether `error` is damage that this node's replica is now being repaired for (asked
     /// of the partition's writer, which restarts the replica under repair): on a node of a
     /// cluster, where the other replicas hold what this one lost.
-    fn repair(&self, read: &Result<ReadBatches, ServiceError>) -> bool {
-        let Err(ServiceError::Read { source: ReadError::Damaged { path, .. }, .. }) = read else {
-            return false;
-        };
+    pub(super) fn repair_damage(&self, error: &ReadError) -> bool {
+        let ReadError::Damaged { path, .. } = error else { return false };
         if self.server.cluster.is_none() || self.repair_failed.load(Ordering::SeqCst) {
             return false;
         }
-        let damage = Damage {
-            segment: path.clone(),
-            description: read.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-        };
+        let damage = Damage { segment: path.clone(), description: error.to_string() };
         // Full: a repair is asked for already.
         let _ = self.repairs.try_send(damage);
         true

@@ -69,7 +69,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use spool_broker::producer::{ProducerTable, Verdict};
 use spool_proto::Acks;
-use spool_replication::{OnCommit, OnForwarded, ProposeError, Proposed, Replica, SegmentLogStore};
+use spool_replication::{
+    OnCommit, OnDamage, OnForwarded, ProposeError, Proposed, Replica, SegmentLogStore,
+};
 use spool_storage::batch::CheckedBatch;
 use spool_storage::{Appended, Log, Offset};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -108,6 +110,15 @@ pub(super) async fn run(
     let on_commit: OnCommit = Arc::new(move |_: Offset| {
         woken.changed.send_replace(());
     });
+    // Damage Raft's own reads meet ends its task: the replica is repaired as for a read's.
+    let damaged = Arc::downgrade(&partition);
+    let named = group.clone();
+    let on_damage: OnDamage = Arc::new(move |error| {
+        tracing::warn!(group = %named, %error, "the partition's replica met damage in its log");
+        if let Some(partition) = damaged.upgrade() {
+            partition.repair_damage(error);
+        }
+    });
     let retention = Arc::new(tokio::sync::Notify::new());
     let in_flight = Arc::new(Semaphore::new(WRITER_QUEUE_DEPTH));
     'replica: loop {
@@ -117,6 +128,7 @@ pub(super) async fn run(
             &group,
             partition.log.clone(),
             on_commit.clone(),
+            on_damage.clone(),
             &partition.replicas,
         );
         let replica = match started.await {
