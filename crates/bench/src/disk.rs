@@ -164,11 +164,13 @@ pub fn measure(plan: &DiskPlan) -> Result<DiskLimits, BenchError> {
     Ok(limits)
 }
 
-/// One long write of `bytes` and one `fdatasync`, timed together, in one round: the rate
-/// to read a workload that stored `bytes` against (see [`crate::SameBytes`]).
+/// One long write of `bytes` and one `fdatasync`, timed together, in one round, through the
+/// page cache and then with `O_DIRECT`: the rates to read a workload that stored `bytes`
+/// against (see [`crate::SameBytes`]).
 pub fn same_bytes(dir: &Path, bytes: u64) -> Result<crate::SameBytes, BenchError> {
     let bytes = bytes.max(SEQUENTIAL_WRITE_BYTES as u64);
-    Ok(crate::SameBytes { bytes, mb_per_sec: sequential(dir, bytes, Sync::AtEnd)? })
+    let mb_per_sec = sequential(dir, bytes, Sync::AtEnd)?;
+    Ok(crate::SameBytes { bytes, mb_per_sec, direct_mb_per_sec: direct(dir, bytes)? })
 }
 
 /// Whether two figures agree within [`AGREEMENT`].

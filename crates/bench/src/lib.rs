@@ -433,11 +433,15 @@ impl StoredBytes {
 /// The disk's write-then-`fdatasync` rate over as many bytes as a workload stored. The
 /// disk's own write-then-`fdatasync` figure writes `--disk-mib` (256 MiB by default), which a
 /// virtual disk may absorb in a cache at several times the rate it keeps up over gigabytes;
-/// this one writes what the workload wrote, so the two are read over the same volume.
+/// this one writes what the workload wrote, so the two are read over the same volume. It
+/// writes them twice: through the page cache, then with `O_DIRECT` (the way an fsync `always`
+/// log writes its heavy runs), each with one `fdatasync`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SameBytes {
     pub bytes: u64,
     pub mb_per_sec: f64,
+    /// The same bytes written with `O_DIRECT`; `None` where the file system refuses it.
+    pub direct_mb_per_sec: Option<f64>,
 }
 
 /// A result as a fraction of the disk's own limits.
@@ -450,6 +454,9 @@ pub struct VsDisk {
     /// MB/s over the disk's write-then-fdatasync MB/s of as many bytes as the workload
     /// stored (see [`SameBytes`]); `None` where that was not measured.
     pub of_write_fdatasync_same_bytes: Option<f64>,
+    /// MB/s over the disk's `O_DIRECT` write-then-fdatasync MB/s of as many bytes as the
+    /// workload stored: the rate a log writing past the page cache keeps up over its volume.
+    pub of_direct_write_fdatasync_same_bytes: Option<f64>,
     /// MB/s over the disk's `O_DIRECT` write-then-fdatasync MB/s (no page cache); `None`
     /// where the file system refuses `O_DIRECT`.
     pub of_direct_write_fdatasync: Option<f64>,
@@ -487,6 +494,7 @@ impl VsDisk {
             of_buffered_write: mb_per_sec / disk.buffered_write_mb_per_sec,
             of_write_fdatasync: mb_per_sec / disk.write_fdatasync_mb_per_sec,
             of_write_fdatasync_same_bytes: None,
+            of_direct_write_fdatasync_same_bytes: None,
             of_direct_write_fdatasync: disk.direct_fdatasync_mb_per_sec.map(|d| mb_per_sec / d),
             of_sync_loop_1m: mb_per_sec / disk.sync_1m.mb_per_sec(),
             of_sync_loop_16m: mb_per_sec / disk.sync_16m.mb_per_sec(),
@@ -573,7 +581,7 @@ async fn measure_disk(plan: DiskPlan) -> Result<DiskLimits, BenchError> {
 /// The disk's write-then-`fdatasync` rate over `bytes`, after a workload that stored them.
 async fn measure_same_bytes(dir: PathBuf, bytes: u64) -> Result<SameBytes, BenchError> {
     eprintln!(
-        "measuring the disk writing the workload's {} once, with one fdatasync...",
+        "measuring the disk writing the workload's {} once, with one fdatasync (buffered, then O_DIRECT)...",
         report::size(bytes as f64)
     );
     tokio::task::spawn_blocking(move || disk::same_bytes(&dir, bytes))

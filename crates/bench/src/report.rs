@@ -191,6 +191,15 @@ pub fn table(result: &BenchResult) -> String {
                 same.mb_per_sec
             );
         }
+        if let (Some(same), Some(ratio)) =
+            (&result.disk_same_bytes, vs.of_direct_write_fdatasync_same_bytes)
+        {
+            let direct = same.direct_mb_per_sec.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "            {ratio:.2}× the same with O_DIRECT, no page cache ({direct:.0} MB/s, right after)"
+            );
+        }
         let _ = writeln!(
             out,
             "            {:.2}× serial 1 MiB write+fdatasync ({:.0} MB/s), {:.2}× serial 16 MiB ({:.0} MB/s)",

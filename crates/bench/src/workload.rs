@@ -149,6 +149,9 @@ impl Measured {
             vs_disk: disk.map(|d| VsDisk {
                 of_write_fdatasync_same_bytes: disk_same_bytes
                     .map(|same| mb_per_sec / same.mb_per_sec.max(1e-9)),
+                of_direct_write_fdatasync_same_bytes: disk_same_bytes
+                    .and_then(|same| same.direct_mb_per_sec)
+                    .map(|direct| mb_per_sec / direct.max(1e-9)),
                 ..VsDisk::of(d, msgs_per_sec, mb_per_sec, &latency_us)
             }),
             timeline: self.timeline,
