@@ -908,6 +908,20 @@ async fn a_restarted_replica_serves_what_it_applied_before_it_hears_from_a_leade
     assert_same_logs(&cluster, end).await;
 }
 
+/// Produces sixty values of 20 KB, several segments' worth; returns the values as the log
+/// holds them (each batch holds its value twice) and the log's end.
+async fn produce_segments(cluster: &Cluster) -> (Vec<String>, Offset) {
+    let padding = "x".repeat(20_000);
+    let mut acknowledged = Vec::new();
+    let mut end = Offset(0);
+    for i in 0..60 {
+        let value = format!("value {i} {padding}");
+        end = cluster.produce(&value).await.1;
+        acknowledged.extend([value.clone(), value]);
+    }
+    (acknowledged, end)
+}
+
 /// Flips one bit near the end of a sealed segment in the middle of node `id`'s log, on its
 /// disk (synced): damage recovery finds, not a torn tail.
 fn damage_a_sealed_segment(cluster: &Cluster, id: NodeId) {
@@ -939,14 +953,7 @@ async fn wait_repaired(cluster: &Cluster, id: NodeId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_repaired() {
     let cluster = Cluster::start().await;
-    let padding = "x".repeat(20_000);
-    let mut acknowledged = Vec::new();
-    let mut end = Offset(0);
-    for i in 0..60 {
-        let value = format!("value {i} {padding}");
-        end = cluster.produce(&value).await.1;
-        acknowledged.extend([value.clone(), value]);
-    }
+    let (mut acknowledged, end) = produce_segments(&cluster).await;
     let leader = cluster.leader(None).await;
     let damaged = (1..=3).find(|id| *id != leader).expect("a follower");
     let other = (1..=3).find(|id| *id != leader && *id != damaged).expect("another");
@@ -992,14 +999,7 @@ async fn a_replica_whose_synced_data_is_damaged_stays_out_of_elections_until_rep
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_synced_data_is_damaged_restarts_as_a_follower_under_repair() {
     let cluster = Cluster::start().await;
-    let padding = "x".repeat(20_000);
-    let mut acknowledged = Vec::new();
-    let mut end = Offset(0);
-    for i in 0..60 {
-        let value = format!("value {i} {padding}");
-        end = cluster.produce(&value).await.1;
-        acknowledged.extend([value.clone(), value]);
-    }
+    let (acknowledged, end) = produce_segments(&cluster).await;
     let leader = cluster.leader(None).await;
     for id in cluster.running() {
         cluster.kill(id).await;
@@ -1037,11 +1037,7 @@ async fn retention_deletes_on_every_replica_and_a_follower_behind_it_catches_up_
     let other = (1..=3).find(|id| *id != leader && *id != lagging).expect("another");
     cluster.produce("before").await;
     cluster.kill(lagging).await;
-    let padding = "x".repeat(20_000);
-    let mut end = Offset(0);
-    for i in 0..60 {
-        end = cluster.produce(&format!("value {i} {padding}")).await.1;
-    }
+    let (_, end) = produce_segments(&cluster).await;
     for id in [leader, other] {
         let replica = cluster.replica(id);
         assert!(replica.wait_for_high_watermark(end, PATIENCE).await, "node {id}");
@@ -1094,11 +1090,7 @@ async fn a_damaged_replica_whose_log_was_purged_empties_it_and_is_repaired() {
         ..LogConfig::default()
     };
     let cluster = Cluster::start_with(config).await;
-    let padding = "x".repeat(20_000);
-    let mut end = Offset(0);
-    for i in 0..60 {
-        end = cluster.produce(&format!("value {i} {padding}")).await.1;
-    }
+    let (_, end) = produce_segments(&cluster).await;
     let deadline = Instant::now() + PATIENCE;
     for id in 1..=3 {
         let replica = cluster.replica(id);
