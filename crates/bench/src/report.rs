@@ -191,10 +191,10 @@ pub fn table(result: &BenchResult) -> String {
                 same.mb_per_sec
             );
         }
-        if let (Some(same), Some(ratio)) =
-            (&result.disk_same_bytes, vs.of_direct_write_fdatasync_same_bytes)
-        {
-            let direct = same.direct_mb_per_sec.unwrap_or_default();
+        if let (Some(direct), Some(ratio)) = (
+            result.disk_same_bytes.and_then(|same| same.direct_mb_per_sec),
+            vs.of_direct_write_fdatasync_same_bytes,
+        ) {
             let _ = writeln!(
                 out,
                 "            {ratio:.2}× the same with O_DIRECT, no page cache ({direct:.0} MB/s, right after)"
