@@ -248,9 +248,9 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     /// This node's replica of the metadata group; replaced when it is repaired (see
     /// `super::repair`).
-    pub(super) metadata: RwLock<Option<Arc<Replica>>>,
+    metadata: RwLock<Option<Arc<Replica>>>,
     /// The replica of the consumer groups' committed offsets (see `crate::groups`).
-    pub(super) offsets: RwLock<Option<Arc<Replica>>>,
+    offsets: RwLock<Option<Arc<Replica>>>,
     /// The committed offsets its state machine folds, so that its log can be compacted.
     offsets_fold: Arc<OffsetsFold>,
     /// The metadata the metadata group's state machine folds, for the same.
@@ -728,8 +728,7 @@ impl Cluster {
     }
 
     fn metadata(&self) -> Arc<Replica> {
-        let replica = self.metadata.read().unwrap_or_else(PoisonError::into_inner).clone();
-        replica.expect("the metadata replica starts with the cluster")
+        self.internal_replica(METADATA_GROUP)
     }
 
     /// Commits `command` through the metadata group (from any node) and waits until this
@@ -859,17 +858,23 @@ impl Cluster {
         });
     }
 
-    /// This node's replica of `group`, one of the cluster's own.
-    pub(super) fn internal_replica(&self, group: &str) -> Arc<Replica> {
+    /// Where this node holds its replica of `group`, one of the cluster's own (empty only
+    /// before it starts; a repair swaps it).
+    pub(super) fn internal_slot(&self, group: &str) -> &RwLock<Option<Arc<Replica>>> {
         match group {
-            METADATA_GROUP => self.metadata(),
-            _ => self.offsets_replica(),
+            METADATA_GROUP => &self.metadata,
+            _ => &self.offsets,
         }
     }
 
+    /// This node's replica of `group`, one of the cluster's own.
+    pub(super) fn internal_replica(&self, group: &str) -> Arc<Replica> {
+        let replica = self.internal_slot(group).read().unwrap_or_else(PoisonError::into_inner);
+        replica.clone().expect("the cluster's own replicas start with the cluster")
+    }
+
     fn offsets_replica(&self) -> Arc<Replica> {
-        let replica = self.offsets.read().unwrap_or_else(PoisonError::into_inner).clone();
-        replica.expect("the offsets replica starts with the cluster")
+        self.internal_replica(OFFSETS_GROUP)
     }
 
     /// What tells this run's records of the offsets group from others (see `run`).
@@ -1167,9 +1172,13 @@ impl Cluster {
         // No replica of the cluster's own groups restarts under repair past this point.
         let _restarting = self.restarting.lock().await;
         let mut logs = Vec::new();
-        for (group, replica) in [(METADATA_GROUP, &self.metadata), (OFFSETS_GROUP, &self.offsets)] {
-            let replica = replica.read().unwrap_or_else(PoisonError::into_inner).clone();
-            let log = replica.map(|replica| replica.store().log().clone());
+        for group in [METADATA_GROUP, OFFSETS_GROUP] {
+            let log = self
+                .internal_slot(group)
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|replica| replica.store().log().clone());
             self.stop_replica(group).await;
             logs.extend(
                 log.and_then(|log| log.write().unwrap_or_else(PoisonError::into_inner).take()),

@@ -126,11 +126,7 @@ impl Cluster {
         let (replica, _) = self.start_internal(group, Some(false)).await.map_err(|error| {
             format!("{error}; the node takes no part in the group until it is restarted")
         })?;
-        let slot = match group {
-            METADATA_GROUP => &self.metadata,
-            _ => &self.offsets,
-        };
-        *slot.write().unwrap_or_else(PoisonError::into_inner) = Some(replica);
+        *self.internal_slot(group).write().unwrap_or_else(PoisonError::into_inner) = Some(replica);
         marked.map_err(|error| {
             format!("putting it under repair failed: {error}; it started again as it was")
         })
