@@ -82,6 +82,7 @@ mod group_admin;
 mod handler;
 mod nodes;
 mod producer;
+mod raw;
 mod reconnect;
 mod request;
 mod topics;

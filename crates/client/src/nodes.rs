@@ -20,6 +20,8 @@ use tonic::codegen::http;
 use tonic::codegen::{Context, Future, Pin, Poll, Service};
 use tonic::transport::Channel;
 
+use crate::raw::RawBody;
+
 /// One connection per node, and the node calls go to now (see the module docs).
 #[derive(Clone)]
 pub struct Nodes {
@@ -102,7 +104,12 @@ impl Service<http::Request<Body>> for Nodes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // A produce stream's body, framed without copying its batches (see `crate::raw`).
+        if let Some(body) = request.extensions_mut().remove::<RawBody>().and_then(|raw| raw.take())
+        {
+            *request.body_mut() = body;
+        }
         let inner = self.inner.clone();
         let at = inner.current.load(Ordering::Acquire);
         let mut channel = inner.nodes[at].1.clone();

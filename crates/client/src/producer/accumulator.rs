@@ -174,7 +174,7 @@ impl Shared {
             let records = (config.batch_records_max as usize).min(BATCH_BUFFER_RECORDS_INITIAL);
             let capacity = (BATCH_HEADER_BYTES + bytes * records).min(config.batch_bytes_max);
             OpenBatch {
-                builder: BatchBuilder::new(BytesMut::with_capacity(capacity)),
+                builder: BatchBuilder::new(self.batch_buffers.take(capacity)),
                 outcome,
                 opened_at: Instant::now(),
                 bytes_reserved: 0,

@@ -100,7 +100,6 @@ pub use spool_storage::batch::Header;
 use spool_storage::batch::{BATCH_HEADER_BYTES, BatchBuilder, ProducerStamp};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::Nodes;
@@ -449,6 +448,62 @@ struct Shared {
     unacknowledged_failures: AtomicU64,
     reconnects: AtomicU64,
     batches_resent: AtomicU64,
+    /// Buffers of batches answered, for the next batches to be built in.
+    batch_buffers: Arc<BatchBuffers>,
+}
+
+/// The buffers of batches that were answered (or failed) and dropped, kept for the next
+/// batches: a batch is built in memory the process has already touched, not in a fresh
+/// allocation, which costs page faults once a batch outlives the allocator's reuse of it (a
+/// batch stays in flight until answered, and goes to the socket as it is; see `crate::raw`).
+/// At most [`BATCH_BUFFERS_KEPT`] are kept.
+#[derive(Debug, Default)]
+struct BatchBuffers {
+    kept: Mutex<Vec<BytesMut>>,
+}
+
+/// See [`BatchBuffers`]: with as many batches in flight as answered, one comes back for each
+/// one sent, so a few are enough.
+const BATCH_BUFFERS_KEPT: usize = 4;
+
+impl BatchBuffers {
+    /// An empty buffer for a batch of about `capacity` bytes.
+    fn take(&self, capacity: usize) -> BytesMut {
+        match locked(&self.kept).pop() {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer.reserve(capacity);
+                buffer
+            }
+            None => BytesMut::with_capacity(capacity),
+        }
+    }
+
+    /// `batch` as shared bytes whose buffer comes back here once the last of them is dropped.
+    fn share(self: &Arc<Self>, batch: BytesMut) -> Bytes {
+        Bytes::from_owner(KeptBuffer { bytes: batch, buffers: self.clone() })
+    }
+}
+
+/// A batch's buffer on its way back to [`BatchBuffers`].
+struct KeptBuffer {
+    bytes: BytesMut,
+    buffers: Arc<BatchBuffers>,
+}
+
+impl AsRef<[u8]> for KeptBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for KeptBuffer {
+    fn drop(&mut self) {
+        let mut kept = locked(&self.buffers.kept);
+        if kept.len() < BATCH_BUFFERS_KEPT {
+            kept.push(std::mem::take(&mut self.bytes));
+        }
+    }
 }
 
 /// A producer sends to at most this many leaders' nodes, each over its own stream; the
@@ -686,6 +741,7 @@ impl Producer {
             unacknowledged_failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             batches_resent: AtomicU64::new(0),
+            batch_buffers: Arc::default(),
             config,
         });
         tokio::spawn(run(shared.clone(), first, produce, requests, answers));

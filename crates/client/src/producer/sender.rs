@@ -5,6 +5,7 @@
 //! plain one fails them.
 
 use super::*;
+use crate::raw::RawBody;
 
 /// One produce stream and what is in flight on it. Lane 0 goes through the client's own
 /// nodes; each other lane to the node of one or more partitions' leaders (and, should that
@@ -183,7 +184,10 @@ pub(super) async fn open_stream(
     in_flight_max: usize,
 ) -> Result<(Requests, Streaming<ProduceStreamResponse>), tonic::Status> {
     let (requests, requests_rx) = mpsc::channel(in_flight_max);
-    let answers = client.produce_stream(ReceiverStream::new(requests_rx)).await?.into_inner();
+    // tonic gets no requests to encode: the body that frames them goes in beside (`crate::raw`).
+    let mut request = tonic::Request::new(tokio_stream::empty::<ProduceRequest>());
+    request.extensions_mut().insert(RawBody::produce(requests_rx));
+    let answers = client.produce_stream(request).await?.into_inner();
     Ok((requests, answers))
 }
 
@@ -367,7 +371,8 @@ pub(super) async fn run_sender(shared: &Shared, lane: &Lane, requests: Requests)
                 Next::Wait(None) => lane.wake.notified().await,
             }
         };
-        let batch = sealed.builder.finish_compressed(stamp, shared.config.compression).freeze();
+        let batch = sealed.builder.finish_compressed(stamp, shared.config.compression);
+        let batch = shared.batch_buffers.share(batch);
         let correlation_id = shared.correlation_id.fetch_add(1, Ordering::Relaxed);
         let request = shared.request(correlation_id, partition, batch.clone());
         SemaphorePermit::forget(permit);
