@@ -8,13 +8,15 @@
 //! Beside the generated code it holds the rest of the wire contract, which client and server
 //! must agree on: [`limits`] (what a request and a response may hold), [`partitioner`]
 //! (which partition a key lands in, as Kafka's default partitioner chooses it) and [`Acks`]
-//! (what a producer waits for, without the wire enum's unspecified value).
+//! (what a producer waits for, without the wire enum's unspecified value), and [`framing`]
+//! (messages framed for gRPC with their batches left uncopied, as both sides send them).
 //!
 //! This crate knows nothing of topics on disk or the server: it is the wire only. It depends
 //! on spool-storage for one thing, the batch format's limits, because raw batches in that
 //! format travel on the wire.
 
 mod acks;
+pub mod framing;
 pub mod limits;
 pub mod partitioner;
 

@@ -19,10 +19,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Frame;
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use spool_proto::framing;
 use spool_proto::v1::ProduceRequest;
 use spool_proto::v1::produce_request::Payload;
 use tokio::sync::mpsc;
@@ -31,9 +31,6 @@ use tonic::body::Body;
 /// `ProduceRequest.raw_batch`'s field number (produce.proto); the round-trip test below fails
 /// if it changes.
 const RAW_BATCH_FIELD: u32 = 6;
-
-/// gRPC's message prefix: a compression flag and a big-endian length.
-const PREFIX_BYTES: usize = 5;
 
 /// Batches up to this size are copied in behind a request's head: one frame instead of two
 /// costs less than the copy (as the server's answers do).
@@ -85,9 +82,9 @@ impl http_body::Body for Frames {
     }
 }
 
-/// Frames one request: the prefix and every field but the raw batch, with the batch's key
-/// and length; then the batch on its own, unless the request holds none or one small enough
-/// to copy in behind the rest.
+/// Frames one request: the prefix and every field but the raw batch, then the batch, copied
+/// in when small (see [`framing::frame`]). A request holds at most one batch of
+/// `BATCH_BYTES_MAX`, far below 4 GiB.
 fn encode(mut request: ProduceRequest) -> (Bytes, Option<Bytes>) {
     let batch = match request.payload.take() {
         Some(Payload::RawBatch(batch)) => Some(batch),
@@ -97,29 +94,9 @@ fn encode(mut request: ProduceRequest) -> (Bytes, Option<Bytes>) {
         }
     };
     let fields = request.encoded_len();
-    let batch_len = batch.as_ref().map_or(0, Bytes::len);
-    let batch_field = batch
-        .as_ref()
-        .map_or(0, |_| key_len(RAW_BATCH_FIELD) + encoded_len_varint(batch_len as u64) + batch_len);
-    let message_bytes = fields + batch_field;
-    let inline = batch_len <= REQUEST_INLINE_BYTES_MAX;
-    let mut head =
-        BytesMut::with_capacity(PREFIX_BYTES + message_bytes - if inline { 0 } else { batch_len });
-    head.put_u8(0);
-    // A request holds at most one batch of BATCH_BYTES_MAX, far below 4 GiB.
-    head.put_u32(message_bytes as u32);
-    request.encode_raw(&mut head);
-    let batch = batch.and_then(|batch| {
-        encode_key(RAW_BATCH_FIELD, WireType::LengthDelimited, &mut head);
-        encode_varint(batch_len as u64, &mut head);
-        if inline {
-            head.put_slice(&batch);
-            None
-        } else {
-            Some(batch)
-        }
-    });
-    (head.freeze(), batch)
+    framing::frame(fields, RAW_BATCH_FIELD, batch, REQUEST_INLINE_BYTES_MAX, |head| {
+        request.encode_raw(head)
+    })
 }
 
 #[cfg(test)]

@@ -21,10 +21,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use spool_proto::framing;
 use spool_proto::v1::member_event::Kind;
 use spool_proto::v1::{MemberEvent, SubscribeResponse};
 use tokio_stream::{Stream, StreamExt};
@@ -42,9 +43,6 @@ const RAW_BATCHES_FIELD: u32 = 2;
 /// `MemberEvent.records`'s field number, and `PartitionRecords.raw_batches`'s (groups.proto).
 const MEMBER_RECORDS_FIELD: u32 = 3;
 const RECORDS_RAW_BATCHES_FIELD: u32 = 5;
-
-/// gRPC's message prefix: a compression flag and a big-endian length.
-const PREFIX_BYTES: usize = 5;
 
 /// One answer toward a subscriber and the bytes it holds on the server until it is handed on.
 pub(crate) type Queued = (Result<SubscribeResponse, Status>, Option<Buffered>);
@@ -84,34 +82,16 @@ impl From<MemberEvent> for Encoded {
 
 /// The bytes of a `bytes` field of `len` bytes (none when empty: proto3 leaves it out).
 fn field_bytes(field: u32, len: usize) -> usize {
-    if len == 0 { 0 } else { key_len(field) + encoded_len_varint(len as u64) + len }
+    if len == 0 { 0 } else { framing::field_len(field, len) }
 }
 
 /// Frames one message: the prefix, what `write` encodes (`fields` bytes: everything but the
-/// stored batches, which come last), then the batches' key and length and, unless they are
-/// small enough to copy in, the batches on their own.
+/// stored batches, which come last), then the batches, copied in when small (see
+/// [`framing::frame`]). Answers are bounded by the read sizes in limits.rs, far below 4 GiB.
 fn split(fields: usize, field: u32, batches: Bytes, write: impl FnOnce(&mut BytesMut)) -> Encoded {
-    let message_bytes = fields + field_bytes(field, batches.len());
-    let inline = batches.len() <= REPLY_INLINE_BYTES_MAX;
-    let head_bytes = PREFIX_BYTES + message_bytes - if inline { 0 } else { batches.len() };
-    let mut head = BytesMut::with_capacity(head_bytes);
-    head.put_u8(0);
-    // Answers are bounded by the read sizes in limits.rs, far below 4 GiB.
-    head.put_u32(message_bytes as u32);
-    write(&mut head);
-    let batches = if batches.is_empty() {
-        None
-    } else {
-        encode_key(field, WireType::LengthDelimited, &mut head);
-        encode_varint(batches.len() as u64, &mut head);
-        if inline {
-            head.put_slice(&batches);
-            None
-        } else {
-            Some(batches)
-        }
-    };
-    Encoded { head: head.freeze(), batches }
+    let batches = (!batches.is_empty()).then_some(batches);
+    let (head, batches) = framing::frame(fields, field, batches, REPLY_INLINE_BYTES_MAX, write);
+    Encoded { head, batches }
 }
 
 type Answers = Pin<Box<dyn Stream<Item = (Result<Encoded, Status>, Option<Buffered>)> + Send>>;
@@ -229,8 +209,12 @@ mod tests {
         }
         assert_eq!(wire[0], 0, "uncompressed");
         let length = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
-        assert_eq!(length, wire.len() - PREFIX_BYTES, "the prefix gives the message length");
-        let decoded = T::decode(&wire[PREFIX_BYTES..]).unwrap();
+        assert_eq!(
+            length,
+            wire.len() - framing::PREFIX_BYTES,
+            "the prefix gives the message length"
+        );
+        let decoded = T::decode(&wire[framing::PREFIX_BYTES..]).unwrap();
         assert!(decoded == answer, "decodes to what was encoded");
         assert_eq!(decoded.encoded_len(), length, "the same length prost would encode");
     }
