@@ -190,7 +190,11 @@ fn direct_write_mb_s(settings: &Settings, bytes: u64) -> Option<f64> {
     const CHUNK: usize = 1 << 20;
     let path = fresh(settings, "raw-direct");
     let file = std::fs::File::create(&path).unwrap();
-    let direct = StdFileSystem.open_direct(&path).unwrap()?;
+    let Some(direct) = StdFileSystem.open_direct(&path).unwrap() else {
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+        return None;
+    };
     let mut buffer = memmap2::MmapMut::map_anon(CHUNK).unwrap();
     buffer.fill(7);
     let start = Instant::now();
