@@ -15,6 +15,10 @@
 //! ([`crate::limits::RUNWAY_BYTES`]): a seal and a clean close cut them, and an open after a
 //! crash cuts them as a tail in which nothing was acknowledged.
 //!
+//! The batches are copied into the buffer with non-temporal stores ([`copy_past_cache`]):
+//! the disk reads the buffer, the CPU never does, so an ordinary copy would first read every
+//! destination line into the cache and then push the batches out of it.
+//!
 //! Reads, length changes and syncs keep using the segment's ordinary handle: the kernel drops
 //! the cached pages a direct write covers, so a read after it sees what it wrote. The
 //! `fdatasync` after a direct write is still needed: it flushes the disk's write cache and
@@ -97,7 +101,7 @@ impl DirectTail {
             let mut rest: &[u8] = buf;
             while !rest.is_empty() {
                 let n = rest.len().min(space - filled);
-                buf_bytes[filled..filled + n].copy_from_slice(&rest[..n]);
+                copy_past_cache(&mut buf_bytes[filled..filled + n], &rest[..n]);
                 filled += n;
                 rest = &rest[n..];
                 if filled == space {
@@ -116,6 +120,53 @@ impl DirectTail {
         self.tail = Some((position + whole as u64, buf_bytes[whole..filled].to_vec()));
         Ok(position + padded as u64)
     }
+}
+
+/// Copies `src` into `dst` (of the same length) with non-temporal stores where the CPU has
+/// them (SSE2, which every x86-64 has), so the copy neither reads each destination line
+/// into the cache before writing it nor pushes other data out of the cache to hold it;
+/// elsewhere, an ordinary copy. The stores are fenced before it returns, so the write that follows sends what
+/// they stored. docs/benchmarks.md has what it gains.
+fn copy_past_cache(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "a copy between slices of one length");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        const LANE: usize = std::mem::size_of::<__m128i>();
+        const STEP: usize = 4 * LANE;
+        // The stores must be aligned: copy up to the first 16-byte boundary the usual way.
+        let head = dst.as_ptr().align_offset(LANE).min(dst.len());
+        let body = (dst.len() - head) / STEP * STEP;
+        dst[..head].copy_from_slice(&src[..head]);
+        let mut at = head;
+        while at < head + body {
+            // SAFETY: `at + STEP <= head + body <= len` for both slices (one length, asserted
+            // above), so every load and store is in bounds; the loads may be unaligned, and
+            // the stores are 16-byte aligned, since `dst + head` is and `at - head` is a
+            // multiple of `STEP`. SSE2 is part of x86-64.
+            unsafe {
+                let from = src.as_ptr().add(at).cast::<__m128i>();
+                let to = dst.as_mut_ptr().add(at).cast::<__m128i>();
+                let lanes = [
+                    _mm_loadu_si128(from),
+                    _mm_loadu_si128(from.add(1)),
+                    _mm_loadu_si128(from.add(2)),
+                    _mm_loadu_si128(from.add(3)),
+                ];
+                for (i, lane) in lanes.into_iter().enumerate() {
+                    _mm_stream_si128(to.add(i), lane);
+                }
+            }
+            at += STEP;
+        }
+        dst[at..].copy_from_slice(&src[at..]);
+        // Non-temporal stores are not ordered with later ones: fence them before the buffer
+        // is handed on.
+        // SAFETY: SSE is part of x86-64.
+        unsafe { _mm_sfence() };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
 }
 
 /// An aligned buffer for direct writes, taken from the process's few kept ones and given
@@ -147,6 +198,31 @@ impl Drop for Buffer {
             && let Some(map) = self.0.take()
         {
             kept.push(map);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_past_cache;
+
+    #[test]
+    fn copying_past_the_cache_copies_every_byte_at_any_alignment() {
+        let src: Vec<u8> = (0..(1 << 20) + 300).map(|i: u32| (i * 31 + i / 251) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        let lens = (0..300).chain([4096, 65_537, 1 << 20]);
+        for len in lens {
+            for (from, to) in [(0, 0), (1, 0), (0, 1), (3, 17), (16, 5), (15, 16), (7, 7)] {
+                dst.fill(0xEE);
+                copy_past_cache(&mut dst[to..to + len], &src[from..from + len]);
+                assert_eq!(
+                    &dst[to..to + len],
+                    &src[from..from + len],
+                    "len {len} from {from} to {to}"
+                );
+                assert!(dst[..to].iter().all(|&b| b == 0xEE), "len {len}: wrote before the copy");
+                assert!(dst[to + len..].iter().all(|&b| b == 0xEE), "len {len}: wrote past it");
+            }
         }
     }
 }
