@@ -125,39 +125,27 @@ impl DirectTail {
 /// Copies `src` into `dst` (of the same length) with non-temporal stores where the CPU has
 /// them (SSE2, which every x86-64 has), so the copy neither reads each destination line
 /// into the cache before writing it nor pushes other data out of the cache to hold it;
-/// elsewhere, an ordinary copy. The stores are fenced before it returns, so the write that follows sends what
-/// they stored. docs/benchmarks.md has what it gains.
+/// elsewhere, an ordinary copy. The stores are fenced before it returns, so the write that
+/// follows sends what they stored. docs/benchmarks.md has what it gains.
 fn copy_past_cache(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "a copy between slices of one length");
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
         const LANE: usize = std::mem::size_of::<__m128i>();
-        const STEP: usize = 4 * LANE;
         // The stores must be aligned: copy up to the first 16-byte boundary the usual way.
-        let head = dst.as_ptr().align_offset(LANE).min(dst.len());
-        let body = (dst.len() - head) / STEP * STEP;
-        dst[..head].copy_from_slice(&src[..head]);
-        let mut at = head;
-        while at < head + body {
-            // SAFETY: `at + STEP <= head + body <= len` for both slices (one length, asserted
-            // above), so every load and store is in bounds; the loads may be unaligned, and
-            // the stores are 16-byte aligned, since `dst + head` is and `at - head` is a
-            // multiple of `STEP`. SSE2 is part of x86-64.
+        let mut at = dst.as_ptr().align_offset(LANE).min(dst.len());
+        dst[..at].copy_from_slice(&src[..at]);
+        while at + LANE <= dst.len() {
+            // SAFETY: `at + LANE <= len` for both slices (one length, asserted above), so the
+            // load and the store are in bounds; the load may be unaligned, and the store is
+            // 16-byte aligned, since `at` started at `dst`'s first boundary and moves by 16.
+            // SSE2 is part of x86-64.
             unsafe {
-                let from = src.as_ptr().add(at).cast::<__m128i>();
-                let to = dst.as_mut_ptr().add(at).cast::<__m128i>();
-                let lanes = [
-                    _mm_loadu_si128(from),
-                    _mm_loadu_si128(from.add(1)),
-                    _mm_loadu_si128(from.add(2)),
-                    _mm_loadu_si128(from.add(3)),
-                ];
-                for (i, lane) in lanes.into_iter().enumerate() {
-                    _mm_stream_si128(to.add(i), lane);
-                }
+                let lane = _mm_loadu_si128(src.as_ptr().add(at).cast::<__m128i>());
+                _mm_stream_si128(dst.as_mut_ptr().add(at).cast::<__m128i>(), lane);
             }
-            at += STEP;
+            at += LANE;
         }
         dst[at..].copy_from_slice(&src[at..]);
         // Non-temporal stores are not ordered with later ones: fence them before the buffer
