@@ -112,6 +112,12 @@ pub trait File: Send + Sync + Debug {
     /// writeback is reported by the next [`File::sync_data`] (the kernel keeps the error for
     /// it; only a waiting `sync_file_range` would consume it, and this one never waits).
     fn start_writeback(&self, _position: u64, _len: u64) {}
+    /// Whether direct writes through this handle may go on after the append that handed
+    /// them on, on a writer thread (see `direct`): yes, but for the simulated file system's
+    /// crash tests, which need every step in one order.
+    fn writes_behind(&self) -> bool {
+        true
+    }
     /// Maps the first `len` bytes (which must exist) for reading and writing.
     fn map_mut(&self, len: usize) -> io::Result<Box<dyn MappedFile>>;
 }

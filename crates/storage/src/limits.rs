@@ -97,8 +97,22 @@ pub const DIRECT_WRITE_BYTES_MIN: u64 = 256 * 1024;
 /// buffer at a time.
 pub const DIRECT_WRITE_BYTES: usize = 4 * 1024 * 1024;
 /// How many of those buffers the process keeps for the next appends (any more that
-/// concurrent appends needed are unmapped after use): at most 16 MiB.
-pub const DIRECT_BUFFERS_KEPT: usize = 4;
+/// concurrent appends needed are unmapped after use): at most 32 MiB.
+pub const DIRECT_BUFFERS_KEPT: usize = 8;
+/// Filled buffers a segment's direct writer thread holds queued behind the one it writes
+/// (`direct`): an append waits while it has this many, so a segment holds at most this many
+/// plus two buffers (one written, one being filled).
+pub const DIRECT_WRITES_QUEUED: usize = 2;
+/// The most bytes a segment's direct writer thread writes in one call, of the buffers queued.
+pub const DIRECT_WRITE_COALESCED_BYTES: usize = 4 * 1024 * 1024;
+/// How many segments' direct writes may go behind their appends, each on a writer thread of
+/// its own (`direct`); any other segment's direct writes are over before its append returns.
+pub const DIRECT_WRITER_THREADS_MAX: usize = 16;
+/// How far past the end of the writes behind a segment's blocks are reserved (`allocate`),
+/// so that a full disk refuses an append rather than a write after its answer: one
+/// reservation serves many appends. A seal or a clean close cuts what the appends did not
+/// fill, as it cuts the runway's zeros.
+pub const DIRECT_RESERVED_AHEAD_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The page size the writeback hint rounds to.
 pub const PAGE_BYTES: u64 = 4096;

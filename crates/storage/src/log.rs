@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::batch::{
     self, BatchHeader, BatchView, CheckedBatch, STAMPED_HEAD_BYTES, STAMPED_TAIL_FROM,
 };
+use crate::direct::Writes;
 use crate::error::{
     AppendError, CloseError, ConfigError, DeleteError, Fence, ReadError, RetentionError, SyncError,
     is_no_space,
@@ -162,6 +163,10 @@ pub struct SyncTicket {
     /// unsynced batches.
     /// (`None`: it could not be opened; the sync fails.)
     files: Vec<(Option<Arc<dyn File>>, PathBuf)>,
+    /// The active segment's direct writes, which may still be running when the ticket is
+    /// prepared: the sync waits for them first ([`SyncTicket::wait_for_writes`]).
+    /// With how many had been handed on when it was prepared.
+    writes: Option<(Arc<Writes>, u64, PathBuf)>,
     /// Base offsets of the sealed segments among `files`.
     sealed: Vec<Offset>,
     /// The recovery point to record once `files` are synced, when sealed segments are among
@@ -179,8 +184,18 @@ impl SyncTicket {
     /// Syncs every sealed segment not yet synced and the active segment, then, if sealed
     /// segments were among them, records the new recovery point.
     pub fn run(&self) -> io::Result<()> {
+        self.wait_for_writes()?;
         self.sync_files()?;
         self.record_recovery_point()
+    }
+
+    /// Waits until the active segment's direct writes handed on before the ticket was
+    /// prepared are over, not for those handed on since; an error if one failed.
+    pub(crate) fn wait_for_writes(&self) -> io::Result<()> {
+        let Some((writes, handed, path)) = &self.writes else { return Ok(()) };
+        writes.wait_for(*handed).inspect_err(|_| {
+            let _ = self.failed.set(path.clone());
+        })
     }
 
     /// Whether a shared `syncfs` may stand for this ticket's fsyncs: it has files to sync,
@@ -399,6 +414,24 @@ impl Log {
         results.into_iter().map(|r| r.expect("every batch has a result")).collect()
     }
 
+    /// Waits until what was appended is written to the log's files, not synced: an `always`
+    /// log's largest appends return while their direct writes go on behind them
+    /// (`direct`), which every sync waits for, and so need this only to be answered before
+    /// a sync (`acks=leader`). A failed write fences the log: the batches it held were
+    /// appended, and are lost.
+    pub fn wait_for_writes(&mut self) -> Result<(), AppendError> {
+        if let Some(fence) = &self.fence {
+            return Err(AppendError::Fenced(fence.clone()));
+        }
+        let active = self.segments.last().expect("a log has at least one segment");
+        let Some(writes) = active.file.writes() else { return Ok(()) };
+        writes.wait().map_err(|error| {
+            let fence = Fence::WriteFailed { path: active.path.clone(), error: Arc::new(error) };
+            self.fence = Some(fence.clone());
+            AppendError::Fenced(fence)
+        })
+    }
+
     /// Whether appending batches of `bytes` in all now would be one write into the page
     /// cache and copies into mapped indexes, and nothing else: no roll, no first write after
     /// a clean open, no index file to grow or map, no writeback hint. (The write itself may
@@ -408,7 +441,10 @@ impl Log {
     pub fn append_is_light(&self, bytes: u64, now: TimestampMs) -> bool {
         let hints_writeback =
             self.config.fsync == FsyncPolicy::Always && bytes >= WRITEBACK_HINT_BYTES_MIN;
+        // A segment writing directly closes that handle first, which waits for the writes
+        // still running behind earlier appends (`direct`).
         let heavy = self.clean_marker
+            || matches!(self.active().direct, Direct::Open(_))
             || self.roll_due(0, bytes, now)
             || hints_writeback
             || self.runway_due(self.active().size_bytes + bytes, bytes, now);
@@ -505,7 +541,7 @@ impl Log {
         // (`crate::direct`): each is synced at once, so caching it saves nothing.
         let always = self.config.fsync == FsyncPolicy::Always;
         let direct = (always && self.config.direct_writes && crate::direct::wanted(run.bytes))
-            .then_some(self.fs.as_ref());
+            .then_some((self.fs.as_ref(), self.config.segment_bytes));
         let active = self.segments.last_mut().expect("a log has at least one segment");
         let start = active.size_bytes;
         let outcome = match active.append_run(&bufs, &headers, now, direct) {
@@ -683,15 +719,20 @@ impl Log {
         let (active, sealed) = self.segments.split_last().expect("a log has at least one segment");
         let fenced = self.fence.is_some();
         let sealed: Vec<&Segment> = sealed.iter().filter(|s| !fenced && !s.data_durable).collect();
-        // A segment not known durable holds its file (`Segment::release_file`).
-        let held = |s: &Segment| (s.file.get().ok(), s.path.clone());
+        // A segment not known durable holds its file (`Segment::release_file`). The active
+        // segment's direct writes may still be running: the ticket waits for them, not this
+        // thread, which holds the log's lock.
+        let held = |s: &Segment| (s.file.get_while_writing().ok(), s.path.clone());
         let mut files: Vec<(Option<Arc<dyn File>>, PathBuf)> =
             sealed.iter().map(|s| held(s)).collect();
+        let mut writes = None;
         if !fenced && target.offset > self.durable.offset {
             files.push(held(active));
+            writes = active.file.writes().map(|w| (w.clone(), w.handed(), active.path.clone()));
         }
         SyncTicket {
             files,
+            writes,
             recovery_point: (!sealed.is_empty()).then_some(active.base_offset),
             sealed: sealed.iter().map(|s| s.base_offset).collect(),
             fs: self.fs.clone(),

@@ -429,7 +429,7 @@ impl Opener<'_> {
             let mut segment = Segment {
                 base_offset: base,
                 path: path.clone(),
-                file: SegmentFile::Open(file.clone()),
+                file: SegmentFile::open(file.clone()),
                 offset_index,
                 time_index,
                 size_bytes: file_bytes,
@@ -521,7 +521,7 @@ impl Opener<'_> {
         let mut segment = Segment {
             base_offset: base,
             path: path.clone(),
-            file: SegmentFile::Open(file.clone()),
+            file: SegmentFile::open(file.clone()),
             offset_index: OffsetIndex(
                 make(self.fs, &offset_path, OFFSET_ENTRY_BYTES, capacity)
                     .map_err(io_at(&offset_path))?,

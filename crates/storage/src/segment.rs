@@ -170,7 +170,7 @@ impl Segment {
         Ok(Segment {
             base_offset,
             path,
-            file: SegmentFile::Open(file),
+            file: SegmentFile::open(file),
             offset_index,
             time_index,
             size_bytes: 0,
@@ -214,9 +214,10 @@ impl Segment {
 
     /// Writes checked, stamped batches at the end of the log and indexes them: `bufs` are
     /// their bytes in order, in as many pieces as the caller likes; `headers` say where each
-    /// batch ends. With `direct` (the log's file system), the write is direct where that
-    /// file system takes direct writes; otherwise one vectored write through the page cache
-    /// (and a handle for direct writes is closed).
+    /// batch ends. With `direct` (the log's file system, and the segment size blocks reserved
+    /// ahead of direct writes stop at), the write is direct where that file system takes
+    /// direct writes; otherwise one vectored write through the page cache (and a handle for
+    /// direct writes is closed).
     /// On a write error the log file is cut back to its previous length, so no partial batch
     /// remains; if that fails too, the second error is returned and the caller must fence the
     /// log.
@@ -225,43 +226,55 @@ impl Segment {
         bufs: &[&[u8]],
         headers: &[BatchHeader],
         now: TimestampMs,
-        direct: Option<&dyn FileSystem>,
+        direct: Option<(&dyn FileSystem, u64)>,
     ) -> Result<(), SegmentWriteError> {
         debug_assert_eq!(
             bufs.iter().map(|b| b.len() as u64).sum::<u64>(),
             headers.iter().map(|h| u64::from(h.batch_bytes)).sum::<u64>()
         );
         let start = self.size_bytes;
-        let file = self.file.get().map_err(SegmentWriteError::Clean)?;
+        // A direct write that failed lost batches appended before: the log must fence.
+        let writes = self.file.writes().cloned().unwrap_or_default();
+        writes.check().map_err(SegmentWriteError::Dirty)?;
+        let file = self.file.get_while_writing().map_err(SegmentWriteError::Clean)?;
         match (direct, &self.direct) {
-            (Some(fs), Direct::Unopened) => {
+            (Some((fs, _)), Direct::Unopened) => {
                 let handle = fs.open_direct(&self.path).map_err(SegmentWriteError::Clean)?;
                 self.direct = match handle {
-                    Some(handle) => Direct::Open(DirectTail::new(handle)),
+                    Some(handle) => Direct::Open(DirectTail::new(handle, writes.clone())),
                     None => Direct::Refused,
                 };
             }
-            // A light run: the handle is not kept for the next heavy one.
-            (None, Direct::Open(_)) => self.direct = Direct::Unopened,
+            // A light run: the handle is not kept for the next heavy one, and the buffered
+            // write waits until the direct ones are over (it rewrites their last block).
+            (None, Direct::Open(_)) => {
+                self.direct = Direct::Unopened;
+                writes.wait().map_err(SegmentWriteError::Dirty)?;
+            }
             _ => {}
         }
         let written = match (&mut self.direct, direct) {
-            (Direct::Open(tail), Some(_)) => match tail.write(file.as_ref(), bufs, start) {
-                Ok(end) => {
-                    self.runway_end = self.runway_end.max(end);
-                    Ok(())
+            (Direct::Open(tail), Some((_, reserve_to))) => {
+                match tail.write(file.as_ref(), bufs, start, reserve_to) {
+                    Ok(end) => {
+                        self.runway_end = self.runway_end.max(end);
+                        Ok(())
+                    }
+                    // A file system whose blocks are larger than the writes are aligned to takes
+                    // the handle but not the write: this segment's appends are buffered.
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct = Direct::Refused;
+                        file.set_len(start).and_then(|()| file.write_all_vectored_at(bufs, start))
+                    }
+                    Err(error) => Err(error),
                 }
-                // A file system whose blocks are larger than the writes are aligned to takes
-                // the handle but not the write: this segment's appends are buffered.
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    self.direct = Direct::Refused;
-                    file.set_len(start).and_then(|()| file.write_all_vectored_at(bufs, start))
-                }
-                Err(error) => Err(error),
-            },
+            }
             _ => file.write_all_vectored_at(bufs, start),
         };
         if let Err(error) = written {
+            if let Err(failed) = writes.check() {
+                return Err(SegmentWriteError::Dirty(failed));
+            }
             return match file.set_len(start) {
                 Ok(()) => {
                     self.runway_end = 0;
@@ -293,6 +306,8 @@ impl Segment {
     /// Seals the segment: fsync the log if `data` says so, trim and fsync both indexes. Once
     /// its data is synced, it no longer holds its file ([`Segment::release_file`]).
     pub(crate) fn seal(&mut self, data: SealData, fs: &Arc<dyn FileSystem>) -> io::Result<()> {
+        // Its direct writes end here (the cut below waits for them to be over).
+        self.direct = Direct::Unopened;
         self.cut_runway()?;
         if data == SealData::Sync {
             self.file.get()?.sync_data()?;
@@ -367,7 +382,7 @@ impl Segment {
         mut visit: impl FnMut(&BatchPrefix) -> bool,
     ) -> Result<(), ReadFailure> {
         let mut chunk = vec![0u8; WALK_CHUNK_BYTES];
-        let file = self.file.get()?;
+        let file = self.file.get_to_read(end)?;
         while position < end {
             let n = (end - position).min(WALK_CHUNK_BYTES as u64) as usize;
             file.read_exact_at(&mut chunk[..n], position)?;
@@ -441,7 +456,7 @@ impl Segment {
             return Ok(Bytes::new());
         }
         let want = available.min(u64::from(bytes_max).max(BATCH_PREFIX_BYTES as u64)) as usize;
-        let file = self.file.get()?;
+        let file = self.file.get_to_read(position + want as u64)?;
         let buf = file.read_shared_at(position, want)?;
         // Cut at the last whole batch.
         let mut at = 0usize;

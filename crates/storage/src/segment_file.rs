@@ -19,19 +19,25 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use crate::direct::Writes;
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::limits::SEALED_FILES_OPEN_MAX;
 
 /// A segment's log file: open while the segment is active, opened on demand once sealed.
 pub(crate) enum SegmentFile {
-    Open(Arc<dyn File>),
-    Sealed { key: u64, fs: Arc<dyn FileSystem>, path: PathBuf },
+    /// With the direct writes to it that may still be running ([`crate::direct`]).
+    Open(Arc<dyn File>, Arc<Writes>),
+    Sealed {
+        key: u64,
+        fs: Arc<dyn FileSystem>,
+        path: PathBuf,
+    },
 }
 
 impl fmt::Debug for SegmentFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SegmentFile::Open(_) => f.write_str("SegmentFile::Open"),
+            SegmentFile::Open(..) => f.write_str("SegmentFile::Open"),
             SegmentFile::Sealed { key, path, .. } => {
                 f.debug_struct("SegmentFile::Sealed").field("key", key).field("path", path).finish()
             }
@@ -40,11 +46,26 @@ impl fmt::Debug for SegmentFile {
 }
 
 impl SegmentFile {
+    /// An active segment's file.
+    pub(crate) fn open(file: Arc<dyn File>) -> SegmentFile {
+        SegmentFile::Open(file, Arc::default())
+    }
+
     /// The open file: the segment's own while active, else the cache's (opened if it is
-    /// not there).
+    /// not there). An active segment's direct writes are over first, so a read sees what
+    /// they wrote, and a length change or sync covers them; an error if one failed.
     pub(crate) fn get(&self) -> io::Result<Arc<dyn File>> {
+        if let SegmentFile::Open(_, writes) = self {
+            writes.wait()?;
+        }
+        self.get_while_writing()
+    }
+
+    /// The open file, while direct writes to it may still be running: for appending, and
+    /// for a sync that waits for them itself ([`SegmentFile::writes`]).
+    pub(crate) fn get_while_writing(&self) -> io::Result<Arc<dyn File>> {
         match self {
-            SegmentFile::Open(file) => Ok(file.clone()),
+            SegmentFile::Open(file, _) => Ok(file.clone()),
             SegmentFile::Sealed { key, fs, path } => {
                 if let Some(file) = cache().get(*key) {
                     return Ok(file);
@@ -56,11 +77,28 @@ impl SegmentFile {
         }
     }
 
+    /// The open file, to read up to `end`: once the direct writes that hold bytes before
+    /// `end` are over (an `always` log's readers stop at what is synced, which they are).
+    pub(crate) fn get_to_read(&self, end: u64) -> io::Result<Arc<dyn File>> {
+        if let SegmentFile::Open(_, writes) = self {
+            writes.wait_to_read(end)?;
+        }
+        self.get_while_writing()
+    }
+
+    /// An active segment's direct writes, which a sync of it waits for.
+    pub(crate) fn writes(&self) -> Option<&Arc<Writes>> {
+        match self {
+            SegmentFile::Open(_, writes) => Some(writes),
+            SegmentFile::Sealed { .. } => None,
+        }
+    }
+
     /// The segment is sealed: its file is no longer held, only cached if `cached` (a
     /// segment sealed by a roll was just written, and readers of recent data read it next; one
     /// found at open waits until something reads it).
     pub(crate) fn seal(&mut self, fs: &Arc<dyn FileSystem>, path: PathBuf, cached: bool) {
-        if let SegmentFile::Open(file) = self {
+        if let SegmentFile::Open(file, _) = self {
             let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
             if cached {
                 cache().insert(key, file.clone());

@@ -132,7 +132,10 @@ impl SharedSync {
                 continue;
             }
             drop(state);
-            // Every ticket in `round` was prepared before this call.
+            // Every ticket in `round` was prepared before this call, and its direct writes
+            // are over once waited for.
+            let waited: Vec<io::Result<()>> =
+                round.iter().map(|(ticket, _)| ticket.wait_for_writes()).collect();
             let synced = volume.sync();
             state = self.lock();
             state.stats.rounds += 1;
@@ -142,8 +145,9 @@ impl SharedSync {
                 state.failed = true;
             }
             drop(state);
-            for (ticket, done) in round {
+            for ((ticket, done), waited) in round.into_iter().zip(waited) {
                 let result = match &synced {
+                    Ok(()) if waited.is_err() => waited,
                     Ok(()) => ticket.record_recovery_point(),
                     Err(error) => {
                         ticket.mark_failed_in_dir();

@@ -68,6 +68,8 @@ struct State {
     steps: u64,
     /// Every call fails once `steps` reaches this.
     halt_at_step: Option<u64>,
+    /// Whether direct writes may go on behind their appends (`File::writes_behind`).
+    writes_behind: bool,
 }
 
 impl Default for State {
@@ -78,6 +80,7 @@ impl Default for State {
             faults: Faults::default(),
             steps: 0,
             halt_at_step: None,
+            writes_behind: false,
         }
     }
 }
@@ -369,6 +372,16 @@ impl SimFileSystem {
 
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state).faults = faults;
+    }
+
+    /// Lets direct writes go on behind their appends, on a writer thread, as on a real disk
+    /// (off until set: the crash tests need every step in one order).
+    pub fn set_writes_behind(&self, on: bool) {
+        lock(&self.state).writes_behind = on;
+    }
+
+    fn writes_behind(&self) -> bool {
+        lock(&self.state).writes_behind
     }
 
     /// How many changing steps (writes, length changes, syncs, creations, renames, removals)

@@ -3,7 +3,8 @@
 //! each power loss keeps, tears or drops every unsynced write independently. After every crash the log must open
 //! unfenced and hold every batch acknowledged as durable, in order and unchanged, nothing that
 //! was never written, and no hole. Half the seeds sync through a shared `syncfs` of the whole
-//! disk instead of the log's own fsyncs.
+//! disk instead of the log's own fsyncs; half write every `always` run directly, and half of
+//! those let the direct writes go on behind their appends, on a writer thread.
 //!
 //! `SPOOL_CRASH_SEEDS=N` runs N seeds (default 500); `SPOOL_CRASH_SEED=S` replays one.
 
@@ -133,6 +134,9 @@ fn run(seed: u64) {
     // Odd seeds write every run of an `always` log directly (the simulated file system takes
     // direct writes only when aligned), even seeds only the heavy ones, which are none here.
     spool_storage::set_direct_write_bytes_min(if seed % 2 == 1 { 0 } else { u64::MAX });
+    // Of those, every other seed lets the direct writes go on behind their appends, on a
+    // writer thread.
+    let writes_behind = seed % 4 == 3;
     let fsync = match rng.below(3) {
         0 => FsyncPolicy::Always,
         1 => FsyncPolicy::Interval { interval_ms: 20 },
@@ -155,6 +159,7 @@ fn run(seed: u64) {
         acked_end: 0,
         crashes: 0,
     };
+    world.fs.set_writes_behind(writes_behind);
     world.open();
     for _ in 0..40 + rng.below(80) {
         world.clock += rng.below(30) as i64;
@@ -180,6 +185,10 @@ fn run(seed: u64) {
                 // refuses what does not fit in blocks the file already has (zeros a direct
                 // write or the runway left); what fits is appended whole, and the next
                 // crash check reads it back.
+                // A write behind its append fails after the append's answer: it fences the
+                // log (the batches it held were appended), and a crash follows. The faults
+                // hold only while no write but the append's runs.
+                let _ = world.log().wait_for_writes();
                 let next = world.log().next_offset();
                 let fail_writes = rng.below(2) == 0;
                 let faults = match fail_writes {
@@ -188,9 +197,15 @@ fn run(seed: u64) {
                 };
                 world.fs.set_faults(faults);
                 world.append_group(&mut rng);
+                let waited = world.log().wait_for_writes();
                 world.fs.set_faults(Faults::default());
-                if fail_writes {
-                    assert_eq!(world.log().next_offset(), next, "a failed write appended");
+                if fail_writes && world.log().next_offset() != next {
+                    assert!(writes_behind, "a failed write appended");
+                    assert!(waited.is_err() && world.log().fence().is_some());
+                    let acked_before = world.acked_end;
+                    world.sync();
+                    assert_eq!(world.acked_end, acked_before, "a failed write acknowledged");
+                    world.crash_and_check(seed, Crash::PowerLoss);
                 }
             }
             _ => {

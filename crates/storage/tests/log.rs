@@ -580,3 +580,64 @@ fn heavy_appends_of_an_always_log_are_direct_writes_whose_zeros_a_close_cuts() {
     assert_eq!(file_bytes(&fs), data_bytes(&log));
     assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 1202);
 }
+
+#[test]
+fn direct_writes_go_on_behind_their_appends_in_blocks_reserved_ahead() {
+    let fs = SimFileSystem::new();
+    fs.set_writes_behind(true);
+    let config = LogConfig { segment_bytes: 64 * 1024 * 1024, ..config(FsyncPolicy::Always) };
+    let mut log = sim_open(&fs, config);
+    let first = dir().join("00000000000000000000.log");
+    let file_bytes = |fs: &SimFileSystem| fs.read(&first).unwrap().len() as u64;
+    let data_bytes = |log: &Log| log.segments().last().unwrap().size_bytes;
+    let reserved = 16 * 1024 * 1024;
+
+    // The first heavy append is written before it returns (a file system may refuse direct
+    // writes); those after it go on behind, in blocks reserved ahead of them.
+    for _ in 0..4 {
+        log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    }
+    log.wait_for_writes().unwrap();
+    // (From the end of the second append on.)
+    assert!(file_bytes(&fs) > reserved, "blocks reserved ahead: {}", file_bytes(&fs));
+    log.sync(NOW).unwrap();
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 1200);
+
+    // A full disk refuses an append that needs more blocks than are reserved, before its
+    // answer (one that fits in them is appended), and the log goes on once there is room.
+    fs.set_faults(Faults { space_bytes_max: Some(0), ..Faults::default() });
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    let big: Vec<_> = (0..18).map(|_| batch_of(1000, 1000, 5)).collect();
+    for result in log.append_many(&checked(&big), NOW) {
+        assert!(matches!(result, Err(AppendError::NoSpace { .. })), "{result:?}");
+    }
+    assert!(log.fence().is_none());
+    fs.set_faults(Faults::default());
+    log.sync(NOW).unwrap();
+    assert_eq!(log.durable_offset(), Offset(1500));
+
+    // After a crash the reserved blocks are zeros past the end, no torn tail; a clean close
+    // cuts them.
+    drop(log);
+    fs.crash();
+    let mut log = sim_open(&fs, config);
+    assert_eq!(log.recovery_report().truncated, None, "{:?}", log.recovery_report());
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 1500);
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    log.close().unwrap();
+    let mut log = sim_open(&fs, config);
+    assert!(log.recovery_report().clean_shutdown, "{:?}", log.recovery_report());
+    assert_eq!(file_bytes(&fs), data_bytes(&log));
+    assert_eq!(read_all(&log, Offset(0), 1 << 20).len(), 2100);
+
+    // A write that fails behind its append fences the log, and no sync acknowledges it.
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    log.sync(NOW).unwrap();
+    fs.set_faults(Faults { fail_writes: true, ..Faults::default() });
+    log.append(&batch_of(300, 1000, 5), NOW).unwrap();
+    assert!(matches!(log.wait_for_writes(), Err(AppendError::Fenced(_))));
+    assert!(log.sync(NOW).is_err());
+    assert_eq!(log.durable_offset(), Offset(2700));
+}

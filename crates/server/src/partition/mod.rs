@@ -628,7 +628,7 @@ mod tests {
     use bytes::BytesMut;
     use spool_storage::batch::{BatchBuilder, ProducerStamp};
     use spool_storage::fs::{EntryKind, File, FileSystem, MappedFile, OpenMode};
-    use spool_storage::sim::SimFileSystem;
+    use spool_storage::sim::{Faults, SimFileSystem};
 
     use super::*;
 
@@ -810,5 +810,44 @@ mod tests {
         stop.cancel();
         writer.await.unwrap();
         assert_eq!(gate.lock().started, before + 2, "nor retried at close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_ack_waits_for_the_direct_write_behind_its_append() {
+        let disk = SimFileSystem::new();
+        disk.set_writes_behind(true);
+        let dir = Path::new("/data/topic/0");
+        let log = Log::open(Arc::new(disk.clone()), dir, LogConfig::default(), TimestampMs::now())
+            .unwrap();
+        let stop = CancellationToken::new();
+        let services = Services {
+            metrics: Arc::new(Metrics::default()),
+            sync: Arc::new(SharedSync::alone()),
+            cluster: None,
+        };
+        let topic = TopicName::parse("topic").unwrap();
+        let (partition, writer) = Partition::start(topic, 0, log, None, stop.clone(), services);
+        // Past 256 KiB: written directly.
+        let heavy = || {
+            let mut builder = BatchBuilder::new(BytesMut::new());
+            for _ in 0..300 {
+                builder.push(TimestampMs::now(), None, Some(&[7u8; 1000]), &[]);
+            }
+            CheckedBatch::check(builder.finish(ProducerStamp::NONE).freeze()).unwrap()
+        };
+        // The first direct write is over before its append returns; the next goes behind.
+        for _ in 0..2 {
+            let answer = partition.submit(heavy(), Acks::All).await.unwrap();
+            answer.await.unwrap().unwrap();
+        }
+        // This one's write fails behind its append: a `leader` ack waits for it, and is
+        // refused.
+        disk.set_faults(Faults { fail_writes: true, ..Faults::default() });
+        let answer = partition.submit(heavy(), Acks::Leader).await.unwrap();
+        let answer = answer.await.unwrap();
+        assert!(matches!(answer, Err(ServiceError::Fenced { .. })), "{answer:?}");
+        disk.set_faults(Faults::default());
+        stop.cancel();
+        writer.await.unwrap();
     }
 }

@@ -465,9 +465,20 @@ impl Partition {
         let batches: Vec<CheckedBatch<&[u8]>> =
             group.iter().map(|request| request.batch.borrowed()).collect();
         let mut producers = self.producers.lock().unwrap_or_else(PoisonError::into_inner);
-        let results = self
+        let mut results = self
             .metrics
             .time_append(|| idempotence::append_group(log, &mut producers, &batches, now));
+        // `acks=leader` is answered once its batch is written, which a direct write behind
+        // the append may not be yet; `acks=all` waits for the sync, which waits for it.
+        let leader_acked = group
+            .iter()
+            .zip(&results)
+            .any(|(request, result)| request.acks == Acks::Leader && result.is_ok());
+        if leader_acked && let Err(error) = log.wait_for_writes() {
+            for result in results.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(Refused::from(error.clone()));
+            }
+        }
         let appended_any = results.iter().any(Result::is_ok);
         let ticket = (sync == SyncStart::IfAppended
             && appended_any

@@ -329,7 +329,7 @@ fn head_at(segment: &Segment, offset: Offset, end: u64) -> Result<(u64, EntryAt)
         .ok_or_else(|| failed(ReadFailure::Io(io::Error::other("no batch holds the offset"))))?;
     let length = (end - position).min(ENTRY_HEAD_BYTES as u64) as usize;
     let mut head = [0u8; ENTRY_HEAD_BYTES];
-    let file = segment.file.get().map_err(|error| failed(error.into()))?;
+    let file = segment.file.get_to_read(end).map_err(|error| failed(error.into()))?;
     file.read_exact_at(&mut head[..length], position).map_err(|error| failed(error.into()))?;
     let damaged = |error| failed(ReadFailure::damaged(position, error));
     if length > field::VERSION && head[field::VERSION] == batch::BATCH_VERSION {

@@ -18,6 +18,33 @@ pub(super) struct SimFile {
     pub(super) direct: bool,
 }
 
+impl SimFile {
+    /// A direct handle's write must start on a block boundary, and each of its buffers must
+    /// be aligned in memory and whole blocks long; `EINVAL` otherwise, as Linux answers.
+    fn check_direct(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+        let block = DIRECT_BLOCK_BYTES;
+        let aligned = |buf: &&[u8]| buf.len() % block == 0 && buf.as_ptr() as usize % block == 0;
+        if self.direct && !(position % block as u64 == 0 && bufs.iter().all(aligned)) {
+            return Err(io::Error::from_raw_os_error(22)); // EINVAL
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `position`, to be made durable by a sync.
+    fn put(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        let end = position + buf.len() as u64;
+        self.fs.check_write(&self.inode, end)?;
+        let mut data = lock(&self.inode.data);
+        let (start, end) = (position as usize, end as usize);
+        if data.current.len() < end {
+            data.current.resize(end, 0);
+        }
+        data.current[start..end].copy_from_slice(buf);
+        data.pending.push(Pending::Write { position: start, bytes: buf.to_vec() });
+        Ok(())
+    }
+}
+
 impl File for SimFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         self.fs.running()?;
@@ -32,33 +59,17 @@ impl File for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        let block = DIRECT_BLOCK_BYTES as u64;
-        if self.direct
-            && !(position % block == 0
-                && buf.len() as u64 % block == 0
-                && buf.as_ptr() as usize % DIRECT_BLOCK_BYTES == 0)
-        {
-            return Err(io::Error::from_raw_os_error(22)); // EINVAL
-        }
-        let end = position + buf.len() as u64;
-        self.fs.check_write(&self.inode, end)?;
-        let mut data = lock(&self.inode.data);
-        let (start, end) = (position as usize, end as usize);
-        if data.current.len() < end {
-            data.current.resize(end, 0);
-        }
-        data.current[start..end].copy_from_slice(buf);
-        data.pending.push(Pending::Write { position: start, bytes: buf.to_vec() });
-        Ok(())
+        self.check_direct(&[buf], position)?;
+        self.put(buf, position)
     }
 
     fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
-        if self.direct {
-            // A direct handle's writes come from aligned buffers, which a concatenation is
-            // not; none of the log's direct writes is vectored.
-            return Err(io::Error::from_raw_os_error(22)); // EINVAL
-        }
-        self.write_all_at(&bufs.concat(), position)
+        self.check_direct(bufs, position)?;
+        self.put(&bufs.concat(), position)
+    }
+
+    fn writes_behind(&self) -> bool {
+        self.fs.writes_behind()
     }
 
     fn len(&self) -> io::Result<u64> {
