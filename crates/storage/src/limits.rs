@@ -97,12 +97,14 @@ pub const DIRECT_WRITE_BYTES_MIN: u64 = 256 * 1024;
 /// buffer at a time.
 pub const DIRECT_WRITE_BYTES: usize = 4 * 1024 * 1024;
 /// How many of those buffers the process keeps for the next appends (any more that
-/// concurrent appends needed are unmapped after use): at most 32 MiB.
+/// concurrent appends needed are unmapped after use): at most 32 MiB, two segments writing
+/// behind (below).
 pub const DIRECT_BUFFERS_KEPT: usize = 8;
-/// Filled buffers a segment's direct writer thread holds queued behind the one it writes
-/// (`direct`): an append waits while it has this many, so a segment holds at most this many
-/// plus two buffers (one written, one being filled).
-pub const DIRECT_WRITES_QUEUED: usize = 2;
+/// Filled buffers a segment's direct writer thread holds queued behind the write it runs
+/// (`direct`): an append waits while it has this many. A write takes the one it starts with
+/// and those queued, so a segment writing behind holds at most twice this many plus two
+/// buffers (written, queued, and one being filled): 16 MiB. Two queued ran no faster.
+pub const DIRECT_WRITES_QUEUED: usize = 1;
 /// The most bytes a segment's direct writer thread writes in one call, of the buffers queued.
 pub const DIRECT_WRITE_COALESCED_BYTES: usize = 4 * 1024 * 1024;
 /// How many segments' direct writes may go behind their appends, each on a writer thread of
