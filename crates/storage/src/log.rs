@@ -163,10 +163,11 @@ pub struct SyncTicket {
     /// unsynced batches.
     /// (`None`: it could not be opened; the sync fails.)
     files: Vec<(Option<Arc<dyn File>>, PathBuf)>,
-    /// The active segment's direct writes, which may still be running when the ticket is
-    /// prepared: the sync waits for them first ([`SyncTicket::wait_for_writes`]).
-    /// With how many had been handed on when it was prepared.
-    writes: Option<(Arc<Writes>, u64, PathBuf)>,
+    /// The active segment's direct writes (the last of `files`), which may still be running
+    /// when the ticket is prepared: the sync waits for them first
+    /// ([`SyncTicket::wait_for_writes`]). With how many had been handed on when it was
+    /// prepared.
+    writes: Option<(Arc<Writes>, u64)>,
     /// Base offsets of the sealed segments among `files`.
     sealed: Vec<Offset>,
     /// The recovery point to record once `files` are synced, when sealed segments are among
@@ -192,9 +193,11 @@ impl SyncTicket {
     /// Waits until the active segment's direct writes handed on before the ticket was
     /// prepared are over, not for those handed on since; an error if one failed.
     pub(crate) fn wait_for_writes(&self) -> io::Result<()> {
-        let Some((writes, handed, path)) = &self.writes else { return Ok(()) };
+        let Some((writes, handed)) = &self.writes else { return Ok(()) };
         writes.wait_for(*handed).inspect_err(|_| {
-            let _ = self.failed.set(path.clone());
+            if let Some((_, path)) = self.files.last() {
+                let _ = self.failed.set(path.clone());
+            }
         })
     }
 
@@ -728,7 +731,7 @@ impl Log {
         let mut writes = None;
         if !fenced && target.offset > self.durable.offset {
             files.push(held(active));
-            writes = active.file.writes().map(|w| (w.clone(), w.handed(), active.path.clone()));
+            writes = active.file.writes().map(|w| (w.clone(), w.handed()));
         }
         SyncTicket {
             files,
