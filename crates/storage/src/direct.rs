@@ -482,7 +482,11 @@ fn copy_past_cache(dst: &mut [u8], src: &[u8]) {
 
 /// An aligned buffer for direct writes, taken from the process's few kept ones and given
 /// back on drop (see [`DIRECT_BUFFERS_KEPT`]). An anonymous map: page-aligned, and its pages
-/// stay the process's once touched.
+/// stay the process's once touched. On Linux it asks for transparent huge pages
+/// (`MADV_HUGEPAGE`; a recent kernel places a map of whole 2 MiB pages on a 2 MiB
+/// boundary): the copy into the buffer and each direct write out of it then go through two
+/// large pages, not a thousand small ones, which made the 1 KiB produce about a quarter
+/// faster (docs/benchmarks.md).
 struct Buffer(Option<MmapMut>);
 
 static KEPT: Mutex<Vec<MmapMut>> = Mutex::new(Vec::new());
@@ -492,7 +496,14 @@ impl Buffer {
         let kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let map = match kept {
             Some(map) => map,
-            None => MmapMut::map_anon(DIRECT_WRITE_BYTES)?,
+            None => {
+                let map = MmapMut::map_anon(DIRECT_WRITE_BYTES)?;
+                // Advice only: a kernel without transparent huge pages, or with them off,
+                // refuses or ignores it, and the buffer works as well in small pages.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                map
+            }
         };
         Ok(Buffer(Some(map)))
     }

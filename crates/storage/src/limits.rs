@@ -94,7 +94,7 @@ pub const DIRECT_BLOCK_BYTES: usize = 4096;
 /// in the page cache for readers at the tail, and the runway above.
 pub const DIRECT_WRITE_BYTES_MIN: u64 = 256 * 1024;
 /// The size of each buffer direct writes copy batches into; a larger append is written a
-/// buffer at a time.
+/// buffer at a time. Whole 2 MiB pages, so each buffer can be held in huge pages (`direct`).
 pub const DIRECT_WRITE_BYTES: usize = 4 * 1024 * 1024;
 /// How many of those buffers the process keeps for the next appends (any more that
 /// concurrent appends needed are unmapped after use): at most 32 MiB, two segments writing
@@ -153,3 +153,4 @@ const _: () = assert!((INDEX_INTERVAL_BYTES as u64) < SEGMENT_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);
 const _: () = assert!(DIRECT_WRITE_BYTES % DIRECT_BLOCK_BYTES == 0);
+const _: () = assert!(DIRECT_WRITE_BYTES % (2 * 1024 * 1024) == 0);
